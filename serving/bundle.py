@@ -1,0 +1,147 @@
+"""The model bundle: what training writes and serving reads.
+
+A bundle is a directory with
+- ``model.cbm``: the CatBoost model in its native format (no pickle anywhere),
+- ``bundle.json``: metadata (model name and version, features, categorical features, decision threshold,
+  metrics, data fingerprint, feature contract version),
+- ``reference.json`` (optional): raw test records with the probabilities training computed for them, so a
+  deployed image can prove it reproduces training's predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from catboost import CatBoostClassifier, Pool
+
+from serving.features import CATEGORICAL_INDICES, FEATURE_NAMES, FEATURE_VERSION, build_rows
+
+BUNDLE_FORMAT = 1
+MODEL_FILE = "model.cbm"
+META_FILE = "bundle.json"
+REFERENCE_FILE = "reference.json"
+
+
+class BundleError(RuntimeError):
+    """A bundle directory is missing, incomplete or does not match this code's feature contract."""
+
+
+@dataclass
+class BundleMeta:
+    """Metadata stored beside the model."""
+
+    model_name: str
+    threshold: float
+    features: list[str] = field(default_factory=lambda: list(FEATURE_NAMES))
+    categorical_features: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    data_fingerprint: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    model_version: str | None = None
+    run_id: str | None = None
+    feature_version: str = FEATURE_VERSION
+    bundle_format: int = BUNDLE_FORMAT
+    created_at: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BundleMeta:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(_json_safe(data), fh, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def write_bundle(
+    directory: str | Path,
+    model: CatBoostClassifier,
+    meta: BundleMeta,
+    reference: dict[str, list[Any]] | None = None,
+) -> Path:
+    """Write a bundle; ``reference`` is ``{"records": [...], "probabilities": [...]}``."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_model(str(out / MODEL_FILE), format="cbm")
+    _write_json(out / META_FILE, asdict(meta))
+    if reference is not None:
+        _write_json(out / REFERENCE_FILE, reference)
+    return out
+
+
+def stamp_version(directory: str | Path, model_version: str, **extra: Any) -> BundleMeta:
+    """Record the registry version (and any extra metadata fields) in an exported bundle."""
+    path = Path(directory) / META_FILE
+    data = json.loads(path.read_text())
+    data["model_version"] = str(model_version)
+    data.update(extra)
+    _write_json(path, data)
+    return BundleMeta.from_dict(data)
+
+
+class Bundle:
+    """A loaded bundle: the CatBoost model plus its metadata, ready to score raw records."""
+
+    def __init__(self, directory: str | Path, thread_count: int = 1) -> None:
+        self.directory = Path(directory)
+        meta_path, model_path = self.directory / META_FILE, self.directory / MODEL_FILE
+        if not meta_path.is_file() or not model_path.is_file():
+            raise BundleError(f"{self.directory} is not a model bundle: it needs {META_FILE} and {MODEL_FILE}")
+        try:
+            self.meta = BundleMeta.from_dict(json.loads(meta_path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise BundleError(f"{meta_path}: unreadable metadata ({exc})") from exc
+        if self.meta.features != list(FEATURE_NAMES) or self.meta.feature_version != FEATURE_VERSION:
+            raise BundleError(
+                f"{meta_path}: feature contract {self.meta.feature_version} with {len(self.meta.features)} "
+                f"features does not match this service's contract {FEATURE_VERSION} ({len(FEATURE_NAMES)} features)"
+            )
+        self.model = CatBoostClassifier(thread_count=thread_count)
+        self.model.load_model(str(model_path), format="cbm")
+        self.thread_count = thread_count
+
+    @property
+    def version(self) -> str | None:
+        return self.meta.model_version
+
+    def predict_rows(self, rows: list[list[Any]]) -> list[float]:
+        """Probability of the risky class for rows already built by :func:`serving.features.build_rows`."""
+        if not rows:
+            return []
+        pool = Pool(rows, cat_features=list(CATEGORICAL_INDICES))
+        proba = self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)
+        return [float(p) for p in proba[:, 1]]
+
+    def predict_records(self, records: list[dict[str, Any]]) -> list[float]:
+        """Probability of the risky class for raw records (field names of the source files)."""
+        return self.predict_rows(build_rows(records))
+
+    def reference(self) -> dict[str, list[Any]] | None:
+        """The reference records and training-time probabilities, when the bundle has them."""
+        path = self.directory / REFERENCE_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_bundle(directory: str | Path, thread_count: int = 1) -> Bundle:
+    """Load and check a bundle directory."""
+    return Bundle(directory, thread_count=thread_count)

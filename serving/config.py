@@ -1,0 +1,87 @@
+"""Settings of the prediction service: a tiny dataclass read from ``LOANRISK_*`` environment variables.
+
+The serving image carries no pydantic-settings; this module is all it needs.
+
+| variable                        | default              | meaning                                                  |
+|---------------------------------|----------------------|----------------------------------------------------------|
+| ``LOANRISK_BUNDLE_DIR``         | (none)               | model bundle directory loaded at start                   |
+| ``LOANRISK_MAX_BATCH_SIZE``     | 10000                | most records in one batch request (413 beyond)           |
+| ``LOANRISK_MAX_BODY_BYTES``     | 67108864 (64 MiB)    | largest request body (413 beyond)                        |
+| ``LOANRISK_ADMIN_TOKEN``        | (none: reload off)   | Bearer token that ``POST /model/reload`` requires        |
+| ``LOANRISK_MODEL_THREADS``      | 1                    | CatBoost threads per prediction (one per worker is best) |
+| ``LOANRISK_LOG_LEVEL``          | INFO                 | level of the JSON logs                                   |
+| ``LOANRISK_RELOAD_SYNC_FILE``   | (none)               | file through which gunicorn workers share reloads        |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "LOANRISK_"
+DEFAULT_MAX_BATCH_SIZE = 10_000
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the Flask app reads; build it with :meth:`from_env` or directly (tests)."""
+
+    bundle_dir: Path | None = None
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    admin_token: str | None = field(default=None, repr=False)
+    model_threads: int = 1
+    log_level: str = "INFO"
+    reload_sync_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.bundle_dir is not None and not isinstance(self.bundle_dir, Path):
+            object.__setattr__(self, "bundle_dir", Path(self.bundle_dir))
+        if self.reload_sync_file is not None and not isinstance(self.reload_sync_file, Path):
+            object.__setattr__(self, "reload_sync_file", Path(self.reload_sync_file))
+        if self.admin_token is not None and not self.admin_token.strip():
+            object.__setattr__(self, "admin_token", None)
+        for name in ("max_batch_size", "max_body_bytes", "model_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def reload_enabled(self) -> bool:
+        return self.admin_token is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServiceConfig:
+        """Read ``LOANRISK_*`` variables (empty values count as unset); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = ENV_PREFIX + f.name.upper()
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            if f.name in ("max_batch_size", "max_body_bytes", "model_threads"):
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
+            elif f.name in ("bundle_dir", "reload_sync_file"):
+                values[f.name] = Path(raw)
+            else:
+                values[f.name] = raw
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (from {ENV_PREFIX}* environment variables)") from None
+
+    def with_overrides(self, **overrides: Any) -> ServiceConfig:
+        return replace(self, **overrides)

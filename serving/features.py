@@ -1,0 +1,293 @@
+"""Raw loan application → model row: the single feature code path of training and serving.
+
+Training applies :func:`build_rows` to the joined loan + clarity records; the service applies it to the JSON
+it receives. A record uses the field names of ``loan.csv`` and ``clarity_underwriting_variables.csv``; values may
+be CSV strings ("590.0", "True", "") or typed (590.0, True, None, NaN), so a CSV row posted as JSON works as is.
+
+Only decision-time fields are read. Outcomes (loanStatus, fpStatus, approval flags, payments) and identifiers
+(loanId, anon_ssn, clarityFraudId, underwritingid) never become features; clarityFraudId only contributes the age
+of the fraud report (its first 8 hex digits are a Unix time).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+FEATURE_VERSION = "1"
+MISSING_CATEGORY = "NA"
+NAN = float("nan")
+
+CLARITY_PREFIX = ".underwritingdataclarity.clearfraud."
+
+LOAN_COLUMNS: tuple[str, ...] = (
+    "loanId", "anon_ssn", "payFrequency", "apr", "applicationDate", "originated", "originatedDate",
+    "nPaidOff", "approved", "isFunded", "loanStatus", "loanAmount", "originallyScheduledPaymentAmount",
+    "state", "leadType", "leadCost", "fpStatus", "clarityFraudId", "hasCF",
+)  # fmt: skip
+PAYMENT_COLUMNS: tuple[str, ...] = (
+    "loanId", "installmentIndex", "isCollection", "paymentDate", "principal", "fees", "paymentAmount",
+    "paymentStatus", "paymentReturnCode",
+)  # fmt: skip
+
+INQUIRY_FIELDS = (
+    "thirtydaysago", "twentyfourhoursago", "oneminuteago", "onehourago", "ninetydaysago", "sevendaysago",
+    "tenminutesago", "fifteendaysago", "threesixtyfivedaysago",
+)  # fmt: skip
+INDICATOR_FIELDS = (
+    "inquiryonfilecurrentaddressconflict", "totalnumberoffraudindicators", "telephonenumberinconsistentwithaddress",
+    "inquiryageyoungerthanssnissuedate", "onfileaddresscautious", "inquiryaddressnonresidential",
+    "onfileaddresshighrisk", "ssnreportedmorefrequentlyforanother", "currentaddressreportedbytradeopenlt90days",
+    "inputssninvalid", "inputssnissuedatecannotbeverified", "inquiryaddresscautious",
+    "morethan3inquiriesinthelast30days", "onfileaddressnonresidential", "creditestablishedpriortossnissuedate",
+    "driverlicenseformatinvalid", "inputssnrecordedasdeceased", "inquiryaddresshighrisk",
+    "inquirycurrentaddressnotonfile", "bestonfilessnissuedatecannotbeverified",
+    "highprobabilityssnbelongstoanother", "maxnumberofssnswithanybankaccount", "bestonfilessnrecordedasdeceased",
+    "currentaddressreportedbynewtradeonly", "creditestablishedbeforeage18", "telephonenumberinconsistentwithstate",
+    "driverlicenseinconsistentwithonfile", "workphonepreviouslylistedascellphone",
+    "workphonepreviouslylistedashomephone",
+)  # fmt: skip
+NUMERIC_INDICATORS = ("totalnumberoffraudindicators", "maxnumberofssnswithanybankaccount")
+IDENTITY_FIELDS = (
+    "ssnnamematch", "nameaddressmatch", "phonematchtype", "ssnnamereasoncodedescription", "phonematchresult",
+    "nameaddressreasoncodedescription", "phonematchtypedescription", "overallmatchresult", "phonetype",
+    "ssndobreasoncode", "ssnnamereasoncode", "nameaddressreasoncode", "ssndobmatch", "overallmatchreasoncode",
+)  # fmt: skip
+# Descriptions repeat their code one-to-one; the code is the feature.
+REDUNDANT_IDENTITY = ("ssnnamereasoncodedescription", "nameaddressreasoncodedescription", "phonematchtypedescription")
+
+
+def clarity_column(group: str, name: str) -> str:
+    """Full clarity column name, e.g. ``.underwritingdataclarity.clearfraud.clearfraudinquiry.onehourago``."""
+    return f"{CLARITY_PREFIX}{group}.{name}"
+
+
+CLARITY_COLUMNS: tuple[str, ...] = (
+    *(clarity_column("clearfraudinquiry", f) for f in INQUIRY_FIELDS),
+    *(clarity_column("clearfraudindicator", f) for f in INDICATOR_FIELDS),
+    *(clarity_column("clearfraudidentityverification", f) for f in IDENTITY_FIELDS),
+    "clearfraudscore",
+    "underwritingid",
+)
+
+# Fields that are known but never features: identifiers and outcomes (leakage).
+IDENTIFIER_FIELDS = frozenset({"loanId", "anon_ssn", "clarityFraudId", "underwritingid"})
+OUTCOME_FIELDS = frozenset(
+    {"originated", "originatedDate", "approved", "isFunded", "loanStatus", "fpStatus"} | set(PAYMENT_COLUMNS[1:])
+)
+KNOWN_FIELDS = frozenset(LOAN_COLUMNS) | frozenset(CLARITY_COLUMNS) | frozenset(PAYMENT_COLUMNS)
+
+
+class FeatureError(ValueError):
+    """A field of a record cannot be read; names the field (and the record index when known)."""
+
+    def __init__(self, field: str, message: str, index: int | None = None) -> None:
+        self.field, self.message, self.index = field, message, index
+        where = f"record {index}, " if index is not None else ""
+        super().__init__(f"{where}field '{field}': {message}")
+
+
+# --- value readers: accept CSV strings and typed values alike -------------------------------------------
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def read_number(v: Any) -> float:
+    """A float, or NaN when missing. Accepts numbers and numeric strings; rejects everything else."""
+    if v is None:
+        return NAN
+    if isinstance(v, bool):
+        return 1.0 if v else 0.0
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        s = v.strip()
+        if not s:
+            return NAN
+        try:
+            return float(s)
+        except ValueError:
+            raise ValueError(f"expected a number, got {v!r}") from None
+    try:  # numpy scalars
+        return float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {type(v).__name__}") from None
+
+
+_TRUE = frozenset({"true", "1", "1.0", "t", "yes"})
+_FALSE = frozenset({"false", "0", "0.0", "f", "no"})
+
+
+def read_flag(v: Any) -> float:
+    """1.0 / 0.0 for a boolean (True/False, "True"/"False", 1/0), NaN when missing."""
+    if v is None:
+        return NAN
+    if isinstance(v, str):
+        s = v.strip().lower()
+        if not s:
+            return NAN
+        if s in _TRUE:
+            return 1.0
+        if s in _FALSE:
+            return 0.0
+        raise ValueError(f"expected true or false, got {v!r}")
+    if isinstance(v, float) and math.isnan(v):
+        return NAN
+    if isinstance(v, bool | int | float) or type(v).__name__ in ("bool_", "bool"):
+        f = float(v)
+        if f in (0.0, 1.0):
+            return f
+    raise ValueError(f"expected true or false, got {v!r}")
+
+
+def read_category(v: Any) -> str:
+    """The category as a string; missing values become ``NA``."""
+    if _is_missing(v):
+        return MISSING_CATEGORY
+    if isinstance(v, str):
+        return v.strip()
+    if isinstance(v, dict | list):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return str(v)
+
+
+def read_timestamp(v: Any) -> datetime | None:
+    """A naive UTC datetime from an ISO string (with or without fraction) or a datetime; None when missing."""
+    if _is_missing(v):
+        return None
+    if isinstance(v, datetime):
+        return v.replace(tzinfo=None) if v.tzinfo is None else v.astimezone(UTC).replace(tzinfo=None)
+    if isinstance(v, str):
+        try:
+            d = datetime.fromisoformat(v.strip())
+        except ValueError:
+            raise ValueError(f"expected an ISO timestamp like 2016-02-23T17:29:01.940000, got {v!r}") from None
+        return d if d.tzinfo is None else d.astimezone(UTC).replace(tzinfo=None)
+    raise ValueError(f"expected an ISO timestamp string, got {type(v).__name__}")
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _report_age_days(clarity_id: Any, applied: datetime | None) -> float:
+    """Days between the clarity report (time in the id's first 8 hex digits) and the application."""
+    if _is_missing(clarity_id) or applied is None:
+        return NAN
+    s = str(clarity_id).strip()
+    try:
+        issued = int(s[:8], 16)
+    except ValueError:
+        raise ValueError(f"expected 24 hexadecimal characters, got {s!r}") from None
+    return ((applied - _EPOCH).total_seconds() - issued) / 86400.0
+
+
+# --- the feature table ------------------------------------------------------------------------------------
+
+Reader = Callable[[Any], Any]
+
+# (feature name, source field, reader, categorical?)
+_DIRECT: list[tuple[str, str, Reader, bool]] = [
+    ("payFrequency", "payFrequency", read_category, True),
+    ("apr", "apr", read_number, False),
+    ("nPaidOff", "nPaidOff", read_number, False),
+    ("loanAmount", "loanAmount", read_number, False),
+    ("originallyScheduledPaymentAmount", "originallyScheduledPaymentAmount", read_number, False),
+    ("state", "state", read_category, True),
+    ("leadType", "leadType", read_category, True),
+    ("leadCost", "leadCost", read_number, False),
+    ("hasCF", "hasCF", read_flag, False),
+]
+_DIRECT += [(f"inquiry_{f}", clarity_column("clearfraudinquiry", f), read_number, False) for f in INQUIRY_FIELDS]
+_DIRECT += [
+    (f"indicator_{f}", clarity_column("clearfraudindicator", f), read_number if f in NUMERIC_INDICATORS else read_flag, False)
+    for f in INDICATOR_FIELDS
+]  # fmt: skip
+_DIRECT += [
+    (
+        f"identity_{f}",
+        clarity_column("clearfraudidentityverification", f),
+        read_number if f == "overallmatchreasoncode" else read_category,
+        f != "overallmatchreasoncode",
+    )
+    for f in IDENTITY_FIELDS
+    if f not in REDUNDANT_IDENTITY
+]
+_DIRECT.append(("clearfraudscore", "clearfraudscore", read_number, False))
+
+DERIVED_FEATURES = (
+    "application_hour",
+    "application_weekday",
+    "report_age_days",
+    "payment_to_amount",
+    "inquiries_recent_share",
+)
+
+FEATURE_NAMES: tuple[str, ...] = tuple(name for name, *_ in _DIRECT) + DERIVED_FEATURES
+CATEGORICAL_FEATURES: tuple[str, ...] = tuple(name for name, _, _, is_cat in _DIRECT if is_cat)
+CATEGORICAL_INDICES: tuple[int, ...] = tuple(FEATURE_NAMES.index(c) for c in CATEGORICAL_FEATURES)
+SOURCE_FIELDS: frozenset[str] = frozenset(src for _, src, _, _ in _DIRECT) | {"applicationDate", "clarityFraudId"}
+
+_INQ_30 = clarity_column("clearfraudinquiry", "thirtydaysago")
+_INQ_365 = clarity_column("clearfraudinquiry", "threesixtyfivedaysago")
+_READERS = [(src, reader) for _, src, reader, _ in _DIRECT]
+
+
+def build_row(record: Mapping[str, Any]) -> list[Any]:
+    """One model row (in :data:`FEATURE_NAMES` order) from one raw record; raises :class:`FeatureError`."""
+    row: list[Any] = []
+    append = row.append
+    get = record.get
+    for src, reader in _READERS:
+        try:
+            append(reader(get(src)))
+        except ValueError as exc:
+            raise FeatureError(src, str(exc)) from None
+    try:
+        applied = read_timestamp(get("applicationDate"))
+    except ValueError as exc:
+        raise FeatureError("applicationDate", str(exc)) from None
+    try:
+        age = _report_age_days(get("clarityFraudId"), applied)
+    except ValueError as exc:
+        raise FeatureError("clarityFraudId", str(exc)) from None
+    amount = row[3]
+    scheduled = row[4]
+    inq30 = read_number(get(_INQ_30))
+    inq365 = read_number(get(_INQ_365))
+    append(float(applied.hour) if applied else NAN)
+    append(float(applied.weekday()) if applied else NAN)
+    append(age)
+    append(scheduled / amount if amount and amount > 0 and not math.isnan(scheduled) else NAN)
+    append(inq30 / inq365 if inq365 and inq365 > 0 and not math.isnan(inq30) else NAN)
+    return row
+
+
+def build_rows(records: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
+    """Model rows for many records; a :class:`FeatureError` carries the index of the failing record."""
+    rows = []
+    for i, record in enumerate(records):
+        try:
+            rows.append(build_row(record))
+        except FeatureError as exc:
+            raise FeatureError(exc.field, exc.message, i) from None
+    return rows
+
+
+def unknown_fields(record: Mapping[str, Any]) -> list[str]:
+    """Field names in ``record`` that belong to none of the three files (they are ignored)."""
+    return [k for k in record if k not in KNOWN_FIELDS]
+
+
+def columns_to_records(columns: Sequence[str], data: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Records from a column list and row values (MLflow's ``dataframe_split``); checks row widths."""
+    width = len(columns)
+    out = []
+    for i, values in enumerate(data):
+        if not isinstance(values, list | tuple) or len(values) != width:
+            raise FeatureError("data", f"expected a list of {width} values", i)
+        out.append(dict(zip(columns, values, strict=True)))
+    return out

@@ -1,0 +1,457 @@
+"""Docker SDK steps of the deploy flow: build, run, health check, clean up, push, verify in the registry.
+
+Plain functions only; the Prefect task wrappers live in the deploy flow. Every failure is a subclass of
+:class:`DeployStepError`, whose text names the step, so a failed flow run says where it stopped.
+The builds use the classic builder through the low-level API (what docker-py drives), streaming each log
+line to the caller's ``log`` callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import httpx
+from docker.models.containers import Container
+
+logger = logging.getLogger(__name__)
+
+LogFn = Callable[[str], None]
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_ACCEPT = ", ".join(
+    [
+        MANIFEST_V2,
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    ]
+)
+_STEP_RE = re.compile(r"^Step \d+/\d+ : ")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the builder colours a step's stderr
+
+
+# --- errors ------------------------------------------------------------------------------------------
+class DeployStepError(RuntimeError):
+    """A deploy step failed; ``str()`` starts with the step name."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"[{step}] {message}")
+        self.step = step
+        self.message = message
+
+
+class ImageBuildError(DeployStepError):
+    """The image build failed; ``build_step`` is the Dockerfile step (``Step 3/5 : RUN ...``) that failed."""
+
+    def __init__(self, message: str, *, build_step: str | None = None, log_tail: list[str] | None = None):
+        super().__init__("build image", message)
+        self.build_step = build_step
+        self.log_tail = log_tail or []
+
+
+class ContainerStartError(DeployStepError):
+    """The container did not start or never answered its health check."""
+
+    def __init__(self, message: str, *, logs: str = "", exit_status: int | None = None, step: str = "run"):
+        super().__init__(step, message)
+        self.logs = logs
+        self.exit_status = exit_status
+
+
+class ImagePushError(DeployStepError):
+    """The push was refused (auth, network) or the registry does not hold what was pushed."""
+
+    def __init__(self, message: str, *, step: str = "push") -> None:
+        super().__init__(step, message)
+
+
+class TagNotFoundError(ImagePushError):
+    """The registry has no manifest for the asked tag."""
+
+
+# --- client ------------------------------------------------------------------------------------------
+def get_client(docker_host: str | None = None, timeout_s: int = 900) -> docker.DockerClient:
+    """A Docker client for ``docker_host`` (``unix://...``, ``tcp://...``), else from DOCKER_HOST/the default socket.
+
+    The long timeout covers build steps that print nothing for minutes.
+    """
+    if docker_host:
+        return docker.DockerClient(base_url=docker_host, version="auto", timeout=timeout_s)
+    return docker.from_env(timeout=timeout_s)
+
+
+# --- build -------------------------------------------------------------------------------------------
+def _stream_lines(chunks: Iterable[dict[str, Any]], log: LogFn) -> Iterable[tuple[str, dict[str, Any]]]:
+    """Split the builder's ``stream`` text into whole lines, log each, and yield ``(line, chunk)``."""
+    pending = ""
+    for chunk in chunks:
+        text = chunk.get("stream")
+        if text is None:
+            if "status" in chunk and "progress" not in chunk:
+                log(str(chunk["status"]))
+            yield "", chunk
+            continue
+        pending += _ANSI_RE.sub("", text)
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            line = line.rstrip("\r")
+            if line.strip():
+                log(line)
+                yield line, chunk
+    if pending.strip():
+        log(pending)
+        yield pending, {}
+
+
+def build_image(
+    context_dir: str | Path,
+    repository: str,
+    tags: list[str],
+    buildargs: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+    log: LogFn | None = None,
+    *,
+    client: docker.DockerClient | None = None,
+    dockerfile: str = "Dockerfile",
+) -> str:
+    """Build ``context_dir`` and tag the result ``repository:<tag>`` for each tag; return the image id.
+
+    Tags are applied only after a successful build, so a failed build never moves ``latest``.
+    Raises :class:`ImageBuildError` naming the failing Dockerfile step and its error.
+    """
+    client = client or get_client()
+    log = log or logger.info
+    step: str | None = None
+    tail: deque[str] = deque(maxlen=30)
+    image_id: str | None = None
+    chunks = client.api.build(
+        path=str(context_dir),
+        dockerfile=dockerfile,
+        decode=True,
+        rm=True,
+        forcerm=True,
+        pull=False,
+        buildargs=buildargs or {},
+        labels=labels or {},
+    )
+    try:
+        for line, chunk in _stream_lines(chunks, log):
+            if line:
+                tail.append(line)
+                if _STEP_RE.match(line):
+                    step = line
+                elif line.startswith("Successfully built "):
+                    image_id = image_id or line.split()[-1]
+            if "error" in chunk or "errorDetail" in chunk:
+                error = (
+                    (chunk.get("errorDetail") or {}).get("message") or chunk.get("error") or "unknown error"
+                )
+                error = str(error).strip()
+                log(f"ERROR: {error}")
+                where = f"{step} failed: " if step else ""
+                raise ImageBuildError(f"{where}{error}", build_step=step, log_tail=list(tail))
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and aux.get("ID"):
+                image_id = aux["ID"]
+    except docker.errors.APIError as exc:
+        raise ImageBuildError(f"docker engine refused the build: {exc.explanation or exc}") from exc
+    if not image_id:
+        raise ImageBuildError(
+            "the build stream ended without an image id", build_step=step, log_tail=list(tail)
+        )
+    image = client.images.get(image_id)
+    for tag in tags:
+        image.tag(repository, tag=tag)
+        log(f"tagged {repository}:{tag}")
+    return str(image.id)
+
+
+def untag(client: docker.DockerClient, image_ref: str) -> bool:
+    """Remove the local tag ``image_ref`` (``repo:tag``); the image stays while other tags use it.
+
+    Returns False when there was no such tag.
+    """
+    try:
+        client.api.remove_image(image_ref, force=True, noprune=True)
+    except docker.errors.ImageNotFound:
+        return False
+    logger.info("removed local tag %s", image_ref)
+    return True
+
+
+# --- run ---------------------------------------------------------------------------------------------
+@dataclass
+class RunningContainer:
+    """A started container, published on ``127.0.0.1:host_port``. Usable as a context manager (removes it)."""
+
+    container: Container
+    name: str
+    image: str
+    host_port: int
+    port_in_container: int
+    base_url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base_url = f"http://127.0.0.1:{self.host_port}"
+
+    def logs(self, tail: int = 50) -> str:
+        """The last ``tail`` lines of stdout+stderr ('' when the container is gone)."""
+        return _container_logs(self.container, tail)
+
+    def __enter__(self) -> RunningContainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        remove_container(self)
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _container_logs(container: Container, tail: int = 50) -> str:
+    """Last lines of a container's output; never raises."""
+    try:
+        return container.logs(stdout=True, stderr=True, tail=tail).decode("utf-8", errors="replace")
+    except docker.errors.APIError:
+        return ""
+
+
+def run_container(
+    image: str,
+    *,
+    port_in_container: int = 8080,
+    env: dict[str, str] | None = None,
+    name_prefix: str = "loan-risk-smoke",
+    command: str | list[str] | None = None,
+    client: docker.DockerClient | None = None,
+) -> RunningContainer:
+    """Start ``image`` detached, publishing ``port_in_container`` on a free port of 127.0.0.1.
+
+    Raises :class:`ContainerStartError` when the engine cannot create or start it (nothing is left behind).
+    """
+    client = client or get_client()
+    last_error: Exception | None = None
+    for _attempt in range(3):  # a picked port can be taken before the engine binds it
+        port = _free_port()
+        name = f"{name_prefix}-{uuid.uuid4().hex[:10]}"
+        try:
+            container = client.containers.run(
+                image,
+                command=command,
+                name=name,
+                detach=True,
+                environment=env or {},
+                ports={f"{port_in_container}/tcp": ("127.0.0.1", port)},
+                labels={"loan-risk.role": "smoke", "loan-risk.name-prefix": name_prefix},
+            )
+        except docker.errors.ImageNotFound as exc:
+            raise ContainerStartError(f"image {image} not found: {exc.explanation or exc}") from exc
+        except docker.errors.APIError as exc:
+            last_error = exc
+            _remove_by_name(client, name)
+            if "already allocated" in str(exc) or "address already in use" in str(exc):
+                continue
+            raise ContainerStartError(f"engine could not start {image}: {exc.explanation or exc}") from exc
+        logger.info("started %s (%s) on 127.0.0.1:%d", name, image, port)
+        return RunningContainer(container, name, image, port, port_in_container)
+    raise ContainerStartError(f"no free port to publish {image}: {last_error}")
+
+
+def _remove_by_name(client: docker.DockerClient, name: str) -> None:
+    """Remove a half-created container by name, if any."""
+    try:
+        client.containers.get(name).remove(force=True)
+    except docker.errors.APIError:
+        pass
+
+
+def _exit_state(container: Container) -> dict[str, Any] | None:
+    """The container's State when it is no longer running, else None (also None when it cannot be read)."""
+    try:
+        container.reload()
+    except docker.errors.NotFound:
+        return {"Status": "removed", "ExitCode": None}
+    except docker.errors.APIError:
+        return None
+    state = container.attrs.get("State", {})
+    return state if state.get("Status") in {"exited", "dead"} else None
+
+
+def wait_healthy(
+    base_url: str,
+    timeout_s: float = 60,
+    path: str = "/health",
+    *,
+    container: Container | RunningContainer | None = None,
+    interval_s: float = 0.5,
+) -> None:
+    """Poll ``base_url + path`` until it answers 200.
+
+    With ``container`` given, stops at once when it dies. Raises :class:`ContainerStartError` with the
+    last 50 log lines and, when it died, the exit status.
+    """
+    if isinstance(container, RunningContainer):
+        container = container.container
+    url = base_url.rstrip("/") + path
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    with httpx.Client(timeout=min(5.0, max(timeout_s, 0.5))) as http:
+        while True:
+            try:
+                resp = http.get(url)
+                if resp.status_code == 200:
+                    logger.info("%s answered 200", url)
+                    return
+                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            state = _exit_state(container) if container is not None else None
+            if state is not None:
+                code = state.get("ExitCode")
+                extra = f", error: {state['Error']}" if state.get("Error") else ""
+                extra += ", OOM-killed" if state.get("OOMKilled") else ""
+                logs = _container_logs(container) if container is not None else ""
+                raise ContainerStartError(
+                    f"container {state.get('Status')} with exit status {code}{extra} before {url} "
+                    f"answered; last 50 log lines:\n{logs}",
+                    logs=logs,
+                    exit_status=code,
+                )
+            if time.monotonic() >= deadline:
+                logs = _container_logs(container) if container is not None else ""
+                raise ContainerStartError(
+                    f"{url} not healthy after {timeout_s:.0f}s ({last}); last 50 log lines:\n{logs}",
+                    logs=logs,
+                )
+            time.sleep(interval_s)
+
+
+def remove_container(container: Container | RunningContainer) -> None:
+    """Force-remove the container (and its anonymous volumes); no error when it is already gone."""
+    if isinstance(container, RunningContainer):
+        container = container.container
+    try:
+        container.remove(force=True, v=True)
+        logger.info("removed container %s", container.name)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409 and "already in progress" in str(exc):
+            return
+        raise
+
+
+# --- push --------------------------------------------------------------------------------------------
+def _remote_repository(registry: str, repository: str) -> str:
+    """``registry/repository`` unless the repository already names the registry."""
+    return repository if repository.startswith(registry.rstrip("/") + "/") else f"{registry}/{repository}"
+
+
+def push_image(
+    client: docker.DockerClient,
+    repository: str,
+    tag: str,
+    username: str | None,
+    password: str | None,
+    registry: str,
+    *,
+    log: LogFn | None = None,
+) -> str:
+    """Push ``repository:tag`` to ``registry`` with these credentials; return the pushed digest (``sha256:...``).
+
+    ``repository`` may be bare (``loan-risk``: the local ``loan-risk:tag`` is tagged ``registry/loan-risk:tag``)
+    or already prefixed with the registry. Raises :class:`ImagePushError` with the registry's message.
+    """
+    log = log or logger.info
+    remote = _remote_repository(registry, repository)
+    if remote != repository:
+        try:
+            client.images.get(f"{remote}:{tag}")
+        except docker.errors.ImageNotFound:
+            try:
+                client.images.get(f"{repository}:{tag}").tag(remote, tag=tag)
+            except docker.errors.ImageNotFound as exc:
+                raise ImagePushError(f"no local image {repository}:{tag} or {remote}:{tag}") from exc
+    auth = {"username": username, "password": password, "serveraddress": registry} if username else None
+    digest: str | None = None
+    try:
+        for chunk in client.api.push(remote, tag=tag, auth_config=auth, stream=True, decode=True):
+            if "error" in chunk or "errorDetail" in chunk:
+                error = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
+                raise ImagePushError(f"{remote}:{tag} refused by {registry}: {error}")
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and aux.get("Digest"):
+                digest = aux["Digest"]
+            if "status" in chunk and "progress" not in chunk:
+                log(" ".join(str(chunk[k]) for k in ("id", "status") if chunk.get(k)))
+    except docker.errors.APIError as exc:
+        raise ImagePushError(f"{remote}:{tag}: {exc.explanation or exc}") from exc
+    if not digest:
+        raise ImagePushError(f"{remote}:{tag}: push ended without a digest")
+    log(f"pushed {remote}:{tag} {digest}")
+    return digest
+
+
+def _registry_base_url(registry: str) -> str:
+    """``http://`` for loopback registries (what Docker allows without TLS), else ``https://``."""
+    if registry.startswith(("http://", "https://")):
+        return registry.rstrip("/")
+    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
+    insecure = host in {"localhost", "127.0.0.1", "[::1]"} or host.startswith("127.")
+    return f"{'http' if insecure else 'https'}://{registry}"
+
+
+def _bearer_token(http: httpx.Client, challenge: str, auth: tuple[str, str] | None) -> str | None:
+    """Token for a ``Bearer realm=...,service=...,scope=...`` challenge (token-auth registries)."""
+    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    realm = params.pop("realm", None)
+    if not realm:
+        return None
+    resp = http.get(realm, params=params, auth=auth)
+    if resp.status_code != 200:
+        return None
+    body = resp.json()
+    return body.get("token") or body.get("access_token")
+
+
+def registry_digest(
+    registry: str, repository: str, tag: str, username: str | None, password: str | None
+) -> str:
+    """Ask the registry's HTTP API which digest ``repository:tag`` has (``Docker-Content-Digest``).
+
+    Raises :class:`TagNotFoundError` when the registry has no such tag, :class:`ImagePushError` otherwise.
+    """
+    base = _registry_base_url(registry)
+    name = repository.removeprefix(registry.rstrip("/") + "/")
+    url = f"{base}/v2/{name}/manifests/{tag}"
+    auth = (username, password or "") if username else None
+    headers = {"Accept": MANIFEST_ACCEPT}
+    with httpx.Client(timeout=30) as http:
+        resp = http.get(url, headers=headers, auth=auth)
+        challenge = resp.headers.get("WWW-Authenticate", "")
+        if resp.status_code == 401 and challenge.lower().startswith("bearer"):
+            token = _bearer_token(http, challenge, auth)
+            if token:
+                resp = http.get(url, headers={**headers, "Authorization": f"Bearer {token}"})
+    if resp.status_code == 404:
+        raise TagNotFoundError(f"{registry} has no {name}:{tag}")
+    if resp.status_code != 200:
+        raise ImagePushError(f"{url} answered HTTP {resp.status_code}: {resp.text[:300]}")
+    digest = resp.headers.get("Docker-Content-Digest")
+    if not digest:
+        raise ImagePushError(f"{url} answered without a Docker-Content-Digest header")
+    return digest

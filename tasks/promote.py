@@ -1,0 +1,130 @@
+"""The promotion gate: minimum precision and recall, and a gain over the champion on the same test data."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from serving.bundle import BundleError, load_bundle
+from tasks import registry
+from tasks.common import run_logger
+from tasks.evaluate import classification_metrics
+from tasks.features import ModelTable
+from tasks.settings import Settings
+
+CANDIDATE, CHAMPION = "candidate", "champion"
+
+
+@dataclass
+class Policy:
+    """Promotion policy (from the settings)."""
+
+    min_precision: float = 0.72
+    min_recall: float = 0.72
+    min_f1_gain: float = 0.02
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(settings.min_precision, settings.min_recall, settings.min_f1_gain)
+
+
+@dataclass
+class Decision:
+    """The gate's answer and why; truthy when promoted."""
+
+    promoted: bool
+    reasons: list[str]
+    champion: dict[str, Any] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.promoted
+
+
+def decide(metrics: dict[str, float], champion: dict[str, Any] | None, policy: Policy) -> Decision:
+    """Apply the policy. ``champion`` holds the champion's ``test_f1`` re-scored on this run's test split."""
+    reasons, ok = [], True
+    for name, minimum in (("precision", policy.min_precision), ("recall", policy.min_recall)):
+        value = metrics[f"test_{name}"]
+        passed = value >= minimum
+        ok &= passed
+        reasons.append(f"test {name} {value:.4f} {'>=' if passed else '<'} minimum {minimum:.2f}")
+    if champion is None:
+        reasons.append("no champion: the minimums alone decide")
+    elif champion.get("error"):
+        reasons.append(f"champion v{champion['version']} could not be re-scored ({champion['error']}): minimums decide")
+    else:
+        new, old = metrics["test_f1"], champion["test_f1"]
+        gain = (new - old) / old if old > 0 else float("inf")
+        passed = gain >= policy.min_f1_gain
+        ok &= passed
+        reasons.append(
+            f"F1 {new:.4f} vs champion v{champion['version']} {old:.4f} on the same test split: "
+            f"gain {gain:+.2%} {'>=' if passed else '<'} required {policy.min_f1_gain:+.2%}"
+        )
+    return Decision(ok, reasons, champion, metrics)
+
+
+def rescore_champion(settings: Settings, test: ModelTable) -> dict[str, Any] | None:
+    """The current champion's metrics on this run's test split, at the champion's own threshold."""
+    version = registry.version_by_alias(settings, CHAMPION)
+    if version is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
+        try:
+            bundle = load_bundle(registry.download_bundle(settings, version.version, Path(tmp) / "bundle"), thread_count=-1)
+        except (BundleError, OSError) as exc:
+            return {"version": str(version.version), "error": str(exc)}
+        p = bundle.predict_records(test.records)
+        threshold = bundle.meta.threshold
+    import numpy as np
+
+    metrics = classification_metrics(test.label, np.asarray(p), threshold, "test")
+    return {"version": str(version.version), "threshold": threshold, **metrics}
+
+
+def apply_decision(settings: Settings, version: str, decision: Decision, dry_run: bool) -> None:
+    """Tag the version with the decision; on promotion (and not a dry run) point ``candidate`` at it."""
+    registry.set_version_tags(
+        settings,
+        version,
+        {
+            "promotion.decision": "promoted" if decision.promoted else "rejected",
+            "promotion.reasons": json.dumps(decision.reasons),
+            "promotion.dry_run": str(dry_run).lower(),
+            "promotion.champion_version": (decision.champion or {}).get("version", ""),
+        },
+    )
+    if decision.promoted and not dry_run:
+        registry.set_alias(settings, CANDIDATE, version)
+
+
+def decision_markdown(settings: Settings, version: str, decision: Decision, dry_run: bool) -> str:
+    """The decision as markdown for the Prefect UI."""
+    verdict = "PROMOTED to `candidate`" if decision.promoted else "NOT promoted"
+    if dry_run:
+        verdict += " (dry run: aliases untouched)"
+    lines = "\n".join(f"- {r}" for r in decision.reasons)
+    return f"# {settings.model_name} v{version}: {verdict}\n\n{lines}\n"
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(settings: Settings, version: str, metrics: dict[str, float], test: ModelTable, dry_run: bool) -> Decision:
+    """Prefect task: decide, record the decision on the version and as an artifact; truthy when promoted."""
+    from prefect.artifacts import create_markdown_artifact
+
+    champion = rescore_champion(settings, test)
+    decision = decide(metrics, champion, Policy.from_settings(settings))
+    apply_decision(settings, version, decision, dry_run)
+    create_markdown_artifact(
+        key="promotion-decision", markdown=decision_markdown(settings, version, decision, dry_run),
+        description=f"{settings.model_name} v{version} promotion decision",
+    )  # fmt: skip
+    run_logger().info("promotion of v%s: %s — %s", version, decision.promoted, "; ".join(decision.reasons))
+    return decision

@@ -1,0 +1,206 @@
+"""The one typed settings object of the pipeline.
+
+Values come, in increasing priority, from the defaults below (which work offline), an optional config file
+(TOML or YAML, named by ``LOANRISK_CONFIG`` or ``loanrisk.toml`` in the working directory) and environment
+variables prefixed ``LOANRISK_`` (``LOANRISK_N_TRIALS=5``). Every piece of state a run creates lives under
+``state_dir`` (default ``.state`` in the project root), which is git-ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_BAD_STATUSES = [
+    "External Collection",
+    "Internal Collection",
+    "Returned Item",
+    "Charged Off",
+    "Charged Off Paid Off",
+    "Settled Bankruptcy",
+    "Settlement Paid Off",
+    "Settlement Pending Paid Off",
+]
+DEFAULT_GOOD_STATUSES = ["Paid Off Loan", "New Loan", "Pending Paid Off"]
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the optional TOML/YAML config file (flat keys, same names as the fields)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("LOANRISK_CONFIG")
+        candidate = Path(path) if path else Path.cwd() / "loanrisk.toml"
+        if not candidate.exists():
+            if path:
+                raise FileNotFoundError(f"LOANRISK_CONFIG names {candidate}, which does not exist")
+            return {}
+        text = candidate.read_text()
+        data = tomllib.loads(text) if candidate.suffix == ".toml" else yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {candidate} must hold a mapping of setting names to values")
+        return data
+
+
+class Settings(BaseSettings):
+    """All knobs of the pipeline, typed, with offline defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="LOANRISK_", extra="ignore", validate_default=True)
+
+    # --- where state goes -------------------------------------------------------------------------
+    state_dir: Path = PROJECT_ROOT / ".state"
+
+    # --- ingest --------------------------------------------------------------------------------------
+    source: str = Field("sample", description="'sample', a local directory, or hf://datasets/<repo>[@<rev>]")
+    sample_scale: float = Field(1.0, gt=0, le=5)
+    sample_seed: int = 42
+    hf_repo: str = "keanteng/loan"
+    hf_revision: str | None = None
+    hf_token: SecretStr | None = None
+    hf_max_attempts: int = Field(4, ge=1)
+
+    # --- orchestration -------------------------------------------------------------------------------
+    task_retries: int = Field(2, ge=0)
+    task_retry_delay_seconds: float = Field(10.0, ge=0)
+
+    # --- validation ----------------------------------------------------------------------------------
+    quarantine_max_share: float = Field(0.01, ge=0, le=1)
+
+    # --- label and split -----------------------------------------------------------------------------
+    label_bad_statuses: list[str] = Field(default_factory=lambda: list(DEFAULT_BAD_STATUSES))
+    label_good_statuses: list[str] = Field(default_factory=lambda: list(DEFAULT_GOOD_STATUSES))
+    split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+
+    # --- tuning and training -------------------------------------------------------------------------
+    n_trials: int = Field(12, ge=1)
+    tune_timeout_seconds: float = Field(420.0, gt=0)
+    optuna_storage: str | None = None  # any SQLAlchemy URL; default: SQLite under state_dir
+    optuna_study_name: str | None = None  # default: one study per data fingerprint
+    max_iterations: int = Field(1500, ge=10)
+    early_stopping_rounds: int = Field(60, ge=5)
+    seed: int = 42
+    thread_count: int = -1
+
+    # --- tracking and registry -----------------------------------------------------------------------
+    mlflow_tracking_uri: str | None = None  # default: SQLite store under state_dir; MLFLOW_TRACKING_URI wins
+    mlflow_experiment: str = "loan-risk"
+    model_name: str = "loan-risk"
+
+    # --- promotion policy ----------------------------------------------------------------------------
+    min_precision: float = Field(0.72, ge=0, le=1)
+    min_recall: float = Field(0.72, ge=0, le=1)
+    min_f1_gain: float = Field(0.02, ge=-1)
+    deploy_on_promotion: bool = True
+    deploy_deployment_name: str = "loan-risk-deploy/deploy"
+
+    # --- serving -------------------------------------------------------------------------------------
+    max_batch_size: int = Field(10_000, ge=1)
+    admin_token: SecretStr | None = None
+
+    # --- image, registry and release -----------------------------------------------------------------
+    docker_host: str | None = None  # default: DOCKER_HOST / the local socket
+    image_registry: str = "localhost:5055"
+    image_repository: str = "loan-risk"
+    base_image: str = "python:3.11-slim"
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+    registry_secret_block: str | None = None  # a Prefect Secret block holding the registry password
+    smoke_sample_size: int = Field(50, ge=1)
+    health_timeout_seconds: float = Field(90.0, gt=0)
+    github_token: SecretStr | None = None
+    github_repository: str | None = None  # owner/name
+    github_api_url: str = "https://api.github.com"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls), file_secret_settings)
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f <= 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"split_fractions must be three positive shares summing to 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _labels_disjoint(self) -> Settings:
+        both = set(self.label_bad_statuses) & set(self.label_good_statuses)
+        if both:
+            raise ValueError(f"label statuses cannot be both bad and good: {sorted(both)}")
+        return self
+
+    # --- derived locations ---------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "data"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.state_dir / "quarantine"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state_dir / "prefect"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI: MLFLOW_TRACKING_URI, else the setting, else local SQLite."""
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        if env:
+            return env
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.state_dir / "mlflow" / "artifacts"
+
+    @property
+    def study_storage(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.state_dir / 'optuna' / 'optuna.db'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; call ``get_settings.cache_clear()`` after changing the env)."""
+    return Settings()
+
+
+def configure_environment(settings: Settings | None = None) -> Settings:
+    """Point Prefect and MLflow state into the state folder, before either is imported.
+
+    Leaves variables the user already set alone, so ``PREFECT_API_URL`` or ``MLFLOW_TRACKING_URI`` win.
+    """
+    settings = settings or get_settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "PREFECT_HOME": str(settings.prefect_home),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    return settings

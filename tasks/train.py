@@ -1,0 +1,65 @@
+"""Fit CatBoost on the train slice with early stopping on the validation slice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from catboost import CatBoostClassifier, Pool
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from serving.features import CATEGORICAL_INDICES
+from tasks.common import run_logger
+from tasks.features import ModelTable
+from tasks.settings import Settings
+
+FIXED_PARAMS: dict[str, Any] = {
+    "loss_function": "Logloss",
+    "eval_metric": "AUC",
+    "allow_writing_files": False,
+    "verbose": False,
+}
+
+
+def make_pool(table: ModelTable) -> Pool:
+    """A CatBoost pool from the model rows (the exact rows the service builds)."""
+    return Pool(table.rows, label=table.label, cat_features=list(CATEGORICAL_INDICES))
+
+
+def model_params(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Tuned parameters plus the fixed ones: seed, threads, iteration cap, early stopping."""
+    return {
+        **FIXED_PARAMS,
+        "iterations": settings.max_iterations,
+        "early_stopping_rounds": settings.early_stopping_rounds,
+        "random_seed": settings.seed,
+        "thread_count": settings.thread_count,
+        **params,
+    }
+
+
+def fit_model(
+    params: dict[str, Any],
+    train: Pool,
+    valid: Pool,
+    settings: Settings,
+    callbacks: list[Any] | None = None,
+) -> CatBoostClassifier:
+    """Fit with early stopping on ``valid``; the best iteration is kept."""
+    model = CatBoostClassifier(**model_params(params, settings))
+    model.fit(train, eval_set=valid, use_best_model=True, callbacks=callbacks)
+    return model
+
+
+def predict_proba(model: CatBoostClassifier, pool: Pool) -> np.ndarray:
+    """Probability of the risky class."""
+    return model.predict(pool, prediction_type="Probability")[:, 1]
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(best_params: dict[str, Any], train: ModelTable, valid: ModelTable, settings: Settings) -> CatBoostClassifier:
+    """Prefect task: the final model with the best parameters."""
+    model = fit_model(best_params, make_pool(train), make_pool(valid), settings)
+    run_logger().info("final model: %d trees (best iteration %s)", model.tree_count_, model.get_best_iteration())
+    return model

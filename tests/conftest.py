@@ -1,0 +1,38 @@
+"""Test session set-up: all state in a throwaway folder, Prefect quiet and fast, markers enforced under CI."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_STATE = Path(tempfile.mkdtemp(prefix="loanrisk-tests-"))
+os.environ.setdefault("LOANRISK_STATE_DIR", str(_STATE))
+os.environ.setdefault("PREFECT_HOME", str(Path(os.environ["LOANRISK_STATE_DIR"]) / "prefect"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("LOANRISK_TASK_RETRY_DELAY_SECONDS", "0")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+import pytest  # noqa: E402
+
+from tasks.settings import Settings, get_settings  # noqa: E402
+
+get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings whose state (MLflow store, Optuna storage, data cache) lives in this test's tmp dir."""
+    return Settings(state_dir=tmp_path / "state", n_trials=2, max_iterations=80, tune_timeout_seconds=120)
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset (scale 0.02), generated once per session."""
+    from tasks.sample import generate
+
+    out = tmp_path_factory.mktemp("sample")
+    generate(out, scale=0.02, seed=7)
+    return out

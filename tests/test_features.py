@@ -1,0 +1,116 @@
+"""The row-level feature code: leakage rule, identifiers dropped, CSV strings and typed values agree."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from serving.features import (
+    CATEGORICAL_FEATURES,
+    CLARITY_COLUMNS,
+    FEATURE_NAMES,
+    IDENTIFIER_FIELDS,
+    LOAN_COLUMNS,
+    OUTCOME_FIELDS,
+    PAYMENT_COLUMNS,
+    FeatureError,
+    build_row,
+    build_rows,
+    clarity_column,
+)
+from tasks.features import build_model_table, label_loans
+
+RECORD = {
+    "loanId": "LL-I-07399092",
+    "anon_ssn": "beff4989be82aab4a5b47679216942fd",
+    "payFrequency": "B",
+    "apr": 360.0,
+    "applicationDate": "2016-02-23T17:29:01.940000",
+    "nPaidOff": 0.0,
+    "loanAmount": 500.0,
+    "originallyScheduledPaymentAmount": 978.27,
+    "state": "IL",
+    "leadType": "lead",
+    "leadCost": 6,
+    "clarityFraudId": "5669ef78e4b0c9d3936440e6",
+    "hasCF": 1,
+    clarity_column("clearfraudinquiry", "thirtydaysago"): 8.0,
+    clarity_column("clearfraudinquiry", "threesixtyfivedaysago"): 10.0,
+    clarity_column("clearfraudindicator", "inputssninvalid"): False,
+    clarity_column("clearfraudidentityverification", "ssnnamematch"): "match",
+    "clearfraudscore": 879.0,
+}
+
+
+def as_csv_strings(record: dict) -> dict:
+    """The same record as a CSV row posted as JSON: every value a string, missing as ''."""
+    return {k: "" if v is None else str(v) for k, v in record.items()}
+
+
+def test_no_outcome_or_identifier_becomes_a_feature() -> None:
+    """The leakage rule: outcomes, approval flags, payments and identifiers never reach the model."""
+    forbidden = OUTCOME_FIELDS | IDENTIFIER_FIELDS | set(PAYMENT_COLUMNS)
+    assert {"loanStatus", "fpStatus", "approved", "isFunded", "originated", "paymentStatus"} <= forbidden
+    assert not forbidden & set(FEATURE_NAMES)
+    base = build_row(RECORD)
+    leaky = dict(RECORD, loanStatus="External Collection", fpStatus="Rejected", approved=True, isFunded=1,
+                 originated=True, originatedDate="2016-02-24T10:00:00", paymentStatus="Rejected",
+                 paymentReturnCode="R01", isCollection=True, principal=10.0, anon_ssn="0" * 32,
+                 loanId="LL-I-00000001", underwritingid="f" * 24)  # fmt: skip
+    assert build_row(leaky) == base
+
+
+def test_feature_table_shape() -> None:
+    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES))
+    assert set(CATEGORICAL_FEATURES) <= set(FEATURE_NAMES)
+    assert len(CLARITY_COLUMNS) == 54 and CLARITY_COLUMNS[-2:] == ("clearfraudscore", "underwritingid")
+    assert len(LOAN_COLUMNS) == 19
+    row = build_row(RECORD)
+    assert len(row) == len(FEATURE_NAMES)
+    named = dict(zip(FEATURE_NAMES, row, strict=True))
+    assert named["report_age_days"] == pytest.approx(74.83, abs=0.01)
+    assert named["payment_to_amount"] == pytest.approx(978.27 / 500)
+    assert named["application_hour"] == 17.0 and named["application_weekday"] == 1.0
+    assert named["identity_ssnnamematch"] == "match" and named["state"] == "IL"
+
+
+def test_csv_strings_and_typed_values_give_the_same_row() -> None:
+    typed = build_row(RECORD)
+    strings = build_row(as_csv_strings(RECORD))
+    for a, b in zip(typed, strings, strict=True):
+        assert (isinstance(a, float) and math.isnan(a) and math.isnan(b)) or a == b
+
+
+def test_missing_fields_are_missing_values() -> None:
+    row = dict(zip(FEATURE_NAMES, build_row({}), strict=True))
+    assert row["state"] == "NA" and math.isnan(row["apr"]) and math.isnan(row["report_age_days"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("apr", "abc"), ("hasCF", "maybe"), ("applicationDate", "23/02/2016"), ("clarityFraudId", "zz"),
+     (clarity_column("clearfraudindicator", "inputssninvalid"), "perhaps"), ("state", {"a": 1})],
+)  # fmt: skip
+def test_bad_values_name_the_field_and_record(field: str, value: object) -> None:
+    with pytest.raises(FeatureError) as err:
+        build_rows([RECORD, dict(RECORD, **{field: value})])
+    assert err.value.field == field and err.value.index == 1
+    assert field in str(err.value) and "record 1" in str(err.value)
+
+
+def test_one_row_per_loan_and_label_mapping() -> None:
+    loan_fields = {k: v for k, v in RECORD.items() if k in LOAN_COLUMNS}
+    loan = pd.DataFrame(
+        [dict(loan_fields, loanId="L1", loanStatus="Paid Off Loan"), dict(loan_fields, loanId="L2", loanStatus="External Collection"),
+         dict(loan_fields, loanId="L3", loanStatus="Withdrawn Application"), dict(loan_fields, loanId=None, loanStatus="New Loan")]
+    )  # fmt: skip
+    clarity = pd.DataFrame([{c: None for c in CLARITY_COLUMNS} | {"underwritingid": RECORD["clarityFraudId"],
+                            "clearfraudscore": 700.0}])  # fmt: skip
+    labelled = label_loans(loan, ["External Collection"], ["Paid Off Loan", "New Loan"])
+    assert labelled["loanId"].tolist() == ["L1", "L2"] and labelled["label"].tolist() == [0, 1]
+    table = build_model_table(loan, clarity, ["External Collection"], ["Paid Off Loan", "New Loan"])
+    assert len(table) == 2 and table.label.tolist() == [0, 1]
+    assert dict(zip(FEATURE_NAMES, table.rows[0], strict=True))["clearfraudscore"] == 700.0
+    assert not {"loanStatus", "fpStatus", "approved", "isFunded"} & set(table.records[0])
