@@ -246,7 +246,9 @@ class PrefectApi:
                 if code in RETRY_STATUS_CODES:
                     last_error = f"HTTP {code}: {_detail(response)}"
                 elif code == 404:
-                    raise TriggerError(f"{method} {path}: not found (HTTP 404: {_detail(response)})", ExitCode.NOT_FOUND)
+                    raise TriggerError(
+                        f"{method} {path}: not found (HTTP 404: {_detail(response)})", ExitCode.NOT_FOUND
+                    )
                 elif code >= 400:
                     raise TriggerError(f"{method} {path}: HTTP {code}: {_detail(response)}", ExitCode.API)
                 else:
@@ -264,7 +266,8 @@ class PrefectApi:
                 )
                 self._sleep(delay)
         raise TriggerError(
-            f"{method} {self.api_url}/{path} failed after {self.retries + 1} attempts: {last_error}", ExitCode.API
+            f"{method} {self.api_url}/{path} failed after {self.retries + 1} attempts: {last_error}",
+            ExitCode.API,
         )
 
     def read_deployment(self, name: str) -> dict[str, Any]:
@@ -273,7 +276,9 @@ class PrefectApi:
         if not sep or not flow_name or not deployment_name or "/" in deployment_name:
             raise TriggerError(f"deployment must be FLOW/DEPLOYMENT, got {name!r}", ExitCode.USAGE)
         try:
-            return self.request("GET", f"deployments/name/{quote(flow_name, safe='')}/{quote(deployment_name, safe='')}")
+            return self.request(
+                "GET", f"deployments/name/{quote(flow_name, safe='')}/{quote(deployment_name, safe='')}"
+            )
         except TriggerError as exc:
             if exc.exit_code == ExitCode.NOT_FOUND:
                 raise TriggerError(
@@ -309,7 +314,10 @@ class PrefectApi:
         self.request(
             "POST",
             f"flow_runs/{flow_run_id}/set_state",
-            json_body={"state": {"type": "CANCELLING", "message": "timed out in deployments.trigger"}, "force": True},
+            json_body={
+                "state": {"type": "CANCELLING", "message": "timed out in deployments.trigger"},
+                "force": True,
+            },
         )
 
 
@@ -336,12 +344,19 @@ def wait_for_run(
         state_type, state_name, message = state_of(run)
         if (state_type, state_name) != seen:
             seen = (state_type, state_name)
-            logger.info("flow run %s: %s%s", run.get("name", flow_run_id), state_name or state_type, f" ({message})" if message else "")
+            logger.info(
+                "flow run %s: %s%s",
+                run.get("name", flow_run_id),
+                state_name or state_type,
+                f" ({message})" if message else "",
+            )
         if state_type in TERMINAL_STATES:
             return run
         remaining = deadline - clock()
         if remaining <= 0:
-            raise WaitTimeout(f"flow run {flow_run_id} still {state_name or state_type} after {timeout:g}s", run)
+            raise WaitTimeout(
+                f"flow run {flow_run_id} still {state_name or state_type} after {timeout:g}s", run
+            )
         sleep(min(poll_interval, remaining))
 
 
@@ -389,8 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run parameter; VALUE is parsed as JSON when it parses, else taken as a string (repeatable)",
     )
     parser.add_argument("--wait", action="store_true", help="follow the run to a terminal state")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait with --wait (default 3600)")
-    parser.add_argument("--poll-interval", type=float, default=5.0, help="seconds between state reads (default 5)")
+    parser.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds to wait with --wait (default 3600)"
+    )
+    parser.add_argument(
+        "--poll-interval", type=float, default=5.0, help="seconds between state reads (default 5)"
+    )
     parser.add_argument(
         "--cancel-on-timeout", action="store_true", help="cancel the run when --timeout passes before it ends"
     )
@@ -398,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tag", action="append", default=[], help="a tag for the flow run (repeatable)")
     parser.add_argument("--api-url", help="overrides PREFECT_API_URL")
     parser.add_argument("--retries", type=int, default=4, help="retries of each API call on transient errors")
-    parser.add_argument("--retry-delay", type=float, default=2.0, help="first retry delay in seconds, doubling")
+    parser.add_argument(
+        "--retry-delay", type=float, default=2.0, help="first retry delay in seconds, doubling"
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
     return parser
 
@@ -417,7 +438,12 @@ def _report_to_github(result: Mapping[str, Any]) -> None:
     """Step outputs and a summary line when running inside GitHub Actions."""
     outputs = "".join(
         f"{key}={'' if result.get(src) is None else result.get(src)}\n"
-        for key, src in (("flow_run_id", "id"), ("state", "state"), ("url", "url"), ("exit_code", "exit_code"))
+        for key, src in (
+            ("flow_run_id", "id"),
+            ("state", "state"),
+            ("url", "url"),
+            ("exit_code", "exit_code"),
+        )
     )
     _append(os.environ.get("GITHUB_OUTPUT"), outputs)
     if result.get("id"):
@@ -486,7 +512,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 code = STATE_EXIT_CODES[result["state"]]
                 if code != ExitCode.OK:
                     logger.error(
-                        "flow run %s ended %s: %s", run["id"], result["state_name"], result["message"] or "no message"
+                        "flow run %s ended %s: %s",
+                        run["id"],
+                        result["state_name"],
+                        result["message"] or "no message",
                     )
     except TriggerError as exc:
         code = exc.exit_code

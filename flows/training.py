@@ -17,28 +17,32 @@ from tasks.settings import Settings, configure_environment, get_settings
 
 configure_environment()
 
-from prefect import flow  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
-from serving.bundle import BundleMeta, write_bundle  # noqa: E402
-from serving.features import CATEGORICAL_FEATURES  # noqa: E402
-from tasks import tracking  # noqa: E402
-from tasks.common import retry_options, run_logger  # noqa: E402
-from tasks.evaluate import evaluate_task, save_plots, summary_markdown  # noqa: E402
-from tasks.features import features_task  # noqa: E402
-from tasks.ingest import ingest_task  # noqa: E402
-from tasks.promote import promote_task  # noqa: E402
-from tasks.registry import bundle_uri, register_task  # noqa: E402
-from tasks.split import split_task  # noqa: E402
-from tasks.train import make_pool, predict_proba, train_task  # noqa: E402
-from tasks.tune import tune_task  # noqa: E402
-from tasks.validate import validate_task  # noqa: E402
+from serving.bundle import BundleMeta, write_bundle
+from serving.features import CATEGORICAL_FEATURES
+from tasks import tracking
+from tasks.common import retry_options, run_logger
+from tasks.evaluate import evaluate_task, save_plots, summary_markdown
+from tasks.features import features_task
+from tasks.ingest import ingest_task
+from tasks.promote import promote_task
+from tasks.registry import bundle_uri, register_task
+from tasks.split import split_task
+from tasks.train import make_pool, predict_proba, train_task
+from tasks.tune import tune_task
+from tasks.validate import validate_task
 
 
 def resolve_settings(source: str | None, scale: float | None, n_trials: int | None) -> Settings:
     """The settings with this run's overrides applied (validated like the rest)."""
     base = get_settings()
-    overrides = {k: v for k, v in {"source": source, "sample_scale": scale, "n_trials": n_trials}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {"source": source, "sample_scale": scale, "n_trials": n_trials}.items()
+        if v is not None
+    }
     return Settings.model_validate({**base.model_dump(), **overrides}) if overrides else base
 
 
@@ -75,8 +79,14 @@ def _deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, 
         from prefect.deployments import run_deployment
 
         # timeout=0: do not block, so a single-slot worker cannot deadlock on its own child run.
-        child = run_deployment(settings.deploy_deployment_name, parameters={"model_version": version}, timeout=0)
-        return {"status": "scheduled", "flow_run_id": str(child.id), "deployment": settings.deploy_deployment_name}
+        child = run_deployment(
+            settings.deploy_deployment_name, parameters={"model_version": version}, timeout=0
+        )
+        return {
+            "status": "scheduled",
+            "flow_run_id": str(child.id),
+            "deployment": settings.deploy_deployment_name,
+        }
     from flows.deploy import deploy_flow
 
     return {"status": "completed", **deploy_flow(model_version=version)}
@@ -95,7 +105,9 @@ def training_flow(
     logger = run_logger()
     started = time.perf_counter()
     run_id = tracking.start_run(
-        settings, f"training-{datetime.now(UTC):%Y%m%d-%H%M%S}", {"source": settings.source, "dry_run": str(dry_run)}
+        settings,
+        f"training-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+        {"source": settings.source, "dry_run": str(dry_run)},
     )
     retry = retry_options(settings)
     try:
@@ -108,7 +120,9 @@ def training_flow(
         validated = validate_task(ingested.data_dir, settings, run_id)
         table = features_task(validated.tables, settings.label_bad_statuses, settings.label_good_statuses)
         split = split_task(table, settings.split_fractions)
-        tracking.log_dict(settings, run_id, {"boundaries": split.boundaries, "table": table.stats}, "split.json")
+        tracking.log_dict(
+            settings, run_id, {"boundaries": split.boundaries, "table": table.stats}, "split.json"
+        )
         tracking.log_params(settings, run_id, {f"split.{k}": v for k, v in split.boundaries.items()})
 
         fingerprint = data_fingerprint(ingested, table.stats)
@@ -127,7 +141,12 @@ def training_flow(
 
         plots_dir = tracking.scratch_dir("plots-")
         importances = list(zip(split.train.frame().columns, model.get_feature_importance(), strict=True))
-        tracking.log_files(settings, run_id, save_plots(split.test.label, p_test, metrics["threshold"], importances, plots_dir), "plots")
+        tracking.log_files(
+            settings,
+            run_id,
+            save_plots(split.test.label, p_test, metrics["threshold"], importances, plots_dir),
+            "plots",
+        )
         create_markdown_artifact(
             key="evaluation-summary", markdown=summary_markdown(metrics, split.boundaries, tuning),
             description="Test metrics of the newly trained loan-risk model",
@@ -138,7 +157,9 @@ def training_flow(
             model_name=settings.model_name,
             threshold=metrics["threshold"],
             categorical_features=list(CATEGORICAL_FEATURES),
-            metrics={k: v for k, v in metrics.items() if k.startswith(("test_", "valid_")) or k == "threshold"},
+            metrics={
+                k: v for k, v in metrics.items() if k.startswith(("test_", "valid_")) or k == "threshold"
+            },
             data_fingerprint=fingerprint,
             params={**tuning["best_params"], "best_iteration": model.get_best_iteration()},
             run_id=run_id,
@@ -167,7 +188,9 @@ def training_flow(
             result["deploy"] = _deploy(settings, version, deploy)
         tracking.log_metrics(settings, run_id, {"flow_seconds": time.perf_counter() - started})
         tracking.end_run(settings, run_id, "FINISHED")
-        logger.info("training flow done in %.1f s: %s", time.perf_counter() - started, json.dumps(result, default=str))
+        logger.info(
+            "training flow done in %.1f s: %s", time.perf_counter() - started, json.dumps(result, default=str)
+        )
         return result
     except BaseException:
         tracking.end_run(settings, run_id, "FAILED")
@@ -177,17 +200,25 @@ def training_flow(
 def main(argv: list[str] | None = None) -> int:
     """CLI: run the training flow and print its result as one JSON line."""
     parser = argparse.ArgumentParser(prog="python -m flows.training", description=__doc__.splitlines()[0])
-    parser.add_argument("--source", help="sample (default), a local directory, or hf://datasets/<repo>[@<revision>]")
+    parser.add_argument(
+        "--source", help="sample (default), a local directory, or hf://datasets/<repo>[@<revision>]"
+    )
     parser.add_argument("--scale", type=float, help="synthetic sample scale (1.0 = the real files' sizes)")
     parser.add_argument("--n-trials", type=int, help="Optuna trials")
     parser.add_argument("--dry-run", action="store_true", help="decide promotion without touching aliases")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--deploy", dest="deploy", action="store_true", default=None, help="require the deploy flow")
+    group.add_argument(
+        "--deploy", dest="deploy", action="store_true", default=None, help="require the deploy flow"
+    )
     group.add_argument("--no-deploy", dest="deploy", action="store_false", help="never run the deploy flow")
     args = parser.parse_args(argv)
     try:
         result = training_flow(
-            source=args.source, scale=args.scale, n_trials=args.n_trials, dry_run=args.dry_run, deploy=args.deploy
+            source=args.source,
+            scale=args.scale,
+            n_trials=args.n_trials,
+            dry_run=args.dry_run,
+            deploy=args.deploy,
         )
     except Exception as exc:  # noqa: BLE001 - the CLI reports any failure as a JSON line and exit 1
         sys.stdout.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")

@@ -11,6 +11,7 @@ The serving image carries no pydantic-settings; this module is all it needs.
 | ``LOANRISK_MODEL_THREADS``      | 1                    | CatBoost threads per prediction (one per worker is best) |
 | ``LOANRISK_LOG_LEVEL``          | INFO                 | level of the JSON logs                                   |
 | ``LOANRISK_RELOAD_SYNC_FILE``   | (none)               | file through which gunicorn workers share reloads        |
+| ``LOANRISK_VERIFY_REFERENCE``   | true                 | refuse a bundle that does not reproduce its reference    |
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 ENV_PREFIX = "LOANRISK_"
 DEFAULT_MAX_BATCH_SIZE = 10_000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,7 @@ class ServiceConfig:
     model_threads: int = 1
     log_level: str = "INFO"
     reload_sync_file: Path | None = None
+    verify_reference: bool = True
 
     def __post_init__(self) -> None:
         if self.bundle_dir is not None and not isinstance(self.bundle_dir, Path):
@@ -73,6 +76,10 @@ class ServiceConfig:
                     values[f.name] = int(raw)
                 except ValueError:
                     raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
+            elif f.name == "verify_reference":
+                if raw.lower() not in _BOOLEANS:
+                    raise ConfigError(f"{var} must be true or false, got {raw!r}")
+                values[f.name] = _BOOLEANS[raw.lower()]
             elif f.name in ("bundle_dir", "reload_sync_file"):
                 values[f.name] = Path(raw)
             else:

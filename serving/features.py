@@ -56,7 +56,11 @@ IDENTITY_FIELDS = (
     "ssndobreasoncode", "ssnnamereasoncode", "nameaddressreasoncode", "ssndobmatch", "overallmatchreasoncode",
 )  # fmt: skip
 # Descriptions repeat their code one-to-one; the code is the feature.
-REDUNDANT_IDENTITY = ("ssnnamereasoncodedescription", "nameaddressreasoncodedescription", "phonematchtypedescription")
+REDUNDANT_IDENTITY = (
+    "ssnnamereasoncodedescription",
+    "nameaddressreasoncodedescription",
+    "phonematchtypedescription",
+)
 
 
 def clarity_column(group: str, name: str) -> str:
@@ -75,7 +79,8 @@ CLARITY_COLUMNS: tuple[str, ...] = (
 # Fields that are known but never features: identifiers and outcomes (leakage).
 IDENTIFIER_FIELDS = frozenset({"loanId", "anon_ssn", "clarityFraudId", "underwritingid"})
 OUTCOME_FIELDS = frozenset(
-    {"originated", "originatedDate", "approved", "isFunded", "loanStatus", "fpStatus"} | set(PAYMENT_COLUMNS[1:])
+    {"originated", "originatedDate", "approved", "isFunded", "loanStatus", "fpStatus"}
+    | set(PAYMENT_COLUMNS[1:])
 )
 KNOWN_FIELDS = frozenset(LOAN_COLUMNS) | frozenset(CLARITY_COLUMNS) | frozenset(PAYMENT_COLUMNS)
 
@@ -165,7 +170,9 @@ def read_timestamp(v: Any) -> datetime | None:
         try:
             d = datetime.fromisoformat(v.strip())
         except ValueError:
-            raise ValueError(f"expected an ISO timestamp like 2016-02-23T17:29:01.940000, got {v!r}") from None
+            raise ValueError(
+                f"expected an ISO timestamp like 2016-02-23T17:29:01.940000, got {v!r}"
+            ) from None
         return d if d.tzinfo is None else d.astimezone(UTC).replace(tzinfo=None)
     raise ValueError(f"expected an ISO timestamp string, got {type(v).__name__}")
 
@@ -201,7 +208,9 @@ _DIRECT: list[tuple[str, str, Reader, bool]] = [
     ("leadCost", "leadCost", read_number, False),
     ("hasCF", "hasCF", read_flag, False),
 ]
-_DIRECT += [(f"inquiry_{f}", clarity_column("clearfraudinquiry", f), read_number, False) for f in INQUIRY_FIELDS]
+_DIRECT += [
+    (f"inquiry_{f}", clarity_column("clearfraudinquiry", f), read_number, False) for f in INQUIRY_FIELDS
+]
 _DIRECT += [
     (f"indicator_{f}", clarity_column("clearfraudindicator", f), read_number if f in NUMERIC_INDICATORS else read_flag, False)
     for f in INDICATOR_FIELDS
@@ -229,7 +238,10 @@ DERIVED_FEATURES = (
 FEATURE_NAMES: tuple[str, ...] = tuple(name for name, *_ in _DIRECT) + DERIVED_FEATURES
 CATEGORICAL_FEATURES: tuple[str, ...] = tuple(name for name, _, _, is_cat in _DIRECT if is_cat)
 CATEGORICAL_INDICES: tuple[int, ...] = tuple(FEATURE_NAMES.index(c) for c in CATEGORICAL_FEATURES)
-SOURCE_FIELDS: frozenset[str] = frozenset(src for _, src, _, _ in _DIRECT) | {"applicationDate", "clarityFraudId"}
+SOURCE_FIELDS: frozenset[str] = frozenset(src for _, src, _, _ in _DIRECT) | {
+    "applicationDate",
+    "clarityFraudId",
+}
 
 _INQ_30 = clarity_column("clearfraudinquiry", "thirtydaysago")
 _INQ_365 = clarity_column("clearfraudinquiry", "threesixtyfivedaysago")

@@ -75,7 +75,9 @@ def label_loans(loan: pd.DataFrame, bad: list[str], good: list[str]) -> pd.DataF
 def join_clarity(loans: pd.DataFrame, clarity: pd.DataFrame) -> pd.DataFrame:
     """Left-join the clarity report on ``clarityFraudId = underwritingid``; one row per loan is kept."""
     report = clarity.drop_duplicates("underwritingid")
-    joined = loans.merge(report, how="left", left_on="clarityFraudId", right_on="underwritingid", validate="m:1")
+    joined = loans.merge(
+        report, how="left", left_on="clarityFraudId", right_on="underwritingid", validate="m:1"
+    )
     if len(joined) != len(loans):  # pragma: no cover - guarded by validate="m:1"
         raise PermanentError(f"clarity join changed the row count from {len(loans)} to {len(joined)}")
     return joined

@@ -1,6 +1,6 @@
 """Docker SDK steps of the deploy flow: build, run, health check, clean up, push, verify in the registry.
 
-Plain functions only; the Prefect task wrappers live in the deploy flow. Every failure is a subclass of
+Plain functions first, then the thin Prefect tasks the deploy flow composes. Every failure is a subclass of
 :class:`DeployStepError`, whose text names the step, so a failed flow run says where it stopped.
 The builds use the classic builder through the low-level API (what docker-py drives), streaming each log
 line to the caller's ``log`` callback.
@@ -22,7 +22,10 @@ from typing import Any
 import docker
 import docker.errors
 import httpx
+import requests
 from docker.models.containers import Container
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 logger = logging.getLogger(__name__)
 
@@ -134,17 +137,19 @@ def build_image(
     step: str | None = None
     tail: deque[str] = deque(maxlen=30)
     image_id: str | None = None
-    chunks = client.api.build(
-        path=str(context_dir),
-        dockerfile=dockerfile,
-        decode=True,
-        rm=True,
-        forcerm=True,
-        pull=False,
-        buildargs=buildargs or {},
-        labels=labels or {},
-    )
+    if not (Path(context_dir) / dockerfile).is_file():
+        raise ImageBuildError(f"no {dockerfile} in build context {context_dir}")
     try:
+        chunks = client.api.build(
+            path=str(context_dir),
+            dockerfile=dockerfile,
+            decode=True,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            buildargs=buildargs or {},
+            labels=labels or {},
+        )
         for line, chunk in _stream_lines(chunks, log):
             if line:
                 tail.append(line)
@@ -165,6 +170,8 @@ def build_image(
                 image_id = aux["ID"]
     except docker.errors.APIError as exc:
         raise ImageBuildError(f"docker engine refused the build: {exc.explanation or exc}") from exc
+    except requests.RequestException as exc:
+        raise ImageBuildError(f"lost the docker engine during the build: {exc}") from exc
     if not image_id:
         raise ImageBuildError(
             "the build stream ended without an image id", build_step=step, log_tail=list(tail)
@@ -249,15 +256,16 @@ def run_container(
         port = _free_port()
         name = f"{name_prefix}-{uuid.uuid4().hex[:10]}"
         try:
-            container = client.containers.run(
+            # create + start rather than containers.run, which would try to pull a missing image.
+            container = client.containers.create(
                 image,
                 command=command,
                 name=name,
-                detach=True,
                 environment=env or {},
                 ports={f"{port_in_container}/tcp": ("127.0.0.1", port)},
                 labels={"loan-risk.role": "smoke", "loan-risk.name-prefix": name_prefix},
             )
+            container.start()
         except docker.errors.ImageNotFound as exc:
             raise ContainerStartError(f"image {image} not found: {exc.explanation or exc}") from exc
         except docker.errors.APIError as exc:
@@ -400,6 +408,8 @@ def push_image(
                 log(" ".join(str(chunk[k]) for k in ("id", "status") if chunk.get(k)))
     except docker.errors.APIError as exc:
         raise ImagePushError(f"{remote}:{tag}: {exc.explanation or exc}") from exc
+    except requests.RequestException as exc:
+        raise ImagePushError(f"{remote}:{tag}: lost the docker engine during the push: {exc}") from exc
     if not digest:
         raise ImagePushError(f"{remote}:{tag}: push ended without a digest")
     log(f"pushed {remote}:{tag} {digest}")
@@ -440,13 +450,16 @@ def registry_digest(
     url = f"{base}/v2/{name}/manifests/{tag}"
     auth = (username, password or "") if username else None
     headers = {"Accept": MANIFEST_ACCEPT}
-    with httpx.Client(timeout=30) as http:
-        resp = http.get(url, headers=headers, auth=auth)
-        challenge = resp.headers.get("WWW-Authenticate", "")
-        if resp.status_code == 401 and challenge.lower().startswith("bearer"):
-            token = _bearer_token(http, challenge, auth)
-            if token:
-                resp = http.get(url, headers={**headers, "Authorization": f"Bearer {token}"})
+    try:
+        with httpx.Client(timeout=30) as http:
+            resp = http.get(url, headers=headers, auth=auth)
+            challenge = resp.headers.get("WWW-Authenticate", "")
+            if resp.status_code == 401 and challenge.lower().startswith("bearer"):
+                token = _bearer_token(http, challenge, auth)
+                if token:
+                    resp = http.get(url, headers={**headers, "Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        raise ImagePushError(f"{url} unreachable: {type(exc).__name__}: {exc}") from exc
     if resp.status_code == 404:
         raise TagNotFoundError(f"{registry} has no {name}:{tag}")
     if resp.status_code != 200:
@@ -454,4 +467,87 @@ def registry_digest(
     digest = resp.headers.get("Docker-Content-Digest")
     if not digest:
         raise ImagePushError(f"{url} answered without a Docker-Content-Digest header")
+    return digest
+
+
+# --- availability and pulling ------------------------------------------------------------------------------
+def engine_available(settings: Any) -> tuple[bool, str]:
+    """Whether a Docker engine and the image registry answer (used to decide whether to deploy)."""
+    try:
+        client = get_client(settings.docker_host, timeout_s=5)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+        return False, f"no Docker engine answers at {settings.docker_host or 'DOCKER_HOST/default socket'} ({exc})"
+    try:
+        httpx.get(f"{_registry_base_url(settings.image_registry)}/v2/", timeout=5)
+    except httpx.HTTPError as exc:
+        return False, f"registry {settings.image_registry} does not answer ({exc})"
+    return True, "engine and registry answer"
+
+
+def pull_image(
+    client: docker.DockerClient, registry: str, repository: str, tag: str, username: str | None, password: str | None
+) -> str:
+    """Pull ``registry/repository:tag`` with credentials; returns the local reference."""
+    ref = f"{_remote_repository(registry, repository)}:{tag}"
+    auth = {"username": username, "password": password} if username else None
+    try:
+        client.images.pull(_remote_repository(registry, repository), tag=tag, auth_config=auth)
+    except docker.errors.APIError as exc:
+        raise ImagePushError(f"could not pull {ref}: {exc.explanation or exc}", step="pull") from exc
+    return ref
+
+
+# --- Prefect tasks ---------------------------------------------------------------------------------------
+
+
+def _log() -> LogFn:
+    from tasks.common import run_logger
+
+    return run_logger().info
+
+
+@task(name="build-image", cache_policy=NO_CACHE)
+def build_task(context_dir: Path, image_ref: str, buildargs: dict[str, str], labels: dict[str, str], docker_host: str | None) -> str:
+    """Prefect task: build the image (tag ``image_ref``), streaming the build log into the run log."""
+    repository, tag = image_ref.rsplit(":", 1)
+    return build_image(context_dir, repository, [tag], buildargs, labels, _log(), client=get_client(docker_host))
+
+
+@task(name="run-image", cache_policy=NO_CACHE)
+def run_task(image_ref: str, docker_host: str | None, health_timeout_s: float) -> RunningContainer:
+    """Prefect task: start the image on a free local port and wait (bounded) for ``/health``."""
+    running = run_container(image_ref, client=get_client(docker_host))
+    try:
+        wait_healthy(running.base_url, timeout_s=health_timeout_s, container=running)
+    except BaseException:
+        remove_container(running)
+        raise
+    _log()(f"{image_ref} is healthy at {running.base_url}")
+    return running
+
+
+@task(name="clean-up", cache_policy=NO_CACHE)
+def cleanup_task(running: RunningContainer | None) -> None:
+    """Prefect task: remove the smoke-test container (always runs)."""
+    if running is not None:
+        remove_container(running)
+
+
+@task(name="push-image", cache_policy=NO_CACHE)
+def push_task(
+    image_ref: str, tags: list[str], registry: str, repository: str, username: str | None, password: str | None,
+    docker_host: str | None,
+) -> str:  # fmt: skip
+    """Prefect task: push each tag in order (the version tag first, ``latest`` last) and confirm the digest."""
+    client = get_client(docker_host)
+    image = client.images.get(image_ref)
+    digest = ""
+    for tag in tags:
+        image.tag(_remote_repository(registry, repository), tag=tag)
+        digest = push_image(client, repository, tag, username, password, registry, log=_log())
+        held = registry_digest(registry, repository, tag, username, password)
+        if held != digest:
+            raise ImagePushError(f"registry holds {held} for {repository}:{tag}, pushed {digest}", step="verify push")
+        _log()(f"pushed {registry}/{repository}:{tag} {digest}")
     return digest

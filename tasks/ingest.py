@@ -158,7 +158,9 @@ def parse_source(source: str) -> Source:
         return Source(kind="sample", raw="sample")
     if raw.startswith("hf://"):
         if not raw.startswith(HF_SOURCE_PREFIX):
-            raise ValueError(f"unsupported Hub source {raw!r}: only dataset repositories are supported; {_ACCEPTED}")
+            raise ValueError(
+                f"unsupported Hub source {raw!r}: only dataset repositories are supported; {_ACCEPTED}"
+            )
         rest = raw[len(HF_SOURCE_PREFIX) :]
         repo_part, sep, revision = rest.partition("@")
         repo_id = repo_part.rstrip("/")
@@ -171,9 +173,13 @@ def parse_source(source: str) -> Source:
         raise ValueError(f"unsupported data source {raw!r}: {_ACCEPTED}")
     path = Path(raw).expanduser()
     if not path.exists():
-        raise ValueError(f"data source {raw!r} is not 'sample', not an hf:// URL and no such directory exists")
+        raise ValueError(
+            f"data source {raw!r} is not 'sample', not an hf:// URL and no such directory exists"
+        )
     if not path.is_dir():
-        raise ValueError(f"data source {raw!r} is a file; a local source must be a directory holding {_FILES_TEXT}")
+        raise ValueError(
+            f"data source {raw!r} is a file; a local source must be a directory holding {_FILES_TEXT}"
+        )
     return Source(kind="local", raw=raw, path=path.resolve())
 
 
@@ -302,7 +308,11 @@ def _ingest_sample(settings: Settings, logger: LoggerLike) -> IngestResult:
     else:
         logger.info("Reusing the synthetic sample in %s", out)
     files = {
-        name: {"path": str(out / name), "size": int(manifest["files"][name]["size"]), "sha256": manifest["files"][name]["sha256"]}
+        name: {
+            "path": str(out / name),
+            "size": int(manifest["files"][name]["size"]),
+            "sha256": manifest["files"][name]["sha256"],
+        }
         for name in DATA_FILES
     }
     return IngestResult(
@@ -342,7 +352,9 @@ def _ingest_local(src: Source) -> IngestResult:
             f"local data folder {folder} is missing {', '.join(missing)} (a source folder must hold {_FILES_TEXT})"
         )
     files = {name: describe_file(folder / name) for name in DATA_FILES}
-    return IngestResult(data_dir=folder, source=src.raw, kind="local", revision=None, files=files, cached=False)
+    return IngestResult(
+        data_dir=folder, source=src.raw, kind="local", revision=None, files=files, cached=False
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -361,7 +373,12 @@ def _token(settings: Settings) -> str | None:
 def _is_transient(exc: BaseException) -> bool:
     """Whether an error from huggingface_hub is worth another attempt."""
     import httpx2
-    from huggingface_hub.errors import FileMetadataError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import (
+        FileMetadataError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+    )
 
     if isinstance(exc, OfflineModeIsEnabled):
         return False
@@ -374,7 +391,9 @@ def _is_transient(exc: BaseException) -> bool:
         cause = exc.__cause__
         if cause is None or isinstance(cause, FileMetadataError):
             return False
-        return _is_transient(cause) or isinstance(cause, httpx2.TransportError | ConnectionError | TimeoutError)
+        return _is_transient(cause) or isinstance(
+            cause, httpx2.TransportError | ConnectionError | TimeoutError
+        )
     if isinstance(exc, FileMetadataError):
         return False
     if isinstance(exc, httpx2.TransportError | ConnectionError | TimeoutError):
@@ -398,7 +417,11 @@ def _permanent_error(exc: BaseException, repo_id: str, revision: str, filename: 
     )
 
     where = f"dataset repository {repo_id!r} on {endpoint}"
-    what = f"file {filename!r} at revision {revision!r} of {where}" if filename else f"revision {revision!r} of {where}"
+    what = (
+        f"file {filename!r} at revision {revision!r} of {where}"
+        if filename
+        else f"revision {revision!r} of {where}"
+    )
     if isinstance(exc, RevisionNotFoundError):
         return HubNotFoundError(f"revision {revision!r} not found in {where}")
     if isinstance(exc, GatedRepoError):
@@ -416,7 +439,9 @@ def _permanent_error(exc: BaseException, repo_id: str, revision: str, filename: 
     if isinstance(exc, OfflineModeIsEnabled):
         return HubAccessError(f"HF_HUB_OFFLINE is set and {what} is not in the local cache")
     if isinstance(exc, LocalEntryNotFoundError) and isinstance(exc.__cause__, FileMetadataError):
-        return HubAccessError(f"{endpoint} does not answer like a Hugging Face Hub for {what}: {exc.__cause__}")
+        return HubAccessError(
+            f"{endpoint} does not answer like a Hugging Face Hub for {what}: {exc.__cause__}"
+        )
     if isinstance(exc, FileMetadataError):
         return HubAccessError(f"{endpoint} does not answer like a Hugging Face Hub for {what}: {exc}")
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
@@ -524,7 +549,9 @@ def _ingest_hub(
         ref = storage / "refs" / revision
         cached_sha = ref.read_text().strip() if ref.is_file() else None
         if cached_sha and _snapshot_complete(storage, cached_sha):
-            logger.warning("HF_HUB_OFFLINE is set: using the cached %s of %s (%s)", revision, repo_id, cached_sha)
+            logger.warning(
+                "HF_HUB_OFFLINE is set: using the cached %s of %s (%s)", revision, repo_id, cached_sha
+            )
             sha = cached_sha
         else:
             raise HubAccessError(
@@ -543,7 +570,9 @@ def _ingest_hub(
         if not sha:
             from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-            url = hf_hub_url(repo_id, DATA_FILES[0], repo_type="dataset", revision=revision, endpoint=endpoint)
+            url = hf_hub_url(
+                repo_id, DATA_FILES[0], repo_type="dataset", revision=revision, endpoint=endpoint
+            )
             meta = _call_with_retries(
                 lambda: get_hf_file_metadata(url, token=token, endpoint=endpoint),
                 describe=f"resolving revision {revision!r} of {repo_id}",
@@ -552,7 +581,9 @@ def _ingest_hub(
             )
             sha = meta.commit_hash
         if not sha or not _COMMIT_SHA.fullmatch(sha):
-            raise HubAccessError(f"{endpoint} returned no commit sha for revision {revision!r} of {repo_id!r}")
+            raise HubAccessError(
+                f"{endpoint} returned no commit sha for revision {revision!r} of {repo_id!r}"
+            )
         siblings = {s.rfilename for s in (info.siblings or [])}
         if info.siblings is not None:
             missing = [name for name in DATA_FILES if name not in siblings]
@@ -581,7 +612,11 @@ def _ingest_hub(
                 force_download=force,
             )
 
-        path = Path(_call_with_retries(download, describe=f"downloading {name} from {repo_id}@{sha}", filename=name, **kw))
+        path = Path(
+            _call_with_retries(
+                download, describe=f"downloading {name} from {repo_id}@{sha}", filename=name, **kw
+            )
+        )
         entry = describe_file(path)
         expected = _expected_sha256(path)
         if expected is not None and entry["sha256"] != expected:
@@ -602,6 +637,8 @@ def _ingest_hub(
                     f"{name} from {repo_id}@{sha} has sha256 {entry['sha256']}, but the Hub announced {expected}"
                 )
         files[name] = entry
+    if revision != sha:
+        _remember_ref(storage, revision, sha)
     data_dir = Path(files[DATA_FILES[0]]["path"]).parent
     logger.info("%s %s@%s into %s", "Reused cached" if cached else "Downloaded", repo_id, sha, data_dir)
     return IngestResult(
@@ -614,6 +651,20 @@ def _ingest_hub(
         repo_id=repo_id,
         details={"requested_revision": revision, "endpoint": endpoint},
     )
+
+
+def _remember_ref(storage: Path, revision: str, sha: str) -> None:
+    """Record ``revision -> sha`` the way huggingface_hub does (``refs/<revision>``), for offline runs."""
+    ref = storage / "refs" / revision
+    try:
+        if ref.is_file() and ref.read_text().strip() == sha:
+            return
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(f".{ref.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(sha)
+        os.replace(tmp, ref)
+    except OSError:  # a read-only cache still works online
+        log.debug("could not record ref %s -> %s in %s", revision, sha, storage, exc_info=True)
 
 
 def _expected_sha256(path: Path) -> str | None:
@@ -646,7 +697,9 @@ def ingest_params(result: IngestResult) -> dict[str, str]:
     return params
 
 
-def record_ingest(result: IngestResult, run_id: str, *, settings: Settings | None = None, client: Any = None) -> None:
+def record_ingest(
+    result: IngestResult, run_id: str, *, settings: Settings | None = None, client: Any = None
+) -> None:
     """Record the source, resolved revision and each file's size and sha256 on an MLflow run (client API only).
 
     Params (immutable): ``data.source``, ``data.kind``, ``data.fingerprint``, ``data.revision`` (Hub),

@@ -58,7 +58,9 @@ def decide(metrics: dict[str, float], champion: dict[str, Any] | None, policy: P
     if champion is None:
         reasons.append("no champion: the minimums alone decide")
     elif champion.get("error"):
-        reasons.append(f"champion v{champion['version']} could not be re-scored ({champion['error']}): minimums decide")
+        reasons.append(
+            f"champion v{champion['version']} could not be re-scored ({champion['error']}): minimums decide"
+        )
     else:
         new, old = metrics["test_f1"], champion["test_f1"]
         gain = (new - old) / old if old > 0 else float("inf")
@@ -78,7 +80,9 @@ def rescore_champion(settings: Settings, test: ModelTable) -> dict[str, Any] | N
         return None
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         try:
-            bundle = load_bundle(registry.download_bundle(settings, version.version, Path(tmp) / "bundle"), thread_count=-1)
+            bundle = load_bundle(
+                registry.download_bundle(settings, version.version, Path(tmp) / "bundle"), thread_count=-1
+            )
         except (BundleError, OSError) as exc:
             return {"version": str(version.version), "error": str(exc)}
         p = bundle.predict_records(test.records)
@@ -115,7 +119,9 @@ def decision_markdown(settings: Settings, version: str, decision: Decision, dry_
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_task(settings: Settings, version: str, metrics: dict[str, float], test: ModelTable, dry_run: bool) -> Decision:
+def promote_task(
+    settings: Settings, version: str, metrics: dict[str, float], test: ModelTable, dry_run: bool
+) -> Decision:
     """Prefect task: decide, record the decision on the version and as an artifact; truthy when promoted."""
     from prefect.artifacts import create_markdown_artifact
 

@@ -88,7 +88,9 @@ def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
-    path = Path(mlflow.artifacts.download_artifacts(artifact_uri=bundle_uri(settings, version), dst_path=str(dst)))
+    path = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=bundle_uri(settings, version), dst_path=str(dst))
+    )
     if not (path / META_FILE).is_file():
         raise PermanentError(f"{bundle_uri(settings, version)} holds no model bundle ({META_FILE} missing)")
     stamp_version(path, str(version), model_name=settings.model_name)
@@ -99,5 +101,18 @@ def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
 def register_task(settings: Settings, run_id: str, bundle_dir: Path, tags: dict[str, str]) -> str:
     """Prefect task: a new model version carrying the bundle."""
     version = register_bundle(settings, run_id, bundle_dir, tags)
-    run_logger().info("registered %s version %s (%s)", settings.model_name, version, bundle_uri(settings, version))
+    run_logger().info(
+        "registered %s version %s (%s)", settings.model_name, version, bundle_uri(settings, version)
+    )
     return version
+
+
+@task(name="export-bundle", cache_policy=NO_CACHE)
+def export_task(settings: Settings, version: str, context_dir: Path) -> Path:
+    """Prefect task: a fresh Docker build context holding the version's bundle and the serving code."""
+    from serving.build_context import prepare_build_context
+
+    bundle = download_bundle(settings, version, context_dir.parent / f"bundle-v{version}")
+    context = prepare_build_context(bundle, context_dir, settings.state_dir / "wheels")
+    run_logger().info("build context for v%s at %s", version, context)
+    return context

@@ -42,7 +42,9 @@ def experiment_id(settings: Settings) -> str:
         return c.get_experiment_by_name(settings.mlflow_experiment).experiment_id
 
 
-def start_run(settings: Settings, name: str, tags: Mapping[str, str] | None = None, parent: str | None = None) -> str:
+def start_run(
+    settings: Settings, name: str, tags: Mapping[str, str] | None = None, parent: str | None = None
+) -> str:
     """Create a run (nested under ``parent`` when given) and return its id."""
     all_tags = dict(tags or {})
     if parent:
@@ -68,7 +70,9 @@ def log_metrics(settings: Settings, run_id: str, metrics: Mapping[str, float], s
 
     now = int(time.time() * 1000)
     items = [
-        Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+        Metric(k, float(v), now, step)
+        for k, v in metrics.items()
+        if v is not None and math.isfinite(float(v))
     ]
     if items:
         client(settings).log_batch(run_id, metrics=items)

@@ -58,8 +58,12 @@ def predict_proba(model: CatBoostClassifier, pool: Pool) -> np.ndarray:
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(best_params: dict[str, Any], train: ModelTable, valid: ModelTable, settings: Settings) -> CatBoostClassifier:
+def train_task(
+    best_params: dict[str, Any], train: ModelTable, valid: ModelTable, settings: Settings
+) -> CatBoostClassifier:
     """Prefect task: the final model with the best parameters."""
     model = fit_model(best_params, make_pool(train), make_pool(valid), settings)
-    run_logger().info("final model: %d trees (best iteration %s)", model.tree_count_, model.get_best_iteration())
+    run_logger().info(
+        "final model: %d trees (best iteration %s)", model.tree_count_, model.get_best_iteration()
+    )
     return model

@@ -80,7 +80,9 @@ def objective_for(train: Pool, valid: Pool, valid_label: Any, settings: Settings
         auc = float(roc_auc_score(valid_label, predict_proba(model, valid)))
         seconds = time.perf_counter() - started
         if parent_run:
-            child = tracking.start_run(settings, f"trial-{trial.number}", {"optuna.trial": str(trial.number)}, parent_run)
+            child = tracking.start_run(
+                settings, f"trial-{trial.number}", {"optuna.trial": str(trial.number)}, parent_run
+            )
             tracking.log_params(settings, child, {**params, "best_iteration": model.get_best_iteration()})
             tracking.log_metrics(settings, child, {"valid_roc_auc": auc, "fit_seconds": seconds})
             tracking.end_run(settings, child, "KILLED" if callback.pruned else "FINISHED")
@@ -103,7 +105,9 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = study_for(settings, study_name)
     objective = objective_for(make_pool(train), make_pool(valid), valid.label, settings, parent_run)
-    study.optimize(objective, n_trials=settings.n_trials, timeout=settings.tune_timeout_seconds, gc_after_trial=True)
+    study.optimize(
+        objective, n_trials=settings.n_trials, timeout=settings.tune_timeout_seconds, gc_after_trial=True
+    )
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise RuntimeError(f"tuning: no trial of study {study_name!r} completed")

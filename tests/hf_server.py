@@ -109,7 +109,9 @@ class FakeHub:
         """``{repo: {commit_sha: {filename: path_or_bytes}}}`` plus ``{repo: {"main": sha}}``."""
         hub = cls()
         for repo, commits in repos.items():
-            hub.repos[repo] = {sha: {f: Blob.of(c) for f, c in files.items()} for sha, files in commits.items()}
+            hub.repos[repo] = {
+                sha: {f: Blob.of(c) for f, c in files.items()} for sha, files in commits.items()
+            }
         hub.branches = {repo: dict(b) for repo, b in (branches or {}).items()}
         return hub
 
@@ -190,7 +192,9 @@ class FakeHub:
         self._server.daemon_threads = True
         host, port = self._server.server_address[:2]
         self.endpoint = f"http://{host}:{port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-hf-hub", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hf-hub", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -250,7 +254,9 @@ class _HubHandler(BaseHTTPRequestHandler):
         if method != "HEAD" and body:
             self.wfile.write(body)
 
-    def _error(self, method: str, path: str, status: int, code: str | None, message: str, **extra: str) -> None:
+    def _error(
+        self, method: str, path: str, status: int, code: str | None, message: str, **extra: str
+    ) -> None:
         headers = {"X-Error-Message": message, **extra}
         if code:
             headers["X-Error-Code"] = code
@@ -261,7 +267,9 @@ class _HubHandler(BaseHTTPRequestHandler):
         try:
             injected = self.state._take_failure(method, path)
             if injected is not None:
-                self._error(method, path, injected, None, f"injected failure {injected}", **{"Retry-After": "0"})
+                self._error(
+                    method, path, injected, None, f"injected failure {injected}", **{"Retry-After": "0"}
+                )
                 return
             m = _RESOLVE.match(path)
             if m and method in ("HEAD", "GET"):
@@ -317,7 +325,12 @@ class _HubHandler(BaseHTTPRequestHandler):
         blob = self.state.repos[repo][sha].get(filename)
         if blob is None:
             self._error(
-                method, path, 404, "EntryNotFound", f"{filename} does not exist on {revision}", **{"X-Repo-Commit": sha}
+                method,
+                path,
+                404,
+                "EntryNotFound",
+                f"{filename} does not exist on {revision}",
+                **{"X-Repo-Commit": sha},
             )
             return
         start, end, status = 0, blob.size, 200
@@ -331,7 +344,14 @@ class _HubHandler(BaseHTTPRequestHandler):
             start = int(m[1])
             end = min(int(m[2]) + 1, blob.size) if m[2] else blob.size
             if start >= blob.size:
-                self._error(method, path, 416, None, "range not satisfiable", **{"Content-Range": f"bytes */{blob.size}"})
+                self._error(
+                    method,
+                    path,
+                    416,
+                    None,
+                    "range not satisfiable",
+                    **{"Content-Range": f"bytes */{blob.size}"},
+                )
                 return
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.size}"
@@ -407,6 +427,8 @@ def hf_hub(hf_hub_files: HubRepoFiles, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     try:
-        yield HubFixture(hub=hub, repo_id=REPO_ID, first_sha=first_sha, second_sha=second_sha, files=hf_hub_files)
+        yield HubFixture(
+            hub=hub, repo_id=REPO_ID, first_sha=first_sha, second_sha=second_sha, files=hf_hub_files
+        )
     finally:
         hub.stop()

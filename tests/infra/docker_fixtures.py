@@ -39,9 +39,12 @@ class DockerServices:
     started_here: bool = False
 
 
-def state_dir() -> Path:
-    """The state folder services.sh uses (LOANRISK_STATE_DIR or <repo>/.state)."""
-    return Path(os.environ.get("LOANRISK_STATE_DIR") or REPO_ROOT / ".state")
+def docker_state_dir() -> Path:
+    """The folder services.sh keeps the engine and registry in (LOANRISK_DOCKER_STATE_DIR or <repo>/.state/docker).
+
+    Not under LOANRISK_STATE_DIR, which tests/conftest.py points at a throwaway folder per session.
+    """
+    return Path(os.environ.get("LOANRISK_DOCKER_STATE_DIR") or REPO_ROOT / ".state" / "docker")
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -56,8 +59,10 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def _services(command: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Run ``services.sh command`` against the shared docker state folder."""
     return subprocess.run(
         ["bash", str(SERVICES_SH), command],
+        env={**os.environ, "LOANRISK_DOCKER_STATE_DIR": str(docker_state_dir())},
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -83,8 +88,10 @@ def docker_services() -> Iterator[DockerServices]:
         _unavailable(f"services.sh could not run: {exc}")
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.splitlines()[-30:])
+        if not was_running:  # leave nothing half-started behind
+            _services("stop", 120)
         _unavailable(f"services.sh start exited {proc.returncode}:\n{tail}")
-    env = read_env_file(state_dir() / "docker" / "env.sh")
+    env = read_env_file(docker_state_dir() / "env.sh")
     services = DockerServices(
         docker_host=env["DOCKER_HOST"],
         registry=env["LOANRISK_IMAGE_REGISTRY"],

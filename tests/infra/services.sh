@@ -9,15 +9,18 @@
 #   bash tests/infra/services.sh stop      # stop registry and engine by PID (idempotent)
 #   bash tests/infra/services.sh selftest  # docker login + push a tiny image with the docker CLI
 #
-# Callers:  bash tests/infra/services.sh start >/dev/null && source "$STATE/docker/env.sh"
-# Inputs (env): LOANRISK_STATE_DIR (default <repo>/.state), REGISTRY_PORT (5055), REGISTRY_USER (ci),
+# Callers:  bash tests/infra/services.sh start >/dev/null && source .state/docker/env.sh
+#     (or:  eval "$(bash tests/infra/services.sh start)")
+# Inputs (env): LOANRISK_DOCKER_STATE_DIR (default <repo>/.state/docker), REGISTRY_PORT (5055), REGISTRY_USER (ci),
 #               REGISTRY_PASSWORD (ci-password), DOCKER_START_TIMEOUT (60 s), LOANRISK_INFRA_BASE_IMAGE.
 # Diagnostics go to stderr; stdout carries only the `export` lines of `start`.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-STATE="${LOANRISK_STATE_DIR:-$REPO/.state}"
-D="$STATE/docker"
+# One fixed home for the engine, registry and cached base rootfs, shared by every caller. Deliberately not
+# under LOANRISK_STATE_DIR: tests/conftest.py points that at a throwaway folder per pytest session, which
+# would mean a cold debootstrap and a second dockerd (fighting over docker0/iptables) per session.
+D="${LOANRISK_DOCKER_STATE_DIR:-$REPO/.state/docker}"
 ENGINE_DIR="$D/engine"
 REG_DIR="$D/registry"
 BASE_DIR="$D/base"

@@ -203,6 +203,13 @@ def test_container_that_exits_at_once_raises_with_logs(
     remove_container(running)  # already gone: no error
 
 
+def test_missing_image_raises_container_start_error(client: docker.DockerClient) -> None:
+    prefix = f"loan-risk-missing-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ContainerStartError, match=r"^\[run\] image loan-risk-missing:nope not found"):
+        run_container("loan-risk-missing:nope", client=client, name_prefix=prefix)
+    assert not client.containers.list(all=True, filters={"label": f"loan-risk.name-prefix={prefix}"})
+
+
 def test_health_timeout_names_the_url(
     client: docker.DockerClient,
     docker_services: DockerServices,  # noqa: F811

@@ -1,0 +1,283 @@
+"""Create the process work pool when it is missing, then apply every deployment in ``prefect.yaml``.
+
+    python -m deployments.setup [--pool NAME] [--prefect-file prefect.yaml]
+
+Non-interactive and idempotent: a second call leaves the pool alone and updates the deployments in place.
+It talks to the API that Prefect's settings name (``PREFECT_API_URL``, or the active profile), with the
+credentials they hold (``PREFECT_API_KEY`` / ``PREFECT_API_AUTH_STRING``), and refuses to run without an API
+URL (an ephemeral in-process server would forget the deployments at exit).
+
+Steps:
+
+1. the work pool (``--pool``, else ``LOANRISK_WORK_POOL``, else the one named in prefect.yaml) is created with
+   type ``process`` and Prefect's default job template unless it exists (of another type: an error);
+2. ``prefect --no-prompt deploy --all`` runs from the repository root, so the build step records the checkout
+   for the pull step; with another pool name it runs on a copy of prefect.yaml that names that pool;
+3. the deployments are read back from the API (each must be on the pool), and one JSON line is
+   printed: ``{"api_url", "pool", "pool_created", "deployments": [{"name", "id", "schedules", ...}]}``.
+
+Exit codes: 0 done, 1 ``prefect deploy`` failed or a deployment is missing afterwards, 2 configuration error
+(no API URL, a pool of another type, an unreadable prefect.yaml), 6 the API refused the credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger("deployments.setup")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PREFECT_FILE = REPO_ROOT / "prefect.yaml"
+POOL_ENV = "LOANRISK_WORK_POOL"
+DEPLOY_TIMEOUT_S = 600
+
+
+class SetupError(Exception):
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    name: str  # the deployment's own name ("retrain"); the flow name comes from the entrypoint's @flow
+    entrypoint: str
+    pool: str
+
+
+def load_prefect_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SetupError(f"cannot read {path}: {exc}", 2) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("deployments"), list) or not data["deployments"]:
+        raise SetupError(f"{path} declares no deployments", 2)
+    return data
+
+
+def deployment_specs(data: dict[str, Any]) -> list[DeploymentSpec]:
+    specs = []
+    for item in data["deployments"]:
+        pool = (item.get("work_pool") or {}).get("name")
+        if not item.get("name") or not item.get("entrypoint") or not pool:
+            raise SetupError(f"every deployment needs name, entrypoint and work_pool.name: {item!r}", 2)
+        specs.append(DeploymentSpec(item["name"], item["entrypoint"], pool))
+    return specs
+
+
+def with_pool(data: dict[str, Any], pool: str) -> dict[str, Any]:
+    """A copy of the prefect.yaml content with every deployment on ``pool``."""
+    copy = json.loads(json.dumps(data))  # plain deep copy; YAML anchors are already expanded
+    for item in copy["deployments"]:
+        item["work_pool"] = {**(item.get("work_pool") or {}), "name": pool}
+    return copy
+
+
+def _api_url() -> str | None:
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return str(url) if url else None
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403)
+
+
+def ensure_pool(name: str) -> bool:
+    """Create the ``process`` pool ``name`` if it does not exist; True when created here."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(name)
+        except ObjectNotFound:
+            pass
+        else:
+            if pool.type != "process":
+                raise SetupError(
+                    f"work pool {name!r} exists with type {pool.type!r}; it must be 'process'", 2
+                )
+            logger.info("work pool %s (process) exists", name)
+            return False
+        try:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name,
+                    type="process",
+                    description="Runs the loan-risk flows in subprocesses of a worker started from the checkout",
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                )
+            )
+        except ObjectAlreadyExists:  # created meanwhile by a concurrent setup
+            logger.info("work pool %s was created concurrently", name)
+            return False
+        logger.info("created work pool %s (process)", name)
+        return True
+
+
+def run_prefect_deploy(prefect_file: Path) -> None:
+    """``prefect --no-prompt deploy --all`` from the repository root; its output goes to the log."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "--no-prompt",
+        "deploy",
+        "--all",
+        "--prefect-file",
+        str(prefect_file),
+    ]
+    env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), "PREFECT_CLI_COLORS": "false"}
+    logger.info("running %s (cwd %s)", " ".join(cmd[2:]), REPO_ROOT)
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=DEPLOY_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise SetupError(f"prefect deploy did not finish in {DEPLOY_TIMEOUT_S}s") from exc
+    for line in proc.stdout.splitlines():
+        if line.strip():
+            logger.info("  %s", line.rstrip())
+    if proc.returncode != 0:
+        raise SetupError(f"prefect deploy --all exited {proc.returncode}")
+    if "Skipping deployment configuration" in proc.stdout:
+        raise SetupError(f"prefect deploy skipped the configuration in {prefect_file} (see the output above)")
+
+
+def read_back(specs: Sequence[DeploymentSpec], pool: str) -> list[dict[str, Any]]:
+    """The applied deployments as the API has them; an error when one is missing."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+
+    wanted = {s.name for s in specs}
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=sorted(wanted))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+        )
+        out = []
+        for dep in found:
+            flow = client.read_flow(dep.flow_id)
+            out.append(
+                {
+                    "name": f"{flow.name}/{dep.name}",
+                    "id": str(dep.id),
+                    "work_pool": dep.work_pool_name,
+                    "entrypoint": dep.entrypoint,
+                    "schedules": [
+                        {
+                            "cron": getattr(s.schedule, "cron", None),
+                            "timezone": getattr(s.schedule, "timezone", None),
+                            "active": s.active,
+                        }
+                        for s in dep.schedules
+                    ],
+                    "concurrency_limit": (
+                        dep.global_concurrency_limit.limit if dep.global_concurrency_limit else None
+                    ),
+                    "collision_strategy": (
+                        str(dep.concurrency_options.collision_strategy.value)
+                        if dep.concurrency_options
+                        else None
+                    ),
+                    "parameters": dep.parameters,
+                }
+            )
+    missing = wanted - {d["name"].split("/", 1)[1] for d in out}
+    if missing:
+        raise SetupError(f"deployments {sorted(missing)} are not on pool {pool!r} after prefect deploy")
+    return sorted(out, key=lambda d: d["name"])
+
+
+def setup(pool: str | None = None, prefect_file: Path = DEFAULT_PREFECT_FILE) -> dict[str, Any]:
+    """Pool + deployments; returns what ``main`` prints."""
+    data = load_prefect_file(prefect_file)
+    specs = deployment_specs(data)
+    declared = {s.pool for s in specs}
+    pool = pool or os.environ.get(POOL_ENV) or None
+    if pool is None:
+        if len(declared) != 1:
+            raise SetupError(f"{prefect_file} names several pools {sorted(declared)}; pass --pool", 2)
+        pool = declared.pop()
+    api_url = _api_url()
+    if not api_url:
+        raise SetupError(
+            "no Prefect API configured: start a server (prefect server start) and set PREFECT_API_URL, "
+            "e.g. http://127.0.0.1:4200/api (or log in to Prefect Cloud)",
+            2,
+        )
+    logger.info("Prefect API %s, work pool %s", api_url, pool)
+    created = ensure_pool(pool)
+    if all(s.pool == pool for s in specs):
+        run_prefect_deploy(prefect_file)
+    else:
+        with tempfile.TemporaryDirectory(prefix="loanrisk-prefect-") as tmp:
+            copy = Path(tmp) / "prefect.yaml"
+            copy.write_text(yaml.safe_dump(with_pool(data, pool), sort_keys=False))
+            logger.info("deploying a copy of %s with work pool %s", prefect_file.name, pool)
+            run_prefect_deploy(copy)
+    return {"api_url": api_url, "pool": pool, "pool_created": created, "deployments": read_back(specs, pool)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.setup", description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", help=f"work pool name (default: ${POOL_ENV}, else the one in prefect.yaml)")
+    parser.add_argument(
+        "--prefect-file", type=Path, default=DEFAULT_PREFECT_FILE, help="default: <repo>/prefect.yaml"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[setup] %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    started = time.monotonic()
+    try:
+        result = setup(args.pool, args.prefect_file.resolve())
+    except SetupError as exc:
+        logger.error("%s", exc)
+        return exc.exit_code
+    except Exception as exc:
+        if _is_auth_error(exc):
+            logger.error(
+                "the Prefect API refused the credentials (%s): check PREFECT_API_KEY or PREFECT_API_AUTH_STRING",
+                exc,
+            )
+            return 6
+        raise
+    logger.info("done in %.1fs", time.monotonic() - started)
+    print(json.dumps(result, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

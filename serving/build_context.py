@@ -1,0 +1,138 @@
+"""A self-contained Docker build context for the serving image (no Prefect, no network inside the build).
+
+``prepare_build_context(bundle_dir, out_dir, wheel_cache_dir)`` lays out::
+
+    out_dir/
+      Dockerfile  .dockerignore
+      serving/            the package (requirements.txt, gunicorn_conf.py, ...)
+      bundle/             the model bundle, copied in at build time
+      wheels/             every wheel of serving/requirements.txt, for pip --no-index --find-links
+
+PyPI is not reachable from inside containers here (TLS proxy), so the wheels are downloaded once on the host
+with ``pip download --only-binary=:all: --platform ... --python-version 3.11 --no-deps -r requirements.txt``
+into ``wheel_cache_dir/<requirements hash>/`` and reused while the requirements do not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+DOCKERIGNORE = REPO_ROOT / ".dockerignore"
+SERVING_DIR = REPO_ROOT / "serving"
+REQUIREMENTS = SERVING_DIR / "requirements.txt"
+
+PYTHON_VERSION = "3.11"
+# Debian bookworm has glibc 2.36: manylinux_2_28 and older (manylinux2014 = 2_17) wheels all run on it.
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
+COMPLETE_MARKER = ".complete"
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".ruff_cache")
+
+
+class BuildContextError(RuntimeError):
+    """The build context could not be prepared (missing bundle, failed wheel download, ...)."""
+
+
+def requirements_hash(requirements: Path = REQUIREMENTS) -> str:
+    """Hash of the requirement lines (comments and blank lines aside) and the target platform."""
+    lines = []
+    for line in requirements.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            lines.append(line.lower())
+    spec = "\n".join(sorted(lines)) + f"\npython={PYTHON_VERSION}\nplatforms={','.join(PLATFORMS)}\n"
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def _pip_works(command: list[str]) -> bool:
+    try:
+        return subprocess.run([*command, "--version"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def pip_command(helper_dir: Path) -> list[str]:
+    """A working pip: this interpreter's, else python3's on PATH, else one in a helper venv (ensurepip)."""
+    candidates = [[sys.executable, "-m", "pip"]]
+    python3 = shutil.which("python3")
+    if python3:
+        candidates.append([python3, "-m", "pip"])
+    for command in candidates:
+        if _pip_works(command):
+            return command
+    venv_python = helper_dir / "bin" / "python"
+    if not venv_python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(helper_dir)], check=True, capture_output=True)
+    command = [str(venv_python), "-m", "pip"]
+    if not _pip_works(command):
+        raise BuildContextError(f"no working pip found (tried {candidates} and a venv in {helper_dir})")
+    return command
+
+
+def download_wheels(wheel_cache_dir: str | Path, requirements: Path = REQUIREMENTS) -> Path:
+    """The folder of wheels for ``requirements``, downloaded on first use and cached by requirements hash."""
+    cache = Path(wheel_cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / requirements_hash(requirements)
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
+    try:
+        command = [
+            *pip_command(cache / ".pip-venv"), "download", "--only-binary=:all:", "--no-deps",
+            *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
+            "--python-version", PYTHON_VERSION, "-r", str(requirements), "-d", str(partial),
+        ]  # fmt: skip
+        logger.info("downloading serving wheels into %s", target)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise BuildContextError(f"pip download failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        wheels = sorted(p.name for p in partial.glob("*.whl"))
+        (partial / COMPLETE_MARKER).write_text("\n".join(wheels) + "\n")
+        if target.exists():  # another process finished first
+            shutil.rmtree(partial)
+        else:
+            os.replace(partial, target)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def prepare_build_context(bundle_dir: str | Path, out_dir: str | Path, wheel_cache_dir: str | Path) -> Path:
+    """Lay out a fresh build context in ``out_dir`` (emptied first) and return it."""
+    bundle = Path(bundle_dir)
+    if not (bundle / "model.cbm").is_file() or not (bundle / "bundle.json").is_file():
+        raise BuildContextError(f"{bundle} is not a model bundle (needs model.cbm and bundle.json)")
+    wheels = download_wheels(wheel_cache_dir)
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    shutil.copy2(DOCKERFILE, out / "Dockerfile")
+    if DOCKERIGNORE.is_file():
+        shutil.copy2(DOCKERIGNORE, out / ".dockerignore")
+    shutil.copytree(SERVING_DIR, out / "serving", ignore=_IGNORE)
+    shutil.copytree(bundle, out / "bundle", ignore=_IGNORE)
+    for path in (out / "bundle").rglob("*"):  # the image's non-root user must read what training wrote 0600
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.copytree(wheels, out / "wheels", copy_function=_link_or_copy, ignore=shutil.ignore_patterns(".*"))
+    return out

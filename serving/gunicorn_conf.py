@@ -1,0 +1,90 @@
+"""gunicorn settings of the prediction service (``gunicorn -c serving/gunicorn_conf.py 'serving.app:create_app()'``).
+
+Environment: ``LOANRISK_BIND`` (default ``0.0.0.0:$PORT``, PORT default 8080), ``LOANRISK_WORKERS`` (or
+``WEB_CONCURRENCY``; default 2), ``LOANRISK_THREADS`` (gthread threads per worker, default 2),
+``LOANRISK_TIMEOUT`` (s, default 60), ``LOANRISK_LOG_LEVEL``, ``PROMETHEUS_MULTIPROC_DIR`` (multi-worker
+metrics; made and emptied at start). A reload received by one worker reaches the others through the file
+named by ``LOANRISK_RELOAD_SYNC_FILE`` (made here when unset).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+wsgi_app = "serving.app:create_app()"
+pythonpath = str(_ROOT)
+bind = os.environ.get("LOANRISK_BIND") or f"0.0.0.0:{_int('PORT', 8080)}"
+workers = _int("LOANRISK_WORKERS", _int("WEB_CONCURRENCY", 2))
+# gthread keeps HTTP connections alive between requests (sync workers close each one); CPU work stays
+# serialised by the GIL, and CatBoost runs one thread per prediction (LOANRISK_MODEL_THREADS=1).
+worker_class = os.environ.get("LOANRISK_WORKER_CLASS", "gthread")
+threads = _int("LOANRISK_THREADS", 2)
+timeout = _int("LOANRISK_TIMEOUT", 60)
+graceful_timeout = 30
+keepalive = 5
+preload_app = False  # each worker loads its own model (and its own metric values)
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
+
+# Requests are logged by the app (one JSON line each, no personal fields); gunicorn's own logs go out as JSON.
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("LOANRISK_LOG_LEVEL", "info").lower()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "serving.logs.JsonFormatter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+        "error_console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+    },
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["error_console"], "propagate": False},
+        # off: the app writes the one access line per request (gunicorn's would add the client address)
+        "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
+    },
+}
+
+_state: dict[str, str] = {}
+
+
+def on_starting(server) -> None:  # noqa: ANN001 - gunicorn's Arbiter
+    """Before the workers fork: fresh metric files and a reload sync file they all share."""
+    multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if multiproc:
+        path = Path(multiproc)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+    if not os.environ.get("LOANRISK_RELOAD_SYNC_FILE"):
+        sync_dir = tempfile.mkdtemp(prefix="loanrisk-sync-")
+        _state["sync_dir"] = sync_dir
+        os.environ["LOANRISK_RELOAD_SYNC_FILE"] = os.path.join(sync_dir, "reload.json")
+
+
+def child_exit(server, worker) -> None:  # noqa: ANN001
+    """Drop a dead worker's live gauges from the multiprocess metrics."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:  # noqa: ANN001
+    sync_dir = _state.get("sync_dir")
+    if sync_dir:
+        shutil.rmtree(sync_dir, ignore_errors=True)

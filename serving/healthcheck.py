@@ -1,0 +1,29 @@
+"""Container health check: exit 0 when ``GET /health`` answers 200 (python3 + urllib, no curl needed).
+
+The port comes from ``LOANRISK_BIND`` (``host:port``) or ``PORT`` (default 8080).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.error
+import urllib.request
+
+
+def health_url() -> str:
+    bind = os.environ.get("LOANRISK_BIND", "")
+    port = bind.rsplit(":", 1)[1] if ":" in bind else os.environ.get("PORT", "8080")
+    return f"http://127.0.0.1:{port}/health"
+
+
+def main() -> int:
+    try:
+        with urllib.request.urlopen(health_url(), timeout=float(os.environ.get("HEALTHCHECK_TIMEOUT", "3"))) as r:
+            return 0 if r.status == 200 else 1
+    except (urllib.error.URLError, OSError, ValueError):
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

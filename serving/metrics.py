@@ -1,0 +1,87 @@
+"""Prometheus metrics of the service.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn with several workers), prometheus_client keeps the values in
+files of that directory and ``/metrics`` aggregates every worker's files; otherwise the default registry of
+this process is used. The metric objects are created once per process and shared by every app instance.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    requests: Counter
+    latency: Histogram
+    predictions: Counter
+    model_info: Gauge
+    reloads: Counter
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text of every metric (all workers in multiprocess mode) and its content type."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if directory and os.path.isdir(directory):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+    def set_model(self, name: str | None, version: str | None, previous: tuple[str, str] | None = None) -> None:
+        """Mark the served model (1) and the one it replaced (0)."""
+        if previous is not None:
+            self.model_info.labels(*previous).set(0)
+        self.model_info.labels(name or "", version or "").set(1)
+
+
+_lock = threading.Lock()
+_metrics: Metrics | None = None
+
+
+def get_metrics() -> Metrics:
+    """The process-wide metric objects (created on first use)."""
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            directory = os.environ.get(MULTIPROC_ENV)
+            if directory:  # prometheus_client writes its value files there: make sure it exists
+                os.makedirs(directory, exist_ok=True)
+            _metrics = Metrics(
+                requests=Counter(
+                    "loanrisk_http_requests",
+                    "HTTP requests answered, by endpoint, method and status.",
+                    ["endpoint", "method", "status"],
+                ),
+                latency=Histogram(
+                    "loanrisk_http_request_duration_seconds",
+                    "Time to answer an HTTP request, by endpoint, method and status.",
+                    ["endpoint", "method", "status"],
+                    buckets=LATENCY_BUCKETS,
+                ),
+                predictions=Counter(
+                    "loanrisk_predictions",
+                    "Loan applications scored, by endpoint.",
+                    ["endpoint"],
+                ),
+                model_info=Gauge(
+                    "loanrisk_model_info",
+                    "The model served (1) by name and version; 0 for a model that was replaced.",
+                    ["model_name", "model_version"],
+                    multiprocess_mode="livemax",
+                ),
+                reloads=Counter(
+                    "loanrisk_model_reloads",
+                    "Model reloads, by result.",
+                    ["result"],
+                ),
+            )
+        return _metrics

@@ -1,0 +1,164 @@
+"""Slim the serving virtual environment in the image's build stage, then prove it still serves the bundle.
+
+    /opt/venv/bin/python -m serving.prune --bundle /app/bundle [--site /opt/venv/lib/python3.11/site-packages]
+
+CatBoost declares pandas, matplotlib, plotly, graphviz, scipy, six and numpy as dependencies; to load a
+model and predict, its compiled module imports numpy, six, pandas and ``scipy.sparse`` (polars is optional).
+The image installs it with ``--no-deps`` plus those, and then drops what the service never imports:
+
+1. pip, setuptools and wheel (installers), and every ``tests`` folder;
+2. the subpackages of SciPy, pandas, NumPy and CatBoost that a probe run (import the app, load the bundle,
+   score single records, batches and MLflow-protocol requests) does not load, and SciPy's bundled
+   BLAS/Fortran libraries.
+
+The probe runs again on the slimmed environment, in a fresh interpreter; when it fails, everything removed in
+step 2 is put back and the build goes on with the full SciPy (bigger, but working). Exit code 1 only when the
+probe fails on the untouched environment too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+PRUNABLE_PACKAGES = ("scipy", "pandas", "numpy", "catboost")
+VENDORED_LIBS = ("scipy.libs",)
+INSTALLERS = ("pip", "setuptools", "wheel", "pkg_resources", "_distutils_hack", "distutils-precedence.pth")
+
+PROBE = r"""
+import json, sys
+from serving.app import create_app
+from serving.config import ServiceConfig
+from serving.bundle import load_bundle
+
+bundle_dir = sys.argv[1]
+app = create_app(ServiceConfig(bundle_dir=bundle_dir, log_level="WARNING"))
+client = app.test_client()
+assert client.get("/health").status_code == 200, client.get("/health").data
+reference = load_bundle(bundle_dir).reference() or {}
+records = (reference.get("records") or [{}])[:20]
+for record in records[:3]:
+    r = client.post("/predict", json=record)
+    assert r.status_code == 200, r.data
+r = client.post("/predict/batch", json={"data": records})
+assert r.status_code == 200, r.data
+r = client.post("/invocations", json={"dataframe_records": records})
+assert r.status_code == 200, r.data
+assert client.post("/predict", json={"apr": "abc"}).status_code == 422
+assert client.get("/metrics").status_code == 200
+print(json.dumps(sorted(name for name in sys.modules)))
+"""
+
+
+def site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def probe(bundle_dir: Path, cwd: Path) -> list[str] | None:
+    """Modules loaded while serving the bundle in a fresh interpreter, or None when serving failed."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(bundle_dir)], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(f"probe failed ({proc.returncode}):\n{proc.stderr[-4000:]}\n")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _size(path: Path) -> int:
+    if path.is_file() or path.is_symlink():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def remove_installers(site: Path) -> int:
+    freed = 0
+    for entry in list(site.iterdir()):
+        base = entry.name.split("-")[0]
+        if base in INSTALLERS or entry.name in INSTALLERS:
+            freed += _size(entry)
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    bin_dir = Path(sys.prefix) / "bin"
+    for script in bin_dir.glob("pip*"):
+        script.unlink()
+    return freed
+
+
+def remove_tests(site: Path) -> int:
+    freed = 0
+    for tests in sorted(site.rglob("tests"), key=lambda p: len(p.parts)):
+        if tests.is_dir() and tests.exists():
+            freed += _size(tests)
+            shutil.rmtree(tests)
+    return freed
+
+
+def unused_subpackages(site: Path, loaded: set[str]) -> list[Path]:
+    """Package folders under the prunable packages whose module was never imported by the probe."""
+    out: list[Path] = []
+
+    def walk(folder: Path, dotted: str) -> None:
+        for child in sorted(folder.iterdir()):
+            if not child.is_dir() or not (child / "__init__.py").exists():
+                continue
+            name = f"{dotted}.{child.name}"
+            if name in loaded:
+                walk(child, name)
+            else:
+                out.append(child)
+
+    for package in PRUNABLE_PACKAGES:
+        root = site / package
+        if root.is_dir() and package in loaded:
+            walk(root, package)
+    return out
+
+
+def vendored_libraries(site: Path) -> list[Path]:
+    """SciPy's bundled BLAS/LAPACK/Fortran runtimes (scipy.sparse does not link them; NumPy's are kept)."""
+    return [p for p in (site / name for name in VENDORED_LIBS) if p.is_dir()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", required=True, type=Path)
+    parser.add_argument("--site", type=Path, default=None, help="site-packages to slim (default: this venv's)")
+    parser.add_argument("--app-root", type=Path, default=Path(__file__).resolve().parent.parent)
+    args = parser.parse_args(argv)
+    site = args.site or site_packages()
+
+    loaded = probe(args.bundle, args.app_root)
+    if loaded is None:
+        sys.stderr.write("the service does not work in this environment, before any pruning\n")
+        return 1
+    freed = remove_installers(site) + remove_tests(site)
+
+    candidates = unused_subpackages(site, set(loaded)) + vendored_libraries(site)
+    trash = Path(tempfile.mkdtemp(prefix="prune-"))
+    moved: list[tuple[Path, Path]] = []
+    for i, path in enumerate(candidates):
+        target = trash / f"{i}-{path.name}"
+        shutil.move(str(path), target)
+        moved.append((path, target))
+    if probe(args.bundle, args.app_root) is None:
+        sys.stderr.write("slimmed environment failed the probe: restoring the removed subpackages\n")
+        for original, target in moved:
+            shutil.move(str(target), original)
+        if probe(args.bundle, args.app_root) is None:
+            return 1
+        moved = []
+    freed += sum(_size(target) for _, target in moved)
+    shutil.rmtree(trash, ignore_errors=True)
+    removed = [str(original.relative_to(site)) for original, _ in moved]
+    sys.stdout.write(json.dumps({"freed_mb": round(freed / 2**20, 1), "removed": removed}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""Request and response schemas of the service (JSON Schema, OpenAPI 3.0 dialect) and its OpenAPI document.
+
+The handlers in :mod:`serving.app` check requests by hand (faster than a validator, and the image carries
+none); these schemas document exactly what they accept and answer, and ``GET /openapi.json`` serves them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.features import (
+    CATEGORICAL_FEATURES,
+    CLARITY_COLUMNS,
+    FEATURE_NAMES,
+    INDICATOR_FIELDS,
+    INQUIRY_FIELDS,
+    LOAN_COLUMNS,
+    NUMERIC_INDICATORS,
+    clarity_column,
+)
+
+OPENAPI_VERSION = "3.0.3"
+API_VERSION = "1"
+
+# --- one loan application --------------------------------------------------------------------------------
+
+_NUMBER = {
+    "anyOf": [{"type": "number"}, {"type": "string"}],
+    "nullable": True,
+    "description": 'A number, or its CSV text ("590.0"); null or "" is a missing value.',
+}
+_FLAG = {
+    "anyOf": [{"type": "boolean"}, {"type": "number"}, {"type": "string"}],
+    "nullable": True,
+    "description": 'true/false, 1/0 or their CSV text ("True", "False"); null or "" is a missing value.',
+}
+_TEXT = {"type": "string", "nullable": True}
+_TIMESTAMP = {
+    "type": "string",
+    "nullable": True,
+    "description": "ISO 8601 time, e.g. 2016-02-23T17:29:01.940000 (taken as UTC when it has no offset).",
+}
+
+_LOAN_NUMBERS = ("apr", "nPaidOff", "loanAmount", "originallyScheduledPaymentAmount", "leadCost")
+_LOAN_FLAGS = ("originated", "approved", "isFunded", "hasCF")
+_LOAN_TIMES = ("applicationDate", "originatedDate")
+
+
+def _field_schema(name: str) -> dict[str, Any]:
+    if name in _LOAN_NUMBERS or name == "clearfraudscore":
+        return dict(_NUMBER)
+    if name in _LOAN_FLAGS:
+        return dict(_FLAG)
+    if name in _LOAN_TIMES:
+        return dict(_TIMESTAMP)
+    if name in {clarity_column("clearfraudinquiry", f) for f in INQUIRY_FIELDS}:
+        return dict(_NUMBER)
+    if name in {clarity_column("clearfraudindicator", f) for f in NUMERIC_INDICATORS}:
+        return dict(_NUMBER)
+    if name in {clarity_column("clearfraudindicator", f) for f in INDICATOR_FIELDS}:
+        return dict(_FLAG)
+    if name == clarity_column("clearfraudidentityverification", "overallmatchreasoncode"):
+        return dict(_NUMBER)
+    return dict(_TEXT)
+
+
+LOAN_APPLICATION: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "One loan application with the field names of loan.csv and clarity_underwriting_variables.csv "
+        "(a CSV row posted as JSON works as is). Missing fields are missing values; outcome and identifier "
+        "fields are never used as features; unknown fields are ignored and named in the answer's warnings."
+    ),
+    "properties": {name: _field_schema(name) for name in (*LOAN_COLUMNS, *CLARITY_COLUMNS)},
+    "additionalProperties": True,
+    "example": {
+        "loanId": "LL-I-07399092",
+        "payFrequency": "B",
+        "apr": "590.0",
+        "applicationDate": "2016-02-23T17:29:01.940000",
+        "nPaidOff": "0.0",
+        "loanAmount": "500.0",
+        "originallyScheduledPaymentAmount": "978.27",
+        "state": "IL",
+        "leadType": "bvMandatory",
+        "leadCost": "6",
+        "clarityFraudId": "5669ef78e4b0c9d3936440e6",
+        "hasCF": "1",
+        "clearfraudscore": "879.0",
+    },
+}
+
+_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1, "description": "Probability that the loan is risky."}
+_LABEL = {"type": "integer", "enum": [0, 1], "description": "1 = risky (probability >= threshold), 0 = good."}
+_VERSION = {"type": "string", "nullable": True, "description": "Registry version of the model served."}
+_WARNINGS = {"type": "array", "items": {"type": "string"}}
+_UNKNOWN = {"type": "array", "items": {"type": "string"}, "description": "Unknown field names that were ignored."}
+_LOAN_ID = {"type": "string", "nullable": True, "description": "The request's loanId, echoed."}
+
+PREDICTION: dict[str, Any] = {
+    "type": "object",
+    "required": ["probability", "label", "threshold", "model_version"],
+    "properties": {
+        "loanId": _LOAN_ID,
+        "probability": _PROBABILITY,
+        "label": _LABEL,
+        "threshold": {"type": "number"},
+        "model_name": {"type": "string"},
+        "model_version": _VERSION,
+        "warnings": _WARNINGS,
+        "unknown_fields": _UNKNOWN,
+    },
+}
+
+BATCH_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"$ref": "#/components/schemas/LoanApplication"},
+            "description": "Loan applications; at most the service's maximum batch size (413 beyond).",
+        }
+    },
+}
+
+BATCH_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "required": ["predictions", "model_version", "threshold", "count"],
+    "properties": {
+        "predictions": {
+            "type": "array",
+            "description": "One answer per record, in request order.",
+            "items": {
+                "type": "object",
+                "required": ["probability", "label"],
+                "properties": {"loanId": _LOAN_ID, "probability": _PROBABILITY, "label": _LABEL},
+            },
+        },
+        "count": {"type": "integer", "minimum": 0},
+        "threshold": {"type": "number"},
+        "model_name": {"type": "string"},
+        "model_version": _VERSION,
+        "warnings": _WARNINGS,
+        "unknown_fields": _UNKNOWN,
+    },
+}
+
+INVOCATIONS_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "MLflow's scoring protocol (as `mlflow models serve`): exactly one of dataframe_split, "
+        "dataframe_records, inputs or instances, with raw loan application fields."
+    ),
+    "properties": {
+        "dataframe_split": {
+            "type": "object",
+            "required": ["columns", "data"],
+            "properties": {
+                "columns": {"type": "array", "items": {"type": "string"}},
+                "data": {"type": "array", "items": {"type": "array", "items": {}}},
+                "index": {"type": "array", "items": {}},
+            },
+        },
+        "dataframe_records": {"type": "array", "items": {"$ref": "#/components/schemas/LoanApplication"}},
+        "inputs": {
+            "description": "A list of records, or an object of columns (name -> list of values).",
+            "anyOf": [
+                {"type": "array", "items": {"$ref": "#/components/schemas/LoanApplication"}},
+                {"type": "object", "additionalProperties": True},
+            ],
+        },
+        "instances": {"type": "array", "items": {"$ref": "#/components/schemas/LoanApplication"}},
+        "params": {"type": "object", "description": "Accepted and ignored."},
+    },
+}
+
+INVOCATIONS_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "required": ["predictions"],
+    "properties": {"predictions": {"type": "array", "items": _PROBABILITY}},
+}
+
+HEALTH: dict[str, Any] = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "model_name": {"type": "string", "nullable": True},
+        "model_version": _VERSION,
+        "error": {"type": "string"},
+        "message": {"type": "string"},
+    },
+}
+
+MODEL_INFO: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "version", "features", "categorical_features", "threshold"],
+    "properties": {
+        "name": {"type": "string"},
+        "version": _VERSION,
+        "features": {"type": "array", "items": {"type": "string"}, "example": list(FEATURE_NAMES[:3])},
+        "categorical_features": {
+            "type": "array",
+            "items": {"type": "string"},
+            "example": list(CATEGORICAL_FEATURES[:3]),
+        },
+        "threshold": {"type": "number"},
+        "metrics": {"type": "object", "additionalProperties": {"type": "number", "nullable": True}},
+        "data_fingerprint": {"type": "object", "additionalProperties": True},
+        "params": {"type": "object", "additionalProperties": True},
+        "run_id": {"type": "string", "nullable": True},
+        "feature_version": {"type": "string"},
+        "bundle_format": {"type": "integer"},
+        "created_at": {"type": "string", "nullable": True},
+    },
+}
+
+RELOAD_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "description": "Optional body; without bundle_dir the configured bundle directory is read again.",
+    "properties": {"bundle_dir": {"type": "string", "description": "Bundle directory on the server."}},
+}
+
+RELOAD_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "model_version"],
+    "properties": {
+        "status": {"type": "string", "enum": ["reloaded"]},
+        "model_name": {"type": "string"},
+        "model_version": _VERSION,
+        "previous_version": _VERSION,
+        "bundle_dir": {"type": "string"},
+    },
+}
+
+ERROR: dict[str, Any] = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {
+        "error": {"type": "string", "description": "A stable error code, e.g. invalid_value, invalid_json."},
+        "message": {"type": "string"},
+        "field": {"type": "string", "nullable": True, "description": "The field at fault, when one is."},
+        "index": {"type": "integer", "nullable": True, "description": "The record at fault (0-based), when known."},
+    },
+}
+
+PING: dict[str, Any] = {"type": "object", "properties": {"status": {"type": "string"}}}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "LoanApplication": LOAN_APPLICATION,
+    "Prediction": PREDICTION,
+    "BatchRequest": BATCH_REQUEST,
+    "BatchResponse": BATCH_RESPONSE,
+    "InvocationsRequest": INVOCATIONS_REQUEST,
+    "InvocationsResponse": INVOCATIONS_RESPONSE,
+    "Health": HEALTH,
+    "ModelInfo": MODEL_INFO,
+    "ReloadRequest": RELOAD_REQUEST,
+    "ReloadResponse": RELOAD_RESPONSE,
+    "Error": ERROR,
+    "Ping": PING,
+}
+
+
+# --- the document ----------------------------------------------------------------------------------------
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema_name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema_name)}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed JSON or a request of the wrong shape (names the field and record index).",
+        401: "Missing or wrong admin token.",
+        403: "Model reload is disabled (no admin token configured).",
+        413: "Body larger than the maximum body size, or more records than the maximum batch size.",
+        415: "Unsupported content type.",
+        422: "A field holds a value of the wrong type (names the field and record index).",
+        503: "No model is loaded.",
+    }
+    return {str(c): _json("Error", text[c]) for c in codes}
+
+
+def _body(schema_name: str, required: bool = True, csv: bool = False) -> dict[str, Any]:
+    content: dict[str, Any] = {"application/json": {"schema": _ref(schema_name)}}
+    if csv:
+        content["text/csv"] = {"schema": {"type": "string", "description": "A header line, then one line per record."}}
+    return {"required": required, "content": content}
+
+
+def openapi_document(
+    title: str = "Loan default risk service", version: str = API_VERSION, max_batch_size: int | None = None
+) -> dict[str, Any]:
+    """The OpenAPI 3.0 document of every endpoint and schema."""
+    batch_note = f" At most {max_batch_size} records." if max_batch_size else ""
+    predict_errors = _errors(400, 413, 422, 503)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "Probability that a loan application is risky, from a CatBoost model bundle.",
+        },
+        "paths": {
+            "/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness and readiness: 200 with the model version when a model is loaded.",
+                    "responses": {
+                        "200": _json("Health", "A model is loaded."),
+                        "503": _json("Health", "No model is loaded."),
+                    },
+                }
+            },
+            "/ping": {
+                "get": {
+                    "operationId": "ping",
+                    "summary": "MLflow scoring protocol health check.",
+                    "responses": {"200": _json("Ping", "A model is loaded."), "503": _json("Health", "No model.")},
+                }
+            },
+            "/model/info": {
+                "get": {
+                    "operationId": "modelInfo",
+                    "summary": "The model served: name, version, features, threshold, metrics, data fingerprint.",
+                    "responses": {"200": _json("ModelInfo", "The model's metadata."), **_errors(503)},
+                }
+            },
+            "/predict": {
+                "post": {
+                    "operationId": "predict",
+                    "summary": "Score one loan application.",
+                    "requestBody": _body("LoanApplication"),
+                    "responses": {"200": _json("Prediction", "The prediction."), **predict_errors},
+                }
+            },
+            "/predict/batch": {
+                "post": {
+                    "operationId": "predictBatch",
+                    "summary": "Score many loan applications; answers in request order." + batch_note,
+                    "requestBody": _body("BatchRequest"),
+                    "responses": {"200": _json("BatchResponse", "The predictions."), **predict_errors},
+                }
+            },
+            "/invocations": {
+                "post": {
+                    "operationId": "invocations",
+                    "summary": "MLflow scoring protocol (dataframe_split, dataframe_records, inputs, or CSV)."
+                    + batch_note,
+                    "requestBody": _body("InvocationsRequest", csv=True),
+                    "responses": {
+                        "200": _json("InvocationsResponse", "Probabilities, in request order."),
+                        **_errors(400, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/model/reload": {
+                "post": {
+                    "operationId": "reloadModel",
+                    "summary": "Load a bundle fully, then swap it in; in-flight requests finish on the old one.",
+                    "security": [{"bearerAuth": []}],
+                    "requestBody": _body("ReloadRequest", required=False),
+                    "responses": {
+                        "200": _json("ReloadResponse", "The new model is served."),
+                        **_errors(400, 401, 403, 413, 422),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics.",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document.",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3 document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,103 @@
+"""Smoke test of a running prediction service: every endpoint answers and training's predictions come back."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.common import PermanentError
+
+
+class SmokeTestError(PermanentError):
+    """The running image answered wrongly; the message says which check failed and why."""
+
+    step = "smoke-test"
+
+    def __str__(self) -> str:
+        return f"smoke-test failed: {super().__str__()}"
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise SmokeTestError(message)
+
+
+def _json(response: httpx.Response, what: str) -> Any:
+    _check(response.status_code == 200, f"{what} answered HTTP {response.status_code}: {response.text[:300]}")
+    try:
+        return response.json()
+    except ValueError:
+        raise SmokeTestError(f"{what} answered non-JSON: {response.text[:300]}") from None
+
+
+def smoke_test(
+    base_url: str,
+    expected_version: str,
+    reference: dict[str, list[Any]],
+    tolerance: float = 1e-6,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """Call /health, /model/info, /predict, /predict/batch and /invocations; compare with ``reference``.
+
+    ``reference`` holds raw test records and the probabilities training computed for them.
+    Returns a summary (checks passed, rows compared, largest difference).
+    """
+    records, expected = reference["records"], reference["probabilities"]
+    _check(
+        len(records) > 0 and len(records) == len(expected), "the bundle's reference sample is empty or uneven"
+    )
+    with httpx.Client(base_url=base_url, timeout=timeout) as http:
+        health = _json(http.get("/health"), "GET /health")
+        info = _json(http.get("/model/info"), "GET /model/info")
+        _check(
+            str(info.get("version")) == str(expected_version),
+            f"/model/info reports version {info.get('version')!r}, expected {expected_version!r}",
+        )
+        single = _json(http.post("/predict", json=records[0]), "POST /predict")
+        batch = _json(http.post("/predict/batch", json={"data": records}), "POST /predict/batch")
+        invocations = _json(
+            http.post("/invocations", json={"dataframe_records": records}), "POST /invocations"
+        )
+
+    got_batch = [p["probability"] for p in batch["predictions"]]
+    got_inv = [p if isinstance(p, int | float) else p.get("probability") for p in invocations["predictions"]]
+    _check(
+        len(got_batch) == len(expected), f"/predict/batch returned {len(got_batch)} rows for {len(expected)}"
+    )
+    _check(len(got_inv) == len(expected), f"/invocations returned {len(got_inv)} rows for {len(expected)}")
+    worst = 0.0
+    for name, values in (
+        ("/predict/batch", got_batch),
+        ("/invocations", got_inv),
+        ("/predict", [single["probability"]]),
+    ):
+        for i, (got, want) in enumerate(zip(values, expected, strict=False)):
+            diff = abs(float(got) - float(want))
+            worst = max(worst, diff)
+            _check(
+                math.isfinite(diff) and diff <= tolerance,
+                f"{name} record {i}: probability {got} differs from training's {want} by {diff:.2e} (> {tolerance})",
+            )
+    return {
+        "health": health,
+        "version": info.get("version"),
+        "rows_compared": len(expected),
+        "max_abs_diff": worst,
+        "checks": ["/health", "/model/info", "/predict", "/predict/batch", "/invocations"],
+    }
+
+
+@task(name="smoke-test", cache_policy=NO_CACHE)
+def smoke_task(
+    base_url: str, expected_version: str, reference: dict[str, list[Any]], tolerance: float = 1e-6
+) -> dict[str, Any]:
+    """Prefect task: the smoke test of the running container."""
+    from tasks.common import run_logger
+
+    summary = smoke_test(base_url, expected_version, reference, tolerance)
+    run_logger().info("smoke test passed: %s", summary)
+    return summary

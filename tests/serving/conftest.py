@@ -1,0 +1,182 @@
+"""Fixtures of the serving tests: a small but real bundle, apps built on it, and a live gunicorn server."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from serving.app import create_app
+from serving.bundle import Bundle, load_bundle
+from serving.config import ServiceConfig
+from serving.logs import LOGGER_NAME, JsonFormatter
+from tests.serving.synthetic import make_bundle, sample_records, strip_label
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="session")
+def labelled_records(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Labelled loans joined with their clarity report (CSV string values), from tasks.sample at scale 0.02."""
+    records = sample_records(tmp_path_factory.mktemp("sample"), scale=0.02, seed=1)
+    assert len(records) >= 200, f"only {len(records)} labelled records"
+    return records
+
+
+@pytest.fixture(scope="session")
+def records(labelled_records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same records without the label: what a client posts."""
+    return [strip_label(r) for r in labelled_records]
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory, labelled_records: list[dict[str, Any]]) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bundle-v1"), labelled_records, iterations=50, model_version="1")
+
+
+@pytest.fixture(scope="session")
+def bundle_dir_v2(tmp_path_factory: pytest.TempPathFactory, labelled_records: list[dict[str, Any]]) -> Path:
+    return make_bundle(
+        tmp_path_factory.mktemp("bundle-v2"), labelled_records, iterations=30, depth=3, model_version="2", seed=7
+    )
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_dir: Path) -> Bundle:
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture
+def make_app(bundle_dir: Path) -> Callable[..., Flask]:
+    def factory(**overrides: Any) -> Flask:
+        settings: dict[str, Any] = {"bundle_dir": bundle_dir, "admin_token": ADMIN_TOKEN, "log_level": "INFO"}
+        settings.update(overrides)
+        app = create_app(ServiceConfig(**settings))
+        app.testing = True
+        return app
+
+    return factory
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def log_lines() -> Iterator[Callable[[], list[str]]]:
+    """Everything the service logs (JSON lines) while the test runs."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield lambda: [line for line in stream.getvalue().splitlines() if line.strip()]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+# --- a live server in a subprocess --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _wait_ready(server: LiveServer, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited ({server.process.returncode}):\n{server.log_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server not ready in {timeout_s}s:\n{server.log_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)  # its own session: the master and its workers, nothing else
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def live_server(tmp_path: Path, bundle_dir: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start gunicorn (serving/gunicorn_conf.py) in a subprocess; stopped by process group at teardown."""
+    started: list[LiveServer] = []
+
+    def start(workers: int = 2, **env: str) -> LiveServer:
+        port = free_port()
+        log_path = tmp_path / f"server-{port}.log"
+        multiproc = tmp_path / f"prometheus-{port}"
+        environ = dict(os.environ)
+        environ.pop("LOANRISK_RELOAD_SYNC_FILE", None)
+        environ.update(
+            LOANRISK_BUNDLE_DIR=str(bundle_dir),
+            LOANRISK_ADMIN_TOKEN=ADMIN_TOKEN,
+            PROMETHEUS_MULTIPROC_DIR=str(multiproc),
+            PYTHONPATH=str(REPO_ROOT),
+        )
+        environ.update(env)
+        command = [
+            sys.executable, "-m", "gunicorn", "--config", str(REPO_ROOT / "serving" / "gunicorn_conf.py"),
+            "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        ]  # fmt: skip
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
+        started.append(server)
+        _wait_ready(server, 120)
+        return server
+
+    yield start
+    for server in started:
+        _stop(server.process)
