@@ -472,7 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     code = ExitCode.OK
     try:
-        api_url = args.api_url or os.environ.get("PREFECT_API_URL")
+        # Secrets pasted into CI settings often carry a trailing newline: strip every value.
+        api_url = (args.api_url or os.environ.get("PREFECT_API_URL") or "").strip()
         if not api_url:
             raise TriggerError(
                 "PREFECT_API_URL is not set (e.g. http://127.0.0.1:4200/api, or your Prefect Cloud workspace URL)",
@@ -486,14 +487,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise TriggerError("--timeout and --poll-interval must be positive", ExitCode.USAGE)
         with PrefectApi(
             api_url,
-            api_key=os.environ.get("PREFECT_API_KEY") or None,
-            auth_string=os.environ.get("PREFECT_API_AUTH_STRING") or None,
+            api_key=os.environ.get("PREFECT_API_KEY", "").strip() or None,
+            auth_string=os.environ.get("PREFECT_API_AUTH_STRING", "").strip() or None,
             retries=args.retries,
             retry_delay=args.retry_delay,
         ) as api:
             deployment = api.read_deployment(args.deployment)
             run = api.create_flow_run(deployment["id"], parameters, name=args.name, tags=args.tag)
-            url = flow_run_url(api_url, run["id"], os.environ.get("PREFECT_UI_URL") or None)
+            url = flow_run_url(api_url, run["id"], os.environ.get("PREFECT_UI_URL", "").strip() or None)
             result.update(id=run["id"], name=run.get("name"), url=url)
             result["state"], result["state_name"], result["message"] = state_of(run)
             print(f"Flow run {run.get('name')} ({run['id']}) of {args.deployment}: {url}", flush=True)

@@ -21,7 +21,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bundle", required=True, type=Path, help="model bundle directory")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: LOANRISK_WORKERS or 2)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="gunicorn workers (default: LOANRISK_WORKERS or 2)"
+    )
     parser.add_argument("--server", choices=("gunicorn", "flask"), default="gunicorn")
     return parser.parse_args(argv)
 

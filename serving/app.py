@@ -116,7 +116,9 @@ class ServedModel:
         )
 
 
-def check_reference(bundle: Bundle, limit: int = REFERENCE_LIMIT, tolerance: float = REFERENCE_TOLERANCE) -> int:
+def check_reference(
+    bundle: Bundle, limit: int = REFERENCE_LIMIT, tolerance: float = REFERENCE_TOLERANCE
+) -> int:
     """Score the bundle's reference records and compare with training's probabilities; returns rows checked.
 
     Raises :class:`BundleError` when this code does not reproduce what training computed (a feature skew).
@@ -131,7 +133,9 @@ def check_reference(bundle: Bundle, limit: int = REFERENCE_LIMIT, tolerance: flo
     try:
         got = bundle.predict_records(records)
     except FeatureError as exc:
-        raise BundleError(f"{bundle.directory}: reference record unreadable by this service ({exc})") from None
+        raise BundleError(
+            f"{bundle.directory}: reference record unreadable by this service ({exc})"
+        ) from None
     for i, (e, p) in enumerate(zip(expected, got, strict=False)):
         if e is None or not math.isfinite(float(e)) or abs(float(e) - p) > tolerance:
             raise BundleError(
@@ -220,7 +224,11 @@ class ModelHolder:
         if path is None:
             return
         token = uuid.uuid4().hex
-        data = {"bundle_dir": str(served.directory.resolve()), "token": token, "model_version": served.version}
+        data = {
+            "bundle_dir": str(served.directory.resolve()),
+            "token": token,
+            "model_version": served.version,
+        }
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         try:
             tmp.write_text(json.dumps(data))
@@ -229,7 +237,9 @@ class ModelHolder:
                 self._sync_token = token
                 self._sync_seen = path.stat().st_mtime_ns
         except OSError as exc:
-            logger.warning("could not publish reload to other workers", extra={"fields": {"error": repr(exc)}})
+            logger.warning(
+                "could not publish reload to other workers", extra={"fields": {"error": repr(exc)}}
+            )
 
     def maybe_sync(self) -> None:
         """Pick up a reload another worker published (checked at most every 0.25 s, loaded in background)."""
@@ -270,7 +280,9 @@ class ModelHolder:
 
 
 def _json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(obj, default=str), status=status, headers=headers, mimetype="application/json")
+    return Response(
+        orjson.dumps(obj, default=str), status=status, headers=headers, mimetype="application/json"
+    )
 
 
 def _raw_json_response(body: bytes, status: int = 200) -> Response:
@@ -282,7 +294,9 @@ def _read_body() -> bytes:
         return request.get_data(cache=False)
     except RequestEntityTooLarge:
         limit = request.max_content_length
-        raise ApiError(413, "body_too_large", f"request body is larger than the limit of {limit} bytes") from None
+        raise ApiError(
+            413, "body_too_large", f"request body is larger than the limit of {limit} bytes"
+        ) from None
 
 
 def _parse_json(body: bytes) -> Any:
@@ -314,16 +328,24 @@ def _check_size(records: list[Any], field: str, limit: int) -> None:
         raise ApiError(400, "empty_batch", f"'{field}' holds no records: send at least one", field, None)
     if len(records) > limit:
         raise ApiError(
-            413, "batch_too_large", f"{len(records)} records in '{field}'; the limit is {limit} per request", field
+            413,
+            "batch_too_large",
+            f"{len(records)} records in '{field}'; the limit is {limit} per request",
+            field,
         )
 
 
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
-        type(value), type(value).__name__
-    )
+    return {
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)
 
 
 def _loan_id(record: dict[str, Any], index: int) -> Any:
@@ -332,7 +354,9 @@ def _loan_id(record: dict[str, Any], index: int) -> Any:
         return value
     if type(value) in (int, float):
         return str(value)
-    raise ApiError(422, "invalid_value", f"record {index}, field 'loanId': expected a string", "loanId", index)
+    raise ApiError(
+        422, "invalid_value", f"record {index}, field 'loanId': expected a string", "loanId", index
+    )
 
 
 def _unknown(records: list[dict[str, Any]]) -> list[str]:
@@ -370,7 +394,9 @@ def _csv_records(body: bytes) -> list[dict[str, Any]]:
 def _mlflow_records(payload: Any) -> tuple[list[Any], str, list[str] | None]:
     """Records (or, for dataframe_split, rows plus their columns) from MLflow's scoring protocol."""
     if type(payload) is not dict:
-        raise ApiError(400, "invalid_request", f"expected a JSON object with one of {', '.join(_MLFLOW_KEYS)}")
+        raise ApiError(
+            400, "invalid_request", f"expected a JSON object with one of {', '.join(_MLFLOW_KEYS)}"
+        )
     keys = [k for k in _MLFLOW_KEYS if k in payload]
     if len(keys) != 1:
         raise ApiError(
@@ -383,12 +409,18 @@ def _mlflow_records(payload: Any) -> tuple[list[Any], str, list[str] | None]:
     value = payload[key]
     if key == "dataframe_split":
         if type(value) is not dict:
-            raise ApiError(400, "invalid_request", "dataframe_split must be an object with columns and data", key)
+            raise ApiError(
+                400, "invalid_request", "dataframe_split must be an object with columns and data", key
+            )
         columns, data = value.get("columns"), value.get("data")
         if type(columns) is not list or not all(type(c) is str for c in columns):
-            raise ApiError(400, "invalid_request", "dataframe_split.columns must be a list of names", f"{key}.columns")
+            raise ApiError(
+                400, "invalid_request", "dataframe_split.columns must be a list of names", f"{key}.columns"
+            )
         if type(data) is not list:
-            raise ApiError(400, "invalid_request", "dataframe_split.data must be a list of rows", f"{key}.data")
+            raise ApiError(
+                400, "invalid_request", "dataframe_split.data must be a list of rows", f"{key}.data"
+            )
         if len(set(columns)) != len(columns):
             raise ApiError(400, "invalid_request", "dataframe_split.columns repeats a name", f"{key}.columns")
         return data, f"{key}.data", columns
@@ -460,13 +492,11 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
         elapsed = time.perf_counter() - g.get("t0", time.perf_counter())
         rule = request.url_rule
         endpoint = rule.rule if rule is not None else "<unmatched>"
-        status = str(response.status_code)
         method = request.method
-        metrics.requests.labels(endpoint, method, status).inc()
-        metrics.latency.labels(endpoint, method, status).observe(elapsed)
         rows = g.get("rows", 0)
-        if rows and response.status_code == 200:
-            metrics.predictions.labels(endpoint).inc(rows)
+        metrics.observe_request(
+            endpoint, method, response.status_code, elapsed, rows if response.status_code == 200 else 0
+        )
         rid = request.headers.get("X-Request-ID", "")
         if not _REQUEST_ID.match(rid):
             rid = uuid.uuid4().hex
@@ -474,7 +504,7 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
         if access_logger.isEnabledFor(logging.INFO):
             fields: dict[str, Any] = {
                 "request_id": rid,
-                "method": method,
+                "method": method[:16],
                 "endpoint": endpoint,
                 "status": response.status_code,
                 "duration_ms": round(elapsed * 1000, 3),
@@ -502,7 +532,9 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         if status == 413:
-            return _error_response(413, "body_too_large", f"request body is larger than {config.max_body_bytes} bytes")
+            return _error_response(
+                413, "body_too_large", f"request body is larger than {config.max_body_bytes} bytes"
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
         headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
         return _error_response(status, code, exc.description or exc.name, headers=headers)
@@ -615,7 +647,9 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
             try:
                 records = columns_to_records(columns, records)
             except FeatureError as exc:
-                raise ApiError(400, "invalid_request", f"row {exc.index}: {exc.message}", field, exc.index) from None
+                raise ApiError(
+                    400, "invalid_request", f"row {exc.index}: {exc.message}", field, exc.index
+                ) from None
         _check_records(records, field)
         try:
             rows = build_rows(records)
@@ -635,7 +669,9 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
             )
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         expected = (config.admin_token or "").encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8", "replace"), expected):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode("utf-8", "replace"), expected
+        ):
             raise ApiError(
                 401,
                 "unauthorized",
@@ -655,7 +691,9 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
             current = holder.current
             directory = config.bundle_dir or (current.directory if current else None)
         if directory is None:
-            raise ApiError(400, "invalid_request", "no bundle directory configured: send bundle_dir", "bundle_dir")
+            raise ApiError(
+                400, "invalid_request", "no bundle directory configured: send bundle_dir", "bundle_dir"
+            )
         previous = holder.current
         try:
             served = holder.load(directory, origin="reload")

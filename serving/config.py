@@ -25,7 +25,16 @@ from typing import Any
 ENV_PREFIX = "LOANRISK_"
 DEFAULT_MAX_BATCH_SIZE = 10_000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+_BOOLEANS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 
 
 class ConfigError(ValueError):

@@ -256,15 +256,15 @@ def build_row(record: Mapping[str, Any]) -> list[Any]:
     for src, reader in _READERS:
         try:
             append(reader(get(src)))
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # 1e400-sized ints, year-0 dates
             raise FeatureError(src, str(exc)) from None
     try:
         applied = read_timestamp(get("applicationDate"))
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # 1e400-sized ints, year-0 dates
         raise FeatureError("applicationDate", str(exc)) from None
     try:
         age = _report_age_days(get("clarityFraudId"), applied)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # 1e400-sized ints, year-0 dates
         raise FeatureError("clarityFraudId", str(exc)) from None
     amount = row[3]
     scheduled = row[4]

@@ -19,7 +19,9 @@ def health_url() -> str:
 
 def main() -> int:
     try:
-        with urllib.request.urlopen(health_url(), timeout=float(os.environ.get("HEALTHCHECK_TIMEOUT", "3"))) as r:
+        with urllib.request.urlopen(
+            health_url(), timeout=float(os.environ.get("HEALTHCHECK_TIMEOUT", "3"))
+        ) as r:
             return 0 if r.status == 200 else 1
     except (urllib.error.URLError, OSError, ValueError):
         return 1

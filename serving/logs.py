@@ -24,7 +24,9 @@ _HANDLER_FLAG = "_loanrisk_json_handler"
 
 def _utc_timestamp(created: float) -> str:
     seconds = int(created)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((created - seconds) * 1000):03d}Z"
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((created - seconds) * 1000):03d}Z"
+    )
 
 
 class JsonFormatter(logging.Formatter):

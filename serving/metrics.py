@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -24,6 +34,22 @@ class Metrics:
     predictions: Counter
     model_info: Gauge
     reloads: Counter
+    _children: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float, rows: int = 0) -> None:
+        """Count one answered request (and the rows it scored), with its latency; label children are cached."""
+        key = (endpoint, method if method in HTTP_METHODS else "OTHER", str(status))
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(*key),
+                self.latency.labels(*key),
+                self.predictions.labels(endpoint),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+        if rows:
+            children[2].inc(rows)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text of every metric (all workers in multiprocess mode) and its content type."""
@@ -36,7 +62,9 @@ class Metrics:
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
-    def set_model(self, name: str | None, version: str | None, previous: tuple[str, str] | None = None) -> None:
+    def set_model(
+        self, name: str | None, version: str | None, previous: tuple[str, str] | None = None
+    ) -> None:
         """Mark the served model (1) and the one it replaced (0)."""
         if previous is not None:
             self.model_info.labels(*previous).set(0)

@@ -126,9 +126,13 @@ def vendored_libraries(site: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bundle", required=True, type=Path)
-    parser.add_argument("--site", type=Path, default=None, help="site-packages to slim (default: this venv's)")
+    parser.add_argument(
+        "--site", type=Path, default=None, help="site-packages to slim (default: this venv's)"
+    )
     parser.add_argument("--app-root", type=Path, default=Path(__file__).resolve().parent.parent)
     args = parser.parse_args(argv)
     site = args.site or site_packages()

@@ -90,11 +90,20 @@ LOAN_APPLICATION: dict[str, Any] = {
     },
 }
 
-_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1, "description": "Probability that the loan is risky."}
+_PROBABILITY = {
+    "type": "number",
+    "minimum": 0,
+    "maximum": 1,
+    "description": "Probability that the loan is risky.",
+}
 _LABEL = {"type": "integer", "enum": [0, 1], "description": "1 = risky (probability >= threshold), 0 = good."}
 _VERSION = {"type": "string", "nullable": True, "description": "Registry version of the model served."}
 _WARNINGS = {"type": "array", "items": {"type": "string"}}
-_UNKNOWN = {"type": "array", "items": {"type": "string"}, "description": "Unknown field names that were ignored."}
+_UNKNOWN = {
+    "type": "array",
+    "items": {"type": "string"},
+    "description": "Unknown field names that were ignored.",
+}
 _LOAN_ID = {"type": "string", "nullable": True, "description": "The request's loanId, echoed."}
 
 PREDICTION: dict[str, Any] = {
@@ -242,7 +251,11 @@ ERROR: dict[str, Any] = {
         "error": {"type": "string", "description": "A stable error code, e.g. invalid_value, invalid_json."},
         "message": {"type": "string"},
         "field": {"type": "string", "nullable": True, "description": "The field at fault, when one is."},
-        "index": {"type": "integer", "nullable": True, "description": "The record at fault (0-based), when known."},
+        "index": {
+            "type": "integer",
+            "nullable": True,
+            "description": "The record at fault (0-based), when known.",
+        },
     },
 }
 
@@ -291,7 +304,9 @@ def _errors(*codes: int) -> dict[str, Any]:
 def _body(schema_name: str, required: bool = True, csv: bool = False) -> dict[str, Any]:
     content: dict[str, Any] = {"application/json": {"schema": _ref(schema_name)}}
     if csv:
-        content["text/csv"] = {"schema": {"type": "string", "description": "A header line, then one line per record."}}
+        content["text/csv"] = {
+            "schema": {"type": "string", "description": "A header line, then one line per record."}
+        }
     return {"required": required, "content": content}
 
 
@@ -323,7 +338,10 @@ def openapi_document(
                 "get": {
                     "operationId": "ping",
                     "summary": "MLflow scoring protocol health check.",
-                    "responses": {"200": _json("Ping", "A model is loaded."), "503": _json("Health", "No model.")},
+                    "responses": {
+                        "200": _json("Ping", "A model is loaded."),
+                        "503": _json("Health", "No model."),
+                    },
                 }
             },
             "/model/info": {

@@ -6,7 +6,6 @@ runs exactly the code training ran.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,16 +28,26 @@ from tasks.common import PermanentError, run_logger
 DECISION_LOAN_FIELDS = tuple(c for c in LOAN_COLUMNS if c not in OUTCOME_FIELDS)
 
 
-@dataclass
 class ModelTable:
-    """One row per labelled loan: raw decision-time records, their model rows, label and time."""
+    """One row per labelled loan: raw decision-time records, their model rows, label and time.
 
-    records: list[dict[str, Any]]
-    rows: list[list[Any]]
-    label: np.ndarray
-    application_time: np.ndarray  # datetime64[ns]
-    loan_ids: list[str]
-    stats: dict[str, Any] = field(default_factory=dict)
+    A plain class on purpose: Prefect walks dataclass and collection inputs of every task looking for futures,
+    which for ~39k records of ~70 fields costs minutes; an opaque object is passed as it is.
+    """
+
+    __slots__ = ("records", "rows", "label", "application_time", "loan_ids", "stats")
+
+    def __init__(
+        self,
+        records: list[dict[str, Any]],
+        rows: list[list[Any]],
+        label: np.ndarray,
+        application_time: np.ndarray,
+        loan_ids: list[str],
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        self.records, self.rows, self.label = records, rows, label
+        self.application_time, self.loan_ids, self.stats = application_time, loan_ids, stats or {}
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -38,89 +38,40 @@ LAST_PAYMENT = np.datetime64("2021-02-26", "D")
 EPOCH = np.datetime64("1970-01-01T00:00:00", "s")
 READ_OPTIONS = {"keep_default_na": False, "na_values": [""], "low_memory": False}
 
+# fmt: off
 LOAN_FILE, PAYMENT_FILE, CLARITY_FILE, RISK_FILE = (
-    "loan.csv",
-    "payment.csv",
-    "clarity_underwriting_variables.csv",
-    "true_risk.csv",
+    "loan.csv", "payment.csv", "clarity_underwriting_variables.csv", "true_risk.csv",
 )
-
 LOAN_COLUMNS = [
-    "loanId",
-    "anon_ssn",
-    "payFrequency",
-    "apr",
-    "applicationDate",
-    "originated",
-    "originatedDate",
-    "nPaidOff",
-    "approved",
-    "isFunded",
-    "loanStatus",
-    "loanAmount",
-    "originallyScheduledPaymentAmount",
-    "state",
-    "leadType",
-    "leadCost",
-    "fpStatus",
-    "clarityFraudId",
-    "hasCF",
+    "loanId", "anon_ssn", "payFrequency", "apr", "applicationDate", "originated", "originatedDate",
+    "nPaidOff", "approved", "isFunded", "loanStatus", "loanAmount", "originallyScheduledPaymentAmount",
+    "state", "leadType", "leadCost", "fpStatus", "clarityFraudId", "hasCF",
 ]
 PAYMENT_COLUMNS = [
-    "loanId",
-    "installmentIndex",
-    "isCollection",
-    "paymentDate",
-    "principal",
-    "fees",
-    "paymentAmount",
-    "paymentStatus",
-    "paymentReturnCode",
+    "loanId", "installmentIndex", "isCollection", "paymentDate", "principal", "fees", "paymentAmount",
+    "paymentStatus", "paymentReturnCode",
 ]
 
 CLARITY_PREFIX = ".underwritingdataclarity.clearfraud."
 INQUIRY_FIELDS = [
-    "thirtydaysago",
-    "twentyfourhoursago",
-    "oneminuteago",
-    "onehourago",
-    "ninetydaysago",
-    "sevendaysago",
-    "tenminutesago",
-    "fifteendaysago",
-    "threesixtyfivedaysago",
+    "thirtydaysago", "twentyfourhoursago", "oneminuteago", "onehourago", "ninetydaysago", "sevendaysago",
+    "tenminutesago", "fifteendaysago", "threesixtyfivedaysago",
 ]
-# Boolean indicator -> share True (before the fraud-quality shift); None marks the float columns.
+# Indicator -> share True before the fraud-factor shift (None: a numeric column).
 INDICATOR_FIELDS: dict[str, float | None] = {
-    "inquiryonfilecurrentaddressconflict": 0.12,
-    "totalnumberoffraudindicators": None,
-    "telephonenumberinconsistentwithaddress": 0.92,
-    "inquiryageyoungerthanssnissuedate": 0.01,
-    "onfileaddresscautious": 0.02,
-    "inquiryaddressnonresidential": 0.03,
-    "onfileaddresshighrisk": 0.02,
-    "ssnreportedmorefrequentlyforanother": 0.05,
-    "currentaddressreportedbytradeopenlt90days": 0.04,
-    "inputssninvalid": 0.0,
-    "inputssnissuedatecannotbeverified": 0.02,
-    "inquiryaddresscautious": 0.02,
-    "morethan3inquiriesinthelast30days": None,
-    "onfileaddressnonresidential": 0.03,
-    "creditestablishedpriortossnissuedate": 0.02,
-    "driverlicenseformatinvalid": 0.0,
-    "inputssnrecordedasdeceased": 0.0,
-    "inquiryaddresshighrisk": 0.02,
-    "inquirycurrentaddressnotonfile": 0.2,
-    "bestonfilessnissuedatecannotbeverified": 0.03,
-    "highprobabilityssnbelongstoanother": 0.04,
-    "maxnumberofssnswithanybankaccount": None,
-    "bestonfilessnrecordedasdeceased": 0.0,
-    "currentaddressreportedbynewtradeonly": 0.03,
-    "creditestablishedbeforeage18": 0.05,
-    "telephonenumberinconsistentwithstate": 0.1,
-    "driverlicenseinconsistentwithonfile": 0.05,
-    "workphonepreviouslylistedascellphone": 0.15,
-    "workphonepreviouslylistedashomephone": 0.1,
+    "inquiryonfilecurrentaddressconflict": 0.12, "totalnumberoffraudindicators": None,
+    "telephonenumberinconsistentwithaddress": 0.92, "inquiryageyoungerthanssnissuedate": 0.01,
+    "onfileaddresscautious": 0.02, "inquiryaddressnonresidential": 0.03, "onfileaddresshighrisk": 0.02,
+    "ssnreportedmorefrequentlyforanother": 0.05, "currentaddressreportedbytradeopenlt90days": 0.04,
+    "inputssninvalid": 0.0, "inputssnissuedatecannotbeverified": 0.02, "inquiryaddresscautious": 0.02,
+    "morethan3inquiriesinthelast30days": None, "onfileaddressnonresidential": 0.03,
+    "creditestablishedpriortossnissuedate": 0.02, "driverlicenseformatinvalid": 0.0,
+    "inputssnrecordedasdeceased": 0.0, "inquiryaddresshighrisk": 0.02, "inquirycurrentaddressnotonfile": 0.2,
+    "bestonfilessnissuedatecannotbeverified": 0.03, "highprobabilityssnbelongstoanother": 0.04,
+    "maxnumberofssnswithanybankaccount": None, "bestonfilessnrecordedasdeceased": 0.0,
+    "currentaddressreportedbynewtradeonly": 0.03, "creditestablishedbeforeage18": 0.05,
+    "telephonenumberinconsistentwithstate": 0.1, "driverlicenseinconsistentwithonfile": 0.05,
+    "workphonepreviouslylistedascellphone": 0.15, "workphonepreviouslylistedashomephone": 0.1,
 }
 SPARSE_INDICATORS = {  # share of reports where the indicator is present at all
     "driverlicenseinconsistentwithonfile": 10_055 / 49_752,
@@ -129,21 +80,11 @@ SPARSE_INDICATORS = {  # share of reports where the indicator is present at all
 }
 NOT_COUNTED = ("telephonenumberinconsistentwithaddress", *SPARSE_INDICATORS)
 IDENTITY_FIELDS = [
-    "ssnnamematch",
-    "nameaddressmatch",
-    "phonematchtype",
-    "ssnnamereasoncodedescription",
-    "phonematchresult",
-    "nameaddressreasoncodedescription",
-    "phonematchtypedescription",
-    "overallmatchresult",
-    "phonetype",
-    "ssndobreasoncode",
-    "ssnnamereasoncode",
-    "nameaddressreasoncode",
-    "ssndobmatch",
-    "overallmatchreasoncode",
+    "ssnnamematch", "nameaddressmatch", "phonematchtype", "ssnnamereasoncodedescription", "phonematchresult",
+    "nameaddressreasoncodedescription", "phonematchtypedescription", "overallmatchresult", "phonetype",
+    "ssndobreasoncode", "ssnnamereasoncode", "nameaddressreasoncode", "ssndobmatch", "overallmatchreasoncode",
 ]
+# fmt: on
 
 
 def _clarity_name(group: str, name: str) -> str:
@@ -156,80 +97,39 @@ IND = {n: _clarity_name("clearfraudindicator", n) for n in INDICATOR_FIELDS}
 IDV = {n: _clarity_name("clearfraudidentityverification", n) for n in IDENTITY_FIELDS}
 CLARITY_COLUMNS = [*INQ.values(), *IND.values(), *IDV.values(), "clearfraudscore", "underwritingid"]
 
+# fmt: off
 RISKY_STATUSES = (
-    "External Collection",
-    "Internal Collection",
-    "Returned Item",
-    "Charged Off",
-    "Charged Off Paid Off",
-    "Settled Bankruptcy",
-    "Settlement Paid Off",
-    "Settlement Pending Paid Off",
+    "External Collection", "Internal Collection", "Returned Item", "Charged Off", "Charged Off Paid Off",
+    "Settled Bankruptcy", "Settlement Paid Off", "Settlement Pending Paid Off",
 )
 GOOD_STATUSES = ("Paid Off Loan", "New Loan", "Pending Paid Off")
 
 UNFUNDED_STATUS: dict[str | None, int] = {
-    "Withdrawn Application": 450_984,
-    "Rejected": 85_070,
-    "CSR Voided New Loan": 1_026,
-    "Credit Return Void": 704,
-    "Customer Voided New Loan": 504,
-    "Pending Application Fee": 5,
-    "Pending Rescind": 4,
-    "Pending Application": 4,
-    "Voided New Loan": 2,
-    "Customver Voided New Loan": 1,
-    "Internal Collection": 3,
-    "Settled Bankruptcy": 1,
-    "Charged Off Paid Off": 1,
-    None: 391,
+    "Withdrawn Application": 450_984, "Rejected": 85_070, "CSR Voided New Loan": 1_026,
+    "Credit Return Void": 704, "Customer Voided New Loan": 504, "Pending Application Fee": 5,
+    "Pending Rescind": 4, "Pending Application": 4, "Voided New Loan": 2, "Customver Voided New Loan": 1,
+    "Internal Collection": 3, "Settled Bankruptcy": 1, "Charged Off Paid Off": 1, None: 391,
 }
 FUNDED_RISKY = {
-    "External Collection": 11_334,
-    "Internal Collection": 5_564,
-    "Returned Item": 1_182,
-    "Settlement Paid Off": 708,
-    "Settled Bankruptcy": 325,
-    "Charged Off Paid Off": 159,
-    "Charged Off": 1,
+    "External Collection": 11_334, "Internal Collection": 5_564, "Returned Item": 1_182,
+    "Settlement Paid Off": 708, "Settled Bankruptcy": 325, "Charged Off Paid Off": 159, "Charged Off": 1,
     "Settlement Pending Paid Off": 1,
 }
 VOIDED = (
-    "CSR Voided New Loan",
-    "Credit Return Void",
-    "Customer Voided New Loan",
-    "Voided New Loan",
+    "CSR Voided New Loan", "Credit Return Void", "Customer Voided New Loan", "Voided New Loan",
     "Customver Voided New Loan",
 )
 PAY_FREQ_ALL: dict[str | None, int] = {
-    "B": 316_654,
-    "W": 137_188,
-    "M": 59_092,
-    "I": 33_787,
-    "S": 29_688,
-    None: 1_273,
+    "B": 316_654, "W": 137_188, "M": 59_092, "I": 33_787, "S": 29_688, None: 1_273,
 }
 PAY_FREQ_FUNDED: dict[str | None, int] = {"B": 22_797, "W": 10_248, "M": 2_880, "S": 2_628, "I": 429}
 LEAD_ALL: dict[str | None, int] = {
-    "bvMandatory": 475_001,
-    "lead": 72_673,
-    "organic": 22_851,
-    "prescreen": 4_515,
-    "rc_returning": 2_069,
-    "california": 479,
-    "lionpay": 26,
-    "repeat": 24,
-    "instant-offer": 22,
-    "express": 22,
+    "bvMandatory": 475_001, "lead": 72_673, "organic": 22_851, "prescreen": 4_515, "rc_returning": 2_069,
+    "california": 479, "lionpay": 26, "repeat": 24, "instant-offer": 22, "express": 22,
 }
 LEAD_FUNDED: dict[str | None, int] = {
-    "bvMandatory": 28_300,
-    "lead": 6_000,
-    "organic": 2_700,
-    "prescreen": 700,
-    "rc_returning": 1_100,
-    "california": 160,
-    "lionpay": 20,
+    "bvMandatory": 28_300, "lead": 6_000, "organic": 2_700, "prescreen": 700, "rc_returning": 1_100,
+    "california": 160, "lionpay": 20,
 }
 LEAD_COST: dict[str, dict[int, float]] = {
     "bvMandatory": {3: 0.52, 6: 0.18, 10: 0.14, 11: 0.05, 0: 0.05, 5: 0.06},
@@ -237,163 +137,53 @@ LEAD_COST: dict[str, dict[int, float]] = {
     "california": {0: 0.5, 20: 0.25, 25: 0.25},
 }
 STATE_TOP = {
-    "OH": 90_496,
-    "IL": 66_710,
-    "TX": 49_729,
-    "MO": 49_249,
-    "WI": 40_349,
-    "MI": 34_635,
-    "TN": 32_991,
-    "NC": 26_962,
-    "FL": 25_896,
-    "IN": 25_781,
-    "SC": 23_925,
-    "CA": 22_691,
-    "NV": 11_477,
-    "PA": 9_723,
-    "VA": 9_197,
-    "NJ": 7_641,
-    "UT": 6_742,
+    "OH": 90_496, "IL": 66_710, "TX": 49_729, "MO": 49_249, "WI": 40_349, "MI": 34_635, "TN": 32_991,
+    "NC": 26_962, "FL": 25_896, "IN": 25_781, "SC": 23_925, "CA": 22_691, "NV": 11_477, "PA": 9_723,
+    "VA": 9_197, "NJ": 7_641, "UT": 6_742,
 }
 STATE_REST = [
-    "AL",
-    "MS",
-    "CO",
-    "LA",
-    "AZ",
-    "NM",
-    "KY",
-    "SD",
-    "MN",
-    "GA",
-    "OK",
-    "WY",
-    "CT",
-    "WA",
-    "KS",
-    "IA",
-    "DE",
-    "ID",
-    "RI",
-    "NE",
-    "HI",
-    "AK",
-    "ND",
+    "AL", "MS", "CO", "LA", "AZ", "NM", "KY", "SD", "MN", "GA", "OK", "WY", "CT", "WA", "KS", "IA", "DE",
+    "ID", "RI", "NE", "HI", "AK", "ND",
 ]
 STATE_RARE = {"NY": 3, "MD": 3, "OH-TEST": 1, "TX-TEST": 1}
 APR_MAIN = {
-    590.0: 0.3,
-    645.0: 0.12,
-    360.0: 0.08,
-    601.0: 0.07,
-    680.0: 0.06,
-    490.0: 0.05,
-    450.0: 0.045,
-    359.0: 0.04,
-    625.0: 0.035,
+    590.0: 0.3, 645.0: 0.12, 360.0: 0.08, 601.0: 0.07, 680.0: 0.06, 490.0: 0.05, 450.0: 0.045,
+    359.0: 0.04, 625.0: 0.035,
 }
 AMOUNT_LEVELS = {
-    500: 0.3,
-    400: 0.12,
-    300: 0.12,
-    350: 0.08,
-    600: 0.08,
-    800: 0.05,
-    1000: 0.05,
-    200: 0.04,
-    250: 0.03,
-    450: 0.02,
-    700: 0.02,
-    750: 0.015,
-    900: 0.01,
-    1200: 0.01,
-    1500: 0.01,
-    2000: 0.008,
-    2500: 0.005,
-    3000: 0.004,
-    5000: 0.002,
-    100: 0.01,
-    150: 0.005,
-    0: 0.001,
+    500: 0.3, 400: 0.12, 300: 0.12, 350: 0.08, 600: 0.08, 800: 0.05, 1000: 0.05, 200: 0.04, 250: 0.03,
+    450: 0.02, 700: 0.02, 750: 0.015, 900: 0.01, 1200: 0.01, 1500: 0.01, 2000: 0.008, 2500: 0.005,
+    3000: 0.004, 5000: 0.002, 100: 0.01, 150: 0.005, 0: 0.001,
 }
 RETURN_CODES = {
-    "R01": 22_866,
-    "R02": 2_761,
-    "R08": 2_259,
-    "R16": 1_085,
-    "R10": 620,
-    "R03": 318,
-    "RXS": 226,
-    "R09": 176,
-    "R07": 160,
-    "C01": 30,
-    "C02": 12,
-    "C03": 8,
-    "C05": 4,
-    "LPP01": 20,
-    "R04": 25,
-    "R06": 10,
-    "R13": 3,
-    "R15": 6,
-    "R19": 4,
-    "R20": 22,
-    "R29": 14,
-    "R99": 5,
-    "RAF": 9,
-    "RBW": 3,
-    "RFG": 4,
-    "RIR": 5,
-    "RUP": 6,
-    "RWC": 3,
-    "RXL": 7,
+    "R01": 22_866, "R02": 2_761, "R08": 2_259, "R16": 1_085, "R10": 620, "R03": 318, "RXS": 226, "R09": 176,
+    "R07": 160, "C01": 30, "C02": 12, "C03": 8, "C05": 4, "LPP01": 20, "R04": 25, "R06": 10, "R13": 3,
+    "R15": 6, "R19": 4, "R20": 22, "R29": 14, "R99": 5, "RAF": 9, "RBW": 3, "RFG": 4, "RIR": 5, "RUP": 6,
+    "RWC": 3, "RXL": 7,
 }
-PHONE_TYPES = {
-    "M": ("(M) Mobile Phone", 0.94),
-    "U": ("(U) Unknown", 0.03),
-    "FA": ("(FA) Fax", 0.01),
-    "LA": ("(LA) Land Line Alternate", 0.008),
-    "A": ("(A) Answering Service", 0.005),
-    "F": ("(F) Fixed Line", 0.004),
-    "P": ("(P) Pager", 0.002),
-    "L": ("(L) Land Line", 0.001),
+PHONE_TYPES = {  # phonematchtype -> (phonematchtypedescription, share)
+    "M": ("(M) Mobile Phone", 0.94), "U": ("(U) Unknown", 0.03), "FA": ("(FA) Fax", 0.01),
+    "LA": ("(LA) Land Line Alternate", 0.008), "A": ("(A) Answering Service", 0.005),
+    "F": ("(F) Fixed Line", 0.004), "P": ("(P) Pager", 0.002), "L": ("(L) Land Line", 0.001),
 }
 
 # ------------------------------------------------------------------------------------- the risk function
+# logit = RISK_INTERCEPT + RISK_SCALE * (sum of the terms in risk_logit); P(risky) integrates N(0, NOISE_SD).
 RISK_INTERCEPT = -1.12
 RISK_SCALE = 1.25
 NOISE_SD = 0.4
 PAYFREQ_EFFECT = {"W": 0.35, "B": 0.0, "S": -0.1, "M": -0.35, "I": 0.2}
 LEAD_EFFECT = {
-    "bvMandatory": 0.15,
-    "lead": 0.45,
-    "organic": -0.4,
-    "prescreen": -0.3,
-    "rc_returning": -0.55,
-    "california": 0.1,
-    "lionpay": -0.4,
-    "repeat": -0.4,
+    "bvMandatory": 0.15, "lead": 0.45, "organic": -0.4, "prescreen": -0.3, "rc_returning": -0.55,
+    "california": 0.1, "lionpay": -0.4, "repeat": -0.4,
 }
 STATE_EFFECT = {
-    "OH": 0.05,
-    "IL": -0.2,
-    "TX": 0.35,
-    "MO": 0.2,
-    "WI": -0.15,
-    "MI": 0.1,
-    "TN": 0.25,
-    "NC": -0.1,
-    "FL": 0.3,
-    "IN": 0.1,
-    "SC": 0.15,
-    "CA": -0.3,
-    "NV": 0.4,
-    "PA": -0.1,
-    "VA": -0.2,
-    "NJ": -0.25,
-    "UT": 0.0,
+    "OH": 0.05, "IL": -0.2, "TX": 0.35, "MO": 0.2, "WI": -0.15, "MI": 0.1, "TN": 0.25, "NC": -0.1, "FL": 0.3,
+    "IN": 0.1, "SC": 0.15, "CA": -0.3, "NV": 0.4, "PA": -0.1, "VA": -0.2, "NJ": -0.25, "UT": 0.0,
 }
 SSN_NAME_EFFECT = {"match": 0.0, "partial": 0.4, "mismatch": 0.8, "unavailable": 0.35, "invalid": 0.6}
 OVERALL_EFFECT = {"match": -0.3, "partial": 0.0, "mismatch": 0.6, "other": 0.25}
+# fmt: on
 
 
 # ------------------------------------------------------------------------------------------ small helpers
@@ -529,7 +319,8 @@ def _structure(rng: np.random.Generator, plan: _Plan) -> tuple[dict[str, np.ndar
     offset -= offset[start][unit]
     span = float((T_END - T_START).astype(np.int64))
     base = span * rng.random(len(size)) ** (1 / 1.8)
-    base = np.minimum(base, span - offset[start + size - 1])
+    latest = span - offset[start + size - 1] - rng.uniform(0.0, DAY, len(size))
+    base = np.where(base > latest, np.maximum(latest, 0.0), base)
     t = np.round((base[unit] + offset) * 1000.0) / 1000.0
     loans = {"unit": unit, "pos": pos, "size": size[unit], "t": t, "has_cf": unit < n_ids}
     return loans, base, n_ids
@@ -857,7 +648,8 @@ def _clarity_table(rng: np.random.Generator, plan: _Plan, ids: np.ndarray) -> di
     for k in INDICATOR_FIELDS:
         v = ind[k]
         missing = no_ind | (rng.random(n) > SPARSE_INDICATORS.get(k, 1.0))
-        frame[IND[k]] = np.where(missing, np.nan if v.dtype.kind == "f" else None, v.astype(object))
+        text = v if v.dtype.kind == "f" else np.where(v, "True", "False").astype(object)
+        frame[IND[k]] = np.where(missing, np.nan if v.dtype.kind == "f" else None, text)
     for k in IDENTITY_FIELDS:
         v = idv[k]
         frame[IDV[k]] = (
@@ -1015,7 +807,7 @@ def _instalment_status(
     paying = np.where(u < 0.985, "Checked", np.where(u < 0.995, "Rejected", "Skipped"))
     retry = np.where(u < 0.8, "Rejected", np.where(u < 0.9994, "Skipped", "Rejected Awaiting Retry"))
     good_tail = np.where(future, "None", np.where(recent, "Pending", paying))
-    risky = s >= 3
+    risky = (s >= 3) & (s <= 5)
     conds = [
         s == 6,
         (s <= 1) & (k < ev),
@@ -1260,46 +1052,45 @@ def _clarity_join(
     return clarity, fraud_id, report
 
 
-def _build(rng: np.random.Generator, plan: _Plan) -> dict[str, dict[str, np.ndarray]]:
-    """Generate all tables in memory (column name -> array): loan, payment, clarity and true risk."""
+def _population(rng: np.random.Generator, plan: _Plan) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Loans in application-time order (units, funded flag, person, clarity id, report row) and the reports."""
     loans, unit_base, n_ids = _structure(rng, plan)
     funded = _pick_funded(rng, plan, loans, n_ids)
     present = _clarity_presence(rng, plan, loans, funded, n_ids)
     order = np.argsort(loans["t"], kind="stable")
-    loans = {k: v[order] for k, v in loans.items()}
-    funded = funded[order]
+    loans = {k: v[order] for k, v in loans.items()} | {"funded": funded[order]}
     person = _persons(rng, plan, np.bincount(loans["unit"], minlength=len(unit_base)))
-    ssn = _hex_random(rng, int(person.max()) + 1, 32).astype(object)[person[loans["unit"]]]
-    clarity, fraud_id, report = _clarity_join(rng, plan, loans, unit_base, present, n_ids)
+    loans["ssn"] = _hex_random(rng, int(person.max()) + 1, 32).astype(object)[person[loans["unit"]]]
+    clarity, loans["fraud_id"], loans["report"] = _clarity_join(rng, plan, loans, unit_base, present, n_ids)
+    return loans, clarity
+
+
+def _build(rng: np.random.Generator, plan: _Plan) -> dict[str, dict[str, np.ndarray]]:
+    """Generate all tables in memory (column name -> array): loan, payment, clarity and true risk."""
+    loans, clarity = _population(rng, plan)
+    funded, t = loans["funded"], loans["t"]
     out = _unfunded_outcomes(rng, plan, funded)
-    loan = _application(rng, plan, funded, out["null_id"])
-    loan["hasCF"] = loans["has_cf"].astype(np.int64)
-    p_risky = risk_probability(risk_logit(_risk_frame(loan, loans["t"], report, clarity)))
-    span = float((T_END - T_START).astype(np.int64))
-    status = out["status"]
-    status[funded] = _funded_statuses(
-        rng, (rng.random(len(funded)) < p_risky)[funded], loans["t"][funded] / span
+    loan = _application(rng, plan, funded, out["null_id"]) | {"hasCF": loans["has_cf"].astype(np.int64)}
+    p_risky = risk_probability(risk_logit(_risk_frame(loan, t, loans["report"], clarity)))
+    risky = (rng.random(len(funded)) < p_risky)[funded]
+    out["status"][funded] = _funded_statuses(
+        rng, risky, t[funded] / float((T_END - T_START).astype(np.int64))
     )
-    origin_secs = _originated_dates(rng, plan, loans["t"], out["originated"])
+    origin_secs = _originated_dates(rng, plan, t, out["originated"])
     loan |= {
         "loanId": _loan_ids(rng, plan, loan["leadType"], loan["state"], out["null_id"], funded),
-        "anon_ssn": ssn,
-        "applicationDate": _format_times(loans["t"]),
-        "originated": out["originated"],
-        "originatedDate": _originated_strings(rng, origin_secs),
-        "approved": out["approved"],
-        "isFunded": funded.astype(np.int64),
-        "loanStatus": status,
-        "clarityFraudId": fraud_id,
-    }
+        "anon_ssn": loans["ssn"], "applicationDate": _format_times(t), "originated": out["originated"],
+        "originatedDate": _originated_strings(rng, origin_secs), "approved": out["approved"],
+        "isFunded": funded.astype(np.int64), "loanStatus": out["status"], "clarityFraudId": loans["fraud_id"],
+    }  # fmt: skip
     file_order = rng.permutation(len(funded))
     payment = _payment_table(rng, plan, loan, funded, out, origin_secs, file_order)
     has_id = file_order[pd.notna(loan["loanId"][file_order])]
     shuffle = rng.permutation(len(clarity["underwritingid"]))
     return {
         "loan": {c: loan[c][file_order] for c in LOAN_COLUMNS},
-        "payment": payment,
-        "clarity": {c: v[shuffle] for c, v in clarity.items()},
+        "payment": {c: payment[c] for c in PAYMENT_COLUMNS},
+        "clarity": {c: clarity[c][shuffle] for c in CLARITY_COLUMNS},
         "risk": {"loanId": loan["loanId"][has_id], "p_risky": np.round(p_risky[has_id], 6)},
     }
 
@@ -1359,35 +1150,33 @@ def _payment_table(
     return payment
 
 
-_TEXT = np.dtypes.StringDType()
-
-
-def _column_text(values: np.ndarray) -> np.ndarray:
+def _column_text(name: str, values: np.ndarray) -> list[str]:
     """CSV text of one column: True/False, integers, shortest float repr, strings; blank for missing."""
     if values.dtype == bool:
-        return np.where(values, "True", "False").astype(_TEXT)
+        return np.where(values, "True", "False").tolist()
     if values.dtype.kind in "iu":
-        return values.astype(_TEXT)
+        return list(map(str, values.tolist()))
     if values.dtype.kind == "f":
-        return np.where(np.isnan(values), "", values.astype(_TEXT))
-    text = values.astype(object)
-    text[pd.isna(text)] = ""
-    return text.astype(_TEXT)
+        return ["" if v != v else repr(v) for v in values.tolist()]
+    text = np.where(pd.isna(values), "", values).tolist()
+    try:
+        joined = "\x00".join(text)
+    except TypeError:  # non-string objects (e.g. Python bools): str() them
+        text = [v if isinstance(v, str) else str(v) for v in text]
+        joined = "\x00".join(text)
+    if "," in joined or '"' in joined or "\n" in joined:
+        raise ValueError(f"column {name} holds a comma, quote or newline; the fast writer does not quote")
+    return text
 
 
 def _write_csv(table: dict[str, np.ndarray], path: Path) -> None:
-    """Write ``table`` (column -> array) as CSV; values never need quoting (checked)."""
-    line = None
-    for name, values in table.items():
-        text = _column_text(values)
-        if np.any(np.strings.find(text, ",") >= 0) or np.any(np.strings.find(text, '"') >= 0):
-            raise ValueError(f"column {name} holds a comma or quote; the fast writer does not quote")
-        line = text if line is None else np.strings.add(np.strings.add(line, ","), text)
-    body = "\n".join(line.tolist()) if line is not None and len(line) else ""
+    """Write ``table`` (column -> array) as CSV with ``\\n`` line ends; values never need quoting (checked)."""
+    columns = [_column_text(name, values) for name, values in table.items()]
     with open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(",".join(table) + "\n")
-        if body:
-            fh.write(body + "\n")
+        for start in range(0, len(columns[0]), 200_000):
+            chunk = (col[start : start + 200_000] for col in columns)
+            fh.write("".join(line + "\n" for line in map(",".join, zip(*chunk, strict=True))))
 
 
 # ------------------------------------------------------------------------------------------ public API

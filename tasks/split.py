@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,14 +12,13 @@ from tasks.common import PermanentError, run_logger
 from tasks.features import ModelTable
 
 
-@dataclass
 class Split:
-    """Three time-ordered slices and where they meet."""
+    """Three time-ordered slices and where they meet (opaque to Prefect, like :class:`ModelTable`)."""
 
-    train: ModelTable
-    valid: ModelTable
-    test: ModelTable
-    boundaries: dict[str, Any]
+    __slots__ = ("train", "valid", "test", "boundaries")
+
+    def __init__(self, train: ModelTable, valid: ModelTable, test: ModelTable, boundaries: dict[str, Any]) -> None:
+        self.train, self.valid, self.test, self.boundaries = train, valid, test, boundaries
 
 
 def time_split_indices(times: np.ndarray, fractions: tuple[float, float, float]) -> tuple[np.ndarray, ...]:

@@ -495,3 +495,13 @@ def test_cli_entry_point(fake: FakePrefect) -> None:
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["state"] == "FAILED"
     assert "[trigger]" in proc.stderr
+
+
+def test_secrets_with_trailing_newlines_are_stripped(
+    fake: FakePrefect, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.expected_auth = "Bearer pnu_key"
+    monkeypatch.setenv("PREFECT_API_URL", fake.api_url + "\n")
+    monkeypatch.setenv("PREFECT_API_KEY", "pnu_key\n")
+    code, last, _, _ = run_main(capsys, DEPLOYMENT, "--wait", *FAST)
+    assert code == ExitCode.OK and "\n" not in last["url"]

@@ -255,4 +255,28 @@ def process_worker(
                 time.sleep(0.5)
         yield worker
     finally:
+        with contextlib.suppress(Exception):
+            cancel_active_runs(server)
         _stop_group(proc, "prefect worker")
+
+
+def cancel_active_runs(server: PrefectServer, wait_s: float = 30.0) -> int:
+    """Cancel the runs still scheduled, pending or running (a test that gave up on one), so that none keeps
+    going after the worker is stopped; waits a little for the worker to end them. Returns how many."""
+    active = {"any_": ["SCHEDULED", "PENDING", "RUNNING", "PAUSED"]}
+    with server.http() as http:
+        runs = http.post("flow_runs/filter", json={"flow_runs": {"state": {"type": active}}}).json()
+        for run in runs:
+            http.post(
+                f"flow_runs/{run['id']}/set_state",
+                json={"state": {"type": "CANCELLING", "message": "test teardown"}, "force": True},
+            )
+        deadline = time.monotonic() + wait_s
+        while runs and time.monotonic() < deadline:
+            busy = {"any_": ["PENDING", "RUNNING", "CANCELLING"]}
+            if not http.post("flow_runs/filter", json={"flow_runs": {"state": {"type": busy}}}).json():
+                break
+            time.sleep(1)
+    if runs:
+        logger.warning("cancelled %d flow run(s) left active", len(runs))
+    return len(runs)

@@ -47,13 +47,20 @@ def records(labelled_records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory, labelled_records: list[dict[str, Any]]) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundle-v1"), labelled_records, iterations=50, model_version="1")
+    return make_bundle(
+        tmp_path_factory.mktemp("bundle-v1"), labelled_records, iterations=50, model_version="1"
+    )
 
 
 @pytest.fixture(scope="session")
 def bundle_dir_v2(tmp_path_factory: pytest.TempPathFactory, labelled_records: list[dict[str, Any]]) -> Path:
     return make_bundle(
-        tmp_path_factory.mktemp("bundle-v2"), labelled_records, iterations=30, depth=3, model_version="2", seed=7
+        tmp_path_factory.mktemp("bundle-v2"),
+        labelled_records,
+        iterations=30,
+        depth=3,
+        model_version="2",
+        seed=7,
     )
 
 
@@ -170,7 +177,12 @@ def live_server(tmp_path: Path, bundle_dir: Path) -> Iterator[Callable[..., Live
         ]  # fmt: skip
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                cwd=REPO_ROOT,
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
         started.append(server)

@@ -48,7 +48,9 @@ def _find(directory: Path, name: str) -> Path:
 def records_from_files(directory: Path) -> list[dict[str, Any]]:
     """Labelled loans joined with their clarity report; values stay CSV strings, ``label`` is added."""
     loans = _csv_records(_find(directory, "loan.csv"))
-    clarity = {r["underwritingid"]: r for r in _csv_records(_find(directory, "clarity_underwriting_variables.csv"))}
+    clarity = {
+        r["underwritingid"]: r for r in _csv_records(_find(directory, "clarity_underwriting_variables.csv"))
+    }
     out = []
     for loan in loans:
         status = loan.get("loanStatus", "")
@@ -103,7 +105,9 @@ def local_records(n: int, seed: int = 1) -> list[dict[str, Any]]:
         apr = rng.choice((590.0, 645.0, 360.0, 601.0, 680.0, 490.0, 449.99))
         amount = rng.choice((300.0, 400.0, 500.0, 600.0, 800.0, 1000.0))
         has_cf = rng.random() < 0.85
-        logit = -0.012 * (score - 690) + 0.004 * (apr - 550) + (0.4 if not has_cf else 0.0) + rng.gauss(0, 0.8)
+        logit = (
+            -0.012 * (score - 690) + 0.004 * (apr - 550) + (0.4 if not has_cf else 0.0) + rng.gauss(0, 0.8)
+        )
         risky = logit > 0
         record: dict[str, Any] = {
             "loanId": f"LL-I-{10_000_000 + i:08d}",
@@ -178,7 +182,12 @@ def make_bundle(
     labels = [int(r["label"]) for r in records]
     rows = build_rows(raw)
     model = CatBoostClassifier(
-        iterations=iterations, depth=depth, random_seed=seed, verbose=0, thread_count=2, allow_writing_files=False
+        iterations=iterations,
+        depth=depth,
+        random_seed=seed,
+        verbose=0,
+        thread_count=2,
+        allow_writing_files=False,
     )
     model.fit(Pool(rows, labels, cat_features=list(CATEGORICAL_INDICES)))
     reference = raw[:reference_size]
@@ -196,5 +205,8 @@ def make_bundle(
         run_id="test-run",
     )
     return write_bundle(
-        directory, model, meta, reference={"records": reference, "probabilities": [float(p) for p in proba[:, 1]]}
+        directory,
+        model,
+        meta,
+        reference={"records": reference, "probabilities": [float(p) for p in proba[:, 1]]},
     )

@@ -165,7 +165,9 @@ def test_invocations_speaks_mlflow(client, records, bundle: Bundle, fmt: str) ->
 
 
 def test_invocations_accepts_nan_literals_as_python_json_writes_them(client, bundle: Bundle) -> None:
-    body = json.dumps({"dataframe_split": {"columns": ["apr", "loanAmount"], "data": [[float("nan"), 500.0]]}})
+    body = json.dumps(
+        {"dataframe_split": {"columns": ["apr", "loanAmount"], "data": [[float("nan"), 500.0]]}}
+    )
     assert "NaN" in body
     r = client.post("/invocations", data=body, content_type="application/json")
     assert r.status_code == 200
@@ -267,4 +269,3 @@ def test_config_from_env() -> None:
         ServiceConfig.from_env({"LOANRISK_MAX_BATCH_SIZE": "many"})
     with pytest.raises(ValueError, match="max_batch_size"):
         ServiceConfig.from_env({"LOANRISK_MAX_BATCH_SIZE": "0"})
-

@@ -1,0 +1,134 @@
+"""The serving image on the real engine, from the local debootstrap base: builds from serving/build_context.py's
+context, runs as non-root, turns healthy, answers /predict like training did, and stays under 600 MB."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from serving.build_context import prepare_build_context
+from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
+from tests.serving.synthetic import make_bundle, sample_records
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
+
+MAX_IMAGE_BYTES = 600 * 1000**2  # "600 MB" as docker reports sizes
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Wheels are downloaded from PyPI on the host once and kept across test sessions (the tests' state dir is not).
+WHEEL_CACHE = Path(os.environ.get("LOANRISK_WHEEL_CACHE") or REPO_ROOT / ".state" / "wheels")
+MODEL_VERSION = "7"
+
+
+@pytest.fixture(scope="module")
+def built_image(
+    docker_services: DockerServices,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[docker.DockerClient, str, dict[str, Any]]]:
+    records = sample_records(tmp_path_factory.mktemp("sample"), scale=0.02, seed=1)
+    bundle = make_bundle(
+        tmp_path_factory.mktemp("bundle"), records, iterations=50, model_version=MODEL_VERSION
+    )
+    reference = json.loads((bundle / "reference.json").read_text())
+    context = prepare_build_context(bundle, tmp_path_factory.mktemp("ctx") / "context", WHEEL_CACHE)
+    client = docker.DockerClient(base_url=docker_services.docker_host, timeout=900)
+    tag = f"loanrisk-serving-test:{uuid.uuid4().hex[:12]}"
+    try:
+        image, _ = client.images.build(
+            path=str(context),
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            buildargs={
+                "BASE_IMAGE": docker_services.base_image,
+                "MODEL_NAME": "loan-risk",
+                "MODEL_VERSION": MODEL_VERSION,
+                "GIT_COMMIT": "0123abc",
+            },
+        )
+    except docker.errors.BuildError as exc:
+        tail = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in exc.build_log)[
+            -4000:
+        ]
+        pytest.fail(f"image build failed: {exc}\n{tail}")
+    try:
+        yield client, tag, reference
+    finally:
+        try:
+            client.images.remove(image.id, force=True)
+        except docker.errors.APIError:
+            pass
+        client.close()
+
+
+def test_image_metadata_and_size(built_image) -> None:
+    client, tag, _ = built_image
+    image = client.images.get(tag)
+    config = image.attrs["Config"]
+    assert config["User"] and config["User"].split(":")[0] not in ("0", "root")
+    assert config["Healthcheck"]["Test"][-1] == "serving.healthcheck"
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.version"] == MODEL_VERSION
+    assert labels["org.opencontainers.image.title"] == "loan-risk"
+    assert labels["org.opencontainers.image.revision"] == "0123abc"
+    size = image.attrs["Size"]
+    assert size < MAX_IMAGE_BYTES, f"image is {size / 1e6:.1f} MB"
+
+
+def _wait_healthy(container: Any, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    status = "starting"
+    while time.monotonic() < deadline:
+        container.reload()
+        state = container.attrs["State"]
+        if not state["Running"]:
+            raise AssertionError(
+                f"container exited ({state.get('ExitCode')}):\n{container.logs().decode()[-3000:]}"
+            )
+        status = state.get("Health", {}).get("Status", "none")
+        if status == "healthy":
+            return status
+        time.sleep(1)
+    raise AssertionError(
+        f"container not healthy after {timeout_s}s ({status}):\n{container.logs().decode()[-3000:]}"
+    )
+
+
+def test_container_runs_non_root_turns_healthy_and_predicts(built_image) -> None:
+    client, tag, reference = built_image
+    container = client.containers.run(tag, detach=True, ports={"8080/tcp": ("127.0.0.1", None)})
+    try:
+        _wait_healthy(container, 180)
+        uid = container.exec_run(["id", "-u"]).output.decode().strip()
+        assert uid.isdigit() and uid != "0"
+        container.reload()
+        port = container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/health", timeout=10) as r:
+            assert json.loads(r.read())["model_version"] == MODEL_VERSION
+        for record, expected in list(zip(reference["records"], reference["probabilities"], strict=True))[:5]:
+            req = urllib.request.Request(
+                f"{base}/predict",
+                data=json.dumps(record).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=30) as r:
+                answer = json.loads(r.read())
+            assert abs(answer["probability"] - expected) <= 1e-9
+            assert answer["model_version"] == MODEL_VERSION
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+            assert b'loanrisk_predictions_total{endpoint="/predict"} 5.0' in r.read()
+        logs = container.logs().decode()
+        assert reference["records"][0]["anon_ssn"] not in logs
+    finally:
+        container.remove(force=True)

@@ -1,0 +1,127 @@
+"""The whole training flow on a small synthetic sample: CLI JSON line, MLflow records, registry, promotion."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.bundle import load_bundle
+from tasks import registry, tracking
+from tasks.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SCALE = 0.02
+KEYS = {"run_id", "model_name", "model_version", "bundle_uri", "promoted", "reasons", "metrics"}
+METRICS = {
+    "test_roc_auc",
+    "test_pr_auc",
+    "test_precision",
+    "test_recall",
+    "test_f1",
+    "test_log_loss",
+    "test_brier",
+}
+
+
+@pytest.fixture(scope="module")
+def flow_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("flow-state")
+
+
+@pytest.fixture(scope="module")
+def cli_result(flow_state: Path) -> dict:
+    """``python -m flows.training`` as the README runs it, at a small scale, in its own state folder."""
+    env = dict(os.environ, LOANRISK_STATE_DIR=str(flow_state), PREFECT_HOME=str(flow_state / "prefect"))
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.training", "--scale", str(SCALE), "--n-trials", "2", "--no-deploy"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0])
+
+
+def flow_settings(flow_state: Path) -> Settings:
+    return Settings(state_dir=flow_state, sample_scale=SCALE, n_trials=2)
+
+
+def test_cli_prints_one_json_line_with_the_contract(cli_result: dict) -> None:
+    assert KEYS <= set(cli_result)
+    assert METRICS <= set(cli_result["metrics"])
+    assert cli_result["model_name"] == "loan-risk" and cli_result["model_version"] == "1"
+    assert cli_result["bundle_uri"] == "models:/loan-risk/1"
+    assert isinstance(cli_result["promoted"], bool) and cli_result["reasons"]
+    assert 0.5 < cli_result["metrics"]["test_roc_auc"] <= 1.0
+    b = cli_result["boundaries"]
+    assert b["train_end"] < b["valid_start"] and b["valid_end"] < b["test_start"]
+
+
+def test_mlflow_records_trials_plots_and_validation(cli_result: dict, flow_state: Path) -> None:
+    s = flow_settings(flow_state)
+    c = tracking.client(s)
+    run = c.get_run(cli_result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data.source"] == "sample" and "data.loan.sha256" in run.data.params
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(cli_result["metrics"]["test_roc_auc"], abs=1e-6)
+    children = c.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    assert len(children) == 2 and all("valid_roc_auc" in ch.data.metrics for ch in children)
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
+    for name in ("roc.png", "pr.png", "calibration.png", "confusion_matrix.png", "feature_importance.png"):
+        assert f"plots/{name}" in artifacts
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "validation")} >= {"validation/report.json"}
+
+
+def test_registered_bundle_downloads_and_reproduces_training(
+    cli_result: dict, flow_state: Path, tmp_path: Path
+) -> None:
+    """The bundle at bundle_uri (via the mlflow CLI) scores its reference rows exactly as training did."""
+    s = flow_settings(flow_state)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=s.tracking_uri)
+    out = tmp_path / "dl"
+    subprocess.run(
+        [sys.executable, "-m", "mlflow", "artifacts", "download", "--artifact-uri", cli_result["bundle_uri"], "-d", str(out)],
+        env=env, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert {"model.cbm", "bundle.json", "reference.json"} <= {p.name for p in out.iterdir()}
+    assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pickle"))
+    bundle = load_bundle(out)
+    assert bundle.meta.metrics["threshold"] == pytest.approx(bundle.meta.threshold)
+    assert bundle.meta.data_fingerprint["files"]["loan.csv"]["sha256"]
+    ref = bundle.reference()
+    got = bundle.predict_records(ref["records"])
+    assert max(abs(a - b) for a, b in zip(got, ref["probabilities"], strict=True)) <= 1e-9
+    version = registry.get_version(s, cli_result["model_version"])
+    assert version.tags["promotion.decision"] == ("promoted" if cli_result["promoted"] else "rejected")
+    candidate = registry.version_by_alias(s, "candidate")
+    assert (candidate is not None and str(candidate.version) == "1") == cli_result["promoted"]
+
+
+def test_second_run_is_judged_against_the_champion(cli_result: dict, flow_state: Path, monkeypatch) -> None:
+    """Same data and seed give the same model: 0% F1 gain over the champion, so no promotion; dry run too."""
+    from flows.training import training_flow
+    from tasks.settings import get_settings
+
+    s = flow_settings(flow_state)
+    registry.set_alias(s, "champion", cli_result["model_version"])
+    registry.delete_alias(s, "candidate")
+    monkeypatch.setenv("LOANRISK_STATE_DIR", str(flow_state))
+    get_settings.cache_clear()
+    try:
+        result = training_flow(source="sample", scale=SCALE, n_trials=2, dry_run=True, deploy=False)
+    finally:
+        get_settings.cache_clear()
+    assert result["model_version"] == "2" and result["promoted"] is False
+    assert any("champion v1" in r and "gain +0.00%" in r for r in result["reasons"]), result["reasons"]
+    assert registry.version_by_alias(s, "candidate") is None
+    assert str(registry.version_by_alias(s, "champion").version) == "1"
+    tags = registry.get_version(s, "2").tags
+    assert tags["promotion.dry_run"] == "true" and tags["promotion.champion_version"] == "1"
