@@ -113,6 +113,6 @@ def export_task(settings: Settings, version: str, context_dir: Path) -> Path:
     from serving.build_context import prepare_build_context
 
     bundle = download_bundle(settings, version, context_dir.parent / f"bundle-v{version}")
-    context = prepare_build_context(bundle, context_dir, settings.state_dir / "wheels")
+    context = prepare_build_context(bundle, context_dir, settings.wheel_cache_dir)
     run_logger().info("build context for v%s at %s", version, context)
     return context

@@ -116,6 +116,7 @@ class Settings(BaseSettings):
     registry_username: str | None = None
     registry_password: SecretStr | None = None
     registry_secret_block: str | None = None  # a Prefect Secret block holding the registry password
+    wheel_cache: Path | None = None  # wheels of the serving image; default: <state_dir>/wheels
     smoke_sample_size: int = Field(50, ge=1)
     health_timeout_seconds: float = Field(90.0, gt=0)
     github_token: SecretStr | None = None
@@ -173,6 +174,10 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> Path:
         return self.state_dir / "mlflow" / "artifacts"
+
+    @property
+    def wheel_cache_dir(self) -> Path:
+        return self.wheel_cache or self.state_dir / "wheels"
 
     @property
     def study_storage(self) -> str:
