@@ -66,7 +66,7 @@ def reference_sample(test: Any, probabilities: list[float], size: int) -> dict[s
 
 def _deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, Any]:
     """Run the deploy flow for a promoted version: as a subflow, or as a deployment run when in a deployment."""
-    from prefect.runtime import flow_run
+    from prefect.runtime import deployment
 
     if deploy is None:
         from tasks.image import engine_available
@@ -75,7 +75,7 @@ def _deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, 
         if not ready:
             run_logger().warning("deploy skipped: %s (pass deploy=True to require it)", why)
             return {"status": "skipped", "reason": why}
-    if flow_run.get_deployment_id():
+    if deployment.id:
         from prefect.deployments import run_deployment
 
         # timeout=0: do not block, so a single-slot worker cannot deadlock on its own child run.

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -44,6 +45,10 @@ MAX_UNKNOWN_NAMED = 50
 SYNC_CHECK_INTERVAL_S = 0.25
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "inputs", "instances")
+# Field names an error may carry that are ours, not the client's (logs name no other client-chosen key).
+_STRUCTURAL_FIELDS = frozenset(
+    {"data", "bundle_dir", *_MLFLOW_KEYS, "dataframe_split.data", "dataframe_split.columns"}
+)
 
 logger = logging.getLogger(LOGGER_NAME)
 access_logger = logging.getLogger(ACCESS_LOGGER)
@@ -290,13 +295,44 @@ def _raw_json_response(body: bytes, status: int = 200) -> Response:
 
 
 def _read_body() -> bytes:
-    try:
-        return request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        limit = request.max_content_length
-        raise ApiError(
-            413, "body_too_large", f"request body is larger than the limit of {limit} bytes"
-        ) from None
+    """The request body, at most ``MAX_CONTENT_LENGTH`` bytes (413 beyond), with or without Content-Length."""
+    limit = request.max_content_length or sys.maxsize
+    length = request.content_length
+    too_large = ApiError(413, "body_too_large", f"request body is larger than the limit of {limit} bytes")
+    if length is not None:
+        if length > limit:
+            raise too_large
+        if length:
+            data = _read_gunicorn_body(request.environ.get("wsgi.input"), length)
+            if data is not None:
+                return data
+        try:
+            return request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            raise too_large from None
+    if not request.environ.get("wsgi.input_terminated"):
+        return b""  # no Content-Length and no chunked framing: no body (WSGI)
+    data = request.environ["wsgi.input"].read(limit + 1)  # chunked: the server de-chunks
+    if len(data) > limit:
+        raise too_large
+    return data
+
+
+def _read_gunicorn_body(stream: Any, length: int) -> bytes | None:
+    """Read a Content-Length body from gunicorn's reader in one call, or None when that does not apply.
+
+    gunicorn's ``Body.read`` pulls the body 1 KiB at a time through Python code: ~13 ms for a 5 MB batch of
+    1,000 records, against ~3 ms when its ``LengthReader`` is asked for the whole length at once. Only used
+    while the Body has buffered nothing (the first read); any other server goes through werkzeug.
+    """
+    reader = getattr(stream, "reader", None)
+    buffered = getattr(stream, "buf", None)
+    if type(reader).__name__ != "LengthReader" or buffered is None or buffered.tell() != 0:
+        return None
+    data = reader.read(length)
+    if len(data) != length:
+        raise ApiError(400, "incomplete_body", f"request body ended after {len(data)} of {length} bytes")
+    return data
 
 
 def _parse_json(body: bytes) -> Any:
@@ -520,7 +556,10 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
     # --- errors: always JSON ---
     def _error_response(status: int, code: str, message: str, field: str | None = None, index: int | None = None,
                         headers: Mapping[str, str] | None = None) -> Response:  # fmt: skip
-        g.error = {"error": code, "field": field, "index": index}
+        logged_field = (
+            field if field is None or field in KNOWN_FIELDS or field in _STRUCTURAL_FIELDS else "<other>"
+        )
+        g.error = {"error": code, "field": logged_field, "index": index}
         body = {"error": code, "message": message, "field": field, "index": index}
         return _json_response(body, status, headers)
 

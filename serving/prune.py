@@ -9,24 +9,30 @@ The image installs it with ``--no-deps`` plus those, and then drops what the ser
 1. pip, setuptools and wheel (installers), and every ``tests`` folder;
 2. the subpackages of SciPy, pandas, NumPy and CatBoost that a probe run (import the app, load the bundle,
    score single records, batches and MLflow-protocol requests) does not load, and SciPy's bundled
-   BLAS/Fortran libraries.
+   BLAS/Fortran libraries;
+3. the symbol tables of very large shared objects (CatBoost's 276 MB ``_catboost.so`` carries 13 MB of them):
+   the file is cut after its last loadable segment, as ``sstrip`` does; the dynamic loader reads only the
+   program headers, so the code and data that run are byte for byte the same.
 
-The probe runs again on the slimmed environment, in a fresh interpreter; when it fails, everything removed in
-step 2 is put back and the build goes on with the full SciPy (bigger, but working). Exit code 1 only when the
-probe fails on the untouched environment too.
+The probe runs again on the slimmed environment, in a fresh interpreter; when it fails, everything changed in
+steps 2 and 3 is put back and the build goes on with the bigger environment. Exit code 1 only when the probe
+fails on the untouched environment too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import struct
 import subprocess
 import sys
 import sysconfig
 import tempfile
 from pathlib import Path
 
+STRIP_MIN_BYTES = 16 * 2**20
 PRUNABLE_PACKAGES = ("scipy", "pandas", "numpy", "catboost")
 VENDORED_LIBS = ("scipy.libs",)
 INSTALLERS = ("pip", "setuptools", "wheel", "pkg_resources", "_distutils_hack", "distutils-precedence.pth")
@@ -125,6 +131,40 @@ def vendored_libraries(site: Path) -> list[Path]:
     return [p for p in (site / name for name in VENDORED_LIBS) if p.is_dir()]
 
 
+def strip_elf_tail(path: Path) -> int:
+    """Cut an ELF64 little-endian file after its last segment (symbol tables, debug info, section headers).
+
+    Returns the bytes saved; 0 (file untouched) for anything else or when the section headers lie inside a
+    segment.
+    """
+    with path.open("r+b") as f:
+        header = f.read(64)
+        if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
+            return 0
+        e_phoff, e_shoff = struct.unpack_from("<QQ", header, 0x20)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", header, 0x36)
+        f.seek(e_phoff)
+        table = f.read(e_phentsize * e_phnum)
+        end = e_phoff + e_phentsize * e_phnum
+        for i in range(e_phnum):
+            (p_offset,) = struct.unpack_from("<Q", table, i * e_phentsize + 8)
+            (p_filesz,) = struct.unpack_from("<Q", table, i * e_phentsize + 32)
+            end = max(end, p_offset + p_filesz)
+        size = os.fstat(f.fileno()).st_size
+        if end >= size or e_shoff < end:
+            return 0
+        f.seek(0x28)
+        f.write(struct.pack("<Q", 0))  # e_shoff: no section header table
+        f.seek(0x3C)
+        f.write(struct.pack("<HH", 0, 0))  # e_shnum, e_shstrndx
+        f.truncate(end)
+        return size - end
+
+
+def large_shared_objects(site: Path) -> list[Path]:
+    return sorted(p for p in site.rglob("*.so") if p.is_file() and p.stat().st_size >= STRIP_MIN_BYTES)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -145,22 +185,33 @@ def main(argv: list[str] | None = None) -> int:
 
     candidates = unused_subpackages(site, set(loaded)) + vendored_libraries(site)
     trash = Path(tempfile.mkdtemp(prefix="prune-"))
-    moved: list[tuple[Path, Path]] = []
+    moved: list[tuple[Path, Path]] = []  # (original, where it went) for removals and for stripped files
     for i, path in enumerate(candidates):
         target = trash / f"{i}-{path.name}"
         shutil.move(str(path), target)
         moved.append((path, target))
+    stripped: list[tuple[Path, Path]] = []
+    for i, path in enumerate(large_shared_objects(site)):
+        backup = trash / f"so-{i}-{path.name}"
+        shutil.copy2(path, backup)
+        if strip_elf_tail(path):
+            stripped.append((path, backup))
     if probe(args.bundle, args.app_root) is None:
-        sys.stderr.write("slimmed environment failed the probe: restoring the removed subpackages\n")
-        for original, target in moved:
+        sys.stderr.write("slimmed environment failed the probe: restoring what was removed or stripped\n")
+        for original, target in moved + stripped:
             shutil.move(str(target), original)
         if probe(args.bundle, args.app_root) is None:
             return 1
-        moved = []
+        moved, stripped = [], []
     freed += sum(_size(target) for _, target in moved)
+    freed += sum(_size(backup) - _size(original) for original, backup in stripped)
     shutil.rmtree(trash, ignore_errors=True)
-    removed = [str(original.relative_to(site)) for original, _ in moved]
-    sys.stdout.write(json.dumps({"freed_mb": round(freed / 2**20, 1), "removed": removed}) + "\n")
+    report = {
+        "freed_mb": round(freed / 2**20, 1),
+        "removed": [str(original.relative_to(site)) for original, _ in moved],
+        "stripped": [str(original.relative_to(site)) for original, _ in stripped],
+    }
+    sys.stdout.write(json.dumps(report) + "\n")
     return 0
 
 

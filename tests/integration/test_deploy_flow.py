@@ -232,7 +232,31 @@ def test_image_whose_server_cannot_start(first_release: dict, monkeypatch) -> No
     _assert_nothing_moved(before, version)
 
 
-def test_smoke_test_that_sees_wrong_predictions(first_release: dict) -> None:
+def test_smoke_test_that_sees_wrong_predictions(first_release: dict, monkeypatch) -> None:
+    """The image serves its model, but the predictions differ from what training recorded: no release."""
+    from flows.deploy import DeployError, deploy_flow
+    from serving.bundle import Bundle
+
+    original = Bundle.reference
+
+    def skewed(self: Bundle) -> dict:
+        ref = original(self)
+        return dict(ref, probabilities=[min(1.0, p + 0.01) for p in ref["probabilities"]])
+
+    before = champion()
+    version = register_variant(first_release["model_version"], lambda b: None)
+    monkeypatch.setattr(Bundle, "reference", skewed)
+    with pytest.raises(DeployError, match="deploy step 'smoke-test' failed.*differs from training"):
+        deploy_flow(model_version=version)
+    _assert_nothing_moved(before, version)
+    from tasks.image import get_client
+
+    tags = [t for img in get_client(settings().docker_host).images.list() for t in img.tags]
+    assert not [t for t in tags if t.endswith(f"{settings().image_repository}:{version}")]
+
+
+def test_bundle_that_does_not_reproduce_its_reference_never_builds(first_release: dict) -> None:
+    """A bundle whose recorded predictions its own model cannot reproduce is refused at build time."""
     from flows.deploy import DeployError, deploy_flow
 
     def skew(bundle: Path) -> None:
@@ -242,13 +266,9 @@ def test_smoke_test_that_sees_wrong_predictions(first_release: dict) -> None:
 
     before = champion()
     version = register_variant(first_release["model_version"], skew)
-    with pytest.raises(DeployError, match="deploy step 'smoke-test' failed.*differs from training"):
+    with pytest.raises(DeployError, match="deploy step 'build' failed"):
         deploy_flow(model_version=version)
     _assert_nothing_moved(before, version)
-    from tasks.image import get_client
-
-    tags = [t for img in get_client(settings().docker_host).images.list() for t in img.tags]
-    assert not [t for t in tags if t.endswith(f"{settings().image_repository}:{version}")]
 
 
 def test_registry_that_refuses_the_credentials(first_release: dict, monkeypatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -134,3 +135,27 @@ def test_healthcheck_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LOANRISK_BIND")
     monkeypatch.setenv("PORT", "7000")
     assert health_url() == "http://127.0.0.1:7000/health"
+
+
+def test_strip_elf_tail_keeps_an_extension_importable(tmp_path: Path) -> None:
+    import orjson
+
+    from serving.prune import strip_elf_tail
+
+    package = Path(orjson.__file__).parent
+    copy = tmp_path / "orjson"
+    shutil.copytree(package, copy)
+    (so,) = [p for p in copy.glob("*.so")]
+    before = so.stat().st_size
+    saved = strip_elf_tail(so)
+    assert saved > 0 and so.stat().st_size == before - saved
+    assert strip_elf_tail(so) == 0  # nothing left to cut
+    code = "import orjson; assert orjson.loads(orjson.dumps({'a': [1, 2.5]})) == {'a': [1, 2.5]}; print(orjson.__file__)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env={"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith(str(tmp_path))
+    text = tmp_path / "plain.txt"
+    text.write_text("not an ELF file")
+    assert strip_elf_tail(text) == 0
