@@ -68,6 +68,7 @@ def _json_safe(value: Any) -> Any:
 def _write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; the service may run as another user than the writer
     with os.fdopen(fd, "w") as fh:
         json.dump(_json_safe(data), fh, indent=2, sort_keys=True)
     os.replace(tmp, path)

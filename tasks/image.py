@@ -477,7 +477,10 @@ def engine_available(settings: Any) -> tuple[bool, str]:
         client = get_client(settings.docker_host, timeout_s=5)
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means "not available"
-        return False, f"no Docker engine answers at {settings.docker_host or 'DOCKER_HOST/default socket'} ({exc})"
+        return (
+            False,
+            f"no Docker engine answers at {settings.docker_host or 'DOCKER_HOST/default socket'} ({exc})",
+        )
     try:
         httpx.get(f"{_registry_base_url(settings.image_registry)}/v2/", timeout=5)
     except httpx.HTTPError as exc:
@@ -486,7 +489,12 @@ def engine_available(settings: Any) -> tuple[bool, str]:
 
 
 def pull_image(
-    client: docker.DockerClient, registry: str, repository: str, tag: str, username: str | None, password: str | None
+    client: docker.DockerClient,
+    registry: str,
+    repository: str,
+    tag: str,
+    username: str | None,
+    password: str | None,
 ) -> str:
     """Pull ``registry/repository:tag`` with credentials; returns the local reference."""
     ref = f"{_remote_repository(registry, repository)}:{tag}"
@@ -508,10 +516,18 @@ def _log() -> LogFn:
 
 
 @task(name="build-image", cache_policy=NO_CACHE)
-def build_task(context_dir: Path, image_ref: str, buildargs: dict[str, str], labels: dict[str, str], docker_host: str | None) -> str:
+def build_task(
+    context_dir: Path,
+    image_ref: str,
+    buildargs: dict[str, str],
+    labels: dict[str, str],
+    docker_host: str | None,
+) -> str:
     """Prefect task: build the image (tag ``image_ref``), streaming the build log into the run log."""
     repository, tag = image_ref.rsplit(":", 1)
-    return build_image(context_dir, repository, [tag], buildargs, labels, _log(), client=get_client(docker_host))
+    return build_image(
+        context_dir, repository, [tag], buildargs, labels, _log(), client=get_client(docker_host)
+    )
 
 
 @task(name="run-image", cache_policy=NO_CACHE)
@@ -548,6 +564,8 @@ def push_task(
         digest = push_image(client, repository, tag, username, password, registry, log=_log())
         held = registry_digest(registry, repository, tag, username, password)
         if held != digest:
-            raise ImagePushError(f"registry holds {held} for {repository}:{tag}, pushed {digest}", step="verify push")
+            raise ImagePushError(
+                f"registry holds {held} for {repository}:{tag}, pushed {digest}", step="verify push"
+            )
         _log()(f"pushed {registry}/{repository}:{tag} {digest}")
     return digest

@@ -17,7 +17,9 @@ class Split:
 
     __slots__ = ("train", "valid", "test", "boundaries")
 
-    def __init__(self, train: ModelTable, valid: ModelTable, test: ModelTable, boundaries: dict[str, Any]) -> None:
+    def __init__(
+        self, train: ModelTable, valid: ModelTable, test: ModelTable, boundaries: dict[str, Any]
+    ) -> None:
         self.train, self.valid, self.test, self.boundaries = train, valid, test, boundaries
 
 

@@ -1,0 +1,36 @@
+"""Dependencies point one way (flows → tasks → serving) and serving stays free of the training stack."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_serving_imports_no_prefect_optuna_mlflow_or_tasks() -> None:
+    code = (
+        "import sys, serving.app, serving.bundle, serving.features, serving.config, serving.schemas;"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'optuna', 'mlflow', 'tasks', 'flows'});"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def imported_roots(folder: str) -> set[str]:
+    roots: set[str] = set()
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_dependencies_point_one_way() -> None:
+    assert not imported_roots("serving") & {"tasks", "flows", "deployments", "prefect", "optuna", "mlflow"}
+    assert "flows" not in imported_roots("tasks")
