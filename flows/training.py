@@ -117,9 +117,11 @@ def training_flow(
             "label_bad_statuses": settings.label_bad_statuses, "label_good_statuses": settings.label_good_statuses,
         })  # fmt: skip
         ingested = ingest_task.with_options(**retry)(settings.source, settings, run_id)
-        validated = validate_task(ingested.data_dir, settings, run_id)
-        table = features_task(validated.tables, settings.label_bad_statuses, settings.label_good_statuses)
-        split = split_task(table, settings.split_fractions)
+        validated = validate_task.with_options(**retry)(ingested.data_dir, settings, run_id)
+        table = features_task.with_options(**retry)(
+            validated.tables, settings.label_bad_statuses, settings.label_good_statuses
+        )
+        split = split_task.with_options(**retry)(table, settings.split_fractions)
         tracking.log_dict(
             settings, run_id, {"boundaries": split.boundaries, "table": table.stats}, "split.json"
         )
@@ -133,7 +135,7 @@ def training_flow(
         model = train_task.with_options(**retry)(tuning["best_params"], split.train, split.valid, settings)
         p_valid = predict_proba(model, make_pool(split.valid))
         p_test = predict_proba(model, make_pool(split.test))
-        metrics = evaluate_task(
+        metrics = evaluate_task.with_options(**retry)(
             split.valid.label, p_valid, split.test.label, p_test, settings.min_precision, settings.min_recall
         )
         metrics["best_iteration"] = float(model.get_best_iteration() or 0)

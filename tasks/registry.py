@@ -84,12 +84,14 @@ def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
     """Download a version's bundle into ``dst`` (emptied first) and stamp the version into its metadata."""
     import mlflow
 
-    tracking.client(settings)  # sets the tracking and registry URIs
+    source = tracking.client(settings).get_model_version_download_uri(settings.model_name, str(version))
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
     path = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=bundle_uri(settings, version), dst_path=str(dst))
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(dst), tracking_uri=settings.tracking_uri
+        )
     )
     if not (path / META_FILE).is_file():
         raise PermanentError(f"{bundle_uri(settings, version)} holds no model bundle ({META_FILE} missing)")

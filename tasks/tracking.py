@@ -14,15 +14,16 @@ from tasks.settings import Settings
 
 
 def client(settings: Settings) -> Any:
-    """An ``MlflowClient`` for the configured tracking URI (local SQLite store by default)."""
-    import mlflow
+    """An ``MlflowClient`` for the configured tracking URI (local SQLite store by default).
+
+    MLflow's global URI is never set: ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the
+    process environment, which would pin every later settings object of the process to the first store.
+    """
     from mlflow import MlflowClient
 
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
