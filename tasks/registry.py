@@ -23,19 +23,28 @@ def bundle_uri(settings: Settings, version: str) -> str:
 
 
 def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dict[str, str]) -> str:
-    """Log the bundle on the run and create a model version whose source is that bundle; returns the version."""
+    """Create a model version whose source is the run's ``bundle/`` artifacts, stamp that version into the
+    bundle's metadata, then upload the bundle; returns the version. A failed upload removes the version."""
     from mlflow.exceptions import MlflowException
 
     c = tracking.client(settings)
-    c.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
     try:
         c.create_registered_model(settings.model_name, description="Loan default risk (CatBoost bundle)")
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
             raise
     source = f"{c.get_run(run_id).info.artifact_uri}/{BUNDLE_ARTIFACT_PATH}"
-    version = c.create_model_version(settings.model_name, source=source, run_id=run_id, tags=tags)
-    return str(version.version)
+    version = str(
+        c.create_model_version(settings.model_name, source=source, run_id=run_id, tags=tags).version
+    )
+    try:
+        if (bundle_dir / META_FILE).is_file():
+            stamp_version(bundle_dir, version, model_name=settings.model_name)
+        c.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
+    except BaseException:
+        c.delete_model_version(settings.model_name, version)
+        raise
+    return version
 
 
 def get_version(settings: Settings, version: str) -> Any:

@@ -40,7 +40,7 @@ def test_decision_sets_candidate_alias_and_tags(settings: Settings, tmp_path) ->
 
     bundle = tmp_path / "b"
     bundle.mkdir()
-    (bundle / "bundle.json").write_text("{}")
+    (bundle / "bundle.json").write_text('{"model_name": "loan-risk", "threshold": 0.5}')
     run = tracking.start_run(settings, "t")
     v1 = registry.register_bundle(settings, run, bundle, {})
     v2 = registry.register_bundle(settings, run, bundle, {})

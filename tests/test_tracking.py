@@ -19,4 +19,5 @@ def test_two_stores_in_one_process_stay_apart(tmp_path) -> None:
     assert registry.register_bundle(b, tracking.start_run(b, "three"), bundle, {}) == "1"
     assert os.environ.get("MLFLOW_TRACKING_URI") == before
     assert a.tracking_uri != b.tracking_uri and "/a/" in a.tracking_uri
-    assert (registry.download_bundle(a, "2", tmp_path / "dl") / "bundle.json").is_file()
+    downloaded = registry.download_bundle(a, "2", tmp_path / "dl")
+    assert '"model_version": "2"' in (downloaded / "bundle.json").read_text()
