@@ -135,9 +135,10 @@ def test_signature_is_inferred_from_the_input_example(signature_case: tuple[Any,
 
 def test_typed_reference_records_give_a_typed_signature(signature_case: tuple[Any, Bundle]) -> None:
     peer, bundle = signature_case
-    if not any(isinstance(v, float) for v in bundle.reference()["records"][0].values()):
-        pytest.skip("CSV-text reference records")
-    assert "double" in _type_names(peer.metadata.get_input_schema())
+    typed = any(isinstance(v, float) for v in bundle.reference()["records"][0].values())
+    names = _type_names(peer.metadata.get_input_schema())
+    # typed records give number columns; CSV-text records give text columns only
+    assert ("double" in names) if typed else (names <= {"string", "AnyType"})
 
 
 def test_signature_peer_reference_records_match_the_bundle(signature_case: tuple[Any, Bundle]) -> None:
