@@ -514,6 +514,16 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
         g.model_version = served.version
         return served
 
+    def score(served: ServedModel, records: list[Any]) -> list[float]:
+        """Model rows for the records (a bad field is a 4xx naming it), scored and counted."""
+        try:
+            rows = build_rows(records)
+        except FeatureError as exc:
+            raise _feature_error(exc) from None
+        probabilities = served.bundle.predict_rows(rows)
+        count(len(rows))
+        return probabilities
+
     def count(n: int) -> None:
         g.rows = n
 
@@ -649,12 +659,7 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
                            "data")  # fmt: skip
         _check_size(records, "data", config.max_batch_size)
         _check_records(records)
-        try:
-            rows = build_rows(records)
-        except FeatureError as exc:
-            raise _feature_error(exc) from None
-        probabilities = served.bundle.predict_rows(rows)
-        count(len(rows))
+        probabilities = score(served, records)
         threshold = served.threshold
         predictions: list[dict[str, Any]] = []
         append = predictions.append
@@ -690,13 +695,7 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
                     400, "invalid_request", f"row {exc.index}: {exc.message}", field, exc.index
                 ) from None
         _check_records(records, field)
-        try:
-            rows = build_rows(records)
-        except FeatureError as exc:
-            raise _feature_error(exc) from None
-        probabilities = served.bundle.predict_rows(rows)
-        count(len(rows))
-        return _json_response({"predictions": probabilities})
+        return _json_response({"predictions": score(served, records)})
 
     @app.post("/model/reload")
     def reload_model() -> Response:

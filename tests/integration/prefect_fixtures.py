@@ -90,6 +90,15 @@ def _stop_group(proc: subprocess.Popen[Any], name: str, timeout: float = 30.0) -
         proc.wait(timeout=10)
 
 
+def _spawn(cmd: list[str], cwd: Path, env: Mapping[str, str], log_path: Path) -> subprocess.Popen[Any]:
+    """Start ``cmd`` in a session of its own (so its whole group can be stopped), output to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            cmd, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -161,16 +170,7 @@ def prefect_server(
     api_url = f"http://127.0.0.1:{port}/api"
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     t0 = time.monotonic()
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=home,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = _spawn(cmd, home, env, log_path)
     server = PrefectServer(api_url=api_url, home=home, log_path=log_path, proc=proc, auth_string=auth_string)
     try:
         deadline = t0 + timeout
@@ -230,16 +230,7 @@ def process_worker(
     )
     log_path = home / "worker.log"
     cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=home,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = _spawn(cmd, home, env, log_path)
     worker = ProcessWorker(pool=pool, log_path=log_path, proc=proc, env=env)
     try:
         deadline = time.monotonic() + timeout
