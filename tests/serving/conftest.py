@@ -163,7 +163,7 @@ def live_server(tmp_path: Path, bundle_dir: Path) -> Iterator[Callable[..., Live
         log_path = tmp_path / f"server-{port}.log"
         multiproc = tmp_path / f"prometheus-{port}"
         environ = dict(os.environ)
-        environ.pop("LOANRISK_RELOAD_SYNC_FILE", None)
+        environ.pop("LOANRISK_RELOAD_SYNC_DIR", None)
         environ.update(
             LOANRISK_BUNDLE_DIR=str(bundle_dir),
             LOANRISK_ADMIN_TOKEN=ADMIN_TOKEN,
