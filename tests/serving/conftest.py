@@ -25,6 +25,7 @@ from serving.app import create_app
 from serving.bundle import Bundle, load_bundle
 from serving.config import ServiceConfig
 from serving.logs import LOGGER_NAME, JsonFormatter
+from tests.serving.remote import HttpClient, service_url
 from tests.serving.synthetic import make_bundle, sample_records, strip_label
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -87,8 +88,53 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 
 
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+def client(request: pytest.FixtureRequest) -> FlaskClient | HttpClient:
+    """The in-process app's test client, or an HTTP client on LOANRISK_TEST_SERVICE_URL (see remote.py)."""
+    return _client(request, "app")
+
+
+@pytest.fixture(scope="module")
+def contract_app(bundle_dir: Path) -> Flask | None:
+    """The app the contract suites (schemathesis, fuzz) probe: batches of at most 50, reload enabled.
+
+    None when they probe a running service instead (started with the same two settings).
+    """
+    if service_url() is not None:
+        return None
+    config = ServiceConfig(
+        bundle_dir=bundle_dir, admin_token=ADMIN_TOKEN, max_batch_size=50, log_level="WARNING"
+    )
+    app = create_app(config)
+    app.testing = True
+    return app
+
+
+@pytest.fixture(scope="module")
+def contract_client(request: pytest.FixtureRequest) -> FlaskClient | HttpClient:
+    return _client(request, "contract_app")
+
+
+def _client(request: pytest.FixtureRequest, app_fixture: str) -> FlaskClient | HttpClient:
+    url = service_url()
+    if url is None:
+        return request.getfixturevalue(app_fixture).test_client()
+    http = HttpClient(url)
+    request.addfinalizer(http.close)
+    return http
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Against a running service, leave out the tests that need the app in this process (deselected, not skipped)."""
+    if service_url() is None:
+        return
+    here = Path(__file__).parent
+    kept, dropped = [], []
+    for item in items:
+        local = here in Path(str(item.path)).parents
+        (dropped if local and item.get_closest_marker("inprocess") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture
