@@ -166,11 +166,9 @@ class ModelHolder:
         self.worker_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.health: tuple[int, bytes] = (503, b"")
         self._load_lock = threading.Lock()
-        self._reload_lock = (
-            threading.Lock()
-        )  # a reload's load + publish, or the watcher's load + state, whole
+        # a reload's load + publish, or the watcher's load + state record, happen whole
+        self._reload_lock = threading.Lock()
         self._state_lock = threading.RLock()
-        self._stop = threading.Event()
         # what this worker was asked to serve (the sync target) and how far it got
         self._state: dict[str, Any] = {
             "state": "loading",
@@ -240,7 +238,7 @@ class ModelHolder:
             except BundleError as exc:
                 self.load_error = str(exc)
         if target is None:
-            self._set_state("loaded" if self.current else "failed", error=self.load_error)
+            self._set_state("loaded" if self.current else "failed", None, None, self.load_error)
         self._start_watcher()
 
     # --- this worker's state and health ----------------------------------------------------------------
@@ -258,12 +256,9 @@ class ModelHolder:
                 "updated_at": time.time(),
             }
 
-    def _set_state(self, state: str, token: str | None = None, wanted: str | None = None,
-                   error: str | None = None, keep_target: bool = True) -> None:  # fmt: skip
+    def _set_state(self, state: str, token: str | None, wanted: str | None, error: str | None) -> None:
+        """Record where this worker is with the target ``token`` (version ``wanted``), in memory and on disk."""
         with self._state_lock:
-            if keep_target:
-                token = token if token is not None else self._state["token"]
-                wanted = wanted if wanted is not None else self._state["wanted_version"]
             self._state = {"state": state, "token": token, "wanted_version": wanted, "error": error}
             self._refresh()
             self._write_state()
@@ -314,7 +309,7 @@ class ModelHolder:
 
     def _publish(self, served: ServedModel) -> str | None:
         if self.sync_dir is None:
-            self._set_state("loaded", error=None)
+            self._set_state("loaded", None, served.version, None)
             return None
         token = uuid.uuid4().hex
         target = {
@@ -330,7 +325,7 @@ class ModelHolder:
             self.sync_dir.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.sync_dir / TARGET_FILE, target)
             self._attempts = 1
-            self._set_state("loaded", token, served.version, None, keep_target=False)
+            self._set_state("loaded", token, served.version, None)
         return token
 
     def workers(self) -> list[dict[str, Any]]:
@@ -368,12 +363,10 @@ class ModelHolder:
         if self.sync_dir is not None:
             threading.Thread(target=self._watch, name="bundle-sync", daemon=True).start()
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def _watch(self) -> None:
         retry_at, delay = 0.0, RETRY_FIRST_S
-        while not self._stop.wait(SYNC_POLL_S):
+        while True:
+            time.sleep(SYNC_POLL_S)
             target = self.read_target()
             if target is None:
                 continue
@@ -397,12 +390,12 @@ class ModelHolder:
                 return True  # superseded while waiting for the lock: the next poll takes the newer one
             with self._state_lock:
                 self._attempts += 1
-                self._set_state("loading", token, wanted, None, keep_target=False)
+                self._set_state("loading", token, wanted, None)
             try:
                 self.load(target["bundle_dir"], origin=origin)
             except BundleError as exc:
                 self.load_error = self.load_error if self.current is not None else str(exc)
-                self._set_state("failed", token, wanted, str(exc), keep_target=False)
+                self._set_state("failed", token, wanted, str(exc))
                 return False
-            self._set_state("loaded", token, wanted, None, keep_target=False)
+            self._set_state("loaded", token, wanted, None)
             return True

@@ -1,7 +1,10 @@
 """Request and response schemas of the service (JSON Schema, OpenAPI 3.0 dialect) and its OpenAPI document.
 
-The handlers in :mod:`serving.app` check requests by hand (faster than a validator, and the image carries
+The handlers in :mod:`serving.routes` check requests by hand (faster than a validator, and the image carries
 none); these schemas document exactly what they accept and answer, and ``GET /openapi.json`` serves them.
+
+Over 400 lines on purpose: it is declarations only, one schema per request and answer and then the document
+that links them, read top to bottom like a table; split, the contract would be read in several places.
 """
 
 from __future__ import annotations
