@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from tests.serving.conftest import (  # noqa: F401 - fixtures
     ADMIN_TOKEN,
     bundle_dir,
     bundle_dir_v2,
+    call,
     labelled_records,
     live_server,
     records,
@@ -44,17 +43,6 @@ class Answer:
     path: str
     status: int
     version: str | None
-
-
-def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def test_reload_under_load_on_four_workers(
@@ -95,7 +83,7 @@ def test_reload_under_load_on_four_workers(
             path, body = requests[(k + n) % len(requests)]
             sent = time.monotonic()
             try:
-                status, answer = _post(server.url + path, body)
+                status, answer = call(server.url + path, body)
             except (OSError, ValueError) as exc:
                 with lock:
                     failures.append(f"{path}: {exc!r}")
@@ -117,7 +105,7 @@ def test_reload_under_load_on_four_workers(
         for target, version in ((bundle_dir_v2, "2"), (bundle_dir, "1"), (bundle_dir_v2, "2")):
             time.sleep(1.5)
             t0 = time.monotonic()
-            status, body = _post(
+            status, body = call(
                 f"{server.url}/model/reload",
                 json.dumps({"bundle_dir": str(target)}).encode(),
                 {"Authorization": f"Bearer {ADMIN_TOKEN}"},

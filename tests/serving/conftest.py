@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import signal
@@ -171,6 +172,25 @@ class LiveServer:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def call(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout_s: float = 60
+) -> tuple[int, Any]:
+    """One HTTP request to a live server (POST when ``body`` is given): its status and parsed JSON answer."""
+    req = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (gunicorn's workers, for its master)."""
+    return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _wait_ready(server: LiveServer, timeout_s: float) -> None:

@@ -16,18 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.serving.conftest import ADMIN_TOKEN
-from tests.serving.test_reload import _call, _children
+from tests.serving.conftest import ADMIN_TOKEN, call, children
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def _reload(url: str, bundle: Path) -> tuple[int, Any]:
-    return _call(f"{url}/model/reload", json.dumps({"bundle_dir": str(bundle)}).encode(), AUTH)
+    return call(f"{url}/model/reload", json.dumps({"bundle_dir": str(bundle)}).encode(), AUTH)
 
 
 def _workers(url: str) -> dict[str, Any]:
-    status, body = _call(f"{url}/model/workers", headers=AUTH)
+    status, body = call(f"{url}/model/workers", headers=AUTH)
     assert status == 200, body
     return body
 
@@ -45,7 +44,7 @@ def wait_for_workers(url: str, n: int, timeout_s: float = 60) -> list[int]:
 
 
 def _healths(url: str, n: int) -> list[dict[str, Any]]:
-    return [_call(f"{url}/health")[1] for _ in range(n)]
+    return [call(f"{url}/health")[1] for _ in range(n)]
 
 
 def test_reload_reaches_idle_workers_before_answering(
@@ -61,7 +60,7 @@ def test_reload_reaches_idle_workers_before_answering(
     workers = body["workers"]
     assert len(workers) == 3, workers
     assert {(w["state"], w["model_version"]) for w in workers} == {("loaded", "2")}
-    assert sorted(w["pid"] for w in workers) == pids == sorted(_children(server.process.pid))
+    assert sorted(w["pid"] for w in workers) == pids == sorted(children(server.process.pid))
     assert {h["model_version"] for h in _healths(server.url, 12)} == {"2"}
     view = _workers(server.url)
     assert view["target"]["model_version"] == "2" and len(view["workers"]) == 3
@@ -76,7 +75,7 @@ def test_a_worker_that_cannot_load_the_bundle_is_reported_then_retries(
     bundle = tmp_path / "bundle-v2"
     shutil.copytree(bundle_dir_v2, bundle)
     workers = wait_for_workers(server.url, 3)
-    assert workers == sorted(_children(server.process.pid))
+    assert workers == sorted(children(server.process.pid))
     first, others = workers[0], workers[1:]
     for pid in others:  # workers this test's server started: held still while the first one loads
         os.kill(pid, signal.SIGSTOP)
@@ -129,7 +128,7 @@ def test_a_worker_that_cannot_load_the_bundle_is_reported_then_retries(
 
 def test_worker_view_needs_the_admin_token(live_server, tmp_path: Path) -> None:
     server = live_server(workers=1, LOANRISK_RELOAD_SYNC_DIR=str(tmp_path / "sync"))
-    status, body = _call(f"{server.url}/model/workers")
+    status, body = call(f"{server.url}/model/workers")
     assert status == 401 and body["error"] == "unauthorized"
     view = _workers(server.url)
     assert [w["state"] for w in view["workers"]] == ["loaded"]
