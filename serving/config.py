@@ -7,10 +7,10 @@ The serving image carries no pydantic-settings; this module is all it needs.
 | ``LOANRISK_BUNDLE_DIR``         | (none)               | model bundle directory loaded at start                   |
 | ``LOANRISK_MAX_BATCH_SIZE``     | 10000                | most records in one batch request (413 beyond)           |
 | ``LOANRISK_MAX_BODY_BYTES``     | 67108864 (64 MiB)    | largest request body (413 beyond)                        |
-| ``LOANRISK_ADMIN_TOKEN``        | (none: reload off)   | Bearer token that ``POST /model/reload`` requires        |
+| ``LOANRISK_ADMIN_TOKEN``        | (none: reload off)   | Bearer token of ``/model/reload`` and ``/model/workers`` |
 | ``LOANRISK_MODEL_THREADS``      | 1                    | CatBoost threads per prediction (one per worker is best) |
 | ``LOANRISK_LOG_LEVEL``          | INFO                 | level of the JSON logs                                   |
-| ``LOANRISK_RELOAD_SYNC_DIR``    | (none; gunicorn: a temporary folder) | folder through which workers share reloads |
+| ``LOANRISK_RELOAD_SYNC_DIR``    | (gunicorn: temporary)| folder the workers of one gunicorn share reloads through |
 | ``LOANRISK_RELOAD_TIMEOUT``     | 10                   | s a reload waits for every worker to serve the new model |
 | ``LOANRISK_VERIFY_REFERENCE``   | true                 | refuse a bundle that does not reproduce its reference    |
 """
