@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ def built_image(
     client = docker.DockerClient(base_url=docker_services.docker_host, timeout=900)
     tag = f"loanrisk-serving-test:{uuid.uuid4().hex[:12]}"
     try:
-        image, _ = client.images.build(
+        image, build_log = client.images.build(
             path=str(context),
             tag=tag,
             rm=True,
@@ -74,14 +74,34 @@ def built_image(
             -4000:
         ]
         pytest.fail(f"image build failed: {exc}\n{tail}")
+    made = _made_by_build(build_log)
     try:
         yield client, tag, reference
     finally:
-        try:
-            client.images.remove(image.id, force=True)
-        except docker.errors.APIError:
-            pass
+        # the tagged image, then every image this build made (the build stage too, which nothing tags);
+        # noprune: layers it took from the shared engine's cache belong to whoever built them
+        for image_id in [image.id, *reversed(made)]:
+            try:
+                client.images.remove(image_id, force=True, noprune=True)
+            except docker.errors.APIError:
+                pass
         client.close()
+
+
+def _made_by_build(build_log: Iterable[dict[str, Any]]) -> list[str]:
+    """Ids of the images a classic-builder build made, in order (not those it took from the cache)."""
+    made: list[str] = []
+    cached = False
+    for chunk in build_log:
+        for line in str(chunk.get("stream") or "").splitlines():
+            text = line.strip()
+            if text == "---> Using cache":
+                cached = True
+            elif text.startswith("---> ") and not text.startswith("---> Running in "):
+                if not cached:
+                    made.append(text.removeprefix("---> "))
+                cached = False
+    return made
 
 
 def test_image_metadata_and_size(built_image) -> None:
