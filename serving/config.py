@@ -7,10 +7,11 @@ The serving image carries no pydantic-settings; this module is all it needs.
 | ``LOANRISK_BUNDLE_DIR``         | (none)               | model bundle directory loaded at start                   |
 | ``LOANRISK_MAX_BATCH_SIZE``     | 10000                | most records in one batch request (413 beyond)           |
 | ``LOANRISK_MAX_BODY_BYTES``     | 67108864 (64 MiB)    | largest request body (413 beyond)                        |
-| ``LOANRISK_ADMIN_TOKEN``        | (none: reload off)   | Bearer token that ``POST /model/reload`` requires        |
+| ``LOANRISK_ADMIN_TOKEN``        | (none: reload off)   | Bearer token of ``/model/reload`` and ``/model/workers`` |
 | ``LOANRISK_MODEL_THREADS``      | 1                    | CatBoost threads per prediction (one per worker is best) |
 | ``LOANRISK_LOG_LEVEL``          | INFO                 | level of the JSON logs                                   |
-| ``LOANRISK_RELOAD_SYNC_FILE``   | (none)               | file through which gunicorn workers share reloads        |
+| ``LOANRISK_RELOAD_SYNC_DIR``    | (gunicorn: temporary)| folder the workers of one gunicorn share reloads through |
+| ``LOANRISK_RELOAD_TIMEOUT``     | 10                   | s a reload waits for every worker to serve the new model |
 | ``LOANRISK_VERIFY_REFERENCE``   | true                 | refuse a bundle that does not reproduce its reference    |
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 ENV_PREFIX = "LOANRISK_"
 DEFAULT_MAX_BATCH_SIZE = 10_000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_RELOAD_TIMEOUT_S = 10.0
 _BOOLEANS = {
     "1": True,
     "true": True,
@@ -51,20 +53,24 @@ class ServiceConfig:
     admin_token: str | None = field(default=None, repr=False)
     model_threads: int = 1
     log_level: str = "INFO"
-    reload_sync_file: Path | None = None
+    reload_sync_dir: Path | None = None
+    reload_timeout: float = DEFAULT_RELOAD_TIMEOUT_S
     verify_reference: bool = True
 
     def __post_init__(self) -> None:
         if self.bundle_dir is not None and not isinstance(self.bundle_dir, Path):
             object.__setattr__(self, "bundle_dir", Path(self.bundle_dir))
-        if self.reload_sync_file is not None and not isinstance(self.reload_sync_file, Path):
-            object.__setattr__(self, "reload_sync_file", Path(self.reload_sync_file))
+        if self.reload_sync_dir is not None and not isinstance(self.reload_sync_dir, Path):
+            object.__setattr__(self, "reload_sync_dir", Path(self.reload_sync_dir))
         if self.admin_token is not None and not self.admin_token.strip():
             object.__setattr__(self, "admin_token", None)
         for name in ("max_batch_size", "max_body_bytes", "model_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        timeout = self.reload_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout <= 600:
+            raise ConfigError(f"reload_timeout must be a number of seconds from 0 to 600, got {timeout!r}")
 
     @property
     def reload_enabled(self) -> bool:
@@ -85,11 +91,16 @@ class ServiceConfig:
                     values[f.name] = int(raw)
                 except ValueError:
                     raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
+            elif f.name == "reload_timeout":
+                try:
+                    values[f.name] = float(raw)
+                except ValueError:
+                    raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
             elif f.name == "verify_reference":
                 if raw.lower() not in _BOOLEANS:
                     raise ConfigError(f"{var} must be true or false, got {raw!r}")
                 values[f.name] = _BOOLEANS[raw.lower()]
-            elif f.name in ("bundle_dir", "reload_sync_file"):
+            elif f.name in ("bundle_dir", "reload_sync_dir"):
                 values[f.name] = Path(raw)
             else:
                 values[f.name] = raw

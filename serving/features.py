@@ -146,7 +146,8 @@ def read_flag(v: Any) -> float:
         f = float(v)
         if f in (0.0, 1.0):
             return f
-    raise ValueError(f"expected true or false, got {v!r}")
+    shown = type(v).__name__ if isinstance(v, list | dict) else repr(v)  # never repr a deep nesting
+    raise ValueError(f"expected true or false, got {shown}")
 
 
 def read_category(v: Any) -> str:
@@ -184,6 +185,8 @@ def _report_age_days(clarity_id: Any, applied: datetime | None) -> float:
     """Days between the clarity report (time in the id's first 8 hex digits) and the application."""
     if _is_missing(clarity_id) or applied is None:
         return NAN
+    if isinstance(clarity_id, list | dict):
+        raise ValueError(f"expected 24 hexadecimal characters, got {type(clarity_id).__name__}")
     s = str(clarity_id).strip()
     try:
         issued = int(s[:8], 16)

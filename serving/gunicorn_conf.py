@@ -3,8 +3,8 @@
 Environment: ``LOANRISK_BIND`` (default ``0.0.0.0:$PORT``, PORT default 8080), ``LOANRISK_WORKERS`` (or
 ``WEB_CONCURRENCY``; default 2), ``LOANRISK_THREADS`` (gthread threads per worker, default 2),
 ``LOANRISK_TIMEOUT`` (s, default 60), ``LOANRISK_LOG_LEVEL``, ``PROMETHEUS_MULTIPROC_DIR`` (multi-worker
-metrics; made and emptied at start). A reload received by one worker reaches the others through the file
-named by ``LOANRISK_RELOAD_SYNC_FILE`` (made here when unset).
+metrics; made and emptied at start). A reload received by one worker reaches the others through the folder
+named by ``LOANRISK_RELOAD_SYNC_DIR`` (a temporary one made here when unset; see :mod:`serving.model`).
 """
 
 from __future__ import annotations
@@ -67,21 +67,30 @@ _state: dict[str, str] = {}
 
 
 def on_starting(server) -> None:  # noqa: ANN001 - gunicorn's Arbiter
-    """Before the workers fork: fresh metric files and a reload sync file they all share."""
+    """Before the workers fork: fresh metric files and a reload sync folder they all share."""
     multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if multiproc:
         path = Path(multiproc)
         path.mkdir(parents=True, exist_ok=True)
         for stale in path.glob("*.db"):
             stale.unlink(missing_ok=True)
-    if not os.environ.get("LOANRISK_RELOAD_SYNC_FILE"):
+    sync_dir = os.environ.get("LOANRISK_RELOAD_SYNC_DIR", "").strip()
+    if sync_dir:  # a folder of the operator's: start without a previous run's target and worker states
+        Path(sync_dir).mkdir(parents=True, exist_ok=True)
+        for stale in [*Path(sync_dir).glob("worker-*.json"), Path(sync_dir) / "target.json"]:
+            stale.unlink(missing_ok=True)
+    else:
         sync_dir = tempfile.mkdtemp(prefix="loanrisk-sync-")
         _state["sync_dir"] = sync_dir
-        os.environ["LOANRISK_RELOAD_SYNC_FILE"] = os.path.join(sync_dir, "reload.json")
+        os.environ["LOANRISK_RELOAD_SYNC_DIR"] = sync_dir
 
 
 def child_exit(server, worker) -> None:  # noqa: ANN001
-    """Drop a dead worker's live gauges from the multiprocess metrics."""
+    """Drop a dead worker's live gauges from the multiprocess metrics, and its state from the sync folder."""
+    sync_dir = os.environ.get("LOANRISK_RELOAD_SYNC_DIR")
+    if sync_dir:
+        for state in Path(sync_dir).glob(f"worker-{worker.pid}-*.json"):
+            state.unlink(missing_ok=True)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

@@ -6,6 +6,7 @@ Only fields passed explicitly (``extra={"fields": {...}}``) are written, and per
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -47,7 +48,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             out["exc_type"] = record.exc_info[0].__name__
             out["traceback"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        try:
+            return orjson.dumps(out, default=str).decode()
+        except orjson.JSONEncodeError:  # text that is not Unicode (a lone surrogate): written escaped
+            return json.dumps(out, default=str)
 
 
 def configure_logging(level: str | int = "INFO", stream: Any = None) -> logging.Logger:

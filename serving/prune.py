@@ -17,6 +17,10 @@ The image installs it with ``--no-deps`` plus those, and then drops what the ser
 The probe runs again on the slimmed environment, in a fresh interpreter; when it fails, everything changed in
 steps 2 and 3 is put back and the build goes on with the bigger environment. Exit code 1 only when the probe
 fails on the untouched environment too.
+
+The probe only guards the build. What proves a slimmed image is ``tests/integration/test_serving_image.py``: it
+runs the service's whole HTTP contract (the error, JSON-fuzz and schemathesis suites of ``tests/serving``)
+against the running container, so a module pruned here that some request path needs fails there.
 """
 
 from __future__ import annotations

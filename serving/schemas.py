@@ -1,7 +1,10 @@
 """Request and response schemas of the service (JSON Schema, OpenAPI 3.0 dialect) and its OpenAPI document.
 
-The handlers in :mod:`serving.app` check requests by hand (faster than a validator, and the image carries
+The handlers in :mod:`serving.routes` check requests by hand (faster than a validator, and the image carries
 none); these schemas document exactly what they accept and answer, and ``GET /openapi.json`` serves them.
+
+Over 400 lines on purpose: it is declarations only, one schema per request and answer and then the document
+that links them, read top to bottom like a table; split, the contract would be read in several places.
 """
 
 from __future__ import annotations
@@ -195,10 +198,15 @@ HEALTH: dict[str, Any] = {
     "type": "object",
     "required": ["status"],
     "properties": {
-        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "status": {
+            "type": "string",
+            "enum": ["ok", "degraded", "unavailable"],
+            "description": "degraded: this worker serves model_version but could not load wanted_version.",
+        },
         "model_name": {"type": "string", "nullable": True},
         "model_version": _VERSION,
-        "error": {"type": "string"},
+        "wanted_version": _VERSION,
+        "error": {"type": "string", "nullable": True},
         "message": {"type": "string"},
     },
 }
@@ -232,15 +240,66 @@ RELOAD_REQUEST: dict[str, Any] = {
     "properties": {"bundle_dir": {"type": "string", "description": "Bundle directory on the server."}},
 }
 
+WORKER_STATE: dict[str, Any] = {
+    "type": "object",
+    "required": ["pid", "state"],
+    "properties": {
+        "worker": {"type": "string"},
+        "pid": {"type": "integer"},
+        "state": {"type": "string", "enum": ["loading", "loaded", "failed"]},
+        "token": {"type": "string", "nullable": True, "description": "The reload this worker works on."},
+        "wanted_version": _VERSION,
+        "model_version": _VERSION,
+        "bundle_dir": {"type": "string", "nullable": True},
+        "error": {"type": "string", "nullable": True},
+        "attempts": {"type": "integer"},
+        "updated_at": {"type": "number"},
+    },
+}
+
 RELOAD_RESPONSE: dict[str, Any] = {
     "type": "object",
-    "required": ["status", "model_version"],
+    "required": ["status", "model_version", "workers"],
     "properties": {
         "status": {"type": "string", "enum": ["reloaded"]},
         "model_name": {"type": "string"},
         "model_version": _VERSION,
         "previous_version": _VERSION,
         "bundle_dir": {"type": "string"},
+        "workers": {"type": "array", "items": {"$ref": "#/components/schemas/WorkerState"}},
+    },
+}
+
+RELOAD_INCOMPLETE: dict[str, Any] = {
+    "type": "object",
+    "required": ["error", "message", "workers"],
+    "description": "The bundle is published, but not every worker serves it (yet): each worker's state.",
+    "properties": {
+        **RELOAD_RESPONSE["properties"],
+        "error": {"type": "string", "enum": ["reload_incomplete", "reload_superseded"]},
+        "message": {"type": "string"},
+        "field": {"type": "string", "nullable": True},
+        "index": {"type": "integer", "nullable": True},
+    },
+}
+
+WORKERS: dict[str, Any] = {
+    "type": "object",
+    "required": ["target", "workers"],
+    "properties": {
+        "target": {
+            "type": "object",
+            "nullable": True,
+            "description": "The bundle the last reload published to every worker (null before any reload).",
+            "properties": {
+                "token": {"type": "string"},
+                "bundle_dir": {"type": "string"},
+                "model_version": _VERSION,
+                "published_by": {"type": "integer"},
+                "published_at": {"type": "number"},
+            },
+        },
+        "workers": {"type": "array", "items": {"$ref": "#/components/schemas/WorkerState"}},
     },
 }
 
@@ -272,6 +331,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "ModelInfo": MODEL_INFO,
     "ReloadRequest": RELOAD_REQUEST,
     "ReloadResponse": RELOAD_RESPONSE,
+    "ReloadIncomplete": RELOAD_INCOMPLETE,
+    "WorkerState": WORKER_STATE,
+    "Workers": WORKERS,
     "Error": ERROR,
     "Ping": PING,
 }
@@ -386,9 +448,22 @@ def openapi_document(
                     "security": [{"bearerAuth": []}],
                     "requestBody": _body("ReloadRequest", required=False),
                     "responses": {
-                        "200": _json("ReloadResponse", "The new model is served."),
+                        "200": _json("ReloadResponse", "Every live worker serves the new model."),
                         **_errors(400, 401, 403, 413, 422),
+                        "409": _json("ReloadIncomplete", "Another reload was published meanwhile."),
+                        "503": _json(
+                            "ReloadIncomplete",
+                            "Not every worker serves the new model within LOANRISK_RELOAD_TIMEOUT.",
+                        ),
                     },
+                }
+            },
+            "/model/workers": {
+                "get": {
+                    "operationId": "modelWorkers",
+                    "summary": "Each live worker's state: the version it serves, the one wanted, any load error.",
+                    "security": [{"bearerAuth": []}],
+                    "responses": {"200": _json("Workers", "Every live worker's state."), **_errors(401, 403)},
                 }
             },
             "/metrics": {

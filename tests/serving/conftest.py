@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from serving.app import create_app
 from serving.bundle import Bundle, load_bundle
 from serving.config import ServiceConfig
 from serving.logs import LOGGER_NAME, JsonFormatter
+from tests.serving.remote import HttpClient, service_url
 from tests.serving.synthetic import make_bundle, sample_records, strip_label
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -87,8 +89,53 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 
 
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+def client(request: pytest.FixtureRequest) -> FlaskClient | HttpClient:
+    """The in-process app's test client, or an HTTP client on LOANRISK_TEST_SERVICE_URL (see remote.py)."""
+    return _client(request, "app")
+
+
+@pytest.fixture(scope="module")
+def contract_app(bundle_dir: Path) -> Flask | None:
+    """The app the contract suites (schemathesis, fuzz) probe: batches of at most 50, reload enabled.
+
+    None when they probe a running service instead (started with the same two settings).
+    """
+    if service_url() is not None:
+        return None
+    config = ServiceConfig(
+        bundle_dir=bundle_dir, admin_token=ADMIN_TOKEN, max_batch_size=50, log_level="WARNING"
+    )
+    app = create_app(config)
+    app.testing = True
+    return app
+
+
+@pytest.fixture(scope="module")
+def contract_client(request: pytest.FixtureRequest) -> FlaskClient | HttpClient:
+    return _client(request, "contract_app")
+
+
+def _client(request: pytest.FixtureRequest, app_fixture: str) -> FlaskClient | HttpClient:
+    url = service_url()
+    if url is None:
+        return request.getfixturevalue(app_fixture).test_client()
+    http = HttpClient(url)
+    request.addfinalizer(http.close)
+    return http
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Against a running service, leave out the tests that need the app in this process (deselected, not skipped)."""
+    if service_url() is None:
+        return
+    here = Path(__file__).parent
+    kept, dropped = [], []
+    for item in items:
+        local = here in Path(str(item.path)).parents
+        (dropped if local and item.get_closest_marker("inprocess") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture
@@ -127,6 +174,25 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
+def call(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout_s: float = 60
+) -> tuple[int, Any]:
+    """One HTTP request to a live server (POST when ``body`` is given): its status and parsed JSON answer."""
+    req = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (gunicorn's workers, for its master)."""
+    return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def _wait_ready(server: LiveServer, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -163,7 +229,7 @@ def live_server(tmp_path: Path, bundle_dir: Path) -> Iterator[Callable[..., Live
         log_path = tmp_path / f"server-{port}.log"
         multiproc = tmp_path / f"prometheus-{port}"
         environ = dict(os.environ)
-        environ.pop("LOANRISK_RELOAD_SYNC_FILE", None)
+        environ.pop("LOANRISK_RELOAD_SYNC_DIR", None)
         environ.update(
             LOANRISK_BUNDLE_DIR=str(bundle_dir),
             LOANRISK_ADMIN_TOKEN=ADMIN_TOKEN,

@@ -257,8 +257,11 @@ def test_config_from_env() -> None:
             "LOANRISK_ADMIN_TOKEN": "s3cret",
             "LOANRISK_MAX_BODY_BYTES": "1000",
             "LOANRISK_VERIFY_REFERENCE": "false",
+            "LOANRISK_RELOAD_TIMEOUT": "2.5",
+            "LOANRISK_RELOAD_SYNC_DIR": "/sync",
         }
     )
+    assert (config.reload_timeout, config.reload_sync_dir) == (2.5, Path("/sync"))
     assert config.bundle_dir == Path("/b")
     assert (config.max_batch_size, config.max_body_bytes, config.reload_enabled) == (5, 1000, True)
     assert config.verify_reference is False
@@ -269,3 +272,8 @@ def test_config_from_env() -> None:
         ServiceConfig.from_env({"LOANRISK_MAX_BATCH_SIZE": "many"})
     with pytest.raises(ValueError, match="max_batch_size"):
         ServiceConfig.from_env({"LOANRISK_MAX_BATCH_SIZE": "0"})
+    assert defaults.reload_timeout == 10.0 and defaults.reload_sync_dir is None
+    with pytest.raises(ValueError, match="LOANRISK_RELOAD_TIMEOUT"):
+        ServiceConfig.from_env({"LOANRISK_RELOAD_TIMEOUT": "soon"})
+    with pytest.raises(ValueError, match="reload_timeout"):
+        ServiceConfig.from_env({"LOANRISK_RELOAD_TIMEOUT": "-1"})

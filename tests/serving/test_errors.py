@@ -101,6 +101,7 @@ def test_empty_batch(client) -> None:
     assert body["field"] == "dataframe_split.data"
 
 
+@pytest.mark.inprocess  # its own limits (tests/serving/test_live_limits.py covers them over HTTP)
 def test_batch_over_the_maximum_is_413(make_app) -> None:
     client = make_app(max_batch_size=5).test_client()
     assert client.post("/predict/batch", json={"data": [{}] * 5}).status_code == 200
@@ -111,6 +112,7 @@ def test_batch_over_the_maximum_is_413(make_app) -> None:
     assert body["error"] == "batch_too_large"
 
 
+@pytest.mark.inprocess
 def test_body_over_the_maximum_is_413(make_app, records) -> None:
     client = make_app(max_body_bytes=2_000).test_client()
     big = json.dumps({"data": records[:3]}).encode()
@@ -138,6 +140,7 @@ def test_mlflow_protocol_shape_errors(client) -> None:
     assert body["index"] == 0
 
 
+@pytest.mark.inprocess  # reads the app's log handler (the image's logs are searched in test_serving_image.py)
 def test_errors_are_logged_without_values(client, log_lines) -> None:
     client.post(
         "/predict", json={"apr": "secret-looking-value", "anon_ssn": "0123456789abcdef0123456789abcdef"}

@@ -10,10 +10,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from serving.bundle import load_bundle
-from tests.serving.conftest import ADMIN_TOKEN
+from tests.serving.conftest import ADMIN_TOKEN, call, children
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -78,17 +77,6 @@ def test_reload_then_predict_in_flight_uses_one_model(app, bundle_dir_v2: Path, 
 # --- under load, against gunicorn with two workers ----------------------------------------------------------
 
 
-def _call(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
 def test_reload_under_load_loses_no_request(
     live_server, bundle_dir: Path, bundle_dir_v2: Path, records
 ) -> None:
@@ -105,7 +93,7 @@ def test_reload_under_load_loses_no_request(
         n = 0
         while not stop.is_set() and n < 2000:  # bounded
             path, body = ("/predict", single) if (k + n) % 3 else ("/predict/batch", batch)
-            status, answer = _call(server.url + path, body)
+            status, answer = call(server.url + path, body)
             with lock:
                 statuses.append(status)
                 if status == 200:
@@ -122,7 +110,7 @@ def test_reload_under_load_loses_no_request(
             time.sleep(0.4)
             target = bundle_dir_v2 if i % 2 == 0 else bundle_dir
             reloads.append(
-                _call(f"{server.url}/model/reload", json.dumps({"bundle_dir": str(target)}).encode(), AUTH)
+                call(f"{server.url}/model/reload", json.dumps({"bundle_dir": str(target)}).encode(), AUTH)
             )
         time.sleep(0.4)
     finally:
@@ -137,7 +125,7 @@ def test_reload_under_load_loses_no_request(
     deadline = time.monotonic() + 15
     seen: set[str] = set()
     while time.monotonic() < deadline:
-        seen = {_call(f"{server.url}/health")[1]["model_version"] for _ in range(8)}
+        seen = {call(f"{server.url}/health")[1]["model_version"] for _ in range(8)}
         if seen == {"1"}:
             break
         time.sleep(0.3)
@@ -153,30 +141,25 @@ def test_reload_under_load_loses_no_request(
     assert total == single_ok[0]
 
 
-def _children(pid: int) -> list[int]:
-    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    return [int(x) for x in text.split()]
-
-
 def test_a_respawned_worker_serves_the_reloaded_model(live_server, bundle_dir_v2: Path) -> None:
     """A worker started after a reload serves what the reload chose, not the bundle of the settings."""
     server = live_server(workers=1)
-    status, _ = _call(
+    status, _ = call(
         f"{server.url}/model/reload", json.dumps({"bundle_dir": str(bundle_dir_v2)}).encode(), AUTH
     )
     assert status == 200
-    (worker,) = _children(server.process.pid)
+    (worker,) = children(server.process.pid)
     os.kill(worker, signal.SIGKILL)  # a worker this test started; gunicorn replaces it
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        children = _children(server.process.pid)
-        if children and children != [worker]:
+        alive = children(server.process.pid)
+        if alive and alive != [worker]:
             try:
-                status, body = _call(f"{server.url}/health")
+                status, body = call(f"{server.url}/health")
                 if status == 200:
                     break
             except OSError:
                 pass
         time.sleep(0.3)
-    assert _children(server.process.pid) != [worker]
-    assert _call(f"{server.url}/health")[1]["model_version"] == "2"
+    assert children(server.process.pid) != [worker]
+    assert call(f"{server.url}/health")[1]["model_version"] == "2"

@@ -1,0 +1,264 @@
+"""The endpoints, as one Blueprint: health, model info, predictions (single, batch, MLflow protocol), reload.
+
+Request path (no pandas): body bytes → orjson → :func:`serving.features.build_rows` → CatBoost → orjson bytes.
+``/predict``, ``/predict/batch`` and ``/invocations`` share :func:`_score`; each takes the served model once.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+
+from serving.config import ServiceConfig
+from serving.features import FeatureError, build_rows, columns_to_records
+from serving.model import ModelHolder, ServedModel
+from serving.payloads import (
+    ApiError,
+    check_records,
+    check_size,
+    csv_records,
+    feature_error,
+    json_response,
+    json_type,
+    loan_id,
+    mlflow_records,
+    parse_json,
+    raw_json_response,
+    read_body,
+    unknown,
+    warn,
+)
+
+bp = Blueprint("serving", __name__)
+
+
+def _holder() -> ModelHolder:
+    return current_app.extensions["loanrisk"]
+
+
+def _config() -> ServiceConfig:
+    return current_app.extensions["loanrisk_config"]
+
+
+def _served() -> ServedModel:
+    holder = _holder()
+    served = holder.current
+    if served is None:
+        raise ApiError(503, "model_unavailable", holder.load_error or "no model is loaded")
+    g.model_version = served.version
+    return served
+
+
+def _score(served: ServedModel, records: list[Any]) -> list[float]:
+    """Model rows for the records (a bad field is a 4xx naming it and its index), scored and counted."""
+    try:
+        rows = build_rows(records)
+    except FeatureError as exc:
+        raise feature_error(exc) from None
+    probabilities = served.bundle.predict_rows(rows)
+    g.rows = len(rows)
+    return probabilities
+
+
+# --- health and metadata ---------------------------------------------------------------------------------
+
+
+@bp.get("/health")
+def health() -> Response:
+    holder = _holder()
+    served = holder.current
+    if served is not None:
+        g.model_version = served.version
+    status, body = holder.health
+    return raw_json_response(body, status)
+
+
+@bp.get("/ping")
+def ping() -> Response:
+    holder = _holder()
+    if holder.current is None:
+        return json_response({"status": "unavailable", "message": holder.load_error or ""}, 503)
+    return json_response({"status": "ok"})
+
+
+@bp.get("/model/info")
+def model_info() -> Response:
+    return raw_json_response(_served().info_body)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return raw_json_response(current_app.extensions["loanrisk_openapi"])
+
+
+@bp.get("/metrics")
+def metrics_endpoint() -> Response:
+    body, content_type = current_app.extensions["loanrisk_metrics"].render()
+    return Response(body, status=200, content_type=content_type)
+
+
+# --- predictions -----------------------------------------------------------------------------------------
+
+
+@bp.post("/predict")
+def predict() -> Response:
+    served = _served()
+    record = parse_json(read_body())
+    if type(record) is not dict:
+        message = f"expected a JSON object with the fields of one loan application, got {json_type(record)}"
+        raise ApiError(400, "invalid_request", message, None, 0)
+    echo = loan_id(record, 0)
+    probability = _score(served, [record])[0]
+    out: dict[str, Any] = {}
+    if "loanId" in record:
+        out["loanId"] = echo
+    out["probability"] = probability
+    out["label"] = int(probability >= served.threshold)
+    out["threshold"] = served.threshold
+    out["model_name"] = served.name
+    out["model_version"] = served.version
+    warn(out, unknown([record]))
+    return json_response(out)
+
+
+@bp.post("/predict/batch")
+def predict_batch() -> Response:
+    served = _served()
+    payload = parse_json(read_body())
+    if type(payload) is not dict or "data" not in payload:
+        raise ApiError(400, "invalid_request", 'expected a JSON object {"data": [records]}', "data")
+    records = payload["data"]
+    if type(records) is not list:
+        message = f"'data' must be a list of records, got {json_type(records)}"
+        raise ApiError(400, "invalid_request", message, "data")
+    check_size(records, "data", _config().max_batch_size)
+    check_records(records)
+    probabilities = _score(served, records)
+    threshold = served.threshold
+    predictions: list[dict[str, Any]] = []
+    append = predictions.append
+    for i, (record, p) in enumerate(zip(records, probabilities, strict=True)):
+        if "loanId" in record:
+            append({"probability": p, "label": 1 if p >= threshold else 0, "loanId": loan_id(record, i)})
+        else:
+            append({"probability": p, "label": 1 if p >= threshold else 0})
+    out: dict[str, Any] = {
+        "predictions": predictions,
+        "count": len(predictions),
+        "threshold": threshold,
+        "model_name": served.name,
+        "model_version": served.version,
+    }
+    warn(out, unknown(records))
+    return json_response(out)
+
+
+@bp.post("/invocations")
+def invocations() -> Response:
+    served = _served()
+    body = read_body()
+    if request.mimetype in ("text/csv", "application/csv"):
+        records, field, columns = csv_records(body), "data", None
+    else:
+        records, field, columns = mlflow_records(parse_json(body))
+    check_size(records, field, _config().max_batch_size)
+    if columns is not None:
+        try:
+            records = columns_to_records(columns, records)
+        except FeatureError as exc:
+            raise ApiError(
+                400, "invalid_request", f"row {exc.index}: {exc.message}", field, exc.index
+            ) from None
+    check_records(records, field)
+    return json_response({"predictions": _score(served, records)})
+
+
+# --- administration --------------------------------------------------------------------------------------
+
+
+def _require_admin() -> None:
+    config = _config()
+    if not config.reload_enabled:
+        raise ApiError(
+            403,
+            "reload_disabled",
+            "model administration is disabled: start the service with LOANRISK_ADMIN_TOKEN set to enable it",
+        )
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    expected = (config.admin_token or "").encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode("utf-8", "replace"), expected
+    ):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "send the admin token as 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": 'Bearer realm="loanrisk"'},
+        )
+
+
+def _reload_directory(holder: ModelHolder) -> str | Path:
+    body = read_body()
+    directory: str | Path | None = None
+    if body.strip():
+        payload = parse_json(body)
+        if type(payload) is not dict:
+            raise ApiError(400, "invalid_request", 'expected a JSON object like {"bundle_dir": "/path"}')
+        directory = payload.get("bundle_dir")
+        if directory is not None and (type(directory) is not str or not directory.strip()):
+            raise ApiError(400, "invalid_request", "bundle_dir must be a directory path", "bundle_dir")
+    if directory is None:
+        current = holder.current
+        directory = _config().bundle_dir or (current.directory if current else None)
+    if directory is None:
+        raise ApiError(
+            400, "invalid_request", "no bundle directory configured: send bundle_dir", "bundle_dir"
+        )
+    return directory
+
+
+@bp.post("/model/reload")
+def reload_model() -> Response:
+    """Load the bundle here, publish it, and answer 200 once every live worker serves it (503 otherwise)."""
+    _require_admin()
+    holder = _holder()
+    directory = _reload_directory(holder)
+    previous = holder.current
+    try:
+        served, token = holder.reload(directory)
+    except Exception as exc:  # BundleError, or an unreadable path: the client named a bundle we cannot load
+        raise ApiError(422, "invalid_bundle", str(exc), "bundle_dir") from None
+    g.model_version = served.version
+    outcome, workers = holder.wait_for_workers(token, _config().reload_timeout)
+    summary = {
+        "model_name": served.name,
+        "model_version": served.version,
+        "previous_version": previous.version if previous else None,
+        "bundle_dir": str(served.directory),
+        "workers": workers,
+    }
+    if outcome == "loaded":
+        return json_response({"status": "reloaded", **summary})
+    if outcome == "superseded":
+        message = "another reload was published while this one was spreading; see GET /model/workers"
+        raise ApiError(409, "reload_superseded", message, extra=summary)
+    pending = [w for w in workers if not (w.get("token") == token and w.get("state") == "loaded")]
+    message = (
+        f"{len(pending)} of {len(workers)} workers do not serve version {served.version} after "
+        f"{_config().reload_timeout:g} s: "
+        + "; ".join(
+            f"pid {w.get('pid')}: {w.get('state')} ({w.get('error') or 'no error yet'})" for w in pending
+        )
+    )
+    raise ApiError(503, "reload_incomplete", message, extra=summary)
+
+
+@bp.get("/model/workers")
+def model_workers() -> Response:
+    """Each live worker's state (the admin's view of a reload), and the bundle they were asked to serve."""
+    _require_admin()
+    holder = _holder()
+    return json_response({"target": holder.read_target(), "workers": holder.workers()})
