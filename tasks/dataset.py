@@ -11,14 +11,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from serving.contract import (
+# The column names are the service's part of the contract; re-exported so the training side has one door.
+from serving.contract import (  # noqa: F401
     CLARITY_COLUMNS,
+    CLARITY_ID_FIELDS,
     CLARITY_PREFIX,
     IDENTIFIER_FIELDS,
+    IDENTITY_FIELDS,
+    INDICATOR_FIELDS,
+    INQUIRY_FIELDS,
     LOAN_COLUMNS,
     NUMERIC_INDICATORS,
+    OUTCOME_FIELDS,
     PAYMENT_COLUMNS,
     PERSONAL_FIELDS,
+    clarity_column,
 )
 
 # --- files -------------------------------------------------------------------------------------------------
