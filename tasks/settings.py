@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     hf_revision: str | None = None
     hf_token: SecretStr | None = None
     hf_max_attempts: int = Field(4, ge=1)
+    hf_backoff_seconds: float = Field(1.0, ge=0)  # first wait between Hub attempts; doubles, capped at 60 s
 
     # --- orchestration -------------------------------------------------------------------------------
     task_retries: int = Field(2, ge=0)
