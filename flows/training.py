@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from serving.bundle import BundleMeta, write_bundle
 from serving.features import CATEGORICAL_FEATURES
+from serving.privacy import Pseudonymiser, reference_records
 from tasks import tracking
 from tasks.common import retry_options, run_logger
 from tasks.evaluate import evaluate_task, save_plots, summary_markdown
@@ -56,12 +57,18 @@ def data_fingerprint(ingested: Any, table_stats: dict[str, Any]) -> dict[str, An
     }
 
 
-def reference_sample(test: Any, probabilities: list[float], size: int) -> dict[str, list[Any]]:
-    """A spread of test records with their training-time probabilities, for smoke tests of deployed images."""
+def reference_sample(
+    test: Any, probabilities: list[float], size: int, pseudonymiser: Pseudonymiser
+) -> dict[str, list[Any]]:
+    """A spread of test records with their training-time probabilities, for smoke tests of deployed images.
+
+    The records keep only the fields the features read, ``clarityFraudId`` pseudonymised: the bundle ships.
+    """
     n = len(test.records)
     step = max(1, n // size)
     idx = list(range(0, n, step))[:size]
-    return {"records": [test.records[i] for i in idx], "probabilities": [probabilities[i] for i in idx]}
+    records = reference_records([test.records[i] for i in idx], pseudonymiser)
+    return {"records": records, "probabilities": [probabilities[i] for i in idx]}
 
 
 def _deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, Any]:
@@ -167,7 +174,9 @@ def training_flow(
             run_id=run_id,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        reference = reference_sample(split.test, [float(p) for p in p_test], settings.smoke_sample_size)
+        reference = reference_sample(
+            split.test, [float(p) for p in p_test], settings.smoke_sample_size, settings.pseudonymiser()
+        )
         write_bundle(bundle_dir, model, meta, reference)
         version = register_task.with_options(**retry)(settings, run_id, bundle_dir, {
             "data.source": settings.source, "data.revision": str(ingested.revision or ""),

@@ -4,8 +4,10 @@ A bundle is a directory with
 - ``model.cbm``: the CatBoost model in its native format (no pickle anywhere),
 - ``bundle.json``: metadata (model name and version, features, categorical features, decision threshold,
   metrics, data fingerprint, feature contract version),
-- ``reference.json`` (optional): raw test records with the probabilities training computed for them, so a
-  deployed image can prove it reproduces training's predictions.
+- ``reference.json`` (optional): test records with the probabilities training computed for them, so a
+  deployed image can prove it reproduces training's predictions. The records hold only the fields the features
+  read, ``clarityFraudId`` pseudonymised (:func:`serving.privacy.reference_records`): no ``loanId``, no
+  ``anon_ssn``. :func:`write_bundle` refuses any other field, since the bundle ships inside the image.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from catboost import CatBoostClassifier, Pool
 
 from serving.features import CATEGORICAL_INDICES, FEATURE_NAMES, FEATURE_VERSION, build_rows
+from serving.privacy import foreign_fields
 
 BUNDLE_FORMAT = 1
 MODEL_FILE = "model.cbm"
@@ -80,7 +83,19 @@ def write_bundle(
     meta: BundleMeta,
     reference: dict[str, list[Any]] | None = None,
 ) -> Path:
-    """Write a bundle; ``reference`` is ``{"records": [...], "probabilities": [...]}``."""
+    """Write a bundle; ``reference`` is ``{"records": [...], "probabilities": [...]}``.
+
+    Raises :class:`BundleError` when a reference record holds a field the features do not read (an identifier,
+    personal data, an outcome), naming the record and field but not the value.
+    """
+    if reference is not None:
+        foreign = foreign_fields(reference.get("records", []))
+        if foreign:
+            fields = sorted({f for _, f in foreign})
+            raise BundleError(
+                f"reference record {foreign[0][0]} holds {foreign[0][1]!r}: reference records may hold only the "
+                f"fields the features read ({len(foreign)} foreign field(s): {fields})"
+            )
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     model.save_model(str(out / MODEL_FILE), format="cbm")

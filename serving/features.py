@@ -16,73 +16,32 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+# The field names are the dataset contract's; the names this module does not use are re-exported for its readers.
+from serving.contract import (  # noqa: F401
+    CLARITY_COLUMNS,
+    CLARITY_PREFIX,
+    IDENTIFIER_FIELDS,
+    IDENTITY_FIELDS,
+    INDICATOR_FIELDS,
+    INQUIRY_FIELDS,
+    KNOWN_FIELDS,
+    LOAN_COLUMNS,
+    NUMERIC_INDICATORS,
+    OUTCOME_FIELDS,
+    PAYMENT_COLUMNS,
+    clarity_column,
+)
+
 FEATURE_VERSION = "1"
 MISSING_CATEGORY = "NA"
 NAN = float("nan")
 
-CLARITY_PREFIX = ".underwritingdataclarity.clearfraud."
-
-LOAN_COLUMNS: tuple[str, ...] = (
-    "loanId", "anon_ssn", "payFrequency", "apr", "applicationDate", "originated", "originatedDate",
-    "nPaidOff", "approved", "isFunded", "loanStatus", "loanAmount", "originallyScheduledPaymentAmount",
-    "state", "leadType", "leadCost", "fpStatus", "clarityFraudId", "hasCF",
-)  # fmt: skip
-PAYMENT_COLUMNS: tuple[str, ...] = (
-    "loanId", "installmentIndex", "isCollection", "paymentDate", "principal", "fees", "paymentAmount",
-    "paymentStatus", "paymentReturnCode",
-)  # fmt: skip
-
-INQUIRY_FIELDS = (
-    "thirtydaysago", "twentyfourhoursago", "oneminuteago", "onehourago", "ninetydaysago", "sevendaysago",
-    "tenminutesago", "fifteendaysago", "threesixtyfivedaysago",
-)  # fmt: skip
-INDICATOR_FIELDS = (
-    "inquiryonfilecurrentaddressconflict", "totalnumberoffraudindicators", "telephonenumberinconsistentwithaddress",
-    "inquiryageyoungerthanssnissuedate", "onfileaddresscautious", "inquiryaddressnonresidential",
-    "onfileaddresshighrisk", "ssnreportedmorefrequentlyforanother", "currentaddressreportedbytradeopenlt90days",
-    "inputssninvalid", "inputssnissuedatecannotbeverified", "inquiryaddresscautious",
-    "morethan3inquiriesinthelast30days", "onfileaddressnonresidential", "creditestablishedpriortossnissuedate",
-    "driverlicenseformatinvalid", "inputssnrecordedasdeceased", "inquiryaddresshighrisk",
-    "inquirycurrentaddressnotonfile", "bestonfilessnissuedatecannotbeverified",
-    "highprobabilityssnbelongstoanother", "maxnumberofssnswithanybankaccount", "bestonfilessnrecordedasdeceased",
-    "currentaddressreportedbynewtradeonly", "creditestablishedbeforeage18", "telephonenumberinconsistentwithstate",
-    "driverlicenseinconsistentwithonfile", "workphonepreviouslylistedascellphone",
-    "workphonepreviouslylistedashomephone",
-)  # fmt: skip
-NUMERIC_INDICATORS = ("totalnumberoffraudindicators", "maxnumberofssnswithanybankaccount")
-IDENTITY_FIELDS = (
-    "ssnnamematch", "nameaddressmatch", "phonematchtype", "ssnnamereasoncodedescription", "phonematchresult",
-    "nameaddressreasoncodedescription", "phonematchtypedescription", "overallmatchresult", "phonetype",
-    "ssndobreasoncode", "ssnnamereasoncode", "nameaddressreasoncode", "ssndobmatch", "overallmatchreasoncode",
-)  # fmt: skip
 # Descriptions repeat their code one-to-one; the code is the feature.
 REDUNDANT_IDENTITY = (
     "ssnnamereasoncodedescription",
     "nameaddressreasoncodedescription",
     "phonematchtypedescription",
 )
-
-
-def clarity_column(group: str, name: str) -> str:
-    """Full clarity column name, e.g. ``.underwritingdataclarity.clearfraud.clearfraudinquiry.onehourago``."""
-    return f"{CLARITY_PREFIX}{group}.{name}"
-
-
-CLARITY_COLUMNS: tuple[str, ...] = (
-    *(clarity_column("clearfraudinquiry", f) for f in INQUIRY_FIELDS),
-    *(clarity_column("clearfraudindicator", f) for f in INDICATOR_FIELDS),
-    *(clarity_column("clearfraudidentityverification", f) for f in IDENTITY_FIELDS),
-    "clearfraudscore",
-    "underwritingid",
-)
-
-# Fields that are known but never features: identifiers and outcomes (leakage).
-IDENTIFIER_FIELDS = frozenset({"loanId", "anon_ssn", "clarityFraudId", "underwritingid"})
-OUTCOME_FIELDS = frozenset(
-    {"originated", "originatedDate", "approved", "isFunded", "loanStatus", "fpStatus"}
-    | set(PAYMENT_COLUMNS[1:])
-)
-KNOWN_FIELDS = frozenset(LOAN_COLUMNS) | frozenset(CLARITY_COLUMNS) | frozenset(PAYMENT_COLUMNS)
 
 
 class FeatureError(ValueError):

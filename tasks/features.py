@@ -13,19 +13,14 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from serving.features import (
-    CATEGORICAL_FEATURES,
-    CLARITY_COLUMNS,
-    FEATURE_NAMES,
-    LOAN_COLUMNS,
-    OUTCOME_FIELDS,
-    build_rows,
-)
+from serving.contract import CLARITY_COLUMNS, LOAN_COLUMNS, OUTCOME_FIELDS, PERSONAL_FIELDS
+from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES, build_rows
 from tasks.common import PermanentError, run_logger
 
 # Raw fields carried into the model table: decision-time loan fields, the clarity report, and the ids needed
-# for joining, echoing and splitting. Outcomes are dropped right here, before any feature is computed.
-DECISION_LOAN_FIELDS = tuple(c for c in LOAN_COLUMNS if c not in OUTCOME_FIELDS)
+# for joining and splitting. Outcomes and personal data (anon_ssn) are dropped right here, before any feature
+# is computed: nothing downstream (the bundle's reference sample, logs, artifacts) can carry them.
+DECISION_LOAN_FIELDS = tuple(c for c in LOAN_COLUMNS if c not in OUTCOME_FIELDS | PERSONAL_FIELDS)
 
 
 class ModelTable:
@@ -75,9 +70,12 @@ def label_loans(loan: pd.DataFrame, bad: list[str], good: list[str]) -> pd.DataF
     keep &= loan["loanId"].notna()
     out = loan.loc[keep].copy()
     out["label"] = out["loanStatus"].isin(bad).astype("int8")
-    if out["loanId"].duplicated().any():
-        dup = out.loc[out["loanId"].duplicated(), "loanId"].iloc[0]
-        raise PermanentError(f"loan.csv: loanId {dup!r} appears more than once among labelled loans")
+    counts = out["loanId"].value_counts()
+    if (counts > 1).any():  # validation quarantines repeats; the id itself is never printed
+        raise PermanentError(
+            f"loan.csv: a loanId appears {int(counts.max())} times among labelled loans "
+            f"({int((counts > 1).sum())} repeated id(s)); validate the tables first"
+        )
     return out
 
 

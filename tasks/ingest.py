@@ -6,16 +6,21 @@ A source is one of
   ``settings.data_dir / f"sample-scale{scale}-seed{seed}"`` and reused while its manifest says it is complete;
 * a local directory holding ``loan.csv``, ``payment.csv`` and ``clarity_underwriting_variables.csv``;
 * ``hf://datasets/<owner>/<name>[@<revision>]`` - a dataset repository on the Hugging Face Hub (or on the
-  endpoint named by ``HF_ENDPOINT``). The revision (default: ``settings.hf_revision`` or ``main``) is resolved to
-  its commit sha first and all three files are downloaded at that sha, so they always come from one commit.
-  ``hf`` alone is short for ``hf://datasets/{settings.hf_repo}[@{settings.hf_revision}]``.
+  endpoint named by ``HF_ENDPOINT``), through :mod:`tasks.hub`: the revision (default: ``settings.hf_revision``
+  or ``main``) is resolved to its commit first, all three files come from that commit, and each is verified
+  against the checksum the commit lists. ``hf`` alone is short for
+  ``hf://datasets/{settings.hf_repo}[@{settings.hf_revision}]``.
 
-Transient Hub errors (connection errors, timeouts, HTTP 408/429/5xx) are retried with exponential backoff up to
-``settings.hf_max_attempts``; a missing repository, revision or file, or a refused access (401/403, gated repo)
-fails at once with a :class:`~tasks.common.PermanentError` naming what is missing.
+Transient Hub errors are retried with exponential backoff (``settings.hf_max_attempts``,
+``settings.hf_backoff_seconds``), each retry logged; a missing repository, revision or file, a refused access or
+a file that fails its checksum fails at once with a :class:`~tasks.common.PermanentError` naming it.
 
-The plain functions (:func:`parse_source`, :func:`ingest`, :func:`record_ingest`) work without Prefect; the Prefect
-task :data:`ingest_task` wraps them (use :func:`ingest_task_for` to apply the settings' retry policy).
+The plain functions (:func:`parse_source`, :func:`ingest`, :func:`ingest_params`) work without Prefect; the
+Prefect task :data:`ingest_task` wraps them and records the data's identity on the MLflow run through
+:mod:`tasks.tracking` (use :func:`ingest_task_for` to apply the settings' retry policy).
+
+Why ~450 lines: three kinds of source, each with its own rule for reuse (the sample's manifest, a local folder
+as it is, the Hub's verified cache through :mod:`tasks.hub`), behind one result type and one task.
 """
 
 from __future__ import annotations
@@ -32,34 +37,36 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import tracking
 from tasks.common import PermanentError, retry_options
+from tasks.dataset import CLARITY_FILE, DATA_FILES, LOAN_FILE, PAYMENT_FILE  # noqa: F401 - the file names
+from tasks.hub import (  # noqa: F401 - the Hub's errors are ingest's errors
+    HubAccessError,
+    HubError,
+    HubIntegrityError,
+    HubNotFoundError,
+    HubUnavailableError,
+    Retry,
+    download_verified,
+    resolve_commit,
+)
 from tasks.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-LOAN_FILE = "loan.csv"
-PAYMENT_FILE = "payment.csv"
-CLARITY_FILE = "clarity_underwriting_variables.csv"
-DATA_FILES: tuple[str, ...] = (LOAN_FILE, PAYMENT_FILE, CLARITY_FILE)
-
 MANIFEST_NAME = "ingest-manifest.json"
-DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 HF_SOURCE_PREFIX = "hf://datasets/"
-DEFAULT_BACKOFF_SECONDS = 1.0
-MAX_BACKOFF_SECONDS = 60.0
 HASH_CHUNK_BYTES = 1 << 20
 
-_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 SourceKind = Literal["sample", "local", "hub"]
-T = TypeVar("T")
 LoggerLike = logging.Logger | logging.LoggerAdapter
 
 
@@ -68,19 +75,7 @@ LoggerLike = logging.Logger | logging.LoggerAdapter
 
 
 class IngestError(RuntimeError):
-    """Base class of the ingest failures raised by this module."""
-
-
-class HubNotFoundError(IngestError, PermanentError):
-    """The Hub repository, revision or file does not exist (or is private and the token cannot see it)."""
-
-
-class HubAccessError(IngestError, PermanentError):
-    """The Hub refused access (401/403, gated repository) or the endpoint does not behave like a Hub."""
-
-
-class HubUnavailableError(IngestError):
-    """Transient Hub errors persisted through every allowed attempt (a later retry may succeed)."""
+    """Base class of the ingest failures of local and sample sources (Hub failures: :class:`HubError`)."""
 
 
 class MissingSourceFileError(IngestError, PermanentError, FileNotFoundError):
@@ -114,10 +109,6 @@ class IngestResult:
     cached: bool  # True when nothing had to be generated or downloaded
     repo_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
-
-    def path(self, name: str) -> Path:
-        """The local path of one of the three files (``loan.csv`` ...)."""
-        return Path(self.files[name]["path"])
 
     @property
     def fingerprint(self) -> str:
@@ -222,14 +213,14 @@ def ingest(
     source: str | None,
     settings: Settings,
     *,
-    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+    backoff_seconds: float | None = None,
     logger: LoggerLike | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> IngestResult:
     """Make the three files available locally and describe them.
 
-    ``source`` defaults to ``settings.source``. ``backoff_seconds`` is the first wait between Hub attempts (it
-    doubles each time, capped at one minute); ``sleep`` is injectable for tests.
+    ``source`` defaults to ``settings.source``. ``backoff_seconds`` (default ``settings.hf_backoff_seconds``) is
+    the first wait between Hub attempts (it doubles each time, capped at one minute); ``sleep`` is injectable.
     """
     logger = logger or log
     raw = expand_source(source, settings)
@@ -238,7 +229,13 @@ def ingest(
         return _ingest_sample(settings, logger)
     if src.kind == "local":
         return _ingest_local(src)
-    return _ingest_hub(src, settings, backoff_seconds=backoff_seconds, logger=logger, sleep=sleep)
+    retry = Retry(
+        max_attempts=settings.hf_max_attempts,
+        backoff_seconds=settings.hf_backoff_seconds if backoff_seconds is None else backoff_seconds,
+        logger=logger,
+        sleep=sleep,
+    )
+    return _ingest_hub(src, settings, retry=retry)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,7 +285,7 @@ def _ingest_sample(settings: Settings, logger: LoggerLike) -> IngestResult:
                 "created_at": datetime.now(UTC).isoformat(),
                 "files": {n: {"size": f["size"], "sha256": f["sha256"]} for n, f in files.items()},
                 "other_files": sorted(p.name for p in tmp.iterdir() if p.name not in DATA_FILES),
-                "generator": _jsonable(info),
+                "generator": info,  # row counts and paths: plain JSON
             }
             # The manifest is written last: a folder without it is incomplete and gets regenerated.
             _write_json_atomic(tmp / MANIFEST_NAME, manifest)
@@ -326,13 +323,6 @@ def _ingest_sample(settings: Settings, logger: LoggerLike) -> IngestResult:
     )
 
 
-def _jsonable(value: Any) -> Any:
-    try:
-        return json.loads(json.dumps(value, default=str))
-    except (TypeError, ValueError):
-        return repr(value)
-
-
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
@@ -361,318 +351,37 @@ def _ingest_local(src: Source) -> IngestResult:
 # Hugging Face Hub
 
 
-def hf_endpoint() -> str:
-    """``HF_ENDPOINT`` read now (huggingface_hub reads it only at import time), else the public Hub."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
-
-
-def _token(settings: Settings) -> str | None:
-    return settings.hf_token.get_secret_value() if settings.hf_token is not None else None
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Whether an error from huggingface_hub is worth another attempt."""
-    import httpx2
-    from huggingface_hub.errors import (
-        FileMetadataError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-    )
-
-    if isinstance(exc, OfflineModeIsEnabled):
-        return False
-    if isinstance(exc, HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else None
-        return status in (408, 429) or (status is not None and status >= 500)
-    if isinstance(exc, LocalEntryNotFoundError):
-        # hf_hub_download's "could not reach the Hub and nothing cached": transient unless the server answered
-        # without Hub metadata (a misconfigured endpoint).
-        cause = exc.__cause__
-        if cause is None or isinstance(cause, FileMetadataError):
-            return False
-        return _is_transient(cause) or isinstance(
-            cause, httpx2.TransportError | ConnectionError | TimeoutError
-        )
-    if isinstance(exc, FileMetadataError):
-        return False
-    if isinstance(exc, httpx2.TransportError | ConnectionError | TimeoutError):
-        return True
-    # hf_hub_download's size check after an interrupted transfer
-    return isinstance(exc, OSError) and "Consistency check failed" in str(exc)
-
-
-def _permanent_error(exc: BaseException, repo_id: str, revision: str, filename: str | None, endpoint: str):
-    """A PermanentError naming what is missing for a non-transient huggingface_hub error, or None."""
-    from huggingface_hub.errors import (
-        DisabledRepoError,
-        FileMetadataError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    where = f"dataset repository {repo_id!r} on {endpoint}"
-    what = (
-        f"file {filename!r} at revision {revision!r} of {where}"
-        if filename
-        else f"revision {revision!r} of {where}"
-    )
-    if isinstance(exc, RevisionNotFoundError):
-        return HubNotFoundError(f"revision {revision!r} not found in {where}")
-    if isinstance(exc, GatedRepoError):
-        return HubAccessError(
-            f"{where} is gated: accept its conditions on the Hub and set LOANRISK_HF_TOKEN to a token that may read it"
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        return HubNotFoundError(
-            f"{where} not found (or it is private and LOANRISK_HF_TOKEN is missing or cannot read it)"
-        )
-    if isinstance(exc, RemoteEntryNotFoundError):
-        return HubNotFoundError(f"file {filename!r} not found at revision {revision!r} of {where}")
-    if isinstance(exc, DisabledRepoError):
-        return HubAccessError(f"{where} is disabled")
-    if isinstance(exc, OfflineModeIsEnabled):
-        return HubAccessError(f"HF_HUB_OFFLINE is set and {what} is not in the local cache")
-    if isinstance(exc, LocalEntryNotFoundError) and isinstance(exc.__cause__, FileMetadataError):
-        return HubAccessError(
-            f"{endpoint} does not answer like a Hugging Face Hub for {what}: {exc.__cause__}"
-        )
-    if isinstance(exc, FileMetadataError):
-        return HubAccessError(f"{endpoint} does not answer like a Hugging Face Hub for {what}: {exc}")
-    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
-        status = exc.response.status_code
-        if status in (401, 403):
-            return HubAccessError(f"access to {what} refused (HTTP {status}): check LOANRISK_HF_TOKEN")
-        if 400 <= status < 500:
-            return HubNotFoundError(f"request for {what} failed with HTTP {status}: {exc}")
-    return None
-
-
-def _call_with_retries(
-    fn: Callable[[], T],
-    *,
-    describe: str,
-    repo_id: str,
-    revision: str,
-    filename: str | None,
-    endpoint: str,
-    max_attempts: int,
-    backoff_seconds: float,
-    logger: LoggerLike,
-    sleep: Callable[[float], None],
-) -> T:
-    """Run ``fn``; retry transient Hub errors with exponential backoff; translate permanent ones at once."""
-    attempts = max(1, int(max_attempts))
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except PermanentError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if not _is_transient(exc):
-                permanent = _permanent_error(exc, repo_id, revision, filename, endpoint)
-                if permanent is not None:
-                    raise permanent from exc
-                raise
-            if attempt == attempts:
-                raise HubUnavailableError(
-                    f"{describe} failed after {attempts} attempt(s) with transient errors; last: "
-                    f"{type(exc).__name__}: {_first_line(exc)}"
-                ) from exc
-            wait = min(MAX_BACKOFF_SECONDS, backoff_seconds * 2 ** (attempt - 1))
-            logger.warning(
-                "%s failed (attempt %d/%d: %s: %s); retrying in %.2fs",
-                describe,
-                attempt,
-                attempts,
-                type(exc).__name__,
-                _first_line(exc),
-                wait,
-            )
-            sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
-
-
-def _storage_folder(settings: Settings, repo_id: str) -> Path:
-    from huggingface_hub.file_download import repo_folder_name
-
-    return settings.data_dir / "hf" / repo_folder_name(repo_id=repo_id, repo_type="dataset")
-
-
-def _snapshot_complete(storage: Path, sha: str) -> bool:
-    return all((storage / "snapshots" / sha / name).is_file() for name in DATA_FILES)
-
-
-def _ingest_hub(
-    src: Source,
-    settings: Settings,
-    *,
-    backoff_seconds: float,
-    logger: LoggerLike,
-    sleep: Callable[[float], None],
-) -> IngestResult:
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub import constants as hf_constants
-
+def _ingest_hub(src: Source, settings: Settings, *, retry: Retry) -> IngestResult:
     repo_id = src.repo_id
     assert repo_id is not None
     revision = src.revision or settings.hf_revision or "main"
-    endpoint = hf_endpoint()
-    token = _token(settings)
+    token = settings.hf_token.get_secret_value() if settings.hf_token is not None else None
     cache_dir = settings.data_dir / "hf"
-    storage = _storage_folder(settings, repo_id)
-    retry_kw = {
-        "repo_id": repo_id,
-        "revision": revision,
-        "endpoint": endpoint,
-        "max_attempts": settings.hf_max_attempts,
-        "backoff_seconds": backoff_seconds,
-        "logger": logger,
-        "sleep": sleep,
-    }
-
-    # 1. the commit sha: no network when a pinned sha is fully cached (or when offline and the ref is cached)
-    sha: str | None = None
-    if _COMMIT_SHA.fullmatch(revision) and _snapshot_complete(storage, revision):
-        sha = revision
-    elif hf_constants.is_offline_mode():
-        ref = storage / "refs" / revision
-        cached_sha = ref.read_text().strip() if ref.is_file() else None
-        if cached_sha and _snapshot_complete(storage, cached_sha):
-            logger.warning(
-                "HF_HUB_OFFLINE is set: using the cached %s of %s (%s)", revision, repo_id, cached_sha
-            )
-            sha = cached_sha
-        else:
-            raise HubAccessError(
-                f"HF_HUB_OFFLINE is set and revision {revision!r} of dataset repository {repo_id!r} is not fully cached"
-                f" in {cache_dir}"
-            )
-    if sha is None:
-        api = HfApi(endpoint=endpoint, token=token)
-        info = _call_with_retries(
-            lambda: api.dataset_info(repo_id, revision=revision, timeout=60),
-            describe=f"resolving revision {revision!r} of {repo_id}",
-            filename=None,
-            **retry_kw,
-        )
-        sha = info.sha
-        if not sha:
-            from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-            url = hf_hub_url(
-                repo_id, DATA_FILES[0], repo_type="dataset", revision=revision, endpoint=endpoint
-            )
-            meta = _call_with_retries(
-                lambda: get_hf_file_metadata(url, token=token, endpoint=endpoint),
-                describe=f"resolving revision {revision!r} of {repo_id}",
-                filename=DATA_FILES[0],
-                **retry_kw,
-            )
-            sha = meta.commit_hash
-        if not sha or not _COMMIT_SHA.fullmatch(sha):
-            raise HubAccessError(
-                f"{endpoint} returned no commit sha for revision {revision!r} of {repo_id!r}"
-            )
-        siblings = {s.rfilename for s in (info.siblings or [])}
-        if info.siblings is not None:
-            missing = [name for name in DATA_FILES if name not in siblings]
-            if missing:
-                raise HubNotFoundError(
-                    f"file(s) {', '.join(repr(m) for m in missing)} not found at revision {revision!r} ({sha}) of"
-                    f" dataset repository {repo_id!r} on {endpoint}"
-                )
-    logger.info("Dataset %s@%s resolved to commit %s", repo_id, revision, sha)
-
-    # 2. the three files, all at that sha
-    cached = _snapshot_complete(storage, sha)
-    files: dict[str, dict[str, Any]] = {}
-    for name in DATA_FILES:
-        kw = {**retry_kw, "revision": sha}
-
-        def download(name: str = name, force: bool = False) -> str:
-            return hf_hub_download(
-                repo_id,
-                name,
-                repo_type="dataset",
-                revision=sha,
-                cache_dir=cache_dir,
-                token=token,
-                endpoint=endpoint,
-                force_download=force,
-            )
-
-        path = Path(
-            _call_with_retries(
-                download, describe=f"downloading {name} from {repo_id}@{sha}", filename=name, **kw
-            )
-        )
-        entry = describe_file(path)
-        expected = _expected_sha256(path)
-        if expected is not None and entry["sha256"] != expected:
-            # The blob is named after the Hub's sha256 (LFS files): a mismatch means a corrupted cache entry.
-            logger.warning("Cached %s of %s@%s fails its checksum; downloading it again", name, repo_id, sha)
-            cached = False
-            path = Path(
-                _call_with_retries(
-                    lambda name=name: download(name, force=True),
-                    describe=f"downloading {name} from {repo_id}@{sha}",
-                    filename=name,
-                    **kw,
-                )
-            )
-            entry = describe_file(path)
-            if entry["sha256"] != expected:
-                raise HubUnavailableError(
-                    f"{name} from {repo_id}@{sha} has sha256 {entry['sha256']}, but the Hub announced {expected}"
-                )
-        files[name] = entry
-    if revision != sha:
-        _remember_ref(storage, revision, sha)
-    data_dir = Path(files[DATA_FILES[0]]["path"]).parent
-    logger.info("%s %s@%s into %s", "Reused cached" if cached else "Downloaded", repo_id, sha, data_dir)
+    commit = resolve_commit(repo_id, revision, DATA_FILES, cache_dir=cache_dir, token=token, retry=retry)
+    local, cached = download_verified(commit, cache_dir=cache_dir, token=token, retry=retry)
+    files = {name: {"path": str(f.path), "size": f.size, "sha256": f.sha256} for name, f in local.items()}
+    data_dir = local[DATA_FILES[0]].path.parent
+    retry.logger.info(
+        "%s %s@%s into %s (each file verified against the commit's checksum)",
+        "Reused cached" if cached else "Downloaded",
+        repo_id,
+        commit.sha,
+        data_dir,
+    )
     return IngestResult(
         data_dir=data_dir,
         source=src.raw,
         kind="hub",
-        revision=sha,
+        revision=commit.sha,
         files=files,
         cached=cached,
         repo_id=repo_id,
-        details={"requested_revision": revision, "endpoint": endpoint},
+        details={
+            "requested_revision": revision,
+            "endpoint": commit.endpoint,
+            "verified": {name: f.checksum for name, f in commit.files.items()},
+        },
     )
-
-
-def _remember_ref(storage: Path, revision: str, sha: str) -> None:
-    """Record ``revision -> sha`` the way huggingface_hub does (``refs/<revision>``), for offline runs."""
-    ref = storage / "refs" / revision
-    try:
-        if ref.is_file() and ref.read_text().strip() == sha:
-            return
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref.with_name(f".{ref.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(sha)
-        os.replace(tmp, ref)
-    except OSError:  # a read-only cache still works online
-        log.debug("could not record ref %s -> %s in %s", revision, sha, storage, exc_info=True)
-
-
-def _expected_sha256(path: Path) -> str | None:
-    """The sha256 the Hub announced (the blob's name for LFS files), when the cache layout reveals it."""
-    if not path.is_symlink():
-        return None
-    name = path.resolve().name
-    return name if _SHA256.fullmatch(name) else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -697,30 +406,23 @@ def ingest_params(result: IngestResult) -> dict[str, str]:
     return params
 
 
-def record_ingest(
-    result: IngestResult, run_id: str, *, settings: Settings | None = None, client: Any = None
-) -> None:
-    """Record the source, resolved revision and each file's size and sha256 on an MLflow run (client API only).
-
-    Params (immutable): ``data.source``, ``data.kind``, ``data.fingerprint``, ``data.revision`` (Hub),
-    ``data.repo_id`` (Hub), ``data.<stem>.size`` and ``data.<stem>.sha256``. Tags (searchable): ``data.source``,
-    ``data.revision``, ``data.fingerprint``.
-    """
-    import mlflow
-    from mlflow.entities import Param, RunTag
-
-    if client is None:
-        settings = settings or get_settings()
-        client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
-    params = ingest_params(result)
+def ingest_tags(result: IngestResult) -> dict[str, str]:
+    """The searchable MLflow tags of an ingest result."""
     tags = {"data.source": result.source, "data.fingerprint": result.fingerprint}
     if result.revision:
         tags["data.revision"] = result.revision
-    client.log_batch(
-        run_id,
-        params=[Param(k, v[:6000]) for k, v in params.items()],
-        tags=[RunTag(k, v) for k, v in tags.items()],
-    )
+    return tags
+
+
+def record_ingest(result: IngestResult, run_id: str, settings: Settings) -> None:
+    """Record the source, resolved revision and each file's size and sha256 on an MLflow run.
+
+    Params (immutable): ``data.source``, ``data.kind``, ``data.fingerprint``, ``data.revision`` (Hub),
+    ``data.repo_id`` (Hub), ``data.<stem>.size`` and ``data.<stem>.sha256``. Tags (searchable): ``data.source``,
+    ``data.revision``, ``data.fingerprint``. Recording the same result again (a task retry) is accepted.
+    """
+    tracking.log_params(settings, run_id, ingest_params(result))
+    tracking.set_tags(settings, run_id, ingest_tags(result))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -748,7 +450,7 @@ def ingest_task(
         result.data_dir,
     )
     if mlflow_run_id:
-        record_ingest(result, mlflow_run_id, settings=settings)
+        record_ingest(result, mlflow_run_id, settings)
         logger.info("Recorded the data checksums on MLflow run %s", mlflow_run_id)
     return result
 

@@ -12,25 +12,18 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from tasks.dataset import BAD_LABEL_STATUSES, GOOD_LABEL_STATUSES, LOAN_STATUSES
 
-DEFAULT_BAD_STATUSES = [
-    "External Collection",
-    "Internal Collection",
-    "Returned Item",
-    "Charged Off",
-    "Charged Off Paid Off",
-    "Settled Bankruptcy",
-    "Settlement Paid Off",
-    "Settlement Pending Paid Off",
-]
-DEFAULT_GOOD_STATUSES = ["Paid Off Loan", "New Loan", "Pending Paid Off"]
+if TYPE_CHECKING:
+    from serving.privacy import Pseudonymiser
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):
@@ -69,6 +62,7 @@ class Settings(BaseSettings):
     hf_revision: str | None = None
     hf_token: SecretStr | None = None
     hf_max_attempts: int = Field(4, ge=1)
+    hf_backoff_seconds: float = Field(1.0, ge=0)  # first wait between Hub attempts; doubles, capped at 60 s
 
     # --- orchestration -------------------------------------------------------------------------------
     task_retries: int = Field(2, ge=0)
@@ -78,8 +72,8 @@ class Settings(BaseSettings):
     quarantine_max_share: float = Field(0.01, ge=0, le=1)
 
     # --- label and split -----------------------------------------------------------------------------
-    label_bad_statuses: list[str] = Field(default_factory=lambda: list(DEFAULT_BAD_STATUSES))
-    label_good_statuses: list[str] = Field(default_factory=lambda: list(DEFAULT_GOOD_STATUSES))
+    label_bad_statuses: list[str] = Field(default_factory=lambda: list(BAD_LABEL_STATUSES))
+    label_good_statuses: list[str] = Field(default_factory=lambda: list(GOOD_LABEL_STATUSES))
     split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
 
     # --- tuning and training -------------------------------------------------------------------------
@@ -96,6 +90,11 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None  # default: SQLite store under state_dir; MLFLOW_TRACKING_URI wins
     mlflow_experiment: str = "loan-risk"
     model_name: str = "loan-risk"
+
+    # --- personal data -------------------------------------------------------------------------------
+    # Key of the keyed hash that pseudonymises identifiers (serving/privacy.py); unset: a random key made once
+    # and kept in <state_dir>/secrets/ (mode 0600).
+    pseudonym_key: SecretStr | None = None
 
     # --- promotion policy ----------------------------------------------------------------------------
     min_precision: float = Field(0.72, ge=0, le=1)
@@ -146,6 +145,11 @@ class Settings(BaseSettings):
         both = set(self.label_bad_statuses) & set(self.label_good_statuses)
         if both:
             raise ValueError(f"label statuses cannot be both bad and good: {sorted(both)}")
+        unknown = [s for s in (*self.label_bad_statuses, *self.label_good_statuses) if s not in LOAN_STATUSES]
+        if unknown:
+            raise ValueError(
+                f"label statuses {unknown} are no loanStatus of the dataset; known: {list(LOAN_STATUSES)}"
+            )
         return self
 
     # --- derived locations ---------------------------------------------------------------------------
@@ -156,6 +160,17 @@ class Settings(BaseSettings):
     @property
     def quarantine_dir(self) -> Path:
         return self.state_dir / "quarantine"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+    def pseudonymiser(self) -> Pseudonymiser:
+        """The keyed pseudonymiser of identifiers: ``pseudonym_key``, else the key kept in :attr:`secrets_dir`."""
+        from serving.privacy import Pseudonymiser, load_key
+
+        secret = self.pseudonym_key.get_secret_value() if self.pseudonym_key is not None else None
+        return Pseudonymiser(load_key(secret, self.secrets_dir))
 
     @property
     def prefect_home(self) -> Path:

@@ -6,12 +6,15 @@ It serves the URL layout the client uses:
   file's sha256, as the Hub does for LFS files), ``Content-Length`` and ``Accept-Ranges`` (``Range: bytes=N-`` is
   honoured);
 * ``GET /api/datasets/{owner}/{name}`` and ``GET /api/datasets/{owner}/{name}/revision/{revision}`` returning
-  ``{"id", "sha", "siblings": [{"rfilename"}], ...}``;
+  ``{"id", "sha", "siblings": [{"rfilename"}], ...}``; with ``?blobs=true`` each sibling also has ``size``,
+  ``blobId`` (the git blob sha1) and, for LFS files (all but :attr:`FakeHub.non_lfs`), ``lfs: {"sha256", "size"}``:
+  what the commit says each file is;
 * errors the way the Hub signals them: 404 with ``X-Error-Code: RepoNotFound`` / ``RevisionNotFound`` /
   ``EntryNotFound`` and an ``X-Error-Message``; 403 ``GatedRepo`` for repositories marked gated.
 
 Every request is counted (:meth:`FakeHub.count`), and :meth:`FakeHub.fail_next` makes the next N matching requests
-answer a given status (503 by default) to exercise retries. The ``hf_hub`` pytest fixture starts one with a small
+answer a given status (503 by default) to exercise retries; :meth:`FakeHub.tamper` makes the server send other
+bytes (same size, same headers) for one file, as a corrupting mirror or proxy would. The ``hf_hub`` pytest fixture starts one with a small
 repository built from ``tasks.sample.generate`` and points ``HF_ENDPOINT`` at it.
 """
 
@@ -47,17 +50,25 @@ class Blob:
     data: bytes | None = None
     sha256: str = ""
     size: int = 0
+    git_sha1: str = ""
 
     @classmethod
     def of(cls, content: Path | str | bytes) -> Blob:
         if isinstance(content, bytes):
-            return cls(data=content, sha256=hashlib.sha256(content).hexdigest(), size=len(content))
+            return cls(
+                data=content,
+                sha256=hashlib.sha256(content).hexdigest(),
+                size=len(content),
+                git_sha1=hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest(),
+            )
         path = Path(content)
-        h = hashlib.sha256()
+        size = path.stat().st_size
+        h, g = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
-        return cls(path=path, sha256=h.hexdigest(), size=path.stat().st_size)
+                g.update(chunk)
+        return cls(path=path, sha256=h.hexdigest(), size=size, git_sha1=g.hexdigest())
 
     def read(self, start: int, end: int):
         """Yield the bytes in [start, end)."""
@@ -92,6 +103,10 @@ class FakeHub:
     branches: dict[str, dict[str, str]] = field(default_factory=dict)
     gated: set[str] = field(default_factory=set)
     list_siblings: bool = True
+    non_lfs: set[str] = field(
+        default_factory=set
+    )  # file names stored in git, not LFS (no sha256 in listings)
+    tampered: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (commit sha, file) -> bytes sent
     requests: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status)
     endpoint: str = ""
     _failures: list[_Failure] = field(default_factory=list)
@@ -134,6 +149,16 @@ class FakeHub:
         if revision in self.branches.get(repo, {}):
             return self.branches[repo][revision]
         return revision if revision in self.repos.get(repo, {}) else None
+
+    def tamper(self, repo: str, filename: str, revision: str = "main") -> bytes:
+        """Send other bytes of the same size for ``filename`` at ``revision`` (headers and listing unchanged)."""
+        sha = self.resolve(repo, revision)
+        assert sha is not None, revision
+        blob = self.repos[repo][sha][filename]
+        original = b"".join(blob.read(0, blob.size))
+        bad = bytes(b ^ 0x01 if i % 97 == 0 else b for i, b in enumerate(original))
+        self.tampered[(sha, filename)] = bad
+        return bad
 
     # -- observation -----------------------------------------------------------------------------
     def count(self, method: str | None = None, contains: str | None = None, status: int | None = None) -> int:
@@ -263,7 +288,9 @@ class _HubHandler(BaseHTTPRequestHandler):
         self._send(method, path, status, json.dumps({"error": message}).encode(), headers)
 
     def _dispatch(self, method: str) -> None:
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
+        self._blobs = "blobs=true" in url.query.lower()
         try:
             injected = self.state._take_failure(method, path)
             if injected is not None:
@@ -315,8 +342,18 @@ class _HubHandler(BaseHTTPRequestHandler):
             "likes": 0,
         }
         if self.state.list_siblings:
-            info["siblings"] = [{"rfilename": name} for name in sorted(self.state.repos[repo][sha])]
+            info["siblings"] = [
+                self._sibling(name, blob) for name, blob in sorted(self.state.repos[repo][sha].items())
+            ]
         self._send(method, path, 200, json.dumps(info).encode())
+
+    def _sibling(self, name: str, blob: Blob) -> dict[str, Any]:
+        if not self._blobs:
+            return {"rfilename": name}
+        entry: dict[str, Any] = {"rfilename": name, "size": blob.size, "blobId": blob.git_sha1}
+        if name not in self.state.non_lfs:
+            entry["lfs"] = {"sha256": blob.sha256, "size": blob.size, "pointerSize": 134}
+        return entry
 
     def _resolve(self, method: str, path: str, repo: str, revision: str, filename: str) -> None:
         sha = self._repo_checks(method, path, repo, revision)
@@ -336,7 +373,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         start, end, status = 0, blob.size, 200
         headers = {
             "X-Repo-Commit": sha,
-            "ETag": f'"{blob.sha256}"',
+            "ETag": f'"{blob.git_sha1 if filename in self.state.non_lfs else blob.sha256}"',
             "Accept-Ranges": "bytes",
         }
         rng = self.headers.get("Range")
@@ -363,7 +400,8 @@ class _HubHandler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         if method == "GET":
-            for chunk in blob.read(start, end):
+            bad = self.state.tampered.get((sha, filename))
+            for chunk in [bad[start:end]] if bad is not None else blob.read(start, end):
                 self.wfile.write(chunk)
 
 

@@ -114,3 +114,23 @@ def test_one_row_per_loan_and_label_mapping() -> None:
     assert len(table) == 2 and table.label.tolist() == [0, 1]
     assert dict(zip(FEATURE_NAMES, table.rows[0], strict=True))["clearfraudscore"] == 700.0
     assert not {"loanStatus", "fpStatus", "approved", "isFunded"} & set(table.records[0])
+
+
+def test_personal_data_stops_at_the_feature_boundary() -> None:
+    """Issue 8, item 5: the model table's records (which feed the bundle's reference sample) hold no anon_ssn."""
+    loan_fields = {k: v for k, v in RECORD.items() if k in LOAN_COLUMNS}
+    loan = pd.DataFrame([dict(loan_fields, loanId="L1", loanStatus="Paid Off Loan")])
+    clarity = pd.DataFrame(
+        [{c: None for c in CLARITY_COLUMNS} | {"underwritingid": RECORD["clarityFraudId"]}]
+    )
+    table = build_model_table(loan, clarity, ["External Collection"], ["Paid Off Loan"])
+    assert "anon_ssn" not in table.records[0]
+    assert RECORD["anon_ssn"] not in repr(table.records) + repr(table.frame().to_dict())
+    assert pd.Series(table.rows[0]).equals(pd.Series(build_row(loan_fields)))  # the features never read it
+
+
+def test_duplicate_loan_id_error_does_not_print_the_id() -> None:
+    loan = pd.DataFrame([{"loanId": "LL-I-00000042", "loanStatus": "Paid Off Loan"}] * 2)
+    with pytest.raises(Exception, match="appears 2 times") as err:
+        label_loans(loan, ["External Collection"], ["Paid Off Loan"])
+    assert "LL-I-00000042" not in str(err.value)

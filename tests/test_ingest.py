@@ -15,6 +15,7 @@ from tasks.ingest import (
     DATA_FILES,
     MANIFEST_NAME,
     HubAccessError,
+    HubIntegrityError,
     HubNotFoundError,
     HubUnavailableError,
     IngestResult,
@@ -294,6 +295,33 @@ def test_hub_missing_file_fails_at_once(tmp_path: Path, hf_hub: HubFixture) -> N
     assert hub.count(contains="/payment.csv") == 1
 
 
+def test_hub_files_in_git_are_verified_by_their_blob_id(tmp_path: Path, hf_hub: HubFixture) -> None:  # noqa: F811
+    """A file stored in git (not LFS) has no sha256 in the listing: its git blob id is checked instead."""
+    hub = hf_hub.hub
+    hub.non_lfs.add("payment.csv")
+    result = ingest(hf_hub.source(), _settings(tmp_path), **FAST)
+    assert result.details["verified"]["payment.csv"].startswith("git blob ")
+    assert result.details["verified"]["loan.csv"] == "sha256 " + _sha(hf_hub.files.second["loan.csv"])
+    _assert_describes(result, hf_hub.files.second)
+
+    hub.tamper(hf_hub.repo_id, "payment.csv")
+    with pytest.raises(HubIntegrityError, match="payment.csv .* git blob id"):
+        ingest(hf_hub.source(), _settings(tmp_path / "other"), **FAST)
+
+
+def test_hub_without_file_listing_uses_each_files_metadata(tmp_path: Path, hf_hub: HubFixture) -> None:  # noqa: F811
+    """An endpoint that lists no files: each file's checksum comes from its metadata at the commit."""
+    hub = hf_hub.hub
+    hub.list_siblings = False
+    result = ingest(hf_hub.source(), _settings(tmp_path), **FAST)
+    _assert_describes(result, hf_hub.files.second)
+    # one metadata request per file for its checksum, one more by the download itself
+    assert hub.count("HEAD", f"/resolve/{hf_hub.second_sha}/") == 2 * len(DATA_FILES)
+    hub.tamper(hf_hub.repo_id, CHANGED_FILE)
+    with pytest.raises(HubIntegrityError, match=CHANGED_FILE):
+        ingest(hf_hub.source(), _settings(tmp_path / "other"), **FAST)
+
+
 def test_hub_gated_repo_names_the_token(tmp_path: Path, hf_hub: HubFixture) -> None:  # noqa: F811
     hf_hub.hub.gated.add(hf_hub.repo_id)
     sleeps: list[float] = []
@@ -405,7 +433,7 @@ def test_checksums_recorded_on_mlflow_run(tmp_path: Path, hf_hub: HubFixture) ->
         assert data.params[f"data.{stem}.sha256"] == _sha(hf_hub.files.second[name])
         assert data.params[f"data.{stem}.size"] == str(hf_hub.files.second[name].stat().st_size)
     # the same result again (a task retry) is accepted by MLflow
-    record_ingest(result, run_id, client=client)
+    record_ingest(result, run_id, s)
     assert json.loads(json.dumps(result.to_dict()))["revision"] == hf_hub.second_sha
 
 

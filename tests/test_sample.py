@@ -363,3 +363,50 @@ def test_full_scale_counts_and_oracle_auc(tmp_path: Path) -> None:
     labelled = _labelled(loan)
     assert abs(len(labelled) - 38_990) < 200 and 0.46 < labelled["label"].mean() < 0.53
     assert re.fullmatch(r"\d+", str(rows["risk"]))
+
+
+# ------------------------------------------------------------------------------------------------ contract
+
+
+def test_generator_draws_only_what_the_dataset_contract_knows() -> None:
+    """The generator's count tables use the contract's names: no status or category of its own."""
+    from tasks import dataset
+    from tasks.sample import clarity, loans, payments
+
+    assert tuple(clarity.INDICATOR_SHARES) == dataset.INDICATOR_FIELDS  # same columns, same draw order
+    statuses = (set(loans.UNFUNDED_STATUS) | set(loans.FUNDED_RISKY)) - {None}
+    assert statuses <= set(dataset.LOAN_STATUSES)
+    assert set(loans.FUNDED_RISKY) <= set(dataset.BAD_LABEL_STATUSES)
+    assert set(loans.PAY_FREQ_ALL) - {None} <= set(dataset.PAY_FREQUENCIES)
+    assert set(loans.LEAD_ALL) <= set(dataset.LEAD_TYPES)
+    states = set(loans.STATE_TOP) | set(loans.STATE_REST) | set(loans.STATE_RARE)
+    assert states <= set(dataset.STATES) and len(states) == 44
+    assert set(payments.STORY) <= set(dataset.BAD_LABEL_STATUSES) | set(dataset.GOOD_LABEL_STATUSES)
+
+
+def test_split_into_a_package_kept_the_bytes(tmp_path: Path) -> None:
+    """The files of seed 1 at the smallest scale, hashed from the single-module generator before the split."""
+    import hashlib
+
+    sample.generate(tmp_path, scale=0.005, seed=1)
+    got = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(tmp_path.iterdir())}
+    assert got == {
+        "clarity_underwriting_variables.csv": "9b589ec3a43ed5fa",
+        "loan.csv": "95b6cb1e149371a5",
+        "payment.csv": "abf505a53f29c11e",
+        "true_risk.csv": "835e0402fdad9301",
+    }
+
+
+def test_module_cli_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "tasks.sample", str(tmp_path), "--scale", "0.005", "--seed", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
+    assert json.loads(out)["rows"]["loan"] == round(0.005 * 577_682)

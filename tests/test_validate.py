@@ -9,19 +9,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from serving.features import CLARITY_COLUMNS, LOAN_COLUMNS, PAYMENT_COLUMNS, clarity_column
+from serving.contract import CLARITY_COLUMNS, LOAN_COLUMNS, PAYMENT_COLUMNS, clarity_column
+from serving.privacy import Pseudonymiser
+from tasks.dataset import FILES, IDENTIFIER_COLUMNS
+from tasks.reading import read_table, read_tables
 from tasks.settings import Settings
-from tasks.validate import (
-    FILES,
-    DataValidationError,
-    ValidationResult,
-    read_table,
-    read_tables,
-    validate_tables,
-    validate_task,
-)
+from tasks.validate import DataValidationError, ValidationResult, validate_tables, validate_task
 
 SSN = "0123456789abcdef0123456789abcdef"
+PSEUDONYMS = Pseudonymiser(b"validation-tests-key")
 CF1, CF2, CF3 = "5669ef78e4b0c9d3936440e6", "569eb3a3e4b096699f685d64", "579eab11e4b0d0502870ef2f"
 
 
@@ -107,11 +103,24 @@ def _write(folder: Path, frames: dict[str, pd.DataFrame] | None = None) -> Path:
 
 def _validate(tmp_path: Path, frames: dict[str, pd.DataFrame], share: float = 1.0) -> ValidationResult:
     tables = read_tables(_write(tmp_path / "data", frames))
-    return validate_tables(tables, max_quarantine_share=share, quarantine_dir=tmp_path / "quarantine")
+    return validate_tables(
+        tables, max_quarantine_share=share, quarantine_dir=tmp_path / "quarantine", pseudonymiser=PSEUDONYMS
+    )
 
 
 def _quarantine(result: ValidationResult, key: str) -> pd.DataFrame:
     return pd.read_csv(result.quarantine_files[key], dtype=str, keep_default_na=False)
+
+
+def _as_quarantined(path: Path, line: int, key: str = "loan") -> list[str]:
+    """Line ``line`` of a source file as its quarantine row holds it: identifiers pseudonymised."""
+    cells = dict(zip(COLUMNS_OF[key], path.read_text().splitlines()[line - 1].split(","), strict=True))
+    for column in IDENTIFIER_COLUMNS[key]:
+        cells[column] = PSEUDONYMS.field(column, cells[column]) if cells[column] else ""
+    return list(cells.values())
+
+
+COLUMNS_OF = {"loan": LOAN_COLUMNS, "payment": PAYMENT_COLUMNS, "clarity": CLARITY_COLUMNS}
 
 
 # --- clean data ---------------------------------------------------------------------------------------------
@@ -246,17 +255,54 @@ def test_unreadable_number_is_quarantined_with_rule_line_and_original_row(tmp_pa
     frames["loan"].loc[1, "apr"] = "abc"
     tables = read_tables(_write(tmp_path / "data", frames))
     assert tables["loan"]["apr"].iloc[1] == "abc"  # kept as text for the validator
-    result = validate_tables(tables, max_quarantine_share=1.0, quarantine_dir=tmp_path / "quarantine")
+    result = validate_tables(
+        tables, max_quarantine_share=1.0, quarantine_dir=tmp_path / "quarantine", pseudonymiser=PSEUDONYMS
+    )
     assert str(result.tables["loan"]["apr"].dtype) == "float64"
     assert list(result.tables["loan"].index) == [0, 2, 3]
     assert result.rule_counts["loan"] == {"apr: not a number": 1}
     q = _quarantine(result, "loan")
     assert q["source_line"].tolist() == ["3"]
     assert q["broken_rules"].tolist() == ["apr: not a number"]
-    original = (tmp_path / "data" / "loan.csv").read_text().splitlines()[2].split(",")
-    assert q[list(LOAN_COLUMNS)].iloc[0].tolist() == original
+    assert q[list(LOAN_COLUMNS)].iloc[0].tolist() == _as_quarantined(tmp_path / "data" / "loan.csv", 3)
     # its payments: loan 2's payment row is quarantined too (its loan is)
     assert result.rule_counts["payment"] == {"loanId: its loan row is quarantined": 1}
+
+
+def test_quarantine_files_hold_no_identifier_value(tmp_path: Path) -> None:
+    """Issue 8, item 5: a quarantined row keeps its line and rules, but no loanId, anon_ssn or clarity id."""
+    frames = _frames()
+    frames["loan"].loc[1, "apr"] = "abc"  # LL-I-00000002 and its payment row are quarantined
+    frames["clarity"].loc[0, "clearfraudscore"] = "high"
+    data = _write(tmp_path / "data", frames)
+    result = validate_tables(read_tables(data), max_quarantine_share=1.0, quarantine_dir=tmp_path / "q")
+    assert result.quarantined_rows == 3
+    written = "".join(path.read_text() for path in result.quarantine_files.values())
+    identifiers = {
+        str(v)
+        for key, columns in (("loan", ["loanId", "anon_ssn", "clarityFraudId"]), ("payment", ["loanId"]),
+                             ("clarity", ["underwritingid"]))
+        for column in columns
+        for v in frames[key][column].dropna()
+        if str(v)
+    }  # fmt: skip
+    assert identifiers and not [v for v in identifiers if v in written]
+    for key in ("loan", "payment", "clarity"):
+        assert _quarantine(result, key)["source_line"].tolist() and "not a number" in written
+
+
+def test_quarantine_pseudonyms_are_keyed_and_consistent(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["loan"].loc[1, "apr"] = "abc"
+    frames["clarity"].loc[0, "clearfraudscore"] = "high"
+    result = _validate(tmp_path, frames)
+    loan, payment, clarity = (_quarantine(result, k) for k in ("loan", "payment", "clarity"))
+    assert loan["loanId"].tolist() == payment["loanId"].tolist() == [PSEUDONYMS.token("LL-I-00000002")]
+    assert loan["anon_ssn"].tolist() == [PSEUDONYMS.token(SSN)]
+    assert clarity["underwritingid"].tolist() == [PSEUDONYMS.clarity_id(CF1)]
+    assert clarity["underwritingid"].iloc[0][:8] == CF1[:8] != clarity["underwritingid"].iloc[0]
+    other = Pseudonymiser(b"another-key").token("LL-I-00000002")
+    assert other != loan["loanId"].iloc[0]
 
 
 def test_quarantine_file_keeps_typed_rows_as_written(tmp_path: Path) -> None:
@@ -264,9 +310,8 @@ def test_quarantine_file_keeps_typed_rows_as_written(tmp_path: Path) -> None:
     frames["loan"].loc[3, "state"] = "ZZ"
     result = _validate(tmp_path, frames)
     q = _quarantine(result, "loan")
-    original = (tmp_path / "data" / "loan.csv").read_text().splitlines()[4].split(",")
     assert q["source_line"].tolist() == ["5"]
-    assert q[list(LOAN_COLUMNS)].iloc[0].tolist() == original
+    assert q[list(LOAN_COLUMNS)].iloc[0].tolist() == _as_quarantined(tmp_path / "data" / "loan.csv", 5)
     assert q["broken_rules"].iloc[0] == "state: unknown category"
 
 
@@ -339,7 +384,7 @@ def test_orphan_payment_and_has_cf_mismatch(tmp_path: Path) -> None:
     assert result.rule_counts["payment"] == {"loanId: no such loan in loan.csv": 1}
     assert result.rule_counts["loan"] == {"hasCF: must be 1 exactly when clarityFraudId is present": 1}
     q = _quarantine(result, "payment")
-    assert q["source_line"].tolist() == ["5"] and q["loanId"].tolist() == ["LL-I-99999999"]
+    assert q["source_line"].tolist() == ["5"] and q["loanId"].tolist() == [PSEUDONYMS.token("LL-I-99999999")]
 
 
 def test_quarantine_over_the_limit_raises_with_details(tmp_path: Path) -> None:

@@ -168,6 +168,8 @@ def test_container_runs_non_root_turns_healthy_and_predicts(built_image) -> None
             assert b'loanrisk_predictions_total{endpoint="/predict"} 5.0' in r.read()
         logs = container.logs().decode()
         assert reference["anon_ssn"] and not [ssn for ssn in reference["anon_ssn"] if ssn in logs]
+        sent = reference["records"]
+        assert not {"anon_ssn", "loanId"} & {k for r in sent for k in r}  # nothing personal was sent
     finally:
         container.remove(force=True)
 

@@ -25,6 +25,7 @@ from serving.features import (
     build_rows,
     clarity_column,
 )
+from serving.privacy import Pseudonymiser, reference_records
 
 RISKY = (
     "External Collection", "Internal Collection", "Returned Item", "Charged Off", "Charged Off Paid Off",
@@ -190,7 +191,8 @@ def make_bundle(
         allow_writing_files=False,
     )
     model.fit(Pool(rows, labels, cat_features=list(CATEGORICAL_INDICES)))
-    reference = raw[:reference_size]
+    # a bundle ships in the image: its reference records hold only what the features read (no loanId, anon_ssn)
+    reference = reference_records(raw[:reference_size], Pseudonymiser(b"synthetic-bundles"))
     proba = model.predict(
         Pool(build_rows(reference), cat_features=list(CATEGORICAL_INDICES)), prediction_type="Probability"
     )

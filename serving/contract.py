@@ -1,0 +1,74 @@
+"""The source files' field names, the part of the dataset contract that the service needs.
+
+The service reads records whose field names are those of ``loan.csv`` and ``clarity_underwriting_variables.csv``
+(a CSV row posted as JSON works as is), so the names live here, in ``serving/``, which imports nothing of the
+training stack. ``tasks/dataset.py`` imports them and adds the file names, dtypes and status lists: nothing is
+written twice. The order of every tuple is the order of the columns in the real files.
+"""
+
+from __future__ import annotations
+
+LOAN_COLUMNS: tuple[str, ...] = (
+    "loanId", "anon_ssn", "payFrequency", "apr", "applicationDate", "originated", "originatedDate",
+    "nPaidOff", "approved", "isFunded", "loanStatus", "loanAmount", "originallyScheduledPaymentAmount",
+    "state", "leadType", "leadCost", "fpStatus", "clarityFraudId", "hasCF",
+)  # fmt: skip
+PAYMENT_COLUMNS: tuple[str, ...] = (
+    "loanId", "installmentIndex", "isCollection", "paymentDate", "principal", "fees", "paymentAmount",
+    "paymentStatus", "paymentReturnCode",
+)  # fmt: skip
+
+# The clarity file: every column but ``clearfraudscore`` and ``underwritingid`` is named
+# ``.underwritingdataclarity.clearfraud.<group>.<name>`` (with the leading dot).
+CLARITY_PREFIX = ".underwritingdataclarity.clearfraud."
+INQUIRY_FIELDS: tuple[str, ...] = (
+    "thirtydaysago", "twentyfourhoursago", "oneminuteago", "onehourago", "ninetydaysago", "sevendaysago",
+    "tenminutesago", "fifteendaysago", "threesixtyfivedaysago",
+)  # fmt: skip
+INDICATOR_FIELDS: tuple[str, ...] = (
+    "inquiryonfilecurrentaddressconflict", "totalnumberoffraudindicators", "telephonenumberinconsistentwithaddress",
+    "inquiryageyoungerthanssnissuedate", "onfileaddresscautious", "inquiryaddressnonresidential",
+    "onfileaddresshighrisk", "ssnreportedmorefrequentlyforanother", "currentaddressreportedbytradeopenlt90days",
+    "inputssninvalid", "inputssnissuedatecannotbeverified", "inquiryaddresscautious",
+    "morethan3inquiriesinthelast30days", "onfileaddressnonresidential", "creditestablishedpriortossnissuedate",
+    "driverlicenseformatinvalid", "inputssnrecordedasdeceased", "inquiryaddresshighrisk",
+    "inquirycurrentaddressnotonfile", "bestonfilessnissuedatecannotbeverified",
+    "highprobabilityssnbelongstoanother", "maxnumberofssnswithanybankaccount", "bestonfilessnrecordedasdeceased",
+    "currentaddressreportedbynewtradeonly", "creditestablishedbeforeage18", "telephonenumberinconsistentwithstate",
+    "driverlicenseinconsistentwithonfile", "workphonepreviouslylistedascellphone",
+    "workphonepreviouslylistedashomephone",
+)  # fmt: skip
+# The two indicators that are counts; every other indicator is True/False.
+NUMERIC_INDICATORS: tuple[str, ...] = ("totalnumberoffraudindicators", "maxnumberofssnswithanybankaccount")
+IDENTITY_FIELDS: tuple[str, ...] = (
+    "ssnnamematch", "nameaddressmatch", "phonematchtype", "ssnnamereasoncodedescription", "phonematchresult",
+    "nameaddressreasoncodedescription", "phonematchtypedescription", "overallmatchresult", "phonetype",
+    "ssndobreasoncode", "ssnnamereasoncode", "nameaddressreasoncode", "ssndobmatch", "overallmatchreasoncode",
+)  # fmt: skip
+
+
+def clarity_column(group: str, name: str) -> str:
+    """Full clarity column name, e.g. ``.underwritingdataclarity.clearfraud.clearfraudinquiry.onehourago``."""
+    return f"{CLARITY_PREFIX}{group}.{name}"
+
+
+CLARITY_COLUMNS: tuple[str, ...] = (
+    *(clarity_column("clearfraudinquiry", f) for f in INQUIRY_FIELDS),
+    *(clarity_column("clearfraudindicator", f) for f in INDICATOR_FIELDS),
+    *(clarity_column("clearfraudidentityverification", f) for f in IDENTITY_FIELDS),
+    "clearfraudscore",
+    "underwritingid",
+)
+
+# Personal data: never leaves the feature boundary (no bundle, artifact, image, log or prediction log holds it).
+PERSONAL_FIELDS = frozenset({"anon_ssn"})
+# Identifiers: never features; kept out of everything written, or pseudonymised (serving/privacy.py).
+IDENTIFIER_FIELDS = frozenset({"loanId", "anon_ssn", "clarityFraudId", "underwritingid"})
+# Identifiers that are clarity report ids: a Unix time in the first 8 hex digits (a feature input), then 16 more.
+CLARITY_ID_FIELDS = frozenset({"clarityFraudId", "underwritingid"})
+# Outcomes, known only after the decision: never features (leakage).
+OUTCOME_FIELDS = frozenset(
+    {"originated", "originatedDate", "approved", "isFunded", "loanStatus", "fpStatus"}
+    | set(PAYMENT_COLUMNS[1:])
+)
+KNOWN_FIELDS = frozenset(LOAN_COLUMNS) | frozenset(CLARITY_COLUMNS) | frozenset(PAYMENT_COLUMNS)

@@ -1,0 +1,129 @@
+"""Pseudonyms for identifiers, and records fit to ship: personal fields stop at the feature boundary.
+
+A pseudonym is a keyed hash, HMAC-SHA256 with a secret key, so the same value always gets the same pseudonym
+(joins and counts still work) while nobody without the key can recompute or reverse it:
+
+* :meth:`Pseudonymiser.token`: 32 lowercase hex digits (128 bits of the HMAC) for ``loanId`` and ``anon_ssn``;
+* :meth:`Pseudonymiser.clarity_id`: for a clarity report id (``clarityFraudId``, ``underwritingid``), the first 8
+  hex digits (the report's Unix time, which the features read) followed by 16 hex digits of the HMAC, so the
+  pseudonym is again a 24-hex id that gives the same model row.
+
+The key comes from the ``pseudonym_key`` setting (``LOANRISK_PSEUDONYM_KEY``); without it, :func:`load_key` makes
+a random key once and keeps it in ``<state_dir>/secrets/pseudonym.key`` (mode 0600), so pseudonyms stay stable
+across runs. The training side uses this for the bundle's reference records and the quarantine files; the
+prediction service will use it for its prediction log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serving.contract import CLARITY_ID_FIELDS
+from serving.features import SOURCE_FIELDS, build_rows
+
+KEY_FILE = "pseudonym.key"
+KEY_BYTES = 32
+_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
+
+# What a reference record may hold: the fields the features read, nothing else (no loanId, no anon_ssn).
+REFERENCE_FIELDS: frozenset[str] = SOURCE_FIELDS
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
+@dataclass(frozen=True, repr=False)
+class Pseudonymiser:
+    """Keyed pseudonyms of identifier values (missing values stay missing)."""
+
+    key: bytes
+
+    def _digest(self, value: Any) -> str:
+        return hmac.new(self.key, str(value).encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+    def token(self, value: Any) -> Any:
+        """32 hex digits of HMAC-SHA256(key, value)."""
+        return value if _missing(value) else self._digest(value)[:32]
+
+    def clarity_id(self, value: Any) -> Any:
+        """A 24-hex clarity id keeping its first 8 hex digits (the report time); other values get a token."""
+        if _missing(value):
+            return value
+        text = str(value).strip()
+        if not _OBJECT_ID.fullmatch(text):
+            return self.token(value)
+        return text[:8].lower() + self._digest(text.lower())[:16]
+
+    def field(self, name: str, value: Any) -> Any:
+        """The pseudonym of ``value`` as the identifier field ``name``."""
+        return self.clarity_id(value) if name in CLARITY_ID_FIELDS else self.token(value)
+
+    def __repr__(self) -> str:  # never show the key
+        return "Pseudonymiser(key=<secret>)"
+
+
+def load_key(secret: str | None, secrets_dir: str | Path) -> bytes:
+    """The key: ``secret`` when given, else the one kept in ``secrets_dir``, made (0600) on first use."""
+    if secret:
+        return secret.encode()
+    folder = Path(secrets_dir)
+    path = folder / KEY_FILE
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = folder / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(KEY_BYTES) + "\n")
+        try:
+            os.link(tmp, path)  # publish without overwriting a key another process made first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    text = path.read_text().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"{path} does not hold a hex key; remove it to make a new one") from None
+    if len(key) < 16:
+        raise ValueError(f"{path} holds a key of {len(key)} bytes; at least 16 are needed")
+    return key
+
+
+def reference_record(record: Mapping[str, Any], pseudonymiser: Pseudonymiser) -> dict[str, Any]:
+    """The fields of ``record`` the features read, with ``clarityFraudId`` pseudonymised (same model row)."""
+    out = {k: v for k, v in record.items() if k in REFERENCE_FIELDS}
+    if "clarityFraudId" in out:
+        out["clarityFraudId"] = pseudonymiser.clarity_id(out["clarityFraudId"])
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+def reference_records(
+    records: Iterable[Mapping[str, Any]], pseudonymiser: Pseudonymiser
+) -> list[dict[str, Any]]:
+    """:func:`reference_record` of each record, checked to give exactly the model rows the originals give."""
+    originals = list(records)
+    out = [reference_record(r, pseudonymiser) for r in originals]
+    for i, (want, got) in enumerate(zip(build_rows(originals), build_rows(out), strict=True)):
+        if len(want) != len(got) or not all(_same(a, b) for a, b in zip(want, got, strict=True)):
+            raise ValueError(f"reference record {i}: the pseudonymised record gives another model row")
+    return out
+
+
+def foreign_fields(records: Iterable[Mapping[str, Any]]) -> list[tuple[int, str]]:
+    """(record index, field) for every field a reference record may not hold."""
+    return [(i, k) for i, r in enumerate(records) for k in r if k not in REFERENCE_FIELDS]

@@ -1,0 +1,511 @@
+"""Hugging Face Hub client for dataset repositories: resolve a revision to a commit, download files verified.
+
+:func:`resolve_commit` turns a revision (a branch, a tag, a commit sha) into the commit sha and what that
+commit says each requested file is: its size and sha256 (the LFS pointer's), or its git blob id for a file
+stored in git itself. :func:`download_verified` fetches the files at that commit through ``huggingface_hub``
+(the endpoint named by ``HF_ENDPOINT``) and checks every file against those checksums; a cached copy that fails
+the check is downloaded again, a fresh download that fails it is an error naming the file and both sums.
+
+Transient errors (connection errors, timeouts, HTTP 408/429/5xx, an interrupted transfer) are retried with
+exponential backoff up to :attr:`Retry.max_attempts`, each retry logged; a missing repository, revision or
+file, a refused access (401/403, gated repo) or a checksum mismatch fails at once with a
+:class:`~tasks.common.PermanentError` naming what is wrong. After a verified download, the commit's checksums
+are kept beside the cache (``<storage>/loanrisk-commits/<sha>.json``), so a pinned, fully cached commit is
+verified without any network call.
+
+Why one module of ~500 lines: it is one concern, talking to the Hub, and most of its length is the mapping of
+huggingface_hub's errors onto "retry" or "fail naming what is wrong", which both public functions share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tasks.common import PermanentError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+MAX_BACKOFF_SECONDS = 60.0
+HASH_CHUNK_BYTES = 1 << 20
+RECORDS_DIR = "loanrisk-commits"
+
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+T = TypeVar("T")
+LoggerLike = logging.Logger | logging.LoggerAdapter
+
+
+# --------------------------------------------------------------------------------------------------
+# errors
+
+
+class HubError(RuntimeError):
+    """Base class of the Hub failures raised by this module."""
+
+
+class HubNotFoundError(HubError, PermanentError):
+    """The Hub repository, revision or file does not exist (or is private and the token cannot see it)."""
+
+
+class HubAccessError(HubError, PermanentError):
+    """The Hub refused access (401/403, gated repository) or the endpoint does not behave like a Hub."""
+
+
+class HubIntegrityError(HubError, PermanentError):
+    """A downloaded file is not the file the resolved commit lists (its checksum differs)."""
+
+
+class HubUnavailableError(HubError):
+    """Transient Hub errors persisted through every allowed attempt (a later retry may succeed)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# data classes
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """What a commit says one file is."""
+
+    name: str
+    size: int | None = None
+    sha256: str | None = None  # LFS files: the sha256 of the content
+    git_sha1: str | None = None  # files stored in git: the blob id, sha1("blob <size>\0" + content)
+
+    @property
+    def checksum(self) -> str:
+        """How the file is verified, for logs: ``sha256 <hex>`` or ``git blob <hex>``."""
+        return f"sha256 {self.sha256}" if self.sha256 else f"git blob {self.git_sha1}"
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A revision resolved to a commit of a dataset repository, with its files' checksums."""
+
+    repo_id: str
+    revision: str  # as requested
+    sha: str
+    endpoint: str
+    files: dict[str, RemoteFile] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How transient errors are retried: attempts, the first wait (doubling, capped at a minute), logging."""
+
+    max_attempts: int = 4
+    backoff_seconds: float = 1.0
+    logger: LoggerLike = log
+    sleep: Callable[[float], None] = time.sleep
+
+
+# --------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def hf_endpoint() -> str:
+    """``HF_ENDPOINT`` read now (huggingface_hub reads it only at import time), else the public Hub."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
+
+
+def digests(path: str | Path, chunk_size: int = HASH_CHUNK_BYTES) -> tuple[str, str]:
+    """sha256 and git blob id (sha1 of ``blob <size>\\0`` and the content) of a file, in one read."""
+    sha256, sha1 = hashlib.sha256(), hashlib.sha1(f"blob {Path(path).stat().st_size}\0".encode())
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            sha256.update(chunk)
+            sha1.update(chunk)
+    return sha256.hexdigest(), sha1.hexdigest()
+
+
+def storage_folder(cache_dir: Path, repo_id: str) -> Path:
+    """Where huggingface_hub keeps a dataset repository's blobs, snapshots and refs under ``cache_dir``."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(cache_dir) / repo_folder_name(repo_id=repo_id, repo_type="dataset")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+# --------------------------------------------------------------------------------------------------
+# classifying huggingface_hub's errors
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """hf_hub_download wraps a failed metadata call in LocalEntryNotFoundError or (forced) ValueError."""
+    from huggingface_hub.errors import FileMetadataError, LocalEntryNotFoundError
+
+    cause = exc.__cause__
+    wrapped = isinstance(exc, LocalEntryNotFoundError) or (
+        type(exc) is ValueError and "Force download failed" in str(exc)
+    )
+    if wrapped and cause is not None and not isinstance(cause, FileMetadataError):
+        return _cause(cause)
+    return exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error from huggingface_hub is worth another attempt."""
+    import httpx2
+    from huggingface_hub.errors import (
+        FileMetadataError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+    )
+
+    exc = _cause(exc)
+    if isinstance(exc, OfflineModeIsEnabled):
+        return False
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else None
+        return status in (408, 429) or (status is not None and status >= 500)
+    if isinstance(exc, FileMetadataError | LocalEntryNotFoundError):
+        return False  # an endpoint that answers without Hub metadata, or offline with nothing cached
+    if isinstance(exc, httpx2.TransportError | ConnectionError | TimeoutError):
+        return True
+    # hf_hub_download's size check after an interrupted transfer
+    return isinstance(exc, OSError) and "Consistency check failed" in str(exc)
+
+
+def permanent_error(
+    exc: BaseException, repo_id: str, revision: str, filename: str | None, endpoint: str
+) -> PermanentError | None:
+    """A PermanentError naming what is missing for a non-transient huggingface_hub error, or None."""
+    from huggingface_hub.errors import (
+        DisabledRepoError,
+        FileMetadataError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    exc = _cause(exc)
+    where = f"dataset repository {repo_id!r} on {endpoint}"
+    what = (
+        f"file {filename!r} at revision {revision!r} of {where}"
+        if filename
+        else f"revision {revision!r} of {where}"
+    )
+    if isinstance(exc, RevisionNotFoundError):
+        return HubNotFoundError(f"revision {revision!r} not found in {where}")
+    if isinstance(exc, GatedRepoError):
+        return HubAccessError(
+            f"{where} is gated: accept its conditions on the Hub and set LOANRISK_HF_TOKEN to a token that may read it"
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return HubNotFoundError(
+            f"{where} not found (or it is private and LOANRISK_HF_TOKEN is missing or cannot read it)"
+        )
+    if isinstance(exc, RemoteEntryNotFoundError):
+        return HubNotFoundError(f"file {filename!r} not found at revision {revision!r} of {where}")
+    if isinstance(exc, DisabledRepoError):
+        return HubAccessError(f"{where} is disabled")
+    if isinstance(exc, OfflineModeIsEnabled):
+        return HubAccessError(f"HF_HUB_OFFLINE is set and {what} is not in the local cache")
+    if isinstance(exc, LocalEntryNotFoundError) and isinstance(exc.__cause__, FileMetadataError):
+        return HubAccessError(
+            f"{endpoint} does not answer like a Hugging Face Hub for {what}: {exc.__cause__}"
+        )
+    if isinstance(exc, FileMetadataError):
+        return HubAccessError(f"{endpoint} does not answer like a Hugging Face Hub for {what}: {exc}")
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        if status in (401, 403):
+            return HubAccessError(f"access to {what} refused (HTTP {status}): check LOANRISK_HF_TOKEN")
+        if 400 <= status < 500:
+            return HubNotFoundError(f"request for {what} failed with HTTP {status}: {_first_line(exc)}")
+    return None
+
+
+def call_with_retries(
+    fn: Callable[[], T], *, describe: str, repo_id: str, revision: str, filename: str | None, retry: Retry
+) -> T:
+    """Run ``fn``; retry transient Hub errors with exponential backoff; translate permanent ones at once."""
+    endpoint = hf_endpoint()
+    attempts = max(1, int(retry.max_attempts))
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except PermanentError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not is_transient(exc):
+                permanent = permanent_error(exc, repo_id, revision, filename, endpoint)
+                if permanent is not None:
+                    raise permanent from exc
+                raise
+            reason = _cause(exc)
+            if attempt == attempts:
+                raise HubUnavailableError(
+                    f"{describe} failed after {attempts} attempt(s) with transient errors; last: "
+                    f"{type(reason).__name__}: {_first_line(reason)}"
+                ) from exc
+            wait = min(MAX_BACKOFF_SECONDS, retry.backoff_seconds * 2 ** (attempt - 1))
+            retry.logger.warning(
+                "%s failed (attempt %d/%d: %s: %s); retrying in %.2fs",
+                describe,
+                attempt,
+                attempts,
+                type(reason).__name__,
+                _first_line(reason),
+                wait,
+            )
+            retry.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------------
+# resolve
+
+
+def _record_path(storage: Path, sha: str) -> Path:
+    return storage / RECORDS_DIR / f"{sha}.json"
+
+
+def _read_record(storage: Path, sha: str, files: Sequence[str]) -> dict[str, RemoteFile] | None:
+    """The checksums kept after an earlier verified download of ``sha``, when they cover ``files``."""
+    try:
+        data = json.loads(_record_path(storage, sha).read_text())
+        out = {name: RemoteFile(**data[name]) for name in files}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return out if all(f.sha256 or f.git_sha1 for f in out.values()) else None
+
+
+def _write_record(storage: Path, commit: Commit) -> None:
+    path = _record_path(storage, commit.sha)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps({n: asdict(f) for n, f in commit.files.items()}, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache still works online
+        log.debug("could not keep the checksums of %s in %s", commit.sha, path, exc_info=True)
+
+
+def _remember_ref(storage: Path, revision: str, sha: str) -> None:
+    """Record ``revision -> sha`` the way huggingface_hub does (``refs/<revision>``), for offline runs."""
+    ref = storage / "refs" / revision
+    try:
+        if ref.is_file() and ref.read_text().strip() == sha:
+            return
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(f".{ref.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(sha)
+        os.replace(tmp, ref)
+    except OSError:
+        log.debug("could not record ref %s -> %s in %s", revision, sha, storage, exc_info=True)
+
+
+def _snapshot_complete(storage: Path, sha: str, files: Sequence[str]) -> bool:
+    return all((storage / "snapshots" / sha / name).is_file() for name in files)
+
+
+def _from_etag(name: str, metadata: Any) -> RemoteFile:
+    etag = (metadata.etag or "").strip('"').lower()
+    if _SHA256.fullmatch(etag):
+        return RemoteFile(name, metadata.size, sha256=etag)
+    if COMMIT_SHA.fullmatch(etag):
+        return RemoteFile(name, metadata.size, git_sha1=etag)
+    raise HubAccessError(f"{hf_endpoint()} gives no checksum for {name!r} (ETag {metadata.etag!r})")
+
+
+def resolve_commit(
+    repo_id: str,
+    revision: str,
+    files: Sequence[str],
+    *,
+    cache_dir: Path,
+    token: str | None = None,
+    retry: Retry | None = None,
+) -> Commit:
+    """Resolve ``revision`` of dataset ``repo_id`` to its commit and the checksums of ``files`` there.
+
+    No network call when ``revision`` is a commit sha whose files and checksums are all cached, or in offline
+    mode (``HF_HUB_OFFLINE``) when the revision's ref is cached. Raises :class:`HubNotFoundError` naming a
+    missing repository, revision or file.
+    """
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import constants as hf_constants
+
+    retry = retry or Retry()
+    endpoint = hf_endpoint()
+    storage = storage_folder(cache_dir, repo_id)
+    retrying = {"repo_id": repo_id, "revision": revision, "retry": retry}
+
+    if COMMIT_SHA.fullmatch(revision) and _snapshot_complete(storage, revision, files):
+        known = _read_record(storage, revision, files)
+        if known is not None:
+            return Commit(repo_id, revision, revision, endpoint, known)
+    if hf_constants.is_offline_mode():
+        ref = storage / "refs" / revision
+        sha = (
+            revision if COMMIT_SHA.fullmatch(revision) else (ref.read_text().strip() if ref.is_file() else "")
+        )
+        known = _read_record(storage, sha, files) if sha and _snapshot_complete(storage, sha, files) else None
+        if known is None:
+            raise HubAccessError(
+                f"HF_HUB_OFFLINE is set and revision {revision!r} of dataset repository {repo_id!r} is not fully"
+                f" cached (with its checksums) in {cache_dir}"
+            )
+        retry.logger.warning("HF_HUB_OFFLINE is set: using the cached %s of %s (%s)", revision, repo_id, sha)
+        return Commit(repo_id, revision, sha, endpoint, known)
+
+    api = HfApi(endpoint=endpoint, token=token)
+    info = call_with_retries(
+        lambda: api.dataset_info(repo_id, revision=revision, files_metadata=True, timeout=60),
+        describe=f"resolving revision {revision!r} of {repo_id}",
+        filename=None,
+        **retrying,
+    )
+    sha = info.sha
+    listed = {s.rfilename: s for s in info.siblings} if info.siblings is not None else None
+    if listed is not None:
+        missing = [name for name in files if name not in listed]
+        if missing:
+            raise HubNotFoundError(
+                f"file(s) {', '.join(repr(m) for m in missing)} not found at revision {revision!r} ({sha}) of"
+                f" dataset repository {repo_id!r} on {endpoint}"
+            )
+    remote: dict[str, RemoteFile] = {}
+    for name in files:
+        sibling = listed.get(name) if listed is not None else None
+        if sibling is not None and (sibling.lfs is not None or sibling.blob_id):
+            lfs = sibling.lfs
+            remote[name] = RemoteFile(
+                name,
+                lfs.size if lfs is not None else sibling.size,
+                sha256=lfs.sha256 if lfs is not None else None,
+                git_sha1=None if lfs is not None else sibling.blob_id,
+            )
+            continue
+        # an endpoint that does not list files with their blobs: ask for this file's metadata at the revision
+        url = hf_hub_url(repo_id, name, repo_type="dataset", revision=sha or revision, endpoint=endpoint)
+        metadata = call_with_retries(
+            lambda url=url: get_hf_file_metadata(url, token=token, endpoint=endpoint),
+            describe=f"reading the checksum of {name} in {repo_id}@{revision}",
+            filename=name,
+            **retrying,
+        )
+        sha = sha or metadata.commit_hash
+        remote[name] = _from_etag(name, metadata)
+    if not sha or not COMMIT_SHA.fullmatch(sha):
+        raise HubAccessError(f"{endpoint} returned no commit sha for revision {revision!r} of {repo_id!r}")
+    if revision != sha:
+        _remember_ref(storage, revision, sha)
+    retry.logger.info("Dataset %s@%s resolved to commit %s", repo_id, revision, sha)
+    return Commit(repo_id, revision, sha, endpoint, remote)
+
+
+# --------------------------------------------------------------------------------------------------
+# download
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A downloaded, verified file."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+def _check(path: Path, expected: RemoteFile) -> tuple[LocalFile, str | None]:
+    """The file described, and the checksum that differs from the commit's (None when it matches)."""
+    sha256, git_sha1 = digests(path)
+    got = sha256 if expected.sha256 else git_sha1
+    return LocalFile(path, path.stat().st_size, sha256), (
+        None if got == (expected.sha256 or expected.git_sha1) else got
+    )
+
+
+def _discard(path: Path) -> None:
+    """Remove a cached snapshot file and the blob it points to."""
+    blob = path.resolve()
+    for p in (path, blob):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def download_verified(
+    commit: Commit, *, cache_dir: Path, token: str | None = None, retry: Retry | None = None
+) -> tuple[dict[str, LocalFile], bool]:
+    """Download ``commit``'s files (cached copies reused) and verify each against the commit's checksum.
+
+    Returns the local files (path, size, sha256) and whether all came from the cache. Raises :class:`HubIntegrityError`
+    (permanent: a retry would fetch the same bytes) naming the file, the expected and the actual checksum when a
+    fresh download does not match; the bad copy is removed from the cache first.
+    """
+    from huggingface_hub import hf_hub_download
+
+    retry = retry or Retry()
+    storage = storage_folder(cache_dir, commit.repo_id)
+    local: dict[str, LocalFile] = {}
+    all_cached = True
+    for name, expected in commit.files.items():
+        cached = storage / "snapshots" / commit.sha / name
+        if cached.is_file():
+            described, wrong = _check(cached, expected)
+            if wrong is None:
+                local[name] = described
+                continue
+            retry.logger.warning(
+                "Cached %s of %s@%s fails its checksum; downloading it again",
+                name,
+                commit.repo_id,
+                commit.sha,
+            )
+            _discard(cached)
+        all_cached = False
+        path = Path(
+            call_with_retries(
+                lambda name=name: hf_hub_download(
+                    commit.repo_id,
+                    name,
+                    repo_type="dataset",
+                    revision=commit.sha,
+                    cache_dir=cache_dir,
+                    token=token,
+                    endpoint=commit.endpoint,
+                ),
+                describe=f"downloading {name} from {commit.repo_id}@{commit.sha}",
+                repo_id=commit.repo_id,
+                revision=commit.sha,
+                filename=name,
+                retry=retry,
+            )
+        )
+        described, got = _check(path, expected)
+        if got is not None:
+            _discard(path)
+            kind = "sha256" if expected.sha256 else "git blob id"
+            raise HubIntegrityError(
+                f"{name} downloaded from {commit.repo_id}@{commit.sha} on {commit.endpoint} has {kind} {got}, but "
+                f"the commit lists {expected.sha256 or expected.git_sha1}: the download is corrupt or was altered "
+                "on the way (removed from the cache)"
+            )
+        local[name] = described
+    _write_record(storage, commit)
+    return local, all_cached
