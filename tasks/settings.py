@@ -12,7 +12,7 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     min_precision: float = Field(0.72, ge=0, le=1)
     min_recall: float = Field(0.72, ge=0, le=1)
     min_f1_gain: float = Field(0.02, ge=-1)
+    # A champion that exists but cannot be re-scored on this run's test split (bundle missing or unloadable,
+    # feature contract changed): "reject" keeps the new version out; "minimums" lets the minimums alone decide.
+    champion_unscorable: Literal["reject", "minimums"] = "reject"
     deploy_on_promotion: bool = True
     deploy_deployment_name: str = "loan-risk-deploy/deploy"
 
