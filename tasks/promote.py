@@ -19,9 +19,9 @@ from prefect.cache_policies import NO_CACHE
 from serving.bundle import BundleError, load_bundle
 from tasks import registry
 from tasks.common import PermanentError, run_logger
-from tasks.registry import RegistryUnavailable
 from tasks.evaluate import classification_metrics
 from tasks.features import ModelTable
+from tasks.registry import RegistryUnavailable
 from tasks.settings import Settings
 
 CANDIDATE, CHAMPION = "candidate", "champion"

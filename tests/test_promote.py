@@ -123,7 +123,9 @@ def test_promote_retries_then_fails_when_the_registry_fails(settings: Settings, 
 
     @flow(name="promote-against-a-failing-registry")
     def gate() -> object:
-        return promote_task.with_options(**retry_options(settings, retries=2))(settings, v2, GOOD, test, False)
+        return promote_task.with_options(**retry_options(settings, retries=2))(
+            settings, v2, GOOD, test, False
+        )
 
     state = gate(return_state=True)
     assert state.is_failed(), state
