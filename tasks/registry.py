@@ -130,6 +130,24 @@ def set_version_tags(settings: Settings, version: str, tags: dict[str, Any]) -> 
         unavailable(settings, f"tag version {version}", exc)
 
 
+def model_tags(settings: Settings) -> dict[str, str]:
+    """The registered model's own tags ({} when the model does not exist yet)."""
+    try:
+        return dict(tracking.client(settings).get_registered_model(settings.model_name).tags or {})
+    except Exception as exc:
+        if is_absent(exc):
+            return {}
+        unavailable(settings, f"read the tags of {settings.model_name!r}", exc)
+
+
+def set_model_tag(settings: Settings, key: str, value: str) -> None:
+    """Set one tag on the registered model (one call: a reader sees the old value or the new one)."""
+    try:
+        tracking.client(settings).set_registered_model_tag(settings.model_name, key, value)
+    except Exception as exc:
+        unavailable(settings, f"set tag {key!r} of {settings.model_name!r}", exc)
+
+
 def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
     """Download a version's bundle into ``dst`` (emptied first) and stamp the version into its metadata.
 
