@@ -91,6 +91,15 @@ def log_files(settings: Settings, run_id: str, paths: list[Path], artifact_path:
         c.log_artifact(run_id, str(p), artifact_path)
 
 
+def set_tags(settings: Settings, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a run (values stringified, cut to MLflow's 8,000 characters)."""
+    from mlflow.entities import RunTag
+
+    items = [RunTag(str(k), str(v)[:8000]) for k, v in tags.items()]
+    if items:
+        client(settings).log_batch(run_id, tags=items)
+
+
 def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
     """Close a run with FINISHED, FAILED or KILLED."""
     client(settings).set_terminated(run_id, status=status)
