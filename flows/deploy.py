@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ class DeployError(RuntimeError):
         super().__init__(message)
         self.version = version
         self.committed = committed
+        self.build_id: str | None = None  # the image build this deploy ran, if any
 
 
 def registry_credentials(settings: Settings) -> tuple[str | None, str | None]:
@@ -149,7 +151,8 @@ def _verify_image(
         cleanup_task(running)
 
 
-def _build_and_push(settings: Settings, version: str, context: Path, bundle: Bundle, made: list[str]) -> tuple[str, str, dict[str, Any]]:  # fmt: skip
+def _build_and_push(settings: Settings, version: str, context: Path, bundle: Bundle, made: list[str],
+                    build_id: str) -> tuple[str, str, dict[str, Any]]:  # fmt: skip
     """Build, run, smoke-test and push the version's image; returns (image, digest, smoke summary)."""
     user, password = registry_credentials(settings)
     client = get_client(settings.docker_host)
@@ -161,7 +164,7 @@ def _build_and_push(settings: Settings, version: str, context: Path, bundle: Bun
                  "GIT_COMMIT": revision}  # fmt: skip
     build = build_task.with_options(**retry_options(settings, retries=1))
     _step("build", build, context, image_ref, buildargs, image_labels(settings.model_name, version, revision),
-          settings.docker_host)  # fmt: skip
+          settings.docker_host, build_id)  # fmt: skip
     made.append(image_ref)
     if before and before != _local_id(client, image_ref) and not client.images.get(before).tags:
         remove_local_image(client, before)  # the tag moved on: the image it left is this run's leftover
@@ -288,6 +291,7 @@ def _release(settings: Settings, model_version: str | None, alias: str | None, f
         user, password = registry_credentials(settings)
         recorded = tags.get("release.digest")
         made: list[str] = []
+        build_id: str | None = None
         try:
             reuse = bool(recorded) and _step("registry check", tag_digest, settings.image_registry,
                                              settings.image_repository, recorded, user, password) == recorded  # fmt: skip
@@ -303,16 +307,20 @@ def _release(settings: Settings, model_version: str | None, alias: str | None, f
             else:
                 context = _step("export", registry.export_task, settings, version, tmp / "context")
                 bundle = load_bundle(context / "bundle")
-                _, digest, _ = _build_and_push(settings, version, context, bundle, made)
+                build_id = uuid.uuid4().hex
+                _, digest, _ = _build_and_push(settings, version, context, bundle, made, build_id)
             entry = history_entry(version, f"{_remote(settings)}:{version}", digest, "forced" if force else "release",
                                   actor(), reason)  # fmt: skip
             commit = commit_task.with_options(**retry_options(settings))
             previous = _step("commit", commit, settings, entry, bundle.meta.metrics, overrode)
-        except BaseException:
+        except BaseException as exc:
             _undo_local(settings, made)
+            if isinstance(exc, DeployError):
+                exc.build_id = build_id
             raise
         done = _after_commit(settings, entry, _notes(settings, entry, bundle, previous, "; ".join(overrode)))
-    return _summary(entry, done, previous, status="released", build="reused" if reuse else "built")
+    return _summary(entry, done, previous, status="released", build="reused" if reuse else "built",
+                    build_id=build_id)  # fmt: skip
 
 
 def _rollback(settings: Settings, reason: str | None) -> dict[str, Any]:

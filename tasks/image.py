@@ -691,11 +691,19 @@ def build_task(
     buildargs: dict[str, str],
     labels: dict[str, str],
     docker_host: str | None,
+    build_id: str | None = None,
 ) -> str:
     """Prefect task: build the image (tag ``image_ref``), streaming the build log into the run log."""
     repository, tag = image_ref.rsplit(":", 1)
     return build_image(
-        context_dir, repository, [tag], buildargs, labels, _log(), client=get_client(docker_host)
+        context_dir,
+        repository,
+        [tag],
+        buildargs,
+        labels,
+        _log(),
+        client=get_client(docker_host),
+        build_id=build_id,
     )
 
 

@@ -217,3 +217,29 @@ def test_release_notes_of_a_forced_release_say_who_and_why() -> None:
                           {"by": "ops@host, flow run 42", "reason": "hotfix for INC-7", "overrode": "its promotion decision is 'rejected'"})  # fmt: skip
     assert "**Forced release** by ops@host, flow run 42: hotfix for INC-7" in notes
     assert "Overrode: its promotion decision is 'rejected'" in notes
+
+
+@pytest.mark.parametrize("lost_answer", [False, True])
+def test_github_step_retries_a_500_and_creates_one_release(
+    github: GitHubStandIn, tmp_path: Path, lost_answer
+) -> None:
+    """GitHub answers 500 once (with ``lost_answer`` after creating the release): retried, one release."""
+    from prefect import flow
+
+    from tasks.common import retry_options
+    from tasks.release import github_task
+    from tasks.settings import Settings
+
+    github.fail_posts, github.create_before_failing = [500], lost_answer
+    s = Settings(state_dir=tmp_path / "state", github_token="t", github_repository="lending/loan-risk",
+                 github_api_url=github.url, task_retry_delay_seconds=0)  # fmt: skip
+
+    @flow(name="github-release-with-a-500")
+    def release() -> dict:
+        return github_task.with_options(**retry_options(s))(s, "3", "notes")
+
+    out = release()
+    assert list(github.releases) == ["loan-risk-v3"] and out["html_url"].endswith("loan-risk-v3")
+    assert len(github.posts()) == (1 if lost_answer else 2) and out["created"] is not lost_answer
+    again = release()  # a re-run finds it by tag
+    assert again["created"] is False and len(github.posts()) == (1 if lost_answer else 2)
