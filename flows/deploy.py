@@ -302,13 +302,13 @@ def _release(settings: Settings, model_version: str | None, alias: str | None, f
                 bundle = load_bundle(
                     _step("export", registry.download_bundle, settings, version, tmp / "bundle")
                 )
-                _tested_by_digest(settings, version, recorded, bundle, made)
+                _, smoke = _tested_by_digest(settings, version, recorded, bundle, made)
                 digest = str(recorded)
             else:
                 context = _step("export", registry.export_task, settings, version, tmp / "context")
                 bundle = load_bundle(context / "bundle")
                 build_id = uuid.uuid4().hex
-                _, digest, _ = _build_and_push(settings, version, context, bundle, made, build_id)
+                _, digest, smoke = _build_and_push(settings, version, context, bundle, made, build_id)
             entry = history_entry(version, f"{_remote(settings)}:{version}", digest, "forced" if force else "release",
                                   actor(), reason)  # fmt: skip
             commit = commit_task.with_options(**retry_options(settings))
@@ -319,7 +319,7 @@ def _release(settings: Settings, model_version: str | None, alias: str | None, f
                 exc.build_id = build_id
             raise
         done = _after_commit(settings, entry, _notes(settings, entry, bundle, previous, "; ".join(overrode)))
-    return _summary(entry, done, previous, status="released", build="reused" if reuse else "built",
+    return _summary(entry, done, previous, status="released", build="reused" if reuse else "built", smoke=smoke,
                     build_id=build_id)  # fmt: skip
 
 

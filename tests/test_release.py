@@ -243,3 +243,41 @@ def test_github_step_retries_a_500_and_creates_one_release(
     assert len(github.posts()) == (1 if lost_answer else 2) and out["created"] is not lost_answer
     again = release()  # a re-run finds it by tag
     assert again["created"] is False and len(github.posts()) == (1 if lost_answer else 2)
+
+
+# --- the training flow when its deploy fails (issue 8, item 4) ---------------------------------------------
+
+
+def test_training_run_is_finished_when_its_deploy_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another deploy holds the lock longer than this one waits: the deploy fails before the commit point. The
+    training run's MLflow run still ends FINISHED with the outcome as tags; the flow then raises, saying so."""
+    from mlflow import MlflowClient
+
+    from flows.deploy import DeployError
+    from flows.training import training_flow
+    from tasks.release import release_lock
+    from tasks.settings import get_settings
+
+    env = {"LOANRISK_STATE_DIR": str(tmp_path / "state"), "LOANRISK_DEPLOY_LOCK_TIMEOUT_SECONDS": "1",
+           "LOANRISK_DEPLOY_LOCK_NAME": f"deploy-lock-{tmp_path.name}", "LOANRISK_MIN_PRECISION": "0.5",
+           "LOANRISK_MIN_RECALL": "0.5", "LOANRISK_MAX_ITERATIONS": "80"}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    try:
+        s = get_settings()
+        with (
+            release_lock(s),
+            pytest.raises(DeployError, match="before the commit point: nothing was released"),
+        ):
+            training_flow(source="sample", scale=0.02, n_trials=2, deploy=True)
+        client = MlflowClient(tracking_uri=s.tracking_uri)
+        (run,) = client.search_runs([client.get_experiment_by_name(s.mlflow_experiment).experiment_id],
+                                    "attributes.run_name LIKE 'training-%'")  # fmt: skip
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["deploy.status"] == "failed" and run.data.tags["deploy.committed"] == "false"
+        assert "TimeoutError" in run.data.tags["deploy.error"]
+    finally:
+        get_settings.cache_clear()

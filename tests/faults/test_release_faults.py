@@ -111,24 +111,19 @@ def test_registry_refuses_the_password(first_release: dict, monkeypatch: pytest.
 
 @docker
 def test_registry_stopped_before_the_push(first_release: dict, tmp_path: Path) -> None:
-    """A private registry (own port, config and htpasswd) is up for the first release there, then stops while
-    the next image is smoke-tested: the push fails, nothing moved, nothing of the run is left."""
-    from flows.deploy import deploy_flow
-
+    """A private registry (own port, config and htpasswd) stops while the image is smoke-tested: the push fails,
+    nothing moved, nothing of the run is left (the registry, started again, holds no tag of it)."""
     with private_registry(tmp_path / "registry", "fault", "fault-password") as reg:
         with environment({"LOANRISK_IMAGE_REGISTRY": reg.address, "LOANRISK_REGISTRY_USERNAME": "fault",
                           "LOANRISK_REGISTRY_PASSWORD": "fault-password"}):  # fmt: skip
             try:
-                first = register_variant(first_release["model_version"])
-                released = deploy_flow(model_version=first)
-                before, latest = champion(), registry_tag("latest")
-                assert before == first and latest == released["digest"]
+                before = champion()
                 version = register_variant(first_release["model_version"])
                 watcher = when_container_starts(client(), f"{remote()}:{version}", reg.stop)
                 error, _ = _deploy_failing(version, "push")
                 assert watcher.fired and reg.address in str(error)
                 reg.start()
-                assert_nothing_moved(before, latest, version)
+                assert_nothing_moved(before, None, version)
                 assert registry_tag(version) is None and build_leftovers(error.build_id) == []
             finally:
                 remove_repo_images()
@@ -237,32 +232,49 @@ def test_container_that_exits_at_start(first_release: dict, monkeypatch: pytest.
     assert_nothing_moved(before, latest, version)
 
 
+@pytest.fixture(scope="module")
+def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One real ``mlflow server`` for the module; a test that kills it starts it again (same port and store)."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+
+
+@pytest.fixture
+def running_mlflow(mlflow: MlflowServer) -> Iterator[MlflowServer]:
+    if mlflow.proc is None:
+        mlflow.start()
+    yield mlflow
+    if mlflow.proc is None:
+        mlflow.start()
+
+
 @docker
-def test_mlflow_dies_between_the_push_and_the_commit(first_release: dict, tmp_path: Path) -> None:
+def test_mlflow_dies_between_the_push_and_the_commit(
+    first_release: dict, running_mlflow: MlflowServer, tmp_path: Path
+) -> None:
     """The MLflow server (the registry of models) is killed while the image is tested: the push still happens,
     the commit cannot: champion and ``latest`` never moved, the run's local image is gone."""
     from tasks import registry, tracking
 
     sqlite = settings()
     bundle = registry.download_bundle(sqlite, first_release["model_version"], tmp_path / "bundle")
-    with mlflow_server(tmp_path / "mlflow") as server:
-        env = {"MLFLOW_TRACKING_URI": server.uri, "LOANRISK_IMAGE_REPOSITORY": f"{sqlite.image_repository}-commit",
-               **MLFLOW_FAIL_FAST}  # fmt: skip
-        with environment(env):
-            try:
-                s = settings()
-                version = registry.register_bundle(s, tracking.start_run(s, "fault"), bundle, {})
-                registry.set_version_tags(
-                    s, version, {"promotion.decision": "promoted", "promotion.dry_run": "false"}
-                )
-                watcher = when_container_starts(client(), f"{remote()}:{version}", server.kill)
-                error, _ = _deploy_failing(version, "commit")
-                assert watcher.fired and "MLflow registry" in str(error)
-                assert registry_tag(version) is not None  # pushed: the failure came after the push
-                server.start()
-                assert_nothing_moved(None, None, version)
-            finally:
-                remove_repo_images()
+    env = {"MLFLOW_TRACKING_URI": running_mlflow.uri, "LOANRISK_MODEL_NAME": "loan-risk-commit-fault",
+           "LOANRISK_IMAGE_REPOSITORY": f"{sqlite.image_repository}-commit", **MLFLOW_FAIL_FAST}  # fmt: skip
+    with environment(env):
+        try:
+            s = settings()
+            version = registry.register_bundle(s, tracking.start_run(s, "fault"), bundle, {})
+            registry.set_version_tags(
+                s, version, {"promotion.decision": "promoted", "promotion.dry_run": "false"}
+            )
+            watcher = when_container_starts(client(), f"{remote()}:{version}", running_mlflow.kill)
+            error, _ = _deploy_failing(version, "commit")
+            assert watcher.fired and "MLflow registry" in str(error)
+            assert registry_tag(version) is not None  # pushed: the failure came after the push
+            running_mlflow.start()
+            assert_nothing_moved(None, None, version)
+        finally:
+            remove_repo_images()
 
 
 @docker
@@ -308,12 +320,6 @@ def test_two_deploys_at_once_are_serialised(first_release: dict, tmp_path: Path)
 # --- MLflow server faults (no Docker) -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def mlflow(tmp_path: Path) -> Iterator[MlflowServer]:
-    with mlflow_server(tmp_path / "mlflow") as server:
-        yield server
-
-
 def _complete(settings_obj, version: str, dst: Path) -> bool:
     """Whether a version's bundle downloads and loads (a complete registration)."""
     from serving.bundle import load_bundle
@@ -326,10 +332,11 @@ def _complete(settings_obj, version: str, dst: Path) -> bool:
     return True
 
 
-def test_mlflow_killed_during_tuning(mlflow: MlflowServer, tmp_path: Path) -> None:
+def test_mlflow_killed_during_tuning(running_mlflow: MlflowServer, tmp_path: Path) -> None:
     """A training run (its own process) against a real ``mlflow server``, killed (process group and huey
     children) while trials run, restarted on the same port and store. The tune task is retried and the run
     completes, or the run fails cleanly; either way ``candidate`` points only at a complete version."""
+    mlflow = running_mlflow
     from mlflow import MlflowClient
 
     from tasks import registry
@@ -338,7 +345,8 @@ def test_mlflow_killed_during_tuning(mlflow: MlflowServer, tmp_path: Path) -> No
 
     env = {**os.environ, **LENIENT_GATE, **MLFLOW_FAIL_FAST, "MLFLOW_TRACKING_URI": mlflow.uri,
            "LOANRISK_STATE_DIR": str(tmp_path / "state"), "LOANRISK_TASK_RETRIES": "3",
-           "LOANRISK_TASK_RETRY_DELAY_SECONDS": "10", "PREFECT_HOME": str(tmp_path / "prefect")}  # fmt: skip
+           "LOANRISK_TASK_RETRY_DELAY_SECONDS": "10", "PREFECT_HOME": str(tmp_path / "prefect"),
+           "LOANRISK_MODEL_NAME": "loan-risk-tuning-fault"}  # fmt: skip
     log = tmp_path / "training.log"
     with log.open("w") as err:
         proc = subprocess.Popen(
@@ -360,7 +368,9 @@ def test_mlflow_killed_during_tuning(mlflow: MlflowServer, tmp_path: Path) -> No
     out, _ = proc.communicate(timeout=900)
     logged = log.read_text()
     result = json.loads(out.strip().splitlines()[-1])
-    s = Settings(state_dir=tmp_path / "state", mlflow_tracking_uri=mlflow.uri)
+    s = Settings(
+        state_dir=tmp_path / "state", mlflow_tracking_uri=mlflow.uri, model_name="loan-risk-tuning-fault"
+    )
     with environment({"MLFLOW_TRACKING_URI": mlflow.uri}):
         candidate = registry.version_by_alias(s, "candidate")
         if proc.returncode == 0:
@@ -377,8 +387,9 @@ def test_mlflow_killed_during_tuning(mlflow: MlflowServer, tmp_path: Path) -> No
     assert len(killed) > 2  # the server, its web workers and job runners all went down
 
 
-def test_promote_against_a_stopped_mlflow_server(mlflow: MlflowServer, tmp_path: Path) -> None:
+def test_promote_against_a_stopped_mlflow_server(running_mlflow: MlflowServer, tmp_path: Path) -> None:
     """The promote step cannot reach the registry: it is retried, then the run fails; nothing is promoted."""
+    mlflow = running_mlflow
     import numpy as np
     from prefect import flow
 
@@ -388,7 +399,8 @@ def test_promote_against_a_stopped_mlflow_server(mlflow: MlflowServer, tmp_path:
     from tasks.settings import Settings
     from tests.test_promote import GOOD, _minimal_bundle, _task_run_counts
 
-    s = Settings(state_dir=tmp_path / "state", mlflow_tracking_uri=mlflow.uri, task_retry_delay_seconds=0)
+    s = Settings(state_dir=tmp_path / "state", mlflow_tracking_uri=mlflow.uri, task_retry_delay_seconds=0,
+                 model_name="loan-risk-promote-fault")  # fmt: skip
     with environment(MLFLOW_FAIL_FAST):
         run = tracking.start_run(s, "fault")
         champ = registry.register_bundle(s, run, _minimal_bundle(tmp_path, "one"), {})

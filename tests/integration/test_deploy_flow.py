@@ -97,6 +97,7 @@ def test_training_promotes_and_deploy_releases(first_release: dict, github: GitH
     )
     assert champion() == version
     assert registry_tag(version) == deploy["digest"] and registry_tag("latest") == deploy["digest"]
+    assert deploy["smoke"]["rows_compared"] > 0 and deploy["smoke"]["max_abs_diff"] <= 1e-6
     assert not smoke_containers()
     tags = version_tags(version)
     assert tags["release.image"] == deploy["image"] and tags["release.digest"] == deploy["digest"]

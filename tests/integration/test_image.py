@@ -239,3 +239,77 @@ def test_wrong_password_push_is_refused_and_registry_has_no_tag(
         registry_digest(svc.registry, repo, "1.0.0", svc.username, svc.password)
     with pytest.raises(ImagePushError, match="HTTP 401"):
         registry_digest(svc.registry, repo, "1.0.0", svc.username, "not-the-password")
+
+
+MULTI_STAGE = textwrap.dedent(
+    """
+    ARG BASE_IMAGE=python:3.11-slim
+    FROM ${BASE_IMAGE} AS build
+    ARG BUILD_ID=unknown
+    LABEL ai.loanrisk.build.id="${BUILD_ID}"
+    COPY server.py /stage/server.py
+    RUN python3 -c "open('/stage/built', 'w').write('yes')"
+    FROM ${BASE_IMAGE}
+    COPY --from=build /stage/ /app/
+    CMD ["python3", "/app/server.py"]
+    """
+)
+
+
+def test_multi_stage_build_leaves_only_the_tagged_image(
+    tmp_path: Path,
+    client: docker.DockerClient,
+    repo: str,
+    docker_services: DockerServices,  # noqa: F811
+) -> None:
+    """The build stage ends dangling in every multi-stage build; succeeded or failed, the build removes what it
+    left: nothing carries its build id, and no image a step of it committed stays untagged."""
+    from tasks.image import LABEL_BUILD_ID
+
+    def leftovers(build_id: str, lines: list[str]) -> list[str]:
+        labelled = client.api.images(all=True, filters={"label": f"{LABEL_BUILD_ID}={build_id}"})
+        steps = {ln.split()[-1] for ln in lines if ln.startswith(" ---> ") and "Using cache" not in ln}
+        dangling = [i["Id"] for i in client.api.images(filters={"dangling": True})]
+        return [i["Id"] for i in labelled] + [d for d in dangling if d.removeprefix("sha256:")[:12] in steps]
+
+    args = {"BASE_IMAGE": docker_services.base_image}
+    lines: list[str] = []
+    ok_id = "ok-" + uuid.uuid4().hex
+    image_id = build_image(_context(tmp_path, MULTI_STAGE), repo, ["1"], args, {}, lines.append, client=client,
+                           build_id=ok_id)  # fmt: skip
+    assert client.images.get(f"{repo}:1").id == image_id
+    assert f"removed 1 dangling image(s) of build {ok_id}" in lines  # the build stage
+    assert leftovers(ok_id, lines) == []
+
+    broken = MULTI_STAGE.replace('CMD ["python3"', 'RUN exit 4\nCMD ["python3"')
+    (tmp_path / "broken").mkdir()
+    failed: list[str] = []
+    build_id = "failed-" + uuid.uuid4().hex
+    with pytest.raises(ImageBuildError, match="returned a non-zero code: 4"):
+        build_image(_context(tmp_path / "broken", broken), repo, ["2"], args, {}, failed.append, client=client,
+                    build_id=build_id)  # fmt: skip
+    assert leftovers(build_id, failed) == [] and any(
+        "dangling image(s) of build failed-" in ln for ln in failed
+    )
+
+
+def test_registry_retag_moves_a_tag_to_a_pushed_digest(
+    tmp_path: Path,
+    client: docker.DockerClient,
+    repo: str,
+    docker_services: DockerServices,  # noqa: F811
+) -> None:
+    """``latest`` is moved in the registry itself (no push), to exactly the digest asked, idempotently."""
+    from tasks.image import registry_retag, tag_digest
+
+    svc = docker_services
+    build_image(
+        _context(tmp_path), repo, ["1.0.0"], {"BASE_IMAGE": svc.base_image}, {}, [].append, client=client
+    )
+    digest = push_image(client, repo, "1.0.0", svc.username, svc.password, svc.registry)
+    assert tag_digest(svc.registry, repo, "latest", svc.username, svc.password) is None
+    assert registry_retag(svc.registry, repo, digest, "latest", svc.username, svc.password) == digest
+    assert registry_digest(svc.registry, repo, "latest", svc.username, svc.password) == digest
+    assert registry_retag(svc.registry, repo, digest, "latest", svc.username, svc.password) == digest
+    with pytest.raises(ImagePushError, match="refused|has no manifest|HTTP 401"):
+        registry_retag(svc.registry, repo, digest, "other", svc.username, "not-the-password")
