@@ -217,7 +217,8 @@ def training_flow(
             d = result["deploy"]
             tracking.set_tags(settings, run_id, {"deploy.status": d.get("status", ""),
                                                  "deploy.committed": str(d.get("committed", "")).lower(),
-                                                 "deploy.digest": d.get("digest", ""), "deploy.error": d.get("error", "")})  # fmt: skip
+                                                 "deploy.digest": d.get("digest", ""),
+                                                 "deploy.error": d.get("error", "")[:5000]})  # fmt: skip
             tracking.log_dict(settings, run_id, d, "deploy.json")
         tracking.log_metrics(settings, run_id, {"flow_seconds": time.perf_counter() - started})
     except BaseException:

@@ -12,7 +12,7 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     min_f1_gain: float = Field(0.02, ge=-1)
     # A champion that exists but cannot be re-scored on this run's test split (bundle missing or unloadable,
     # feature contract changed): "reject" keeps the new version out; "minimums" lets the minimums alone decide.
-    champion_unscorable: Literal["reject", "minimums"] = "reject"
+    champion_unscorable: str = Field("reject", pattern="^(reject|minimums)$")
     deploy_on_promotion: bool = True
     deploy_deployment_name: str = "loan-risk-deploy/deploy"
 

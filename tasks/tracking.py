@@ -63,6 +63,15 @@ def log_params(settings: Settings, run_id: str, params: Mapping[str, Any]) -> No
         client(settings).log_batch(run_id, params=items)
 
 
+def set_tags(settings: Settings, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a run in one batch (values stringified)."""
+    from mlflow.entities import RunTag
+
+    items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+    if items:
+        client(settings).log_batch(run_id, tags=items)
+
+
 def log_metrics(settings: Settings, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
     """Log finite metrics in one batch."""
     import time
@@ -89,15 +98,6 @@ def log_files(settings: Settings, run_id: str, paths: list[Path], artifact_path:
     c = client(settings)
     for p in paths:
         c.log_artifact(run_id, str(p), artifact_path)
-
-
-def set_tags(settings: Settings, run_id: str, tags: Mapping[str, Any]) -> None:
-    """Set tags on a run (values stringified, cut to MLflow's 8,000 characters)."""
-    from mlflow.entities import RunTag
-
-    items = [RunTag(str(k), str(v)[:8000]) for k, v in tags.items()]
-    if items:
-        client(settings).log_batch(run_id, tags=items)
 
 
 def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
