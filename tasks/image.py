@@ -266,19 +266,6 @@ def remove_local_image(client: docker.DockerClient, image_ref: str) -> bool:
     return True
 
 
-def untag(client: docker.DockerClient, image_ref: str) -> bool:
-    """Remove the local tag ``image_ref`` (``repo:tag``); the image stays while other tags use it.
-
-    Returns False when there was no such tag.
-    """
-    try:
-        client.api.remove_image(image_ref, force=True, noprune=True)
-    except docker.errors.ImageNotFound:
-        return False
-    logger.info("removed local tag %s", image_ref)
-    return True
-
-
 # --- run ---------------------------------------------------------------------------------------------
 @dataclass
 class RunningContainer:

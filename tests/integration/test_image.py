@@ -23,8 +23,8 @@ from tasks.image import (
     push_image,
     registry_digest,
     remove_container,
+    remove_local_image,
     run_container,
-    untag,
     wait_healthy,
 )
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
@@ -79,13 +79,14 @@ def client(docker_services: DockerServices) -> Iterator[docker.DockerClient]:  #
 
 @pytest.fixture()
 def repo(client: docker.DockerClient, docker_services: DockerServices) -> Iterator[str]:  # noqa: F811
-    """A unique repository name; every local tag of it (bare and registry-prefixed) is removed afterwards."""
+    """A unique repository name; every local tag of it (bare and registry-prefixed) is removed afterwards, with
+    the untagged layers under it, so the shared engine keeps nothing of the test."""
     name = f"loan-risk-it-{uuid.uuid4().hex[:8]}"
     yield name
     for image in client.images.list():
         for ref in image.tags:
             if ref.rsplit(":", 1)[0] in (name, f"{docker_services.registry}/{name}"):
-                untag(client, ref)
+                remove_local_image(client, ref)
 
 
 def test_build_run_push_pull_roundtrip(
@@ -126,7 +127,7 @@ def test_build_run_push_pull_roundtrip(
     # Drop every local reference so the next run really comes from the registry.
     remote = f"{svc.registry}/{repo}"
     for ref in (f"{repo}:1.0.0", f"{repo}:latest", f"{remote}:1.0.0"):
-        assert untag(client, ref)
+        assert remove_local_image(client, ref)
     with pytest.raises(docker.errors.ImageNotFound):
         client.images.get(image_id)
     pulled = client.images.pull(
