@@ -23,14 +23,15 @@ import pytest
 from tests.faults.release_servers import MlflowServer, mlflow_server, private_registry, when_container_starts
 from tests.github_stand_in import GitHubStandIn
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
-from tests.integration.deploy_helpers import (
+from tests.integration.deploy_helpers import (  # noqa: F401 - fixtures
     REPO,
     assert_nothing_moved,
     build_leftovers,
     champion,
     client,
-    deploy_environment,
+    deploy_env,
     environment,
+    github,
     register_variant,
     registry_tag,
     remote,
@@ -45,25 +46,7 @@ MLFLOW_FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST
 
 
 @pytest.fixture(scope="module")
-def github() -> Iterator[GitHubStandIn]:
-    stand_in = GitHubStandIn()
-    yield stand_in
-    stand_in.close()
-
-
-@pytest.fixture(scope="module")
-def release_env(docker_services: DockerServices, github: GitHubStandIn, tmp_path_factory) -> Iterator[dict]:  # noqa: F811
-    with environment(
-        deploy_environment(docker_services, github.url, tmp_path_factory.mktemp("faults"))
-    ) as env:
-        try:
-            yield env
-        finally:
-            remove_repo_images()
-
-
-@pytest.fixture(scope="module")
-def first_release(release_env: dict, github: GitHubStandIn) -> dict:
+def first_release(deploy_env: dict, github: GitHubStandIn) -> dict:  # noqa: F811
     """The module's one training run; GitHub answers its first release request with HTTP 500."""
     from flows.training import training_flow
 
@@ -85,7 +68,7 @@ def _deploy_failing(version: str, step: str) -> tuple[Exception, float]:
 
 
 @docker
-def test_github_500_then_201_is_retried_into_one_release(first_release: dict, github: GitHubStandIn) -> None:
+def test_github_500_then_201_is_retried_into_one_release(first_release: dict, github: GitHubStandIn) -> None:  # noqa: F811
     tag = f"loan-risk-v{first_release['model_version']}"
     assert [p["body"]["tag_name"] for p in github.posts()] == [tag, tag]  # the 500, then the retry's 201
     assert list(github.releases) == [tag] and first_release["deploy"]["github_release"].endswith(tag)

@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.infra.docker_fixtures import DockerServices
+import pytest
+
+from tests.github_stand_in import GitHubStandIn
+from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 # the gate is not under test in these modules: every trained version passes it
@@ -42,6 +45,26 @@ def deploy_environment(services: DockerServices, github_url: str, state: Path) -
         "LOANRISK_DEPLOY_LOCK_NAME": f"loan-risk-deploy-it-{uuid.uuid4().hex[:8]}",
         **LENIENT_GATE,
     }
+
+
+@pytest.fixture(scope="module")
+def github() -> Iterator[GitHubStandIn]:
+    """The module's local GitHub."""
+    stand_in = GitHubStandIn()
+    yield stand_in
+    stand_in.close()
+
+
+@pytest.fixture(scope="module")
+def deploy_env(docker_services: DockerServices, github: GitHubStandIn, tmp_path_factory) -> Iterator[dict]:  # noqa: F811
+    """The module's settings in the environment; its repository's local images are removed at the end."""
+    with environment(
+        deploy_environment(docker_services, github.url, tmp_path_factory.mktemp("deploy"))
+    ) as env:
+        try:
+            yield env
+        finally:
+            remove_repo_images()
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import getpass
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,18 +18,17 @@ import pytest
 
 from tests.github_stand_in import GitHubStandIn
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
-from tests.integration.deploy_helpers import (
+from tests.integration.deploy_helpers import (  # noqa: F401 - fixtures
     assert_nothing_moved,
     build_leftovers,
     champion,
     client,
-    deploy_environment,
-    environment,
+    deploy_env,
+    github,
     local_refs,
     register_variant,
     registry_tag,
     remote,
-    remove_repo_images,
     settings,
     smoke_containers,
 )
@@ -39,25 +37,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def github() -> Iterator[GitHubStandIn]:
-    stand_in = GitHubStandIn()
-    yield stand_in
-    stand_in.close()
-
-
-@pytest.fixture(scope="module")
-def deploy_env(docker_services: DockerServices, github: GitHubStandIn, tmp_path_factory) -> Iterator[dict]:  # noqa: F811
-    with environment(
-        deploy_environment(docker_services, github.url, tmp_path_factory.mktemp("deploy"))
-    ) as env:
-        try:
-            yield env
-        finally:
-            remove_repo_images()
-
-
-@pytest.fixture(scope="module")
-def first_release(deploy_env: dict) -> dict:
+def first_release(deploy_env: dict) -> dict:  # noqa: F811
     """Train at a small scale with deploy required: the promoted version is built, tested, pushed, released."""
     from flows.training import training_flow
 
@@ -89,7 +69,7 @@ def version_tags(version: str) -> dict[str, str]:
     return registry.get_version(settings(), version).tags
 
 
-def test_training_promotes_and_deploy_releases(first_release: dict, github: GitHubStandIn) -> None:
+def test_training_promotes_and_deploy_releases(first_release: dict, github: GitHubStandIn) -> None:  # noqa: F811
     deploy = first_release["deploy"]
     version = first_release["model_version"]
     assert (
@@ -153,7 +133,8 @@ def test_pushed_image_pulls_back_and_answers(first_release: dict) -> None:
 
 
 def test_gate_refuses_a_rejected_version_until_forced_with_a_reason(
-    first_release: dict, github: GitHubStandIn
+    first_release: dict,
+    github: GitHubStandIn,  # noqa: F811
 ) -> None:
     from flows.deploy import deploy_flow
     from tasks.release import NotDeployable
@@ -188,7 +169,8 @@ def test_gate_refuses_a_rejected_version_until_forced_with_a_reason(
 
 
 def test_rerun_of_a_released_version_completes_what_is_missing(
-    first_release: dict, github: GitHubStandIn
+    first_release: dict,
+    github: GitHubStandIn,  # noqa: F811
 ) -> None:
     """After the commit point, steps went missing (latest elsewhere, no GitHub release): a re-run completes them
     without a build, and creates nothing twice; a second re-run does nothing."""

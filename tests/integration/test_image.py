@@ -222,7 +222,7 @@ def test_health_timeout_names_the_url(
             wait_healthy(running.base_url, timeout_s=2, container=running)
 
 
-def test_wrong_password_push_is_refused_and_registry_has_no_tag(
+def test_wrong_password_push_is_refused_then_latest_moves_in_the_registry(
     tmp_path: Path,
     client: docker.DockerClient,
     repo: str,
@@ -240,6 +240,17 @@ def test_wrong_password_push_is_refused_and_registry_has_no_tag(
         registry_digest(svc.registry, repo, "1.0.0", svc.username, svc.password)
     with pytest.raises(ImagePushError, match="HTTP 401"):
         registry_digest(svc.registry, repo, "1.0.0", svc.username, "not-the-password")
+
+    # pushed with the right password, ``latest`` is moved in the registry itself (no push), idempotently
+    from tasks.image import registry_retag, tag_digest
+
+    digest = push_image(client, repo, "1.0.0", svc.username, svc.password, svc.registry)
+    assert tag_digest(svc.registry, repo, "latest", svc.username, svc.password) is None
+    assert registry_retag(svc.registry, repo, digest, "latest", svc.username, svc.password) == digest
+    assert registry_digest(svc.registry, repo, "latest", svc.username, svc.password) == digest
+    assert registry_retag(svc.registry, repo, digest, "latest", svc.username, svc.password) == digest
+    with pytest.raises(ImagePushError, match="has no manifest|HTTP 401"):
+        registry_retag(svc.registry, repo, digest, "other", svc.username, "not-the-password")
 
 
 MULTI_STAGE = textwrap.dedent(
@@ -292,25 +303,3 @@ def test_multi_stage_build_leaves_only_the_tagged_image(
     assert leftovers(build_id, failed) == [] and any(
         "dangling image(s) of build failed-" in ln for ln in failed
     )
-
-
-def test_registry_retag_moves_a_tag_to_a_pushed_digest(
-    tmp_path: Path,
-    client: docker.DockerClient,
-    repo: str,
-    docker_services: DockerServices,  # noqa: F811
-) -> None:
-    """``latest`` is moved in the registry itself (no push), to exactly the digest asked, idempotently."""
-    from tasks.image import registry_retag, tag_digest
-
-    svc = docker_services
-    build_image(
-        _context(tmp_path), repo, ["1.0.0"], {"BASE_IMAGE": svc.base_image}, {}, [].append, client=client
-    )
-    digest = push_image(client, repo, "1.0.0", svc.username, svc.password, svc.registry)
-    assert tag_digest(svc.registry, repo, "latest", svc.username, svc.password) is None
-    assert registry_retag(svc.registry, repo, digest, "latest", svc.username, svc.password) == digest
-    assert registry_digest(svc.registry, repo, "latest", svc.username, svc.password) == digest
-    assert registry_retag(svc.registry, repo, digest, "latest", svc.username, svc.password) == digest
-    with pytest.raises(ImagePushError, match="refused|has no manifest|HTTP 401"):
-        registry_retag(svc.registry, repo, digest, "other", svc.username, "not-the-password")
