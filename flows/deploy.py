@@ -283,6 +283,8 @@ def _release(settings: Settings, model_version: str | None, alias: str | None, f
     with tempfile.TemporaryDirectory(prefix="loan-risk-deploy-") as tmp_name:
         tmp = Path(tmp_name)
         if champion is not None and str(champion.version) == version and tags.get("release.digest"):
+            if force:
+                run_logger().warning("v%s is the champion already: --force changes nothing", version)
             return _complete(settings, version, tags, tmp)
         overrode = check_deployable(settings, version, tags, read_history(settings), force)
         if force:

@@ -247,6 +247,7 @@ def commit_release(settings: Settings, entry: dict[str, str], metrics: dict[str,
         "release.previous_champion": previous["version"]
         if previous and previous["version"] != version
         else "",
+        "release.rolled_back_from": entry.get("from", ""),
         **{k: f"{v:.6f}" for k, v in metrics.items() if k.startswith("test_")},
     }
     if entry["kind"] == "forced":
@@ -268,7 +269,7 @@ def entry_from_tags(version: str, tags: dict[str, str]) -> dict[str, str]:
     return history_entry(
         version, tags["release.image"], tags["release.digest"], tags.get("release.kind", "release"),
         tags.get("release.by", "unknown"), tags.get("release.forced_reason") or tags.get("release.reason"),
-        tags.get("release.at"),
+        tags.get("release.at"), tags.get("release.rolled_back_from") or None,
     )  # fmt: skip
 
 

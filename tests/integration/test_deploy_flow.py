@@ -222,6 +222,8 @@ def test_rollback_walks_back_by_digest_and_never_returns(first_release: dict) ->
     with pytest.raises(DeployError, match=rf"nothing to roll back to from champion v{first}"):
         deploy_flow(rollback=True)
     assert champion() == first
+    entries = len(history())  # a re-run for a champion a rollback made adds no second entry
+    assert deploy_flow(model_version=first)["status"] == "already-released" and len(history()) == entries
 
     running_latest_answers(first)
     with pytest.raises(NotDeployable, match=rf"v{third} is not deployable: it was rolled back from"):
