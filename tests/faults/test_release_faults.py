@@ -385,9 +385,11 @@ def test_promote_against_a_stopped_mlflow_server(running_mlflow: MlflowServer, t
     s = Settings(state_dir=tmp_path / "state", mlflow_tracking_uri=mlflow.uri, task_retry_delay_seconds=0,
                  model_name="loan-risk-promote-fault")  # fmt: skip
     with environment(MLFLOW_FAIL_FAST):
+        assert registry.version_by_alias(s, "champion") is None  # no such model: RESOURCE_DOES_NOT_EXIST
         run = tracking.start_run(s, "fault")
         champ = registry.register_bundle(s, run, _minimal_bundle(tmp_path, "one"), {})
         new = registry.register_bundle(s, run, _minimal_bundle(tmp_path, "two"), {})
+        assert registry.version_by_alias(s, "champion") is None  # no such alias: INVALID_PARAMETER_VALUE
         registry.set_alias(s, "champion", champ)
         mlflow.kill()
 
