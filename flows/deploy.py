@@ -10,6 +10,9 @@ still holds the recorded digest). Deploys hold a lock (a Prefect global concurre
     python -m flows.deploy --model-version V --force --reason "TEXT"
     python -m flows.deploy --alias candidate            # the version an alias points to
     python -m flows.deploy --rollback [--reason "TEXT"] # one release further back, by digest
+
+Longer than the training flow: the release, the re-run that completes a release and the rollback are three
+compositions of the same steps, kept side by side so their order around the commit point can be read at once.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from prefect import flow
 from serving.bundle import Bundle, load_bundle
 from tasks import registry
 from tasks.common import PermanentError, retry_options, run_logger
+from tasks.deploy_lock import release_lock
+from tasks.github import github_task
 from tasks.image import (
     DeployStepError,
     build_task,
@@ -52,13 +57,11 @@ from tasks.release import (
     check_deployable,
     commit_task,
     entry_from_tags,
-    github_task,
     history_entry,
     history_task,
     mark_rolled_back_task,
     notes_task,
     read_history,
-    release_lock,
     release_notes,
     rollback_target,
 )

@@ -7,6 +7,9 @@ line to the caller's ``log`` callback. Each build gets an id (build argument ``B
 build stage carries as the label :data:`LABEL_BUILD_ID`); after the build, succeeded or failed, the dangling
 images it left (the multi-stage build's first stage, the last step of a failed build) are removed, so a release
 leaves only the image it tagged. The image label names are defined here once (:func:`image_labels`).
+
+Longer than ~400 lines on purpose: it is the one Docker stage of the deploy flow, and its sections (labels,
+errors, build, run, push, registry API, pull, tasks) share the client, the error classes and the step names.
 """
 
 from __future__ import annotations

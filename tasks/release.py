@@ -9,7 +9,7 @@ deploy of a released version completes what is missing and creates nothing twice
 The gate: a version is deployable when its promotion decision (tags written by ``tasks/promote.py``) is
 ``promoted``, was not a dry run, and the version was not rolled back from. ``force`` with a non-empty reason
 overrides; the reason, what it overrode and who forced it are recorded on the version, in the release history,
-the release notes and the GitHub release.
+the release notes and the GitHub release (``tasks/github.py``). Deploys hold ``tasks/deploy_lock.py``.
 
 Release history: where and how
     In the MLflow registry, so every worker that reaches the registry sees the same one: the registered model's
@@ -18,7 +18,7 @@ Release history: where and how
     ``at`` (UTC, ISO 8601), ``kind`` (``release``, ``forced`` or ``rollback``), ``reason`` (forced or rollback
     reason, at most 300 characters), ``by`` (user@host, and the Prefect flow run and deployment when in one),
     and for a rollback ``from`` (the version it left). The tag is written in one call, so a reader sees the old
-    list or the new one; the deploy lock (:func:`release_lock`) serialises writers. MLflow allows 100,000
+    list or the new one; the deploy lock (``tasks/deploy_lock.py``) serialises writers. MLflow allows 100,000
     characters in a registry tag; an entry is ~400, and the oldest entries are dropped beyond the size setting
     or 60,000 characters (a MySQL TEXT column's size).
 
@@ -33,19 +33,14 @@ import getpass
 import json
 import re
 import socket
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import registry
-from tasks.common import PermanentError, TransientError, run_logger
+from tasks.common import PermanentError, run_logger
 from tasks.settings import Settings
 
 CHAMPION = "champion"
@@ -61,10 +56,6 @@ class ReleaseError(PermanentError):
 
 class NotDeployable(PermanentError):
     """The version may not be released without ``--force --reason``; the message says why."""
-
-
-class GitHubUnavailable(TransientError):
-    """GitHub did not answer, or answered 5xx / 429: retried."""
 
 
 def now_utc() -> str:
@@ -338,145 +329,6 @@ def _artifact_exists(key: str) -> bool:
     return bool(found)
 
 
-# --- GitHub releases ----------------------------------------------------------------------------------------
-def _github(
-    method: str, url: str, token: str, timeout: float, body: dict[str, Any] | None = None
-) -> httpx.Response:
-    """One GitHub REST call; no answer, 5xx or 429 raise :class:`GitHubUnavailable` (retried)."""
-    headers = {
-        "Authorization": f"Bearer {token}",
-        "Accept": "application/vnd.github+json",
-        "X-GitHub-Api-Version": "2022-11-28",
-    }
-    try:
-        response = httpx.request(method, url, json=body, headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise GitHubUnavailable(f"GitHub {method} {url}: {type(exc).__name__}: {exc}") from exc
-    if response.status_code >= 500 or response.status_code == 429:
-        raise GitHubUnavailable(f"GitHub {method} {url}: HTTP {response.status_code} {response.text[:300]}")
-    return response
-
-
-def find_github_release(
-    api_url: str, repository: str, token: str, tag: str, timeout: float = 30.0
-) -> dict[str, Any] | None:
-    """The GitHub release of ``tag`` (``GET /repos/{repo}/releases/tags/{tag}``), or None when there is none."""
-    url = f"{api_url.rstrip('/')}/repos/{repository}/releases/tags/{tag}"
-    response = _github("GET", url, token, timeout)
-    if response.status_code == 404:
-        return None
-    if response.status_code != 200:
-        raise ReleaseError(
-            f"GitHub release {tag!r} on {repository}: HTTP {response.status_code} {response.text[:300]}"
-        )
-    return response.json()
-
-
-def create_github_release(
-    api_url: str, repository: str, token: str, tag: str, name: str, body: str, timeout: float = 30.0
-) -> dict[str, Any]:
-    """Create a GitHub release through the REST API; returns the created release (its ``html_url`` etc.).
-
-    A 422 "already_exists" (created meanwhile) returns the existing release instead.
-    """
-    response = _github(
-        "POST", f"{api_url.rstrip('/')}/repos/{repository}/releases", token, timeout,
-        {"tag_name": tag, "name": name, "body": body, "draft": False, "prerelease": False},
-    )  # fmt: skip
-    if response.status_code == 422 and "already_exists" in response.text:
-        found = find_github_release(api_url, repository, token, tag, timeout)
-        if found is not None:
-            return found
-    if response.status_code >= 300:
-        raise ReleaseError(
-            f"GitHub release {tag!r} on {repository}: HTTP {response.status_code} {response.text[:300]}"
-        )
-    return response.json()
-
-
-def publish_github_release(settings: Settings, version: str, notes: str) -> dict[str, Any] | None:
-    """The version's GitHub release, created unless it exists (looked up by tag first); None when no token and
-    repository are configured. ``created`` says whether this call created it."""
-    if not (settings.github_token and settings.github_repository):
-        return None
-    tag = f"{settings.model_name}-v{version}"
-    token = settings.github_token.get_secret_value()
-    found = find_github_release(settings.github_api_url, settings.github_repository, token, tag)
-    if found is not None:
-        return {**found, "created": False}
-    created = create_github_release(
-        settings.github_api_url,
-        settings.github_repository,
-        token,
-        tag,
-        f"{settings.model_name} v{version}",
-        notes,
-    )
-    return {**created, "created": True}
-
-
-# --- the deploy lock ----------------------------------------------------------------------------------------
-@dataclass
-class LockHold:
-    """When this process held the deploy lock (UTC, ISO 8601) and how long it waited for it."""
-
-    name: str
-    acquired_at: str = ""
-    released_at: str = ""
-    waited_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "acquired_at": self.acquired_at, "released_at": self.released_at,
-                "waited_s": round(self.waited_s, 2)}  # fmt: skip
-
-
-def _ensure_lock_limit(name: str) -> None:
-    """A Prefect global concurrency limit ``name`` with one slot (created when missing, set to one slot)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            limit = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except ObjectAlreadyExists:
-                pass
-            return
-        if limit.limit != 1 or not limit.active:
-            run_logger().warning("deploy lock %r had limit %s (active %s): set to one slot", name, limit.limit,
-                                 limit.active)  # fmt: skip
-            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1, active=True))
-
-
-@contextmanager
-def release_lock(settings: Settings) -> Iterator[LockHold]:
-    """Hold the deploy lock: a Prefect global concurrency limit of one slot, named ``deploy_lock_name``.
-
-    It lives in the Prefect server, so it serialises deploys across processes and machines that share one
-    (and processes sharing one ephemeral database). A holder that dies frees it when its lease (300 s, renewed
-    while alive) runs out. Waits at most ``deploy_lock_timeout_seconds``, then raises ``TimeoutError``.
-    """
-    from prefect.concurrency.sync import concurrency
-
-    name = settings.deploy_lock_name
-    _ensure_lock_limit(name)
-    hold = LockHold(name)
-    run_logger().info("waiting for the deploy lock %r", name)
-    started = time.monotonic()
-    with concurrency(name, occupy=1, timeout_seconds=settings.deploy_lock_timeout_seconds, strict=True):
-        hold.waited_s = time.monotonic() - started
-        hold.acquired_at = datetime.now(UTC).isoformat(timespec="microseconds")
-        run_logger().info("holding the deploy lock %r (waited %.1f s)", name, hold.waited_s)
-        try:
-            yield hold
-        finally:
-            hold.released_at = datetime.now(UTC).isoformat(timespec="microseconds")
-
-
 # --- Prefect tasks: the commit point and the steps after it ---------------------------------------------------
 @task(name="commit-champion", cache_policy=NO_CACHE)
 def commit_task(settings: Settings, entry: dict[str, str], metrics: dict[str, float],
@@ -510,16 +362,6 @@ def notes_task(settings: Settings, version: str, notes: str) -> str:
         key=key, markdown=notes, description=f"{settings.model_name} v{version} release notes"
     )
     return key
-
-
-@task(name="github-release", cache_policy=NO_CACHE)
-def github_task(settings: Settings, version: str, notes: str) -> dict[str, Any] | None:
-    """Prefect task: the GitHub release of the version (looked up by tag first, created when missing)."""
-    release = publish_github_release(settings, version, notes)
-    if release is not None:
-        run_logger().info("GitHub release %s %s", release.get("html_url"),
-                          "created" if release["created"] else "exists already")  # fmt: skip
-    return release
 
 
 @task(name="mark-rolled-back", cache_policy=NO_CACHE)

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.github import GitHubReleaseError, create_github_release
 from tasks.release import (
-    ReleaseError,
-    create_github_release,
     history_entry,
     release_notes,
     rollback_target,
@@ -41,7 +40,7 @@ def test_github_release_request(github: GitHubStandIn) -> None:
 
 def test_github_refusal_is_a_clear_error(github: GitHubStandIn) -> None:
     github.fail_posts = [401]
-    with pytest.raises(ReleaseError, match="HTTP 401.*Bad credentials"):
+    with pytest.raises(GitHubReleaseError, match="HTTP 401.*Bad credentials"):
         create_github_release(github.url, "lending/loan-risk", "bad", "t", "n", "b")
 
 
@@ -227,7 +226,7 @@ def test_github_step_retries_a_500_and_creates_one_release(
     from prefect import flow
 
     from tasks.common import retry_options
-    from tasks.release import github_task
+    from tasks.github import github_task
     from tasks.settings import Settings
 
     github.fail_posts, github.create_before_failing = [500], lost_answer
@@ -257,7 +256,7 @@ def test_training_run_is_finished_when_its_deploy_fails(
 
     from flows.deploy import DeployError
     from flows.training import training_flow
-    from tasks.release import release_lock
+    from tasks.deploy_lock import release_lock
     from tasks.settings import get_settings
 
     env = {"LOANRISK_STATE_DIR": str(tmp_path / "state"), "LOANRISK_DEPLOY_LOCK_TIMEOUT_SECONDS": "1",
