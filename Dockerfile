@@ -12,6 +12,9 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
+# A per-build id on every image of this stage, so a release can find and remove what the stage leaves dangling.
+ARG BUILD_ID=unknown
+LABEL ai.loanrisk.build.id="${BUILD_ID}"
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1

@@ -1,8 +1,18 @@
-"""The deploy flow: export bundle → build image → run → smoke test → clean up → push → release.
+"""The deploy flow: export → build → run → smoke test → clean up → push → champion → latest, notes, GitHub release.
 
-Composition only; the steps live in ``tasks/``. ``champion`` moves only after the image passed its smoke test
-and the registry holds it; a failure anywhere leaves the registry's ``latest`` and ``champion`` where they were.
-Run ``python -m flows.deploy --model-version V`` (or ``--alias candidate``), or ``--rollback``.
+Composition only; the steps live in ``tasks/``. One commit point: the move of ``champion``. Before it, a failure
+leaves ``champion`` and ``latest`` where they were and removes the local image references this run made; after
+it, each remaining step is retried and looks first whether its result exists, so re-running the deploy of a
+released version completes what is missing and creates nothing twice (and builds nothing when the registry
+still holds the recorded digest). Deploys hold a lock (a Prefect global concurrency limit), so two never overlap.
+
+    python -m flows.deploy --model-version V            # only a version the gate promoted
+    python -m flows.deploy --model-version V --force --reason "TEXT"
+    python -m flows.deploy --alias candidate            # the version an alias points to
+    python -m flows.deploy --rollback [--reason "TEXT"] # one release further back, by digest
+
+Longer than the training flow: the release, the re-run that completes a release and the rollback are three
+compositions of the same steps, kept side by side so their order around the commit point can be read at once.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +32,54 @@ configure_environment()
 
 from prefect import flow
 
-from serving.bundle import load_bundle
+from serving.bundle import Bundle, load_bundle
 from tasks import registry
 from tasks.common import PermanentError, retry_options, run_logger
+from tasks.deploy_lock import release_lock
+from tasks.github import github_task
 from tasks.image import (
     DeployStepError,
     build_task,
     cleanup_task,
     get_client,
-    pull_image,
+    image_labels,
+    latest_task,
+    pull_by_digest,
     push_task,
+    remove_local_image,
     run_task,
-    untag,
+    tag_digest,
 )
-from tasks.release import CHAMPION, champion_summary, make_champion, release_task
+from tasks.release import (
+    CHAMPION,
+    NotDeployable,
+    actor,
+    check_deployable,
+    commit_task,
+    entry_from_tags,
+    history_entry,
+    history_task,
+    mark_rolled_back_task,
+    notes_task,
+    read_history,
+    release_notes,
+    rollback_target,
+)
 from tasks.smoke import smoke_task
 
 
 class DeployError(RuntimeError):
-    """A deploy step failed; the message names the step and the cause."""
+    """A deploy step failed; the message names the step and the cause.
+
+    ``committed`` is True when ``champion`` had already moved (a step after the commit point failed: re-running
+    the deploy of ``version`` completes the release).
+    """
+
+    def __init__(self, message: str, *, version: str | None = None, committed: bool = False) -> None:
+        super().__init__(message)
+        self.version = version
+        self.committed = committed
+        self.build_id: str | None = None  # the image build this deploy ran, if any
 
 
 def registry_credentials(settings: Settings) -> tuple[str | None, str | None]:
@@ -84,6 +124,24 @@ def _step(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise DeployError(f"deploy step '{name}' failed: {cause}") from exc
 
 
+def _remote(settings: Settings) -> str:
+    return f"{settings.image_registry}/{settings.image_repository}"
+
+
+def _local_id(client: Any, ref: str) -> str | None:
+    try:
+        return str(client.images.get(ref).id)
+    except Exception:  # noqa: BLE001 - not there (or unreadable): nothing of ours
+        return None
+
+
+def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
+    reference = bundle.reference()
+    if not reference or not reference.get("records"):
+        raise DeployError(f"deploy step 'export' failed: bundle of v{version} has no reference predictions")
+    return reference
+
+
 def _verify_image(
     settings: Settings, image_ref: str, version: str, reference: dict[str, Any]
 ) -> dict[str, Any]:
@@ -96,100 +154,238 @@ def _verify_image(
         cleanup_task(running)
 
 
-def _deploy(settings: Settings, version: str) -> dict[str, Any]:
+def _build_and_push(settings: Settings, version: str, context: Path, bundle: Bundle, made: list[str],
+                    build_id: str) -> tuple[str, str, dict[str, Any]]:  # fmt: skip
+    """Build, run, smoke-test and push the version's image; returns (image, digest, smoke summary)."""
     user, password = registry_credentials(settings)
-    remote = f"{settings.image_registry}/{settings.image_repository}"
-    image_ref = f"{remote}:{version}"
     client = get_client(settings.docker_host)
-    with tempfile.TemporaryDirectory(prefix="loan-risk-deploy-") as tmp:
-        context = _step("export", registry.export_task, settings, version, Path(tmp) / "context")
-        bundle = load_bundle(context / "bundle")
-        reference = bundle.reference()
-        if not reference:
-            raise DeployError(
-                f"deploy step 'export' failed: bundle of v{version} has no reference predictions"
-            )
-        buildargs = {
-            "BASE_IMAGE": settings.base_image,
-            "MODEL_NAME": settings.model_name,
-            "MODEL_VERSION": version,
-            "GIT_COMMIT": git_commit(),
-        }
-        labels = {
-            "org.opencontainers.image.title": settings.model_name,
-            "org.opencontainers.image.version": version,
-            "org.opencontainers.image.revision": buildargs["GIT_COMMIT"],
-            "ai.loan-risk.model.name": settings.model_name,
-            "ai.loan-risk.model.version": version,
-        }
-        build = build_task.with_options(**retry_options(settings, retries=1))
-        _step("build", build, context, image_ref, buildargs, labels, settings.docker_host)
+    image_ref = f"{_remote(settings)}:{version}"
+    reference = _reference(bundle, version)
+    before = _local_id(client, image_ref)
+    revision = git_commit()
+    buildargs = {"BASE_IMAGE": settings.base_image, "MODEL_NAME": settings.model_name, "MODEL_VERSION": version,
+                 "GIT_COMMIT": revision}  # fmt: skip
+    build = build_task.with_options(**retry_options(settings, retries=1))
+    _step("build", build, context, image_ref, buildargs, image_labels(settings.model_name, version, revision),
+          settings.docker_host, build_id)  # fmt: skip
+    made.append(image_ref)
+    if before and before != _local_id(client, image_ref) and not client.images.get(before).tags:
+        remove_local_image(client, before)  # the tag moved on: the image it left is this run's leftover
+    smoke = _verify_image(settings, image_ref, version, reference)
+    push = push_task.with_options(**retry_options(settings))
+    digest = _step("push", push, image_ref, [version], settings.image_registry, settings.image_repository, user,
+                   password, settings.docker_host)  # fmt: skip
+    return image_ref, digest, smoke
+
+
+def _tested_by_digest(settings: Settings, version: str, digest: str, bundle: Bundle, made: list[str]) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """Pull the image by digest, verify it, run and smoke-test it against its own bundle; tag it locally."""
+    user, password = registry_credentials(settings)
+    client = get_client(settings.docker_host)
+    by_digest = f"{_remote(settings)}@{digest}"
+    present = _local_id(client, by_digest) is not None
+    ref = _step("pull", pull_by_digest, client, settings.image_registry, settings.image_repository, digest, user,
+                password)  # fmt: skip
+    if not present:
+        made.append(by_digest)
+    smoke = _verify_image(settings, ref, version, _reference(bundle, version))
+    tag_ref = f"{_remote(settings)}:{version}"
+    if _local_id(client, tag_ref) is None:
+        client.images.get(ref).tag(_remote(settings), tag=version)
+        made.append(tag_ref)
+    return ref, smoke
+
+
+def _undo_local(settings: Settings, made: list[str]) -> None:
+    """Before the commit point: remove the local image references this run made (nothing dangling stays)."""
+    if not made:
+        return
+    client = get_client(settings.docker_host)
+    for ref in reversed(made):
         try:
-            smoke = _verify_image(settings, image_ref, version, reference)
-        except BaseException:
-            untag(client, image_ref)  # a failing image is never left tagged for this version
+            remove_local_image(client, ref)
+        except Exception as exc:  # noqa: BLE001 - the original failure matters more
+            run_logger().warning("could not remove %s: %s", ref, exc)
+
+
+def _after_commit(settings: Settings, entry: dict[str, str], notes: str | None,
+                  rolled_back: tuple[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The steps after the commit point, each retried and idempotent; all are tried, then any failure is raised
+    as a :class:`DeployError` with ``committed=True`` naming each failed step."""
+    user, password = registry_credentials(settings)
+    version = entry["version"]
+    steps: list[tuple[str, Any, tuple[Any, ...]]] = [("release-history", history_task, (settings, entry))]
+    if rolled_back:
+        steps.append(("mark-rolled-back", mark_rolled_back_task, (settings, rolled_back[0], version, entry["at"],
+                                                                  entry["by"])))  # fmt: skip
+    steps.append(("latest", latest_task, (settings.image_registry, settings.image_repository, entry["digest"], user,
+                                          password)))  # fmt: skip
+    if notes is not None:
+        steps += [("release-notes", notes_task, (settings, version, notes)),
+                  ("github-release", github_task, (settings, version, notes))]  # fmt: skip
+    done: dict[str, Any] = {}
+    failed: list[str] = []
+    for name, step, args in steps:
+        try:
+            done[name] = step.with_options(**retry_options(settings))(*args)
+        except Exception as exc:  # noqa: BLE001 - every step is tried; the failures are reported together
+            failed.append(f"deploy step '{name}' failed: {type(exc).__name__}: {exc}")
+    if failed:
+        raise DeployError(
+            f"v{version} is the champion (the commit point passed), but {len(failed)} step(s) after it failed: "
+            + "; ".join(failed) + f". Re-run `python -m flows.deploy --model-version {version}` to complete them.",
+            version=version, committed=True,
+        )  # fmt: skip
+    return done
+
+
+def _notes(settings: Settings, entry: dict[str, str], bundle: Bundle, previous: dict[str, Any] | None,
+           overrode: str | None) -> str:  # fmt: skip
+    forced = None
+    if entry["kind"] == "forced":
+        forced = {"by": entry["by"], "reason": entry.get("reason", ""), "overrode": overrode or ""}
+    return release_notes(settings.model_name, entry["version"], bundle.meta.metrics, previous, entry["image"],
+                         entry["digest"], bundle.meta.data_fingerprint, forced)  # fmt: skip
+
+
+def _complete(settings: Settings, version: str, tags: dict[str, str], tmp: Path) -> dict[str, Any]:
+    """A re-run for the champion's own release: only the steps after the commit point, each where missing."""
+    run_logger().info(
+        "v%s is the champion already: completing what is missing after the commit point", version
+    )
+    entry = entry_from_tags(version, tags)
+    bundle = load_bundle(_step("export", registry.download_bundle, settings, version, tmp / "bundle"))
+    prev = tags.get("release.previous_champion")
+    previous = None
+    if prev:
+        prev_tags = registry.get_version(settings, prev).tags or {}
+        previous = {
+            "version": prev,
+            "metrics": {k: float(v) for k, v in prev_tags.items() if k.startswith("test_")},
+        }
+    notes = _notes(settings, entry, bundle, previous, tags.get("release.forced_override"))
+    done = _after_commit(settings, entry, notes)
+    return _summary(entry, done, previous, status="already-released", build="none")
+
+
+def _summary(entry: dict[str, str], done: dict[str, Any], previous: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:  # fmt: skip
+    github = done.get("github-release") or {}
+    return {
+        "model_version": entry["version"], "image": entry["image"], "digest": entry["digest"], "kind": entry["kind"],
+        "previous_champion": previous["version"] if previous else None, "github_release": github.get("html_url"),
+        "notes_artifact": done.get("release-notes"), "history_recorded": done.get("release-history"), **extra,
+    }  # fmt: skip
+
+
+def _release(settings: Settings, model_version: str | None, alias: str | None, force: bool, reason: str | None) -> dict[str, Any]:  # fmt: skip
+    version = resolve_version(settings, model_version, alias)
+    tags = registry.get_version(settings, version).tags or {}
+    champion = registry.version_by_alias(settings, CHAMPION)
+    run_logger().info("deploying %s v%s (champion now: %s)", settings.model_name, version,
+                      getattr(champion, "version", "none"))  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="loan-risk-deploy-") as tmp_name:
+        tmp = Path(tmp_name)
+        if champion is not None and str(champion.version) == version and tags.get("release.digest"):
+            if force:
+                run_logger().warning("v%s is the champion already: --force changes nothing", version)
+            return _complete(settings, version, tags, tmp)
+        overrode = check_deployable(settings, version, tags, read_history(settings), force)
+        if force:
+            run_logger().warning("FORCED release of v%s (%s): %s", version, "; ".join(overrode) or "nothing to override",
+                                 reason)  # fmt: skip
+        user, password = registry_credentials(settings)
+        recorded = tags.get("release.digest")
+        made: list[str] = []
+        build_id: str | None = None
+        try:
+            reuse = bool(recorded) and _step("registry check", tag_digest, settings.image_registry,
+                                             settings.image_repository, recorded, user, password) == recorded  # fmt: skip
+            if reuse:
+                run_logger().info(
+                    "the registry still holds v%s's tested image %s: no build", version, recorded
+                )
+                bundle = load_bundle(
+                    _step("export", registry.download_bundle, settings, version, tmp / "bundle")
+                )
+                _, smoke = _tested_by_digest(settings, version, recorded, bundle, made)
+                digest = str(recorded)
+            else:
+                context = _step("export", registry.export_task, settings, version, tmp / "context")
+                bundle = load_bundle(context / "bundle")
+                build_id = uuid.uuid4().hex
+                _, digest, smoke = _build_and_push(settings, version, context, bundle, made, build_id)
+            entry = history_entry(version, f"{_remote(settings)}:{version}", digest, "forced" if force else "release",
+                                  actor(), reason)  # fmt: skip
+            commit = commit_task.with_options(**retry_options(settings))
+            previous = _step("commit", commit, settings, entry, bundle.meta.metrics, overrode)
+        except BaseException as exc:
+            _undo_local(settings, made)
+            if isinstance(exc, DeployError):
+                exc.build_id = build_id
             raise
-        push = push_task.with_options(**retry_options(settings))
-        digest = _step("push", push, image_ref, [version, "latest"], settings.image_registry,
-                       settings.image_repository, user, password, settings.docker_host)  # fmt: skip
-        release = _step("release", release_task, settings, version, image_ref, digest, bundle.meta.metrics,
-                        bundle.meta.data_fingerprint)  # fmt: skip
-    return {"model_version": version, "image": image_ref, "digest": digest, "smoke": smoke, **release}
+        done = _after_commit(settings, entry, _notes(settings, entry, bundle, previous, "; ".join(overrode)))
+    return _summary(entry, done, previous, status="released", build="reused" if reuse else "built", smoke=smoke,
+                    build_id=build_id)  # fmt: skip
 
 
-def _rollback(settings: Settings) -> dict[str, Any]:
-    current = champion_summary(settings)
+def _rollback(settings: Settings, reason: str | None) -> dict[str, Any]:
+    current = registry.version_by_alias(settings, CHAMPION)
     if current is None:
         raise DeployError("rollback: there is no champion to roll back from")
-    previous = current["tags"].get("release.previous_champion")
-    if not previous:
-        raise DeployError(f"rollback: champion v{current['version']} records no previous champion")
-    prev = registry.get_version(settings, previous)
-    image_tag = (prev.tags or {}).get("release.image", "").rsplit(":", 1)[-1] or previous
-    user, password = registry_credentials(settings)
-    client = get_client(settings.docker_host)
-    image_ref = _step(
-        "pull",
-        pull_image,
-        client,
-        settings.image_registry,
-        settings.image_repository,
-        image_tag,
-        user,
-        password,
-    )
-    with tempfile.TemporaryDirectory(prefix="loan-risk-rollback-") as tmp:
-        bundle = load_bundle(registry.download_bundle(settings, previous, Path(tmp) / "bundle"))
-        smoke = _verify_image(
-            settings, image_ref, previous, bundle.reference() or {"records": [], "probabilities": []}
+    leaving = str(current.version)
+    history = read_history(settings)
+    target = rollback_target(history, leaving)
+    if target is None:
+        seen = ", ".join(f"v{e['version']} ({e['kind']})" for e in history) or "empty"
+        raise DeployError(
+            f"rollback: nothing to roll back to from champion v{leaving}: the release history ({seen}) holds no "
+            "earlier release that was not rolled back from"
         )
-    push = push_task.with_options(**retry_options(settings))
-    digest = _step("push", push, image_ref, ["latest"], settings.image_registry, settings.image_repository,
-                   user, password, settings.docker_host)  # fmt: skip
-    make_champion(settings, previous, image_ref, digest, bundle.meta.metrics)
-    registry.set_version_tags(settings, current["version"], {"release.rolled_back_to": previous})
-    run_logger().warning("rolled back: champion v%s → v%s (%s)", current["version"], previous, image_ref)
-    return {
-        "rolled_back_from": current["version"],
-        "model_version": previous,
-        "image": image_ref,
-        "digest": digest,
-        "smoke": smoke,
-    }
+    version, digest = target["version"], target["digest"]
+    run_logger().warning(
+        "rolling back: champion v%s → v%s (%s@%s)", leaving, version, target["image"], digest
+    )
+    made: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="loan-risk-rollback-") as tmp:
+            bundle = load_bundle(
+                _step("export", registry.download_bundle, settings, version, Path(tmp) / "bundle")
+            )
+            _, smoke = _tested_by_digest(settings, version, digest, bundle, made)
+        entry = history_entry(version, target["image"], digest, "rollback", actor(),
+                              reason or f"rollback from v{leaving}", rolled_back_from=leaving)  # fmt: skip
+        commit = commit_task.with_options(**retry_options(settings))
+        previous = _step("commit", commit, settings, entry, bundle.meta.metrics, None)
+    except BaseException:
+        _undo_local(settings, made)
+        raise
+    done = _after_commit(settings, entry, None, rolled_back=(leaving, version))
+    return _summary(entry, done, previous, status="rolled-back", rolled_back_from=leaving, smoke=smoke)
 
 
 @flow(name="loan-risk-deploy", log_prints=False)
 def deploy_flow(
-    model_version: str | None = None, alias: str | None = "candidate", rollback: bool = False
+    model_version: str | None = None,
+    alias: str | None = "candidate",
+    rollback: bool = False,
+    force: bool = False,
+    reason: str | None = None,
 ) -> dict[str, Any]:
-    """Build, test, push and release the image of a model version; or roll back to the previous champion."""
+    """Build, test, push and release the image of a version the gate promoted (``force`` with a ``reason``
+    overrides the gate); or roll back one release."""
     settings = get_settings()
-    if rollback:
-        return _rollback(settings)
-    version = resolve_version(settings, model_version, alias)
-    run_logger().info("deploying %s v%s (champion now: %s)", settings.model_name, version,
-                      getattr(registry.version_by_alias(settings, CHAMPION), "version", "none"))  # fmt: skip
-    return _deploy(settings, version)
+    reason = (reason or "").strip() or None
+    if force and not reason:
+        raise NotDeployable("--force needs a non-empty --reason: why the gate was overridden is recorded")
+    if force and rollback:
+        raise NotDeployable("--force releases a version; a rollback needs none (--reason records why)")
+    with release_lock(settings) as lock:
+        result = (
+            _rollback(settings, reason)
+            if rollback
+            else _release(settings, model_version, alias, force, reason)
+        )
+    return {**result, "lock": lock.summary()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,17 +397,25 @@ def main(argv: list[str] | None = None) -> int:
         "--alias", default=None, help="deploy the version this alias points to (default: candidate)"
     )
     target.add_argument(
-        "--rollback", action="store_true", help="redeploy the previous champion and move the alias back"
+        "--rollback",
+        action="store_true",
+        help="go back one release (by digest), never to one rolled back from",
     )
+    parser.add_argument("--force", action="store_true",
+                        help="release a version the gate did not promote (needs --reason; recorded)")  # fmt: skip
+    parser.add_argument("--reason", help="why: required with --force, recorded with --rollback")
     args = parser.parse_args(argv)
+    if args.force and not (args.reason or "").strip():
+        parser.error("--force needs a non-empty --reason")
+    if args.force and args.rollback:
+        parser.error("--force applies to a release, not to --rollback")
     try:
-        result = deploy_flow(
-            model_version=args.model_version, alias=args.alias or "candidate", rollback=args.rollback
-        )
+        result = deploy_flow(model_version=args.model_version, alias=args.alias or "candidate",
+                             rollback=args.rollback, force=args.force, reason=args.reason)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the CLI reports any failure as a JSON line and exit 1
-        sys.stdout.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        committed = getattr(exc, "committed", False)
+        sys.stdout.write(json.dumps({"error": f"{type(exc).__name__}: {exc}", "committed": committed}) + "\n")
         return 1
-    result.pop("notes", None)
     sys.stdout.write(json.dumps(result, default=str) + "\n")
     return 0
 

@@ -72,7 +72,11 @@ def reference_sample(
 
 
 def _deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, Any]:
-    """Run the deploy flow for a promoted version: as a subflow, or as a deployment run when in a deployment."""
+    """Run the deploy flow for a promoted version: as a subflow, or as a deployment run when in a deployment.
+
+    A deploy that fails is raised (``DeployError.committed`` says whether ``champion`` had moved); the training
+    flow records the outcome on its MLflow run and re-raises after closing the run (see :func:`training_flow`).
+    """
     from prefect.runtime import deployment
 
     if deploy is None:
@@ -96,7 +100,24 @@ def _deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, 
         }
     from flows.deploy import deploy_flow
 
-    return {"status": "completed", **deploy_flow(model_version=version)}
+    return deploy_flow(model_version=version)
+
+
+def _deploy_outcome(version: str, exc: Exception) -> tuple[dict[str, Any], Exception]:
+    """The deploy entry of the result for a failed deploy, and the error the training flow raises for it."""
+    from flows.deploy import DeployError
+
+    committed = bool(getattr(exc, "committed", False))
+    side = (
+        "after the commit point: it is the champion, re-run the deploy to complete the release"
+        if committed
+        else "before the commit point: nothing was released, champion and latest are unchanged"
+    )
+    outcome = {"status": "incomplete" if committed else "failed", "committed": committed,
+               "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+    error = DeployError(f"v{version} was trained, registered and promoted; its deploy failed {side}: {exc}",
+                        version=version, committed=committed)  # fmt: skip
+    return outcome, error
 
 
 @flow(name="loan-risk-training", log_prints=False)
@@ -117,6 +138,7 @@ def training_flow(
         {"source": settings.source, "dry_run": str(dry_run)},
     )
     retry = retry_options(settings)
+    deploy_error: Exception | None = None
     try:
         tracking.log_params(settings, run_id, {
             "source": settings.source, "sample_scale": settings.sample_scale, "n_trials": settings.n_trials,
@@ -196,16 +218,29 @@ def training_flow(
             "data": {"source": ingested.source, "revision": ingested.revision},
         }
         if decision.promoted and not dry_run and (deploy is None or deploy) and settings.deploy_on_promotion:
-            result["deploy"] = _deploy(settings, version, deploy)
+            try:
+                result["deploy"] = _deploy(settings, version, deploy)
+            except Exception as exc:  # noqa: BLE001 - recorded on the run, raised once the run is closed
+                result["deploy"], deploy_error = _deploy_outcome(version, exc)
+        if "deploy" in result:
+            d = result["deploy"]
+            tracking.set_tags(settings, run_id, {"deploy.status": d.get("status", ""),
+                                                 "deploy.committed": str(d.get("committed", "")).lower(),
+                                                 "deploy.digest": d.get("digest", ""),
+                                                 "deploy.error": d.get("error", "")[:5000]})  # fmt: skip
+            tracking.log_dict(settings, run_id, d, "deploy.json")
         tracking.log_metrics(settings, run_id, {"flow_seconds": time.perf_counter() - started})
-        tracking.end_run(settings, run_id, "FINISHED")
-        logger.info(
-            "training flow done in %.1f s: %s", time.perf_counter() - started, json.dumps(result, default=str)
-        )
-        return result
     except BaseException:
         tracking.end_run(settings, run_id, "FAILED")
         raise
+    # The run trained, registered and gated a model: FINISHED, whatever its deploy did (recorded as deploy.* tags).
+    tracking.end_run(settings, run_id, "FINISHED")
+    logger.info(
+        "training flow done in %.1f s: %s", time.perf_counter() - started, json.dumps(result, default=str)
+    )
+    if deploy_error is not None:
+        raise deploy_error
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

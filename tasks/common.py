@@ -12,6 +12,10 @@ class PermanentError(RuntimeError):
     """A failure that a retry cannot fix (bad data, a missing file or revision, a policy decision)."""
 
 
+class TransientError(RuntimeError):
+    """A failure that a retry may fix (a server that did not answer or answered with an error); retried."""
+
+
 def _retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry condition: retry everything except :class:`PermanentError` and ``ValueError``."""
     try:

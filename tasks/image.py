@@ -3,7 +3,13 @@
 Plain functions first, then the thin Prefect tasks the deploy flow composes. Every failure is a subclass of
 :class:`DeployStepError`, whose text names the step, so a failed flow run says where it stopped.
 The builds use the classic builder through the low-level API (what docker-py drives), streaming each log
-line to the caller's ``log`` callback.
+line to the caller's ``log`` callback. Each build gets an id (build argument ``BUILD_ID``, which the Dockerfile's
+build stage carries as the label :data:`LABEL_BUILD_ID`); after the build, succeeded or failed, the dangling
+images it left (the multi-stage build's first stage, the last step of a failed build) are removed, so a release
+leaves only the image it tagged. The image label names are defined here once (:func:`image_labels`).
+
+Longer than ~400 lines on purpose: it is the one Docker stage of the deploy flow, and its sections (labels,
+errors, build, run, push, registry API, pull, tasks) share the client, the error classes and the step names.
 """
 
 from __future__ import annotations
@@ -40,6 +46,29 @@ MANIFEST_ACCEPT = ", ".join(
     ]
 )
 _STEP_RE = re.compile(r"^Step \d+/\d+ : ")
+_STEP_IMAGE_RE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")  # the image a build step committed
+
+# --- image labels: the one definition (the Dockerfile's LABEL keys agree; tests/test_release.py checks) -------
+LABEL_NAMESPACE = "ai.loanrisk"
+LABEL_MODEL_NAME = f"{LABEL_NAMESPACE}.model.name"
+LABEL_MODEL_VERSION = f"{LABEL_NAMESPACE}.model.version"
+LABEL_BUILD_ID = f"{LABEL_NAMESPACE}.build.id"  # on the build stage only: finds a build's dangling images
+OCI_TITLE = "org.opencontainers.image.title"
+OCI_VERSION = "org.opencontainers.image.version"
+OCI_REVISION = "org.opencontainers.image.revision"
+
+
+def image_labels(model_name: str, version: str, revision: str) -> dict[str, str]:
+    """The labels the deploy flow puts on a serving image (the Dockerfile declares the same keys)."""
+    return {
+        OCI_TITLE: model_name,
+        OCI_VERSION: version,
+        OCI_REVISION: revision,
+        LABEL_MODEL_NAME: model_name,
+        LABEL_MODEL_VERSION: version,
+    }
+
+
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the builder colours a step's stderr
 
 
@@ -126,16 +155,22 @@ def build_image(
     *,
     client: docker.DockerClient | None = None,
     dockerfile: str = "Dockerfile",
+    build_id: str | None = None,
 ) -> str:
     """Build ``context_dir`` and tag the result ``repository:<tag>`` for each tag; return the image id.
 
     Tags are applied only after a successful build, so a failed build never moves ``latest``.
+    ``build_id`` (default: a new one) is passed as the build argument ``BUILD_ID``; the dangling images this
+    build leaves are removed afterwards, whether it succeeded or failed (:func:`remove_build_leftovers`).
     Raises :class:`ImageBuildError` naming the failing Dockerfile step and its error.
     """
     client = client or get_client()
     log = log or logger.info
+    build_id = build_id or uuid.uuid4().hex
     step: str | None = None
     tail: deque[str] = deque(maxlen=30)
+    step_images: list[str] = []
+    cached = False
     image_id: str | None = None
     if not (Path(context_dir) / dockerfile).is_file():
         raise ImageBuildError(f"no {dockerfile} in build context {context_dir}")
@@ -147,7 +182,7 @@ def build_image(
             rm=True,
             forcerm=True,
             pull=False,
-            buildargs=buildargs or {},
+            buildargs={**(buildargs or {}), "BUILD_ID": build_id},
             labels=labels or {},
         )
         for line, chunk in _stream_lines(chunks, log):
@@ -157,6 +192,12 @@ def build_image(
                     step = line
                 elif line.startswith("Successfully built "):
                     image_id = image_id or line.split()[-1]
+                elif line == " ---> Using cache":
+                    cached = True  # the next id is another build's image: never ours to remove
+                elif match := _STEP_IMAGE_RE.match(line):
+                    if not cached:
+                        step_images.append(match.group(1))
+                    cached = False
             if "error" in chunk or "errorDetail" in chunk:
                 error = (
                     (chunk.get("errorDetail") or {}).get("message") or chunk.get("error") or "unknown error"
@@ -168,31 +209,63 @@ def build_image(
             aux = chunk.get("aux")
             if isinstance(aux, dict) and aux.get("ID"):
                 image_id = aux["ID"]
+        if not image_id:
+            raise ImageBuildError(
+                "the build stream ended without an image id", build_step=step, log_tail=list(tail)
+            )
+        image = client.images.get(image_id)
+        for tag in tags:
+            image.tag(repository, tag=tag)
+            log(f"tagged {repository}:{tag}")
     except docker.errors.APIError as exc:
         raise ImageBuildError(f"docker engine refused the build: {exc.explanation or exc}") from exc
     except requests.RequestException as exc:
         raise ImageBuildError(f"lost the docker engine during the build: {exc}") from exc
-    if not image_id:
-        raise ImageBuildError(
-            "the build stream ended without an image id", build_step=step, log_tail=list(tail)
-        )
-    image = client.images.get(image_id)
-    for tag in tags:
-        image.tag(repository, tag=tag)
-        log(f"tagged {repository}:{tag}")
+    finally:
+        remove_build_leftovers(client, build_id, step_images, log)
     return str(image.id)
 
 
-def untag(client: docker.DockerClient, image_ref: str) -> bool:
-    """Remove the local tag ``image_ref`` (``repo:tag``); the image stays while other tags use it.
+def remove_build_leftovers(
+    client: docker.DockerClient, build_id: str, step_images: Iterable[str] = (), log: LogFn | None = None
+) -> list[str]:
+    """Remove the dangling images one build left: those labelled with its ``build_id`` (the build stage) and
+    any image a step of it committed that ended untagged (the last step of a failed build).
 
-    Returns False when there was no such tag.
+    Only dangling images are touched (never a tagged image or a parent of one); returns the removed ids.
     """
+    log = log or logger.info
+    prefixes = tuple(step_images)
+    removed: list[str] = []
     try:
-        client.api.remove_image(image_ref, force=True, noprune=True)
+        labelled = client.api.images(filters={"dangling": True, "label": f"{LABEL_BUILD_ID}={build_id}"})
+        dangling = client.api.images(filters={"dangling": True}) if prefixes else []
+    except (docker.errors.APIError, requests.RequestException) as exc:
+        log(f"could not list the dangling images of build {build_id}: {exc}")
+        return removed
+    ours = {i["Id"] for i in labelled}
+    ours |= {i["Id"] for i in dangling if i["Id"].removeprefix("sha256:").startswith(prefixes)}
+    for image_id in sorted(ours):
+        try:
+            client.api.remove_image(image_id, force=False, noprune=False)
+            removed.append(image_id)
+        except docker.errors.ImageNotFound:
+            continue
+        except (docker.errors.APIError, requests.RequestException) as exc:
+            log(f"could not remove dangling image {image_id[:19]} of build {build_id}: {exc}")
+    if removed:
+        log(f"removed {len(removed)} dangling image(s) of build {build_id}")
+    return removed
+
+
+def remove_local_image(client: docker.DockerClient, image_ref: str) -> bool:
+    """Remove the local reference ``image_ref``; when it was the image's last one, the image (and the untagged
+    layers under it) goes too, so nothing dangling is left. False when there was no such reference."""
+    try:
+        client.api.remove_image(image_ref, force=True, noprune=False)
     except docker.errors.ImageNotFound:
         return False
-    logger.info("removed local tag %s", image_ref)
+    logger.info("removed local image %s", image_ref)
     return True
 
 
@@ -438,28 +511,47 @@ def _bearer_token(http: httpx.Client, challenge: str, auth: tuple[str, str] | No
     return body.get("token") or body.get("access_token")
 
 
+def _registry_call(
+    method: str,
+    url: str,
+    username: str | None,
+    password: str | None,
+    *,
+    headers: dict[str, str] | None = None,
+    content: bytes | None = None,
+) -> httpx.Response:
+    """One registry HTTP API call with Basic credentials, answering a Bearer challenge when the registry uses
+    token auth. Raises :class:`ImagePushError` when the registry cannot be reached."""
+    auth = (username, password or "") if username else None
+    try:
+        with httpx.Client(timeout=30) as http:
+            resp = http.request(method, url, headers=headers, content=content, auth=auth)
+            challenge = resp.headers.get("WWW-Authenticate", "")
+            if resp.status_code == 401 and challenge.lower().startswith("bearer"):
+                token = _bearer_token(http, challenge, auth)
+                if token:
+                    bearer = {**(headers or {}), "Authorization": f"Bearer {token}"}
+                    resp = http.request(method, url, headers=bearer, content=content)
+    except httpx.HTTPError as exc:
+        raise ImagePushError(f"{url} unreachable: {type(exc).__name__}: {exc}") from exc
+    return resp
+
+
+def _manifest_url(registry: str, repository: str, reference: str) -> tuple[str, str]:
+    name = repository.removeprefix(registry.rstrip("/") + "/")
+    return f"{_registry_base_url(registry)}/v2/{name}/manifests/{reference}", name
+
+
 def registry_digest(
     registry: str, repository: str, tag: str, username: str | None, password: str | None
 ) -> str:
     """Ask the registry's HTTP API which digest ``repository:tag`` has (``Docker-Content-Digest``).
 
+    ``tag`` may also be a digest (``sha256:...``): then the answer says whether the registry holds it.
     Raises :class:`TagNotFoundError` when the registry has no such tag, :class:`ImagePushError` otherwise.
     """
-    base = _registry_base_url(registry)
-    name = repository.removeprefix(registry.rstrip("/") + "/")
-    url = f"{base}/v2/{name}/manifests/{tag}"
-    auth = (username, password or "") if username else None
-    headers = {"Accept": MANIFEST_ACCEPT}
-    try:
-        with httpx.Client(timeout=30) as http:
-            resp = http.get(url, headers=headers, auth=auth)
-            challenge = resp.headers.get("WWW-Authenticate", "")
-            if resp.status_code == 401 and challenge.lower().startswith("bearer"):
-                token = _bearer_token(http, challenge, auth)
-                if token:
-                    resp = http.get(url, headers={**headers, "Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
-        raise ImagePushError(f"{url} unreachable: {type(exc).__name__}: {exc}") from exc
+    url, name = _manifest_url(registry, repository, tag)
+    resp = _registry_call("GET", url, username, password, headers={"Accept": MANIFEST_ACCEPT})
     if resp.status_code == 404:
         raise TagNotFoundError(f"{registry} has no {name}:{tag}")
     if resp.status_code != 200:
@@ -468,6 +560,48 @@ def registry_digest(
     if not digest:
         raise ImagePushError(f"{url} answered without a Docker-Content-Digest header")
     return digest
+
+
+def registry_retag(
+    registry: str, repository: str, digest: str, tag: str, username: str | None, password: str | None
+) -> str:
+    """Point ``repository:tag`` at the manifest ``digest`` already in the registry (the registry API's retag:
+    the manifest is read by digest and put under the tag, byte for byte), then confirm it; returns the digest.
+
+    Nothing is pushed from the engine, so it needs no local image, and doing it twice changes nothing.
+    """
+    step = f"tag {tag}"
+    if tag_digest(registry, repository, tag, username, password) == digest:
+        return digest
+    url, name = _manifest_url(registry, repository, digest)
+    got = _registry_call("GET", url, username, password, headers={"Accept": MANIFEST_ACCEPT})
+    if got.status_code != 200:
+        raise ImagePushError(
+            f"{registry} has no manifest {name}@{digest} (HTTP {got.status_code})", step=step
+        )
+    media_type = got.headers.get("Content-Type", MANIFEST_V2).split(";")[0]
+    put_url, _ = _manifest_url(registry, repository, tag)
+    put = _registry_call(
+        "PUT", put_url, username, password, headers={"Content-Type": media_type}, content=got.content
+    )
+    if put.status_code not in (200, 201):
+        raise ImagePushError(
+            f"{registry} refused {name}:{tag} -> {digest}: HTTP {put.status_code} {put.text[:300]}", step=step
+        )
+    held = registry_digest(registry, repository, tag, username, password)
+    if held != digest:
+        raise ImagePushError(f"{registry} holds {held} for {name}:{tag}, expected {digest}", step=step)
+    return digest
+
+
+def tag_digest(
+    registry: str, repository: str, tag: str, username: str | None, password: str | None
+) -> str | None:
+    """The digest ``repository:tag`` has in the registry, or None when it has no such tag (or digest)."""
+    try:
+        return registry_digest(registry, repository, tag, username, password)
+    except TagNotFoundError:
+        return None
 
 
 # --- availability and pulling ------------------------------------------------------------------------------
@@ -496,13 +630,38 @@ def pull_image(
     username: str | None,
     password: str | None,
 ) -> str:
-    """Pull ``registry/repository:tag`` with credentials; returns the local reference."""
-    ref = f"{_remote_repository(registry, repository)}:{tag}"
+    """Pull ``registry/repository:tag`` (or ``@sha256:...`` when ``tag`` is a digest) with credentials;
+    returns the local reference."""
+    remote = _remote_repository(registry, repository)
+    ref = f"{remote}{'@' if tag.startswith('sha256:') else ':'}{tag}"
     auth = {"username": username, "password": password} if username else None
     try:
-        client.images.pull(_remote_repository(registry, repository), tag=tag, auth_config=auth)
+        client.images.pull(remote, tag=tag, auth_config=auth)
+    except (docker.errors.APIError, requests.RequestException) as exc:
+        explanation = getattr(exc, "explanation", None) or exc
+        raise ImagePushError(f"could not pull {ref}: {explanation}", step="pull") from exc
+    return ref
+
+
+def pull_by_digest(
+    client: docker.DockerClient,
+    registry: str,
+    repository: str,
+    digest: str,
+    username: str | None,
+    password: str | None,
+) -> str:
+    """Pull ``registry/repository@digest`` and verify that the engine holds exactly that manifest (its repo
+    digests name ``digest``); returns the reference by digest, which runs as it is."""
+    ref = pull_image(client, registry, repository, digest, username, password)
+    try:
+        held = client.images.get(ref).attrs.get("RepoDigests") or []
     except docker.errors.APIError as exc:
-        raise ImagePushError(f"could not pull {ref}: {exc.explanation or exc}", step="pull") from exc
+        raise ImagePushError(f"pulled {ref} but cannot inspect it: {exc}", step="pull") from exc
+    if ref not in held:
+        raise ImagePushError(
+            f"pulled {ref} but the engine's image has repo digests {held}", step="verify pull"
+        )
     return ref
 
 
@@ -522,11 +681,19 @@ def build_task(
     buildargs: dict[str, str],
     labels: dict[str, str],
     docker_host: str | None,
+    build_id: str | None = None,
 ) -> str:
     """Prefect task: build the image (tag ``image_ref``), streaming the build log into the run log."""
     repository, tag = image_ref.rsplit(":", 1)
     return build_image(
-        context_dir, repository, [tag], buildargs, labels, _log(), client=get_client(docker_host)
+        context_dir,
+        repository,
+        [tag],
+        buildargs,
+        labels,
+        _log(),
+        client=get_client(docker_host),
+        build_id=build_id,
     )
 
 
@@ -568,4 +735,17 @@ def push_task(
                 f"registry holds {held} for {repository}:{tag}, pushed {digest}", step="verify push"
             )
         _log()(f"pushed {registry}/{repository}:{tag} {digest}")
+    return digest
+
+
+@task(name="tag-latest", cache_policy=NO_CACHE)
+def latest_task(
+    registry: str, repository: str, digest: str, username: str | None, password: str | None
+) -> str:
+    """Prefect task: point ``latest`` at ``digest`` in the registry (nothing to do when it already does)."""
+    if tag_digest(registry, repository, "latest", username, password) == digest:
+        _log()(f"{registry}/{repository}:latest already is {digest}")
+        return digest
+    registry_retag(registry, repository, digest, "latest", username, password)
+    _log()(f"{registry}/{repository}:latest -> {digest}")
     return digest

@@ -1,4 +1,9 @@
-"""The promotion gate: minimum precision and recall, and a gain over the champion on the same test data."""
+"""The promotion gate: minimum precision and recall, and a gain over the champion on the same test data.
+
+The gate fails closed: a registry that cannot say whether a champion exists fails the task (retried, then the
+run fails); a champion that exists but cannot be re-scored is decided by ``champion_unscorable`` (default:
+not promoted, and the reason says why).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,10 @@ from prefect.cache_policies import NO_CACHE
 
 from serving.bundle import BundleError, load_bundle
 from tasks import registry
-from tasks.common import run_logger
+from tasks.common import PermanentError, run_logger
 from tasks.evaluate import classification_metrics
 from tasks.features import ModelTable
+from tasks.registry import RegistryUnavailable
 from tasks.settings import Settings
 
 CANDIDATE, CHAMPION = "candidate", "champion"
@@ -28,10 +34,13 @@ class Policy:
     min_precision: float = 0.72
     min_recall: float = 0.72
     min_f1_gain: float = 0.02
+    champion_unscorable: str = "reject"  # or "minimums"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
-        return cls(settings.min_precision, settings.min_recall, settings.min_f1_gain)
+        return cls(
+            settings.min_precision, settings.min_recall, settings.min_f1_gain, settings.champion_unscorable
+        )
 
 
 @dataclass
@@ -58,8 +67,12 @@ def decide(metrics: dict[str, float], champion: dict[str, Any] | None, policy: P
     if champion is None:
         reasons.append("no champion: the minimums alone decide")
     elif champion.get("error"):
+        lenient = policy.champion_unscorable == "minimums"
+        ok &= lenient
+        outcome = "minimums decide" if lenient else "not promoted"
         reasons.append(
-            f"champion v{champion['version']} could not be re-scored ({champion['error']}): minimums decide"
+            f"champion v{champion['version']} could not be re-scored on this test split ({champion['error']}): "
+            f"{outcome} (champion_unscorable={policy.champion_unscorable})"
         )
     else:
         new, old = metrics["test_f1"], champion["test_f1"]
@@ -74,23 +87,32 @@ def decide(metrics: dict[str, float], champion: dict[str, Any] | None, policy: P
 
 
 def rescore_champion(settings: Settings, test: ModelTable) -> dict[str, Any] | None:
-    """The current champion's metrics on this run's test split, at the champion's own threshold."""
+    """The current champion's metrics on this run's test split, at the champion's own threshold.
+
+    None when there is no champion; ``{"version", "error"}`` when it exists but cannot be re-scored (bundle
+    missing or unloadable, feature contract changed, scoring error). A registry that fails raises
+    :class:`~tasks.registry.RegistryUnavailable`.
+    """
     version = registry.version_by_alias(settings, CHAMPION)
     if version is None:
         return None
+    number = str(version.version)
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         try:
             bundle = load_bundle(
-                registry.download_bundle(settings, version.version, Path(tmp) / "bundle"), thread_count=-1
+                registry.download_bundle(settings, number, Path(tmp) / "bundle"), thread_count=-1
             )
-        except (BundleError, OSError) as exc:
-            return {"version": str(version.version), "error": str(exc)}
-        p = bundle.predict_records(test.records)
-        threshold = bundle.meta.threshold
+            p = bundle.predict_records(test.records)
+            threshold = bundle.meta.threshold
+        except RegistryUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever stops the re-scoring is the champion's problem
+            kind = "" if isinstance(exc, BundleError | PermanentError) else f"{type(exc).__name__}: "
+            return {"version": number, "error": f"{kind}{exc}"[:500]}
     import numpy as np
 
     metrics = classification_metrics(test.label, np.asarray(p), threshold, "test")
-    return {"version": str(version.version), "threshold": threshold, **metrics}
+    return {"version": number, "threshold": threshold, **metrics}
 
 
 def apply_decision(settings: Settings, version: str, decision: Decision, dry_run: bool) -> None:

@@ -1,20 +1,51 @@
-"""The MLflow model registry: register a bundle as a model version, find versions by alias, export bundles."""
+"""The MLflow model registry: register a bundle as a model version, find versions by alias, export bundles.
+
+Errors fail closed: only a registry that says "no such model / version / alias" means absent (None or a
+:class:`~tasks.common.PermanentError`); any other failure (server unreachable, 5xx, a broken store) is a
+:class:`RegistryUnavailable`, which the stage tasks retry and which then fails the run. MLflow 3 answers a missing
+registered model with ``RESOURCE_DOES_NOT_EXIST`` (404) and a missing alias of an existing model with
+``INVALID_PARAMETER_VALUE`` (400) "Registered model alias ... not found", on SQLite and through ``mlflow server``.
+"""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from serving.bundle import META_FILE, stamp_version
 from tasks import tracking
-from tasks.common import PermanentError, run_logger
+from tasks.common import PermanentError, TransientError, run_logger
 from tasks.settings import Settings
 
 BUNDLE_ARTIFACT_PATH = "bundle"
+_ALIAS_NOT_FOUND = re.compile(r"alias \S+ not found", re.IGNORECASE)
+
+
+class RegistryUnavailable(TransientError):
+    """The MLflow registry did not answer, or answered with an error that is not "absent"."""
+
+
+def is_absent(exc: BaseException) -> bool:
+    """Whether an MLflow error says the model, version, alias or artifact does not exist (and nothing else)."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and bool(_ALIAS_NOT_FOUND.search(str(exc)))
+
+
+def unavailable(settings: Settings, what: str, exc: BaseException) -> NoReturn:
+    """Raise :class:`RegistryUnavailable` for a failed registry call (``what`` says which)."""
+    raise RegistryUnavailable(
+        f"MLflow registry at {settings.tracking_uri} failed to {what}: {type(exc).__name__}: {str(exc)[:500]}"
+    ) from exc
 
 
 def bundle_uri(settings: Settings, version: str) -> str:
@@ -49,59 +80,96 @@ def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dic
 
 def get_version(settings: Settings, version: str) -> Any:
     """A model version by number; :class:`PermanentError` when it does not exist."""
-    from mlflow.exceptions import MlflowException
-
     try:
         return tracking.client(settings).get_model_version(settings.model_name, str(version))
-    except MlflowException as exc:
-        raise PermanentError(f"model {settings.model_name!r} has no version {version!r}") from exc
+    except Exception as exc:
+        if is_absent(exc):
+            raise PermanentError(f"model {settings.model_name!r} has no version {version!r}") from exc
+        unavailable(settings, f"read version {version} of {settings.model_name!r}", exc)
 
 
 def version_by_alias(settings: Settings, alias: str) -> Any | None:
-    """The version an alias points to, or None when the alias (or the model) does not exist."""
-    from mlflow.exceptions import MlflowException
+    """The version an alias points to; None only when the alias (or the model) does not exist.
 
+    Any other failure raises :class:`RegistryUnavailable`: an unreachable registry is never "no champion".
+    """
     try:
         return tracking.client(settings).get_model_version_by_alias(settings.model_name, alias)
-    except MlflowException:
-        return None
+    except Exception as exc:
+        if is_absent(exc):
+            return None
+        unavailable(settings, f"read alias {alias!r} of {settings.model_name!r}", exc)
 
 
 def set_alias(settings: Settings, alias: str, version: str) -> None:
     """Point ``alias`` at ``version``."""
-    tracking.client(settings).set_registered_model_alias(settings.model_name, alias, str(version))
+    try:
+        tracking.client(settings).set_registered_model_alias(settings.model_name, alias, str(version))
+    except Exception as exc:
+        unavailable(settings, f"point alias {alias!r} at version {version}", exc)
 
 
 def delete_alias(settings: Settings, alias: str) -> None:
     """Remove ``alias`` (no error when it is absent)."""
-    from mlflow.exceptions import MlflowException
-
     try:
         tracking.client(settings).delete_registered_model_alias(settings.model_name, alias)
-    except MlflowException:
-        pass
+    except Exception as exc:
+        if not is_absent(exc):
+            unavailable(settings, f"delete alias {alias!r}", exc)
 
 
 def set_version_tags(settings: Settings, version: str, tags: dict[str, Any]) -> None:
     """Set several tags on a model version."""
     c = tracking.client(settings)
-    for key, value in tags.items():
-        c.set_model_version_tag(settings.model_name, str(version), key, str(value))
+    try:
+        for key, value in tags.items():
+            c.set_model_version_tag(settings.model_name, str(version), key, str(value))
+    except Exception as exc:
+        if is_absent(exc):
+            raise PermanentError(f"model {settings.model_name!r} has no version {version!r}") from exc
+        unavailable(settings, f"tag version {version}", exc)
+
+
+def model_tags(settings: Settings) -> dict[str, str]:
+    """The registered model's own tags ({} when the model does not exist yet)."""
+    try:
+        return dict(tracking.client(settings).get_registered_model(settings.model_name).tags or {})
+    except Exception as exc:
+        if is_absent(exc):
+            return {}
+        unavailable(settings, f"read the tags of {settings.model_name!r}", exc)
+
+
+def set_model_tag(settings: Settings, key: str, value: str) -> None:
+    """Set one tag on the registered model (one call: a reader sees the old value or the new one)."""
+    try:
+        tracking.client(settings).set_registered_model_tag(settings.model_name, key, value)
+    except Exception as exc:
+        unavailable(settings, f"set tag {key!r} of {settings.model_name!r}", exc)
 
 
 def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
-    """Download a version's bundle into ``dst`` (emptied first) and stamp the version into its metadata."""
+    """Download a version's bundle into ``dst`` (emptied first) and stamp the version into its metadata.
+
+    :class:`PermanentError` when the version or its artifacts do not exist, :class:`RegistryUnavailable` when
+    the registry or artifact store fails.
+    """
     import mlflow
 
-    source = tracking.client(settings).get_model_version_download_uri(settings.model_name, str(version))
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
-    path = Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=source, dst_path=str(dst), tracking_uri=settings.tracking_uri
+    try:
+        source = tracking.client(settings).get_model_version_download_uri(settings.model_name, str(version))
+        path = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(dst), tracking_uri=settings.tracking_uri
+            )
         )
-    )
+    except Exception as exc:
+        if is_absent(exc) or isinstance(exc, FileNotFoundError):
+            raise PermanentError(f"{bundle_uri(settings, version)}: no bundle to download ({exc})") from exc
+        unavailable(settings, f"download the bundle of version {version}", exc)
     if not (path / META_FILE).is_file():
         raise PermanentError(f"{bundle_uri(settings, version)} holds no model bundle ({META_FILE} missing)")
     stamp_version(path, str(version), model_name=settings.model_name)

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     min_precision: float = Field(0.72, ge=0, le=1)
     min_recall: float = Field(0.72, ge=0, le=1)
     min_f1_gain: float = Field(0.02, ge=-1)
+    # A champion that exists but cannot be re-scored on this run's test split (bundle missing or unloadable,
+    # feature contract changed): "reject" keeps the new version out; "minimums" lets the minimums alone decide.
+    champion_unscorable: str = Field("reject", pattern="^(reject|minimums)$")
     deploy_on_promotion: bool = True
     deploy_deployment_name: str = "loan-risk-deploy/deploy"
 
@@ -118,6 +121,9 @@ class Settings(BaseSettings):
     wheel_cache: Path | None = None  # wheels of the serving image; default: <state_dir>/wheels
     smoke_sample_size: int = Field(50, ge=1)
     health_timeout_seconds: float = Field(90.0, gt=0)
+    release_history_size: int = Field(30, ge=2)  # releases kept in the registry's release history
+    deploy_lock_name: str = "loan-risk-deploy"  # Prefect global concurrency limit that serialises deploys
+    deploy_lock_timeout_seconds: float = Field(3600.0, gt=0)  # how long a deploy waits for the lock
     github_token: SecretStr | None = None
     github_repository: str | None = None  # owner/name
     github_api_url: str = "https://api.github.com"

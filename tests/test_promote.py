@@ -54,3 +54,117 @@ def test_decision_sets_candidate_alias_and_tags(settings: Settings, tmp_path) ->
     apply_decision(settings, v1, rejected, dry_run=False)
     assert registry.get_version(settings, v1).tags["promotion.decision"] == "rejected"
     assert str(registry.version_by_alias(settings, "candidate").version) == v2
+
+
+# --- the gate fails closed (issue 8, item 2) ---------------------------------------------------------------
+
+
+def _minimal_bundle(tmp_path, name: str = "b"):
+    bundle = tmp_path / name
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text('{"model_name": "loan-risk", "threshold": 0.5}')
+    return bundle
+
+
+def _break_alias_table(settings: Settings, undo: bool = False) -> None:
+    """A real fault in the real store: the registry's alias table disappears (as after a bad migration)."""
+    import sqlite3
+
+    names = ["registered_model_aliases", "registered_model_aliases_gone"]
+    old, new = reversed(names) if undo else names
+    with sqlite3.connect(settings.tracking_uri.removeprefix("sqlite:///")) as con:
+        con.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+
+def test_missing_alias_or_model_means_none(settings: Settings, tmp_path) -> None:
+    from tasks import registry, tracking
+
+    assert registry.version_by_alias(settings, "champion") is None  # no registered model at all
+    registry.register_bundle(settings, tracking.start_run(settings, "t"), _minimal_bundle(tmp_path), {})
+    assert registry.version_by_alias(settings, "champion") is None  # the model exists, the alias does not
+
+
+def test_a_failing_registry_is_not_no_champion(settings: Settings, tmp_path) -> None:
+    import pytest
+
+    from tasks import registry, tracking
+    from tasks.common import TransientError
+
+    v1 = registry.register_bundle(settings, tracking.start_run(settings, "t"), _minimal_bundle(tmp_path), {})
+    registry.set_alias(settings, "champion", v1)
+    _break_alias_table(settings)
+    with pytest.raises(TransientError, match="champion"):
+        registry.version_by_alias(settings, "champion")
+    from tasks.promote import rescore_champion
+
+    test = type("Split", (), {"records": [{"apr": 590}], "label": [1]})()
+    with pytest.raises(TransientError):  # never "no champion: the minimums alone decide"
+        rescore_champion(settings, test)
+
+
+def test_promote_retries_then_fails_when_the_registry_fails(settings: Settings, tmp_path) -> None:
+    """The promote task against a registry that cannot answer: retried, then the run fails; nothing promoted."""
+    import types
+
+    import numpy as np
+    import pytest
+    from prefect import flow
+
+    from tasks import registry, tracking
+    from tasks.common import retry_options
+    from tasks.promote import promote_task
+
+    run = tracking.start_run(settings, "t")
+    v1 = registry.register_bundle(settings, run, _minimal_bundle(tmp_path, "one"), {})
+    v2 = registry.register_bundle(settings, run, _minimal_bundle(tmp_path, "two"), {})
+    registry.set_alias(settings, "champion", v1)
+    _break_alias_table(settings)
+    test = types.SimpleNamespace(records=[{}], label=np.array([1]))
+
+    @flow(name="promote-against-a-failing-registry")
+    def gate() -> object:
+        return promote_task.with_options(**retry_options(settings, retries=2))(
+            settings, v2, GOOD, test, False
+        )
+
+    state = gate(return_state=True)
+    assert state.is_failed(), state
+    with pytest.raises(Exception, match="registry"):
+        state.result()
+    assert _task_run_counts(state) == {"promote": 3}  # the first try and two retries
+    _break_alias_table(settings, undo=True)
+    assert registry.version_by_alias(settings, "candidate") is None
+    tags = registry.get_version(settings, v2).tags
+    assert tags.get("promotion.decision") != "promoted"
+
+
+def _task_run_counts(flow_state) -> dict[str, int]:
+    """How many times each task of a finished flow run ran (retries included), from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = flow_state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: r.run_count for r in runs}
+
+
+def test_unscorable_champion_is_not_promoted_by_default(settings: Settings, tmp_path) -> None:
+    """A champion whose bundle cannot be loaded (feature contract changed) blocks promotion unless set otherwise."""
+    import numpy as np
+
+    from tasks import registry, tracking
+    from tasks.promote import rescore_champion
+
+    run = tracking.start_run(settings, "t")
+    v1 = registry.register_bundle(settings, run, _minimal_bundle(tmp_path), {})
+    registry.set_alias(settings, "champion", v1)
+    test = type("Split", (), {"records": [{"apr": 590}], "label": np.array([1])})()
+    champion = rescore_champion(settings, test)
+    assert champion is not None and champion["version"] == v1 and champion["error"]
+    d = decide(GOOD, champion, Policy.from_settings(settings))
+    assert not d.promoted
+    assert any(f"champion v{v1} could not be re-scored" in r and "not promoted" in r for r in d.reasons)
+    lenient = Settings(state_dir=settings.state_dir, champion_unscorable="minimums")
+    d = decide(GOOD, champion, Policy.from_settings(lenient))
+    assert d.promoted and any("minimums decide" in r for r in d.reasons)

@@ -23,8 +23,8 @@ from tasks.image import (
     push_image,
     registry_digest,
     remove_container,
+    remove_local_image,
     run_container,
-    untag,
     wait_healthy,
 )
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
@@ -79,13 +79,14 @@ def client(docker_services: DockerServices) -> Iterator[docker.DockerClient]:  #
 
 @pytest.fixture()
 def repo(client: docker.DockerClient, docker_services: DockerServices) -> Iterator[str]:  # noqa: F811
-    """A unique repository name; every local tag of it (bare and registry-prefixed) is removed afterwards."""
+    """A unique repository name; every local tag of it (bare and registry-prefixed) is removed afterwards, with
+    the untagged layers under it, so the shared engine keeps nothing of the test."""
     name = f"loan-risk-it-{uuid.uuid4().hex[:8]}"
     yield name
     for image in client.images.list():
         for ref in image.tags:
             if ref.rsplit(":", 1)[0] in (name, f"{docker_services.registry}/{name}"):
-                untag(client, ref)
+                remove_local_image(client, ref)
 
 
 def test_build_run_push_pull_roundtrip(
@@ -126,7 +127,7 @@ def test_build_run_push_pull_roundtrip(
     # Drop every local reference so the next run really comes from the registry.
     remote = f"{svc.registry}/{repo}"
     for ref in (f"{repo}:1.0.0", f"{repo}:latest", f"{remote}:1.0.0"):
-        assert untag(client, ref)
+        assert remove_local_image(client, ref)
     with pytest.raises(docker.errors.ImageNotFound):
         client.images.get(image_id)
     pulled = client.images.pull(
@@ -221,7 +222,7 @@ def test_health_timeout_names_the_url(
             wait_healthy(running.base_url, timeout_s=2, container=running)
 
 
-def test_wrong_password_push_is_refused_and_registry_has_no_tag(
+def test_wrong_password_push_is_refused_then_latest_moves_in_the_registry(
     tmp_path: Path,
     client: docker.DockerClient,
     repo: str,
@@ -239,3 +240,66 @@ def test_wrong_password_push_is_refused_and_registry_has_no_tag(
         registry_digest(svc.registry, repo, "1.0.0", svc.username, svc.password)
     with pytest.raises(ImagePushError, match="HTTP 401"):
         registry_digest(svc.registry, repo, "1.0.0", svc.username, "not-the-password")
+
+    # pushed with the right password, ``latest`` is moved in the registry itself (no push), idempotently
+    from tasks.image import registry_retag, tag_digest
+
+    digest = push_image(client, repo, "1.0.0", svc.username, svc.password, svc.registry)
+    assert tag_digest(svc.registry, repo, "latest", svc.username, svc.password) is None
+    assert registry_retag(svc.registry, repo, digest, "latest", svc.username, svc.password) == digest
+    assert registry_digest(svc.registry, repo, "latest", svc.username, svc.password) == digest
+    assert registry_retag(svc.registry, repo, digest, "latest", svc.username, svc.password) == digest
+    with pytest.raises(ImagePushError, match="has no manifest|HTTP 401"):
+        registry_retag(svc.registry, repo, digest, "other", svc.username, "not-the-password")
+
+
+MULTI_STAGE = textwrap.dedent(
+    """
+    ARG BASE_IMAGE=python:3.11-slim
+    FROM ${BASE_IMAGE} AS build
+    ARG BUILD_ID=unknown
+    LABEL ai.loanrisk.build.id="${BUILD_ID}"
+    COPY server.py /stage/server.py
+    RUN python3 -c "open('/stage/built', 'w').write('yes')"
+    FROM ${BASE_IMAGE}
+    COPY --from=build /stage/ /app/
+    CMD ["python3", "/app/server.py"]
+    """
+)
+
+
+def test_multi_stage_build_leaves_only_the_tagged_image(
+    tmp_path: Path,
+    client: docker.DockerClient,
+    repo: str,
+    docker_services: DockerServices,  # noqa: F811
+) -> None:
+    """The build stage ends dangling in every multi-stage build; succeeded or failed, the build removes what it
+    left: nothing carries its build id, and no image a step of it committed stays untagged."""
+    from tasks.image import LABEL_BUILD_ID
+
+    def leftovers(build_id: str, lines: list[str]) -> list[str]:
+        labelled = client.api.images(all=True, filters={"label": f"{LABEL_BUILD_ID}={build_id}"})
+        steps = {ln.split()[-1] for ln in lines if ln.startswith(" ---> ") and "Using cache" not in ln}
+        dangling = [i["Id"] for i in client.api.images(filters={"dangling": True})]
+        return [i["Id"] for i in labelled] + [d for d in dangling if d.removeprefix("sha256:")[:12] in steps]
+
+    args = {"BASE_IMAGE": docker_services.base_image}
+    lines: list[str] = []
+    ok_id = "ok-" + uuid.uuid4().hex
+    image_id = build_image(_context(tmp_path, MULTI_STAGE), repo, ["1"], args, {}, lines.append, client=client,
+                           build_id=ok_id)  # fmt: skip
+    assert client.images.get(f"{repo}:1").id == image_id
+    assert f"removed 1 dangling image(s) of build {ok_id}" in lines  # the build stage
+    assert leftovers(ok_id, lines) == []
+
+    broken = MULTI_STAGE.replace('CMD ["python3"', 'RUN exit 4\nCMD ["python3"')
+    (tmp_path / "broken").mkdir()
+    failed: list[str] = []
+    build_id = "failed-" + uuid.uuid4().hex
+    with pytest.raises(ImageBuildError, match="returned a non-zero code: 4"):
+        build_image(_context(tmp_path / "broken", broken), repo, ["2"], args, {}, failed.append, client=client,
+                    build_id=build_id)  # fmt: skip
+    assert leftovers(build_id, failed) == [] and any(
+        "dangling image(s) of build failed-" in ln for ln in failed
+    )

@@ -1,0 +1,78 @@
+"""The deploy lock: a Prefect global concurrency limit of one slot, so two deploys never overlap.
+
+It lives in the Prefect server (or the one database an ephemeral Prefect uses), so it serialises deploys across
+processes and machines that share it. A holder that dies frees it when its lease (300 s, renewed while the holder
+lives) runs out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tasks.common import run_logger
+from tasks.settings import Settings
+
+
+@dataclass
+class LockHold:
+    """When this process held the deploy lock (UTC, ISO 8601) and how long it waited for it."""
+
+    name: str
+    acquired_at: str = ""
+    released_at: str = ""
+    waited_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "acquired_at": self.acquired_at, "released_at": self.released_at,
+                "waited_s": round(self.waited_s, 2)}  # fmt: skip
+
+
+def _ensure_lock_limit(name: str) -> None:
+    """A Prefect global concurrency limit ``name`` with one slot (created when missing, set to one slot)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:
+                pass
+            return
+        if limit.limit != 1 or not limit.active:
+            run_logger().warning("deploy lock %r had limit %s (active %s): set to one slot", name, limit.limit,
+                                 limit.active)  # fmt: skip
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1, active=True))
+
+
+@contextmanager
+def release_lock(settings: Settings) -> Iterator[LockHold]:
+    """Hold the deploy lock: a Prefect global concurrency limit of one slot, named ``deploy_lock_name``.
+
+    It lives in the Prefect server, so it serialises deploys across processes and machines that share one
+    (and processes sharing one ephemeral database). A holder that dies frees it when its lease (300 s, renewed
+    while alive) runs out. Waits at most ``deploy_lock_timeout_seconds``, then raises ``TimeoutError``.
+    """
+    from prefect.concurrency.sync import concurrency
+
+    name = settings.deploy_lock_name
+    _ensure_lock_limit(name)
+    hold = LockHold(name)
+    run_logger().info("waiting for the deploy lock %r", name)
+    started = time.monotonic()
+    with concurrency(name, occupy=1, timeout_seconds=settings.deploy_lock_timeout_seconds, strict=True):
+        hold.waited_s = time.monotonic() - started
+        hold.acquired_at = datetime.now(UTC).isoformat(timespec="microseconds")
+        run_logger().info("holding the deploy lock %r (waited %.1f s)", name, hold.waited_s)
+        try:
+            yield hold
+        finally:
+            hold.released_at = datetime.now(UTC).isoformat(timespec="microseconds")

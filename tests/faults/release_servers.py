@@ -1,0 +1,213 @@
+"""Real servers the release fault tests own and break: a private image registry and an ``mlflow server``.
+
+    with private_registry(tmp / "registry", "ci", "secret") as reg:      # docker-registry, htpasswd, free port
+        ... reg.stop() ... reg.start()                                    # same port, same storage
+    with mlflow_server(tmp / "mlflow") as server:                         # SQLite store, --serve-artifacts
+        ... server.kill() ... server.start()                              # the whole process tree, then again
+
+Each runs in a session of its own (``start_new_session``) and is stopped by its process group; ``mlflow server``
+also starts job-runner and ``huey_consumer`` children, which are found through /proc and killed by PID too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.integration.prefect_fixtures import _spawn, _stop_group, _tail, free_port
+
+_REGISTRY_ENV = (
+    "REGISTRY_PORT",
+    "REGISTRY_USER",
+    "REGISTRY_PASSWORD",
+)  # distribution reads REGISTRY_* as config
+
+
+def _wait(
+    check: Callable[[], bool], proc: subprocess.Popen[Any], what: str, log: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited {proc.returncode} during start:\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer within {timeout:.0f}s:\n{_tail(log)}")
+        time.sleep(0.3)
+
+
+def _answers(url: str, *codes: int) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code in codes
+    except httpx.HTTPError:
+        return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc), deepest last."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@dataclass
+class PrivateRegistry:
+    """``docker-registry serve`` with htpasswd auth on 127.0.0.1:<port>; its storage survives stop/start."""
+
+    root: Path
+    username: str
+    password: str
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[Any] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+    def start(self) -> None:
+        if not (self.root / "config.yml").exists():
+            (self.root / "data").mkdir(parents=True, exist_ok=True)
+            htpasswd = subprocess.run(["htpasswd", "-Bbn", self.username, self.password], capture_output=True,
+                                      text=True, check=True).stdout  # fmt: skip
+            (self.root / "htpasswd").write_text(htpasswd)
+            (self.root / "config.yml").write_text(
+                "version: 0.1\nlog: {level: warn, accesslog: {disabled: true}}\n"
+                f"storage: {{filesystem: {{rootdirectory: {self.root / 'data'}}}, delete: {{enabled: true}}}}\n"
+                f"http: {{addr: '127.0.0.1:{self.port}', secret: fault-test}}\n"
+                f"auth: {{htpasswd: {{realm: basic-realm, path: {self.root / 'htpasswd'}}}}}\n"
+            )
+        env = {k: v for k, v in os.environ.items() if k not in _REGISTRY_ENV}
+        log = self.root / "registry.log"
+        self.proc = _spawn(["docker-registry", "serve", str(self.root / "config.yml")], self.root, env, log)
+        _wait(
+            lambda: _answers(f"http://127.0.0.1:{self.port}/v2/", 401), self.proc, "docker-registry", log, 30
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc, "private docker-registry", timeout=10)
+            self.proc = None
+
+
+@contextlib.contextmanager
+def private_registry(root: Path, username: str, password: str) -> Iterator[PrivateRegistry]:
+    root.mkdir(parents=True, exist_ok=True)
+    registry = PrivateRegistry(root, username, password)
+    registry.start()
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+@dataclass
+class MlflowServer:
+    """``mlflow server`` (SQLite backend store, proxied artifacts) on 127.0.0.1:<port>, same store on restart."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[Any] | None = None
+    started_in_s: float = 0.0
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180) -> None:
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--serve-artifacts", "--artifacts-destination", str(self.root / "artifacts")]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        t0 = time.monotonic()
+        log = self.root / "server.log"
+        self.proc = _spawn(cmd, self.root, env, log)
+        _wait(lambda: _answers(f"{self.uri}/health", 200), self.proc, "mlflow server", log, timeout)
+        self.started_in_s = time.monotonic() - t0
+
+    def kill(self) -> list[int]:
+        """SIGKILL the server's whole process tree (its group, and each descendant by PID); returns the PIDs."""
+        if self.proc is None:
+            return []
+        pids = [self.proc.pid, *descendants(self.proc.pid)]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids[1:]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server processes survived SIGKILL: {pids}")
+            time.sleep(0.1)
+        self.proc = None
+        return pids
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path) -> Iterator[MlflowServer]:
+    root.mkdir(parents=True, exist_ok=True)
+    server = MlflowServer(root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def when_container_starts(
+    docker_client: Any, image_ref: str, action: Callable[[], None], timeout: float = 900
+) -> Any:
+    """In a background thread: run ``action`` once a smoke-test container of ``image_ref`` exists (the image was
+    built and is being run: before the push and the commit). Returns the thread; ``thread.fired`` says whether
+    the action ran."""
+    import threading
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                found = [c for c in docker_client.api.containers(all=True, filters={"label": "loan-risk.role=smoke"})
+                         if c.get("Image") == image_ref]  # fmt: skip
+            except Exception:  # noqa: BLE001 - the engine is busy: look again
+                found = []
+            if found:
+                action()
+                thread.fired = True  # type: ignore[attr-defined]
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.fired = False  # type: ignore[attr-defined]
+    thread.start()
+    return thread
