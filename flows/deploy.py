@@ -221,7 +221,7 @@ def _after_commit(settings: Settings, entry: dict[str, str], notes: str | None,
     steps.append(("latest", latest_task, (settings.image_registry, settings.image_repository, entry["digest"], user,
                                           password)))  # fmt: skip
     if notes is not None:
-        steps += [("release-notes", notes_task, (settings, version, notes)),
+        steps += [("release-notes", notes_task, (settings, version, entry["digest"], notes)),
                   ("github-release", github_task, (settings, version, notes))]  # fmt: skip
     done: dict[str, Any] = {}
     failed: list[str] = []

@@ -313,9 +313,14 @@ def release_notes(
     )
 
 
-def notes_artifact_key(model_name: str, version: str) -> str:
-    """The Prefect artifact key of a version's release notes (keys allow lowercase letters, digits, dashes)."""
-    return f"release-notes-{re.sub(r'[^a-z0-9-]+', '-', model_name.lower())}-v{version}"
+def notes_artifact_key(model_name: str, version: str, digest: str) -> str:
+    """The Prefect artifact key of one release's notes (keys allow lowercase letters, digits, dashes).
+
+    The image digest is part of it: one Prefect server may hold the releases of several registries (or a
+    re-trained store whose numbering started again), and the notes of another ``v1`` are not this one's.
+    """
+    name = re.sub(r"[^a-z0-9-]+", "-", model_name.lower())
+    return f"release-notes-{name}-v{version}-{digest.removeprefix('sha256:')[:12]}"
 
 
 def _artifact_exists(key: str) -> bool:
@@ -350,11 +355,11 @@ def history_task(settings: Settings, entry: dict[str, str]) -> bool:
 
 
 @task(name="release-notes", cache_policy=NO_CACHE)
-def notes_task(settings: Settings, version: str, notes: str) -> str:
-    """Prefect task: the version's release notes as a markdown artifact, unless it exists already."""
+def notes_task(settings: Settings, version: str, digest: str, notes: str) -> str:
+    """Prefect task: the release's notes as a markdown artifact, unless they exist already."""
     from prefect.artifacts import create_markdown_artifact
 
-    key = notes_artifact_key(settings.model_name, version)
+    key = notes_artifact_key(settings.model_name, version, digest)
     if _artifact_exists(key):
         run_logger().info("release notes %r exist already", key)
         return key

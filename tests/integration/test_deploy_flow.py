@@ -52,13 +52,13 @@ def history() -> list[dict]:
     return read_history(settings())
 
 
-def notes_artifacts(version: str) -> list:
+def notes_artifacts(version: str, digest: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from tasks.release import notes_artifact_key
 
-    key = notes_artifact_key(settings().model_name, version)
+    key = notes_artifact_key(settings().model_name, version, digest)
     with get_client(sync_client=True) as c:
         return c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
@@ -87,7 +87,7 @@ def test_training_promotes_and_deploy_releases(first_release: dict, github: GitH
     (sent,) = github.posts(f"loan-risk-v{version}")
     assert sent["path"] == "/repos/lending/loan-risk/releases" and sent["auth"] == "Bearer test-token"
     assert deploy["image"] in sent["body"]["body"] and deploy["digest"] in sent["body"]["body"]
-    (notes,) = notes_artifacts(version)
+    (notes,) = notes_artifacts(version, deploy["digest"])
     assert f"v{version}" in notes.data and deploy["digest"] in notes.data
     assert deploy["lock"]["acquired_at"] < deploy["lock"]["released_at"]
 
@@ -164,7 +164,7 @@ def test_gate_refuses_a_rejected_version_until_forced_with_a_reason(
     (sent,) = github.posts(f"loan-risk-v{rejected}")
     assert "Forced release" in sent["body"]["body"] and "INC-1234" in sent["body"]["body"]
     assert tags["release.forced_by"] in sent["body"]["body"]
-    (notes,) = notes_artifacts(rejected)
+    (notes,) = notes_artifacts(rejected, version_tags(rejected)["release.digest"])
     assert "INC-1234" in notes.data
 
 
@@ -191,11 +191,11 @@ def test_rerun_of_a_released_version_completes_what_is_missing(
     assert done["status"] == "already-released" and done["build"] == "none" and done["digest"] == digest
     assert registry_tag("latest") == digest and registry_tag(version) == digest
     assert len(github.posts(tag)) == posts + 1 and tag in github.releases
-    assert len(history()) == entries and len(notes_artifacts(version)) == 1 and local_refs() == refs
+    assert len(history()) == entries and len(notes_artifacts(version, digest)) == 1 and local_refs() == refs
 
     again = deploy_flow(model_version=version)
     assert again["status"] == "already-released" and len(github.posts(tag)) == posts + 1
-    assert len(history()) == entries and len(notes_artifacts(version)) == 1
+    assert len(history()) == entries and len(notes_artifacts(version, digest)) == 1
 
 
 def test_rollback_walks_back_by_digest_and_never_returns(first_release: dict) -> None:
