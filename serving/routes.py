@@ -17,9 +17,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from msgspec import UNSET
 
-from serving.bundle import COLUMNS_FROM
 from serving.config import ServiceConfig
-from serving.features import FeatureError, columns_from, columns_to_records
+from serving.features import FeatureError, columns_to_records
 from serving.model import ModelHolder, ServedModel
 from serving.payloads import (
     ApiError,
@@ -72,16 +71,13 @@ def _score(served: ServedModel, records: list[Any]) -> list[float]:
 
 
 def _score_fast(served: ServedModel, batch: FastBatch | None) -> list[float] | None:
-    """The fast way: a decoded batch scored column by column; None when the checked way must take it (too
-    few records to gain, or a value a reader refuses: the checked way names it)."""
-    if batch is None or batch.size < COLUMNS_FROM:
+    """The fast way: a decoded batch scored column by column, and counted; None when the checked way must
+    take it (no batch, too few records to gain, or a value a reader refuses: the checked way names it)."""
+    if batch is None:
         return None
-    try:
-        columns = columns_from(batch.column, batch.size)
-    except (ValueError, OverflowError, TypeError):
-        return None
-    probabilities = served.bundle.predict_columns(columns).tolist()
-    g.rows = batch.size
+    probabilities = served.bundle.predict_fast(batch.column, batch.size)
+    if probabilities is not None:
+        g.rows = batch.size
     return probabilities
 
 

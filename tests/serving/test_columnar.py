@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from serving import bundle as bundle_module
 from serving import payloads, routes
 from serving.bundle import COLUMNS_FROM, Bundle
 from serving.features import (
@@ -142,7 +143,7 @@ def test_batches_take_the_fast_way(client, records, monkeypatch) -> None:
         seen.append(n)
         return columns_from(column, n)
 
-    monkeypatch.setattr(routes, "columns_from", spy)
+    monkeypatch.setattr(bundle_module, "columns_from", spy)
     batch = records[:50]
     for path, body in bodies_for(batch):
         assert client.post(path, data=body, content_type="application/json").status_code == 200
