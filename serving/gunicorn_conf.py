@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from gunicorn.glogging import Logger
+
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -62,6 +64,17 @@ logconfig_dict = {
         "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
     },
 }
+
+
+class AppWritesAccessLog(Logger):
+    """gunicorn's logger without its access log. The app writes the one access line per request; gunicorn,
+    seeing ``logconfig_dict``, would still build its access-log atoms (every header and environ entry) for each
+    request only to drop them at level CRITICAL: ~3% of a worker's time on single records."""
+
+    access_log_enabled = False
+
+
+logger_class = AppWritesAccessLog
 
 _state: dict[str, str] = {}
 
