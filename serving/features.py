@@ -336,6 +336,7 @@ _FLAG_VALUES: dict[Any, float] = {True: 1.0, False: 0.0, None: NAN, **_FLAG_STRI
 _NONE_AS_EMPTY = {None: ""}
 _EMPTY_AS_ZERO = {"": "0"}
 _EMPTY_AS_MISSING = {"": MISSING_CATEGORY}
+_NONE_AS_MISSING = {None: MISSING_CATEGORY}
 _FIRST_8 = slice(0, 8)
 
 
@@ -363,7 +364,7 @@ def _category_column(values: Column, n: int) -> list[str]:
     if kinds <= _TEXT:
         out = list(map(str.strip, values))
     elif kinds <= _TEXT_OR_NONE:
-        out = list(map(str.strip, map(_NONE_AS_EMPTY.get, values, values)))
+        out = list(map(str.strip, map(_NONE_AS_MISSING.get, values, values)))
     else:
         return list(map(_fast_category, values))
     return list(map(_EMPTY_AS_MISSING.get, out, out)) if "" in out else out
