@@ -46,6 +46,16 @@ META_FILE = "bundle.json"
 REFERENCE_FILE = "reference.json"
 
 
+def _categorical(values: list[str]) -> pd.Categorical:
+    """A categorical column: CatBoost then hashes each distinct text once, not every value (text as Python
+    objects: pandas would make Arrow strings, which CatBoost reads back one by one)."""
+    categories = list(dict.fromkeys(values))
+    position = {v: i for i, v in enumerate(categories)}
+    codes = np.fromiter(map(position.__getitem__, values), np.int32, len(values))
+    dtype = pd.CategoricalDtype(pd.Index(categories, dtype=object))
+    return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
+
+
 class BundleError(RuntimeError):
     """A bundle directory is missing, incomplete or does not match this code's feature contract."""
 
@@ -167,12 +177,10 @@ class Bundle:
 
     def predict_columns(self, columns: dict[str, Any]) -> np.ndarray:
         """Probability of the risky class for columns built by :func:`serving.features.columns_from`."""
-        # Python text (object) for the categories and the column names: pandas would make Arrow strings of
-        # both, which CatBoost reads back one by one
         frame = pd.DataFrame(
-            {k: pd.Series(v, dtype=object) if type(v) is list else v for k, v in columns.items()}, copy=False
+            {k: _categorical(v) if type(v) is list else v for k, v in columns.items()}, copy=False
         )
-        frame.columns = _COLUMN_INDEX
+        frame.columns = _COLUMN_INDEX  # Python text: pandas would make Arrow strings, read back one by one
         pool = Pool(frame, cat_features=_CATEGORICAL)
         return self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
 
