@@ -1,8 +1,14 @@
 """Raw loan application → model row: the single feature code path of training and serving.
 
-Training applies :func:`build_rows` to the joined loan + clarity records; the service applies it to the JSON
-it receives. A record uses the field names of ``loan.csv`` and ``clarity_underwriting_variables.csv``; values may
-be CSV strings ("590.0", "True", "") or typed (590.0, True, None, NaN), so a CSV row posted as JSON works as is.
+Training applies :func:`build_rows` to the joined loan + clarity records; the service applies it (or, for batches,
+its column-wise twin) to the JSON it receives. A record uses the field names of ``loan.csv`` and
+``clarity_underwriting_variables.csv``; values may be CSV strings ("590.0", "True", "") or typed (590.0, True,
+None, NaN), so a CSV row posted as JSON works as is.
+
+Two builders read the same feature table: :func:`build_row`/:func:`build_rows` a record at a time (training, single
+records, and the checked way that names a bad field), :func:`columns_from`/:func:`build_columns` a column at a
+time (batches). They stay in one module, over the ~400-line guide, because they must give the same values: a
+feature is defined once, in the table below, and both read it.
 
 Only decision-time fields are read. Outcomes (loanStatus, fpStatus, approval flags, payments) and identifiers
 (loanId, anon_ssn, clarityFraudId, underwritingid) never become features; clarityFraudId only contributes the age

@@ -17,17 +17,15 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from msgspec import UNSET
 
+from serving.batches import FastBatch, fast_batch, fast_invocation
 from serving.config import ServiceConfig
 from serving.features import FeatureError, columns_to_records
 from serving.model import ModelHolder, ServedModel
 from serving.payloads import (
     ApiError,
-    FastBatch,
     check_records,
     check_size,
     csv_records,
-    fast_batch,
-    fast_invocation,
     feature_error,
     json_response,
     json_type,

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from serving import batches, routes
 from serving import bundle as bundle_module
-from serving import payloads, routes
 from serving.bundle import COLUMNS_FROM, Bundle
 from serving.features import (
     CATEGORICAL_FEATURES,
@@ -203,19 +203,19 @@ def test_a_bad_value_in_a_large_batch_names_field_and_index(client, records, pat
 def test_the_fast_decoder_leaves_odd_bodies_to_the_checked_way(records, body: bytes) -> None:
     plain = b",".join(orjson.dumps(r) for r in records[:10])
     raw = body.replace(b"%s", plain)
-    assert payloads.fast_batch(raw, 1000) is None
-    assert payloads.fast_invocation(raw, 1000) is None
+    assert batches.fast_batch(raw, 1000) is None
+    assert batches.fast_invocation(raw, 1000) is None
 
 
 def test_the_fast_decoder_takes_plain_bodies(records) -> None:
     batch = records[:10]
-    decoded = payloads.fast_batch(orjson.dumps({"data": batch}), 1000)
+    decoded = batches.fast_batch(orjson.dumps({"data": batch}), 1000)
     assert decoded is not None and decoded.size == 10
     for name in ("apr", "state", "applicationDate", "clarityFraudId"):
         assert list(decoded.column(name)) == [r.get(name) for r in batch]
-    assert payloads.fast_batch(orjson.dumps({"data": batch}), 9) is None  # over the limit: the 413 is checked
+    assert batches.fast_batch(orjson.dumps({"data": batch}), 9) is None  # over the limit: the 413 is checked
     split = {"columns": ["apr", "state"], "data": [[590.0, "OH"], [360, None]], "index": [0, 1]}
-    decoded = payloads.fast_invocation(orjson.dumps({"dataframe_split": split}), 1000)
+    decoded = batches.fast_invocation(orjson.dumps({"dataframe_split": split}), 1000)
     assert decoded is not None
     assert list(decoded.column("apr")) == [590.0, 360] and list(decoded.column("leadCost")) == [None, None]
     assert math.isnan(build_columns([{"apr": None}])["apr"][0])
