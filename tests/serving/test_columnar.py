@@ -219,3 +219,23 @@ def test_the_fast_decoder_takes_plain_bodies(records) -> None:
     assert decoded is not None
     assert list(decoded.column("apr")) == [590.0, 360] and list(decoded.column("leadCost")) == [None, None]
     assert math.isnan(build_columns([{"apr": None}])["apr"][0])
+
+
+DATES = ["2016-02-23T17:29:01.940000", "2016-02-23T17:29:01+02:00", "2016-02-23T23:59:59Z", "2016-02-23",
+         " 2016-02-23 17:29:01 ", "2016-02-23T17:29:01.940000-05:30", "", None]  # fmt: skip
+CLARITY_IDS = ["586dfbc60ed09a5cfc2edbee", " 586DFBC60ED09A5CFC2EDBEE ", "12", "0x586dfbc6", "", None, "   ",
+               "586dfbc6"]  # fmt: skip
+
+
+@pytest.mark.parametrize("shift", range(3))
+def test_columns_equal_rows_on_odd_dates_and_report_ids(records, shift: int) -> None:
+    batch = []
+    for i, record in enumerate(records[:40]):
+        r = dict(record)
+        r["applicationDate"] = DATES[(i + shift) % len(DATES)]
+        r["clarityFraudId"] = CLARITY_IDS[(i * 3 + shift) % len(CLARITY_IDS)]
+        batch.append(r)
+    assert_same(outcome_columns(batch), outcome_rows(batch))
+    valid = [dict(r, clarityFraudId="586dfbc60ed09a5cfc2edbee") for r in batch]  # every date form, valid ids
+    assert_same(outcome_columns(valid), outcome_rows(valid))
+    assert outcome_columns(valid)[0] == "columns"
