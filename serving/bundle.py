@@ -171,7 +171,7 @@ class Bundle:
         """Probability of the risky class for rows already built by :func:`serving.features.build_rows`."""
         if not rows:
             return []
-        pool = Pool(rows, cat_features=list(CATEGORICAL_INDICES))
+        pool = Pool(rows, cat_features=_CATEGORICAL, thread_count=self.thread_count)
         proba = self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)
         return [float(p) for p in proba[:, 1]]
 
@@ -181,7 +181,7 @@ class Bundle:
             {k: _categorical(v) if type(v) is list else v for k, v in columns.items()}, copy=False
         )
         frame.columns = _COLUMN_INDEX  # Python text: pandas would make Arrow strings, read back one by one
-        pool = Pool(frame, cat_features=_CATEGORICAL)
+        pool = Pool(frame, cat_features=_CATEGORICAL, thread_count=self.thread_count)
         return self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
 
     def predict_fast(self, column: Callable[[str], Sequence[Any]], n: int) -> list[float] | None:
