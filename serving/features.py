@@ -1,8 +1,14 @@
 """Raw loan application → model row: the single feature code path of training and serving.
 
-Training applies :func:`build_rows` to the joined loan + clarity records; the service applies it to the JSON
-it receives. A record uses the field names of ``loan.csv`` and ``clarity_underwriting_variables.csv``; values may
-be CSV strings ("590.0", "True", "") or typed (590.0, True, None, NaN), so a CSV row posted as JSON works as is.
+Training applies :func:`build_rows` to the joined loan + clarity records; the service applies it (or, for batches,
+its column-wise twin) to the JSON it receives. A record uses the field names of ``loan.csv`` and
+``clarity_underwriting_variables.csv``; values may be CSV strings ("590.0", "True", "") or typed (590.0, True,
+None, NaN), so a CSV row posted as JSON works as is.
+
+Two builders read the same feature table: :func:`build_row`/:func:`build_rows` a record at a time (training, single
+records, and the checked way that names a bad field), :func:`columns_from`/:func:`build_columns` a column at a
+time (batches). They stay in one module, over the ~400-line guide, because they must give the same values: a
+feature is defined once, in the table below, and both read it.
 
 Only decision-time fields are read. Outcomes (loanStatus, fpStatus, approval flags, payments) and identifiers
 (loanId, anon_ssn, clarityFraudId, underwritingid) never become features; clarityFraudId only contributes the age
@@ -13,8 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from itertools import repeat
+from operator import attrgetter, sub
 from typing import Any
+
+import numpy as np
 
 # The field names are the dataset contract's; the names this module does not use are re-exported for its readers.
 from serving.contract import (  # noqa: F401
@@ -309,6 +319,150 @@ def build_rows(records: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
         except FeatureError as exc:
             raise FeatureError(exc.field, exc.message, i) from None
     return rows
+
+
+# --- the columnar builder (batches) --------------------------------------------------------------------
+# The same features as build_row, built one column at a time: each source field's values for every record
+# are converted together, by C-level maps (float, dict lookups, str.strip, datetime.fromisoformat) into NumPy
+# arrays, so the per-value cost is that of the C loop, not of a Python call. A column whose values are not of
+# the common kinds goes through the same fast readers as build_row, value by value; a value a reader refuses
+# raises ValueError/OverflowError here, and the callers then build the rows one by one (build_rows), which
+# names the record and field. Exactly build_row's values: tests/serving/test_columnar.py proves it.
+
+Column = Sequence[Any]
+_F64 = np.float64
+_NONE = type(None)
+_FLOATS = frozenset({float})
+_FLOATS_OR_NONE = frozenset({float, _NONE})
+_TEXT = frozenset({str})
+_TEXT_OR_NONE = frozenset({str, _NONE})
+_NUMBER_MISSING: dict[Any, float] = {None: NAN, "": NAN}
+# True == 1 == 1.0 and False == 0 == 0.0: one key serves the bool, the int and the float (read_flag agrees).
+_FLAG_VALUES: dict[Any, float] = {True: 1.0, False: 0.0, None: NAN, **_FLAG_STRINGS}
+_NONE_AS_EMPTY = {None: ""}
+_EMPTY_AS_ZERO = {"": "0"}
+_EMPTY_AS_MISSING = {"": MISSING_CATEGORY}
+_NONE_AS_MISSING = {None: MISSING_CATEGORY}
+_FIRST_8 = slice(0, 8)
+
+
+def _number_column(values: Column, n: int) -> np.ndarray:
+    kinds = set(map(type, values))
+    if kinds <= _FLOATS:
+        return np.fromiter(values, _F64, n)
+    if kinds <= _FLOATS_OR_NONE:
+        return np.array(values, dtype=_F64)  # None -> NaN
+    try:  # text, ints, bools: float() in C, "" and None missing
+        return np.fromiter(map(float, map(_NUMBER_MISSING.get, values, values)), _F64, n)
+    except (TypeError, ValueError):  # " ", a list, "abc": each value through the reader (which may refuse it)
+        return np.fromiter(map(_fast_number, values), _F64, n)
+
+
+def _flag_column(values: Column, n: int) -> np.ndarray:
+    try:
+        return np.fromiter(map(_FLAG_VALUES.__getitem__, values), _F64, n)
+    except (KeyError, TypeError):  # " yes ", NaN, 0.5, a list: each value through the reader
+        return np.fromiter(map(_fast_flag, values), _F64, n)
+
+
+def _category_column(values: Column, n: int) -> list[str]:
+    kinds = set(map(type, values))
+    if kinds <= _TEXT:
+        out = list(map(str.strip, values))
+    elif kinds <= _TEXT_OR_NONE:
+        out = list(map(str.strip, map(_NONE_AS_MISSING.get, values, values)))
+    else:
+        return list(map(_fast_category, values))
+    return list(map(_EMPTY_AS_MISSING.get, out, out)) if "" in out else out
+
+
+_CONVERT: dict[Reader, Callable[[Column, int], Any]] = {
+    read_number: _number_column,
+    read_flag: _flag_column,
+    read_category: _category_column,
+}
+
+
+def _timestamps(values: Column) -> list[datetime | None]:
+    if set(map(type, values)) <= _TEXT:
+        try:
+            stamps = list(map(datetime.fromisoformat, map(str.strip, values)))
+        except ValueError:  # "", or not a timestamp: value by value below
+            pass
+        else:
+            if not any(map(attrgetter("tzinfo"), stamps)):
+                return stamps  # type: ignore[return-value]
+    return list(map(read_timestamp, values))
+
+
+def _report_ages(ids: Column, applied: list[datetime | None], seconds: np.ndarray) -> np.ndarray:
+    n = len(ids)
+    if set(map(type, ids)) <= _TEXT_OR_NONE:
+        stripped = list(map(str.strip, map(_NONE_AS_EMPTY.get, ids, ids)))
+        firsts = list(map(str.__getitem__, stripped, repeat(_FIRST_8)))
+        try:
+            issued = np.fromiter(map(int, map(_EMPTY_AS_ZERO.get, firsts, firsts), repeat(16)), _F64, n)
+        except ValueError:  # not hexadecimal: value by value below (it is no error without a date)
+            pass
+        else:
+            age = (seconds - issued) / 86400.0  # NaN where the date is missing
+            return np.where(np.fromiter(map(bool, stripped), bool, n), age, NAN) if "" in stripped else age
+    return np.fromiter(map(_report_age_days, ids, applied), _F64, n)
+
+
+def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    """top / bottom where bottom > 0 and top is a number, else NaN (as build_row's conditional)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.where((bottom > 0) & ~np.isnan(top), top / bottom, NAN)
+
+
+def columns_from(column: Callable[[str], Column], n: int) -> dict[str, Any]:
+    """The model's input as columns (``FEATURE_NAMES`` order: float64 arrays, lists of text for categories).
+
+    ``column(field)`` gives the values of one source field for all ``n`` records (None where missing). Raises
+    ValueError or OverflowError on a value a reader refuses, without saying where: see :func:`build_columns`.
+    """
+    out: dict[str, Any] = {}
+    for name, src, reader, _ in _DIRECT:
+        out[name] = _CONVERT[reader](column(src), n)
+    applied = _timestamps(column("applicationDate"))
+    if None in applied:
+        hour = np.fromiter((float(a.hour) if a else NAN for a in applied), _F64, n)
+        weekday = np.fromiter((float(a.weekday()) if a else NAN for a in applied), _F64, n)
+        seconds = np.fromiter(((a - _EPOCH).total_seconds() if a else NAN for a in applied), _F64, n)
+    else:
+        hour = np.fromiter(map(attrgetter("hour"), applied), _F64, n)
+        weekday = np.fromiter(map(datetime.weekday, applied), _F64, n)
+        seconds = np.fromiter(map(timedelta.total_seconds, map(sub, applied, repeat(_EPOCH))), _F64, n)
+    out["application_hour"] = hour
+    out["application_weekday"] = weekday
+    out["report_age_days"] = _report_ages(column("clarityFraudId"), applied, seconds)
+    out["payment_to_amount"] = _ratio(out["originallyScheduledPaymentAmount"], out["loanAmount"])
+    out["inquiries_recent_share"] = _ratio(out["inquiry_thirtydaysago"], out["inquiry_threesixtyfivedaysago"])
+    return out
+
+
+def columns_from_rows(rows: list[list[Any]]) -> dict[str, Any]:
+    """The columns of rows built by :func:`build_rows` (the same values, laid out by feature)."""
+    categorical = set(CATEGORICAL_INDICES)
+    by_feature = list(zip(*rows, strict=True)) if rows else [() for _ in FEATURE_NAMES]
+    return {
+        name: list(values) if i in categorical else np.array(values, dtype=_F64)
+        for i, (name, values) in enumerate(zip(FEATURE_NAMES, by_feature, strict=True))
+    }
+
+
+def build_columns(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Model columns for many records (:func:`columns_from`); a bad value raises :class:`FeatureError` naming
+    the record index and field, exactly as :func:`build_rows` does (it is what finds them)."""
+    if all(type(r) is dict for r in records):
+        get: Callable[[str], Column] = lambda name: list(map(dict.get, records, repeat(name)))  # noqa: E731
+    else:
+        get = lambda name: [r.get(name) for r in records]  # noqa: E731
+    try:
+        return columns_from(get, len(records))
+    except (ValueError, OverflowError, TypeError):
+        return columns_from_rows(build_rows(records))  # raises naming the record and field
 
 
 def unknown_fields(record: Mapping[str, Any]) -> list[str]:

@@ -9,10 +9,13 @@ named by ``LOANRISK_RELOAD_SYNC_DIR`` (a temporary one made here when unset; see
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from gunicorn.glogging import Logger
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,6 +66,17 @@ logconfig_dict = {
     },
 }
 
+
+class AppWritesAccessLog(Logger):
+    """gunicorn's logger without its access log. The app writes the one access line per request; gunicorn,
+    seeing ``logconfig_dict``, would still build its access-log atoms (every header and environ entry) for each
+    request only to drop them at level CRITICAL: ~3% of a worker's time on single records."""
+
+    access_log_enabled = False
+
+
+logger_class = AppWritesAccessLog
+
 _state: dict[str, str] = {}
 
 
@@ -83,6 +97,13 @@ def on_starting(server) -> None:  # noqa: ANN001 - gunicorn's Arbiter
         sync_dir = tempfile.mkdtemp(prefix="loanrisk-sync-")
         _state["sync_dir"] = sync_dir
         os.environ["LOANRISK_RELOAD_SYNC_DIR"] = sync_dir
+
+
+def post_worker_init(worker) -> None:  # noqa: ANN001 - gunicorn's Worker
+    """The app and its model are loaded and live as long as the worker: keep them out of every garbage
+    collection (a full one would walk pandas', CatBoost's and Flask's objects again and again)."""
+    gc.collect()
+    gc.freeze()
 
 
 def child_exit(server, worker) -> None:  # noqa: ANN001

@@ -1,7 +1,11 @@
 """The endpoints, as one Blueprint: health, model info, predictions (single, batch, MLflow protocol), reload.
 
-Request path (no pandas): body bytes → orjson → :func:`serving.features.build_rows` → CatBoost → orjson bytes.
-``/predict``, ``/predict/batch`` and ``/invocations`` share :func:`_score`; each takes the served model once.
+Two request paths, one answer. Batches of plain records (the common case) go the fast way: body bytes →
+msgspec structs → :func:`serving.features.columns_from`, one column at a time → a DataFrame → CatBoost → orjson
+bytes. Everything else - single records, small batches, CSV, unknown fields, odd values, and any batch whose
+value a reader refuses - goes the checked way: orjson → dicts → :func:`serving.bundle.Bundle.predict_records`,
+which names a bad field and its record index. ``/predict``, ``/predict/batch`` and ``/invocations`` share both;
+each takes the served model once.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
+from msgspec import UNSET
 
+from serving.batches import FastBatch, fast_batch, fast_invocation
 from serving.config import ServiceConfig
-from serving.features import FeatureError, build_rows, columns_to_records
+from serving.features import FeatureError, columns_to_records
 from serving.model import ModelHolder, ServedModel
 from serving.payloads import (
     ApiError,
@@ -53,13 +59,23 @@ def _served() -> ServedModel:
 
 
 def _score(served: ServedModel, records: list[Any]) -> list[float]:
-    """Model rows for the records (a bad field is a 4xx naming it and its index), scored and counted."""
+    """The checked way: the records scored (a bad field is a 4xx naming it and its index), and counted."""
     try:
-        rows = build_rows(records)
+        probabilities = served.bundle.predict_records(records)
     except FeatureError as exc:
         raise feature_error(exc) from None
-    probabilities = served.bundle.predict_rows(rows)
-    g.rows = len(rows)
+    g.rows = len(records)
+    return probabilities
+
+
+def _score_fast(served: ServedModel, batch: FastBatch | None) -> list[float] | None:
+    """The fast way: a decoded batch scored column by column, and counted; None when the checked way must
+    take it (no batch, too few records to gain, or a value a reader refuses: the checked way names it)."""
+    if batch is None:
+        return None
+    probabilities = served.bundle.predict_fast(batch.column, batch.size)
+    if probabilities is not None:
+        g.rows = batch.size
     return probabilities
 
 
@@ -127,7 +143,12 @@ def predict() -> Response:
 @bp.post("/predict/batch")
 def predict_batch() -> Response:
     served = _served()
-    payload = parse_json(read_body())
+    body = read_body()
+    batch = fast_batch(body, _config().max_batch_size)
+    probabilities = _score_fast(served, batch)
+    if batch is not None and probabilities is not None:
+        return _batch_answer(served, probabilities, batch.loan_ids(), [])
+    payload = parse_json(body)
     if type(payload) is not dict or "data" not in payload:
         raise ApiError(400, "invalid_request", 'expected a JSON object {"data": [records]}', "data")
     records = payload["data"]
@@ -137,14 +158,22 @@ def predict_batch() -> Response:
     check_size(records, "data", _config().max_batch_size)
     check_records(records)
     probabilities = _score(served, records)
+    ids = [loan_id(r, i) if "loanId" in r else UNSET for i, r in enumerate(records)]
+    return _batch_answer(served, probabilities, ids, unknown(records))
+
+
+def _batch_answer(
+    served: ServedModel, probabilities: list[float], ids: list[Any], unknown: list[str]
+) -> Response:
+    """The answer of /predict/batch: each record's probability, label and loanId (when it gave one)."""
     threshold = served.threshold
     predictions: list[dict[str, Any]] = []
     append = predictions.append
-    for i, (record, p) in enumerate(zip(records, probabilities, strict=True)):
-        if "loanId" in record:
-            append({"probability": p, "label": 1 if p >= threshold else 0, "loanId": loan_id(record, i)})
-        else:
+    for p, echo in zip(probabilities, ids, strict=True):
+        if echo is UNSET:
             append({"probability": p, "label": 1 if p >= threshold else 0})
+        else:
+            append({"probability": p, "label": 1 if p >= threshold else 0, "loanId": echo})
     out: dict[str, Any] = {
         "predictions": predictions,
         "count": len(predictions),
@@ -152,7 +181,7 @@ def predict_batch() -> Response:
         "model_name": served.name,
         "model_version": served.version,
     }
-    warn(out, unknown(records))
+    warn(out, unknown)
     return json_response(out)
 
 
@@ -163,6 +192,9 @@ def invocations() -> Response:
     if request.mimetype in ("text/csv", "application/csv"):
         records, field, columns = csv_records(body), "data", None
     else:
+        probabilities = _score_fast(served, fast_invocation(body, _config().max_batch_size))
+        if probabilities is not None:
+            return json_response({"predictions": probabilities})
         records, field, columns = mlflow_records(parse_json(body))
     check_size(records, field, _config().max_batch_size)
     if columns is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+import time
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -45,3 +47,41 @@ def test_limits_over_http(live_server, records) -> None:
     assert status == 413 and (body["error"], body["field"]) == ("batch_too_large", "data")
     status, body = _post(f"{server.url}/predict/batch", b'{"data": [')
     assert status == 400 and body["error"] == "invalid_json"
+
+
+def _request(path: str, body: bytes, length: int | None = None) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    return (head + f"Content-Length: {len(body) if length is None else length}\r\n\r\n").encode() + body
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict]:
+    r = http.client.HTTPResponse(sock)
+    r.begin()
+    return r.status, json.loads(r.read())
+
+
+def test_large_bodies_read_straight_from_the_socket(live_server, records, bundle) -> None:
+    """The body is received into one buffer (payloads._receive): right when it arrives in pieces, when a next
+    request is pipelined behind it on the same connection, and a 400 when the client stops short."""
+    server = live_server(workers=1)
+    parsed = urlparse(server.url)
+    cycled = records * (1 + 400 // len(records))
+    first, second = cycled[:300], cycled[300:400]
+    want = [bundle.predict_records(first), bundle.predict_records(second)]
+    one = json.dumps({"dataframe_records": first}).encode()
+    two = json.dumps({"data": second}).encode()
+    assert len(one) > 100_000  # far more than gunicorn reads ahead with the headers
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
+        request = _request("/invocations", one)
+        sock.sendall(request[:70_000])  # in pieces, with pauses
+        time.sleep(0.2)
+        sock.sendall(request[70_000:] + _request("/predict/batch", two))  # the next request pipelined behind
+        status, body = _answer(sock)
+        assert status == 200 and body["predictions"] == want[0]
+        status, body = _answer(sock)
+        assert status == 200 and [p["probability"] for p in body["predictions"]] == want[1]
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
+        sock.sendall(_request("/invocations", one[:50_000], length=len(one)))
+        sock.shutdown(socket.SHUT_WR)
+        status, body = _answer(sock)
+        assert status == 400 and body["error"] == "incomplete_body", body

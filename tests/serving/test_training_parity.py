@@ -1,7 +1,8 @@
 """Parity with training: every row of the sample's test split scores over HTTP exactly as training scored it.
 
 The model is fitted and scored by the training code (tasks.train); the service gets the raw records, as typed
-JSON and as CSV strings (a CSV row posted as JSON), through /predict, /predict/batch and /invocations.
+JSON and as CSV strings (a CSV row posted as JSON), through /predict (row builder), /predict/batch and
+/invocations (batches of more than 50: the columnar builder), and the bundle scores them both ways in process.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import pandas as pd
 import pytest
 
 from serving.app import create_app
-from serving.bundle import BundleMeta, write_bundle
+from serving.bundle import BundleMeta, load_bundle, write_bundle
+from serving.features import build_columns, build_rows
 from tasks.features import DECISION_LOAN_FIELDS, build_model_table
 from tasks.settings import Settings
 from tasks.split import split_by_time
@@ -79,3 +81,15 @@ def test_every_test_row_matches_training(client, trained, sample_dir: Path, form
     answer = client.post("/invocations", json=split_payload).get_json()["predictions"]
     got = [p if isinstance(p, float) else p["probability"] for p in answer]
     assert close(got, expected) <= TOLERANCE
+
+
+@pytest.mark.parametrize("form", ["typed", "csv-strings"])
+def test_columns_rows_and_training_agree(trained, sample_dir: Path, form: str) -> None:
+    test, expected = trained["test"], trained["expected"]
+    records = test.records if form == "typed" else csv_string_records(sample_dir, test.loan_ids)
+    bundle = load_bundle(trained["bundle"])
+    by_rows = bundle.predict_rows(build_rows(records))
+    by_columns = bundle.predict_columns(build_columns(records)).tolist()
+    assert close(by_rows, expected) <= TOLERANCE
+    assert close(by_columns, expected) <= TOLERANCE
+    assert by_columns == by_rows
