@@ -259,13 +259,17 @@ def _column_text(name: str, values: np.ndarray) -> list[str]:
     return text
 
 
-def _write_csv(table: dict[str, np.ndarray], path: Path) -> None:
-    """Write ``table`` (column -> array) as CSV with ``\\n`` line ends; values never need quoting (checked)."""
-    columns = [_column_text(name, values) for name, values in table.items()]
+def _write_csv(table: dict[str, np.ndarray], path: Path, chunk_rows: int = 50_000) -> None:
+    """Write ``table`` (column -> array) as CSV with ``\\n`` line ends; values never need quoting (checked).
+
+    The text is made ``chunk_rows`` rows at a time: the whole table as Python strings would take several
+    hundred MB at full size (a str object per cell), a chunk takes a few dozen.
+    """
+    n = len(next(iter(table.values())))
     with open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(",".join(table) + "\n")
-        for start in range(0, len(columns[0]), 200_000):
-            chunk = (col[start : start + 200_000] for col in columns)
+        for start in range(0, n, chunk_rows):
+            chunk = [_column_text(name, values[start : start + chunk_rows]) for name, values in table.items()]
             fh.write("".join(line + "\n" for line in map(",".join, zip(*chunk, strict=True))))
 
 
