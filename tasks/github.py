@@ -10,10 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from tasks.common import PermanentError, TransientError, run_logger
+from tasks.common import PermanentError, TransientError, run_logger, stage
 from tasks.settings import Settings
 
 
@@ -101,9 +99,9 @@ def publish_github_release(settings: Settings, version: str, notes: str) -> dict
     return {**created, "created": True}
 
 
-@task(name="github-release", cache_policy=NO_CACHE)
+@stage("github-release")
 def github_task(settings: Settings, version: str, notes: str) -> dict[str, Any] | None:
-    """Prefect task: the GitHub release of the version (looked up by tag first, created when missing)."""
+    """Stage: the GitHub release of the version (looked up by tag first, created when missing)."""
     release = publish_github_release(settings, version, notes)
     if release is not None:
         run_logger().info("GitHub release %s %s", release.get("html_url"),

@@ -36,11 +36,8 @@ import socket
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from tasks import registry
-from tasks.common import PermanentError, run_logger
+from tasks.common import PermanentError, run_logger, stage
 from tasks.settings import Settings
 
 CHAMPION = "champion"
@@ -330,28 +327,28 @@ def _artifact_exists(key: str) -> bool:
 
 
 # --- Prefect tasks: the commit point and the steps after it ---------------------------------------------------
-@task(name="commit-champion", cache_policy=NO_CACHE)
+@stage("commit-champion")
 def commit_task(settings: Settings, entry: dict[str, str], metrics: dict[str, float],
                 overrode: list[str] | None = None) -> dict[str, Any] | None:  # fmt: skip
-    """Prefect task: the commit point (``champion`` moves to the released version)."""
+    """Stage: the commit point (``champion`` moves to the released version)."""
     previous = commit_release(settings, entry, metrics, overrode)
     run_logger().info("COMMIT: champion is now v%s (was %s); %s@%s", entry["version"],
                       previous["version"] if previous else "none", entry["image"], entry["digest"])  # fmt: skip
     return previous
 
 
-@task(name="release-history", cache_policy=NO_CACHE)
+@stage("release-history")
 def history_task(settings: Settings, entry: dict[str, str]) -> bool:
-    """Prefect task: the release history records ``entry`` (no second entry for the same release)."""
+    """Stage: the release history records ``entry`` (no second entry for the same release)."""
     added = append_history(settings, entry)
     run_logger().info("release history %s v%s (%s)", "records" if added else "already records", entry["version"],
                       entry["kind"])  # fmt: skip
     return added
 
 
-@task(name="release-notes", cache_policy=NO_CACHE)
+@stage("release-notes")
 def notes_task(settings: Settings, version: str, notes: str) -> str:
-    """Prefect task: the version's release notes as a markdown artifact, unless it exists already."""
+    """Stage: the version's release notes as a markdown artifact, unless it exists already."""
     from prefect.artifacts import create_markdown_artifact
 
     key = notes_artifact_key(settings.model_name, version)
@@ -364,8 +361,8 @@ def notes_task(settings: Settings, version: str, notes: str) -> str:
     return key
 
 
-@task(name="mark-rolled-back", cache_policy=NO_CACHE)
+@stage("mark-rolled-back")
 def mark_rolled_back_task(settings: Settings, version: str, to_version: str, at: str, by: str) -> None:
-    """Prefect task: tag the version a rollback left (its history entry is what the gate reads)."""
+    """Stage: tag the version a rollback left (its history entry is what the gate reads)."""
     registry.set_version_tags(settings, version, {"release.rolled_back_to": to_version,
                                                   "release.rolled_back_at": at, "release.rolled_back_by": by})  # fmt: skip

@@ -77,10 +77,10 @@ class Settings(BaseSettings):
     split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
 
     # --- tuning and training -------------------------------------------------------------------------
-    n_trials: int = Field(12, ge=1)
+    n_trials: int = Field(20, ge=1)
     tune_timeout_seconds: float = Field(420.0, gt=0)
     optuna_storage: str | None = None  # any SQLAlchemy URL; default: SQLite under state_dir
-    optuna_study_name: str | None = None  # default: one study per data fingerprint
+    optuna_study_name: str | None = None  # default: one study per training run
     max_iterations: int = Field(1500, ge=10)
     early_stopping_rounds: int = Field(60, ge=5)
     seed: int = 42
