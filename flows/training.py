@@ -157,6 +157,7 @@ def training_flow(
             "reasons": decision.reasons,
             "metrics": {k: round(v, 6) for k, v in evaluation.metrics.items()},
             "boundaries": split.boundaries,
+            "tuning": {k: tuning[k] for k in ("n_complete", "n_pruned", "best_value", "best_params")},
             "data": {"source": ingested.source, "revision": ingested.revision},
         }
         if wants_deploy(settings, decision.promoted, dry_run, deploy):

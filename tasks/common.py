@@ -16,6 +16,8 @@ tasks. ``split_task.fn`` is the plain function (tests call it outside a flow).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import sys
@@ -101,6 +103,22 @@ def stage(name: str, *, max_retries: int | None = None) -> Callable[[Callable[P,
         return Stage(declared, max_retries)
 
     return declare
+
+
+def release_freed_memory() -> None:
+    """Hand memory the process freed but its allocators still cache back to the OS: pyarrow's pool (where
+    pandas keeps text columns) and glibc's malloc arenas. Stages call it after dropping large tables; without it
+    the freed raw tables stay in the resident set (~0.3 GB at full size)."""
+    try:
+        import pyarrow
+    except ImportError:  # pragma: no cover - pyarrow comes with pandas' text columns and mlflow
+        pass
+    else:
+        pyarrow.default_memory_pool().release_unused()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:  # glibc only
+        trim(0)
 
 
 def run_logger(name: str = "loan_risk") -> logging.Logger | logging.LoggerAdapter:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tasks import tracking
-from tasks.common import PermanentError, run_logger, stage
+from tasks.common import PermanentError, release_freed_memory, run_logger, stage
 from tasks.dataset import CLARITY_FILE, DATA_FILES, LOAN_FILE, PAYMENT_FILE  # noqa: F401 - the file names
 from tasks.hub import (  # noqa: F401 - the Hub's errors are ingest's errors
     HubAccessError,
@@ -274,6 +274,7 @@ def _ingest_sample(settings: Settings, logger: LoggerLike) -> IngestResult:
             from tasks.sample import generate
 
             info = generate(tmp, scale=scale, seed=seed)
+            release_freed_memory()  # the generator's tables (~0.5 GB at full size) are gone
             missing = [name for name in DATA_FILES if not (tmp / name).is_file()]
             if missing:
                 raise IngestError(f"tasks.sample.generate did not write {missing} into {tmp}")
