@@ -33,7 +33,7 @@ def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
     ``bagging_temperature`` would apply to the Bayesian bootstrap only and be ignored)."""
     return {
         "depth": trial.suggest_int("depth", 4, 8),
-        "learning_rate": trial.suggest_float("learning_rate", 0.03, 0.2, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
         "l2_leaf_reg": trial.suggest_float("l2_leaf_reg", 1.0, 30.0, log=True),
         "random_strength": trial.suggest_float("random_strength", 0.1, 3.0, log=True),
         "subsample": trial.suggest_float("subsample", 0.5, 1.0),

@@ -34,7 +34,7 @@ def space() -> dict[str, object]:
 def test_search_space_bounds() -> None:
     assert space() == {
         "depth": IntDistribution(4, 8),
-        "learning_rate": FloatDistribution(0.03, 0.2, log=True),
+        "learning_rate": FloatDistribution(0.02, 0.2, log=True),
         "l2_leaf_reg": FloatDistribution(1.0, 30.0, log=True),
         "random_strength": FloatDistribution(0.1, 3.0, log=True),
         "subsample": FloatDistribution(0.5, 1.0),
