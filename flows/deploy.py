@@ -11,14 +11,14 @@ still holds the recorded digest). Deploys hold a lock (a Prefect global concurre
     python -m flows.deploy --alias candidate            # the version an alias points to
     python -m flows.deploy --rollback [--reason "TEXT"] # one release further back, by digest
 
-Longer than the training flow: the release, the re-run that completes a release and the rollback are three
-compositions of the same steps, kept side by side so their order around the commit point can be read at once.
+Over ~400 lines on purpose: the release, the re-run that completes a release and the rollback are three
+compositions of the same steps (the steps themselves are in ``tasks/``), kept side by side so their order around
+the commit point can be read at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -33,7 +33,7 @@ from prefect import flow
 
 from serving.bundle import Bundle, load_bundle
 from tasks import registry
-from tasks.common import PermanentError, cli_run, run_logger
+from tasks.common import cli_run, run_logger
 from tasks.deploy_lock import release_lock
 from tasks.github import github_task
 from tasks.image import (
@@ -41,12 +41,15 @@ from tasks.image import (
     build_task,
     cleanup_task,
     get_client,
+    git_commit,
     image_labels,
     latest_task,
+    local_image_id,
     pull_by_digest,
     push_task,
     registry_credentials,
     remove_local_image,
+    remove_local_images,
     run_task,
     tag_digest,
 )
@@ -82,27 +85,6 @@ class DeployError(RuntimeError):
         self.build_id: str | None = None  # the image build this deploy ran, if any
 
 
-def git_commit() -> str:
-    """The source commit of this checkout ('unknown' outside git)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def resolve_version(settings: Settings, model_version: str | None, alias: str | None) -> str:
-    """The version to deploy: given explicitly, or the one ``alias`` points to."""
-    if model_version:
-        return str(registry.get_version(settings, model_version).version)
-    found = registry.version_by_alias(settings, alias or "candidate")
-    if found is None:
-        raise PermanentError(f"model {settings.model_name!r} has no alias {alias!r}: nothing to deploy")
-    return str(found.version)
-
-
 def _step(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run one step; a failure is re-raised as :class:`DeployError` naming the step."""
     try:
@@ -116,13 +98,6 @@ def _step(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _remote(settings: Settings) -> str:
     return f"{settings.image_registry}/{settings.image_repository}"
-
-
-def _local_id(client: Any, ref: str) -> str | None:
-    try:
-        return str(client.images.get(ref).id)
-    except Exception:  # noqa: BLE001 - not there (or unreadable): nothing of ours
-        return None
 
 
 def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
@@ -155,7 +130,7 @@ def _build_and_push(
     client = get_client(settings.docker_host)
     image_ref = f"{_remote(settings)}:{version}"
     _reference(bundle, version)
-    before = _local_id(client, image_ref)
+    before = local_image_id(client, image_ref)
     revision = git_commit()
     buildargs = {
         "BASE_IMAGE": settings.base_image,
@@ -166,7 +141,7 @@ def _build_and_push(
     labels = image_labels(settings.model_name, version, revision)
     _step("build", build_task, settings, context, image_ref, buildargs, labels, build_id)
     made.append(image_ref)
-    if before and before != _local_id(client, image_ref) and not client.images.get(before).tags:
+    if before and before != local_image_id(client, image_ref) and not client.images.get(before).tags:
         remove_local_image(client, before)  # the tag moved on: the image it left is this run's leftover
     smoke = _verify_image(settings, image_ref, version, bundle)
     digest = _step("push", push_task, settings, image_ref, [version])
@@ -180,14 +155,14 @@ def _tested_by_digest(
     user, password = registry_credentials(settings)
     client = get_client(settings.docker_host)
     by_digest = f"{_remote(settings)}@{digest}"
-    present = _local_id(client, by_digest) is not None
+    present = local_image_id(client, by_digest) is not None
     registry_host, repository = settings.image_registry, settings.image_repository
     ref = _step("pull", pull_by_digest, client, registry_host, repository, digest, user, password)
     if not present:
         made.append(by_digest)
     smoke = _verify_image(settings, ref, version, bundle)
     tag_ref = f"{_remote(settings)}:{version}"
-    if _local_id(client, tag_ref) is None:
+    if local_image_id(client, tag_ref) is None:
         client.images.get(ref).tag(_remote(settings), tag=version)
         made.append(tag_ref)
     return smoke
@@ -204,14 +179,8 @@ def _registry_holds(settings: Settings, digest: str | None) -> bool:
 
 def _undo_local(settings: Settings, made: list[str]) -> None:
     """Before the commit point: remove the local image references this run made (nothing dangling stays)."""
-    if not made:
-        return
-    client = get_client(settings.docker_host)
-    for ref in reversed(made):
-        try:
-            remove_local_image(client, ref)
-        except Exception as exc:  # noqa: BLE001 - the original failure matters more
-            run_logger().warning("could not remove %s: %s", ref, exc)
+    if made:
+        remove_local_images(get_client(settings.docker_host), made, run_logger().warning)
 
 
 def _after_commit(
@@ -315,7 +284,7 @@ def _summary(
 def _release(
     settings: Settings, model_version: str | None, alias: str | None, force: bool, reason: str | None
 ) -> dict[str, Any]:
-    version = resolve_version(settings, model_version, alias)
+    version = registry.resolve_version(settings, model_version, alias)
     tags = registry.get_version(settings, version).tags or {}
     champion = registry.version_by_alias(settings, CHAMPION)
     current = getattr(champion, "version", "none")

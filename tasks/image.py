@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import subprocess
 import time
 import uuid
 from collections import deque
@@ -268,6 +269,34 @@ def remove_local_image(client: docker.DockerClient, image_ref: str) -> bool:
         return False
     logger.info("removed local image %s", image_ref)
     return True
+
+
+def local_image_id(client: docker.DockerClient, image_ref: str) -> str | None:
+    """The id of the local image ``image_ref`` names, or None (no such reference, or unreadable)."""
+    try:
+        return str(client.images.get(image_ref).id)
+    except Exception:  # noqa: BLE001 - not there (or unreadable): nothing of ours
+        return None
+
+
+def remove_local_images(client: docker.DockerClient, image_refs: list[str], log: LogFn) -> None:
+    """Remove the local references ``image_refs`` (newest first); a failure is logged, the others still go."""
+    for ref in reversed(image_refs):
+        try:
+            remove_local_image(client, ref)
+        except Exception as exc:  # noqa: BLE001 - the caller's failure matters more
+            log(f"could not remove {ref}: {exc}")
+
+
+def git_commit() -> str:
+    """The source commit of this checkout, for the image's labels ('unknown' outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 # --- run ---------------------------------------------------------------------------------------------

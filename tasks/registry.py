@@ -84,6 +84,16 @@ def version_by_alias(settings: Settings, alias: str) -> Any | None:
         unavailable(settings, f"read alias {alias!r} of {settings.model_name!r}", exc)
 
 
+def resolve_version(settings: Settings, model_version: str | None, alias: str | None) -> str:
+    """A version given explicitly (checked to exist), or the one ``alias`` (default ``candidate``) points to."""
+    if model_version:
+        return str(get_version(settings, model_version).version)
+    found = version_by_alias(settings, alias or "candidate")
+    if found is None:
+        raise PermanentError(f"model {settings.model_name!r} has no alias {alias!r}: nothing to deploy")
+    return str(found.version)
+
+
 def set_alias(settings: Settings, alias: str, version: str) -> None:
     """Point ``alias`` at ``version``."""
     try:

@@ -109,10 +109,6 @@ class Settings(BaseSettings):
     deploy_on_promotion: bool = True
     deploy_deployment_name: str = "loan-risk-deploy/deploy"
 
-    # --- serving -------------------------------------------------------------------------------------
-    max_batch_size: int = Field(10_000, ge=1)
-    admin_token: SecretStr | None = None
-
     # --- image, registry and release -----------------------------------------------------------------
     docker_host: str | None = None  # default: DOCKER_HOST / the local socket
     image_registry: str = "localhost:5055"

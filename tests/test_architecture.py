@@ -43,8 +43,12 @@ MLFLOW_DOORS = {"tasks/tracking.py", "bench/mlflow_peer.py", "bench/serve"}
 
 def mlflow_importers() -> set[str]:
     found = set()
-    files = [*ROOT.glob("flows/*.py"), *ROOT.rglob("tasks/**/*.py"), *ROOT.glob("deployments/*.py"),
-             *ROOT.glob("bench/*")]  # fmt: skip
+    files = [
+        *ROOT.glob("flows/*.py"),
+        *ROOT.rglob("tasks/**/*.py"),
+        *ROOT.glob("deployments/*.py"),
+        *ROOT.glob("bench/*"),
+    ]
     for path in files:
         if path.is_dir() or path.suffix not in {".py", ""}:
             continue

@@ -62,8 +62,16 @@ def test_evaluate_chooses_on_validation_and_scores_test() -> None:
     assert m["test_recall"] == 0.75 and m["test_precision"] == 0.75
 
 
-BOUNDARIES = {"train_start": "2015-01-01", "train_end": "2016-06-30", "valid_end": "2016-10-31",
-              "test_start": "2016-11-01", "test_end": "2017-03-18", "n_train": 700, "n_valid": 150, "n_test": 150}  # fmt: skip
+BOUNDARIES = {
+    "train_start": "2015-01-01",
+    "train_end": "2016-06-30",
+    "valid_end": "2016-10-31",
+    "test_start": "2016-11-01",
+    "test_end": "2017-03-18",
+    "n_train": 700,
+    "n_valid": 150,
+    "n_test": 150,
+}
 TUNING = {"n_complete": 8, "n_pruned": 12, "best_value": 0.83456, "best_params": {"depth": 6}}
 
 

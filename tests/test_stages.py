@@ -41,10 +41,30 @@ def test_every_stage_task_is_declared_one_way() -> None:
     assert {k for k, v in found.items() if isinstance(v, Task)} == set(), (
         "a bare Prefect task: declare it with stage()"
     )
-    expected = {"ingest", "validate", "features", "split", "tune", "train", "evaluate", "package", "register",
-                "promote", "export-bundle", "build-image", "run-image", "smoke-test", "clean-up", "push-image",
-                "commit-champion", "release-history", "tag-latest", "release-notes", "github-release",
-                "mark-rolled-back"}  # fmt: skip
+    expected = {
+        "ingest",
+        "validate",
+        "features",
+        "split",
+        "tune",
+        "train",
+        "evaluate",
+        "package",
+        "register",
+        "promote",
+        "export-bundle",
+        "build-image",
+        "run-image",
+        "smoke-test",
+        "clean-up",
+        "push-image",
+        "commit-champion",
+        "release-history",
+        "tag-latest",
+        "release-notes",
+        "github-release",
+        "mark-rolled-back",
+    }
     assert {s.name for s in stages.values()} == expected
     for name, s in stages.items():
         assert s.task.cache_policy is NO_CACHE, name

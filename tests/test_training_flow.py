@@ -40,8 +40,12 @@ def cli_result(flow_state: Path) -> dict:
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.run(
         [sys.executable, "-m", "flows.training", "--scale", str(SCALE), "--n-trials", "2", "--no-deploy"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stdout
@@ -94,9 +98,22 @@ def test_registered_bundle_downloads_and_reproduces_training(
     env = dict(os.environ, MLFLOW_TRACKING_URI=s.tracking_uri)
     out = tmp_path / "dl"
     subprocess.run(
-        [sys.executable, "-m", "mlflow", "artifacts", "download", "--artifact-uri", cli_result["bundle_uri"], "-d", str(out)],
-        env=env, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "artifacts",
+            "download",
+            "--artifact-uri",
+            cli_result["bundle_uri"],
+            "-d",
+            str(out),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert {"model.cbm", "bundle.json", "reference.json"} <= {p.name for p in out.iterdir()}
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pickle"))
     bundle = load_bundle(out)
