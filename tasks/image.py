@@ -1,6 +1,6 @@
 """Docker SDK steps of the deploy flow: build, run, health check, clean up, push, verify in the registry.
 
-Plain functions first, then the thin Prefect tasks the deploy flow composes. Every failure is a subclass of
+Plain functions first, then the stages (settings first) the deploy flow composes. Every failure is a subclass of
 :class:`DeployStepError`, whose text names the step, so a failed flow run says where it stopped.
 The builds use the classic builder through the low-level API (what docker-py drives), streaming each log
 line to the caller's ``log`` callback. Each build gets an id (build argument ``BUILD_ID``, which the Dockerfile's

@@ -338,7 +338,7 @@ def _artifact_exists(key: str) -> bool:
     return bool(found)
 
 
-# --- Prefect tasks: the commit point and the steps after it ---------------------------------------------------
+# --- stages: the commit point and the steps after it ---------------------------------------------------------
 @stage("commit-champion")
 def commit_task(
     settings: Settings, entry: dict[str, str], metrics: dict[str, float], overrode: list[str] | None = None
