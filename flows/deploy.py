@@ -11,15 +11,14 @@ still holds the recorded digest). Deploys hold a lock (a Prefect global concurre
     python -m flows.deploy --alias candidate            # the version an alias points to
     python -m flows.deploy --rollback [--reason "TEXT"] # one release further back, by digest
 
-Longer than the training flow: the release, the re-run that completes a release and the rollback are three
-compositions of the same steps, kept side by side so their order around the commit point can be read at once.
+Over ~400 lines on purpose: the release, the re-run that completes a release and the rollback are three
+compositions of the same steps (the steps themselves are in ``tasks/``), kept side by side so their order around
+the commit point can be read at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -34,7 +33,7 @@ from prefect import flow
 
 from serving.bundle import Bundle, load_bundle
 from tasks import registry
-from tasks.common import PermanentError, retry_options, run_logger
+from tasks.common import cli_run, run_logger
 from tasks.deploy_lock import release_lock
 from tasks.github import github_task
 from tasks.image import (
@@ -42,11 +41,15 @@ from tasks.image import (
     build_task,
     cleanup_task,
     get_client,
+    git_commit,
     image_labels,
     latest_task,
+    local_image_id,
     pull_by_digest,
     push_task,
+    registry_credentials,
     remove_local_image,
+    remove_local_images,
     run_task,
     tag_digest,
 )
@@ -82,37 +85,6 @@ class DeployError(RuntimeError):
         self.build_id: str | None = None  # the image build this deploy ran, if any
 
 
-def registry_credentials(settings: Settings) -> tuple[str | None, str | None]:
-    """Registry user and password: from the settings (environment), or a Prefect Secret block."""
-    password = settings.registry_password.get_secret_value() if settings.registry_password else None
-    if password is None and settings.registry_secret_block:
-        from prefect.blocks.system import Secret
-
-        password = str(Secret.load(settings.registry_secret_block).get())
-    return settings.registry_username, password
-
-
-def git_commit() -> str:
-    """The source commit of this checkout ('unknown' outside git)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def resolve_version(settings: Settings, model_version: str | None, alias: str | None) -> str:
-    """The version to deploy: given explicitly, or the one ``alias`` points to."""
-    if model_version:
-        return str(registry.get_version(settings, model_version).version)
-    found = registry.version_by_alias(settings, alias or "candidate")
-    if found is None:
-        raise PermanentError(f"model {settings.model_name!r} has no alias {alias!r}: nothing to deploy")
-    return str(found.version)
-
-
 def _step(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run one step; a failure is re-raised as :class:`DeployError` naming the step."""
     try:
@@ -128,13 +100,6 @@ def _remote(settings: Settings) -> str:
     return f"{settings.image_registry}/{settings.image_repository}"
 
 
-def _local_id(client: Any, ref: str) -> str | None:
-    try:
-        return str(client.images.get(ref).id)
-    except Exception:  # noqa: BLE001 - not there (or unreadable): nothing of ours
-        return None
-
-
 def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
     reference = bundle.reference()
     if not reference or not reference.get("records"):
@@ -142,110 +107,141 @@ def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
     return reference
 
 
-def _verify_image(
-    settings: Settings, image_ref: str, version: str, reference: dict[str, Any]
-) -> dict[str, Any]:
-    """Run the image, smoke-test it, and always remove the container."""
+def _export(settings: Settings, version: str, tmp: Path) -> Bundle:
+    """The version's bundle, downloaded from the registry into ``tmp``."""
+    return load_bundle(_step("export", registry.download_bundle, settings, version, tmp / "bundle"))
+
+
+def _verify_image(settings: Settings, image_ref: str, version: str, bundle: Bundle) -> dict[str, Any]:
+    """Run the image, smoke-test it against the bundle's reference, and always remove the container."""
+    reference = _reference(bundle, version)
     running = None
     try:
-        running = _step("run", run_task, image_ref, settings.docker_host, settings.health_timeout_seconds)
-        return _step("smoke-test", smoke_task, running.base_url, version, reference)
+        running = _step("run", run_task, settings, image_ref)
+        return _step("smoke-test", smoke_task, settings, running.base_url, version, reference)
     finally:
-        cleanup_task(running)
+        cleanup_task(settings, running)
 
 
-def _build_and_push(settings: Settings, version: str, context: Path, bundle: Bundle, made: list[str],
-                    build_id: str) -> tuple[str, str, dict[str, Any]]:  # fmt: skip
-    """Build, run, smoke-test and push the version's image; returns (image, digest, smoke summary)."""
-    user, password = registry_credentials(settings)
+def _build_and_push(
+    settings: Settings, version: str, context: Path, bundle: Bundle, made: list[str], build_id: str
+) -> tuple[str, dict[str, Any]]:
+    """Build, run, smoke-test and push the version's image; returns (digest, smoke summary)."""
     client = get_client(settings.docker_host)
     image_ref = f"{_remote(settings)}:{version}"
-    reference = _reference(bundle, version)
-    before = _local_id(client, image_ref)
+    _reference(bundle, version)
+    before = local_image_id(client, image_ref)
     revision = git_commit()
-    buildargs = {"BASE_IMAGE": settings.base_image, "MODEL_NAME": settings.model_name, "MODEL_VERSION": version,
-                 "GIT_COMMIT": revision}  # fmt: skip
-    build = build_task.with_options(**retry_options(settings, retries=1))
-    _step("build", build, context, image_ref, buildargs, image_labels(settings.model_name, version, revision),
-          settings.docker_host, build_id)  # fmt: skip
+    buildargs = {
+        "BASE_IMAGE": settings.base_image,
+        "MODEL_NAME": settings.model_name,
+        "MODEL_VERSION": version,
+        "GIT_COMMIT": revision,
+    }
+    labels = image_labels(settings.model_name, version, revision)
+    _step("build", build_task, settings, context, image_ref, buildargs, labels, build_id)
     made.append(image_ref)
-    if before and before != _local_id(client, image_ref) and not client.images.get(before).tags:
+    if before and before != local_image_id(client, image_ref) and not client.images.get(before).tags:
         remove_local_image(client, before)  # the tag moved on: the image it left is this run's leftover
-    smoke = _verify_image(settings, image_ref, version, reference)
-    push = push_task.with_options(**retry_options(settings))
-    digest = _step("push", push, image_ref, [version], settings.image_registry, settings.image_repository, user,
-                   password, settings.docker_host)  # fmt: skip
-    return image_ref, digest, smoke
+    smoke = _verify_image(settings, image_ref, version, bundle)
+    digest = _step("push", push_task, settings, image_ref, [version])
+    return digest, smoke
 
 
-def _tested_by_digest(settings: Settings, version: str, digest: str, bundle: Bundle, made: list[str]) -> tuple[str, dict[str, Any]]:  # fmt: skip
+def _tested_by_digest(
+    settings: Settings, version: str, digest: str, bundle: Bundle, made: list[str]
+) -> dict[str, Any]:
     """Pull the image by digest, verify it, run and smoke-test it against its own bundle; tag it locally."""
     user, password = registry_credentials(settings)
     client = get_client(settings.docker_host)
     by_digest = f"{_remote(settings)}@{digest}"
-    present = _local_id(client, by_digest) is not None
-    ref = _step("pull", pull_by_digest, client, settings.image_registry, settings.image_repository, digest, user,
-                password)  # fmt: skip
+    present = local_image_id(client, by_digest) is not None
+    registry_host, repository = settings.image_registry, settings.image_repository
+    ref = _step("pull", pull_by_digest, client, registry_host, repository, digest, user, password)
     if not present:
         made.append(by_digest)
-    smoke = _verify_image(settings, ref, version, _reference(bundle, version))
+    smoke = _verify_image(settings, ref, version, bundle)
     tag_ref = f"{_remote(settings)}:{version}"
-    if _local_id(client, tag_ref) is None:
+    if local_image_id(client, tag_ref) is None:
         client.images.get(ref).tag(_remote(settings), tag=version)
         made.append(tag_ref)
-    return ref, smoke
+    return smoke
+
+
+def _registry_holds(settings: Settings, digest: str | None) -> bool:
+    """Whether the registry still holds ``digest`` (a released version's tested image)."""
+    if not digest:
+        return False
+    user, password = registry_credentials(settings)
+    held = tag_digest(settings.image_registry, settings.image_repository, digest, user, password)
+    return held == digest
 
 
 def _undo_local(settings: Settings, made: list[str]) -> None:
     """Before the commit point: remove the local image references this run made (nothing dangling stays)."""
-    if not made:
-        return
-    client = get_client(settings.docker_host)
-    for ref in reversed(made):
-        try:
-            remove_local_image(client, ref)
-        except Exception as exc:  # noqa: BLE001 - the original failure matters more
-            run_logger().warning("could not remove %s: %s", ref, exc)
+    if made:
+        remove_local_images(get_client(settings.docker_host), made, run_logger().warning)
 
 
-def _after_commit(settings: Settings, entry: dict[str, str], notes: str | None,
-                  rolled_back: tuple[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+def _after_commit(
+    settings: Settings,
+    entry: dict[str, str],
+    notes: str | None,
+    rolled_back: tuple[str, str] | None = None,
+) -> dict[str, Any]:
     """The steps after the commit point, each retried and idempotent; all are tried, then any failure is raised
     as a :class:`DeployError` with ``committed=True`` naming each failed step."""
-    user, password = registry_credentials(settings)
     version = entry["version"]
-    steps: list[tuple[str, Any, tuple[Any, ...]]] = [("release-history", history_task, (settings, entry))]
+    steps: list[tuple[str, Any, tuple[Any, ...]]] = [("release-history", history_task, (entry,))]
     if rolled_back:
-        steps.append(("mark-rolled-back", mark_rolled_back_task, (settings, rolled_back[0], version, entry["at"],
-                                                                  entry["by"])))  # fmt: skip
-    steps.append(("latest", latest_task, (settings.image_registry, settings.image_repository, entry["digest"], user,
-                                          password)))  # fmt: skip
+        left = (rolled_back[0], version, entry["at"], entry["by"])
+        steps.append(("mark-rolled-back", mark_rolled_back_task, left))
+    steps.append(("latest", latest_task, (entry["digest"],)))
     if notes is not None:
-        steps += [("release-notes", notes_task, (settings, version, entry["digest"], notes)),
-                  ("github-release", github_task, (settings, version, notes))]  # fmt: skip
+        steps += [
+            ("release-notes", notes_task, (version, entry["digest"], notes)),
+            ("github-release", github_task, (version, notes)),
+        ]
     done: dict[str, Any] = {}
     failed: list[str] = []
     for name, step, args in steps:
         try:
-            done[name] = step.with_options(**retry_options(settings))(*args)
+            done[name] = step(settings, *args)
         except Exception as exc:  # noqa: BLE001 - every step is tried; the failures are reported together
             failed.append(f"deploy step '{name}' failed: {type(exc).__name__}: {exc}")
     if failed:
         raise DeployError(
             f"v{version} is the champion (the commit point passed), but {len(failed)} step(s) after it failed: "
-            + "; ".join(failed) + f". Re-run `python -m flows.deploy --model-version {version}` to complete them.",
-            version=version, committed=True,
-        )  # fmt: skip
+            + "; ".join(failed)
+            + f". Re-run `python -m flows.deploy --model-version {version}` to complete them.",
+            version=version,
+            committed=True,
+        )
     return done
 
 
-def _notes(settings: Settings, entry: dict[str, str], bundle: Bundle, previous: dict[str, Any] | None,
-           overrode: str | None) -> str:  # fmt: skip
+def _notes(
+    settings: Settings,
+    entry: dict[str, str],
+    bundle: Bundle,
+    previous: dict[str, Any] | None,
+    overrode: str | None,
+) -> str:
     forced = None
     if entry["kind"] == "forced":
         forced = {"by": entry["by"], "reason": entry.get("reason", ""), "overrode": overrode or ""}
-    return release_notes(settings.model_name, entry["version"], bundle.meta.metrics, previous, entry["image"],
-                         entry["digest"], bundle.meta.data_fingerprint, forced)  # fmt: skip
+    meta = bundle.meta
+    image, digest = entry["image"], entry["digest"]
+    return release_notes(
+        settings.model_name,
+        entry["version"],
+        meta.metrics,
+        previous,
+        image,
+        digest,
+        meta.data_fingerprint,
+        forced,
+    )
 
 
 def _complete(settings: Settings, version: str, tags: dict[str, str], tmp: Path) -> dict[str, Any]:
@@ -254,7 +250,7 @@ def _complete(settings: Settings, version: str, tags: dict[str, str], tmp: Path)
         "v%s is the champion already: completing what is missing after the commit point", version
     )
     entry = entry_from_tags(version, tags)
-    bundle = load_bundle(_step("export", registry.download_bundle, settings, version, tmp / "bundle"))
+    bundle = _export(settings, version, tmp)
     prev = tags.get("release.previous_champion")
     previous = None
     if prev:
@@ -268,21 +264,31 @@ def _complete(settings: Settings, version: str, tags: dict[str, str], tmp: Path)
     return _summary(entry, done, previous, status="already-released", build="none")
 
 
-def _summary(entry: dict[str, str], done: dict[str, Any], previous: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:  # fmt: skip
+def _summary(
+    entry: dict[str, str], done: dict[str, Any], previous: dict[str, Any] | None, **extra: Any
+) -> dict[str, Any]:
     github = done.get("github-release") or {}
     return {
-        "model_version": entry["version"], "image": entry["image"], "digest": entry["digest"], "kind": entry["kind"],
-        "previous_champion": previous["version"] if previous else None, "github_release": github.get("html_url"),
-        "notes_artifact": done.get("release-notes"), "history_recorded": done.get("release-history"), **extra,
-    }  # fmt: skip
+        "model_version": entry["version"],
+        "image": entry["image"],
+        "digest": entry["digest"],
+        "kind": entry["kind"],
+        "previous_champion": previous["version"] if previous else None,
+        "github_release": github.get("html_url"),
+        "notes_artifact": done.get("release-notes"),
+        "history_recorded": done.get("release-history"),
+        **extra,
+    }
 
 
-def _release(settings: Settings, model_version: str | None, alias: str | None, force: bool, reason: str | None) -> dict[str, Any]:  # fmt: skip
-    version = resolve_version(settings, model_version, alias)
+def _release(
+    settings: Settings, model_version: str | None, alias: str | None, force: bool, reason: str | None
+) -> dict[str, Any]:
+    version = registry.resolve_version(settings, model_version, alias)
     tags = registry.get_version(settings, version).tags or {}
     champion = registry.version_by_alias(settings, CHAMPION)
-    run_logger().info("deploying %s v%s (champion now: %s)", settings.model_name, version,
-                      getattr(champion, "version", "none"))  # fmt: skip
+    current = getattr(champion, "version", "none")
+    run_logger().info("deploying %s v%s (champion now: %s)", settings.model_name, version, current)
     with tempfile.TemporaryDirectory(prefix="loan-risk-deploy-") as tmp_name:
         tmp = Path(tmp_name)
         if champion is not None and str(champion.version) == version and tags.get("release.digest"):
@@ -291,41 +297,38 @@ def _release(settings: Settings, model_version: str | None, alias: str | None, f
             return _complete(settings, version, tags, tmp)
         overrode = check_deployable(settings, version, tags, read_history(settings), force)
         if force:
-            run_logger().warning("FORCED release of v%s (%s): %s", version, "; ".join(overrode) or "nothing to override",
-                                 reason)  # fmt: skip
-        user, password = registry_credentials(settings)
+            overridden = "; ".join(overrode) or "nothing to override"
+            run_logger().warning("FORCED release of v%s (%s): %s", version, overridden, reason)
         recorded = tags.get("release.digest")
         made: list[str] = []
         build_id: str | None = None
+        # Before the commit point: a failure moves nothing and removes the local images this run made.
         try:
-            reuse = bool(recorded) and _step("registry check", tag_digest, settings.image_registry,
-                                             settings.image_repository, recorded, user, password) == recorded  # fmt: skip
+            reuse = _step("registry check", _registry_holds, settings, recorded)
             if reuse:
                 run_logger().info(
                     "the registry still holds v%s's tested image %s: no build", version, recorded
                 )
-                bundle = load_bundle(
-                    _step("export", registry.download_bundle, settings, version, tmp / "bundle")
-                )
-                _, smoke = _tested_by_digest(settings, version, recorded, bundle, made)
+                bundle = _export(settings, version, tmp)
+                smoke = _tested_by_digest(settings, version, str(recorded), bundle, made)
                 digest = str(recorded)
             else:
                 context = _step("export", registry.export_task, settings, version, tmp / "context")
                 bundle = load_bundle(context / "bundle")
                 build_id = uuid.uuid4().hex
-                _, digest, smoke = _build_and_push(settings, version, context, bundle, made, build_id)
-            entry = history_entry(version, f"{_remote(settings)}:{version}", digest, "forced" if force else "release",
-                                  actor(), reason)  # fmt: skip
-            commit = commit_task.with_options(**retry_options(settings))
-            previous = _step("commit", commit, settings, entry, bundle.meta.metrics, overrode)
+                digest, smoke = _build_and_push(settings, version, context, bundle, made, build_id)
+            kind = "forced" if force else "release"
+            entry = history_entry(version, f"{_remote(settings)}:{version}", digest, kind, actor(), reason)
+            previous = _step("commit", commit_task, settings, entry, bundle.meta.metrics, overrode)
         except BaseException as exc:
             _undo_local(settings, made)
             if isinstance(exc, DeployError):
                 exc.build_id = build_id
             raise
+        # After it: each step retried and idempotent.
         done = _after_commit(settings, entry, _notes(settings, entry, bundle, previous, "; ".join(overrode)))
-    return _summary(entry, done, previous, status="released", build="reused" if reuse else "built", smoke=smoke,
-                    build_id=build_id)  # fmt: skip
+    build = "reused" if reuse else "built"
+    return _summary(entry, done, previous, status="released", build=build, smoke=smoke, build_id=build_id)
 
 
 def _rollback(settings: Settings, reason: str | None) -> dict[str, Any]:
@@ -346,19 +349,20 @@ def _rollback(settings: Settings, reason: str | None) -> dict[str, Any]:
         "rolling back: champion v%s → v%s (%s@%s)", leaving, version, target["image"], digest
     )
     made: list[str] = []
+    # Before the commit point: a failure moves nothing and removes the local images this run made.
     try:
         with tempfile.TemporaryDirectory(prefix="loan-risk-rollback-") as tmp:
-            bundle = load_bundle(
-                _step("export", registry.download_bundle, settings, version, Path(tmp) / "bundle")
-            )
-            _, smoke = _tested_by_digest(settings, version, digest, bundle, made)
-        entry = history_entry(version, target["image"], digest, "rollback", actor(),
-                              reason or f"rollback from v{leaving}", rolled_back_from=leaving)  # fmt: skip
-        commit = commit_task.with_options(**retry_options(settings))
-        previous = _step("commit", commit, settings, entry, bundle.meta.metrics, None)
+            bundle = _export(settings, version, Path(tmp))
+            smoke = _tested_by_digest(settings, version, digest, bundle, made)
+        why = reason or f"rollback from v{leaving}"
+        entry = history_entry(
+            version, target["image"], digest, "rollback", actor(), why, rolled_back_from=leaving
+        )
+        previous = _step("commit", commit_task, settings, entry, bundle.meta.metrics, None)
     except BaseException:
         _undo_local(settings, made)
         raise
+    # After it: each step retried and idempotent.
     done = _after_commit(settings, entry, None, rolled_back=(leaving, version))
     return _summary(entry, done, previous, status="rolled-back", rolled_back_from=leaving, smoke=smoke)
 
@@ -380,11 +384,10 @@ def deploy_flow(
     if force and rollback:
         raise NotDeployable("--force releases a version; a rollback needs none (--reason records why)")
     with release_lock(settings) as lock:
-        result = (
-            _rollback(settings, reason)
-            if rollback
-            else _release(settings, model_version, alias, force, reason)
-        )
+        if rollback:
+            result = _rollback(settings, reason)
+        else:
+            result = _release(settings, model_version, alias, force, reason)
     return {**result, "lock": lock.summary()}
 
 
@@ -401,23 +404,27 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="go back one release (by digest), never to one rolled back from",
     )
-    parser.add_argument("--force", action="store_true",
-                        help="release a version the gate did not promote (needs --reason; recorded)")  # fmt: skip
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="release a version the gate did not promote (needs --reason; recorded)",
+    )
     parser.add_argument("--reason", help="why: required with --force, recorded with --rollback")
     args = parser.parse_args(argv)
     if args.force and not (args.reason or "").strip():
         parser.error("--force needs a non-empty --reason")
     if args.force and args.rollback:
         parser.error("--force applies to a release, not to --rollback")
-    try:
-        result = deploy_flow(model_version=args.model_version, alias=args.alias or "candidate",
-                             rollback=args.rollback, force=args.force, reason=args.reason)  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - the CLI reports any failure as a JSON line and exit 1
-        committed = getattr(exc, "committed", False)
-        sys.stdout.write(json.dumps({"error": f"{type(exc).__name__}: {exc}", "committed": committed}) + "\n")
-        return 1
-    sys.stdout.write(json.dumps(result, default=str) + "\n")
-    return 0
+    return cli_run(
+        lambda: deploy_flow(
+            model_version=args.model_version,
+            alias=args.alias or "candidate",
+            rollback=args.rollback,
+            force=args.force,
+            reason=args.reason,
+        ),
+        lambda exc: {"committed": getattr(exc, "committed", False)},
+    )
 
 
 if __name__ == "__main__":

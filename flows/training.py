@@ -1,7 +1,9 @@
-"""The training flow: ingest → validate → features → split → tune → train → evaluate → register → promote.
+"""The training flow: ingest → validate → features → split → tune → train → evaluate → package → register →
+promote → (deploy).
 
-Composition only; each stage's logic lives in ``tasks/``. Run it with ``python -m flows.training``: it prints one
-JSON line with the run id, the registered version, where its bundle is, the promotion decision and the metrics.
+Composition only; each stage lives in ``tasks/`` and takes the settings first. Run it with
+``python -m flows.training``: it prints one JSON line with the run id, the registered version, where its bundle is,
+the promotion decision and the metrics.
 """
 
 from __future__ import annotations
@@ -18,20 +20,17 @@ from tasks.settings import Settings, configure_environment, get_settings
 configure_environment()
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
-from serving.bundle import BundleMeta, write_bundle
-from serving.features import CATEGORICAL_FEATURES
-from serving.privacy import Pseudonymiser, reference_records
 from tasks import tracking
-from tasks.common import retry_options, run_logger
-from tasks.evaluate import evaluate_task, save_plots, summary_markdown
+from tasks.common import cli_run, run_logger
+from tasks.evaluate import evaluate_task
 from tasks.features import features_task
 from tasks.ingest import ingest_task
+from tasks.package import package_task
 from tasks.promote import promote_task
 from tasks.registry import bundle_uri, register_task
 from tasks.split import split_task
-from tasks.train import make_pool, predict_proba, train_task
+from tasks.train import train_task
 from tasks.tune import tune_task
 from tasks.validate import validate_task
 
@@ -39,43 +38,32 @@ from tasks.validate import validate_task
 def resolve_settings(source: str | None, scale: float | None, n_trials: int | None) -> Settings:
     """The settings with this run's overrides applied (validated like the rest)."""
     base = get_settings()
-    overrides = {
-        k: v
-        for k, v in {"source": source, "sample_scale": scale, "n_trials": n_trials}.items()
-        if v is not None
-    }
+    given = {"source": source, "sample_scale": scale, "n_trials": n_trials}
+    overrides = {k: v for k, v in given.items() if v is not None}
     return Settings.model_validate({**base.model_dump(), **overrides}) if overrides else base
 
 
-def data_fingerprint(ingested: Any, table_stats: dict[str, Any]) -> dict[str, Any]:
-    """What identifies the training data: source, revision and each file's sha256 and size."""
+def run_params(settings: Settings, dry_run: bool) -> dict[str, Any]:
+    """What the training run records as its parameters."""
+    names = ("source", "sample_scale", "n_trials", "seed", "split_fractions")
     return {
-        "source": ingested.source,
-        "revision": ingested.revision,
-        "files": {name: {"sha256": f["sha256"], "size": f["size"]} for name, f in ingested.files.items()},
-        "labelled_loans": table_stats.get("labelled_loans"),
+        **{name: getattr(settings, name) for name in names},
+        "label_bad_statuses": settings.label_bad_statuses,
+        "label_good_statuses": settings.label_good_statuses,
+        "dry_run": dry_run,
     }
 
 
-def reference_sample(
-    test: Any, probabilities: list[float], size: int, pseudonymiser: Pseudonymiser
-) -> dict[str, list[Any]]:
-    """A spread of test records with their training-time probabilities, for smoke tests of deployed images.
-
-    The records keep only the fields the features read, ``clarityFraudId`` pseudonymised: the bundle ships.
-    """
-    n = len(test.records)
-    step = max(1, n // size)
-    idx = list(range(0, n, step))[:size]
-    records = reference_records([test.records[i] for i in idx], pseudonymiser)
-    return {"records": records, "probabilities": [probabilities[i] for i in idx]}
+def wants_deploy(settings: Settings, promoted: bool, dry_run: bool, deploy: bool | None) -> bool:
+    """Whether this run hands its version to the deploy flow (``deploy=None``: when an engine answers)."""
+    return promoted and not dry_run and deploy is not False and settings.deploy_on_promotion
 
 
-def _deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, Any]:
+def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, Any]:
     """Run the deploy flow for a promoted version: as a subflow, or as a deployment run when in a deployment.
 
-    A deploy that fails is raised (``DeployError.committed`` says whether ``champion`` had moved); the training
-    flow records the outcome on its MLflow run and re-raises after closing the run (see :func:`training_flow`).
+    A deploy that fails is raised (``DeployError.committed`` says whether ``champion`` had moved); see
+    :func:`deploy_outcome`.
     """
     from prefect.runtime import deployment
 
@@ -90,9 +78,8 @@ def _deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, 
         from prefect.deployments import run_deployment
 
         # timeout=0: do not block, so a single-slot worker cannot deadlock on its own child run.
-        child = run_deployment(
-            settings.deploy_deployment_name, parameters={"model_version": version}, timeout=0
-        )
+        parameters = {"model_version": version}
+        child = run_deployment(settings.deploy_deployment_name, parameters=parameters, timeout=0)
         return {
             "status": "scheduled",
             "flow_run_id": str(child.id),
@@ -103,7 +90,7 @@ def _deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, 
     return deploy_flow(model_version=version)
 
 
-def _deploy_outcome(version: str, exc: Exception) -> tuple[dict[str, Any], Exception]:
+def deploy_outcome(version: str, exc: Exception) -> tuple[dict[str, Any], Exception]:
     """The deploy entry of the result for a failed deploy, and the error the training flow raises for it."""
     from flows.deploy import DeployError
 
@@ -113,11 +100,25 @@ def _deploy_outcome(version: str, exc: Exception) -> tuple[dict[str, Any], Excep
         if committed
         else "before the commit point: nothing was released, champion and latest are unchanged"
     )
-    outcome = {"status": "incomplete" if committed else "failed", "committed": committed,
-               "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
-    error = DeployError(f"v{version} was trained, registered and promoted; its deploy failed {side}: {exc}",
-                        version=version, committed=committed)  # fmt: skip
-    return outcome, error
+    outcome = {
+        "status": "incomplete" if committed else "failed",
+        "committed": committed,
+        "error": f"{type(exc).__name__}: {exc}",
+    }
+    message = f"v{version} was trained, registered and promoted; its deploy failed {side}: {exc}"
+    return outcome, DeployError(message, version=version, committed=committed)
+
+
+def record_deploy(settings: Settings, run_id: str, outcome: dict[str, Any]) -> None:
+    """The deploy's outcome on the training run: ``deploy.*`` tags and ``deploy.json``."""
+    tags = {
+        "deploy.status": outcome.get("status", ""),
+        "deploy.committed": str(outcome.get("committed", "")).lower(),
+        "deploy.digest": outcome.get("digest", ""),
+        "deploy.error": outcome.get("error", "")[:5000],
+    }
+    tracking.set_tags(settings, run_id, tags)
+    tracking.log_dict(settings, run_id, outcome, "deploy.json")
 
 
 @flow(name="loan-risk-training", log_prints=False)
@@ -130,82 +131,23 @@ def training_flow(
 ) -> dict[str, Any]:
     """Retrain, evaluate, register and gate a loan-risk model; deploy it when the gate says so."""
     settings = resolve_settings(source, scale, n_trials)
-    logger = run_logger()
     started = time.perf_counter()
-    run_id = tracking.start_run(
-        settings,
-        f"training-{datetime.now(UTC):%Y%m%d-%H%M%S}",
-        {"source": settings.source, "dry_run": str(dry_run)},
-    )
-    retry = retry_options(settings)
     deploy_error: Exception | None = None
-    try:
-        tracking.log_params(settings, run_id, {
-            "source": settings.source, "sample_scale": settings.sample_scale, "n_trials": settings.n_trials,
-            "seed": settings.seed, "split_fractions": settings.split_fractions,
-            "label_bad_statuses": settings.label_bad_statuses, "label_good_statuses": settings.label_good_statuses,
-        })  # fmt: skip
-        ingested = ingest_task.with_options(**retry)(settings.source, settings, run_id)
-        validated = validate_task.with_options(**retry)(ingested.data_dir, settings, run_id)
-        table = features_task.with_options(**retry)(
-            validated.tables, settings.label_bad_statuses, settings.label_good_statuses
-        )
-        split = split_task.with_options(**retry)(table, settings.split_fractions)
-        tracking.log_dict(
-            settings, run_id, {"boundaries": split.boundaries, "table": table.stats}, "split.json"
-        )
-        tracking.log_params(settings, run_id, {f"split.{k}": v for k, v in split.boundaries.items()})
-
-        fingerprint = data_fingerprint(ingested, table.stats)
-        study_name = settings.optuna_study_name or f"{settings.model_name}-{run_id}"
-        tuning = tune_task.with_options(**retry)(split.train, split.valid, settings, study_name, run_id)
-        tracking.log_params(settings, run_id, {f"best.{k}": v for k, v in tuning["best_params"].items()})
-
-        model = train_task.with_options(**retry)(tuning["best_params"], split.train, split.valid, settings)
-        p_valid = predict_proba(model, make_pool(split.valid))
-        p_test = predict_proba(model, make_pool(split.test))
-        metrics = evaluate_task.with_options(**retry)(
-            split.valid.label, p_valid, split.test.label, p_test, settings.min_precision, settings.min_recall
-        )
-        metrics["best_iteration"] = float(model.get_best_iteration() or 0)
-        tracking.log_metrics(settings, run_id, {**metrics, "tuning_best_valid_roc_auc": tuning["best_value"]})
-
-        plots_dir = tracking.scratch_dir("plots-")
-        importances = list(zip(split.train.frame().columns, model.get_feature_importance(), strict=True))
-        tracking.log_files(
-            settings,
-            run_id,
-            save_plots(split.test.label, p_test, metrics["threshold"], importances, plots_dir),
-            "plots",
-        )
-        create_markdown_artifact(
-            key="evaluation-summary", markdown=summary_markdown(metrics, split.boundaries, tuning),
-            description="Test metrics of the newly trained loan-risk model",
-        )  # fmt: skip
-
-        bundle_dir = tracking.scratch_dir("bundle-") / "bundle"
-        meta = BundleMeta(
-            model_name=settings.model_name,
-            threshold=metrics["threshold"],
-            categorical_features=list(CATEGORICAL_FEATURES),
-            metrics={
-                k: v for k, v in metrics.items() if k.startswith(("test_", "valid_")) or k == "threshold"
-            },
-            data_fingerprint=fingerprint,
-            params={**tuning["best_params"], "best_iteration": model.get_best_iteration()},
-            run_id=run_id,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        reference = reference_sample(
-            split.test, [float(p) for p in p_test], settings.smoke_sample_size, settings.pseudonymiser()
-        )
-        write_bundle(bundle_dir, model, meta, reference)
-        version = register_task.with_options(**retry)(settings, run_id, bundle_dir, {
-            "data.source": settings.source, "data.revision": str(ingested.revision or ""),
-            "test_roc_auc": f"{metrics['test_roc_auc']:.4f}", "threshold": f"{metrics['threshold']:.6f}",
-        })  # fmt: skip
-
-        decision = promote_task.with_options(**retry)(settings, version, metrics, split.test, dry_run)
+    name = f"training-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    # The run ends FINISHED once the model is trained, registered and gated, whatever its deploy did (recorded as
+    # deploy.* tags; the deploy's error is raised after the run is closed); FAILED when a stage fails.
+    with tracking.run(settings, name, {"source": settings.source, "dry_run": str(dry_run)}) as run_id:
+        tracking.log_params(settings, run_id, run_params(settings, dry_run))
+        ingested = ingest_task(settings, run_id)
+        validated = validate_task(settings, ingested.data_dir, run_id)
+        table = features_task(settings, validated)
+        split = split_task(settings, table, run_id)
+        tuning = tune_task(settings, split, run_id)
+        model = train_task(settings, split, tuning["best_params"])
+        evaluation = evaluate_task(settings, model, split, tuning, run_id)
+        bundle_dir = package_task(settings, run_id, model, evaluation, split, ingested)
+        version = register_task(settings, run_id, bundle_dir)
+        decision = promote_task(settings, version, evaluation.metrics, split.test, dry_run)
         result: dict[str, Any] = {
             "run_id": run_id,
             "model_name": settings.model_name,
@@ -213,29 +155,19 @@ def training_flow(
             "bundle_uri": bundle_uri(settings, version),
             "promoted": decision.promoted,
             "reasons": decision.reasons,
-            "metrics": {k: round(v, 6) for k, v in metrics.items()},
+            "metrics": {k: round(v, 6) for k, v in evaluation.metrics.items()},
             "boundaries": split.boundaries,
+            "tuning": {k: tuning[k] for k in ("n_complete", "n_pruned", "best_value", "best_params")},
             "data": {"source": ingested.source, "revision": ingested.revision},
         }
-        if decision.promoted and not dry_run and (deploy is None or deploy) and settings.deploy_on_promotion:
+        if wants_deploy(settings, decision.promoted, dry_run, deploy):
             try:
-                result["deploy"] = _deploy(settings, version, deploy)
+                result["deploy"] = run_deploy(settings, version, deploy)
             except Exception as exc:  # noqa: BLE001 - recorded on the run, raised once the run is closed
-                result["deploy"], deploy_error = _deploy_outcome(version, exc)
-        if "deploy" in result:
-            d = result["deploy"]
-            tracking.set_tags(settings, run_id, {"deploy.status": d.get("status", ""),
-                                                 "deploy.committed": str(d.get("committed", "")).lower(),
-                                                 "deploy.digest": d.get("digest", ""),
-                                                 "deploy.error": d.get("error", "")[:5000]})  # fmt: skip
-            tracking.log_dict(settings, run_id, d, "deploy.json")
+                result["deploy"], deploy_error = deploy_outcome(version, exc)
+            record_deploy(settings, run_id, result["deploy"])
         tracking.log_metrics(settings, run_id, {"flow_seconds": time.perf_counter() - started})
-    except BaseException:
-        tracking.end_run(settings, run_id, "FAILED")
-        raise
-    # The run trained, registered and gated a model: FINISHED, whatever its deploy did (recorded as deploy.* tags).
-    tracking.end_run(settings, run_id, "FINISHED")
-    logger.info(
+    run_logger().info(
         "training flow done in %.1f s: %s", time.perf_counter() - started, json.dumps(result, default=str)
     )
     if deploy_error is not None:
@@ -258,19 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     group.add_argument("--no-deploy", dest="deploy", action="store_false", help="never run the deploy flow")
     args = parser.parse_args(argv)
-    try:
-        result = training_flow(
+    return cli_run(
+        lambda: training_flow(
             source=args.source,
             scale=args.scale,
             n_trials=args.n_trials,
             dry_run=args.dry_run,
             deploy=args.deploy,
         )
-    except Exception as exc:  # noqa: BLE001 - the CLI reports any failure as a JSON line and exit 1
-        sys.stdout.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
-        return 1
-    sys.stdout.write(json.dumps(result, default=str) + "\n")
-    return 0
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,36 @@
-"""Small pieces every stage's Prefect task shares: retry options and a logger that works outside runs."""
+"""What every stage shares: the one way to declare a stage task, the error kinds its retries tell apart, and a
+logger that works inside and outside Prefect runs.
+
+A stage is a plain function whose first parameter is the :class:`~tasks.settings.Settings`, declared with
+:func:`stage`::
+
+    @stage("split")
+    def split_task(settings: Settings, table: ModelTable, run_id: str | None = None) -> Split: ...
+
+    split = split_task(settings, table, run_id)  # in a flow: a task run, retried as the settings say
+
+The declaration fixes what never changes (no result caching, a retry condition that never retries a permanent
+error); each call takes the retries and their delay from the settings it is given, so a flow never re-options its
+tasks. ``split_task.fn`` is the plain function (tests call it outside a flow).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import json
 import logging
-from typing import Any
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.settings import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class PermanentError(RuntimeError):
@@ -16,35 +41,107 @@ class TransientError(RuntimeError):
     """A failure that a retry may fix (a server that did not answer or answered with an error); retried."""
 
 
-def _retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry everything except :class:`PermanentError` and ``ValueError``."""
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (PermanentError, ValueError, KeyError, TypeError)
+
+
+def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry everything except :data:`PERMANENT_ERRORS` (bad input stays bad)."""
     try:
         state.result()
-    except (PermanentError, ValueError, KeyError, TypeError):
+    except PERMANENT_ERRORS:
         return False
     except Exception:  # noqa: BLE001 - anything else may be transient
         return True
     return True
 
 
-def retry_options(settings: Settings, *, retries: int | None = None) -> dict[str, Any]:
-    """``task.with_options(**retry_options(settings))``: retries and delay from the settings."""
-    return {
-        "retries": settings.task_retries if retries is None else retries,
-        "retry_delay_seconds": settings.task_retry_delay_seconds,
-        "retry_condition_fn": _retry_unless_permanent,
-    }
+class Stage(Generic[P, R]):
+    """A stage task: call it with the settings first; retries and their delay come from those settings.
+
+    ``max_retries`` caps the settings' ``task_retries`` for a stage where more tries cost more than they can
+    win (an image build: at most one retry; the smoke test of a container: none).
+    """
+
+    def __init__(self, task: Task[P, R], max_retries: int | None = None) -> None:
+        self.task, self.max_retries = task, max_retries
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def fn(self) -> Callable[P, R]:
+        """The plain function, for calls outside a flow run."""
+        return self.task.fn
+
+    def task_for(self, settings: Settings) -> Task[P, R]:
+        """The Prefect task with the retries and delay of ``settings``."""
+        retries = settings.task_retries
+        if self.max_retries is not None:
+            retries = min(retries, self.max_retries)
+        return self.task.with_options(retries=retries, retry_delay_seconds=settings.task_retry_delay_seconds)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        settings = args[0] if args else kwargs.get("settings")
+        if not isinstance(settings, Settings):
+            raise TypeError(f"stage {self.name!r}: the settings are the first argument, got {settings!r}")
+        return self.task_for(settings)(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Stage({self.name!r}, max_retries={self.max_retries})"
+
+
+def stage(name: str, *, max_retries: int | None = None) -> Callable[[Callable[P, R]], Stage[P, R]]:
+    """Declare a stage task: no result caching (stages pass tables and models: hashing them costs, and a rerun
+    must run), never a retry of a permanent error, retries and delay from the settings at call time."""
+
+    def declare(fn: Callable[P, R]) -> Stage[P, R]:
+        first = next(iter(fn.__code__.co_varnames[: fn.__code__.co_argcount]), None)
+        if first != "settings":
+            raise TypeError(f"stage {name!r}: the first parameter of {fn.__qualname__} must be 'settings'")
+        declared = task(fn, name=name, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
+        return Stage(declared, max_retries)
+
+    return declare
+
+
+def release_freed_memory() -> None:
+    """Hand memory the process freed but its allocators still cache back to the OS: pyarrow's pool (where
+    pandas keeps text columns) and glibc's malloc arenas. Stages call it after dropping large tables; without it
+    the freed raw tables stay in the resident set (~0.3 GB at full size)."""
+    try:
+        import pyarrow
+    except ImportError:  # pragma: no cover - pyarrow comes with pandas' text columns and mlflow
+        pass
+    else:
+        pyarrow.default_memory_pool().release_unused()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:  # glibc only
+        trim(0)
 
 
 def run_logger(name: str = "loan_risk") -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run logger inside a run, a plain logger outside one (plain function calls, tests)."""
-    try:
-        from prefect import get_run_logger
-        from prefect.exceptions import MissingContextError
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
 
-        try:
-            return get_run_logger()
-        except MissingContextError:
-            return logging.getLogger(name)
-    except ImportError:  # pragma: no cover - prefect is a training dependency
+    try:
+        return get_run_logger()
+    except MissingContextError:
         return logging.getLogger(name)
+
+
+def cli_run(
+    run: Callable[[], Mapping[str, Any]], error_fields: Callable[[Exception], dict] | None = None
+) -> int:
+    """The flows' command-line ending: the result as one JSON line and exit 0, or any failure as one JSON line
+    ``{"error": "Type: message", ...error_fields(exc)}`` and exit 1."""
+    try:
+        result = run()
+    except Exception as exc:  # noqa: BLE001 - the CLI reports any failure as a JSON line and exit 1
+        extra = error_fields(exc) if error_fields else {}
+        sys.stdout.write(json.dumps({"error": f"{type(exc).__name__}: {exc}", **extra}) + "\n")
+        return 1
+    sys.stdout.write(json.dumps(result, default=str) + "\n")
+    return 0

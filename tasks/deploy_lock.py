@@ -28,8 +28,12 @@ class LockHold:
     waited_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "acquired_at": self.acquired_at, "released_at": self.released_at,
-                "waited_s": round(self.waited_s, 2)}  # fmt: skip
+        return {
+            "name": self.name,
+            "acquired_at": self.acquired_at,
+            "released_at": self.released_at,
+            "waited_s": round(self.waited_s, 2),
+        }
 
 
 def _ensure_lock_limit(name: str) -> None:
@@ -48,8 +52,9 @@ def _ensure_lock_limit(name: str) -> None:
                 pass
             return
         if limit.limit != 1 or not limit.active:
-            run_logger().warning("deploy lock %r had limit %s (active %s): set to one slot", name, limit.limit,
-                                 limit.active)  # fmt: skip
+            run_logger().warning(
+                "deploy lock %r had limit %s (active %s): set to one slot", name, limit.limit, limit.active
+            )
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1, active=True))
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from catboost import CatBoostClassifier
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -21,7 +21,11 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from tasks.common import run_logger
+from tasks import tracking
+from tasks.common import run_logger, stage
+from tasks.settings import Settings
+from tasks.split import Split
+from tasks.train import make_pool, predict_proba
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray, min_precision: float, min_recall: float) -> float:
@@ -74,29 +78,18 @@ def evaluate(
     }
 
 
-def save_plots(
-    y: np.ndarray,
-    p: np.ndarray,
-    threshold: float,
-    importances: list[tuple[str, float]],
-    out_dir: Path,
-) -> list[Path]:
-    """ROC, PR, calibration, confusion-matrix and feature-importance plots of the test slice, as PNGs."""
+def evaluation_figures(
+    y: np.ndarray, p: np.ndarray, threshold: float, importances: list[tuple[str, float]]
+) -> dict[str, Any]:
+    """ROC, PR, calibration, confusion-matrix and feature-importance plots of the test slice (matplotlib figures
+    by file name)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.calibration import calibration_curve
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-
-    def save(fig: Any, name: str) -> None:
-        path = out_dir / name
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
+    figures: dict[str, Any] = {}
 
     fpr, tpr, _ = roc_curve(y, p)
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -104,21 +97,21 @@ def save_plots(
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
     ax.legend(loc="lower right")
-    save(fig, "roc.png")
+    figures["roc.png"] = fig
 
     prec, rec, _ = precision_recall_curve(y, p)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(rec, prec, label=f"AP {average_precision_score(y, p):.3f}")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)")
     ax.legend(loc="lower left")
-    save(fig, "pr.png")
+    figures["pr.png"] = fig
 
     frac, mean_pred = calibration_curve(y, p, n_bins=10, strategy="quantile")
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(mean_pred, frac, "o-")
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.set(xlabel="mean predicted probability", ylabel="observed risky share", title="Calibration (test)")
-    save(fig, "calibration.png")
+    figures["calibration.png"] = fig
 
     cm = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
     fig, ax = plt.subplots(figsize=(4, 4))
@@ -127,22 +120,29 @@ def save_plots(
         ax.text(j, i, str(v), ha="center", va="center")
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["good", "risky"], yticklabels=["good", "risky"])
     ax.set(xlabel="predicted", ylabel="actual", title=f"Confusion at {threshold:.3f}")
-    save(fig, "confusion_matrix.png")
+    figures["confusion_matrix.png"] = fig
 
     top = sorted(importances, key=lambda kv: kv[1], reverse=True)[:25][::-1]
     fig, ax = plt.subplots(figsize=(6, 7))
     ax.barh([k for k, _ in top], [v for _, v in top])
     ax.set(title="Feature importance (top 25)", xlabel="importance")
-    save(fig, "feature_importance.png")
-    return paths
+    figures["feature_importance.png"] = fig
+    for fig in figures.values():
+        fig.tight_layout()
+    return figures
+
+
+METRIC_ROWS = ("roc_auc", "pr_auc", "log_loss", "brier", "precision", "recall", "f1")
 
 
 def summary_markdown(metrics: dict[str, float], boundaries: dict[str, Any], tuning: dict[str, Any]) -> str:
-    """A markdown summary of the run for the Prefect UI."""
-    rows = "\n".join(
-        f"| {name} | {metrics.get('valid_' + name, float('nan')):.4f} | {metrics['test_' + name]:.4f} |"
-        for name in ("roc_auc", "pr_auc", "log_loss", "brier", "precision", "recall", "f1")
-    )
+    """A markdown summary of the run for the Prefect UI (a metric missing on one side shows as n/a)."""
+
+    def cell(key: str) -> str:
+        value = metrics.get(key)
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+    rows = "\n".join(f"| {name} | {cell('valid_' + name)} | {cell('test_' + name)} |" for name in METRIC_ROWS)
     return (
         "# Loan-risk model evaluation\n\n"
         f"Decision threshold (chosen on validation): **{metrics['threshold']:.4f}**\n\n"
@@ -156,20 +156,51 @@ def summary_markdown(metrics: dict[str, float], boundaries: dict[str, Any], tuni
     )
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@dataclass
+class Evaluation:
+    """What the evaluate stage established: the metrics (threshold included), the test slice's probabilities
+    (for the bundle's reference sample) and the parameters the model was trained with."""
+
+    metrics: dict[str, float]
+    test_probabilities: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@stage("evaluate")
 def evaluate_task(
-    y_valid: np.ndarray,
-    p_valid: np.ndarray,
-    y_test: np.ndarray,
-    p_test: np.ndarray,
-    min_precision: float,
-    min_recall: float,
-) -> dict[str, float]:
-    """Prefect task: metrics at a validation-chosen threshold."""
-    metrics = evaluate(y_valid, p_valid, y_test, p_test, min_precision, min_recall)
+    settings: Settings,
+    model: CatBoostClassifier,
+    split: Split,
+    tuning: dict[str, Any],
+    run_id: str | None = None,
+) -> Evaluation:
+    """Stage: metrics at a validation-chosen threshold, logged with the plots on ``run_id``; a summary artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    p_valid = predict_proba(model, make_pool(split.valid))
+    p_test = predict_proba(model, make_pool(split.test))
+    metrics = evaluate(
+        split.valid.label, p_valid, split.test.label, p_test, settings.min_precision, settings.min_recall
+    )
+    metrics["best_iteration"] = float(model.get_best_iteration() or 0)
     run_logger().info(
         "test: ROC-AUC %.4f, PR-AUC %.4f, precision %.4f, recall %.4f, F1 %.4f at threshold %.4f",
-        metrics["test_roc_auc"], metrics["test_pr_auc"], metrics["test_precision"],
-        metrics["test_recall"], metrics["test_f1"], metrics["threshold"],
-    )  # fmt: skip
-    return metrics
+        metrics["test_roc_auc"],
+        metrics["test_pr_auc"],
+        metrics["test_precision"],
+        metrics["test_recall"],
+        metrics["test_f1"],
+        metrics["threshold"],
+    )
+    if run_id:
+        tracking.log_metrics(settings, run_id, {**metrics, "tuning_best_valid_roc_auc": tuning["best_value"]})
+        importances = list(zip(split.train.features.columns, model.get_feature_importance(), strict=True))
+        figures = evaluation_figures(split.test.label, p_test, metrics["threshold"], importances)
+        tracking.log_figures(settings, run_id, figures, "plots")
+    create_markdown_artifact(
+        key="evaluation-summary",
+        markdown=summary_markdown(metrics, split.boundaries, tuning),
+        description="Test metrics of the newly trained loan-risk model",
+    )
+    params = {**tuning["best_params"], "best_iteration": model.get_best_iteration()}
+    return Evaluation(metrics, p_test, params)

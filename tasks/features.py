@@ -6,61 +6,100 @@ runs exactly the code training ran.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from serving.contract import CLARITY_COLUMNS, LOAN_COLUMNS, OUTCOME_FIELDS, PERSONAL_FIELDS
 from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES, build_rows
-from tasks.common import PermanentError, run_logger
+from tasks.common import PermanentError, release_freed_memory, run_logger, stage
+from tasks.settings import Settings
+
+if TYPE_CHECKING:
+    from tasks.validate import ValidationResult
 
 # Raw fields carried into the model table: decision-time loan fields, the clarity report, and the ids needed
 # for joining and splitting. Outcomes and personal data (anon_ssn) are dropped right here, before any feature
 # is computed: nothing downstream (the bundle's reference sample, logs, artifacts) can carry them.
 DECISION_LOAN_FIELDS = tuple(c for c in LOAN_COLUMNS if c not in OUTCOME_FIELDS | PERSONAL_FIELDS)
+CATEGORICAL_SET = frozenset(CATEGORICAL_FEATURES)
 
 
 class ModelTable:
-    """One row per labelled loan: raw decision-time records, their model rows, label and time.
+    """One row per labelled loan: its raw decision-time fields, its model row, label and application time.
 
-    A plain class on purpose: Prefect walks dataclass and collection inputs of every task looking for futures,
-    which for ~39k records of ~70 fields costs minutes; an opaque object is passed as it is.
+    Column-wise, for memory: ``raw`` holds the decision-time fields as read (typed columns, no ``anon_ssn``),
+    ``features`` the model rows (:data:`~serving.features.FEATURE_NAMES` columns: numbers as float64,
+    categories as text), built by the service's own row code. ``records`` (the raw fields as JSON-like dicts,
+    what a client would send) and ``rows`` are made on demand. At full size this is ~25 MB, where ~40k record
+    dicts took ~100 MB.
+
+    A plain class on purpose: Prefect walks dataclass and collection inputs of every task looking for futures;
+    an opaque object is passed as it is.
     """
 
-    __slots__ = ("records", "rows", "label", "application_time", "loan_ids", "stats")
+    __slots__ = ("raw", "features", "label", "application_time", "loan_ids", "stats")
 
     def __init__(
         self,
-        records: list[dict[str, Any]],
-        rows: list[list[Any]],
+        raw: pd.DataFrame,
+        features: pd.DataFrame,
         label: np.ndarray,
         application_time: np.ndarray,
         loan_ids: list[str],
         stats: dict[str, Any] | None = None,
     ) -> None:
-        self.records, self.rows, self.label = records, rows, label
+        self.raw, self.features, self.label = raw, features, label
         self.application_time, self.loan_ids, self.stats = application_time, loan_ids, stats or {}
 
+    @classmethod
+    def from_records(
+        cls,
+        records: list[dict[str, Any]],
+        label: np.ndarray,
+        application_time: np.ndarray,
+        loan_ids: list[str],
+        stats: dict[str, Any] | None = None,
+    ) -> ModelTable:
+        """A table from raw records (their model rows built here)."""
+        raw = pd.DataFrame.from_records(records) if records else pd.DataFrame(index=range(0))
+        return cls(raw, feature_frame(build_rows(records)), label, application_time, loan_ids, stats)
+
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.features)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The raw decision-time fields as plain-Python records (None for missing), as a JSON client sends them."""
+        return _records(self.raw, list(self.raw.columns))
+
+    @property
+    def rows(self) -> list[list[Any]]:
+        """The model rows as lists (the form :func:`serving.features.build_rows` gives)."""
+        return self.features.astype(object).to_numpy().tolist()
 
     def subset(self, index: np.ndarray) -> ModelTable:
         """The rows at ``index`` (an integer array), in that order."""
-        idx = [int(i) for i in index]
         return ModelTable(
-            records=[self.records[i] for i in idx],
-            rows=[self.rows[i] for i in idx],
+            raw=self.raw.take(index).reset_index(drop=True),
+            features=self.features.take(index).reset_index(drop=True),
             label=self.label[index],
             application_time=self.application_time[index],
-            loan_ids=[self.loan_ids[i] for i in idx],
+            loan_ids=[self.loan_ids[int(i)] for i in index],
         )
 
     def frame(self) -> pd.DataFrame:
         """The model rows as a DataFrame with feature names (for importance plots and inspection)."""
-        return pd.DataFrame(self.rows, columns=list(FEATURE_NAMES))
+        return self.features
+
+
+def feature_frame(rows: list[list[Any]]) -> pd.DataFrame:
+    """Model rows as a DataFrame: feature-named columns, numbers as float64, categories as text."""
+    frame = pd.DataFrame(rows, columns=list(FEATURE_NAMES))
+    numeric = [c for c in FEATURE_NAMES if c not in CATEGORICAL_SET]
+    frame[numeric] = frame[numeric].astype("float64")
+    return frame
 
 
 def label_loans(loan: pd.DataFrame, bad: list[str], good: list[str]) -> pd.DataFrame:
@@ -98,16 +137,25 @@ def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
 
 
 def build_model_table(
-    loan: pd.DataFrame, clarity: pd.DataFrame, bad: list[str], good: list[str]
+    loan: pd.DataFrame, clarity: pd.DataFrame, bad: list[str], good: list[str], chunk_rows: int = 4096
 ) -> ModelTable:
-    """Label, join and featurise: one row per labelled loan, identifiers and outcomes never features."""
+    """Label, join and featurise: one row per labelled loan, identifiers and outcomes never features.
+
+    The model rows are built ``chunk_rows`` records at a time, so the records of all loans never exist at once.
+    """
     labelled = label_loans(loan, bad, good)
     if labelled.empty:
         raise PermanentError("loan.csv: no loan has a loanStatus that the label mapping knows")
     joined = join_clarity(labelled, clarity)
     columns = list(DECISION_LOAN_FIELDS) + [c for c in CLARITY_COLUMNS if c != "underwritingid"]
-    records = _records(joined, columns)
-    rows = build_rows(records)
+    raw = joined[columns].reset_index(drop=True)
+    features = pd.concat(
+        [
+            feature_frame(build_rows(_records(raw.iloc[start : start + chunk_rows], columns)))
+            for start in range(0, len(raw), chunk_rows)
+        ],
+        ignore_index=True,
+    )
     times = pd.to_datetime(joined["applicationDate"], format="ISO8601").to_numpy(dtype="datetime64[ns]")
     label = joined["label"].to_numpy(dtype=np.int8)
     stats = {
@@ -117,12 +165,18 @@ def build_model_table(
         "features": len(FEATURE_NAMES),
         "categorical_features": len(CATEGORICAL_FEATURES),
     }
-    return ModelTable(records, rows, label, times, joined["loanId"].astype(str).tolist(), stats)
+    return ModelTable(raw, features, label, times, joined["loanId"].astype(str).tolist(), stats)
 
 
-@task(name="features", cache_policy=NO_CACHE, retries=0)
-def features_task(tables: dict[str, pd.DataFrame], bad: list[str], good: list[str]) -> ModelTable:
-    """Prefect task: build the model table from validated tables."""
-    table = build_model_table(tables["loan"], tables["clarity"], bad, good)
+@stage("features")
+def features_task(settings: Settings, validated: ValidationResult) -> ModelTable:
+    """Stage: the model table from the validated tables, which it then lets go: nothing after this stage reads
+    the raw tables (~0.4 GB resident at full size, their memory handed back)."""
+    tables = validated.tables
+    table = build_model_table(
+        tables["loan"], tables["clarity"], settings.label_bad_statuses, settings.label_good_statuses
+    )
+    tables.clear()
+    release_freed_memory()
     run_logger().info("model table: %s", table.stats)
     return table

@@ -10,10 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from tasks.common import PermanentError, TransientError, run_logger
+from tasks.common import PermanentError, TransientError, run_logger, stage
 from tasks.settings import Settings
 
 
@@ -66,9 +64,12 @@ def create_github_release(
     A 422 "already_exists" (created meanwhile) returns the existing release instead.
     """
     response = _github(
-        "POST", f"{api_url.rstrip('/')}/repos/{repository}/releases", token, timeout,
+        "POST",
+        f"{api_url.rstrip('/')}/repos/{repository}/releases",
+        token,
+        timeout,
         {"tag_name": tag, "name": name, "body": body, "draft": False, "prerelease": False},
-    )  # fmt: skip
+    )
     if response.status_code == 422 and "already_exists" in response.text:
         found = find_github_release(api_url, repository, token, tag, timeout)
         if found is not None:
@@ -101,11 +102,14 @@ def publish_github_release(settings: Settings, version: str, notes: str) -> dict
     return {**created, "created": True}
 
 
-@task(name="github-release", cache_policy=NO_CACHE)
+@stage("github-release")
 def github_task(settings: Settings, version: str, notes: str) -> dict[str, Any] | None:
-    """Prefect task: the GitHub release of the version (looked up by tag first, created when missing)."""
+    """Stage: the GitHub release of the version (looked up by tag first, created when missing)."""
     release = publish_github_release(settings, version, notes)
     if release is not None:
-        run_logger().info("GitHub release %s %s", release.get("html_url"),
-                          "created" if release["created"] else "exists already")  # fmt: skip
+        run_logger().info(
+            "GitHub release %s %s",
+            release.get("html_url"),
+            "created" if release["created"] else "exists already",
+        )
     return release

@@ -1,6 +1,6 @@
 """Docker SDK steps of the deploy flow: build, run, health check, clean up, push, verify in the registry.
 
-Plain functions first, then the thin Prefect tasks the deploy flow composes. Every failure is a subclass of
+Plain functions first, then the stages (settings first) the deploy flow composes. Every failure is a subclass of
 :class:`DeployStepError`, whose text names the step, so a failed flow run says where it stopped.
 The builds use the classic builder through the low-level API (what docker-py drives), streaming each log
 line to the caller's ``log`` callback. Each build gets an id (build argument ``BUILD_ID``, which the Dockerfile's
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import subprocess
 import time
 import uuid
 from collections import deque
@@ -30,8 +31,9 @@ import docker.errors
 import httpx
 import requests
 from docker.models.containers import Container
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+
+from tasks.common import stage
+from tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +269,34 @@ def remove_local_image(client: docker.DockerClient, image_ref: str) -> bool:
         return False
     logger.info("removed local image %s", image_ref)
     return True
+
+
+def local_image_id(client: docker.DockerClient, image_ref: str) -> str | None:
+    """The id of the local image ``image_ref`` names, or None (no such reference, or unreadable)."""
+    try:
+        return str(client.images.get(image_ref).id)
+    except Exception:  # noqa: BLE001 - not there (or unreadable): nothing of ours
+        return None
+
+
+def remove_local_images(client: docker.DockerClient, image_refs: list[str], log: LogFn) -> None:
+    """Remove the local references ``image_refs`` (newest first); a failure is logged, the others still go."""
+    for ref in reversed(image_refs):
+        try:
+            remove_local_image(client, ref)
+        except Exception as exc:  # noqa: BLE001 - the caller's failure matters more
+            log(f"could not remove {ref}: {exc}")
+
+
+def git_commit() -> str:
+    """The source commit of this checkout, for the image's labels ('unknown' outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 # --- run ---------------------------------------------------------------------------------------------
@@ -605,7 +635,7 @@ def tag_digest(
 
 
 # --- availability and pulling ------------------------------------------------------------------------------
-def engine_available(settings: Any) -> tuple[bool, str]:
+def engine_available(settings: Settings) -> tuple[bool, str]:
     """Whether a Docker engine and the image registry answer (used to decide whether to deploy)."""
     try:
         client = get_client(settings.docker_host, timeout_s=5)
@@ -665,7 +695,7 @@ def pull_by_digest(
     return ref
 
 
-# --- Prefect tasks ---------------------------------------------------------------------------------------
+# --- stages: the deploy flow's Docker steps, settings first ---------------------------------------------------
 
 
 def _log() -> LogFn:
@@ -674,16 +704,26 @@ def _log() -> LogFn:
     return run_logger().info
 
 
-@task(name="build-image", cache_policy=NO_CACHE)
+def registry_credentials(settings: Settings) -> tuple[str | None, str | None]:
+    """Registry user and password: from the settings (environment), or a Prefect Secret block."""
+    password = settings.registry_password.get_secret_value() if settings.registry_password else None
+    if password is None and settings.registry_secret_block:
+        from prefect.blocks.system import Secret
+
+        password = str(Secret.load(settings.registry_secret_block).get())
+    return settings.registry_username, password
+
+
+@stage("build-image", max_retries=1)
 def build_task(
+    settings: Settings,
     context_dir: Path,
     image_ref: str,
     buildargs: dict[str, str],
     labels: dict[str, str],
-    docker_host: str | None,
     build_id: str | None = None,
 ) -> str:
-    """Prefect task: build the image (tag ``image_ref``), streaming the build log into the run log."""
+    """Stage: build the image (tag ``image_ref``), streaming the build log into the run log."""
     repository, tag = image_ref.rsplit(":", 1)
     return build_image(
         context_dir,
@@ -692,17 +732,17 @@ def build_task(
         buildargs,
         labels,
         _log(),
-        client=get_client(docker_host),
+        client=get_client(settings.docker_host),
         build_id=build_id,
     )
 
 
-@task(name="run-image", cache_policy=NO_CACHE)
-def run_task(image_ref: str, docker_host: str | None, health_timeout_s: float) -> RunningContainer:
-    """Prefect task: start the image on a free local port and wait (bounded) for ``/health``."""
-    running = run_container(image_ref, client=get_client(docker_host))
+@stage("run-image", max_retries=0)
+def run_task(settings: Settings, image_ref: str) -> RunningContainer:
+    """Stage: start the image on a free local port and wait (bounded) for ``/health``."""
+    running = run_container(image_ref, client=get_client(settings.docker_host))
     try:
-        wait_healthy(running.base_url, timeout_s=health_timeout_s, container=running)
+        wait_healthy(running.base_url, timeout_s=settings.health_timeout_seconds, container=running)
     except BaseException:
         remove_container(running)
         raise
@@ -710,20 +750,19 @@ def run_task(image_ref: str, docker_host: str | None, health_timeout_s: float) -
     return running
 
 
-@task(name="clean-up", cache_policy=NO_CACHE)
-def cleanup_task(running: RunningContainer | None) -> None:
-    """Prefect task: remove the smoke-test container (always runs)."""
+@stage("clean-up", max_retries=0)
+def cleanup_task(settings: Settings, running: RunningContainer | None) -> None:
+    """Stage: remove the smoke-test container (always runs)."""
     if running is not None:
         remove_container(running)
 
 
-@task(name="push-image", cache_policy=NO_CACHE)
-def push_task(
-    image_ref: str, tags: list[str], registry: str, repository: str, username: str | None, password: str | None,
-    docker_host: str | None,
-) -> str:  # fmt: skip
-    """Prefect task: push each tag in order (the version tag first, ``latest`` last) and confirm the digest."""
-    client = get_client(docker_host)
+@stage("push-image")
+def push_task(settings: Settings, image_ref: str, tags: list[str]) -> str:
+    """Stage: push each tag in order (the version tag first, ``latest`` last) and confirm the digest."""
+    registry, repository = settings.image_registry, settings.image_repository
+    username, password = registry_credentials(settings)
+    client = get_client(settings.docker_host)
     image = client.images.get(image_ref)
     digest = ""
     for tag in tags:
@@ -738,11 +777,11 @@ def push_task(
     return digest
 
 
-@task(name="tag-latest", cache_policy=NO_CACHE)
-def latest_task(
-    registry: str, repository: str, digest: str, username: str | None, password: str | None
-) -> str:
-    """Prefect task: point ``latest`` at ``digest`` in the registry (nothing to do when it already does)."""
+@stage("tag-latest")
+def latest_task(settings: Settings, digest: str) -> str:
+    """Stage: point ``latest`` at ``digest`` in the registry (nothing to do when it already does)."""
+    registry, repository = settings.image_registry, settings.image_repository
+    username, password = registry_credentials(settings)
     if tag_digest(registry, repository, "latest", username, password) == digest:
         _log()(f"{registry}/{repository}:latest already is {digest}")
         return digest

@@ -1,4 +1,4 @@
-"""Ingest: bring the three loan CSV files into the state folder and fingerprint them.
+"""Ingest: bring the three loan CSV files into the state folder and checksum them.
 
 A source is one of
 
@@ -16,8 +16,8 @@ Transient Hub errors are retried with exponential backoff (``settings.hf_max_att
 a file that fails its checksum fails at once with a :class:`~tasks.common.PermanentError` naming it.
 
 The plain functions (:func:`parse_source`, :func:`ingest`, :func:`ingest_params`) work without Prefect; the
-Prefect task :data:`ingest_task` wraps them and records the data's identity on the MLflow run through
-:mod:`tasks.tracking` (use :func:`ingest_task_for` to apply the settings' retry policy).
+stage :data:`ingest_task` wraps them and records the data's identity on the MLflow run through
+:mod:`tasks.tracking`.
 
 Why ~450 lines: three kinds of source, each with its own rule for reuse (the sample's manifest, a local folder
 as it is, the Hub's verified cache through :mod:`tasks.hub`), behind one result type and one task.
@@ -39,11 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
 from tasks import tracking
-from tasks.common import PermanentError, retry_options
+from tasks.common import PermanentError, release_freed_memory, run_logger, stage
 from tasks.dataset import CLARITY_FILE, DATA_FILES, LOAN_FILE, PAYMENT_FILE  # noqa: F401 - the file names
 from tasks.hub import (  # noqa: F401 - the Hub's errors are ingest's errors
     HubAccessError,
@@ -55,7 +52,7 @@ from tasks.hub import (  # noqa: F401 - the Hub's errors are ingest's errors
     download_verified,
     resolve_commit,
 )
-from tasks.settings import Settings, get_settings
+from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +108,11 @@ class IngestResult:
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def fingerprint(self) -> str:
-        """One sha256 over the three files' names and checksums: identifies the data, not where it came from."""
+    def content_sha256(self) -> str:
+        """One sha256 over the three files' names and checksums: identifies the data, not where it came from.
+
+        (The bundle's ``data_fingerprint`` is the wider record: source, revision, each file, labelled loans.)
+        """
         h = hashlib.sha256()
         for name in sorted(self.files):
             h.update(f"{name}:{self.files[name]['sha256']}\n".encode())
@@ -127,7 +127,7 @@ class IngestResult:
             "repo_id": self.repo_id,
             "files": {k: dict(v) for k, v in self.files.items()},
             "cached": self.cached,
-            "fingerprint": self.fingerprint,
+            "content_sha256": self.content_sha256,
             "details": dict(self.details),
         }
 
@@ -274,6 +274,7 @@ def _ingest_sample(settings: Settings, logger: LoggerLike) -> IngestResult:
             from tasks.sample import generate
 
             info = generate(tmp, scale=scale, seed=seed)
+            release_freed_memory()  # the generator's tables (~0.5 GB at full size) are gone
             missing = [name for name in DATA_FILES if not (tmp / name).is_file()]
             if missing:
                 raise IngestError(f"tasks.sample.generate did not write {missing} into {tmp}")
@@ -393,7 +394,7 @@ def ingest_params(result: IngestResult) -> dict[str, str]:
     params = {
         "data.source": result.source,
         "data.kind": result.kind,
-        "data.fingerprint": result.fingerprint,
+        "data.content_sha256": result.content_sha256,
     }
     if result.revision:
         params["data.revision"] = result.revision
@@ -408,7 +409,7 @@ def ingest_params(result: IngestResult) -> dict[str, str]:
 
 def ingest_tags(result: IngestResult) -> dict[str, str]:
     """The searchable MLflow tags of an ingest result."""
-    tags = {"data.source": result.source, "data.fingerprint": result.fingerprint}
+    tags = {"data.source": result.source, "data.content_sha256": result.content_sha256}
     if result.revision:
         tags["data.revision"] = result.revision
     return tags
@@ -417,9 +418,9 @@ def ingest_tags(result: IngestResult) -> dict[str, str]:
 def record_ingest(result: IngestResult, run_id: str, settings: Settings) -> None:
     """Record the source, resolved revision and each file's size and sha256 on an MLflow run.
 
-    Params (immutable): ``data.source``, ``data.kind``, ``data.fingerprint``, ``data.revision`` (Hub),
+    Params (immutable): ``data.source``, ``data.kind``, ``data.content_sha256``, ``data.revision`` (Hub),
     ``data.repo_id`` (Hub), ``data.<stem>.size`` and ``data.<stem>.sha256``. Tags (searchable): ``data.source``,
-    ``data.revision``, ``data.fingerprint``. Recording the same result again (a task retry) is accepted.
+    ``data.revision``, ``data.content_sha256``. Recording the same result again (a task retry) is accepted.
     """
     tracking.log_params(settings, run_id, ingest_params(result))
     tracking.set_tags(settings, run_id, ingest_tags(result))
@@ -429,15 +430,10 @@ def record_ingest(result: IngestResult, run_id: str, settings: Settings) -> None
 # Prefect
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
-def ingest_task(
-    source: str | None = None,
-    settings: Settings | None = None,
-    mlflow_run_id: str | None = None,
-) -> IngestResult:
-    """Prefect task: :func:`ingest`, logged to the run logger, recorded on ``mlflow_run_id`` when given."""
-    logger = get_run_logger()
-    settings = settings or get_settings()
+@stage("ingest")
+def ingest_task(settings: Settings, run_id: str | None = None, source: str | None = None) -> IngestResult:
+    """Stage: :func:`ingest` of ``source`` (default: the settings'), logged, recorded on ``run_id`` when given."""
+    logger = run_logger()
     result = ingest(source, settings, logger=logger)
     for name, entry in result.files.items():
         logger.info("%s: %d bytes, sha256 %s", name, entry["size"], entry["sha256"])
@@ -449,12 +445,19 @@ def ingest_task(
         "cached" if result.cached else "fresh",
         result.data_dir,
     )
-    if mlflow_run_id:
-        record_ingest(result, mlflow_run_id, settings)
-        logger.info("Recorded the data checksums on MLflow run %s", mlflow_run_id)
+    if run_id:
+        record_ingest(result, run_id, settings)
+        logger.info("Recorded the data checksums on MLflow run %s", run_id)
     return result
 
 
-def ingest_task_for(settings: Settings):
-    """``ingest_task`` with the settings' retries and delay; permanent errors are never retried."""
-    return ingest_task.with_options(**retry_options(settings))
+def data_fingerprint(result: IngestResult, labelled_loans: int | None = None) -> dict[str, Any]:
+    """What identifies the training data in a bundle: source, revision, the files' content sha256, each file's
+    sha256 and size, and how many labelled loans it gave."""
+    return {
+        "source": result.source,
+        "revision": result.revision,
+        "content_sha256": result.content_sha256,
+        "files": {name: {"sha256": f["sha256"], "size": f["size"]} for name, f in result.files.items()},
+        "labelled_loans": labelled_loans,
+    }

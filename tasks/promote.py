@@ -13,12 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from serving.bundle import BundleError, load_bundle
 from tasks import registry
-from tasks.common import PermanentError, run_logger
+from tasks.common import PermanentError, run_logger, stage
 from tasks.evaluate import classification_metrics
 from tasks.features import ModelTable
 from tasks.registry import RegistryUnavailable
@@ -140,19 +137,20 @@ def decision_markdown(settings: Settings, version: str, decision: Decision, dry_
     return f"# {settings.model_name} v{version}: {verdict}\n\n{lines}\n"
 
 
-@task(name="promote", cache_policy=NO_CACHE)
+@stage("promote")
 def promote_task(
-    settings: Settings, version: str, metrics: dict[str, float], test: ModelTable, dry_run: bool
+    settings: Settings, version: str, metrics: dict[str, float], test: ModelTable, dry_run: bool = False
 ) -> Decision:
-    """Prefect task: decide, record the decision on the version and as an artifact; truthy when promoted."""
+    """Stage: decide, record the decision on the version and as an artifact; truthy when promoted."""
     from prefect.artifacts import create_markdown_artifact
 
     champion = rescore_champion(settings, test)
     decision = decide(metrics, champion, Policy.from_settings(settings))
     apply_decision(settings, version, decision, dry_run)
     create_markdown_artifact(
-        key="promotion-decision", markdown=decision_markdown(settings, version, decision, dry_run),
+        key="promotion-decision",
+        markdown=decision_markdown(settings, version, decision, dry_run),
         description=f"{settings.model_name} v{version} promotion decision",
-    )  # fmt: skip
+    )
     run_logger().info("promotion of v%s: %s — %s", version, decision.promoted, "; ".join(decision.reasons))
     return decision

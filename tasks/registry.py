@@ -1,44 +1,29 @@
 """The MLflow model registry: register a bundle as a model version, find versions by alias, export bundles.
 
 Errors fail closed: only a registry that says "no such model / version / alias" means absent (None or a
-:class:`~tasks.common.PermanentError`); any other failure (server unreachable, 5xx, a broken store) is a
-:class:`RegistryUnavailable`, which the stage tasks retry and which then fails the run. MLflow 3 answers a missing
-registered model with ``RESOURCE_DOES_NOT_EXIST`` (404) and a missing alias of an existing model with
-``INVALID_PARAMETER_VALUE`` (400) "Registered model alias ... not found", on SQLite and through ``mlflow server``.
+:class:`~tasks.common.PermanentError`, see :func:`tasks.tracking.is_absent`); any other failure (server
+unreachable, 5xx, a broken store) is a :class:`RegistryUnavailable`, which the stage tasks retry and which then
+fails the run. MLflow is reached through :mod:`tasks.tracking` only.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import shutil
 from pathlib import Path
 from typing import Any, NoReturn
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from serving.bundle import META_FILE, stamp_version
 from tasks import tracking
-from tasks.common import PermanentError, TransientError, run_logger
+from tasks.common import PermanentError, TransientError, run_logger, stage
 from tasks.settings import Settings
+from tasks.tracking import is_absent
 
 BUNDLE_ARTIFACT_PATH = "bundle"
-_ALIAS_NOT_FOUND = re.compile(r"alias \S+ not found", re.IGNORECASE)
 
 
 class RegistryUnavailable(TransientError):
     """The MLflow registry did not answer, or answered with an error that is not "absent"."""
-
-
-def is_absent(exc: BaseException) -> bool:
-    """Whether an MLflow error says the model, version, alias or artifact does not exist (and nothing else)."""
-    from mlflow.exceptions import MlflowException
-
-    if not isinstance(exc, MlflowException):
-        return False
-    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-        return True
-    return exc.error_code == "INVALID_PARAMETER_VALUE" and bool(_ALIAS_NOT_FOUND.search(str(exc)))
 
 
 def unavailable(settings: Settings, what: str, exc: BaseException) -> NoReturn:
@@ -56,13 +41,11 @@ def bundle_uri(settings: Settings, version: str) -> str:
 def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dict[str, str]) -> str:
     """Create a model version whose source is the run's ``bundle/`` artifacts, stamp that version into the
     bundle's metadata, then upload the bundle; returns the version. A failed upload removes the version."""
-    from mlflow.exceptions import MlflowException
-
     c = tracking.client(settings)
     try:
         c.create_registered_model(settings.model_name, description="Loan default risk (CatBoost bundle)")
-    except MlflowException as exc:
-        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
+    except Exception as exc:
+        if not tracking.already_exists(exc):
             raise
     source = f"{c.get_run(run_id).info.artifact_uri}/{BUNDLE_ARTIFACT_PATH}"
     version = str(
@@ -99,6 +82,16 @@ def version_by_alias(settings: Settings, alias: str) -> Any | None:
         if is_absent(exc):
             return None
         unavailable(settings, f"read alias {alias!r} of {settings.model_name!r}", exc)
+
+
+def resolve_version(settings: Settings, model_version: str | None, alias: str | None) -> str:
+    """A version given explicitly (checked to exist), or the one ``alias`` (default ``candidate``) points to."""
+    if model_version:
+        return str(get_version(settings, model_version).version)
+    found = version_by_alias(settings, alias or "candidate")
+    if found is None:
+        raise PermanentError(f"model {settings.model_name!r} has no alias {alias!r}: nothing to deploy")
+    return str(found.version)
 
 
 def set_alias(settings: Settings, alias: str, version: str) -> None:
@@ -154,18 +147,12 @@ def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
     :class:`PermanentError` when the version or its artifacts do not exist, :class:`RegistryUnavailable` when
     the registry or artifact store fails.
     """
-    import mlflow
-
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
     try:
         source = tracking.client(settings).get_model_version_download_uri(settings.model_name, str(version))
-        path = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=str(dst), tracking_uri=settings.tracking_uri
-            )
-        )
+        path = tracking.download_artifacts(settings, source, dst)
     except Exception as exc:
         if is_absent(exc) or isinstance(exc, FileNotFoundError):
             raise PermanentError(f"{bundle_uri(settings, version)}: no bundle to download ({exc})") from exc
@@ -176,19 +163,32 @@ def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
     return path
 
 
-@task(name="register", cache_policy=NO_CACHE)
-def register_task(settings: Settings, run_id: str, bundle_dir: Path, tags: dict[str, str]) -> str:
-    """Prefect task: a new model version carrying the bundle."""
-    version = register_bundle(settings, run_id, bundle_dir, tags)
+def version_tags(bundle_dir: Path) -> dict[str, str]:
+    """The searchable tags of a new version, from its bundle's metadata: data source and revision, test
+    ROC-AUC, threshold."""
+    meta = json.loads((bundle_dir / META_FILE).read_text())
+    data = meta.get("data_fingerprint") or {}
+    return {
+        "data.source": str(data.get("source") or ""),
+        "data.revision": str(data.get("revision") or ""),
+        "test_roc_auc": f"{meta.get('metrics', {}).get('test_roc_auc', float('nan')):.4f}",
+        "threshold": f"{meta['threshold']:.6f}",
+    }
+
+
+@stage("register")
+def register_task(settings: Settings, run_id: str, bundle_dir: Path) -> str:
+    """Stage: a new model version carrying the bundle, tagged from its metadata."""
+    version = register_bundle(settings, run_id, bundle_dir, version_tags(bundle_dir))
     run_logger().info(
         "registered %s version %s (%s)", settings.model_name, version, bundle_uri(settings, version)
     )
     return version
 
 
-@task(name="export-bundle", cache_policy=NO_CACHE)
+@stage("export-bundle", max_retries=0)
 def export_task(settings: Settings, version: str, context_dir: Path) -> Path:
-    """Prefect task: a fresh Docker build context holding the version's bundle and the serving code."""
+    """Stage: a fresh Docker build context holding the version's bundle and the serving code."""
     from serving.build_context import prepare_build_context
 
     bundle = download_bundle(settings, version, context_dir.parent / f"bundle-v{version}")

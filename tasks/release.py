@@ -36,11 +36,8 @@ import socket
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from tasks import registry
-from tasks.common import PermanentError, run_logger
+from tasks.common import PermanentError, run_logger, stage
 from tasks.settings import Settings
 
 CHAMPION = "champion"
@@ -96,8 +93,14 @@ def history_entry(
     """One release history entry (see the module docstring)."""
     if kind not in RELEASE_KINDS:
         raise ValueError(f"release kind must be one of {RELEASE_KINDS}, got {kind!r}")
-    entry = {"version": str(version), "image": image, "digest": digest, "at": at or now_utc(), "kind": kind,
-             "by": by}  # fmt: skip
+    entry = {
+        "version": str(version),
+        "image": image,
+        "digest": digest,
+        "at": at or now_utc(),
+        "kind": kind,
+        "by": by,
+    }
     if reason:
         entry["reason"] = reason[:REASON_MAX_CHARS]
     if rolled_back_from:
@@ -220,8 +223,9 @@ def _is_float(v: str) -> bool:
     return True
 
 
-def commit_release(settings: Settings, entry: dict[str, str], metrics: dict[str, float],
-                   overrode: list[str] | None = None) -> dict[str, Any] | None:  # fmt: skip
+def commit_release(
+    settings: Settings, entry: dict[str, str], metrics: dict[str, float], overrode: list[str] | None = None
+) -> dict[str, Any] | None:
     """Record the release on the version, then point ``champion`` at it: THE commit point.
 
     ``entry`` is the release's history entry (version, image, digest, kind, by, reason). Returns the previous
@@ -258,10 +262,15 @@ def commit_release(settings: Settings, entry: dict[str, str], metrics: dict[str,
 def entry_from_tags(version: str, tags: dict[str, str]) -> dict[str, str]:
     """The history entry of a committed release, rebuilt from the tags :func:`commit_release` wrote."""
     return history_entry(
-        version, tags["release.image"], tags["release.digest"], tags.get("release.kind", "release"),
-        tags.get("release.by", "unknown"), tags.get("release.forced_reason") or tags.get("release.reason"),
-        tags.get("release.at"), tags.get("release.rolled_back_from") or None,
-    )  # fmt: skip
+        version,
+        tags["release.image"],
+        tags["release.digest"],
+        tags.get("release.kind", "release"),
+        tags.get("release.by", "unknown"),
+        tags.get("release.forced_reason") or tags.get("release.reason"),
+        tags.get("release.at"),
+        tags.get("release.rolled_back_from") or None,
+    )
 
 
 # --- release notes ------------------------------------------------------------------------------------------
@@ -334,29 +343,39 @@ def _artifact_exists(key: str) -> bool:
     return bool(found)
 
 
-# --- Prefect tasks: the commit point and the steps after it ---------------------------------------------------
-@task(name="commit-champion", cache_policy=NO_CACHE)
-def commit_task(settings: Settings, entry: dict[str, str], metrics: dict[str, float],
-                overrode: list[str] | None = None) -> dict[str, Any] | None:  # fmt: skip
-    """Prefect task: the commit point (``champion`` moves to the released version)."""
+# --- stages: the commit point and the steps after it ---------------------------------------------------------
+@stage("commit-champion")
+def commit_task(
+    settings: Settings, entry: dict[str, str], metrics: dict[str, float], overrode: list[str] | None = None
+) -> dict[str, Any] | None:
+    """Stage: the commit point (``champion`` moves to the released version)."""
     previous = commit_release(settings, entry, metrics, overrode)
-    run_logger().info("COMMIT: champion is now v%s (was %s); %s@%s", entry["version"],
-                      previous["version"] if previous else "none", entry["image"], entry["digest"])  # fmt: skip
+    run_logger().info(
+        "COMMIT: champion is now v%s (was %s); %s@%s",
+        entry["version"],
+        previous["version"] if previous else "none",
+        entry["image"],
+        entry["digest"],
+    )
     return previous
 
 
-@task(name="release-history", cache_policy=NO_CACHE)
+@stage("release-history")
 def history_task(settings: Settings, entry: dict[str, str]) -> bool:
-    """Prefect task: the release history records ``entry`` (no second entry for the same release)."""
+    """Stage: the release history records ``entry`` (no second entry for the same release)."""
     added = append_history(settings, entry)
-    run_logger().info("release history %s v%s (%s)", "records" if added else "already records", entry["version"],
-                      entry["kind"])  # fmt: skip
+    run_logger().info(
+        "release history %s v%s (%s)",
+        "records" if added else "already records",
+        entry["version"],
+        entry["kind"],
+    )
     return added
 
 
-@task(name="release-notes", cache_policy=NO_CACHE)
+@stage("release-notes")
 def notes_task(settings: Settings, version: str, digest: str, notes: str) -> str:
-    """Prefect task: the release's notes as a markdown artifact, unless they exist already."""
+    """Stage: the version's release notes as a markdown artifact, unless it exists already."""
     from prefect.artifacts import create_markdown_artifact
 
     key = notes_artifact_key(settings.model_name, version, digest)
@@ -369,8 +388,11 @@ def notes_task(settings: Settings, version: str, digest: str, notes: str) -> str
     return key
 
 
-@task(name="mark-rolled-back", cache_policy=NO_CACHE)
+@stage("mark-rolled-back")
 def mark_rolled_back_task(settings: Settings, version: str, to_version: str, at: str, by: str) -> None:
-    """Prefect task: tag the version a rollback left (its history entry is what the gate reads)."""
-    registry.set_version_tags(settings, version, {"release.rolled_back_to": to_version,
-                                                  "release.rolled_back_at": at, "release.rolled_back_by": by})  # fmt: skip
+    """Stage: tag the version a rollback left (its history entry is what the gate reads)."""
+    registry.set_version_tags(
+        settings,
+        version,
+        {"release.rolled_back_to": to_version, "release.rolled_back_at": at, "release.rolled_back_by": by},
+    )

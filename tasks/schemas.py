@@ -157,4 +157,3 @@ SCHEMAS: dict[str, pa.DataFrameSchema] = {
     "payment": _schema("payment"),
     "clarity": _schema("clarity"),
 }
-LOAN_SCHEMA, PAYMENT_SCHEMA, CLARITY_SCHEMA = SCHEMAS["loan"], SCHEMAS["payment"], SCHEMAS["clarity"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from tasks.common import PermanentError, run_logger
+from tasks import tracking
+from tasks.common import PermanentError, run_logger, stage
 from tasks.features import ModelTable
+from tasks.settings import Settings
 
 
 class Split:
@@ -65,9 +65,14 @@ def split_by_time(table: ModelTable, fractions: tuple[float, float, float]) -> S
     return Split(table.subset(tr), table.subset(va), table.subset(te), boundaries)
 
 
-@task(name="split", cache_policy=NO_CACHE, retries=0)
-def split_task(table: ModelTable, fractions: tuple[float, float, float]) -> Split:
-    """Prefect task: the time split, with its boundaries logged."""
-    split = split_by_time(table, fractions)
+@stage("split")
+def split_task(settings: Settings, table: ModelTable, run_id: str | None = None) -> Split:
+    """Stage: the time split; its boundaries (and the table's figures) logged and recorded on ``run_id``."""
+    split = split_by_time(table, settings.split_fractions)
     run_logger().info("split boundaries: %s", split.boundaries)
+    if run_id:
+        tracking.log_dict(
+            settings, run_id, {"boundaries": split.boundaries, "table": table.stats}, "split.json"
+        )
+        tracking.log_params(settings, run_id, {f"split.{k}": v for k, v in split.boundaries.items()})
     return split

@@ -6,13 +6,12 @@ from typing import Any
 
 import numpy as np
 from catboost import CatBoostClassifier, Pool
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from serving.features import CATEGORICAL_INDICES
-from tasks.common import run_logger
+from tasks.common import run_logger, stage
 from tasks.features import ModelTable
 from tasks.settings import Settings
+from tasks.split import Split
 
 FIXED_PARAMS: dict[str, Any] = {
     "loss_function": "Logloss",
@@ -23,18 +22,19 @@ FIXED_PARAMS: dict[str, Any] = {
 
 
 def make_pool(table: ModelTable) -> Pool:
-    """A CatBoost pool from the model rows (the exact rows the service builds)."""
-    return Pool(table.rows, label=table.label, cat_features=list(CATEGORICAL_INDICES))
+    """A CatBoost pool from the model rows (the rows the service builds; the same model as from row lists)."""
+    return Pool(table.features, label=table.label, cat_features=list(CATEGORICAL_INDICES))
 
 
 def model_params(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Tuned parameters plus the fixed ones: seed, threads, iteration cap, early stopping."""
+    """Tuned parameters plus the fixed ones: seed, threads, iteration cap, early stopping, CTR complexity."""
     return {
         **FIXED_PARAMS,
         "iterations": settings.max_iterations,
         "early_stopping_rounds": settings.early_stopping_rounds,
         "random_seed": settings.seed,
         "thread_count": settings.thread_count,
+        "max_ctr_complexity": settings.max_ctr_complexity,
         **params,
     }
 
@@ -57,12 +57,10 @@ def predict_proba(model: CatBoostClassifier, pool: Pool) -> np.ndarray:
     return model.predict(pool, prediction_type="Probability")[:, 1]
 
 
-@task(name="train", cache_policy=NO_CACHE)
-def train_task(
-    best_params: dict[str, Any], train: ModelTable, valid: ModelTable, settings: Settings
-) -> CatBoostClassifier:
-    """Prefect task: the final model with the best parameters."""
-    model = fit_model(best_params, make_pool(train), make_pool(valid), settings)
+@stage("train")
+def train_task(settings: Settings, split: Split, best_params: dict[str, Any]) -> CatBoostClassifier:
+    """Stage: the final model with the best parameters, early-stopped on the validation slice."""
+    model = fit_model(best_params, make_pool(split.train), make_pool(split.valid), settings)
     run_logger().info(
         "final model: %d trees (best iteration %s)", model.tree_count_, model.get_best_iteration()
     )

@@ -19,7 +19,7 @@ the header being line 1) and that no quoted field spans lines (true of the real 
 artifact quotes an identifier or personal value.
 
 The plain functions (:func:`validate_tables`, :func:`validate`) work without a Prefect run; :data:`validate_task`
-is the Prefect task (no retries: bad data stays bad).
+is the stage (a :class:`DataValidationError` is permanent: bad data stays bad, it is never retried).
 """
 
 from __future__ import annotations
@@ -34,12 +34,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pandera.errors import SchemaErrors
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from serving.privacy import Pseudonymiser
 from tasks import tracking
-from tasks.common import run_logger
+from tasks.common import run_logger, stage
 from tasks.dataset import COLUMNS, FILES, IDENTIFIER_COLUMNS
 from tasks.reading import (
     KIND_WORDS,
@@ -258,7 +256,7 @@ def validate_tables(
     return result
 
 
-# --- the Prefect task ---------------------------------------------------------------------------------------
+# --- the stage ----------------------------------------------------------------------------------------------
 
 
 def _in_prefect_run() -> bool:
@@ -267,7 +265,7 @@ def _in_prefect_run() -> bool:
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
-def _publish(result: ValidationResult, settings: Settings, mlflow_run_id: str | None) -> None:
+def _publish(result: ValidationResult, settings: Settings, run_id: str | None) -> None:
     """Table artifact inside a Prefect run; report JSON and quarantine files to the MLflow run when given."""
     if _in_prefect_run():
         from prefect.artifacts import create_table_artifact
@@ -277,12 +275,12 @@ def _publish(result: ValidationResult, settings: Settings, mlflow_run_id: str | 
             table=result.report,
             description=f"Data validation: {result.quarantined_rows} row(s) quarantined",
         )
-    if mlflow_run_id:
-        tracking.log_dict(settings, mlflow_run_id, result.to_json(), "validation/report.json")
-        tracking.log_files(settings, mlflow_run_id, list(result.quarantine_files.values()), "validation")
+    if run_id:
+        tracking.log_dict(settings, run_id, result.to_json(), "validation/report.json")
+        tracking.log_files(settings, run_id, list(result.quarantine_files.values()), "validation")
 
 
-def validate(data_dir: str | Path, settings: Settings, mlflow_run_id: str | None = None) -> ValidationResult:
+def validate(settings: Settings, data_dir: str | Path, run_id: str | None = None) -> ValidationResult:
     """Read and validate the three files of ``data_dir``; publish the report (artifact, MLflow run)."""
     log = run_logger()
     try:
@@ -297,7 +295,7 @@ def validate(data_dir: str | Path, settings: Settings, mlflow_run_id: str | None
     except DataValidationError as exc:
         log.error("validation failed: %s", exc)
         if exc.result is not None:  # too many rows quarantined: still publish what was found
-            _publish(exc.result, settings, mlflow_run_id)
+            _publish(exc.result, settings, run_id)
         raise
     for row in result.report:
         log.info(
@@ -308,8 +306,8 @@ def validate(data_dir: str | Path, settings: Settings, mlflow_run_id: str | None
             100 * row["quarantined_share"],
             f"; {row['broken_rules']}" if row["broken_rules"] else "",
         )
-    _publish(result, settings, mlflow_run_id)
+    _publish(result, settings, run_id)
     return result
 
 
-validate_task = task(name="validate", retries=0, cache_policy=NO_CACHE)(validate)
+validate_task = stage("validate")(validate)

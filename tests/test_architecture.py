@@ -34,3 +34,37 @@ def imported_roots(folder: str) -> set[str]:
 def test_dependencies_point_one_way() -> None:
     assert not imported_roots("serving") & {"tasks", "flows", "deployments", "prefect", "optuna", "mlflow"}
     assert "flows" not in imported_roots("tasks")
+
+
+# Modules that may import mlflow: the one door, and the serving benchmark's MLflow peer (it measures MLflow's own
+# model server, so it saves a pyfunc the way an MLflow user would).
+MLFLOW_DOORS = {"tasks/tracking.py", "bench/mlflow_peer.py", "bench/serve"}
+
+
+def mlflow_importers() -> set[str]:
+    found = set()
+    files = [
+        *ROOT.glob("flows/*.py"),
+        *ROOT.rglob("tasks/**/*.py"),
+        *ROOT.glob("deployments/*.py"),
+        *ROOT.glob("bench/*"),
+    ]
+    for path in files:
+        if path.is_dir() or path.suffix not in {".py", ""}:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
+                found.add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_one_door_to_mlflow() -> None:
+    """Issue 9, item 3: nothing but tasks/tracking.py reaches MLflow (no client of its own, no mlflow.* call)."""
+    assert mlflow_importers() - MLFLOW_DOORS == set()
+    assert "tasks/tracking.py" in mlflow_importers()

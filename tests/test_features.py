@@ -134,3 +134,27 @@ def test_duplicate_loan_id_error_does_not_print_the_id() -> None:
     with pytest.raises(Exception, match="appears 2 times") as err:
         label_loans(loan, ["External Collection"], ["Paid Off Loan"])
     assert "LL-I-00000042" not in str(err.value)
+
+
+def test_features_stage_builds_the_table_column_wise_and_lets_the_raw_tables_go(tmp_path) -> None:
+    """The model table keeps typed columns (not ~40k record dicts), its records and rows come back on demand,
+    and the stage empties the validated tables it read (nothing after it needs them)."""
+    from prefect.logging import disable_run_logger
+
+    from tasks.features import features_task
+    from tasks.settings import Settings
+    from tasks.validate import ValidationResult
+
+    loan_fields = {k: v for k, v in RECORD.items() if k in LOAN_COLUMNS}
+    loan = pd.DataFrame([dict(loan_fields, loanId=f"L{i}", loanStatus="Paid Off Loan") for i in range(3)])
+    clarity = pd.DataFrame(
+        [{c: None for c in CLARITY_COLUMNS} | {"underwritingid": RECORD["clarityFraudId"]}]
+    )
+    validated = ValidationResult({"loan": loan, "clarity": clarity, "payment": pd.DataFrame()}, [], {})
+    with disable_run_logger():
+        table = features_task.fn(Settings(state_dir=tmp_path), validated)
+    assert validated.tables == {}
+    assert list(table.features.columns) == list(FEATURE_NAMES) and len(table) == 3
+    assert table.features.drop(columns=list(CATEGORICAL_FEATURES)).dtypes.eq("float64").all()
+    assert pd.Series(table.rows[1]).equals(pd.Series(build_rows(table.records)[1]))
+    assert table.subset([2, 0]).loan_ids == ["L2", "L0"]

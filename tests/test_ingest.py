@@ -23,7 +23,6 @@ from tasks.ingest import (
     Source,
     ingest,
     ingest_task,
-    ingest_task_for,
     parse_source,
     record_ingest,
     sha256_file,
@@ -133,7 +132,7 @@ def test_sample_is_generated_once_then_reused(tmp_path: Path, monkeypatch: pytes
 
     second = ingest("sample", s)
     assert second.cached and len(calls) == 1
-    assert second.files == first.files and second.fingerprint == first.fingerprint
+    assert second.files == first.files and second.content_sha256 == first.content_sha256
 
 
 def test_sample_half_written_folder_is_regenerated(tmp_path: Path) -> None:
@@ -155,7 +154,7 @@ def test_sample_folder_depends_on_scale_and_seed(tmp_path: Path) -> None:
     a = ingest("sample", _settings(tmp_path, sample_scale=0.01, sample_seed=1))
     b = ingest("sample", _settings(tmp_path, sample_scale=0.01, sample_seed=2))
     assert a.data_dir != b.data_dir
-    assert a.fingerprint != b.fingerprint
+    assert a.content_sha256 != b.content_sha256
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,11 +422,11 @@ def test_checksums_recorded_on_mlflow_run(tmp_path: Path, hf_hub: HubFixture) ->
     s = _settings(tmp_path)
     client, run_id = _mlflow_run(s)
     with disable_run_logger():
-        result = ingest_task.fn(hf_hub.source(), s, mlflow_run_id=run_id)
+        result = ingest_task.fn(s, run_id, source=hf_hub.source())
     data = client.get_run(run_id).data
     assert data.params["data.source"] == hf_hub.source()
     assert data.params["data.revision"] == hf_hub.second_sha == data.tags["data.revision"]
-    assert data.params["data.fingerprint"] == result.fingerprint
+    assert data.params["data.content_sha256"] == result.content_sha256 == data.tags["data.content_sha256"]
     for name in DATA_FILES:
         stem = Path(name).stem
         assert data.params[f"data.{stem}.sha256"] == _sha(hf_hub.files.second[name])
@@ -437,11 +436,11 @@ def test_checksums_recorded_on_mlflow_run(tmp_path: Path, hf_hub: HubFixture) ->
     assert json.loads(json.dumps(result.to_dict()))["revision"] == hf_hub.second_sha
 
 
-def test_ingest_task_for_applies_the_settings_retry_policy(tmp_path: Path) -> None:
+def test_ingest_stage_applies_the_settings_retry_policy(tmp_path: Path) -> None:
     from prefect.states import Failed
 
     s = _settings(tmp_path, task_retries=3, task_retry_delay_seconds=0)
-    t = ingest_task_for(s)
+    t = ingest_task.task_for(s)
     assert t.name == "ingest" and t.retries == 3 and t.retry_delay_seconds == 0
     cond = t.retry_condition_fn
     assert cond is not None
@@ -461,7 +460,7 @@ def test_prefect_retries_transient_but_not_permanent_failures(tmp_path: Path, hf
 
     @flow(name="ingest-retry-test")
     def run(source: str) -> IngestResult:
-        return ingest_task_for(s)(source, s)
+        return ingest_task(s, source=source)
 
     with pytest.raises(HubNotFoundError, match="nobody/nothing"):
         run(hf_hub.source(repo_id="nobody/nothing"))

@@ -77,11 +77,10 @@ def test_write_bundle_refuses_identifiers_in_the_reference(tmp_path: Path) -> No
 
 
 def test_training_reference_sample_holds_no_identifier() -> None:
-    from flows.training import reference_sample
+    from tasks.package import reference_sample
 
     records = [{**RECORD, "loanId": f"LL-I-{i:08d}", "anon_ssn": f"{i:032x}"} for i in range(10)]
-    rows = build_rows(records)
-    table = ModelTable(records, rows, np.zeros(10), np.zeros(10), [r["loanId"] for r in records])
+    table = ModelTable.from_records(records, np.zeros(10), np.zeros(10), [r["loanId"] for r in records])
     reference = reference_sample(table, [i / 10 for i in range(10)], 5, KEY)
     assert len(reference["records"]) == len(reference["probabilities"]) == 5
     text = repr(reference)

@@ -111,7 +111,6 @@ def test_promote_retries_then_fails_when_the_registry_fails(settings: Settings, 
     from prefect import flow
 
     from tasks import registry, tracking
-    from tasks.common import retry_options
     from tasks.promote import promote_task
 
     run = tracking.start_run(settings, "t")
@@ -123,9 +122,7 @@ def test_promote_retries_then_fails_when_the_registry_fails(settings: Settings, 
 
     @flow(name="promote-against-a-failing-registry")
     def gate() -> object:
-        return promote_task.with_options(**retry_options(settings, retries=2))(
-            settings, v2, GOOD, test, False
-        )
+        return promote_task(settings.model_copy(update={"task_retries": 2}), v2, GOOD, test, False)
 
     state = gate(return_state=True)
     assert state.is_failed(), state

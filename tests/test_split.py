@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tasks.common import PermanentError
@@ -13,9 +14,12 @@ from tasks.split import split_by_time, time_split_indices
 def make_table(times: np.ndarray) -> ModelTable:
     n = len(times)
     return ModelTable(
-        records=[{"i": i} for i in range(n)], rows=[[float(i)] for i in range(n)],
-        label=(np.arange(n) % 2).astype(np.int8), application_time=times, loan_ids=[f"L{i}" for i in range(n)],
-    )  # fmt: skip
+        raw=pd.DataFrame({"i": range(n)}),
+        features=pd.DataFrame({"x": np.arange(n, dtype=float)}),
+        label=(np.arange(n) % 2).astype(np.int8),
+        application_time=times,
+        loan_ids=[f"L{i}" for i in range(n)],
+    )
 
 
 def test_split_is_chronological_with_expected_sizes() -> None:

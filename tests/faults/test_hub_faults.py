@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tasks.common import PermanentError
-from tasks.ingest import IngestResult, ingest_task_for
+from tasks.ingest import IngestResult, ingest_task
 from tasks.settings import Settings
 from tests.hf_server import HubFixture, hf_hub, hf_hub_files  # noqa: F401
 
@@ -44,7 +44,7 @@ def _ingest_stage(settings: Settings, source: str) -> IngestResult:
 
     @flow(name="hub-fault-test")
     def run() -> IngestResult:
-        return ingest_task_for(settings)(source, settings)
+        return ingest_task(settings, source=source)
 
     return run()
 

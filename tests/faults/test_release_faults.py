@@ -377,7 +377,6 @@ def test_promote_against_a_stopped_mlflow_server(running_mlflow: MlflowServer, t
     from prefect import flow
 
     from tasks import registry, tracking
-    from tasks.common import retry_options
     from tasks.promote import promote_task
     from tasks.settings import Settings
     from tests.test_promote import GOOD, _minimal_bundle, _task_run_counts
@@ -396,7 +395,7 @@ def test_promote_against_a_stopped_mlflow_server(running_mlflow: MlflowServer, t
         @flow(name="promote-against-a-stopped-mlflow")
         def gate() -> object:
             test = type("Split", (), {"records": [{"apr": 590}], "label": np.array([1])})()
-            return promote_task.with_options(**retry_options(s, retries=2))(s, new, GOOD, test, False)
+            return promote_task(s.model_copy(update={"task_retries": 2}), new, GOOD, test, False)
 
         state = gate(return_state=True)
         assert state.is_failed() and _task_run_counts(state) == {"promote": 3}
