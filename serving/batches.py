@@ -46,7 +46,8 @@ _Batch = msgspec.defstruct("Batch", [("data", list[Record])], forbid_unknown_fie
 _Invocation = msgspec.defstruct(
     "Invocation",
     [(key, _Records, msgspec.UNSET) for key in ("dataframe_records", "inputs", "instances")]
-    + [("dataframe_split", _Split | msgspec.UnsetType, msgspec.UNSET)],
+    + [("dataframe_split", _Split | msgspec.UnsetType, msgspec.UNSET)]
+    + [("params", Any, None)],  # MLflow's inference parameters (reasons: serving/reasons.py)
     forbid_unknown_fields=True,
     gc=False,
 )
@@ -58,10 +59,13 @@ _NOTHING = (None,)
 class FastBatch:
     """Decoded records, read a column at a time: ``column(field)`` lists that field's values (None if absent)."""
 
-    def __init__(self, records: Sequence[Any], columns: dict[str, Sequence[Any]] | None = None) -> None:
+    def __init__(
+        self, records: Sequence[Any], columns: dict[str, Sequence[Any]] | None = None, params: Any = None
+    ) -> None:
         self.records = records
         self.size = len(records)
         self._columns = columns
+        self.params = params  # /invocations: the request's MLflow ``params`` (None when it has none)
 
     def column(self, name: str) -> Sequence[Any]:
         if self._columns is None:  # every field at once: one C-level transpose of the structs' slots
@@ -91,14 +95,14 @@ def fast_invocation(body: Body, limit: int) -> FastBatch | None:
         payload = _DECODE_INVOCATION(body)
     except (msgspec.MsgspecError, RecursionError):  # deep nesting: the checked way answers it
         return None
-    given = [v for v in msgspec.structs.astuple(payload) if v is not msgspec.UNSET]
+    given = [v for v in msgspec.structs.astuple(payload)[:-1] if v is not msgspec.UNSET]
     if len(given) != 1:
         return None
-    value = given[0]
+    value, params = given[0], payload.params
     if type(value) is list:
-        return FastBatch(value) if 0 < len(value) <= limit else None
+        return FastBatch(value, None, params) if 0 < len(value) <= limit else None
     columns, rows = value.columns, value.data
     width = len(columns)
     if not 0 < len(rows) <= limit or len(set(columns)) != width or set(map(len, rows)) != {width}:
         return None
-    return FastBatch(rows, dict(zip(columns, zip(*rows, strict=True), strict=True)))
+    return FastBatch(rows, dict(zip(columns, zip(*rows, strict=True), strict=True)), params)

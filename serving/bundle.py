@@ -4,6 +4,8 @@ A bundle is a directory with
 - ``model.cbm``: the CatBoost model in its native format (no pickle anywhere),
 - ``bundle.json``: metadata (model name and version, features, categorical features, decision threshold,
   metrics, data fingerprint, feature contract version),
+- ``reason_codes.toml`` (optional): the reviewed reason-code table (:mod:`serving.reasons`), copied in at
+  packaging; a bundle without it serves predictions without reasons,
 - ``reference.json`` (optional): test records with the probabilities training computed for them, so a
   deployed image can prove it reproduces training's predictions. The records hold only the fields the features
   read, ``clarityFraudId`` pseudonymised (:func:`serving.privacy.reference_records`): no ``loanId``, no
@@ -34,6 +36,7 @@ from serving.features import (
     columns_from,
 )
 from serving.privacy import foreign_fields
+from serving.reasons import Explainer, ModelInput, ReasonTableError, load_explainer
 
 BUNDLE_FORMAT = 1
 # Fewer records than this are built row by row (build_rows): for a handful, the columnar builder's fixed cost
@@ -162,45 +165,76 @@ class Bundle:
         self.model = CatBoostClassifier(thread_count=thread_count)
         self.model.load_model(str(model_path), format="cbm")
         self.thread_count = thread_count
+        self.explainer = self._load_explainer()
 
     @property
     def version(self) -> str | None:
         return self.meta.model_version
 
+    # --- reason codes (serving/reasons.py) ---
+
+    def _load_explainer(self) -> Explainer | None:
+        try:
+            return load_explainer(self.directory, self.model, self.meta.features)
+        except ReasonTableError as exc:
+            raise BundleError(f"{self.directory}: {exc}") from None
+
+    def reason_codes(self) -> dict[str, Any] | None:
+        """The reason-code table as /model/info lists it; None for a bundle without one."""
+        return None if self.explainer is None else self.explainer.table.as_dict()
+
+    def input_pool(self, model_input: ModelInput) -> Pool:
+        """The CatBoost Pool of a model input: rows of ``build_rows`` or columns of ``columns_from``."""
+        if isinstance(model_input, list):
+            return Pool(model_input, cat_features=_CATEGORICAL, thread_count=self.thread_count)
+        frame = pd.DataFrame(
+            {k: _categorical(v) if type(v) is list else v for k, v in model_input.items()}, copy=False
+        )
+        frame.columns = _COLUMN_INDEX  # Python text: pandas would make Arrow strings, read back one by one
+        return Pool(frame, cat_features=_CATEGORICAL, thread_count=self.thread_count)
+
+    def model_input(self, records: list[dict[str, Any]]) -> ModelInput:
+        """The model input of raw records: rows for a few, columns for more (:meth:`predict_records`)."""
+        return build_rows(records) if len(records) < COLUMNS_FROM else build_columns(records)
+
+    def fast_input(self, column: Callable[[str], Sequence[Any]], n: int) -> dict[str, Any] | None:
+        """The columns of :meth:`predict_fast`, or None when it would answer None."""
+        if n < COLUMNS_FROM:
+            return None
+        try:
+            return columns_from(column, n)
+        except (ValueError, OverflowError, TypeError):
+            return None
+
+    def predict_input(self, model_input: ModelInput) -> list[float]:
+        """Probabilities for a model input (:meth:`model_input`, :meth:`fast_input`)."""
+        if isinstance(model_input, list):
+            return self.predict_rows(model_input)
+        return self.predict_columns(model_input).tolist()
+
     def predict_rows(self, rows: list[list[Any]]) -> list[float]:
         """Probability of the risky class for rows already built by :func:`serving.features.build_rows`."""
         if not rows:
             return []
-        pool = Pool(rows, cat_features=_CATEGORICAL, thread_count=self.thread_count)
+        pool = self.input_pool(rows)
         proba = self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)
         return [float(p) for p in proba[:, 1]]
 
     def predict_columns(self, columns: dict[str, Any]) -> np.ndarray:
         """Probability of the risky class for columns built by :func:`serving.features.columns_from`."""
-        frame = pd.DataFrame(
-            {k: _categorical(v) if type(v) is list else v for k, v in columns.items()}, copy=False
-        )
-        frame.columns = _COLUMN_INDEX  # Python text: pandas would make Arrow strings, read back one by one
-        pool = Pool(frame, cat_features=_CATEGORICAL, thread_count=self.thread_count)
+        pool = self.input_pool(columns)
         return self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
 
     def predict_fast(self, column: Callable[[str], Sequence[Any]], n: int) -> list[float] | None:
         """Probabilities for ``n`` records read a column at a time (:func:`serving.features.columns_from`): the
         fast way for batches. None when they are too few to gain, or a value needs the checked way
         (:meth:`predict_records`, which names it)."""
-        if n < COLUMNS_FROM:
-            return None
-        try:
-            columns = columns_from(column, n)
-        except (ValueError, OverflowError, TypeError):
-            return None
-        return self.predict_columns(columns).tolist()
+        columns = self.fast_input(column, n)
+        return None if columns is None else self.predict_input(columns)
 
     def predict_records(self, records: list[dict[str, Any]]) -> list[float]:
         """Probability of the risky class for raw records (field names of the source files)."""
-        if len(records) < COLUMNS_FROM:
-            return self.predict_rows(build_rows(records))
-        return self.predict_columns(build_columns(records)).tolist()
+        return self.predict_input(self.model_input(records))
 
     def reference(self) -> dict[str, list[Any]] | None:
         """The reference records and training-time probabilities, when the bundle has them."""

@@ -13,6 +13,7 @@ The serving image carries no pydantic-settings; this module is all it needs.
 | ``LOANRISK_RELOAD_SYNC_DIR``    | (gunicorn: temporary)| folder the workers of one gunicorn share reloads through |
 | ``LOANRISK_RELOAD_TIMEOUT``     | 10                   | s a reload waits for every worker to serve the new model |
 | ``LOANRISK_VERIFY_REFERENCE``   | true                 | refuse a bundle that does not reproduce its reference    |
+| ``LOANRISK_REASON_COUNT``       | 4                    | reasons per explained record (1-10; ``reason_count`` too)|
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ ENV_PREFIX = "LOANRISK_"
 DEFAULT_MAX_BATCH_SIZE = 10_000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_RELOAD_TIMEOUT_S = 10.0
+DEFAULT_REASON_COUNT = 4
+MAX_REASON_COUNT = 10
 _BOOLEANS = {
     "1": True,
     "true": True,
@@ -56,6 +59,7 @@ class ServiceConfig:
     reload_sync_dir: Path | None = None
     reload_timeout: float = DEFAULT_RELOAD_TIMEOUT_S
     verify_reference: bool = True
+    reason_count: int = DEFAULT_REASON_COUNT
 
     def __post_init__(self) -> None:
         if self.bundle_dir is not None and not isinstance(self.bundle_dir, Path):
@@ -71,6 +75,9 @@ class ServiceConfig:
         timeout = self.reload_timeout
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout <= 600:
             raise ConfigError(f"reload_timeout must be a number of seconds from 0 to 600, got {timeout!r}")
+        count = self.reason_count
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_REASON_COUNT:
+            raise ConfigError(f"reason_count must be an integer from 1 to {MAX_REASON_COUNT}, got {count!r}")
 
     @property
     def reload_enabled(self) -> bool:
@@ -86,7 +93,7 @@ class ServiceConfig:
             raw = env.get(var, "").strip()
             if not raw:
                 continue
-            if f.name in ("max_batch_size", "max_body_bytes", "model_threads"):
+            if f.name in ("max_batch_size", "max_body_bytes", "model_threads", "reason_count"):
                 try:
                     values[f.name] = int(raw)
                 except ValueError:

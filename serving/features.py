@@ -210,6 +210,8 @@ DERIVED_FEATURES = (
 FEATURE_NAMES: tuple[str, ...] = tuple(name for name, *_ in _DIRECT) + DERIVED_FEATURES
 CATEGORICAL_FEATURES: tuple[str, ...] = tuple(name for name, _, _, is_cat in _DIRECT if is_cat)
 CATEGORICAL_INDICES: tuple[int, ...] = tuple(FEATURE_NAMES.index(c) for c in CATEGORICAL_FEATURES)
+# The source field each direct feature reads (the derived features are computed from several, or from an id).
+FEATURE_SOURCES: dict[str, str] = {name: src for name, src, _, _ in _DIRECT}
 SOURCE_FIELDS: frozenset[str] = frozenset(src for _, src, _, _ in _DIRECT) | {
     "applicationDate",
     "clarityFraudId",

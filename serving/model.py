@@ -76,7 +76,13 @@ class ServedModel:
             "feature_version": meta.feature_version,
             "bundle_format": meta.bundle_format,
             "created_at": meta.created_at,
+            "reason_codes": bundle.reason_codes(),
         }
+        if info["reason_codes"] is None:
+            info["notes"] = [
+                "this bundle has no reason-code table (reason_codes.toml, added at packaging since issue 10): "
+                "predictions carry no reasons"
+            ]
         return cls(
             bundle=bundle,
             name=meta.model_name,

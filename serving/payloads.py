@@ -14,20 +14,23 @@ import io
 import json
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 from flask import Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from serving.config import MAX_REASON_COUNT
 from serving.features import KNOWN_FIELDS, FeatureError
+from serving.reasons import MODES
 
 MAX_UNKNOWN_NAMED = 50
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 # Field names an error may carry that are ours, not the client's (logs name no other client-chosen key).
 STRUCTURAL_FIELDS = frozenset(
     {"data", "bundle_dir", *MLFLOW_KEYS, "dataframe_split.data", "dataframe_split.columns"}
+    | {"params", "reasons", "reason_count", "params.reasons", "params.reason_count"}
 )
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -276,6 +279,37 @@ def warn(out: dict[str, Any], names: list[str]) -> None:
         more = f" and {len(names) - len(shown)} more" if len(names) > len(shown) else ""
         out["unknown_fields"] = shown
         out["warnings"] = [f"ignored unknown fields: {', '.join(shown)}{more}"]
+
+
+def reason_options(
+    values: Mapping[str, Any] | None, default_count: int, default_mode: str = "risky", prefix: str = ""
+) -> tuple[str, int]:
+    """The reasons a request asks for: ``reasons`` (risky, all or none) and ``reason_count`` (1 to the maximum),
+    from the query string of /predict and /predict/batch or the ``params`` of /invocations; 400 naming the
+    parameter when one is not valid."""
+    if values is None:
+        values = {}
+    elif not isinstance(values, Mapping):
+        raise ApiError(
+            400, "invalid_parameter", f"'params' must be an object, got {json_type(values)}", "params"
+        )
+    mode = values.get("reasons", default_mode)
+    if mode not in MODES:
+        shown = encodable(mode)[:40] if isinstance(mode, str) else json_type(mode)
+        message = f"'{prefix}reasons' must be one of {', '.join(MODES)}; got {shown!r}"
+        raise ApiError(400, "invalid_parameter", message, f"{prefix}reasons")
+    given = values.get("reason_count", default_count)
+    count = int(given) if isinstance(given, str) and given.strip().isdigit() else given
+    if type(count) is not int or not 1 <= count <= MAX_REASON_COUNT:
+        shown = encodable(given)[:40] if isinstance(given, str | int) else json_type(given)
+        message = f"'{prefix}reason_count' must be an integer from 1 to {MAX_REASON_COUNT}; got {shown!r}"
+        raise ApiError(400, "invalid_parameter", message, f"{prefix}reason_count")
+    return mode, count
+
+
+def records_column(records: list[dict[str, Any]]) -> Callable[[str], list[Any]]:
+    """``column(field)``: each record's value of a field as it was sent (None where absent)."""
+    return lambda name: [r.get(name) for r in records]
 
 
 # --- CSV and MLflow's scoring protocol -------------------------------------------------------------------

@@ -5,7 +5,9 @@ msgspec structs → :func:`serving.features.columns_from`, one column at a time 
 bytes. Everything else - single records, small batches, CSV, unknown fields, odd values, and any batch whose
 value a reader refuses - goes the checked way: orjson → dicts → :func:`serving.bundle.Bundle.predict_records`,
 which names a bad field and its record index. ``/predict``, ``/predict/batch`` and ``/invocations`` share both;
-each takes the served model once.
+each takes the served model once. Reasons (:mod:`serving.reasons`) are computed on the model input the
+prediction used, for the records the request's ``reasons`` selects (risky ones by default; opt-in on
+``/invocations`` through MLflow's ``params``).
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ from serving.payloads import (
     parse_json,
     raw_json_response,
     read_body,
+    reason_options,
+    records_column,
     unknown,
     warn,
 )
+from serving.reasons import Column, ModelInput, explain_selected
 
 bp = Blueprint("serving", __name__)
 
@@ -58,25 +63,33 @@ def _served() -> ServedModel:
     return served
 
 
-def _score(served: ServedModel, records: list[Any]) -> list[float]:
-    """The checked way: the records scored (a bad field is a 4xx naming it and its index), and counted."""
+def _score(served: ServedModel, records: list[Any]) -> tuple[list[float], ModelInput]:
+    """The checked way: the records scored (a bad field is a 4xx naming it and its index), and counted; with
+    the model input the probabilities came from (for reasons)."""
     try:
-        probabilities = served.bundle.predict_records(records)
+        model_input = served.bundle.model_input(records)
     except FeatureError as exc:
         raise feature_error(exc) from None
     g.rows = len(records)
-    return probabilities
+    return served.bundle.predict_input(model_input), model_input
 
 
-def _score_fast(served: ServedModel, batch: FastBatch | None) -> list[float] | None:
+def _score_fast(served: ServedModel, batch: FastBatch | None) -> tuple[list[float], ModelInput] | None:
     """The fast way: a decoded batch scored column by column, and counted; None when the checked way must
     take it (no batch, too few records to gain, or a value a reader refuses: the checked way names it)."""
-    if batch is None:
+    model_input = None if batch is None else served.bundle.fast_input(batch.column, batch.size)
+    if batch is None or model_input is None:
         return None
-    probabilities = served.bundle.predict_fast(batch.column, batch.size)
-    if probabilities is not None:
-        g.rows = batch.size
-    return probabilities
+    g.rows = batch.size
+    return served.bundle.predict_input(model_input), model_input
+
+
+def _reasons(
+    served: ServedModel, scored: tuple[list[float], ModelInput], options: tuple[str, int], raw: Column
+) -> list[Any] | None:
+    """Each record's reasons (None where the request's ``reasons`` does not select it), or None for none."""
+    probabilities, model_input = scored
+    return explain_selected(served.bundle, model_input, probabilities, served.threshold, *options, raw)
 
 
 # --- health and metadata ---------------------------------------------------------------------------------
@@ -127,7 +140,9 @@ def predict() -> Response:
         message = f"expected a JSON object with the fields of one loan application, got {json_type(record)}"
         raise ApiError(400, "invalid_request", message, None, 0)
     echo = loan_id(record, 0)
-    probability = _score(served, [record])[0]
+    options = reason_options(request.args, _config().reason_count)
+    scored = _score(served, [record])
+    probability, reasons = scored[0][0], _reasons(served, scored, options, records_column([record]))
     out: dict[str, Any] = {}
     if "loanId" in record:
         out["loanId"] = echo
@@ -136,6 +151,8 @@ def predict() -> Response:
     out["threshold"] = served.threshold
     out["model_name"] = served.name
     out["model_version"] = served.version
+    if reasons and reasons[0] is not None:
+        out["reasons"] = reasons[0]
     warn(out, unknown([record]))
     return json_response(out)
 
@@ -144,10 +161,12 @@ def predict() -> Response:
 def predict_batch() -> Response:
     served = _served()
     body = read_body()
+    options = reason_options(request.args, _config().reason_count)
     batch = fast_batch(body, _config().max_batch_size)
-    probabilities = _score_fast(served, batch)
-    if batch is not None and probabilities is not None:
-        return _batch_answer(served, probabilities, batch.loan_ids(), [])
+    scored = _score_fast(served, batch)
+    if batch is not None and scored is not None:
+        reasons = _reasons(served, scored, options, batch.column)
+        return _batch_answer(served, scored[0], batch.loan_ids(), [], reasons)
     payload = parse_json(body)
     if type(payload) is not dict or "data" not in payload:
         raise ApiError(400, "invalid_request", 'expected a JSON object {"data": [records]}', "data")
@@ -157,15 +176,21 @@ def predict_batch() -> Response:
         raise ApiError(400, "invalid_request", message, "data")
     check_size(records, "data", _config().max_batch_size)
     check_records(records)
-    probabilities = _score(served, records)
+    scored = _score(served, records)
     ids = [loan_id(r, i) if "loanId" in r else UNSET for i, r in enumerate(records)]
-    return _batch_answer(served, probabilities, ids, unknown(records))
+    reasons = _reasons(served, scored, options, records_column(records))
+    return _batch_answer(served, scored[0], ids, unknown(records), reasons)
 
 
 def _batch_answer(
-    served: ServedModel, probabilities: list[float], ids: list[Any], unknown: list[str]
+    served: ServedModel,
+    probabilities: list[float],
+    ids: list[Any],
+    unknown: list[str],
+    reasons: list[Any] | None = None,
 ) -> Response:
-    """The answer of /predict/batch: each record's probability, label and loanId (when it gave one)."""
+    """The answer of /predict/batch: each record's probability, label and loanId (when it gave one), and its
+    reasons (when the request's ``reasons`` selects it)."""
     threshold = served.threshold
     predictions: list[dict[str, Any]] = []
     append = predictions.append
@@ -174,6 +199,9 @@ def _batch_answer(
             append({"probability": p, "label": 1 if p >= threshold else 0})
         else:
             append({"probability": p, "label": 1 if p >= threshold else 0, "loanId": echo})
+    for prediction, found in zip(predictions, reasons or (), strict=False):
+        if found is not None:
+            prediction["reasons"] = found
     out: dict[str, Any] = {
         "predictions": predictions,
         "count": len(predictions),
@@ -189,13 +217,18 @@ def _batch_answer(
 def invocations() -> Response:
     served = _served()
     body = read_body()
+    params: Any = None  # MLflow's inference parameters: {"reasons": "risky" | "all", "reason_count": n}
     if request.mimetype in ("text/csv", "application/csv"):
         records, field, columns = csv_records(body), "data", None
     else:
-        probabilities = _score_fast(served, fast_invocation(body, _config().max_batch_size))
-        if probabilities is not None:
-            return json_response({"predictions": probabilities})
-        records, field, columns = mlflow_records(parse_json(body))
+        batch = fast_invocation(body, _config().max_batch_size)
+        scored = _score_fast(served, batch)
+        if batch is not None and scored is not None:
+            options = reason_options(batch.params, _config().reason_count, "none", "params.")
+            return _invocation_answer(scored[0], _reasons(served, scored, options, batch.column))
+        payload = parse_json(body)
+        records, field, columns = mlflow_records(payload)
+        params = payload.get("params")
     check_size(records, field, _config().max_batch_size)
     if columns is not None:
         try:
@@ -205,7 +238,18 @@ def invocations() -> Response:
                 400, "invalid_request", f"row {exc.index}: {exc.message}", field, exc.index
             ) from None
     check_records(records, field)
-    return json_response({"predictions": _score(served, records)})
+    options = reason_options(params, _config().reason_count, "none", "params.")
+    scored = _score(served, records)
+    return _invocation_answer(scored[0], _reasons(served, scored, options, records_column(records)))
+
+
+def _invocation_answer(probabilities: list[float], reasons: list[Any] | None) -> Response:
+    """MLflow's answer, unchanged (``predictions``); ``reasons`` beside it only when the params asked."""
+    return json_response(
+        {"predictions": probabilities}
+        if reasons is None
+        else {"predictions": probabilities, "reasons": reasons}
+    )
 
 
 # --- administration --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from serving.config import MAX_REASON_COUNT
 from serving.features import (
     CATEGORICAL_FEATURES,
     CLARITY_COLUMNS,
@@ -108,6 +109,49 @@ _UNKNOWN = {
     "description": "Unknown field names that were ignored.",
 }
 _LOAN_ID = {"type": "string", "nullable": True, "description": "The request's loanId, echoed."}
+MAX_REASONS = MAX_REASON_COUNT
+REASON: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "One principal reason for the score: a reason code of the model's reviewed table (GET /model/info), "
+        "whose features together raised the risk by `contribution` (SHAP, log-odds)."
+    ),
+    "required": ["code", "text", "feature", "value", "contribution"],
+    "properties": {
+        "code": {"type": "string", "example": "LR07"},
+        "text": {"type": "string", "example": "Number of recent credit inquiries"},
+        "feature": {"type": "string", "description": "The code's feature that contributed most."},
+        "value": {
+            "description": "That feature's value as the request sent it (derived features: the model's value)."
+        },
+        "contribution": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+    },
+}
+_REASONS = {
+    "type": "array",
+    "maxItems": MAX_REASONS,
+    "items": {"$ref": "#/components/schemas/Reason"},
+    "description": (
+        "Present for a record the request's `reasons` selects (default: those labelled risky), largest "
+        "contribution first; absent when the model's bundle has no reason-code table."
+    ),
+}
+REASON_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "reasons",
+        "in": "query",
+        "required": False,
+        "description": "Which records get reasons: risky (labelled 1, the default), all, or none.",
+        "schema": {"type": "string", "enum": ["risky", "all", "none"], "default": "risky"},
+    },
+    {
+        "name": "reason_count",
+        "in": "query",
+        "required": False,
+        "description": "Most reasons per record (default: the service's LOANRISK_REASON_COUNT, 4).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_REASONS},
+    },
+]
 
 PREDICTION: dict[str, Any] = {
     "type": "object",
@@ -119,6 +163,7 @@ PREDICTION: dict[str, Any] = {
         "threshold": {"type": "number"},
         "model_name": {"type": "string"},
         "model_version": _VERSION,
+        "reasons": _REASONS,
         "warnings": _WARNINGS,
         "unknown_fields": _UNKNOWN,
     },
@@ -147,7 +192,12 @@ BATCH_RESPONSE: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "required": ["probability", "label"],
-                "properties": {"loanId": _LOAN_ID, "probability": _PROBABILITY, "label": _LABEL},
+                "properties": {
+                    "loanId": _LOAN_ID,
+                    "probability": _PROBABILITY,
+                    "label": _LABEL,
+                    "reasons": _REASONS,
+                },
             },
         },
         "count": {"type": "integer", "minimum": 0},
@@ -184,14 +234,28 @@ INVOCATIONS_REQUEST: dict[str, Any] = {
             ],
         },
         "instances": {"type": "array", "items": {"$ref": "#/components/schemas/LoanApplication"}},
-        "params": {"type": "object", "description": "Accepted and ignored."},
+        "params": {
+            "type": "object",
+            "description": "MLflow's inference parameters. Reasons are opt-in here: `reasons` risky or all.",
+            "properties": {
+                "reasons": {"type": "string", "enum": ["risky", "all", "none"], "default": "none"},
+                "reason_count": {"type": "integer", "minimum": 1, "maximum": MAX_REASONS},
+            },
+        },
     },
 }
 
 INVOCATIONS_RESPONSE: dict[str, Any] = {
     "type": "object",
     "required": ["predictions"],
-    "properties": {"predictions": {"type": "array", "items": _PROBABILITY}},
+    "properties": {
+        "predictions": {"type": "array", "items": _PROBABILITY},
+        "reasons": {
+            "type": "array",
+            "description": "Only when params.reasons asked: per record, its reasons or null when not selected.",
+            "items": {**_REASONS, "nullable": True},
+        },
+    },
 }
 
 HEALTH: dict[str, Any] = {
@@ -231,6 +295,28 @@ MODEL_INFO: dict[str, Any] = {
         "feature_version": {"type": "string"},
         "bundle_format": {"type": "integer"},
         "created_at": {"type": "string", "nullable": True},
+        "reason_codes": {
+            "type": "object",
+            "nullable": True,
+            "description": "The bundle's reason-code table; null for a bundle without one (see notes).",
+            "properties": {
+                "version": {"type": "string"},
+                "file": {"type": "string"},
+                "codes": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["code", "text", "features"],
+                        "properties": {
+                            "code": {"type": "string"},
+                            "text": {"type": "string"},
+                            "features": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                },
+            },
+        },
+        "notes": {"type": "array", "items": {"type": "string"}},
     },
 }
 
@@ -323,6 +409,7 @@ PING: dict[str, Any] = {"type": "object", "properties": {"status": {"type": "str
 SCHEMAS: dict[str, dict[str, Any]] = {
     "LoanApplication": LOAN_APPLICATION,
     "Prediction": PREDICTION,
+    "Reason": REASON,
     "BatchRequest": BATCH_REQUEST,
     "BatchResponse": BATCH_RESPONSE,
     "InvocationsRequest": INVOCATIONS_REQUEST,
@@ -416,7 +503,8 @@ def openapi_document(
             "/predict": {
                 "post": {
                     "operationId": "predict",
-                    "summary": "Score one loan application.",
+                    "summary": "Score one loan application (with reasons when it is labelled risky).",
+                    "parameters": REASON_PARAMETERS,
                     "requestBody": _body("LoanApplication"),
                     "responses": {"200": _json("Prediction", "The prediction."), **predict_errors},
                 }
@@ -424,6 +512,7 @@ def openapi_document(
             "/predict/batch": {
                 "post": {
                     "operationId": "predictBatch",
+                    "parameters": REASON_PARAMETERS,
                     "summary": "Score many loan applications; answers in request order." + batch_note,
                     "requestBody": _body("BatchRequest"),
                     "responses": {"200": _json("BatchResponse", "The predictions."), **predict_errors},

@@ -1,19 +1,23 @@
-"""Package: the model bundle a version ships (:mod:`serving.bundle`): the CatBoost model, its metadata and the
-reference sample every deployed image must reproduce."""
+"""Package: the model bundle a version ships (:mod:`serving.bundle`): the CatBoost model, its metadata, the
+reference sample every deployed image must reproduce, and the reviewed reason-code table
+(``serving/reason_codes.toml``, :mod:`serving.reasons`), which must map every model feature."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from catboost import CatBoostClassifier
 
-from serving.bundle import BundleMeta, write_bundle
+from serving.bundle import META_FILE, BundleMeta, load_bundle, write_bundle
+from serving.config import DEFAULT_REASON_COUNT
 from serving.features import CATEGORICAL_FEATURES
 from serving.privacy import Pseudonymiser, reference_records
+from serving.reasons import TABLE_PATH, ReasonTable, ReasonTableError, copy_table, explain_selected
 from tasks import tracking
-from tasks.common import run_logger, stage
+from tasks.common import PermanentError, run_logger, stage
 from tasks.evaluate import Evaluation
 from tasks.features import ModelTable
 from tasks.ingest import IngestResult, data_fingerprint
@@ -53,6 +57,29 @@ def bundle_meta(settings: Settings, run_id: str, evaluation: Evaluation, data: d
     )
 
 
+def add_reason_table(bundle_dir: Path, source: Path = TABLE_PATH) -> ReasonTable:
+    """Copy the reason-code table into a written bundle; a model feature without a reason code fails (a
+    :class:`PermanentError` naming it: the table needs a reviewed change, a retry cannot help)."""
+    features = json.loads((bundle_dir / META_FILE).read_text())["features"]
+    try:
+        return copy_table(bundle_dir, features, source)
+    except ReasonTableError as exc:
+        raise PermanentError(f"cannot package the bundle: {exc}") from None
+
+
+def table_reasons(
+    bundle_dir: Path, table: ModelTable, mode: str = "all", count: int = DEFAULT_REASON_COUNT
+) -> list[Any]:
+    """The reasons training gives for a model table's rows (its model rows, values as its records hold them):
+    what the service must answer for the same records (``tests/serving/test_reasons.py`` holds it to that)."""
+    bundle = load_bundle(bundle_dir)
+    rows = table.rows
+    probabilities = bundle.predict_rows(rows)
+    records = table.records
+    column = lambda name: [r.get(name) for r in records]  # noqa: E731
+    return explain_selected(bundle, rows, probabilities, bundle.meta.threshold, mode, count, column) or []
+
+
 @stage("package")
 def package_task(
     settings: Settings,
@@ -69,5 +96,11 @@ def package_task(
         split.test, evaluation.test_probabilities, settings.smoke_sample_size, settings.pseudonymiser()
     )
     bundle_dir = write_bundle(tracking.scratch_dir("bundle-") / "bundle", model, meta, reference)
-    run_logger().info("bundle written to %s (%d reference records)", bundle_dir, len(reference["records"]))
+    table = add_reason_table(bundle_dir)
+    run_logger().info(
+        "bundle written to %s (%d reference records, reason codes version %s)",
+        bundle_dir,
+        len(reference["records"]),
+        table.version,
+    )
     return bundle_dir

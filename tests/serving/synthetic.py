@@ -26,6 +26,7 @@ from serving.features import (
     clarity_column,
 )
 from serving.privacy import Pseudonymiser, reference_records
+from serving.reasons import copy_table
 
 RISKY = (
     "External Collection", "Internal Collection", "Returned Item", "Charged Off", "Charged Off Paid Off",
@@ -175,8 +176,10 @@ def make_bundle(
     model_name: str = "loan-risk",
     seed: int = 1,
     reference_size: int = 50,
+    reason_codes: bool = True,
 ) -> Path:
-    """Train a real CatBoost model on ``records`` and write a bundle with a reference sample."""
+    """Train a real CatBoost model on ``records`` and write a bundle with a reference sample and (unless
+    ``reason_codes`` is false: a bundle made before issue 10) the repository's reason-code table."""
     from catboost import CatBoostClassifier, Pool
 
     raw = [strip_label(r) for r in records]
@@ -206,9 +209,12 @@ def make_bundle(
         model_version=model_version,
         run_id="test-run",
     )
-    return write_bundle(
+    out = write_bundle(
         directory,
         model,
         meta,
         reference={"records": reference, "probabilities": [float(p) for p in proba[:, 1]]},
     )
+    if reason_codes:
+        copy_table(out, meta.features)
+    return out

@@ -1,0 +1,425 @@
+"""Reason codes: why the model scored an application risky, from the served model's own SHAP values.
+
+The public entry point is :func:`explain`::
+
+    reasons = explain(bundle, model_input, index, count=4, raw=column)
+
+``bundle`` is a loaded :class:`serving.bundle.Bundle`; ``model_input`` the model input the prediction used: rows
+of :func:`serving.features.build_rows` or the columns of :func:`serving.features.columns_from`; ``index`` the
+positions of the records to explain (None: all); ``raw`` an optional ``column(field) -> values`` of the records
+as they were sent, so ``value`` is the applicant's own (without it, the model's value). It returns, for each
+position in ``index``, a list of up to ``count`` dicts ``{"code", "text", "feature", "value", "contribution"}``,
+ordered by contribution, largest first. Batch scoring and the service both call it; a bundle without a reason
+table (:attr:`Bundle.explainer` is None) has no reasons to give (:func:`explain` raises :class:`ReasonsUnavailable`).
+
+How a reason is chosen. Each feature's SHAP value (log-odds) says how much it pushed this record's risk up or
+down. The reviewed table (``serving/reason_codes.toml``, copied into every bundle at packaging) maps every model
+feature to one reason code; a code's contribution is the sum of its features' SHAP values, so the clarity
+inquiry counts, for instance, are one reason, not nine. Only codes whose sum is positive (they raised the risk)
+are reasons. ``feature`` and ``value`` name the member of the code that contributed most and its value; a
+derived feature (the application hour, the report's age, a ratio) gives the model's value, never an identifier.
+
+The SHAP values are CatBoost's own ``ShapValues`` (path-dependent TreeSHAP), computed the way its
+``UsePreCalc`` mode does it but precomputed once per model: CatBoost recomputes them on every call (~90 ms for
+one record of an 824-tree model, seconds for a batch). A symmetric tree's answer depends on a record only
+through the leaf it reaches, so each tree's SHAP values are tabulated per leaf when the bundle loads (~1 s);
+a record's values are then the sum of its leaves' rows (CatBoost's ``calc_leaf_indexes``), equal to
+``get_feature_importance(type="ShapValues")`` to ~1e-15 (``tests/serving/test_reasons.py`` checks it). A model
+this table cannot describe (non-symmetric trees, combined categorical features) falls back to CatBoost's call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from catboost import CatBoostClassifier, EFstrType, Pool
+
+from serving.config import DEFAULT_REASON_COUNT
+from serving.features import FEATURE_SOURCES
+
+if TYPE_CHECKING:
+    from serving.bundle import Bundle
+
+TABLE_FILE = "reason_codes.toml"  # its name in the repository (beside this module) and in a bundle
+TABLE_PATH = Path(__file__).with_name(TABLE_FILE)
+MODES = ("risky", "all", "none")
+DEFAULT_MODE = "risky"
+ModelInput = list[list[Any]] | dict[str, Any]
+Column = Callable[[str], Sequence[Any]]
+
+
+class ReasonTableError(ValueError):
+    """A reason-code table that is unreadable, malformed, or does not map every model feature."""
+
+
+class ReasonsUnavailable(RuntimeError):
+    """The bundle has no reason-code table, so it has no reasons to give."""
+
+
+# --- the table -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReasonCode:
+    code: str
+    text: str
+    features: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReasonTable:
+    """The reviewed mapping of model features to applicant-readable reason codes (one code per feature)."""
+
+    version: str
+    reasons: tuple[ReasonCode, ...]
+    source: str = TABLE_FILE
+
+    @classmethod
+    def read(cls, path: str | Path) -> ReasonTable:
+        """Read and check a TOML table; :class:`ReasonTableError` names the file and what is wrong."""
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ReasonTableError(f"{path}: unreadable reason-code table ({exc})") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = TABLE_FILE) -> ReasonTable:
+        version, entries = data.get("version"), data.get("reason")
+        if not isinstance(version, str | int) or isinstance(version, bool) or not str(version).strip():
+            raise ReasonTableError(f"{source}: 'version' must be a non-empty string or integer")
+        if not isinstance(entries, list) or not entries:
+            raise ReasonTableError(f"{source}: expected [[reason]] entries with code, text and features")
+        reasons, seen_codes, seen = [], set(), {}
+        for i, entry in enumerate(entries):
+            where = f"{source}: reason {i + 1}"
+            if not isinstance(entry, dict):
+                raise ReasonTableError(f"{where}: expected a table with code, text and features")
+            code, text, features = entry.get("code"), entry.get("text"), entry.get("features")
+            if not isinstance(code, str) or not code.strip() or code in seen_codes:
+                raise ReasonTableError(f"{where}: 'code' must be a non-empty string used once, got {code!r}")
+            if not isinstance(text, str) or not text.strip():
+                raise ReasonTableError(f"{where} ({code}): 'text' must be a non-empty string")
+            if (
+                not isinstance(features, list)
+                or not features
+                or not all(isinstance(f, str) for f in features)
+            ):
+                raise ReasonTableError(
+                    f"{where} ({code}): 'features' must be a non-empty list of feature names"
+                )
+            for feature in features:
+                if feature in seen:
+                    raise ReasonTableError(
+                        f"{where} ({code}): feature {feature!r} is already mapped to {seen[feature]}; "
+                        "each feature belongs to one reason code"
+                    )
+                seen[feature] = code
+            seen_codes.add(code)
+            reasons.append(ReasonCode(code, text.strip(), tuple(features)))
+        return cls(str(version), tuple(reasons), Path(source).name)
+
+    def unmapped(self, features: Sequence[str]) -> list[str]:
+        """The model features no reason code covers."""
+        mapped = {f for r in self.reasons for f in r.features}
+        return [f for f in features if f not in mapped]
+
+    def unknown(self, features: Sequence[str]) -> list[str]:
+        """The table's features that the model does not have (a typo, or a feature since removed)."""
+        model = set(features)
+        return [f for r in self.reasons for f in r.features if f not in model]
+
+    def check(self, features: Sequence[str]) -> None:
+        """Raise :class:`ReasonTableError` unless the table maps exactly the model's features."""
+        missing, unknown = self.unmapped(features), self.unknown(features)
+        if missing:
+            raise ReasonTableError(
+                f"reason-code table {self.source} (version {self.version}) maps no reason code to the model "
+                f"feature(s) {', '.join(missing)}: add each to one [[reason]] entry's features (and have the "
+                "change reviewed)"
+            )
+        if unknown:
+            raise ReasonTableError(
+                f"reason-code table {self.source} (version {self.version}) names feature(s) the model does not "
+                f"have: {', '.join(unknown)}"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The table as ``/model/info`` lists it."""
+        return {
+            "version": self.version,
+            "file": self.source,
+            "codes": [{"code": r.code, "text": r.text, "features": list(r.features)} for r in self.reasons],
+        }
+
+
+def copy_table(
+    bundle_dir: str | Path, features: Sequence[str], source: str | Path = TABLE_PATH
+) -> ReasonTable:
+    """Check the table against the model's features and copy it into a bundle (packaging); returns it.
+
+    Raises :class:`ReasonTableError` naming every feature without a reason code (nothing is copied then).
+    """
+    table = ReasonTable.read(source)
+    table.check(features)
+    shutil.copyfile(source, Path(bundle_dir) / TABLE_FILE)
+    return table
+
+
+# --- SHAP values ---------------------------------------------------------------------------------------------
+
+
+def _binary_features(info: dict[str, Any], flat_index: Callable[[int], int]) -> list[int] | None:
+    """The model feature behind each binary split of CatBoost's JSON export, in ``split_index`` order (float
+    borders, one-hot values, CTR borders); None when a split combines several features."""
+    out: list[int] = []
+    for f in info.get("float_features", []):
+        out += [f["flat_feature_index"]] * len(f.get("borders") or [])
+    cats = {c["feature_index"]: c["flat_feature_index"] for c in info.get("categorical_features", [])}
+    for c in info.get("categorical_features", []):
+        out += [c["flat_feature_index"]] * len(c.get("values") or [])
+    for ctr in info.get("ctrs", []):
+        elements = ctr.get("elements", [])
+        if len(elements) != 1 or "cat_feature_index" not in elements[0]:
+            return None
+        out += [cats[elements[0]["cat_feature_index"]]] * len(ctr.get("borders") or [])
+    return [flat_index(i) for i in out]
+
+
+def _tree_table(tree: dict[str, Any], binary: list[int]) -> tuple[np.ndarray, list[int], float]:
+    """One symmetric tree's SHAP values for every leaf (leaves × its distinct features), those features, and its
+    expected value. Path-dependent TreeSHAP as CatBoost computes it: the last split is the root, a split on a
+    feature outside the coalition follows both sides weighted by the training weight under them; exact Shapley
+    values over the tree's (at most depth) distinct features."""
+    splits = tree["splits"]
+    values = np.asarray(tree["leaf_values"], dtype=np.float64)
+    weights = np.asarray(tree["leaf_weights"], dtype=np.float64)
+    depth = len(splits)
+    total = weights.sum()
+    expected = float(values @ weights / total) if total > 0 else 0.0
+    if depth == 0:
+        return np.zeros((1, 0)), [], expected
+    leaves = np.arange(1 << depth)
+    # ratio[d, leaf]: the share of its parent's weight under the leaf's side of split d (root: the last split)
+    ratio = np.ones((depth, leaves.size))
+    parent, mask = np.full(leaves.size, total), 0
+    for level in range(depth - 1, -1, -1):
+        mask |= 1 << level
+        key = leaves & mask
+        node = np.bincount(key, weights=weights, minlength=leaves.size)[key]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio[level] = np.where(parent > 0, node / parent, 0.0)
+        parent = node
+    features = [binary[s["split_index"]] for s in splits]
+    groups = list(dict.fromkeys(features))
+    n_groups = len(groups)
+    group_levels = [sum(1 << d for d in range(depth) if features[d] == g) for g in groups]
+    coalitions = np.arange(1 << n_groups)
+    level_mask = np.zeros(coalitions.size, dtype=np.int64)
+    for g, levels in enumerate(group_levels):
+        level_mask[(coalitions >> g) & 1 == 1] |= levels
+    # v[S, leaf]: the tree's expected value given the features in S take the leaf's side
+    reach = np.ones((coalitions.size, leaves.size))
+    for d in range(depth):
+        reach[(level_mask >> d) & 1 == 0] *= ratio[d]
+    key = leaves[None, :] & level_mask[:, None]
+    flat = (coalitions[:, None] * leaves.size + key).ravel()
+    sums = np.bincount(flat, weights=(reach * values).ravel(), minlength=coalitions.size * leaves.size)
+    v = np.take_along_axis(sums.reshape(coalitions.size, leaves.size), key, axis=1)
+    sizes = np.array([bin(int(c)).count("1") for c in coalitions])
+    phi = np.zeros((leaves.size, n_groups))
+    for g in range(n_groups):
+        without = coalitions[(coalitions >> g) & 1 == 0]
+        s = sizes[without]
+        w = np.array([math.factorial(k) * math.factorial(n_groups - k - 1) for k in s]) / math.factorial(
+            n_groups
+        )
+        phi[:, g] = w @ (v[without | (1 << g)] - v[without])
+    return phi, groups, expected
+
+
+class ShapTable:
+    """Every tree's SHAP values per leaf, so a record's SHAP values are a gather and a sum."""
+
+    def __init__(self, model: CatBoostClassifier, n_features: int) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.json"
+            model.save_model(str(path), format="json")
+            data = json.loads(path.read_text())
+        scale, bias = data.get("scale_and_bias", [1.0, [0.0]])
+        binary = _binary_features(data["features_info"], int)
+        trees = data.get("oblivious_trees")
+        if binary is None or not trees:
+            raise ValueError("the model has combined categorical features or no symmetric trees")
+        tables = [_tree_table(tree, binary) for tree in trees]
+        width = max(1, max(len(groups) for _, groups, _ in tables))
+        self.offsets = np.cumsum([0] + [phi.shape[0] for phi, _, _ in tables[:-1]])
+        self.phi = np.zeros((sum(phi.shape[0] for phi, _, _ in tables), width))
+        self.feature = np.full((len(tables), width), n_features, dtype=np.int64)  # padding: a dummy feature
+        for t, ((phi, groups, _), start) in enumerate(zip(tables, self.offsets, strict=True)):
+            self.phi[start : start + phi.shape[0], : len(groups)] = phi * scale
+            self.feature[t, : len(groups)] = groups
+        self.expected = scale * sum(e for _, _, e in tables) + float(np.ravel(bias)[0])
+        self.n_features = n_features
+
+    def values(self, model: CatBoostClassifier, pool: Pool, thread_count: int) -> np.ndarray:
+        """SHAP values (rows × features, log-odds) of the records in ``pool``."""
+        leaves = model.calc_leaf_indexes(pool, thread_count=thread_count)
+        n = leaves.shape[0]
+        picked = self.phi[leaves + self.offsets]  # rows × trees × features of the tree
+        slots = self.feature[None, :, :] + (np.arange(n) * (self.n_features + 1))[:, None, None]
+        sums = np.bincount(slots.ravel(), weights=picked.ravel(), minlength=n * (self.n_features + 1))
+        return sums.reshape(n, self.n_features + 1)[:, : self.n_features]
+
+
+class Explainer:
+    """A model's reason codes: its SHAP table (or CatBoost's own call) and the reason-code table."""
+
+    def __init__(self, model: CatBoostClassifier, table: ReasonTable, features: Sequence[str]) -> None:
+        table.check(features)
+        self.model, self.table, self.features = model, table, list(features)
+        position = {f: i for i, f in enumerate(features)}
+        self.members = [np.array([position[f] for f in r.features]) for r in table.reasons]
+        self.family = np.zeros((len(features), len(table.reasons)))
+        for code, members in enumerate(self.members):
+            self.family[members, code] = 1.0
+        self.sources = [FEATURE_SOURCES.get(f) for f in features]
+        try:
+            self.shap: ShapTable | None = ShapTable(model, len(features))
+        except (ValueError, KeyError, TypeError):
+            self.shap = None
+
+    def contributions(self, pool: Pool, thread_count: int = 1) -> np.ndarray:
+        """Each record's SHAP value per feature (log-odds; positive: it raised the risk)."""
+        if self.shap is not None:
+            return self.shap.values(self.model, pool, thread_count)
+        shap = self.model.get_feature_importance(
+            data=pool, type=EFstrType.ShapValues, thread_count=thread_count
+        )
+        return np.asarray(shap)[:, : len(self.features)]
+
+    def reasons(
+        self, shap: np.ndarray, count: int, value: Callable[[int, int], Any]
+    ) -> list[list[dict[str, Any]]]:
+        """Up to ``count`` reasons per row of ``shap``; ``value(row, feature)`` gives a feature's value."""
+        by_code = shap @ self.family
+        order = np.argsort(-by_code, axis=1, kind="stable")[:, :count]
+        sums = np.take_along_axis(by_code, order, axis=1).tolist()
+        # the member of each code that contributed most, for every row at once (first one on a tie)
+        top = np.stack([m[np.argmax(shap[:, m], axis=1)] for m in self.members], axis=1)
+        tops = np.take_along_axis(top, order, axis=1).tolist()
+        codes, features = self.table.reasons, self.features
+        out: list[list[dict[str, Any]]] = []
+        for i, (row_codes, row_sums, row_tops) in enumerate(zip(order.tolist(), sums, tops, strict=True)):
+            found = []
+            for c, total, feature in zip(row_codes, row_sums, row_tops, strict=True):
+                if not total > 0:
+                    break
+                reason = codes[c]
+                found.append(
+                    {
+                        "code": reason.code,
+                        "text": reason.text,
+                        "feature": features[feature],
+                        "value": value(i, feature),
+                        "contribution": total,
+                    }
+                )
+            out.append(found)
+        return out
+
+
+def load_explainer(directory: Path, model: CatBoostClassifier, features: Sequence[str]) -> Explainer | None:
+    """The explainer of a bundle directory; None when it has no reason-code table (a bundle made before them)."""
+    path = directory / TABLE_FILE
+    return Explainer(model, ReasonTable.read(path), features) if path.is_file() else None
+
+
+# --- the entry point -----------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """A model value as JSON can carry it: NumPy scalars as Python numbers, NaN as null."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _subset(model_input: ModelInput, index: Sequence[int]) -> ModelInput:
+    if isinstance(model_input, list):
+        return [model_input[i] for i in index]
+    picked = np.asarray(index, dtype=np.intp)
+    return {
+        name: [values[i] for i in index] if type(values) is list else values[picked]
+        for name, values in model_input.items()
+    }
+
+
+def explain(
+    bundle: Bundle,
+    model_input: ModelInput,
+    index: Sequence[int] | None = None,
+    count: int = DEFAULT_REASON_COUNT,
+    raw: Column | None = None,
+) -> list[list[dict[str, Any]]]:
+    """The reasons of the records at ``index`` (None: all) of ``model_input`` (see the module's docstring)."""
+    explainer = bundle.explainer
+    if explainer is None:
+        raise ReasonsUnavailable(f"the bundle in {bundle.directory} has no reason-code table ({TABLE_FILE})")
+    size = len(model_input) if isinstance(model_input, list) else len(next(iter(model_input.values()), []))
+    positions = list(range(size)) if index is None else list(index)
+    if not positions:
+        return []
+    part = _subset(model_input, positions)
+    shap = explainer.contributions(bundle.input_pool(part), bundle.thread_count)
+    sent: dict[str, Sequence[Any]] = {}
+
+    def value(i: int, feature: int) -> Any:
+        source = explainer.sources[feature]
+        if raw is not None and source is not None:
+            if source not in sent:
+                sent[source] = raw(source)
+            return sent[source][positions[i]]
+        if isinstance(part, list):
+            return _plain(part[i][feature])
+        return _plain(part[explainer.features[feature]][i])
+
+    return explainer.reasons(shap, count, value)
+
+
+def selected(probabilities: Sequence[float], threshold: float, mode: str) -> list[int]:
+    """The positions whose records get reasons: those labelled risky, all of them, or none (``mode``)."""
+    if mode == "all":
+        return list(range(len(probabilities)))
+    if mode == "risky":
+        return [i for i, p in enumerate(probabilities) if p >= threshold]
+    return []
+
+
+def explain_selected(
+    bundle: Bundle,
+    model_input: ModelInput,
+    probabilities: Sequence[float],
+    threshold: float,
+    mode: str = DEFAULT_MODE,
+    count: int = DEFAULT_REASON_COUNT,
+    raw: Column | None = None,
+) -> list[list[dict[str, Any]] | None] | None:
+    """Reasons for the records ``mode`` selects (:func:`selected`), aligned with ``probabilities``: None for a
+    record not selected; None altogether when nothing is asked (``none``) or the bundle has no table."""
+    if mode == "none" or bundle.explainer is None:
+        return None
+    index = selected(probabilities, threshold, mode)
+    out: list[list[dict[str, Any]] | None] = [None] * len(probabilities)
+    for i, found in zip(index, explain(bundle, model_input, index, count, raw), strict=True):
+        out[i] = found
+    return out
