@@ -26,6 +26,9 @@ through the leaf it reaches, so each tree's SHAP values are tabulated per leaf w
 a record's values are then the sum of its leaves' rows (CatBoost's ``calc_leaf_indexes``), equal to
 ``get_feature_importance(type="ShapValues")`` to ~1e-15 (``tests/serving/test_reasons.py`` checks it). A model
 this table cannot describe (non-symmetric trees, combined categorical features) falls back to CatBoost's call.
+
+Over ~400 lines on purpose: the table, the per-leaf SHAP tabulation and the choice of reasons are one contract
+(what a decline says and why it is exact); split, a reader would check the equality with CatBoost in three places.
 """
 
 from __future__ import annotations
