@@ -154,7 +154,7 @@ def read_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator
         return
     reader = pacsv.open_csv(
         path,
-        read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * _CSV_BYTES_PER_ROW)),
+        read_options=pacsv.ReadOptions(block_size=max(1 << 16, chunk_rows * _CSV_BYTES_PER_ROW)),
         convert_options=pacsv.ConvertOptions(
             column_types={c: pa.string() for c in columns},
             include_columns=list(columns),
@@ -170,7 +170,8 @@ def read_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator
             raise ScoreError(
                 f"{path.name}: cannot be parsed: {str(exc).splitlines()[0][:300]}", file=path.name
             ) from None
-        yield pa.Table.from_batches([batch])
+        for start in range(0, batch.num_rows, chunk_rows):  # a block holds about chunk_rows rows: at most that
+            yield pa.Table.from_batches([batch.slice(start, chunk_rows)])
 
 
 def read_reports(path: Path) -> pa.Table:
