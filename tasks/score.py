@@ -170,7 +170,9 @@ def read_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator
             raise ScoreError(
                 f"{path.name}: cannot be parsed: {str(exc).splitlines()[0][:300]}", file=path.name
             ) from None
-        for start in range(0, batch.num_rows, chunk_rows):  # a block holds about chunk_rows rows: at most that
+        for start in range(
+            0, batch.num_rows, chunk_rows
+        ):  # a block holds about chunk_rows rows: at most that
             yield pa.Table.from_batches([batch.slice(start, chunk_rows)])
 
 
