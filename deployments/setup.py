@@ -13,8 +13,10 @@ Steps:
    type ``process`` and Prefect's default job template unless it exists (of another type: an error);
 2. ``prefect --no-prompt deploy --all`` runs from the repository root, so the build step records the checkout
    for the pull step; with another pool name it runs on a copy of prefect.yaml that names that pool;
-3. the deployments are read back from the API (each must be on the pool), and one JSON line is
-   printed: ``{"api_url", "pool", "pool_created", "deployments": [{"name", "id", "schedules", ...}]}``.
+3. the deployments are read back from the API (each must be on the pool);
+4. the alert automations are created or updated (``deployments/alerts.py``: removed when no channel is
+   configured), and one JSON line is printed: ``{"api_url", "pool", "pool_created", "deployments": [{"name",
+   "id", "schedules", ...}], "alerts": {"channels", "automations"}}``.
 
 Exit codes: 0 done, 1 ``prefect deploy`` failed or a deployment is missing afterwards, 2 configuration error
 (no API URL, a pool of another type, an unreadable prefect.yaml), 6 the API refused the credentials.
@@ -247,7 +249,17 @@ def setup(pool: str | None = None, prefect_file: Path = DEFAULT_PREFECT_FILE) ->
             copy.write_text(yaml.safe_dump(with_pool(data, pool), sort_keys=False))
             logger.info("deploying a copy of %s with work pool %s", prefect_file.name, pool)
             run_prefect_deploy(copy)
-    return {"api_url": api_url, "pool": pool, "pool_created": created, "deployments": read_back(specs, pool)}
+    deployments = read_back(specs, pool)
+    from deployments.alerts import ensure_alerts  # the alert automations live on the same server
+
+    alerts = ensure_alerts()
+    return {
+        "api_url": api_url,
+        "pool": pool,
+        "pool_created": created,
+        "deployments": deployments,
+        "alerts": alerts,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from serving.bundle import BundleError, load_bundle
 from tasks import registry
 from tasks.common import PermanentError, run_logger, stage
 from tasks.evaluate import classification_metrics
+from tasks.events import PROMOTED, emit_model_event, metrics_summary
 from tasks.features import ModelTable
 from tasks.registry import RegistryUnavailable
 from tasks.settings import Settings
@@ -147,6 +148,10 @@ def promote_task(
     champion = rescore_champion(settings, test)
     decision = decide(metrics, champion, Policy.from_settings(settings))
     apply_decision(settings, version, decision, dry_run)
+    if decision.promoted and not dry_run:
+        emit_model_event(
+            settings, PROMOTED, version, {"metrics": metrics_summary(metrics), "reasons": decision.reasons}
+        )
     create_markdown_artifact(
         key="promotion-decision",
         markdown=decision_markdown(settings, version, decision, dry_run),

@@ -38,6 +38,7 @@ from typing import Any
 
 from tasks import registry
 from tasks.common import PermanentError, run_logger, stage
+from tasks.events import RELEASED, emit_model_event, metrics_summary
 from tasks.settings import Settings
 
 CHAMPION = "champion"
@@ -350,6 +351,19 @@ def commit_task(
 ) -> dict[str, Any] | None:
     """Stage: the commit point (``champion`` moves to the released version)."""
     previous = commit_release(settings, entry, metrics, overrode)
+    emit_model_event(
+        settings,
+        RELEASED,
+        entry["version"],
+        {
+            "image": entry["image"],
+            "digest": entry["digest"],
+            "kind": entry["kind"],
+            "reason": entry.get("reason", ""),
+            "previous_version": previous["version"] if previous else None,
+            "metrics": metrics_summary(metrics),
+        },
+    )
     run_logger().info(
         "COMMIT: champion is now v%s (was %s); %s@%s",
         entry["version"],

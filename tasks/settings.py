@@ -127,6 +127,23 @@ class Settings(BaseSettings):
     github_repository: str | None = None  # owner/name
     github_api_url: str = "https://api.github.com"
 
+    # --- batch scoring (flows/score.py) ----------------------------------------------------------------
+    score_alias: str = "champion"  # the version scored when neither a version nor an alias is given
+    score_chunk_rows: int = Field(65_536, ge=1)  # rows read, scored and written at a time (bounds memory)
+
+    # --- alerts (deployments/alerts.py) ------------------------------------------------------------------
+    # Where notifications go; secrets, so never in prefect.yaml: set them in the environment or loanrisk.toml.
+    alert_webhook_url: SecretStr | None = None  # a generic webhook: a JSON document per alert (Webhook block)
+    alert_apprise_urls: list[SecretStr] = Field(default_factory=list)  # Apprise URLs (slack://, json://, ...)
+    alert_flows: list[str] = Field(
+        default_factory=lambda: [
+            "loan-risk-training",
+            "loan-risk-deploy",
+            "loan-risk-score",
+            "loan-risk-monitor",
+        ]
+    )  # flows whose failed or crashed runs alert
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -72,7 +72,13 @@ def _flow_defaults(path: Path, function: str) -> dict[str, Any]:
 def test_prefect_yaml_declares_both_deployments() -> None:
     data = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in data["deployments"]}
-    assert set(deps) == {"retrain", "deploy"}
+    assert set(deps) == {"retrain", "deploy", "score"}
+    score = deps["score"]
+    assert score["entrypoint"] == "flows/score.py:score_flow" and not score["schedules"]  # on demand
+    defaults = _flow_defaults(REPO_ROOT / "flows/score.py", "score_flow")
+    assert {k for k, v in defaults.items() if v == "<required>"} == {"input", "output"}
+    assert score["parameters"] == {k: v for k, v in defaults.items() if v != "<required>"}
+    assert score["work_pool"]["name"] == POOL
 
     retrain, deploy = deps["retrain"], deps["deploy"]
     assert retrain["entrypoint"] == "flows/training.py:training_flow"
@@ -263,7 +269,7 @@ def test_setup_deploys_both_deployments(deployed: Deployed) -> None:
     result = deployed.setup_result
     assert result["pool"] == POOL and result["api_url"] == deployed.server.api_url
     by_name = {d["name"]: d for d in result["deployments"]}
-    assert set(by_name) == {TRAINING, DEPLOY}
+    assert set(by_name) == {TRAINING, DEPLOY, "loan-risk-score/score"}
     assert by_name[TRAINING]["schedules"] == [{"cron": CRON, "timezone": "UTC", "active": True}]
     assert by_name[TRAINING]["concurrency_limit"] == 1
     assert by_name[DEPLOY]["schedules"] == []

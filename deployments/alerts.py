@@ -1,0 +1,274 @@
+"""Alerts: Prefect automations that notify the configured channels.
+
+    python -m deployments.alerts            # create or update them (also run by python -m deployments.setup)
+
+Four automations, each one notification per channel when it fires:
+
+- ``loan-risk: flow run failed``: a run of a loan-risk flow (``alert_flows``) enters Failed or Crashed;
+- ``loan-risk: model promoted`` / ``loan-risk: model released``: the events the promote and commit-champion
+  stages emit (``tasks/events.py``);
+- ``loan-risk: drift detected``: the drift monitor's ``loan-risk.drift.detected`` event.
+
+Channels come from the settings (environment or ``loanrisk.toml``, never ``prefect.yaml``: they hold secrets):
+
+- ``alert_webhook_url``: a generic webhook. A Prefect ``Webhook`` block (``loan-risk-alert-webhook``) called by
+  a ``call-webhook`` action with one JSON document: ``{"alert", "summary", "model", "version", "flow",
+  "flow_run", "state", "reason", "link", "payload", "event", "occurred"}`` (fields that do not apply are null).
+- ``alert_apprise_urls``: Apprise URLs (``slack://``, ``msteams://``, ``mailto://``, ``json://`` ...), each a
+  notification block (``loan-risk-alert-apprise-<n>``) used by a ``send-notification`` action with a subject
+  and a text body. The block type is Prefect's ``Slack Webhook``: the one built-in block that hands any
+  Apprise URL to Apprise unchanged (it special-cases Slack's own webhook URLs only); a block class of our own
+  would not load in the Prefect server, which runs the actions.
+
+Idempotent: blocks are saved over, an automation with the same name is updated in place (duplicates are
+removed), and with no channel configured the automations are removed (an automation needs an action).
+Prints one JSON line: ``{"api_url", "channels", "automations": [{"name", "id", "status"}]}``.
+Exit codes: 0 done, 2 no Prefect API configured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from tasks.settings import Settings, get_settings
+
+logger = logging.getLogger("deployments.alerts")
+
+PREFIX = "loan-risk: "
+WEBHOOK_BLOCK = "loan-risk-alert-webhook"
+APPRISE_BLOCK = "loan-risk-alert-apprise-{}"
+MODEL_EVENTS = "loan-risk.model.*"
+DRIFT_DETECTED = "loan-risk.drift.detected"
+
+# Jinja, rendered by the server when an automation fires (context: event, flow_run, flow, deployment ...).
+_MODEL = "event.resource['loan-risk.model.name']"
+_VERSION = "event.resource['loan-risk.model.version']"
+_RUN_LINK = "flow_run|ui_url"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One automation: what fires it and what its notification says."""
+
+    key: str
+    description: str
+    expect: frozenset[str]
+    match: dict[str, Any]
+    subject: str
+    body: str
+    fields: dict[str, str]  # JSON field -> Jinja expression, for the webhook document
+
+    @property
+    def name(self) -> str:
+        return PREFIX + self.description
+
+
+def alerts(settings: Settings) -> list[Alert]:
+    """The four alerts (see the module docstring)."""
+    model_fields = {
+        "model": _MODEL,
+        "version": _VERSION,
+        "flow_run": "event.related|selectattr('role', 'equalto', 'flow-run')|map(attribute='name')|first",
+        "payload": "event.payload",
+    }
+    metrics = "{% for k, v in (event.payload.metrics or {}).items() %}{{ k }} {{ v }}; {% endfor %}"
+    return [
+        Alert(
+            "flow-run-failed",
+            "flow run failed",
+            frozenset({"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}),
+            {"prefect.resource.id": "prefect.flow-run.*"},
+            "{{ flow.name }}: run {{ flow_run.name }} {{ flow_run.state.name }}",
+            "Flow run {{ flow_run.name }} of {{ flow.name }} entered {{ flow_run.state.name }}: "
+            "{{ flow_run.state.message }}\n{{ " + _RUN_LINK + " }}",
+            {
+                "flow": "flow.name",
+                "flow_run": "flow_run.name",
+                "flow_run_id": "flow_run.id|string",
+                "state": "flow_run.state.name",
+                "reason": "flow_run.state.message",
+                "link": _RUN_LINK,
+                "deployment": "deployment.name if deployment else none",
+            },
+        ),
+        Alert(
+            "model-promoted",
+            "model promoted",
+            frozenset({"loan-risk.model.promoted"}),
+            {"prefect.resource.id": MODEL_EVENTS},
+            "{{ " + _MODEL + " }} v{{ " + _VERSION + " }} promoted to candidate",
+            "{{ " + _MODEL + " }} v{{ " + _VERSION + " }} passed the promotion gate: "
+            "{{ (event.payload.reasons or [])|join('; ') }}\nTest metrics: " + metrics,
+            {**model_fields, "reason": "(event.payload.reasons or [])|join('; ')"},
+        ),
+        Alert(
+            "model-released",
+            "model released",
+            frozenset({"loan-risk.model.released"}),
+            {"prefect.resource.id": MODEL_EVENTS},
+            "{{ " + _MODEL + " }} v{{ " + _VERSION + " }} released ({{ event.payload.kind }})",
+            "{{ " + _MODEL + " }} v{{ " + _VERSION + " }} is the champion ({{ event.payload.kind }}"
+            "{% if event.payload.previous_version %}, was v{{ event.payload.previous_version }}{% endif %}): "
+            "{{ event.payload.image }}@{{ event.payload.digest }}"
+            "{% if event.payload.reason %}\nReason: {{ event.payload.reason }}{% endif %}\nTest metrics: "
+            + metrics,
+            {
+                **model_fields,
+                "reason": "event.payload.reason or event.payload.kind",
+                "digest": "event.payload.digest",
+            },
+        ),
+        Alert(
+            "drift-detected",
+            "drift detected",
+            frozenset({DRIFT_DETECTED}),
+            {"prefect.resource.id": MODEL_EVENTS},
+            "{{ " + _MODEL + " }} v{{ " + _VERSION + " }}: drift detected",
+            "Drift detected on the inputs or scores of {{ " + _MODEL + " }} v{{ " + _VERSION + " }}: "
+            "{{ event.payload|tojson }}",
+            {**model_fields, "reason": "'drift detected'"},
+        ),
+    ]
+
+
+def webhook_payload(alert: Alert) -> str:
+    """The webhook's JSON document as a Jinja template: every value through ``tojson``, so it stays JSON."""
+    fields = {
+        "alert": f"'{alert.key}'",
+        "summary": None,
+        **alert.fields,
+        "event": "event.event",
+        "occurred": "event.occurred|string",
+    }
+    parts = []
+    for key, expression in fields.items():
+        if expression is None:  # the subject, rendered as text then quoted
+            parts.append(f'"{key}": {{{{ ({_inline(alert.subject)})|tojson }}}}')
+        else:
+            parts.append(f'"{key}": {{{{ ({expression})|default(none)|tojson }}}}')  # absent: null
+    return "{" + ", ".join(parts) + "}"
+
+
+def _inline(template: str) -> str:
+    """A text template (``{{ a }} text {{ b }}``) as one Jinja expression (``(a)|string ~ ' text ' ~ ...``)."""
+    out, rest = [], template
+    while "{{" in rest:
+        text, _, rest = rest.partition("{{")
+        expression, _, rest = rest.partition("}}")
+        if text:
+            out.append(repr(text))
+        out.append(f"(({expression.strip()})|string)")
+    if rest:
+        out.append(repr(rest))
+    return " ~ ".join(out) or "''"
+
+
+def _trigger(alert: Alert, settings: Settings) -> Any:
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    related: dict[str, Any] = {}
+    if alert.key == "flow-run-failed":
+        related = {"prefect.resource.role": "flow", "prefect.resource.name": list(settings.alert_flows)}
+    return EventTrigger(
+        expect=set(alert.expect),
+        match=alert.match,
+        match_related=related,
+        posture=Posture.Reactive,
+        threshold=1,
+        within=timedelta(0),
+    )
+
+
+def save_blocks(settings: Settings) -> list[tuple[str, Any]]:
+    """The channel blocks, saved over whatever had their names: ``[(kind, block_document_id)]``."""
+    from prefect.blocks.notifications import SlackWebhook
+    from prefect.blocks.webhook import Webhook
+
+    channels: list[tuple[str, Any]] = []
+    if settings.alert_webhook_url is not None:
+        block = Webhook(url=settings.alert_webhook_url, headers={"Content-Type": "application/json"})
+        channels.append(("webhook", block.save(WEBHOOK_BLOCK, overwrite=True)))
+    for i, url in enumerate(settings.alert_apprise_urls, start=1):
+        block = SlackWebhook(url=url, notify_type="warning")
+        channels.append(("apprise", block.save(APPRISE_BLOCK.format(i), overwrite=True)))
+    return channels
+
+
+def _actions(alert: Alert, channels: Sequence[tuple[str, Any]]) -> list[Any]:
+    from prefect.events.actions import CallWebhook, SendNotification
+
+    out: list[Any] = []
+    for kind, block_id in channels:
+        if kind == "webhook":
+            out.append(CallWebhook(block_document_id=block_id, payload=webhook_payload(alert)))
+        else:
+            out.append(SendNotification(block_document_id=block_id, subject=alert.subject, body=alert.body))
+    return out
+
+
+def ensure_alerts(settings: Settings | None = None) -> dict[str, Any]:
+    """Create or update the automations on the configured Prefect API; what ``main`` prints."""
+    from prefect import get_client
+    from prefect.events.schemas.automations import AutomationCore
+
+    settings = settings or get_settings()
+    channels = save_blocks(settings)
+    results = []
+    with get_client(sync_client=True) as client:
+        for alert in alerts(settings):
+            existing = client.read_automations_by_name(alert.name)
+            for extra in existing[1:]:
+                client.delete_automation(extra.id)
+            if not channels:
+                if existing:
+                    client.delete_automation(existing[0].id)
+                results.append(
+                    {"name": alert.name, "id": None, "status": "removed" if existing else "absent"}
+                )
+                continue
+            core = AutomationCore(
+                name=alert.name,
+                description=f"Notify the loan-risk channels: {alert.description} (deployments/alerts.py)",
+                enabled=True,
+                tags=["loan-risk"],
+                trigger=_trigger(alert, settings),
+                actions=_actions(alert, channels),
+            )
+            if existing:
+                client.update_automation(existing[0].id, core)
+                results.append({"name": alert.name, "id": str(existing[0].id), "status": "updated"})
+            else:
+                results.append(
+                    {"name": alert.name, "id": str(client.create_automation(core)), "status": "created"}
+                )
+            logger.info("%s: %s", results[-1]["status"], alert.name)
+    return {"channels": [kind for kind, _ in channels], "automations": results}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from deployments.setup import _api_url
+
+    argparse.ArgumentParser(
+        prog="python -m deployments.alerts", description=__doc__.splitlines()[0]
+    ).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[alerts] %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    api_url = _api_url()
+    if not api_url:
+        logger.error("no Prefect API configured: set PREFECT_API_URL (automations live on a server)")
+        return 2
+    result = {"api_url": api_url, **ensure_alerts()}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

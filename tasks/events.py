@@ -1,0 +1,59 @@
+"""The pipeline's own Prefect events: a model version promoted, a model version released.
+
+    emit_model_event(settings, "promoted", "3", {"metrics": {...}, "reasons": [...]})
+
+Each event's resource is the registered model, the same one the drift monitor's ``loan-risk.drift.*`` events
+name, so one automation filter (``loan-risk.model.*``) sees them all::
+
+    {"prefect.resource.id": "loan-risk.model.<name>", "loan-risk.model.name": "<name>",
+     "loan-risk.model.version": "<version>"}
+
+Inside a flow or task run Prefect relates the event to that run (and its flow and deployment). Automations
+(``deployments/alerts.py``) turn them into notifications. Emitting never fails the stage that emits: an events
+client that cannot send logs a warning, since the promotion or release it reports has happened.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.common import run_logger
+from tasks.settings import Settings
+
+EVENT_PREFIX = "loan-risk.model."
+PROMOTED = "promoted"
+RELEASED = "released"
+# The metrics an event carries: enough to judge the version at a glance.
+SUMMARY_METRICS = ("test_roc_auc", "test_pr_auc", "test_precision", "test_recall", "test_f1", "threshold")
+
+
+def model_resource(model_name: str, version: str) -> dict[str, str]:
+    """The resource of a model event (and of the drift monitor's events)."""
+    return {
+        "prefect.resource.id": f"{EVENT_PREFIX}{model_name}",
+        "prefect.resource.name": model_name,
+        "loan-risk.model.name": model_name,
+        "loan-risk.model.version": str(version),
+    }
+
+
+def metrics_summary(metrics: dict[str, Any]) -> dict[str, float]:
+    """The headline metrics, rounded (an event is for people and filters, not for the record)."""
+    return {k: round(float(metrics[k]), 4) for k in SUMMARY_METRICS if k in metrics}
+
+
+def emit_model_event(settings: Settings, kind: str, version: str, payload: dict[str, Any]) -> Any:
+    """Emit ``loan-risk.model.<kind>`` for ``version`` of the settings' model; the event, or None when Prefect
+    emits none here (no API to send to)."""
+    from prefect.events import emit_event
+
+    body = {"version": str(version), "model_name": settings.model_name, **payload}
+    try:
+        event = emit_event(
+            event=f"{EVENT_PREFIX}{kind}", resource=model_resource(settings.model_name, version), payload=body
+        )
+    except Exception as exc:  # noqa: BLE001 - the promotion or release happened; its event is a notice
+        run_logger().warning("event %s%s for v%s not emitted: %s", EVENT_PREFIX, kind, version, exc)
+        return None
+    run_logger().info("event %s%s for %s v%s", EVENT_PREFIX, kind, settings.model_name, version)
+    return event
