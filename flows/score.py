@@ -35,6 +35,7 @@ def score_flow(
     clarity: str | None = None,
     rejects: str | None = None,
     bundle: str | None = None,
+    reasons: str | None = None,
 ) -> dict[str, Any]:
     """Score the applications in ``input`` into ``output`` with a registered version (default: the champion)."""
     settings = get_settings()
@@ -42,7 +43,7 @@ def score_flow(
         bundle_dir = (
             Path(bundle) if bundle else fetch_model_task(settings, model_version, alias, Path(tmp) / "bundle")
         )
-        return score_task(settings, bundle_dir, input, output, clarity, rejects)
+        return score_task(settings, bundle_dir, input, output, clarity, rejects, reasons)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--alias", help="score with the version this alias points to (default: champion)")
     model.add_argument("--model-version", help="score with this registered version")
     model.add_argument("--bundle", help="score with a local bundle directory instead of the registry")
+    parser.add_argument(
+        "--reasons",
+        choices=("risky", "all", "none"),
+        help="reason codes for the rows labelled risky (default, the setting score_reasons), all rows, or none",
+    )
     args = parser.parse_args(argv)
     return cli_run(
         lambda: score_flow(
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             clarity=args.clarity,
             rejects=args.rejects,
             bundle=args.bundle,
+            reasons=args.reasons,
         )
     )
 

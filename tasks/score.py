@@ -13,7 +13,9 @@ clarity file (one report per row, ~50k rows) is held whole.
 
 The output (CSV or Parquet, by extension) has one row per application, in input order: ``loanId``,
 ``probability`` (of the risky class), ``label`` (``probability >= threshold``), ``model_version``, and
-``reasons`` only when a reason-code function is given (:data:`ReasonFn`). It never holds ``anon_ssn`` or any
+``reasons`` when the bundle has a reason-code table (the service's own reasons, :func:`serving.reasons.explain`,
+as JSON text: for the rows labelled risky by default, ``--reasons all`` for every row, ``none`` for no column;
+null for a row not explained). It never holds ``anon_ssn`` or any
 other field of the input: the loan id is the one identifier written, because the lender needs it to act on a
 score. It is written to a temporary file beside the target and renamed at the end, so a failed run leaves no
 half file.
@@ -26,6 +28,7 @@ scored.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +45,7 @@ import pyarrow.parquet as pq
 from serving.bundle import Bundle, load_bundle
 from serving.contract import CLARITY_COLUMNS, IDENTIFIER_FIELDS, LOAN_COLUMNS
 from serving.features import SOURCE_FIELDS, FeatureError, build_row, columns_from
+from serving.reasons import DEFAULT_MODE, DEFAULT_REASON_COUNT, explain_selected
 from tasks import registry
 from tasks.common import PermanentError, run_logger, stage
 from tasks.settings import Settings
@@ -58,8 +62,31 @@ REJECT_COLUMNS: tuple[str, ...] = ("line", "loanId", "field", "reason")
 DEFAULT_CHUNK_ROWS = 65_536
 _CSV_BYTES_PER_ROW = 180  # loan.csv averages ~172 bytes a row: a CSV block of chunk_rows * this
 
-# The reason codes of a scored chunk: (bundle, the chunk's model columns, its probabilities) -> one text per row.
-ReasonFn = Callable[[Bundle, dict[str, Any], np.ndarray], Sequence[str]]
+# The reason codes of a scored chunk: (bundle, the chunk's model columns, its probabilities, its fields as sent)
+# -> one text (or None) per row.
+ReasonFn = Callable[
+    [Bundle, dict[str, Any], np.ndarray, Callable[[str], Sequence[Any]]], Sequence[str | None]
+]
+
+
+def service_reasons(mode: str = DEFAULT_MODE, count: int = DEFAULT_REASON_COUNT) -> ReasonFn:
+    """The service's reasons (:func:`serving.reasons.explain_selected`: the rows ``mode`` selects, ``count``
+    reasons each, the applicant's values as sent), each row's list as JSON text, None for a row not explained."""
+
+    def reasons(
+        bundle: Bundle,
+        columns: dict[str, Any],
+        probabilities: np.ndarray,
+        raw: Callable[[str], Sequence[Any]],
+    ) -> list[str | None]:
+        found = explain_selected(
+            bundle, columns, probabilities.tolist(), bundle.meta.threshold, mode, count, raw
+        )
+        if found is None:
+            return [None] * len(probabilities)
+        return [None if r is None else json.dumps(r, separators=(",", ":")) for r in found]
+
+    return reasons
 
 
 class ScoreError(PermanentError, ValueError):
@@ -284,9 +311,16 @@ def score_chunk(
 ) -> tuple[np.ndarray, Sequence[str] | None]:
     """Probabilities (and reason codes) of one chunk, by the service's columnar path; ValueError, OverflowError
     or TypeError when a value needs the checked way (which names it)."""
-    columns = columns_from(lambda name: table.column(name).to_pylist(), table.num_rows)
+    sent: dict[str, list[Any]] = {}
+
+    def column(name: str) -> list[Any]:
+        if name not in sent:
+            sent[name] = table.column(name).to_pylist()
+        return sent[name]
+
+    columns = columns_from(column, table.num_rows)
     probabilities = bundle.predict_columns(columns)
-    return probabilities, (reasons(bundle, columns, probabilities) if reasons is not None else None)
+    return probabilities, (reasons(bundle, columns, probabilities, column) if reasons is not None else None)
 
 
 def score_file(
@@ -420,9 +454,14 @@ def score_task(
     output_path: str,
     clarity: str | None = None,
     rejects: str | None = None,
+    reasons: str | None = None,
 ) -> dict[str, Any]:
-    """Stage: score the input file into the output file (a bad row is permanent: never retried)."""
+    """Stage: score the input file into the output file (a bad row is permanent: never retried); with the
+    service's reasons when the bundle has a reason-code table and ``reasons`` (default: the setting) is not
+    ``none``."""
     bundle = load_bundle(bundle_dir, thread_count=settings.thread_count)
+    mode = reasons or settings.score_reasons
+    explain = bundle.explainer is not None and mode != "none"
     result = score_file(
         bundle,
         input_path,
@@ -430,5 +469,6 @@ def score_task(
         clarity=clarity,
         rejects=rejects,
         chunk_rows=settings.score_chunk_rows,
+        reasons=service_reasons(mode) if explain else None,
     )
     return result.summary()

@@ -12,7 +12,7 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     # --- batch scoring (flows/score.py) ----------------------------------------------------------------
     score_alias: str = "champion"  # the version scored when neither a version nor an alias is given
     score_chunk_rows: int = Field(65_536, ge=1)  # rows read, scored and written at a time (bounds memory)
+    score_reasons: Literal["risky", "all", "none"] = "risky"  # batch scoring's reasons column: which rows
 
     # --- alerts (deployments/alerts.py) ------------------------------------------------------------------
     # Where notifications go; secrets, so never in prefect.yaml: set them in the environment or loanrisk.toml.

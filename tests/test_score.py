@@ -31,6 +31,7 @@ from tasks.score import (
     read_chunks,
     read_reports,
     score_file,
+    service_reasons,
 )
 from tests.serving.synthetic import make_bundle, records_from_files
 
@@ -218,7 +219,7 @@ def test_reasons_column_is_one_call_per_chunk_and_only_when_computed(
 ) -> None:
     calls: list[int] = []
 
-    def reasons(b: Bundle, columns: dict[str, Any], probabilities: np.ndarray) -> list[str]:
+    def reasons(b: Bundle, columns: dict[str, Any], probabilities: np.ndarray, raw: Any) -> list[str]:
         calls.append(len(probabilities))
         return [f"apr={a}" for a in columns["apr"]]
 
@@ -234,6 +235,41 @@ def test_reasons_column_is_one_call_per_chunk_and_only_when_computed(
     assert list(out.columns) == [*OUTPUT_COLUMNS, "reasons"] and result.reasons
     assert len(calls) == result.chunks > 1 and sum(calls) == result.rows_scored
     assert out["reasons"].iloc[0].startswith("apr=")
+
+
+def test_reasons_column_equals_the_services_reasons(
+    bundle: Bundle, bundle_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """With the bundle's reason table, the reasons column holds what /predict/batch answers for the same rows
+    (risky rows by default; codes, features and values equal, contributions to 1e-9), null for the others."""
+    assert bundle.explainer is not None
+    result = score_file(
+        bundle,
+        data_dir / "loan.csv",
+        tmp_path / "r.parquet",
+        clarity=data_dir / CLARITY,
+        chunk_rows=2000,
+        reasons=service_reasons(),
+    )
+    column = pq.read_table(tmp_path / "r.parquet").column("reasons").to_pylist()
+    records = _service_records(data_dir)[:3000]
+    client = create_app(ServiceConfig(bundle_dir=bundle_dir)).test_client()
+    answer = client.post("/predict/batch", json={"data": records})
+    assert answer.status_code == 200, answer.get_data(as_text=True)[:300]
+    served = [p.get("reasons") for p in answer.get_json()["predictions"]]
+    written = [None if r is None else json.loads(r) for r in column[:3000]]
+    assert (
+        result.flagged > 0 and sum(r is not None for r in written) == sum(r is not None for r in served) > 0
+    )
+    for mine, theirs in zip(written, served, strict=True):
+        assert (mine is None) == (theirs is None)
+        if mine is None:
+            continue
+        # a blank CSV field is null in the file's columns and "" in the JSON the service got: both "not given"
+        assert [(r["code"], r["feature"], r["value"]) for r in mine] == [
+            (r["code"], r["feature"], None if r["value"] == "" else r["value"]) for r in theirs
+        ]
+        assert np.allclose([r["contribution"] for r in mine], [r["contribution"] for r in theirs], atol=1e-9)
 
 
 @pytest.mark.parametrize(
