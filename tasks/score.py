@@ -24,6 +24,9 @@ A value the features cannot read (``"apr": "abc"``) stops the run with :class:`S
 line (CSV; the header is line 1) or row (Parquet, 1-based), and the field, unless a rejects file is given: then
 each bad row is listed there (line, loanId, field, reason; never the value of an identifier) and the rest are
 scored.
+
+Over ~400 lines on purpose: reading (chunked CSV/Parquet, the Arrow join), scoring and the bad-row handling share
+the chunk's table and the line numbering; split, a bad row's line would be computed in two modules.
 """
 
 from __future__ import annotations
