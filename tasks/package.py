@@ -1,5 +1,6 @@
 """Package: the model bundle a version ships (:mod:`serving.bundle`): the CatBoost model, its metadata and the
-reference sample every deployed image must reproduce."""
+reference sample every deployed image must reproduce; the evaluation report, its plots and the model card
+(:mod:`serving.card`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 from catboost import CatBoostClassifier
 
-from serving.bundle import BundleMeta, write_bundle
+from serving.bundle import BundleMeta, _write_json, write_bundle
+from serving.card import EVALUATION_FILE, PLOTS_DIR, write_card
 from serving.features import CATEGORICAL_FEATURES
 from serving.privacy import Pseudonymiser, reference_records
 from tasks import tracking
@@ -50,7 +52,60 @@ def bundle_meta(settings: Settings, run_id: str, evaluation: Evaluation, data: d
         params=dict(evaluation.params),
         run_id=run_id,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        calibrator=evaluation.calibrator.to_dict() if evaluation.calibrator else None,
+        decision_policy=dict(evaluation.report.get("policy") or {}),
     )
+
+
+def card_context(
+    settings: Settings, evaluation: Evaluation, split: Split, labels: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What the model card says beyond the evaluation: the time windows, the label policies' counts, the
+    tuning, the code commit and the monotone constraints."""
+    from tasks.image import git_commit
+
+    return {
+        "boundaries": dict(split.boundaries),
+        "labels": {k: (labels or {}).get(k) for k in ("label_policy", "label_policies", "labelled_loans")},
+        "training": {
+            "tuning": evaluation.report.get("training") or {},
+            "code_commit": git_commit(),
+            "monotone_constraints": dict(settings.monotone_constraints),
+        },
+    }
+
+
+def write_evaluation(bundle_dir: Path, evaluation: Evaluation, context: dict[str, Any]) -> None:
+    """The evaluation report (with the card's context) and its plots into the bundle, then the card."""
+    if not evaluation.report:
+        return
+    _write_json(bundle_dir / EVALUATION_FILE, {**evaluation.report, "context": context})
+    plots = bundle_dir / PLOTS_DIR
+    plots.mkdir(exist_ok=True)
+    for name, png in evaluation.plots.items():
+        (plots / name).write_bytes(png)
+        (plots / name).chmod(0o644)
+    write_card(bundle_dir)
+
+
+def assemble_bundle(
+    settings: Settings,
+    directory: Path,
+    run_id: str,
+    model: CatBoostClassifier,
+    evaluation: Evaluation,
+    split: Split,
+    data: dict[str, Any],
+    labels: dict[str, Any] | None = None,
+) -> Path:
+    """Write the whole bundle into ``directory``: model, metadata, reference sample, evaluation, card."""
+    meta = bundle_meta(settings, run_id, evaluation, data)
+    reference = reference_sample(
+        split.test, evaluation.test_probabilities, settings.smoke_sample_size, settings.pseudonymiser()
+    )
+    bundle_dir = write_bundle(directory, model, meta, reference)
+    write_evaluation(bundle_dir, evaluation, card_context(settings, evaluation, split, labels))
+    return bundle_dir
 
 
 @stage("package")
@@ -61,13 +116,13 @@ def package_task(
     evaluation: Evaluation,
     split: Split,
     ingested: IngestResult,
+    labels: dict[str, Any] | None = None,
 ) -> Path:
-    """Stage: write the bundle (model, metadata, reference sample) into a scratch folder; returns the folder."""
+    """Stage: write the bundle (model, metadata, reference sample, evaluation report and model card) into a
+    scratch folder; returns the folder. ``labels`` is the model table's figures (label policy counts)."""
     labelled = sum(split.boundaries[k] for k in ("n_train", "n_valid", "n_test"))
-    meta = bundle_meta(settings, run_id, evaluation, data_fingerprint(ingested, labelled))
-    reference = reference_sample(
-        split.test, evaluation.test_probabilities, settings.smoke_sample_size, settings.pseudonymiser()
-    )
-    bundle_dir = write_bundle(tracking.scratch_dir("bundle-") / "bundle", model, meta, reference)
-    run_logger().info("bundle written to %s (%d reference records)", bundle_dir, len(reference["records"]))
+    data = data_fingerprint(ingested, labelled)
+    directory = tracking.scratch_dir("bundle-") / "bundle"
+    bundle_dir = assemble_bundle(settings, directory, run_id, model, evaluation, split, data, labels)
+    run_logger().info("bundle written to %s", bundle_dir)
     return bundle_dir

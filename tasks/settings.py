@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     )  # cost of declining a loan that would have paid (a false positive)
     # A calibrator is fitted on validation when the model's validation ECE exceeds this (1: never).
     calibration_max_ece: float = Field(0.02, ge=0, le=1)
-    calibration_method: str = Field("isotonic", pattern="^(isotonic|platt)$")
+    calibration_method: str = Field("platt", pattern="^(isotonic|platt)$")
 
     # --- tracking and registry -----------------------------------------------------------------------
     mlflow_tracking_uri: str | None = None  # default: SQLite store under state_dir; MLFLOW_TRACKING_URI wins
