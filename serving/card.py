@@ -238,9 +238,7 @@ def evaluation_sections(report: dict[str, Any], plots: list[str] | None = None) 
 
 # --- templates ----------------------------------------------------------------------------------------------
 
-_ENV = jinja2.Environment(
-    autoescape=jinja2.select_autoescape(default=False), trim_blocks=True, lstrip_blocks=True
-)
+_ENV = jinja2.Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True)  # Markdown: no HTML escapes
 _HTML_ENV = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
 _ENV.filters["cell"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
 

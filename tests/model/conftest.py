@@ -13,7 +13,7 @@ from catboost import CatBoostClassifier
 from serving.bundle import stamp_version
 from serving.card import write_card
 from tasks.evaluate import Evaluation, build_evaluation
-from tasks.features import build_model_table
+from tasks.features import features_task
 from tasks.package import assemble_bundle
 from tasks.settings import Settings
 from tasks.split import Split, split_by_time
@@ -41,11 +41,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     data = tmp_path_factory.mktemp("model-sample")
     generate(data, scale=SCALE, seed=11)
     s = Settings(state_dir=tmp_path_factory.mktemp("model-state"), max_iterations=200, thread_count=2)
-    tables = validate_tables(
-        read_tables(data), max_quarantine_share=0.01, quarantine_dir=s.quarantine_dir
-    ).tables
-    bad, good = s.label_statuses()
-    table = build_model_table(tables["loan"], tables["clarity"], bad, good)
+    validated = validate_tables(read_tables(data), max_quarantine_share=0.01, quarantine_dir=s.quarantine_dir)
+    table = features_task.fn(s, validated)
     split = split_by_time(table, s.split_fractions)
     model = fit_model({"depth": 5, "learning_rate": 0.1}, make_pool(split.train), make_pool(split.valid), s)
     probabilities = (predict_proba(model, make_pool(part)) for part in (split.train, split.valid, split.test))
