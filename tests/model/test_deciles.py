@@ -11,6 +11,7 @@ from scipy.stats import ks_2samp, spearmanr
 from sklearn.metrics import roc_auc_score
 
 from tasks.credit import decile_table
+from tasks.evaluate import summary_markdown
 from tests.model.conftest import Trained, package
 
 
@@ -42,6 +43,11 @@ def test_evaluation_ks_and_gini_match_the_references(trained: Trained, tmp_path:
     assert segments and all(r["count"] >= trained.settings.segment_min_count for r in segments)
     assert {r["segment"] for r in segments} <= {"state", "leadType", "payFrequency"}
     assert len(evaluation.report["stability"]["feature_psi"]) == 10
+    tuning = {"n_complete": 3, "n_pruned": 1, "best_value": 0.8, "best_params": {}}
+    summary = summary_markdown(m, trained.split.boundaries, tuning, evaluation.report)
+    for heading in ("## Metrics", "## Decile table", "## Calibration", "## Segments", "## Stability baseline"):
+        assert heading in summary
+    assert f"| KS | {m['valid_ks']:.4f} | {m['test_ks']:.4f} |" in summary
 
 
 def test_expected_cost_policy_is_recorded(trained: Trained, tmp_path: Path) -> None:
