@@ -8,7 +8,8 @@ packages it and again when registration stamps the version (:func:`write_card`),
 of the version; the service answers ``GET /model/card`` with them.
 
 The card's tables are built once as :class:`Table` rows and rendered by both templates; the Prefect summary of
-the evaluate stage reuses :func:`evaluation_markdown`.
+the evaluate stage reuses :func:`evaluation_markdown`. Longer than ~400 lines on purpose: it is one document (its
+fixed texts, its tables and the two templates that render them), read and reviewed as one.
 """
 
 from __future__ import annotations

@@ -45,7 +45,13 @@ def test_evaluation_ks_and_gini_match_the_references(trained: Trained, tmp_path:
     assert len(evaluation.report["stability"]["feature_psi"]) == 10
     tuning = {"n_complete": 3, "n_pruned": 1, "best_value": 0.8, "best_params": {}}
     summary = summary_markdown(m, trained.split.boundaries, tuning, evaluation.report)
-    for heading in ("## Metrics", "## Decile table", "## Calibration", "## Segments", "## Stability baseline"):
+    for heading in (
+        "## Metrics",
+        "## Decile table",
+        "## Calibration",
+        "## Segments",
+        "## Stability baseline",
+    ):
         assert heading in summary
     assert f"| KS | {m['valid_ks']:.4f} | {m['test_ks']:.4f} |" in summary
 
