@@ -32,6 +32,7 @@ configure_environment()
 from prefect import flow
 
 from serving.bundle import Bundle, load_bundle
+from serving.card import CARD_HTML
 from tasks import registry
 from tasks.common import cli_run, run_logger
 from tasks.deploy_lock import release_lock
@@ -57,6 +58,7 @@ from tasks.release import (
     CHAMPION,
     NotDeployable,
     actor,
+    card_link,
     check_deployable,
     commit_task,
     entry_from_tags,
@@ -241,6 +243,7 @@ def _notes(
         digest,
         meta.data_fingerprint,
         forced,
+        card_link(settings.model_name, entry["version"], (bundle.directory / CARD_HTML).is_file()),
     )
 
 

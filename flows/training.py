@@ -50,6 +50,8 @@ def run_params(settings: Settings, dry_run: bool) -> dict[str, Any]:
         **{name: getattr(settings, name) for name in names},
         "label_bad_statuses": settings.label_bad_statuses,
         "label_good_statuses": settings.label_good_statuses,
+        "label_policy": settings.label_policy,
+        "monotone_constraints": settings.monotone_constraints,
         "dry_run": dry_run,
     }
 
@@ -145,7 +147,7 @@ def training_flow(
         tuning = tune_task(settings, split, run_id)
         model = train_task(settings, split, tuning["best_params"])
         evaluation = evaluate_task(settings, model, split, tuning, run_id)
-        bundle_dir = package_task(settings, run_id, model, evaluation, split, ingested)
+        bundle_dir = package_task(settings, run_id, model, evaluation, split, ingested, table.stats)
         version = register_task(settings, run_id, bundle_dir)
         decision = promote_task(settings, version, evaluation.metrics, split.test, dry_run)
         result: dict[str, Any] = {

@@ -9,7 +9,12 @@ A bundle is a directory with
 - ``reference.json`` (optional): test records with the probabilities training computed for them, so a
   deployed image can prove it reproduces training's predictions. The records hold only the fields the features
   read, ``clarityFraudId`` pseudonymised (:func:`serving.privacy.reference_records`): no ``loanId``, no
-  ``anon_ssn``. :func:`write_bundle` refuses any other field, since the bundle ships inside the image.
+  ``anon_ssn``. :func:`write_bundle` refuses any other field, since the bundle ships inside the image,
+- ``evaluation.json``, ``card.md``, ``card.html`` and ``plots/`` (optional): the credit-grade evaluation the model
+  card is rendered from, and the card itself (:mod:`serving.card`).
+
+``bundle.json`` may hold a ``calibrator`` (:mod:`serving.calibration`): then every probability the bundle gives
+is the calibrated one, on every path (rows, columns, records), as training's metrics and reference sample are.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
+from serving.calibration import Calibrator
 from serving.features import (
     CATEGORICAL_INDICES,
     FEATURE_NAMES,
@@ -79,6 +85,10 @@ class BundleMeta:
     feature_version: str = FEATURE_VERSION
     bundle_format: int = BUNDLE_FORMAT
     created_at: str | None = None
+    calibrator: dict[str, Any] | None = None  # serving.calibration.Calibrator.to_dict(), or None
+    decision_policy: dict[str, Any] = field(
+        default_factory=dict
+    )  # threshold policy, its inputs, label policy
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BundleMeta:
@@ -165,6 +175,7 @@ class Bundle:
         self.model = CatBoostClassifier(thread_count=thread_count)
         self.model.load_model(str(model_path), format="cbm")
         self.thread_count = thread_count
+        self.calibrator = _load_calibrator(meta_path, self.meta.calibrator)
         self.explainer = self._load_explainer()
 
     @property
@@ -218,12 +229,17 @@ class Bundle:
             return []
         pool = self.input_pool(rows)
         proba = self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)
-        return [float(p) for p in proba[:, 1]]
+        return [float(p) for p in self.calibrated(proba[:, 1])]
 
     def predict_columns(self, columns: dict[str, Any]) -> np.ndarray:
         """Probability of the risky class for columns built by :func:`serving.features.columns_from`."""
         pool = self.input_pool(columns)
-        return self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
+        proba = self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)
+        return self.calibrated(proba[:, 1])
+
+    def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
+        """The model's probabilities through the bundle's calibrator (unchanged without one)."""
+        return probabilities if self.calibrator is None else self.calibrator.apply(probabilities)
 
     def predict_fast(self, column: Callable[[str], Sequence[Any]], n: int) -> list[float] | None:
         """Probabilities for ``n`` records read a column at a time (:func:`serving.features.columns_from`): the
@@ -240,6 +256,14 @@ class Bundle:
         """The reference records and training-time probabilities, when the bundle has them."""
         path = self.directory / REFERENCE_FILE
         return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _load_calibrator(meta_path: Path, data: dict[str, Any] | None) -> Calibrator | None:
+    """The metadata's calibrator; :class:`BundleError` naming the file when it is malformed."""
+    try:
+        return Calibrator.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"{meta_path}: unusable 'calibrator' ({exc})") from None
 
 
 def load_bundle(directory: str | Path, thread_count: int = 1) -> Bundle:

@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from serving.bundle import REFERENCE_FILE, Bundle, BundleError, load_bundle
+from serving.card import CARD_HTML
 from serving.config import ServiceConfig
 from serving.features import FeatureError, build_row
 from serving.logs import LOGGER_NAME
@@ -77,6 +78,9 @@ class ServedModel:
             "bundle_format": meta.bundle_format,
             "created_at": meta.created_at,
             "reason_codes": bundle.reason_codes(),
+            "decision_policy": meta.decision_policy,
+            "calibrator": None if bundle.calibrator is None else bundle.calibrator.to_dict(),
+            "model_card": (bundle.directory / CARD_HTML).is_file(),
         }
         if info["reason_codes"] is None:
             info["notes"] = [

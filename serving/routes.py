@@ -20,6 +20,7 @@ from flask import Blueprint, Response, current_app, g, request
 from msgspec import UNSET
 
 from serving.batches import FastBatch, fast_batch, fast_invocation
+from serving.card import CARD_HTML, CARD_MARKDOWN
 from serving.config import ServiceConfig
 from serving.features import FeatureError, columns_to_records
 from serving.model import ModelHolder, ServedModel
@@ -116,6 +117,20 @@ def ping() -> Response:
 @bp.get("/model/info")
 def model_info() -> Response:
     return raw_json_response(_served().info_body)
+
+
+@bp.get("/model/card")
+def model_card() -> Response:
+    """The served version's model card: HTML, or Markdown for ``Accept: text/markdown``; 404 when it has none."""
+    served = _served()
+    markdown = request.accept_mimetypes.best_match(["text/html", "text/markdown"]) == "text/markdown"
+    path = served.directory / (CARD_MARKDOWN if markdown else CARD_HTML)
+    if not path.is_file():
+        raise ApiError(
+            404, "no_model_card", f"model version {served.version} has no model card in its bundle"
+        )
+    kind = "text/markdown" if markdown else "text/html"
+    return Response(path.read_bytes(), status=200, content_type=f"{kind}; charset=utf-8")
 
 
 @bp.get("/openapi.json")

@@ -316,6 +316,18 @@ MODEL_INFO: dict[str, Any] = {
                 },
             },
         },
+        "decision_policy": {
+            "type": "object",
+            "additionalProperties": True,
+            "description": "How the threshold was chosen (policy f1 or expected_cost, and its inputs).",
+        },
+        "calibrator": {
+            "type": "object",
+            "nullable": True,
+            "additionalProperties": True,
+            "description": "The calibrator applied to every served probability (isotonic or Platt); null: none.",
+        },
+        "model_card": {"type": "boolean", "description": "Whether GET /model/card has a card to serve."},
         "notes": {"type": "array", "items": {"type": "string"}},
     },
 }
@@ -442,6 +454,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "Malformed JSON or a request of the wrong shape (names the field and record index).",
         401: "Missing or wrong admin token.",
         403: "Model reload is disabled (no admin token configured).",
+        404: "The served bundle has no model card (trained before cards).",
         413: "Body larger than the maximum body size, or more records than the maximum batch size.",
         415: "Unsupported content type.",
         422: "A field holds a value of the wrong type (names the field and record index).",
@@ -498,6 +511,23 @@ def openapi_document(
                     "operationId": "modelInfo",
                     "summary": "The model served: name, version, features, threshold, metrics, data fingerprint.",
                     "responses": {"200": _json("ModelInfo", "The model's metadata."), **_errors(503)},
+                }
+            },
+            "/model/card": {
+                "get": {
+                    "operationId": "modelCard",
+                    "summary": "The served version's model card: self-contained HTML, or Markdown with "
+                    "'Accept: text/markdown'.",
+                    "responses": {
+                        "200": {
+                            "description": "The model card.",
+                            "content": {
+                                "text/html": {"schema": {"type": "string"}},
+                                "text/markdown": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_errors(404, 503),
+                    },
                 }
             },
             "/predict": {

@@ -104,6 +104,9 @@ BAD_LABEL_STATUSES: tuple[str, ...] = (
     "Settled Bankruptcy", "Settlement Paid Off", "Settlement Pending Paid Off",
 )  # fmt: skip
 GOOD_LABEL_STATUSES: tuple[str, ...] = ("Paid Off Loan", "New Loan", "Pending Paid Off")
+# Good statuses whose outcome is not final yet (a loan still running, a pay-off not cleared): the "matured" label
+# policy leaves them out instead of counting them good.
+NOT_FINAL_STATUSES: tuple[str, ...] = ("New Loan", "Pending Paid Off")
 # Statuses of loans that never became a funded loan (so they carry no label).
 UNLABELLED_STATUSES: tuple[str, ...] = (
     "Withdrawn Application", "Rejected", "CSR Voided New Loan", "Credit Return Void", "Customer Voided New Loan",

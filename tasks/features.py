@@ -14,6 +14,7 @@ import pandas as pd
 from serving.contract import CLARITY_COLUMNS, LOAN_COLUMNS, OUTCOME_FIELDS, PERSONAL_FIELDS
 from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES, build_rows
 from tasks.common import PermanentError, release_freed_memory, run_logger, stage
+from tasks.dataset import NOT_FINAL_STATUSES
 from tasks.settings import Settings
 
 if TYPE_CHECKING:
@@ -118,6 +119,27 @@ def label_loans(loan: pd.DataFrame, bad: list[str], good: list[str]) -> pd.DataF
     return out
 
 
+def label_policy_counts(status: pd.Series, bad: list[str], good: list[str]) -> dict[str, dict[str, int]]:
+    """How many loans each label policy labels, risky and good, and how many ``matured`` leaves out as not final
+    yet (for the model card: the choice moves loans out of the good class, not into the risky one)."""
+    counts = status.value_counts()
+
+    def count(statuses: list[str] | tuple[str, ...]) -> int:
+        return int(counts.reindex(list(statuses), fill_value=0).sum())
+
+    final_good = [s for s in good if s not in NOT_FINAL_STATUSES]
+    n_bad, n_good, n_final = count(bad), count(good), count(final_good)
+    return {
+        "seed": {"labelled": n_bad + n_good, "risky": n_bad, "good": n_good, "left_out_not_final": 0},
+        "matured": {
+            "labelled": n_bad + n_final,
+            "risky": n_bad,
+            "good": n_final,
+            "left_out_not_final": n_good - n_final,
+        },
+    }
+
+
 def join_clarity(loans: pd.DataFrame, clarity: pd.DataFrame) -> pd.DataFrame:
     """Left-join the clarity report on ``clarityFraudId = underwritingid``; one row per loan is kept."""
     report = clarity.drop_duplicates("underwritingid")
@@ -173,9 +195,15 @@ def features_task(settings: Settings, validated: ValidationResult) -> ModelTable
     """Stage: the model table from the validated tables, which it then lets go: nothing after this stage reads
     the raw tables (~0.4 GB resident at full size, their memory handed back)."""
     tables = validated.tables
-    table = build_model_table(
-        tables["loan"], tables["clarity"], settings.label_bad_statuses, settings.label_good_statuses
+    bad, good = settings.label_statuses()
+    table = build_model_table(tables["loan"], tables["clarity"], bad, good)
+    # counted on the configured statuses, so the card compares both policies whichever one trained the model
+    counts = label_policy_counts(
+        tables["loan"].loc[tables["loan"]["loanId"].notna(), "loanStatus"],
+        settings.label_bad_statuses,
+        settings.label_good_statuses,
     )
+    table.stats |= {"label_policy": settings.label_policy, "label_policies": counts}
     tables.clear()
     release_freed_memory()
     run_logger().info("model table: %s", table.stats)

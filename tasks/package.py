@@ -1,6 +1,7 @@
 """Package: the model bundle a version ships (:mod:`serving.bundle`): the CatBoost model, its metadata, the
-reference sample every deployed image must reproduce, and the reviewed reason-code table
-(``serving/reason_codes.toml``, :mod:`serving.reasons`), which must map every model feature."""
+reference sample every deployed image must reproduce, the reviewed reason-code table (``serving/reason_codes.toml``,
+:mod:`serving.reasons`), which must map every model feature, and the evaluation report, its plots and the model
+card (:mod:`serving.card`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 
 from catboost import CatBoostClassifier
 
-from serving.bundle import META_FILE, BundleMeta, load_bundle, write_bundle
+from serving.bundle import META_FILE, BundleMeta, _write_json, load_bundle, write_bundle
+from serving.card import EVALUATION_FILE, PLOTS_DIR, write_card
 from serving.config import DEFAULT_REASON_COUNT
 from serving.features import CATEGORICAL_FEATURES
 from serving.privacy import Pseudonymiser, reference_records
@@ -54,6 +56,8 @@ def bundle_meta(settings: Settings, run_id: str, evaluation: Evaluation, data: d
         params=dict(evaluation.params),
         run_id=run_id,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        calibrator=evaluation.calibrator.to_dict() if evaluation.calibrator else None,
+        decision_policy=dict(evaluation.report.get("policy") or {}),
     )
 
 
@@ -80,6 +84,59 @@ def table_reasons(
     return explain_selected(bundle, rows, probabilities, bundle.meta.threshold, mode, count, column) or []
 
 
+def card_context(
+    settings: Settings, evaluation: Evaluation, split: Split, labels: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What the model card says beyond the evaluation: the time windows, the label policies' counts, the
+    tuning, the code commit and the monotone constraints."""
+    from tasks.image import git_commit
+
+    return {
+        "boundaries": dict(split.boundaries),
+        "labels": {k: (labels or {}).get(k) for k in ("label_policy", "label_policies", "labelled_loans")},
+        "training": {
+            "tuning": evaluation.report.get("training") or {},
+            "code_commit": git_commit(),
+            "monotone_constraints": dict(settings.monotone_constraints),
+        },
+    }
+
+
+def write_evaluation(bundle_dir: Path, evaluation: Evaluation, context: dict[str, Any]) -> None:
+    """The evaluation report (with the card's context) and its plots into the bundle, then the card."""
+    if not evaluation.report:
+        return
+    _write_json(bundle_dir / EVALUATION_FILE, {**evaluation.report, "context": context})
+    plots = bundle_dir / PLOTS_DIR
+    plots.mkdir(exist_ok=True)
+    for name, png in evaluation.plots.items():
+        (plots / name).write_bytes(png)
+        (plots / name).chmod(0o644)
+    write_card(bundle_dir)
+
+
+def assemble_bundle(
+    settings: Settings,
+    directory: Path,
+    run_id: str,
+    model: CatBoostClassifier,
+    evaluation: Evaluation,
+    split: Split,
+    data: dict[str, Any],
+    labels: dict[str, Any] | None = None,
+) -> Path:
+    """Write the whole bundle into ``directory``: model, metadata, reference sample, reason-code table,
+    evaluation, card."""
+    meta = bundle_meta(settings, run_id, evaluation, data)
+    reference = reference_sample(
+        split.test, evaluation.test_probabilities, settings.smoke_sample_size, settings.pseudonymiser()
+    )
+    bundle_dir = write_bundle(directory, model, meta, reference)
+    add_reason_table(bundle_dir)
+    write_evaluation(bundle_dir, evaluation, card_context(settings, evaluation, split, labels))
+    return bundle_dir
+
+
 @stage("package")
 def package_task(
     settings: Settings,
@@ -88,19 +145,13 @@ def package_task(
     evaluation: Evaluation,
     split: Split,
     ingested: IngestResult,
+    labels: dict[str, Any] | None = None,
 ) -> Path:
-    """Stage: write the bundle (model, metadata, reference sample) into a scratch folder; returns the folder."""
+    """Stage: write the bundle (model, metadata, reference sample, evaluation report and model card) into a
+    scratch folder; returns the folder. ``labels`` is the model table's figures (label policy counts)."""
     labelled = sum(split.boundaries[k] for k in ("n_train", "n_valid", "n_test"))
-    meta = bundle_meta(settings, run_id, evaluation, data_fingerprint(ingested, labelled))
-    reference = reference_sample(
-        split.test, evaluation.test_probabilities, settings.smoke_sample_size, settings.pseudonymiser()
-    )
-    bundle_dir = write_bundle(tracking.scratch_dir("bundle-") / "bundle", model, meta, reference)
-    table = add_reason_table(bundle_dir)
-    run_logger().info(
-        "bundle written to %s (%d reference records, reason codes version %s)",
-        bundle_dir,
-        len(reference["records"]),
-        table.version,
-    )
+    data = data_fingerprint(ingested, labelled)
+    directory = tracking.scratch_dir("bundle-") / "bundle"
+    bundle_dir = assemble_bundle(settings, directory, run_id, model, evaluation, split, data, labels)
+    run_logger().info("bundle written to %s", bundle_dir)
     return bundle_dir

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from serving.bundle import META_FILE, stamp_version
+from serving.card import EVALUATION_FILE, write_card
 from tasks import tracking
 from tasks.common import PermanentError, TransientError, run_logger, stage
 from tasks.settings import Settings
@@ -54,6 +55,8 @@ def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dic
     try:
         if (bundle_dir / META_FILE).is_file():
             stamp_version(bundle_dir, version, model_name=settings.model_name)
+            if (bundle_dir / EVALUATION_FILE).is_file():
+                write_card(bundle_dir)  # the card names its version
         c.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
     except BaseException:
         c.delete_model_version(settings.model_name, version)

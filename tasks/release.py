@@ -288,15 +288,19 @@ def release_notes(
     digest: str,
     data: dict[str, Any],
     forced: dict[str, str] | None = None,
+    card: str | None = None,
 ) -> str:
-    """Markdown release notes: model, metrics against the previous champion, image, data revision, and for a
-    forced release who forced it, why, and what it overrode."""
+    """Markdown release notes: model, metrics against the previous champion, image, data revision, the model
+    card (``card``: where it is, see :func:`card_link`), and for a forced release who forced it, why, and what it
+    overrode."""
     prev_metrics = (previous or {}).get("metrics", {})
     prev_label = f"v{previous['version']}" if previous else "none"
     rows = "\n".join(
         f"| {m} | {_fmt(metrics.get(m))} | {_fmt(prev_metrics.get(m))} |"
         for m in (
             "test_roc_auc",
+            "test_gini",
+            "test_ks",
             "test_pr_auc",
             "test_precision",
             "test_recall",
@@ -320,6 +324,19 @@ def release_notes(
         f"| metric | v{version} | previous ({prev_label}) |\n|---|---|---|\n{rows}\n\n"
         "Previous-champion figures are from its own test split, as recorded at its training time.\n\n"
         f"Data: source `{data.get('source', '?')}`, revision `{data.get('revision') or 'n/a'}`\n{files}\n"
+        + (f"\nModel card: {card}\n" if card else "")
+    )
+
+
+def card_link(model_name: str, version: str, has_card: bool) -> str | None:
+    """Where a version's model card is: the MLflow artifact of the version (``card.md``/``card.html`` in its
+    bundle) and the released image's ``GET /model/card``; None when its bundle has no card."""
+    if not has_card:
+        return None
+    uri = f"models:/{model_name}/{version}"
+    return (
+        f"`card.html` and `card.md` in the version's bundle (`mlflow artifacts download --artifact-uri {uri}`), "
+        "and `GET /model/card` of the image (`Accept: text/markdown` for Markdown)"
     )
 
 

@@ -18,7 +18,7 @@ import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from tasks.dataset import BAD_LABEL_STATUSES, GOOD_LABEL_STATUSES, LOAN_STATUSES
+from tasks.dataset import BAD_LABEL_STATUSES, GOOD_LABEL_STATUSES, LOAN_STATUSES, NOT_FINAL_STATUSES
 
 if TYPE_CHECKING:
     from serving.privacy import Pseudonymiser
@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     label_bad_statuses: list[str] = Field(default_factory=lambda: list(BAD_LABEL_STATUSES))
     label_good_statuses: list[str] = Field(default_factory=lambda: list(GOOD_LABEL_STATUSES))
     split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    # "seed": the statuses above as they are; "matured": loans whose outcome is not final yet (NOT_FINAL_STATUSES:
+    # "New Loan", "Pending Paid Off") are left out instead of counted good (censoring; README, "Evaluation").
+    label_policy: str = Field("seed", pattern="^(seed|matured)$")
 
     # --- tuning and training -------------------------------------------------------------------------
     n_trials: int = Field(20, ge=1)
@@ -88,6 +91,26 @@ class Settings(BaseSettings):
     max_ctr_complexity: int = Field(1, ge=1, le=4)
     seed: int = 42
     thread_count: int = -1
+    # Feature name -> -1 (risk never rises with it), 0 (free) or 1 (risk never falls with it): CatBoost's own
+    # monotone_constraints, numeric features only. JSON in the environment: LOANRISK_MONOTONE_CONSTRAINTS='{"apr": 1}'.
+    monotone_constraints: dict[str, int] = Field(default_factory=dict)
+
+    # --- evaluation and decision policy --------------------------------------------------------------
+    bootstrap_samples: int = Field(200, ge=0)  # resamples behind the 95% intervals of AUC and KS (0: none)
+    segment_min_count: int = Field(
+        100, ge=1
+    )  # segments (state, leadType, payFrequency) smaller are not scored
+    psi_bins: int = Field(10, ge=2)  # quantile bins of the population stability index
+    # "f1": best validation F1 within the promotion minimums; "expected_cost": the validation threshold with the
+    # least cost_bad_approved * FN + cost_good_declined * FP.
+    threshold_policy: str = Field("f1", pattern="^(f1|expected_cost)$")
+    cost_bad_approved: float = Field(5.0, gt=0)  # cost of approving a loan that goes bad (a false negative)
+    cost_good_declined: float = Field(
+        1.0, gt=0
+    )  # cost of declining a loan that would have paid (a false positive)
+    # A calibrator is fitted on validation when the model's validation ECE exceeds this (1: never).
+    calibration_max_ece: float = Field(0.02, ge=0, le=1)
+    calibration_method: str = Field("platt", pattern="^(isotonic|platt)$")
 
     # --- tracking and registry -----------------------------------------------------------------------
     mlflow_tracking_uri: str | None = None  # default: SQLite store under state_dir; MLFLOW_TRACKING_URI wins
@@ -174,6 +197,32 @@ class Settings(BaseSettings):
                 f"label statuses {unknown} are no loanStatus of the dataset; known: {list(LOAN_STATUSES)}"
             )
         return self
+
+    @field_validator("monotone_constraints")
+    @classmethod
+    def _known_numeric_features(cls, v: dict[str, int]) -> dict[str, int]:
+        from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES
+
+        for name, direction in v.items():
+            if name not in FEATURE_NAMES:
+                raise ValueError(
+                    f"monotone_constraints: {name!r} is no model feature; known: {list(FEATURE_NAMES)}"
+                )
+            if name in CATEGORICAL_FEATURES:
+                raise ValueError(
+                    f"monotone_constraints: {name!r} is categorical; only numeric features take one"
+                )
+            if direction not in (-1, 0, 1):
+                raise ValueError(f"monotone_constraints: {name!r} must be -1, 0 or 1, got {direction!r}")
+        return v
+
+    def label_statuses(self) -> tuple[list[str], list[str]]:
+        """The (bad, good) statuses of the label policy: ``matured`` leaves out loans not final yet."""
+        if self.label_policy == "matured":
+            return list(self.label_bad_statuses), [
+                s for s in self.label_good_statuses if s not in NOT_FINAL_STATUSES
+            ]
+        return list(self.label_bad_statuses), list(self.label_good_statuses)
 
     # --- derived locations ---------------------------------------------------------------------------
     @property

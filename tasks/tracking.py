@@ -138,6 +138,16 @@ def log_files(settings: Settings, run_id: str, paths: list[Path], artifact_path:
         c.log_artifact(run_id, str(p), artifact_path)
 
 
+def log_bytes(settings: Settings, run_id: str, files: Mapping[str, bytes], artifact_path: str) -> None:
+    """Log in-memory files (``{"deciles.png": b"..."}``) under ``artifact_path``."""
+    folder = scratch_dir("artifacts-")
+    paths = []
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        paths.append(folder / name)
+    log_files(settings, run_id, paths, artifact_path)
+
+
 def log_figures(settings: Settings, run_id: str, figures: Mapping[str, Any], artifact_path: str) -> None:
     """Log matplotlib figures as PNGs under ``artifact_path`` (``{"roc.png": fig}``) and close them."""
     import matplotlib.pyplot as plt

@@ -27,16 +27,19 @@ def make_pool(table: ModelTable) -> Pool:
 
 
 def model_params(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Tuned parameters plus the fixed ones: seed, threads, iteration cap, early stopping, CTR complexity."""
-    return {
+    """Tuned parameters plus the fixed ones: seed, threads, iteration cap, early stopping, CTR complexity, and the
+    monotone constraints when any are set (CatBoost's own parameter, by feature name)."""
+    fixed = {
         **FIXED_PARAMS,
         "iterations": settings.max_iterations,
         "early_stopping_rounds": settings.early_stopping_rounds,
         "random_seed": settings.seed,
         "thread_count": settings.thread_count,
         "max_ctr_complexity": settings.max_ctr_complexity,
-        **params,
     }
+    if settings.monotone_constraints:
+        fixed["monotone_constraints"] = dict(settings.monotone_constraints)
+    return {**fixed, **params}
 
 
 def fit_model(

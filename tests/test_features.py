@@ -158,3 +158,29 @@ def test_features_stage_builds_the_table_column_wise_and_lets_the_raw_tables_go(
     assert table.features.drop(columns=list(CATEGORICAL_FEATURES)).dtypes.eq("float64").all()
     assert pd.Series(table.rows[1]).equals(pd.Series(build_rows(table.records)[1]))
     assert table.subset([2, 0]).loan_ids == ["L2", "L0"]
+
+
+@pytest.mark.parametrize("policy", ["seed", "matured"])
+def test_label_policy_matured_leaves_out_loans_not_final_and_counts_both(tmp_path, policy: str) -> None:
+    """``matured`` leaves out 'New Loan' and 'Pending Paid Off' (outcome not final) instead of counting them
+    good; the table's figures count what each policy labels, whichever one trained."""
+    from prefect.logging import disable_run_logger
+
+    from tasks.features import features_task
+    from tasks.settings import Settings
+    from tasks.validate import ValidationResult
+
+    loan_fields = {k: v for k, v in RECORD.items() if k in LOAN_COLUMNS}
+    statuses = ["Paid Off Loan", "New Loan", "Pending Paid Off", "Charged Off", "Rejected", "New Loan"]
+    loan = pd.DataFrame([dict(loan_fields, loanId=f"L{i}", loanStatus=s) for i, s in enumerate(statuses)])
+    clarity = pd.DataFrame([{c: None for c in CLARITY_COLUMNS} | {"underwritingid": "x"}])
+    validated = ValidationResult({"loan": loan, "clarity": clarity, "payment": pd.DataFrame()}, [], {})
+    with disable_run_logger():
+        table = features_task.fn(Settings(state_dir=tmp_path, label_policy=policy), validated)
+    expected = {"seed": ["L0", "L1", "L2", "L3", "L5"], "matured": ["L0", "L3"]}[policy]
+    assert sorted(table.loan_ids) == expected
+    assert table.stats["label_policy"] == policy
+    assert table.stats["label_policies"] == {
+        "seed": {"labelled": 5, "risky": 1, "good": 4, "left_out_not_final": 0},
+        "matured": {"labelled": 2, "risky": 1, "good": 1, "left_out_not_final": 3},
+    }

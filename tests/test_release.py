@@ -10,6 +10,7 @@ import pytest
 
 from tasks.github import GitHubReleaseError, create_github_release
 from tasks.release import (
+    card_link,
     history_entry,
     release_notes,
     rollback_target,
@@ -54,7 +55,15 @@ def test_release_notes_compare_with_previous_champion() -> None:
     assert "| test_roc_auc | 0.8300 | 0.8100 |" in notes and "Previous champion: v3" in notes
     assert "localhost:5055/loan-risk:4" in notes and "sha256:abc" in notes and "deadbeef" in notes
     first = release_notes("loan-risk", "1", {"test_f1": 0.7}, None, "img:1", "sha256:x", {})
-    assert "Previous champion: none" in first
+    assert "Previous champion: none" in first and "Model card" not in first
+
+
+def test_release_notes_link_the_model_card() -> None:
+    link = card_link("loan-risk", "4", has_card=True)
+    notes = release_notes("loan-risk", "4", {"test_ks": 0.41}, None, "img:4", "sha256:x", {}, None, link)
+    assert "| test_ks | 0.4100 | — |" in notes
+    assert "Model card: `card.html` and `card.md`" in notes and "--artifact-uri models:/loan-risk/4" in notes
+    assert "GET /model/card" in notes and card_link("loan-risk", "4", has_card=False) is None
 
 
 # --- one label namespace (issue 8, item 10c) -----------------------------------------------------------------

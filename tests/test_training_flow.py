@@ -79,8 +79,15 @@ def test_mlflow_records_trials_plots_and_validation(cli_result: dict, flow_state
     )
     assert len(children) == 2 and all("valid_roc_auc" in ch.data.metrics for ch in children)
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
-    for name in ("roc.png", "pr.png", "calibration.png", "confusion_matrix.png", "feature_importance.png"):
+    for name in ("roc.png", "pr.png", "reliability.png", "deciles.png", "confusion_matrix.png",
+                 "feature_importance.png"):  # fmt: skip
         assert f"plots/{name}" in artifacts
+    for name in ("test_ks", "test_gini", "test_auc_ci_low", "valid_ks_ci_high", "test_ece", "score_psi"):
+        assert name in run.data.metrics, name
+    assert (
+        run.data.params["policy.threshold_policy"] == "f1" and "policy.calibration.applied" in run.data.params
+    )
+    assert "evaluation.json" in {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {a.path for a in c.list_artifacts(run.info.run_id, "validation")} >= {"validation/report.json"}
     assert {a.path for a in c.list_artifacts(run.info.run_id, "tuning")} == {
         "tuning/optimization_history.png",
@@ -114,7 +121,12 @@ def test_registered_bundle_downloads_and_reproduces_training(
         capture_output=True,
         timeout=120,
     )
-    assert {"model.cbm", "bundle.json", "reference.json"} <= {p.name for p in out.iterdir()}
+    assert {"model.cbm", "bundle.json", "reference.json", "evaluation.json", "card.md", "card.html"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert (
+        (out / "card.md").read_text().startswith(f"# Model card: loan-risk v{cli_result['model_version']}\n")
+    )
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pickle"))
     bundle = load_bundle(out)
     assert bundle.meta.metrics["threshold"] == pytest.approx(bundle.meta.threshold)

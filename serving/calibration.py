@@ -1,0 +1,68 @@
+"""The probability calibrator a bundle may carry, as plain numbers (no pickle; the image has no scikit-learn).
+
+Training fits it on the validation slice (``tasks/credit.py``) when the model's validation ECE exceeds the
+``calibration_max_ece`` setting, and stores it in ``bundle.json`` (``calibrator``):
+
+- ``{"method": "isotonic", "x": [...], "y": [...]}``: the isotonic fit's breakpoints, applied with
+  :func:`numpy.interp` (constant beyond the ends, as scikit-learn's ``out_of_bounds="clip"``);
+- ``{"method": "platt", "a": a, "b": b}``: ``1 / (1 + exp(-(a · logit(p) + b)))``.
+
+Every serving path (:class:`serving.bundle.Bundle`) and training's own metrics, threshold and reference
+predictions go through :meth:`Calibrator.apply`, so they agree to the last bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+METHODS = ("isotonic", "platt")
+_EPS = 1e-15
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """A fitted calibrator: ``isotonic`` (breakpoints ``x`` ascending, values ``y``) or ``platt`` (``a``, ``b``)."""
+
+    method: str
+    x: list[float] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+    a: float = 1.0
+    b: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"calibrator method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "isotonic":
+            xs = np.asarray(self.x, dtype=float)
+            if len(xs) == 0 or len(xs) != len(self.y) or np.any(np.diff(xs) < 0):
+                raise ValueError(
+                    "isotonic calibrator: 'x' and 'y' must be equally long, non-empty, x ascending"
+                )
+
+    @staticmethod
+    def logit(p: Any) -> np.ndarray:
+        q = np.clip(np.asarray(p, dtype=float), _EPS, 1 - _EPS)
+        return np.log(q / (1 - q))
+
+    def apply(self, p: Any) -> np.ndarray:
+        """Calibrated probabilities of ``p`` (any array-like of probabilities)."""
+        p = np.asarray(p, dtype=float)
+        if self.method == "isotonic":
+            return np.interp(p, self.x, self.y)
+        return 1.0 / (1.0 + np.exp(-(self.a * self.logit(p) + self.b)))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        keep = ("x", "y") if self.method == "isotonic" else ("a", "b")
+        return {"method": self.method, **{k: data[k] for k in keep}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Calibrator | None:
+        """The calibrator stored in a bundle's metadata; None when there is none."""
+        if not data:
+            return None
+        known = {k: data[k] for k in ("method", "x", "y", "a", "b") if k in data}
+        return cls(**known)
