@@ -8,6 +8,21 @@ A bundle is a directory with
   deployed image can prove it reproduces training's predictions. The records hold only the fields the features
   read, ``clarityFraudId`` pseudonymised (:func:`serving.privacy.reference_records`): no ``loanId``, no
   ``anon_ssn``. :func:`write_bundle` refuses any other field, since the bundle ships inside the image.
+- ``profile.json`` (optional, written by :func:`write_profile`): the reference profile the monitor compares the
+  prediction log with (``tasks/monitor.py`` builds it and computes drift against it)::
+
+      {"format": 1, "bins": 10, "top_categories": 20,
+       "features": {"apr": {"kind": "numeric", "edges": [e0, ..., ek], "shares": [s0, ..., s(k+1), missing],
+                            "n": 27000},
+                    "state": {"kind": "categorical", "categories": ["CA", ...], "shares": [..., other, missing],
+                              "n": 27000}, ...},
+       "score": {"kind": "numeric", "edges": [...], "shares": [...], "n": 5800}}
+
+  A numeric entry's bins are ``(-inf, e0], (e0, e1], ..., (ek, inf)`` (cut at the training split's quantiles,
+  ties merged), then the share of missing values; a categorical entry's are its most frequent categories, then
+  "other", then "missing" (``None``, ``""`` or ``"NA"``). ``features`` covers the model's features on the
+  training split, ``score`` the predicted probability on the validation split. Shares only: no record and no
+  identifier, a few kilobytes.
 """
 
 from __future__ import annotations
@@ -44,6 +59,7 @@ _CATEGORICAL = list(CATEGORICAL_INDICES)
 MODEL_FILE = "model.cbm"
 META_FILE = "bundle.json"
 REFERENCE_FILE = "reference.json"
+PROFILE_FILE = "profile.json"
 
 
 def _categorical(values: list[str]) -> pd.Categorical:
@@ -138,6 +154,19 @@ def stamp_version(directory: str | Path, model_version: str, **extra: Any) -> Bu
     data.update(extra)
     _write_json(path, data)
     return BundleMeta.from_dict(data)
+
+
+def write_profile(directory: str | Path, profile: dict[str, Any]) -> Path:
+    """Write the reference profile (format above) into a bundle directory; returns its path."""
+    path = Path(directory) / PROFILE_FILE
+    _write_json(path, profile)
+    return path
+
+
+def read_profile(directory: str | Path) -> dict[str, Any] | None:
+    """A bundle directory's reference profile, or None when it has none (bundles made before profiles)."""
+    path = Path(directory) / PROFILE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class Bundle:
