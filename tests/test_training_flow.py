@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.bundle import load_bundle
+from serving.bundle import load_bundle, read_profile
+from serving.features import FEATURE_NAMES
 from tasks import registry, tracking
 from tasks.settings import Settings
 
@@ -114,7 +115,13 @@ def test_registered_bundle_downloads_and_reproduces_training(
         capture_output=True,
         timeout=120,
     )
-    assert {"model.cbm", "bundle.json", "reference.json"} <= {p.name for p in out.iterdir()}
+    assert {"model.cbm", "bundle.json", "reference.json", "profile.json"} <= {p.name for p in out.iterdir()}
+    profile = read_profile(
+        out
+    )  # the drift reference: every feature of the training split, the validation score
+    assert set(profile["features"]) == set(FEATURE_NAMES) and len(profile["score"]["edges"]) >= 5
+    assert sum(profile["score"]["shares"]) == pytest.approx(1.0)
+    assert profile["score"]["n"] == cli_result["boundaries"]["n_valid"]
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pickle"))
     bundle = load_bundle(out)
     assert bundle.meta.metrics["threshold"] == pytest.approx(bundle.meta.threshold)
