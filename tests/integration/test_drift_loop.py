@@ -167,7 +167,14 @@ def test_drift_triggers_one_retrain_per_cooldown(loop: Loop) -> None:
     (run,) = runs
     assert run["state_type"] in {"SCHEDULED", "PENDING", "RUNNING"}
     assert run["idempotency_key"]  # the automation's action made it (its triggered action's key)
-    assert run["parameters"] == {}  # the deployment's defaults: the settings decide (the two-day run's too)
+    # the deployment's defaults, as the two-day schedule runs it: the settings decide
+    assert run["parameters"] == {
+        "source": None,
+        "scale": None,
+        "n_trials": None,
+        "dry_run": False,
+        "deploy": None,
+    }
     _cancel(loop, runs)
 
     # a second detection inside the cooldown: the event arrives, no second run is created
