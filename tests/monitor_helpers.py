@@ -55,6 +55,26 @@ def register_small_version(settings: Settings, data_dir: Path, alias: str | None
     return version
 
 
+def champion_with_logs(root: Path, data_dir: Path) -> tuple[Settings, str, dict[str, Path]]:
+    """Settings with state under ``root``, a champion packaged from ``data_dir``, and two prediction logs of
+    applicants it scored: ``plain`` (the same population, seed 8) and ``shifted`` (``--drift applicants``),
+    each written by two workers."""
+    from tasks.sample import generate
+    from tests.serving.synthetic import records_from_files
+
+    settings = Settings(state_dir=root / "state")
+    version = register_small_version(settings, data_dir)
+    bundle = registry.download_bundle(settings, version, root / "bundle")
+    logs = {}
+    for name, drift in (("plain", None), ("shifted", "applicants")):
+        generate(root / name, scale=0.02, seed=8, drift=drift)
+        records = log_records(bundle, records_from_files(root / name), settings.pseudonymiser())
+        logs[name] = root / f"log-{name}"
+        write_log(logs[name], records[: len(records) // 2], worker=0)
+        write_log(logs[name], records[len(records) // 2 :], worker=1)
+    return settings, version, logs
+
+
 def _plain(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,9 @@ import pytest
 from tasks import monitor, registry, tracking
 from tasks.common import PermanentError
 from tasks.monitoring import drift_task, emit_task, reference_task, window_task
-from tasks.sample import generate
 from tasks.settings import Settings
-from tests.monitor_helpers import log_records, register_small_version, write_log
-from tests.serving.synthetic import records_from_files
+from tests.cli import json_line
+from tests.monitor_helpers import champion_with_logs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,16 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def state(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> dict[str, Any]:
     """A champion packaged from ``sample_dir`` and two logs: the same population (seed 8) and a shifted one."""
     root = tmp_path_factory.mktemp("monitor-flow")
-    settings = Settings(state_dir=root / "state")
-    version = register_small_version(settings, sample_dir)
-    bundle = registry.download_bundle(settings, version, root / "bundle")
-    logs = {}
-    for name, drift in (("plain", None), ("shifted", "applicants")):
-        generate(root / name, scale=0.02, seed=8, drift=drift)
-        records = log_records(bundle, records_from_files(root / name), settings.pseudonymiser())
-        write_log(root / f"log-{name}", records[: len(records) // 2], worker=0)
-        write_log(root / f"log-{name}", records[len(records) // 2 :], worker=1)
-        logs[name] = root / f"log-{name}"
+    settings, version, logs = champion_with_logs(root, sample_dir)
     return {"root": root, "settings": settings, "version": version, "logs": logs}
 
 
@@ -47,18 +35,7 @@ def _cli(state: dict[str, Any], *args: str) -> dict[str, Any]:
         os.environ, LOANRISK_STATE_DIR=str(state["settings"].state_dir), PREFECT_HOME=str(root / "prefect")
     )
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.monitor", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stdout
-    return json.loads(lines[0])
+    return json_line("flows.monitor", list(args), env)
 
 
 def test_shifted_applicants_are_detected_with_realised_performance(state: dict[str, Any]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from serving.bundle import load_bundle, read_profile
 from serving.features import FEATURE_NAMES
 from tasks import registry, tracking
 from tasks.settings import Settings
+from tests.cli import json_line
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = 0.02
@@ -39,18 +39,8 @@ def cli_result(flow_state: Path) -> dict:
     """``python -m flows.training`` as the README runs it, at a small scale, in its own state folder."""
     env = dict(os.environ, LOANRISK_STATE_DIR=str(flow_state), PREFECT_HOME=str(flow_state / "prefect"))
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.training", "--scale", str(SCALE), "--n-trials", "2", "--no-deploy"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stdout
-    return json.loads(lines[0])
+    args = ["--scale", str(SCALE), "--n-trials", "2", "--no-deploy"]
+    return json_line("flows.training", args, env)
 
 
 def flow_settings(flow_state: Path) -> Settings:

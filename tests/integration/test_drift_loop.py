@@ -25,9 +25,7 @@ from typing import Any
 
 import pytest
 
-from tasks import monitor, registry
-from tasks.sample import generate
-from tasks.settings import Settings
+from tasks import monitor
 from tests.integration.prefect_fixtures import (
     REPO_ROOT,
     PrefectServer,
@@ -35,8 +33,8 @@ from tests.integration.prefect_fixtures import (
     prefect_server,
     process_worker,
 )
-from tests.monitor_helpers import log_records, register_small_version, write_log
-from tests.serving.synthetic import records_from_files
+from tests.integration.test_deployments import _run_setup
+from tests.monitor_helpers import champion_with_logs
 
 pytestmark = pytest.mark.prefect_server
 
@@ -84,28 +82,13 @@ class Loop:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Iterator[Loop]:
     tmp = tmp_path_factory.mktemp("drift-loop")
-    state = tmp / "state"
-    settings = Settings(state_dir=state)
-    version = register_small_version(settings, sample_dir)
-    bundle = registry.download_bundle(settings, version, tmp / "bundle")
-    logs = {}
-    for name, drift in (("plain", None), ("shifted", "applicants")):
-        generate(tmp / name, scale=0.02, seed=8, drift=drift)
-        records = log_records(bundle, records_from_files(tmp / name), settings.pseudonymiser())
-        logs[name] = tmp / f"log-{name}"
-        write_log(logs[name], records)
+    settings, version, logs = champion_with_logs(tmp, sample_dir)
     with prefect_server(
         tmp / "server", extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
     ) as server:
+        state = settings.state_dir
         env = server.client_env(tmp / "client", {"LOANRISK_STATE_DIR": str(state)})
-        setup = subprocess.run(
-            [sys.executable, "-m", "deployments.setup"],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert setup.returncode == 0, setup.stderr[-4000:]
+        _run_setup(env)
         # a retrain run the trigger creates would start on this worker: keep it tiny (it is cancelled anyway)
         tiny = {
             "LOANRISK_SAMPLE_SCALE": "0.01",
