@@ -16,7 +16,10 @@ Steps:
 3. the deployments are read back from the API (each must be on the pool);
 4. the alert automations are created or updated (``deployments/alerts.py``: removed when no channel is
    configured), and one JSON line is printed: ``{"api_url", "pool", "pool_created", "deployments": [{"name",
-   "id", "schedules", ...}], "alerts": {"channels", "automations"}}``.
+   "id", "schedules", "triggers", ...}], "alerts": {"channels", "automations"}}``.
+
+The retrain deployment's drift trigger fires at most once per ``drift_cooldown_seconds`` (the setting, default
+24 h): when the setting differs from the ``within`` in prefect.yaml, the copy deployed carries the setting's.
 
 Exit codes: 0 done, 1 ``prefect deploy`` failed or a deployment is missing afterwards, 2 configuration error
 (no API URL, a pool of another type, an unreadable prefect.yaml), 6 the API refused the credentials.
@@ -86,6 +89,27 @@ def with_pool(data: dict[str, Any], pool: str) -> dict[str, Any]:
     for item in copy["deployments"]:
         item["work_pool"] = {**(item.get("work_pool") or {}), "name": pool}
     return copy
+
+
+DRIFT_EVENT = "loan-risk.drift.detected"
+
+
+def with_cooldown(data: dict[str, Any], seconds: int) -> dict[str, Any]:
+    """A copy of the prefect.yaml content whose drift triggers (those expecting ``loan-risk.drift.detected``)
+    fire at most once per ``seconds`` (their ``within``)."""
+    copy = json.loads(json.dumps(data))
+    for item in copy["deployments"]:
+        for trigger in item.get("triggers") or []:
+            if DRIFT_EVENT in (trigger.get("expect") or []):
+                trigger["within"] = int(seconds)
+    return copy
+
+
+def cooldown_setting() -> int:
+    """The ``drift_cooldown_seconds`` setting (LOANRISK_DRIFT_COOLDOWN_SECONDS, loanrisk.toml, default 24 h)."""
+    from tasks.settings import get_settings
+
+    return get_settings().drift_cooldown_seconds
 
 
 def _api_url() -> str | None:
@@ -172,6 +196,26 @@ def run_prefect_deploy(prefect_file: Path) -> None:
         raise SetupError(f"prefect deploy skipped the configuration in {prefect_file} (see the output above)")
 
 
+def _triggers(client: Any, deployment_id: Any) -> list[dict[str, Any]]:
+    """The automations a deployment's triggers became: name, events expected, posture, threshold, within."""
+    out = []
+    for automation in client.read_resource_related_automations(f"prefect.deployment.{deployment_id}"):
+        trigger = automation.trigger
+        out.append(
+            {
+                "name": automation.name,
+                "enabled": automation.enabled,
+                "expect": sorted(getattr(trigger, "expect", []) or []),
+                "posture": str(getattr(getattr(trigger, "posture", None), "value", "")),
+                "threshold": getattr(trigger, "threshold", None),
+                "within": getattr(trigger, "within", None).total_seconds()
+                if getattr(trigger, "within", None)
+                else 0,
+            }
+        )
+    return out
+
+
 def read_back(specs: Sequence[DeploymentSpec], pool: str) -> list[dict[str, Any]]:
     """The applied deployments as the API has them; an error when one is missing."""
     from prefect import get_client
@@ -214,6 +258,7 @@ def read_back(specs: Sequence[DeploymentSpec], pool: str) -> list[dict[str, Any]
                         else None
                     ),
                     "parameters": dep.parameters,
+                    "triggers": _triggers(client, dep.id),
                 }
             )
     missing = wanted - {d["name"].split("/", 1)[1] for d in out}
@@ -241,13 +286,20 @@ def setup(pool: str | None = None, prefect_file: Path = DEFAULT_PREFECT_FILE) ->
         )
     logger.info("Prefect API %s, work pool %s", api_url, pool)
     created = ensure_pool(pool)
-    if all(s.pool == pool for s in specs):
+    cooldown = cooldown_setting()
+    wanted = with_cooldown(with_pool(data, pool), cooldown)
+    if wanted == json.loads(json.dumps(data)):
         run_prefect_deploy(prefect_file)
     else:
         with tempfile.TemporaryDirectory(prefix="loanrisk-prefect-") as tmp:
             copy = Path(tmp) / "prefect.yaml"
-            copy.write_text(yaml.safe_dump(with_pool(data, pool), sort_keys=False))
-            logger.info("deploying a copy of %s with work pool %s", prefect_file.name, pool)
+            copy.write_text(yaml.safe_dump(wanted, sort_keys=False))
+            logger.info(
+                "deploying a copy of %s with work pool %s, drift cooldown %d s",
+                prefect_file.name,
+                pool,
+                cooldown,
+            )
             run_prefect_deploy(copy)
     deployments = read_back(specs, pool)
     from deployments.alerts import ensure_alerts  # the alert automations live on the same server

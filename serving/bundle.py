@@ -53,6 +53,7 @@ _CATEGORICAL = list(CATEGORICAL_INDICES)
 MODEL_FILE = "model.cbm"
 META_FILE = "bundle.json"
 REFERENCE_FILE = "reference.json"
+PROFILE_FILE = "profile.json"
 
 
 def _categorical(values: list[str]) -> pd.Categorical:
@@ -151,6 +152,19 @@ def stamp_version(directory: str | Path, model_version: str, **extra: Any) -> Bu
     data.update(extra)
     _write_json(path, data)
     return BundleMeta.from_dict(data)
+
+
+def write_profile(directory: str | Path, profile: dict[str, Any]) -> Path:
+    """Write the reference profile (format above) into a bundle directory; returns its path."""
+    path = Path(directory) / PROFILE_FILE
+    _write_json(path, profile)
+    return path
+
+
+def read_profile(directory: str | Path) -> dict[str, Any] | None:
+    """A bundle directory's reference profile, or None when it has none (bundles made before profiles)."""
+    path = Path(directory) / PROFILE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class Bundle:

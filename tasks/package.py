@@ -1,7 +1,7 @@
 """Package: the model bundle a version ships (:mod:`serving.bundle`): the CatBoost model, its metadata, the
 reference sample every deployed image must reproduce, the reviewed reason-code table (``serving/reason_codes.toml``,
-:mod:`serving.reasons`), which must map every model feature, and the evaluation report, its plots and the model
-card (:mod:`serving.card`)."""
+:mod:`serving.reasons`), which must map every model feature, the evaluation report, its plots and the model card
+(:mod:`serving.card`), and the reference profile the monitor compares the prediction log with."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 
 from catboost import CatBoostClassifier
 
-from serving.bundle import META_FILE, BundleMeta, _write_json, load_bundle, write_bundle
+from serving.bundle import META_FILE, BundleMeta, _write_json, load_bundle, write_bundle, write_profile
+from serving.calibration import Calibrator
 from serving.card import EVALUATION_FILE, PLOTS_DIR, write_card
 from serving.config import DEFAULT_REASON_COUNT
 from serving.features import CATEGORICAL_FEATURES
@@ -23,8 +24,10 @@ from tasks.common import PermanentError, run_logger, stage
 from tasks.evaluate import Evaluation
 from tasks.features import ModelTable
 from tasks.ingest import IngestResult, data_fingerprint
+from tasks.monitor import build_profile
 from tasks.settings import Settings
 from tasks.split import Split
+from tasks.train import make_pool, predict_proba
 
 
 def reference_sample(
@@ -42,6 +45,17 @@ def reference_sample(
         "records": reference_records(records, pseudonymiser),
         "probabilities": [float(probabilities[i]) for i in idx],
     }
+
+
+def reference_profile(
+    settings: Settings, model: CatBoostClassifier, split: Split, calibrator: Calibrator | None = None
+) -> dict[str, Any]:
+    """The drift reference (:func:`tasks.monitor.build_profile`): the training split's features, the model's
+    scores on the validation split (calibrated when the bundle serves calibrated scores, as the log holds)."""
+    scores = predict_proba(model, make_pool(split.valid))
+    if calibrator is not None:
+        scores = calibrator.apply(scores)
+    return build_profile(split.train.features, scores, settings.profile_bins, settings.profile_top_categories)
 
 
 def bundle_meta(settings: Settings, run_id: str, evaluation: Evaluation, data: dict[str, Any]) -> BundleMeta:
@@ -133,6 +147,7 @@ def assemble_bundle(
     )
     bundle_dir = write_bundle(directory, model, meta, reference)
     add_reason_table(bundle_dir)
+    write_profile(bundle_dir, reference_profile(settings, model, split, evaluation.calibrator))
     write_evaluation(bundle_dir, evaluation, card_context(settings, evaluation, split, labels))
     return bundle_dir
 

@@ -168,6 +168,20 @@ class Settings(BaseSettings):
         ]
     )  # flows whose failed or crashed runs alert
 
+    # --- monitoring: the reference profile, drift and the retrain trigger ------------------------------
+    # The service's prediction log folder (the same LOANRISK_PREDICTION_LOG_DIR the service writes to).
+    prediction_log_dir: Path | None = None
+    monitor_window: str = Field("24h", pattern=r"^\d+(\.\d+)?[smhdw]$")  # how far back a monitor run reads
+    profile_bins: int = Field(10, ge=2, le=50)  # quantile bins per numeric feature and for the score
+    profile_top_categories: int = Field(20, ge=1)  # categories kept by name; the rest count as "other"
+    drift_psi_threshold: float = Field(0.25, gt=0)  # a feature with PSI at or above this has drifted
+    drift_score_psi_threshold: float = Field(0.25, gt=0)  # the score's PSI at or above this is drift
+    drift_min_features: int = Field(3, ge=1)  # drifted features that make a detection on their own
+    drift_min_records: int = Field(100, ge=1)  # fewer logged records: reported, but no drift event
+    # Retrain at most once per cooldown: the `within` of the retrain deployment's drift trigger
+    # (deployments.setup writes it into the deployed trigger).
+    drift_cooldown_seconds: int = Field(86_400, ge=60)
+
     @classmethod
     def settings_customise_sources(
         cls,

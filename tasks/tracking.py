@@ -131,6 +131,11 @@ def log_dict(settings: Settings, run_id: str, data: Any, artifact_file: str) -> 
     client(settings).log_text(run_id, json.dumps(data, indent=2, default=str), artifact_file)
 
 
+def log_text(settings: Settings, run_id: str, text: str, artifact_file: str) -> None:
+    """Log a text document (HTML, Markdown) as an artifact of the run."""
+    client(settings).log_text(run_id, text, artifact_file)
+
+
 def log_files(settings: Settings, run_id: str, paths: list[Path], artifact_path: str) -> None:
     """Log local files under ``artifact_path``."""
     c = client(settings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from serving.bundle import load_bundle
+from serving.bundle import load_bundle, read_profile
+from serving.features import FEATURE_NAMES
 from tasks import registry, tracking
 from tasks.settings import Settings
+from tests.cli import json_line
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = 0.02
@@ -38,18 +39,8 @@ def cli_result(flow_state: Path) -> dict:
     """``python -m flows.training`` as the README runs it, at a small scale, in its own state folder."""
     env = dict(os.environ, LOANRISK_STATE_DIR=str(flow_state), PREFECT_HOME=str(flow_state / "prefect"))
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.training", "--scale", str(SCALE), "--n-trials", "2", "--no-deploy"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stdout
-    return json.loads(lines[0])
+    args = ["--scale", str(SCALE), "--n-trials", "2", "--no-deploy"]
+    return json_line("flows.training", args, env)
 
 
 def flow_settings(flow_state: Path) -> Settings:
@@ -127,6 +118,13 @@ def test_registered_bundle_downloads_and_reproduces_training(
     assert (
         (out / "card.md").read_text().startswith(f"# Model card: loan-risk v{cli_result['model_version']}\n")
     )
+    assert "profile.json" in {p.name for p in out.iterdir()}
+    profile = read_profile(
+        out
+    )  # the drift reference: every feature of the training split, the validation score
+    assert set(profile["features"]) == set(FEATURE_NAMES) and len(profile["score"]["edges"]) >= 5
+    assert sum(profile["score"]["shares"]) == pytest.approx(1.0)
+    assert profile["score"]["n"] == cli_result["boundaries"]["n_valid"]
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pickle"))
     bundle = load_bundle(out)
     assert bundle.meta.metrics["threshold"] == pytest.approx(bundle.meta.threshold)

@@ -13,14 +13,12 @@ label, so they leak it the way the real outcome fields do. The same seed gives b
 * :mod:`~tasks.sample.clarity`: the fraud-check reports and their ids;
 * :mod:`~tasks.sample.risk`: the known risk function;
 * :mod:`~tasks.sample.payments`: payment.csv's rows;
+* :mod:`~tasks.sample.drift`: shifted populations of applicants (``--drift NAME``) for the monitoring tests;
 * :mod:`~tasks.sample.assembly`: puts the parts together, writes the files, :func:`generate`, :func:`oracle_auc`.
-
-A later ``drift.py`` (shifted populations for monitoring tests) belongs beside them: a function that takes the
-tables :func:`~tasks.sample.assembly.build_tables` returns and shifts them, applied before they are written.
 
 Read the files back with ``pd.read_csv(path, keep_default_na=False, na_values=[""])`` to keep the literal
 ``None`` payment status (pandas would otherwise read it as missing). Command line:
-``python -m tasks.sample OUT_DIR [--scale F] [--seed N]``.
+``python -m tasks.sample OUT_DIR [--scale F] [--seed N] [--drift NAME]``.
 """
 
 from tasks.sample.assembly import RISK_FILE, effective_scale, generate, label_frame, main, oracle_auc

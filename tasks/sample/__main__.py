@@ -1,4 +1,4 @@
-"""``python -m tasks.sample OUT_DIR [--scale F] [--seed N]``: write the synthetic files, print one JSON line."""
+"""``python -m tasks.sample OUT_DIR [--scale F] [--seed N] [--drift NAME]``: write the synthetic files, print one JSON line."""
 
 from tasks.sample.assembly import main
 

@@ -36,6 +36,7 @@ from tasks.sample.common import (
     hex_random,
     labels,
 )
+from tasks.sample.drift import SHIFTS, apply_drift
 from tasks.sample.loans import (
     application,
     funded_statuses,
@@ -281,16 +282,19 @@ def effective_scale(scale: float) -> float:
     return max(float(scale), MIN_SCALE)
 
 
-def generate(out_dir: str | Path, scale: float = 1.0, seed: int = 42) -> dict:
+def generate(out_dir: str | Path, scale: float = 1.0, seed: int = 42, drift: str | None = None) -> dict:
     """Write ``loan.csv``, ``payment.csv``, ``clarity_underwriting_variables.csv`` and ``true_risk.csv``.
 
     Row counts are ``round(scale x 577,682 / 689,364 / 49,752)`` (scale floored at ``MIN_SCALE``). The same
-    seed gives byte-identical files. Returns the row counts per file and the paths written.
+    seed gives byte-identical files. ``drift`` names a shift of some applicant fields
+    (:mod:`tasks.sample.drift`). Returns the row counts per file and the paths written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = Plan(effective_scale(scale))
     tables = build_tables(np.random.default_rng(seed), plan)
+    if drift is not None:
+        tables = apply_drift(tables, drift, seed)
     files = {"loan": LOAN_FILE, "payment": PAYMENT_FILE, "clarity": CLARITY_FILE, "risk": RISK_FILE}
     for key, name in files.items():
         _write_csv(tables[key], out / name)
@@ -330,21 +334,25 @@ def oracle_auc(out_dir: str | Path, test_share: float = 0.15) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m tasks.sample OUT_DIR [--scale F] [--seed N]``; prints one JSON line."""
+    """CLI: ``python -m tasks.sample OUT_DIR [--scale F] [--seed N] [--drift NAME]``; prints one JSON line."""
     parser = argparse.ArgumentParser(
         prog="python -m tasks.sample", description="Write the synthetic loan dataset (three CSV files)."
     )
     parser.add_argument("out_dir")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--drift", choices=sorted(SHIFTS), help="shift some applicant fields (tasks.sample.drift)"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    result = generate(args.out_dir, args.scale, args.seed)
+    result = generate(args.out_dir, args.scale, args.seed, args.drift)
     seconds = time.perf_counter() - started
     report = {
         "out_dir": args.out_dir,
         "scale": args.scale,
         "seed": args.seed,
+        **({"drift": args.drift} if args.drift else {}),
         "rows": result["rows"],
         "oracle_auc": round(oracle_auc(args.out_dir), 4),
         "seconds": round(seconds, 2),

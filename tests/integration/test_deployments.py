@@ -35,6 +35,7 @@ from tests.integration.prefect_fixtures import (
 POOL = "loan-risk-pool"
 TRAINING = "loan-risk-training/retrain"
 DEPLOY = "loan-risk-deploy/deploy"
+MONITOR = "loan-risk-monitor/daily"
 CRON = "0 2 */2 * *"
 AUTH = "ci:test-pass"
 SMALL_RUN = ["source=sample", "scale=0.02", "n_trials=2", "deploy=false"]
@@ -72,7 +73,7 @@ def _flow_defaults(path: Path, function: str) -> dict[str, Any]:
 def test_prefect_yaml_declares_both_deployments() -> None:
     data = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in data["deployments"]}
-    assert set(deps) == {"retrain", "deploy", "score"}
+    assert set(deps) == {"retrain", "deploy", "score", "daily"}
     score = deps["score"]
     assert score["entrypoint"] == "flows/score.py:score_flow" and not score["schedules"]  # on demand
     defaults = _flow_defaults(REPO_ROOT / "flows/score.py", "score_flow")
@@ -80,7 +81,7 @@ def test_prefect_yaml_declares_both_deployments() -> None:
     assert score["parameters"] == {k: v for k, v in defaults.items() if v != "<required>"}
     assert score["work_pool"]["name"] == POOL
 
-    retrain, deploy = deps["retrain"], deps["deploy"]
+    retrain, deploy, daily = deps["retrain"], deps["deploy"], deps["daily"]
     assert retrain["entrypoint"] == "flows/training.py:training_flow"
     assert deploy["entrypoint"] == "flows/deploy.py:deploy_flow"
     assert retrain["schedules"] == [{"cron": CRON, "timezone": "UTC", "active": True}]
@@ -93,6 +94,7 @@ def test_prefect_yaml_declares_both_deployments() -> None:
     # the parameters are the flows' own, with the flows' defaults
     assert retrain["parameters"] == _flow_defaults(REPO_ROOT / "flows/training.py", "training_flow")
     assert deploy["parameters"] == _flow_defaults(REPO_ROOT / "flows/deploy.py", "deploy_flow")
+    assert daily["parameters"] == _flow_defaults(REPO_ROOT / "flows/monitor.py", "monitor_flow")
 
     # the pull step runs the code from the checkout recorded by the build step
     (build,) = data["build"]
@@ -101,6 +103,23 @@ def test_prefect_yaml_declares_both_deployments() -> None:
     assert pull == {
         "prefect.deployments.steps.set_working_directory": {"directory": "{{ " + step["id"] + ".stdout }}"}
     }
+
+
+def test_monitor_runs_daily_and_drift_triggers_retrain_once_per_cooldown() -> None:
+    data = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    deps = {d["name"]: d for d in data["deployments"]}
+    assert deps["daily"]["entrypoint"] == "flows/monitor.py:monitor_flow"
+    assert deps["daily"]["schedules"] == [{"cron": "0 6 * * *", "timezone": "UTC", "active": True}]
+    (trigger,) = deps["retrain"]["triggers"]
+    assert trigger["expect"] == ["loan-risk.drift.detected"]
+    assert trigger["match"] == {"prefect.resource.id": "loan-risk.model.*"}
+    assert (trigger["posture"], trigger["threshold"], trigger["within"]) == ("Reactive", 1, 86_400)
+    assert not deps["deploy"].get("triggers") and not deps["daily"].get("triggers")
+    # the cooldown setting becomes the trigger's window; nothing else changes
+    shorter = deploy_setup.with_cooldown(data, 3600)
+    assert shorter["deployments"][0]["triggers"][0]["within"] == 3600
+    shorter["deployments"][0]["triggers"][0]["within"] = 86_400
+    assert shorter == json.loads(json.dumps(data))
 
 
 def test_setup_can_rename_the_pool() -> None:
@@ -269,10 +288,16 @@ def test_setup_deploys_both_deployments(deployed: Deployed) -> None:
     result = deployed.setup_result
     assert result["pool"] == POOL and result["api_url"] == deployed.server.api_url
     by_name = {d["name"]: d for d in result["deployments"]}
-    assert set(by_name) == {TRAINING, DEPLOY, "loan-risk-score/score"}
+    assert set(by_name) == {TRAINING, DEPLOY, MONITOR, "loan-risk-score/score"}
     assert by_name[TRAINING]["schedules"] == [{"cron": CRON, "timezone": "UTC", "active": True}]
     assert by_name[TRAINING]["concurrency_limit"] == 1
     assert by_name[DEPLOY]["schedules"] == []
+    assert by_name[MONITOR]["schedules"] == [{"cron": "0 6 * * *", "timezone": "UTC", "active": True}]
+    # the drift trigger became an automation of the retrain deployment: reactive, once per day
+    (trigger,) = by_name[TRAINING]["triggers"]
+    assert trigger["expect"] == ["loan-risk.drift.detected"] and trigger["enabled"]
+    assert (trigger["posture"], trigger["threshold"], trigger["within"]) == ("Reactive", 1, 86_400)
+    assert by_name[DEPLOY]["triggers"] == [] and by_name[MONITOR]["triggers"] == []
 
     with deployed.server.http() as http:
         pool = http.get(f"work_pools/{POOL}").json()

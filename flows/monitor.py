@@ -1,0 +1,83 @@
+"""The monitor flow: prediction log window → drift against the bundle's reference profile → report + event.
+
+Composition only; the stages live in ``tasks/monitoring.py`` (statistics in ``tasks/monitor.py``)::
+
+    python -m flows.monitor [--since 24h] [--log-dir DIR] [--outcomes loan.csv] [--model-version V]
+
+prints one JSON line: the status (``detected``, ``ok``, ``too_few``, ``no_data``), the event emitted, the score
+and feature PSIs that decided, and the MLflow run holding ``drift/report.html`` and ``drift/report.json``. The
+event ``loan-risk.drift.detected`` is what the ``loan-risk-training/retrain`` deployment's trigger waits for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from tasks.settings import configure_environment, get_settings
+
+configure_environment()
+
+from prefect import flow
+
+from tasks import tracking
+from tasks.common import cli_run
+from tasks.monitoring import drift_task, emit_task, reference_task, report_task, window_task
+
+
+@flow(name="loan-risk-monitor", log_prints=False)
+def monitor_flow(
+    since: str | None = None,
+    log_dir: str | None = None,
+    outcomes: str | None = None,
+    model_version: str | None = None,
+) -> dict[str, Any]:
+    """Compare the served version's recent predictions with its reference profile; emit the drift event."""
+    settings = get_settings()
+    name = f"monitor-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    with tracking.run(settings, name, {"kind": "monitor"}) as run_id:
+        reference = reference_task(settings, model_version)
+        window = window_task(settings, log_dir, since, reference.version)
+        report = drift_task(settings, reference, window, outcomes)
+        report_task(settings, run_id, report)
+        event_id = emit_task(settings, report)
+    score = report.get("score") or {}
+    return {
+        "status": report["status"],
+        "event": report["event"],
+        "event_id": event_id,
+        "model_name": reference.model_name,
+        "model_version": reference.version,
+        "volume": report["volume"],
+        "window": report["window"],
+        "score_psi": score.get("psi"),
+        "drifted_features": report["drifted_features"],
+        "feature_psi": {k: round(v["psi"], 4) for k, v in report["features"].items()},
+        "performance": report["performance"],
+        "reasons": report["reasons"],
+        "run_id": run_id,
+        "report": f"runs:/{run_id}/drift/report.html",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: run the monitor flow and print its result as one JSON line."""
+    parser = argparse.ArgumentParser(prog="python -m flows.monitor", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--since", help="how far back to read the log (24h, 7d, ...; default: monitor_window)"
+    )
+    parser.add_argument("--log-dir", help="the prediction log folder (default: LOANRISK_PREDICTION_LOG_DIR)")
+    parser.add_argument("--outcomes", help="a loan.csv-shaped file: realised AUC and KS on matured loans")
+    parser.add_argument("--model-version", help="watch this version instead of the champion")
+    args = parser.parse_args(argv)
+    return cli_run(
+        lambda: monitor_flow(
+            since=args.since, log_dir=args.log_dir, outcomes=args.outcomes, model_version=args.model_version
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
