@@ -64,6 +64,13 @@ def test_every_stage_task_is_declared_one_way() -> None:
         "release-notes",
         "github-release",
         "mark-rolled-back",
+        "fetch-model",
+        "score",
+        "reference",
+        "log-window",
+        "drift",
+        "drift-report",
+        "drift-event",
     }
     assert {s.name for s in stages.values()} == expected
     for name, s in stages.items():
