@@ -9,9 +9,9 @@ access-log line and metric observation per request.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from serving.config import ServiceConfig
 from serving.features import KNOWN_FIELDS
-from serving.logs import ACCESS_LOGGER, LOGGER_NAME, configure_logging
+from serving.logs import LOGGER_NAME, configure_logging, log_access
 from serving.metrics import get_metrics
 from serving.model import ModelHolder
 from serving.payloads import STRUCTURAL_FIELDS, ApiError, json_response
@@ -31,7 +31,6 @@ from serving.schemas import openapi_document
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 logger = logging.getLogger(LOGGER_NAME)
-access_logger = logging.getLogger(ACCESS_LOGGER)
 
 
 def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask:
@@ -60,7 +59,10 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
 
 
 def _register_hooks(app: Flask) -> None:
-    """Timing, metrics and one JSON access-log line per request (no body, no personal field)."""
+    """Timing, metrics and one JSON access-log line per request (no body, no personal field).
+
+    Runs on every request, so it reads the request and ``g`` once each (every proxy access is a context
+    lookup) and writes the line through :func:`serving.logs.log_access`."""
     metrics = app.extensions["loanrisk_metrics"]
 
     @app.before_request
@@ -69,32 +71,33 @@ def _register_hooks(app: Flask) -> None:
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        elapsed = time.perf_counter() - g.get("t0", time.perf_counter())
-        rule = request.url_rule
+        now = time.perf_counter()
+        state = g._get_current_object()
+        req = request._get_current_object()
+        elapsed = now - getattr(state, "t0", now)
+        rule = req.url_rule
         endpoint = rule.rule if rule is not None else "<unmatched>"
-        method = request.method
-        rows = g.get("rows", 0)
-        metrics.observe_request(
-            endpoint, method, response.status_code, elapsed, rows if response.status_code == 200 else 0
-        )
-        rid = request.headers.get("X-Request-ID", "")
+        method = req.method
+        status = response.status_code
+        rows = getattr(state, "rows", 0)
+        metrics.observe_request(endpoint, method, status, elapsed, rows if status == 200 else 0)
+        rid = req.environ.get("HTTP_X_REQUEST_ID", "")
         if not _REQUEST_ID.match(rid):
-            rid = uuid.uuid4().hex
+            rid = os.urandom(16).hex()
         response.headers["X-Request-ID"] = rid
-        if access_logger.isEnabledFor(logging.INFO):
-            fields: dict[str, Any] = {
-                "request_id": rid,
-                "method": method[:16],
-                "endpoint": endpoint,
-                "status": response.status_code,
-                "duration_ms": round(elapsed * 1000, 3),
-                "rows": rows,
-                "model_version": g.get("model_version"),
-            }
-            err = g.get("error")
-            if err is not None:
-                fields.update(err)
-            access_logger.info("request", extra={"fields": fields})
+        fields: dict[str, Any] = {
+            "request_id": rid,
+            "method": method[:16],
+            "endpoint": endpoint,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "rows": rows,
+            "model_version": getattr(state, "model_version", None),
+        }
+        err = getattr(state, "error", None)
+        if err is not None:
+            fields.update(err)
+        log_access(fields)
         return response
 
 
