@@ -25,6 +25,7 @@ from serving.logs import ACCESS_LOGGER, LOGGER_NAME, configure_logging
 from serving.metrics import get_metrics
 from serving.model import ModelHolder
 from serving.payloads import STRUCTURAL_FIELDS, ApiError, json_response
+from serving.predlog import start as start_prediction_log
 from serving.routes import bp
 from serving.schemas import openapi_document
 
@@ -42,6 +43,9 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
         config = ServiceConfig(**dict(config))
     configure_logging(config.log_level)
     metrics = get_metrics()
+    prediction_log = start_prediction_log(
+        config, metrics
+    )  # before the model: a log that cannot start stops us
     holder = ModelHolder(config, metrics)
     holder.start()
 
@@ -51,6 +55,7 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
         loanrisk=holder,
         loanrisk_config=config,
         loanrisk_metrics=metrics,
+        loanrisk_predlog=prediction_log,
         loanrisk_openapi=orjson.dumps(openapi_document(max_batch_size=config.max_batch_size)),
     )
     app.register_blueprint(bp)
@@ -66,6 +71,8 @@ def _register_hooks(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         g.t0 = time.perf_counter()
+        rid = request.headers.get("X-Request-ID", "")
+        g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -77,9 +84,7 @@ def _register_hooks(app: Flask) -> None:
         metrics.observe_request(
             endpoint, method, response.status_code, elapsed, rows if response.status_code == 200 else 0
         )
-        rid = request.headers.get("X-Request-ID", "")
-        if not _REQUEST_ID.match(rid):
-            rid = uuid.uuid4().hex
+        rid = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = rid
         if access_logger.isEnabledFor(logging.INFO):
             fields: dict[str, Any] = {

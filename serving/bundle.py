@@ -184,23 +184,35 @@ class Bundle:
         pool = Pool(frame, cat_features=_CATEGORICAL, thread_count=self.thread_count)
         return self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
 
-    def predict_fast(self, column: Callable[[str], Sequence[Any]], n: int) -> list[float] | None:
-        """Probabilities for ``n`` records read a column at a time (:func:`serving.features.columns_from`): the
-        fast way for batches. None when they are too few to gain, or a value needs the checked way
-        (:meth:`predict_records`, which names it)."""
+    def score_fast(self, column: Callable[[str], Sequence[Any]], n: int) -> tuple[np.ndarray, Any] | None:
+        """:meth:`predict_fast`'s probabilities (an array) with the columns they were computed from."""
         if n < COLUMNS_FROM:
             return None
         try:
             columns = columns_from(column, n)
         except (ValueError, OverflowError, TypeError):
             return None
-        return self.predict_columns(columns).tolist()
+        return self.predict_columns(columns), columns
+
+    def predict_fast(self, column: Callable[[str], Sequence[Any]], n: int) -> list[float] | None:
+        """Probabilities for ``n`` records read a column at a time (:func:`serving.features.columns_from`): the
+        fast way for batches. None when they are too few to gain, or a value needs the checked way
+        (:meth:`predict_records`, which names it)."""
+        scored = self.score_fast(column, n)
+        return None if scored is None else scored[0].tolist()
+
+    def score_records(self, records: list[dict[str, Any]]) -> tuple[list[float], Any]:
+        """:meth:`predict_records`'s probabilities with the model input they were computed from (rows for a
+        few records, columns for more)."""
+        if len(records) < COLUMNS_FROM:
+            rows = build_rows(records)
+            return self.predict_rows(rows), rows
+        columns = build_columns(records)
+        return self.predict_columns(columns).tolist(), columns
 
     def predict_records(self, records: list[dict[str, Any]]) -> list[float]:
         """Probability of the risky class for raw records (field names of the source files)."""
-        if len(records) < COLUMNS_FROM:
-            return self.predict_rows(build_rows(records))
-        return self.predict_columns(build_columns(records)).tolist()
+        return self.score_records(records)[0]
 
     def reference(self) -> dict[str, list[Any]] | None:
         """The reference records and training-time probabilities, when the bundle has them."""

@@ -17,6 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from msgspec import UNSET
 
+from serving import predlog
 from serving.batches import FastBatch, fast_batch, fast_invocation
 from serving.config import ServiceConfig
 from serving.features import FeatureError, columns_to_records
@@ -59,12 +60,13 @@ def _served() -> ServedModel:
 
 
 def _score(served: ServedModel, records: list[Any]) -> list[float]:
-    """The checked way: the records scored (a bad field is a 4xx naming it and its index), and counted."""
+    """The checked way: the records scored (a bad field is a 4xx naming it and its index), counted, logged."""
     try:
-        probabilities = served.bundle.predict_records(records)
+        probabilities, features = served.bundle.score_records(records)
     except FeatureError as exc:
         raise feature_error(exc) from None
     g.rows = len(records)
+    predlog.capture(served, features, probabilities, lambda: [r.get("loanId") for r in records], len(records))
     return probabilities
 
 
@@ -73,10 +75,12 @@ def _score_fast(served: ServedModel, batch: FastBatch | None) -> list[float] | N
     take it (no batch, too few records to gain, or a value a reader refuses: the checked way names it)."""
     if batch is None:
         return None
-    probabilities = served.bundle.predict_fast(batch.column, batch.size)
-    if probabilities is not None:
-        g.rows = batch.size
-    return probabilities
+    scored = served.bundle.score_fast(batch.column, batch.size)
+    if scored is None:
+        return None
+    g.rows = batch.size
+    predlog.capture(served, scored[1], scored[0], batch.column("loanId"), batch.size)
+    return scored[0].tolist()
 
 
 # --- health and metadata ---------------------------------------------------------------------------------
