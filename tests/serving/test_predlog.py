@@ -60,7 +60,8 @@ def model_row(record: dict[str, Any]) -> dict[str, Any]:
     """The model row as the log writes it: feature name → value, NaN as None."""
     row = build_rows([record])[0]
     return {
-        n: None if isinstance(v, float) and math.isnan(v) else v for n, v in zip(FEATURE_NAMES, row, strict=True)
+        n: None if isinstance(v, float) and math.isnan(v) else v
+        for n, v in zip(FEATURE_NAMES, row, strict=True)
     }
 
 
@@ -77,7 +78,9 @@ def test_every_endpoint_records_each_scored_record(
     app = logged_app(make_app, tmp_path / "log")
     client = app.test_client()
     written = metric(app, WRITTEN)  # the metrics are the process's: every app of the session adds to them
-    sent: list[tuple[str, list[dict[str, Any]], list[float], str]] = []  # endpoint, records, probabilities, rid
+    sent: list[
+        tuple[str, list[dict[str, Any]], list[float], str]
+    ] = []  # endpoint, records, probabilities, rid
 
     def post(path: str, batch: list[dict[str, Any]], **kwargs: Any) -> None:
         answer = client.post(path, headers={"X-Request-ID": f"req-{len(sent)}"}, **kwargs)
@@ -192,7 +195,9 @@ def test_files_rotate_by_size_and_are_compressed(
     close(app)
 
 
-def test_files_rotate_by_age(make_app: Callable[..., Flask], records: list[dict[str, Any]], tmp_path: Path) -> None:
+def test_files_rotate_by_age(
+    make_app: Callable[..., Flask], records: list[dict[str, Any]], tmp_path: Path
+) -> None:
     folder = tmp_path / "log"
     app = logged_app(make_app, folder, prediction_log_rotate_seconds=0.3)
     assert app.test_client().post("/predict", json=records[0]).status_code == 200
