@@ -1,78 +1,58 @@
-"""The prediction log: every scored record, written off the request path, read back by :func:`read_log`.
+"""The prediction log: every scored record, written off the request path (:mod:`serving.predlog_files` has the
+file format, the conversion and :func:`read_log`, re-exported here).
 
-One JSON object per line (the monitor reads exactly this shape)::
+A scoring handler hands over what it already built with one call, :func:`capture` (rows or columns, the
+probabilities, the loan ids): a lock, a length check and an append. A full queue (``LOANRISK_PREDICTION_LOG_QUEUE``
+records) drops the records and counts them (``loanrisk_prediction_log_dropped_total{reason="queue_full"}``); the
+request never waits. One writer thread per worker drains the queue every 50 ms, pseudonymises each ``loanId``
+(:meth:`serving.privacy.Pseudonymiser.token` under ``LOANRISK_PSEUDONYM_KEY``, the training side's key, so
+outcomes can be joined later; null when a record has none) and appends one frame per request to its own spool
+``predictions-<first record time>-<host>-<pid>-<n>.spool``, so workers and replicas can share one folder. A
+spool is rotated at ``LOANRISK_PREDICTION_LOG_ROTATE_BYTES`` or ``LOANRISK_PREDICTION_LOG_ROTATE_SECONDS`` and
+converted to gzip-compressed JSON Lines by a child process at nice 19: the JSON encoding and the compression take
+idle CPU, not the requests'. On start a writer also converts the spools that dead writers of this host left (a
+killed worker's), counting a cut-short one (``loanrisk_prediction_log_torn_total``).
 
-    {"time": "2026-11-30T03:00:00.123456+00:00", "request_id": "…", "endpoint": "/predict/batch",
-     "model_name": "loan-risk", "model_version": "3", "id": "<32 hex: keyed pseudonym of loanId>" | null,
-     "features": {"payFrequency": "B", "apr": 590.0, "leadCost": null, …}, "probability": 0.41, "label": 1}
-
-``features`` is the model row as the model saw it (text for categorical features, numbers with NaN as null);
-``id`` is :meth:`serving.privacy.Pseudonymiser.token` of the record's ``loanId`` under ``LOANRISK_PSEUDONYM_KEY``
-(the training side's key, so outcomes can be joined later); no other field of the request is written.
-
-Writing: a handler hands over what it already built (rows or columns, probabilities, loan ids) with one call,
-:func:`capture`: a lock, a length check and an append. A full queue (``LOANRISK_PREDICTION_LOG_QUEUE`` records)
-drops the records and counts them (``loanrisk_prediction_log_dropped_total``); the request never waits. One
-writer thread per worker drains the queue every 50 ms, turns the columns into records (msgspec structs) and
-appends JSON Lines to its own active file ``predictions-<first record time>-<host>-<pid>-<n>.jsonl``, so workers
-and replicas can share one folder. A file is rotated at ``LOANRISK_PREDICTION_LOG_ROTATE_BYTES`` or
-``LOANRISK_PREDICTION_LOG_ROTATE_SECONDS`` and gzip-compressed by ``python -m serving.predlog FILE`` at the lowest
-CPU priority (nice 19): compression takes idle CPU, never the requests' (``<file>.gz`` appears complete, by
-rename, before the plain file goes). On start a writer also compresses the files that dead writers of this
-host left (a killed worker's active file), counting a torn last line (``loanrisk_prediction_log_torn_total``).
-
-Reading: :func:`read_log` (this module imports only the standard library, orjson and Flask at its top, so a
-monitor reads the log without loading a model).
+Without ``LOANRISK_PSEUDONYM_KEY`` the log refuses to start (the service with it): ids under a random key could
+never be joined to outcomes, and a key kept beside the log would let anyone who reads the log test guesses.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
-import gzip
-import heapq
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from itertools import islice, repeat, starmap
 from pathlib import Path
 from typing import Any
 
-import orjson
 from flask import current_app, g, request
 
-PREFIX = "predictions-"
-ACTIVE_SUFFIX = ".jsonl"
-COMPRESSED_SUFFIX = ".jsonl.gz"
-DRAIN_INTERVAL_S = 0.05
-ENCODE_CHUNK = 500  # records encoded per C call: the writer holds the GIL ~1 ms at most at a time
-COMPRESS_LEVEL = 6
-_NAME = re.compile(
-    r"^predictions-(?P<start>\d{8}T\d{6}\d{6}Z)-(?P<host>[A-Za-z0-9.-]+)-(?P<pid>\d+)-(?P<seq>\d+)\.jsonl(?P<gz>\.gz)?$"
+from serving.predlog_files import (  # noqa: F401 - read_log and LogRead: the readers' entry point
+    PREFIX,
+    SPOOL,
+    LogRead,
+    frame,
+    parse_name,
+    read_log,
+    spool_complete,
+    spool_name,
 )
+
+DRAIN_INTERVAL_S = 0.05
 
 logger = logging.getLogger("loanrisk")
 
 
 class PredictionLogError(RuntimeError):
     """The prediction log cannot start (no pseudonym key, a folder it cannot write)."""
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")
-
-
-def _stamp(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 def _host() -> str:
@@ -106,32 +86,9 @@ class PredictionLog:
             raise PredictionLogError(f"prediction log folder {self.directory}: {exc}") from None
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise PredictionLogError(f"prediction log folder {self.directory} is not writable")
-        import msgspec
-
-        from serving.features import CATEGORICAL_INDICES, FEATURE_NAMES
         from serving.privacy import Pseudonymiser, load_key
 
         self._pseudonym = Pseudonymiser(load_key(key, self.directory)).token
-        self._names = list(FEATURE_NAMES)
-        self._categorical = {FEATURE_NAMES[i] for i in CATEGORICAL_INDICES}
-        fields = [(f"f{i}", Any, msgspec.field(name=n)) for i, n in enumerate(FEATURE_NAMES)]
-        self._features = msgspec.defstruct("Features", fields, gc=False)
-        self._record = msgspec.defstruct(
-            "Record",
-            [
-                ("time", str),
-                ("request_id", str),
-                ("endpoint", str),
-                ("model_name", str),
-                ("model_version", Any),
-                ("id", Any),
-                ("features", self._features),
-                ("probability", float),
-                ("label", int),
-            ],
-            gc=False,
-        )
-        self._encode_lines = msgspec.json.Encoder().encode_lines
         self.queue_records = queue_records
         self.rotate_bytes = rotate_bytes
         self.rotate_seconds = rotate_seconds
@@ -209,38 +166,12 @@ class PredictionLog:
                     self._idle.notify_all()
         return bool(items)
 
-    def _records(self, item: tuple[Any, ...]) -> Iterator[Any]:
-        """One request's records as structs, built by C-level maps over its columns or rows."""
+    def _frame(self, item: tuple[Any, ...]) -> bytes:
         t, served, endpoint, request_id, features, probabilities, ids, n = item
-        if isinstance(features, dict):  # columns (the batch paths): float arrays, lists of text
-            columns = [features[name] for name in self._names]
-            rows = map(self._features, *(c if type(c) is list else c.tolist() for c in columns))
-        else:  # rows (single records, small batches)
-            rows = starmap(self._features, features)
-        probs = probabilities.tolist() if hasattr(probabilities, "tolist") else list(probabilities)
-        threshold = served.threshold
-        labels = [1 if p >= threshold else 0 for p in probs]
         token = self._pseudonym
         values = ids() if callable(ids) else ids
         pseudonyms = [token(v) if type(v) is str and v or type(v) is int else None for v in values]
-        return map(
-            self._record,
-            repeat(_iso(t), n),
-            repeat(request_id, n),
-            repeat(endpoint, n),
-            repeat(served.name, n),
-            repeat(served.version, n),
-            pseudonyms,
-            rows,
-            probs,
-            labels,
-        )
-
-    def encode(self, item: tuple[Any, ...]) -> Iterator[bytes]:
-        """JSON Lines of one queued item, :data:`ENCODE_CHUNK` records at a time."""
-        records = self._records(item)
-        while chunk := list(islice(records, ENCODE_CHUNK)):
-            yield self._encode_lines(chunk)
+        return frame(t, request_id, endpoint, served, pseudonyms, probabilities, features)
 
     def _write(self, items: list[tuple[Any, ...]]) -> None:
         written = 0
@@ -249,10 +180,9 @@ class PredictionLog:
             try:
                 if self._file is None:
                     self._open(item[0])
-                for data in self.encode(item):
-                    self._file.write(data)
-                    self._size += len(data)
-                self._file.flush()
+                data = self._frame(item)
+                self._file.write(data)
+                self._size += len(data)
                 written += n
             except Exception as exc:  # noqa: BLE001 - a full disk or a bad value: count, log, go on
                 logger.error(
@@ -265,13 +195,18 @@ class PredictionLog:
                 self._size >= self.rotate_bytes or time.time() - self._opened >= self.rotate_seconds
             ):
                 self._rotate()
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                logger.error("prediction log: flush failed", extra={"fields": {"error": repr(exc)}})
+                self._close_file()
         if written and self.metrics is not None:
             self.metrics.log_written.inc(written)
 
     def _open(self, first: float) -> None:
         self._seq += 1
-        name = f"{PREFIX}{_stamp(first)}-{self._host}-{os.getpid()}-{self._seq:05d}{ACTIVE_SUFFIX}"
-        self._path = self.directory / name
+        self._path = self.directory / spool_name(first, self._host, os.getpid(), self._seq)
         self._file = open(self._path, "ab")  # noqa: SIM115 - kept open across drains
         self._opened = time.time()
         self._size = 0
@@ -290,8 +225,8 @@ class PredictionLog:
             self._compress([path])
 
     def _compress(self, paths: list[Path]) -> None:
-        """Compress closed files in a child process at nice 19 (idle CPU only)."""
-        command = [sys.executable, "-m", "serving.predlog", *map(str, paths)]
+        """Convert closed spools in a child process at nice 19 (idle CPU only)."""
+        command = [sys.executable, "-m", "serving.predlog_files", *map(str, paths)]
         env = dict(
             os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
         )
@@ -306,13 +241,13 @@ class PredictionLog:
         self._children = [child for child in self._children if child.poll() is None]
 
     def _sweep(self) -> None:
-        """Compress what dead writers of this host left behind (counting torn last lines)."""
+        """Convert what dead writers of this host left behind (counting cut-short spools)."""
         leftovers = []
-        for path in sorted(self.directory.glob(f"{PREFIX}*{ACTIVE_SUFFIX}")):
-            match = _NAME.match(path.name)
+        for path in sorted(self.directory.glob(f"{PREFIX}*{SPOOL}")):
+            match = parse_name(path.name)
             if match is None or match["host"] != self._host or _alive(int(match["pid"])):
                 continue
-            if _torn(path) and self.metrics is not None:
+            if not spool_complete(path) and self.metrics is not None:
                 self.metrics.log_torn.inc()
             leftovers.append(path)
         if leftovers:
@@ -381,9 +316,6 @@ def capture(served: Any, features: Any, probabilities: Any, ids: Any, n: int) ->
         log.submit(served, request.url_rule.rule, g.request_id, features, probabilities, ids, n)
 
 
-# --- compression (a child process) ---------------------------------------------------------------------
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -392,169 +324,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _torn(path: Path) -> bool:
-    """Whether a plain log file ends inside a line."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() == 0:
-                return False
-            fh.seek(-1, os.SEEK_END)
-            return fh.read(1) != b"\n"
-    except OSError:
-        return False
-
-
-def compress(path: Path) -> Path | None:
-    """``path`` → ``path.gz`` (complete, by rename) and ``path`` removed; None when another process has it."""
-    target = path.with_name(path.name + ".gz")
-    try:
-        source = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        return None
-    with source:
-        try:
-            fcntl.flock(source, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None  # another compressor has it
-        if not path.exists():
-            return None  # compressed and removed while we waited to open it
-        if not target.exists():
-            tmp = path.with_name(f".{path.name}.gz.{os.getpid()}.tmp")
-            with (
-                open(tmp, "wb") as raw,
-                gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=COMPRESS_LEVEL) as gz,
-            ):
-                shutil.copyfileobj(source, gz, 1 << 20)
-            os.replace(tmp, target)
-        path.unlink(missing_ok=True)
-    return target
-
-
-def _main(argv: list[str]) -> int:
-    with contextlib.suppress(OSError):
-        os.nice(19)
-    status = 0
-    for name in argv:
-        try:
-            compress(Path(name))
-        except OSError as exc:
-            sys.stderr.write(f"prediction log: cannot compress {name}: {exc}\n")
-            status = 1
-    return status
-
-
-# --- reading ---------------------------------------------------------------------------------------------
-
-
-def _bound(value: datetime | str | None) -> str | None:
-    """A time bound as the records write theirs (UTC ISO with microseconds), for string comparison."""
-    if value is None:
-        return None
-    when = datetime.fromisoformat(value) if isinstance(value, str) else value
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-class LogRead:
-    """The records of a log window, iterated once; ``torn`` (files ending inside a line, e.g. a killed worker's)
-    and ``skipped`` (lines that are no record object, unreadable files) are final once the iteration ends."""
-
-    def __init__(
-        self, files: list[tuple[str, Path]], since: str | None, until: str | None, version: Any
-    ) -> None:
-        self.files = [path for _, path in files]
-        self._files = files
-        self._since, self._until = since, until
-        self._version = None if version is None else str(version)
-        self.torn = 0
-        self.skipped = 0
-        self.records = 0
-
-    def _lines(self, path: Path) -> Iterator[dict[str, Any]]:
-        since, until, version = self._since, self._until, self._version
-        try:
-            opener = gzip.open if path.name.endswith(".gz") else open
-            with opener(path, "rb") as fh:
-                for line in fh:
-                    if not line.endswith(b"\n"):  # the last line, cut short
-                        self.torn += 1
-                        continue
-                    try:
-                        record = orjson.loads(line)
-                        stamp = record["time"]
-                    except (orjson.JSONDecodeError, TypeError, KeyError):
-                        self.skipped += 1
-                        continue
-                    if (since is not None and stamp < since) or (until is not None and stamp >= until):
-                        continue
-                    if version is not None and str(record.get("model_version")) != version:
-                        continue
-                    yield record
-        except FileNotFoundError:
-            return  # compressed meanwhile: the .gz twin is in the list or the next read
-        except (OSError, EOFError, gzip.BadGzipFile):
-            self.skipped += 1
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        """k-way merge by time; a file is opened only once the merge reaches its first record's time."""
-        heap: list[tuple[str, int, dict[str, Any], Iterator[dict[str, Any]]]] = []
-        pending = list(self._files)
-        k = 0
-        while heap or pending:
-            while pending and (not heap or pending[0][0] <= heap[0][0]):
-                _, path = pending.pop(0)
-                lines = self._lines(path)
-                first = next(lines, None)
-                if first is not None:
-                    heapq.heappush(heap, (first["time"], k, first, lines))
-                    k += 1
-            if not heap:
-                continue
-            _, _, record, lines = heap[0]
-            self.records += 1
-            yield record
-            following = next(lines, None)
-            if following is None:
-                heapq.heappop(heap)
-            else:
-                heapq.heapreplace(heap, (following["time"], k, following, lines))
-                k += 1
-
-
-def read_log(
-    log_dir: str | Path,
-    since: datetime | str | None = None,
-    until: datetime | str | None = None,
-    model_version: str | int | None = None,
-) -> LogRead:
-    """The prediction log's records in time order: active (``.jsonl``) and rotated (``.jsonl.gz``) files of every
-    worker and replica in ``log_dir``, ``since <= time < until`` (aware datetimes or ISO text; naive means UTC),
-    of ``model_version`` when given. Never raises on a torn or unreadable file: iterate, then read ``.torn`` and
-    ``.skipped``. A live file's last line may still be in flight: it counts as torn."""
-    lo, hi = _bound(since), _bound(until)
-    files: dict[str, tuple[str, Path]] = {}
-    for path in Path(log_dir).glob(f"{PREFIX}*"):
-        match = _NAME.match(path.name)
-        if match is None:
-            continue
-        base = path.name.removesuffix(".gz")
-        if base in files and not match["gz"]:
-            continue  # the .gz twin (complete by rename) wins over a plain file not yet removed
-        s = match["start"]
-        start = f"{s[:4]}-{s[4:6]}-{s[6:8]}T{s[9:11]}:{s[11:13]}:{s[13:15]}.{s[15:21]}+00:00"
-        if hi is not None and start >= hi:
-            continue
-        if lo is not None:
-            with contextlib.suppress(OSError):
-                if _iso(path.stat().st_mtime) < lo:
-                    continue
-        files[base] = (start, path)
-    return LogRead(sorted(files.values()), lo, hi, model_version)
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

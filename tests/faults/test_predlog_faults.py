@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from serving.predlog import read_log
+from serving.predlog_files import spool_complete
 from tests.serving.conftest import (  # noqa: F401 - fixtures
     bundle_dir,
     call,
@@ -48,22 +49,21 @@ ATTEMPTS = 4
 
 
 def mid_write(folder: Path) -> bool:
-    """Whether an active log file ends inside a line right now: the kernel grows the file page by page during
-    a write() of a ~1 MB chunk, so a writer is in that call."""
-    for path in folder.glob("predictions-*.jsonl"):
+    """Whether a spool ends inside a frame right now: the kernel grows the file page by page during the
+    write() of a frame (~1.8 MB for 3,000 records), so a writer is in that call."""
+    for path in folder.glob("predictions-*.spool"):
         try:
-            with open(path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size and os.pread(fh.fileno(), 1, size - 1) != b"\n":
-                    return True
+            if not spool_complete(path):
+                return True
         except OSError:
             continue
     return False
 
 
 def kill_mid_write(server: Any, sample: list[dict[str, Any]], folder: Path) -> None:
-    """Load the service with big batches and SIGKILL its process group the moment a log file is cut."""
-    body = json.dumps({"data": [sample[i % len(sample)] for i in range(3000)]}).encode()  # ~7 MB of log
+    """Load the service with big batches and SIGKILL its process group the moment a spool is cut, once a few
+    frames are whole."""
+    body = json.dumps({"data": [sample[i % len(sample)] for i in range(3000)]}).encode()  # ~1.8 MB a frame
     stop = threading.Event()
 
     def client() -> None:
@@ -78,7 +78,7 @@ def kill_mid_write(server: Any, sample: list[dict[str, Any]], folder: Path) -> N
         t.start()
     deadline = time.monotonic() + 60
     try:
-        while not mid_write(folder):
+        while sum(p.stat().st_size for p in folder.glob("*.spool")) < 4_000_000 or not mid_write(folder):
             assert time.monotonic() < deadline, "no log file was ever seen mid-write"
         os.killpg(server.process.pid, signal.SIGKILL)  # the master and its workers, at once
     finally:
@@ -89,7 +89,7 @@ def kill_mid_write(server: Any, sample: list[dict[str, Any]], folder: Path) -> N
 
 
 def cut_files(folder: Path) -> int:
-    return sum(1 for f in folder.glob("predictions-*.jsonl") if not f.read_bytes().endswith(b"\n"))
+    return sum(1 for f in folder.glob("predictions-*.spool") if not spool_complete(f))
 
 
 def metric(url: str, name: str) -> float:
@@ -120,10 +120,10 @@ def test_killed_mid_write_leaves_readable_files_and_a_counted_torn_line(
     assert read.torn == cut and read.skipped == 0
     assert logged and all(set(r) == FIELDS and len(r["features"]) == 64 for r in logged)
 
-    # A restart on the same folder: the new writer compresses what the dead ones left and counts the torn file.
+    # A restart on the same folder: the new writer converts what the dead ones left and counts the cut spool.
     again = live_server(workers=1, LOANRISK_PREDICTION_LOG_DIR=str(folder), **env)
     deadline = time.monotonic() + 120
-    while list(folder.glob("predictions-*.jsonl")):
+    while list(folder.glob("predictions-*.spool")):
         assert time.monotonic() < deadline, "the dead writers' files were not compressed"
         time.sleep(0.2)
     assert metric(again.url, "loanrisk_prediction_log_torn_total") == cut

@@ -20,11 +20,13 @@ from flask import Flask
 
 from serving.features import FEATURE_NAMES, build_rows
 from serving.predlog import PredictionLogError, read_log
+from serving.predlog_files import convert, frame
 from serving.privacy import Pseudonymiser
 
 pytestmark = pytest.mark.inprocess
 
 KEY = "prediction-log-test-key"
+T0 = 1796032800  # 2026-11-30T10:00:00Z
 WRITTEN = "loanrisk_prediction_log_written_total"
 DROPPED = 'loanrisk_prediction_log_dropped_total{reason="queue_full"}'
 RECORD_FIELDS = [
@@ -177,14 +179,15 @@ def test_files_rotate_by_size_and_are_compressed(
     make_app: Callable[..., Flask], records: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     folder = tmp_path / "log"
-    app = logged_app(make_app, folder, prediction_log_rotate_bytes=20_000)
+    app = logged_app(make_app, folder, prediction_log_rotate_bytes=4_000)
     client = app.test_client()
     for start in range(0, 100, 10):
         assert client.post("/predict/batch", json={"data": records[start : start + 10]}).status_code == 200
     log = app.extensions["loanrisk_predlog"]
     assert log.flush()
-    # ~2.5 KB a record: every 10-record request fills a file past 20 KB, so each is rotated and compressed
-    wait_for(lambda: len(list(folder.glob("*.jsonl.gz"))) == 10 and not list(folder.glob("*.jsonl")))
+    # ~0.6 KB a record in the spool: every 10-record request fills a file past 4 KB, so each is rotated and
+    # converted to compressed JSON Lines
+    wait_for(lambda: len(list(folder.glob("*.jsonl.gz"))) == 10 and not list(folder.glob("*.spool")))
     for path in folder.glob("*.jsonl.gz"):
         lines = gzip.decompress(path.read_bytes()).splitlines()
         assert len(lines) == 10
@@ -201,41 +204,49 @@ def test_files_rotate_by_age(
     folder = tmp_path / "log"
     app = logged_app(make_app, folder, prediction_log_rotate_seconds=0.3)
     assert app.test_client().post("/predict", json=records[0]).status_code == 200
-    wait_for(lambda: len(list(folder.glob("*.jsonl.gz"))) == 1 and not list(folder.glob("*.jsonl")))
+    wait_for(lambda: len(list(folder.glob("*.jsonl.gz"))) == 1 and not list(folder.glob("*.spool")))
     close(app)
     assert len(list(read_log(folder))) == 1
 
 
-def write(path: Path, lines: list[bytes], tail: bytes = b"") -> None:
-    data = b"".join(line + b"\n" for line in lines) + tail
-    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+class Served:  # what a frame reads of the served model
+    name, version, threshold = "m", "1", 0.5
 
 
-def line(time_: str, version: str = "1") -> bytes:
-    return (
-        f'{{"time": "{time_}", "request_id": "r", "endpoint": "/predict", "model_name": "m", '
-        f'"model_version": "{version}", "id": null, "features": {{}}, "probability": 0.5, "label": 1}}'
-    ).encode()
+def spool(path: Path, times: list[int], version: str = "1", cut: int = 0) -> None:
+    """A spool of one-record frames at 10:00:0<t>, built by the writer's own frame(); ``cut`` bytes cut off."""
+    served = Served()
+    served.version = version
+    row = build_rows([{}])[0]
+    data = b"".join(frame(T0 + t, "r", "/predict", served, [None], [0.5], [row]) for t in times)
+    path.write_bytes(data[: len(data) - cut])
 
 
 def test_read_log_merges_files_in_time_order_filters_and_counts_what_it_skips(tmp_path: Path) -> None:
-    t = "2026-11-30T10:00:0{}.000000+00:00"
-    a = tmp_path / "predictions-20261130T100000000000Z-host-1-00001.jsonl.gz"
-    b = tmp_path / "predictions-20261130T100001000000Z-host-2-00001.jsonl"
-    write(a, [line(t.format(0)), line(t.format(2)), b"not json", line(t.format(4), "2")])
-    write(b, [line(t.format(1)), line(t.format(3))], tail=line(t.format(5))[:40])  # torn: a killed worker
+    a = tmp_path / "predictions-20261130T100000000000Z-host-1-00001.spool"
+    b = tmp_path / "predictions-20261130T100001000000Z-host-2-00001.spool"
+    spool(a, [0, 2])
+    spool(a.with_name("predictions-20261130T100004000000Z-host-1-00002.spool"), [4], version="2")
+    spool(b, [1, 3, 5], cut=10)  # a killed worker's spool: its last frame cut short
+    assert convert(a) is not None and not a.exists()  # → .jsonl.gz
+    converted = a.with_name(a.name.replace(".spool", ".jsonl.gz"))
+    lines = gzip.decompress(converted.read_bytes()).splitlines(keepends=True)
+    converted.write_bytes(gzip.compress(b"".join([lines[0], b"not json\n", lines[1]])))
     (tmp_path / "predictions-20261130T100009000000Z-host-3-00001.jsonl.gz").write_bytes(b"\x1f\x8b broken")
     (tmp_path / "notes.txt").write_text("not a log file")
     for path in tmp_path.iterdir():  # written "at" 10:00:09, after their records (read_log skips older files)
-        os.utime(path, (1796032809, 1796032809))
+        os.utime(path, (T0 + 9, T0 + 9))
 
     read = read_log(tmp_path)
     assert [r["time"][18] for r in read] == ["0", "1", "2", "3", "4"]
-    assert (read.torn, read.skipped) == (1, 2)  # the torn line; "not json" and the broken gzip file
+    assert (read.torn, read.skipped) == (1, 2)  # the cut frame; "not json" and the broken gzip file
 
     window = read_log(tmp_path, since="2026-11-30T10:00:01+00:00", until="2026-11-30T10:00:04Z")
     assert [r["time"][18] for r in window] == ["1", "2", "3"]
     assert [r["time"][18] for r in read_log(tmp_path, model_version=2)] == ["4"]
-    # a plain file not yet removed beside its complete .gz twin is read once
-    write(a.with_name(a.name.removesuffix(".gz")), [line(t.format(0))])
+    assert convert(b) is not None  # the cut frame becomes a cut last line: still counted
+    read = read_log(tmp_path)
+    assert len(list(read)) == 5 and read.torn == 1
+    # a spool not yet removed beside its complete .jsonl.gz twin is read once
+    spool(b, [1, 3, 5], cut=10)
     assert len(list(read_log(tmp_path))) == 5

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 
 from serving.predlog import read_log
+from serving.predlog_files import parse_name
 from serving.privacy import Pseudonymiser
 from tests.serving.conftest import _stop, call
 
@@ -20,7 +20,7 @@ KEY = "prediction-log-workers-key"
 
 
 def log_bytes(folder: Path) -> bytes:
-    """Every log file's text, decompressed."""
+    """Every log file's bytes, the converted ones decompressed."""
     return b"".join(
         gzip.decompress(p.read_bytes()) if p.name.endswith(".gz") else p.read_bytes()
         for p in sorted(folder.glob("predictions-*"))
@@ -55,7 +55,7 @@ def test_workers_write_separate_files_and_the_log_holds_no_personal_value(
     assert server.process.returncode == 0, server.log_text()[-2000:]
 
     names = [p.name for p in folder.glob("predictions-*")]
-    pids = {re.match(r"predictions-\w+-[\w.-]+?-(\d+)-\d+\.jsonl", n).group(1) for n in names}
+    pids = {parse_name(n)["pid"] for n in names}
     assert len(pids) == 2, names  # one file set per worker, no collision
     read = read_log(folder)
     logged = list(read)
