@@ -35,6 +35,7 @@ from typing import Any
 
 from flask import current_app, g, request
 
+from serving.model import pid_alive
 from serving.predlog_files import (  # noqa: F401 - read_log and LogRead: the readers' entry point
     PREFIX,
     SPOOL,
@@ -245,7 +246,7 @@ class PredictionLog:
         leftovers = []
         for path in sorted(self.directory.glob(f"{PREFIX}*{SPOOL}")):
             match = parse_name(path.name)
-            if match is None or match["host"] != self._host or _alive(int(match["pid"])):
+            if match is None or match["host"] != self._host or pid_alive(int(match["pid"])):
                 continue
             if not spool_complete(path) and self.metrics is not None:
                 self.metrics.log_torn.inc()
@@ -314,13 +315,3 @@ def capture(served: Any, features: Any, probabilities: Any, ids: Any, n: int) ->
     log = current_app.extensions.get("loanrisk_predlog")
     if log is not None:
         log.submit(served, request.url_rule.rule, g.request_id, features, probabilities, ids, n)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

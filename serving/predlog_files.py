@@ -47,6 +47,26 @@ _NAME = re.compile(
     r"^predictions-(?P<start>\d{8}T\d{12}Z)-(?P<host>[A-Za-z0-9.-]+)-(?P<pid>\d+)-(?P<seq>\d+)"
     r"(?P<kind>\.spool|\.jsonl\.gz)$"
 )
+# The record's fields, in the order every line has them (the monitor reads this shape).
+RECORD_FIELDS = (
+    "time",
+    "request_id",
+    "endpoint",
+    "model_name",
+    "model_version",
+    "id",
+    "features",
+    "probability",
+    "label",
+)
+_TYPES = {
+    "time": str,
+    "request_id": str,
+    "endpoint": str,
+    "model_name": str,
+    "probability": float,
+    "label": int,
+}
 pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder().decode
 
@@ -93,21 +113,8 @@ def _codec() -> tuple[Any, Any, Any]:
     """The record structs (fixed field order) and their JSON Lines encoder; NaN is written as null."""
     fields = [(f"f{i}", Any, msgspec.field(name=n)) for i, n in enumerate(_names())]
     features = msgspec.defstruct("Features", fields, gc=False)
-    record = msgspec.defstruct(
-        "Record",
-        [
-            ("time", str),
-            ("request_id", str),
-            ("endpoint", str),
-            ("model_name", str),
-            ("model_version", Any),
-            ("id", Any),
-            ("features", features),
-            ("probability", float),
-            ("label", int),
-        ],
-        gc=False,
-    )
+    types = {**_TYPES, "features": features}
+    record = msgspec.defstruct("Record", [(f, types.get(f, Any)) for f in RECORD_FIELDS], gc=False)
     return features, record, msgspec.json.Encoder().encode_lines
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from serving.predlog import read_log
-from serving.predlog_files import spool_complete
+from serving.predlog_files import RECORD_FIELDS, spool_complete
 from tests.serving.conftest import (  # noqa: F401 - fixtures
     bundle_dir,
     call,
@@ -34,17 +34,6 @@ from tests.serving.conftest import (  # noqa: F401 - fixtures
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
 KEY = "prediction-log-fault-key"
-FIELDS = {
-    "time",
-    "request_id",
-    "endpoint",
-    "model_name",
-    "model_version",
-    "id",
-    "features",
-    "probability",
-    "label",
-}
 ATTEMPTS = 4
 
 
@@ -118,7 +107,7 @@ def test_killed_mid_write_leaves_readable_files_and_a_counted_torn_line(
     read = read_log(folder)
     logged = list(read)  # never raises
     assert read.torn == cut and read.skipped == 0
-    assert logged and all(set(r) == FIELDS and len(r["features"]) == 64 for r in logged)
+    assert logged and all(tuple(r) == RECORD_FIELDS and len(r["features"]) == 64 for r in logged)
 
     # A restart on the same folder: the new writer converts what the dead ones left and counts the cut spool.
     again = live_server(workers=1, LOANRISK_PREDICTION_LOG_DIR=str(folder), **env)

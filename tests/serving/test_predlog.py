@@ -20,7 +20,7 @@ from flask import Flask
 
 from serving.features import FEATURE_NAMES, build_rows
 from serving.predlog import PredictionLogError, read_log
-from serving.predlog_files import convert, frame
+from serving.predlog_files import RECORD_FIELDS, convert, frame
 from serving.privacy import Pseudonymiser
 
 pytestmark = pytest.mark.inprocess
@@ -29,17 +29,6 @@ KEY = "prediction-log-test-key"
 T0 = 1796032800  # 2026-11-30T10:00:00Z
 WRITTEN = "loanrisk_prediction_log_written_total"
 DROPPED = 'loanrisk_prediction_log_dropped_total{reason="queue_full"}'
-RECORD_FIELDS = [
-    "time",
-    "request_id",
-    "endpoint",
-    "model_name",
-    "model_version",
-    "id",
-    "features",
-    "probability",
-    "label",
-]
 
 
 def logged_app(make_app: Callable[..., Flask], directory: Path, **settings: Any) -> Flask:
@@ -123,7 +112,7 @@ def test_every_endpoint_records_each_scored_record(
         got = by_request[rid]
         assert len(got) == len(batch), rid
         for record, probability, line in zip(batch, probabilities, got, strict=True):
-            assert list(line) == RECORD_FIELDS
+            assert tuple(line) == RECORD_FIELDS
             assert line["endpoint"] == endpoint
             assert (line["model_name"], line["model_version"]) == ("loan-risk", "1")
             assert line["id"] == (pseudonym(record["loanId"]) if record.get("loanId") else None)
