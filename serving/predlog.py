@@ -147,7 +147,7 @@ class PredictionLog:
             if not self._drain():
                 self._stop.wait(DRAIN_INTERVAL_S)
         self._drain()
-        self._close_file()
+        self._rotate()  # the last spool too: converted by a child that outlives this worker if need be
 
     def _drain(self) -> bool:
         """Write what is queued; True when there was something."""
@@ -268,7 +268,7 @@ class PredictionLog:
         return True
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write what is queued, close the active file (it stays plain: the next start compresses it)."""
+        """Write what is queued, close the spool and start its conversion."""
         self._stop.set()
         self._thread.join(timeout)
 

@@ -237,7 +237,12 @@ class LogRead:
 
     def _raw_lines(self, path: Path) -> Iterator[bytes]:
         if path.name.endswith(SPOOL):
-            bodies, cut = frames(path.read_bytes())
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # converted since the listing: its .jsonl.gz is complete by now
+                yield from self._raw_lines(path.with_name(path.name.removesuffix(SPOOL) + CONVERTED))
+                return
+            bodies, cut = frames(data)
             for body in bodies:
                 yield from frame_lines(body).splitlines(keepends=True)
             if cut:
@@ -264,8 +269,6 @@ class LogRead:
                 if version is not None and str(record.get("model_version")) != version:
                     continue
                 yield record
-        except FileNotFoundError:
-            return  # a spool converted meanwhile: its .jsonl.gz is read by the next call
         except (OSError, EOFError, gzip.BadGzipFile, msgspec.DecodeError, ValueError):
             self.skipped += 1
 
