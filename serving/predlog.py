@@ -37,13 +37,13 @@ from flask import current_app, g, request
 
 from serving.model import pid_alive
 from serving.predlog_files import (  # noqa: F401 - read_log and LogRead: the readers' entry point
+    CUT_STATUS,
     PREFIX,
     SPOOL,
     LogRead,
     frame,
     parse_name,
     read_log,
-    spool_complete,
     spool_name,
 )
 
@@ -239,17 +239,23 @@ class PredictionLog:
             )
 
     def _reap(self) -> None:
-        self._children = [child for child in self._children if child.poll() is None]
+        """Forget finished converters; count the cut-short spools one reports (see predlog_files.main)."""
+        running = []
+        for child in self._children:
+            status = child.poll()
+            if status is None:
+                running.append(child)
+            elif status > CUT_STATUS and self.metrics is not None:
+                self.metrics.log_torn.inc(status - CUT_STATUS)
+        self._children = running
 
     def _sweep(self) -> None:
-        """Convert what dead writers of this host left behind (counting cut-short spools)."""
+        """Convert what dead writers of this host left behind (the converter reports cut-short ones)."""
         leftovers = []
         for path in sorted(self.directory.glob(f"{PREFIX}*{SPOOL}")):
             match = parse_name(path.name)
             if match is None or match["host"] != self._host or pid_alive(int(match["pid"])):
                 continue
-            if not spool_complete(path) and self.metrics is not None:
-                self.metrics.log_torn.inc()
             leftovers.append(path)
         if leftovers:
             self._compress(leftovers)

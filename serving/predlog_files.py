@@ -161,9 +161,10 @@ def spool_complete(path: Path) -> bool:
         return at == end
 
 
-def convert(path: Path) -> Path | None:
-    """A closed spool → ``.jsonl.gz`` (complete, by rename), then the spool removed; None when another process
-    has it. A cut-short last frame becomes a cut-short last line, so readers still count it."""
+def convert(path: Path) -> tuple[Path, bool] | None:
+    """A closed spool → ``.jsonl.gz`` (complete, by rename), then the spool removed: the target and whether the
+    spool's last frame was cut short; None when another process has it. A cut-short last frame becomes a
+    cut-short last line, so readers still count it."""
     target = path.with_name(path.name.removesuffix(SPOOL) + CONVERTED)
     try:
         source = open(path, "rb")  # noqa: SIM115 - closed below
@@ -176,6 +177,7 @@ def convert(path: Path) -> Path | None:
             return None
         if not path.exists():
             return None  # converted and removed while this one waited
+        cut = 0
         if not target.exists():
             bodies, cut = frames(source.read())
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -189,21 +191,30 @@ def convert(path: Path) -> Path | None:
                     gz.write(b'{"cut_short_frame_bytes": %d' % cut)  # no newline: a torn last line
             os.replace(tmp, target)
         path.unlink(missing_ok=True)
-    return target
+    return target, cut > 0
+
+
+CUT_STATUS = (
+    10  # exit status CUT_STATUS + n: converted, n of the spools were cut short (this process had them)
+)
 
 
 def main(argv: list[str]) -> int:
-    """``python -m serving.predlog_files SPOOL...``: convert closed spools, at the lowest CPU priority."""
+    """``python -m serving.predlog_files SPOOL...``: convert closed spools, at the lowest CPU priority. Exit
+    status 0, 1 (a spool could not be converted) or ``CUT_STATUS + n``: n cut-short spools converted here, so a
+    spool two workers both found is counted once, by the one that converted it."""
     with contextlib.suppress(OSError):
         os.nice(19)
-    status = 0
+    failed, cut = False, 0
     for name in argv:
         try:
-            convert(Path(name))
+            done = convert(Path(name))
         except (OSError, msgspec.DecodeError) as exc:
             sys.stderr.write(f"prediction log: cannot convert {name}: {exc}\n")
-            status = 1
-    return status
+            failed = True
+            continue
+        cut += bool(done and done[1])
+    return 1 if failed else (CUT_STATUS + min(cut, 100) if cut else 0)
 
 
 # --- reading ---------------------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ def test_read_log_merges_files_in_time_order_filters_and_counts_what_it_skips(tm
     spool(a, [0, 2])
     spool(a.with_name("predictions-20261130T100004000000Z-host-1-00002.spool"), [4], version="2")
     spool(b, [1, 3, 5], cut=10)  # a killed worker's spool: its last frame cut short
-    assert convert(a) is not None and not a.exists()  # → .jsonl.gz
+    assert convert(a) == (a.with_name(a.name.replace(".spool", ".jsonl.gz")), False) and not a.exists()
     converted = a.with_name(a.name.replace(".spool", ".jsonl.gz"))
     lines = gzip.decompress(converted.read_bytes()).splitlines(keepends=True)
     converted.write_bytes(gzip.compress(b"".join([lines[0], b"not json\n", lines[1]])))
@@ -233,7 +233,7 @@ def test_read_log_merges_files_in_time_order_filters_and_counts_what_it_skips(tm
     window = read_log(tmp_path, since="2026-11-30T10:00:01+00:00", until="2026-11-30T10:00:04Z")
     assert [r["time"][18] for r in window] == ["1", "2", "3"]
     assert [r["time"][18] for r in read_log(tmp_path, model_version=2)] == ["4"]
-    assert convert(b) is not None  # the cut frame becomes a cut last line: still counted
+    assert convert(b)[1]  # the cut frame becomes a cut last line: still counted
     read = read_log(tmp_path)
     assert len(list(read)) == 5 and read.torn == 1
     # a spool not yet removed beside its complete .jsonl.gz twin is read once
