@@ -259,10 +259,11 @@ class LogRead:
             if cut:
                 yield b"<cut frame>"  # no newline: counted as torn below
         else:
-            with gzip.open(path, "rb") as fh:
+            with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as fh:
                 yield from fh
 
-    def _lines(self, path: Path) -> Iterator[dict[str, Any]]:
+    def _lines(self, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(time as UTC ISO with microseconds, record) of each record of the window in one file."""
         since, until, version = self._since, self._until, self._version
         try:
             for line in self._raw_lines(path):
@@ -272,20 +273,22 @@ class LogRead:
                 try:
                     record = orjson.loads(line)
                     stamp = record["time"]
-                except (orjson.JSONDecodeError, TypeError, KeyError):
+                    if len(stamp) != 32 or not stamp.endswith("+00:00"):  # not as the service writes it
+                        stamp = _bound(stamp)
+                except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
                     self.skipped += 1
                     continue
                 if (since is not None and stamp < since) or (until is not None and stamp >= until):
                     continue
                 if version is not None and str(record.get("model_version")) != version:
                     continue
-                yield record
+                yield stamp, record
         except (OSError, EOFError, gzip.BadGzipFile, msgspec.DecodeError, ValueError):
             self.skipped += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """k-way merge by time; a file is opened only once the merge reaches its first record's time."""
-        heap: list[tuple[str, int, dict[str, Any], Iterator[dict[str, Any]]]] = []
+        heap: list[tuple[str, int, dict[str, Any], Iterator[tuple[str, dict[str, Any]]]]] = []
         pending = list(self._files)
         k = 0
         while heap or pending:
@@ -294,7 +297,7 @@ class LogRead:
                 lines = self._lines(path)
                 first = next(lines, None)
                 if first is not None:
-                    heapq.heappush(heap, (first["time"], k, first, lines))
+                    heapq.heappush(heap, (first[0], k, first[1], lines))
                     k += 1
             if not heap:
                 continue
@@ -305,7 +308,7 @@ class LogRead:
             if following is None:
                 heapq.heappop(heap)
             else:
-                heapq.heapreplace(heap, (following["time"], k, following, lines))
+                heapq.heapreplace(heap, (following[0], k, following[1], lines))
                 k += 1
 
 
@@ -316,26 +319,29 @@ def read_log(
     model_version: str | int | None = None,
 ) -> LogRead:
     """The prediction log's records, in time order: the spools and converted files of every worker and replica
-    in ``log_dir``; ``since <= time < until`` (aware datetimes or ISO text, naive meaning UTC); of
+    in ``log_dir`` (and any other ``predictions-*.jsonl[.gz]`` of the same record shape); ``since <= time < until`` (aware datetimes or ISO text, naive meaning UTC); of
     ``model_version`` when given. Each record is a dict of the shape above. Never raises on a torn or unreadable
     file: iterate, then read ``.torn`` and ``.skipped``."""
     lo, hi = _bound(since), _bound(until)
     files: dict[str, tuple[str, Path]] = {}
-    for path in Path(log_dir).glob(f"{PREFIX}*"):
+    for path in sorted(Path(log_dir).glob(f"{PREFIX}*"), key=lambda p: p.name.endswith(SPOOL)):
         match = _NAME.match(path.name)
-        if match is None:
+        kind = next((k for k in (SPOOL, CONVERTED, ".jsonl") if path.name.endswith(k)), None)
+        if kind is None:
             continue
-        base = path.name.removesuffix(match["kind"])
-        if base in files and match["kind"] == SPOOL:
-            continue  # the .jsonl.gz twin is complete (renamed into place): the spool is about to go
-        s = match["start"]
-        start = f"{s[:4]}-{s[4:6]}-{s[6:8]}T{s[9:11]}:{s[11:13]}:{s[13:15]}.{s[15:21]}+00:00"
-        if hi is not None and start >= hi:
-            continue
-        if lo is not None:
-            with contextlib.suppress(OSError):
-                if iso(path.stat().st_mtime) < lo:
-                    continue  # last written before the window opened
+        base = path.name.removesuffix(kind)
+        if base in files:
+            continue  # a spool whose .jsonl.gz twin is complete (renamed into place) is about to go
+        start = ""  # a file named otherwise (written by another tool): no shortcut, read whole
+        if match is not None:  # the service's: records from its name's time on, none after its mtime
+            s = match["start"]
+            start = f"{s[:4]}-{s[4:6]}-{s[6:8]}T{s[9:11]}:{s[11:13]}:{s[13:15]}.{s[15:21]}+00:00"
+            if hi is not None and start >= hi:
+                continue
+            if lo is not None:
+                with contextlib.suppress(OSError):
+                    if iso(path.stat().st_mtime) < lo:
+                        continue  # last written before the window opened
         files[base] = (start, path)
     return LogRead(sorted(files.values()), lo, hi, model_version)
 

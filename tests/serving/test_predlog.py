@@ -12,9 +12,11 @@ import math
 import os
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from flask import Flask
 
@@ -239,3 +241,21 @@ def test_read_log_merges_files_in_time_order_filters_and_counts_what_it_skips(tm
     # a spool not yet removed beside its complete .jsonl.gz twin is read once
     spool(b, [1, 3, 5], cut=10)
     assert len(list(read_log(tmp_path))) == 5
+
+
+def test_read_log_takes_files_of_the_shape_written_by_other_tools(tmp_path: Path) -> None:
+    """JSON Lines of the record shape under another name, times without microseconds or with Z (as a test or a
+    backfill might write them): read in time order with the service's files, filtered alike."""
+    spool(tmp_path / "predictions-20261130T100000000000Z-host-1-00001.spool", [0, 4])
+    other = [
+        {"time": t, "model_version": "1", "features": {}}
+        for t in ("2026-11-30T10:00:01Z", "2026-11-30T10:00:03+00:00")
+    ]
+    (tmp_path / "predictions-0-abcd1234.jsonl.gz").write_bytes(
+        gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in other))
+    )
+    assert [r["time"][:19] for r in read_log(tmp_path)] == [f"2026-11-30T10:00:0{t}" for t in (0, 1, 3, 4)]
+    window = read_log(
+        tmp_path, since=datetime(2026, 11, 30, 10, 0, 1, tzinfo=UTC), until="2026-11-30T10:00:04"
+    )
+    assert [r["time"][:19] for r in window] == ["2026-11-30T10:00:01", "2026-11-30T10:00:03"]
