@@ -25,6 +25,7 @@ from serving.logs import LOGGER_NAME, configure_logging, log_access
 from serving.metrics import get_metrics
 from serving.model import ModelHolder
 from serving.payloads import STRUCTURAL_FIELDS, ApiError, json_response
+from serving.predlog import start as start_prediction_log
 from serving.routes import bp
 from serving.schemas import openapi_document
 
@@ -41,6 +42,9 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
         config = ServiceConfig(**dict(config))
     configure_logging(config.log_level)
     metrics = get_metrics()
+    prediction_log = start_prediction_log(
+        config, metrics
+    )  # before the model: a log that cannot start stops us
     holder = ModelHolder(config, metrics)
     holder.start()
 
@@ -50,6 +54,7 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
         loanrisk=holder,
         loanrisk_config=config,
         loanrisk_metrics=metrics,
+        loanrisk_predlog=prediction_log,
         loanrisk_openapi=orjson.dumps(openapi_document(max_batch_size=config.max_batch_size)),
     )
     app.register_blueprint(bp)
@@ -68,6 +73,8 @@ def _register_hooks(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         g.t0 = time.perf_counter()
+        rid = request.environ.get("HTTP_X_REQUEST_ID", "")  # set first: the prediction log records it
+        g.request_id = rid if _REQUEST_ID.match(rid) else os.urandom(16).hex()
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -81,9 +88,7 @@ def _register_hooks(app: Flask) -> None:
         status = response.status_code
         rows = getattr(state, "rows", 0)
         metrics.observe_request(endpoint, method, status, elapsed, rows if status == 200 else 0)
-        rid = req.environ.get("HTTP_X_REQUEST_ID", "")
-        if not _REQUEST_ID.match(rid):
-            rid = os.urandom(16).hex()
+        rid = getattr(state, "request_id", None) or os.urandom(16).hex()
         response.headers["X-Request-ID"] = rid
         fields: dict[str, Any] = {
             "request_id": rid,

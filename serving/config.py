@@ -14,6 +14,11 @@ The serving image carries no pydantic-settings; this module is all it needs.
 | ``LOANRISK_RELOAD_TIMEOUT``     | 10                   | s a reload waits for every worker to serve the new model |
 | ``LOANRISK_VERIFY_REFERENCE``   | true                 | refuse a bundle that does not reproduce its reference    |
 | ``LOANRISK_REASON_COUNT``       | 4                    | reasons per explained record (1-10; ``reason_count`` too)|
+| ``LOANRISK_PREDICTION_LOG_DIR`` | (none: log off)      | folder of the prediction log (:mod:`serving.predlog`)    |
+| ``LOANRISK_PREDICTION_LOG_QUEUE``| 50000               | records queued per worker before new ones are dropped    |
+| ``LOANRISK_PREDICTION_LOG_ROTATE_BYTES``| 67108864 (64 MiB)| size at which a log file is rotated and compressed   |
+| ``LOANRISK_PREDICTION_LOG_ROTATE_SECONDS``| 3600       | age at which a log file is rotated and compressed        |
+| ``LOANRISK_PSEUDONYM_KEY``      | (none)               | key of the log's loanId pseudonyms; the log needs it     |
 """
 
 from __future__ import annotations
@@ -30,6 +35,19 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_RELOAD_TIMEOUT_S = 10.0
 DEFAULT_REASON_COUNT = 4
 MAX_REASON_COUNT = 10
+DEFAULT_LOG_QUEUE = 50_000
+DEFAULT_LOG_ROTATE_BYTES = 64 * 1024 * 1024
+DEFAULT_LOG_ROTATE_S = 3600.0
+_INTEGERS = (
+    "max_batch_size",
+    "max_body_bytes",
+    "model_threads",
+    "prediction_log_queue",
+    "prediction_log_rotate_bytes",
+    "reason_count",
+)
+_SECONDS = ("reload_timeout", "prediction_log_rotate_seconds")
+_PATHS = ("bundle_dir", "reload_sync_dir", "prediction_log_dir")
 _BOOLEANS = {
     "1": True,
     "true": True,
@@ -60,15 +78,22 @@ class ServiceConfig:
     reload_timeout: float = DEFAULT_RELOAD_TIMEOUT_S
     verify_reference: bool = True
     reason_count: int = DEFAULT_REASON_COUNT
+    prediction_log_dir: Path | None = None
+    prediction_log_queue: int = DEFAULT_LOG_QUEUE
+    prediction_log_rotate_bytes: int = DEFAULT_LOG_ROTATE_BYTES
+    prediction_log_rotate_seconds: float = DEFAULT_LOG_ROTATE_S
+    pseudonym_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.bundle_dir is not None and not isinstance(self.bundle_dir, Path):
-            object.__setattr__(self, "bundle_dir", Path(self.bundle_dir))
-        if self.reload_sync_dir is not None and not isinstance(self.reload_sync_dir, Path):
-            object.__setattr__(self, "reload_sync_dir", Path(self.reload_sync_dir))
-        if self.admin_token is not None and not self.admin_token.strip():
-            object.__setattr__(self, "admin_token", None)
-        for name in ("max_batch_size", "max_body_bytes", "model_threads"):
+        for name in _PATHS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        for name in ("admin_token", "pseudonym_key"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                object.__setattr__(self, name, None)
+        for name in _INTEGERS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -78,6 +103,9 @@ class ServiceConfig:
         count = self.reason_count
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_REASON_COUNT:
             raise ConfigError(f"reason_count must be an integer from 1 to {MAX_REASON_COUNT}, got {count!r}")
+        age = self.prediction_log_rotate_seconds
+        if isinstance(age, bool) or not isinstance(age, int | float) or not age > 0:
+            raise ConfigError(f"prediction_log_rotate_seconds must be a positive number, got {age!r}")
 
     @property
     def reload_enabled(self) -> bool:
@@ -93,12 +121,12 @@ class ServiceConfig:
             raw = env.get(var, "").strip()
             if not raw:
                 continue
-            if f.name in ("max_batch_size", "max_body_bytes", "model_threads", "reason_count"):
+            if f.name in _INTEGERS:
                 try:
                     values[f.name] = int(raw)
                 except ValueError:
                     raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
-            elif f.name == "reload_timeout":
+            elif f.name in _SECONDS:
                 try:
                     values[f.name] = float(raw)
                 except ValueError:
@@ -107,7 +135,7 @@ class ServiceConfig:
                 if raw.lower() not in _BOOLEANS:
                     raise ConfigError(f"{var} must be true or false, got {raw!r}")
                 values[f.name] = _BOOLEANS[raw.lower()]
-            elif f.name in ("bundle_dir", "reload_sync_dir"):
+            elif f.name in _PATHS:
                 values[f.name] = Path(raw)
             else:
                 values[f.name] = raw

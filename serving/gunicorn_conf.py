@@ -106,6 +106,13 @@ def post_worker_init(worker) -> None:  # noqa: ANN001 - gunicorn's Worker
     gc.freeze()
 
 
+def worker_exit(server, worker) -> None:  # noqa: ANN001
+    """In the worker, as it stops: write what its prediction log still queues and close the file."""
+    from serving.predlog import close_all
+
+    close_all()
+
+
 def child_exit(server, worker) -> None:  # noqa: ANN001
     """Drop a dead worker's live gauges from the multiprocess metrics, and its state from the sync folder."""
     sync_dir = os.environ.get("LOANRISK_RELOAD_SYNC_DIR")

@@ -34,6 +34,9 @@ class Metrics:
     predictions: Counter
     model_info: Gauge
     reloads: Counter
+    log_written: Counter
+    log_dropped: Counter
+    log_torn: Counter
     _children: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float, rows: int = 0) -> None:
@@ -110,6 +113,18 @@ def get_metrics() -> Metrics:
                     "loanrisk_model_reloads",
                     "Model reloads, by result.",
                     ["result"],
+                ),
+                log_written=Counter(
+                    "loanrisk_prediction_log_written", "Scored records written to the prediction log."
+                ),
+                log_dropped=Counter(
+                    "loanrisk_prediction_log_dropped",
+                    "Scored records the prediction log dropped, by reason (queue_full, write_error).",
+                    ["reason"],
+                ),
+                log_torn=Counter(
+                    "loanrisk_prediction_log_torn",
+                    "Prediction log files a dead writer left ending inside a line (found at start).",
                 ),
             )
         return _metrics

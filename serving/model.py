@@ -145,7 +145,8 @@ def check_reference(
     return len(records)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -352,7 +353,7 @@ class ModelHolder:
             data = _read(path)
             if data is None:
                 continue
-            if not isinstance(data.get("pid"), int) or not _pid_alive(data["pid"]):
+            if not isinstance(data.get("pid"), int) or not pid_alive(data["pid"]):
                 path.unlink(missing_ok=True)
                 continue
             out.append(data)

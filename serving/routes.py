@@ -19,6 +19,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from msgspec import UNSET
 
+from serving import predlog
 from serving.batches import FastBatch, fast_batch, fast_invocation
 from serving.card import CARD_HTML, CARD_MARKDOWN
 from serving.config import ServiceConfig
@@ -72,7 +73,11 @@ def _score(served: ServedModel, records: list[Any]) -> tuple[list[float], ModelI
     except FeatureError as exc:
         raise feature_error(exc) from None
     g.rows = len(records)
-    return served.bundle.predict_input(model_input), model_input
+    probabilities = served.bundle.predict_input(model_input)
+    predlog.capture(
+        served, model_input, probabilities, lambda: [r.get("loanId") for r in records], len(records)
+    )
+    return probabilities, model_input
 
 
 def _score_fast(served: ServedModel, batch: FastBatch | None) -> tuple[list[float], ModelInput] | None:
@@ -82,7 +87,9 @@ def _score_fast(served: ServedModel, batch: FastBatch | None) -> tuple[list[floa
     if batch is None or model_input is None:
         return None
     g.rows = batch.size
-    return served.bundle.predict_input(model_input), model_input
+    probabilities = served.bundle.predict_input(model_input)
+    predlog.capture(served, model_input, probabilities, batch.column("loanId"), batch.size)
+    return probabilities, model_input
 
 
 def _reasons(

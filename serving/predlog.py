@@ -1,0 +1,323 @@
+"""The prediction log: every scored record, written off the request path (:mod:`serving.predlog_files` has the
+file format, the conversion and :func:`read_log`, re-exported here).
+
+A scoring handler hands over what it already built with one call, :func:`capture` (rows or columns, the
+probabilities, the loan ids): a lock, a length check and an append. A full queue (``LOANRISK_PREDICTION_LOG_QUEUE``
+records) drops the records and counts them (``loanrisk_prediction_log_dropped_total{reason="queue_full"}``); the
+request never waits. One writer thread per worker drains the queue every 50 ms, pseudonymises each ``loanId``
+(:meth:`serving.privacy.Pseudonymiser.token` under ``LOANRISK_PSEUDONYM_KEY``, the training side's key, so
+outcomes can be joined later; null when a record has none) and appends one frame per request to its own spool
+``predictions-<first record time>-<host>-<pid>-<n>.spool``, so workers and replicas can share one folder. A
+spool is rotated at ``LOANRISK_PREDICTION_LOG_ROTATE_BYTES`` or ``LOANRISK_PREDICTION_LOG_ROTATE_SECONDS`` and
+converted to gzip-compressed JSON Lines by a child process at nice 19: the JSON encoding and the compression take
+idle CPU, not the requests'. On start a writer also converts the spools that dead writers of this host left (a
+killed worker's), counting a cut-short one (``loanrisk_prediction_log_torn_total``).
+
+Without ``LOANRISK_PSEUDONYM_KEY`` the log refuses to start (the service with it): ids under a random key could
+never be joined to outcomes, and a key kept beside the log would let anyone who reads the log test guesses.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flask import current_app, g, request
+
+from serving.model import pid_alive
+from serving.predlog_files import (  # noqa: F401 - read_log and LogRead: the readers' entry point
+    CUT_STATUS,
+    PREFIX,
+    SPOOL,
+    LogRead,
+    frame,
+    parse_name,
+    read_log,
+    spool_name,
+)
+
+DRAIN_INTERVAL_S = 0.05
+
+logger = logging.getLogger("loanrisk")
+
+
+class PredictionLogError(RuntimeError):
+    """The prediction log cannot start (no pseudonym key, a folder it cannot write)."""
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:63] or "host"
+
+
+# --- writing ---------------------------------------------------------------------------------------------
+
+
+class PredictionLog:
+    """The queue and writer thread of one process (a gunicorn worker); :meth:`submit` is all a request does."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        key: str | None,
+        queue_records: int,
+        rotate_bytes: int,
+        rotate_seconds: float,
+        metrics: Any = None,
+    ) -> None:
+        if not key:
+            raise PredictionLogError(
+                "the prediction log needs LOANRISK_PSEUDONYM_KEY (the training side's pseudonym key): without a "
+                "stable key its ids could never be joined to outcomes; set it, or unset LOANRISK_PREDICTION_LOG_DIR"
+            )
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PredictionLogError(f"prediction log folder {self.directory}: {exc}") from None
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise PredictionLogError(f"prediction log folder {self.directory} is not writable")
+        from serving.privacy import Pseudonymiser, load_key
+
+        self._pseudonym = Pseudonymiser(load_key(key, self.directory)).token
+        self.queue_records = queue_records
+        self.rotate_bytes = rotate_bytes
+        self.rotate_seconds = rotate_seconds
+        self.metrics = metrics
+        self._lock = threading.Lock()  # the queue's
+        self._io = (
+            threading.Lock()
+        )  # held while the writer drains and writes (tests pause the writer with it)
+        self._queue: list[tuple[Any, ...]] = []
+        self._queued = 0
+        self._stop = threading.Event()
+        self._idle = threading.Condition()
+        self._busy = False
+        self._file: Any = None
+        self._path: Path | None = None
+        self._opened = 0.0
+        self._size = 0
+        self._seq = 0
+        self._host = _host()
+        self._children: list[subprocess.Popen[bytes]] = []
+        self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
+        self._thread.start()
+
+    # request path ---------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        served: Any,
+        endpoint: str,
+        request_id: str,
+        features: Any,
+        probabilities: Any,
+        ids: Any,
+        n: int,
+    ) -> bool:
+        """Queue one request's scored records (rows or columns as built); False when they were dropped."""
+        item = (time.time(), served, endpoint, request_id, features, probabilities, ids, n)
+        with self._lock:
+            if self._queued + n <= self.queue_records:
+                self._queue.append(item)
+                self._queued += n
+                return True
+        if self.metrics is not None:
+            self.metrics.log_dropped.labels("queue_full").inc(n)
+        return False
+
+    # writer thread ---------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._sweep()
+        except Exception:  # noqa: BLE001 - the sweep is housekeeping: never stop the writer for it
+            logger.exception("prediction log: sweeping dead writers' files failed")
+        while not self._stop.is_set():
+            if not self._drain():
+                self._stop.wait(DRAIN_INTERVAL_S)
+        self._drain()
+        self._rotate()  # the last spool too: converted by a child that outlives this worker if need be
+
+    def _drain(self) -> bool:
+        """Write what is queued; True when there was something."""
+        with self._io:
+            with self._lock:
+                items, self._queue, self._queued = self._queue, [], 0
+                self._busy = bool(items)
+            try:
+                if items:
+                    self._write(items)
+                elif self._file is not None and time.time() - self._opened >= self.rotate_seconds:
+                    self._rotate()
+                self._reap()
+            finally:
+                with self._idle:
+                    self._busy = False
+                    self._idle.notify_all()
+        return bool(items)
+
+    def _frame(self, item: tuple[Any, ...]) -> bytes:
+        t, served, endpoint, request_id, features, probabilities, ids, n = item
+        token = self._pseudonym
+        values = ids() if callable(ids) else ids
+        pseudonyms = [token(v) if type(v) is str and v or type(v) is int else None for v in values]
+        return frame(t, request_id, endpoint, served, pseudonyms, probabilities, features)
+
+    def _write(self, items: list[tuple[Any, ...]]) -> None:
+        written = 0
+        for item in items:
+            n = item[-1]
+            try:
+                if self._file is None:
+                    self._open(item[0])
+                data = self._frame(item)
+                self._file.write(data)
+                self._size += len(data)
+                written += n
+            except Exception as exc:  # noqa: BLE001 - a full disk or a bad value: count, log, go on
+                logger.error(
+                    "prediction log: records lost", extra={"fields": {"error": repr(exc), "records": n}}
+                )
+                if self.metrics is not None:
+                    self.metrics.log_dropped.labels("write_error").inc(n)
+                self._close_file()
+            if self._file is not None and (
+                self._size >= self.rotate_bytes or time.time() - self._opened >= self.rotate_seconds
+            ):
+                self._rotate()
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                logger.error("prediction log: flush failed", extra={"fields": {"error": repr(exc)}})
+                self._close_file()
+        if written and self.metrics is not None:
+            self.metrics.log_written.inc(written)
+
+    def _open(self, first: float) -> None:
+        self._seq += 1
+        self._path = self.directory / spool_name(first, self._host, os.getpid(), self._seq)
+        self._file = open(self._path, "ab")  # noqa: SIM115 - kept open across drains
+        self._opened = time.time()
+        self._size = 0
+
+    def _close_file(self) -> Path | None:
+        path, handle = self._path, self._file
+        self._file = self._path = None
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.close()
+        return path
+
+    def _rotate(self) -> None:
+        path = self._close_file()
+        if path is not None:
+            self._compress([path])
+
+    def _compress(self, paths: list[Path]) -> None:
+        """Convert closed spools in a child process at nice 19 (idle CPU only)."""
+        command = [sys.executable, "-m", "serving.predlog_files", *map(str, paths)]
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
+        )
+        try:
+            self._children.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL))
+        except OSError as exc:
+            logger.warning(
+                "prediction log: cannot start the compressor", extra={"fields": {"error": repr(exc)}}
+            )
+
+    def _reap(self) -> None:
+        """Forget finished converters; count the cut-short spools one reports (see predlog_files.main)."""
+        running = []
+        for child in self._children:
+            status = child.poll()
+            if status is None:
+                running.append(child)
+            elif status > CUT_STATUS and self.metrics is not None:
+                self.metrics.log_torn.inc(status - CUT_STATUS)
+        self._children = running
+
+    def _sweep(self) -> None:
+        """Convert what dead writers of this host left behind (the converter reports cut-short ones)."""
+        leftovers = []
+        for path in sorted(self.directory.glob(f"{PREFIX}*{SPOOL}")):
+            match = parse_name(path.name)
+            if match is None or match["host"] != self._host or pid_alive(int(match["pid"])):
+                continue
+            leftovers.append(path)
+        if leftovers:
+            self._compress(leftovers)
+
+    # control ---------------------------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued so far is written (tests, shutdown); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._idle.wait(min(left, DRAIN_INTERVAL_S))
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, close the spool and start its conversion."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the writer (it finishes the write in progress first): requests go on, the queue fills."""
+        with self._io:
+            yield
+
+
+_ROOT = str(Path(__file__).resolve().parent.parent)
+_logs: list[PredictionLog] = []
+
+
+def start(config: Any, metrics: Any) -> PredictionLog | None:
+    """The log of a :class:`serving.config.ServiceConfig`: None when ``prediction_log_dir`` is unset."""
+    if config.prediction_log_dir is None:
+        return None
+    log = PredictionLog(
+        config.prediction_log_dir,
+        config.pseudonym_key,
+        config.prediction_log_queue,
+        config.prediction_log_rotate_bytes,
+        config.prediction_log_rotate_seconds,
+        metrics,
+    )
+    _logs.append(log)
+    return log
+
+
+def close_all() -> None:
+    """Flush and close every log of this process (gunicorn's ``worker_exit``, and at exit)."""
+    while _logs:
+        _logs.pop().close()
+
+
+atexit.register(close_all)
+
+
+def capture(served: Any, features: Any, probabilities: Any, ids: Any, n: int) -> None:
+    """The one call of a scoring handler: queue its records when the app has a prediction log. ``features``:
+    the rows or columns the model scored; ``ids``: each record's ``loanId`` (any value; only text and integers
+    get a pseudonym), or a function giving them, called off the request path."""
+    log = current_app.extensions.get("loanrisk_predlog")
+    if log is not None:
+        log.submit(served, request.url_rule.rule, g.request_id, features, probabilities, ids, n)
