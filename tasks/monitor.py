@@ -22,13 +22,11 @@ statistics are a few lines of numpy over counts. README "Monitoring" says more.
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES, MISSING_CATEGORY
+from serving.predlog import read_log
 
 PROFILE_FORMAT = 1
 PSI_EPSILON = 1e-4
@@ -349,48 +348,15 @@ def parse_window(text: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
 
 
-def _when(value: Any) -> datetime | None:
-    try:
-        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
-def _jsonl_records(log_dir: Path) -> Iterable[dict[str, Any]]:
-    for path in sorted(p for p in log_dir.rglob("*") if p.name.endswith((".jsonl", ".jsonl.gz"))):
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    yield json.loads(line)
-                except ValueError:  # a torn last line of a file a killed writer left
-                    continue
-
-
 def read_window(
     log_dir: str | Path, since: datetime, until: datetime | None = None, model_version: str | None = None
 ) -> list[dict[str, Any]]:
     """The prediction-log records of ``model_version`` with ``since ≤ time < until``.
 
-    Reads through the service's reader (:func:`serving.predlog.read_log`) when it is there; until it lands, the
-    documented record shape from JSON Lines files (``*.jsonl``, ``*.jsonl.gz``) under ``log_dir``.
+    Reads through the service's reader (:func:`serving.predlog.read_log`): every worker's and replica's files in
+    ``log_dir``, a torn last line skipped (and counted in the service's metrics when it converts the file).
     """
     folder = Path(log_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"prediction log folder {folder} does not exist")
-    try:
-        from serving.predlog import read_log  # type: ignore[import-not-found]
-    except ImportError:
-        read_log = None
-    if read_log is not None:
-        return list(read_log(folder, since=since, until=until, model_version=model_version))
-    out = []
-    for record in _jsonl_records(folder):
-        when = _when(record.get("time"))
-        if when is None or when < since or (until is not None and when >= until):
-            continue
-        if model_version is not None and str(record.get("model_version")) != str(model_version):
-            continue
-        out.append(record)
-    return out
+    return list(read_log(folder, since=since, until=until, model_version=model_version))

@@ -221,8 +221,7 @@ def test_read_window_filters_time_and_version_and_skips_a_torn_line(tmp_path: Pa
         {"time": (now - timedelta(hours=30)).isoformat(), "model_version": "1", "id": "old"},
         {"time": (now - timedelta(minutes=5)).isoformat(), "model_version": "2", "id": "other"},
     ]
-    (tmp_path / "w1").mkdir()
-    with gzip.open(tmp_path / "w1" / "log-0001.jsonl.gz", "wt") as fh:
+    with gzip.open(tmp_path / "predictions-w1-0001.jsonl.gz", "wt") as fh:
         fh.write("\n".join(json.dumps(r) for r in lines) + '\n{"time": "20')
     got = monitor.read_window(tmp_path, now - timedelta(hours=24), model_version="1")
     assert [r["id"] for r in got] == ["a"]
