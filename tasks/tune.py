@@ -321,15 +321,5 @@ def tune_task(settings: Settings, split: Split, run_id: str | None = None) -> di
     return summary
 
 
-@stage("tune-worker")
-def tune_worker_task(
-    settings: Settings,
-    study_name: str,
-    data_uri: str,
-    run_id: str | None,
-    index: int,
-    deadline: float,
-    storage: str | None = None,
-) -> int:
-    """Stage of the tune-worker flow: run queued trials of the stage's study (:func:`worker_main`)."""
-    return worker_main(settings, study_name, data_uri, run_id, index, deadline, storage)
+# The tune-worker flow's stage: a worker's entry as a task run (local worker processes call the plain function).
+tune_worker_task = stage("tune-worker")(worker_main)

@@ -5,8 +5,6 @@ other worker re-runs it); a study is never resumed on other data; the data survi
 from __future__ import annotations
 
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from tasks.common import PermanentError
 from tasks.features import ModelTable
 from tasks.settings import Settings
 from tasks.tune import tune, worker_main
+from tests.tune_faults import assert_rerun_elsewhere, kill_during_a_trial
 
 TINY = {"max_iterations": 60, "early_stopping_rounds": 10, "tune_timeout_seconds": 240}
 
@@ -96,45 +95,13 @@ def test_a_worker_killed_during_a_trial_loses_only_that_trial(sample_split, tmp_
         tmp_path, n_trials=5, tune_workers=2, max_iterations=400, early_stopping_rounds=400,
         tune_heartbeat_seconds=1, tune_grace_seconds=4,
     )  # fmt: skip
-    outcome: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            outcome["summary"] = tune(s, sample_split, "killed", None)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            outcome["error"] = exc
-
     workers.storage_for(s)  # the schema exists before this test polls the study beside the stage
-    tuning = threading.Thread(target=run)
-    tuning.start()
-    victim = None
-    deadline = time.monotonic() + 180
-    while victim is None and time.monotonic() < deadline and tuning.is_alive():
-        try:
-            running = [
-                t for t in study_of(s, "killed").get_trials(states=(TrialState.RUNNING,))
-                if workers.WORKER in t.user_attrs
-            ]  # fmt: skip
-        except KeyError:  # the study is not created yet
-            running = []
-        if running:
-            victim = running[0]
-            os.kill(int(victim.user_attrs[workers.WORKER].rsplit(":", 1)[1]), signal.SIGKILL)
-        time.sleep(0.05)
-    tuning.join(timeout=300)
-    assert victim is not None, f"no trial was seen running: {outcome}"
-    assert "error" not in outcome, outcome
-    trials = study_of(s, "killed").trials
-    failed = [t for t in trials if t.number == victim.number][0]
-    assert failed.state == TrialState.FAIL
-    retries = [t for t in trials if workers.retried_from(t) == victim.number]
-    assert len(retries) == 1 and retries[0].state in workers.FINISHED, [(t.number, t.state) for t in trials]
-    assert failed.params.items() <= retries[0].params.items()  # re-run with what the killed trial had drawn
-    assert retries[0].user_attrs["retried_from_worker"] == victim.user_attrs[workers.WORKER]
-    assert retries[0].user_attrs[workers.WORKER] != victim.user_attrs[workers.WORKER]
+    victim, outcome = kill_during_a_trial(
+        lambda: tune(s, sample_split, "killed", None), lambda: study_of(s, "killed").trials, 180
+    )
+    assert_rerun_elsewhere(victim, outcome, study_of(s, "killed").trials)
     assert sum(t.state in workers.FINISHED for t in queued(study_of(s, "killed"))) == 5
-    summary = outcome["summary"]
-    assert summary["n_complete"] + summary["n_pruned"] == 5 and summary["n_retried"] == 1
+    assert outcome["summary"]["n_complete"] + outcome["summary"]["n_pruned"] == 5
 
 
 def test_surplus_trials_fail_and_are_not_counted(tmp_path: Path) -> None:

@@ -17,11 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +29,6 @@ from typing import Any
 import httpx
 import optuna
 import pytest
-from optuna.trial import TrialState
 
 from tests.infra.docker_fixtures import in_ci
 from tests.integration.prefect_fixtures import (
@@ -43,6 +40,7 @@ from tests.integration.prefect_fixtures import (
     prefect_server,
     process_worker,
 )
+from tests.tune_faults import assert_rerun_elsewhere, kill_during_a_trial
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -214,40 +212,21 @@ def test_a_tune_worker_killed_during_a_trial_loses_only_that_trial(stack: Stack,
     from tasks.tune import tune
 
     s = settings_for(stack, n_trials=6)
-    outcome: dict[str, Any] = {}
+    workers.storage_for(s)  # the schema exists before this test polls the study beside the stage
 
-    def run() -> None:
-        try:
-            with api(stack):
-                outcome["summary"] = tune(s, sample_split, "pool-killed", None)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
-            outcome["error"] = exc
+    def run() -> dict[str, Any]:
+        with api(stack):
+            return tune(s, sample_split, "pool-killed", None)
 
-    tuning = threading.Thread(target=run)
-    tuning.start()
-    victim = None
-    deadline = time.monotonic() + 600
-    while victim is None and tuning.is_alive() and time.monotonic() < deadline:
-        with contextlib.suppress(KeyError):  # the study does not exist yet
-            running = [
-                t for t in study_trials(stack, "pool-killed")
-                if t.state == TrialState.RUNNING and workers.WORKER in t.user_attrs
-            ]  # fmt: skip
-            if running:
-                victim = running[0]
-                os.kill(int(victim.user_attrs[workers.WORKER].rsplit(":", 1)[1]), signal.SIGKILL)
-        time.sleep(0.2)
-    tuning.join(timeout=900)
-    assert victim is not None, f"no trial was seen running: {outcome}"
-    assert "error" not in outcome, outcome
+    victim, outcome = kill_during_a_trial(run, lambda: study_trials(stack, "pool-killed"), 900)
     trials = study_trials(stack, "pool-killed")
-    failed = next(t for t in trials if t.number == victim.number)
-    assert failed.state == TrialState.FAIL
-    retries = [t for t in trials if workers.retried_from(t) == victim.number]
-    assert [t.state in workers.FINISHED for t in retries] == [True], [(t.number, t.state) for t in trials]
-    assert retries[0].user_attrs["retried_from_worker"] == victim.user_attrs[workers.WORKER]
-    assert (
-        retries[0].user_attrs[workers.WORKER].split(":")[0] != victim.user_attrs[workers.WORKER].split(":")[0]
-    )
+    assert_rerun_elsewhere(victim, outcome, trials)
+    assert retried_on(trials, victim) != victim.user_attrs[workers.WORKER].split(":")[0]  # the other worker
     assert sum(t.state in workers.FINISHED for t in trials if workers.SLOT in t.user_attrs) == 6
-    assert outcome["summary"]["n_retried"] == 1
+
+
+def retried_on(trials: list[optuna.trial.FrozenTrial], victim: optuna.trial.FrozenTrial) -> str:
+    from tasks import tune_workers as workers
+
+    (rerun,) = [t for t in trials if workers.retried_from(t) == victim.number]
+    return rerun.user_attrs[workers.WORKER].split(":")[0]
