@@ -245,6 +245,10 @@ def fan_out(
                 settings.tune_deployment_name,
                 [{**parameters, "index": i} for i in range(settings.tune_workers)],
             )
+        run_logger().info(
+            "tuning: %d trials of study %s on %d %s workers: %s",
+            settings.n_trials, study.study_name, settings.tune_workers, settings.tune_mode, pool.describe(),
+        )  # fmt: skip
         try:
             workers.wait_for_trials(study, pool, deadline, log)
         finally:
