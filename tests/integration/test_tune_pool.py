@@ -208,6 +208,7 @@ def test_pool_mode_spreads_one_study_over_both_workers(stack: Stack, sample_spli
 
 @pytest.mark.faults
 def test_a_tune_worker_killed_during_a_trial_loses_only_that_trial(stack: Stack, sample_split) -> None:
+    from tasks import tracking
     from tasks import tune_workers as workers
     from tasks.tune import tune
 
@@ -215,8 +216,8 @@ def test_a_tune_worker_killed_during_a_trial_loses_only_that_trial(stack: Stack,
     workers.storage_for(s)  # the schema exists before this test polls the study beside the stage
 
     def run() -> dict[str, Any]:
-        with api(stack):
-            return tune(s, sample_split, "pool-killed", None)
+        with api(stack), tracking.run(s, "pool-killed") as run_id:  # pool workers read its data artifact
+            return tune(s, sample_split, "pool-killed", run_id)
 
     victim, outcome = kill_during_a_trial(run, lambda: study_trials(stack, "pool-killed"), 900)
     trials = study_trials(stack, "pool-killed")
