@@ -104,6 +104,7 @@ def test_a_worker_killed_during_a_trial_loses_only_that_trial(sample_split, tmp_
     assert outcome["summary"]["n_complete"] + outcome["summary"]["n_pruned"] == 5
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_surplus_trials_fail_and_are_not_counted(tmp_path: Path) -> None:
     """A trial a worker creates past the queue (two workers popped the last one at once) is failed, not run."""
     from tasks.tune import objective_for
