@@ -83,7 +83,23 @@ class Settings(BaseSettings):
     n_trials: int = Field(20, ge=1)
     tune_timeout_seconds: float = Field(420.0, gt=0)
     optuna_storage: str | None = None  # any SQLAlchemy URL; default: SQLite under state_dir
-    optuna_study_name: str | None = None  # default: one study per training run
+    # Resume this study instead of starting one per training run; it must hold the same data (its fingerprint is
+    # checked) and the same fit settings, or the stage stops with a permanent error.
+    optuna_study_name: str | None = None
+    # Tuning across workers (README, "Tuning across workers"): trials fanned out to `tune_workers` workers sharing
+    # the study; "local" runs them as processes of this machine, "pool" as flow runs of `tune_deployment_name`
+    # on the work pool (any machine whose settings name the same optuna_storage and MLflow tracking URI).
+    tune_workers: int = Field(1, ge=1)
+    tune_mode: str = Field("local", pattern="^(local|pool)$")
+    tune_deployment_name: str = "loan-risk-training/tune-worker"
+    tune_worker_name: str | None = (
+        None  # the worker id on its trials (user attr worker_id); default: host name
+    )
+    # Optuna's heartbeat: a running trial whose heartbeat is older than the grace period is failed and re-run
+    # (at most tune_trial_retries times) by a worker still alive.
+    tune_heartbeat_seconds: int = Field(5, ge=1)
+    tune_grace_seconds: int = Field(20, ge=2)
+    tune_trial_retries: int = Field(2, ge=0)
     max_iterations: int = Field(1500, ge=10)
     early_stopping_rounds: int = Field(60, ge=5)
     # Categorical features CatBoost may combine into one CTR: 1 (none) fits 2-3x faster in half the memory, at
@@ -237,6 +253,15 @@ class Settings(BaseSettings):
                 s for s in self.label_good_statuses if s not in NOT_FINAL_STATUSES
             ]
         return list(self.label_bad_statuses), list(self.label_good_statuses)
+
+    @model_validator(mode="after")
+    def _grace_outlasts_heartbeat(self) -> Settings:
+        if self.tune_grace_seconds <= self.tune_heartbeat_seconds:
+            raise ValueError(
+                f"tune_grace_seconds ({self.tune_grace_seconds}) must exceed tune_heartbeat_seconds "
+                f"({self.tune_heartbeat_seconds}): a live trial would be failed between two heartbeats"
+            )
+        return self
 
     # --- derived locations ---------------------------------------------------------------------------
     @property

@@ -49,3 +49,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             server.stop()
         except Exception:  # noqa: BLE001 - best effort at shutdown
             pass
+
+
+@pytest.fixture(scope="session")
+def sample_split(sample_dir: Path):
+    """The small sample's model table split by time (the tuning tests' train and valid slices)."""
+    from tasks.features import build_model_table
+    from tasks.reading import read_tables
+    from tasks.split import split_by_time
+
+    s = Settings()
+    tables = read_tables(sample_dir)
+    table = build_model_table(tables["loan"], tables["clarity"], s.label_bad_statuses, s.label_good_statuses)
+    return split_by_time(table, s.split_fractions)

@@ -47,6 +47,7 @@ def test_every_stage_task_is_declared_one_way() -> None:
         "features",
         "split",
         "tune",
+        "tune-worker",
         "train",
         "evaluate",
         "package",

@@ -39,7 +39,7 @@ DOCKER_START_TIMEOUT="${DOCKER_START_TIMEOUT:-60}"
 BASE_RECIPE="v1-bookworm-minbase-python3,python3-pip,python3-venv,ca-certificates"
 BASE_TAR="$BASE_DIR/rootfs-${BASE_RECIPE//,/_}.tar"
 
-PACKAGES=(docker.io docker-registry debootstrap wrk apache2-utils curl shellcheck chromium)
+PACKAGES=(docker.io docker-registry debootstrap wrk apache2-utils curl shellcheck chromium postgresql)
 
 log() { echo "[services] $*" >&2; }
 die() {

@@ -214,9 +214,11 @@ def process_worker(
     state_dir: Path,
     extra_env: Mapping[str, str] | None = None,
     timeout: float = WORKER_START_TIMEOUT_S,
+    limit: int | None = None,
 ) -> Iterator[ProcessWorker]:
     """``prefect worker start --pool POOL --type process`` against ``server``; its flow runs keep their state
-    (MLflow, Optuna, data) in ``state_dir``. Ready once the server lists it as a worker of the pool."""
+    (MLflow, Optuna, data) in ``state_dir``. Ready once the server lists it as a worker of the pool. ``limit``
+    caps the flow runs it runs at once (``--limit``)."""
     env = server.client_env(
         home,
         {
@@ -230,6 +232,8 @@ def process_worker(
     )
     log_path = home / "worker.log"
     cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    if limit is not None:
+        cmd += ["--limit", str(limit)]
     proc = _spawn(cmd, home, env, log_path)
     worker = ProcessWorker(pool=pool, log_path=log_path, proc=proc, env=env)
     try:

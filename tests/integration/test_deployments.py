@@ -70,10 +70,10 @@ def _flow_defaults(path: Path, function: str) -> dict[str, Any]:
 # --- the files, statically -----------------------------------------------------------------------
 
 
-def test_prefect_yaml_declares_both_deployments() -> None:
+def test_prefect_yaml_declares_the_deployments() -> None:
     data = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in data["deployments"]}
-    assert set(deps) == {"retrain", "deploy", "score", "daily"}
+    assert set(deps) == {"retrain", "deploy", "score", "daily", "tune-worker"}
     score = deps["score"]
     assert score["entrypoint"] == "flows/score.py:score_flow" and not score["schedules"]  # on demand
     defaults = _flow_defaults(REPO_ROOT / "flows/score.py", "score_flow")
@@ -95,6 +95,12 @@ def test_prefect_yaml_declares_both_deployments() -> None:
     assert retrain["parameters"] == _flow_defaults(REPO_ROOT / "flows/training.py", "training_flow")
     assert deploy["parameters"] == _flow_defaults(REPO_ROOT / "flows/deploy.py", "deploy_flow")
     assert daily["parameters"] == _flow_defaults(REPO_ROOT / "flows/monitor.py", "monitor_flow")
+    # the tune worker: no schedule, no run limit (the tune stage starts tune_workers runs at once)
+    worker = deps["tune-worker"]
+    assert worker["entrypoint"] == "flows/tune_worker.py:tune_worker_flow"
+    assert not worker.get("schedules") and "concurrency_limit" not in worker
+    worker_defaults = _flow_defaults(REPO_ROOT / "flows/tune_worker.py", "tune_worker_flow")
+    assert worker["parameters"] == {k: v for k, v in worker_defaults.items() if v != "<required>"}
 
     # the pull step runs the code from the checkout recorded by the build step
     (build,) = data["build"]
@@ -288,7 +294,13 @@ def test_setup_deploys_both_deployments(deployed: Deployed) -> None:
     result = deployed.setup_result
     assert result["pool"] == POOL and result["api_url"] == deployed.server.api_url
     by_name = {d["name"]: d for d in result["deployments"]}
-    assert set(by_name) == {TRAINING, DEPLOY, MONITOR, "loan-risk-score/score"}
+    assert set(by_name) == {
+        TRAINING,
+        DEPLOY,
+        MONITOR,
+        "loan-risk-score/score",
+        "loan-risk-training/tune-worker",
+    }
     assert by_name[TRAINING]["schedules"] == [{"cron": CRON, "timezone": "UTC", "active": True}]
     assert by_name[TRAINING]["concurrency_limit"] == 1
     assert by_name[DEPLOY]["schedules"] == []

@@ -1,0 +1,118 @@
+"""Tuning across workers (issue 12) in ``local`` mode, on SQLite: two worker processes share one study and end at
+the configured trial count; a worker killed during a trial loses that trial only (the heartbeat fails it, the
+other worker re-runs it); a study is never resumed on other data; the data survives its trip to the workers."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tasks import tracking
+from tasks import tune_workers as workers
+from tasks.common import PermanentError
+from tasks.features import ModelTable
+from tasks.settings import Settings
+from tasks.tune import tune, worker_main
+from tests.tune_faults import assert_rerun_elsewhere, kill_during_a_trial
+
+TINY = {"max_iterations": 60, "early_stopping_rounds": 10, "tune_timeout_seconds": 240}
+
+
+def tiny(tmp_path: Path, **overrides: object) -> Settings:
+    return Settings(state_dir=tmp_path / "state", **{**TINY, **overrides})
+
+
+def study_of(settings: Settings, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=settings.study_storage)
+
+
+def queued(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if workers.SLOT in t.user_attrs]
+
+
+def test_the_fingerprint_survives_the_trip_to_the_workers(sample_split, tmp_path: Path) -> None:
+    before = workers.data_fingerprint(sample_split.train, sample_split.valid)
+    workers.write_data(sample_split.train, sample_split.valid, tmp_path)
+    train, valid = workers.read_data(tmp_path)
+    assert workers.data_fingerprint(train, valid) == before
+    assert np.array_equal(valid.label, sample_split.valid.label)
+    changed = ModelTable(train.raw, train.features.copy(), train.label.copy(), train.application_time, [])
+    changed.label[0] = 1 - changed.label[0]
+    assert workers.data_fingerprint(changed, valid) != before
+
+
+def test_a_study_is_never_resumed_on_other_data_or_settings(tmp_path: Path) -> None:
+    s = tiny(tmp_path, n_trials=3)
+    study = workers.prepare_study(s, "resumed", "sha256:aaa")
+    assert [t.state for t in study.trials] == [TrialState.WAITING] * 3
+    assert workers.prepare_study(s, "resumed", "sha256:aaa").trials == study.trials  # nothing queued twice
+    with pytest.raises(PermanentError, match="sha256:aaa.*sha256:bbb"):
+        workers.prepare_study(s, "resumed", "sha256:bbb")
+    with pytest.raises(PermanentError, match="max_iterations"):
+        workers.prepare_study(s.model_copy(update={"max_iterations": 99}), "resumed", "sha256:aaa")
+
+
+def test_a_worker_refuses_data_that_is_not_the_studys(sample_split, tmp_path: Path) -> None:
+    s = tiny(tmp_path, n_trials=1)
+    workers.prepare_study(s, "guarded", workers.data_fingerprint(sample_split.train, sample_split.valid))
+    workers.write_data(sample_split.valid, sample_split.train, tmp_path / "swapped")
+    with pytest.raises(PermanentError, match="fingerprint"):
+        worker_main(s, "guarded", str(tmp_path / "swapped"), None, 0, time.time() + 60)
+    with pytest.raises(PermanentError, match="optuna_storage"):
+        worker_main(s, "guarded", str(tmp_path / "swapped"), None, 0, time.time() + 60, "postgresql://x/y")
+
+
+@pytest.mark.slow
+def test_local_mode_two_processes_share_one_sqlite_study(sample_split, tmp_path: Path) -> None:
+    s = tiny(tmp_path, n_trials=6, tune_workers=2, tune_mode="local")
+    with tracking.run(s, "local-pool") as run_id:
+        summary = tune(s, sample_split, "local-pool", run_id)
+    study = study_of(s, "local-pool")
+    finished = [t for t in queued(study) if t.state in workers.FINISHED]
+    assert len(finished) == 6 and summary["n_complete"] + summary["n_pruned"] == 6
+    pids = {t.user_attrs[workers.WORKER].rsplit(":", 1)[1] for t in finished}
+    assert len(pids) == 2 and str(os.getpid()) not in pids, pids  # two worker processes, not this one
+    assert summary["mode"] == "local" and len(summary["workers"]) == 2
+    children = tracking.client(s).search_runs(
+        [tracking.experiment_id(s)], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+    )
+    assert sorted(c.data.tags["optuna.trial"] for c in children) == sorted(str(t.number) for t in finished)
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_worker_killed_during_a_trial_loses_only_that_trial(sample_split, tmp_path: Path) -> None:
+    """SIGKILL one local worker process while it runs a trial: the heartbeat fails that trial after the grace
+    period, Optuna queues it again with its parameters, the other worker re-runs it, and the study still ends
+    with the configured count."""
+    s = tiny(
+        tmp_path, n_trials=5, tune_workers=2, max_iterations=400, early_stopping_rounds=400,
+        tune_heartbeat_seconds=1, tune_grace_seconds=4,
+    )  # fmt: skip
+    workers.storage_for(s)  # the schema exists before this test polls the study beside the stage
+    victim, outcome = kill_during_a_trial(
+        lambda: tune(s, sample_split, "killed", None), lambda: study_of(s, "killed").trials, 180
+    )
+    assert_rerun_elsewhere(victim, outcome, study_of(s, "killed").trials)
+    assert sum(t.state in workers.FINISHED for t in queued(study_of(s, "killed"))) == 5
+    assert outcome["summary"]["n_complete"] + outcome["summary"]["n_pruned"] == 5
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_surplus_trials_fail_and_are_not_counted(tmp_path: Path) -> None:
+    """A trial a worker creates past the queue (two workers popped the last one at once) is failed, not run."""
+    from tasks.tune import objective_for
+
+    s = tiny(tmp_path, n_trials=1)
+    study = workers.prepare_study(s, "surplus", "sha256:x")
+    study.ask()  # pops the only queued trial, as another worker would
+    objective = objective_for(None, None, None, s, None, "w:1")  # never reaches the fit
+    study.optimize(objective, n_trials=1, catch=(workers.SurplusTrial,))
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL]
+    assert workers.SLOT not in study.trials[1].user_attrs
