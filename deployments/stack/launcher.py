@@ -97,7 +97,8 @@ class ServiceStatus:
 
 class Stack:
     """The stack kept in ``state_dir``. ``host`` is the address every server binds to and the URLs name (use an
-    address other machines or containers reach, e.g. the docker0 gateway, for workers elsewhere)."""
+    address other machines or containers reach, e.g. the docker0 gateway, for workers elsewhere). ``deploy``
+    runs ``deployments.setup`` for the process pool; ``worker_env`` is added to the workers' environment."""
 
     def __init__(
         self,
@@ -108,6 +109,7 @@ class Stack:
         pool: str = DEFAULT_POOL,
         ui: bool = False,
         registry: bool = True,
+        deploy: bool = True,
         worker_env: dict[str, str] | None = None,
     ) -> None:
         self.dir = Path(state_dir).resolve()
@@ -116,6 +118,7 @@ class Stack:
         self.pool = pool
         self.ui = ui
         self.with_registry = registry
+        self.deploy = deploy
         self.worker_env = dict(worker_env or {})
         self.state: dict[str, Any] = {}
 
@@ -216,7 +219,7 @@ class Stack:
             self._registry()
         self._save()
         urls = self.urls()
-        if started_prefect or not self._deployed(urls):
+        if self.deploy and (started_prefect or not self._deployed(urls)):
             self._setup(urls)
         self._workers(urls)
         self._save()
