@@ -85,6 +85,20 @@ class StackUrls:
             out["LOANRISK_REGISTRY_PASSWORD"] = self.registry_password or ""
         return out
 
+    def client_env(self, home: Path, **extra: str) -> dict[str, str]:
+        """This process's environment without its own Prefect/MLflow/LOANRISK settings, pointed at the stack,
+        with a Prefect home and state folder of its own under ``home`` (for a CLI call or a worker)."""
+        own = ("PREFECT_", "MLFLOW_", "LOANRISK_")
+        base = {k: v for k, v in os.environ.items() if not k.startswith(own) and k != procs.MARKER}
+        return {
+            **base,
+            **self.env(),
+            "PREFECT_HOME": str(home / "prefect"),
+            "LOANRISK_STATE_DIR": str(home / "state"),
+            "DO_NOT_TRACK": "1",
+            **extra,
+        }
+
 
 @dataclass
 class ServiceStatus:

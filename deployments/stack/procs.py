@@ -71,15 +71,8 @@ def is_zombie(pid: int) -> bool:
 
 
 def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not is_zombie(pid)
+    """Whether ``pid`` names a running process (a zombie is not running)."""
+    return bool(pid) and not is_zombie(int(pid or 0))
 
 
 def carries(pid: int, stack_id: str) -> bool:

@@ -10,11 +10,10 @@ Without PostgreSQL the module skips on a developer machine and fails under ``CI`
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.stack import Stack, StackUrls, postgres, procs
-from tests.infra.docker_fixtures import in_ci
-from tests.serving.conftest import LiveServer, _stop, _wait_ready, free_port
+from deployments.stack import Stack, StackUrls, procs
+from tests.integration.prefect_fixtures import require_postgres
+from tests.serving.conftest import LiveServer, live_server  # noqa: F401 - the service fixture, on bundle_dir
 from tests.serving.synthetic import local_records, strip_label
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,26 +43,12 @@ class Running:
 
     def env(self, **extra: str) -> dict[str, str]:
         """A client's environment: the stack's URLs, its own Prefect home and state folder."""
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "LOANRISK_"))}
-        home = self.tmp / "client"
-        return {
-            **base,
-            **self.urls.env(),
-            "PREFECT_HOME": str(home / "prefect"),
-            "LOANRISK_STATE_DIR": str(home / "state"),
-            "DO_NOT_TRACK": "1",
-            **extra,
-        }
+        return self.urls.client_env(self.tmp / "client", **extra)
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    try:
-        postgres.bindir()
-    except postgres.PostgresMissing as exc:
-        if in_ci():
-            pytest.fail(f"PostgreSQL missing in CI: {exc}", pytrace=False)
-        pytest.skip(str(exc))
+    require_postgres()
     tmp = tmp_path_factory.mktemp("stack")
     t0 = time.monotonic()
     stack = Stack(tmp / "stack", workers=2)
@@ -174,55 +159,38 @@ def test_model_is_registered_with_its_artifacts_on_the_server(
     assert len(response.json().get("runs", [])) >= SMALL_RUN["n_trials"], response.json()
 
 
-def test_bundle_downloads_through_the_server_and_serves(running: Running, trained: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def bundle_dir(running: Running, trained: dict[str, Any]) -> Path:
+    """The trained version's bundle, downloaded through the server with ``mlflow artifacts download``."""
     dst = running.tmp / "download"
     uri = f"models:/loan-risk/{trained['version']['version']}"
+    cli = [sys.executable, "-m", "mlflow", "artifacts", "download"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "artifacts",
-            "download",
-            "--artifact-uri",
-            uri,
-            "--dst-path",
-            str(dst),
-        ],
+        [*cli, "--artifact-uri", uri, "--dst-path", str(dst)],
         env=running.env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    bundle = Path(proc.stdout.strip().splitlines()[-1])
-    assert (bundle / "bundle.json").is_file(), sorted(p.name for p in bundle.iterdir())
+    return Path(proc.stdout.strip().splitlines()[-1])
 
-    port = free_port()
-    log_path = running.tmp / "serving.log"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("LOANRISK_") and k != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    cmd = [sys.executable, "-m", "serving", "--bundle", str(bundle), "--port", str(port), "--workers", "1"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    live = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        _wait_ready(live, 120)
-        health = httpx.get(f"{live.url}/health", timeout=10).json()
-        assert str(health["model_version"]) == trained["version"]["version"]
-        records = [strip_label(r) for r in local_records(3, seed=5)]
-        response = httpx.post(f"{live.url}/predict/batch", json={"data": records}, timeout=30)
-        assert response.status_code == 200, response.text
-        predictions = response.json()["predictions"]
-        assert len(predictions) == 3
-        assert all(0.0 <= p["probability"] <= 1.0 for p in predictions), predictions
-    finally:
-        _stop(process)
+
+def test_bundle_downloads_through_the_server_and_serves(
+    trained: dict[str, Any],
+    bundle_dir: Path,
+    live_server: Callable[..., LiveServer],  # noqa: F811 - the fixture imported above
+) -> None:
+    assert (bundle_dir / "bundle.json").is_file(), sorted(p.name for p in bundle_dir.iterdir())
+    live = live_server(workers=1)
+    health = httpx.get(f"{live.url}/health", timeout=10).json()
+    assert str(health["model_version"]) == trained["version"]["version"]
+    records = [strip_label(r) for r in local_records(3, seed=5)]
+    response = httpx.post(f"{live.url}/predict/batch", json={"data": records}, timeout=30)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 3
+    assert all(0.0 <= p["probability"] <= 1.0 for p in predictions), predictions
 
 
 def test_study_lives_in_postgresql(running: Running, trained: dict[str, Any]) -> None:
