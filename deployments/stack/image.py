@@ -31,8 +31,36 @@ DEFAULT_TAG = "loan-risk-training:latest"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".env", "*.htpasswd")
 
 
+# The oldest interpreter the image may have: Debian bookworm's 3.11.2 (the official slim image has a newer 3.11.x).
+# The lock's markers are settled for it, so a package only older 3.11 releases need (async-timeout) is in wheels/;
+# pip downloads the wheels for "3.11", which reads such markers as false.
+TARGET = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.2",
+    "platform_machine": "x86_64",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
+
+
+def settle_markers(text: str) -> str:
+    """The requirement lines that apply to :data:`TARGET`, without their markers."""
+    from packaging.markers import Marker
+
+    out = []
+    for line in text.splitlines():
+        requirement, _, marker = line.split("#", 1)[0].partition(";")
+        if requirement.strip() and (not marker.strip() or Marker(marker.strip()).evaluate(TARGET)):
+            out.append(requirement.strip())
+    return "\n".join(out) + "\n"
+
+
 def export_requirements(out: Path) -> Path:
-    """``uv export`` of the locked runtime dependencies (no dev group, no hashes: pip installs from wheels/)."""
+    """``uv export`` of the locked runtime dependencies (no dev group, no hashes: pip installs from wheels/),
+    with the markers settled for the image (:func:`settle_markers`)."""
     uv = shutil.which("uv")
     if not uv:
         raise RuntimeError("uv is not on PATH: pip install uv")
@@ -41,6 +69,7 @@ def export_requirements(out: Path) -> Path:
          str(out)],
         cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+    out.write_text(settle_markers(out.read_text()))
     return out
 
 
