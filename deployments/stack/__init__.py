@@ -11,6 +11,7 @@ Compose, and :class:`Stack`, which starts them as local processes on a machine w
         ...
 """
 
-from deployments.stack.launcher import ServiceStatus, Stack, StackUrls
+from deployments.stack.launcher import Stack
+from deployments.stack.urls import ServiceStatus, StackUrls
 
 __all__ = ["ServiceStatus", "Stack", "StackUrls"]

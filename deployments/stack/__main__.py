@@ -20,7 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from deployments.stack.launcher import DEFAULT_POOL, REPO_ROOT, Stack, as_dict
+from deployments.stack.launcher import REPO_ROOT, Stack
+from deployments.stack.urls import DEFAULT_POOL, as_dict
 
 
 def _print_status(stack: Stack, as_json: bool) -> int:

@@ -8,6 +8,9 @@ and process workers on the work pool.
 service for its health, ``down`` stops what ``up`` started (by PID and process group, then by the stack's marker,
 see :mod:`deployments.stack.procs`) and nothing else. The state file ``<state_dir>/stack.json`` (mode 0600) holds
 the ports, PIDs and the stack's generated secrets (PostgreSQL and registry passwords, the pseudonym key).
+
+Over 400 lines on purpose: one class keeps ``up``, ``status`` and ``down`` agreeing on the services' order and
+bookkeeping; what each service needs lives beside it (postgres.py, registry.py, procs.py, urls.py).
 """
 
 from __future__ import annotations
@@ -20,20 +23,24 @@ import shutil
 import subprocess
 import sys
 import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from deployments.stack import postgres, procs
+from deployments.stack import postgres, procs, registry
+from deployments.stack.urls import (
+    DEFAULT_POOL,
+    ServiceStatus,
+    StackUrls,
+    http_check,
+    http_status,
+)
 
 logger = logging.getLogger("deployments.stack")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_POOL = "loan-risk-pool"
 START_TIMEOUT_S = float(os.environ.get("LOANRISK_STACK_START_TIMEOUT", "240"))
-REGISTRY_USER = "loanrisk"
 QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
@@ -54,59 +61,6 @@ _LEAKS = (
     "LOANRISK_OPTUNA_STORAGE",
     "LOANRISK_STATE_DIR",
 )
-
-
-@dataclass(frozen=True)
-class StackUrls:
-    """Where the stack's services are, and the environment that points the project at them."""
-
-    prefect_api_url: str
-    mlflow_tracking_uri: str
-    optuna_storage: str
-    postgres_url: str
-    registry: str | None
-    registry_username: str | None
-    registry_password: str | None = field(repr=False)
-    pseudonym_key: str = field(repr=False)
-    pool: str = DEFAULT_POOL
-
-    def env(self) -> dict[str, str]:
-        """The settings a client, a worker or a flow run needs: URLs, registry and the shared pseudonym key."""
-        out = {
-            "PREFECT_API_URL": self.prefect_api_url,
-            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
-            "LOANRISK_OPTUNA_STORAGE": self.optuna_storage,
-            "LOANRISK_PSEUDONYM_KEY": self.pseudonym_key,
-            "LOANRISK_WORK_POOL": self.pool,
-        }
-        if self.registry:
-            out["LOANRISK_IMAGE_REGISTRY"] = self.registry
-            out["LOANRISK_REGISTRY_USERNAME"] = self.registry_username or ""
-            out["LOANRISK_REGISTRY_PASSWORD"] = self.registry_password or ""
-        return out
-
-    def client_env(self, home: Path, **extra: str) -> dict[str, str]:
-        """This process's environment without its own Prefect/MLflow/LOANRISK settings, pointed at the stack,
-        with a Prefect home and state folder of its own under ``home`` (for a CLI call or a worker)."""
-        own = ("PREFECT_", "MLFLOW_", "LOANRISK_")
-        base = {k: v for k, v in os.environ.items() if not k.startswith(own) and k != procs.MARKER}
-        return {
-            **base,
-            **self.env(),
-            "PREFECT_HOME": str(home / "prefect"),
-            "LOANRISK_STATE_DIR": str(home / "state"),
-            "DO_NOT_TRACK": "1",
-            **extra,
-        }
-
-
-@dataclass
-class ServiceStatus:
-    name: str
-    url: str
-    healthy: bool
-    pid: int | None
-    detail: str = ""
 
 
 class Stack:
@@ -196,7 +150,7 @@ class Stack:
             optuna_storage=postgres.url("psycopg2", pw, a, p["postgres"], "optuna"),
             postgres_url=postgres.url("psycopg2", pw, a, p["postgres"], "postgres"),
             registry=reg,
-            registry_username=REGISTRY_USER if reg else None,
+            registry_username=registry.USER if reg else None,
             registry_password=s["registry_password"] if reg else None,
             pseudonym_key=s["pseudonym_key"],
             pool=self.state.get("pool", self.pool),
@@ -254,7 +208,7 @@ class Stack:
 
     def _serve(self, name: str, cmd: list[str], env: dict[str, str], health: str, ok: set[int]) -> bool:
         """Start ``cmd`` unless its PID is alive; wait until ``health`` answers one of ``ok``. True if started."""
-        if self._pid(name) and _http_status(health) in ok:
+        if self._pid(name) and http_status(health) in ok:
             return False
         if not self._pid(name):
             logger.info("starting %s", name)
@@ -262,7 +216,7 @@ class Stack:
             self._save()
         pid = self.state["pids"][name]
         procs.wait_until(
-            lambda: _http_status(health) in ok,
+            lambda: http_status(health) in ok,
             START_TIMEOUT_S,
             f"{name} ({health})",
             lambda: (
@@ -315,32 +269,24 @@ class Stack:
         return self._serve("mlflow", cmd, env, f"http://{self._addr}:{port}/health", {200})
 
     def _registry(self) -> bool:
-        binary, htpasswd = shutil.which("docker-registry"), shutil.which("htpasswd")
-        if not binary or not htpasswd:
+        found = registry.binaries()
+        if not found:
             logger.warning("no docker-registry/htpasswd on PATH: the stack runs without its image registry")
             return False
-        port = self._port("registry")
-        reg = self.dir / "registry"
-        (reg / "data").mkdir(parents=True, exist_ok=True)
-        hashed = subprocess.run(
-            [htpasswd, "-Bbn", REGISTRY_USER, self.state["secrets"]["registry_password"]],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        (reg / "htpasswd").write_text(hashed)
-        (reg / "config.yml").write_text(
-            "version: 0.1\nlog: {level: warn, accesslog: {disabled: true}}\n"
-            f"storage: {{filesystem: {{rootdirectory: {reg / 'data'}}}, delete: {{enabled: true}}}}\n"
-            f"http: {{addr: '{self.state['host']}:{port}', secret: {self.state['id']}}}\n"
-            f"auth: {{htpasswd: {{realm: loan-risk, path: {reg / 'htpasswd'}}}}}\n"
+        port, folder = self._port("registry"), self.dir / "registry"
+        address = f"{self.state['host']}:{port}"
+        config = registry.write_config(
+            folder, found[1], address, self.state["secrets"]["registry_password"], self.state["id"]
         )
-        env = self._env(reg, {})
+        env = self._env(folder, {})
         for key in [k for k in env if k.startswith("REGISTRY_")]:  # distribution reads them as overrides
             env.pop(key)
-        cmd = [binary, "serve", str(reg / "config.yml")]
-        return self._serve("registry", cmd, env, f"http://{self._addr}:{port}/v2/", {401})
+        return self._serve(
+            "registry", [found[0], "serve", str(config)], env, f"http://{self._addr}:{port}/v2/", {401}
+        )
 
     def _deployed(self, urls: StackUrls) -> bool:
-        return _http_status(f"{urls.prefect_api_url}/deployments/name/loan-risk-training/retrain") == 200
+        return http_status(f"{urls.prefect_api_url}/deployments/name/loan-risk-training/retrain") == 200
 
     def _setup(self, urls: StackUrls) -> None:
         """``python -m deployments.setup --pool POOL`` against the stack's server."""
@@ -431,13 +377,13 @@ class Stack:
                     self.state["secrets"]["postgres_password"], a, ports["postgres"]), pg_pid,
                 ", ".join(postgres.DATABASES),
             ),
-            _http("prefect", urls.prefect_api_url, f"{urls.prefect_api_url}/health", {200}, self._pid("prefect")),
-            _http("mlflow", urls.mlflow_tracking_uri, f"{urls.mlflow_tracking_uri}/health", {200}, self._pid("mlflow")),
+            http_check("prefect", urls.prefect_api_url, f"{urls.prefect_api_url}/health", {200}, self._pid("prefect")),
+            http_check("mlflow", urls.mlflow_tracking_uri, f"{urls.mlflow_tracking_uri}/health", {200}, self._pid("mlflow")),
         ]  # fmt: skip
         if "registry" in ports:
             reg = f"http://{a}:{ports['registry']}"
             out.append(
-                _http("registry", f"{a}:{ports['registry']}", f"{reg}/v2/", {401}, self._pid("registry"))
+                http_check("registry", f"{a}:{ports['registry']}", f"{reg}/v2/", {401}, self._pid("registry"))
             )
         online = self._online_workers(urls) if out[1].healthy else set()
         for key in sorted(k for k in self.state["pids"] if k.startswith("worker-")):
@@ -483,19 +429,3 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.down(purge=True)
-
-
-def _http_status(url: str) -> int:
-    try:
-        return httpx.get(url, timeout=5).status_code
-    except httpx.HTTPError:
-        return 0
-
-
-def _http(name: str, url: str, health: str, ok: set[int], pid: int | None) -> ServiceStatus:
-    code = _http_status(health)
-    return ServiceStatus(name, url, bool(pid) and code in ok, pid, f"{health} -> {code or 'no answer'}")
-
-
-def as_dict(rows: list[ServiceStatus]) -> list[dict[str, Any]]:
-    return [asdict(r) for r in rows]
