@@ -1,6 +1,8 @@
 """Create the process work pool when it is missing, then apply every deployment in ``prefect.yaml``.
 
     python -m deployments.setup [--pool NAME] [--prefect-file prefect.yaml]
+    python -m deployments.setup --prefect-file prefect.docker.yaml --pool-type docker \
+        --image loan-risk-training:latest [--network-mode host] [--pass-env NAME ...]
 
 Non-interactive and idempotent: a second call leaves the pool alone and updates the deployments in place.
 It talks to the API that Prefect's settings name (``PREFECT_API_URL``, or the active profile), with the
@@ -10,7 +12,11 @@ URL (an ephemeral in-process server would forget the deployments at exit).
 Steps:
 
 1. the work pool (``--pool``, else ``LOANRISK_WORK_POOL``, else the one named in prefect.yaml) is created with
-   type ``process`` and Prefect's default job template unless it exists (of another type: an error);
+   type ``process`` and Prefect's default job template unless it exists (of another type: an error); with
+   ``--pool-type docker`` (prefect-docker) the pool's job template runs each flow run in the training image
+   (``--image``), and its ``env`` holds the settings named by ``--pass-env`` taken from this environment (URLs,
+   registry credentials, the pseudonym key): they live in the server's pool, never in a prefect file. A docker
+   pool's template is brought up to date on every call;
 2. ``prefect --no-prompt deploy --all`` runs from the repository root, so the build step records the checkout
    for the pull step; with another pool name it runs on a copy of prefect.yaml that names that pool;
 3. the deployments are read back from the API (each must be on the pool);
@@ -48,6 +54,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PREFECT_FILE = REPO_ROOT / "prefect.yaml"
 POOL_ENV = "LOANRISK_WORK_POOL"
 DEPLOY_TIMEOUT_S = 600
+POOL_TYPES = ("process", "docker")
+# What a flow run in a container needs from the deploying environment (only the names that are set are passed).
+PASS_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "LOANRISK_OPTUNA_STORAGE",
+    "LOANRISK_PSEUDONYM_KEY",
+    "LOANRISK_IMAGE_REGISTRY",
+    "LOANRISK_REGISTRY_USERNAME",
+    "LOANRISK_REGISTRY_PASSWORD",
+    "LOANRISK_HF_TOKEN",
+    "LOANRISK_GITHUB_TOKEN",
+)
 
 
 class SetupError(Exception):
@@ -125,38 +145,76 @@ def _is_auth_error(exc: BaseException) -> bool:
     return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403)
 
 
-def ensure_pool(name: str) -> bool:
-    """Create the ``process`` pool ``name`` if it does not exist; True when created here."""
-    from prefect import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-    from prefect.workers.process import ProcessWorker
+@dataclass(frozen=True)
+class PoolSpec:
+    """The work pool to make: its type and, for ``docker``, what each flow run's container gets."""
 
+    type: str = "process"
+    image: str | None = None
+    network_mode: str | None = None
+    env: dict[str, str] | None = None
+
+    def template(self) -> dict[str, Any]:
+        if self.type == "process":
+            from prefect.workers.process import ProcessWorker
+
+            return ProcessWorker.get_default_base_job_template()
+        from prefect_docker.worker import DockerWorker
+
+        if not self.image:
+            raise SetupError("a docker work pool needs --image (the training image, Dockerfile.training)", 2)
+        template = DockerWorker.get_default_base_job_template()
+        props = template["variables"]["properties"]
+        props["image"]["default"] = self.image
+        props["image_pull_policy"]["default"] = "IfNotPresent"
+        props["auto_remove"]["default"] = True
+        props["env"]["default"] = dict(self.env or {})
+        if self.network_mode:
+            props["network_mode"]["default"] = self.network_mode
+        return template
+
+
+def ensure_pool(name: str, spec: PoolSpec | None = None) -> bool:
+    """Create the pool ``name`` of ``spec.type`` if it does not exist; True when created here. A docker pool
+    that exists gets ``spec``'s template (image, env); a pool of another type is an error."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    spec = spec or PoolSpec()
     with get_client(sync_client=True) as client:
         try:
             pool = client.read_work_pool(name)
         except ObjectNotFound:
             pass
         else:
-            if pool.type != "process":
+            if pool.type != spec.type:
                 raise SetupError(
-                    f"work pool {name!r} exists with type {pool.type!r}; it must be 'process'", 2
+                    f"work pool {name!r} exists with type {pool.type!r}; it must be {spec.type!r}", 2
                 )
-            logger.info("work pool %s (process) exists", name)
+            if spec.type != "process":
+                client.update_work_pool(name, WorkPoolUpdate(base_job_template=spec.template()))
+                logger.info("work pool %s (%s) exists; its job template is updated", name, spec.type)
+            else:
+                logger.info("work pool %s (process) exists", name)
             return False
         try:
             client.create_work_pool(
                 WorkPoolCreate(
                     name=name,
-                    type="process",
-                    description="Runs the loan-risk flows in subprocesses of a worker started from the checkout",
-                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                    type=spec.type,
+                    description=(
+                        "Runs the loan-risk flows in subprocesses of a worker started from the checkout"
+                        if spec.type == "process"
+                        else "Runs each loan-risk flow run in a container of the training image"
+                    ),
+                    base_job_template=spec.template(),
                 )
             )
         except ObjectAlreadyExists:  # created meanwhile by a concurrent setup
             logger.info("work pool %s was created concurrently", name)
             return False
-        logger.info("created work pool %s (process)", name)
+        logger.info("created work pool %s (%s)", name, spec.type)
         return True
 
 
@@ -267,7 +325,9 @@ def read_back(specs: Sequence[DeploymentSpec], pool: str) -> list[dict[str, Any]
     return sorted(out, key=lambda d: d["name"])
 
 
-def setup(pool: str | None = None, prefect_file: Path = DEFAULT_PREFECT_FILE) -> dict[str, Any]:
+def setup(
+    pool: str | None = None, prefect_file: Path = DEFAULT_PREFECT_FILE, pool_spec: PoolSpec | None = None
+) -> dict[str, Any]:
     """Pool + deployments; returns what ``main`` prints."""
     data = load_prefect_file(prefect_file)
     specs = deployment_specs(data)
@@ -285,7 +345,7 @@ def setup(pool: str | None = None, prefect_file: Path = DEFAULT_PREFECT_FILE) ->
             2,
         )
     logger.info("Prefect API %s, work pool %s", api_url, pool)
-    created = ensure_pool(pool)
+    created = ensure_pool(pool, pool_spec)
     cooldown = cooldown_setting()
     wanted = with_cooldown(with_pool(data, pool), cooldown)
     if wanted == json.loads(json.dumps(data)):
@@ -320,13 +380,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--prefect-file", type=Path, default=DEFAULT_PREFECT_FILE, help="default: <repo>/prefect.yaml"
     )
+    parser.add_argument("--pool-type", choices=POOL_TYPES, default="process", help="default: process")
+    parser.add_argument("--image", help="docker pool: the training image each flow run runs in")
+    parser.add_argument("--network-mode", help="docker pool: the containers' network mode (e.g. host)")
+    parser.add_argument(
+        "--pass-env",
+        action="append",
+        metavar="NAME",
+        help=f"docker pool: a variable passed to each flow run's container when set (default: {', '.join(PASS_ENV)})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[setup] %(message)s", stream=sys.stderr)
+    names = args.pass_env or PASS_ENV
+    spec = PoolSpec(
+        args.pool_type, args.image, args.network_mode, {n: os.environ[n] for n in names if os.environ.get(n)}
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     started = time.monotonic()
     try:
-        result = setup(args.pool, args.prefect_file.resolve())
+        result = setup(args.pool, args.prefect_file.resolve(), spec)
     except SetupError as exc:
         logger.error("%s", exc)
         return exc.exit_code

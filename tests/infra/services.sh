@@ -3,7 +3,7 @@
 # for the integration tests and CI. No Docker Hub is needed: the base image is made with
 # debootstrap from the machine's own Debian mirror.
 #
-#   bash tests/infra/services.sh install   # apt-get install what is missing (quick no-op otherwise)
+#   bash tests/infra/services.sh install   # apt-get install what is missing (quick no-op otherwise), PostgreSQL too
 #   bash tests/infra/services.sh start     # engine + registry + base image; prints `export ...` lines
 #   bash tests/infra/services.sh status    # exit 0 when engine and registry both answer
 #   bash tests/infra/services.sh stop      # stop registry and engine by PID (idempotent)
@@ -39,7 +39,9 @@ DOCKER_START_TIMEOUT="${DOCKER_START_TIMEOUT:-60}"
 BASE_RECIPE="v1-bookworm-minbase-python3,python3-pip,python3-venv,ca-certificates"
 BASE_TAR="$BASE_DIR/rootfs-${BASE_RECIPE//,/_}.tar"
 
-PACKAGES=(docker.io docker-registry debootstrap wrk apache2-utils curl shellcheck chromium postgresql)
+# chromium: the model card's browser test; postgresql: the stack tests' PostgreSQL (deployments.stack runs a cluster of its own); docker-compose: checks
+# deployments/stack/compose.yaml (the Python 1.29 implementation, the one Debian has).
+PACKAGES=(docker.io docker-registry debootstrap wrk apache2-utils curl shellcheck chromium postgresql docker-compose)
 
 log() { echo "[services] $*" >&2; }
 die() {

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +254,19 @@ def process_worker(
         with contextlib.suppress(Exception):
             cancel_active_runs(server)
         _stop_group(proc, "prefect worker")
+
+
+def require_postgres() -> None:
+    """Skip when PostgreSQL's server binaries are missing (``deployments.stack`` needs them); fail under CI."""
+    from deployments.stack.postgres import PostgresMissing, bindir
+    from tests.infra.docker_fixtures import in_ci
+
+    try:
+        bindir()
+    except PostgresMissing as exc:
+        if in_ci():
+            pytest.fail(f"PostgreSQL missing in CI: {exc}", pytrace=False)
+        pytest.skip(str(exc))
 
 
 def cancel_active_runs(server: PrefectServer, wait_s: float = 30.0) -> int:

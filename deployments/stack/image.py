@@ -1,0 +1,127 @@
+"""The training image (``Dockerfile.training``): a build context made on the host, built on the engine.
+
+    python -m deployments.stack.image [--tag loan-risk-training:latest] [--base-image python:3.11-slim] [--push]
+
+The context holds ``requirements.txt`` (uv.lock's closure without the dev group, ``uv export``), ``wheels/``
+(every wheel of it, downloaded on the host and cached by the requirements' hash, as the serving image's are:
+no network inside the build, see the TLS note in docs) and ``app/`` (flows, tasks, serving, deployments,
+prefect.yaml). The image is what the ``docker`` work pool runs each flow run in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from serving.build_context import download_wheels
+from tasks.image import build_image, get_client, git_commit
+
+logger = logging.getLogger("deployments.stack.image")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO_ROOT / "Dockerfile.training"
+APP_PARTS = ("flows", "tasks", "serving", "deployments", "prefect.yaml", "pyproject.toml")
+DEFAULT_TAG = "loan-risk-training:latest"
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".env", "*.htpasswd")
+
+
+# The oldest interpreter the image may have: Debian bookworm's 3.11.2 (the official slim image has a newer 3.11.x).
+# The lock's markers are settled for it, so a package only older 3.11 releases need (async-timeout) is in wheels/;
+# pip downloads the wheels for "3.11", which reads such markers as false.
+TARGET = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.2",
+    "platform_machine": "x86_64",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
+
+
+def settle_markers(text: str) -> str:
+    """The requirement lines that apply to :data:`TARGET`, without their markers."""
+    from packaging.markers import Marker
+
+    out = []
+    for line in text.splitlines():
+        requirement, _, marker = line.split("#", 1)[0].partition(";")
+        if requirement.strip() and (not marker.strip() or Marker(marker.strip()).evaluate(TARGET)):
+            out.append(requirement.strip())
+    return "\n".join(out) + "\n"
+
+
+def export_requirements(out: Path) -> Path:
+    """``uv export`` of the locked runtime dependencies (no dev group, no hashes: pip installs from wheels/),
+    with the markers settled for the image (:func:`settle_markers`)."""
+    uv = shutil.which("uv")
+    if not uv:
+        raise RuntimeError("uv is not on PATH: pip install uv")
+    subprocess.run(
+        [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "--no-header", "-q", "-o",
+         str(out)],
+        cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out.write_text(settle_markers(out.read_text()))
+    return out
+
+
+def prepare_context(out: Path, wheel_cache: Path) -> Path:
+    """Lay out the training image's build context in ``out`` (emptied first)."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    requirements = export_requirements(out / "requirements.txt")
+    wheels = download_wheels(wheel_cache, requirements)
+    shutil.copy2(DOCKERFILE, out / "Dockerfile.training")
+    (out / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")
+    for part in APP_PARTS:
+        src = REPO_ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, out / "app" / part, ignore=_IGNORE)
+        else:
+            (out / "app").mkdir(exist_ok=True)
+            shutil.copy2(src, out / "app" / part)
+    for path in (out / "app").rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.copytree(wheels, out / "wheels", ignore=shutil.ignore_patterns(".*"))
+    return out
+
+
+def build(tag: str = DEFAULT_TAG, base_image: str | None = None, wheel_cache: Path | None = None) -> str:
+    """Build the training image ``tag`` on the engine ``DOCKER_HOST`` names; returns the image id."""
+    repository, _, version = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "latest")
+    cache = wheel_cache or REPO_ROOT / ".state" / "wheels"
+    with tempfile.TemporaryDirectory(prefix="loanrisk-training-context-") as tmp:
+        context = prepare_context(Path(tmp) / "context", cache)
+        buildargs = {"GIT_COMMIT": git_commit()}
+        if base_image:
+            buildargs["BASE_IMAGE"] = base_image
+        return build_image(
+            context, repository, [version], buildargs, client=get_client(), dockerfile="Dockerfile.training"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.stack.image", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--tag", default=DEFAULT_TAG)
+    parser.add_argument("--base-image", default=None, help="default: the Dockerfile's (python:3.11-slim)")
+    parser.add_argument("--wheel-cache", type=Path, default=None, help="default: <repo>/.state/wheels")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[image] %(message)s", stream=sys.stderr)
+    image_id = build(args.tag, args.base_image, args.wheel_cache)
+    print(image_id, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

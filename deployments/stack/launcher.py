@@ -1,0 +1,431 @@
+"""The shared stack as local processes: PostgreSQL, a Prefect server and an MLflow server on it, the image registry,
+and process workers on the work pool.
+
+    with Stack(tmp / "stack", workers=2) as urls:      # up() on enter, down(purge=True) on exit
+        subprocess.run([...], env={**os.environ, **urls.env()})
+
+``up`` is idempotent (a running service is kept, a dead one restarted on its recorded port), ``status`` asks each
+service for its health, ``down`` stops what ``up`` started (by PID and process group, then by the stack's marker,
+see :mod:`deployments.stack.procs`) and nothing else. The state file ``<state_dir>/stack.json`` (mode 0600) holds
+the ports, PIDs and the stack's generated secrets (PostgreSQL and registry passwords, the pseudonym key).
+
+Over 400 lines on purpose: one class keeps ``up``, ``status`` and ``down`` agreeing on the services' order and
+bookkeeping; what each service needs lives beside it (postgres.py, registry.py, procs.py, urls.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deployments.stack import postgres, procs, registry
+from deployments.stack.urls import (
+    DEFAULT_POOL,
+    ServiceStatus,
+    StackUrls,
+    http_check,
+    http_status,
+)
+
+logger = logging.getLogger("deployments.stack")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = float(os.environ.get("LOANRISK_STACK_START_TIMEOUT", "240"))
+QUIET = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_CLI_COLORS": "false",
+    "COLUMNS": "160",
+    "PYTHONUNBUFFERED": "1",
+}
+# Settings a caller's environment may hold that would point a child at another server, store or profile.
+_LEAKS = (
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "PREFECT_API_AUTH_STRING",
+    "PREFECT_PROFILE",
+    "PREFECT_SERVER_API_AUTH_STRING",
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+    "MLFLOW_TRACKING_URI",
+    "LOANRISK_OPTUNA_STORAGE",
+    "LOANRISK_STATE_DIR",
+)
+
+
+class Stack:
+    """The stack kept in ``state_dir``. ``host`` is the address every server binds to and the URLs name (use an
+    address other machines or containers reach, e.g. the docker0 gateway, for workers elsewhere). ``deploy``
+    runs ``deployments.setup`` for the process pool; ``worker_env`` is added to the workers' environment."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        workers: int = 2,
+        host: str = "127.0.0.1",
+        pool: str = DEFAULT_POOL,
+        ui: bool = False,
+        registry: bool = True,
+        deploy: bool = True,
+        worker_env: dict[str, str] | None = None,
+    ) -> None:
+        self.dir = Path(state_dir).resolve()
+        self.workers = workers
+        self.host = host
+        self.pool = pool
+        self.ui = ui
+        self.with_registry = registry
+        self.deploy = deploy
+        self.worker_env = dict(worker_env or {})
+        self.state: dict[str, Any] = {}
+
+    # --- state file ----------------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "stack.json"
+
+    def _load(self) -> dict[str, Any]:
+        if self.state_file.exists():
+            self.state = json.loads(self.state_file.read_text())
+        return self.state
+
+    def _save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2))
+        os.chmod(tmp, 0o600)
+        tmp.replace(self.state_file)
+
+    def _new_state(self) -> dict[str, Any]:
+        stack_id = uuid.uuid4().hex[:12]
+        return {
+            "id": stack_id,
+            "host": self.host,
+            "pool": self.pool,
+            "pg_dir": str(postgres.cluster_dir(self.dir, stack_id)),
+            "ports": {},
+            "pids": {},
+            "secrets": {
+                "postgres_password": secrets.token_urlsafe(18),
+                "registry_password": secrets.token_urlsafe(18),
+                "pseudonym_key": secrets.token_hex(32),
+            },
+        }
+
+    # --- addresses -----------------------------------------------------------------------------------
+    @property
+    def _addr(self) -> str:
+        """The address clients use: the bind address, or loopback when bound to every interface."""
+        host = self.state.get("host", self.host)
+        return "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
+
+    def _port(self, name: str) -> int:
+        ports = self.state["ports"]
+        if name not in ports:
+            ports[name] = procs.free_port(self._addr)
+        return int(ports[name])
+
+    def urls(self) -> StackUrls:
+        """The URLs of the stack (from its state file)."""
+        self._load()
+        if not self.state:
+            raise RuntimeError(f"no stack in {self.dir}: run python -m deployments.stack up")
+        s, p, a = self.state["secrets"], self.state["ports"], self._addr
+        pw = s["postgres_password"]
+        reg = f"{a}:{p['registry']}" if "registry" in p and self.state["pids"].get("registry") else None
+        return StackUrls(
+            prefect_api_url=f"http://{a}:{p['prefect']}/api",
+            mlflow_tracking_uri=f"http://{a}:{p['mlflow']}",
+            optuna_storage=postgres.url("psycopg2", pw, a, p["postgres"], "optuna"),
+            postgres_url=postgres.url("psycopg2", pw, a, p["postgres"], "postgres"),
+            registry=reg,
+            registry_username=registry.USER if reg else None,
+            registry_password=s["registry_password"] if reg else None,
+            pseudonym_key=s["pseudonym_key"],
+            pool=self.state.get("pool", self.pool),
+        )
+
+    def _env(self, home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _LEAKS}
+        home.mkdir(parents=True, exist_ok=True)
+        env.update(QUIET)
+        env["PREFECT_HOME"] = str(home)
+        env[procs.MARKER] = self.state["id"]
+        env.update(extra or {})
+        return env
+
+    def _log(self, name: str) -> Path:
+        return self.dir / "logs" / f"{name}.log"
+
+    def _pid(self, name: str) -> int | None:
+        pid = self.state["pids"].get(name)
+        return pid if pid and procs.alive(pid) and procs.carries(pid, self.state["id"]) else None
+
+    # --- up ------------------------------------------------------------------------------------------
+    def up(self) -> StackUrls:
+        """Start what is not running; returns the URLs once every service answers."""
+        self._load()
+        if not self.state:
+            self.state = self._new_state()
+        self.state["workers"] = self.workers
+        self._save()
+        self._postgres()
+        started_prefect = self._prefect()
+        self._mlflow()
+        if self.with_registry:
+            self._registry()
+        self._save()
+        urls = self.urls()
+        if self.deploy and (started_prefect or not self._deployed(urls)):
+            self._setup(urls)
+        self._workers(urls)
+        self._save()
+        return urls
+
+    def _postgres(self) -> None:
+        cluster = Path(self.state["pg_dir"])
+        pw = self.state["secrets"]["postgres_password"]
+        port = self._port("postgres")
+        self._save()
+        if postgres.init(cluster, pw):
+            logger.info("initialised a PostgreSQL cluster in %s", cluster)
+        if postgres.pid(cluster) is None:
+            logger.info("starting PostgreSQL on %s:%s", self._addr, port)
+            postgres.start(cluster, self.state["host"], port, {procs.MARKER: self.state["id"]})
+        self.state["pids"]["postgres"] = postgres.pid(cluster)
+        postgres.ensure_databases(pw, self._addr, port)
+
+    def _serve(self, name: str, cmd: list[str], env: dict[str, str], health: str, ok: set[int]) -> bool:
+        """Start ``cmd`` unless its PID is alive; wait until ``health`` answers one of ``ok``. True if started."""
+        if self._pid(name) and http_status(health) in ok:
+            return False
+        if not self._pid(name):
+            logger.info("starting %s", name)
+            self.state["pids"][name] = procs.spawn(cmd, env, self._log(name), self.dir)
+            self._save()
+        pid = self.state["pids"][name]
+        procs.wait_until(
+            lambda: http_status(health) in ok,
+            START_TIMEOUT_S,
+            f"{name} ({health})",
+            lambda: (
+                None if procs.alive(pid) else f"exited; log {self._log(name)}:\n{procs.tail(self._log(name))}"
+            ),
+        )
+        return True
+
+    def _prefect(self) -> bool:
+        port, pw = self._port("prefect"), self.state["secrets"]["postgres_password"]
+        env = self._env(
+            self.dir / "prefect-server",
+            {
+                "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres.url(
+                    "asyncpg", pw, self._addr, self.state["ports"]["postgres"], "prefect"
+                ),
+                "PREFECT_SERVER_API_HOST": self.state["host"],
+                "PREFECT_SERVER_API_PORT": str(port),
+                "PREFECT_SERVER_UI_ENABLED": "true" if self.ui else "false",
+                "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+                "PREFECT_UI_API_URL": f"http://{self._addr}:{port}/api",
+            },
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            self.state["host"],
+            "--port",
+            str(port),
+        ]
+        return self._serve("prefect", cmd, env, f"http://{self._addr}:{port}/api/health", {200})
+
+    def _mlflow(self) -> bool:
+        port, pw = self._port("mlflow"), self.state["secrets"]["postgres_password"]
+        artifacts = self.dir / "mlflow-artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        # MLflow's GenAI job runners (eight huey_consumer processes, ~250 MB each) serve nothing this project
+        # uses: off. The marker sweep would still stop them if a user turns them on.
+        env = self._env(self.dir / "mlflow-server", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        backend = postgres.url("psycopg2", pw, self._addr, self.state["ports"]["postgres"], "mlflow")
+        cmd = [
+            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--serve-artifacts",
+            "--artifacts-destination", str(artifacts), "--host", self.state["host"], "--port", str(port),
+            "--workers", "2", "--allowed-hosts", "*",
+        ]  # fmt: skip
+        return self._serve("mlflow", cmd, env, f"http://{self._addr}:{port}/health", {200})
+
+    def _registry(self) -> bool:
+        found = registry.binaries()
+        if not found:
+            logger.warning("no docker-registry/htpasswd on PATH: the stack runs without its image registry")
+            return False
+        port, folder = self._port("registry"), self.dir / "registry"
+        address = f"{self.state['host']}:{port}"
+        config = registry.write_config(
+            folder, found[1], address, self.state["secrets"]["registry_password"], self.state["id"]
+        )
+        env = self._env(folder, {})
+        for key in [k for k in env if k.startswith("REGISTRY_")]:  # distribution reads them as overrides
+            env.pop(key)
+        return self._serve(
+            "registry", [found[0], "serve", str(config)], env, f"http://{self._addr}:{port}/v2/", {401}
+        )
+
+    def _deployed(self, urls: StackUrls) -> bool:
+        return http_status(f"{urls.prefect_api_url}/deployments/name/loan-risk-training/retrain") == 200
+
+    def _setup(self, urls: StackUrls) -> None:
+        """``python -m deployments.setup --pool POOL`` against the stack's server."""
+        env = self._env(self.dir / "client", {"PREFECT_API_URL": urls.prefect_api_url})
+        env.pop(procs.MARKER)
+        logger.info("deploying the flows to %s (pool %s)", urls.prefect_api_url, urls.pool)
+        proc = subprocess.run(
+            [sys.executable, "-m", "deployments.setup", "--pool", urls.pool],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"deployments.setup exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+
+    def worker_names(self) -> list[str]:
+        return [f"stack-{self.state['id']}-{i}" for i in range(1, self.workers + 1)]
+
+    def _workers(self, urls: StackUrls) -> None:
+        """Start the missing workers (and stop those beyond ``workers``); wait until the pool lists them."""
+        for name in [n for n in self.state["pids"] if n.startswith("worker-")]:
+            if int(name.removeprefix("worker-")) > self.workers:
+                procs.stop(self.state["pids"].pop(name), self.state["id"])
+        for i, name in enumerate(self.worker_names(), start=1):
+            key = f"worker-{i}"
+            if self._pid(key):
+                continue
+            home = self.dir / "workers" / str(i)
+            env = self._env(
+                home / "prefect",
+                {
+                    **urls.env(),
+                    "LOANRISK_STATE_DIR": str(home / "state"),
+                    "PREFECT_WORKER_QUERY_SECONDS": "3",
+                    "PREFECT_WORKER_HEARTBEAT_SECONDS": "10",
+                    **self.worker_env,
+                },
+            )
+            cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", urls.pool, "--type", "process",
+                   "--name", name]  # fmt: skip
+            logger.info("starting worker %s on pool %s", name, urls.pool)
+            self.state["pids"][key] = procs.spawn(cmd, env, self._log(key), REPO_ROOT)
+            self._save()
+        procs.wait_until(
+            lambda: set(self.worker_names()) <= self._online_workers(urls),
+            START_TIMEOUT_S,
+            f"{self.workers} worker(s) on pool {urls.pool}",
+            self._dead_worker,
+        )
+
+    def _dead_worker(self) -> str | None:
+        for key, pid in self.state["pids"].items():
+            if key.startswith("worker-") and not procs.alive(pid):
+                return f"{key} exited; log {self._log(key)}:\n{procs.tail(self._log(key))}"
+        return None
+
+    def _online_workers(self, urls: StackUrls) -> set[str]:
+        try:
+            rows = httpx.post(
+                f"{urls.prefect_api_url}/work_pools/{urls.pool}/workers/filter", json={}, timeout=10
+            )
+            return (
+                {w["name"] for w in rows.json() if w.get("status") == "ONLINE"}
+                if rows.status_code == 200
+                else set()
+            )
+        except (httpx.HTTPError, ValueError):
+            return set()
+
+    def worker_pids(self) -> dict[str, int]:
+        """The worker processes that run now, by worker name (a test may stop one)."""
+        self._load()
+        return {
+            f"stack-{self.state['id']}-{k.removeprefix('worker-')}": pid
+            for k, pid in self.state["pids"].items()
+            if k.startswith("worker-") and self._pid(k)
+        }
+
+    # --- status and down -----------------------------------------------------------------------------
+    def status(self) -> list[ServiceStatus]:
+        """Each service's URL and health (from its own health endpoint)."""
+        self._load()
+        if not self.state:
+            return []
+        urls, a, ports = self.urls(), self._addr, self.state["ports"]
+        pg_pid = postgres.pid(Path(self.state["pg_dir"]))
+        out = [
+            ServiceStatus(
+                "postgres", f"postgresql://{a}:{ports['postgres']}", pg_pid is not None and postgres.healthy(
+                    self.state["secrets"]["postgres_password"], a, ports["postgres"]), pg_pid,
+                ", ".join(postgres.DATABASES),
+            ),
+            http_check("prefect", urls.prefect_api_url, f"{urls.prefect_api_url}/health", {200}, self._pid("prefect")),
+            http_check("mlflow", urls.mlflow_tracking_uri, f"{urls.mlflow_tracking_uri}/health", {200}, self._pid("mlflow")),
+        ]  # fmt: skip
+        if "registry" in ports:
+            reg = f"http://{a}:{ports['registry']}"
+            out.append(
+                http_check("registry", f"{a}:{ports['registry']}", f"{reg}/v2/", {401}, self._pid("registry"))
+            )
+        online = self._online_workers(urls) if out[1].healthy else set()
+        for key in sorted(k for k in self.state["pids"] if k.startswith("worker-")):
+            name = f"stack-{self.state['id']}-{key.removeprefix('worker-')}"
+            pid = self._pid(key)
+            out.append(ServiceStatus(key, f"pool {urls.pool}", bool(pid) and name in online, pid, name))
+        return out
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop what ``up`` started (workers first, PostgreSQL last); ``purge`` also removes the data."""
+        self._load()
+        if not self.state:
+            return []
+        stopped, stack_id = [], self.state["id"]
+        order = sorted(k for k in self.state["pids"] if k.startswith("worker-")) + [
+            "mlflow",
+            "prefect",
+            "registry",
+        ]
+        for name in order:
+            if procs.stop(self.state["pids"].get(name), stack_id):
+                stopped.append(name)
+            self.state["pids"].pop(name, None)
+        cluster = Path(self.state["pg_dir"])
+        if postgres.stop(cluster):
+            stopped.append("postgres")
+        self.state["pids"].pop("postgres", None)
+        left = procs.sweep(stack_id)
+        if left:
+            logger.info("stopped %d more process(es) of the stack: %s", len(left), left)
+        self._save()
+        if purge:
+            shutil.rmtree(cluster, ignore_errors=True)
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return stopped
+
+    def __enter__(self) -> StackUrls:
+        try:
+            return self.up()
+        except BaseException:
+            self.down(purge=True)
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.down(purge=True)

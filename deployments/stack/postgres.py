@@ -1,0 +1,188 @@
+"""A PostgreSQL cluster of the stack's own, from the operating system's packages (Debian's ``postgresql``).
+
+``initdb`` once (password auth, a password kept in the stack's state file), ``pg_ctl start`` on the stack's
+port and address, one database per service (``prefect``, ``mlflow``, ``optuna``), ``pg_ctl stop -m fast``.
+PostgreSQL refuses to run as root: as root every command runs as the ``postgres`` user (``runuser``), and the
+cluster lives where that user can reach it (the state folder when it can, else a folder of its own under the
+system's temporary directory, recorded in the state file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+DATABASES = ("prefect", "mlflow", "optuna")
+
+
+class PostgresMissing(RuntimeError):
+    """The PostgreSQL server binaries are not installed."""
+
+
+def bindir() -> Path:
+    """Where ``initdb``/``pg_ctl`` are: ``LOANRISK_PG_BINDIR``, else Debian's newest, else ``PATH``."""
+    if os.environ.get("LOANRISK_PG_BINDIR"):
+        return Path(os.environ["LOANRISK_PG_BINDIR"])
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if versions:
+        return Path(versions[-1]).parent
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    raise PostgresMissing(
+        "PostgreSQL is not installed (no initdb): apt-get install postgresql (or bash tests/infra/services.sh install)"
+    )
+
+
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _run(cmd: list[str], env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
+    full = ["runuser", "-u", "postgres", "--", *cmd] if _as_root() else cmd
+    proc = subprocess.run(
+        full,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        cwd="/",
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:2])} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def _reachable_by_postgres(path: Path) -> bool:
+    if not _as_root():
+        return True
+    try:
+        uid = pwd.getpwnam("postgres").pw_uid
+    except KeyError as exc:
+        raise PostgresMissing("no postgres user: apt-get install postgresql") from exc
+    for parent in [path, *path.parents]:
+        if not parent.exists():
+            continue
+        st = parent.stat()
+        if st.st_uid != uid and not st.st_mode & 0o001:
+            return False
+    return True
+
+
+def cluster_dir(state_dir: Path, stack_id: str) -> Path:
+    """The folder of the cluster: ``<state_dir>/postgres`` when the postgres user can reach it."""
+    inside = state_dir / "postgres"
+    if _reachable_by_postgres(state_dir):
+        return inside
+    return Path(tempfile.gettempdir()) / f"loanrisk-stack-pg-{stack_id}"
+
+
+def init(cluster: Path, password: str) -> bool:
+    """``initdb`` the cluster unless it exists; True when made here."""
+    data = cluster / "data"
+    if (data / "PG_VERSION").exists():
+        return False
+    cluster.mkdir(parents=True, exist_ok=True)
+    os.chmod(cluster, 0o700)
+    pwfile = cluster / ".pw"
+    pwfile.write_text(password + "\n")
+    if _as_root():
+        uid, gid = pwd.getpwnam("postgres").pw_uid, pwd.getpwnam("postgres").pw_gid
+        os.chown(cluster, uid, gid)
+        os.chown(pwfile, uid, gid)
+    try:
+        _run(
+            [
+                str(bindir() / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth-host=scram-sha-256",
+                "--auth-local=peer" if _as_root() else "--auth-local=trust",
+                f"--pwfile={pwfile}",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ]
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
+    # Clients on other machines (workers) connect over TCP with the password; loopback is already allowed.
+    with open(data / "pg_hba.conf", "a") as hba:
+        hba.write("host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n")
+    return True
+
+
+def start(cluster: Path, host: str, port: int, env: Mapping[str, str]) -> None:
+    """``pg_ctl start`` and wait for it (``-w``); its processes carry ``env`` (the stack's marker)."""
+    addresses = "127.0.0.1" if host in ("127.0.0.1", "localhost") else f"127.0.0.1,{host}"
+    if host in ("0.0.0.0", "*"):
+        addresses = "*"
+    options = f"-p {port} -k {cluster} -c listen_addresses='{addresses}' -c max_connections=200"
+    _run(
+        [str(bindir() / "pg_ctl"), "-D", str(cluster / "data"), "-o", options, "-l", str(cluster / "log"), "-w",
+         "-t", "120", "start"],
+        env=env,
+        timeout=180,
+    )  # fmt: skip
+
+
+def stop(cluster: Path) -> bool:
+    """``pg_ctl stop -m fast`` when it runs; True when it was stopped here."""
+    if pid(cluster) is None:
+        return False
+    _run([str(bindir() / "pg_ctl"), "-D", str(cluster / "data"), "-m", "fast", "-w", "stop"], timeout=120)
+    return True
+
+
+def pid(cluster: Path) -> int | None:
+    """The postmaster's PID when it runs (first line of postmaster.pid)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        value = int((cluster / "data" / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(value, 0)
+        return value
+    return None
+
+
+def url(driver: str, password: str, host: str, port: int, database: str) -> str:
+    """A SQLAlchemy URL, e.g. ``postgresql+psycopg2://postgres:<pw>@host:port/mlflow``."""
+    return f"postgresql+{driver}://postgres:{password}@{host}:{port}/{database}"
+
+
+def ensure_databases(password: str, host: str, port: int) -> None:
+    """Create the stack's databases that do not exist yet."""
+    import psycopg2
+
+    conn = psycopg2.connect(
+        host=host, port=port, user="postgres", password=password, dbname="postgres", connect_timeout=10
+    )
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database")
+            have = {row[0] for row in cur.fetchall()}
+            for name in DATABASES:
+                if name not in have:
+                    cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+
+
+def healthy(password: str, host: str, port: int) -> bool:
+    try:
+        import psycopg2
+
+        psycopg2.connect(
+            host=host, port=port, user="postgres", password=password, dbname="postgres", connect_timeout=3
+        ).close()
+    except Exception:  # noqa: BLE001 - any failure to connect means not healthy
+        return False
+    return True

@@ -1,0 +1,84 @@
+"""Where the stack's services are (:class:`StackUrls`, and the environment that points a process at them) and how
+each answers (:class:`ServiceStatus`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deployments.stack.procs import MARKER
+
+DEFAULT_POOL = "loan-risk-pool"
+
+
+@dataclass(frozen=True)
+class StackUrls:
+    """Where the stack's services are, and the environment that points the project at them."""
+
+    prefect_api_url: str
+    mlflow_tracking_uri: str
+    optuna_storage: str
+    postgres_url: str
+    registry: str | None
+    registry_username: str | None
+    registry_password: str | None = field(repr=False)
+    pseudonym_key: str = field(repr=False)
+    pool: str = DEFAULT_POOL
+
+    def env(self) -> dict[str, str]:
+        """The settings a client, a worker or a flow run needs: URLs, registry and the shared pseudonym key."""
+        out = {
+            "PREFECT_API_URL": self.prefect_api_url,
+            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+            "LOANRISK_OPTUNA_STORAGE": self.optuna_storage,
+            "LOANRISK_PSEUDONYM_KEY": self.pseudonym_key,
+            "LOANRISK_WORK_POOL": self.pool,
+        }
+        if self.registry:
+            out["LOANRISK_IMAGE_REGISTRY"] = self.registry
+            out["LOANRISK_REGISTRY_USERNAME"] = self.registry_username or ""
+            out["LOANRISK_REGISTRY_PASSWORD"] = self.registry_password or ""
+        return out
+
+    def client_env(self, home: Path, **extra: str) -> dict[str, str]:
+        """This process's environment without its own Prefect/MLflow/LOANRISK settings, pointed at the stack,
+        with a Prefect home and state folder of its own under ``home`` (for a CLI call or a worker)."""
+        own = ("PREFECT_", "MLFLOW_", "LOANRISK_")
+        base = {k: v for k, v in os.environ.items() if not k.startswith(own) and k != MARKER}
+        return {
+            **base,
+            **self.env(),
+            "PREFECT_HOME": str(home / "prefect"),
+            "LOANRISK_STATE_DIR": str(home / "state"),
+            "DO_NOT_TRACK": "1",
+            **extra,
+        }
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    url: str
+    healthy: bool
+    pid: int | None
+    detail: str = ""
+
+
+def http_status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def http_check(name: str, url: str, health: str, ok: set[int], pid: int | None) -> ServiceStatus:
+    code = http_status(health)
+    return ServiceStatus(name, url, bool(pid) and code in ok, pid, f"{health} -> {code or 'no answer'}")
+
+
+def as_dict(rows: list[ServiceStatus]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
