@@ -56,6 +56,7 @@ TABLE_FILE = "reason_codes.toml"  # its name in the repository (beside this modu
 TABLE_PATH = Path(__file__).with_name(TABLE_FILE)
 MODES = ("risky", "all", "none")
 DEFAULT_MODE = "risky"
+SHAP_BLOCK = 2048  # records whose SHAP values are computed at once (bounds the lookup's memory)
 ModelInput = list[list[Any]] | dict[str, Any]
 Column = Callable[[str], Sequence[Any]]
 
@@ -383,7 +384,17 @@ def explain(
     if not positions:
         return []
     part = _subset(model_input, positions)
-    shap = explainer.contributions(bundle.input_pool(part), bundle.thread_count)
+    # A block of records at a time: the per-leaf lookup holds records x trees x depth values (~46 KB a record for
+    # an 824-tree model), so a 65,536-row chunk at once would take ~3 GB.
+    n = len(positions)
+    blocks = (
+        [part]
+        if n <= SHAP_BLOCK
+        else [_subset(part, range(i, min(i + SHAP_BLOCK, n))) for i in range(0, n, SHAP_BLOCK)]
+    )
+    shap = np.concatenate(
+        [explainer.contributions(bundle.input_pool(b), bundle.thread_count) for b in blocks]
+    )
     sent: dict[str, Sequence[Any]] = {}
 
     def value(i: int, feature: int) -> Any:
