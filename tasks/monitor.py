@@ -265,16 +265,6 @@ def event_payload(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def event_resource(model_name: str, model_version: str) -> dict[str, str]:
-    """The event's resource: the model, by name and version."""
-    return {
-        "prefect.resource.id": f"loan-risk.model.{model_name}",
-        "prefect.resource.name": model_name,
-        "loan-risk.model.name": model_name,
-        "loan-risk.model.version": str(model_version),
-    }
-
-
 # --- realised performance on matured loans -------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from serving.bundle import read_profile
 from tasks import monitor, registry, tracking
 from tasks.common import PermanentError, run_logger, stage
+from tasks.events import model_resource
 from tasks.settings import Settings
 
 CHAMPION = "champion"
@@ -257,7 +258,7 @@ def emit_task(settings: Settings, report: dict[str, Any]) -> str | None:
         return None
     event = emit_event(
         event=report["event"],
-        resource=monitor.event_resource(report["model_name"], report["model_version"]),
+        resource=model_resource(report["model_name"], report["model_version"]),
         payload=monitor.event_payload(report),
     )
     run_logger().info("emitted %s (%s)", report["event"], event.id if event else "events disabled")
