@@ -280,6 +280,7 @@ class Evaluation:
 
     metrics: dict[str, float]
     test_probabilities: np.ndarray
+    valid_probabilities: np.ndarray | None = None  # the validation slice's (calibrated ones when calibrated)
     params: dict[str, Any] = field(default_factory=dict)
     calibrator: Calibrator | None = None
     report: dict[str, Any] = field(default_factory=dict)
@@ -292,9 +293,9 @@ def assess(
     p_train: np.ndarray,
     p_valid: np.ndarray,
     p_test: np.ndarray,
-) -> tuple[dict[str, float], Calibrator | None, dict[str, Any], np.ndarray]:
+) -> tuple[dict[str, float], Calibrator | None, dict[str, Any], np.ndarray, np.ndarray]:
     """From the model's raw probabilities: calibrate (when needed), choose the threshold, compute every metric and
-    the report. Returns the metrics, the calibrator, the report and the test probabilities as served."""
+    the report. Returns the metrics, the calibrator, the report and the validation and test probabilities as served."""
     y_valid, y_test = split.valid.label, split.test.label
     calibrator, calibration = calibrate(settings, y_valid, p_valid)
     uncalibrated = credit.calibration_bins(y_valid, p_valid)
@@ -330,7 +331,7 @@ def assess(
             "psi_bins": settings.psi_bins,
         },
     }
-    return metrics, calibrator, report, p_test
+    return metrics, calibrator, report, p_valid, p_test
 
 
 def policy_params(report: dict[str, Any]) -> dict[str, Any]:
@@ -348,14 +349,14 @@ def build_evaluation(
     p_train, p_valid, p_test = (
         predict_proba(model, make_pool(part)) for part in (split.train, split.valid, split.test)
     )
-    metrics, calibrator, report, p_test = assess(settings, split, p_train, p_valid, p_test)
+    metrics, calibrator, report, p_valid, p_test = assess(settings, split, p_train, p_valid, p_test)
     metrics["best_iteration"] = float(model.get_best_iteration() or 0)
     report["training"] = {k: tuning.get(k) for k in ("n_complete", "n_pruned", "best_value")}
     figures = credit_figures(report)
     plots = {name: png_bytes(fig) for name, fig in figures.items()}
     close_figures(figures)
     params = {**tuning["best_params"], "best_iteration": model.get_best_iteration()}
-    return Evaluation(metrics, p_test, params, calibrator, report, plots)
+    return Evaluation(metrics, p_test, p_valid, params, calibrator, report, plots)
 
 
 @stage("evaluate")

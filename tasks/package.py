@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from catboost import CatBoostClassifier
 
 from serving.bundle import META_FILE, BundleMeta, _write_json, load_bundle, write_bundle, write_profile
-from serving.calibration import Calibrator
 from serving.card import EVALUATION_FILE, PLOTS_DIR, write_card
 from serving.config import DEFAULT_REASON_COUNT
 from serving.features import CATEGORICAL_FEATURES
@@ -27,7 +27,6 @@ from tasks.ingest import IngestResult, data_fingerprint
 from tasks.monitor import build_profile
 from tasks.settings import Settings
 from tasks.split import Split
-from tasks.train import make_pool, predict_proba
 
 
 def reference_sample(
@@ -47,15 +46,13 @@ def reference_sample(
     }
 
 
-def reference_profile(
-    settings: Settings, model: CatBoostClassifier, split: Split, calibrator: Calibrator | None = None
-) -> dict[str, Any]:
-    """The drift reference (:func:`tasks.monitor.build_profile`): the training split's features, the model's
-    scores on the validation split (calibrated when the bundle serves calibrated scores, as the log holds)."""
-    scores = predict_proba(model, make_pool(split.valid))
-    if calibrator is not None:
-        scores = calibrator.apply(scores)
-    return build_profile(split.train.features, scores, settings.profile_bins, settings.profile_top_categories)
+def reference_profile(settings: Settings, split: Split, valid_scores: np.ndarray) -> dict[str, Any]:
+    """The drift reference (:func:`tasks.monitor.build_profile`): the training split's features and the scores
+    the bundle serves on the validation split (calibrated when it calibrates, as the prediction log holds them;
+    the evaluate stage computed them: :attr:`Evaluation.valid_probabilities`)."""
+    return build_profile(
+        split.train.features, valid_scores, settings.profile_bins, settings.profile_top_categories
+    )
 
 
 def bundle_meta(settings: Settings, run_id: str, evaluation: Evaluation, data: dict[str, Any]) -> BundleMeta:
@@ -147,7 +144,7 @@ def assemble_bundle(
     )
     bundle_dir = write_bundle(directory, model, meta, reference)
     add_reason_table(bundle_dir)
-    write_profile(bundle_dir, reference_profile(settings, model, split, evaluation.calibrator))
+    write_profile(bundle_dir, reference_profile(settings, split, evaluation.valid_probabilities))
     write_evaluation(bundle_dir, evaluation, card_context(settings, evaluation, split, labels))
     return bundle_dir
 

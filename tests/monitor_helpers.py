@@ -30,7 +30,7 @@ from tasks.package import reference_profile
 from tasks.reading import read_tables
 from tasks.settings import Settings
 from tasks.split import split_by_time
-from tasks.train import make_pool
+from tasks.train import make_pool, predict_proba
 
 
 def register_small_version(settings: Settings, data_dir: Path, alias: str | None = "champion") -> str:
@@ -48,7 +48,9 @@ def register_small_version(settings: Settings, data_dir: Path, alias: str | None
     )
     with tracking.run(settings, "small-version") as run_id:
         bundle = write_bundle(tracking.scratch_dir("bundle-") / "bundle", model, meta)
-        write_profile(bundle, reference_profile(settings, model, split))
+        write_profile(
+            bundle, reference_profile(settings, split, predict_proba(model, make_pool(split.valid)))
+        )
         version = registry.register_bundle(settings, run_id, bundle, {})
     if alias:
         registry.set_alias(settings, alias, version)
