@@ -13,6 +13,7 @@ prediction used, for the records the request's ``reasons`` selects (risky ones b
 from __future__ import annotations
 
 import hmac
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def _score_fast(served: ServedModel, batch: FastBatch | None) -> tuple[list[floa
         return None
     g.rows = batch.size
     probabilities = served.bundle.predict_input(model_input)
-    predlog.capture(served, model_input, probabilities, batch.column("loanId"), batch.size)
+    predlog.capture(served, model_input, probabilities, partial(batch.column, "loanId"), batch.size)
     return probabilities, model_input
 
 
