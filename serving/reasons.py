@@ -24,11 +24,12 @@ The SHAP values are CatBoost's own ``ShapValues`` (path-dependent TreeSHAP), com
 one record of an 824-tree model, seconds for a batch). A symmetric tree's answer depends on a record only
 through the leaf it reaches, so each tree's SHAP values are tabulated per leaf when the bundle loads (~1 s);
 a record's values are then the sum of its leaves' rows (CatBoost's ``calc_leaf_indexes``), equal to
-``get_feature_importance(type="ShapValues")`` to ~1e-15 (``tests/serving/test_reasons.py`` checks it). A model
+``get_feature_importance(type="ShapValues")`` to ~1e-6 (float32, as XGBoost's; ``tests/serving/test_reasons.py``
+checks it), so a reason's ``contribution`` is given to 6 decimals. A model
 this table cannot describe (non-symmetric trees, combined categorical features) falls back to CatBoost's call.
 
 Over ~400 lines on purpose: the table, the per-leaf SHAP tabulation and the choice of reasons are one contract
-(what a decline says and why it is exact); split, a reader would check the equality with CatBoost in three places.
+(what a decline says and why it is CatBoost's own); split, a reader would check the equality with CatBoost in three places.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ TABLE_FILE = "reason_codes.toml"  # its name in the repository (beside this modu
 TABLE_PATH = Path(__file__).with_name(TABLE_FILE)
 MODES = ("risky", "all", "none")
 DEFAULT_MODE = "risky"
-SHAP_BLOCK = 2048  # records whose SHAP values are computed at once (bounds the lookup's memory)
+POOL_BLOCK = 16_384  # records whose leaves CatBoost finds at once (3.3 KB of leaf indexes a record)
+SHAP_BLOCK = 1_024  # records whose per-leaf SHAP rows are gathered at once (~46 KB a record)
 ModelInput = list[list[Any]] | dict[str, Any]
 Column = Callable[[str], Sequence[Any]]
 
@@ -267,22 +269,32 @@ class ShapTable:
         tables = [_tree_table(tree, binary) for tree in trees]
         width = max(1, max(len(groups) for _, groups, _ in tables))
         self.offsets = np.cumsum([0] + [phi.shape[0] for phi, _, _ in tables[:-1]])
-        self.phi = np.zeros((sum(phi.shape[0] for phi, _, _ in tables), width))
+        # float32: SHAP values to ~1e-6 log-odds (XGBoost's are float32 too), and the lookup twice as fast
+        self.phi = np.zeros((sum(phi.shape[0] for phi, _, _ in tables), width), dtype=np.float32)
         self.feature = np.full((len(tables), width), n_features, dtype=np.int64)  # padding: a dummy feature
         for t, ((phi, groups, _), start) in enumerate(zip(tables, self.offsets, strict=True)):
             self.phi[start : start + phi.shape[0], : len(groups)] = phi * scale
             self.feature[t, : len(groups)] = groups
         self.expected = scale * sum(e for _, _, e in tables) + float(np.ravel(bias)[0])
         self.n_features = n_features
+        # slot (tree, k) -> its feature, as a 0/1 matrix: a row's per-slot values times it sum into features
+        slots = self.feature.ravel()
+        self.to_features = np.zeros((slots.size, n_features), dtype=np.float32)
+        real = slots < n_features
+        self.to_features[np.flatnonzero(real), slots[real]] = 1.0
 
     def values(self, model: CatBoostClassifier, pool: Pool, thread_count: int) -> np.ndarray:
         """SHAP values (rows × features, log-odds) of the records in ``pool``."""
-        leaves = model.calc_leaf_indexes(pool, thread_count=thread_count)
-        n = leaves.shape[0]
-        picked = self.phi[leaves + self.offsets]  # rows × trees × features of the tree
-        slots = self.feature[None, :, :] + (np.arange(n) * (self.n_features + 1))[:, None, None]
-        sums = np.bincount(slots.ravel(), weights=picked.ravel(), minlength=n * (self.n_features + 1))
-        return sums.reshape(n, self.n_features + 1)[:, : self.n_features]
+        leaves = model.calc_leaf_indexes(pool, thread_count=thread_count)  # rows × trees, uint32
+        leaves += self.offsets.astype(leaves.dtype)  # each tree's leaf -> its row of the table
+        n, width = leaves.shape[0], self.phi.shape[1] * self.offsets.size
+        out = np.empty((n, self.n_features), dtype=np.float32)
+        for start in range(0, n, SHAP_BLOCK):
+            block = leaves[start : start + SHAP_BLOCK]
+            # rows × (trees × slots): each tree's leaf row of the table (np.take: ~3x faster than indexing)
+            picked = np.take(self.phi, block, axis=0).reshape(block.shape[0], width)
+            np.matmul(picked, self.to_features, out=out[start : start + block.shape[0]])
+        return out
 
 
 class Explainer:
@@ -312,34 +324,34 @@ class Explainer:
         return np.asarray(shap)[:, : len(self.features)]
 
     def reasons(
-        self, shap: np.ndarray, count: int, value: Callable[[int, int], Any]
+        self, shap: np.ndarray, count: int, values: Callable[[int, np.ndarray], list[Any]]
     ) -> list[list[dict[str, Any]]]:
-        """Up to ``count`` reasons per row of ``shap``; ``value(row, feature)`` gives a feature's value."""
+        """Up to ``count`` reasons per row of ``shap``; ``values(feature, rows)`` gives a feature's values at
+        those rows. Column by column: the per-reason Python work is one dict (~0.2 µs)."""
         by_code = shap @ self.family
         order = np.argsort(-by_code, axis=1, kind="stable")[:, :count]
-        sums = np.take_along_axis(by_code, order, axis=1).tolist()
+        sums = np.take_along_axis(by_code, order, axis=1).round(6)
         # the member of each code that contributed most, for every row at once (first one on a tie)
         top = np.stack([m[np.argmax(shap[:, m], axis=1)] for m in self.members], axis=1)
-        tops = np.take_along_axis(top, order, axis=1).tolist()
-        codes, features = self.table.reasons, self.features
-        out: list[list[dict[str, Any]]] = []
-        for i, (row_codes, row_sums, row_tops) in enumerate(zip(order.tolist(), sums, tops, strict=True)):
-            found = []
-            for c, total, feature in zip(row_codes, row_sums, row_tops, strict=True):
-                if not total > 0:
-                    break
-                reason = codes[c]
-                found.append(
-                    {
-                        "code": reason.code,
-                        "text": reason.text,
-                        "feature": features[feature],
-                        "value": value(i, feature),
-                        "contribution": total,
-                    }
-                )
-            out.append(found)
-        return out
+        tops = np.take_along_axis(top, order, axis=1)
+        # a reason raised the risk; sorted largest first, so a row's reasons are a prefix of its codes
+        rows, slots = np.nonzero(sums > 0)
+        feature = tops[rows, slots]
+        value = np.empty(rows.size, dtype=object)
+        by_feature = np.argsort(feature, kind="stable")
+        edges = np.flatnonzero(np.diff(feature[by_feature])) + 1
+        for group in np.split(by_feature, edges) if rows.size else []:
+            value[group] = values(int(feature[group[0]]), rows[group])
+        codes, names = self.table.reasons, self.features
+        found = [
+            {"code": codes[c].code, "text": codes[c].text, "feature": names[f], "value": v, "contribution": t}
+            for c, f, v, t in zip(
+                order[rows, slots].tolist(), feature.tolist(), value.tolist(), sums[rows, slots].tolist(),
+                strict=True,
+            )
+        ]  # fmt: skip
+        ends = np.cumsum(np.bincount(rows, minlength=shap.shape[0])).tolist()
+        return [found[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 def load_explainer(directory: Path, model: CatBoostClassifier, features: Sequence[str]) -> Explainer | None:
@@ -384,30 +396,31 @@ def explain(
     if not positions:
         return []
     part = _subset(model_input, positions)
-    # A block of records at a time: the per-leaf lookup holds records x trees x depth values (~46 KB a record for
-    # an 824-tree model), so a 65,536-row chunk at once would take ~3 GB.
+    # A block of records at a time bounds the memory: CatBoost's leaf indexes, then the gathered SHAP rows
+    # (~46 KB a record for an 824-tree model; a 65,536-row chunk at once would take ~3 GB).
     n = len(positions)
     blocks = (
         [part]
-        if n <= SHAP_BLOCK
-        else [_subset(part, range(i, min(i + SHAP_BLOCK, n))) for i in range(0, n, SHAP_BLOCK)]
+        if n <= POOL_BLOCK
+        else [_subset(part, range(i, min(i + POOL_BLOCK, n))) for i in range(0, n, POOL_BLOCK)]
     )
     shap = np.concatenate(
         [explainer.contributions(bundle.input_pool(b), bundle.thread_count) for b in blocks]
     )
-    sent: dict[str, Sequence[Any]] = {}
 
-    def value(i: int, feature: int) -> Any:
+    def values(feature: int, rows: np.ndarray) -> list[Any]:
         source = explainer.sources[feature]
-        if raw is not None and source is not None:
-            if source not in sent:
-                sent[source] = raw(source)
-            return sent[source][positions[i]]
+        if raw is not None and source is not None:  # the applicant's own value, as sent
+            sent = raw(source)
+            return [sent[positions[i]] for i in rows.tolist()]
         if isinstance(part, list):
-            return _plain(part[i][feature])
-        return _plain(part[explainer.features[feature]][i])
+            return [_plain(part[i][feature]) for i in rows.tolist()]
+        column = part[explainer.features[feature]]
+        if type(column) is list:
+            return [_plain(column[i]) for i in rows.tolist()]
+        return [_plain(v) for v in column[rows].tolist()]
 
-    return explainer.reasons(shap, count, value)
+    return explainer.reasons(shap, count, values)
 
 
 def selected(probabilities: Sequence[float], threshold: float, mode: str) -> list[int]:

@@ -168,7 +168,8 @@ class Settings(BaseSettings):
 
     # --- batch scoring (flows/score.py) ----------------------------------------------------------------
     score_alias: str = "champion"  # the version scored when neither a version nor an alias is given
-    score_chunk_rows: int = Field(65_536, ge=1)  # rows read, scored and written at a time (bounds memory)
+    # rows read, scored and written at a time: bounds memory; 32,768 is faster than 65,536 (bench/score)
+    score_chunk_rows: int = Field(32_768, ge=1)
     score_reasons: Literal["risky", "all", "none"] = "risky"  # batch scoring's reasons column: which rows
 
     # --- alerts (deployments/alerts.py) ------------------------------------------------------------------
