@@ -9,7 +9,7 @@ request never waits. One writer thread per worker drains the queue every 50 ms, 
 outcomes can be joined later; null when a record has none) and appends one frame per request to its own spool
 ``predictions-<first record time>-<host>-<pid>-<n>.spool``, so workers and replicas can share one folder. A
 spool is rotated at ``LOANRISK_PREDICTION_LOG_ROTATE_BYTES`` or ``LOANRISK_PREDICTION_LOG_ROTATE_SECONDS`` and
-converted to gzip-compressed JSON Lines by a child process at nice 19: the JSON encoding and the compression take
+converted to gzip-compressed JSON Lines by a child process at idle priority (SCHED_IDLE, else nice 19): the JSON encoding and the compression take
 idle CPU, not the requests'. On start a writer also converts the spools that dead writers of this host left (a
 killed worker's), counting a cut-short one (``loanrisk_prediction_log_torn_total``).
 
@@ -226,7 +226,7 @@ class PredictionLog:
             self._compress([path])
 
     def _compress(self, paths: list[Path]) -> None:
-        """Convert closed spools in a child process at nice 19 (idle CPU only)."""
+        """Convert closed spools in a child process at idle priority (idle CPU only)."""
         command = [sys.executable, "-m", "serving.predlog_files", *map(str, paths)]
         env = dict(
             os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
