@@ -247,7 +247,10 @@ class Bundle:
 
     def predict_columns(self, columns: dict[str, Any]) -> np.ndarray:
         """Probability of the risky class for columns built by :func:`serving.features.columns_from`."""
-        pool = self.input_pool(columns)
+        return self.predict_pool(self.input_pool(columns))
+
+    def predict_pool(self, pool: Pool) -> np.ndarray:
+        """Probability of the risky class for a Pool of :meth:`input_pool` (calibrated)."""
         proba = self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)
         return self.calibrated(proba[:, 1])
 
