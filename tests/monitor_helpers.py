@@ -1,11 +1,11 @@
-"""What the monitor tests share: a registered version packaged the training way (profile included), and
-prediction-log records of the documented shape.
+"""What the monitor tests share: a registered version packaged the training way (profile included), two
+populations of applicants it scores (the same one, seed 8, and ``--drift applicants``), and their prediction logs.
 
-Until the service's prediction log (``serving/predlog.py``) lands, the tests write the log themselves, one record
-per scored application, exactly as the issue documents it: ``{"time", "request_id", "endpoint", "model_name",
-"model_version", "id", "features": {name: value}, "probability", "label"}``, the id pseudonymised and the
-features the model row the bundle scored. Once the service writes it, the integration test sends the rows
-through gunicorn instead.
+:func:`champion_with_service_logs` has the real service write the logs: gunicorn (two workers, the log on) scores
+each population, sent over HTTP, and a graceful stop flushes the files (the drift-loop integration test).
+:func:`champion_with_logs` writes them in-process in the documented record shape (``{"time", "request_id",
+"endpoint", "model_name", "model_version", "id", "features": {name: value}, "probability", "label"}``, the id
+pseudonymised and the features the model row the bundle scored), for the monitor flow test, which needs no server.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import secrets
+import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from catboost import CatBoostClassifier
 
 from serving.bundle import BundleMeta, load_bundle, write_bundle, write_profile
 from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES, build_rows
+from serving.predlog_files import PREFIX, SPOOL
 from serving.privacy import Pseudonymiser
 from tasks import registry, tracking
 from tasks.features import build_model_table
@@ -57,24 +61,101 @@ def register_small_version(settings: Settings, data_dir: Path, alias: str | None
     return version
 
 
+POPULATIONS = (("plain", None), ("shifted", "applicants"))
+BATCH = 500  # records per /predict/batch request
+SINGLES = 8  # records sent one by one to /predict first, so both endpoints are logged
+CONVERT_WAIT_S = 60.0
+
+
+def _champion(settings: Settings, root: Path, data_dir: Path) -> tuple[str, Path]:
+    """A champion packaged from ``data_dir``: its version and its bundle downloaded from the registry."""
+    version = register_small_version(settings, data_dir)
+    return version, registry.download_bundle(settings, version, root / "bundle")
+
+
 def champion_with_logs(root: Path, data_dir: Path) -> tuple[Settings, str, dict[str, Path]]:
     """Settings with state under ``root``, a champion packaged from ``data_dir``, and two prediction logs of
-    applicants it scored: ``plain`` (the same population, seed 8) and ``shifted`` (``--drift applicants``),
-    each written by two workers."""
+    applicants it scored, written here in the service's record shape: ``plain`` (the same population, seed 8)
+    and ``shifted`` (``--drift applicants``), each as if from two workers."""
     from tasks.sample import generate
     from tests.serving.synthetic import records_from_files
 
     settings = Settings(state_dir=root / "state")
-    version = register_small_version(settings, data_dir)
-    bundle = registry.download_bundle(settings, version, root / "bundle")
+    version, bundle = _champion(settings, root, data_dir)
     logs = {}
-    for name, drift in (("plain", None), ("shifted", "applicants")):
+    for name, drift in POPULATIONS:
         generate(root / name, scale=0.02, seed=8, drift=drift)
         records = log_records(bundle, records_from_files(root / name), settings.pseudonymiser())
         logs[name] = root / f"log-{name}"
         write_log(logs[name], records[: len(records) // 2], worker=0)
         write_log(logs[name], records[len(records) // 2 :], worker=1)
     return settings, version, logs
+
+
+def champion_with_service_logs(
+    root: Path, data_dir: Path
+) -> tuple[Settings, str, dict[str, Path], dict[str, Path]]:
+    """Settings with state and a pseudonym key, a champion packaged from ``data_dir``, and the two populations
+    of :func:`champion_with_logs` scored by the real service: ``(settings, version, logs, sources)``, ``logs``
+    the folders the service's log wrote, ``sources`` the generated files each population's requests came from."""
+    from tasks.sample import generate
+    from tests.serving.synthetic import records_from_files, strip_label
+
+    settings = Settings(state_dir=root / "state", pseudonym_key=secrets.token_hex(32))
+    version, bundle = _champion(settings, root, data_dir)
+    logs, sources = {}, {}
+    for name, drift in POPULATIONS:
+        sources[name] = root / name
+        generate(sources[name], scale=0.02, seed=8, drift=drift)
+        records = [strip_label(r) for r in records_from_files(sources[name])]
+        logs[name] = service_log(settings, bundle, records, root / f"log-{name}", root / f"service-{name}")
+    return settings, version, logs, sources
+
+
+def service_log(
+    settings: Settings, bundle_dir: Path, records: Sequence[dict[str, Any]], folder: Path, workdir: Path
+) -> Path:
+    """``records`` scored by gunicorn (serving/gunicorn_conf.py, two workers) serving ``bundle_dir`` with its
+    prediction log in ``folder`` under the settings' pseudonym key: the first :data:`SINGLES` through
+    ``/predict``, the rest through ``/predict/batch`` in batches of :data:`BATCH`, two requests at a time; then a
+    graceful stop (SIGTERM), which flushes each worker's log. Returns ``folder``; ``workdir`` keeps the server's
+    output."""
+    from tests.serving.conftest import _stop, call, start_service
+
+    assert settings.pseudonym_key is not None, "the service's log needs the settings' pseudonym key"
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = start_service(
+        workdir,
+        bundle_dir,
+        2,
+        LOANRISK_PREDICTION_LOG_DIR=str(folder),
+        LOANRISK_PSEUDONYM_KEY=settings.pseudonym_key.get_secret_value(),
+        LOANRISK_LOG_LEVEL="WARNING",
+    )
+    requests: list[tuple[str, Any]] = [("/predict", r) for r in records[:SINGLES]]
+    requests += [
+        ("/predict/batch", {"data": records[i : i + BATCH]}) for i in range(SINGLES, len(records), BATCH)
+    ]
+
+    def send(request: tuple[str, Any]) -> int:
+        path, body = request
+        status, answer = call(server.url + path, json.dumps(body).encode())
+        assert status == 200, f"{path}: {status} {answer}"
+        return status
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(send, requests))
+    finally:
+        _stop(server.process)  # SIGTERM: each worker writes what it has queued and closes its spool
+    assert server.process.returncode == 0, server.log_text()[-2000:]
+    # the closed spools are converted to .jsonl.gz by children that outlive the workers: wait for them, so the
+    # folder holds the log as it stays (the monitor reads spools too, but the privacy scan wants the final bytes)
+    deadline = time.monotonic() + CONVERT_WAIT_S
+    while spools := sorted(p.name for p in folder.glob(f"{PREFIX}*{SPOOL}")):
+        assert time.monotonic() < deadline, f"spools not converted in {CONVERT_WAIT_S:.0f} s: {spools}"
+        time.sleep(0.2)
+    return folder
 
 
 def _plain(value: Any) -> Any:

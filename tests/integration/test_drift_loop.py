@@ -1,11 +1,13 @@
-"""The loop on a real Prefect server and process worker: log → monitor → event → retrain trigger.
+"""The loop on a real Prefect server and process worker: service log → monitor → event → retrain trigger.
 
 One server (its scheduler off, so no scheduled run appears by itself; the trigger and action services on) with
 the deployments of prefect.yaml, one process worker on the pool, one champion packaged the training way with its
-reference profile. The prediction logs hold applicants of the same population (seed 8) and a shifted one
-(``tasks.sample --drift applicants``: more ``lead`` applications, higher APR, lower clarity score); until the
-service's prediction log lands they are written in the documented record shape from the same rows the service
-would score (``tests/monitor_helpers.py``).
+reference profile. Two populations of applicants, the same one (seed 8) and a shifted one (``tasks.sample --drift
+applicants``: more ``lead`` applications, higher APR, lower clarity score), are sent over HTTP to the real service
+(gunicorn, two workers, the prediction log on under the settings' pseudonym key), a few through ``/predict`` and
+the rest through ``/predict/batch``; a graceful stop flushes each log (``tests/monitor_helpers.py``). The logs
+the service wrote hold every record, from both endpoints, under pseudonymised ids, and no ``anon_ssn`` value or
+raw loan id.
 
 The monitor runs as the ``loan-risk-monitor/daily`` deployment on the worker. Same population: a
 ``loan-risk.drift.ok`` event and no retrain. Shifted: ``loan-risk.drift.detected`` naming exactly the three
@@ -25,7 +27,9 @@ from typing import Any
 
 import pytest
 
+from serving.predlog import read_log
 from tasks import monitor
+from tasks.settings import Settings
 from tests.integration.prefect_fixtures import (
     REPO_ROOT,
     PrefectServer,
@@ -34,7 +38,10 @@ from tests.integration.prefect_fixtures import (
     process_worker,
 )
 from tests.integration.test_deployments import _run_setup
-from tests.monitor_helpers import champion_with_logs
+from tests.monitor_helpers import SINGLES, champion_with_service_logs
+from tests.privacy_scan import KnownValues, Scan
+from tests.serving.synthetic import records_from_files
+from tests.serving.test_predlog_workers import log_bytes
 
 pytestmark = pytest.mark.prefect_server
 
@@ -53,6 +60,8 @@ class Loop:
     env: dict[str, str]
     logs: dict[str, Path]
     version: str
+    settings: Settings
+    sources: dict[str, Path]
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         with self.server.http() as http:
@@ -82,11 +91,12 @@ class Loop:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Iterator[Loop]:
     tmp = tmp_path_factory.mktemp("drift-loop")
-    settings, version, logs = champion_with_logs(tmp, sample_dir)
+    settings, version, logs, sources = champion_with_service_logs(tmp, sample_dir)
     with prefect_server(
         tmp / "server", extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
     ) as server:
         state = settings.state_dir
+        # the monitor runs join no outcomes here, so they need not share the service's pseudonym key
         env = server.client_env(tmp / "client", {"LOANRISK_STATE_DIR": str(state)})
         _run_setup(env)
         # a retrain run the trigger creates would start on this worker: keep it tiny (it is cancelled anyway)
@@ -96,7 +106,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Iterator
             "LOANRISK_DEPLOY_ON_PROMOTION": "false",
         }
         with process_worker(server, POOL, tmp / "worker", state_dir=state, extra_env=tiny) as worker:
-            yield Loop(server, worker, env, logs, version)
+            yield Loop(server, worker, env, logs, version, settings, sources)
 
 
 def _wait(what: str, check: Any, timeout: float) -> Any:
@@ -116,6 +126,27 @@ def _cancel(loop: Loop, runs: list[dict[str, Any]]) -> None:
             f"flow_runs/{run['id']}/set_state",
             {"state": {"type": "CANCELLING", "message": "drift loop test: created is enough"}, "force": True},
         )
+
+
+@pytest.mark.parametrize("name", ["plain", "shifted"])
+def test_the_service_wrote_the_logs_without_personal_values(loop: Loop, name: str) -> None:
+    read = read_log(loop.logs[name])
+    logged = list(read)
+    assert (read.torn, read.skipped) == (0, 0)
+    sent = records_from_files(loop.sources[name])
+    assert len(logged) == len(sent)
+    assert {r["model_version"] for r in logged} == {loop.version}
+    endpoints = [r["endpoint"] for r in logged]
+    assert endpoints.count("/predict") == SINGLES and endpoints.count("/predict/batch") == len(sent) - SINGLES
+    # ids are the loan ids under the settings' key, so outcomes can be joined later
+    token = loop.settings.pseudonymiser().token
+    assert sorted(r["id"] for r in logged) == sorted(token(r["loanId"]) for r in sent)
+
+    scan = Scan(KnownValues.from_source(loop.sources[name]))
+    text = log_bytes(loop.logs[name])
+    scan.data(str(loop.logs[name]), text)
+    assert scan.files == 1 and scan.bytes > 0 and scan.hits == [], scan.summary()
+    assert b"anon_ssn" not in text and b"loanId" not in text
 
 
 def test_the_same_population_emits_ok_and_no_retrain(loop: Loop) -> None:

@@ -219,40 +219,52 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
+def start_service(folder: Path, bundle_dir: Path, workers: int = 2, **env: str) -> LiveServer:
+    """gunicorn (serving/gunicorn_conf.py) serving ``bundle_dir`` on a free port, in its own session, ready
+    (``/health`` answers 200); its output goes to ``folder/server-<port>.log``. ``env`` is added to the
+    environment. The caller stops it (:func:`_stop`); a server that does not get ready is stopped here."""
+    port = free_port()
+    log_path = folder / f"server-{port}.log"
+    multiproc = folder / f"prometheus-{port}"
+    environ = dict(os.environ)
+    environ.pop("LOANRISK_RELOAD_SYNC_DIR", None)
+    environ.update(
+        LOANRISK_BUNDLE_DIR=str(bundle_dir),
+        LOANRISK_ADMIN_TOKEN=ADMIN_TOKEN,
+        PROMETHEUS_MULTIPROC_DIR=str(multiproc),
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    environ.update(env)
+    command = [
+        sys.executable, "-m", "gunicorn", "--config", str(REPO_ROOT / "serving" / "gunicorn_conf.py"),
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        _wait_ready(server, 120)
+    except BaseException:
+        _stop(process)
+        raise
+    return server
+
+
 @pytest.fixture
 def live_server(tmp_path: Path, bundle_dir: Path) -> Iterator[Callable[..., LiveServer]]:
     """Start gunicorn (serving/gunicorn_conf.py) in a subprocess; stopped by process group at teardown."""
     started: list[LiveServer] = []
 
     def start(workers: int = 2, **env: str) -> LiveServer:
-        port = free_port()
-        log_path = tmp_path / f"server-{port}.log"
-        multiproc = tmp_path / f"prometheus-{port}"
-        environ = dict(os.environ)
-        environ.pop("LOANRISK_RELOAD_SYNC_DIR", None)
-        environ.update(
-            LOANRISK_BUNDLE_DIR=str(bundle_dir),
-            LOANRISK_ADMIN_TOKEN=ADMIN_TOKEN,
-            PROMETHEUS_MULTIPROC_DIR=str(multiproc),
-            PYTHONPATH=str(REPO_ROOT),
-        )
-        environ.update(env)
-        command = [
-            sys.executable, "-m", "gunicorn", "--config", str(REPO_ROOT / "serving" / "gunicorn_conf.py"),
-            "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-        ]  # fmt: skip
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=environ,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
+        server = start_service(tmp_path, bundle_dir, workers, **env)
         started.append(server)
-        _wait_ready(server, 120)
         return server
 
     yield start
