@@ -22,6 +22,7 @@ import math
 import os
 import re
 import secrets
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -80,8 +81,13 @@ class Pseudonymiser:
 
 
 def load_key(secret: str | None, secrets_dir: str | Path) -> bytes:
-    """The key: ``secret`` when given, else the one kept in ``secrets_dir``, made (0600) on first use."""
+    """The key: ``secret`` when given, else the one kept in ``secrets_dir``, made (0600) on first use. A secret
+    of 32 or more hex digits is read as hex, like the kept file, so the file's text given as the setting (to the
+    service, say) is the same key; any other secret is its UTF-8 bytes."""
     if secret:
+        text = secret.strip()
+        if len(text) >= 2 * 16 and len(text) % 2 == 0 and all(c in string.hexdigits for c in text):
+            return bytes.fromhex(text)
         return secret.encode()
     folder = Path(secrets_dir)
     path = folder / KEY_FILE

@@ -116,3 +116,14 @@ def test_settings_pseudonymiser_uses_the_env_key_or_the_kept_one(
 def test_label_statuses_must_be_dataset_statuses(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="Paid Of Loan"):
         Settings(state_dir=tmp_path, label_good_statuses=["Paid Of Loan"])
+
+
+def test_the_kept_keys_text_given_as_the_setting_is_the_same_key(tmp_path: Path) -> None:
+    """An operator gives the service (LOANRISK_PSEUDONYM_KEY) the training side's kept key file: the same key,
+    so the prediction log's ids join the outcomes pseudonymised by training and the monitor."""
+    secrets_dir = tmp_path / "secrets"
+    kept = load_key(None, secrets_dir)
+    text = (secrets_dir / KEY_FILE).read_text()
+    assert load_key(text, tmp_path / "elsewhere") == kept
+    assert load_key(text.strip().upper(), tmp_path / "elsewhere") == kept
+    assert load_key("0123abcd", tmp_path) == b"0123abcd"  # short hex: too short for a key, taken as text
