@@ -8,9 +8,10 @@ request never waits. One writer thread per worker drains the queue every 50 ms, 
 (:meth:`serving.privacy.Pseudonymiser.token` under ``LOANRISK_PSEUDONYM_KEY``, the training side's key, so
 outcomes can be joined later; null when a record has none) and appends one frame per request to its own spool
 ``predictions-<first record time>-<host>-<pid>-<n>.spool``, so workers and replicas can share one folder. A
-spool is rotated at ``LOANRISK_PREDICTION_LOG_ROTATE_BYTES`` or ``LOANRISK_PREDICTION_LOG_ROTATE_SECONDS`` and
-converted to gzip-compressed JSON Lines by a child process at idle priority (SCHED_IDLE, else nice 19): the JSON encoding and the compression take
-idle CPU, not the requests'. On start a writer also converts the spools that dead writers of this host left (a
+spool is rotated at ``LOANRISK_PREDICTION_LOG_ROTATE_BYTES`` or ``LOANRISK_PREDICTION_LOG_ROTATE_SECONDS`` and,
+after a lull (:data:`CONVERT_AFTER_IDLE_S`; at once when :data:`MAX_BACKLOG` spools wait), converted to
+gzip-compressed JSON Lines by a child process at idle priority (SCHED_IDLE, else nice 19): the JSON encoding and
+the compression take idle CPU, not the requests'. On start a writer also converts the spools that dead writers of this host left (a
 killed worker's), counting a cut-short one (``loanrisk_prediction_log_torn_total``).
 
 Without ``LOANRISK_PSEUDONYM_KEY`` the log refuses to start (the service with it): ids under a random key could
@@ -48,6 +49,12 @@ from serving.predlog_files import (  # noqa: F401 - read_log and LogRead: the re
 )
 
 DRAIN_INTERVAL_S = 0.05
+# A rotated spool waits for a lull - no record for CONVERT_AFTER_IDLE_S - before its conversion starts: under
+# sustained load the converter's JSON and gzip (~8 ms per 1,000 records, half the scoring's CPU) would contend with
+# the requests for the cores and their caches even at idle priority (bench/serve: 0.75 of the log-off batch
+# throughput while converting, 0.89 without). At MAX_BACKLOG waiting spools (~0.5 GB) it starts regardless.
+CONVERT_AFTER_IDLE_S = 1.0
+MAX_BACKLOG = 8
 
 logger = logging.getLogger("loanrisk")
 
@@ -110,6 +117,8 @@ class PredictionLog:
         self._seq = 0
         self._host = _host()
         self._children: list[subprocess.Popen[bytes]] = []
+        self._backlog: list[Path] = []  # rotated spools waiting for a lull to be converted
+        self._last_write = 0.0
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
         self._thread.start()
 
@@ -148,6 +157,7 @@ class PredictionLog:
                 self._stop.wait(DRAIN_INTERVAL_S)
         self._drain()
         self._rotate()  # the last spool too: converted by a child that outlives this worker if need be
+        self._convert_backlog()
 
     def _drain(self) -> bool:
         """Write what is queued; True when there was something."""
@@ -158,8 +168,14 @@ class PredictionLog:
             try:
                 if items:
                     self._write(items)
+                    self._last_write = time.monotonic()
                 elif self._file is not None and time.time() - self._opened >= self.rotate_seconds:
                     self._rotate()
+                if self._backlog and (
+                    len(self._backlog) >= MAX_BACKLOG
+                    or time.monotonic() - self._last_write >= CONVERT_AFTER_IDLE_S
+                ):
+                    self._convert_backlog()
                 self._reap()
             finally:
                 with self._idle:
@@ -223,7 +239,12 @@ class PredictionLog:
     def _rotate(self) -> None:
         path = self._close_file()
         if path is not None:
-            self._compress([path])
+            self._backlog.append(path)
+
+    def _convert_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, []
+        if backlog:
+            self._compress(backlog)
 
     def _compress(self, paths: list[Path]) -> None:
         """Convert closed spools in a child process at idle priority (idle CPU only)."""
