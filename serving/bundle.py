@@ -247,10 +247,7 @@ class Bundle:
 
     def predict_columns(self, columns: dict[str, Any]) -> np.ndarray:
         """Probability of the risky class for columns built by :func:`serving.features.columns_from`."""
-        return self.predict_pool(self.input_pool(columns))
-
-    def predict_pool(self, pool: Pool) -> np.ndarray:
-        """Probability of the risky class for a Pool of :meth:`input_pool` (calibrated)."""
+        pool = self.input_pool(columns)
         proba = self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)
         return self.calibrated(proba[:, 1])
 

@@ -58,7 +58,7 @@ TABLE_PATH = Path(__file__).with_name(TABLE_FILE)
 MODES = ("risky", "all", "none")
 DEFAULT_MODE = "risky"
 POOL_BLOCK = 16_384  # records whose leaves CatBoost finds at once (3.3 KB of leaf indexes a record)
-SHAP_BLOCK = 1_024  # records whose per-leaf SHAP rows are gathered at once (~23 KB a record)
+SHAP_BLOCK = 1_024  # records whose per-leaf SHAP rows are gathered at once (~46 KB a record)
 ModelInput = list[list[Any]] | dict[str, Any]
 Column = Callable[[str], Sequence[Any]]
 
@@ -283,22 +283,17 @@ class ShapTable:
         real = slots < n_features
         self.to_features[np.flatnonzero(real), slots[real]] = 1.0
 
-    def values(self, leaves: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """SHAP values (records × features, log-odds) of the records whose leaf indexes (CatBoost's
-        ``calc_leaf_indexes``: records × trees) are ``leaves``, or of those at ``rows`` of it."""
-        n, width = leaves.shape[0] if rows is None else rows.size, self.phi.shape[1] * self.offsets.size
+    def values(self, model: CatBoostClassifier, pool: Pool, thread_count: int) -> np.ndarray:
+        """SHAP values (rows × features, log-odds) of the records in ``pool``."""
+        leaves = model.calc_leaf_indexes(pool, thread_count=thread_count)  # rows × trees, uint32
+        leaves += self.offsets.astype(leaves.dtype)  # each tree's leaf -> its row of the table
+        n, width = leaves.shape[0], self.phi.shape[1] * self.offsets.size
         out = np.empty((n, self.n_features), dtype=np.float32)
         for start in range(0, n, SHAP_BLOCK):
-            block = (
-                leaves[start : start + SHAP_BLOCK]
-                if rows is None
-                else leaves[rows[start : start + SHAP_BLOCK]]
-            )
-            m = block.shape[0]
-            # each tree's leaf -> its row of the table; records × (trees × slots) gathered (np.take: ~3x faster
-            # than indexing), summed into features by one matrix product
-            picked = np.take(self.phi, block.astype(np.intp) + self.offsets, axis=0).reshape(m, width)
-            np.matmul(picked, self.to_features, out=out[start : start + m])
+            block = leaves[start : start + SHAP_BLOCK]
+            # rows × (trees × slots): each tree's leaf row of the table (np.take: ~3x faster than indexing)
+            picked = np.take(self.phi, block, axis=0).reshape(block.shape[0], width)
+            np.matmul(picked, self.to_features, out=out[start : start + block.shape[0]])
         return out
 
 
@@ -319,18 +314,12 @@ class Explainer:
         except (ValueError, KeyError, TypeError):
             self.shap = None
 
-    def contributions(
-        self, pool: Pool, thread_count: int = 1, rows: Sequence[int] | None = None
-    ) -> np.ndarray:
-        """Each record's SHAP value per feature (log-odds; positive: it raised the risk): of every record in
-        ``pool``, or of those at ``rows``."""
-        picked = None if rows is None else np.asarray(rows, dtype=np.intp)
+    def contributions(self, pool: Pool, thread_count: int = 1) -> np.ndarray:
+        """Each record's SHAP value per feature (log-odds; positive: it raised the risk)."""
         if self.shap is not None:
-            return self.shap.values(self.model.calc_leaf_indexes(pool, thread_count=thread_count), picked)
+            return self.shap.values(self.model, pool, thread_count)
         shap = self.model.get_feature_importance(
-            data=pool if picked is None else pool.slice(picked),
-            type=EFstrType.ShapValues,
-            thread_count=thread_count,
+            data=pool, type=EFstrType.ShapValues, thread_count=thread_count
         )
         return np.asarray(shap)[:, : len(self.features)]
 
@@ -397,11 +386,8 @@ def explain(
     index: Sequence[int] | None = None,
     count: int = DEFAULT_REASON_COUNT,
     raw: Column | None = None,
-    pool: Pool | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """The reasons of the records at ``index`` (None: all) of ``model_input`` (see the module's docstring).
-    ``pool``: the CatBoost Pool of all of ``model_input`` when the caller built one to predict; CatBoost's leaf
-    indexes then come from it (for every record: ~3.3 KB each) instead of from a Pool of the selected ones."""
+    """The reasons of the records at ``index`` (None: all) of ``model_input`` (see the module's docstring)."""
     explainer = bundle.explainer
     if explainer is None:
         raise ReasonsUnavailable(f"the bundle in {bundle.directory} has no reason-code table ({TABLE_FILE})")
@@ -410,18 +396,17 @@ def explain(
     if not positions:
         return []
     part = _subset(model_input, positions)
-    if pool is not None:
-        shap = explainer.contributions(pool, bundle.thread_count, positions)
-    else:  # a block at a time bounds the memory of CatBoost's leaf indexes
-        n = len(positions)
-        blocks = (
-            [part]
-            if n <= POOL_BLOCK
-            else [_subset(part, range(i, min(i + POOL_BLOCK, n))) for i in range(0, n, POOL_BLOCK)]
-        )
-        shap = np.concatenate(
-            [explainer.contributions(bundle.input_pool(b), bundle.thread_count) for b in blocks]
-        )
+    # A block of records at a time bounds the memory: CatBoost's leaf indexes, then the gathered SHAP rows
+    # (~46 KB a record for an 824-tree model; a 65,536-row chunk at once would take ~3 GB).
+    n = len(positions)
+    blocks = (
+        [part]
+        if n <= POOL_BLOCK
+        else [_subset(part, range(i, min(i + POOL_BLOCK, n))) for i in range(0, n, POOL_BLOCK)]
+    )
+    shap = np.concatenate(
+        [explainer.contributions(bundle.input_pool(b), bundle.thread_count) for b in blocks]
+    )
 
     def values(feature: int, rows: np.ndarray) -> list[Any]:
         source = explainer.sources[feature]
@@ -455,7 +440,6 @@ def explain_selected(
     mode: str = DEFAULT_MODE,
     count: int = DEFAULT_REASON_COUNT,
     raw: Column | None = None,
-    pool: Pool | None = None,
 ) -> list[list[dict[str, Any]] | None] | None:
     """Reasons for the records ``mode`` selects (:func:`selected`), aligned with ``probabilities``: None for a
     record not selected; None altogether when nothing is asked (``none``) or the bundle has no table."""
@@ -463,6 +447,6 @@ def explain_selected(
         return None
     index = selected(probabilities, threshold, mode)
     out: list[list[dict[str, Any]] | None] = [None] * len(probabilities)
-    for i, found in zip(index, explain(bundle, model_input, index, count, raw, pool), strict=True):
+    for i, found in zip(index, explain(bundle, model_input, index, count, raw), strict=True):
         out[i] = found
     return out

@@ -45,7 +45,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from catboost import Pool
 
 from serving.bundle import Bundle, load_bundle
 from serving.contract import CLARITY_COLUMNS, IDENTIFIER_FIELDS, LOAN_COLUMNS
@@ -67,11 +66,10 @@ REJECT_COLUMNS: tuple[str, ...] = ("line", "loanId", "field", "reason")
 DEFAULT_CHUNK_ROWS: int = Settings.model_fields["score_chunk_rows"].default
 _CSV_BYTES_PER_ROW = 180  # loan.csv averages ~172 bytes a row: a CSV block of chunk_rows * this
 
-# The reason codes of a scored chunk: (bundle, the chunk's model columns, its probabilities, its fields as sent,
-# the Pool it was predicted from) -> one text (or None) per row.
+# The reason codes of a scored chunk: (bundle, the chunk's model columns, its probabilities, its fields as sent)
+# -> one text (or None) per row.
 ReasonFn = Callable[
-    [Bundle, dict[str, Any], np.ndarray, Callable[[str], Sequence[Any]], Pool],
-    Sequence[str | None],
+    [Bundle, dict[str, Any], np.ndarray, Callable[[str], Sequence[Any]]], Sequence[str | None]
 ]
 
 
@@ -84,10 +82,9 @@ def service_reasons(mode: str = DEFAULT_MODE, count: int = DEFAULT_REASON_COUNT)
         columns: dict[str, Any],
         probabilities: np.ndarray,
         raw: Callable[[str], Sequence[Any]],
-        pool: Pool,
     ) -> list[str | None]:
         found = explain_selected(
-            bundle, columns, probabilities.tolist(), bundle.meta.threshold, mode, count, raw, pool
+            bundle, columns, probabilities.tolist(), bundle.meta.threshold, mode, count, raw
         )
         if found is None:
             return [None] * len(probabilities)
@@ -315,10 +312,10 @@ REJECTS_SCHEMA = pa.schema(
 
 def predict_chunk(
     bundle: Bundle, table: pa.Table
-) -> tuple[dict[str, Any], Pool, np.ndarray, Callable[[str], list[Any]]]:
-    """The model columns, CatBoost Pool and probabilities of one chunk, by the service's columnar path, and its
-    fields as sent (``column(field)``, each read once); ValueError, OverflowError or TypeError when a value
-    needs the checked way (which names it)."""
+) -> tuple[dict[str, Any], np.ndarray, Callable[[str], list[Any]]]:
+    """The model columns and probabilities of one chunk, by the service's columnar path, and its fields as sent
+    (``column(field)``, each read once); ValueError, OverflowError or TypeError when a value needs the checked
+    way (which names it)."""
     sent: dict[str, list[Any]] = {}
 
     def column(name: str) -> list[Any]:
@@ -327,8 +324,7 @@ def predict_chunk(
         return sent[name]
 
     columns = columns_from(column, table.num_rows)
-    pool = bundle.input_pool(columns)
-    return columns, pool, bundle.predict_pool(pool), column
+    return columns, bundle.predict_columns(columns), column
 
 
 @dataclass
@@ -337,7 +333,6 @@ class _Predicted:
 
     table: pa.Table
     columns: dict[str, Any] | None = None
-    pool: Pool | None = None
     probabilities: np.ndarray | None = None
     column: Callable[[str], list[Any]] | None = None
     read_seconds: float = 0.0
@@ -357,7 +352,7 @@ def _predicted_ahead(bundle: Bundle, chunks: Iterator[pa.Table]) -> Iterator[_Pr
         done = _Predicted(table, read_seconds=time.perf_counter() - started)
         started = time.perf_counter()
         try:
-            done.columns, done.pool, done.probabilities, done.column = predict_chunk(bundle, table)
+            done.columns, done.probabilities, done.column = predict_chunk(bundle, table)
         except (ValueError, OverflowError, TypeError):
             pass  # the caller finds the bad rows, the checked way
         done.predict_seconds = time.perf_counter() - started
@@ -435,14 +430,12 @@ def score_file(
                 keep = np.ones(n, dtype=bool)
                 keep[[i for i, _ in bad]] = False
                 table = table.filter(pa.array(keep))
-                chunk.columns, chunk.pool, chunk.probabilities, chunk.column = predict_chunk(bundle, table)
+                chunk.columns, chunk.probabilities, chunk.column = predict_chunk(bundle, table)
             probabilities = chunk.probabilities
-            assert probabilities is not None and chunk.column is not None and chunk.pool is not None
+            assert probabilities is not None and chunk.column is not None
             labels = (probabilities >= threshold).astype(np.int8)
             t = time.perf_counter()
-            codes = (
-                reasons(bundle, chunk.columns, probabilities, chunk.column, chunk.pool) if reasons else None
-            )
+            codes = reasons(bundle, chunk.columns, probabilities, chunk.column) if reasons else None
             timings["reasons"] += time.perf_counter() - t
             t = time.perf_counter()
             ids = table.column(ID_FIELD)

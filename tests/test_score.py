@@ -219,9 +219,7 @@ def test_reasons_column_is_one_call_per_chunk_and_only_when_computed(
 ) -> None:
     calls: list[int] = []
 
-    def reasons(
-        b: Bundle, columns: dict[str, Any], probabilities: np.ndarray, raw: Any, pool: Any
-    ) -> list[str]:
+    def reasons(b: Bundle, columns: dict[str, Any], probabilities: np.ndarray, raw: Any) -> list[str]:
         calls.append(len(probabilities))
         return [f"apr={a}" for a in columns["apr"]]
 
