@@ -41,6 +41,7 @@ import tempfile
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,7 @@ TABLE_PATH = Path(__file__).with_name(TABLE_FILE)
 MODES = ("risky", "all", "none")
 DEFAULT_MODE = "risky"
 POOL_BLOCK = 16_384  # records whose leaves CatBoost finds at once (3.3 KB of leaf indexes a record)
-SHAP_BLOCK = 1_024  # records whose per-leaf SHAP rows are gathered at once (~46 KB a record)
+SHAP_BLOCK = 256  # records whose per-leaf SHAP rows are gathered at once (~23 KB each: cache-sized)
 ModelInput = list[list[Any]] | dict[str, Any]
 Column = Callable[[str], Sequence[Any]]
 
@@ -305,6 +306,10 @@ class Explainer:
         self.model, self.table, self.features = model, table, list(features)
         position = {f: i for i, f in enumerate(features)}
         self.members = [np.array([position[f] for f in r.features]) for r in table.reasons]
+        # the features ordered code by code, so each code's members are one slice (a view) of a reordered row
+        self.by_code = np.concatenate(self.members)
+        self.code_slices = list(zip(np.cumsum([0] + [m.size for m in self.members[:-1]]).tolist(),
+                                    np.cumsum([m.size for m in self.members]).tolist(), strict=True))  # fmt: skip
         self.family = np.zeros((len(features), len(table.reasons)))
         for code, members in enumerate(self.members):
             self.family[members, code] = 1.0
@@ -332,7 +337,10 @@ class Explainer:
         order = np.argsort(-by_code, axis=1, kind="stable")[:, :count]
         sums = np.take_along_axis(by_code, order, axis=1).round(6)
         # the member of each code that contributed most, for every row at once (first one on a tie)
-        top = np.stack([m[np.argmax(shap[:, m], axis=1)] for m in self.members], axis=1)
+        ordered = shap[:, self.by_code]
+        top = np.stack(
+            [self.by_code[a + np.argmax(ordered[:, a:b], axis=1)] for a, b in self.code_slices], axis=1
+        )
         tops = np.take_along_axis(top, order, axis=1)
         # a reason raised the risk; sorted largest first, so a row's reasons are a prefix of its codes
         rows, slots = np.nonzero(sums > 0)
@@ -374,8 +382,12 @@ def _subset(model_input: ModelInput, index: Sequence[int]) -> ModelInput:
     if isinstance(model_input, list):
         return [model_input[i] for i in index]
     picked = np.asarray(index, dtype=np.intp)
+    if picked.size == 0:
+        return {name: [] if type(values) is list else values[picked] for name, values in model_input.items()}
+    take = itemgetter(*picked.tolist())  # a C-level pick from the lists of text; one index gives a scalar
+    one = picked.size == 1
     return {
-        name: [values[i] for i in index] if type(values) is list else values[picked]
+        name: ([take(values)] if one else list(take(values))) if type(values) is list else values[picked]
         for name, values in model_input.items()
     }
 
