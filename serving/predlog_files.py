@@ -87,10 +87,10 @@ def frame(
     t: float, request_id: str, endpoint: str, served: Any, ids: list[Any], probabilities: Any, features: Any
 ) -> bytes:
     """One request's records as a spool frame (what the writer thread does per request)."""
-    if isinstance(features, dict):  # columns, in feature order: float64 buffers and lists of text
+    if isinstance(features, dict):  # columns, in feature order: number buffers and lists of text
         kind, data = (
             COLUMNS,
-            [c if type(c) is list else c.tobytes() for c in map(features.__getitem__, _names())],
+            [c if type(c) is list else _buffer(c) for c in map(features.__getitem__, _names())],
         )
     else:
         kind, data = ROWS, features
@@ -99,6 +99,22 @@ def frame(
         [t, request_id, endpoint, served.name, served.version, served.threshold, ids, probs, kind, data]
     )
     return FRAME.pack(len(body)) + body
+
+
+def _buffer(column: np.ndarray) -> bytes:
+    """A float64 column's bytes: as float32 when every value is one exactly (flags, counts, amounts: most
+    columns), so a spool is about half the size; a reader tells the two apart by the length (4 or 8 bytes a
+    record)."""
+    narrow = column.astype(np.float32)
+    same = narrow.astype(np.float64).view(np.int64) == column.view(np.int64)  # bit for bit: NaN too
+    return narrow.tobytes() if same.all() else column.tobytes()
+
+
+def _numbers(buffer: bytes, n: int) -> list[float]:
+    """The values of a column buffer of ``n`` records (:func:`_buffer`), as Python floats."""
+    if n and len(buffer) == 4 * n:
+        return np.frombuffer(buffer, np.float32).astype(np.float64).tolist()
+    return np.frombuffer(buffer, np.float64).tolist()
 
 
 @cache
@@ -122,14 +138,14 @@ def frame_lines(body: bytes) -> bytes:
     """The JSON Lines of one frame's records."""
     t, request_id, endpoint, name, version, threshold, ids, probs, kind, data = _unpack(body)
     features, record, encode_lines = _codec()
+    probs = np.frombuffer(probs, np.float64).tolist() if type(probs) is bytes else probs
+    n = len(probs)
     if kind == COLUMNS:
-        columns = (c if type(c) is list else np.frombuffer(c, np.float64).tolist() for c in data)
+        columns = (c if type(c) is list else _numbers(c, n) for c in data)
         rows = map(features, *columns)
     else:
         rows = starmap(features, data)
-    probs = np.frombuffer(probs, np.float64).tolist() if type(probs) is bytes else probs
     labels = [1 if p >= threshold else 0 for p in probs]
-    n = len(probs)
     stamp = iso(t)
     return encode_lines(
         list(

@@ -170,13 +170,13 @@ def test_files_rotate_by_size_and_are_compressed(
     make_app: Callable[..., Flask], records: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     folder = tmp_path / "log"
-    app = logged_app(make_app, folder, prediction_log_rotate_bytes=4_000)
+    app = logged_app(make_app, folder, prediction_log_rotate_bytes=2_000)
     client = app.test_client()
     for start in range(0, 100, 10):
         assert client.post("/predict/batch", json={"data": records[start : start + 10]}).status_code == 200
     log = app.extensions["loanrisk_predlog"]
     assert log.flush()
-    # ~0.6 KB a record in the spool: every 10-record request fills a file past 4 KB, so each is rotated and
+    # ~0.3 KB a record in the spool: every 10-record request fills a file past 2 KB, so each is rotated and
     # converted to compressed JSON Lines
     wait_for(lambda: len(list(folder.glob("*.jsonl.gz"))) == 10 and not list(folder.glob("*.spool")))
     for path in folder.glob("*.jsonl.gz"):
@@ -259,3 +259,35 @@ def test_read_log_takes_files_of_the_shape_written_by_other_tools(tmp_path: Path
         tmp_path, since=datetime(2026, 11, 30, 10, 0, 1, tzinfo=UTC), until="2026-11-30T10:00:04"
     )
     assert [r["time"][:19] for r in window] == ["2026-11-30T10:00:01", "2026-11-30T10:00:03"]
+
+
+def test_columns_exact_in_float32_are_spooled_as_float32_and_read_back_exactly() -> None:
+    """A column whose values are all float32 numbers (flags, counts, amounts) is spooled in half the bytes; one
+    that is not (a ratio) stays float64; both read back as the same floats, NaN as null."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from serving.features import CATEGORICAL_FEATURES
+    from serving.predlog_files import FRAME, frame_lines
+
+    exact, ratio = np.array([1.0, np.nan, 590.0]), np.array([0.1, 1 / 3, np.nan])
+    served = SimpleNamespace(name="loan-risk", version="1", threshold=0.5)
+    numeric = [name for name in FEATURE_NAMES if name not in CATEGORICAL_FEATURES]
+
+    def spooled(pick: Callable[[int], np.ndarray]) -> bytes:
+        columns = {
+            name: ["a", "b", "c"] if name in CATEGORICAL_FEATURES else pick(i)
+            for i, name in enumerate(FEATURE_NAMES)
+        }
+        return frame(0.0, "r", "/predict/batch", served, [None] * 3, np.array([0.2, 0.6, 0.9]), columns)
+
+    wide = spooled(lambda i: ratio)
+    assert len(wide) - len(spooled(lambda i: exact)) == len(numeric) * 3 * 4
+    mixed = spooled(lambda i: ratio if i % 2 else exact)
+    lines = [orjson.loads(line) for line in frame_lines(mixed[FRAME.size :]).splitlines()]
+    for i, name in enumerate(FEATURE_NAMES):
+        if name not in CATEGORICAL_FEATURES:
+            want = [None if math.isnan(v) else v for v in (ratio if i % 2 else exact).tolist()]
+            assert [line["features"][name] for line in lines] == want, name
+    assert [line["label"] for line in lines] == [0, 1, 1]
