@@ -10,8 +10,8 @@ outcomes can be joined later; null when a record has none) and appends one frame
 ``predictions-<first record time>-<host>-<pid>-<n>.spool``, so workers and replicas can share one folder. A
 spool is rotated at ``LOANRISK_PREDICTION_LOG_ROTATE_BYTES`` or ``LOANRISK_PREDICTION_LOG_ROTATE_SECONDS`` and,
 after a lull (:data:`CONVERT_AFTER_IDLE_S`; at once when :data:`MAX_BACKLOG` spools wait), converted to
-gzip-compressed JSON Lines by a child process at idle priority (SCHED_IDLE, else nice 19): the JSON encoding and
-the compression take idle CPU, not the requests'. On start a writer also converts the spools that dead writers of this host left (a
+gzip-compressed JSON Lines by a child process at nice 19: the JSON encoding and the compression take idle CPU
+first, not the requests'. (Not SCHED_IDLE: beside any other busy process it never ran, and spools piled up.) On start a writer also converts the spools that dead writers of this host left (a
 killed worker's), counting a cut-short one (``loanrisk_prediction_log_torn_total``).
 
 Without ``LOANRISK_PSEUDONYM_KEY`` the log refuses to start (the service with it): ids under a random key could
@@ -51,7 +51,7 @@ from serving.predlog_files import (  # noqa: F401 - read_log and LogRead: the re
 DRAIN_INTERVAL_S = 0.05
 # A rotated spool waits for a lull - no record for CONVERT_AFTER_IDLE_S - before its conversion starts: under
 # sustained load the converter's JSON and gzip (~8 ms per 1,000 records, half the scoring's CPU) would contend with
-# the requests for the cores and their caches even at idle priority (bench/serve: 0.75 of the log-off batch
+# the requests for the cores and their caches even at nice 19 (bench/serve: 0.75 of the log-off batch
 # throughput while converting, 0.89 without). At MAX_BACKLOG waiting spools (~0.5 GB) it starts regardless.
 CONVERT_AFTER_IDLE_S = 1.0
 MAX_BACKLOG = 8
@@ -247,7 +247,7 @@ class PredictionLog:
             self._compress(backlog)
 
     def _compress(self, paths: list[Path]) -> None:
-        """Convert closed spools in a child process at idle priority (idle CPU only)."""
+        """Convert closed spools in a child process at nice 19 (idle CPU first)."""
         command = [sys.executable, "-m", "serving.predlog_files", *map(str, paths)]
         env = dict(
             os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))

@@ -4,7 +4,7 @@ A worker's writer thread appends **frames** to its active spool ``predictions-<f
 a 4-byte little-endian length, then one request's scored records as MessagePack - the columns the model scored
 (float64 buffers, lists of text) or its rows, the probabilities, the pseudonymised ids and the request's fields.
 That costs the request's worker a memory copy, not a JSON encoding of ~60 floats per record. A rotated spool is
-converted by ``python -m serving.predlog_files SPOOL...`` at idle priority (SCHED_IDLE, else nice 19) into
+converted by ``python -m serving.predlog_files SPOOL...`` at nice 19 (idle CPU first) into
 ``<name>.jsonl.gz``: one JSON object per line, the shape the monitor reads::
 
     {"time": "2026-11-30T03:00:00.123456+00:00", "request_id": "…", "endpoint": "/predict/batch",
@@ -221,8 +221,6 @@ def main(argv: list[str]) -> int:
     spool two workers both found is counted once, by the one that converted it."""
     with contextlib.suppress(OSError):
         os.nice(19)
-    with contextlib.suppress(OSError, AttributeError):  # Linux: run only when no other task wants the CPU
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     failed, cut = False, 0
     for name in argv:
         try:
