@@ -20,6 +20,7 @@ is the calibrated one, on every path (rows, columns, records), as training's met
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -38,22 +39,30 @@ from serving.features import (
     FEATURE_NAMES,
     FEATURE_VERSION,
     build_columns,
+    build_row,
     build_rows,
     columns_from,
 )
+from serving.logs import LOGGER_NAME
 from serving.privacy import foreign_fields
 from serving.reasons import Explainer, ModelInput, ReasonTableError, load_explainer
+from serving.trees import TreeSum, largest_difference, model_document
 
 BUNDLE_FORMAT = 1
 # Fewer records than this are built row by row (build_rows): for a handful, the columnar builder's fixed cost
 # per column is more than the per-value cost it saves.
 COLUMNS_FROM = 8
+# The tree sum (serving/trees.py) replaces CatBoost for those few only when it gives CatBoost's probabilities to
+# this much on the reference records at load (the parity the service promises between its paths).
+TREE_SUM_TOLERANCE = 1e-9
 _COLUMN_INDEX = pd.Index(list(FEATURE_NAMES), dtype=object)
 _CATEGORICAL = list(CATEGORICAL_INDICES)
 MODEL_FILE = "model.cbm"
 META_FILE = "bundle.json"
 REFERENCE_FILE = "reference.json"
 PROFILE_FILE = "profile.json"
+
+logger = logging.getLogger(LOGGER_NAME)
 
 
 def _categorical(values: list[str]) -> pd.Categorical:
@@ -190,7 +199,9 @@ class Bundle:
         self.model.load_model(str(model_path), format="cbm")
         self.thread_count = thread_count
         self.calibrator = _load_calibrator(meta_path, self.meta.calibrator)
-        self.explainer = self._load_explainer()
+        document = model_document(self.model)  # read by both, then dropped (~5 MB of JSON for 800 trees)
+        self.explainer = self._load_explainer(document)
+        self.trees = self._load_tree_sum(document)
 
     @property
     def version(self) -> str | None:
@@ -198,11 +209,38 @@ class Bundle:
 
     # --- reason codes (serving/reasons.py) ---
 
-    def _load_explainer(self) -> Explainer | None:
+    def _load_explainer(self, document: dict[str, Any]) -> Explainer | None:
         try:
-            return load_explainer(self.directory, self.model, self.meta.features)
+            return load_explainer(self.directory, self.model, self.meta.features, document)
         except ReasonTableError as exc:
             raise BundleError(f"{self.directory}: {exc}") from None
+
+    # --- the tree sum for a few records (serving/trees.py) ---
+
+    def _load_tree_sum(self, document: dict[str, Any]) -> TreeSum | None:
+        """The model's trees summed here for a few records, once they agree with CatBoost (to
+        :data:`TREE_SUM_TOLERANCE`) on the reference records and a record of missing values; else None."""
+        try:
+            trees = TreeSum.build(self.model, document, _CATEGORICAL, build_row({}))
+        except (KeyError, TypeError, ValueError) as exc:  # an export this code does not know: CatBoost scores
+            logger.warning("%s: no tree sum (%r); CatBoost scores all", self.directory, exc)
+            return None
+        if trees is None:
+            return None
+        try:  # a malformed reference file is the reference check's to name (serving.build_context)
+            records = (self.reference() or {}).get("records")
+            rows = [build_row({}), *(build_rows(records) if isinstance(records, list) else [])]
+        except (ValueError, TypeError, AttributeError):
+            rows = [build_row({})]
+        difference = largest_difference(trees, rows, self._catboost_probabilities)
+        if not difference <= TREE_SUM_TOLERANCE:
+            logger.warning(
+                "%s: the tree sum differs from CatBoost by %g on the reference records; CatBoost scores all",
+                self.directory,
+                difference,
+            )
+            return None
+        return trees
 
     def reason_codes(self) -> dict[str, Any] | None:
         """The reason-code table as /model/info lists it; None for a bundle without one."""
@@ -238,12 +276,19 @@ class Bundle:
         return self.predict_columns(model_input).tolist()
 
     def predict_rows(self, rows: list[list[Any]]) -> list[float]:
-        """Probability of the risky class for rows already built by :func:`serving.features.build_rows`."""
+        """Probability of the risky class for rows already built by :func:`serving.features.build_rows`: summed
+        here for fewer than :data:`COLUMNS_FROM` (:mod:`serving.trees`), by CatBoost for more."""
         if not rows:
             return []
+        if self.trees is not None and len(rows) < COLUMNS_FROM:
+            proba = self.trees.probabilities(rows)
+        else:
+            proba = self._catboost_probabilities(rows)
+        return [float(p) for p in self.calibrated(proba)]
+
+    def _catboost_probabilities(self, rows: list[list[Any]]) -> np.ndarray:
         pool = self.input_pool(rows)
-        proba = self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)
-        return [float(p) for p in self.calibrated(proba[:, 1])]
+        return self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
 
     def predict_columns(self, columns: dict[str, Any]) -> np.ndarray:
         """Probability of the risky class for columns built by :func:`serving.features.columns_from`."""

@@ -34,10 +34,8 @@ Over ~400 lines on purpose: the table, the per-leaf SHAP tabulation and the choi
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
-import tempfile
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ from catboost import CatBoostClassifier, EFstrType, Pool
 
 from serving.config import DEFAULT_REASON_COUNT
 from serving.features import FEATURE_SOURCES
+from serving.trees import model_document, split_features
 
 if TYPE_CHECKING:
     from serving.bundle import Bundle
@@ -185,23 +184,6 @@ def copy_table(
 # --- SHAP values ---------------------------------------------------------------------------------------------
 
 
-def _binary_features(info: dict[str, Any], flat_index: Callable[[int], int]) -> list[int] | None:
-    """The model feature behind each binary split of CatBoost's JSON export, in ``split_index`` order (float
-    borders, one-hot values, CTR borders); None when a split combines several features."""
-    out: list[int] = []
-    for f in info.get("float_features", []):
-        out += [f["flat_feature_index"]] * len(f.get("borders") or [])
-    cats = {c["feature_index"]: c["flat_feature_index"] for c in info.get("categorical_features", [])}
-    for c in info.get("categorical_features", []):
-        out += [c["flat_feature_index"]] * len(c.get("values") or [])
-    for ctr in info.get("ctrs", []):
-        elements = ctr.get("elements", [])
-        if len(elements) != 1 or "cat_feature_index" not in elements[0]:
-            return None
-        out += [cats[elements[0]["cat_feature_index"]]] * len(ctr.get("borders") or [])
-    return [flat_index(i) for i in out]
-
-
 def _tree_table(tree: dict[str, Any], binary: list[int]) -> tuple[np.ndarray, list[int], float]:
     """One symmetric tree's SHAP values for every leaf (leaves × its distinct features), those features, and its
     expected value. Path-dependent TreeSHAP as CatBoost computes it: the last split is the root, a split on a
@@ -257,16 +239,13 @@ def _tree_table(tree: dict[str, Any], binary: list[int]) -> tuple[np.ndarray, li
 class ShapTable:
     """Every tree's SHAP values per leaf, so a record's SHAP values are a gather and a sum."""
 
-    def __init__(self, model: CatBoostClassifier, n_features: int) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.json"
-            model.save_model(str(path), format="json")
-            data = json.loads(path.read_text())
-        scale, bias = data.get("scale_and_bias", [1.0, [0.0]])
-        binary = _binary_features(data["features_info"], int)
-        trees = data.get("oblivious_trees")
-        if binary is None or not trees:
+    def __init__(self, document: dict[str, Any], n_features: int) -> None:
+        scale, bias = document.get("scale_and_bias", [1.0, [0.0]])
+        splits = split_features(document["features_info"])
+        trees = document.get("oblivious_trees")
+        if splits is None or not trees:
             raise ValueError("the model has combined categorical features or no symmetric trees")
+        binary = [feature for _, feature, _ in splits]
         tables = [_tree_table(tree, binary) for tree in trees]
         width = max(1, max(len(groups) for _, groups, _ in tables))
         self.offsets = np.cumsum([0] + [phi.shape[0] for phi, _, _ in tables[:-1]])
@@ -301,7 +280,14 @@ class ShapTable:
 class Explainer:
     """A model's reason codes: its SHAP table (or CatBoost's own call) and the reason-code table."""
 
-    def __init__(self, model: CatBoostClassifier, table: ReasonTable, features: Sequence[str]) -> None:
+    def __init__(
+        self,
+        model: CatBoostClassifier,
+        table: ReasonTable,
+        features: Sequence[str],
+        document: dict[str, Any] | None = None,
+    ) -> None:
+        """``document``: the model's JSON export (:func:`serving.trees.model_document`), for its SHAP table."""
         table.check(features)
         self.model, self.table, self.features = model, table, list(features)
         position = {f: i for i, f in enumerate(features)}
@@ -315,7 +301,7 @@ class Explainer:
             self.family[members, code] = 1.0
         self.sources = [FEATURE_SOURCES.get(f) for f in features]
         try:
-            self.shap: ShapTable | None = ShapTable(model, len(features))
+            self.shap: ShapTable | None = ShapTable(document or model_document(model), len(features))
         except (ValueError, KeyError, TypeError):
             self.shap = None
 
@@ -362,10 +348,15 @@ class Explainer:
         return [found[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 
 
-def load_explainer(directory: Path, model: CatBoostClassifier, features: Sequence[str]) -> Explainer | None:
+def load_explainer(
+    directory: Path,
+    model: CatBoostClassifier,
+    features: Sequence[str],
+    document: dict[str, Any] | None = None,
+) -> Explainer | None:
     """The explainer of a bundle directory; None when it has no reason-code table (a bundle made before them)."""
     path = directory / TABLE_FILE
-    return Explainer(model, ReasonTable.read(path), features) if path.is_file() else None
+    return Explainer(model, ReasonTable.read(path), features, document) if path.is_file() else None
 
 
 # --- the entry point -----------------------------------------------------------------------------------------
