@@ -9,8 +9,6 @@ access-log line and metric observation per request.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,17 +17,17 @@ import orjson
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from serving.access import finish_request, request_id
 from serving.config import ServiceConfig
 from serving.features import KNOWN_FIELDS
-from serving.logs import LOGGER_NAME, configure_logging, log_access
+from serving.lane import FastLane
+from serving.logs import LOGGER_NAME, configure_logging
 from serving.metrics import get_metrics
 from serving.model import ModelHolder
 from serving.payloads import STRUCTURAL_FIELDS, ApiError, json_response
 from serving.predlog import start as start_prediction_log
 from serving.routes import bp
 from serving.schemas import openapi_document
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -60,6 +58,7 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
     app.register_blueprint(bp)
     _register_hooks(app)
     _register_error_handlers(app, config)
+    app.wsgi_app = FastLane(app.wsgi_app, holder, config, metrics, prediction_log)  # type: ignore[method-assign]
     return app
 
 
@@ -67,42 +66,24 @@ def _register_hooks(app: Flask) -> None:
     """Timing, metrics and one JSON access-log line per request (no body, no personal field).
 
     Runs on every request, so it reads the request and ``g`` once each (every proxy access is a context
-    lookup) and writes the line through :func:`serving.logs.log_access`."""
+    lookup); :func:`finish_request` is shared with the fast lane (:mod:`serving.lane`)."""
     metrics = app.extensions["loanrisk_metrics"]
 
     @app.before_request
     def _start() -> None:
         g.t0 = time.perf_counter()
-        rid = request.environ.get("HTTP_X_REQUEST_ID", "")  # set first: the prediction log records it
-        g.request_id = rid if _REQUEST_ID.match(rid) else os.urandom(16).hex()
+        g.request_id = request_id(request.environ)  # set first: the prediction log records it
 
     @app.after_request
     def _finish(response: Response) -> Response:
         now = time.perf_counter()
         state = g._get_current_object()
         req = request._get_current_object()
-        elapsed = now - getattr(state, "t0", now)
         rule = req.url_rule
         endpoint = rule.rule if rule is not None else "<unmatched>"
-        method = req.method
-        status = response.status_code
-        rows = getattr(state, "rows", 0)
-        metrics.observe_request(endpoint, method, status, elapsed, rows if status == 200 else 0)
-        rid = getattr(state, "request_id", None) or os.urandom(16).hex()
+        elapsed = now - getattr(state, "t0", now)
+        rid = finish_request(metrics, state, endpoint, req.method, response.status_code, elapsed)
         response.headers["X-Request-ID"] = rid
-        fields: dict[str, Any] = {
-            "request_id": rid,
-            "method": method[:16],
-            "endpoint": endpoint,
-            "status": status,
-            "duration_ms": round(elapsed * 1000, 3),
-            "rows": rows,
-            "model_version": getattr(state, "model_version", None),
-        }
-        err = getattr(state, "error", None)
-        if err is not None:
-            fields.update(err)
-        log_access(fields)
         return response
 
 

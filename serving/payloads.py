@@ -66,12 +66,16 @@ def feature_error(exc: FeatureError, index: int | None = None) -> ApiError:
 # --- answers ---------------------------------------------------------------------------------------------
 
 
-def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+def json_bytes(obj: Any) -> bytes:
+    """The JSON text of an answer (anything orjson cannot write made writable: :func:`encodable`)."""
     try:
-        body = orjson.dumps(obj, default=str)
+        return orjson.dumps(obj, default=str)
     except orjson.JSONEncodeError:  # a lone surrogate or an integer beyond 64 bits got this far
-        body = orjson.dumps(encodable(obj), default=str)
-    return Response(body, status=status, headers=headers, mimetype="application/json")
+        return orjson.dumps(encodable(obj), default=str)
+
+
+def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(json_bytes(obj), status=status, headers=headers, mimetype="application/json")
 
 
 def raw_json_response(body: bytes, status: int = 200) -> Response:
@@ -99,8 +103,18 @@ def encodable(value: Any) -> Any:
 Body = bytes | bytearray  # a request body: a bytearray when received straight from gunicorn's socket
 
 
+# The environ key under which the fast lane (serving/lane.py) leaves the body it read (or the error reading it
+# gave) before it handed the request to Flask: the socket has given the body already.
+READ_BODY = "loanrisk.body"
+
+
 def read_body() -> Body:
     """The request body, at most ``MAX_CONTENT_LENGTH`` bytes (413 beyond), with or without Content-Length."""
+    already = request.environ.get(READ_BODY)
+    if isinstance(already, ApiError):
+        raise already
+    if already is not None:
+        return already
     limit = request.max_content_length or sys.maxsize
     length = request.content_length
     too_large = ApiError(413, "body_too_large", f"request body is larger than the limit of {limit} bytes")
@@ -108,7 +122,7 @@ def read_body() -> Body:
         if length > limit:
             raise too_large
         if length:
-            data = _read_gunicorn_body(request.environ.get("wsgi.input"), length)
+            data = read_gunicorn_body(request.environ.get("wsgi.input"), length)
             if data is not None:
                 return data
         try:
@@ -123,7 +137,7 @@ def read_body() -> Body:
     return data
 
 
-def _read_gunicorn_body(stream: Any, length: int) -> Body | None:
+def read_gunicorn_body(stream: Any, length: int) -> Body | None:
     """Read a Content-Length body from gunicorn's reader in one go, or None when that does not apply.
 
     gunicorn's ``Body.read`` pulls the body 1 KiB at a time through Python code (~13 ms for a 5 MB batch of

@@ -1,8 +1,9 @@
 """The prediction log: every scored record, written off the request path (:mod:`serving.predlog_files` has the
 file format, the conversion and :func:`read_log`, re-exported here).
 
-A scoring handler hands over what it already built with one call, :func:`capture` (rows or columns, the
-probabilities, the loan ids): a lock, a length check and an append. A full queue (``LOANRISK_PREDICTION_LOG_QUEUE``
+A scoring request hands over what it already built with one call once its answer is built,
+:meth:`PredictionLog.submit` (:meth:`serving.routes.Scoring.commit`: rows or columns, the probabilities, the loan
+ids): a lock, a length check and an append. A full queue (``LOANRISK_PREDICTION_LOG_QUEUE``
 records) drops the records and counts them (``loanrisk_prediction_log_dropped_total{reason="queue_full"}``); the
 request never waits. One writer thread per worker drains the queue every 50 ms, pseudonymises each ``loanId``
 (:meth:`serving.privacy.Pseudonymiser.token` under ``LOANRISK_PSEUDONYM_KEY``, the training side's key, so
@@ -33,8 +34,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-from flask import current_app, g, request
 
 from serving.model import pid_alive
 from serving.predlog_files import (  # noqa: F401 - read_log and LogRead: the readers' entry point
@@ -333,12 +332,3 @@ def close_all() -> None:
 
 
 atexit.register(close_all)
-
-
-def capture(served: Any, features: Any, probabilities: Any, ids: Any, n: int) -> None:
-    """The one call of a scoring handler: queue its records when the app has a prediction log. ``features``:
-    the rows or columns the model scored; ``ids``: each record's ``loanId`` (any value; only text and integers
-    get a pseudonym), or a function giving them, called off the request path."""
-    log = current_app.extensions.get("loanrisk_predlog")
-    if log is not None:
-        log.submit(served, request.url_rule.rule, g.request_id, features, probabilities, ids, n)

@@ -13,6 +13,7 @@ prediction used, for the records the request's ``reasons`` selects (risky ones b
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from msgspec import UNSET
 
-from serving import predlog
 from serving.batches import FastBatch, fast_batch, fast_invocation
 from serving.card import CARD_HTML, CARD_MARKDOWN
 from serving.config import ServiceConfig
@@ -28,6 +28,7 @@ from serving.features import FeatureError, columns_to_records
 from serving.model import ModelHolder, ServedModel
 from serving.payloads import (
     ApiError,
+    Body,
     check_records,
     check_size,
     csv_records,
@@ -58,47 +59,81 @@ def _config() -> ServiceConfig:
 
 
 def _served() -> ServedModel:
-    holder = _holder()
+    return served_model(_holder(), g)
+
+
+def served_model(holder: ModelHolder, state: Any) -> ServedModel:
+    """The model being served (503 when none is), its version noted in ``state`` for the access line."""
     served = holder.current
     if served is None:
         raise ApiError(503, "model_unavailable", holder.load_error or "no model is loaded")
-    g.model_version = served.version
+    state.model_version = served.version
     return served
 
 
-def _score(served: ServedModel, records: list[Any]) -> tuple[list[float], ModelInput]:
-    """The checked way: the records scored (a bad field is a 4xx naming it and its index), and counted; with
-    the model input the probabilities came from (for reasons)."""
-    try:
-        model_input = served.bundle.model_input(records)
-    except FeatureError as exc:
-        raise feature_error(exc) from None
-    g.rows = len(records)
-    probabilities = served.bundle.predict_input(model_input)
-    predlog.capture(
-        served, model_input, probabilities, lambda: [r.get("loanId") for r in records], len(records)
-    )
-    return probabilities, model_input
+class Scoring:
+    """One scoring request, on Flask's path or the fast lane's (:mod:`serving.lane`): the served model, the
+    settings, the prediction log, and ``state`` where the access line's fields go (Flask's ``g``, or the
+    lane's own). The records it scored reach the prediction log only on :meth:`commit`, once the answer is
+    built: a request answered with an error logs nothing, and the lane may hand any request to Flask."""
+
+    def __init__(
+        self, served: ServedModel, config: ServiceConfig, log: Any, state: Any, endpoint: str
+    ) -> None:
+        self.served, self.config, self.log, self.state, self.endpoint = served, config, log, state, endpoint
+        self._pending: tuple[Any, ...] | None = None
+
+    def score(self, records: list[Any]) -> tuple[list[float], ModelInput]:
+        """The checked way: the records scored (a bad field is a 4xx naming it and its index), and counted;
+        with the model input the probabilities came from (for reasons)."""
+        try:
+            model_input = self.served.bundle.model_input(records)
+        except FeatureError as exc:
+            raise feature_error(exc) from None
+        probabilities = self.served.bundle.predict_input(model_input)
+        self._scored(model_input, probabilities, lambda: [r.get("loanId") for r in records], len(records))
+        return probabilities, model_input
+
+    def score_fast(self, batch: FastBatch | None) -> tuple[list[float], ModelInput] | None:
+        """The fast way: a decoded batch scored column by column, and counted; None when the checked way must
+        take it (no batch, too few records to gain, or a value a reader refuses: the checked way names it)."""
+        model_input = None if batch is None else self.served.bundle.fast_input(batch.column, batch.size)
+        if batch is None or model_input is None:
+            return None
+        probabilities = self.served.bundle.predict_input(model_input)
+        self._scored(model_input, probabilities, partial(batch.column, "loanId"), batch.size)
+        return probabilities, model_input
+
+    def _scored(self, model_input: ModelInput, probabilities: list[float], ids: Any, n: int) -> None:
+        self.state.rows = n
+        if self.log is not None:
+            self._pending = (model_input, probabilities, ids, n)
+
+    def reasons(
+        self, scored: tuple[list[float], ModelInput], options: tuple[str, int], raw: Column
+    ) -> list[Any] | None:
+        """Each record's reasons (None where the request's ``reasons`` does not select it), or None for none."""
+        probabilities, model_input = scored
+        served = self.served
+        return explain_selected(served.bundle, model_input, probabilities, served.threshold, *options, raw)
+
+    def commit(self) -> None:
+        """Queue what was scored in the prediction log (when the service keeps one)."""
+        if self._pending is not None:
+            self.log.submit(self.served, self.endpoint, self.state.request_id, *self._pending)
+            self._pending = None
 
 
-def _score_fast(served: ServedModel, batch: FastBatch | None) -> tuple[list[float], ModelInput] | None:
-    """The fast way: a decoded batch scored column by column, and counted; None when the checked way must
-    take it (no batch, too few records to gain, or a value a reader refuses: the checked way names it)."""
-    model_input = None if batch is None else served.bundle.fast_input(batch.column, batch.size)
-    if batch is None or model_input is None:
-        return None
-    g.rows = batch.size
-    probabilities = served.bundle.predict_input(model_input)
-    predlog.capture(served, model_input, probabilities, partial(batch.column, "loanId"), batch.size)
-    return probabilities, model_input
+def _scoring(endpoint: str) -> Scoring:
+    served = _served()
+    log = current_app.extensions.get("loanrisk_predlog")
+    return Scoring(served, _config(), log, g._get_current_object(), endpoint)
 
 
-def _reasons(
-    served: ServedModel, scored: tuple[list[float], ModelInput], options: tuple[str, int], raw: Column
-) -> list[Any] | None:
-    """Each record's reasons (None where the request's ``reasons`` does not select it), or None for none."""
-    probabilities, model_input = scored
-    return explain_selected(served.bundle, model_input, probabilities, served.threshold, *options, raw)
+def _answer(scoring: Scoring, out: dict[str, Any]) -> Response:
+    response = json_response(out)
+    scoring.commit()
+    return response
 
 
 # --- health and metadata ---------------------------------------------------------------------------------
@@ -157,15 +192,21 @@ def metrics_endpoint() -> Response:
 
 @bp.post("/predict")
 def predict() -> Response:
-    served = _served()
-    record = parse_json(read_body())
+    scoring = _scoring("/predict")
+    return _answer(scoring, predict_record(scoring, read_body(), request.args))
+
+
+def predict_record(scoring: Scoring, body: Body, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The answer of /predict: one record's probability, label and reasons."""
+    record = parse_json(body)
     if type(record) is not dict:
         message = f"expected a JSON object with the fields of one loan application, got {json_type(record)}"
         raise ApiError(400, "invalid_request", message, None, 0)
     echo = loan_id(record, 0)
-    options = reason_options(request.args, _config().reason_count)
-    scored = _score(served, [record])
-    probability, reasons = scored[0][0], _reasons(served, scored, options, records_column([record]))
+    options = reason_options(args, scoring.config.reason_count)
+    scored = scoring.score([record])
+    probability, reasons = scored[0][0], scoring.reasons(scored, options, records_column([record]))
+    served = scoring.served
     out: dict[str, Any] = {}
     if "loanId" in record:
         out["loanId"] = echo
@@ -177,19 +218,20 @@ def predict() -> Response:
     if reasons and reasons[0] is not None:
         out["reasons"] = reasons[0]
     warn(out, unknown([record]))
-    return json_response(out)
+    return out
 
 
 @bp.post("/predict/batch")
 def predict_batch() -> Response:
-    served = _served()
+    scoring = _scoring("/predict/batch")
+    config = scoring.config
     body = read_body()
-    options = reason_options(request.args, _config().reason_count)
-    batch = fast_batch(body, _config().max_batch_size)
-    scored = _score_fast(served, batch)
+    options = reason_options(request.args, config.reason_count)
+    batch = fast_batch(body, config.max_batch_size)
+    scored = scoring.score_fast(batch)
     if batch is not None and scored is not None:
-        reasons = _reasons(served, scored, options, batch.column)
-        return _batch_answer(served, scored[0], batch.loan_ids(), [], reasons)
+        reasons = scoring.reasons(scored, options, batch.column)
+        return _answer(scoring, _batch_answer(scoring.served, scored[0], batch.loan_ids(), [], reasons))
     payload = parse_json(body)
     if type(payload) is not dict or "data" not in payload:
         raise ApiError(400, "invalid_request", 'expected a JSON object {"data": [records]}', "data")
@@ -197,12 +239,12 @@ def predict_batch() -> Response:
     if type(records) is not list:
         message = f"'data' must be a list of records, got {json_type(records)}"
         raise ApiError(400, "invalid_request", message, "data")
-    check_size(records, "data", _config().max_batch_size)
+    check_size(records, "data", config.max_batch_size)
     check_records(records)
-    scored = _score(served, records)
+    scored = scoring.score(records)
     ids = [loan_id(r, i) if "loanId" in r else UNSET for i, r in enumerate(records)]
-    reasons = _reasons(served, scored, options, records_column(records))
-    return _batch_answer(served, scored[0], ids, unknown(records), reasons)
+    reasons = scoring.reasons(scored, options, records_column(records))
+    return _answer(scoring, _batch_answer(scoring.served, scored[0], ids, unknown(records), reasons))
 
 
 def _batch_answer(
@@ -211,7 +253,7 @@ def _batch_answer(
     ids: list[Any],
     unknown: list[str],
     reasons: list[Any] | None = None,
-) -> Response:
+) -> dict[str, Any]:
     """The answer of /predict/batch: each record's probability, label and loanId (when it gave one), and its
     reasons (when the request's ``reasons`` selects it)."""
     threshold = served.threshold
@@ -233,26 +275,40 @@ def _batch_answer(
         "model_version": served.version,
     }
     warn(out, unknown)
-    return json_response(out)
+    return out
 
 
 @bp.post("/invocations")
 def invocations() -> Response:
-    served = _served()
+    scoring = _scoring("/invocations")
     body = read_body()
-    params: Any = None  # MLflow's inference parameters: {"reasons": "risky" | "all", "reason_count": n}
     if request.mimetype in ("text/csv", "application/csv"):
-        records, field, columns = csv_records(body), "data", None
+        out = invocation_records(scoring, csv_records(body), "data", None, None)
     else:
-        batch = fast_invocation(body, _config().max_batch_size)
-        scored = _score_fast(served, batch)
-        if batch is not None and scored is not None:
-            options = reason_options(batch.params, _config().reason_count, "none", "params.")
-            return _invocation_answer(scored[0], _reasons(served, scored, options, batch.column))
-        payload = parse_json(body)
-        records, field, columns = mlflow_records(payload)
-        params = payload.get("params")
-    check_size(records, field, _config().max_batch_size)
+        out = invocation_json(scoring, body)
+    return _answer(scoring, out)
+
+
+def invocation_json(scoring: Scoring, body: Body) -> dict[str, Any]:
+    """The answer of /invocations to a JSON body (MLflow's scoring protocol)."""
+    config = scoring.config
+    batch = fast_invocation(body, config.max_batch_size)
+    scored = scoring.score_fast(batch)
+    if batch is not None and scored is not None:
+        options = reason_options(batch.params, config.reason_count, "none", "params.")
+        return _invocation_answer(scored[0], scoring.reasons(scored, options, batch.column))
+    payload = parse_json(body)
+    records, field, columns = mlflow_records(payload)
+    # MLflow's inference parameters: {"reasons": "risky" | "all", "reason_count": n}
+    return invocation_records(scoring, records, field, columns, payload.get("params"))
+
+
+def invocation_records(
+    scoring: Scoring, records: list[Any], field: str, columns: list[str] | None, params: Any
+) -> dict[str, Any]:
+    """The answer of /invocations to records (or, with ``columns``, rows) read from the body."""
+    config = scoring.config
+    check_size(records, field, config.max_batch_size)
     if columns is not None:
         try:
             records = columns_to_records(columns, records)
@@ -261,14 +317,14 @@ def invocations() -> Response:
                 400, "invalid_request", f"row {exc.index}: {exc.message}", field, exc.index
             ) from None
     check_records(records, field)
-    options = reason_options(params, _config().reason_count, "none", "params.")
-    scored = _score(served, records)
-    return _invocation_answer(scored[0], _reasons(served, scored, options, records_column(records)))
+    options = reason_options(params, config.reason_count, "none", "params.")
+    scored = scoring.score(records)
+    return _invocation_answer(scored[0], scoring.reasons(scored, options, records_column(records)))
 
 
-def _invocation_answer(probabilities: list[float], reasons: list[Any] | None) -> Response:
+def _invocation_answer(probabilities: list[float], reasons: list[Any] | None) -> dict[str, Any]:
     """MLflow's answer, unchanged (``predictions``); ``reasons`` beside it only when the params asked."""
-    return json_response(
+    return (
         {"predictions": probabilities}
         if reasons is None
         else {"predictions": probabilities, "reasons": reasons}

@@ -172,7 +172,8 @@ class TreeSum:
     def raw(self, rows: list[list[Any]]) -> np.ndarray:
         """The raw scores (log-odds) of model rows."""
         n, f = len(rows), self.n_float
-        x = np.array([[row[c] for c in self.float_columns] for row in rows], dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range: infinite, as CatBoost's cast makes it
+            x = np.array([[row[c] for c in self.float_columns] for row in rows], dtype=np.float32)
         values = x[:, self.float_of_split]
         outcomes = np.zeros((n, self.width), dtype=np.float32)
         missing = np.isnan(values)

@@ -129,7 +129,7 @@ def bodies_for(batch: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
 def test_fast_and_checked_ways_answer_alike(make_app, records, form: str, monkeypatch) -> None:
     bodies = bodies_for(variants(records)[form][:40])
     fast = answers(make_app().test_client(), bodies)
-    monkeypatch.setattr(routes, "_score_fast", lambda served, batch: None)
+    monkeypatch.setattr(routes.Scoring, "score_fast", lambda self, batch: None)
     checked = answers(make_app().test_client(), bodies)
     assert fast == checked  # exactly: same probabilities, labels, loanIds, warnings
     assert all(status == 200 for status, _ in fast)

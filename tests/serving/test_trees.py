@@ -35,8 +35,8 @@ def borders(bundle: Bundle) -> dict[int, list[float]]:
 
 def odd_rows(bundle: Bundle, records: list[dict[str, Any]], n: int = 1500) -> list[list[Any]]:
     """Rows of the records with values CatBoost must be matched on: missing numbers, categories it never saw,
-    numbers on a border and one float32 step either side of it, scaled numbers, categories swapped between
-    rows."""
+    numbers on a border and one float32 step either side of it, scaled numbers, numbers beyond float32's
+    range, categories swapped between rows."""
     rng = random.Random(7)
     base, edges = build_rows(records), borders(bundle)
     out = []
@@ -58,6 +58,8 @@ def odd_rows(bundle: Bundle, records: list[dict[str, Any]], n: int = 1500) -> li
                 row[j] = float(rng.choice(steps))
             elif u < 0.4 and row[j] == row[j]:
                 row[j] = row[j] * rng.uniform(0.5, 1.5)
+            elif u < 0.42:
+                row[j] = rng.choice([1e300, -1e300])  # beyond float32: infinite once cast
         out.append(row)
     return out
 
