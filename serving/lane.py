@@ -10,7 +10,7 @@ Anything else goes through Flask: another path or method, a content type other t
 Content-Length or one over the limit, a query string with escapes, no model loaded, and every request the
 routes answer with an error (a 4xx, or a fault): Flask then answers it, logs and counts it, with the body the
 lane read (:data:`serving.payloads.READ_BODY`). Nothing is logged in the prediction log before the answer is
-built (:meth:`serving.routes.Scoring.commit`), so a request handed over is never logged twice.
+built (:meth:`serving.scoring.Scoring.commit`), so a request handed over is never logged twice.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from serving.access import finish_request, request_id
 from serving.config import ServiceConfig
 from serving.model import ModelHolder
 from serving.payloads import READ_BODY, ApiError, json_bytes, read_gunicorn_body
-from serving.routes import Scoring, invocation_json, predict_record
+from serving.routes import invocation_json, predict_record
+from serving.scoring import Scoring
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _PLAIN_QUERY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789=&_-.")

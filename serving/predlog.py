@@ -2,7 +2,7 @@
 file format, the conversion and :func:`read_log`, re-exported here).
 
 A scoring request hands over what it already built with one call once its answer is built,
-:meth:`PredictionLog.submit` (:meth:`serving.routes.Scoring.commit`: rows or columns, the probabilities, the loan
+:meth:`PredictionLog.submit` (:meth:`serving.scoring.Scoring.commit`: rows or columns, the probabilities, the loan
 ids): a lock, a length check and an append. A full queue (``LOANRISK_PREDICTION_LOG_QUEUE``
 records) drops the records and counts them (``loanrisk_prediction_log_dropped_total{reason="queue_full"}``); the
 request never waits. One writer thread per worker drains the queue every 50 ms, pseudonymises each ``loanId``

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving import batches, routes
+from serving import batches
 from serving import bundle as bundle_module
 from serving.bundle import COLUMNS_FROM, Bundle
 from serving.features import (
@@ -29,6 +29,7 @@ from serving.features import (
     columns_from,
     columns_from_rows,
 )
+from serving.scoring import Scoring
 from tests.serving.test_feature_fast_paths import FIELDS, VALUES
 
 pytestmark = pytest.mark.inprocess
@@ -129,7 +130,7 @@ def bodies_for(batch: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
 def test_fast_and_checked_ways_answer_alike(make_app, records, form: str, monkeypatch) -> None:
     bodies = bodies_for(variants(records)[form][:40])
     fast = answers(make_app().test_client(), bodies)
-    monkeypatch.setattr(routes.Scoring, "score_fast", lambda self, batch: None)
+    monkeypatch.setattr(Scoring, "score_fast", lambda self, batch: None)
     checked = answers(make_app().test_client(), bodies)
     assert fast == checked  # exactly: same probabilities, labels, loanIds, warnings
     assert all(status == 200 for status, _ in fast)
