@@ -2,8 +2,9 @@
 
 :mod:`serving.model` holds the model and shares reloads between gunicorn workers, :mod:`serving.payloads`
 reads requests and writes answers, :mod:`serving.routes` is the Blueprint of endpoints. This module puts them
-together: settings, JSON logs, the model holder, the routes, error handlers that always answer JSON, and one
-access-log line and metric observation per request.
+together: settings, JSON logs, the model holder, the routes, error handlers that always answer JSON, one
+access-log line and metric observation per request (:mod:`serving.access`), and in front of it all the fast lane
+(:mod:`serving.lane`) that answers JSON posted to ``/invocations`` and ``/predict`` without Flask's machinery.
 """
 
 from __future__ import annotations
