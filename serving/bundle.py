@@ -227,11 +227,12 @@ class Bundle:
             return None
         if trees is None:
             return None
+        rows = [trees.missing_row]
         try:  # a malformed reference file is the reference check's to name (serving.build_context)
             records = (self.reference() or {}).get("records")
-            rows = [build_row({}), *(build_rows(records) if isinstance(records, list) else [])]
+            rows += build_rows(records) if isinstance(records, list) else []
         except (ValueError, TypeError, AttributeError):
-            rows = [build_row({})]
+            pass
         difference = largest_difference(trees, rows, self._catboost_probabilities)
         if not difference <= TREE_SUM_TOLERANCE:
             logger.warning(

@@ -59,15 +59,12 @@ def _config() -> ServiceConfig:
 
 
 def _served() -> ServedModel:
-    return served_model(_holder(), g)
-
-
-def served_model(holder: ModelHolder, state: Any) -> ServedModel:
-    """The model being served (503 when none is), its version noted in ``state`` for the access line."""
+    """The model being served (503 when none is), its version noted in ``g`` for the access line."""
+    holder = _holder()
     served = holder.current
     if served is None:
         raise ApiError(503, "model_unavailable", holder.load_error or "no model is loaded")
-    state.model_version = served.version
+    g.model_version = served.version
     return served
 
 

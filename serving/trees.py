@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -106,7 +105,6 @@ class TreeSum:
         self.cat_places = {f: [where[s] for s in by_feature[f]] for f in self.cat_features}
         self.kept: dict[int, dict[Any, np.ndarray]] = {f: {} for f in self.cat_features}
         self.kept_rows: dict[tuple[Any, ...], np.ndarray] = {}  # a row's categorical values -> all outcomes
-        self._lock = threading.Lock()
         self.missing_row = list(missing_row)
         leaf = self._catboost_leaves([self.missing_row])[0]
         self.nan_outcomes = np.array([(leaf[where[s][0]] >> where[s][1]) & 1 for s in floats], dtype=bool)
@@ -159,14 +157,13 @@ class TreeSum:
             probe[f] = row[f]
         leaf = self._catboost_leaves([probe])[0]
         parts = []
-        with self._lock:
-            for f in self.cat_features:
-                outcome = np.array([(leaf[t] >> d) & 1 for t, d in self.cat_places[f]], dtype=np.float32)
-                values = self.kept[f]
-                if len(values) >= MAX_KEPT_VALUES:
-                    values.clear()
-                values[row[f]] = outcome
-                parts.append(outcome)
+        for f in self.cat_features:
+            outcome = np.array([(leaf[t] >> d) & 1 for t, d in self.cat_places[f]], dtype=np.float32)
+            values = self.kept[f]
+            if len(values) >= MAX_KEPT_VALUES:
+                values.clear()
+            values[row[f]] = outcome
+            parts.append(outcome)
         return np.concatenate(parts)
 
     def raw(self, rows: list[list[Any]]) -> np.ndarray:
