@@ -405,32 +405,41 @@ def test_quarantine_over_the_limit_raises_with_details(tmp_path: Path) -> None:
 # --- the Prefect task ----------------------------------------------------------------------------------------
 
 
-def test_task_wrapper_publishes_artifact_and_mlflow_files(
-    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+def test_the_stage_publishes_its_report_as_a_prefect_artifact_and_mlflow_files(
+    tmp_path: Path, settings: Settings
 ) -> None:
-    import prefect.artifacts
+    """The stage in a real flow run: the report is a table artifact of that run (read back from Prefect's API)
+    and, with its quarantine files, artifacts of the MLflow run."""
     from mlflow import MlflowClient
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.logging import disable_run_logger
 
-    import tasks.validate as validate_module
     from tasks.tracking import start_run
 
     assert validate_task.name == "validate"
-    published: list[dict] = []
-    monkeypatch.setattr(validate_module, "_in_prefect_run", lambda: True)
-    monkeypatch.setattr(prefect.artifacts, "create_table_artifact", lambda **kw: published.append(kw))
     frames = _frames()
     frames["loan"].loc[3, "state"] = "ZZ"
     data = _write(tmp_path / "data", frames)
     s = settings.model_copy(update={"quarantine_max_share": 0.5})
     run_id = start_run(s, "validate-test")
 
-    with disable_run_logger():
-        result = validate_task.fn(s, data, run_id)
+    @flow(name="validate-artifact-test")
+    def validate_flow():
+        return validate_task(s, data, run_id)
 
+    state = validate_flow(return_state=True)
+    result = state.result()
     assert result.quarantined_rows == 1
     assert result.quarantine_files["loan"].parent == s.quarantine_dir
-    assert published[0]["key"] == "validation-report" and published[0]["table"] == result.report
+    flow_run = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+    with get_client(sync_client=True) as prefect_client:
+        (artifact,) = prefect_client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_run))
+    assert artifact.key == "validation-report" and artifact.type == "table"
+    table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    assert table == json.loads(json.dumps(result.report))
+    assert "1 row(s) quarantined" in artifact.description
     client = MlflowClient(tracking_uri=s.tracking_uri)
     names = sorted(a.path for a in client.list_artifacts(run_id, "validation"))
     assert names == [
