@@ -8,14 +8,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import mlflow.pyfunc as mlflow_pyfunc
 import pytest
+from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
+from bench.mlflow_peer import peer_input_example, save_peer_model
 from serving.bundle import REFERENCE_FILE, Bundle, load_bundle
-
-mlflow_pyfunc = pytest.importorskip("mlflow.pyfunc")
-from mlflow.pyfunc.scoring_server import infer_and_parse_data  # noqa: E402
-
-from bench.mlflow_peer import peer_input_example, save_peer_model  # noqa: E402
 
 TOLERANCE = 1e-9
 
