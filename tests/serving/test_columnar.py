@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from serving import batches
 from serving import bundle as bundle_module
+from serving import features as F
 from serving.bundle import COLUMNS_FROM, Bundle
 from serving.features import (
     CATEGORICAL_FEATURES,
@@ -30,9 +31,51 @@ from serving.features import (
     columns_from_rows,
 )
 from serving.scoring import Scoring
-from tests.serving.test_feature_fast_paths import FIELDS, VALUES
 
 pytestmark = pytest.mark.inprocess
+# Any value a client may send in a field the features read: typed, CSV text, odd text, huge, NaN, nested.
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.just(10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "True",
+            "False",
+            "true",
+            "FALSE",
+            " 1 ",
+            "0",
+            "1.0",
+            "0.0",
+            "yes",
+            "no",
+            "t",
+            "f",
+            "590.0",
+            " 590.0 ",
+            "1_000",
+            "nan",
+            "inf",
+            "-0",
+            "abc",
+            "\u2003 5 ",
+            "٥",
+            "OH",
+            " B ",
+            "1e999",
+            "2016-02-23T17:29:01.940000",
+        ]
+    ),  # fmt: skip
+    st.text(max_size=6),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
+FIELDS = [src for src, _ in F._READERS] + ["applicationDate", "clarityFraudId"]
 FLAGS = [f for f in FIELDS if "clearfraudindicator" in f and "number" not in f]
 
 
