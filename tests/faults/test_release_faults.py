@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -76,18 +77,24 @@ def test_github_500_then_201_is_retried_into_one_release(first_release: dict, gi
 
 @docker
 def test_registry_refuses_the_password(first_release: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.image import push_task
     from tasks.settings import get_settings
+    from tests.attempts import attempts_of
 
     before, latest = champion(), registry_tag("latest")
     version = register_variant(first_release["model_version"])
     monkeypatch.setenv("LOANRISK_REGISTRY_PASSWORD", "wrong-password")
     get_settings.cache_clear()
     try:
-        error, _ = _deploy_failing(version, "push")
+        with attempts_of(push_task) as tries:
+            error, _ = _deploy_failing(version, "push")
+        retries = settings().task_retries
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
     assert "unauthorized" in str(error).lower() or "authentication" in str(error).lower()
+    assert retries >= 1 and len(tries) == 1 + retries, tries  # retried as the settings say, then failed
+    assert all(t.error is not None for t in tries.calls)
     assert_nothing_moved(before, latest, version)
     assert registry_tag(version) is None and build_leftovers(error.build_id) == []
 
@@ -186,32 +193,25 @@ def test_image_that_fails_the_reference_predictions(
 
 @docker
 def test_container_that_exits_at_start(first_release: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The run step sees the container exit and fails at once (well within the health timeout); the container
-    is removed."""
-    from prefect.client.orchestration import get_client
-
+    """The run step sees the container exit and fails at once (well within the health timeout), naming the exit
+    status and showing the container's own output; the container is removed."""
     from flows.deploy import deploy_flow
+    from tasks.image import run_task
+    from tests.attempts import attempts_of
 
     before, latest = champion(), registry_tag("latest")
     version = register_variant(first_release["model_version"])
     _broken_context(monkeypatch, '\nraise SystemExit("deliberately broken for a fault test")\n')
-    state = deploy_flow(model_version=version, return_state=True)
+    with attempts_of(run_task) as tries:
+        state = deploy_flow(model_version=version, return_state=True)
     assert state.is_failed()
     with pytest.raises(
         Exception, match=r"deploy step 'run' failed: \[run\] container exited with exit status"
-    ):
+    ) as info:
         state.result()
-    with get_client(sync_client=True) as c:
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-        runs = c.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
-    (run_step,) = [r for r in runs if r.name.startswith("run-image")]
-    assert (
-        run_step.state.is_failed()
-        and run_step.total_run_time.total_seconds() < settings().health_timeout_seconds
-    )
+    assert "deliberately broken for a fault test" in str(info.value)  # the container's logs, in the error
+    (attempt,) = tries.calls  # the smoke test of a container is never retried
+    assert attempt.error is not None and attempt.seconds < settings().health_timeout_seconds / 2, attempt
     assert_nothing_moved(before, latest, version)
 
 
@@ -288,6 +288,10 @@ def test_two_deploys_at_once_are_serialised(first_release: dict, tmp_path: Path)
         results.append(json.loads(out.strip().splitlines()[-1]))
     first, last = sorted(results, key=lambda r: r["lock"]["released_at"])
     assert first["lock"]["released_at"] <= last["lock"]["acquired_at"], (first["lock"], last["lock"])
+    # the second asked for the lock while the first held it, and waited for it to be released
+    asked = datetime.fromisoformat(last["lock"]["acquired_at"]) - timedelta(seconds=last["lock"]["waited_s"])
+    assert asked < datetime.fromisoformat(first["lock"]["released_at"]), (first["lock"], last["lock"])
+    assert last["lock"]["waited_s"] > 1.0, last["lock"]
     assert champion() == last["model_version"]
     tags = registry.get_version(settings(), last["model_version"]).tags
     assert tags["release.digest"] == last["digest"] == registry_tag("latest")
@@ -379,28 +383,30 @@ def test_promote_against_a_stopped_mlflow_server(running_mlflow: MlflowServer, t
     from tasks import registry, tracking
     from tasks.promote import promote_task
     from tasks.settings import Settings
-    from tests.test_promote import GOOD, _minimal_bundle, _task_run_counts
+    from tests.attempts import attempts_of
+    from tests.test_promote import GOOD, _minimal_bundle
 
     s = Settings(state_dir=tmp_path / "state", mlflow_tracking_uri=mlflow.uri, task_retry_delay_seconds=0,
                  model_name="loan-risk-promote-fault")  # fmt: skip
-    with environment(MLFLOW_FAIL_FAST):
-        assert registry.version_by_alias(s, "champion") is None  # no such model: RESOURCE_DOES_NOT_EXIST
-        run = tracking.start_run(s, "fault")
-        champ = registry.register_bundle(s, run, _minimal_bundle(tmp_path, "one"), {})
-        new = registry.register_bundle(s, run, _minimal_bundle(tmp_path, "two"), {})
-        assert registry.version_by_alias(s, "champion") is None  # no such alias: INVALID_PARAMETER_VALUE
-        registry.set_alias(s, "champion", champ)
-        mlflow.kill()
+    assert registry.version_by_alias(s, "champion") is None  # no such model: RESOURCE_DOES_NOT_EXIST
+    run = tracking.start_run(s, "fault")
+    champ = registry.register_bundle(s, run, _minimal_bundle(tmp_path, "one"), {})
+    new = registry.register_bundle(s, run, _minimal_bundle(tmp_path, "two"), {})
+    assert registry.version_by_alias(s, "champion") is None  # no such alias: INVALID_PARAMETER_VALUE
+    registry.set_alias(s, "champion", champ)
+    mlflow.kill()
 
-        @flow(name="promote-against-a-stopped-mlflow")
-        def gate() -> object:
-            test = type("Split", (), {"records": [{"apr": 590}], "label": np.array([1])})()
-            return promote_task(s.model_copy(update={"task_retries": 2}), new, GOOD, test, False)
+    @flow(name="promote-against-a-stopped-mlflow")
+    def gate() -> object:
+        test = type("Split", (), {"records": [{"apr": 590}], "label": np.array([1])})()
+        return promote_task(s.model_copy(update={"task_retries": 2}), new, GOOD, test, False)
 
+    with environment(MLFLOW_FAIL_FAST), attempts_of(promote_task) as tries:  # fail fast only at the gate
         state = gate(return_state=True)
-        assert state.is_failed() and _task_run_counts(state) == {"promote": 3}
-        with pytest.raises(Exception, match="MLflow registry at http://127.0.0.1"):
-            state.result()
-        mlflow.start()
-        assert registry.version_by_alias(s, "candidate") is None
-        assert registry.get_version(s, new).tags.get("promotion.decision") is None
+    assert state.is_failed() and len(tries) == 3  # the first try and two retries
+    assert all("MLflow registry at http://127.0.0.1" in str(t.error) for t in tries.calls), tries
+    with pytest.raises(Exception, match="MLflow registry at http://127.0.0.1"):
+        state.result()
+    mlflow.start()
+    assert registry.version_by_alias(s, "candidate") is None
+    assert registry.get_version(s, new).tags.get("promotion.decision") is None

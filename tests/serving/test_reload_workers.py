@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.serving.conftest import ADMIN_TOKEN, call, children
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -66,6 +68,7 @@ def test_reload_reaches_idle_workers_before_answering(
     assert view["target"]["model_version"] == "2" and len(view["workers"]) == 3
 
 
+@pytest.mark.faults
 def test_a_worker_that_cannot_load_the_bundle_is_reported_then_retries(
     live_server, bundle_dir_v2: Path, tmp_path: Path
 ) -> None:
