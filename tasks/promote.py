@@ -114,15 +114,18 @@ def rescore_champion(settings: Settings, test: ModelTable) -> dict[str, Any] | N
 
 
 def apply_decision(settings: Settings, version: str, decision: Decision, dry_run: bool) -> None:
-    """Tag the version with the decision; on promotion (and not a dry run) point ``candidate`` at it."""
+    """Tag the version with the decision; on promotion (and not a dry run) point ``candidate`` at it.
+
+    The tags are written one at a time, the decision last: a registry failure midway leaves a record without a
+    decision (never deployable), not a dry run that reads as promoted."""
     registry.set_version_tags(
         settings,
         version,
         {
-            "promotion.decision": "promoted" if decision.promoted else "rejected",
             "promotion.reasons": json.dumps(decision.reasons),
             "promotion.dry_run": str(dry_run).lower(),
             "promotion.champion_version": (decision.champion or {}).get("version", ""),
+            "promotion.decision": "promoted" if decision.promoted else "rejected",
         },
     )
     if decision.promoted and not dry_run:

@@ -115,7 +115,7 @@ def delete_alias(settings: Settings, alias: str) -> None:
 
 
 def set_version_tags(settings: Settings, version: str, tags: dict[str, Any]) -> None:
-    """Set several tags on a model version."""
+    """Set several tags on a model version, one call each, in the order given."""
     c = tracking.client(settings)
     try:
         for key, value in tags.items():

@@ -169,6 +169,8 @@ def deployability_problems(version: str, tags: dict[str, str], history: list[dic
         problems.append("it has no promotion decision (it never went through the gate)")
     elif decision != "promoted":
         problems.append(f"its promotion decision is {decision!r}")
+    elif missing := [k for k in ("promotion.dry_run", "promotion.reasons") if k not in tags]:
+        problems.append(f"its promotion record is incomplete (no {', '.join(missing)})")
     elif tags.get("promotion.dry_run") == "true":
         problems.append("its promotion decision was a dry run")
     if str(version) in rolled_back_versions(history):

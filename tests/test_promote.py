@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tasks.promote import Policy, apply_decision, decide
 from tasks.settings import Settings
 from tests.attempts import attempts_of
@@ -156,3 +158,45 @@ def test_unscorable_champion_is_not_promoted_by_default(settings: Settings, tmp_
     lenient = Settings(state_dir=settings.state_dir, champion_unscorable="minimums")
     d = decide(GOOD, champion, Policy.from_settings(lenient))
     assert d.promoted and any("minimums decide" in r for r in d.reasons)
+
+
+def _refuse_tag(settings: Settings, key: str, undo: bool = False) -> None:
+    """A real fault in the real store: the registry refuses to write one model-version tag (a trigger)."""
+    import sqlite3
+
+    with sqlite3.connect(settings.tracking_uri.removeprefix("sqlite:///")) as con:
+        con.execute("DROP TRIGGER IF EXISTS refuse_tag")
+        if not undo:
+            con.execute(
+                "CREATE TRIGGER refuse_tag BEFORE INSERT ON model_version_tags "
+                f"WHEN NEW.key = '{key}' BEGIN SELECT RAISE(ABORT, 'injected: tag refused'); END"
+            )
+
+
+def test_a_decision_cut_short_by_the_registry_is_never_deployable(settings: Settings, tmp_path) -> None:
+    """The registry fails after some of a dry run's promotion tags: what was written must not read as a promotion
+    the deploy gate accepts (the decision is written last, and the gate wants the whole record)."""
+    from tasks import registry, tracking
+    from tasks.release import deployability_problems
+
+    run = tracking.start_run(settings, "t")
+    version = registry.register_bundle(settings, run, _minimal_bundle(tmp_path), {})
+    _refuse_tag(settings, "promotion.dry_run")
+    try:
+        with pytest.raises(Exception, match="injected: tag refused"):
+            apply_decision(settings, version, decide(GOOD, None, Policy()), dry_run=True)
+    finally:
+        _refuse_tag(settings, "promotion.dry_run", undo=True)
+    tags = registry.get_version(settings, version).tags
+    assert deployability_problems(version, tags, []), tags
+    assert registry.version_by_alias(settings, "candidate") is None
+
+
+def test_the_gate_wants_the_whole_promotion_record() -> None:
+    from tasks.release import deployability_problems
+
+    whole = {"promotion.decision": "promoted", "promotion.dry_run": "false", "promotion.reasons": "[]"}
+    assert deployability_problems("3", whole, []) == []
+    for missing in ("promotion.dry_run", "promotion.reasons"):
+        cut = {k: v for k, v in whole.items() if k != missing}
+        assert any("incomplete" in p for p in deployability_problems("3", cut, [])), missing

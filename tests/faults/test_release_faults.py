@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,6 +45,8 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(1800)]
 docker = pytest.mark.docker
 # an MLflow client that gives up at once, so the task retries (not urllib3's) are what recovers
 MLFLOW_FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+# the training stages that talk to the tracking server (a stage failing for it names itself in the run's log)
+MLFLOW_STAGES = {"ingest", "validate", "split", "tune", "evaluate", "package", "register", "promote"}
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +251,9 @@ def test_mlflow_dies_between_the_push_and_the_commit(
             s = settings()
             version = registry.register_bundle(s, tracking.start_run(s, "fault"), bundle, {})
             registry.set_version_tags(
-                s, version, {"promotion.decision": "promoted", "promotion.dry_run": "false"}
+                s,
+                version,
+                {"promotion.reasons": "[]", "promotion.dry_run": "false", "promotion.decision": "promoted"},
             )
             watcher = when_container_starts(client(), f"{remote()}:{version}", running_mlflow.kill)
             error, _ = _deploy_failing(version, "commit")
@@ -360,15 +365,30 @@ def test_mlflow_killed_during_tuning(running_mlflow: MlflowServer, tmp_path: Pat
     )
     with environment({"MLFLOW_TRACKING_URI": mlflow.uri}):
         candidate = registry.version_by_alias(s, "candidate")
+        assert "Retry 1/3" in logged, logged[-3000:]  # the task that lost the server was retried
         if proc.returncode == 0:
             assert (
                 result["promoted"]
                 and candidate is not None
                 and str(candidate.version) == result["model_version"]
             )
-            assert "Retry 1/3" in logged, logged[-3000:]  # the task that lost the server was retried
         else:
-            assert "error" in result
+            # a clean failure: the server's outage is the cause, a named stage failed after its retries, the
+            # training run is recorded FAILED, and nothing became the candidate
+            assert proc.returncode == 1 and set(result) == {"error"}, result
+            assert f"127.0.0.1:{mlflow.port}" in result["error"], result["error"]
+            failed = re.findall(r"Task run '([a-z-]+)-[0-9a-f]+' - Finished in state Failed", logged)
+            assert failed and set(failed) <= MLFLOW_STAGES, (failed, logged[-3000:])
+            runs = MlflowClient(tracking_uri=mlflow.uri).search_runs(
+                [
+                    MlflowClient(tracking_uri=mlflow.uri)
+                    .get_experiment_by_name(s.mlflow_experiment)
+                    .experiment_id
+                ],
+                "attributes.run_name LIKE 'training-%'",
+            )
+            assert [r.info.status for r in runs] == ["FAILED"], [r.info.status for r in runs]
+            assert candidate is None
         if candidate is not None:
             assert _complete(s, str(candidate.version), tmp_path / "candidate")
     assert len(killed) > 2  # the server, its web workers and job runners all went down
