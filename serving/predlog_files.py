@@ -3,9 +3,10 @@
 A worker's writer thread appends **frames** to its active spool ``predictions-<first time>-<host>-<pid>-<n>.spool``:
 a 4-byte little-endian length, then one request's scored records as MessagePack - the columns the model scored
 (float64 buffers, lists of text) or its rows, the probabilities, the pseudonymised ids and the request's fields.
-That costs the request's worker a memory copy, not a JSON encoding of ~60 floats per record. A rotated spool is
-converted by ``python -m serving.predlog_files SPOOL...`` at nice 19 (idle CPU first) into
-``<name>.jsonl.gz``: one JSON object per line, the shape the monitor reads::
+That costs the request's worker a memory copy, not a JSON encoding of ~60 floats per record. The writer holds an
+``flock`` on its spool from before the name appears until it closes the file, so a spool whose lock can be taken
+has no live writer (:func:`abandoned`). A rotated spool is converted by ``python -m serving.predlog_files SPOOL...``
+at nice 19 (idle CPU first) into ``<name>.jsonl.gz``: one JSON object per line, the shape the monitor reads::
 
     {"time": "2026-11-30T03:00:00.123456+00:00", "request_id": "…", "endpoint": "/predict/batch",
      "model_name": "loan-risk", "model_version": "3", "id": "<32 hex>" | null,
@@ -177,10 +178,26 @@ def spool_complete(path: Path) -> bool:
         return at == end
 
 
+def abandoned(path: Path) -> bool:
+    """Whether no process holds the spool's lock: its writer has closed it or died (the kernel drops a dead
+    process's locks, so unlike the PID in the name this cannot be fooled by a PID reused after a restart).
+    False for a spool that is gone."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True  # the lock goes with the handle
+
+
 def convert(path: Path) -> tuple[Path, bool] | None:
     """A closed spool → ``.jsonl.gz`` (complete, by rename), then the spool removed: the target and whether the
-    spool's last frame was cut short; None when another process has it. A cut-short last frame becomes a
-    cut-short last line, so readers still count it."""
+    spool's last frame was cut short; None when another process has it (its live writer, or another
+    converter). A cut-short last frame becomes a cut-short last line, so readers still count it."""
     target = path.with_name(path.name.removesuffix(SPOOL) + CONVERTED)
     try:
         source = open(path, "rb")  # noqa: SIM115 - closed below
