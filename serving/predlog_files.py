@@ -345,6 +345,22 @@ class LogRead:
                 k += 1
 
 
+def _listing(folder: Path) -> set[str]:
+    """The log files' names in ``folder``, from two listings, the second started after the first ended. A listing
+    taken while files come and go may or may not hold each of them (POSIX; a large folder is read in several
+    getdents calls): a spool converted meanwhile can be in it under neither name, its ``.jsonl.gz`` renamed into
+    place behind the listing's position and the spool removed ahead of it. The ``.jsonl.gz`` is in place before
+    the spool goes, so a listing started after that one ended holds it. Nothing when the folder is missing."""
+    names: set[str] = set()
+    for _ in range(2):
+        try:
+            with os.scandir(folder) as entries:
+                names.update(entry.name for entry in entries if entry.name.startswith(PREFIX))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            break
+    return names
+
+
 def read_log(
     log_dir: str | Path,
     since: datetime | str | None = None,
@@ -353,11 +369,13 @@ def read_log(
 ) -> LogRead:
     """The prediction log's records, in time order: the spools and converted files of every worker and replica
     in ``log_dir`` (and any other ``predictions-*.jsonl[.gz]`` of the same record shape); ``since <= time < until`` (aware datetimes or ISO text, naive meaning UTC); of
-    ``model_version`` when given. Each record is a dict of the shape above. Never raises on a torn or unreadable
-    file: iterate, then read ``.torn`` and ``.skipped``."""
+    ``model_version`` when given. Each record is a dict of the shape above. A spool converted while it reads is
+    read once, as the spool or as its ``.jsonl.gz``. Never raises on a torn or unreadable file: iterate, then read
+    ``.torn`` and ``.skipped``."""
     lo, hi = _bound(since), _bound(until)
+    folder = Path(log_dir)
     files: dict[str, tuple[str, Path]] = {}
-    for path in sorted(Path(log_dir).glob(f"{PREFIX}*"), key=lambda p: p.name.endswith(SPOOL)):
+    for path in sorted(map(folder.joinpath, _listing(folder)), key=lambda p: p.name.endswith(SPOOL)):
         match = _NAME.match(path.name)
         kind = next((k for k in (SPOOL, CONVERTED, ".jsonl") if path.name.endswith(k)), None)
         if kind is None:
