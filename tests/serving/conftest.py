@@ -26,6 +26,7 @@ from serving.app import create_app
 from serving.bundle import Bundle, load_bundle
 from serving.config import ServiceConfig
 from serving.logs import LOGGER_NAME, JsonFormatter
+from serving.predlog_files import PREFIX, SPOOL
 from tests.serving.remote import HttpClient, service_url
 from tests.serving.synthetic import make_bundle, sample_records, strip_label
 
@@ -242,14 +243,28 @@ def _wait_ready(
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the service gracefully: SIGTERM to gunicorn's master, which stops its workers (each writes what its
+    prediction log queues and starts the conversion of its last spool). The converters the workers started go
+    on in the service's process group, as they do when a worker stops (see :func:`wait_converted`); only a stop
+    that does not end in time kills the whole group."""
     if process.poll() is not None:
         return
-    os.killpg(process.pid, signal.SIGTERM)  # its own session: the master and its workers, nothing else
+    process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=60)  # gunicorn's graceful_timeout is 30 s
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)  # its own session: the master, its workers, their converters
         process.wait(timeout=10)
+
+
+def wait_converted(folder: Path, timeout_s: float = 120) -> None:
+    """Wait until the prediction log in ``folder`` holds no spool: after a graceful stop every spool is handed to
+    a converter, which renames its ``.jsonl.gz`` into place complete before it removes the spool, so from then on
+    the folder holds the log as it stays (what a test that lists it and reads each file needs)."""
+    deadline = time.monotonic() + timeout_s
+    while spools := sorted(p.name for p in folder.glob(f"{PREFIX}*{SPOOL}")):
+        assert time.monotonic() < deadline, f"spools not converted in {timeout_s:.0f} s: {spools}"
+        time.sleep(0.1)
 
 
 def start_service(folder: Path, bundle_dir: Path, workers: int = 2, **env: str) -> LiveServer:
