@@ -181,10 +181,10 @@ def spool_complete(path: Path) -> bool:
 def abandoned(path: Path) -> bool:
     """Whether no process holds the spool's lock: its writer has closed it or died (the kernel drops a dead
     process's locks, so unlike the PID in the name this cannot be fooled by a PID reused after a restart).
-    False for a spool that is gone."""
+    False for a spool that is gone or that this process may not open (no converter of its could take it)."""
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
+    except OSError:
         return False
     with handle:
         try:
