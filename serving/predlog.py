@@ -12,8 +12,11 @@ outcomes can be joined later; null when a record has none) and appends one frame
 spool is rotated at ``LOANRISK_PREDICTION_LOG_ROTATE_BYTES`` or ``LOANRISK_PREDICTION_LOG_ROTATE_SECONDS`` and,
 after a lull (:data:`CONVERT_AFTER_IDLE_S`; at once when :data:`MAX_BACKLOG` spools wait), converted to
 gzip-compressed JSON Lines by a child process at nice 19: the JSON encoding and the compression take idle CPU
-first, not the requests'. (Not SCHED_IDLE: beside any other busy process it never ran, and spools piled up.) On start a writer also converts the spools that dead writers of this host left (a
-killed worker's), counting a cut-short one (``loanrisk_prediction_log_torn_total``).
+first, not the requests'. (Not SCHED_IDLE: beside any other busy process it never ran, and spools piled up.) On
+start a writer also converts the spools that dead writers of this host left (a killed worker's, a previous
+container's), counting a cut-short one (``loanrisk_prediction_log_torn_total``). A writer holds an ``flock`` on
+the spool it writes, which the kernel drops when the process dies: a spool whose lock can be taken is dead. (Not
+the PID in its name: after a container restart the same small PIDs come back, live in other processes.)
 
 Without ``LOANRISK_PSEUDONYM_KEY`` the log refuses to start (the service with it): ids under a random key could
 never be joined to outcomes, and a key kept beside the log would let anyone who reads the log test guesses.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -35,12 +39,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from serving.model import pid_alive
 from serving.predlog_files import (  # noqa: F401 - read_log and LogRead: the readers' entry point
     CUT_STATUS,
     PREFIX,
     SPOOL,
     LogRead,
+    abandoned,
     frame,
     parse_name,
     read_log,
@@ -221,13 +225,25 @@ class PredictionLog:
             self.metrics.log_written.inc(written)
 
     def _open(self, first: float) -> None:
+        """Start a spool, locked before it appears under its name: a sweep never finds it unlocked while this
+        writer writes it. The lock goes with the file's handle (:meth:`_close_file`), or with the process."""
         self._seq += 1
-        self._path = self.directory / spool_name(first, self._host, os.getpid(), self._seq)
-        self._file = open(self._path, "ab")  # noqa: SIM115 - kept open across drains
+        path = self.directory / spool_name(first, self._host, os.getpid(), self._seq)
+        staging = path.with_name(f".{path.name}.new")  # not a log file's name: readers and sweeps skip it
+        handle = open(staging, "xb")  # noqa: SIM115 - kept open across drains
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else has it
+            os.rename(staging, path)
+        except BaseException:
+            handle.close()
+            staging.unlink(missing_ok=True)
+            raise
+        self._file, self._path = handle, path
         self._opened = time.time()
         self._size = 0
 
     def _close_file(self) -> Path | None:
+        """Close the spool, which drops its lock (also when the flush fails): its converter needs to take it."""
         path, handle = self._path, self._file
         self._file = self._path = None
         if handle is not None:
@@ -270,13 +286,14 @@ class PredictionLog:
         self._children = running
 
     def _sweep(self) -> None:
-        """Convert what dead writers of this host left behind (the converter reports cut-short ones)."""
+        """Convert the spools of this host that no writer holds (the converter reports cut-short ones). A rotated
+        spool waiting in a live writer's backlog is among them: whichever converter takes its lock first converts
+        it. Other hosts' are left alone: a folder shared over the network may not carry locks between hosts."""
         leftovers = []
         for path in sorted(self.directory.glob(f"{PREFIX}*{SPOOL}")):
             match = parse_name(path.name)
-            if match is None or match["host"] != self._host or pid_alive(int(match["pid"])):
-                continue
-            leftovers.append(path)
+            if match is not None and match["host"] == self._host and abandoned(path):
+                leftovers.append(path)
         if leftovers:
             self._compress(leftovers)
 

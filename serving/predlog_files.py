@@ -3,9 +3,10 @@
 A worker's writer thread appends **frames** to its active spool ``predictions-<first time>-<host>-<pid>-<n>.spool``:
 a 4-byte little-endian length, then one request's scored records as MessagePack - the columns the model scored
 (float64 buffers, lists of text) or its rows, the probabilities, the pseudonymised ids and the request's fields.
-That costs the request's worker a memory copy, not a JSON encoding of ~60 floats per record. A rotated spool is
-converted by ``python -m serving.predlog_files SPOOL...`` at nice 19 (idle CPU first) into
-``<name>.jsonl.gz``: one JSON object per line, the shape the monitor reads::
+That costs the request's worker a memory copy, not a JSON encoding of ~60 floats per record. The writer holds an
+``flock`` on its spool from before the name appears until it closes the file, so a spool whose lock can be taken
+has no live writer (:func:`abandoned`). A rotated spool is converted by ``python -m serving.predlog_files SPOOL...``
+at nice 19 (idle CPU first) into ``<name>.jsonl.gz``: one JSON object per line, the shape the monitor reads::
 
     {"time": "2026-11-30T03:00:00.123456+00:00", "request_id": "…", "endpoint": "/predict/batch",
      "model_name": "loan-risk", "model_version": "3", "id": "<32 hex>" | null,
@@ -177,10 +178,26 @@ def spool_complete(path: Path) -> bool:
         return at == end
 
 
+def abandoned(path: Path) -> bool:
+    """Whether no process holds the spool's lock: its writer has closed it or died (the kernel drops a dead
+    process's locks, so unlike the PID in the name this cannot be fooled by a PID reused after a restart).
+    False for a spool that is gone or that this process may not open (no converter of its could take it)."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True  # the lock goes with the handle
+
+
 def convert(path: Path) -> tuple[Path, bool] | None:
     """A closed spool → ``.jsonl.gz`` (complete, by rename), then the spool removed: the target and whether the
-    spool's last frame was cut short; None when another process has it. A cut-short last frame becomes a
-    cut-short last line, so readers still count it."""
+    spool's last frame was cut short; None when another process has it (its live writer, or another
+    converter). A cut-short last frame becomes a cut-short last line, so readers still count it."""
     target = path.with_name(path.name.removesuffix(SPOOL) + CONVERTED)
     try:
         source = open(path, "rb")  # noqa: SIM115 - closed below
@@ -328,6 +345,22 @@ class LogRead:
                 k += 1
 
 
+def _listing(folder: Path) -> set[str]:
+    """The log files' names in ``folder``, from two listings, the second started after the first ended. A listing
+    taken while files come and go may or may not hold each of them (POSIX; a large folder is read in several
+    getdents calls): a spool converted meanwhile can be in it under neither name, its ``.jsonl.gz`` renamed into
+    place behind the listing's position and the spool removed ahead of it. The ``.jsonl.gz`` is in place before
+    the spool goes, so a listing started after that one ended holds it. Nothing when the folder is missing."""
+    names: set[str] = set()
+    for _ in range(2):
+        try:
+            with os.scandir(folder) as entries:
+                names.update(entry.name for entry in entries if entry.name.startswith(PREFIX))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            break
+    return names
+
+
 def read_log(
     log_dir: str | Path,
     since: datetime | str | None = None,
@@ -336,11 +369,13 @@ def read_log(
 ) -> LogRead:
     """The prediction log's records, in time order: the spools and converted files of every worker and replica
     in ``log_dir`` (and any other ``predictions-*.jsonl[.gz]`` of the same record shape); ``since <= time < until`` (aware datetimes or ISO text, naive meaning UTC); of
-    ``model_version`` when given. Each record is a dict of the shape above. Never raises on a torn or unreadable
-    file: iterate, then read ``.torn`` and ``.skipped``."""
+    ``model_version`` when given. Each record is a dict of the shape above. A spool converted while it reads is
+    read once, as the spool or as its ``.jsonl.gz``. Never raises on a torn or unreadable file: iterate, then read
+    ``.torn`` and ``.skipped``."""
     lo, hi = _bound(since), _bound(until)
+    folder = Path(log_dir)
     files: dict[str, tuple[str, Path]] = {}
-    for path in sorted(Path(log_dir).glob(f"{PREFIX}*"), key=lambda p: p.name.endswith(SPOOL)):
+    for path in sorted(map(folder.joinpath, _listing(folder)), key=lambda p: p.name.endswith(SPOOL)):
         match = _NAME.match(path.name)
         kind = next((k for k in (SPOOL, CONVERTED, ".jsonl") if path.name.endswith(k)), None)
         if kind is None:

@@ -14,7 +14,6 @@ import gzip
 import json
 import math
 import secrets
-import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,6 @@ from catboost import CatBoostClassifier
 
 from serving.bundle import BundleMeta, load_bundle, write_bundle, write_profile
 from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES, build_rows
-from serving.predlog_files import PREFIX, SPOOL
 from serving.privacy import Pseudonymiser
 from tasks import registry, tracking
 from tasks.features import build_model_table
@@ -120,7 +118,7 @@ def service_log(
     ``/predict``, the rest through ``/predict/batch`` in batches of :data:`BATCH`, two requests at a time; then a
     graceful stop (SIGTERM), which flushes each worker's log. Returns ``folder``; ``workdir`` keeps the server's
     output."""
-    from tests.serving.conftest import _stop, call, start_service
+    from tests.serving.conftest import _stop, call, start_service, wait_converted
 
     assert settings.pseudonym_key is not None, "the service's log needs the settings' pseudonym key"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -151,10 +149,7 @@ def service_log(
     assert server.process.returncode == 0, server.log_text()[-2000:]
     # the closed spools are converted to .jsonl.gz by children that outlive the workers: wait for them, so the
     # folder holds the log as it stays (the monitor reads spools too, but the privacy scan wants the final bytes)
-    deadline = time.monotonic() + CONVERT_WAIT_S
-    while spools := sorted(p.name for p in folder.glob(f"{PREFIX}*{SPOOL}")):
-        assert time.monotonic() < deadline, f"spools not converted in {CONVERT_WAIT_S:.0f} s: {spools}"
-        time.sleep(0.2)
+    wait_converted(folder, CONVERT_WAIT_S)
     return folder
 
 

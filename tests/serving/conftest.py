@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from serving.app import create_app
 from serving.bundle import Bundle, load_bundle
 from serving.config import ServiceConfig
 from serving.logs import LOGGER_NAME, JsonFormatter
+from serving.predlog_files import PREFIX, SPOOL
 from tests.serving.remote import HttpClient, service_url
 from tests.serving.synthetic import make_bundle, sample_records, strip_label
 
@@ -169,6 +170,7 @@ class LiveServer:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    worker_pids: list[int] = field(default_factory=list)  # gunicorn's workers when it got ready
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -193,36 +195,84 @@ def children(pid: int) -> list[int]:
     return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _wait_ready(server: LiveServer, timeout_s: float) -> None:
+READINESS_PROBES = frozenset({"/health", "/model/workers"})  # what _wait_ready asks a starting server
+
+
+def loaded_workers(server: LiveServer, admin_token: str) -> list[int] | None:
+    """The pids of gunicorn's workers once every one has its model loaded, else None. Each worker records its own
+    state in the service's sync folder once its model is in (``GET /model/workers``), shortly before it starts
+    accepting on the listening socket the master shares (a connection made meanwhile waits in its queue); they
+    count once they are exactly the master's children, so a worker being replaced counts as not ready."""
+    try:
+        status, body = call(
+            f"{server.url}/model/workers", headers={"Authorization": f"Bearer {admin_token}"}, timeout_s=2
+        )
+        workers = sorted(children(server.process.pid))
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    if status != 200:
+        return None
+    pids = sorted(w["pid"] for w in body["workers"] if w.get("state") == "loaded")
+    return pids if pids and pids == workers else None
+
+
+def _wait_ready(
+    server: LiveServer, timeout_s: float, workers: int | None = None, admin_token: str = ADMIN_TOKEN
+) -> None:
+    """Wait until ``/health`` answers 200 and, given ``workers``, until that many gunicorn workers have each
+    loaded the model (:func:`loaded_workers`, kept in ``server.worker_pids``): ``/health`` is one worker's
+    answer, and the first worker up would otherwise take every request sent before the others are."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited ({server.process.returncode}):\n{server.log_text()[-3000:]}")
         try:
             with urllib.request.urlopen(f"{server.url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
+                healthy = r.status == 200
         except (urllib.error.URLError, OSError):
-            pass
+            healthy = False
+        if healthy and workers is None:
+            return
+        if healthy:
+            pids = loaded_workers(server, admin_token)
+            if pids is not None and len(pids) == workers:
+                server.worker_pids = pids
+                return
         time.sleep(0.2)
     raise RuntimeError(f"server not ready in {timeout_s}s:\n{server.log_text()[-3000:]}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the service gracefully: SIGTERM to gunicorn's master, which stops its workers (each writes what its
+    prediction log queues and starts the conversion of its last spool). The converters the workers started go
+    on in the service's process group, as they do when a worker stops (see :func:`wait_converted`); only a stop
+    that does not end in time kills the whole group."""
     if process.poll() is not None:
         return
-    os.killpg(process.pid, signal.SIGTERM)  # its own session: the master and its workers, nothing else
+    process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=60)  # gunicorn's graceful_timeout is 30 s
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)  # its own session: the master, its workers, their converters
         process.wait(timeout=10)
+
+
+def wait_converted(folder: Path, timeout_s: float = 120) -> None:
+    """Wait until the prediction log in ``folder`` holds no spool: after a graceful stop every spool is handed to
+    a converter, which renames its ``.jsonl.gz`` into place complete before it removes the spool, so from then on
+    the folder holds the log as it stays (what a test that lists it and reads each file needs)."""
+    deadline = time.monotonic() + timeout_s
+    while spools := sorted(p.name for p in folder.glob(f"{PREFIX}*{SPOOL}")):
+        assert time.monotonic() < deadline, f"spools not converted in {timeout_s:.0f} s: {spools}"
+        time.sleep(0.1)
 
 
 def start_service(folder: Path, bundle_dir: Path, workers: int = 2, **env: str) -> LiveServer:
     """gunicorn (serving/gunicorn_conf.py) serving ``bundle_dir`` on a free port, in its own session, ready
-    (``/health`` answers 200); its output goes to ``folder/server-<port>.log``. ``env`` is added to the
-    environment. The caller stops it (:func:`_stop`); a server that does not get ready is stopped here."""
+    (``/health`` answers 200 and every one of the ``workers`` has loaded the model); its output goes to
+    ``folder/server-<port>.log``. ``env`` is added to the environment (it must keep an admin token: readiness
+    reads ``/model/workers``). The caller stops it (:func:`_stop`); a server that does not get ready is stopped
+    here."""
     port = free_port()
     log_path = folder / f"server-{port}.log"
     multiproc = folder / f"prometheus-{port}"
@@ -250,7 +300,7 @@ def start_service(folder: Path, bundle_dir: Path, workers: int = 2, **env: str) 
         )
     server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
     try:
-        _wait_ready(server, 120)
+        _wait_ready(server, 120, workers, environ["LOANRISK_ADMIN_TOKEN"])
     except BaseException:
         _stop(process)
         raise

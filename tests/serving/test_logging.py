@@ -8,6 +8,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from tests.serving.conftest import READINESS_PROBES
+
 
 def _post(url: str, payload: Any) -> int:
     req = urllib.request.Request(
@@ -52,7 +54,11 @@ def test_gunicorn_logs(live_server, records) -> None:
     time.sleep(0.5)
     lines = [line for line in server.log_text().splitlines() if line.strip()]
     parsed = [json.loads(line) for line in lines]  # every line is one JSON object
-    access = [p for p in parsed if p.get("logger") == "loanrisk.access" and p.get("endpoint") != "/health"]
+    access = [
+        p
+        for p in parsed
+        if p.get("logger") == "loanrisk.access" and p.get("endpoint") not in READINESS_PROBES
+    ]
     assert len(access) == len(statuses)
     assert sorted(a["status"] for a in access) == sorted(statuses)
     for entry in access:

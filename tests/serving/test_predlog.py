@@ -291,3 +291,47 @@ def test_columns_exact_in_float32_are_spooled_as_float32_and_read_back_exactly()
             want = [None if math.isnan(v) else v for v in (ratio if i % 2 else exact).tolist()]
             assert [line["features"][name] for line in lines] == want, name
     assert [line["label"] for line in lines] == [0, 1, 1]
+
+
+@pytest.mark.parametrize("during", [1, 2], ids=["first-listing", "second-listing"])
+def test_a_spool_converted_while_the_folder_is_listed_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, during: int
+) -> None:
+    """A listing taken while files come and go may or may not hold each of them (POSIX; a large folder is read in
+    several getdents calls): here the converter renames ``b``'s ``.jsonl.gz`` into place behind the listing's
+    position and removes its spool ahead of it, so that listing holds ``b`` under neither name. Its records are
+    read once whichever listing it hits."""
+    a = tmp_path / "predictions-20261130T100000000000Z-host-1-00001.spool"
+    b = tmp_path / "predictions-20261130T100001000000Z-host-2-00001.spool"
+    spool(a, [0, 2])
+    spool(b, [1, 3])
+    real_scandir = os.scandir
+    listings = []
+
+    class ConvertedMidway:
+        """``os.scandir`` of a listing that reaches ``b`` just after it was converted."""
+
+        def __init__(self, path: Any) -> None:
+            with real_scandir(path) as entries:
+                self.entries = sorted(entries, key=lambda e: e.name)  # a before b
+
+        def __enter__(self) -> Any:
+            for entry in self.entries:
+                if entry.name == b.name:
+                    assert convert(b) is not None
+                if os.path.lexists(entry.path):
+                    yield entry
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    def scandir(path: Any) -> Any:
+        listings.append(path)
+        if len(listings) == during and Path(path) == tmp_path:
+            return ConvertedMidway(path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    read = read_log(tmp_path)
+    assert [r["time"][18] for r in read] == ["0", "1", "2", "3"]
+    assert (read.torn, read.skipped) == (0, 0) and not b.exists()
