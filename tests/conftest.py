@@ -1,18 +1,56 @@
-"""Test session set-up: all state in a throwaway folder, Prefect quiet and fast, markers enforced under CI."""
+"""Test session set-up: everything a run writes goes under the clone's ``.state/tests/run-<pid>/`` (the state
+folder, pytest's tmp paths, every temporary file of this process and its children), Prefect quiet and fast,
+markers enforced under CI. A run's folder is removed when the run passes, kept for reading when it fails, and a
+later run removes the folders of runs whose process is gone."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-_STATE = Path(tempfile.mkdtemp(prefix="loanrisk-tests-"))
-os.environ.setdefault("LOANRISK_STATE_DIR", str(_STATE))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUNS = REPO_ROOT / ".state" / "tests"
+RUN_DIR = RUNS / f"run-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_finished_runs() -> None:
+    """Folders of earlier runs whose pytest process has ended (a failed run's folder stays until then)."""
+    for folder in RUNS.glob("run-*"):
+        pid = folder.name.removeprefix("run-")
+        if folder != RUN_DIR and (not pid.isdigit() or not _pid_alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+RUNS.mkdir(parents=True, exist_ok=True)
+_remove_finished_runs()
+(RUN_DIR / "tmp").mkdir(parents=True, exist_ok=True)
+os.environ["TMPDIR"] = str(RUN_DIR / "tmp")
+tempfile.tempdir = None  # re-read TMPDIR
+os.environ.setdefault("LOANRISK_STATE_DIR", str(RUN_DIR / "state"))
 os.environ.setdefault("PREFECT_HOME", str(Path(os.environ["LOANRISK_STATE_DIR"]) / "prefect"))
+Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # the ephemeral server's database is here
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("LOANRISK_TASK_RETRY_DELAY_SECONDS", "0")
+# Small fits and few bootstrap resamples: the tests check behaviour, not model quality. A fixed thread count
+# keeps CatBoost's models, and so the gate's decisions, the same on every machine.
+os.environ.setdefault("LOANRISK_MAX_ITERATIONS", "150")
+os.environ.setdefault("LOANRISK_BOOTSTRAP_SAMPLES", "20")
+os.environ.setdefault("LOANRISK_THREAD_COUNT", "2")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 import pytest  # noqa: E402
@@ -38,8 +76,15 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest's tmp paths under this run's folder (not the machine's temporary folder)."""
+    if not config.option.basetemp:
+        config.option.basetemp = str(RUN_DIR / "pytest")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop Prefect's ephemeral servers while output capture is still open (else it logs to a closed file)."""
+    session.config._loanrisk_exitstatus = int(exitstatus)  # type: ignore[attr-defined]
     try:
         from prefect.server.api.server import SubprocessASGIServer
     except ImportError:  # pragma: no cover
@@ -49,6 +94,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             server.stop()
         except Exception:  # noqa: BLE001 - best effort at shutdown
             pass
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A passing run leaves nothing: its folder goes (a failing one stays for reading)."""
+    if getattr(config, "_loanrisk_exitstatus", 1) == 0:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(RUN_DIR)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory):
+    """The session's one training run (``tests/training.py``): trained, registered, its bundle downloaded."""
+    from tests.training import train_once
+
+    return train_once(tmp_path_factory.mktemp("trained"))
 
 
 @pytest.fixture(scope="session")
