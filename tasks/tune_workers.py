@@ -4,8 +4,9 @@
 How the pieces fit (the objective and the worker loop are in :mod:`tasks.tune`):
 
 - The study is opened on an :class:`~optuna.storages.RDBStorage` with Optuna's heartbeat: a trial whose worker
-  died stops beating, another worker fails it once the grace period has passed, and Optuna's retry callback
-  enqueues it again with the same parameters (``retried_trial_number`` names the original).
+  died stops beating (or never beat: :class:`HeartbeatStorage`), another worker fails it once the grace period
+  has passed, and Optuna's retry callback enqueues it again with the same parameters (``retried_trial_number``
+  names the original).
 - The stage enqueues exactly ``n_trials`` empty trials, each with a ``slot`` user attribute; workers only pop
   queued trials, so the study ends with the configured count whatever the number of workers (a trial a worker
   creates past the queue, when two pop the last one at once, fails at once as surplus and is not counted).
@@ -28,12 +29,14 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 import pandas as pd
+from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from tasks.common import PermanentError, run_logger
@@ -62,7 +65,35 @@ class SurplusTrial(Exception):
 # --- the study -------------------------------------------------------------------------------------------------
 
 
-def storage_for(settings: Settings) -> optuna.storages.RDBStorage:
+class HeartbeatStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, whose stale trials (the ones ``fail_stale_trials`` fails, then hands to the retry
+    callback) also include a running trial with no heartbeat row that started longer ago than the grace period:
+    its worker died between popping it and the first beat, and Optuna, which only compares heartbeat rows, would
+    leave it running for ever.
+
+    Optuna has no API that reads a trial's heartbeat, so the query goes through its ORM models, as its own
+    ``_get_stale_trial_ids`` does. The start time is the clock of the worker that popped the trial, compared
+    with this machine's (Optuna's heartbeat uses the database's): pool workers need clocks within the grace
+    period."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        started_before = datetime.now() - timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+        trial = models.TrialModel
+        session = self.scoped_session()
+        try:
+            running = session.query(trial).filter(
+                trial.study_id == study_id, trial.state == TrialState.RUNNING, ~trial.heartbeats.any()
+            )
+            never_beat = [
+                t.trial_id for t in running if t.datetime_start and t.datetime_start < started_before
+            ]
+        finally:
+            session.close()
+        return stale + never_beat
+
+
+def storage_for(settings: Settings) -> HeartbeatStorage:
     """The study storage with Optuna's heartbeat and stale-trial retry (any SQLAlchemy URL; SQLite by default,
     where several worker processes wait up to 60 s for the file's write lock instead of failing)."""
     url = settings.study_storage
@@ -72,7 +103,7 @@ def storage_for(settings: Settings) -> optuna.storages.RDBStorage:
         engine_kwargs = {"connect_args": {"timeout": 60}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
+        return HeartbeatStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=settings.tune_heartbeat_seconds,

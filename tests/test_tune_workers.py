@@ -8,12 +8,14 @@ from __future__ import annotations
 import copy
 import os
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState, create_trial
 
 from tasks import tracking
 from tasks import tune_workers as workers
@@ -215,3 +217,35 @@ def test_a_retry_queued_twice_runs_once(sample_split, tmp_path: Path) -> None:
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL]
     assert study.trials[2].user_attrs.get(workers.SURPLUS) is True
     assert n_retried(study) == 1
+
+
+def never_beat(study: optuna.Study, slot: int, started: datetime) -> None:
+    """A trial of ``slot`` popped at ``started`` by a worker ``dead:1`` that died before its first heartbeat
+    (running, no heartbeat row), with the depth it drew."""
+    trial = create_trial(
+        state=TrialState.RUNNING, params={"depth": 6}, distributions={"depth": IntDistribution(4, 8)},
+        user_attrs={workers.SLOT: slot, workers.WORKER: "dead:1"},
+    )  # fmt: skip
+    trial.datetime_start = started
+    study.add_trial(trial)
+
+
+@pytest.mark.filterwarnings(HEARTBEAT_WARNING, "ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_running_trial_that_never_beat_goes_stale(sample_split, tmp_path: Path) -> None:
+    """A worker killed between popping a trial and its first heartbeat leaves a running trial without a
+    heartbeat row, which Optuna never finds stale. Once it started longer ago than the grace period it is failed
+    and re-run like any stale trial; one started within the grace period is left running."""
+    s = tiny(tmp_path, n_trials=2, **BEAT)
+    fresh = optuna.create_study(study_name="just-popped", storage=workers.storage_for(s))
+    never_beat(fresh, 0, datetime.now())
+    optuna.storages.fail_stale_trials(fresh)
+    assert [t.state for t in fresh.trials] == [TrialState.RUNNING]
+
+    study = optuna.create_study(study_name="never-beat", storage=workers.storage_for(s), direction="maximize")
+    never_beat(study, 0, datetime.now() - timedelta(seconds=5 * s.tune_grace_seconds))
+    study.enqueue_trial({}, user_attrs={workers.SLOT: 1})
+    optuna.storages.fail_stale_trials(study)  # what every worker does before each trial
+    dead = study.trials[0]
+    assert dead.state == TrialState.FAIL, dead.state
+    work(study, objective(sample_split, s), time.time() + 120, s.tune_heartbeat_seconds)
+    assert_count_reached(study, 2, dead)
