@@ -126,13 +126,12 @@ def test_a_worker_killed_during_a_trial_loses_only_that_trial(sample_split, tmp_
     """SIGKILL one local worker process while it runs a trial: the heartbeat fails that trial after the grace
     period, Optuna queues it again with its parameters, the other worker re-runs it, and the study still ends
     with the configured count."""
-    s = tiny(
-        tmp_path, n_trials=5, tune_workers=2, max_iterations=400, early_stopping_rounds=400,
-        tune_heartbeat_seconds=1, tune_grace_seconds=4,
-    )  # fmt: skip
-    workers.storage_for(s)  # the schema exists before this test polls the study beside the stage
+    s = tiny(tmp_path, n_trials=5, tune_workers=2, max_iterations=400, early_stopping_rounds=400, **BEAT)
     victim, outcome = kill_during_a_trial(
-        lambda: tune(s, sample_split, "killed", None), lambda: study_of(s, "killed").trials, 180
+        lambda: tune(s, sample_split, "killed", None),
+        workers.storage_for(s),
+        "killed",
+        s.tune_timeout_seconds,
     )
     assert_rerun_elsewhere(victim, outcome, study_of(s, "killed").trials)
     assert sum(t.state in workers.FINISHED for t in queued(study_of(s, "killed"))) == 5
