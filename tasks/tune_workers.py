@@ -37,6 +37,7 @@ import numpy as np
 import optuna
 import pandas as pd
 from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
 from tasks.common import PermanentError, run_logger
@@ -66,30 +67,48 @@ class SurplusTrial(Exception):
 
 
 class HeartbeatStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage, whose stale trials (the ones ``fail_stale_trials`` fails, then hands to the retry
-    callback) also include a running trial with no heartbeat row that started longer ago than the grace period:
-    its worker died between popping it and the first beat, and Optuna, which only compares heartbeat rows, would
-    leave it running for ever.
+    """Optuna's RDB storage with two fixes for trials shared by workers.
 
-    Optuna has no API that reads a trial's heartbeat, so the query goes through its ORM models, as its own
-    ``_get_stale_trial_ids`` does. The start time is the clock of the worker that popped the trial, compared
-    with this machine's (Optuna's heartbeat uses the database's): pool workers need clocks within the grace
-    period."""
+    - Its stale trials (the ones ``fail_stale_trials`` fails, then hands to the retry callback) also include a
+      running trial with no heartbeat row that started longer ago than the grace period: its worker died between
+      popping it and the first beat, and Optuna, which only compares heartbeat rows, would leave it running for
+      ever. The start time is the clock of the worker that popped the trial, compared with this machine's
+      (Optuna's heartbeat uses the database's): pool workers need clocks within the grace period.
+    - A pop (queued to running) is one conditional UPDATE: Optuna reads the trial then updates it, and SQLite
+      ignores the row lock in between, so two workers popping at once could both run one trial.
+
+    Optuna has no API for either (a trial's heartbeat row, a compare-and-set of its state), so both go through
+    its ORM models and sessions, as its own methods do."""
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        if state != TrialState.RUNNING or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        trial = models.TrialModel
+        with _create_scoped_session(self.scoped_session) as session:
+            popped = (
+                session.query(trial)
+                .filter(trial.trial_id == trial_id, trial.state == TrialState.WAITING)
+                .update({trial.state: TrialState.RUNNING}, synchronize_session=False)
+            )
+            if popped:  # this session holds the row (the database's write lock on SQLite) until it commits
+                session.get(trial, trial_id).datetime_start = datetime.now()
+        if not popped:  # another worker's: running (False, as Optuna answers) or finished (Optuna's error)
+            self.check_trial_is_updatable(trial_id, self.get_trial(trial_id).state)
+        return bool(popped)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)
         started_before = datetime.now() - timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
         trial = models.TrialModel
-        session = self.scoped_session()
-        try:
+        with _create_scoped_session(self.scoped_session) as session:
             running = session.query(trial).filter(
                 trial.study_id == study_id, trial.state == TrialState.RUNNING, ~trial.heartbeats.any()
             )
             never_beat = [
                 t.trial_id for t in running if t.datetime_start and t.datetime_start < started_before
             ]
-        finally:
-            session.close()
         return stale + never_beat
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -248,3 +249,39 @@ def test_a_running_trial_that_never_beat_goes_stale(sample_split, tmp_path: Path
     assert dead.state == TrialState.FAIL, dead.state
     work(study, objective(sample_split, s), time.time() + 120, s.tune_heartbeat_seconds)
     assert_count_reached(study, 2, dead)
+
+
+def pop_at_once(study: optuna.Study, start: threading.Barrier, popped: list[int]) -> None:
+    """A worker's pop (``ask`` takes the first queued trial), once the other popper is ready too."""
+    start.wait()
+    popped.append(study.ask().number)
+
+
+@pytest.mark.filterwarnings(HEARTBEAT_WARNING)
+def test_two_workers_popping_at_once_never_get_the_same_trial(tmp_path: Path) -> None:
+    """Optuna pops a queued trial by reading it then updating it; SQLite ignores the row lock in between, so two
+    workers popping at once could both run one trial (twice the work, and a worker failing when it tells the
+    finished trial). Two pops at once, each on its own storage handle (threads here: the same race as between
+    processes), get two trials, round after round."""
+    s = tiny(tmp_path, n_trials=2)
+    same = 0
+    for round_ in range(20):
+        workers.prepare_study(s, f"pop-{round_}", "sha256:x")
+        start, popped = threading.Barrier(2), []
+        pair = [
+            threading.Thread(
+                target=pop_at_once,
+                args=(
+                    optuna.load_study(study_name=f"pop-{round_}", storage=workers.storage_for(s)),
+                    start,
+                    popped,
+                ),
+            )
+            for _ in "ab"
+        ]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join()
+        same += len(set(popped)) == 1
+    assert same == 0, f"{same} of 20 rounds gave both pops the same trial"
