@@ -134,12 +134,15 @@ def trial_line(done: int, total: int, trial: FrozenTrial, best: FrozenTrial | No
 
 class TrialLog:
     """Optuna callback: a run-log line per finished trial (see :func:`trial_line`); a trial whose worker stopped
-    gets a line saying it is queued again, one failed by its own error a line with that error."""
+    gets a line saying it is queued again, one failed by its own error a line with that error (a surplus trial,
+    never run, gets none)."""
 
     def __init__(self, total: int, log: Callable[[str], None]) -> None:
         self.total, self.log, self.done, self.started = total, log, 0, time.perf_counter()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if workers.SURPLUS in trial.user_attrs:
+            return
         if trial.state == TrialState.FAIL and workers.ERROR in trial.user_attrs:
             self.log(f"trial #{trial.number} failed: {trial.user_attrs[workers.ERROR]}")
             return
