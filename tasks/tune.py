@@ -10,6 +10,7 @@ flow runs of the tune-worker deployment (``"pool"``) sharing the study: :func:`w
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -73,11 +74,25 @@ def objective_for(
     train: Pool, valid: Pool, valid_label: Any, settings: Settings, run_id: str | None, worker: str = ""
 ) -> Callable[[optuna.Trial], float]:
     """The objective: validation ROC-AUC of a model fitted on train (the test slice is never seen). The trial
-    records the worker that ran it (``worker_id``; a re-run keeps the dead worker's as ``retried_from_worker``)."""
+    records the worker that ran it (``worker_id``; a re-run keeps the dead worker's as ``retried_from_worker``),
+    and an error of its own (``error``: a trial that failed so is not re-run, unlike one whose worker stopped)."""
 
     def objective(trial: optuna.Trial) -> float:
-        if workers.SLOT not in trial.user_attrs:
-            raise workers.SurplusTrial(f"trial #{trial.number} was not queued: the study has its trials")
+        reason = workers.surplus_reason(trial)
+        if reason is not None:
+            trial.set_user_attr(workers.SURPLUS, True)
+            raise workers.SurplusTrial(reason)
+        try:
+            return run(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            # a trial failed stale meanwhile takes no attribute: it counts as stopped, and is re-run
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                trial.set_user_attr(workers.ERROR, repr(exc)[:1000])
+            raise
+
+    def run(trial: optuna.Trial) -> float:
         if workers.WORKER in trial.user_attrs:  # a re-run: the attributes are copied from the failed trial
             trial.set_user_attr("retried_from_worker", trial.user_attrs[workers.WORKER])
         trial.set_user_attr(workers.WORKER, worker)
@@ -118,13 +133,19 @@ def trial_line(done: int, total: int, trial: FrozenTrial, best: FrozenTrial | No
 
 
 class TrialLog:
-    """Optuna callback: a run-log line per finished trial (see :func:`trial_line`); a trial failed by the
-    heartbeat (its worker died) gets a line saying it is queued again."""
+    """Optuna callback: a run-log line per finished trial (see :func:`trial_line`); a trial whose worker stopped
+    gets a line saying it is queued again, one failed by its own error a line with that error (a surplus trial,
+    never run, gets none)."""
 
     def __init__(self, total: int, log: Callable[[str], None]) -> None:
         self.total, self.log, self.done, self.started = total, log, 0, time.perf_counter()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if workers.SURPLUS in trial.user_attrs:
+            return
+        if trial.state == TrialState.FAIL and workers.ERROR in trial.user_attrs:
+            self.log(f"trial #{trial.number} failed: {trial.user_attrs[workers.ERROR]}")
+            return
         if trial.state == TrialState.FAIL:
             self.log(
                 f"trial #{trial.number} failed (worker {trial.user_attrs.get(workers.WORKER, '?')} stopped); "
@@ -167,12 +188,14 @@ def work(
 ) -> int:
     """A worker's loop: run queued trials one at a time until none is queued or running, or the budget is spent.
     While another worker's trial runs it stays, failing that trial if its heartbeat stops (Optuna then queues
-    it again) so that a dead worker's trial is re-run here. Returns how many trials it ran."""
+    it again, else :func:`~tasks.tune_workers.reconcile` does) so that a dead worker's trial is re-run here.
+    Returns how many trials it ran."""
     ran = 0
     while time.time() < deadline:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+        workers.reconcile(study)
         states = workers.counts(study)
         if states[TrialState.WAITING]:
             study.optimize(
@@ -298,7 +321,9 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
         "best_trial": best.number,
         "n_complete": len(done),
         "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "n_retried": sum(workers.retried_from(t) is not None for t in trials),
+        "n_retried": sum(
+            workers.retried_from(t) is not None and workers.SURPLUS not in t.user_attrs for t in trials
+        ),
         "workers": sorted({str(t.user_attrs.get(workers.WORKER)) for t in trials if t.state.is_finished()}),
         "mode": settings.tune_mode if settings.tune_workers > 1 else "in-process",
         "study_name": study.study_name,

@@ -4,11 +4,14 @@
 How the pieces fit (the objective and the worker loop are in :mod:`tasks.tune`):
 
 - The study is opened on an :class:`~optuna.storages.RDBStorage` with Optuna's heartbeat: a trial whose worker
-  died stops beating, another worker fails it once the grace period has passed, and Optuna's retry callback
-  enqueues it again with the same parameters (``retried_trial_number`` names the original).
+  died stops beating (or never beat: :class:`HeartbeatStorage`), another worker fails it once the grace period
+  has passed, and Optuna's retry callback enqueues it again with the same parameters (``retried_trial_number``
+  names the original).
 - The stage enqueues exactly ``n_trials`` empty trials, each with a ``slot`` user attribute; workers only pop
   queued trials, so the study ends with the configured count whatever the number of workers (a trial a worker
   creates past the queue, when two pop the last one at once, fails at once as surplus and is not counted).
+  A retry keeps its slot; :func:`reconcile` queues one that a stopped process left out, and a slot's retry
+  queued twice runs once (:func:`surplus_reason`).
 - The study's user attributes hold the data fingerprint and the fit settings the trials use; a study is resumed
   (``optuna_study_name``) only on the same data and settings, and every worker checks the data it reads.
 - The train and valid slices travel as Parquet files: a local folder for local workers, an MLflow artifact of the
@@ -17,19 +20,24 @@ How the pieces fit (the objective and the worker loop are in :mod:`tasks.tune`):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import multiprocessing
 import os
 import socket
 import time
 import warnings
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 import pandas as pd
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
 from tasks.common import PermanentError, run_logger
@@ -42,6 +50,7 @@ except ImportError:  # pragma: no cover - older Optuna
     from optuna.storages import RetryFailedTrialCallback as RetryCallback
 
 SLOT, WORKER, FINGERPRINT, FIT = "slot", "worker_id", "data_fingerprint", "fit_settings"
+ERROR, SURPLUS = "error", "surplus"  # trial user attributes: the objective's own error; a surplus trial
 FIT_KEYS = ("max_iterations", "early_stopping_rounds", "seed", "max_ctr_complexity")
 DATA_FILES = ("train.parquet", "valid.parquet")
 LABEL_COLUMN = "__label__"
@@ -50,13 +59,60 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class SurplusTrial(Exception):
-    """A trial created past the queue (two workers popped its last trial at once): failed, never counted."""
+    """A trial created past the queue (two workers popped its last trial at once), or a slot's retry queued
+    twice: failed, never counted."""
 
 
 # --- the study -------------------------------------------------------------------------------------------------
 
 
-def storage_for(settings: Settings) -> optuna.storages.RDBStorage:
+class HeartbeatStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage with two fixes for trials shared by workers.
+
+    - Its stale trials (the ones ``fail_stale_trials`` fails, then hands to the retry callback) also include a
+      running trial with no heartbeat row that started longer ago than the grace period: its worker died between
+      popping it and the first beat, and Optuna, which only compares heartbeat rows, would leave it running for
+      ever. The start time is the clock of the worker that popped the trial, compared with this machine's
+      (Optuna's heartbeat uses the database's): pool workers need clocks within the grace period.
+    - A pop (queued to running) is one conditional UPDATE: Optuna reads the trial then updates it, and SQLite
+      ignores the row lock in between, so two workers popping at once could both run one trial.
+
+    Optuna has no API for either (a trial's heartbeat row, a compare-and-set of its state), so both go through
+    its ORM models and sessions, as its own methods do."""
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        if state != TrialState.RUNNING or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        trial = models.TrialModel
+        with _create_scoped_session(self.scoped_session) as session:
+            popped = (
+                session.query(trial)
+                .filter(trial.trial_id == trial_id, trial.state == TrialState.WAITING)
+                .update({trial.state: TrialState.RUNNING}, synchronize_session=False)
+            )
+            if popped:  # this session holds the row (the database's write lock on SQLite) until it commits
+                session.get(trial, trial_id).datetime_start = datetime.now()
+        if not popped:  # another worker's: running (False, as Optuna answers) or finished (Optuna's error)
+            self.check_trial_is_updatable(trial_id, self.get_trial(trial_id).state)
+        return bool(popped)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        started_before = datetime.now() - timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+        trial = models.TrialModel
+        with _create_scoped_session(self.scoped_session) as session:
+            running = session.query(trial).filter(
+                trial.study_id == study_id, trial.state == TrialState.RUNNING, ~trial.heartbeats.any()
+            )
+            never_beat = [
+                t.trial_id for t in running if t.datetime_start and t.datetime_start < started_before
+            ]
+        return stale + never_beat
+
+
+def storage_for(settings: Settings) -> HeartbeatStorage:
     """The study storage with Optuna's heartbeat and stale-trial retry (any SQLAlchemy URL; SQLite by default,
     where several worker processes wait up to 60 s for the file's write lock instead of failing)."""
     url = settings.study_storage
@@ -66,7 +122,7 @@ def storage_for(settings: Settings) -> optuna.storages.RDBStorage:
         engine_kwargs = {"connect_args": {"timeout": 60}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
+        return HeartbeatStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=settings.tune_heartbeat_seconds,
@@ -127,8 +183,9 @@ def prepare_study(settings: Settings, study_name: str, fingerprint: str) -> optu
     else:
         study.set_user_attr(FINGERPRINT, fingerprint)
         study.set_user_attr(FIT, fit)
+    reconcile(study)  # a resumed study's slot left without its retry gets it, and is held
     trials = study.get_trials(deepcopy=False)
-    held = sum(t.state in (*FINISHED, *UNFINISHED) for t in trials)
+    held = len({t.user_attrs[SLOT] for t in trials if SLOT in t.user_attrs and t.state != TrialState.FAIL})
     for slot in range(len(trials), len(trials) + settings.n_trials - held):
         study.enqueue_trial({}, user_attrs={SLOT: slot})
     return study
@@ -152,6 +209,54 @@ def load_study(
     except KeyError as exc:
         raise PermanentError(f"tune worker: no study {study_name!r} in {mine}") from exc
     return study
+
+
+def stopped(trial: FrozenTrial) -> bool:
+    """A queued trial failed without an error of its own: its worker stopped (failed stale by the heartbeat, or
+    interrupted), so it is worth re-running; an objective's error (``error``) or a surplus trial is not."""
+    attrs = trial.user_attrs
+    return trial.state == TrialState.FAIL and SLOT in attrs and ERROR not in attrs and SURPLUS not in attrs
+
+
+def reconcile(study: optuna.Study) -> None:
+    """Queue the retry of every slot whose trials all stopped, as the study's retry callback would have.
+
+    The invariant: each slot ends with one finished trial, so the study ends with ``n_trials``. Optuna fails a
+    stale trial and its callback queues the retry in a second step; a process stopped between them leaves a slot
+    with failed trials only, which this step (idempotent: it never touches a slot with a queued, running or
+    finished trial) hands to the same callback (same params, user attributes and retry history, within
+    ``tune_trial_retries``). It runs beside that callback in other processes, so a slot's retry may be queued
+    twice; the later one fails as surplus when it starts (:func:`surplus_reason`) and the count stays exact."""
+    # the study's storage is private in Optuna; optuna.storages.fail_stale_trials reads it the same way
+    callback_of = getattr(study._storage, "get_heartbeat_stale_trial_callback", None)  # heartbeat storages
+    retry = callback_of() if callback_of is not None else None
+    if retry is None:
+        return
+    slots: dict[Any, list[FrozenTrial]] = defaultdict(list)
+    for trial in study.get_trials(deepcopy=False):  # by number, so a slot's last trial is its latest
+        if SLOT in trial.user_attrs and SURPLUS not in trial.user_attrs:
+            slots[trial.user_attrs[SLOT]].append(trial)
+    for trials in slots.values():
+        if all(t.state == TrialState.FAIL for t in trials) and stopped(trials[-1]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry(study, copy.deepcopy(trials[-1]))  # the callback edits the trial's retry history
+
+
+def surplus_reason(trial: optuna.Trial) -> str | None:
+    """Why a trial that just started must not run (it was not queued, or a trial of its slot numbered before it
+    is queued, running or finished: the slot's retry was queued twice), else None."""
+    slot = trial.user_attrs.get(SLOT)
+    if slot is None:
+        return f"trial #{trial.number} was not queued: the study has its trials"
+    for other in trial.study.get_trials(deepcopy=False):
+        if (
+            other.number < trial.number
+            and other.user_attrs.get(SLOT) == slot
+            and other.state != TrialState.FAIL
+        ):
+            return f"trial #{trial.number} re-runs slot {slot}, held by trial #{other.number} (queued twice)"
+    return None
 
 
 def counts(study: optuna.Study) -> dict[TrialState, int]:
@@ -294,12 +399,22 @@ def wait_for_trials(
     poll_seconds: float = 1.0,
 ) -> None:
     """Poll the study until no trial is queued or running, every worker has ended, or the budget is spent with
-    nothing running; ``on_finished`` sees each trial that ends (complete, pruned, or failed by the heartbeat)."""
+    nothing running; ``on_finished`` sees each trial that ends (complete, pruned, or failed), surplus ones aside.
+    Each poll first queues a retry a stopped process left out (:func:`reconcile`), so polling never ends between
+    a trial's failure and its retry."""
     seen: set[int] = set()
     log = run_logger()
     while True:
+        reconcile(study)
         trials = study.get_trials(deepcopy=False)
-        ended = [t for t in trials if t.state.is_finished() and t.number not in seen and SLOT in t.user_attrs]
+        ended = [
+            t
+            for t in trials
+            if t.state.is_finished()
+            and t.number not in seen
+            and SLOT in t.user_attrs
+            and SURPLUS not in t.user_attrs
+        ]
         for trial in sorted(ended, key=lambda t: t.datetime_complete or t.datetime_start):
             seen.add(trial.number)
             on_finished(study, trial)

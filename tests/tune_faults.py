@@ -1,5 +1,5 @@
 """Kill a tune worker during a trial: run the stage in a thread, watch the study, SIGKILL the process of the first
-trial seen running (its ``worker_id`` user attribute names it), and report what the stage did."""
+trial seen reporting (its ``worker_id`` user attribute names it), and report what the stage did."""
 
 from __future__ import annotations
 
@@ -11,16 +11,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tasks import tune_workers as workers
 
+END_MARGIN_SECONDS = 180.0  # past the tuning budget: the trials still running finish, the stage sums up
+
 
 def kill_during_a_trial(
-    run: Callable[[], dict[str, Any]], trials: Callable[[], list[FrozenTrial]], timeout: float
+    run: Callable[[], dict[str, Any]], storage: BaseStorage, study_name: str, tune_timeout_seconds: float
 ) -> tuple[FrozenTrial | None, dict[str, Any]]:
-    """The trial whose worker was killed (None when none was seen running) and the stage's ``summary`` or
-    ``error``. ``trials`` reads the study (a KeyError while it does not exist yet)."""
+    """The trial whose worker was killed (None when none was seen reporting within the tuning budget) and the
+    stage's ``summary`` or ``error``.
+
+    The victim is a running trial that has reported an intermediate value: its objective is well under way, so its
+    heartbeat thread (started with the objective) has beaten. The study is read through ``storage`` alone (one
+    handle, not one per poll), and the stage is waited for past its budget, so its outcome is always there."""
     outcome: dict[str, Any] = {}
 
     def target() -> None:
@@ -29,20 +36,24 @@ def kill_during_a_trial(
         except BaseException as exc:  # noqa: BLE001 - reported by the caller's assertions
             outcome["error"] = exc
 
+    started = time.monotonic()
     tuning = threading.Thread(target=target)
     tuning.start()
-    victim = None
-    deadline = time.monotonic() + timeout
-    while victim is None and tuning.is_alive() and time.monotonic() < deadline:
-        with contextlib.suppress(KeyError):  # the study is not created yet
-            running = [
-                t for t in trials() if t.state == TrialState.RUNNING and workers.WORKER in t.user_attrs
-            ]
-            if running:
-                victim = running[0]
+    victim, study_id = None, None
+    while victim is None and tuning.is_alive() and time.monotonic() < started + tune_timeout_seconds:
+        if study_id is None:
+            with contextlib.suppress(KeyError):  # the stage has not created the study yet
+                study_id = storage.get_study_id_from_name(study_name)
+        if study_id is not None:
+            running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+            reporting = [t for t in running if t.intermediate_values and workers.WORKER in t.user_attrs]
+            if reporting:
+                victim = reporting[0]
                 os.kill(int(victim.user_attrs[workers.WORKER].rsplit(":", 1)[1]), signal.SIGKILL)
-        time.sleep(0.1)
-    tuning.join(timeout=timeout)
+        time.sleep(0.2)
+    tuning.join(timeout=started + tune_timeout_seconds + END_MARGIN_SECONDS - time.monotonic())
+    if tuning.is_alive():
+        outcome["error"] = TimeoutError(f"the stage still runs {END_MARGIN_SECONDS:.0f} s past its budget")
     return victim, outcome
 
 
@@ -50,12 +61,14 @@ def assert_rerun_elsewhere(
     victim: FrozenTrial | None, outcome: dict[str, Any], trials: list[FrozenTrial]
 ) -> None:
     """The killed trial failed (heartbeat), was re-run once by another worker with what it had drawn, and the
-    stage finished without error, counting the re-run."""
-    assert victim is not None, f"no trial was seen running: {outcome}"
+    stage finished without error, counting the re-run (a second copy of that retry, failed as surplus, aside)."""
+    assert victim is not None, f"no trial was seen reporting: {outcome}"
     assert "error" not in outcome, outcome
     failed = next(t for t in trials if t.number == victim.number)
     assert failed.state == TrialState.FAIL
-    retries = [t for t in trials if workers.retried_from(t) == victim.number]
+    retries = [
+        t for t in trials if workers.retried_from(t) == victim.number and workers.SURPLUS not in t.user_attrs
+    ]
     assert [t.state in workers.FINISHED for t in retries] == [True], [(t.number, t.state) for t in trials]
     assert failed.params.items() <= retries[0].params.items()  # re-run with what the killed trial had drawn
     assert retries[0].user_attrs["retried_from_worker"] == victim.user_attrs[workers.WORKER]

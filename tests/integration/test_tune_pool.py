@@ -213,13 +213,12 @@ def test_a_tune_worker_killed_during_a_trial_loses_only_that_trial(stack: Stack,
     from tasks.tune import tune
 
     s = settings_for(stack, n_trials=6)
-    workers.storage_for(s)  # the schema exists before this test polls the study beside the stage
 
     def run() -> dict[str, Any]:
         with api(stack), tracking.run(s, "pool-killed") as run_id:  # pool workers read its data artifact
             return tune(s, sample_split, "pool-killed", run_id)
 
-    victim, outcome = kill_during_a_trial(run, lambda: study_trials(stack, "pool-killed"), 900)
+    victim, outcome = kill_during_a_trial(run, workers.storage_for(s), "pool-killed", s.tune_timeout_seconds)
     trials = study_trials(stack, "pool-killed")
     assert_rerun_elsewhere(victim, outcome, trials)
     assert retried_on(trials, victim) != victim.user_attrs[workers.WORKER].split(":")[0]  # the other worker
