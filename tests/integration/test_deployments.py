@@ -174,7 +174,14 @@ def test_retrain_workflow_calls_the_trigger() -> None:
 def test_ci_workflow_runs_the_ci_script() -> None:
     wf = _workflow("ci.yml")
     runs = [s.get("run", "") for job in wf["jobs"].values() for s in job["steps"]]
-    assert any("bash .ci/run" in r for r in runs)
+    assert any("bash .ci/run" in r and "--all" not in r for r in runs)
+
+
+def test_nightly_workflow_runs_both_tiers_on_a_schedule() -> None:
+    wf = _workflow("nightly.yml")
+    assert wf["on"]["schedule"] and "workflow_dispatch" in wf["on"]
+    runs = [s.get("run", "") for job in wf["jobs"].values() for s in job["steps"]]
+    assert any("bash .ci/run --all" in r for r in runs)
 
 
 def _actionlint(*files: str) -> subprocess.CompletedProcess[str]:

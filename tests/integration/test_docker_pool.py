@@ -30,7 +30,7 @@ TAG = "loan-risk-training:stack-test"
 SMALL_RUN = {"source": "sample", "scale": 0.02, "n_trials": 2, "deploy": False}
 RUN_TIMEOUT_S = 1200
 
-pytestmark = [pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.stack, pytest.mark.slow, pytest.mark.nightly]
 
 
 @pytest.fixture(scope="module")

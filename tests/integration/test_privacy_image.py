@@ -31,7 +31,7 @@ from tasks.settings import Settings
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
 from tests.privacy_scan import KnownValues, Scan
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.nightly, pytest.mark.timeout(2400)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WHEEL_CACHE = Path(os.environ.get("LOANRISK_WHEEL_CACHE") or REPO_ROOT / ".state" / "wheels")

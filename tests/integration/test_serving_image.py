@@ -174,6 +174,7 @@ def test_container_runs_non_root_turns_healthy_and_predicts(built_image) -> None
         container.remove(force=True)
 
 
+@pytest.mark.nightly
 def test_container_passes_the_full_http_contract(built_image) -> None:
     """The error, fuzz and schemathesis suites against the running container (what the pruned image must serve).
 

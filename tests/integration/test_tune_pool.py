@@ -42,7 +42,7 @@ from tests.integration.prefect_fixtures import (
 )
 from tests.tune_faults import assert_rerun_elsewhere, kill_during_a_trial
 
-pytestmark = [pytest.mark.prefect_server, pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.prefect_server, pytest.mark.slow, pytest.mark.nightly, pytest.mark.timeout(1200)]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 POOL = "loan-risk-pool"
