@@ -12,9 +12,6 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
-# A per-build id on every image of this stage, so a release can find and remove what the stage leaves dangling.
-ARG BUILD_ID=unknown
-LABEL ai.loanrisk.build.id="${BUILD_ID}"
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -23,6 +20,10 @@ COPY serving/requirements.txt /tmp/requirements.txt
 # --no-deps: requirements.txt is the complete closure; catboost's plotting/training extras stay out.
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/python -m pip install --no-index --find-links /wheels --no-deps -r /tmp/requirements.txt
+# Per-build values come only after the environment, so its layer is cached across releases and pushed once.
+# The build id labels the images of this stage that are the build's own, so a release can remove them.
+ARG BUILD_ID=unknown
+LABEL ai.loanrisk.build.id="${BUILD_ID}"
 COPY serving/ /app/serving/
 COPY bundle/ /app/bundle/
 # Drop installers, tests and the SciPy parts CatBoost never imports, then prove the app still serves the bundle.
@@ -32,6 +33,11 @@ RUN chmod -R a+rX /app \
  && /opt/venv/bin/python -m compileall -q /app/serving
 
 FROM ${BASE_IMAGE}
+RUN groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
+# The builder reuses this layer while the environment's files are the same (it compares their contents).
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /app /app
 ARG MODEL_NAME=loan-risk
 ARG MODEL_VERSION=unknown
 ARG GIT_COMMIT=unknown
@@ -42,10 +48,6 @@ LABEL org.opencontainers.image.title="${MODEL_NAME}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       ai.loanrisk.model.name="${MODEL_NAME}" \
       ai.loanrisk.model.version="${MODEL_VERSION}"
-RUN groupadd --system --gid 10001 app \
- && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
-COPY --from=build /opt/venv /opt/venv
-COPY --from=build /app /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

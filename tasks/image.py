@@ -173,6 +173,7 @@ def build_image(
     tail: deque[str] = deque(maxlen=30)
     step_images: list[str] = []
     cached = False
+    built = False
     image_id: str | None = None
     if not (Path(context_dir) / dockerfile).is_file():
         raise ImageBuildError(f"no {dockerfile} in build context {context_dir}")
@@ -219,42 +220,57 @@ def build_image(
         for tag in tags:
             image.tag(repository, tag=tag)
             log(f"tagged {repository}:{tag}")
+        built = True
     except docker.errors.APIError as exc:
         raise ImageBuildError(f"docker engine refused the build: {exc.explanation or exc}") from exc
     except requests.RequestException as exc:
         raise ImageBuildError(f"lost the docker engine during the build: {exc}") from exc
     finally:
-        remove_build_leftovers(client, build_id, step_images, log)
+        remove_build_leftovers(client, build_id, step_images, log, failed=not built)
     return str(image.id)
 
 
 def remove_build_leftovers(
-    client: docker.DockerClient, build_id: str, step_images: Iterable[str] = (), log: LogFn | None = None
+    client: docker.DockerClient,
+    build_id: str,
+    step_images: Iterable[str] = (),
+    log: LogFn | None = None,
+    *,
+    failed: bool = True,
 ) -> list[str]:
-    """Remove the dangling images one build left: those labelled with its ``build_id`` (the build stage) and
-    any image a step of it committed that ended untagged (the last step of a failed build).
+    """Remove the dangling images one build left; returns the removed ids.
 
-    Only dangling images are touched (never a tagged image or a parent of one); returns the removed ids.
+    After a successful build, only the images labelled with its ``build_id`` go (the build stage's steps after
+    the environment), one at a time, leaf first, without their parents: the unlabelled environment layers stay
+    as the builder's cache for the next release. After a failed build, the dangling images it left (labelled,
+    or committed by one of its steps: the last step of a failed build) go with their untagged parents, so
+    nothing of it is left. Only dangling images are touched (never a tagged image or a parent of one).
     """
     log = log or logger.info
-    prefixes = tuple(step_images)
+    prefixes = tuple(step_images) if failed else ()
     removed: list[str] = []
-    try:
-        labelled = client.api.images(filters={"dangling": True, "label": f"{LABEL_BUILD_ID}={build_id}"})
-        dangling = client.api.images(filters={"dangling": True}) if prefixes else []
-    except (docker.errors.APIError, requests.RequestException) as exc:
-        log(f"could not list the dangling images of build {build_id}: {exc}")
-        return removed
-    ours = {i["Id"] for i in labelled}
-    ours |= {i["Id"] for i in dangling if i["Id"].removeprefix("sha256:").startswith(prefixes)}
-    for image_id in sorted(ours):
+    while True:
         try:
-            client.api.remove_image(image_id, force=False, noprune=False)
-            removed.append(image_id)
-        except docker.errors.ImageNotFound:
-            continue
+            labelled = client.api.images(filters={"dangling": True, "label": f"{LABEL_BUILD_ID}={build_id}"})
+            dangling = client.api.images(filters={"dangling": True}) if prefixes else []
         except (docker.errors.APIError, requests.RequestException) as exc:
-            log(f"could not remove dangling image {image_id[:19]} of build {build_id}: {exc}")
+            log(f"could not list the dangling images of build {build_id}: {exc}")
+            break
+        ours = {i["Id"] for i in labelled}
+        ours |= {i["Id"] for i in dangling if i["Id"].removeprefix("sha256:").startswith(prefixes)}
+        ours -= set(removed)
+        progress = False
+        for image_id in sorted(ours):
+            try:
+                client.api.remove_image(image_id, force=False, noprune=not failed)
+                removed.append(image_id)
+                progress = True
+            except docker.errors.ImageNotFound:
+                continue
+            except (docker.errors.APIError, requests.RequestException) as exc:
+                log(f"could not remove dangling image {image_id[:19]} of build {build_id}: {exc}")
+        if not progress or failed:
+            break
     if removed:
         log(f"removed {len(removed)} dangling image(s) of build {build_id}")
     return removed

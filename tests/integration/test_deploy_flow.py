@@ -233,6 +233,23 @@ def test_rollback_walks_back_by_digest_and_never_returns(first_release: dict) ->
     assert registry_tag("latest") == digests[third]
 
 
+def test_consecutive_releases_share_the_environment_layer(first_release: dict) -> None:
+    """Two releases of different models built one after the other carry the same virtual-environment layer (the
+    same diff id, so the registry receives it once): only the application and model layer is new."""
+    built = list(dict.fromkeys(e["version"] for e in history() if e["kind"] in ("release", "forced")))
+    assert len(built) == 3, history()
+    first, forced, third = built  # the rollback test built the third while the forced one's image was there
+    layers = {
+        v: client().images.get(f"{remote()}@{version_tags(v)['release.digest']}").attrs["RootFS"]["Layers"]
+        for v in (forced, third)
+    }
+    base = client().images.get(settings().base_image).attrs["RootFS"]["Layers"]
+    assert layers[forced][: len(base)] == layers[third][: len(base)] == base
+    venv = len(base) + 1  # the final stage: the user's layer, then /opt/venv, then the application
+    assert layers[forced][: venv + 1] == layers[third][: venv + 1]
+    assert layers[forced][venv + 1 :] != layers[third][venv + 1 :]
+
+
 def running_latest_answers(version: str) -> None:
     """The registry's ``latest`` runs and reports ``version``."""
     from tasks.image import pull_image, remove_container, run_container, wait_healthy

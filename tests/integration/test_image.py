@@ -257,6 +257,7 @@ MULTI_STAGE = textwrap.dedent(
     """
     ARG BASE_IMAGE=python:3.11-slim
     FROM ${BASE_IMAGE} AS build
+    RUN python3 -c "open('/environment', 'w').write('shared by every build')"
     ARG BUILD_ID=unknown
     LABEL ai.loanrisk.build.id="${BUILD_ID}"
     COPY server.py /stage/server.py
@@ -274,32 +275,53 @@ def test_multi_stage_build_leaves_only_the_tagged_image(
     repo: str,
     docker_services: DockerServices,  # noqa: F811
 ) -> None:
-    """The build stage ends dangling in every multi-stage build; succeeded or failed, the build removes what it
-    left: nothing carries its build id, and no image a step of it committed stays untagged."""
+    """The build stage ends dangling in every multi-stage build. A build that succeeds removes its own images of
+    it (those after the build id) and keeps the steps before it as the builder's cache, which the next build
+    uses; a build that fails leaves nothing: nothing carries its build id, and no image a step of it committed
+    stays untagged."""
     from tasks.image import LABEL_BUILD_ID
 
-    def leftovers(build_id: str, lines: list[str]) -> list[str]:
-        labelled = client.api.images(all=True, filters={"label": f"{LABEL_BUILD_ID}={build_id}"})
-        steps = {ln.split()[-1] for ln in lines if ln.startswith(" ---> ") and "Using cache" not in ln}
+    def labelled(build_id: str) -> list[str]:
+        return [
+            i["Id"] for i in client.api.images(all=True, filters={"label": f"{LABEL_BUILD_ID}={build_id}"})
+        ]
+
+    def committed(lines: list[str]) -> set[str]:
+        return {ln.split()[-1] for ln in lines if ln.startswith(" ---> ") and "Using cache" not in ln}
+
+    def dangling_steps(lines: list[str]) -> list[str]:
+        steps = committed(lines)
         dangling = [i["Id"] for i in client.api.images(filters={"dangling": True})]
-        return [i["Id"] for i in labelled] + [d for d in dangling if d.removeprefix("sha256:")[:12] in steps]
+        return [d for d in dangling if d.removeprefix("sha256:")[:12] in steps]
 
     args = {"BASE_IMAGE": docker_services.base_image}
+    (tmp_path / "first").mkdir()
     lines: list[str] = []
     ok_id = "ok-" + uuid.uuid4().hex
-    image_id = build_image(_context(tmp_path, MULTI_STAGE), repo, ["1"], args, {}, lines.append, client=client,
-                           build_id=ok_id)  # fmt: skip
+    image_id = build_image(_context(tmp_path / "first", MULTI_STAGE), repo, ["1"], args, {}, lines.append,
+                           client=client, build_id=ok_id)  # fmt: skip
     assert client.images.get(f"{repo}:1").id == image_id
-    assert f"removed 1 dangling image(s) of build {ok_id}" in lines  # the build stage
-    assert leftovers(ok_id, lines) == []
+    assert f"removed 3 dangling image(s) of build {ok_id}" in lines  # LABEL, COPY, RUN of the build stage
+    assert labelled(ok_id) == []
+    kept = dangling_steps(lines)  # the steps before the build's own: the environment and the ARG, as cache
+    assert len(kept) == 1 and not client.api.inspect_image(kept[0])["Config"]["Labels"], kept
+
+    (tmp_path / "second").mkdir()
+    again: list[str] = []
+    second_id = "ok-" + uuid.uuid4().hex
+    build_image(_context(tmp_path / "second", MULTI_STAGE.replace("yes", "again")), repo, ["2"], args, {},
+                again.append, client=client, build_id=second_id)  # fmt: skip
+    step = again.index(next(ln for ln in again if "/environment" in ln))
+    assert again[step + 1] == " ---> Using cache", again[step : step + 3]  # not run again
+    assert kept[0].removeprefix("sha256:").startswith(again[step + 5].split()[-1])  # the ARG's, reused
+    assert labelled(second_id) == []
 
     broken = MULTI_STAGE.replace('CMD ["python3"', 'RUN exit 4\nCMD ["python3"')
     (tmp_path / "broken").mkdir()
     failed: list[str] = []
     build_id = "failed-" + uuid.uuid4().hex
     with pytest.raises(ImageBuildError, match="returned a non-zero code: 4"):
-        build_image(_context(tmp_path / "broken", broken), repo, ["2"], args, {}, failed.append, client=client,
+        build_image(_context(tmp_path / "broken", broken), repo, ["3"], args, {}, failed.append, client=client,
                     build_id=build_id)  # fmt: skip
-    assert leftovers(build_id, failed) == [] and any(
-        "dangling image(s) of build failed-" in ln for ln in failed
-    )
+    assert labelled(build_id) == [] and dangling_steps(failed) == []
+    assert any("dangling image(s) of build failed-" in ln for ln in failed)

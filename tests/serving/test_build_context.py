@@ -159,3 +159,38 @@ def test_strip_elf_tail_keeps_an_extension_importable(tmp_path: Path) -> None:
     text = tmp_path / "plain.txt"
     text.write_text("not an ELF file")
     assert strip_elf_tail(text) == 0
+
+
+PER_BUILD_ARGS = {"BUILD_ID", "MODEL_NAME", "MODEL_VERSION", "GIT_COMMIT"}
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.training"])
+def test_the_environment_layers_come_before_anything_that_changes_per_build(name: str) -> None:
+    """In every stage, the virtual environment's install (or its copy from the build stage) comes before any
+    per-build argument or label: an ARG in scope or a LABEL above it would miss the builder's cache, so every
+    release would rebuild the environment and push its ~200 MB layer again."""
+    text = re.sub(r"\\\n", " ", (ROOT / name).read_text())
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("FROM "):
+            stages.append([])
+        elif line and not line.startswith("#") and stages:
+            stages[-1].append(line)
+    checked = 0
+    for lines in stages:
+        venv = [
+            i for i, line in enumerate(lines) if "/opt/venv" in line and line.split()[0] in ("RUN", "COPY")
+        ]
+        if not venv:
+            continue
+        checked += 1
+        before = lines[: venv[0] + 1]
+        per_build = [
+            line
+            for line in before
+            if line.startswith("ARG ") and line.split()[1].split("=")[0] in PER_BUILD_ARGS
+        ]
+        labels = [line for line in before if line.startswith("LABEL ")]
+        assert not per_build and not labels, f"{name}: before the environment layer: {per_build + labels}"
+    assert checked == 2, f"{name}: expected a build stage and a final stage that both hold /opt/venv"
