@@ -7,6 +7,7 @@ this fixture started them, so a developer's warm engine is reused and left runni
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -14,7 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -58,10 +59,10 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
-def _services(command: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
-    """Run ``services.sh command`` against the shared docker state folder."""
+def _services(command: str, timeout_s: float, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``services.sh command [args]`` against the shared docker state folder."""
     return subprocess.run(
-        ["bash", str(SERVICES_SH), command],
+        ["bash", str(SERVICES_SH), command, *args],
         env={**os.environ, "LOANRISK_DOCKER_STATE_DIR": str(docker_state_dir())},
         capture_output=True,
         text=True,
@@ -107,6 +108,7 @@ def docker_services() -> Iterator[DockerServices]:
     )
     previous = os.environ.get("DOCKER_HOST")
     os.environ["DOCKER_HOST"] = services.docker_host
+    before = EngineSnapshot.take(services)
     try:
         yield services
     finally:
@@ -114,7 +116,103 @@ def docker_services() -> Iterator[DockerServices]:
             os.environ.pop("DOCKER_HOST", None)
         else:
             os.environ["DOCKER_HOST"] = previous
+        left = before.restore(services)
         if services.started_here:
             stop = _services("stop", 120)
             if stop.returncode != 0:
                 logger.warning("services.sh stop exited %s: %s", stop.returncode, stop.stderr[-2000:])
+        if left:
+            pytest.fail(f"the tests left these behind and they could not be removed: {left}", pytrace=False)
+
+
+def _registry_http(services: DockerServices) -> Any:
+    import httpx
+
+    return httpx.Client(
+        base_url=f"http://{services.registry}/v2/", auth=(services.username, services.password), timeout=30
+    )
+
+
+def registry_repositories(services: DockerServices) -> set[str]:
+    """Every repository the shared registry lists."""
+    names: set[str] = set()
+    with _registry_http(services) as http:
+        params: dict[str, Any] = {"n": 100}
+        while True:  # a page at a time: the registry caps a page's size
+            response = http.get("_catalog", params=params)
+            response.raise_for_status()
+            page = response.json().get("repositories") or []
+            names.update(page)
+            if len(page) < params["n"] or "next" not in response.headers.get("Link", ""):
+                return names
+            params["last"] = page[-1]
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """What the engine and the registry held when the session began: the end of the session removes the rest."""
+
+    containers: frozenset[str]
+    images: frozenset[str]
+    networks: frozenset[str]
+    volumes: frozenset[str]
+    repositories: frozenset[str]
+
+    @classmethod
+    def take(cls, services: DockerServices) -> EngineSnapshot:
+        import docker
+
+        client = docker.DockerClient(base_url=services.docker_host, timeout=120)
+        try:
+            return cls(
+                frozenset(c["Id"] for c in client.api.containers(all=True)),
+                frozenset(i["Id"] for i in client.api.images(all=True)),
+                frozenset(n["Id"] for n in client.api.networks()),
+                frozenset(v["Name"] for v in client.api.volumes().get("Volumes") or []),
+                frozenset(registry_repositories(services)),
+            )
+        finally:
+            client.close()
+
+    def restore(self, services: DockerServices) -> list[str]:
+        """Remove every container, image, network, volume and registry repository made since the snapshot (the
+        registry garbage-collected after); returns what is still there after that (empty when all went)."""
+        import docker
+
+        client = docker.DockerClient(base_url=services.docker_host, timeout=300)
+        try:
+            for c in client.api.containers(all=True):
+                if c["Id"] not in self.containers:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        client.api.remove_container(c["Id"], force=True, v=True)
+            for _ in range(10):  # children before parents: repeat until nothing new is left or nothing moves
+                new = [i["Id"] for i in client.api.images(all=True) if i["Id"] not in self.images]
+                if not new:
+                    break
+                for image_id in new:
+                    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                        client.api.remove_image(image_id, force=True, noprune=True)
+            for n in client.api.networks():
+                if n["Id"] not in self.networks:
+                    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                        client.api.remove_network(n["Id"])
+            for v in client.api.volumes().get("Volumes") or []:
+                if v["Name"] not in self.volumes:
+                    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                        client.api.remove_volume(v["Name"], force=True)
+            repositories = sorted(registry_repositories(services) - self.repositories)
+            if repositories:
+                gc = _services("gc", 300, *repositories)
+                if gc.returncode != 0:
+                    logger.warning("services.sh gc exited %s: %s", gc.returncode, gc.stderr[-2000:])
+            left = [f"container {c['Id'][:12]} ({c.get('Image')})" for c in client.api.containers(all=True)
+                    if c["Id"] not in self.containers]  # fmt: skip
+            left += [f"image {i['Id'][7:19]} {i.get('RepoTags') or ''}" for i in client.api.images(all=True)
+                     if i["Id"] not in self.images]  # fmt: skip
+            left += [f"network {n['Name']}" for n in client.api.networks() if n["Id"] not in self.networks]
+            left += [f"volume {v['Name']}" for v in client.api.volumes().get("Volumes") or []
+                     if v["Name"] not in self.volumes]  # fmt: skip
+            left += [f"registry repository {r}" for r in registry_repositories(services) - self.repositories]
+            return left
+        finally:
+            client.close()

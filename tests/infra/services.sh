@@ -8,6 +8,7 @@
 #   bash tests/infra/services.sh status    # exit 0 when engine and registry both answer
 #   bash tests/infra/services.sh stop      # stop registry and engine by PID (idempotent)
 #   bash tests/infra/services.sh selftest  # docker login + push a tiny image with the docker CLI
+#   bash tests/infra/services.sh gc REPO...  # remove these registry repositories, garbage-collect the registry
 #
 # Callers:  bash tests/infra/services.sh start >/dev/null && source .state/docker/env.sh
 #     (or:  eval "$(bash tests/infra/services.sh start)")
@@ -284,6 +285,28 @@ cmd_stop() {
     rm -f "$SOCK" "$ENGINE_DIR/dockerd.internal.pid"
 }
 
+# Remove registry repositories (a test session's) and the blobs only they used: with the registry stopped, the
+# repositories' folders go, then distribution's garbage collector sweeps unreferenced blobs; the registry is
+# started again when it was running.
+cmd_gc() {
+    local repo was_running=0 root="$REG_DIR/data/docker/registry/v2/repositories"
+    for repo in "$@"; do
+        [[ "$repo" =~ ^[a-z0-9]+([._/-][a-z0-9]+)*$ ]] || die "not a repository name: $repo"
+    done
+    [[ -f "$REG_DIR/config.yml" ]] || return 0
+    pid_alive "$REGISTRY_PID" && was_running=1
+    stop_pid docker-registry "$REGISTRY_PID" 10
+    for repo in "$@"; do
+        rm -rf "${root:?}/$repo"
+    done
+    env -u REGISTRY_PORT -u REGISTRY_USER -u REGISTRY_PASSWORD \
+        docker-registry garbage-collect --delete-untagged "$REG_DIR/config.yml" >>"$D/registry-gc.log" 2>&1 ||
+        die "garbage-collect failed (log: $D/registry-gc.log)"
+    log "removed $# repositories and garbage-collected the registry ($(du -sh "$REG_DIR/data" | cut -f1) left)"
+    ((was_running)) && start_registry
+    return 0
+}
+
 cmd_status() {
     local ok=0
     if engine_up; then log "engine: up (unix://$SOCK)"; else
@@ -322,8 +345,12 @@ start) cmd_start ;;
 stop) cmd_stop ;;
 status) cmd_status ;;
 selftest) cmd_selftest ;;
+gc)
+    shift
+    cmd_gc "$@"
+    ;;
 *)
-    echo "usage: $0 {install|start|stop|status|selftest}" >&2
+    echo "usage: $0 {install|start|stop|status|selftest|gc REPOSITORY...}" >&2
     exit 2
     ;;
 esac
