@@ -173,6 +173,7 @@ def _refuse_tag(settings: Settings, key: str, undo: bool = False) -> None:
             )
 
 
+@pytest.mark.faults
 def test_a_decision_cut_short_by_the_registry_is_never_deployable(settings: Settings, tmp_path) -> None:
     """The registry fails after some of a dry run's promotion tags: what was written must not read as a promotion
     the deploy gate accepts (the decision is written last, and the gate wants the whole record)."""

@@ -1,8 +1,8 @@
 """Faults injected into the real parts of the release path; nothing is lost and ``champion`` never moves to an
 untested image.
 
-One small training run (scale 0.02, two trials) releases a first version, with the local GitHub answering the
-first release request with a 500. Then each fault: the registry refuses the push (wrong password; a private
+A copy of the session's trained bundle (tests/training.py) is released as the first version, with the local
+GitHub answering the first release request with a 500. Then each fault: the registry refuses the push (wrong password; a private
 registry stopped before the push), an image whose service answers wrong predictions, a container that exits at
 start, the MLflow server killed between the push and the commit point, two deploys at once (two processes on a
 real Prefect server), the MLflow server killed during tuning and a promote step against a stopped server.
@@ -40,6 +40,7 @@ from tests.integration.deploy_helpers import (  # noqa: F401 - fixtures
     remove_repo_images,
     settings,
 )
+from tests.training import TrainedRun, register_copy
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(1800)]
 docker = pytest.mark.docker
@@ -50,14 +51,16 @@ MLFLOW_STAGES = {"ingest", "validate", "split", "tune", "evaluate", "package", "
 
 
 @pytest.fixture(scope="module")
-def first_release(deploy_env: dict, github: GitHubStandIn) -> dict:  # noqa: F811
-    """The module's one training run; GitHub answers its first release request with HTTP 500."""
-    from flows.training import training_flow
+def first_release(deploy_env: dict, github: GitHubStandIn, trained_run: TrainedRun) -> dict:  # noqa: F811
+    """The session's trained bundle registered as this module's first promoted version and released; GitHub
+    answers the first release request with HTTP 500."""
+    from flows.deploy import deploy_flow
 
     github.fail_posts = [500]
-    result = training_flow(source="sample", deploy=True)
-    assert result["promoted"] and result["deploy"]["status"] == "released", result
-    return result
+    version = register_copy(settings(), trained_run.bundle_dir)
+    deploy = deploy_flow(model_version=version)
+    assert deploy["status"] == "released", deploy
+    return {"model_version": version, "deploy": deploy}
 
 
 def _deploy_failing(version: str, step: str) -> tuple[Exception, float]:
@@ -266,6 +269,7 @@ def test_mlflow_dies_between_the_push_and_the_commit(
 
 
 @docker
+@pytest.mark.nightly
 def test_two_deploys_at_once_are_serialised(first_release: dict, tmp_path: Path) -> None:
     """Two processes deploy two versions at the same moment through one Prefect server: they take turns (their
     lock holds do not overlap), the champion is the one that finished last, and the tags agree with it."""
@@ -324,6 +328,7 @@ def _complete(settings_obj, version: str, dst: Path) -> bool:
     return True
 
 
+@pytest.mark.nightly
 def test_mlflow_killed_during_tuning(running_mlflow: MlflowServer, tmp_path: Path) -> None:
     """A training run (its own process) against a real ``mlflow server``, killed (process group and huey
     children) while trials run, restarted on the same port and store. The tune task is retried and the run

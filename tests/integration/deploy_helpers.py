@@ -8,7 +8,6 @@ image of its repository, so the shared engine keeps nothing of it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import uuid
@@ -20,6 +19,7 @@ import pytest
 
 from tests.github_stand_in import GitHubStandIn
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
+from tests.training import register_copy
 
 REPO = Path(__file__).resolve().parents[2]
 # the gate is not under test in these modules: every trained version passes it
@@ -156,18 +156,14 @@ def register_variant(
 ) -> str:
     """Register a new version whose bundle is ``version``'s (changed by ``change``), with the gate's decision
     recorded as the promote stage records it."""
-    from tasks import registry, tracking
+    from tasks import registry
 
     s = settings()
     with tempfile.TemporaryDirectory() as tmp:
         bundle = registry.download_bundle(s, version, Path(tmp) / "bundle")
         if change is not None:
             change(bundle)
-        run = tracking.start_run(s, "variant")
-        new = registry.register_bundle(s, run, bundle, {"variant_of": version})
-    registry.set_version_tags(s, new, {"promotion.decision": decision, "promotion.dry_run": "false",
-                                       "promotion.reasons": json.dumps([f"variant of v{version}: {decision}"])})  # fmt: skip
-    return new
+        return register_copy(s, bundle, decision, note=f"variant of v{version}: {decision}")
 
 
 def assert_nothing_moved(champion_before: str | None, latest_before: str | None, version: str) -> None:
