@@ -56,9 +56,9 @@ def train_once(folder: Path) -> TrainedRun:
     result = json_line(
         "flows.training", ["--scale", str(SCALE), "--n-trials", str(N_TRIALS), "--no-deploy"], env
     )
-    run = TrainedRun(result, state, folder / "bundle")
-    registry.download_bundle(run.settings(), run.version, run.bundle_dir)
-    return run
+    placeholder = TrainedRun(result, state, folder)
+    bundle = registry.download_bundle(placeholder.settings(), placeholder.version, folder / "bundle")
+    return TrainedRun(result, state, bundle)
 
 
 def register_copy(settings: Any, bundle_dir: Path, decision: str = "promoted", note: str = "") -> str:
