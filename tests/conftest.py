@@ -1,7 +1,13 @@
-"""Test session set-up: everything a run writes goes under the clone's ``.state/tests/run-<pid>/`` (the state
-folder, pytest's tmp paths, every temporary file of this process and its children), Prefect quiet and fast,
-markers enforced under CI. A run's folder is removed when the run passes, kept for reading when it fails, and a
-later run removes the folders of runs whose process is gone."""
+"""Test session set-up: everything a run writes goes under the clone's ``.state/tests/run-<pid>/``, Prefect quiet
+and fast, markers enforced under CI.
+
+A run is the pytest process and, with ``-n`` (pytest-xdist, the default: ``pyproject.toml``), its workers. They
+share the run's folder (``<pid>`` is the controlling process's): temporary files of every process and its
+children (``tmp/``), pytest's tmp paths, the session's one training run (``trained/``, made by whichever worker
+needs it first); each process has its own state folder (``state-<worker>/``: MLflow store, Prefect home). The
+folder is removed when the run passes, kept for reading when it fails; a later run removes the folders of runs
+whose process is gone. The engine and registry clean-up runs once, in the controlling process
+(``tests/infra/docker_fixtures.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +19,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNS = REPO_ROOT / ".state" / "tests"
-RUN_DIR = RUNS / f"run-{os.getpid()}"
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... in a worker; None in the controlling process
+os.environ.setdefault("LOANRISK_TEST_RUN", str(os.getpid()))  # the workers inherit the controller's
+RUN_DIR = RUNS / f"run-{os.environ['LOANRISK_TEST_RUN']}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -34,12 +42,13 @@ def _remove_finished_runs() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-RUNS.mkdir(parents=True, exist_ok=True)
-_remove_finished_runs()
+if WORKER is None:
+    RUNS.mkdir(parents=True, exist_ok=True)
+    _remove_finished_runs()
 (RUN_DIR / "tmp").mkdir(parents=True, exist_ok=True)
 os.environ["TMPDIR"] = str(RUN_DIR / "tmp")
 tempfile.tempdir = None  # re-read TMPDIR
-os.environ.setdefault("LOANRISK_STATE_DIR", str(RUN_DIR / "state"))
+os.environ.setdefault("LOANRISK_STATE_DIR", str(RUN_DIR / f"state-{WORKER or 'main'}"))
 os.environ.setdefault("PREFECT_HOME", str(Path(os.environ["LOANRISK_STATE_DIR"]) / "prefect"))
 Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # the ephemeral server's database is here
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -77,13 +86,46 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """pytest's tmp paths under this run's folder (not the machine's temporary folder)."""
-    if not config.option.basetemp:
+    """pytest's tmp paths under this run's folder (not the machine's temporary folder; a worker gets its own
+    folder in the controller's from pytest-xdist)."""
+    if not config.option.basetemp and WORKER is None:
         config.option.basetemp = str(RUN_DIR / "pytest")
 
 
+ENGINE_SNAPSHOT = RUN_DIR / "engine.json"
+
+
+@pytest.fixture(scope="session")
+def snapshot_file() -> Path:
+    """Where the run notes what the Docker engine and registry held before it (``tests/infra/docker_fixtures``)."""
+    return ENGINE_SNAPSHOT
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The controlling process notes the engine's and the registry's contents when they already run."""
+    if WORKER is None:
+        from tests.infra.docker_fixtures import _read_services, note_engine, services_up
+
+        if services_up():
+            note_engine(ENGINE_SNAPSHOT, _read_services())
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Stop Prefect's ephemeral servers while output capture is still open (else it logs to a closed file)."""
+    """Stop Prefect's ephemeral servers while output capture is still open (else it logs to a closed file); in
+    the controlling process, remove what the tests added to the engine and the registry, and fail the run if
+    something could not be removed."""
+    if WORKER is None:
+        from tests.infra.docker_fixtures import leave_nothing
+
+        left = leave_nothing(ENGINE_SNAPSHOT)
+        if left:
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(
+                    f"ERROR: the tests left these behind and they could not be removed: {left}"
+                )
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            exitstatus = session.exitstatus
     session.config._loanrisk_exitstatus = int(exitstatus)  # type: ignore[attr-defined]
     try:
         from prefect.server.api.server import SubprocessASGIServer
@@ -98,17 +140,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """A passing run leaves nothing: its folder goes (a failing one stays for reading)."""
-    if getattr(config, "_loanrisk_exitstatus", 1) == 0:
+    if WORKER is None and getattr(config, "_loanrisk_exitstatus", 1) == 0:
         with contextlib.suppress(OSError):
             shutil.rmtree(RUN_DIR)
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory):
-    """The session's one training run (``tests/training.py``): trained, registered, its bundle downloaded."""
-    from tests.training import train_once
+def trained_run():
+    """The run's one training run (``tests/training.py``): trained, registered, its bundle downloaded; the
+    first worker to need it makes it, the others wait for it and read it."""
+    from tests.training import shared_training
 
-    return train_once(tmp_path_factory.mktemp("trained"))
+    return shared_training(RUN_DIR / "trained")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""One real training run per test session, shared by every test that needs a trained, registered model.
+"""One real training run per test run (all its pytest-xdist workers), shared by every test that needs a trained,
+registered model.
 
 ``python -m flows.training`` runs once as the README runs it (the sample at :data:`SCALE`, two trials, no deploy)
 in a state folder of its own, and its registered bundle is downloaded once. A module that needs a promoted version
@@ -9,6 +10,7 @@ the deploy. The seed, sample and thread count are fixed (``tests/conftest.py``),
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -59,6 +61,22 @@ def train_once(folder: Path) -> TrainedRun:
     placeholder = TrainedRun(result, state, folder)
     bundle = registry.download_bundle(placeholder.settings(), placeholder.version, folder / "bundle")
     return TrainedRun(result, state, bundle)
+
+
+def shared_training(folder: Path) -> TrainedRun:
+    """:func:`train_once` into ``folder`` unless another process of the test run has: the first to take the
+    folder's lock trains, the others wait for it and read what it recorded."""
+    folder.mkdir(parents=True, exist_ok=True)
+    recorded = folder / "run.json"
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        if recorded.exists():
+            data = json.loads(recorded.read_text())
+            return TrainedRun(data["result"], Path(data["state_dir"]), Path(data["bundle_dir"]))
+        run = train_once(folder)
+        record = {"result": run.result, "state_dir": str(run.state_dir), "bundle_dir": str(run.bundle_dir)}
+        recorded.write_text(json.dumps(record))
+        return run
 
 
 def register_copy(settings: Any, bundle_dir: Path, decision: str = "promoted", note: str = "") -> str:

@@ -6,7 +6,8 @@
         ... server.kill() ... server.start()                              # the whole process tree, then again
 
 Each runs in a session of its own (``start_new_session``) and is stopped by its process group; ``mlflow server``
-also starts job-runner and ``huey_consumer`` children, which are found through /proc and killed by PID too.
+runs without its job runners (``huey_consumer``), as the stack runs it; its web workers are found through /proc
+and killed by PID too.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class MlflowServer:
                "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                "--serve-artifacts", "--artifacts-destination", str(self.root / "artifacts")]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runners, as the stack runs it
         t0 = time.monotonic()
         log = self.root / "server.log"
         self.proc = _spawn(cmd, self.root, env, log)

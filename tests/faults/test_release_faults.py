@@ -396,7 +396,7 @@ def test_mlflow_killed_during_tuning(running_mlflow: MlflowServer, tmp_path: Pat
             assert candidate is None
         if candidate is not None:
             assert _complete(s, str(candidate.version), tmp_path / "candidate")
-    assert len(killed) > 2  # the server, its web workers and job runners all went down
+    assert len(killed) >= 2  # the server and its web workers all went down
 
 
 def test_promote_against_a_stopped_mlflow_server(running_mlflow: MlflowServer, tmp_path: Path) -> None:

@@ -8,12 +8,14 @@ this fixture started them, so a developer's warm engine is reused and left runni
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import logging
 import os
 import shlex
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -84,11 +86,32 @@ def _unavailable(reason: str) -> NoReturn:
     pytest.skip(f"docker services unavailable: {reason}")
 
 
-@pytest.fixture(scope="session")
-def docker_services() -> Iterator[DockerServices]:
-    """Ensure the local engine, registry and base image exist; point DOCKER_HOST at the engine."""
+def _read_services(started_here: bool = False) -> DockerServices:
+    env = read_env_file(docker_state_dir() / "env.sh")
+    return DockerServices(
+        docker_host=env["DOCKER_HOST"],
+        registry=env["LOANRISK_IMAGE_REGISTRY"],
+        username=env["LOANRISK_REGISTRY_USERNAME"],
+        password=env["LOANRISK_REGISTRY_PASSWORD"],
+        base_image=env["LOANRISK_BASE_IMAGE"],
+        started_here=started_here,
+    )
+
+
+def services_up() -> bool:
     try:
-        was_running = _services("status", 60).returncode == 0
+        return _services("status", 60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_services(snapshot_file: Path) -> Iterator[DockerServices]:
+    """Ensure the local engine, registry and base image exist; point DOCKER_HOST at the engine. What the engine
+    and the registry held before the run is noted once (:func:`note_engine`); the run's controlling process
+    removes what the tests added and stops the services it started (:func:`leave_nothing`)."""
+    try:
+        was_running = services_up()
         proc = _services("start", START_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
         _unavailable(f"services.sh could not run: {exc}")
@@ -97,18 +120,10 @@ def docker_services() -> Iterator[DockerServices]:
         if not was_running:  # leave nothing half-started behind
             _services("stop", 120)
         _unavailable(f"services.sh start exited {proc.returncode}:\n{tail}")
-    env = read_env_file(docker_state_dir() / "env.sh")
-    services = DockerServices(
-        docker_host=env["DOCKER_HOST"],
-        registry=env["LOANRISK_IMAGE_REGISTRY"],
-        username=env["LOANRISK_REGISTRY_USERNAME"],
-        password=env["LOANRISK_REGISTRY_PASSWORD"],
-        base_image=env["LOANRISK_BASE_IMAGE"],
-        started_here=not was_running,
-    )
+    services = _read_services(started_here=not was_running)
+    note_engine(snapshot_file, services)
     previous = os.environ.get("DOCKER_HOST")
     os.environ["DOCKER_HOST"] = services.docker_host
-    before = EngineSnapshot.take(services)
     try:
         yield services
     finally:
@@ -116,13 +131,37 @@ def docker_services() -> Iterator[DockerServices]:
             os.environ.pop("DOCKER_HOST", None)
         else:
             os.environ["DOCKER_HOST"] = previous
-        left = before.restore(services)
-        if services.started_here:
-            stop = _services("stop", 120)
-            if stop.returncode != 0:
-                logger.warning("services.sh stop exited %s: %s", stop.returncode, stop.stderr[-2000:])
-        if left:
-            pytest.fail(f"the tests left these behind and they could not be removed: {left}", pytrace=False)
+
+
+def note_engine(snapshot_file: Path, services: DockerServices) -> None:
+    """Write what the engine and the registry hold now, unless a process of this run already has (the first to
+    see the engine up notes it: the controller at the start, or the worker that started the services)."""
+    snapshot_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(snapshot_file.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not snapshot_file.exists():
+            snapshot = EngineSnapshot.take(services)
+            data = {
+                "started_here": services.started_here,
+                **{k: sorted(v) for k, v in asdict(snapshot).items()},
+            }
+            snapshot_file.write_text(json.dumps(data))
+
+
+def leave_nothing(snapshot_file: Path) -> list[str]:
+    """At the end of a run: remove what was added to the engine and the registry since :func:`note_engine`,
+    stop the services when the run started them; returns what could not be removed."""
+    if not snapshot_file.exists() or not services_up():
+        return []
+    data = json.loads(snapshot_file.read_text())
+    started_here = bool(data.pop("started_here"))
+    snapshot = EngineSnapshot(**{k: frozenset(v) for k, v in data.items()})
+    left = snapshot.restore(_read_services())
+    if started_here:
+        stop = _services("stop", 120)
+        if stop.returncode != 0:
+            logger.warning("services.sh stop exited %s: %s", stop.returncode, stop.stderr[-2000:])
+    return left
 
 
 def _registry_http(services: DockerServices) -> Any:
