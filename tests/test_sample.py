@@ -355,6 +355,7 @@ def test_cli_prints_one_json_line(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.slow
+@pytest.mark.nightly
 def test_full_scale_counts_and_oracle_auc(tmp_path: Path) -> None:
     import tracemalloc
 

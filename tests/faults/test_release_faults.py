@@ -106,6 +106,7 @@ def test_registry_refuses_the_password(first_release: dict, monkeypatch: pytest.
 
 
 @docker
+@pytest.mark.nightly
 def test_registry_stopped_before_the_push(first_release: dict, tmp_path: Path) -> None:
     """A private registry (own port, config and htpasswd) stops while the image is smoke-tested: the push fails,
     nothing moved, nothing of the run is left (the registry, started again, holds no tag of it)."""
@@ -238,6 +239,7 @@ def running_mlflow(mlflow: MlflowServer) -> Iterator[MlflowServer]:
 
 
 @docker
+@pytest.mark.nightly
 def test_mlflow_dies_between_the_push_and_the_commit(
     first_release: dict, running_mlflow: MlflowServer, tmp_path: Path
 ) -> None:

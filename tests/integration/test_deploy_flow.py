@@ -1,7 +1,7 @@
 """The deploy flow against a real Docker engine and a real registry with password authentication.
 
-One small training run promotes a model and the deploy flow releases it; then, in order: the release leaves only
-its tagged image; the gate refuses a rejected version until it is forced with a reason; a re-run of a released
+A copy of the session's trained bundle (tests/training.py) is registered as a promoted version and the deploy
+flow releases it; then, in order: the release leaves only its tagged image; the gate refuses a rejected version until it is forced with a reason; a re-run of a released
 version completes what is missing without building; rollbacks walk back release by release, by digest, and a
 version rolled back from is not released again unless forced (then without a build). The fault rows (push
 refused, broken images, GitHub errors, MLflow dying, concurrent deploys) are in ``tests/faults/``.
@@ -32,18 +32,19 @@ from tests.integration.deploy_helpers import (  # noqa: F401 - fixtures
     settings,
     smoke_containers,
 )
+from tests.training import TrainedRun, register_copy
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def first_release(deploy_env: dict) -> dict:  # noqa: F811
-    """Train at a small scale with deploy required: the promoted version is built, tested, pushed, released."""
-    from flows.training import training_flow
+def first_release(deploy_env: dict, trained_run: TrainedRun) -> dict:  # noqa: F811
+    """The session's trained bundle, registered here as a promoted version, deployed: built, tested, pushed,
+    released."""
+    from flows.deploy import deploy_flow
 
-    result = training_flow(source="sample", deploy=True)
-    assert result["promoted"], result["reasons"]
-    return result
+    version = register_copy(settings(), trained_run.bundle_dir)
+    return {"model_version": version, "deploy": deploy_flow(model_version=version)}
 
 
 def history() -> list[dict]:
@@ -69,7 +70,10 @@ def version_tags(version: str) -> dict[str, str]:
     return registry.get_version(settings(), version).tags
 
 
-def test_training_promotes_and_deploy_releases(first_release: dict, github: GitHubStandIn) -> None:  # noqa: F811
+def test_a_promoted_version_is_built_tested_pushed_and_released(
+    first_release: dict,
+    github: GitHubStandIn,  # noqa: F811
+) -> None:
     deploy = first_release["deploy"]
     version = first_release["model_version"]
     assert (
@@ -289,3 +293,20 @@ def test_bundle_that_does_not_reproduce_its_reference_never_builds(first_release
         deploy_flow(model_version=version)
     assert_nothing_moved(before, latest, version)
     assert info.value.build_id and build_leftovers(info.value.build_id) == []
+
+
+@pytest.mark.nightly
+def test_training_hands_a_promoted_model_to_the_deploy_flow(first_release: dict) -> None:
+    """A training run with deploy required: the gate promotes (lenient here, whatever the champion), and the
+    training flow's deploy releases the new version; the outcome is recorded on the training run."""
+    from mlflow import MlflowClient
+
+    from flows.training import training_flow
+
+    result = training_flow(source="sample", deploy=True)
+    assert result["promoted"], result["reasons"]
+    deploy = result["deploy"]
+    assert deploy["status"] == "released" and deploy["model_version"] == result["model_version"]
+    assert champion() == result["model_version"] and registry_tag("latest") == deploy["digest"]
+    tags = MlflowClient(tracking_uri=settings().tracking_uri).get_run(result["run_id"]).data.tags
+    assert tags["deploy.status"] == "released" and tags["deploy.digest"] == deploy["digest"]
