@@ -15,6 +15,7 @@ into ``wheel_cache_dir/<requirements hash>/`` and reused while the requirements 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -80,12 +81,21 @@ def pip_command(helper_dir: Path) -> list[str]:
 
 
 def download_wheels(wheel_cache_dir: str | Path, requirements: Path = REQUIREMENTS) -> Path:
-    """The folder of wheels for ``requirements``, downloaded on first use and cached by requirements hash."""
+    """The folder of wheels for ``requirements``, downloaded on first use and cached by requirements hash; one
+    process downloads while the others sharing the cache wait for it (deploys on one machine)."""
     cache = Path(wheel_cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / requirements_hash(requirements)
     if (target / COMPLETE_MARKER).is_file():
         return target
+    with open(cache / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        if (target / COMPLETE_MARKER).is_file():
+            return target
+        return _download(cache, target, requirements)
+
+
+def _download(cache: Path, target: Path, requirements: Path) -> Path:
     partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
     try:
         command = [

@@ -65,6 +65,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 import pytest  # noqa: E402
 
 from tasks.settings import Settings, get_settings  # noqa: E402
+from tests.infra.docker_fixtures import docker_services, serving_layers  # noqa: E402, F401 - fixtures for all
 
 get_settings.cache_clear()
 

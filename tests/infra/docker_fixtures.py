@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -131,6 +132,39 @@ def docker_services(snapshot_file: Path) -> Iterator[DockerServices]:
             os.environ.pop("DOCKER_HOST", None)
         else:
             os.environ["DOCKER_HOST"] = previous
+
+
+WHEEL_CACHE = REPO_ROOT / ".state" / "wheels"
+
+
+@pytest.fixture(scope="session")
+def serving_layers(docker_services: DockerServices, trained_run: Any, snapshot_file: Path) -> None:
+    """The serving image's environment layers in the builder's cache, built once per test run: the first worker
+    to need them builds the image from the run's trained bundle (the others wait), then removes the image and
+    keeps its layers. Without it, workers starting their first builds together each install the environment."""
+    folder = snapshot_file.parent
+    done = folder / "serving-layers.done"
+    with open(folder / "serving-layers.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return
+        import docker
+
+        from serving.build_context import prepare_build_context
+        from tasks.image import build_image
+
+        context = prepare_build_context(trained_run.bundle_dir, folder / "serving-layers", WHEEL_CACHE)
+        client = docker.DockerClient(base_url=docker_services.docker_host, timeout=900)
+        try:
+            ref = "loan-risk-test-layers"
+            tag = str(os.getpid())
+            build_image(context, ref, [tag], {"BASE_IMAGE": docker_services.base_image}, {}, logger.info,
+                        client=client)  # fmt: skip
+            client.api.remove_image(f"{ref}:{tag}", noprune=True)  # its layers stay: the builder's cache
+        finally:
+            client.close()
+            shutil.rmtree(context, ignore_errors=True)
+        done.write_text("built\n")
 
 
 def note_engine(snapshot_file: Path, services: DockerServices) -> None:

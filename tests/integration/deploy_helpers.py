@@ -56,7 +56,12 @@ def github() -> Iterator[GitHubStandIn]:
 
 
 @pytest.fixture(scope="module")
-def deploy_env(docker_services: DockerServices, github: GitHubStandIn, tmp_path_factory) -> Iterator[dict]:  # noqa: F811
+def deploy_env(
+    docker_services: DockerServices,  # noqa: F811
+    github: GitHubStandIn,
+    tmp_path_factory: pytest.TempPathFactory,
+    serving_layers: None,  # noqa: F811
+) -> Iterator[dict]:
     """The module's settings in the environment; its repository's local images are removed at the end."""
     with environment(
         deploy_environment(docker_services, github.url, tmp_path_factory.mktemp("deploy"))

@@ -45,6 +45,7 @@ CONTRACT_SUITES = (
 def built_image(
     docker_services: DockerServices,  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
+    serving_layers: None,  # noqa: F811
 ) -> Iterator[tuple[docker.DockerClient, str, dict[str, Any]]]:
     records = sample_records(tmp_path_factory.mktemp("sample"), scale=0.02, seed=1)
     bundle = make_bundle(
