@@ -191,7 +191,7 @@ def test_container_passes_the_full_http_contract(built_image) -> None:
     try:
         _wait_healthy(container, 180)
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CONTRACT_SUITES],
+            [sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", *CONTRACT_SUITES],
             cwd=REPO_ROOT,
             env={**os.environ, SERVICE_URL_ENV: _base_url(container)},
             capture_output=True,
