@@ -7,6 +7,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 
@@ -54,10 +55,25 @@ def _request(path: str, body: bytes, length: int | None = None) -> bytes:
     return (head + f"Content-Length: {len(body) if length is None else length}\r\n\r\n").encode() + body
 
 
-def _answer(sock: socket.socket) -> tuple[int, dict]:
-    r = http.client.HTTPResponse(sock)
-    r.begin()
-    return r.status, json.loads(r.read())
+def _until_both_answers_arrived(sock: socket.socket, timeout: float = 60) -> None:
+    """Wait, without consuming anything, until both pipelined answers are in the socket's receive buffer."""
+    deadline = time.monotonic() + timeout
+    while sock.recv(1 << 22, socket.MSG_PEEK).count(b"HTTP/1.1 ") < 2:
+        assert time.monotonic() < deadline, "the second answer never arrived"
+        time.sleep(0.05)
+
+
+def _answer(fp: BinaryIO) -> tuple[int, dict]:
+    """One response read from ``fp``, the connection's one buffered reader: two pipelined answers may arrive in
+    one read, and a reader per answer (``http.client.HTTPResponse(sock)`` makes one) would drop what the first
+    read ahead of the second."""
+    status = int(fp.readline().split()[1])
+    length = 0
+    while (line := fp.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    return status, json.loads(fp.read(length))
 
 
 def test_large_bodies_read_straight_from_the_socket(live_server, records, bundle) -> None:
@@ -76,12 +92,14 @@ def test_large_bodies_read_straight_from_the_socket(live_server, records, bundle
         sock.sendall(request[:70_000])  # in pieces, with pauses
         time.sleep(0.2)
         sock.sendall(request[70_000:] + _request("/predict/batch", two))  # the next request pipelined behind
-        status, body = _answer(sock)
+        _until_both_answers_arrived(sock)  # the case a reader per answer got wrong, now every time
+        answers = sock.makefile("rb")
+        status, body = _answer(answers)
         assert status == 200 and body["predictions"] == want[0]
-        status, body = _answer(sock)
+        status, body = _answer(answers)
         assert status == 200 and [p["probability"] for p in body["predictions"]] == want[1]
     with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
         sock.sendall(_request("/invocations", one[:50_000], length=len(one)))
         sock.shutdown(socket.SHUT_WR)
-        status, body = _answer(sock)
+        status, body = _answer(sock.makefile("rb"))
         assert status == 400 and body["error"] == "incomplete_body", body
