@@ -1,8 +1,8 @@
 # Loan default risk prediction service: Flask + gunicorn + CatBoost, with the model bundle baked in.
 #
-# Build from a context made by serving/build_context.py (prepare_build_context): it holds this file,
-# serving/, bundle/ (the model bundle) and wheels/ (every wheel of serving/requirements.txt, downloaded on the
-# host: nothing is fetched during the build).
+# Build from a context made by tasks/release/build_context.py (prepare_build_context): it holds this file,
+# serving/, tools/ (the build stage's prune.py), bundle/ (the model bundle) and wheels/ (every wheel of
+# serving/requirements.txt, downloaded on the host: nothing is fetched during the build).
 #
 #   docker build --build-arg BASE_IMAGE=python:3.11-slim --build-arg MODEL_NAME=loan-risk \
 #       --build-arg MODEL_VERSION=3 --build-arg GIT_COMMIT=$(git rev-parse HEAD) -t loan-risk:3 CONTEXT
@@ -24,12 +24,13 @@ RUN python3 -m venv /opt/venv \
 # The build id labels the images of this stage that are the build's own, so a release can remove them.
 ARG BUILD_ID=unknown
 LABEL ai.loanrisk.build.id="${BUILD_ID}"
+COPY tools/ /tmp/tools/
 COPY serving/ /app/serving/
 COPY bundle/ /app/bundle/
 # Drop installers, tests and the SciPy parts CatBoost never imports, then prove the app still serves the bundle.
 RUN chmod -R a+rX /app \
  && cd /app \
- && /opt/venv/bin/python -m serving.prune --bundle /app/bundle \
+ && /opt/venv/bin/python /tmp/tools/prune.py --bundle /app/bundle --app-root /app \
  && /opt/venv/bin/python -m compileall -q /app/serving
 
 FROM ${BASE_IMAGE}

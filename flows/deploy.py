@@ -35,9 +35,8 @@ from serving.bundle import Bundle, load_bundle
 from serving.card import CARD_HTML
 from tasks import registry
 from tasks.common import cli_run, run_logger
-from tasks.deploy_lock import release_lock
-from tasks.github import github_task
-from tasks.image import (
+from tasks.release.github import github_task
+from tasks.release.image import (
     DeployStepError,
     build_task,
     cleanup_task,
@@ -54,7 +53,8 @@ from tasks.image import (
     run_task,
     tag_digest,
 )
-from tasks.release import (
+from tasks.release.lock import release_lock
+from tasks.release.record import (
     CHAMPION,
     NotDeployable,
     actor,
@@ -70,7 +70,7 @@ from tasks.release import (
     release_notes,
     rollback_target,
 )
-from tasks.smoke import smoke_task
+from tasks.release.smoke import smoke_task
 
 
 class DeployError(RuntimeError):

@@ -70,7 +70,7 @@ def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[st
     from prefect.runtime import deployment
 
     if deploy is None:
-        from tasks.image import engine_available
+        from tasks.release.image import engine_available
 
         ready, why = engine_available(settings)
         if not ready:

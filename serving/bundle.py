@@ -228,7 +228,7 @@ class Bundle:
         if trees is None:
             return None
         rows = [trees.missing_row]
-        try:  # a malformed reference file is the reference check's to name (serving.build_context)
+        try:  # a malformed reference file is the reference check's to name (tasks.release.build_context)
             records = (self.reference() or {}).get("records")
             rows += build_rows(records) if isinstance(records, list) else []
         except (ValueError, TypeError, AttributeError):

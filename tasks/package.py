@@ -100,7 +100,7 @@ def card_context(
 ) -> dict[str, Any]:
     """What the model card says beyond the evaluation: the time windows, the label policies' counts, the
     tuning, the code commit and the monotone constraints."""
-    from tasks.image import git_commit
+    from tasks.release.image import git_commit
 
     return {
         "boundaries": dict(split.boundaries),

@@ -192,7 +192,7 @@ def register_task(settings: Settings, run_id: str, bundle_dir: Path) -> str:
 @stage("export-bundle", max_retries=0)
 def export_task(settings: Settings, version: str, context_dir: Path) -> Path:
     """Stage: a fresh Docker build context holding the version's bundle and the serving code."""
-    from serving.build_context import prepare_build_context
+    from tasks.release.build_context import prepare_build_context
 
     bundle = download_bundle(settings, version, context_dir.parent / f"bundle-v{version}")
     context = prepare_build_context(bundle, context_dir, settings.wheel_cache_dir)

@@ -178,7 +178,7 @@ def test_a_decision_cut_short_by_the_registry_is_never_deployable(settings: Sett
     """The registry fails after some of a dry run's promotion tags: what was written must not read as a promotion
     the deploy gate accepts (the decision is written last, and the gate wants the whole record)."""
     from tasks import registry, tracking
-    from tasks.release import deployability_problems
+    from tasks.release.record import deployability_problems
 
     run = tracking.start_run(settings, "t")
     version = registry.register_bundle(settings, run, _minimal_bundle(tmp_path), {})
@@ -194,7 +194,7 @@ def test_a_decision_cut_short_by_the_registry_is_never_deployable(settings: Sett
 
 
 def test_the_gate_wants_the_whole_promotion_record() -> None:
-    from tasks.release import deployability_problems
+    from tasks.release.record import deployability_problems
 
     whole = {"promotion.decision": "promoted", "promotion.dry_run": "false", "promotion.reasons": "[]"}
     assert deployability_problems("3", whole, []) == []

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.github import GitHubReleaseError, create_github_release
-from tasks.release import (
+from tasks.release.github import GitHubReleaseError, create_github_release
+from tasks.release.record import (
     card_link,
     history_entry,
     release_notes,
@@ -74,7 +74,7 @@ def _dockerfile_stages() -> list[dict]:
     import re
     import shlex
 
-    from serving.build_context import DOCKERFILE
+    from tasks.release.build_context import DOCKERFILE
 
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     stages: list[dict] = []
@@ -94,7 +94,7 @@ def _dockerfile_stages() -> list[dict]:
 
 
 def test_dockerfile_and_deploy_flow_agree_on_label_names() -> None:
-    from tasks.image import LABEL_BUILD_ID, LABEL_NAMESPACE, image_labels
+    from tasks.release.image import LABEL_BUILD_ID, LABEL_NAMESPACE, image_labels
 
     build, final = _dockerfile_stages()
     passed = set(image_labels("loan-risk", "3", "abc"))
@@ -133,7 +133,7 @@ def test_rollback_walks_back_one_release_at_a_time() -> None:
 
 def test_history_is_idempotent_bounded_and_in_the_registry(tmp_path: Path) -> None:
     from tasks import registry, tracking
-    from tasks.release import append_history, read_history
+    from tasks.release.record import append_history, read_history
     from tasks.settings import Settings
 
     s = Settings(state_dir=tmp_path / "state", release_history_size=3)
@@ -192,7 +192,7 @@ def test_deploy_refuses_what_the_gate_did_not_promote(
     deploy_settings, tmp_path, decision, dry_run, why
 ) -> None:
     from flows.deploy import deploy_flow
-    from tasks.release import NotDeployable
+    from tasks.release.record import NotDeployable
 
     version = _register(deploy_settings, tmp_path, decision, dry_run)
     with pytest.raises(NotDeployable, match=rf"v{version} is not deployable: .*{why}.*--force --reason"):
@@ -201,7 +201,7 @@ def test_deploy_refuses_what_the_gate_did_not_promote(
 
 def test_force_needs_a_reason(deploy_settings, tmp_path, capsys) -> None:
     from flows.deploy import deploy_flow, main
-    from tasks.release import NotDeployable
+    from tasks.release.record import NotDeployable
 
     version = _register(deploy_settings, tmp_path, "rejected")
     with pytest.raises(NotDeployable, match="--force needs a non-empty --reason"):
@@ -215,7 +215,7 @@ def test_actor_names_user_and_host() -> None:
     import getpass
     import socket
 
-    from tasks.release import actor
+    from tasks.release.record import actor
 
     assert actor().startswith(f"{getpass.getuser()}@{socket.gethostname()}")
 
@@ -234,7 +234,7 @@ def test_github_step_retries_a_500_and_creates_one_release(
     """GitHub answers 500 once (with ``lost_answer`` after creating the release): retried, one release."""
     from prefect import flow
 
-    from tasks.github import github_task
+    from tasks.release.github import github_task
     from tasks.settings import Settings
 
     github.fail_posts, github.create_before_failing = [500], lost_answer
@@ -264,7 +264,7 @@ def test_training_run_is_finished_when_its_deploy_fails(
 
     from flows.deploy import DeployError
     from flows.training import training_flow
-    from tasks.deploy_lock import release_lock
+    from tasks.release.lock import release_lock
     from tasks.settings import get_settings
 
     env = {"LOANRISK_STATE_DIR": str(tmp_path / "state"), "LOANRISK_DEPLOY_LOCK_TIMEOUT_SECONDS": "1",

@@ -19,8 +19,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from serving.build_context import download_wheels
-from tasks.image import build_image, get_client, git_commit
+from tasks.release.build_context import download_wheels
+from tasks.release.image import build_image, get_client, git_commit
 
 logger = logging.getLogger("deployments.stack.image")
 

@@ -83,7 +83,7 @@ def test_github_500_then_201_is_retried_into_one_release(first_release: dict, gi
 
 @docker
 def test_registry_refuses_the_password(first_release: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.image import push_task
+    from tasks.release.image import push_task
     from tasks.settings import get_settings
     from tests.attempts import attempts_of
 
@@ -170,7 +170,7 @@ def post_worker_init(worker):
 
 def _broken_context(monkeypatch: pytest.MonkeyPatch, addition: str) -> None:
     """The next build contexts carry ``addition`` at the end of the service's gunicorn configuration."""
-    import serving.build_context as bc
+    import tasks.release.build_context as bc
 
     original = bc.prepare_build_context
 
@@ -203,7 +203,7 @@ def test_container_that_exits_at_start(first_release: dict, monkeypatch: pytest.
     """The run step sees the container exit and fails at once (well within the health timeout), naming the exit
     status and showing the container's own output; the container is removed."""
     from flows.deploy import deploy_flow
-    from tasks.image import run_task
+    from tasks.release.image import run_task
     from tests.attempts import attempts_of
 
     before, latest = champion(), registry_tag("latest")
@@ -276,7 +276,7 @@ def test_two_deploys_at_once_are_serialised(first_release: dict, tmp_path: Path)
     """Two processes deploy two versions at the same moment through one Prefect server: they take turns (their
     lock holds do not overlap), the champion is the one that finished last, and the tags agree with it."""
     from tasks import registry
-    from tasks.release import read_history
+    from tasks.release.record import read_history
     from tests.integration.prefect_fixtures import prefect_server
 
     versions = [register_variant(first_release["model_version"]) for _ in range(2)]

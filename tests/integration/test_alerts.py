@@ -147,7 +147,7 @@ from prefect.events.worker import EventsWorker
 from tasks import registry, tracking
 from tasks.events import model_resource
 from tasks.promote import promote_task
-from tasks.release import commit_task, history_entry
+from tasks.release.record import commit_task, history_entry
 from tasks.settings import get_settings
 
 settings = get_settings()

@@ -48,7 +48,7 @@ def first_release(deploy_env: dict, trained_run: TrainedRun) -> dict:  # noqa: F
 
 
 def history() -> list[dict]:
-    from tasks.release import read_history
+    from tasks.release.record import read_history
 
     return read_history(settings())
 
@@ -57,7 +57,7 @@ def notes_artifacts(version: str, digest: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from tasks.release import notes_artifact_key
+    from tasks.release.record import notes_artifact_key
 
     key = notes_artifact_key(settings().model_name, version, digest)
     with get_client(sync_client=True) as c:
@@ -102,7 +102,7 @@ def test_release_leaves_only_its_tagged_image(first_release: dict) -> None:
     assert deploy["build_id"] and build_leftovers(deploy["build_id"]) == []
     image = client().images.get(deploy["image"])
     assert {r for r in local_refs() if "@" not in r} == {deploy["image"]}
-    from tasks.image import LABEL_BUILD_ID, LABEL_MODEL_NAME, LABEL_MODEL_VERSION
+    from tasks.release.image import LABEL_BUILD_ID, LABEL_MODEL_NAME, LABEL_MODEL_VERSION
 
     labels = image.labels
     assert (
@@ -117,7 +117,13 @@ def test_pushed_image_pulls_back_and_answers(first_release: dict) -> None:
     """Remove the local image, pull it from the registry by digest with credentials, run it, ask /predict."""
     from serving.bundle import load_bundle
     from tasks import registry
-    from tasks.image import pull_by_digest, remove_container, remove_local_image, run_container, wait_healthy
+    from tasks.release.image import (
+        pull_by_digest,
+        remove_container,
+        remove_local_image,
+        run_container,
+        wait_healthy,
+    )
 
     s = settings()
     version, deploy = first_release["model_version"], first_release["deploy"]
@@ -141,7 +147,7 @@ def test_gate_refuses_a_rejected_version_until_forced_with_a_reason(
     github: GitHubStandIn,  # noqa: F811
 ) -> None:
     from flows.deploy import deploy_flow
-    from tasks.release import NotDeployable
+    from tasks.release.record import NotDeployable
 
     first = first_release["model_version"]
     rejected = register_variant(first, decision="rejected")
@@ -179,7 +185,7 @@ def test_rerun_of_a_released_version_completes_what_is_missing(
     """After the commit point, steps went missing (latest elsewhere, no GitHub release): a re-run completes them
     without a build, and creates nothing twice; a second re-run does nothing."""
     from flows.deploy import deploy_flow
-    from tasks.image import registry_retag
+    from tasks.release.image import registry_retag
 
     s = settings()
     version = champion()
@@ -204,8 +210,8 @@ def test_rerun_of_a_released_version_completes_what_is_missing(
 
 def test_rollback_walks_back_by_digest_and_never_returns(first_release: dict) -> None:
     from flows.deploy import DeployError, deploy_flow
-    from tasks.image import remove_local_image
-    from tasks.release import NotDeployable
+    from tasks.release.image import remove_local_image
+    from tasks.release.record import NotDeployable
 
     first, forced = first_release["model_version"], champion()
     third = register_variant(first)
@@ -256,7 +262,7 @@ def test_consecutive_releases_share_the_environment_layer(first_release: dict) -
 
 def running_latest_answers(version: str) -> None:
     """The registry's ``latest`` runs and reports ``version``."""
-    from tasks.image import pull_image, remove_container, run_container, wait_healthy
+    from tasks.release.image import pull_image, remove_container, run_container, wait_healthy
 
     s = settings()
     ref = pull_image(client(), s.image_registry, s.image_repository, "latest", s.registry_username,
@@ -272,7 +278,7 @@ def running_latest_answers(version: str) -> None:
 
 
 def remove_local_image(ref: str) -> None:
-    from tasks.image import remove_local_image as remove
+    from tasks.release.image import remove_local_image as remove
 
     remove(client(), ref)
 

@@ -1,4 +1,4 @@
-"""tasks.image against a real engine and registry: build, run, health, push, verify, pull, and the failures."""
+"""tasks.release.image against a real engine and registry: build, run, health, push, verify, pull, and the failures."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import docker.errors
 import httpx
 import pytest
 
-from tasks.image import (
+from tasks.release.image import (
     ContainerStartError,
     DeployStepError,
     ImageBuildError,
@@ -242,7 +242,7 @@ def test_wrong_password_push_is_refused_then_latest_moves_in_the_registry(
         registry_digest(svc.registry, repo, "1.0.0", svc.username, "not-the-password")
 
     # pushed with the right password, ``latest`` is moved in the registry itself (no push), idempotently
-    from tasks.image import registry_retag, tag_digest
+    from tasks.release.image import registry_retag, tag_digest
 
     digest = push_image(client, repo, "1.0.0", svc.username, svc.password, svc.registry)
     assert tag_digest(svc.registry, repo, "latest", svc.username, svc.password) is None
@@ -279,7 +279,7 @@ def test_multi_stage_build_leaves_only_the_tagged_image(
     it (those after the build id) and keeps the steps before it as the builder's cache, which the next build
     uses; a build that fails leaves nothing: nothing carries its build id, and no image a step of it committed
     stays untagged."""
-    from tasks.image import LABEL_BUILD_ID
+    from tasks.release.image import LABEL_BUILD_ID
 
     def labelled(build_id: str) -> list[str]:
         return [

@@ -1,7 +1,7 @@
-"""The serving image on the real engine, from the local debootstrap base: builds from serving/build_context.py's
+"""The serving image on the real engine, from the local debootstrap base: builds from tasks/release/build_context.py's
 context, runs as non-root, turns healthy, answers /predict like training did, stays under 600 MB, and passes the
 service's whole HTTP contract (the error, fuzz and schemathesis suites of tests/serving, run against the
-container): the image's slimmed environment (serving/prune.py) is proven by every endpoint, not a probe."""
+container): the image's slimmed environment (tasks/release/prune.py) is proven by every endpoint, not a probe."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import docker
 import docker.errors
 import pytest
 
-from serving.build_context import prepare_build_context
+from tasks.release.build_context import prepare_build_context
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
 from tests.serving.conftest import ADMIN_TOKEN
 from tests.serving.remote import SERVICE_URL_ENV

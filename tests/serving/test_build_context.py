@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from serving import build_context
-from serving.build_context import COMPLETE_MARKER, prepare_build_context, requirements_hash
+from tasks.release import build_context
+from tasks.release.build_context import COMPLETE_MARKER, prepare_build_context, requirements_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def test_requirements_are_pinned_to_the_tested_versions() -> None:
 
 def test_serving_imports_no_orchestration_or_tracking() -> None:
     code = (
-        "import sys, serving.app, serving.build_context, serving.prune, serving.schemas, serving.healthcheck;"
+        "import sys, serving.app, tasks.release.build_context, tasks.release.prune, serving.schemas, serving.healthcheck;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'optuna', 'mlflow', 'tasks', "
         "'pydantic_settings'));"
         "assert not bad, bad"
@@ -124,7 +124,14 @@ def test_dockerfile_recipe() -> None:
     assert "org.opencontainers.image.version" in text and "org.opencontainers.image.revision" in text
     assert "gunicorn" in text
     ignore = (ROOT / ".dockerignore").read_text().split()
-    assert ignore[ignore.index("*") :][:5] == ["*", "!Dockerfile", "!serving/", "!bundle/", "!wheels/"]
+    assert ignore[ignore.index("*") :][:6] == [
+        "*",
+        "!Dockerfile",
+        "!serving/",
+        "!tools/",
+        "!bundle/",
+        "!wheels/",
+    ]
 
 
 def test_healthcheck_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,7 +147,7 @@ def test_healthcheck_url(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_strip_elf_tail_keeps_an_extension_importable(tmp_path: Path) -> None:
     import orjson
 
-    from serving.prune import strip_elf_tail
+    from tasks.release.prune import strip_elf_tail
 
     package = Path(orjson.__file__).parent
     copy = tmp_path / "orjson"

@@ -5,6 +5,7 @@
     out_dir/
       Dockerfile  .dockerignore
       serving/            the package (requirements.txt, gunicorn_conf.py, ...)
+      tools/prune.py      the build stage's slimming of the environment (never in the final image)
       bundle/             the model bundle, copied in at build time
       wheels/             every wheel of serving/requirements.txt, for pip --no-index --find-links
 
@@ -27,7 +28,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PRUNE = Path(__file__).resolve().with_name("prune.py")  # a build-stage tool: copied into the context's tools/
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 SERVING_DIR = REPO_ROOT / "serving"
@@ -141,6 +143,8 @@ def prepare_build_context(bundle_dir: str | Path, out_dir: str | Path, wheel_cac
     if DOCKERIGNORE.is_file():
         shutil.copy2(DOCKERIGNORE, out / ".dockerignore")
     shutil.copytree(SERVING_DIR, out / "serving", ignore=_IGNORE)
+    (out / "tools").mkdir()
+    shutil.copy2(PRUNE, out / "tools" / PRUNE.name)
     shutil.copytree(bundle, out / "bundle", ignore=_IGNORE)
     for path in (out / "bundle").rglob("*"):  # the image's non-root user must read what training wrote 0600
         path.chmod(0o755 if path.is_dir() else 0o644)

@@ -1,6 +1,6 @@
 """Slim the serving virtual environment in the image's build stage, then prove it still serves the bundle.
 
-    /opt/venv/bin/python -m serving.prune --bundle /app/bundle [--site /opt/venv/lib/python3.11/site-packages]
+    /opt/venv/bin/python /tmp/tools/prune.py --bundle /app/bundle --app-root /app [--site /opt/venv/lib/python3.11/site-packages]
 
 CatBoost declares pandas, matplotlib, plotly, graphviz, scipy, six and numpy as dependencies; to load a
 model and predict, its compiled module imports numpy, six, pandas and ``scipy.sparse`` (polars is optional).
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--site", type=Path, default=None, help="site-packages to slim (default: this venv's)"
     )
-    parser.add_argument("--app-root", type=Path, default=Path(__file__).resolve().parent.parent)
+    parser.add_argument("--app-root", type=Path, default=Path(__file__).resolve().parents[2])
     args = parser.parse_args(argv)
     site = args.site or site_packages()
 

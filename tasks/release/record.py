@@ -9,7 +9,7 @@ deploy of a released version completes what is missing and creates nothing twice
 The gate: a version is deployable when its promotion decision (tags written by ``tasks/promote.py``) is
 ``promoted``, was not a dry run, and the version was not rolled back from. ``force`` with a non-empty reason
 overrides; the reason, what it overrode and who forced it are recorded on the version, in the release history,
-the release notes and the GitHub release (``tasks/github.py``). Deploys hold ``tasks/deploy_lock.py``.
+the release notes and the GitHub release (``tasks/release/github.py``). Deploys hold ``tasks/release/lock.py``.
 
 Release history: where and how
     In the MLflow registry, so every worker that reaches the registry sees the same one: the registered model's
@@ -18,7 +18,7 @@ Release history: where and how
     ``at`` (UTC, ISO 8601), ``kind`` (``release``, ``forced`` or ``rollback``), ``reason`` (forced or rollback
     reason, at most 300 characters), ``by`` (user@host, and the Prefect flow run and deployment when in one),
     and for a rollback ``from`` (the version it left). The tag is written in one call, so a reader sees the old
-    list or the new one; the deploy lock (``tasks/deploy_lock.py``) serialises writers. MLflow allows 100,000
+    list or the new one; the deploy lock (``tasks/release/lock.py``) serialises writers. MLflow allows 100,000
     characters in a registry tag; an entry is ~400, and the oldest entries are dropped beyond the size setting
     or 60,000 characters (a MySQL TEXT column's size).
 
