@@ -144,6 +144,53 @@ def set_model_tag(settings: Settings, key: str, value: str) -> None:
         unavailable(settings, f"set tag {key!r} of {settings.model_name!r}", exc)
 
 
+class AlreadyExists(PermanentError):
+    """A registered model of that name exists already (the registry's unique name refused a second one)."""
+
+
+def create_record(settings: Settings, name: str, tags: dict[str, str], description: str = "") -> None:
+    """Create the registered model ``name`` with ``tags`` in one call; :class:`AlreadyExists` when the name is
+    taken. The store's unique name makes this a compare-and-set: of two creators of one name, exactly one wins."""
+    try:
+        tracking.client(settings).create_registered_model(name, tags=tags, description=description)
+    except Exception as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_ALREADY_EXISTS":
+            raise AlreadyExists(f"registered model {name!r} exists already") from exc
+        unavailable(settings, f"create registered model {name!r}", exc)
+
+
+def record_tags(settings: Settings, name: str) -> dict[str, str] | None:
+    """The tags of the registered model ``name``; None when it does not exist."""
+    try:
+        return dict(tracking.client(settings).get_registered_model(name).tags or {})
+    except Exception as exc:
+        if is_absent(exc):
+            return None
+        unavailable(settings, f"read registered model {name!r}", exc)
+
+
+def records(settings: Settings, prefix: str, newest_only: bool = False) -> dict[str, dict[str, str]]:
+    """Registered models whose name starts with ``prefix`` (name → tags), every page; ``newest_only``: the one
+    with the greatest name."""
+    c = tracking.client(settings)
+    found: dict[str, dict[str, str]] = {}
+    token = None
+    try:
+        while True:
+            page = c.search_registered_models(
+                filter_string=f"name LIKE '{prefix}%'",
+                max_results=1 if newest_only else 1000,
+                order_by=["name DESC"],
+                page_token=token,
+            )
+            found |= {m.name: dict(m.tags or {}) for m in page}
+            token = page.token
+            if newest_only or not token:
+                return found
+    except Exception as exc:
+        unavailable(settings, f"list registered models named {prefix}*", exc)
+
+
 def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
     """Download a version's bundle into ``dst`` (emptied first) and stamp the version into its metadata.
 

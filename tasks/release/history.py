@@ -1,0 +1,39 @@
+"""The release audit trail as a user reads it: ``python -m flows.deploy --history`` and the Prefect artifact.
+
+Read-only: before the ledger's first entry it shows what the earlier record knew (what the first release or
+rollback will seed), without writing anything.
+"""
+
+from __future__ import annotations
+
+from tasks.release.ledger import history_rows, legacy_entries, read_ledger
+from tasks.settings import Settings
+
+COLUMNS = (
+    "seq",
+    "at",
+    "version",
+    "kind",
+    "by",
+    "why",
+    "gated against",
+    "replaced",
+    "rolled back from",
+    "digest",
+)
+
+
+def read_history(settings: Settings) -> list[dict[str, str]]:
+    """Every champion change, oldest first, as rows (see :func:`tasks.release.ledger.history_rows`)."""
+    return history_rows(read_ledger(settings) or legacy_entries(settings))
+
+
+def history_text(rows: list[dict[str, str]], settings: Settings) -> str:
+    """The rows as an aligned text table (the digest shortened to 19 characters)."""
+    if not rows:
+        return f"{settings.model_name}: no champion has been released\n"
+    cells = [[r.get(c, "") if c != "digest" else r.get(c, "")[:19] for c in COLUMNS] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return f"{settings.model_name}: {len(rows)} champion change(s), oldest first\n" + "\n".join(lines) + "\n"

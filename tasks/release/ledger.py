@@ -1,0 +1,299 @@
+"""The release ledger: every champion change, one registry record each, never trimmed, never rewritten.
+
+Entry ``n`` of model ``M`` is the registered model ``M.release.<n:06d>``, created in one call with all its facts as
+tags (:class:`Entry`). The registry's unique model name makes the creation a compare-and-set: a release that
+read the ledger's head ``n`` claims ``n + 1``; of two releases that read the same head, exactly one claim
+succeeds and the other is refused (:func:`commit`). That claim is THE commit point, fenced where the state lives,
+so correctness does not depend on which Prefect server or lock name a process uses. The ``champion`` alias, the
+version tags, ``latest`` and the release notes are derived from the head afterwards (``converge``).
+
+A claim whose answer is lost is read back: the entry carries the release's own id, so the answer is "committed",
+"not committed" (the read shows no entry, or another release's) or "unknown" (the read failed too).
+
+On first use, a registry released by the earlier record (the model tag ``release.history`` and the champion's
+``release.*`` tags) is seeded into the ledger, oldest first, so a first rollback after an upgrade has the history.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any, Literal, ParamSpec, TypeVar
+
+from tasks import registry
+from tasks.common import PermanentError, run_logger
+from tasks.settings import Settings
+
+CHAMPION = "champion"
+LEGACY_HISTORY_TAG = "release.history"
+KINDS = ("release", "forced", "rollback", "seed")
+REASON_MIN_CHARS = 10
+REASON_MAX_CHARS = 300
+Committed = Literal["yes", "no", "unknown"]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ReleaseFailed(PermanentError):
+    """A release or rollback stopped at ``step``; ``committed`` says whether the champion changed: ``yes`` (the
+    ledger holds it: ``--converge`` completes what follows), ``no`` (nothing changed), ``unknown`` (the ledger could
+    not be read back: ``--history`` tells, ``--converge`` completes)."""
+
+    def __init__(self, step: str, message: str, committed: Committed = "no", **facts: Any) -> None:
+        super().__init__(f"{step}: {message} [committed: {committed}]")
+        self.step = step
+        self.committed = committed
+        self.facts = facts
+
+
+def one_error(fn: Callable[P, R]) -> Callable[P, R]:
+    """Let only :class:`ReleaseFailed` leave ``fn`` (a flow): any other error happened before a commit (the
+    commit and converge steps raise their own) and says so."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ReleaseFailed:
+            raise
+        except Exception as exc:
+            step = getattr(exc, "step", None) or "plan"
+            raise ReleaseFailed(step, f"{type(exc).__name__}: {exc}", "no") from exc
+
+    return wrapper
+
+
+def now_utc() -> str:
+    """The current time, UTC, ISO 8601 to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Entry:
+    """One champion change. ``from_version`` is the champion it replaced ("" for the first); a rollback's
+    ``from_version`` is the version it rolled back from; ``gated_against`` the champion the gate compared the
+    version with; ``by`` who asked; ``ran_on`` where it ran (OS user, host, flow run)."""
+
+    version: str
+    digest: str
+    image: str
+    kind: str
+    by: str
+    reason: str = ""
+    from_version: str = ""
+    gated_against: str = ""
+    release_id: str = ""
+    commit: str = ""
+    build_tag: str = ""
+    overrode: str = ""
+    ran_on: str = ""
+    at: str = field(default_factory=now_utc)
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"release kind must be one of {KINDS}, got {self.kind!r}")
+        self.version, self.reason = str(self.version), self.reason[:REASON_MAX_CHARS]
+
+    def tags(self) -> dict[str, str]:
+        return {f"release.{k}": str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Entry:
+        names = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {
+            k.removeprefix("release."): v for k, v in tags.items() if k.removeprefix("release.") in names
+        }
+        values["seq"] = int(values.get("seq") or 0)
+        return cls(**values)
+
+    @property
+    def rolled_back_from(self) -> str:
+        return self.from_version if self.kind == "rollback" else ""
+
+
+def entry_name(model_name: str, seq: int) -> str:
+    return f"{model_name}.release.{seq:06d}"
+
+
+def _prefix(settings: Settings) -> str:
+    return f"{settings.model_name}.release."
+
+
+def read_ledger(settings: Settings) -> list[Entry]:
+    """Every entry, oldest first ([] when nothing was released through the ledger yet)."""
+    prefix = _prefix(settings)
+    found = registry.records(settings, prefix)
+    entries = [
+        Entry.from_tags(t) for name, t in found.items() if name.startswith(prefix) and t.get("release.seq")
+    ]
+    return sorted(entries, key=lambda e: e.seq)
+
+
+def head(settings: Settings) -> Entry | None:
+    """The newest entry (the champion as the ledger says), None when the ledger is empty."""
+    prefix = _prefix(settings)
+    found = registry.records(settings, prefix, newest_only=True)
+    tags = next((t for name, t in found.items() if name.startswith(prefix) and t.get("release.seq")), None)
+    return None if tags is None else Entry.from_tags(tags)
+
+
+def commit(settings: Settings, entry: Entry, expected: Entry | None) -> Entry:
+    """Claim the entry after ``expected`` (the head this release read; None: the ledger was empty): THE commit
+    point. Returns the committed entry; raises :class:`ReleaseFailed` (step ``commit``) saying whether it was
+    committed when the registry refused, moved or did not answer."""
+    entry.seq = (expected.seq if expected else 0) + 1
+    entry.from_version = entry.from_version or (expected.version if expected else "")
+    name = entry_name(settings.model_name, entry.seq)
+    try:
+        registry.create_record(settings, name, entry.tags(), description=describe(entry))
+        return entry
+    except (registry.AlreadyExists, registry.RegistryUnavailable) as exc:
+        failure = exc
+    try:
+        held = registry.record_tags(settings, name)
+    except registry.RegistryUnavailable as exc:
+        raise ReleaseFailed(
+            "commit",
+            f"the claim of {name} failed ({failure}) and reading it back failed too ({exc}): whether v{entry.version}"
+            " is the champion is unknown; `python -m flows.deploy --history` tells once the registry answers",
+            "unknown",
+        ) from exc
+    if held is not None and held.get("release.release_id") == entry.release_id:
+        run_logger().warning("the claim of %s got no answer (%s); read back: it is committed", name, failure)
+        return entry
+    if held is None:
+        raise ReleaseFailed("commit", f"the registry did not record {name}: {failure}", "no") from failure
+    other = Entry.from_tags(held)
+    raise ReleaseFailed(
+        "commit",
+        f"the champion moved while this release was prepared: it expected entry {entry.seq - 1} "
+        f"(v{expected.version if expected else 'none'}), but entry {entry.seq} is v{other.version} "
+        f"({other.kind} by {other.by} at {other.at}); nothing of this release was recorded",
+        "no",
+    )
+
+
+def describe(entry: Entry) -> str:
+    """One line a person reads in the registry's UI."""
+    what = {
+        "rollback": "rolled back to",
+        "seed": "was champion (seeded) at",
+        "forced": "forced release of",
+    }.get(entry.kind, "release of")
+    why = f": {entry.reason}" if entry.reason else ""
+    return f"{what} v{entry.version} ({entry.digest}) by {entry.by}{why}"
+
+
+# --- what the ledger says ----------------------------------------------------------------------------------
+def rolled_back_versions(entries: list[Entry]) -> set[str]:
+    """Versions a rollback left and that were not released again since."""
+    left: set[str] = set()
+    for e in entries:
+        if e.kind == "rollback":
+            left.add(e.from_version)
+        left.discard(e.version)
+    return left
+
+
+def rollback_target(entries: list[Entry], steps: int = 1, to_digest: str | None = None) -> Entry | None:
+    """The entry a rollback from the head restores: ``steps`` distinct earlier releases back, skipping the head's
+    version and versions rolled back from; or the newest entry that served ``to_digest``. None: there is none."""
+    if not entries:
+        return None
+    current, skip = entries[-1], rolled_back_versions(entries)
+    seen: list[str] = []
+    for e in reversed(entries[:-1]):
+        if not e.digest or e.digest == current.digest or e.version == current.version or e.version in skip:
+            continue
+        if to_digest is not None:
+            if e.digest == to_digest:
+                return e
+            continue
+        if e.digest not in seen:
+            seen.append(e.digest)
+            if len(seen) == steps:
+                return e
+    return None
+
+
+def history_rows(entries: list[Entry]) -> list[dict[str, str]]:
+    """The audit trail as a person reads it: one row per champion change, newest last."""
+    return [
+        {
+            "seq": str(e.seq),
+            "at": e.at,
+            "version": f"v{e.version}",
+            "digest": e.digest,
+            "kind": e.kind,
+            "by": e.by,
+            "why": e.reason,
+            "gated against": f"v{e.gated_against}" if e.gated_against else "",
+            "replaced": f"v{e.from_version}" if e.from_version and e.kind != "rollback" else "",
+            "rolled back from": f"v{e.rolled_back_from}" if e.rolled_back_from else "",
+        }
+        for e in entries
+    ]
+
+
+# --- first use: seed from the earlier record --------------------------------------------------------------
+def legacy_entries(settings: Settings) -> list[Entry]:
+    """What the earlier record knew: its history tag, or the champion's ``release.previous_champion`` chain."""
+    raw = registry.model_tags(settings).get(LEGACY_HISTORY_TAG)
+    out: list[Entry] = []
+    if raw:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = []
+        for item in data:
+            if isinstance(item, dict) and item.get("version") and item.get("kind") in KINDS:
+                out.append(
+                    Entry(
+                        version=str(item["version"]), digest=item.get("digest", ""), image=item.get("image", ""),
+                        kind=item["kind"], by=item.get("by", "unknown"), reason=item.get("reason", ""),
+                        from_version=str(item.get("from", "")), at=item.get("at", ""),
+                        release_id=f"seed-{len(out) + 1}",
+                    )
+                )  # fmt: skip
+    champion = registry.version_by_alias(settings, CHAMPION)
+    chain: list[Entry] = []
+    version = str(champion.version) if champion is not None else ""
+    while version and len(chain) < 100 and version not in {e.version for e in chain}:
+        if out and out[-1].version == version:
+            break  # the history tag ends with the champion
+        tags = registry.get_version(settings, version).tags or {}
+        chain.insert(
+            0,
+            Entry(
+                version=version, digest=tags.get("release.digest", ""), image=tags.get("release.image", ""),
+                kind="seed", by=tags.get("release.by", "unknown"), at=tags.get("release.at", ""),
+                reason="champion before the release ledger existed",
+            ),
+        )  # fmt: skip
+        # the history tag holds what came before; without one, follow the recorded previous champions
+        version = "" if out else tags.get("release.previous_champion", "")
+    entries = out + chain
+    for i, e in enumerate(entries, 1):
+        e.seq, e.release_id = i, e.release_id or f"seed-{i}"
+    return entries
+
+
+def seed(settings: Settings) -> list[Entry]:
+    """The ledger, seeded from the earlier record when it is empty (each seed entry is claimed like a release, so
+    two processes seeding at once leave one copy)."""
+    entries = read_ledger(settings)
+    if entries:
+        return entries
+    legacy = legacy_entries(settings)
+    for e in legacy:
+        try:
+            registry.create_record(settings, entry_name(settings.model_name, e.seq), e.tags(), describe(e))
+        except registry.AlreadyExists:
+            break  # another process seeded it
+    if legacy:
+        run_logger().info("release ledger seeded with %d entries from the earlier record", len(legacy))
+    return read_ledger(settings)
