@@ -64,7 +64,7 @@ def wants_deploy(settings: Settings, promoted: bool, dry_run: bool, deploy: bool
 def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, Any]:
     """Run the deploy flow for a promoted version: as a subflow, or as a deployment run when in a deployment.
 
-    A deploy that fails is raised (``DeployError.committed`` says whether ``champion`` had moved); see
+    A deploy that fails is raised (``ReleaseFailed.committed``: yes, no or unknown); see
     :func:`deploy_outcome`.
     """
     from prefect.runtime import deployment
@@ -80,7 +80,7 @@ def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[st
         from prefect.deployments import run_deployment
 
         # timeout=0: do not block, so a single-slot worker cannot deadlock on its own child run.
-        parameters = {"model_version": version}
+        parameters = {"model_version": version, "requested_by": _gate_requester()}
         child = run_deployment(settings.deploy_deployment_name, parameters=parameters, timeout=0)
         return {
             "status": "scheduled",
@@ -89,26 +89,33 @@ def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[st
         }
     from flows.deploy import deploy_flow
 
-    return deploy_flow(model_version=version)
+    return deploy_flow(model_version=version, requested_by=_gate_requester())
+
+
+def _gate_requester() -> str:
+    """Who asks for a deploy the training flow hands over: the gate of this training run."""
+    from prefect.runtime import flow_run
+
+    return f"the promotion gate of training flow run {flow_run.id}" if flow_run.id else "the promotion gate"
 
 
 def deploy_outcome(version: str, exc: Exception) -> tuple[dict[str, Any], Exception]:
     """The deploy entry of the result for a failed deploy, and the error the training flow raises for it."""
-    from flows.deploy import DeployError
+    from tasks.release.ledger import ReleaseFailed
 
-    committed = bool(getattr(exc, "committed", False))
-    side = (
-        "after the commit point: it is the champion, re-run the deploy to complete the release"
-        if committed
-        else "before the commit point: nothing was released, champion and latest are unchanged"
-    )
+    committed = str(getattr(exc, "committed", "no"))
+    side = {
+        "yes": "after the commit point: it is the champion; `python -m flows.deploy --converge` completes the release",
+        "unknown": "at the commit point, and whether it committed is unknown: `python -m flows.deploy --history` "
+        "tells, `--converge` completes",
+    }.get(committed, "before the commit point: nothing was released, the champion is unchanged")
     outcome = {
-        "status": "incomplete" if committed else "failed",
+        "status": {"yes": "incomplete", "unknown": "unknown"}.get(committed, "failed"),
         "committed": committed,
         "error": f"{type(exc).__name__}: {exc}",
     }
     message = f"v{version} was trained, registered and promoted; its deploy failed {side}: {exc}"
-    return outcome, DeployError(message, version=version, committed=committed)
+    return outcome, ReleaseFailed(getattr(exc, "step", "deploy"), message, committed)  # type: ignore[arg-type]
 
 
 def record_deploy(settings: Settings, run_id: str, outcome: dict[str, Any]) -> None:

@@ -159,7 +159,6 @@ class Settings(BaseSettings):
     wheel_cache: Path | None = None  # wheels of the serving image; default: <state_dir>/wheels
     smoke_sample_size: int = Field(50, ge=1)
     health_timeout_seconds: float = Field(90.0, gt=0)
-    release_history_size: int = Field(30, ge=2)  # releases kept in the registry's release history
     deploy_lock_name: str = "loan-risk-deploy"  # Prefect global concurrency limit that serialises deploys
     deploy_lock_timeout_seconds: float = Field(3600.0, gt=0)  # how long a deploy waits for the lock
     github_token: SecretStr | None = None

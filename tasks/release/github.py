@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tasks.common import PermanentError, TransientError, run_logger, stage
+from tasks.common import PermanentError, TransientError
 from tasks.settings import Settings
 
 
@@ -57,19 +57,27 @@ def find_github_release(
 
 
 def create_github_release(
-    api_url: str, repository: str, token: str, tag: str, name: str, body: str, timeout: float = 30.0
+    api_url: str,
+    repository: str,
+    token: str,
+    tag: str,
+    name: str,
+    body: str,
+    target_commitish: str | None = None,
+    timeout: float = 30.0,
 ) -> dict[str, Any]:
-    """Create a GitHub release through the REST API; returns the created release (its ``html_url`` etc.).
-
-    A 422 "already_exists" (created meanwhile) returns the existing release instead.
-    """
-    response = _github(
-        "POST",
-        f"{api_url.rstrip('/')}/repos/{repository}/releases",
-        token,
-        timeout,
-        {"tag_name": tag, "name": name, "body": body, "draft": False, "prerelease": False},
-    )
+    """Create a GitHub release (and its tag, at ``target_commitish`` when given) through the REST API; returns
+    the created release. A 422 "already_exists" (created meanwhile) returns the existing release instead."""
+    payload: dict[str, Any] = {
+        "tag_name": tag,
+        "name": name,
+        "body": body,
+        "draft": False,
+        "prerelease": False,
+    }
+    if target_commitish:
+        payload["target_commitish"] = target_commitish
+    response = _github("POST", f"{api_url.rstrip('/')}/repos/{repository}/releases", token, timeout, payload)
     if response.status_code == 422 and "already_exists" in response.text:
         found = find_github_release(api_url, repository, token, tag, timeout)
         if found is not None:
@@ -81,35 +89,38 @@ def create_github_release(
     return response.json()
 
 
-def publish_github_release(settings: Settings, version: str, notes: str) -> dict[str, Any] | None:
-    """The version's GitHub release, created unless it exists (looked up by tag first); None when no token and
-    repository are configured. ``created`` says whether this call created it."""
+def edit_github_release_body(
+    api_url: str, repository: str, token: str, release_id: int, body: str, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Replace the body of release ``release_id`` (``PATCH /repos/{repo}/releases/{id}``)."""
+    url = f"{api_url.rstrip('/')}/repos/{repository}/releases/{release_id}"
+    response = _github("PATCH", url, token, timeout, {"body": body})
+    if response.status_code != 200:
+        raise GitHubReleaseError(f"GitHub release {release_id} on {repository}: HTTP {response.status_code}")
+    return response.json()
+
+
+def github_tag(model_name: str, version: str, digest: str) -> str:
+    """The GitHub release's tag: one per image digest (a version rebuilt into another image is another release)."""
+    return f"{model_name}-v{version}-{digest.removeprefix('sha256:')[:12]}"
+
+
+def publish_github_release(
+    settings: Settings, tag: str, name: str, notes: str, marker: str, target_commitish: str | None
+) -> dict[str, Any] | None:
+    """The GitHub release ``tag`` holds ``notes``: created (at the image's source commit) unless it exists; an
+    existing one whose body lacks ``marker`` (another release of the same digest) gets ``notes`` added. None when
+    no token and repository are configured. ``created`` says whether this call created it."""
     if not (settings.github_token and settings.github_repository):
         return None
-    tag = f"{settings.model_name}-v{version}"
+    api, repo = settings.github_api_url, settings.github_repository
     token = settings.github_token.get_secret_value()
-    found = find_github_release(settings.github_api_url, settings.github_repository, token, tag)
-    if found is not None:
-        return {**found, "created": False}
-    created = create_github_release(
-        settings.github_api_url,
-        settings.github_repository,
-        token,
-        tag,
-        f"{settings.model_name} v{version}",
-        notes,
-    )
-    return {**created, "created": True}
-
-
-@stage("github-release")
-def github_task(settings: Settings, version: str, notes: str) -> dict[str, Any] | None:
-    """Stage: the GitHub release of the version (looked up by tag first, created when missing)."""
-    release = publish_github_release(settings, version, notes)
-    if release is not None:
-        run_logger().info(
-            "GitHub release %s %s",
-            release.get("html_url"),
-            "created" if release["created"] else "exists already",
+    found = find_github_release(api, repo, token, tag)
+    if found is None:
+        created = create_github_release(api, repo, token, tag, name, notes, target_commitish)
+        return {**created, "created": True}
+    if marker not in (found.get("body") or ""):
+        found = edit_github_release_body(
+            api, repo, token, found["id"], f"{notes}\n---\n\n{found.get('body') or ''}"
         )
-    return release
+    return {**found, "created": False}

@@ -305,14 +305,19 @@ def remove_local_images(client: docker.DockerClient, image_refs: list[str], log:
 
 
 def git_commit() -> str:
-    """The source commit of this checkout, for the image's labels ('unknown' outside git)."""
+    """The source commit of this checkout, for the image's labels: ``<sha>``, ``<sha>-dirty`` when files differ
+    from it (changed or untracked, outside ignored paths), ``unknown`` outside git."""
+    root = Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        )
-        return out.stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return f"{sha}-dirty" if status else sha
 
 
 # --- run ---------------------------------------------------------------------------------------------
@@ -640,6 +645,23 @@ def registry_retag(
     return digest
 
 
+def delete_manifest(
+    registry: str, repository: str, digest: str, username: str | None, password: str | None
+) -> bool:
+    """Delete the manifest ``digest`` (and so every tag on it) from the registry; False when it held none.
+
+    Used only for a build that never served: the registry's API deletes by digest, not by tag."""
+    url, name = _manifest_url(registry, repository, digest)
+    resp = _registry_call("DELETE", url, username, password)
+    if resp.status_code in (200, 202):
+        return True
+    if resp.status_code == 404:
+        return False
+    raise ImagePushError(
+        f"{registry} refused to delete {name}@{digest}: HTTP {resp.status_code} {resp.text[:200]}"
+    )
+
+
 def tag_digest(
     registry: str, repository: str, tag: str, username: str | None, password: str | None
 ) -> str | None:
@@ -790,17 +812,4 @@ def push_task(settings: Settings, image_ref: str, tags: list[str]) -> str:
                 f"registry holds {held} for {repository}:{tag}, pushed {digest}", step="verify push"
             )
         _log()(f"pushed {registry}/{repository}:{tag} {digest}")
-    return digest
-
-
-@stage("tag-latest")
-def latest_task(settings: Settings, digest: str) -> str:
-    """Stage: point ``latest`` at ``digest`` in the registry (nothing to do when it already does)."""
-    registry, repository = settings.image_registry, settings.image_repository
-    username, password = registry_credentials(settings)
-    if tag_digest(registry, repository, "latest", username, password) == digest:
-        _log()(f"{registry}/{repository}:latest already is {digest}")
-        return digest
-    registry_retag(registry, repository, digest, "latest", username, password)
-    _log()(f"{registry}/{repository}:latest -> {digest}")
     return digest

@@ -1,20 +1,23 @@
-"""The deploy lock: a Prefect global concurrency limit of one slot, so two deploys never overlap.
+"""The deploy lock: a Prefect global concurrency limit of one slot, so two builds do not overlap.
 
-It lives in the Prefect server (or the one database an ephemeral Prefect uses), so it serialises deploys across
-processes and machines that share it. A holder that dies frees it when its lease (300 s, renewed while the holder
-lives) runs out.
+It lives in the Prefect server (or the one database an ephemeral Prefect uses), so it serialises the deploys that
+share it, which then plan one after the other against the newest champion. It is a courtesy, not the guarantee:
+deploys on another Prefect server, or under another lock name, are kept apart by the ledger's compare-and-set at
+the commit (``tasks/release/ledger.py``). So a failed lease renewal only logs (it never cancels a run mid-commit),
+and a holder that dies frees the lock when its lease (300 s, renewed while it lives) runs out.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from tasks.common import run_logger
+from tasks.release.ledger import ReleaseFailed
 from tasks.settings import Settings
 
 
@@ -64,7 +67,7 @@ def release_lock(settings: Settings) -> Iterator[LockHold]:
 
     It lives in the Prefect server, so it serialises deploys across processes and machines that share one
     (and processes sharing one ephemeral database). A holder that dies frees it when its lease (300 s, renewed
-    while alive) runs out. Waits at most ``deploy_lock_timeout_seconds``, then raises ``TimeoutError``.
+    while alive) runs out. Waits at most ``deploy_lock_timeout_seconds``, then raises ``ReleaseFailed`` (step ``lock``).
     """
     from prefect.concurrency.sync import concurrency
 
@@ -73,7 +76,25 @@ def release_lock(settings: Settings) -> Iterator[LockHold]:
     hold = LockHold(name)
     run_logger().info("waiting for the deploy lock %r", name)
     started = time.monotonic()
-    with concurrency(name, occupy=1, timeout_seconds=settings.deploy_lock_timeout_seconds, strict=True):
+    holding = ExitStack()
+    try:
+        holding.enter_context(
+            concurrency(
+                name,
+                occupy=1,
+                timeout_seconds=settings.deploy_lock_timeout_seconds,
+                strict=True,
+                raise_on_lease_renewal_failure=False,
+            )
+        )
+    except TimeoutError as exc:
+        raise ReleaseFailed(
+            "lock",
+            f"another deploy held the deploy lock {name!r} longer than {settings.deploy_lock_timeout_seconds} s "
+            f"({type(exc).__name__}: {exc})",
+            "no",
+        ) from exc
+    with holding:
         hold.waited_s = time.monotonic() - started
         hold.acquired_at = datetime.now(UTC).isoformat(timespec="microseconds")
         run_logger().info("holding the deploy lock %r (waited %.1f s)", name, hold.waited_s)

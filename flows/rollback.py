@@ -1,0 +1,94 @@
+"""The rollback flow: plan (what it leaves, what it restores) → the restored image pulled by digest and smoke-tested
+→ commit (the ledger's compare-and-set) → converge.
+
+No build, and no wait for the deploy lock: a rollback restores an image that served, by its digest, and its commit
+is fenced like a release's. It names the champion it leaves (``--from``, default: the champion when it was asked)
+and is refused when the champion changed since, so a rollback queued behind a deploy never rolls back the new
+release to the one it meant to leave.
+
+    python -m flows.rollback                       # one release back
+    python -m flows.rollback --steps 2             # two distinct releases back
+    python -m flows.rollback --to-digest sha256:…  # the release that served this image
+    python -m flows.rollback --from 7 --reason "INC-42: v7 misprices"
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tasks.settings import configure_environment, get_settings
+
+configure_environment()
+
+from prefect import flow
+
+from tasks import registry
+from tasks.common import cli_run
+from tasks.release.candidate import prepare_candidate
+from tasks.release.converge import converge
+from tasks.release.ledger import CHAMPION, one_error
+from tasks.release.plan import commit_task, plan_rollback_task
+from tasks.release.record import operator
+
+
+@flow(name="loan-risk-rollback", log_prints=False)
+@one_error
+def rollback_flow(
+    steps: int = 1,
+    to_digest: str | None = None,
+    from_version: str | None = None,
+    reason: str | None = None,
+    requested_by: str | None = None,
+) -> dict[str, Any]:
+    """Restore an earlier release's image (``steps`` back, or the one that served ``to_digest``), leaving
+    ``from_version`` (default: today's champion)."""
+    settings = get_settings()
+    plan = plan_rollback_task(settings, steps, to_digest, from_version, reason, requested_by)
+    with tempfile.TemporaryDirectory(prefix="loan-risk-rollback-") as tmp:
+        candidate = prepare_candidate(settings, plan.version, plan.reuse_digest, Path(tmp), None)
+    entry = commit_task(settings, plan, candidate, None)
+    released = converge(settings)
+    return {
+        **plan.summary(),
+        **released,
+        "status": "rolled-back",
+        "entry": entry.seq,
+        "digest": entry.digest,
+        "rolled_back_from": entry.from_version,
+        "smoke": candidate.smoke,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: run the rollback flow and print its result as one JSON line."""
+    parser = argparse.ArgumentParser(prog="python -m flows.rollback", description=__doc__.splitlines()[0])
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--steps", type=int, default=1, help="how many distinct releases back (default 1)")
+    target.add_argument("--to-digest", help="restore the release that served this image digest (sha256:...)")
+    parser.add_argument(
+        "--from", dest="from_version", help="the champion this rollback leaves (default: today's)"
+    )
+    parser.add_argument("--reason", help="why (recorded)")
+    args = parser.parse_args(argv)
+    leaving = args.from_version
+    if leaving is None:  # the champion when it was asked, not when the run starts
+        champion = registry.version_by_alias(get_settings(), CHAMPION)
+        leaving = str(champion.version) if champion is not None else None
+    return cli_run(
+        lambda: rollback_flow(
+            steps=args.steps,
+            to_digest=args.to_digest,
+            from_version=leaving,
+            reason=args.reason,
+            requested_by=operator(),
+        ),
+        lambda exc: {"step": getattr(exc, "step", None), "committed": getattr(exc, "committed", "no")},
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The release candidate: an image in the registry, known by digest, pulled back and smoke-tested.
+
+Before the commit point nothing carries a name that says "released": a build is pushed under a tag unique to the
+run (``build-<id>``), pulled back by the digest the registry answered, run and smoke-tested against the bundle's
+reference predictions. A failure deletes the build's manifest from the registry (it never served) and removes the
+local images this run made. A version whose tested image the registry still holds (a re-release, a rollback) is
+pulled by digest and smoke-tested again, never rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.bundle import Bundle, load_bundle
+from tasks import registry
+from tasks.common import PermanentError, run_logger
+from tasks.release.image import (
+    DeployStepError,
+    build_task,
+    cleanup_task,
+    delete_manifest,
+    get_client,
+    image_labels,
+    local_image_id,
+    pull_by_digest,
+    push_task,
+    registry_credentials,
+    remove_local_images,
+    run_task,
+    tag_digest,
+)
+from tasks.release.ledger import ReleaseFailed
+from tasks.release.smoke import smoke_task
+from tasks.settings import Settings
+
+
+@dataclass
+class Candidate:
+    """A tested image: ``digest`` in ``image`` (``registry/repository``), built by this run or reused."""
+
+    version: str
+    digest: str
+    image: str
+    built: bool
+    build_tag: str = ""
+    build_id: str = ""
+    smoke: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def remote(settings: Settings) -> str:
+    return f"{settings.image_registry}/{settings.image_repository}"
+
+
+def _failed(step: str, exc: BaseException) -> ReleaseFailed:
+    cause = str(exc) if isinstance(exc, DeployStepError | PermanentError) else f"{type(exc).__name__}: {exc}"
+    return ReleaseFailed(step, cause, "no")
+
+
+def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
+    reference = bundle.reference()
+    if not reference or not reference.get("records"):
+        raise ReleaseFailed("export", f"the bundle of v{version} has no reference predictions")
+    return reference
+
+
+def _smoke(settings: Settings, image_ref: str, version: str, bundle: Bundle) -> dict[str, Any]:
+    """Run the image, smoke-test it against the bundle's reference; the container is always removed."""
+    reference = _reference(bundle, version)
+    running = None
+    try:
+        try:
+            running = run_task(settings, image_ref)
+        except Exception as exc:
+            raise _failed("run", exc) from exc
+        try:
+            return smoke_task(settings, running.base_url, version, reference)
+        except Exception as exc:
+            raise _failed("smoke-test", exc) from exc
+    finally:
+        cleanup_task(settings, running)
+
+
+def registry_holds(settings: Settings, digest: str | None) -> bool:
+    """Whether the registry still holds the manifest ``digest``."""
+    if not digest:
+        return False
+    user, password = registry_credentials(settings)
+    try:
+        return (
+            tag_digest(settings.image_registry, settings.image_repository, digest, user, password) == digest
+        )
+    except DeployStepError as exc:
+        raise _failed("registry check", exc) from exc
+
+
+def _pull_and_smoke(settings: Settings, version: str, digest: str, bundle: Bundle, made: list[str]) -> dict:
+    user, password = registry_credentials(settings)
+    client = get_client(settings.docker_host)
+    by_digest = f"{remote(settings)}@{digest}"
+    present = local_image_id(client, by_digest) is not None
+    try:
+        ref = pull_by_digest(
+            client, settings.image_registry, settings.image_repository, digest, user, password
+        )
+    except DeployStepError as exc:
+        raise _failed("pull", exc) from exc
+    if not present:
+        made.append(by_digest)
+    return _smoke(settings, ref, version, bundle)
+
+
+def _tag_locally(settings: Settings, digest: str, version: str, made: list[str]) -> None:
+    """The local ``repository:version`` tag names the tested image (what a person finds with ``docker images``)."""
+    client = get_client(settings.docker_host)
+    tag_ref = f"{remote(settings)}:{version}"
+    if local_image_id(client, tag_ref) != local_image_id(client, f"{remote(settings)}@{digest}"):
+        client.images.get(f"{remote(settings)}@{digest}").tag(remote(settings), tag=version)
+        made.append(tag_ref)
+
+
+def _undo(settings: Settings, made: list[str]) -> None:
+    if made:
+        remove_local_images(get_client(settings.docker_host), made, run_logger().warning)
+
+
+def build_candidate(
+    settings: Settings, version: str, context: Path, revision: str, build_id: str | None = None
+) -> Candidate:
+    """Build the version's image from ``context``, push it under ``build-<id>``, pull it back by digest and
+    smoke-test that. A failure deletes the pushed manifest and this run's local images, then raises
+    :class:`ReleaseFailed` naming the step."""
+    build_id = build_id or uuid.uuid4().hex
+    build_tag = f"build-{build_id[:16]}"
+    build_ref = f"{remote(settings)}:{build_tag}"
+    bundle = load_bundle(context / "bundle")
+    _reference(bundle, version)
+    buildargs = {
+        "BASE_IMAGE": settings.base_image,
+        "MODEL_NAME": settings.model_name,
+        "MODEL_VERSION": version,
+        "GIT_COMMIT": revision,
+    }
+    made: list[str] = []
+    digest = ""
+    try:
+        try:
+            build_task(
+                settings,
+                context,
+                build_ref,
+                buildargs,
+                image_labels(settings.model_name, version, revision),
+                build_id,
+            )
+        except Exception as exc:
+            raise _failed("build", exc) from exc
+        made.append(build_ref)
+        try:
+            digest = push_task(settings, build_ref, [build_tag])
+        except Exception as exc:
+            raise _failed("push", exc) from exc
+        smoke = _pull_and_smoke(settings, version, digest, bundle, made)
+        _tag_locally(settings, digest, version, made)
+    except BaseException as exc:
+        if digest:
+            user, password = registry_credentials(settings)
+            with contextlib.suppress(Exception):
+                delete_manifest(settings.image_registry, settings.image_repository, digest, user, password)
+        _undo(settings, made)
+        if isinstance(exc, ReleaseFailed):
+            exc.facts["build_id"] = build_id
+        raise
+    remove_local_images(get_client(settings.docker_host), [build_ref], run_logger().warning)
+    return Candidate(version, digest, remote(settings), True, build_tag, build_id, smoke, bundle.meta.metrics)
+
+
+def discard_candidate(settings: Settings, candidate: Candidate) -> None:
+    """A candidate whose commit was refused (it never served): its build's manifest and its local images go."""
+    client = get_client(settings.docker_host)
+    if candidate.built:
+        user, password = registry_credentials(settings)
+        with contextlib.suppress(Exception):
+            delete_manifest(
+                settings.image_registry, settings.image_repository, candidate.digest, user, password
+            )
+    refs = [f"{candidate.image}:{candidate.version}"] + (
+        [f"{candidate.image}@{candidate.digest}"] if candidate.built else []
+    )
+    remove_local_images(client, [r for r in refs if local_image_id(client, r)], run_logger().warning)
+
+
+def verify_candidate(settings: Settings, version: str, digest: str, bundle_dir: Path) -> Candidate:
+    """The version's image that the registry holds at ``digest``, pulled by digest and smoke-tested again."""
+    bundle = load_bundle(bundle_dir)
+    made: list[str] = []
+    try:
+        smoke = _pull_and_smoke(settings, version, digest, bundle, made)
+        _tag_locally(settings, digest, version, made)
+    except BaseException:
+        _undo(settings, made)
+        raise
+    return Candidate(version, digest, remote(settings), False, smoke=smoke, metrics=bundle.meta.metrics)
+
+
+def prepare_candidate(
+    settings: Settings, version: str, reuse_digest: str | None, workdir: Path, revision: str | None
+) -> Candidate:
+    """The tested image of ``version``: ``reuse_digest`` when the registry still holds it, else a new build from
+    ``revision`` (None: never build, as for a rollback, which restores what served or nothing)."""
+    holds = bool(reuse_digest) and registry_holds(settings, reuse_digest)
+    if revision is None and not holds:
+        raise ReleaseFailed(
+            "pull", f"the registry no longer holds {reuse_digest or 'an image'} of v{version}"
+        )
+    if holds:
+        run_logger().info("the registry holds v%s's tested image %s: no build", version, reuse_digest)
+        try:
+            bundle_dir = registry.download_bundle(settings, version, workdir / "bundle")
+        except Exception as exc:
+            raise _failed("export", exc) from exc
+        return verify_candidate(settings, version, reuse_digest, bundle_dir)
+    try:
+        context = registry.export_task(settings, version, workdir / "context")
+    except Exception as exc:
+        raise _failed("export", exc) from exc
+    return build_candidate(settings, version, context, revision)

@@ -1,0 +1,297 @@
+"""Converge: make everything derived from the release ledger match its head, idempotently.
+
+Every deploy and rollback ends with it, and ``python -m flows.deploy --converge`` repairs a release whose tail
+failed. Each step looks before it writes, so a second run changes nothing:
+
+1. the ``champion`` alias names the head's version (written, then the head read again: a release committed
+   meanwhile is converged to instead, so the last writer always leaves the newest head);
+2. the versions carry the ledger's facts (``release.*`` tags: the head's release, and on each version a rollback
+   left, when and by whom) - a mirror for the registry's UI; the ledger stays the record;
+3. the image tag ``:<version>`` names the head's digest, unless it already names another digest (a version tag
+   never moves: that release is known by its digest, and the conflict is reported);
+4. ``latest`` names the head's digest (what the live service runs);
+5. the release notes (a Prefect artifact keyed by digest) and the GitHub release (tagged by digest, at the image's
+   source commit) hold the head's notes (each release's marker, so a re-release of one digest adds its own);
+6. the Prefect artifact ``release-history-<model>`` shows the audit trail ``--history`` prints.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from serving.bundle import load_bundle
+from serving.card import CARD_HTML
+from tasks import registry
+from tasks.common import run_logger, stage
+from tasks.release.github import github_tag, publish_github_release
+from tasks.release.image import registry_credentials, registry_retag, tag_digest
+from tasks.release.ledger import (
+    CHAMPION,
+    Committed,
+    Entry,
+    ReleaseFailed,
+    head,
+    history_rows,
+    read_ledger,
+    rolled_back_versions,
+    seed,
+)
+from tasks.release.record import card_link, notes_artifact_key, release_marker, release_notes
+from tasks.settings import Settings
+
+MAX_ROUNDS = 5
+
+
+def converge_alias(settings: Settings) -> Entry | None:
+    """Point ``champion`` at the ledger's head and read the head again until they agree; returns the head."""
+    for _ in range(MAX_ROUNDS):
+        top = head(settings)
+        if top is None:
+            return None
+        current = registry.version_by_alias(settings, CHAMPION)
+        if current is None or str(current.version) != top.version:
+            registry.set_alias(settings, CHAMPION, top.version)
+            run_logger().info("champion -> v%s (ledger entry %d)", top.version, top.seq)
+        again = head(settings)
+        if again is not None and again.seq == top.seq:
+            return top
+    raise ReleaseFailed("converge", f"the ledger's head kept moving over {MAX_ROUNDS} rounds", "yes")
+
+
+def _set_changed(settings: Settings, version: str, tags: dict[str, str]) -> None:
+    have = registry.get_version(settings, version).tags or {}
+    changed = {k: v for k, v in tags.items() if have.get(k) != v}
+    if changed:
+        registry.set_version_tags(settings, version, changed)
+
+
+def version_facts(settings: Settings, entries: list[Entry]) -> None:
+    """The head's release and every rollback's mark, as tags on the versions they concern."""
+    top = entries[-1]
+    _set_changed(
+        settings,
+        top.version,
+        {
+            "release.seq": str(top.seq),
+            "release.digest": top.digest,
+            "release.image": top.image,
+            "release.at": top.at,
+            "release.kind": top.kind,
+            "release.by": top.by,
+            "release.reason": top.reason,
+            "release.replaced": top.from_version,
+        },
+    )
+    left = rolled_back_versions(entries)
+    for e in entries:
+        if e.kind == "rollback" and e.from_version:
+            _set_changed(
+                settings,
+                e.from_version,
+                {
+                    "release.rolled_back": "true" if e.from_version in left else "false",
+                    "release.rolled_back_at": e.at,
+                    "release.rolled_back_to": e.version,
+                    "release.rolled_back_by": e.by,
+                },
+            )
+
+
+def _retag(settings: Settings, tag: str, digest: str, *, never_move: bool) -> str:
+    user, password = registry_credentials(settings)
+    held = tag_digest(settings.image_registry, settings.image_repository, tag, user, password)
+    if held == digest:
+        return "exists"
+    if held is not None and never_move:
+        raise ReleaseFailed(
+            "converge",
+            f"image tag :{tag} names {held}, not the released {digest}: a version tag never moves; "
+            f"this release is known by its digest",
+            "yes",
+        )
+    registry_retag(settings.image_registry, settings.image_repository, digest, tag, user, password)
+    return "moved" if held else "created"
+
+
+def notes_for(settings: Settings, entry: Entry) -> str:
+    """The head's release notes (its bundle gives metrics, data and card; the replaced version's tags, its own)."""
+    with tempfile.TemporaryDirectory(prefix="loan-risk-notes-") as tmp:
+        bundle = load_bundle(registry.download_bundle(settings, entry.version, Path(tmp) / "bundle"))
+        previous: dict[str, float] = {}
+        if entry.from_version:
+            tags = registry.get_version(settings, entry.from_version).tags or {}
+            previous = {k: float(v) for k, v in tags.items() if k.startswith("test_") and _is_float(v)}
+        card = card_link(settings.model_name, entry.version, (bundle.directory / CARD_HTML).is_file())
+        _set_changed(
+            settings,
+            entry.version,
+            {k: f"{v:.6f}" for k, v in bundle.meta.metrics.items() if k.startswith("test_")},
+        )
+        return release_notes(
+            settings.model_name, entry, bundle.meta.metrics, previous, bundle.meta.data_fingerprint, card
+        )
+
+
+def _is_float(v: str) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def publish_notes(settings: Settings, entry: Entry) -> str:
+    """The head's notes as a Prefect artifact keyed by digest, written unless one holds its marker; returns the
+    notes (read back when they exist)."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    key = notes_artifact_key(settings.model_name, entry.version, entry.digest)
+    marker = release_marker(entry)
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    written = next((str(a.data) for a in found if marker in str(a.data or "")), None)
+    if written is not None:
+        return written
+    notes = notes_for(settings, entry)
+    create_markdown_artifact(
+        key=key,
+        markdown=notes,
+        description=f"{settings.model_name} v{entry.version} ({entry.kind}, ledger entry {entry.seq})",
+    )
+    return notes
+
+
+def publish_github(settings: Settings, entry: Entry, notes: str) -> str | None:
+    """The GitHub release of the head's digest holds its notes; its tag is made at the image's source commit."""
+    if not (settings.github_token and settings.github_repository):
+        return None
+    commit = entry.commit.removesuffix("-dirty")
+    target = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
+    release = publish_github_release(
+        settings,
+        github_tag(settings.model_name, entry.version, entry.digest),
+        f"{settings.model_name} v{entry.version}",
+        notes,
+        release_marker(entry),
+        target,
+    )
+    return (release or {}).get("html_url")
+
+
+def history_artifact(settings: Settings, entries: list[Entry]) -> str:
+    """The audit trail as a Prefect table artifact (a new version of it only when the ledger grew)."""
+    from prefect.artifacts import create_table_artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    key = "release-history-" + re.sub(r"[^a-z0-9-]+", "-", settings.model_name.lower())
+    description = f"{settings.model_name}: every champion change, through ledger entry {entries[-1].seq}"
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    if not any(a.description == description for a in found):
+        create_table_artifact(key=key, table=history_rows(entries), description=description)
+    return key
+
+
+def converge(settings: Settings, committed: Committed = "yes") -> dict[str, Any]:
+    """Every step above, each tried; returns what it found and did, or raises :class:`ReleaseFailed` naming each
+    step that failed. ``committed`` is what a failure says about the champion (``yes`` after this run's commit,
+    ``unknown`` when converge runs on its own). Nothing released yet: ``{"status": "nothing released"}``."""
+    try:
+        entries = seed(settings)
+        top = alias_task(settings) if entries else None
+        if top is not None and top.seq != entries[-1].seq:
+            entries = read_ledger(settings)
+    except ReleaseFailed:
+        raise
+    except Exception as exc:
+        raise ReleaseFailed(
+            "converge", f"could not read the ledger or set the alias: {type(exc).__name__}: {exc}", committed
+        ) from exc
+    if top is None:
+        return {"status": "nothing released"}
+    done: dict[str, Any] = {"champion": top.version, "seq": top.seq, "digest": top.digest, "kind": top.kind}
+    failed: list[str] = []
+
+    def attempt(step: Any, *args: Any) -> Any:
+        try:
+            done[step.name] = step(settings, *args)
+        except Exception as exc:  # noqa: BLE001 - every step is tried; the failures are reported together
+            failed.append(f"{step.name}: {type(exc).__name__}: {exc}")
+        return done.get(step.name)
+
+    attempt(facts_task, entries)
+    if top.digest:  # a seeded champion whose image the earlier record never noted has only its record
+        attempt(version_tag_task, top.version, top.digest, True)
+        attempt(latest_task, "latest", top.digest, False)
+        notes = attempt(notes_task, top)
+        if notes is not None:
+            attempt(github_task, top, notes)
+        done["release-notes"] = notes_artifact_key(settings.model_name, top.version, top.digest)
+    attempt(history_task, entries)
+    newest = attempt(newest_task)
+    if newest is not None and newest != top.seq:  # committed meanwhile: that release's converge follows it
+        done["superseded_by"] = newest
+    if failed:
+        raise ReleaseFailed(
+            "converge",
+            f"v{top.version} is the champion (ledger entry {top.seq}), but {len(failed)} step(s) after the commit "
+            "failed: " + "; ".join(failed) + ". `python -m flows.deploy --converge` completes them",
+            "yes",
+        )
+    return done
+
+
+# --- stages: each step retried on its own (each looks before it writes) ------------------------------------
+@stage("converge-champion")
+def alias_task(settings: Settings) -> Entry | None:
+    """Stage: ``champion`` names the ledger's head."""
+    return converge_alias(settings)
+
+
+@stage("ledger-head")
+def newest_task(settings: Settings) -> int:
+    """Stage: the ledger's newest entry now (another release may have committed during this converge)."""
+    top = head(settings)
+    return top.seq if top is not None else 0
+
+
+@stage("version-facts")
+def facts_task(settings: Settings, entries: list[Entry]) -> None:
+    """Stage: the versions carry the ledger's facts."""
+    version_facts(settings, entries)
+
+
+@stage("version-tag")
+def version_tag_task(settings: Settings, tag: str, digest: str, never_move: bool) -> str:
+    """Stage: the image tag ``tag`` names ``digest`` (a version tag is made once and never moved)."""
+    return _retag(settings, tag, digest, never_move=never_move)
+
+
+@stage("tag-latest")
+def latest_task(settings: Settings, tag: str, digest: str, never_move: bool) -> str:
+    """Stage: ``latest`` names the champion's digest (what the live service runs)."""
+    return _retag(settings, tag, digest, never_move=never_move)
+
+
+@stage("release-notes")
+def notes_task(settings: Settings, entry: Entry) -> str:
+    """Stage: the head's release notes, a Prefect artifact keyed by digest (returns the notes)."""
+    return publish_notes(settings, entry)
+
+
+@stage("github-release")
+def github_task(settings: Settings, entry: Entry, notes: str) -> str | None:
+    """Stage: the GitHub release of the head's digest, at its source commit."""
+    return publish_github(settings, entry, notes)
+
+
+@stage("release-history")
+def history_task(settings: Settings, entries: list[Entry]) -> str:
+    """Stage: the audit trail as a Prefect table artifact."""
+    return history_artifact(settings, entries)
