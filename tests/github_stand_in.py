@@ -1,7 +1,8 @@
 """A local stand-in for the part of GitHub's REST API that releases use, with faults on demand.
 
 ``GET /repos/{owner}/{repo}/releases/tags/{tag}`` answers the release or 404; ``POST /repos/{owner}/{repo}/releases``
-creates one (422 ``already_exists`` for a tag that has one, as GitHub does). ``fail_posts`` holds HTTP statuses to
+creates one (422 ``already_exists`` for a tag that has one, as GitHub does); ``PATCH .../releases/{id}`` edits
+its body. ``fail_posts`` holds HTTP statuses to
 answer the next POSTs with instead (``[500]``: one 500, then normal); with ``create_before_failing`` a failing
 POST still creates the release first (the answer is lost, not the write). Every request is recorded.
 """
@@ -62,7 +63,8 @@ class GitHubStandIn:
                     exists = tag in outer.releases
                     if not exists and (fail is None or outer.create_before_failing):
                         outer.releases[tag] = {"id": len(outer.releases) + 1, "tag_name": tag, "name": body["name"],
-                                               "body": body["body"], "html_url": f"http://github.invalid/{tag}"}  # fmt: skip
+                                               "body": body["body"], "html_url": f"http://github.invalid/{tag}",
+                                               "target_commitish": body.get("target_commitish")}  # fmt: skip
                     created = outer.releases.get(tag)
                 if fail:
                     self._answer(fail, {"message": "Server Error" if fail >= 500 else "Bad credentials"})
@@ -72,6 +74,19 @@ class GitHubStandIn:
                     )
                 else:
                     self._answer(201, created or {})
+
+            def do_PATCH(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests.append({"method": "PATCH", "path": self.path, "body": body})
+                    release_id = int(self.path.rsplit("/", 1)[-1])
+                    found = next((r for r in outer.releases.values() if r["id"] == release_id), None)
+                    if found is not None:
+                        found.update({k: v for k, v in body.items() if k in ("body", "name")})
+                if found is None:
+                    self._answer(404, {"message": "Not Found"})
+                else:
+                    self._answer(200, found)
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -68,3 +68,20 @@ def test_one_door_to_mlflow() -> None:
     """Issue 9, item 3: nothing but tasks/tracking.py reaches MLflow (no client of its own, no mlflow.* call)."""
     assert mlflow_importers() - MLFLOW_DOORS == set()
     assert "tasks/tracking.py" in mlflow_importers()
+
+
+def test_the_release_flows_read_as_their_diagram() -> None:
+    """Issue 20: no Docker, registry-HTTP or MLflow call in the deploy and rollback flows (the steps are in
+    tasks/release/), and one error type leaves them (the flows are wrapped by ``one_error``)."""
+    import ast
+
+    for name in ("deploy", "rollback"):
+        source = (ROOT / "flows" / f"{name}.py").read_text()
+        imported = {
+            (n.module or "").split(".")[0] if isinstance(n, ast.ImportFrom) else a.name.split(".")[0]
+            for n in ast.walk(ast.parse(source))
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            for a in n.names
+        }
+        assert not imported & {"docker", "httpx", "requests", "mlflow"}, (name, imported)
+        assert "@one_error" in source, name

@@ -189,15 +189,16 @@ def test_a_decision_cut_short_by_the_registry_is_never_deployable(settings: Sett
     finally:
         _refuse_tag(settings, "promotion.dry_run", undo=True)
     tags = registry.get_version(settings, version).tags
-    assert deployability_problems(version, tags, []), tags
+    assert deployability_problems(version, tags, [], None), tags
     assert registry.version_by_alias(settings, "candidate") is None
 
 
 def test_the_gate_wants_the_whole_promotion_record() -> None:
     from tasks.release.record import deployability_problems
 
-    whole = {"promotion.decision": "promoted", "promotion.dry_run": "false", "promotion.reasons": "[]"}
-    assert deployability_problems("3", whole, []) == []
-    for missing in ("promotion.dry_run", "promotion.reasons"):
+    whole = {"promotion.decision": "promoted", "promotion.dry_run": "false", "promotion.reasons": "[]",
+             "promotion.champion_version": ""}  # fmt: skip
+    assert deployability_problems("3", whole, [], None) == []
+    for missing in ("promotion.dry_run", "promotion.reasons", "promotion.champion_version"):
         cut = {k: v for k, v in whole.items() if k != missing}
-        assert any("incomplete" in p for p in deployability_problems("3", cut, [])), missing
+        assert any("incomplete" in p for p in deployability_problems("3", cut, [], None)), missing

@@ -90,12 +90,14 @@ def register_copy(settings: Any, bundle_dir: Path, decision: str = "promoted", n
         run = tracking.start_run(settings, "registered-copy")
         version = registry.register_bundle(settings, run, copy, {"copy_of": str(bundle_dir)})
     reasons = [note or f"copy of the session's trained bundle: {decision}"]
+    champion = registry.version_by_alias(settings, "champion")  # the gate compares against today's champion
     registry.set_version_tags(
         settings,
         version,
         {
             "promotion.reasons": json.dumps(reasons),
             "promotion.dry_run": "false",
+            "promotion.champion_version": str(champion.version) if champion is not None else "",
             "promotion.decision": decision,
         },
     )

@@ -4,6 +4,8 @@
         ... reg.stop() ... reg.start()                                    # same port, same storage
     with mlflow_server(tmp / "mlflow") as server:                         # SQLite store, --serve-artifacts
         ... server.kill() ... server.start()                              # the whole process tree, then again
+    with DroppingProxy(server.uri) as proxy:                              # HTTP in front of it, on a free port
+        proxy.drop_answer(lambda method, path, body: ..., times=1)        # forward, then hang up unanswered
 
 Each runs in a session of its own (``start_new_session``) and is stopped by its process group; ``mlflow server``
 runs without its job runners (``huey_consumer``), as the stack runs it; its web workers are found through /proc
@@ -187,12 +189,116 @@ def mlflow_server(root: Path) -> Iterator[MlflowServer]:
         server.kill()
 
 
+class DroppingProxy:
+    """An HTTP proxy in front of a real server that loses answers on demand, as a network does: a request that
+    :meth:`drop_answer`'s predicate matches is forwarded and applied, and then the connection is closed with no
+    answer; with :attr:`refuse` set every request is hung up on unforwarded (the server unreachable)."""
+
+    def __init__(self, upstream: str) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.upstream, self.refuse, self.dropped = upstream.rstrip("/"), False, []
+        self._rules: list[list[Any]] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if outer.refuse:
+                    self.close_connection = True
+                    return
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                with httpx.Client(timeout=120) as http:
+                    answer = http.request(
+                        self.command, outer.upstream + self.path, headers=headers, content=body
+                    )
+                if outer._should_drop(self.command, self.path, body):
+                    outer.dropped.append((self.command, self.path))
+                    self.close_connection = True  # applied upstream; the answer never reaches the client
+                    return
+                self.send_response(answer.status_code)
+                for k, v in answer.headers.items():
+                    if k.lower() not in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    ):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward  # noqa: N815
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def drop_answer(self, predicate: Callable[[str, str, bytes], bool], times: int = 1) -> None:
+        """Lose the answers to the next ``times`` requests ``predicate(method, path, body)`` matches."""
+        with self._lock:
+            self._rules.append([predicate, times])
+
+    def _should_drop(self, method: str, path: str, body: bytes) -> bool:
+        with self._lock:
+            for rule in self._rules:
+                if rule[1] > 0 and rule[0](method, path, body):
+                    rule[1] -= 1
+                    return True
+        return False
+
+    def __enter__(self) -> DroppingProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def when_image_exists(
+    docker_client: Any, prefix: str, action: Callable[[], None], timeout: float = 900
+) -> Any:
+    """In a background thread: run ``action`` once a local image has a tag starting with ``prefix`` (the build
+    finished: before the push). Returns the thread; ``thread.fired`` says whether the action ran."""
+    import threading
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                tags = [t for i in docker_client.api.images() for t in (i.get("RepoTags") or [])]
+            except Exception:  # noqa: BLE001 - the engine is busy: look again
+                tags = []
+            if any(t.startswith(prefix) for t in tags):
+                action()
+                thread.fired = True  # type: ignore[attr-defined]
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.fired = False  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
 def when_container_starts(
     docker_client: Any, image_ref: str, action: Callable[[], None], timeout: float = 900
 ) -> Any:
-    """In a background thread: run ``action`` once a smoke-test container of ``image_ref`` exists (the image was
-    built and is being run: before the push and the commit). Returns the thread; ``thread.fired`` says whether
-    the action ran."""
+    """In a background thread: run ``action`` once a smoke-test container of an image whose reference starts with
+    ``image_ref`` exists (the image was pushed and pulled back, and is being tested: before the commit). Returns
+    the thread; ``thread.fired`` says whether the action ran."""
     import threading
 
     def watch() -> None:
@@ -200,7 +306,7 @@ def when_container_starts(
         while time.monotonic() < deadline:
             try:
                 found = [c for c in docker_client.api.containers(all=True, filters={"label": "loan-risk.role=smoke"})
-                         if c.get("Image") == image_ref]  # fmt: skip
+                         if str(c.get("Image", "")).startswith(image_ref)]  # fmt: skip
             except Exception:  # noqa: BLE001 - the engine is busy: look again
                 found = []
             if found:

@@ -10,6 +10,7 @@ real Prefect server), the MLflow server killed during tuning and a promote step 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,12 +18,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.faults.release_servers import MlflowServer, mlflow_server, private_registry, when_container_starts
+from tests.faults.release_servers import (
+    DroppingProxy,
+    MlflowServer,
+    mlflow_server,
+    private_registry,
+    when_container_starts,
+    when_image_exists,
+)
 from tests.github_stand_in import GitHubStandIn
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
 from tests.integration.deploy_helpers import (  # noqa: F401 - fixtures
@@ -58,27 +66,38 @@ def first_release(deploy_env: dict, github: GitHubStandIn, trained_run: TrainedR
 
     github.fail_posts = [500]
     version = register_copy(settings(), trained_run.bundle_dir)
-    deploy = deploy_flow(model_version=version)
+    deploy = deploy_flow(model_version=version, requested_by="it@faults")
     assert deploy["status"] == "released", deploy
     return {"model_version": version, "deploy": deploy}
 
 
-def _deploy_failing(version: str, step: str) -> tuple[Exception, float]:
-    """Deploy ``version``, expect it to fail at ``step``; returns the error and the seconds it took."""
-    from flows.deploy import DeployError, deploy_flow
+def _deploy_failing(version: str, step: str, committed: str = "no") -> tuple[Any, float]:
+    """Deploy ``version``, expect it to fail at ``step`` saying ``committed``; returns the error and the seconds
+    it took."""
+    from flows.deploy import deploy_flow
+    from tasks.release.ledger import ReleaseFailed
 
     started = time.monotonic()
-    with pytest.raises(DeployError, match=rf"deploy step '{step}' failed") as info:
+    with pytest.raises(ReleaseFailed) as info:
         deploy_flow(model_version=version)
-    assert not info.value.committed
+    assert (info.value.step, info.value.committed) == (step, committed), info.value
+    assert str(info.value).startswith(f"{step}: ") and f"[committed: {committed}]" in str(info.value)
     return info.value, time.monotonic() - started
+
+
+def build_tag_gone(error: Any) -> bool:
+    """Whether the registry holds nothing of the failed build (its build tag was deleted, or never pushed)."""
+    return registry_tag(f"build-{error.facts['build_id'][:16]}") is None
 
 
 @docker
 def test_github_500_then_201_is_retried_into_one_release(first_release: dict, github: GitHubStandIn) -> None:  # noqa: F811
-    tag = f"loan-risk-v{first_release['model_version']}"
+    from tasks.release.github import github_tag
+
+    deploy = first_release["deploy"]
+    tag = github_tag("loan-risk", first_release["model_version"], deploy["digest"])
     assert [p["body"]["tag_name"] for p in github.posts()] == [tag, tag]  # the 500, then the retry's 201
-    assert list(github.releases) == [tag] and first_release["deploy"]["github_release"].endswith(tag)
+    assert list(github.releases) == [tag] and deploy["github-release"].endswith(tag)
 
 
 @docker
@@ -102,7 +121,8 @@ def test_registry_refuses_the_password(first_release: dict, monkeypatch: pytest.
     assert retries >= 1 and len(tries) == 1 + retries, tries  # retried as the settings say, then failed
     assert all(t.error is not None for t in tries.calls)
     assert_nothing_moved(before, latest, version)
-    assert registry_tag(version) is None and build_leftovers(error.build_id) == []
+    assert registry_tag(version) is None and build_leftovers(error.facts["build_id"]) == []
+    assert build_tag_gone(error)
 
 
 @docker
@@ -116,12 +136,13 @@ def test_registry_stopped_before_the_push(first_release: dict, tmp_path: Path) -
             try:
                 before = champion()
                 version = register_variant(first_release["model_version"])
-                watcher = when_container_starts(client(), f"{remote()}:{version}", reg.stop)
+                watcher = when_image_exists(client(), f"{remote()}:build-", reg.stop)
                 error, _ = _deploy_failing(version, "push")
                 assert watcher.fired and reg.address in str(error)
                 reg.start()
                 assert_nothing_moved(before, None, version)
-                assert registry_tag(version) is None and build_leftovers(error.build_id) == []
+                assert registry_tag(version) is None and build_leftovers(error.facts["build_id"]) == []
+                assert build_tag_gone(error)
             finally:
                 remove_repo_images()
 
@@ -195,7 +216,8 @@ def test_image_that_fails_the_reference_predictions(
     error, _ = _deploy_failing(version, "smoke-test")
     assert "differs from training" in str(error)
     assert_nothing_moved(before, latest, version)
-    assert registry_tag(version) is None and build_leftovers(error.build_id) == []
+    assert registry_tag(version) is None and build_leftovers(error.facts["build_id"]) == []
+    assert build_tag_gone(error)
 
 
 @docker
@@ -204,6 +226,7 @@ def test_container_that_exits_at_start(first_release: dict, monkeypatch: pytest.
     status and showing the container's own output; the container is removed."""
     from flows.deploy import deploy_flow
     from tasks.release.image import run_task
+    from tasks.release.ledger import ReleaseFailed
     from tests.attempts import attempts_of
 
     before, latest = champion(), registry_tag("latest")
@@ -212,9 +235,7 @@ def test_container_that_exits_at_start(first_release: dict, monkeypatch: pytest.
     with attempts_of(run_task) as tries:
         state = deploy_flow(model_version=version, return_state=True)
     assert state.is_failed()
-    with pytest.raises(
-        Exception, match=r"deploy step 'run' failed: \[run\] container exited with exit status"
-    ) as info:
+    with pytest.raises(ReleaseFailed, match=r"^run: \[run\] container exited with exit status") as info:
         state.result()
     assert "deliberately broken for a fault test" in str(info.value)  # the container's logs, in the error
     (attempt,) = tries.calls  # the smoke test of a container is never retried
@@ -238,49 +259,138 @@ def running_mlflow(mlflow: MlflowServer) -> Iterator[MlflowServer]:
         mlflow.start()
 
 
+@contextlib.contextmanager
+def _own_model(uri: str, name: str, bundle: Path) -> Iterator[str]:
+    """Settings that reach MLflow at ``uri`` with a model and an image repository of their own; yields the
+    version ``bundle`` was registered as, promoted over no champion (the promote stage's record)."""
+    from tasks import registry, tracking
+
+    sqlite = settings()
+    env = {"MLFLOW_TRACKING_URI": uri, "LOANRISK_MODEL_NAME": name,
+           "LOANRISK_IMAGE_REPOSITORY": f"{sqlite.image_repository}-{name}"}  # fmt: skip
+    with environment(env):
+        try:
+            s = settings()
+            version = registry.register_bundle(s, tracking.start_run(s, "fault"), bundle, {})
+            registry.set_version_tags(s, version, {"promotion.reasons": "[]", "promotion.dry_run": "false",
+                                                   "promotion.champion_version": "", "promotion.decision": "promoted"})  # fmt: skip
+            yield version
+        finally:
+            remove_repo_images()
+
+
+def _ledger() -> list:
+    from tasks.release.ledger import read_ledger
+
+    return read_ledger(settings())
+
+
+def _is_claim(method: str, path: str, body: bytes) -> bool:
+    """The commit point's request: the creation of a ledger entry."""
+    return method == "POST" and path.endswith("/registered-models/create") and b".release." in body
+
+
+@docker
+@pytest.mark.parametrize("client_retries", ["0", "default"])
+def test_a_lost_commit_answer_is_read_back_as_committed(
+    first_release: dict, running_mlflow: MlflowServer, tmp_path: Path, client_retries: str
+) -> None:
+    """The ledger entry is created but its answer never arrives (a proxy in front of the real ``mlflow server``
+    hangs up after forwarding it). Whether the MLflow client gives up (no retries) or retries (and meets the entry
+    it made), the commit is read back as made: the deploy completes, champion and ``latest`` name the new digest
+    (before: "nothing was released" while champion had moved and ``latest`` served the old model)."""
+    from flows.deploy import deploy_flow
+    from tasks import registry
+
+    bundle = registry.download_bundle(settings(), first_release["model_version"], tmp_path / "bundle")
+    fail_fast = MLFLOW_FAIL_FAST if client_retries == "0" else {}
+    with (
+        DroppingProxy(running_mlflow.uri) as proxy,
+        _own_model(proxy.uri, f"lost-{client_retries}", bundle) as v,
+    ):
+        proxy.drop_answer(_is_claim)
+        with environment(fail_fast):
+            done = deploy_flow(model_version=v, requested_by="it@faults")
+        assert proxy.dropped == [("POST", "/api/2.0/mlflow/registered-models/create")]
+        assert done["status"] == "released" and champion() == v
+        assert registry_tag("latest") == done["digest"] == registry_tag(v)
+        (entry,) = _ledger()
+        assert (entry.version, entry.digest, entry.release_id) == (v, done["digest"], done["release_id"])
+
+
+@docker
+@pytest.mark.nightly
+def test_a_commit_whose_answer_and_read_back_are_lost_says_unknown(
+    first_release: dict, running_mlflow: MlflowServer, tmp_path: Path
+) -> None:
+    """The entry is created, its answer lost, and MLflow then unreachable for the read-back: the deploy says
+    committed "unknown" (never "nothing was released"); once MLflow answers, ``--history`` shows the release and
+    ``--converge`` completes it."""
+    from flows.deploy import converge_flow
+    from tasks import registry
+    from tasks.release.history import read_history
+
+    bundle = registry.download_bundle(settings(), first_release["model_version"], tmp_path / "bundle")
+    with DroppingProxy(running_mlflow.uri) as proxy, _own_model(proxy.uri, "unknown", bundle) as v:
+
+        def claim_then_unreachable(method: str, path: str, body: bytes) -> bool:
+            if _is_claim(method, path, body):
+                proxy.refuse = True
+                return True
+            return False
+
+        proxy.drop_answer(claim_then_unreachable)
+        with environment(MLFLOW_FAIL_FAST):
+            error, _ = _deploy_failing(v, "commit", committed="unknown")
+        assert "whether v" in str(error) and "is unknown" in str(error)
+        proxy.refuse = False
+        assert [r["version"] for r in read_history(settings())] == [f"v{v}"]
+        assert champion() is None  # committed, not converged yet
+        done = converge_flow()
+        assert done["champion"] == v and champion() == v and registry_tag("latest") == _ledger()[0].digest
+
+
 @docker
 @pytest.mark.nightly
 def test_mlflow_dies_between_the_push_and_the_commit(
     first_release: dict, running_mlflow: MlflowServer, tmp_path: Path
 ) -> None:
-    """The MLflow server (the registry of models) is killed while the image is tested: the push still happens,
-    the commit cannot: champion and ``latest`` never moved, the run's local image is gone."""
-    from tasks import registry, tracking
+    """The MLflow server is killed while the pulled-back image is smoke-tested: the commit's claim and its
+    read-back both fail, so the deploy says "unknown"; after a restart the ledger shows nothing was committed,
+    and champion and ``latest`` never moved."""
+    from tasks import registry
 
-    sqlite = settings()
-    bundle = registry.download_bundle(sqlite, first_release["model_version"], tmp_path / "bundle")
-    env = {"MLFLOW_TRACKING_URI": running_mlflow.uri, "LOANRISK_MODEL_NAME": "loan-risk-commit-fault",
-           "LOANRISK_IMAGE_REPOSITORY": f"{sqlite.image_repository}-commit", **MLFLOW_FAIL_FAST}  # fmt: skip
-    with environment(env):
-        try:
-            s = settings()
-            version = registry.register_bundle(s, tracking.start_run(s, "fault"), bundle, {})
-            registry.set_version_tags(
-                s,
-                version,
-                {"promotion.reasons": "[]", "promotion.dry_run": "false", "promotion.decision": "promoted"},
-            )
-            watcher = when_container_starts(client(), f"{remote()}:{version}", running_mlflow.kill)
-            error, _ = _deploy_failing(version, "commit")
-            assert watcher.fired and "MLflow registry" in str(error)
-            assert registry_tag(version) is not None  # pushed: the failure came after the push
-            running_mlflow.start()
-            assert_nothing_moved(None, None, version)
-        finally:
-            remove_repo_images()
+    bundle = registry.download_bundle(settings(), first_release["model_version"], tmp_path / "bundle")
+    with environment(MLFLOW_FAIL_FAST), _own_model(running_mlflow.uri, "commit-fault", bundle) as version:
+        watcher = when_container_starts(client(), remote(), running_mlflow.kill)
+        error, _ = _deploy_failing(version, "commit", committed="unknown")
+        assert watcher.fired and "MLflow registry" in str(error)
+        running_mlflow.start()
+        assert _ledger() == [] and champion() is None and registry_tag("latest") is None
+        assert registry_tag(version) is None  # no version tag before a commit
 
 
 @docker
 @pytest.mark.nightly
-def test_two_deploys_at_once_are_serialised(first_release: dict, tmp_path: Path) -> None:
-    """Two processes deploy two versions at the same moment through one Prefect server: they take turns (their
-    lock holds do not overlap), the champion is the one that finished last, and the tags agree with it."""
-    from tasks import registry
-    from tasks.release.record import read_history
+@pytest.mark.parametrize("servers", ["one Prefect server", "two Prefect servers"])
+def test_two_deploys_at_once_release_one_and_refuse_the_other(
+    first_release: dict, tmp_path: Path, servers: str
+) -> None:
+    """Two processes deploy two versions promoted over the same champion at the same moment. Through one Prefect
+    server they take turns at the lock; through two (two locks) they race. Either way the ledger gains exactly one
+    entry, the other deploy is refused (the gate: its comparison is stale; or the fence: the head moved), saying
+    committed "no", and champion, ``latest`` and the version tag agree with the one released."""
     from tests.integration.prefect_fixtures import prefect_server
 
+    before = _ledger()
     versions = [register_variant(first_release["model_version"]) for _ in range(2)]
-    with prefect_server(tmp_path / "prefect") as server:
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(prefect_server(tmp_path / "prefect-a"))
+        second = (
+            first
+            if servers == "one Prefect server"
+            else stack.enter_context(prefect_server(tmp_path / "prefect-b"))
+        )
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "flows.deploy", "--model-version", v],
@@ -290,29 +400,25 @@ def test_two_deploys_at_once_are_serialised(first_release: dict, tmp_path: Path)
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )  # fmt: skip
-            for v in versions
+            for v, server in zip(versions, (first, second), strict=True)
         ]
         outputs = [p.communicate(timeout=1200) for p in procs]
-    results = []
-    for proc, (out, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, f"{out[-2000:]}\n{err[-4000:]}"
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    first, last = sorted(results, key=lambda r: r["lock"]["released_at"])
-    assert first["lock"]["released_at"] <= last["lock"]["acquired_at"], (first["lock"], last["lock"])
-    # the second asked for the lock while the first held it, and waited for it to be released
-    asked = datetime.fromisoformat(last["lock"]["acquired_at"]) - timedelta(seconds=last["lock"]["waited_s"])
-    assert asked < datetime.fromisoformat(first["lock"]["released_at"]), (first["lock"], last["lock"])
-    assert last["lock"]["waited_s"] > 1.0, last["lock"]
-    assert champion() == last["model_version"]
-    tags = registry.get_version(settings(), last["model_version"]).tags
-    assert tags["release.digest"] == last["digest"] == registry_tag("latest")
-    assert tags["release.previous_champion"] == first["model_version"]
-    assert [e["version"] for e in read_history(settings())[-2:]] == [
-        first["model_version"],
-        last["model_version"],
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    released = [r for r in results if r.get("status") == "released"]
+    refused = [r for r in results if "error" in r]
+    assert len(released) == 1 and len(refused) == 1, [
+        (r, err[-3000:]) for r, (_, err) in zip(results, outputs, strict=True)
     ]
-    for r in results:
-        assert registry_tag(r["model_version"]) == r["digest"]
+    assert refused[0]["committed"] == "no" and refused[0]["step"] in ("gate", "commit"), refused
+    if servers == "two Prefect servers":  # both planned against the same head; the fence refused one
+        assert refused[0]["step"] == "commit" and "the champion moved" in refused[0]["error"], refused
+    winner = released[0]
+    after = _ledger()
+    assert len(after) == len(before) + 1 and after[-1].version == winner["model_version"]
+    assert after[-1].from_version == before[-1].version
+    assert champion() == winner["model_version"] and registry_tag("latest") == winner["digest"]
+    loser = next(v for v in versions if v != winner["model_version"])
+    assert registry_tag(winner["model_version"]) == winner["digest"] and registry_tag(loser) is None
 
 
 # --- MLflow server faults (no Docker) -----------------------------------------------------------------------

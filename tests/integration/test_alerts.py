@@ -147,7 +147,8 @@ from prefect.events.worker import EventsWorker
 from tasks import registry, tracking
 from tasks.events import model_resource
 from tasks.promote import promote_task
-from tasks.release.record import commit_task, history_entry
+from tasks.release.candidate import Candidate
+from tasks.release.plan import commit_task, plan_release
 from tasks.settings import get_settings
 
 settings = get_settings()
@@ -158,8 +159,9 @@ bad = {**good, "test_precision": 0.5}
 promote_task.fn(settings, versions[0], good, None, dry_run=True)   # dry run: no event
 promote_task.fn(settings, versions[1], bad, None)                  # rejected: no event
 promote_task.fn(settings, versions[2], good, None)                 # promoted
-entry = history_entry(versions[2], "localhost:5055/loan-risk:3", "sha256:" + "ab" * 32, "release", "test@host")
-commit_task.fn(settings, entry, good)                              # released
+plan = plan_release(settings, versions[2], None, False, None, "test@host")
+image = Candidate(versions[2], "sha256:" + "ab" * 32, "localhost:5055/loan-risk", True, metrics=good)
+commit_task.fn(settings, plan, image, "c0ffee")                    # released
 emit_event("loan-risk.drift.ok", resource=model_resource(settings.model_name, versions[2]), payload={"score_psi": 0.01})
 emit_event("loan-risk.drift.detected", resource=model_resource(settings.model_name, versions[2]),
            payload={"score_psi": 0.31, "features": {"apr": 0.42, "leadType": 0.27}})

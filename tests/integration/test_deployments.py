@@ -73,7 +73,7 @@ def _flow_defaults(path: Path, function: str) -> dict[str, Any]:
 def test_prefect_yaml_declares_the_deployments() -> None:
     data = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in data["deployments"]}
-    assert set(deps) == {"retrain", "deploy", "score", "daily", "tune-worker"}
+    assert set(deps) == {"retrain", "deploy", "rollback", "score", "daily", "tune-worker"}
     score = deps["score"]
     assert score["entrypoint"] == "flows/score.py:score_flow" and not score["schedules"]  # on demand
     defaults = _flow_defaults(REPO_ROOT / "flows/score.py", "score_flow")
@@ -94,6 +94,10 @@ def test_prefect_yaml_declares_the_deployments() -> None:
     # the parameters are the flows' own, with the flows' defaults
     assert retrain["parameters"] == _flow_defaults(REPO_ROOT / "flows/training.py", "training_flow")
     assert deploy["parameters"] == _flow_defaults(REPO_ROOT / "flows/deploy.py", "deploy_flow")
+    rollback = deps["rollback"]
+    assert rollback["entrypoint"] == "flows/rollback.py:rollback_flow" and not rollback["schedules"]
+    assert rollback["parameters"] == _flow_defaults(REPO_ROOT / "flows/rollback.py", "rollback_flow")
+    assert "concurrency_limit" not in rollback  # never queued behind deploys
     assert daily["parameters"] == _flow_defaults(REPO_ROOT / "flows/monitor.py", "monitor_flow")
     # the tune worker: no schedule, no run limit (the tune stage starts tune_workers runs at once)
     worker = deps["tune-worker"]
@@ -307,7 +311,9 @@ def test_setup_deploys_both_deployments(deployed: Deployed) -> None:
         MONITOR,
         "loan-risk-score/score",
         "loan-risk-training/tune-worker",
+        "loan-risk-rollback/rollback",
     }
+    assert by_name["loan-risk-rollback/rollback"]["schedules"] == []
     assert by_name[TRAINING]["schedules"] == [{"cron": CRON, "timezone": "UTC", "active": True}]
     assert by_name[TRAINING]["concurrency_limit"] == 1
     assert by_name[DEPLOY]["schedules"] == []
