@@ -267,21 +267,19 @@ class DroppingProxy:
         self.server.server_close()
 
 
-def when_image_exists(
-    docker_client: Any, prefix: str, action: Callable[[], None], timeout: float = 900
-) -> Any:
-    """In a background thread: run ``action`` once a local image has a tag starting with ``prefix`` (the build
-    finished: before the push). Returns the thread; ``thread.fired`` says whether the action ran."""
+def _when(seen: Callable[[], bool], action: Callable[[], None], timeout: float) -> Any:
+    """In a background thread: run ``action`` once ``seen()`` (polled every 0.2 s; an error means "not yet").
+    Returns the thread; ``thread.fired`` says whether the action ran."""
     import threading
 
     def watch() -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                tags = [t for i in docker_client.api.images() for t in (i.get("RepoTags") or [])]
+                ready = seen()
             except Exception:  # noqa: BLE001 - the engine is busy: look again
-                tags = []
-            if any(t.startswith(prefix) for t in tags):
+                ready = False
+            if ready:
                 action()
                 thread.fired = True  # type: ignore[attr-defined]
                 return
@@ -291,31 +289,30 @@ def when_image_exists(
     thread.fired = False  # type: ignore[attr-defined]
     thread.start()
     return thread
+
+
+def when_image_exists(
+    docker_client: Any, prefix: str, action: Callable[[], None], timeout: float = 900
+) -> Any:
+    """Run ``action`` once a local image has a tag starting with ``prefix`` (the build finished: before the
+    push); see :func:`_when`."""
+
+    def seen() -> bool:
+        return any(
+            t.startswith(prefix) for i in docker_client.api.images() for t in (i.get("RepoTags") or [])
+        )
+
+    return _when(seen, action, timeout)
 
 
 def when_container_starts(
     docker_client: Any, image_ref: str, action: Callable[[], None], timeout: float = 900
 ) -> Any:
-    """In a background thread: run ``action`` once a smoke-test container of an image whose reference starts with
-    ``image_ref`` exists (the image was pushed and pulled back, and is being tested: before the commit). Returns
-    the thread; ``thread.fired`` says whether the action ran."""
-    import threading
+    """Run ``action`` once a smoke-test container of an image whose reference starts with ``image_ref`` exists
+    (the image was pushed and pulled back, and is being tested: before the commit); see :func:`_when`."""
 
-    def watch() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                found = [c for c in docker_client.api.containers(all=True, filters={"label": "loan-risk.role=smoke"})
-                         if str(c.get("Image", "")).startswith(image_ref)]  # fmt: skip
-            except Exception:  # noqa: BLE001 - the engine is busy: look again
-                found = []
-            if found:
-                action()
-                thread.fired = True  # type: ignore[attr-defined]
-                return
-            time.sleep(0.2)
+    def seen() -> bool:
+        smoke = docker_client.api.containers(all=True, filters={"label": "loan-risk.role=smoke"})
+        return any(str(c.get("Image", "")).startswith(image_ref) for c in smoke)
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.fired = False  # type: ignore[attr-defined]
-    thread.start()
-    return thread
+    return _when(seen, action, timeout)
