@@ -240,10 +240,11 @@ def remove_build_leftovers(
 ) -> list[str]:
     """Remove the dangling images one build left; returns the removed ids.
 
-    After a successful build, only the images labelled with its ``build_id`` go (the build stage's steps after
-    the environment), one at a time, leaf first, without their parents: the unlabelled environment layers stay
-    as the builder's cache for the next release. After a failed build, the dangling images it left (labelled,
-    or committed by one of its steps: the last step of a failed build) go with their untagged parents, so
+    Only images this build made go, one at a time, leaf first, never with their parents (``noprune``): so the
+    layers it took from the builder's cache (the environment, shared with other builds and the next release)
+    always stay. After a successful build those are the images labelled with its ``build_id`` (the build
+    stage's steps after the environment); after a failed one also every image one of its own steps committed
+    (``step_images``, cache hits excluded: the last step of a failed build, an environment it installed), so
     nothing of it is left. Only dangling images are touched (never a tagged image or a parent of one).
     """
     log = log or logger.info
@@ -262,14 +263,14 @@ def remove_build_leftovers(
         progress = False
         for image_id in sorted(ours):
             try:
-                client.api.remove_image(image_id, force=False, noprune=not failed)
+                client.api.remove_image(image_id, force=False, noprune=True)
                 removed.append(image_id)
                 progress = True
             except docker.errors.ImageNotFound:
                 continue
             except (docker.errors.APIError, requests.RequestException) as exc:
                 log(f"could not remove dangling image {image_id[:19]} of build {build_id}: {exc}")
-        if not progress or failed:
+        if not progress:
             break
     if removed:
         log(f"removed {len(removed)} dangling image(s) of build {build_id}")
