@@ -143,17 +143,23 @@ def _is_float(v: str) -> bool:
     return True
 
 
+def _artifacts(key: str) -> list[Any]:
+    """Every version of the Prefect artifacts keyed ``key``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+
 def publish_notes(settings: Settings, entry: Entry) -> str:
     """The head's notes as a Prefect artifact keyed by digest, written unless one holds its marker; returns the
     notes (read back when they exist)."""
     from prefect.artifacts import create_markdown_artifact
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     key = notes_artifact_key(settings.model_name, entry.version, entry.digest)
     marker = release_marker(entry)
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    found = _artifacts(key)
     written = next((str(a.data) for a in found if marker in str(a.data or "")), None)
     if written is not None:
         return written
@@ -186,13 +192,10 @@ def publish_github(settings: Settings, entry: Entry, notes: str) -> str | None:
 def history_artifact(settings: Settings, entries: list[Entry]) -> str:
     """The audit trail as a Prefect table artifact (a new version of it only when the ledger grew)."""
     from prefect.artifacts import create_table_artifact
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     key = "release-history-" + re.sub(r"[^a-z0-9-]+", "-", settings.model_name.lower())
     description = f"{settings.model_name}: every champion change, through ledger entry {entries[-1].seq}"
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    found = _artifacts(key)
     if not any(a.description == description for a in found):
         create_table_artifact(key=key, table=history_rows(entries), description=description)
     return key

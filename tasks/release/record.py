@@ -224,14 +224,3 @@ def notes_artifact_key(model_name: str, version: str, digest: str) -> str:
     """
     name = re.sub(r"[^a-z0-9-]+", "-", model_name.lower())
     return f"release-notes-{name}-v{version}-{digest.removeprefix('sha256:')[:12]}"
-
-
-def _artifact_exists(key: str) -> bool:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1
-        )
-    return bool(found)
