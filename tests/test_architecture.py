@@ -45,7 +45,7 @@ def mlflow_importers() -> set[str]:
     found = set()
     files = [
         *ROOT.glob("flows/*.py"),
-        *ROOT.rglob("tasks/**/*.py"),
+        *(ROOT / "tasks").rglob("*.py"),
         *ROOT.glob("deployments/*.py"),
         *ROOT.glob("bench/*"),
     ]
