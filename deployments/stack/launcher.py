@@ -28,11 +28,12 @@ from typing import Any
 
 import httpx
 
-from deployments.stack import postgres, procs, registry
+from deployments.stack import mlflow_auth, postgres, procs, registry
 from deployments.stack.urls import (
     DEFAULT_POOL,
     ServiceStatus,
     StackUrls,
+    basic,
     http_check,
     http_status,
 )
@@ -40,6 +41,7 @@ from deployments.stack.urls import (
 logger = logging.getLogger("deployments.stack")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PREFECT_USER = "loan-risk"
 START_TIMEOUT_S = float(os.environ.get("LOANRISK_STACK_START_TIMEOUT", "240"))
 QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -120,7 +122,19 @@ class Stack:
                 "postgres_password": secrets.token_urlsafe(18),
                 "registry_password": secrets.token_urlsafe(18),
                 "pseudonym_key": secrets.token_hex(32),
+                **self._auth_secrets(),
             },
+        }
+
+    @staticmethod
+    def _auth_secrets() -> dict[str, str]:
+        """The accounts of the Prefect and MLflow servers (strong, generated once, kept in the 0600 state)."""
+        return {
+            "prefect_auth_password": secrets.token_urlsafe(24),
+            "mlflow_admin_password": secrets.token_urlsafe(24),
+            "mlflow_pipeline_password": secrets.token_urlsafe(24),
+            "mlflow_reader_password": secrets.token_urlsafe(24),
+            "mlflow_flask_secret": secrets.token_urlsafe(32),
         }
 
     # --- addresses -----------------------------------------------------------------------------------
@@ -154,6 +168,11 @@ class Stack:
             registry_password=s["registry_password"] if reg else None,
             pseudonym_key=s["pseudonym_key"],
             pool=self.state.get("pool", self.pool),
+            prefect_auth_string=f"{PREFECT_USER}:{s['prefect_auth_password']}",
+            mlflow_username=mlflow_auth.PIPELINE_USER,
+            mlflow_password=s["mlflow_pipeline_password"],
+            mlflow_reader_username=mlflow_auth.READER_USER,
+            mlflow_reader_password=s["mlflow_reader_password"],
         )
 
     def _env(self, home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -178,6 +197,8 @@ class Stack:
         self._load()
         if not self.state:
             self.state = self._new_state()
+        for key, value in self._auth_secrets().items():  # a stack made before the servers had accounts
+            self.state["secrets"].setdefault(key, value)
         self.state["workers"] = self.workers
         self._save()
         self._postgres()
@@ -238,6 +259,7 @@ class Stack:
                 "PREFECT_SERVER_UI_ENABLED": "true" if self.ui else "false",
                 "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
                 "PREFECT_UI_API_URL": f"http://{self._addr}:{port}/api",
+                "PREFECT_SERVER_API_AUTH_STRING": f"{PREFECT_USER}:{self.state['secrets']['prefect_auth_password']}",
             },
         )
         cmd = [
@@ -259,14 +281,39 @@ class Stack:
         artifacts.mkdir(parents=True, exist_ok=True)
         # MLflow's GenAI job runners (eight huey_consumer processes, ~250 MB each) serve nothing this project
         # uses: off. The marker sweep would still stop them if a user turns them on.
-        env = self._env(self.dir / "mlflow-server", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-        backend = postgres.url("psycopg2", pw, self._addr, self.state["ports"]["postgres"], "mlflow")
+        # Its authentication app: anonymous requests get 401, the reader account 403 on any write.
+        s, pg_port = self.state["secrets"], self.state["ports"]["postgres"]
+        config = mlflow_auth.write_config(
+            self.dir / "mlflow-server" / "basic_auth.ini",
+            postgres.url("psycopg2", pw, self._addr, pg_port, "mlflow_auth"),
+        )
+        admin = mlflow_auth.Account(mlflow_auth.ADMIN_USER, s["mlflow_admin_password"])
+        env = self._env(
+            self.dir / "mlflow-server",
+            {
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                "MLFLOW_AUTH_CONFIG_PATH": str(config),
+                "MLFLOW_AUTH_ADMIN_USERNAME": admin.username,
+                "MLFLOW_AUTH_ADMIN_PASSWORD": admin.password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": s["mlflow_flask_secret"],
+            },
+        )
+        backend = postgres.url("psycopg2", pw, self._addr, pg_port, "mlflow")
+        hosts = ",".join(
+            sorted({f"{self._addr}:{port}", f"{self.state['host']}:{port}", f"localhost:{port}"})
+        )
         cmd = [
-            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--serve-artifacts",
-            "--artifacts-destination", str(artifacts), "--host", self.state["host"], "--port", str(port),
-            "--workers", "2", "--allowed-hosts", "*",
+            sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", backend,
+            "--serve-artifacts", "--artifacts-destination", str(artifacts), "--host", self.state["host"],
+            "--port", str(port), "--workers", "2", "--allowed-hosts", hosts,
         ]  # fmt: skip
-        return self._serve("mlflow", cmd, env, f"http://{self._addr}:{port}/health", {200})
+        started = self._serve("mlflow", cmd, env, f"http://{self._addr}:{port}/health", {200})
+        users = [
+            mlflow_auth.Account(mlflow_auth.PIPELINE_USER, s["mlflow_pipeline_password"]),
+            mlflow_auth.Account(mlflow_auth.READER_USER, s["mlflow_reader_password"]),
+        ]
+        mlflow_auth.ensure_accounts(f"http://{self._addr}:{port}", admin, users)
+        return started
 
     def _registry(self) -> bool:
         found = registry.binaries()
@@ -286,11 +333,13 @@ class Stack:
         )
 
     def _deployed(self, urls: StackUrls) -> bool:
-        return http_status(f"{urls.prefect_api_url}/deployments/name/loan-risk-training/retrain") == 200
+        url = f"{urls.prefect_api_url}/deployments/name/loan-risk-training/retrain"
+        return http_status(url, basic(urls.prefect_auth_string)) == 200
 
     def _setup(self, urls: StackUrls) -> None:
         """``python -m deployments.setup --pool POOL`` against the stack's server."""
-        env = self._env(self.dir / "client", {"PREFECT_API_URL": urls.prefect_api_url})
+        auth = {"PREFECT_API_AUTH_STRING": urls.prefect_auth_string or ""}
+        env = self._env(self.dir / "client", {"PREFECT_API_URL": urls.prefect_api_url, **auth})
         env.pop(procs.MARKER)
         logger.info("deploying the flows to %s (pool %s)", urls.prefect_api_url, urls.pool)
         proc = subprocess.run(
@@ -344,7 +393,10 @@ class Stack:
     def _online_workers(self, urls: StackUrls) -> set[str]:
         try:
             rows = httpx.post(
-                f"{urls.prefect_api_url}/work_pools/{urls.pool}/workers/filter", json={}, timeout=10
+                f"{urls.prefect_api_url}/work_pools/{urls.pool}/workers/filter",
+                json={},
+                timeout=10,
+                auth=basic(urls.prefect_auth_string),
             )
             return (
                 {w["name"] for w in rows.json() if w.get("status") == "ONLINE"}

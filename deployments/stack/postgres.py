@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-DATABASES = ("prefect", "mlflow", "optuna")
+DATABASES = ("prefect", "mlflow", "mlflow_auth", "optuna")
 
 
 class PostgresMissing(RuntimeError):

@@ -28,6 +28,11 @@ class StackUrls:
     registry_password: str | None = field(repr=False)
     pseudonym_key: str = field(repr=False)
     pool: str = DEFAULT_POOL
+    prefect_auth_string: str | None = field(default=None, repr=False)  # "user:password" (Basic)
+    mlflow_username: str | None = None  # the pipeline's account on the tracking server
+    mlflow_password: str | None = field(default=None, repr=False)
+    mlflow_reader_username: str | None = None  # an account that may read but not move aliases or tags
+    mlflow_reader_password: str | None = field(default=None, repr=False)
 
     def env(self) -> dict[str, str]:
         """The settings a client, a worker or a flow run needs: URLs, registry and the shared pseudonym key."""
@@ -37,7 +42,14 @@ class StackUrls:
             "LOANRISK_OPTUNA_STORAGE": self.optuna_storage,
             "LOANRISK_PSEUDONYM_KEY": self.pseudonym_key,
             "LOANRISK_WORK_POOL": self.pool,
+            # a promoted model that cannot ship fails its run here (never a silent "deploy skipped")
+            "LOANRISK_DEPLOY_MODE": "required",
         }
+        if self.prefect_auth_string:
+            out["PREFECT_API_AUTH_STRING"] = self.prefect_auth_string
+        if self.mlflow_username:
+            out["MLFLOW_TRACKING_USERNAME"] = self.mlflow_username
+            out["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_password or ""
         if self.registry:
             out["LOANRISK_IMAGE_REGISTRY"] = self.registry
             out["LOANRISK_REGISTRY_USERNAME"] = self.registry_username or ""
@@ -68,9 +80,17 @@ class ServiceStatus:
     detail: str = ""
 
 
-def http_status(url: str) -> int:
+def basic(auth_string: str | None) -> tuple[str, str] | None:
+    """httpx's Basic credentials from a Prefect API auth string ``user:password``."""
+    if not auth_string:
+        return None
+    user, _, password = auth_string.partition(":")
+    return (user, password)
+
+
+def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
     try:
-        return httpx.get(url, timeout=5).status_code
+        return httpx.get(url, timeout=5, auth=auth).status_code
     except httpx.HTTPError:
         return 0
 

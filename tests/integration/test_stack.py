@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from deployments.stack import Stack, StackUrls, procs
+from deployments.stack.urls import basic
 from tests.integration.prefect_fixtures import require_postgres
 from tests.serving.conftest import LiveServer, live_server  # noqa: F401 - the service fixture, on bundle_dir
 from tests.serving.synthetic import local_records, strip_label
@@ -57,13 +58,21 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 
 def _api(urls: StackUrls, method: str, path: str, **kwargs: Any) -> Any:
-    response = httpx.request(method, f"{urls.prefect_api_url}/{path}", timeout=30, **kwargs)
+    response = httpx.request(
+        method, f"{urls.prefect_api_url}/{path}", timeout=30, auth=basic(urls.prefect_auth_string), **kwargs
+    )
     response.raise_for_status()
     return response.json()
 
 
+def _pipeline(urls: StackUrls) -> tuple[str, str]:
+    return (urls.mlflow_username or "", urls.mlflow_password or "")
+
+
 def _mlflow(urls: StackUrls, path: str, **params: Any) -> Any:
-    response = httpx.get(f"{urls.mlflow_tracking_uri}/api/2.0/mlflow/{path}", params=params, timeout=30)
+    response = httpx.get(
+        f"{urls.mlflow_tracking_uri}/api/2.0/mlflow/{path}", params=params, timeout=30, auth=_pipeline(urls)
+    )
     response.raise_for_status()
     return response.json()
 
@@ -154,6 +163,7 @@ def test_model_is_registered_with_its_artifacts_on_the_server(
             "filter": f"tags.mlflow.parentRunId = '{version['run_id']}'",
         },
         timeout=30,
+        auth=_pipeline(running.urls),
     )
     response.raise_for_status()
     assert len(response.json().get("runs", [])) >= SMALL_RUN["n_trials"], response.json()
@@ -191,6 +201,48 @@ def test_bundle_downloads_through_the_server_and_serves(
     predictions = response.json()["predictions"]
     assert len(predictions) == 3
     assert all(0.0 <= p["probability"] <= 1.0 for p in predictions), predictions
+
+
+@pytest.mark.parametrize("who", ["anonymous", "reader"])
+def test_only_the_pipeline_may_move_the_champion_or_tag_a_version(
+    running: Running, trained: dict[str, Any], who: str
+) -> None:
+    """The tracking server's auth app: anonymous is 401, the reader account 403, and nothing moved."""
+    urls, version = running.urls, trained["version"]["version"]
+    auth = None if who == "anonymous" else (urls.mlflow_reader_username, urls.mlflow_reader_password)
+    api = f"{urls.mlflow_tracking_uri}/api/2.0/mlflow"
+    before = httpx.get(f"{api}/registered-models/get", params={"name": "loan-risk"}, auth=_pipeline(urls))
+    tags_before = _mlflow(urls, "model-versions/get", name="loan-risk", version=version)["model_version"][
+        "tags"
+    ]
+    writes = [
+        ("registered-models/alias", {"name": "loan-risk", "alias": "champion", "version": version}),
+        (
+            "model-versions/set-tag",
+            {"name": "loan-risk", "version": version, "key": "promotion.decision", "value": "forged"},
+        ),
+    ]
+    expected = 401 if who == "anonymous" else 403
+    for path, body in writes:
+        answer = httpx.post(f"{api}/{path}", json=body, auth=auth, timeout=30)
+        assert answer.status_code == expected, (path, answer.status_code, answer.text[:200])
+    if who == "reader":  # the reader reads
+        read = httpx.get(f"{api}/registered-models/get", params={"name": "loan-risk"}, auth=auth, timeout=30)
+        assert read.status_code == 200, read.text[:200]
+    after = httpx.get(f"{api}/registered-models/get", params={"name": "loan-risk"}, auth=_pipeline(urls))
+    assert after.json()["registered_model"].get("aliases") == before.json()["registered_model"].get("aliases")
+    tags = _mlflow(urls, "model-versions/get", name="loan-risk", version=version)["model_version"]["tags"]
+    assert tags == tags_before and {"key": "promotion.decision", "value": "forged"} not in tags
+
+
+def test_the_prefect_api_refuses_a_caller_without_credentials(running: Running) -> None:
+    """The Prefect server's API auth string: 401 without it, 401 with a wrong one; health stays open."""
+    urls = running.urls
+    deployment = f"{urls.prefect_api_url}/deployments/name/{TRAINING}"
+    assert httpx.get(deployment, timeout=30).status_code == 401
+    assert httpx.get(deployment, timeout=30, auth=("loan-risk", "not-the-password")).status_code == 401
+    assert httpx.get(deployment, timeout=30, auth=basic(urls.prefect_auth_string)).status_code == 200
+    assert httpx.get(f"{urls.prefect_api_url}/health", timeout=30).status_code == 200
 
 
 def test_study_lives_in_postgresql(running: Running, trained: dict[str, Any]) -> None:
