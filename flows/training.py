@@ -56,26 +56,37 @@ def run_params(settings: Settings, dry_run: bool) -> dict[str, Any]:
     }
 
 
+def deploy_mode(settings: Settings, deploy: bool | None) -> str:
+    """The run's deploy mode: ``deploy=True`` is "required", ``False`` is "off", ``None`` the setting's."""
+    if deploy is None:
+        return settings.deploy_mode
+    return "required" if deploy else "off"
+
+
 def wants_deploy(settings: Settings, promoted: bool, dry_run: bool, deploy: bool | None) -> bool:
-    """Whether this run hands its version to the deploy flow (``deploy=None``: when an engine answers)."""
-    return promoted and not dry_run and deploy is not False and settings.deploy_on_promotion
+    """Whether this run hands its version to the deploy flow."""
+    return promoted and not dry_run and deploy_mode(settings, deploy) != "off"
 
 
 def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, Any]:
     """Run the deploy flow for a promoted version: as a subflow, or as a deployment run when in a deployment.
 
-    A deploy that fails is raised (``ReleaseFailed.committed``: yes, no or unknown); see
-    :func:`deploy_outcome`.
+    First the engine and the registry must answer: under "auto" a missing one skips the deploy (said in the
+    result), under "required" it fails the run naming what is missing. A deploy that fails is raised
+    (``ReleaseFailed.committed``: yes, no or unknown); see :func:`deploy_outcome`.
     """
     from prefect.runtime import deployment
 
-    if deploy is None:
-        from tasks.release.image import engine_available
+    from tasks.release.image import engine_available
+    from tasks.release.ledger import ReleaseFailed
 
-        ready, why = engine_available(settings)
-        if not ready:
-            run_logger().warning("deploy skipped: %s (pass deploy=True to require it)", why)
-            return {"status": "skipped", "reason": why}
+    mode = deploy_mode(settings, deploy)
+    ready, missing, why = engine_available(settings)
+    if not ready and mode == "required":
+        raise ReleaseFailed(missing, f"deploy_mode is required and {why}", "no")
+    if not ready:
+        run_logger().warning("deploy skipped: %s (deploy_mode auto; set it to required to fail instead)", why)
+        return {"status": "skipped", "reason": why, "missing": missing}
     if deployment.id:
         from prefect.deployments import run_deployment
 

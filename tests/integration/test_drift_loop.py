@@ -103,7 +103,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Iterator
         tiny = {
             "LOANRISK_SAMPLE_SCALE": "0.01",
             "LOANRISK_N_TRIALS": "1",
-            "LOANRISK_DEPLOY_ON_PROMOTION": "false",
+            "LOANRISK_DEPLOY_MODE": "off",
         }
         with process_worker(server, POOL, tmp / "worker", state_dir=state, extra_env=tiny) as worker:
             yield Loop(server, worker, env, logs, version, settings, sources)
