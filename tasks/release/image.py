@@ -15,6 +15,7 @@ errors, build, run, push, registry API, pull, tasks) share the client, the error
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import subprocess
@@ -33,7 +34,7 @@ import requests
 from docker.models.containers import Container
 
 from tasks.common import stage
-from tasks.settings import Settings
+from tasks.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -550,13 +551,74 @@ def _registry_base_url(registry: str) -> str:
     return f"{'http' if insecure else 'https'}://{registry}"
 
 
-def _bearer_token(http: httpx.Client, challenge: str, auth: tuple[str, str] | None) -> str | None:
-    """Token for a ``Bearer realm=...,service=...,scope=...`` challenge (token-auth registries)."""
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_port(url: httpx.URL) -> tuple[str, int | None]:
+    return url.host.lower(), url.port or _DEFAULT_PORTS.get(url.scheme)
+
+
+def _shown_host(url: httpx.URL) -> str:
+    """``host`` or ``host:port`` as the URL names it (IPv6 in brackets), the form the setting takes."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{host}:{url.port}" if url.port else host
+
+
+def _realm_is_trusted(realm: httpx.URL, registry: httpx.URL, allowed: Iterable[str]) -> bool:
+    """Whether ``realm`` may receive the credentials of ``registry``: the same host and port (default ports
+    count), or an entry of ``allowed``: ``host:port``, or ``host`` alone for the realm scheme's default port."""
+    here = _host_port(realm)
+    if here == _host_port(registry):
+        return True
+    for entry in allowed:
+        text = entry.strip()
+        if not text:
+            continue
+        try:
+            parsed = httpx.URL(text if "://" in text else f"{realm.scheme}://{text}")
+        except httpx.InvalidURL:
+            continue
+        if parsed.host and _host_port(parsed) == here:
+            return True
+    return False
+
+
+def _bearer_token(
+    http: httpx.Client,
+    challenge: str,
+    auth: tuple[str, str] | None,
+    registry_url: str,
+    allowed_realms: Iterable[str] | None = None,
+) -> str | None:
+    """Token for a ``Bearer realm=...,service=...,scope=...`` challenge (token-auth registries).
+
+    The registry's credentials go only to a realm on the registry's own host:port or on a host of the setting
+    ``registry_allowed_realms`` (default: the process settings'); any other realm raises
+    :class:`ImagePushError` before it is asked. Without credentials the realm is asked anonymously.
+    """
     params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
     realm = params.pop("realm", None)
     if not realm:
         return None
-    resp = http.get(realm, params=params, auth=auth)
+    registry = httpx.URL(registry_url)
+    try:
+        realm_url = registry.join(realm)  # an absolute realm stays as it is
+    except httpx.InvalidURL as exc:
+        raise ImagePushError(
+            f"{_shown_host(registry)} names an unusable token realm {realm!r}: {exc}"
+        ) from None
+    if auth is not None:
+        allowed = get_settings().registry_allowed_realms if allowed_realms is None else allowed_realms
+        if not _realm_is_trusted(realm_url, registry, allowed):
+            host = _shown_host(realm_url)
+            raise ImagePushError(
+                f"registry {_shown_host(registry)} names the token realm {host} "
+                f"({realm_url.scheme}://{host}{realm_url.path}), which is neither the registry's own host nor "
+                f"in the setting registry_allowed_realms; its credentials were not sent there. If {host} is this "
+                f"registry's token server, allow it: LOANRISK_REGISTRY_ALLOWED_REALMS='[\"{host}\"]' (or "
+                f"registry_allowed_realms in loanrisk.toml)"
+            )
+    resp = http.get(realm_url, params=params, auth=auth)
     if resp.status_code != 200:
         return None
     body = resp.json()
@@ -580,7 +642,7 @@ def _registry_call(
             resp = http.request(method, url, headers=headers, content=content, auth=auth)
             challenge = resp.headers.get("WWW-Authenticate", "")
             if resp.status_code == 401 and challenge.lower().startswith("bearer"):
-                token = _bearer_token(http, challenge, auth)
+                token = _bearer_token(http, challenge, auth, url)
                 if token:
                     bearer = {**(headers or {}), "Authorization": f"Bearer {token}"}
                     resp = http.request(method, url, headers=bearer, content=content)
@@ -674,21 +736,20 @@ def tag_digest(
 
 
 # --- availability and pulling ------------------------------------------------------------------------------
-def engine_available(settings: Settings) -> tuple[bool, str]:
-    """Whether a Docker engine and the image registry answer (used to decide whether to deploy)."""
+def engine_available(settings: Settings) -> tuple[bool, str, str]:
+    """Whether a Docker engine and the image registry answer (used to decide whether to deploy): (ready, what is
+    missing — "engine", "registry" or "" —, why)."""
     try:
         client = get_client(settings.docker_host, timeout_s=5)
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means "not available"
-        return (
-            False,
-            f"no Docker engine answers at {settings.docker_host or 'DOCKER_HOST/default socket'} ({exc})",
-        )
+        where = settings.docker_host or os.environ.get("DOCKER_HOST") or "the default socket"
+        return False, "engine", f"no Docker engine answers at {where} ({exc})"
     try:
         httpx.get(f"{_registry_base_url(settings.image_registry)}/v2/", timeout=5)
     except httpx.HTTPError as exc:
-        return False, f"registry {settings.image_registry} does not answer ({exc})"
-    return True, "engine and registry answer"
+        return False, "registry", f"registry {settings.image_registry} does not answer ({exc})"
+    return True, "", "engine and registry answer"
 
 
 def pull_image(
