@@ -3,9 +3,11 @@
     python -m flows.score INPUT --output OUT [--alias champion | --model-version V | --bundle DIR]
                                 [--clarity clarity_underwriting_variables.csv] [--rejects FILE]
 
-INPUT and OUT are CSV or Parquet (by extension). Composition only: the bundle comes from the registry
-(``fetch-model``) unless ``--bundle`` names a local one, and ``tasks/score.py`` does the work. Prints one JSON
-line: rows in, scored, rejected and flagged, the model version, time and rows/s.
+INPUT and OUT are CSV or Parquet (by extension). OUT and the rejects FILE are written only under the setting
+``score_output_root`` (default ``<state_dir>/scores``): a relative name is taken under it, a path out of it
+(``..``, elsewhere, a symlink pointing out) is refused before anything is read. Composition only: the bundle
+comes from the registry (``fetch-model``) unless ``--bundle`` names a local one, and ``tasks/score.py`` does the
+work. Prints one JSON line: rows in, scored, rejected and flagged, the model version, time and rows/s.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tasks.settings import configure_environment, get_settings
+from tasks.settings import Settings, configure_environment, get_settings
 
 configure_environment()
 
 from prefect import flow
 
 from tasks.common import cli_run
-from tasks.score import fetch_model_task, score_task
+from tasks.score import fetch_model_task, output_under_root, score_task
 
 
 @flow(name="loan-risk-score", log_prints=False)
@@ -37,8 +39,13 @@ def score_flow(
     bundle: str | None = None,
     reasons: str | None = None,
 ) -> dict[str, Any]:
-    """Score the applications in ``input`` into ``output`` with a registered version (default: the champion)."""
+    """Score the applications in ``input`` into ``output`` with a registered version (default: the champion).
+
+    ``output`` and ``rejects`` are written only under the setting ``score_output_root`` (default
+    <state_dir>/scores; a relative path is taken under it): anything else is refused before the model is fetched.
+    """
     settings = get_settings()
+    output, rejects = _outputs(settings, output, rejects)
     with tempfile.TemporaryDirectory(prefix="loanrisk-score-") as tmp:
         bundle_dir = (
             Path(bundle) if bundle else fetch_model_task(settings, model_version, alias, Path(tmp) / "bundle")
@@ -46,13 +53,24 @@ def score_flow(
         return score_task(settings, bundle_dir, input, output, clarity, rejects, reasons)
 
 
+def _outputs(settings: Settings, output: str, rejects: str | None) -> tuple[str, str | None]:
+    """The output and rejects paths under the score root (raises ``ScoreOutputError`` for any other)."""
+    out = str(output_under_root(settings, output))
+    return out, (str(output_under_root(settings, rejects, "rejects")) if rejects else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: run the scoring flow and print its result as one JSON line."""
     parser = argparse.ArgumentParser(prog="python -m flows.score", description=__doc__.splitlines()[0])
     parser.add_argument("input", help="applications: CSV or Parquet with the source files' field names")
-    parser.add_argument("--output", required=True, help="scores: .csv or .parquet")
+    parser.add_argument(
+        "--output", required=True, help="scores: .csv or .parquet, under the setting score_output_root"
+    )
     parser.add_argument("--clarity", help="the clarity file, when INPUT is loan.csv alone (joined here)")
-    parser.add_argument("--rejects", help="list bad rows here and score the rest (default: a bad row stops)")
+    parser.add_argument(
+        "--rejects",
+        help="list bad rows here (under score_output_root) and score the rest (default: a bad row stops)",
+    )
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--alias", help="score with the version this alias points to (default: champion)")
     model.add_argument("--model-version", help="score with this registered version")
@@ -63,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         help="reason codes for the rows labelled risky (default, the setting score_reasons), all rows, or none",
     )
     args = parser.parse_args(argv)
-    return cli_run(
-        lambda: score_flow(
+
+    def run() -> dict[str, Any]:
+        _outputs(get_settings(), args.output, args.rejects)  # refused here: no flow run, no traceback
+        return score_flow(
             input=args.input,
             output=args.output,
             alias=args.alias,
@@ -74,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             bundle=args.bundle,
             reasons=args.reasons,
         )
-    )
+
+    return cli_run(run)
 
 
 if __name__ == "__main__":

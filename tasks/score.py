@@ -103,6 +103,35 @@ class ScoreError(PermanentError, ValueError):
         self.file, self.line, self.field = file, line, field
 
 
+class ScoreOutputError(ScoreError):
+    """An output (scores or rejects) that would land outside the setting ``score_output_root``."""
+
+
+def output_under_root(settings: Settings, path: str | Path, what: str = "output") -> Path:
+    """Where the output ``path`` is written: a relative path under :attr:`Settings.score_root`, an absolute one
+    only when it resolves (after ``..`` and symlinks) inside it. Raises :class:`ScoreOutputError` otherwise."""
+    root = settings.score_root
+    text = str(path)
+    how = (
+        "give a name relative to it (written under it) or a path inside it, or point the setting "
+        "score_output_root (LOANRISK_SCORE_OUTPUT_ROOT) at the folder outputs should go to"
+    )
+    if "://" in text:
+        raise ScoreOutputError(
+            f"{what} {text!r}: object-store URLs are not supported for outputs; outputs are written under "
+            f"{root} (setting score_output_root); {how}",
+            file=text,
+        )
+    resolved = (root / Path(text).expanduser()).resolve()  # an absolute path replaces the root
+    if root not in resolved.parents:
+        raise ScoreOutputError(
+            f"{what} {text!r} resolves to {resolved}, outside {root} (setting score_output_root, "
+            f"default <state_dir>/scores): batch scoring writes only under it; {how}",
+            file=text,
+        )
+    return resolved
+
+
 @dataclass
 class ScoreResult:
     """What a run did: counts, time, where the output went."""
@@ -516,7 +545,10 @@ def score_task(
 ) -> dict[str, Any]:
     """Stage: score the input file into the output file (a bad row is permanent: never retried); with the
     service's reasons when the bundle has a reason-code table and ``reasons`` (default: the setting) is not
-    ``none``."""
+    ``none``. The output and the rejects file go under ``settings.score_root`` (:func:`output_under_root`),
+    checked before anything is read."""
+    output_path = str(output_under_root(settings, output_path))
+    rejects = str(output_under_root(settings, rejects, "rejects")) if rejects else None
     bundle = load_bundle(bundle_dir, thread_count=settings.thread_count)
     mode = reasons or settings.score_reasons
     explain = bundle.explainer is not None and mode != "none"

@@ -311,12 +311,16 @@ def test_fetch_model_takes_the_champion_from_the_registry(
         fetch_model_task.fn(settings, None, "candidate", tmp_path / "other")
 
 
-def test_command_line_prints_one_json_line(bundle_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_command_line_prints_one_json_line(
+    bundle_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOANRISK_SCORE_OUTPUT_ROOT", str(tmp_path))  # outputs go only under the score root
     out = tmp_path / "scores.parquet"
-    cmd = [sys.executable, "-m", "flows.score", str(data_dir / "loan.csv"), "--output", str(out)]
+    cmd = [sys.executable, "-m", "flows.score", str(data_dir / "loan.csv"), "--output", "scores.parquet"]
     cmd += ["--clarity", str(data_dir / CLARITY), "--bundle", str(bundle_dir)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     line = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert line["output"] == str(out.resolve())  # a relative output lands under the root
     assert line["rows_scored"] == pq.read_metadata(out).num_rows > 10_000
     assert line["model_version"] == "7"

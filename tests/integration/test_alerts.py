@@ -198,7 +198,7 @@ def test_each_alert_notifies_every_channel_once(stand: Stand, receiver: Receiver
             "flows.score",
             str(missing),
             "--output",
-            str(tmp_path / "o.csv"),
+            "o.csv",  # under the score root: the run must start (and fail on the bundle) to alert
             "--bundle",
             str(tmp_path),
         ],
@@ -235,3 +235,36 @@ def test_each_alert_notifies_every_channel_once(stand: Stand, receiver: Receiver
     assert f"loan-risk v{version} released (release)" in texts
     assert "sha256:" + "ab" * 32 in texts[f"loan-risk v{version} released (release)"]
     assert "0.31" in texts[f"loan-risk v{version}: drift detected"]
+
+
+@pytest.mark.nightly
+def test_a_required_deploy_without_an_engine_fails_the_training_run_and_alerts(
+    stand: Stand, receiver: Receiver, tmp_path: Path
+) -> None:
+    """deploy_mode "required" with the engine stopped (its socket answers nobody): the promoted version's
+    training run fails naming the engine, and the failed-run automation notifies."""
+    env = {
+        **stand.env,
+        "LOANRISK_DEPLOY_MODE": "required",
+        "LOANRISK_DOCKER_HOST": f"unix://{tmp_path / 'stopped-engine.sock'}",
+        "LOANRISK_MIN_PRECISION": "0.5",
+        "LOANRISK_MIN_RECALL": "0.5",
+        "LOANRISK_MIN_F1_GAIN": "-1",
+        "LOANRISK_MAX_ITERATIONS": "80",
+        "LOANRISK_STATE_DIR": str(tmp_path / "state"),
+    }
+    proc = _run(
+        [sys.executable, "-m", "flows.training", "--scale", "0.02", "--n-trials", "2"], env, timeout=600
+    )
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "deploy_mode is required and no Docker engine answers at unix://" in out, out[-3000:]
+    assert "stopped-engine.sock" in out
+    deadline = time.monotonic() + NOTIFY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        failed = [h for h in receiver.by_path("/webhook") if h.get("flow") == "loan-risk-training"]
+        if failed:
+            break
+        time.sleep(1)
+    assert failed, receiver.by_path("/webhook")
+    assert failed[0]["state"] == "Failed" and "no Docker engine answers" in failed[0]["reason"], failed[0]
