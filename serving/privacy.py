@@ -8,10 +8,11 @@ A pseudonym is a keyed hash, HMAC-SHA256 with a secret key, so the same value al
   hex digits (the report's Unix time, which the features read) followed by 16 hex digits of the HMAC, so the
   pseudonym is again a 24-hex id that gives the same model row.
 
-The key comes from the ``pseudonym_key`` setting (``LOANRISK_PSEUDONYM_KEY``); without it, :func:`load_key` makes
-a random key once and keeps it in ``<state_dir>/secrets/pseudonym.key`` (mode 0600), so pseudonyms stay stable
-across runs. The training side uses this for the bundle's reference records and the quarantine files; the
-prediction service will use it for its prediction log.
+The key comes from the ``pseudonym_key`` setting (``LOANRISK_PSEUDONYM_KEY``: at least 32 bytes, never a value
+published in this repository, :data:`PUBLISHED_KEYS`); without it, :func:`load_key` makes a random key once and
+keeps it in ``<state_dir>/secrets/pseudonym.key`` (mode 0600), so pseudonyms stay stable across runs. The training
+side uses this for the bundle's reference records and the quarantine files; the prediction service will use it
+for its prediction log.
 """
 
 from __future__ import annotations
@@ -33,7 +34,24 @@ from serving.contract import CLARITY_ID_FIELDS
 from serving.features import SOURCE_FIELDS, build_rows
 
 KEY_FILE = "pseudonym.key"
-KEY_BYTES = 32
+KEY_BYTES = 32  # a made key's size, and the least a given key may have
+MAKE_KEY = 'python -c "import secrets; print(secrets.token_hex(32))"'
+
+# Values this repository has published as a key (examples, placeholders, fixed test keys): anyone can recompute
+# their pseudonyms, so a given key equal to one is refused. tests/test_pseudonym_key.py scans the tracked files
+# for literal values given to LOANRISK_PSEUDONYM_KEY / pseudonym_key and fails on any this module accepts.
+PUBLISHED_KEYS: frozenset[str] = frozenset(
+    {
+        "64-hex-characters-from-openssl-rand-hex-32",  # deployments/stack/stack.env.example, until it was emptied
+        "k" * 64,  # tests/test_stack_files.py's compose key, until it was made per run
+    }
+)
+
+
+class PseudonymKeyError(ValueError):
+    """The given pseudonym key is too short or a value published in this repository."""
+
+
 _OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 
 # What a reference record may hold: the fields the features read, nothing else (no loanId, no anon_ssn).
@@ -80,15 +98,47 @@ class Pseudonymiser:
         return "Pseudonymiser(key=<secret>)"
 
 
+def _key_of(secret: str) -> tuple[bytes, bool]:
+    """A given secret's key bytes, and whether it was read as hex: 32 or more hex digits (an even count) are, like
+    the kept file, so the file's text given as the setting (to the service, say) is the same key; any other secret
+    is its UTF-8 bytes."""
+    text = secret.strip()
+    if len(text) >= 2 * 16 and len(text) % 2 == 0 and all(c in string.hexdigits for c in text):
+        return bytes.fromhex(text), True
+    return secret.encode(), False
+
+
+_PUBLISHED_KEYS = frozenset(_key_of(value)[0] for value in PUBLISHED_KEYS)
+_PUBLISHED_TEXTS = frozenset(value.strip().casefold() for value in PUBLISHED_KEYS)
+_SETTING = "LOANRISK_PSEUDONYM_KEY (setting pseudonym_key)"
+
+
+def given_key(secret: str) -> bytes:
+    """The key of a given ``secret``, refused with :class:`PseudonymKeyError` when shorter than 32 bytes or a value
+    published in this repository (:data:`PUBLISHED_KEYS`, any case). The message never shows the secret."""
+    key, hexadecimal = _key_of(secret)
+    make = f"make one with: {MAKE_KEY} (or unset it to use the key kept in <state_dir>/secrets/{KEY_FILE})"
+    if key in _PUBLISHED_KEYS or secret.strip().casefold() in _PUBLISHED_TEXTS:
+        raise PseudonymKeyError(
+            f"{_SETTING} is a value published in this repository (an example or placeholder): anyone can "
+            f"recompute its pseudonyms; {make}"
+        )
+    if len(key) < KEY_BYTES:
+        read = f"{2 * len(key)} hex digits, read as hex" if hexadecimal else "text, read as its UTF-8 bytes"
+        raise PseudonymKeyError(
+            f"{_SETTING} is {len(key)} bytes ({read}); a key needs at least {KEY_BYTES} bytes "
+            f"({2 * KEY_BYTES} hex digits, or {KEY_BYTES} or more bytes of text); {make}"
+        )
+    return key
+
+
 def load_key(secret: str | None, secrets_dir: str | Path) -> bytes:
-    """The key: ``secret`` when given, else the one kept in ``secrets_dir``, made (0600) on first use. A secret
-    of 32 or more hex digits is read as hex, like the kept file, so the file's text given as the setting (to the
-    service, say) is the same key; any other secret is its UTF-8 bytes."""
+    """The key: ``secret`` when given (see :func:`given_key`: at least 32 bytes, never a published value), else
+    the one kept in ``secrets_dir``, made (0600) on first use. A secret of 32 or more hex digits is read as hex,
+    like the kept file, so the file's text given as the setting (to the service, say) is the same key; any other
+    secret is its UTF-8 bytes."""
     if secret:
-        text = secret.strip()
-        if len(text) >= 2 * 16 and len(text) % 2 == 0 and all(c in string.hexdigits for c in text):
-            return bytes.fromhex(text)
-        return secret.encode()
+        return given_key(secret)
     folder = Path(secrets_dir)
     path = folder / KEY_FILE
     if not path.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 import stat
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def test_key_is_made_once_kept_0600_and_the_setting_wins(tmp_path: Path) -> None
     assert len(key) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
     assert load_key(None, secrets_dir) == key  # stable across runs
-    assert load_key("from-the-setting", secrets_dir) == b"from-the-setting"
+    given = "from-the-setting-" + secrets.token_hex(16)  # made per run: a literal key would be published
+    assert load_key(given, secrets_dir) == given.encode()
     path.write_text("not hex\n")
     with pytest.raises(ValueError, match="remove it"):
         load_key(None, secrets_dir)
@@ -107,10 +109,11 @@ def test_settings_pseudonymiser_uses_the_env_key_or_the_kept_one(
     kept = Settings(state_dir=tmp_path).pseudonymiser()
     assert (tmp_path / "secrets" / KEY_FILE).is_file()
     assert Settings(state_dir=tmp_path).pseudonymiser().token("x") == kept.token("x")
-    monkeypatch.setenv("LOANRISK_PSEUDONYM_KEY", "operator-key")
+    operator_key = "operator-key-" + secrets.token_hex(16)  # made per run: a literal key would be published
+    monkeypatch.setenv("LOANRISK_PSEUDONYM_KEY", operator_key)
     from_env = Settings(state_dir=tmp_path).pseudonymiser()
-    assert from_env.token("x") == Pseudonymiser(b"operator-key").token("x") != kept.token("x")
-    assert "operator-key" not in repr(Settings(state_dir=tmp_path))
+    assert from_env.token("x") == Pseudonymiser(operator_key.encode()).token("x") != kept.token("x")
+    assert operator_key not in repr(Settings(state_dir=tmp_path))
 
 
 def test_label_statuses_must_be_dataset_statuses(tmp_path: Path) -> None:
@@ -126,4 +129,5 @@ def test_the_kept_keys_text_given_as_the_setting_is_the_same_key(tmp_path: Path)
     text = (secrets_dir / KEY_FILE).read_text()
     assert load_key(text, tmp_path / "elsewhere") == kept
     assert load_key(text.strip().upper(), tmp_path / "elsewhere") == kept
-    assert load_key("0123abcd", tmp_path) == b"0123abcd"  # short hex: too short for a key, taken as text
+    text_key = "0123abcd" * 4 + "-" + secrets.token_hex(8)  # hex digits, but not only: taken as text
+    assert load_key(text_key, tmp_path) == text_key.encode()

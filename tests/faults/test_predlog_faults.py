@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import threading
 import time
@@ -33,7 +34,7 @@ from tests.serving.conftest import (  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
-KEY = "prediction-log-fault-key"
+KEY = "prediction-log-fault-key-" + secrets.token_hex(16)  # made per run: a literal key would be published
 TORN = "loanrisk_prediction_log_torn_total"
 ATTEMPTS = 4
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from serving.predlog import read_log
 
 pytestmark = pytest.mark.inprocess
 
-KEY = "lane-test-key"
+KEY = "lane-test-key-" + secrets.token_hex(16)  # made per run: a literal key would be published
 
 
 def flask_only(app: Flask) -> FlaskClient:

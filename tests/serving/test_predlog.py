@@ -10,6 +10,7 @@ import gzip
 import io
 import math
 import os
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from serving.privacy import Pseudonymiser
 
 pytestmark = pytest.mark.inprocess
 
-KEY = "prediction-log-test-key"
+KEY = "prediction-log-test-key-" + secrets.token_hex(16)  # made per run: a literal key would be published
 T0 = 1796032800  # 2026-11-30T10:00:00Z
 WRITTEN = "loanrisk_prediction_log_written_total"
 DROPPED = 'loanrisk_prediction_log_dropped_total{reason="queue_full"}'

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ from serving.features import build_rows
 from serving.predlog import PredictionLog, _host, read_log
 from serving.predlog_files import frame, spool_name
 
-KEY = "prediction-log-sweep-key"
+KEY = "prediction-log-sweep-key-" + secrets.token_hex(16)  # made per run: a literal key would be published
 T0 = 1796032800  # 2026-11-30T10:00:00Z
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import secrets
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ from serving.predlog_files import SPOOL, parse_name
 from serving.privacy import Pseudonymiser
 from tests.serving.conftest import _stop, call, wait_converted
 
-KEY = "prediction-log-workers-key"
+KEY = "prediction-log-workers-key-" + secrets.token_hex(16)  # made per run: a literal would be published
 
 
 def log_bytes(folder: Path) -> bytes:
