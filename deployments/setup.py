@@ -67,7 +67,36 @@ PASS_ENV = (
     "LOANRISK_REGISTRY_PASSWORD",
     "LOANRISK_HF_TOKEN",
     "LOANRISK_GITHUB_TOKEN",
+    "LOANRISK_DEPLOY_MODE",
+    "PREFECT_API_AUTH_STRING",
 )
+# Variables whose values are secrets: the pool holds a reference to a Prefect Secret block, which the worker
+# resolves when it starts a flow run, never the value (anyone who reads the API reads the pool).
+SECRET_MARKERS = ("PASSWORD", "TOKEN", "_KEY", "AUTH_STRING", "SECRET")
+
+
+def is_secret(name: str) -> bool:
+    return any(marker in name for marker in SECRET_MARKERS)
+
+
+def secret_block_name(name: str) -> str:
+    """The Prefect Secret block that holds variable ``name``: ``loan-risk-env-<name>``, lower case, dashes."""
+    return "loan-risk-env-" + name.lower().replace("_", "-")
+
+
+def by_reference(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with each secret value saved as a Prefect Secret block and replaced by its template reference."""
+    from prefect.blocks.system import Secret
+
+    out = {}
+    for name, value in env.items():
+        if is_secret(name):
+            block = secret_block_name(name)
+            Secret(value=value).save(block, overwrite=True)
+            out[name] = "{{ prefect.blocks.secret." + block + " }}"
+        else:
+            out[name] = value
+    return out
 
 
 class SetupError(Exception):
@@ -168,7 +197,8 @@ class PoolSpec:
         props["image"]["default"] = self.image
         props["image_pull_policy"]["default"] = "IfNotPresent"
         props["auto_remove"]["default"] = True
-        props["env"]["default"] = dict(self.env or {})
+        # a flow run in a container ships what it promotes or fails: no silent "deploy skipped"
+        props["env"]["default"] = by_reference({"LOANRISK_DEPLOY_MODE": "required", **(self.env or {})})
         if self.network_mode:
             props["network_mode"]["default"] = self.network_mode
         return template

@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None  # default: SQLite store under state_dir; MLFLOW_TRACKING_URI wins
     mlflow_experiment: str = "loan-risk"
     model_name: str = "loan-risk"
+    # The tracking server's account (MLflow's basic-auth app): exported as MLFLOW_TRACKING_USERNAME/PASSWORD
+    # unless those are set. The pipeline's account may write; a reader's may not move aliases or tags.
+    mlflow_username: str | None = None
+    mlflow_password: SecretStr | None = None
+    # The Prefect server's API auth string ("user:password"): exported as PREFECT_API_AUTH_STRING unless set.
+    prefect_api_auth_string: SecretStr | None = None
 
     # --- personal data -------------------------------------------------------------------------------
     # Key of the keyed hash that pseudonymises identifiers (serving/privacy.py); unset: a random key made once
@@ -145,7 +151,10 @@ class Settings(BaseSettings):
     # A champion that exists but cannot be re-scored on this run's test split (bundle missing or unloadable,
     # feature contract changed): "reject" keeps the new version out; "minimums" lets the minimums alone decide.
     champion_unscorable: str = Field("reject", pattern="^(reject|minimums)$")
-    deploy_on_promotion: bool = True
+    # What a promoted version's deploy needs: "auto" deploys when an engine answers and says when it skips (one
+    # machine without Docker); "required" fails the training run naming what is missing (engine or registry);
+    # "off" never deploys. The stack and the docker work pool set "required".
+    deploy_mode: Literal["auto", "required", "off"] = "auto"
     deploy_deployment_name: str = "loan-risk-deploy/deploy"
 
     # --- image, registry and release -----------------------------------------------------------------
@@ -156,6 +165,8 @@ class Settings(BaseSettings):
     registry_username: str | None = None
     registry_password: SecretStr | None = None
     registry_secret_block: str | None = None  # a Prefect Secret block holding the registry password
+    # Hosts (host or host:port) besides the registry's own that may receive its credentials as a token realm.
+    registry_allowed_realms: list[str] = Field(default_factory=list)
     wheel_cache: Path | None = None  # wheels of the serving image; default: <state_dir>/wheels
     smoke_sample_size: int = Field(50, ge=1)
     health_timeout_seconds: float = Field(90.0, gt=0)
@@ -170,6 +181,9 @@ class Settings(BaseSettings):
     # rows read, scored and written at a time: bounds memory; 32,768 is faster than 65,536 (bench/score)
     score_chunk_rows: int = Field(32_768, ge=1)
     score_reasons: Literal["risky", "all", "none"] = "risky"  # batch scoring's reasons column: which rows
+    # Batch scoring writes its outputs (scores, rejects) only under this folder; a relative output is taken
+    # under it. Default: <state_dir>/scores.
+    score_output_root: Path | None = None
 
     # --- alerts (deployments/alerts.py) ------------------------------------------------------------------
     # Where notifications go; secrets, so never in prefect.yaml: set them in the environment or loanrisk.toml.
@@ -302,6 +316,11 @@ class Settings(BaseSettings):
         return self.state_dir / "mlflow" / "artifacts"
 
     @property
+    def score_root(self) -> Path:
+        """The folder batch scoring may write under (``score_output_root``, else <state_dir>/scores)."""
+        return (self.score_output_root or self.state_dir / "scores").resolve()
+
+    @property
     def wheel_cache_dir(self) -> Path:
         return self.wheel_cache or self.state_dir / "wheels"
 
@@ -332,6 +351,12 @@ def configure_environment(settings: Settings | None = None) -> Settings:
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "GIT_PYTHON_REFRESH": "quiet",
     }
+    if settings.mlflow_username:
+        defaults["MLFLOW_TRACKING_USERNAME"] = settings.mlflow_username
+    if settings.mlflow_password is not None:
+        defaults["MLFLOW_TRACKING_PASSWORD"] = settings.mlflow_password.get_secret_value()
+    if settings.prefect_api_auth_string is not None:
+        defaults["PREFECT_API_AUTH_STRING"] = settings.prefect_api_auth_string.get_secret_value()
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     return settings

@@ -4,6 +4,7 @@ and ``down``'s rule (everything the stack started, by marker, even a process tha
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ COMPOSE = REPO_ROOT / "deployments" / "stack" / "compose.yaml"
 SECRETS = {
     "POSTGRES_PASSWORD": "pg-secret",
     "REGISTRY_PASSWORD": "reg-secret",
-    "LOANRISK_PSEUDONYM_KEY": "k" * 64,
+    "LOANRISK_PSEUDONYM_KEY": secrets.token_hex(32),  # made per run: a literal key would be published
 }
 
 
@@ -76,10 +77,28 @@ def test_docker_pool_template_carries_image_network_and_only_the_set_settings() 
     props = spec.template()["variables"]["properties"]
     assert props["image"]["default"] == "loan-risk-training:1"
     assert props["network_mode"]["default"] == "host"
-    assert props["env"]["default"] == {"MLFLOW_TRACKING_URI": "http://m:5000"}
+    # required: a flow run in a container never ends Completed with a silent "deploy skipped"
+    assert props["env"]["default"] == {
+        "LOANRISK_DEPLOY_MODE": "required",
+        "MLFLOW_TRACKING_URI": "http://m:5000",
+    }
     assert props["auto_remove"]["default"] is True
     with pytest.raises(deploy_setup.SetupError, match="--image"):
         deploy_setup.PoolSpec("docker").template()
+
+
+def test_every_secret_the_pool_passes_is_held_by_reference() -> None:
+    """Each variable of PASS_ENV that holds a secret goes to the pool as a Secret block reference (the real
+    pool is inspected for the values in tests/integration/test_docker_pool.py)."""
+    secret = {n for n in deploy_setup.PASS_ENV if deploy_setup.is_secret(n)}
+    assert secret == {
+        "MLFLOW_TRACKING_PASSWORD", "LOANRISK_PSEUDONYM_KEY", "LOANRISK_REGISTRY_PASSWORD", "LOANRISK_HF_TOKEN",
+        "LOANRISK_GITHUB_TOKEN", "PREFECT_API_AUTH_STRING",
+    }  # fmt: skip
+    assert deploy_setup.secret_block_name("LOANRISK_PSEUDONYM_KEY") == "loan-risk-env-loanrisk-pseudonym-key"
+    assert deploy_setup.by_reference({"MLFLOW_TRACKING_URI": "http://m:5000"}) == {
+        "MLFLOW_TRACKING_URI": "http://m:5000"
+    }
 
 
 def test_docker_variant_keeps_secrets_out_and_runs_the_code_in_the_image() -> None:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from deployments.stack import Stack, StackUrls, image
+from deployments.stack.urls import basic
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401 - fixture
 from tests.integration.prefect_fixtures import _spawn, _stop_group, _tail, require_postgres
 
@@ -31,6 +32,20 @@ SMALL_RUN = {"source": "sample", "scale": 0.02, "n_trials": 2, "deploy": False}
 RUN_TIMEOUT_S = 1200
 
 pytestmark = [pytest.mark.docker, pytest.mark.stack, pytest.mark.slow, pytest.mark.nightly]
+
+
+def _secrets(urls: StackUrls) -> dict[str, str]:
+    found = {
+        "pseudonym key": urls.pseudonym_key,
+        "MLflow password": urls.mlflow_password or "",
+        "Prefect auth string": urls.prefect_auth_string or "",
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+def _no_secret_in(place: str, text: str, secrets: dict[str, str]) -> None:
+    leaked = [name for name, value in secrets.items() if value in text]
+    assert not leaked, f"{place} holds the {', '.join(leaked)}"
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +88,28 @@ def test_docker_pool_runs_a_training_flow_in_the_training_image(
     assert result["pool"] == POOL and [d["name"] for d in result["deployments"]] == [
         "loan-risk-training/retrain"
     ]
-    pool = httpx.get(f"{urls.prefect_api_url}/work_pools/{POOL}", timeout=10).json()
+    auth = basic(urls.prefect_auth_string)
+    pool = httpx.get(f"{urls.prefect_api_url}/work_pools/{POOL}", timeout=10, auth=auth).json()
     props = pool["base_job_template"]["variables"]["properties"]
     assert pool["type"] == "docker" and props["image"]["default"] == training_image
-    # the settings reach the container as environment, from the pool (not from any prefect file)
-    assert props["env"]["default"]["MLFLOW_TRACKING_URI"] == urls.mlflow_tracking_uri
-    assert props["env"]["default"]["LOANRISK_OPTUNA_STORAGE"] == urls.optuna_storage
-    assert urls.optuna_storage not in (REPO_ROOT / "prefect.docker.yaml").read_text()
+    # the settings reach the container as environment, from the pool (not from any prefect file); the secrets
+    # as references to Prefect Secret blocks, resolved by the worker
+    pool_env = props["env"]["default"]
+    assert pool_env["MLFLOW_TRACKING_URI"] == urls.mlflow_tracking_uri
+    assert pool_env["LOANRISK_DEPLOY_MODE"] == "required"
+    assert (
+        pool_env["LOANRISK_PSEUDONYM_KEY"]
+        == "{{ prefect.blocks.secret.loan-risk-env-loanrisk-pseudonym-key }}"
+    )
+    assert pool_env["MLFLOW_TRACKING_PASSWORD"].startswith("{{ prefect.blocks.secret.")
+    assert urls.mlflow_tracking_uri not in (REPO_ROOT / "prefect.docker.yaml").read_text()
+    secrets = _secrets(urls)
+    inspect = subprocess.run(
+        [sys.executable, "-m", "prefect", "work-pool", "inspect", POOL],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert inspect.returncode == 0, inspect.stderr[-2000:]
+    _no_secret_in("prefect work-pool inspect", inspect.stdout, secrets)
 
     worker_home = tmp / "docker-worker"
     worker_home.mkdir()
@@ -100,7 +130,10 @@ def test_docker_pool_runs_a_training_flow_in_the_training_image(
     finally:
         _stop_group(worker, "docker worker")
 
-    runs = httpx.post(f"{urls.prefect_api_url}/flow_runs/filter", json={}, timeout=10).json()
+    runs = httpx.post(f"{urls.prefect_api_url}/flow_runs/filter", json={}, timeout=10, auth=auth).json()
+    deployments = httpx.post(f"{urls.prefect_api_url}/deployments/filter", json={}, timeout=10, auth=auth)
+    _no_secret_in("the API's flow runs", json.dumps(runs), secrets)
+    _no_secret_in("the API's deployments", deployments.text, secrets)
     (flow_run,) = [r for r in runs if r["state_type"] == "COMPLETED"]
     assert flow_run["work_pool_name"] == POOL
     # the docker worker records the container it ran the flow in
@@ -112,5 +145,6 @@ def test_docker_pool_runs_a_training_flow_in_the_training_image(
         f"{urls.mlflow_tracking_uri}/api/2.0/mlflow/model-versions/search",
         params={"filter": "name='loan-risk'"},
         timeout=30,
+        auth=(urls.mlflow_username or "", urls.mlflow_password or ""),
     ).json()["model_versions"]
     assert versions, "no model version registered from the container"
