@@ -14,6 +14,7 @@ from tasks.release.github import GitHubReleaseError, create_github_release
 from tasks.release.ledger import Entry, ReleaseFailed, rollback_target, rolled_back_versions
 from tasks.release.record import card_link, release_notes
 from tests.github_stand_in import GitHubStandIn
+from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401 - fixture
 
 
 @pytest.fixture
@@ -487,11 +488,15 @@ def test_github_step_retries_a_500_and_creates_one_release(
 # --- the training flow when its deploy fails (issue 8, item 4) ---------------------------------------------
 
 
+@pytest.mark.docker
 def test_training_run_is_finished_when_its_deploy_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    docker_services: DockerServices,  # noqa: F811 - the fixture imported above
 ) -> None:
     """Another deploy holds the lock longer than this one waits: the deploy fails before the commit point. The
-    training run's MLflow run still ends FINISHED with the outcome as tags; the flow then raises, saying so."""
+    training run's MLflow run still ends FINISHED with the outcome as tags; the flow then raises, saying so.
+    The engine and registry answer (a required deploy checks them first), so the lock is what stops it."""
     from mlflow import MlflowClient
 
     from flows.training import training_flow
@@ -500,7 +505,9 @@ def test_training_run_is_finished_when_its_deploy_fails(
 
     env = {"LOANRISK_STATE_DIR": str(tmp_path / "state"), "LOANRISK_DEPLOY_LOCK_TIMEOUT_SECONDS": "1",
            "LOANRISK_DEPLOY_LOCK_NAME": f"deploy-lock-{tmp_path.name}", "LOANRISK_MIN_PRECISION": "0.5",
-           "LOANRISK_MIN_RECALL": "0.5", "LOANRISK_MAX_ITERATIONS": "80"}  # fmt: skip
+           "LOANRISK_MIN_RECALL": "0.5", "LOANRISK_MAX_ITERATIONS": "80",
+           "LOANRISK_DOCKER_HOST": docker_services.docker_host,
+           "LOANRISK_IMAGE_REGISTRY": docker_services.registry}  # fmt: skip
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     get_settings.cache_clear()
