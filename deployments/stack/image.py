@@ -26,9 +26,21 @@ logger = logging.getLogger("deployments.stack.image")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "Dockerfile.training"
-APP_PARTS = ("flows", "tasks", "serving", "deployments", "prefect.yaml", "pyproject.toml")
+# Dockerfile and .dockerignore: the serving image a worker in this image builds when it deploys
+APP_PARTS = (
+    "flows",
+    "tasks",
+    "serving",
+    "deployments",
+    "prefect.yaml",
+    "pyproject.toml",
+    "Dockerfile",
+    ".dockerignore",
+)
 DEFAULT_TAG = "loan-risk-training:latest"
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".env", "*.htpasswd")
+_IGNORE = shutil.ignore_patterns(
+    "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".env", "*.htpasswd", "secrets"
+)
 
 
 # The oldest interpreter the image may have: Debian bookworm's 3.11.2 (the official slim image has a newer 3.11.x).
@@ -92,6 +104,11 @@ def prepare_context(out: Path, wheel_cache: Path) -> Path:
     for path in (out / "app").rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     shutil.copytree(wheels, out / "wheels", ignore=shutil.ignore_patterns(".*"))
+    # the serving image's wheels, as its build context wants them (a worker's deploy downloads nothing)
+    serving = download_wheels(wheel_cache)
+    shutil.copytree(serving, out / "serving-wheels" / serving.name)
+    for path in (out / "serving-wheels").rglob("*"):  # read by the image's uid 10001
+        path.chmod(0o755 if path.is_dir() else 0o644)
     return out
 
 
