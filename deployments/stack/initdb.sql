@@ -1,4 +1,5 @@
--- One database per service of the stack (run once by the postgres image on an empty volume).
+-- One database per service of the stack (run once by the stack's PostgreSQL image on an empty volume).
 CREATE DATABASE prefect;
 CREATE DATABASE mlflow;
+CREATE DATABASE mlflow_auth;
 CREATE DATABASE optuna;

@@ -1,0 +1,170 @@
+"""What ``compose.yaml`` needs before ``docker-compose up``: its secrets, its ``.env`` and its three images.
+
+    python -m deployments.stack.compose init  [--dir deployments/stack]      # secrets/ and .env, each only if missing
+    python -m deployments.stack.compose build [--base-image IMAGE] [--tag latest]
+
+``init`` writes one file per secret into ``<dir>/secrets/`` (folder mode 0700; each value 32 random bytes, hex;
+a pseudonym key given as ``LOANRISK_PSEUDONYM_KEY`` is checked and used instead) and a ``.env`` of the non-secret
+knobs (bind address, ports, images, the engine socket and its group). Values already there are kept, so a
+second ``init`` changes nothing. ``build`` makes the training image (``deployments.stack.image``) and the
+PostgreSQL and registry images (``images/*.Dockerfile``), all from one base image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+logger = logging.getLogger("deployments.stack.compose")
+
+STACK_DIR = Path(__file__).resolve().parent
+# each secret's file under secrets/ (compose.yaml's top-level `secrets:` names the same files)
+SECRETS = (
+    "postgres-password",
+    "registry-password",
+    "prefect-auth-string",
+    "mlflow-admin-password",
+    "mlflow-pipeline-password",
+    "mlflow-reader-password",
+    "mlflow-flask-secret-key",
+    "pseudonym-key",
+)
+PREFECT_USER = "loan-risk"
+SECRET_MARKERS = ("PASSWORD", "_TOKEN", "SECRET_KEY", "PSEUDONYM_KEY", "AUTH_STRING")  # never in .env
+IMAGES = {  # image name -> Dockerfile under images/ (None: the training image's own build)
+    "loan-risk-training": None,
+    "loan-risk-postgres": "postgres.Dockerfile",
+    "loan-risk-registry": "registry.Dockerfile",
+}
+DEFAULT_ENV = {
+    "LOANRISK_STACK_BIND": "127.0.0.1",
+    "POSTGRES_PORT": "5432",
+    "PREFECT_PORT": "4200",
+    "MLFLOW_PORT": "5000",
+    "REGISTRY_PORT": "5001",
+    "SERVICE_PORT": "8080",
+    "WORKERS": "2",
+    "LOANRISK_TRAINING_IMAGE": "loan-risk-training:latest",
+    "LOANRISK_POSTGRES_IMAGE": "loan-risk-postgres:latest",
+    "LOANRISK_REGISTRY_IMAGE": "loan-risk-registry:latest",
+    "LOANRISK_BASE_IMAGE": "python:3.11-slim",
+    "DOCKER_SOCKET": "/var/run/docker.sock",
+}
+
+
+def secret_value(name: str) -> str:
+    """A new value for the secret ``name`` (the Prefect auth string is ``user:password``)."""
+    if name == "pseudonym-key" and os.environ.get("LOANRISK_PSEUDONYM_KEY"):
+        from serving.privacy import given_key
+
+        given = os.environ["LOANRISK_PSEUDONYM_KEY"]
+        given_key(given)  # refuses a short or published key, saying how to make one
+        return given
+    token = secrets.token_hex(32)
+    return f"{PREFECT_USER}:{token}" if name == "prefect-auth-string" else token
+
+
+def write_secrets(folder: Path) -> list[str]:
+    """Each missing secret file of :data:`SECRETS` in ``folder`` (0700); the names written.
+
+    The files are 0644 inside the 0700 folder: Compose (without Swarm) bind-mounts them as they are, and the
+    containers' uid 10001 must read them; nobody but the folder's owner reaches them on the host."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    written = []
+    for name in SECRETS:
+        path = folder / name
+        if path.is_file() and path.read_text().strip():
+            continue
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret_value(name))
+        path.chmod(0o644)
+        written.append(name)
+    return written
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a Compose ``.env`` (comments and blanks aside)."""
+    if not path.is_file():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs if not k.strip().startswith("#")}
+
+
+def socket_group(socket: str) -> str:
+    """The group id owning the engine's socket (the worker joins it to build and push), '0' if unknown."""
+    try:
+        return str(os.stat(socket).st_gid)
+    except OSError:
+        return "0"
+
+
+def write_env(path: Path, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``.env`` with :data:`DEFAULT_ENV`, the engine socket's group and ``overrides``; values already in the file
+    are kept. Refuses a secret-looking key (secrets live in files)."""
+    given = {**DEFAULT_ENV, **(overrides or {})}
+    given.setdefault("DOCKER_GID", socket_group(given["DOCKER_SOCKET"]))
+    values = read_env(path)
+    values.update({k: v for k, v in given.items() if k not in values})
+    leaked = [k for k in values if any(m in k for m in SECRET_MARKERS)]
+    if leaked:
+        raise SystemExit(f"{path} holds {', '.join(leaked)}: secrets go in files under secrets/, not in .env")
+    lines = ["# The Compose stack's knobs (no secrets: those are files in secrets/). Made by", "#   python -m deployments.stack.compose init"]  # fmt: skip
+    path.write_text("\n".join([*lines, *(f"{k}={v}" for k, v in values.items())]) + "\n")
+    return values
+
+
+def build(base_image: str | None, tag: str = "latest") -> dict[str, str]:
+    """Build the stack's three images on the engine ``DOCKER_HOST`` names; ``{image: id}``."""
+    from deployments.stack import image
+    from tasks.release.image import build_image, get_client
+
+    built = {}
+    buildargs = {"BASE_IMAGE": base_image} if base_image else {}
+    for name, dockerfile in IMAGES.items():
+        logger.info("building %s:%s", name, tag)
+        if dockerfile is None:
+            built[name] = image.build(f"{name}:{tag}", base_image=base_image)
+        else:
+            built[name] = build_image(
+                STACK_DIR, name, [tag], buildargs, client=get_client(), dockerfile=f"images/{dockerfile}"
+            )
+    return built
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.stack.compose", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="secrets/ and .env for compose.yaml (only what is missing)")
+    init.add_argument(
+        "--dir", type=Path, default=STACK_DIR, help="where .env and secrets/ go (default: %(default)s)"
+    )
+    init.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a .env value (new files only)"
+    )
+    bld = sub.add_parser("build", help="the training, PostgreSQL and registry images")
+    bld.add_argument("--base-image", default=None, help="default: the Dockerfiles' (python:3.11-slim)")
+    bld.add_argument("--tag", default="latest")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[compose] %(message)s", stream=sys.stderr)
+    if args.command == "init":
+        overrides = dict(item.split("=", 1) for item in args.set)
+        written = write_secrets(args.dir / "secrets")
+        write_env(args.dir / ".env", overrides)
+        logger.info(
+            "secrets made: %s; .env at %s", ", ".join(written) or "none (all there)", args.dir / ".env"
+        )
+        return 0
+    for name, image_id in build(args.base_image, args.tag).items():
+        sys.stdout.write(f"{name}:{args.tag} {image_id}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
