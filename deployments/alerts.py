@@ -6,7 +6,7 @@ Four automations, each one notification per channel when it fires:
 
 - ``loan-risk: flow run failed``: a run of a loan-risk flow (``alert_flows``) enters Failed or Crashed;
 - ``loan-risk: model promoted`` / ``loan-risk: model released``: the events the promote and commit-champion
-  stages emit (``tasks/events.py``);
+  stages emit (``tasks/monitoring/events.py``);
 - ``loan-risk: drift detected``: the drift monitor's ``loan-risk.drift.detected`` event.
 
 Channels come from the settings (environment or ``loanrisk.toml``, never ``prefect.yaml``: they hold secrets):
@@ -254,18 +254,18 @@ def ensure_alerts(settings: Settings | None = None) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    from deployments.setup import _api_url
+    from deployments.prefect_api import api_url
 
     argparse.ArgumentParser(
         prog="python -m deployments.alerts", description=__doc__.splitlines()[0]
     ).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[alerts] %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    api_url = _api_url()
-    if not api_url:
+    url = api_url()
+    if not url:
         logger.error("no Prefect API configured: set PREFECT_API_URL (automations live on a server)")
         return 2
-    result = {"api_url": api_url, **ensure_alerts()}
+    result = {"api_url": url, **ensure_alerts()}
     print(json.dumps(result), flush=True)
     return 0
 

@@ -48,6 +48,8 @@ from typing import Any
 
 import yaml
 
+from deployments import prefect_api
+
 logger = logging.getLogger("deployments.setup")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -159,19 +161,6 @@ def cooldown_setting() -> int:
     from tasks.settings import get_settings
 
     return get_settings().drift_cooldown_seconds
-
-
-def _api_url() -> str | None:
-    from prefect.settings import get_current_settings
-
-    url = get_current_settings().api.url
-    return str(url) if url else None
-
-
-def _is_auth_error(exc: BaseException) -> bool:
-    import httpx
-
-    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403)
 
 
 @dataclass(frozen=True)
@@ -367,7 +356,7 @@ def setup(
         if len(declared) != 1:
             raise SetupError(f"{prefect_file} names several pools {sorted(declared)}; pass --pool", 2)
         pool = declared.pop()
-    api_url = _api_url()
+    api_url = prefect_api.api_url()
     if not api_url:
         raise SetupError(
             "no Prefect API configured: start a server (prefect server start) and set PREFECT_API_URL, "
@@ -434,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return exc.exit_code
     except Exception as exc:
-        if _is_auth_error(exc):
+        if prefect_api.is_auth_error(exc):
             logger.error(
                 "the Prefect API refused the credentials (%s): check PREFECT_API_KEY or PREFECT_API_AUTH_STRING",
                 exc,

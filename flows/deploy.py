@@ -29,6 +29,7 @@ configure_environment()
 from prefect import flow
 
 from tasks.common import cli_run
+from tasks.registry.aliases import Alias
 from tasks.release.candidate import prepare_candidate
 from tasks.release.converge import converge
 from tasks.release.history import history_text, read_history
@@ -43,7 +44,7 @@ from tasks.release.record import operator
 @one_error
 def deploy_flow(
     model_version: str | None = None,
-    alias: str | None = "candidate",
+    alias: str | None = Alias.CANDIDATE.value,
     force: bool = False,
     reason: str | None = None,
     requested_by: str | None = None,
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     return cli_run(
         lambda: deploy_flow(
             model_version=args.model_version,
-            alias=args.alias or "candidate",
+            alias=args.alias or Alias.CANDIDATE.value,
             force=args.force,
             reason=args.reason,
             requested_by=operator(),

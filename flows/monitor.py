@@ -1,6 +1,6 @@
 """The monitor flow: prediction log window → drift against the bundle's reference profile → report + event.
 
-Composition only; the stages live in ``tasks/monitoring.py`` (statistics in ``tasks/monitor.py``)::
+Composition only; the stages live in ``tasks/monitoring/report.py`` (statistics in ``tasks/monitoring/drift.py``)::
 
     python -m flows.monitor [--since 24h] [--log-dir DIR] [--outcomes loan.csv] [--model-version V]
 
@@ -22,9 +22,9 @@ configure_environment()
 
 from prefect import flow
 
-from tasks import tracking
 from tasks.common import cli_run
-from tasks.monitoring import drift_task, emit_task, reference_task, report_task, window_task
+from tasks.monitoring.report import drift_task, emit_task, reference_task, report_task, window_task
+from tasks.registry import tracking
 
 
 @flow(name="loan-risk-monitor", log_prints=False)

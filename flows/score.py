@@ -6,7 +6,7 @@
 INPUT and OUT are CSV or Parquet (by extension). OUT and the rejects FILE are written only under the setting
 ``score_output_root`` (default ``<state_dir>/scores``): a relative name is taken under it, a path out of it
 (``..``, elsewhere, a symlink pointing out) is refused before anything is read. Composition only: the bundle
-comes from the registry (``fetch-model``) unless ``--bundle`` names a local one, and ``tasks/score.py`` does the
+comes from the registry (``fetch-model``) unless ``--bundle`` names a local one, and ``tasks/monitoring/scoring.py`` does the
 work. Prints one JSON line: rows in, scored, rejected and flagged, the model version, time and rows/s.
 """
 
@@ -25,7 +25,7 @@ configure_environment()
 from prefect import flow
 
 from tasks.common import cli_run
-from tasks.score import fetch_model_task, output_under_root, score_task
+from tasks.monitoring.scoring import fetch_model_task, output_under_root, score_task
 
 
 @flow(name="loan-risk-score", log_prints=False)

@@ -21,18 +21,18 @@ configure_environment()
 
 from prefect import flow
 
-from tasks import tracking
 from tasks.common import cli_run, run_logger
-from tasks.evaluate import evaluate_task
-from tasks.features import features_task
-from tasks.ingest import ingest_task
-from tasks.package import package_task
-from tasks.promote import promote_task
-from tasks.registry import bundle_uri, register_task
-from tasks.split import split_task
-from tasks.train import train_task
-from tasks.tune import tune_task
-from tasks.validate import validate_task
+from tasks.data.ingest import ingest_task
+from tasks.data.validate import validate_task
+from tasks.model.evaluate import evaluate_task
+from tasks.model.features import features_task
+from tasks.model.package import package_task
+from tasks.model.split import split_task
+from tasks.model.train import train_task
+from tasks.model.tune import tune_task
+from tasks.registry import tracking
+from tasks.registry.promote import promote_task
+from tasks.registry.versions import bundle_uri, register_task
 
 
 def resolve_settings(source: str | None, scale: float | None, n_trials: int | None) -> Settings:

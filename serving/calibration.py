@@ -1,6 +1,6 @@
 """The probability calibrator a bundle may carry, as plain numbers (no pickle; the image has no scikit-learn).
 
-Training fits it on the validation slice (``tasks/credit.py``) when the model's validation ECE exceeds the
+Training fits it on the validation slice (``tasks/model/credit.py``) when the model's validation ECE exceeds the
 ``calibration_max_ece`` setting, and stores it in ``bundle.json`` (``calibrator``):
 
 - ``{"method": "isotonic", "x": [...], "y": [...]}``: the isotonic fit's breakpoints, applied with

@@ -2,7 +2,7 @@
 
 Rendered from what the bundle holds, nothing else: ``bundle.json`` (version, threshold, metrics, data
 fingerprint, parameters, decision policy, calibrator), ``evaluation.json`` (the evaluation report of
-``tasks/evaluate.py`` plus the data and training context ``tasks/package.py`` adds), ``plots/*.png`` and the
+``tasks/model/evaluate.py`` plus the data and training context ``tasks/model/package.py`` adds), ``plots/*.png`` and the
 reason-code table (``reason_codes.toml``). Training writes ``card.md`` and ``card.html`` into the bundle when it
 packages it and again when registration stamps the version (:func:`write_card`), so the card is an MLflow artifact
 of the version; the service answers ``GET /model/card`` with them.

@@ -2,7 +2,7 @@
 
 The service reads records whose field names are those of ``loan.csv`` and ``clarity_underwriting_variables.csv``
 (a CSV row posted as JSON works as is), so the names live here, in ``serving/``, which imports nothing of the
-training stack. ``tasks/dataset.py`` imports them and adds the file names, dtypes and status lists: nothing is
+training stack. ``tasks/data/contract.py`` imports them and adds the file names, dtypes and status lists: nothing is
 written twice. The order of every tuple is the order of the columns in the real files.
 """
 

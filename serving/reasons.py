@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from catboost import CatBoostClassifier, EFstrType, Pool
@@ -50,8 +50,17 @@ from serving.config import DEFAULT_REASON_COUNT
 from serving.features import FEATURE_SOURCES
 from serving.trees import model_document, split_features
 
-if TYPE_CHECKING:
-    from serving.bundle import Bundle
+
+class BundleLike(Protocol):
+    """What explaining needs of a loaded bundle (:class:`serving.bundle.Bundle` is one; no import of it, which
+    imports this module)."""
+
+    directory: Path
+    explainer: Explainer | None
+    thread_count: int
+
+    def input_pool(self, model_input: ModelInput) -> Pool: ...
+
 
 TABLE_FILE = "reason_codes.toml"  # its name in the repository (beside this module) and in a bundle
 TABLE_PATH = Path(__file__).with_name(TABLE_FILE)
@@ -382,7 +391,7 @@ def _subset(model_input: ModelInput, index: Sequence[int]) -> ModelInput:
 
 
 def explain(
-    bundle: Bundle,
+    bundle: BundleLike,
     model_input: ModelInput,
     index: Sequence[int] | None = None,
     count: int = DEFAULT_REASON_COUNT,
@@ -434,7 +443,7 @@ def selected(probabilities: Sequence[float], threshold: float, mode: str) -> lis
 
 
 def explain_selected(
-    bundle: Bundle,
+    bundle: BundleLike,
     model_input: ModelInput,
     probabilities: Sequence[float],
     threshold: float,

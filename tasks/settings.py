@@ -18,7 +18,8 @@ import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from tasks.dataset import BAD_LABEL_STATUSES, GOOD_LABEL_STATUSES, LOAN_STATUSES, NOT_FINAL_STATUSES
+from tasks.data.contract import BAD_LABEL_STATUSES, GOOD_LABEL_STATUSES, LOAN_STATUSES, NOT_FINAL_STATUSES
+from tasks.registry.aliases import Alias
 
 if TYPE_CHECKING:
     from serving.privacy import Pseudonymiser
@@ -177,7 +178,7 @@ class Settings(BaseSettings):
     github_api_url: str = "https://api.github.com"
 
     # --- batch scoring (flows/score.py) ----------------------------------------------------------------
-    score_alias: str = "champion"  # the version scored when neither a version nor an alias is given
+    score_alias: str = Alias.CHAMPION.value  # the version scored when neither a version nor an alias is given
     # rows read, scored and written at a time: bounds memory; 32,768 is faster than 65,536 (bench/score)
     score_chunk_rows: int = Field(32_768, ge=1)
     score_reasons: Literal["risky", "all", "none"] = "risky"  # batch scoring's reasons column: which rows

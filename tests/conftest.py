@@ -79,7 +79,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic dataset (scale 0.02), generated once per session."""
-    from tasks.sample import generate
+    from tasks.data.sample import generate
 
     out = tmp_path_factory.mktemp("sample")
     generate(out, scale=0.02, seed=7)
@@ -158,9 +158,9 @@ def trained_run():
 @pytest.fixture(scope="session")
 def sample_split(sample_dir: Path):
     """The small sample's model table split by time (the tuning tests' train and valid slices)."""
-    from tasks.features import build_model_table
-    from tasks.reading import read_tables
-    from tasks.split import split_by_time
+    from tasks.data.reading import read_tables
+    from tasks.model.features import build_model_table
+    from tasks.model.split import split_by_time
 
     s = Settings()
     tables = read_tables(sample_dir)

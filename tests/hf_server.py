@@ -15,7 +15,7 @@ It serves the URL layout the client uses:
 Every request is counted (:meth:`FakeHub.count`), and :meth:`FakeHub.fail_next` makes the next N matching requests
 answer a given status (503 by default) to exercise retries; :meth:`FakeHub.tamper` makes the server send other
 bytes (same size, same headers) for one file, as a corrupting mirror or proxy would. The ``hf_hub`` pytest fixture starts one with a small
-repository built from ``tasks.sample.generate`` and points ``HF_ENDPOINT`` at it.
+repository built from ``tasks.data.sample.generate`` and points ``HF_ENDPOINT`` at it.
 """
 
 from __future__ import annotations
@@ -421,7 +421,7 @@ class HubRepoFiles:
 @pytest.fixture(scope="session")
 def hf_hub_files(tmp_path_factory: pytest.TempPathFactory) -> HubRepoFiles:
     """Files of two commits: the sample at scale 0.01, then the same with one row fewer in the clarity file."""
-    from tasks.sample import generate
+    from tasks.data.sample import generate
 
     first_dir = tmp_path_factory.mktemp("hub-commit1")
     generate(first_dir, scale=0.01, seed=7)

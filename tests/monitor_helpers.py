@@ -26,13 +26,14 @@ from catboost import CatBoostClassifier
 from serving.bundle import BundleMeta, load_bundle, write_bundle, write_profile
 from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES, build_rows
 from serving.privacy import Pseudonymiser
-from tasks import registry, tracking
-from tasks.features import build_model_table
-from tasks.package import reference_profile
-from tasks.reading import read_tables
+from tasks.data.reading import read_tables
+from tasks.model.features import build_model_table
+from tasks.model.package import reference_profile
+from tasks.model.split import split_by_time
+from tasks.model.train import make_pool, predict_proba
+from tasks.registry import tracking
+from tasks.registry import versions as registry
 from tasks.settings import Settings
-from tasks.split import split_by_time
-from tasks.train import make_pool, predict_proba
 
 
 def register_small_version(settings: Settings, data_dir: Path, alias: str | None = "champion") -> str:
@@ -75,7 +76,7 @@ def champion_with_logs(root: Path, data_dir: Path) -> tuple[Settings, str, dict[
     """Settings with state under ``root``, a champion packaged from ``data_dir``, and two prediction logs of
     applicants it scored, written here in the service's record shape: ``plain`` (the same population, seed 8)
     and ``shifted`` (``--drift applicants``), each as if from two workers."""
-    from tasks.sample import generate
+    from tasks.data.sample import generate
     from tests.serving.synthetic import records_from_files
 
     settings = Settings(state_dir=root / "state")
@@ -96,7 +97,7 @@ def champion_with_service_logs(
     """Settings with state and a pseudonym key, a champion packaged from ``data_dir``, and the two populations
     of :func:`champion_with_logs` scored by the real service: ``(settings, version, logs, sources)``, ``logs``
     the folders the service's log wrote, ``sources`` the generated files each population's requests came from."""
-    from tasks.sample import generate
+    from tasks.data.sample import generate
     from tests.serving.synthetic import records_from_files, strip_label
 
     settings = Settings(state_dir=root / "state", pseudonym_key=secrets.token_hex(32))

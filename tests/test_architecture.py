@@ -38,7 +38,7 @@ def test_dependencies_point_one_way() -> None:
 
 # Modules that may import mlflow: the one door, and the serving benchmark's MLflow peer (it measures MLflow's own
 # model server, so it saves a pyfunc the way an MLflow user would).
-MLFLOW_DOORS = {"tasks/tracking.py", "bench/mlflow_peer.py", "bench/serve"}
+MLFLOW_DOORS = {"tasks/registry/tracking.py", "bench/mlflow_peer.py", "bench/serve"}
 
 
 def mlflow_importers() -> set[str]:
@@ -65,9 +65,9 @@ def mlflow_importers() -> set[str]:
 
 
 def test_one_door_to_mlflow() -> None:
-    """Issue 9, item 3: nothing but tasks/tracking.py reaches MLflow (no client of its own, no mlflow.* call)."""
+    """Issue 9, item 3: nothing but tasks/registry/tracking.py reaches MLflow (no client of its own, no mlflow.* call)."""
     assert mlflow_importers() - MLFLOW_DOORS == set()
-    assert "tasks/tracking.py" in mlflow_importers()
+    assert "tasks/registry/tracking.py" in mlflow_importers()
 
 
 def test_the_release_flows_read_as_their_diagram() -> None:
@@ -85,3 +85,110 @@ def test_the_release_flows_read_as_their_diagram() -> None:
         }
         assert not imported & {"docker", "httpx", "requests", "mlflow"}, (name, imported)
         assert "@one_error" in source, name
+
+
+PACKAGES = ("flows", "tasks", "serving", "deployments")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the project modules it imports (at module level or inside a function: a lazy import is still a
+    dependency). ``from pkg import mod`` counts as importing ``pkg.mod`` when that is a module."""
+    modules = {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+        graph[name] = {m for m in found if m in modules and m != name and not name.startswith(f"{m}.")}
+        graph[name] = {m for m in graph[name] if m not in PACKAGES}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+STAGES = ("data", "model", "registry", "release", "monitoring")
+SHARED = {"__init__.py", "common.py", "settings.py", "stats.py"}
+
+
+def test_tasks_are_packages_by_stage_each_saying_what_it_is_for() -> None:
+    """``tasks/`` holds the stage packages and the few modules every stage shares, nothing else."""
+    loose = {p.name for p in (ROOT / "tasks").glob("*.py")} - SHARED
+    assert loose == set(), f"modules outside a stage package: {sorted(loose)}"
+    for stage in STAGES:
+        doc = ast.get_docstring(ast.parse((ROOT / "tasks" / stage / "__init__.py").read_text()))
+        assert doc and len(doc.splitlines()) <= 12, stage
+
+
+def definitions(name: str) -> list[str]:
+    """Modules of flows/, tasks/, serving/ and deployments/ that define a function, class or constant ``name``."""
+    found = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            for node in ast.parse(path.read_text()).body:
+                defined = (
+                    [node.name]
+                    if isinstance(node, ast.FunctionDef | ast.ClassDef)
+                    else [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+                    + [
+                        e.id
+                        for t in getattr(node, "targets", [])
+                        if isinstance(t, ast.Tuple)
+                        for e in t.elts
+                        if isinstance(e, ast.Name)
+                    ]
+                )
+                if name in defined:
+                    found.append(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_one_definition_of_the_statistics_and_the_alias_names() -> None:
+    for name in ("psi", "quantile_edges", "numeric_counts", "auc_and_ks", "PSI_FLOOR"):
+        assert definitions(name) == ["tasks/stats.py"], (name, definitions(name))
+    for name in ("numeric_edges", "PSI_EPSILON", "_ks", "_auc_ks", "_grouped"):
+        assert definitions(name) == [], (name, definitions(name))
+    assert definitions("Alias") == ["tasks/registry/aliases.py"]
+    for name in ("CHAMPION", "CANDIDATE"):
+        assert definitions(name) == [], (name, definitions(name))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks.evaluate import choose_threshold, classification_metrics, evaluate, summary_markdown
+from tasks.model.evaluate import choose_threshold, classification_metrics, evaluate, summary_markdown
 
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
 

@@ -20,7 +20,7 @@ from serving.features import (
     build_rows,
     clarity_column,
 )
-from tasks.features import build_model_table, label_loans
+from tasks.model.features import build_model_table, label_loans
 
 RECORD = {
     "loanId": "LL-I-07399092",
@@ -141,9 +141,9 @@ def test_features_stage_builds_the_table_column_wise_and_lets_the_raw_tables_go(
     and the stage empties the validated tables it read (nothing after it needs them)."""
     from prefect.logging import disable_run_logger
 
-    from tasks.features import features_task
+    from tasks.data.validate import ValidationResult
+    from tasks.model.features import features_task
     from tasks.settings import Settings
-    from tasks.validate import ValidationResult
 
     loan_fields = {k: v for k, v in RECORD.items() if k in LOAN_COLUMNS}
     loan = pd.DataFrame([dict(loan_fields, loanId=f"L{i}", loanStatus="Paid Off Loan") for i in range(3)])
@@ -166,9 +166,9 @@ def test_label_policy_matured_leaves_out_loans_not_final_and_counts_both(tmp_pat
     good; the table's figures count what each policy labels, whichever one trained."""
     from prefect.logging import disable_run_logger
 
-    from tasks.features import features_task
+    from tasks.data.validate import ValidationResult
+    from tasks.model.features import features_task
     from tasks.settings import Settings
-    from tasks.validate import ValidationResult
 
     loan_fields = {k: v for k, v in RECORD.items() if k in LOAN_COLUMNS}
     statuses = ["Paid Off Loan", "New Loan", "Pending Paid Off", "Charged Off", "Rejected", "New Loan"]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import ingest as ingest_mod
 from tasks.common import PermanentError
-from tasks.ingest import (
+from tasks.data import ingest as ingest_mod
+from tasks.data.ingest import (
     DATA_FILES,
     MANIFEST_NAME,
     HubAccessError,
@@ -111,16 +111,16 @@ def test_sha256_file_reads_in_chunks(tmp_path: Path) -> None:
 
 
 def test_sample_is_generated_once_then_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.sample
+    import tasks.data.sample
 
     calls: list[tuple] = []
-    real = tasks.sample.generate
+    real = tasks.data.sample.generate
 
     def counting(out_dir, scale=1.0, seed=42):
         calls.append((Path(out_dir), scale, seed))
         return real(out_dir, scale=scale, seed=seed)
 
-    monkeypatch.setattr(tasks.sample, "generate", counting)
+    monkeypatch.setattr(tasks.data.sample, "generate", counting)
     s = _settings(tmp_path, sample_scale=0.01, sample_seed=3)
     first = ingest("sample", s)
     assert first.kind == "sample" and first.revision is None and not first.cached

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,42 +14,13 @@ import pytest
 
 from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES, build_rows
 from serving.privacy import Pseudonymiser
-from tasks import monitor
-from tasks.dataset import BAD_LABEL_STATUSES, GOOD_LABEL_STATUSES
-from tasks.features import build_model_table, feature_frame
-from tasks.reading import read_tables
-from tasks.sample import generate
-from tasks.sample.drift import SHIFTED_FIELDS
-from tasks.split import split_by_time
-
-# --- PSI against a reference computation ---------------------------------------------------------------
-
-
-def test_psi_matches_a_computation_by_hand() -> None:
-    # (0.25-0.2)·ln(0.25/0.2) + (0.25-0.3)·ln(0.25/0.3) + 0 = 0.05·0.2231436 + 0.05·0.1823216
-    assert monitor.psi([0.2, 0.3, 0.5], [0.25, 0.25, 0.5]) == pytest.approx(0.0202732554, abs=1e-9)
-    assert monitor.psi([0.1, 0.9], [0.1, 0.9]) == 0.0
-
-
-def test_psi_counts_an_empty_bin_as_epsilon() -> None:
-    expected, actual, eps = [0.5, 0.5, 0.0], [0.4, 0.4, 0.2], 1e-4
-    e, a = np.array([0.5, 0.5, eps]), np.array([0.4, 0.4, 0.2])
-    reference = float(((a - e) * np.log(a / e)).sum())
-    assert monitor.psi(expected, actual) == pytest.approx(reference, rel=1e-12)
-    assert math.isfinite(monitor.psi([1.0, 0.0], [0.0, 1.0]))
-    with pytest.raises(ValueError, match="3 expected shares against 2"):
-        monitor.psi([0.2, 0.3, 0.5], [0.5, 0.5])
-
-
-def test_numeric_bins_have_open_ends_and_a_missing_bucket() -> None:
-    values = np.array([-5.0, 1.0, 1.5, 2.0, 3.0, np.nan, np.inf])
-    assert monitor.numeric_counts(values, [1.0, 2.0]).tolist() == [2, 2, 2, 1]
-    assert monitor.numeric_edges(np.arange(100, dtype=float), 4) == [24.75, 49.5, 74.25]
-    # ties merge (a flag gives one cut), NaN is left out of the quantiles
-    assert monitor.numeric_edges(np.array([0.0, 0.0, 1.0, np.nan]), 10) == pytest.approx(
-        [0, 0.2, 0.4, 0.6, 0.8]
-    )
-    assert monitor.numeric_edges(np.array([np.nan]), 10) == []
+from tasks.data.contract import BAD_LABEL_STATUSES, GOOD_LABEL_STATUSES
+from tasks.data.reading import read_tables
+from tasks.data.sample import generate
+from tasks.data.sample.drift import SHIFTED_FIELDS
+from tasks.model.features import build_model_table, feature_frame
+from tasks.model.split import split_by_time
+from tasks.monitoring import drift as monitor
 
 
 def test_categorical_counts_keep_top_then_other_then_missing() -> None:
@@ -251,7 +221,7 @@ def test_drift_option_shifts_only_its_fields(tmp_path: Path) -> None:
 
 
 def test_drifted_sample_still_passes_validation(tmp_path: Path) -> None:
-    from tasks.validate import validate_tables
+    from tasks.data.validate import validate_tables
 
     generate(tmp_path / "d", scale=0.005, seed=3, drift="applicants")
     result = validate_tables(

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
-from tasks import monitor, registry, tracking
 from tasks.common import PermanentError
-from tasks.monitoring import drift_task, emit_task, reference_task, window_task
+from tasks.monitoring import drift as monitor
+from tasks.monitoring.report import drift_task, emit_task, reference_task, window_task
+from tasks.registry import tracking
+from tasks.registry import versions as registry
 from tasks.settings import Settings
 from tests.cli import json_line
 from tests.monitor_helpers import champion_with_logs

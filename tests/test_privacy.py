@@ -22,7 +22,7 @@ from serving.privacy import (
     reference_record,
     reference_records,
 )
-from tasks.features import ModelTable
+from tasks.model.features import ModelTable
 from tasks.settings import Settings
 from tests.test_features import RECORD
 
@@ -78,7 +78,7 @@ def test_write_bundle_refuses_identifiers_in_the_reference(tmp_path: Path) -> No
 
 
 def test_training_reference_sample_holds_no_identifier() -> None:
-    from tasks.package import reference_sample
+    from tasks.model.package import reference_sample
 
     records = [{**RECORD, "loanId": f"LL-I-{i:08d}", "anon_ssn": f"{i:032x}"} for i in range(10)]
     table = ModelTable.from_records(records, np.zeros(10), np.zeros(10), [r["loanId"] for r in records])

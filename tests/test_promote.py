@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.promote import Policy, apply_decision, decide
+from tasks.registry.promote import Policy, apply_decision, decide
 from tasks.settings import Settings
 from tests.attempts import attempts_of
 
@@ -39,7 +39,8 @@ def test_custom_policy_from_settings(tmp_path) -> None:
 
 
 def test_decision_sets_candidate_alias_and_tags(settings: Settings, tmp_path) -> None:
-    from tasks import registry, tracking
+    from tasks.registry import tracking
+    from tasks.registry import versions as registry
 
     bundle = tmp_path / "b"
     bundle.mkdir()
@@ -80,7 +81,8 @@ def _break_alias_table(settings: Settings, undo: bool = False) -> None:
 
 
 def test_missing_alias_or_model_means_none(settings: Settings, tmp_path) -> None:
-    from tasks import registry, tracking
+    from tasks.registry import tracking
+    from tasks.registry import versions as registry
 
     assert registry.version_by_alias(settings, "champion") is None  # no registered model at all
     registry.register_bundle(settings, tracking.start_run(settings, "t"), _minimal_bundle(tmp_path), {})
@@ -90,15 +92,16 @@ def test_missing_alias_or_model_means_none(settings: Settings, tmp_path) -> None
 def test_a_failing_registry_is_not_no_champion(settings: Settings, tmp_path) -> None:
     import pytest
 
-    from tasks import registry, tracking
     from tasks.common import TransientError
+    from tasks.registry import tracking
+    from tasks.registry import versions as registry
 
     v1 = registry.register_bundle(settings, tracking.start_run(settings, "t"), _minimal_bundle(tmp_path), {})
     registry.set_alias(settings, "champion", v1)
     _break_alias_table(settings)
     with pytest.raises(TransientError, match="champion"):
         registry.version_by_alias(settings, "champion")
-    from tasks.promote import rescore_champion
+    from tasks.registry.promote import rescore_champion
 
     test = type("Split", (), {"records": [{"apr": 590}], "label": [1]})()
     with pytest.raises(TransientError):  # never "no champion: the minimums alone decide"
@@ -113,8 +116,9 @@ def test_promote_retries_then_fails_when_the_registry_fails(settings: Settings, 
     import pytest
     from prefect import flow
 
-    from tasks import registry, tracking
-    from tasks.promote import promote_task
+    from tasks.registry import tracking
+    from tasks.registry import versions as registry
+    from tasks.registry.promote import promote_task
 
     run = tracking.start_run(settings, "t")
     v1 = registry.register_bundle(settings, run, _minimal_bundle(tmp_path, "one"), {})
@@ -143,8 +147,9 @@ def test_unscorable_champion_is_not_promoted_by_default(settings: Settings, tmp_
     """A champion whose bundle cannot be loaded (feature contract changed) blocks promotion unless set otherwise."""
     import numpy as np
 
-    from tasks import registry, tracking
-    from tasks.promote import rescore_champion
+    from tasks.registry import tracking
+    from tasks.registry import versions as registry
+    from tasks.registry.promote import rescore_champion
 
     run = tracking.start_run(settings, "t")
     v1 = registry.register_bundle(settings, run, _minimal_bundle(tmp_path), {})
@@ -177,7 +182,8 @@ def _refuse_tag(settings: Settings, key: str, undo: bool = False) -> None:
 def test_a_decision_cut_short_by_the_registry_is_never_deployable(settings: Settings, tmp_path) -> None:
     """The registry fails after some of a dry run's promotion tags: what was written must not read as a promotion
     the deploy gate accepts (the decision is written last, and the gate wants the whole record)."""
-    from tasks import registry, tracking
+    from tasks.registry import tracking
+    from tasks.registry import versions as registry
     from tasks.release.record import deployability_problems
 
     run = tracking.start_run(settings, "t")

@@ -164,7 +164,8 @@ def _register(
 ) -> str:
     """A registered version with ``decision`` recorded as the gate records it (None: never gated), compared
     against the champion ``over`` ("" none; None: a record from before the gate wrote it)."""
-    from tasks import registry, tracking
+    from tasks.registry import tracking
+    from tasks.registry import versions as registry
 
     bundle = tmp_path / f"bundle-{decision}-{dry_run}-{over}"
     bundle.mkdir(exist_ok=True)
@@ -290,7 +291,7 @@ def test_deploy_refuses_what_the_gate_did_not_promote(
 def test_a_stale_promotion_is_not_deployable(deploy_settings, tmp_path) -> None:
     """Issue 20, item 3: a version promoted over v1 may not replace v2, which its gate never saw (before: the
     deploy gate never read the champion the gate compared against)."""
-    from tasks import registry
+    from tasks.registry import versions as registry
     from tasks.release.plan import plan_release
     from tasks.release.record import NotDeployable
 
@@ -326,7 +327,7 @@ def test_a_rollback_refuses_when_the_champion_changed_since_it_was_asked(deploy_
     """Issue 20, item 4: asked to leave v2, queued; a deploy made v3 the champion meanwhile. The rollback is
     refused and nothing changes (before: it rolled back v3, possibly to the bad v2)."""
     from flows.rollback import rollback_flow
-    from tasks import registry
+    from tasks.registry import versions as registry
     from tasks.release.ledger import read_ledger
 
     s = deploy_settings
@@ -342,7 +343,7 @@ def test_a_rollback_refuses_when_the_champion_changed_since_it_was_asked(deploy_
 
 def _legacy_store(s, tmp_path: Path, with_history: bool) -> None:
     """A registry as the earlier release record left it: version tags, a champion, maybe the history tag."""
-    from tasks import registry
+    from tasks.registry import versions as registry
 
     for v in ("1", "2", "3"):
         _register(s, tmp_path, "promoted", over="")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tasks import sample
+from tasks.data import sample
 
 SCALE, SEED = 0.02, 42
 READ = {"keep_default_na": False, "na_values": [""], "low_memory": False}
@@ -381,8 +381,8 @@ def test_full_scale_counts_and_oracle_auc(tmp_path: Path) -> None:
 
 def test_generator_draws_only_what_the_dataset_contract_knows() -> None:
     """The generator's count tables use the contract's names: no status or category of its own."""
-    from tasks import dataset
-    from tasks.sample import clarity, loans, payments
+    from tasks.data import contract as dataset
+    from tasks.data.sample import clarity, loans, payments
 
     assert tuple(clarity.INDICATOR_SHARES) == dataset.INDICATOR_FIELDS  # same columns, same draw order
     statuses = (set(loans.UNFUNDED_STATUS) | set(loans.FUNDED_RISKY)) - {None}
@@ -414,7 +414,7 @@ def test_module_cli_runs(tmp_path: Path) -> None:
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "tasks.sample", str(tmp_path), "--scale", "0.005", "--seed", "1"],
+        [sys.executable, "-m", "tasks.data.sample", str(tmp_path), "--scale", "0.005", "--seed", "1"],
         capture_output=True,
         text=True,
         check=True,

@@ -21,8 +21,8 @@ import pytest
 from serving.app import create_app
 from serving.bundle import Bundle, load_bundle
 from serving.config import ServiceConfig
-from tasks.features import join_clarity
-from tasks.score import (
+from tasks.model.features import join_clarity
+from tasks.monitoring.scoring import (
     INPUT_FIELDS,
     OUTPUT_COLUMNS,
     REPORT_FIELDS,
@@ -41,7 +41,7 @@ CLARITY = "clarity_underwriting_variables.csv"
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tasks.sample import generate
+    from tasks.data.sample import generate
 
     out = tmp_path_factory.mktemp("score-sample")
     generate(out, scale=0.02, seed=11)
@@ -113,7 +113,7 @@ def test_one_joined_parquet_file_scores_like_the_two_csv_files(
     scored: tuple[Any, pd.DataFrame], bundle: Bundle, data_dir: Path, tmp_path: Path
 ) -> None:
     """A typed Parquet input (numbers as float64, flags as bool), already joined: the same scores."""
-    from tasks.reading import read_table
+    from tasks.data.reading import read_table
 
     loans, reports = read_table(data_dir / "loan.csv", "loan"), read_table(data_dir / CLARITY, "clarity")
     joined = join_clarity(loans, reports)
@@ -298,8 +298,9 @@ def test_a_loan_file_alone_needs_the_clarity_file(bundle: Bundle, data_dir: Path
 def test_fetch_model_takes_the_champion_from_the_registry(
     settings: Any, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    from tasks import registry, tracking
-    from tasks.score import fetch_model_task
+    from tasks.monitoring.scoring import fetch_model_task
+    from tasks.registry import tracking
+    from tasks.registry import versions as registry
 
     copy = shutil.copytree(bundle_dir, tmp_path / "copy")  # registration stamps the version into it
     with tracking.run(settings, "score-test", {}) as run_id:

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from tasks.common import PermanentError
-from tasks.features import ModelTable
-from tasks.split import split_by_time, time_split_indices
+from tasks.model.features import ModelTable
+from tasks.model.split import split_by_time, time_split_indices
 
 
 def make_table(times: np.ndarray) -> ModelTable:

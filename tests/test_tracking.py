@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from tasks import registry, tracking
+from tasks.registry import tracking
+from tasks.registry import versions as registry
 from tasks.settings import Settings
 
 

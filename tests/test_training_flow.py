@@ -11,7 +11,8 @@ import pytest
 
 from serving.bundle import load_bundle, read_profile
 from serving.features import FEATURE_NAMES
-from tasks import registry, tracking
+from tasks.registry import tracking
+from tasks.registry import versions as registry
 from tasks.settings import Settings
 from tests.training import GATE, SCALE, TrainedRun
 
@@ -169,7 +170,7 @@ def test_second_run_is_judged_against_the_champion(cli_result: dict, flow_state:
 def test_a_failing_stage_fails_the_run(flow_state: Path, tmp_path: Path, monkeypatch) -> None:
     """A stage that fails (here: a source folder without the files) ends the MLflow run FAILED and fails the flow."""
     from flows.training import training_flow
-    from tasks.ingest import MissingSourceFileError
+    from tasks.data.ingest import MissingSourceFileError
     from tasks.settings import get_settings
 
     s = flow_settings(flow_state)

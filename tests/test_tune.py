@@ -15,12 +15,12 @@ from catboost import CatBoostClassifier
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from tasks import tracking
-from tasks.features import ModelTable
+from tasks.model.features import ModelTable
+from tasks.model.split import split_by_time
+from tasks.model.train import model_params
+from tasks.model.tune import suggest_params, trial_line, tune
+from tasks.registry import tracking
 from tasks.settings import Settings
-from tasks.split import split_by_time
-from tasks.train import model_params
-from tasks.tune import suggest_params, trial_line, tune
 
 
 def space() -> dict[str, object]:
@@ -104,7 +104,7 @@ def small_split(n: int = 600):
 def test_tuning_logs_each_trial_and_puts_the_study_plots_on_the_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("tasks.train.CATEGORICAL_INDICES", ())
+    monkeypatch.setattr("tasks.model.train.CATEGORICAL_INDICES", ())
     s = Settings(state_dir=tmp_path, n_trials=4, max_iterations=40, early_stopping_rounds=10)
     with caplog.at_level(logging.INFO, logger="loan_risk"), tracking.run(s, "tune-test") as run_id:
         summary = tune(s, small_split(), "tune-test", run_id)

@@ -18,13 +18,13 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from tasks import tracking
-from tasks import tune_workers as workers
 from tasks.common import PermanentError
-from tasks.features import ModelTable
+from tasks.model import tune_workers as workers
+from tasks.model.features import ModelTable
+from tasks.model.train import make_pool
+from tasks.model.tune import objective_for, tune, work, worker_main
+from tasks.registry import tracking
 from tasks.settings import Settings
-from tasks.train import make_pool
-from tasks.tune import objective_for, tune, work, worker_main
 from tests.tune_faults import assert_rerun_elsewhere, kill_during_a_trial
 
 TINY = {"max_iterations": 60, "early_stopping_rounds": 10, "tune_timeout_seconds": 240}
@@ -142,7 +142,7 @@ def test_a_worker_killed_during_a_trial_loses_only_that_trial(sample_split, tmp_
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_surplus_trials_fail_and_are_not_counted(tmp_path: Path) -> None:
     """A trial a worker creates past the queue (two workers popped the last one at once) is failed, not run."""
-    from tasks.tune import objective_for
+    from tasks.model.tune import objective_for
 
     s = tiny(tmp_path, n_trials=1)
     study = workers.prepare_study(s, "surplus", "sha256:x")
@@ -198,7 +198,7 @@ def test_the_stage_queues_the_retry_before_it_stops_polling(sample_split, tmp_pa
 
 
 def n_retried(study: optuna.Study) -> int:
-    from tasks.tune import summarise
+    from tasks.model.tune import summarise
 
     return summarise(Settings(), study, None)["n_retried"]
 

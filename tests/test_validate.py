@@ -10,10 +10,10 @@ import pytest
 
 from serving.contract import CLARITY_COLUMNS, LOAN_COLUMNS, PAYMENT_COLUMNS, clarity_column
 from serving.privacy import Pseudonymiser
-from tasks.dataset import FILES, IDENTIFIER_COLUMNS
-from tasks.reading import read_table, read_tables
+from tasks.data.contract import FILES, IDENTIFIER_COLUMNS
+from tasks.data.reading import read_table, read_tables
+from tasks.data.validate import DataValidationError, ValidationResult, validate_tables, validate_task
 from tasks.settings import Settings
-from tasks.validate import DataValidationError, ValidationResult, validate_tables, validate_task
 
 SSN = "0123456789abcdef0123456789abcdef"
 PSEUDONYMS = Pseudonymiser(b"validation-tests-key")
@@ -415,7 +415,7 @@ def test_the_stage_publishes_its_report_as_a_prefect_artifact_and_mlflow_files(
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.logging import disable_run_logger
 
-    from tasks.tracking import start_run
+    from tasks.registry.tracking import start_run
 
     assert validate_task.name == "validate"
     frames = _frames()

@@ -49,7 +49,7 @@ class TrainedRun:
 
 def train_once(folder: Path) -> TrainedRun:
     """Run the training command line into ``folder/state`` and download the version it registered."""
-    from tasks import registry
+    from tasks.registry import versions as registry
 
     state = folder / "state"
     env = dict(os.environ, LOANRISK_STATE_DIR=str(state), PREFECT_HOME=str(state / "prefect"), **GATE)
@@ -82,7 +82,8 @@ def shared_training(folder: Path) -> TrainedRun:
 def register_copy(settings: Any, bundle_dir: Path, decision: str = "promoted", note: str = "") -> str:
     """Register a copy of ``bundle_dir`` as a new version in ``settings``' registry, with a whole promotion record
     (written as the promote stage writes it, the decision last); returns the version."""
-    from tasks import registry, tracking
+    from tasks.registry import tracking
+    from tasks.registry import versions as registry
 
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "bundle"

@@ -14,7 +14,7 @@ from typing import Any
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tasks import tune_workers as workers
+from tasks.model import tune_workers as workers
 
 END_MARGIN_SECONDS = 180.0  # past the tuning budget: the trials still running finish, the stage sums up
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from serving.bundle import Bundle, load_bundle
-from tasks import registry
 from tasks.common import PermanentError, run_logger
+from tasks.registry import versions as registry
 from tasks.release.image import (
     DeployStepError,
     build_task,

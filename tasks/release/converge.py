@@ -24,12 +24,12 @@ from typing import Any
 
 from serving.bundle import load_bundle
 from serving.card import CARD_HTML
-from tasks import registry
 from tasks.common import run_logger, stage
+from tasks.registry import versions as registry
+from tasks.registry.aliases import Alias
 from tasks.release.github import github_tag, publish_github_release
 from tasks.release.image import registry_credentials, registry_retag, tag_digest
 from tasks.release.ledger import (
-    CHAMPION,
     Committed,
     Entry,
     ReleaseFailed,
@@ -51,9 +51,9 @@ def converge_alias(settings: Settings) -> Entry | None:
         top = head(settings)
         if top is None:
             return None
-        current = registry.version_by_alias(settings, CHAMPION)
+        current = registry.version_by_alias(settings, Alias.CHAMPION)
         if current is None or str(current.version) != top.version:
-            registry.set_alias(settings, CHAMPION, top.version)
+            registry.set_alias(settings, Alias.CHAMPION, top.version)
             run_logger().info("champion -> v%s (ledger entry %d)", top.version, top.seq)
         again = head(settings)
         if again is not None and again.seq == top.seq:

@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from tasks import registry
 from tasks.common import PermanentError, run_logger
+from tasks.registry import versions as registry
+from tasks.registry.aliases import Alias
 from tasks.settings import Settings
 
-CHAMPION = "champion"
 LEGACY_HISTORY_TAG = "release.history"
 KINDS = ("release", "forced", "rollback", "seed")
 REASON_MIN_CHARS = 10
@@ -259,7 +259,7 @@ def legacy_entries(settings: Settings) -> list[Entry]:
                         release_id=f"seed-{len(out) + 1}",
                     )
                 )  # fmt: skip
-    champion = registry.version_by_alias(settings, CHAMPION)
+    champion = registry.version_by_alias(settings, Alias.CHAMPION)
     chain: list[Entry] = []
     version = str(champion.version) if champion is not None else ""
     while version and len(chain) < 100 and version not in {e.version for e in chain}:

@@ -11,12 +11,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks import registry
 from tasks.common import run_logger, stage
-from tasks.events import RELEASED, emit_model_event, metrics_summary
+from tasks.monitoring.events import RELEASED, emit_model_event, metrics_summary
+from tasks.registry import versions as registry
+from tasks.registry.aliases import Alias
 from tasks.release.candidate import Candidate, discard_candidate
 from tasks.release.ledger import (
-    CHAMPION,
     Entry,
     ReleaseFailed,
     commit,
@@ -60,7 +60,7 @@ def _ledger_head(settings: Settings) -> tuple[list[Entry], Entry | None]:
     moved by hand) this run's converge sets it back, and the plan says so."""
     entries = seed(settings)
     top = entries[-1] if entries else None
-    alias = registry.version_by_alias(settings, CHAMPION)
+    alias = registry.version_by_alias(settings, Alias.CHAMPION)
     named = str(alias.version) if alias is not None else None
     if top is not None and named != top.version:
         run_logger().warning(

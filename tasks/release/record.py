@@ -1,6 +1,6 @@
 """The deploy gate and the release record's words: who asked, why, and the release notes.
 
-The gate: a version is deployable when its promotion decision (written by ``tasks/promote.py``, the decision last)
+The gate: a version is deployable when its promotion decision (written by ``tasks/registry/promote.py``, the decision last)
 is ``promoted``, was not a dry run, the champion its gate compared it against is still the champion (the ledger's
 head), and no rollback left it. ``force`` with a reason of at least ten characters overrides; what it overrode,
 who forced it and why are recorded in the ledger entry, the release notes and the GitHub release.

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tasks.common import PermanentError
-from tasks.ingest import IngestResult, ingest_task
+from tasks.data.ingest import IngestResult, ingest_task
 from tasks.settings import Settings
 from tests.hf_server import HubFixture, hf_hub, hf_hub_files  # noqa: F401
 

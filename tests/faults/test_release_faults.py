@@ -263,7 +263,8 @@ def running_mlflow(mlflow: MlflowServer) -> Iterator[MlflowServer]:
 def _own_model(uri: str, name: str, bundle: Path) -> Iterator[str]:
     """Settings that reach MLflow at ``uri`` with a model and an image repository of their own; yields the
     version ``bundle`` was registered as, promoted over no champion (the promote stage's record)."""
-    from tasks import registry, tracking
+    from tasks.registry import tracking
+    from tasks.registry import versions as registry
 
     sqlite = settings()
     env = {"MLFLOW_TRACKING_URI": uri, "LOANRISK_MODEL_NAME": name,
@@ -302,7 +303,7 @@ def test_a_lost_commit_answer_is_read_back_as_committed(
     it made), the commit is read back as made: the deploy completes, champion and ``latest`` name the new digest
     (before: "nothing was released" while champion had moved and ``latest`` served the old model)."""
     from flows.deploy import deploy_flow
-    from tasks import registry
+    from tasks.registry import versions as registry
 
     bundle = registry.download_bundle(settings(), first_release["model_version"], tmp_path / "bundle")
     fail_fast = MLFLOW_FAIL_FAST if client_retries == "0" else {}
@@ -329,7 +330,7 @@ def test_a_commit_whose_answer_and_read_back_are_lost_says_unknown(
     committed "unknown" (never "nothing was released"); once MLflow answers, ``--history`` shows the release and
     ``--converge`` completes it."""
     from flows.deploy import converge_flow
-    from tasks import registry
+    from tasks.registry import versions as registry
     from tasks.release.history import read_history
 
     bundle = registry.download_bundle(settings(), first_release["model_version"], tmp_path / "bundle")
@@ -360,7 +361,7 @@ def test_mlflow_dies_between_the_push_and_the_commit(
     """The MLflow server is killed while the pulled-back image is smoke-tested: the commit's claim and its
     read-back both fail, so the deploy says "unknown"; after a restart the ledger shows nothing was committed,
     and champion and ``latest`` never moved."""
-    from tasks import registry
+    from tasks.registry import versions as registry
 
     bundle = registry.download_bundle(settings(), first_release["model_version"], tmp_path / "bundle")
     with environment(MLFLOW_FAIL_FAST), _own_model(running_mlflow.uri, "commit-fault", bundle) as version:
@@ -429,7 +430,7 @@ def test_two_deploys_at_once_release_one_and_refuse_the_other(
 def _complete(settings_obj, version: str, dst: Path) -> bool:
     """Whether a version's bundle downloads and loads (a complete registration)."""
     from serving.bundle import load_bundle
-    from tasks import registry
+    from tasks.registry import versions as registry
 
     try:
         load_bundle(registry.download_bundle(settings_obj, version, dst))
@@ -446,7 +447,7 @@ def test_mlflow_killed_during_tuning(running_mlflow: MlflowServer, tmp_path: Pat
     mlflow = running_mlflow
     from mlflow import MlflowClient
 
-    from tasks import registry
+    from tasks.registry import versions as registry
     from tasks.settings import Settings
     from tests.integration.deploy_helpers import LENIENT_GATE
 
@@ -515,8 +516,9 @@ def test_promote_against_a_stopped_mlflow_server(running_mlflow: MlflowServer, t
     import numpy as np
     from prefect import flow
 
-    from tasks import registry, tracking
-    from tasks.promote import promote_task
+    from tasks.registry import tracking
+    from tasks.registry import versions as registry
+    from tasks.registry.promote import promote_task
     from tasks.settings import Settings
     from tests.attempts import attempts_of
     from tests.test_promote import GOOD, _minimal_bundle

@@ -98,7 +98,7 @@ def settings() -> Any:
 
 
 def champion() -> str | None:
-    from tasks import registry
+    from tasks.registry import versions as registry
 
     v = registry.version_by_alias(settings(), "champion")
     return None if v is None else str(v.version)
@@ -161,7 +161,7 @@ def register_variant(
 ) -> str:
     """Register a new version whose bundle is ``version``'s (changed by ``change``), with the gate's decision
     recorded as the promote stage records it."""
-    from tasks import registry
+    from tasks.registry import versions as registry
 
     s = settings()
     with tempfile.TemporaryDirectory() as tmp:

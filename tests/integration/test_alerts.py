@@ -144,9 +144,10 @@ import json, tempfile
 from pathlib import Path
 from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
-from tasks import registry, tracking
-from tasks.events import model_resource
-from tasks.promote import promote_task
+from tasks.registry import versions as registry
+from tasks.registry import tracking
+from tasks.monitoring.events import model_resource
+from tasks.registry.promote import promote_task
 from tasks.release.candidate import Candidate
 from tasks.release.plan import commit_task, plan_release
 from tasks.settings import get_settings

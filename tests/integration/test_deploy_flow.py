@@ -69,7 +69,7 @@ def notes_artifacts(version: str, digest: str) -> list:
 
 
 def version_tags(version: str) -> dict[str, str]:
-    from tasks import registry
+    from tasks.registry import versions as registry
 
     return registry.get_version(settings(), version).tags
 
@@ -135,7 +135,7 @@ def test_release_leaves_only_its_tagged_image(first_release: dict) -> None:
 def test_pushed_image_pulls_back_and_answers(first_release: dict) -> None:
     """Remove the local image, pull it from the registry by digest with credentials, run it, ask /predict."""
     from serving.bundle import load_bundle
-    from tasks import registry
+    from tasks.registry import versions as registry
     from tasks.release.image import pull_by_digest, remove_container, run_container, wait_healthy
 
     s = settings()
@@ -197,7 +197,7 @@ def test_converge_completes_what_is_missing_after_a_commit(
     hand): ``--converge`` (and a re-run of the champion's deploy) completes them without a build, and creates
     nothing twice; a second run does nothing."""
     from flows.deploy import converge_flow, deploy_flow
-    from tasks import registry
+    from tasks.registry import versions as registry
     from tasks.release.image import registry_retag
 
     s = settings()

@@ -61,10 +61,19 @@ def _flow_defaults(path: Path, function: str) -> dict[str, Any]:
     fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
     args = fn.args.args
     defaults = [None] * (len(args) - len(fn.args.defaults)) + list(fn.args.defaults)
-    return {
-        a.arg: (ast.literal_eval(d) if d is not None else "<required>")
-        for a, d in zip(args, defaults, strict=True)
-    }
+    return {a.arg: _default(d) for a, d in zip(args, defaults, strict=True)}
+
+
+def _default(node: ast.expr | None) -> Any:
+    """A literal default, or one of the alias names (``Alias.CANDIDATE.value``)."""
+    from tasks.registry.aliases import Alias
+
+    if node is None:
+        return "<required>"
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return eval(compile(ast.Expression(node), "<default>", "eval"), {"Alias": Alias})  # noqa: S307 - our source
 
 
 # --- the files, statically -----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 One server (its scheduler off, so no scheduled run appears by itself; the trigger and action services on) with
 the deployments of prefect.yaml, one process worker on the pool, one champion packaged the training way with its
-reference profile. Two populations of applicants, the same one (seed 8) and a shifted one (``tasks.sample --drift
+reference profile. Two populations of applicants, the same one (seed 8) and a shifted one (``tasks.data.sample --drift
 applicants``: more ``lead`` applications, higher APR, lower clarity score), are sent over HTTP to the real service
 (gunicorn, two workers, the prediction log on under the settings' pseudonym key), a few through ``/predict`` and
 the rest through ``/predict/batch``; a graceful stop flushes each log (``tests/monitor_helpers.py``). The logs
@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from serving.predlog import read_log
-from tasks import monitor
+from tasks.monitoring import drift as monitor
 from tasks.settings import Settings
 from tests.integration.prefect_fixtures import (
     REPO_ROOT,

@@ -23,10 +23,10 @@ import docker
 import docker.errors
 import pytest
 
-from tasks.registry import download_bundle
+from tasks.data.sample import generate
+from tasks.registry.versions import download_bundle
 from tasks.release.build_context import prepare_build_context
 from tasks.release.image import build_image
-from tasks.sample import generate
 from tasks.settings import Settings
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
 from tests.privacy_scan import KnownValues, Scan

@@ -185,9 +185,9 @@ def study_trials(stack: Stack, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def test_pool_mode_spreads_one_study_over_both_workers(stack: Stack, sample_split) -> None:
-    from tasks import tracking
-    from tasks import tune_workers as workers
-    from tasks.tune import tune
+    from tasks.model import tune_workers as workers
+    from tasks.model.tune import tune
+    from tasks.registry import tracking
 
     s = settings_for(stack, n_trials=8)
     with api(stack), tracking.run(s, "pool-spread") as run_id:
@@ -208,9 +208,9 @@ def test_pool_mode_spreads_one_study_over_both_workers(stack: Stack, sample_spli
 
 @pytest.mark.faults
 def test_a_tune_worker_killed_during_a_trial_loses_only_that_trial(stack: Stack, sample_split) -> None:
-    from tasks import tracking
-    from tasks import tune_workers as workers
-    from tasks.tune import tune
+    from tasks.model import tune_workers as workers
+    from tasks.model.tune import tune
+    from tasks.registry import tracking
 
     s = settings_for(stack, n_trials=6)
 
@@ -226,7 +226,7 @@ def test_a_tune_worker_killed_during_a_trial_loses_only_that_trial(stack: Stack,
 
 
 def retried_on(trials: list[optuna.trial.FrozenTrial], victim: optuna.trial.FrozenTrial) -> str:
-    from tasks import tune_workers as workers
+    from tasks.model import tune_workers as workers
 
     (rerun,) = [t for t in trials if workers.retried_from(t) == victim.number]
     return rerun.user_attrs[workers.WORKER].split(":")[0]

@@ -12,13 +12,13 @@ from catboost import CatBoostClassifier
 
 from serving.bundle import stamp_version
 from serving.card import write_card
-from tasks.evaluate import Evaluation, build_evaluation
-from tasks.features import features_task
-from tasks.package import assemble_bundle
+from tasks.data.validate import read_tables, validate_tables
+from tasks.model.evaluate import Evaluation, build_evaluation
+from tasks.model.features import features_task
+from tasks.model.package import assemble_bundle
+from tasks.model.split import Split, split_by_time
+from tasks.model.train import fit_model, make_pool, predict_proba
 from tasks.settings import Settings
-from tasks.split import Split, split_by_time
-from tasks.train import fit_model, make_pool, predict_proba
-from tasks.validate import read_tables, validate_tables
 
 SCALE = 0.05
 
@@ -36,7 +36,7 @@ class Trained:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    from tasks.sample import generate
+    from tasks.data.sample import generate
 
     data = tmp_path_factory.mktemp("model-sample")
     generate(data, scale=SCALE, seed=11)

@@ -1,6 +1,6 @@
 """A model with the generator's signal, for the reason-code model tests (invariance, direction).
 
-Trained on the project's synthetic sample (``tasks.sample``: its risk is known, ``tasks/sample/risk.py``), large
+Trained on the project's synthetic sample (``tasks.data.sample``: its risk is known, ``tasks/data/sample/risk.py``), large
 enough that the model learns the generator's main effects (APR, inquiries, the fraud score), with the repository's
 reason-code table: what packaging gives a real version.
 """

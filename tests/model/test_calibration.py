@@ -14,9 +14,9 @@ from serving.app import create_app
 from serving.bundle import META_FILE, load_bundle
 from serving.features import build_columns, build_rows
 from serving.model import check_reference
-from tasks import credit
-from tasks.evaluate import calibrate
-from tasks.train import fit_model, make_pool, predict_proba
+from tasks.model import credit
+from tasks.model.evaluate import calibrate
+from tasks.model.train import fit_model, make_pool, predict_proba
 from tests.model.conftest import Trained, package
 
 TOLERANCE = 1e-9

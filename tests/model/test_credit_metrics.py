@@ -1,4 +1,4 @@
-"""The credit metrics (tasks/credit.py) against independent reference computations on the same arrays."""
+"""The credit metrics (tasks/model/credit.py) against independent reference computations on the same arrays."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from serving.calibration import Calibrator
-from tasks.credit import (
-    auc_and_ks,
-    binned_shares,
+from tasks.model.credit import (
     bootstrap_intervals,
     calibration_bins,
     decile_table,
@@ -22,10 +20,10 @@ from tasks.credit import (
     expected_cost_threshold,
     fit_calibrator,
     gini,
-    psi,
     segment_metrics,
     stability,
 )
+from tasks.stats import auc_and_ks
 
 
 def scores(n: int = 3000, seed: int = 0, rounded: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -79,24 +77,6 @@ def test_ece_against_a_hand_computation() -> None:
     want = (1 * 0.05 + 2 * 0.35 + 1 * 0.55 + 2 * 0.065) / 6
     assert expected_calibration_error(y, p) == pytest.approx(want)
     assert [r["count"] for r in calibration_bins(y, p)] == [1, 2, 1, 2]
-
-
-def test_psi_against_a_reference_computation() -> None:
-    rng = np.random.default_rng(3)
-    train, test = rng.normal(0, 1, 5000), rng.normal(0.3, 1.2, 4000)
-    # reference: decile edges of train, shares by np.histogram, the textbook sum
-    edges = np.r_[-np.inf, np.quantile(train, np.linspace(0.1, 0.9, 9)), np.inf]
-    e = np.histogram(train, edges)[0] / len(train)
-    a = np.histogram(test, edges)[0] / len(test)
-    reference = float(np.sum((a - e) * np.log(a / e)))
-    got_e, got_a = binned_shares(train, test, 10)
-    assert psi(got_e, got_a) == pytest.approx(reference, rel=1e-9)
-    assert psi(*binned_shares(train, train, 10)) == 0.0
-    # categories and missing values: a category of its own each
-    cats = psi(*binned_shares(pd.Series(["a", "a", "b", None]), pd.Series(["a", "b", "b", "b"])))
-    ref = (0.25 - 0.5) * math.log(0.25 / 0.5) + (0.75 - 0.25) * math.log(0.75 / 0.25)
-    ref += (1e-4 - 0.25) * math.log(1e-4 / 0.25)
-    assert cats == pytest.approx(ref)
 
 
 def test_stability_ranks_the_shifted_feature_first() -> None:

@@ -10,8 +10,8 @@ import pytest
 from scipy.stats import ks_2samp, spearmanr
 from sklearn.metrics import roc_auc_score
 
-from tasks.credit import decile_table
-from tasks.evaluate import summary_markdown
+from tasks.model.credit import decile_table
+from tasks.model.evaluate import summary_markdown
 from tests.model.conftest import Trained, package
 
 

@@ -16,11 +16,11 @@ import pytest
 from catboost import Pool
 
 from serving.features import CATEGORICAL_INDICES, FEATURE_NAMES
-from tasks.features import build_model_table
+from tasks.data.validate import read_tables, validate_tables
+from tasks.model.features import build_model_table
+from tasks.model.split import split_by_time
+from tasks.model.train import fit_model, make_pool, model_params
 from tasks.settings import Settings
-from tasks.split import split_by_time
-from tasks.train import fit_model, make_pool, model_params
-from tasks.validate import read_tables, validate_tables
 
 CONSTRAINTS = {"apr": 1, "nPaidOff": -1, "loanAmount": -1, "clearfraudscore": -1}
 RECORDS = 150

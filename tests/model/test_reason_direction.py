@@ -1,4 +1,4 @@
-"""Direction: a record made risky by a field the generator made risky (tasks/sample/risk.py) is told so.
+"""Direction: a record made risky by a field the generator made risky (tasks/data/sample/risk.py) is told so.
 
 The generator's log-odds rise with the APR (0.9·tanh((apr - 450)/150), more for leads) and with the clarity
 inquiries of the last 30 days (0.35·log1p). Raising one of them on a mid-risk record until the model labels it

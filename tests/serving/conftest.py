@@ -36,7 +36,7 @@ ADMIN_TOKEN = "test-admin-token"
 
 @pytest.fixture(scope="session")
 def labelled_records(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """Labelled loans joined with their clarity report (CSV string values), from tasks.sample at scale 0.02."""
+    """Labelled loans joined with their clarity report (CSV string values), from tasks.data.sample at scale 0.02."""
     records = sample_records(tmp_path_factory.mktemp("sample"), scale=0.02, seed=1)
     assert len(records) >= 200, f"only {len(records)} labelled records"
     return records

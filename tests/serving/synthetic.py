@@ -1,6 +1,6 @@
 """Labelled raw records and small real bundles for the serving tests (and for ``bench/serve --make-bundle``).
 
-Records come from :func:`tasks.sample.generate` (the project's synthetic dataset: loan.csv + clarity file,
+Records come from :func:`tasks.data.sample.generate` (the project's synthetic dataset: loan.csv + clarity file,
 joined on ``clarityFraudId = underwritingid``) when that module is present; otherwise from a small local
 generator with the same field names and CSV-string values.
 """
@@ -70,14 +70,14 @@ def records_from_files(directory: Path) -> list[dict[str, Any]]:
 def sample_records(tmp: Path, scale: float = 0.02, seed: int = 1) -> list[dict[str, Any]]:
     """Labelled records from the project's sample generator, or from :func:`local_records` without it."""
     try:
-        from tasks.sample import generate
+        from tasks.data.sample import generate
     except ImportError:
         return local_records(600, seed)
     generate(tmp, scale=scale, seed=seed)
     return records_from_files(Path(tmp))
 
 
-# --- a local stand-in for tasks.sample ------------------------------------------------------------------
+# --- a local stand-in for tasks.data.sample ------------------------------------------------------------------
 
 _STATES = ("OH", "IL", "TX", "MO", "WI", "MI", "TN", "NC", "FL", "IN", "SC", "CA", "NV", "PA", "VA", "NJ")
 _LEADS = ("bvMandatory", "lead", "organic", "prescreen", "rc_returning", "california")

@@ -19,8 +19,8 @@ from serving.contract import IDENTIFIER_FIELDS
 from serving.features import FEATURE_SOURCES, build_rows
 from serving.reasons import TABLE_FILE, TABLE_PATH, ReasonTable
 from tasks.common import PermanentError
-from tasks.features import ModelTable
-from tasks.package import add_reason_table, table_reasons
+from tasks.model.features import ModelTable
+from tasks.model.package import add_reason_table, table_reasons
 
 pytestmark = pytest.mark.inprocess
 

@@ -1,6 +1,6 @@
 """Parity with training: every row of the sample's test split scores over HTTP exactly as training scored it.
 
-The model is fitted and scored by the training code (tasks.train); the service gets the raw records, as typed
+The model is fitted and scored by the training code (tasks.model.train); the service gets the raw records, as typed
 JSON and as CSV strings (a CSV row posted as JSON), through /predict (row builder), /predict/batch and
 /invocations (batches of more than 50: the columnar builder), and the bundle scores them both ways in process.
 """
@@ -16,11 +16,11 @@ import pytest
 from serving.app import create_app
 from serving.bundle import BundleMeta, load_bundle, write_bundle
 from serving.features import build_columns, build_rows
-from tasks.features import DECISION_LOAN_FIELDS, build_model_table
+from tasks.data.validate import read_tables, validate_tables
+from tasks.model.features import DECISION_LOAN_FIELDS, build_model_table
+from tasks.model.split import split_by_time
+from tasks.model.train import fit_model, make_pool, predict_proba
 from tasks.settings import Settings
-from tasks.split import split_by_time
-from tasks.train import fit_model, make_pool, predict_proba
-from tasks.validate import read_tables, validate_tables
 
 TOLERANCE = 1e-9
 

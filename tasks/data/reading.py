@@ -1,0 +1,239 @@
+"""Read the three source CSV files faithfully: the real files pass unchanged, their quirks included.
+
+Each column is read by its dtype in the dataset contract (:mod:`tasks.data.contract`): only blank cells are missing
+(payment's literal ``None`` stays a category), numbers become float64 (ints that never miss: int64), True/False
+columns bool (``boolean`` where blanks may occur), timestamps stay text. A cell that cannot be read leaves its
+column as text, so :mod:`tasks.data.validate` can quarantine that row. A file that is missing, empty, truncated or
+unparseable, or a column that is missing or holds no readable value, raises :class:`DataValidationError` naming
+the file and the line or column. Messages never quote an identifier or personal value.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+from serving.contract import IDENTIFIER_FIELDS, PERSONAL_FIELDS
+from tasks.common import PermanentError
+from tasks.data.contract import COLUMNS, DTYPES, FILES, REQUIRED
+
+try:  # the pyarrow CSV reader and compute kernels are several times faster than pandas' own at full size
+    import pyarrow
+    import pyarrow.compute as pc
+
+    CSV_ENGINE = "pyarrow"
+except ImportError:  # pragma: no cover - pyarrow comes with mlflow
+    pyarrow = pc = None
+    CSV_ENGINE = "c"
+
+
+class DataValidationError(PermanentError, ValueError):
+    """The data breaks a table rule or too many rows break row rules; names the file and column or line."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        column: str | None = None,
+        line: int | None = None,
+        result: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.file, self.column, self.line = file, column, line
+        self.result = result  # set when too many rows were quarantined: the report and quarantine files
+
+
+def read_kind(key: str, column: str) -> str:
+    """'float', 'int', 'bool' or 'str': how a column's text is read (timestamps stay text)."""
+    kind = DTYPES[key][column]
+    return "str" if kind == "timestamp" else kind
+
+
+WITHHELD = frozenset(IDENTIFIER_FIELDS | PERSONAL_FIELDS)
+
+
+def shown(column: object, value: object) -> str:
+    """A value for a message: identifier and personal values are never printed."""
+    return "<withheld: identifier>" if column in WITHHELD else repr(value)
+
+
+# --- cell conversion (vectorised) ---------------------------------------------------------------------------
+
+_TRUE = ("True", "true", "TRUE", "1", "1.0")
+_FALSE = ("False", "false", "FALSE", "0", "0.0")
+KIND_WORDS = {"float": "a number", "int": "an integer", "bool": "True or False", "str": "text"}
+
+
+def _to_float(s: pd.Series) -> tuple[pd.Series, pd.Series | None]:
+    if is_numeric_dtype(s) and not is_bool_dtype(s):
+        return s.astype("float64"), None
+    if pyarrow is not None and pd.api.types.is_string_dtype(s):
+        try:  # fast path: every cell parses
+            values = pc.cast(pyarrow.array(s, from_pandas=True), pyarrow.float64()).to_numpy(
+                zero_copy_only=False
+            )
+            return pd.Series(values, index=s.index, name=s.name), None
+        except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, TypeError):
+            pass
+    num = pd.to_numeric(s, errors="coerce").astype("float64")
+    bad = s.notna() & num.isna()
+    return num, (bad if bad.any() else None)
+
+
+def convert_column(s: pd.Series, kind: str) -> tuple[pd.Series, pd.Series | None]:
+    """The column in its validation dtype and a mask of cells that could not be read (None when all could).
+
+    Kinds: ``float`` → float64, ``int`` → Int64, ``bool`` → boolean (True/False, 1/0), ``str`` → str. Cells
+    that cannot be read become missing in the converted column and True in the mask.
+    """
+    if kind == "float":
+        return _to_float(s)
+    if kind == "int":
+        num, bad = _to_float(s)
+        fractional = num.notna() & (num != np.floor(num))
+        if fractional.any():
+            num = num.mask(fractional)
+            bad = fractional if bad is None else bad | fractional
+        return num.astype("Int64"), bad
+    if kind == "bool":
+        if is_bool_dtype(s):
+            return s.astype("boolean"), None
+        if is_numeric_dtype(s):
+            true, false = s.eq(1), s.eq(0)
+        else:
+            true, false = s.isin([*_TRUE, True]), s.isin([*_FALSE, False])
+        valid = true | false
+        out = true.astype("boolean").where(valid, pd.NA)
+        bad = s.notna() & ~valid
+        return out, (bad if bad.any() else None)
+    return (s if s.dtype == "str" else s.astype("str")), None
+
+
+def convert_table(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """Convert every column to its validation dtype; raises when a column holds no readable value at all."""
+    file = FILES[key]
+    out: dict[str, pd.Series] = {}
+    bad_cells: dict[str, pd.Series] = {}
+    for column in COLUMNS[key]:
+        kind = read_kind(key, column)
+        converted, bad = convert_column(df[column], kind)
+        out[column] = converted
+        if bad is not None and bad.any():
+            n_bad, n_values = int(bad.sum()), int(df[column].notna().sum())
+            if n_bad == n_values:
+                example = df[column][bad].iloc[0]
+                raise DataValidationError(
+                    f"{file}: column '{column}' holds no readable value: expected {KIND_WORDS[kind]}, all "
+                    f"{n_values} values fail (first: {shown(column, example)})",
+                    file=file,
+                    column=column,
+                )
+            bad_cells[column] = bad
+    return pd.DataFrame(out, index=df.index), bad_cells
+
+
+def final_dtypes(df: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Non-nullable int/bool columns without missing values become numpy int64/bool; the rest stay as is."""
+    casts = {}
+    for column in COLUMNS[key]:
+        kind = read_kind(key, column)
+        if kind in ("int", "bool") and column in REQUIRED[key] and not df[column].isna().any():
+            casts[column] = "int64" if kind == "int" else "bool"
+    return df.astype(casts) if casts else df
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+
+
+def _scan_for_bad_line(path: Path, n_fields: int) -> tuple[int | None, str]:
+    """The first line whose row does not have ``n_fields`` fields (or breaks CSV quoting), with a reason."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.reader(handle, strict=True)
+        try:
+            for row in reader:
+                if row and len(row) != n_fields:
+                    return reader.line_num, f"expected {n_fields} fields, found {len(row)}"
+        except csv.Error as exc:
+            return reader.line_num, str(exc)
+    return None, ""
+
+
+def _parser_reason(exc: BaseException) -> str:
+    """The parser's reason without the row content it may quote (``Expected 19 columns, got 3: <the row>``)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 ({exc.reason} at byte {exc.start})"
+    first = (str(exc).splitlines() or [""])[0]
+    kept = re.match(r"^(.*?\bgot \d+)", first)
+    return (
+        kept.group(1) if kept else f"{type(exc).__name__} (the parser's message quotes row content: withheld)"
+    )
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        return next(csv.reader(handle), [])
+
+
+def read_table(path: str | Path, key: str) -> pd.DataFrame:
+    """Read one of the three files (``key``: loan, payment or clarity) so that the real file passes unchanged.
+
+    Only blank cells are missing (payment's literal ``None`` stays a category); numbers become float64 (ints
+    that never miss: int64), True/False columns bool (``boolean`` where blanks may occur), timestamps stay
+    strings. A column with some unreadable cells is kept as text so :func:`validate_tables` can quarantine
+    those rows. Columns come in the canonical order; extra columns are dropped. The index is the data row
+    number (line ``index + 2``).
+    """
+    path, file = Path(path), FILES[key]
+    if not path.is_file():
+        raise DataValidationError(f"{file}: file not found at {path}", file=file)
+    if path.stat().st_size == 0:
+        raise DataValidationError(f"{file}: the file is empty ({path})", file=file)
+    header = _header(path)
+    if not any(h.strip() for h in header):
+        raise DataValidationError(f"{file}: line 1 holds no header ({path})", file=file, line=1)
+    missing = [c for c in COLUMNS[key] if c not in header]
+    if missing:
+        raise DataValidationError(
+            f"{file}: missing column {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more: {missing[1:]})" if len(missing) > 1 else ""),
+            file=file,
+            column=missing[0],
+        )
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], engine=CSV_ENGINE)
+    except (ValueError, UnicodeDecodeError) as exc:  # ParserError and ArrowInvalid are ValueErrors
+        line, reason = _scan_for_bad_line(path, len(header))
+        where = f" line {line}" if line else ""
+        detail = reason or _parser_reason(exc)
+        raise DataValidationError(
+            f"{file}:{where} cannot be parsed: {detail} (truncated or malformed file {path})",
+            file=file,
+            line=line,
+        ) from None
+    if CSV_ENGINE == "c":  # pragma: no cover - the C engine pads short rows instead of failing
+        line, reason = _scan_for_bad_line(path, len(header))
+        if line:
+            raise DataValidationError(
+                f"{file}: line {line} cannot be parsed: {reason} ({path})", file=file, line=line
+            )
+    if raw.empty:
+        raise DataValidationError(f"{file}: the file has a header but no data rows ({path})", file=file)
+    raw = raw[list(COLUMNS[key])]
+    converted, bad_cells = convert_table(raw, key)
+    table = final_dtypes(converted, key)
+    for column in bad_cells:  # keep the text so the validator sees (and quarantines) the bad cells
+        table[column] = raw[column]
+    return table
+
+
+def read_tables(data_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The three files of ``data_dir`` as DataFrames keyed ``loan``, ``payment``, ``clarity`` (see :func:`read_table`)."""
+    data_dir = Path(data_dir)
+    return {key: read_table(data_dir / file, key) for key, file in FILES.items()}

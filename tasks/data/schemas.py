@@ -1,0 +1,159 @@
+"""The pandera schemas of the three source files, built from the dataset contract (:mod:`tasks.data.contract`).
+
+Each column gets its contract dtype and nullability, its category list when it has one, and the range or format
+rule below. Every check's error text starts with the column name and never quotes a value, so a failure can be
+reported (and logged) without printing a personal or identifier value. :func:`tasks.data.validate.validate_tables`
+runs them lazily and quarantines the rows that break row rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pandera.pandas as pa
+
+from tasks.data.contract import (
+    CLARITY_PREFIX,
+    COLUMNS,
+    DTYPES,
+    FILES,
+    FP_STATUSES,
+    LEAD_TYPES,
+    LOAN_STATUSES,
+    MATCH_RESULTS,
+    PAY_FREQUENCIES,
+    PAYMENT_STATUSES,
+    PHONE_MATCH_TYPES,
+    REQUIRED,
+    STATES,
+    UNIQUE_IDS,
+    Kind,
+)
+
+LOAN_ID_PATTERN = r"^[A-Z]{2}-[A-Z]-\d{8}$"  # LL-I-07399092, LL-T-…, LP-I-000001xx
+SSN_PATTERN = r"^[0-9a-fA-F]{32}$"
+OBJECT_ID_PATTERN = r"^[0-9a-fA-F]{24}$"
+TIMESTAMP_PATTERN = (
+    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?$"
+)
+# Listed codes are R01…R99, RXS, RAF, RBW, RFG, RIR, RUP, RWC, RXL, C01…, LPP01, MISSED; rare unlisted ones of
+# the same shapes pass.
+RETURN_CODE_PATTERN = r"^(R[0-9A-Z]{2}|C\d\d|LPP\d\d|MISSED)$"
+REASON_DESCRIPTION_PATTERN = r"^\([A-Z0-9]{1,4}\) \S"  # "(S03) SSN match to address only", "(M) Mobile Phone"
+
+_PANDERA_DTYPES: dict[Kind, str] = {"float": "float64", "int": "Int64", "bool": "boolean"}
+
+# Column rules beyond dtype and nullability: ("isin", values), ("range", (low, high)) or ("format", (pattern,
+# what it is)). Clarity columns not listed get a rule from their group (see _clarity_rule).
+_RULES: dict[str, dict[str, tuple[str, Any]]] = {
+    "loan": {
+        "loanId": ("format", (LOAN_ID_PATTERN, "a loan id like LL-I-07399092")),
+        "anon_ssn": ("format", (SSN_PATTERN, "32 hex characters")),
+        "payFrequency": ("isin", PAY_FREQUENCIES),
+        "apr": ("range", (0, 1_000)),
+        "nPaidOff": ("range", (0, 100)),
+        "isFunded": ("isin", (0, 1)),
+        "loanStatus": ("isin", LOAN_STATUSES),
+        "loanAmount": ("range", (0, 10_000)),
+        "originallyScheduledPaymentAmount": ("range", (-10_000, 100_000)),
+        "state": ("isin", STATES),
+        "leadType": ("isin", LEAD_TYPES),
+        "leadCost": ("range", (0, 1_000)),
+        "fpStatus": ("isin", FP_STATUSES),
+        "clarityFraudId": ("format", (OBJECT_ID_PATTERN, "24 hex characters")),
+        "hasCF": ("isin", (0, 1)),
+    },
+    "payment": {
+        "loanId": ("format", (LOAN_ID_PATTERN, "a loan id like LL-I-07399092")),
+        "installmentIndex": ("range", (1, 1_000)),
+        "principal": ("range", (-10_000, 100_000)),
+        "fees": ("range", (-10_000, 100_000)),
+        "paymentAmount": ("range", (-10_000, 100_000)),
+        "paymentStatus": ("isin", PAYMENT_STATUSES),
+        "paymentReturnCode": ("format", (RETURN_CODE_PATTERN, "a return code")),
+    },
+    "clarity": {
+        "underwritingid": ("format", (OBJECT_ID_PATTERN, "24 hex characters")),
+        "clearfraudscore": ("range", (0, 1_000)),
+    },
+}
+_INDICATOR_RANGES = {"totalnumberoffraudindicators": 100, "maxnumberofssnswithanybankaccount": 1_000_000}
+_IDENTITY_RULES: dict[str, tuple[str, Any]] = {
+    "ssnnamematch": ("isin", MATCH_RESULTS),
+    "nameaddressmatch": ("isin", MATCH_RESULTS),
+    "phonematchtype": ("isin", PHONE_MATCH_TYPES),
+    "ssnnamereasoncodedescription": ("format", (REASON_DESCRIPTION_PATTERN, "a known code")),
+    "phonematchresult": ("isin", MATCH_RESULTS),
+    "nameaddressreasoncodedescription": ("format", (REASON_DESCRIPTION_PATTERN, "a known code")),
+    "phonematchtypedescription": ("format", (REASON_DESCRIPTION_PATTERN, "a known code")),
+    "overallmatchresult": ("isin", MATCH_RESULTS),
+    "phonetype": ("format", (r"^[A-Z]{1,3}$", "a known code")),
+    "ssndobreasoncode": ("format", (r"^D\d\d$", "a known code")),
+    "ssnnamereasoncode": ("format", (r"^S\d\d$", "a known code")),
+    "nameaddressreasoncode": ("format", (r"^A\d{1,2}$", "a known code")),
+    "ssndobmatch": ("isin", MATCH_RESULTS),
+    "overallmatchreasoncode": ("range", (0, 1_000)),
+}
+
+
+def _clarity_rule(column: str) -> tuple[str, Any] | None:
+    group, _, name = column.removeprefix(CLARITY_PREFIX).rpartition(".")
+    if group == "clearfraudinquiry":
+        return ("range", (0, 10_000))
+    if group == "clearfraudindicator":
+        return ("range", (0, _INDICATOR_RANGES[name])) if name in _INDICATOR_RANGES else None
+    if group == "clearfraudidentityverification":
+        return _IDENTITY_RULES[name]
+    return None
+
+
+def _check(column: str, rule: tuple[str, Any]) -> pa.Check:
+    kind, arg = rule
+    if kind == "isin":
+        error = f"{column}: not 0 or 1" if arg == (0, 1) else f"{column}: unknown category"
+        return pa.Check.isin(list(arg), error=error)
+    if kind == "range":
+        low, high = arg
+        return pa.Check.in_range(low, high, error=f"{column}: out of range [{low:g}, {high:g}]")
+    pattern, what = arg
+    return pa.Check.str_matches(pattern, error=f"{column}: not {what}")
+
+
+def _unique_first(column: str) -> pa.Check:
+    """Vectorised uniqueness that flags repeats only, so the first occurrence stays clean."""
+    return pa.Check(lambda s: ~s.duplicated(keep="first"), error=f"{column}: duplicate id")
+
+
+def _column(key: str, column: str) -> pa.Column:
+    kind = DTYPES[key][column]
+    rule = _RULES[key].get(column) or (_clarity_rule(column) if key == "clarity" else None)
+    if kind == "timestamp":
+        rule = ("format", (TIMESTAMP_PATTERN, "an ISO timestamp"))
+    checks = [_check(column, rule)] if rule else []
+    if UNIQUE_IDS.get(key) == column:
+        checks.append(_unique_first(column))
+    dtype = _PANDERA_DTYPES.get(kind, str)
+    return pa.Column(
+        dtype, checks, nullable=column not in REQUIRED[key], coerce=dtype is not str, name=column
+    )
+
+
+def _has_cf_consistent(df: pd.DataFrame) -> pd.Series:
+    return df["hasCF"].eq(1).fillna(False).astype(bool) == df["clarityFraudId"].notna()
+
+
+def _schema(key: str, checks: list[pa.Check] | None = None) -> pa.DataFrameSchema:
+    return pa.DataFrameSchema(
+        {column: _column(key, column) for column in COLUMNS[key]}, checks=checks, name=FILES[key]
+    )
+
+
+SCHEMAS: dict[str, pa.DataFrameSchema] = {
+    "loan": _schema(
+        "loan",
+        [pa.Check(_has_cf_consistent, error="hasCF: must be 1 exactly when clarityFraudId is present")],
+    ),
+    "payment": _schema("payment"),
+    "clarity": _schema("clarity"),
+}

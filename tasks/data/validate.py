@@ -1,0 +1,313 @@
+"""Validate the three source files: check them with pandera, quarantine bad rows, publish the report.
+
+The files are read by :mod:`tasks.data.reading` and checked against the schemas of :mod:`tasks.data.schemas` (both built
+from the dataset contract, :mod:`tasks.data.contract`). Rules come in two kinds.
+
+* **Table rules** - a file is missing, empty, unparseable or truncated (a row with the wrong field count), a
+  column is missing or holds no value of its type at all. They raise :class:`DataValidationError` naming the
+  file and the column or line.
+* **Row rules** - a cell that cannot be read as its column's type, a category, range or format outside the
+  documented ones, a duplicate id (the first occurrence is kept), a payment whose loan is missing or
+  quarantined, ``hasCF`` disagreeing with ``clarityFraudId``. Such rows leave the clean tables and go to
+  ``<quarantine_dir>/<file stem>.quarantine.csv`` with their source line and the rules they broke; their
+  identifier columns (``loanId``, ``anon_ssn``, ``clarityFraudId``, ``underwritingid``) are pseudonymised with a
+  keyed hash (:mod:`serving.privacy`), the source file keeping the originals. When the quarantined share of a
+  file exceeds the limit, :func:`validate_tables` raises :class:`DataValidationError`.
+
+Line numbers assume the tables keep the index :func:`read_tables` gives them (data row ``i`` is line ``i + 2``,
+the header being line 1) and that no quoted field spans lines (true of the real files). No message, log line or
+artifact quotes an identifier or personal value.
+
+The plain functions (:func:`validate_tables`, :func:`validate`) work without a Prefect run; :data:`validate_task`
+is the stage (a :class:`DataValidationError` is permanent: bad data stays bad, it is never retried).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandera.errors import SchemaErrors
+
+from serving.privacy import Pseudonymiser
+from tasks.common import run_logger, stage
+from tasks.data.contract import COLUMNS, FILES, IDENTIFIER_COLUMNS
+from tasks.data.reading import (
+    KIND_WORDS,
+    DataValidationError,
+    convert_table,
+    final_dtypes,
+    pc,
+    pyarrow,
+    read_kind,
+    read_tables,
+    shown,
+)
+from tasks.data.schemas import SCHEMAS
+from tasks.registry import tracking
+from tasks.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+# --- validating ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ValidationResult:
+    """Clean tables, a per-file report (rows of scalars, ready for a table artifact) and quarantine files."""
+
+    tables: dict[str, pd.DataFrame]
+    report: list[dict[str, Any]]
+    quarantine_files: dict[str, Path]
+    rule_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def quarantined_rows(self) -> int:
+        """Quarantined rows over all files."""
+        return sum(int(r["quarantined_rows"]) for r in self.report)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report, per-rule counts and quarantine paths as plain JSON data."""
+        return {
+            "report": self.report,
+            "rule_counts": self.rule_counts,
+            "quarantine_files": {k: str(v) for k, v in self.quarantine_files.items()},
+        }
+
+
+def _isin_fast(s: pd.Series, values: pd.Series) -> np.ndarray:
+    """``s.isin(values)`` as a numpy mask; nulls never match.
+
+    pandas 3's arrow-backed ``str.isin`` converts the value set element by element in Python (seconds for
+    600k ids), so large string sets go through pyarrow's hash kernel instead.
+    """
+    if pyarrow is not None and pd.api.types.is_string_dtype(s) and pd.api.types.is_string_dtype(values):
+        found = pc.is_in(
+            pyarrow.array(s, from_pandas=True), value_set=pyarrow.array(values.dropna(), from_pandas=True)
+        )
+        return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+    return (s.notna() & s.isin(values.dropna())).to_numpy()
+
+
+def _check_table(df: pd.DataFrame, key: str) -> None:
+    file = FILES[key]
+    missing = [c for c in COLUMNS[key] if c not in df.columns]
+    if missing:
+        raise DataValidationError(
+            f"{file}: missing column {missing[0]!r} (missing: {missing})", file=file, column=missing[0]
+        )
+    if df.empty:
+        raise DataValidationError(f"{file}: the table is empty", file=file)
+
+
+def _schema_failures(df: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Row failures (index, rule) from the pandera schema; table-level failures raise."""
+    file = FILES[key]
+    try:
+        SCHEMAS[key].validate(df, lazy=True)
+    except SchemaErrors as exc:
+        cases = exc.failure_cases
+    else:
+        return pd.DataFrame({"index": [], "rule": []})
+    table_level = cases[cases["index"].isna()]
+    if not table_level.empty:
+        first = table_level.iloc[0]
+        raise DataValidationError(
+            f"{file}: column {first['column']!r} fails {first['check']!r} "
+            f"(value: {shown(first['column'], first['failure_case'])})",
+            file=file,
+            column=None if pd.isna(first["column"]) else str(first["column"]),
+        )
+    rules = cases["check"].astype(str)
+    nulls = rules.eq("not_nullable")
+    rules = rules.where(~nulls, cases["column"].astype(str) + ": missing value")
+    return pd.DataFrame({"index": cases["index"].to_numpy(), "rule": rules.to_numpy()})
+
+
+def _failures_for(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The converted table and its row failures (unreadable cells, then schema rules)."""
+    converted, bad_cells = convert_table(df[list(COLUMNS[key])], key)
+    schema_failures = _schema_failures(converted, key)
+    parts = []
+    for col, mask in bad_cells.items():
+        index = df.index[mask.to_numpy()]
+        parts.append(pd.DataFrame({"index": index, "rule": f"{col}: not {KIND_WORDS[read_kind(key, col)]}"}))
+        # an unreadable cell became missing: do not report it a second time as a missing value
+        repeated = schema_failures["rule"].eq(f"{col}: missing value") & schema_failures["index"].isin(index)
+        schema_failures = schema_failures[~repeated]
+    parts.append(schema_failures)
+    failures = pd.concat([p for p in parts if not p.empty] or [schema_failures], ignore_index=True)
+    if pd.api.types.is_integer_dtype(df.index):
+        failures["index"] = failures["index"].astype("int64")
+    return converted, failures
+
+
+def _write_quarantine(
+    raw: pd.DataFrame, key: str, failures: pd.DataFrame, quarantine_dir: Path, pseudonymiser: Pseudonymiser
+) -> Path:
+    """``<stem>.quarantine.csv``: source line, the row as written with its identifiers pseudonymised, and its
+    broken rules ("; "-joined). The source file still holds the originals at that line."""
+    path = quarantine_dir / f"{Path(FILES[key]).stem}.quarantine.csv"
+    rules = failures.groupby("index", sort=True)["rule"].agg(lambda r: "; ".join(dict.fromkeys(r)))
+    rows = raw.loc[rules.index, list(COLUMNS[key])]
+    index = rows.index
+    line = index.to_numpy() + 2 if pd.api.types.is_integer_dtype(index) else index.astype(str)
+    out = rows.astype(object)
+    for column in IDENTIFIER_COLUMNS[key]:
+        out[column] = [pseudonymiser.field(column, v) for v in out[column].tolist()]
+    out.insert(0, "source_line", line)
+    out["broken_rules"] = rules.to_numpy()
+    tmp = path.with_suffix(".csv.tmp")
+    out.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def validate_tables(
+    tables: Mapping[str, pd.DataFrame],
+    *,
+    max_quarantine_share: float,
+    quarantine_dir: str | Path,
+    pseudonymiser: Pseudonymiser | None = None,
+) -> ValidationResult:
+    """Check the tables (any of loan, payment, clarity); quarantine rows breaking row rules.
+
+    Returns the clean tables (original index kept), the report and the quarantine files (one per file, written
+    even when empty so the folder always reflects the last run). Identifiers in quarantine files are
+    pseudonymised with ``pseudonymiser`` (default: a one-off random key, so pseudonyms differ between calls).
+    Raises :class:`DataValidationError` on a table rule or when a file's quarantined share exceeds
+    ``max_quarantine_share``.
+    """
+    pseudonymiser = pseudonymiser or Pseudonymiser(secrets.token_bytes(32))
+    unknown = set(tables) - set(FILES)
+    if unknown:
+        raise DataValidationError(f"unknown tables {sorted(unknown)}; expected some of {list(FILES)}")
+    quarantine_dir = Path(quarantine_dir)
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    keys = [k for k in FILES if k in tables]
+    converted: dict[str, pd.DataFrame] = {}
+    failures: dict[str, pd.DataFrame] = {}
+    for key in keys:
+        _check_table(tables[key], key)
+        converted[key], failures[key] = _failures_for(tables[key], key)
+
+    if "loan" in converted and "payment" in converted:  # key rule: payment.loanId ⊆ loan.loanId
+        loan_ids = converted["loan"]["loanId"]
+        quarantined_ids = loan_ids[loan_ids.index.isin(failures["loan"]["index"])]
+        clean_ids = loan_ids.drop(index=quarantined_ids.index)
+        pay_ids = converted["payment"]["loanId"]
+        known = pay_ids.isna().to_numpy() | _isin_fast(pay_ids, clean_ids)
+        parent_bad = ~known & _isin_fast(pay_ids, quarantined_ids)
+        orphan = ~known & ~parent_bad
+        extra = [
+            pd.DataFrame({"index": pay_ids.index[orphan], "rule": "loanId: no such loan in loan.csv"}),
+            pd.DataFrame({"index": pay_ids.index[parent_bad], "rule": "loanId: its loan row is quarantined"}),
+        ]
+        failures["payment"] = pd.concat(
+            [failures["payment"], *[e for e in extra if not e.empty]], ignore_index=True
+        )
+
+    clean: dict[str, pd.DataFrame] = {}
+    report: list[dict[str, Any]] = []
+    rule_counts: dict[str, dict[str, int]] = {}
+    paths: dict[str, Path] = {}
+    over: list[tuple[str, str]] = []  # (file, message)
+    for key in keys:
+        fails = failures[key].drop_duplicates()
+        bad_index = pd.Index(fails["index"].unique())
+        paths[key] = _write_quarantine(tables[key], key, fails, quarantine_dir, pseudonymiser)
+        kept = converted[key].drop(index=bad_index) if len(bad_index) else converted[key]
+        clean[key] = final_dtypes(kept, key)
+        counts = fails.groupby("rule")["index"].nunique().sort_values(ascending=False)
+        rule_counts[key] = {str(k): int(v) for k, v in counts.items()}
+        rows, n_bad = len(tables[key]), len(bad_index)
+        share = n_bad / rows
+        top = "; ".join(f"{rule} ({n})" for rule, n in list(rule_counts[key].items())[:5])
+        report.append(
+            {
+                "file": FILES[key],
+                "rows": rows,
+                "clean_rows": rows - n_bad,
+                "quarantined_rows": n_bad,
+                "quarantined_share": round(share, 6),
+                "broken_rules": top,
+                "quarantine_file": str(paths[key]),
+            }
+        )
+        if share > max_quarantine_share:
+            over.append(
+                (
+                    FILES[key],
+                    f"{FILES[key]}: {n_bad} of {rows} rows ({share:.2%}) broke row rules, over the limit of "
+                    f"{max_quarantine_share:.2%}; top broken rules: {top}; quarantined rows are in {paths[key]}",
+                )
+            )
+        logger.info("%s: %d of %d rows quarantined (%s)", FILES[key], n_bad, rows, top or "no broken rule")
+    result = ValidationResult(clean, report, paths, rule_counts)
+    if over:
+        raise DataValidationError("\n".join(msg for _, msg in over), file=over[0][0], result=result)
+    return result
+
+
+# --- the stage ----------------------------------------------------------------------------------------------
+
+
+def _in_prefect_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
+def _publish(result: ValidationResult, settings: Settings, run_id: str | None) -> None:
+    """Table artifact inside a Prefect run; report JSON and quarantine files to the MLflow run when given."""
+    if _in_prefect_run():
+        from prefect.artifacts import create_table_artifact
+
+        create_table_artifact(
+            key="validation-report",
+            table=result.report,
+            description=f"Data validation: {result.quarantined_rows} row(s) quarantined",
+        )
+    if run_id:
+        tracking.log_dict(settings, run_id, result.to_json(), "validation/report.json")
+        tracking.log_files(settings, run_id, list(result.quarantine_files.values()), "validation")
+
+
+def validate(settings: Settings, data_dir: str | Path, run_id: str | None = None) -> ValidationResult:
+    """Read and validate the three files of ``data_dir``; publish the report (artifact, MLflow run)."""
+    log = run_logger()
+    try:
+        tables = read_tables(data_dir)
+        log.info("read %s", ", ".join(f"{FILES[k]}: {len(v)} rows" for k, v in tables.items()))
+        result = validate_tables(
+            tables,
+            max_quarantine_share=settings.quarantine_max_share,
+            quarantine_dir=settings.quarantine_dir,
+            pseudonymiser=settings.pseudonymiser(),
+        )
+    except DataValidationError as exc:
+        log.error("validation failed: %s", exc)
+        if exc.result is not None:  # too many rows quarantined: still publish what was found
+            _publish(exc.result, settings, run_id)
+        raise
+    for row in result.report:
+        log.info(
+            "%s: %d rows, %d quarantined (%.3f%%)%s",
+            row["file"],
+            row["rows"],
+            row["quarantined_rows"],
+            100 * row["quarantined_share"],
+            f"; {row['broken_rules']}" if row["broken_rules"] else "",
+        )
+    _publish(result, settings, run_id)
+    return result
+
+
+validate_task = stage("validate")(validate)

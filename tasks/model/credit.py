@@ -1,0 +1,223 @@
+"""Credit-grade metrics, pure functions on label and score arrays: KS, Gini, bootstrap intervals, the decile
+table, expected calibration error, the population stability index, segment metrics, the expected-cost threshold
+and the calibrators' fits.
+
+Conventions: ``y`` holds 1 for a risky (bad) loan and 0 for a good one; ``p`` is the model's probability of
+risky, so a higher score means more risk. Everything is vectorised numpy (the bootstrap resamples all at once as
+count weights), so the evaluate stage stays a few seconds at full scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.calibration import Calibrator
+from tasks import stats
+from tasks.stats import auc_and_ks, psi
+
+
+def gini(auc: float) -> float:
+    """The Gini coefficient (accuracy ratio) of a score: 2·AUC − 1."""
+    return 2.0 * auc - 1.0
+
+
+def bootstrap_intervals(
+    y: np.ndarray, p: np.ndarray, samples: int, seed: int, level: float = 0.95
+) -> dict[str, float]:
+    """Percentile bootstrap intervals of AUC and KS: ``samples`` resamples of the rows with replacement, drawn
+    as count weights all at once (seeded, so a run repeats). {} when ``samples`` is 0 or a class is absent."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    n = len(y)
+    if samples <= 0 or len(np.unique(y)) < 2:
+        return {}
+    rng = np.random.default_rng(seed)
+    weights = np.empty((samples, n), dtype=np.float64)
+    chunk = max(1, 2_000_000 // n)  # ~16 MB of indices at a time
+    for start in range(0, samples, chunk):
+        rows = min(chunk, samples - start)
+        idx = rng.integers(0, n, size=(rows, n)) + np.arange(rows)[:, None] * n
+        weights[start : start + rows] = np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n)
+    auc, ks = stats.grouped_auc_ks(*stats.grouped(p, weights, y))
+    tail = (1.0 - level) / 2 * 100
+    out: dict[str, float] = {}
+    for name, values in (("auc", auc), ("ks", ks)):
+        low, high = np.nanpercentile(values, [tail, 100 - tail])
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(low), float(high)
+    return out
+
+
+def decile_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Rows of equal count by score, riskiest first: decile (1 = highest scores), score range, count, bads, bad
+    rate, cumulative share of all bads captured down to this decile, and lift (bad rate over the overall one)."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    n = len(y)
+    if n == 0:
+        return []
+    order = np.argsort(-p, kind="stable")
+    groups = np.array_split(order, min(bins, n))
+    total_bad = y.sum()
+    overall = total_bad / n
+    rows, captured = [], 0.0
+    for i, idx in enumerate(groups, start=1):
+        bads = float(y[idx].sum())
+        captured += bads
+        rate = bads / len(idx)
+        rows.append(
+            {
+                "decile": i,
+                "min_score": float(p[idx].min()),
+                "max_score": float(p[idx].max()),
+                "count": len(idx),
+                "bads": int(bads),
+                "bad_rate": rate,
+                "cum_bad_share": captured / total_bad if total_bad else float("nan"),
+                "lift": rate / overall if overall else float("nan"),
+            }
+        )
+    return rows
+
+
+def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """The reliability curve: equal-width probability bins with their count, mean predicted probability and
+    observed risky share (empty bins left out)."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    mean_p = np.bincount(which, weights=p, minlength=bins)
+    observed = np.bincount(which, weights=y, minlength=bins)
+    return [
+        {
+            "low": i / bins,
+            "high": (i + 1) / bins,
+            "count": int(count[i]),
+            "mean_predicted": float(mean_p[i] / count[i]),
+            "observed": float(observed[i] / count[i]),
+        }
+        for i in range(bins)
+        if count[i]
+    ]
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """ECE: the count-weighted mean gap between predicted probability and observed risky share, over
+    :func:`calibration_bins`."""
+    rows = calibration_bins(y, p, bins)
+    n = sum(r["count"] for r in rows)
+    if n == 0:
+        return float("nan")
+    return float(sum(r["count"] * abs(r["mean_predicted"] - r["observed"]) for r in rows) / n)
+
+
+def binned_shares(expected: Any, actual: Any, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Shares of ``expected`` and ``actual`` per bin: numbers by ``bins`` quantile bins of ``expected`` (missing
+    values a bin of their own), text by category (missing as a category of its own)."""
+    e, a = pd.Series(expected), pd.Series(actual)
+    if pd.api.types.is_numeric_dtype(e) and pd.api.types.is_numeric_dtype(a):
+        ev, av = e.to_numpy(dtype=float), a.to_numpy(dtype=float)
+        edges = stats.quantile_edges(ev, bins)
+        return stats.shares(stats.numeric_counts(ev, edges)), stats.shares(stats.numeric_counts(av, edges))
+    e, a = e.astype(object).fillna("<missing>"), a.astype(object).fillna("<missing>")
+    categories = sorted(set(e.unique()) | set(a.unique()), key=str)
+    ec = e.value_counts(normalize=True).reindex(categories, fill_value=0.0)
+    ac = a.value_counts(normalize=True).reindex(categories, fill_value=0.0)
+    return ec.to_numpy(dtype=float), ac.to_numpy(dtype=float)
+
+
+def stability(
+    train_scores: np.ndarray,
+    test_scores: np.ndarray,
+    train_features: pd.DataFrame,
+    test_features: pd.DataFrame,
+    bins: int = 10,
+    top: int = 10,
+) -> dict[str, Any]:
+    """PSI of the score between train and test, and the ``top`` features whose PSI is largest (descending)."""
+    features = {
+        name: psi(*binned_shares(train_features[name], test_features[name], bins))
+        for name in train_features.columns
+    }
+    ranked = sorted(features.items(), key=lambda kv: kv[1], reverse=True)[:top]
+    return {
+        "score_psi": psi(*binned_shares(train_scores, test_scores, bins)),
+        "feature_psi": [{"feature": k, "psi": v} for k, v in ranked],
+    }
+
+
+def segment_metrics(
+    y: np.ndarray,
+    p: np.ndarray,
+    threshold: float,
+    segments: Mapping[str, Any],
+    min_count: int,
+) -> list[dict[str, Any]]:
+    """Per value of each segment column (``{"state": values, ...}``) with at least ``min_count`` loans: count,
+    bad rate, mean score, share flagged at ``threshold``, AUC and KS (NaN with one class)."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    rows = []
+    for column, values in segments.items():
+        labels = pd.Series(values).astype(object).fillna("<missing>").to_numpy()
+        for value in sorted(set(labels), key=str):
+            mask = labels == value
+            count = int(mask.sum())
+            if count < min_count:
+                continue
+            auc, ks = auc_and_ks(y[mask], p[mask])
+            rows.append(
+                {
+                    "segment": column,
+                    "value": str(value),
+                    "count": count,
+                    "bad_rate": float(y[mask].mean()),
+                    "mean_score": float(p[mask].mean()),
+                    "flagged_share": float((p[mask] >= threshold).mean()),
+                    "roc_auc": auc,
+                    "ks": ks,
+                }
+            )
+    return rows
+
+
+def expected_cost_threshold(
+    y: np.ndarray, p: np.ndarray, cost_bad_approved: float, cost_good_declined: float
+) -> tuple[float, float]:
+    """The threshold (flag risky when ``p >= threshold``) minimising ``cost_bad_approved · FN +
+    cost_good_declined · FP``, and that cost per loan. Candidates are the distinct scores plus one above them
+    all (flag nobody); a tie goes to the lowest threshold."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    if len(p) == 0:
+        raise ValueError("expected_cost_threshold: no scores")
+    order = np.argsort(p, kind="stable")
+    ps, ys = p[order], y[order]
+    # one above every score (flag nobody) last, so a tie with it goes to a real score
+    candidates = np.r_[np.unique(ps), np.nextafter(ps[-1], math.inf)]
+    # at candidate c the rows below c are approved: FN = bads below c, FP = goods at or above c
+    below = np.searchsorted(ps, candidates, side="left")
+    bads_below = np.r_[0.0, np.cumsum(ys)][below]
+    goods_above = (len(ys) - ys.sum()) - (below - bads_below)
+    cost = cost_bad_approved * bads_below + cost_good_declined * goods_above
+    i = int(np.argmin(cost))
+    return float(candidates[i]), float(cost[i] / len(ys))
+
+
+def fit_calibrator(y: np.ndarray, p: np.ndarray, method: str) -> Calibrator:
+    """Fit a calibrator of ``p`` to ``y`` (validation): ``isotonic`` as breakpoints, ``platt`` as two
+    coefficients on the log-odds (scikit-learn fits; plain numbers stored, applied by
+    :class:`serving.calibration.Calibrator`)."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    if method == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
+        return Calibrator("isotonic", x=iso.X_thresholds_.tolist(), y=iso.y_thresholds_.tolist())
+    if method == "platt":
+        from sklearn.linear_model import LogisticRegression
+
+        z = Calibrator.logit(p).reshape(-1, 1)
+        lr = LogisticRegression(C=1e6, max_iter=1000).fit(z, y.astype(int))
+        return Calibrator("platt", a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
+    raise ValueError(f"calibration method must be 'isotonic' or 'platt', got {method!r}")

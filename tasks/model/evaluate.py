@@ -1,0 +1,413 @@
+"""Metrics on the held-out future, a decision threshold chosen on validation, plots and a summary.
+
+The credit-grade part (KS, Gini, bootstrap intervals, deciles, calibration, stability, segments: pure functions
+in :mod:`tasks.model.credit`) is assembled here into the *evaluation report*, which the bundle carries as
+``evaluation.json`` and the model card (:mod:`serving.card`) is rendered from. When the model's validation ECE
+exceeds ``calibration_max_ece``, a calibrator is fitted on validation and everything after it (the threshold, the
+validation and test metrics, the reference predictions) is computed on calibrated probabilities, as served.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from catboost import CatBoostClassifier
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+from serving.calibration import Calibrator
+from serving.card import evaluation_markdown
+from tasks import stats
+from tasks.common import run_logger, stage
+from tasks.model import credit
+from tasks.model.split import Split
+from tasks.model.train import make_pool, predict_proba
+from tasks.registry import tracking
+from tasks.settings import Settings
+
+SEGMENT_COLUMNS = ("state", "leadType", "payFrequency")
+
+
+def choose_threshold(y: np.ndarray, p: np.ndarray, min_precision: float, min_recall: float) -> float:
+    """The validation threshold with the best F1 among those meeting both minimums.
+
+    When no threshold meets both, the one where precision and recall are closest (the balanced point) is used,
+    which is where both have the best chance to clear the promotion policy.
+    """
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    precision, recall = precision[:-1], recall[:-1]
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    ok = (precision >= min_precision) & (recall >= min_recall)
+    if ok.any():
+        i = int(np.argmax(np.where(ok, f1, -1.0)))
+    else:
+        i = int(np.argmin(np.abs(precision - recall)))
+    return float(thresholds[i])
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float, prefix: str) -> dict[str, float]:
+    """ROC-AUC, PR-AUC, log loss, Brier, and precision/recall/F1 at ``threshold``."""
+    pred = (p >= threshold).astype(int)
+    both_classes = len(np.unique(y)) == 2
+    return {
+        f"{prefix}_roc_auc": float(roc_auc_score(y, p)) if both_classes else float("nan"),
+        f"{prefix}_pr_auc": float(average_precision_score(y, p)) if both_classes else float("nan"),
+        f"{prefix}_log_loss": float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])),
+        f"{prefix}_brier": float(brier_score_loss(y, p)),
+        f"{prefix}_precision": float(precision_score(y, pred, zero_division=0)),
+        f"{prefix}_recall": float(recall_score(y, pred, zero_division=0)),
+        f"{prefix}_f1": float(f1_score(y, pred, zero_division=0)),
+        f"{prefix}_positive_rate": float(pred.mean()),
+    }
+
+
+def decide_threshold(settings: Settings, y: np.ndarray, p: np.ndarray) -> tuple[float, dict[str, Any]]:
+    """The decision threshold on validation by the ``threshold_policy`` setting, and the record of the policy and
+    its inputs (MLflow params, bundle metadata, the card)."""
+    if settings.threshold_policy == "expected_cost":
+        threshold, cost = credit.expected_cost_threshold(
+            y, p, settings.cost_bad_approved, settings.cost_good_declined
+        )
+        record = {
+            "threshold_policy": "expected_cost",
+            "cost_bad_approved": settings.cost_bad_approved,
+            "cost_good_declined": settings.cost_good_declined,
+            "valid_cost_per_loan": cost,
+        }
+    else:
+        threshold = choose_threshold(y, p, settings.min_precision, settings.min_recall)
+        record = {
+            "threshold_policy": "f1",
+            "min_precision": settings.min_precision,
+            "min_recall": settings.min_recall,
+        }
+    return threshold, {**record, "threshold": threshold}
+
+
+def evaluate(
+    y_valid: np.ndarray,
+    p_valid: np.ndarray,
+    y_test: np.ndarray,
+    p_test: np.ndarray,
+    min_precision: float,
+    min_recall: float,
+    threshold: float | None = None,
+) -> dict[str, float]:
+    """Threshold from validation (best F1 within the minimums, unless given), then validation and test metrics
+    at that threshold."""
+    if threshold is None:
+        threshold = choose_threshold(y_valid, p_valid, min_precision, min_recall)
+    return {
+        "threshold": threshold,
+        **classification_metrics(y_valid, p_valid, threshold, "valid"),
+        **classification_metrics(y_test, p_test, threshold, "test"),
+    }
+
+
+def credit_metrics(y: np.ndarray, p: np.ndarray, prefix: str, samples: int, seed: int) -> dict[str, float]:
+    """KS, Gini, ECE and the bootstrap 95% intervals of AUC and KS of one slice, named ``<prefix>_...``."""
+    auc, ks = stats.auc_and_ks(y, p)
+    out = {
+        f"{prefix}_ks": ks,
+        f"{prefix}_gini": credit.gini(auc),
+        f"{prefix}_ece": credit.expected_calibration_error(y, p),
+    }
+    return out | {f"{prefix}_{k}": v for k, v in credit.bootstrap_intervals(y, p, samples, seed).items()}
+
+
+def slice_report(
+    y: np.ndarray, p: np.ndarray, raw: Any, threshold: float, settings: Settings
+) -> dict[str, Any]:
+    """The tables of one slice: deciles, reliability bins, segments (``state``, ``leadType``, ``payFrequency``)."""
+    segments = {c: raw[c].to_numpy() for c in SEGMENT_COLUMNS if c in raw}
+    return {
+        "deciles": credit.decile_table(y, p),
+        "calibration": credit.calibration_bins(y, p),
+        "segments": credit.segment_metrics(y, p, threshold, segments, settings.segment_min_count),
+    }
+
+
+def calibrate(
+    settings: Settings, y_valid: np.ndarray, p_valid: np.ndarray
+) -> tuple[Calibrator | None, dict[str, Any]]:
+    """A calibrator fitted on validation when its ECE exceeds ``calibration_max_ece`` (else None), and the record
+    of that decision."""
+    ece = credit.expected_calibration_error(y_valid, p_valid)
+    record: dict[str, Any] = {
+        "method": settings.calibration_method,
+        "max_ece": settings.calibration_max_ece,
+        "valid_ece_uncalibrated": ece,
+        "applied": bool(ece > settings.calibration_max_ece),
+    }
+    if not record["applied"]:
+        return None, record
+    calibrator = credit.fit_calibrator(y_valid, p_valid, settings.calibration_method)
+    record["valid_ece_calibrated"] = credit.expected_calibration_error(y_valid, calibrator.apply(p_valid))
+    return calibrator, record
+
+
+def credit_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """The card's plots from the report: reliability (validation before and after calibration, test) and the
+    test deciles' bad rates (matplotlib figures by file name)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    curves = [("valid_uncalibrated", "validation (model)"), ("valid", "validation"), ("test", "test")]
+    if not report["policy"]["calibration"]["applied"]:
+        curves = curves[1:]
+    for key, label in curves:
+        bins = report["slices"][key]["calibration"] if key != "valid_uncalibrated" else report["uncalibrated"]
+        ax.plot([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], "o-", label=label)
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="mean predicted probability", ylabel="observed risky share", title="Reliability")
+    ax.legend(loc="upper left")
+    figures = {"reliability.png": fig}
+
+    rows = report["slices"]["test"]["deciles"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar([str(r["decile"]) for r in rows], [r["bad_rate"] for r in rows])
+    ax.set(xlabel="score decile (1 = riskiest)", ylabel="bad rate", title="Bad rate by decile (test)")
+    figures["deciles.png"] = fig
+    for fig in figures.values():
+        fig.tight_layout()
+    return figures
+
+
+def png_bytes(figure: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (for the bundle's plots, which the card embeds)."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+def evaluation_figures(
+    y: np.ndarray, p: np.ndarray, threshold: float, importances: list[tuple[str, float]]
+) -> dict[str, Any]:
+    """ROC, PR, confusion-matrix and feature-importance plots of the test slice (matplotlib figures by file name;
+    the reliability plot is one of :func:`credit_figures`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures: dict[str, Any] = {}
+
+    fpr, tpr, _ = roc_curve(y, p)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
+    ax.legend(loc="lower right")
+    figures["roc.png"] = fig
+
+    prec, rec, _ = precision_recall_curve(y, p)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(rec, prec, label=f"AP {average_precision_score(y, p):.3f}")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)")
+    ax.legend(loc="lower left")
+    figures["pr.png"] = fig
+
+    cm = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["good", "risky"], yticklabels=["good", "risky"])
+    ax.set(xlabel="predicted", ylabel="actual", title=f"Confusion at {threshold:.3f}")
+    figures["confusion_matrix.png"] = fig
+
+    top = sorted(importances, key=lambda kv: kv[1], reverse=True)[:25][::-1]
+    fig, ax = plt.subplots(figsize=(6, 7))
+    ax.barh([k for k, _ in top], [v for _, v in top])
+    ax.set(title="Feature importance (top 25)", xlabel="importance")
+    figures["feature_importance.png"] = fig
+    for fig in figures.values():
+        fig.tight_layout()
+    return figures
+
+
+METRIC_ROWS = ("roc_auc", "pr_auc", "log_loss", "brier", "precision", "recall", "f1")
+
+
+def summary_markdown(
+    metrics: dict[str, float],
+    boundaries: dict[str, Any],
+    tuning: dict[str, Any],
+    report: dict[str, Any] | None = None,
+) -> str:
+    """A markdown summary of the run for the Prefect UI (a metric missing on one side shows as n/a), with the
+    credit-grade tables of the evaluation report when given (rendered as the model card renders them)."""
+
+    def cell(key: str) -> str:
+        value = metrics.get(key)
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+    rows = "\n".join(f"| {name} | {cell('valid_' + name)} | {cell('test_' + name)} |" for name in METRIC_ROWS)
+    return (
+        "# Loan-risk model evaluation\n\n"
+        f"Decision threshold (chosen on validation): **{metrics['threshold']:.4f}**\n\n"
+        "| metric | validation | test |\n|---|---|---|\n"
+        f"{rows}\n\n"
+        f"Train {boundaries['train_start']} → {boundaries['train_end']} ({boundaries['n_train']} loans); "
+        f"validation → {boundaries['valid_end']} ({boundaries['n_valid']}); "
+        f"test {boundaries['test_start']} → {boundaries['test_end']} ({boundaries['n_test']}).\n\n"
+        f"Tuning: {tuning['n_complete']} complete trials, {tuning['n_pruned']} pruned; best validation "
+        f"ROC-AUC {tuning['best_value']:.4f} with `{tuning['best_params']}`.\n"
+    ) + (f"\n{evaluation_markdown(report)}" if report else "")
+
+
+@dataclass
+class Evaluation:
+    """What the evaluate stage established: the metrics (threshold included), the test slice's probabilities
+    (for the bundle's reference sample; calibrated when a calibrator is), the parameters the model was trained
+    with, the calibrator, the evaluation report (policy, tables, stability) and the card's plots (PNG bytes)."""
+
+    metrics: dict[str, float]
+    test_probabilities: np.ndarray
+    valid_probabilities: np.ndarray | None = None  # the validation slice's (calibrated ones when calibrated)
+    params: dict[str, Any] = field(default_factory=dict)
+    calibrator: Calibrator | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    plots: dict[str, bytes] = field(default_factory=dict)
+
+
+def assess(
+    settings: Settings,
+    split: Split,
+    p_train: np.ndarray,
+    p_valid: np.ndarray,
+    p_test: np.ndarray,
+) -> tuple[dict[str, float], Calibrator | None, dict[str, Any], np.ndarray, np.ndarray]:
+    """From the model's raw probabilities: calibrate (when needed), choose the threshold, compute every metric and
+    the report. Returns the metrics, the calibrator, the report and the validation and test probabilities as served."""
+    y_valid, y_test = split.valid.label, split.test.label
+    calibrator, calibration = calibrate(settings, y_valid, p_valid)
+    uncalibrated = credit.calibration_bins(y_valid, p_valid)
+    if calibrator is not None:
+        p_train, p_valid, p_test = (calibrator.apply(p) for p in (p_train, p_valid, p_test))
+    threshold, policy = decide_threshold(settings, y_valid, p_valid)
+    metrics = evaluate(
+        y_valid, p_valid, y_test, p_test, settings.min_precision, settings.min_recall, threshold
+    )
+    for prefix, y, p in (("valid", y_valid, p_valid), ("test", y_test, p_test)):
+        metrics |= credit_metrics(y, p, prefix, settings.bootstrap_samples, settings.seed)
+    stability = credit.stability(
+        p_train, p_test, split.train.features, split.test.features, settings.psi_bins
+    )
+    metrics["score_psi"] = stability["score_psi"]
+    metrics |= {f"psi_{row['feature']}": row["psi"] for row in stability["feature_psi"]}
+    report = {
+        "policy": {
+            **policy,
+            "label_policy": settings.label_policy,
+            "calibration": calibration,
+        },
+        "metrics": {k: v for k, v in metrics.items() if not k.startswith("psi_")},
+        "slices": {
+            "valid": slice_report(y_valid, p_valid, split.valid.raw, threshold, settings),
+            "test": slice_report(y_test, p_test, split.test.raw, threshold, settings),
+        },
+        "uncalibrated": uncalibrated,
+        "stability": stability,
+        "settings": {
+            "bootstrap_samples": settings.bootstrap_samples,
+            "segment_min_count": settings.segment_min_count,
+            "psi_bins": settings.psi_bins,
+        },
+    }
+    return metrics, calibrator, report, p_valid, p_test
+
+
+def policy_params(report: dict[str, Any]) -> dict[str, Any]:
+    """The decision policy as flat MLflow params (``policy.threshold_policy``, ``policy.calibration.applied``)."""
+    policy = report["policy"]
+    flat = {f"policy.{k}": v for k, v in policy.items() if k != "calibration"}
+    return flat | {f"policy.calibration.{k}": v for k, v in policy["calibration"].items()}
+
+
+def build_evaluation(
+    settings: Settings, model: CatBoostClassifier, split: Split, tuning: dict[str, Any]
+) -> Evaluation:
+    """Everything the evaluate stage establishes, without logging it: probabilities of every slice, then
+    :func:`assess`, the card's plots as PNG bytes and the parameters."""
+    p_train, p_valid, p_test = (
+        predict_proba(model, make_pool(part)) for part in (split.train, split.valid, split.test)
+    )
+    metrics, calibrator, report, p_valid, p_test = assess(settings, split, p_train, p_valid, p_test)
+    metrics["best_iteration"] = float(model.get_best_iteration() or 0)
+    report["training"] = {k: tuning.get(k) for k in ("n_complete", "n_pruned", "best_value")}
+    figures = credit_figures(report)
+    plots = {name: png_bytes(fig) for name, fig in figures.items()}
+    close_figures(figures)
+    params = {**tuning["best_params"], "best_iteration": model.get_best_iteration()}
+    return Evaluation(metrics, p_test, p_valid, params, calibrator, report, plots)
+
+
+@stage("evaluate")
+def evaluate_task(
+    settings: Settings,
+    model: CatBoostClassifier,
+    split: Split,
+    tuning: dict[str, Any],
+    run_id: str | None = None,
+) -> Evaluation:
+    """Stage: calibration when needed, the threshold by the policy, the metrics and the credit report, logged
+    with the plots on ``run_id``; a summary artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    evaluation = build_evaluation(settings, model, split, tuning)
+    metrics, report = evaluation.metrics, evaluation.report
+    run_logger().info(
+        "test: ROC-AUC %.4f, KS %.4f, PR-AUC %.4f, precision %.4f, recall %.4f, F1 %.4f at threshold %.4f (%s); "
+        "calibrated: %s",
+        metrics["test_roc_auc"],
+        metrics["test_ks"],
+        metrics["test_pr_auc"],
+        metrics["test_precision"],
+        metrics["test_recall"],
+        metrics["test_f1"],
+        metrics["threshold"],
+        report["policy"]["threshold_policy"],
+        evaluation.calibrator.method if evaluation.calibrator else "no",
+    )
+    if run_id:
+        tracking.log_metrics(settings, run_id, {**metrics, "tuning_best_valid_roc_auc": tuning["best_value"]})
+        tracking.log_params(settings, run_id, policy_params(report))
+        tracking.log_dict(settings, run_id, report, "evaluation.json")
+        tracking.log_bytes(settings, run_id, evaluation.plots, "plots")
+        importances = list(zip(split.train.features.columns, model.get_feature_importance(), strict=True))
+        figures = evaluation_figures(
+            split.test.label, evaluation.test_probabilities, metrics["threshold"], importances
+        )
+        tracking.log_figures(settings, run_id, figures, "plots")
+    create_markdown_artifact(
+        key="evaluation-summary",
+        markdown=summary_markdown(metrics, split.boundaries, tuning, report),
+        description="Test metrics of the newly trained loan-risk model",
+    )
+    return evaluation
+
+
+def close_figures(figures: dict[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+
+    for fig in figures.values():
+        plt.close(fig)

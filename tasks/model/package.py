@@ -1,0 +1,169 @@
+"""Package: the model bundle a version ships (:mod:`serving.bundle`): the CatBoost model, its metadata, the
+reference sample every deployed image must reproduce, the reviewed reason-code table (``serving/reason_codes.toml``,
+:mod:`serving.reasons`), which must map every model feature, the evaluation report, its plots and the model card
+(:mod:`serving.card`), and the reference profile the monitor compares the prediction log with."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from catboost import CatBoostClassifier
+
+from serving.bundle import META_FILE, BundleMeta, _write_json, load_bundle, write_bundle, write_profile
+from serving.card import EVALUATION_FILE, PLOTS_DIR, write_card
+from serving.config import DEFAULT_REASON_COUNT
+from serving.features import CATEGORICAL_FEATURES
+from serving.privacy import Pseudonymiser, reference_records
+from serving.reasons import TABLE_PATH, ReasonTable, ReasonTableError, copy_table, explain_selected
+from tasks.common import PermanentError, run_logger, stage
+from tasks.data.ingest import IngestResult, data_fingerprint
+from tasks.model.evaluate import Evaluation
+from tasks.model.features import ModelTable
+from tasks.model.split import Split
+from tasks.monitoring.drift import build_profile
+from tasks.registry import tracking
+from tasks.settings import Settings
+
+
+def reference_sample(
+    test: ModelTable, probabilities: list[float], size: int, pseudonymiser: Pseudonymiser
+) -> dict[str, list[Any]]:
+    """A spread of test records with their training-time probabilities, for smoke tests of deployed images.
+
+    The records keep only the fields the features read, ``clarityFraudId`` pseudonymised: the bundle ships.
+    """
+    n = len(test)
+    step = max(1, n // size)
+    idx = list(range(0, n, step))[:size]
+    records = test.subset(idx).records
+    return {
+        "records": reference_records(records, pseudonymiser),
+        "probabilities": [float(probabilities[i]) for i in idx],
+    }
+
+
+def reference_profile(settings: Settings, split: Split, valid_scores: np.ndarray) -> dict[str, Any]:
+    """The drift reference (:func:`tasks.monitoring.drift.build_profile`): the training split's features and the scores
+    the bundle serves on the validation split (calibrated when it calibrates, as the prediction log holds them;
+    the evaluate stage computed them: :attr:`Evaluation.valid_probabilities`)."""
+    return build_profile(
+        split.train.features, valid_scores, settings.profile_bins, settings.profile_top_categories
+    )
+
+
+def bundle_meta(settings: Settings, run_id: str, evaluation: Evaluation, data: dict[str, Any]) -> BundleMeta:
+    """The bundle's metadata: threshold, validation and test metrics, the data it was trained on, parameters."""
+    metrics = evaluation.metrics
+    return BundleMeta(
+        model_name=settings.model_name,
+        threshold=metrics["threshold"],
+        categorical_features=list(CATEGORICAL_FEATURES),
+        metrics={k: v for k, v in metrics.items() if k.startswith(("test_", "valid_")) or k == "threshold"},
+        data_fingerprint=data,
+        params=dict(evaluation.params),
+        run_id=run_id,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        calibrator=evaluation.calibrator.to_dict() if evaluation.calibrator else None,
+        decision_policy=dict(evaluation.report.get("policy") or {}),
+    )
+
+
+def add_reason_table(bundle_dir: Path, source: Path = TABLE_PATH) -> ReasonTable:
+    """Copy the reason-code table into a written bundle; a model feature without a reason code fails (a
+    :class:`PermanentError` naming it: the table needs a reviewed change, a retry cannot help)."""
+    features = json.loads((bundle_dir / META_FILE).read_text())["features"]
+    try:
+        return copy_table(bundle_dir, features, source)
+    except ReasonTableError as exc:
+        raise PermanentError(f"cannot package the bundle: {exc}") from None
+
+
+def table_reasons(
+    bundle_dir: Path, table: ModelTable, mode: str = "all", count: int = DEFAULT_REASON_COUNT
+) -> list[Any]:
+    """The reasons training gives for a model table's rows (its model rows, values as its records hold them):
+    what the service must answer for the same records (``tests/serving/test_reasons.py`` holds it to that)."""
+    bundle = load_bundle(bundle_dir)
+    rows = table.rows
+    probabilities = bundle.predict_rows(rows)
+    records = table.records
+    column = lambda name: [r.get(name) for r in records]  # noqa: E731
+    return explain_selected(bundle, rows, probabilities, bundle.meta.threshold, mode, count, column) or []
+
+
+def card_context(
+    settings: Settings, evaluation: Evaluation, split: Split, labels: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What the model card says beyond the evaluation: the time windows, the label policies' counts, the
+    tuning, the code commit and the monotone constraints."""
+    from tasks.release.image import git_commit
+
+    return {
+        "boundaries": dict(split.boundaries),
+        "labels": {k: (labels or {}).get(k) for k in ("label_policy", "label_policies", "labelled_loans")},
+        "training": {
+            "tuning": evaluation.report.get("training") or {},
+            "code_commit": git_commit(),
+            "monotone_constraints": dict(settings.monotone_constraints),
+        },
+    }
+
+
+def write_evaluation(bundle_dir: Path, evaluation: Evaluation, context: dict[str, Any]) -> None:
+    """The evaluation report (with the card's context) and its plots into the bundle, then the card."""
+    if not evaluation.report:
+        return
+    _write_json(bundle_dir / EVALUATION_FILE, {**evaluation.report, "context": context})
+    plots = bundle_dir / PLOTS_DIR
+    plots.mkdir(exist_ok=True)
+    for name, png in evaluation.plots.items():
+        (plots / name).write_bytes(png)
+        (plots / name).chmod(0o644)
+    write_card(bundle_dir)
+
+
+def assemble_bundle(
+    settings: Settings,
+    directory: Path,
+    run_id: str,
+    model: CatBoostClassifier,
+    evaluation: Evaluation,
+    split: Split,
+    data: dict[str, Any],
+    labels: dict[str, Any] | None = None,
+) -> Path:
+    """Write the whole bundle into ``directory``: model, metadata, reference sample, reason-code table,
+    evaluation, card."""
+    meta = bundle_meta(settings, run_id, evaluation, data)
+    reference = reference_sample(
+        split.test, evaluation.test_probabilities, settings.smoke_sample_size, settings.pseudonymiser()
+    )
+    bundle_dir = write_bundle(directory, model, meta, reference)
+    add_reason_table(bundle_dir)
+    write_profile(bundle_dir, reference_profile(settings, split, evaluation.valid_probabilities))
+    write_evaluation(bundle_dir, evaluation, card_context(settings, evaluation, split, labels))
+    return bundle_dir
+
+
+@stage("package")
+def package_task(
+    settings: Settings,
+    run_id: str,
+    model: CatBoostClassifier,
+    evaluation: Evaluation,
+    split: Split,
+    ingested: IngestResult,
+    labels: dict[str, Any] | None = None,
+) -> Path:
+    """Stage: write the bundle (model, metadata, reference sample, evaluation report and model card) into a
+    scratch folder; returns the folder. ``labels`` is the model table's figures (label policy counts)."""
+    labelled = sum(split.boundaries[k] for k in ("n_train", "n_valid", "n_test"))
+    data = data_fingerprint(ingested, labelled)
+    directory = tracking.scratch_dir("bundle-") / "bundle"
+    bundle_dir = assemble_bundle(settings, directory, run_id, model, evaluation, split, data, labels)
+    run_logger().info("bundle written to %s", bundle_dir)
+    return bundle_dir

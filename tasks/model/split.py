@@ -1,0 +1,78 @@
+"""Chronological split: train on the past, validate on the next slice, test on the most recent one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tasks.common import PermanentError, run_logger, stage
+from tasks.model.features import ModelTable
+from tasks.registry import tracking
+from tasks.settings import Settings
+
+
+class Split:
+    """Three time-ordered slices and where they meet (opaque to Prefect, like :class:`ModelTable`)."""
+
+    __slots__ = ("train", "valid", "test", "boundaries")
+
+    def __init__(
+        self, train: ModelTable, valid: ModelTable, test: ModelTable, boundaries: dict[str, Any]
+    ) -> None:
+        self.train, self.valid, self.test, self.boundaries = train, valid, test, boundaries
+
+
+def time_split_indices(times: np.ndarray, fractions: tuple[float, float, float]) -> tuple[np.ndarray, ...]:
+    """Indices of the train/valid/test slices by time; rows sharing a timestamp never straddle a boundary."""
+    n = len(times)
+    order = np.argsort(times, kind="stable")
+    sorted_times = times[order]
+    cuts = []
+    for share in (fractions[0], fractions[0] + fractions[1]):
+        k = int(round(n * share))
+        k = int(np.searchsorted(sorted_times, sorted_times[min(k, n - 1)], side="left")) if 0 < k < n else k
+        cuts.append(k)
+    a, b = cuts
+    parts = (order[:a], order[a:b], order[b:])
+    if any(len(p) == 0 for p in parts):
+        raise PermanentError(f"split: {n} labelled loans are too few for a 3-way time split {fractions}")
+    return parts
+
+
+def split_by_time(table: ModelTable, fractions: tuple[float, float, float]) -> Split:
+    """Split the model table 70/15/15 (by default) on application time and record the boundaries."""
+    tr, va, te = time_split_indices(table.application_time, fractions)
+    t = table.application_time
+
+    def span(idx: np.ndarray) -> tuple[str, str]:
+        return str(t[idx].min()), str(t[idx].max())
+
+    boundaries = {
+        "train_start": span(tr)[0],
+        "train_end": span(tr)[1],
+        "valid_start": span(va)[0],
+        "valid_end": span(va)[1],
+        "test_start": span(te)[0],
+        "test_end": span(te)[1],
+        "n_train": len(tr),
+        "n_valid": len(va),
+        "n_test": len(te),
+        "risky_share_train": float(table.label[tr].mean()),
+        "risky_share_valid": float(table.label[va].mean()),
+        "risky_share_test": float(table.label[te].mean()),
+    }
+    return Split(table.subset(tr), table.subset(va), table.subset(te), boundaries)
+
+
+@stage("split")
+def split_task(settings: Settings, table: ModelTable, run_id: str | None = None) -> Split:
+    """Stage: the time split; its boundaries (and the table's figures) logged and recorded on ``run_id``."""
+    split = split_by_time(table, settings.split_fractions)
+    run_logger().info("split boundaries: %s", split.boundaries)
+    if run_id:
+        tracking.log_dict(
+            settings, run_id, {"boundaries": split.boundaries, "table": table.stats}, "split.json"
+        )
+        tracking.log_params(settings, run_id, {f"split.{k}": v for k, v in split.boundaries.items()})
+    return split

@@ -1,0 +1,354 @@
+"""Optuna search over CatBoost parameters, on the validation slice only, every trial an MLflow child run.
+
+Each finished or pruned trial is a line in the run log (n/N, its value, the best so far, the time spent), and the
+study's optimisation history and parameter importances are plots on the training run (``tuning/``).
+
+The trials run in this process (one worker), or in ``tune_workers`` worker processes (``tune_mode = "local"``) or
+flow runs of the tune-worker deployment (``"pool"``) sharing the study: :func:`work` is every worker's loop,
+:func:`worker_main` a worker's entry, and :mod:`tasks.model.tune_workers` the study, the data and the fan-out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from catboost import Pool
+from optuna.trial import FrozenTrial, TrialState
+from sklearn.metrics import roc_auc_score
+
+from tasks.common import PermanentError, run_logger, stage
+from tasks.model import tune_workers as workers
+from tasks.model.split import Split
+from tasks.model.train import fit_model, make_pool, predict_proba
+from tasks.registry import tracking
+from tasks.settings import Settings
+
+PRUNE_EVERY = 25  # iterations between the validation AUCs reported to the pruner
+
+
+def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
+    """The search space. Every parameter is one CatBoost honours with its defaults (MVS bootstrap: ``subsample``;
+    ``bagging_temperature`` would apply to the Bayesian bootstrap only and be ignored)."""
+    return {
+        "depth": trial.suggest_int("depth", 4, 8),
+        "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+        "l2_leaf_reg": trial.suggest_float("l2_leaf_reg", 1.0, 30.0, log=True),
+        "random_strength": trial.suggest_float("random_strength", 0.1, 3.0, log=True),
+        "subsample": trial.suggest_float("subsample", 0.5, 1.0),
+        "one_hot_max_size": trial.suggest_int("one_hot_max_size", 2, 12),
+        "border_count": trial.suggest_categorical("border_count", [64, 128, 254]),
+    }
+
+
+class PruningCallback:
+    """CatBoost callback that reports validation AUC to Optuna and stops a trial the pruner gives up on."""
+
+    def __init__(self, trial: optuna.Trial, every: int = PRUNE_EVERY) -> None:
+        self.trial, self.every, self.pruned = trial, every, False
+
+    def after_iteration(self, info: Any) -> bool:
+        step = info.iteration
+        if step % self.every:
+            return True
+        auc = info.metrics.get("validation", {}).get("AUC")
+        if not auc:
+            return True
+        self.trial.report(auc[-1], step)
+        if self.trial.should_prune():
+            self.pruned = True
+            return False
+        return True
+
+
+def objective_for(
+    train: Pool, valid: Pool, valid_label: Any, settings: Settings, run_id: str | None, worker: str = ""
+) -> Callable[[optuna.Trial], float]:
+    """The objective: validation ROC-AUC of a model fitted on train (the test slice is never seen). The trial
+    records the worker that ran it (``worker_id``; a re-run keeps the dead worker's as ``retried_from_worker``),
+    and an error of its own (``error``: a trial that failed so is not re-run, unlike one whose worker stopped)."""
+
+    def objective(trial: optuna.Trial) -> float:
+        reason = workers.surplus_reason(trial)
+        if reason is not None:
+            trial.set_user_attr(workers.SURPLUS, True)
+            raise workers.SurplusTrial(reason)
+        try:
+            return run(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            # a trial failed stale meanwhile takes no attribute: it counts as stopped, and is re-run
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                trial.set_user_attr(workers.ERROR, repr(exc)[:1000])
+            raise
+
+    def run(trial: optuna.Trial) -> float:
+        if workers.WORKER in trial.user_attrs:  # a re-run: the attributes are copied from the failed trial
+            trial.set_user_attr("retried_from_worker", trial.user_attrs[workers.WORKER])
+        trial.set_user_attr(workers.WORKER, worker)
+        params = suggest_params(trial)
+        started = time.perf_counter()
+        callback = PruningCallback(trial)
+        model = fit_model(params, train, valid, settings, callbacks=[callback])
+        auc = float(roc_auc_score(valid_label, predict_proba(model, valid)))
+        trial.set_user_attr("valid_roc_auc", auc)
+        trial.set_user_attr("best_iteration", model.get_best_iteration())
+        if run_id:
+            tracking.log_child_run(
+                settings,
+                run_id,
+                f"trial-{trial.number}",
+                {**params, "best_iteration": model.get_best_iteration()},
+                {"valid_roc_auc": auc, "fit_seconds": time.perf_counter() - started},
+                {"optuna.trial": str(trial.number), "optuna.worker": worker},
+                status="KILLED" if callback.pruned else "FINISHED",
+            )
+        if callback.pruned:
+            raise optuna.TrialPruned(f"pruned at validation AUC {auc:.4f}")
+        return auc
+
+    return objective
+
+
+def trial_line(done: int, total: int, trial: FrozenTrial, best: FrozenTrial | None, elapsed_s: float) -> str:
+    """The log line of a finished trial: ``trial 3/20 (#2) pruned: validation ROC-AUC 0.8123; best 0.8355
+    (#1); 42.1 s``."""
+    value = trial.value if trial.state == TrialState.COMPLETE else trial.user_attrs.get("valid_roc_auc")
+    shown = f"validation ROC-AUC {value:.4f}" if value is not None else "no value"
+    state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(
+        trial.state, trial.state.name.lower()
+    )
+    best_text = f"best {best.value:.4f} (#{best.number})" if best is not None else "no complete trial yet"
+    return f"trial {done}/{total} (#{trial.number}) {state}: {shown}; {best_text}; {elapsed_s:.1f} s"
+
+
+class TrialLog:
+    """Optuna callback: a run-log line per finished trial (see :func:`trial_line`); a trial whose worker stopped
+    gets a line saying it is queued again, one failed by its own error a line with that error (a surplus trial,
+    never run, gets none)."""
+
+    def __init__(self, total: int, log: Callable[[str], None]) -> None:
+        self.total, self.log, self.done, self.started = total, log, 0, time.perf_counter()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if workers.SURPLUS in trial.user_attrs:
+            return
+        if trial.state == TrialState.FAIL and workers.ERROR in trial.user_attrs:
+            self.log(f"trial #{trial.number} failed: {trial.user_attrs[workers.ERROR]}")
+            return
+        if trial.state == TrialState.FAIL:
+            self.log(
+                f"trial #{trial.number} failed (worker {trial.user_attrs.get(workers.WORKER, '?')} stopped); "
+                "queued again with its parameters"
+            )
+            return
+        self.done += 1
+        try:
+            best: FrozenTrial | None = study.best_trial
+        except ValueError:  # no complete trial yet
+            best = None
+        self.log(trial_line(self.done, self.total, trial, best, time.perf_counter() - self.started))
+
+
+def study_figures(study: optuna.Study) -> dict[str, Any]:
+    """The study's optimisation history and parameter importances as matplotlib figures (importances need two
+    complete trials; fewer give the history alone)."""
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization import matplotlib as optuna_plots
+
+    figures: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        figures["optimization_history.png"] = optuna_plots.plot_optimization_history(study).figure
+        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        if len(complete) >= 2:
+            figures["param_importances.png"] = optuna_plots.plot_param_importances(study).figure
+    for fig in figures.values():
+        fig.set_size_inches(7, 5)
+        fig.tight_layout()
+    return figures
+
+
+def work(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    deadline: float,
+    heartbeat_seconds: float,
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
+) -> int:
+    """A worker's loop: run queued trials one at a time until none is queued or running, or the budget is spent.
+    While another worker's trial runs it stays, failing that trial if its heartbeat stops (Optuna then queues
+    it again, else :func:`~tasks.model.tune_workers.reconcile` does) so that a dead worker's trial is re-run here.
+    Returns how many trials it ran."""
+    ran = 0
+    while time.time() < deadline:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        workers.reconcile(study)
+        states = workers.counts(study)
+        if states[TrialState.WAITING]:
+            study.optimize(
+                objective, n_trials=1, catch=(workers.SurplusTrial,), gc_after_trial=True, callbacks=callbacks
+            )
+            ran += 1
+        elif states[TrialState.RUNNING]:
+            time.sleep(heartbeat_seconds)
+        else:
+            break
+    return ran
+
+
+def worker_main(
+    settings: Settings,
+    study_name: str,
+    data_uri: str,
+    run_id: str | None,
+    index: int,
+    deadline: float,
+    storage: str | None = None,
+) -> int:
+    """A worker's entry (a local process or a tune-worker flow run): the study the stage prepared, the data it
+    names (a folder, or a ``runs:/`` artifact URI), checked against the study's fingerprint, then :func:`work`."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = workers.load_study(settings, study_name, index, storage)
+    settings = settings.model_copy(update=study.user_attrs.get(workers.FIT, {}))
+    folder = Path(data_uri)
+    if data_uri.startswith("runs:/"):
+        folder = tracking.download_artifacts(
+            settings, data_uri, Path(tempfile.mkdtemp(prefix="loanrisk-tune-"))
+        )
+    train, valid = workers.read_data(folder)
+    found, expected = workers.data_fingerprint(train, valid), study.user_attrs.get(workers.FINGERPRINT)
+    if found != expected:
+        raise PermanentError(
+            f"tune worker: the data at {data_uri} has fingerprint {found}, study {study_name!r} {expected}"
+        )
+    worker = workers.worker_id(settings)
+    objective = objective_for(make_pool(train), make_pool(valid), valid.label, settings, run_id, worker)
+    ran = work(study, objective, deadline, settings.tune_heartbeat_seconds)
+    run_logger().info("tune worker %s: %d trials of study %s", worker, ran, study_name)
+    return ran
+
+
+def fan_out(
+    settings: Settings, split: Split, study: optuna.Study, run_id: str | None, deadline: float
+) -> None:
+    """Run the queued trials on ``tune_workers`` workers (local processes or pool flow runs) and follow them."""
+    log = TrialLog(settings.n_trials, run_logger().info)
+    with tempfile.TemporaryDirectory(prefix="loanrisk-tune-", dir=_scratch(settings)) as tmp:
+        paths = workers.write_data(split.train, split.valid, Path(tmp))
+        storage = workers.redacted(settings.study_storage)
+        if settings.tune_mode == "local":
+            threads = settings.thread_count
+            if threads == -1:  # share the cores instead of every worker taking them all
+                threads = max(1, (os.cpu_count() or 1) // settings.tune_workers)
+            local = settings.model_copy(update={"thread_count": threads})
+            args = (local, study.study_name, tmp, run_id)
+            pool: workers.LocalWorkers | workers.PoolWorkers = workers.LocalWorkers(
+                worker_main, lambda i: (*args, i, deadline, storage), settings.tune_workers
+            )
+        else:
+            if not run_id:
+                raise PermanentError("tuning in pool mode needs the training run (its data artifact)")
+            tracking.log_files(settings, run_id, paths, "tuning/data")
+            parameters = {"study_name": study.study_name, "data_uri": f"runs:/{run_id}/tuning/data"}
+            parameters |= {"run_id": run_id, "deadline": deadline, "storage": storage}
+            pool = workers.PoolWorkers(
+                settings.tune_deployment_name,
+                [{**parameters, "index": i} for i in range(settings.tune_workers)],
+            )
+        run_logger().info(
+            "tuning: %d trials of study %s on %d %s workers: %s",
+            settings.n_trials, study.study_name, settings.tune_workers, settings.tune_mode, pool.describe(),
+        )  # fmt: skip
+        try:
+            workers.wait_for_trials(study, pool, deadline, log)
+        finally:
+            pool.stop()
+
+
+def _scratch(settings: Settings) -> Path:
+    folder = settings.state_dir / "tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def tune(settings: Settings, split: Split, study_name: str, run_id: str | None = None) -> dict[str, Any]:
+    """Run the study within the trial count and time budget, in this process or on ``tune_workers`` workers;
+    return the best params and a summary."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    deadline = time.time() + settings.tune_timeout_seconds
+    fingerprint = workers.data_fingerprint(split.train, split.valid)
+    study = workers.prepare_study(settings, study_name, fingerprint)
+    if settings.tune_workers == 1 and settings.tune_mode == "local":
+        worker = workers.worker_id(settings)
+        objective = objective_for(
+            make_pool(split.train), make_pool(split.valid), split.valid.label, settings, run_id, worker
+        )
+        log = TrialLog(settings.n_trials, run_logger().info)
+        work(study, objective, deadline, settings.tune_heartbeat_seconds, callbacks=[log])
+    else:
+        fan_out(settings, split, study, run_id, deadline)
+    return summarise(settings, study, run_id)
+
+
+def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> dict[str, Any]:
+    """The best trial and the counts (what the rest of the flow reads); the study's plots on the run."""
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not done:
+        states = {state.name: n for state, n in workers.counts(study).items() if n}
+        raise RuntimeError(f"tuning: no trial of study {study.study_name!r} completed ({states})")
+    best = study.best_trial
+    if math.isnan(best.value):
+        raise RuntimeError("tuning produced a NaN objective")
+    if run_id:
+        tracking.log_figures(settings, run_id, study_figures(study), "tuning")
+    return {
+        "best_params": dict(best.params),
+        "best_value": float(best.value),
+        "best_trial": best.number,
+        "n_complete": len(done),
+        "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "n_retried": sum(
+            workers.retried_from(t) is not None and workers.SURPLUS not in t.user_attrs for t in trials
+        ),
+        "workers": sorted({str(t.user_attrs.get(workers.WORKER)) for t in trials if t.state.is_finished()}),
+        "mode": settings.tune_mode if settings.tune_workers > 1 else "in-process",
+        "study_name": study.study_name,
+        "storage": settings.study_storage.split("://")[0],
+    }
+
+
+@stage("tune")
+def tune_task(settings: Settings, split: Split, run_id: str | None = None) -> dict[str, Any]:
+    """Stage: the Optuna study (one per training run unless ``optuna_study_name`` shares one), its best
+    parameters recorded on ``run_id``."""
+    study_name = settings.optuna_study_name or f"{settings.model_name}-{run_id or uuid.uuid4().hex}"
+    summary = tune(settings, split, study_name, run_id)
+    run_logger().info(
+        "tuning: best validation ROC-AUC %.4f (trial %d; %d complete, %d pruned) params %s",
+        summary["best_value"],
+        summary["best_trial"],
+        summary["n_complete"],
+        summary["n_pruned"],
+        summary["best_params"],
+    )
+    if run_id:
+        tracking.log_params(settings, run_id, {f"best.{k}": v for k, v in summary["best_params"].items()})
+    return summary
+
+
+# The tune-worker flow's stage: a worker's entry as a task run (local worker processes call the plain function).
+tune_worker_task = stage("tune-worker")(worker_main)

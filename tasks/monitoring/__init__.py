@@ -1,0 +1,2 @@
+"""Monitoring: the reference profile, drift of what the service scored against it, the events that turn drift
+into a retrain, and batch scoring."""

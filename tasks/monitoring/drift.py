@@ -1,0 +1,309 @@
+"""Drift statistics: the reference profile a version ships, and how far what the service saw has moved from it.
+
+Plain functions (the monitor flow, ``flows/monitor.py``, composes them through the stages in
+:mod:`tasks.monitoring.report`):
+
+* :func:`build_profile`: the reference profile written into the bundle at packaging (``profile.json``, format in
+  :mod:`serving.bundle`): per feature, quantile bins of the training split (numeric: ``profile_bins`` bins with
+  open ends and a missing bucket) or category shares (categorical: the ``profile_top_categories`` most frequent,
+  then "other" and "missing"), and the same bins for the score on the validation split. Shares only: no record,
+  no identifier, kilobytes.
+* PSI, binning and KS come from :mod:`tasks.stats`, the definitions evaluation uses too.
+* :func:`drift_report`: PSI, missing rates and volume of a window of prediction-log records against a profile,
+  and the decision (``detected`` when the score's PSI or enough features' PSIs reach the thresholds).
+* :func:`realised_performance`: realised ROC-AUC and KS of the logged scores on loans that have matured, from a
+  ``loan.csv``-shaped outcomes file joined on the pseudonymised ``loanId``.
+
+Why not Evidently: its drift metrics want the raw reference rows, and the bundle ships inside the image, where
+rows of the training data (even without identifiers) have no business; the profile is binned in advance, so the
+statistics are a few lines of numpy over counts. README "Monitoring" says more.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES, MISSING_CATEGORY
+from serving.predlog import read_log
+from tasks.stats import auc_and_ks, categorical_counts, numeric_counts, psi, quantile_edges, shares
+
+PROFILE_FORMAT = 1
+OTHER, MISSING = "other", "missing"
+_MISSING_TEXT = frozenset({"", MISSING_CATEGORY})
+
+EVENT_DETECTED = "loan-risk.drift.detected"
+EVENT_OK = "loan-risk.drift.ok"
+
+
+# --- the reference profile -----------------------------------------------------------------------------
+
+
+def _numbers(values: Iterable[Any]) -> np.ndarray:
+    """Values as float64, missing (None, NaN, text that is no number) as NaN."""
+    return pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)
+
+
+def _texts(values: Iterable[Any]) -> list[str | None]:
+    """Category values as text, missing (None, NaN, "", "NA") as None."""
+    out: list[str | None] = []
+    for v in values:
+        if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in _MISSING_TEXT:
+            out.append(None)
+        else:
+            out.append(str(v))
+    return out
+
+
+def profile_entry(values: Iterable[Any], categorical: bool, bins: int, top: int) -> dict[str, Any]:
+    """One feature's (or the score's) reference: its bins or categories and each one's share."""
+    if categorical:
+        texts = _texts(values)
+        present = pd.Series([t for t in texts if t is not None], dtype=object)
+        categories = sorted(present.value_counts().head(top).index.tolist()) if len(present) else []
+        counts = categorical_counts(texts, categories)
+        return {
+            "kind": "categorical",
+            "categories": categories,
+            "shares": shares(counts).tolist(),
+            "n": len(texts),
+        }
+    numbers = _numbers(values)
+    edges = quantile_edges(numbers, bins)
+    counts = numeric_counts(numbers, edges)
+    return {"kind": "numeric", "edges": edges, "shares": shares(counts).tolist(), "n": len(numbers)}
+
+
+def build_profile(
+    features: pd.DataFrame, scores: Sequence[float], bins: int = 10, top: int = 20
+) -> dict[str, Any]:
+    """The reference profile: each model feature of ``features`` (the training split's model rows) and the
+    ``scores`` (probabilities on the validation split), as shares of bins or categories."""
+    categorical = frozenset(CATEGORICAL_FEATURES)
+    return {
+        "format": PROFILE_FORMAT,
+        "bins": bins,
+        "top_categories": top,
+        "features": {
+            name: profile_entry(features[name].tolist(), name in categorical, bins, top)
+            for name in FEATURE_NAMES
+            if name in features.columns
+        },
+        "score": profile_entry(list(scores), False, bins, top),
+    }
+
+
+def bin_labels(entry: Mapping[str, Any]) -> list[str]:
+    """Readable names of an entry's bins, in order (for the report)."""
+    if entry["kind"] == "categorical":
+        return [*entry["categories"], OTHER, MISSING]
+    edges = [f"{e:.4g}" for e in entry["edges"]]
+    if not edges:
+        return ["all", MISSING]
+    inner = [f"({a}, {b}]" for a, b in zip(edges, edges[1:], strict=False)]
+    return [f"≤ {edges[0]}", *inner, f"> {edges[-1]}", MISSING]
+
+
+def entry_counts(entry: Mapping[str, Any], values: Iterable[Any]) -> np.ndarray:
+    """Counts of ``values`` in the bins of a profile entry."""
+    if entry["kind"] == "categorical":
+        return categorical_counts(_texts(values), entry["categories"])
+    return numeric_counts(_numbers(values), entry["edges"])
+
+
+# --- statistics ----------------------------------------------------------------------------------------
+
+
+def entry_drift(entry: Mapping[str, Any], values: Sequence[Any]) -> dict[str, Any]:
+    """PSI of ``values`` against a profile entry, their missing rate beside the reference's, and the shares."""
+    counts = entry_counts(entry, values)
+    current = shares(counts).tolist()
+    return {
+        "psi": psi(entry["shares"], current),
+        "n": int(counts.sum()),
+        "missing_rate": current[-1],
+        "reference_missing_rate": entry["shares"][-1],
+        "bins": bin_labels(entry),
+        "reference": entry["shares"],
+        "current": current,
+    }
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a window counts as drift (the settings ``drift_*``)."""
+
+    feature_psi: float = 0.25
+    score_psi: float = 0.25
+    min_features: int = 3
+    min_records: int = 100
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Thresholds:
+        return cls(
+            settings.drift_psi_threshold,
+            settings.drift_score_psi_threshold,
+            settings.drift_min_features,
+            settings.drift_min_records,
+        )
+
+
+def _feature_columns(records: Sequence[Mapping[str, Any]], names: Iterable[str]) -> dict[str, list[Any]]:
+    """Each feature's values over the records' ``features`` (a feature a record lacks is missing)."""
+    rows = [r.get("features") or {} for r in records]
+    return {name: [row.get(name) for row in rows] for name in names}
+
+
+def drift_report(
+    profile: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    thresholds: Thresholds,
+    context: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The window's statistics against ``profile`` and the decision.
+
+    ``status`` is ``detected`` (the score's PSI ≥ ``score_psi``, or ``min_features`` or more features with PSI ≥
+    ``feature_psi``), ``ok``, ``too_few`` (fewer than ``min_records`` records: statistics shown, no decision) or
+    ``no_data`` (no record in the window). ``reasons`` says why in words; ``event`` is the Prefect event to emit
+    (None for the last two).
+    """
+    n = len(records)
+    report: dict[str, Any] = {
+        **dict(context or {}),
+        "volume": n,
+        "thresholds": asdict(thresholds),
+        "features": {},
+        "score": None,
+        "drifted_features": [],
+    }
+    if n == 0:
+        report.update(status="no_data", event=None, reasons=["no prediction-log record in the window"])
+        return report
+    columns = _feature_columns(records, profile["features"])
+    report["features"] = {
+        name: entry_drift(entry, columns[name]) for name, entry in profile["features"].items()
+    }
+    report["score"] = entry_drift(profile["score"], [r.get("probability") for r in records])
+    drifted = sorted(
+        (name for name, d in report["features"].items() if d["psi"] >= thresholds.feature_psi),
+        key=lambda name: -report["features"][name]["psi"],
+    )
+    report["drifted_features"] = drifted
+    score_psi = report["score"]["psi"]
+    reasons = [
+        f"score PSI {score_psi:.3f} {'≥' if score_psi >= thresholds.score_psi else '<'} {thresholds.score_psi}",
+        f"{len(drifted)} feature(s) with PSI ≥ {thresholds.feature_psi} (a detection needs "
+        f"{thresholds.min_features}): {', '.join(drifted) or 'none'}",
+    ]
+    if n < thresholds.min_records:
+        reasons.insert(0, f"{n} record(s) in the window, fewer than {thresholds.min_records}: no decision")
+        report.update(status="too_few", event=None, reasons=reasons)
+        return report
+    detected = score_psi >= thresholds.score_psi or len(drifted) >= thresholds.min_features
+    report.update(
+        status="detected" if detected else "ok",
+        event=EVENT_DETECTED if detected else EVENT_OK,
+        reasons=reasons,
+    )
+    return report
+
+
+def event_payload(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What the drift event carries: the PSIs, the drifted features and the counts (no bins)."""
+    return {
+        "status": report["status"],
+        "score_psi": round(report["score"]["psi"], 6) if report.get("score") else None,
+        "feature_psi": {k: round(v["psi"], 6) for k, v in report["features"].items()},
+        "drifted_features": report["drifted_features"],
+        "volume": report["volume"],
+        "window": report.get("window"),
+        "thresholds": report["thresholds"],
+        "performance": report.get("performance"),
+    }
+
+
+# --- realised performance on matured loans -------------------------------------------------------------
+
+
+def read_outcomes(path: str | Path) -> pd.DataFrame:
+    """``loanId`` and ``loanStatus`` of a ``loan.csv``-shaped file; a clear error naming what is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"outcomes file {path} does not exist")
+    header = pd.read_csv(path, nrows=0).columns
+    missing = [c for c in ("loanId", "loanStatus") if c not in header]
+    if missing:
+        raise ValueError(
+            f"outcomes file {path}: column(s) {missing} missing (it needs loanId and loanStatus)"
+        )
+    return pd.read_csv(
+        path, usecols=["loanId", "loanStatus"], dtype=str, keep_default_na=False, na_values=[""]
+    )
+
+
+def realised_performance(
+    records: Sequence[Mapping[str, Any]],
+    outcomes: pd.DataFrame,
+    token: Any,
+    bad: Iterable[str],
+    good: Iterable[str],
+) -> dict[str, Any]:
+    """ROC-AUC and KS of the logged probabilities on the logged loans whose status has matured into a label.
+
+    ``token`` pseudonymises a raw ``loanId`` the way the service's log did (:meth:`Pseudonymiser.token`), so the
+    outcome file's ids join the log's ``id``; a loan logged several times counts once (its last score).
+    """
+
+    score_of: dict[str, float] = {}
+    for r in records:
+        if r.get("id") and r.get("probability") is not None:
+            score_of[str(r["id"])] = float(r["probability"])
+    bad, good = set(bad), set(good)
+    known = outcomes.dropna(subset=["loanId"])
+    ids = [token(v) for v in known["loanId"]]
+    matched = [(i, s) for i, s in zip(ids, known["loanStatus"], strict=True) if i in score_of]
+    matured = [(i, s in bad) for i, s in matched if s in bad or s in good]
+    out: dict[str, Any] = {"matched": len(matched), "matured": len(matured), "roc_auc": None, "ks": None}
+    if matured:
+        y = np.array([int(risky) for _, risky in matured])
+        p = np.array([score_of[i] for i, _ in matured])
+        out["risky_share"] = float(y.mean())
+        if len(np.unique(y)) == 2:
+            out["roc_auc"], out["ks"] = auc_and_ks(y, p)
+    return out
+
+
+# --- the prediction log's window -------------------------------------------------------------------------
+
+_WINDOW = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_window(text: str) -> timedelta:
+    """``"24h"``, ``"7d"``, ``"90m"``, ``"2w"``, ``"30s"`` → a timedelta; a clear error otherwise."""
+    match = _WINDOW.match(text.strip())
+    if not match:
+        raise ValueError(f"window {text!r}: expected a number and a unit s, m, h, d or w (e.g. 24h, 7d)")
+    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def read_window(
+    log_dir: str | Path, since: datetime, until: datetime | None = None, model_version: str | None = None
+) -> list[dict[str, Any]]:
+    """The prediction-log records of ``model_version`` with ``since ≤ time < until``.
+
+    Reads through the service's reader (:func:`serving.predlog.read_log`): every worker's and replica's files in
+    ``log_dir``, a torn last line skipped (and counted in the service's metrics when it converts the file).
+    """
+    folder = Path(log_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"prediction log folder {folder} does not exist")
+    return list(read_log(folder, since=since, until=until, model_version=model_version))

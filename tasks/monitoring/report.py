@@ -1,0 +1,267 @@
+"""The monitor's stages: the champion's reference profile, the log window, the statistics, the drift report
+(self-contained HTML with plots, and JSON: an MLflow artifact and a Prefect artifact) and the drift event.
+
+The statistics are :mod:`tasks.monitoring.drift`'s plain functions; ``flows/monitor.py`` calls these stages in order.
+The event (``loan-risk.drift.detected`` / ``loan-risk.drift.ok``) is what the retrain deployment's trigger in
+``prefect.yaml`` listens for.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from serving.bundle import read_profile
+from tasks.common import PermanentError, run_logger, stage
+from tasks.monitoring import drift as monitor
+from tasks.monitoring.events import model_resource
+from tasks.registry import tracking
+from tasks.registry import versions as registry
+from tasks.registry.aliases import Alias
+from tasks.settings import Settings
+
+TOP_PLOTS = 6
+
+
+class Reference:
+    """The monitored version and its reference profile."""
+
+    __slots__ = ("model_name", "version", "profile")
+
+    def __init__(self, model_name: str, version: str, profile: dict[str, Any]) -> None:
+        self.model_name, self.version, self.profile = model_name, version, profile
+
+
+class Window:
+    """The prediction-log records of one window (opaque to Prefect: it walks collections looking for futures)."""
+
+    __slots__ = ("records", "since", "until", "log_dir")
+
+    def __init__(
+        self, records: list[dict[str, Any]], since: datetime, until: datetime, log_dir: Path
+    ) -> None:
+        self.records, self.since, self.until, self.log_dir = records, since, until, log_dir
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@stage("reference")
+def reference_task(settings: Settings, model_version: str | None = None) -> Reference:
+    """Stage: the version to watch (``model_version``, else the ``champion``) and its bundle's profile."""
+    if model_version:
+        version = str(registry.get_version(settings, model_version).version)
+    else:
+        found = registry.version_by_alias(settings, Alias.CHAMPION)
+        if found is None:
+            raise PermanentError(
+                f"model {settings.model_name!r} has no {Alias.CHAMPION!r} alias: nothing is served to monitor "
+                "(pass --model-version to watch another version)"
+            )
+        version = str(found.version)
+    bundle = registry.download_bundle(settings, version, tracking.scratch_dir("monitor-") / "bundle")
+    profile = read_profile(bundle)
+    if profile is None:
+        raise PermanentError(
+            f"{registry.bundle_uri(settings, version)} has no reference profile (profile.json): it was "
+            "packaged before profiles existed; retrain to monitor it"
+        )
+    run_logger().info("monitoring %s v%s against its reference profile", settings.model_name, version)
+    return Reference(settings.model_name, version, profile)
+
+
+@stage("log-window")
+def window_task(
+    settings: Settings,
+    log_dir: str | None,
+    since: str | None,
+    model_version: str,
+    until: datetime | None = None,
+) -> Window:
+    """Stage: the records of ``model_version`` logged in the last ``since`` (default: ``monitor_window``)."""
+    folder = log_dir or settings.prediction_log_dir
+    if folder is None:
+        raise PermanentError("no prediction log folder: pass --log-dir or set LOANRISK_PREDICTION_LOG_DIR")
+    end = until or datetime.now(UTC)
+    start = end - monitor.parse_window(since or settings.monitor_window)
+    try:
+        records = monitor.read_window(folder, start, end, model_version)
+    except FileNotFoundError as exc:
+        raise PermanentError(str(exc)) from exc
+    run_logger().info(
+        "%d record(s) of v%s in %s from %s to %s", len(records), model_version, folder, start, end
+    )
+    return Window(records, start, end, Path(folder))
+
+
+@stage("drift")
+def drift_task(
+    settings: Settings, reference: Reference, window: Window, outcomes: str | None = None
+) -> dict[str, Any]:
+    """Stage: the drift report of the window against the reference, with realised performance when
+    ``outcomes`` (a ``loan.csv``-shaped file) is given."""
+    context = {
+        "model_name": reference.model_name,
+        "model_version": reference.version,
+        "window": {"since": window.since.isoformat(), "until": window.until.isoformat()},
+        "log_dir": str(window.log_dir),
+    }
+    report = monitor.drift_report(
+        reference.profile, window.records, monitor.Thresholds.from_settings(settings), context
+    )
+    report["performance"] = None
+    if outcomes and window.records:
+        try:
+            table = monitor.read_outcomes(outcomes)
+        except FileNotFoundError as exc:
+            raise PermanentError(str(exc)) from exc
+        report["performance"] = monitor.realised_performance(
+            window.records,
+            table,
+            settings.pseudonymiser().token,
+            settings.label_bad_statuses,
+            settings.label_good_statuses,
+        )
+    run_logger().info("drift %s: %s", report["status"], "; ".join(report["reasons"]))
+    return report
+
+
+# --- the report ------------------------------------------------------------------------------------------
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _bins_plot(title: str, entry: Mapping[str, Any]) -> str:
+    import matplotlib.pyplot as plt
+
+    labels, x = entry["bins"], range(len(entry["bins"]))
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.bar([i - 0.2 for i in x], entry["reference"], width=0.4, label="reference")
+    ax.bar([i + 0.2 for i in x], entry["current"], width=0.4, label="window")
+    ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=7)
+    ax.set(ylabel="share", title=f"{title}: PSI {entry['psi']:.3f}")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _psi_plot(report: Mapping[str, Any]) -> str:
+    import matplotlib.pyplot as plt
+
+    items = sorted(report["features"].items(), key=lambda kv: kv[1]["psi"], reverse=True)[:30][::-1]
+    fig, ax = plt.subplots(figsize=(7, 8))
+    ax.barh([k for k, _ in items], [min(v["psi"], 5.0) for _, v in items])
+    ax.axvline(report["thresholds"]["feature_psi"], color="red", linestyle="--", label="threshold")
+    ax.set(xlabel="PSI (capped at 5)", title="Feature PSI (top 30)")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def report_html(report: Mapping[str, Any]) -> str:
+    """The drift report as one self-contained HTML page (plots inline as PNG data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    e = html.escape
+    window = report.get("window") or {}
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Drift report</title><style>"
+        "body{font-family:sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
+        ".drift{background:#fdd}</style></head><body>",
+        f"<h1>Drift report: {e(str(report.get('model_name')))} v{e(str(report.get('model_version')))}</h1>",
+        f"<p>Window {e(str(window.get('since')))} → {e(str(window.get('until')))}; "
+        f"{report['volume']} record(s). Status: <b>{e(report['status'])}</b></p>",
+        "<ul>" + "".join(f"<li>{e(r)}</li>" for r in report["reasons"]) + "</ul>",
+    ]
+    performance = report.get("performance")
+    if performance:
+        parts.append(
+            "<h2>Realised performance (matured loans)</h2><p>"
+            + ", ".join(f"{e(k)}: {e(str(v))}" for k, v in performance.items())
+            + "</p>"
+        )
+    if report.get("score"):
+        parts.append("<h2>Score</h2>" + f"<img src='{_bins_plot('score', report['score'])}'>")
+        parts.append(f"<h2>Features</h2><img src='{_psi_plot(report)}'>")
+        for name in report["drifted_features"][:TOP_PLOTS]:
+            parts.append(f"<img src='{_bins_plot(name, report['features'][name])}'>")
+        rows = sorted(report["features"].items(), key=lambda kv: kv[1]["psi"], reverse=True)
+        parts.append("<table><tr><th>feature</th><th>PSI</th><th>missing</th><th>reference missing</th></tr>")
+        for name, d in rows:
+            css = " class='drift'" if name in report["drifted_features"] else ""
+            parts.append(
+                f"<tr{css}><td>{e(name)}</td><td>{d['psi']:.4f}</td><td>{d['missing_rate']:.3f}</td>"
+                f"<td>{d['reference_missing_rate']:.3f}</td></tr>"
+            )
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def report_markdown(report: Mapping[str, Any], run_id: str) -> str:
+    """The summary for the Prefect UI."""
+    lines = [
+        f"# Drift report: {report.get('model_name')} v{report.get('model_version')}",
+        "",
+        f"**{report['status']}**, {report['volume']} record(s); MLflow run `{run_id}` holds "
+        "`drift/report.html` and `drift/report.json`.",
+        "",
+        *[f"- {r}" for r in report["reasons"]],
+    ]
+    if report.get("score"):
+        top = sorted(report["features"].items(), key=lambda kv: kv[1]["psi"], reverse=True)[:10]
+        lines += ["", "| feature | PSI | missing |", "|---|---|---|"]
+        lines += [f"| {k} | {v['psi']:.4f} | {v['missing_rate']:.3f} |" for k, v in top]
+    return "\n".join(lines)
+
+
+@stage("drift-report")
+def report_task(settings: Settings, run_id: str, report: dict[str, Any]) -> None:
+    """Stage: the report as MLflow artifacts (``drift/report.html``, ``drift/report.json``), metrics and tags on
+    the monitor's run, and a Prefect markdown artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    tracking.log_dict(settings, run_id, report, "drift/report.json")
+    tracking.log_text(settings, run_id, report_html(report), "drift/report.html")
+    metrics = {"volume": report["volume"], "drifted_features": len(report["drifted_features"])}
+    if report.get("score"):
+        metrics["score_psi"] = report["score"]["psi"]
+        metrics |= {f"psi.{k}": v["psi"] for k, v in report["features"].items()}
+    tracking.log_metrics(settings, run_id, metrics)
+    tags = {"drift.status": report["status"], "model_version": report.get("model_version") or ""}
+    tracking.set_tags(settings, run_id, tags)
+    create_markdown_artifact(
+        key="drift-report", markdown=report_markdown(report, run_id), description="Drift of the served model"
+    )
+
+
+@stage("drift-event")
+def emit_task(settings: Settings, report: dict[str, Any]) -> str | None:
+    """Stage: emit ``loan-risk.drift.detected`` or ``loan-risk.drift.ok`` about the model (no event when the
+    window had no decision); returns the event's id."""
+    from prefect.events import emit_event
+
+    if report["event"] is None:
+        run_logger().info("no drift event: %s", report["reasons"][0])
+        return None
+    event = emit_event(
+        event=report["event"],
+        resource=model_resource(report["model_name"], report["model_version"]),
+        payload=monitor.event_payload(report),
+    )
+    run_logger().info("emitted %s (%s)", report["event"], event.id if event else "events disabled")
+    return str(event.id) if event else None

@@ -1,0 +1,2 @@
+"""Registry: the one door to MLflow (runs, versions, aliases), and the promotion gate that decides which version
+may become the champion."""

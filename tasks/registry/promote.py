@@ -1,0 +1,163 @@
+"""The promotion gate: minimum precision and recall, and a gain over the champion on the same test data.
+
+The gate fails closed: a registry that cannot say whether a champion exists fails the task (retried, then the
+run fails); a champion that exists but cannot be re-scored is decided by ``champion_unscorable`` (default:
+not promoted, and the reason says why).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.bundle import BundleError, load_bundle
+from tasks.common import PermanentError, run_logger, stage
+from tasks.model.evaluate import classification_metrics
+from tasks.model.features import ModelTable
+from tasks.monitoring.events import PROMOTED, emit_model_event, metrics_summary
+from tasks.registry import versions as registry
+from tasks.registry.aliases import Alias
+from tasks.registry.versions import RegistryUnavailable
+from tasks.settings import Settings
+
+
+@dataclass
+class Policy:
+    """Promotion policy (from the settings)."""
+
+    min_precision: float = 0.72
+    min_recall: float = 0.72
+    min_f1_gain: float = 0.02
+    champion_unscorable: str = "reject"  # or "minimums"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            settings.min_precision, settings.min_recall, settings.min_f1_gain, settings.champion_unscorable
+        )
+
+
+@dataclass
+class Decision:
+    """The gate's answer and why; truthy when promoted."""
+
+    promoted: bool
+    reasons: list[str]
+    champion: dict[str, Any] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.promoted
+
+
+def decide(metrics: dict[str, float], champion: dict[str, Any] | None, policy: Policy) -> Decision:
+    """Apply the policy. ``champion`` holds the champion's ``test_f1`` re-scored on this run's test split."""
+    reasons, ok = [], True
+    for name, minimum in (("precision", policy.min_precision), ("recall", policy.min_recall)):
+        value = metrics[f"test_{name}"]
+        passed = value >= minimum
+        ok &= passed
+        reasons.append(f"test {name} {value:.4f} {'>=' if passed else '<'} minimum {minimum:.2f}")
+    if champion is None:
+        reasons.append("no champion: the minimums alone decide")
+    elif champion.get("error"):
+        lenient = policy.champion_unscorable == "minimums"
+        ok &= lenient
+        outcome = "minimums decide" if lenient else "not promoted"
+        reasons.append(
+            f"champion v{champion['version']} could not be re-scored on this test split ({champion['error']}): "
+            f"{outcome} (champion_unscorable={policy.champion_unscorable})"
+        )
+    else:
+        new, old = metrics["test_f1"], champion["test_f1"]
+        gain = (new - old) / old if old > 0 else float("inf")
+        passed = gain >= policy.min_f1_gain
+        ok &= passed
+        reasons.append(
+            f"F1 {new:.4f} vs champion v{champion['version']} {old:.4f} on the same test split: "
+            f"gain {gain:+.2%} {'>=' if passed else '<'} required {policy.min_f1_gain:+.2%}"
+        )
+    return Decision(ok, reasons, champion, metrics)
+
+
+def rescore_champion(settings: Settings, test: ModelTable) -> dict[str, Any] | None:
+    """The current champion's metrics on this run's test split, at the champion's own threshold.
+
+    None when there is no champion; ``{"version", "error"}`` when it exists but cannot be re-scored (bundle
+    missing or unloadable, feature contract changed, scoring error). A registry that fails raises
+    :class:`~tasks.registry.versions.RegistryUnavailable`.
+    """
+    version = registry.version_by_alias(settings, Alias.CHAMPION)
+    if version is None:
+        return None
+    number = str(version.version)
+    with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
+        try:
+            bundle = load_bundle(
+                registry.download_bundle(settings, number, Path(tmp) / "bundle"), thread_count=-1
+            )
+            p = bundle.predict_records(test.records)
+            threshold = bundle.meta.threshold
+        except RegistryUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever stops the re-scoring is the champion's problem
+            kind = "" if isinstance(exc, BundleError | PermanentError) else f"{type(exc).__name__}: "
+            return {"version": number, "error": f"{kind}{exc}"[:500]}
+    import numpy as np
+
+    metrics = classification_metrics(test.label, np.asarray(p), threshold, "test")
+    return {"version": number, "threshold": threshold, **metrics}
+
+
+def apply_decision(settings: Settings, version: str, decision: Decision, dry_run: bool) -> None:
+    """Tag the version with the decision; on promotion (and not a dry run) point ``candidate`` at it.
+
+    The tags are written one at a time, the decision last: a registry failure midway leaves a record without a
+    decision (never deployable), not a dry run that reads as promoted."""
+    registry.set_version_tags(
+        settings,
+        version,
+        {
+            "promotion.reasons": json.dumps(decision.reasons),
+            "promotion.dry_run": str(dry_run).lower(),
+            "promotion.champion_version": (decision.champion or {}).get("version", ""),
+            "promotion.decision": "promoted" if decision.promoted else "rejected",
+        },
+    )
+    if decision.promoted and not dry_run:
+        registry.set_alias(settings, Alias.CANDIDATE, version)
+
+
+def decision_markdown(settings: Settings, version: str, decision: Decision, dry_run: bool) -> str:
+    """The decision as markdown for the Prefect UI."""
+    verdict = "PROMOTED to `candidate`" if decision.promoted else "NOT promoted"
+    if dry_run:
+        verdict += " (dry run: aliases untouched)"
+    lines = "\n".join(f"- {r}" for r in decision.reasons)
+    return f"# {settings.model_name} v{version}: {verdict}\n\n{lines}\n"
+
+
+@stage("promote")
+def promote_task(
+    settings: Settings, version: str, metrics: dict[str, float], test: ModelTable, dry_run: bool = False
+) -> Decision:
+    """Stage: decide, record the decision on the version and as an artifact; truthy when promoted."""
+    from prefect.artifacts import create_markdown_artifact
+
+    champion = rescore_champion(settings, test)
+    decision = decide(metrics, champion, Policy.from_settings(settings))
+    apply_decision(settings, version, decision, dry_run)
+    if decision.promoted and not dry_run:
+        emit_model_event(
+            settings, PROMOTED, version, {"metrics": metrics_summary(metrics), "reasons": decision.reasons}
+        )
+    create_markdown_artifact(
+        key="promotion-decision",
+        markdown=decision_markdown(settings, version, decision, dry_run),
+        description=f"{settings.model_name} v{version} promotion decision",
+    )
+    run_logger().info("promotion of v%s: %s — %s", version, decision.promoted, "; ".join(decision.reasons))
+    return decision

@@ -1,0 +1,215 @@
+"""The one door to MLflow: tracking URI, experiment, runs, artifacts, and the registry client.
+
+Nothing else in the pipeline imports ``mlflow`` (``tests/test_architecture.py`` checks it): stages log through the
+functions here, and :mod:`tasks.registry.versions` reaches the model registry through :func:`client`, :func:`is_absent`
+and :func:`download_artifacts`. Uses the client API only (thread-safe, and MLflow's global state is never set).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tasks.settings import Settings
+
+
+def client(settings: Settings) -> Any:
+    """An ``MlflowClient`` for the configured tracking URI (local SQLite store by default).
+
+    MLflow's global URI is never set: ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the
+    process environment, which would pin every later settings object of the process to the first store.
+    """
+    from mlflow import MlflowClient
+
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(settings: Settings) -> str:
+    """The experiment's id, created on first use (artifacts under the state folder for local stores)."""
+    c = client(settings)
+    exp = c.get_experiment_by_name(settings.mlflow_experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if settings.tracking_uri.startswith("sqlite:"):
+        settings.artifact_root.mkdir(parents=True, exist_ok=True)
+        location = settings.artifact_root.resolve().as_uri()
+    try:
+        return c.create_experiment(settings.mlflow_experiment, artifact_location=location)
+    except Exception:  # noqa: BLE001 - created concurrently by another run
+        return c.get_experiment_by_name(settings.mlflow_experiment).experiment_id
+
+
+def start_run(
+    settings: Settings, name: str, tags: Mapping[str, str] | None = None, parent: str | None = None
+) -> str:
+    """Create a run (nested under ``parent`` when given) and return its id; :func:`run` also closes it."""
+    all_tags = dict(tags or {})
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    created = client(settings).create_run(experiment_id(settings), run_name=name, tags=all_tags)
+    return created.info.run_id
+
+
+@contextmanager
+def run(
+    settings: Settings, name: str, tags: Mapping[str, str] | None = None, parent: str | None = None
+) -> Iterator[str]:
+    """``with tracking.run(settings, name) as run_id:`` a run that ends FINISHED, or FAILED when the block raises
+    (anything, an interrupt included; the exception goes on)."""
+    run_id = start_run(settings, name, tags, parent)
+    try:
+        yield run_id
+    except BaseException:
+        end_run(settings, run_id, "FAILED")
+        raise
+    end_run(settings, run_id, "FINISHED")
+
+
+def log_child_run(
+    settings: Settings,
+    parent: str,
+    name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str] | None = None,
+    status: str = "FINISHED",
+) -> str:
+    """A finished run nested under ``parent`` holding ``params`` and ``metrics`` (one per Optuna trial)."""
+    child = start_run(settings, name, tags, parent)
+    log_params(settings, child, params)
+    log_metrics(settings, child, metrics)
+    end_run(settings, child, status)
+    return child
+
+
+def log_params(settings: Settings, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params (values stringified, truncated to MLflow's limit)."""
+    from mlflow.entities import Param
+
+    items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+    if items:
+        client(settings).log_batch(run_id, params=items)
+
+
+def set_tags(settings: Settings, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a run in one batch (values stringified)."""
+    from mlflow.entities import RunTag
+
+    items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+    if items:
+        client(settings).log_batch(run_id, tags=items)
+
+
+def log_metrics(settings: Settings, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log finite metrics in one batch."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(k, float(v), now, step)
+        for k, v in metrics.items()
+        if v is not None and math.isfinite(float(v))
+    ]
+    if items:
+        client(settings).log_batch(run_id, metrics=items)
+
+
+def log_dict(settings: Settings, run_id: str, data: Any, artifact_file: str) -> None:
+    """Log a JSON document as an artifact of the run."""
+    client(settings).log_text(run_id, json.dumps(data, indent=2, default=str), artifact_file)
+
+
+def log_text(settings: Settings, run_id: str, text: str, artifact_file: str) -> None:
+    """Log a text document (HTML, Markdown) as an artifact of the run."""
+    client(settings).log_text(run_id, text, artifact_file)
+
+
+def log_files(settings: Settings, run_id: str, paths: list[Path], artifact_path: str) -> None:
+    """Log local files under ``artifact_path``."""
+    c = client(settings)
+    for p in paths:
+        c.log_artifact(run_id, str(p), artifact_path)
+
+
+def log_bytes(settings: Settings, run_id: str, files: Mapping[str, bytes], artifact_path: str) -> None:
+    """Log in-memory files (``{"deciles.png": b"..."}``) under ``artifact_path``."""
+    folder = scratch_dir("artifacts-")
+    paths = []
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        paths.append(folder / name)
+    log_files(settings, run_id, paths, artifact_path)
+
+
+def log_figures(settings: Settings, run_id: str, figures: Mapping[str, Any], artifact_path: str) -> None:
+    """Log matplotlib figures as PNGs under ``artifact_path`` (``{"roc.png": fig}``) and close them."""
+    import matplotlib.pyplot as plt
+
+    c = client(settings)
+    for name, fig in figures.items():
+        try:
+            c.log_figure(run_id, fig, f"{artifact_path}/{name}")
+        finally:
+            plt.close(fig)
+
+
+def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
+    """Close a run with FINISHED, FAILED or KILLED."""
+    client(settings).set_terminated(run_id, status=status)
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary directory for files on their way to MLflow."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+# --- what an MLflow error means, and artifact downloads (for tasks.registry.versions) --------------------------------
+
+_ALIAS_NOT_FOUND = re.compile(r"alias \S+ not found", re.IGNORECASE)
+
+
+def is_absent(exc: BaseException) -> bool:
+    """Whether an MLflow error says the model, version, alias or artifact does not exist (and nothing else).
+
+    MLflow 3 answers a missing registered model with ``RESOURCE_DOES_NOT_EXIST`` (404) and a missing alias of an
+    existing model with ``INVALID_PARAMETER_VALUE`` (400) "Registered model alias ... not found", on SQLite and
+    through ``mlflow server``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and bool(_ALIAS_NOT_FOUND.search(str(exc)))
+
+
+def already_exists(exc: BaseException) -> bool:
+    """Whether an MLflow error says the thing to create exists already."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and (
+        "RESOURCE_ALREADY_EXISTS" in str(exc.error_code) or "already exists" in str(exc)
+    )
+
+
+def download_artifacts(settings: Settings, artifact_uri: str, dst: Path) -> Path:
+    """Download ``artifact_uri`` (``runs:/``, ``models:/`` or a store URI) into ``dst``; returns the local path."""
+    from mlflow.artifacts import download_artifacts as download
+
+    return Path(download(artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=settings.tracking_uri))
+
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

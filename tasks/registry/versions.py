@@ -1,0 +1,248 @@
+"""The MLflow model registry: register a bundle as a model version, find versions by alias, export bundles.
+
+Errors fail closed: only a registry that says "no such model / version / alias" means absent (None or a
+:class:`~tasks.common.PermanentError`, see :func:`tasks.registry.tracking.is_absent`); any other failure (server
+unreachable, 5xx, a broken store) is a :class:`RegistryUnavailable`, which the stage tasks retry and which then
+fails the run. MLflow is reached through :mod:`tasks.registry.tracking` only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, NoReturn
+
+from serving.bundle import META_FILE, stamp_version
+from serving.card import EVALUATION_FILE, write_card
+from tasks.common import PermanentError, TransientError, run_logger, stage
+from tasks.registry import tracking
+from tasks.registry.aliases import Alias
+from tasks.registry.tracking import is_absent
+from tasks.settings import Settings
+
+BUNDLE_ARTIFACT_PATH = "bundle"
+
+
+class RegistryUnavailable(TransientError):
+    """The MLflow registry did not answer, or answered with an error that is not "absent"."""
+
+
+def unavailable(settings: Settings, what: str, exc: BaseException) -> NoReturn:
+    """Raise :class:`RegistryUnavailable` for a failed registry call (``what`` says which)."""
+    raise RegistryUnavailable(
+        f"MLflow registry at {settings.tracking_uri} failed to {what}: {type(exc).__name__}: {str(exc)[:500]}"
+    ) from exc
+
+
+def bundle_uri(settings: Settings, version: str) -> str:
+    """Where a version's bundle can be downloaded (``mlflow artifacts download --artifact-uri ...``)."""
+    return f"models:/{settings.model_name}/{version}"
+
+
+def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dict[str, str]) -> str:
+    """Create a model version whose source is the run's ``bundle/`` artifacts, stamp that version into the
+    bundle's metadata, then upload the bundle; returns the version. A failed upload removes the version."""
+    c = tracking.client(settings)
+    try:
+        c.create_registered_model(settings.model_name, description="Loan default risk (CatBoost bundle)")
+    except Exception as exc:
+        if not tracking.already_exists(exc):
+            raise
+    source = f"{c.get_run(run_id).info.artifact_uri}/{BUNDLE_ARTIFACT_PATH}"
+    version = str(
+        c.create_model_version(settings.model_name, source=source, run_id=run_id, tags=tags).version
+    )
+    try:
+        if (bundle_dir / META_FILE).is_file():
+            stamp_version(bundle_dir, version, model_name=settings.model_name)
+            if (bundle_dir / EVALUATION_FILE).is_file():
+                write_card(bundle_dir)  # the card names its version
+        c.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
+    except BaseException:
+        c.delete_model_version(settings.model_name, version)
+        raise
+    return version
+
+
+def get_version(settings: Settings, version: str) -> Any:
+    """A model version by number; :class:`PermanentError` when it does not exist."""
+    try:
+        return tracking.client(settings).get_model_version(settings.model_name, str(version))
+    except Exception as exc:
+        if is_absent(exc):
+            raise PermanentError(f"model {settings.model_name!r} has no version {version!r}") from exc
+        unavailable(settings, f"read version {version} of {settings.model_name!r}", exc)
+
+
+def version_by_alias(settings: Settings, alias: str) -> Any | None:
+    """The version an alias points to; None only when the alias (or the model) does not exist.
+
+    Any other failure raises :class:`RegistryUnavailable`: an unreachable registry is never "no champion".
+    """
+    try:
+        return tracking.client(settings).get_model_version_by_alias(settings.model_name, alias)
+    except Exception as exc:
+        if is_absent(exc):
+            return None
+        unavailable(settings, f"read alias {alias!r} of {settings.model_name!r}", exc)
+
+
+def resolve_version(settings: Settings, model_version: str | None, alias: str | None) -> str:
+    """A version given explicitly (checked to exist), or the one ``alias`` (default ``candidate``) points to."""
+    if model_version:
+        return str(get_version(settings, model_version).version)
+    found = version_by_alias(settings, alias or Alias.CANDIDATE)
+    if found is None:
+        raise PermanentError(f"model {settings.model_name!r} has no alias {alias!r}: nothing to deploy")
+    return str(found.version)
+
+
+def set_alias(settings: Settings, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``."""
+    try:
+        tracking.client(settings).set_registered_model_alias(settings.model_name, alias, str(version))
+    except Exception as exc:
+        unavailable(settings, f"point alias {alias!r} at version {version}", exc)
+
+
+def delete_alias(settings: Settings, alias: str) -> None:
+    """Remove ``alias`` (no error when it is absent)."""
+    try:
+        tracking.client(settings).delete_registered_model_alias(settings.model_name, alias)
+    except Exception as exc:
+        if not is_absent(exc):
+            unavailable(settings, f"delete alias {alias!r}", exc)
+
+
+def set_version_tags(settings: Settings, version: str, tags: dict[str, Any]) -> None:
+    """Set several tags on a model version, one call each, in the order given."""
+    c = tracking.client(settings)
+    try:
+        for key, value in tags.items():
+            c.set_model_version_tag(settings.model_name, str(version), key, str(value))
+    except Exception as exc:
+        if is_absent(exc):
+            raise PermanentError(f"model {settings.model_name!r} has no version {version!r}") from exc
+        unavailable(settings, f"tag version {version}", exc)
+
+
+def model_tags(settings: Settings) -> dict[str, str]:
+    """The registered model's own tags ({} when the model does not exist yet)."""
+    try:
+        return dict(tracking.client(settings).get_registered_model(settings.model_name).tags or {})
+    except Exception as exc:
+        if is_absent(exc):
+            return {}
+        unavailable(settings, f"read the tags of {settings.model_name!r}", exc)
+
+
+def set_model_tag(settings: Settings, key: str, value: str) -> None:
+    """Set one tag on the registered model (one call: a reader sees the old value or the new one)."""
+    try:
+        tracking.client(settings).set_registered_model_tag(settings.model_name, key, value)
+    except Exception as exc:
+        unavailable(settings, f"set tag {key!r} of {settings.model_name!r}", exc)
+
+
+class AlreadyExists(PermanentError):
+    """A registered model of that name exists already (the registry's unique name refused a second one)."""
+
+
+def create_record(settings: Settings, name: str, tags: dict[str, str], description: str = "") -> None:
+    """Create the registered model ``name`` with ``tags`` in one call; :class:`AlreadyExists` when the name is
+    taken. The store's unique name makes this a compare-and-set: of two creators of one name, exactly one wins."""
+    try:
+        tracking.client(settings).create_registered_model(name, tags=tags, description=description)
+    except Exception as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_ALREADY_EXISTS":
+            raise AlreadyExists(f"registered model {name!r} exists already") from exc
+        unavailable(settings, f"create registered model {name!r}", exc)
+
+
+def record_tags(settings: Settings, name: str) -> dict[str, str] | None:
+    """The tags of the registered model ``name``; None when it does not exist."""
+    try:
+        return dict(tracking.client(settings).get_registered_model(name).tags or {})
+    except Exception as exc:
+        if is_absent(exc):
+            return None
+        unavailable(settings, f"read registered model {name!r}", exc)
+
+
+def records(settings: Settings, prefix: str, newest_only: bool = False) -> dict[str, dict[str, str]]:
+    """Registered models whose name starts with ``prefix`` (name → tags), every page; ``newest_only``: the one
+    with the greatest name."""
+    c = tracking.client(settings)
+    found: dict[str, dict[str, str]] = {}
+    token = None
+    try:
+        while True:
+            page = c.search_registered_models(
+                filter_string=f"name LIKE '{prefix}%'",
+                max_results=1 if newest_only else 1000,
+                order_by=["name DESC"],
+                page_token=token,
+            )
+            found |= {m.name: dict(m.tags or {}) for m in page}
+            token = page.token
+            if newest_only or not token:
+                return found
+    except Exception as exc:
+        unavailable(settings, f"list registered models named {prefix}*", exc)
+
+
+def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
+    """Download a version's bundle into ``dst`` (emptied first) and stamp the version into its metadata.
+
+    :class:`PermanentError` when the version or its artifacts do not exist, :class:`RegistryUnavailable` when
+    the registry or artifact store fails.
+    """
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    try:
+        source = tracking.client(settings).get_model_version_download_uri(settings.model_name, str(version))
+        path = tracking.download_artifacts(settings, source, dst)
+    except Exception as exc:
+        if is_absent(exc) or isinstance(exc, FileNotFoundError):
+            raise PermanentError(f"{bundle_uri(settings, version)}: no bundle to download ({exc})") from exc
+        unavailable(settings, f"download the bundle of version {version}", exc)
+    if not (path / META_FILE).is_file():
+        raise PermanentError(f"{bundle_uri(settings, version)} holds no model bundle ({META_FILE} missing)")
+    stamp_version(path, str(version), model_name=settings.model_name)
+    return path
+
+
+def version_tags(bundle_dir: Path) -> dict[str, str]:
+    """The searchable tags of a new version, from its bundle's metadata: data source and revision, test
+    ROC-AUC, threshold."""
+    meta = json.loads((bundle_dir / META_FILE).read_text())
+    data = meta.get("data_fingerprint") or {}
+    return {
+        "data.source": str(data.get("source") or ""),
+        "data.revision": str(data.get("revision") or ""),
+        "test_roc_auc": f"{meta.get('metrics', {}).get('test_roc_auc', float('nan')):.4f}",
+        "threshold": f"{meta['threshold']:.6f}",
+    }
+
+
+@stage("register")
+def register_task(settings: Settings, run_id: str, bundle_dir: Path) -> str:
+    """Stage: a new model version carrying the bundle, tagged from its metadata."""
+    version = register_bundle(settings, run_id, bundle_dir, version_tags(bundle_dir))
+    run_logger().info(
+        "registered %s version %s (%s)", settings.model_name, version, bundle_uri(settings, version)
+    )
+    return version
+
+
+@stage("export-bundle", max_retries=0)
+def export_task(settings: Settings, version: str, context_dir: Path) -> Path:
+    """Stage: a fresh Docker build context holding the version's bundle and the serving code."""
+    from tasks.release.build_context import prepare_build_context
+
+    bundle = download_bundle(settings, version, context_dir.parent / f"bundle-v{version}")
+    context = prepare_build_context(bundle, context_dir, settings.wheel_cache_dir)
+    run_logger().info("build context for v%s at %s", version, context)
+    return context
