@@ -121,11 +121,11 @@ def binned_shares(expected: Any, actual: Any, bins: int = 10) -> tuple[np.ndarra
         ev, av = e.to_numpy(dtype=float), a.to_numpy(dtype=float)
         edges = stats.quantile_edges(ev, bins)
         return stats.shares(stats.numeric_counts(ev, edges)), stats.shares(stats.numeric_counts(av, edges))
-    e, a = e.astype(object).fillna("<missing>"), a.astype(object).fillna("<missing>")
-    categories = sorted(set(e.unique()) | set(a.unique()), key=str)
-    ec = e.value_counts(normalize=True).reindex(categories, fill_value=0.0)
-    ac = a.value_counts(normalize=True).reindex(categories, fill_value=0.0)
-    return ec.to_numpy(dtype=float), ac.to_numpy(dtype=float)
+    et, at = ([None if pd.isna(v) else str(v) for v in s] for s in (e, a))
+    categories = sorted({v for v in (*et, *at) if v is not None})
+    return stats.shares(stats.categorical_counts(et, categories)), stats.shares(
+        stats.categorical_counts(at, categories)
+    )
 
 
 def stability(
