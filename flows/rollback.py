@@ -27,7 +27,7 @@ configure_environment()
 from prefect import flow
 
 from tasks.common import cli_run
-from tasks.registry import versions as registry
+from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.release.candidate import prepare_candidate
 from tasks.release.converge import converge
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     leaving = args.from_version
     if leaving is None:  # the champion when it was asked, not when the run starts
-        champion = registry.version_by_alias(get_settings(), Alias.CHAMPION)
+        champion = versions.version_by_alias(get_settings(), Alias.CHAMPION)
         leaving = str(champion.version) if champion is not None else None
     return cli_run(
         lambda: rollback_flow(

@@ -31,8 +31,7 @@ from tasks.model.features import build_model_table
 from tasks.model.package import reference_profile
 from tasks.model.split import split_by_time
 from tasks.model.train import make_pool, predict_proba
-from tasks.registry import tracking
-from tasks.registry import versions as registry
+from tasks.registry import tracking, versions
 from tasks.settings import Settings
 
 
@@ -54,9 +53,9 @@ def register_small_version(settings: Settings, data_dir: Path, alias: str | None
         write_profile(
             bundle, reference_profile(settings, split, predict_proba(model, make_pool(split.valid)))
         )
-        version = registry.register_bundle(settings, run_id, bundle, {})
+        version = versions.register_bundle(settings, run_id, bundle, {})
     if alias:
-        registry.set_alias(settings, alias, version)
+        versions.set_alias(settings, alias, version)
     return version
 
 
@@ -69,7 +68,7 @@ CONVERT_WAIT_S = 60.0
 def _champion(settings: Settings, root: Path, data_dir: Path) -> tuple[str, Path]:
     """A champion packaged from ``data_dir``: its version and its bundle downloaded from the registry."""
     version = register_small_version(settings, data_dir)
-    return version, registry.download_bundle(settings, version, root / "bundle")
+    return version, versions.download_bundle(settings, version, root / "bundle")
 
 
 def champion_with_logs(root: Path, data_dir: Path) -> tuple[Settings, str, dict[str, Path]]:

@@ -14,8 +14,7 @@ import pytest
 from tasks.common import PermanentError
 from tasks.monitoring import drift as monitor
 from tasks.monitoring.report import drift_task, emit_task, reference_task, window_task
-from tasks.registry import tracking
-from tasks.registry import versions as registry
+from tasks.registry import tracking, versions
 from tasks.settings import Settings
 from tests.cli import json_line
 from tests.monitor_helpers import champion_with_logs
@@ -89,16 +88,16 @@ def test_an_empty_window_is_reported_without_an_event(state: dict[str, Any]) -> 
 
 def test_a_missing_champion_or_profile_is_a_clear_error(state: dict[str, Any], tmp_path: Path) -> None:
     settings: Settings = state["settings"]
-    registry.delete_alias(settings, "champion")
+    versions.delete_alias(settings, "champion")
     try:
         with pytest.raises(PermanentError, match="no 'champion' alias"):
             reference_task.fn(settings)
     finally:
-        registry.set_alias(settings, "champion", state["version"])
-    bundle = registry.download_bundle(settings, state["version"], tmp_path / "old")
+        versions.set_alias(settings, "champion", state["version"])
+    bundle = versions.download_bundle(settings, state["version"], tmp_path / "old")
     (bundle / "profile.json").unlink()
     with tracking.run(settings, "old-bundle") as run_id:
-        old = registry.register_bundle(settings, run_id, bundle, {})
+        old = versions.register_bundle(settings, run_id, bundle, {})
     with pytest.raises(PermanentError, match=f"models:/loan-risk/{old} has no reference profile"):
         reference_task.fn(settings, old)
     with pytest.raises(PermanentError, match="no prediction log folder"):

@@ -39,25 +39,24 @@ def test_custom_policy_from_settings(tmp_path) -> None:
 
 
 def test_decision_sets_candidate_alias_and_tags(settings: Settings, tmp_path) -> None:
-    from tasks.registry import tracking
-    from tasks.registry import versions as registry
+    from tasks.registry import tracking, versions
 
     bundle = tmp_path / "b"
     bundle.mkdir()
     (bundle / "bundle.json").write_text('{"model_name": "loan-risk", "threshold": 0.5}')
     run = tracking.start_run(settings, "t")
-    v1 = registry.register_bundle(settings, run, bundle, {})
-    v2 = registry.register_bundle(settings, run, bundle, {})
+    v1 = versions.register_bundle(settings, run, bundle, {})
+    v2 = versions.register_bundle(settings, run, bundle, {})
     apply_decision(settings, v1, decide(GOOD, None, Policy()), dry_run=True)
-    assert registry.version_by_alias(settings, "candidate") is None  # a dry run never moves aliases
+    assert versions.version_by_alias(settings, "candidate") is None  # a dry run never moves aliases
     apply_decision(settings, v2, decide(GOOD, None, Policy()), dry_run=False)
-    assert str(registry.version_by_alias(settings, "candidate").version) == v2
-    tags = registry.get_version(settings, v2).tags
+    assert str(versions.version_by_alias(settings, "candidate").version) == v2
+    tags = versions.get_version(settings, v2).tags
     assert tags["promotion.decision"] == "promoted" and "minimum" in tags["promotion.reasons"]
     rejected = decide(dict(GOOD, test_precision=0.1), None, Policy())
     apply_decision(settings, v1, rejected, dry_run=False)
-    assert registry.get_version(settings, v1).tags["promotion.decision"] == "rejected"
-    assert str(registry.version_by_alias(settings, "candidate").version) == v2
+    assert versions.get_version(settings, v1).tags["promotion.decision"] == "rejected"
+    assert str(versions.version_by_alias(settings, "candidate").version) == v2
 
 
 # --- the gate fails closed (issue 8, item 2) ---------------------------------------------------------------
@@ -81,26 +80,24 @@ def _break_alias_table(settings: Settings, undo: bool = False) -> None:
 
 
 def test_missing_alias_or_model_means_none(settings: Settings, tmp_path) -> None:
-    from tasks.registry import tracking
-    from tasks.registry import versions as registry
+    from tasks.registry import tracking, versions
 
-    assert registry.version_by_alias(settings, "champion") is None  # no registered model at all
-    registry.register_bundle(settings, tracking.start_run(settings, "t"), _minimal_bundle(tmp_path), {})
-    assert registry.version_by_alias(settings, "champion") is None  # the model exists, the alias does not
+    assert versions.version_by_alias(settings, "champion") is None  # no registered model at all
+    versions.register_bundle(settings, tracking.start_run(settings, "t"), _minimal_bundle(tmp_path), {})
+    assert versions.version_by_alias(settings, "champion") is None  # the model exists, the alias does not
 
 
 def test_a_failing_registry_is_not_no_champion(settings: Settings, tmp_path) -> None:
     import pytest
 
     from tasks.common import TransientError
-    from tasks.registry import tracking
-    from tasks.registry import versions as registry
+    from tasks.registry import tracking, versions
 
-    v1 = registry.register_bundle(settings, tracking.start_run(settings, "t"), _minimal_bundle(tmp_path), {})
-    registry.set_alias(settings, "champion", v1)
+    v1 = versions.register_bundle(settings, tracking.start_run(settings, "t"), _minimal_bundle(tmp_path), {})
+    versions.set_alias(settings, "champion", v1)
     _break_alias_table(settings)
     with pytest.raises(TransientError, match="champion"):
-        registry.version_by_alias(settings, "champion")
+        versions.version_by_alias(settings, "champion")
     from tasks.registry.promote import rescore_champion
 
     test = type("Split", (), {"records": [{"apr": 590}], "label": [1]})()
@@ -116,14 +113,13 @@ def test_promote_retries_then_fails_when_the_registry_fails(settings: Settings, 
     import pytest
     from prefect import flow
 
-    from tasks.registry import tracking
-    from tasks.registry import versions as registry
+    from tasks.registry import tracking, versions
     from tasks.registry.promote import promote_task
 
     run = tracking.start_run(settings, "t")
-    v1 = registry.register_bundle(settings, run, _minimal_bundle(tmp_path, "one"), {})
-    v2 = registry.register_bundle(settings, run, _minimal_bundle(tmp_path, "two"), {})
-    registry.set_alias(settings, "champion", v1)
+    v1 = versions.register_bundle(settings, run, _minimal_bundle(tmp_path, "one"), {})
+    v2 = versions.register_bundle(settings, run, _minimal_bundle(tmp_path, "two"), {})
+    versions.set_alias(settings, "champion", v1)
     _break_alias_table(settings)
     test = types.SimpleNamespace(records=[{}], label=np.array([1]))
 
@@ -138,8 +134,8 @@ def test_promote_retries_then_fails_when_the_registry_fails(settings: Settings, 
         state.result()
     assert len(tries) == 3  # the first try and two retries
     _break_alias_table(settings, undo=True)
-    assert registry.version_by_alias(settings, "candidate") is None
-    tags = registry.get_version(settings, v2).tags
+    assert versions.version_by_alias(settings, "candidate") is None
+    tags = versions.get_version(settings, v2).tags
     assert tags.get("promotion.decision") != "promoted"
 
 
@@ -147,13 +143,12 @@ def test_unscorable_champion_is_not_promoted_by_default(settings: Settings, tmp_
     """A champion whose bundle cannot be loaded (feature contract changed) blocks promotion unless set otherwise."""
     import numpy as np
 
-    from tasks.registry import tracking
-    from tasks.registry import versions as registry
+    from tasks.registry import tracking, versions
     from tasks.registry.promote import rescore_champion
 
     run = tracking.start_run(settings, "t")
-    v1 = registry.register_bundle(settings, run, _minimal_bundle(tmp_path), {})
-    registry.set_alias(settings, "champion", v1)
+    v1 = versions.register_bundle(settings, run, _minimal_bundle(tmp_path), {})
+    versions.set_alias(settings, "champion", v1)
     test = type("Split", (), {"records": [{"apr": 590}], "label": np.array([1])})()
     champion = rescore_champion(settings, test)
     assert champion is not None and champion["version"] == v1 and champion["error"]
@@ -182,21 +177,20 @@ def _refuse_tag(settings: Settings, key: str, undo: bool = False) -> None:
 def test_a_decision_cut_short_by_the_registry_is_never_deployable(settings: Settings, tmp_path) -> None:
     """The registry fails after some of a dry run's promotion tags: what was written must not read as a promotion
     the deploy gate accepts (the decision is written last, and the gate wants the whole record)."""
-    from tasks.registry import tracking
-    from tasks.registry import versions as registry
+    from tasks.registry import tracking, versions
     from tasks.release.record import deployability_problems
 
     run = tracking.start_run(settings, "t")
-    version = registry.register_bundle(settings, run, _minimal_bundle(tmp_path), {})
+    version = versions.register_bundle(settings, run, _minimal_bundle(tmp_path), {})
     _refuse_tag(settings, "promotion.dry_run")
     try:
         with pytest.raises(Exception, match="injected: tag refused"):
             apply_decision(settings, version, decide(GOOD, None, Policy()), dry_run=True)
     finally:
         _refuse_tag(settings, "promotion.dry_run", undo=True)
-    tags = registry.get_version(settings, version).tags
+    tags = versions.get_version(settings, version).tags
     assert deployability_problems(version, tags, [], None), tags
-    assert registry.version_by_alias(settings, "candidate") is None
+    assert versions.version_by_alias(settings, "candidate") is None
 
 
 def test_the_gate_wants_the_whole_promotion_record() -> None:

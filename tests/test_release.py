@@ -164,19 +164,18 @@ def _register(
 ) -> str:
     """A registered version with ``decision`` recorded as the gate records it (None: never gated), compared
     against the champion ``over`` ("" none; None: a record from before the gate wrote it)."""
-    from tasks.registry import tracking
-    from tasks.registry import versions as registry
+    from tasks.registry import tracking, versions
 
     bundle = tmp_path / f"bundle-{decision}-{dry_run}-{over}"
     bundle.mkdir(exist_ok=True)
     (bundle / "README").write_text("not a model: the gate must refuse before anything reads it")
-    version = registry.register_bundle(settings, tracking.start_run(settings, "t"), bundle, {})
+    version = versions.register_bundle(settings, tracking.start_run(settings, "t"), bundle, {})
     if decision:
         tags = {"promotion.reasons": json.dumps(["test recall 0.60 < minimum 0.72"]),
                 "promotion.dry_run": str(dry_run).lower()}  # fmt: skip
         if over is not None:
             tags["promotion.champion_version"] = over
-        registry.set_version_tags(settings, version, {**tags, "promotion.decision": decision})
+        versions.set_version_tags(settings, version, {**tags, "promotion.decision": decision})
     return version
 
 
@@ -291,7 +290,7 @@ def test_deploy_refuses_what_the_gate_did_not_promote(
 def test_a_stale_promotion_is_not_deployable(deploy_settings, tmp_path) -> None:
     """Issue 20, item 3: a version promoted over v1 may not replace v2, which its gate never saw (before: the
     deploy gate never read the champion the gate compared against)."""
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
     from tasks.release.plan import plan_release
     from tasks.release.record import NotDeployable
 
@@ -301,7 +300,7 @@ def test_a_stale_promotion_is_not_deployable(deploy_settings, tmp_path) -> None:
     stale = _register(s, tmp_path, "promoted", over=v1)
     for v in (v1, v2):
         _commit(s, v)
-        registry.set_alias(s, "champion", v)
+        versions.set_alias(s, "champion", v)
     with pytest.raises(NotDeployable, match=rf"compared it against v{v1}, but the champion is now v{v2}"):
         plan_release(s, stale, None, False, None, "ops@host")
     fresh = _register(s, tmp_path, "promoted", over=v2)
@@ -327,14 +326,14 @@ def test_a_rollback_refuses_when_the_champion_changed_since_it_was_asked(deploy_
     """Issue 20, item 4: asked to leave v2, queued; a deploy made v3 the champion meanwhile. The rollback is
     refused and nothing changes (before: it rolled back v3, possibly to the bad v2)."""
     from flows.rollback import rollback_flow
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
     from tasks.release.ledger import read_ledger
 
     s = deploy_settings
     for v in ("1", "2", "3"):
         _register(s, Path(s.state_dir), "promoted", over="")
         _commit(s, v)
-    registry.set_alias(s, "champion", "3")
+    versions.set_alias(s, "champion", "3")
     before = read_ledger(s)
     with pytest.raises(ReleaseFailed, match="asked to leave v2, but the champion is now v3") as info:
         rollback_flow(from_version="2", reason="INC-4: v2 misprices")
@@ -343,18 +342,18 @@ def test_a_rollback_refuses_when_the_champion_changed_since_it_was_asked(deploy_
 
 def _legacy_store(s, tmp_path: Path, with_history: bool) -> None:
     """A registry as the earlier release record left it: version tags, a champion, maybe the history tag."""
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
 
     for v in ("1", "2", "3"):
         _register(s, tmp_path, "promoted", over="")
-        registry.set_version_tags(s, v, {"release.digest": f"sha256:{v * 8}", "release.image": f"r/loan-risk:{v}",
+        versions.set_version_tags(s, v, {"release.digest": f"sha256:{v * 8}", "release.image": f"r/loan-risk:{v}",
                                          "release.by": "ci@old", "release.at": f"2026-0{v}-01T00:00:00Z",
                                          "release.previous_champion": str(int(v) - 1) if v != "1" else ""})  # fmt: skip
-    registry.set_alias(s, "champion", "3")
+    versions.set_alias(s, "champion", "3")
     if with_history:
         old = [{"version": v, "image": f"r/loan-risk:{v}", "digest": f"sha256:{v * 8}", "at": "2026-01-01T00:00:00Z",
                 "kind": "release", "by": "ci@old"} for v in ("1", "2", "3")]  # fmt: skip
-        registry.set_model_tag(s, "release.history", json.dumps(old))
+        versions.set_model_tag(s, "release.history", json.dumps(old))
 
 
 @pytest.mark.parametrize("with_history", [True, False])

@@ -299,13 +299,12 @@ def test_fetch_model_takes_the_champion_from_the_registry(
     settings: Any, bundle_dir: Path, tmp_path: Path
 ) -> None:
     from tasks.monitoring.scoring import fetch_model_task
-    from tasks.registry import tracking
-    from tasks.registry import versions as registry
+    from tasks.registry import tracking, versions
 
     copy = shutil.copytree(bundle_dir, tmp_path / "copy")  # registration stamps the version into it
     with tracking.run(settings, "score-test", {}) as run_id:
-        version = registry.register_bundle(settings, run_id, copy, {})
-    registry.set_alias(settings, "champion", version)
+        version = versions.register_bundle(settings, run_id, copy, {})
+    versions.set_alias(settings, "champion", version)
     path = fetch_model_task.fn(settings, None, None, tmp_path / "fetched")
     assert load_bundle(path).version == version
     with pytest.raises(Exception, match="no alias 'candidate'"):

@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from tasks.registry import tracking
-from tasks.registry import versions as registry
+from tasks.registry import tracking, versions
 from tasks.settings import Settings
 
 
@@ -17,12 +16,12 @@ def test_two_stores_in_one_process_stay_apart(tmp_path) -> None:
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "bundle.json").write_text('{"model_name": "loan-risk", "threshold": 0.5}')
-    registry.register_bundle(a, tracking.start_run(a, "one"), bundle, {})
-    registry.register_bundle(a, tracking.start_run(a, "two"), bundle, {})
-    assert registry.register_bundle(b, tracking.start_run(b, "three"), bundle, {}) == "1"
+    versions.register_bundle(a, tracking.start_run(a, "one"), bundle, {})
+    versions.register_bundle(a, tracking.start_run(a, "two"), bundle, {})
+    assert versions.register_bundle(b, tracking.start_run(b, "three"), bundle, {}) == "1"
     assert os.environ.get("MLFLOW_TRACKING_URI") == before
     assert a.tracking_uri != b.tracking_uri and "/a/" in a.tracking_uri
-    downloaded = registry.download_bundle(a, "2", tmp_path / "dl")
+    downloaded = versions.download_bundle(a, "2", tmp_path / "dl")
     assert '"model_version": "2"' in (downloaded / "bundle.json").read_text()
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from serving.bundle import load_bundle, read_profile
 from serving.features import FEATURE_NAMES
-from tasks.registry import tracking
-from tasks.registry import versions as registry
+from tasks.registry import tracking, versions
 from tasks.settings import Settings
 from tests.training import GATE, SCALE, TrainedRun
 
@@ -136,9 +135,9 @@ def test_registered_bundle_downloads_and_reproduces_training(
     ref = bundle.reference()
     got = bundle.predict_records(ref["records"])
     assert max(abs(a - b) for a, b in zip(got, ref["probabilities"], strict=True)) <= 1e-9
-    version = registry.get_version(s, cli_result["model_version"])
+    version = versions.get_version(s, cli_result["model_version"])
     assert version.tags["promotion.decision"] == "promoted" and version.tags["promotion.dry_run"] == "false"
-    candidate = registry.version_by_alias(s, "candidate")
+    candidate = versions.version_by_alias(s, "candidate")
     assert candidate is not None and str(candidate.version) == "1"
 
 
@@ -148,8 +147,8 @@ def test_second_run_is_judged_against_the_champion(cli_result: dict, flow_state:
     from tasks.settings import get_settings
 
     s = flow_settings(flow_state)
-    registry.set_alias(s, "champion", cli_result["model_version"])
-    registry.delete_alias(s, "candidate")
+    versions.set_alias(s, "champion", cli_result["model_version"])
+    versions.delete_alias(s, "candidate")
     monkeypatch.setenv("LOANRISK_STATE_DIR", str(flow_state))
     for name, value in GATE.items():  # the minimums pass as in the first run: only the champion can refuse
         monkeypatch.setenv(name, value)
@@ -161,9 +160,9 @@ def test_second_run_is_judged_against_the_champion(cli_result: dict, flow_state:
     assert result["model_version"] == "2" and result["promoted"] is False
     assert [r for r in result["reasons"] if "minimum" in r and ">=" not in r] == []  # the champion refused it
     assert any("champion v1" in r and "gain +0.00%" in r for r in result["reasons"]), result["reasons"]
-    assert registry.version_by_alias(s, "candidate") is None
-    assert str(registry.version_by_alias(s, "champion").version) == "1"
-    tags = registry.get_version(s, "2").tags
+    assert versions.version_by_alias(s, "candidate") is None
+    assert str(versions.version_by_alias(s, "champion").version) == "1"
+    tags = versions.get_version(s, "2").tags
     assert tags["promotion.dry_run"] == "true" and tags["promotion.champion_version"] == "1"
 
 

@@ -49,7 +49,7 @@ class TrainedRun:
 
 def train_once(folder: Path) -> TrainedRun:
     """Run the training command line into ``folder/state`` and download the version it registered."""
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
 
     state = folder / "state"
     env = dict(os.environ, LOANRISK_STATE_DIR=str(state), PREFECT_HOME=str(state / "prefect"), **GATE)
@@ -59,7 +59,7 @@ def train_once(folder: Path) -> TrainedRun:
         "flows.training", ["--scale", str(SCALE), "--n-trials", str(N_TRIALS), "--no-deploy"], env
     )
     placeholder = TrainedRun(result, state, folder)
-    bundle = registry.download_bundle(placeholder.settings(), placeholder.version, folder / "bundle")
+    bundle = versions.download_bundle(placeholder.settings(), placeholder.version, folder / "bundle")
     return TrainedRun(result, state, bundle)
 
 
@@ -82,17 +82,16 @@ def shared_training(folder: Path) -> TrainedRun:
 def register_copy(settings: Any, bundle_dir: Path, decision: str = "promoted", note: str = "") -> str:
     """Register a copy of ``bundle_dir`` as a new version in ``settings``' registry, with a whole promotion record
     (written as the promote stage writes it, the decision last); returns the version."""
-    from tasks.registry import tracking
-    from tasks.registry import versions as registry
+    from tasks.registry import tracking, versions
 
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "bundle"
         shutil.copytree(bundle_dir, copy)
         run = tracking.start_run(settings, "registered-copy")
-        version = registry.register_bundle(settings, run, copy, {"copy_of": str(bundle_dir)})
+        version = versions.register_bundle(settings, run, copy, {"copy_of": str(bundle_dir)})
     reasons = [note or f"copy of the session's trained bundle: {decision}"]
-    champion = registry.version_by_alias(settings, "champion")  # the gate compares against today's champion
-    registry.set_version_tags(
+    champion = versions.version_by_alias(settings, "champion")  # the gate compares against today's champion
+    versions.set_version_tags(
         settings,
         version,
         {

@@ -20,8 +20,7 @@ from serving.bundle import read_profile
 from tasks.common import PermanentError, run_logger, stage
 from tasks.monitoring import drift as monitor
 from tasks.monitoring.events import model_resource
-from tasks.registry import tracking
-from tasks.registry import versions as registry
+from tasks.registry import tracking, versions
 from tasks.registry.aliases import Alias
 from tasks.settings import Settings
 
@@ -55,20 +54,20 @@ class Window:
 def reference_task(settings: Settings, model_version: str | None = None) -> Reference:
     """Stage: the version to watch (``model_version``, else the ``champion``) and its bundle's profile."""
     if model_version:
-        version = str(registry.get_version(settings, model_version).version)
+        version = str(versions.get_version(settings, model_version).version)
     else:
-        found = registry.version_by_alias(settings, Alias.CHAMPION)
+        found = versions.version_by_alias(settings, Alias.CHAMPION)
         if found is None:
             raise PermanentError(
                 f"model {settings.model_name!r} has no {Alias.CHAMPION!r} alias: nothing is served to monitor "
                 "(pass --model-version to watch another version)"
             )
         version = str(found.version)
-    bundle = registry.download_bundle(settings, version, tracking.scratch_dir("monitor-") / "bundle")
+    bundle = versions.download_bundle(settings, version, tracking.scratch_dir("monitor-") / "bundle")
     profile = read_profile(bundle)
     if profile is None:
         raise PermanentError(
-            f"{registry.bundle_uri(settings, version)} has no reference profile (profile.json): it was "
+            f"{versions.bundle_uri(settings, version)} has no reference profile (profile.json): it was "
             "packaged before profiles existed; retrain to monitor it"
         )
     run_logger().info("monitoring %s v%s against its reference profile", settings.model_name, version)

@@ -53,7 +53,7 @@ from serving.contract import CLARITY_COLUMNS, IDENTIFIER_FIELDS, LOAN_COLUMNS
 from serving.features import SOURCE_FIELDS, FeatureError, build_row, columns_from
 from serving.reasons import DEFAULT_MODE, DEFAULT_REASON_COUNT, explain_selected
 from tasks.common import PermanentError, run_logger, stage
-from tasks.registry import versions as registry
+from tasks.registry import versions
 from tasks.settings import Settings
 
 ID_FIELD = "loanId"
@@ -527,9 +527,9 @@ def fetch_model_task(
     settings: Settings, model_version: str | None, alias: str | None, bundle_dir: Path
 ) -> Path:
     """Stage: the bundle of ``model_version`` (or of the version ``alias`` points to) from the registry."""
-    version = registry.resolve_version(settings, model_version, alias or settings.score_alias)
-    path = registry.download_bundle(settings, version, bundle_dir)
-    run_logger().info("scoring with %s", registry.bundle_uri(settings, version))
+    version = versions.resolve_version(settings, model_version, alias or settings.score_alias)
+    path = versions.download_bundle(settings, version, bundle_dir)
+    run_logger().info("scoring with %s", versions.bundle_uri(settings, version))
     return path
 
 

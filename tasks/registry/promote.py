@@ -18,7 +18,7 @@ from tasks.common import PermanentError, run_logger, stage
 from tasks.model.evaluate import classification_metrics
 from tasks.model.features import ModelTable
 from tasks.monitoring.events import PROMOTED, emit_model_event, metrics_summary
-from tasks.registry import versions as registry
+from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.registry.versions import RegistryUnavailable
 from tasks.settings import Settings
@@ -90,14 +90,14 @@ def rescore_champion(settings: Settings, test: ModelTable) -> dict[str, Any] | N
     missing or unloadable, feature contract changed, scoring error). A registry that fails raises
     :class:`~tasks.registry.versions.RegistryUnavailable`.
     """
-    version = registry.version_by_alias(settings, Alias.CHAMPION)
+    version = versions.version_by_alias(settings, Alias.CHAMPION)
     if version is None:
         return None
     number = str(version.version)
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         try:
             bundle = load_bundle(
-                registry.download_bundle(settings, number, Path(tmp) / "bundle"), thread_count=-1
+                versions.download_bundle(settings, number, Path(tmp) / "bundle"), thread_count=-1
             )
             p = bundle.predict_records(test.records)
             threshold = bundle.meta.threshold
@@ -117,7 +117,7 @@ def apply_decision(settings: Settings, version: str, decision: Decision, dry_run
 
     The tags are written one at a time, the decision last: a registry failure midway leaves a record without a
     decision (never deployable), not a dry run that reads as promoted."""
-    registry.set_version_tags(
+    versions.set_version_tags(
         settings,
         version,
         {
@@ -128,7 +128,7 @@ def apply_decision(settings: Settings, version: str, decision: Decision, dry_run
         },
     )
     if decision.promoted and not dry_run:
-        registry.set_alias(settings, Alias.CANDIDATE, version)
+        versions.set_alias(settings, Alias.CANDIDATE, version)
 
 
 def decision_markdown(settings: Settings, version: str, decision: Decision, dry_run: bool) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from serving.bundle import Bundle, load_bundle
 from tasks.common import PermanentError, run_logger
-from tasks.registry import versions as registry
+from tasks.registry import versions
 from tasks.release.image import (
     DeployStepError,
     build_task,
@@ -220,12 +220,12 @@ def prepare_candidate(
     if holds:
         run_logger().info("the registry holds v%s's tested image %s: no build", version, reuse_digest)
         try:
-            bundle_dir = registry.download_bundle(settings, version, workdir / "bundle")
+            bundle_dir = versions.download_bundle(settings, version, workdir / "bundle")
         except Exception as exc:
             raise _failed("export", exc) from exc
         return verify_candidate(settings, version, reuse_digest, bundle_dir)
     try:
-        context = registry.export_task(settings, version, workdir / "context")
+        context = versions.export_task(settings, version, workdir / "context")
     except Exception as exc:
         raise _failed("export", exc) from exc
     return build_candidate(settings, version, context, revision)

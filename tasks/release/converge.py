@@ -25,7 +25,7 @@ from typing import Any
 from serving.bundle import load_bundle
 from serving.card import CARD_HTML
 from tasks.common import run_logger, stage
-from tasks.registry import versions as registry
+from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.release.github import github_tag, publish_github_release
 from tasks.release.image import registry_credentials, registry_retag, tag_digest
@@ -51,9 +51,9 @@ def converge_alias(settings: Settings) -> Entry | None:
         top = head(settings)
         if top is None:
             return None
-        current = registry.version_by_alias(settings, Alias.CHAMPION)
+        current = versions.version_by_alias(settings, Alias.CHAMPION)
         if current is None or str(current.version) != top.version:
-            registry.set_alias(settings, Alias.CHAMPION, top.version)
+            versions.set_alias(settings, Alias.CHAMPION, top.version)
             run_logger().info("champion -> v%s (ledger entry %d)", top.version, top.seq)
         again = head(settings)
         if again is not None and again.seq == top.seq:
@@ -62,10 +62,10 @@ def converge_alias(settings: Settings) -> Entry | None:
 
 
 def _set_changed(settings: Settings, version: str, tags: dict[str, str]) -> None:
-    have = registry.get_version(settings, version).tags or {}
+    have = versions.get_version(settings, version).tags or {}
     changed = {k: v for k, v in tags.items() if have.get(k) != v}
     if changed:
-        registry.set_version_tags(settings, version, changed)
+        versions.set_version_tags(settings, version, changed)
 
 
 def version_facts(settings: Settings, entries: list[Entry]) -> None:
@@ -119,10 +119,10 @@ def _retag(settings: Settings, tag: str, digest: str, *, never_move: bool) -> st
 def notes_for(settings: Settings, entry: Entry) -> str:
     """The head's release notes (its bundle gives metrics, data and card; the replaced version's tags, its own)."""
     with tempfile.TemporaryDirectory(prefix="loan-risk-notes-") as tmp:
-        bundle = load_bundle(registry.download_bundle(settings, entry.version, Path(tmp) / "bundle"))
+        bundle = load_bundle(versions.download_bundle(settings, entry.version, Path(tmp) / "bundle"))
         previous: dict[str, float] = {}
         if entry.from_version:
-            tags = registry.get_version(settings, entry.from_version).tags or {}
+            tags = versions.get_version(settings, entry.from_version).tags or {}
             previous = {k: float(v) for k, v in tags.items() if k.startswith("test_") and _is_float(v)}
         card = card_link(settings.model_name, entry.version, (bundle.directory / CARD_HTML).is_file())
         _set_changed(

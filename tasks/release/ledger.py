@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from tasks.common import PermanentError, run_logger
-from tasks.registry import versions as registry
+from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.settings import Settings
 
@@ -126,7 +126,7 @@ def _prefix(settings: Settings) -> str:
 def read_ledger(settings: Settings) -> list[Entry]:
     """Every entry, oldest first ([] when nothing was released through the ledger yet)."""
     prefix = _prefix(settings)
-    found = registry.records(settings, prefix)
+    found = versions.records(settings, prefix)
     entries = [
         Entry.from_tags(t) for name, t in found.items() if name.startswith(prefix) and t.get("release.seq")
     ]
@@ -136,7 +136,7 @@ def read_ledger(settings: Settings) -> list[Entry]:
 def head(settings: Settings) -> Entry | None:
     """The newest entry (the champion as the ledger says), None when the ledger is empty."""
     prefix = _prefix(settings)
-    found = registry.records(settings, prefix, newest_only=True)
+    found = versions.records(settings, prefix, newest_only=True)
     tags = next((t for name, t in found.items() if name.startswith(prefix) and t.get("release.seq")), None)
     return None if tags is None else Entry.from_tags(tags)
 
@@ -149,13 +149,13 @@ def commit(settings: Settings, entry: Entry, expected: Entry | None) -> Entry:
     entry.from_version = entry.from_version or (expected.version if expected else "")
     name = entry_name(settings.model_name, entry.seq)
     try:
-        registry.create_record(settings, name, entry.tags(), description=describe(entry))
+        versions.create_record(settings, name, entry.tags(), description=describe(entry))
         return entry
-    except (registry.AlreadyExists, registry.RegistryUnavailable) as exc:
+    except (versions.AlreadyExists, versions.RegistryUnavailable) as exc:
         failure = exc
     try:
-        held = registry.record_tags(settings, name)
-    except registry.RegistryUnavailable as exc:
+        held = versions.record_tags(settings, name)
+    except versions.RegistryUnavailable as exc:
         raise ReleaseFailed(
             "commit",
             f"the claim of {name} failed ({failure}) and reading it back failed too ({exc}): whether v{entry.version}"
@@ -242,7 +242,7 @@ def history_rows(entries: list[Entry]) -> list[dict[str, str]]:
 # --- first use: seed from the earlier record --------------------------------------------------------------
 def legacy_entries(settings: Settings) -> list[Entry]:
     """What the earlier record knew: its history tag, or the champion's ``release.previous_champion`` chain."""
-    raw = registry.model_tags(settings).get(LEGACY_HISTORY_TAG)
+    raw = versions.model_tags(settings).get(LEGACY_HISTORY_TAG)
     out: list[Entry] = []
     if raw:
         try:
@@ -259,13 +259,13 @@ def legacy_entries(settings: Settings) -> list[Entry]:
                         release_id=f"seed-{len(out) + 1}",
                     )
                 )  # fmt: skip
-    champion = registry.version_by_alias(settings, Alias.CHAMPION)
+    champion = versions.version_by_alias(settings, Alias.CHAMPION)
     chain: list[Entry] = []
     version = str(champion.version) if champion is not None else ""
     while version and len(chain) < 100 and version not in {e.version for e in chain}:
         if out and out[-1].version == version:
             break  # the history tag ends with the champion
-        tags = registry.get_version(settings, version).tags or {}
+        tags = versions.get_version(settings, version).tags or {}
         chain.insert(
             0,
             Entry(
@@ -291,8 +291,8 @@ def seed(settings: Settings) -> list[Entry]:
     legacy = legacy_entries(settings)
     for e in legacy:
         try:
-            registry.create_record(settings, entry_name(settings.model_name, e.seq), e.tags(), describe(e))
-        except registry.AlreadyExists:
+            versions.create_record(settings, entry_name(settings.model_name, e.seq), e.tags(), describe(e))
+        except versions.AlreadyExists:
             break  # another process seeded it
     if legacy:
         run_logger().info("release ledger seeded with %d entries from the earlier record", len(legacy))

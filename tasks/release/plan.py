@@ -13,7 +13,7 @@ from typing import Any
 
 from tasks.common import run_logger, stage
 from tasks.monitoring.events import RELEASED, emit_model_event, metrics_summary
-from tasks.registry import versions as registry
+from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.release.candidate import Candidate, discard_candidate
 from tasks.release.ledger import (
@@ -60,7 +60,7 @@ def _ledger_head(settings: Settings) -> tuple[list[Entry], Entry | None]:
     moved by hand) this run's converge sets it back, and the plan says so."""
     entries = seed(settings)
     top = entries[-1] if entries else None
-    alias = registry.version_by_alias(settings, Alias.CHAMPION)
+    alias = versions.version_by_alias(settings, Alias.CHAMPION)
     named = str(alias.version) if alias is not None else None
     if top is not None and named != top.version:
         run_logger().warning(
@@ -82,8 +82,8 @@ def plan_release(
 ) -> Plan:
     """The release of ``model_version`` (or the version ``alias`` names) over today's champion, after the gate."""
     reason_text = check_reason(reason, force)
-    version = registry.resolve_version(settings, model_version, alias)
-    tags = registry.get_version(settings, version).tags or {}
+    version = versions.resolve_version(settings, model_version, alias)
+    tags = versions.get_version(settings, version).tags or {}
     entries, top = _ledger_head(settings)
     by = requester(requested_by)
     if top is not None and top.version == version:

@@ -263,8 +263,7 @@ def running_mlflow(mlflow: MlflowServer) -> Iterator[MlflowServer]:
 def _own_model(uri: str, name: str, bundle: Path) -> Iterator[str]:
     """Settings that reach MLflow at ``uri`` with a model and an image repository of their own; yields the
     version ``bundle`` was registered as, promoted over no champion (the promote stage's record)."""
-    from tasks.registry import tracking
-    from tasks.registry import versions as registry
+    from tasks.registry import tracking, versions
 
     sqlite = settings()
     env = {"MLFLOW_TRACKING_URI": uri, "LOANRISK_MODEL_NAME": name,
@@ -272,8 +271,8 @@ def _own_model(uri: str, name: str, bundle: Path) -> Iterator[str]:
     with environment(env):
         try:
             s = settings()
-            version = registry.register_bundle(s, tracking.start_run(s, "fault"), bundle, {})
-            registry.set_version_tags(s, version, {"promotion.reasons": "[]", "promotion.dry_run": "false",
+            version = versions.register_bundle(s, tracking.start_run(s, "fault"), bundle, {})
+            versions.set_version_tags(s, version, {"promotion.reasons": "[]", "promotion.dry_run": "false",
                                                    "promotion.champion_version": "", "promotion.decision": "promoted"})  # fmt: skip
             yield version
         finally:
@@ -303,9 +302,9 @@ def test_a_lost_commit_answer_is_read_back_as_committed(
     it made), the commit is read back as made: the deploy completes, champion and ``latest`` name the new digest
     (before: "nothing was released" while champion had moved and ``latest`` served the old model)."""
     from flows.deploy import deploy_flow
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
 
-    bundle = registry.download_bundle(settings(), first_release["model_version"], tmp_path / "bundle")
+    bundle = versions.download_bundle(settings(), first_release["model_version"], tmp_path / "bundle")
     fail_fast = MLFLOW_FAIL_FAST if client_retries == "0" else {}
     with (
         DroppingProxy(running_mlflow.uri) as proxy,
@@ -330,10 +329,10 @@ def test_a_commit_whose_answer_and_read_back_are_lost_says_unknown(
     committed "unknown" (never "nothing was released"); once MLflow answers, ``--history`` shows the release and
     ``--converge`` completes it."""
     from flows.deploy import converge_flow
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
     from tasks.release.history import read_history
 
-    bundle = registry.download_bundle(settings(), first_release["model_version"], tmp_path / "bundle")
+    bundle = versions.download_bundle(settings(), first_release["model_version"], tmp_path / "bundle")
     with DroppingProxy(running_mlflow.uri) as proxy, _own_model(proxy.uri, "unknown", bundle) as v:
 
         def claim_then_unreachable(method: str, path: str, body: bytes) -> bool:
@@ -361,9 +360,9 @@ def test_mlflow_dies_between_the_push_and_the_commit(
     """The MLflow server is killed while the pulled-back image is smoke-tested: the commit's claim and its
     read-back both fail, so the deploy says "unknown"; after a restart the ledger shows nothing was committed,
     and champion and ``latest`` never moved."""
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
 
-    bundle = registry.download_bundle(settings(), first_release["model_version"], tmp_path / "bundle")
+    bundle = versions.download_bundle(settings(), first_release["model_version"], tmp_path / "bundle")
     with environment(MLFLOW_FAIL_FAST), _own_model(running_mlflow.uri, "commit-fault", bundle) as version:
         watcher = when_container_starts(client(), remote(), running_mlflow.kill)
         error, _ = _deploy_failing(version, "commit", committed="unknown")
@@ -386,7 +385,7 @@ def test_two_deploys_at_once_release_one_and_refuse_the_other(
     from tests.integration.prefect_fixtures import prefect_server
 
     before = _ledger()
-    versions = [register_variant(first_release["model_version"]) for _ in range(2)]
+    made = [register_variant(first_release["model_version"]) for _ in range(2)]
     with contextlib.ExitStack() as stack:
         first = stack.enter_context(prefect_server(tmp_path / "prefect-a"))
         second = (
@@ -403,7 +402,7 @@ def test_two_deploys_at_once_release_one_and_refuse_the_other(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )  # fmt: skip
-            for v, server in zip(versions, (first, second), strict=True)
+            for v, server in zip(made, (first, second), strict=True)
         ]
         outputs = [p.communicate(timeout=1200) for p in procs]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
@@ -420,7 +419,7 @@ def test_two_deploys_at_once_release_one_and_refuse_the_other(
     assert len(after) == len(before) + 1 and after[-1].version == winner["model_version"]
     assert after[-1].from_version == before[-1].version
     assert champion() == winner["model_version"] and registry_tag("latest") == winner["digest"]
-    loser = next(v for v in versions if v != winner["model_version"])
+    loser = next(v for v in made if v != winner["model_version"])
     assert registry_tag(winner["model_version"]) == winner["digest"] and registry_tag(loser) is None
 
 
@@ -430,10 +429,10 @@ def test_two_deploys_at_once_release_one_and_refuse_the_other(
 def _complete(settings_obj, version: str, dst: Path) -> bool:
     """Whether a version's bundle downloads and loads (a complete registration)."""
     from serving.bundle import load_bundle
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
 
     try:
-        load_bundle(registry.download_bundle(settings_obj, version, dst))
+        load_bundle(versions.download_bundle(settings_obj, version, dst))
     except Exception:  # noqa: BLE001 - anything short of a loaded bundle is incomplete
         return False
     return True
@@ -447,7 +446,7 @@ def test_mlflow_killed_during_tuning(running_mlflow: MlflowServer, tmp_path: Pat
     mlflow = running_mlflow
     from mlflow import MlflowClient
 
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
     from tasks.settings import Settings
     from tests.integration.deploy_helpers import LENIENT_GATE
 
@@ -480,7 +479,7 @@ def test_mlflow_killed_during_tuning(running_mlflow: MlflowServer, tmp_path: Pat
         state_dir=tmp_path / "state", mlflow_tracking_uri=mlflow.uri, model_name="loan-risk-tuning-fault"
     )
     with environment({"MLFLOW_TRACKING_URI": mlflow.uri}):
-        candidate = registry.version_by_alias(s, "candidate")
+        candidate = versions.version_by_alias(s, "candidate")
         assert "Retry 1/3" in logged, logged[-3000:]  # the task that lost the server was retried
         if proc.returncode == 0:
             assert (
@@ -516,8 +515,7 @@ def test_promote_against_a_stopped_mlflow_server(running_mlflow: MlflowServer, t
     import numpy as np
     from prefect import flow
 
-    from tasks.registry import tracking
-    from tasks.registry import versions as registry
+    from tasks.registry import tracking, versions
     from tasks.registry.promote import promote_task
     from tasks.settings import Settings
     from tests.attempts import attempts_of
@@ -525,12 +523,12 @@ def test_promote_against_a_stopped_mlflow_server(running_mlflow: MlflowServer, t
 
     s = Settings(state_dir=tmp_path / "state", mlflow_tracking_uri=mlflow.uri, task_retry_delay_seconds=0,
                  model_name="loan-risk-promote-fault")  # fmt: skip
-    assert registry.version_by_alias(s, "champion") is None  # no such model: RESOURCE_DOES_NOT_EXIST
+    assert versions.version_by_alias(s, "champion") is None  # no such model: RESOURCE_DOES_NOT_EXIST
     run = tracking.start_run(s, "fault")
-    champ = registry.register_bundle(s, run, _minimal_bundle(tmp_path, "one"), {})
-    new = registry.register_bundle(s, run, _minimal_bundle(tmp_path, "two"), {})
-    assert registry.version_by_alias(s, "champion") is None  # no such alias: INVALID_PARAMETER_VALUE
-    registry.set_alias(s, "champion", champ)
+    champ = versions.register_bundle(s, run, _minimal_bundle(tmp_path, "one"), {})
+    new = versions.register_bundle(s, run, _minimal_bundle(tmp_path, "two"), {})
+    assert versions.version_by_alias(s, "champion") is None  # no such alias: INVALID_PARAMETER_VALUE
+    versions.set_alias(s, "champion", champ)
     mlflow.kill()
 
     @flow(name="promote-against-a-stopped-mlflow")
@@ -545,5 +543,5 @@ def test_promote_against_a_stopped_mlflow_server(running_mlflow: MlflowServer, t
     with pytest.raises(Exception, match="MLflow registry at http://127.0.0.1"):
         state.result()
     mlflow.start()
-    assert registry.version_by_alias(s, "candidate") is None
-    assert registry.get_version(s, new).tags.get("promotion.decision") is None
+    assert versions.version_by_alias(s, "candidate") is None
+    assert versions.get_version(s, new).tags.get("promotion.decision") is None

@@ -98,9 +98,9 @@ def settings() -> Any:
 
 
 def champion() -> str | None:
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
 
-    v = registry.version_by_alias(settings(), "champion")
+    v = versions.version_by_alias(settings(), "champion")
     return None if v is None else str(v.version)
 
 
@@ -161,11 +161,11 @@ def register_variant(
 ) -> str:
     """Register a new version whose bundle is ``version``'s (changed by ``change``), with the gate's decision
     recorded as the promote stage records it."""
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
 
     s = settings()
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = registry.download_bundle(s, version, Path(tmp) / "bundle")
+        bundle = versions.download_bundle(s, version, Path(tmp) / "bundle")
         if change is not None:
             change(bundle)
         return register_copy(s, bundle, decision, note=f"variant of v{version}: {decision}")

@@ -144,7 +144,7 @@ import json, tempfile
 from pathlib import Path
 from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
-from tasks.registry import versions as registry
+from tasks.registry import versions
 from tasks.registry import tracking
 from tasks.monitoring.events import model_resource
 from tasks.registry.promote import promote_task
@@ -154,20 +154,20 @@ from tasks.settings import get_settings
 
 settings = get_settings()
 with tracking.run(settings, "alerts-test", {}) as run_id:
-    versions = [registry.register_bundle(settings, run_id, Path(tempfile.mkdtemp()), {}) for _ in range(3)]
+    made = [versions.register_bundle(settings, run_id, Path(tempfile.mkdtemp()), {}) for _ in range(3)]
 good = {"test_precision": 0.81, "test_recall": 0.77, "test_f1": 0.79, "test_roc_auc": 0.8412}
 bad = {**good, "test_precision": 0.5}
-promote_task.fn(settings, versions[0], good, None, dry_run=True)   # dry run: no event
-promote_task.fn(settings, versions[1], bad, None)                  # rejected: no event
-promote_task.fn(settings, versions[2], good, None)                 # promoted
-plan = plan_release(settings, versions[2], None, False, None, "test@host")
-image = Candidate(versions[2], "sha256:" + "ab" * 32, "localhost:5055/loan-risk", True, metrics=good)
+promote_task.fn(settings, made[0], good, None, dry_run=True)   # dry run: no event
+promote_task.fn(settings, made[1], bad, None)                  # rejected: no event
+promote_task.fn(settings, made[2], good, None)                 # promoted
+plan = plan_release(settings, made[2], None, False, None, "test@host")
+image = Candidate(made[2], "sha256:" + "ab" * 32, "localhost:5055/loan-risk", True, metrics=good)
 commit_task.fn(settings, plan, image, "c0ffee")                    # released
-emit_event("loan-risk.drift.ok", resource=model_resource(settings.model_name, versions[2]), payload={"score_psi": 0.01})
-emit_event("loan-risk.drift.detected", resource=model_resource(settings.model_name, versions[2]),
+emit_event("loan-risk.drift.ok", resource=model_resource(settings.model_name, made[2]), payload={"score_psi": 0.01})
+emit_event("loan-risk.drift.detected", resource=model_resource(settings.model_name, made[2]),
            payload={"score_psi": 0.31, "features": {"apr": 0.42, "leadType": 0.27}})
 EventsWorker.drain_all()
-print(json.dumps({"promoted": versions[2]}))
+print(json.dumps({"promoted": made[2]}))
 """
 
 OTHER_FAILING_FLOW = r"""

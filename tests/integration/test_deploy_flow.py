@@ -69,9 +69,9 @@ def notes_artifacts(version: str, digest: str) -> list:
 
 
 def version_tags(version: str) -> dict[str, str]:
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
 
-    return registry.get_version(settings(), version).tags
+    return versions.get_version(settings(), version).tags
 
 
 def gh_tag(version: str, digest: str) -> str:
@@ -135,7 +135,7 @@ def test_release_leaves_only_its_tagged_image(first_release: dict) -> None:
 def test_pushed_image_pulls_back_and_answers(first_release: dict) -> None:
     """Remove the local image, pull it from the registry by digest with credentials, run it, ask /predict."""
     from serving.bundle import load_bundle
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
     from tasks.release.image import pull_by_digest, remove_container, run_container, wait_healthy
 
     s = settings()
@@ -143,7 +143,7 @@ def test_pushed_image_pulls_back_and_answers(first_release: dict) -> None:
     remove_local_image(f"{remote()}:{version}")
     ref = pull_by_digest(client(), s.image_registry, s.image_repository, deploy["digest"], s.registry_username,
                          s.registry_password.get_secret_value())  # fmt: skip
-    bundle = load_bundle(registry.download_bundle(s, version, Path(s.state_dir) / "check-bundle"))
+    bundle = load_bundle(versions.download_bundle(s, version, Path(s.state_dir) / "check-bundle"))
     ref_data = bundle.reference()
     running = run_container(ref, client=client(), name_prefix="loan-risk-it-pull")
     try:
@@ -197,7 +197,7 @@ def test_converge_completes_what_is_missing_after_a_commit(
     hand): ``--converge`` (and a re-run of the champion's deploy) completes them without a build, and creates
     nothing twice; a second run does nothing."""
     from flows.deploy import converge_flow, deploy_flow
-    from tasks.registry import versions as registry
+    from tasks.registry import versions
     from tasks.release.image import registry_retag
 
     s = settings()
@@ -205,7 +205,7 @@ def test_converge_completes_what_is_missing_after_a_commit(
     digest = ledger()[-1].digest
     registry_retag(s.image_registry, s.image_repository, first_release["deploy"]["digest"], "latest",
                    s.registry_username, s.registry_password.get_secret_value())  # fmt: skip
-    registry.set_alias(s, "champion", first_release["model_version"])
+    versions.set_alias(s, "champion", first_release["model_version"])
     tag = gh_tag(version, digest)
     github.releases.pop(tag)
     posts, entries, refs = len(github.posts(tag)), len(ledger()), local_refs()
