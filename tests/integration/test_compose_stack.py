@@ -15,6 +15,7 @@ The promotion policy is lowered (through ``.env``, as an operator would) so the 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -33,6 +34,7 @@ import pytest
 
 from deployments.stack.compose import SECRETS
 from tests.infra.docker_fixtures import DockerServices, docker_services, in_ci  # noqa: F401 - fixture
+from tests.integration.prefect_fixtures import free_port
 from tests.serving.synthetic import local_records, strip_label
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,14 +44,6 @@ RUN_TIMEOUT_S = 1200
 SERVICES = ("postgres", "prefect-server", "mlflow", "registry", "worker")
 
 pytestmark = [pytest.mark.docker, pytest.mark.stack, pytest.mark.slow, pytest.mark.nightly]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -143,7 +137,7 @@ def stack(docker_services: DockerServices, tmp_path_factory: pytest.TempPathFact
         pytest.skip("docker-compose is missing")
     folder = tmp_path_factory.mktemp("compose")
     tag = f"it-{uuid.uuid4().hex[:8]}"
-    ports = {name: _free_port() for name in ("POSTGRES_PORT", "PREFECT_PORT", "MLFLOW_PORT", "REGISTRY_PORT", "SERVICE_PORT")}  # fmt: skip
+    ports = {name: free_port() for name in ("POSTGRES_PORT", "PREFECT_PORT", "MLFLOW_PORT", "REGISTRY_PORT", "SERVICE_PORT")}  # fmt: skip
     socket_path = docker_services.docker_host.removeprefix("unix://")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOANRISK_", "PREFECT_", "MLFLOW_"))}
     env["DOCKER_HOST"] = docker_services.docker_host
@@ -387,7 +381,7 @@ def test_no_secret_is_readable_where_readers_look(stack: Compose, loop: dict[str
                 continue
             data = outer.extractfile(member).read()  # type: ignore[union-attr]
             if member.name.endswith("layer.tar"):
-                with tarfile.open(fileobj=__import__("io").BytesIO(data)) as layer:
+                with tarfile.open(fileobj=io.BytesIO(data)) as layer:
                     for inner in layer.getmembers():
                         if inner.isfile() and inner.size < 50_000_000:
                             content = layer.extractfile(inner).read()  # type: ignore[union-attr]
