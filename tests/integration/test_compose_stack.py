@@ -179,7 +179,10 @@ def stack(docker_services: DockerServices, tmp_path_factory: pytest.TempPathFact
             for ref in image.tags:
                 if ref.endswith(f":{tag}") or ref.startswith(stack.registry):
                     with contextlib.suppress(docker.errors.APIError):
-                        client.images.remove(ref, force=True)
+                        # Untag only (noprune): pruning the untagged parents removes the classic builder's
+                        # cached steps under a later build of the same Dockerfile, which then fails with
+                        # "unknown parent image ID" (the docker-pool test's training image build did).
+                        client.images.remove(ref, force=True, noprune=True)
 
 
 def _deployment_run(stack: Compose, name: str, params: dict[str, Any]) -> str:
@@ -240,7 +243,7 @@ def _champion(stack: Compose) -> str:
 
 
 def _latest_digest(stack: Compose) -> str:
-    from tasks.release.image import tag_digest
+    from tasks.release.registry_api import tag_digest
 
     auth = stack.registry_auth()
     digest = tag_digest(stack.registry, "loan-risk", "latest", auth["username"], auth["password"])

@@ -56,7 +56,7 @@ def training_image(docker_services: DockerServices) -> Iterator[str]:  # noqa: F
     yield TAG
     client = docker.from_env()
     try:
-        client.images.remove(TAG)  # our tag only; the layers go when nothing else uses them
+        client.images.remove(TAG, noprune=True)  # our tag only: the cached steps stay for later builds
     except docker.errors.APIError:
         pass
 

@@ -25,8 +25,8 @@ import pytest
 
 from tasks.data.sample import generate
 from tasks.registry.versions import download_bundle
+from tasks.release.build import build_image
 from tasks.release.build_context import prepare_build_context
-from tasks.release.image import build_image
 from tasks.settings import Settings
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
 from tests.privacy_scan import KnownValues, Scan
@@ -179,7 +179,7 @@ def test_no_personal_value_reaches_bundle_mlflow_image_logs_or_artifacts(
         assert not scan.hits, f"{len(scan.hits)} hits (file, kind: count): {where.most_common(12)}"
     finally:
         try:
-            client.images.remove(f"{REPOSITORY}:{tag}", force=True)
+            client.images.remove(f"{REPOSITORY}:{tag}", force=True, noprune=True)
         except docker.errors.ImageNotFound:
             pass
         _remove_images(client, [*_created_image_ids(build_log), *([image_id] if image_id else [])])
