@@ -30,10 +30,10 @@ from prefect import flow
 
 from tasks.common import cli_run
 from tasks.registry.aliases import Alias
+from tasks.release.build import git_commit
 from tasks.release.candidate import prepare_candidate
 from tasks.release.converge import converge
 from tasks.release.history import history_text, read_history
-from tasks.release.image import git_commit
 from tasks.release.ledger import one_error
 from tasks.release.lock import release_lock
 from tasks.release.plan import commit_task, plan_release_task

@@ -77,8 +77,8 @@ def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[st
     """
     from prefect.runtime import deployment
 
-    from tasks.release.image import engine_available
     from tasks.release.ledger import ReleaseFailed
+    from tasks.release.push import engine_available
 
     mode = deploy_mode(settings, deploy)
     ready, missing, why = engine_available(settings)

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     label_good_statuses: list[str] = Field(default_factory=lambda: list(GOOD_LABEL_STATUSES))
     split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
     # "seed": the statuses above as they are; "matured": loans whose outcome is not final yet (NOT_FINAL_STATUSES:
-    # "New Loan", "Pending Paid Off") are left out instead of counted good (censoring; README, "Evaluation").
+    # "New Loan", "Pending Paid Off") are left out instead of counted good (censoring; docs/pipeline.md, "Evaluation").
     label_policy: str = Field("seed", pattern="^(seed|matured)$")
 
     # --- tuning and training -------------------------------------------------------------------------
@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     # Resume this study instead of starting one per training run; it must hold the same data (its fingerprint is
     # checked) and the same fit settings, or the stage stops with a permanent error.
     optuna_study_name: str | None = None
-    # Tuning across workers (README, "Tuning across workers"): trials fanned out to `tune_workers` workers sharing
+    # Tuning across workers (docs/pipeline.md, "Tuning across workers"): trials fanned out to `tune_workers` workers sharing
     # the study; "local" runs them as processes of this machine, "pool" as flow runs of `tune_deployment_name`
     # on the work pool (any machine whose settings name the same optuna_storage and MLflow tracking URI).
     tune_workers: int = Field(1, ge=1)
@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     max_iterations: int = Field(1500, ge=10)
     early_stopping_rounds: int = Field(60, ge=5)
     # Categorical features CatBoost may combine into one CTR: 1 (none) fits 2-3x faster in half the memory, at
-    # the same test ROC-AUC on the sample (README, "Benchmarks"); raise it for data where combinations matter.
+    # the same test ROC-AUC on the sample (docs/benchmarks.md); raise it for data where combinations matter.
     max_ctr_complexity: int = Field(1, ge=1, le=4)
     seed: int = 42
     thread_count: int = -1

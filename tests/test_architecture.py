@@ -192,3 +192,44 @@ def test_one_definition_of_the_statistics_and_the_alias_names() -> None:
     assert definitions("Alias") == ["tasks/registry/aliases.py"]
     for name in ("CHAMPION", "CANDIDATE"):
         assert definitions(name) == [], (name, definitions(name))
+
+
+LINE_LIMIT = 400
+# The folders whose modules are held to LINE_LIMIT lines ("serving" joins when its rewrite lands).
+LINE_LIMITED = ("flows", "tasks")
+# Modules still over the limit, each waiting for its split. The test fails once one is no longer over:
+# remove it from here then.
+STILL_OVER = {"tasks/monitoring/scoring.py"}
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    lengths = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for folder in LINE_LIMITED
+        for path in (ROOT / folder).rglob("*.py")
+    }
+    over = {path for path, n in lengths.items() if n > LINE_LIMIT}
+    assert over - STILL_OVER == set(), {path: lengths[path] for path in sorted(over - STILL_OVER)}
+    assert STILL_OVER <= over, (
+        f"under {LINE_LIMIT} lines now, remove from STILL_OVER: {sorted(STILL_OVER - over)}"
+    )
+
+
+def test_every_import_of_the_bench_scripts_resolves() -> None:
+    """bench/ is not imported by the suite, so a module move must not leave its imports behind (bench/train's
+    did once, after tasks/ moved into stage packages)."""
+    import importlib
+
+    missing = []
+    for path in sorted((ROOT / "bench").iterdir()):
+        if not path.is_file() or path.suffix not in ("", ".py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.split(".")[0] not in {"serving", "tasks", "flows", "deployments"}:
+                    continue
+                module = importlib.import_module(node.module)
+                missing += [
+                    f"{path.name}: {node.module}.{a.name}" for a in node.names if not hasattr(module, a.name)
+                ]
+    assert missing == []

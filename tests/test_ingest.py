@@ -10,21 +10,16 @@ from pathlib import Path
 import pytest
 
 from tasks.common import PermanentError
-from tasks.data import ingest as ingest_mod
-from tasks.data.ingest import (
-    DATA_FILES,
+from tasks.data import sources
+from tasks.data.contract import DATA_FILES
+from tasks.data.hub_retry import HubAccessError, HubIntegrityError, HubNotFoundError, HubUnavailableError
+from tasks.data.ingest import ingest, ingest_task, record_ingest
+from tasks.data.sources import (
     MANIFEST_NAME,
-    HubAccessError,
-    HubIntegrityError,
-    HubNotFoundError,
-    HubUnavailableError,
     IngestResult,
     MissingSourceFileError,
     Source,
-    ingest,
-    ingest_task,
     parse_source,
-    record_ingest,
     sha256_file,
 )
 from tasks.settings import Settings
@@ -96,8 +91,8 @@ def test_parse_source_rejects_a_file(tmp_path: Path) -> None:
 
 def test_hf_shorthand_uses_settings(tmp_path: Path) -> None:
     s = _settings(tmp_path, hf_repo="someone/data", hf_revision="v1")
-    assert ingest_mod.expand_source("hf", s) == "hf://datasets/someone/data@v1"
-    assert ingest_mod.expand_source(None, _settings(tmp_path, source="sample")) == "sample"
+    assert sources.expand_source("hf", s) == "hf://datasets/someone/data@v1"
+    assert sources.expand_source(None, _settings(tmp_path, source="sample")) == "sample"
 
 
 def test_sha256_file_reads_in_chunks(tmp_path: Path) -> None:

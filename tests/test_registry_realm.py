@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tasks.release.image import ImagePushError, registry_digest
+from tasks.release.registry_api import ImagePushError, registry_digest
 from tasks.settings import get_settings
 
 USER, PASSWORD = "pipeline", "registry-secret"
@@ -186,7 +186,7 @@ def test_without_credentials_a_foreign_realm_is_asked_anonymously(
 def test_which_realm_hosts_are_trusted(realm: str, registry: str, allowed: list[str], trusted: bool) -> None:
     import httpx
 
-    from tasks.release.image import _realm_is_trusted
+    from tasks.release.registry_api import _realm_is_trusted
 
     assert _realm_is_trusted(httpx.URL(realm), httpx.URL(registry), allowed) is trusted
 

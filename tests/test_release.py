@@ -112,7 +112,7 @@ def _dockerfile_stages() -> list[dict]:
 
 
 def test_dockerfile_and_deploy_flow_agree_on_label_names() -> None:
-    from tasks.release.image import LABEL_BUILD_ID, LABEL_NAMESPACE, image_labels
+    from tasks.release.build import LABEL_BUILD_ID, LABEL_NAMESPACE, image_labels
 
     build, final = _dockerfile_stages()
     passed = set(image_labels("loan-risk", "3", "abc"))
@@ -412,11 +412,11 @@ def test_a_dirty_checkout_labels_its_image_dirty(tmp_path: Path) -> None:
     import shutil
     import subprocess
 
-    from tasks.release import image
+    from tasks.release import build
 
     repo = tmp_path / "repo"
     (repo / "tasks/release").mkdir(parents=True)
-    shutil.copy(image.__file__, repo / "tasks/release/image.py")
+    shutil.copy(build.__file__, repo / "tasks/release/build.py")
     git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
@@ -424,7 +424,7 @@ def test_a_dirty_checkout_labels_its_image_dirty(tmp_path: Path) -> None:
     sha = subprocess.run(
         [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
     ).stdout.strip()
-    git_commit = runpy.run_path(str(repo / "tasks/release/image.py"))["git_commit"]
+    git_commit = runpy.run_path(str(repo / "tasks/release/build.py"))["git_commit"]
     assert git_commit() == sha
     (repo / "tasks/release/new.py").write_text("x = 1\n")
     assert git_commit() == f"{sha}-dirty"

@@ -169,7 +169,7 @@ def test_second_run_is_judged_against_the_champion(cli_result: dict, flow_state:
 def test_a_failing_stage_fails_the_run(flow_state: Path, tmp_path: Path, monkeypatch) -> None:
     """A stage that fails (here: a source folder without the files) ends the MLflow run FAILED and fails the flow."""
     from flows.training import training_flow
-    from tasks.data.ingest import MissingSourceFileError
+    from tasks.data.sources import MissingSourceFileError
     from tasks.settings import get_settings
 
     s = flow_settings(flow_state)

@@ -19,6 +19,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from tasks.common import PermanentError
+from tasks.model import tune_study
 from tasks.model import tune_workers as workers
 from tasks.model.features import ModelTable
 from tasks.model.train import make_pool
@@ -41,7 +42,7 @@ def study_of(settings: Settings, name: str) -> optuna.Study:
 
 
 def queued(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.trials if workers.SLOT in t.user_attrs]
+    return [t for t in study.trials if tune_study.SLOT in t.user_attrs]
 
 
 def objective(split, settings: Settings, worker: str = "alive:2"):
@@ -55,7 +56,7 @@ def failed_without_retry(study: optuna.Study) -> optuna.trial.FrozenTrial:
     """Slot 0 popped by a worker ``dead:1`` that drew a depth and stopped; then failed the way
     ``fail_stale_trials`` fails a stale trial, without the retry its callback queues next."""
     trial = study.ask()
-    trial.set_user_attr(workers.WORKER, "dead:1")
+    trial.set_user_attr(tune_study.WORKER, "dead:1")
     trial.suggest_int("depth", 4, 8)
     study.tell(trial, state=TrialState.FAIL)  # the same storage call as fail_stale_trials
     return study.trials[trial.number]
@@ -63,11 +64,11 @@ def failed_without_retry(study: optuna.Study) -> optuna.trial.FrozenTrial:
 
 def assert_count_reached(study: optuna.Study, n_trials: int, dead: optuna.trial.FrozenTrial) -> None:
     """Every slot has one finished trial, the dead one's a re-run with its depth and attributes."""
-    finished = [t for t in queued(study) if t.state in workers.FINISHED]
-    states = [(t.number, t.state.name, t.user_attrs.get(workers.SLOT)) for t in study.trials]
-    assert sorted(t.user_attrs[workers.SLOT] for t in finished) == list(range(n_trials)), states
-    (rerun,) = [t for t in finished if workers.retried_from(t) == dead.number]
-    assert rerun.user_attrs[workers.SLOT] == dead.user_attrs[workers.SLOT]
+    finished = [t for t in queued(study) if t.state in tune_study.FINISHED]
+    states = [(t.number, t.state.name, t.user_attrs.get(tune_study.SLOT)) for t in study.trials]
+    assert sorted(t.user_attrs[tune_study.SLOT] for t in finished) == list(range(n_trials)), states
+    (rerun,) = [t for t in finished if tune_study.retried_from(t) == dead.number]
+    assert rerun.user_attrs[tune_study.SLOT] == dead.user_attrs[tune_study.SLOT]
     assert rerun.params["depth"] == dead.params["depth"]
     assert rerun.user_attrs["retried_from_worker"] == "dead:1"
 
@@ -85,18 +86,18 @@ def test_the_fingerprint_survives_the_trip_to_the_workers(sample_split, tmp_path
 
 def test_a_study_is_never_resumed_on_other_data_or_settings(tmp_path: Path) -> None:
     s = tiny(tmp_path, n_trials=3)
-    study = workers.prepare_study(s, "resumed", "sha256:aaa")
+    study = tune_study.prepare_study(s, "resumed", "sha256:aaa")
     assert [t.state for t in study.trials] == [TrialState.WAITING] * 3
-    assert workers.prepare_study(s, "resumed", "sha256:aaa").trials == study.trials  # nothing queued twice
+    assert tune_study.prepare_study(s, "resumed", "sha256:aaa").trials == study.trials  # nothing queued twice
     with pytest.raises(PermanentError, match="sha256:aaa.*sha256:bbb"):
-        workers.prepare_study(s, "resumed", "sha256:bbb")
+        tune_study.prepare_study(s, "resumed", "sha256:bbb")
     with pytest.raises(PermanentError, match="max_iterations"):
-        workers.prepare_study(s.model_copy(update={"max_iterations": 99}), "resumed", "sha256:aaa")
+        tune_study.prepare_study(s.model_copy(update={"max_iterations": 99}), "resumed", "sha256:aaa")
 
 
 def test_a_worker_refuses_data_that_is_not_the_studys(sample_split, tmp_path: Path) -> None:
     s = tiny(tmp_path, n_trials=1)
-    workers.prepare_study(s, "guarded", workers.data_fingerprint(sample_split.train, sample_split.valid))
+    tune_study.prepare_study(s, "guarded", workers.data_fingerprint(sample_split.train, sample_split.valid))
     workers.write_data(sample_split.valid, sample_split.train, tmp_path / "swapped")
     with pytest.raises(PermanentError, match="fingerprint"):
         worker_main(s, "guarded", str(tmp_path / "swapped"), None, 0, time.time() + 60)
@@ -110,9 +111,9 @@ def test_local_mode_two_processes_share_one_sqlite_study(sample_split, tmp_path:
     with tracking.run(s, "local-pool") as run_id:
         summary = tune(s, sample_split, "local-pool", run_id)
     study = study_of(s, "local-pool")
-    finished = [t for t in queued(study) if t.state in workers.FINISHED]
+    finished = [t for t in queued(study) if t.state in tune_study.FINISHED]
     assert len(finished) == 6 and summary["n_complete"] + summary["n_pruned"] == 6
-    pids = {t.user_attrs[workers.WORKER].rsplit(":", 1)[1] for t in finished}
+    pids = {t.user_attrs[tune_study.WORKER].rsplit(":", 1)[1] for t in finished}
     assert len(pids) == 2 and str(os.getpid()) not in pids, pids  # two worker processes, not this one
     assert summary["mode"] == "local" and len(summary["workers"]) == 2
     children = tracking.client(s).search_runs(
@@ -130,12 +131,12 @@ def test_a_worker_killed_during_a_trial_loses_only_that_trial(sample_split, tmp_
     s = tiny(tmp_path, n_trials=5, tune_workers=2, max_iterations=400, early_stopping_rounds=400, **BEAT)
     victim, outcome = kill_during_a_trial(
         lambda: tune(s, sample_split, "killed", None),
-        workers.storage_for(s),
+        tune_study.storage_for(s),
         "killed",
         s.tune_timeout_seconds,
     )
     assert_rerun_elsewhere(victim, outcome, study_of(s, "killed").trials)
-    assert sum(t.state in workers.FINISHED for t in queued(study_of(s, "killed"))) == 5
+    assert sum(t.state in tune_study.FINISHED for t in queued(study_of(s, "killed"))) == 5
     assert outcome["summary"]["n_complete"] + outcome["summary"]["n_pruned"] == 5
 
 
@@ -145,12 +146,12 @@ def test_surplus_trials_fail_and_are_not_counted(tmp_path: Path) -> None:
     from tasks.model.tune import objective_for
 
     s = tiny(tmp_path, n_trials=1)
-    study = workers.prepare_study(s, "surplus", "sha256:x")
+    study = tune_study.prepare_study(s, "surplus", "sha256:x")
     study.ask()  # pops the only queued trial, as another worker would
     objective = objective_for(None, None, None, s, None, "w:1")  # never reaches the fit
-    study.optimize(objective, n_trials=1, catch=(workers.SurplusTrial,))
+    study.optimize(objective, n_trials=1, catch=(tune_study.SurplusTrial,))
     assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL]
-    assert workers.SLOT not in study.trials[1].user_attrs
+    assert tune_study.SLOT not in study.trials[1].user_attrs
 
 
 @pytest.mark.filterwarnings(HEARTBEAT_WARNING)
@@ -158,7 +159,7 @@ def test_a_worker_queues_the_retry_a_stopped_process_left_out(sample_split, tmp_
     """Optuna fails a stale trial and queues its retry in two steps; a process stopped between them leaves the
     slot with a failed trial only. A worker's loop queues that retry, so the study still reaches its count."""
     s = tiny(tmp_path, n_trials=2, **BEAT)
-    study = workers.prepare_study(s, "half-retried", "sha256:x")
+    study = tune_study.prepare_study(s, "half-retried", "sha256:x")
     dead = failed_without_retry(study)
     work(study, objective(sample_split, s), time.time() + 120, s.tune_heartbeat_seconds)
     assert_count_reached(study, 2, dead)
@@ -171,8 +172,8 @@ class PollRuns:
         self.study, self.run = study, run
 
     def alive(self) -> list[bool]:
-        while workers.counts(self.study)[TrialState.WAITING]:
-            self.study.optimize(self.run, n_trials=1, catch=(workers.SurplusTrial,))
+        while tune_study.counts(self.study)[TrialState.WAITING]:
+            self.study.optimize(self.run, n_trials=1, catch=(tune_study.SurplusTrial,))
         return [True]
 
     def describe(self) -> str:
@@ -184,7 +185,7 @@ def test_the_stage_queues_the_retry_before_it_stops_polling(sample_split, tmp_pa
     """The stage stops polling once nothing is queued or running: between the failure and the retry it must
     queue that retry itself, else the study ends a trial short."""
     s = tiny(tmp_path, n_trials=2, **BEAT)
-    study = workers.prepare_study(s, "stage-retried", "sha256:x")
+    study = tune_study.prepare_study(s, "stage-retried", "sha256:x")
     dead = failed_without_retry(study)
     seen: list[int] = []
     workers.wait_for_trials(
@@ -208,14 +209,14 @@ def test_a_retry_queued_twice_runs_once(sample_split, tmp_path: Path) -> None:
     """Two processes may queue one slot's retry at once (the callback in one, the retry step in another): the
     later one fails as surplus when it starts, so the slot has one finished trial and the count stays exact."""
     s = tiny(tmp_path, n_trials=1, **BEAT)
-    study = workers.prepare_study(s, "twice", "sha256:x")
+    study = tune_study.prepare_study(s, "twice", "sha256:x")
     dead = failed_without_retry(study)
     for _ in range(2):
-        workers.RetryCallback(max_retry=s.tune_trial_retries)(study, copy.deepcopy(dead))
+        tune_study.RetryCallback(max_retry=s.tune_trial_retries)(study, copy.deepcopy(dead))
     work(study, objective(sample_split, s), time.time() + 120, s.tune_heartbeat_seconds)
     assert_count_reached(study, 1, dead)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL]
-    assert study.trials[2].user_attrs.get(workers.SURPLUS) is True
+    assert study.trials[2].user_attrs.get(tune_study.SURPLUS) is True
     assert n_retried(study) == 1
 
 
@@ -224,7 +225,7 @@ def never_beat(study: optuna.Study, slot: int, started: datetime) -> None:
     (running, no heartbeat row), with the depth it drew."""
     trial = create_trial(
         state=TrialState.RUNNING, params={"depth": 6}, distributions={"depth": IntDistribution(4, 8)},
-        user_attrs={workers.SLOT: slot, workers.WORKER: "dead:1"},
+        user_attrs={tune_study.SLOT: slot, tune_study.WORKER: "dead:1"},
     )  # fmt: skip
     trial.datetime_start = started
     study.add_trial(trial)
@@ -236,14 +237,16 @@ def test_a_running_trial_that_never_beat_goes_stale(sample_split, tmp_path: Path
     heartbeat row, which Optuna never finds stale. Once it started longer ago than the grace period it is failed
     and re-run like any stale trial; one started within the grace period is left running."""
     s = tiny(tmp_path, n_trials=2, **BEAT)
-    fresh = optuna.create_study(study_name="just-popped", storage=workers.storage_for(s))
+    fresh = optuna.create_study(study_name="just-popped", storage=tune_study.storage_for(s))
     never_beat(fresh, 0, datetime.now())
     optuna.storages.fail_stale_trials(fresh)
     assert [t.state for t in fresh.trials] == [TrialState.RUNNING]
 
-    study = optuna.create_study(study_name="never-beat", storage=workers.storage_for(s), direction="maximize")
+    study = optuna.create_study(
+        study_name="never-beat", storage=tune_study.storage_for(s), direction="maximize"
+    )
     never_beat(study, 0, datetime.now() - timedelta(seconds=5 * s.tune_grace_seconds))
-    study.enqueue_trial({}, user_attrs={workers.SLOT: 1})
+    study.enqueue_trial({}, user_attrs={tune_study.SLOT: 1})
     optuna.storages.fail_stale_trials(study)  # what every worker does before each trial
     dead = study.trials[0]
     assert dead.state == TrialState.FAIL, dead.state
@@ -266,13 +269,13 @@ def test_two_workers_popping_at_once_never_get_the_same_trial(tmp_path: Path) ->
     s = tiny(tmp_path, n_trials=2)
     same = 0
     for round_ in range(20):
-        workers.prepare_study(s, f"pop-{round_}", "sha256:x")
+        tune_study.prepare_study(s, f"pop-{round_}", "sha256:x")
         start, popped = threading.Barrier(2), []
         pair = [
             threading.Thread(
                 target=pop_at_once,
                 args=(
-                    optuna.load_study(study_name=f"pop-{round_}", storage=workers.storage_for(s)),
+                    optuna.load_study(study_name=f"pop-{round_}", storage=tune_study.storage_for(s)),
                     start,
                     popped,
                 ),

@@ -14,7 +14,7 @@ from typing import Any
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tasks.model import tune_workers as workers
+from tasks.model import tune_study
 
 END_MARGIN_SECONDS = 180.0  # past the tuning budget: the trials still running finish, the stage sums up
 
@@ -46,10 +46,10 @@ def kill_during_a_trial(
                 study_id = storage.get_study_id_from_name(study_name)
         if study_id is not None:
             running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-            reporting = [t for t in running if t.intermediate_values and workers.WORKER in t.user_attrs]
+            reporting = [t for t in running if t.intermediate_values and tune_study.WORKER in t.user_attrs]
             if reporting:
                 victim = reporting[0]
-                os.kill(int(victim.user_attrs[workers.WORKER].rsplit(":", 1)[1]), signal.SIGKILL)
+                os.kill(int(victim.user_attrs[tune_study.WORKER].rsplit(":", 1)[1]), signal.SIGKILL)
         time.sleep(0.2)
     tuning.join(timeout=started + tune_timeout_seconds + END_MARGIN_SECONDS - time.monotonic())
     if tuning.is_alive():
@@ -67,10 +67,12 @@ def assert_rerun_elsewhere(
     failed = next(t for t in trials if t.number == victim.number)
     assert failed.state == TrialState.FAIL
     retries = [
-        t for t in trials if workers.retried_from(t) == victim.number and workers.SURPLUS not in t.user_attrs
+        t
+        for t in trials
+        if tune_study.retried_from(t) == victim.number and tune_study.SURPLUS not in t.user_attrs
     ]
-    assert [t.state in workers.FINISHED for t in retries] == [True], [(t.number, t.state) for t in trials]
+    assert [t.state in tune_study.FINISHED for t in retries] == [True], [(t.number, t.state) for t in trials]
     assert failed.params.items() <= retries[0].params.items()  # re-run with what the killed trial had drawn
-    assert retries[0].user_attrs["retried_from_worker"] == victim.user_attrs[workers.WORKER]
-    assert retries[0].user_attrs[workers.WORKER] != victim.user_attrs[workers.WORKER]
+    assert retries[0].user_attrs["retried_from_worker"] == victim.user_attrs[tune_study.WORKER]
+    assert retries[0].user_attrs[tune_study.WORKER] != victim.user_attrs[tune_study.WORKER]
     assert outcome["summary"]["n_retried"] == 1

@@ -123,7 +123,8 @@ def write_env(path: Path, overrides: Mapping[str, str] | None = None) -> dict[st
 def build(base_image: str | None, tag: str = "latest") -> dict[str, str]:
     """Build the stack's three images on the engine ``DOCKER_HOST`` names; ``{image: id}``."""
     from deployments.stack import image
-    from tasks.release.image import build_image, get_client
+    from tasks.release.build import build_image
+    from tasks.release.engine import get_client
 
     built = {}
     buildargs = {"BASE_IMAGE": base_image} if base_image else {}

@@ -19,8 +19,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from tasks.release.build import build_image, git_commit
 from tasks.release.build_context import download_wheels
-from tasks.release.image import build_image, get_client, git_commit
+from tasks.release.engine import get_client
 
 logger = logging.getLogger("deployments.stack.image")
 

@@ -5,16 +5,9 @@ commit says each requested file is: its size and sha256 (the LFS pointer's), or 
 stored in git itself. :func:`download_verified` fetches the files at that commit through ``huggingface_hub``
 (the endpoint named by ``HF_ENDPOINT``) and checks every file against those checksums; a cached copy that fails
 the check is downloaded again, a fresh download that fails it is an error naming the file and both sums.
-
-Transient errors (connection errors, timeouts, HTTP 408/429/5xx, an interrupted transfer) are retried with
-exponential backoff up to :attr:`Retry.max_attempts`, each retry logged; a missing repository, revision or
-file, a refused access (401/403, gated repo) or a checksum mismatch fails at once with a
-:class:`~tasks.common.PermanentError` naming what is wrong. After a verified download, the commit's checksums
-are kept beside the cache (``<storage>/loanrisk-commits/<sha>.json``), so a pinned, fully cached commit is
-verified without any network call.
-
-Why one module of ~500 lines: it is one concern, talking to the Hub, and most of its length is the mapping of
-huggingface_hub's errors onto "retry" or "fail naming what is wrong", which both public functions share.
+After a verified download, the commit's checksums are kept beside the cache
+(``<storage>/loanrisk-commits/<sha>.json``), so a pinned, fully cached commit is verified without any network
+call. Errors and retries: :mod:`tasks.data.hub_retry`.
 """
 
 from __future__ import annotations
@@ -24,55 +17,28 @@ import json
 import logging
 import os
 import re
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from tasks.common import PermanentError
+from tasks.data.hub_retry import (
+    HubAccessError,
+    HubIntegrityError,
+    HubNotFoundError,
+    Retry,
+    call_with_retries,
+    hf_endpoint,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HF_ENDPOINT = "https://huggingface.co"
-MAX_BACKOFF_SECONDS = 60.0
 HASH_CHUNK_BYTES = 1 << 20
 RECORDS_DIR = "loanrisk-commits"
 
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-T = TypeVar("T")
-LoggerLike = logging.Logger | logging.LoggerAdapter
-
-
-# --------------------------------------------------------------------------------------------------
-# errors
-
-
-class HubError(RuntimeError):
-    """Base class of the Hub failures raised by this module."""
-
-
-class HubNotFoundError(HubError, PermanentError):
-    """The Hub repository, revision or file does not exist (or is private and the token cannot see it)."""
-
-
-class HubAccessError(HubError, PermanentError):
-    """The Hub refused access (401/403, gated repository) or the endpoint does not behave like a Hub."""
-
-
-class HubIntegrityError(HubError, PermanentError):
-    """A downloaded file is not the file the resolved commit lists (its checksum differs)."""
-
-
-class HubUnavailableError(HubError):
-    """Transient Hub errors persisted through every allowed attempt (a later retry may succeed)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# data classes
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -101,25 +67,6 @@ class Commit:
     files: dict[str, RemoteFile] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Retry:
-    """How transient errors are retried: attempts, the first wait (doubling, capped at a minute), logging."""
-
-    max_attempts: int = 4
-    backoff_seconds: float = 1.0
-    logger: LoggerLike = log
-    sleep: Callable[[float], None] = time.sleep
-
-
-# --------------------------------------------------------------------------------------------------
-# small helpers
-
-
-def hf_endpoint() -> str:
-    """``HF_ENDPOINT`` read now (huggingface_hub reads it only at import time), else the public Hub."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
-
-
 def digests(path: str | Path, chunk_size: int = HASH_CHUNK_BYTES) -> tuple[str, str]:
     """sha256 and git blob id (sha1 of ``blob <size>\\0`` and the content) of a file, in one read."""
     sha256, sha1 = hashlib.sha256(), hashlib.sha1(f"blob {Path(path).stat().st_size}\0".encode())
@@ -137,147 +84,6 @@ def storage_folder(cache_dir: Path, repo_id: str) -> Path:
     return Path(cache_dir) / repo_folder_name(repo_id=repo_id, repo_type="dataset")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
-
-
-# --------------------------------------------------------------------------------------------------
-# classifying huggingface_hub's errors
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """hf_hub_download wraps a failed metadata call in LocalEntryNotFoundError or (forced) ValueError."""
-    from huggingface_hub.errors import FileMetadataError, LocalEntryNotFoundError
-
-    cause = exc.__cause__
-    wrapped = isinstance(exc, LocalEntryNotFoundError) or (
-        type(exc) is ValueError and "Force download failed" in str(exc)
-    )
-    if wrapped and cause is not None and not isinstance(cause, FileMetadataError):
-        return _cause(cause)
-    return exc
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether an error from huggingface_hub is worth another attempt."""
-    import httpx2
-    from huggingface_hub.errors import (
-        FileMetadataError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-    )
-
-    exc = _cause(exc)
-    if isinstance(exc, OfflineModeIsEnabled):
-        return False
-    if isinstance(exc, HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else None
-        return status in (408, 429) or (status is not None and status >= 500)
-    if isinstance(exc, FileMetadataError | LocalEntryNotFoundError):
-        return False  # an endpoint that answers without Hub metadata, or offline with nothing cached
-    if isinstance(exc, httpx2.TransportError | ConnectionError | TimeoutError):
-        return True
-    # hf_hub_download's size check after an interrupted transfer
-    return isinstance(exc, OSError) and "Consistency check failed" in str(exc)
-
-
-def permanent_error(
-    exc: BaseException, repo_id: str, revision: str, filename: str | None, endpoint: str
-) -> PermanentError | None:
-    """A PermanentError naming what is missing for a non-transient huggingface_hub error, or None."""
-    from huggingface_hub.errors import (
-        DisabledRepoError,
-        FileMetadataError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    exc = _cause(exc)
-    where = f"dataset repository {repo_id!r} on {endpoint}"
-    what = (
-        f"file {filename!r} at revision {revision!r} of {where}"
-        if filename
-        else f"revision {revision!r} of {where}"
-    )
-    if isinstance(exc, RevisionNotFoundError):
-        return HubNotFoundError(f"revision {revision!r} not found in {where}")
-    if isinstance(exc, GatedRepoError):
-        return HubAccessError(
-            f"{where} is gated: accept its conditions on the Hub and set LOANRISK_HF_TOKEN to a token that may read it"
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        return HubNotFoundError(
-            f"{where} not found (or it is private and LOANRISK_HF_TOKEN is missing or cannot read it)"
-        )
-    if isinstance(exc, RemoteEntryNotFoundError):
-        return HubNotFoundError(f"file {filename!r} not found at revision {revision!r} of {where}")
-    if isinstance(exc, DisabledRepoError):
-        return HubAccessError(f"{where} is disabled")
-    if isinstance(exc, OfflineModeIsEnabled):
-        return HubAccessError(f"HF_HUB_OFFLINE is set and {what} is not in the local cache")
-    if isinstance(exc, LocalEntryNotFoundError) and isinstance(exc.__cause__, FileMetadataError):
-        return HubAccessError(
-            f"{endpoint} does not answer like a Hugging Face Hub for {what}: {exc.__cause__}"
-        )
-    if isinstance(exc, FileMetadataError):
-        return HubAccessError(f"{endpoint} does not answer like a Hugging Face Hub for {what}: {exc}")
-    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
-        status = exc.response.status_code
-        if status in (401, 403):
-            return HubAccessError(f"access to {what} refused (HTTP {status}): check LOANRISK_HF_TOKEN")
-        if 400 <= status < 500:
-            return HubNotFoundError(f"request for {what} failed with HTTP {status}: {_first_line(exc)}")
-    return None
-
-
-def call_with_retries(
-    fn: Callable[[], T], *, describe: str, repo_id: str, revision: str, filename: str | None, retry: Retry
-) -> T:
-    """Run ``fn``; retry transient Hub errors with exponential backoff; translate permanent ones at once."""
-    endpoint = hf_endpoint()
-    attempts = max(1, int(retry.max_attempts))
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except PermanentError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if not is_transient(exc):
-                permanent = permanent_error(exc, repo_id, revision, filename, endpoint)
-                if permanent is not None:
-                    raise permanent from exc
-                raise
-            reason = _cause(exc)
-            if attempt == attempts:
-                raise HubUnavailableError(
-                    f"{describe} failed after {attempts} attempt(s) with transient errors; last: "
-                    f"{type(reason).__name__}: {_first_line(reason)}"
-                ) from exc
-            wait = min(MAX_BACKOFF_SECONDS, retry.backoff_seconds * 2 ** (attempt - 1))
-            retry.logger.warning(
-                "%s failed (attempt %d/%d: %s: %s); retrying in %.2fs",
-                describe,
-                attempt,
-                attempts,
-                type(reason).__name__,
-                _first_line(reason),
-                wait,
-            )
-            retry.sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-# --------------------------------------------------------------------------------------------------
-# resolve
-
-
 def _record_path(storage: Path, sha: str) -> Path:
     return storage / RECORDS_DIR / f"{sha}.json"
 
@@ -292,13 +98,20 @@ def _read_record(storage: Path, sha: str, files: Sequence[str]) -> dict[str, Rem
     return out if all(f.sha256 or f.git_sha1 for f in out.values()) else None
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it, so a reader sees the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _write_record(storage: Path, commit: Commit) -> None:
     path = _record_path(storage, commit.sha)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps({n: asdict(f) for n, f in commit.files.items()}, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        write_atomic(
+            path, json.dumps({n: asdict(f) for n, f in commit.files.items()}, indent=2, sort_keys=True)
+        )
     except OSError:  # a read-only cache still works online
         log.debug("could not keep the checksums of %s in %s", commit.sha, path, exc_info=True)
 
@@ -307,12 +120,8 @@ def _remember_ref(storage: Path, revision: str, sha: str) -> None:
     """Record ``revision -> sha`` the way huggingface_hub does (``refs/<revision>``), for offline runs."""
     ref = storage / "refs" / revision
     try:
-        if ref.is_file() and ref.read_text().strip() == sha:
-            return
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref.with_name(f".{ref.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(sha)
-        os.replace(tmp, ref)
+        if not (ref.is_file() and ref.read_text().strip() == sha):
+            write_atomic(ref, sha)
     except OSError:
         log.debug("could not record ref %s -> %s in %s", revision, sha, storage, exc_info=True)
 
@@ -323,7 +132,7 @@ def _snapshot_complete(storage: Path, sha: str, files: Sequence[str]) -> bool:
 
 def _from_etag(name: str, metadata: Any) -> RemoteFile:
     etag = (metadata.etag or "").strip('"').lower()
-    if _SHA256.fullmatch(etag):
+    if SHA256.fullmatch(etag):
         return RemoteFile(name, metadata.size, sha256=etag)
     if COMMIT_SHA.fullmatch(etag):
         return RemoteFile(name, metadata.size, git_sha1=etag)
@@ -415,10 +224,6 @@ def resolve_commit(
         _remember_ref(storage, revision, sha)
     retry.logger.info("Dataset %s@%s resolved to commit %s", repo_id, revision, sha)
     return Commit(repo_id, revision, sha, endpoint, remote)
-
-
-# --------------------------------------------------------------------------------------------------
-# download
 
 
 @dataclass(frozen=True)

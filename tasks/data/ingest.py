@@ -1,212 +1,25 @@
-"""Ingest: bring the three loan CSV files into the state folder and checksum them.
+"""Ingest: bring the three loan CSV files in from a source (:mod:`tasks.data.sources`), checksummed, and record
+what came in.
 
-A source is one of
-
-* ``sample`` - the synthetic generator (:func:`tasks.data.sample.generate`), written once into
-  ``settings.data_dir / f"sample-scale{scale}-seed{seed}"`` and reused while its manifest says it is complete;
-* a local directory holding ``loan.csv``, ``payment.csv`` and ``clarity_underwriting_variables.csv``;
-* ``hf://datasets/<owner>/<name>[@<revision>]`` - a dataset repository on the Hugging Face Hub (or on the
-  endpoint named by ``HF_ENDPOINT``), through :mod:`tasks.data.hub`: the revision (default: ``settings.hf_revision``
-  or ``main``) is resolved to its commit first, all three files come from that commit, and each is verified
-  against the checksum the commit lists. ``hf`` alone is short for
-  ``hf://datasets/{settings.hf_repo}[@{settings.hf_revision}]``.
-
-Transient Hub errors are retried with exponential backoff (``settings.hf_max_attempts``,
-``settings.hf_backoff_seconds``), each retry logged; a missing repository, revision or file, a refused access or
-a file that fails its checksum fails at once with a :class:`~tasks.common.PermanentError` naming it.
-
-The plain functions (:func:`parse_source`, :func:`ingest`, :func:`ingest_params`) work without Prefect; the
-stage :data:`ingest_task` wraps them and records the data's identity on the MLflow run through
-:mod:`tasks.registry.tracking`.
-
-Why ~450 lines: three kinds of source, each with its own rule for reuse (the sample's manifest, a local folder
-as it is, the Hub's verified cache through :mod:`tasks.data.hub`), behind one result type and one task.
+:func:`ingest` works without Prefect (its Hub retries: :mod:`tasks.data.hub_retry`); the stage
+:data:`ingest_task` wraps it and records the data's identity on the MLflow run through :mod:`tasks.registry.tracking`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import re
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from tasks.common import PermanentError, release_freed_memory, run_logger, stage
-from tasks.data.contract import CLARITY_FILE, DATA_FILES, LOAN_FILE, PAYMENT_FILE  # noqa: F401 - the file names
-from tasks.data.hub import (  # noqa: F401 - the Hub's errors are ingest's errors
-    HubAccessError,
-    HubError,
-    HubIntegrityError,
-    HubNotFoundError,
-    HubUnavailableError,
-    Retry,
-    download_verified,
-    resolve_commit,
-)
+from tasks.common import run_logger, stage
+from tasks.data.hub_retry import LoggerLike, Retry
+from tasks.data.sources import IngestResult, expand_source, from_hub, from_local, from_sample, parse_source
 from tasks.registry import tracking
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
-
-MANIFEST_NAME = "ingest-manifest.json"
-HF_SOURCE_PREFIX = "hf://datasets/"
-HASH_CHUNK_BYTES = 1 << 20
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-
-SourceKind = Literal["sample", "local", "hub"]
-LoggerLike = logging.Logger | logging.LoggerAdapter
-
-
-# --------------------------------------------------------------------------------------------------
-# errors
-
-
-class IngestError(RuntimeError):
-    """Base class of the ingest failures of local and sample sources (Hub failures: :class:`HubError`)."""
-
-
-class MissingSourceFileError(IngestError, PermanentError, FileNotFoundError):
-    """A local source folder lacks one of the three files."""
-
-
-# --------------------------------------------------------------------------------------------------
-# data classes
-
-
-@dataclass(frozen=True)
-class Source:
-    """A parsed source string."""
-
-    kind: SourceKind
-    raw: str
-    path: Path | None = None  # local folder
-    repo_id: str | None = None  # hub: owner/name
-    revision: str | None = None  # hub: as written after '@' (None: use the default)
-
-
-@dataclass
-class IngestResult:
-    """Where the three files are, where they came from and their checksums."""
-
-    data_dir: Path
-    source: str
-    kind: SourceKind
-    revision: str | None  # the resolved commit sha for the Hub, None otherwise
-    files: dict[str, dict[str, Any]]  # file name -> {"path": str, "size": int, "sha256": str}
-    cached: bool  # True when nothing had to be generated or downloaded
-    repo_id: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def content_sha256(self) -> str:
-        """One sha256 over the three files' names and checksums: identifies the data, not where it came from.
-
-        (The bundle's ``data_fingerprint`` is the wider record: source, revision, each file, labelled loans.)
-        """
-        h = hashlib.sha256()
-        for name in sorted(self.files):
-            h.update(f"{name}:{self.files[name]['sha256']}\n".encode())
-        return h.hexdigest()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "data_dir": str(self.data_dir),
-            "source": self.source,
-            "kind": self.kind,
-            "revision": self.revision,
-            "repo_id": self.repo_id,
-            "files": {k: dict(v) for k, v in self.files.items()},
-            "cached": self.cached,
-            "content_sha256": self.content_sha256,
-            "details": dict(self.details),
-        }
-
-
-# --------------------------------------------------------------------------------------------------
-# parsing
-
-
-def parse_source(source: str) -> Source:
-    """Parse ``sample``, a local directory path, or ``hf://datasets/<owner>/<name>[@<revision>]``.
-
-    Raises ``ValueError`` for anything else (other URL schemes, Hub model repos, malformed repo ids, paths that
-    are not existing directories).
-    """
-    if not isinstance(source, str) or not source.strip():
-        raise ValueError(f"empty data source {source!r}: {_ACCEPTED}")
-    raw = source.strip()
-    if raw.lower() == "sample":
-        return Source(kind="sample", raw="sample")
-    if raw.startswith("hf://"):
-        if not raw.startswith(HF_SOURCE_PREFIX):
-            raise ValueError(
-                f"unsupported Hub source {raw!r}: only dataset repositories are supported; {_ACCEPTED}"
-            )
-        rest = raw[len(HF_SOURCE_PREFIX) :]
-        repo_part, sep, revision = rest.partition("@")
-        repo_id = repo_part.rstrip("/")
-        if not _REPO_ID.fullmatch(repo_id) or ".." in repo_id:
-            raise ValueError(f"malformed Hub dataset id {repo_id!r} in source {raw!r}: {_ACCEPTED}")
-        if sep and (not revision or any(c.isspace() for c in revision)):
-            raise ValueError(f"malformed revision {revision!r} in source {raw!r}: {_ACCEPTED}")
-        return Source(kind="hub", raw=raw, repo_id=repo_id, revision=revision or None)
-    if "://" in raw:
-        raise ValueError(f"unsupported data source {raw!r}: {_ACCEPTED}")
-    path = Path(raw).expanduser()
-    if not path.exists():
-        raise ValueError(
-            f"data source {raw!r} is not 'sample', not an hf:// URL and no such directory exists"
-        )
-    if not path.is_dir():
-        raise ValueError(
-            f"data source {raw!r} is a file; a local source must be a directory holding {_FILES_TEXT}"
-        )
-    return Source(kind="local", raw=raw, path=path.resolve())
-
-
-_FILES_TEXT = ", ".join(DATA_FILES)
-_ACCEPTED = "expected 'sample', a local directory, or 'hf://datasets/<owner>/<name>[@<revision>]'"
-
-
-def expand_source(source: str | None, settings: Settings) -> str:
-    """``None`` -> ``settings.source``; ``hf``/``hub`` -> the Hub URL built from ``hf_repo``/``hf_revision``."""
-    raw = (source if source is not None else settings.source).strip()
-    if raw.lower() in {"hf", "hub"}:
-        raw = HF_SOURCE_PREFIX + settings.hf_repo
-        if settings.hf_revision:
-            raw += f"@{settings.hf_revision}"
-    return raw
-
-
-# --------------------------------------------------------------------------------------------------
-# checksums
-
-
-def sha256_file(path: str | Path, chunk_size: int = HASH_CHUNK_BYTES) -> str:
-    """The sha256 hex digest of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def describe_file(path: Path) -> dict[str, Any]:
-    return {"path": str(path), "size": path.stat().st_size, "sha256": sha256_file(path)}
-
-
-# --------------------------------------------------------------------------------------------------
-# the entry point
 
 
 def ingest(
@@ -226,167 +39,16 @@ def ingest(
     raw = expand_source(source, settings)
     src = parse_source(raw)
     if src.kind == "sample":
-        return _ingest_sample(settings, logger)
+        return from_sample(settings, logger)
     if src.kind == "local":
-        return _ingest_local(src)
+        return from_local(src)
     retry = Retry(
         max_attempts=settings.hf_max_attempts,
         backoff_seconds=settings.hf_backoff_seconds if backoff_seconds is None else backoff_seconds,
         logger=logger,
         sleep=sleep,
     )
-    return _ingest_hub(src, settings, retry=retry)
-
-
-# --------------------------------------------------------------------------------------------------
-# sample
-
-
-def sample_dir(settings: Settings) -> Path:
-    return settings.data_dir / f"sample-scale{settings.sample_scale}-seed{settings.sample_seed}"
-
-
-def _read_complete_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest of a completely written folder, or None (missing, unreadable, or files changed size)."""
-    try:
-        manifest = json.loads((folder / MANIFEST_NAME).read_text())
-        files = manifest["files"]
-        for name in DATA_FILES:
-            entry = files[name]
-            if (folder / name).stat().st_size != int(entry["size"]) or not _SHA256.fullmatch(entry["sha256"]):
-                return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return manifest
-
-
-def _ingest_sample(settings: Settings, logger: LoggerLike) -> IngestResult:
-    scale, seed = settings.sample_scale, settings.sample_seed
-    out = sample_dir(settings)
-    manifest = _read_complete_manifest(out)
-    cached = manifest is not None
-    if manifest is None:
-        logger.info("Generating the synthetic sample (scale=%s, seed=%s) into %s", scale, seed, out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            tmp.mkdir(parents=True)
-            from tasks.data.sample import generate
-
-            info = generate(tmp, scale=scale, seed=seed)
-            release_freed_memory()  # the generator's tables (~0.5 GB at full size) are gone
-            missing = [name for name in DATA_FILES if not (tmp / name).is_file()]
-            if missing:
-                raise IngestError(f"tasks.data.sample.generate did not write {missing} into {tmp}")
-            files = {name: describe_file(tmp / name) for name in DATA_FILES}
-            manifest = {
-                "kind": "sample",
-                "scale": scale,
-                "seed": seed,
-                "created_at": datetime.now(UTC).isoformat(),
-                "files": {n: {"size": f["size"], "sha256": f["sha256"]} for n, f in files.items()},
-                "other_files": sorted(p.name for p in tmp.iterdir() if p.name not in DATA_FILES),
-                "generator": info,  # row counts and paths: plain JSON
-            }
-            # The manifest is written last: a folder without it is incomplete and gets regenerated.
-            _write_json_atomic(tmp / MANIFEST_NAME, manifest)
-            if out.exists():
-                shutil.rmtree(out)  # an incomplete earlier attempt
-            try:
-                tmp.rename(out)
-            except OSError:
-                # Another process finished the same sample first: keep theirs if it is complete.
-                manifest = _read_complete_manifest(out)
-                if manifest is None:
-                    raise
-                cached = True
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        logger.info("Reusing the synthetic sample in %s", out)
-    files = {
-        name: {
-            "path": str(out / name),
-            "size": int(manifest["files"][name]["size"]),
-            "sha256": manifest["files"][name]["sha256"],
-        }
-        for name in DATA_FILES
-    }
-    return IngestResult(
-        data_dir=out,
-        source="sample",
-        kind="sample",
-        revision=None,
-        files=files,
-        cached=cached,
-        details={"scale": scale, "seed": seed},
-    )
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------------------
-# local folder
-
-
-def _ingest_local(src: Source) -> IngestResult:
-    folder = src.path
-    assert folder is not None
-    missing = [name for name in DATA_FILES if not (folder / name).is_file()]
-    if missing:
-        raise MissingSourceFileError(
-            f"local data folder {folder} is missing {', '.join(missing)} (a source folder must hold {_FILES_TEXT})"
-        )
-    files = {name: describe_file(folder / name) for name in DATA_FILES}
-    return IngestResult(
-        data_dir=folder, source=src.raw, kind="local", revision=None, files=files, cached=False
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Hugging Face Hub
-
-
-def _ingest_hub(src: Source, settings: Settings, *, retry: Retry) -> IngestResult:
-    repo_id = src.repo_id
-    assert repo_id is not None
-    revision = src.revision or settings.hf_revision or "main"
-    token = settings.hf_token.get_secret_value() if settings.hf_token is not None else None
-    cache_dir = settings.data_dir / "hf"
-    commit = resolve_commit(repo_id, revision, DATA_FILES, cache_dir=cache_dir, token=token, retry=retry)
-    local, cached = download_verified(commit, cache_dir=cache_dir, token=token, retry=retry)
-    files = {name: {"path": str(f.path), "size": f.size, "sha256": f.sha256} for name, f in local.items()}
-    data_dir = local[DATA_FILES[0]].path.parent
-    retry.logger.info(
-        "%s %s@%s into %s (each file verified against the commit's checksum)",
-        "Reused cached" if cached else "Downloaded",
-        repo_id,
-        commit.sha,
-        data_dir,
-    )
-    return IngestResult(
-        data_dir=data_dir,
-        source=src.raw,
-        kind="hub",
-        revision=commit.sha,
-        files=files,
-        cached=cached,
-        repo_id=repo_id,
-        details={
-            "requested_revision": revision,
-            "endpoint": commit.endpoint,
-            "verified": {name: f.checksum for name, f in commit.files.items()},
-        },
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# MLflow
+    return from_hub(src, settings, retry=retry)
 
 
 def ingest_params(result: IngestResult) -> dict[str, str]:
@@ -424,10 +86,6 @@ def record_ingest(result: IngestResult, run_id: str, settings: Settings) -> None
     """
     tracking.log_params(settings, run_id, ingest_params(result))
     tracking.set_tags(settings, run_id, ingest_tags(result))
-
-
-# --------------------------------------------------------------------------------------------------
-# Prefect
 
 
 @stage("ingest")

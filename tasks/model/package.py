@@ -20,7 +20,8 @@ from serving.features import CATEGORICAL_FEATURES
 from serving.privacy import Pseudonymiser, reference_records
 from serving.reasons import TABLE_PATH, ReasonTable, ReasonTableError, copy_table, explain_selected
 from tasks.common import PermanentError, run_logger, stage
-from tasks.data.ingest import IngestResult, data_fingerprint
+from tasks.data.ingest import data_fingerprint
+from tasks.data.sources import IngestResult
 from tasks.model.evaluate import Evaluation
 from tasks.model.features import ModelTable
 from tasks.model.split import Split
@@ -100,7 +101,7 @@ def card_context(
 ) -> dict[str, Any]:
     """What the model card says beyond the evaluation: the time windows, the label policies' counts, the
     tuning, the code commit and the monotone constraints."""
-    from tasks.release.image import git_commit
+    from tasks.release.build import git_commit
 
     return {
         "boundaries": dict(split.boundaries),

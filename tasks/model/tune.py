@@ -5,7 +5,8 @@ study's optimisation history and parameter importances are plots on the training
 
 The trials run in this process (one worker), or in ``tune_workers`` worker processes (``tune_mode = "local"``) or
 flow runs of the tune-worker deployment (``"pool"``) sharing the study: :func:`work` is every worker's loop,
-:func:`worker_main` a worker's entry, and :mod:`tasks.model.tune_workers` the study, the data and the fan-out.
+:func:`worker_main` a worker's entry, :mod:`tasks.model.tune_study` the shared study and
+:mod:`tasks.model.tune_workers` the data and the fan-out.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sklearn.metrics import roc_auc_score
 
 from tasks.common import PermanentError, run_logger, stage
+from tasks.model import tune_study
 from tasks.model import tune_workers as workers
 from tasks.model.split import Split
 from tasks.model.train import fit_model, make_pool, predict_proba
@@ -78,10 +80,10 @@ def objective_for(
     and an error of its own (``error``: a trial that failed so is not re-run, unlike one whose worker stopped)."""
 
     def objective(trial: optuna.Trial) -> float:
-        reason = workers.surplus_reason(trial)
+        reason = tune_study.surplus_reason(trial)
         if reason is not None:
-            trial.set_user_attr(workers.SURPLUS, True)
-            raise workers.SurplusTrial(reason)
+            trial.set_user_attr(tune_study.SURPLUS, True)
+            raise tune_study.SurplusTrial(reason)
         try:
             return run(trial)
         except optuna.TrialPruned:
@@ -89,13 +91,13 @@ def objective_for(
         except Exception as exc:
             # a trial failed stale meanwhile takes no attribute: it counts as stopped, and is re-run
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                trial.set_user_attr(workers.ERROR, repr(exc)[:1000])
+                trial.set_user_attr(tune_study.ERROR, repr(exc)[:1000])
             raise
 
     def run(trial: optuna.Trial) -> float:
-        if workers.WORKER in trial.user_attrs:  # a re-run: the attributes are copied from the failed trial
-            trial.set_user_attr("retried_from_worker", trial.user_attrs[workers.WORKER])
-        trial.set_user_attr(workers.WORKER, worker)
+        if tune_study.WORKER in trial.user_attrs:  # a re-run: the attributes are copied from the failed trial
+            trial.set_user_attr("retried_from_worker", trial.user_attrs[tune_study.WORKER])
+        trial.set_user_attr(tune_study.WORKER, worker)
         params = suggest_params(trial)
         started = time.perf_counter()
         callback = PruningCallback(trial)
@@ -141,14 +143,14 @@ class TrialLog:
         self.total, self.log, self.done, self.started = total, log, 0, time.perf_counter()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if workers.SURPLUS in trial.user_attrs:
+        if tune_study.SURPLUS in trial.user_attrs:
             return
-        if trial.state == TrialState.FAIL and workers.ERROR in trial.user_attrs:
-            self.log(f"trial #{trial.number} failed: {trial.user_attrs[workers.ERROR]}")
+        if trial.state == TrialState.FAIL and tune_study.ERROR in trial.user_attrs:
+            self.log(f"trial #{trial.number} failed: {trial.user_attrs[tune_study.ERROR]}")
             return
         if trial.state == TrialState.FAIL:
             self.log(
-                f"trial #{trial.number} failed (worker {trial.user_attrs.get(workers.WORKER, '?')} stopped); "
+                f"trial #{trial.number} failed (worker {trial.user_attrs.get(tune_study.WORKER, '?')} stopped); "
                 "queued again with its parameters"
             )
             return
@@ -163,12 +165,10 @@ class TrialLog:
 def study_figures(study: optuna.Study) -> dict[str, Any]:
     """The study's optimisation history and parameter importances as matplotlib figures (importances need two
     complete trials; fewer give the history alone)."""
-    from optuna.exceptions import ExperimentalWarning
     from optuna.visualization import matplotlib as optuna_plots
 
     figures: dict[str, Any] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
+    with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
         figures["optimization_history.png"] = optuna_plots.plot_optimization_history(study).figure
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
         if len(complete) >= 2:
@@ -188,18 +188,21 @@ def work(
 ) -> int:
     """A worker's loop: run queued trials one at a time until none is queued or running, or the budget is spent.
     While another worker's trial runs it stays, failing that trial if its heartbeat stops (Optuna then queues
-    it again, else :func:`~tasks.model.tune_workers.reconcile` does) so that a dead worker's trial is re-run here.
+    it again, else :func:`~tasks.model.tune_study.reconcile` does) so that a dead worker's trial is re-run here.
     Returns how many trials it ran."""
     ran = 0
     while time.time() < deadline:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
             optuna.storages.fail_stale_trials(study)
-        workers.reconcile(study)
-        states = workers.counts(study)
+        tune_study.reconcile(study)
+        states = tune_study.counts(study)
         if states[TrialState.WAITING]:
             study.optimize(
-                objective, n_trials=1, catch=(workers.SurplusTrial,), gc_after_trial=True, callbacks=callbacks
+                objective,
+                n_trials=1,
+                catch=(tune_study.SurplusTrial,),
+                gc_after_trial=True,
+                callbacks=callbacks,
             )
             ran += 1
         elif states[TrialState.RUNNING]:
@@ -221,15 +224,15 @@ def worker_main(
     """A worker's entry (a local process or a tune-worker flow run): the study the stage prepared, the data it
     names (a folder, or a ``runs:/`` artifact URI), checked against the study's fingerprint, then :func:`work`."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = workers.load_study(settings, study_name, index, storage)
-    settings = settings.model_copy(update=study.user_attrs.get(workers.FIT, {}))
+    study = tune_study.load_study(settings, study_name, index, storage)
+    settings = settings.model_copy(update=study.user_attrs.get(tune_study.FIT, {}))
     folder = Path(data_uri)
     if data_uri.startswith("runs:/"):
         folder = tracking.download_artifacts(
             settings, data_uri, Path(tempfile.mkdtemp(prefix="loanrisk-tune-"))
         )
     train, valid = workers.read_data(folder)
-    found, expected = workers.data_fingerprint(train, valid), study.user_attrs.get(workers.FINGERPRINT)
+    found, expected = workers.data_fingerprint(train, valid), study.user_attrs.get(tune_study.FINGERPRINT)
     if found != expected:
         raise PermanentError(
             f"tune worker: the data at {data_uri} has fingerprint {found}, study {study_name!r} {expected}"
@@ -248,7 +251,7 @@ def fan_out(
     log = TrialLog(settings.n_trials, run_logger().info)
     with tempfile.TemporaryDirectory(prefix="loanrisk-tune-", dir=_scratch(settings)) as tmp:
         paths = workers.write_data(split.train, split.valid, Path(tmp))
-        storage = workers.redacted(settings.study_storage)
+        storage = tune_study.redacted(settings.study_storage)
         if settings.tune_mode == "local":
             threads = settings.thread_count
             if threads == -1:  # share the cores instead of every worker taking them all
@@ -290,7 +293,7 @@ def tune(settings: Settings, split: Split, study_name: str, run_id: str | None =
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     deadline = time.time() + settings.tune_timeout_seconds
     fingerprint = workers.data_fingerprint(split.train, split.valid)
-    study = workers.prepare_study(settings, study_name, fingerprint)
+    study = tune_study.prepare_study(settings, study_name, fingerprint)
     if settings.tune_workers == 1 and settings.tune_mode == "local":
         worker = workers.worker_id(settings)
         objective = objective_for(
@@ -308,7 +311,7 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if not done:
-        states = {state.name: n for state, n in workers.counts(study).items() if n}
+        states = {state.name: n for state, n in tune_study.counts(study).items() if n}
         raise RuntimeError(f"tuning: no trial of study {study.study_name!r} completed ({states})")
     best = study.best_trial
     if math.isnan(best.value):
@@ -322,9 +325,11 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
         "n_complete": len(done),
         "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "n_retried": sum(
-            workers.retried_from(t) is not None and workers.SURPLUS not in t.user_attrs for t in trials
+            tune_study.retried_from(t) is not None and tune_study.SURPLUS not in t.user_attrs for t in trials
         ),
-        "workers": sorted({str(t.user_attrs.get(workers.WORKER)) for t in trials if t.state.is_finished()}),
+        "workers": sorted(
+            {str(t.user_attrs.get(tune_study.WORKER)) for t in trials if t.state.is_finished()}
+        ),
         "mode": settings.tune_mode if settings.tune_workers > 1 else "in-process",
         "study_name": study.study_name,
         "storage": settings.study_storage.split("://")[0],

@@ -16,7 +16,7 @@ Plain functions (the monitor flow, ``flows/monitor.py``, composes them through t
 
 Why not Evidently: its drift metrics want the raw reference rows, and the bundle ships inside the image, where
 rows of the training data (even without identifiers) have no business; the profile is binned in advance, so the
-statistics are a few lines of numpy over counts. README "Monitoring" says more.
+statistics are a few lines of numpy over counts. docs/monitoring.md says more.
 """
 
 from __future__ import annotations

@@ -18,22 +18,12 @@ from typing import Any
 from serving.bundle import Bundle, load_bundle
 from tasks.common import PermanentError, run_logger
 from tasks.registry import versions
-from tasks.release.image import (
-    DeployStepError,
-    build_task,
-    cleanup_task,
-    delete_manifest,
-    get_client,
-    image_labels,
-    local_image_id,
-    pull_by_digest,
-    push_task,
-    registry_credentials,
-    remove_local_images,
-    run_task,
-    tag_digest,
-)
+from tasks.release.build import build_task, image_labels
+from tasks.release.container import cleanup_task, run_task
+from tasks.release.engine import DeployStepError, get_client, local_image_id, remove_local_images
 from tasks.release.ledger import ReleaseFailed
+from tasks.release.push import pull_by_digest, push_task
+from tasks.release.registry_api import delete_manifest, registry_credentials, tag_digest
 from tasks.release.smoke import smoke_task
 from tasks.settings import Settings
 

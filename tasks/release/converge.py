@@ -28,7 +28,6 @@ from tasks.common import run_logger, stage
 from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.release.github import github_tag, publish_github_release
-from tasks.release.image import registry_credentials, registry_retag, tag_digest
 from tasks.release.ledger import (
     Committed,
     Entry,
@@ -40,6 +39,7 @@ from tasks.release.ledger import (
     seed,
 )
 from tasks.release.record import card_link, notes_artifact_key, release_marker, release_notes
+from tasks.release.registry_api import registry_credentials, registry_retag, tag_digest
 from tasks.settings import Settings
 
 MAX_ROUNDS = 5

@@ -102,7 +102,7 @@ def test_github_500_then_201_is_retried_into_one_release(first_release: dict, gi
 
 @docker
 def test_registry_refuses_the_password(first_release: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.release.image import push_task
+    from tasks.release.push import push_task
     from tasks.settings import get_settings
     from tests.attempts import attempts_of
 
@@ -225,7 +225,7 @@ def test_container_that_exits_at_start(first_release: dict, monkeypatch: pytest.
     """The run step sees the container exit and fails at once (well within the health timeout), naming the exit
     status and showing the container's own output; the container is removed."""
     from flows.deploy import deploy_flow
-    from tasks.release.image import run_task
+    from tasks.release.container import run_task
     from tasks.release.ledger import ReleaseFailed
     from tests.attempts import attempts_of
 

@@ -150,8 +150,8 @@ def serving_layers(docker_services: DockerServices, trained_run: Any, snapshot_f
             return
         import docker
 
+        from tasks.release.build import build_image
         from tasks.release.build_context import prepare_build_context
-        from tasks.release.image import build_image
 
         context = prepare_build_context(trained_run.bundle_dir, folder / "serving-layers", WHEEL_CACHE)
         client = docker.DockerClient(base_url=docker_services.docker_host, timeout=900)

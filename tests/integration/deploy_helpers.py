@@ -106,7 +106,7 @@ def champion() -> str | None:
 
 def registry_tag(tag: str) -> str | None:
     """The digest the registry holds for ``tag`` of this module's repository (None: no such tag)."""
-    from tasks.release.image import tag_digest
+    from tasks.release.registry_api import tag_digest
 
     s = settings()
     return tag_digest(s.image_registry, s.image_repository, tag, s.registry_username,
@@ -118,7 +118,7 @@ def remote() -> str:
 
 
 def client() -> Any:
-    from tasks.release.image import get_client
+    from tasks.release.engine import get_client
 
     return get_client(settings().docker_host)
 
@@ -141,14 +141,14 @@ def local_refs() -> set[str]:
 
 def build_leftovers(build_id: str) -> list[str]:
     """Images (intermediate ones included) still carrying the label of build ``build_id``."""
-    from tasks.release.image import LABEL_BUILD_ID
+    from tasks.release.build import LABEL_BUILD_ID
 
     return [i["Id"] for i in client().api.images(all=True, filters={"label": f"{LABEL_BUILD_ID}={build_id}"})]
 
 
 def remove_repo_images() -> None:
     """Remove every local image of this module's repository (end of module)."""
-    from tasks.release.image import remove_local_image
+    from tasks.release.engine import remove_local_image
 
     c = client()
     for ref in sorted(local_refs(), key=lambda r: "@" in r):

@@ -123,7 +123,7 @@ def test_release_leaves_only_its_tagged_image(first_release: dict) -> None:
     assert deploy["build_id"] and build_leftovers(deploy["build_id"]) == []
     image = client().images.get(f"{remote()}@{deploy['digest']}")
     assert {r for r in local_refs() if "@" not in r} == {f"{remote()}:{version}"}
-    from tasks.release.image import LABEL_BUILD_ID, LABEL_MODEL_NAME, LABEL_MODEL_VERSION, OCI_REVISION
+    from tasks.release.build import LABEL_BUILD_ID, LABEL_MODEL_NAME, LABEL_MODEL_VERSION, OCI_REVISION
 
     labels = image.labels
     assert labels[LABEL_MODEL_VERSION] == version and labels[LABEL_MODEL_NAME] == "loan-risk"
@@ -136,7 +136,8 @@ def test_pushed_image_pulls_back_and_answers(first_release: dict) -> None:
     """Remove the local image, pull it from the registry by digest with credentials, run it, ask /predict."""
     from serving.bundle import load_bundle
     from tasks.registry import versions
-    from tasks.release.image import pull_by_digest, remove_container, run_container, wait_healthy
+    from tasks.release.container import remove_container, run_container, wait_healthy
+    from tasks.release.push import pull_by_digest
 
     s = settings()
     version, deploy = first_release["model_version"], first_release["deploy"]
@@ -198,7 +199,7 @@ def test_converge_completes_what_is_missing_after_a_commit(
     nothing twice; a second run does nothing."""
     from flows.deploy import converge_flow, deploy_flow
     from tasks.registry import versions
-    from tasks.release.image import registry_retag
+    from tasks.release.registry_api import registry_retag
 
     s = settings()
     version = champion()
@@ -311,7 +312,8 @@ def test_consecutive_releases_share_the_environment_layer(first_release: dict) -
 
 def running_latest_answers(version: str) -> None:
     """The registry's ``latest`` runs and reports ``version``."""
-    from tasks.release.image import pull_image, remove_container, run_container, wait_healthy
+    from tasks.release.container import remove_container, run_container, wait_healthy
+    from tasks.release.push import pull_image
 
     s = settings()
     ref = pull_image(client(), s.image_registry, s.image_repository, "latest", s.registry_username,
@@ -327,7 +329,7 @@ def running_latest_answers(version: str) -> None:
 
 
 def remove_local_image(ref: str) -> None:
-    from tasks.release.image import remove_local_image as remove
+    from tasks.release.engine import remove_local_image as remove
 
     remove(client(), ref)
 

@@ -1,4 +1,5 @@
-"""tasks.release.image against a real engine and registry: build, run, health, push, verify, pull, and the failures."""
+"""The release's Docker steps against a real engine and registry: build, run, health, push, verify, pull, and
+the failures."""
 
 from __future__ import annotations
 
@@ -12,21 +13,11 @@ import docker.errors
 import httpx
 import pytest
 
-from tasks.release.image import (
-    ContainerStartError,
-    DeployStepError,
-    ImageBuildError,
-    ImagePushError,
-    TagNotFoundError,
-    build_image,
-    get_client,
-    push_image,
-    registry_digest,
-    remove_container,
-    remove_local_image,
-    run_container,
-    wait_healthy,
-)
+from tasks.release.build import ImageBuildError, build_image
+from tasks.release.container import ContainerStartError, remove_container, run_container, wait_healthy
+from tasks.release.engine import DeployStepError, get_client, remove_local_image
+from tasks.release.push import push_image
+from tasks.release.registry_api import ImagePushError, TagNotFoundError, registry_digest
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
@@ -242,7 +233,7 @@ def test_wrong_password_push_is_refused_then_latest_moves_in_the_registry(
         registry_digest(svc.registry, repo, "1.0.0", svc.username, "not-the-password")
 
     # pushed with the right password, ``latest`` is moved in the registry itself (no push), idempotently
-    from tasks.release.image import registry_retag, tag_digest
+    from tasks.release.registry_api import registry_retag, tag_digest
 
     digest = push_image(client, repo, "1.0.0", svc.username, svc.password, svc.registry)
     assert tag_digest(svc.registry, repo, "latest", svc.username, svc.password) is None
@@ -280,7 +271,7 @@ def test_multi_stage_build_leaves_only_the_tagged_image(
     uses; a build that fails leaves nothing it made (nothing carries its build id, no image a step of it
     committed stays) and keeps that cache too, so a failed release does not make the next one rebuild the
     environment."""
-    from tasks.release.image import LABEL_BUILD_ID
+    from tasks.release.build import LABEL_BUILD_ID
 
     def labelled(build_id: str) -> list[str]:
         return [

@@ -116,7 +116,9 @@ def test_image_metadata_and_size(built_image) -> None:
     assert labels["org.opencontainers.image.title"] == "loan-risk"
     assert labels["org.opencontainers.image.revision"] == "0123abc"
     size = image.attrs["Size"]
-    print(f"\nserving image: {size / 1e6:.1f} MB")  # the figure README "The image" reports (pytest -s)
+    print(
+        f"\nserving image: {size / 1e6:.1f} MB"
+    )  # the figure docs/service.md "The image" reports (pytest -s)
     assert size < MAX_IMAGE_BYTES, f"image is {size / 1e6:.1f} MB"
 
 

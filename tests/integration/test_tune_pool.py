@@ -185,17 +185,17 @@ def study_trials(stack: Stack, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def test_pool_mode_spreads_one_study_over_both_workers(stack: Stack, sample_split) -> None:
-    from tasks.model import tune_workers as workers
+    from tasks.model import tune_study
     from tasks.model.tune import tune
     from tasks.registry import tracking
 
     s = settings_for(stack, n_trials=8)
     with api(stack), tracking.run(s, "pool-spread") as run_id:
         summary = tune(s, sample_split, "pool-spread", run_id)
-    trials = [t for t in study_trials(stack, "pool-spread") if workers.SLOT in t.user_attrs]
-    finished = [t for t in trials if t.state in workers.FINISHED]
+    trials = [t for t in study_trials(stack, "pool-spread") if tune_study.SLOT in t.user_attrs]
+    finished = [t for t in trials if t.state in tune_study.FINISHED]
     assert len(finished) == 8 and summary["n_complete"] + summary["n_pruned"] == 8
-    names = {t.user_attrs[workers.WORKER].split(":")[0] for t in finished}
+    names = {t.user_attrs[tune_study.WORKER].split(":")[0] for t in finished}
     assert names == set(WORKER_NAMES), [t.user_attrs for t in finished]
     children = tracking.client(s).search_runs(
         [tracking.experiment_id(s)], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
@@ -208,7 +208,7 @@ def test_pool_mode_spreads_one_study_over_both_workers(stack: Stack, sample_spli
 
 @pytest.mark.faults
 def test_a_tune_worker_killed_during_a_trial_loses_only_that_trial(stack: Stack, sample_split) -> None:
-    from tasks.model import tune_workers as workers
+    from tasks.model import tune_study
     from tasks.model.tune import tune
     from tasks.registry import tracking
 
@@ -218,15 +218,19 @@ def test_a_tune_worker_killed_during_a_trial_loses_only_that_trial(stack: Stack,
         with api(stack), tracking.run(s, "pool-killed") as run_id:  # pool workers read its data artifact
             return tune(s, sample_split, "pool-killed", run_id)
 
-    victim, outcome = kill_during_a_trial(run, workers.storage_for(s), "pool-killed", s.tune_timeout_seconds)
+    victim, outcome = kill_during_a_trial(
+        run, tune_study.storage_for(s), "pool-killed", s.tune_timeout_seconds
+    )
     trials = study_trials(stack, "pool-killed")
     assert_rerun_elsewhere(victim, outcome, trials)
-    assert retried_on(trials, victim) != victim.user_attrs[workers.WORKER].split(":")[0]  # the other worker
-    assert sum(t.state in workers.FINISHED for t in trials if workers.SLOT in t.user_attrs) == 6
+    assert (
+        retried_on(trials, victim) != victim.user_attrs[tune_study.WORKER].split(":")[0]
+    )  # the other worker
+    assert sum(t.state in tune_study.FINISHED for t in trials if tune_study.SLOT in t.user_attrs) == 6
 
 
 def retried_on(trials: list[optuna.trial.FrozenTrial], victim: optuna.trial.FrozenTrial) -> str:
-    from tasks.model import tune_workers as workers
+    from tasks.model import tune_study
 
-    (rerun,) = [t for t in trials if workers.retried_from(t) == victim.number]
-    return rerun.user_attrs[workers.WORKER].split(":")[0]
+    (rerun,) = [t for t in trials if tune_study.retried_from(t) == victim.number]
+    return rerun.user_attrs[tune_study.WORKER].split(":")[0]

@@ -1,0 +1,107 @@
+"""The evaluation's plots (matplotlib figures by file name): the card's reliability and decile plots, the test
+slice's ROC, precision-recall, confusion-matrix and feature-importance plots, and PNG bytes of a figure.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def credit_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """The card's plots from the report: reliability (validation before and after calibration, test) and the
+    test deciles' bad rates (matplotlib figures by file name)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    curves = [("valid_uncalibrated", "validation (model)"), ("valid", "validation"), ("test", "test")]
+    if not report["policy"]["calibration"]["applied"]:
+        curves = curves[1:]
+    for key, label in curves:
+        bins = report["slices"][key]["calibration"] if key != "valid_uncalibrated" else report["uncalibrated"]
+        ax.plot([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], "o-", label=label)
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="mean predicted probability", ylabel="observed risky share", title="Reliability")
+    ax.legend(loc="upper left")
+    figures = {"reliability.png": fig}
+
+    rows = report["slices"]["test"]["deciles"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar([str(r["decile"]) for r in rows], [r["bad_rate"] for r in rows])
+    ax.set(xlabel="score decile (1 = riskiest)", ylabel="bad rate", title="Bad rate by decile (test)")
+    figures["deciles.png"] = fig
+    for fig in figures.values():
+        fig.tight_layout()
+    return figures
+
+
+def png_bytes(figure: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (for the bundle's plots, which the card embeds)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+def evaluation_figures(
+    y: np.ndarray, p: np.ndarray, threshold: float, importances: list[tuple[str, float]]
+) -> dict[str, Any]:
+    """ROC, PR, confusion-matrix and feature-importance plots of the test slice (matplotlib figures by file name;
+    the reliability plot is one of :func:`credit_figures`)."""
+    plt = _pyplot()
+    figures: dict[str, Any] = {}
+
+    fpr, tpr, _ = roc_curve(y, p)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
+    ax.legend(loc="lower right")
+    figures["roc.png"] = fig
+
+    prec, rec, _ = precision_recall_curve(y, p)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(rec, prec, label=f"AP {average_precision_score(y, p):.3f}")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)")
+    ax.legend(loc="lower left")
+    figures["pr.png"] = fig
+
+    cm = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["good", "risky"], yticklabels=["good", "risky"])
+    ax.set(xlabel="predicted", ylabel="actual", title=f"Confusion at {threshold:.3f}")
+    figures["confusion_matrix.png"] = fig
+
+    top = sorted(importances, key=lambda kv: kv[1], reverse=True)[:25][::-1]
+    fig, ax = plt.subplots(figsize=(6, 7))
+    ax.barh([k for k, _ in top], [v for _, v in top])
+    ax.set(title="Feature importance (top 25)", xlabel="importance")
+    figures["feature_importance.png"] = fig
+    for fig in figures.values():
+        fig.tight_layout()
+    return figures
+
+
+def close_figures(figures: dict[str, Any]) -> None:
+    plt = _pyplot()
+    for fig in figures.values():
+        plt.close(fig)

@@ -1,0 +1,220 @@
+"""Run an image as a local container on a free port, wait for its health check, and remove it.
+
+The smoke test (:mod:`tasks.release.smoke`) talks to the container these steps start; a container that dies
+or never answers fails with :class:`ContainerStartError` carrying its last log lines and exit status.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+import httpx
+from docker.models.containers import Container
+
+from tasks.common import run_logger, stage
+from tasks.release.engine import DeployStepError, get_client
+from tasks.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ContainerStartError(DeployStepError):
+    """The container did not start or never answered its health check."""
+
+    def __init__(self, message: str, *, logs: str = "", exit_status: int | None = None) -> None:
+        super().__init__("run", message)
+        self.logs = logs
+        self.exit_status = exit_status
+
+
+@dataclass
+class RunningContainer:
+    """A started container, published on ``127.0.0.1:host_port``. Usable as a context manager (removes it)."""
+
+    container: Container
+    name: str
+    image: str
+    host_port: int
+    port_in_container: int
+    base_url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base_url = f"http://127.0.0.1:{self.host_port}"
+
+    def logs(self, tail: int = 50) -> str:
+        """The last ``tail`` lines of stdout+stderr ('' when the container is gone)."""
+        return _container_logs(self.container, tail)
+
+    def __enter__(self) -> RunningContainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        remove_container(self)
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _container_logs(container: Container, tail: int = 50) -> str:
+    """Last lines of a container's output; never raises."""
+    try:
+        return container.logs(stdout=True, stderr=True, tail=tail).decode("utf-8", errors="replace")
+    except docker.errors.APIError:
+        return ""
+
+
+def run_container(
+    image: str,
+    *,
+    port_in_container: int = 8080,
+    env: dict[str, str] | None = None,
+    name_prefix: str = "loan-risk-smoke",
+    command: str | list[str] | None = None,
+    client: docker.DockerClient | None = None,
+) -> RunningContainer:
+    """Start ``image`` detached, publishing ``port_in_container`` on a free port of 127.0.0.1.
+
+    Raises :class:`ContainerStartError` when the engine cannot create or start it (nothing is left behind).
+    """
+    client = client or get_client()
+    last_error: Exception | None = None
+    for _attempt in range(3):  # a picked port can be taken before the engine binds it
+        port = _free_port()
+        name = f"{name_prefix}-{uuid.uuid4().hex[:10]}"
+        try:
+            # create + start rather than containers.run, which would try to pull a missing image.
+            container = client.containers.create(
+                image,
+                command=command,
+                name=name,
+                environment=env or {},
+                ports={f"{port_in_container}/tcp": ("127.0.0.1", port)},
+                labels={"loan-risk.role": "smoke", "loan-risk.name-prefix": name_prefix},
+            )
+            container.start()
+        except docker.errors.ImageNotFound as exc:
+            raise ContainerStartError(f"image {image} not found: {exc.explanation or exc}") from exc
+        except docker.errors.APIError as exc:
+            last_error = exc
+            _remove_by_name(client, name)
+            if "already allocated" in str(exc) or "address already in use" in str(exc):
+                continue
+            raise ContainerStartError(f"engine could not start {image}: {exc.explanation or exc}") from exc
+        logger.info("started %s (%s) on 127.0.0.1:%d", name, image, port)
+        return RunningContainer(container, name, image, port, port_in_container)
+    raise ContainerStartError(f"no free port to publish {image}: {last_error}")
+
+
+def _remove_by_name(client: docker.DockerClient, name: str) -> None:
+    """Remove a half-created container by name, if any."""
+    try:
+        client.containers.get(name).remove(force=True)
+    except docker.errors.APIError:
+        pass
+
+
+def _exit_state(container: Container) -> dict[str, Any] | None:
+    """The container's State when it is no longer running, else None (also None when it cannot be read)."""
+    try:
+        container.reload()
+    except docker.errors.NotFound:
+        return {"Status": "removed", "ExitCode": None}
+    except docker.errors.APIError:
+        return None
+    state = container.attrs.get("State", {})
+    return state if state.get("Status") in {"exited", "dead"} else None
+
+
+def wait_healthy(
+    base_url: str,
+    timeout_s: float = 60,
+    path: str = "/health",
+    *,
+    container: Container | RunningContainer | None = None,
+    interval_s: float = 0.5,
+) -> None:
+    """Poll ``base_url + path`` until it answers 200.
+
+    With ``container`` given, stops at once when it dies. Raises :class:`ContainerStartError` with the
+    last 50 log lines and, when it died, the exit status.
+    """
+    if isinstance(container, RunningContainer):
+        container = container.container
+    url = base_url.rstrip("/") + path
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    with httpx.Client(timeout=min(5.0, max(timeout_s, 0.5))) as http:
+        while True:
+            try:
+                resp = http.get(url)
+                if resp.status_code == 200:
+                    logger.info("%s answered 200", url)
+                    return
+                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            state = _exit_state(container) if container is not None else None
+            if state is not None:
+                code = state.get("ExitCode")
+                extra = f", error: {state['Error']}" if state.get("Error") else ""
+                extra += ", OOM-killed" if state.get("OOMKilled") else ""
+                logs = _container_logs(container)
+                raise ContainerStartError(
+                    f"container {state.get('Status')} with exit status {code}{extra} before {url} "
+                    f"answered; last 50 log lines:\n{logs}",
+                    logs=logs,
+                    exit_status=code,
+                )
+            if time.monotonic() >= deadline:
+                logs = _container_logs(container) if container is not None else ""
+                raise ContainerStartError(
+                    f"{url} not healthy after {timeout_s:.0f}s ({last}); last 50 log lines:\n{logs}",
+                    logs=logs,
+                )
+            time.sleep(interval_s)
+
+
+def remove_container(container: Container | RunningContainer) -> None:
+    """Force-remove the container (and its anonymous volumes); no error when it is already gone."""
+    if isinstance(container, RunningContainer):
+        container = container.container
+    try:
+        container.remove(force=True, v=True)
+        logger.info("removed container %s", container.name)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409 and "already in progress" in str(exc):
+            return
+        raise
+
+
+@stage("run-image", max_retries=0)
+def run_task(settings: Settings, image_ref: str) -> RunningContainer:
+    """Stage: start the image on a free local port and wait (bounded) for ``/health``."""
+    running = run_container(image_ref, client=get_client(settings.docker_host))
+    try:
+        wait_healthy(running.base_url, timeout_s=settings.health_timeout_seconds, container=running)
+    except BaseException:
+        remove_container(running)
+        raise
+    run_logger().info("%s is healthy at %s", image_ref, running.base_url)
+    return running
+
+
+@stage("clean-up", max_retries=0)
+def cleanup_task(settings: Settings, running: RunningContainer | None) -> None:
+    """Stage: remove the smoke-test container (always runs)."""
+    if running is not None:
+        remove_container(running)

@@ -1,0 +1,154 @@
+"""Move images between the engine and the registry: push a tag and confirm its digest, pull by tag or digest.
+
+Also whether both answer at all (:func:`engine_available`), which decides whether a training run deploys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import docker
+import docker.errors
+import httpx
+import requests
+
+from tasks.common import run_logger, stage
+from tasks.release.engine import LogFn, get_client
+from tasks.release.registry_api import (
+    ImagePushError,
+    registry_base_url,
+    registry_credentials,
+    registry_digest,
+    remote_repository,
+)
+from tasks.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def push_image(
+    client: docker.DockerClient,
+    repository: str,
+    tag: str,
+    username: str | None,
+    password: str | None,
+    registry: str,
+    *,
+    log: LogFn | None = None,
+) -> str:
+    """Push ``repository:tag`` to ``registry`` with these credentials; return the pushed digest (``sha256:...``).
+
+    ``repository`` may be bare (``loan-risk``: the local ``loan-risk:tag`` is tagged ``registry/loan-risk:tag``)
+    or already prefixed with the registry. Raises :class:`ImagePushError` with the registry's message.
+    """
+    log = log or logger.info
+    remote = remote_repository(registry, repository)
+    if remote != repository:
+        try:
+            client.images.get(f"{remote}:{tag}")
+        except docker.errors.ImageNotFound:
+            try:
+                client.images.get(f"{repository}:{tag}").tag(remote, tag=tag)
+            except docker.errors.ImageNotFound as exc:
+                raise ImagePushError(f"no local image {repository}:{tag} or {remote}:{tag}") from exc
+    auth = {"username": username, "password": password, "serveraddress": registry} if username else None
+    digest: str | None = None
+    try:
+        for chunk in client.api.push(remote, tag=tag, auth_config=auth, stream=True, decode=True):
+            if "error" in chunk or "errorDetail" in chunk:
+                error = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
+                raise ImagePushError(f"{remote}:{tag} refused by {registry}: {error}")
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and aux.get("Digest"):
+                digest = aux["Digest"]
+            if "status" in chunk and "progress" not in chunk:
+                log(" ".join(str(chunk[k]) for k in ("id", "status") if chunk.get(k)))
+    except docker.errors.APIError as exc:
+        raise ImagePushError(f"{remote}:{tag}: {exc.explanation or exc}") from exc
+    except requests.RequestException as exc:
+        raise ImagePushError(f"{remote}:{tag}: lost the docker engine during the push: {exc}") from exc
+    if not digest:
+        raise ImagePushError(f"{remote}:{tag}: push ended without a digest")
+    log(f"pushed {remote}:{tag} {digest}")
+    return digest
+
+
+def engine_available(settings: Settings) -> tuple[bool, str, str]:
+    """Whether a Docker engine and the image registry answer (used to decide whether to deploy): (ready, what is
+    missing — "engine", "registry" or "" —, why)."""
+    try:
+        client = get_client(settings.docker_host, timeout_s=5)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+        where = settings.docker_host or os.environ.get("DOCKER_HOST") or "the default socket"
+        return False, "engine", f"no Docker engine answers at {where} ({exc})"
+    try:
+        httpx.get(f"{registry_base_url(settings.image_registry)}/v2/", timeout=5)
+    except httpx.HTTPError as exc:
+        return False, "registry", f"registry {settings.image_registry} does not answer ({exc})"
+    return True, "", "engine and registry answer"
+
+
+def pull_image(
+    client: docker.DockerClient,
+    registry: str,
+    repository: str,
+    tag: str,
+    username: str | None,
+    password: str | None,
+) -> str:
+    """Pull ``registry/repository:tag`` (or ``@sha256:...`` when ``tag`` is a digest) with credentials;
+    returns the local reference."""
+    remote = remote_repository(registry, repository)
+    ref = f"{remote}{'@' if tag.startswith('sha256:') else ':'}{tag}"
+    auth = {"username": username, "password": password} if username else None
+    try:
+        client.images.pull(remote, tag=tag, auth_config=auth)
+    except (docker.errors.APIError, requests.RequestException) as exc:
+        explanation = getattr(exc, "explanation", None) or exc
+        raise ImagePushError(f"could not pull {ref}: {explanation}", step="pull") from exc
+    return ref
+
+
+def pull_by_digest(
+    client: docker.DockerClient,
+    registry: str,
+    repository: str,
+    digest: str,
+    username: str | None,
+    password: str | None,
+) -> str:
+    """Pull ``registry/repository@digest`` and verify that the engine holds exactly that manifest (its repo
+    digests name ``digest``); returns the reference by digest, which runs as it is."""
+    ref = pull_image(client, registry, repository, digest, username, password)
+    try:
+        held = client.images.get(ref).attrs.get("RepoDigests") or []
+    except docker.errors.APIError as exc:
+        raise ImagePushError(f"pulled {ref} but cannot inspect it: {exc}", step="pull") from exc
+    if ref not in held:
+        raise ImagePushError(
+            f"pulled {ref} but the engine's image has repo digests {held}", step="verify pull"
+        )
+    return ref
+
+
+@stage("push-image")
+def push_task(settings: Settings, image_ref: str, tags: list[str]) -> str:
+    """Stage: push each tag in order (the version tag first, ``latest`` last) and confirm the digest."""
+    registry, repository = settings.image_registry, settings.image_repository
+    username, password = registry_credentials(settings)
+    client = get_client(settings.docker_host)
+    image = client.images.get(image_ref)
+    log = run_logger().info
+    digest = ""
+    for tag in tags:
+        image.tag(remote_repository(registry, repository), tag=tag)
+        digest = push_image(client, repository, tag, username, password, registry, log=log)
+        held = registry_digest(registry, repository, tag, username, password)
+        if held != digest:
+            raise ImagePushError(
+                f"registry holds {held} for {repository}:{tag}, pushed {digest}", step="verify push"
+            )
+        log(f"pushed {registry}/{repository}:{tag} {digest}")
+    return digest
