@@ -5,8 +5,8 @@ Only fields passed explicitly (``extra={"fields": {...}}``) are written, and per
 
 The access line of every request goes through :func:`log_access`: the same JSON line that
 ``logger.info("request", extra={"fields": ...})`` gives through :class:`JsonFormatter`, written straight to the
-JSON stream handlers without building a ``LogRecord`` (about a third of the cost of the line; see README,
-Benchmarks → Serving). Any other logging set-up (a filter, another handler or formatter) takes the logging path.
+JSON stream handlers without building a ``LogRecord`` (about a third of the cost of the line; see docs/benchmarks.md,
+Serving). Any other logging set-up (a filter, another handler or formatter) takes the logging path.
 """
 
 from __future__ import annotations
