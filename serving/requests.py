@@ -9,7 +9,8 @@ applies); strings are read by the feature code, which applies the same ranges.
 Each record is decoded on its own, so a bad one is named by its index and field and the others are kept
 (:class:`Decoded`): ``/predict/batch`` answers record by record, the other endpoints refuse the request with the
 first error. Bodies msgspec refuses as a whole (a lone UTF-16 surrogate, ``NaN``) are read again by Python's
-lenient parser so that the record at fault, not the request, is named.
+lenient parser so that the record at fault, not the request, is named; a ``NaN`` literal (json.dumps of a pandas
+row writes one for a missing value) is a missing value, ``Infinity`` is refused.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def _number(name: str) -> Any:
 
 
 _Value = str | float | Annotated[int, msgspec.Meta(ge=_INT[0], le=_INT[1])] | bool | None
-_Flag = bool | Annotated[int, msgspec.Meta(ge=0, le=1)] | Annotated[float, msgspec.Meta(ge=0, le=1)] | str | None
+_Flag = (
+    bool | Annotated[int, msgspec.Meta(ge=0, le=1)] | Annotated[float, msgspec.Meta(ge=0, le=1)] | str | None
+)
 FIELDS = sorted(KNOWN_FIELDS)
 _ATTRS = {name: f"f{i}" for i, name in enumerate(FIELDS)}
 _DESCRIPTION = (
@@ -158,7 +161,10 @@ class Decoded:
 
     def loan_ids(self) -> list[Any]:
         """Each valid record's ``loanId`` to echo (a number as its text); UNSET where it sent none."""
-        return [v if v is msgspec.UNSET or v is None or type(v) is str else _number_text(v) for v in self.column("loanId")]
+        return [
+            v if v is msgspec.UNSET or v is None or type(v) is str else _number_text(v)
+            for v in self.column("loanId")
+        ]
 
     def first_error(self) -> ApiError | None:
         return self.errors[0] if self.errors else None
@@ -210,6 +216,8 @@ def from_object(value: Any, index: int, unknown: set[str]) -> Any:
     if not KNOWN_FIELDS.issuperset(value):
         unknown.update(k for k in value if k not in KNOWN_FIELDS)
         value = {k: v for k, v in value.items() if k in KNOWN_FIELDS}
+    if any(type(v) is float and v != v for v in value.values()):  # NaN, as json.dumps writes a missing value
+        value = {k: None if type(v) is float and v != v else v for k, v in value.items()}
     try:
         return msgspec.convert(value, LoanApplication)
     except msgspec.ValidationError as exc:
@@ -223,9 +231,13 @@ def from_raw(raw: Any, index: int, unknown: set[str]) -> Any:
     except msgspec.ValidationError as exc:
         if not str(exc).startswith("Object contains unknown field"):
             return _invalid(exc, index)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         pass
-    return from_object(_lenient(raw), index, unknown)
+    try:
+        value = _lenient(raw)
+    except ApiError as exc:  # nested too deep for either parser
+        return ApiError(400, "invalid_record", f"record {index}: {exc.message}", "data", index)
+    return from_object(value, index, unknown)
 
 
 def _lenient(body: Any) -> Any:
@@ -243,7 +255,9 @@ def _check_size(size: int, field: str, limit: int) -> None:
     if not size:
         raise ApiError(400, "empty_batch", f"'{field}' holds no records: send at least one", field)
     if size > limit:
-        raise ApiError(413, "batch_too_large", f"{size} records in '{field}'; the limit is {limit} per request", field)
+        raise ApiError(
+            413, "batch_too_large", f"{size} records in '{field}'; the limit is {limit} per request", field
+        )
 
 
 def _records(items: Sequence[Any], read: Callable[[Any, int, set[str]], Any], params: Any = None) -> Decoded:
@@ -264,10 +278,12 @@ def one_record(body: Any) -> Decoded:
     decoded = Decoded(1)
     try:
         decoded.add(0, _DECODE_RECORD(body))
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         value = _lenient(body)
         if type(value) is not dict:
-            message = f"expected a JSON object with the fields of one loan application, got {json_type(value)}"
+            message = (
+                f"expected a JSON object with the fields of one loan application, got {json_type(value)}"
+            )
             raise ApiError(400, "invalid_request", message, None, 0) from None
         decoded.add(0, from_object(value, 0, decoded.unknown))
     return decoded
@@ -279,10 +295,12 @@ def batch(body: Any, limit: int) -> Decoded:
     try:
         items: Sequence[Any] = _DECODE_BATCH(body).data
         read = from_raw
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         payload = _lenient(body)
         if type(payload) is not dict or "data" not in payload:
-            raise ApiError(400, "invalid_request", 'expected a JSON object {"data": [records]}', "data") from None
+            raise ApiError(
+                400, "invalid_request", 'expected a JSON object {"data": [records]}', "data"
+            ) from None
         items, read = payload["data"], from_object
         if type(items) is not list:
             message = f"'data' must be a list of records, got {json_type(items)}"
@@ -298,10 +316,12 @@ def invocation(body: Any, limit: int) -> tuple[Decoded, str]:
         payload = _DECODE_INVOCATION(body)
         given = {k: getattr(payload, k) for k in MLFLOW_KEYS if getattr(payload, k) is not msgspec.UNSET}
         params, read = payload.params, from_raw
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         value = _lenient(body)
         if type(value) is not dict:
-            raise ApiError(400, "invalid_request", f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}") from None
+            raise ApiError(
+                400, "invalid_request", f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}"
+            ) from None
         given = {k: value[k] for k in MLFLOW_KEYS if k in value}
         params, read = value.get("params"), from_object
     if len(given) != 1:
@@ -319,7 +339,11 @@ def invocation(body: Any, limit: int) -> tuple[Decoded, str]:
     else:
         raise ApiError(400, "invalid_request", f"{key} must be a list of records", key)
     _check_size(len(items), key, limit)
-    return _records(items, read, params), key
+    decoded = _records(items, read, params)
+    for error in decoded.errors:
+        if error.code == "invalid_record":
+            error.field = key
+    return decoded, key
 
 
 def _split_rows(value: Any) -> list[Any]:
@@ -332,13 +356,18 @@ def _split_rows(value: Any) -> list[Any]:
     else:
         raise ApiError(400, "invalid_request", "dataframe_split must be an object with columns and data", key)
     if type(columns) is not list or not all(type(c) is str for c in columns):
-        raise ApiError(400, "invalid_request", "dataframe_split.columns must be a list of names", f"{key}.columns")
+        raise ApiError(
+            400, "invalid_request", "dataframe_split.columns must be a list of names", f"{key}.columns"
+        )
     if type(data) is not list:
         raise ApiError(400, "invalid_request", "dataframe_split.data must be a list of rows", f"{key}.data")
     if len(set(columns)) != len(columns):
         raise ApiError(400, "invalid_request", "dataframe_split.columns repeats a name", f"{key}.columns")
     width = len(columns)
-    return [dict(zip(columns, row, strict=True)) if type(row) is list and len(row) == width else row for row in data]
+    return [
+        dict(zip(columns, row, strict=True)) if type(row) is list and len(row) == width else row
+        for row in data
+    ]
 
 
 def _input_columns(value: dict[str, Any]) -> list[Any]:

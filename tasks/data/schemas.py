@@ -94,7 +94,10 @@ _IDENTITY_RULES: dict[str, tuple[str, Any]] = {
     "ssnnamereasoncode": ("format", (r"^S\d\d$", "a known code")),
     "nameaddressreasoncode": ("format", (r"^A\d{1,2}$", "a known code")),
     "ssndobmatch": ("isin", MATCH_RESULTS),
-    "overallmatchreasoncode": ("range", RANGES[clarity_column("clearfraudidentityverification", "overallmatchreasoncode")]),  # noqa: E501
+    "overallmatchreasoncode": (
+        "range",
+        RANGES[clarity_column("clearfraudidentityverification", "overallmatchreasoncode")],
+    ),  # noqa: E501
 }
 
 
