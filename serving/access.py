@@ -1,7 +1,6 @@
 """One answered request, recorded: its request id, its metrics and its access-log line.
 
-Shared by Flask's request hooks (:mod:`serving.app`) and the fast lane (:mod:`serving.lane`), so a request is
-counted and logged the same way whichever answered it.
+Used by the app's request hooks (:mod:`serving.app`): every request is counted and logged the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ def request_id(environ: Mapping[str, Any]) -> str:
 
 
 def finish_request(metrics: Any, state: Any, endpoint: str, method: str, status: int, elapsed: float) -> str:
-    """Count an answered request and write its access line from ``state`` (``g``, or the fast lane's):
+    """Count an answered request and write its access line from ``state`` (Flask's ``g``):
     ``request_id``, ``rows``, ``model_version``, ``error``; the request id its answer carries."""
     rows = getattr(state, "rows", 0)
     metrics.observe_request(endpoint, method, status, elapsed, rows if status == 200 else 0)

@@ -1,10 +1,8 @@
 """The prediction service: a Flask application factory (``gunicorn 'serving.app:create_app()'``).
 
-:mod:`serving.model` holds the model and shares reloads between gunicorn workers, :mod:`serving.payloads`
-reads requests and writes answers, :mod:`serving.routes` is the Blueprint of endpoints. This module puts them
-together: settings, JSON logs, the model holder, the routes, error handlers that always answer JSON, one
-access-log line and metric observation per request (:mod:`serving.access`), and in front of it all the fast lane
-(:mod:`serving.lane`) that answers JSON posted to ``/invocations`` and ``/predict`` without Flask's machinery.
+:mod:`serving.model` holds the model and shares reloads between gunicorn workers, :mod:`serving.routes` is the
+Blueprint of endpoints. This module puts them together: settings, JSON logs, the model holder, the routes, error
+handlers that always answer JSON, and one access-log line and metric observation per request.
 """
 
 from __future__ import annotations
@@ -20,15 +18,15 @@ from werkzeug.exceptions import HTTPException
 
 from serving.access import finish_request, request_id
 from serving.config import ServiceConfig
+from serving.errors import ApiError
 from serving.features import KNOWN_FIELDS
-from serving.lane import FastLane
 from serving.logs import LOGGER_NAME, configure_logging
 from serving.metrics import get_metrics
 from serving.model import ModelHolder
-from serving.payloads import STRUCTURAL_FIELDS, ApiError, json_response
+from serving.openapi import openapi_document
+from serving.payloads import STRUCTURAL_FIELDS, json_response
 from serving.predlog import start as start_prediction_log
 from serving.routes import bp
-from serving.schemas import openapi_document
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -54,12 +52,11 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
         loanrisk_config=config,
         loanrisk_metrics=metrics,
         loanrisk_predlog=prediction_log,
-        loanrisk_openapi=orjson.dumps(openapi_document(max_batch_size=config.max_batch_size)),
+        loanrisk_openapi=orjson.dumps(openapi_document(config.max_batch_size, config.max_body_bytes)),
     )
     app.register_blueprint(bp)
     _register_hooks(app)
     _register_error_handlers(app, config)
-    app.wsgi_app = FastLane(app.wsgi_app, holder, config, metrics, prediction_log)  # type: ignore[method-assign]
     return app
 
 
@@ -67,7 +64,7 @@ def _register_hooks(app: Flask) -> None:
     """Timing, metrics and one JSON access-log line per request (no body, no personal field).
 
     Runs on every request, so it reads the request and ``g`` once each (every proxy access is a context
-    lookup); :func:`finish_request` is shared with the fast lane (:mod:`serving.lane`)."""
+    lookup);"""
     metrics = app.extensions["loanrisk_metrics"]
 
     @app.before_request

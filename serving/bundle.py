@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,27 +33,16 @@ import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
 from serving.calibration import Calibrator
-from serving.features import (
-    CATEGORICAL_INDICES,
-    FEATURE_NAMES,
-    FEATURE_VERSION,
-    build_columns,
-    build_row,
-    build_rows,
-    columns_from,
-)
+from serving.features import CATEGORICAL_INDICES, FEATURE_NAMES, FEATURE_VERSION, build_columns, rows_of
 from serving.logs import LOGGER_NAME
+from serving.model_export import model_document
 from serving.privacy import foreign_fields
 from serving.reasons import Explainer, ModelInput, ReasonTableError, load_explainer
-from serving.trees import TreeSum, largest_difference, model_document
 
 BUNDLE_FORMAT = 1
-# Fewer records than this are built row by row (build_rows): for a handful, the columnar builder's fixed cost
-# per column is more than the per-value cost it saves.
-COLUMNS_FROM = 8
-# The tree sum (serving/trees.py) replaces CatBoost for those few only when it gives CatBoost's probabilities to
-# this much on the reference records at load (the parity the service promises between its paths).
-TREE_SUM_TOLERANCE = 1e-9
+# Fewer records than this go to CatBoost as rows: a Pool from a DataFrame has a fixed cost (~2 ms) that one
+# record's rows do not (~40 µs); the values are the same columns either way.
+ROWS_BELOW = 8
 _COLUMN_INDEX = pd.Index(list(FEATURE_NAMES), dtype=object)
 _CATEGORICAL = list(CATEGORICAL_INDICES)
 MODEL_FILE = "model.cbm"
@@ -199,9 +187,7 @@ class Bundle:
         self.model.load_model(str(model_path), format="cbm")
         self.thread_count = thread_count
         self.calibrator = _load_calibrator(meta_path, self.meta.calibrator)
-        document = model_document(self.model)  # read by both, then dropped (~5 MB of JSON for 800 trees)
-        self.explainer = self._load_explainer(document)
-        self.trees = self._load_tree_sum(document)
+        self.explainer = self._load_explainer(model_document(self.model))
 
     @property
     def version(self) -> str | None:
@@ -215,40 +201,15 @@ class Bundle:
         except ReasonTableError as exc:
             raise BundleError(f"{self.directory}: {exc}") from None
 
-    # --- the tree sum for a few records (serving/trees.py) ---
-
-    def _load_tree_sum(self, document: dict[str, Any]) -> TreeSum | None:
-        """The model's trees summed here for a few records, once they agree with CatBoost (to
-        :data:`TREE_SUM_TOLERANCE`) on the reference records and a record of missing values; else None."""
-        try:
-            trees = TreeSum.build(self.model, document, _CATEGORICAL, build_row({}))
-        except (KeyError, TypeError, ValueError) as exc:  # an export this code does not know: CatBoost scores
-            logger.warning("%s: no tree sum (%r); CatBoost scores all", self.directory, exc)
-            return None
-        if trees is None:
-            return None
-        rows = [trees.missing_row]
-        try:  # a malformed reference file is the reference check's to name (tasks.release.build_context)
-            records = (self.reference() or {}).get("records")
-            rows += build_rows(records) if isinstance(records, list) else []
-        except (ValueError, TypeError, AttributeError):
-            pass
-        difference = largest_difference(trees, rows, self._catboost_probabilities)
-        if not difference <= TREE_SUM_TOLERANCE:
-            logger.warning(
-                "%s: the tree sum differs from CatBoost by %g on the reference records; CatBoost scores all",
-                self.directory,
-                difference,
-            )
-            return None
-        return trees
-
     def reason_codes(self) -> dict[str, Any] | None:
         """The reason-code table as /model/info lists it; None for a bundle without one."""
         return None if self.explainer is None else self.explainer.table.as_dict()
 
     def input_pool(self, model_input: ModelInput) -> Pool:
-        """The CatBoost Pool of a model input: rows of ``build_rows`` or columns of ``columns_from``."""
+        """The CatBoost Pool of a model input: the columns of :func:`serving.features.columns_from` (as rows
+        for a few records), or rows of :func:`serving.features.build_rows`."""
+        if not isinstance(model_input, list) and len(model_input["apr"]) < ROWS_BELOW:
+            model_input = rows_of(model_input)
         if isinstance(model_input, list):
             return Pool(model_input, cat_features=_CATEGORICAL, thread_count=self.thread_count)
         frame = pd.DataFrame(
@@ -257,60 +218,19 @@ class Bundle:
         frame.columns = _COLUMN_INDEX  # Python text: pandas would make Arrow strings, read back one by one
         return Pool(frame, cat_features=_CATEGORICAL, thread_count=self.thread_count)
 
-    def model_input(self, records: list[dict[str, Any]]) -> ModelInput:
-        """The model input of raw records: rows for a few, columns for more (:meth:`predict_records`)."""
-        return build_rows(records) if len(records) < COLUMNS_FROM else build_columns(records)
-
-    def fast_input(self, column: Callable[[str], Sequence[Any]], n: int) -> dict[str, Any] | None:
-        """The columns of :meth:`predict_fast`, or None when it would answer None."""
-        if n < COLUMNS_FROM:
-            return None
-        try:
-            return columns_from(column, n)
-        except (ValueError, OverflowError, TypeError):
-            return None
-
     def predict_input(self, model_input: ModelInput) -> list[float]:
-        """Probabilities for a model input (:meth:`model_input`, :meth:`fast_input`)."""
-        if isinstance(model_input, list):
-            return self.predict_rows(model_input)
-        return self.predict_columns(model_input).tolist()
-
-    def predict_rows(self, rows: list[list[Any]]) -> list[float]:
-        """Probability of the risky class for rows already built by :func:`serving.features.build_rows`: summed
-        here for fewer than :data:`COLUMNS_FROM` (:mod:`serving.trees`), by CatBoost for more."""
-        if not rows:
-            return []
-        if self.trees is not None and len(rows) < COLUMNS_FROM:
-            proba = self.trees.probabilities(rows)
-        else:
-            proba = self._catboost_probabilities(rows)
-        return [float(p) for p in self.calibrated(proba)]
-
-    def _catboost_probabilities(self, rows: list[list[Any]]) -> np.ndarray:
-        pool = self.input_pool(rows)
-        return self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
-
-    def predict_columns(self, columns: dict[str, Any]) -> np.ndarray:
-        """Probability of the risky class for columns built by :func:`serving.features.columns_from`."""
-        pool = self.input_pool(columns)
-        proba = self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)
-        return self.calibrated(proba[:, 1])
+        """Probability of the risky class for a model input (columns or rows), through the calibrator."""
+        pool = self.input_pool(model_input)
+        proba = self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
+        return self.calibrated(proba).tolist()
 
     def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
         """The model's probabilities through the bundle's calibrator (unchanged without one)."""
         return probabilities if self.calibrator is None else self.calibrator.apply(probabilities)
 
-    def predict_fast(self, column: Callable[[str], Sequence[Any]], n: int) -> list[float] | None:
-        """Probabilities for ``n`` records read a column at a time (:func:`serving.features.columns_from`): the
-        fast way for batches. None when they are too few to gain, or a value needs the checked way
-        (:meth:`predict_records`, which names it)."""
-        columns = self.fast_input(column, n)
-        return None if columns is None else self.predict_input(columns)
-
     def predict_records(self, records: list[dict[str, Any]]) -> list[float]:
         """Probability of the risky class for raw records (field names of the source files)."""
-        return self.predict_input(self.model_input(records))
+        return self.predict_input(build_columns(records)) if records else []
 
     def reference(self) -> dict[str, list[Any]] | None:
         """The reference records and training-time probabilities, when the bundle has them."""

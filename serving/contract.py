@@ -60,6 +60,21 @@ CLARITY_COLUMNS: tuple[str, ...] = (
     "underwritingid",
 )
 
+# Value ranges of the numeric source fields (inclusive): training's pandera schema (tasks/data/schemas.py) and the
+# service's request model (serving/requests.py) and feature readers (serving/features.py) apply these same bounds.
+RANGES: dict[str, tuple[float, float]] = {
+    "apr": (0, 1_000),
+    "nPaidOff": (0, 100),
+    "loanAmount": (0, 10_000),
+    "originallyScheduledPaymentAmount": (-10_000, 100_000),
+    "leadCost": (0, 1_000),
+    "clearfraudscore": (0, 1_000),
+    **{clarity_column("clearfraudinquiry", f): (0, 10_000) for f in INQUIRY_FIELDS},
+    clarity_column("clearfraudindicator", "totalnumberoffraudindicators"): (0, 100),
+    clarity_column("clearfraudindicator", "maxnumberofssnswithanybankaccount"): (0, 1_000_000),
+    clarity_column("clearfraudidentityverification", "overallmatchreasoncode"): (0, 1_000),
+}
+
 # Personal data: never leaves the feature boundary (no bundle, artifact, image, log or prediction log holds it).
 PERSONAL_FIELDS = frozenset({"anon_ssn"})
 # Identifiers: never features; kept out of everything written, or pseudonymised (serving/privacy.py).

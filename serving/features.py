@@ -1,14 +1,8 @@
-"""Raw loan application → model row: the single feature code path of training and serving.
+"""Raw loan application → model input: the one feature code path of training, serving and batch scoring.
 
-Training applies :func:`build_rows` to the joined loan + clarity records; the service applies it (or, for batches,
-its column-wise twin) to the JSON it receives. A record uses the field names of ``loan.csv`` and
-``clarity_underwriting_variables.csv``; values may be CSV strings ("590.0", "True", "") or typed (590.0, True,
-None, NaN), so a CSV row posted as JSON works as is.
-
-Two builders read the same feature table: :func:`build_row`/:func:`build_rows` a record at a time (training, single
-records, and the checked way that names a bad field), :func:`columns_from`/:func:`build_columns` a column at a
-time (batches). They stay in one module, over the ~400-line guide, because they must give the same values: a
-feature is defined once, in the table below, and both read it.
+A record uses the field names of ``loan.csv`` and ``clarity_underwriting_variables.csv``; values may be CSV strings
+("590.0", "True", "") or typed (590.0, True, None), so a CSV row posted as JSON works as is. Every caller builds
+columns (:func:`columns_from`), for one record or a million; :func:`build_rows` lays them out by record.
 
 Only decision-time fields are read. Outcomes (loanStatus, fpStatus, approval flags, payments) and identifiers
 (loanId, anon_ssn, clarityFraudId, underwritingid) never become features; clarityFraudId only contributes the age
@@ -18,7 +12,7 @@ of the fraud report (its first 8 hex digits are a Unix time).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from operator import attrgetter, sub
@@ -39,6 +33,7 @@ from serving.contract import (  # noqa: F401
     NUMERIC_INDICATORS,
     OUTCOME_FIELDS,
     PAYMENT_COLUMNS,
+    RANGES,
     clarity_column,
 )
 
@@ -219,125 +214,25 @@ SOURCE_FIELDS: frozenset[str] = frozenset(src for _, src, _, _ in _DIRECT) | {
 
 _INQ_30 = clarity_column("clearfraudinquiry", "thirtydaysago")
 _INQ_365 = clarity_column("clearfraudinquiry", "threesixtyfivedaysago")
-_READERS = [(src, reader) for _, src, reader, _ in _DIRECT]
+NUMBER_SOURCES: frozenset[str] = frozenset(src for _, src, reader, _ in _DIRECT if reader is read_number)
+FLAG_SOURCES: frozenset[str] = frozenset(src for _, src, reader, _ in _DIRECT if reader is read_flag)
 
-# --- fast paths (serving speed): the common value types first, everything else to the readers above ------
-# Each returns exactly what its reader returns (same value, same type, same error); only the order of the
-# type checks differs. float(" 590.0 ") strips whitespace like read_number does.
-
-_FLAG_STRINGS = {"True": 1.0, "False": 0.0, "true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0,
-                 "0.0": 0.0, "": NAN}  # fmt: skip
-
-
-def _fast_number(v: Any) -> float:
-    cls = v.__class__
-    if cls is float:
-        return v
-    if cls is str:
-        try:
-            return float(v)
-        except ValueError:
-            return read_number(v)  # "" -> NaN, or the reader's error
-    if v is None:
-        return NAN
-    return read_number(v)
-
-
-def _fast_flag(v: Any) -> float:
-    cls = v.__class__
-    if cls is bool:
-        return 1.0 if v else 0.0
-    if cls is str:
-        flag = _FLAG_STRINGS.get(v)
-        if flag is not None:
-            return flag
-    elif v is None:
-        return NAN
-    return read_flag(v)
-
-
-def _fast_category(v: Any) -> str:
-    if v.__class__ is str:
-        s = v.strip()
-        return s if s else MISSING_CATEGORY
-    if v is None:
-        return MISSING_CATEGORY
-    return read_category(v)
-
-
-_FAST = {read_number: _fast_number, read_flag: _fast_flag, read_category: _fast_category}
-_FAST_READERS = [(src, _FAST.get(reader, reader)) for src, reader in _READERS]
-_I_AMOUNT = FEATURE_NAMES.index("loanAmount")
-_I_SCHEDULED = FEATURE_NAMES.index("originallyScheduledPaymentAmount")
-_I_INQ_30 = FEATURE_NAMES.index("inquiry_thirtydaysago")
-_I_INQ_365 = FEATURE_NAMES.index("inquiry_threesixtyfivedaysago")
-
-
-def _direct_features_checked(get: Callable[[str], Any]) -> list[Any]:
-    """The direct features read one by one, so that an error names its field."""
-    row: list[Any] = []
-    for src, reader in _READERS:
-        try:
-            row.append(reader(get(src)))
-        except (ValueError, OverflowError) as exc:  # 1e400-sized ints, year-0 dates
-            raise FeatureError(src, str(exc)) from None
-    return row
-
-
-def build_row(record: Mapping[str, Any]) -> list[Any]:
-    """One model row (in :data:`FEATURE_NAMES` order) from one raw record; raises :class:`FeatureError`."""
-    get = record.get
-    try:
-        row = [reader(get(src)) for src, reader in _FAST_READERS]
-    except (ValueError, OverflowError):
-        row = _direct_features_checked(get)  # raises naming the field
-    try:
-        applied = read_timestamp(get("applicationDate"))
-    except (ValueError, OverflowError) as exc:
-        raise FeatureError("applicationDate", str(exc)) from None
-    try:
-        age = _report_age_days(get("clarityFraudId"), applied)
-    except (ValueError, OverflowError) as exc:
-        raise FeatureError("clarityFraudId", str(exc)) from None
-    amount = row[_I_AMOUNT]
-    scheduled = row[_I_SCHEDULED]
-    inq30 = row[_I_INQ_30]  # read_number of _INQ_30, as above
-    inq365 = row[_I_INQ_365]
-    append = row.append
-    append(float(applied.hour) if applied else NAN)
-    append(float(applied.weekday()) if applied else NAN)
-    append(age)
-    append(scheduled / amount if amount and amount > 0 and not math.isnan(scheduled) else NAN)
-    append(inq30 / inq365 if inq365 and inq365 > 0 and not math.isnan(inq30) else NAN)
-    return row
-
-
-def build_rows(records: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
-    """Model rows for many records; a :class:`FeatureError` carries the index of the failing record."""
-    rows = []
-    for i, record in enumerate(records):
-        try:
-            rows.append(build_row(record))
-        except FeatureError as exc:
-            raise FeatureError(exc.field, exc.message, i) from None
-    return rows
-
-
-# --- the columnar builder (batches) --------------------------------------------------------------------
-# The same features as build_row, built one column at a time: each source field's values for every record
-# are converted together, by C-level maps (float, dict lookups, str.strip, datetime.fromisoformat) into NumPy
-# arrays, so the per-value cost is that of the C loop, not of a Python call. A column whose values are not of
-# the common kinds goes through the same fast readers as build_row, value by value; a value a reader refuses
-# raises ValueError/OverflowError here, and the callers then build the rows one by one (build_rows), which
-# names the record and field. Exactly build_row's values: tests/serving/test_columnar.py proves it.
+# --- the columnar builder: 1 or N records, training, serving and batch scoring alike ----------------------
+# Each source field's values for every record are converted together, by C-level maps (float, dict lookups,
+# str.strip, datetime.fromisoformat) into NumPy arrays. A column with a value of an unusual kind goes value by
+# value through the readers above; a value a reader refuses, or a number outside the contract's range
+# (serving/contract.py RANGES), becomes an error for its record (NaN in the column), and the others are kept.
 
 Column = Sequence[Any]
+Errors = dict[int, FeatureError]
 _F64 = np.float64
 _NONE = type(None)
 _FLOATS = frozenset({float})
 _FLOATS_OR_NONE = frozenset({float, _NONE})
 _TEXT = frozenset({str})
 _TEXT_OR_NONE = frozenset({str, _NONE})
+_FLAG_STRINGS = {"True": 1.0, "False": 0.0, "true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0,
+                 "0.0": 0.0, "": NAN}  # fmt: skip
 _NUMBER_MISSING: dict[Any, float] = {None: NAN, "": NAN}
 # True == 1 == 1.0 and False == 0 == 0.0: one key serves the bool, the int and the float (read_flag agrees).
 _FLAG_VALUES: dict[Any, float] = {True: 1.0, False: 0.0, None: NAN, **_FLAG_STRINGS}
@@ -346,46 +241,75 @@ _EMPTY_AS_ZERO = {"": "0"}
 _EMPTY_AS_MISSING = {"": MISSING_CATEGORY}
 _NONE_AS_MISSING = {None: MISSING_CATEGORY}
 _FIRST_8 = slice(0, 8)
+_REFUSED = (ValueError, OverflowError, TypeError)
 
 
-def _number_column(values: Column, n: int) -> np.ndarray:
+def _each(values: Column, reader: Reader, src: str, errors: Errors, fill: Any) -> list[Any]:
+    """``reader`` applied value by value; a refused value is ``fill`` and an error for its record."""
+    out = []
+    for i, v in enumerate(values):
+        try:
+            out.append(reader(v))
+        except _REFUSED as exc:  # 1e400-sized ints, year-0 dates, lists
+            errors.setdefault(i, FeatureError(src, str(exc), i))
+            out.append(fill)
+    return out
+
+
+def _in_range(column: np.ndarray, src: str, errors: Errors) -> np.ndarray:
+    """The column with values outside the field's range (or infinite) refused: NaN, and an error each."""
+    low, high = RANGES.get(src, (-math.inf, math.inf))
+    with np.errstate(invalid="ignore"):
+        bad = ~((column >= low) & (column <= high)) & (column == column)  # NaN is a missing value
+    if bad.any():
+        for i in np.flatnonzero(bad).tolist():
+            v = float(column[i])
+            wanted = "a finite number" if math.isinf(v) else f"a number from {low:g} to {high:g}"
+            errors.setdefault(i, FeatureError(src, f"expected {wanted}, got {v:g}", i))
+        column[bad] = NAN
+    return column
+
+
+def _number_column(values: Column, n: int, src: str, errors: Errors) -> np.ndarray:
     kinds = set(map(type, values))
     if kinds <= _FLOATS:
-        return np.fromiter(values, _F64, n)
-    if kinds <= _FLOATS_OR_NONE:
-        return np.array(values, dtype=_F64)  # None -> NaN
-    try:  # text, ints, bools: float() in C, "" and None missing
-        return np.fromiter(map(float, map(_NUMBER_MISSING.get, values, values)), _F64, n)
-    except (TypeError, ValueError):  # " ", a list, "abc": each value through the reader (which may refuse it)
-        return np.fromiter(map(_fast_number, values), _F64, n)
+        out = np.fromiter(values, _F64, n)
+    elif kinds <= _FLOATS_OR_NONE:
+        out = np.array(values, dtype=_F64)  # None -> NaN
+    else:
+        try:  # text, ints, bools: float() in C, "" and None missing
+            out = np.fromiter(map(float, map(_NUMBER_MISSING.get, values, values)), _F64, n)
+        except _REFUSED:  # " ", a list, "abc": value by value
+            out = np.array(_each(values, read_number, src, errors, NAN), dtype=_F64)
+    return _in_range(out, src, errors)
 
 
-def _flag_column(values: Column, n: int) -> np.ndarray:
+def _flag_column(values: Column, n: int, src: str, errors: Errors) -> np.ndarray:
     try:
         return np.fromiter(map(_FLAG_VALUES.__getitem__, values), _F64, n)
-    except (KeyError, TypeError):  # " yes ", NaN, 0.5, a list: each value through the reader
-        return np.fromiter(map(_fast_flag, values), _F64, n)
+    except (KeyError, TypeError):  # " yes ", NaN, 0.5, a list: value by value
+        return np.array(_each(values, read_flag, src, errors, NAN), dtype=_F64)
 
 
-def _category_column(values: Column, n: int) -> list[str]:
+def _category_column(values: Column, n: int, src: str, errors: Errors) -> list[str]:
     kinds = set(map(type, values))
     if kinds <= _TEXT:
         out = list(map(str.strip, values))
     elif kinds <= _TEXT_OR_NONE:
         out = list(map(str.strip, map(_NONE_AS_MISSING.get, values, values)))
     else:
-        return list(map(_fast_category, values))
+        return _each(values, read_category, src, errors, MISSING_CATEGORY)
     return list(map(_EMPTY_AS_MISSING.get, out, out)) if "" in out else out
 
 
-_CONVERT: dict[Reader, Callable[[Column, int], Any]] = {
+_CONVERT: dict[Reader, Callable[[Column, int, str, Errors], Any]] = {
     read_number: _number_column,
     read_flag: _flag_column,
     read_category: _category_column,
 }
 
 
-def _timestamps(values: Column) -> list[datetime | None]:
+def _timestamps(values: Column, errors: Errors) -> list[datetime | None]:
     if set(map(type, values)) <= _TEXT:
         try:
             stamps = list(map(datetime.fromisoformat, map(str.strip, values)))
@@ -394,10 +318,12 @@ def _timestamps(values: Column) -> list[datetime | None]:
         else:
             if not any(map(attrgetter("tzinfo"), stamps)):
                 return stamps  # type: ignore[return-value]
-    return list(map(read_timestamp, values))
+    return _each(values, read_timestamp, "applicationDate", errors, None)
 
 
-def _report_ages(ids: Column, applied: list[datetime | None], seconds: np.ndarray) -> np.ndarray:
+def _report_ages(
+    ids: Column, applied: list[datetime | None], seconds: np.ndarray, errors: Errors
+) -> np.ndarray:
     n = len(ids)
     if set(map(type, ids)) <= _TEXT_OR_NONE:
         stripped = list(map(str.strip, map(_NONE_AS_EMPTY.get, ids, ids)))
@@ -409,25 +335,34 @@ def _report_ages(ids: Column, applied: list[datetime | None], seconds: np.ndarra
         else:
             age = (seconds - issued) / 86400.0  # NaN where the date is missing
             return np.where(np.fromiter(map(bool, stripped), bool, n), age, NAN) if "" in stripped else age
-    return np.fromiter(map(_report_age_days, ids, applied), _F64, n)
+    ages = []
+    for i, (clarity_id, date) in enumerate(zip(ids, applied, strict=True)):
+        try:
+            ages.append(_report_age_days(clarity_id, date))
+        except _REFUSED as exc:
+            errors.setdefault(i, FeatureError("clarityFraudId", str(exc), i))
+            ages.append(NAN)
+    return np.array(ages, dtype=_F64)
 
 
 def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
-    """top / bottom where bottom > 0 and top is a number, else NaN (as build_row's conditional)."""
+    """top / bottom where bottom > 0 and top is a number, else NaN."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.where((bottom > 0) & ~np.isnan(top), top / bottom, NAN)
 
 
-def columns_from(column: Callable[[str], Column], n: int) -> dict[str, Any]:
+def columns_from(column: Callable[[str], Column], n: int, errors: Errors | None = None) -> dict[str, Any]:
     """The model's input as columns (``FEATURE_NAMES`` order: float64 arrays, lists of text for categories).
 
-    ``column(field)`` gives the values of one source field for all ``n`` records (None where missing). Raises
-    ValueError or OverflowError on a value a reader refuses, without saying where: see :func:`build_columns`.
+    ``column(field)`` gives the values of one source field for all ``n`` records (None where missing). With
+    ``errors``, each refused record gets its first :class:`FeatureError` there (by position) and the columns
+    are still built (NaN in its place); without, the first refused record raises its error.
     """
+    found: Errors = {} if errors is None else errors
     out: dict[str, Any] = {}
     for name, src, reader, _ in _DIRECT:
-        out[name] = _CONVERT[reader](column(src), n)
-    applied = _timestamps(column("applicationDate"))
+        out[name] = _CONVERT[reader](column(src), n, src, found)
+    applied = _timestamps(column("applicationDate"), found)
     if None in applied:
         hour = np.fromiter((float(a.hour) if a else NAN for a in applied), _F64, n)
         weekday = np.fromiter((float(a.weekday()) if a else NAN for a in applied), _F64, n)
@@ -438,46 +373,54 @@ def columns_from(column: Callable[[str], Column], n: int) -> dict[str, Any]:
         seconds = np.fromiter(map(timedelta.total_seconds, map(sub, applied, repeat(_EPOCH))), _F64, n)
     out["application_hour"] = hour
     out["application_weekday"] = weekday
-    out["report_age_days"] = _report_ages(column("clarityFraudId"), applied, seconds)
+    out["report_age_days"] = _report_ages(column("clarityFraudId"), applied, seconds, found)
     out["payment_to_amount"] = _ratio(out["originallyScheduledPaymentAmount"], out["loanAmount"])
     out["inquiries_recent_share"] = _ratio(out["inquiry_thirtydaysago"], out["inquiry_threesixtyfivedaysago"])
+    if errors is None and found:
+        raise found[min(found)]
     return out
 
 
-def columns_from_rows(rows: list[list[Any]]) -> dict[str, Any]:
-    """The columns of rows built by :func:`build_rows` (the same values, laid out by feature)."""
-    categorical = set(CATEGORICAL_INDICES)
-    by_feature = list(zip(*rows, strict=True)) if rows else [() for _ in FEATURE_NAMES]
+def take(columns: dict[str, Any], positions: Sequence[int]) -> dict[str, Any]:
+    """The columns of the records at ``positions`` only (the refused ones left out)."""
+    picked = np.asarray(positions, dtype=np.intp)
     return {
-        name: list(values) if i in categorical else np.array(values, dtype=_F64)
-        for i, (name, values) in enumerate(zip(FEATURE_NAMES, by_feature, strict=True))
+        k: v[picked] if isinstance(v, np.ndarray) else [v[i] for i in positions] for k, v in columns.items()
     }
 
 
-def build_columns(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Model columns for many records (:func:`columns_from`); a bad value raises :class:`FeatureError` naming
-    the record index and field, exactly as :func:`build_rows` does (it is what finds them)."""
+def records_column(records: Sequence[Mapping[str, Any]]) -> Callable[[str], list[Any]]:
+    """``column(field)`` over records given as mappings (None where a record has no such field)."""
     if all(type(r) is dict for r in records):
-        get: Callable[[str], Column] = lambda name: list(map(dict.get, records, repeat(name)))  # noqa: E731
-    else:
-        get = lambda name: [r.get(name) for r in records]  # noqa: E731
-    try:
-        return columns_from(get, len(records))
-    except (ValueError, OverflowError, TypeError):
-        return columns_from_rows(build_rows(records))  # raises naming the record and field
+        return lambda name: list(map(dict.get, records, repeat(name)))  # type: ignore[arg-type]
+    return lambda name: [r.get(name) for r in records]
+
+
+def build_columns(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Model columns for records given as mappings; the first refused one raises :class:`FeatureError`."""
+    return columns_from(records_column(records), len(records))
+
+
+def rows_of(columns: dict[str, Any]) -> list[list[Any]]:
+    """The columns laid out as rows (``FEATURE_NAMES`` order), the form a CatBoost Pool takes cheaply."""
+    return [
+        list(row)
+        for row in zip(
+            *(c.tolist() if isinstance(c, np.ndarray) else c for c in columns.values()), strict=True
+        )
+    ]
+
+
+def build_rows(records: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """Model rows for records given as mappings (the columnar builder's values, by record)."""
+    return rows_of(build_columns(records)) if records else []
+
+
+def build_row(record: Mapping[str, Any]) -> list[Any]:
+    """One model row (:data:`FEATURE_NAMES` order) from one record; raises :class:`FeatureError`."""
+    return build_rows([record])[0]
 
 
 def unknown_fields(record: Mapping[str, Any]) -> list[str]:
     """Field names in ``record`` that belong to none of the three files (they are ignored)."""
     return [k for k in record if k not in KNOWN_FIELDS]
-
-
-def columns_to_records(columns: Sequence[str], data: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-    """Records from a column list and row values (MLflow's ``dataframe_split``); checks row widths."""
-    width = len(columns)
-    out = []
-    for i, values in enumerate(data):
-        if not isinstance(values, list | tuple) or len(values) != width:
-            raise FeatureError("data", f"expected a list of {width} values", i)
-        out.append(dict(zip(columns, values, strict=True)))
-    return out

@@ -32,6 +32,7 @@ class Metrics:
     requests: Counter
     latency: Histogram
     predictions: Counter
+    rejected: Counter
     model_info: Gauge
     reloads: Counter
     log_written: Counter
@@ -53,6 +54,11 @@ class Metrics:
         children[1].observe(seconds)
         if rows:
             children[2].inc(rows)
+
+    def reject(self, endpoint: str, errors: list[Any]) -> None:
+        """Count the records of a request that were not scored, by endpoint and error code."""
+        for error in errors:
+            self.rejected.labels(endpoint, error.code).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text of every metric (all workers in multiprocess mode) and its content type."""
@@ -102,6 +108,11 @@ def get_metrics() -> Metrics:
                     "loanrisk_predictions",
                     "Loan applications scored, by endpoint.",
                     ["endpoint"],
+                ),
+                rejected=Counter(
+                    "loanrisk_rejected_records",
+                    "Records of a batch that were not scored, by endpoint and error code (invalid_value, ...).",
+                    ["endpoint", "error"],
                 ),
                 model_info=Gauge(
                     "loanrisk_model_info",

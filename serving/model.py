@@ -115,7 +115,7 @@ def check_reference(
         raise BundleError(f"{path}: expected an object with 'records' and 'probabilities'")
     records = (reference or {}).get("records")
     if not records:
-        bundle.predict_rows([build_row({})])
+        bundle.predict_input([build_row({})])
         return 0
     expected = reference.get("probabilities")  # type: ignore[union-attr]
     if type(records) is not list or not all(type(r) is dict for r in records):

@@ -48,7 +48,7 @@ from catboost import CatBoostClassifier, EFstrType, Pool
 
 from serving.config import DEFAULT_REASON_COUNT
 from serving.features import FEATURE_SOURCES
-from serving.trees import model_document, split_features
+from serving.model_export import model_document, split_features
 
 
 class BundleLike(Protocol):
@@ -296,7 +296,7 @@ class Explainer:
         features: Sequence[str],
         document: dict[str, Any] | None = None,
     ) -> None:
-        """``document``: the model's JSON export (:func:`serving.trees.model_document`), for its SHAP table."""
+        """``document``: the model's JSON export (:func:`serving.model_export.model_document`), for its SHAP table."""
         table.check(features)
         self.model, self.table, self.features = model, table, list(features)
         position = {f: i for i, f in enumerate(features)}

@@ -1,48 +1,32 @@
 """The endpoints, as one Blueprint: health, model info, predictions (single, batch, MLflow protocol), reload.
 
-Two request paths, one answer. Batches of plain records (the common case) go the fast way: body bytes →
-msgspec structs → :func:`serving.features.columns_from`, one column at a time → a DataFrame → CatBoost → orjson
-bytes. Everything else - single records, small batches, CSV, unknown fields, odd values, and any batch whose
-value a reader refuses - goes the checked way: orjson → dicts → :func:`serving.bundle.Bundle.predict_records`,
-which names a bad field and its record index. ``/predict``, ``/predict/batch`` and ``/invocations`` share both;
-each takes the served model once (:class:`serving.scoring.Scoring`). A JSON body posted to ``/predict`` or
-``/invocations`` is answered by :func:`predict_record` and :func:`invocation_json` through the fast lane
-(:mod:`serving.lane`), or through the routes here when the lane hands the request to Flask. Reasons (:mod:`serving.reasons`) are computed on the model input the
-prediction used, for the records the request's ``reasons`` selects (risky ones by default; opt-in on
-``/invocations`` through MLflow's ``params``).
+One request path: every endpoint goes through Flask, decodes its body with the one request model
+(:mod:`serving.requests`: msgspec, each record on its own) and scores with :class:`serving.scoring.Scoring`
+(one columnar feature builder, CatBoost, reasons from the same model input). ``/predict/batch`` answers record
+by record; ``/predict`` and ``/invocations`` (MLflow's protocol) all or nothing.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from msgspec import UNSET
 
-from serving.batches import fast_batch, fast_invocation
+from serving import requests
 from serving.card import CARD_HTML, CARD_MARKDOWN
 from serving.config import ServiceConfig
-from serving.features import FeatureError, columns_to_records
+from serving.errors import ApiError
 from serving.model import ModelHolder, ServedModel
 from serving.payloads import (
-    ApiError,
-    Body,
-    check_records,
-    check_size,
-    csv_records,
+    encodable,
     json_response,
-    json_type,
-    loan_id,
-    mlflow_records,
     parse_json,
     raw_json_response,
     read_body,
     reason_options,
-    records_column,
-    unknown,
     warn,
 )
 from serving.scoring import Scoring
@@ -71,7 +55,8 @@ def _served() -> ServedModel:
 def _scoring(endpoint: str) -> Scoring:
     served = _served()
     log = current_app.extensions.get("loanrisk_predlog")
-    return Scoring(served, _config(), log, g._get_current_object(), endpoint)
+    metrics = current_app.extensions["loanrisk_metrics"]
+    return Scoring(served, _config(), log, g._get_current_object(), endpoint, metrics)
 
 
 def _answer(scoring: Scoring, out: dict[str, Any]) -> Response:
@@ -131,28 +116,20 @@ def metrics_endpoint() -> Response:
     return Response(body, status=200, content_type=content_type)
 
 
-# --- predictions -----------------------------------------------------------------------------------------
+# --- predictions: every endpoint decodes with serving.requests and scores with serving.scoring --------------
 
 
 @bp.post("/predict")
 def predict() -> Response:
     scoring = _scoring("/predict")
-    return _answer(scoring, predict_record(scoring, read_body(), request.args))
-
-
-def predict_record(scoring: Scoring, body: Body, args: Mapping[str, Any]) -> dict[str, Any]:
-    """The answer of /predict: one record's probability, label and reasons."""
-    record = parse_json(body)
-    if type(record) is not dict:
-        message = f"expected a JSON object with the fields of one loan application, got {json_type(record)}"
-        raise ApiError(400, "invalid_request", message, None, 0)
-    echo = loan_id(record, 0)
-    options = reason_options(args, scoring.config.reason_count)
-    scored = scoring.score([record])
-    probability, reasons = scored[0][0], scoring.reasons(scored, options, records_column([record]))
+    decoded = requests.one_record(read_body())
+    options = reason_options(request.args, scoring.config.reason_count)
+    scored = scoring.score(decoded, reject=True)
+    probability, reasons = scored[0][0], scoring.reasons(scored, options, decoded)
     served = scoring.served
     out: dict[str, Any] = {}
-    if "loanId" in record:
+    echo = decoded.loan_ids()[0]
+    if echo is not UNSET:
         out["loanId"] = echo
     out["probability"] = probability
     out["label"] = int(probability >= served.threshold)
@@ -161,118 +138,61 @@ def predict_record(scoring: Scoring, body: Body, args: Mapping[str, Any]) -> dic
     out["model_version"] = served.version
     if reasons and reasons[0] is not None:
         out["reasons"] = reasons[0]
-    warn(out, unknown([record]))
-    return out
+    warn(out, sorted(decoded.unknown))
+    return _answer(scoring, out)
 
 
 @bp.post("/predict/batch")
 def predict_batch() -> Response:
+    """Record by record: a prediction per valid record and an error per other one, each with its index;
+    ``?on_error=reject`` answers the first error for the whole batch."""
     scoring = _scoring("/predict/batch")
-    config = scoring.config
-    body = read_body()
-    options = reason_options(request.args, config.reason_count)
-    batch = fast_batch(body, config.max_batch_size)
-    scored = scoring.score_fast(batch)
-    if batch is not None and scored is not None:
-        reasons = scoring.reasons(scored, options, batch.column)
-        return _answer(scoring, _batch_answer(scoring.served, scored[0], batch.loan_ids(), [], reasons))
-    payload = parse_json(body)
-    if type(payload) is not dict or "data" not in payload:
-        raise ApiError(400, "invalid_request", 'expected a JSON object {"data": [records]}', "data")
-    records = payload["data"]
-    if type(records) is not list:
-        message = f"'data' must be a list of records, got {json_type(records)}"
-        raise ApiError(400, "invalid_request", message, "data")
-    check_size(records, "data", config.max_batch_size)
-    check_records(records)
-    scored = scoring.score(records)
-    ids = [loan_id(r, i) if "loanId" in r else UNSET for i, r in enumerate(records)]
-    reasons = scoring.reasons(scored, options, records_column(records))
-    return _answer(scoring, _batch_answer(scoring.served, scored[0], ids, unknown(records), reasons))
-
-
-def _batch_answer(
-    served: ServedModel,
-    probabilities: list[float],
-    ids: list[Any],
-    unknown: list[str],
-    reasons: list[Any] | None = None,
-) -> dict[str, Any]:
-    """The answer of /predict/batch: each record's probability, label and loanId (when it gave one), and its
-    reasons (when the request's ``reasons`` selects it)."""
-    threshold = served.threshold
+    on_error = request.args.get("on_error", "record")
+    if on_error not in ("record", "reject"):
+        message = f"'on_error' must be record or reject; got {encodable(on_error)[:40]!r}"
+        raise ApiError(400, "invalid_parameter", message, "on_error")
+    options = reason_options(request.args, scoring.config.reason_count)
+    decoded = requests.batch(read_body(), scoring.config.max_batch_size)
+    scored = scoring.score(decoded, reject=on_error == "reject")
+    probabilities, threshold = scored[0], scoring.served.threshold
     predictions: list[dict[str, Any]] = []
     append = predictions.append
-    for p, echo in zip(probabilities, ids, strict=True):
+    for index, p, echo in zip(decoded.positions, probabilities, decoded.loan_ids(), strict=True):
         if echo is UNSET:
-            append({"probability": p, "label": 1 if p >= threshold else 0})
+            append({"index": index, "probability": p, "label": 1 if p >= threshold else 0})
         else:
-            append({"probability": p, "label": 1 if p >= threshold else 0, "loanId": echo})
-    for prediction, found in zip(predictions, reasons or (), strict=False):
+            append({"index": index, "probability": p, "label": 1 if p >= threshold else 0, "loanId": echo})
+    for prediction, found in zip(predictions, scoring.reasons(scored, options, decoded) or (), strict=False):
         if found is not None:
             prediction["reasons"] = found
     out: dict[str, Any] = {
         "predictions": predictions,
-        "count": len(predictions),
+        "errors": [e.entry() for e in decoded.errors],
+        "count": decoded.size,
+        "scored": len(predictions),
+        "rejected": len(decoded.errors),
         "threshold": threshold,
-        "model_name": served.name,
-        "model_version": served.version,
+        "model_name": scoring.served.name,
+        "model_version": scoring.served.version,
     }
-    warn(out, unknown)
-    return out
+    warn(out, sorted(decoded.unknown))
+    return _answer(scoring, out)
 
 
 @bp.post("/invocations")
 def invocations() -> Response:
+    """MLflow's scoring protocol, all or nothing (as ``mlflow models serve``); reasons opt-in through ``params``."""
     scoring = _scoring("/invocations")
-    body = read_body()
+    limit = scoring.config.max_batch_size
     if request.mimetype in ("text/csv", "application/csv"):
-        out = invocation_records(scoring, csv_records(body), "data", None, None)
+        decoded = requests.csv_records(read_body(), limit)
     else:
-        out = invocation_json(scoring, body)
+        decoded, _ = requests.invocation(read_body(), limit)
+    options = reason_options(decoded.params, scoring.config.reason_count, "none", "params.")
+    scored = scoring.score(decoded, reject=True)
+    reasons = scoring.reasons(scored, options, decoded)
+    out = {"predictions": scored[0]} if reasons is None else {"predictions": scored[0], "reasons": reasons}
     return _answer(scoring, out)
-
-
-def invocation_json(scoring: Scoring, body: Body) -> dict[str, Any]:
-    """The answer of /invocations to a JSON body (MLflow's scoring protocol)."""
-    config = scoring.config
-    batch = fast_invocation(body, config.max_batch_size)
-    scored = scoring.score_fast(batch)
-    if batch is not None and scored is not None:
-        options = reason_options(batch.params, config.reason_count, "none", "params.")
-        return _invocation_answer(scored[0], scoring.reasons(scored, options, batch.column))
-    payload = parse_json(body)
-    records, field, columns = mlflow_records(payload)
-    # MLflow's inference parameters: {"reasons": "risky" | "all", "reason_count": n}
-    return invocation_records(scoring, records, field, columns, payload.get("params"))
-
-
-def invocation_records(
-    scoring: Scoring, records: list[Any], field: str, columns: list[str] | None, params: Any
-) -> dict[str, Any]:
-    """The answer of /invocations to records (or, with ``columns``, rows) read from the body."""
-    config = scoring.config
-    check_size(records, field, config.max_batch_size)
-    if columns is not None:
-        try:
-            records = columns_to_records(columns, records)
-        except FeatureError as exc:
-            raise ApiError(
-                400, "invalid_request", f"row {exc.index}: {exc.message}", field, exc.index
-            ) from None
-    check_records(records, field)
-    options = reason_options(params, config.reason_count, "none", "params.")
-    scored = scoring.score(records)
-    return _invocation_answer(scored[0], scoring.reasons(scored, options, records_column(records)))
-
-
-def _invocation_answer(probabilities: list[float], reasons: list[Any] | None) -> dict[str, Any]:
-    """MLflow's answer, unchanged (``predictions``); ``reasons`` beside it only when the params asked."""
-    return (
-        {"predictions": probabilities}
-        if reasons is None
-        else {"predictions": probabilities, "reasons": reasons}
-    )
 
 
 # --- administration --------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_serving_imports_no_prefect_optuna_mlflow_or_tasks() -> None:
     code = (
-        "import sys, serving.app, serving.bundle, serving.features, serving.config, serving.schemas;"
+        "import sys, serving.app, serving.bundle, serving.features, serving.config, serving.openapi;"
         "bad = sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'optuna', 'mlflow', 'tasks', 'flows'});"
         "print(','.join(bad))"
     )

@@ -25,6 +25,7 @@ from serving.contract import (  # noqa: F401
     OUTCOME_FIELDS,
     PAYMENT_COLUMNS,
     PERSONAL_FIELDS,
+    RANGES,
     clarity_column,
 )
 

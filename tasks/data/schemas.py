@@ -25,10 +25,12 @@ from tasks.data.contract import (
     PAY_FREQUENCIES,
     PAYMENT_STATUSES,
     PHONE_MATCH_TYPES,
+    RANGES,
     REQUIRED,
     STATES,
     UNIQUE_IDS,
     Kind,
+    clarity_column,
 )
 
 LOAN_ID_PATTERN = r"^[A-Z]{2}-[A-Z]-\d{8}$"  # LL-I-07399092, LL-T-…, LP-I-000001xx
@@ -51,15 +53,15 @@ _RULES: dict[str, dict[str, tuple[str, Any]]] = {
         "loanId": ("format", (LOAN_ID_PATTERN, "a loan id like LL-I-07399092")),
         "anon_ssn": ("format", (SSN_PATTERN, "32 hex characters")),
         "payFrequency": ("isin", PAY_FREQUENCIES),
-        "apr": ("range", (0, 1_000)),
-        "nPaidOff": ("range", (0, 100)),
+        "apr": ("range", RANGES["apr"]),
+        "nPaidOff": ("range", RANGES["nPaidOff"]),
         "isFunded": ("isin", (0, 1)),
         "loanStatus": ("isin", LOAN_STATUSES),
-        "loanAmount": ("range", (0, 10_000)),
-        "originallyScheduledPaymentAmount": ("range", (-10_000, 100_000)),
+        "loanAmount": ("range", RANGES["loanAmount"]),
+        "originallyScheduledPaymentAmount": ("range", RANGES["originallyScheduledPaymentAmount"]),
         "state": ("isin", STATES),
         "leadType": ("isin", LEAD_TYPES),
-        "leadCost": ("range", (0, 1_000)),
+        "leadCost": ("range", RANGES["leadCost"]),
         "fpStatus": ("isin", FP_STATUSES),
         "clarityFraudId": ("format", (OBJECT_ID_PATTERN, "24 hex characters")),
         "hasCF": ("isin", (0, 1)),
@@ -75,10 +77,9 @@ _RULES: dict[str, dict[str, tuple[str, Any]]] = {
     },
     "clarity": {
         "underwritingid": ("format", (OBJECT_ID_PATTERN, "24 hex characters")),
-        "clearfraudscore": ("range", (0, 1_000)),
+        "clearfraudscore": ("range", RANGES["clearfraudscore"]),
     },
 }
-_INDICATOR_RANGES = {"totalnumberoffraudindicators": 100, "maxnumberofssnswithanybankaccount": 1_000_000}
 _IDENTITY_RULES: dict[str, tuple[str, Any]] = {
     "ssnnamematch": ("isin", MATCH_RESULTS),
     "nameaddressmatch": ("isin", MATCH_RESULTS),
@@ -93,16 +94,17 @@ _IDENTITY_RULES: dict[str, tuple[str, Any]] = {
     "ssnnamereasoncode": ("format", (r"^S\d\d$", "a known code")),
     "nameaddressreasoncode": ("format", (r"^A\d{1,2}$", "a known code")),
     "ssndobmatch": ("isin", MATCH_RESULTS),
-    "overallmatchreasoncode": ("range", (0, 1_000)),
+    "overallmatchreasoncode": (
+        "range",
+        RANGES[clarity_column("clearfraudidentityverification", "overallmatchreasoncode")],
+    ),  # noqa: E501
 }
 
 
 def _clarity_rule(column: str) -> tuple[str, Any] | None:
     group, _, name = column.removeprefix(CLARITY_PREFIX).rpartition(".")
-    if group == "clearfraudinquiry":
-        return ("range", (0, 10_000))
-    if group == "clearfraudindicator":
-        return ("range", (0, _INDICATOR_RANGES[name])) if name in _INDICATOR_RANGES else None
+    if group in ("clearfraudinquiry", "clearfraudindicator"):
+        return ("range", RANGES[column]) if column in RANGES else None
     if group == "clearfraudidentityverification":
         return _IDENTITY_RULES[name]
     return None

@@ -90,7 +90,7 @@ def table_reasons(
     what the service must answer for the same records (``tests/serving/test_reasons.py`` holds it to that)."""
     bundle = load_bundle(bundle_dir)
     rows = table.rows
-    probabilities = bundle.predict_rows(rows)
+    probabilities = bundle.predict_input(rows)
     records = table.records
     column = lambda name: [r.get(name) for r in records]  # noqa: E731
     return explain_selected(bundle, rows, probabilities, bundle.meta.threshold, mode, count, column) or []

@@ -8,7 +8,7 @@ training's own :func:`tasks.model.features.join_clarity`). CSV or Parquet, by ex
 rows at a time (pyarrow's streaming CSV reader, Parquet row batches), every field as the text the file holds (a
 CSV) or its stored type (Parquet), so a chunk reaches the model exactly as the service's ``/predict/batch``
 would receive those rows as JSON: through :func:`serving.features.columns_from` (the service's columnar batch
-builder) and :meth:`serving.bundle.Bundle.predict_columns`. Memory stays bounded by the chunk, not the file; the
+builder) and :meth:`serving.bundle.Bundle.predict_input`. Memory stays bounded by the chunk, not the file; the
 clarity file (one report per row, ~50k rows) is held whole.
 
 The output (CSV or Parquet, by extension) has one row per application, in input order: ``loanId``,
@@ -355,7 +355,7 @@ def predict_chunk(
         return sent[name]
 
     columns = columns_from(column, table.num_rows)
-    return columns, bundle.predict_columns(columns), column
+    return columns, np.asarray(bundle.predict_input(columns)), column
 
 
 @dataclass

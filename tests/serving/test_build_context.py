@@ -42,7 +42,7 @@ def test_requirements_are_pinned_to_the_tested_versions() -> None:
 def test_the_image_code_imports_no_orchestration_or_tracking() -> None:
     """The service's modules and the build stage's prune.py (run as a file in the image, not as a package)."""
     code = (
-        "import sys, runpy, serving.app, serving.schemas, serving.healthcheck;"
+        "import sys, runpy, serving.app, serving.openapi, serving.healthcheck;"
         "runpy.run_path('tasks/release/prune.py', run_name='prune');"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'optuna', 'mlflow', 'tasks', "
         "'pydantic_settings'));"

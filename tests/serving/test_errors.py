@@ -44,11 +44,11 @@ def test_wrong_type_names_field_and_index(client, records) -> None:
 
     batch = [dict(r) for r in records[:6]]
     batch[4]["loanAmount"] = {"nested": 1}
-    body = error(client.post("/predict/batch", json={"data": batch}), 422)
+    body = error(client.post("/predict/batch?on_error=reject", json={"data": batch}), 422)
     assert (body["field"], body["index"]) == ("loanAmount", 4)
 
     batch[4] = {**records[4], "applicationDate": "yesterday"}
-    body = error(client.post("/predict/batch", json={"data": batch}), 422)
+    body = error(client.post("/predict/batch?on_error=reject", json={"data": batch}), 422)
     assert (body["field"], body["index"]) == ("applicationDate", 4)
 
     batch[4] = {**records[4], "hasCF": "maybe"}
@@ -82,7 +82,7 @@ def test_odd_values_never_500(client, field: str, value: Any) -> None:
 def test_non_object_records(client) -> None:
     body = error(client.post("/predict", json=[1, 2]), 400)
     assert body["error"] == "invalid_request"
-    body = error(client.post("/predict/batch", json={"data": [{}, "x", {}]}), 400)
+    body = error(client.post("/predict/batch?on_error=reject", json={"data": [{}, "x", {}]}), 400)
     assert (body["field"], body["index"]) == ("data", 1)
     body = error(client.post("/predict/batch", json={"data": {"apr": 1}}), 400)
     assert body["field"] == "data"

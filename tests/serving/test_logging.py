@@ -29,7 +29,10 @@ def _personal_values(records: list[dict[str, Any]]) -> set[str]:
 def test_in_process_logs(client, records, log_lines) -> None:
     client.post("/predict", json=records[0])
     client.post("/predict/batch", json={"data": records[:20]})
-    client.post("/predict/batch", json={"data": [records[1], {**records[2], "apr": records[2]["anon_ssn"]}]})
+    client.post(
+        "/predict/batch?on_error=reject",
+        json={"data": [records[1], {**records[2], "apr": records[2]["anon_ssn"]}]},
+    )
     client.post("/invocations", json={"dataframe_records": records[:5]})
     lines = log_lines()
     parsed = [json.loads(line) for line in lines]

@@ -9,7 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode, checks
 
-from serving.schemas import openapi_document
+from serving.openapi import openapi_document
 from tests.serving.remote import service_url
 
 _PATHS = openapi_document()["paths"]

@@ -88,8 +88,8 @@ def test_columns_rows_and_training_agree(trained, sample_dir: Path, form: str) -
     test, expected = trained["test"], trained["expected"]
     records = test.records if form == "typed" else csv_string_records(sample_dir, test.loan_ids)
     bundle = load_bundle(trained["bundle"])
-    by_rows = bundle.predict_rows(build_rows(records))
-    by_columns = bundle.predict_columns(build_columns(records)).tolist()
+    by_rows = bundle.predict_input(build_rows(records))
+    by_columns = bundle.predict_input(build_columns(records))
     assert close(by_rows, expected) <= TOLERANCE
     assert close(by_columns, expected) <= TOLERANCE
     assert by_columns == by_rows

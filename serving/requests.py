@@ -1,0 +1,403 @@
+"""The one request model: a loan application record, each endpoint's envelope, and decoding them.
+
+Every endpoint decodes with these msgspec types, for one record or many, and the OpenAPI document is generated
+from them (:mod:`serving.openapi`): the contract exists once. A record has the field names of ``loan.csv`` and
+the clarity file; a value may be typed or a CSV string. JSON numbers must be finite and within the dataset
+contract's range for their field (``serving/contract.py`` ``RANGES``, the bounds training's pandera schema
+applies); strings are read by the feature code, which applies the same ranges.
+
+Each record is decoded on its own, so a bad one is named by its index and field and the others are kept
+(:class:`Decoded`): ``/predict/batch`` answers record by record, the other endpoints refuse the request with the
+first error. Bodies msgspec refuses as a whole (a lone UTF-16 surrogate, ``NaN``) are read again by Python's
+lenient parser so that the record at fault, not the request, is named; a ``NaN`` literal (json.dumps of a pandas
+row writes one for a missing value) is a missing value, ``Infinity`` is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+import msgspec
+from msgspec.structs import astuple
+
+from serving.contract import KNOWN_FIELDS, RANGES
+from serving.errors import ApiError, json_type
+from serving.features import FLAG_SOURCES, NUMBER_SOURCES, SOURCE_FIELDS
+
+_INT = (-(2**63), 2**63 - 1)
+_FLOAT = (-math.inf, math.inf)
+
+
+def _number(name: str) -> Any:
+    """A number field: a finite JSON number within the field's range, or text the feature code reads."""
+    low, high = RANGES.get(name, _FLOAT)
+    f_low, f_high = (low, high) if name in RANGES else (-1.7976931348623157e308, 1.7976931348623157e308)
+    i_low, i_high = (math.ceil(low), math.floor(high)) if name in RANGES else _INT
+    return (
+        Annotated[float, msgspec.Meta(ge=f_low, le=f_high)]
+        | Annotated[int, msgspec.Meta(ge=i_low, le=i_high)]
+        | str
+        | bool
+        | None
+    )
+
+
+_Value = str | float | Annotated[int, msgspec.Meta(ge=_INT[0], le=_INT[1])] | bool | None
+_Flag = (
+    bool | Annotated[int, msgspec.Meta(ge=0, le=1)] | Annotated[float, msgspec.Meta(ge=0, le=1)] | str | None
+)
+FIELDS = sorted(KNOWN_FIELDS)
+_ATTRS = {name: f"f{i}" for i, name in enumerate(FIELDS)}
+_DESCRIPTION = (
+    "One loan application with the field names of loan.csv and clarity_underwriting_variables.csv (a CSV row "
+    "posted as JSON works as is). Missing fields are missing values; outcome and identifier fields are never "
+    "features; unknown fields are ignored and named in the answer's warnings."
+)
+
+
+def _slot(name: str) -> tuple[str, Any, Any]:
+    if name == "loanId":  # echoed: absent (UNSET) differs from null
+        kind = str | float | Annotated[int, msgspec.Meta(ge=_INT[0], le=_INT[1])] | None | msgspec.UnsetType
+        return _ATTRS[name], kind, msgspec.field(default=msgspec.UNSET, name=name)
+    if name in NUMBER_SOURCES:
+        kind = _number(name)
+    elif name in FLAG_SOURCES:
+        kind = _Flag
+    elif name in SOURCE_FIELDS:
+        kind = _Value
+    else:
+        kind = Any  # known fields the features do not read (outcomes, identifiers)
+    return _ATTRS[name], kind, msgspec.field(default=None, name=name)
+
+
+LoanApplication = msgspec.defstruct(
+    "LoanApplication", [_slot(n) for n in FIELDS], forbid_unknown_fields=True, gc=False
+)
+LoanApplication.__doc__ = _DESCRIPTION
+
+
+class BatchRequest(msgspec.Struct):
+    """``/predict/batch``: the records to score, answered in the same order."""
+
+    data: list[LoanApplication]  # type: ignore[valid-type]
+
+
+class Split(msgspec.Struct):
+    columns: list[str]
+    data: list[list[Any]]
+    index: list[Any] | None = None
+
+
+class InvocationParams(msgspec.Struct):
+    reasons: str = "none"
+    reason_count: int | None = None
+
+
+class InvocationsRequest(msgspec.Struct):
+    """MLflow's scoring protocol: exactly one of dataframe_split, dataframe_records, inputs or instances."""
+
+    dataframe_split: Split | msgspec.UnsetType = msgspec.UNSET
+    dataframe_records: list[LoanApplication] | msgspec.UnsetType = msgspec.UNSET  # type: ignore[valid-type]
+    inputs: list[LoanApplication] | dict[str, Any] | msgspec.UnsetType = msgspec.UNSET  # type: ignore[valid-type]
+    instances: list[LoanApplication] | msgspec.UnsetType = msgspec.UNSET  # type: ignore[valid-type]
+    params: InvocationParams | None = None
+
+
+# What is decoded: the envelopes hold each record undecoded (Raw), so each is decoded on its own.
+_Raws = list[msgspec.Raw]
+_Batch = msgspec.defstruct("_Batch", [("data", _Raws)])
+_Invocation = msgspec.defstruct(
+    "_Invocation",
+    [(k, _Raws | msgspec.UnsetType, msgspec.UNSET) for k in ("dataframe_records", "instances")]
+    + [("inputs", _Raws | dict[str, Any] | msgspec.UnsetType, msgspec.UNSET)]
+    + [("dataframe_split", Split | msgspec.UnsetType, msgspec.UNSET), ("params", Any, None)],
+)
+MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "inputs", "instances")
+_DECODE_RECORD = msgspec.json.Decoder(LoanApplication).decode
+_DECODE_BATCH = msgspec.json.Decoder(_Batch).decode
+_DECODE_INVOCATION = msgspec.json.Decoder(_Invocation).decode
+_AT = re.compile(r"^(?P<text>.*?)(?: - at `\$(?P<path>.*)`)?$", re.S)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NOTHING = (None,)
+
+
+class Decoded:
+    """The records of one request: the valid ones (read a column at a time), and an error per refused one."""
+
+    def __init__(self, size: int, params: Any = None) -> None:
+        self.size, self.params = size, params
+        self.records: list[Any] = []  # LoanApplication structs, in request order
+        self.positions: list[int] = []  # each one's index in the request
+        self.errors: list[ApiError] = []  # one per refused record, by index
+        self.unknown: set[str] = set()
+        self._columns: dict[str, Sequence[Any]] | None = None
+
+    def add(self, index: int, record: Any) -> None:
+        if isinstance(record, ApiError):
+            self.errors.append(record)
+        else:
+            self.records.append(record)
+            self.positions.append(index)
+
+    def column(self, name: str) -> Sequence[Any]:
+        """The valid records' values of one field (None where absent)."""
+        if self._columns is None:  # every field at once: one C-level transpose of the structs' slots
+            rows = map(astuple, self.records)
+            self._columns = dict(zip(FIELDS, zip(*rows, strict=True), strict=True)) if self.records else {}
+        return self._columns.get(name) or _NOTHING * len(self.records)
+
+    def keep(self, positions: Sequence[int], errors: Sequence[ApiError]) -> None:
+        """Keep only the records at ``positions`` (of :attr:`records`); ``errors`` are the others'."""
+        self.records = [self.records[i] for i in positions]
+        self.positions = [self.positions[i] for i in positions]
+        self.errors = sorted([*self.errors, *errors], key=lambda e: e.index or 0)
+        self._columns = None
+
+    def loan_ids(self) -> list[Any]:
+        """Each valid record's ``loanId`` to echo (a number as its text); UNSET where it sent none."""
+        return [
+            v if v is msgspec.UNSET or v is None or type(v) is str else _number_text(v)
+            for v in self.column("loanId")
+        ]
+
+    def first_error(self) -> ApiError | None:
+        return self.errors[0] if self.errors else None
+
+
+def _number_text(value: float | int) -> str:
+    return str(value)
+
+
+# --- one record ------------------------------------------------------------------------------------------
+
+
+def _invalid(exc: msgspec.ValidationError, index: int) -> ApiError:
+    """A msgspec validation error as the client's error: the field and record it names."""
+    found = _AT.match(str(exc))
+    text, path = (found.group("text"), found.group("path")) if found else (str(exc), None)
+    if not path:
+        return ApiError(400, "invalid_record", f"record {index}: expected a JSON object of field names to "
+                        f"values; {text[0].lower()}{text[1:]}", "data", index)  # fmt: skip
+    field = path[1:] if path.startswith(".") else path
+    return ApiError(422, "invalid_value", f"record {index}, field '{field}': {text}", field, index)
+
+
+def _surrogate(value: dict[str, Any], index: int) -> ApiError | None:
+    """A 400 naming the first field whose name or text holds a lone surrogate (not Unicode), or None."""
+    stack: list[tuple[str, Any]] = [(k, v) for k, v in value.items()]
+    while stack:
+        path, item = stack.pop()
+        if _SURROGATE.search(path) or (isinstance(item, str) and _SURROGATE.search(item)):
+            field = path.encode("utf-8", "backslashreplace").decode()
+            message = (f"record {index}, field '{field}' holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape "
+                       "without its pair): not text; send valid Unicode")  # fmt: skip
+            return ApiError(400, "invalid_text", message, field, index)
+        if isinstance(item, dict):
+            stack.extend((f"{path}.{k}", v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((path, v) for v in item)
+    return None
+
+
+def from_object(value: Any, index: int, unknown: set[str]) -> Any:
+    """A record given as a Python object (lenient JSON, CSV, MLflow columns) → LoanApplication or ApiError."""
+    if type(value) is not dict:
+        message = f"record {index}: expected a JSON object of field names to values, got {json_type(value)}"
+        return ApiError(400, "invalid_record", message, "data", index)
+    refused = _surrogate(value, index)
+    if refused is not None:
+        return refused
+    if not KNOWN_FIELDS.issuperset(value):
+        unknown.update(k for k in value if k not in KNOWN_FIELDS)
+        value = {k: v for k, v in value.items() if k in KNOWN_FIELDS}
+    if any(type(v) is float and v != v for v in value.values()):  # NaN, as json.dumps writes a missing value
+        value = {k: None if type(v) is float and v != v else v for k, v in value.items()}
+    try:
+        return msgspec.convert(value, LoanApplication)
+    except msgspec.ValidationError as exc:
+        return _invalid(exc, index)
+
+
+def from_raw(raw: Any, index: int, unknown: set[str]) -> Any:
+    """A record's JSON text → LoanApplication or ApiError."""
+    try:
+        return _DECODE_RECORD(raw)
+    except msgspec.ValidationError as exc:
+        if not str(exc).startswith("Object contains unknown field"):
+            return _invalid(exc, index)
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    try:
+        value = _lenient(raw)
+    except ApiError as exc:  # nested too deep for either parser
+        return ApiError(400, "invalid_record", f"record {index}: {exc.message}", "data", index)
+    return from_object(value, index, unknown)
+
+
+def _lenient(body: Any) -> Any:
+    """Python's parser, which takes lone surrogates and NaN (refused per record afterwards); 400 otherwise."""
+    try:
+        return json.loads(bytes(body))
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
+
+
+# --- each endpoint's body --------------------------------------------------------------------------------
+
+
+def _check_size(size: int, field: str, limit: int) -> None:
+    if not size:
+        raise ApiError(400, "empty_batch", f"'{field}' holds no records: send at least one", field)
+    if size > limit:
+        raise ApiError(
+            413, "batch_too_large", f"{size} records in '{field}'; the limit is {limit} per request", field
+        )
+
+
+def _records(items: Sequence[Any], read: Callable[[Any, int, set[str]], Any], params: Any = None) -> Decoded:
+    decoded = Decoded(len(items), params)
+    for i, item in enumerate(items):
+        decoded.add(i, read(item, i, decoded.unknown))
+    return decoded
+
+
+def _empty(body: Any) -> None:
+    if not bytes(body).strip():
+        raise ApiError(400, "invalid_json", "request body is empty: send a JSON document")
+
+
+def one_record(body: Any) -> Decoded:
+    """``/predict``: the body is one record."""
+    _empty(body)
+    decoded = Decoded(1)
+    try:
+        decoded.add(0, _DECODE_RECORD(body))
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        value = _lenient(body)
+        if type(value) is not dict:
+            message = (
+                f"expected a JSON object with the fields of one loan application, got {json_type(value)}"
+            )
+            raise ApiError(400, "invalid_request", message, None, 0) from None
+        decoded.add(0, from_object(value, 0, decoded.unknown))
+    return decoded
+
+
+def batch(body: Any, limit: int) -> Decoded:
+    """``/predict/batch``: ``{"data": [records]}``; the count is checked before any record is decoded."""
+    _empty(body)
+    try:
+        items: Sequence[Any] = _DECODE_BATCH(body).data
+        read = from_raw
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        payload = _lenient(body)
+        if type(payload) is not dict or "data" not in payload:
+            raise ApiError(
+                400, "invalid_request", 'expected a JSON object {"data": [records]}', "data"
+            ) from None
+        items, read = payload["data"], from_object
+        if type(items) is not list:
+            message = f"'data' must be a list of records, got {json_type(items)}"
+            raise ApiError(400, "invalid_request", message, "data") from None
+    _check_size(len(items), "data", limit)
+    return _records(items, read)
+
+
+def invocation(body: Any, limit: int) -> tuple[Decoded, str]:
+    """``/invocations`` with a JSON body (MLflow's scoring protocol): the records and the key they came in."""
+    _empty(body)
+    try:
+        payload = _DECODE_INVOCATION(body)
+        given = {k: getattr(payload, k) for k in MLFLOW_KEYS if getattr(payload, k) is not msgspec.UNSET}
+        params, read = payload.params, from_raw
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        value = _lenient(body)
+        if type(value) is not dict:
+            raise ApiError(
+                400, "invalid_request", f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}"
+            ) from None
+        given = {k: value[k] for k in MLFLOW_KEYS if k in value}
+        params, read = value.get("params"), from_object
+    if len(given) != 1:
+        names = ", ".join(given) or "none"
+        message = f"expected exactly one of {', '.join(MLFLOW_KEYS)}; got {names}"
+        raise ApiError(400, "invalid_request", message, next(iter(given), None))
+    key, value = next(iter(given.items()))
+    if key == "dataframe_split":
+        items, read = _split_rows(value), from_object
+        key = "dataframe_split.data"
+    elif key == "inputs" and isinstance(value, dict):
+        items, read = _input_columns(value), from_object
+    elif type(value) is list:
+        items = value
+    else:
+        raise ApiError(400, "invalid_request", f"{key} must be a list of records", key)
+    _check_size(len(items), key, limit)
+    decoded = _records(items, read, params)
+    for error in decoded.errors:
+        if error.code == "invalid_record":
+            error.field = key
+    return decoded, key
+
+
+def _split_rows(value: Any) -> list[Any]:
+    """dataframe_split's rows as records (a row of the wrong width stays, to be refused as a record)."""
+    key = "dataframe_split"
+    if isinstance(value, Split):
+        columns, data = value.columns, value.data
+    elif type(value) is dict:
+        columns, data = value.get("columns"), value.get("data")
+    else:
+        raise ApiError(400, "invalid_request", "dataframe_split must be an object with columns and data", key)
+    if type(columns) is not list or not all(type(c) is str for c in columns):
+        raise ApiError(
+            400, "invalid_request", "dataframe_split.columns must be a list of names", f"{key}.columns"
+        )
+    if type(data) is not list:
+        raise ApiError(400, "invalid_request", "dataframe_split.data must be a list of rows", f"{key}.data")
+    if len(set(columns)) != len(columns):
+        raise ApiError(400, "invalid_request", "dataframe_split.columns repeats a name", f"{key}.columns")
+    width = len(columns)
+    return [
+        dict(zip(columns, row, strict=True)) if type(row) is list and len(row) == width else row
+        for row in data
+    ]
+
+
+def _input_columns(value: dict[str, Any]) -> list[Any]:
+    """``inputs`` as an object: one record of scalars, or columns (name -> list of values) zipped into records."""
+    lists = [v for v in value.values() if type(v) is list]
+    if not lists:
+        return [value]
+    if len(lists) != len(value):
+        raise ApiError(400, "invalid_request", "inputs: give every column as a list, or none", "inputs")
+    length = len(lists[0])
+    for name, column in value.items():
+        if len(column) != length:
+            message = f"inputs: column '{name}' has {len(column)} values, expected {length}"
+            raise ApiError(400, "invalid_request", message, name)
+    names = list(value)
+    return [dict(zip(names, row, strict=True)) for row in zip(*value.values(), strict=True)]
+
+
+def csv_records(body: Any, limit: int) -> Decoded:
+    """``/invocations`` with a CSV body: a header line, then one record per line."""
+    try:
+        text = bytes(body).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "invalid_csv", f"CSV body is not UTF-8: {exc}") from None
+    try:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise ApiError(400, "invalid_csv", f"malformed CSV: {exc}") from None
+    for i, row in enumerate(rows):
+        if None in row:
+            raise ApiError(400, "invalid_csv", f"CSV row {i} has more values than the header", "data", i)
+    _check_size(len(rows), "data", limit)
+    return _records(rows, from_object)

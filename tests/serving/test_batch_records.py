@@ -1,0 +1,92 @@
+"""One bad record in a batch costs only itself: /predict/batch answers record by record (issue 25), through the
+one request path every endpoint takes (issue 22)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+CLARITY_DATE = ".underwritingdataclarity.clearfraud.clearfraudinquiry.thirtydaysago"
+
+
+def _batch(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    return [dict(records[i % len(records)], loanId=f"LL-I-{i:08d}") for i in range(n)]
+
+
+# (index, field, the bad value as JSON text: lone surrogates and Infinity are not expressible as Python JSON)
+BAD = [
+    (3, "applicationDate", '"not-a-date"'),
+    (50, "apr", "[1]"),  # wrong type
+    (97, "apr", "1e999999"),  # non-finite
+    (120, "loanAmount", "-5"),  # outside the contract's range
+    (233, "state", '"\\ud800"'),  # lone surrogate
+    (400, "nPaidOff", '"many"'),
+    (512, "hasCF", '"maybe"'),
+    (640, "clarityFraudId", '"zz-not-hex"'),
+    (777, CLARITY_DATE, "Infinity"),
+    (999, "leadCost", '"-1"'),  # a string outside the range
+]
+
+
+def _body(records: list[dict[str, Any]]) -> bytes:
+    texts = []
+    bad = {i: (field, value) for i, field, value in BAD}
+    for i, record in enumerate(records):
+        text = json.dumps(record)
+        if i in bad:
+            field, value = bad[i]
+            text = text[:-1] + f", {json.dumps(field)}: {value}}}"
+        texts.append(text)
+    return ('{"data": [' + ", ".join(texts) + "]}").encode()
+
+
+def test_a_batch_with_ten_bad_records_scores_the_other_990_as_alone(client, records) -> None:
+    batch = _batch(records, 1000)
+    answer = client.post("/predict/batch", data=_body(batch), content_type="application/json")
+    assert answer.status_code == 200, answer.get_data(as_text=True)[:500]
+    out = answer.get_json()
+    assert (out["count"], out["scored"], out["rejected"]) == (1000, 990, 10)
+    assert [(e["index"], e["field"]) for e in out["errors"]] == [(i, f) for i, f, _ in BAD]
+    assert all(e["message"].startswith(f"record {e['index']}") for e in out["errors"])
+    bad = {i for i, _, _ in BAD}
+    valid = [r for i, r in enumerate(batch) if i not in bad]
+    alone = client.post("/predict/batch", json={"data": valid}).get_json()
+    assert [p["index"] for p in out["predictions"]] == [i for i in range(1000) if i not in bad]
+    assert [p["loanId"] for p in out["predictions"]] == [r["loanId"] for r in valid]
+    assert [p["probability"] for p in out["predictions"]] == [p["probability"] for p in alone["predictions"]]
+    assert [p.get("reasons") for p in out["predictions"]] == [p.get("reasons") for p in alone["predictions"]]
+
+
+def test_on_error_reject_answers_the_first_error_for_the_whole_batch(client, records) -> None:
+    answer = client.post(
+        "/predict/batch?on_error=reject", data=_body(_batch(records, 1000)), content_type="application/json"
+    )
+    assert answer.status_code == 422  # the first record refused while decoding (a list for a number)
+    assert (answer.get_json()["index"], answer.get_json()["field"]) == (50, "apr")
+    only_values = _batch(records, 20)
+    only_values[7]["apr"] = "-3"
+    answer = client.post("/predict/batch?on_error=reject", json={"data": only_values})
+    assert answer.status_code == 422
+    assert (answer.get_json()["index"], answer.get_json()["field"]) == (7, "apr")
+
+
+@pytest.mark.parametrize("path", ["/predict", "/invocations"])
+def test_a_non_finite_or_negative_value_is_a_422_naming_the_field_on_every_endpoint(
+    client, records, path
+) -> None:
+    for field, value in (("apr", "1e999999"), ("loanAmount", "-5"), ("loanAmount", '"-5"')):
+        record = json.dumps(records[0])[:-1] + f', "{field}": {value}}}'
+        body = record if path == "/predict" else '{"dataframe_records": [' + record + "]}"
+        answer = client.post(path, data=body, content_type="application/json")
+        assert answer.status_code == 422, (field, value, answer.get_data(as_text=True))
+        assert answer.get_json()["field"] == field
+
+
+def test_rejected_records_are_counted_by_reason(client, records) -> None:
+    batch = _batch(records, 5)
+    batch[1]["apr"] = "abc"
+    client.post("/predict/batch", json={"data": batch})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'loanrisk_rejected_records_total{endpoint="/predict/batch",error="invalid_value"}' in text
