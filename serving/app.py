@@ -22,10 +22,10 @@ from serving.errors import ApiError
 from serving.features import KNOWN_FIELDS
 from serving.logs import LOGGER_NAME, configure_logging
 from serving.metrics import get_metrics
-from serving.model import ModelHolder
 from serving.openapi import openapi_document
 from serving.payloads import STRUCTURAL_FIELDS, json_response
 from serving.predlog import start as start_prediction_log
+from serving.reload import ModelHolder
 from serving.routes import bp
 
 logger = logging.getLogger(LOGGER_NAME)

@@ -11,7 +11,7 @@ A bundle is a directory with
   read, ``clarityFraudId`` pseudonymised (:func:`serving.privacy.reference_records`): no ``loanId``, no
   ``anon_ssn``. :func:`write_bundle` refuses any other field, since the bundle ships inside the image,
 - ``evaluation.json``, ``card.md``, ``card.html`` and ``plots/`` (optional): the credit-grade evaluation the model
-  card is rendered from, and the card itself (:mod:`serving.card`).
+  card is rendered from, and the card itself (:mod:`tasks.model.card`).
 
 ``bundle.json`` may hold a ``calibrator`` (:mod:`serving.calibration`): then every probability the bundle gives
 is the calibrated one, on every path (rows, columns, records), as training's metrics and reference sample are.
@@ -37,7 +37,8 @@ from serving.features import CATEGORICAL_INDICES, FEATURE_NAMES, FEATURE_VERSION
 from serving.logs import LOGGER_NAME
 from serving.model_export import model_document
 from serving.privacy import foreign_fields
-from serving.reasons import Explainer, ModelInput, ReasonTableError, load_explainer
+from serving.reason_table import ReasonTableError
+from serving.reasons import Explainer, ModelInput, load_explainer
 
 BUNDLE_FORMAT = 1
 # Fewer records than this go to CatBoost as rows: a Pool from a DataFrame has a fixed cost (~2 ms) that one
@@ -49,6 +50,12 @@ MODEL_FILE = "model.cbm"
 META_FILE = "bundle.json"
 REFERENCE_FILE = "reference.json"
 PROFILE_FILE = "profile.json"
+# What training adds for people: the evaluation report, its plots, and the model card rendered from them
+# (tasks/model/card.py); the service answers GET /model/card with the card's files.
+EVALUATION_FILE = "evaluation.json"
+CARD_MARKDOWN = "card.md"
+CARD_HTML = "card.html"
+PLOTS_DIR = "plots"
 
 logger = logging.getLogger(LOGGER_NAME)
 

@@ -6,7 +6,8 @@ The serving image carries no pydantic-settings; this module is all it needs.
 |---------------------------------|----------------------|----------------------------------------------------------|
 | ``LOANRISK_BUNDLE_DIR``         | (none)               | model bundle directory loaded at start                   |
 | ``LOANRISK_MAX_BATCH_SIZE``     | 10000                | most records in one batch request (413 beyond)           |
-| ``LOANRISK_MAX_BODY_BYTES``     | 67108864 (64 MiB)    | largest request body (413 beyond)                        |
+| ``LOANRISK_MAX_BODY_BYTES``     | batch size × 6 KiB   | largest request body (413 beyond); 60 MiB for 10,000     |
+| ``LOANRISK_UNKNOWN_CATEGORIES`` | warn                 | a category outside the dataset contract: warn or reject  |
 | ``LOANRISK_ADMIN_TOKEN``        | (none: reload off)   | Bearer token of ``/model/reload`` and ``/model/workers`` |
 | ``LOANRISK_MODEL_THREADS``      | 1                    | CatBoost threads per prediction (one per worker is best) |
 | ``LOANRISK_LOG_LEVEL``          | INFO                 | level of the JSON logs                                   |
@@ -31,7 +32,9 @@ from typing import Any
 
 ENV_PREFIX = "LOANRISK_"
 DEFAULT_MAX_BATCH_SIZE = 10_000
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# Body bytes allowed per record of the batch limit: a real application is ~4.8 KB as compact JSON.
+RECORD_BYTES = 6 * 1024
+UNKNOWN_CATEGORY_POLICIES = ("warn", "reject")
 DEFAULT_RELOAD_TIMEOUT_S = 10.0
 DEFAULT_REASON_COUNT = 4
 MAX_REASON_COUNT = 10
@@ -70,7 +73,8 @@ class ServiceConfig:
 
     bundle_dir: Path | None = None
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes: int = 0  # 0: max_batch_size × RECORD_BYTES
+    unknown_categories: str = "warn"
     admin_token: str | None = field(default=None, repr=False)
     model_threads: int = 1
     log_level: str = "INFO"
@@ -85,6 +89,10 @@ class ServiceConfig:
     pseudonym_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.max_body_bytes == 0 and type(self.max_batch_size) is int:
+            object.__setattr__(self, "max_body_bytes", self.max_batch_size * RECORD_BYTES)
+        if self.unknown_categories not in UNKNOWN_CATEGORY_POLICIES:
+            raise ConfigError(f"unknown_categories must be warn or reject, got {self.unknown_categories!r}")
         for name in _PATHS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):

@@ -75,6 +75,27 @@ RANGES: dict[str, tuple[float, float]] = {
     clarity_column("clearfraudidentityverification", "overallmatchreasoncode"): (0, 1_000),
 }
 
+# The categories of the application's own fields (training's pandera schema checks them with ``isin``). The
+# service scores a value outside them as a category the model never saw, with a warning, or refuses the record
+# (``LOANRISK_UNKNOWN_CATEGORIES=reject``).
+PAY_FREQUENCIES: tuple[str, ...] = ("B", "W", "M", "I", "S")
+US_STATES: tuple[str, ...] = (
+    "AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "DC", "FL", "GA", "HI", "ID", "IL", "IN", "IA", "KS", "KY",
+    "LA", "ME", "MD", "MA", "MI", "MN", "MS", "MO", "MT", "NE", "NV", "NH", "NJ", "NM", "NY", "NC", "ND", "OH",
+    "OK", "OR", "PA", "RI", "SC", "SD", "TN", "TX", "UT", "VT", "VA", "WA", "WV", "WI", "WY",
+)  # fmt: skip
+TEST_STATES: tuple[str, ...] = ("OH-TEST", "TX-TEST")
+STATES: tuple[str, ...] = (*US_STATES, *TEST_STATES)
+LEAD_TYPES: tuple[str, ...] = (
+    "bvMandatory", "lead", "organic", "prescreen", "rc_returning", "california", "lionpay", "repeat",
+    "instant-offer", "express",
+)  # fmt: skip
+CATEGORIES: dict[str, frozenset[str]] = {
+    "payFrequency": frozenset(PAY_FREQUENCIES),
+    "state": frozenset(STATES),
+    "leadType": frozenset(LEAD_TYPES),
+}
+
 # Personal data: never leaves the feature boundary (no bundle, artifact, image, log or prediction log holds it).
 PERSONAL_FIELDS = frozenset({"anon_ssn"})
 # Identifiers: never features; kept out of everything written, or pseudonymised (serving/privacy.py).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.features import FeatureError
+from serving.readers import FeatureError
 
 
 class ApiError(Exception):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import repeat
 from operator import attrgetter, sub
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 
 # The field names are the dataset contract's; the names this module does not use are re-exported for its readers.
 from serving.contract import (  # noqa: F401
+    CATEGORIES,
     CLARITY_COLUMNS,
     CLARITY_PREFIX,
     IDENTIFIER_FIELDS,
@@ -36,10 +37,19 @@ from serving.contract import (  # noqa: F401
     RANGES,
     clarity_column,
 )
+from serving.readers import (
+    _EPOCH,
+    MISSING_CATEGORY,
+    NAN,
+    FeatureError,
+    _report_age_days,
+    read_category,
+    read_flag,
+    read_number,
+    read_timestamp,
+)
 
 FEATURE_VERSION = "1"
-MISSING_CATEGORY = "NA"
-NAN = float("nan")
 
 # Descriptions repeat their code one-to-one; the code is the feature.
 REDUNDANT_IDENTITY = (
@@ -47,116 +57,6 @@ REDUNDANT_IDENTITY = (
     "nameaddressreasoncodedescription",
     "phonematchtypedescription",
 )
-
-
-class FeatureError(ValueError):
-    """A field of a record cannot be read; names the field (and the record index when known)."""
-
-    def __init__(self, field: str, message: str, index: int | None = None) -> None:
-        self.field, self.message, self.index = field, message, index
-        where = f"record {index}, " if index is not None else ""
-        super().__init__(f"{where}field '{field}': {message}")
-
-
-# --- value readers: accept CSV strings and typed values alike -------------------------------------------
-
-
-def _is_missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
-
-
-def read_number(v: Any) -> float:
-    """A float, or NaN when missing. Accepts numbers and numeric strings; rejects everything else."""
-    if v is None:
-        return NAN
-    if isinstance(v, bool):
-        return 1.0 if v else 0.0
-    if isinstance(v, int | float):
-        return float(v)
-    if isinstance(v, str):
-        s = v.strip()
-        if not s:
-            return NAN
-        try:
-            return float(s)
-        except ValueError:
-            raise ValueError(f"expected a number, got {v!r}") from None
-    try:  # numpy scalars
-        return float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {type(v).__name__}") from None
-
-
-_TRUE = frozenset({"true", "1", "1.0", "t", "yes"})
-_FALSE = frozenset({"false", "0", "0.0", "f", "no"})
-
-
-def read_flag(v: Any) -> float:
-    """1.0 / 0.0 for a boolean (True/False, "True"/"False", 1/0), NaN when missing."""
-    if v is None:
-        return NAN
-    if isinstance(v, str):
-        s = v.strip().lower()
-        if not s:
-            return NAN
-        if s in _TRUE:
-            return 1.0
-        if s in _FALSE:
-            return 0.0
-        raise ValueError(f"expected true or false, got {v!r}")
-    if isinstance(v, float) and math.isnan(v):
-        return NAN
-    if isinstance(v, bool | int | float) or type(v).__name__ in ("bool_", "bool"):
-        f = float(v)
-        if f in (0.0, 1.0):
-            return f
-    shown = type(v).__name__ if isinstance(v, list | dict) else repr(v)  # never repr a deep nesting
-    raise ValueError(f"expected true or false, got {shown}")
-
-
-def read_category(v: Any) -> str:
-    """The category as a string; missing values become ``NA``."""
-    if _is_missing(v):
-        return MISSING_CATEGORY
-    if isinstance(v, str):
-        return v.strip()
-    if isinstance(v, dict | list):
-        raise ValueError(f"expected a string, got {type(v).__name__}")
-    return str(v)
-
-
-def read_timestamp(v: Any) -> datetime | None:
-    """A naive UTC datetime from an ISO string (with or without fraction) or a datetime; None when missing."""
-    if _is_missing(v):
-        return None
-    if isinstance(v, datetime):
-        return v.replace(tzinfo=None) if v.tzinfo is None else v.astimezone(UTC).replace(tzinfo=None)
-    if isinstance(v, str):
-        try:
-            d = datetime.fromisoformat(v.strip())
-        except ValueError:
-            raise ValueError(
-                f"expected an ISO timestamp like 2016-02-23T17:29:01.940000, got {v!r}"
-            ) from None
-        return d if d.tzinfo is None else d.astimezone(UTC).replace(tzinfo=None)
-    raise ValueError(f"expected an ISO timestamp string, got {type(v).__name__}")
-
-
-_EPOCH = datetime(1970, 1, 1)
-
-
-def _report_age_days(clarity_id: Any, applied: datetime | None) -> float:
-    """Days between the clarity report (time in the id's first 8 hex digits) and the application."""
-    if _is_missing(clarity_id) or applied is None:
-        return NAN
-    if isinstance(clarity_id, list | dict):
-        raise ValueError(f"expected 24 hexadecimal characters, got {type(clarity_id).__name__}")
-    s = str(clarity_id).strip()
-    try:
-        issued = int(s[:8], 16)
-    except ValueError:
-        raise ValueError(f"expected 24 hexadecimal characters, got {s!r}") from None
-    return ((applied - _EPOCH).total_seconds() - issued) / 86400.0
 
 
 # --- the feature table ------------------------------------------------------------------------------------
@@ -256,11 +156,14 @@ def _each(values: Column, reader: Reader, src: str, errors: Errors, fill: Any) -
     return out
 
 
+_UNBOUNDED = (-math.inf, math.inf)
+
+
 def _in_range(column: np.ndarray, src: str, errors: Errors) -> np.ndarray:
     """The column with values outside the field's range (or infinite) refused: NaN, and an error each."""
-    low, high = RANGES.get(src, (-math.inf, math.inf))
-    with np.errstate(invalid="ignore"):
-        bad = ~((column >= low) & (column <= high)) & (column == column)  # NaN is a missing value
+    low, high = RANGES.get(src, _UNBOUNDED)
+    # NaN (a missing value) compares False both ways; an infinity is outside every range, bounded or not
+    bad = np.isinf(column) if high == math.inf else (column < low) | (column > high)
     if bad.any():
         for i in np.flatnonzero(bad).tolist():
             v = float(column[i])
@@ -379,6 +282,24 @@ def columns_from(column: Callable[[str], Column], n: int, errors: Errors | None 
     if errors is None and found:
         raise found[min(found)]
     return out
+
+
+def outside_contract(columns: dict[str, Any]) -> list[tuple[int, FeatureError]]:
+    """Each record's first category outside the dataset contract (``serving.contract.CATEGORIES``), in record
+    order: the model scores it as a value it never saw."""
+    found: dict[int, FeatureError] = {}
+    for field, known in CATEGORIES.items():
+        values = columns[field]
+        if known.issuperset(values):
+            continue
+        for i, v in enumerate(values):
+            if v not in known and v != MISSING_CATEGORY and i not in found:
+                shown = (
+                    f"one of {', '.join(sorted(known))}" if len(known) <= 12 else f"{len(known)} known values"
+                )
+                message = f"{v!r} is not a category of the dataset contract ({shown})"
+                found[i] = FeatureError(field, message, i)
+    return sorted(found.items())
 
 
 def take(columns: dict[str, Any], positions: Sequence[int]) -> dict[str, Any]:

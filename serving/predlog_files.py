@@ -3,9 +3,8 @@
 A worker's writer thread appends **frames** to its active spool ``predictions-<first time>-<host>-<pid>-<n>.spool``:
 a 4-byte little-endian length, then one request's scored records as MessagePack - the columns the model scored
 (float64 buffers, lists of text) or its rows, the probabilities, the pseudonymised ids and the request's fields.
-That costs the request's worker a memory copy, not a JSON encoding of ~60 floats per record. The writer holds an
-``flock`` on its spool from before the name appears until it closes the file, so a spool whose lock can be taken
-has no live writer (:func:`abandoned`). A rotated spool is converted by ``python -m serving.predlog_files SPOOL...``
+The writer holds an ``flock`` on its spool from before the name appears until it closes the file, so a spool
+whose lock can be taken has no live writer (:func:`abandoned`). A rotated spool is converted by ``python -m serving.predlog_files SPOOL...``
 at nice 19 (idle CPU first) into ``<name>.jsonl.gz``: one JSON object per line, the shape the monitor reads::
 
     {"time": "2026-11-30T03:00:00.123456+00:00", "request_id": "…", "endpoint": "/predict/batch",

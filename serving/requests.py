@@ -162,16 +162,8 @@ class Decoded:
     def loan_ids(self) -> list[Any]:
         """Each valid record's ``loanId`` to echo (a number as its text); UNSET where it sent none."""
         return [
-            v if v is msgspec.UNSET or v is None or type(v) is str else _number_text(v)
-            for v in self.column("loanId")
+            v if v is msgspec.UNSET or v is None or type(v) is str else str(v) for v in self.column("loanId")
         ]
-
-    def first_error(self) -> ApiError | None:
-        return self.errors[0] if self.errors else None
-
-
-def _number_text(value: float | int) -> str:
-    return str(value)
 
 
 # --- one record ------------------------------------------------------------------------------------------
@@ -185,6 +177,8 @@ def _invalid(exc: msgspec.ValidationError, index: int) -> ApiError:
         return ApiError(400, "invalid_record", f"record {index}: expected a JSON object of field names to "
                         f"values; {text[0].lower()}{text[1:]}", "data", index)  # fmt: skip
     field = path[1:] if path.startswith(".") else path
+    if text == "Number out of range":  # msgspec's words for 1e999 and the like
+        text = "expected a finite number, got one beyond the float range"
     return ApiError(422, "invalid_value", f"record {index}, field '{field}': {text}", field, index)
 
 

@@ -16,10 +16,10 @@ from flask import Blueprint, Response, current_app, g, request
 from msgspec import UNSET
 
 from serving import requests
-from serving.card import CARD_HTML, CARD_MARKDOWN
+from serving.bundle import CARD_HTML, CARD_MARKDOWN
 from serving.config import ServiceConfig
 from serving.errors import ApiError
-from serving.model import ModelHolder, ServedModel
+from serving.model import ServedModel
 from serving.payloads import (
     encodable,
     json_response,
@@ -29,6 +29,7 @@ from serving.payloads import (
     reason_options,
     warn,
 )
+from serving.reload import ModelHolder
 from serving.scoring import Scoring
 
 bp = Blueprint("serving", __name__)
@@ -139,6 +140,8 @@ def predict() -> Response:
     if reasons and reasons[0] is not None:
         out["reasons"] = reasons[0]
     warn(out, sorted(decoded.unknown))
+    if scoring.warnings:
+        out.setdefault("warnings", []).append(scoring.warnings[0])
     return _answer(scoring, out)
 
 
@@ -165,6 +168,8 @@ def predict_batch() -> Response:
     for prediction, found in zip(predictions, scoring.reasons(scored, options, decoded) or (), strict=False):
         if found is not None:
             prediction["reasons"] = found
+    for k, warning in scoring.warnings.items():
+        predictions[k]["warnings"] = [warning]
     out: dict[str, Any] = {
         "predictions": predictions,
         "errors": [e.entry() for e in decoded.errors],

@@ -11,8 +11,9 @@ from typing import Any
 
 from serving.config import ServiceConfig
 from serving.errors import feature_error
-from serving.features import FeatureError, columns_from, take
+from serving.features import columns_from, outside_contract, take
 from serving.model import ServedModel
+from serving.readers import FeatureError
 from serving.reasons import explain_selected
 from serving.requests import Decoded
 
@@ -28,20 +29,27 @@ class Scoring:
         self.served, self.config, self.log, self.state, self.endpoint = served, config, log, state, endpoint
         self.metrics = metrics
         self._pending: tuple[Any, ...] | None = None
+        self.warnings: dict[int, str] = {}  # position among the scored records -> warning
 
     def score(self, decoded: Decoded, reject: bool) -> tuple[list[float], dict[str, Any]]:
         """Probabilities of the valid records (and the model input they came from, for reasons)."""
-        if reject and decoded.errors:
-            raise decoded.errors[0]
         found: dict[int, FeatureError] = {}
         columns = columns_from(decoded.column, len(decoded.records), found)
-        if found:
+        unknown = outside_contract(columns)
+        if self.config.unknown_categories == "reject":
+            for i, exc in unknown:
+                found.setdefault(i, exc)
+            unknown = []
+        if found or (reject and decoded.errors):
             refused = [feature_error(exc, decoded.positions[i]) for i, exc in sorted(found.items())]
-            if reject:
-                raise refused[0]
+            if reject:  # the first error in record order, whether decoding or the features found it
+                raise min((*decoded.errors, *refused), key=lambda e: e.index or 0)
             keep = [i for i in range(len(decoded.records)) if i not in found]
             columns = take(columns, keep)
             decoded.keep(keep, refused)
+            kept = {i: k for k, i in enumerate(keep)}
+            unknown = [(kept[i], exc) for i, exc in unknown if i in kept]
+        self.warnings = {k: f"field '{exc.field}': {exc.message}; scored as unseen" for k, exc in unknown}
         if decoded.errors:
             self.metrics.reject(self.endpoint, decoded.errors)
         n = len(decoded.records)

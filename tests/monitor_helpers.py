@@ -166,7 +166,7 @@ def log_records(
     """The records the service logs for ``raw`` applications scored by the bundle."""
     bundle = load_bundle(bundle_dir)
     rows = build_rows(raw)
-    probabilities = bundle.predict_rows(rows)
+    probabilities = bundle.predict_input(rows)
     stamp = (when or datetime.now(UTC)).isoformat()
     return [
         {

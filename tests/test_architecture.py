@@ -196,7 +196,7 @@ def test_one_definition_of_the_statistics_and_the_alias_names() -> None:
 
 LINE_LIMIT = 400
 # The folders whose modules are held to LINE_LIMIT lines ("serving" joins when its rewrite lands).
-LINE_LIMITED = ("flows", "tasks")
+LINE_LIMITED = ("flows", "tasks", "serving")
 # Modules still over the limit, each waiting for its split. The test fails once one is no longer over:
 # remove it from here then.
 STILL_OVER = {"tasks/monitoring/scoring.py"}

@@ -20,12 +20,17 @@ from serving.contract import (  # noqa: F401
     IDENTITY_FIELDS,
     INDICATOR_FIELDS,
     INQUIRY_FIELDS,
+    LEAD_TYPES,
     LOAN_COLUMNS,
     NUMERIC_INDICATORS,
     OUTCOME_FIELDS,
+    PAY_FREQUENCIES,
     PAYMENT_COLUMNS,
     PERSONAL_FIELDS,
     RANGES,
+    STATES,
+    TEST_STATES,
+    US_STATES,
     clarity_column,
 )
 
@@ -98,7 +103,6 @@ IDENTIFIER_COLUMNS: dict[str, tuple[str, ...]] = {
 
 # --- categories and status lists -----------------------------------------------------------------------------
 
-PAY_FREQUENCIES: tuple[str, ...] = ("B", "W", "M", "I", "S")
 # The label: a loan is risky (1) with a bad status, good (0) with a good one, and left out otherwise.
 BAD_LABEL_STATUSES: tuple[str, ...] = (
     "External Collection", "Internal Collection", "Returned Item", "Charged Off", "Charged Off Paid Off",
@@ -126,17 +130,6 @@ FP_STATUSES: tuple[str, ...] = (
 PAYMENT_STATUSES: tuple[str, ...] = (
     "Cancelled", "Checked", "None", "Rejected", "Pending", "Skipped", "Rejected Awaiting Retry", "Complete",
     "Returned",
-)  # fmt: skip
-US_STATES: tuple[str, ...] = (
-    "AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "DC", "FL", "GA", "HI", "ID", "IL", "IN", "IA", "KS", "KY",
-    "LA", "ME", "MD", "MA", "MI", "MN", "MS", "MO", "MT", "NE", "NV", "NH", "NJ", "NM", "NY", "NC", "ND", "OH",
-    "OK", "OR", "PA", "RI", "SC", "SD", "TN", "TX", "UT", "VT", "VA", "WA", "WV", "WI", "WY",
-)  # fmt: skip
-TEST_STATES: tuple[str, ...] = ("OH-TEST", "TX-TEST")
-STATES: tuple[str, ...] = (*US_STATES, *TEST_STATES)
-LEAD_TYPES: tuple[str, ...] = (
-    "bvMandatory", "lead", "organic", "prescreen", "rc_returning", "california", "lionpay", "repeat",
-    "instant-offer", "express",
 )  # fmt: skip
 MATCH_RESULTS: tuple[str, ...] = ("match", "partial", "mismatch", "unavailable", "invalid", "other")
 PHONE_MATCH_TYPES: tuple[str, ...] = ("M", "U", "FA", "LA", "A", "F", "P", "L")

@@ -3,7 +3,7 @@
 
 The credit-grade part (KS, Gini, bootstrap intervals, deciles, calibration, stability, segments: pure functions
 in :mod:`tasks.model.credit`) is assembled here into the *evaluation report*, which the bundle carries as
-``evaluation.json`` and the model card (:mod:`serving.card`) is rendered from. When the model's validation ECE
+``evaluation.json`` and the model card (:mod:`tasks.model.card`) is rendered from. When the model's validation ECE
 exceeds ``calibration_max_ece``, a calibrator is fitted on validation and everything after it (the threshold, the
 validation and test metrics, the reference predictions) is computed on calibrated probabilities, as served.
 """
@@ -28,10 +28,10 @@ from sklearn.metrics import (
 )
 
 from serving.calibration import Calibrator
-from serving.card import evaluation_markdown
 from tasks import stats
 from tasks.common import run_logger, stage
 from tasks.model import credit
+from tasks.model.card_tables import evaluation_markdown
 from tasks.model.plots import close_figures, credit_figures, evaluation_figures, png_bytes
 from tasks.model.split import Split
 from tasks.model.train import make_pool, predict_proba

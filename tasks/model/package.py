@@ -1,7 +1,7 @@
 """Package: the model bundle a version ships (:mod:`serving.bundle`): the CatBoost model, its metadata, the
 reference sample every deployed image must reproduce, the reviewed reason-code table (``serving/reason_codes.toml``,
 :mod:`serving.reasons`), which must map every model feature, the evaluation report, its plots and the model card
-(:mod:`serving.card`), and the reference profile the monitor compares the prediction log with."""
+(:mod:`tasks.model.card`), and the reference profile the monitor compares the prediction log with."""
 
 from __future__ import annotations
 
@@ -13,15 +13,25 @@ from typing import Any
 import numpy as np
 from catboost import CatBoostClassifier
 
-from serving.bundle import META_FILE, BundleMeta, _write_json, load_bundle, write_bundle, write_profile
-from serving.card import EVALUATION_FILE, PLOTS_DIR, write_card
+from serving.bundle import (
+    EVALUATION_FILE,
+    META_FILE,
+    PLOTS_DIR,
+    BundleMeta,
+    _write_json,
+    load_bundle,
+    write_bundle,
+    write_profile,
+)
 from serving.config import DEFAULT_REASON_COUNT
 from serving.features import CATEGORICAL_FEATURES
 from serving.privacy import Pseudonymiser, reference_records
-from serving.reasons import TABLE_PATH, ReasonTable, ReasonTableError, copy_table, explain_selected
+from serving.reason_table import TABLE_PATH, ReasonTable, ReasonTableError, copy_table
+from serving.reasons import explain_selected
 from tasks.common import PermanentError, run_logger, stage
 from tasks.data.ingest import data_fingerprint
 from tasks.data.sources import IngestResult
+from tasks.model.card import write_card
 from tasks.model.evaluate import Evaluation
 from tasks.model.features import ModelTable
 from tasks.model.split import Split

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES, MISSING_CATEGORY
+from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES
 from serving.predlog import read_log
+from serving.readers import MISSING_CATEGORY
 from tasks.stats import auc_and_ks, categorical_counts, numeric_counts, psi, quantile_edges, shares
 
 PROFILE_FORMAT = 1

@@ -50,7 +50,8 @@ import pyarrow.parquet as pq
 
 from serving.bundle import Bundle, load_bundle
 from serving.contract import CLARITY_COLUMNS, IDENTIFIER_FIELDS, LOAN_COLUMNS
-from serving.features import SOURCE_FIELDS, FeatureError, build_row, columns_from
+from serving.features import SOURCE_FIELDS, build_row, columns_from
+from serving.readers import FeatureError
 from serving.reasons import DEFAULT_MODE, DEFAULT_REASON_COUNT, explain_selected
 from tasks.common import PermanentError, run_logger, stage
 from tasks.registry import versions

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any, NoReturn
 
-from serving.bundle import META_FILE, stamp_version
-from serving.card import EVALUATION_FILE, write_card
+from serving.bundle import EVALUATION_FILE, META_FILE, stamp_version
 from tasks.common import PermanentError, TransientError, run_logger, stage
+from tasks.model.card import write_card
 from tasks.registry import tracking
 from tasks.registry.aliases import Alias
 from tasks.registry.tracking import is_absent

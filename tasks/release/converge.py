@@ -22,8 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from serving.bundle import load_bundle
-from serving.card import CARD_HTML
+from serving.bundle import CARD_HTML, load_bundle
 from tasks.common import run_logger, stage
 from tasks.registry import versions
 from tasks.registry.aliases import Alias

@@ -11,8 +11,8 @@ import pytest
 from catboost import CatBoostClassifier
 
 from serving.bundle import stamp_version
-from serving.card import write_card
 from tasks.data.validate import read_tables, validate_tables
+from tasks.model.card import write_card
 from tasks.model.evaluate import Evaluation, build_evaluation
 from tasks.model.features import features_task
 from tasks.model.package import assemble_bundle

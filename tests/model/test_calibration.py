@@ -85,8 +85,8 @@ def test_every_serving_path_serves_training_calibrated_probabilities(calibrated,
     bundle = load_bundle(bundle_dir)
     records = trained.split.test.records
     want = evaluation.test_probabilities
-    assert np.abs(np.asarray(bundle.predict_rows(build_rows(records))) - want).max() <= TOLERANCE
-    assert np.abs(bundle.predict_columns(build_columns(records)) - want).max() <= TOLERANCE
+    assert np.abs(np.asarray(bundle.predict_input(build_rows(records))) - want).max() <= TOLERANCE
+    assert np.abs(np.asarray(bundle.predict_input(build_columns(records))) - want).max() <= TOLERANCE
     assert np.abs(np.asarray(bundle.predict_records(records)) - want).max() <= TOLERANCE
     client = create_app({"bundle_dir": bundle_dir}).test_client()
     single = [client.post("/predict", json=r).get_json()["probability"] for r in records[:20]]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from serving.app import create_app
-from serving.card import CARD_HTML, CARD_MARKDOWN
+from serving.bundle import CARD_HTML, CARD_MARKDOWN
 from tests.model.conftest import Trained, package
 
 SECTIONS = (

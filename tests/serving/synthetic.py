@@ -26,7 +26,7 @@ from serving.features import (
     clarity_column,
 )
 from serving.privacy import Pseudonymiser, reference_records
-from serving.reasons import copy_table
+from serving.reason_table import copy_table
 
 RISKY = (
     "External Collection", "Internal Collection", "Returned Item", "Charged Off", "Charged Off Paid Off",

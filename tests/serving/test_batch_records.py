@@ -4,9 +4,16 @@ one request path every endpoint takes (issue 22)."""
 from __future__ import annotations
 
 import json
+import secrets
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
+
+from serving.predlog import read_log
+from serving.privacy import Pseudonymiser
 
 CLARITY_DATE = ".underwritingdataclarity.clearfraud.clearfraudinquiry.thirtydaysago"
 
@@ -23,7 +30,7 @@ BAD = [
     (120, "loanAmount", "-5"),  # outside the contract's range
     (233, "state", '"\\ud800"'),  # lone surrogate
     (400, "nPaidOff", '"many"'),
-    (512, "hasCF", '"maybe"'),
+    (512, "payFrequency", '"Z"'),  # a category outside the dataset contract
     (640, "clarityFraudId", '"zz-not-hex"'),
     (777, CLARITY_DATE, "Infinity"),
     (999, "leadCost", '"-1"'),  # a string outside the range
@@ -42,8 +49,14 @@ def _body(records: list[dict[str, Any]]) -> bytes:
     return ('{"data": [' + ", ".join(texts) + "]}").encode()
 
 
-def test_a_batch_with_ten_bad_records_scores_the_other_990_as_alone(client, records) -> None:
-    batch = _batch(records, 1000)
+@pytest.fixture
+def strict(make_app: Callable[..., Flask]) -> Any:
+    """The service that refuses categories outside the dataset contract (LOANRISK_UNKNOWN_CATEGORIES=reject)."""
+    return make_app(unknown_categories="reject").test_client()
+
+
+def test_a_batch_with_ten_bad_records_scores_the_other_990_as_alone(strict, records) -> None:
+    client, batch = strict, _batch(records, 1000)
     answer = client.post("/predict/batch", data=_body(batch), content_type="application/json")
     assert answer.status_code == 200, answer.get_data(as_text=True)[:500]
     out = answer.get_json()
@@ -59,12 +72,23 @@ def test_a_batch_with_ten_bad_records_scores_the_other_990_as_alone(client, reco
     assert [p.get("reasons") for p in out["predictions"]] == [p.get("reasons") for p in alone["predictions"]]
 
 
+def test_by_default_an_unknown_category_is_scored_with_a_warning_naming_its_record(client, records) -> None:
+    answer = client.post("/predict/batch", data=_body(_batch(records, 1000)), content_type="application/json")
+    out = answer.get_json()
+    assert (answer.status_code, out["scored"], out["rejected"]) == (200, 991, 9)
+    assert 512 not in [e["index"] for e in out["errors"]]
+    (unseen,) = [p for p in out["predictions"] if "warnings" in p]
+    assert unseen["index"] == 512 and unseen["warnings"][0].startswith("field 'payFrequency': 'Z' is not")
+    single = client.post("/predict", json=dict(records[0], state="ZZ")).get_json()
+    assert any(w.startswith("field 'state': 'ZZ'") for w in single["warnings"])
+
+
 def test_on_error_reject_answers_the_first_error_for_the_whole_batch(client, records) -> None:
     answer = client.post(
         "/predict/batch?on_error=reject", data=_body(_batch(records, 1000)), content_type="application/json"
     )
-    assert answer.status_code == 422  # the first record refused while decoding (a list for a number)
-    assert (answer.get_json()["index"], answer.get_json()["field"]) == (50, "apr")
+    assert answer.status_code == 422  # the first bad record, though decoding refuses record 50 first
+    assert (answer.get_json()["index"], answer.get_json()["field"]) == (3, "applicationDate")
     only_values = _batch(records, 20)
     only_values[7]["apr"] = "-3"
     answer = client.post("/predict/batch?on_error=reject", json={"data": only_values})
@@ -90,3 +114,23 @@ def test_rejected_records_are_counted_by_reason(client, records) -> None:
     client.post("/predict/batch", json={"data": batch})
     text = client.get("/metrics").get_data(as_text=True)
     assert 'loanrisk_rejected_records_total{endpoint="/predict/batch",error="invalid_value"}' in text
+
+
+def test_the_prediction_log_holds_only_the_scored_records(
+    make_app: Callable[..., Flask], records, tmp_path: Path
+) -> None:
+    key = "batch-records-test-key-" + secrets.token_hex(16)
+    app = make_app(prediction_log_dir=tmp_path / "log", pseudonym_key=key)
+    batch = _batch(records, 40)
+    batch[3]["applicationDate"], batch[30]["apr"] = "not-a-date", "abc"
+    out = app.test_client().post("/predict/batch", json={"data": batch}).get_json()
+    assert (out["scored"], out["rejected"]) == (38, 2)
+    log = app.extensions["loanrisk_predlog"]
+    assert log.flush()
+    log.close()
+    token = Pseudonymiser(key.encode()).token
+    logged = list(read_log(tmp_path / "log"))
+    assert [line["id"] for line in logged] == [
+        token(r["loanId"]) for i, r in enumerate(batch) if i not in (3, 30)
+    ]
+    assert [line["probability"] for line in logged] == [p["probability"] for p in out["predictions"]]

@@ -1,0 +1,128 @@
+"""The reason-code table: the reviewed mapping of model features to applicant-readable codes (one code per feature).
+
+``serving/reason_codes.toml`` is the reviewed source; packaging checks it against the model's features and copies
+it into every bundle (:func:`copy_table`), and :mod:`serving.reasons` reads it back to explain declines.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TABLE_FILE = "reason_codes.toml"  # its name in the repository (beside this module) and in a bundle
+TABLE_PATH = Path(__file__).with_name(TABLE_FILE)
+
+
+class ReasonTableError(ValueError):
+    """A reason-code table that is unreadable, malformed, or does not map every model feature."""
+
+
+@dataclass(frozen=True)
+class ReasonCode:
+    code: str
+    text: str
+    features: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReasonTable:
+    """The reviewed mapping of model features to applicant-readable reason codes (one code per feature)."""
+
+    version: str
+    reasons: tuple[ReasonCode, ...]
+    source: str = TABLE_FILE
+
+    @classmethod
+    def read(cls, path: str | Path) -> ReasonTable:
+        """Read and check a TOML table; :class:`ReasonTableError` names the file and what is wrong."""
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ReasonTableError(f"{path}: unreadable reason-code table ({exc})") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = TABLE_FILE) -> ReasonTable:
+        version, entries = data.get("version"), data.get("reason")
+        if not isinstance(version, str | int) or isinstance(version, bool) or not str(version).strip():
+            raise ReasonTableError(f"{source}: 'version' must be a non-empty string or integer")
+        if not isinstance(entries, list) or not entries:
+            raise ReasonTableError(f"{source}: expected [[reason]] entries with code, text and features")
+        reasons, seen_codes, seen = [], set(), {}
+        for i, entry in enumerate(entries):
+            where = f"{source}: reason {i + 1}"
+            if not isinstance(entry, dict):
+                raise ReasonTableError(f"{where}: expected a table with code, text and features")
+            code, text, features = entry.get("code"), entry.get("text"), entry.get("features")
+            if not isinstance(code, str) or not code.strip() or code in seen_codes:
+                raise ReasonTableError(f"{where}: 'code' must be a non-empty string used once, got {code!r}")
+            if not isinstance(text, str) or not text.strip():
+                raise ReasonTableError(f"{where} ({code}): 'text' must be a non-empty string")
+            if (
+                not isinstance(features, list)
+                or not features
+                or not all(isinstance(f, str) for f in features)
+            ):
+                raise ReasonTableError(
+                    f"{where} ({code}): 'features' must be a non-empty list of feature names"
+                )
+            for feature in features:
+                if feature in seen:
+                    raise ReasonTableError(
+                        f"{where} ({code}): feature {feature!r} is already mapped to {seen[feature]}; "
+                        "each feature belongs to one reason code"
+                    )
+                seen[feature] = code
+            seen_codes.add(code)
+            reasons.append(ReasonCode(code, text.strip(), tuple(features)))
+        return cls(str(version), tuple(reasons), Path(source).name)
+
+    def unmapped(self, features: Sequence[str]) -> list[str]:
+        """The model features no reason code covers."""
+        mapped = {f for r in self.reasons for f in r.features}
+        return [f for f in features if f not in mapped]
+
+    def unknown(self, features: Sequence[str]) -> list[str]:
+        """The table's features that the model does not have (a typo, or a feature since removed)."""
+        model = set(features)
+        return [f for r in self.reasons for f in r.features if f not in model]
+
+    def check(self, features: Sequence[str]) -> None:
+        """Raise :class:`ReasonTableError` unless the table maps exactly the model's features."""
+        missing, unknown = self.unmapped(features), self.unknown(features)
+        if missing:
+            raise ReasonTableError(
+                f"reason-code table {self.source} (version {self.version}) maps no reason code to the model "
+                f"feature(s) {', '.join(missing)}: add each to one [[reason]] entry's features (and have the "
+                "change reviewed)"
+            )
+        if unknown:
+            raise ReasonTableError(
+                f"reason-code table {self.source} (version {self.version}) names feature(s) the model does not "
+                f"have: {', '.join(unknown)}"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The table as ``/model/info`` lists it."""
+        return {
+            "version": self.version,
+            "file": self.source,
+            "codes": [{"code": r.code, "text": r.text, "features": list(r.features)} for r in self.reasons],
+        }
+
+
+def copy_table(
+    bundle_dir: str | Path, features: Sequence[str], source: str | Path = TABLE_PATH
+) -> ReasonTable:
+    """Check the table against the model's features and copy it into a bundle (packaging); returns it.
+
+    Raises :class:`ReasonTableError` naming every feature without a reason code (nothing is copied then).
+    """
+    table = ReasonTable.read(source)
+    table.check(features)
+    shutil.copyfile(source, Path(bundle_dir) / TABLE_FILE)
+    return table
