@@ -33,17 +33,29 @@ import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
 from serving.calibration import Calibrator
-from serving.features import CATEGORICAL_INDICES, FEATURE_NAMES, FEATURE_VERSION, build_columns, rows_of
+from serving.features import (
+    CATEGORICAL_INDICES,
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    build_columns,
+    build_row,
+    build_rows,
+    rows_of,
+)
 from serving.logs import LOGGER_NAME
 from serving.model_export import model_document
 from serving.privacy import foreign_fields
 from serving.reason_table import ReasonTableError
 from serving.reasons import Explainer, ModelInput, load_explainer
+from serving.trees import TreeSum, largest_difference
 
 BUNDLE_FORMAT = 1
 # Fewer records than this go to CatBoost as rows: a Pool from a DataFrame has a fixed cost (~2 ms) that one
 # record's rows do not (~40 µs); the values are the same columns either way.
 ROWS_BELOW = 8
+# The tree sum (serving/trees.py) scores those few instead of CatBoost only when it gives CatBoost's
+# probabilities to this much on the reference records at load.
+TREE_SUM_TOLERANCE = 1e-9
 _COLUMN_INDEX = pd.Index(list(FEATURE_NAMES), dtype=object)
 _CATEGORICAL = list(CATEGORICAL_INDICES)
 MODEL_FILE = "model.cbm"
@@ -194,7 +206,9 @@ class Bundle:
         self.model.load_model(str(model_path), format="cbm")
         self.thread_count = thread_count
         self.calibrator = _load_calibrator(meta_path, self.meta.calibrator)
-        self.explainer = self._load_explainer(model_document(self.model))
+        document = model_document(self.model)  # read by both, then dropped (~5 MB of JSON for 800 trees)
+        self.explainer = self._load_explainer(document)
+        self.trees = self._load_tree_sum(document)
 
     @property
     def version(self) -> str | None:
@@ -207,6 +221,32 @@ class Bundle:
             return load_explainer(self.directory, self.model, self.meta.features, document)
         except ReasonTableError as exc:
             raise BundleError(f"{self.directory}: {exc}") from None
+
+    def _load_tree_sum(self, document: dict[str, Any]) -> TreeSum | None:
+        """The model's trees summed here for a few records, once they agree with CatBoost (to
+        :data:`TREE_SUM_TOLERANCE`) on the reference records and a record of missing values; else None."""
+        try:
+            trees = TreeSum.build(self.model, document, _CATEGORICAL, build_row({}))
+        except (KeyError, TypeError, ValueError) as exc:  # an export this code does not know: CatBoost scores
+            logger.warning("%s: no tree sum (%r); CatBoost scores all", self.directory, exc)
+            return None
+        if trees is None:
+            return None
+        rows = [trees.missing_row]
+        try:  # a malformed reference file is the reference check's to name (serving.model.check_reference)
+            records = (self.reference() or {}).get("records")
+            rows += build_rows(records) if isinstance(records, list) else []
+        except (ValueError, TypeError, AttributeError):
+            pass
+        difference = largest_difference(trees, rows, self._catboost)
+        if not difference <= TREE_SUM_TOLERANCE:
+            logger.warning(
+                "%s: the tree sum differs from CatBoost by %g on the reference records; CatBoost scores all",
+                self.directory,
+                difference,
+            )
+            return None
+        return trees
 
     def reason_codes(self) -> dict[str, Any] | None:
         """The reason-code table as /model/info lists it; None for a bundle without one."""
@@ -226,10 +266,17 @@ class Bundle:
         return Pool(frame, cat_features=_CATEGORICAL, thread_count=self.thread_count)
 
     def predict_input(self, model_input: ModelInput) -> list[float]:
-        """Probability of the risky class for a model input (columns or rows), through the calibrator."""
+        """Probability of the risky class for a model input (columns or rows), through the calibrator: summed
+        here (:mod:`serving.trees`) for fewer than :data:`ROWS_BELOW` records, by CatBoost for more."""
+        if not isinstance(model_input, list) and len(model_input["apr"]) < ROWS_BELOW:
+            model_input = rows_of(model_input)
+        if self.trees is not None and isinstance(model_input, list) and len(model_input) < ROWS_BELOW:
+            return self.calibrated(self.trees.probabilities(model_input)).tolist() if model_input else []
+        return self.calibrated(self._catboost(model_input)).tolist()
+
+    def _catboost(self, model_input: ModelInput) -> np.ndarray:
         pool = self.input_pool(model_input)
-        proba = self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
-        return self.calibrated(proba).tolist()
+        return self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
 
     def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
         """The model's probabilities through the bundle's calibrator (unchanged without one)."""

@@ -12,6 +12,7 @@ of the fraud report (its first 8 hex digits are a Unix time).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import repeat
@@ -156,14 +157,17 @@ def _each(values: Column, reader: Reader, src: str, errors: Errors, fill: Any) -
     return out
 
 
-_UNBOUNDED = (-math.inf, math.inf)
+_UNBOUNDED = (-sys.float_info.max, sys.float_info.max)  # finite: an infinity is outside every range
+_FEW = 8
 
 
 def _in_range(column: np.ndarray, src: str, errors: Errors) -> np.ndarray:
     """The column with values outside the field's range (or infinite) refused: NaN, and an error each."""
     low, high = RANGES.get(src, _UNBOUNDED)
-    # NaN (a missing value) compares False both ways; an infinity is outside every range, bounded or not
-    bad = np.isinf(column) if high == math.inf else (column < low) | (column > high)
+    if len(column) < _FEW:  # a few values: Python's comparisons cost less than NumPy's calls
+        if all(low <= v <= high or v != v for v in column.tolist()):
+            return column
+    bad = (column < low) | (column > high)  # NaN, a missing value, compares False both ways
     if bad.any():
         for i in np.flatnonzero(bad).tolist():
             v = float(column[i])

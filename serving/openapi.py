@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from serving.config import MAX_REASON_COUNT
+from serving.config import DEFAULT_MAX_BATCH_SIZE, MAX_REASON_COUNT, RECORD_BYTES
 from serving.requests import BatchRequest, InvocationsRequest, LoanApplication
 
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1, description="Probability that the loan is risky.")]
@@ -211,8 +211,9 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-def openapi_document(max_batch_size: int = 10_000, max_body_bytes: int = 64 * 2**20) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every endpoint, its limits stated."""
+def openapi_document(max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_body_bytes: int = 0) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every endpoint, its limits stated (a body limit of 0: the service's default)."""
+    max_body_bytes = max_body_bytes or max_batch_size * RECORD_BYTES
     _, schemas = msgspec.json.schema_components(MODELS, ref_template="#/components/schemas/{name}")
     limits = f" At most {max_batch_size} records and {max_body_bytes} bytes per request."
     reasons = [

@@ -1,10 +1,8 @@
 """The one request model: a loan application record, each endpoint's envelope, and decoding them.
 
-Every endpoint decodes with these msgspec types, for one record or many, and the OpenAPI document is generated
-from them (:mod:`serving.openapi`): the contract exists once. A record has the field names of ``loan.csv`` and
-the clarity file; a value may be typed or a CSV string. JSON numbers must be finite and within the dataset
-contract's range for their field (``serving/contract.py`` ``RANGES``, the bounds training's pandera schema
-applies); strings are read by the feature code, which applies the same ranges.
+Every endpoint decodes with these msgspec types, and the OpenAPI document is generated from them
+(:mod:`serving.openapi`). A record has the field names of ``loan.csv`` and the clarity file, values typed or CSV
+strings; numbers finite and within their field's range (``serving/contract.py`` ``RANGES``, as in training).
 
 Each record is decoded on its own, so a bad one is named by its index and field and the others are kept
 (:class:`Decoded`): ``/predict/batch`` answers record by record, the other endpoints refuse the request with the
@@ -137,6 +135,7 @@ class Decoded:
         self.errors: list[ApiError] = []  # one per refused record, by index
         self.unknown: set[str] = set()
         self._columns: dict[str, Sequence[Any]] | None = None
+        self._kept: list[int] | None = None  # after keep(): the kept records' places in the columns
 
     def add(self, index: int, record: Any) -> None:
         if isinstance(record, ApiError):
@@ -150,14 +149,18 @@ class Decoded:
         if self._columns is None:  # every field at once: one C-level transpose of the structs' slots
             rows = map(astuple, self.records)
             self._columns = dict(zip(FIELDS, zip(*rows, strict=True), strict=True)) if self.records else {}
-        return self._columns.get(name) or _NOTHING * len(self.records)
+        if (values := self._columns.get(name)) is None:
+            return _NOTHING * len(self.records)
+        return values if self._kept is None else [values[i] for i in self._kept]
 
     def keep(self, positions: Sequence[int], errors: Sequence[ApiError]) -> None:
-        """Keep only the records at ``positions`` (of :attr:`records`); ``errors`` are the others'."""
+        """Keep only the records at ``positions`` (of :attr:`records`); ``errors`` are the others'. The columns
+        already transposed stay: a field asked for afterwards is picked from them."""
+        self.column("loanId")  # transposed once, before the records are picked
+        self._kept = list(positions) if self._kept is None else [self._kept[i] for i in positions]
         self.records = [self.records[i] for i in positions]
         self.positions = [self.positions[i] for i in positions]
         self.errors = sorted([*self.errors, *errors], key=lambda e: e.index or 0)
-        self._columns = None
 
     def loan_ids(self) -> list[Any]:
         """Each valid record's ``loanId`` to echo (a number as its text); UNSET where it sent none."""

@@ -1,0 +1,182 @@
+"""The model's symmetric trees summed here, for the few records of one request (fewer than
+:data:`serving.bundle.ROWS_BELOW`): the one hand-made fast path, kept because the single-record goal is missed
+without it (docs/benchmarks.md, the run of 2026-12-07).
+
+CatBoost's ``predict`` on one record costs ~130 µs, of which its trees take ~15 µs: the rest is a Pool and the
+library's set-up for each call (it re-reads the model's training parameters, a JSON text, every time). For a
+handful of records  the service sums the trees itself, in
+~30 µs, and gets CatBoost's probabilities to the last bit:
+
+1. each split's outcome. A float split compares the value, made float32 as CatBoost makes it, with the border
+   (``value > border``); a missing value takes the outcome CatBoost gives it (read once at load, from a record
+   of missing values). A categorical feature's splits (one-hot values and CTR borders, each on that one feature)
+   depend on that feature's value alone, so their outcomes are read off CatBoost's own leaf indexes once per
+   distinct value and kept: no hashing or CTR arithmetic of ours;
+2. each tree's leaf: its splits' outcomes as the bits of the leaf index, split ``d`` being bit ``d``;
+3. the leaves' values added tree after tree, as CatBoost adds them, then scaled and shifted as the model says
+   (``scale_and_bias``): the raw score; its logistic function, with the C library's ``exp``, the probability.
+
+:meth:`TreeSum.build` gives None for a model it does not take (a split combining features, trees that are not
+symmetric, more than one value per leaf), and the bundle compares the sum with CatBoost when it loads
+(:class:`serving.bundle.Bundle`): a difference above 1e-9 and CatBoost keeps every record.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from catboost import CatBoostClassifier, Pool
+
+from serving.model_export import split_features
+
+MAX_KEPT_VALUES = 4096  # values kept per categorical feature (and rows of them); once full, all are forgotten
+
+
+class TreeSum:
+    """The probability of the risky class for a few model rows (:func:`serving.features.build_rows`)."""
+
+    def __init__(
+        self,
+        model: CatBoostClassifier,
+        splits: list[tuple[str, int, float]],
+        trees: list[dict[str, Any]],
+        scale_and_bias: tuple[float, float],
+        categorical: Sequence[int],
+        missing_row: list[Any],
+    ) -> None:
+        self.model, self.categorical = model, list(categorical)
+        self.scale, self.bias = scale_and_bias
+        depth = max(len(t["splits"]) for t in trees)
+        used = sorted({s["split_index"] for t in trees for s in t["splits"]})
+        floats = [s for s in used if splits[s][0] == "float"]
+        self.cat_features = sorted({splits[s][1] for s in used if splits[s][0] != "float"})
+        by_feature = {
+            f: [s for s in used if splits[s][0] != "float" and splits[s][1] == f] for f in self.cat_features
+        }
+        # outcome positions: the float splits first, then each categorical feature's splits, then an always-0
+        # one that pads trees shallower than the deepest; so a row's outcomes are filled by two slices
+        order = floats + [s for f in self.cat_features for s in by_feature[f]]
+        position = {s: i for i, s in enumerate(order)}
+        self.n_float, self.width = len(floats), len(order) + 1
+        slot = np.full((len(trees), depth), len(order), dtype=np.intp)
+        where: dict[int, tuple[int, int]] = {}  # a split -> one (tree, level) that uses it
+        for t, tree in enumerate(trees):
+            for d, s in enumerate(tree["splits"]):
+                slot[t, d] = position[s["split_index"]]
+                where.setdefault(s["split_index"], (t, d))
+        self.slots, self.depth = slot.ravel(), depth
+        self.powers = (2.0 ** np.arange(depth)).astype(np.float32)  # exact: a leaf index has <= 16 bits
+        leaves = [np.asarray(t["leaf_values"], dtype=np.float64) for t in trees]
+        self.leaf_values = np.concatenate(leaves)
+        self.offsets = np.cumsum([0] + [v.size for v in leaves[:-1]]).astype(np.intp)
+        self.float_columns = sorted({splits[s][1] for s in floats})
+        column = {c: i for i, c in enumerate(self.float_columns)}
+        self.float_of_split = np.array([column[splits[s][1]] for s in floats], dtype=np.intp)
+        self.borders = np.array([splits[s][2] for s in floats], dtype=np.float32)
+        # per categorical feature: where each of its splits' outcomes shows in a leaf index
+        self.cat_places = {f: [where[s] for s in by_feature[f]] for f in self.cat_features}
+        self.kept: dict[int, dict[Any, np.ndarray]] = {f: {} for f in self.cat_features}
+        self.kept_rows: dict[tuple[Any, ...], np.ndarray] = {}  # a row's categorical values -> all outcomes
+        self.missing_row = list(missing_row)
+        leaf = self._catboost_leaves([self.missing_row])[0]
+        self.nan_outcomes = np.array([(leaf[where[s][0]] >> where[s][1]) & 1 for s in floats], dtype=bool)
+
+    @classmethod
+    def build(
+        cls,
+        model: CatBoostClassifier,
+        document: dict[str, Any],
+        categorical: Sequence[int],
+        missing_row: list[Any],
+    ) -> TreeSum | None:
+        """The tree sum of a model's JSON export (:func:`model_document`); None for a model it does not take."""
+        trees = [{**t, "splits": t.get("splits") or []} for t in document.get("oblivious_trees") or []]
+        splits = split_features(document.get("features_info", {}))
+        if (
+            splits is None
+            or not any(t["splits"] for t in trees)
+            or any(len(t["leaf_values"]) != 1 << len(t["splits"]) for t in trees)
+        ):
+            return None
+        scale, bias = document.get("scale_and_bias", [1.0, [0.0]])
+        bias = np.ravel(bias)
+        if bias.size != 1:
+            return None
+        return cls(model, splits, trees, (float(scale), float(bias[0])), categorical, missing_row)
+
+    def _catboost_leaves(self, rows: list[list[Any]]) -> np.ndarray:
+        pool = Pool(rows, cat_features=self.categorical, thread_count=1)
+        return self.model.calc_leaf_indexes(pool, thread_count=1)
+
+    def _categorical_outcomes(self, row: list[Any]) -> np.ndarray:
+        """The outcomes of every categorical split for one row, from the kept values (CatBoost for new ones)."""
+        if not self.cat_features:
+            return np.empty(0, dtype=np.float32)
+        key = tuple([row[f] for f in self.cat_features])
+        outcomes = self.kept_rows.get(key)
+        if outcomes is None:
+            parts = [self.kept[f].get(v) for f, v in zip(self.cat_features, key, strict=True)]
+            outcomes = self._learn(row) if any(p is None for p in parts) else np.concatenate(parts)
+            if len(self.kept_rows) >= MAX_KEPT_VALUES:
+                self.kept_rows.clear()
+            self.kept_rows[key] = outcomes
+        return outcomes
+
+    def _learn(self, row: list[Any]) -> np.ndarray:
+        """Read a row's categorical outcomes off CatBoost's leaf indexes, and keep them per value."""
+        probe = list(self.missing_row)
+        for f in self.cat_features:
+            probe[f] = row[f]
+        leaf = self._catboost_leaves([probe])[0]
+        parts = []
+        for f in self.cat_features:
+            outcome = np.array([(leaf[t] >> d) & 1 for t, d in self.cat_places[f]], dtype=np.float32)
+            values = self.kept[f]
+            if len(values) >= MAX_KEPT_VALUES:
+                values.clear()
+            values[row[f]] = outcome
+            parts.append(outcome)
+        return np.concatenate(parts)
+
+    def raw(self, rows: list[list[Any]]) -> np.ndarray:
+        """The raw scores (log-odds) of model rows."""
+        n, f = len(rows), self.n_float
+        with np.errstate(over="ignore"):  # beyond float32's range: infinite, as CatBoost's cast makes it
+            x = np.array([[row[c] for c in self.float_columns] for row in rows], dtype=np.float32)
+        values = x[:, self.float_of_split]
+        outcomes = np.zeros((n, self.width), dtype=np.float32)
+        missing = np.isnan(values)
+        outcomes[:, :f] = (
+            np.where(missing, self.nan_outcomes, values > self.borders)
+            if missing.any()
+            else (values > self.borders)
+        )
+        for i, row in enumerate(rows):
+            outcomes[i, f:-1] = self._categorical_outcomes(row)
+        # each tree's leaf: its levels' outcomes as bits (a float32 product: exact for these small integers)
+        bits = np.take(outcomes, self.slots, axis=1).reshape(-1, self.depth)
+        leaves = (bits @ self.powers).astype(np.intp).reshape(n, -1)
+        # summed tree after tree (cumsum adds in order, as CatBoost does; numpy's sum would pair them up)
+        total = np.cumsum(np.take(self.leaf_values, leaves + self.offsets), axis=1)[:, -1]
+        return self.scale * total + self.bias
+
+    def probabilities(self, rows: list[list[Any]]) -> np.ndarray:
+        """The probability of the risky class, the logistic function of the raw score, with the C library's
+        ``exp`` as CatBoost's (numpy's own differs in the last bit for ~2% of values)."""
+        return np.array([_logistic(v) for v in self.raw(rows).tolist()])
+
+
+def _logistic(value: float) -> float:
+    return 1.0 / (1.0 + math.exp(-value)) if value > -700.0 else 0.0
+
+
+def largest_difference(
+    tree_sum: TreeSum, rows: list[list[Any]], catboost: Callable[[list[list[Any]]], np.ndarray]
+) -> float:
+    """The largest |difference| between the tree sum's probabilities and CatBoost's on ``rows``."""
+    if not rows:
+        return 0.0
+    return float(np.max(np.abs(tree_sum.probabilities(rows) - catboost(rows))))
