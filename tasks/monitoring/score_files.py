@@ -1,0 +1,232 @@
+"""Batch scoring's files: the input (CSV or Parquet) read a chunk at a time and joined with the clarity reports when
+they come apart; the error that names the file, line or row, and field; the outputs, written to a temporary name
+and renamed, only under the setting ``score_output_root``.
+
+Every field is read as the text the file holds (a CSV) or its stored type (Parquet), so a chunk reaches the
+model exactly as the service's ``/predict/batch`` would receive those rows as JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from serving.contract import CLARITY_COLUMNS, LOAN_COLUMNS
+from serving.features import SOURCE_FIELDS
+from tasks.common import PermanentError
+from tasks.settings import Settings
+
+ID_FIELD = "loanId"
+JOIN_KEY = "clarityFraudId"
+REPORT_KEY = "underwritingid"
+# What the features read, split by the file that holds it; the loan id is carried for the output.
+LOAN_FIELDS: tuple[str, ...] = tuple(c for c in LOAN_COLUMNS if c in SOURCE_FIELDS or c == ID_FIELD)
+REPORT_FIELDS: tuple[str, ...] = tuple(c for c in CLARITY_COLUMNS if c in SOURCE_FIELDS)
+INPUT_FIELDS: tuple[str, ...] = LOAN_FIELDS + REPORT_FIELDS
+DEFAULT_CHUNK_ROWS: int = Settings.model_fields["score_chunk_rows"].default
+OUTPUT_COLUMNS: tuple[str, ...] = ("loanId", "probability", "label", "model_version")
+REJECT_COLUMNS: tuple[str, ...] = ("line", "loanId", "field", "reason")
+_CSV_BYTES_PER_ROW = 180  # loan.csv averages ~172 bytes a row: a CSV block of chunk_rows * this
+
+
+class ScoreError(PermanentError, ValueError):
+    """The input cannot be scored: names the file and, for a bad value, the line or row and the field."""
+
+    def __init__(self, message: str, *, file: str, line: int | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.file, self.line, self.field = file, line, field
+
+
+def file_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".txt"):
+        return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise ScoreError(
+        f"{path.name}: expected a .csv or .parquet file, got {suffix or 'no extension'!r}", file=path.name
+    )
+
+
+def _csv_header(path: Path) -> list[str]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        return next(csv.reader(handle), [])
+
+
+def _columns_of(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ScoreError(f"{path.name}: file not found at {path}", file=path.name)
+    if file_kind(path) == "parquet":
+        try:
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ScoreError(f"{path.name}: not a readable Parquet file ({exc})", file=path.name) from None
+    if path.stat().st_size == 0:
+        raise ScoreError(f"{path.name}: the file is empty", file=path.name)
+    return _csv_header(path)
+
+
+def _require(path: Path, present: Sequence[str], wanted: Sequence[str], what: str) -> None:
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        more = (
+            f" (and {len(missing) - 1} more: {missing[1:4]}{'…' if len(missing) > 4 else ''})"
+            if len(missing) > 1
+            else ""
+        )
+        raise ScoreError(f"{path.name}: missing column {missing[0]!r}{more}; {what}", file=path.name)
+
+
+def read_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator[pa.Table]:
+    """``columns`` of the file, ``chunk_rows`` rows (about, for a CSV) at a time; CSV cells as text (blank:
+    missing), Parquet cells as stored."""
+    if file_kind(path) == "parquet":
+        handle = pq.ParquetFile(path)
+        for batch in handle.iter_batches(batch_size=chunk_rows, columns=list(columns)):
+            yield pa.Table.from_batches([batch])
+        return
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=max(1 << 16, chunk_rows * _CSV_BYTES_PER_ROW)),
+        convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in columns},
+            include_columns=list(columns),
+            strings_can_be_null=True,
+        ),
+    )
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as exc:  # a row with too many or too few fields
+            raise ScoreError(
+                f"{path.name}: cannot be parsed: {str(exc).splitlines()[0][:300]}", file=path.name
+            ) from None
+        for start in range(
+            0, batch.num_rows, chunk_rows
+        ):  # a block holds about chunk_rows rows: at most that
+            yield pa.Table.from_batches([batch.slice(start, chunk_rows)])
+
+
+def read_reports(path: Path) -> pa.Table:
+    """The clarity file's report fields and ``underwritingid``, whole, as text (one report per id: the first,
+    as :func:`tasks.model.features.join_clarity` keeps it)."""
+    _require(path, _columns_of(path), (*REPORT_FIELDS, REPORT_KEY), "a clarity file needs every report field")
+    return pa.concat_tables(read_chunks(path, (*REPORT_FIELDS, REPORT_KEY), DEFAULT_CHUNK_ROWS))
+
+
+def join_reports(loans: pa.Table, reports: pa.Table) -> pa.Table:
+    """Training's clarity join (:func:`tasks.model.features.join_clarity`: left join on ``clarityFraudId =
+    underwritingid``, the first report of an id, one row per loan, loan order kept), done by Arrow kernels: a
+    pandas merge per chunk took most of the reading time. ``tests/test_score.py`` holds the two equal."""
+    keys = reports.column(REPORT_KEY)
+    loan_keys = loans.column(JOIN_KEY)
+    if loan_keys.type != keys.type:  # a typed Parquet key against text reports
+        loan_keys = loan_keys.cast(keys.type)
+    at = pc.index_in(loan_keys, value_set=keys)  # the first match; null where no report
+    matched = reports.select(list(REPORT_FIELDS)).take(at)
+    return pa.Table.from_arrays(
+        [*loans.columns, *matched.columns], names=[*loans.column_names, *REPORT_FIELDS]
+    ).select(list(INPUT_FIELDS))
+
+
+def joined_chunks(path: Path, reports: pa.Table | None, chunk_rows: int) -> Iterator[pa.Table]:
+    """The input's chunks with every field the features read: as read, or joined to the clarity reports."""
+    present = _columns_of(path)
+    if reports is None:
+        _require(
+            path, present, INPUT_FIELDS, "give the clarity file with --clarity, or a file already joined"
+        )
+        yield from read_chunks(path, INPUT_FIELDS, chunk_rows)
+        return
+    _require(path, present, LOAN_FIELDS, "a loan file needs every decision-time field and loanId")
+    for chunk in read_chunks(path, LOAN_FIELDS, chunk_rows):
+        yield join_reports(chunk, reports)
+
+
+class ScoreOutputError(ScoreError):
+    """An output (scores or rejects) that would land outside the setting ``score_output_root``."""
+
+
+def output_under_root(settings: Settings, path: str | Path, what: str = "output") -> Path:
+    """Where the output ``path`` is written: a relative path under :attr:`Settings.score_root`, an absolute one
+    only when it resolves (after ``..`` and symlinks) inside it. Raises :class:`ScoreOutputError` otherwise."""
+    root = settings.score_root
+    text = str(path)
+    how = (
+        "give a name relative to it (written under it) or a path inside it, or point the setting "
+        "score_output_root (LOANRISK_SCORE_OUTPUT_ROOT) at the folder outputs should go to"
+    )
+    if "://" in text:
+        raise ScoreOutputError(
+            f"{what} {text!r}: object-store URLs are not supported for outputs; outputs are written under "
+            f"{root} (setting score_output_root); {how}",
+            file=text,
+        )
+    resolved = (root / Path(text).expanduser()).resolve()  # an absolute path replaces the root
+    if root not in resolved.parents:
+        raise ScoreOutputError(
+            f"{what} {text!r} resolves to {resolved}, outside {root} (setting score_output_root, "
+            f"default <state_dir>/scores): batch scoring writes only under it; {how}",
+            file=text,
+        )
+    return resolved
+
+
+class Writer:
+    """The output (and rejects) file, CSV or Parquet by extension, written chunk by chunk to a temporary name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.kind = path, file_kind(path)
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._writer: Any = None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.kind == "parquet":
+                self._writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd")
+            else:
+                self._writer = pacsv.CSVWriter(self.tmp, table.schema)
+        self._writer.write_table(table)
+
+    def close(self, schema: pa.Schema) -> None:
+        if self._writer is None:  # nothing written: an empty file with the header
+            self.write(schema.empty_table())
+        self._writer.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def output_schema(with_reasons: bool) -> pa.Schema:
+    fields = [
+        pa.field("loanId", pa.string()),
+        pa.field("probability", pa.float64()),
+        pa.field("label", pa.int8()),
+        pa.field("model_version", pa.string()),
+    ]
+    return pa.schema(fields + ([pa.field("reasons", pa.string())] if with_reasons else []))
+
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("line", pa.int64()),
+        pa.field("loanId", pa.string()),
+        pa.field("field", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+)
