@@ -1,6 +1,6 @@
 """The prediction service: a Flask application factory (``gunicorn 'serving.app:create_app()'``).
 
-:mod:`serving.model` holds the model and shares reloads between gunicorn workers, :mod:`serving.routes` is the
+:mod:`serving.reload` holds the model and shares reloads between gunicorn workers, :mod:`serving.routes` is the
 Blueprint of endpoints. This module puts them together: settings, JSON logs, the model holder, the routes, error
 handlers that always answer JSON, and one access-log line and metric observation per request.
 """
@@ -64,7 +64,7 @@ def _register_hooks(app: Flask) -> None:
     """Timing, metrics and one JSON access-log line per request (no body, no personal field).
 
     Runs on every request, so it reads the request and ``g`` once each (every proxy access is a context
-    lookup);"""
+    lookup)."""
     metrics = app.extensions["loanrisk_metrics"]
 
     @app.before_request

@@ -4,7 +4,7 @@ Environment: ``LOANRISK_BIND`` (default ``0.0.0.0:$PORT``, PORT default 8080), `
 ``WEB_CONCURRENCY``; default 2), ``LOANRISK_THREADS`` (gthread threads per worker, default 2),
 ``LOANRISK_TIMEOUT`` (s, default 60), ``LOANRISK_LOG_LEVEL``, ``PROMETHEUS_MULTIPROC_DIR`` (multi-worker
 metrics; made and emptied at start). A reload received by one worker reaches the others through the folder
-named by ``LOANRISK_RELOAD_SYNC_DIR`` (a temporary one made here when unset; see :mod:`serving.model`).
+named by ``LOANRISK_RELOAD_SYNC_DIR`` (a temporary one made here when unset; see :mod:`serving.reload`).
 """
 
 from __future__ import annotations
