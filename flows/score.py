@@ -25,7 +25,8 @@ configure_environment()
 from prefect import flow
 
 from tasks.common import cli_run
-from tasks.monitoring.scoring import fetch_model_task, output_under_root, score_task
+from tasks.monitoring.score_files import output_under_root
+from tasks.monitoring.scoring import fetch_model_task, score_task
 
 
 @flow(name="loan-risk-score", log_prints=False)

@@ -22,7 +22,7 @@ from serving.app import create_app
 from serving.bundle import Bundle, load_bundle
 from serving.config import ServiceConfig
 from tasks.model.features import join_clarity
-from tasks.monitoring.scoring import (
+from tasks.monitoring.score_files import (
     INPUT_FIELDS,
     OUTPUT_COLUMNS,
     REPORT_FIELDS,
@@ -30,9 +30,8 @@ from tasks.monitoring.scoring import (
     join_reports,
     read_chunks,
     read_reports,
-    score_file,
-    service_reasons,
 )
+from tasks.monitoring.scoring import score_file, service_reasons
 from tests.serving.synthetic import make_bundle, records_from_files
 
 ROOT = Path(__file__).resolve().parent.parent

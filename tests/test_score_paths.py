@@ -90,7 +90,8 @@ def _refused_outputs(tmp_path: Path, root: Path) -> dict[str, str]:
 def test_an_output_out_of_the_root_is_refused_before_anything_is_read(
     case: str, which: str, settings: Settings, root: Path, tmp_path: Path
 ) -> None:
-    from tasks.monitoring.scoring import ScoreOutputError, score_task
+    from tasks.monitoring.score_files import ScoreOutputError
+    from tasks.monitoring.scoring import score_task
 
     path = _refused_outputs(tmp_path, root)[case]
     output, rejects = (path, None) if which == "output" else ("fine.csv", path)
@@ -105,7 +106,8 @@ def test_an_output_out_of_the_root_is_refused_before_anything_is_read(
 
 
 def test_an_object_store_url_is_refused_by_name(settings: Settings, tmp_path: Path) -> None:
-    from tasks.monitoring.scoring import ScoreOutputError, score_task
+    from tasks.monitoring.score_files import ScoreOutputError
+    from tasks.monitoring.scoring import score_task
 
     with pytest.raises(ScoreOutputError, match="s3://bucket/scores.csv"):
         score_task.fn(settings, tmp_path / "no-bundle", str(tmp_path / "in.csv"), "s3://bucket/scores.csv")
@@ -155,7 +157,7 @@ def test_an_absolute_output_inside_the_root_is_accepted(
 
 
 def test_the_default_root_is_scores_under_the_state_dir(tmp_path: Path) -> None:
-    from tasks.monitoring.scoring import output_under_root
+    from tasks.monitoring.score_files import output_under_root
 
     settings = Settings(state_dir=tmp_path / "state")
     assert output_under_root(settings, "x.csv") == (tmp_path / "state" / "scores" / "x.csv").resolve()
@@ -194,7 +196,7 @@ def test_the_flow_refuses_before_the_model_is_fetched(
 ) -> None:
     """The Prefect API passes ``output`` and ``rejects`` to the flow: it checks them before ``fetch-model``."""
     from flows.score import score_flow
-    from tasks.monitoring.scoring import ScoreOutputError
+    from tasks.monitoring.score_files import ScoreOutputError
     from tasks.settings import get_settings
 
     monkeypatch.setenv("LOANRISK_SCORE_OUTPUT_ROOT", str(root))

@@ -49,22 +49,16 @@ from serving.features import columns_from
 from serving.readers import FeatureError
 from serving.reasons import DEFAULT_MODE, DEFAULT_REASON_COUNT, explain_selected
 from tasks.common import run_logger, stage
-from tasks.monitoring.score_files import (  # noqa: F401  (the files' names, for this module's callers)
+from tasks.monitoring.score_files import (
     DEFAULT_CHUNK_ROWS,
     ID_FIELD,
-    INPUT_FIELDS,
-    OUTPUT_COLUMNS,
     REJECTS_SCHEMA,
-    REPORT_FIELDS,
     ScoreError,
-    ScoreOutputError,
     Writer,
     file_kind,
-    join_reports,
     joined_chunks,
     output_schema,
     output_under_root,
-    read_chunks,
     read_reports,
 )
 from tasks.registry import versions
