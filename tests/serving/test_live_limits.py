@@ -77,7 +77,7 @@ def _answer(fp: BinaryIO) -> tuple[int, dict]:
 
 
 def test_large_bodies_read_straight_from_the_socket(live_server, records, bundle) -> None:
-    """The body is received into one buffer (payloads._receive): right when it arrives in pieces, when a next
+    """The body is read whole (payloads.read_body): right when it arrives in pieces, when a next
     request is pipelined behind it on the same connection, and a 400 when the client stops short."""
     server = live_server(workers=1)
     parsed = urlparse(server.url)
