@@ -21,6 +21,7 @@ from serving.reasons import MODES
 from serving.requests import MLFLOW_KEYS
 
 MAX_UNKNOWN_NAMED = 50
+READ_CHUNK = 1 << 20  # bytes per recv while reading a body from gunicorn
 # Field names an error may carry that are ours, not the client's (logs name no other client-chosen key).
 STRUCTURAL_FIELDS = frozenset(
     {"data", "bundle_dir", "on_error", *MLFLOW_KEYS, "dataframe_split.data", "dataframe_split.columns"}
@@ -42,11 +43,38 @@ def read_body() -> bytes:
         if len(data) > limit:
             raise too_large
         return data
+    data = _gunicorn_body(request.environ.get("wsgi.input"), length)
+    if data is not None:
+        return data
     try:
         data = request.get_data(cache=False)
     except RequestEntityTooLarge:
         raise too_large from None
     if length is not None and len(data) != length:  # the client closed the connection early
+        raise ApiError(400, "incomplete_body", f"request body ended after {len(data)} of {length} bytes")
+    return data
+
+
+def _gunicorn_body(stream: Any, length: int | None) -> bytes | None:
+    """A Content-Length body from gunicorn's reader in one call, or None for any other server (werkzeug reads).
+
+    gunicorn's ``Body.read`` pulls 1 KiB at a time through Python, re-buffering each 8 KiB ``recv``; its
+    ``LengthReader`` asked for the whole length, with ``recv`` of up to 1 MiB, reads the body in a few calls
+    (docs/decisions/0006-body-reader.md has the figures).
+    """
+    reader = getattr(stream, "reader", None)
+    if (
+        length is None
+        or type(reader).__name__ != "LengthReader"
+        or stream.buf.tell()
+        or reader.length != length
+    ):
+        return None
+    unreader = reader.unreader
+    if hasattr(unreader, "mxchunk"):
+        unreader.mxchunk = max(unreader.mxchunk, min(length, READ_CHUNK))
+    data = reader.read(length)
+    if len(data) != length:  # the client closed the connection early
         raise ApiError(400, "incomplete_body", f"request body ended after {len(data)} of {length} bytes")
     return data
 

@@ -4,8 +4,8 @@ Every endpoint decodes with these msgspec types, and the OpenAPI document is gen
 (:mod:`serving.openapi`). A record has the field names of ``loan.csv`` and the clarity file, values typed or CSV
 strings; numbers finite and within their field's range (``serving/contract.py`` ``RANGES``, as in training).
 
-Each record is decoded on its own, so a bad one is named by its index and field and the others are kept
-(:class:`Decoded`): ``/predict/batch`` answers record by record, the other endpoints refuse the request with the
+A body whose records are all valid is decoded in one call; otherwise each record is decoded on its own, so a
+bad one is named by its index and field and the others are kept (:class:`Decoded`): ``/predict/batch`` answers record by record, the other endpoints refuse the request with the
 first error. Bodies msgspec refuses as a whole (a lone UTF-16 surrogate, ``NaN``) are read again by Python's
 lenient parser so that the record at fault, not the request, is named; a ``NaN`` literal (json.dumps of a pandas
 row writes one for a missing value) is a missing value, ``Infinity`` is refused.
@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import msgspec
-from msgspec.structs import astuple
 
 from serving.contract import KNOWN_FIELDS, RANGES
+from serving.decoded import FIELDS, Decoded
 from serving.errors import ApiError, json_type
 from serving.features import FLAG_SOURCES, NUMBER_SOURCES, SOURCE_FIELDS
 
@@ -50,7 +50,6 @@ _Value = str | float | Annotated[int, msgspec.Meta(ge=_INT[0], le=_INT[1])] | bo
 _Flag = (
     bool | Annotated[int, msgspec.Meta(ge=0, le=1)] | Annotated[float, msgspec.Meta(ge=0, le=1)] | str | None
 )
-FIELDS = sorted(KNOWN_FIELDS)
 _ATTRS = {name: f"f{i}" for i, name in enumerate(FIELDS)}
 _DESCRIPTION = (
     "One loan application with the field names of loan.csv and clarity_underwriting_variables.csv (a CSV row "
@@ -117,56 +116,20 @@ _Invocation = msgspec.defstruct(
     + [("dataframe_split", Split | msgspec.UnsetType, msgspec.UNSET), ("params", Any, None)],
 )
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "inputs", "instances")
+# A body whose records are all valid decodes typed in one call (one parse, no scan): a batch, and MLflow's
+# records with nothing but params beside them (any other key: the envelope path names what is wrong).
+_Records = msgspec.defstruct(
+    "_Records",
+    [("dataframe_records", list[LoanApplication]), ("params", Any, None)],
+    forbid_unknown_fields=True,
+)
+_DECODE_ALL_BATCH = msgspec.json.Decoder(BatchRequest).decode
+_DECODE_ALL_RECORDS = msgspec.json.Decoder(_Records).decode
 _DECODE_RECORD = msgspec.json.Decoder(LoanApplication).decode
 _DECODE_BATCH = msgspec.json.Decoder(_Batch).decode
 _DECODE_INVOCATION = msgspec.json.Decoder(_Invocation).decode
 _AT = re.compile(r"^(?P<text>.*?)(?: - at `\$(?P<path>.*)`)?$", re.S)
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_NOTHING = (None,)
-
-
-class Decoded:
-    """The records of one request: the valid ones (read a column at a time), and an error per refused one."""
-
-    def __init__(self, size: int, params: Any = None) -> None:
-        self.size, self.params = size, params
-        self.records: list[Any] = []  # LoanApplication structs, in request order
-        self.positions: list[int] = []  # each one's index in the request
-        self.errors: list[ApiError] = []  # one per refused record, by index
-        self.unknown: set[str] = set()
-        self._columns: dict[str, Sequence[Any]] | None = None
-        self._kept: list[int] | None = None  # after keep(): the kept records' places in the columns
-
-    def add(self, index: int, record: Any) -> None:
-        if isinstance(record, ApiError):
-            self.errors.append(record)
-        else:
-            self.records.append(record)
-            self.positions.append(index)
-
-    def column(self, name: str) -> Sequence[Any]:
-        """The valid records' values of one field (None where absent)."""
-        if self._columns is None:  # every field at once: one C-level transpose of the structs' slots
-            rows = map(astuple, self.records)
-            self._columns = dict(zip(FIELDS, zip(*rows, strict=True), strict=True)) if self.records else {}
-        if (values := self._columns.get(name)) is None:
-            return _NOTHING * len(self.records)
-        return values if self._kept is None else [values[i] for i in self._kept]
-
-    def keep(self, positions: Sequence[int], errors: Sequence[ApiError]) -> None:
-        """Keep only the records at ``positions`` (of :attr:`records`); ``errors`` are the others'. The columns
-        already transposed stay: a field asked for afterwards is picked from them."""
-        self.column("loanId")  # transposed once, before the records are picked
-        self._kept = list(positions) if self._kept is None else [self._kept[i] for i in positions]
-        self.records = [self.records[i] for i in positions]
-        self.positions = [self.positions[i] for i in positions]
-        self.errors = sorted([*self.errors, *errors], key=lambda e: e.index or 0)
-
-    def loan_ids(self) -> list[Any]:
-        """Each valid record's ``loanId`` to echo (a number as its text); UNSET where it sent none."""
-        return [
-            v if v is msgspec.UNSET or v is None or type(v) is str else str(v) for v in self.column("loanId")
-        ]
 
 
 # --- one record ------------------------------------------------------------------------------------------
@@ -264,6 +227,25 @@ def _records(items: Sequence[Any], read: Callable[[Any, int, set[str]], Any], pa
     return decoded
 
 
+def _at_once(body: Any, decode: Callable[[Any], Any], limit: int) -> Any:
+    """The envelope with every record typed, or None: when a record is refused (each is then decoded on its
+    own, to name it), or when the body may hold more than ``limit`` records (a record opens a ``{``; the count
+    is checked before that many are decoded)."""
+    if bytes(body).count(b"{") - 1 > limit:
+        return None
+    try:
+        return decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+
+
+def _valid(records: list[Any], field: str, limit: int, params: Any = None) -> Decoded:
+    _check_size(len(records), field, limit)
+    decoded = Decoded(len(records), params)
+    decoded.records, decoded.positions = records, list(range(len(records)))
+    return decoded
+
+
 def _empty(body: Any) -> None:
     if not bytes(body).strip():
         raise ApiError(400, "invalid_json", "request body is empty: send a JSON document")
@@ -289,6 +271,8 @@ def one_record(body: Any) -> Decoded:
 def batch(body: Any, limit: int) -> Decoded:
     """``/predict/batch``: ``{"data": [records]}``; the count is checked before any record is decoded."""
     _empty(body)
+    if (whole := _at_once(body, _DECODE_ALL_BATCH, limit)) is not None:
+        return _valid(whole.data, "data", limit)
     try:
         items: Sequence[Any] = _DECODE_BATCH(body).data
         read = from_raw
@@ -309,6 +293,8 @@ def batch(body: Any, limit: int) -> Decoded:
 def invocation(body: Any, limit: int) -> tuple[Decoded, str]:
     """``/invocations`` with a JSON body (MLflow's scoring protocol): the records and the key they came in."""
     _empty(body)
+    if (whole := _at_once(body, _DECODE_ALL_RECORDS, limit)) is not None:
+        return _valid(whole.dataframe_records, "dataframe_records", limit, whole.params), "dataframe_records"
     try:
         payload = _DECODE_INVOCATION(body)
         given = {k: getattr(payload, k) for k in MLFLOW_KEYS if getattr(payload, k) is not msgspec.UNSET}

@@ -15,7 +15,7 @@ from serving.features import columns_from, outside_contract, take
 from serving.model import ServedModel
 from serving.readers import FeatureError
 from serving.reasons import explain_selected
-from serving.requests import Decoded
+from serving.decoded import Decoded
 
 
 class Scoring:

@@ -134,3 +134,27 @@ def test_the_prediction_log_holds_only_the_scored_records(
         token(r["loanId"]) for i, r in enumerate(batch) if i not in (3, 30)
     ]
     assert [line["probability"] for line in logged] == [p["probability"] for p in out["predictions"]]
+
+
+def test_a_valid_batch_decodes_at_once_to_what_record_by_record_gives(records) -> None:
+    """All-valid bodies are decoded in one call (serving.requests._at_once); one bad record sends the body
+    record by record. Both give the same records, and the count is checked before either decodes them."""
+    from serving import requests
+
+    good = records[:20]
+    spoilt = [*good, {"loanAmount": -5}]
+    for make, decode in (
+        (lambda rs: {"data": rs}, lambda b: requests.batch(b, 100)),
+        (lambda rs: {"dataframe_records": rs}, lambda b: requests.invocation(b, 100)[0]),
+    ):
+        whole = decode(json.dumps(make(good)).encode())
+        one_by_one = decode(json.dumps(make(spoilt)).encode())
+        assert [e.index for e in one_by_one.errors] == [20] and not whole.errors
+        assert whole.records == one_by_one.records and whole.positions == one_by_one.positions
+        assert whole.size == 20 and one_by_one.size == 21
+    with pytest.raises(requests.ApiError) as refused:
+        requests.batch(json.dumps({"data": [{}] * 101}).encode(), 100)
+    assert (refused.value.status, refused.value.code) == (413, "batch_too_large")
+    assert (
+        requests._at_once(json.dumps({"data": [{}] * 101}).encode(), requests._DECODE_ALL_BATCH, 100) is None
+    )
