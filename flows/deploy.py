@@ -22,10 +22,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tasks.settings import configure_environment, get_settings
-
-configure_environment()
-
 from prefect import flow
 
 from tasks.common import cli_run
@@ -38,6 +34,7 @@ from tasks.release.ledger import one_error
 from tasks.release.lock import release_lock
 from tasks.release.plan import commit_task, plan_release_task
 from tasks.release.record import operator
+from tasks.settings import configure_environment, get_settings
 
 
 @flow(name="loan-risk-deploy", log_prints=False)
@@ -88,6 +85,7 @@ def converge_flow() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: run the deploy flow (or converge, or print the history) and print its result as one JSON line."""
+    configure_environment()
     parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.splitlines()[0])
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--model-version", help="the registered version to deploy")

@@ -16,15 +16,12 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from tasks.settings import configure_environment, get_settings
-
-configure_environment()
-
 from prefect import flow
 
 from tasks.common import cli_run
 from tasks.monitoring.report import drift_task, emit_task, reference_task, report_task, window_task
 from tasks.registry import tracking
+from tasks.settings import configure_environment, get_settings
 
 
 @flow(name="loan-risk-monitor", log_prints=False)
@@ -64,6 +61,7 @@ def monitor_flow(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: run the monitor flow and print its result as one JSON line."""
+    configure_environment()
     parser = argparse.ArgumentParser(prog="python -m flows.monitor", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--since", help="how far back to read the log (24h, 7d, ...; default: monitor_window)"

@@ -20,10 +20,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tasks.settings import configure_environment, get_settings
-
-configure_environment()
-
 from prefect import flow
 
 from tasks.common import cli_run
@@ -34,6 +30,7 @@ from tasks.release.converge import converge
 from tasks.release.ledger import one_error
 from tasks.release.plan import commit_task, plan_rollback_task
 from tasks.release.record import operator
+from tasks.settings import configure_environment, get_settings
 
 
 @flow(name="loan-risk-rollback", log_prints=False)
@@ -66,6 +63,7 @@ def rollback_flow(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: run the rollback flow and print its result as one JSON line."""
+    configure_environment()
     parser = argparse.ArgumentParser(prog="python -m flows.rollback", description=__doc__.splitlines()[0])
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--steps", type=int, default=1, help="how many distinct releases back (default 1)")

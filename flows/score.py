@@ -18,15 +18,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tasks.settings import Settings, configure_environment, get_settings
-
-configure_environment()
-
 from prefect import flow
 
 from tasks.common import cli_run
 from tasks.monitoring.score_files import output_under_root
 from tasks.monitoring.scoring import fetch_model_task, score_task
+from tasks.settings import Settings, configure_environment, get_settings
 
 
 @flow(name="loan-risk-score", log_prints=False)
@@ -62,6 +59,7 @@ def _outputs(settings: Settings, output: str, rejects: str | None) -> tuple[str,
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: run the scoring flow and print its result as one JSON line."""
+    configure_environment()
     parser = argparse.ArgumentParser(prog="python -m flows.score", description=__doc__.splitlines()[0])
     parser.add_argument("input", help="applications: CSV or Parquet with the source files' field names")
     parser.add_argument(

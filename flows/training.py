@@ -15,10 +15,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from tasks.settings import Settings, configure_environment, get_settings
-
-configure_environment()
-
 from prefect import flow
 
 from tasks.common import cli_run, run_logger
@@ -33,6 +29,7 @@ from tasks.model.tune import tune_task
 from tasks.registry import tracking
 from tasks.registry.promote import promote_task
 from tasks.registry.versions import bundle_uri, register_task
+from tasks.settings import Settings, configure_environment, get_settings
 
 
 def resolve_settings(source: str | None, scale: float | None, n_trials: int | None) -> Settings:
@@ -197,6 +194,7 @@ def training_flow(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: run the training flow and print its result as one JSON line."""
+    configure_environment()
     parser = argparse.ArgumentParser(prog="python -m flows.training", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--source", help="sample (default), a local directory, or hf://datasets/<repo>[@<revision>]"

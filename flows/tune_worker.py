@@ -12,13 +12,10 @@ Composition only.
 
 from __future__ import annotations
 
-from tasks.settings import configure_environment, get_settings
-
-configure_environment()
-
 from prefect import flow
 
 from tasks.model.tune import tune_worker_task
+from tasks.settings import get_settings
 
 
 @flow(name="loan-risk-training", log_prints=False)

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from serving.config import ServiceConfig
+from serving.decoded import Decoded
 from serving.errors import feature_error
 from serving.features import columns_from, outside_contract, take
 from serving.model import ServedModel
 from serving.readers import FeatureError
 from serving.reasons import explain_selected
-from serving.decoded import Decoded
 
 
 class Scoring:

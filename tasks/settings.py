@@ -9,6 +9,7 @@ variables prefixed ``LOANRISK_`` (``LOANRISK_N_TRIALS=5``). Every piece of state
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -337,9 +338,12 @@ def get_settings() -> Settings:
 
 
 def configure_environment(settings: Settings | None = None) -> Settings:
-    """Point Prefect and MLflow state into the state folder, before either is imported.
+    """Point Prefect's state into the state folder and give it the configured API account: called by each
+    flow's ``main()`` (never at import), so a module imported by a worker changes nothing.
 
-    Leaves variables the user already set alone, so ``PREFECT_API_URL`` or ``MLFLOW_TRACKING_URI`` win.
+    Variables the user already set win (``PREFECT_API_URL``, ``PREFECT_HOME``). Prefect reads its settings when
+    it is imported; they are read again here. MLflow's variables are set by its one door
+    (:func:`tasks.registry.tracking.client`).
     """
     settings = settings or get_settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -349,15 +353,23 @@ def configure_environment(settings: Settings | None = None) -> Settings:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "GIT_PYTHON_REFRESH": "quiet",
     }
-    if settings.mlflow_username:
-        defaults["MLFLOW_TRACKING_USERNAME"] = settings.mlflow_username
-    if settings.mlflow_password is not None:
-        defaults["MLFLOW_TRACKING_PASSWORD"] = settings.mlflow_password.get_secret_value()
     if settings.prefect_api_auth_string is not None:
         defaults["PREFECT_API_AUTH_STRING"] = settings.prefect_api_auth_string.get_secret_value()
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    context = sys.modules.get("prefect.context")
+    if context is not None:
+        context.refresh_global_settings_context()
     return settings
+
+
+def mlflow_environment(settings: Settings) -> None:
+    """MLflow's variables from the settings (the tracking account; no progress bars), unless already set."""
+    defaults = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GIT_PYTHON_REFRESH": "quiet"}
+    if settings.mlflow_username:
+        defaults["MLFLOW_TRACKING_USERNAME"] = settings.mlflow_username
+    if settings.mlflow_password is not None:
+        defaults["MLFLOW_TRACKING_PASSWORD"] = settings.mlflow_password.get_secret_value()
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

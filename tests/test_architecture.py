@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -237,3 +239,26 @@ def test_every_import_of_the_bench_scripts_resolves() -> None:
                     if not hasattr(module, alias.name) and not _submodule(f"{node.module}.{alias.name}"):
                         missing.append(f"{path.name}: {node.module}.{alias.name}")
     assert missing == []
+
+
+def test_importing_a_flow_changes_nothing(tmp_path: Path) -> None:
+    """A worker imports a flow module to run it: that import sets no variable and creates no state folder;
+    each flow's main() configures the environment (issue 22)."""
+    state = tmp_path / "state"
+    script = (
+        "import os, json, importlib\n"
+        "before = dict(os.environ)\n"
+        "for name in ('training', 'deploy', 'score', 'monitor', 'rollback', 'tune_worker'):\n"
+        "    importlib.import_module('flows.' + name)\n"
+        "print(json.dumps(sorted(k for k in os.environ if os.environ.get(k) != before.get(k))))\n"
+    )
+    ours = ("PREFECT_", "MLFLOW_", "DO_NOT_TRACK", "GIT_PYTHON_REFRESH")  # what configure_environment sets
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    env["LOANRISK_STATE_DIR"] = str(state)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    changed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [k for k in changed if k.startswith(ours)] == []
+    assert not state.exists()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import tempfile
 import time
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tasks.settings import Settings
+from tasks.settings import Settings, mlflow_environment
 
 
 def client(settings: Settings) -> Any:
@@ -27,6 +26,7 @@ def client(settings: Settings) -> Any:
     MLflow's global URI is never set: ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the
     process environment, which would pin every later settings object of the process to the first store.
     """
+    mlflow_environment(settings)
     from mlflow import MlflowClient
 
     uri = settings.tracking_uri
@@ -207,9 +207,7 @@ def already_exists(exc: BaseException) -> bool:
 
 def download_artifacts(settings: Settings, artifact_uri: str, dst: Path) -> Path:
     """Download ``artifact_uri`` (``runs:/``, ``models:/`` or a store URI) into ``dst``; returns the local path."""
+    mlflow_environment(settings)
     from mlflow.artifacts import download_artifacts as download
 
     return Path(download(artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=settings.tracking_uri))
-
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
