@@ -167,7 +167,7 @@ def _register(
     from tasks.registry import tracking, versions
 
     bundle = tmp_path / f"bundle-{decision}-{dry_run}-{over}"
-    bundle.mkdir(exist_ok=True)
+    bundle.mkdir(parents=True, exist_ok=True)
     (bundle / "README").write_text("not a model: the gate must refuse before anything reads it")
     version = versions.register_bundle(settings, tracking.start_run(settings, "t"), bundle, {})
     if decision:
