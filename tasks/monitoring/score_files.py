@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from serving.contract import CLARITY_COLUMNS, LOAN_COLUMNS
 from serving.features import SOURCE_FIELDS
 from tasks.common import PermanentError
-from tasks.settings import Settings
+from tasks.settings import MonitoringSettings, Settings
 
 ID_FIELD = "loanId"
 JOIN_KEY = "clarityFraudId"
@@ -30,7 +30,7 @@ REPORT_KEY = "underwritingid"
 LOAN_FIELDS: tuple[str, ...] = tuple(c for c in LOAN_COLUMNS if c in SOURCE_FIELDS or c == ID_FIELD)
 REPORT_FIELDS: tuple[str, ...] = tuple(c for c in CLARITY_COLUMNS if c in SOURCE_FIELDS)
 INPUT_FIELDS: tuple[str, ...] = LOAN_FIELDS + REPORT_FIELDS
-DEFAULT_CHUNK_ROWS: int = Settings.model_fields["score_chunk_rows"].default
+DEFAULT_CHUNK_ROWS: int = MonitoringSettings.model_fields["score_chunk_rows"].default
 OUTPUT_COLUMNS: tuple[str, ...] = ("loanId", "probability", "label", "model_version")
 REJECT_COLUMNS: tuple[str, ...] = ("line", "loanId", "field", "reason")
 _CSV_BYTES_PER_ROW = 180  # loan.csv averages ~172 bytes a row: a CSV block of chunk_rows * this

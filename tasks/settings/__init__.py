@@ -1,0 +1,242 @@
+"""The one typed settings object of the pipeline, in sections (data, tuning, evaluation, registry, release,
+serving, monitoring).
+
+Values come, in increasing priority, from the defaults below (which work offline), an optional config file
+(TOML or YAML, named by ``LOANRISK_CONFIG`` or ``loanrisk.toml`` in the working directory) and environment
+variables prefixed ``LOANRISK_``. Names are flat and unique across sections: ``LOANRISK_N_TRIALS=5`` (or
+``n_trials = 5`` in the file, or ``Settings(n_trials=5)``) sets ``settings.tuning.n_trials``. Every piece of
+state a run creates lives under ``state_dir`` (default ``.state`` in the project root), which is git-ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, Field, create_model, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tasks.settings.sections import (
+    SECTION_OF,
+    SECTIONS,
+    DataSettings,
+    EvaluationSettings,
+    MonitoringSettings,
+    RegistrySettings,
+    ReleaseSettings,
+    RunSettings,
+    ServingSettings,
+    TuningSettings,
+)
+
+if TYPE_CHECKING:
+    from serving.privacy import Pseudonymiser
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the optional TOML/YAML config file (flat keys, the same names as the settings)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("LOANRISK_CONFIG")
+        candidate = Path(path) if path else Path.cwd() / "loanrisk.toml"
+        if not candidate.exists():
+            if path:
+                raise FileNotFoundError(f"LOANRISK_CONFIG names {candidate}, which does not exist")
+            return {}
+        text = candidate.read_text()
+        data = tomllib.loads(text) if candidate.suffix == ".toml" else yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {candidate} must hold a mapping of setting names to values")
+        return data
+
+
+class _Sources(BaseSettings):
+    """Reads the flat names from the init values, the environment and the config file (parsing only)."""
+
+    model_config = SettingsConfigDict(env_prefix="LOANRISK_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls), file_secret_settings)
+
+
+# Every flat name as optional: a value not given anywhere is left to its section's default (and validators).
+_Flat = create_model(  # type: ignore[call-overload]
+    "_Flat",
+    __base__=_Sources,
+    **{
+        name: (info.annotation | None, None)
+        for cls in (RunSettings, *SECTIONS.values())
+        for name, info in cls.model_fields.items()
+    },
+)
+
+
+def _sectioned(values: dict[str, Any]) -> dict[str, Any]:
+    """Flat names (and section objects or dicts) routed into ``{top-level..., section: {...}}``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in SECTIONS:
+            part = value.model_dump() if isinstance(value, BaseModel) else dict(value)
+            out.setdefault(key, {}).update(part)
+        elif key in SECTION_OF:
+            out.setdefault(SECTION_OF[key], {})[key] = value
+        else:
+            out[key] = value
+    return out
+
+
+class Settings(RunSettings):
+    """All knobs of the pipeline, typed, in sections, with offline defaults; ``Settings()`` reads the sources."""
+
+    data: DataSettings = Field(default_factory=DataSettings)
+    tuning: TuningSettings = Field(default_factory=TuningSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    release: ReleaseSettings = Field(default_factory=ReleaseSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+
+    def __init__(self, **values: Any) -> None:
+        given = self.flat(_sectioned(values))
+        read = _Flat(**given).model_dump(exclude_none=True) | {k: None for k, v in given.items() if v is None}
+        super().__init__(**_sectioned(read))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_flat_names(cls, data: Any) -> Any:
+        return _sectioned(data) if isinstance(data, dict) else data
+
+    @staticmethod
+    def flat(values: dict[str, Any]) -> dict[str, Any]:
+        """``{section: {...}}`` values as flat names (the names of the environment and the config file)."""
+        out = {k: v for k, v in values.items() if k not in SECTIONS}
+        for sec in SECTIONS:
+            part = values.get(sec) or {}
+            out.update(part.model_dump() if isinstance(part, BaseModel) else part)
+        return out
+
+    def replace(self, **changes: Any) -> Settings:
+        """A validated copy with some values changed, named flat (``replace(n_trials=3)``)."""
+        current = {name: getattr(self, name) for name in RunSettings.model_fields} | {
+            sec: getattr(self, sec).model_dump() for sec in SECTIONS
+        }
+        return type(self).model_validate(self.flat(current) | changes)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Settings:  # type: ignore[override]
+        return self.replace(**update) if update else super().model_copy(deep=deep)
+
+    def __getattr__(self, name: str) -> Any:
+        section = SECTION_OF.get(name)
+        if section is None:
+            return super().__getattr__(name)  # type: ignore[misc]
+        return getattr(getattr(self, section), name)
+
+    # --- locations in the state folder ---------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "data"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.state_dir / "quarantine"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state_dir / "prefect"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.state_dir / "mlflow" / "artifacts"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI: MLFLOW_TRACKING_URI, else the setting, else local SQLite."""
+        return (
+            os.environ.get("MLFLOW_TRACKING_URI")
+            or self.registry.mlflow_tracking_uri
+            or f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}"
+        )
+
+    @property
+    def score_root(self) -> Path:
+        """The folder batch scoring may write under (``score_output_root``, else <state_dir>/scores)."""
+        return (self.monitoring.score_output_root or self.state_dir / "scores").resolve()
+
+    @property
+    def wheel_cache_dir(self) -> Path:
+        return self.release.wheel_cache or self.state_dir / "wheels"
+
+    @property
+    def study_storage(self) -> str:
+        return self.tuning.optuna_storage or f"sqlite:///{self.state_dir / 'optuna' / 'optuna.db'}"
+
+    def pseudonymiser(self) -> Pseudonymiser:
+        """The keyed pseudonymiser of identifiers: ``pseudonym_key``, else the key kept in :attr:`secrets_dir`."""
+        from serving.privacy import Pseudonymiser, load_key
+
+        key = self.serving.pseudonym_key
+        return Pseudonymiser(load_key(key.get_secret_value() if key else None, self.secrets_dir))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; call ``get_settings.cache_clear()`` after changing the env)."""
+    return Settings()
+
+
+def configure_environment(settings: Settings | None = None) -> Settings:
+    """Point Prefect's state into the state folder and give it the configured API account: called by each
+    flow's ``main()`` (never at import), so a module imported by a worker changes nothing.
+
+    Variables the user already set win (``PREFECT_API_URL``, ``PREFECT_HOME``). Prefect reads its settings when
+    it is imported; they are read again here. MLflow's variables are set by its one door
+    (:func:`tasks.registry.tracking.client`).
+    """
+    settings = settings or get_settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "PREFECT_HOME": str(settings.prefect_home),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    if settings.prefect_api_auth_string is not None:
+        defaults["PREFECT_API_AUTH_STRING"] = settings.prefect_api_auth_string.get_secret_value()
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    context = sys.modules.get("prefect.context")
+    if context is not None:
+        context.refresh_global_settings_context()
+    return settings
+
+
+def mlflow_environment(settings: Settings) -> None:
+    """MLflow's variables from the settings (the tracking account; no progress bars), unless already set."""
+    defaults = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GIT_PYTHON_REFRESH": "quiet"}
+    if settings.registry.mlflow_username:
+        defaults["MLFLOW_TRACKING_USERNAME"] = settings.registry.mlflow_username
+    if settings.registry.mlflow_password is not None:
+        defaults["MLFLOW_TRACKING_PASSWORD"] = settings.registry.mlflow_password.get_secret_value()
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
