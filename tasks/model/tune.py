@@ -89,23 +89,17 @@ def objective_for(
         if tune_study.WORKER in trial.user_attrs:  # a re-run: the attributes are copied from the failed trial
             trial.set_user_attr("retried_from_worker", trial.user_attrs[tune_study.WORKER])
         trial.set_user_attr(tune_study.WORKER, worker)
-        params = suggest_params(trial)
-        started = time.perf_counter()
-        callback = PruningCallback(trial)
+        params, started, callback = suggest_params(trial), time.perf_counter(), PruningCallback(trial)
         model = fit_model(params, train, valid, settings, callbacks=[callback])
         auc = float(roc_auc_score(valid_label, predict_proba(model, valid)))
         trial.set_user_attr("valid_roc_auc", auc)
         trial.set_user_attr("best_iteration", model.get_best_iteration())
         if run_id:
-            tracking.log_child_run(
-                settings,
-                run_id,
-                f"trial-{trial.number}",
-                {**params, "best_iteration": model.get_best_iteration()},
-                {"valid_roc_auc": auc, "fit_seconds": time.perf_counter() - started},
-                {"optuna.trial": str(trial.number), "optuna.worker": worker},
-                status="KILLED" if callback.pruned else "FINISHED",
-            )
+            metrics = {"valid_roc_auc": auc, "fit_seconds": time.perf_counter() - started}
+            tags = {"optuna.trial": str(trial.number), "optuna.worker": worker}
+            status = "KILLED" if callback.pruned else "FINISHED"
+            fitted = {**params, "best_iteration": model.get_best_iteration()}
+            tracking.log_child_run(settings, run_id, f"trial-{trial.number}", fitted, metrics, tags, status)
         if callback.pruned:
             raise optuna.TrialPruned(f"pruned at validation AUC {auc:.4f}")
         return auc
@@ -117,10 +111,8 @@ def trial_line(done: int, total: int, trial: FrozenTrial, best: FrozenTrial | No
     """``trial 3/20 (#2) pruned: validation ROC-AUC 0.8123; best 0.8355 (#1); 42.1 s``."""
     value = trial.value if trial.state == TrialState.COMPLETE else trial.user_attrs.get("valid_roc_auc")
     shown = f"validation ROC-AUC {value:.4f}" if value is not None else "no value"
-    state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(
-        trial.state, trial.state.name.lower()
-    )
     best_text = f"best {best.value:.4f} (#{best.number})" if best is not None else "no complete trial yet"
+    state = trial.state.name.lower()
     return f"trial {done}/{total} (#{trial.number}) {state}: {shown}; {best_text}; {elapsed_s:.1f} s"
 
 

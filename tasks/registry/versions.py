@@ -147,8 +147,8 @@ class AlreadyExists(PermanentError):
 
 
 def create_record(settings: Settings, name: str, tags: dict[str, str], description: str = "") -> None:
-    """Create the registered model ``name`` with ``tags`` in one call; :class:`AlreadyExists` when the name is
-    taken. The store's unique name makes this a compare-and-set: of two creators of one name, exactly one wins."""
+    """Create the registered model ``name`` with ``tags`` in one call (a compare-and-set on the unique name);
+    :class:`AlreadyExists` when the name is taken."""
     try:
         tracking.client(settings).create_registered_model(name, tags=tags, description=description)
     except Exception as exc:
@@ -166,10 +166,10 @@ def record_tags(settings: Settings, name: str, what: str = "") -> dict[str, str]
 def records(settings: Settings, prefix: str, newest_only: bool = False) -> dict[str, dict[str, str]]:
     """Registered models whose name starts with ``prefix`` (name → tags), every page; ``newest_only``: the one
     with the greatest name."""
-    c = tracking.client(settings)
-    found: dict[str, dict[str, str]] = {}
-    token = None
-    try:
+
+    def every_page(c: Any) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        token = None
         while True:
             page = c.search_registered_models(
                 filter_string=f"name LIKE '{prefix}%'",
@@ -181,8 +181,8 @@ def records(settings: Settings, prefix: str, newest_only: bool = False) -> dict[
             token = page.token
             if newest_only or not token:
                 return found
-    except Exception as exc:
-        unavailable(settings, f"list registered models named {prefix}*", exc)
+
+    return _ask(settings, f"list registered models named {prefix}*", every_page)
 
 
 def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
