@@ -1,11 +1,6 @@
-"""The model card of a bundle: Markdown and self-contained HTML (plots embedded as data URIs), rendered with jinja2.
+"""The model card of a bundle, as Markdown and self-contained HTML, rendered from the bundle's files alone.
 
-Rendered from what the bundle holds, nothing else: ``bundle.json`` (version, threshold, metrics, data
-fingerprint, parameters, decision policy, calibrator), ``evaluation.json`` (the evaluation report of
-``tasks/model/evaluate.py`` plus the data and training context ``tasks/model/package.py`` adds), ``plots/*.png`` and the
-reason-code table (``reason_codes.toml``). Training writes ``card.md`` and ``card.html`` into the bundle when it
-packages it and again when registration stamps the version (:func:`write_card`), so the card is an MLflow artifact
-of the version; the service only answers ``GET /model/card`` with the files.
+Written at packaging and again when registration stamps the version; the service only serves the files.
 """
 
 from __future__ import annotations
@@ -71,8 +66,8 @@ def _data_section(meta: dict[str, Any], context: dict[str, Any]) -> Section:
     windows = Table(
         ["slice", "from", "to", "loans", "risky share"],
         [
-            [name, bounds.get(f"{key}_start", "?"), bounds.get(f"{key}_end", "?"), num(bounds.get(f"n_{key}")),
-             pct(bounds.get(f"risky_share_{key}"))]
+            [name, *(bounds.get(f"{key}_{end}", "?") for end in ("start", "end")),
+             num(bounds.get(f"n_{key}")), pct(bounds.get(f"risky_share_{key}"))]
             for key, name in (("train", "train"), ("valid", "validation"), ("test", "test"))
         ],
     )  # fmt: skip
@@ -122,9 +117,8 @@ def _training_section(meta: dict[str, Any], context: dict[str, Any]) -> Section:
 def _reasons_section(bundle_dir: Path) -> Section:
     path = bundle_dir / TABLE_FILE
     if not path.is_file():
-        return Section(
-            "Reason codes", ["This bundle carries no reason-code table: the service returns no reasons."]
-        )
+        text = "This bundle carries no reason-code table: the service returns no reasons."
+        return Section("Reason codes", [text])
     table = ReasonTable.read(path)
     rows = [[r.code, r.text, ", ".join(r.features)] for r in table.reasons]
     return Section(
@@ -141,8 +135,8 @@ def _reasons_section(bundle_dir: Path) -> Section:
 def card_sections(bundle_dir: Path) -> tuple[str, list[Section], list[str]]:
     """The card's title, sections and plot files, from the bundle alone."""
     meta = json.loads((bundle_dir / "bundle.json").read_text())
-    evaluation_path = bundle_dir / EVALUATION_FILE
-    report = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None
+    evaluation = bundle_dir / EVALUATION_FILE
+    report = json.loads(evaluation.read_text()) if evaluation.is_file() else None
     plots = sorted(p.name for p in (bundle_dir / PLOTS_DIR).glob("*.png")) if report else []
     title = f"Model card: {meta.get('model_name', 'model')} v{meta.get('model_version') or 'unregistered'}"
     context = (report or {}).get("context") or {}
@@ -173,14 +167,13 @@ def render_markdown(bundle_dir: str | Path) -> str:
 
 
 def render_html(bundle_dir: str | Path) -> str:
-    """The card as one self-contained HTML page: the plots embedded as ``data:image/png;base64`` URIs."""
+    """The card as one self-contained HTML page, the plots embedded as data URIs."""
     bundle_dir = Path(bundle_dir)
     title, sections, plots = card_sections(bundle_dir)
-    images = {
-        name: "data:image/png;base64,"
-        + base64.b64encode((bundle_dir / PLOTS_DIR / name).read_bytes()).decode()
-        for name in plots
+    encoded = {
+        name: base64.b64encode((bundle_dir / PLOTS_DIR / name).read_bytes()).decode() for name in plots
     }
+    images = {name: f"data:image/png;base64,{data}" for name, data in encoded.items()}
     return HTML_PAGE.render(title=title, sections=sections, images=images, captions=PLOT_CAPTIONS)
 
 
@@ -188,8 +181,7 @@ def write_card(bundle_dir: str | Path) -> tuple[Path, Path]:
     """Render the card into the bundle (``card.md``, ``card.html``); returns both paths."""
     bundle_dir = Path(bundle_dir)
     md, html = bundle_dir / CARD_MARKDOWN, bundle_dir / CARD_HTML
-    md.write_text(render_markdown(bundle_dir), encoding="utf-8")
-    html.write_text(render_html(bundle_dir), encoding="utf-8")
-    for path in (md, html):
+    for path, render in ((md, render_markdown), (html, render_html)):
+        path.write_text(render(bundle_dir), encoding="utf-8")
         path.chmod(0o644)
     return md, html

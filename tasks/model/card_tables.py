@@ -1,12 +1,10 @@
-"""The model card's tables and its two templates: :class:`Table` rows built once, rendered as Markdown and HTML.
-
-The evaluate stage's Prefect summary reuses :func:`evaluation_markdown`; :mod:`tasks.model.card` assembles the
-whole card from a bundle.
-"""
+"""The model card's tables and its two templates (Markdown, HTML); the evaluate stage's summary reuses
+:func:`evaluation_markdown`."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,85 +56,72 @@ def _interval(metrics: dict[str, Any], prefix: str, name: str) -> str:
 # --- the evaluation sections (card and Prefect summary) ------------------------------------------------------
 
 
+METRIC_ROWS = {
+    "roc_auc": "ROC-AUC",
+    "auc_ci": "ROC-AUC 95% interval",
+    "gini": "Gini (2·AUC − 1)",
+    "ks": "KS",
+    "ks_ci": "KS 95% interval",
+    "pr_auc": "PR-AUC",
+    "precision": "precision at the threshold",
+    "recall": "recall at the threshold",
+    "f1": "F1 at the threshold",
+    "ece": "expected calibration error",
+    "brier": "Brier score",
+    "log_loss": "log loss",
+}
+
+
 def metrics_table(metrics: dict[str, Any]) -> Table:
-    rows = [
-        ["ROC-AUC", *(num(metrics.get(f"{s}_roc_auc")) for s in ("valid", "test"))],
-        ["ROC-AUC 95% interval", _interval(metrics, "valid", "auc"), _interval(metrics, "test", "auc")],
-        ["Gini (2·AUC − 1)", *(num(metrics.get(f"{s}_gini")) for s in ("valid", "test"))],
-        ["KS", *(num(metrics.get(f"{s}_ks")) for s in ("valid", "test"))],
-        ["KS 95% interval", _interval(metrics, "valid", "ks"), _interval(metrics, "test", "ks")],
-    ]
-    for key, label in (
-        ("pr_auc", "PR-AUC"),
-        ("precision", "precision at the threshold"),
-        ("recall", "recall at the threshold"),
-        ("f1", "F1 at the threshold"),
-        ("ece", "expected calibration error"),
-        ("brier", "Brier score"),
-        ("log_loss", "log loss"),
-    ):
-        rows.append([label, *(num(metrics.get(f"{s}_{key}")) for s in ("valid", "test"))])
+    def cell(prefix: str, key: str) -> str:
+        if key.endswith("_ci"):
+            return _interval(metrics, prefix, key.removesuffix("_ci"))
+        return num(metrics.get(f"{prefix}_{key}"))
+
+    rows = [[label, cell("valid", key), cell("test", key)] for key, label in METRIC_ROWS.items()]
     return Table(["metric", "validation", "test"], rows)
 
 
-def decile_table(rows: list[dict[str, Any]], caption: str) -> Table:
-    return Table(
-        ["decile", "scores", "loans", "bads", "bad rate", "bads captured (cum.)", "lift"],
-        [
-            [
-                str(r["decile"]),
-                f"{r['min_score']:.3f}–{r['max_score']:.3f}",
-                num(r["count"]),
-                num(r["bads"]),
-                pct(r["bad_rate"]),
-                pct(r["cum_bad_share"]),
-                num(r["lift"], 2),
-            ]
-            for r in rows
-        ],
-        caption,
-    )
+def _table(
+    columns: dict[str, Callable[[dict[str, Any]], str]], rows: list[dict[str, Any]], caption: str
+) -> Table:
+    return Table(list(columns), [[cell(r) for cell in columns.values()] for r in rows], caption)
 
 
-def calibration_table(bins: list[dict[str, Any]], caption: str) -> Table:
-    return Table(
-        ["probability bin", "loans", "mean predicted", "observed risky share"],
-        [
-            [
-                f"{b['low']:.1f}–{b['high']:.1f}",
-                num(b["count"]),
-                num(b["mean_predicted"]),
-                num(b["observed"]),
-            ]
-            for b in bins
-        ],
-        caption,
-    )
+def _fmt(key: str, fmt: Callable[..., str] = num) -> Callable[[dict[str, Any]], str]:
+    return lambda row: fmt(row[key])
 
 
-def segment_table(rows: list[dict[str, Any]], caption: str) -> Table:
-    return Table(
-        ["segment", "value", "loans", "bad rate", "mean score", "flagged", "ROC-AUC", "KS"],
-        [
-            [
-                r["segment"],
-                r["value"],
-                num(r["count"]),
-                pct(r["bad_rate"]),
-                num(r["mean_score"]),
-                pct(r["flagged_share"]),
-                num(r["roc_auc"]),
-                num(r["ks"]),
-            ]
-            for r in rows
-        ],
-        caption,
-    )
+DECILE_COLUMNS = {
+    "decile": _fmt("decile", str),
+    "scores": lambda r: f"{r['min_score']:.3f}–{r['max_score']:.3f}",
+    "loans": _fmt("count"),
+    "bads": _fmt("bads"),
+    "bad rate": _fmt("bad_rate", pct),
+    "bads captured (cum.)": _fmt("cum_bad_share", pct),
+    "lift": lambda r: num(r["lift"], 2),
+}
+CALIBRATION_COLUMNS = {
+    "probability bin": lambda b: f"{b['low']:.1f}–{b['high']:.1f}",
+    "loans": _fmt("count"),
+    "mean predicted": _fmt("mean_predicted"),
+    "observed risky share": _fmt("observed"),
+}
+SEGMENT_COLUMNS = {
+    "segment": _fmt("segment", str),
+    "value": _fmt("value", str),
+    "loans": _fmt("count"),
+    "bad rate": _fmt("bad_rate", pct),
+    "mean score": _fmt("mean_score"),
+    "flagged": _fmt("flagged_share", pct),
+    "ROC-AUC": _fmt("roc_auc"),
+    "KS": _fmt("ks"),
+}
 
 
 def policy_text(policy: dict[str, Any]) -> list[str]:
     """What decides, in sentences: the threshold policy and its inputs, calibration, the label policy."""
-    threshold = num(policy.get("threshold"))
+    threshold, cal = num(policy.get("threshold")), policy.get("calibration") or {}
     if policy.get("threshold_policy") == "expected_cost":
         rule = (
             f"Threshold {threshold}, by the expected-cost policy: the validation threshold with the least "
@@ -149,7 +134,6 @@ def policy_text(policy: dict[str, Any]) -> list[str]:
             f"Threshold {threshold}, by the F1 policy: the best validation F1 among thresholds with precision ≥ "
             f"{num(policy.get('min_precision'), 2)} and recall ≥ {num(policy.get('min_recall'), 2)}."
         )
-    cal = policy.get("calibration") or {}
     if cal.get("applied"):
         calibration = (
             f"Calibrated ({cal.get('method')}, fitted on validation): the model's validation ECE "
@@ -169,8 +153,7 @@ def evaluation_sections(report: dict[str, Any], plots: list[str] | None = None) 
     """The metrics, deciles, calibration, segments and stability sections of an evaluation report."""
     plots = plots or []
     metrics, slices, stability = report["metrics"], report["slices"], report["stability"]
-    boot = report.get("settings", {}).get("bootstrap_samples")
-    seg_min = report.get("settings", {}).get("segment_min_count")
+    boot, seg_min = (report.get("settings", {}).get(k) for k in ("bootstrap_samples", "segment_min_count"))
     return [
         Section(
             "Metrics",
@@ -185,8 +168,8 @@ def evaluation_sections(report: dict[str, Any], plots: list[str] | None = None) 
             "Decile table",
             ["Loans in ten equal groups by score, riskiest first."],
             tables=[
-                decile_table(slices["test"]["deciles"], "test"),
-                decile_table(slices["valid"]["deciles"], "validation"),
+                _table(DECILE_COLUMNS, slices[key]["deciles"], name)
+                for key, name in (("test", "test"), ("valid", "validation"))
             ],
             plots=[p for p in plots if p == "deciles.png"],
         ),
@@ -196,13 +179,13 @@ def evaluation_sections(report: dict[str, Any], plots: list[str] | None = None) 
                 f"Expected calibration error: validation {num(metrics.get('valid_ece'))}, test "
                 f"{num(metrics.get('test_ece'))} (ten equal-width bins)."
             ],
-            tables=[calibration_table(slices["test"]["calibration"], "test")],
+            tables=[_table(CALIBRATION_COLUMNS, slices["test"]["calibration"], "test")],
             plots=[p for p in plots if p == "reliability.png"],
         ),
         Section(
             "Segments",
             [f"Test loans by state, lead type and pay frequency; segments under {seg_min} loans left out."],
-            tables=[segment_table(slices["test"]["segments"], "test")],
+            tables=[_table(SEGMENT_COLUMNS, slices["test"]["segments"], "test")],
         ),
         Section(
             "Stability baseline",
@@ -223,43 +206,12 @@ def evaluation_sections(report: dict[str, Any], plots: list[str] | None = None) 
 
 # --- templates ----------------------------------------------------------------------------------------------
 
-_ENV = jinja2.Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True)  # Markdown: no HTML escapes
 _HTML_ENV = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
-_ENV.filters["cell"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
 
-MARKDOWN_SECTIONS = _ENV.from_string(
-    """{% for s in sections %}
-## {{ s.title }}
 
-{% for p in s.paragraphs %}
-{{ p }}
+def _markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
 
-{% endfor %}
-{% for b in s.bullets %}
-- {{ b }}
-{% endfor %}
-{% if s.bullets %}
-
-{% endif %}
-{% for t in s.tables %}
-{% if t.caption %}
-*{{ t.caption }}*
-
-{% endif %}
-| {{ t.headers | map("cell") | join(" | ") }} |
-|{% for h in t.headers %}---|{% endfor %}
-
-{% for row in t.rows %}
-| {{ row | map("cell") | join(" | ") }} |
-{% endfor %}
-
-{% endfor %}
-{% for plot in s.plots %}
-![{{ captions.get(plot, plot) }}]({{ plots_dir }}/{{ plot }})
-
-{% endfor %}
-{% endfor %}"""
-)
 
 HTML_PAGE = _HTML_ENV.from_string(
     """<!DOCTYPE html>
@@ -292,12 +244,18 @@ img{max-width:100%;display:block;margin:.5rem 0}figcaption{font-size:.9em;color:
 
 
 def markdown_of(sections: list[Section]) -> str:
-    return MARKDOWN_SECTIONS.render(sections=sections, captions=PLOT_CAPTIONS, plots_dir=PLOTS_DIR)
+    lines = []
+    for s in sections:
+        lines += [f"## {s.title}", "", *(line for p in s.paragraphs for line in (p, ""))]
+        lines += [f"- {b}" for b in s.bullets] + ([""] if s.bullets else [])
+        for t in s.tables:
+            lines += [f"*{t.caption}*", ""] if t.caption else []
+            rule = "|" + "---|" * len(t.headers)
+            lines += [_markdown_row(t.headers), rule, *map(_markdown_row, t.rows), ""]
+        lines += [line for p in s.plots for line in (f"![{PLOT_CAPTIONS.get(p, p)}]({PLOTS_DIR}/{p})", "")]
+    return "".join(line + "\n" for line in lines)
 
 
 def evaluation_markdown(report: dict[str, Any]) -> str:
-    """The credit-grade sections of an evaluation report as Markdown (the Prefect summary's second half)."""
+    """The credit-grade sections of an evaluation report as Markdown."""
     return markdown_of(evaluation_sections(report))
-
-
-# --- the whole card -----------------------------------------------------------------------------------------

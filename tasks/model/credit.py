@@ -1,10 +1,5 @@
-"""Credit-grade metrics, pure functions on label and score arrays: KS, Gini, bootstrap intervals, the decile
-table, expected calibration error, the population stability index, segment metrics, the expected-cost threshold
-and the calibrators' fits.
-
-Conventions: ``y`` holds 1 for a risky (bad) loan and 0 for a good one; ``p`` is the model's probability of
-risky, so a higher score means more risk. Everything is vectorised numpy (the bootstrap resamples all at once as
-count weights), so the evaluate stage stays a few seconds at full scale.
+"""Credit-grade metrics, pure vectorised functions on label and score arrays (``y`` 1 for a risky loan, ``p`` the
+probability of risky): Gini, bootstrap intervals, deciles, calibration, stability, segments, cost threshold.
 """
 
 from __future__ import annotations
@@ -29,8 +24,8 @@ def gini(auc: float) -> float:
 def bootstrap_intervals(
     y: np.ndarray, p: np.ndarray, samples: int, seed: int, level: float = 0.95
 ) -> dict[str, float]:
-    """Percentile bootstrap intervals of AUC and KS: ``samples`` resamples of the rows with replacement, drawn
-    as count weights all at once (seeded, so a run repeats). {} when ``samples`` is 0 or a class is absent."""
+    """Seeded percentile bootstrap intervals of AUC and KS, resamples drawn as count weights; {} when ``samples``
+    is 0 or a class is absent."""
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     n = len(y)
     if samples <= 0 or len(np.unique(y)) < 2:
@@ -47,19 +42,17 @@ def bootstrap_intervals(
     out: dict[str, float] = {}
     for name, values in (("auc", auc), ("ks", ks)):
         low, high = np.nanpercentile(values, [tail, 100 - tail])
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(low), float(high)
+        out |= {f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)}
     return out
 
 
 def decile_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
-    """Rows of equal count by score, riskiest first: decile (1 = highest scores), score range, count, bads, bad
-    rate, cumulative share of all bads captured down to this decile, and lift (bad rate over the overall one)."""
+    """Rows of equal count by score, riskiest first, with bad rate, cumulative share of bads captured and lift."""
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     n = len(y)
     if n == 0:
         return []
-    order = np.argsort(-p, kind="stable")
-    groups = np.array_split(order, min(bins, n))
+    groups = np.array_split(np.argsort(-p, kind="stable"), min(bins, n))
     total_bad = y.sum()
     overall = total_bad / n
     rows, captured = [], 0.0
@@ -83,8 +76,7 @@ def decile_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str,
 
 
 def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
-    """The reliability curve: equal-width probability bins with their count, mean predicted probability and
-    observed risky share (empty bins left out)."""
+    """The reliability curve: equal-width probability bins (empty ones left out)."""
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     which = np.minimum((p * bins).astype(int), bins - 1)
     count = np.bincount(which, minlength=bins)
@@ -104,8 +96,7 @@ def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """ECE: the count-weighted mean gap between predicted probability and observed risky share, over
-    :func:`calibration_bins`."""
+    """ECE: the count-weighted mean gap between predicted probability and observed risky share."""
     rows = calibration_bins(y, p, bins)
     n = sum(r["count"] for r in rows)
     if n == 0:
@@ -114,8 +105,8 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
 
 
 def binned_shares(expected: Any, actual: Any, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Shares of ``expected`` and ``actual`` per bin: numbers by ``bins`` quantile bins of ``expected`` (missing
-    values a bin of their own), text by category (missing as a category of its own)."""
+    """Shares of ``expected`` and ``actual`` per bin: numbers by quantile bins of ``expected``, text by category
+    (missing values a bin of their own)."""
     e, a = pd.Series(expected), pd.Series(actual)
     if pd.api.types.is_numeric_dtype(e) and pd.api.types.is_numeric_dtype(a):
         ev, av = e.to_numpy(dtype=float), a.to_numpy(dtype=float)
@@ -123,9 +114,8 @@ def binned_shares(expected: Any, actual: Any, bins: int = 10) -> tuple[np.ndarra
         return stats.shares(stats.numeric_counts(ev, edges)), stats.shares(stats.numeric_counts(av, edges))
     et, at = ([None if pd.isna(v) else str(v) for v in s] for s in (e, a))
     categories = sorted({v for v in (*et, *at) if v is not None})
-    return stats.shares(stats.categorical_counts(et, categories)), stats.shares(
-        stats.categorical_counts(at, categories)
-    )
+    shares = (stats.shares(stats.categorical_counts(t, categories)) for t in (et, at))
+    return next(shares), next(shares)
 
 
 def stability(
@@ -155,8 +145,7 @@ def segment_metrics(
     segments: Mapping[str, Any],
     min_count: int,
 ) -> list[dict[str, Any]]:
-    """Per value of each segment column (``{"state": values, ...}``) with at least ``min_count`` loans: count,
-    bad rate, mean score, share flagged at ``threshold``, AUC and KS (NaN with one class)."""
+    """Metrics per value of each segment column (``{"state": values, ...}``) with at least ``min_count`` loans."""
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     rows = []
     for column, values in segments.items():
@@ -185,9 +174,8 @@ def segment_metrics(
 def expected_cost_threshold(
     y: np.ndarray, p: np.ndarray, cost_bad_approved: float, cost_good_declined: float
 ) -> tuple[float, float]:
-    """The threshold (flag risky when ``p >= threshold``) minimising ``cost_bad_approved · FN +
-    cost_good_declined · FP``, and that cost per loan. Candidates are the distinct scores plus one above them
-    all (flag nobody); a tie goes to the lowest threshold."""
+    """The threshold minimising ``cost_bad_approved · FN + cost_good_declined · FP`` and that cost per loan;
+    candidates are the distinct scores and one above all (ties go to the lowest)."""
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     if len(p) == 0:
         raise ValueError("expected_cost_threshold: no scores")
@@ -205,9 +193,7 @@ def expected_cost_threshold(
 
 
 def fit_calibrator(y: np.ndarray, p: np.ndarray, method: str) -> Calibrator:
-    """Fit a calibrator of ``p`` to ``y`` (validation): ``isotonic`` as breakpoints, ``platt`` as two
-    coefficients on the log-odds (scikit-learn fits; plain numbers stored, applied by
-    :class:`serving.calibration.Calibrator`)."""
+    """Fit an ``isotonic`` or ``platt`` calibrator of ``p`` to ``y`` (scikit-learn fits, stored as plain numbers)."""
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     if method == "isotonic":
         from sklearn.isotonic import IsotonicRegression

@@ -1,11 +1,6 @@
-"""Metrics on the held-out future, a decision threshold chosen on validation, and a summary (the plots:
-:mod:`tasks.model.plots`).
-
-The credit-grade part (KS, Gini, bootstrap intervals, deciles, calibration, stability, segments: pure functions
-in :mod:`tasks.model.credit`) is assembled here into the *evaluation report*, which the bundle carries as
-``evaluation.json`` and the model card (:mod:`tasks.model.card`) is rendered from. When the model's validation ECE
-exceeds ``calibration_max_ece``, a calibrator is fitted on validation and everything after it (the threshold, the
-validation and test metrics, the reference predictions) is computed on calibrated probabilities, as served.
+"""Metrics on the held-out future, a decision threshold chosen on validation, and the evaluation report the
+bundle carries (``evaluation.json``, the model card's source). When the validation ECE exceeds
+``calibration_max_ece``, everything after calibration is computed on calibrated probabilities, as served.
 """
 
 from __future__ import annotations
@@ -42,20 +37,14 @@ SEGMENT_COLUMNS = ("state", "leadType", "payFrequency")
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray, min_precision: float, min_recall: float) -> float:
-    """The validation threshold with the best F1 among those meeting both minimums.
-
-    When no threshold meets both, the one where precision and recall are closest (the balanced point) is used,
-    which is where both have the best chance to clear the promotion policy.
-    """
+    """The validation threshold with the best F1 among those meeting both minimums, else the one where precision
+    and recall are closest (where both have the best chance to clear the promotion policy)."""
     precision, recall, thresholds = precision_recall_curve(y, p)
     precision, recall = precision[:-1], recall[:-1]
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
     ok = (precision >= min_precision) & (recall >= min_recall)
-    if ok.any():
-        i = int(np.argmax(np.where(ok, f1, -1.0)))
-    else:
-        i = int(np.argmin(np.abs(precision - recall)))
-    return float(thresholds[i])
+    i = np.argmax(np.where(ok, f1, -1.0)) if ok.any() else np.argmin(np.abs(precision - recall))
+    return float(thresholds[int(i)])
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float, prefix: str) -> dict[str, float]:
@@ -75,25 +64,16 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float, prefi
 
 
 def decide_threshold(settings: Settings, y: np.ndarray, p: np.ndarray) -> tuple[float, dict[str, Any]]:
-    """The decision threshold on validation by the ``threshold_policy`` setting, and the record of the policy and
-    its inputs (MLflow params, bundle metadata, the card)."""
+    """The validation threshold by the ``threshold_policy`` setting, and the record of the policy and its inputs."""
     if settings.threshold_policy == "expected_cost":
-        threshold, cost = credit.expected_cost_threshold(
-            y, p, settings.cost_bad_approved, settings.cost_good_declined
-        )
-        record = {
-            "threshold_policy": "expected_cost",
-            "cost_bad_approved": settings.cost_bad_approved,
-            "cost_good_declined": settings.cost_good_declined,
-            "valid_cost_per_loan": cost,
-        }
+        keys = ("cost_bad_approved", "cost_good_declined")
+        threshold, cost = credit.expected_cost_threshold(y, p, *(getattr(settings, k) for k in keys))
+        record: dict[str, Any] = {"threshold_policy": "expected_cost"}
+        record |= {k: getattr(settings, k) for k in keys} | {"valid_cost_per_loan": cost}
     else:
-        threshold = choose_threshold(y, p, settings.min_precision, settings.min_recall)
-        record = {
-            "threshold_policy": "f1",
-            "min_precision": settings.min_precision,
-            "min_recall": settings.min_recall,
-        }
+        keys = ("min_precision", "min_recall")
+        threshold = choose_threshold(y, p, *(getattr(settings, k) for k in keys))
+        record = {"threshold_policy": "f1"} | {k: getattr(settings, k) for k in keys}
     return threshold, {**record, "threshold": threshold}
 
 
@@ -106,8 +86,7 @@ def evaluate(
     min_recall: float,
     threshold: float | None = None,
 ) -> dict[str, float]:
-    """Threshold from validation (best F1 within the minimums, unless given), then validation and test metrics
-    at that threshold."""
+    """Threshold from validation (unless given), then validation and test metrics at that threshold."""
     if threshold is None:
         threshold = choose_threshold(y_valid, p_valid, min_precision, min_recall)
     return {
@@ -131,7 +110,7 @@ def credit_metrics(y: np.ndarray, p: np.ndarray, prefix: str, samples: int, seed
 def slice_report(
     y: np.ndarray, p: np.ndarray, raw: Any, threshold: float, settings: Settings
 ) -> dict[str, Any]:
-    """The tables of one slice: deciles, reliability bins, segments (``state``, ``leadType``, ``payFrequency``)."""
+    """The tables of one slice: deciles, reliability bins, segments."""
     segments = {c: raw[c].to_numpy() for c in SEGMENT_COLUMNS if c in raw}
     return {
         "deciles": credit.decile_table(y, p),
@@ -143,8 +122,7 @@ def slice_report(
 def calibrate(
     settings: Settings, y_valid: np.ndarray, p_valid: np.ndarray
 ) -> tuple[Calibrator | None, dict[str, Any]]:
-    """A calibrator fitted on validation when its ECE exceeds ``calibration_max_ece`` (else None), and the record
-    of that decision."""
+    """A calibrator fitted on validation when its ECE exceeds ``calibration_max_ece`` (else None), and the record."""
     ece = credit.expected_calibration_error(y_valid, p_valid)
     record: dict[str, Any] = {
         "method": settings.calibration_method,
@@ -168,8 +146,7 @@ def summary_markdown(
     tuning: dict[str, Any],
     report: dict[str, Any] | None = None,
 ) -> str:
-    """A markdown summary of the run for the Prefect UI (a metric missing on one side shows as n/a), with the
-    credit-grade tables of the evaluation report when given (rendered as the model card renders them)."""
+    """A markdown summary of the run for the Prefect UI, with the evaluation report's tables when given."""
 
     def cell(key: str) -> str:
         value = metrics.get(key)
@@ -191,13 +168,11 @@ def summary_markdown(
 
 @dataclass
 class Evaluation:
-    """What the evaluate stage established: the metrics (threshold included), the test slice's probabilities
-    (for the bundle's reference sample; calibrated when a calibrator is), the parameters the model was trained
-    with, the calibrator, the evaluation report (policy, tables, stability) and the card's plots (PNG bytes)."""
+    """What the evaluate stage established; probabilities are as served (calibrated when a calibrator is)."""
 
     metrics: dict[str, float]
     test_probabilities: np.ndarray
-    valid_probabilities: np.ndarray | None = None  # the validation slice's (calibrated ones when calibrated)
+    valid_probabilities: np.ndarray | None = None
     params: dict[str, Any] = field(default_factory=dict)
     calibrator: Calibrator | None = None
     report: dict[str, Any] = field(default_factory=dict)
@@ -211,8 +186,8 @@ def assess(
     p_valid: np.ndarray,
     p_test: np.ndarray,
 ) -> tuple[dict[str, float], Calibrator | None, dict[str, Any], np.ndarray, np.ndarray]:
-    """From the model's raw probabilities: calibrate (when needed), choose the threshold, compute every metric and
-    the report. Returns the metrics, the calibrator, the report and the validation and test probabilities as served."""
+    """Calibrate (when needed), choose the threshold, compute every metric and the report from raw probabilities;
+    returns the metrics, calibrator, report and the served validation and test probabilities."""
     y_valid, y_test = split.valid.label, split.test.label
     calibrator, calibration = calibrate(settings, y_valid, p_valid)
     uncalibrated = credit.calibration_bins(y_valid, p_valid)
@@ -230,11 +205,7 @@ def assess(
     metrics["score_psi"] = stability["score_psi"]
     metrics |= {f"psi_{row['feature']}": row["psi"] for row in stability["feature_psi"]}
     report = {
-        "policy": {
-            **policy,
-            "label_policy": settings.label_policy,
-            "calibration": calibration,
-        },
+        "policy": {**policy, "label_policy": settings.label_policy, "calibration": calibration},
         "metrics": {k: v for k, v in metrics.items() if not k.startswith("psi_")},
         "slices": {
             "valid": slice_report(y_valid, p_valid, split.valid.raw, threshold, settings),
@@ -242,11 +213,7 @@ def assess(
         },
         "uncalibrated": uncalibrated,
         "stability": stability,
-        "settings": {
-            "bootstrap_samples": settings.bootstrap_samples,
-            "segment_min_count": settings.segment_min_count,
-            "psi_bins": settings.psi_bins,
-        },
+        "settings": {k: getattr(settings, k) for k in ("bootstrap_samples", "segment_min_count", "psi_bins")},
     }
     return metrics, calibrator, report, p_valid, p_test
 
@@ -261,8 +228,7 @@ def policy_params(report: dict[str, Any]) -> dict[str, Any]:
 def build_evaluation(
     settings: Settings, model: CatBoostClassifier, split: Split, tuning: dict[str, Any]
 ) -> Evaluation:
-    """Everything the evaluate stage establishes, without logging it: probabilities of every slice, then
-    :func:`assess`, the card's plots as PNG bytes and the parameters."""
+    """Everything the evaluate stage establishes, without logging it."""
     p_train, p_valid, p_test = (
         predict_proba(model, make_pool(part)) for part in (split.train, split.valid, split.test)
     )
@@ -284,21 +250,16 @@ def evaluate_task(
     tuning: dict[str, Any],
     run_id: str | None = None,
 ) -> Evaluation:
-    """Stage: calibration when needed, the threshold by the policy, the metrics and the credit report, logged
-    with the plots on ``run_id``; a summary artifact."""
+    """Stage: :func:`build_evaluation`, logged with the plots on ``run_id``; a summary artifact."""
     from prefect.artifacts import create_markdown_artifact
 
     evaluation = build_evaluation(settings, model, split, tuning)
     metrics, report = evaluation.metrics, evaluation.report
+    shown = [metrics[f"test_{k}"] for k in ("roc_auc", "ks", "pr_auc", "precision", "recall", "f1")]
     run_logger().info(
         "test: ROC-AUC %.4f, KS %.4f, PR-AUC %.4f, precision %.4f, recall %.4f, F1 %.4f at threshold %.4f (%s); "
         "calibrated: %s",
-        metrics["test_roc_auc"],
-        metrics["test_ks"],
-        metrics["test_pr_auc"],
-        metrics["test_precision"],
-        metrics["test_recall"],
-        metrics["test_f1"],
+        *shown,
         metrics["threshold"],
         report["policy"]["threshold_policy"],
         evaluation.calibrator.method if evaluation.calibrator else "no",

@@ -1,8 +1,5 @@
-"""Dataset-level feature steps: label, one row per loan, the clarity join, then serving's row-level code.
-
-The row-level transformation (raw record → model row) lives in :mod:`serving.features` so that the service
-runs exactly the code training ran.
-"""
+"""Dataset-level feature steps: label, the clarity join, then serving's row code (so the service runs exactly the
+code training ran)."""
 
 from __future__ import annotations
 
@@ -20,24 +17,16 @@ from tasks.settings import Settings
 if TYPE_CHECKING:
     from tasks.data.validate import ValidationResult
 
-# Raw fields carried into the model table: decision-time loan fields, the clarity report, and the ids needed
-# for joining and splitting. Outcomes and personal data (anon_ssn) are dropped right here, before any feature
-# is computed: nothing downstream (the bundle's reference sample, logs, artifacts) can carry them.
+# Outcomes and personal data (anon_ssn) are dropped here, before any feature: nothing downstream can carry them.
 DECISION_LOAN_FIELDS = tuple(c for c in LOAN_COLUMNS if c not in OUTCOME_FIELDS | PERSONAL_FIELDS)
 CATEGORICAL_SET = frozenset(CATEGORICAL_FEATURES)
 
 
 class ModelTable:
-    """One row per labelled loan: its raw decision-time fields, its model row, label and application time.
+    """One row per labelled loan, column-wise for memory: ``raw`` decision-time fields, ``features`` the model
+    rows, label and application time; ``records`` and ``rows`` are made on demand.
 
-    Column-wise, for memory: ``raw`` holds the decision-time fields as read (typed columns, no ``anon_ssn``),
-    ``features`` the model rows (:data:`~serving.features.FEATURE_NAMES` columns: numbers as float64,
-    categories as text), built by the service's own row code. ``records`` (the raw fields as JSON-like dicts,
-    what a client would send) and ``rows`` are made on demand. At full size this is ~25 MB, where ~40k record
-    dicts took ~100 MB.
-
-    A plain class on purpose: Prefect walks dataclass and collection inputs of every task looking for futures;
-    an opaque object is passed as it is.
+    A plain class on purpose: Prefect walks dataclass and collection task inputs looking for futures.
     """
 
     __slots__ = ("raw", "features", "label", "application_time", "loan_ids", "stats")
@@ -63,7 +52,7 @@ class ModelTable:
         loan_ids: list[str],
         stats: dict[str, Any] | None = None,
     ) -> ModelTable:
-        """A table from raw records (their model rows built here)."""
+        """A table from raw records."""
         raw = pd.DataFrame.from_records(records) if records else pd.DataFrame(index=range(0))
         return cls(raw, feature_frame(build_rows(records)), label, application_time, loan_ids, stats)
 
@@ -72,12 +61,12 @@ class ModelTable:
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        """The raw decision-time fields as plain-Python records (None for missing), as a JSON client sends them."""
+        """The raw fields as plain-Python records, as a JSON client sends them."""
         return _records(self.raw, list(self.raw.columns))
 
     @property
     def rows(self) -> list[list[Any]]:
-        """The model rows as lists (the form :func:`serving.features.build_rows` gives)."""
+        """The model rows as lists (as :func:`serving.features.build_rows` gives them)."""
         return self.features.astype(object).to_numpy().tolist()
 
     def subset(self, index: np.ndarray) -> ModelTable:
@@ -106,9 +95,7 @@ def feature_frame(rows: list[list[Any]]) -> pd.DataFrame:
 def label_loans(loan: pd.DataFrame, bad: list[str], good: list[str]) -> pd.DataFrame:
     """Loans whose status maps to a label (1 = risky, 0 = good); other statuses and null ids are left out."""
     status = loan["loanStatus"]
-    keep = status.isin(bad) | status.isin(good)
-    keep &= loan["loanId"].notna()
-    out = loan.loc[keep].copy()
+    out = loan.loc[(status.isin(bad) | status.isin(good)) & loan["loanId"].notna()].copy()
     out["label"] = out["loanStatus"].isin(bad).astype("int8")
     counts = out["loanId"].value_counts()
     if (counts > 1).any():  # validation quarantines repeats; the id itself is never printed
@@ -120,8 +107,7 @@ def label_loans(loan: pd.DataFrame, bad: list[str], good: list[str]) -> pd.DataF
 
 
 def label_policy_counts(status: pd.Series, bad: list[str], good: list[str]) -> dict[str, dict[str, int]]:
-    """How many loans each label policy labels, risky and good, and how many ``matured`` leaves out as not final
-    yet (for the model card: the choice moves loans out of the good class, not into the risky one)."""
+    """How many loans each label policy labels, risky and good, and how many ``matured`` leaves out."""
     counts = status.value_counts()
 
     def count(statuses: list[str] | tuple[str, ...]) -> int:
@@ -152,19 +138,14 @@ def join_clarity(loans: pd.DataFrame, clarity: pd.DataFrame) -> pd.DataFrame:
 
 
 def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
-    """Plain-Python records (None for missing), the same values a JSON client would send."""
     sub = frame[columns].astype(object)
-    sub = sub.where(sub.notna(), None)
-    return sub.to_dict("records")
+    return sub.where(sub.notna(), None).to_dict("records")
 
 
 def build_model_table(
     loan: pd.DataFrame, clarity: pd.DataFrame, bad: list[str], good: list[str], chunk_rows: int = 4096
 ) -> ModelTable:
-    """Label, join and featurise: one row per labelled loan, identifiers and outcomes never features.
-
-    The model rows are built ``chunk_rows`` records at a time, so the records of all loans never exist at once.
-    """
+    """Label, join and featurise (``chunk_rows`` records at a time, so all records never exist at once)."""
     labelled = label_loans(loan, bad, good)
     if labelled.empty:
         raise PermanentError("loan.csv: no loan has a loanStatus that the label mapping knows")
@@ -192,8 +173,7 @@ def build_model_table(
 
 @stage("features")
 def features_task(settings: Settings, validated: ValidationResult) -> ModelTable:
-    """Stage: the model table from the validated tables, which it then lets go: nothing after this stage reads
-    the raw tables (~0.4 GB resident at full size, their memory handed back)."""
+    """Stage: the model table from the validated tables, which it then lets go (nothing later reads them)."""
     tables = validated.tables
     bad, good = settings.label_statuses()
     table = build_model_table(tables["loan"], tables["clarity"], bad, good)

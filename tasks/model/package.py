@@ -1,7 +1,5 @@
-"""Package: the model bundle a version ships (:mod:`serving.bundle`): the CatBoost model, its metadata, the
-reference sample every deployed image must reproduce, the reviewed reason-code table (``serving/reason_codes.toml``,
-:mod:`serving.reasons`), which must map every model feature, the evaluation report, its plots and the model card
-(:mod:`tasks.model.card`), and the reference profile the monitor compares the prediction log with."""
+"""Package the bundle a version ships: model, metadata, reference sample, reason-code table, evaluation report,
+plots, model card and the drift reference profile."""
 
 from __future__ import annotations
 
@@ -43,27 +41,19 @@ from tasks.settings import Settings
 def reference_sample(
     test: ModelTable, probabilities: list[float], size: int, pseudonymiser: Pseudonymiser
 ) -> dict[str, list[Any]]:
-    """A spread of test records with their training-time probabilities, for smoke tests of deployed images.
-
-    The records keep only the fields the features read, ``clarityFraudId`` pseudonymised: the bundle ships.
-    """
-    n = len(test)
-    step = max(1, n // size)
-    idx = list(range(0, n, step))[:size]
-    records = test.subset(idx).records
+    """A spread of test records (pseudonymised) with their training-time probabilities, for smoke tests of
+    deployed images."""
+    idx = list(range(0, len(test), max(1, len(test) // size)))[:size]
     return {
-        "records": reference_records(records, pseudonymiser),
+        "records": reference_records(test.subset(idx).records, pseudonymiser),
         "probabilities": [float(probabilities[i]) for i in idx],
     }
 
 
 def reference_profile(settings: Settings, split: Split, valid_scores: np.ndarray) -> dict[str, Any]:
-    """The drift reference (:func:`tasks.monitoring.drift.build_profile`): the training split's features and the scores
-    the bundle serves on the validation split (calibrated when it calibrates, as the prediction log holds them;
-    the evaluate stage computed them: :attr:`Evaluation.valid_probabilities`)."""
-    return build_profile(
-        split.train.features, valid_scores, settings.profile_bins, settings.profile_top_categories
-    )
+    """The drift reference: the training features and the served validation scores."""
+    bins, top = settings.profile_bins, settings.profile_top_categories
+    return build_profile(split.train.features, valid_scores, bins, top)
 
 
 def bundle_meta(settings: Settings, run_id: str, evaluation: Evaluation, data: dict[str, Any]) -> BundleMeta:
@@ -84,8 +74,7 @@ def bundle_meta(settings: Settings, run_id: str, evaluation: Evaluation, data: d
 
 
 def add_reason_table(bundle_dir: Path, source: Path = TABLE_PATH) -> ReasonTable:
-    """Copy the reason-code table into a written bundle; a model feature without a reason code fails (a
-    :class:`PermanentError` naming it: the table needs a reviewed change, a retry cannot help)."""
+    """Copy the reason-code table into a written bundle; a feature without a reason code is a PermanentError."""
     features = json.loads((bundle_dir / META_FILE).read_text())["features"]
     try:
         return copy_table(bundle_dir, features, source)
@@ -96,21 +85,17 @@ def add_reason_table(bundle_dir: Path, source: Path = TABLE_PATH) -> ReasonTable
 def table_reasons(
     bundle_dir: Path, table: ModelTable, mode: str = "all", count: int = DEFAULT_REASON_COUNT
 ) -> list[Any]:
-    """The reasons training gives for a model table's rows (its model rows, values as its records hold them):
-    what the service must answer for the same records (``tests/serving/test_reasons.py`` holds it to that)."""
-    bundle = load_bundle(bundle_dir)
-    rows = table.rows
-    probabilities = bundle.predict_input(rows)
-    records = table.records
+    """The reasons training gives for a model table's rows: what the service must answer for its records."""
+    bundle, rows, records = load_bundle(bundle_dir), table.rows, table.records
     column = lambda name: [r.get(name) for r in records]  # noqa: E731
+    probabilities = bundle.predict_input(rows)
     return explain_selected(bundle, rows, probabilities, bundle.meta.threshold, mode, count, column) or []
 
 
 def card_context(
     settings: Settings, evaluation: Evaluation, split: Split, labels: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """What the model card says beyond the evaluation: the time windows, the label policies' counts, the
-    tuning, the code commit and the monotone constraints."""
+    """What the card says beyond the evaluation: windows, label counts, tuning, commit, monotone constraints."""
     from tasks.release.build import git_commit
 
     return {
@@ -147,8 +132,7 @@ def assemble_bundle(
     data: dict[str, Any],
     labels: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the whole bundle into ``directory``: model, metadata, reference sample, reason-code table,
-    evaluation, card."""
+    """Write the whole bundle into ``directory``."""
     meta = bundle_meta(settings, run_id, evaluation, data)
     reference = reference_sample(
         split.test, evaluation.test_probabilities, settings.smoke_sample_size, settings.pseudonymiser()
@@ -170,8 +154,7 @@ def package_task(
     ingested: IngestResult,
     labels: dict[str, Any] | None = None,
 ) -> Path:
-    """Stage: write the bundle (model, metadata, reference sample, evaluation report and model card) into a
-    scratch folder; returns the folder. ``labels`` is the model table's figures (label policy counts)."""
+    """Stage: the bundle in a scratch folder; ``labels`` is the model table's figures (label policy counts)."""
     labelled = sum(split.boundaries[k] for k in ("n_train", "n_valid", "n_test"))
     data = data_fingerprint(ingested, labelled)
     directory = tracking.scratch_dir("bundle-") / "bundle"

@@ -1,6 +1,4 @@
-"""The evaluation's plots (matplotlib figures by file name): the card's reliability and decile plots, the test
-slice's ROC, precision-recall, confusion-matrix and feature-importance plots, and PNG bytes of a figure.
-"""
+"""The evaluation's plots, as matplotlib figures by file name."""
 
 from __future__ import annotations
 
@@ -27,8 +25,7 @@ def _pyplot() -> Any:
 
 
 def credit_figures(report: dict[str, Any]) -> dict[str, Any]:
-    """The card's plots from the report: reliability (validation before and after calibration, test) and the
-    test deciles' bad rates (matplotlib figures by file name)."""
+    """The card's plots: reliability (validation before and after calibration, test) and test decile bad rates."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     curves = [("valid_uncalibrated", "validation (model)"), ("valid", "validation"), ("test", "test")]
@@ -41,7 +38,6 @@ def credit_figures(report: dict[str, Any]) -> dict[str, Any]:
     ax.set(xlabel="mean predicted probability", ylabel="observed risky share", title="Reliability")
     ax.legend(loc="upper left")
     figures = {"reliability.png": fig}
-
     rows = report["slices"]["test"]["deciles"]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar([str(r["decile"]) for r in rows], [r["bad_rate"] for r in rows])
@@ -53,7 +49,7 @@ def credit_figures(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def png_bytes(figure: Any) -> bytes:
-    """A matplotlib figure as PNG bytes (for the bundle's plots, which the card embeds)."""
+    """A matplotlib figure as PNG bytes."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()
@@ -62,11 +58,9 @@ def png_bytes(figure: Any) -> bytes:
 def evaluation_figures(
     y: np.ndarray, p: np.ndarray, threshold: float, importances: list[tuple[str, float]]
 ) -> dict[str, Any]:
-    """ROC, PR, confusion-matrix and feature-importance plots of the test slice (matplotlib figures by file name;
-    the reliability plot is one of :func:`credit_figures`)."""
+    """ROC, PR, confusion-matrix and feature-importance plots of the test slice."""
     plt = _pyplot()
     figures: dict[str, Any] = {}
-
     fpr, tpr, _ = roc_curve(y, p)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.3f}")
@@ -74,14 +68,12 @@ def evaluation_figures(
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
     ax.legend(loc="lower right")
     figures["roc.png"] = fig
-
     prec, rec, _ = precision_recall_curve(y, p)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(rec, prec, label=f"AP {average_precision_score(y, p):.3f}")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)")
     ax.legend(loc="lower left")
     figures["pr.png"] = fig
-
     cm = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(cm, cmap="Blues")
@@ -90,7 +82,6 @@ def evaluation_figures(
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["good", "risky"], yticklabels=["good", "risky"])
     ax.set(xlabel="predicted", ylabel="actual", title=f"Confusion at {threshold:.3f}")
     figures["confusion_matrix.png"] = fig
-
     top = sorted(importances, key=lambda kv: kv[1], reverse=True)[:25][::-1]
     fig, ax = plt.subplots(figsize=(6, 7))
     ax.barh([k for k, _ in top], [v for _, v in top])

@@ -33,8 +33,7 @@ def time_split_indices(times: np.ndarray, fractions: tuple[float, float, float])
         k = int(round(n * share))
         k = int(np.searchsorted(sorted_times, sorted_times[min(k, n - 1)], side="left")) if 0 < k < n else k
         cuts.append(k)
-    a, b = cuts
-    parts = (order[:a], order[a:b], order[b:])
+    parts = (order[: cuts[0]], order[cuts[0] : cuts[1]], order[cuts[1] :])
     if any(len(p) == 0 for p in parts):
         raise PermanentError(f"split: {n} labelled loans are too few for a 3-way time split {fractions}")
     return parts
@@ -42,27 +41,16 @@ def time_split_indices(times: np.ndarray, fractions: tuple[float, float, float])
 
 def split_by_time(table: ModelTable, fractions: tuple[float, float, float]) -> Split:
     """Split the model table 70/15/15 (by default) on application time and record the boundaries."""
-    tr, va, te = time_split_indices(table.application_time, fractions)
+    parts = dict(
+        zip(("train", "valid", "test"), time_split_indices(table.application_time, fractions), strict=True)
+    )
     t = table.application_time
-
-    def span(idx: np.ndarray) -> tuple[str, str]:
-        return str(t[idx].min()), str(t[idx].max())
-
-    boundaries = {
-        "train_start": span(tr)[0],
-        "train_end": span(tr)[1],
-        "valid_start": span(va)[0],
-        "valid_end": span(va)[1],
-        "test_start": span(te)[0],
-        "test_end": span(te)[1],
-        "n_train": len(tr),
-        "n_valid": len(va),
-        "n_test": len(te),
-        "risky_share_train": float(table.label[tr].mean()),
-        "risky_share_valid": float(table.label[va].mean()),
-        "risky_share_test": float(table.label[te].mean()),
-    }
-    return Split(table.subset(tr), table.subset(va), table.subset(te), boundaries)
+    boundaries: dict[str, Any] = {}
+    for name, idx in parts.items():
+        boundaries |= {f"{name}_start": str(t[idx].min()), f"{name}_end": str(t[idx].max())}
+    boundaries |= {f"n_{name}": len(idx) for name, idx in parts.items()}
+    boundaries |= {f"risky_share_{name}": float(table.label[idx].mean()) for name, idx in parts.items()}
+    return Split(*(table.subset(idx) for idx in parts.values()), boundaries)
 
 
 @stage("split")

@@ -22,13 +22,12 @@ FIXED_PARAMS: dict[str, Any] = {
 
 
 def make_pool(table: ModelTable) -> Pool:
-    """A CatBoost pool from the model rows (the rows the service builds; the same model as from row lists)."""
+    """A CatBoost pool from the model rows."""
     return Pool(table.features, label=table.label, cat_features=list(CATEGORICAL_INDICES))
 
 
 def model_params(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Tuned parameters plus the fixed ones: seed, threads, iteration cap, early stopping, CTR complexity, and the
-    monotone constraints when any are set (CatBoost's own parameter, by feature name)."""
+    """Tuned parameters over the fixed ones (and the monotone constraints, by feature name, when set)."""
     fixed = {
         **FIXED_PARAMS,
         "iterations": settings.max_iterations,
@@ -39,15 +38,11 @@ def model_params(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     }
     if settings.monotone_constraints:
         fixed["monotone_constraints"] = dict(settings.monotone_constraints)
-    return {**fixed, **params}
+    return fixed | params
 
 
 def fit_model(
-    params: dict[str, Any],
-    train: Pool,
-    valid: Pool,
-    settings: Settings,
-    callbacks: list[Any] | None = None,
+    params: dict[str, Any], train: Pool, valid: Pool, settings: Settings, callbacks: list[Any] | None = None
 ) -> CatBoostClassifier:
     """Fit with early stopping on ``valid``; the best iteration is kept."""
     model = CatBoostClassifier(**model_params(params, settings))

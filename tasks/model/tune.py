@@ -1,12 +1,7 @@
-"""Optuna search over CatBoost parameters, on the validation slice only, every trial an MLflow child run.
+"""Optuna search over CatBoost parameters on the validation slice, every trial an MLflow child run and a log line.
 
-Each finished or pruned trial is a line in the run log (n/N, its value, the best so far, the time spent), and the
-study's optimisation history and parameter importances are plots on the training run (``tuning/``).
-
-The trials run in this process (one worker), or in ``tune_workers`` worker processes (``tune_mode = "local"``) or
-flow runs of the tune-worker deployment (``"pool"``) sharing the study: :func:`work` is every worker's loop,
-:func:`worker_main` a worker's entry, :mod:`tasks.model.tune_study` the shared study and
-:mod:`tasks.model.tune_workers` the data and the fan-out.
+Trials run in this process, in local worker processes or in tune-worker flow runs sharing the study
+(:mod:`tasks.model.tune_study`); :func:`work` is every worker's loop, :func:`worker_main` a worker's entry.
 """
 
 from __future__ import annotations
@@ -19,6 +14,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +35,7 @@ PRUNE_EVERY = 25  # iterations between the validation AUCs reported to the prune
 
 
 def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
-    """The search space. Every parameter is one CatBoost honours with its defaults (MVS bootstrap: ``subsample``;
-    ``bagging_temperature`` would apply to the Bayesian bootstrap only and be ignored)."""
+    """The search space (MVS bootstrap honours ``subsample``; ``bagging_temperature`` would be ignored)."""
     return {
         "depth": trial.suggest_int("depth", 4, 8),
         "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
@@ -52,32 +47,28 @@ def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
     }
 
 
+@dataclass
 class PruningCallback:
     """CatBoost callback that reports validation AUC to Optuna and stops a trial the pruner gives up on."""
 
-    def __init__(self, trial: optuna.Trial, every: int = PRUNE_EVERY) -> None:
-        self.trial, self.every, self.pruned = trial, every, False
+    trial: optuna.Trial
+    every: int = PRUNE_EVERY
+    pruned: bool = False
 
     def after_iteration(self, info: Any) -> bool:
-        step = info.iteration
-        if step % self.every:
-            return True
         auc = info.metrics.get("validation", {}).get("AUC")
-        if not auc:
+        if info.iteration % self.every or not auc:
             return True
-        self.trial.report(auc[-1], step)
-        if self.trial.should_prune():
-            self.pruned = True
-            return False
-        return True
+        self.trial.report(auc[-1], info.iteration)
+        self.pruned = self.trial.should_prune()
+        return not self.pruned
 
 
 def objective_for(
     train: Pool, valid: Pool, valid_label: Any, settings: Settings, run_id: str | None, worker: str = ""
 ) -> Callable[[optuna.Trial], float]:
-    """The objective: validation ROC-AUC of a model fitted on train (the test slice is never seen). The trial
-    records the worker that ran it (``worker_id``; a re-run keeps the dead worker's as ``retried_from_worker``),
-    and an error of its own (``error``: a trial that failed so is not re-run, unlike one whose worker stopped)."""
+    """Validation ROC-AUC of a model fitted on train. The trial records its worker (a re-run keeps the dead one's
+    as ``retried_from_worker``) and its own error (``error``: such a trial is not re-run)."""
 
     def objective(trial: optuna.Trial) -> float:
         reason = tune_study.surplus_reason(trial)
@@ -98,23 +89,17 @@ def objective_for(
         if tune_study.WORKER in trial.user_attrs:  # a re-run: the attributes are copied from the failed trial
             trial.set_user_attr("retried_from_worker", trial.user_attrs[tune_study.WORKER])
         trial.set_user_attr(tune_study.WORKER, worker)
-        params = suggest_params(trial)
-        started = time.perf_counter()
-        callback = PruningCallback(trial)
+        params, started, callback = suggest_params(trial), time.perf_counter(), PruningCallback(trial)
         model = fit_model(params, train, valid, settings, callbacks=[callback])
         auc = float(roc_auc_score(valid_label, predict_proba(model, valid)))
         trial.set_user_attr("valid_roc_auc", auc)
         trial.set_user_attr("best_iteration", model.get_best_iteration())
         if run_id:
-            tracking.log_child_run(
-                settings,
-                run_id,
-                f"trial-{trial.number}",
-                {**params, "best_iteration": model.get_best_iteration()},
-                {"valid_roc_auc": auc, "fit_seconds": time.perf_counter() - started},
-                {"optuna.trial": str(trial.number), "optuna.worker": worker},
-                status="KILLED" if callback.pruned else "FINISHED",
-            )
+            metrics = {"valid_roc_auc": auc, "fit_seconds": time.perf_counter() - started}
+            tags = {"optuna.trial": str(trial.number), "optuna.worker": worker}
+            status = "KILLED" if callback.pruned else "FINISHED"
+            fitted = {**params, "best_iteration": model.get_best_iteration()}
+            tracking.log_child_run(settings, run_id, f"trial-{trial.number}", fitted, metrics, tags, status)
         if callback.pruned:
             raise optuna.TrialPruned(f"pruned at validation AUC {auc:.4f}")
         return auc
@@ -123,21 +108,17 @@ def objective_for(
 
 
 def trial_line(done: int, total: int, trial: FrozenTrial, best: FrozenTrial | None, elapsed_s: float) -> str:
-    """The log line of a finished trial: ``trial 3/20 (#2) pruned: validation ROC-AUC 0.8123; best 0.8355
-    (#1); 42.1 s``."""
+    """``trial 3/20 (#2) pruned: validation ROC-AUC 0.8123; best 0.8355 (#1); 42.1 s``."""
     value = trial.value if trial.state == TrialState.COMPLETE else trial.user_attrs.get("valid_roc_auc")
     shown = f"validation ROC-AUC {value:.4f}" if value is not None else "no value"
-    state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(
-        trial.state, trial.state.name.lower()
-    )
     best_text = f"best {best.value:.4f} (#{best.number})" if best is not None else "no complete trial yet"
+    state = trial.state.name.lower()
     return f"trial {done}/{total} (#{trial.number}) {state}: {shown}; {best_text}; {elapsed_s:.1f} s"
 
 
 class TrialLog:
-    """Optuna callback: a run-log line per finished trial (see :func:`trial_line`); a trial whose worker stopped
-    gets a line saying it is queued again, one failed by its own error a line with that error (a surplus trial,
-    never run, gets none)."""
+    """Optuna callback: a run-log line per finished trial (:func:`trial_line`), or why it failed; none for a
+    surplus trial."""
 
     def __init__(self, total: int, log: Callable[[str], None]) -> None:
         self.total, self.log, self.done, self.started = total, log, 0, time.perf_counter()
@@ -145,26 +126,22 @@ class TrialLog:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if tune_study.SURPLUS in trial.user_attrs:
             return
-        if trial.state == TrialState.FAIL and tune_study.ERROR in trial.user_attrs:
-            self.log(f"trial #{trial.number} failed: {trial.user_attrs[tune_study.ERROR]}")
-            return
+        attrs = trial.user_attrs
         if trial.state == TrialState.FAIL:
-            self.log(
-                f"trial #{trial.number} failed (worker {trial.user_attrs.get(tune_study.WORKER, '?')} stopped); "
-                "queued again with its parameters"
+            if tune_study.ERROR in attrs:
+                return self.log(f"trial #{trial.number} failed: {attrs[tune_study.ERROR]}")
+            worker = attrs.get(tune_study.WORKER, "?")
+            return self.log(
+                f"trial #{trial.number} failed (worker {worker} stopped); queued again with its parameters"
             )
-            return
         self.done += 1
-        try:
-            best: FrozenTrial | None = study.best_trial
-        except ValueError:  # no complete trial yet
-            best = None
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        best = study.best_trial if complete else None
         self.log(trial_line(self.done, self.total, trial, best, time.perf_counter() - self.started))
 
 
 def study_figures(study: optuna.Study) -> dict[str, Any]:
-    """The study's optimisation history and parameter importances as matplotlib figures (importances need two
-    complete trials; fewer give the history alone)."""
+    """The optimisation history and (with two complete trials) parameter importances, as matplotlib figures."""
     from optuna.visualization import matplotlib as optuna_plots
 
     figures: dict[str, Any] = {}
@@ -186,10 +163,8 @@ def work(
     heartbeat_seconds: float,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
 ) -> int:
-    """A worker's loop: run queued trials one at a time until none is queued or running, or the budget is spent.
-    While another worker's trial runs it stays, failing that trial if its heartbeat stops (Optuna then queues
-    it again, else :func:`~tasks.model.tune_study.reconcile` does) so that a dead worker's trial is re-run here.
-    Returns how many trials it ran."""
+    """A worker's loop: run queued trials one at a time until none is queued or running, or the budget is spent;
+    while others run, stay to fail a trial whose heartbeat stops so that its retry runs here. Returns trials run."""
     ran = 0
     while time.time() < deadline:
         with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
@@ -197,13 +172,8 @@ def work(
         tune_study.reconcile(study)
         states = tune_study.counts(study)
         if states[TrialState.WAITING]:
-            study.optimize(
-                objective,
-                n_trials=1,
-                catch=(tune_study.SurplusTrial,),
-                gc_after_trial=True,
-                callbacks=callbacks,
-            )
+            catch = (tune_study.SurplusTrial,)
+            study.optimize(objective, n_trials=1, catch=catch, gc_after_trial=True, callbacks=callbacks)
             ran += 1
         elif states[TrialState.RUNNING]:
             time.sleep(heartbeat_seconds)
@@ -221,16 +191,14 @@ def worker_main(
     deadline: float,
     storage: str | None = None,
 ) -> int:
-    """A worker's entry (a local process or a tune-worker flow run): the study the stage prepared, the data it
-    names (a folder, or a ``runs:/`` artifact URI), checked against the study's fingerprint, then :func:`work`."""
+    """A worker's entry (local process or flow run): the stage's study, its data (a folder or a ``runs:/`` URI)
+    checked against the study's fingerprint, then :func:`work`."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = tune_study.load_study(settings, study_name, index, storage)
     settings = settings.model_copy(update=study.user_attrs.get(tune_study.FIT, {}))
     folder = Path(data_uri)
     if data_uri.startswith("runs:/"):
-        folder = tracking.download_artifacts(
-            settings, data_uri, Path(tempfile.mkdtemp(prefix="loanrisk-tune-"))
-        )
+        folder = tracking.download_artifacts(settings, data_uri, tracking.scratch_dir("loanrisk-tune-"))
     train, valid = workers.read_data(folder)
     found, expected = workers.data_fingerprint(train, valid), study.user_attrs.get(tune_study.FINGERPRINT)
     if found != expected:
@@ -249,7 +217,9 @@ def fan_out(
 ) -> None:
     """Run the queued trials on ``tune_workers`` workers (local processes or pool flow runs) and follow them."""
     log = TrialLog(settings.n_trials, run_logger().info)
-    with tempfile.TemporaryDirectory(prefix="loanrisk-tune-", dir=_scratch(settings)) as tmp:
+    scratch = settings.state_dir / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="loanrisk-tune-", dir=scratch) as tmp:
         paths = workers.write_data(split.train, split.valid, Path(tmp))
         storage = tune_study.redacted(settings.study_storage)
         if settings.tune_mode == "local":
@@ -281,24 +251,15 @@ def fan_out(
             pool.stop()
 
 
-def _scratch(settings: Settings) -> Path:
-    folder = settings.state_dir / "tmp"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def tune(settings: Settings, split: Split, study_name: str, run_id: str | None = None) -> dict[str, Any]:
-    """Run the study within the trial count and time budget, in this process or on ``tune_workers`` workers;
-    return the best params and a summary."""
+    """Run the study within the trial count and time budget, here or on workers; the best params and a summary."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     deadline = time.time() + settings.tune_timeout_seconds
     fingerprint = workers.data_fingerprint(split.train, split.valid)
     study = tune_study.prepare_study(settings, study_name, fingerprint)
     if settings.tune_workers == 1 and settings.tune_mode == "local":
-        worker = workers.worker_id(settings)
-        objective = objective_for(
-            make_pool(split.train), make_pool(split.valid), split.valid.label, settings, run_id, worker
-        )
+        pools = make_pool(split.train), make_pool(split.valid)
+        objective = objective_for(*pools, split.valid.label, settings, run_id, workers.worker_id(settings))
         log = TrialLog(settings.n_trials, run_logger().info)
         work(study, objective, deadline, settings.tune_heartbeat_seconds, callbacks=[log])
     else:
@@ -307,7 +268,7 @@ def tune(settings: Settings, split: Split, study_name: str, run_id: str | None =
 
 
 def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> dict[str, Any]:
-    """The best trial and the counts (what the rest of the flow reads); the study's plots on the run."""
+    """The best trial and the counts; the study's plots on the run."""
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if not done:
@@ -338,18 +299,12 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
 
 @stage("tune")
 def tune_task(settings: Settings, split: Split, run_id: str | None = None) -> dict[str, Any]:
-    """Stage: the Optuna study (one per training run unless ``optuna_study_name`` shares one), its best
-    parameters recorded on ``run_id``."""
+    """Stage: the study (one per run unless ``optuna_study_name`` shares one), best params logged on ``run_id``."""
     study_name = settings.optuna_study_name or f"{settings.model_name}-{run_id or uuid.uuid4().hex}"
     summary = tune(settings, split, study_name, run_id)
-    run_logger().info(
-        "tuning: best validation ROC-AUC %.4f (trial %d; %d complete, %d pruned) params %s",
-        summary["best_value"],
-        summary["best_trial"],
-        summary["n_complete"],
-        summary["n_pruned"],
-        summary["best_params"],
-    )
+    keys = ("best_value", "best_trial", "n_complete", "n_pruned", "best_params")
+    message = "tuning: best validation ROC-AUC %.4f (trial %d; %d complete, %d pruned) params %s"
+    run_logger().info(message, *(summary[k] for k in keys))
     if run_id:
         tracking.log_params(settings, run_id, {f"best.{k}": v for k, v in summary["best_params"].items()})
     return summary

@@ -1,23 +1,16 @@
-"""The tuning study shared by workers: one Optuna study in the RDB storage, exactly ``n_trials`` trials.
+"""The tuning study shared by workers: one Optuna study in RDB storage with exactly ``n_trials`` trials.
 
-- The study is opened on an :class:`~optuna.storages.RDBStorage` with Optuna's heartbeat: a trial whose worker
-  died stops beating (or never beat: :class:`HeartbeatStorage`), another worker fails it once the grace period
-  has passed, and Optuna's retry callback enqueues it again with the same parameters (``retried_trial_number``
-  names the original).
-- The stage enqueues exactly ``n_trials`` empty trials, each with a ``slot`` user attribute; workers only pop
-  queued trials, so the study ends with the configured count whatever the number of workers (a trial a worker
-  creates past the queue, when two pop the last one at once, fails at once as surplus and is not counted).
-  A retry keeps its slot; :func:`reconcile` queues one that a stopped process left out, and a slot's retry
-  queued twice runs once (:func:`surplus_reason`).
-- The study's user attributes hold the data fingerprint and the fit settings the trials use; a study is resumed
-  (``optuna_study_name``) only on the same data and settings.
+A dead worker's trial stops beating (or never beat), another worker fails it and Optuna's retry callback queues
+it again. The stage queues ``n_trials`` trials, each with a ``slot``; workers only pop queued trials, and a trial
+past the queue or a slot's retry queued twice fails as surplus. The study's user attributes hold the data
+fingerprint and fit settings: a study is resumed only on the same data and settings.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -44,23 +37,15 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class SurplusTrial(Exception):
-    """A trial created past the queue (two workers popped its last trial at once), or a slot's retry queued
-    twice: failed, never counted."""
+    """A trial created past the queue, or a slot's retry queued twice: failed, never counted."""
 
 
 class HeartbeatStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage with two fixes for trials shared by workers.
+    """Optuna's RDB storage with two fixes for shared trials, through its ORM (Optuna has no API for either).
 
-    - Its stale trials (the ones ``fail_stale_trials`` fails, then hands to the retry callback) also include a
-      running trial with no heartbeat row that started longer ago than the grace period: its worker died between
-      popping it and the first beat, and Optuna, which only compares heartbeat rows, would leave it running for
-      ever. The start time is the clock of the worker that popped the trial, compared with this machine's
-      (Optuna's heartbeat uses the database's): pool workers need clocks within the grace period.
-    - A pop (queued to running) is one conditional UPDATE: Optuna reads the trial then updates it, and SQLite
-      ignores the row lock in between, so two workers popping at once could both run one trial.
-
-    Optuna has no API for either (a trial's heartbeat row, a compare-and-set of its state), so both go through
-    its ORM models and sessions, as its own methods do."""
+    - Stale trials include a running one with no heartbeat row started before the grace period (its worker died
+      before the first beat); start times are worker clocks, so pool workers need clocks within the grace period.
+    - A pop (queued to running) is one conditional UPDATE, so two workers popping at once cannot both run it."""
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
@@ -95,8 +80,7 @@ class HeartbeatStorage(optuna.storages.RDBStorage):
 
 
 def storage_for(settings: Settings) -> HeartbeatStorage:
-    """The study storage with Optuna's heartbeat and stale-trial retry (any SQLAlchemy URL; SQLite by default,
-    where several worker processes wait up to 60 s for the file's write lock instead of failing)."""
+    """The study storage with heartbeat and stale-trial retry (on SQLite, workers wait up to 60 s for the lock)."""
     url = settings.study_storage
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite:///"):
@@ -113,15 +97,14 @@ def storage_for(settings: Settings) -> HeartbeatStorage:
 
 
 def redacted(url: str) -> str:
-    """A storage URL without its password (what logs, errors and flow-run parameters may show)."""
+    """A storage URL without its password."""
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
 
 
 def sampler_and_pruner(settings: Settings, worker: int, n_trials: int) -> dict[str, Any]:
-    """Seeded TPE (each worker its own seed, so parallel workers do not draw the same start-up trials; the
-    constant liar keeps them off each other's running trials) and the median pruner."""
+    """Seeded TPE (a seed per worker; the constant liar keeps workers off each other's trials), median pruner."""
     return {
         "sampler": optuna.samplers.TPESampler(
             seed=settings.seed + worker, n_startup_trials=min(5, n_trials), constant_liar=True
@@ -136,8 +119,7 @@ def fit_settings(settings: Settings) -> dict[str, Any]:
 
 
 def prepare_study(settings: Settings, study_name: str, fingerprint: str) -> optuna.Study:
-    """Create the study (or resume it, after checking its data and fit settings) and queue the trials it still
-    lacks to reach ``n_trials``."""
+    """Create (or resume, after checking data and fit settings) the study and queue its missing trials."""
     study = optuna.create_study(
         study_name=study_name,
         storage=storage_for(settings),
@@ -182,32 +164,26 @@ def load_study(
             f"tune worker: its optuna_storage {mine} is not the stage's {expected_storage}; point both at one"
         )
     try:
-        study = optuna.load_study(
+        return optuna.load_study(
             study_name=study_name,
             storage=storage_for(settings),
             **sampler_and_pruner(settings, worker, settings.n_trials),
         )
     except KeyError as exc:
         raise PermanentError(f"tune worker: no study {study_name!r} in {mine}") from exc
-    return study
 
 
 def stopped(trial: FrozenTrial) -> bool:
-    """A queued trial failed without an error of its own: its worker stopped (failed stale by the heartbeat, or
-    interrupted), so it is worth re-running; an objective's error (``error``) or a surplus trial is not."""
+    """A queued trial failed with no error of its own or surplus mark: its worker stopped, so re-run it."""
     attrs = trial.user_attrs
     return trial.state == TrialState.FAIL and SLOT in attrs and ERROR not in attrs and SURPLUS not in attrs
 
 
 def reconcile(study: optuna.Study) -> None:
-    """Queue the retry of every slot whose trials all stopped, as the study's retry callback would have.
+    """Queue the retry of every slot whose trials all stopped, through the study's retry callback (idempotent).
 
-    The invariant: each slot ends with one finished trial, so the study ends with ``n_trials``. Optuna fails a
-    stale trial and its callback queues the retry in a second step; a process stopped between them leaves a slot
-    with failed trials only, which this step (idempotent: it never touches a slot with a queued, running or
-    finished trial) hands to the same callback (same params, user attributes and retry history, within
-    ``tune_trial_retries``). It runs beside that callback in other processes, so a slot's retry may be queued
-    twice; the later one fails as surplus when it starts (:func:`surplus_reason`) and the count stays exact."""
+    A process stopped between Optuna failing a stale trial and queuing its retry leaves such a slot. Run beside
+    the callback elsewhere, a retry may be queued twice; the later fails as surplus (:func:`surplus_reason`)."""
     # the study's storage is private in Optuna; optuna.storages.fail_stale_trials reads it the same way
     callback_of = getattr(study._storage, "get_heartbeat_stale_trial_callback", None)  # heartbeat storages
     retry = callback_of() if callback_of is not None else None
@@ -224,8 +200,7 @@ def reconcile(study: optuna.Study) -> None:
 
 
 def surplus_reason(trial: optuna.Trial) -> str | None:
-    """Why a trial that just started must not run (it was not queued, or a trial of its slot numbered before it
-    is queued, running or finished: the slot's retry was queued twice), else None."""
+    """Why a trial that just started must not run (not queued, or its slot held by an earlier trial), else None."""
     slot = trial.user_attrs.get(SLOT)
     if slot is None:
         return f"trial #{trial.number} was not queued: the study has its trials"
@@ -241,13 +216,11 @@ def surplus_reason(trial: optuna.Trial) -> str | None:
 
 def counts(study: optuna.Study) -> dict[TrialState, int]:
     """How many trials of the study are in each state."""
-    out = dict.fromkeys(TrialState, 0)
-    for trial in study.get_trials(deepcopy=False):
-        out[trial.state] += 1
-    return out
+    found = Counter(t.state for t in study.get_trials(deepcopy=False))
+    return {state: found[state] for state in TrialState}
 
 
 def retried_from(trial: FrozenTrial) -> int | None:
-    """The number of the trial this one re-runs (a worker died during it), else None."""
+    """The number of the trial this one re-runs, else None."""
     with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
         return RetryCallback.retried_trial_number(trial)

@@ -1,10 +1,7 @@
-"""Tuning across workers: the trials of one study (:mod:`tasks.model.tune_study`) run by worker processes of this
-machine (``tune_mode = "local"``) or by flow runs of the tune-worker deployment on the work pool (``"pool"``).
+"""Tuning across workers: local processes (``tune_mode = "local"``) or tune-worker flow runs (``"pool"``).
 
-The objective and the worker loop are in :mod:`tasks.model.tune`. The train and valid slices travel as Parquet
-files: a local folder for local workers, an MLflow artifact of the training run for pool workers (downloaded
-through the tracking server, so any machine can read them); every worker checks the data it reads against the
-study's fingerprint.
+The train and valid slices travel as Parquet files (a local folder, or an MLflow artifact of the training run for
+pool workers); every worker checks the data it reads against the study's fingerprint.
 """
 
 from __future__ import annotations
@@ -38,8 +35,7 @@ def worker_id(settings: Settings) -> str:
 
 
 def data_fingerprint(train: ModelTable, valid: ModelTable) -> str:
-    """sha256 over the train and valid model rows and labels, by value (numbers as float64 with one NaN,
-    categories as text), so a Parquet round trip or another machine gives the same digest."""
+    """sha256 over the model rows and labels by value, so a Parquet round trip gives the same digest."""
     digest = hashlib.sha256()
     for table in (train, valid):
         digest.update(f"rows={len(table)};".encode())
@@ -57,14 +53,12 @@ def data_fingerprint(train: ModelTable, valid: ModelTable) -> str:
 
 
 def write_data(train: ModelTable, valid: ModelTable, folder: Path) -> list[Path]:
-    """The slices as Parquet files (model rows and label; no identifier is a feature) for the workers."""
+    """The slices as Parquet files (model rows and label) for the workers."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
     for table, name in zip((train, valid), DATA_FILES, strict=True):
         frame = table.features.assign(**{LABEL_COLUMN: np.asarray(table.label, dtype=np.int8)})
         frame.to_parquet(folder / name, index=False)
-        paths.append(folder / name)
-    return paths
+    return [folder / name for name in DATA_FILES]
 
 
 def read_data(folder: Path) -> tuple[ModelTable, ModelTable]:
@@ -82,10 +76,8 @@ def read_data(folder: Path) -> tuple[ModelTable, ModelTable]:
 
 
 class LocalWorkers:
-    """Worker processes of this machine, each running ``target`` with its index; one that dies leaves the others
-    running. They fork from Python's fork server, a fresh interpreter that has imported ``target``'s module once
-    (no Prefect, MLflow or database threads of this process are copied, and the slow imports are paid once per
-    process instead of once per worker)."""
+    """Worker processes running ``target``, forked from a fork server that preloaded its module (no threads of
+    this process are copied; slow imports are paid once)."""
 
     def __init__(self, target: Callable[..., Any], args_for: Callable[[int], Sequence[Any]], n: int) -> None:
         context = multiprocessing.get_context("forkserver")
@@ -111,8 +103,7 @@ class LocalWorkers:
 
 
 class PoolWorkers:
-    """Flow runs of the tune-worker deployment, started without waiting (``timeout=0``: this stage polls the
-    study, so a worker slot held by the training run itself cannot deadlock it)."""
+    """Flow runs of the tune-worker deployment, started without waiting (the stage polls the study instead)."""
 
     def __init__(self, deployment: str, parameters: Sequence[dict[str, Any]]) -> None:
         from prefect.deployments import run_deployment
@@ -133,7 +124,7 @@ class PoolWorkers:
         return ", ".join(f"{i} {s.name if s else '?'}" for i, s in zip(self.ids, self.states(), strict=True))
 
     def stop(self) -> None:
-        """Cancel the runs not finished (none is left once the queue is empty: they end by themselves)."""
+        """Cancel the runs not finished."""
         from prefect import get_client
         from prefect.states import Cancelled
 
@@ -151,22 +142,14 @@ def wait_for_trials(
     poll_seconds: float = 1.0,
 ) -> None:
     """Poll the study until no trial is queued or running, every worker has ended, or the budget is spent with
-    nothing running; ``on_finished`` sees each trial that ends (complete, pruned, or failed), surplus ones aside.
-    Each poll first queues a retry a stopped process left out (:func:`reconcile`), so polling never ends between
-    a trial's failure and its retry."""
+    nothing running; ``on_finished`` sees each queued trial that ends. Each poll first runs :func:`reconcile`."""
     seen: set[int] = set()
     log = run_logger()
     while True:
         reconcile(study)
         trials = study.get_trials(deepcopy=False)
-        ended = [
-            t
-            for t in trials
-            if t.state.is_finished()
-            and t.number not in seen
-            and SLOT in t.user_attrs
-            and SURPLUS not in t.user_attrs
-        ]
+        attrs_ok = lambda t: SLOT in t.user_attrs and SURPLUS not in t.user_attrs  # noqa: E731
+        ended = [t for t in trials if t.state.is_finished() and t.number not in seen and attrs_ok(t)]
         for trial in sorted(ended, key=lambda t: t.datetime_complete or t.datetime_start):
             seen.add(trial.number)
             on_finished(study, trial)
@@ -174,13 +157,8 @@ def wait_for_trials(
         if not unfinished:
             return
         if not any(workers.alive()):
-            log.warning(
-                "tuning: every worker ended with %d trials unfinished: %s",
-                len(unfinished),
-                workers.describe(),
-            )
-            return
+            message = "tuning: every worker ended with %d trials unfinished: %s"
+            return log.warning(message, len(unfinished), workers.describe())
         if time.time() > deadline and not any(t.state == TrialState.RUNNING for t in unfinished):
-            log.warning("tuning: budget spent with %d trials queued", len(unfinished))
-            return
+            return log.warning("tuning: budget spent with %d trials queued", len(unfinished))
         time.sleep(poll_seconds)

@@ -1,2 +1,1 @@
-"""Registry: the one door to MLflow (runs, versions, aliases), and the promotion gate that decides which version
-may become the champion."""
+"""Registry: the one door to MLflow (runs, versions, aliases) and the promotion gate."""

@@ -1,8 +1,7 @@
 """The promotion gate: minimum precision and recall, and a gain over the champion on the same test data.
 
-The gate fails closed: a registry that cannot say whether a champion exists fails the task (retried, then the
-run fails); a champion that exists but cannot be re-scored is decided by ``champion_unscorable`` (default:
-not promoted, and the reason says why).
+It fails closed: a registry that cannot say whether a champion exists fails the task; a champion that cannot be
+re-scored is decided by ``champion_unscorable`` (default: not promoted).
 """
 
 from __future__ import annotations
@@ -84,12 +83,8 @@ def decide(metrics: dict[str, float], champion: dict[str, Any] | None, policy: P
 
 
 def rescore_champion(settings: Settings, test: ModelTable) -> dict[str, Any] | None:
-    """The current champion's metrics on this run's test split, at the champion's own threshold.
-
-    None when there is no champion; ``{"version", "error"}`` when it exists but cannot be re-scored (bundle
-    missing or unloadable, feature contract changed, scoring error). A registry that fails raises
-    :class:`~tasks.registry.versions.RegistryUnavailable`.
-    """
+    """The champion's metrics on this run's test split at its own threshold; None without a champion,
+    ``{"version", "error"}`` when it cannot be re-scored (a failing registry raises)."""
     version = versions.version_by_alias(settings, Alias.CHAMPION)
     if version is None:
         return None
@@ -99,8 +94,7 @@ def rescore_champion(settings: Settings, test: ModelTable) -> dict[str, Any] | N
             bundle = load_bundle(
                 versions.download_bundle(settings, number, Path(tmp) / "bundle"), thread_count=-1
             )
-            p = bundle.predict_records(test.records)
-            threshold = bundle.meta.threshold
+            p, threshold = bundle.predict_records(test.records), bundle.meta.threshold
         except RegistryUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever stops the re-scoring is the champion's problem
@@ -113,10 +107,8 @@ def rescore_champion(settings: Settings, test: ModelTable) -> dict[str, Any] | N
 
 
 def apply_decision(settings: Settings, version: str, decision: Decision, dry_run: bool) -> None:
-    """Tag the version with the decision; on promotion (and not a dry run) point ``candidate`` at it.
-
-    The tags are written one at a time, the decision last: a registry failure midway leaves a record without a
-    decision (never deployable), not a dry run that reads as promoted."""
+    """Tag the version with the decision (last, so a failure midway leaves no decision); on promotion (and not a
+    dry run) point ``candidate`` at it."""
     versions.set_version_tags(
         settings,
         version,
@@ -133,9 +125,9 @@ def apply_decision(settings: Settings, version: str, decision: Decision, dry_run
 
 def decision_markdown(settings: Settings, version: str, decision: Decision, dry_run: bool) -> str:
     """The decision as markdown for the Prefect UI."""
-    verdict = "PROMOTED to `candidate`" if decision.promoted else "NOT promoted"
-    if dry_run:
-        verdict += " (dry run: aliases untouched)"
+    verdict = ("PROMOTED to `candidate`" if decision.promoted else "NOT promoted") + (
+        " (dry run: aliases untouched)" if dry_run else ""
+    )
     lines = "\n".join(f"- {r}" for r in decision.reasons)
     return f"# {settings.model_name} v{version}: {verdict}\n\n{lines}\n"
 

@@ -1,8 +1,6 @@
-"""The one door to MLflow: tracking URI, experiment, runs, artifacts, and the registry client.
+"""The one door to MLflow (nothing else imports ``mlflow``): experiment, runs, artifacts, the registry client.
 
-Nothing else in the pipeline imports ``mlflow`` (``tests/test_architecture.py`` checks it): stages log through the
-functions here, and :mod:`tasks.registry.versions` reaches the model registry through :func:`client`, :func:`is_absent`
-and :func:`download_artifacts`. Uses the client API only (thread-safe, and MLflow's global state is never set).
+Client API only: thread-safe, and MLflow's global state is never set.
 """
 
 from __future__ import annotations
@@ -21,11 +19,8 @@ from tasks.settings import Settings, mlflow_environment
 
 
 def client(settings: Settings) -> Any:
-    """An ``MlflowClient`` for the configured tracking URI (local SQLite store by default).
-
-    MLflow's global URI is never set: ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the
-    process environment, which would pin every later settings object of the process to the first store.
-    """
+    """An ``MlflowClient`` for the configured tracking URI (``mlflow.set_tracking_uri`` is avoided: it writes
+    the process environment, pinning every later settings object to the first store)."""
     mlflow_environment(settings)
     from mlflow import MlflowClient
 
@@ -55,11 +50,8 @@ def start_run(
     settings: Settings, name: str, tags: Mapping[str, str] | None = None, parent: str | None = None
 ) -> str:
     """Create a run (nested under ``parent`` when given) and return its id; :func:`run` also closes it."""
-    all_tags = dict(tags or {})
-    if parent:
-        all_tags["mlflow.parentRunId"] = parent
-    created = client(settings).create_run(experiment_id(settings), run_name=name, tags=all_tags)
-    return created.info.run_id
+    all_tags = dict(tags or {}) | ({"mlflow.parentRunId": parent} if parent else {})
+    return client(settings).create_run(experiment_id(settings), run_name=name, tags=all_tags).info.run_id
 
 
 @contextmanager
@@ -67,7 +59,7 @@ def run(
     settings: Settings, name: str, tags: Mapping[str, str] | None = None, parent: str | None = None
 ) -> Iterator[str]:
     """``with tracking.run(settings, name) as run_id:`` a run that ends FINISHED, or FAILED when the block raises
-    (anything, an interrupt included; the exception goes on)."""
+    (an interrupt included)."""
     run_id = start_run(settings, name, tags, parent)
     try:
         yield run_id
@@ -98,18 +90,14 @@ def log_params(settings: Settings, run_id: str, params: Mapping[str, Any]) -> No
     """Log params (values stringified, truncated to MLflow's limit)."""
     from mlflow.entities import Param
 
-    items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
-    if items:
-        client(settings).log_batch(run_id, params=items)
+    _log_batch(settings, run_id, params=[Param(str(k), str(v)[:6000]) for k, v in params.items()])
 
 
 def set_tags(settings: Settings, run_id: str, tags: Mapping[str, Any]) -> None:
     """Set tags on a run in one batch (values stringified)."""
     from mlflow.entities import RunTag
 
-    items = [RunTag(str(k), str(v)) for k, v in tags.items()]
-    if items:
-        client(settings).log_batch(run_id, tags=items)
+    _log_batch(settings, run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
 
 
 def log_metrics(settings: Settings, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
@@ -117,13 +105,13 @@ def log_metrics(settings: Settings, run_id: str, metrics: Mapping[str, float], s
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [
-        Metric(k, float(v), now, step)
-        for k, v in metrics.items()
-        if v is not None and math.isfinite(float(v))
-    ]
-    if items:
-        client(settings).log_batch(run_id, metrics=items)
+    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    _log_batch(settings, run_id, metrics=[Metric(k, v, now, step) for k, v in finite.items()])
+
+
+def _log_batch(settings: Settings, run_id: str, **items: list[Any]) -> None:
+    if any(items.values()):
+        client(settings).log_batch(run_id, **items)
 
 
 def log_dict(settings: Settings, run_id: str, data: Any, artifact_file: str) -> None:
@@ -146,11 +134,9 @@ def log_files(settings: Settings, run_id: str, paths: list[Path], artifact_path:
 def log_bytes(settings: Settings, run_id: str, files: Mapping[str, bytes], artifact_path: str) -> None:
     """Log in-memory files (``{"deciles.png": b"..."}``) under ``artifact_path``."""
     folder = scratch_dir("artifacts-")
-    paths = []
     for name, data in files.items():
         (folder / name).write_bytes(data)
-        paths.append(folder / name)
-    log_files(settings, run_id, paths, artifact_path)
+    log_files(settings, run_id, [folder / name for name in files], artifact_path)
 
 
 def log_figures(settings: Settings, run_id: str, figures: Mapping[str, Any], artifact_path: str) -> None:
@@ -175,25 +161,20 @@ def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
-# --- what an MLflow error means, and artifact downloads (for tasks.registry.versions) --------------------------------
-
 _ALIAS_NOT_FOUND = re.compile(r"alias \S+ not found", re.IGNORECASE)
 
 
 def is_absent(exc: BaseException) -> bool:
-    """Whether an MLflow error says the model, version, alias or artifact does not exist (and nothing else).
-
-    MLflow 3 answers a missing registered model with ``RESOURCE_DOES_NOT_EXIST`` (404) and a missing alias of an
-    existing model with ``INVALID_PARAMETER_VALUE`` (400) "Registered model alias ... not found", on SQLite and
-    through ``mlflow server``.
-    """
+    """Whether an MLflow error says the model, version, alias or artifact does not exist (a missing alias of an
+    existing model is ``INVALID_PARAMETER_VALUE`` "Registered model alias ... not found" in MLflow 3)."""
     from mlflow.exceptions import MlflowException
 
     if not isinstance(exc, MlflowException):
         return False
-    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-        return True
-    return exc.error_code == "INVALID_PARAMETER_VALUE" and bool(_ALIAS_NOT_FOUND.search(str(exc)))
+    code = exc.error_code
+    return code == "RESOURCE_DOES_NOT_EXIST" or (
+        code == "INVALID_PARAMETER_VALUE" and bool(_ALIAS_NOT_FOUND.search(str(exc)))
+    )
 
 
 def already_exists(exc: BaseException) -> bool:

@@ -1,15 +1,14 @@
 """The MLflow model registry: register a bundle as a model version, find versions by alias, export bundles.
 
-Errors fail closed: only a registry that says "no such model / version / alias" means absent (None or a
-:class:`~tasks.common.PermanentError`, see :func:`tasks.registry.tracking.is_absent`); any other failure (server
-unreachable, 5xx, a broken store) is a :class:`RegistryUnavailable`, which the stage tasks retry and which then
-fails the run. MLflow is reached through :mod:`tasks.registry.tracking` only.
+Errors fail closed: only "no such model / version / alias" means absent (:func:`tracking.is_absent`); any other
+failure is a :class:`RegistryUnavailable`, which stages retry and which then fails the run.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,14 +34,34 @@ def unavailable(settings: Settings, what: str, exc: BaseException) -> NoReturn:
     ) from exc
 
 
+_UNAVAILABLE = object()  # ``absent`` default: "absent" is a registry failure like any other
+
+
+def _ask(settings: Settings, what: str, call: Callable[[Any], Any], absent: Any = _UNAVAILABLE) -> Any:
+    """``call(client)``; when the registry says the thing is absent, ``absent`` (raised when an exception), else
+    any failure a :class:`RegistryUnavailable`."""
+    try:
+        return call(tracking.client(settings))
+    except Exception as exc:
+        if absent is _UNAVAILABLE or not is_absent(exc):
+            unavailable(settings, what, exc)
+        if isinstance(absent, Exception):
+            raise absent from exc
+        return absent
+
+
+def _no_version(settings: Settings, version: str) -> PermanentError:
+    return PermanentError(f"model {settings.model_name!r} has no version {version!r}")
+
+
 def bundle_uri(settings: Settings, version: str) -> str:
     """Where a version's bundle can be downloaded (``mlflow artifacts download --artifact-uri ...``)."""
     return f"models:/{settings.model_name}/{version}"
 
 
 def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dict[str, str]) -> str:
-    """Create a model version whose source is the run's ``bundle/`` artifacts, stamp that version into the
-    bundle's metadata, then upload the bundle; returns the version. A failed upload removes the version."""
+    """A model version of the run's ``bundle/`` artifacts: created, stamped into the bundle, then the bundle
+    uploaded (a failed upload removes the version)."""
     c = tracking.client(settings)
     try:
         c.create_registered_model(settings.model_name, description="Loan default risk (CatBoost bundle)")
@@ -67,25 +86,17 @@ def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dic
 
 def get_version(settings: Settings, version: str) -> Any:
     """A model version by number; :class:`PermanentError` when it does not exist."""
-    try:
-        return tracking.client(settings).get_model_version(settings.model_name, str(version))
-    except Exception as exc:
-        if is_absent(exc):
-            raise PermanentError(f"model {settings.model_name!r} has no version {version!r}") from exc
-        unavailable(settings, f"read version {version} of {settings.model_name!r}", exc)
+    what, name = f"read version {version} of {settings.model_name!r}", settings.model_name
+    return _ask(
+        settings, what, lambda c: c.get_model_version(name, str(version)), _no_version(settings, version)
+    )
 
 
 def version_by_alias(settings: Settings, alias: str) -> Any | None:
-    """The version an alias points to; None only when the alias (or the model) does not exist.
-
-    Any other failure raises :class:`RegistryUnavailable`: an unreachable registry is never "no champion".
-    """
-    try:
-        return tracking.client(settings).get_model_version_by_alias(settings.model_name, alias)
-    except Exception as exc:
-        if is_absent(exc):
-            return None
-        unavailable(settings, f"read alias {alias!r} of {settings.model_name!r}", exc)
+    """The version an alias points to; None only when the alias (or the model) does not exist (an unreachable
+    registry is never "no champion")."""
+    what, name = f"read alias {alias!r} of {settings.model_name!r}", settings.model_name
+    return _ask(settings, what, lambda c: c.get_model_version_by_alias(name, alias), None)
 
 
 def resolve_version(settings: Settings, model_version: str | None, alias: str | None) -> str:
@@ -100,49 +111,35 @@ def resolve_version(settings: Settings, model_version: str | None, alias: str | 
 
 def set_alias(settings: Settings, alias: str, version: str) -> None:
     """Point ``alias`` at ``version``."""
-    try:
-        tracking.client(settings).set_registered_model_alias(settings.model_name, alias, str(version))
-    except Exception as exc:
-        unavailable(settings, f"point alias {alias!r} at version {version}", exc)
+    call = lambda c: c.set_registered_model_alias(settings.model_name, alias, str(version))  # noqa: E731
+    _ask(settings, f"point alias {alias!r} at version {version}", call)
 
 
 def delete_alias(settings: Settings, alias: str) -> None:
     """Remove ``alias`` (no error when it is absent)."""
-    try:
-        tracking.client(settings).delete_registered_model_alias(settings.model_name, alias)
-    except Exception as exc:
-        if not is_absent(exc):
-            unavailable(settings, f"delete alias {alias!r}", exc)
+    call = lambda c: c.delete_registered_model_alias(settings.model_name, alias)  # noqa: E731
+    _ask(settings, f"delete alias {alias!r}", call, None)
 
 
 def set_version_tags(settings: Settings, version: str, tags: dict[str, Any]) -> None:
     """Set several tags on a model version, one call each, in the order given."""
-    c = tracking.client(settings)
-    try:
+
+    def call(c: Any) -> None:
         for key, value in tags.items():
             c.set_model_version_tag(settings.model_name, str(version), key, str(value))
-    except Exception as exc:
-        if is_absent(exc):
-            raise PermanentError(f"model {settings.model_name!r} has no version {version!r}") from exc
-        unavailable(settings, f"tag version {version}", exc)
+
+    _ask(settings, f"tag version {version}", call, _no_version(settings, version))
 
 
 def model_tags(settings: Settings) -> dict[str, str]:
     """The registered model's own tags ({} when the model does not exist yet)."""
-    try:
-        return dict(tracking.client(settings).get_registered_model(settings.model_name).tags or {})
-    except Exception as exc:
-        if is_absent(exc):
-            return {}
-        unavailable(settings, f"read the tags of {settings.model_name!r}", exc)
+    return record_tags(settings, settings.model_name, f"read the tags of {settings.model_name!r}") or {}
 
 
 def set_model_tag(settings: Settings, key: str, value: str) -> None:
     """Set one tag on the registered model (one call: a reader sees the old value or the new one)."""
-    try:
-        tracking.client(settings).set_registered_model_tag(settings.model_name, key, value)
-    except Exception as exc:
-        unavailable(settings, f"set tag {key!r} of {settings.model_name!r}", exc)
+    call = lambda c: c.set_registered_model_tag(settings.model_name, key, value)  # noqa: E731
+    _ask(settings, f"set tag {key!r} of {settings.model_name!r}", call)
 
 
 class AlreadyExists(PermanentError):
@@ -150,8 +147,8 @@ class AlreadyExists(PermanentError):
 
 
 def create_record(settings: Settings, name: str, tags: dict[str, str], description: str = "") -> None:
-    """Create the registered model ``name`` with ``tags`` in one call; :class:`AlreadyExists` when the name is
-    taken. The store's unique name makes this a compare-and-set: of two creators of one name, exactly one wins."""
+    """Create the registered model ``name`` with ``tags`` in one call (a compare-and-set on the unique name);
+    :class:`AlreadyExists` when the name is taken."""
     try:
         tracking.client(settings).create_registered_model(name, tags=tags, description=description)
     except Exception as exc:
@@ -160,23 +157,19 @@ def create_record(settings: Settings, name: str, tags: dict[str, str], descripti
         unavailable(settings, f"create registered model {name!r}", exc)
 
 
-def record_tags(settings: Settings, name: str) -> dict[str, str] | None:
+def record_tags(settings: Settings, name: str, what: str = "") -> dict[str, str] | None:
     """The tags of the registered model ``name``; None when it does not exist."""
-    try:
-        return dict(tracking.client(settings).get_registered_model(name).tags or {})
-    except Exception as exc:
-        if is_absent(exc):
-            return None
-        unavailable(settings, f"read registered model {name!r}", exc)
+    call = lambda c: dict(c.get_registered_model(name).tags or {})  # noqa: E731
+    return _ask(settings, what or f"read registered model {name!r}", call, None)
 
 
 def records(settings: Settings, prefix: str, newest_only: bool = False) -> dict[str, dict[str, str]]:
     """Registered models whose name starts with ``prefix`` (name → tags), every page; ``newest_only``: the one
     with the greatest name."""
-    c = tracking.client(settings)
-    found: dict[str, dict[str, str]] = {}
-    token = None
-    try:
+
+    def every_page(c: Any) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        token = None
         while True:
             page = c.search_registered_models(
                 filter_string=f"name LIKE '{prefix}%'",
@@ -188,16 +181,13 @@ def records(settings: Settings, prefix: str, newest_only: bool = False) -> dict[
             token = page.token
             if newest_only or not token:
                 return found
-    except Exception as exc:
-        unavailable(settings, f"list registered models named {prefix}*", exc)
+
+    return _ask(settings, f"list registered models named {prefix}*", every_page)
 
 
 def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
-    """Download a version's bundle into ``dst`` (emptied first) and stamp the version into its metadata.
-
-    :class:`PermanentError` when the version or its artifacts do not exist, :class:`RegistryUnavailable` when
-    the registry or artifact store fails.
-    """
+    """Download a version's bundle into ``dst`` (emptied first) and stamp the version into its metadata;
+    :class:`PermanentError` when it does not exist."""
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
@@ -215,8 +205,7 @@ def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
 
 
 def version_tags(bundle_dir: Path) -> dict[str, str]:
-    """The searchable tags of a new version, from its bundle's metadata: data source and revision, test
-    ROC-AUC, threshold."""
+    """The searchable tags of a new version, from its bundle's metadata."""
     meta = json.loads((bundle_dir / META_FILE).read_text())
     data = meta.get("data_fingerprint") or {}
     return {
