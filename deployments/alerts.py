@@ -1,5 +1,6 @@
-"""Alerts: Prefect automations that notify the configured channels (``python -m deployments.alerts``, also run
-by ``python -m deployments.setup``).
+"""Alerts: Prefect automations that notify the configured channels.
+
+    python -m deployments.alerts            # create or update them (also run by python -m deployments.setup)
 
 Four automations, one notification per channel each: a loan-risk flow run (``alert_flows``) Failed or Crashed;
 ``loan-risk.model.promoted`` / ``.released`` (``tasks/monitoring/events.py``); ``loan-risk.drift.detected``.
