@@ -1,10 +1,8 @@
 """A PostgreSQL cluster of the stack's own, from the operating system's packages (Debian's ``postgresql``).
 
-``initdb`` once (password auth, a password kept in the stack's state file), ``pg_ctl start`` on the stack's
-port and address, one database per service (``prefect``, ``mlflow``, ``optuna``), ``pg_ctl stop -m fast``.
-PostgreSQL refuses to run as root: as root every command runs as the ``postgres`` user (``runuser``), and the
-cluster lives where that user can reach it (the state folder when it can, else a folder of its own under the
-system's temporary directory, recorded in the state file).
+``initdb`` once (password auth), ``pg_ctl start`` on the stack's port and address, one database per service,
+``pg_ctl stop -m fast``. As root every command runs as the ``postgres`` user (``runuser``), with the cluster
+where that user can reach it (the state folder, else a folder of its own under the temporary directory).
 """
 
 from __future__ import annotations
