@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 DATABASES = ("prefect", "mlflow", "mlflow_auth", "optuna")
 
@@ -155,32 +156,31 @@ def url(driver: str, password: str, host: str, port: int, database: str) -> str:
     return f"postgresql+{driver}://postgres:{password}@{host}:{port}/{database}"
 
 
-def ensure_databases(password: str, host: str, port: int) -> None:
-    """Create the stack's databases that do not exist yet."""
+def _connect(password: str, host: str, port: int, timeout: int) -> Any:
     import psycopg2
 
-    conn = psycopg2.connect(
-        host=host, port=port, user="postgres", password=password, dbname="postgres", connect_timeout=10
+    return psycopg2.connect(
+        host=host, port=port, user="postgres", password=password, dbname="postgres", connect_timeout=timeout
     )
+
+
+def ensure_databases(password: str, host: str, port: int) -> None:
+    """Create the stack's databases that do not exist yet."""
+    conn = _connect(password, host, port, 10)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT datname FROM pg_database")
             have = {row[0] for row in cur.fetchall()}
-            for name in DATABASES:
-                if name not in have:
-                    cur.execute(f'CREATE DATABASE "{name}"')
+            for name in (n for n in DATABASES if n not in have):
+                cur.execute(f'CREATE DATABASE "{name}"')
     finally:
         conn.close()
 
 
 def healthy(password: str, host: str, port: int) -> bool:
     try:
-        import psycopg2
-
-        psycopg2.connect(
-            host=host, port=port, user="postgres", password=password, dbname="postgres", connect_timeout=3
-        ).close()
+        _connect(password, host, port, 3).close()
     except Exception:  # noqa: BLE001 - any failure to connect means not healthy
         return False
     return True

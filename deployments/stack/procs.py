@@ -80,13 +80,8 @@ def carries(pid: int, stack_id: str) -> bool:
 
 def marked(stack_id: str) -> list[int]:
     """Every live process that carries this stack's marker, except this process."""
-    me = os.getpid()
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != me and carries(int(entry.name), stack_id):
-            if not is_zombie(int(entry.name)):
-                out.append(int(entry.name))
-    return out
+    pids = (int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit())
+    return [p for p in pids if p != os.getpid() and carries(p, stack_id) and not is_zombie(p)]
 
 
 def _reap(pid: int) -> None:
