@@ -2,28 +2,16 @@
 
     python -m deployments.alerts            # create or update them (also run by python -m deployments.setup)
 
-Four automations, each one notification per channel when it fires:
+Four automations, one notification per channel each: a loan-risk flow run (``alert_flows``) Failed or Crashed;
+``loan-risk.model.promoted`` / ``.released`` (``tasks/monitoring/events.py``); ``loan-risk.drift.detected``.
+Channels come from the settings (never ``prefect.yaml``: they hold secrets): ``alert_webhook_url`` (a
+``Webhook`` block called with one JSON document, see :func:`webhook_payload`) and ``alert_apprise_urls`` (each
+an Apprise URL in a ``Slack Webhook`` block: the one built-in block that hands any Apprise URL to Apprise
+unchanged; a block class of our own would not load in the Prefect server, which runs the actions).
 
-- ``loan-risk: flow run failed``: a run of a loan-risk flow (``alert_flows``) enters Failed or Crashed;
-- ``loan-risk: model promoted`` / ``loan-risk: model released``: the events the promote and commit-champion
-  stages emit (``tasks/monitoring/events.py``);
-- ``loan-risk: drift detected``: the drift monitor's ``loan-risk.drift.detected`` event.
-
-Channels come from the settings (environment or ``loanrisk.toml``, never ``prefect.yaml``: they hold secrets):
-
-- ``alert_webhook_url``: a generic webhook. A Prefect ``Webhook`` block (``loan-risk-alert-webhook``) called by
-  a ``call-webhook`` action with one JSON document: ``{"alert", "summary", "model", "version", "flow",
-  "flow_run", "state", "reason", "link", "payload", "event", "occurred"}`` (fields that do not apply are null).
-- ``alert_apprise_urls``: Apprise URLs (``slack://``, ``msteams://``, ``mailto://``, ``json://`` ...), each a
-  notification block (``loan-risk-alert-apprise-<n>``) used by a ``send-notification`` action with a subject
-  and a text body. The block type is Prefect's ``Slack Webhook``: the one built-in block that hands any
-  Apprise URL to Apprise unchanged (it special-cases Slack's own webhook URLs only); a block class of our own
-  would not load in the Prefect server, which runs the actions.
-
-Idempotent: blocks are saved over, an automation with the same name is updated in place (duplicates are
-removed), and with no channel configured the automations are removed (an automation needs an action).
-Prints one JSON line: ``{"api_url", "channels", "automations": [{"name", "id", "status"}]}``.
-Exit codes: 0 done, 2 no Prefect API configured.
+Idempotent: blocks are saved over, an automation of the same name is updated (duplicates removed), and with no
+channel configured the automations are removed. Prints ``{"api_url", "channels", "automations": [{"name", "id",
+"status"}]}``. Exit codes: 0 done, 2 no Prefect API configured.
 """
 
 from __future__ import annotations
@@ -138,7 +126,8 @@ def alerts(settings: Settings) -> list[Alert]:
 
 
 def webhook_payload(alert: Alert) -> str:
-    """The webhook's JSON document as a Jinja template: every value through ``tojson``, so it stays JSON."""
+    """The webhook's JSON document as a Jinja template: ``{"alert", "summary", "model", "version", "flow",
+    "flow_run", "state", "reason", "link", "payload", "event", "occurred"}``, every value through ``tojson``."""
     fields = {
         "alert": f"'{alert.key}'",
         "summary": None,

@@ -4,28 +4,17 @@
     python -m deployments.setup --prefect-file prefect.docker.yaml --pool-type docker \
         --image loan-risk-training:latest [--network-mode host] [--pass-env NAME ...]
 
-Non-interactive and idempotent: a second call leaves the pool alone and updates the deployments in place.
-It talks to the API that Prefect's settings name (``PREFECT_API_URL``, or the active profile), with the
-credentials they hold (``PREFECT_API_KEY`` / ``PREFECT_API_AUTH_STRING``), and refuses to run without an API
-URL (an ephemeral in-process server would forget the deployments at exit).
+Non-interactive and idempotent, against the API Prefect's settings name (never an ephemeral server):
 
-Steps:
-
-1. the work pool (``--pool``, else ``LOANRISK_WORK_POOL``, else the one named in prefect.yaml) is created with
-   type ``process`` and Prefect's default job template unless it exists (of another type: an error); with
-   ``--pool-type docker`` (prefect-docker) the pool's job template runs each flow run in the training image
-   (``--image``), and its ``env`` holds the settings named by ``--pass-env`` taken from this environment (URLs,
-   registry credentials, the pseudonym key): they live in the server's pool, never in a prefect file. A docker
-   pool's template is brought up to date on every call;
-2. ``prefect --no-prompt deploy --all`` runs from the repository root, so the build step records the checkout
-   for the pull step; with another pool name it runs on a copy of prefect.yaml that names that pool;
+1. the work pool (``--pool``, else ``LOANRISK_WORK_POOL``, else prefect.yaml's) is created unless it exists
+   (of another type: an error). A ``docker`` pool's job template runs each flow run in ``--image`` with the
+   ``--pass-env`` settings of this environment (secrets as Secret block references), updated on every call;
+2. ``prefect --no-prompt deploy --all`` runs from the repository root (on a copy of prefect.yaml when the pool
+   or the drift trigger's ``within`` - the ``drift_cooldown_seconds`` setting - differ from the file's);
 3. the deployments are read back from the API (each must be on the pool);
-4. the alert automations are created or updated (``deployments/alerts.py``: removed when no channel is
-   configured), and one JSON line is printed: ``{"api_url", "pool", "pool_created", "deployments": [{"name",
-   "id", "schedules", "triggers", ...}], "alerts": {"channels", "automations"}}``.
-
-The retrain deployment's drift trigger fires at most once per ``drift_cooldown_seconds`` (the setting, default
-24 h): when the setting differs from the ``within`` in prefect.yaml, the copy deployed carries the setting's.
+4. the alert automations are created or updated (``deployments/alerts.py``), and one JSON line is printed:
+   ``{"api_url", "pool", "pool_created", "deployments": [{"name", "id", "schedules", "triggers", ...}],
+   "alerts"}``.
 
 Exit codes: 0 done, 1 ``prefect deploy`` failed or a deployment is missing afterwards, 2 configuration error
 (no API URL, a pool of another type, an unreadable prefect.yaml), 6 the API refused the credentials.
@@ -49,6 +38,7 @@ from typing import Any
 import yaml
 
 from deployments import prefect_api
+from deployments.alerts import ensure_alerts  # the alert automations live on the same server
 
 logger = logging.getLogger("deployments.setup")
 
@@ -57,7 +47,8 @@ DEFAULT_PREFECT_FILE = REPO_ROOT / "prefect.yaml"
 POOL_ENV = "LOANRISK_WORK_POOL"
 DEPLOY_TIMEOUT_S = 600
 POOL_TYPES = ("process", "docker")
-# What a flow run in a container needs from the deploying environment (only the names that are set are passed).
+DRIFT_EVENT = "loan-risk.drift.detected"
+# What a flow run in a container needs from the deploying environment (only the names set are passed).
 PASS_ENV = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_TRACKING_USERNAME",
@@ -87,17 +78,13 @@ def secret_block_name(name: str) -> str:
 
 
 def by_reference(env: dict[str, str]) -> dict[str, str]:
-    """``env`` with each secret value saved as a Prefect Secret block and replaced by its template reference."""
+    """``env`` with each secret value saved as a Prefect Secret block and replaced by a template reference."""
     from prefect.blocks.system import Secret
 
-    out = {}
-    for name, value in env.items():
-        if is_secret(name):
-            block = secret_block_name(name)
-            Secret(value=value).save(block, overwrite=True)
-            out[name] = "{{ prefect.blocks.secret." + block + " }}"
-        else:
-            out[name] = value
+    out = dict(env)
+    for name in filter(is_secret, env):
+        Secret(value=env[name]).save(secret_block_name(name), overwrite=True)
+        out[name] = "{{ prefect.blocks.secret." + secret_block_name(name) + " }}"
     return out
 
 
@@ -134,33 +121,27 @@ def deployment_specs(data: dict[str, Any]) -> list[DeploymentSpec]:
     return specs
 
 
+def _copy(data: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(data))  # plain deep copy; YAML anchors are already expanded
+
+
 def with_pool(data: dict[str, Any], pool: str) -> dict[str, Any]:
     """A copy of the prefect.yaml content with every deployment on ``pool``."""
-    copy = json.loads(json.dumps(data))  # plain deep copy; YAML anchors are already expanded
+    copy = _copy(data)
     for item in copy["deployments"]:
         item["work_pool"] = {**(item.get("work_pool") or {}), "name": pool}
     return copy
 
 
-DRIFT_EVENT = "loan-risk.drift.detected"
-
-
 def with_cooldown(data: dict[str, Any], seconds: int) -> dict[str, Any]:
-    """A copy of the prefect.yaml content whose drift triggers (those expecting ``loan-risk.drift.detected``)
-    fire at most once per ``seconds`` (their ``within``)."""
-    copy = json.loads(json.dumps(data))
+    """A copy of the prefect.yaml content whose drift triggers (expecting ``DRIFT_EVENT``) fire at most once
+    per ``seconds`` (their ``within``)."""
+    copy = _copy(data)
     for item in copy["deployments"]:
         for trigger in item.get("triggers") or []:
             if DRIFT_EVENT in (trigger.get("expect") or []):
                 trigger["within"] = int(seconds)
     return copy
-
-
-def cooldown_setting() -> int:
-    """The ``drift_cooldown_seconds`` setting (LOANRISK_DRIFT_COOLDOWN_SECONDS, loanrisk.toml, default 24 h)."""
-    from tasks.settings import get_settings
-
-    return get_settings().drift_cooldown_seconds
 
 
 @dataclass(frozen=True)
@@ -217,17 +198,15 @@ def ensure_pool(name: str, spec: PoolSpec | None = None) -> bool:
             else:
                 logger.info("work pool %s (process) exists", name)
             return False
+        description = (
+            "Runs the loan-risk flows in subprocesses of a worker started from the checkout"
+            if spec.type == "process"
+            else "Runs each loan-risk flow run in a container of the training image"
+        )
         try:
             client.create_work_pool(
                 WorkPoolCreate(
-                    name=name,
-                    type=spec.type,
-                    description=(
-                        "Runs the loan-risk flows in subprocesses of a worker started from the checkout"
-                        if spec.type == "process"
-                        else "Runs each loan-risk flow run in a container of the training image"
-                    ),
-                    base_job_template=spec.template(),
+                    name=name, type=spec.type, description=description, base_job_template=spec.template()
                 )
             )
         except ObjectAlreadyExists:  # created meanwhile by a concurrent setup
@@ -264,9 +243,8 @@ def run_prefect_deploy(prefect_file: Path) -> None:
         )
     except subprocess.TimeoutExpired as exc:
         raise SetupError(f"prefect deploy did not finish in {DEPLOY_TIMEOUT_S}s") from exc
-    for line in proc.stdout.splitlines():
-        if line.strip():
-            logger.info("  %s", line.rstrip())
+    for line in filter(str.strip, proc.stdout.splitlines()):
+        logger.info("  %s", line.rstrip())
     if proc.returncode != 0:
         raise SetupError(f"prefect deploy --all exited {proc.returncode}")
     if "Skipping deployment configuration" in proc.stdout:
@@ -278,6 +256,7 @@ def _triggers(client: Any, deployment_id: Any) -> list[dict[str, Any]]:
     out = []
     for automation in client.read_resource_related_automations(f"prefect.deployment.{deployment_id}"):
         trigger = automation.trigger
+        within = getattr(trigger, "within", None)
         out.append(
             {
                 "name": automation.name,
@@ -285,9 +264,7 @@ def _triggers(client: Any, deployment_id: Any) -> list[dict[str, Any]]:
                 "expect": sorted(getattr(trigger, "expect", []) or []),
                 "posture": str(getattr(getattr(trigger, "posture", None), "value", "")),
                 "threshold": getattr(trigger, "threshold", None),
-                "within": getattr(trigger, "within", None).total_seconds()
-                if getattr(trigger, "within", None)
-                else 0,
+                "within": within.total_seconds() if within else 0,
             }
         )
     return out
@@ -296,25 +273,19 @@ def _triggers(client: Any, deployment_id: Any) -> list[dict[str, Any]]:
 def read_back(specs: Sequence[DeploymentSpec], pool: str) -> list[dict[str, Any]]:
     """The applied deployments as the API has them; an error when one is missing."""
     from prefect import get_client
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterName,
-        WorkPoolFilter,
-        WorkPoolFilterName,
-    )
+    from prefect.client.schemas import filters as f
 
     wanted = {s.name for s in specs}
+    out = []
     with get_client(sync_client=True) as client:
-        found = client.read_deployments(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=sorted(wanted))),
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
-        )
-        out = []
-        for dep in found:
-            flow = client.read_flow(dep.flow_id)
+        for dep in client.read_deployments(
+            deployment_filter=f.DeploymentFilter(name=f.DeploymentFilterName(any_=sorted(wanted))),
+            work_pool_filter=f.WorkPoolFilter(name=f.WorkPoolFilterName(any_=[pool])),
+        ):
+            limit, options = dep.global_concurrency_limit, dep.concurrency_options
             out.append(
                 {
-                    "name": f"{flow.name}/{dep.name}",
+                    "name": f"{client.read_flow(dep.flow_id).name}/{dep.name}",
                     "id": str(dep.id),
                     "work_pool": dep.work_pool_name,
                     "entrypoint": dep.entrypoint,
@@ -326,14 +297,8 @@ def read_back(specs: Sequence[DeploymentSpec], pool: str) -> list[dict[str, Any]
                         }
                         for s in dep.schedules
                     ],
-                    "concurrency_limit": (
-                        dep.global_concurrency_limit.limit if dep.global_concurrency_limit else None
-                    ),
-                    "collision_strategy": (
-                        str(dep.concurrency_options.collision_strategy.value)
-                        if dep.concurrency_options
-                        else None
-                    ),
+                    "concurrency_limit": limit.limit if limit else None,
+                    "collision_strategy": str(options.collision_strategy.value) if options else None,
                     "parameters": dep.parameters,
                     "triggers": _triggers(client, dep.id),
                 }
@@ -348,6 +313,8 @@ def setup(
     pool: str | None = None, prefect_file: Path = DEFAULT_PREFECT_FILE, pool_spec: PoolSpec | None = None
 ) -> dict[str, Any]:
     """Pool + deployments; returns what ``main`` prints."""
+    from tasks.settings import get_settings
+
     data = load_prefect_file(prefect_file)
     specs = deployment_specs(data)
     declared = {s.pool for s in specs}
@@ -365,24 +332,18 @@ def setup(
         )
     logger.info("Prefect API %s, work pool %s", api_url, pool)
     created = ensure_pool(pool, pool_spec)
-    cooldown = cooldown_setting()
+    cooldown = get_settings().drift_cooldown_seconds
     wanted = with_cooldown(with_pool(data, pool), cooldown)
-    if wanted == json.loads(json.dumps(data)):
+    if wanted == _copy(data):
         run_prefect_deploy(prefect_file)
     else:
         with tempfile.TemporaryDirectory(prefix="loanrisk-prefect-") as tmp:
             copy = Path(tmp) / "prefect.yaml"
             copy.write_text(yaml.safe_dump(wanted, sort_keys=False))
-            logger.info(
-                "deploying a copy of %s with work pool %s, drift cooldown %d s",
-                prefect_file.name,
-                pool,
-                cooldown,
-            )
+            what = "deploying a copy of %s with work pool %s, drift cooldown %d s"
+            logger.info(what, prefect_file.name, pool, cooldown)
             run_prefect_deploy(copy)
     deployments = read_back(specs, pool)
-    from deployments.alerts import ensure_alerts  # the alert automations live on the same server
-
     alerts = ensure_alerts()
     return {
         "api_url": api_url,
@@ -395,14 +356,13 @@ def setup(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deployments.setup", description=__doc__.splitlines()[0])
-    parser.add_argument("--pool", help=f"work pool name (default: ${POOL_ENV}, else the one in prefect.yaml)")
-    parser.add_argument(
-        "--prefect-file", type=Path, default=DEFAULT_PREFECT_FILE, help="default: <repo>/prefect.yaml"
-    )
-    parser.add_argument("--pool-type", choices=POOL_TYPES, default="process", help="default: process")
-    parser.add_argument("--image", help="docker pool: the training image each flow run runs in")
-    parser.add_argument("--network-mode", help="docker pool: the containers' network mode (e.g. host)")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--pool", help=f"work pool name (default: ${POOL_ENV}, else the one in prefect.yaml)")
+    add("--prefect-file", type=Path, default=DEFAULT_PREFECT_FILE, help="default: <repo>/prefect.yaml")
+    add("--pool-type", choices=POOL_TYPES, default="process", help="default: process")
+    add("--image", help="docker pool: the training image each flow run runs in")
+    add("--network-mode", help="docker pool: the containers' network mode (e.g. host)")
+    add(
         "--pass-env",
         action="append",
         metavar="NAME",
@@ -410,10 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[setup] %(message)s", stream=sys.stderr)
-    names = args.pass_env or PASS_ENV
-    spec = PoolSpec(
-        args.pool_type, args.image, args.network_mode, {n: os.environ[n] for n in names if os.environ.get(n)}
-    )
+    env = {n: os.environ[n] for n in args.pass_env or PASS_ENV if os.environ.get(n)}
+    spec = PoolSpec(args.pool_type, args.image, args.network_mode, env)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     started = time.monotonic()
@@ -423,13 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return exc.exit_code
     except Exception as exc:
-        if prefect_api.is_auth_error(exc):
-            logger.error(
-                "the Prefect API refused the credentials (%s): check PREFECT_API_KEY or PREFECT_API_AUTH_STRING",
-                exc,
-            )
-            return 6
-        raise
+        if not prefect_api.is_auth_error(exc):
+            raise
+        logger.error(
+            "the Prefect API refused the credentials (%s): check PREFECT_API_KEY or PREFECT_API_AUTH_STRING",
+            exc,
+        )
+        return 6
     logger.info("done in %.1fs", time.monotonic() - started)
     print(json.dumps(result, default=str), flush=True)
     return 0

@@ -3,11 +3,9 @@
     python -m deployments.stack.compose init  [--dir deployments/stack]      # secrets/ and .env, each only if missing
     python -m deployments.stack.compose build [--base-image IMAGE] [--tag latest]
 
-``init`` writes one file per secret into ``<dir>/secrets/`` (folder mode 0700; each value 32 random bytes, hex;
-a pseudonym key given as ``LOANRISK_PSEUDONYM_KEY`` is checked and used instead) and a ``.env`` of the non-secret
-knobs (bind address, ports, images, the engine socket and its group). Values already there are kept, so a
-second ``init`` changes nothing. ``build`` makes the training image (``deployments.stack.image``) and the
-PostgreSQL and registry images (``images/*.Dockerfile``), all from one base image.
+``init`` writes each missing secret into ``<dir>/secrets/`` (folder mode 0700, 32 random bytes in hex; a given
+``LOANRISK_PSEUDONYM_KEY`` is checked and used) and a ``.env`` of the non-secret knobs, keeping values already
+there. ``build`` makes the training, PostgreSQL and registry images from one base image.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """The training image (``Dockerfile.training``): a build context made on the host, built on the engine.
 
-    python -m deployments.stack.image [--tag loan-risk-training:latest] [--base-image python:3.11-slim] [--push]
+    python -m deployments.stack.image [--tag loan-risk-training:latest] [--base-image python:3.11-slim] [--wheel-cache DIR]
 
-The context holds ``requirements.txt`` (uv.lock's closure without the dev group, ``uv export``), ``wheels/``
-(every wheel of it, downloaded on the host and cached by the requirements' hash, as the serving image's are:
-no network inside the build, see the TLS note in docs) and ``app/`` (flows, tasks, serving, deployments,
-prefect.yaml). The image is what the ``docker`` work pool runs each flow run in.
+The context holds ``requirements.txt`` (``uv export`` without the dev group), ``wheels/`` (downloaded on the
+host: no network inside the build) and ``app/``. The ``docker`` work pool runs each flow run in this image.
 """
 
 from __future__ import annotations

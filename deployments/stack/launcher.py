@@ -1,16 +1,9 @@
-"""The shared stack as local processes: PostgreSQL, a Prefect server and an MLflow server on it, the image registry,
-and process workers on the work pool.
+"""The shared stack as local processes (PostgreSQL, Prefect and MLflow servers, the image registry, workers).
 
-    with Stack(tmp / "stack", workers=2) as urls:      # up() on enter, down(purge=True) on exit
-        subprocess.run([...], env={**os.environ, **urls.env()})
-
+``with Stack(tmp / "stack", workers=2) as urls:`` runs ``up()`` on enter, ``down(purge=True)`` on exit.
 ``up`` is idempotent (a running service is kept, a dead one restarted on its recorded port), ``status`` asks each
-service for its health, ``down`` stops what ``up`` started (by PID and process group, then by the stack's marker,
-see :mod:`deployments.stack.procs`) and nothing else. The state file ``<state_dir>/stack.json`` (mode 0600) holds
-the ports, PIDs and the stack's generated secrets (PostgreSQL and registry passwords, the pseudonym key).
-
-Over 400 lines on purpose: one class keeps ``up``, ``status`` and ``down`` agreeing on the services' order and
-bookkeeping; what each service needs lives beside it (postgres.py, registry.py, procs.py, urls.py).
+service for its health, ``down`` stops what ``up`` started (see :mod:`deployments.stack.procs`) and nothing else.
+``<state_dir>/stack.json`` (mode 0600) holds the ports, PIDs and the stack's generated secrets.
 """
 
 from __future__ import annotations
@@ -23,20 +16,14 @@ import shutil
 import subprocess
 import sys
 import uuid
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from deployments.stack import mlflow_auth, postgres, procs, registry
-from deployments.stack.urls import (
-    DEFAULT_POOL,
-    ServiceStatus,
-    StackUrls,
-    basic,
-    http_check,
-    http_status,
-)
+from deployments.stack.urls import DEFAULT_POOL, ServiceStatus, StackUrls, basic, http_check, http_status
 
 logger = logging.getLogger("deployments.stack")
 
@@ -51,56 +38,49 @@ QUIET = {
     "PYTHONUNBUFFERED": "1",
 }
 # Settings a caller's environment may hold that would point a child at another server, store or profile.
-_LEAKS = (
-    "PREFECT_API_URL",
-    "PREFECT_API_KEY",
-    "PREFECT_API_AUTH_STRING",
-    "PREFECT_PROFILE",
-    "PREFECT_SERVER_API_AUTH_STRING",
-    "PREFECT_API_DATABASE_CONNECTION_URL",
-    "PREFECT_SERVER_DATABASE_CONNECTION_URL",
-    "MLFLOW_TRACKING_URI",
-    "LOANRISK_OPTUNA_STORAGE",
-    "LOANRISK_STATE_DIR",
-)
+_LEAKS = {
+    f"PREFECT_{n}" for n in ("API_URL", "API_KEY", "API_AUTH_STRING", "PROFILE", "SERVER_API_AUTH_STRING")
+}
+_LEAKS |= {"PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"}
+_LEAKS |= {"MLFLOW_TRACKING_URI", "LOANRISK_OPTUNA_STORAGE", "LOANRISK_STATE_DIR"}
 
 
+def _new_secrets() -> dict[str, str]:
+    """Strong secrets, generated once and kept in the 0600 state: passwords, the pseudonym key, the accounts of
+    the Prefect and MLflow servers."""
+    sizes = {"postgres_password": 18, "registry_password": 18, "prefect_auth_password": 24}
+    sizes |= {"mlflow_admin_password": 24, "mlflow_pipeline_password": 24, "mlflow_reader_password": 24}
+    made = {name: secrets.token_urlsafe(size) for name, size in sizes.items()}
+    return {**made, "pseudonym_key": secrets.token_hex(32), "mlflow_flask_secret": secrets.token_urlsafe(32)}
+
+
+@dataclass(eq=False)
 class Stack:
-    """The stack kept in ``state_dir``. ``host`` is the address every server binds to and the URLs name (use an
-    address other machines or containers reach, e.g. the docker0 gateway, for workers elsewhere). ``deploy``
-    runs ``deployments.setup`` for the process pool; ``worker_env`` is added to the workers' environment."""
+    """The stack kept in ``state_dir``. ``host``: the address the servers bind to and the URLs name (one that
+    workers elsewhere reach); ``deploy`` runs ``deployments.setup``; ``worker_env`` goes to the workers."""
 
-    def __init__(
-        self,
-        state_dir: Path,
-        *,
-        workers: int = 2,
-        host: str = "127.0.0.1",
-        pool: str = DEFAULT_POOL,
-        ui: bool = False,
-        registry: bool = True,
-        deploy: bool = True,
-        worker_env: dict[str, str] | None = None,
-    ) -> None:
+    state_dir: InitVar[Path]
+    _: KW_ONLY
+    workers: int = 2
+    host: str = "127.0.0.1"
+    pool: str = DEFAULT_POOL
+    ui: bool = False
+    registry: bool = True
+    deploy: bool = True
+    worker_env: dict[str, str] | None = None
+    state: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir).resolve()
-        self.workers = workers
-        self.host = host
-        self.pool = pool
-        self.ui = ui
-        self.with_registry = registry
-        self.deploy = deploy
-        self.worker_env = dict(worker_env or {})
-        self.state: dict[str, Any] = {}
+        self.worker_env = dict(self.worker_env or {})
 
-    # --- state file ----------------------------------------------------------------------------------
     @property
     def state_file(self) -> Path:
         return self.dir / "stack.json"
 
-    def _load(self) -> dict[str, Any]:
+    def _load(self) -> None:
         if self.state_file.exists():
             self.state = json.loads(self.state_file.read_text())
-        return self.state
 
     def _save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -118,26 +98,9 @@ class Stack:
             "pg_dir": str(postgres.cluster_dir(self.dir, stack_id)),
             "ports": {},
             "pids": {},
-            "secrets": {
-                "postgres_password": secrets.token_urlsafe(18),
-                "registry_password": secrets.token_urlsafe(18),
-                "pseudonym_key": secrets.token_hex(32),
-                **self._auth_secrets(),
-            },
+            "secrets": _new_secrets(),
         }
 
-    @staticmethod
-    def _auth_secrets() -> dict[str, str]:
-        """The accounts of the Prefect and MLflow servers (strong, generated once, kept in the 0600 state)."""
-        return {
-            "prefect_auth_password": secrets.token_urlsafe(24),
-            "mlflow_admin_password": secrets.token_urlsafe(24),
-            "mlflow_pipeline_password": secrets.token_urlsafe(24),
-            "mlflow_reader_password": secrets.token_urlsafe(24),
-            "mlflow_flask_secret": secrets.token_urlsafe(32),
-        }
-
-    # --- addresses -----------------------------------------------------------------------------------
     @property
     def _addr(self) -> str:
         """The address clients use: the bind address, or loopback when bound to every interface."""
@@ -156,13 +119,12 @@ class Stack:
         if not self.state:
             raise RuntimeError(f"no stack in {self.dir}: run python -m deployments.stack up")
         s, p, a = self.state["secrets"], self.state["ports"], self._addr
-        pw = s["postgres_password"]
         reg = f"{a}:{p['registry']}" if "registry" in p and self.state["pids"].get("registry") else None
         return StackUrls(
             prefect_api_url=f"http://{a}:{p['prefect']}/api",
             mlflow_tracking_uri=f"http://{a}:{p['mlflow']}",
-            optuna_storage=postgres.url("psycopg2", pw, a, p["postgres"], "optuna"),
-            postgres_url=postgres.url("psycopg2", pw, a, p["postgres"], "postgres"),
+            optuna_storage=self._pg("optuna"),
+            postgres_url=self._pg("postgres"),
             registry=reg,
             registry_username=registry.USER if reg else None,
             registry_password=s["registry_password"] if reg else None,
@@ -176,35 +138,37 @@ class Stack:
         )
 
     def _env(self, home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _LEAKS}
         home.mkdir(parents=True, exist_ok=True)
-        env.update(QUIET)
-        env["PREFECT_HOME"] = str(home)
-        env[procs.MARKER] = self.state["id"]
-        env.update(extra or {})
-        return env
+        env = {k: v for k, v in os.environ.items() if k not in _LEAKS}
+        return {**env, **QUIET, "PREFECT_HOME": str(home), procs.MARKER: self.state["id"], **(extra or {})}
 
     def _log(self, name: str) -> Path:
         return self.dir / "logs" / f"{name}.log"
+
+    def _tail(self, name: str) -> str:
+        return f"log {self._log(name)}:\n{procs.tail(self._log(name))}"
+
+    def _pg(self, database: str, driver: str = "psycopg2") -> str:
+        pw, port = self.state["secrets"]["postgres_password"], self.state["ports"]["postgres"]
+        return postgres.url(driver, pw, self._addr, port, database)
 
     def _pid(self, name: str) -> int | None:
         pid = self.state["pids"].get(name)
         return pid if pid and procs.alive(pid) and procs.carries(pid, self.state["id"]) else None
 
-    # --- up ------------------------------------------------------------------------------------------
     def up(self) -> StackUrls:
         """Start what is not running; returns the URLs once every service answers."""
         self._load()
         if not self.state:
             self.state = self._new_state()
-        for key, value in self._auth_secrets().items():  # a stack made before the servers had accounts
+        for key, value in _new_secrets().items():  # a stack made before the servers had accounts
             self.state["secrets"].setdefault(key, value)
         self.state["workers"] = self.workers
         self._save()
         self._postgres()
         started_prefect = self._prefect()
         self._mlflow()
-        if self.with_registry:
+        if self.registry:
             self._registry()
         self._save()
         urls = self.urls()
@@ -236,25 +200,17 @@ class Stack:
             self.state["pids"][name] = procs.spawn(cmd, env, self._log(name), self.dir)
             self._save()
         pid = self.state["pids"][name]
-        procs.wait_until(
-            lambda: http_status(health) in ok,
-            START_TIMEOUT_S,
-            f"{name} ({health})",
-            lambda: (
-                None if procs.alive(pid) else f"exited; log {self._log(name)}:\n{procs.tail(self._log(name))}"
-            ),
-        )
+        exited = lambda: None if procs.alive(pid) else f"exited; {self._tail(name)}"  # noqa: E731
+        procs.wait_until(lambda: http_status(health) in ok, START_TIMEOUT_S, f"{name} ({health})", exited)
         return True
 
     def _prefect(self) -> bool:
-        port, pw = self._port("prefect"), self.state["secrets"]["postgres_password"]
+        port, host = self._port("prefect"), self.state["host"]
         env = self._env(
             self.dir / "prefect-server",
             {
-                "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres.url(
-                    "asyncpg", pw, self._addr, self.state["ports"]["postgres"], "prefect"
-                ),
-                "PREFECT_SERVER_API_HOST": self.state["host"],
+                "PREFECT_SERVER_DATABASE_CONNECTION_URL": self._pg("prefect", "asyncpg"),
+                "PREFECT_SERVER_API_HOST": host,
                 "PREFECT_SERVER_API_PORT": str(port),
                 "PREFECT_SERVER_UI_ENABLED": "true" if self.ui else "false",
                 "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
@@ -262,30 +218,18 @@ class Stack:
                 "PREFECT_SERVER_API_AUTH_STRING": f"{PREFECT_USER}:{self.state['secrets']['prefect_auth_password']}",
             },
         )
-        cmd = [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            self.state["host"],
-            "--port",
-            str(port),
-        ]
+        cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
         return self._serve("prefect", cmd, env, f"http://{self._addr}:{port}/api/health", {200})
 
     def _mlflow(self) -> bool:
-        port, pw = self._port("mlflow"), self.state["secrets"]["postgres_password"]
+        port, s = self._port("mlflow"), self.state["secrets"]
         artifacts = self.dir / "mlflow-artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
         # MLflow's GenAI job runners (eight huey_consumer processes, ~250 MB each) serve nothing this project
         # uses: off. The marker sweep would still stop them if a user turns them on.
         # Its authentication app: anonymous requests get 401, the reader account 403 on any write.
-        s, pg_port = self.state["secrets"], self.state["ports"]["postgres"]
         config = mlflow_auth.write_config(
-            self.dir / "mlflow-server" / "basic_auth.ini",
-            postgres.url("psycopg2", pw, self._addr, pg_port, "mlflow_auth"),
+            self.dir / "mlflow-server" / "basic_auth.ini", self._pg("mlflow_auth")
         )
         admin = mlflow_auth.Account(mlflow_auth.ADMIN_USER, s["mlflow_admin_password"])
         env = self._env(
@@ -298,7 +242,7 @@ class Stack:
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": s["mlflow_flask_secret"],
             },
         )
-        backend = postgres.url("psycopg2", pw, self._addr, pg_port, "mlflow")
+        backend = self._pg("mlflow")
         hosts = ",".join(
             sorted({f"{self._addr}:{port}", f"{self.state['host']}:{port}", f"localhost:{port}"})
         )
@@ -308,11 +252,9 @@ class Stack:
             "--port", str(port), "--workers", "2", "--allowed-hosts", hosts,
         ]  # fmt: skip
         started = self._serve("mlflow", cmd, env, f"http://{self._addr}:{port}/health", {200})
-        users = [
-            mlflow_auth.Account(mlflow_auth.PIPELINE_USER, s["mlflow_pipeline_password"]),
-            mlflow_auth.Account(mlflow_auth.READER_USER, s["mlflow_reader_password"]),
-        ]
-        mlflow_auth.ensure_accounts(f"http://{self._addr}:{port}", admin, users)
+        pipeline = mlflow_auth.Account(mlflow_auth.PIPELINE_USER, s["mlflow_pipeline_password"])
+        reader = mlflow_auth.Account(mlflow_auth.READER_USER, s["mlflow_reader_password"])
+        mlflow_auth.ensure_accounts(f"http://{self._addr}:{port}", admin, [pipeline, reader])
         return started
 
     def _registry(self) -> bool:
@@ -349,12 +291,15 @@ class Stack:
         if proc.returncode != 0:
             raise RuntimeError(f"deployments.setup exited {proc.returncode}:\n{proc.stderr[-3000:]}")
 
+    def _worker_keys(self) -> list[str]:
+        return sorted(k for k in self.state["pids"] if k.startswith("worker-"))
+
     def worker_names(self) -> list[str]:
         return [f"stack-{self.state['id']}-{i}" for i in range(1, self.workers + 1)]
 
     def _workers(self, urls: StackUrls) -> None:
         """Start the missing workers (and stop those beyond ``workers``); wait until the pool lists them."""
-        for name in [n for n in self.state["pids"] if n.startswith("worker-")]:
+        for name in self._worker_keys():
             if int(name.removeprefix("worker-")) > self.workers:
                 procs.stop(self.state["pids"].pop(name), self.state["id"])
         for i, name in enumerate(self.worker_names(), start=1):
@@ -377,45 +322,25 @@ class Stack:
             logger.info("starting worker %s on pool %s", name, urls.pool)
             self.state["pids"][key] = procs.spawn(cmd, env, self._log(key), REPO_ROOT)
             self._save()
+        online = lambda: set(self.worker_names()) <= self._online_workers(urls)  # noqa: E731
         procs.wait_until(
-            lambda: set(self.worker_names()) <= self._online_workers(urls),
-            START_TIMEOUT_S,
-            f"{self.workers} worker(s) on pool {urls.pool}",
-            self._dead_worker,
+            online, START_TIMEOUT_S, f"{self.workers} worker(s) on pool {urls.pool}", self._dead_worker
         )
 
     def _dead_worker(self) -> str | None:
-        for key, pid in self.state["pids"].items():
-            if key.startswith("worker-") and not procs.alive(pid):
-                return f"{key} exited; log {self._log(key)}:\n{procs.tail(self._log(key))}"
-        return None
+        dead = [key for key in self._worker_keys() if not procs.alive(self.state["pids"][key])]
+        return f"{dead[0]} exited; {self._tail(dead[0])}" if dead else None
 
     def _online_workers(self, urls: StackUrls) -> set[str]:
+        url = f"{urls.prefect_api_url}/work_pools/{urls.pool}/workers/filter"
         try:
-            rows = httpx.post(
-                f"{urls.prefect_api_url}/work_pools/{urls.pool}/workers/filter",
-                json={},
-                timeout=10,
-                auth=basic(urls.prefect_auth_string),
-            )
-            return (
-                {w["name"] for w in rows.json() if w.get("status") == "ONLINE"}
-                if rows.status_code == 200
-                else set()
-            )
+            rows = httpx.post(url, json={}, timeout=10, auth=basic(urls.prefect_auth_string))
+            if rows.status_code == 200:
+                return {w["name"] for w in rows.json() if w.get("status") == "ONLINE"}
         except (httpx.HTTPError, ValueError):
-            return set()
+            pass
+        return set()
 
-    def worker_pids(self) -> dict[str, int]:
-        """The worker processes that run now, by worker name (a test may stop one)."""
-        self._load()
-        return {
-            f"stack-{self.state['id']}-{k.removeprefix('worker-')}": pid
-            for k, pid in self.state["pids"].items()
-            if k.startswith("worker-") and self._pid(k)
-        }
-
-    # --- status and down -----------------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
         """Each service's URL and health (from its own health endpoint)."""
         self._load()
@@ -433,12 +358,10 @@ class Stack:
             http_check("mlflow", urls.mlflow_tracking_uri, f"{urls.mlflow_tracking_uri}/health", {200}, self._pid("mlflow")),
         ]  # fmt: skip
         if "registry" in ports:
-            reg = f"http://{a}:{ports['registry']}"
-            out.append(
-                http_check("registry", f"{a}:{ports['registry']}", f"{reg}/v2/", {401}, self._pid("registry"))
-            )
+            reg = f"{a}:{ports['registry']}"
+            out.append(http_check("registry", reg, f"http://{reg}/v2/", {401}, self._pid("registry")))
         online = self._online_workers(urls) if out[1].healthy else set()
-        for key in sorted(k for k in self.state["pids"] if k.startswith("worker-")):
+        for key in self._worker_keys():
             name = f"stack-{self.state['id']}-{key.removeprefix('worker-')}"
             pid = self._pid(key)
             out.append(ServiceStatus(key, f"pool {urls.pool}", bool(pid) and name in online, pid, name))
@@ -450,12 +373,7 @@ class Stack:
         if not self.state:
             return []
         stopped, stack_id = [], self.state["id"]
-        order = sorted(k for k in self.state["pids"] if k.startswith("worker-")) + [
-            "mlflow",
-            "prefect",
-            "registry",
-        ]
-        for name in order:
+        for name in [*self._worker_keys(), "mlflow", "prefect", "registry"]:
             if procs.stop(self.state["pids"].get(name), stack_id):
                 stopped.append(name)
             self.state["pids"].pop(name, None)
@@ -463,8 +381,7 @@ class Stack:
         if postgres.stop(cluster):
             stopped.append("postgres")
         self.state["pids"].pop("postgres", None)
-        left = procs.sweep(stack_id)
-        if left:
+        if left := procs.sweep(stack_id):
             logger.info("stopped %d more process(es) of the stack: %s", len(left), left)
         self._save()
         if purge:

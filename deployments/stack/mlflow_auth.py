@@ -3,13 +3,10 @@
     python -m deployments.stack.mlflow_auth config --out FILE --database-uri URI   # the app's ini (mode 0600)
     python -m deployments.stack.mlflow_auth accounts --tracking-uri URL             # pipeline and reader accounts
 
-Three accounts. The admin (``MLFLOW_AUTH_ADMIN_USERNAME`` / ``MLFLOW_AUTH_ADMIN_PASSWORD``, which MLflow's app
-reads itself) only makes the others. The pipeline (``LOANRISK_MLFLOW_USERNAME`` / ``LOANRISK_MLFLOW_PASSWORD``)
-creates the experiment, the registered model and the release record, and so holds MANAGE on them as their
-creator. A reader (``LOANRISK_MLFLOW_READER_USERNAME`` / ``LOANRISK_MLFLOW_READER_PASSWORD``) gets the default
-permission, READ: it sees runs and versions but cannot tag a version, move an alias or write an artifact.
-Anonymous requests are refused (401). Each value may also be given as a file: ``<NAME>_FILE`` (as Compose
-secrets are mounted).
+The admin (``MLFLOW_AUTH_ADMIN_USERNAME`` / ``_PASSWORD``) only makes the others; the pipeline
+(``LOANRISK_MLFLOW_USERNAME`` / ``_PASSWORD``) holds MANAGE on what it creates; a reader
+(``LOANRISK_MLFLOW_READER_USERNAME`` / ``_PASSWORD``) gets READ. Anonymous requests get 401. Each value may
+also be given as a file named by ``<NAME>_FILE`` (as Compose mounts secrets).
 """
 
 from __future__ import annotations

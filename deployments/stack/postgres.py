@@ -1,10 +1,8 @@
 """A PostgreSQL cluster of the stack's own, from the operating system's packages (Debian's ``postgresql``).
 
-``initdb`` once (password auth, a password kept in the stack's state file), ``pg_ctl start`` on the stack's
-port and address, one database per service (``prefect``, ``mlflow``, ``optuna``), ``pg_ctl stop -m fast``.
-PostgreSQL refuses to run as root: as root every command runs as the ``postgres`` user (``runuser``), and the
-cluster lives where that user can reach it (the state folder when it can, else a folder of its own under the
-system's temporary directory, recorded in the state file).
+``initdb`` once (password auth), ``pg_ctl start`` on the stack's port and address, one database per service,
+``pg_ctl stop -m fast``. As root every command runs as the ``postgres`` user (``runuser``), with the cluster
+where that user can reach it (the state folder, else a folder of its own under the temporary directory).
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 DATABASES = ("prefect", "mlflow", "mlflow_auth", "optuna")
 
@@ -157,32 +156,31 @@ def url(driver: str, password: str, host: str, port: int, database: str) -> str:
     return f"postgresql+{driver}://postgres:{password}@{host}:{port}/{database}"
 
 
-def ensure_databases(password: str, host: str, port: int) -> None:
-    """Create the stack's databases that do not exist yet."""
+def _connect(password: str, host: str, port: int, timeout: int) -> Any:
     import psycopg2
 
-    conn = psycopg2.connect(
-        host=host, port=port, user="postgres", password=password, dbname="postgres", connect_timeout=10
+    return psycopg2.connect(
+        host=host, port=port, user="postgres", password=password, dbname="postgres", connect_timeout=timeout
     )
+
+
+def ensure_databases(password: str, host: str, port: int) -> None:
+    """Create the stack's databases that do not exist yet."""
+    conn = _connect(password, host, port, 10)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT datname FROM pg_database")
             have = {row[0] for row in cur.fetchall()}
-            for name in DATABASES:
-                if name not in have:
-                    cur.execute(f'CREATE DATABASE "{name}"')
+            for name in (n for n in DATABASES if n not in have):
+                cur.execute(f'CREATE DATABASE "{name}"')
     finally:
         conn.close()
 
 
 def healthy(password: str, host: str, port: int) -> bool:
     try:
-        import psycopg2
-
-        psycopg2.connect(
-            host=host, port=port, user="postgres", password=password, dbname="postgres", connect_timeout=3
-        ).close()
+        _connect(password, host, port, 3).close()
     except Exception:  # noqa: BLE001 - any failure to connect means not healthy
         return False
     return True

@@ -1,10 +1,8 @@
 """Child processes of the stack: started in sessions of their own, marked, and stopped by PID.
 
-Every process the launcher starts carries ``LOANRISK_STACK_ID=<the stack's id>`` in its environment, and every
-process it starts inherits it (uvicorn workers, flow-run subprocesses, MLflow's job runners, PostgreSQL's
-backends). ``down`` stops the recorded PIDs by process group, then sweeps ``/proc`` for anything still carrying
-the marker: a child that left its parent's group (MLflow's ``huey_consumer``) is found and stopped too, and a
-process of another stack or of another developer never is.
+Every process the launcher starts, and every process those start, carries ``LOANRISK_STACK_ID=<id>``. ``down``
+stops the recorded PIDs by process group, then sweeps ``/proc`` for the marker: a child that left its group
+(MLflow's ``huey_consumer``) is stopped too, a process of another stack or developer never is.
 """
 
 from __future__ import annotations
@@ -82,13 +80,8 @@ def carries(pid: int, stack_id: str) -> bool:
 
 def marked(stack_id: str) -> list[int]:
     """Every live process that carries this stack's marker, except this process."""
-    me = os.getpid()
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != me and carries(int(entry.name), stack_id):
-            if not is_zombie(int(entry.name)):
-                out.append(int(entry.name))
-    return out
+    pids = (int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit())
+    return [p for p in pids if p != os.getpid() and carries(p, stack_id) and not is_zombie(p)]
 
 
 def _reap(pid: int) -> None:
