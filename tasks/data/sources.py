@@ -1,14 +1,7 @@
-"""The three kinds of data source, and how each brings the three loan CSV files in with their checksums.
-
-* ``sample`` - the synthetic generator (:func:`tasks.data.sample.generate`), written once into
-  ``settings.data_dir / f"sample-scale{scale}-seed{seed}"`` and reused while its manifest says it is complete;
-* a local directory holding ``loan.csv``, ``payment.csv`` and ``clarity_underwriting_variables.csv``, read as is;
-* ``hf://datasets/<owner>/<name>[@<revision>]`` - a dataset repository on the Hugging Face Hub (or on the
-  endpoint named by ``HF_ENDPOINT``), through :mod:`tasks.data.hub`: the revision (default: ``settings.hf_revision``
-  or ``main``) is resolved to its commit first, all three files come from that commit, and each is verified
-  against the checksum the commit lists. ``hf`` alone is short for
-  ``hf://datasets/{settings.hf_repo}[@{settings.hf_revision}]``.
-"""
+"""The three kinds of data source and how each brings the three CSV files in with their checksums: ``sample``
+(generated once into ``data_dir/sample-scale{scale}-seed{seed}``, reused while its manifest is complete), a local
+folder, and ``hf://datasets/<owner>/<name>[@<revision>]`` (``hf`` alone: the settings' repo and revision), whose
+revision is resolved to a commit and every file verified against it."""
 
 from __future__ import annotations
 

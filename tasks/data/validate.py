@@ -1,25 +1,11 @@
-"""Validate the three source files: check them with pandera, quarantine bad rows, publish the report.
+"""Validate the three source files with pandera, quarantine bad rows, publish the report.
 
-The files are read by :mod:`tasks.data.reading` and checked against the schemas of :mod:`tasks.data.schemas` (both built
-from the dataset contract, :mod:`tasks.data.contract`). Rules come in two kinds.
-
-* **Table rules** - a file is missing, empty, unparseable or truncated (a row with the wrong field count), a
-  column is missing or holds no value of its type at all. They raise :class:`DataValidationError` naming the
-  file and the column or line.
-* **Row rules** - a cell that cannot be read as its column's type, a category, range or format outside the
-  documented ones, a duplicate id (the first occurrence is kept), a payment whose loan is missing or
-  quarantined, ``hasCF`` disagreeing with ``clarityFraudId``. Such rows leave the clean tables and go to
-  ``<quarantine_dir>/<file stem>.quarantine.csv`` with their source line and the rules they broke; their
-  identifier columns (``loanId``, ``anon_ssn``, ``clarityFraudId``, ``underwritingid``) are pseudonymised with a
-  keyed hash (:mod:`serving.privacy`), the source file keeping the originals. When the quarantined share of a
-  file exceeds the limit, :func:`validate_tables` raises :class:`DataValidationError`.
-
-Line numbers assume the tables keep the index :func:`read_tables` gives them (data row ``i`` is line ``i + 2``,
-the header being line 1) and that no quoted field spans lines (true of the real files). No message, log line or
-artifact quotes an identifier or personal value.
-
-The plain functions (:func:`validate_tables`, :func:`validate`) work without a Prefect run; :data:`validate_task`
-is the stage (a :class:`DataValidationError` is permanent: bad data stays bad, it is never retried).
+Table rules (a file missing, empty, unparseable or truncated; a column missing or holding no readable value) raise
+:class:`DataValidationError` naming the file and column or line. Rows breaking row rules (unreadable cell, category,
+range or format, duplicate id, payment of a missing or quarantined loan, ``hasCF`` against ``clarityFraudId``) go
+to ``<quarantine_dir>/<stem>.quarantine.csv`` with their line and rules, identifiers pseudonymised
+(:mod:`serving.privacy`); over the limit share, :func:`validate_tables` raises. Line ``i + 2`` is data row ``i``.
+No message, log line or artifact quotes an identifier or personal value.
 """
 
 from __future__ import annotations
