@@ -165,11 +165,9 @@ def validate_tables(
 ) -> ValidationResult:
     """Check the tables (any of loan, payment, clarity); quarantine rows breaking row rules.
 
-    Returns the clean tables (original index kept), the report and the quarantine files (one per file, written
-    even when empty so the folder always reflects the last run). Identifiers in quarantine files are
-    pseudonymised with ``pseudonymiser`` (default: a one-off random key, so pseudonyms differ between calls).
-    Raises :class:`DataValidationError` on a table rule or when a file's quarantined share exceeds
-    ``max_quarantine_share``.
+    Returns the clean tables (index kept), the report and one quarantine file per table (written even when empty),
+    identifiers keyed by ``pseudonymiser`` (default: a one-off random key). Raises :class:`DataValidationError` on
+    a table rule or a quarantined share over ``max_quarantine_share``.
     """
     pseudonymiser = pseudonymiser or Pseudonymiser(secrets.token_bytes(32))
     unknown = set(tables) - set(FILES)
@@ -204,7 +202,7 @@ def validate_tables(
     report: list[dict[str, Any]] = []
     rule_counts: dict[str, dict[str, int]] = {}
     paths: dict[str, Path] = {}
-    over: list[tuple[str, str]] = []  # (file, message)
+    over: dict[str, str] = {}  # file -> message
     for key in keys:
         fails = failures[key].drop_duplicates()
         bad_index = pd.Index(fails["index"].unique())
@@ -228,17 +226,14 @@ def validate_tables(
             }
         )
         if share > max_quarantine_share:
-            over.append(
-                (
-                    FILES[key],
-                    f"{FILES[key]}: {n_bad} of {rows} rows ({share:.2%}) broke row rules, over the limit of "
-                    f"{max_quarantine_share:.2%}; top broken rules: {top}; quarantined rows are in {paths[key]}",
-                )
+            over[FILES[key]] = (
+                f"{FILES[key]}: {n_bad} of {rows} rows ({share:.2%}) broke row rules, over the limit of "
+                f"{max_quarantine_share:.2%}; top broken rules: {top}; quarantined rows are in {paths[key]}"
             )
         logger.info("%s: %d of %d rows quarantined (%s)", FILES[key], n_bad, rows, top or "no broken rule")
     result = ValidationResult(clean, report, paths, rule_counts)
     if over:
-        raise DataValidationError("\n".join(msg for _, msg in over), file=over[0][0], result=result)
+        raise DataValidationError("\n".join(over.values()), file=next(iter(over)), result=result)
     return result
 
 
