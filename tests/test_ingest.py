@@ -95,10 +95,10 @@ def test_hf_shorthand_uses_settings(tmp_path: Path) -> None:
     assert sources.expand_source(None, _settings(tmp_path, source="sample")) == "sample"
 
 
-def test_sha256_file_reads_in_chunks(tmp_path: Path) -> None:
+def test_sha256_file_is_the_sha256_of_the_content(tmp_path: Path) -> None:
     f = tmp_path / "blob"
     f.write_bytes(b"0123456789" * 1000)
-    assert sha256_file(f, chunk_size=7) == hashlib.sha256(b"0123456789" * 1000).hexdigest()
+    assert sha256_file(f) == hashlib.sha256(b"0123456789" * 1000).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------

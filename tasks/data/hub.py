@@ -1,14 +1,6 @@
-"""Hugging Face Hub client for dataset repositories: resolve a revision to a commit, download files verified.
-
-:func:`resolve_commit` turns a revision (a branch, a tag, a commit sha) into the commit sha and what that
-commit says each requested file is: its size and sha256 (the LFS pointer's), or its git blob id for a file
-stored in git itself. :func:`download_verified` fetches the files at that commit through ``huggingface_hub``
-(the endpoint named by ``HF_ENDPOINT``) and checks every file against those checksums; a cached copy that fails
-the check is downloaded again, a fresh download that fails it is an error naming the file and both sums.
-After a verified download, the commit's checksums are kept beside the cache
-(``<storage>/loanrisk-commits/<sha>.json``), so a pinned, fully cached commit is verified without any network
-call. Errors and retries: :mod:`tasks.data.hub_retry`.
-"""
+"""Hugging Face Hub client: resolve a revision to a commit with its files' checksums (LFS sha256 or git blob
+id), download the files at that commit and verify each. The checksums are kept beside the cache
+(``<storage>/loanrisk-commits/<sha>.json``) so a pinned, fully cached commit needs no network call."""
 
 from __future__ import annotations
 
@@ -52,7 +44,6 @@ class RemoteFile:
 
     @property
     def checksum(self) -> str:
-        """How the file is verified, for logs: ``sha256 <hex>`` or ``git blob <hex>``."""
         return f"sha256 {self.sha256}" if self.sha256 else f"git blob {self.git_sha1}"
 
 
@@ -150,9 +141,7 @@ def resolve_commit(
 ) -> Commit:
     """Resolve ``revision`` of dataset ``repo_id`` to its commit and the checksums of ``files`` there.
 
-    No network call when ``revision`` is a commit sha whose files and checksums are all cached, or in offline
-    mode (``HF_HUB_OFFLINE``) when the revision's ref is cached. Raises :class:`HubNotFoundError` naming a
-    missing repository, revision or file.
+    Offline when the commit is fully cached (a sha, or ``HF_HUB_OFFLINE`` with the ref cached).
     """
     from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
     from huggingface_hub import constants as hf_constants
@@ -247,21 +236,16 @@ def _check(path: Path, expected: RemoteFile) -> tuple[LocalFile, str | None]:
 def _discard(path: Path) -> None:
     """Remove a cached snapshot file and the blob it points to."""
     blob = path.resolve()
-    for p in (path, blob):
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
 
 
 def download_verified(
     commit: Commit, *, cache_dir: Path, token: str | None = None, retry: Retry | None = None
 ) -> tuple[dict[str, LocalFile], bool]:
-    """Download ``commit``'s files (cached copies reused) and verify each against the commit's checksum.
+    """Download ``commit``'s files (verified cached copies reused); returns them and whether all were cached.
 
-    Returns the local files (path, size, sha256) and whether all came from the cache. Raises :class:`HubIntegrityError`
-    (permanent: a retry would fetch the same bytes) naming the file, the expected and the actual checksum when a
-    fresh download does not match; the bad copy is removed from the cache first.
+    A fresh download that fails its checksum is removed and raises :class:`HubIntegrityError` naming both sums.
     """
     from huggingface_hub import hf_hub_download
 

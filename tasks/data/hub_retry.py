@@ -1,10 +1,5 @@
-"""How the Hub client meets failure: its error types, which huggingface_hub errors are transient, and the retries.
-
-Transient errors (connection errors, timeouts, HTTP 408/429/5xx, an interrupted transfer) are retried with
-exponential backoff up to :attr:`Retry.max_attempts`, each retry logged; a missing repository, revision or file, a
-refused access (401/403, gated repo) or a checksum mismatch fails at once with a
-:class:`~tasks.common.PermanentError` naming what is wrong.
-"""
+"""Hub errors and retries: transient errors (connection, timeout, HTTP 408/429/5xx, an interrupted transfer) are
+retried with exponential backoff; anything else fails at once as a PermanentError naming what is wrong."""
 
 from __future__ import annotations
 
@@ -27,23 +22,23 @@ LoggerLike = logging.Logger | logging.LoggerAdapter
 
 
 class HubError(RuntimeError):
-    """Base class of the Hub failures raised by this module."""
+    pass
 
 
 class HubNotFoundError(HubError, PermanentError):
-    """The Hub repository, revision or file does not exist (or is private and the token cannot see it)."""
+    """The repository, revision or file does not exist (or is private and the token cannot see it)."""
 
 
 class HubAccessError(HubError, PermanentError):
-    """The Hub refused access (401/403, gated repository) or the endpoint does not behave like a Hub."""
+    """Access refused (401/403, gated repository) or the endpoint does not behave like a Hub."""
 
 
 class HubIntegrityError(HubError, PermanentError):
-    """A downloaded file is not the file the resolved commit lists (its checksum differs)."""
+    """A downloaded file's checksum differs from the commit's."""
 
 
 class HubUnavailableError(HubError):
-    """Transient Hub errors persisted through every allowed attempt (a later retry may succeed)."""
+    """Transient errors through every attempt (a later retry may succeed)."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +57,7 @@ def hf_endpoint() -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -1,9 +1,5 @@
-"""Ingest: bring the three loan CSV files in from a source (:mod:`tasks.data.sources`), checksummed, and record
-what came in.
-
-:func:`ingest` works without Prefect (its Hub retries: :mod:`tasks.data.hub_retry`); the stage
-:data:`ingest_task` wraps it and records the data's identity on the MLflow run through :mod:`tasks.registry.tracking`.
-"""
+"""Ingest: bring the three loan CSV files in from a source (:mod:`tasks.data.sources`) and record what came in
+on the MLflow run. :func:`ingest` works without Prefect; :data:`ingest_task` is the stage."""
 
 from __future__ import annotations
 
@@ -51,41 +47,21 @@ def ingest(
     return from_hub(src, settings, retry=retry)
 
 
-def ingest_params(result: IngestResult) -> dict[str, str]:
-    """The MLflow params describing an ingest result."""
-    params = {
-        "data.source": result.source,
-        "data.kind": result.kind,
-        "data.content_sha256": result.content_sha256,
-    }
-    if result.revision:
-        params["data.revision"] = result.revision
-    if result.repo_id:
-        params["data.repo_id"] = result.repo_id
-    for name, entry in result.files.items():
-        stem = Path(name).stem
-        params[f"data.{stem}.size"] = str(entry["size"])
-        params[f"data.{stem}.sha256"] = entry["sha256"]
-    return params
-
-
-def ingest_tags(result: IngestResult) -> dict[str, str]:
-    """The searchable MLflow tags of an ingest result."""
-    tags = {"data.source": result.source, "data.content_sha256": result.content_sha256}
-    if result.revision:
-        tags["data.revision"] = result.revision
-    return tags
-
-
 def record_ingest(result: IngestResult, run_id: str, settings: Settings) -> None:
-    """Record the source, resolved revision and each file's size and sha256 on an MLflow run.
+    """Record source, kind, content sha256, revision and repo (Hub) and each file's size and sha256 on a run.
 
-    Params (immutable): ``data.source``, ``data.kind``, ``data.content_sha256``, ``data.revision`` (Hub),
-    ``data.repo_id`` (Hub), ``data.<stem>.size`` and ``data.<stem>.sha256``. Tags (searchable): ``data.source``,
-    ``data.revision``, ``data.content_sha256``. Recording the same result again (a task retry) is accepted.
+    The same keys but per-file ones and kind/repo are also searchable tags. Recording again (a retry) is accepted.
     """
-    tracking.log_params(settings, run_id, ingest_params(result))
-    tracking.set_tags(settings, run_id, ingest_tags(result))
+    tags = {"data.source": result.source, "data.content_sha256": result.content_sha256}
+    tags |= {"data.revision": result.revision} if result.revision else {}
+    params = tags | {"data.kind": result.kind} | ({"data.repo_id": result.repo_id} if result.repo_id else {})
+    for name, entry in result.files.items():
+        params |= {
+            f"data.{Path(name).stem}.size": str(entry["size"]),
+            f"data.{Path(name).stem}.sha256": entry["sha256"],
+        }
+    tracking.log_params(settings, run_id, params)
+    tracking.set_tags(settings, run_id, tags)
 
 
 @stage("ingest")

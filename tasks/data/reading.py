@@ -17,20 +17,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow
+import pyarrow.compute as pc
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from serving.contract import IDENTIFIER_FIELDS, PERSONAL_FIELDS
 from tasks.common import PermanentError
 from tasks.data.contract import COLUMNS, DTYPES, FILES, REQUIRED
-
-try:  # the pyarrow CSV reader and compute kernels are several times faster than pandas' own at full size
-    import pyarrow
-    import pyarrow.compute as pc
-
-    CSV_ENGINE = "pyarrow"
-except ImportError:  # pragma: no cover - pyarrow comes with mlflow
-    pyarrow = pc = None
-    CSV_ENGINE = "c"
 
 
 class DataValidationError(PermanentError, ValueError):
@@ -74,7 +67,7 @@ KIND_WORDS = {"float": "a number", "int": "an integer", "bool": "True or False",
 def _to_float(s: pd.Series) -> tuple[pd.Series, pd.Series | None]:
     if is_numeric_dtype(s) and not is_bool_dtype(s):
         return s.astype("float64"), None
-    if pyarrow is not None and pd.api.types.is_string_dtype(s):
+    if pd.api.types.is_string_dtype(s):
         try:  # fast path: every cell parses
             values = pc.cast(pyarrow.array(s, from_pandas=True), pyarrow.float64()).to_numpy(
                 zero_copy_only=False
@@ -88,11 +81,7 @@ def _to_float(s: pd.Series) -> tuple[pd.Series, pd.Series | None]:
 
 
 def convert_column(s: pd.Series, kind: str) -> tuple[pd.Series, pd.Series | None]:
-    """The column in its validation dtype and a mask of cells that could not be read (None when all could).
-
-    Kinds: ``float`` → float64, ``int`` → Int64, ``bool`` → boolean (True/False, 1/0), ``str`` → str. Cells
-    that cannot be read become missing in the converted column and True in the mask.
-    """
+    """The column as float64, Int64, boolean or str, and a mask of unreadable cells (None when all read)."""
     if kind == "float":
         return _to_float(s)
     if kind == "int":
@@ -123,9 +112,8 @@ def convert_table(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, dict[str, p
     bad_cells: dict[str, pd.Series] = {}
     for column in COLUMNS[key]:
         kind = read_kind(key, column)
-        converted, bad = convert_column(df[column], kind)
-        out[column] = converted
-        if bad is not None and bad.any():
+        out[column], bad = convert_column(df[column], kind)
+        if bad is not None:
             n_bad, n_values = int(bad.sum()), int(df[column].notna().sum())
             if n_bad == n_values:
                 example = df[column][bad].iloc[0]
@@ -141,11 +129,13 @@ def convert_table(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, dict[str, p
 
 def final_dtypes(df: pd.DataFrame, key: str) -> pd.DataFrame:
     """Non-nullable int/bool columns without missing values become numpy int64/bool; the rest stay as is."""
-    casts = {}
-    for column in COLUMNS[key]:
-        kind = read_kind(key, column)
-        if kind in ("int", "bool") and column in REQUIRED[key] and not df[column].isna().any():
-            casts[column] = "int64" if kind == "int" else "bool"
+    casts = {
+        column: {"int": "int64", "bool": "bool"}[kind]
+        for column in COLUMNS[key]
+        if (kind := read_kind(key, column)) in ("int", "bool")
+        and column in REQUIRED[key]
+        and not df[column].isna().any()
+    }
     return df.astype(casts) if casts else df
 
 
@@ -182,13 +172,9 @@ def _header(path: Path) -> list[str]:
 
 
 def read_table(path: str | Path, key: str) -> pd.DataFrame:
-    """Read one of the three files (``key``: loan, payment or clarity) so that the real file passes unchanged.
+    """Read one of the three files (``key``: loan, payment or clarity) as described above.
 
-    Only blank cells are missing (payment's literal ``None`` stays a category); numbers become float64 (ints
-    that never miss: int64), True/False columns bool (``boolean`` where blanks may occur), timestamps stay
-    strings. A column with some unreadable cells is kept as text so :func:`validate_tables` can quarantine
-    those rows. Columns come in the canonical order; extra columns are dropped. The index is the data row
-    number (line ``index + 2``).
+    Columns come in the contract's order, extra columns dropped; the index is the data row (line ``index + 2``).
     """
     path, file = Path(path), FILES[key]
     if not path.is_file():
@@ -207,7 +193,7 @@ def read_table(path: str | Path, key: str) -> pd.DataFrame:
             column=missing[0],
         )
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], engine=CSV_ENGINE)
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], engine="pyarrow")
     except (ValueError, UnicodeDecodeError) as exc:  # ParserError and ArrowInvalid are ValueErrors
         line, reason = _scan_for_bad_line(path, len(header))
         where = f" line {line}" if line else ""
@@ -217,12 +203,6 @@ def read_table(path: str | Path, key: str) -> pd.DataFrame:
             file=file,
             line=line,
         ) from None
-    if CSV_ENGINE == "c":  # pragma: no cover - the C engine pads short rows instead of failing
-        line, reason = _scan_for_bad_line(path, len(header))
-        if line:
-            raise DataValidationError(
-                f"{file}: line {line} cannot be parsed: {reason} ({path})", file=file, line=line
-            )
     if raw.empty:
         raise DataValidationError(f"{file}: the file has a header but no data rows ({path})", file=file)
     raw = raw[list(COLUMNS[key])]

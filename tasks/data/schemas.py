@@ -1,10 +1,5 @@
-"""The pandera schemas of the three source files, built from the dataset contract (:mod:`tasks.data.contract`).
-
-Each column gets its contract dtype and nullability, its category list when it has one, and the range or format
-rule below. Every check's error text starts with the column name and never quotes a value, so a failure can be
-reported (and logged) without printing a personal or identifier value. :func:`tasks.data.validate.validate_tables`
-runs them lazily and quarantines the rows that break row rules.
-"""
+"""The pandera schemas of the three source files, built from the dataset contract: dtype, nullability, categories
+and range or format rules. Each check's error text starts with the column name and never quotes a value."""
 
 from __future__ import annotations
 

@@ -1,14 +1,7 @@
-"""The three kinds of data source, and how each brings the three loan CSV files in with their checksums.
-
-* ``sample`` - the synthetic generator (:func:`tasks.data.sample.generate`), written once into
-  ``settings.data_dir / f"sample-scale{scale}-seed{seed}"`` and reused while its manifest says it is complete;
-* a local directory holding ``loan.csv``, ``payment.csv`` and ``clarity_underwriting_variables.csv``, read as is;
-* ``hf://datasets/<owner>/<name>[@<revision>]`` - a dataset repository on the Hugging Face Hub (or on the
-  endpoint named by ``HF_ENDPOINT``), through :mod:`tasks.data.hub`: the revision (default: ``settings.hf_revision``
-  or ``main``) is resolved to its commit first, all three files come from that commit, and each is verified
-  against the checksum the commit lists. ``hf`` alone is short for
-  ``hf://datasets/{settings.hf_repo}[@{settings.hf_revision}]``.
-"""
+"""The three kinds of data source and how each brings the three CSV files in with their checksums: ``sample``
+(generated once into ``data_dir/sample-scale{scale}-seed{seed}``, reused while its manifest is complete), a local
+folder, and ``hf://datasets/<owner>/<name>[@<revision>]`` (``hf`` alone: the settings' repo and revision), whose
+revision is resolved to a commit and every file verified against it."""
 
 from __future__ import annotations
 
@@ -18,14 +11,14 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from tasks.common import PermanentError, release_freed_memory
 from tasks.data.contract import DATA_FILES
-from tasks.data.hub import HASH_CHUNK_BYTES, SHA256, download_verified, resolve_commit, write_atomic
+from tasks.data.hub import SHA256, download_verified, resolve_commit, write_atomic
 from tasks.data.hub_retry import LoggerLike, Retry
 from tasks.settings import Settings
 
@@ -71,35 +64,18 @@ class IngestResult:
 
     @property
     def content_sha256(self) -> str:
-        """One sha256 over the three files' names and checksums: identifies the data, not where it came from.
-
-        (The bundle's ``data_fingerprint`` is the wider record: source, revision, each file, labelled loans.)
-        """
+        """One sha256 over the three files' names and checksums: identifies the data, not where it came from."""
         h = hashlib.sha256()
         for name in sorted(self.files):
             h.update(f"{name}:{self.files[name]['sha256']}\n".encode())
         return h.hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "data_dir": str(self.data_dir),
-            "source": self.source,
-            "kind": self.kind,
-            "revision": self.revision,
-            "repo_id": self.repo_id,
-            "files": {k: dict(v) for k, v in self.files.items()},
-            "cached": self.cached,
-            "content_sha256": self.content_sha256,
-            "details": dict(self.details),
-        }
+        return asdict(self) | {"data_dir": str(self.data_dir), "content_sha256": self.content_sha256}
 
 
 def parse_source(source: str) -> Source:
-    """Parse ``sample``, a local directory path, or ``hf://datasets/<owner>/<name>[@<revision>]``.
-
-    Raises ``ValueError`` for anything else (other URL schemes, Hub model repos, malformed repo ids, paths that
-    are not existing directories).
-    """
+    """Parse ``sample``, a local directory path, or ``hf://datasets/<owner>/<name>[@<revision>]``; else ValueError."""
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"empty data source {source!r}: {_ACCEPTED}")
     raw = source.strip()
@@ -146,13 +122,9 @@ def expand_source(source: str | None, settings: Settings) -> str:
     return raw
 
 
-def sha256_file(path: str | Path, chunk_size: int = HASH_CHUNK_BYTES) -> str:
-    """The sha256 hex digest of a file, read in chunks."""
-    h = hashlib.sha256()
+def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def describe_file(path: Path) -> dict[str, Any]:
@@ -222,14 +194,7 @@ def from_sample(settings: Settings, logger: LoggerLike) -> IngestResult:
                 shutil.rmtree(tmp, ignore_errors=True)
     else:
         logger.info("Reusing the synthetic sample in %s", out)
-    files = {
-        name: {
-            "path": str(out / name),
-            "size": int(manifest["files"][name]["size"]),
-            "sha256": manifest["files"][name]["sha256"],
-        }
-        for name in DATA_FILES
-    }
+    files = {name: {"path": str(out / name)} | manifest["files"][name] for name in DATA_FILES}
     return IngestResult(
         data_dir=out,
         source="sample",

@@ -1,25 +1,11 @@
-"""Validate the three source files: check them with pandera, quarantine bad rows, publish the report.
+"""Validate the three source files with pandera, quarantine bad rows, publish the report.
 
-The files are read by :mod:`tasks.data.reading` and checked against the schemas of :mod:`tasks.data.schemas` (both built
-from the dataset contract, :mod:`tasks.data.contract`). Rules come in two kinds.
-
-* **Table rules** - a file is missing, empty, unparseable or truncated (a row with the wrong field count), a
-  column is missing or holds no value of its type at all. They raise :class:`DataValidationError` naming the
-  file and the column or line.
-* **Row rules** - a cell that cannot be read as its column's type, a category, range or format outside the
-  documented ones, a duplicate id (the first occurrence is kept), a payment whose loan is missing or
-  quarantined, ``hasCF`` disagreeing with ``clarityFraudId``. Such rows leave the clean tables and go to
-  ``<quarantine_dir>/<file stem>.quarantine.csv`` with their source line and the rules they broke; their
-  identifier columns (``loanId``, ``anon_ssn``, ``clarityFraudId``, ``underwritingid``) are pseudonymised with a
-  keyed hash (:mod:`serving.privacy`), the source file keeping the originals. When the quarantined share of a
-  file exceeds the limit, :func:`validate_tables` raises :class:`DataValidationError`.
-
-Line numbers assume the tables keep the index :func:`read_tables` gives them (data row ``i`` is line ``i + 2``,
-the header being line 1) and that no quoted field spans lines (true of the real files). No message, log line or
-artifact quotes an identifier or personal value.
-
-The plain functions (:func:`validate_tables`, :func:`validate`) work without a Prefect run; :data:`validate_task`
-is the stage (a :class:`DataValidationError` is permanent: bad data stays bad, it is never retried).
+Table rules (a file missing, empty, unparseable or truncated; a column missing or holding no readable value) raise
+:class:`DataValidationError` naming the file and column or line. Rows breaking row rules (unreadable cell, category,
+range or format, duplicate id, payment of a missing or quarantined loan, ``hasCF`` against ``clarityFraudId``) go
+to ``<quarantine_dir>/<stem>.quarantine.csv`` with their line and rules, identifiers pseudonymised
+(:mod:`serving.privacy`); over the limit share, :func:`validate_tables` raises. Line ``i + 2`` is data row ``i``.
+No message, log line or artifact quotes an identifier or personal value.
 """
 
 from __future__ import annotations
@@ -179,11 +165,9 @@ def validate_tables(
 ) -> ValidationResult:
     """Check the tables (any of loan, payment, clarity); quarantine rows breaking row rules.
 
-    Returns the clean tables (original index kept), the report and the quarantine files (one per file, written
-    even when empty so the folder always reflects the last run). Identifiers in quarantine files are
-    pseudonymised with ``pseudonymiser`` (default: a one-off random key, so pseudonyms differ between calls).
-    Raises :class:`DataValidationError` on a table rule or when a file's quarantined share exceeds
-    ``max_quarantine_share``.
+    Returns the clean tables (index kept), the report and one quarantine file per table (written even when empty),
+    identifiers keyed by ``pseudonymiser`` (default: a one-off random key). Raises :class:`DataValidationError` on
+    a table rule or a quarantined share over ``max_quarantine_share``.
     """
     pseudonymiser = pseudonymiser or Pseudonymiser(secrets.token_bytes(32))
     unknown = set(tables) - set(FILES)
@@ -218,7 +202,7 @@ def validate_tables(
     report: list[dict[str, Any]] = []
     rule_counts: dict[str, dict[str, int]] = {}
     paths: dict[str, Path] = {}
-    over: list[tuple[str, str]] = []  # (file, message)
+    over: dict[str, str] = {}  # file -> message
     for key in keys:
         fails = failures[key].drop_duplicates()
         bad_index = pd.Index(fails["index"].unique())
@@ -242,17 +226,14 @@ def validate_tables(
             }
         )
         if share > max_quarantine_share:
-            over.append(
-                (
-                    FILES[key],
-                    f"{FILES[key]}: {n_bad} of {rows} rows ({share:.2%}) broke row rules, over the limit of "
-                    f"{max_quarantine_share:.2%}; top broken rules: {top}; quarantined rows are in {paths[key]}",
-                )
+            over[FILES[key]] = (
+                f"{FILES[key]}: {n_bad} of {rows} rows ({share:.2%}) broke row rules, over the limit of "
+                f"{max_quarantine_share:.2%}; top broken rules: {top}; quarantined rows are in {paths[key]}"
             )
         logger.info("%s: %d of %d rows quarantined (%s)", FILES[key], n_bad, rows, top or "no broken rule")
     result = ValidationResult(clean, report, paths, rule_counts)
     if over:
-        raise DataValidationError("\n".join(msg for _, msg in over), file=over[0][0], result=result)
+        raise DataValidationError("\n".join(over.values()), file=next(iter(over)), result=result)
     return result
 
 

@@ -8,14 +8,6 @@ unobserved noise term; that probability is written to a separate ``true_risk.csv
 ROC-AUC (the "oracle") is known. Outcome fields (loanStatus, fpStatus, every payment field) are drawn from the
 label, so they leak it the way the real outcome fields do. The same seed gives byte-identical files.
 
-* :mod:`~tasks.data.sample.common`: time frame, row-count scaling, drawing helpers;
-* :mod:`~tasks.data.sample.loans`: loan.csv's loans, statuses and application fields;
-* :mod:`~tasks.data.sample.clarity`: the fraud-check reports and their ids;
-* :mod:`~tasks.data.sample.risk`: the known risk function;
-* :mod:`~tasks.data.sample.payments`: payment.csv's rows;
-* :mod:`~tasks.data.sample.drift`: shifted populations of applicants (``--drift NAME``) for the monitoring tests;
-* :mod:`~tasks.data.sample.assembly`: puts the parts together, writes the files, :func:`generate`, :func:`oracle_auc`.
-
 Read the files back with ``pd.read_csv(path, keep_default_na=False, na_values=[""])`` to keep the literal
 ``None`` payment status (pandas would otherwise read it as missing). Command line:
 ``python -m tasks.data.sample OUT_DIR [--scale F] [--seed N] [--drift NAME]``.

@@ -261,11 +261,8 @@ def _column_text(name: str, values: np.ndarray) -> list[str]:
 
 
 def _write_csv(table: dict[str, np.ndarray], path: Path, chunk_rows: int = 50_000) -> None:
-    """Write ``table`` (column -> array) as CSV with ``\\n`` line ends; values never need quoting (checked).
-
-    The text is made ``chunk_rows`` rows at a time: the whole table as Python strings would take several
-    hundred MB at full size (a str object per cell), a chunk takes a few dozen.
-    """
+    """Write ``table`` (column -> array) as CSV; values never need quoting (checked). Chunked: the whole
+    table as Python strings would take several hundred MB at full size."""
     n = len(next(iter(table.values())))
     with open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(",".join(table) + "\n")
@@ -283,12 +280,8 @@ def effective_scale(scale: float) -> float:
 
 
 def generate(out_dir: str | Path, scale: float = 1.0, seed: int = 42, drift: str | None = None) -> dict:
-    """Write ``loan.csv``, ``payment.csv``, ``clarity_underwriting_variables.csv`` and ``true_risk.csv``.
-
-    Row counts are ``round(scale x 577,682 / 689,364 / 49,752)`` (scale floored at ``MIN_SCALE``). The same
-    seed gives byte-identical files. ``drift`` names a shift of some applicant fields
-    (:mod:`tasks.data.sample.drift`). Returns the row counts per file and the paths written.
-    """
+    """Write the three files and ``true_risk.csv`` with ``round(scale x BASE_ROWS)`` rows (scale floored at
+    ``MIN_SCALE``), byte-identical per seed; ``drift`` names a shift. Returns row counts and paths per file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = Plan(effective_scale(scale))

@@ -8,9 +8,8 @@ it, then shifts some decision-time fields of ``loan.csv`` and the clarity file:
 * ``fraud-score``: every clarity report scores 150 points lower (``clearfraudscore``, floored at 0);
 * ``applicants``: all three at once.
 
-The shift is applied to the finished tables (before they are written), from a generator of its own seeded from
-``seed``: without ``drift`` the files stay byte for byte what they were, and the other fields (and the outcomes,
-which were drawn from the unshifted population) are untouched, so a monitor must find exactly these features.
+Applied to the finished tables with a generator of its own, so without ``drift`` the files are unchanged and
+only these fields move (outcomes stay drawn from the unshifted population).
 """
 
 from __future__ import annotations
