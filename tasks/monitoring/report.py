@@ -1,9 +1,5 @@
-"""The monitor's stages: the champion's reference profile, the log window, the statistics, the drift report
-(self-contained HTML with plots, and JSON: an MLflow artifact and a Prefect artifact) and the drift event.
-
-The statistics are :mod:`tasks.monitoring.drift`'s plain functions; ``flows/monitor.py`` calls these stages in order.
-The event (``loan-risk.drift.detected`` / ``loan-risk.drift.ok``) is what the retrain deployment's trigger in
-``prefect.yaml`` listens for.
+"""The monitor's stages: the champion's reference profile, the log window, the statistics, the drift report (HTML
+with plots and JSON, as MLflow and Prefect artifacts) and the drift event the retrain trigger listens for.
 """
 
 from __future__ import annotations
@@ -130,9 +126,6 @@ def drift_task(
     return report
 
 
-# --- the report ------------------------------------------------------------------------------------------
-
-
 def _png(fig: Any) -> str:
     import matplotlib.pyplot as plt
 
@@ -230,8 +223,8 @@ def report_markdown(report: Mapping[str, Any], run_id: str) -> str:
 
 @stage("drift-report")
 def report_task(settings: Settings, run_id: str, report: dict[str, Any]) -> None:
-    """Stage: the report as MLflow artifacts (``drift/report.html``, ``drift/report.json``), metrics and tags on
-    the monitor's run, and a Prefect markdown artifact."""
+    """Stage: the report as MLflow artifacts (``drift/report.{html,json}``), metrics and tags, and a Prefect
+    markdown artifact."""
     from prefect.artifacts import create_markdown_artifact
 
     tracking.log_dict(settings, run_id, report, "drift/report.json")
@@ -241,8 +234,11 @@ def report_task(settings: Settings, run_id: str, report: dict[str, Any]) -> None
         metrics["score_psi"] = report["score"]["psi"]
         metrics |= {f"psi.{k}": v["psi"] for k, v in report["features"].items()}
     tracking.log_metrics(settings, run_id, metrics)
-    tags = {"drift.status": report["status"], "model_version": report.get("model_version") or ""}
-    tracking.set_tags(settings, run_id, tags)
+    tracking.set_tags(
+        settings,
+        run_id,
+        {"drift.status": report["status"], "model_version": report.get("model_version") or ""},
+    )
     create_markdown_artifact(
         key="drift-report", markdown=report_markdown(report, run_id), description="Drift of the served model"
     )
