@@ -98,7 +98,7 @@ def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[st
 
 
 def deploy_outcome(version: str, exc: Exception) -> tuple[dict[str, Any], Exception]:
-    """The deploy entry of the result for a failed deploy, and the error the training flow raises for it."""
+    """The result's deploy entry for a failed deploy, and the error the training flow raises for it."""
     from tasks.release.ledger import ReleaseFailed
 
     committed = str(getattr(exc, "committed", "no"))

@@ -10,6 +10,7 @@ line or row and field, unless a rejects file is given: then bad rows are listed 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,10 +54,7 @@ def service_reasons(mode: str = DEFAULT_MODE, count: int = DEFAULT_REASON_COUNT)
     text per row (None for a row not explained)."""
 
     def reasons(
-        bundle: Bundle,
-        columns: dict[str, Any],
-        probabilities: np.ndarray,
-        raw: Callable[[str], Sequence[Any]],
+        bundle: Bundle, columns: dict[str, Any], probabilities: np.ndarray, raw: Any
     ) -> list[str | None]:
         found = explain_selected(
             bundle, columns, probabilities.tolist(), bundle.meta.threshold, mode, count, raw
@@ -104,13 +102,7 @@ def _withheld(field_name: str, message: str) -> str:
 def predict_chunk(bundle: Bundle, table: pa.Table) -> _Predicted:
     """One chunk through the service's columnar path: its model columns, probabilities and fields as sent
     (``column(field)``, each read once); or, when rows are refused, each with its error (and nothing scored)."""
-    sent: dict[str, list[Any]] = {}
-
-    def column(name: str) -> list[Any]:
-        if name not in sent:
-            sent[name] = table.column(name).to_pylist()
-        return sent[name]
-
+    column = functools.cache(lambda name: table.column(name).to_pylist())
     found: dict[int, FeatureError] = {}
     columns = columns_from(column, table.num_rows, found)
     if found:
