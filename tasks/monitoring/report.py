@@ -130,6 +130,7 @@ def _png(fig: Any) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
+    fig.axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
@@ -145,7 +146,6 @@ def _bins_plot(title: str, entry: Mapping[str, Any]) -> str:
     ax.bar([i + 0.2 for i in x], entry["current"], width=0.4, label="window")
     ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=7)
     ax.set(ylabel="share", title=f"{title}: PSI {entry['psi']:.3f}")
-    ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -158,7 +158,6 @@ def _psi_plot(report: Mapping[str, Any]) -> str:
     ax.axvline(report["thresholds"]["feature_psi"], color="red", linestyle="--", label="threshold")
     ax.set(xlabel="PSI (capped at 5)", title="Feature PSI (top 30)")
     ax.tick_params(axis="y", labelsize=7)
-    ax.legend(fontsize=8)
     return _png(fig)
 
 
