@@ -1,9 +1,8 @@
 """The deploy flow: plan (the gate) → tested image (build, push a build tag, pull back by digest, smoke test) →
 commit (the ledger's compare-and-set) → converge (champion, version tag, latest, notes, GitHub release, history).
 
-Composition only; the steps live in ``tasks/release/``. One error type leaves a run, ``ReleaseFailed``, whose
-``committed`` (yes, no, unknown) says whether the champion changed. The deploy lock keeps two builds from
-overlapping; correctness is the commit's fence, whatever Prefect server or lock a process uses.
+One error type leaves a run, ``ReleaseFailed``, whose ``committed`` (yes, no, unknown) says whether the champion
+changed.
 
     python -m flows.deploy --model-version V            # only a version the gate promoted over today's champion
     python -m flows.deploy --model-version V --force --reason "TEXT (10+ characters)"

@@ -1,12 +1,9 @@
 """The monitor flow: prediction log window → drift against the bundle's reference profile → report + event.
 
-Composition only; the stages live in ``tasks/monitoring/report.py`` (statistics in ``tasks/monitoring/drift.py``)::
-
     python -m flows.monitor [--since 24h] [--log-dir DIR] [--outcomes loan.csv] [--model-version V]
 
-prints one JSON line: the status (``detected``, ``ok``, ``too_few``, ``no_data``), the event emitted, the score
-and feature PSIs that decided, and the MLflow run holding ``drift/report.html`` and ``drift/report.json``. The
-event ``loan-risk.drift.detected`` is what the ``loan-risk-training/retrain`` deployment's trigger waits for.
+prints one JSON line: the status (``detected``, ``ok``, ``too_few``, ``no_data``), the event, the PSIs and the
+MLflow run holding the report.
 """
 
 from __future__ import annotations

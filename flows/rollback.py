@@ -1,10 +1,6 @@
-"""The rollback flow: plan (what it leaves, what it restores) → the restored image pulled by digest and smoke-tested
-→ commit (the ledger's compare-and-set) → converge.
+"""The rollback flow: plan → the restored image pulled by digest and smoke-tested → commit → converge.
 
-No build, and no wait for the deploy lock: a rollback restores an image that served, by its digest, and its commit
-is fenced like a release's. It names the champion it leaves (``--from``, default: the champion when it was asked)
-and is refused when the champion changed since, so a rollback queued behind a deploy never rolls back the new
-release to the one it meant to leave.
+No build and no deploy lock; refused when the champion changed since it was asked (``--from``).
 
     python -m flows.rollback                       # one release back
     python -m flows.rollback --steps 2             # two distinct releases back

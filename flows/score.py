@@ -3,11 +3,7 @@
     python -m flows.score INPUT --output OUT [--alias champion | --model-version V | --bundle DIR]
                                 [--clarity clarity_underwriting_variables.csv] [--rejects FILE]
 
-INPUT and OUT are CSV or Parquet (by extension). OUT and the rejects FILE are written only under the setting
-``score_output_root`` (default ``<state_dir>/scores``): a relative name is taken under it, a path out of it
-(``..``, elsewhere, a symlink pointing out) is refused before anything is read. Composition only: the bundle
-comes from the registry (``fetch-model``) unless ``--bundle`` names a local one, and ``tasks/monitoring/scoring.py`` does the
-work. Prints one JSON line: rows in, scored, rejected and flagged, the model version, time and rows/s.
+OUT and the rejects FILE are written only under the setting ``score_output_root``; prints one JSON line.
 """
 
 from __future__ import annotations
@@ -37,11 +33,8 @@ def score_flow(
     bundle: str | None = None,
     reasons: str | None = None,
 ) -> dict[str, Any]:
-    """Score the applications in ``input`` into ``output`` with a registered version (default: the champion).
-
-    ``output`` and ``rejects`` are written only under the setting ``score_output_root`` (default
-    <state_dir>/scores; a relative path is taken under it): anything else is refused before the model is fetched.
-    """
+    """Score ``input`` into ``output`` (under ``score_output_root``) with a registered version (default: the
+    champion)."""
     settings = get_settings()
     output, rejects = _outputs(settings, output, rejects)
     with tempfile.TemporaryDirectory(prefix="loanrisk-score-") as tmp:

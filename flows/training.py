@@ -1,9 +1,5 @@
 """The training flow: ingest → validate → features → split → tune → train → evaluate → package → register →
-promote → (deploy).
-
-Composition only; each stage lives in ``tasks/`` and takes the settings first. Run it with
-``python -m flows.training``: it prints one JSON line with the run id, the registered version, where its bundle is,
-the promotion decision and the metrics.
+promote → (deploy). ``python -m flows.training`` prints one JSON line with the run, version, decision and metrics.
 """
 
 from __future__ import annotations
@@ -66,12 +62,8 @@ def wants_deploy(settings: Settings, promoted: bool, dry_run: bool, deploy: bool
 
 
 def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, Any]:
-    """Run the deploy flow for a promoted version: as a subflow, or as a deployment run when in a deployment.
-
-    First the engine and the registry must answer: under "auto" a missing one skips the deploy (said in the
-    result), under "required" it fails the run naming what is missing. A deploy that fails is raised
-    (``ReleaseFailed.committed``: yes, no or unknown); see :func:`deploy_outcome`.
-    """
+    """Run the deploy flow for a promoted version (a subflow, or a deployment run inside a deployment); a missing
+    engine or registry skips it under "auto" and fails it under "required"."""
     from prefect.runtime import deployment
 
     from tasks.release.ledger import ReleaseFailed
@@ -84,11 +76,16 @@ def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[st
     if not ready:
         run_logger().warning("deploy skipped: %s (deploy_mode auto; set it to required to fail instead)", why)
         return {"status": "skipped", "reason": why, "missing": missing}
+    from prefect.runtime import flow_run
+
+    requester = (
+        f"the promotion gate of training flow run {flow_run.id}" if flow_run.id else "the promotion gate"
+    )
     if deployment.id:
         from prefect.deployments import run_deployment
 
         # timeout=0: do not block, so a single-slot worker cannot deadlock on its own child run.
-        parameters = {"model_version": version, "requested_by": _gate_requester()}
+        parameters = {"model_version": version, "requested_by": requester}
         child = run_deployment(settings.deploy_deployment_name, parameters=parameters, timeout=0)
         return {
             "status": "scheduled",
@@ -97,18 +94,11 @@ def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[st
         }
     from flows.deploy import deploy_flow
 
-    return deploy_flow(model_version=version, requested_by=_gate_requester())
-
-
-def _gate_requester() -> str:
-    """Who asks for a deploy the training flow hands over: the gate of this training run."""
-    from prefect.runtime import flow_run
-
-    return f"the promotion gate of training flow run {flow_run.id}" if flow_run.id else "the promotion gate"
+    return deploy_flow(model_version=version, requested_by=requester)
 
 
 def deploy_outcome(version: str, exc: Exception) -> tuple[dict[str, Any], Exception]:
-    """The deploy entry of the result for a failed deploy, and the error the training flow raises for it."""
+    """The result's deploy entry for a failed deploy, and the error the training flow raises for it."""
     from tasks.release.ledger import ReleaseFailed
 
     committed = str(getattr(exc, "committed", "no"))

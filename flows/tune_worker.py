@@ -1,13 +1,5 @@
-"""The tune-worker flow: one worker of a training run's Optuna study (``tune_mode = "pool"``).
-
-The tune stage starts ``tune_workers`` runs of the ``loan-risk-training/tune-worker`` deployment without waiting
-for them; each run, on whichever worker of the work pool takes it, runs queued trials of the study until none is
-left (:func:`tasks.model.tune.worker_main`). It reads the study from its own ``optuna_storage`` and logs to its own MLflow
-tracking URI, which must be the stage's (a PostgreSQL URL and the tracking server on a team's stack); the data
-comes as the training run's ``tuning/data`` artifact. The flow carries the training flow's name, so the
-deployment reads as a part of training.
-
-Composition only.
+"""The tune-worker flow: one worker of a training run's Optuna study (``tune_mode = "pool"``), running queued
+trials until none is left (:func:`tasks.model.tune.worker_main`). It carries the training flow's name.
 """
 
 from __future__ import annotations

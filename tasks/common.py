@@ -1,17 +1,7 @@
-"""What every stage shares: the one way to declare a stage task, the error kinds its retries tell apart, and a
-logger that works inside and outside Prefect runs.
+"""What every stage shares: the stage declaration, the error kinds its retries tell apart, and a logger.
 
-A stage is a plain function whose first parameter is the :class:`~tasks.settings.Settings`, declared with
-:func:`stage`::
-
-    @stage("split")
-    def split_task(settings: Settings, table: ModelTable, run_id: str | None = None) -> Split: ...
-
-    split = split_task(settings, table, run_id)  # in a flow: a task run, retried as the settings say
-
-The declaration fixes what never changes (no result caching, a retry condition that never retries a permanent
-error); each call takes the retries and their delay from the settings it is given, so a flow never re-options its
-tasks. ``split_task.fn`` is the plain function (tests call it outside a flow).
+``@stage("split")`` declares ``split_task(settings, ...)``: no result caching, never a retry of a permanent error,
+retries and delay from the settings each call is given. ``split_task.fn`` is the plain function.
 """
 
 from __future__ import annotations
@@ -51,16 +41,12 @@ def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
     except PERMANENT_ERRORS:
         return False
     except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
+        pass
     return True
 
 
 class Stage(Generic[P, R]):
-    """A stage task: call it with the settings first; retries and their delay come from those settings.
-
-    ``max_retries`` caps the settings' ``task_retries`` for a stage where more tries cost more than they can
-    win (an image build: at most one retry; the smoke test of a container: none).
-    """
+    """A stage task: call it with the settings first; ``max_retries`` caps the settings' ``task_retries``."""
 
     def __init__(self, task: Task[P, R], max_retries: int | None = None) -> None:
         self.task, self.max_retries = task, max_retries
@@ -71,7 +57,6 @@ class Stage(Generic[P, R]):
 
     @property
     def fn(self) -> Callable[P, R]:
-        """The plain function, for calls outside a flow run."""
         return self.task.fn
 
     def task_for(self, settings: Settings) -> Task[P, R]:
@@ -92,8 +77,7 @@ class Stage(Generic[P, R]):
 
 
 def stage(name: str, *, max_retries: int | None = None) -> Callable[[Callable[P, R]], Stage[P, R]]:
-    """Declare a stage task: no result caching (stages pass tables and models: hashing them costs, and a rerun
-    must run), never a retry of a permanent error, retries and delay from the settings at call time."""
+    """Declare a stage task (no result caching: stages pass tables and models, and a rerun must run)."""
 
     def declare(fn: Callable[P, R]) -> Stage[P, R]:
         first = next(iter(fn.__code__.co_varnames[: fn.__code__.co_argcount]), None)
@@ -106,15 +90,11 @@ def stage(name: str, *, max_retries: int | None = None) -> Callable[[Callable[P,
 
 
 def release_freed_memory() -> None:
-    """Hand memory the process freed but its allocators still cache back to the OS: pyarrow's pool (where
-    pandas keeps text columns) and glibc's malloc arenas. Stages call it after dropping large tables; without it
-    the freed raw tables stay in the resident set (~0.3 GB at full size)."""
-    try:
-        import pyarrow
-    except ImportError:  # pragma: no cover - pyarrow comes with pandas' text columns and mlflow
-        pass
-    else:
-        pyarrow.default_memory_pool().release_unused()
+    """Hand memory freed but cached by pyarrow's pool and glibc's malloc arenas back to the OS (stages call it
+    after dropping large tables)."""
+    import pyarrow
+
+    pyarrow.default_memory_pool().release_unused()
     libc = ctypes.util.find_library("c")
     trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
     if trim is not None:  # glibc only
@@ -135,8 +115,8 @@ def run_logger(name: str = "loan_risk") -> logging.Logger | logging.LoggerAdapte
 def cli_run(
     run: Callable[[], Mapping[str, Any]], error_fields: Callable[[Exception], dict] | None = None
 ) -> int:
-    """The flows' command-line ending: the result as one JSON line and exit 0, or any failure as one JSON line
-    ``{"error": "Type: message", ...error_fields(exc)}`` and exit 1."""
+    """The flows' CLI ending: the result as one JSON line and exit 0, or ``{"error": "Type: message",
+    ...error_fields(exc)}`` and exit 1."""
     try:
         result = run()
     except Exception as exc:  # noqa: BLE001 - the CLI reports any failure as a JSON line and exit 1

@@ -1,9 +1,7 @@
-"""The statistics evaluation, the model card and drift share, defined once: quantile binning, the population
-stability index (PSI), ROC-AUC and the Kolmogorov-Smirnov statistic (KS).
+"""Quantile binning, PSI, ROC-AUC and KS, defined once for evaluation, the model card and drift.
 
-Binning convention, for the training-time stability report and the monitor alike: inner cut points at the
-quantiles of the reference's finite values, bins ``(-inf, e0], (e0, e1], ..., (e_last, inf)``, then one bin for
-missing values. Scores: ``y`` is 1 for a risky (bad) loan, ``p`` the probability of risky.
+Bins: inner cut points at the reference's finite quantiles, ``(-inf, e0], ..., (e_last, inf)``, then missing.
+``y`` is 1 for a risky loan, ``p`` the probability of risky.
 """
 
 from __future__ import annotations
@@ -49,9 +47,7 @@ def shares(counts: np.ndarray) -> np.ndarray:
 def psi(
     expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray, floor: float = PSI_FLOOR
 ) -> float:
-    """Population stability index ``Σ (a − e) · ln(a / e)`` over the same bins' shares, each floored at ``floor``.
-
-    Rule of thumb: below 0.1 stable, 0.1-0.25 a moderate shift, above 0.25 a major one."""
+    """Population stability index ``Σ (a − e) · ln(a / e)`` over the same bins' shares, each floored at ``floor``."""
     e = np.maximum(np.asarray(expected, dtype=float), floor)
     a = np.maximum(np.asarray(actual, dtype=float), floor)
     if e.shape != a.shape:
@@ -60,11 +56,7 @@ def psi(
 
 
 def grouped(p: np.ndarray, weights: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weights of bads and goods per distinct score, scores ascending: shape (..., n_distinct) each.
-
-    ``weights`` is (n,) or (B, n) (bootstrap counts); ties fall into one group so they count half in the AUC and
-    move together in the KS.
-    """
+    """Weights of bads and goods per distinct score, ascending; ``weights`` is (n,) or (B, n) (bootstrap)."""
     order = np.argsort(p, kind="stable")
     sorted_p = p[order]
     starts = np.flatnonzero(np.r_[True, sorted_p[1:] != sorted_p[:-1]])
@@ -86,8 +78,7 @@ def grouped_auc_ks(bad: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def auc_and_ks(y: Any, p: Any) -> tuple[float, float]:
-    """ROC-AUC and KS (the largest gap between the score distributions of goods and bads); NaN when one class
-    is absent."""
+    """ROC-AUC and KS; NaN when one class is absent."""
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     if len(np.unique(y)) < 2:
         return float("nan"), float("nan")

@@ -1,22 +1,6 @@
-"""Drift statistics: the reference profile a version ships, and how far what the service saw has moved from it.
-
-Plain functions (the monitor flow, ``flows/monitor.py``, composes them through the stages in
-:mod:`tasks.monitoring.report`):
-
-* :func:`build_profile`: the reference profile written into the bundle at packaging (``profile.json``, format in
-  :mod:`serving.bundle`): per feature, quantile bins of the training split (numeric: ``profile_bins`` bins with
-  open ends and a missing bucket) or category shares (categorical: the ``profile_top_categories`` most frequent,
-  then "other" and "missing"), and the same bins for the score on the validation split. Shares only: no record,
-  no identifier, kilobytes.
-* PSI, binning and KS come from :mod:`tasks.stats`, the definitions evaluation uses too.
-* :func:`drift_report`: PSI, missing rates and volume of a window of prediction-log records against a profile,
-  and the decision (``detected`` when the score's PSI or enough features' PSIs reach the thresholds).
-* :func:`realised_performance`: realised ROC-AUC and KS of the logged scores on loans that have matured, from a
-  ``loan.csv``-shaped outcomes file joined on the pseudonymised ``loanId``.
-
-Why not Evidently: its drift metrics want the raw reference rows, and the bundle ships inside the image, where
-rows of the training data (even without identifiers) have no business; the profile is binned in advance, so the
-statistics are a few lines of numpy over counts. docs/monitoring.md says more.
+"""Drift statistics: the reference profile a version ships (binned shares of each feature and of the score, no
+rows: the bundle ships inside the image), and how far a window of the prediction log has moved from it. PSI,
+binning and KS come from :mod:`tasks.stats`; docs/monitoring.md says more.
 """
 
 from __future__ import annotations
@@ -45,9 +29,6 @@ EVENT_DETECTED = "loan-risk.drift.detected"
 EVENT_OK = "loan-risk.drift.ok"
 
 
-# --- the reference profile -----------------------------------------------------------------------------
-
-
 def _numbers(values: Iterable[Any]) -> np.ndarray:
     """Values as float64, missing (None, NaN, text that is no number) as NaN."""
     return pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)
@@ -55,13 +36,10 @@ def _numbers(values: Iterable[Any]) -> np.ndarray:
 
 def _texts(values: Iterable[Any]) -> list[str | None]:
     """Category values as text, missing (None, NaN, "", "NA") as None."""
-    out: list[str | None] = []
-    for v in values:
-        if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in _MISSING_TEXT:
-            out.append(None)
-        else:
-            out.append(str(v))
-    return out
+    return [
+        None if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in _MISSING_TEXT else str(v)
+        for v in values
+    ]
 
 
 def profile_entry(values: Iterable[Any], categorical: bool, bins: int, top: int) -> dict[str, Any]:
@@ -70,17 +48,12 @@ def profile_entry(values: Iterable[Any], categorical: bool, bins: int, top: int)
         texts = _texts(values)
         present = pd.Series([t for t in texts if t is not None], dtype=object)
         categories = sorted(present.value_counts().head(top).index.tolist()) if len(present) else []
-        counts = categorical_counts(texts, categories)
-        return {
-            "kind": "categorical",
-            "categories": categories,
-            "shares": shares(counts).tolist(),
-            "n": len(texts),
-        }
+        shared = shares(categorical_counts(texts, categories)).tolist()
+        return {"kind": "categorical", "categories": categories, "shares": shared, "n": len(texts)}
     numbers = _numbers(values)
     edges = quantile_edges(numbers, bins)
-    counts = numeric_counts(numbers, edges)
-    return {"kind": "numeric", "edges": edges, "shares": shares(counts).tolist(), "n": len(numbers)}
+    shared = shares(numeric_counts(numbers, edges)).tolist()
+    return {"kind": "numeric", "edges": edges, "shares": shared, "n": len(numbers)}
 
 
 def build_profile(
@@ -113,19 +86,12 @@ def bin_labels(entry: Mapping[str, Any]) -> list[str]:
     return [f"≤ {edges[0]}", *inner, f"> {edges[-1]}", MISSING]
 
 
-def entry_counts(entry: Mapping[str, Any], values: Iterable[Any]) -> np.ndarray:
-    """Counts of ``values`` in the bins of a profile entry."""
-    if entry["kind"] == "categorical":
-        return categorical_counts(_texts(values), entry["categories"])
-    return numeric_counts(_numbers(values), entry["edges"])
-
-
-# --- statistics ----------------------------------------------------------------------------------------
-
-
 def entry_drift(entry: Mapping[str, Any], values: Sequence[Any]) -> dict[str, Any]:
     """PSI of ``values`` against a profile entry, their missing rate beside the reference's, and the shares."""
-    counts = entry_counts(entry, values)
+    if entry["kind"] == "categorical":
+        counts = categorical_counts(_texts(values), entry["categories"])
+    else:
+        counts = numeric_counts(_numbers(values), entry["edges"])
     current = shares(counts).tolist()
     return {
         "psi": psi(entry["shares"], current),
@@ -157,12 +123,6 @@ class Thresholds:
         )
 
 
-def _feature_columns(records: Sequence[Mapping[str, Any]], names: Iterable[str]) -> dict[str, list[Any]]:
-    """Each feature's values over the records' ``features`` (a feature a record lacks is missing)."""
-    rows = [r.get("features") or {} for r in records]
-    return {name: [row.get(name) for row in rows] for name in names}
-
-
 def drift_report(
     profile: Mapping[str, Any],
     records: Sequence[Mapping[str, Any]],
@@ -188,9 +148,10 @@ def drift_report(
     if n == 0:
         report.update(status="no_data", event=None, reasons=["no prediction-log record in the window"])
         return report
-    columns = _feature_columns(records, profile["features"])
+    rows = [r.get("features") or {} for r in records]
     report["features"] = {
-        name: entry_drift(entry, columns[name]) for name, entry in profile["features"].items()
+        name: entry_drift(entry, [row.get(name) for row in rows])
+        for name, entry in profile["features"].items()
     }
     report["score"] = entry_drift(profile["score"], [r.get("probability") for r in records])
     drifted = sorted(
@@ -231,16 +192,12 @@ def event_payload(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-# --- realised performance on matured loans -------------------------------------------------------------
-
-
 def read_outcomes(path: str | Path) -> pd.DataFrame:
     """``loanId`` and ``loanStatus`` of a ``loan.csv``-shaped file; a clear error naming what is missing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"outcomes file {path} does not exist")
-    header = pd.read_csv(path, nrows=0).columns
-    missing = [c for c in ("loanId", "loanStatus") if c not in header]
+    missing = [c for c in ("loanId", "loanStatus") if c not in pd.read_csv(path, nrows=0).columns]
     if missing:
         raise ValueError(
             f"outcomes file {path}: column(s) {missing} missing (it needs loanId and loanStatus)"
@@ -262,11 +219,11 @@ def realised_performance(
     ``token`` pseudonymises a raw ``loanId`` the way the service's log did (:meth:`Pseudonymiser.token`), so the
     outcome file's ids join the log's ``id``; a loan logged several times counts once (its last score).
     """
-
-    score_of: dict[str, float] = {}
-    for r in records:
-        if r.get("id") and r.get("probability") is not None:
-            score_of[str(r["id"])] = float(r["probability"])
+    score_of = {
+        str(r["id"]): float(r["probability"])
+        for r in records
+        if r.get("id") and r.get("probability") is not None
+    }
     bad, good = set(bad), set(good)
     known = outcomes.dropna(subset=["loanId"])
     ids = [token(v) for v in known["loanId"]]
@@ -281,8 +238,6 @@ def realised_performance(
             out["roc_auc"], out["ks"] = auc_and_ks(y, p)
     return out
 
-
-# --- the prediction log's window -------------------------------------------------------------------------
 
 _WINDOW = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -299,11 +254,8 @@ def parse_window(text: str) -> timedelta:
 def read_window(
     log_dir: str | Path, since: datetime, until: datetime | None = None, model_version: str | None = None
 ) -> list[dict[str, Any]]:
-    """The prediction-log records of ``model_version`` with ``since ≤ time < until``.
-
-    Reads through the service's reader (:func:`serving.predlog.read_log`): every worker's and replica's files in
-    ``log_dir``, a torn last line skipped (and counted in the service's metrics when it converts the file).
-    """
+    """The prediction-log records of ``model_version`` with ``since ≤ time < until``, through the service's
+    reader (:func:`serving.predlog.read_log`: every worker's files, a torn last line skipped)."""
     folder = Path(log_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"prediction log folder {folder} does not exist")

@@ -1,16 +1,5 @@
-"""The pipeline's own Prefect events: a model version promoted, a model version released.
-
-    emit_model_event(settings, "promoted", "3", {"metrics": {...}, "reasons": [...]})
-
-Each event's resource is the registered model, the same one the drift monitor's ``loan-risk.drift.*`` events
-name, so one automation filter (``loan-risk.model.*``) sees them all::
-
-    {"prefect.resource.id": "loan-risk.model.<name>", "loan-risk.model.name": "<name>",
-     "loan-risk.model.version": "<version>"}
-
-Inside a flow or task run Prefect relates the event to that run (and its flow and deployment). Automations
-(``deployments/alerts.py``) turn them into notifications. Emitting never fails the stage that emits: an events
-client that cannot send logs a warning, since the promotion or release it reports has happened.
+"""The pipeline's own Prefect events (a model version promoted, released) about the registered model, the resource
+the drift monitor's ``loan-risk.drift.*`` events name too; emitting never fails the stage that emits.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""The monitor's stages: the champion's reference profile, the log window, the statistics, the drift report
-(self-contained HTML with plots, and JSON: an MLflow artifact and a Prefect artifact) and the drift event.
-
-The statistics are :mod:`tasks.monitoring.drift`'s plain functions; ``flows/monitor.py`` calls these stages in order.
-The event (``loan-risk.drift.detected`` / ``loan-risk.drift.ok``) is what the retrain deployment's trigger in
-``prefect.yaml`` listens for.
+"""The monitor's stages: the champion's reference profile, the log window, the statistics, the drift report (HTML
+with plots and JSON, as MLflow and Prefect artifacts) and the drift event the retrain trigger listens for.
 """
 
 from __future__ import annotations
@@ -130,13 +126,11 @@ def drift_task(
     return report
 
 
-# --- the report ------------------------------------------------------------------------------------------
-
-
 def _png(fig: Any) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
+    fig.axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
@@ -152,7 +146,6 @@ def _bins_plot(title: str, entry: Mapping[str, Any]) -> str:
     ax.bar([i + 0.2 for i in x], entry["current"], width=0.4, label="window")
     ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=7)
     ax.set(ylabel="share", title=f"{title}: PSI {entry['psi']:.3f}")
-    ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -165,7 +158,6 @@ def _psi_plot(report: Mapping[str, Any]) -> str:
     ax.axvline(report["thresholds"]["feature_psi"], color="red", linestyle="--", label="threshold")
     ax.set(xlabel="PSI (capped at 5)", title="Feature PSI (top 30)")
     ax.tick_params(axis="y", labelsize=7)
-    ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -230,8 +222,8 @@ def report_markdown(report: Mapping[str, Any], run_id: str) -> str:
 
 @stage("drift-report")
 def report_task(settings: Settings, run_id: str, report: dict[str, Any]) -> None:
-    """Stage: the report as MLflow artifacts (``drift/report.html``, ``drift/report.json``), metrics and tags on
-    the monitor's run, and a Prefect markdown artifact."""
+    """Stage: the report as MLflow artifacts (``drift/report.{html,json}``), metrics and tags, and a Prefect
+    markdown artifact."""
     from prefect.artifacts import create_markdown_artifact
 
     tracking.log_dict(settings, run_id, report, "drift/report.json")
@@ -241,8 +233,11 @@ def report_task(settings: Settings, run_id: str, report: dict[str, Any]) -> None
         metrics["score_psi"] = report["score"]["psi"]
         metrics |= {f"psi.{k}": v["psi"] for k, v in report["features"].items()}
     tracking.log_metrics(settings, run_id, metrics)
-    tags = {"drift.status": report["status"], "model_version": report.get("model_version") or ""}
-    tracking.set_tags(settings, run_id, tags)
+    tracking.set_tags(
+        settings,
+        run_id,
+        {"drift.status": report["status"], "model_version": report.get("model_version") or ""},
+    )
     create_markdown_artifact(
         key="drift-report", markdown=report_markdown(report, run_id), description="Drift of the served model"
     )

@@ -1,10 +1,6 @@
-"""Batch scoring's files: the input (CSV or Parquet) read a chunk at a time and joined with the clarity reports when
-they come apart; the error that names the file, line or row, and field; the outputs, written to a temporary name
-and renamed, only under the setting ``score_output_root``.
-
-Every field is read as the text the file holds (a CSV) or its stored type (Parquet), so a chunk reaches the
-model exactly as the service's ``/predict/batch`` would receive those rows as JSON.
-"""
+"""Batch scoring's files: the input read a chunk at a time (CSV cells as text, Parquet as stored, as the service
+would receive them) and joined with the clarity reports; the outputs written to a temporary name and renamed,
+only under the setting ``score_output_root``."""
 
 from __future__ import annotations
 
@@ -112,9 +108,7 @@ def read_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator
             raise ScoreError(
                 f"{path.name}: cannot be parsed: {str(exc).splitlines()[0][:300]}", file=path.name
             ) from None
-        for start in range(
-            0, batch.num_rows, chunk_rows
-        ):  # a block holds about chunk_rows rows: at most that
+        for start in range(0, batch.num_rows, chunk_rows):  # a block holds about chunk_rows rows
             yield pa.Table.from_batches([batch.slice(start, chunk_rows)])
 
 
@@ -126,9 +120,8 @@ def read_reports(path: Path) -> pa.Table:
 
 
 def join_reports(loans: pa.Table, reports: pa.Table) -> pa.Table:
-    """Training's clarity join (:func:`tasks.model.features.join_clarity`: left join on ``clarityFraudId =
-    underwritingid``, the first report of an id, one row per loan, loan order kept), done by Arrow kernels: a
-    pandas merge per chunk took most of the reading time. ``tests/test_score.py`` holds the two equal."""
+    """Training's clarity join (:func:`tasks.model.features.join_clarity`: left join, the first report of an id,
+    loan order kept) by Arrow kernels."""
     keys = reports.column(REPORT_KEY)
     loan_keys = loans.column(JOIN_KEY)
     if loan_keys.type != keys.type:  # a typed Parquet key against text reports
@@ -213,20 +206,11 @@ class Writer:
 
 
 def output_schema(with_reasons: bool) -> pa.Schema:
-    fields = [
-        pa.field("loanId", pa.string()),
-        pa.field("probability", pa.float64()),
-        pa.field("label", pa.int8()),
-        pa.field("model_version", pa.string()),
-    ]
-    return pa.schema(fields + ([pa.field("reasons", pa.string())] if with_reasons else []))
+    types = [pa.string(), pa.float64(), pa.int8(), pa.string()]
+    schema = pa.schema(list(zip(OUTPUT_COLUMNS, types, strict=True)))
+    return schema.append(pa.field("reasons", pa.string())) if with_reasons else schema
 
 
 REJECTS_SCHEMA = pa.schema(
-    [
-        pa.field("line", pa.int64()),
-        pa.field("loanId", pa.string()),
-        pa.field("field", pa.string()),
-        pa.field("reason", pa.string()),
-    ]
+    list(zip(REJECT_COLUMNS, [pa.int64(), pa.string(), pa.string(), pa.string()], strict=True))
 )

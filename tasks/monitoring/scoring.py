@@ -1,36 +1,16 @@
-"""Batch scoring: a file of loan applications in, a file of scores out, a chunk at a time.
+"""Batch scoring: a file of loan applications in (CSV or Parquet, joined with the clarity report or given apart),
+a file of scores out, a chunk at a time through the service's own feature code (:func:`serving.features.columns_from`,
+:meth:`serving.bundle.Bundle.predict_input`).
 
-    score_file(bundle, "loan.csv", "scores.parquet", clarity="clarity_underwriting_variables.csv")
-
-The input holds applications with the source files' field names: ``loan.csv`` already joined with the clarity
-report, or ``loan.csv`` plus the clarity file given apart (joined here on ``clarityFraudId = underwritingid`` by
-training's own :func:`tasks.model.features.join_clarity`). CSV or Parquet, by extension. It is read ``chunk_rows``
-rows at a time (pyarrow's streaming CSV reader, Parquet row batches), every field as the text the file holds (a
-CSV) or its stored type (Parquet), so a chunk reaches the model exactly as the service's ``/predict/batch``
-would receive those rows as JSON: through :func:`serving.features.columns_from` (the service's columnar batch
-builder) and :meth:`serving.bundle.Bundle.predict_input`. Memory stays bounded by the chunk, not the file; the
-clarity file (one report per row, ~50k rows) is held whole.
-
-The output (CSV or Parquet, by extension) has one row per application, in input order: ``loanId``,
-``probability`` (of the risky class), ``label`` (``probability >= threshold``), ``model_version``, and
-``reasons`` when the bundle has a reason-code table (the service's own reasons, :func:`serving.reasons.explain`,
-as JSON text: for the rows labelled risky by default, ``--reasons all`` for every row, ``none`` for no column;
-null for a row not explained). It never holds ``anon_ssn`` or any
-other field of the input: the loan id is the one identifier written, because the lender needs it to act on a
-score. It is written to a temporary file beside the target and renamed at the end, so a failed run leaves no
-half file.
-
-A value the features cannot read (``"apr": "abc"``) stops the run with :class:`ScoreError` naming the file, the
-line (CSV; the header is line 1) or row (Parquet, 1-based), and the field, unless a rejects file is given: then
-each bad row is listed there (line, loanId, field, reason; never the value of an identifier) and the rest are
-scored.
-
-Reading the input (chunked CSV/Parquet, the Arrow join) and writing the outputs is :mod:`tasks.monitoring.score_files`.
+The output has ``loanId``, ``probability``, ``label``, ``model_version`` and, with a reason-code table, ``reasons``
+(JSON text); never another field of the input. A bad value stops the run with :class:`ScoreError` naming the file,
+line or row and field, unless a rejects file is given: then bad rows are listed there and the rest scored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -64,22 +44,17 @@ from tasks.monitoring.score_files import (
 from tasks.registry import versions
 from tasks.settings import Settings
 
-# The reason codes of a scored chunk: (bundle, the chunk's model columns, its probabilities, its fields as sent)
-# -> one text (or None) per row.
 ReasonFn = Callable[
     [Bundle, dict[str, Any], np.ndarray, Callable[[str], Sequence[Any]]], Sequence[str | None]
 ]
 
 
 def service_reasons(mode: str = DEFAULT_MODE, count: int = DEFAULT_REASON_COUNT) -> ReasonFn:
-    """The service's reasons (:func:`serving.reasons.explain_selected`: the rows ``mode`` selects, ``count``
-    reasons each, the applicant's values as sent), each row's list as JSON text, None for a row not explained."""
+    """The service's reasons (:func:`serving.reasons.explain_selected`) for the rows ``mode`` selects, as JSON
+    text per row (None for a row not explained)."""
 
     def reasons(
-        bundle: Bundle,
-        columns: dict[str, Any],
-        probabilities: np.ndarray,
-        raw: Callable[[str], Sequence[Any]],
+        bundle: Bundle, columns: dict[str, Any], probabilities: np.ndarray, raw: Any
     ) -> list[str | None]:
         found = explain_selected(
             bundle, columns, probabilities.tolist(), bundle.meta.threshold, mode, count, raw
@@ -120,9 +95,6 @@ class ScoreResult:
         return out
 
 
-# --- scoring ------------------------------------------------------------------------------------------------
-
-
 def _withheld(field_name: str, message: str) -> str:
     return "<value withheld: identifier>" if field_name in IDENTIFIER_FIELDS else message
 
@@ -130,13 +102,7 @@ def _withheld(field_name: str, message: str) -> str:
 def predict_chunk(bundle: Bundle, table: pa.Table) -> _Predicted:
     """One chunk through the service's columnar path: its model columns, probabilities and fields as sent
     (``column(field)``, each read once); or, when rows are refused, each with its error (and nothing scored)."""
-    sent: dict[str, list[Any]] = {}
-
-    def column(name: str) -> list[Any]:
-        if name not in sent:
-            sent[name] = table.column(name).to_pylist()
-        return sent[name]
-
+    column = functools.cache(lambda name: table.column(name).to_pylist())
     found: dict[int, FeatureError] = {}
     columns = columns_from(column, table.num_rows, found)
     if found:
@@ -159,9 +125,8 @@ class _Predicted:
 
 @contextlib.contextmanager
 def _fewer_collections(young: int = 100_000) -> Iterator[None]:
-    """The garbage collector's youngest generation collected every ``young`` allocations instead of 700 while
-    scoring: a chunk makes ~1.5 million short-lived, acyclic objects (its fields as Python values, the reasons'
-    dicts), and collecting them 700 at a time cost ~9% of the rows/s (``bench/score``)."""
+    """Collect the youngest generation every ``young`` allocations while scoring: a chunk makes ~1.5 million
+    short-lived acyclic objects."""
     before = gc.get_threshold()
     gc.set_threshold(young, *before[1:])
     try:
@@ -172,8 +137,7 @@ def _fewer_collections(young: int = 100_000) -> Iterator[None]:
 
 def _predicted_ahead(bundle: Bundle, chunks: Iterator[pa.Table]) -> Iterator[_Predicted]:
     """Each chunk read and predicted, the next one in a background thread while the caller explains and writes
-    this one (two chunks in memory at most). Reading, CatBoost and NumPy release the GIL, so the two cores
-    overlap the feature work with the reasons: ~1.3x the rows/s of one thread (``bench/score``)."""
+    this one (two chunks in memory at most; reading, CatBoost and NumPy release the GIL)."""
 
     def step() -> _Predicted | None:
         started = time.perf_counter()
@@ -208,15 +172,9 @@ def score_file(
     file_kind(target)
     first_line = 2 if file_kind(source) == "csv" else 1  # a CSV's line numbers count the header
     where = "line" if first_line == 2 else "row"
-    version = bundle.version
-    threshold = bundle.meta.threshold
-    result = ScoreResult(
-        str(source),
-        str(target),
-        version,
-        rejects=str(rejects) if rejects else None,
-        reasons=reasons is not None,
-    )
+    version, threshold = bundle.version, bundle.meta.threshold
+    rejected = str(rejects) if rejects else None
+    result = ScoreResult(str(source), str(target), version, rejects=rejected, reasons=reasons is not None)
     timings = dict.fromkeys(("read", "features_and_predict", "reasons", "write"), 0.0)
     started = time.perf_counter()
     reports = read_reports(Path(clarity)) if clarity else None
@@ -228,31 +186,27 @@ def score_file(
             for chunk in _predicted_ahead(bundle, joined_chunks(source, reports, chunk_rows)):
                 timings["read"] += chunk.read_seconds
                 timings["features_and_predict"] += chunk.predict_seconds
-                table, n = chunk.table, chunk.table.num_rows
-                if chunk.bad:
-                    bad = chunk.bad
-                    if bad_out is None:
-                        i, exc = bad[0]
-                        raise ScoreError(
-                            f"{source.name}: {where} {offset + first_line + i}, field {exc.field!r}: "
-                            f"{_withheld(exc.field, exc.message)} ({len(bad)} bad row(s) in this chunk; "
-                            "--rejects FILE lists them and scores the rest)",
-                            file=source.name,
-                            line=offset + first_line + i,
-                            field=exc.field,
-                        ) from None
+                table, n, bad = chunk.table, chunk.table.num_rows, chunk.bad
+                lines = [offset + first_line + i for i, _ in bad]
+                if bad and bad_out is None:
+                    exc = bad[0][1]
+                    raise ScoreError(
+                        f"{source.name}: {where} {lines[0]}, field {exc.field!r}: "
+                        f"{_withheld(exc.field, exc.message)} ({len(bad)} bad row(s) in this chunk; "
+                        "--rejects FILE lists them and scores the rest)",
+                        file=source.name,
+                        line=lines[0],
+                        field=exc.field,
+                    ) from None
+                if bad:
                     ids = table.column(ID_FIELD).to_pylist()
-                    bad_out.write(
-                        pa.table(
-                            {
-                                "line": [offset + first_line + i for i, _ in bad],
-                                "loanId": [None if ids[i] is None else str(ids[i]) for i, _ in bad],
-                                "field": [e.field for _, e in bad],
-                                "reason": [_withheld(e.field, e.message) for _, e in bad],
-                            },
-                            schema=REJECTS_SCHEMA,
-                        )
-                    )
+                    rows = {
+                        "line": lines,
+                        "loanId": [None if ids[i] is None else str(ids[i]) for i, _ in bad],
+                        "field": [e.field for _, e in bad],
+                        "reason": [_withheld(e.field, e.message) for _, e in bad],
+                    }
+                    bad_out.write(pa.table(rows, schema=REJECTS_SCHEMA))
                     result.rows_rejected += len(bad)
                     keep = np.ones(n, dtype=bool)
                     keep[[i for i, _ in bad]] = False
@@ -265,11 +219,8 @@ def score_file(
                 codes = reasons(bundle, chunk.columns, probabilities, chunk.column) if reasons else None
                 timings["reasons"] += time.perf_counter() - t
                 t = time.perf_counter()
-                ids = table.column(ID_FIELD)
-                if not pa.types.is_string(ids.type):
-                    ids = ids.cast(pa.string())
                 columns: dict[str, Any] = {
-                    "loanId": ids,
+                    "loanId": table.column(ID_FIELD).cast(pa.string()),
                     "probability": probabilities,
                     "label": labels,
                     "model_version": pa.array([version] * table.num_rows, pa.string()),
@@ -283,13 +234,13 @@ def score_file(
                 result.flagged += int(labels.sum())
                 result.chunks += 1
                 offset += n
-            out.close(schema)
-            if bad_out is not None:
-                bad_out.close(REJECTS_SCHEMA)
+            for writer, written in ((out, schema), (bad_out, REJECTS_SCHEMA)):
+                if writer is not None:
+                    writer.close(written)
         except BaseException:
-            out.abort()
-            if bad_out is not None:
-                bad_out.abort()
+            for writer in (out, bad_out):
+                if writer is not None:
+                    writer.abort()
             raise
     result.seconds = time.perf_counter() - started
     result.timings = timings
@@ -299,9 +250,6 @@ def score_file(
         result.flagged, result.rows_rejected,
     )  # fmt: skip
     return result
-
-
-# --- stages -------------------------------------------------------------------------------------------------
 
 
 @stage("fetch-model")
@@ -325,10 +273,8 @@ def score_task(
     rejects: str | None = None,
     reasons: str | None = None,
 ) -> dict[str, Any]:
-    """Stage: score the input file into the output file (a bad row is permanent: never retried); with the
-    service's reasons when the bundle has a reason-code table and ``reasons`` (default: the setting) is not
-    ``none``. The output and the rejects file go under ``settings.score_root`` (:func:`output_under_root`),
-    checked before anything is read."""
+    """Stage: score the input file into the output file, under ``settings.score_root``, with the service's
+    reasons when the bundle has a reason-code table and ``reasons`` (default: the setting) is not ``none``."""
     output_path = str(output_under_root(settings, output_path))
     rejects = str(output_under_root(settings, rejects, "rejects")) if rejects else None
     bundle = load_bundle(bundle_dir, thread_count=settings.thread_count)
