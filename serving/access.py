@@ -1,7 +1,4 @@
-"""One answered request, recorded: its request id, its metrics and its access-log line.
-
-Used by the app's request hooks (:mod:`serving.app`): every request is counted and logged the same way.
-"""
+"""One answered request, recorded: its request id, its metrics and its access-log line."""
 
 from __future__ import annotations
 
@@ -22,8 +19,8 @@ def request_id(environ: Mapping[str, Any]) -> str:
 
 
 def finish_request(metrics: Any, state: Any, endpoint: str, method: str, status: int, elapsed: float) -> str:
-    """Count an answered request and write its access line from ``state`` (Flask's ``g``):
-    ``request_id``, ``rows``, ``model_version``, ``error``; the request id its answer carries."""
+    """Count an answered request and write its access line from ``state`` (Flask's ``g``); returns
+    the request id its answer carries."""
     rows = getattr(state, "rows", 0)
     metrics.observe_request(endpoint, method, status, elapsed, rows if status == 200 else 0)
     rid = getattr(state, "request_id", None) or os.urandom(16).hex()

@@ -1,9 +1,4 @@
-"""The prediction service: a Flask application factory (``gunicorn 'serving.app:create_app()'``).
-
-:mod:`serving.reload` holds the model and shares reloads between gunicorn workers, :mod:`serving.routes` is the
-Blueprint of endpoints. This module puts them together: settings, JSON logs, the model holder, the routes, error
-handlers that always answer JSON, and one access-log line and metric observation per request.
-"""
+"""The prediction service: a Flask application factory (``gunicorn 'serving.app:create_app()'``)."""
 
 from __future__ import annotations
 
@@ -39,9 +34,7 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
         config = ServiceConfig(**dict(config))
     configure_logging(config.log_level)
     metrics = get_metrics()
-    prediction_log = start_prediction_log(
-        config, metrics
-    )  # before the model: a log that cannot start stops us
+    prediction_log = start_prediction_log(config, metrics)  # first: a log that cannot start stops us
     holder = ModelHolder(config, metrics)
     holder.start()
 
@@ -61,10 +54,7 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
 
 
 def _register_hooks(app: Flask) -> None:
-    """Timing, metrics and one JSON access-log line per request (no body, no personal field).
-
-    Runs on every request, so it reads the request and ``g`` once each (every proxy access is a context
-    lookup)."""
+    """Timing, metrics and one JSON access-log line per request (no body, no personal field)."""
     metrics = app.extensions["loanrisk_metrics"]
 
     @app.before_request
@@ -74,11 +64,8 @@ def _register_hooks(app: Flask) -> None:
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        now = time.perf_counter()
-        state = g._get_current_object()
-        req = request._get_current_object()
-        rule = req.url_rule
-        endpoint = rule.rule if rule is not None else "<unmatched>"
+        now, state, req = time.perf_counter(), g._get_current_object(), request._get_current_object()
+        endpoint = req.url_rule.rule if req.url_rule is not None else "<unmatched>"
         elapsed = now - getattr(state, "t0", now)
         rid = finish_request(metrics, state, endpoint, req.method, response.status_code, elapsed)
         response.headers["X-Request-ID"] = rid
@@ -87,10 +74,8 @@ def _register_hooks(app: Flask) -> None:
 
 def _error_response(exc: ApiError) -> Response:
     field = exc.field
-    logged_field = (
-        field if field is None or field in KNOWN_FIELDS or field in STRUCTURAL_FIELDS else "<other>"
-    )
-    g.error = {"error": exc.code, "field": logged_field, "index": exc.index}
+    logged = field if field is None or field in KNOWN_FIELDS or field in STRUCTURAL_FIELDS else "<other>"
+    g.error = {"error": exc.code, "field": logged, "index": exc.index}
     body = {
         "error": exc.code,
         "message": exc.message,
@@ -103,10 +88,7 @@ def _error_response(exc: ApiError) -> Response:
 
 def _register_error_handlers(app: Flask, config: ServiceConfig) -> None:
     """Every error is a JSON answer ``{"error", "message", "field", "index"}``."""
-
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Response:
-        return _error_response(exc)
+    app.register_error_handler(ApiError, _error_response)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -1,13 +1,8 @@
 """Raw loan application → model input: the one feature code path of training, serving and batch scoring.
 
-A record uses the field names of ``loan.csv`` and ``clarity_underwriting_variables.csv``; values may be CSV strings
-("590.0", "True", "") or typed (590.0, True, None), so a CSV row posted as JSON works as is. Every caller builds
-columns (:func:`columns_from`), for one record or a million; :func:`build_rows` lays them out by record.
-
-Only decision-time fields are read. Outcomes (loanStatus, fpStatus, approval flags, payments) and identifiers
-(loanId, anon_ssn, clarityFraudId, underwritingid) never become features; clarityFraudId only contributes the age
-of the fraud report (its first 8 hex digits are a Unix time).
-"""
+Records have the field names of ``loan.csv`` and the clarity file, values CSV strings or typed. Only
+decision-time fields are read: outcomes and identifiers never become features (``clarityFraudId`` gives only the
+age of the fraud report, from its first 8 hex digits). Every caller builds columns (:func:`columns_from`)."""
 
 from __future__ import annotations
 
@@ -259,12 +254,11 @@ def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
 
 
 def columns_from(column: Callable[[str], Column], n: int, errors: Errors | None = None) -> dict[str, Any]:
-    """The model's input as columns (``FEATURE_NAMES`` order: float64 arrays, lists of text for categories).
+    """The model's input as columns (``FEATURE_NAMES`` order: float64 arrays, lists of text).
 
-    ``column(field)`` gives the values of one source field for all ``n`` records (None where missing). With
-    ``errors``, each refused record gets its first :class:`FeatureError` there (by position) and the columns
-    are still built (NaN in its place); without, the first refused record raises its error.
-    """
+    ``column(field)`` gives one source field's values for all ``n`` records. With ``errors``, each refused record
+    gets its first :class:`FeatureError` there and the columns are still built (NaN in its place); without, the
+    first refused record raises."""
     found: Errors = {} if errors is None else errors
     out: dict[str, Any] = {}
     for name, src, reader, _ in _DIRECT:
@@ -289,8 +283,8 @@ def columns_from(column: Callable[[str], Column], n: int, errors: Errors | None 
 
 
 def outside_contract(columns: dict[str, Any]) -> list[tuple[int, FeatureError]]:
-    """Each record's first category outside the dataset contract (``serving.contract.CATEGORIES``), in record
-    order: the model scores it as a value it never saw."""
+    """Each record's first category outside the dataset contract, in record order (scored as
+    unseen)."""
     found: dict[int, FeatureError] = {}
     for field, known in CATEGORIES.items():
         values = columns[field]
@@ -327,7 +321,7 @@ def build_columns(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def rows_of(columns: dict[str, Any]) -> list[list[Any]]:
-    """The columns laid out as rows (``FEATURE_NAMES`` order), the form a CatBoost Pool takes cheaply."""
+    """The columns laid out as rows (``FEATURE_NAMES`` order)."""
     return [
         list(row)
         for row in zip(
@@ -337,7 +331,7 @@ def rows_of(columns: dict[str, Any]) -> list[list[Any]]:
 
 
 def build_rows(records: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
-    """Model rows for records given as mappings (the columnar builder's values, by record)."""
+    """Model rows for records given as mappings."""
     return rows_of(build_columns(records)) if records else []
 
 

@@ -1,7 +1,4 @@
-"""Container health check: exit 0 when ``GET /health`` answers 200 (python3 + urllib, no curl needed).
-
-The port comes from ``LOANRISK_BIND`` (``host:port``) or ``PORT`` (default 8080).
-"""
+"""Container health check: exit 0 when ``GET /health`` answers 200 (port from ``LOANRISK_BIND`` or ``PORT``)."""
 
 from __future__ import annotations
 

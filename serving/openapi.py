@@ -1,9 +1,7 @@
 """The OpenAPI document, generated from the request model (:mod:`serving.requests`) and the answer models here.
 
-msgspec writes the JSON Schema of every struct (``schema_components``, JSON Schema 2020-12, which OpenAPI 3.1
-uses as is); this module adds only the paths. The answers are built as plain dicts for speed; the structs below
-say what they hold, and schemathesis checks every answer against them (tests/serving/test_schemathesis.py).
-"""
+msgspec writes the JSON Schema of every struct; this module adds the paths. Answers are built as plain dicts; the
+structs say what they hold (tests/serving/test_schemathesis.py checks every answer against them)."""
 
 from __future__ import annotations
 

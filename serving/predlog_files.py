@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import cache
-from itertools import repeat, starmap
+from itertools import count, repeat, starmap
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +37,10 @@ _NAME = re.compile(
     r"(?P<kind>\.spool|\.jsonl\.gz)$"
 )
 # The record's fields, in the order every line has them (the monitor reads this shape).
-RECORD_FIELDS = (
-    "time",
-    "request_id",
-    "endpoint",
-    "model_name",
-    "model_version",
-    "id",
-    "features",
-    "probability",
-    "label",
-)
+RECORD_FIELDS = ("time", "request_id", "endpoint", "model_name", "model_version", "id", "features",
+                 "probability", "label")  # fmt: skip
 _TYPES = {
-    "time": str,
-    "request_id": str,
-    "endpoint": str,
-    "model_name": str,
+    **dict.fromkeys(("time", "request_id", "endpoint", "model_name"), str),
     "probability": float,
     "label": int,
 }
@@ -75,13 +63,12 @@ def parse_name(name: str) -> re.Match[str] | None:
 def frame(
     t: float, request_id: str, endpoint: str, served: Any, ids: list[Any], probabilities: Any, features: Any
 ) -> bytes:
+    kind, data = ROWS, features
     if isinstance(features, dict):  # columns, in feature order: number buffers and lists of text
         kind, data = (
             COLUMNS,
             [c if type(c) is list else _buffer(c) for c in map(features.__getitem__, _names())],
         )
-    else:
-        kind, data = ROWS, features
     probs = probabilities.tobytes() if isinstance(probabilities, np.ndarray) else list(probabilities)
     body = pack(
         [t, request_id, endpoint, served.name, served.version, served.threshold, ids, probs, kind, data]
@@ -153,43 +140,41 @@ def frames(data: bytes) -> tuple[list[bytes], int]:
 
 
 def spool_complete(path: Path) -> bool:
-    """Whether a spool ends at a frame boundary (reads only the length prefixes)."""
-    with open(path, "rb") as fh:
-        end, at = os.fstat(fh.fileno()).st_size, 0
-        while at + FRAME.size <= end:
-            (size,) = FRAME.unpack(os.pread(fh.fileno(), FRAME.size, at))
-            at += FRAME.size + size
-        return at == end
+    """Whether a spool ends at a frame boundary."""
+    return frames(path.read_bytes())[1] == 0
+
+
+def _locked(path: Path, missing: type[OSError] = OSError) -> Any:
+    """The spool opened with its lock taken (dropped with the handle); None when it cannot be opened (``missing``)
+    or another process holds the lock."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except missing:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def abandoned(path: Path) -> bool:
-    """Whether no process holds the spool's lock (its writer closed it or died); False when it cannot
-    be opened."""
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError:
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True  # the lock goes with the handle
+    """Whether no process holds the spool's lock (its writer closed it or died); False when it cannot be opened."""
+    handle = _locked(path)
+    if handle is not None:
+        handle.close()
+    return handle is not None
 
 
 def convert(path: Path) -> tuple[Path, bool] | None:
     """A closed spool → ``.jsonl.gz``, then the spool removed: the target and whether its last frame was cut
     short; None when another process holds it."""
     target = path.with_name(path.name.removesuffix(SPOOL) + CONVERTED)
-    try:
-        source = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
+    source = _locked(path, FileNotFoundError)
+    if source is None:
         return None
     with source:
-        try:
-            fcntl.flock(source, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
         if not path.exists():
             return None  # converted and removed while this one waited
         cut = 0
@@ -246,13 +231,10 @@ class LogRead:
     def __init__(
         self, files: list[tuple[str, Path]], since: str | None, until: str | None, version: Any
     ) -> None:
-        self.files = [path for _, path in files]
-        self._files = files
+        self.files, self._files = [path for _, path in files], files
         self._since, self._until = since, until
         self._version = None if version is None else str(version)
-        self.torn = 0
-        self.skipped = 0
-        self.records = 0
+        self.torn = self.skipped = self.records = 0
 
     def _raw_lines(self, path: Path) -> Iterator[bytes]:
         if path.name.endswith(SPOOL):
@@ -296,27 +278,21 @@ class LogRead:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """k-way merge by time; a file is opened only once the merge reaches its first record's time."""
         heap: list[tuple[str, int, dict[str, Any], Iterator[tuple[str, dict[str, Any]]]]] = []
-        pending = list(self._files)
-        k = 0
+        pending, order = list(self._files), count()
+
+        def push(lines: Iterator[tuple[str, dict[str, Any]]]) -> None:
+            first = next(lines, None)
+            if first is not None:
+                heapq.heappush(heap, (first[0], next(order), first[1], lines))
+
         while heap or pending:
             while pending and (not heap or pending[0][0] <= heap[0][0]):
-                _, path = pending.pop(0)
-                lines = self._lines(path)
-                first = next(lines, None)
-                if first is not None:
-                    heapq.heappush(heap, (first[0], k, first[1], lines))
-                    k += 1
-            if not heap:
-                continue
-            record, lines = heap[0][2], heap[0][3]
-            self.records += 1
-            yield record
-            following = next(lines, None)
-            if following is None:
-                heapq.heappop(heap)
-            else:
-                heapq.heapreplace(heap, (following[0], k, following[1], lines))
-                k += 1
+                push(self._lines(pending.pop(0)[1]))
+            if heap:
+                _, _, record, lines = heapq.heappop(heap)
+                self.records += 1
+                yield record
+                push(lines)
 
 
 def _listing(folder: Path) -> set[str]:

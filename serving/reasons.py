@@ -46,9 +46,6 @@ class ReasonsUnavailable(RuntimeError):
     """The bundle has no reason-code table, so it has no reasons to give."""
 
 
-# --- SHAP values ---------------------------------------------------------------------------------------------
-
-
 def _tree_table(tree: dict[str, Any], binary: list[int]) -> tuple[np.ndarray, list[int], float]:
     """One symmetric tree's SHAP values per leaf (leaves × its distinct features), those features, and its
     expected value: path-dependent TreeSHAP as CatBoost computes it, exact over the tree's distinct features."""
@@ -112,7 +109,7 @@ class ShapTable:
         tables = [_tree_table(tree, binary) for tree in trees]
         width = max(1, max(len(groups) for _, groups, _ in tables))
         self.offsets = np.cumsum([0] + [phi.shape[0] for phi, _, _ in tables[:-1]])
-        # float32: SHAP values to ~1e-6 log-odds (XGBoost's are float32 too), and the lookup twice as fast
+        # float32: SHAP values to ~1e-6 log-odds, and the lookup twice as fast
         self.phi = np.zeros((sum(phi.shape[0] for phi, _, _ in tables), width), dtype=np.float32)
         self.feature = np.full((len(tables), width), n_features, dtype=np.int64)  # padding: a dummy feature
         for t, ((phi, groups, _), start) in enumerate(zip(tables, self.offsets, strict=True)):
@@ -134,7 +131,7 @@ class ShapTable:
         out = np.empty((n, self.n_features), dtype=np.float32)
         for start in range(0, n, SHAP_BLOCK):
             block = leaves[start : start + SHAP_BLOCK]
-            # rows × (trees × slots): each tree's leaf row of the table (np.take: ~3x faster than indexing)
+            # rows × (trees × slots): each tree's leaf row of the table (np.take: faster than indexing)
             picked = np.take(self.phi, block, axis=0).reshape(block.shape[0], width)
             np.matmul(picked, self.to_features, out=out[start : start + block.shape[0]])
         return out
@@ -221,9 +218,6 @@ def load_explainer(
     return Explainer(model, ReasonTable.read(path), features, document) if path.is_file() else None
 
 
-# --- the entry point -----------------------------------------------------------------------------------------
-
-
 def _plain(value: Any) -> Any:
     """A model value as JSON can carry it: NumPy scalars as Python numbers, NaN as null."""
     if isinstance(value, np.generic):
@@ -260,8 +254,7 @@ def explain(
     if not positions:
         return []
     part = _subset(model_input, positions)
-    # A block of records at a time bounds the memory of CatBoost's leaf indexes (POOL_BLOCK); the gathered SHAP
-    # rows (~23 KB a record for an 824-tree model) are bounded inside ShapTable.values (SHAP_BLOCK).
+    # blocks of POOL_BLOCK records bound the memory of CatBoost's leaf indexes
     n = len(positions)
     blocks = (
         [part]

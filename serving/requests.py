@@ -1,15 +1,9 @@
 """The one request model: a loan application record, each endpoint's envelope, and decoding them.
 
-Every endpoint decodes with these msgspec types, and the OpenAPI document is generated from them
-(:mod:`serving.openapi`). A record has the field names of ``loan.csv`` and the clarity file, values typed or CSV
-strings; numbers finite and within their field's range (``serving/contract.py`` ``RANGES``, as in training).
-
-A body whose records are all valid is decoded in one call; otherwise each record is decoded on its own, so a
-bad one is named by its index and field and the others are kept (:class:`Decoded`): ``/predict/batch`` answers record by record, the other endpoints refuse the request with the
-first error. Bodies msgspec refuses as a whole (a lone UTF-16 surrogate, ``NaN``) are read again by Python's
-lenient parser so that the record at fault, not the request, is named; a ``NaN`` literal (json.dumps of a pandas
-row writes one for a missing value) is a missing value, ``Infinity`` is refused.
-"""
+Every endpoint decodes with these msgspec types, and :mod:`serving.openapi` is generated from them. A body whose
+records are all valid is decoded in one call; otherwise each record is decoded on its own, so a bad one is named
+by index and field (:class:`Decoded`). Bodies msgspec refuses whole (a lone surrogate, ``NaN``) are read again by
+Python's parser so the record at fault is named; ``NaN`` is a missing value, ``Infinity`` is refused."""
 
 from __future__ import annotations
 
@@ -228,9 +222,8 @@ def _records(items: Sequence[Any], read: Callable[[Any, int, set[str]], Any], pa
 
 
 def _at_once(body: Any, decode: Callable[[Any], Any], limit: int) -> Any:
-    """The envelope with every record typed, or None: when a record is refused (each is then decoded on its
-    own, to name it), or when the body may hold more than ``limit`` records (a record opens a ``{``; the count
-    is checked before that many are decoded)."""
+    """The envelope with every record typed, or None: when a record is refused (each is then decoded on
+    its own, to name it), or when the body may hold more than ``limit`` records (counted by ``{``)."""
     if bytes(body).count(b"{") - 1 > limit:
         return None
     try:
@@ -354,7 +347,7 @@ def _split_rows(value: Any) -> list[Any]:
 
 
 def _input_columns(value: dict[str, Any]) -> list[Any]:
-    """``inputs`` as an object: one record of scalars, or columns (name -> list of values) zipped into records."""
+    """``inputs`` as an object: one record of scalars, or columns zipped into records."""
     lists = [v for v in value.values() if type(v) is list]
     if not lists:
         return [value]
