@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -11,11 +13,10 @@ import orjson
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from serving.access import finish_request, request_id
 from serving.config import ServiceConfig
 from serving.errors import ApiError
 from serving.features import KNOWN_FIELDS
-from serving.logs import LOGGER_NAME, configure_logging
+from serving.logs import LOGGER_NAME, configure_logging, log_access
 from serving.metrics import get_metrics
 from serving.openapi import openapi_document
 from serving.payloads import STRUCTURAL_FIELDS, json_response
@@ -24,6 +25,7 @@ from serving.reload import ModelHolder
 from serving.routes import bp
 
 logger = logging.getLogger(LOGGER_NAME)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask:
@@ -105,3 +107,23 @@ def _register_error_handlers(app: Flask, config: ServiceConfig) -> None:
         endpoint = request.url_rule.rule if request.url_rule else None
         logger.error("unhandled error", exc_info=exc, extra={"fields": {"endpoint": endpoint}})
         return _error_response(ApiError(500, "internal_error", "the service failed to answer; see its logs"))
+
+
+def request_id(environ: Mapping[str, Any]) -> str:
+    """The client's ``X-Request-ID`` when it is a plain token (<= 128 of ``A-Za-z0-9._:-``), else a new one."""
+    rid = environ.get("HTTP_X_REQUEST_ID", "")
+    return rid if _REQUEST_ID.match(rid) else os.urandom(16).hex()
+
+
+def finish_request(metrics: Any, state: Any, endpoint: str, method: str, status: int, elapsed: float) -> str:
+    """Count an answered request and write its access line from ``state`` (Flask's ``g``); returns the request
+    id its answer carries."""
+    rows = getattr(state, "rows", 0)
+    metrics.observe_request(endpoint, method, status, elapsed, rows if status == 200 else 0)
+    rid = getattr(state, "request_id", None) or os.urandom(16).hex()
+    fields: dict[str, Any] = {"request_id": rid, "method": method[:16], "endpoint": endpoint, "status": status,
+                              "duration_ms": round(elapsed * 1000, 3), "rows": rows,
+                              "model_version": getattr(state, "model_version", None)}  # fmt: skip
+    fields.update(getattr(state, "error", None) or {})
+    log_access(fields)
+    return rid

@@ -108,8 +108,6 @@ SOURCE_FIELDS: frozenset[str] = frozenset(src for _, src, _, _ in _DIRECT) | {
     "clarityFraudId",
 }
 
-_INQ_30 = clarity_column("clearfraudinquiry", "thirtydaysago")
-_INQ_365 = clarity_column("clearfraudinquiry", "threesixtyfivedaysago")
 NUMBER_SOURCES: frozenset[str] = frozenset(src for _, src, reader, _ in _DIRECT if reader is read_number)
 FLAG_SOURCES: frozenset[str] = frozenset(src for _, src, reader, _ in _DIRECT if reader is read_flag)
 
@@ -338,8 +336,3 @@ def build_rows(records: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
 def build_row(record: Mapping[str, Any]) -> list[Any]:
     """One model row (:data:`FEATURE_NAMES` order) from one record; raises :class:`FeatureError`."""
     return build_rows([record])[0]
-
-
-def unknown_fields(record: Mapping[str, Any]) -> list[str]:
-    """Field names in ``record`` that belong to none of the three files (they are ignored)."""
-    return [k for k in record if k not in KNOWN_FIELDS]

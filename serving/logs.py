@@ -52,13 +52,8 @@ class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "event", ...fields}`` as one JSON line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = _document(
-            record.created,
-            record.levelname,
-            record.name,
-            record.getMessage(),
-            getattr(record, "fields", None),
-        )
+        fields = getattr(record, "fields", None)
+        out = _document(record.created, record.levelname, record.name, record.getMessage(), fields)
         if record.exc_info and record.exc_info[0] is not None:
             out["exc_type"] = record.exc_info[0].__name__
             out["traceback"] = self.formatException(record.exc_info)
@@ -106,10 +101,9 @@ def log_access(fields: dict[str, Any]) -> None:
             handler.stream.write(line)
             handler.flush()
         except Exception:  # as StreamHandler.emit: a broken stream is reported, never raised to the request
+            extra = {"fields": fields}
             handler.handleError(
-                _access.makeRecord(
-                    ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None, extra={"fields": fields}
-                )
+                _access.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None, extra=extra)
             )
         finally:
             handler.release()

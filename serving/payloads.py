@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from serving.config import MAX_REASON_COUNT
 from serving.errors import ApiError, json_type
 from serving.reasons import MODES
-from serving.requests import MLFLOW_KEYS
+from serving.requests import _SURROGATE, MLFLOW_KEYS
 
 MAX_UNKNOWN_NAMED = 50
 READ_CHUNK = 1 << 20  # bytes per recv while reading a body from gunicorn
@@ -23,7 +22,6 @@ STRUCTURAL_FIELDS = frozenset(
     {"data", "bundle_dir", "on_error", *MLFLOW_KEYS, "dataframe_split.data", "dataframe_split.columns"}
     | {"params", "reasons", "reason_count", "params.reasons", "params.reason_count"}
 )
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def read_body() -> bytes:

@@ -105,14 +105,7 @@ class PredictionLog:
         self._thread.start()
 
     def submit(
-        self,
-        served: Any,
-        endpoint: str,
-        request_id: str,
-        features: Any,
-        probabilities: Any,
-        ids: Any,
-        n: int,
+        self, served: Any, endpoint: str, request_id: str, features: Any, probabilities: Any, ids: Any, n: int
     ) -> bool:
         """Queue one request's scored records (rows or columns as built); False when they were dropped."""
         item = (time.time(), served, endpoint, request_id, features, probabilities, ids, n)

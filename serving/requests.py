@@ -31,19 +31,13 @@ def _number(name: str) -> Any:
     low, high = RANGES.get(name, _FLOAT)
     f_low, f_high = (low, high) if name in RANGES else (-1.7976931348623157e308, 1.7976931348623157e308)
     i_low, i_high = (math.ceil(low), math.floor(high)) if name in RANGES else _INT
-    return (
-        Annotated[float, msgspec.Meta(ge=f_low, le=f_high)]
-        | Annotated[int, msgspec.Meta(ge=i_low, le=i_high)]
-        | str
-        | bool
-        | None
-    )
+    floats = Annotated[float, msgspec.Meta(ge=f_low, le=f_high)]
+    return floats | Annotated[int, msgspec.Meta(ge=i_low, le=i_high)] | str | bool | None
 
 
 _Value = str | float | Annotated[int, msgspec.Meta(ge=_INT[0], le=_INT[1])] | bool | None
-_Flag = (
-    bool | Annotated[int, msgspec.Meta(ge=0, le=1)] | Annotated[float, msgspec.Meta(ge=0, le=1)] | str | None
-)
+_BIT = msgspec.Meta(ge=0, le=1)
+_Flag = bool | Annotated[int, _BIT] | Annotated[float, _BIT] | str | None
 _ATTRS = {name: f"f{i}" for i, name in enumerate(FIELDS)}
 _DESCRIPTION = (
     "One loan application with the field names of loan.csv and clarity_underwriting_variables.csv (a CSV row "
@@ -112,11 +106,8 @@ _Invocation = msgspec.defstruct(
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 # A body whose records are all valid decodes typed in one call (one parse, no scan): a batch, and MLflow's
 # records with nothing but params beside them (any other key: the envelope path names what is wrong).
-_Records = msgspec.defstruct(
-    "_Records",
-    [("dataframe_records", list[LoanApplication]), ("params", Any, None)],
-    forbid_unknown_fields=True,
-)
+_RECORDS_FIELDS = [("dataframe_records", list[LoanApplication]), ("params", Any, None)]
+_Records = msgspec.defstruct("_Records", _RECORDS_FIELDS, forbid_unknown_fields=True)
 _DECODE_ALL_BATCH = msgspec.json.Decoder(BatchRequest).decode
 _DECODE_ALL_RECORDS = msgspec.json.Decoder(_Records).decode
 _DECODE_RECORD = msgspec.json.Decoder(LoanApplication).decode
@@ -124,9 +115,6 @@ _DECODE_BATCH = msgspec.json.Decoder(_Batch).decode
 _DECODE_INVOCATION = msgspec.json.Decoder(_Invocation).decode
 _AT = re.compile(r"^(?P<text>.*?)(?: - at `\$(?P<path>.*)`)?$", re.S)
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-# --- one record ------------------------------------------------------------------------------------------
 
 
 def _invalid(exc: msgspec.ValidationError, index: int) -> ApiError:
@@ -202,16 +190,12 @@ def _lenient(body: Any) -> Any:
         raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
 
 
-# --- each endpoint's body --------------------------------------------------------------------------------
-
-
 def _check_size(size: int, field: str, limit: int) -> None:
     if not size:
         raise ApiError(400, "empty_batch", f"'{field}' holds no records: send at least one", field)
     if size > limit:
-        raise ApiError(
-            413, "batch_too_large", f"{size} records in '{field}'; the limit is {limit} per request", field
-        )
+        message = f"{size} records in '{field}'; the limit is {limit} per request"
+        raise ApiError(413, "batch_too_large", message, field)
 
 
 def _records(items: Sequence[Any], read: Callable[[Any, int, set[str]], Any], params: Any = None) -> Decoded:

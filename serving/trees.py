@@ -81,15 +81,11 @@ class TreeSum:
         """The tree sum of a model's JSON export (:func:`model_document`); None for a model it does not take."""
         trees = [{**t, "splits": t.get("splits") or []} for t in document.get("oblivious_trees") or []]
         splits = split_features(document.get("features_info", {}))
-        if (
-            splits is None
-            or not any(t["splits"] for t in trees)
-            or any(len(t["leaf_values"]) != 1 << len(t["splits"]) for t in trees)
-        ):
-            return None
         scale, bias = document.get("scale_and_bias", [1.0, [0.0]])
         bias = np.ravel(bias)
-        if bias.size != 1:
+        if splits is None or bias.size != 1 or not any(t["splits"] for t in trees):
+            return None
+        if any(len(t["leaf_values"]) != 1 << len(t["splits"]) for t in trees):
             return None
         return cls(model, splits, trees, (float(scale), float(bias[0])), categorical, missing_row)
 
