@@ -168,9 +168,8 @@ class Bundle:
         self.directory = Path(directory)
         meta_path, model_path = self.directory / META_FILE, self.directory / MODEL_FILE
         if not meta_path.is_file() or not model_path.is_file():
-            raise BundleError(
-                f"{self.directory} is not a model bundle: it needs {META_FILE} and {MODEL_FILE}"
-            )
+            message = f"{self.directory} is not a model bundle: it needs {META_FILE} and {MODEL_FILE}"
+            raise BundleError(message)
         try:
             self.meta = BundleMeta.from_dict(json.loads(meta_path.read_text()))
         except (ValueError, TypeError) as exc:

@@ -28,9 +28,8 @@ class Calibrator:
         if self.method == "isotonic":
             xs = np.asarray(self.x, dtype=float)
             if len(xs) == 0 or len(xs) != len(self.y) or np.any(np.diff(xs) < 0):
-                raise ValueError(
-                    "isotonic calibrator: 'x' and 'y' must be equally long, non-empty, x ascending"
-                )
+                message = "isotonic calibrator: 'x' and 'y' must be equally long, non-empty, x ascending"
+                raise ValueError(message)
 
     @staticmethod
     def logit(p: Any) -> np.ndarray:

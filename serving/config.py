@@ -23,21 +23,21 @@ DEFAULT_LOG_ROTATE_S = 3600.0
 _INTEGERS = ("max_batch_size", "max_body_bytes", "model_threads", "prediction_log_queue",
              "prediction_log_rotate_bytes", "reason_count")  # fmt: skip
 _SECONDS = ("reload_timeout", "prediction_log_rotate_seconds")
+_PARSE = {
+    **dict.fromkeys(_INTEGERS, (int, "an integer")),
+    **dict.fromkeys(_SECONDS, (float, "a number of seconds")),
+}
 _PATHS = ("bundle_dir", "reload_sync_dir", "prediction_log_dir")
 _BOOLEANS = {
     **dict.fromkeys(("1", "true", "yes", "on"), True),
     **dict.fromkeys(("0", "false", "no", "off"), False),
 }
 # (field, lowest, highest, what the error calls it) of the numbers with bounds beyond being positive
+# 5e-324: the least float above 0
 _BOUNDS = (
     ("reload_timeout", 0, 600, "a number of seconds from 0 to 600"),
     ("reason_count", 1, MAX_REASON_COUNT, f"an integer from 1 to {MAX_REASON_COUNT}"),
-    (
-        "prediction_log_rotate_seconds",
-        5e-324,
-        float("inf"),
-        "a positive number",
-    ),  # 5e-324: the least float > 0
+    ("prediction_log_rotate_seconds", 5e-324, float("inf"), "a positive number"),
 )
 
 
@@ -103,10 +103,8 @@ class ServiceConfig:
             raw = env.get(var, "").strip()
             if not raw:
                 continue
-            if f.name in _INTEGERS or f.name in _SECONDS:
-                number, wanted = (
-                    (int, "an integer") if f.name in _INTEGERS else (float, "a number of seconds")
-                )
+            if f.name in _PARSE:
+                number, wanted = _PARSE[f.name]
                 try:
                     values[f.name] = number(raw)
                 except ValueError:

@@ -48,11 +48,8 @@ from serving.readers import (
 FEATURE_VERSION = "1"
 
 # Descriptions repeat their code one-to-one; the code is the feature.
-REDUNDANT_IDENTITY = (
-    "ssnnamereasoncodedescription",
-    "nameaddressreasoncodedescription",
-    "phonematchtypedescription",
-)
+REDUNDANT_IDENTITY = ("ssnnamereasoncodedescription", "nameaddressreasoncodedescription",
+                      "phonematchtypedescription")  # fmt: skip
 
 
 # --- the feature table ------------------------------------------------------------------------------------
@@ -90,13 +87,8 @@ _DIRECT += [
 ]
 _DIRECT.append(("clearfraudscore", "clearfraudscore", read_number, False))
 
-DERIVED_FEATURES = (
-    "application_hour",
-    "application_weekday",
-    "report_age_days",
-    "payment_to_amount",
-    "inquiries_recent_share",
-)
+DERIVED_FEATURES = ("application_hour", "application_weekday", "report_age_days", "payment_to_amount",
+                    "inquiries_recent_share")  # fmt: skip
 
 FEATURE_NAMES: tuple[str, ...] = tuple(name for name, *_ in _DIRECT) + DERIVED_FEATURES
 CATEGORICAL_FEATURES: tuple[str, ...] = tuple(name for name, _, _, is_cat in _DIRECT if is_cat)

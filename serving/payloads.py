@@ -126,9 +126,8 @@ def reason_options(
     if values is None:
         values = {}
     elif not isinstance(values, Mapping):
-        raise ApiError(
-            400, "invalid_parameter", f"'params' must be an object, got {json_type(values)}", "params"
-        )
+        message = f"'params' must be an object, got {json_type(values)}"
+        raise ApiError(400, "invalid_parameter", message, "params")
     mode = values.get("reasons", default_mode)
     if mode not in MODES:
         shown = encodable(mode)[:40] if isinstance(mode, str) else json_type(mode)

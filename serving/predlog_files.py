@@ -65,10 +65,8 @@ def frame(
 ) -> bytes:
     kind, data = ROWS, features
     if isinstance(features, dict):  # columns, in feature order: number buffers and lists of text
-        kind, data = (
-            COLUMNS,
-            [c if type(c) is list else _buffer(c) for c in map(features.__getitem__, _names())],
-        )
+        kind = COLUMNS
+        data = [c if type(c) is list else _buffer(c) for c in map(features.__getitem__, _names())]
     probs = probabilities.tobytes() if isinstance(probabilities, np.ndarray) else list(probabilities)
     body = pack(
         [t, request_id, endpoint, served.name, served.version, served.threshold, ids, probs, kind, data]

@@ -99,9 +99,8 @@ def read_timestamp(v: Any) -> datetime | None:
         try:
             d = datetime.fromisoformat(v.strip())
         except ValueError:
-            raise ValueError(
-                f"expected an ISO timestamp like 2016-02-23T17:29:01.940000, got {v!r}"
-            ) from None
+            message = f"expected an ISO timestamp like 2016-02-23T17:29:01.940000, got {v!r}"
+            raise ValueError(message) from None
         return d if d.tzinfo is None else d.astimezone(UTC).replace(tzinfo=None)
     raise ValueError(f"expected an ISO timestamp string, got {type(v).__name__}")
 

@@ -63,9 +63,8 @@ class ReasonTable:
                 or not features
                 or not all(isinstance(f, str) for f in features)
             ):
-                raise ReasonTableError(
-                    f"{where} ({code}): 'features' must be a non-empty list of feature names"
-                )
+                message = f"{where} ({code}): 'features' must be a non-empty list of feature names"
+                raise ReasonTableError(message)
             for feature in features:
                 if feature in seen:
                     raise ReasonTableError(

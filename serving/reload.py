@@ -69,9 +69,7 @@ class ModelHolder:
         self.worker_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.health: tuple[int, bytes] = (503, b"")
         self._load_lock = threading.Lock()
-        self._reload_lock = (
-            threading.Lock()
-        )  # a reload's load + publish, or the watcher's load + record, whole
+        self._reload_lock = threading.Lock()  # a reload's load + publish, or the watcher's load + record
         self._state_lock = threading.RLock()
         # what this worker was asked to serve (the sync target) and how far it got
         self._state: dict[str, Any] = {

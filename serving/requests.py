@@ -256,9 +256,8 @@ def batch(body: Any, limit: int) -> Decoded:
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         payload = _lenient(body)
         if type(payload) is not dict or "data" not in payload:
-            raise ApiError(
-                400, "invalid_request", 'expected a JSON object {"data": [records]}', "data"
-            ) from None
+            message = 'expected a JSON object {"data": [records]}'
+            raise ApiError(400, "invalid_request", message, "data") from None
         items, read = payload["data"], from_object
         if type(items) is not list:
             message = f"'data' must be a list of records, got {json_type(items)}"
@@ -279,9 +278,8 @@ def invocation(body: Any, limit: int) -> tuple[Decoded, str]:
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         value = _lenient(body)
         if type(value) is not dict:
-            raise ApiError(
-                400, "invalid_request", f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}"
-            ) from None
+            message = f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}"
+            raise ApiError(400, "invalid_request", message) from None
         given = {k: value[k] for k in MLFLOW_KEYS if k in value}
         params, read = value.get("params"), from_object
     if len(given) != 1:
@@ -316,9 +314,8 @@ def _split_rows(value: Any) -> list[Any]:
     else:
         raise ApiError(400, "invalid_request", "dataframe_split must be an object with columns and data", key)
     if type(columns) is not list or not all(type(c) is str for c in columns):
-        raise ApiError(
-            400, "invalid_request", "dataframe_split.columns must be a list of names", f"{key}.columns"
-        )
+        message = "dataframe_split.columns must be a list of names"
+        raise ApiError(400, "invalid_request", message, f"{key}.columns")
     if type(data) is not list:
         raise ApiError(400, "invalid_request", "dataframe_split.data must be a list of rows", f"{key}.data")
     if len(set(columns)) != len(columns):

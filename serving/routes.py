@@ -93,9 +93,8 @@ def model_card() -> Response:
     markdown = request.accept_mimetypes.best_match(["text/html", "text/markdown"]) == "text/markdown"
     path = served.directory / (CARD_MARKDOWN if markdown else CARD_HTML)
     if not path.is_file():
-        raise ApiError(
-            404, "no_model_card", f"model version {served.version} has no model card in its bundle"
-        )
+        message = f"model version {served.version} has no model card in its bundle"
+        raise ApiError(404, "no_model_card", message)
     kind = "text/markdown" if markdown else "text/html"
     return Response(path.read_bytes(), status=200, content_type=f"{kind}; charset=utf-8")
 
@@ -182,22 +181,15 @@ def invocations() -> Response:
 def _require_admin() -> None:
     config = _config()
     if not config.reload_enabled:
-        raise ApiError(
-            403,
-            "reload_disabled",
-            "model administration is disabled: start the service with LOANRISK_ADMIN_TOKEN set to enable it",
+        message = (
+            "model administration is disabled: start the service with LOANRISK_ADMIN_TOKEN set to enable it"
         )
+        raise ApiError(403, "reload_disabled", message)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    expected = (config.admin_token or "").encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode("utf-8", "replace"), expected
-    ):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "send the admin token as 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": 'Bearer realm="loanrisk"'},
-        )
+    given, expected = token.strip().encode("utf-8", "replace"), (config.admin_token or "").encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
+        message = "send the admin token as 'Authorization: Bearer <token>'"
+        raise ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="loanrisk"'})
 
 
 def _reload_directory(holder: ModelHolder) -> str | Path:
@@ -214,9 +206,8 @@ def _reload_directory(holder: ModelHolder) -> str | Path:
         current = holder.current
         directory = _config().bundle_dir or (current.directory if current else None)
     if directory is None:
-        raise ApiError(
-            400, "invalid_request", "no bundle directory configured: send bundle_dir", "bundle_dir"
-        )
+        message = "no bundle directory configured: send bundle_dir"
+        raise ApiError(400, "invalid_request", message, "bundle_dir")
     return directory
 
 
