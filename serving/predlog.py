@@ -80,27 +80,24 @@ class PredictionLog:
         from serving.privacy import Pseudonymiser, load_key
 
         self._pseudonym = Pseudonymiser(load_key(key, self.directory)).token
-        self.queue_records = queue_records
-        self.rotate_bytes = rotate_bytes
-        self.rotate_seconds = rotate_seconds
+        self.queue_records, self.rotate_bytes, self.rotate_seconds = (
+            queue_records,
+            rotate_bytes,
+            rotate_seconds,
+        )
         self.metrics = metrics
         self._lock = threading.Lock()  # the queue's
         # held while the writer drains and writes (tests pause the writer with it)
         self._io = threading.Lock()
         self._queue: list[tuple[Any, ...]] = []
-        self._queued = 0
-        self._stop = threading.Event()
-        self._idle = threading.Condition()
-        self._busy = False
+        self._stop, self._idle, self._busy = threading.Event(), threading.Condition(), False
         self._file: Any = None
         self._path: Path | None = None
-        self._opened = 0.0
-        self._size = 0
-        self._seq = 0
+        self._queued = self._size = self._seq = 0
+        self._opened = self._last_write = 0.0
         self._host = _host()
         self._children: list[subprocess.Popen[bytes]] = []
         self._backlog: list[Path] = []  # rotated spools waiting for a lull to be converted
-        self._last_write = 0.0
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
         self._thread.start()
 
@@ -248,12 +245,9 @@ class PredictionLog:
     def _sweep(self) -> None:
         """Convert the spools of this host that no writer holds; other hosts' are left alone (a network
         folder may not carry locks between hosts)."""
-        leftovers = []
-        for path in sorted(self.directory.glob(f"{PREFIX}*{SPOOL}")):
-            match = parse_name(path.name)
-            if match is not None and match["host"] == self._host and abandoned(path):
-                leftovers.append(path)
-        self._compress(leftovers)
+        spools = sorted(self.directory.glob(f"{PREFIX}*{SPOOL}"))
+        ours = [p for p in spools if (m := parse_name(p.name)) is not None and m["host"] == self._host]
+        self._compress([path for path in ours if abandoned(path)])
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything queued so far is written (tests, shutdown); False on timeout."""
@@ -285,14 +279,8 @@ def start(config: Any, metrics: Any) -> PredictionLog | None:
     """The log of a :class:`serving.config.ServiceConfig`; None when ``prediction_log_dir`` is unset."""
     if config.prediction_log_dir is None:
         return None
-    log = PredictionLog(
-        config.prediction_log_dir,
-        config.pseudonym_key,
-        config.prediction_log_queue,
-        config.prediction_log_rotate_bytes,
-        config.prediction_log_rotate_seconds,
-        metrics,
-    )
+    log = PredictionLog(config.prediction_log_dir, config.pseudonym_key, config.prediction_log_queue,
+                        config.prediction_log_rotate_bytes, config.prediction_log_rotate_seconds, metrics)  # fmt: skip
     _logs.append(log)
     return log
 

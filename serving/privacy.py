@@ -27,12 +27,8 @@ KEY_BYTES = 32  # a made key's size, and the least a given key may have
 MAKE_KEY = 'python -c "import secrets; print(secrets.token_hex(32))"'
 
 # Values this repository has published as a key: anyone can recompute their pseudonyms, so they are refused.
-PUBLISHED_KEYS: frozenset[str] = frozenset(
-    {
-        "64-hex-characters-from-openssl-rand-hex-32",  # deployments/stack/stack.env.example, until it was emptied
-        "k" * 64,  # tests/test_stack_files.py's compose key, until it was made per run
-    }
-)
+# (stack.env.example's old placeholder, and an old fixed test key)
+PUBLISHED_KEYS: frozenset[str] = frozenset({"64-hex-characters-from-openssl-rand-hex-32", "k" * 64})
 
 
 class PseudonymKeyError(ValueError):
