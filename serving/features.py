@@ -52,40 +52,26 @@ REDUNDANT_IDENTITY = ("ssnnamereasoncodedescription", "nameaddressreasoncodedesc
                       "phonematchtypedescription")  # fmt: skip
 
 
-# --- the feature table ------------------------------------------------------------------------------------
-
 Reader = Callable[[Any], Any]
 
-# (feature name, source field, reader, categorical?)
-_DIRECT: list[tuple[str, str, Reader, bool]] = [
-    ("payFrequency", "payFrequency", read_category, True),
-    ("apr", "apr", read_number, False),
-    ("nPaidOff", "nPaidOff", read_number, False),
-    ("loanAmount", "loanAmount", read_number, False),
-    ("originallyScheduledPaymentAmount", "originallyScheduledPaymentAmount", read_number, False),
-    ("state", "state", read_category, True),
-    ("leadType", "leadType", read_category, True),
-    ("leadCost", "leadCost", read_number, False),
-    ("hasCF", "hasCF", read_flag, False),
-]
-_DIRECT += [
-    (f"inquiry_{f}", clarity_column("clearfraudinquiry", f), read_number, False) for f in INQUIRY_FIELDS
-]
-_DIRECT += [
-    (f"indicator_{f}", clarity_column("clearfraudindicator", f), read_number if f in NUMERIC_INDICATORS else read_flag, False)
-    for f in INDICATOR_FIELDS
+# The loan file's features, each its source field's name; then the clarity file's and its score.
+_LOAN_READERS: dict[str, Reader] = {
+    "payFrequency": read_category, "apr": read_number, "nPaidOff": read_number, "loanAmount": read_number,
+    "originallyScheduledPaymentAmount": read_number, "state": read_category, "leadType": read_category,
+    "leadCost": read_number, "hasCF": read_flag,
+}  # fmt: skip
+_IDENTITY = [f for f in IDENTITY_FIELDS if f not in REDUNDANT_IDENTITY]
+_SOURCES: list[tuple[str, str, Reader]] = [
+    *((f, f, reader) for f, reader in _LOAN_READERS.items()),
+    *((f"inquiry_{f}", clarity_column("clearfraudinquiry", f), read_number) for f in INQUIRY_FIELDS),
+    *((f"indicator_{f}", clarity_column("clearfraudindicator", f),
+       read_number if f in NUMERIC_INDICATORS else read_flag) for f in INDICATOR_FIELDS),
+    *((f"identity_{f}", clarity_column("clearfraudidentityverification", f),
+       read_number if f == "overallmatchreasoncode" else read_category) for f in _IDENTITY),
+    ("clearfraudscore", "clearfraudscore", read_number),
 ]  # fmt: skip
-_DIRECT += [
-    (
-        f"identity_{f}",
-        clarity_column("clearfraudidentityverification", f),
-        read_number if f == "overallmatchreasoncode" else read_category,
-        f != "overallmatchreasoncode",
-    )
-    for f in IDENTITY_FIELDS
-    if f not in REDUNDANT_IDENTITY
-]
-_DIRECT.append(("clearfraudscore", "clearfraudscore", read_number, False))
+# (feature name, source field, reader, categorical?): the categorical features are the ones read as text
+_DIRECT: list[tuple[str, str, Reader, bool]] = [(n, src, r, r is read_category) for n, src, r in _SOURCES]
 
 DERIVED_FEATURES = ("application_hour", "application_weekday", "report_age_days", "payment_to_amount",
                     "inquiries_recent_share")  # fmt: skip
