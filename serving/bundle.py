@@ -67,6 +67,11 @@ def _categorical(values: list[str]) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
 
 
+def _few_as_rows(model_input: ModelInput) -> ModelInput:
+    few = not isinstance(model_input, list) and len(model_input["apr"]) < ROWS_BELOW
+    return rows_of(model_input) if few else model_input
+
+
 class BundleError(RuntimeError):
     """A bundle directory is missing, incomplete or does not match this code's feature contract."""
 
@@ -229,8 +234,7 @@ class Bundle:
 
     def input_pool(self, model_input: ModelInput) -> Pool:
         """The CatBoost Pool of a model input (columns, or rows for a few records)."""
-        if not isinstance(model_input, list) and len(model_input["apr"]) < ROWS_BELOW:
-            model_input = rows_of(model_input)
+        model_input = _few_as_rows(model_input)
         if isinstance(model_input, list):
             return Pool(model_input, cat_features=_CATEGORICAL, thread_count=self.thread_count)
         frame = pd.DataFrame(
@@ -242,8 +246,7 @@ class Bundle:
     def predict_input(self, model_input: ModelInput) -> list[float]:
         """Probability of the risky class for a model input, through the calibrator: summed here
         (:mod:`serving.trees`) for fewer than :data:`ROWS_BELOW` records, by CatBoost for more."""
-        if not isinstance(model_input, list) and len(model_input["apr"]) < ROWS_BELOW:
-            model_input = rows_of(model_input)
+        model_input = _few_as_rows(model_input)
         if self.trees is not None and isinstance(model_input, list) and len(model_input) < ROWS_BELOW:
             return self.calibrated(self.trees.probabilities(model_input)).tolist() if model_input else []
         return self.calibrated(self._catboost(model_input)).tolist()

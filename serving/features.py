@@ -89,11 +89,8 @@ SOURCE_FIELDS: frozenset[str] = frozenset(src for _, src, _, _ in _DIRECT) | {
 NUMBER_SOURCES: frozenset[str] = frozenset(src for _, src, reader, _ in _DIRECT if reader is read_number)
 FLAG_SOURCES: frozenset[str] = frozenset(src for _, src, reader, _ in _DIRECT if reader is read_flag)
 
-# --- the columnar builder: 1 or N records, training, serving and batch scoring alike ----------------------
-# Each source field's values for every record are converted together, by C-level maps (float, dict lookups,
-# str.strip, datetime.fromisoformat) into NumPy arrays. A column with a value of an unusual kind goes value by
-# value through the readers above; a value a reader refuses, or a number outside the contract's range
-# (serving/contract.py RANGES), becomes an error for its record (NaN in the column), and the others are kept.
+# The columnar builder: each field's values converted together by C-level maps; a column with an unusual value
+# goes value by value through the readers, and a refused value is an error for its record (NaN in the column).
 
 Column = Sequence[Any]
 Errors = dict[int, FeatureError]

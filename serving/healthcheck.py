@@ -16,9 +16,8 @@ def health_url() -> str:
 
 def main() -> int:
     try:
-        with urllib.request.urlopen(
-            health_url(), timeout=float(os.environ.get("HEALTHCHECK_TIMEOUT", "3"))
-        ) as r:
+        timeout = float(os.environ.get("HEALTHCHECK_TIMEOUT", "3"))
+        with urllib.request.urlopen(health_url(), timeout=timeout) as r:
             return 0 if r.status == 200 else 1
     except (urllib.error.URLError, OSError, ValueError):
         return 1

@@ -22,9 +22,6 @@ class FeatureError(ValueError):
         super().__init__(f"{where}field '{field}': {message}")
 
 
-# --- value readers: accept CSV strings and typed values alike -------------------------------------------
-
-
 def _is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
 
