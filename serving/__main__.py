@@ -1,8 +1,4 @@
-"""``python -m serving --bundle DIR [--host H] [--port P]``: run the service locally.
-
-By default under gunicorn with ``serving/gunicorn_conf.py``; ``--server flask`` uses Flask's threaded server
-(development only). Other settings come from ``LOANRISK_*`` variables (see :mod:`serving.config`).
-"""
+"""``python -m serving --bundle DIR``: run the service locally under gunicorn (or ``--server flask``)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,10 @@
-"""The prediction service: a Flask application factory (``gunicorn 'serving.app:create_app()'``).
-
-:mod:`serving.reload` holds the model and shares reloads between gunicorn workers, :mod:`serving.routes` is the
-Blueprint of endpoints. This module puts them together: settings, JSON logs, the model holder, the routes, error
-handlers that always answer JSON, and one access-log line and metric observation per request.
-"""
+"""The prediction service: a Flask application factory (``gunicorn 'serving.app:create_app()'``)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -16,11 +13,10 @@ import orjson
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from serving.access import finish_request, request_id
 from serving.config import ServiceConfig
 from serving.errors import ApiError
 from serving.features import KNOWN_FIELDS
-from serving.logs import LOGGER_NAME, configure_logging
+from serving.logs import LOGGER_NAME, configure_logging, log_access
 from serving.metrics import get_metrics
 from serving.openapi import openapi_document
 from serving.payloads import STRUCTURAL_FIELDS, json_response
@@ -29,6 +25,7 @@ from serving.reload import ModelHolder
 from serving.routes import bp
 
 logger = logging.getLogger(LOGGER_NAME)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask:
@@ -39,9 +36,7 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
         config = ServiceConfig(**dict(config))
     configure_logging(config.log_level)
     metrics = get_metrics()
-    prediction_log = start_prediction_log(
-        config, metrics
-    )  # before the model: a log that cannot start stops us
+    prediction_log = start_prediction_log(config, metrics)  # first: a log that cannot start stops us
     holder = ModelHolder(config, metrics)
     holder.start()
 
@@ -61,10 +56,7 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
 
 
 def _register_hooks(app: Flask) -> None:
-    """Timing, metrics and one JSON access-log line per request (no body, no personal field).
-
-    Runs on every request, so it reads the request and ``g`` once each (every proxy access is a context
-    lookup)."""
+    """Timing, metrics and one JSON access-log line per request (no body, no personal field)."""
     metrics = app.extensions["loanrisk_metrics"]
 
     @app.before_request
@@ -74,11 +66,8 @@ def _register_hooks(app: Flask) -> None:
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        now = time.perf_counter()
-        state = g._get_current_object()
-        req = request._get_current_object()
-        rule = req.url_rule
-        endpoint = rule.rule if rule is not None else "<unmatched>"
+        now, state, req = time.perf_counter(), g._get_current_object(), request._get_current_object()
+        endpoint = req.url_rule.rule if req.url_rule is not None else "<unmatched>"
         elapsed = now - getattr(state, "t0", now)
         rid = finish_request(metrics, state, endpoint, req.method, response.status_code, elapsed)
         response.headers["X-Request-ID"] = rid
@@ -87,10 +76,8 @@ def _register_hooks(app: Flask) -> None:
 
 def _error_response(exc: ApiError) -> Response:
     field = exc.field
-    logged_field = (
-        field if field is None or field in KNOWN_FIELDS or field in STRUCTURAL_FIELDS else "<other>"
-    )
-    g.error = {"error": exc.code, "field": logged_field, "index": exc.index}
+    logged = field if field is None or field in KNOWN_FIELDS or field in STRUCTURAL_FIELDS else "<other>"
+    g.error = {"error": exc.code, "field": logged, "index": exc.index}
     body = {
         "error": exc.code,
         "message": exc.message,
@@ -103,10 +90,7 @@ def _error_response(exc: ApiError) -> Response:
 
 def _register_error_handlers(app: Flask, config: ServiceConfig) -> None:
     """Every error is a JSON answer ``{"error", "message", "field", "index"}``."""
-
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Response:
-        return _error_response(exc)
+    app.register_error_handler(ApiError, _error_response)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -123,3 +107,23 @@ def _register_error_handlers(app: Flask, config: ServiceConfig) -> None:
         endpoint = request.url_rule.rule if request.url_rule else None
         logger.error("unhandled error", exc_info=exc, extra={"fields": {"endpoint": endpoint}})
         return _error_response(ApiError(500, "internal_error", "the service failed to answer; see its logs"))
+
+
+def request_id(environ: Mapping[str, Any]) -> str:
+    """The client's ``X-Request-ID`` when it is a plain token (<= 128 of ``A-Za-z0-9._:-``), else a new one."""
+    rid = environ.get("HTTP_X_REQUEST_ID", "")
+    return rid if _REQUEST_ID.match(rid) else os.urandom(16).hex()
+
+
+def finish_request(metrics: Any, state: Any, endpoint: str, method: str, status: int, elapsed: float) -> str:
+    """Count an answered request and write its access line from ``state`` (Flask's ``g``); returns the request
+    id its answer carries."""
+    rows = getattr(state, "rows", 0)
+    metrics.observe_request(endpoint, method, status, elapsed, rows if status == 200 else 0)
+    rid = getattr(state, "request_id", None) or os.urandom(16).hex()
+    fields: dict[str, Any] = {"request_id": rid, "method": method[:16], "endpoint": endpoint, "status": status,
+                              "duration_ms": round(elapsed * 1000, 3), "rows": rows,
+                              "model_version": getattr(state, "model_version", None)}  # fmt: skip
+    fields.update(getattr(state, "error", None) or {})
+    log_access(fields)
+    return rid

@@ -1,21 +1,10 @@
 """The model bundle: what training writes and serving reads.
 
-A bundle is a directory with
-- ``model.cbm``: the CatBoost model in its native format (no pickle anywhere),
-- ``bundle.json``: metadata (model name and version, features, categorical features, decision threshold,
-  metrics, data fingerprint, feature contract version),
-- ``reason_codes.toml`` (optional): the reviewed reason-code table (:mod:`serving.reasons`), copied in at
-  packaging; a bundle without it serves predictions without reasons,
-- ``reference.json`` (optional): test records with the probabilities training computed for them, so a
-  deployed image can prove it reproduces training's predictions. The records hold only the fields the features
-  read, ``clarityFraudId`` pseudonymised (:func:`serving.privacy.reference_records`): no ``loanId``, no
-  ``anon_ssn``. :func:`write_bundle` refuses any other field, since the bundle ships inside the image,
-- ``evaluation.json``, ``card.md``, ``card.html`` and ``plots/`` (optional): the credit-grade evaluation the model
-  card is rendered from, and the card itself (:mod:`tasks.model.card`).
-
-``bundle.json`` may hold a ``calibrator`` (:mod:`serving.calibration`): then every probability the bundle gives
-is the calibrated one, on every path (rows, columns, records), as training's metrics and reference sample are.
-"""
+A directory with ``model.cbm`` (CatBoost's native format, no pickle), ``bundle.json`` (metadata: name, version,
+features, threshold, metrics, an optional ``calibrator`` every probability goes through), and optionally
+``reason_codes.toml`` (:mod:`serving.reasons`), ``reference.json`` (records holding only the fields the features
+read, with training's probabilities, so a deployed image proves it reproduces them), ``profile.json``, and the
+evaluation and model card (``evaluation.json``, ``card.md``, ``card.html``, ``plots/``)."""
 
 from __future__ import annotations
 
@@ -46,15 +35,13 @@ from serving.logs import LOGGER_NAME
 from serving.model_export import model_document
 from serving.privacy import foreign_fields
 from serving.reason_table import ReasonTableError
-from serving.reasons import Explainer, ModelInput, load_explainer
+from serving.reasons import ModelInput, load_explainer
 from serving.trees import TreeSum, largest_difference
 
 BUNDLE_FORMAT = 1
-# Fewer records than this go to CatBoost as rows: a Pool from a DataFrame has a fixed cost (~2 ms) that one
-# record's rows do not (~40 µs); the values are the same columns either way.
+# Fewer records than this go as rows (a DataFrame Pool has a fixed cost), scored by the tree sum when it agrees
+# with CatBoost to TREE_SUM_TOLERANCE on the reference records at load.
 ROWS_BELOW = 8
-# The tree sum (serving/trees.py) scores those few instead of CatBoost only when it gives CatBoost's
-# probabilities to this much on the reference records at load.
 TREE_SUM_TOLERANCE = 1e-9
 _COLUMN_INDEX = pd.Index(list(FEATURE_NAMES), dtype=object)
 _CATEGORICAL = list(CATEGORICAL_INDICES)
@@ -62,8 +49,7 @@ MODEL_FILE = "model.cbm"
 META_FILE = "bundle.json"
 REFERENCE_FILE = "reference.json"
 PROFILE_FILE = "profile.json"
-# What training adds for people: the evaluation report, its plots, and the model card rendered from them
-# (tasks/model/card.py); the service answers GET /model/card with the card's files.
+# The evaluation report, its plots and the model card (tasks/model/card.py; GET /model/card serves the card).
 EVALUATION_FILE = "evaluation.json"
 CARD_MARKDOWN = "card.md"
 CARD_HTML = "card.html"
@@ -73,13 +59,17 @@ logger = logging.getLogger(LOGGER_NAME)
 
 
 def _categorical(values: list[str]) -> pd.Categorical:
-    """A categorical column: CatBoost then hashes each distinct text once, not every value (text as Python
-    objects: pandas would make Arrow strings, which CatBoost reads back one by one)."""
+    """A categorical column CatBoost hashes once per distinct text (Python text, not Arrow strings)."""
     categories = list(dict.fromkeys(values))
     position = {v: i for i, v in enumerate(categories)}
     codes = np.fromiter(map(position.__getitem__, values), np.int32, len(values))
     dtype = pd.CategoricalDtype(pd.Index(categories, dtype=object))
     return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
+
+
+def _few_as_rows(model_input: ModelInput) -> ModelInput:
+    few = not isinstance(model_input, list) and len(model_input["apr"]) < ROWS_BELOW
+    return rows_of(model_input) if few else model_input
 
 
 class BundleError(RuntimeError):
@@ -88,8 +78,6 @@ class BundleError(RuntimeError):
 
 @dataclass
 class BundleMeta:
-    """Metadata stored beside the model."""
-
     model_name: str
     threshold: float
     features: list[str] = field(default_factory=lambda: list(FEATURE_NAMES))
@@ -103,9 +91,7 @@ class BundleMeta:
     bundle_format: int = BUNDLE_FORMAT
     created_at: str | None = None
     calibrator: dict[str, Any] | None = None  # serving.calibration.Calibrator.to_dict(), or None
-    decision_policy: dict[str, Any] = field(
-        default_factory=dict
-    )  # threshold policy, its inputs, label policy
+    decision_policy: dict[str, Any] = field(default_factory=dict)  # threshold and label policy, their inputs
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BundleMeta:
@@ -138,11 +124,8 @@ def write_bundle(
     meta: BundleMeta,
     reference: dict[str, list[Any]] | None = None,
 ) -> Path:
-    """Write a bundle; ``reference`` is ``{"records": [...], "probabilities": [...]}``.
-
-    Raises :class:`BundleError` when a reference record holds a field the features do not read (an identifier,
-    personal data, an outcome), naming the record and field but not the value.
-    """
+    """Write a bundle; ``reference`` is ``{"records": [...], "probabilities": [...]}``. Raises
+    :class:`BundleError` when a reference record holds a field the features do not read."""
     if reference is not None:
         foreign = foreign_fields(reference.get("records", []))
         if foreign:
@@ -171,14 +154,14 @@ def stamp_version(directory: str | Path, model_version: str, **extra: Any) -> Bu
 
 
 def write_profile(directory: str | Path, profile: dict[str, Any]) -> Path:
-    """Write the reference profile (format above) into a bundle directory; returns its path."""
+    """Write the reference profile into a bundle directory; returns its path."""
     path = Path(directory) / PROFILE_FILE
     _write_json(path, profile)
     return path
 
 
 def read_profile(directory: str | Path) -> dict[str, Any] | None:
-    """A bundle directory's reference profile, or None when it has none (bundles made before profiles)."""
+    """A bundle directory's reference profile, or None when it has none."""
     path = Path(directory) / PROFILE_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -190,9 +173,8 @@ class Bundle:
         self.directory = Path(directory)
         meta_path, model_path = self.directory / META_FILE, self.directory / MODEL_FILE
         if not meta_path.is_file() or not model_path.is_file():
-            raise BundleError(
-                f"{self.directory} is not a model bundle: it needs {META_FILE} and {MODEL_FILE}"
-            )
+            message = f"{self.directory} is not a model bundle: it needs {META_FILE} and {MODEL_FILE}"
+            raise BundleError(message)
         try:
             self.meta = BundleMeta.from_dict(json.loads(meta_path.read_text()))
         except (ValueError, TypeError) as exc:
@@ -205,26 +187,24 @@ class Bundle:
         self.model = CatBoostClassifier(thread_count=thread_count)
         self.model.load_model(str(model_path), format="cbm")
         self.thread_count = thread_count
-        self.calibrator = _load_calibrator(meta_path, self.meta.calibrator)
+        try:
+            self.calibrator = Calibrator.from_dict(self.meta.calibrator)
+        except (ValueError, TypeError) as exc:
+            raise BundleError(f"{meta_path}: unusable 'calibrator' ({exc})") from None
         document = model_document(self.model)  # read by both, then dropped (~5 MB of JSON for 800 trees)
-        self.explainer = self._load_explainer(document)
+        try:
+            self.explainer = load_explainer(self.directory, self.model, self.meta.features, document)
+        except ReasonTableError as exc:
+            raise BundleError(f"{self.directory}: {exc}") from None
         self.trees = self._load_tree_sum(document)
 
     @property
     def version(self) -> str | None:
         return self.meta.model_version
 
-    # --- reason codes (serving/reasons.py) ---
-
-    def _load_explainer(self, document: dict[str, Any]) -> Explainer | None:
-        try:
-            return load_explainer(self.directory, self.model, self.meta.features, document)
-        except ReasonTableError as exc:
-            raise BundleError(f"{self.directory}: {exc}") from None
-
     def _load_tree_sum(self, document: dict[str, Any]) -> TreeSum | None:
-        """The model's trees summed here for a few records, once they agree with CatBoost (to
-        :data:`TREE_SUM_TOLERANCE`) on the reference records and a record of missing values; else None."""
+        """The trees summed here for a few records, once they agree with CatBoost (to
+        :data:`TREE_SUM_TOLERANCE`) on the reference records and a row of missing values; else None."""
         try:
             trees = TreeSum.build(self.model, document, _CATEGORICAL, build_row({}))
         except (KeyError, TypeError, ValueError) as exc:  # an export this code does not know: CatBoost scores
@@ -253,10 +233,8 @@ class Bundle:
         return None if self.explainer is None else self.explainer.table.as_dict()
 
     def input_pool(self, model_input: ModelInput) -> Pool:
-        """The CatBoost Pool of a model input: the columns of :func:`serving.features.columns_from` (as rows
-        for a few records), or rows of :func:`serving.features.build_rows`."""
-        if not isinstance(model_input, list) and len(model_input["apr"]) < ROWS_BELOW:
-            model_input = rows_of(model_input)
+        """The CatBoost Pool of a model input (columns, or rows for a few records)."""
+        model_input = _few_as_rows(model_input)
         if isinstance(model_input, list):
             return Pool(model_input, cat_features=_CATEGORICAL, thread_count=self.thread_count)
         frame = pd.DataFrame(
@@ -266,10 +244,9 @@ class Bundle:
         return Pool(frame, cat_features=_CATEGORICAL, thread_count=self.thread_count)
 
     def predict_input(self, model_input: ModelInput) -> list[float]:
-        """Probability of the risky class for a model input (columns or rows), through the calibrator: summed
-        here (:mod:`serving.trees`) for fewer than :data:`ROWS_BELOW` records, by CatBoost for more."""
-        if not isinstance(model_input, list) and len(model_input["apr"]) < ROWS_BELOW:
-            model_input = rows_of(model_input)
+        """Probability of the risky class for a model input, through the calibrator: summed here
+        (:mod:`serving.trees`) for fewer than :data:`ROWS_BELOW` records, by CatBoost for more."""
+        model_input = _few_as_rows(model_input)
         if self.trees is not None and isinstance(model_input, list) and len(model_input) < ROWS_BELOW:
             return self.calibrated(self.trees.probabilities(model_input)).tolist() if model_input else []
         return self.calibrated(self._catboost(model_input)).tolist()
@@ -279,7 +256,7 @@ class Bundle:
         return self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
 
     def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
-        """The model's probabilities through the bundle's calibrator (unchanged without one)."""
+        """The probabilities through the bundle's calibrator (unchanged without one)."""
         return probabilities if self.calibrator is None else self.calibrator.apply(probabilities)
 
     def predict_records(self, records: list[dict[str, Any]]) -> list[float]:
@@ -290,14 +267,6 @@ class Bundle:
         """The reference records and training-time probabilities, when the bundle has them."""
         path = self.directory / REFERENCE_FILE
         return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _load_calibrator(meta_path: Path, data: dict[str, Any] | None) -> Calibrator | None:
-    """The metadata's calibrator; :class:`BundleError` naming the file when it is malformed."""
-    try:
-        return Calibrator.from_dict(data)
-    except (ValueError, TypeError) as exc:
-        raise BundleError(f"{meta_path}: unusable 'calibrator' ({exc})") from None
 
 
 def load_bundle(directory: str | Path, thread_count: int = 1) -> Bundle:

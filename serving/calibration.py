@@ -1,15 +1,7 @@
-"""The probability calibrator a bundle may carry, as plain numbers (no pickle; the image has no scikit-learn).
+"""The probability calibrator a bundle may carry, as plain numbers (no pickle, no scikit-learn).
 
-Training fits it on the validation slice (``tasks/model/credit.py``) when the model's validation ECE exceeds the
-``calibration_max_ece`` setting, and stores it in ``bundle.json`` (``calibrator``):
-
-- ``{"method": "isotonic", "x": [...], "y": [...]}``: the isotonic fit's breakpoints, applied with
-  :func:`numpy.interp` (constant beyond the ends, as scikit-learn's ``out_of_bounds="clip"``);
-- ``{"method": "platt", "a": a, "b": b}``: ``1 / (1 + exp(-(a · logit(p) + b)))``.
-
-Every serving path (:class:`serving.bundle.Bundle`) and training's own metrics, threshold and reference
-predictions go through :meth:`Calibrator.apply`, so they agree to the last bit.
-"""
+``isotonic``: breakpoints applied with :func:`numpy.interp` (clipped at the ends); ``platt``:
+``1 / (1 + exp(-(a · logit(p) + b)))``. Every serving path and training's metrics go through :meth:`apply`."""
 
 from __future__ import annotations
 
@@ -24,8 +16,6 @@ _EPS = 1e-15
 
 @dataclass(frozen=True)
 class Calibrator:
-    """A fitted calibrator: ``isotonic`` (breakpoints ``x`` ascending, values ``y``) or ``platt`` (``a``, ``b``)."""
-
     method: str
     x: list[float] = field(default_factory=list)
     y: list[float] = field(default_factory=list)
@@ -38,9 +28,8 @@ class Calibrator:
         if self.method == "isotonic":
             xs = np.asarray(self.x, dtype=float)
             if len(xs) == 0 or len(xs) != len(self.y) or np.any(np.diff(xs) < 0):
-                raise ValueError(
-                    "isotonic calibrator: 'x' and 'y' must be equally long, non-empty, x ascending"
-                )
+                message = "isotonic calibrator: 'x' and 'y' must be equally long, non-empty, x ascending"
+                raise ValueError(message)
 
     @staticmethod
     def logit(p: Any) -> np.ndarray:

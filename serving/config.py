@@ -1,32 +1,11 @@
-"""Settings of the prediction service: a tiny dataclass read from ``LOANRISK_*`` environment variables.
-
-The serving image carries no pydantic-settings; this module is all it needs.
-
-| variable                        | default              | meaning                                                  |
-|---------------------------------|----------------------|----------------------------------------------------------|
-| ``LOANRISK_BUNDLE_DIR``         | (none)               | model bundle directory loaded at start                   |
-| ``LOANRISK_MAX_BATCH_SIZE``     | 10000                | most records in one batch request (413 beyond)           |
-| ``LOANRISK_MAX_BODY_BYTES``     | batch size × 6 KiB   | largest request body (413 beyond); 60 MiB for 10,000     |
-| ``LOANRISK_UNKNOWN_CATEGORIES`` | warn                 | a category outside the dataset contract: warn or reject  |
-| ``LOANRISK_ADMIN_TOKEN``        | (none: reload off)   | Bearer token of ``/model/reload`` and ``/model/workers`` |
-| ``LOANRISK_MODEL_THREADS``      | 1                    | CatBoost threads per prediction (one per worker is best) |
-| ``LOANRISK_LOG_LEVEL``          | INFO                 | level of the JSON logs                                   |
-| ``LOANRISK_RELOAD_SYNC_DIR``    | (gunicorn: temporary)| folder the workers of one gunicorn share reloads through |
-| ``LOANRISK_RELOAD_TIMEOUT``     | 10                   | s a reload waits for every worker to serve the new model |
-| ``LOANRISK_VERIFY_REFERENCE``   | true                 | refuse a bundle that does not reproduce its reference    |
-| ``LOANRISK_REASON_COUNT``       | 4                    | reasons per explained record (1-10; ``reason_count`` too)|
-| ``LOANRISK_PREDICTION_LOG_DIR`` | (none: log off)      | folder of the prediction log (:mod:`serving.predlog`)    |
-| ``LOANRISK_PREDICTION_LOG_QUEUE``| 50000               | records queued per worker before new ones are dropped    |
-| ``LOANRISK_PREDICTION_LOG_ROTATE_BYTES``| 67108864 (64 MiB)| size at which a log file is rotated and compressed   |
-| ``LOANRISK_PREDICTION_LOG_ROTATE_SECONDS``| 3600       | age at which a log file is rotated and compressed        |
-| ``LOANRISK_PSEUDONYM_KEY``      | (none)               | key of the log's loanId pseudonyms; the log needs it     |
-"""
+"""Settings of the prediction service: a dataclass read from ``LOANRISK_*`` environment variables (the serving
+image has no pydantic-settings). Each field ``name`` is read from ``LOANRISK_<NAME>``; docs/service.md lists them."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,26 +20,25 @@ MAX_REASON_COUNT = 10
 DEFAULT_LOG_QUEUE = 50_000
 DEFAULT_LOG_ROTATE_BYTES = 64 * 1024 * 1024
 DEFAULT_LOG_ROTATE_S = 3600.0
-_INTEGERS = (
-    "max_batch_size",
-    "max_body_bytes",
-    "model_threads",
-    "prediction_log_queue",
-    "prediction_log_rotate_bytes",
-    "reason_count",
-)
+_INTEGERS = ("max_batch_size", "max_body_bytes", "model_threads", "prediction_log_queue",
+             "prediction_log_rotate_bytes", "reason_count")  # fmt: skip
 _SECONDS = ("reload_timeout", "prediction_log_rotate_seconds")
+_PARSE = {
+    **dict.fromkeys(_INTEGERS, (int, "an integer")),
+    **dict.fromkeys(_SECONDS, (float, "a number of seconds")),
+}
 _PATHS = ("bundle_dir", "reload_sync_dir", "prediction_log_dir")
 _BOOLEANS = {
-    "1": True,
-    "true": True,
-    "yes": True,
-    "on": True,
-    "0": False,
-    "false": False,
-    "no": False,
-    "off": False,
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
 }
+# (field, lowest, highest, what the error calls it) of the numbers with bounds beyond being positive
+# 5e-324: the least float above 0
+_BOUNDS = (
+    ("reload_timeout", 0, 600, "a number of seconds from 0 to 600"),
+    ("reason_count", 1, MAX_REASON_COUNT, f"an integer from 1 to {MAX_REASON_COUNT}"),
+    ("prediction_log_rotate_seconds", 5e-324, float("inf"), "a positive number"),
+)
 
 
 class ConfigError(ValueError):
@@ -105,15 +83,11 @@ class ServiceConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        timeout = self.reload_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout <= 600:
-            raise ConfigError(f"reload_timeout must be a number of seconds from 0 to 600, got {timeout!r}")
-        count = self.reason_count
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_REASON_COUNT:
-            raise ConfigError(f"reason_count must be an integer from 1 to {MAX_REASON_COUNT}, got {count!r}")
-        age = self.prediction_log_rotate_seconds
-        if isinstance(age, bool) or not isinstance(age, int | float) or not age > 0:
-            raise ConfigError(f"prediction_log_rotate_seconds must be a positive number, got {age!r}")
+        for name, low, high, wanted in _BOUNDS:
+            value = getattr(self, name)
+            kind = int if name == "reason_count" else int | float
+            if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+                raise ConfigError(f"{name} must be {wanted}, got {value!r}")
 
     @property
     def reload_enabled(self) -> bool:
@@ -129,29 +103,20 @@ class ServiceConfig:
             raw = env.get(var, "").strip()
             if not raw:
                 continue
-            if f.name in _INTEGERS:
+            if f.name in _PARSE:
+                number, wanted = _PARSE[f.name]
                 try:
-                    values[f.name] = int(raw)
+                    values[f.name] = number(raw)
                 except ValueError:
-                    raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
-            elif f.name in _SECONDS:
-                try:
-                    values[f.name] = float(raw)
-                except ValueError:
-                    raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
+                    raise ConfigError(f"{var} must be {wanted}, got {raw!r}") from None
             elif f.name == "verify_reference":
                 if raw.lower() not in _BOOLEANS:
                     raise ConfigError(f"{var} must be true or false, got {raw!r}")
                 values[f.name] = _BOOLEANS[raw.lower()]
-            elif f.name in _PATHS:
-                values[f.name] = Path(raw)
             else:
-                values[f.name] = raw
+                values[f.name] = Path(raw) if f.name in _PATHS else raw
         values.update(overrides)
         try:
             return cls(**values)
         except ConfigError as exc:
             raise ConfigError(f"{exc} (from {ENV_PREFIX}* environment variables)") from None
-
-    def with_overrides(self, **overrides: Any) -> ServiceConfig:
-        return replace(self, **overrides)

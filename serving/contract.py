@@ -1,10 +1,6 @@
-"""The source files' field names, the part of the dataset contract that the service needs.
+"""The source files' field names and value ranges: the part of the dataset contract the service needs.
 
-The service reads records whose field names are those of ``loan.csv`` and ``clarity_underwriting_variables.csv``
-(a CSV row posted as JSON works as is), so the names live here, in ``serving/``, which imports nothing of the
-training stack. ``tasks/data/contract.py`` imports them and adds the file names, dtypes and status lists: nothing is
-written twice. The order of every tuple is the order of the columns in the real files.
-"""
+``tasks/data/contract.py`` imports them and adds the rest. Each tuple is in the files' column order."""
 
 from __future__ import annotations
 

@@ -44,8 +44,7 @@ class Decoded:
         return values if self._kept is None else [values[i] for i in self._kept]
 
     def keep(self, positions: Sequence[int], errors: Sequence[ApiError]) -> None:
-        """Keep only the records at ``positions`` (of :attr:`records`); ``errors`` are the others'. The columns
-        already transposed stay: a field asked for afterwards is picked from them."""
+        """Keep only the records at ``positions``; ``errors`` are the others'."""
         self.column("loanId")  # transposed once, before the records are picked
         self._kept = list(positions) if self._kept is None else [self._kept[i] for i in positions]
         self.records = [self.records[i] for i in positions]

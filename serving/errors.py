@@ -1,8 +1,4 @@
-"""The service's one error type: a client's mistake (or the service's own fault) answered as JSON.
-
-Every endpoint raises :class:`ApiError`; the app's error handler writes it as ``{"error", "message", "field",
-"index"}`` with its status. A client's mistake is always a 4xx naming the field and record index.
-"""
+"""The service's one error type: a client's mistake (or the service's fault) answered as JSON."""
 
 from __future__ import annotations
 

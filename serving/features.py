@@ -1,13 +1,8 @@
 """Raw loan application → model input: the one feature code path of training, serving and batch scoring.
 
-A record uses the field names of ``loan.csv`` and ``clarity_underwriting_variables.csv``; values may be CSV strings
-("590.0", "True", "") or typed (590.0, True, None), so a CSV row posted as JSON works as is. Every caller builds
-columns (:func:`columns_from`), for one record or a million; :func:`build_rows` lays them out by record.
-
-Only decision-time fields are read. Outcomes (loanStatus, fpStatus, approval flags, payments) and identifiers
-(loanId, anon_ssn, clarityFraudId, underwritingid) never become features; clarityFraudId only contributes the age
-of the fraud report (its first 8 hex digits are a Unix time).
-"""
+Records have the field names of ``loan.csv`` and the clarity file, values CSV strings or typed. Only
+decision-time fields are read: outcomes and identifiers never become features (``clarityFraudId`` gives only the
+age of the fraud report, from its first 8 hex digits). Every caller builds columns (:func:`columns_from`)."""
 
 from __future__ import annotations
 
@@ -53,55 +48,33 @@ from serving.readers import (
 FEATURE_VERSION = "1"
 
 # Descriptions repeat their code one-to-one; the code is the feature.
-REDUNDANT_IDENTITY = (
-    "ssnnamereasoncodedescription",
-    "nameaddressreasoncodedescription",
-    "phonematchtypedescription",
-)
+REDUNDANT_IDENTITY = ("ssnnamereasoncodedescription", "nameaddressreasoncodedescription",
+                      "phonematchtypedescription")  # fmt: skip
 
-
-# --- the feature table ------------------------------------------------------------------------------------
 
 Reader = Callable[[Any], Any]
 
-# (feature name, source field, reader, categorical?)
-_DIRECT: list[tuple[str, str, Reader, bool]] = [
-    ("payFrequency", "payFrequency", read_category, True),
-    ("apr", "apr", read_number, False),
-    ("nPaidOff", "nPaidOff", read_number, False),
-    ("loanAmount", "loanAmount", read_number, False),
-    ("originallyScheduledPaymentAmount", "originallyScheduledPaymentAmount", read_number, False),
-    ("state", "state", read_category, True),
-    ("leadType", "leadType", read_category, True),
-    ("leadCost", "leadCost", read_number, False),
-    ("hasCF", "hasCF", read_flag, False),
-]
-_DIRECT += [
-    (f"inquiry_{f}", clarity_column("clearfraudinquiry", f), read_number, False) for f in INQUIRY_FIELDS
-]
-_DIRECT += [
-    (f"indicator_{f}", clarity_column("clearfraudindicator", f), read_number if f in NUMERIC_INDICATORS else read_flag, False)
-    for f in INDICATOR_FIELDS
+# The loan file's features, each its source field's name; then the clarity file's and its score.
+_LOAN_READERS: dict[str, Reader] = {
+    "payFrequency": read_category, "apr": read_number, "nPaidOff": read_number, "loanAmount": read_number,
+    "originallyScheduledPaymentAmount": read_number, "state": read_category, "leadType": read_category,
+    "leadCost": read_number, "hasCF": read_flag,
+}  # fmt: skip
+_IDENTITY = [f for f in IDENTITY_FIELDS if f not in REDUNDANT_IDENTITY]
+_SOURCES: list[tuple[str, str, Reader]] = [
+    *((f, f, reader) for f, reader in _LOAN_READERS.items()),
+    *((f"inquiry_{f}", clarity_column("clearfraudinquiry", f), read_number) for f in INQUIRY_FIELDS),
+    *((f"indicator_{f}", clarity_column("clearfraudindicator", f),
+       read_number if f in NUMERIC_INDICATORS else read_flag) for f in INDICATOR_FIELDS),
+    *((f"identity_{f}", clarity_column("clearfraudidentityverification", f),
+       read_number if f == "overallmatchreasoncode" else read_category) for f in _IDENTITY),
+    ("clearfraudscore", "clearfraudscore", read_number),
 ]  # fmt: skip
-_DIRECT += [
-    (
-        f"identity_{f}",
-        clarity_column("clearfraudidentityverification", f),
-        read_number if f == "overallmatchreasoncode" else read_category,
-        f != "overallmatchreasoncode",
-    )
-    for f in IDENTITY_FIELDS
-    if f not in REDUNDANT_IDENTITY
-]
-_DIRECT.append(("clearfraudscore", "clearfraudscore", read_number, False))
+# (feature name, source field, reader, categorical?): the categorical features are the ones read as text
+_DIRECT: list[tuple[str, str, Reader, bool]] = [(n, src, r, r is read_category) for n, src, r in _SOURCES]
 
-DERIVED_FEATURES = (
-    "application_hour",
-    "application_weekday",
-    "report_age_days",
-    "payment_to_amount",
-    "inquiries_recent_share",
-)
+DERIVED_FEATURES = ("application_hour", "application_weekday", "report_age_days", "payment_to_amount",
+                    "inquiries_recent_share")  # fmt: skip
 
 FEATURE_NAMES: tuple[str, ...] = tuple(name for name, *_ in _DIRECT) + DERIVED_FEATURES
 CATEGORICAL_FEATURES: tuple[str, ...] = tuple(name for name, _, _, is_cat in _DIRECT if is_cat)
@@ -113,16 +86,11 @@ SOURCE_FIELDS: frozenset[str] = frozenset(src for _, src, _, _ in _DIRECT) | {
     "clarityFraudId",
 }
 
-_INQ_30 = clarity_column("clearfraudinquiry", "thirtydaysago")
-_INQ_365 = clarity_column("clearfraudinquiry", "threesixtyfivedaysago")
 NUMBER_SOURCES: frozenset[str] = frozenset(src for _, src, reader, _ in _DIRECT if reader is read_number)
 FLAG_SOURCES: frozenset[str] = frozenset(src for _, src, reader, _ in _DIRECT if reader is read_flag)
 
-# --- the columnar builder: 1 or N records, training, serving and batch scoring alike ----------------------
-# Each source field's values for every record are converted together, by C-level maps (float, dict lookups,
-# str.strip, datetime.fromisoformat) into NumPy arrays. A column with a value of an unusual kind goes value by
-# value through the readers above; a value a reader refuses, or a number outside the contract's range
-# (serving/contract.py RANGES), becomes an error for its record (NaN in the column), and the others are kept.
+# The columnar builder: each field's values converted together by C-level maps; a column with an unusual value
+# goes value by value through the readers, and a refused value is an error for its record (NaN in the column).
 
 Column = Sequence[Any]
 Errors = dict[int, FeatureError]
@@ -259,12 +227,11 @@ def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
 
 
 def columns_from(column: Callable[[str], Column], n: int, errors: Errors | None = None) -> dict[str, Any]:
-    """The model's input as columns (``FEATURE_NAMES`` order: float64 arrays, lists of text for categories).
+    """The model's input as columns (``FEATURE_NAMES`` order: float64 arrays, lists of text).
 
-    ``column(field)`` gives the values of one source field for all ``n`` records (None where missing). With
-    ``errors``, each refused record gets its first :class:`FeatureError` there (by position) and the columns
-    are still built (NaN in its place); without, the first refused record raises its error.
-    """
+    ``column(field)`` gives one source field's values for all ``n`` records. With ``errors``, each refused record
+    gets its first :class:`FeatureError` there and the columns are still built (NaN in its place); without, the
+    first refused record raises."""
     found: Errors = {} if errors is None else errors
     out: dict[str, Any] = {}
     for name, src, reader, _ in _DIRECT:
@@ -289,8 +256,8 @@ def columns_from(column: Callable[[str], Column], n: int, errors: Errors | None 
 
 
 def outside_contract(columns: dict[str, Any]) -> list[tuple[int, FeatureError]]:
-    """Each record's first category outside the dataset contract (``serving.contract.CATEGORIES``), in record
-    order: the model scores it as a value it never saw."""
+    """Each record's first category outside the dataset contract, in record order (scored as
+    unseen)."""
     found: dict[int, FeatureError] = {}
     for field, known in CATEGORIES.items():
         values = columns[field]
@@ -327,7 +294,7 @@ def build_columns(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def rows_of(columns: dict[str, Any]) -> list[list[Any]]:
-    """The columns laid out as rows (``FEATURE_NAMES`` order), the form a CatBoost Pool takes cheaply."""
+    """The columns laid out as rows (``FEATURE_NAMES`` order)."""
     return [
         list(row)
         for row in zip(
@@ -337,15 +304,10 @@ def rows_of(columns: dict[str, Any]) -> list[list[Any]]:
 
 
 def build_rows(records: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
-    """Model rows for records given as mappings (the columnar builder's values, by record)."""
+    """Model rows for records given as mappings."""
     return rows_of(build_columns(records)) if records else []
 
 
 def build_row(record: Mapping[str, Any]) -> list[Any]:
     """One model row (:data:`FEATURE_NAMES` order) from one record; raises :class:`FeatureError`."""
     return build_rows([record])[0]
-
-
-def unknown_fields(record: Mapping[str, Any]) -> list[str]:
-    """Field names in ``record`` that belong to none of the three files (they are ignored)."""
-    return [k for k in record if k not in KNOWN_FIELDS]

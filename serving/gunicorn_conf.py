@@ -1,11 +1,8 @@
-"""gunicorn settings of the prediction service (``gunicorn -c serving/gunicorn_conf.py 'serving.app:create_app()'``).
+"""gunicorn settings of the prediction service (``gunicorn -c serving/gunicorn_conf.py``).
 
-Environment: ``LOANRISK_BIND`` (default ``0.0.0.0:$PORT``, PORT default 8080), ``LOANRISK_WORKERS`` (or
-``WEB_CONCURRENCY``; default 2), ``LOANRISK_THREADS`` (gthread threads per worker, default 2),
-``LOANRISK_TIMEOUT`` (s, default 60), ``LOANRISK_LOG_LEVEL``, ``PROMETHEUS_MULTIPROC_DIR`` (multi-worker
-metrics; made and emptied at start). A reload received by one worker reaches the others through the folder
-named by ``LOANRISK_RELOAD_SYNC_DIR`` (a temporary one made here when unset; see :mod:`serving.reload`).
-"""
+Environment: ``LOANRISK_BIND`` (default ``0.0.0.0:$PORT``), ``LOANRISK_WORKERS`` (or ``WEB_CONCURRENCY``; 2),
+``LOANRISK_THREADS`` (2), ``LOANRISK_TIMEOUT`` (60 s), ``LOANRISK_LOG_LEVEL``, ``PROMETHEUS_MULTIPROC_DIR``,
+``LOANRISK_RELOAD_SYNC_DIR`` (a temporary folder when unset; :mod:`serving.reload`)."""
 
 from __future__ import annotations
 
@@ -15,9 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# One BLAS thread per worker process: the reasons' matrix product is small per request, and OpenBLAS's own
-# threads (one per core, spinning between calls) fought the request threads and the other workers for the two
-# cores (`/predict/batch` of 100 with reasons fell from ~20,000 to ~3,700 rows/s). Set before numpy is imported.
+# One BLAS thread per worker: the reasons' matrix products are small, and OpenBLAS's spinning threads fought the
+# requests and the other workers for the cores. Set before numpy is imported.
 for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
@@ -40,8 +36,7 @@ wsgi_app = "serving.app:create_app()"
 pythonpath = str(_ROOT)
 bind = os.environ.get("LOANRISK_BIND") or f"0.0.0.0:{_int('PORT', 8080)}"
 workers = _int("LOANRISK_WORKERS", _int("WEB_CONCURRENCY", 2))
-# gthread keeps HTTP connections alive between requests (sync workers close each one); CPU work stays
-# serialised by the GIL, and CatBoost runs one thread per prediction (LOANRISK_MODEL_THREADS=1).
+# gthread keeps HTTP connections alive between requests (sync workers close each one).
 worker_class = os.environ.get("LOANRISK_WORKER_CLASS", "gthread")
 threads = _int("LOANRISK_THREADS", 2)
 timeout = _int("LOANRISK_TIMEOUT", 60)
@@ -51,7 +46,7 @@ preload_app = False  # each worker loads its own model (and its own metric value
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
 
-# Requests are logged by the app (one JSON line each, no personal fields); gunicorn's own logs go out as JSON.
+# The app logs each request (one JSON line); gunicorn's own logs go out as JSON too.
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOANRISK_LOG_LEVEL", "info").lower()
@@ -59,7 +54,7 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "serving.logs.JsonFormatter"}},
-    "handlers": {
+    "handlers": {  # "console" is the root logger's in gunicorn's defaults
         "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
         "error_console": {
             "class": "logging.StreamHandler",
@@ -76,9 +71,8 @@ logconfig_dict = {
 
 
 class AppWritesAccessLog(Logger):
-    """gunicorn's logger without its access log. The app writes the one access line per request; gunicorn,
-    seeing ``logconfig_dict``, would still build its access-log atoms (every header and environ entry) for each
-    request only to drop them at level CRITICAL: ~3% of a worker's time on single records."""
+    """gunicorn's logger without its access log: the app writes the one access line, and
+    gunicorn would still build its access-log atoms for every request."""
 
     access_log_enabled = False
 
@@ -87,10 +81,8 @@ logger_class = AppWritesAccessLog
 
 
 class OneSendResponse(wsgi.Response):
-    """gunicorn's response, sending the headers and a whole body in one ``sendall`` (one TCP segment) instead
-    of two. The service's answers are one bytes object with a Content-Length; on single records the second
-    send (and the client's second wake-up) was ~1/4 of a worker's samples. Anything else (chunked, HEAD, 204,
-    a body in parts) goes gunicorn's own way."""
+    """gunicorn's response, sending the headers and a whole ``bytes`` body in one ``sendall``;
+    anything else (chunked, HEAD, a body in parts) goes gunicorn's own way."""
 
     def write(self, arg: bytes) -> None:
         if (
@@ -136,21 +128,19 @@ def on_starting(server) -> None:  # noqa: ANN001 - gunicorn's Arbiter
 
 
 def post_worker_init(worker) -> None:  # noqa: ANN001 - gunicorn's Worker
-    """The app and its model are loaded and live as long as the worker: keep them out of every garbage
-    collection (a full one would walk pandas', CatBoost's and Flask's objects again and again)."""
+    """Keep the loaded app and model out of every garbage collection."""
     gc.collect()
     gc.freeze()
 
 
 def worker_exit(server, worker) -> None:  # noqa: ANN001
-    """In the worker, as it stops: write what its prediction log still queues and close the file."""
     from serving.predlog import close_all
 
     close_all()
 
 
 def child_exit(server, worker) -> None:  # noqa: ANN001
-    """Drop a dead worker's live gauges from the multiprocess metrics, and its state from the sync folder."""
+    """Drop a dead worker's live gauges and its state in the sync folder."""
     sync_dir = os.environ.get("LOANRISK_RELOAD_SYNC_DIR")
     if sync_dir:
         for state in Path(sync_dir).glob(f"worker-{worker.pid}-*.json"):

@@ -1,7 +1,4 @@
-"""Container health check: exit 0 when ``GET /health`` answers 200 (python3 + urllib, no curl needed).
-
-The port comes from ``LOANRISK_BIND`` (``host:port``) or ``PORT`` (default 8080).
-"""
+"""Container health check: exit 0 when ``GET /health`` answers 200 (port from ``LOANRISK_BIND`` or ``PORT``)."""
 
 from __future__ import annotations
 
@@ -19,9 +16,8 @@ def health_url() -> str:
 
 def main() -> int:
     try:
-        with urllib.request.urlopen(
-            health_url(), timeout=float(os.environ.get("HEALTHCHECK_TIMEOUT", "3"))
-        ) as r:
+        timeout = float(os.environ.get("HEALTHCHECK_TIMEOUT", "3"))
+        with urllib.request.urlopen(health_url(), timeout=timeout) as r:
             return 0 if r.status == 200 else 1
     except (urllib.error.URLError, OSError, ValueError):
         return 1

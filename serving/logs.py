@@ -1,13 +1,6 @@
-"""Structured JSON logs: one object per line on stderr.
-
-Only fields passed explicitly (``extra={"fields": {...}}``) are written, and personal fields of the loan files
-(``anon_ssn`` and the identifiers) are dropped even then: request bodies never reach a log line.
-
-The access line of every request goes through :func:`log_access`: the same JSON line that
-``logger.info("request", extra={"fields": ...})`` gives through :class:`JsonFormatter`, written straight to the
-JSON stream handlers without building a ``LogRecord`` (about a third of the cost of the line; see docs/benchmarks.md,
-Serving). Any other logging set-up (a filter, another handler or formatter) takes the logging path.
-"""
+"""Structured JSON logs: one object per line on stderr, only fields passed in ``extra={"fields": ...}``, never
+the personal fields. :func:`log_access` writes the access line straight to plain JSON stream handlers, skipping
+the ``LogRecord``; any other logging set-up takes the logging path."""
 
 from __future__ import annotations
 
@@ -59,13 +52,8 @@ class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "event", ...fields}`` as one JSON line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = _document(
-            record.created,
-            record.levelname,
-            record.name,
-            record.getMessage(),
-            getattr(record, "fields", None),
-        )
+        fields = getattr(record, "fields", None)
+        out = _document(record.created, record.levelname, record.name, record.getMessage(), fields)
         if record.exc_info and record.exc_info[0] is not None:
             out["exc_type"] = record.exc_info[0].__name__
             out["traceback"] = self.formatException(record.exc_info)
@@ -76,8 +64,8 @@ _access = logging.getLogger(ACCESS_LOGGER)
 
 
 def _json_streams(logger: logging.Logger) -> list[logging.StreamHandler] | None:
-    """The handlers an INFO record of ``logger`` reaches, when all are plain JSON stream handlers without
-    filters; None when anything else is set up (then the logging path must take the record)."""
+    """The handlers an INFO record of ``logger`` reaches when all are plain JSON stream handlers
+    without filters; else None."""
     found: list[logging.StreamHandler] = []
     current: logging.Logger | None = logger
     while current is not None:
@@ -99,8 +87,7 @@ def _json_streams(logger: logging.Logger) -> list[logging.StreamHandler] | None:
 
 
 def log_access(fields: dict[str, Any]) -> None:
-    """One request's access line: ``{"ts", "level": "INFO", "logger": "loanrisk.access", "event": "request",
-    ...fields}``, exactly what ``logger.info("request", extra={"fields": fields})`` writes, only cheaper."""
+    """One request's access line, as ``logger.info("request", extra={"fields": fields})`` writes it."""
     if not _access.isEnabledFor(logging.INFO):
         return
     handlers = _json_streams(_access)
@@ -114,10 +101,9 @@ def log_access(fields: dict[str, Any]) -> None:
             handler.stream.write(line)
             handler.flush()
         except Exception:  # as StreamHandler.emit: a broken stream is reported, never raised to the request
+            extra = {"fields": fields}
             handler.handleError(
-                _access.makeRecord(
-                    ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None, extra={"fields": fields}
-                )
+                _access.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None, extra=extra)
             )
         finally:
             handler.release()

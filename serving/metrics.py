@@ -1,9 +1,5 @@
-"""Prometheus metrics of the service.
-
-With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn with several workers), prometheus_client keeps the values in
-files of that directory and ``/metrics`` aggregates every worker's files; otherwise the default registry of
-this process is used. The metric objects are created once per process and shared by every app instance.
-"""
+"""Prometheus metrics of the service: per process, or aggregated over the workers' files under
+``PROMETHEUS_MULTIPROC_DIR``."""
 
 from __future__ import annotations
 
@@ -24,6 +20,7 @@ from prometheus_client import (
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_LABELS = ["endpoint", "method", "status"]
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -41,7 +38,7 @@ class Metrics:
     _children: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float, rows: int = 0) -> None:
-        """Count one answered request (and the rows it scored), with its latency; label children are cached."""
+        """Count one answered request (and the rows it scored), with its latency."""
         key = (endpoint, method if method in HTTP_METHODS else "OTHER", str(status))
         children = self._children.get(key)
         if children is None:
@@ -80,6 +77,25 @@ class Metrics:
         self.model_info.labels(name or "", version or "").set(1)
 
 
+_DEFINITIONS: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any]]] = {
+    "requests": (Counter, ("loanrisk_http_requests", "HTTP requests answered, by endpoint, method and status.",
+                           _LABELS), {}),
+    "latency": (Histogram, ("loanrisk_http_request_duration_seconds",
+                            "Time to answer an HTTP request, by endpoint, method and status.", _LABELS),
+                {"buckets": LATENCY_BUCKETS}),
+    "predictions": (Counter, ("loanrisk_predictions", "Loan applications scored, by endpoint.", ["endpoint"]), {}),
+    "rejected": (Counter, ("loanrisk_rejected_records", "Records of a batch that were not scored, by endpoint and "
+                           "error code (invalid_value, ...).", ["endpoint", "error"]), {}),
+    "model_info": (Gauge, ("loanrisk_model_info", "The model served (1) by name and version; 0 for a model that "
+                           "was replaced.", ["model_name", "model_version"]), {"multiprocess_mode": "livemax"}),
+    "reloads": (Counter, ("loanrisk_model_reloads", "Model reloads, by result.", ["result"]), {}),
+    "log_written": (Counter, ("loanrisk_prediction_log_written", "Scored records written to the prediction log."),
+                    {}),
+    "log_dropped": (Counter, ("loanrisk_prediction_log_dropped", "Scored records the prediction log dropped, by "
+                              "reason (queue_full, write_error).", ["reason"]), {}),
+    "log_torn": (Counter, ("loanrisk_prediction_log_torn", "Prediction log files a dead writer left ending inside "
+                           "a line (found at start)."), {}),
+}  # fmt: skip
 _lock = threading.Lock()
 _metrics: Metrics | None = None
 
@@ -92,50 +108,5 @@ def get_metrics() -> Metrics:
             directory = os.environ.get(MULTIPROC_ENV)
             if directory:  # prometheus_client writes its value files there: make sure it exists
                 os.makedirs(directory, exist_ok=True)
-            _metrics = Metrics(
-                requests=Counter(
-                    "loanrisk_http_requests",
-                    "HTTP requests answered, by endpoint, method and status.",
-                    ["endpoint", "method", "status"],
-                ),
-                latency=Histogram(
-                    "loanrisk_http_request_duration_seconds",
-                    "Time to answer an HTTP request, by endpoint, method and status.",
-                    ["endpoint", "method", "status"],
-                    buckets=LATENCY_BUCKETS,
-                ),
-                predictions=Counter(
-                    "loanrisk_predictions",
-                    "Loan applications scored, by endpoint.",
-                    ["endpoint"],
-                ),
-                rejected=Counter(
-                    "loanrisk_rejected_records",
-                    "Records of a batch that were not scored, by endpoint and error code (invalid_value, ...).",
-                    ["endpoint", "error"],
-                ),
-                model_info=Gauge(
-                    "loanrisk_model_info",
-                    "The model served (1) by name and version; 0 for a model that was replaced.",
-                    ["model_name", "model_version"],
-                    multiprocess_mode="livemax",
-                ),
-                reloads=Counter(
-                    "loanrisk_model_reloads",
-                    "Model reloads, by result.",
-                    ["result"],
-                ),
-                log_written=Counter(
-                    "loanrisk_prediction_log_written", "Scored records written to the prediction log."
-                ),
-                log_dropped=Counter(
-                    "loanrisk_prediction_log_dropped",
-                    "Scored records the prediction log dropped, by reason (queue_full, write_error).",
-                    ["reason"],
-                ),
-                log_torn=Counter(
-                    "loanrisk_prediction_log_torn",
-                    "Prediction log files a dead writer left ending inside a line (found at start).",
-                ),
-            )
+            _metrics = Metrics(**{name: kind(*args, **kw) for name, (kind, args, kw) in _DEFINITIONS.items()})
         return _metrics

@@ -1,6 +1,4 @@
-"""The served model: :class:`ServedModel` (a loaded bundle plus what every answer repeats) and the reference check
-every bundle passes before it is served. Reload across workers is :mod:`serving.reload`.
-"""
+"""The served model (:class:`ServedModel`) and the reference check every bundle passes before it is served."""
 
 from __future__ import annotations
 
@@ -36,19 +34,22 @@ class ServedModel:
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ServedModel:
         meta = bundle.meta
+        copied = (
+            "metrics",
+            "data_fingerprint",
+            "params",
+            "run_id",
+            "feature_version",
+            "bundle_format",
+            "created_at",
+        )
         info = {
             "name": meta.model_name,
             "version": meta.model_version,
             "features": list(meta.features),
             "categorical_features": list(meta.categorical_features),
             "threshold": float(meta.threshold),
-            "metrics": meta.metrics,
-            "data_fingerprint": meta.data_fingerprint,
-            "params": meta.params,
-            "run_id": meta.run_id,
-            "feature_version": meta.feature_version,
-            "bundle_format": meta.bundle_format,
-            "created_at": meta.created_at,
+            **{k: getattr(meta, k) for k in copied},
             "reason_codes": bundle.reason_codes(),
             "decision_policy": meta.decision_policy,
             "calibrator": None if bundle.calibrator is None else bundle.calibrator.to_dict(),
@@ -56,8 +57,7 @@ class ServedModel:
         }
         if info["reason_codes"] is None:
             info["notes"] = [
-                "this bundle has no reason-code table (reason_codes.toml, added at packaging since issue 10): "
-                "predictions carry no reasons"
+                "this bundle has no reason-code table (reason_codes.toml): predictions carry no reasons"
             ]
         return cls(
             bundle=bundle,
@@ -72,12 +72,9 @@ class ServedModel:
 def check_reference(
     bundle: Bundle, limit: int = REFERENCE_LIMIT, tolerance: float = REFERENCE_TOLERANCE
 ) -> int:
-    """Score the bundle's reference records and compare with training's probabilities; returns rows checked.
-
-    Raises :class:`BundleError` naming ``reference.json`` when it is unreadable, when its records lack a
-    training probability each, or when this code does not reproduce them (a feature skew). Without a reference
-    (no file, or no records) it scores one all-missing row, which also warms the model up.
-    """
+    """Score the bundle's reference records and compare with training's probabilities; returns
+    rows checked. :class:`BundleError` when ``reference.json`` is unreadable, incomplete or not reproduced; without
+    records it scores one all-missing row (a warm-up)."""
     path = bundle.directory / REFERENCE_FILE
     try:
         reference = bundle.reference()

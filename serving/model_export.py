@@ -19,9 +19,8 @@ def model_document(model: CatBoostClassifier) -> dict[str, Any]:
 
 
 def split_features(info: dict[str, Any]) -> list[tuple[str, int, float]] | None:
-    """Each binary split of CatBoost's JSON export in ``split_index`` order, as (kind, flat feature index,
-    border): float borders, then one-hot values, then CTR borders (a categorical split's border is unused
-    here: 0.0). None when a split combines several features."""
+    """Each binary split of CatBoost's JSON export in ``split_index`` order, as (kind, flat feature
+    index, border); None when a split combines several features."""
     out: list[tuple[str, int, float]] = []
     for f in info.get("float_features", []):
         out += [("float", f["flat_feature_index"], float(b)) for b in f.get("borders") or []]

@@ -1,9 +1,7 @@
 """The OpenAPI document, generated from the request model (:mod:`serving.requests`) and the answer models here.
 
-msgspec writes the JSON Schema of every struct (``schema_components``, JSON Schema 2020-12, which OpenAPI 3.1
-uses as is); this module adds only the paths. The answers are built as plain dicts for speed; the structs below
-say what they hold, and schemathesis checks every answer against them (tests/serving/test_schemathesis.py).
-"""
+msgspec writes the JSON Schema of every struct; this module adds the paths. Answers are built as plain dicts; the
+structs say what they hold (tests/serving/test_schemathesis.py checks every answer against them)."""
 
 from __future__ import annotations
 
@@ -216,14 +214,9 @@ def openapi_document(max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_body_byte
     max_body_bytes = max_body_bytes or max_batch_size * RECORD_BYTES
     _, schemas = msgspec.json.schema_components(MODELS, ref_template="#/components/schemas/{name}")
     limits = f" At most {max_batch_size} records and {max_body_bytes} bytes per request."
-    reasons = [
-        _query(
-            "reasons", {"enum": ["risky", "all", "none"], "default": "risky"}, "Which records get reasons."
-        ),
-        _query(
-            "reason_count", {"type": "integer", "minimum": 1, "maximum": MAX_REASON_COUNT}, "Reasons each."
-        ),
-    ]
+    reasons = [_query("reasons", {"enum": ["risky", "all", "none"], "default": "risky"}, "Which records get reasons."),
+               _query("reason_count", {"type": "integer", "minimum": 1, "maximum": MAX_REASON_COUNT},
+                      "Reasons each.")]  # fmt: skip
     batch_params = [*reasons, _query("on_error", {"enum": ["record", "reject"], "default": "record"},
                                      "record: score every valid record and list the others in errors; reject: "
                                      "answer the first error for the whole batch (422/400).")]  # fmt: skip

@@ -1,12 +1,7 @@
-"""Answers out and the body in: strict JSON answers, the request body within its limit, reason options.
-
-Two promises hold for any input: a client's mistake is an :class:`serving.errors.ApiError` (a 4xx naming the
-field and record index), and every answer is strict JSON (:func:`encodable` escapes anything odd that reaches it).
-"""
+"""Answers out and the body in: strict JSON answers, the request body within its limit, reason options."""
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from serving.config import MAX_REASON_COUNT
 from serving.errors import ApiError, json_type
 from serving.reasons import MODES
-from serving.requests import MLFLOW_KEYS
+from serving.requests import _SURROGATE, MLFLOW_KEYS
 
 MAX_UNKNOWN_NAMED = 50
 READ_CHUNK = 1 << 20  # bytes per recv while reading a body from gunicorn
@@ -27,12 +22,11 @@ STRUCTURAL_FIELDS = frozenset(
     {"data", "bundle_dir", "on_error", *MLFLOW_KEYS, "dataframe_split.data", "dataframe_split.columns"}
     | {"params", "reasons", "reason_count", "params.reasons", "params.reason_count"}
 )
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def read_body() -> bytes:
-    """The request body, at most ``MAX_CONTENT_LENGTH`` bytes: a larger Content-Length is refused (413) before
-    anything is read, and a chunked body once it passes the limit."""
+    """The request body within ``MAX_CONTENT_LENGTH``: a larger Content-Length is refused (413) before
+    anything is read, a chunked body once it passes the limit."""
     limit = request.max_content_length or sys.maxsize
     too_large = ApiError(413, "body_too_large", f"request body is larger than the limit of {limit} bytes")
     length = request.content_length
@@ -56,12 +50,10 @@ def read_body() -> bytes:
 
 
 def _gunicorn_body(stream: Any, length: int | None) -> bytes | None:
-    """A Content-Length body from gunicorn's reader in one call, or None for any other server (werkzeug reads).
+    """A Content-Length body from gunicorn's reader in one call, or None for any other server.
 
-    gunicorn's ``Body.read`` pulls 1 KiB at a time through Python, re-buffering each 8 KiB ``recv``; its
-    ``LengthReader`` asked for the whole length, with ``recv`` of up to 1 MiB, reads the body in a few calls
-    (docs/decisions/0006-body-reader.md has the figures).
-    """
+    gunicorn's ``Body.read`` pulls 1 KiB at a time; its ``LengthReader`` asked for the whole length reads it in a few
+    ``recv`` calls (docs/decisions/0006-body-reader.md)."""
     reader = getattr(stream, "reader", None)
     if (
         length is None
@@ -129,15 +121,13 @@ def warn(out: dict[str, Any], names: list[str]) -> None:
 def reason_options(
     values: Mapping[str, Any] | None, default_count: int, default_mode: str = "risky", prefix: str = ""
 ) -> tuple[str, int]:
-    """The reasons a request asks for: ``reasons`` (risky, all or none) and ``reason_count`` (1 to the maximum),
-    from the query string of /predict and /predict/batch or the ``params`` of /invocations; 400 naming the
-    parameter when one is not valid."""
+    """The ``reasons`` mode and ``reason_count`` a request asks for (query string or ``params``);
+    400 naming the parameter when one is not valid."""
     if values is None:
         values = {}
     elif not isinstance(values, Mapping):
-        raise ApiError(
-            400, "invalid_parameter", f"'params' must be an object, got {json_type(values)}", "params"
-        )
+        message = f"'params' must be an object, got {json_type(values)}"
+        raise ApiError(400, "invalid_parameter", message, "params")
     mode = values.get("reasons", default_mode)
     if mode not in MODES:
         shown = encodable(mode)[:40] if isinstance(mode, str) else json_type(mode)

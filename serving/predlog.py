@@ -1,26 +1,11 @@
-"""The prediction log: every scored record, written off the request path (:mod:`serving.predlog_files` has the
-file format, the conversion and :func:`read_log`, re-exported here).
+"""The prediction log: every scored record, written off the request path by one writer thread per worker.
 
-A scoring request hands over what it already built with one call once its answer is built,
-:meth:`PredictionLog.submit` (:meth:`serving.scoring.Scoring.commit`: rows or columns, the probabilities, the loan
-ids): a lock, a length check and an append. A full queue (``LOANRISK_PREDICTION_LOG_QUEUE``
-records) drops the records and counts them (``loanrisk_prediction_log_dropped_total{reason="queue_full"}``); the
-request never waits. One writer thread per worker drains the queue every 50 ms, pseudonymises each ``loanId``
-(:meth:`serving.privacy.Pseudonymiser.token` under ``LOANRISK_PSEUDONYM_KEY``, the training side's key, so
-outcomes can be joined later; null when a record has none) and appends one frame per request to its own spool
-``predictions-<first record time>-<host>-<pid>-<n>.spool``, so workers and replicas can share one folder. A
-spool is rotated at ``LOANRISK_PREDICTION_LOG_ROTATE_BYTES`` or ``LOANRISK_PREDICTION_LOG_ROTATE_SECONDS`` and,
-after a lull (:data:`CONVERT_AFTER_IDLE_S`; at once when :data:`MAX_BACKLOG` spools wait), converted to
-gzip-compressed JSON Lines by a child process at nice 19: the JSON encoding and the compression take idle CPU
-first, not the requests'. (Not SCHED_IDLE: beside any other busy process it never ran, and spools piled up.) On
-start a writer also converts the spools that dead writers of this host left (a killed worker's, a previous
-container's), counting a cut-short one (``loanrisk_prediction_log_torn_total``). A writer holds an ``flock`` on
-the spool it writes, which the kernel drops when the process dies: a spool whose lock can be taken is dead. (Not
-the PID in its name: after a container restart the same small PIDs come back, live in other processes.)
-
-Without ``LOANRISK_PSEUDONYM_KEY`` the log refuses to start (the service with it): ids under a random key could
-never be joined to outcomes, and a key kept beside the log would let anyone who reads the log test guesses.
-"""
+A request calls :meth:`PredictionLog.submit` (a lock and an append; a full queue drops and counts the records).
+The writer pseudonymises each ``loanId`` with ``LOANRISK_PSEUDONYM_KEY`` (the training side's key, so outcomes can
+be joined later) and appends one frame per request to its own flock-held spool; rotated spools are converted to
+``.jsonl.gz`` after a lull by a child process at nice 19, and on start a writer converts the spools dead writers of
+this host left (a lock that can be taken means its writer is gone; PIDs are reused after a restart).
+Without a pseudonym key the log refuses to start: ids under a random key could never be joined to outcomes."""
 
 from __future__ import annotations
 
@@ -52,10 +37,8 @@ from serving.predlog_files import (  # noqa: F401 - read_log and LogRead: the re
 )
 
 DRAIN_INTERVAL_S = 0.05
-# A rotated spool waits for a lull - no record for CONVERT_AFTER_IDLE_S - before its conversion starts: under
-# sustained load the converter's JSON and gzip (~8 ms per 1,000 records, half the scoring's CPU) would contend with
-# the requests for the cores and their caches even at nice 19 (bench/serve: 0.75 of the log-off batch
-# throughput while converting, 0.89 without). At MAX_BACKLOG waiting spools (~0.5 GB) it starts regardless.
+# A rotated spool is converted after a lull (no record for CONVERT_AFTER_IDLE_S): under load the converter would
+# contend with the requests even at nice 19. At MAX_BACKLOG waiting spools it starts regardless.
 CONVERT_AFTER_IDLE_S = 1.0
 MAX_BACKLOG = 8
 
@@ -68,9 +51,6 @@ class PredictionLogError(RuntimeError):
 
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:63] or "host"
-
-
-# --- writing ---------------------------------------------------------------------------------------------
 
 
 class PredictionLog:
@@ -100,42 +80,29 @@ class PredictionLog:
         from serving.privacy import Pseudonymiser, load_key
 
         self._pseudonym = Pseudonymiser(load_key(key, self.directory)).token
-        self.queue_records = queue_records
-        self.rotate_bytes = rotate_bytes
-        self.rotate_seconds = rotate_seconds
+        self.queue_records, self.rotate_bytes, self.rotate_seconds = (
+            queue_records,
+            rotate_bytes,
+            rotate_seconds,
+        )
         self.metrics = metrics
         self._lock = threading.Lock()  # the queue's
-        self._io = (
-            threading.Lock()
-        )  # held while the writer drains and writes (tests pause the writer with it)
+        # held while the writer drains and writes (tests pause the writer with it)
+        self._io = threading.Lock()
         self._queue: list[tuple[Any, ...]] = []
-        self._queued = 0
-        self._stop = threading.Event()
-        self._idle = threading.Condition()
-        self._busy = False
+        self._stop, self._idle, self._busy = threading.Event(), threading.Condition(), False
         self._file: Any = None
         self._path: Path | None = None
-        self._opened = 0.0
-        self._size = 0
-        self._seq = 0
+        self._queued = self._size = self._seq = 0
+        self._opened = self._last_write = 0.0
         self._host = _host()
         self._children: list[subprocess.Popen[bytes]] = []
         self._backlog: list[Path] = []  # rotated spools waiting for a lull to be converted
-        self._last_write = 0.0
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
         self._thread.start()
 
-    # request path ---------------------------------------------------------------------------------------
-
     def submit(
-        self,
-        served: Any,
-        endpoint: str,
-        request_id: str,
-        features: Any,
-        probabilities: Any,
-        ids: Any,
-        n: int,
+        self, served: Any, endpoint: str, request_id: str, features: Any, probabilities: Any, ids: Any, n: int
     ) -> bool:
         """Queue one request's scored records (rows or columns as built); False when they were dropped."""
         item = (time.time(), served, endpoint, request_id, features, probabilities, ids, n)
@@ -147,8 +114,6 @@ class PredictionLog:
         if self.metrics is not None:
             self.metrics.log_dropped.labels("queue_full").inc(n)
         return False
-
-    # writer thread ---------------------------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
@@ -163,7 +128,6 @@ class PredictionLog:
         self._convert_backlog()
 
     def _drain(self) -> bool:
-        """Write what is queued; True when there was something."""
         with self._io:
             with self._lock:
                 items, self._queue, self._queued = self._queue, [], 0
@@ -186,21 +150,15 @@ class PredictionLog:
                     self._idle.notify_all()
         return bool(items)
 
-    def _frame(self, item: tuple[Any, ...]) -> bytes:
-        t, served, endpoint, request_id, features, probabilities, ids, n = item
-        token = self._pseudonym
-        values = ids() if callable(ids) else ids
-        pseudonyms = [token(v) if type(v) is str and v or type(v) is int else None for v in values]
-        return frame(t, request_id, endpoint, served, pseudonyms, probabilities, features)
-
     def _write(self, items: list[tuple[Any, ...]]) -> None:
-        written = 0
-        for item in items:
-            n = item[-1]
+        written, token = 0, self._pseudonym
+        for t, served, endpoint, request_id, features, probabilities, ids, n in items:
             try:
                 if self._file is None:
-                    self._open(item[0])
-                data = self._frame(item)
+                    self._open(t)
+                values = ids() if callable(ids) else ids
+                pseudonyms = [token(v) if type(v) is str and v or type(v) is int else None for v in values]
+                data = frame(t, request_id, endpoint, served, pseudonyms, probabilities, features)
                 self._file.write(data)
                 self._size += len(data)
                 written += n
@@ -225,8 +183,7 @@ class PredictionLog:
             self.metrics.log_written.inc(written)
 
     def _open(self, first: float) -> None:
-        """Start a spool, locked before it appears under its name: a sweep never finds it unlocked while this
-        writer writes it. The lock goes with the file's handle (:meth:`_close_file`), or with the process."""
+        """Start a spool, locked before it appears under its name, so a sweep never takes a live one."""
         self._seq += 1
         path = self.directory / spool_name(first, self._host, os.getpid(), self._seq)
         staging = path.with_name(f".{path.name}.new")  # not a log file's name: readers and sweeps skip it
@@ -243,7 +200,7 @@ class PredictionLog:
         self._size = 0
 
     def _close_file(self) -> Path | None:
-        """Close the spool, which drops its lock (also when the flush fails): its converter needs to take it."""
+        """Close the spool, dropping its lock (also when the flush fails) for its converter."""
         path, handle = self._path, self._file
         self._file = self._path = None
         if handle is not None:
@@ -258,11 +215,11 @@ class PredictionLog:
 
     def _convert_backlog(self) -> None:
         backlog, self._backlog = self._backlog, []
-        if backlog:
-            self._compress(backlog)
+        self._compress(backlog)
 
     def _compress(self, paths: list[Path]) -> None:
-        """Convert closed spools in a child process at nice 19 (idle CPU first)."""
+        if not paths:
+            return
         command = [sys.executable, "-m", "serving.predlog_files", *map(str, paths)]
         env = dict(
             os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
@@ -275,7 +232,7 @@ class PredictionLog:
             )
 
     def _reap(self) -> None:
-        """Forget finished converters; count the cut-short spools one reports (see predlog_files.main)."""
+        """Forget finished converters; count the cut-short spools one reports."""
         running = []
         for child in self._children:
             status = child.poll()
@@ -286,18 +243,11 @@ class PredictionLog:
         self._children = running
 
     def _sweep(self) -> None:
-        """Convert the spools of this host that no writer holds (the converter reports cut-short ones). A rotated
-        spool waiting in a live writer's backlog is among them: whichever converter takes its lock first converts
-        it. Other hosts' are left alone: a folder shared over the network may not carry locks between hosts."""
-        leftovers = []
-        for path in sorted(self.directory.glob(f"{PREFIX}*{SPOOL}")):
-            match = parse_name(path.name)
-            if match is not None and match["host"] == self._host and abandoned(path):
-                leftovers.append(path)
-        if leftovers:
-            self._compress(leftovers)
-
-    # control ---------------------------------------------------------------------------------------------
+        """Convert the spools of this host that no writer holds; other hosts' are left alone (a network
+        folder may not carry locks between hosts)."""
+        spools = sorted(self.directory.glob(f"{PREFIX}*{SPOOL}"))
+        ours = [p for p in spools if (m := parse_name(p.name)) is not None and m["host"] == self._host]
+        self._compress([path for path in ours if abandoned(path)])
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything queued so far is written (tests, shutdown); False on timeout."""
@@ -311,13 +261,12 @@ class PredictionLog:
         return True
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write what is queued, close the spool and start its conversion."""
         self._stop.set()
         self._thread.join(timeout)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        """Hold the writer (it finishes the write in progress first): requests go on, the queue fills."""
+        """Hold the writer (after the write in progress): requests go on, the queue fills."""
         with self._io:
             yield
 
@@ -327,17 +276,11 @@ _logs: list[PredictionLog] = []
 
 
 def start(config: Any, metrics: Any) -> PredictionLog | None:
-    """The log of a :class:`serving.config.ServiceConfig`: None when ``prediction_log_dir`` is unset."""
+    """The log of a :class:`serving.config.ServiceConfig`; None when ``prediction_log_dir`` is unset."""
     if config.prediction_log_dir is None:
         return None
-    log = PredictionLog(
-        config.prediction_log_dir,
-        config.pseudonym_key,
-        config.prediction_log_queue,
-        config.prediction_log_rotate_bytes,
-        config.prediction_log_rotate_seconds,
-        metrics,
-    )
+    log = PredictionLog(config.prediction_log_dir, config.pseudonym_key, config.prediction_log_queue,
+                        config.prediction_log_rotate_bytes, config.prediction_log_rotate_seconds, metrics)  # fmt: skip
     _logs.append(log)
     return log
 

@@ -1,20 +1,9 @@
 """The prediction log's files: the spool a worker appends to, its conversion to JSON Lines, and :func:`read_log`.
 
-A worker's writer thread appends **frames** to its active spool ``predictions-<first time>-<host>-<pid>-<n>.spool``:
-a 4-byte little-endian length, then one request's scored records as MessagePack - the columns the model scored
-(float64 buffers, lists of text) or its rows, the probabilities, the pseudonymised ids and the request's fields.
-The writer holds an ``flock`` on its spool from before the name appears until it closes the file, so a spool
-whose lock can be taken has no live writer (:func:`abandoned`). A rotated spool is converted by ``python -m serving.predlog_files SPOOL...``
-at nice 19 (idle CPU first) into ``<name>.jsonl.gz``: one JSON object per line, the shape the monitor reads::
-
-    {"time": "2026-11-30T03:00:00.123456+00:00", "request_id": "…", "endpoint": "/predict/batch",
-     "model_name": "loan-risk", "model_version": "3", "id": "<32 hex>" | null,
-     "features": {"payFrequency": "B", "apr": 590.0, "leadCost": null, …}, "probability": 0.41, "label": 1}
-
-The ``.jsonl.gz`` appears complete (written to a temporary name, then renamed) before the spool is removed; a
-spool whose last frame a killed worker cut short converts into a ``.jsonl.gz`` whose last line is cut short too.
-:func:`read_log` reads both kinds, skipping and counting a cut-short last frame or line (``torn``).
-"""
+A spool ``predictions-<first time>-<host>-<pid>-<n>.spool`` holds frames: a 4-byte little-endian length, then one
+request's records as MessagePack. ``python -m serving.predlog_files SPOOL...`` converts closed spools into
+``<name>.jsonl.gz`` (complete, by rename, before the spool goes), one record per line in :data:`RECORD_FIELDS`
+order. A last frame a killed worker cut short becomes a cut-short last line, counted by readers as ``torn``."""
 
 from __future__ import annotations
 
@@ -29,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import cache
-from itertools import repeat, starmap
+from itertools import count, repeat, starmap
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +29,7 @@ import orjson
 PREFIX = "predictions-"
 SPOOL = ".spool"
 CONVERTED = ".jsonl.gz"
-COMPRESS_LEVEL = 1  # ~15x on these lines at ~60% of level 3's CPU (~17x); level 6 costs 2x for ~27x
+COMPRESS_LEVEL = 1  # most of level 3's ratio at far less CPU
 FRAME = struct.Struct("<I")
 COLUMNS, ROWS = 0, 1
 _NAME = re.compile(
@@ -48,22 +37,10 @@ _NAME = re.compile(
     r"(?P<kind>\.spool|\.jsonl\.gz)$"
 )
 # The record's fields, in the order every line has them (the monitor reads this shape).
-RECORD_FIELDS = (
-    "time",
-    "request_id",
-    "endpoint",
-    "model_name",
-    "model_version",
-    "id",
-    "features",
-    "probability",
-    "label",
-)
+RECORD_FIELDS = ("time", "request_id", "endpoint", "model_name", "model_version", "id", "features",
+                 "probability", "label")  # fmt: skip
 _TYPES = {
-    "time": str,
-    "request_id": str,
-    "endpoint": str,
-    "model_name": str,
+    **dict.fromkeys(("time", "request_id", "endpoint", "model_name"), str),
     "probability": float,
     "label": int,
 }
@@ -86,14 +63,10 @@ def parse_name(name: str) -> re.Match[str] | None:
 def frame(
     t: float, request_id: str, endpoint: str, served: Any, ids: list[Any], probabilities: Any, features: Any
 ) -> bytes:
-    """One request's records as a spool frame (what the writer thread does per request)."""
+    kind, data = ROWS, features
     if isinstance(features, dict):  # columns, in feature order: number buffers and lists of text
-        kind, data = (
-            COLUMNS,
-            [c if type(c) is list else _buffer(c) for c in map(features.__getitem__, _names())],
-        )
-    else:
-        kind, data = ROWS, features
+        kind = COLUMNS
+        data = [c if type(c) is list else _buffer(c) for c in map(features.__getitem__, _names())]
     probs = probabilities.tobytes() if isinstance(probabilities, np.ndarray) else list(probabilities)
     body = pack(
         [t, request_id, endpoint, served.name, served.version, served.threshold, ids, probs, kind, data]
@@ -102,16 +75,14 @@ def frame(
 
 
 def _buffer(column: np.ndarray) -> bytes:
-    """A float64 column's bytes: as float32 when every value is one exactly (flags, counts, amounts: most
-    columns), so a spool is about half the size; a reader tells the two apart by the length (4 or 8 bytes a
-    record)."""
+    """A float64 column's bytes, as float32 when every value is one exactly (half the size); readers tell
+    them apart by the length."""
     narrow = column.astype(np.float32)
     same = narrow.astype(np.float64).view(np.int64) == column.view(np.int64)  # bit for bit: NaN too
     return narrow.tobytes() if same.all() else column.tobytes()
 
 
 def _numbers(buffer: bytes, n: int) -> list[float]:
-    """The values of a column buffer of ``n`` records (:func:`_buffer`), as Python floats."""
     if n and len(buffer) == 4 * n:
         return np.frombuffer(buffer, np.float32).astype(np.float64).tolist()
     return np.frombuffer(buffer, np.float64).tolist()
@@ -135,7 +106,6 @@ def _codec() -> tuple[Any, Any, Any]:
 
 
 def frame_lines(body: bytes) -> bytes:
-    """The JSON Lines of one frame's records."""
     t, request_id, endpoint, name, version, threshold, ids, probs, kind, data = _unpack(body)
     features, record, encode_lines = _codec()
     probs = np.frombuffer(probs, np.float64).tolist() if type(probs) is bytes else probs
@@ -156,7 +126,7 @@ def frame_lines(body: bytes) -> bytes:
 
 
 def frames(data: bytes) -> tuple[list[bytes], int]:
-    """The complete frames of a spool's bytes, and how many bytes at its end belong to none (a cut frame)."""
+    """The complete frames of a spool's bytes, and how many bytes at its end belong to none."""
     out, at, end = [], 0, len(data)
     while at + FRAME.size <= end:
         (size,) = FRAME.unpack_from(data, at)
@@ -168,45 +138,41 @@ def frames(data: bytes) -> tuple[list[bytes], int]:
 
 
 def spool_complete(path: Path) -> bool:
-    """Whether a spool ends at a frame boundary (reads only the frames' length prefixes)."""
-    with open(path, "rb") as fh:
-        end, at = os.fstat(fh.fileno()).st_size, 0
-        while at + FRAME.size <= end:
-            (size,) = FRAME.unpack(os.pread(fh.fileno(), FRAME.size, at))
-            at += FRAME.size + size
-        return at == end
+    """Whether a spool ends at a frame boundary."""
+    return frames(path.read_bytes())[1] == 0
+
+
+def _locked(path: Path, missing: type[OSError] = OSError) -> Any:
+    """The spool opened with its lock taken (dropped with the handle); None when it cannot be opened (``missing``)
+    or another process holds the lock."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except missing:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def abandoned(path: Path) -> bool:
-    """Whether no process holds the spool's lock: its writer has closed it or died (the kernel drops a dead
-    process's locks, so unlike the PID in the name this cannot be fooled by a PID reused after a restart).
-    False for a spool that is gone or that this process may not open (no converter of its could take it)."""
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError:
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True  # the lock goes with the handle
+    """Whether no process holds the spool's lock (its writer closed it or died); False when it cannot be opened."""
+    handle = _locked(path)
+    if handle is not None:
+        handle.close()
+    return handle is not None
 
 
 def convert(path: Path) -> tuple[Path, bool] | None:
-    """A closed spool → ``.jsonl.gz`` (complete, by rename), then the spool removed: the target and whether the
-    spool's last frame was cut short; None when another process has it (its live writer, or another
-    converter). A cut-short last frame becomes a cut-short last line, so readers still count it."""
+    """A closed spool → ``.jsonl.gz``, then the spool removed: the target and whether its last frame was cut
+    short; None when another process holds it."""
     target = path.with_name(path.name.removesuffix(SPOOL) + CONVERTED)
-    try:
-        source = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
+    source = _locked(path, FileNotFoundError)
+    if source is None:
         return None
     with source:
-        try:
-            fcntl.flock(source, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
         if not path.exists():
             return None  # converted and removed while this one waited
         cut = 0
@@ -226,15 +192,12 @@ def convert(path: Path) -> tuple[Path, bool] | None:
     return target, cut > 0
 
 
-CUT_STATUS = (
-    10  # exit status CUT_STATUS + n: converted, n of the spools were cut short (this process had them)
-)
+CUT_STATUS = 10  # exit status CUT_STATUS + n: n of the spools converted were cut short
 
 
 def main(argv: list[str]) -> int:
-    """``python -m serving.predlog_files SPOOL...``: convert closed spools, at the lowest CPU priority. Exit
-    status 0, 1 (a spool could not be converted) or ``CUT_STATUS + n``: n cut-short spools converted here, so a
-    spool two workers both found is counted once, by the one that converted it."""
+    """Convert the spools named, at nice 19. Exit status 0, 1 (one failed) or ``CUT_STATUS + n`` (n cut-short
+    spools converted here, so each is counted once)."""
     with contextlib.suppress(OSError):
         os.nice(19)
     failed, cut = False, 0
@@ -249,9 +212,6 @@ def main(argv: list[str]) -> int:
     return 1 if failed else (CUT_STATUS + min(cut, 100) if cut else 0)
 
 
-# --- reading ---------------------------------------------------------------------------------------------
-
-
 def _bound(value: datetime | str | None) -> str | None:
     """A time bound as the records write theirs (UTC ISO with microseconds), for string comparison."""
     if value is None:
@@ -263,20 +223,16 @@ def _bound(value: datetime | str | None) -> str | None:
 
 
 class LogRead:
-    """The records of a log window, iterated once. ``torn`` (a last line or frame cut short, e.g. by a killed
-    worker; a live spool's frame in flight counts too) and ``skipped`` (lines that are no record, unreadable
-    files) are final once the iteration has ended; ``records`` counts what it yielded."""
+    """The records of a log window, iterated once; ``torn`` (cut-short last lines or frames) and ``skipped``
+    (lines that are no record, unreadable files) are final after the iteration."""
 
     def __init__(
         self, files: list[tuple[str, Path]], since: str | None, until: str | None, version: Any
     ) -> None:
-        self.files = [path for _, path in files]
-        self._files = files
+        self.files, self._files = [path for _, path in files], files
         self._since, self._until = since, until
         self._version = None if version is None else str(version)
-        self.torn = 0
-        self.skipped = 0
-        self.records = 0
+        self.torn = self.skipped = self.records = 0
 
     def _raw_lines(self, path: Path) -> Iterator[bytes]:
         if path.name.endswith(SPOOL):
@@ -295,7 +251,6 @@ class LogRead:
                 yield from fh
 
     def _lines(self, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(time as UTC ISO with microseconds, record) of each record of the window in one file."""
         since, until, version = self._since, self._until, self._version
         try:
             for line in self._raw_lines(path):
@@ -321,35 +276,26 @@ class LogRead:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """k-way merge by time; a file is opened only once the merge reaches its first record's time."""
         heap: list[tuple[str, int, dict[str, Any], Iterator[tuple[str, dict[str, Any]]]]] = []
-        pending = list(self._files)
-        k = 0
+        pending, order = list(self._files), count()
+
+        def push(lines: Iterator[tuple[str, dict[str, Any]]]) -> None:
+            first = next(lines, None)
+            if first is not None:
+                heapq.heappush(heap, (first[0], next(order), first[1], lines))
+
         while heap or pending:
             while pending and (not heap or pending[0][0] <= heap[0][0]):
-                _, path = pending.pop(0)
-                lines = self._lines(path)
-                first = next(lines, None)
-                if first is not None:
-                    heapq.heappush(heap, (first[0], k, first[1], lines))
-                    k += 1
-            if not heap:
-                continue
-            record, lines = heap[0][2], heap[0][3]
-            self.records += 1
-            yield record
-            following = next(lines, None)
-            if following is None:
-                heapq.heappop(heap)
-            else:
-                heapq.heapreplace(heap, (following[0], k, following[1], lines))
-                k += 1
+                push(self._lines(pending.pop(0)[1]))
+            if heap:
+                _, _, record, lines = heapq.heappop(heap)
+                self.records += 1
+                yield record
+                push(lines)
 
 
 def _listing(folder: Path) -> set[str]:
-    """The log files' names in ``folder``, from two listings, the second started after the first ended. A listing
-    taken while files come and go may or may not hold each of them (POSIX; a large folder is read in several
-    getdents calls): a spool converted meanwhile can be in it under neither name, its ``.jsonl.gz`` renamed into
-    place behind the listing's position and the spool removed ahead of it. The ``.jsonl.gz`` is in place before
-    the spool goes, so a listing started after that one ended holds it. Nothing when the folder is missing."""
+    """The log files' names in ``folder``, from two listings: a spool converted during the first may be in it
+    under neither name, but its ``.jsonl.gz`` (in place before the spool goes) is in the second."""
     names: set[str] = set()
     for _ in range(2):
         try:
@@ -366,11 +312,9 @@ def read_log(
     until: datetime | str | None = None,
     model_version: str | int | None = None,
 ) -> LogRead:
-    """The prediction log's records, in time order: the spools and converted files of every worker and replica
-    in ``log_dir`` (and any other ``predictions-*.jsonl[.gz]`` of the same record shape); ``since <= time < until`` (aware datetimes or ISO text, naive meaning UTC); of
-    ``model_version`` when given. Each record is a dict of the shape above. A spool converted while it reads is
-    read once, as the spool or as its ``.jsonl.gz``. Never raises on a torn or unreadable file: iterate, then read
-    ``.torn`` and ``.skipped``."""
+    """The prediction log's records in time order, from every worker's spools and converted files in
+    ``log_dir``: ``since <= time < until`` (naive meaning UTC), of ``model_version`` when given. A spool converted
+    while it reads is read once. Never raises on a torn or unreadable file: read ``.torn`` and ``.skipped`` after."""
     lo, hi = _bound(since), _bound(until)
     folder = Path(log_dir)
     files: dict[str, tuple[str, Path]] = {}

@@ -1,19 +1,8 @@
-"""Pseudonyms for identifiers, and records fit to ship: personal fields stop at the feature boundary.
+"""Pseudonyms for identifiers (HMAC-SHA256 under a secret key: stable, not reversible), and reference records
+fit to ship (only the fields the features read).
 
-A pseudonym is a keyed hash, HMAC-SHA256 with a secret key, so the same value always gets the same pseudonym
-(joins and counts still work) while nobody without the key can recompute or reverse it:
-
-* :meth:`Pseudonymiser.token`: 32 lowercase hex digits (128 bits of the HMAC) for ``loanId`` and ``anon_ssn``;
-* :meth:`Pseudonymiser.clarity_id`: for a clarity report id (``clarityFraudId``, ``underwritingid``), the first 8
-  hex digits (the report's Unix time, which the features read) followed by 16 hex digits of the HMAC, so the
-  pseudonym is again a 24-hex id that gives the same model row.
-
-The key comes from the ``pseudonym_key`` setting (``LOANRISK_PSEUDONYM_KEY``: at least 32 bytes, never a value
-published in this repository, :data:`PUBLISHED_KEYS`); without it, :func:`load_key` makes a random key once and
-keeps it in ``<state_dir>/secrets/pseudonym.key`` (mode 0600), so pseudonyms stay stable across runs. The training
-side uses this for the bundle's reference records and the quarantine files; the prediction service will use it
-for its prediction log.
-"""
+The key is the ``pseudonym_key`` setting (``LOANRISK_PSEUDONYM_KEY``, at least 32 bytes, never a published value),
+else one made once and kept in ``<state_dir>/secrets/pseudonym.key`` (0600)."""
 
 from __future__ import annotations
 
@@ -37,15 +26,9 @@ KEY_FILE = "pseudonym.key"
 KEY_BYTES = 32  # a made key's size, and the least a given key may have
 MAKE_KEY = 'python -c "import secrets; print(secrets.token_hex(32))"'
 
-# Values this repository has published as a key (examples, placeholders, fixed test keys): anyone can recompute
-# their pseudonyms, so a given key equal to one is refused. tests/test_pseudonym_key.py scans the tracked files
-# for literal values given to LOANRISK_PSEUDONYM_KEY / pseudonym_key and fails on any this module accepts.
-PUBLISHED_KEYS: frozenset[str] = frozenset(
-    {
-        "64-hex-characters-from-openssl-rand-hex-32",  # deployments/stack/stack.env.example, until it was emptied
-        "k" * 64,  # tests/test_stack_files.py's compose key, until it was made per run
-    }
-)
+# Values this repository has published as a key: anyone can recompute their pseudonyms, so they are refused.
+# (stack.env.example's old placeholder, and an old fixed test key)
+PUBLISHED_KEYS: frozenset[str] = frozenset({"64-hex-characters-from-openssl-rand-hex-32", "k" * 64})
 
 
 class PseudonymKeyError(ValueError):
@@ -73,16 +56,17 @@ class Pseudonymiser:
         return hmac.new(self.key, digestmod=hashlib.sha256)
 
     def _digest(self, value: Any) -> str:
-        h = self._keyed.copy()  # the key's pads hashed once: ~40% less per value (the prediction log's ids)
+        h = self._keyed.copy()  # the key's pads hashed once, not per value
         h.update(str(value).encode("utf-8", "surrogatepass"))
         return h.hexdigest()
 
     def token(self, value: Any) -> Any:
-        """32 hex digits of HMAC-SHA256(key, value)."""
+        """32 hex digits of HMAC-SHA256(key, value); missing values stay missing."""
         return value if _missing(value) else self._digest(value)[:32]
 
     def clarity_id(self, value: Any) -> Any:
-        """A 24-hex clarity id keeping its first 8 hex digits (the report time); other values get a token."""
+        """A 24-hex clarity id keeping its first 8 hex digits (the report time the features
+        read); other values get a token."""
         if _missing(value):
             return value
         text = str(value).strip()
@@ -99,9 +83,8 @@ class Pseudonymiser:
 
 
 def _key_of(secret: str) -> tuple[bytes, bool]:
-    """A given secret's key bytes, and whether it was read as hex: 32 or more hex digits (an even count) are, like
-    the kept file, so the file's text given as the setting (to the service, say) is the same key; any other secret
-    is its UTF-8 bytes."""
+    """A secret's key bytes and whether it was read as hex (32+ hex digits, an even count, like the kept
+    file); otherwise its UTF-8 bytes."""
     text = secret.strip()
     if len(text) >= 2 * 16 and len(text) % 2 == 0 and all(c in string.hexdigits for c in text):
         return bytes.fromhex(text), True
@@ -114,8 +97,8 @@ _SETTING = "LOANRISK_PSEUDONYM_KEY (setting pseudonym_key)"
 
 
 def given_key(secret: str) -> bytes:
-    """The key of a given ``secret``, refused with :class:`PseudonymKeyError` when shorter than 32 bytes or a value
-    published in this repository (:data:`PUBLISHED_KEYS`, any case). The message never shows the secret."""
+    """The key of a given ``secret``; :class:`PseudonymKeyError` when shorter than 32 bytes or a published
+    value. The message never shows the secret."""
     key, hexadecimal = _key_of(secret)
     make = f"make one with: {MAKE_KEY} (or unset it to use the key kept in <state_dir>/secrets/{KEY_FILE})"
     if key in _PUBLISHED_KEYS or secret.strip().casefold() in _PUBLISHED_TEXTS:
@@ -133,10 +116,8 @@ def given_key(secret: str) -> bytes:
 
 
 def load_key(secret: str | None, secrets_dir: str | Path) -> bytes:
-    """The key: ``secret`` when given (see :func:`given_key`: at least 32 bytes, never a published value), else
-    the one kept in ``secrets_dir``, made (0600) on first use. A secret of 32 or more hex digits is read as hex,
-    like the kept file, so the file's text given as the setting (to the service, say) is the same key; any other
-    secret is its UTF-8 bytes."""
+    """The key: ``secret`` when given (:func:`given_key`), else the one kept in ``secrets_dir``, made (0600)
+    on first use."""
     if secret:
         return given_key(secret)
     folder = Path(secrets_dir)

@@ -22,9 +22,6 @@ class FeatureError(ValueError):
         super().__init__(f"{where}field '{field}': {message}")
 
 
-# --- value readers: accept CSV strings and typed values alike -------------------------------------------
-
-
 def _is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
 
@@ -99,9 +96,8 @@ def read_timestamp(v: Any) -> datetime | None:
         try:
             d = datetime.fromisoformat(v.strip())
         except ValueError:
-            raise ValueError(
-                f"expected an ISO timestamp like 2016-02-23T17:29:01.940000, got {v!r}"
-            ) from None
+            message = f"expected an ISO timestamp like 2016-02-23T17:29:01.940000, got {v!r}"
+            raise ValueError(message) from None
         return d if d.tzinfo is None else d.astimezone(UTC).replace(tzinfo=None)
     raise ValueError(f"expected an ISO timestamp string, got {type(v).__name__}")
 

@@ -1,8 +1,6 @@
 """The reason-code table: the reviewed mapping of model features to applicant-readable codes (one code per feature).
 
-``serving/reason_codes.toml`` is the reviewed source; packaging checks it against the model's features and copies
-it into every bundle (:func:`copy_table`), and :mod:`serving.reasons` reads it back to explain declines.
-"""
+``serving/reason_codes.toml`` is the source; packaging checks it and copies it into every bundle (:func:`copy_table`)."""
 
 from __future__ import annotations
 
@@ -30,8 +28,6 @@ class ReasonCode:
 
 @dataclass(frozen=True)
 class ReasonTable:
-    """The reviewed mapping of model features to applicant-readable reason codes (one code per feature)."""
-
     version: str
     reasons: tuple[ReasonCode, ...]
     source: str = TABLE_FILE
@@ -67,9 +63,8 @@ class ReasonTable:
                 or not features
                 or not all(isinstance(f, str) for f in features)
             ):
-                raise ReasonTableError(
-                    f"{where} ({code}): 'features' must be a non-empty list of feature names"
-                )
+                message = f"{where} ({code}): 'features' must be a non-empty list of feature names"
+                raise ReasonTableError(message)
             for feature in features:
                 if feature in seen:
                     raise ReasonTableError(
@@ -81,19 +76,11 @@ class ReasonTable:
             reasons.append(ReasonCode(code, text.strip(), tuple(features)))
         return cls(str(version), tuple(reasons), Path(source).name)
 
-    def unmapped(self, features: Sequence[str]) -> list[str]:
-        """The model features no reason code covers."""
-        mapped = {f for r in self.reasons for f in r.features}
-        return [f for f in features if f not in mapped]
-
-    def unknown(self, features: Sequence[str]) -> list[str]:
-        """The table's features that the model does not have (a typo, or a feature since removed)."""
-        model = set(features)
-        return [f for r in self.reasons for f in r.features if f not in model]
-
     def check(self, features: Sequence[str]) -> None:
         """Raise :class:`ReasonTableError` unless the table maps exactly the model's features."""
-        missing, unknown = self.unmapped(features), self.unknown(features)
+        mapped = [f for r in self.reasons for f in r.features]
+        missing = [f for f in features if f not in set(mapped)]
+        unknown = [f for f in mapped if f not in set(features)]
         if missing:
             raise ReasonTableError(
                 f"reason-code table {self.source} (version {self.version}) maps no reason code to the model "
@@ -107,7 +94,6 @@ class ReasonTable:
             )
 
     def as_dict(self) -> dict[str, Any]:
-        """The table as ``/model/info`` lists it."""
         return {
             "version": self.version,
             "file": self.source,
@@ -118,10 +104,7 @@ class ReasonTable:
 def copy_table(
     bundle_dir: str | Path, features: Sequence[str], source: str | Path = TABLE_PATH
 ) -> ReasonTable:
-    """Check the table against the model's features and copy it into a bundle (packaging); returns it.
-
-    Raises :class:`ReasonTableError` naming every feature without a reason code (nothing is copied then).
-    """
+    """Check the table against the model's features and copy it into a bundle; returns it."""
     table = ReasonTable.read(source)
     table.check(features)
     shutil.copyfile(source, Path(bundle_dir) / TABLE_FILE)

@@ -1,35 +1,11 @@
 """Reason codes: why the model scored an application risky, from the served model's own SHAP values.
 
-The public entry point is :func:`explain`::
-
-    reasons = explain(bundle, model_input, index, count=4, raw=column)
-
-``bundle`` is a loaded :class:`serving.bundle.Bundle`; ``model_input`` the model input the prediction used: rows
-of :func:`serving.features.build_rows` or the columns of :func:`serving.features.columns_from`; ``index`` the
-positions of the records to explain (None: all); ``raw`` an optional ``column(field) -> values`` of the records
-as they were sent, so ``value`` is the applicant's own (without it, the model's value). It returns, for each
-position in ``index``, a list of up to ``count`` dicts ``{"code", "text", "feature", "value", "contribution"}``,
-ordered by contribution, largest first. Batch scoring and the service both call it; a bundle without a reason
-table (:attr:`Bundle.explainer` is None) has no reasons to give (:func:`explain` raises :class:`ReasonsUnavailable`).
-
-How a reason is chosen. Each feature's SHAP value (log-odds) says how much it pushed this record's risk up or
-down. The reviewed table (``serving/reason_codes.toml``, copied into every bundle at packaging) maps every model
-feature to one reason code; a code's contribution is the sum of its features' SHAP values, so the clarity
-inquiry counts, for instance, are one reason, not nine. Only codes whose sum is positive (they raised the risk)
-are reasons. ``feature`` and ``value`` name the member of the code that contributed most and its value; a
-derived feature (the application hour, the report's age, a ratio) gives the model's value, never an identifier.
-
-The SHAP values are CatBoost's own ``ShapValues`` (path-dependent TreeSHAP), computed the way its
-``UsePreCalc`` mode does it but precomputed once per model: CatBoost recomputes them on every call (~90 ms for
-one record of an 824-tree model, seconds for a batch). A symmetric tree's answer depends on a record only
-through the leaf it reaches, so each tree's SHAP values are tabulated per leaf when the bundle loads (~1 s);
-a record's values are then the sum of its leaves' rows (CatBoost's ``calc_leaf_indexes``), equal to
-``get_feature_importance(type="ShapValues")`` to ~1e-6 (float32, as XGBoost's; ``tests/serving/test_reasons.py``
-checks it), so a reason's ``contribution`` is given to 6 decimals. A model
-this table cannot describe (non-symmetric trees, combined categorical features) falls back to CatBoost's call.
-
-The table itself (read, checked, copied into a bundle) is :mod:`serving.reason_table`.
-"""
+:func:`explain` gives, per record, up to ``count`` reasons ``{"code", "text", "feature", "value", "contribution"}``,
+largest first. The reviewed table (:mod:`serving.reason_table`) maps every feature to one code; a code's
+contribution is the sum of its features' SHAP values (log-odds), and only codes that raised the risk are reasons.
+SHAP values are CatBoost's path-dependent TreeSHAP, tabulated per leaf of each symmetric tree at load, so a
+record's values are a gather and a sum (CatBoost recomputes them on every call); a model the table cannot
+describe falls back to CatBoost's own call."""
 
 from __future__ import annotations
 
@@ -49,8 +25,7 @@ from serving.reason_table import TABLE_FILE, ReasonTable
 
 
 class BundleLike(Protocol):
-    """What explaining needs of a loaded bundle (:class:`serving.bundle.Bundle` is one; no import of it, which
-    imports this module)."""
+    """What explaining needs of a loaded bundle (:class:`serving.bundle.Bundle` imports this module)."""
 
     directory: Path
     explainer: Explainer | None
@@ -71,14 +46,9 @@ class ReasonsUnavailable(RuntimeError):
     """The bundle has no reason-code table, so it has no reasons to give."""
 
 
-# --- SHAP values ---------------------------------------------------------------------------------------------
-
-
 def _tree_table(tree: dict[str, Any], binary: list[int]) -> tuple[np.ndarray, list[int], float]:
-    """One symmetric tree's SHAP values for every leaf (leaves × its distinct features), those features, and its
-    expected value. Path-dependent TreeSHAP as CatBoost computes it: the last split is the root, a split on a
-    feature outside the coalition follows both sides weighted by the training weight under them; exact Shapley
-    values over the tree's (at most depth) distinct features."""
+    """One symmetric tree's SHAP values per leaf (leaves × its distinct features), those features, and its
+    expected value: path-dependent TreeSHAP as CatBoost computes it, exact over the tree's distinct features."""
     splits = tree["splits"]
     values = np.asarray(tree["leaf_values"], dtype=np.float64)
     weights = np.asarray(tree["leaf_weights"], dtype=np.float64)
@@ -139,7 +109,7 @@ class ShapTable:
         tables = [_tree_table(tree, binary) for tree in trees]
         width = max(1, max(len(groups) for _, groups, _ in tables))
         self.offsets = np.cumsum([0] + [phi.shape[0] for phi, _, _ in tables[:-1]])
-        # float32: SHAP values to ~1e-6 log-odds (XGBoost's are float32 too), and the lookup twice as fast
+        # float32: SHAP values to ~1e-6 log-odds, and the lookup twice as fast
         self.phi = np.zeros((sum(phi.shape[0] for phi, _, _ in tables), width), dtype=np.float32)
         self.feature = np.full((len(tables), width), n_features, dtype=np.int64)  # padding: a dummy feature
         for t, ((phi, groups, _), start) in enumerate(zip(tables, self.offsets, strict=True)):
@@ -161,7 +131,7 @@ class ShapTable:
         out = np.empty((n, self.n_features), dtype=np.float32)
         for start in range(0, n, SHAP_BLOCK):
             block = leaves[start : start + SHAP_BLOCK]
-            # rows × (trees × slots): each tree's leaf row of the table (np.take: ~3x faster than indexing)
+            # rows × (trees × slots): each tree's leaf row of the table (np.take: faster than indexing)
             picked = np.take(self.phi, block, axis=0).reshape(block.shape[0], width)
             np.matmul(picked, self.to_features, out=out[start : start + block.shape[0]])
         return out
@@ -177,7 +147,6 @@ class Explainer:
         features: Sequence[str],
         document: dict[str, Any] | None = None,
     ) -> None:
-        """``document``: the model's JSON export (:func:`serving.model_export.model_document`), for its SHAP table."""
         table.check(features)
         self.model, self.table, self.features = model, table, list(features)
         position = {f: i for i, f in enumerate(features)}
@@ -208,7 +177,7 @@ class Explainer:
         self, shap: np.ndarray, count: int, values: Callable[[int, np.ndarray], list[Any]]
     ) -> list[list[dict[str, Any]]]:
         """Up to ``count`` reasons per row of ``shap``; ``values(feature, rows)`` gives a feature's values at
-        those rows. Column by column: the per-reason Python work is one dict (~0.2 µs)."""
+        those rows."""
         by_code = shap @ self.family
         order = np.argsort(-by_code, axis=1, kind="stable")[:, :count]
         sums = np.take_along_axis(by_code, order, axis=1).round(6)
@@ -244,12 +213,9 @@ def load_explainer(
     features: Sequence[str],
     document: dict[str, Any] | None = None,
 ) -> Explainer | None:
-    """The explainer of a bundle directory; None when it has no reason-code table (a bundle made before them)."""
+    """The explainer of a bundle directory; None when it has no reason-code table."""
     path = directory / TABLE_FILE
     return Explainer(model, ReasonTable.read(path), features, document) if path.is_file() else None
-
-
-# --- the entry point -----------------------------------------------------------------------------------------
 
 
 def _plain(value: Any) -> Any:
@@ -278,7 +244,8 @@ def explain(
     count: int = DEFAULT_REASON_COUNT,
     raw: Column | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """The reasons of the records at ``index`` (None: all) of ``model_input`` (see the module's docstring)."""
+    """The reasons of the records at ``index`` (None: all) of ``model_input``; ``raw(field)`` gives the values
+    as sent, so ``value`` is the applicant's own. Raises :class:`ReasonsUnavailable` for a bundle without a table."""
     explainer = bundle.explainer
     if explainer is None:
         raise ReasonsUnavailable(f"the bundle in {bundle.directory} has no reason-code table ({TABLE_FILE})")
@@ -287,8 +254,7 @@ def explain(
     if not positions:
         return []
     part = _subset(model_input, positions)
-    # A block of records at a time bounds the memory of CatBoost's leaf indexes (POOL_BLOCK); the gathered SHAP
-    # rows (~23 KB a record for an 824-tree model) are bounded inside ShapTable.values (SHAP_BLOCK).
+    # blocks of POOL_BLOCK records bound the memory of CatBoost's leaf indexes
     n = len(positions)
     blocks = (
         [part]
@@ -332,8 +298,8 @@ def explain_selected(
     count: int = DEFAULT_REASON_COUNT,
     raw: Column | None = None,
 ) -> list[list[dict[str, Any]] | None] | None:
-    """Reasons for the records ``mode`` selects (:func:`selected`), aligned with ``probabilities``: None for a
-    record not selected; None altogether when nothing is asked (``none``) or the bundle has no table."""
+    """Reasons for the records ``mode`` selects, aligned with ``probabilities`` (None where not
+    selected); None altogether for ``none`` or a bundle without a table."""
     if mode == "none" or bundle.explainer is None:
         return None
     index = selected(probabilities, threshold, mode)

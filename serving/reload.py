@@ -1,23 +1,10 @@
 """Reload across workers: :class:`ModelHolder` holds this worker's current model and shares reloads through a
 sync folder.
 
-A handler takes the holder's current :class:`~serving.model.ServedModel` once and uses it to the end, so a reload
-(load the new bundle fully, then swap one reference) never disturbs a request in flight.
-
-Under gunicorn every worker has its own holder. They share a reload through a sync folder
-(``LOANRISK_RELOAD_SYNC_DIR``, made by ``serving/gunicorn_conf.py``):
-
-- ``target.json``: the bundle every worker should serve (directory, model version, a token per reload), written
-  atomically by the worker that received ``POST /model/reload`` after it loaded the bundle itself;
-- ``worker-<pid>-<id>.json``: each worker's own state: pid, the token and version it wants, the version it
-  serves, ``loading``/``loaded``/``failed``, the error, how many attempts.
-
-Each worker watches ``target.json`` in a background thread (every 0.1 s, requests or not), loads a new target,
-and retries a failed load with backoff (0.5 s doubling to 30 s) until it succeeds or a newer target comes. The
-receiving worker answers 200 only once every live worker reports the new token loaded, within
-``LOANRISK_RELOAD_TIMEOUT``; else it answers 503 with every worker's state. ``/health`` of a worker that could
-not load the target says ``"status": "degraded"`` with the version it serves, the one wanted, and the error.
-"""
+A request keeps the model it took; a reload loads the new bundle fully, then swaps one reference. Under gunicorn
+the workers share a reload through ``LOANRISK_RELOAD_SYNC_DIR``: ``target.json`` (the bundle to serve, a token per
+reload) and ``worker-<pid>-<id>.json`` (each worker's state). Each worker polls the target, loads a new one and
+retries a failed load with backoff; the receiving worker answers 200 once every live worker has it loaded."""
 
 from __future__ import annotations
 
@@ -47,13 +34,12 @@ logger = logging.getLogger(LOGGER_NAME)
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process of this id runs (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's process
+        pass
     return True
 
 
@@ -83,8 +69,7 @@ class ModelHolder:
         self.worker_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.health: tuple[int, bytes] = (503, b"")
         self._load_lock = threading.Lock()
-        # a reload's load + publish, or the watcher's load + state record, happen whole
-        self._reload_lock = threading.Lock()
+        self._reload_lock = threading.Lock()  # a reload's load + publish, or the watcher's load + record
         self._state_lock = threading.RLock()
         # what this worker was asked to serve (the sync target) and how far it got
         self._state: dict[str, Any] = {
@@ -95,8 +80,6 @@ class ModelHolder:
         }
         self._attempts = 0
         self._refresh()
-
-    # --- loading -----------------------------------------------------------------------------------------
 
     def load(self, directory: str | Path, origin: str) -> ServedModel:
         """Load and check a bundle fully, then swap it in; raises :class:`BundleError` and keeps the old one."""
@@ -119,15 +102,10 @@ class ModelHolder:
                 served.name, served.version, (previous.name, previous.version or "") if previous else None
             )
             self.metrics.reloads.labels("ok").inc()
-            fields = {
-                "origin": origin,
-                "model_name": served.name,
-                "model_version": served.version,
-                "previous_version": previous.version if previous else None,
-                "bundle_dir": str(served.directory),
-                "reference_rows_checked": checked,
-                "load_ms": round((time.perf_counter() - t0) * 1000, 1),
-            }
+            fields = {"origin": origin, "model_name": served.name, "model_version": served.version,
+                      "previous_version": previous.version if previous else None,
+                      "bundle_dir": str(served.directory), "reference_rows_checked": checked,
+                      "load_ms": round((time.perf_counter() - t0) * 1000, 1)}  # fmt: skip
             logger.info("model loaded", extra={"fields": fields})
             self._refresh()
             return served
@@ -137,7 +115,7 @@ class ModelHolder:
         logger.error("model load failed", extra={"fields": {"origin": origin, "error": error}})
 
     def start(self) -> None:
-        """Serve the bundle a starting worker should: the published target if any, else the configured one."""
+        """Serve the published target if any, else the configured bundle."""
         self._write_state()  # seen by a reload in progress before this worker reads the target
         target = self.read_target()
         if target is not None:
@@ -158,23 +136,16 @@ class ModelHolder:
             self._set_state("loaded" if self.current else "failed", None, None, self.load_error)
         self._start_watcher()
 
-    # --- this worker's state and health ----------------------------------------------------------------
-
     def state(self) -> dict[str, Any]:
         served = self.current
         with self._state_lock:
-            return {
-                "worker": self.worker_id,
-                "pid": os.getpid(),
-                **self._state,
-                "model_version": served.version if served else None,
-                "bundle_dir": str(served.directory) if served else None,
-                "attempts": self._attempts,
-                "updated_at": time.time(),
-            }
+            return {"worker": self.worker_id, "pid": os.getpid(), **self._state,
+                    "model_version": served.version if served else None,
+                    "bundle_dir": str(served.directory) if served else None,
+                    "attempts": self._attempts, "updated_at": time.time()}  # fmt: skip
 
     def _set_state(self, state: str, token: str | None, wanted: str | None, error: str | None) -> None:
-        """Record where this worker is with the target ``token`` (version ``wanted``), in memory and on disk."""
+        """Record this worker's progress with the target ``token``, in memory and on disk."""
         with self._state_lock:
             self._state = {"state": state, "token": token, "wanted_version": wanted, "error": error}
             self._refresh()
@@ -194,20 +165,14 @@ class ModelHolder:
             body["error"] = self._state["error"]
         self.health = (200, orjson.dumps(body, default=str))
 
-    def _state_path(self) -> Path | None:
-        return self.sync_dir / f"worker-{self.worker_id}.json" if self.sync_dir is not None else None
-
     def _write_state(self) -> None:
-        path = self._state_path()
-        if path is None:
+        if self.sync_dir is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, self.state())
+            self.sync_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.sync_dir / f"worker-{self.worker_id}.json", self.state())
         except OSError as exc:
             logger.warning("could not record worker state", extra={"fields": {"error": repr(exc)}})
-
-    # --- the sync folder ---------------------------------------------------------------------------------
 
     def read_target(self) -> dict[str, Any] | None:
         if self.sync_dir is None:
@@ -217,9 +182,7 @@ class ModelHolder:
 
     def reload(self, directory: str | Path) -> tuple[ServedModel, str | None]:
         """Load a bundle here, then publish it to every worker; returns it and the reload's token.
-
-        Raises :class:`BundleError` (nothing published) when this worker cannot load it.
-        """
+        Raises :class:`BundleError` (nothing published) when this worker cannot load it."""
         with self._reload_lock:
             served = self.load(directory, origin="reload")
             return served, self._publish(served)
@@ -229,16 +192,10 @@ class ModelHolder:
             self._set_state("loaded", None, served.version, None)
             return None
         token = uuid.uuid4().hex
-        target = {
-            "token": token,
-            "bundle_dir": str(served.directory.resolve()),
-            "model_version": served.version,
-            "published_by": os.getpid(),
-            "published_at": time.time(),
-        }
-        with (
-            self._state_lock
-        ):  # the watcher compares tokens under this lock: it never reloads our own publish
+        target = {"token": token, "bundle_dir": str(served.directory.resolve()), "model_version": served.version,
+                  "published_by": os.getpid(), "published_at": time.time()}  # fmt: skip
+        # the watcher compares tokens under this lock: it never reloads our own publish
+        with self._state_lock:
             self.sync_dir.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.sync_dir / TARGET_FILE, target)
             self._attempts = 1
@@ -246,7 +203,7 @@ class ModelHolder:
         return token
 
     def workers(self) -> list[dict[str, Any]]:
-        """Every live worker's state (this worker's only, without a sync folder); dead workers' files removed."""
+        """Every live worker's state; dead workers' files removed."""
         if self.sync_dir is None:
             return [self.state()]
         out = []
@@ -261,7 +218,8 @@ class ModelHolder:
         return out
 
     def wait_for_workers(self, token: str | None, timeout_s: float) -> tuple[str, list[dict[str, Any]]]:
-        """``("loaded"|"superseded"|"timeout", states)`` once every live worker serves ``token``, or at timeout."""
+        """``("loaded"|"superseded"|"timeout", states)`` once every live worker serves
+        ``token``, or at timeout."""
         deadline = time.monotonic() + timeout_s
         while True:
             workers = self.workers()
@@ -273,8 +231,6 @@ class ModelHolder:
             if time.monotonic() >= deadline:
                 return "timeout", workers
             time.sleep(0.02)
-
-    # --- the watcher thread ------------------------------------------------------------------------------
 
     def _start_watcher(self) -> None:
         if self.sync_dir is not None:
@@ -299,7 +255,7 @@ class ModelHolder:
                 retry_at, delay = time.monotonic() + delay, min(delay * 2, RETRY_MAX_S)
 
     def _apply(self, target: dict[str, Any], origin: str) -> bool:
-        """Load a published target and record the outcome in this worker's state; True when it is served."""
+        """Load a published target and record the outcome; True when it is served."""
         token, wanted = target.get("token"), target.get("model_version")
         with self._reload_lock:
             current = self.read_target()

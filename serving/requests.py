@@ -1,15 +1,9 @@
 """The one request model: a loan application record, each endpoint's envelope, and decoding them.
 
-Every endpoint decodes with these msgspec types, and the OpenAPI document is generated from them
-(:mod:`serving.openapi`). A record has the field names of ``loan.csv`` and the clarity file, values typed or CSV
-strings; numbers finite and within their field's range (``serving/contract.py`` ``RANGES``, as in training).
-
-A body whose records are all valid is decoded in one call; otherwise each record is decoded on its own, so a
-bad one is named by its index and field and the others are kept (:class:`Decoded`): ``/predict/batch`` answers record by record, the other endpoints refuse the request with the
-first error. Bodies msgspec refuses as a whole (a lone UTF-16 surrogate, ``NaN``) are read again by Python's
-lenient parser so that the record at fault, not the request, is named; a ``NaN`` literal (json.dumps of a pandas
-row writes one for a missing value) is a missing value, ``Infinity`` is refused.
-"""
+Every endpoint decodes with these msgspec types, and :mod:`serving.openapi` is generated from them. A body whose
+records are all valid is decoded in one call; otherwise each record is decoded on its own, so a bad one is named
+by index and field (:class:`Decoded`). Bodies msgspec refuses whole (a lone surrogate, ``NaN``) are read again by
+Python's parser so the record at fault is named; ``NaN`` is a missing value, ``Infinity`` is refused."""
 
 from __future__ import annotations
 
@@ -37,19 +31,13 @@ def _number(name: str) -> Any:
     low, high = RANGES.get(name, _FLOAT)
     f_low, f_high = (low, high) if name in RANGES else (-1.7976931348623157e308, 1.7976931348623157e308)
     i_low, i_high = (math.ceil(low), math.floor(high)) if name in RANGES else _INT
-    return (
-        Annotated[float, msgspec.Meta(ge=f_low, le=f_high)]
-        | Annotated[int, msgspec.Meta(ge=i_low, le=i_high)]
-        | str
-        | bool
-        | None
-    )
+    floats = Annotated[float, msgspec.Meta(ge=f_low, le=f_high)]
+    return floats | Annotated[int, msgspec.Meta(ge=i_low, le=i_high)] | str | bool | None
 
 
 _Value = str | float | Annotated[int, msgspec.Meta(ge=_INT[0], le=_INT[1])] | bool | None
-_Flag = (
-    bool | Annotated[int, msgspec.Meta(ge=0, le=1)] | Annotated[float, msgspec.Meta(ge=0, le=1)] | str | None
-)
+_BIT = msgspec.Meta(ge=0, le=1)
+_Flag = bool | Annotated[int, _BIT] | Annotated[float, _BIT] | str | None
 _ATTRS = {name: f"f{i}" for i, name in enumerate(FIELDS)}
 _DESCRIPTION = (
     "One loan application with the field names of loan.csv and clarity_underwriting_variables.csv (a CSV row "
@@ -118,11 +106,8 @@ _Invocation = msgspec.defstruct(
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 # A body whose records are all valid decodes typed in one call (one parse, no scan): a batch, and MLflow's
 # records with nothing but params beside them (any other key: the envelope path names what is wrong).
-_Records = msgspec.defstruct(
-    "_Records",
-    [("dataframe_records", list[LoanApplication]), ("params", Any, None)],
-    forbid_unknown_fields=True,
-)
+_RECORDS_FIELDS = [("dataframe_records", list[LoanApplication]), ("params", Any, None)]
+_Records = msgspec.defstruct("_Records", _RECORDS_FIELDS, forbid_unknown_fields=True)
 _DECODE_ALL_BATCH = msgspec.json.Decoder(BatchRequest).decode
 _DECODE_ALL_RECORDS = msgspec.json.Decoder(_Records).decode
 _DECODE_RECORD = msgspec.json.Decoder(LoanApplication).decode
@@ -130,9 +115,6 @@ _DECODE_BATCH = msgspec.json.Decoder(_Batch).decode
 _DECODE_INVOCATION = msgspec.json.Decoder(_Invocation).decode
 _AT = re.compile(r"^(?P<text>.*?)(?: - at `\$(?P<path>.*)`)?$", re.S)
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-# --- one record ------------------------------------------------------------------------------------------
 
 
 def _invalid(exc: msgspec.ValidationError, index: int) -> ApiError:
@@ -208,16 +190,12 @@ def _lenient(body: Any) -> Any:
         raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
 
 
-# --- each endpoint's body --------------------------------------------------------------------------------
-
-
 def _check_size(size: int, field: str, limit: int) -> None:
     if not size:
         raise ApiError(400, "empty_batch", f"'{field}' holds no records: send at least one", field)
     if size > limit:
-        raise ApiError(
-            413, "batch_too_large", f"{size} records in '{field}'; the limit is {limit} per request", field
-        )
+        message = f"{size} records in '{field}'; the limit is {limit} per request"
+        raise ApiError(413, "batch_too_large", message, field)
 
 
 def _records(items: Sequence[Any], read: Callable[[Any, int, set[str]], Any], params: Any = None) -> Decoded:
@@ -228,9 +206,8 @@ def _records(items: Sequence[Any], read: Callable[[Any, int, set[str]], Any], pa
 
 
 def _at_once(body: Any, decode: Callable[[Any], Any], limit: int) -> Any:
-    """The envelope with every record typed, or None: when a record is refused (each is then decoded on its
-    own, to name it), or when the body may hold more than ``limit`` records (a record opens a ``{``; the count
-    is checked before that many are decoded)."""
+    """The envelope with every record typed, or None: when a record is refused (each is then decoded on
+    its own, to name it), or when the body may hold more than ``limit`` records (counted by ``{``)."""
     if bytes(body).count(b"{") - 1 > limit:
         return None
     try:
@@ -279,9 +256,8 @@ def batch(body: Any, limit: int) -> Decoded:
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         payload = _lenient(body)
         if type(payload) is not dict or "data" not in payload:
-            raise ApiError(
-                400, "invalid_request", 'expected a JSON object {"data": [records]}', "data"
-            ) from None
+            message = 'expected a JSON object {"data": [records]}'
+            raise ApiError(400, "invalid_request", message, "data") from None
         items, read = payload["data"], from_object
         if type(items) is not list:
             message = f"'data' must be a list of records, got {json_type(items)}"
@@ -302,9 +278,8 @@ def invocation(body: Any, limit: int) -> tuple[Decoded, str]:
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         value = _lenient(body)
         if type(value) is not dict:
-            raise ApiError(
-                400, "invalid_request", f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}"
-            ) from None
+            message = f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}"
+            raise ApiError(400, "invalid_request", message) from None
         given = {k: value[k] for k in MLFLOW_KEYS if k in value}
         params, read = value.get("params"), from_object
     if len(given) != 1:
@@ -339,9 +314,8 @@ def _split_rows(value: Any) -> list[Any]:
     else:
         raise ApiError(400, "invalid_request", "dataframe_split must be an object with columns and data", key)
     if type(columns) is not list or not all(type(c) is str for c in columns):
-        raise ApiError(
-            400, "invalid_request", "dataframe_split.columns must be a list of names", f"{key}.columns"
-        )
+        message = "dataframe_split.columns must be a list of names"
+        raise ApiError(400, "invalid_request", message, f"{key}.columns")
     if type(data) is not list:
         raise ApiError(400, "invalid_request", "dataframe_split.data must be a list of rows", f"{key}.data")
     if len(set(columns)) != len(columns):
@@ -354,7 +328,7 @@ def _split_rows(value: Any) -> list[Any]:
 
 
 def _input_columns(value: dict[str, Any]) -> list[Any]:
-    """``inputs`` as an object: one record of scalars, or columns (name -> list of values) zipped into records."""
+    """``inputs`` as an object: one record of scalars, or columns zipped into records."""
     lists = [v for v in value.values() if type(v) is list]
     if not lists:
         return [value]

@@ -1,10 +1,7 @@
 """The endpoints, as one Blueprint: health, model info, predictions (single, batch, MLflow protocol), reload.
 
-One request path: every endpoint goes through Flask, decodes its body with the one request model
-(:mod:`serving.requests`: msgspec, each record on its own) and scores with :class:`serving.scoring.Scoring`
-(one columnar feature builder, CatBoost, reasons from the same model input). ``/predict/batch`` answers record
-by record; ``/predict`` and ``/invocations`` (MLflow's protocol) all or nothing.
-"""
+Every prediction decodes with :mod:`serving.requests` and scores with :class:`serving.scoring.Scoring`;
+``/predict/batch`` answers record by record, ``/predict`` and ``/invocations`` all or nothing."""
 
 from __future__ import annotations
 
@@ -66,9 +63,6 @@ def _answer(scoring: Scoring, out: dict[str, Any]) -> Response:
     return response
 
 
-# --- health and metadata ---------------------------------------------------------------------------------
-
-
 @bp.get("/health")
 def health() -> Response:
     holder = _holder()
@@ -94,14 +88,13 @@ def model_info() -> Response:
 
 @bp.get("/model/card")
 def model_card() -> Response:
-    """The served version's model card: HTML, or Markdown for ``Accept: text/markdown``; 404 when it has none."""
+    """The served version's model card: HTML, or Markdown for ``Accept: text/markdown``."""
     served = _served()
     markdown = request.accept_mimetypes.best_match(["text/html", "text/markdown"]) == "text/markdown"
     path = served.directory / (CARD_MARKDOWN if markdown else CARD_HTML)
     if not path.is_file():
-        raise ApiError(
-            404, "no_model_card", f"model version {served.version} has no model card in its bundle"
-        )
+        message = f"model version {served.version} has no model card in its bundle"
+        raise ApiError(404, "no_model_card", message)
     kind = "text/markdown" if markdown else "text/html"
     return Response(path.read_bytes(), status=200, content_type=f"{kind}; charset=utf-8")
 
@@ -117,9 +110,6 @@ def metrics_endpoint() -> Response:
     return Response(body, status=200, content_type=content_type)
 
 
-# --- predictions: every endpoint decodes with serving.requests and scores with serving.scoring --------------
-
-
 @bp.post("/predict")
 def predict() -> Response:
     scoring = _scoring("/predict")
@@ -127,16 +117,10 @@ def predict() -> Response:
     options = reason_options(request.args, scoring.config.reason_count)
     scored = scoring.score(decoded, reject=True)
     probability, reasons = scored[0][0], scoring.reasons(scored, options, decoded)
-    served = scoring.served
-    out: dict[str, Any] = {}
-    echo = decoded.loan_ids()[0]
-    if echo is not UNSET:
-        out["loanId"] = echo
-    out["probability"] = probability
-    out["label"] = int(probability >= served.threshold)
-    out["threshold"] = served.threshold
-    out["model_name"] = served.name
-    out["model_version"] = served.version
+    served, echo = scoring.served, decoded.loan_ids()[0]
+    out: dict[str, Any] = {} if echo is UNSET else {"loanId": echo}
+    out.update(probability=probability, label=int(probability >= served.threshold), threshold=served.threshold,
+               model_name=served.name, model_version=served.version)  # fmt: skip
     if reasons and reasons[0] is not None:
         out["reasons"] = reasons[0]
     warn(out, sorted(decoded.unknown))
@@ -147,8 +131,8 @@ def predict() -> Response:
 
 @bp.post("/predict/batch")
 def predict_batch() -> Response:
-    """Record by record: a prediction per valid record and an error per other one, each with its index;
-    ``?on_error=reject`` answers the first error for the whole batch."""
+    """A prediction per valid record and an error per other one; ``?on_error=reject`` answers the
+    first error for the whole batch."""
     scoring = _scoring("/predict/batch")
     on_error = request.args.get("on_error", "record")
     if on_error not in ("record", "reject"):
@@ -161,32 +145,26 @@ def predict_batch() -> Response:
     predictions: list[dict[str, Any]] = []
     append = predictions.append
     for index, p, echo in zip(decoded.positions, probabilities, decoded.loan_ids(), strict=True):
-        if echo is UNSET:
-            append({"index": index, "probability": p, "label": 1 if p >= threshold else 0})
-        else:
-            append({"index": index, "probability": p, "label": 1 if p >= threshold else 0, "loanId": echo})
+        prediction = {"index": index, "probability": p, "label": 1 if p >= threshold else 0}
+        if echo is not UNSET:
+            prediction["loanId"] = echo
+        append(prediction)
     for prediction, found in zip(predictions, scoring.reasons(scored, options, decoded) or (), strict=False):
         if found is not None:
             prediction["reasons"] = found
     for k, warning in scoring.warnings.items():
         predictions[k]["warnings"] = [warning]
-    out: dict[str, Any] = {
-        "predictions": predictions,
-        "errors": [e.entry() for e in decoded.errors],
-        "count": decoded.size,
-        "scored": len(predictions),
-        "rejected": len(decoded.errors),
-        "threshold": threshold,
-        "model_name": scoring.served.name,
-        "model_version": scoring.served.version,
-    }
+    out: dict[str, Any] = {"predictions": predictions, "errors": [e.entry() for e in decoded.errors],
+                           "count": decoded.size, "scored": len(predictions), "rejected": len(decoded.errors),
+                           "threshold": threshold, "model_name": scoring.served.name,
+                           "model_version": scoring.served.version}  # fmt: skip
     warn(out, sorted(decoded.unknown))
     return _answer(scoring, out)
 
 
 @bp.post("/invocations")
 def invocations() -> Response:
-    """MLflow's scoring protocol, all or nothing (as ``mlflow models serve``); reasons opt-in through ``params``."""
+    """MLflow's scoring protocol, all or nothing; reasons opt-in through ``params``."""
     scoring = _scoring("/invocations")
     limit = scoring.config.max_batch_size
     if request.mimetype in ("text/csv", "application/csv"):
@@ -200,28 +178,18 @@ def invocations() -> Response:
     return _answer(scoring, out)
 
 
-# --- administration --------------------------------------------------------------------------------------
-
-
 def _require_admin() -> None:
     config = _config()
     if not config.reload_enabled:
-        raise ApiError(
-            403,
-            "reload_disabled",
-            "model administration is disabled: start the service with LOANRISK_ADMIN_TOKEN set to enable it",
+        message = (
+            "model administration is disabled: start the service with LOANRISK_ADMIN_TOKEN set to enable it"
         )
+        raise ApiError(403, "reload_disabled", message)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    expected = (config.admin_token or "").encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode("utf-8", "replace"), expected
-    ):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "send the admin token as 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": 'Bearer realm="loanrisk"'},
-        )
+    given, expected = token.strip().encode("utf-8", "replace"), (config.admin_token or "").encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
+        message = "send the admin token as 'Authorization: Bearer <token>'"
+        raise ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="loanrisk"'})
 
 
 def _reload_directory(holder: ModelHolder) -> str | Path:
@@ -238,9 +206,8 @@ def _reload_directory(holder: ModelHolder) -> str | Path:
         current = holder.current
         directory = _config().bundle_dir or (current.directory if current else None)
     if directory is None:
-        raise ApiError(
-            400, "invalid_request", "no bundle directory configured: send bundle_dir", "bundle_dir"
-        )
+        message = "no bundle directory configured: send bundle_dir"
+        raise ApiError(400, "invalid_request", message, "bundle_dir")
     return directory
 
 
@@ -257,13 +224,9 @@ def reload_model() -> Response:
         raise ApiError(422, "invalid_bundle", str(exc), "bundle_dir") from None
     g.model_version = served.version
     outcome, workers = holder.wait_for_workers(token, _config().reload_timeout)
-    summary = {
-        "model_name": served.name,
-        "model_version": served.version,
-        "previous_version": previous.version if previous else None,
-        "bundle_dir": str(served.directory),
-        "workers": workers,
-    }
+    summary = {"model_name": served.name, "model_version": served.version,
+               "previous_version": previous.version if previous else None,
+               "bundle_dir": str(served.directory), "workers": workers}  # fmt: skip
     if outcome == "loaded":
         return json_response({"status": "reloaded", **summary})
     if outcome == "superseded":
@@ -282,7 +245,7 @@ def reload_model() -> Response:
 
 @bp.get("/model/workers")
 def model_workers() -> Response:
-    """Each live worker's state (the admin's view of a reload), and the bundle they were asked to serve."""
+    """Each live worker's state and the bundle they were asked to serve."""
     _require_admin()
     holder = _holder()
     return json_response({"target": holder.read_target(), "workers": holder.workers()})

@@ -1,9 +1,6 @@
 """One scoring request: decoded records → features → CatBoost → reasons, and what reaches the prediction log.
 
-Every endpoint scores through :class:`Scoring`, for one record or many. ``reject`` (``/predict``,
-``/invocations``, ``/predict/batch?on_error=reject``) answers the request's first error; otherwise the refused
-records are left out, each with its error, and the others are scored as if sent alone.
-"""
+``reject`` answers the request's first error; otherwise refused records are left out, each with its error."""
 
 from __future__ import annotations
 
@@ -19,9 +16,8 @@ from serving.reasons import explain_selected
 
 
 class Scoring:
-    """The served model, the settings, the prediction log, and ``state`` where the access line's fields go
-    (Flask's ``g``). What was scored reaches the prediction log only on :meth:`commit`, once the answer is
-    built: a request answered with an error logs nothing."""
+    """One request's scoring; what was scored reaches the prediction log only on :meth:`commit`, once the
+    answer is built."""
 
     def __init__(
         self, served: ServedModel, config: ServiceConfig, log: Any, state: Any, endpoint: str, metrics: Any

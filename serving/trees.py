@@ -1,25 +1,11 @@
-"""The model's symmetric trees summed here, for the few records of one request (fewer than
-:data:`serving.bundle.ROWS_BELOW`): the one hand-made fast path, kept because the single-record goal is missed
-without it (docs/benchmarks.md, the run of 2026-12-07).
+"""The model's symmetric trees summed here for the few records of one request (fewer than
+:data:`serving.bundle.ROWS_BELOW`): CatBoost's ``predict`` has a fixed per-call cost far above its trees' own.
 
-CatBoost's ``predict`` on one record costs ~130 µs, of which its trees take ~15 µs: the rest is a Pool and the
-library's set-up for each call (it re-reads the model's training parameters, a JSON text, every time). For a
-handful of records  the service sums the trees itself, in
-~30 µs, and gets CatBoost's probabilities to the last bit:
-
-1. each split's outcome. A float split compares the value, made float32 as CatBoost makes it, with the border
-   (``value > border``); a missing value takes the outcome CatBoost gives it (read once at load, from a record
-   of missing values). A categorical feature's splits (one-hot values and CTR borders, each on that one feature)
-   depend on that feature's value alone, so their outcomes are read off CatBoost's own leaf indexes once per
-   distinct value and kept: no hashing or CTR arithmetic of ours;
-2. each tree's leaf: its splits' outcomes as the bits of the leaf index, split ``d`` being bit ``d``;
-3. the leaves' values added tree after tree, as CatBoost adds them, then scaled and shifted as the model says
-   (``scale_and_bias``): the raw score; its logistic function, with the C library's ``exp``, the probability.
-
-:meth:`TreeSum.build` gives None for a model it does not take (a split combining features, trees that are not
-symmetric, more than one value per leaf), and the bundle compares the sum with CatBoost when it loads
-(:class:`serving.bundle.Bundle`): a difference above 1e-9 and CatBoost keeps every record.
-"""
+Float splits compare the value made float32 with the border; a missing value takes the outcome CatBoost gives
+it (read once from a row of missing values). Categorical splits' outcomes are read off CatBoost's own leaf
+indexes once per distinct value and kept. Each tree's leaf is its splits' outcomes as bits; the leaves are added
+in CatBoost's order, scaled and shifted, and put through the C library's ``exp``: CatBoost's probability to the
+last bit. :meth:`TreeSum.build` gives None for a model it does not take; the bundle checks the sum at load."""
 
 from __future__ import annotations
 
@@ -95,15 +81,11 @@ class TreeSum:
         """The tree sum of a model's JSON export (:func:`model_document`); None for a model it does not take."""
         trees = [{**t, "splits": t.get("splits") or []} for t in document.get("oblivious_trees") or []]
         splits = split_features(document.get("features_info", {}))
-        if (
-            splits is None
-            or not any(t["splits"] for t in trees)
-            or any(len(t["leaf_values"]) != 1 << len(t["splits"]) for t in trees)
-        ):
-            return None
         scale, bias = document.get("scale_and_bias", [1.0, [0.0]])
         bias = np.ravel(bias)
-        if bias.size != 1:
+        if splits is None or bias.size != 1 or not any(t["splits"] for t in trees):
+            return None
+        if any(len(t["leaf_values"]) != 1 << len(t["splits"]) for t in trees):
             return None
         return cls(model, splits, trees, (float(scale), float(bias[0])), categorical, missing_row)
 
@@ -164,8 +146,8 @@ class TreeSum:
         return self.scale * total + self.bias
 
     def probabilities(self, rows: list[list[Any]]) -> np.ndarray:
-        """The probability of the risky class, the logistic function of the raw score, with the C library's
-        ``exp`` as CatBoost's (numpy's own differs in the last bit for ~2% of values)."""
+        """The logistic function of the raw score, with the C library's ``exp`` as CatBoost's
+        (numpy's differs in the last bit for some values)."""
         return np.array([_logistic(v) for v in self.raw(rows).tolist()])
 
 
