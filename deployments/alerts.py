@@ -163,7 +163,7 @@ def _trigger(alert: Alert, settings: Settings) -> Any:
 
     related: dict[str, Any] = {}
     if alert.key == "flow-run-failed":
-        related = {"prefect.resource.role": "flow", "prefect.resource.name": list(settings.alert_flows)}
+        related = {"prefect.resource.role": "flow", "prefect.resource.name": list(settings.monitoring.alert_flows)}
     return EventTrigger(
         expect=set(alert.expect),
         match=alert.match,
@@ -180,10 +180,10 @@ def save_blocks(settings: Settings) -> list[tuple[str, Any]]:
     from prefect.blocks.webhook import Webhook
 
     channels: list[tuple[str, Any]] = []
-    if settings.alert_webhook_url is not None:
-        block = Webhook(url=settings.alert_webhook_url, headers={"Content-Type": "application/json"})
+    if settings.monitoring.alert_webhook_url is not None:
+        block = Webhook(url=settings.monitoring.alert_webhook_url, headers={"Content-Type": "application/json"})
         channels.append(("webhook", block.save(WEBHOOK_BLOCK, overwrite=True)))
-    for i, url in enumerate(settings.alert_apprise_urls, start=1):
+    for i, url in enumerate(settings.monitoring.alert_apprise_urls, start=1):
         block = SlackWebhook(url=url, notify_type="warning")
         channels.append(("apprise", block.save(APPRISE_BLOCK.format(i), overwrite=True)))
     return channels

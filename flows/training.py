@@ -41,10 +41,10 @@ def run_params(settings: Settings, dry_run: bool) -> dict[str, Any]:
     names = ("source", "sample_scale", "n_trials", "seed", "split_fractions")
     return {
         **{name: getattr(settings, name) for name in names},
-        "label_bad_statuses": settings.label_bad_statuses,
-        "label_good_statuses": settings.label_good_statuses,
-        "label_policy": settings.label_policy,
-        "monotone_constraints": settings.monotone_constraints,
+        "label_bad_statuses": settings.data.label_bad_statuses,
+        "label_good_statuses": settings.data.label_good_statuses,
+        "label_policy": settings.data.label_policy,
+        "monotone_constraints": settings.tuning.monotone_constraints,
         "dry_run": dry_run,
     }
 
@@ -52,7 +52,7 @@ def run_params(settings: Settings, dry_run: bool) -> dict[str, Any]:
 def deploy_mode(settings: Settings, deploy: bool | None) -> str:
     """The run's deploy mode: ``deploy=True`` is "required", ``False`` is "off", ``None`` the setting's."""
     if deploy is None:
-        return settings.deploy_mode
+        return settings.release.deploy_mode
     return "required" if deploy else "off"
 
 
@@ -86,11 +86,11 @@ def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[st
 
         # timeout=0: do not block, so a single-slot worker cannot deadlock on its own child run.
         parameters = {"model_version": version, "requested_by": requester}
-        child = run_deployment(settings.deploy_deployment_name, parameters=parameters, timeout=0)
+        child = run_deployment(settings.release.deploy_deployment_name, parameters=parameters, timeout=0)
         return {
             "status": "scheduled",
             "flow_run_id": str(child.id),
-            "deployment": settings.deploy_deployment_name,
+            "deployment": settings.release.deploy_deployment_name,
         }
     from flows.deploy import deploy_flow
 
@@ -143,7 +143,7 @@ def training_flow(
     name = f"training-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     # The run ends FINISHED once the model is trained, registered and gated, whatever its deploy did (recorded as
     # deploy.* tags; the deploy's error is raised after the run is closed); FAILED when a stage fails.
-    with tracking.run(settings, name, {"source": settings.source, "dry_run": str(dry_run)}) as run_id:
+    with tracking.run(settings, name, {"source": settings.data.source, "dry_run": str(dry_run)}) as run_id:
         tracking.log_params(settings, run_id, run_params(settings, dry_run))
         ingested = ingest_task(settings, run_id)
         validated = validate_task(settings, ingested.data_dir, run_id)
@@ -157,7 +157,7 @@ def training_flow(
         decision = promote_task(settings, version, evaluation.metrics, split.test, dry_run)
         result: dict[str, Any] = {
             "run_id": run_id,
-            "model_name": settings.model_name,
+            "model_name": settings.registry.model_name,
             "model_version": version,
             "bundle_uri": bundle_uri(settings, version),
             "promoted": decision.promoted,

@@ -164,5 +164,5 @@ def sample_split(sample_dir: Path):
 
     s = Settings()
     tables = read_tables(sample_dir)
-    table = build_model_table(tables["loan"], tables["clarity"], s.label_bad_statuses, s.label_good_statuses)
-    return split_by_time(table, s.split_fractions)
+    table = build_model_table(tables["loan"], tables["clarity"], s.data.label_bad_statuses, s.data.label_good_statuses)
+    return split_by_time(table, s.data.split_fractions)

@@ -40,13 +40,13 @@ def register_small_version(settings: Settings, data_dir: Path, alias: str | None
     package stage's own function), register it and point ``alias`` at it; returns the version."""
     tables = read_tables(data_dir)
     table = build_model_table(
-        tables["loan"], tables["clarity"], settings.label_bad_statuses, settings.label_good_statuses
+        tables["loan"], tables["clarity"], settings.data.label_bad_statuses, settings.data.label_good_statuses
     )
-    split = split_by_time(table, settings.split_fractions)
+    split = split_by_time(table, settings.data.split_fractions)
     model = CatBoostClassifier(iterations=60, depth=4, verbose=0, thread_count=2, allow_writing_files=False)
     model.fit(make_pool(split.train))
     meta = BundleMeta(
-        model_name=settings.model_name, threshold=0.5, categorical_features=list(CATEGORICAL_FEATURES)
+        model_name=settings.registry.model_name, threshold=0.5, categorical_features=list(CATEGORICAL_FEATURES)
     )
     with tracking.run(settings, "small-version") as run_id:
         bundle = write_bundle(tracking.scratch_dir("bundle-") / "bundle", model, meta)
@@ -120,14 +120,14 @@ def service_log(
     output."""
     from tests.serving.conftest import _stop, call, start_service, wait_converted
 
-    assert settings.pseudonym_key is not None, "the service's log needs the settings' pseudonym key"
+    assert settings.serving.pseudonym_key is not None, "the service's log needs the settings' pseudonym key"
     workdir.mkdir(parents=True, exist_ok=True)
     server = start_service(
         workdir,
         bundle_dir,
         2,
         LOANRISK_PREDICTION_LOG_DIR=str(folder),
-        LOANRISK_PSEUDONYM_KEY=settings.pseudonym_key.get_secret_value(),
+        LOANRISK_PSEUDONYM_KEY=settings.serving.pseudonym_key.get_secret_value(),
         LOANRISK_LOG_LEVEL="WARNING",
     )
     requests: list[tuple[str, Any]] = [("/predict", r) for r in records[:SINGLES]]

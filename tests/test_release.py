@@ -522,7 +522,7 @@ def test_training_run_is_finished_when_its_deploy_fails(
             training_flow(source="sample", scale=0.02, n_trials=2, deploy=True)
         assert info.value.committed == "no" and info.value.step == "lock"
         client = MlflowClient(tracking_uri=s.tracking_uri)
-        (run,) = client.search_runs([client.get_experiment_by_name(s.mlflow_experiment).experiment_id],
+        (run,) = client.search_runs([client.get_experiment_by_name(s.registry.mlflow_experiment).experiment_id],
                                     "attributes.run_name LIKE 'training-%'")  # fmt: skip
         assert run.info.status == "FINISHED"
         assert run.data.tags["deploy.status"] == "failed" and run.data.tags["deploy.committed"] == "no"

@@ -133,7 +133,7 @@ def test_a_worker_killed_during_a_trial_loses_only_that_trial(sample_split, tmp_
         lambda: tune(s, sample_split, "killed", None),
         tune_study.storage_for(s),
         "killed",
-        s.tune_timeout_seconds,
+        s.tuning.tune_timeout_seconds,
     )
     assert_rerun_elsewhere(victim, outcome, study_of(s, "killed").trials)
     assert sum(t.state in tune_study.FINISHED for t in queued(study_of(s, "killed"))) == 5
@@ -161,7 +161,7 @@ def test_a_worker_queues_the_retry_a_stopped_process_left_out(sample_split, tmp_
     s = tiny(tmp_path, n_trials=2, **BEAT)
     study = tune_study.prepare_study(s, "half-retried", "sha256:x")
     dead = failed_without_retry(study)
-    work(study, objective(sample_split, s), time.time() + 120, s.tune_heartbeat_seconds)
+    work(study, objective(sample_split, s), time.time() + 120, s.tuning.tune_heartbeat_seconds)
     assert_count_reached(study, 2, dead)
 
 
@@ -212,8 +212,8 @@ def test_a_retry_queued_twice_runs_once(sample_split, tmp_path: Path) -> None:
     study = tune_study.prepare_study(s, "twice", "sha256:x")
     dead = failed_without_retry(study)
     for _ in range(2):
-        tune_study.RetryCallback(max_retry=s.tune_trial_retries)(study, copy.deepcopy(dead))
-    work(study, objective(sample_split, s), time.time() + 120, s.tune_heartbeat_seconds)
+        tune_study.RetryCallback(max_retry=s.tuning.tune_trial_retries)(study, copy.deepcopy(dead))
+    work(study, objective(sample_split, s), time.time() + 120, s.tuning.tune_heartbeat_seconds)
     assert_count_reached(study, 1, dead)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL]
     assert study.trials[2].user_attrs.get(tune_study.SURPLUS) is True
@@ -245,12 +245,12 @@ def test_a_running_trial_that_never_beat_goes_stale(sample_split, tmp_path: Path
     study = optuna.create_study(
         study_name="never-beat", storage=tune_study.storage_for(s), direction="maximize"
     )
-    never_beat(study, 0, datetime.now() - timedelta(seconds=5 * s.tune_grace_seconds))
+    never_beat(study, 0, datetime.now() - timedelta(seconds=5 * s.tuning.tune_grace_seconds))
     study.enqueue_trial({}, user_attrs={tune_study.SLOT: 1})
     optuna.storages.fail_stale_trials(study)  # what every worker does before each trial
     dead = study.trials[0]
     assert dead.state == TrialState.FAIL, dead.state
-    work(study, objective(sample_split, s), time.time() + 120, s.tune_heartbeat_seconds)
+    work(study, objective(sample_split, s), time.time() + 120, s.tuning.tune_heartbeat_seconds)
     assert_count_reached(study, 2, dead)
 
 

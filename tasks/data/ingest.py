@@ -28,7 +28,7 @@ def ingest(
 ) -> IngestResult:
     """Make the three files available locally and describe them.
 
-    ``source`` defaults to ``settings.source``. ``backoff_seconds`` (default ``settings.hf_backoff_seconds``) is
+    ``source`` defaults to ``settings.data.source``. ``backoff_seconds`` (default ``settings.data.hf_backoff_seconds``) is
     the first wait between Hub attempts (it doubles each time, capped at one minute); ``sleep`` is injectable.
     """
     logger = logger or log
@@ -39,8 +39,8 @@ def ingest(
     if src.kind == "local":
         return from_local(src)
     retry = Retry(
-        max_attempts=settings.hf_max_attempts,
-        backoff_seconds=settings.hf_backoff_seconds if backoff_seconds is None else backoff_seconds,
+        max_attempts=settings.data.hf_max_attempts,
+        backoff_seconds=settings.data.hf_backoff_seconds if backoff_seconds is None else backoff_seconds,
         logger=logger,
         sleep=sleep,
     )

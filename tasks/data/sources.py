@@ -113,12 +113,12 @@ _ACCEPTED = "expected 'sample', a local directory, or 'hf://datasets/<owner>/<na
 
 
 def expand_source(source: str | None, settings: Settings) -> str:
-    """``None`` -> ``settings.source``; ``hf``/``hub`` -> the Hub URL built from ``hf_repo``/``hf_revision``."""
-    raw = (source if source is not None else settings.source).strip()
+    """``None`` -> ``settings.data.source``; ``hf``/``hub`` -> the Hub URL built from ``hf_repo``/``hf_revision``."""
+    raw = (source if source is not None else settings.data.source).strip()
     if raw.lower() in {"hf", "hub"}:
-        raw = HF_SOURCE_PREFIX + settings.hf_repo
-        if settings.hf_revision:
-            raw += f"@{settings.hf_revision}"
+        raw = HF_SOURCE_PREFIX + settings.data.hf_repo
+        if settings.data.hf_revision:
+            raw += f"@{settings.data.hf_revision}"
     return raw
 
 
@@ -132,7 +132,7 @@ def describe_file(path: Path) -> dict[str, Any]:
 
 
 def sample_dir(settings: Settings) -> Path:
-    return settings.data_dir / f"sample-scale{settings.sample_scale}-seed{settings.sample_seed}"
+    return settings.data_dir / f"sample-scale{settings.data.sample_scale}-seed{settings.data.sample_seed}"
 
 
 def _read_complete_manifest(folder: Path) -> dict[str, Any] | None:
@@ -150,7 +150,7 @@ def _read_complete_manifest(folder: Path) -> dict[str, Any] | None:
 
 
 def from_sample(settings: Settings, logger: LoggerLike) -> IngestResult:
-    scale, seed = settings.sample_scale, settings.sample_seed
+    scale, seed = settings.data.sample_scale, settings.data.sample_seed
     out = sample_dir(settings)
     manifest = _read_complete_manifest(out)
     cached = manifest is not None
@@ -223,8 +223,8 @@ def from_local(src: Source) -> IngestResult:
 def from_hub(src: Source, settings: Settings, *, retry: Retry) -> IngestResult:
     repo_id = src.repo_id
     assert repo_id is not None
-    revision = src.revision or settings.hf_revision or "main"
-    token = settings.hf_token.get_secret_value() if settings.hf_token is not None else None
+    revision = src.revision or settings.data.hf_revision or "main"
+    token = settings.data.hf_token.get_secret_value() if settings.data.hf_token is not None else None
     cache_dir = settings.data_dir / "hf"
     commit = resolve_commit(repo_id, revision, DATA_FILES, cache_dir=cache_dir, token=token, retry=retry)
     local, cached = download_verified(commit, cache_dir=cache_dir, token=token, retry=retry)

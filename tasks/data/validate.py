@@ -269,7 +269,7 @@ def validate(settings: Settings, data_dir: str | Path, run_id: str | None = None
         log.info("read %s", ", ".join(f"{FILES[k]}: {len(v)} rows" for k, v in tables.items()))
         result = validate_tables(
             tables,
-            max_quarantine_share=settings.quarantine_max_share,
+            max_quarantine_share=settings.data.quarantine_max_share,
             quarantine_dir=settings.quarantine_dir,
             pseudonymiser=settings.pseudonymiser(),
         )

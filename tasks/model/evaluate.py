@@ -65,7 +65,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float, prefi
 
 def decide_threshold(settings: Settings, y: np.ndarray, p: np.ndarray) -> tuple[float, dict[str, Any]]:
     """The validation threshold by the ``threshold_policy`` setting, and the record of the policy and its inputs."""
-    if settings.threshold_policy == "expected_cost":
+    if settings.evaluation.threshold_policy == "expected_cost":
         keys = ("cost_bad_approved", "cost_good_declined")
         threshold, cost = credit.expected_cost_threshold(y, p, *(getattr(settings, k) for k in keys))
         record: dict[str, Any] = {"threshold_policy": "expected_cost"}
@@ -115,7 +115,7 @@ def slice_report(
     return {
         "deciles": credit.decile_table(y, p),
         "calibration": credit.calibration_bins(y, p),
-        "segments": credit.segment_metrics(y, p, threshold, segments, settings.segment_min_count),
+        "segments": credit.segment_metrics(y, p, threshold, segments, settings.evaluation.segment_min_count),
     }
 
 
@@ -125,14 +125,14 @@ def calibrate(
     """A calibrator fitted on validation when its ECE exceeds ``calibration_max_ece`` (else None), and the record."""
     ece = credit.expected_calibration_error(y_valid, p_valid)
     record: dict[str, Any] = {
-        "method": settings.calibration_method,
-        "max_ece": settings.calibration_max_ece,
+        "method": settings.evaluation.calibration_method,
+        "max_ece": settings.evaluation.calibration_max_ece,
         "valid_ece_uncalibrated": ece,
-        "applied": bool(ece > settings.calibration_max_ece),
+        "applied": bool(ece > settings.evaluation.calibration_max_ece),
     }
     if not record["applied"]:
         return None, record
-    calibrator = credit.fit_calibrator(y_valid, p_valid, settings.calibration_method)
+    calibrator = credit.fit_calibrator(y_valid, p_valid, settings.evaluation.calibration_method)
     record["valid_ece_calibrated"] = credit.expected_calibration_error(y_valid, calibrator.apply(p_valid))
     return calibrator, record
 
@@ -195,17 +195,17 @@ def assess(
         p_train, p_valid, p_test = (calibrator.apply(p) for p in (p_train, p_valid, p_test))
     threshold, policy = decide_threshold(settings, y_valid, p_valid)
     metrics = evaluate(
-        y_valid, p_valid, y_test, p_test, settings.min_precision, settings.min_recall, threshold
+        y_valid, p_valid, y_test, p_test, settings.registry.min_precision, settings.registry.min_recall, threshold
     )
     for prefix, y, p in (("valid", y_valid, p_valid), ("test", y_test, p_test)):
-        metrics |= credit_metrics(y, p, prefix, settings.bootstrap_samples, settings.seed)
+        metrics |= credit_metrics(y, p, prefix, settings.evaluation.bootstrap_samples, settings.tuning.seed)
     stability = credit.stability(
-        p_train, p_test, split.train.features, split.test.features, settings.psi_bins
+        p_train, p_test, split.train.features, split.test.features, settings.evaluation.psi_bins
     )
     metrics["score_psi"] = stability["score_psi"]
     metrics |= {f"psi_{row['feature']}": row["psi"] for row in stability["feature_psi"]}
     report = {
-        "policy": {**policy, "label_policy": settings.label_policy, "calibration": calibration},
+        "policy": {**policy, "label_policy": settings.data.label_policy, "calibration": calibration},
         "metrics": {k: v for k, v in metrics.items() if not k.startswith("psi_")},
         "slices": {
             "valid": slice_report(y_valid, p_valid, split.valid.raw, threshold, settings),

@@ -175,15 +175,15 @@ def build_model_table(
 def features_task(settings: Settings, validated: ValidationResult) -> ModelTable:
     """Stage: the model table from the validated tables, which it then lets go (nothing later reads them)."""
     tables = validated.tables
-    bad, good = settings.label_statuses()
+    bad, good = settings.data.label_statuses()
     table = build_model_table(tables["loan"], tables["clarity"], bad, good)
     # counted on the configured statuses, so the card compares both policies whichever one trained the model
     counts = label_policy_counts(
         tables["loan"].loc[tables["loan"]["loanId"].notna(), "loanStatus"],
-        settings.label_bad_statuses,
-        settings.label_good_statuses,
+        settings.data.label_bad_statuses,
+        settings.data.label_good_statuses,
     )
-    table.stats |= {"label_policy": settings.label_policy, "label_policies": counts}
+    table.stats |= {"label_policy": settings.data.label_policy, "label_policies": counts}
     tables.clear()
     release_freed_memory()
     run_logger().info("model table: %s", table.stats)

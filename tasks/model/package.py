@@ -52,7 +52,7 @@ def reference_sample(
 
 def reference_profile(settings: Settings, split: Split, valid_scores: np.ndarray) -> dict[str, Any]:
     """The drift reference: the training features and the served validation scores."""
-    bins, top = settings.profile_bins, settings.profile_top_categories
+    bins, top = settings.monitoring.profile_bins, settings.monitoring.profile_top_categories
     return build_profile(split.train.features, valid_scores, bins, top)
 
 
@@ -60,7 +60,7 @@ def bundle_meta(settings: Settings, run_id: str, evaluation: Evaluation, data: d
     """The bundle's metadata: threshold, validation and test metrics, the data it was trained on, parameters."""
     metrics = evaluation.metrics
     return BundleMeta(
-        model_name=settings.model_name,
+        model_name=settings.registry.model_name,
         threshold=metrics["threshold"],
         categorical_features=list(CATEGORICAL_FEATURES),
         metrics={k: v for k, v in metrics.items() if k.startswith(("test_", "valid_")) or k == "threshold"},
@@ -104,7 +104,7 @@ def card_context(
         "training": {
             "tuning": evaluation.report.get("training") or {},
             "code_commit": git_commit(),
-            "monotone_constraints": dict(settings.monotone_constraints),
+            "monotone_constraints": dict(settings.tuning.monotone_constraints),
         },
     }
 
@@ -135,7 +135,7 @@ def assemble_bundle(
     """Write the whole bundle into ``directory``."""
     meta = bundle_meta(settings, run_id, evaluation, data)
     reference = reference_sample(
-        split.test, evaluation.test_probabilities, settings.smoke_sample_size, settings.pseudonymiser()
+        split.test, evaluation.test_probabilities, settings.release.smoke_sample_size, settings.pseudonymiser()
     )
     bundle_dir = write_bundle(directory, model, meta, reference)
     add_reason_table(bundle_dir)

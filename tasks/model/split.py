@@ -56,7 +56,7 @@ def split_by_time(table: ModelTable, fractions: tuple[float, float, float]) -> S
 @stage("split")
 def split_task(settings: Settings, table: ModelTable, run_id: str | None = None) -> Split:
     """Stage: the time split; its boundaries (and the table's figures) logged and recorded on ``run_id``."""
-    split = split_by_time(table, settings.split_fractions)
+    split = split_by_time(table, settings.data.split_fractions)
     run_logger().info("split boundaries: %s", split.boundaries)
     if run_id:
         tracking.log_dict(

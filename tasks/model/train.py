@@ -30,14 +30,14 @@ def model_params(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Tuned parameters over the fixed ones (and the monotone constraints, by feature name, when set)."""
     fixed = {
         **FIXED_PARAMS,
-        "iterations": settings.max_iterations,
-        "early_stopping_rounds": settings.early_stopping_rounds,
-        "random_seed": settings.seed,
-        "thread_count": settings.thread_count,
-        "max_ctr_complexity": settings.max_ctr_complexity,
+        "iterations": settings.tuning.max_iterations,
+        "early_stopping_rounds": settings.tuning.early_stopping_rounds,
+        "random_seed": settings.tuning.seed,
+        "thread_count": settings.tuning.thread_count,
+        "max_ctr_complexity": settings.tuning.max_ctr_complexity,
     }
-    if settings.monotone_constraints:
-        fixed["monotone_constraints"] = dict(settings.monotone_constraints)
+    if settings.tuning.monotone_constraints:
+        fixed["monotone_constraints"] = dict(settings.tuning.monotone_constraints)
     return fixed | params
 
 

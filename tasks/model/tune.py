@@ -207,7 +207,7 @@ def worker_main(
         )
     worker = workers.worker_id(settings)
     objective = objective_for(make_pool(train), make_pool(valid), valid.label, settings, run_id, worker)
-    ran = work(study, objective, deadline, settings.tune_heartbeat_seconds)
+    ran = work(study, objective, deadline, settings.tuning.tune_heartbeat_seconds)
     run_logger().info("tune worker %s: %d trials of study %s", worker, ran, study_name)
     return ran
 
@@ -216,20 +216,20 @@ def fan_out(
     settings: Settings, split: Split, study: optuna.Study, run_id: str | None, deadline: float
 ) -> None:
     """Run the queued trials on ``tune_workers`` workers (local processes or pool flow runs) and follow them."""
-    log = TrialLog(settings.n_trials, run_logger().info)
+    log = TrialLog(settings.tuning.n_trials, run_logger().info)
     scratch = settings.state_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="loanrisk-tune-", dir=scratch) as tmp:
         paths = workers.write_data(split.train, split.valid, Path(tmp))
         storage = tune_study.redacted(settings.study_storage)
-        if settings.tune_mode == "local":
-            threads = settings.thread_count
+        if settings.tuning.tune_mode == "local":
+            threads = settings.tuning.thread_count
             if threads == -1:  # share the cores instead of every worker taking them all
-                threads = max(1, (os.cpu_count() or 1) // settings.tune_workers)
+                threads = max(1, (os.cpu_count() or 1) // settings.tuning.tune_workers)
             local = settings.model_copy(update={"thread_count": threads})
             args = (local, study.study_name, tmp, run_id)
             pool: workers.LocalWorkers | workers.PoolWorkers = workers.LocalWorkers(
-                worker_main, lambda i: (*args, i, deadline, storage), settings.tune_workers
+                worker_main, lambda i: (*args, i, deadline, storage), settings.tuning.tune_workers
             )
         else:
             if not run_id:
@@ -238,12 +238,12 @@ def fan_out(
             parameters = {"study_name": study.study_name, "data_uri": f"runs:/{run_id}/tuning/data"}
             parameters |= {"run_id": run_id, "deadline": deadline, "storage": storage}
             pool = workers.PoolWorkers(
-                settings.tune_deployment_name,
-                [{**parameters, "index": i} for i in range(settings.tune_workers)],
+                settings.tuning.tune_deployment_name,
+                [{**parameters, "index": i} for i in range(settings.tuning.tune_workers)],
             )
         run_logger().info(
             "tuning: %d trials of study %s on %d %s workers: %s",
-            settings.n_trials, study.study_name, settings.tune_workers, settings.tune_mode, pool.describe(),
+            settings.tuning.n_trials, study.study_name, settings.tuning.tune_workers, settings.tuning.tune_mode, pool.describe(),
         )  # fmt: skip
         try:
             workers.wait_for_trials(study, pool, deadline, log)
@@ -254,14 +254,14 @@ def fan_out(
 def tune(settings: Settings, split: Split, study_name: str, run_id: str | None = None) -> dict[str, Any]:
     """Run the study within the trial count and time budget, here or on workers; the best params and a summary."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    deadline = time.time() + settings.tune_timeout_seconds
+    deadline = time.time() + settings.tuning.tune_timeout_seconds
     fingerprint = workers.data_fingerprint(split.train, split.valid)
     study = tune_study.prepare_study(settings, study_name, fingerprint)
-    if settings.tune_workers == 1 and settings.tune_mode == "local":
+    if settings.tuning.tune_workers == 1 and settings.tuning.tune_mode == "local":
         pools = make_pool(split.train), make_pool(split.valid)
         objective = objective_for(*pools, split.valid.label, settings, run_id, workers.worker_id(settings))
-        log = TrialLog(settings.n_trials, run_logger().info)
-        work(study, objective, deadline, settings.tune_heartbeat_seconds, callbacks=[log])
+        log = TrialLog(settings.tuning.n_trials, run_logger().info)
+        work(study, objective, deadline, settings.tuning.tune_heartbeat_seconds, callbacks=[log])
     else:
         fan_out(settings, split, study, run_id, deadline)
     return summarise(settings, study, run_id)
@@ -291,7 +291,7 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
         "workers": sorted(
             {str(t.user_attrs.get(tune_study.WORKER)) for t in trials if t.state.is_finished()}
         ),
-        "mode": settings.tune_mode if settings.tune_workers > 1 else "in-process",
+        "mode": settings.tuning.tune_mode if settings.tuning.tune_workers > 1 else "in-process",
         "study_name": study.study_name,
         "storage": settings.study_storage.split("://")[0],
     }
@@ -300,7 +300,7 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
 @stage("tune")
 def tune_task(settings: Settings, split: Split, run_id: str | None = None) -> dict[str, Any]:
     """Stage: the study (one per run unless ``optuna_study_name`` shares one), best params logged on ``run_id``."""
-    study_name = settings.optuna_study_name or f"{settings.model_name}-{run_id or uuid.uuid4().hex}"
+    study_name = settings.tuning.optuna_study_name or f"{settings.registry.model_name}-{run_id or uuid.uuid4().hex}"
     summary = tune(settings, split, study_name, run_id)
     keys = ("best_value", "best_trial", "n_complete", "n_pruned", "best_params")
     message = "tuning: best validation ROC-AUC %.4f (trial %d; %d complete, %d pruned) params %s"

@@ -90,9 +90,9 @@ def storage_for(settings: Settings) -> HeartbeatStorage:
         return HeartbeatStorage(
             url,
             engine_kwargs=engine_kwargs,
-            heartbeat_interval=settings.tune_heartbeat_seconds,
-            grace_period=settings.tune_grace_seconds,
-            heartbeat_stale_trial_callback=RetryCallback(max_retry=settings.tune_trial_retries),
+            heartbeat_interval=settings.tuning.tune_heartbeat_seconds,
+            grace_period=settings.tuning.tune_grace_seconds,
+            heartbeat_stale_trial_callback=RetryCallback(max_retry=settings.tuning.tune_trial_retries),
         )
 
 
@@ -107,7 +107,7 @@ def sampler_and_pruner(settings: Settings, worker: int, n_trials: int) -> dict[s
     """Seeded TPE (a seed per worker; the constant liar keeps workers off each other's trials), median pruner."""
     return {
         "sampler": optuna.samplers.TPESampler(
-            seed=settings.seed + worker, n_startup_trials=min(5, n_trials), constant_liar=True
+            seed=settings.tuning.seed + worker, n_startup_trials=min(5, n_trials), constant_liar=True
         ),
         "pruner": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=100),
     }
@@ -125,7 +125,7 @@ def prepare_study(settings: Settings, study_name: str, fingerprint: str) -> optu
         storage=storage_for(settings),
         direction="maximize",
         load_if_exists=True,
-        **sampler_and_pruner(settings, 0, settings.n_trials),
+        **sampler_and_pruner(settings, 0, settings.tuning.n_trials),
     )
     attrs, fit = study.user_attrs, fit_settings(settings)
     if FINGERPRINT in attrs:
@@ -149,7 +149,7 @@ def prepare_study(settings: Settings, study_name: str, fingerprint: str) -> optu
     reconcile(study)  # a resumed study's slot left without its retry gets it, and is held
     trials = study.get_trials(deepcopy=False)
     held = len({t.user_attrs[SLOT] for t in trials if SLOT in t.user_attrs and t.state != TrialState.FAIL})
-    for slot in range(len(trials), len(trials) + settings.n_trials - held):
+    for slot in range(len(trials), len(trials) + settings.tuning.n_trials - held):
         study.enqueue_trial({}, user_attrs={SLOT: slot})
     return study
 
@@ -167,7 +167,7 @@ def load_study(
         return optuna.load_study(
             study_name=study_name,
             storage=storage_for(settings),
-            **sampler_and_pruner(settings, worker, settings.n_trials),
+            **sampler_and_pruner(settings, worker, settings.tuning.n_trials),
         )
     except KeyError as exc:
         raise PermanentError(f"tune worker: no study {study_name!r} in {mine}") from exc

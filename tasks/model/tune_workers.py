@@ -31,7 +31,7 @@ LABEL_COLUMN = "__label__"
 
 def worker_id(settings: Settings) -> str:
     """``<name>:<pid>``: the worker name (``tune_worker_name``, else the host name) and the process."""
-    return f"{settings.tune_worker_name or socket.gethostname()}:{os.getpid()}"
+    return f"{settings.tuning.tune_worker_name or socket.gethostname()}:{os.getpid()}"
 
 
 def data_fingerprint(train: ModelTable, valid: ModelTable) -> str:

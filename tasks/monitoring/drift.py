@@ -116,10 +116,10 @@ class Thresholds:
     @classmethod
     def from_settings(cls, settings: Any) -> Thresholds:
         return cls(
-            settings.drift_psi_threshold,
-            settings.drift_score_psi_threshold,
-            settings.drift_min_features,
-            settings.drift_min_records,
+            settings.monitoring.drift_psi_threshold,
+            settings.monitoring.drift_score_psi_threshold,
+            settings.monitoring.drift_min_features,
+            settings.monitoring.drift_min_records,
         )
 
 

@@ -55,7 +55,7 @@ def reference_task(settings: Settings, model_version: str | None = None) -> Refe
         found = versions.version_by_alias(settings, Alias.CHAMPION)
         if found is None:
             raise PermanentError(
-                f"model {settings.model_name!r} has no {Alias.CHAMPION!r} alias: nothing is served to monitor "
+                f"model {settings.registry.model_name!r} has no {Alias.CHAMPION!r} alias: nothing is served to monitor "
                 "(pass --model-version to watch another version)"
             )
         version = str(found.version)
@@ -66,8 +66,8 @@ def reference_task(settings: Settings, model_version: str | None = None) -> Refe
             f"{versions.bundle_uri(settings, version)} has no reference profile (profile.json): it was "
             "packaged before profiles existed; retrain to monitor it"
         )
-    run_logger().info("monitoring %s v%s against its reference profile", settings.model_name, version)
-    return Reference(settings.model_name, version, profile)
+    run_logger().info("monitoring %s v%s against its reference profile", settings.registry.model_name, version)
+    return Reference(settings.registry.model_name, version, profile)
 
 
 @stage("log-window")
@@ -79,11 +79,11 @@ def window_task(
     until: datetime | None = None,
 ) -> Window:
     """Stage: the records of ``model_version`` logged in the last ``since`` (default: ``monitor_window``)."""
-    folder = log_dir or settings.prediction_log_dir
+    folder = log_dir or settings.serving.prediction_log_dir
     if folder is None:
         raise PermanentError("no prediction log folder: pass --log-dir or set LOANRISK_PREDICTION_LOG_DIR")
     end = until or datetime.now(UTC)
-    start = end - monitor.parse_window(since or settings.monitor_window)
+    start = end - monitor.parse_window(since or settings.monitoring.monitor_window)
     try:
         records = monitor.read_window(folder, start, end, model_version)
     except FileNotFoundError as exc:
@@ -119,8 +119,8 @@ def drift_task(
             window.records,
             table,
             settings.pseudonymiser().token,
-            settings.label_bad_statuses,
-            settings.label_good_statuses,
+            settings.data.label_bad_statuses,
+            settings.data.label_good_statuses,
         )
     run_logger().info("drift %s: %s", report["status"], "; ".join(report["reasons"]))
     return report

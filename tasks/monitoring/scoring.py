@@ -257,7 +257,7 @@ def fetch_model_task(
     settings: Settings, model_version: str | None, alias: str | None, bundle_dir: Path
 ) -> Path:
     """Stage: the bundle of ``model_version`` (or of the version ``alias`` points to) from the registry."""
-    version = versions.resolve_version(settings, model_version, alias or settings.score_alias)
+    version = versions.resolve_version(settings, model_version, alias or settings.monitoring.score_alias)
     path = versions.download_bundle(settings, version, bundle_dir)
     run_logger().info("scoring with %s", versions.bundle_uri(settings, version))
     return path
@@ -277,8 +277,8 @@ def score_task(
     reasons when the bundle has a reason-code table and ``reasons`` (default: the setting) is not ``none``."""
     output_path = str(output_under_root(settings, output_path))
     rejects = str(output_under_root(settings, rejects, "rejects")) if rejects else None
-    bundle = load_bundle(bundle_dir, thread_count=settings.thread_count)
-    mode = reasons or settings.score_reasons
+    bundle = load_bundle(bundle_dir, thread_count=settings.tuning.thread_count)
+    mode = reasons or settings.monitoring.score_reasons
     explain = bundle.explainer is not None and mode != "none"
     result = score_file(
         bundle,
@@ -286,7 +286,7 @@ def score_task(
         output_path,
         clarity=clarity,
         rejects=rejects,
-        chunk_rows=settings.score_chunk_rows,
+        chunk_rows=settings.monitoring.score_chunk_rows,
         reasons=service_reasons(mode) if explain else None,
     )
     return result.summary()

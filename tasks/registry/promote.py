@@ -35,7 +35,7 @@ class Policy:
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
         return cls(
-            settings.min_precision, settings.min_recall, settings.min_f1_gain, settings.champion_unscorable
+            settings.registry.min_precision, settings.registry.min_recall, settings.registry.min_f1_gain, settings.registry.champion_unscorable
         )
 
 
@@ -129,7 +129,7 @@ def decision_markdown(settings: Settings, version: str, decision: Decision, dry_
         " (dry run: aliases untouched)" if dry_run else ""
     )
     lines = "\n".join(f"- {r}" for r in decision.reasons)
-    return f"# {settings.model_name} v{version}: {verdict}\n\n{lines}\n"
+    return f"# {settings.registry.model_name} v{version}: {verdict}\n\n{lines}\n"
 
 
 @stage("promote")
@@ -149,7 +149,7 @@ def promote_task(
     create_markdown_artifact(
         key="promotion-decision",
         markdown=decision_markdown(settings, version, decision, dry_run),
-        description=f"{settings.model_name} v{version} promotion decision",
+        description=f"{settings.registry.model_name} v{version} promotion decision",
     )
     run_logger().info("promotion of v%s: %s — %s", version, decision.promoted, "; ".join(decision.reasons))
     return decision

@@ -33,7 +33,7 @@ def client(settings: Settings) -> Any:
 def experiment_id(settings: Settings) -> str:
     """The experiment's id, created on first use (artifacts under the state folder for local stores)."""
     c = client(settings)
-    exp = c.get_experiment_by_name(settings.mlflow_experiment)
+    exp = c.get_experiment_by_name(settings.registry.mlflow_experiment)
     if exp is not None:
         return exp.experiment_id
     location = None
@@ -41,9 +41,9 @@ def experiment_id(settings: Settings) -> str:
         settings.artifact_root.mkdir(parents=True, exist_ok=True)
         location = settings.artifact_root.resolve().as_uri()
     try:
-        return c.create_experiment(settings.mlflow_experiment, artifact_location=location)
+        return c.create_experiment(settings.registry.mlflow_experiment, artifact_location=location)
     except Exception:  # noqa: BLE001 - created concurrently by another run
-        return c.get_experiment_by_name(settings.mlflow_experiment).experiment_id
+        return c.get_experiment_by_name(settings.registry.mlflow_experiment).experiment_id
 
 
 def start_run(

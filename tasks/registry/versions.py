@@ -51,12 +51,12 @@ def _ask(settings: Settings, what: str, call: Callable[[Any], Any], absent: Any 
 
 
 def _no_version(settings: Settings, version: str) -> PermanentError:
-    return PermanentError(f"model {settings.model_name!r} has no version {version!r}")
+    return PermanentError(f"model {settings.registry.model_name!r} has no version {version!r}")
 
 
 def bundle_uri(settings: Settings, version: str) -> str:
     """Where a version's bundle can be downloaded (``mlflow artifacts download --artifact-uri ...``)."""
-    return f"models:/{settings.model_name}/{version}"
+    return f"models:/{settings.registry.model_name}/{version}"
 
 
 def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dict[str, str]) -> str:
@@ -64,29 +64,29 @@ def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dic
     uploaded (a failed upload removes the version)."""
     c = tracking.client(settings)
     try:
-        c.create_registered_model(settings.model_name, description="Loan default risk (CatBoost bundle)")
+        c.create_registered_model(settings.registry.model_name, description="Loan default risk (CatBoost bundle)")
     except Exception as exc:
         if not tracking.already_exists(exc):
             raise
     source = f"{c.get_run(run_id).info.artifact_uri}/{BUNDLE_ARTIFACT_PATH}"
     version = str(
-        c.create_model_version(settings.model_name, source=source, run_id=run_id, tags=tags).version
+        c.create_model_version(settings.registry.model_name, source=source, run_id=run_id, tags=tags).version
     )
     try:
         if (bundle_dir / META_FILE).is_file():
-            stamp_version(bundle_dir, version, model_name=settings.model_name)
+            stamp_version(bundle_dir, version, model_name=settings.registry.model_name)
             if (bundle_dir / EVALUATION_FILE).is_file():
                 write_card(bundle_dir)  # the card names its version
         c.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
     except BaseException:
-        c.delete_model_version(settings.model_name, version)
+        c.delete_model_version(settings.registry.model_name, version)
         raise
     return version
 
 
 def get_version(settings: Settings, version: str) -> Any:
     """A model version by number; :class:`PermanentError` when it does not exist."""
-    what, name = f"read version {version} of {settings.model_name!r}", settings.model_name
+    what, name = f"read version {version} of {settings.registry.model_name!r}", settings.registry.model_name
     return _ask(
         settings, what, lambda c: c.get_model_version(name, str(version)), _no_version(settings, version)
     )
@@ -95,7 +95,7 @@ def get_version(settings: Settings, version: str) -> Any:
 def version_by_alias(settings: Settings, alias: str) -> Any | None:
     """The version an alias points to; None only when the alias (or the model) does not exist (an unreachable
     registry is never "no champion")."""
-    what, name = f"read alias {alias!r} of {settings.model_name!r}", settings.model_name
+    what, name = f"read alias {alias!r} of {settings.registry.model_name!r}", settings.registry.model_name
     return _ask(settings, what, lambda c: c.get_model_version_by_alias(name, alias), None)
 
 
@@ -105,19 +105,19 @@ def resolve_version(settings: Settings, model_version: str | None, alias: str | 
         return str(get_version(settings, model_version).version)
     found = version_by_alias(settings, alias or Alias.CANDIDATE)
     if found is None:
-        raise PermanentError(f"model {settings.model_name!r} has no alias {alias!r}: nothing to deploy")
+        raise PermanentError(f"model {settings.registry.model_name!r} has no alias {alias!r}: nothing to deploy")
     return str(found.version)
 
 
 def set_alias(settings: Settings, alias: str, version: str) -> None:
     """Point ``alias`` at ``version``."""
-    call = lambda c: c.set_registered_model_alias(settings.model_name, alias, str(version))  # noqa: E731
+    call = lambda c: c.set_registered_model_alias(settings.registry.model_name, alias, str(version))  # noqa: E731
     _ask(settings, f"point alias {alias!r} at version {version}", call)
 
 
 def delete_alias(settings: Settings, alias: str) -> None:
     """Remove ``alias`` (no error when it is absent)."""
-    call = lambda c: c.delete_registered_model_alias(settings.model_name, alias)  # noqa: E731
+    call = lambda c: c.delete_registered_model_alias(settings.registry.model_name, alias)  # noqa: E731
     _ask(settings, f"delete alias {alias!r}", call, None)
 
 
@@ -126,20 +126,20 @@ def set_version_tags(settings: Settings, version: str, tags: dict[str, Any]) -> 
 
     def call(c: Any) -> None:
         for key, value in tags.items():
-            c.set_model_version_tag(settings.model_name, str(version), key, str(value))
+            c.set_model_version_tag(settings.registry.model_name, str(version), key, str(value))
 
     _ask(settings, f"tag version {version}", call, _no_version(settings, version))
 
 
 def model_tags(settings: Settings) -> dict[str, str]:
     """The registered model's own tags ({} when the model does not exist yet)."""
-    return record_tags(settings, settings.model_name, f"read the tags of {settings.model_name!r}") or {}
+    return record_tags(settings, settings.registry.model_name, f"read the tags of {settings.registry.model_name!r}") or {}
 
 
 def set_model_tag(settings: Settings, key: str, value: str) -> None:
     """Set one tag on the registered model (one call: a reader sees the old value or the new one)."""
-    call = lambda c: c.set_registered_model_tag(settings.model_name, key, value)  # noqa: E731
-    _ask(settings, f"set tag {key!r} of {settings.model_name!r}", call)
+    call = lambda c: c.set_registered_model_tag(settings.registry.model_name, key, value)  # noqa: E731
+    _ask(settings, f"set tag {key!r} of {settings.registry.model_name!r}", call)
 
 
 class AlreadyExists(PermanentError):
@@ -192,7 +192,7 @@ def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
     try:
-        source = tracking.client(settings).get_model_version_download_uri(settings.model_name, str(version))
+        source = tracking.client(settings).get_model_version_download_uri(settings.registry.model_name, str(version))
         path = tracking.download_artifacts(settings, source, dst)
     except Exception as exc:
         if is_absent(exc) or isinstance(exc, FileNotFoundError):
@@ -200,7 +200,7 @@ def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
         unavailable(settings, f"download the bundle of version {version}", exc)
     if not (path / META_FILE).is_file():
         raise PermanentError(f"{bundle_uri(settings, version)} holds no model bundle ({META_FILE} missing)")
-    stamp_version(path, str(version), model_name=settings.model_name)
+    stamp_version(path, str(version), model_name=settings.registry.model_name)
     return path
 
 
@@ -221,7 +221,7 @@ def register_task(settings: Settings, run_id: str, bundle_dir: Path) -> str:
     """Stage: a new model version carrying the bundle, tagged from its metadata."""
     version = register_bundle(settings, run_id, bundle_dir, version_tags(bundle_dir))
     run_logger().info(
-        "registered %s version %s (%s)", settings.model_name, version, bundle_uri(settings, version)
+        "registered %s version %s (%s)", settings.registry.model_name, version, bundle_uri(settings, version)
     )
     return version
 

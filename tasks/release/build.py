@@ -1,9 +1,6 @@
 """Build the serving image with the Docker SDK, label it, and leave nothing of the build behind.
 
-The classic builder runs through the low-level API, each log line streamed to the caller's ``log`` callback. Each
-build gets an id (build argument ``BUILD_ID``, carried by the Dockerfile's build stage as the label
-:data:`LABEL_BUILD_ID`); after the build, succeeded or failed, the dangling images it left are removed, so a
-release leaves only the image it tagged. The image label names are defined here once (:func:`image_labels`).
+Each build's id is a label, so the dangling images it left are removed afterwards; label names live here.
 """
 
 from __future__ import annotations
@@ -97,10 +94,7 @@ def build_image(
 ) -> str:
     """Build ``context_dir`` and tag the result ``repository:<tag>`` for each tag; return the image id.
 
-    Tags are applied only after a successful build, so a failed build never moves ``latest``.
-    ``build_id`` (default: a new one) is passed as the build argument ``BUILD_ID``; the dangling images this
-    build leaves are removed afterwards, whether it succeeded or failed (:func:`remove_build_leftovers`).
-    Raises :class:`ImageBuildError` naming the failing Dockerfile step and its error.
+    Tags are applied only after a successful build; raises :class:`ImageBuildError` naming the failing step.
     """
     client = client or get_client()
     log = log or logger.info
@@ -174,14 +168,9 @@ def remove_build_leftovers(
     *,
     failed: bool = True,
 ) -> list[str]:
-    """Remove the dangling images one build left; returns the removed ids.
+    """Remove the dangling images one build left, leaf first, never their parents; returns the removed ids.
 
-    Only images this build made go, one at a time, leaf first, never with their parents (``noprune``): so the
-    layers it took from the builder's cache (the environment, shared with other builds and the next release)
-    always stay. After a successful build those are the images labelled with its ``build_id`` (the build
-    stage's steps after the environment); after a failed one also every image one of its own steps committed
-    (``step_images``, cache hits excluded: the last step of a failed build, an environment it installed), so
-    nothing of it is left. Only dangling images are touched (never a tagged image or a parent of one).
+    Shared cache layers stay; after a failed build the images its own steps committed go too.
     """
     log = log or logger.info
     prefixes = tuple(step_images) if failed else ()
@@ -247,6 +236,6 @@ def build_task(
         buildargs,
         labels,
         run_logger().info,
-        client=get_client(settings.docker_host),
+        client=get_client(settings.release.docker_host),
         build_id=build_id,
     )

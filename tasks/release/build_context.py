@@ -1,17 +1,6 @@
 """A self-contained Docker build context for the serving image (no Prefect, no network inside the build).
 
-``prepare_build_context(bundle_dir, out_dir, wheel_cache_dir)`` lays out::
-
-    out_dir/
-      Dockerfile  .dockerignore
-      serving/            the package (requirements.txt, gunicorn_conf.py, ...)
-      tools/prune.py      the build stage's slimming of the environment (never in the final image)
-      bundle/             the model bundle, copied in at build time
-      wheels/             every wheel of serving/requirements.txt, for pip --no-index --find-links
-
-PyPI is not reachable from inside containers here (TLS proxy), so the wheels are downloaded once on the host
-with ``pip download --only-binary=:all: --platform ... --python-version 3.11 --no-deps -r requirements.txt``
-into ``wheel_cache_dir/<requirements hash>/`` and reused while the requirements do not change.
+Wheels are downloaded once on the host (PyPI is unreachable from containers), cached by requirements hash.
 """
 
 from __future__ import annotations

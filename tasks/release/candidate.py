@@ -1,10 +1,6 @@
 """The release candidate: an image in the registry, known by digest, pulled back and smoke-tested.
 
-Before the commit point nothing carries a name that says "released": a build is pushed under a tag unique to the
-run (``build-<id>``), pulled back by the digest the registry answered, run and smoke-tested against the bundle's
-reference predictions. A failure deletes the build's manifest from the registry (it never served) and removes the
-local images this run made. A version whose tested image the registry still holds (a re-release, a rollback) is
-pulled by digest and smoke-tested again, never rebuilt.
+A failure deletes the build's manifest and local images; an image the registry still holds is never rebuilt.
 """
 
 from __future__ import annotations
@@ -43,7 +39,7 @@ class Candidate:
 
 
 def remote(settings: Settings) -> str:
-    return f"{settings.image_registry}/{settings.image_repository}"
+    return f"{settings.release.image_registry}/{settings.release.image_repository}"
 
 
 def _failed(step: str, exc: BaseException) -> ReleaseFailed:
@@ -82,7 +78,10 @@ def registry_holds(settings: Settings, digest: str | None) -> bool:
     user, password = registry_credentials(settings)
     try:
         return (
-            tag_digest(settings.image_registry, settings.image_repository, digest, user, password) == digest
+            tag_digest(
+                settings.release.image_registry, settings.release.image_repository, digest, user, password
+            )
+            == digest
         )
     except DeployStepError as exc:
         raise _failed("registry check", exc) from exc
@@ -90,12 +89,12 @@ def registry_holds(settings: Settings, digest: str | None) -> bool:
 
 def _pull_and_smoke(settings: Settings, version: str, digest: str, bundle: Bundle, made: list[str]) -> dict:
     user, password = registry_credentials(settings)
-    client = get_client(settings.docker_host)
+    client = get_client(settings.release.docker_host)
     by_digest = f"{remote(settings)}@{digest}"
     present = local_image_id(client, by_digest) is not None
     try:
         ref = pull_by_digest(
-            client, settings.image_registry, settings.image_repository, digest, user, password
+            client, settings.release.image_registry, settings.release.image_repository, digest, user, password
         )
     except DeployStepError as exc:
         raise _failed("pull", exc) from exc
@@ -106,7 +105,7 @@ def _pull_and_smoke(settings: Settings, version: str, digest: str, bundle: Bundl
 
 def _tag_locally(settings: Settings, digest: str, version: str, made: list[str]) -> None:
     """The local ``repository:version`` tag names the tested image (what a person finds with ``docker images``)."""
-    client = get_client(settings.docker_host)
+    client = get_client(settings.release.docker_host)
     tag_ref = f"{remote(settings)}:{version}"
     if local_image_id(client, tag_ref) != local_image_id(client, f"{remote(settings)}@{digest}"):
         client.images.get(f"{remote(settings)}@{digest}").tag(remote(settings), tag=version)
@@ -115,7 +114,7 @@ def _tag_locally(settings: Settings, digest: str, version: str, made: list[str])
 
 def _undo(settings: Settings, made: list[str]) -> None:
     if made:
-        remove_local_images(get_client(settings.docker_host), made, run_logger().warning)
+        remove_local_images(get_client(settings.release.docker_host), made, run_logger().warning)
 
 
 def build_candidate(
@@ -130,8 +129,8 @@ def build_candidate(
     bundle = load_bundle(context / "bundle")
     _reference(bundle, version)
     buildargs = {
-        "BASE_IMAGE": settings.base_image,
-        "MODEL_NAME": settings.model_name,
+        "BASE_IMAGE": settings.release.base_image,
+        "MODEL_NAME": settings.registry.model_name,
         "MODEL_VERSION": version,
         "GIT_COMMIT": revision,
     }
@@ -144,7 +143,7 @@ def build_candidate(
                 context,
                 build_ref,
                 buildargs,
-                image_labels(settings.model_name, version, revision),
+                image_labels(settings.registry.model_name, version, revision),
                 build_id,
             )
         except Exception as exc:
@@ -160,23 +159,29 @@ def build_candidate(
         if digest:
             user, password = registry_credentials(settings)
             with contextlib.suppress(Exception):
-                delete_manifest(settings.image_registry, settings.image_repository, digest, user, password)
+                delete_manifest(
+                    settings.release.image_registry, settings.release.image_repository, digest, user, password
+                )
         _undo(settings, made)
         if isinstance(exc, ReleaseFailed):
             exc.facts["build_id"] = build_id
         raise
-    remove_local_images(get_client(settings.docker_host), [build_ref], run_logger().warning)
+    remove_local_images(get_client(settings.release.docker_host), [build_ref], run_logger().warning)
     return Candidate(version, digest, remote(settings), True, build_tag, build_id, smoke, bundle.meta.metrics)
 
 
 def discard_candidate(settings: Settings, candidate: Candidate) -> None:
     """A candidate whose commit was refused (it never served): its build's manifest and its local images go."""
-    client = get_client(settings.docker_host)
+    client = get_client(settings.release.docker_host)
     if candidate.built:
         user, password = registry_credentials(settings)
         with contextlib.suppress(Exception):
             delete_manifest(
-                settings.image_registry, settings.image_repository, candidate.digest, user, password
+                settings.release.image_registry,
+                settings.release.image_repository,
+                candidate.digest,
+                user,
+                password,
             )
     refs = [f"{candidate.image}:{candidate.version}"] + (
         [f"{candidate.image}@{candidate.digest}"] if candidate.built else []

@@ -203,9 +203,9 @@ def remove_container(container: Container | RunningContainer) -> None:
 @stage("run-image", max_retries=0)
 def run_task(settings: Settings, image_ref: str) -> RunningContainer:
     """Stage: start the image on a free local port and wait (bounded) for ``/health``."""
-    running = run_container(image_ref, client=get_client(settings.docker_host))
+    running = run_container(image_ref, client=get_client(settings.release.docker_host))
     try:
-        wait_healthy(running.base_url, timeout_s=settings.health_timeout_seconds, container=running)
+        wait_healthy(running.base_url, timeout_s=settings.release.health_timeout_seconds, container=running)
     except BaseException:
         remove_container(running)
         raise

@@ -1,18 +1,6 @@
 """Converge: make everything derived from the release ledger match its head, idempotently.
 
-Every deploy and rollback ends with it, and ``python -m flows.deploy --converge`` repairs a release whose tail
-failed. Each step looks before it writes, so a second run changes nothing:
-
-1. the ``champion`` alias names the head's version (written, then the head read again: a release committed
-   meanwhile is converged to instead, so the last writer always leaves the newest head);
-2. the versions carry the ledger's facts (``release.*`` tags: the head's release, and on each version a rollback
-   left, when and by whom) - a mirror for the registry's UI; the ledger stays the record;
-3. the image tag ``:<version>`` names the head's digest, unless it already names another digest (a version tag
-   never moves: that release is known by its digest, and the conflict is reported);
-4. ``latest`` names the head's digest (what the live service runs);
-5. the release notes (a Prefect artifact keyed by digest) and the GitHub release (tagged by digest, at the image's
-   source commit) hold the head's notes (each release's marker, so a re-release of one digest adds its own);
-6. the Prefect artifact ``release-history-<model>`` shows the audit trail ``--history`` prints.
+Each step (champion alias, version tags, image tags, release notes, history artifact) looks before it writes.
 """
 
 from __future__ import annotations
@@ -101,7 +89,7 @@ def version_facts(settings: Settings, entries: list[Entry]) -> None:
 
 def _retag(settings: Settings, tag: str, digest: str, *, never_move: bool) -> str:
     user, password = registry_credentials(settings)
-    held = tag_digest(settings.image_registry, settings.image_repository, tag, user, password)
+    held = tag_digest(settings.release.image_registry, settings.release.image_repository, tag, user, password)
     if held == digest:
         return "exists"
     if held is not None and never_move:
@@ -111,7 +99,9 @@ def _retag(settings: Settings, tag: str, digest: str, *, never_move: bool) -> st
             f"this release is known by its digest",
             "yes",
         )
-    registry_retag(settings.image_registry, settings.image_repository, digest, tag, user, password)
+    registry_retag(
+        settings.release.image_registry, settings.release.image_repository, digest, tag, user, password
+    )
     return "moved" if held else "created"
 
 
@@ -123,14 +113,21 @@ def notes_for(settings: Settings, entry: Entry) -> str:
         if entry.from_version:
             tags = versions.get_version(settings, entry.from_version).tags or {}
             previous = {k: float(v) for k, v in tags.items() if k.startswith("test_") and _is_float(v)}
-        card = card_link(settings.model_name, entry.version, (bundle.directory / CARD_HTML).is_file())
+        card = card_link(
+            settings.registry.model_name, entry.version, (bundle.directory / CARD_HTML).is_file()
+        )
         _set_changed(
             settings,
             entry.version,
             {k: f"{v:.6f}" for k, v in bundle.meta.metrics.items() if k.startswith("test_")},
         )
         return release_notes(
-            settings.model_name, entry, bundle.meta.metrics, previous, bundle.meta.data_fingerprint, card
+            settings.registry.model_name,
+            entry,
+            bundle.meta.metrics,
+            previous,
+            bundle.meta.data_fingerprint,
+            card,
         )
 
 
@@ -156,7 +153,7 @@ def publish_notes(settings: Settings, entry: Entry) -> str:
     notes (read back when they exist)."""
     from prefect.artifacts import create_markdown_artifact
 
-    key = notes_artifact_key(settings.model_name, entry.version, entry.digest)
+    key = notes_artifact_key(settings.registry.model_name, entry.version, entry.digest)
     marker = release_marker(entry)
     found = _artifacts(key)
     written = next((str(a.data) for a in found if marker in str(a.data or "")), None)
@@ -166,21 +163,21 @@ def publish_notes(settings: Settings, entry: Entry) -> str:
     create_markdown_artifact(
         key=key,
         markdown=notes,
-        description=f"{settings.model_name} v{entry.version} ({entry.kind}, ledger entry {entry.seq})",
+        description=f"{settings.registry.model_name} v{entry.version} ({entry.kind}, ledger entry {entry.seq})",
     )
     return notes
 
 
 def publish_github(settings: Settings, entry: Entry, notes: str) -> str | None:
     """The GitHub release of the head's digest holds its notes; its tag is made at the image's source commit."""
-    if not (settings.github_token and settings.github_repository):
+    if not (settings.release.github_token and settings.release.github_repository):
         return None
     commit = entry.commit.removesuffix("-dirty")
     target = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
     release = publish_github_release(
         settings,
-        github_tag(settings.model_name, entry.version, entry.digest),
-        f"{settings.model_name} v{entry.version}",
+        github_tag(settings.registry.model_name, entry.version, entry.digest),
+        f"{settings.registry.model_name} v{entry.version}",
         notes,
         release_marker(entry),
         target,
@@ -192,8 +189,10 @@ def history_artifact(settings: Settings, entries: list[Entry]) -> str:
     """The audit trail as a Prefect table artifact (a new version of it only when the ledger grew)."""
     from prefect.artifacts import create_table_artifact
 
-    key = "release-history-" + re.sub(r"[^a-z0-9-]+", "-", settings.model_name.lower())
-    description = f"{settings.model_name}: every champion change, through ledger entry {entries[-1].seq}"
+    key = "release-history-" + re.sub(r"[^a-z0-9-]+", "-", settings.registry.model_name.lower())
+    description = (
+        f"{settings.registry.model_name}: every champion change, through ledger entry {entries[-1].seq}"
+    )
     found = _artifacts(key)
     if not any(a.description == description for a in found):
         create_table_artifact(key=key, table=history_rows(entries), description=description)
@@ -234,7 +233,7 @@ def converge(settings: Settings, committed: Committed = "yes") -> dict[str, Any]
         notes = attempt(notes_task, top)
         if notes is not None:
             attempt(github_task, top, notes)
-        done["release-notes"] = notes_artifact_key(settings.model_name, top.version, top.digest)
+        done["release-notes"] = notes_artifact_key(settings.registry.model_name, top.version, top.digest)
     attempt(history_task, entries)
     newest = attempt(newest_task)
     if newest is not None and newest != top.seq:  # committed meanwhile: that release's converge follows it

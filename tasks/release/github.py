@@ -1,8 +1,6 @@
 """GitHub releases through the REST API, created once: looked up by tag first, created when missing.
 
-No answer, 5xx and 429 are :class:`GitHubUnavailable` (retried by the task); any other refusal (401, 403, 404 of
-the repository, 422 other than "already exists") is a :class:`GitHubReleaseError`, which is not retried. A 500 that
-hid a created release is harmless: the retry finds it by tag.
+Unavailability (no answer, 5xx, 429) is retried; any other refusal is a :class:`GitHubReleaseError`.
 """
 
 from __future__ import annotations
@@ -111,10 +109,10 @@ def publish_github_release(
     """The GitHub release ``tag`` holds ``notes``: created (at the image's source commit) unless it exists; an
     existing one whose body lacks ``marker`` (another release of the same digest) gets ``notes`` added. None when
     no token and repository are configured. ``created`` says whether this call created it."""
-    if not (settings.github_token and settings.github_repository):
+    if not (settings.release.github_token and settings.release.github_repository):
         return None
-    api, repo = settings.github_api_url, settings.github_repository
-    token = settings.github_token.get_secret_value()
+    api, repo = settings.release.github_api_url, settings.release.github_repository
+    token = settings.release.github_token.get_secret_value()
     found = find_github_release(api, repo, token, tag)
     if found is None:
         created = create_github_release(api, repo, token, tag, name, notes, target_commitish)

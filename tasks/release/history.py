@@ -31,9 +31,13 @@ def read_history(settings: Settings) -> list[dict[str, str]]:
 def history_text(rows: list[dict[str, str]], settings: Settings) -> str:
     """The rows as an aligned text table (the digest shortened to 19 characters)."""
     if not rows:
-        return f"{settings.model_name}: no champion has been released\n"
+        return f"{settings.registry.model_name}: no champion has been released\n"
     cells = [[r.get(c, "") if c != "digest" else r.get(c, "")[:19] for c in COLUMNS] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    return f"{settings.model_name}: {len(rows)} champion change(s), oldest first\n" + "\n".join(lines) + "\n"
+    return (
+        f"{settings.registry.model_name}: {len(rows)} champion change(s), oldest first\n"
+        + "\n".join(lines)
+        + "\n"
+    )

@@ -1,17 +1,6 @@
 """The release ledger: every champion change, one registry record each, never trimmed, never rewritten.
 
-Entry ``n`` of model ``M`` is the registered model ``M.release.<n:06d>``, created in one call with all its facts as
-tags (:class:`Entry`). The registry's unique model name makes the creation a compare-and-set: a release that
-read the ledger's head ``n`` claims ``n + 1``; of two releases that read the same head, exactly one claim
-succeeds and the other is refused (:func:`commit`). That claim is THE commit point, fenced where the state lives,
-so correctness does not depend on which Prefect server or lock name a process uses. The ``champion`` alias, the
-version tags, ``latest`` and the release notes are derived from the head afterwards (``converge``).
-
-A claim whose answer is lost is read back: the entry carries the release's own id, so the answer is "committed",
-"not committed" (the read shows no entry, or another release's) or "unknown" (the read failed too).
-
-On first use, a registry released by the earlier record (the model tag ``release.history`` and the champion's
-``release.*`` tags) is seeded into the ledger, oldest first, so a first rollback after an upgrade has the history.
+Creating entry ``n + 1`` is a compare-and-set on the registry's unique model name: the release's commit point.
 """
 
 from __future__ import annotations
@@ -120,7 +109,7 @@ def entry_name(model_name: str, seq: int) -> str:
 
 
 def _prefix(settings: Settings) -> str:
-    return f"{settings.model_name}.release."
+    return f"{settings.registry.model_name}.release."
 
 
 def read_ledger(settings: Settings) -> list[Entry]:
@@ -147,7 +136,7 @@ def commit(settings: Settings, entry: Entry, expected: Entry | None) -> Entry:
     committed when the registry refused, moved or did not answer."""
     entry.seq = (expected.seq if expected else 0) + 1
     entry.from_version = entry.from_version or (expected.version if expected else "")
-    name = entry_name(settings.model_name, entry.seq)
+    name = entry_name(settings.registry.model_name, entry.seq)
     try:
         versions.create_record(settings, name, entry.tags(), description=describe(entry))
         return entry
@@ -291,7 +280,9 @@ def seed(settings: Settings) -> list[Entry]:
     legacy = legacy_entries(settings)
     for e in legacy:
         try:
-            versions.create_record(settings, entry_name(settings.model_name, e.seq), e.tags(), describe(e))
+            versions.create_record(
+                settings, entry_name(settings.registry.model_name, e.seq), e.tags(), describe(e)
+            )
         except versions.AlreadyExists:
             break  # another process seeded it
     if legacy:

@@ -1,10 +1,6 @@
 """The deploy lock: a Prefect global concurrency limit of one slot, so two builds do not overlap.
 
-It lives in the Prefect server (or the one database an ephemeral Prefect uses), so it serialises the deploys that
-share it, which then plan one after the other against the newest champion. It is a courtesy, not the guarantee:
-deploys on another Prefect server, or under another lock name, are kept apart by the ledger's compare-and-set at
-the commit (``tasks/release/ledger.py``). So a failed lease renewal only logs (it never cancels a run mid-commit),
-and a holder that dies frees the lock when its lease (300 s, renewed while it lives) runs out.
+A courtesy, not the guarantee: the ledger's compare-and-set at the commit keeps releases apart.
 """
 
 from __future__ import annotations
@@ -63,15 +59,13 @@ def _ensure_lock_limit(name: str) -> None:
 
 @contextmanager
 def release_lock(settings: Settings) -> Iterator[LockHold]:
-    """Hold the deploy lock: a Prefect global concurrency limit of one slot, named ``deploy_lock_name``.
+    """Hold the deploy lock (``deploy_lock_name``), waiting at most ``deploy_lock_timeout_seconds``.
 
-    It lives in the Prefect server, so it serialises deploys across processes and machines that share one
-    (and processes sharing one ephemeral database). A holder that dies frees it when its lease (300 s, renewed
-    while alive) runs out. Waits at most ``deploy_lock_timeout_seconds``, then raises ``ReleaseFailed`` (step ``lock``).
+    Raises ``ReleaseFailed`` (step ``lock``) on timeout.
     """
     from prefect.concurrency.sync import concurrency
 
-    name = settings.deploy_lock_name
+    name = settings.release.deploy_lock_name
     _ensure_lock_limit(name)
     hold = LockHold(name)
     run_logger().info("waiting for the deploy lock %r", name)
@@ -82,7 +76,7 @@ def release_lock(settings: Settings) -> Iterator[LockHold]:
             concurrency(
                 name,
                 occupy=1,
-                timeout_seconds=settings.deploy_lock_timeout_seconds,
+                timeout_seconds=settings.release.deploy_lock_timeout_seconds,
                 strict=True,
                 raise_on_lease_renewal_failure=False,
             )
@@ -90,7 +84,7 @@ def release_lock(settings: Settings) -> Iterator[LockHold]:
     except TimeoutError as exc:
         raise ReleaseFailed(
             "lock",
-            f"another deploy held the deploy lock {name!r} longer than {settings.deploy_lock_timeout_seconds} s "
+            f"another deploy held the deploy lock {name!r} longer than {settings.release.deploy_lock_timeout_seconds} s "
             f"({type(exc).__name__}: {exc})",
             "no",
         ) from exc

@@ -78,15 +78,15 @@ def engine_available(settings: Settings) -> tuple[bool, str, str]:
     """Whether a Docker engine and the image registry answer (used to decide whether to deploy): (ready, what is
     missing — "engine", "registry" or "" —, why)."""
     try:
-        client = get_client(settings.docker_host, timeout_s=5)
+        client = get_client(settings.release.docker_host, timeout_s=5)
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means "not available"
-        where = settings.docker_host or os.environ.get("DOCKER_HOST") or "the default socket"
+        where = settings.release.docker_host or os.environ.get("DOCKER_HOST") or "the default socket"
         return False, "engine", f"no Docker engine answers at {where} ({exc})"
     try:
-        httpx.get(f"{registry_base_url(settings.image_registry)}/v2/", timeout=5)
+        httpx.get(f"{registry_base_url(settings.release.image_registry)}/v2/", timeout=5)
     except httpx.HTTPError as exc:
-        return False, "registry", f"registry {settings.image_registry} does not answer ({exc})"
+        return False, "registry", f"registry {settings.release.image_registry} does not answer ({exc})"
     return True, "", "engine and registry answer"
 
 
@@ -136,9 +136,9 @@ def pull_by_digest(
 @stage("push-image")
 def push_task(settings: Settings, image_ref: str, tags: list[str]) -> str:
     """Stage: push each tag in order (the version tag first, ``latest`` last) and confirm the digest."""
-    registry, repository = settings.image_registry, settings.image_repository
+    registry, repository = settings.release.image_registry, settings.release.image_repository
     username, password = registry_credentials(settings)
-    client = get_client(settings.docker_host)
+    client = get_client(settings.release.docker_host)
     image = client.images.get(image_ref)
     log = run_logger().info
     digest = ""

@@ -1,9 +1,6 @@
 """The deploy gate and the release record's words: who asked, why, and the release notes.
 
-The gate: a version is deployable when its promotion decision (written by ``tasks/registry/promote.py``, the decision last)
-is ``promoted``, was not a dry run, the champion its gate compared it against is still the champion (the ledger's
-head), and no rollback left it. ``force`` with a reason of at least ten characters overrides; what it overrode,
-who forced it and why are recorded in the ledger entry, the release notes and the GitHub release.
+A version is deployable when promoted against the current champion and not rolled back; ``force`` overrides.
 """
 
 from __future__ import annotations
@@ -132,7 +129,7 @@ def check_deployable(
         except ValueError:
             gate = tags.get("promotion.reasons", "")
         raise NotDeployable(
-            f"model {settings.model_name!r} v{version} is not deployable: {'; '.join(problems)}"
+            f"model {settings.registry.model_name!r} v{version} is not deployable: {'; '.join(problems)}"
             + (f" (gate: {gate})" if gate else "")
             + ". To release it anyway: --force --reason TEXT"
         )
@@ -217,10 +214,6 @@ def card_link(model_name: str, version: str, has_card: bool) -> str | None:
 
 
 def notes_artifact_key(model_name: str, version: str, digest: str) -> str:
-    """The Prefect artifact key of one release's notes (keys allow lowercase letters, digits, dashes).
-
-    The image digest is part of it: one Prefect server may hold the releases of several registries (or a
-    re-trained store whose numbering started again), and the notes of another ``v1`` are not this one's.
-    """
+    """The Prefect artifact key of one release's notes; the digest keeps another registry's ``v1`` apart."""
     name = re.sub(r"[^a-z0-9-]+", "-", model_name.lower())
     return f"release-notes-{name}-v{version}-{digest.removeprefix('sha256:')[:12]}"

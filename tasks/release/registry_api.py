@@ -39,12 +39,14 @@ class TagNotFoundError(ImagePushError):
 
 def registry_credentials(settings: Settings) -> tuple[str | None, str | None]:
     """Registry user and password: from the settings (environment), or a Prefect Secret block."""
-    password = settings.registry_password.get_secret_value() if settings.registry_password else None
-    if password is None and settings.registry_secret_block:
+    password = (
+        settings.release.registry_password.get_secret_value() if settings.release.registry_password else None
+    )
+    if password is None and settings.release.registry_secret_block:
         from prefect.blocks.system import Secret
 
-        password = str(Secret.load(settings.registry_secret_block).get())
-    return settings.registry_username, password
+        password = str(Secret.load(settings.release.registry_secret_block).get())
+    return settings.release.registry_username, password
 
 
 def remote_repository(registry: str, repository: str) -> str:
@@ -100,12 +102,7 @@ def _bearer_token(
     registry_url: str,
     allowed_realms: Iterable[str] | None = None,
 ) -> str | None:
-    """Token for a ``Bearer realm=...,service=...,scope=...`` challenge (token-auth registries).
-
-    The registry's credentials go only to a realm on the registry's own host:port or on a host of the setting
-    ``registry_allowed_realms`` (default: the process settings'); any other realm raises
-    :class:`ImagePushError` before it is asked. Without credentials the realm is asked anonymously.
-    """
+    """Token for a Bearer challenge; credentials go only to an allowed realm, else ImagePushError."""
     params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
     realm = params.pop("realm", None)
     if not realm:
@@ -118,7 +115,7 @@ def _bearer_token(
             f"{_shown_host(registry)} names an unusable token realm {realm!r}: {exc}"
         ) from None
     if auth is not None:
-        allowed = get_settings().registry_allowed_realms if allowed_realms is None else allowed_realms
+        allowed = get_settings().release.registry_allowed_realms if allowed_realms is None else allowed_realms
         if not _realm_is_trusted(realm_url, registry, allowed):
             host = _shown_host(realm_url)
             raise ImagePushError(

@@ -497,7 +497,7 @@ def test_mlflow_killed_during_tuning(running_mlflow: MlflowServer, tmp_path: Pat
             runs = MlflowClient(tracking_uri=mlflow.uri).search_runs(
                 [
                     MlflowClient(tracking_uri=mlflow.uri)
-                    .get_experiment_by_name(s.mlflow_experiment)
+                    .get_experiment_by_name(s.registry.mlflow_experiment)
                     .experiment_id
                 ],
                 "attributes.run_name LIKE 'training-%'",

@@ -109,8 +109,8 @@ def registry_tag(tag: str) -> str | None:
     from tasks.release.registry_api import tag_digest
 
     s = settings()
-    return tag_digest(s.image_registry, s.image_repository, tag, s.registry_username,
-                      s.registry_password.get_secret_value())  # fmt: skip
+    return tag_digest(s.release.image_registry, s.release.image_repository, tag, s.release.registry_username,
+                      s.release.registry_password.get_secret_value())  # fmt: skip
 
 
 def remote() -> str:

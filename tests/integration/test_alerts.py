@@ -163,8 +163,8 @@ promote_task.fn(settings, made[2], good, None)                 # promoted
 plan = plan_release(settings, made[2], None, False, None, "test@host")
 image = Candidate(made[2], "sha256:" + "ab" * 32, "localhost:5055/loan-risk", True, metrics=good)
 commit_task.fn(settings, plan, image, "c0ffee")                    # released
-emit_event("loan-risk.drift.ok", resource=model_resource(settings.model_name, made[2]), payload={"score_psi": 0.01})
-emit_event("loan-risk.drift.detected", resource=model_resource(settings.model_name, made[2]),
+emit_event("loan-risk.drift.ok", resource=model_resource(settings.registry.model_name, made[2]), payload={"score_psi": 0.01})
+emit_event("loan-risk.drift.detected", resource=model_resource(settings.registry.model_name, made[2]),
            payload={"score_psi": 0.31, "features": {"apr": 0.42, "leadType": 0.27}})
 EventsWorker.drain_all()
 print(json.dumps({"promoted": made[2]}))

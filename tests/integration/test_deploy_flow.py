@@ -142,8 +142,8 @@ def test_pushed_image_pulls_back_and_answers(first_release: dict) -> None:
     s = settings()
     version, deploy = first_release["model_version"], first_release["deploy"]
     remove_local_image(f"{remote()}:{version}")
-    ref = pull_by_digest(client(), s.image_registry, s.image_repository, deploy["digest"], s.registry_username,
-                         s.registry_password.get_secret_value())  # fmt: skip
+    ref = pull_by_digest(client(), s.release.image_registry, s.release.image_repository, deploy["digest"], s.release.registry_username,
+                         s.release.registry_password.get_secret_value())  # fmt: skip
     bundle = load_bundle(versions.download_bundle(s, version, Path(s.state_dir) / "check-bundle"))
     ref_data = bundle.reference()
     running = run_container(ref, client=client(), name_prefix="loan-risk-it-pull")
@@ -204,8 +204,8 @@ def test_converge_completes_what_is_missing_after_a_commit(
     s = settings()
     version = champion()
     digest = ledger()[-1].digest
-    registry_retag(s.image_registry, s.image_repository, first_release["deploy"]["digest"], "latest",
-                   s.registry_username, s.registry_password.get_secret_value())  # fmt: skip
+    registry_retag(s.release.image_registry, s.release.image_repository, first_release["deploy"]["digest"], "latest",
+                   s.release.registry_username, s.release.registry_password.get_secret_value())  # fmt: skip
     versions.set_alias(s, "champion", first_release["model_version"])
     tag = gh_tag(version, digest)
     github.releases.pop(tag)
@@ -316,8 +316,8 @@ def running_latest_answers(version: str) -> None:
     from tasks.release.push import pull_image
 
     s = settings()
-    ref = pull_image(client(), s.image_registry, s.image_repository, "latest", s.registry_username,
-                     s.registry_password.get_secret_value())  # fmt: skip
+    ref = pull_image(client(), s.release.image_registry, s.release.image_repository, "latest", s.release.registry_username,
+                     s.release.registry_password.get_secret_value())  # fmt: skip
     running = run_container(ref, client=client(), name_prefix="loan-risk-it-rollback")
     try:
         wait_healthy(running.base_url, timeout_s=90, container=running)

@@ -219,7 +219,7 @@ def test_a_tune_worker_killed_during_a_trial_loses_only_that_trial(stack: Stack,
             return tune(s, sample_split, "pool-killed", run_id)
 
     victim, outcome = kill_during_a_trial(
-        run, tune_study.storage_for(s), "pool-killed", s.tune_timeout_seconds
+        run, tune_study.storage_for(s), "pool-killed", s.tuning.tune_timeout_seconds
     )
     trials = study_trials(stack, "pool-killed")
     assert_rerun_elsewhere(victim, outcome, trials)

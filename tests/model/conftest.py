@@ -43,7 +43,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     s = Settings(state_dir=tmp_path_factory.mktemp("model-state"), max_iterations=200, thread_count=2)
     validated = validate_tables(read_tables(data), max_quarantine_share=0.01, quarantine_dir=s.quarantine_dir)
     table = features_task.fn(s, validated)
-    split = split_by_time(table, s.split_fractions)
+    split = split_by_time(table, s.data.split_fractions)
     model = fit_model({"depth": 5, "learning_rate": 0.1}, make_pool(split.train), make_pool(split.valid), s)
     probabilities = (predict_proba(model, make_pool(part)) for part in (split.train, split.valid, split.test))
     return Trained(s, split, model, table.stats, *probabilities)

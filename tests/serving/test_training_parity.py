@@ -30,8 +30,8 @@ def trained(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     s = Settings(state_dir=tmp_path_factory.mktemp("parity-state"), max_iterations=150)
     tables = validate_tables(read_tables(sample_dir), max_quarantine_share=0.01,
                              quarantine_dir=s.quarantine_dir).tables  # fmt: skip
-    split = split_by_time(build_model_table(tables["loan"], tables["clarity"], s.label_bad_statuses,
-                                            s.label_good_statuses), s.split_fractions)  # fmt: skip
+    split = split_by_time(build_model_table(tables["loan"], tables["clarity"], s.data.label_bad_statuses,
+                                            s.data.label_good_statuses), s.data.split_fractions)  # fmt: skip
     model = fit_model({"depth": 6, "learning_rate": 0.1}, make_pool(split.train), make_pool(split.valid), s)
     expected = [float(p) for p in predict_proba(model, make_pool(split.test))]
     bundle = write_bundle(tmp_path_factory.mktemp("parity") / "bundle", model,
