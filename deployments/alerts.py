@@ -163,7 +163,10 @@ def _trigger(alert: Alert, settings: Settings) -> Any:
 
     related: dict[str, Any] = {}
     if alert.key == "flow-run-failed":
-        related = {"prefect.resource.role": "flow", "prefect.resource.name": list(settings.monitoring.alert_flows)}
+        related = {
+            "prefect.resource.role": "flow",
+            "prefect.resource.name": list(settings.monitoring.alert_flows),
+        }
     return EventTrigger(
         expect=set(alert.expect),
         match=alert.match,
@@ -181,7 +184,9 @@ def save_blocks(settings: Settings) -> list[tuple[str, Any]]:
 
     channels: list[tuple[str, Any]] = []
     if settings.monitoring.alert_webhook_url is not None:
-        block = Webhook(url=settings.monitoring.alert_webhook_url, headers={"Content-Type": "application/json"})
+        block = Webhook(
+            url=settings.monitoring.alert_webhook_url, headers={"Content-Type": "application/json"}
+        )
         channels.append(("webhook", block.save(WEBHOOK_BLOCK, overwrite=True)))
     for i, url in enumerate(settings.monitoring.alert_apprise_urls, start=1):
         block = SlackWebhook(url=url, notify_type="warning")

@@ -332,7 +332,7 @@ def setup(
         )
     logger.info("Prefect API %s, work pool %s", api_url, pool)
     created = ensure_pool(pool, pool_spec)
-    cooldown = get_settings().drift_cooldown_seconds
+    cooldown = get_settings().monitoring.drift_cooldown_seconds
     wanted = with_cooldown(with_pool(data, pool), cooldown)
     if wanted == _copy(data):
         run_prefect_deploy(prefect_file)

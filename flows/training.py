@@ -33,14 +33,14 @@ def resolve_settings(source: str | None, scale: float | None, n_trials: int | No
     base = get_settings()
     given = {"source": source, "sample_scale": scale, "n_trials": n_trials}
     overrides = {k: v for k, v in given.items() if v is not None}
-    return Settings.model_validate({**base.model_dump(), **overrides}) if overrides else base
+    return base.replace(**overrides) if overrides else base
 
 
 def run_params(settings: Settings, dry_run: bool) -> dict[str, Any]:
     """What the training run records as its parameters."""
     names = ("source", "sample_scale", "n_trials", "seed", "split_fractions")
     return {
-        **{name: getattr(settings, name) for name in names},
+        **{name: settings.value(name) for name in names},
         "label_bad_statuses": settings.data.label_bad_statuses,
         "label_good_statuses": settings.data.label_good_statuses,
         "label_policy": settings.data.label_policy,

@@ -164,5 +164,7 @@ def sample_split(sample_dir: Path):
 
     s = Settings()
     tables = read_tables(sample_dir)
-    table = build_model_table(tables["loan"], tables["clarity"], s.data.label_bad_statuses, s.data.label_good_statuses)
+    table = build_model_table(
+        tables["loan"], tables["clarity"], s.data.label_bad_statuses, s.data.label_good_statuses
+    )
     return split_by_time(table, s.data.split_fractions)

@@ -46,7 +46,9 @@ def register_small_version(settings: Settings, data_dir: Path, alias: str | None
     model = CatBoostClassifier(iterations=60, depth=4, verbose=0, thread_count=2, allow_writing_files=False)
     model.fit(make_pool(split.train))
     meta = BundleMeta(
-        model_name=settings.registry.model_name, threshold=0.5, categorical_features=list(CATEGORICAL_FEATURES)
+        model_name=settings.registry.model_name,
+        threshold=0.5,
+        categorical_features=list(CATEGORICAL_FEATURES),
     )
     with tracking.run(settings, "small-version") as run_id:
         bundle = write_bundle(tracking.scratch_dir("bundle-") / "bundle", model, meta)

@@ -243,7 +243,11 @@ def _tracked_text_files() -> Iterator[tuple[Path, str]]:
         ("t.py", 'mp.setenv("LOANRISK_PSEUDONYM_KEY", "op" + "-key")\n', ["op-key"]),
         ("t.py", 'os.environ["LOANRISK_PSEUDONYM_KEY"] = "env-key"\n', ["env-key"]),
         ("t.py", "KEY = secrets.token_hex(32)\nenv = dict(LOANRISK_PSEUDONYM_KEY=KEY)\n", []),
-        ("t.py", "pseudonym_key: SecretStr | None = None\nx = s.serving.pseudonym_key.get_secret_value()\n", []),
+        (
+            "t.py",
+            "pseudonym_key: SecretStr | None = None\nx = s.serving.pseudonym_key.get_secret_value()\n",
+            [],
+        ),
     ],
 )
 def test_the_scan_finds_literal_assignments(name: str, text: str, found: list[str]) -> None:

@@ -122,4 +122,4 @@ def test_tuning_logs_each_trial_and_puts_the_study_plots_on_the_run(
 
 
 def test_twenty_trials_by_default(tmp_path: Path) -> None:
-    assert Settings(state_dir=tmp_path).n_trials == 20
+    assert Settings(state_dir=tmp_path).tuning.n_trials == 20

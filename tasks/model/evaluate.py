@@ -67,13 +67,13 @@ def decide_threshold(settings: Settings, y: np.ndarray, p: np.ndarray) -> tuple[
     """The validation threshold by the ``threshold_policy`` setting, and the record of the policy and its inputs."""
     if settings.evaluation.threshold_policy == "expected_cost":
         keys = ("cost_bad_approved", "cost_good_declined")
-        threshold, cost = credit.expected_cost_threshold(y, p, *(getattr(settings, k) for k in keys))
+        threshold, cost = credit.expected_cost_threshold(y, p, *(settings.value(k) for k in keys))
         record: dict[str, Any] = {"threshold_policy": "expected_cost"}
-        record |= {k: getattr(settings, k) for k in keys} | {"valid_cost_per_loan": cost}
+        record |= {k: settings.value(k) for k in keys} | {"valid_cost_per_loan": cost}
     else:
         keys = ("min_precision", "min_recall")
-        threshold = choose_threshold(y, p, *(getattr(settings, k) for k in keys))
-        record = {"threshold_policy": "f1"} | {k: getattr(settings, k) for k in keys}
+        threshold = choose_threshold(y, p, *(settings.value(k) for k in keys))
+        record = {"threshold_policy": "f1"} | {k: settings.value(k) for k in keys}
     return threshold, {**record, "threshold": threshold}
 
 
@@ -195,7 +195,13 @@ def assess(
         p_train, p_valid, p_test = (calibrator.apply(p) for p in (p_train, p_valid, p_test))
     threshold, policy = decide_threshold(settings, y_valid, p_valid)
     metrics = evaluate(
-        y_valid, p_valid, y_test, p_test, settings.registry.min_precision, settings.registry.min_recall, threshold
+        y_valid,
+        p_valid,
+        y_test,
+        p_test,
+        settings.registry.min_precision,
+        settings.registry.min_recall,
+        threshold,
     )
     for prefix, y, p in (("valid", y_valid, p_valid), ("test", y_test, p_test)):
         metrics |= credit_metrics(y, p, prefix, settings.evaluation.bootstrap_samples, settings.tuning.seed)
@@ -213,7 +219,7 @@ def assess(
         },
         "uncalibrated": uncalibrated,
         "stability": stability,
-        "settings": {k: getattr(settings, k) for k in ("bootstrap_samples", "segment_min_count", "psi_bins")},
+        "settings": {k: settings.value(k) for k in ("bootstrap_samples", "segment_min_count", "psi_bins")},
     }
     return metrics, calibrator, report, p_valid, p_test
 

@@ -135,7 +135,10 @@ def assemble_bundle(
     """Write the whole bundle into ``directory``."""
     meta = bundle_meta(settings, run_id, evaluation, data)
     reference = reference_sample(
-        split.test, evaluation.test_probabilities, settings.release.smoke_sample_size, settings.pseudonymiser()
+        split.test,
+        evaluation.test_probabilities,
+        settings.release.smoke_sample_size,
+        settings.pseudonymiser(),
     )
     bundle_dir = write_bundle(directory, model, meta, reference)
     add_reason_table(bundle_dir)

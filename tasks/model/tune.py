@@ -300,7 +300,9 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
 @stage("tune")
 def tune_task(settings: Settings, split: Split, run_id: str | None = None) -> dict[str, Any]:
     """Stage: the study (one per run unless ``optuna_study_name`` shares one), best params logged on ``run_id``."""
-    study_name = settings.tuning.optuna_study_name or f"{settings.registry.model_name}-{run_id or uuid.uuid4().hex}"
+    study_name = (
+        settings.tuning.optuna_study_name or f"{settings.registry.model_name}-{run_id or uuid.uuid4().hex}"
+    )
     summary = tune(settings, split, study_name, run_id)
     keys = ("best_value", "best_trial", "n_complete", "n_pruned", "best_params")
     message = "tuning: best validation ROC-AUC %.4f (trial %d; %d complete, %d pruned) params %s"

@@ -115,7 +115,7 @@ def sampler_and_pruner(settings: Settings, worker: int, n_trials: int) -> dict[s
 
 def fit_settings(settings: Settings) -> dict[str, Any]:
     """The settings every trial of a study must share to be comparable."""
-    return {key: getattr(settings, key) for key in FIT_KEYS}
+    return {key: settings.value(key) for key in FIT_KEYS}
 
 
 def prepare_study(settings: Settings, study_name: str, fingerprint: str) -> optuna.Study:

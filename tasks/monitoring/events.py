@@ -39,7 +39,9 @@ def emit_model_event(settings: Settings, kind: str, version: str, payload: dict[
     body = {"version": str(version), "model_name": settings.registry.model_name, **payload}
     try:
         event = emit_event(
-            event=f"{EVENT_PREFIX}{kind}", resource=model_resource(settings.registry.model_name, version), payload=body
+            event=f"{EVENT_PREFIX}{kind}",
+            resource=model_resource(settings.registry.model_name, version),
+            payload=body,
         )
     except Exception as exc:  # noqa: BLE001 - the promotion or release happened; its event is a notice
         run_logger().warning("event %s%s for v%s not emitted: %s", EVENT_PREFIX, kind, version, exc)

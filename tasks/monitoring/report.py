@@ -66,7 +66,9 @@ def reference_task(settings: Settings, model_version: str | None = None) -> Refe
             f"{versions.bundle_uri(settings, version)} has no reference profile (profile.json): it was "
             "packaged before profiles existed; retrain to monitor it"
         )
-    run_logger().info("monitoring %s v%s against its reference profile", settings.registry.model_name, version)
+    run_logger().info(
+        "monitoring %s v%s against its reference profile", settings.registry.model_name, version
+    )
     return Reference(settings.registry.model_name, version, profile)
 
 

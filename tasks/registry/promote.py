@@ -35,7 +35,10 @@ class Policy:
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
         return cls(
-            settings.registry.min_precision, settings.registry.min_recall, settings.registry.min_f1_gain, settings.registry.champion_unscorable
+            settings.registry.min_precision,
+            settings.registry.min_recall,
+            settings.registry.min_f1_gain,
+            settings.registry.champion_unscorable,
         )
 
 

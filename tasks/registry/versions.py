@@ -64,7 +64,9 @@ def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dic
     uploaded (a failed upload removes the version)."""
     c = tracking.client(settings)
     try:
-        c.create_registered_model(settings.registry.model_name, description="Loan default risk (CatBoost bundle)")
+        c.create_registered_model(
+            settings.registry.model_name, description="Loan default risk (CatBoost bundle)"
+        )
     except Exception as exc:
         if not tracking.already_exists(exc):
             raise
@@ -105,7 +107,9 @@ def resolve_version(settings: Settings, model_version: str | None, alias: str | 
         return str(get_version(settings, model_version).version)
     found = version_by_alias(settings, alias or Alias.CANDIDATE)
     if found is None:
-        raise PermanentError(f"model {settings.registry.model_name!r} has no alias {alias!r}: nothing to deploy")
+        raise PermanentError(
+            f"model {settings.registry.model_name!r} has no alias {alias!r}: nothing to deploy"
+        )
     return str(found.version)
 
 
@@ -133,7 +137,12 @@ def set_version_tags(settings: Settings, version: str, tags: dict[str, Any]) -> 
 
 def model_tags(settings: Settings) -> dict[str, str]:
     """The registered model's own tags ({} when the model does not exist yet)."""
-    return record_tags(settings, settings.registry.model_name, f"read the tags of {settings.registry.model_name!r}") or {}
+    return (
+        record_tags(
+            settings, settings.registry.model_name, f"read the tags of {settings.registry.model_name!r}"
+        )
+        or {}
+    )
 
 
 def set_model_tag(settings: Settings, key: str, value: str) -> None:
@@ -192,7 +201,9 @@ def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
     try:
-        source = tracking.client(settings).get_model_version_download_uri(settings.registry.model_name, str(version))
+        source = tracking.client(settings).get_model_version_download_uri(
+            settings.registry.model_name, str(version)
+        )
         path = tracking.download_artifacts(settings, source, dst)
     except Exception as exc:
         if is_absent(exc) or isinstance(exc, FileNotFoundError):

@@ -141,11 +141,9 @@ class Settings(RunSettings):
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Settings:  # type: ignore[override]
         return self.replace(**update) if update else super().model_copy(deep=deep)
 
-    def __getattr__(self, name: str) -> Any:
-        section = SECTION_OF.get(name)
-        if section is None:
-            return super().__getattr__(name)  # type: ignore[misc]
-        return getattr(getattr(self, section), name)
+    def value(self, name: str) -> Any:
+        """The value of the flat name ``name`` (for records that list settings by name)."""
+        return getattr(getattr(self, SECTION_OF[name]), name) if name in SECTION_OF else getattr(self, name)
 
     # --- locations in the state folder ---------------------------------------------------------------
     @property

@@ -242,4 +242,3 @@ SECTIONS: dict[str, type[_Section]] = {
     "monitoring": MonitoringSettings,
 }
 SECTION_OF: dict[str, str] = {name: sec for sec, cls in SECTIONS.items() for name in cls.model_fields}
-SECTION_OF["label_statuses"] = "data"

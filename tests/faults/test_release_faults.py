@@ -239,7 +239,9 @@ def test_container_that_exits_at_start(first_release: dict, monkeypatch: pytest.
         state.result()
     assert "deliberately broken for a fault test" in str(info.value)  # the container's logs, in the error
     (attempt,) = tries.calls  # the smoke test of a container is never retried
-    assert attempt.error is not None and attempt.seconds < settings().health_timeout_seconds / 2, attempt
+    assert attempt.error is not None and attempt.seconds < settings().release.health_timeout_seconds / 2, (
+        attempt
+    )
     assert_nothing_moved(before, latest, version)
 
 
@@ -267,7 +269,7 @@ def _own_model(uri: str, name: str, bundle: Path) -> Iterator[str]:
 
     sqlite = settings()
     env = {"MLFLOW_TRACKING_URI": uri, "LOANRISK_MODEL_NAME": name,
-           "LOANRISK_IMAGE_REPOSITORY": f"{sqlite.image_repository}-{name}"}  # fmt: skip
+           "LOANRISK_IMAGE_REPOSITORY": f"{sqlite.release.image_repository}-{name}"}  # fmt: skip
     with environment(env):
         try:
             s = settings()

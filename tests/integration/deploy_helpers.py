@@ -114,13 +114,13 @@ def registry_tag(tag: str) -> str | None:
 
 
 def remote() -> str:
-    return f"{settings().image_registry}/{settings().image_repository}"
+    return f"{settings().release.image_registry}/{settings().release.image_repository}"
 
 
 def client() -> Any:
     from tasks.release.engine import get_client
 
-    return get_client(settings().docker_host)
+    return get_client(settings().release.docker_host)
 
 
 def smoke_containers() -> list:

@@ -61,7 +61,7 @@ def notes_artifacts(version: str, digest: str) -> list:
 
     from tasks.release.record import notes_artifact_key, release_marker
 
-    key = notes_artifact_key(settings().model_name, version, digest)
+    key = notes_artifact_key(settings().registry.model_name, version, digest)
     ours = {release_marker(e) for e in ledger() if e.version == version and e.digest == digest}
     with get_client(sync_client=True) as c:
         found = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
@@ -77,7 +77,7 @@ def version_tags(version: str) -> dict[str, str]:
 def gh_tag(version: str, digest: str) -> str:
     from tasks.release.github import github_tag
 
-    return github_tag(settings().model_name, version, digest)
+    return github_tag(settings().registry.model_name, version, digest)
 
 
 def test_a_promoted_version_is_built_tested_pushed_and_released(
@@ -303,7 +303,7 @@ def test_consecutive_releases_share_the_environment_layer(first_release: dict) -
     layers = {
         v: client().images.get(f"{remote()}@{digests[v]}").attrs["RootFS"]["Layers"] for v in (forced, third)
     }
-    base = client().images.get(settings().base_image).attrs["RootFS"]["Layers"]
+    base = client().images.get(settings().release.base_image).attrs["RootFS"]["Layers"]
     assert layers[forced][: len(base)] == layers[third][: len(base)] == base
     venv = len(base) + 1  # the final stage: the user's layer, then /opt/venv, then the application
     assert layers[forced][: venv + 1] == layers[third][: venv + 1]

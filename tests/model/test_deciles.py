@@ -40,7 +40,7 @@ def test_evaluation_ks_and_gini_match_the_references(trained: Trained, tmp_path:
     deciles = evaluation.report["slices"]["test"]["deciles"]
     assert deciles == decile_table(trained.split.test.label, trained.p_test)
     segments = evaluation.report["slices"]["test"]["segments"]
-    assert segments and all(r["count"] >= trained.settings.segment_min_count for r in segments)
+    assert segments and all(r["count"] >= trained.settings.evaluation.segment_min_count for r in segments)
     assert {r["segment"] for r in segments} <= {"state", "leadType", "payFrequency"}
     assert len(evaluation.report["stability"]["feature_psi"]) == 10
     tuning = {"n_complete": 3, "n_pruned": 1, "best_value": 0.8, "best_params": {}}

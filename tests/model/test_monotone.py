@@ -34,7 +34,9 @@ def split(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
         read_tables(sample_dir), max_quarantine_share=0.01, quarantine_dir=s.quarantine_dir
     ).tables
     bad, good = s.data.label_statuses()
-    return split_by_time(build_model_table(tables["loan"], tables["clarity"], bad, good), s.data.split_fractions)
+    return split_by_time(
+        build_model_table(tables["loan"], tables["clarity"], bad, good), s.data.split_fractions
+    )
 
 
 def train(split: Any, tmp: Path, constraints: dict[str, int]) -> Any:
