@@ -138,8 +138,13 @@ def frames(data: bytes) -> tuple[list[bytes], int]:
 
 
 def spool_complete(path: Path) -> bool:
-    """Whether a spool ends at a frame boundary."""
-    return frames(path.read_bytes())[1] == 0
+    """Whether a spool ends at a frame boundary (reads only the frames' length prefixes, not the frames)."""
+    with open(path, "rb") as fh:
+        end, at = os.fstat(fh.fileno()).st_size, 0
+        while at + FRAME.size <= end:
+            (size,) = FRAME.unpack(os.pread(fh.fileno(), FRAME.size, at))
+            at += FRAME.size + size
+        return at == end
 
 
 def _locked(path: Path, missing: type[OSError] = OSError) -> Any:
