@@ -1,4 +1,4 @@
-"""What every stage shares: the stage declaration, the error kinds its retries tell apart, and a logger.
+"""What every stage shares: the stage declaration, its retry rule (never a permanent error) and a logger.
 
 ``@stage("split")`` declares ``split_task(settings, ...)``: no result caching, never a retry of a permanent error,
 retries and delay from the settings each call is given. ``split_task.fn`` is the plain function.
@@ -17,18 +17,11 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.errors import PermanentError
 from tasks.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class PermanentError(RuntimeError):
-    """A failure that a retry cannot fix (bad data, a missing file or revision, a policy decision)."""
-
-
-class TransientError(RuntimeError):
-    """A failure that a retry may fix (a server that did not answer or answered with an error); retried."""
 
 
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (PermanentError, ValueError, KeyError, TypeError)

@@ -151,7 +151,7 @@ def test_no_import_cycles() -> None:
 
 
 STAGES = ("data", "model", "registry", "release", "monitoring")
-SHARED = {"__init__.py", "common.py", "settings.py", "stats.py"}
+SHARED = {"__init__.py", "common.py", "settings.py", "stats.py", "errors.py"}
 
 
 def test_tasks_are_packages_by_stage_each_saying_what_it_is_for() -> None:

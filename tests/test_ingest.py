@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tasks.common import PermanentError
 from tasks.data import sources
 from tasks.data.contract import DATA_FILES
 from tasks.data.hub_retry import HubAccessError, HubIntegrityError, HubNotFoundError, HubUnavailableError
@@ -22,6 +21,7 @@ from tasks.data.sources import (
     parse_source,
     sha256_file,
 )
+from tasks.errors import PermanentError
 from tasks.settings import Settings
 from tests.hf_server import CHANGED_FILE, FakeHub, HubFixture, hf_hub, hf_hub_files  # noqa: F401
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tasks.common import PermanentError
+from tasks.errors import PermanentError
 from tasks.monitoring import drift as monitor
 from tasks.monitoring.report import drift_task, emit_task, reference_task, window_task
 from tasks.registry import tracking, versions

@@ -90,7 +90,7 @@ def test_missing_alias_or_model_means_none(settings: Settings, tmp_path) -> None
 def test_a_failing_registry_is_not_no_champion(settings: Settings, tmp_path) -> None:
     import pytest
 
-    from tasks.common import TransientError
+    from tasks.errors import TransientError
     from tasks.registry import tracking, versions
 
     v1 = versions.register_bundle(settings, tracking.start_run(settings, "t"), _minimal_bundle(tmp_path), {})

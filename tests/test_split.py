@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.common import PermanentError
+from tasks.errors import PermanentError
 from tasks.model.features import ModelTable
 from tasks.model.split import split_by_time, time_split_indices
 

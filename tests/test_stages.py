@@ -14,7 +14,8 @@ from prefect import Task, flow
 from prefect.cache_policies import NO_CACHE
 
 import tasks
-from tasks.common import PermanentError, Stage, TransientError, retry_unless_permanent, stage
+from tasks.common import Stage, retry_unless_permanent, stage
+from tasks.errors import PermanentError, TransientError
 from tasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from tasks.common import PermanentError
+from tasks.errors import PermanentError
 from tasks.model import tune_study
 from tasks.model import tune_workers as workers
 from tasks.model.features import ModelTable

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tasks.common import PermanentError
+from tasks.errors import PermanentError
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from serving.contract import IDENTIFIER_FIELDS, PERSONAL_FIELDS
-from tasks.common import PermanentError
 from tasks.data.contract import COLUMNS, DTYPES, FILES, REQUIRED
+from tasks.errors import PermanentError
 
 
 class DataValidationError(PermanentError, ValueError):

@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from tasks.common import PermanentError, release_freed_memory
+from tasks.common import release_freed_memory
 from tasks.data.contract import DATA_FILES
 from tasks.data.hub import SHA256, download_verified, resolve_commit, write_atomic
 from tasks.data.hub_retry import LoggerLike, Retry
+from tasks.errors import PermanentError
 from tasks.settings import Settings
 
 MANIFEST_NAME = "ingest-manifest.json"

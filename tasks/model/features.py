@@ -10,8 +10,9 @@ import pandas as pd
 
 from serving.contract import CLARITY_COLUMNS, LOAN_COLUMNS, OUTCOME_FIELDS, PERSONAL_FIELDS
 from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES, build_rows
-from tasks.common import PermanentError, release_freed_memory, run_logger, stage
+from tasks.common import release_freed_memory, run_logger, stage
 from tasks.data.contract import NOT_FINAL_STATUSES
+from tasks.errors import PermanentError
 from tasks.settings import Settings
 
 if TYPE_CHECKING:

@@ -26,9 +26,10 @@ from serving.features import CATEGORICAL_FEATURES
 from serving.privacy import Pseudonymiser, reference_records
 from serving.reason_table import TABLE_PATH, ReasonTable, ReasonTableError, copy_table
 from serving.reasons import explain_selected
-from tasks.common import PermanentError, run_logger, stage
+from tasks.common import run_logger, stage
 from tasks.data.ingest import data_fingerprint
 from tasks.data.sources import IngestResult
+from tasks.errors import PermanentError
 from tasks.model.card import write_card
 from tasks.model.evaluate import Evaluation
 from tasks.model.features import ModelTable

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.common import PermanentError, run_logger, stage
+from tasks.common import run_logger, stage
+from tasks.errors import PermanentError
 from tasks.model.features import ModelTable
 from tasks.registry import tracking
 from tasks.settings import Settings

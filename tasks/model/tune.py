@@ -23,7 +23,8 @@ from catboost import Pool
 from optuna.trial import FrozenTrial, TrialState
 from sklearn.metrics import roc_auc_score
 
-from tasks.common import PermanentError, run_logger, stage
+from tasks.common import run_logger, stage
+from tasks.errors import PermanentError
 from tasks.model import tune_study
 from tasks.model import tune_workers as workers
 from tasks.model.split import Split

@@ -21,7 +21,7 @@ from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
-from tasks.common import PermanentError
+from tasks.errors import PermanentError
 from tasks.settings import Settings
 
 try:  # Optuna >= 4.9 renamed the callback; the old name is a deprecated alias

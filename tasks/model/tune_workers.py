@@ -20,7 +20,8 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from tasks.common import PermanentError, run_logger
+from tasks.common import run_logger
+from tasks.errors import PermanentError
 from tasks.model.features import ModelTable
 from tasks.model.tune_study import SLOT, SURPLUS, UNFINISHED, reconcile
 from tasks.settings import Settings

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from serving.bundle import read_profile
-from tasks.common import PermanentError, run_logger, stage
+from tasks.common import run_logger, stage
+from tasks.errors import PermanentError
 from tasks.monitoring import drift as monitor
 from tasks.monitoring.events import model_resource
 from tasks.registry import tracking, versions

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from serving.contract import CLARITY_COLUMNS, LOAN_COLUMNS
 from serving.features import SOURCE_FIELDS
-from tasks.common import PermanentError
+from tasks.errors import PermanentError
 from tasks.settings import MonitoringSettings, Settings
 
 ID_FIELD = "loanId"

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from serving.bundle import BundleError, load_bundle
-from tasks.common import PermanentError, run_logger, stage
+from tasks.common import run_logger, stage
+from tasks.errors import PermanentError
 from tasks.model.evaluate import classification_metrics
 from tasks.model.features import ModelTable
 from tasks.monitoring.events import PROMOTED, emit_model_event, metrics_summary

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from serving.bundle import EVALUATION_FILE, META_FILE, stamp_version
-from tasks.common import PermanentError, TransientError, run_logger, stage
+from tasks.common import run_logger, stage
+from tasks.errors import PermanentError, TransientError
 from tasks.model.card import write_card
 from tasks.registry import tracking
 from tasks.registry.aliases import Alias

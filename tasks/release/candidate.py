@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from serving.bundle import Bundle, load_bundle
-from tasks.common import PermanentError, run_logger
+from tasks.common import run_logger
+from tasks.errors import PermanentError
 from tasks.registry import versions
 from tasks.release.build import build_task, image_labels
 from tasks.release.container import cleanup_task, run_task

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tasks.common import PermanentError, TransientError
+from tasks.errors import PermanentError, TransientError
 from tasks.settings import Settings
 
 

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from tasks.common import PermanentError, run_logger
+from tasks.common import run_logger
+from tasks.errors import PermanentError
 from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.settings import Settings

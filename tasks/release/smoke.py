@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 
-from tasks.common import PermanentError, run_logger, stage
+from tasks.common import run_logger, stage
+from tasks.errors import PermanentError
 from tasks.settings import Settings
 
 

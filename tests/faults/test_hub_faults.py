@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.common import PermanentError
 from tasks.data.ingest import ingest_task
 from tasks.data.sources import IngestResult
+from tasks.errors import PermanentError
 from tasks.settings import Settings
 from tests.hf_server import HubFixture, hf_hub, hf_hub_files  # noqa: F401
 

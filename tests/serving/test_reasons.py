@@ -18,7 +18,7 @@ from serving.config import ServiceConfig
 from serving.contract import IDENTIFIER_FIELDS
 from serving.features import FEATURE_SOURCES, build_rows
 from serving.reason_table import TABLE_FILE, TABLE_PATH, ReasonTable
-from tasks.common import PermanentError
+from tasks.errors import PermanentError
 from tasks.model.features import ModelTable
 from tasks.model.package import add_reason_table, table_reasons
 
