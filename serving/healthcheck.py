@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import urllib.error
 import urllib.request
 
 
@@ -15,11 +14,11 @@ def health_url() -> str:
 
 
 def main() -> int:
-    try:
+    try:  # URLError and HTTPError are OSErrors
         timeout = float(os.environ.get("HEALTHCHECK_TIMEOUT", "3"))
         with urllib.request.urlopen(health_url(), timeout=timeout) as r:
             return 0 if r.status == 200 else 1
-    except (urllib.error.URLError, OSError, ValueError):
+    except (OSError, ValueError):
         return 1
 
 

@@ -14,30 +14,21 @@ import orjson
 
 LOGGER_NAME = "loanrisk"
 ACCESS_LOGGER = "loanrisk.access"
-
 # Never written, whatever a caller passes.
 PERSONAL_FIELDS = frozenset({"anon_ssn", "ssn", "loanId", "clarityFraudId", "underwritingid"})
-
-_HANDLER_FLAG = "_loanrisk_json_handler"
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+_access = logging.getLogger(ACCESS_LOGGER)
 
 
-def _utc_timestamp(created: float) -> str:
+def _json(created: float, level: str, name: str, event: str, fields: Any) -> dict[str, Any]:
     global _second
-    seconds = int(created)
-    cached, text = _second
-    if cached != seconds:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        _second = (seconds, text)
-    return f"{text}.{int((created - seconds) * 1000):03d}Z"
-
-
-def _document(created: float, level: str, name: str, event: str, fields: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"ts": _utc_timestamp(created), "level": level, "logger": name, "event": event}
+    seconds, second = int(created), _second
+    if second[0] != seconds:
+        second = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    ts = f"{second[1]}.{int((created - seconds) * 1000):03d}Z"
+    out: dict[str, Any] = {"ts": ts, "level": level, "logger": name, "event": event}
     if isinstance(fields, dict):
-        for key, value in fields.items():
-            if key not in PERSONAL_FIELDS and key not in out:
-                out[key] = value
+        out |= {k: v for k, v in fields.items() if k not in PERSONAL_FIELDS and k not in out}
     return out
 
 
@@ -53,36 +44,29 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None)
-        out = _document(record.created, record.levelname, record.name, record.getMessage(), fields)
+        out = _json(record.created, record.levelname, record.name, record.getMessage(), fields)
         if record.exc_info and record.exc_info[0] is not None:
             out["exc_type"] = record.exc_info[0].__name__
             out["traceback"] = self.formatException(record.exc_info)
         return _dumps(out)
 
 
-_access = logging.getLogger(ACCESS_LOGGER)
-
-
-def _json_streams(logger: logging.Logger) -> list[logging.StreamHandler] | None:
-    """The handlers an INFO record of ``logger`` reaches when all are plain JSON stream handlers
-    without filters; else None."""
+def _json_streams(logger: logging.Logger | None) -> list[logging.StreamHandler] | None:
+    """The handlers an INFO record of ``logger`` reaches when all are plain JSON stream handlers without
+    filters; else None."""
     found: list[logging.StreamHandler] = []
-    current: logging.Logger | None = logger
-    while current is not None:
-        if current.filters:
+    while logger is not None:
+        plain = all(
+            type(h) is logging.StreamHandler
+            and type(h.formatter) is JsonFormatter
+            and not h.filters
+            and h.level <= logging.INFO
+            for h in logger.handlers
+        )
+        if logger.filters or not plain:
             return None
-        for handler in current.handlers:
-            if (
-                type(handler) is not logging.StreamHandler
-                or type(handler.formatter) is not JsonFormatter
-                or handler.filters
-                or handler.level > logging.INFO
-            ):
-                return None
-            found.append(handler)
-        if not current.propagate:
-            break
-        current = current.parent
+        found += logger.handlers
+        logger = logger.parent if logger.propagate else None
     return found
 
 
@@ -94,37 +78,32 @@ def log_access(fields: dict[str, Any]) -> None:
     if handlers is None:
         _access.info("request", extra={"fields": fields})
         return
-    line = _dumps(_document(time.time(), "INFO", ACCESS_LOGGER, "request", fields)) + "\n"
+    line = _dumps(_json(time.time(), "INFO", ACCESS_LOGGER, "request", fields)) + "\n"
     for handler in handlers:
-        handler.acquire()
-        try:
-            handler.stream.write(line)
-            handler.flush()
-        except Exception:  # as StreamHandler.emit: a broken stream is reported, never raised to the request
-            extra = {"fields": fields}
-            handler.handleError(
-                _access.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None, extra=extra)
-            )
-        finally:
-            handler.release()
+        with handler.lock:
+            try:
+                handler.stream.write(line)
+                handler.flush()
+            except (
+                Exception
+            ):  # as StreamHandler.emit: a broken stream is reported, never raised to the request
+                args = (ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None)
+                handler.handleError(_access.makeRecord(*args, extra={"fields": fields}))
 
 
 def configure_logging(level: str | int = "INFO", stream: Any = None) -> logging.Logger:
     """Attach one JSON handler to the ``loanrisk`` logger (idempotent); returns that logger."""
     logger = logging.getLogger(LOGGER_NAME)
-    if isinstance(level, str):
-        level = logging.getLevelName(level.upper())
-        if not isinstance(level, int):
-            level = logging.INFO
-    logger.setLevel(level)
+    level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    logger.setLevel(level if isinstance(level, int) else logging.INFO)
     for handler in logger.handlers:
-        if getattr(handler, _HANDLER_FLAG, False):
+        if getattr(handler, "_loanrisk_json", False):
             if stream is not None and isinstance(handler, logging.StreamHandler):
                 handler.setStream(stream)
             return logger
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
-    setattr(handler, _HANDLER_FLAG, True)
+    handler._loanrisk_json = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.propagate = False
     return logger
