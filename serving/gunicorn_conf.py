@@ -21,8 +21,6 @@ from gunicorn import util  # noqa: E402
 from gunicorn.glogging import Logger  # noqa: E402
 from gunicorn.http import wsgi  # noqa: E402
 
-_ROOT = Path(__file__).resolve().parent.parent
-
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
@@ -33,7 +31,7 @@ def _int(name: str, default: int) -> int:
 
 
 wsgi_app = "serving.app:create_app()"
-pythonpath = str(_ROOT)
+pythonpath = str(Path(__file__).resolve().parent.parent)
 bind = os.environ.get("LOANRISK_BIND") or f"0.0.0.0:{_int('PORT', 8080)}"
 workers = _int("LOANRISK_WORKERS", _int("WEB_CONCURRENCY", 2))
 # gthread keeps HTTP connections alive between requests (sync workers close each one).
@@ -43,25 +41,18 @@ timeout = _int("LOANRISK_TIMEOUT", 60)
 graceful_timeout = 30
 keepalive = 5
 preload_app = False  # each worker loads its own model (and its own metric values)
-if os.path.isdir("/dev/shm"):
-    worker_tmp_dir = "/dev/shm"
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # None: gunicorn's default
 
 # The app logs each request (one JSON line); gunicorn's own logs go out as JSON too.
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOANRISK_LOG_LEVEL", "info").lower()
+_JSON = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "serving.logs.JsonFormatter"}},
-    "handlers": {  # "console" is the root logger's in gunicorn's defaults
-        "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
-        "error_console": {
-            "class": "logging.StreamHandler",
-            "formatter": "json",
-            "stream": "ext://sys.stderr",
-        },
-    },
+    "handlers": {"console": _JSON, "error_console": dict(_JSON)},  # "console": the root logger's in gunicorn
     "loggers": {
         "gunicorn.error": {"level": loglevel.upper(), "handlers": ["error_console"], "propagate": False},
         # off: the app writes the one access line per request (gunicorn's would add the client address)
@@ -71,8 +62,7 @@ logconfig_dict = {
 
 
 class AppWritesAccessLog(Logger):
-    """gunicorn's logger without its access log: the app writes the one access line, and
-    gunicorn would still build its access-log atoms for every request."""
+    """gunicorn's logger without its access log (which would build its atoms for every request)."""
 
     access_log_enabled = False
 
@@ -85,16 +75,10 @@ class OneSendResponse(wsgi.Response):
     anything else (chunked, HEAD, a body in parts) goes gunicorn's own way."""
 
     def write(self, arg: bytes) -> None:
-        if (
-            self.headers_sent
-            or type(arg) is not bytes
-            or not arg
-            or self.chunked
-            or self._omits_body
-            or self.response_length != len(arg)
-        ):
-            super().write(arg)
-            return
+        if self.headers_sent or type(arg) is not bytes or not arg or self.chunked or self._omits_body:
+            return super().write(arg)
+        if self.response_length != len(arg):
+            return super().write(arg)
         lines = self.default_headers()
         lines.extend([f"{k}: {v}\r\n" for k, v in self.headers])  # send_headers' formatting
         head = util.to_bytestring("{}\r\n".format("".join(lines)), "latin-1")
@@ -106,25 +90,20 @@ class OneSendResponse(wsgi.Response):
 wsgi.Response = OneSendResponse  # wsgi.create() builds each request's response from this module name
 
 _state: dict[str, str] = {}
+# Emptied before the workers fork: a previous run's metric files, and a sync folder's target and worker states.
+_STALE = {"PROMETHEUS_MULTIPROC_DIR": ("*.db",), "LOANRISK_RELOAD_SYNC_DIR": ("worker-*.json", "target.json")}
 
 
 def on_starting(server) -> None:  # noqa: ANN001 - gunicorn's Arbiter
     """Before the workers fork: fresh metric files and a reload sync folder they all share."""
-    multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if multiproc:
-        path = Path(multiproc)
-        path.mkdir(parents=True, exist_ok=True)
-        for stale in path.glob("*.db"):
-            stale.unlink(missing_ok=True)
-    sync_dir = os.environ.get("LOANRISK_RELOAD_SYNC_DIR", "").strip()
-    if sync_dir:  # a folder of the operator's: start without a previous run's target and worker states
-        Path(sync_dir).mkdir(parents=True, exist_ok=True)
-        for stale in [*Path(sync_dir).glob("worker-*.json"), Path(sync_dir) / "target.json"]:
-            stale.unlink(missing_ok=True)
-    else:
-        sync_dir = tempfile.mkdtemp(prefix="loanrisk-sync-")
-        _state["sync_dir"] = sync_dir
-        os.environ["LOANRISK_RELOAD_SYNC_DIR"] = sync_dir
+    for variable, patterns in _STALE.items():
+        if folder := os.environ.get(variable, "").strip():
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            for stale in [p for pattern in patterns for p in Path(folder).glob(pattern)]:
+                stale.unlink(missing_ok=True)
+    if not os.environ.get("LOANRISK_RELOAD_SYNC_DIR", "").strip():
+        _state["sync_dir"] = tempfile.mkdtemp(prefix="loanrisk-sync-")  # removed on exit
+        os.environ["LOANRISK_RELOAD_SYNC_DIR"] = _state["sync_dir"]
 
 
 def post_worker_init(worker) -> None:  # noqa: ANN001 - gunicorn's Worker
@@ -141,8 +120,7 @@ def worker_exit(server, worker) -> None:  # noqa: ANN001
 
 def child_exit(server, worker) -> None:  # noqa: ANN001
     """Drop a dead worker's live gauges and its state in the sync folder."""
-    sync_dir = os.environ.get("LOANRISK_RELOAD_SYNC_DIR")
-    if sync_dir:
+    if sync_dir := os.environ.get("LOANRISK_RELOAD_SYNC_DIR"):
         for state in Path(sync_dir).glob(f"worker-{worker.pid}-*.json"):
             state.unlink(missing_ok=True)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -152,6 +130,5 @@ def child_exit(server, worker) -> None:  # noqa: ANN001
 
 
 def on_exit(server) -> None:  # noqa: ANN001
-    sync_dir = _state.get("sync_dir")
-    if sync_dir:
+    if sync_dir := _state.get("sync_dir"):
         shutil.rmtree(sync_dir, ignore_errors=True)

@@ -1,8 +1,6 @@
-"""Pseudonyms for identifiers (HMAC-SHA256 under a secret key: stable, not reversible), and reference records
-fit to ship (only the fields the features read).
-
-The key is the ``pseudonym_key`` setting (``LOANRISK_PSEUDONYM_KEY``, at least 32 bytes, never a published value),
-else one made once and kept in ``<state_dir>/secrets/pseudonym.key`` (0600)."""
+"""Pseudonyms for identifiers (HMAC-SHA256 under a secret key: stable, not reversible), and reference records fit
+to ship (only the fields the features read). The key is ``LOANRISK_PSEUDONYM_KEY`` (at least 32 bytes, never a
+published value), else one made once and kept in ``<state_dir>/secrets/pseudonym.key`` (0600)."""
 
 from __future__ import annotations
 
@@ -19,24 +17,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from serving.config import ConfigError
 from serving.contract import CLARITY_ID_FIELDS
 from serving.features import SOURCE_FIELDS, build_rows
 
 KEY_FILE = "pseudonym.key"
 KEY_BYTES = 32  # a made key's size, and the least a given key may have
 MAKE_KEY = 'python -c "import secrets; print(secrets.token_hex(32))"'
-
-# Values this repository has published as a key: anyone can recompute their pseudonyms, so they are refused.
-# (stack.env.example's old placeholder, and an old fixed test key)
+# Values this repository has published as a key (stack.env.example's old placeholder, an old fixed test key):
+# anyone can recompute their pseudonyms, so they are refused.
 PUBLISHED_KEYS: frozenset[str] = frozenset({"64-hex-characters-from-openssl-rand-hex-32", "k" * 64})
-
-
-class PseudonymKeyError(ValueError):
-    """The given pseudonym key is too short or a value published in this repository."""
-
-
 _OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
-
 # What a reference record may hold: the fields the features read, nothing else (no loanId, no anon_ssn).
 REFERENCE_FIELDS: frozenset[str] = SOURCE_FIELDS
 
@@ -61,15 +52,13 @@ class Pseudonymiser:
         return h.hexdigest()
 
     def token(self, value: Any) -> Any:
-        """32 hex digits of HMAC-SHA256(key, value); missing values stay missing."""
+        """32 hex digits of HMAC-SHA256(key, value)."""
         return value if _missing(value) else self._digest(value)[:32]
 
     def clarity_id(self, value: Any) -> Any:
-        """A 24-hex clarity id keeping its first 8 hex digits (the report time the features
-        read); other values get a token."""
-        if _missing(value):
-            return value
-        text = str(value).strip()
+        """A 24-hex clarity id keeping its first 8 hex digits (the report time the features read); other values
+        get a token."""
+        text = "" if _missing(value) else str(value).strip()
         if not _OBJECT_ID.fullmatch(text):
             return self.token(value)
         return text[:8].lower() + self._digest(text.lower())[:16]
@@ -83,41 +72,40 @@ class Pseudonymiser:
 
 
 def _key_of(secret: str) -> tuple[bytes, bool]:
-    """A secret's key bytes and whether it was read as hex (32+ hex digits, an even count, like the kept
-    file); otherwise its UTF-8 bytes."""
+    """A secret's key bytes and whether it was read as hex (32+ hex digits, an even count, like the kept file);
+    otherwise its UTF-8 bytes."""
     text = secret.strip()
-    if len(text) >= 2 * 16 and len(text) % 2 == 0 and all(c in string.hexdigits for c in text):
+    if len(text) >= 32 and len(text) % 2 == 0 and all(c in string.hexdigits for c in text):
         return bytes.fromhex(text), True
     return secret.encode(), False
 
 
-_PUBLISHED_KEYS = frozenset(_key_of(value)[0] for value in PUBLISHED_KEYS)
-_PUBLISHED_TEXTS = frozenset(value.strip().casefold() for value in PUBLISHED_KEYS)
-_SETTING = "LOANRISK_PSEUDONYM_KEY (setting pseudonym_key)"
+_PUBLISHED = {_key_of(value)[0] for value in PUBLISHED_KEYS} | {v.strip().casefold() for v in PUBLISHED_KEYS}
 
 
 def given_key(secret: str) -> bytes:
-    """The key of a given ``secret``; :class:`PseudonymKeyError` when shorter than 32 bytes or a published
-    value. The message never shows the secret."""
+    """The key of a given ``secret``; :class:`ConfigError` when shorter than 32 bytes or a published value. The
+    message never shows the secret."""
     key, hexadecimal = _key_of(secret)
+    setting = "LOANRISK_PSEUDONYM_KEY (setting pseudonym_key)"
     make = f"make one with: {MAKE_KEY} (or unset it to use the key kept in <state_dir>/secrets/{KEY_FILE})"
-    if key in _PUBLISHED_KEYS or secret.strip().casefold() in _PUBLISHED_TEXTS:
-        raise PseudonymKeyError(
-            f"{_SETTING} is a value published in this repository (an example or placeholder): anyone can "
+    if key in _PUBLISHED or secret.strip().casefold() in _PUBLISHED:
+        raise ConfigError(
+            f"{setting} is a value published in this repository (an example or placeholder): anyone can "
             f"recompute its pseudonyms; {make}"
         )
     if len(key) < KEY_BYTES:
         read = f"{2 * len(key)} hex digits, read as hex" if hexadecimal else "text, read as its UTF-8 bytes"
-        raise PseudonymKeyError(
-            f"{_SETTING} is {len(key)} bytes ({read}); a key needs at least {KEY_BYTES} bytes "
+        raise ConfigError(
+            f"{setting} is {len(key)} bytes ({read}); a key needs at least {KEY_BYTES} bytes "
             f"({2 * KEY_BYTES} hex digits, or {KEY_BYTES} or more bytes of text); {make}"
         )
     return key
 
 
 def load_key(secret: str | None, secrets_dir: str | Path) -> bytes:
-    """The key: ``secret`` when given (:func:`given_key`), else the one kept in ``secrets_dir``, made (0600)
-    on first use."""
+    """The key: ``secret`` when given (:func:`given_key`), else the one kept in ``secrets_dir``, made (0600) on
+    first use."""
     if secret:
         return given_key(secret)
     folder = Path(secrets_dir)
@@ -125,8 +113,7 @@ def load_key(secret: str | None, secrets_dir: str | Path) -> bytes:
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = folder / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
             fh.write(secrets.token_hex(KEY_BYTES) + "\n")
         try:
             os.link(tmp, path)  # publish without overwriting a key another process made first
@@ -134,9 +121,8 @@ def load_key(secret: str | None, secrets_dir: str | Path) -> bytes:
             pass
         finally:
             tmp.unlink()
-    text = path.read_text().strip()
     try:
-        key = bytes.fromhex(text)
+        key = bytes.fromhex(path.read_text().strip())
     except ValueError:
         raise ValueError(f"{path} does not hold a hex key; remove it to make a new one") from None
     if len(key) < 16:
@@ -163,7 +149,7 @@ def reference_records(
     originals = list(records)
     out = [reference_record(r, pseudonymiser) for r in originals]
     for i, (want, got) in enumerate(zip(build_rows(originals), build_rows(out), strict=True)):
-        if len(want) != len(got) or not all(_same(a, b) for a, b in zip(want, got, strict=True)):
+        if len(want) != len(got) or not all(map(_same, want, got)):
             raise ValueError(f"reference record {i}: the pseudonymised record gives another model row")
     return out
 
