@@ -61,13 +61,8 @@ logconfig_dict = {
 }
 
 
-class AppWritesAccessLog(Logger):
-    """gunicorn's logger without its access log (which would build its atoms for every request)."""
-
-    access_log_enabled = False
-
-
-logger_class = AppWritesAccessLog
+# gunicorn's logger without its access log (which would build its atoms for every request)
+logger_class = type("AppWritesAccessLog", (Logger,), {"access_log_enabled": False})
 
 
 class OneSendResponse(wsgi.Response):

@@ -1,11 +1,6 @@
-"""The prediction log: every scored record, written off the request path by one writer thread per worker.
-
-A request calls :meth:`PredictionLog.submit` (a lock and an append; a full queue drops and counts the records).
-The writer pseudonymises each ``loanId`` with ``LOANRISK_PSEUDONYM_KEY`` (the training side's key, so outcomes can
-be joined later) and appends one frame per request to its own flock-held spool; rotated spools are converted to
-``.jsonl.gz`` after a lull by a child process at nice 19, and on start a writer converts the spools dead writers of
-this host left (a lock that can be taken means its writer is gone; PIDs are reused after a restart).
-Without a pseudonym key the log refuses to start: ids under a random key could never be joined to outcomes."""
+"""The prediction log: every scored record, written off the request path by one writer thread per worker into its
+own flock-held spool, ids pseudonymised under ``LOANRISK_PSEUDONYM_KEY`` (the training side's key, so outcomes can
+be joined); rotated spools, and those dead writers of this host left, are converted by a child at nice 19."""
 
 from __future__ import annotations
 
@@ -21,27 +16,19 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.predlog_files import (  # noqa: F401 - read_log and LogRead: the readers' entry point
-    CUT_STATUS,
-    PREFIX,
-    SPOOL,
-    LogRead,
-    abandoned,
-    frame,
-    parse_name,
-    read_log,
-    spool_name,
-)
+from serving import predlog_files as files
+from serving.predlog_files import read_log  # noqa: F401 - the readers' entry point
 
 DRAIN_INTERVAL_S = 0.05
 # A rotated spool is converted after a lull (no record for CONVERT_AFTER_IDLE_S): under load the converter would
 # contend with the requests even at nice 19. At MAX_BACKLOG waiting spools it starts regardless.
 CONVERT_AFTER_IDLE_S = 1.0
 MAX_BACKLOG = 8
-
+_ROOT = str(Path(__file__).resolve().parent.parent)
 logger = logging.getLogger("loanrisk")
 
 
@@ -53,44 +40,37 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:63] or "host"
 
 
+@dataclass(eq=False, repr=False)
 class PredictionLog:
     """The queue and writer thread of one process (a gunicorn worker); :meth:`submit` is all a request does."""
 
-    def __init__(
-        self,
-        directory: str | Path,
-        key: str | None,
-        queue_records: int,
-        rotate_bytes: int,
-        rotate_seconds: float,
-        metrics: Any = None,
-    ) -> None:
+    directory: Path
+    key: InitVar[str | None]
+    queue_records: int
+    rotate_bytes: int
+    rotate_seconds: float
+    metrics: Any = None
+
+    def __post_init__(self, key: str | None) -> None:
         if not key:
             raise PredictionLogError(
                 "the prediction log needs LOANRISK_PSEUDONYM_KEY (the training side's pseudonym key): without a "
                 "stable key its ids could never be joined to outcomes; set it, or unset LOANRISK_PREDICTION_LOG_DIR"
             )
-        self.directory = Path(directory)
+        self.directory = Path(self.directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.directory, os.W_OK | os.X_OK):
+                raise PermissionError("not writable")
         except OSError as exc:
             raise PredictionLogError(f"prediction log folder {self.directory}: {exc}") from None
-        if not os.access(self.directory, os.W_OK | os.X_OK):
-            raise PredictionLogError(f"prediction log folder {self.directory} is not writable")
-        from serving.privacy import Pseudonymiser, load_key
+        from serving.privacy import Pseudonymiser, given_key
 
-        self._pseudonym = Pseudonymiser(load_key(key, self.directory)).token
-        self.queue_records, self.rotate_bytes, self.rotate_seconds = (
-            queue_records,
-            rotate_bytes,
-            rotate_seconds,
-        )
-        self.metrics = metrics
+        self._pseudonym = Pseudonymiser(given_key(key)).token
         self._lock = threading.Lock()  # the queue's
-        # held while the writer drains and writes (tests pause the writer with it)
-        self._io = threading.Lock()
+        self._io = threading.Lock()  # held while the writer drains and writes (tests pause it with it)
         self._queue: list[tuple[Any, ...]] = []
-        self._stop, self._idle, self._busy = threading.Event(), threading.Condition(), False
+        self._stop, self._busy = threading.Event(), False  # busy: writing what it took from the queue
         self._file: Any = None
         self._path: Path | None = None
         self._queued = self._size = self._seq = 0
@@ -116,8 +96,10 @@ class PredictionLog:
         return False
 
     def _run(self) -> None:
-        try:
-            self._sweep()
+        try:  # convert the spools of this host no writer holds; other hosts' are left alone (a network folder
+            # may not carry locks between hosts)
+            spools = sorted(self.directory.glob(f"{files.PREFIX}*{files.SPOOL}"))
+            self._compress([p for p in spools if (m := files.parse_name(p.name)) and m["host"] == self._host])
         except Exception:  # noqa: BLE001 - the sweep is housekeeping: never stop the writer for it
             logger.exception("prediction log: sweeping dead writers' files failed")
         while not self._stop.is_set():
@@ -125,7 +107,7 @@ class PredictionLog:
                 self._stop.wait(DRAIN_INTERVAL_S)
         self._drain()
         self._rotate()  # the last spool too: converted by a child that outlives this worker if need be
-        self._convert_backlog()
+        self._compress()
 
     def _drain(self) -> bool:
         with self._io:
@@ -136,19 +118,26 @@ class PredictionLog:
                 if items:
                     self._write(items)
                     self._last_write = time.monotonic()
-                elif self._file is not None and time.time() - self._opened >= self.rotate_seconds:
+                elif self._due():
                     self._rotate()
-                if self._backlog and (
-                    len(self._backlog) >= MAX_BACKLOG
-                    or time.monotonic() - self._last_write >= CONVERT_AFTER_IDLE_S
-                ):
-                    self._convert_backlog()
-                self._reap()
+                lull = time.monotonic() - self._last_write >= CONVERT_AFTER_IDLE_S
+                if self._backlog and (lull or len(self._backlog) >= MAX_BACKLOG):
+                    self._compress()
+                polled = [(child, child.poll()) for child in self._children]
+                self._children = [child for child, status in polled if status is None]
+                cut = sum(
+                    status - files.CUT_STATUS for _, status in polled if (status or 0) > files.CUT_STATUS
+                )
+                if cut and self.metrics is not None:  # spools a converter found cut short
+                    self.metrics.log_torn.inc(cut)
             finally:
-                with self._idle:
-                    self._busy = False
-                    self._idle.notify_all()
+                self._busy = False
         return bool(items)
+
+    def _due(self) -> bool:
+        return self._file is not None and (
+            self._size >= self.rotate_bytes or time.time() - self._opened >= self.rotate_seconds
+        )
 
     def _write(self, items: list[tuple[Any, ...]]) -> None:
         written, token = 0, self._pseudonym
@@ -158,7 +147,7 @@ class PredictionLog:
                     self._open(t)
                 values = ids() if callable(ids) else ids
                 pseudonyms = [token(v) if type(v) is str and v or type(v) is int else None for v in values]
-                data = frame(t, request_id, endpoint, served, pseudonyms, probabilities, features)
+                data = files.frame(t, request_id, endpoint, served, pseudonyms, probabilities, features)
                 self._file.write(data)
                 self._size += len(data)
                 written += n
@@ -169,23 +158,21 @@ class PredictionLog:
                 if self.metrics is not None:
                     self.metrics.log_dropped.labels("write_error").inc(n)
                 self._close_file()
-            if self._file is not None and (
-                self._size >= self.rotate_bytes or time.time() - self._opened >= self.rotate_seconds
-            ):
+            if self._due():
                 self._rotate()
-        if self._file is not None:
-            try:
+        try:
+            if self._file is not None:
                 self._file.flush()
-            except OSError as exc:
-                logger.error("prediction log: flush failed", extra={"fields": {"error": repr(exc)}})
-                self._close_file()
+        except OSError as exc:
+            logger.error("prediction log: flush failed", extra={"fields": {"error": repr(exc)}})
+            self._close_file()
         if written and self.metrics is not None:
             self.metrics.log_written.inc(written)
 
     def _open(self, first: float) -> None:
         """Start a spool, locked before it appears under its name, so a sweep never takes a live one."""
         self._seq += 1
-        path = self.directory / spool_name(first, self._host, os.getpid(), self._seq)
+        path = self.directory / files.spool_name(first, self._host, os.getpid(), self._seq)
         staging = path.with_name(f".{path.name}.new")  # not a log file's name: readers and sweeps skip it
         handle = open(staging, "xb")  # noqa: SIM115 - kept open across drains
         try:
@@ -195,35 +182,33 @@ class PredictionLog:
             handle.close()
             staging.unlink(missing_ok=True)
             raise
-        self._file, self._path = handle, path
-        self._opened = time.time()
-        self._size = 0
+        self._file, self._path, self._opened, self._size = handle, path, time.time(), 0
 
     def _close_file(self) -> Path | None:
         """Close the spool, dropping its lock (also when the flush fails) for its converter."""
-        path, handle = self._path, self._file
-        self._file = self._path = None
+        path, handle, self._file, self._path = self._path, self._file, None, None
         if handle is not None:
             with contextlib.suppress(OSError):
                 handle.close()
         return path
 
     def _rotate(self) -> None:
-        path = self._close_file()
-        if path is not None:
+        if (path := self._close_file()) is not None:
             self._backlog.append(path)
 
-    def _convert_backlog(self) -> None:
-        backlog, self._backlog = self._backlog, []
-        self._compress(backlog)
-
-    def _compress(self, paths: list[Path]) -> None:
+    def _compress(self, paths: list[Path] | None = None) -> None:
+        """Convert ``paths`` (default: the backlog) in a child process; the sweep's are checked for a writer."""
+        if paths is None:
+            paths, self._backlog = self._backlog, []
+        else:
+            paths = [path for path in paths if files.abandoned(path)]
         if not paths:
             return
         command = [sys.executable, "-m", "serving.predlog_files", *map(str, paths)]
-        env = dict(
-            os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
-        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")])),
+        }
         try:
             self._children.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL))
         except OSError as exc:
@@ -231,33 +216,15 @@ class PredictionLog:
                 "prediction log: cannot start the compressor", extra={"fields": {"error": repr(exc)}}
             )
 
-    def _reap(self) -> None:
-        """Forget finished converters; count the cut-short spools one reports."""
-        running = []
-        for child in self._children:
-            status = child.poll()
-            if status is None:
-                running.append(child)
-            elif status > CUT_STATUS and self.metrics is not None:
-                self.metrics.log_torn.inc(status - CUT_STATUS)
-        self._children = running
-
-    def _sweep(self) -> None:
-        """Convert the spools of this host that no writer holds; other hosts' are left alone (a network
-        folder may not carry locks between hosts)."""
-        spools = sorted(self.directory.glob(f"{PREFIX}*{SPOOL}"))
-        ours = [p for p in spools if (m := parse_name(p.name)) is not None and m["host"] == self._host]
-        self._compress([path for path in ours if abandoned(path)])
-
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything queued so far is written (tests, shutdown); False on timeout."""
         deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._queue or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
-                    return False
-                self._idle.wait(min(left, DRAIN_INTERVAL_S))
+        while (
+            self._queue or self._busy
+        ):  # the writer empties the one and sets the other under the queue's lock
+            if time.monotonic() >= deadline or not self._thread.is_alive():
+                return False
+            time.sleep(0.005)
         return True
 
     def close(self, timeout: float = 30.0) -> None:
@@ -271,7 +238,6 @@ class PredictionLog:
             yield
 
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
 _logs: list[PredictionLog] = []
 
 
@@ -279,10 +245,11 @@ def start(config: Any, metrics: Any) -> PredictionLog | None:
     """The log of a :class:`serving.config.ServiceConfig`; None when ``prediction_log_dir`` is unset."""
     if config.prediction_log_dir is None:
         return None
-    log = PredictionLog(config.prediction_log_dir, config.pseudonym_key, config.prediction_log_queue,
-                        config.prediction_log_rotate_bytes, config.prediction_log_rotate_seconds, metrics)  # fmt: skip
-    _logs.append(log)
-    return log
+    sizes = [
+        getattr(config, f"prediction_log_{name}") for name in ("queue", "rotate_bytes", "rotate_seconds")
+    ]
+    _logs.append(PredictionLog(config.prediction_log_dir, config.pseudonym_key, *sizes, metrics))
+    return _logs[-1]
 
 
 def close_all() -> None:

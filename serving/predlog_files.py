@@ -1,9 +1,7 @@
-"""The prediction log's files: the spool a worker appends to, its conversion to JSON Lines, and :func:`read_log`.
-
-A spool ``predictions-<first time>-<host>-<pid>-<n>.spool`` holds frames: a 4-byte little-endian length, then one
-request's records as MessagePack. ``python -m serving.predlog_files SPOOL...`` converts closed spools into
-``<name>.jsonl.gz`` (complete, by rename, before the spool goes), one record per line in :data:`RECORD_FIELDS`
-order. A last frame a killed worker cut short becomes a cut-short last line, counted by readers as ``torn``."""
+"""The prediction log's files: a worker's spool ``predictions-<first time>-<host>-<pid>-<n>.spool`` of frames (a
+4-byte little-endian length, then one request's records as MessagePack), its conversion to ``<name>.jsonl.gz``
+(``python -m serving.predlog_files SPOOL...``; a frame a killed worker cut short becomes a torn last line), and
+:func:`read_log`."""
 
 from __future__ import annotations
 
@@ -18,13 +16,16 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import cache
-from itertools import count, repeat, starmap
+from itertools import repeat, starmap
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
 import orjson
+
+from serving.features import FEATURE_NAMES
 
 PREFIX = "predictions-"
 SPOOL = ".spool"
@@ -37,10 +38,10 @@ _NAME = re.compile(
     r"(?P<kind>\.spool|\.jsonl\.gz)$"
 )
 # The record's fields, in the order every line has them (the monitor reads this shape).
-RECORD_FIELDS = ("time", "request_id", "endpoint", "model_name", "model_version", "id", "features",
-                 "probability", "label")  # fmt: skip
-_TYPES = {
-    **dict.fromkeys(("time", "request_id", "endpoint", "model_name"), str),
+RECORD_FIELDS = tuple(
+    "time request_id endpoint model_name model_version id features probability label".split()
+)
+_TYPES = dict.fromkeys(("time", "request_id", "endpoint", "model_name"), str) | {
     "probability": float,
     "label": int,
 }
@@ -66,7 +67,7 @@ def frame(
     kind, data = ROWS, features
     if isinstance(features, dict):  # columns, in feature order: number buffers and lists of text
         kind = COLUMNS
-        data = [c if type(c) is list else _buffer(c) for c in map(features.__getitem__, _names())]
+        data = [c if type(c) is list else _buffer(c) for c in map(features.__getitem__, FEATURE_NAMES)]
     probs = probabilities.tobytes() if isinstance(probabilities, np.ndarray) else list(probabilities)
     body = pack(
         [t, request_id, endpoint, served.name, served.version, served.threshold, ids, probs, kind, data]
@@ -89,16 +90,9 @@ def _numbers(buffer: bytes, n: int) -> list[float]:
 
 
 @cache
-def _names() -> list[str]:
-    from serving.features import FEATURE_NAMES
-
-    return list(FEATURE_NAMES)
-
-
-@cache
 def _codec() -> tuple[Any, Any, Any]:
     """The record structs (fixed field order) and their JSON Lines encoder; NaN is written as null."""
-    fields = [(f"f{i}", Any, msgspec.field(name=n)) for i, n in enumerate(_names())]
+    fields = [(f"f{i}", Any, msgspec.field(name=n)) for i, n in enumerate(FEATURE_NAMES)]
     features = msgspec.defstruct("Features", fields, gc=False)
     types = {**_TYPES, "features": features}
     record = msgspec.defstruct("Record", [(f, types.get(f, Any)) for f in RECORD_FIELDS], gc=False)
@@ -111,18 +105,12 @@ def frame_lines(body: bytes) -> bytes:
     probs = np.frombuffer(probs, np.float64).tolist() if type(probs) is bytes else probs
     n = len(probs)
     if kind == COLUMNS:
-        columns = (c if type(c) is list else _numbers(c, n) for c in data)
-        rows = map(features, *columns)
+        rows = map(features, *(c if type(c) is list else _numbers(c, n) for c in data))
     else:
         rows = starmap(features, data)
     labels = [1 if p >= threshold else 0 for p in probs]
-    stamp = iso(t)
-    return encode_lines(
-        list(
-            map(record, repeat(stamp, n), repeat(request_id, n), repeat(endpoint, n), repeat(name, n),
-                repeat(version, n), ids, rows, probs, labels)
-        )
-    )  # fmt: skip
+    same = [repeat(value, n) for value in (iso(t), request_id, endpoint, name, version)]
+    return encode_lines(list(map(record, *same, ids, rows, probs, labels)))
 
 
 def frames(data: bytes) -> tuple[list[bytes], int]:
@@ -184,10 +172,7 @@ def convert(path: Path) -> tuple[Path, bool] | None:
         if not target.exists():
             bodies, cut = frames(source.read())
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with (
-                open(tmp, "wb") as raw,
-                gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=COMPRESS_LEVEL) as gz,
-            ):
+            with gzip.open(tmp, "wb", compresslevel=COMPRESS_LEVEL) as gz:
                 for body in bodies:
                     gz.write(frame_lines(body))
                 if cut:
@@ -234,10 +219,9 @@ class LogRead:
     def __init__(
         self, files: list[tuple[str, Path]], since: str | None, until: str | None, version: Any
     ) -> None:
-        self.files, self._files = [path for _, path in files], files
-        self._since, self._until = since, until
+        self._files, self._since, self._until = files, since, until
         self._version = None if version is None else str(version)
-        self.torn = self.skipped = self.records = 0
+        self.torn = self.skipped = 0
 
     def _raw_lines(self, path: Path) -> Iterator[bytes]:
         if path.name.endswith(SPOOL):
@@ -279,23 +263,14 @@ class LogRead:
             self.skipped += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        """k-way merge by time; a file is opened only once the merge reaches its first record's time."""
-        heap: list[tuple[str, int, dict[str, Any], Iterator[tuple[str, dict[str, Any]]]]] = []
-        pending, order = list(self._files), count()
+        """k-way merge by time; a file is opened only once the merge reaches the time in its name."""
 
-        def push(lines: Iterator[tuple[str, dict[str, Any]]]) -> None:
-            first = next(lines, None)
-            if first is not None:
-                heapq.heappush(heap, (first[0], next(order), first[1], lines))
+        def lines(start: str, path: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
+            yield start, None  # taken before the file is opened
+            yield from self._lines(path)
 
-        while heap or pending:
-            while pending and (not heap or pending[0][0] <= heap[0][0]):
-                push(self._lines(pending.pop(0)[1]))
-            if heap:
-                _, _, record, lines = heapq.heappop(heap)
-                self.records += 1
-                yield record
-                push(lines)
+        merged = heapq.merge(*(lines(start, path) for start, path in self._files), key=itemgetter(0))
+        return (record for _, record in merged if record is not None)
 
 
 def _listing(folder: Path) -> set[str]:
@@ -324,23 +299,17 @@ def read_log(
     folder = Path(log_dir)
     files: dict[str, tuple[str, Path]] = {}
     for path in sorted(map(folder.joinpath, _listing(folder)), key=lambda p: p.name.endswith(SPOOL)):
-        match = _NAME.match(path.name)
         kind = next((k for k in (SPOOL, CONVERTED, ".jsonl") if path.name.endswith(k)), None)
-        if kind is None:
+        base = path.name.removesuffix(kind or "")
+        if kind is None or base in files:  # a spool whose complete .jsonl.gz twin is in place is about to go
             continue
-        base = path.name.removesuffix(kind)
-        if base in files:
-            continue  # a spool whose .jsonl.gz twin is complete (renamed into place) is about to go
         start = ""  # a file named otherwise (written by another tool): no shortcut, read whole
-        if match is not None:  # the service's: records from its name's time on, none after its mtime
+        if match := _NAME.match(path.name):  # the service's: records from its name's time on, none after
             s = match["start"]
             start = f"{s[:4]}-{s[4:6]}-{s[6:8]}T{s[9:11]}:{s[11:13]}:{s[13:15]}.{s[15:21]}+00:00"
-            if hi is not None and start >= hi:
-                continue
-            if lo is not None:
-                with contextlib.suppress(OSError):
-                    if iso(path.stat().st_mtime) < lo:
-                        continue  # last written before the window opened
+            with contextlib.suppress(OSError):
+                if (hi is not None and start >= hi) or (lo is not None and iso(path.stat().st_mtime) < lo):
+                    continue  # its mtime: begun after the window closed, or last written before it opened
         files[base] = (start, path)
     return LogRead(sorted(files.values()), lo, hi, model_version)
 

@@ -87,20 +87,18 @@ def given_key(secret: str) -> bytes:
     """The key of a given ``secret``; :class:`ConfigError` when shorter than 32 bytes or a published value. The
     message never shows the secret."""
     key, hexadecimal = _key_of(secret)
-    setting = "LOANRISK_PSEUDONYM_KEY (setting pseudonym_key)"
-    make = f"make one with: {MAKE_KEY} (or unset it to use the key kept in <state_dir>/secrets/{KEY_FILE})"
     if key in _PUBLISHED or secret.strip().casefold() in _PUBLISHED:
-        raise ConfigError(
-            f"{setting} is a value published in this repository (an example or placeholder): anyone can "
-            f"recompute its pseudonyms; {make}"
-        )
-    if len(key) < KEY_BYTES:
+        problem = "a value published in this repository (an example or placeholder): anyone can recompute it"
+    elif len(key) < KEY_BYTES:
         read = f"{2 * len(key)} hex digits, read as hex" if hexadecimal else "text, read as its UTF-8 bytes"
-        raise ConfigError(
-            f"{setting} is {len(key)} bytes ({read}); a key needs at least {KEY_BYTES} bytes "
-            f"({2 * KEY_BYTES} hex digits, or {KEY_BYTES} or more bytes of text); {make}"
-        )
-    return key
+        problem = f"{len(key)} bytes ({read}); a key needs at least {KEY_BYTES} bytes ({2 * KEY_BYTES} hex"
+        problem += f" digits, or {KEY_BYTES} or more bytes of text)"
+    else:
+        return key
+    raise ConfigError(
+        f"LOANRISK_PSEUDONYM_KEY (setting pseudonym_key) is {problem}; make one with: {MAKE_KEY} (or unset it to "
+        f"use the key kept in <state_dir>/secrets/{KEY_FILE})"
+    )
 
 
 def load_key(secret: str | None, secrets_dir: str | Path) -> bytes:
