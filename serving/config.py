@@ -15,9 +15,9 @@ DEFAULT_MAX_BATCH_SIZE = 10_000
 RECORD_BYTES = 6 * 1024  # body bytes per record of the batch limit: a real application is ~4.8 KB of JSON
 DEFAULT_REASON_COUNT = 4
 MAX_REASON_COUNT = 10
-_BOOLEANS = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(
-    ("0", "false", "no", "off"), False
-)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_BOOLEANS = {**dict.fromkeys(_TRUE, True), **dict.fromkeys(_FALSE, False)}
+_SECRETS = ("admin_token", "pseudonym_key")
 _PATHS = ("bundle_dir", "reload_sync_dir", "prediction_log_dir")
 _PARSE = {"int": int, "float": float, "bool": lambda raw: _BOOLEANS[raw.lower()], "Path | None": Path}
 # The numbers: (type, lowest, highest, what the error calls it); 5e-324 is the least float above 0.
@@ -57,9 +57,7 @@ class ServiceConfig:
     pseudonym_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        fix: dict[str, Any] = {
-            n: None for n in ("admin_token", "pseudonym_key") if not (getattr(self, n) or "").strip()
-        }
+        fix: dict[str, Any] = {n: None for n in _SECRETS if not (getattr(self, n) or "").strip()}
         fix |= {n: Path(v) for n in _PATHS if (v := getattr(self, n)) is not None}
         if self.max_body_bytes == 0 and type(self.max_batch_size) is int:
             fix["max_body_bytes"] = self.max_batch_size * RECORD_BYTES

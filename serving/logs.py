@@ -84,9 +84,7 @@ def log_access(fields: dict[str, Any]) -> None:
             try:
                 handler.stream.write(line)
                 handler.flush()
-            except (
-                Exception
-            ):  # as StreamHandler.emit: a broken stream is reported, never raised to the request
+            except Exception:  # as StreamHandler.emit: reported, never raised to the request
                 args = (ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None)
                 handler.handleError(_access.makeRecord(*args, extra={"fields": fields}))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from serving import predlog_files as files
-from serving.predlog_files import read_log  # noqa: F401 - the readers' entry point
+from serving.predlog_files import CUT_STATUS, read_log  # noqa: F401 - read_log: the readers' entry point
 
 DRAIN_INTERVAL_S = 0.05
 # A rotated spool is converted after a lull (no record for CONVERT_AFTER_IDLE_S): under load the converter would
@@ -96,8 +96,9 @@ class PredictionLog:
         return False
 
     def _run(self) -> None:
-        try:  # convert the spools of this host no writer holds; other hosts' are left alone (a network folder
-            # may not carry locks between hosts)
+        # convert the spools of this host no writer holds; other hosts' are left alone (a network folder may not
+        # carry locks between hosts)
+        try:
             spools = sorted(self.directory.glob(f"{files.PREFIX}*{files.SPOOL}"))
             self._compress([p for p in spools if (m := files.parse_name(p.name)) and m["host"] == self._host])
         except Exception:  # noqa: BLE001 - the sweep is housekeeping: never stop the writer for it
@@ -123,11 +124,9 @@ class PredictionLog:
                 lull = time.monotonic() - self._last_write >= CONVERT_AFTER_IDLE_S
                 if self._backlog and (lull or len(self._backlog) >= MAX_BACKLOG):
                     self._compress()
-                polled = [(child, child.poll()) for child in self._children]
-                self._children = [child for child, status in polled if status is None]
-                cut = sum(
-                    status - files.CUT_STATUS for _, status in polled if (status or 0) > files.CUT_STATUS
-                )
+                statuses = [child.poll() for child in self._children]  # poll() sets returncode
+                self._children = [child for child in self._children if child.returncode is None]
+                cut = sum(status - CUT_STATUS for status in statuses if (status or 0) > CUT_STATUS)
                 if cut and self.metrics is not None:  # spools a converter found cut short
                     self.metrics.log_torn.inc(cut)
             finally:
@@ -152,9 +151,8 @@ class PredictionLog:
                 self._size += len(data)
                 written += n
             except Exception as exc:  # noqa: BLE001 - a full disk or a bad value: count, log, go on
-                logger.error(
-                    "prediction log: records lost", extra={"fields": {"error": repr(exc), "records": n}}
-                )
+                fields = {"error": repr(exc), "records": n}
+                logger.error("prediction log: records lost", extra={"fields": fields})
                 if self.metrics is not None:
                     self.metrics.log_dropped.labels("write_error").inc(n)
                 self._close_file()
@@ -205,23 +203,17 @@ class PredictionLog:
         if not paths:
             return
         command = [sys.executable, "-m", "serving.predlog_files", *map(str, paths)]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")])),
-        }
+        path = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
         try:
             self._children.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL))
         except OSError as exc:
-            logger.warning(
-                "prediction log: cannot start the compressor", extra={"fields": {"error": repr(exc)}}
-            )
+            logger.warning("prediction log: no compressor", extra={"fields": {"error": repr(exc)}})
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything queued so far is written (tests, shutdown); False on timeout."""
         deadline = time.monotonic() + timeout
-        while (
-            self._queue or self._busy
-        ):  # the writer empties the one and sets the other under the queue's lock
+        while self._queue or self._busy:  # the writer empties the one, sets the other under the queue's lock
             if time.monotonic() >= deadline or not self._thread.is_alive():
                 return False
             time.sleep(0.005)
@@ -245,9 +237,7 @@ def start(config: Any, metrics: Any) -> PredictionLog | None:
     """The log of a :class:`serving.config.ServiceConfig`; None when ``prediction_log_dir`` is unset."""
     if config.prediction_log_dir is None:
         return None
-    sizes = [
-        getattr(config, f"prediction_log_{name}") for name in ("queue", "rotate_bytes", "rotate_seconds")
-    ]
+    sizes = [getattr(config, f"prediction_log_{k}") for k in ("queue", "rotate_bytes", "rotate_seconds")]
     _logs.append(PredictionLog(config.prediction_log_dir, config.pseudonym_key, *sizes, metrics))
     return _logs[-1]
 

@@ -37,15 +37,12 @@ _NAME = re.compile(
     r"^predictions-(?P<start>\d{8}T\d{12}Z)-(?P<host>[A-Za-z0-9.-]+)-(?P<pid>\d+)-(?P<seq>\d+)"
     r"(?P<kind>\.spool|\.jsonl\.gz)$"
 )
+_TEXT = ("time", "request_id", "endpoint", "model_name")
 # The record's fields, in the order every line has them (the monitor reads this shape).
-RECORD_FIELDS = tuple(
-    "time request_id endpoint model_name model_version id features probability label".split()
-)
-_TYPES = dict.fromkeys(("time", "request_id", "endpoint", "model_name"), str) | {
-    "probability": float,
-    "label": int,
-}
+RECORD_FIELDS = (*_TEXT, "model_version", "id", "features", "probability", "label")
+_TYPES = {**dict.fromkeys(_TEXT, str), "probability": float, "label": int}
 pack = msgspec.msgpack.Encoder().encode
+parse_name = _NAME.match
 _unpack = msgspec.msgpack.Decoder().decode
 
 
@@ -57,10 +54,6 @@ def spool_name(first: float, host: str, pid: int, seq: int) -> str:
     return f"{PREFIX}{datetime.fromtimestamp(first, UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{host}-{pid}-{seq:05d}{SPOOL}"
 
 
-def parse_name(name: str) -> re.Match[str] | None:
-    return _NAME.match(name)
-
-
 def frame(
     t: float, request_id: str, endpoint: str, served: Any, ids: list[Any], probabilities: Any, features: Any
 ) -> bytes:
@@ -69,15 +62,13 @@ def frame(
         kind = COLUMNS
         data = [c if type(c) is list else _buffer(c) for c in map(features.__getitem__, FEATURE_NAMES)]
     probs = probabilities.tobytes() if isinstance(probabilities, np.ndarray) else list(probabilities)
-    body = pack(
-        [t, request_id, endpoint, served.name, served.version, served.threshold, ids, probs, kind, data]
-    )
+    model = (served.name, served.version, served.threshold)
+    body = pack([t, request_id, endpoint, *model, ids, probs, kind, data])
     return FRAME.pack(len(body)) + body
 
 
 def _buffer(column: np.ndarray) -> bytes:
-    """A float64 column's bytes, as float32 when every value is one exactly (half the size); readers tell
-    them apart by the length."""
+    """A float64 column's bytes, as float32 when every value is one exactly (readers tell them by the length)."""
     narrow = column.astype(np.float32)
     same = narrow.astype(np.float64).view(np.int64) == column.view(np.int64)  # bit for bit: NaN too
     return narrow.tobytes() if same.all() else column.tobytes()
@@ -136,8 +127,7 @@ def spool_complete(path: Path) -> bool:
 
 
 def _locked(path: Path, missing: type[OSError] = OSError) -> Any:
-    """The spool opened with its lock taken (dropped with the handle); None when it cannot be opened (``missing``)
-    or another process holds the lock."""
+    """The spool opened with its lock taken; None when it cannot be opened (``missing``) or is locked."""
     try:
         handle = open(path, "rb")  # noqa: SIM115 - the caller closes it
     except missing:
@@ -159,8 +149,8 @@ def abandoned(path: Path) -> bool:
 
 
 def convert(path: Path) -> tuple[Path, bool] | None:
-    """A closed spool → ``.jsonl.gz``, then the spool removed: the target and whether its last frame was cut
-    short; None when another process holds it."""
+    """A closed spool → ``.jsonl.gz``, then the spool removed: the target and whether its last frame was cut short
+    (None when another process holds it)."""
     target = path.with_name(path.name.removesuffix(SPOOL) + CONVERTED)
     source = _locked(path, FileNotFoundError)
     if source is None:
@@ -216,10 +206,8 @@ class LogRead:
     """The records of a log window, iterated once; ``torn`` (cut-short last lines or frames) and ``skipped``
     (lines that are no record, unreadable files) are final after the iteration."""
 
-    def __init__(
-        self, files: list[tuple[str, Path]], since: str | None, until: str | None, version: Any
-    ) -> None:
-        self._files, self._since, self._until = files, since, until
+    def __init__(self, files: list[tuple[str, Path]], lo: str | None, hi: str | None, version: Any) -> None:
+        self._files, self._since, self._until = files, lo, hi
         self._version = None if version is None else str(version)
         self.torn = self.skipped = 0
 
@@ -239,8 +227,9 @@ class LogRead:
             with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as fh:
                 yield from fh
 
-    def _lines(self, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _lines(self, start: str, path: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
         since, until, version = self._since, self._until, self._version
+        yield start, None  # taken by the merge before the file is opened
         try:
             for line in self._raw_lines(path):
                 if not line.endswith(b"\n"):  # the last line, cut short
@@ -264,26 +253,8 @@ class LogRead:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """k-way merge by time; a file is opened only once the merge reaches the time in its name."""
-
-        def lines(start: str, path: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
-            yield start, None  # taken before the file is opened
-            yield from self._lines(path)
-
-        merged = heapq.merge(*(lines(start, path) for start, path in self._files), key=itemgetter(0))
+        merged = heapq.merge(*(self._lines(start, path) for start, path in self._files), key=itemgetter(0))
         return (record for _, record in merged if record is not None)
-
-
-def _listing(folder: Path) -> set[str]:
-    """The log files' names in ``folder``, from two listings: a spool converted during the first may be in it
-    under neither name, but its ``.jsonl.gz`` (in place before the spool goes) is in the second."""
-    names: set[str] = set()
-    for _ in range(2):
-        try:
-            with os.scandir(folder) as entries:
-                names.update(entry.name for entry in entries if entry.name.startswith(PREFIX))
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            break
-    return names
 
 
 def read_log(
@@ -295,10 +266,16 @@ def read_log(
     """The prediction log's records in time order, from every worker's spools and converted files in
     ``log_dir``: ``since <= time < until`` (naive meaning UTC), of ``model_version`` when given. A spool converted
     while it reads is read once. Never raises on a torn or unreadable file: read ``.torn`` and ``.skipped`` after."""
-    lo, hi = _bound(since), _bound(until)
-    folder = Path(log_dir)
+    lo, hi, folder = _bound(since), _bound(until), Path(log_dir)
+    # two listings: a spool converted during the first may be in it under neither name, but its .jsonl.gz (in place
+    # before the spool goes) is in the second
+    names: set[str] = set()
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError, PermissionError):
+        for _ in range(2):
+            with os.scandir(folder) as entries:
+                names.update(entry.name for entry in entries if entry.name.startswith(PREFIX))
     files: dict[str, tuple[str, Path]] = {}
-    for path in sorted(map(folder.joinpath, _listing(folder)), key=lambda p: p.name.endswith(SPOOL)):
+    for path in sorted(map(folder.joinpath, names), key=lambda p: p.name.endswith(SPOOL)):
         kind = next((k for k in (SPOOL, CONVERTED, ".jsonl") if path.name.endswith(k)), None)
         base = path.name.removesuffix(kind or "")
         if kind is None or base in files:  # a spool whose complete .jsonl.gz twin is in place is about to go

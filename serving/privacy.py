@@ -13,6 +13,7 @@ import secrets
 import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,11 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True)
 class Pseudonymiser:
     """Keyed pseudonyms of identifier values (missing values stay missing)."""
 
-    key: bytes
+    key: bytes = dataclass_field(repr=False)  # never shown
 
     @cached_property
     def _keyed(self) -> hmac.HMAC:
@@ -66,9 +67,6 @@ class Pseudonymiser:
     def field(self, name: str, value: Any) -> Any:
         """The pseudonym of ``value`` as the identifier field ``name``."""
         return self.clarity_id(value) if name in CLARITY_ID_FIELDS else self.token(value)
-
-    def __repr__(self) -> str:  # never show the key
-        return "Pseudonymiser(key=<secret>)"
 
 
 def _key_of(secret: str) -> tuple[bytes, bool]:

@@ -163,10 +163,8 @@ class ModelHolder:
                 self._set_state("loaded", None, served.version, None)
                 return served, None
             token = uuid.uuid4().hex
-            target = dict(
-                token=token, bundle_dir=str(served.directory.resolve()), model_version=served.version
-            )
-            target |= {"published_by": os.getpid(), "published_at": time.time()}
+            target = {"token": token, "bundle_dir": str(served.directory.resolve())}
+            target |= dict(model_version=served.version, published_by=os.getpid(), published_at=time.time())
             # the watcher compares tokens under this lock: it never reloads our own publish
             with self._state_lock:
                 self.sync_dir.mkdir(parents=True, exist_ok=True)
