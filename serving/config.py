@@ -1,5 +1,5 @@
-"""Settings of the prediction service: a dataclass whose field ``name`` is read from ``LOANRISK_<NAME>`` (the serving
-image has no pydantic-settings); docs/service.md lists them."""
+"""Settings of the prediction service: a dataclass whose field ``name`` is read from ``LOANRISK_<NAME>`` (the
+serving image has no pydantic-settings); docs/service.md lists them."""
 
 from __future__ import annotations
 

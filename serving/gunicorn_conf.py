@@ -12,8 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# One BLAS thread per worker: the reasons' matrix products are small, and OpenBLAS's spinning threads fought the
-# requests and the other workers for the cores. Set before numpy is imported.
+# One BLAS thread per worker: the reasons' matrix products are small, and OpenBLAS's spinning threads fought
+# the requests and the other workers for the cores. Set before numpy is imported.
 for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
@@ -66,8 +66,7 @@ logger_class = type("AppWritesAccessLog", (Logger,), {"access_log_enabled": Fals
 
 
 class OneSendResponse(wsgi.Response):
-    """gunicorn's response, sending the headers and a whole ``bytes`` body in one ``sendall``;
-    anything else (chunked, HEAD, a body in parts) goes gunicorn's own way."""
+    """gunicorn's response, sending headers and a whole ``bytes`` body in one ``sendall`` (else as usual)."""
 
     def write(self, arg: bytes) -> None:
         if self.headers_sent or type(arg) is not bytes or not arg or self.chunked or self._omits_body:
@@ -85,7 +84,7 @@ class OneSendResponse(wsgi.Response):
 wsgi.Response = OneSendResponse  # wsgi.create() builds each request's response from this module name
 
 _state: dict[str, str] = {}
-# Emptied before the workers fork: a previous run's metric files, and a sync folder's target and worker states.
+# Emptied before the workers fork: a previous run's metric files, a sync folder's target and worker states.
 _STALE = {"PROMETHEUS_MULTIPROC_DIR": ("*.db",), "LOANRISK_RELOAD_SYNC_DIR": ("worker-*.json", "target.json")}
 
 

@@ -1,4 +1,4 @@
-"""Container health check: exit 0 when ``GET /health`` answers 200 (port from ``LOANRISK_BIND`` or ``PORT``)."""
+"""Container health check: exit 0 when ``GET /health`` answers 200 (port: ``LOANRISK_BIND`` or ``PORT``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Structured JSON logs: one object per line on stderr, only fields passed in ``extra={"fields": ...}``, never
-the personal fields. :func:`log_access` writes the access line straight to plain JSON stream handlers, skipping
-the ``LogRecord``; any other logging set-up takes the logging path."""
+the personal fields. :func:`log_access` writes the access line straight to plain JSON stream handlers,
+skipping the ``LogRecord``; any other logging set-up takes the logging path."""
 
 from __future__ import annotations
 
@@ -52,8 +52,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def _json_streams(logger: logging.Logger | None) -> list[logging.StreamHandler] | None:
-    """The handlers an INFO record of ``logger`` reaches when all are plain JSON stream handlers without
-    filters; else None."""
+    """The handlers an INFO record of ``logger`` reaches if all are plain JSON stream handlers; else None."""
     found: list[logging.StreamHandler] = []
     while logger is not None:
         plain = all(

@@ -1,6 +1,6 @@
-"""The prediction log: every scored record, written off the request path by one writer thread per worker into its
-own flock-held spool, ids pseudonymised under ``LOANRISK_PSEUDONYM_KEY`` (the training side's key, so outcomes can
-be joined); rotated spools, and those dead writers of this host left, are converted by a child at nice 19."""
+"""The prediction log: every scored record, written off the request path by one writer thread per worker into
+its own flock-held spool, ids pseudonymised under ``LOANRISK_PSEUDONYM_KEY`` (the training side's key, so
+outcomes can be joined); rotated spools and dead writers' spools of this host are converted at nice 19."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from serving import predlog_files as files
 from serving.predlog_files import CUT_STATUS, read_log  # noqa: F401 - read_log: the readers' entry point
 
 DRAIN_INTERVAL_S = 0.05
-# A rotated spool is converted after a lull (no record for CONVERT_AFTER_IDLE_S): under load the converter would
-# contend with the requests even at nice 19. At MAX_BACKLOG waiting spools it starts regardless.
+# A rotated spool is converted after a lull (no record for CONVERT_AFTER_IDLE_S): under load the converter
+# would contend with the requests even at nice 19. At MAX_BACKLOG waiting spools it starts regardless.
 CONVERT_AFTER_IDLE_S = 1.0
 MAX_BACKLOG = 8
 _ROOT = str(Path(__file__).resolve().parent.parent)
@@ -42,7 +42,7 @@ def _host() -> str:
 
 @dataclass(eq=False, repr=False)
 class PredictionLog:
-    """The queue and writer thread of one process (a gunicorn worker); :meth:`submit` is all a request does."""
+    """The queue and writer thread of one process (a gunicorn worker); a request only calls :meth:`submit`."""
 
     directory: Path
     key: InitVar[str | None]
@@ -54,8 +54,9 @@ class PredictionLog:
     def __post_init__(self, key: str | None) -> None:
         if not key:
             raise PredictionLogError(
-                "the prediction log needs LOANRISK_PSEUDONYM_KEY (the training side's pseudonym key): without a "
-                "stable key its ids could never be joined to outcomes; set it, or unset LOANRISK_PREDICTION_LOG_DIR"
+                "the prediction log needs LOANRISK_PSEUDONYM_KEY (the training side's pseudonym key): "
+                "without a stable key its ids could never be joined to outcomes; set it, or unset "
+                "LOANRISK_PREDICTION_LOG_DIR"
             )
         self.directory = Path(self.directory)
         try:
@@ -96,8 +97,8 @@ class PredictionLog:
         return False
 
     def _run(self) -> None:
-        # convert the spools of this host no writer holds; other hosts' are left alone (a network folder may not
-        # carry locks between hosts)
+        # convert the spools of this host no writer holds; other hosts' are left alone (a network folder may
+        # not carry locks between hosts)
         try:
             spools = sorted(self.directory.glob(f"{files.PREFIX}*{files.SPOOL}"))
             self._compress([p for p in spools if (m := files.parse_name(p.name)) and m["host"] == self._host])
@@ -195,7 +196,7 @@ class PredictionLog:
             self._backlog.append(path)
 
     def _compress(self, paths: list[Path] | None = None) -> None:
-        """Convert ``paths`` (default: the backlog) in a child process; the sweep's are checked for a writer."""
+        """Convert ``paths`` (default: the backlog) in a child; the sweep's are checked for a writer first."""
         if paths is None:
             paths, self._backlog = self._backlog, []
         else:

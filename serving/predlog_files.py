@@ -1,7 +1,7 @@
-"""The prediction log's files: a worker's spool ``predictions-<first time>-<host>-<pid>-<n>.spool`` of frames (a
-4-byte little-endian length, then one request's records as MessagePack), its conversion to ``<name>.jsonl.gz``
-(``python -m serving.predlog_files SPOOL...``; a frame a killed worker cut short becomes a torn last line), and
-:func:`read_log`."""
+"""The prediction log's files: a worker's spool ``predictions-<first time>-<host>-<pid>-<n>.spool`` of frames
+(a 4-byte little-endian length, then one request's records as MessagePack), its conversion to
+``<name>.jsonl.gz`` (``python -m serving.predlog_files SPOOL...``; a frame a killed worker cut short becomes a
+torn last line), and :func:`read_log`."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def iso(t: float) -> str:
 
 
 def spool_name(first: float, host: str, pid: int, seq: int) -> str:
-    return f"{PREFIX}{datetime.fromtimestamp(first, UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{host}-{pid}-{seq:05d}{SPOOL}"
+    stamp = datetime.fromtimestamp(first, UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{PREFIX}{stamp}-{host}-{pid}-{seq:05d}{SPOOL}"
 
 
 def frame(
@@ -68,7 +69,7 @@ def frame(
 
 
 def _buffer(column: np.ndarray) -> bytes:
-    """A float64 column's bytes, as float32 when every value is one exactly (readers tell them by the length)."""
+    """A float64 column's bytes, as float32 when every value is one exactly (told apart by the length)."""
     narrow = column.astype(np.float32)
     same = narrow.astype(np.float64).view(np.int64) == column.view(np.int64)  # bit for bit: NaN too
     return narrow.tobytes() if same.all() else column.tobytes()
@@ -141,7 +142,7 @@ def _locked(path: Path, missing: type[OSError] = OSError) -> Any:
 
 
 def abandoned(path: Path) -> bool:
-    """Whether no process holds the spool's lock (its writer closed it or died); False when it cannot be opened."""
+    """Whether no process holds the spool's lock (its writer is done or dead); False if unopenable."""
     handle = _locked(path)
     if handle is not None:
         handle.close()
@@ -149,8 +150,7 @@ def abandoned(path: Path) -> bool:
 
 
 def convert(path: Path) -> tuple[Path, bool] | None:
-    """A closed spool → ``.jsonl.gz``, then the spool removed: the target and whether its last frame was cut short
-    (None when another process holds it)."""
+    """A closed spool → ``.jsonl.gz``, spool removed: (target, last frame cut short); None if held."""
     target = path.with_name(path.name.removesuffix(SPOOL) + CONVERTED)
     source = _locked(path, FileNotFoundError)
     if source is None:
@@ -176,8 +176,7 @@ CUT_STATUS = 10  # exit status CUT_STATUS + n: n of the spools converted were cu
 
 
 def main(argv: list[str]) -> int:
-    """Convert the spools named, at nice 19. Exit status 0, 1 (one failed) or ``CUT_STATUS + n`` (n cut-short
-    spools converted here, so each is counted once)."""
+    """Convert the spools named, at nice 19: exits 0, 1 (one failed) or CUT_STATUS + n cut-short spools."""
     with contextlib.suppress(OSError):
         os.nice(19)
     failed, cut = False, 0
@@ -203,8 +202,7 @@ def _bound(value: datetime | str | None) -> str | None:
 
 
 class LogRead:
-    """The records of a log window, iterated once; ``torn`` (cut-short last lines or frames) and ``skipped``
-    (lines that are no record, unreadable files) are final after the iteration."""
+    """A log window's records, iterated once; then ``torn`` (cut-short lines), ``skipped`` (unreadable)."""
 
     def __init__(self, files: list[tuple[str, Path]], lo: str | None, hi: str | None, version: Any) -> None:
         self._files, self._since, self._until = files, lo, hi
@@ -264,11 +262,11 @@ def read_log(
     model_version: str | int | None = None,
 ) -> LogRead:
     """The prediction log's records in time order, from every worker's spools and converted files in
-    ``log_dir``: ``since <= time < until`` (naive meaning UTC), of ``model_version`` when given. A spool converted
-    while it reads is read once. Never raises on a torn or unreadable file: read ``.torn`` and ``.skipped`` after."""
+    ``log_dir``: ``since <= time < until`` (naive meaning UTC), of ``model_version`` when given. A spool
+    converted while it reads is read once; torn or unreadable files never raise (``.torn``, ``.skipped``)."""
     lo, hi, folder = _bound(since), _bound(until), Path(log_dir)
-    # two listings: a spool converted during the first may be in it under neither name, but its .jsonl.gz (in place
-    # before the spool goes) is in the second
+    # two listings: a spool converted during the first may be in it under neither name, but its .jsonl.gz (in
+    # place before the spool goes) is in the second
     names: set[str] = set()
     with contextlib.suppress(FileNotFoundError, NotADirectoryError, PermissionError):
         for _ in range(2):

@@ -1,6 +1,6 @@
-"""Pseudonyms for identifiers (HMAC-SHA256 under a secret key: stable, not reversible), and reference records fit
-to ship (only the fields the features read). The key is ``LOANRISK_PSEUDONYM_KEY`` (at least 32 bytes, never a
-published value), else one made once and kept in ``<state_dir>/secrets/pseudonym.key`` (0600)."""
+"""Pseudonyms for identifiers (HMAC-SHA256 under a secret key: stable, not reversible), and reference records
+fit to ship (only the fields the features read). The key is ``LOANRISK_PSEUDONYM_KEY`` (at least 32 bytes,
+never a published value), else one made once and kept in ``<state_dir>/secrets/pseudonym.key`` (0600)."""
 
 from __future__ import annotations
 
@@ -57,8 +57,7 @@ class Pseudonymiser:
         return value if _missing(value) else self._digest(value)[:32]
 
     def clarity_id(self, value: Any) -> Any:
-        """A 24-hex clarity id keeping its first 8 hex digits (the report time the features read); other values
-        get a token."""
+        """A 24-hex clarity id keeping its first 8 digits (the report time features read); else a token."""
         text = "" if _missing(value) else str(value).strip()
         if not _OBJECT_ID.fullmatch(text):
             return self.token(value)
@@ -70,8 +69,7 @@ class Pseudonymiser:
 
 
 def _key_of(secret: str) -> tuple[bytes, bool]:
-    """A secret's key bytes and whether it was read as hex (32+ hex digits, an even count, like the kept file);
-    otherwise its UTF-8 bytes."""
+    """A secret's key bytes: hex when 32+ hex digits (an even count, like the kept file), else its UTF-8."""
     text = secret.strip()
     if len(text) >= 32 and len(text) % 2 == 0 and all(c in string.hexdigits for c in text):
         return bytes.fromhex(text), True
@@ -82,8 +80,7 @@ _PUBLISHED = {_key_of(value)[0] for value in PUBLISHED_KEYS} | {v.strip().casefo
 
 
 def given_key(secret: str) -> bytes:
-    """The key of a given ``secret``; :class:`ConfigError` when shorter than 32 bytes or a published value. The
-    message never shows the secret."""
+    """The key of ``secret``; ConfigError (never showing it) if shorter than 32 bytes or a published value."""
     key, hexadecimal = _key_of(secret)
     if key in _PUBLISHED or secret.strip().casefold() in _PUBLISHED:
         problem = "a value published in this repository (an example or placeholder): anyone can recompute it"
@@ -94,14 +91,13 @@ def given_key(secret: str) -> bytes:
     else:
         return key
     raise ConfigError(
-        f"LOANRISK_PSEUDONYM_KEY (setting pseudonym_key) is {problem}; make one with: {MAKE_KEY} (or unset it to "
-        f"use the key kept in <state_dir>/secrets/{KEY_FILE})"
+        f"LOANRISK_PSEUDONYM_KEY (setting pseudonym_key) is {problem}; make one with: {MAKE_KEY} (or unset "
+        f"it to use the key kept in <state_dir>/secrets/{KEY_FILE})"
     )
 
 
 def load_key(secret: str | None, secrets_dir: str | Path) -> bytes:
-    """The key: ``secret`` when given (:func:`given_key`), else the one kept in ``secrets_dir``, made (0600) on
-    first use."""
+    """``secret``'s key (:func:`given_key`), else the one kept in ``secrets_dir`` (made 0600 on first use)."""
     if secret:
         return given_key(secret)
     folder = Path(secrets_dir)

@@ -1,6 +1,6 @@
 """Reload across workers: :class:`ModelHolder` holds this worker's model (a reload loads the new bundle fully,
-then swaps one reference) and shares reloads through ``LOANRISK_RELOAD_SYNC_DIR``: ``target.json`` (the bundle to
-serve, a token per reload) and ``worker-<pid>-<id>.json`` (each worker's state), polled by every worker."""
+then swaps one reference) and shares reloads through ``LOANRISK_RELOAD_SYNC_DIR``: ``target.json`` (the bundle
+to serve, a token per reload) and ``worker-<pid>-<id>.json`` (each worker's state), polled by every worker."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def _alive(pid: int) -> bool:
 
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.write_bytes(orjson.dumps(data))
     os.replace(tmp, path)
@@ -51,7 +52,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 class ModelHolder:
-    """The current model, swapped whole by :meth:`load`; this worker's state in the sync folder when there is one."""
+    """The current model, swapped whole by :meth:`load`; this worker's state in the sync folder if any."""
 
     def __init__(self, config: ServiceConfig, metrics: Metrics) -> None:
         self.config, self.metrics, self.sync_dir = config, metrics, config.reload_sync_dir
@@ -67,7 +68,7 @@ class ModelHolder:
         self._refresh()
 
     def load(self, directory: str | Path, origin: str) -> ServedModel:
-        """Load and check a bundle fully, then swap it in; raises :class:`BundleError` and keeps the old one."""
+        """Load and check a bundle fully, then swap it in; :class:`BundleError` keeps the old one."""
         with self._load_lock:
             t0 = time.perf_counter()
             try:
@@ -145,7 +146,6 @@ class ModelHolder:
         if self.sync_dir is None:
             return
         try:
-            self.sync_dir.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.sync_dir / f"worker-{self.worker_id}.json", self.state())
         except OSError as exc:
             logger.warning("could not record worker state", extra={"fields": {"error": repr(exc)}})
@@ -155,8 +155,7 @@ class ModelHolder:
         return data if data is not None and isinstance(data.get("bundle_dir"), str) else None
 
     def reload(self, directory: str | Path) -> tuple[ServedModel, str | None]:
-        """Load a bundle here, then publish it to every worker: it and the reload's token; :class:`BundleError`
-        (nothing published) when this worker cannot load it."""
+        """Load a bundle here, then publish it to every worker (BundleError: nothing published); its token."""
         with self._reload_lock:
             served = self.load(directory, origin="reload")
             if self.sync_dir is None:
@@ -167,7 +166,6 @@ class ModelHolder:
             target |= dict(model_version=served.version, published_by=os.getpid(), published_at=time.time())
             # the watcher compares tokens under this lock: it never reloads our own publish
             with self._state_lock:
-                self.sync_dir.mkdir(parents=True, exist_ok=True)
                 _write_atomic(self.sync_dir / TARGET_FILE, target)
                 self._attempts = 1
                 self._set_state("loaded", token, served.version, None)
@@ -186,7 +184,7 @@ class ModelHolder:
         return out
 
     def wait_for_workers(self, token: str | None, timeout_s: float) -> tuple[str, list[dict[str, Any]]]:
-        """``("loaded"|"superseded"|"timeout", states)`` once every live worker serves ``token``, or at timeout."""
+        """Wait for every live worker to serve ``token``: ``("loaded"|"superseded"|"timeout", states)``."""
         deadline = time.monotonic() + timeout_s
         while True:
             workers = self.workers()
