@@ -190,8 +190,7 @@ class ModelHolder:
             workers = self.workers()
             if token is None or all(w.get("token") == token and w.get("state") == "loaded" for w in workers):
                 return "loaded", workers
-            target = self.read_target()
-            if target is not None and target.get("token") != token:
+            if (target := self.read_target()) is not None and target.get("token") != token:
                 return "superseded", workers
             if time.monotonic() >= deadline:
                 return "timeout", workers
@@ -201,8 +200,7 @@ class ModelHolder:
         retry_at, delay = 0.0, RETRY_FIRST_S
         while True:
             time.sleep(SYNC_POLL_S)
-            target = self.read_target()
-            if target is None:
+            if (target := self.read_target()) is None:
                 continue
             with self._state_lock:
                 same = target.get("token") == self._state["token"]
@@ -219,8 +217,7 @@ class ModelHolder:
         """Load a published target and record the outcome; True when it is served."""
         token, wanted = target.get("token"), target.get("model_version")
         with self._reload_lock:
-            current = self.read_target()
-            if origin == "sync" and current is not None and current.get("token") != token:
+            if origin == "sync" and (now := self.read_target()) is not None and now.get("token") != token:
                 return True  # superseded while waiting for the lock: the next poll takes the newer one
             with self._state_lock:
                 self._attempts += 1
