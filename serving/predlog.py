@@ -139,15 +139,22 @@ class PredictionLog:
             self._size >= self.rotate_bytes or time.time() - self._opened >= self.rotate_seconds
         )
 
+    def _frame(self, item: tuple[Any, ...]) -> bytes:
+        """One request's frame, its ids pseudonymised."""
+        t, served, endpoint, request_id, features, probabilities, ids, _ = item
+        token = self._pseudonym
+        values = ids() if callable(ids) else ids
+        pseudonyms = [token(v) if type(v) is str and v or type(v) is int else None for v in values]
+        return files.frame(t, request_id, endpoint, served, pseudonyms, probabilities, features)
+
     def _write(self, items: list[tuple[Any, ...]]) -> None:
-        written, token = 0, self._pseudonym
-        for t, served, endpoint, request_id, features, probabilities, ids, n in items:
+        written = 0
+        for item in items:
+            n = item[-1]
             try:
                 if self._file is None:
-                    self._open(t)
-                values = ids() if callable(ids) else ids
-                pseudonyms = [token(v) if type(v) is str and v or type(v) is int else None for v in values]
-                data = files.frame(t, request_id, endpoint, served, pseudonyms, probabilities, features)
+                    self._open(item[0])
+                data = self._frame(item)
                 self._file.write(data)
                 self._size += len(data)
                 written += n
