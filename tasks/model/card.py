@@ -160,28 +160,20 @@ def card_sections(bundle_dir: Path) -> tuple[str, list[Section], list[str]]:
     return title, sections, plots
 
 
-def render_markdown(bundle_dir: str | Path) -> str:
-    """The card as Markdown (plots linked as ``plots/<name>.png`` beside it in the bundle)."""
-    title, sections, _ = card_sections(Path(bundle_dir))
-    return f"# {title}\n\n{markdown_of(sections)}"
-
-
-def render_html(bundle_dir: str | Path) -> str:
-    """The card as one self-contained HTML page, the plots embedded as data URIs."""
+def write_card(bundle_dir: str | Path) -> tuple[Path, Path]:
+    """Render the card into the bundle: ``card.md`` (plots linked as ``plots/<name>.png``) and ``card.html`` (one
+    self-contained page, the plots embedded as data URIs); returns both paths."""
     bundle_dir = Path(bundle_dir)
     title, sections, plots = card_sections(bundle_dir)
-    encoded = {
-        name: base64.b64encode((bundle_dir / PLOTS_DIR / name).read_bytes()).decode() for name in plots
+    images = {
+        name: "data:image/png;base64,"
+        + base64.b64encode((bundle_dir / PLOTS_DIR / name).read_bytes()).decode()
+        for name in plots
     }
-    images = {name: f"data:image/png;base64,{data}" for name, data in encoded.items()}
-    return HTML_PAGE.render(title=title, sections=sections, images=images, captions=PLOT_CAPTIONS)
-
-
-def write_card(bundle_dir: str | Path) -> tuple[Path, Path]:
-    """Render the card into the bundle (``card.md``, ``card.html``); returns both paths."""
-    bundle_dir = Path(bundle_dir)
     md, html = bundle_dir / CARD_MARKDOWN, bundle_dir / CARD_HTML
-    for path, render in ((md, render_markdown), (html, render_html)):
-        path.write_text(render(bundle_dir), encoding="utf-8")
+    md.write_text(f"# {title}\n\n{markdown_of(sections)}", encoding="utf-8")
+    page = HTML_PAGE.render(title=title, sections=sections, images=images, captions=PLOT_CAPTIONS)
+    html.write_text(page, encoding="utf-8")
+    for path in (md, html):
         path.chmod(0o644)
     return md, html

@@ -24,8 +24,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def credit_figures(report: dict[str, Any]) -> dict[str, Any]:
-    """The card's plots: reliability (validation before and after calibration, test) and test decile bad rates."""
+def credit_plots(report: dict[str, Any]) -> dict[str, bytes]:
+    """The card's plots as PNG bytes: reliability (validation before and after calibration, test) and test decile
+    bad rates."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     curves = [("valid_uncalibrated", "validation (model)"), ("valid", "validation"), ("test", "test")]
@@ -43,16 +44,14 @@ def credit_figures(report: dict[str, Any]) -> dict[str, Any]:
     ax.bar([str(r["decile"]) for r in rows], [r["bad_rate"] for r in rows])
     ax.set(xlabel="score decile (1 = riskiest)", ylabel="bad rate", title="Bad rate by decile (test)")
     figures["deciles.png"] = fig
-    for fig in figures.values():
+    plots = {}
+    for name, fig in figures.items():
         fig.tight_layout()
-    return figures
-
-
-def png_bytes(figure: Any) -> bytes:
-    """A matplotlib figure as PNG bytes."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90)
+        plt.close(fig)
+        plots[name] = buffer.getvalue()
+    return plots
 
 
 def evaluation_figures(
@@ -90,9 +89,3 @@ def evaluation_figures(
     for fig in figures.values():
         fig.tight_layout()
     return figures
-
-
-def close_figures(figures: dict[str, Any]) -> None:
-    plt = _pyplot()
-    for fig in figures.values():
-        plt.close(fig)
