@@ -6,13 +6,7 @@ import io
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    confusion_matrix,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
 
 def _pyplot() -> Any:
@@ -57,34 +51,20 @@ def credit_plots(report: dict[str, Any]) -> dict[str, bytes]:
 def evaluation_figures(
     y: np.ndarray, p: np.ndarray, threshold: float, importances: list[tuple[str, float]]
 ) -> dict[str, Any]:
-    """ROC, PR, confusion-matrix and feature-importance plots of the test slice."""
+    """ROC, PR, confusion-matrix and feature-importance plots of the test slice (scikit-learn's displays)."""
     plt = _pyplot()
-    figures: dict[str, Any] = {}
-    fpr, tpr, _ = roc_curve(y, p)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.3f}")
-    ax.plot([0, 1], [0, 1], "--", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
-    ax.legend(loc="lower right")
-    figures["roc.png"] = fig
-    prec, rec, _ = precision_recall_curve(y, p)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(rec, prec, label=f"AP {average_precision_score(y, p):.3f}")
-    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)")
-    ax.legend(loc="lower left")
-    figures["pr.png"] = fig
-    cm = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["good", "risky"], yticklabels=["good", "risky"])
-    ax.set(xlabel="predicted", ylabel="actual", title=f"Confusion at {threshold:.3f}")
-    figures["confusion_matrix.png"] = fig
+    roc = RocCurveDisplay.from_predictions(y, p, name="test", plot_chance_level=True)
+    pr = PrecisionRecallDisplay.from_predictions(y, p, name="test")
+    flagged = (p >= threshold).astype(int)
+    cm = ConfusionMatrixDisplay.from_predictions(y, flagged, labels=[0, 1], display_labels=["good", "risky"])
+    roc.ax_.set_title("ROC (test)")
+    pr.ax_.set_title("Precision-recall (test)")
+    cm.ax_.set_title(f"Confusion at {threshold:.3f}")
     top = sorted(importances, key=lambda kv: kv[1], reverse=True)[:25][::-1]
     fig, ax = plt.subplots(figsize=(6, 7))
     ax.barh([k for k, _ in top], [v for _, v in top])
     ax.set(title="Feature importance (top 25)", xlabel="importance")
+    figures = {"roc.png": roc.figure_, "pr.png": pr.figure_, "confusion_matrix.png": cm.figure_}
     figures["feature_importance.png"] = fig
     for fig in figures.values():
         fig.tight_layout()
