@@ -97,29 +97,25 @@ def _training_section(meta: dict[str, Any], context: dict[str, Any]) -> Section:
     training = context.get("training") or {}
     tuning = training.get("tuning") or {}
     params = meta.get("params") or {}
+    constraints = ", ".join(f"{k} {v:+d}" for k, v in (training.get("monotone_constraints") or {}).items())
     return Section(
         "Training",
         [
             f"CatBoost, tuned with Optuna: {tuning.get('n_complete', '?')} complete trials, "
             f"{tuning.get('n_pruned', '?')} pruned; best validation ROC-AUC {num(tuning.get('best_value'))}. "
             f"Code commit: {training.get('code_commit', 'unknown')}. MLflow run: {meta.get('run_id') or 'n/a'}.",
-            "Monotone constraints: "
-            + (
-                ", ".join(f"{k} {v:+d}" for k, v in (training.get("monotone_constraints") or {}).items())
-                or "none"
-            )
-            + ".",
+            f"Monotone constraints: {constraints or 'none'}.",
         ],
         tables=[Table(["parameter", "value"], [[k, num(v)] for k, v in sorted(params.items())])],
     )
 
 
 def _reasons_section(bundle_dir: Path) -> Section:
-    path = bundle_dir / TABLE_FILE
-    if not path.is_file():
-        text = "This bundle carries no reason-code table: the service returns no reasons."
-        return Section("Reason codes", [text])
-    table = ReasonTable.read(path)
+    if not (bundle_dir / TABLE_FILE).is_file():
+        return Section(
+            "Reason codes", ["This bundle carries no reason-code table: the service returns no reasons."]
+        )
+    table = ReasonTable.read(bundle_dir / TABLE_FILE)
     rows = [[r.code, r.text, ", ".join(r.features)] for r in table.reasons]
     return Section(
         "Reason codes",
@@ -140,22 +136,16 @@ def card_sections(bundle_dir: Path) -> tuple[str, list[Section], list[str]]:
     plots = sorted(p.name for p in (bundle_dir / PLOTS_DIR).glob("*.png")) if report else []
     title = f"Model card: {meta.get('model_name', 'model')} v{meta.get('model_version') or 'unregistered'}"
     context = (report or {}).get("context") or {}
+    decision = f"Decision threshold {num(meta.get('threshold'))}; created {meta.get('created_at') or 'n/a'}."
     sections = [
         Section(
-            "Intended use",
-            INTENDED_USE
-            + [
-                f"Decision threshold {num(meta.get('threshold'))}; created {meta.get('created_at') or 'n/a'}."
-            ],
-            bullets=["Out of scope: " + use for use in OUT_OF_SCOPE],
+            "Intended use", [*INTENDED_USE, decision], bullets=["Out of scope: " + u for u in OUT_OF_SCOPE]
         ),
         _data_section(meta, context),
         _training_section(meta, context),
     ]
-    if report:
-        sections += evaluation_sections(report, plots)
-    else:
-        sections.append(Section("Metrics", ["This bundle carries no evaluation report."]))
+    no_report = [Section("Metrics", ["This bundle carries no evaluation report."])]
+    sections += evaluation_sections(report, plots) if report else no_report
     sections += [_reasons_section(bundle_dir), Section("Limitations", bullets=LIMITATIONS)]
     return title, sections, plots
 
