@@ -219,32 +219,28 @@ def evaluate_task(
     from prefect.artifacts import create_markdown_artifact
 
     evaluation = build_evaluation(settings, model, split, tuning)
-    metrics, report = evaluation.metrics, evaluation.report
+    metrics, policy = evaluation.metrics, evaluation.report["policy"]
     shown = [metrics[f"test_{k}"] for k in ("roc_auc", "ks", "pr_auc", "precision", "recall", "f1")]
-    run_logger().info(
-        "test: ROC-AUC %.4f, KS %.4f, PR-AUC %.4f, precision %.4f, recall %.4f, F1 %.4f at threshold %.4f (%s); "
-        "calibrated: %s",
-        *shown,
-        metrics["threshold"],
-        report["policy"]["threshold_policy"],
-        evaluation.calibrator.method if evaluation.calibrator else "no",
+    shown += [metrics["threshold"], policy["threshold_policy"]]
+    shown.append(evaluation.calibrator.method if evaluation.calibrator else "no")
+    message = (
+        "test: ROC-AUC %.4f, KS %.4f, PR-AUC %.4f, precision %.4f, recall %.4f, F1 %.4f at threshold %.4f"
     )
+    run_logger().info(message + " (%s); calibrated: %s", *shown)
     if run_id:
         tracking.log_metrics(settings, run_id, {**metrics, "tuning_best_valid_roc_auc": tuning["best_value"]})
-        policy = report["policy"]
         flat = {f"policy.{k}": v for k, v in policy.items() if k != "calibration"}
         flat |= {f"policy.calibration.{k}": v for k, v in policy["calibration"].items()}
         tracking.log_params(settings, run_id, flat)
-        tracking.log_dict(settings, run_id, report, "evaluation.json")
+        tracking.log_dict(settings, run_id, evaluation.report, "evaluation.json")
         tracking.log_bytes(settings, run_id, evaluation.plots, "plots")
         importances = list(zip(split.train.features.columns, model.get_feature_importance(), strict=True))
-        figures = evaluation_figures(
-            split.test.label, evaluation.test_probabilities, metrics["threshold"], importances
-        )
+        p_test = evaluation.test_probabilities
+        figures = evaluation_figures(split.test.label, p_test, metrics["threshold"], importances)
         tracking.log_figures(settings, run_id, figures, "plots")
     create_markdown_artifact(
         key="evaluation-summary",
-        markdown=summary_markdown(metrics, split.boundaries, tuning, report),
+        markdown=summary_markdown(metrics, split.boundaries, tuning, evaluation.report),
         description="Test metrics of the newly trained loan-risk model",
     )
     return evaluation

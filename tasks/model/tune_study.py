@@ -99,11 +99,11 @@ def redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def sampler_and_pruner(settings: Settings, worker: int, n_trials: int) -> dict[str, Any]:
+def sampler_and_pruner(seed: int, n_trials: int) -> dict[str, Any]:
     """Seeded TPE (a seed per worker; the constant liar keeps workers off each other's trials), median pruner."""
     return {
         "sampler": optuna.samplers.TPESampler(
-            seed=settings.tuning.seed + worker, n_startup_trials=min(5, n_trials), constant_liar=True
+            seed=seed, n_startup_trials=min(5, n_trials), constant_liar=True
         ),
         "pruner": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=100),
     }
@@ -116,7 +116,7 @@ def prepare_study(settings: Settings, study_name: str, fingerprint: str) -> optu
         storage=storage_for(settings),
         direction="maximize",
         load_if_exists=True,
-        **sampler_and_pruner(settings, 0, settings.tuning.n_trials),
+        **sampler_and_pruner(settings.tuning.seed, settings.tuning.n_trials),
     )
     attrs, fit = study.user_attrs, {key: settings.value(key) for key in FIT_KEYS}  # what trials must share
     if FINGERPRINT in attrs:
@@ -158,7 +158,7 @@ def load_study(
         return optuna.load_study(
             study_name=study_name,
             storage=storage_for(settings),
-            **sampler_and_pruner(settings, worker, settings.tuning.n_trials),
+            **sampler_and_pruner(settings.tuning.seed + worker, settings.tuning.n_trials),
         )
     except KeyError as exc:
         raise PermanentError(f"tune worker: no study {study_name!r} in {mine}") from exc
