@@ -71,13 +71,9 @@ class ModelTable:
 
     def subset(self, index: np.ndarray) -> ModelTable:
         """The rows at ``index`` (an integer array), in that order."""
-        return ModelTable(
-            raw=self.raw.take(index).reset_index(drop=True),
-            features=self.features.take(index).reset_index(drop=True),
-            label=self.label[index],
-            application_time=self.application_time[index],
-            loan_ids=[self.loan_ids[int(i)] for i in index],
-        )
+        raw, features = (f.take(index).reset_index(drop=True) for f in (self.raw, self.features))
+        loan_ids = [self.loan_ids[int(i)] for i in index]
+        return ModelTable(raw, features, self.label[index], self.application_time[index], loan_ids)
 
 
 def feature_frame(rows: list[list[Any]]) -> pd.DataFrame:
