@@ -1,7 +1,5 @@
-"""The model card of a bundle, as Markdown and self-contained HTML, rendered from the bundle's files alone.
-
-Written at packaging and again when registration stamps the version; the service only serves the files.
-"""
+"""The model card of a bundle, as Markdown and self-contained HTML, rendered from the bundle's files alone (at
+packaging and again when registration stamps the version; the service only serves the files)."""
 
 from __future__ import annotations
 

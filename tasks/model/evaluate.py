@@ -1,11 +1,8 @@
-"""Metrics on the held-out future, a decision threshold chosen on validation, and the evaluation report the
-bundle carries (``evaluation.json``, the model card's source). When the validation ECE exceeds
-``calibration_max_ece``, everything after calibration is computed on calibrated probabilities, as served.
-"""
+"""Metrics on the held-out future, a threshold chosen on validation, and the report the bundle carries
+(``evaluation.json``, the card's source); past ``calibration_max_ece`` all is on calibrated scores, as served."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +23,7 @@ from serving.calibration import Calibrator
 from tasks import stats
 from tasks.common import run_logger, stage
 from tasks.model import credit
-from tasks.model.card_tables import evaluation_markdown
+from tasks.model.card_tables import evaluation_markdown, num
 from tasks.model.plots import credit_plots, evaluation_figures
 from tasks.model.split import Split
 from tasks.model.train import make_pool, predict_proba
@@ -124,12 +121,10 @@ def summary_markdown(
     report: dict[str, Any] | None = None,
 ) -> str:
     """A markdown summary of the run for the Prefect UI, with the evaluation report's tables when given."""
-
-    def cell(key: str) -> str:
-        value = metrics.get(key)
-        return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
-
-    rows = "\n".join(f"| {name} | {cell('valid_' + name)} | {cell('test_' + name)} |" for name in METRIC_ROWS)
+    cells = (
+        (name, num(metrics.get(f"valid_{name}")), num(metrics.get(f"test_{name}"))) for name in METRIC_ROWS
+    )
+    rows = "\n".join(f"| {name} | {valid} | {test} |" for name, valid, test in cells)
     return (
         "# Loan-risk model evaluation\n\n"
         f"Decision threshold (chosen on validation): **{metrics['threshold']:.4f}**\n\n"

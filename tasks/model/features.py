@@ -23,11 +23,8 @@ DECISION_LOAN_FIELDS = tuple(c for c in LOAN_COLUMNS if c not in OUTCOME_FIELDS 
 
 
 class ModelTable:
-    """One row per labelled loan, column-wise for memory: ``raw`` decision-time fields, ``features`` the model
-    rows, label and application time; ``records`` and ``rows`` are made on demand.
-
-    A plain class on purpose: Prefect walks dataclass and collection task inputs looking for futures.
-    """
+    """One row per labelled loan, column-wise: ``raw`` decision-time fields, ``features`` the model rows, label
+    and application time. A plain class: Prefect walks dataclass and collection task inputs for futures."""
 
     __slots__ = ("raw", "features", "label", "application_time", "loan_ids", "stats")
 

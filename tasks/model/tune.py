@@ -144,8 +144,7 @@ def study_figures(study: optuna.Study) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
         figures["optimization_history.png"] = optuna_plots.plot_optimization_history(study).figure
-        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-        if len(complete) >= 2:
+        if sum(t.state == TrialState.COMPLETE for t in study.trials) >= 2:
             figures["param_importances.png"] = optuna_plots.plot_param_importances(study).figure
     for fig in figures.values():
         fig.set_size_inches(7, 5)
@@ -278,7 +277,7 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
         "n_complete": len(done),
         "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "n_retried": sum(
-            tune_study.retried_from(t) is not None and tune_study.SURPLUS not in t.user_attrs for t in trials
+            tune_study.retried_from(t) is not None for t in trials if tune_study.SURPLUS not in t.user_attrs
         ),
         "workers": sorted(
             {str(t.user_attrs.get(tune_study.WORKER)) for t in trials if t.state.is_finished()}
@@ -292,10 +291,8 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
 @stage("tune")
 def tune_task(settings: Settings, split: Split, run_id: str | None = None) -> dict[str, Any]:
     """Stage: the study (one per run unless ``optuna_study_name`` shares one), best params logged on ``run_id``."""
-    study_name = (
-        settings.tuning.optuna_study_name or f"{settings.registry.model_name}-{run_id or uuid.uuid4().hex}"
-    )
-    summary = tune(settings, split, study_name, run_id)
+    per_run = f"{settings.registry.model_name}-{run_id or uuid.uuid4().hex}"
+    summary = tune(settings, split, settings.tuning.optuna_study_name or per_run, run_id)
     keys = ("best_value", "best_trial", "n_complete", "n_pruned", "best_params")
     message = "tuning: best validation ROC-AUC %.4f (trial %d; %d complete, %d pruned) params %s"
     run_logger().info(message, *(summary[k] for k in keys))
