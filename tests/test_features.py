@@ -125,7 +125,7 @@ def test_personal_data_stops_at_the_feature_boundary() -> None:
     )
     table = build_model_table(loan, clarity, ["External Collection"], ["Paid Off Loan"])
     assert "anon_ssn" not in table.records[0]
-    assert RECORD["anon_ssn"] not in repr(table.records) + repr(table.frame().to_dict())
+    assert RECORD["anon_ssn"] not in repr(table.records) + repr(table.features.to_dict())
     assert pd.Series(table.rows[0]).equals(pd.Series(build_row(loan_fields)))  # the features never read it
 
 

@@ -49,7 +49,9 @@ def test_every_searched_parameter_is_one_catboost_applies(seed: int, tmp_path: P
     would spend trials on nothing."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     params = suggest_params(study.ask())
-    model = CatBoostClassifier(**{**model_params(params, Settings(state_dir=tmp_path)), "iterations": 2})
+    model = CatBoostClassifier(
+        **{**model_params(params, Settings(state_dir=tmp_path).tuning), "iterations": 2}
+    )
     rng = np.random.default_rng(seed)
     x = pd.DataFrame({"a": rng.random(200), "b": rng.random(200), "c": rng.choice(list("pqrstu"), 200)})
     model.fit(x, (x["a"] > 0.5).astype(int), cat_features=["c"])

@@ -1,7 +1,5 @@
-"""The model card of a bundle, as Markdown and self-contained HTML, rendered from the bundle's files alone.
-
-Written at packaging and again when registration stamps the version; the service only serves the files.
-"""
+"""The model card of a bundle, as Markdown and self-contained HTML, rendered from the bundle's files alone (at
+packaging and again when registration stamps the version; the service only serves the files)."""
 
 from __future__ import annotations
 
@@ -97,29 +95,25 @@ def _training_section(meta: dict[str, Any], context: dict[str, Any]) -> Section:
     training = context.get("training") or {}
     tuning = training.get("tuning") or {}
     params = meta.get("params") or {}
+    constraints = ", ".join(f"{k} {v:+d}" for k, v in (training.get("monotone_constraints") or {}).items())
     return Section(
         "Training",
         [
             f"CatBoost, tuned with Optuna: {tuning.get('n_complete', '?')} complete trials, "
             f"{tuning.get('n_pruned', '?')} pruned; best validation ROC-AUC {num(tuning.get('best_value'))}. "
             f"Code commit: {training.get('code_commit', 'unknown')}. MLflow run: {meta.get('run_id') or 'n/a'}.",
-            "Monotone constraints: "
-            + (
-                ", ".join(f"{k} {v:+d}" for k, v in (training.get("monotone_constraints") or {}).items())
-                or "none"
-            )
-            + ".",
+            f"Monotone constraints: {constraints or 'none'}.",
         ],
         tables=[Table(["parameter", "value"], [[k, num(v)] for k, v in sorted(params.items())])],
     )
 
 
 def _reasons_section(bundle_dir: Path) -> Section:
-    path = bundle_dir / TABLE_FILE
-    if not path.is_file():
-        text = "This bundle carries no reason-code table: the service returns no reasons."
-        return Section("Reason codes", [text])
-    table = ReasonTable.read(path)
+    if not (bundle_dir / TABLE_FILE).is_file():
+        return Section(
+            "Reason codes", ["This bundle carries no reason-code table: the service returns no reasons."]
+        )
+    table = ReasonTable.read(bundle_dir / TABLE_FILE)
     rows = [[r.code, r.text, ", ".join(r.features)] for r in table.reasons]
     return Section(
         "Reason codes",
@@ -140,48 +134,34 @@ def card_sections(bundle_dir: Path) -> tuple[str, list[Section], list[str]]:
     plots = sorted(p.name for p in (bundle_dir / PLOTS_DIR).glob("*.png")) if report else []
     title = f"Model card: {meta.get('model_name', 'model')} v{meta.get('model_version') or 'unregistered'}"
     context = (report or {}).get("context") or {}
+    decision = f"Decision threshold {num(meta.get('threshold'))}; created {meta.get('created_at') or 'n/a'}."
     sections = [
         Section(
-            "Intended use",
-            INTENDED_USE
-            + [
-                f"Decision threshold {num(meta.get('threshold'))}; created {meta.get('created_at') or 'n/a'}."
-            ],
-            bullets=["Out of scope: " + use for use in OUT_OF_SCOPE],
+            "Intended use", [*INTENDED_USE, decision], bullets=["Out of scope: " + u for u in OUT_OF_SCOPE]
         ),
         _data_section(meta, context),
         _training_section(meta, context),
     ]
-    if report:
-        sections += evaluation_sections(report, plots)
-    else:
-        sections.append(Section("Metrics", ["This bundle carries no evaluation report."]))
+    no_report = [Section("Metrics", ["This bundle carries no evaluation report."])]
+    sections += evaluation_sections(report, plots) if report else no_report
     sections += [_reasons_section(bundle_dir), Section("Limitations", bullets=LIMITATIONS)]
     return title, sections, plots
 
 
-def render_markdown(bundle_dir: str | Path) -> str:
-    """The card as Markdown (plots linked as ``plots/<name>.png`` beside it in the bundle)."""
-    title, sections, _ = card_sections(Path(bundle_dir))
-    return f"# {title}\n\n{markdown_of(sections)}"
-
-
-def render_html(bundle_dir: str | Path) -> str:
-    """The card as one self-contained HTML page, the plots embedded as data URIs."""
+def write_card(bundle_dir: str | Path) -> tuple[Path, Path]:
+    """Render the card into the bundle: ``card.md`` (plots linked as ``plots/<name>.png``) and ``card.html`` (one
+    self-contained page, the plots embedded as data URIs); returns both paths."""
     bundle_dir = Path(bundle_dir)
     title, sections, plots = card_sections(bundle_dir)
-    encoded = {
-        name: base64.b64encode((bundle_dir / PLOTS_DIR / name).read_bytes()).decode() for name in plots
+    images = {
+        name: "data:image/png;base64,"
+        + base64.b64encode((bundle_dir / PLOTS_DIR / name).read_bytes()).decode()
+        for name in plots
     }
-    images = {name: f"data:image/png;base64,{data}" for name, data in encoded.items()}
-    return HTML_PAGE.render(title=title, sections=sections, images=images, captions=PLOT_CAPTIONS)
-
-
-def write_card(bundle_dir: str | Path) -> tuple[Path, Path]:
-    """Render the card into the bundle (``card.md``, ``card.html``); returns both paths."""
-    bundle_dir = Path(bundle_dir)
     md, html = bundle_dir / CARD_MARKDOWN, bundle_dir / CARD_HTML
-    for path, render in ((md, render_markdown), (html, render_html)):
-        path.write_text(render(bundle_dir), encoding="utf-8")
+    md.write_text(f"# {title}\n\n{markdown_of(sections)}", encoding="utf-8")
+    page = HTML_PAGE.render(title=title, sections=sections, images=images, captions=PLOT_CAPTIONS)
+    html.write_text(page, encoding="utf-8")
+    for path in (md, html):
         path.chmod(0o644)
     return md, html

@@ -35,25 +35,15 @@ class Section:
 
 
 def num(value: Any, digits: int = 4) -> str:
-    if isinstance(value, bool) or value is None:
-        return "n/a" if value is None else str(value)
-    if isinstance(value, int):
+    if value is None or isinstance(value, float) and not math.isfinite(value):
+        return "n/a"
+    if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    if isinstance(value, float):
-        return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
-    return str(value)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def pct(value: Any) -> str:
     return "n/a" if not isinstance(value, int | float) or not math.isfinite(value) else f"{100 * value:.1f}%"
-
-
-def _interval(metrics: dict[str, Any], prefix: str, name: str) -> str:
-    low, high = metrics.get(f"{prefix}_{name}_ci_low"), metrics.get(f"{prefix}_{name}_ci_high")
-    return "n/a" if low is None or high is None else f"[{num(low)}, {num(high)}]"
-
-
-# --- the evaluation sections (card and Prefect summary) ------------------------------------------------------
 
 
 METRIC_ROWS = {
@@ -74,9 +64,10 @@ METRIC_ROWS = {
 
 def metrics_table(metrics: dict[str, Any]) -> Table:
     def cell(prefix: str, key: str) -> str:
-        if key.endswith("_ci"):
-            return _interval(metrics, prefix, key.removesuffix("_ci"))
-        return num(metrics.get(f"{prefix}_{key}"))
+        if not key.endswith("_ci"):
+            return num(metrics.get(f"{prefix}_{key}"))
+        low, high = (metrics.get(f"{prefix}_{key}_{end}") for end in ("low", "high"))
+        return "n/a" if low is None or high is None else f"[{num(low)}, {num(high)}]"
 
     rows = [[label, cell("valid", key), cell("test", key)] for key, label in METRIC_ROWS.items()]
     return Table(["metric", "validation", "test"], rows)
@@ -203,8 +194,6 @@ def evaluation_sections(report: dict[str, Any], plots: list[str] | None = None) 
         ),
     ]
 
-
-# --- templates ----------------------------------------------------------------------------------------------
 
 _HTML_ENV = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
 

@@ -1,6 +1,5 @@
 """Credit-grade metrics, pure vectorised functions on label and score arrays (``y`` 1 for a risky loan, ``p`` the
-probability of risky): Gini, bootstrap intervals, deciles, calibration, stability, segments, cost threshold.
-"""
+probability of risky): Gini, bootstrap intervals, deciles, calibration, stability, segments, cost threshold."""
 
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
-"""Metrics on the held-out future, a decision threshold chosen on validation, and the evaluation report the
-bundle carries (``evaluation.json``, the model card's source). When the validation ECE exceeds
-``calibration_max_ece``, everything after calibration is computed on calibrated probabilities, as served.
-"""
+"""Metrics on the held-out future, a threshold chosen on validation, and the report the bundle carries
+(``evaluation.json``, the card's source); past ``calibration_max_ece`` all is on calibrated scores, as served."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +23,12 @@ from serving.calibration import Calibrator
 from tasks import stats
 from tasks.common import run_logger, stage
 from tasks.model import credit
-from tasks.model.card_tables import evaluation_markdown
-from tasks.model.plots import close_figures, credit_figures, evaluation_figures, png_bytes
+from tasks.model.card_tables import evaluation_markdown, num
+from tasks.model.plots import credit_plots, evaluation_figures
 from tasks.model.split import Split
 from tasks.model.train import make_pool, predict_proba
 from tasks.registry import tracking
-from tasks.settings import Settings
+from tasks.settings import EvaluationSettings, Settings
 
 SEGMENT_COLUMNS = ("state", "leadType", "payFrequency")
 
@@ -63,17 +60,17 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float, prefi
     }
 
 
-def decide_threshold(settings: Settings, y: np.ndarray, p: np.ndarray) -> tuple[float, dict[str, Any]]:
-    """The validation threshold by the ``threshold_policy`` setting, and the record of the policy and its inputs."""
-    if settings.evaluation.threshold_policy == "expected_cost":
-        keys = ("cost_bad_approved", "cost_good_declined")
-        threshold, cost = credit.expected_cost_threshold(y, p, *(settings.value(k) for k in keys))
-        record: dict[str, Any] = {"threshold_policy": "expected_cost"}
-        record |= {k: settings.value(k) for k in keys} | {"valid_cost_per_loan": cost}
+def decide_threshold(
+    evaluation: EvaluationSettings, min_precision: float, min_recall: float, y: np.ndarray, p: np.ndarray
+) -> tuple[float, dict[str, Any]]:
+    """The validation threshold by ``threshold_policy``, and the record of the policy and its inputs."""
+    if evaluation.threshold_policy == "expected_cost":
+        costs = {k: getattr(evaluation, k) for k in ("cost_bad_approved", "cost_good_declined")}
+        threshold, cost = credit.expected_cost_threshold(y, p, *costs.values())
+        record = {"threshold_policy": "expected_cost", **costs, "valid_cost_per_loan": cost}
     else:
-        keys = ("min_precision", "min_recall")
-        threshold = choose_threshold(y, p, *(settings.value(k) for k in keys))
-        record = {"threshold_policy": "f1"} | {k: settings.value(k) for k in keys}
+        threshold = choose_threshold(y, p, min_precision, min_recall)
+        record = {"threshold_policy": "f1", "min_precision": min_precision, "min_recall": min_recall}
     return threshold, {**record, "threshold": threshold}
 
 
@@ -96,43 +93,20 @@ def evaluate(
     }
 
 
-def credit_metrics(y: np.ndarray, p: np.ndarray, prefix: str, samples: int, seed: int) -> dict[str, float]:
-    """KS, Gini, ECE and the bootstrap 95% intervals of AUC and KS of one slice, named ``<prefix>_...``."""
-    auc, ks = stats.auc_and_ks(y, p)
-    out = {
-        f"{prefix}_ks": ks,
-        f"{prefix}_gini": credit.gini(auc),
-        f"{prefix}_ece": credit.expected_calibration_error(y, p),
-    }
-    return out | {f"{prefix}_{k}": v for k, v in credit.bootstrap_intervals(y, p, samples, seed).items()}
-
-
-def slice_report(
-    y: np.ndarray, p: np.ndarray, raw: Any, threshold: float, settings: Settings
-) -> dict[str, Any]:
-    """The tables of one slice: deciles, reliability bins, segments."""
-    segments = {c: raw[c].to_numpy() for c in SEGMENT_COLUMNS if c in raw}
-    return {
-        "deciles": credit.decile_table(y, p),
-        "calibration": credit.calibration_bins(y, p),
-        "segments": credit.segment_metrics(y, p, threshold, segments, settings.evaluation.segment_min_count),
-    }
-
-
 def calibrate(
-    settings: Settings, y_valid: np.ndarray, p_valid: np.ndarray
+    evaluation: EvaluationSettings, y_valid: np.ndarray, p_valid: np.ndarray
 ) -> tuple[Calibrator | None, dict[str, Any]]:
     """A calibrator fitted on validation when its ECE exceeds ``calibration_max_ece`` (else None), and the record."""
     ece = credit.expected_calibration_error(y_valid, p_valid)
     record: dict[str, Any] = {
-        "method": settings.evaluation.calibration_method,
-        "max_ece": settings.evaluation.calibration_max_ece,
+        "method": evaluation.calibration_method,
+        "max_ece": evaluation.calibration_max_ece,
         "valid_ece_uncalibrated": ece,
-        "applied": bool(ece > settings.evaluation.calibration_max_ece),
+        "applied": bool(ece > evaluation.calibration_max_ece),
     }
     if not record["applied"]:
         return None, record
-    calibrator = credit.fit_calibrator(y_valid, p_valid, settings.evaluation.calibration_method)
+    calibrator = credit.fit_calibrator(y_valid, p_valid, evaluation.calibration_method)
     record["valid_ece_calibrated"] = credit.expected_calibration_error(y_valid, calibrator.apply(p_valid))
     return calibrator, record
 
@@ -147,12 +121,10 @@ def summary_markdown(
     report: dict[str, Any] | None = None,
 ) -> str:
     """A markdown summary of the run for the Prefect UI, with the evaluation report's tables when given."""
-
-    def cell(key: str) -> str:
-        value = metrics.get(key)
-        return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
-
-    rows = "\n".join(f"| {name} | {cell('valid_' + name)} | {cell('test_' + name)} |" for name in METRIC_ROWS)
+    cells = (
+        (name, num(metrics.get(f"valid_{name}")), num(metrics.get(f"test_{name}"))) for name in METRIC_ROWS
+    )
+    rows = "\n".join(f"| {name} | {valid} | {test} |" for name, valid, test in cells)
     return (
         "# Loan-risk model evaluation\n\n"
         f"Decision threshold (chosen on validation): **{metrics['threshold']:.4f}**\n\n"
@@ -179,73 +151,55 @@ class Evaluation:
     plots: dict[str, bytes] = field(default_factory=dict)
 
 
-def assess(
-    settings: Settings,
-    split: Split,
-    p_train: np.ndarray,
-    p_valid: np.ndarray,
-    p_test: np.ndarray,
-) -> tuple[dict[str, float], Calibrator | None, dict[str, Any], np.ndarray, np.ndarray]:
-    """Calibrate (when needed), choose the threshold, compute every metric and the report from raw probabilities;
-    returns the metrics, calibrator, report and the served validation and test probabilities."""
+def build_evaluation(
+    settings: Settings, model: CatBoostClassifier, split: Split, tuning: dict[str, Any]
+) -> Evaluation:
+    """Everything the evaluate stage establishes, without logging it: calibrate (when needed), choose the
+    threshold, compute every metric, the report and its plots (all after calibration on calibrated scores)."""
+    ev, registry = settings.evaluation, settings.registry
     y_valid, y_test = split.valid.label, split.test.label
-    calibrator, calibration = calibrate(settings, y_valid, p_valid)
+    p_train, p_valid, p_test = (
+        predict_proba(model, make_pool(t)) for t in (split.train, split.valid, split.test)
+    )
+    calibrator, calibration = calibrate(ev, y_valid, p_valid)
     uncalibrated = credit.calibration_bins(y_valid, p_valid)
     if calibrator is not None:
         p_train, p_valid, p_test = (calibrator.apply(p) for p in (p_train, p_valid, p_test))
-    threshold, policy = decide_threshold(settings, y_valid, p_valid)
+    threshold, policy = decide_threshold(ev, registry.min_precision, registry.min_recall, y_valid, p_valid)
     metrics = evaluate(
-        y_valid,
-        p_valid,
-        y_test,
-        p_test,
-        settings.registry.min_precision,
-        settings.registry.min_recall,
-        threshold,
+        y_valid, p_valid, y_test, p_test, registry.min_precision, registry.min_recall, threshold
     )
-    for prefix, y, p in (("valid", y_valid, p_valid), ("test", y_test, p_test)):
-        metrics |= credit_metrics(y, p, prefix, settings.evaluation.bootstrap_samples, settings.tuning.seed)
-    stability = credit.stability(
-        p_train, p_test, split.train.features, split.test.features, settings.evaluation.psi_bins
-    )
+    slices = {}
+    for prefix, y, p, raw in (
+        ("valid", y_valid, p_valid, split.valid.raw),
+        ("test", y_test, p_test, split.test.raw),
+    ):
+        auc, ks = stats.auc_and_ks(y, p)
+        metrics |= {f"{prefix}_ks": ks, f"{prefix}_gini": credit.gini(auc)}
+        metrics[f"{prefix}_ece"] = credit.expected_calibration_error(y, p)
+        intervals = credit.bootstrap_intervals(y, p, ev.bootstrap_samples, settings.tuning.seed)
+        metrics |= {f"{prefix}_{k}": v for k, v in intervals.items()}
+        segments = {c: raw[c].to_numpy() for c in SEGMENT_COLUMNS if c in raw}
+        slices[prefix] = {
+            "deciles": credit.decile_table(y, p),
+            "calibration": credit.calibration_bins(y, p),
+            "segments": credit.segment_metrics(y, p, threshold, segments, ev.segment_min_count),
+        }
+    stability = credit.stability(p_train, p_test, split.train.features, split.test.features, ev.psi_bins)
     metrics["score_psi"] = stability["score_psi"]
     metrics |= {f"psi_{row['feature']}": row["psi"] for row in stability["feature_psi"]}
     report = {
         "policy": {**policy, "label_policy": settings.data.label_policy, "calibration": calibration},
         "metrics": {k: v for k, v in metrics.items() if not k.startswith("psi_")},
-        "slices": {
-            "valid": slice_report(y_valid, p_valid, split.valid.raw, threshold, settings),
-            "test": slice_report(y_test, p_test, split.test.raw, threshold, settings),
-        },
+        "slices": slices,
         "uncalibrated": uncalibrated,
         "stability": stability,
-        "settings": {k: settings.value(k) for k in ("bootstrap_samples", "segment_min_count", "psi_bins")},
+        "settings": {k: getattr(ev, k) for k in ("bootstrap_samples", "segment_min_count", "psi_bins")},
     }
-    return metrics, calibrator, report, p_valid, p_test
-
-
-def policy_params(report: dict[str, Any]) -> dict[str, Any]:
-    """The decision policy as flat MLflow params (``policy.threshold_policy``, ``policy.calibration.applied``)."""
-    policy = report["policy"]
-    flat = {f"policy.{k}": v for k, v in policy.items() if k != "calibration"}
-    return flat | {f"policy.calibration.{k}": v for k, v in policy["calibration"].items()}
-
-
-def build_evaluation(
-    settings: Settings, model: CatBoostClassifier, split: Split, tuning: dict[str, Any]
-) -> Evaluation:
-    """Everything the evaluate stage establishes, without logging it."""
-    p_train, p_valid, p_test = (
-        predict_proba(model, make_pool(part)) for part in (split.train, split.valid, split.test)
-    )
-    metrics, calibrator, report, p_valid, p_test = assess(settings, split, p_train, p_valid, p_test)
     metrics["best_iteration"] = float(model.get_best_iteration() or 0)
     report["training"] = {k: tuning.get(k) for k in ("n_complete", "n_pruned", "best_value")}
-    figures = credit_figures(report)
-    plots = {name: png_bytes(fig) for name, fig in figures.items()}
-    close_figures(figures)
     params = {**tuning["best_params"], "best_iteration": model.get_best_iteration()}
-    return Evaluation(metrics, p_test, p_valid, params, calibrator, report, plots)
+    return Evaluation(metrics, p_test, p_valid, params, calibrator, report, credit_plots(report))
 
 
 @stage("evaluate")
@@ -260,29 +214,28 @@ def evaluate_task(
     from prefect.artifacts import create_markdown_artifact
 
     evaluation = build_evaluation(settings, model, split, tuning)
-    metrics, report = evaluation.metrics, evaluation.report
+    metrics, policy = evaluation.metrics, evaluation.report["policy"]
     shown = [metrics[f"test_{k}"] for k in ("roc_auc", "ks", "pr_auc", "precision", "recall", "f1")]
-    run_logger().info(
-        "test: ROC-AUC %.4f, KS %.4f, PR-AUC %.4f, precision %.4f, recall %.4f, F1 %.4f at threshold %.4f (%s); "
-        "calibrated: %s",
-        *shown,
-        metrics["threshold"],
-        report["policy"]["threshold_policy"],
-        evaluation.calibrator.method if evaluation.calibrator else "no",
+    shown += [metrics["threshold"], policy["threshold_policy"]]
+    shown.append(evaluation.calibrator.method if evaluation.calibrator else "no")
+    message = (
+        "test: ROC-AUC %.4f, KS %.4f, PR-AUC %.4f, precision %.4f, recall %.4f, F1 %.4f at threshold %.4f"
     )
+    run_logger().info(message + " (%s); calibrated: %s", *shown)
     if run_id:
         tracking.log_metrics(settings, run_id, {**metrics, "tuning_best_valid_roc_auc": tuning["best_value"]})
-        tracking.log_params(settings, run_id, policy_params(report))
-        tracking.log_dict(settings, run_id, report, "evaluation.json")
+        flat = {f"policy.{k}": v for k, v in policy.items() if k != "calibration"}
+        flat |= {f"policy.calibration.{k}": v for k, v in policy["calibration"].items()}
+        tracking.log_params(settings, run_id, flat)
+        tracking.log_dict(settings, run_id, evaluation.report, "evaluation.json")
         tracking.log_bytes(settings, run_id, evaluation.plots, "plots")
         importances = list(zip(split.train.features.columns, model.get_feature_importance(), strict=True))
-        figures = evaluation_figures(
-            split.test.label, evaluation.test_probabilities, metrics["threshold"], importances
-        )
+        p_test = evaluation.test_probabilities
+        figures = evaluation_figures(split.test.label, p_test, metrics["threshold"], importances)
         tracking.log_figures(settings, run_id, figures, "plots")
     create_markdown_artifact(
         key="evaluation-summary",
-        markdown=summary_markdown(metrics, split.boundaries, tuning, report),
+        markdown=summary_markdown(metrics, split.boundaries, tuning, evaluation.report),
         description="Test metrics of the newly trained loan-risk model",
     )
     return evaluation

@@ -20,15 +20,11 @@ if TYPE_CHECKING:
 
 # Outcomes and personal data (anon_ssn) are dropped here, before any feature: nothing downstream can carry them.
 DECISION_LOAN_FIELDS = tuple(c for c in LOAN_COLUMNS if c not in OUTCOME_FIELDS | PERSONAL_FIELDS)
-CATEGORICAL_SET = frozenset(CATEGORICAL_FEATURES)
 
 
 class ModelTable:
-    """One row per labelled loan, column-wise for memory: ``raw`` decision-time fields, ``features`` the model
-    rows, label and application time; ``records`` and ``rows`` are made on demand.
-
-    A plain class on purpose: Prefect walks dataclass and collection task inputs looking for futures.
-    """
+    """One row per labelled loan, column-wise: ``raw`` decision-time fields, ``features`` the model rows, label
+    and application time. A plain class: Prefect walks dataclass and collection task inputs for futures."""
 
     __slots__ = ("raw", "features", "label", "application_time", "loan_ids", "stats")
 
@@ -72,23 +68,15 @@ class ModelTable:
 
     def subset(self, index: np.ndarray) -> ModelTable:
         """The rows at ``index`` (an integer array), in that order."""
-        return ModelTable(
-            raw=self.raw.take(index).reset_index(drop=True),
-            features=self.features.take(index).reset_index(drop=True),
-            label=self.label[index],
-            application_time=self.application_time[index],
-            loan_ids=[self.loan_ids[int(i)] for i in index],
-        )
-
-    def frame(self) -> pd.DataFrame:
-        """The model rows as a DataFrame with feature names (for importance plots and inspection)."""
-        return self.features
+        raw, features = (f.take(index).reset_index(drop=True) for f in (self.raw, self.features))
+        loan_ids = [self.loan_ids[int(i)] for i in index]
+        return ModelTable(raw, features, self.label[index], self.application_time[index], loan_ids)
 
 
 def feature_frame(rows: list[list[Any]]) -> pd.DataFrame:
     """Model rows as a DataFrame: feature-named columns, numbers as float64, categories as text."""
     frame = pd.DataFrame(rows, columns=list(FEATURE_NAMES))
-    numeric = [c for c in FEATURE_NAMES if c not in CATEGORICAL_SET]
+    numeric = [c for c in FEATURE_NAMES if c not in CATEGORICAL_FEATURES]
     frame[numeric] = frame[numeric].astype("float64")
     return frame
 
@@ -110,32 +98,25 @@ def label_loans(loan: pd.DataFrame, bad: list[str], good: list[str]) -> pd.DataF
 def label_policy_counts(status: pd.Series, bad: list[str], good: list[str]) -> dict[str, dict[str, int]]:
     """How many loans each label policy labels, risky and good, and how many ``matured`` leaves out."""
     counts = status.value_counts()
-
-    def count(statuses: list[str] | tuple[str, ...]) -> int:
-        return int(counts.reindex(list(statuses), fill_value=0).sum())
-
+    n = lambda statuses: int(counts.reindex(list(statuses), fill_value=0).sum())  # noqa: E731
     final_good = [s for s in good if s not in NOT_FINAL_STATUSES]
-    n_bad, n_good, n_final = count(bad), count(good), count(final_good)
     return {
-        "seed": {"labelled": n_bad + n_good, "risky": n_bad, "good": n_good, "left_out_not_final": 0},
-        "matured": {
-            "labelled": n_bad + n_final,
-            "risky": n_bad,
-            "good": n_final,
-            "left_out_not_final": n_good - n_final,
-        },
+        policy: {
+            "labelled": n(bad) + n(kept),
+            "risky": n(bad),
+            "good": n(kept),
+            "left_out_not_final": n(good) - n(kept),
+        }
+        for policy, kept in (("seed", good), ("matured", final_good))
     }
 
 
 def join_clarity(loans: pd.DataFrame, clarity: pd.DataFrame) -> pd.DataFrame:
     """Left-join the clarity report on ``clarityFraudId = underwritingid``; one row per loan is kept."""
     report = clarity.drop_duplicates("underwritingid")
-    joined = loans.merge(
+    return loans.merge(
         report, how="left", left_on="clarityFraudId", right_on="underwritingid", validate="m:1"
     )
-    if len(joined) != len(loans):  # pragma: no cover - guarded by validate="m:1"
-        raise PermanentError(f"clarity join changed the row count from {len(loans)} to {len(joined)}")
-    return joined
 
 
 def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
@@ -160,7 +141,6 @@ def build_model_table(
         ],
         ignore_index=True,
     )
-    times = pd.to_datetime(joined["applicationDate"], format="ISO8601").to_numpy(dtype="datetime64[ns]")
     label = joined["label"].to_numpy(dtype=np.int8)
     stats = {
         "labelled_loans": int(len(joined)),
@@ -169,22 +149,19 @@ def build_model_table(
         "features": len(FEATURE_NAMES),
         "categorical_features": len(CATEGORICAL_FEATURES),
     }
+    times = pd.to_datetime(joined["applicationDate"], format="ISO8601").to_numpy(dtype="datetime64[ns]")
     return ModelTable(raw, features, label, times, joined["loanId"].astype(str).tolist(), stats)
 
 
 @stage("features")
 def features_task(settings: Settings, validated: ValidationResult) -> ModelTable:
     """Stage: the model table from the validated tables, which it then lets go (nothing later reads them)."""
-    tables = validated.tables
-    bad, good = settings.data.label_statuses()
-    table = build_model_table(tables["loan"], tables["clarity"], bad, good)
+    tables, data = validated.tables, settings.data
+    table = build_model_table(tables["loan"], tables["clarity"], *data.label_statuses())
     # counted on the configured statuses, so the card compares both policies whichever one trained the model
-    counts = label_policy_counts(
-        tables["loan"].loc[tables["loan"]["loanId"].notna(), "loanStatus"],
-        settings.data.label_bad_statuses,
-        settings.data.label_good_statuses,
-    )
-    table.stats |= {"label_policy": settings.data.label_policy, "label_policies": counts}
+    status = tables["loan"].loc[tables["loan"]["loanId"].notna(), "loanStatus"]
+    counts = label_policy_counts(status, data.label_bad_statuses, data.label_good_statuses)
+    table.stats |= {"label_policy": data.label_policy, "label_policies": counts}
     tables.clear()
     release_freed_memory()
     run_logger().info("model table: %s", table.stats)

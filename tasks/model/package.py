@@ -57,23 +57,6 @@ def reference_profile(settings: Settings, split: Split, valid_scores: np.ndarray
     return build_profile(split.train.features, valid_scores, bins, top)
 
 
-def bundle_meta(settings: Settings, run_id: str, evaluation: Evaluation, data: dict[str, Any]) -> BundleMeta:
-    """The bundle's metadata: threshold, validation and test metrics, the data it was trained on, parameters."""
-    metrics = evaluation.metrics
-    return BundleMeta(
-        model_name=settings.registry.model_name,
-        threshold=metrics["threshold"],
-        categorical_features=list(CATEGORICAL_FEATURES),
-        metrics={k: v for k, v in metrics.items() if k.startswith(("test_", "valid_")) or k == "threshold"},
-        data_fingerprint=data,
-        params=dict(evaluation.params),
-        run_id=run_id,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        calibrator=evaluation.calibrator.to_dict() if evaluation.calibrator else None,
-        decision_policy=dict(evaluation.report.get("policy") or {}),
-    )
-
-
 def add_reason_table(bundle_dir: Path, source: Path = TABLE_PATH) -> ReasonTable:
     """Copy the reason-code table into a written bundle; a feature without a reason code is a PermanentError."""
     features = json.loads((bundle_dir / META_FILE).read_text())["features"]
@@ -93,36 +76,6 @@ def table_reasons(
     return explain_selected(bundle, rows, probabilities, bundle.meta.threshold, mode, count, column) or []
 
 
-def card_context(
-    settings: Settings, evaluation: Evaluation, split: Split, labels: dict[str, Any] | None
-) -> dict[str, Any]:
-    """What the card says beyond the evaluation: windows, label counts, tuning, commit, monotone constraints."""
-    from tasks.release.build import git_commit
-
-    return {
-        "boundaries": dict(split.boundaries),
-        "labels": {k: (labels or {}).get(k) for k in ("label_policy", "label_policies", "labelled_loans")},
-        "training": {
-            "tuning": evaluation.report.get("training") or {},
-            "code_commit": git_commit(),
-            "monotone_constraints": dict(settings.tuning.monotone_constraints),
-        },
-    }
-
-
-def write_evaluation(bundle_dir: Path, evaluation: Evaluation, context: dict[str, Any]) -> None:
-    """The evaluation report (with the card's context) and its plots into the bundle, then the card."""
-    if not evaluation.report:
-        return
-    _write_json(bundle_dir / EVALUATION_FILE, {**evaluation.report, "context": context})
-    plots = bundle_dir / PLOTS_DIR
-    plots.mkdir(exist_ok=True)
-    for name, png in evaluation.plots.items():
-        (plots / name).write_bytes(png)
-        (plots / name).chmod(0o644)
-    write_card(bundle_dir)
-
-
 def assemble_bundle(
     settings: Settings,
     directory: Path,
@@ -133,18 +86,45 @@ def assemble_bundle(
     data: dict[str, Any],
     labels: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the whole bundle into ``directory``."""
-    meta = bundle_meta(settings, run_id, evaluation, data)
-    reference = reference_sample(
-        split.test,
-        evaluation.test_probabilities,
-        settings.release.smoke_sample_size,
-        settings.pseudonymiser(),
+    """Write the whole bundle into ``directory``; the evaluation report carries what the card says beyond it
+    (windows, label counts, tuning, commit, monotone constraints)."""
+    from tasks.release.build import git_commit
+
+    metrics, report = evaluation.metrics, evaluation.report
+    meta = BundleMeta(
+        model_name=settings.registry.model_name,
+        threshold=metrics["threshold"],
+        categorical_features=list(CATEGORICAL_FEATURES),
+        metrics={k: v for k, v in metrics.items() if k.startswith(("test_", "valid_")) or k == "threshold"},
+        data_fingerprint=data,
+        params=dict(evaluation.params),
+        run_id=run_id,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        calibrator=evaluation.calibrator.to_dict() if evaluation.calibrator else None,
+        decision_policy=dict(report.get("policy") or {}),
     )
+    size, pseudonymiser = settings.release.smoke_sample_size, settings.pseudonymiser()
+    reference = reference_sample(split.test, evaluation.test_probabilities, size, pseudonymiser)
     bundle_dir = write_bundle(directory, model, meta, reference)
     add_reason_table(bundle_dir)
     write_profile(bundle_dir, reference_profile(settings, split, evaluation.valid_probabilities))
-    write_evaluation(bundle_dir, evaluation, card_context(settings, evaluation, split, labels))
+    if not report:
+        return bundle_dir
+    context = {
+        "boundaries": dict(split.boundaries),
+        "labels": {k: (labels or {}).get(k) for k in ("label_policy", "label_policies", "labelled_loans")},
+        "training": {
+            "tuning": report.get("training") or {},
+            "code_commit": git_commit(),
+            "monotone_constraints": dict(settings.tuning.monotone_constraints),
+        },
+    }
+    _write_json(bundle_dir / EVALUATION_FILE, {**report, "context": context})
+    (bundle_dir / PLOTS_DIR).mkdir(exist_ok=True)
+    for name, png in evaluation.plots.items():
+        (bundle_dir / PLOTS_DIR / name).write_bytes(png)
+        (bundle_dir / PLOTS_DIR / name).chmod(0o644)
+    write_card(bundle_dir)
     return bundle_dir
 
 

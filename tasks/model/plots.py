@@ -6,13 +6,7 @@ import io
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    confusion_matrix,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
 
 def _pyplot() -> Any:
@@ -24,8 +18,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def credit_figures(report: dict[str, Any]) -> dict[str, Any]:
-    """The card's plots: reliability (validation before and after calibration, test) and test decile bad rates."""
+def credit_plots(report: dict[str, Any]) -> dict[str, bytes]:
+    """The card's plots as PNG bytes: reliability (validation before and after calibration, test) and test decile
+    bad rates."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     curves = [("valid_uncalibrated", "validation (model)"), ("valid", "validation"), ("test", "test")]
@@ -43,56 +38,34 @@ def credit_figures(report: dict[str, Any]) -> dict[str, Any]:
     ax.bar([str(r["decile"]) for r in rows], [r["bad_rate"] for r in rows])
     ax.set(xlabel="score decile (1 = riskiest)", ylabel="bad rate", title="Bad rate by decile (test)")
     figures["deciles.png"] = fig
-    for fig in figures.values():
+    plots = {}
+    for name, fig in figures.items():
         fig.tight_layout()
-    return figures
-
-
-def png_bytes(figure: Any) -> bytes:
-    """A matplotlib figure as PNG bytes."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90)
+        plt.close(fig)
+        plots[name] = buffer.getvalue()
+    return plots
 
 
 def evaluation_figures(
     y: np.ndarray, p: np.ndarray, threshold: float, importances: list[tuple[str, float]]
 ) -> dict[str, Any]:
-    """ROC, PR, confusion-matrix and feature-importance plots of the test slice."""
+    """ROC, PR, confusion-matrix and feature-importance plots of the test slice (scikit-learn's displays)."""
     plt = _pyplot()
-    figures: dict[str, Any] = {}
-    fpr, tpr, _ = roc_curve(y, p)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.3f}")
-    ax.plot([0, 1], [0, 1], "--", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
-    ax.legend(loc="lower right")
-    figures["roc.png"] = fig
-    prec, rec, _ = precision_recall_curve(y, p)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(rec, prec, label=f"AP {average_precision_score(y, p):.3f}")
-    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)")
-    ax.legend(loc="lower left")
-    figures["pr.png"] = fig
-    cm = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["good", "risky"], yticklabels=["good", "risky"])
-    ax.set(xlabel="predicted", ylabel="actual", title=f"Confusion at {threshold:.3f}")
-    figures["confusion_matrix.png"] = fig
+    roc = RocCurveDisplay.from_predictions(y, p, name="test", plot_chance_level=True)
+    pr = PrecisionRecallDisplay.from_predictions(y, p, name="test")
+    flagged = (p >= threshold).astype(int)
+    cm = ConfusionMatrixDisplay.from_predictions(y, flagged, labels=[0, 1], display_labels=["good", "risky"])
+    roc.ax_.set_title("ROC (test)")
+    pr.ax_.set_title("Precision-recall (test)")
+    cm.ax_.set_title(f"Confusion at {threshold:.3f}")
     top = sorted(importances, key=lambda kv: kv[1], reverse=True)[:25][::-1]
     fig, ax = plt.subplots(figsize=(6, 7))
     ax.barh([k for k, _ in top], [v for _, v in top])
     ax.set(title="Feature importance (top 25)", xlabel="importance")
+    figures = {"roc.png": roc.figure_, "pr.png": pr.figure_, "confusion_matrix.png": cm.figure_}
     figures["feature_importance.png"] = fig
     for fig in figures.values():
         fig.tight_layout()
     return figures
-
-
-def close_figures(figures: dict[str, Any]) -> None:
-    plt = _pyplot()
-    for fig in figures.values():
-        plt.close(fig)

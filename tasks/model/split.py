@@ -42,13 +42,10 @@ def time_split_indices(times: np.ndarray, fractions: tuple[float, float, float])
 
 def split_by_time(table: ModelTable, fractions: tuple[float, float, float]) -> Split:
     """Split the model table 70/15/15 (by default) on application time and record the boundaries."""
-    parts = dict(
-        zip(("train", "valid", "test"), time_split_indices(table.application_time, fractions), strict=True)
-    )
     t = table.application_time
-    boundaries: dict[str, Any] = {}
-    for name, idx in parts.items():
-        boundaries |= {f"{name}_start": str(t[idx].min()), f"{name}_end": str(t[idx].max())}
+    parts = dict(zip(("train", "valid", "test"), time_split_indices(t, fractions), strict=True))
+    ends = (("start", np.min), ("end", np.max))
+    boundaries: dict[str, Any] = {f"{n}_{e}": str(at(t[idx])) for n, idx in parts.items() for e, at in ends}
     boundaries |= {f"n_{name}": len(idx) for name, idx in parts.items()}
     boundaries |= {f"risky_share_{name}": float(table.label[idx].mean()) for name, idx in parts.items()}
     return Split(*(table.subset(idx) for idx in parts.values()), boundaries)

@@ -11,7 +11,7 @@ from serving.features import CATEGORICAL_INDICES
 from tasks.common import run_logger, stage
 from tasks.model.features import ModelTable
 from tasks.model.split import Split
-from tasks.settings import Settings
+from tasks.settings import Settings, TuningSettings
 
 FIXED_PARAMS: dict[str, Any] = {
     "loss_function": "Logloss",
@@ -26,18 +26,17 @@ def make_pool(table: ModelTable) -> Pool:
     return Pool(table.features, label=table.label, cat_features=list(CATEGORICAL_INDICES))
 
 
-def model_params(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def model_params(params: dict[str, Any], tuning: TuningSettings) -> dict[str, Any]:
     """Tuned parameters over the fixed ones (and the monotone constraints, by feature name, when set)."""
-    fixed = {
-        **FIXED_PARAMS,
-        "iterations": settings.tuning.max_iterations,
-        "early_stopping_rounds": settings.tuning.early_stopping_rounds,
-        "random_seed": settings.tuning.seed,
-        "thread_count": settings.tuning.thread_count,
-        "max_ctr_complexity": settings.tuning.max_ctr_complexity,
+    fixed = FIXED_PARAMS | {
+        "iterations": tuning.max_iterations,
+        "early_stopping_rounds": tuning.early_stopping_rounds,
+        "random_seed": tuning.seed,
+        "thread_count": tuning.thread_count,
+        "max_ctr_complexity": tuning.max_ctr_complexity,
     }
-    if settings.tuning.monotone_constraints:
-        fixed["monotone_constraints"] = dict(settings.tuning.monotone_constraints)
+    if tuning.monotone_constraints:
+        fixed["monotone_constraints"] = dict(tuning.monotone_constraints)
     return fixed | params
 
 
@@ -45,7 +44,7 @@ def fit_model(
     params: dict[str, Any], train: Pool, valid: Pool, settings: Settings, callbacks: list[Any] | None = None
 ) -> CatBoostClassifier:
     """Fit with early stopping on ``valid``; the best iteration is kept."""
-    model = CatBoostClassifier(**model_params(params, settings))
+    model = CatBoostClassifier(**model_params(params, settings.tuning))
     model.fit(train, eval_set=valid, use_best_model=True, callbacks=callbacks)
     return model
 

@@ -1,8 +1,5 @@
-"""Optuna search over CatBoost parameters on the validation slice, every trial an MLflow child run and a log line.
-
-Trials run in this process, in local worker processes or in tune-worker flow runs sharing the study
-(:mod:`tasks.model.tune_study`); :func:`work` is every worker's loop, :func:`worker_main` a worker's entry.
-"""
+"""Optuna search over CatBoost parameters on the validation slice, every trial an MLflow child run and a log line,
+run here or on workers sharing the study (:func:`work` is every worker's loop, :func:`worker_main` its entry)."""
 
 from __future__ import annotations
 
@@ -24,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sklearn.metrics import roc_auc_score
 
 from tasks.common import run_logger, stage
-from tasks.errors import PermanentError
+from tasks.errors import PermanentError, TransientError
 from tasks.model import tune_study
 from tasks.model import tune_workers as workers
 from tasks.model.split import Split
@@ -98,8 +95,8 @@ def objective_for(
         if run_id:
             metrics = {"valid_roc_auc": auc, "fit_seconds": time.perf_counter() - started}
             tags = {"optuna.trial": str(trial.number), "optuna.worker": worker}
-            status = "KILLED" if callback.pruned else "FINISHED"
             fitted = {**params, "best_iteration": model.get_best_iteration()}
+            status = "KILLED" if callback.pruned else "FINISHED"
             tracking.log_child_run(settings, run_id, f"trial-{trial.number}", fitted, metrics, tags, status)
         if callback.pruned:
             raise optuna.TrialPruned(f"pruned at validation AUC {auc:.4f}")
@@ -118,25 +115,24 @@ def trial_line(done: int, total: int, trial: FrozenTrial, best: FrozenTrial | No
 
 
 class TrialLog:
-    """Optuna callback: a run-log line per finished trial (:func:`trial_line`), or why it failed; none for a
-    surplus trial."""
+    """Optuna callback: a run-log line per finished trial (:func:`trial_line`) or why it failed; none if surplus."""
 
     def __init__(self, total: int, log: Callable[[str], None]) -> None:
         self.total, self.log, self.done, self.started = total, log, 0, time.perf_counter()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if tune_study.SURPLUS in trial.user_attrs:
+        attrs, number = trial.user_attrs, trial.number
+        if tune_study.SURPLUS in attrs:
             return
-        attrs = trial.user_attrs
+        if trial.state == TrialState.FAIL and tune_study.ERROR in attrs:
+            return self.log(f"trial #{number} failed: {attrs[tune_study.ERROR]}")
         if trial.state == TrialState.FAIL:
-            if tune_study.ERROR in attrs:
-                return self.log(f"trial #{trial.number} failed: {attrs[tune_study.ERROR]}")
             worker = attrs.get(tune_study.WORKER, "?")
             return self.log(
-                f"trial #{trial.number} failed (worker {worker} stopped); queued again with its parameters"
+                f"trial #{number} failed (worker {worker} stopped); queued again with its parameters"
             )
         self.done += 1
-        complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        complete = any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
         best = study.best_trial if complete else None
         self.log(trial_line(self.done, self.total, trial, best, time.perf_counter() - self.started))
 
@@ -148,8 +144,7 @@ def study_figures(study: optuna.Study) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
         figures["optimization_history.png"] = optuna_plots.plot_optimization_history(study).figure
-        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-        if len(complete) >= 2:
+        if sum(t.state == TrialState.COMPLETE for t in study.trials) >= 2:
             figures["param_importances.png"] = optuna_plots.plot_param_importances(study).figure
     for fig in figures.values():
         fig.set_size_inches(7, 5)
@@ -217,37 +212,33 @@ def fan_out(
     settings: Settings, split: Split, study: optuna.Study, run_id: str | None, deadline: float
 ) -> None:
     """Run the queued trials on ``tune_workers`` workers (local processes or pool flow runs) and follow them."""
-    log = TrialLog(settings.tuning.n_trials, run_logger().info)
+    tuning, name, log = settings.tuning, study.study_name, run_logger()
+    trial_log = TrialLog(tuning.n_trials, log.info)
     scratch = settings.state_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="loanrisk-tune-", dir=scratch) as tmp:
         paths = workers.write_data(split.train, split.valid, Path(tmp))
         storage = tune_study.redacted(settings.study_storage)
-        if settings.tuning.tune_mode == "local":
-            threads = settings.tuning.thread_count
-            if threads == -1:  # share the cores instead of every worker taking them all
-                threads = max(1, (os.cpu_count() or 1) // settings.tuning.tune_workers)
-            local = settings.model_copy(update={"thread_count": threads})
-            args = (local, study.study_name, tmp, run_id)
-            pool: workers.LocalWorkers | workers.PoolWorkers = workers.LocalWorkers(
-                worker_main, lambda i: (*args, i, deadline, storage), settings.tuning.tune_workers
+        pool: workers.LocalWorkers | workers.PoolWorkers
+        if tuning.tune_mode == "local":
+            threads = tuning.thread_count  # -1: share the cores instead of every worker taking them all
+            threads = max(1, (os.cpu_count() or 1) // tuning.tune_workers) if threads == -1 else threads
+            args = (settings.model_copy(update={"thread_count": threads}), name, tmp, run_id)
+            pool = workers.LocalWorkers(
+                worker_main, lambda i: (*args, i, deadline, storage), tuning.tune_workers
             )
         else:
             if not run_id:
                 raise PermanentError("tuning in pool mode needs the training run (its data artifact)")
             tracking.log_files(settings, run_id, paths, "tuning/data")
-            parameters = {"study_name": study.study_name, "data_uri": f"runs:/{run_id}/tuning/data"}
-            parameters |= {"run_id": run_id, "deadline": deadline, "storage": storage}
-            pool = workers.PoolWorkers(
-                settings.tuning.tune_deployment_name,
-                [{**parameters, "index": i} for i in range(settings.tuning.tune_workers)],
-            )
-        run_logger().info(
-            "tuning: %d trials of study %s on %d %s workers: %s",
-            settings.tuning.n_trials, study.study_name, settings.tuning.tune_workers, settings.tuning.tune_mode, pool.describe(),
-        )  # fmt: skip
+            parameters = {"study_name": name, "data_uri": f"runs:/{run_id}/tuning/data", "run_id": run_id}
+            parameters |= {"deadline": deadline, "storage": storage}
+            runs = [{**parameters, "index": i} for i in range(tuning.tune_workers)]
+            pool = workers.PoolWorkers(tuning.tune_deployment_name, runs)
+        message = "tuning: %d trials of study %s on %d %s workers: %s"
+        log.info(message, tuning.n_trials, name, tuning.tune_workers, tuning.tune_mode, pool.describe())
         try:
-            workers.wait_for_trials(study, pool, deadline, log)
+            workers.wait_for_trials(study, pool, deadline, trial_log)
         finally:
             pool.stop()
 
@@ -255,14 +246,13 @@ def fan_out(
 def tune(settings: Settings, split: Split, study_name: str, run_id: str | None = None) -> dict[str, Any]:
     """Run the study within the trial count and time budget, here or on workers; the best params and a summary."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    deadline = time.time() + settings.tuning.tune_timeout_seconds
-    fingerprint = workers.data_fingerprint(split.train, split.valid)
-    study = tune_study.prepare_study(settings, study_name, fingerprint)
-    if settings.tuning.tune_workers == 1 and settings.tuning.tune_mode == "local":
+    tuning, deadline = settings.tuning, time.time() + settings.tuning.tune_timeout_seconds
+    study = tune_study.prepare_study(settings, study_name, workers.data_fingerprint(split.train, split.valid))
+    if tuning.tune_workers == 1 and tuning.tune_mode == "local":
         pools = make_pool(split.train), make_pool(split.valid)
         objective = objective_for(*pools, split.valid.label, settings, run_id, workers.worker_id(settings))
-        log = TrialLog(settings.tuning.n_trials, run_logger().info)
-        work(study, objective, deadline, settings.tuning.tune_heartbeat_seconds, callbacks=[log])
+        log = TrialLog(tuning.n_trials, run_logger().info)
+        work(study, objective, deadline, tuning.tune_heartbeat_seconds, callbacks=[log])
     else:
         fan_out(settings, split, study, run_id, deadline)
     return summarise(settings, study, run_id)
@@ -274,10 +264,10 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if not done:
         states = {state.name: n for state, n in tune_study.counts(study).items() if n}
-        raise RuntimeError(f"tuning: no trial of study {study.study_name!r} completed ({states})")
+        raise TransientError(f"tuning: no trial of study {study.study_name!r} completed ({states})")
     best = study.best_trial
     if math.isnan(best.value):
-        raise RuntimeError("tuning produced a NaN objective")
+        raise TransientError("tuning produced a NaN objective")
     if run_id:
         tracking.log_figures(settings, run_id, study_figures(study), "tuning")
     return {
@@ -287,7 +277,7 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
         "n_complete": len(done),
         "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "n_retried": sum(
-            tune_study.retried_from(t) is not None and tune_study.SURPLUS not in t.user_attrs for t in trials
+            tune_study.retried_from(t) is not None for t in trials if tune_study.SURPLUS not in t.user_attrs
         ),
         "workers": sorted(
             {str(t.user_attrs.get(tune_study.WORKER)) for t in trials if t.state.is_finished()}
@@ -301,10 +291,8 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
 @stage("tune")
 def tune_task(settings: Settings, split: Split, run_id: str | None = None) -> dict[str, Any]:
     """Stage: the study (one per run unless ``optuna_study_name`` shares one), best params logged on ``run_id``."""
-    study_name = (
-        settings.tuning.optuna_study_name or f"{settings.registry.model_name}-{run_id or uuid.uuid4().hex}"
-    )
-    summary = tune(settings, split, study_name, run_id)
+    per_run = f"{settings.registry.model_name}-{run_id or uuid.uuid4().hex}"
+    summary = tune(settings, split, settings.tuning.optuna_study_name or per_run, run_id)
     keys = ("best_value", "best_trial", "n_complete", "n_pruned", "best_params")
     message = "tuning: best validation ROC-AUC %.4f (trial %d; %d complete, %d pruned) params %s"
     run_logger().info(message, *(summary[k] for k in keys))

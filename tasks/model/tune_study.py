@@ -1,10 +1,6 @@
-"""The tuning study shared by workers: one Optuna study in RDB storage with exactly ``n_trials`` trials.
-
-A dead worker's trial stops beating (or never beat), another worker fails it and Optuna's retry callback queues
-it again. The stage queues ``n_trials`` trials, each with a ``slot``; workers only pop queued trials, and a trial
-past the queue or a slot's retry queued twice fails as surplus. The study's user attributes hold the data
-fingerprint and fit settings: a study is resumed only on the same data and settings.
-"""
+"""The tuning study workers share: one Optuna study in RDB storage with exactly ``n_trials`` queued trials, each
+with a ``slot``; a dead worker's trial goes stale and is queued again, a trial past the queue fails as surplus.
+The study's user attributes hold the data fingerprint and fit settings: it resumes only on the same ones."""
 
 from __future__ import annotations
 
@@ -103,19 +99,14 @@ def redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def sampler_and_pruner(settings: Settings, worker: int, n_trials: int) -> dict[str, Any]:
+def sampler_and_pruner(seed: int, n_trials: int) -> dict[str, Any]:
     """Seeded TPE (a seed per worker; the constant liar keeps workers off each other's trials), median pruner."""
     return {
         "sampler": optuna.samplers.TPESampler(
-            seed=settings.tuning.seed + worker, n_startup_trials=min(5, n_trials), constant_liar=True
+            seed=seed, n_startup_trials=min(5, n_trials), constant_liar=True
         ),
         "pruner": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=100),
     }
-
-
-def fit_settings(settings: Settings) -> dict[str, Any]:
-    """The settings every trial of a study must share to be comparable."""
-    return {key: settings.value(key) for key in FIT_KEYS}
 
 
 def prepare_study(settings: Settings, study_name: str, fingerprint: str) -> optuna.Study:
@@ -125,9 +116,9 @@ def prepare_study(settings: Settings, study_name: str, fingerprint: str) -> optu
         storage=storage_for(settings),
         direction="maximize",
         load_if_exists=True,
-        **sampler_and_pruner(settings, 0, settings.tuning.n_trials),
+        **sampler_and_pruner(settings.tuning.seed, settings.tuning.n_trials),
     )
-    attrs, fit = study.user_attrs, fit_settings(settings)
+    attrs, fit = study.user_attrs, {key: settings.value(key) for key in FIT_KEYS}  # what trials must share
     if FINGERPRINT in attrs:
         if attrs[FINGERPRINT] != fingerprint:
             raise PermanentError(
@@ -167,34 +158,27 @@ def load_study(
         return optuna.load_study(
             study_name=study_name,
             storage=storage_for(settings),
-            **sampler_and_pruner(settings, worker, settings.tuning.n_trials),
+            **sampler_and_pruner(settings.tuning.seed + worker, settings.tuning.n_trials),
         )
     except KeyError as exc:
         raise PermanentError(f"tune worker: no study {study_name!r} in {mine}") from exc
 
 
-def stopped(trial: FrozenTrial) -> bool:
-    """A queued trial failed with no error of its own or surplus mark: its worker stopped, so re-run it."""
-    attrs = trial.user_attrs
-    return trial.state == TrialState.FAIL and SLOT in attrs and ERROR not in attrs and SURPLUS not in attrs
-
-
 def reconcile(study: optuna.Study) -> None:
-    """Queue the retry of every slot whose trials all stopped, through the study's retry callback (idempotent).
-
-    A process stopped between Optuna failing a stale trial and queuing its retry leaves such a slot. Run beside
-    the callback elsewhere, a retry may be queued twice; the later fails as surplus (:func:`surplus_reason`)."""
+    """Queue the retry of every slot whose trials all stopped (a process stopped between Optuna failing a stale
+    trial and queuing its retry leaves one); a retry queued twice fails as surplus (:func:`surplus_reason`)."""
     # the study's storage is private in Optuna; optuna.storages.fail_stale_trials reads it the same way
-    callback_of = getattr(study._storage, "get_heartbeat_stale_trial_callback", None)  # heartbeat storages
-    retry = callback_of() if callback_of is not None else None
+    retry = getattr(
+        study._storage, "get_heartbeat_stale_trial_callback", lambda: None
+    )()  # heartbeat storages
     if retry is None:
         return
     slots: dict[Any, list[FrozenTrial]] = defaultdict(list)
     for trial in study.get_trials(deepcopy=False):  # by number, so a slot's last trial is its latest
         if SLOT in trial.user_attrs and SURPLUS not in trial.user_attrs:
             slots[trial.user_attrs[SLOT]].append(trial)
-    for trials in slots.values():
-        if all(t.state == TrialState.FAIL for t in trials) and stopped(trials[-1]):
+    for trials in slots.values():  # every trial failed, the last with no error of its own: its worker stopped
+        if all(t.state == TrialState.FAIL for t in trials) and ERROR not in trials[-1].user_attrs:
             with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
                 retry(study, copy.deepcopy(trials[-1]))  # the callback edits the trial's retry history
 
@@ -214,10 +198,9 @@ def surplus_reason(trial: optuna.Trial) -> str | None:
     return None
 
 
-def counts(study: optuna.Study) -> dict[TrialState, int]:
+def counts(study: optuna.Study) -> Counter[TrialState]:
     """How many trials of the study are in each state."""
-    found = Counter(t.state for t in study.get_trials(deepcopy=False))
-    return {state: found[state] for state in TrialState}
+    return Counter(t.state for t in study.get_trials(deepcopy=False))
 
 
 def retried_from(trial: FrozenTrial) -> int | None:

@@ -1,8 +1,6 @@
-"""Tuning across workers: local processes (``tune_mode = "local"``) or tune-worker flow runs (``"pool"``).
-
-The train and valid slices travel as Parquet files (a local folder, or an MLflow artifact of the training run for
-pool workers); every worker checks the data it reads against the study's fingerprint.
-"""
+"""Tuning across workers: local processes (``tune_mode = "local"``) or tune-worker flow runs (``"pool"``); the
+slices travel as Parquet (a folder, or for pool workers an MLflow artifact), checked against the study's
+fingerprint by every worker."""
 
 from __future__ import annotations
 
@@ -65,14 +63,14 @@ def write_data(train: ModelTable, valid: ModelTable, folder: Path) -> list[Path]
 def read_data(folder: Path) -> tuple[ModelTable, ModelTable]:
     """The slices :func:`write_data` wrote, as model tables (rows and labels only)."""
     tables = []
-    for name in DATA_FILES:
-        path = folder / name
+    for path in (folder / name for name in DATA_FILES):
         if not path.exists():
             raise PermanentError(f"tune worker: the tuning data {path} is missing")
         frame = pd.read_parquet(path)
         label = frame.pop(LABEL_COLUMN).to_numpy()
-        empty = np.array([], dtype="datetime64[ns]")
-        tables.append(ModelTable(pd.DataFrame(index=range(0)), frame, label, empty, []))
+        tables.append(
+            ModelTable(pd.DataFrame(index=range(0)), frame, label, np.array([], "datetime64[ns]"), [])
+        )
     return tables[0], tables[1]
 
 
@@ -130,8 +128,8 @@ class PoolWorkers:
         from prefect.states import Cancelled
 
         with get_client(sync_client=True) as client:
-            for flow_run_id, state in zip(self.ids, self.states(), strict=True):
-                if state is None or not state.is_final():
+            for flow_run_id, alive in zip(self.ids, self.alive(), strict=True):
+                if alive:
                     client.set_flow_run_state(flow_run_id, Cancelled(message="tuning ended"), force=True)
 
 

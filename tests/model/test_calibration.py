@@ -70,7 +70,7 @@ def test_the_calibrator_fitted_on_validation_corrects_the_test_split_it_never_sa
     raw_ece = credit.expected_calibration_error(y_test, p_test)
     assert raw_ece > 0.1, raw_ece  # the weighting did miscalibrate it
     settings = trained.settings.model_copy(update={"calibration_method": method, "calibration_max_ece": 0.02})
-    calibrator, record = calibrate(settings, trained.split.valid.label, p_valid)
+    calibrator, record = calibrate(settings.evaluation, trained.split.valid.label, p_valid)
     assert calibrator is not None and record["applied"] and calibrator.method == method
     calibrated_test = calibrator.apply(p_test)
     # the test split is later than validation (its bad rate differs by ~8 points), so not all the gap closes

@@ -60,8 +60,8 @@ def worst_violation(model: Any, split: Any, feature: str, direction: int) -> flo
 
 def test_constraints_reach_catboost_and_unconstrained_stays_free(tmp_path: Path) -> None:
     s = Settings(state_dir=tmp_path, monotone_constraints={"apr": 1})
-    assert model_params({}, s)["monotone_constraints"] == {"apr": 1}
-    assert "monotone_constraints" not in model_params({}, Settings(state_dir=tmp_path))
+    assert model_params({}, s.tuning)["monotone_constraints"] == {"apr": 1}
+    assert "monotone_constraints" not in model_params({}, Settings(state_dir=tmp_path).tuning)
 
 
 def test_the_trained_model_respects_its_constraints(split: Any, tmp_path: Path) -> None:
