@@ -40,22 +40,9 @@ OCI_REVISION = "org.opencontainers.image.revision"
 
 def image_labels(model_name: str, version: str, revision: str) -> dict[str, str]:
     """The labels the deploy flow puts on a serving image (the Dockerfile declares the same keys)."""
-    return {
-        OCI_TITLE: model_name,
-        OCI_VERSION: version,
-        OCI_REVISION: revision,
-        LABEL_MODEL_NAME: model_name,
-        LABEL_MODEL_VERSION: version,
-    }
-
-
-class ImageBuildError(DeployStepError):
-    """The image build failed; ``build_step`` is the Dockerfile step (``Step 3/5 : RUN ...``) that failed."""
-
-    def __init__(self, message: str, *, build_step: str | None = None, log_tail: list[str] | None = None):
-        super().__init__("build image", message)
-        self.build_step = build_step
-        self.log_tail = log_tail or []
+    values = (model_name, version, revision, model_name, version)
+    keys = (OCI_TITLE, OCI_VERSION, OCI_REVISION, LABEL_MODEL_NAME, LABEL_MODEL_VERSION)
+    return dict(zip(keys, values, strict=True))
 
 
 def _stream_lines(chunks: Iterable[dict[str, Any]], log: LogFn) -> Iterable[tuple[str, dict[str, Any]]]:
@@ -94,19 +81,17 @@ def build_image(
 ) -> str:
     """Build ``context_dir`` and tag the result ``repository:<tag>`` for each tag; return the image id.
 
-    Tags are applied only after a successful build; raises :class:`ImageBuildError` naming the failing step.
+    Tags are applied only after a successful build; a failure raises :class:`DeployStepError` (step ``build``)
+    naming the failing Dockerfile step, with ``details`` ``build_step`` and ``log_tail``.
     """
-    client = client or get_client()
-    log = log or logger.info
-    build_id = build_id or uuid.uuid4().hex
+    client, log, build_id = client or get_client(), log or logger.info, build_id or uuid.uuid4().hex
+    if not (Path(context_dir) / dockerfile).is_file():
+        raise DeployStepError("build", f"no {dockerfile} in build context {context_dir}")
     step: str | None = None
     tail: deque[str] = deque(maxlen=30)
     step_images: list[str] = []
-    cached = False
-    built = False
+    cached = built = False
     image_id: str | None = None
-    if not (Path(context_dir) / dockerfile).is_file():
-        raise ImageBuildError(f"no {dockerfile} in build context {context_dir}")
     try:
         chunks = client.api.build(
             path=str(context_dir),
@@ -132,19 +117,18 @@ def build_image(
                         step_images.append(match.group(1))
                     cached = False
             if "error" in chunk or "errorDetail" in chunk:
-                error = (
-                    (chunk.get("errorDetail") or {}).get("message") or chunk.get("error") or "unknown error"
-                )
-                error = str(error).strip()
-                log(f"ERROR: {error}")
+                error = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error") or "unknown error"
+                log(f"ERROR: {str(error).strip()}")
                 where = f"{step} failed: " if step else ""
-                raise ImageBuildError(f"{where}{error}", build_step=step, log_tail=list(tail))
+                raise DeployStepError(
+                    "build", f"{where}{str(error).strip()}", build_step=step, log_tail=list(tail)
+                )
             aux = chunk.get("aux")
             if isinstance(aux, dict) and aux.get("ID"):
                 image_id = aux["ID"]
         if not image_id:
-            raise ImageBuildError(
-                "the build stream ended without an image id", build_step=step, log_tail=list(tail)
+            raise DeployStepError(
+                "build", "the build stream ended without an image id", build_step=step, log_tail=list(tail)
             )
         image = client.images.get(image_id)
         for tag in tags:
@@ -152,9 +136,9 @@ def build_image(
             log(f"tagged {repository}:{tag}")
         built = True
     except docker.errors.APIError as exc:
-        raise ImageBuildError(f"docker engine refused the build: {exc.explanation or exc}") from exc
+        raise DeployStepError("build", f"docker engine refused the build: {exc.explanation or exc}") from exc
     except requests.RequestException as exc:
-        raise ImageBuildError(f"lost the docker engine during the build: {exc}") from exc
+        raise DeployStepError("build", f"lost the docker engine during the build: {exc}") from exc
     finally:
         remove_build_leftovers(client, build_id, step_images, log, failed=not built)
     return str(image.id)

@@ -1,17 +1,17 @@
 """Run an image as a local container on a free port, wait for its health check, and remove it.
 
 The smoke test (:mod:`tasks.release.smoke`) talks to the container these steps start; a container that dies
-or never answers fails with :class:`ContainerStartError` carrying its last log lines and exit status.
+or never answers fails with :class:`DeployStepError` (step ``run``) carrying its last log lines and exit status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 import docker
 import docker.errors
@@ -23,15 +23,6 @@ from tasks.release.engine import DeployStepError, get_client
 from tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-class ContainerStartError(DeployStepError):
-    """The container did not start or never answered its health check."""
-
-    def __init__(self, message: str, *, logs: str = "", exit_status: int | None = None) -> None:
-        super().__init__("run", message)
-        self.logs = logs
-        self.exit_status = exit_status
 
 
 @dataclass
@@ -59,15 +50,7 @@ class RunningContainer:
         remove_container(self)
 
 
-def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _container_logs(container: Container, tail: int = 50) -> str:
-    """Last lines of a container's output; never raises."""
     try:
         return container.logs(stdout=True, stderr=True, tail=tail).decode("utf-8", errors="replace")
     except docker.errors.APIError:
@@ -85,12 +68,14 @@ def run_container(
 ) -> RunningContainer:
     """Start ``image`` detached, publishing ``port_in_container`` on a free port of 127.0.0.1.
 
-    Raises :class:`ContainerStartError` when the engine cannot create or start it (nothing is left behind).
+    Raises :class:`DeployStepError` when the engine cannot create or start it (nothing is left behind).
     """
     client = client or get_client()
     last_error: Exception | None = None
     for _attempt in range(3):  # a picked port can be taken before the engine binds it
-        port = _free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
         name = f"{name_prefix}-{uuid.uuid4().hex[:10]}"
         try:
             # create + start rather than containers.run, which would try to pull a missing image.
@@ -104,27 +89,20 @@ def run_container(
             )
             container.start()
         except docker.errors.ImageNotFound as exc:
-            raise ContainerStartError(f"image {image} not found: {exc.explanation or exc}") from exc
+            raise DeployStepError("run", f"image {image} not found: {exc.explanation or exc}") from exc
         except docker.errors.APIError as exc:
             last_error = exc
-            _remove_by_name(client, name)
+            with contextlib.suppress(docker.errors.APIError):  # the half-created container, if any
+                client.containers.get(name).remove(force=True)
             if "already allocated" in str(exc) or "address already in use" in str(exc):
                 continue
-            raise ContainerStartError(f"engine could not start {image}: {exc.explanation or exc}") from exc
+            raise DeployStepError("run", f"engine could not start {image}: {exc.explanation or exc}") from exc
         logger.info("started %s (%s) on 127.0.0.1:%d", name, image, port)
         return RunningContainer(container, name, image, port, port_in_container)
-    raise ContainerStartError(f"no free port to publish {image}: {last_error}")
+    raise DeployStepError("run", f"no free port to publish {image}: {last_error}")
 
 
-def _remove_by_name(client: docker.DockerClient, name: str) -> None:
-    """Remove a half-created container by name, if any."""
-    try:
-        client.containers.get(name).remove(force=True)
-    except docker.errors.APIError:
-        pass
-
-
-def _exit_state(container: Container) -> dict[str, Any] | None:
+def _exit_state(container: Container) -> dict | None:
     """The container's State when it is no longer running, else None (also None when it cannot be read)."""
     try:
         container.reload()
@@ -146,8 +124,8 @@ def wait_healthy(
 ) -> None:
     """Poll ``base_url + path`` until it answers 200.
 
-    With ``container`` given, stops at once when it dies. Raises :class:`ContainerStartError` with the
-    last 50 log lines and, when it died, the exit status.
+    With ``container`` given, stops at once when it dies. Raises :class:`DeployStepError` (step ``run``) with the
+    last 50 log lines and, when it died, the exit status (``details``: ``logs``, ``exit_status``).
     """
     if isinstance(container, RunningContainer):
         container = container.container
@@ -170,7 +148,8 @@ def wait_healthy(
                 extra = f", error: {state['Error']}" if state.get("Error") else ""
                 extra += ", OOM-killed" if state.get("OOMKilled") else ""
                 logs = _container_logs(container)
-                raise ContainerStartError(
+                raise DeployStepError(
+                    "run",
                     f"container {state.get('Status')} with exit status {code}{extra} before {url} "
                     f"answered; last 50 log lines:\n{logs}",
                     logs=logs,
@@ -178,7 +157,8 @@ def wait_healthy(
                 )
             if time.monotonic() >= deadline:
                 logs = _container_logs(container) if container is not None else ""
-                raise ContainerStartError(
+                raise DeployStepError(
+                    "run",
                     f"{url} not healthy after {timeout_s:.0f}s ({last}); last 50 log lines:\n{logs}",
                     logs=logs,
                 )
@@ -195,9 +175,8 @@ def remove_container(container: Container | RunningContainer) -> None:
     except docker.errors.NotFound:
         pass
     except docker.errors.APIError as exc:
-        if exc.status_code == 409 and "already in progress" in str(exc):
-            return
-        raise
+        if exc.status_code != 409 or "already in progress" not in str(exc):
+            raise
 
 
 @stage("run-image", max_retries=0)

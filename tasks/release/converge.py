@@ -5,6 +5,7 @@ Each step (champion alias, version tags, image tags, release notes, history arti
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from serving.bundle import CARD_HTML, load_bundle
 from tasks.common import run_logger, stage
+from tasks.errors import PermanentError
 from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.release.github import github_tag, publish_github_release
@@ -87,21 +89,19 @@ def version_facts(settings: Settings, entries: list[Entry]) -> None:
             )
 
 
-def _retag(settings: Settings, tag: str, digest: str, *, never_move: bool) -> str:
-    user, password = registry_credentials(settings)
-    held = tag_digest(settings.release.image_registry, settings.release.image_repository, tag, user, password)
+def _retag(settings: Settings, tag: str, digest: str, never_move: bool) -> str:
+    """The image tag ``tag`` names ``digest`` in the registry: ``exists``, ``created`` or ``moved``."""
+    registry, repository = settings.release.image_registry, settings.release.image_repository
+    user, password = registry_credentials(settings.release)
+    held = tag_digest(registry, repository, tag, user, password)
     if held == digest:
         return "exists"
     if held is not None and never_move:
-        raise ReleaseFailed(
-            "converge",
+        raise PermanentError(
             f"image tag :{tag} names {held}, not the released {digest}: a version tag never moves; "
-            f"this release is known by its digest",
-            "yes",
+            "this release is known by its digest"
         )
-    registry_retag(
-        settings.release.image_registry, settings.release.image_repository, digest, tag, user, password
-    )
+    registry_retag(registry, repository, digest, tag, user, password)
     return "moved" if held else "created"
 
 
@@ -112,7 +112,9 @@ def notes_for(settings: Settings, entry: Entry) -> str:
         previous: dict[str, float] = {}
         if entry.from_version:
             tags = versions.get_version(settings, entry.from_version).tags or {}
-            previous = {k: float(v) for k, v in tags.items() if k.startswith("test_") and _is_float(v)}
+            previous = {
+                k: f for k, v in tags.items() if k.startswith("test_") and (f := _number(v)) is not None
+            }
         card = card_link(
             settings.registry.model_name, entry.version, (bundle.directory / CARD_HTML).is_file()
         )
@@ -131,12 +133,10 @@ def notes_for(settings: Settings, entry: Entry) -> str:
         )
 
 
-def _is_float(v: str) -> bool:
-    try:
-        float(v)
-    except (TypeError, ValueError):
-        return False
-    return True
+def _number(v: str) -> float | None:
+    with contextlib.suppress(TypeError, ValueError):
+        return float(v)
+    return None
 
 
 def _artifacts(key: str) -> list[Any]:
@@ -170,12 +170,10 @@ def publish_notes(settings: Settings, entry: Entry) -> str:
 
 def publish_github(settings: Settings, entry: Entry, notes: str) -> str | None:
     """The GitHub release of the head's digest holds its notes; its tag is made at the image's source commit."""
-    if not (settings.release.github_token and settings.release.github_repository):
-        return None
     commit = entry.commit.removesuffix("-dirty")
     target = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
     release = publish_github_release(
-        settings,
+        settings.release,
         github_tag(settings.registry.model_name, entry.version, entry.digest),
         f"{settings.registry.model_name} v{entry.version}",
         notes,
@@ -248,51 +246,18 @@ def converge(settings: Settings, committed: Committed = "yes") -> dict[str, Any]
     return done
 
 
-# --- stages: each step retried on its own (each looks before it writes) ------------------------------------
-@stage("converge-champion")
-def alias_task(settings: Settings) -> Entry | None:
-    """Stage: ``champion`` names the ledger's head."""
-    return converge_alias(settings)
-
-
-@stage("ledger-head")
-def newest_task(settings: Settings) -> int:
-    """Stage: the ledger's newest entry now (another release may have committed during this converge)."""
+def _ledger_seq(settings: Settings) -> int:
+    """The ledger's newest entry now (another release may have committed during this converge)."""
     top = head(settings)
     return top.seq if top is not None else 0
 
 
-@stage("version-facts")
-def facts_task(settings: Settings, entries: list[Entry]) -> None:
-    """Stage: the versions carry the ledger's facts."""
-    version_facts(settings, entries)
-
-
-@stage("version-tag")
-def version_tag_task(settings: Settings, tag: str, digest: str, never_move: bool) -> str:
-    """Stage: the image tag ``tag`` names ``digest`` (a version tag is made once and never moved)."""
-    return _retag(settings, tag, digest, never_move=never_move)
-
-
-@stage("tag-latest")
-def latest_task(settings: Settings, tag: str, digest: str, never_move: bool) -> str:
-    """Stage: ``latest`` names the champion's digest (what the live service runs)."""
-    return _retag(settings, tag, digest, never_move=never_move)
-
-
-@stage("release-notes")
-def notes_task(settings: Settings, entry: Entry) -> str:
-    """Stage: the head's release notes, a Prefect artifact keyed by digest (returns the notes)."""
-    return publish_notes(settings, entry)
-
-
-@stage("github-release")
-def github_task(settings: Settings, entry: Entry, notes: str) -> str | None:
-    """Stage: the GitHub release of the head's digest, at its source commit."""
-    return publish_github(settings, entry, notes)
-
-
-@stage("release-history")
-def history_task(settings: Settings, entries: list[Entry]) -> str:
-    """Stage: the audit trail as a Prefect table artifact."""
-    return history_artifact(settings, entries)
+# the stages: each step retried on its own (each looks before it writes)
+alias_task = stage("converge-champion")(converge_alias)
+newest_task = stage("ledger-head")(_ledger_seq)
+facts_task = stage("version-facts")(version_facts)
+version_tag_task = stage("version-tag")(_retag)  # a version tag is made once and never moved
+latest_task = stage("tag-latest")(_retag)  # what the live service runs
+notes_task = stage("release-notes")(publish_notes)
+github_task = stage("github-release")(publish_github)
+history_task = stage("release-history")(history_artifact)

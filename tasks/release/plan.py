@@ -16,13 +16,7 @@ from tasks.monitoring.events import RELEASED, emit_model_event, metrics_summary
 from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.release.candidate import Candidate, discard_candidate
-from tasks.release.ledger import (
-    Entry,
-    ReleaseFailed,
-    commit,
-    rollback_target,
-    seed,
-)
+from tasks.release.ledger import Entry, ReleaseFailed, commit, rollback_target, seed
 from tasks.release.record import NotDeployable, check_deployable, check_reason, ran_on, requester
 from tasks.settings import Settings
 
@@ -90,7 +84,7 @@ def plan_release(
         if force:
             run_logger().warning("v%s is the champion already: --force changes nothing", version)
         return Plan(version, top.kind, by, reason_text, top, reuse_digest=top.digest, noop=True)
-    overrode = check_deployable(settings, version, tags, entries, top, force)
+    overrode = check_deployable(settings.registry.model_name, version, tags, entries, top, force)
     if force:
         run_logger().warning(
             "FORCED release of v%s (%s): %s",
@@ -204,33 +198,8 @@ def commit_plan(settings: Settings, plan: Plan, candidate: Candidate, revision: 
     return committed
 
 
-@stage("plan-release")
-def plan_release_task(
-    settings: Settings,
-    model_version: str | None,
-    alias: str | None,
-    force: bool,
-    reason: str | None,
-    requested_by: str | None,
-) -> Plan:
-    """Stage: the gate and the head the release is made against."""
-    return plan_release(settings, model_version, alias, force, reason, requested_by)
-
-
-@stage("plan-rollback")
-def plan_rollback_task(
-    settings: Settings,
-    steps: int,
-    to_digest: str | None,
-    from_version: str | None,
-    reason: str | None,
-    requested_by: str | None,
-) -> Plan:
-    """Stage: what the rollback restores, refused when the champion is not the one it meant to leave."""
-    return plan_rollback(settings, steps, to_digest, from_version, reason, requested_by)
-
-
-@stage("commit-champion", max_retries=0)
-def commit_task(settings: Settings, plan: Plan, candidate: Candidate, revision: str | None) -> Entry:
-    """Stage: the commit point (never retried as a whole: a lost answer is read back inside)."""
-    return commit_plan(settings, plan, candidate, revision)
+plan_release_task = stage("plan-release")(plan_release)  # the gate and the head the release is made against
+# what the rollback restores, refused when the champion is not the one it meant to leave
+plan_rollback_task = stage("plan-rollback")(plan_rollback)
+# the commit point, never retried as a whole: a lost answer is read back inside
+commit_task = stage("commit-champion", max_retries=0)(commit_plan)

@@ -18,9 +18,9 @@ from tasks.release.ledger import (
     ReleaseFailed,
     rolled_back_versions,
 )
-from tasks.settings import Settings
 
 PROMOTION_RECORD = ("promotion.dry_run", "promotion.reasons", "promotion.champion_version")
+NOTES_METRICS = [f"test_{m}" for m in "roc_auc gini ks pr_auc precision recall f1 log_loss brier".split()]
 
 
 class NotDeployable(ReleaseFailed):
@@ -87,7 +87,6 @@ def ran_on() -> str:
     return ", ".join(parts)
 
 
-# --- the gate -----------------------------------------------------------------------------------------------
 def deployability_problems(
     version: str, tags: dict[str, str], entries: list[Entry], current: Entry | None
 ) -> list[str]:
@@ -113,7 +112,7 @@ def deployability_problems(
 
 
 def check_deployable(
-    settings: Settings,
+    model_name: str,
     version: str,
     tags: dict[str, str],
     entries: list[Entry],
@@ -129,14 +128,13 @@ def check_deployable(
         except ValueError:
             gate = tags.get("promotion.reasons", "")
         raise NotDeployable(
-            f"model {settings.registry.model_name!r} v{version} is not deployable: {'; '.join(problems)}"
+            f"model {model_name!r} v{version} is not deployable: {'; '.join(problems)}"
             + (f" (gate: {gate})" if gate else "")
             + ". To release it anyway: --force --reason TEXT"
         )
     return problems
 
 
-# --- release notes ------------------------------------------------------------------------------------------
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else "—"
 
@@ -160,18 +158,7 @@ def release_notes(
     prev = entry.from_version
     prev_label = f"v{prev}" if prev else "none"
     rows = "\n".join(
-        f"| {m} | {_fmt(metrics.get(m))} | {_fmt(previous_metrics.get(m))} |"
-        for m in (
-            "test_roc_auc",
-            "test_gini",
-            "test_ks",
-            "test_pr_auc",
-            "test_precision",
-            "test_recall",
-            "test_f1",
-            "test_log_loss",
-            "test_brier",
-        )
+        f"| {m} | {_fmt(metrics.get(m))} | {_fmt(previous_metrics.get(m))} |" for m in NOTES_METRICS
     )
     files = "\n".join(
         f"- `{name}` sha256 `{f.get('sha256', '?')[:16]}…`" for name, f in (data.get("files") or {}).items()

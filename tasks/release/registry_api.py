@@ -13,7 +13,8 @@ from collections.abc import Iterable
 import httpx
 
 from tasks.release.engine import DeployStepError
-from tasks.settings import Settings, get_settings
+from tasks.settings import get_settings
+from tasks.settings.sections import ReleaseSettings
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_ACCEPT = ", ".join(
@@ -26,27 +27,14 @@ MANIFEST_ACCEPT = ", ".join(
 )
 
 
-class ImagePushError(DeployStepError):
-    """The push was refused (auth, network) or the registry does not hold what was pushed."""
-
-    def __init__(self, message: str, *, step: str = "push") -> None:
-        super().__init__(step, message)
-
-
-class TagNotFoundError(ImagePushError):
-    """The registry has no manifest for the asked tag."""
-
-
-def registry_credentials(settings: Settings) -> tuple[str | None, str | None]:
+def registry_credentials(release: ReleaseSettings) -> tuple[str | None, str | None]:
     """Registry user and password: from the settings (environment), or a Prefect Secret block."""
-    password = (
-        settings.release.registry_password.get_secret_value() if settings.release.registry_password else None
-    )
-    if password is None and settings.release.registry_secret_block:
+    password = release.registry_password.get_secret_value() if release.registry_password else None
+    if password is None and release.registry_secret_block:
         from prefect.blocks.system import Secret
 
-        password = str(Secret.load(settings.release.registry_secret_block).get())
-    return settings.release.registry_username, password
+        password = str(Secret.load(release.registry_secret_block).get())
+    return release.registry_username, password
 
 
 def remote_repository(registry: str, repository: str) -> str:
@@ -102,7 +90,7 @@ def _bearer_token(
     registry_url: str,
     allowed_realms: Iterable[str] | None = None,
 ) -> str | None:
-    """Token for a Bearer challenge; credentials go only to an allowed realm, else ImagePushError."""
+    """Token for a Bearer challenge; credentials go only to an allowed realm, else :class:`DeployStepError`."""
     params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
     realm = params.pop("realm", None)
     if not realm:
@@ -111,19 +99,20 @@ def _bearer_token(
     try:
         realm_url = registry.join(realm)  # an absolute realm stays as it is
     except httpx.InvalidURL as exc:
-        raise ImagePushError(
-            f"{_shown_host(registry)} names an unusable token realm {realm!r}: {exc}"
+        raise DeployStepError(
+            "push", f"{_shown_host(registry)} names an unusable token realm {realm!r}: {exc}"
         ) from None
     if auth is not None:
         allowed = get_settings().release.registry_allowed_realms if allowed_realms is None else allowed_realms
         if not _realm_is_trusted(realm_url, registry, allowed):
             host = _shown_host(realm_url)
-            raise ImagePushError(
+            raise DeployStepError(
+                "push",
                 f"registry {_shown_host(registry)} names the token realm {host} "
                 f"({realm_url.scheme}://{host}{realm_url.path}), which is neither the registry's own host nor "
                 f"in the setting registry_allowed_realms; its credentials were not sent there. If {host} is this "
                 f"registry's token server, allow it: LOANRISK_REGISTRY_ALLOWED_REALMS='[\"{host}\"]' (or "
-                f"registry_allowed_realms in loanrisk.toml)"
+                f"registry_allowed_realms in loanrisk.toml)",
             )
     resp = http.get(realm_url, params=params, auth=auth)
     if resp.status_code != 200:
@@ -142,7 +131,7 @@ def _registry_call(
     content: bytes | None = None,
 ) -> httpx.Response:
     """One registry HTTP API call with Basic credentials, answering a Bearer challenge when the registry uses
-    token auth. Raises :class:`ImagePushError` when the registry cannot be reached."""
+    token auth. Raises :class:`DeployStepError` when the registry cannot be reached."""
     auth = (username, password or "") if username else None
     try:
         with httpx.Client(timeout=30) as http:
@@ -154,7 +143,7 @@ def _registry_call(
                     bearer = {**(headers or {}), "Authorization": f"Bearer {token}"}
                     resp = http.request(method, url, headers=bearer, content=content)
     except httpx.HTTPError as exc:
-        raise ImagePushError(f"{url} unreachable: {type(exc).__name__}: {exc}") from exc
+        raise DeployStepError("push", f"{url} unreachable: {type(exc).__name__}: {exc}") from exc
     return resp
 
 
@@ -163,24 +152,29 @@ def _manifest_url(registry: str, repository: str, reference: str) -> tuple[str, 
     return f"{registry_base_url(registry)}/v2/{name}/manifests/{reference}", name
 
 
+def tag_digest(
+    registry: str, repository: str, tag: str, username: str | None, password: str | None
+) -> str | None:
+    """The digest ``repository:tag`` has in the registry's HTTP API (``Docker-Content-Digest``), or None when it
+    has no such tag. ``tag`` may also be a digest (``sha256:...``): then the answer says whether it holds it."""
+    url, _ = _manifest_url(registry, repository, tag)
+    resp = _registry_call("GET", url, username, password, headers={"Accept": MANIFEST_ACCEPT})
+    if resp.status_code == 404:
+        return None
+    if resp.status_code != 200:
+        raise DeployStepError("push", f"{url} answered HTTP {resp.status_code}: {resp.text[:300]}")
+    if digest := resp.headers.get("Docker-Content-Digest"):
+        return digest
+    raise DeployStepError("push", f"{url} answered without a Docker-Content-Digest header")
+
+
 def registry_digest(
     registry: str, repository: str, tag: str, username: str | None, password: str | None
 ) -> str:
-    """Ask the registry's HTTP API which digest ``repository:tag`` has (``Docker-Content-Digest``).
-
-    ``tag`` may also be a digest (``sha256:...``): then the answer says whether the registry holds it.
-    Raises :class:`TagNotFoundError` when the registry has no such tag, :class:`ImagePushError` otherwise.
-    """
-    url, name = _manifest_url(registry, repository, tag)
-    resp = _registry_call("GET", url, username, password, headers={"Accept": MANIFEST_ACCEPT})
-    if resp.status_code == 404:
-        raise TagNotFoundError(f"{registry} has no {name}:{tag}")
-    if resp.status_code != 200:
-        raise ImagePushError(f"{url} answered HTTP {resp.status_code}: {resp.text[:300]}")
-    digest = resp.headers.get("Docker-Content-Digest")
-    if not digest:
-        raise ImagePushError(f"{url} answered without a Docker-Content-Digest header")
-    return digest
+    """:func:`tag_digest`, raising :class:`DeployStepError` when the registry has no such tag."""
+    if digest := tag_digest(registry, repository, tag, username, password):
+        return digest
+    raise DeployStepError("push", f"{registry} has no {_manifest_url(registry, repository, tag)[1]}:{tag}")
 
 
 def registry_retag(
@@ -197,21 +191,19 @@ def registry_retag(
     url, name = _manifest_url(registry, repository, digest)
     got = _registry_call("GET", url, username, password, headers={"Accept": MANIFEST_ACCEPT})
     if got.status_code != 200:
-        raise ImagePushError(
-            f"{registry} has no manifest {name}@{digest} (HTTP {got.status_code})", step=step
-        )
+        raise DeployStepError(step, f"{registry} has no manifest {name}@{digest} (HTTP {got.status_code})")
     media_type = got.headers.get("Content-Type", MANIFEST_V2).split(";")[0]
     put_url, _ = _manifest_url(registry, repository, tag)
     put = _registry_call(
         "PUT", put_url, username, password, headers={"Content-Type": media_type}, content=got.content
     )
     if put.status_code not in (200, 201):
-        raise ImagePushError(
-            f"{registry} refused {name}:{tag} -> {digest}: HTTP {put.status_code} {put.text[:300]}", step=step
+        raise DeployStepError(
+            step, f"{registry} refused {name}:{tag} -> {digest}: HTTP {put.status_code} {put.text[:300]}"
         )
     held = registry_digest(registry, repository, tag, username, password)
     if held != digest:
-        raise ImagePushError(f"{registry} holds {held} for {name}:{tag}, expected {digest}", step=step)
+        raise DeployStepError(step, f"{registry} holds {held} for {name}:{tag}, expected {digest}")
     return digest
 
 
@@ -227,16 +219,6 @@ def delete_manifest(
         return True
     if resp.status_code == 404:
         return False
-    raise ImagePushError(
-        f"{registry} refused to delete {name}@{digest}: HTTP {resp.status_code} {resp.text[:200]}"
+    raise DeployStepError(
+        "push", f"{registry} refused to delete {name}@{digest}: HTTP {resp.status_code} {resp.text[:200]}"
     )
-
-
-def tag_digest(
-    registry: str, repository: str, tag: str, username: str | None, password: str | None
-) -> str | None:
-    """The digest ``repository:tag`` has in the registry, or None when it has no such tag (or digest)."""
-    try:
-        return registry_digest(registry, repository, tag, username, password)
-    except TagNotFoundError:
-        return None
