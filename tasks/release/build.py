@@ -117,7 +117,9 @@ def build_image(
                         step_images.append(match.group(1))
                     cached = False
             if "error" in chunk or "errorDetail" in chunk:
-                error = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error") or "unknown error"
+                error = (
+                    (chunk.get("errorDetail") or {}).get("message") or chunk.get("error") or "unknown error"
+                )
                 log(f"ERROR: {str(error).strip()}")
                 where = f"{step} failed: " if step else ""
                 raise DeployStepError(

@@ -58,7 +58,9 @@ def pip_command(helper_dir: Path) -> list[str]:
         subprocess.run([sys.executable, "-m", "venv", str(helper_dir)], check=True, capture_output=True)
     command = [str(venv_python), "-m", "pip"]
     if not _pip_works(command):
-        raise DeployStepError("export", f"no working pip found (tried {candidates} and a venv in {helper_dir})")
+        raise DeployStepError(
+            "export", f"no working pip found (tried {candidates} and a venv in {helper_dir})"
+        )
     return command
 
 
@@ -88,7 +90,9 @@ def _download(cache: Path, target: Path, requirements: Path) -> Path:
         logger.info("downloading serving wheels into %s", target)
         proc = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
-            raise DeployStepError("export", f"pip download failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            raise DeployStepError(
+                "export", f"pip download failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
         wheels = sorted(p.name for p in partial.glob("*.whl"))
         (partial / COMPLETE_MARKER).write_text("\n".join(wheels) + "\n")
         if target.exists():  # another process finished first
