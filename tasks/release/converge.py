@@ -59,34 +59,15 @@ def _set_changed(settings: Settings, version: str, tags: dict[str, str]) -> None
 
 def version_facts(settings: Settings, entries: list[Entry]) -> None:
     """The head's release and every rollback's mark, as tags on the versions they concern."""
-    top = entries[-1]
-    _set_changed(
-        settings,
-        top.version,
-        {
-            "release.seq": str(top.seq),
-            "release.digest": top.digest,
-            "release.image": top.image,
-            "release.at": top.at,
-            "release.kind": top.kind,
-            "release.by": top.by,
-            "release.reason": top.reason,
-            "release.replaced": top.from_version,
-        },
-    )
-    left = rolled_back_versions(entries)
+    top, left = entries[-1], rolled_back_versions(entries)
+    facts = {
+        f"release.{k}": str(getattr(top, k)) for k in ("seq", "digest", "image", "at", "kind", "by", "reason")
+    }
+    _set_changed(settings, top.version, {**facts, "release.replaced": top.from_version})
     for e in entries:
         if e.kind == "rollback" and e.from_version:
-            _set_changed(
-                settings,
-                e.from_version,
-                {
-                    "release.rolled_back": "true" if e.from_version in left else "false",
-                    "release.rolled_back_at": e.at,
-                    "release.rolled_back_to": e.version,
-                    "release.rolled_back_by": e.by,
-                },
-            )
+            marks = {"": str(e.from_version in left).lower(), "_at": e.at, "_to": e.version, "_by": e.by}
+            _set_changed(settings, e.from_version, {f"release.rolled_back{k}": v for k, v in marks.items()})
 
 
 def _retag(settings: Settings, tag: str, digest: str, never_move: bool) -> str:
@@ -107,30 +88,17 @@ def _retag(settings: Settings, tag: str, digest: str, never_move: bool) -> str:
 
 def notes_for(settings: Settings, entry: Entry) -> str:
     """The head's release notes (its bundle gives metrics, data and card; the replaced version's tags, its own)."""
+    name = settings.registry.model_name
     with tempfile.TemporaryDirectory(prefix="loan-risk-notes-") as tmp:
         bundle = load_bundle(versions.download_bundle(settings, entry.version, Path(tmp) / "bundle"))
-        previous: dict[str, float] = {}
-        if entry.from_version:
-            tags = versions.get_version(settings, entry.from_version).tags or {}
-            previous = {
-                k: f for k, v in tags.items() if k.startswith("test_") and (f := _number(v)) is not None
-            }
-        card = card_link(
-            settings.registry.model_name, entry.version, (bundle.directory / CARD_HTML).is_file()
-        )
+        metrics = bundle.meta.metrics
+        tags = versions.get_version(settings, entry.from_version).tags or {} if entry.from_version else {}
+        previous = {k: f for k, v in tags.items() if k.startswith("test_") and (f := _number(v)) is not None}
+        card = card_link(name, entry.version, (bundle.directory / CARD_HTML).is_file())
         _set_changed(
-            settings,
-            entry.version,
-            {k: f"{v:.6f}" for k, v in bundle.meta.metrics.items() if k.startswith("test_")},
+            settings, entry.version, {k: f"{v:.6f}" for k, v in metrics.items() if k.startswith("test_")}
         )
-        return release_notes(
-            settings.registry.model_name,
-            entry,
-            bundle.meta.metrics,
-            previous,
-            bundle.meta.data_fingerprint,
-            card,
-        )
+        return release_notes(name, entry, metrics, previous, bundle.meta.data_fingerprint, card)
 
 
 def _number(v: str) -> float | None:

@@ -130,11 +130,8 @@ def plan_rollback(
     target = rollback_target(entries, steps, to_digest)
     if target is None:
         seen = ", ".join(f"v{e.version} ({e.kind})" for e in entries[-10:])
-        what = (
-            f"no release of {to_digest}"
-            if to_digest
-            else ("no earlier release" if steps == 1 else f"fewer than {steps} earlier releases")
-        )
+        what = "no earlier release" if steps == 1 else f"fewer than {steps} earlier releases"
+        what = f"no release of {to_digest}" if to_digest else what
         raise ReleaseFailed(
             "plan",
             f"nothing to roll back to from champion v{top.version}: the ledger ({seen}) holds {what} that was "
@@ -180,19 +177,12 @@ def commit_plan(settings: Settings, plan: Plan, candidate: Candidate, revision: 
         committed.digest,
     )
     try:
-        emit_model_event(
-            settings,
-            RELEASED,
-            committed.version,
-            {
-                "image": committed.image,
-                "digest": committed.digest,
-                "kind": committed.kind,
-                "reason": committed.reason,
-                "previous_version": committed.from_version or None,
-                "metrics": metrics_summary(candidate.metrics),
-            },
-        )
+        payload = {k: getattr(committed, k) for k in ("image", "digest", "kind", "reason")}
+        payload |= {
+            "previous_version": committed.from_version or None,
+            "metrics": metrics_summary(candidate.metrics),
+        }
+        emit_model_event(settings, RELEASED, committed.version, payload)
     except Exception as exc:  # noqa: BLE001 - the release is committed; a lost event is only logged
         run_logger().warning("the released event was not emitted: %s", exc)
     return committed

@@ -5,6 +5,7 @@ A version is deployable when promoted against the current champion and not rolle
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import re
@@ -58,7 +59,7 @@ def operator() -> str:
 def requester(stated: str | None) -> str:
     """Who asked for this run: the Prefect flow run's ``created_by`` when Prefect recorded one, else what the caller
     stated (the CLI states its user), else ``unknown``."""
-    try:
+    with contextlib.suppress(Exception):  # outside a flow run, or a server that records no creator
         from prefect.client.orchestration import get_client
         from prefect.runtime import flow_run
 
@@ -67,23 +68,19 @@ def requester(stated: str | None) -> str:
                 created = client.read_flow_run(flow_run.id).created_by
             if created is not None and created.display_value:
                 return f"{created.display_value} ({str(created.type or 'prefect').lower()})"
-    except Exception:  # noqa: BLE001 - outside a flow run, or a server that records no creator
-        pass
     return stated.strip() if stated and stated.strip() else "unknown"
 
 
 def ran_on() -> str:
     """Where the run ran: OS user and host, and the Prefect flow run and deployment when in one."""
     parts = [operator()]
-    try:
+    with contextlib.suppress(Exception):  # outside Prefect there is nothing more to say
         from prefect.runtime import deployment, flow_run
 
         if flow_run.id:
             parts.append(f"flow run {flow_run.id}")
         if deployment.id:
             parts.append(f"deployment {flow_run.flow_name}/{deployment.name}")
-    except Exception:  # noqa: BLE001 - outside Prefect there is nothing more to say
-        pass
     return ", ".join(parts)
 
 

@@ -17,13 +17,8 @@ from tasks.settings import get_settings
 from tasks.settings.sections import ReleaseSettings
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-MANIFEST_ACCEPT = ", ".join(
-    [
-        MANIFEST_V2,
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-    ]
+MANIFEST_ACCEPT = f"{MANIFEST_V2}, application/vnd.docker.distribution.manifest.list.v2+json, " + (
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
 )
 
 

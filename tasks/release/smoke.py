@@ -66,11 +66,8 @@ def smoke_test(
     tolerance: float = 1e-6,
     timeout: float = 30.0,
 ) -> dict[str, Any]:
-    """Call /health, /model/info, /predict, /predict/batch and /invocations; compare with ``reference``.
-
-    ``reference`` holds raw test records and the probabilities training computed for them.
-    Returns a summary (checks passed, rows compared, largest difference).
-    """
+    """Call /health, /model/info, /predict, /predict/batch and /invocations; compare with ``reference`` (raw
+    test records and the probabilities training computed for them). Returns a summary."""
     records, expected = reference["records"], reference["probabilities"]
     _check(
         len(records) > 0 and len(records) == len(expected), "the bundle's reference sample is empty or uneven"
@@ -90,12 +87,10 @@ def smoke_test(
 
     got_batch = [p["probability"] for p in batch["predictions"]]
     got_inv = [p if isinstance(p, int | float) else p.get("probability") for p in invocations["predictions"]]
-    _check(
-        len(got_batch) == len(expected), f"/predict/batch returned {len(got_batch)} rows for {len(expected)}"
-    )
-    _check(len(got_inv) == len(expected), f"/invocations returned {len(got_inv)} rows for {len(expected)}")
-    answers = {"/predict/batch": got_batch, "/invocations": got_inv, "/predict": [single["probability"]]}
-    worst = compare_predictions(answers, expected, tolerance)
+    answers = {"/predict/batch": got_batch, "/invocations": got_inv}
+    for name, got in answers.items():
+        _check(len(got) == len(expected), f"{name} returned {len(got)} rows for {len(expected)}")
+    worst = compare_predictions({**answers, "/predict": [single["probability"]]}, expected, tolerance)
     return {
         "health": health,
         "version": info.get("version"),
