@@ -118,7 +118,7 @@ def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made:
 
 
 def _undo(settings: Settings, made: list[str]) -> None:
-    if made:
+    if made:  # no client (the engine may be what failed) when there is nothing to remove
         remove_local_images(get_client(settings.release.docker_host), made, run_logger().warning)
 
 
@@ -156,7 +156,7 @@ def build_candidate(
         if isinstance(exc, ReleaseFailed):
             exc.facts["build_id"] = build_id
         raise
-    remove_local_images(get_client(settings.release.docker_host), [build_ref], run_logger().warning)
+    _undo(settings, [build_ref])
     return Candidate(version, digest, remote(settings), True, build_tag, build_id, smoke, bundle.meta.metrics)
 
 
@@ -171,18 +171,6 @@ def discard_candidate(settings: Settings, candidate: Candidate) -> None:
     remove_local_images(client, [r for r in refs if local_image_id(client, r)], run_logger().warning)
 
 
-def verify_candidate(settings: Settings, version: str, digest: str, bundle_dir: Path) -> Candidate:
-    """The version's image that the registry holds at ``digest``, pulled by digest and smoke-tested again."""
-    bundle = load_bundle(bundle_dir)
-    made: list[str] = []
-    try:
-        smoke = _tested(settings, version, digest, bundle, made)
-    except BaseException:
-        _undo(settings, made)
-        raise
-    return Candidate(version, digest, remote(settings), False, smoke=smoke, metrics=bundle.meta.metrics)
-
-
 def prepare_candidate(
     settings: Settings, version: str, reuse_digest: str | None, workdir: Path, revision: str | None
 ) -> Candidate:
@@ -193,11 +181,17 @@ def prepare_candidate(
         raise ReleaseFailed(
             "pull", f"the registry no longer holds {reuse_digest or 'an image'} of v{version}"
         )
-    if holds:
-        run_logger().info("the registry holds v%s's tested image %s: no build", version, reuse_digest)
+    if not holds:
         with _step("export"):
-            bundle_dir = versions.download_bundle(settings, version, workdir / "bundle")
-        return verify_candidate(settings, version, reuse_digest, bundle_dir)
+            context = versions.export_task(settings, version, workdir / "context")
+        return build_candidate(settings, version, context, revision)
+    run_logger().info("the registry holds v%s's tested image %s: no build", version, reuse_digest)
     with _step("export"):
-        context = versions.export_task(settings, version, workdir / "context")
-    return build_candidate(settings, version, context, revision)
+        bundle = load_bundle(versions.download_bundle(settings, version, workdir / "bundle"))
+    made: list[str] = []
+    try:
+        smoke = _tested(settings, version, reuse_digest, bundle, made)
+    except BaseException:
+        _undo(settings, made)
+        raise
+    return Candidate(version, reuse_digest, remote(settings), False, smoke=smoke, metrics=bundle.meta.metrics)

@@ -66,10 +66,8 @@ def run_container(
     command: str | list[str] | None = None,
     client: docker.DockerClient | None = None,
 ) -> RunningContainer:
-    """Start ``image`` detached, publishing ``port_in_container`` on a free port of 127.0.0.1.
-
-    Raises :class:`DeployStepError` when the engine cannot create or start it (nothing is left behind).
-    """
+    """Start ``image`` detached, publishing ``port_in_container`` on a free port of 127.0.0.1; raises
+    :class:`DeployStepError` when the engine cannot create or start it (nothing is left behind)."""
     client = client or get_client()
     last_error: Exception | None = None
     for _attempt in range(3):  # a picked port can be taken before the engine binds it
@@ -122,11 +120,8 @@ def wait_healthy(
     container: Container | RunningContainer | None = None,
     interval_s: float = 0.5,
 ) -> None:
-    """Poll ``base_url + path`` until it answers 200.
-
-    With ``container`` given, stops at once when it dies. Raises :class:`DeployStepError` (step ``run``) with the
-    last 50 log lines and, when it died, the exit status (``details``: ``logs``, ``exit_status``).
-    """
+    """Poll ``base_url + path`` until it answers 200, stopping at once when ``container`` dies. Raises
+    :class:`DeployStepError` with its last 50 log lines and exit status (``details``: logs, exit_status)."""
     if isinstance(container, RunningContainer):
         container = container.container
     url = base_url.rstrip("/") + path

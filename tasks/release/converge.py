@@ -123,30 +123,21 @@ def publish_notes(settings: Settings, entry: Entry) -> str:
 
     key = notes_artifact_key(settings.registry.model_name, entry.version, entry.digest)
     marker = release_marker(entry)
-    found = _artifacts(key)
-    written = next((str(a.data) for a in found if marker in str(a.data or "")), None)
-    if written is not None:
+    if written := next((str(a.data) for a in _artifacts(key) if marker in str(a.data or "")), None):
         return written
     notes = notes_for(settings, entry)
-    create_markdown_artifact(
-        key=key,
-        markdown=notes,
-        description=f"{settings.registry.model_name} v{entry.version} ({entry.kind}, ledger entry {entry.seq})",
-    )
+    about = f"{settings.registry.model_name} v{entry.version} ({entry.kind}, ledger entry {entry.seq})"
+    create_markdown_artifact(key=key, markdown=notes, description=about)
     return notes
 
 
 def publish_github(settings: Settings, entry: Entry, notes: str) -> str | None:
     """The GitHub release of the head's digest holds its notes; its tag is made at the image's source commit."""
-    commit = entry.commit.removesuffix("-dirty")
+    commit, name = entry.commit.removesuffix("-dirty"), settings.registry.model_name
     target = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
+    tag = github_tag(name, entry.version, entry.digest)
     release = publish_github_release(
-        settings.release,
-        github_tag(settings.registry.model_name, entry.version, entry.digest),
-        f"{settings.registry.model_name} v{entry.version}",
-        notes,
-        release_marker(entry),
-        target,
+        settings.release, tag, f"{name} v{entry.version}", notes, release_marker(entry), target
     )
     return (release or {}).get("html_url")
 
@@ -159,8 +150,7 @@ def history_artifact(settings: Settings, entries: list[Entry]) -> str:
     description = (
         f"{settings.registry.model_name}: every champion change, through ledger entry {entries[-1].seq}"
     )
-    found = _artifacts(key)
-    if not any(a.description == description for a in found):
+    if not any(a.description == description for a in _artifacts(key)):
         create_table_artifact(key=key, table=history_rows(entries), description=description)
     return key
 

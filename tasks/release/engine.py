@@ -28,10 +28,8 @@ class DeployStepError(TransientError):
 
 
 def get_client(docker_host: str | None = None, timeout_s: int = 900) -> docker.DockerClient:
-    """A Docker client for ``docker_host`` (``unix://...``, ``tcp://...``), else from DOCKER_HOST/the default socket.
-
-    The long timeout covers build steps that print nothing for minutes.
-    """
+    """A Docker client for ``docker_host``, else from DOCKER_HOST or the default socket (the long timeout covers
+    build steps that print nothing for minutes)."""
     if docker_host:
         return docker.DockerClient(base_url=docker_host, version="auto", timeout=timeout_s)
     return docker.from_env(timeout=timeout_s)

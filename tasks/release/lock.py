@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,10 +40,8 @@ def _ensure_lock_limit(name: str) -> None:
         try:
             limit = client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            try:
+            with suppress(ObjectAlreadyExists):  # created meanwhile by another deploy
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except ObjectAlreadyExists:
-                pass
             return
         if limit.limit != 1 or not limit.active:
             run_logger().warning(
@@ -54,10 +52,8 @@ def _ensure_lock_limit(name: str) -> None:
 
 @contextmanager
 def release_lock(settings: Settings) -> Iterator[LockHold]:
-    """Hold the deploy lock (``deploy_lock_name``), waiting at most ``deploy_lock_timeout_seconds``.
-
-    Raises ``ReleaseFailed`` (step ``lock``) on timeout.
-    """
+    """Hold the deploy lock (``deploy_lock_name``), waiting at most ``deploy_lock_timeout_seconds``; raises
+    :class:`ReleaseFailed` (step ``lock``) on timeout."""
     from prefect.concurrency.sync import concurrency
 
     name, timeout = settings.release.deploy_lock_name, settings.release.deploy_lock_timeout_seconds

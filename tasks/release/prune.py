@@ -111,11 +111,8 @@ def unused_subpackages(site: Path, loaded: set[str]) -> list[Path]:
 
 
 def strip_elf_tail(path: Path) -> int:
-    """Cut an ELF64 little-endian file after its last segment (symbol tables, debug info, section headers).
-
-    Returns the bytes saved; 0 (file untouched) for anything else or when the section headers lie inside a
-    segment.
-    """
+    """Cut an ELF64 little-endian file after its last segment (symbol tables, debug info, section headers);
+    returns the bytes saved, 0 (untouched) for anything else or when the section headers lie inside a segment."""
     with path.open("r+b") as f:
         header = f.read(64)
         if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:

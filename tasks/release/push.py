@@ -36,11 +36,8 @@ def push_image(
     *,
     log: LogFn | None = None,
 ) -> str:
-    """Push ``repository:tag`` to ``registry`` with these credentials; return the pushed digest (``sha256:...``).
-
-    ``repository`` may be bare (``loan-risk``: the local ``loan-risk:tag`` is tagged ``registry/loan-risk:tag``)
-    or already prefixed with the registry. Raises :class:`DeployStepError` with the registry's message.
-    """
+    """Push ``repository:tag`` (bare: the local ``loan-risk:tag`` is tagged ``registry/loan-risk:tag`` first) to
+    ``registry``; returns the pushed digest, or raises :class:`DeployStepError` with the registry's message."""
     log = log or logger.info
     remote = remote_repository(registry, repository)
     if remote != repository:

@@ -7,6 +7,7 @@ host of the setting ``registry_allowed_realms``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
 
@@ -65,25 +66,16 @@ def _realm_is_trusted(realm: httpx.URL, registry: httpx.URL, allowed: Iterable[s
     here = _host_port(realm)
     if here == _host_port(registry):
         return True
-    for entry in allowed:
-        text = entry.strip()
-        if not text:
-            continue
-        try:
+    for text in filter(None, (entry.strip() for entry in allowed)):
+        with contextlib.suppress(httpx.InvalidURL):
             parsed = httpx.URL(text if "://" in text else f"{realm.scheme}://{text}")
-        except httpx.InvalidURL:
-            continue
-        if parsed.host and _host_port(parsed) == here:
-            return True
+            if parsed.host and _host_port(parsed) == here:
+                return True
     return False
 
 
 def _bearer_token(
-    http: httpx.Client,
-    challenge: str,
-    auth: tuple[str, str] | None,
-    registry_url: str,
-    allowed_realms: Iterable[str] | None = None,
+    http: httpx.Client, challenge: str, auth: tuple[str, str] | None, registry_url: str
 ) -> str | None:
     """Token for a Bearer challenge; credentials go only to an allowed realm, else :class:`DeployStepError`."""
     params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
@@ -97,18 +89,17 @@ def _bearer_token(
         raise DeployStepError(
             "push", f"{_shown_host(registry)} names an unusable token realm {realm!r}: {exc}"
         ) from None
-    if auth is not None:
-        allowed = get_settings().release.registry_allowed_realms if allowed_realms is None else allowed_realms
-        if not _realm_is_trusted(realm_url, registry, allowed):
-            host = _shown_host(realm_url)
-            raise DeployStepError(
-                "push",
-                f"registry {_shown_host(registry)} names the token realm {host} "
-                f"({realm_url.scheme}://{host}{realm_url.path}), which is neither the registry's own host nor "
-                f"in the setting registry_allowed_realms; its credentials were not sent there. If {host} is this "
-                f"registry's token server, allow it: LOANRISK_REGISTRY_ALLOWED_REALMS='[\"{host}\"]' (or "
-                f"registry_allowed_realms in loanrisk.toml)",
-            )
+    allowed = get_settings().release.registry_allowed_realms
+    if auth is not None and not _realm_is_trusted(realm_url, registry, allowed):
+        host = _shown_host(realm_url)
+        raise DeployStepError(
+            "push",
+            f"registry {_shown_host(registry)} names the token realm {host} "
+            f"({realm_url.scheme}://{host}{realm_url.path}), which is neither the registry's own host nor "
+            f"in the setting registry_allowed_realms; its credentials were not sent there. If {host} is this "
+            f"registry's token server, allow it: LOANRISK_REGISTRY_ALLOWED_REALMS='[\"{host}\"]' (or "
+            f"registry_allowed_realms in loanrisk.toml)",
+        )
     resp = http.get(realm_url, params=params, auth=auth)
     if resp.status_code != 200:
         return None
@@ -175,11 +166,8 @@ def registry_digest(
 def registry_retag(
     registry: str, repository: str, digest: str, tag: str, username: str | None, password: str | None
 ) -> str:
-    """Point ``repository:tag`` at the manifest ``digest`` already in the registry (the registry API's retag:
-    the manifest is read by digest and put under the tag, byte for byte), then confirm it; returns the digest.
-
-    Nothing is pushed from the engine, so it needs no local image, and doing it twice changes nothing.
-    """
+    """Point ``repository:tag`` at the manifest ``digest`` already in the registry (read by digest, put under the
+    tag byte for byte, confirmed; no local image needed, idempotent); returns the digest."""
     step = f"tag {tag}"
     if tag_digest(registry, repository, tag, username, password) == digest:
         return digest
@@ -205,9 +193,7 @@ def registry_retag(
 def delete_manifest(
     registry: str, repository: str, digest: str, username: str | None, password: str | None
 ) -> bool:
-    """Delete the manifest ``digest`` (and so every tag on it) from the registry; False when it held none.
-
-    Used only for a build that never served: the registry's API deletes by digest, not by tag."""
+    """Delete the manifest ``digest`` (and every tag on it) of a build that never served; False when none."""
     url, name = _manifest_url(registry, repository, digest)
     resp = _registry_call("DELETE", url, username, password)
     if resp.status_code in (200, 202):

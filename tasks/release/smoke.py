@@ -38,12 +38,9 @@ def _json(response: httpx.Response, what: str) -> Any:
 def compare_predictions(
     answers: Mapping[str, Sequence[Any]], expected: Sequence[float], tolerance: float = 1e-6
 ) -> float:
-    """Check each endpoint's probabilities against training's, in order; returns the largest difference.
-
-    ``answers`` maps an endpoint to the probabilities it returned (a prefix of ``expected`` is allowed: the
-    single-record endpoint answers for the first record only). A value that is missing, not a number, or more
-    than ``tolerance`` away raises :class:`SmokeTestError` naming the endpoint, the record and the difference.
-    """
+    """Check each endpoint's probabilities (a prefix of ``expected`` is allowed: /predict answers for the first
+    record only) against training's; returns the largest difference. A value that is not a number or is more
+    than ``tolerance`` away raises :class:`SmokeTestError` naming the endpoint, the record and the difference."""
     worst = 0.0
     for name, values in answers.items():
         for i, (got, want) in enumerate(zip(values, expected, strict=False)):
