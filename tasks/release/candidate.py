@@ -70,28 +70,6 @@ def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
     return reference
 
 
-def _smoke(settings: Settings, image_ref: str, version: str, bundle: Bundle) -> dict[str, Any]:
-    """Run the image, smoke-test it against the bundle's reference; the container is always removed."""
-    reference = _reference(bundle, version)
-    running = None
-    try:
-        with _step("run"):
-            running = run_task(settings, image_ref)
-        with _step("smoke-test"):
-            return smoke_task(settings, running.base_url, version, reference)
-    finally:
-        cleanup_task(settings, running)
-
-
-def registry_holds(settings: Settings, digest: str | None) -> bool:
-    """Whether the registry still holds the manifest ``digest``."""
-    if not digest:
-        return False
-    registry, repository, user, password = _registry(settings)
-    with _step("registry check"):
-        return tag_digest(registry, repository, digest, user, password) == digest
-
-
 def _delete_manifest(settings: Settings, digest: str) -> None:
     """Delete a manifest that never served; a failure here must not hide the one that led to it."""
     registry, repository, user, password = _registry(settings)
@@ -100,8 +78,9 @@ def _delete_manifest(settings: Settings, digest: str) -> None:
 
 
 def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made: list[str]) -> dict:
-    """Pull ``digest`` back, smoke-test it, and tag it ``repository:version`` locally (what a person finds with
-    ``docker images``); returns the smoke test's summary. ``made`` gains the local references this made."""
+    """Pull ``digest`` back, run it, smoke-test it against the bundle's reference, and tag it ``repository:version``
+    locally (what a person finds with ``docker images``); returns the smoke test's summary. ``made`` gains the
+    local references this made."""
     client = get_client(settings.release.docker_host)
     by_digest, tag_ref = f"{remote(settings)}@{digest}", f"{remote(settings)}:{version}"
     present = local_image_id(client, by_digest) is not None
@@ -110,7 +89,14 @@ def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made:
         ref = pull_by_digest(client, registry, repository, digest, user, password)
     if not present:
         made.append(by_digest)
-    smoke = _smoke(settings, ref, version, bundle)
+    reference, running = _reference(bundle, version), None
+    try:  # the container is always removed
+        with _step("run"):
+            running = run_task(settings, ref)
+        with _step("smoke-test"):
+            smoke = smoke_task(settings, running.base_url, version, reference)
+    finally:
+        cleanup_task(settings, running)
     if local_image_id(client, tag_ref) != local_image_id(client, by_digest):
         client.images.get(by_digest).tag(remote(settings), tag=version)
         made.append(tag_ref)
@@ -176,7 +162,11 @@ def prepare_candidate(
 ) -> Candidate:
     """The tested image of ``version``: ``reuse_digest`` when the registry still holds it, else a new build from
     ``revision`` (None: never build, as for a rollback, which restores what served or nothing)."""
-    holds = bool(reuse_digest) and registry_holds(settings, reuse_digest)
+    holds = False
+    if reuse_digest:  # whether the registry still holds that manifest
+        registry, repository, user, password = _registry(settings)
+        with _step("registry check"):
+            holds = tag_digest(registry, repository, reuse_digest, user, password) == reuse_digest
     if revision is None and not holds:
         raise ReleaseFailed(
             "pull", f"the registry no longer holds {reuse_digest or 'an image'} of v{version}"

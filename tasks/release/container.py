@@ -138,26 +138,18 @@ def wait_healthy(
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             state = _exit_state(container) if container is not None else None
-            if state is not None:
+            if state is None and time.monotonic() < deadline:
+                time.sleep(interval_s)
+                continue
+            logs = _container_logs(container) if container is not None else ""
+            if state is None:
+                why, code = f"{url} not healthy after {timeout_s:.0f}s ({last})", None
+            else:
                 code = state.get("ExitCode")
-                extra = f", error: {state['Error']}" if state.get("Error") else ""
-                extra += ", OOM-killed" if state.get("OOMKilled") else ""
-                logs = _container_logs(container)
-                raise DeployStepError(
-                    "run",
-                    f"container {state.get('Status')} with exit status {code}{extra} before {url} "
-                    f"answered; last 50 log lines:\n{logs}",
-                    logs=logs,
-                    exit_status=code,
-                )
-            if time.monotonic() >= deadline:
-                logs = _container_logs(container) if container is not None else ""
-                raise DeployStepError(
-                    "run",
-                    f"{url} not healthy after {timeout_s:.0f}s ({last}); last 50 log lines:\n{logs}",
-                    logs=logs,
-                )
-            time.sleep(interval_s)
+                why = f"container {state.get('Status')} with exit status {code}"
+                why += f", error: {state['Error']}" if state.get("Error") else ""
+                why += f"{', OOM-killed' if state.get('OOMKilled') else ''} before {url} answered"
+            raise DeployStepError("run", f"{why}; last 50 log lines:\n{logs}", logs=logs, exit_status=code)
 
 
 def remove_container(container: Container | RunningContainer) -> None:

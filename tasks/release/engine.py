@@ -18,8 +18,8 @@ LogFn = Callable[[str], None]
 
 
 class DeployStepError(TransientError):
-    """A deploy step (``build``, ``run``, ``push``, ``pull``, ``registry``, ``export``) failed; ``str()`` starts
-    with ``[step]``. Transient: the step's stage retries it as its ``max_retries`` says (an engine or registry
+    """A deploy step (``build``, ``run``, ``push``, ``pull``, ``export``, ...) failed; ``str()`` starts with
+    ``[step]``. Transient: the step's stage retries it as its ``max_retries`` says (an engine or registry
     hiccup); ``details`` holds what the step saw (build log tail, container logs and exit status)."""
 
     def __init__(self, step: str, message: str, **details: Any) -> None:

@@ -55,11 +55,6 @@ def one_error(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def now_utc() -> str:
-    """The current time, UTC, ISO 8601 to the second."""
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 @dataclass
 class Entry:
     """One champion change. ``from_version`` is the champion it replaced ("" for the first); a rollback's
@@ -79,7 +74,9 @@ class Entry:
     build_tag: str = ""
     overrode: str = ""
     ran_on: str = ""
-    at: str = field(default_factory=now_utc)
+    at: str = field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
     seq: int = 0
 
     def __post_init__(self) -> None:
@@ -96,10 +93,6 @@ class Entry:
             f.name: tags[f"release.{f.name}"] for f in fields(cls) if f"release.{f.name}" in tags
         }
         return cls(**values | {"seq": int(values.get("seq") or 0)})
-
-    @property
-    def rolled_back_from(self) -> str:
-        return self.from_version if self.kind == "rollback" else ""
 
 
 def entry_name(model_name: str, seq: int) -> str:
@@ -211,7 +204,7 @@ def history_rows(entries: list[Entry]) -> list[dict[str, str]]:
             "why": e.reason,
             "gated against": f"v{e.gated_against}" if e.gated_against else "",
             "replaced": f"v{e.from_version}" if e.from_version and e.kind != "rollback" else "",
-            "rolled back from": f"v{e.rolled_back_from}" if e.rolled_back_from else "",
+            "rolled back from": f"v{e.from_version}" if e.from_version and e.kind == "rollback" else "",
         }
         for e in entries
     ]

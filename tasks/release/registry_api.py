@@ -196,10 +196,8 @@ def delete_manifest(
     """Delete the manifest ``digest`` (and every tag on it) of a build that never served; False when none."""
     url, name = _manifest_url(registry, repository, digest)
     resp = _registry_call("DELETE", url, username, password)
-    if resp.status_code in (200, 202):
-        return True
-    if resp.status_code == 404:
-        return False
+    if resp.status_code in (200, 202, 404):
+        return resp.status_code != 404
     raise DeployStepError(
         "push", f"{registry} refused to delete {name}@{digest}: HTTP {resp.status_code} {resp.text[:200]}"
     )
