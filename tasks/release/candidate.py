@@ -24,6 +24,7 @@ from tasks.release.push import pull_by_digest, push_task
 from tasks.release.registry_api import delete_manifest, registry_credentials, tag_digest
 from tasks.release.smoke import smoke_task
 from tasks.settings import Settings
+from tasks.settings.sections import ReleaseSettings
 
 
 @dataclass
@@ -40,8 +41,8 @@ class Candidate:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def remote(settings: Settings) -> str:
-    return f"{settings.release.image_registry}/{settings.release.image_repository}"
+def remote(release: ReleaseSettings) -> str:
+    return f"{release.image_registry}/{release.image_repository}"
 
 
 @contextlib.contextmanager
@@ -57,9 +58,8 @@ def _step(step: str) -> Iterator[None]:
         raise ReleaseFailed(step, cause, "no") from exc
 
 
-def _registry(settings: Settings) -> tuple[str, str, str | None, str | None]:
+def _registry(release: ReleaseSettings) -> tuple[str, str, str | None, str | None]:
     """Registry, repository, user and password: the leading arguments of the registry calls."""
-    release = settings.release
     return release.image_registry, release.image_repository, *registry_credentials(release)
 
 
@@ -72,7 +72,7 @@ def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
 
 def _delete_manifest(settings: Settings, digest: str) -> None:
     """Delete a manifest that never served; a failure here must not hide the one that led to it."""
-    registry, repository, user, password = _registry(settings)
+    registry, repository, user, password = _registry(settings.release)
     with contextlib.suppress(Exception):
         delete_manifest(registry, repository, digest, user, password)
 
@@ -82,9 +82,10 @@ def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made:
     locally (what a person finds with ``docker images``); returns the smoke test's summary. ``made`` gains the
     local references this made."""
     client = get_client(settings.release.docker_host)
-    by_digest, tag_ref = f"{remote(settings)}@{digest}", f"{remote(settings)}:{version}"
+    image = remote(settings.release)
+    by_digest, tag_ref = f"{image}@{digest}", f"{image}:{version}"
     present = local_image_id(client, by_digest) is not None
-    registry, repository, user, password = _registry(settings)
+    registry, repository, user, password = _registry(settings.release)
     with _step("pull"):
         ref = pull_by_digest(client, registry, repository, digest, user, password)
     if not present:
@@ -98,7 +99,7 @@ def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made:
     finally:
         cleanup_task(settings, running)
     if local_image_id(client, tag_ref) != local_image_id(client, by_digest):
-        client.images.get(by_digest).tag(remote(settings), tag=version)
+        client.images.get(by_digest).tag(image, tag=version)
         made.append(tag_ref)
     return smoke
 
@@ -116,7 +117,7 @@ def build_candidate(
     :class:`ReleaseFailed` naming the step."""
     build_id = build_id or uuid.uuid4().hex
     build_tag = f"build-{build_id[:16]}"
-    build_ref = f"{remote(settings)}:{build_tag}"
+    build_ref = f"{remote(settings.release)}:{build_tag}"
     bundle = load_bundle(context / "bundle")
     _reference(bundle, version)
     buildargs = {
@@ -143,7 +144,9 @@ def build_candidate(
             exc.facts["build_id"] = build_id
         raise
     _undo(settings, [build_ref])
-    return Candidate(version, digest, remote(settings), True, build_tag, build_id, smoke, bundle.meta.metrics)
+    return Candidate(
+        version, digest, remote(settings.release), True, build_tag, build_id, smoke, bundle.meta.metrics
+    )
 
 
 def discard_candidate(settings: Settings, candidate: Candidate) -> None:
@@ -164,7 +167,7 @@ def prepare_candidate(
     ``revision`` (None: never build, as for a rollback, which restores what served or nothing)."""
     holds = False
     if reuse_digest:  # whether the registry still holds that manifest
-        registry, repository, user, password = _registry(settings)
+        registry, repository, user, password = _registry(settings.release)
         with _step("registry check"):
             holds = tag_digest(registry, repository, reuse_digest, user, password) == reuse_digest
     if revision is None and not holds:
@@ -184,4 +187,5 @@ def prepare_candidate(
     except BaseException:
         _undo(settings, made)
         raise
-    return Candidate(version, reuse_digest, remote(settings), False, smoke=smoke, metrics=bundle.meta.metrics)
+    image = remote(settings.release)
+    return Candidate(version, reuse_digest, image, False, smoke=smoke, metrics=bundle.meta.metrics)

@@ -11,7 +11,7 @@ import logging
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import docker
 import docker.errors
@@ -31,13 +31,11 @@ class RunningContainer:
 
     container: Container
     name: str
-    image: str
     host_port: int
-    port_in_container: int
-    base_url: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.base_url = f"http://127.0.0.1:{self.host_port}"
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.host_port}"
 
     def logs(self, tail: int = 50) -> str:
         """The last ``tail`` lines of stdout+stderr ('' when the container is gone)."""
@@ -96,7 +94,7 @@ def run_container(
                 continue
             raise DeployStepError("run", f"engine could not start {image}: {exc.explanation or exc}") from exc
         logger.info("started %s (%s) on 127.0.0.1:%d", name, image, port)
-        return RunningContainer(container, name, image, port, port_in_container)
+        return RunningContainer(container, name, port)
     raise DeployStepError("run", f"no free port to publish {image}: {last_error}")
 
 
