@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tasks.release.registry_api import ImagePushError, registry_digest
+from tasks.release.engine import DeployStepError
+from tasks.release.registry_api import registry_digest
 from tasks.settings import get_settings
 
 USER, PASSWORD = "pipeline", "registry-secret"
@@ -108,7 +109,7 @@ def test_a_foreign_realm_is_refused_and_gets_no_credentials(
 ) -> None:
     registry, realm = servers
     registry.realm = f"http://{realm.host}/token"
-    with pytest.raises(ImagePushError) as caught:
+    with pytest.raises(DeployStepError) as caught:
         registry_digest(registry.host, "loan-risk", "1.0.0", USER, PASSWORD)
     message = str(caught.value)
     assert realm.host in message and "registry_allowed_realms" in message, message
@@ -123,7 +124,7 @@ def test_a_realm_on_another_port_of_the_same_host_is_foreign(
     registry, realm = servers
     allowed_realms("127.0.0.1")  # a host without a port is that host on the realm URL's default port only
     registry.realm = f"http://{realm.host}/token"
-    with pytest.raises(ImagePushError, match="registry_allowed_realms"):
+    with pytest.raises(DeployStepError, match="registry_allowed_realms"):
         registry_digest(registry.host, "loan-risk", "1.0.0", USER, PASSWORD)
     assert realm.seen == []
 
@@ -154,7 +155,7 @@ def test_without_credentials_a_foreign_realm_is_asked_anonymously(
     """Nothing to leak: an anonymous token request may go to any realm (public registries work so)."""
     registry, realm = servers
     registry.realm = f"http://{realm.host}/token"
-    with pytest.raises(ImagePushError, match="HTTP 401"):  # this realm hands no anonymous token
+    with pytest.raises(DeployStepError, match="HTTP 401"):  # this realm hands no anonymous token
         registry_digest(registry.host, "loan-risk", "1.0.0", None, None)
     assert realm.authorizations("/token") == [None]
 
@@ -194,7 +195,7 @@ def test_which_realm_hosts_are_trusted(realm: str, registry: str, allowed: list[
 def test_the_refusal_says_what_to_set(servers: tuple[Server, Server], allowed_realms: Any) -> None:
     registry, realm = servers
     registry.realm = f"http://{realm.host}/token"
-    with pytest.raises(ImagePushError) as caught:
+    with pytest.raises(DeployStepError) as caught:
         registry_digest(registry.host, "loan-risk", "1.0.0", USER, PASSWORD)
     assert f"""LOANRISK_REGISTRY_ALLOWED_REALMS='["{realm.host}"]'""" in str(caught.value)
     assert PASSWORD not in str(caught.value)

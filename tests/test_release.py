@@ -445,13 +445,13 @@ def test_one_digest_released_twice_gets_both_notes_on_one_github_release(
     first, again = _e("3", release_id="r1"), _e("3", "forced", release_id="r2", reason="INC-3: re-release v3")
     sha = "c" * 40
     publish_github_release(
-        s, tag, "loan-risk v3", "notes one " + release_marker(first), release_marker(first), sha
+        s.release, tag, "loan-risk v3", "notes one " + release_marker(first), release_marker(first), sha
     )
     publish_github_release(
-        s, tag, "loan-risk v3", "notes one " + release_marker(first), release_marker(first), sha
+        s.release, tag, "loan-risk v3", "notes one " + release_marker(first), release_marker(first), sha
     )
     publish_github_release(
-        s, tag, "loan-risk v3", "notes two " + release_marker(again), release_marker(again), sha
+        s.release, tag, "loan-risk v3", "notes two " + release_marker(again), release_marker(again), sha
     )
     (release,) = github.releases.values()
     assert tag == "loan-risk-v3-" + "ab" * 6 and release["target_commitish"] == sha

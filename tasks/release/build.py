@@ -40,22 +40,9 @@ OCI_REVISION = "org.opencontainers.image.revision"
 
 def image_labels(model_name: str, version: str, revision: str) -> dict[str, str]:
     """The labels the deploy flow puts on a serving image (the Dockerfile declares the same keys)."""
-    return {
-        OCI_TITLE: model_name,
-        OCI_VERSION: version,
-        OCI_REVISION: revision,
-        LABEL_MODEL_NAME: model_name,
-        LABEL_MODEL_VERSION: version,
-    }
-
-
-class ImageBuildError(DeployStepError):
-    """The image build failed; ``build_step`` is the Dockerfile step (``Step 3/5 : RUN ...``) that failed."""
-
-    def __init__(self, message: str, *, build_step: str | None = None, log_tail: list[str] | None = None):
-        super().__init__("build image", message)
-        self.build_step = build_step
-        self.log_tail = log_tail or []
+    values = (model_name, version, revision, model_name, version)
+    keys = (OCI_TITLE, OCI_VERSION, OCI_REVISION, LABEL_MODEL_NAME, LABEL_MODEL_VERSION)
+    return dict(zip(keys, values, strict=True))
 
 
 def _stream_lines(chunks: Iterable[dict[str, Any]], log: LogFn) -> Iterable[tuple[str, dict[str, Any]]]:
@@ -92,21 +79,16 @@ def build_image(
     dockerfile: str = "Dockerfile",
     build_id: str | None = None,
 ) -> str:
-    """Build ``context_dir`` and tag the result ``repository:<tag>`` for each tag; return the image id.
-
-    Tags are applied only after a successful build; raises :class:`ImageBuildError` naming the failing step.
-    """
-    client = client or get_client()
-    log = log or logger.info
-    build_id = build_id or uuid.uuid4().hex
+    """Build ``context_dir``, then tag the image ``repository:<tag>`` for each tag; returns the image id. A failure
+    raises :class:`DeployStepError` naming the failing Dockerfile step (``details``: build_step, log_tail)."""
+    client, log, build_id = client or get_client(), log or logger.info, build_id or uuid.uuid4().hex
+    if not (Path(context_dir) / dockerfile).is_file():
+        raise DeployStepError("build", f"no {dockerfile} in build context {context_dir}")
     step: str | None = None
     tail: deque[str] = deque(maxlen=30)
     step_images: list[str] = []
-    cached = False
-    built = False
+    cached = built = False
     image_id: str | None = None
-    if not (Path(context_dir) / dockerfile).is_file():
-        raise ImageBuildError(f"no {dockerfile} in build context {context_dir}")
     try:
         chunks = client.api.build(
             path=str(context_dir),
@@ -132,29 +114,26 @@ def build_image(
                         step_images.append(match.group(1))
                     cached = False
             if "error" in chunk or "errorDetail" in chunk:
-                error = (
-                    (chunk.get("errorDetail") or {}).get("message") or chunk.get("error") or "unknown error"
-                )
-                error = str(error).strip()
+                detail = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
+                error = str(detail or "unknown error").strip()
                 log(f"ERROR: {error}")
                 where = f"{step} failed: " if step else ""
-                raise ImageBuildError(f"{where}{error}", build_step=step, log_tail=list(tail))
+                raise DeployStepError("build", where + error, build_step=step, log_tail=list(tail))
             aux = chunk.get("aux")
             if isinstance(aux, dict) and aux.get("ID"):
                 image_id = aux["ID"]
         if not image_id:
-            raise ImageBuildError(
-                "the build stream ended without an image id", build_step=step, log_tail=list(tail)
+            raise DeployStepError(
+                "build", "the build stream ended without an image id", build_step=step, log_tail=list(tail)
             )
         image = client.images.get(image_id)
         for tag in tags:
             image.tag(repository, tag=tag)
             log(f"tagged {repository}:{tag}")
         built = True
-    except docker.errors.APIError as exc:
-        raise ImageBuildError(f"docker engine refused the build: {exc.explanation or exc}") from exc
-    except requests.RequestException as exc:
-        raise ImageBuildError(f"lost the docker engine during the build: {exc}") from exc
+    except (docker.errors.APIError, requests.RequestException) as exc:  # refused, or the engine was lost
+        why = getattr(exc, "explanation", None) or exc
+        raise DeployStepError("build", f"the docker engine refused or lost the build: {why}") from exc
     finally:
         remove_build_leftovers(client, build_id, step_images, log, failed=not built)
     return str(image.id)
@@ -169,9 +148,7 @@ def remove_build_leftovers(
     failed: bool = True,
 ) -> list[str]:
     """Remove the dangling images one build left, leaf first, never their parents; returns the removed ids.
-
-    Shared cache layers stay; after a failed build the images its own steps committed go too.
-    """
+    Shared cache layers stay; after a failed build the images its own steps committed go too."""
     log = log or logger.info
     prefixes = tuple(step_images) if failed else ()
     removed: list[str] = []
@@ -206,13 +183,15 @@ def git_commit() -> str:
     """The source commit of this checkout, for the image's labels: ``<sha>``, ``<sha>-dirty`` when files differ
     from it (changed or untracked, outside ignored paths), ``unknown`` outside git."""
     root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True
+        )
+        return done.stdout.strip()
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=30, check=True
-        ).stdout.strip()
+        sha, status = git("rev-parse", "HEAD"), git("status", "--porcelain")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}-dirty" if status else sha

@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tasks.release.engine import DeployStepError
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,17 +33,10 @@ COMPLETE_MARKER = ".complete"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".ruff_cache")
 
 
-class BuildContextError(RuntimeError):
-    """The build context could not be prepared (missing bundle, failed wheel download, ...)."""
-
-
 def requirements_hash(requirements: Path = REQUIREMENTS) -> str:
     """Hash of the requirement lines (comments and blank lines aside) and the target platform."""
-    lines = []
-    for line in requirements.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            lines.append(line.lower())
+    lines = [ln.split("#", 1)[0].strip().lower() for ln in requirements.read_text().splitlines()]
+    lines = [ln for ln in lines if ln]
     spec = "\n".join(sorted(lines)) + f"\npython={PYTHON_VERSION}\nplatforms={','.join(PLATFORMS)}\n"
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
@@ -55,19 +50,17 @@ def _pip_works(command: list[str]) -> bool:
 
 def pip_command(helper_dir: Path) -> list[str]:
     """A working pip: this interpreter's, else python3's on PATH, else one in a helper venv (ensurepip)."""
-    candidates = [[sys.executable, "-m", "pip"]]
-    python3 = shutil.which("python3")
-    if python3:
-        candidates.append([python3, "-m", "pip"])
-    for command in candidates:
-        if _pip_works(command):
-            return command
+    candidates = [[python, "-m", "pip"] for python in (sys.executable, shutil.which("python3")) if python]
+    if works := next((command for command in candidates if _pip_works(command)), None):
+        return works
     venv_python = helper_dir / "bin" / "python"
     if not venv_python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(helper_dir)], check=True, capture_output=True)
     command = [str(venv_python), "-m", "pip"]
     if not _pip_works(command):
-        raise BuildContextError(f"no working pip found (tried {candidates} and a venv in {helper_dir})")
+        raise DeployStepError(
+            "export", f"no working pip found (tried {candidates} and a venv in {helper_dir})"
+        )
     return command
 
 
@@ -97,7 +90,9 @@ def _download(cache: Path, target: Path, requirements: Path) -> Path:
         logger.info("downloading serving wheels into %s", target)
         proc = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
-            raise BuildContextError(f"pip download failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            raise DeployStepError(
+                "export", f"pip download failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
         wheels = sorted(p.name for p in partial.glob("*.whl"))
         (partial / COMPLETE_MARKER).write_text("\n".join(wheels) + "\n")
         if target.exists():  # another process finished first
@@ -122,7 +117,7 @@ def prepare_build_context(bundle_dir: str | Path, out_dir: str | Path, wheel_cac
     """Lay out a fresh build context in ``out_dir`` (emptied first) and return it."""
     bundle = Path(bundle_dir)
     if not (bundle / "model.cbm").is_file() or not (bundle / "bundle.json").is_file():
-        raise BuildContextError(f"{bundle} is not a model bundle (needs model.cbm and bundle.json)")
+        raise DeployStepError("export", f"{bundle} is not a model bundle (needs model.cbm and bundle.json)")
     wheels = download_wheels(wheel_cache_dir)
     out = Path(out_dir)
     if out.exists():

@@ -7,22 +7,24 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from serving.bundle import Bundle, load_bundle
 from tasks.common import run_logger
-from tasks.errors import PermanentError
+from tasks.errors import LoanRiskError
 from tasks.registry import versions
 from tasks.release.build import build_task, image_labels
 from tasks.release.container import cleanup_task, run_task
-from tasks.release.engine import DeployStepError, get_client, local_image_id, remove_local_images
+from tasks.release.engine import get_client, local_image_id, remove_local_images
 from tasks.release.ledger import ReleaseFailed
 from tasks.release.push import pull_by_digest, push_task
 from tasks.release.registry_api import delete_manifest, registry_credentials, tag_digest
 from tasks.release.smoke import smoke_task
 from tasks.settings import Settings
+from tasks.settings.sections import ReleaseSettings
 
 
 @dataclass
@@ -39,13 +41,26 @@ class Candidate:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def remote(settings: Settings) -> str:
-    return f"{settings.release.image_registry}/{settings.release.image_repository}"
+def remote(release: ReleaseSettings) -> str:
+    return f"{release.image_registry}/{release.image_repository}"
 
 
-def _failed(step: str, exc: BaseException) -> ReleaseFailed:
-    cause = str(exc) if isinstance(exc, DeployStepError | PermanentError) else f"{type(exc).__name__}: {exc}"
-    return ReleaseFailed(step, cause, "no")
+@contextlib.contextmanager
+def _step(step: str) -> Iterator[None]:
+    """The one place where a candidate step's failure becomes :class:`ReleaseFailed` naming the step (before the
+    commit point: nothing changed); the flow boundary lets it through as it is."""
+    try:
+        yield
+    except ReleaseFailed:
+        raise
+    except Exception as exc:
+        cause = str(exc) if isinstance(exc, LoanRiskError) else f"{type(exc).__name__}: {exc}"
+        raise ReleaseFailed(step, cause, "no") from exc
+
+
+def _registry(release: ReleaseSettings) -> tuple[str, str, str | None, str | None]:
+    """Registry, repository, user and password: the leading arguments of the registry calls."""
+    return release.image_registry, release.image_repository, *registry_credentials(release)
 
 
 def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
@@ -55,66 +70,42 @@ def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
     return reference
 
 
-def _smoke(settings: Settings, image_ref: str, version: str, bundle: Bundle) -> dict[str, Any]:
-    """Run the image, smoke-test it against the bundle's reference; the container is always removed."""
-    reference = _reference(bundle, version)
-    running = None
-    try:
-        try:
-            running = run_task(settings, image_ref)
-        except Exception as exc:
-            raise _failed("run", exc) from exc
-        try:
-            return smoke_task(settings, running.base_url, version, reference)
-        except Exception as exc:
-            raise _failed("smoke-test", exc) from exc
-    finally:
-        cleanup_task(settings, running)
+def _delete_manifest(settings: Settings, digest: str) -> None:
+    """Delete a manifest that never served; a failure here must not hide the one that led to it."""
+    registry, repository, user, password = _registry(settings.release)
+    with contextlib.suppress(Exception):
+        delete_manifest(registry, repository, digest, user, password)
 
 
-def registry_holds(settings: Settings, digest: str | None) -> bool:
-    """Whether the registry still holds the manifest ``digest``."""
-    if not digest:
-        return False
-    user, password = registry_credentials(settings)
-    try:
-        return (
-            tag_digest(
-                settings.release.image_registry, settings.release.image_repository, digest, user, password
-            )
-            == digest
-        )
-    except DeployStepError as exc:
-        raise _failed("registry check", exc) from exc
-
-
-def _pull_and_smoke(settings: Settings, version: str, digest: str, bundle: Bundle, made: list[str]) -> dict:
-    user, password = registry_credentials(settings)
+def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made: list[str]) -> dict:
+    """Pull ``digest`` back, run it, smoke-test it against the bundle's reference, and tag it ``repository:version``
+    locally (what a person finds with ``docker images``); returns the smoke test's summary. ``made`` gains the
+    local references this made."""
     client = get_client(settings.release.docker_host)
-    by_digest = f"{remote(settings)}@{digest}"
+    image = remote(settings.release)
+    by_digest, tag_ref = f"{image}@{digest}", f"{image}:{version}"
     present = local_image_id(client, by_digest) is not None
-    try:
-        ref = pull_by_digest(
-            client, settings.release.image_registry, settings.release.image_repository, digest, user, password
-        )
-    except DeployStepError as exc:
-        raise _failed("pull", exc) from exc
+    registry, repository, user, password = _registry(settings.release)
+    with _step("pull"):
+        ref = pull_by_digest(client, registry, repository, digest, user, password)
     if not present:
         made.append(by_digest)
-    return _smoke(settings, ref, version, bundle)
-
-
-def _tag_locally(settings: Settings, digest: str, version: str, made: list[str]) -> None:
-    """The local ``repository:version`` tag names the tested image (what a person finds with ``docker images``)."""
-    client = get_client(settings.release.docker_host)
-    tag_ref = f"{remote(settings)}:{version}"
-    if local_image_id(client, tag_ref) != local_image_id(client, f"{remote(settings)}@{digest}"):
-        client.images.get(f"{remote(settings)}@{digest}").tag(remote(settings), tag=version)
+    reference, running = _reference(bundle, version), None
+    try:  # the container is always removed
+        with _step("run"):
+            running = run_task(settings, ref)
+        with _step("smoke-test"):
+            smoke = smoke_task(settings, running.base_url, version, reference)
+    finally:
+        cleanup_task(settings, running)
+    if local_image_id(client, tag_ref) != local_image_id(client, by_digest):
+        client.images.get(by_digest).tag(image, tag=version)
         made.append(tag_ref)
+    return smoke
 
 
 def _undo(settings: Settings, made: list[str]) -> None:
-    if made:
+    if made:  # no client (the engine may be what failed) when there is nothing to remove
         remove_local_images(get_client(settings.release.docker_host), made, run_logger().warning)
 
 
@@ -126,7 +117,7 @@ def build_candidate(
     :class:`ReleaseFailed` naming the step."""
     build_id = build_id or uuid.uuid4().hex
     build_tag = f"build-{build_id[:16]}"
-    build_ref = f"{remote(settings)}:{build_tag}"
+    build_ref = f"{remote(settings.release)}:{build_tag}"
     bundle = load_bundle(context / "bundle")
     _reference(bundle, version)
     buildargs = {
@@ -135,72 +126,38 @@ def build_candidate(
         "MODEL_VERSION": version,
         "GIT_COMMIT": revision,
     }
+    labels = image_labels(settings.registry.model_name, version, revision)
     made: list[str] = []
     digest = ""
     try:
-        try:
-            build_task(
-                settings,
-                context,
-                build_ref,
-                buildargs,
-                image_labels(settings.registry.model_name, version, revision),
-                build_id,
-            )
-        except Exception as exc:
-            raise _failed("build", exc) from exc
+        with _step("build"):
+            build_task(settings, context, build_ref, buildargs, labels, build_id)
         made.append(build_ref)
-        try:
+        with _step("push"):
             digest = push_task(settings, build_ref, [build_tag])
-        except Exception as exc:
-            raise _failed("push", exc) from exc
-        smoke = _pull_and_smoke(settings, version, digest, bundle, made)
-        _tag_locally(settings, digest, version, made)
+        smoke = _tested(settings, version, digest, bundle, made)
     except BaseException as exc:
         if digest:
-            user, password = registry_credentials(settings)
-            with contextlib.suppress(Exception):
-                delete_manifest(
-                    settings.release.image_registry, settings.release.image_repository, digest, user, password
-                )
+            _delete_manifest(settings, digest)
         _undo(settings, made)
         if isinstance(exc, ReleaseFailed):
             exc.facts["build_id"] = build_id
         raise
-    remove_local_images(get_client(settings.release.docker_host), [build_ref], run_logger().warning)
-    return Candidate(version, digest, remote(settings), True, build_tag, build_id, smoke, bundle.meta.metrics)
+    _undo(settings, [build_ref])
+    return Candidate(
+        version, digest, remote(settings.release), True, build_tag, build_id, smoke, bundle.meta.metrics
+    )
 
 
 def discard_candidate(settings: Settings, candidate: Candidate) -> None:
     """A candidate whose commit was refused (it never served): its build's manifest and its local images go."""
     client = get_client(settings.release.docker_host)
     if candidate.built:
-        user, password = registry_credentials(settings)
-        with contextlib.suppress(Exception):
-            delete_manifest(
-                settings.release.image_registry,
-                settings.release.image_repository,
-                candidate.digest,
-                user,
-                password,
-            )
+        _delete_manifest(settings, candidate.digest)
     refs = [f"{candidate.image}:{candidate.version}"] + (
         [f"{candidate.image}@{candidate.digest}"] if candidate.built else []
     )
     remove_local_images(client, [r for r in refs if local_image_id(client, r)], run_logger().warning)
-
-
-def verify_candidate(settings: Settings, version: str, digest: str, bundle_dir: Path) -> Candidate:
-    """The version's image that the registry holds at ``digest``, pulled by digest and smoke-tested again."""
-    bundle = load_bundle(bundle_dir)
-    made: list[str] = []
-    try:
-        smoke = _pull_and_smoke(settings, version, digest, bundle, made)
-        _tag_locally(settings, digest, version, made)
-    except BaseException:
-        _undo(settings, made)
-        raise
-    return Candidate(version, digest, remote(settings), False, smoke=smoke, metrics=bundle.meta.metrics)
 
 
 def prepare_candidate(
@@ -208,20 +165,27 @@ def prepare_candidate(
 ) -> Candidate:
     """The tested image of ``version``: ``reuse_digest`` when the registry still holds it, else a new build from
     ``revision`` (None: never build, as for a rollback, which restores what served or nothing)."""
-    holds = bool(reuse_digest) and registry_holds(settings, reuse_digest)
+    holds = False
+    if reuse_digest:  # whether the registry still holds that manifest
+        registry, repository, user, password = _registry(settings.release)
+        with _step("registry check"):
+            holds = tag_digest(registry, repository, reuse_digest, user, password) == reuse_digest
     if revision is None and not holds:
         raise ReleaseFailed(
             "pull", f"the registry no longer holds {reuse_digest or 'an image'} of v{version}"
         )
-    if holds:
-        run_logger().info("the registry holds v%s's tested image %s: no build", version, reuse_digest)
-        try:
-            bundle_dir = versions.download_bundle(settings, version, workdir / "bundle")
-        except Exception as exc:
-            raise _failed("export", exc) from exc
-        return verify_candidate(settings, version, reuse_digest, bundle_dir)
+    if not holds:
+        with _step("export"):
+            context = versions.export_task(settings, version, workdir / "context")
+        return build_candidate(settings, version, context, revision)
+    run_logger().info("the registry holds v%s's tested image %s: no build", version, reuse_digest)
+    with _step("export"):
+        bundle = load_bundle(versions.download_bundle(settings, version, workdir / "bundle"))
+    made: list[str] = []
     try:
-        context = versions.export_task(settings, version, workdir / "context")
-    except Exception as exc:
-        raise _failed("export", exc) from exc
-    return build_candidate(settings, version, context, revision)
+        smoke = _tested(settings, version, reuse_digest, bundle, made)
+    except BaseException:
+        _undo(settings, made)
+        raise
+    image = remote(settings.release)
+    return Candidate(version, reuse_digest, image, False, smoke=smoke, metrics=bundle.meta.metrics)

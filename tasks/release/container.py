@@ -1,17 +1,17 @@
 """Run an image as a local container on a free port, wait for its health check, and remove it.
 
 The smoke test (:mod:`tasks.release.smoke`) talks to the container these steps start; a container that dies
-or never answers fails with :class:`ContainerStartError` carrying its last log lines and exit status.
+or never answers fails with :class:`DeployStepError` (step ``run``) carrying its last log lines and exit status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import docker
 import docker.errors
@@ -25,28 +25,17 @@ from tasks.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-class ContainerStartError(DeployStepError):
-    """The container did not start or never answered its health check."""
-
-    def __init__(self, message: str, *, logs: str = "", exit_status: int | None = None) -> None:
-        super().__init__("run", message)
-        self.logs = logs
-        self.exit_status = exit_status
-
-
 @dataclass
 class RunningContainer:
     """A started container, published on ``127.0.0.1:host_port``. Usable as a context manager (removes it)."""
 
     container: Container
     name: str
-    image: str
     host_port: int
-    port_in_container: int
-    base_url: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.base_url = f"http://127.0.0.1:{self.host_port}"
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.host_port}"
 
     def logs(self, tail: int = 50) -> str:
         """The last ``tail`` lines of stdout+stderr ('' when the container is gone)."""
@@ -59,15 +48,7 @@ class RunningContainer:
         remove_container(self)
 
 
-def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _container_logs(container: Container, tail: int = 50) -> str:
-    """Last lines of a container's output; never raises."""
     try:
         return container.logs(stdout=True, stderr=True, tail=tail).decode("utf-8", errors="replace")
     except docker.errors.APIError:
@@ -83,14 +64,14 @@ def run_container(
     command: str | list[str] | None = None,
     client: docker.DockerClient | None = None,
 ) -> RunningContainer:
-    """Start ``image`` detached, publishing ``port_in_container`` on a free port of 127.0.0.1.
-
-    Raises :class:`ContainerStartError` when the engine cannot create or start it (nothing is left behind).
-    """
+    """Start ``image`` detached, publishing ``port_in_container`` on a free port of 127.0.0.1; raises
+    :class:`DeployStepError` when the engine cannot create or start it (nothing is left behind)."""
     client = client or get_client()
     last_error: Exception | None = None
     for _attempt in range(3):  # a picked port can be taken before the engine binds it
-        port = _free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
         name = f"{name_prefix}-{uuid.uuid4().hex[:10]}"
         try:
             # create + start rather than containers.run, which would try to pull a missing image.
@@ -104,27 +85,20 @@ def run_container(
             )
             container.start()
         except docker.errors.ImageNotFound as exc:
-            raise ContainerStartError(f"image {image} not found: {exc.explanation or exc}") from exc
+            raise DeployStepError("run", f"image {image} not found: {exc.explanation or exc}") from exc
         except docker.errors.APIError as exc:
             last_error = exc
-            _remove_by_name(client, name)
+            with contextlib.suppress(docker.errors.APIError):  # the half-created container, if any
+                client.containers.get(name).remove(force=True)
             if "already allocated" in str(exc) or "address already in use" in str(exc):
                 continue
-            raise ContainerStartError(f"engine could not start {image}: {exc.explanation or exc}") from exc
+            raise DeployStepError("run", f"engine could not start {image}: {exc.explanation or exc}") from exc
         logger.info("started %s (%s) on 127.0.0.1:%d", name, image, port)
-        return RunningContainer(container, name, image, port, port_in_container)
-    raise ContainerStartError(f"no free port to publish {image}: {last_error}")
+        return RunningContainer(container, name, port)
+    raise DeployStepError("run", f"no free port to publish {image}: {last_error}")
 
 
-def _remove_by_name(client: docker.DockerClient, name: str) -> None:
-    """Remove a half-created container by name, if any."""
-    try:
-        client.containers.get(name).remove(force=True)
-    except docker.errors.APIError:
-        pass
-
-
-def _exit_state(container: Container) -> dict[str, Any] | None:
+def _exit_state(container: Container) -> dict | None:
     """The container's State when it is no longer running, else None (also None when it cannot be read)."""
     try:
         container.reload()
@@ -144,11 +118,8 @@ def wait_healthy(
     container: Container | RunningContainer | None = None,
     interval_s: float = 0.5,
 ) -> None:
-    """Poll ``base_url + path`` until it answers 200.
-
-    With ``container`` given, stops at once when it dies. Raises :class:`ContainerStartError` with the
-    last 50 log lines and, when it died, the exit status.
-    """
+    """Poll ``base_url + path`` until it answers 200, stopping at once when ``container`` dies. Raises
+    :class:`DeployStepError` with its last 50 log lines and exit status (``details``: logs, exit_status)."""
     if isinstance(container, RunningContainer):
         container = container.container
     url = base_url.rstrip("/") + path
@@ -165,24 +136,18 @@ def wait_healthy(
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             state = _exit_state(container) if container is not None else None
-            if state is not None:
+            if state is None and time.monotonic() < deadline:
+                time.sleep(interval_s)
+                continue
+            logs = _container_logs(container) if container is not None else ""
+            if state is None:
+                why, code = f"{url} not healthy after {timeout_s:.0f}s ({last})", None
+            else:
                 code = state.get("ExitCode")
-                extra = f", error: {state['Error']}" if state.get("Error") else ""
-                extra += ", OOM-killed" if state.get("OOMKilled") else ""
-                logs = _container_logs(container)
-                raise ContainerStartError(
-                    f"container {state.get('Status')} with exit status {code}{extra} before {url} "
-                    f"answered; last 50 log lines:\n{logs}",
-                    logs=logs,
-                    exit_status=code,
-                )
-            if time.monotonic() >= deadline:
-                logs = _container_logs(container) if container is not None else ""
-                raise ContainerStartError(
-                    f"{url} not healthy after {timeout_s:.0f}s ({last}); last 50 log lines:\n{logs}",
-                    logs=logs,
-                )
-            time.sleep(interval_s)
+                why = f"container {state.get('Status')} with exit status {code}"
+                why += f", error: {state['Error']}" if state.get("Error") else ""
+                why += f"{', OOM-killed' if state.get('OOMKilled') else ''} before {url} answered"
+            raise DeployStepError("run", f"{why}; last 50 log lines:\n{logs}", logs=logs, exit_status=code)
 
 
 def remove_container(container: Container | RunningContainer) -> None:
@@ -195,9 +160,8 @@ def remove_container(container: Container | RunningContainer) -> None:
     except docker.errors.NotFound:
         pass
     except docker.errors.APIError as exc:
-        if exc.status_code == 409 and "already in progress" in str(exc):
-            return
-        raise
+        if exc.status_code != 409 or "already in progress" not in str(exc):
+            raise
 
 
 @stage("run-image", max_retries=0)

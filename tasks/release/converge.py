@@ -5,6 +5,7 @@ Each step (champion alias, version tags, image tags, release notes, history arti
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from serving.bundle import CARD_HTML, load_bundle
 from tasks.common import run_logger, stage
+from tasks.errors import PermanentError
 from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.release.github import github_tag, publish_github_release
@@ -57,86 +59,52 @@ def _set_changed(settings: Settings, version: str, tags: dict[str, str]) -> None
 
 def version_facts(settings: Settings, entries: list[Entry]) -> None:
     """The head's release and every rollback's mark, as tags on the versions they concern."""
-    top = entries[-1]
-    _set_changed(
-        settings,
-        top.version,
-        {
-            "release.seq": str(top.seq),
-            "release.digest": top.digest,
-            "release.image": top.image,
-            "release.at": top.at,
-            "release.kind": top.kind,
-            "release.by": top.by,
-            "release.reason": top.reason,
-            "release.replaced": top.from_version,
-        },
-    )
-    left = rolled_back_versions(entries)
+    top, left = entries[-1], rolled_back_versions(entries)
+    facts = {
+        f"release.{k}": str(getattr(top, k)) for k in ("seq", "digest", "image", "at", "kind", "by", "reason")
+    }
+    _set_changed(settings, top.version, {**facts, "release.replaced": top.from_version})
     for e in entries:
         if e.kind == "rollback" and e.from_version:
-            _set_changed(
-                settings,
-                e.from_version,
-                {
-                    "release.rolled_back": "true" if e.from_version in left else "false",
-                    "release.rolled_back_at": e.at,
-                    "release.rolled_back_to": e.version,
-                    "release.rolled_back_by": e.by,
-                },
-            )
+            marks = {"": str(e.from_version in left).lower(), "_at": e.at, "_to": e.version, "_by": e.by}
+            _set_changed(settings, e.from_version, {f"release.rolled_back{k}": v for k, v in marks.items()})
 
 
-def _retag(settings: Settings, tag: str, digest: str, *, never_move: bool) -> str:
-    user, password = registry_credentials(settings)
-    held = tag_digest(settings.release.image_registry, settings.release.image_repository, tag, user, password)
+def _retag(settings: Settings, tag: str, digest: str, never_move: bool) -> str:
+    """The image tag ``tag`` names ``digest`` in the registry: ``exists``, ``created`` or ``moved``."""
+    registry, repository = settings.release.image_registry, settings.release.image_repository
+    user, password = registry_credentials(settings.release)
+    held = tag_digest(registry, repository, tag, user, password)
     if held == digest:
         return "exists"
     if held is not None and never_move:
-        raise ReleaseFailed(
-            "converge",
+        raise PermanentError(
             f"image tag :{tag} names {held}, not the released {digest}: a version tag never moves; "
-            f"this release is known by its digest",
-            "yes",
+            "this release is known by its digest"
         )
-    registry_retag(
-        settings.release.image_registry, settings.release.image_repository, digest, tag, user, password
-    )
+    registry_retag(registry, repository, digest, tag, user, password)
     return "moved" if held else "created"
 
 
 def notes_for(settings: Settings, entry: Entry) -> str:
     """The head's release notes (its bundle gives metrics, data and card; the replaced version's tags, its own)."""
+    name = settings.registry.model_name
     with tempfile.TemporaryDirectory(prefix="loan-risk-notes-") as tmp:
         bundle = load_bundle(versions.download_bundle(settings, entry.version, Path(tmp) / "bundle"))
-        previous: dict[str, float] = {}
-        if entry.from_version:
-            tags = versions.get_version(settings, entry.from_version).tags or {}
-            previous = {k: float(v) for k, v in tags.items() if k.startswith("test_") and _is_float(v)}
-        card = card_link(
-            settings.registry.model_name, entry.version, (bundle.directory / CARD_HTML).is_file()
-        )
+        metrics = bundle.meta.metrics
+        tags = versions.get_version(settings, entry.from_version).tags or {} if entry.from_version else {}
+        previous = {k: f for k, v in tags.items() if k.startswith("test_") and (f := _number(v)) is not None}
+        card = card_link(name, entry.version, (bundle.directory / CARD_HTML).is_file())
         _set_changed(
-            settings,
-            entry.version,
-            {k: f"{v:.6f}" for k, v in bundle.meta.metrics.items() if k.startswith("test_")},
+            settings, entry.version, {k: f"{v:.6f}" for k, v in metrics.items() if k.startswith("test_")}
         )
-        return release_notes(
-            settings.registry.model_name,
-            entry,
-            bundle.meta.metrics,
-            previous,
-            bundle.meta.data_fingerprint,
-            card,
-        )
+        return release_notes(name, entry, metrics, previous, bundle.meta.data_fingerprint, card)
 
 
-def _is_float(v: str) -> bool:
-    try:
-        float(v)
-    except (TypeError, ValueError):
-        return False
-    return True
+def _number(v: str) -> float | None:
+    with contextlib.suppress(TypeError, ValueError):
+        return float(v)
+    return None
 
 
 def _artifacts(key: str) -> list[Any]:
@@ -155,32 +123,21 @@ def publish_notes(settings: Settings, entry: Entry) -> str:
 
     key = notes_artifact_key(settings.registry.model_name, entry.version, entry.digest)
     marker = release_marker(entry)
-    found = _artifacts(key)
-    written = next((str(a.data) for a in found if marker in str(a.data or "")), None)
-    if written is not None:
+    if written := next((str(a.data) for a in _artifacts(key) if marker in str(a.data or "")), None):
         return written
     notes = notes_for(settings, entry)
-    create_markdown_artifact(
-        key=key,
-        markdown=notes,
-        description=f"{settings.registry.model_name} v{entry.version} ({entry.kind}, ledger entry {entry.seq})",
-    )
+    about = f"{settings.registry.model_name} v{entry.version} ({entry.kind}, ledger entry {entry.seq})"
+    create_markdown_artifact(key=key, markdown=notes, description=about)
     return notes
 
 
 def publish_github(settings: Settings, entry: Entry, notes: str) -> str | None:
     """The GitHub release of the head's digest holds its notes; its tag is made at the image's source commit."""
-    if not (settings.release.github_token and settings.release.github_repository):
-        return None
-    commit = entry.commit.removesuffix("-dirty")
+    commit, name = entry.commit.removesuffix("-dirty"), settings.registry.model_name
     target = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
+    tag = github_tag(name, entry.version, entry.digest)
     release = publish_github_release(
-        settings,
-        github_tag(settings.registry.model_name, entry.version, entry.digest),
-        f"{settings.registry.model_name} v{entry.version}",
-        notes,
-        release_marker(entry),
-        target,
+        settings.release, tag, f"{name} v{entry.version}", notes, release_marker(entry), target
     )
     return (release or {}).get("html_url")
 
@@ -193,8 +150,7 @@ def history_artifact(settings: Settings, entries: list[Entry]) -> str:
     description = (
         f"{settings.registry.model_name}: every champion change, through ledger entry {entries[-1].seq}"
     )
-    found = _artifacts(key)
-    if not any(a.description == description for a in found):
+    if not any(a.description == description for a in _artifacts(key)):
         create_table_artifact(key=key, table=history_rows(entries), description=description)
     return key
 
@@ -248,51 +204,18 @@ def converge(settings: Settings, committed: Committed = "yes") -> dict[str, Any]
     return done
 
 
-# --- stages: each step retried on its own (each looks before it writes) ------------------------------------
-@stage("converge-champion")
-def alias_task(settings: Settings) -> Entry | None:
-    """Stage: ``champion`` names the ledger's head."""
-    return converge_alias(settings)
-
-
-@stage("ledger-head")
-def newest_task(settings: Settings) -> int:
-    """Stage: the ledger's newest entry now (another release may have committed during this converge)."""
+def _ledger_seq(settings: Settings) -> int:
+    """The ledger's newest entry now (another release may have committed during this converge)."""
     top = head(settings)
     return top.seq if top is not None else 0
 
 
-@stage("version-facts")
-def facts_task(settings: Settings, entries: list[Entry]) -> None:
-    """Stage: the versions carry the ledger's facts."""
-    version_facts(settings, entries)
-
-
-@stage("version-tag")
-def version_tag_task(settings: Settings, tag: str, digest: str, never_move: bool) -> str:
-    """Stage: the image tag ``tag`` names ``digest`` (a version tag is made once and never moved)."""
-    return _retag(settings, tag, digest, never_move=never_move)
-
-
-@stage("tag-latest")
-def latest_task(settings: Settings, tag: str, digest: str, never_move: bool) -> str:
-    """Stage: ``latest`` names the champion's digest (what the live service runs)."""
-    return _retag(settings, tag, digest, never_move=never_move)
-
-
-@stage("release-notes")
-def notes_task(settings: Settings, entry: Entry) -> str:
-    """Stage: the head's release notes, a Prefect artifact keyed by digest (returns the notes)."""
-    return publish_notes(settings, entry)
-
-
-@stage("github-release")
-def github_task(settings: Settings, entry: Entry, notes: str) -> str | None:
-    """Stage: the GitHub release of the head's digest, at its source commit."""
-    return publish_github(settings, entry, notes)
-
-
-@stage("release-history")
-def history_task(settings: Settings, entries: list[Entry]) -> str:
-    """Stage: the audit trail as a Prefect table artifact."""
-    return history_artifact(settings, entries)
+# the stages: each step retried on its own (each looks before it writes)
+alias_task = stage("converge-champion")(converge_alias)
+newest_task = stage("ledger-head")(_ledger_seq)
+facts_task = stage("version-facts")(version_facts)
+version_tag_task = stage("version-tag")(_retag)  # a version tag is made once and never moved
+latest_task = stage("tag-latest")(_retag)  # what the live service runs
+notes_task = stage("release-notes")(publish_notes)
+github_task = stage("github-release")(publish_github)
+history_task = stage("release-history")(history_artifact)

@@ -1,33 +1,35 @@
 """The Docker engine the release steps share: the client, local image references, and :class:`DeployStepError`,
-which every Docker or registry step's failure subclasses (its text names the step, so a failed run says where)."""
+the one error of a Docker or registry step (its ``step`` is the deploy step that failed)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import docker
 import docker.errors
+
+from tasks.errors import TransientError
 
 logger = logging.getLogger(__name__)
 
 LogFn = Callable[[str], None]
 
 
-class DeployStepError(RuntimeError):
-    """A deploy step failed; ``str()`` starts with the step name."""
+class DeployStepError(TransientError):
+    """A deploy step (``build``, ``run``, ``push``, ``pull``, ``export``, ...) failed; ``str()`` starts with
+    ``[step]``. Transient: the step's stage retries it as its ``max_retries`` says (an engine or registry
+    hiccup); ``details`` holds what the step saw (build log tail, container logs and exit status)."""
 
-    def __init__(self, step: str, message: str) -> None:
+    def __init__(self, step: str, message: str, **details: Any) -> None:
         super().__init__(f"[{step}] {message}")
-        self.step = step
-        self.message = message
+        self.step, self.message, self.details = step, message, details
 
 
 def get_client(docker_host: str | None = None, timeout_s: int = 900) -> docker.DockerClient:
-    """A Docker client for ``docker_host`` (``unix://...``, ``tcp://...``), else from DOCKER_HOST/the default socket.
-
-    The long timeout covers build steps that print nothing for minutes.
-    """
+    """A Docker client for ``docker_host``, else from DOCKER_HOST or the default socket (the long timeout covers
+    build steps that print nothing for minutes)."""
     if docker_host:
         return docker.DockerClient(base_url=docker_host, version="auto", timeout=timeout_s)
     return docker.from_env(timeout=timeout_s)

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tasks.errors import PermanentError, TransientError
-from tasks.settings import Settings
+from tasks.settings.sections import ReleaseSettings
 
 
 class GitHubReleaseError(PermanentError):
@@ -22,9 +22,10 @@ class GitHubUnavailable(TransientError):
 
 
 def _github(
-    method: str, url: str, token: str, timeout: float, body: dict[str, Any] | None = None
+    method: str, url: str, token: str, timeout: float, what: str, body: dict | None = None, allow: int = 0
 ) -> httpx.Response:
-    """One GitHub REST call; no answer, 5xx or 429 raise :class:`GitHubUnavailable` (retried)."""
+    """One GitHub REST call about the release ``what``; no answer, 5xx or 429 raise :class:`GitHubUnavailable`
+    (retried), any other answer but 2xx or ``allow`` raises :class:`GitHubReleaseError`."""
     headers = {
         "Authorization": f"Bearer {token}",
         "Accept": "application/vnd.github+json",
@@ -36,6 +37,8 @@ def _github(
         raise GitHubUnavailable(f"GitHub {method} {url}: {type(exc).__name__}: {exc}") from exc
     if response.status_code >= 500 or response.status_code == 429:
         raise GitHubUnavailable(f"GitHub {method} {url}: HTTP {response.status_code} {response.text[:300]}")
+    if response.status_code >= 300 and response.status_code != allow:
+        raise GitHubReleaseError(f"GitHub release {what}: HTTP {response.status_code} {response.text[:300]}")
     return response
 
 
@@ -44,14 +47,8 @@ def find_github_release(
 ) -> dict[str, Any] | None:
     """The GitHub release of ``tag`` (``GET /repos/{repo}/releases/tags/{tag}``), or None when there is none."""
     url = f"{api_url.rstrip('/')}/repos/{repository}/releases/tags/{tag}"
-    response = _github("GET", url, token, timeout)
-    if response.status_code == 404:
-        return None
-    if response.status_code != 200:
-        raise GitHubReleaseError(
-            f"GitHub release {tag!r} on {repository}: HTTP {response.status_code} {response.text[:300]}"
-        )
-    return response.json()
+    response = _github("GET", url, token, timeout, f"{tag!r} on {repository}", allow=404)
+    return None if response.status_code == 404 else response.json()
 
 
 def create_github_release(
@@ -75,26 +72,14 @@ def create_github_release(
     }
     if target_commitish:
         payload["target_commitish"] = target_commitish
-    response = _github("POST", f"{api_url.rstrip('/')}/repos/{repository}/releases", token, timeout, payload)
-    if response.status_code == 422 and "already_exists" in response.text:
-        found = find_github_release(api_url, repository, token, tag, timeout)
-        if found is not None:
-            return found
-    if response.status_code >= 300:
-        raise GitHubReleaseError(
-            f"GitHub release {tag!r} on {repository}: HTTP {response.status_code} {response.text[:300]}"
-        )
-    return response.json()
-
-
-def edit_github_release_body(
-    api_url: str, repository: str, token: str, release_id: int, body: str, timeout: float = 30.0
-) -> dict[str, Any]:
-    """Replace the body of release ``release_id`` (``PATCH /repos/{repo}/releases/{id}``)."""
-    url = f"{api_url.rstrip('/')}/repos/{repository}/releases/{release_id}"
-    response = _github("PATCH", url, token, timeout, {"body": body})
-    if response.status_code != 200:
-        raise GitHubReleaseError(f"GitHub release {release_id} on {repository}: HTTP {response.status_code}")
+    url, what = f"{api_url.rstrip('/')}/repos/{repository}/releases", f"{tag!r} on {repository}"
+    response = _github("POST", url, token, timeout, what, payload, allow=422)
+    if response.status_code == 422:
+        exists = "already_exists" in response.text
+        found = find_github_release(api_url, repository, token, tag, timeout) if exists else None
+        if found is None:
+            raise GitHubReleaseError(f"GitHub release {what}: HTTP 422 {response.text[:300]}")
+        return found
     return response.json()
 
 
@@ -104,21 +89,23 @@ def github_tag(model_name: str, version: str, digest: str) -> str:
 
 
 def publish_github_release(
-    settings: Settings, tag: str, name: str, notes: str, marker: str, target_commitish: str | None
+    release: ReleaseSettings, tag: str, name: str, notes: str, marker: str, target_commitish: str | None
 ) -> dict[str, Any] | None:
     """The GitHub release ``tag`` holds ``notes``: created (at the image's source commit) unless it exists; an
     existing one whose body lacks ``marker`` (another release of the same digest) gets ``notes`` added. None when
     no token and repository are configured. ``created`` says whether this call created it."""
-    if not (settings.release.github_token and settings.release.github_repository):
+    if not (release.github_token and release.github_repository):
         return None
-    api, repo = settings.release.github_api_url, settings.release.github_repository
-    token = settings.release.github_token.get_secret_value()
+    api, repo = release.github_api_url, release.github_repository
+    token = release.github_token.get_secret_value()
     found = find_github_release(api, repo, token, tag)
     if found is None:
-        created = create_github_release(api, repo, token, tag, name, notes, target_commitish)
-        return {**created, "created": True}
-    if marker not in (found.get("body") or ""):
-        found = edit_github_release_body(
-            api, repo, token, found["id"], f"{notes}\n---\n\n{found.get('body') or ''}"
-        )
+        return {
+            **create_github_release(api, repo, token, tag, name, notes, target_commitish),
+            "created": True,
+        }
+    if marker not in (found.get("body") or ""):  # PATCH /repos/{repo}/releases/{id}: the body, replaced
+        url = f"{api.rstrip('/')}/repos/{repo}/releases/{found['id']}"
+        body = {"body": f"{notes}\n---\n\n{found.get('body') or ''}"}
+        found = _github("PATCH", url, token, 30.0, f"{found['id']} on {repo}", body).json()
     return {**found, "created": False}

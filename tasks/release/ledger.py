@@ -22,6 +22,7 @@ LEGACY_HISTORY_TAG = "release.history"
 KINDS = ("release", "forced", "rollback", "seed")
 REASON_MIN_CHARS = 10
 REASON_MAX_CHARS = 300
+SEED_REASON = "champion before the release ledger existed"
 Committed = Literal["yes", "no", "unknown"]
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,9 +35,7 @@ class ReleaseFailed(PermanentError):
 
     def __init__(self, step: str, message: str, committed: Committed = "no", **facts: Any) -> None:
         super().__init__(f"{step}: {message} [committed: {committed}]")
-        self.step = step
-        self.committed = committed
-        self.facts = facts
+        self.step, self.committed, self.facts = step, committed, facts
 
 
 def one_error(fn: Callable[P, R]) -> Callable[P, R]:
@@ -54,11 +53,6 @@ def one_error(fn: Callable[P, R]) -> Callable[P, R]:
             raise ReleaseFailed(step, f"{type(exc).__name__}: {exc}", "no") from exc
 
     return wrapper
-
-
-def now_utc() -> str:
-    """The current time, UTC, ISO 8601 to the second."""
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -80,7 +74,9 @@ class Entry:
     build_tag: str = ""
     overrode: str = ""
     ran_on: str = ""
-    at: str = field(default_factory=now_utc)
+    at: str = field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
     seq: int = 0
 
     def __post_init__(self) -> None:
@@ -93,42 +89,32 @@ class Entry:
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Entry:
-        names = {f.name for f in fields(cls)}
         values: dict[str, Any] = {
-            k.removeprefix("release."): v for k, v in tags.items() if k.removeprefix("release.") in names
+            f.name: tags[f"release.{f.name}"] for f in fields(cls) if f"release.{f.name}" in tags
         }
-        values["seq"] = int(values.get("seq") or 0)
-        return cls(**values)
-
-    @property
-    def rolled_back_from(self) -> str:
-        return self.from_version if self.kind == "rollback" else ""
+        return cls(**values | {"seq": int(values.get("seq") or 0)})
 
 
 def entry_name(model_name: str, seq: int) -> str:
     return f"{model_name}.release.{seq:06d}"
 
 
-def _prefix(settings: Settings) -> str:
-    return f"{settings.registry.model_name}.release."
+def _entries(settings: Settings, newest_only: bool = False) -> list[Entry]:
+    prefix = f"{settings.registry.model_name}.release."
+    found = versions.records(settings, prefix, newest_only=newest_only)
+    return [
+        Entry.from_tags(t) for name, t in found.items() if name.startswith(prefix) and t.get("release.seq")
+    ]
 
 
 def read_ledger(settings: Settings) -> list[Entry]:
     """Every entry, oldest first ([] when nothing was released through the ledger yet)."""
-    prefix = _prefix(settings)
-    found = versions.records(settings, prefix)
-    entries = [
-        Entry.from_tags(t) for name, t in found.items() if name.startswith(prefix) and t.get("release.seq")
-    ]
-    return sorted(entries, key=lambda e: e.seq)
+    return sorted(_entries(settings), key=lambda e: e.seq)
 
 
 def head(settings: Settings) -> Entry | None:
     """The newest entry (the champion as the ledger says), None when the ledger is empty."""
-    prefix = _prefix(settings)
-    found = versions.records(settings, prefix, newest_only=True)
-    tags = next((t for name, t in found.items() if name.startswith(prefix) and t.get("release.seq")), None)
-    return None if tags is None else Entry.from_tags(tags)
+    return next(iter(_entries(settings, newest_only=True)), None)
 
 
 def commit(settings: Settings, entry: Entry, expected: Entry | None) -> Entry:
@@ -169,16 +155,11 @@ def commit(settings: Settings, entry: Entry, expected: Entry | None) -> Entry:
 
 def describe(entry: Entry) -> str:
     """One line a person reads in the registry's UI."""
-    what = {
-        "rollback": "rolled back to",
-        "seed": "was champion (seeded) at",
-        "forced": "forced release of",
-    }.get(entry.kind, "release of")
+    verbs = {"rollback": "rolled back to", "seed": "was champion (seeded) at", "forced": "forced release of"}
     why = f": {entry.reason}" if entry.reason else ""
-    return f"{what} v{entry.version} ({entry.digest}) by {entry.by}{why}"
+    return f"{verbs.get(entry.kind, 'release of')} v{entry.version} ({entry.digest}) by {entry.by}{why}"
 
 
-# --- what the ledger says ----------------------------------------------------------------------------------
 def rolled_back_versions(entries: list[Entry]) -> set[str]:
     """Versions a rollback left and that were not released again since."""
     left: set[str] = set()
@@ -223,32 +204,28 @@ def history_rows(entries: list[Entry]) -> list[dict[str, str]]:
             "why": e.reason,
             "gated against": f"v{e.gated_against}" if e.gated_against else "",
             "replaced": f"v{e.from_version}" if e.from_version and e.kind != "rollback" else "",
-            "rolled back from": f"v{e.rolled_back_from}" if e.rolled_back_from else "",
+            "rolled back from": f"v{e.from_version}" if e.from_version and e.kind == "rollback" else "",
         }
         for e in entries
     ]
 
 
-# --- first use: seed from the earlier record --------------------------------------------------------------
 def legacy_entries(settings: Settings) -> list[Entry]:
     """What the earlier record knew: its history tag, or the champion's ``release.previous_champion`` chain."""
-    raw = versions.model_tags(settings).get(LEGACY_HISTORY_TAG)
-    out: list[Entry] = []
-    if raw:
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = []
-        for item in data:
-            if isinstance(item, dict) and item.get("version") and item.get("kind") in KINDS:
-                out.append(
-                    Entry(
-                        version=str(item["version"]), digest=item.get("digest", ""), image=item.get("image", ""),
-                        kind=item["kind"], by=item.get("by", "unknown"), reason=item.get("reason", ""),
-                        from_version=str(item.get("from", "")), at=item.get("at", ""),
-                        release_id=f"seed-{len(out) + 1}",
-                    )
-                )  # fmt: skip
+    try:
+        data = json.loads(versions.model_tags(settings).get(LEGACY_HISTORY_TAG) or "[]")
+    except ValueError:
+        data = []
+    out = [
+        Entry(
+            **{k: str(item.get(k, "")) for k in ("version", "digest", "image", "reason", "at")},
+            kind=item["kind"],
+            by=item.get("by", "unknown"),
+            from_version=str(item.get("from", "")),
+        )
+        for item in data
+        if isinstance(item, dict) and item.get("version") and item.get("kind") in KINDS
+    ]
     champion = versions.version_by_alias(settings, Alias.CHAMPION)
     chain: list[Entry] = []
     version = str(champion.version) if champion is not None else ""
@@ -256,19 +233,16 @@ def legacy_entries(settings: Settings) -> list[Entry]:
         if out and out[-1].version == version:
             break  # the history tag ends with the champion
         tags = versions.get_version(settings, version).tags or {}
-        chain.insert(
-            0,
-            Entry(
-                version=version, digest=tags.get("release.digest", ""), image=tags.get("release.image", ""),
-                kind="seed", by=tags.get("release.by", "unknown"), at=tags.get("release.at", ""),
-                reason="champion before the release ledger existed",
-            ),
-        )  # fmt: skip
+        facts = {k: tags.get(f"release.{k}", "") for k in ("digest", "image", "at")}
+        seeded = Entry(
+            version, **facts, kind="seed", by=tags.get("release.by", "unknown"), reason=SEED_REASON
+        )
+        chain.insert(0, seeded)
         # the history tag holds what came before; without one, follow the recorded previous champions
         version = "" if out else tags.get("release.previous_champion", "")
     entries = out + chain
     for i, e in enumerate(entries, 1):
-        e.seq, e.release_id = i, e.release_id or f"seed-{i}"
+        e.seq, e.release_id = i, f"seed-{i}"
     return entries
 
 

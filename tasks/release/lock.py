@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,12 +27,7 @@ class LockHold:
     waited_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "acquired_at": self.acquired_at,
-            "released_at": self.released_at,
-            "waited_s": round(self.waited_s, 2),
-        }
+        return {**asdict(self), "waited_s": round(self.waited_s, 2)}
 
 
 def _ensure_lock_limit(name: str) -> None:
@@ -45,10 +40,8 @@ def _ensure_lock_limit(name: str) -> None:
         try:
             limit = client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            try:
+            with suppress(ObjectAlreadyExists):  # created meanwhile by another deploy
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except ObjectAlreadyExists:
-                pass
             return
         if limit.limit != 1 or not limit.active:
             run_logger().warning(
@@ -59,34 +52,26 @@ def _ensure_lock_limit(name: str) -> None:
 
 @contextmanager
 def release_lock(settings: Settings) -> Iterator[LockHold]:
-    """Hold the deploy lock (``deploy_lock_name``), waiting at most ``deploy_lock_timeout_seconds``.
-
-    Raises ``ReleaseFailed`` (step ``lock``) on timeout.
-    """
+    """Hold the deploy lock (``deploy_lock_name``), waiting at most ``deploy_lock_timeout_seconds``; raises
+    :class:`ReleaseFailed` (step ``lock``) on timeout."""
     from prefect.concurrency.sync import concurrency
 
-    name = settings.release.deploy_lock_name
+    name, timeout = settings.release.deploy_lock_name, settings.release.deploy_lock_timeout_seconds
     _ensure_lock_limit(name)
     hold = LockHold(name)
     run_logger().info("waiting for the deploy lock %r", name)
     started = time.monotonic()
     holding = ExitStack()
-    try:
+    try:  # only the wait is the lock step's failure; what runs while holding it fails on its own
         holding.enter_context(
             concurrency(
-                name,
-                occupy=1,
-                timeout_seconds=settings.release.deploy_lock_timeout_seconds,
-                strict=True,
-                raise_on_lease_renewal_failure=False,
+                name, occupy=1, timeout_seconds=timeout, strict=True, raise_on_lease_renewal_failure=False
             )
         )
     except TimeoutError as exc:
         raise ReleaseFailed(
             "lock",
-            f"another deploy held the deploy lock {name!r} longer than {settings.release.deploy_lock_timeout_seconds} s "
-            f"({type(exc).__name__}: {exc})",
-            "no",
+            f"another deploy held the deploy lock {name!r} longer than {timeout} s ({type(exc).__name__}: {exc})",
         ) from exc
     with holding:
         hold.waited_s = time.monotonic() - started

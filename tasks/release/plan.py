@@ -16,13 +16,7 @@ from tasks.monitoring.events import RELEASED, emit_model_event, metrics_summary
 from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.release.candidate import Candidate, discard_candidate
-from tasks.release.ledger import (
-    Entry,
-    ReleaseFailed,
-    commit,
-    rollback_target,
-    seed,
-)
+from tasks.release.ledger import Entry, ReleaseFailed, commit, rollback_target, seed
 from tasks.release.record import NotDeployable, check_deployable, check_reason, ran_on, requester
 from tasks.settings import Settings
 
@@ -90,7 +84,7 @@ def plan_release(
         if force:
             run_logger().warning("v%s is the champion already: --force changes nothing", version)
         return Plan(version, top.kind, by, reason_text, top, reuse_digest=top.digest, noop=True)
-    overrode = check_deployable(settings, version, tags, entries, top, force)
+    overrode = check_deployable(settings.registry.model_name, version, tags, entries, top, force)
     if force:
         run_logger().warning(
             "FORCED release of v%s (%s): %s",
@@ -136,11 +130,8 @@ def plan_rollback(
     target = rollback_target(entries, steps, to_digest)
     if target is None:
         seen = ", ".join(f"v{e.version} ({e.kind})" for e in entries[-10:])
-        what = (
-            f"no release of {to_digest}"
-            if to_digest
-            else ("no earlier release" if steps == 1 else f"fewer than {steps} earlier releases")
-        )
+        what = "no earlier release" if steps == 1 else f"fewer than {steps} earlier releases"
+        what = f"no release of {to_digest}" if to_digest else what
         raise ReleaseFailed(
             "plan",
             f"nothing to roll back to from champion v{top.version}: the ledger ({seen}) holds {what} that was "
@@ -186,51 +177,19 @@ def commit_plan(settings: Settings, plan: Plan, candidate: Candidate, revision: 
         committed.digest,
     )
     try:
-        emit_model_event(
-            settings,
-            RELEASED,
-            committed.version,
-            {
-                "image": committed.image,
-                "digest": committed.digest,
-                "kind": committed.kind,
-                "reason": committed.reason,
-                "previous_version": committed.from_version or None,
-                "metrics": metrics_summary(candidate.metrics),
-            },
-        )
+        payload = {k: getattr(committed, k) for k in ("image", "digest", "kind", "reason")}
+        payload |= {
+            "previous_version": committed.from_version or None,
+            "metrics": metrics_summary(candidate.metrics),
+        }
+        emit_model_event(settings, RELEASED, committed.version, payload)
     except Exception as exc:  # noqa: BLE001 - the release is committed; a lost event is only logged
         run_logger().warning("the released event was not emitted: %s", exc)
     return committed
 
 
-@stage("plan-release")
-def plan_release_task(
-    settings: Settings,
-    model_version: str | None,
-    alias: str | None,
-    force: bool,
-    reason: str | None,
-    requested_by: str | None,
-) -> Plan:
-    """Stage: the gate and the head the release is made against."""
-    return plan_release(settings, model_version, alias, force, reason, requested_by)
-
-
-@stage("plan-rollback")
-def plan_rollback_task(
-    settings: Settings,
-    steps: int,
-    to_digest: str | None,
-    from_version: str | None,
-    reason: str | None,
-    requested_by: str | None,
-) -> Plan:
-    """Stage: what the rollback restores, refused when the champion is not the one it meant to leave."""
-    return plan_rollback(settings, steps, to_digest, from_version, reason, requested_by)
-
-
-@stage("commit-champion", max_retries=0)
-def commit_task(settings: Settings, plan: Plan, candidate: Candidate, revision: str | None) -> Entry:
-    """Stage: the commit point (never retried as a whole: a lost answer is read back inside)."""
-    return commit_plan(settings, plan, candidate, revision)
+plan_release_task = stage("plan-release")(plan_release)  # the gate and the head the release is made against
+# what the rollback restores, refused when the champion is not the one it meant to leave
+plan_rollback_task = stage("plan-rollback")(plan_rollback)
+# the commit point, never retried as a whole: a lost answer is read back inside
+commit_task = stage("commit-champion", max_retries=0)(commit_plan)

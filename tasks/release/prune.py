@@ -1,26 +1,10 @@
 """Slim the serving virtual environment in the image's build stage, then prove it still serves the bundle.
 
-    /opt/venv/bin/python /tmp/tools/prune.py --bundle /app/bundle --app-root /app [--site /opt/venv/lib/python3.11/site-packages]
-
-CatBoost declares pandas, matplotlib, plotly, graphviz, scipy, six and numpy as dependencies; to load a
-model and predict, its compiled module imports numpy, six, pandas and ``scipy.sparse`` (polars is optional).
-The image installs it with ``--no-deps`` plus those, and then drops what the service never imports:
-
-1. pip, setuptools and wheel (installers), and every ``tests`` folder;
-2. the subpackages of SciPy, pandas, NumPy and CatBoost that a probe run (import the app, load the bundle,
-   score single records, batches and MLflow-protocol requests) does not load, and SciPy's bundled
-   BLAS/Fortran libraries;
-3. the symbol tables of very large shared objects (CatBoost's 276 MB ``_catboost.so`` carries 13 MB of them):
-   the file is cut after its last loadable segment, as ``sstrip`` does; the dynamic loader reads only the
-   program headers, so the code and data that run are byte for byte the same.
-
-The probe runs again on the slimmed environment, in a fresh interpreter; when it fails, everything changed in
-steps 2 and 3 is put back and the build goes on with the bigger environment. Exit code 1 only when the probe
-fails on the untouched environment too.
-
-The probe only guards the build. What proves a slimmed image is ``tests/integration/test_serving_image.py``: it
-runs the service's whole HTTP contract (the error, JSON-fuzz and schemathesis suites of ``tests/serving``)
-against the running container, so a module pruned here that some request path needs fails there.
+Drops the installers and every ``tests`` folder, the subpackages of SciPy, pandas, NumPy and CatBoost that a probe
+run of the service never imports, SciPy's bundled BLAS/Fortran libraries, and the symbol tables of very large
+shared objects (cut after the last loadable segment, as ``sstrip`` does: the loader reads only program headers).
+When the probe fails on the slimmed environment, all but the first step is put back; exit code 1 only when it
+fails on the untouched one too. The image's HTTP contract tests (tests/integration) prove the slimmed image.
 """
 
 from __future__ import annotations
@@ -64,10 +48,6 @@ assert client.post("/predict", json={"apr": "abc"}).status_code == 422
 assert client.get("/metrics").status_code == 200
 print(json.dumps(sorted(name for name in sys.modules)))
 """
-
-
-def site_packages() -> Path:
-    return Path(sysconfig.get_paths()["purelib"])
 
 
 def probe(bundle_dir: Path, cwd: Path) -> list[str] | None:
@@ -130,17 +110,9 @@ def unused_subpackages(site: Path, loaded: set[str]) -> list[Path]:
     return out
 
 
-def vendored_libraries(site: Path) -> list[Path]:
-    """SciPy's bundled BLAS/LAPACK/Fortran runtimes (scipy.sparse does not link them; NumPy's are kept)."""
-    return [p for p in (site / name for name in VENDORED_LIBS) if p.is_dir()]
-
-
 def strip_elf_tail(path: Path) -> int:
-    """Cut an ELF64 little-endian file after its last segment (symbol tables, debug info, section headers).
-
-    Returns the bytes saved; 0 (file untouched) for anything else or when the section headers lie inside a
-    segment.
-    """
+    """Cut an ELF64 little-endian file after its last segment (symbol tables, debug info, section headers);
+    returns the bytes saved, 0 (untouched) for anything else or when the section headers lie inside a segment."""
     with path.open("r+b") as f:
         header = f.read(64)
         if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
@@ -165,21 +137,13 @@ def strip_elf_tail(path: Path) -> int:
         return size - end
 
 
-def large_shared_objects(site: Path) -> list[Path]:
-    return sorted(p for p in site.rglob("*.so") if p.is_file() and p.stat().st_size >= STRIP_MIN_BYTES)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bundle", required=True, type=Path)
-    parser.add_argument(
-        "--site", type=Path, default=None, help="site-packages to slim (default: this venv's)"
-    )
+    parser.add_argument("--site", type=Path, help="site-packages to slim (default: this venv's)")
     parser.add_argument("--app-root", type=Path, default=Path(__file__).resolve().parents[2])
     args = parser.parse_args(argv)
-    site = args.site or site_packages()
+    site = args.site or Path(sysconfig.get_paths()["purelib"])
 
     loaded = probe(args.bundle, args.app_root)
     if loaded is None:
@@ -187,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     freed = remove_installers(site) + remove_tests(site)
 
-    candidates = unused_subpackages(site, set(loaded)) + vendored_libraries(site)
+    # SciPy's bundled BLAS/LAPACK/Fortran runtimes: scipy.sparse does not link them (NumPy's are kept)
+    vendored = [p for p in (site / name for name in VENDORED_LIBS) if p.is_dir()]
+    candidates = unused_subpackages(site, set(loaded)) + vendored
     trash = Path(tempfile.mkdtemp(prefix="prune-"))
     moved: list[tuple[Path, Path]] = []  # (original, where it went) for removals and for stripped files
     for i, path in enumerate(candidates):
@@ -195,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.move(str(path), target)
         moved.append((path, target))
     stripped: list[tuple[Path, Path]] = []
-    for i, path in enumerate(large_shared_objects(site)):
+    large = sorted(p for p in site.rglob("*.so") if p.is_file() and p.stat().st_size >= STRIP_MIN_BYTES)
+    for i, path in enumerate(large):
         backup = trash / f"so-{i}-{path.name}"
         shutil.copy2(path, backup)
         if strip_elf_tail(path):
@@ -210,12 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     freed += sum(_size(target) for _, target in moved)
     freed += sum(_size(backup) - _size(original) for original, backup in stripped)
     shutil.rmtree(trash, ignore_errors=True)
-    report = {
-        "freed_mb": round(freed / 2**20, 1),
-        "removed": [str(original.relative_to(site)) for original, _ in moved],
-        "stripped": [str(original.relative_to(site)) for original, _ in stripped],
-    }
-    sys.stdout.write(json.dumps(report) + "\n")
+    removed = [str(original.relative_to(site)) for original, _ in moved]
+    slimmed = [str(original.relative_to(site)) for original, _ in stripped]
+    print(json.dumps({"freed_mb": round(freed / 2**20, 1), "removed": removed, "stripped": slimmed}))
     return 0
 
 

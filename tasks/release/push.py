@@ -14,9 +14,8 @@ import httpx
 import requests
 
 from tasks.common import run_logger, stage
-from tasks.release.engine import LogFn, get_client
+from tasks.release.engine import DeployStepError, LogFn, get_client
 from tasks.release.registry_api import (
-    ImagePushError,
     registry_base_url,
     registry_credentials,
     registry_digest,
@@ -37,11 +36,8 @@ def push_image(
     *,
     log: LogFn | None = None,
 ) -> str:
-    """Push ``repository:tag`` to ``registry`` with these credentials; return the pushed digest (``sha256:...``).
-
-    ``repository`` may be bare (``loan-risk``: the local ``loan-risk:tag`` is tagged ``registry/loan-risk:tag``)
-    or already prefixed with the registry. Raises :class:`ImagePushError` with the registry's message.
-    """
+    """Push ``repository:tag`` (bare: the local ``loan-risk:tag`` is tagged ``registry/loan-risk:tag`` first) to
+    ``registry``; returns the pushed digest, or raises :class:`DeployStepError` with the registry's message."""
     log = log or logger.info
     remote = remote_repository(registry, repository)
     if remote != repository:
@@ -51,25 +47,23 @@ def push_image(
             try:
                 client.images.get(f"{repository}:{tag}").tag(remote, tag=tag)
             except docker.errors.ImageNotFound as exc:
-                raise ImagePushError(f"no local image {repository}:{tag} or {remote}:{tag}") from exc
+                raise DeployStepError("push", f"no local image {repository}:{tag} or {remote}:{tag}") from exc
     auth = {"username": username, "password": password, "serveraddress": registry} if username else None
     digest: str | None = None
     try:
         for chunk in client.api.push(remote, tag=tag, auth_config=auth, stream=True, decode=True):
             if "error" in chunk or "errorDetail" in chunk:
                 error = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
-                raise ImagePushError(f"{remote}:{tag} refused by {registry}: {error}")
+                raise DeployStepError("push", f"{remote}:{tag} refused by {registry}: {error}")
             aux = chunk.get("aux")
             if isinstance(aux, dict) and aux.get("Digest"):
                 digest = aux["Digest"]
             if "status" in chunk and "progress" not in chunk:
                 log(" ".join(str(chunk[k]) for k in ("id", "status") if chunk.get(k)))
-    except docker.errors.APIError as exc:
-        raise ImagePushError(f"{remote}:{tag}: {exc.explanation or exc}") from exc
-    except requests.RequestException as exc:
-        raise ImagePushError(f"{remote}:{tag}: lost the docker engine during the push: {exc}") from exc
+    except (docker.errors.APIError, requests.RequestException) as exc:  # refused, or the engine was lost
+        raise DeployStepError("push", f"{remote}:{tag}: {getattr(exc, 'explanation', None) or exc}") from exc
     if not digest:
-        raise ImagePushError(f"{remote}:{tag}: push ended without a digest")
+        raise DeployStepError("push", f"{remote}:{tag}: push ended without a digest")
     log(f"pushed {remote}:{tag} {digest}")
     return digest
 
@@ -107,7 +101,7 @@ def pull_image(
         client.images.pull(remote, tag=tag, auth_config=auth)
     except (docker.errors.APIError, requests.RequestException) as exc:
         explanation = getattr(exc, "explanation", None) or exc
-        raise ImagePushError(f"could not pull {ref}: {explanation}", step="pull") from exc
+        raise DeployStepError("pull", f"could not pull {ref}: {explanation}") from exc
     return ref
 
 
@@ -125,11 +119,9 @@ def pull_by_digest(
     try:
         held = client.images.get(ref).attrs.get("RepoDigests") or []
     except docker.errors.APIError as exc:
-        raise ImagePushError(f"pulled {ref} but cannot inspect it: {exc}", step="pull") from exc
+        raise DeployStepError("pull", f"pulled {ref} but cannot inspect it: {exc}") from exc
     if ref not in held:
-        raise ImagePushError(
-            f"pulled {ref} but the engine's image has repo digests {held}", step="verify pull"
-        )
+        raise DeployStepError("verify pull", f"pulled {ref} but the engine's image has repo digests {held}")
     return ref
 
 
@@ -137,7 +129,7 @@ def pull_by_digest(
 def push_task(settings: Settings, image_ref: str, tags: list[str]) -> str:
     """Stage: push each tag in order (the version tag first, ``latest`` last) and confirm the digest."""
     registry, repository = settings.release.image_registry, settings.release.image_repository
-    username, password = registry_credentials(settings)
+    username, password = registry_credentials(settings.release)
     client = get_client(settings.release.docker_host)
     image = client.images.get(image_ref)
     log = run_logger().info
@@ -147,8 +139,8 @@ def push_task(settings: Settings, image_ref: str, tags: list[str]) -> str:
         digest = push_image(client, repository, tag, username, password, registry, log=log)
         held = registry_digest(registry, repository, tag, username, password)
         if held != digest:
-            raise ImagePushError(
-                f"registry holds {held} for {repository}:{tag}, pushed {digest}", step="verify push"
+            raise DeployStepError(
+                "verify push", f"registry holds {held} for {repository}:{tag}, pushed {digest}"
             )
         log(f"pushed {registry}/{repository}:{tag} {digest}")
     return digest

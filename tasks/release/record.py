@@ -5,6 +5,7 @@ A version is deployable when promoted against the current champion and not rolle
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import re
@@ -18,9 +19,9 @@ from tasks.release.ledger import (
     ReleaseFailed,
     rolled_back_versions,
 )
-from tasks.settings import Settings
 
 PROMOTION_RECORD = ("promotion.dry_run", "promotion.reasons", "promotion.champion_version")
+NOTES_METRICS = [f"test_{m}" for m in "roc_auc gini ks pr_auc precision recall f1 log_loss brier".split()]
 
 
 class NotDeployable(ReleaseFailed):
@@ -58,7 +59,7 @@ def operator() -> str:
 def requester(stated: str | None) -> str:
     """Who asked for this run: the Prefect flow run's ``created_by`` when Prefect recorded one, else what the caller
     stated (the CLI states its user), else ``unknown``."""
-    try:
+    with contextlib.suppress(Exception):  # outside a flow run, or a server that records no creator
         from prefect.client.orchestration import get_client
         from prefect.runtime import flow_run
 
@@ -67,27 +68,22 @@ def requester(stated: str | None) -> str:
                 created = client.read_flow_run(flow_run.id).created_by
             if created is not None and created.display_value:
                 return f"{created.display_value} ({str(created.type or 'prefect').lower()})"
-    except Exception:  # noqa: BLE001 - outside a flow run, or a server that records no creator
-        pass
     return stated.strip() if stated and stated.strip() else "unknown"
 
 
 def ran_on() -> str:
     """Where the run ran: OS user and host, and the Prefect flow run and deployment when in one."""
     parts = [operator()]
-    try:
+    with contextlib.suppress(Exception):  # outside Prefect there is nothing more to say
         from prefect.runtime import deployment, flow_run
 
         if flow_run.id:
             parts.append(f"flow run {flow_run.id}")
         if deployment.id:
             parts.append(f"deployment {flow_run.flow_name}/{deployment.name}")
-    except Exception:  # noqa: BLE001 - outside Prefect there is nothing more to say
-        pass
     return ", ".join(parts)
 
 
-# --- the gate -----------------------------------------------------------------------------------------------
 def deployability_problems(
     version: str, tags: dict[str, str], entries: list[Entry], current: Entry | None
 ) -> list[str]:
@@ -113,7 +109,7 @@ def deployability_problems(
 
 
 def check_deployable(
-    settings: Settings,
+    model_name: str,
     version: str,
     tags: dict[str, str],
     entries: list[Entry],
@@ -129,14 +125,13 @@ def check_deployable(
         except ValueError:
             gate = tags.get("promotion.reasons", "")
         raise NotDeployable(
-            f"model {settings.registry.model_name!r} v{version} is not deployable: {'; '.join(problems)}"
+            f"model {model_name!r} v{version} is not deployable: {'; '.join(problems)}"
             + (f" (gate: {gate})" if gate else "")
             + ". To release it anyway: --force --reason TEXT"
         )
     return problems
 
 
-# --- release notes ------------------------------------------------------------------------------------------
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else "—"
 
@@ -160,18 +155,7 @@ def release_notes(
     prev = entry.from_version
     prev_label = f"v{prev}" if prev else "none"
     rows = "\n".join(
-        f"| {m} | {_fmt(metrics.get(m))} | {_fmt(previous_metrics.get(m))} |"
-        for m in (
-            "test_roc_auc",
-            "test_gini",
-            "test_ks",
-            "test_pr_auc",
-            "test_precision",
-            "test_recall",
-            "test_f1",
-            "test_log_loss",
-            "test_brier",
-        )
+        f"| {m} | {_fmt(metrics.get(m))} | {_fmt(previous_metrics.get(m))} |" for m in NOTES_METRICS
     )
     files = "\n".join(
         f"- `{name}` sha256 `{f.get('sha256', '?')[:16]}…`" for name, f in (data.get("files") or {}).items()

@@ -7,46 +7,30 @@ host of the setting ``registry_allowed_realms``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
 
 import httpx
 
 from tasks.release.engine import DeployStepError
-from tasks.settings import Settings, get_settings
+from tasks.settings import get_settings
+from tasks.settings.sections import ReleaseSettings
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-MANIFEST_ACCEPT = ", ".join(
-    [
-        MANIFEST_V2,
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-    ]
+MANIFEST_ACCEPT = f"{MANIFEST_V2}, application/vnd.docker.distribution.manifest.list.v2+json, " + (
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
 )
 
 
-class ImagePushError(DeployStepError):
-    """The push was refused (auth, network) or the registry does not hold what was pushed."""
-
-    def __init__(self, message: str, *, step: str = "push") -> None:
-        super().__init__(step, message)
-
-
-class TagNotFoundError(ImagePushError):
-    """The registry has no manifest for the asked tag."""
-
-
-def registry_credentials(settings: Settings) -> tuple[str | None, str | None]:
+def registry_credentials(release: ReleaseSettings) -> tuple[str | None, str | None]:
     """Registry user and password: from the settings (environment), or a Prefect Secret block."""
-    password = (
-        settings.release.registry_password.get_secret_value() if settings.release.registry_password else None
-    )
-    if password is None and settings.release.registry_secret_block:
+    password = release.registry_password.get_secret_value() if release.registry_password else None
+    if password is None and release.registry_secret_block:
         from prefect.blocks.system import Secret
 
-        password = str(Secret.load(settings.release.registry_secret_block).get())
-    return settings.release.registry_username, password
+        password = str(Secret.load(release.registry_secret_block).get())
+    return release.registry_username, password
 
 
 def remote_repository(registry: str, repository: str) -> str:
@@ -82,27 +66,18 @@ def _realm_is_trusted(realm: httpx.URL, registry: httpx.URL, allowed: Iterable[s
     here = _host_port(realm)
     if here == _host_port(registry):
         return True
-    for entry in allowed:
-        text = entry.strip()
-        if not text:
-            continue
-        try:
+    for text in filter(None, (entry.strip() for entry in allowed)):
+        with contextlib.suppress(httpx.InvalidURL):
             parsed = httpx.URL(text if "://" in text else f"{realm.scheme}://{text}")
-        except httpx.InvalidURL:
-            continue
-        if parsed.host and _host_port(parsed) == here:
-            return True
+            if parsed.host and _host_port(parsed) == here:
+                return True
     return False
 
 
 def _bearer_token(
-    http: httpx.Client,
-    challenge: str,
-    auth: tuple[str, str] | None,
-    registry_url: str,
-    allowed_realms: Iterable[str] | None = None,
+    http: httpx.Client, challenge: str, auth: tuple[str, str] | None, registry_url: str
 ) -> str | None:
-    """Token for a Bearer challenge; credentials go only to an allowed realm, else ImagePushError."""
+    """Token for a Bearer challenge; credentials go only to an allowed realm, else :class:`DeployStepError`."""
     params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
     realm = params.pop("realm", None)
     if not realm:
@@ -111,20 +86,20 @@ def _bearer_token(
     try:
         realm_url = registry.join(realm)  # an absolute realm stays as it is
     except httpx.InvalidURL as exc:
-        raise ImagePushError(
-            f"{_shown_host(registry)} names an unusable token realm {realm!r}: {exc}"
+        raise DeployStepError(
+            "push", f"{_shown_host(registry)} names an unusable token realm {realm!r}: {exc}"
         ) from None
-    if auth is not None:
-        allowed = get_settings().release.registry_allowed_realms if allowed_realms is None else allowed_realms
-        if not _realm_is_trusted(realm_url, registry, allowed):
-            host = _shown_host(realm_url)
-            raise ImagePushError(
-                f"registry {_shown_host(registry)} names the token realm {host} "
-                f"({realm_url.scheme}://{host}{realm_url.path}), which is neither the registry's own host nor "
-                f"in the setting registry_allowed_realms; its credentials were not sent there. If {host} is this "
-                f"registry's token server, allow it: LOANRISK_REGISTRY_ALLOWED_REALMS='[\"{host}\"]' (or "
-                f"registry_allowed_realms in loanrisk.toml)"
-            )
+    allowed = get_settings().release.registry_allowed_realms
+    if auth is not None and not _realm_is_trusted(realm_url, registry, allowed):
+        host = _shown_host(realm_url)
+        raise DeployStepError(
+            "push",
+            f"registry {_shown_host(registry)} names the token realm {host} "
+            f"({realm_url.scheme}://{host}{realm_url.path}), which is neither the registry's own host nor "
+            f"in the setting registry_allowed_realms; its credentials were not sent there. If {host} is this "
+            f"registry's token server, allow it: LOANRISK_REGISTRY_ALLOWED_REALMS='[\"{host}\"]' (or "
+            f"registry_allowed_realms in loanrisk.toml)",
+        )
     resp = http.get(realm_url, params=params, auth=auth)
     if resp.status_code != 200:
         return None
@@ -142,7 +117,7 @@ def _registry_call(
     content: bytes | None = None,
 ) -> httpx.Response:
     """One registry HTTP API call with Basic credentials, answering a Bearer challenge when the registry uses
-    token auth. Raises :class:`ImagePushError` when the registry cannot be reached."""
+    token auth. Raises :class:`DeployStepError` when the registry cannot be reached."""
     auth = (username, password or "") if username else None
     try:
         with httpx.Client(timeout=30) as http:
@@ -154,7 +129,7 @@ def _registry_call(
                     bearer = {**(headers or {}), "Authorization": f"Bearer {token}"}
                     resp = http.request(method, url, headers=bearer, content=content)
     except httpx.HTTPError as exc:
-        raise ImagePushError(f"{url} unreachable: {type(exc).__name__}: {exc}") from exc
+        raise DeployStepError("push", f"{url} unreachable: {type(exc).__name__}: {exc}") from exc
     return resp
 
 
@@ -163,80 +138,66 @@ def _manifest_url(registry: str, repository: str, reference: str) -> tuple[str, 
     return f"{registry_base_url(registry)}/v2/{name}/manifests/{reference}", name
 
 
+def tag_digest(
+    registry: str, repository: str, tag: str, username: str | None, password: str | None
+) -> str | None:
+    """The digest ``repository:tag`` has in the registry's HTTP API (``Docker-Content-Digest``), or None when it
+    has no such tag. ``tag`` may also be a digest (``sha256:...``): then the answer says whether it holds it."""
+    url, _ = _manifest_url(registry, repository, tag)
+    resp = _registry_call("GET", url, username, password, headers={"Accept": MANIFEST_ACCEPT})
+    if resp.status_code == 404:
+        return None
+    if resp.status_code != 200:
+        raise DeployStepError("push", f"{url} answered HTTP {resp.status_code}: {resp.text[:300]}")
+    if digest := resp.headers.get("Docker-Content-Digest"):
+        return digest
+    raise DeployStepError("push", f"{url} answered without a Docker-Content-Digest header")
+
+
 def registry_digest(
     registry: str, repository: str, tag: str, username: str | None, password: str | None
 ) -> str:
-    """Ask the registry's HTTP API which digest ``repository:tag`` has (``Docker-Content-Digest``).
-
-    ``tag`` may also be a digest (``sha256:...``): then the answer says whether the registry holds it.
-    Raises :class:`TagNotFoundError` when the registry has no such tag, :class:`ImagePushError` otherwise.
-    """
-    url, name = _manifest_url(registry, repository, tag)
-    resp = _registry_call("GET", url, username, password, headers={"Accept": MANIFEST_ACCEPT})
-    if resp.status_code == 404:
-        raise TagNotFoundError(f"{registry} has no {name}:{tag}")
-    if resp.status_code != 200:
-        raise ImagePushError(f"{url} answered HTTP {resp.status_code}: {resp.text[:300]}")
-    digest = resp.headers.get("Docker-Content-Digest")
-    if not digest:
-        raise ImagePushError(f"{url} answered without a Docker-Content-Digest header")
-    return digest
+    """:func:`tag_digest`, raising :class:`DeployStepError` when the registry has no such tag."""
+    if digest := tag_digest(registry, repository, tag, username, password):
+        return digest
+    raise DeployStepError("push", f"{registry} has no {_manifest_url(registry, repository, tag)[1]}:{tag}")
 
 
 def registry_retag(
     registry: str, repository: str, digest: str, tag: str, username: str | None, password: str | None
 ) -> str:
-    """Point ``repository:tag`` at the manifest ``digest`` already in the registry (the registry API's retag:
-    the manifest is read by digest and put under the tag, byte for byte), then confirm it; returns the digest.
-
-    Nothing is pushed from the engine, so it needs no local image, and doing it twice changes nothing.
-    """
+    """Point ``repository:tag`` at the manifest ``digest`` already in the registry (read by digest, put under the
+    tag byte for byte, confirmed; no local image needed, idempotent); returns the digest."""
     step = f"tag {tag}"
     if tag_digest(registry, repository, tag, username, password) == digest:
         return digest
     url, name = _manifest_url(registry, repository, digest)
     got = _registry_call("GET", url, username, password, headers={"Accept": MANIFEST_ACCEPT})
     if got.status_code != 200:
-        raise ImagePushError(
-            f"{registry} has no manifest {name}@{digest} (HTTP {got.status_code})", step=step
-        )
+        raise DeployStepError(step, f"{registry} has no manifest {name}@{digest} (HTTP {got.status_code})")
     media_type = got.headers.get("Content-Type", MANIFEST_V2).split(";")[0]
     put_url, _ = _manifest_url(registry, repository, tag)
     put = _registry_call(
         "PUT", put_url, username, password, headers={"Content-Type": media_type}, content=got.content
     )
     if put.status_code not in (200, 201):
-        raise ImagePushError(
-            f"{registry} refused {name}:{tag} -> {digest}: HTTP {put.status_code} {put.text[:300]}", step=step
+        raise DeployStepError(
+            step, f"{registry} refused {name}:{tag} -> {digest}: HTTP {put.status_code} {put.text[:300]}"
         )
     held = registry_digest(registry, repository, tag, username, password)
     if held != digest:
-        raise ImagePushError(f"{registry} holds {held} for {name}:{tag}, expected {digest}", step=step)
+        raise DeployStepError(step, f"{registry} holds {held} for {name}:{tag}, expected {digest}")
     return digest
 
 
 def delete_manifest(
     registry: str, repository: str, digest: str, username: str | None, password: str | None
 ) -> bool:
-    """Delete the manifest ``digest`` (and so every tag on it) from the registry; False when it held none.
-
-    Used only for a build that never served: the registry's API deletes by digest, not by tag."""
+    """Delete the manifest ``digest`` (and every tag on it) of a build that never served; False when none."""
     url, name = _manifest_url(registry, repository, digest)
     resp = _registry_call("DELETE", url, username, password)
-    if resp.status_code in (200, 202):
-        return True
-    if resp.status_code == 404:
-        return False
-    raise ImagePushError(
-        f"{registry} refused to delete {name}@{digest}: HTTP {resp.status_code} {resp.text[:200]}"
+    if resp.status_code in (200, 202, 404):
+        return resp.status_code != 404
+    raise DeployStepError(
+        "push", f"{registry} refused to delete {name}@{digest}: HTTP {resp.status_code} {resp.text[:200]}"
     )
-
-
-def tag_digest(
-    registry: str, repository: str, tag: str, username: str | None, password: str | None
-) -> str | None:
-    """The digest ``repository:tag`` has in the registry, or None when it has no such tag (or digest)."""
-    try:
-        return registry_digest(registry, repository, tag, username, password)
-    except TagNotFoundError:
-        return None

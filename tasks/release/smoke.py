@@ -38,12 +38,9 @@ def _json(response: httpx.Response, what: str) -> Any:
 def compare_predictions(
     answers: Mapping[str, Sequence[Any]], expected: Sequence[float], tolerance: float = 1e-6
 ) -> float:
-    """Check each endpoint's probabilities against training's, in order; returns the largest difference.
-
-    ``answers`` maps an endpoint to the probabilities it returned (a prefix of ``expected`` is allowed: the
-    single-record endpoint answers for the first record only). A value that is missing, not a number, or more
-    than ``tolerance`` away raises :class:`SmokeTestError` naming the endpoint, the record and the difference.
-    """
+    """Check each endpoint's probabilities (a prefix of ``expected`` is allowed: /predict answers for the first
+    record only) against training's; returns the largest difference. A value that is not a number or is more
+    than ``tolerance`` away raises :class:`SmokeTestError` naming the endpoint, the record and the difference."""
     worst = 0.0
     for name, values in answers.items():
         for i, (got, want) in enumerate(zip(values, expected, strict=False)):
@@ -66,11 +63,8 @@ def smoke_test(
     tolerance: float = 1e-6,
     timeout: float = 30.0,
 ) -> dict[str, Any]:
-    """Call /health, /model/info, /predict, /predict/batch and /invocations; compare with ``reference``.
-
-    ``reference`` holds raw test records and the probabilities training computed for them.
-    Returns a summary (checks passed, rows compared, largest difference).
-    """
+    """Call /health, /model/info, /predict, /predict/batch and /invocations; compare with ``reference`` (raw
+    test records and the probabilities training computed for them). Returns a summary."""
     records, expected = reference["records"], reference["probabilities"]
     _check(
         len(records) > 0 and len(records) == len(expected), "the bundle's reference sample is empty or uneven"
@@ -90,12 +84,10 @@ def smoke_test(
 
     got_batch = [p["probability"] for p in batch["predictions"]]
     got_inv = [p if isinstance(p, int | float) else p.get("probability") for p in invocations["predictions"]]
-    _check(
-        len(got_batch) == len(expected), f"/predict/batch returned {len(got_batch)} rows for {len(expected)}"
-    )
-    _check(len(got_inv) == len(expected), f"/invocations returned {len(got_inv)} rows for {len(expected)}")
-    answers = {"/predict/batch": got_batch, "/invocations": got_inv, "/predict": [single["probability"]]}
-    worst = compare_predictions(answers, expected, tolerance)
+    answers = {"/predict/batch": got_batch, "/invocations": got_inv}
+    for name, got in answers.items():
+        _check(len(got) == len(expected), f"{name} returned {len(got)} rows for {len(expected)}")
+    worst = compare_predictions({**answers, "/predict": [single["probability"]]}, expected, tolerance)
     return {
         "health": health,
         "version": info.get("version"),

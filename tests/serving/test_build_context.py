@@ -14,6 +14,7 @@ import pytest
 
 from tasks.release import build_context
 from tasks.release.build_context import COMPLETE_MARKER, prepare_build_context, requirements_hash
+from tasks.release.engine import DeployStepError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,7 +108,7 @@ def test_prepare_build_context(tmp_path: Path, bundle_dir: Path, fake_pip: Path)
 
 
 def test_prepare_build_context_needs_a_bundle(tmp_path: Path, fake_pip: Path) -> None:
-    with pytest.raises(build_context.BuildContextError, match="not a model bundle"):
+    with pytest.raises(DeployStepError, match="not a model bundle"):
         prepare_build_context(tmp_path, tmp_path / "ctx", tmp_path / "cache")
 
 
