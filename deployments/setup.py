@@ -35,10 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
-from deployments import prefect_api
-from deployments.alerts import ensure_alerts  # the alert automations live on the same server
+from deployments.alerts import api_url, ensure_alerts  # the alert automations live on the same server
+from tasks.errors import PermanentError
 
 logger = logging.getLogger("deployments.setup")
 
@@ -46,7 +47,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PREFECT_FILE = REPO_ROOT / "prefect.yaml"
 POOL_ENV = "LOANRISK_WORK_POOL"
 DEPLOY_TIMEOUT_S = 600
-POOL_TYPES = ("process", "docker")
 DRIFT_EVENT = "loan-risk.drift.detected"
 # What a flow run in a container needs from the deploying environment (only the names set are passed).
 PASS_ENV = (
@@ -88,7 +88,7 @@ def by_reference(env: dict[str, str]) -> dict[str, str]:
     return out
 
 
-class SetupError(Exception):
+class SetupError(PermanentError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
@@ -127,21 +127,20 @@ def _copy(data: dict[str, Any]) -> dict[str, Any]:
 
 def with_pool(data: dict[str, Any], pool: str) -> dict[str, Any]:
     """A copy of the prefect.yaml content with every deployment on ``pool``."""
-    copy = _copy(data)
-    for item in copy["deployments"]:
+    out = _copy(data)
+    for item in out["deployments"]:
         item["work_pool"] = {**(item.get("work_pool") or {}), "name": pool}
-    return copy
+    return out
 
 
 def with_cooldown(data: dict[str, Any], seconds: int) -> dict[str, Any]:
     """A copy of the prefect.yaml content whose drift triggers (expecting ``DRIFT_EVENT``) fire at most once
     per ``seconds`` (their ``within``)."""
-    copy = _copy(data)
-    for item in copy["deployments"]:
-        for trigger in item.get("triggers") or []:
-            if DRIFT_EVENT in (trigger.get("expect") or []):
-                trigger["within"] = int(seconds)
-    return copy
+    out = _copy(data)
+    for trigger in (t for item in out["deployments"] for t in item.get("triggers") or []):
+        if DRIFT_EVENT in (trigger.get("expect") or []):
+            trigger["within"] = int(seconds)
+    return out
 
 
 @dataclass(frozen=True)
@@ -164,13 +163,13 @@ class PoolSpec:
             raise SetupError("a docker work pool needs --image (the training image, Dockerfile.training)", 2)
         template = DockerWorker.get_default_base_job_template()
         props = template["variables"]["properties"]
-        props["image"]["default"] = self.image
-        props["image_pull_policy"]["default"] = "IfNotPresent"
-        props["auto_remove"]["default"] = True
         # a flow run in a container ships what it promotes or fails: no silent "deploy skipped"
-        props["env"]["default"] = by_reference({"LOANRISK_DEPLOY_MODE": "required", **(self.env or {})})
-        if self.network_mode:
-            props["network_mode"]["default"] = self.network_mode
+        env = by_reference({"LOANRISK_DEPLOY_MODE": "required", **(self.env or {})})
+        defaults = {"image": self.image, "image_pull_policy": "IfNotPresent", "auto_remove": True, "env": env}
+        for key, value in (
+            defaults | ({"network_mode": self.network_mode} if self.network_mode else {})
+        ).items():
+            props[key]["default"] = value
         return template
 
 
@@ -192,23 +191,22 @@ def ensure_pool(name: str, spec: PoolSpec | None = None) -> bool:
                 raise SetupError(
                     f"work pool {name!r} exists with type {pool.type!r}; it must be {spec.type!r}", 2
                 )
-            if spec.type != "process":
+            if spec.type == "process":
+                logger.info("work pool %s (process) exists", name)
+            else:
                 client.update_work_pool(name, WorkPoolUpdate(base_job_template=spec.template()))
                 logger.info("work pool %s (%s) exists; its job template is updated", name, spec.type)
-            else:
-                logger.info("work pool %s (process) exists", name)
             return False
         description = (
             "Runs the loan-risk flows in subprocesses of a worker started from the checkout"
             if spec.type == "process"
             else "Runs each loan-risk flow run in a container of the training image"
         )
+        create = WorkPoolCreate(
+            name=name, type=spec.type, description=description, base_job_template=spec.template()
+        )
         try:
-            client.create_work_pool(
-                WorkPoolCreate(
-                    name=name, type=spec.type, description=description, base_job_template=spec.template()
-                )
-            )
+            client.create_work_pool(create)
         except ObjectAlreadyExists:  # created meanwhile by a concurrent setup
             logger.info("work pool %s was created concurrently", name)
             return False
@@ -251,23 +249,18 @@ def run_prefect_deploy(prefect_file: Path) -> None:
         raise SetupError(f"prefect deploy skipped the configuration in {prefect_file} (see the output above)")
 
 
-def _triggers(client: Any, deployment_id: Any) -> list[dict[str, Any]]:
-    """The automations a deployment's triggers became: name, events expected, posture, threshold, within."""
-    out = []
-    for automation in client.read_resource_related_automations(f"prefect.deployment.{deployment_id}"):
-        trigger = automation.trigger
-        within = getattr(trigger, "within", None)
-        out.append(
-            {
-                "name": automation.name,
-                "enabled": automation.enabled,
-                "expect": sorted(getattr(trigger, "expect", []) or []),
-                "posture": str(getattr(getattr(trigger, "posture", None), "value", "")),
-                "threshold": getattr(trigger, "threshold", None),
-                "within": within.total_seconds() if within else 0,
-            }
-        )
-    return out
+def _trigger(automation: Any) -> dict[str, Any]:
+    """What a deployment trigger became: name, events expected, posture, threshold, within."""
+    trigger = automation.trigger
+    within = getattr(trigger, "within", None)
+    return {
+        "name": automation.name,
+        "enabled": automation.enabled,
+        "expect": sorted(getattr(trigger, "expect", []) or []),
+        "posture": str(getattr(getattr(trigger, "posture", None), "value", "")),
+        "threshold": getattr(trigger, "threshold", None),
+        "within": within.total_seconds() if within else 0,
+    }
 
 
 def read_back(specs: Sequence[DeploymentSpec], pool: str) -> list[dict[str, Any]]:
@@ -283,28 +276,29 @@ def read_back(specs: Sequence[DeploymentSpec], pool: str) -> list[dict[str, Any]
             work_pool_filter=f.WorkPoolFilter(name=f.WorkPoolFilterName(any_=[pool])),
         ):
             limit, options = dep.global_concurrency_limit, dep.concurrency_options
+            automations = client.read_resource_related_automations(f"prefect.deployment.{dep.id}")
+            schedules = [
+                {
+                    "cron": getattr(s.schedule, "cron", None),
+                    "timezone": getattr(s.schedule, "timezone", None),
+                    "active": s.active,
+                }
+                for s in dep.schedules
+            ]
             out.append(
                 {
                     "name": f"{client.read_flow(dep.flow_id).name}/{dep.name}",
                     "id": str(dep.id),
                     "work_pool": dep.work_pool_name,
                     "entrypoint": dep.entrypoint,
-                    "schedules": [
-                        {
-                            "cron": getattr(s.schedule, "cron", None),
-                            "timezone": getattr(s.schedule, "timezone", None),
-                            "active": s.active,
-                        }
-                        for s in dep.schedules
-                    ],
+                    "schedules": schedules,
                     "concurrency_limit": limit.limit if limit else None,
                     "collision_strategy": str(options.collision_strategy.value) if options else None,
                     "parameters": dep.parameters,
-                    "triggers": _triggers(client, dep.id),
+                    "triggers": [_trigger(a) for a in automations],
                 }
             )
-    missing = wanted - {d["name"].split("/", 1)[1] for d in out}
-    if missing:
+    if missing := wanted - {d["name"].split("/", 1)[1] for d in out}:
         raise SetupError(f"deployments {sorted(missing)} are not on pool {pool!r} after prefect deploy")
     return sorted(out, key=lambda d: d["name"])
 
@@ -323,14 +317,13 @@ def setup(
         if len(declared) != 1:
             raise SetupError(f"{prefect_file} names several pools {sorted(declared)}; pass --pool", 2)
         pool = declared.pop()
-    api_url = prefect_api.api_url()
-    if not api_url:
+    if not (url := api_url()):
         raise SetupError(
             "no Prefect API configured: start a server (prefect server start) and set PREFECT_API_URL, "
             "e.g. http://127.0.0.1:4200/api (or log in to Prefect Cloud)",
             2,
         )
-    logger.info("Prefect API %s, work pool %s", api_url, pool)
+    logger.info("Prefect API %s, work pool %s", url, pool)
     created = ensure_pool(pool, pool_spec)
     cooldown = get_settings().monitoring.drift_cooldown_seconds
     wanted = with_cooldown(with_pool(data, pool), cooldown)
@@ -338,19 +331,17 @@ def setup(
         run_prefect_deploy(prefect_file)
     else:
         with tempfile.TemporaryDirectory(prefix="loanrisk-prefect-") as tmp:
-            copy = Path(tmp) / "prefect.yaml"
-            copy.write_text(yaml.safe_dump(wanted, sort_keys=False))
+            (changed := Path(tmp) / "prefect.yaml").write_text(yaml.safe_dump(wanted, sort_keys=False))
             what = "deploying a copy of %s with work pool %s, drift cooldown %d s"
             logger.info(what, prefect_file.name, pool, cooldown)
-            run_prefect_deploy(copy)
+            run_prefect_deploy(changed)
     deployments = read_back(specs, pool)
-    alerts = ensure_alerts()
     return {
-        "api_url": api_url,
+        "api_url": url,
         "pool": pool,
         "pool_created": created,
         "deployments": deployments,
-        "alerts": alerts,
+        "alerts": ensure_alerts(),
     }
 
 
@@ -359,14 +350,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     add = parser.add_argument
     add("--pool", help=f"work pool name (default: ${POOL_ENV}, else the one in prefect.yaml)")
     add("--prefect-file", type=Path, default=DEFAULT_PREFECT_FILE, help="default: <repo>/prefect.yaml")
-    add("--pool-type", choices=POOL_TYPES, default="process", help="default: process")
+    add("--pool-type", choices=("process", "docker"), default="process", help="default: process")
     add("--image", help="docker pool: the training image each flow run runs in")
     add("--network-mode", help="docker pool: the containers' network mode (e.g. host)")
     add(
         "--pass-env",
         action="append",
         metavar="NAME",
-        help=f"docker pool: a variable passed to each flow run's container when set (default: {', '.join(PASS_ENV)})",
+        help="docker pool: a variable passed to each flow run's "
+        f"container when set (default: {', '.join(PASS_ENV)})",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[setup] %(message)s", stream=sys.stderr)
@@ -380,8 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SetupError as exc:
         logger.error("%s", exc)
         return exc.exit_code
-    except Exception as exc:
-        if not prefect_api.is_auth_error(exc):
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code not in (401, 403):
             raise
         logger.error(
             "the Prefect API refused the credentials (%s): check PREFECT_API_KEY or PREFECT_API_AUTH_STRING",
