@@ -11,7 +11,6 @@ Compose, and :class:`Stack`, which starts them as local processes on a machine w
         ...
 """
 
-from deployments.stack.launcher import Stack
-from deployments.stack.urls import ServiceStatus, StackUrls
+from deployments.stack.launcher import ServiceStatus, Stack, StackUrls
 
 __all__ = ["ServiceStatus", "Stack", "StackUrls"]
