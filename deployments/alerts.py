@@ -1,17 +1,12 @@
-"""Alerts: Prefect automations that notify the configured channels.
+"""Prefect automations that notify the configured channels (also run by ``python -m deployments.setup``).
 
-    python -m deployments.alerts            # create or update them (also run by python -m deployments.setup)
+    python -m deployments.alerts            # create or update them
 
-Four automations, one notification per channel each: a loan-risk flow run (``alert_flows``) Failed or Crashed;
-``loan-risk.model.promoted`` / ``.released`` (``tasks/monitoring/events.py``); ``loan-risk.drift.detected``.
-Channels come from the settings (never ``prefect.yaml``: they hold secrets): ``alert_webhook_url`` (a
-``Webhook`` block called with one JSON document, see :func:`webhook_payload`) and ``alert_apprise_urls`` (each
-an Apprise URL in a ``Slack Webhook`` block: the one built-in block that hands any Apprise URL to Apprise
-unchanged; a block class of our own would not load in the Prefect server, which runs the actions).
-
-Idempotent: blocks are saved over, an automation of the same name is updated (duplicates removed), and with no
-channel configured the automations are removed. Prints ``{"api_url", "channels", "automations": [{"name", "id",
-"status"}]}``. Exit codes: 0 done, 2 no Prefect API configured.
+One automation per alert (:data:`ALERTS`), one notification per channel each. Channels come from the settings
+(never ``prefect.yaml``: they hold secrets): ``alert_webhook_url`` (a ``Webhook`` block) and ``alert_apprise_urls``
+(each in a ``Slack Webhook`` block, the one built-in block that hands any Apprise URL to Apprise unchanged: a
+block class of our own would not load in the Prefect server, which runs the actions). Idempotent; with no channel
+the automations are removed. Exit codes: 0 done, 2 no Prefect API configured.
 """
 
 from __future__ import annotations

@@ -1,23 +1,13 @@
-"""Create the process work pool when it is missing, then apply every deployment in ``prefect.yaml``.
+"""Create the work pool when it is missing, then apply every deployment in ``prefect.yaml``; idempotent.
 
     python -m deployments.setup [--pool NAME] [--prefect-file prefect.yaml]
     python -m deployments.setup --prefect-file prefect.docker.yaml --pool-type docker \
         --image loan-risk-training:latest [--network-mode host] [--pass-env NAME ...]
 
-Non-interactive and idempotent, against the API Prefect's settings name (never an ephemeral server):
-
-1. the work pool (``--pool``, else ``LOANRISK_WORK_POOL``, else prefect.yaml's) is created unless it exists
-   (of another type: an error). A ``docker`` pool's job template runs each flow run in ``--image`` with the
-   ``--pass-env`` settings of this environment (secrets as Secret block references), updated on every call;
-2. ``prefect --no-prompt deploy --all`` runs from the repository root (on a copy of prefect.yaml when the pool
-   or the drift trigger's ``within`` - the ``drift_cooldown_seconds`` setting - differ from the file's);
-3. the deployments are read back from the API (each must be on the pool);
-4. the alert automations are created or updated (``deployments/alerts.py``), and one JSON line is printed:
-   ``{"api_url", "pool", "pool_created", "deployments": [{"name", "id", "schedules", "triggers", ...}],
-   "alerts"}``.
-
-Exit codes: 0 done, 1 ``prefect deploy`` failed or a deployment is missing afterwards, 2 configuration error
-(no API URL, a pool of another type, an unreadable prefect.yaml), 6 the API refused the credentials.
+The pool is ``--pool``, else ``LOANRISK_WORK_POOL``, else prefect.yaml's; a copy of prefect.yaml is deployed when
+the pool or the drift trigger's ``within`` (``drift_cooldown_seconds``) differ. The deployments are read back,
+the alert automations updated, and one JSON line printed. Exit codes: 0 done, 1 ``prefect deploy`` failed or a
+deployment is missing afterwards, 2 configuration error, 6 the API refused the credentials.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Start a run of a Prefect deployment over the REST API and, with ``--wait``, follow it to its end.
 
-    python -m deployments.trigger loan-risk-training/retrain --param source=sample --param scale=0.02 \\
-        --param n_trials=2 --param deploy=false --wait --timeout 3600
+    python -m deployments.trigger loan-risk-training/retrain --param scale=0.02 --wait --timeout 3600
 
-What GitHub Actions calls, so it imports no Prefect (plain httpx). Environment: ``PREFECT_API_URL``;
-``PREFECT_API_KEY`` (Prefect Cloud, sent as Bearer); ``PREFECT_API_AUTH_STRING`` (``user:pass`` of a
-self-hosted server, sent as HTTP Basic, wins over the key); ``PREFECT_UI_URL`` (optional, for the run's link).
-
-``--param k=v`` values are JSON when they parse (``2``, ``false``, ``[1,2]``), else strings (``k='"2"'`` keeps
-a string). Prints the run's UI link, then one JSON line: ``{"id", "name", "deployment", "state", "state_name",
-"message", "url", "exit_code", "error"}``; progress goes to stderr, and to ``GITHUB_OUTPUT`` /
-``GITHUB_STEP_SUMMARY`` when set. Exit codes: see ``ExitCode``.
+What GitHub Actions calls, so it imports no Prefect (plain httpx). Environment, ``--param`` values, the JSON
+line it prints and the exit codes (``ExitCode``): docs/deployments.md.
 """
 
 from __future__ import annotations

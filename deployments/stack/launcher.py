@@ -119,6 +119,10 @@ def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
         return 0
 
 
+def _py(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
 def _new_secrets() -> dict[str, str]:
     """Strong secrets, generated once and kept in the 0600 state: passwords, the pseudonym key, the accounts of
     the Prefect and MLflow servers."""
@@ -277,6 +281,7 @@ class Stack:
 
     def _prefect(self) -> bool:
         port, host = self._port("prefect"), self.state["host"]
+        auth = f"{PREFECT_USER}:{self.state['secrets']['prefect_auth_password']}"
         env = self._env(
             self.dir / "prefect-server",
             {
@@ -286,10 +291,10 @@ class Stack:
                 "PREFECT_SERVER_UI_ENABLED": "true" if self.ui else "false",
                 "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
                 "PREFECT_UI_API_URL": self._url("prefect", "/api"),
-                "PREFECT_SERVER_API_AUTH_STRING": f"{PREFECT_USER}:{self.state['secrets']['prefect_auth_password']}",
+                "PREFECT_SERVER_API_AUTH_STRING": auth,
             },
         )
-        cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+        cmd = _py("prefect", "server", "start", "--host", host, "--port", str(port))
         return self._serve("prefect", cmd, env, self._url("prefect", "/api/health"))
 
     def _mlflow(self) -> bool:
@@ -313,8 +318,8 @@ class Stack:
             },
         )
         hosts = ",".join(sorted({f"{self._addr}:{port}", f"{host}:{port}", f"localhost:{port}"}))
-        cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri"]
-        cmd += [self._pg("mlflow"), "--serve-artifacts", "--artifacts-destination", str(artifacts)]
+        cmd = _py("mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", self._pg("mlflow"))
+        cmd += ["--serve-artifacts", "--artifacts-destination", str(artifacts)]
         cmd += ["--host", host, "--port", str(port), "--workers", "2", "--allowed-hosts", hosts]
         started = self._serve("mlflow", cmd, env, self._url("mlflow", "/health"))
         pipeline = mlflow_auth.Account(mlflow_auth.PIPELINE_USER, s["mlflow_pipeline_password"])
@@ -330,13 +335,9 @@ class Stack:
             return False
         port, folder = self._port("registry"), self.dir / "registry"
         (folder / "data").mkdir(parents=True, exist_ok=True)
-        password = self.state["secrets"]["registry_password"]
+        login = [REGISTRY_USER, self.state["secrets"]["registry_password"]]
         hashed = subprocess.run(
-            [htpasswd, "-Bbn", REGISTRY_USER, password],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
+            [htpasswd, "-Bbn", *login], capture_output=True, text=True, check=True, timeout=60
         )
         (folder / "htpasswd").write_text(hashed.stdout)
         (config := folder / "config.yml").write_text(
@@ -357,14 +358,9 @@ class Stack:
         env = self._env(self.dir / "client", {"PREFECT_API_URL": urls.prefect_api_url, **auth})
         env.pop(procs.MARKER)
         logger.info("deploying the flows to %s (pool %s)", urls.prefect_api_url, urls.pool)
+        cmd = _py("deployments.setup", "--pool", urls.pool)
         proc = subprocess.run(
-            [sys.executable, "-m", "deployments.setup", "--pool", urls.pool],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            stdin=subprocess.DEVNULL,
+            cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL
         )
         if proc.returncode != 0:
             raise RuntimeError(f"deployments.setup exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -387,24 +383,13 @@ class Stack:
             extra = {"LOANRISK_STATE_DIR": str(home / "state"), "PREFECT_WORKER_QUERY_SECONDS": "3"}
             extra |= {"PREFECT_WORKER_HEARTBEAT_SECONDS": "10"}
             env = self._env(home / "prefect", {**urls.env(), **extra, **self.worker_env})
-            cmd = [
-                sys.executable,
-                "-m",
-                "prefect",
-                "worker",
-                "start",
-                "--pool",
-                urls.pool,
-                "--type",
-                "process",
-            ]
+            cmd = _py("prefect", "worker", "start", "--pool", urls.pool, "--type", "process", "--name", name)
             logger.info("starting worker %s on pool %s", name, urls.pool)
-            self.state["pids"][key] = procs.spawn([*cmd, "--name", name], env, self._log(key), REPO_ROOT)
+            self.state["pids"][key] = procs.spawn(cmd, env, self._log(key), REPO_ROOT)
             self._save()
         online = lambda: set(self.worker_names()) <= self._online_workers(urls)  # noqa: E731
-        procs.wait_until(
-            online, START_TIMEOUT_S, f"{self.workers} worker(s) on pool {urls.pool}", self._dead_worker
-        )
+        what = f"{self.workers} worker(s) on pool {urls.pool}"
+        procs.wait_until(online, START_TIMEOUT_S, what, self._dead_worker)
 
     def _dead_worker(self) -> str | None:
         dead = [key for key in self._worker_keys() if not procs.alive(self.state["pids"][key])]
@@ -425,30 +410,18 @@ class Stack:
         if not self._load():
             return []
         urls, a, ports = self.urls(), self._addr, self.state["ports"]
-        pg_pid = postgres.pid(Path(self.state["pg_dir"]))
-        pg_ok = pg_pid is not None and postgres.healthy(
-            self.state["secrets"]["postgres_password"], a, ports["postgres"]
-        )
-        out = [
-            ServiceStatus(
-                "postgres",
-                f"postgresql://{a}:{ports['postgres']}",
-                pg_ok,
-                pg_pid,
-                ", ".join(postgres.DATABASES),
-            )
-        ]
-        services = [
-            ("prefect", urls.prefect_api_url, "/api/health", 200),
-            ("mlflow", urls.mlflow_tracking_uri, "/health", 200),
-        ]
+        pg_pid, pw = postgres.pid(Path(self.state["pg_dir"])), self.state["secrets"]["postgres_password"]
+        pg_ok = pg_pid is not None and postgres.healthy(pw, a, ports["postgres"])
+        pg_url, databases = f"postgresql://{a}:{ports['postgres']}", ", ".join(postgres.DATABASES)
+        out = [ServiceStatus("postgres", pg_url, pg_ok, pg_pid, databases)]
+        services = [("prefect", urls.prefect_api_url, "/api/health", 200)]
+        services.append(("mlflow", urls.mlflow_tracking_uri, "/health", 200))
         if "registry" in ports:
             services.append(("registry", f"{a}:{ports['registry']}", "/v2/", 401))
         for name, url, path, ok in services:
             code, pid = http_status(health := self._url(name, path)), self._pid(name)
-            out.append(
-                ServiceStatus(name, url, bool(pid) and code == ok, pid, f"{health} -> {code or 'no answer'}")
-            )
+            detail = f"{health} -> {code or 'no answer'}"
+            out.append(ServiceStatus(name, url, bool(pid) and code == ok, pid, detail))
         online = self._online_workers(urls) if out[1].healthy else set()
         for key in self._worker_keys():
             name = f"stack-{self.state['id']}-{key.removeprefix('worker-')}"
