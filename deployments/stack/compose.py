@@ -1,11 +1,7 @@
 """What ``compose.yaml`` needs before ``docker-compose up``: its secrets, its ``.env`` and its three images.
 
-    python -m deployments.stack.compose init  [--dir deployments/stack]   # secrets/ and .env, each only if missing
-    python -m deployments.stack.compose build [--base-image IMAGE] [--tag latest]
-
-``init`` writes each missing secret into ``<dir>/secrets/`` (folder mode 0700, 32 random bytes in hex; a given
-``LOANRISK_PSEUDONYM_KEY`` is checked and used) and a ``.env`` of the non-secret knobs, keeping values already
-there. ``build`` makes the training, PostgreSQL and registry images from one base image.
+python -m deployments.stack.compose init  [--dir deployments/stack]  # secrets/ and .env, only what is missing
+python -m deployments.stack.compose build [--base-image IMAGE] [--tag latest]
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""The training image (``Dockerfile.training``): a build context made on the host, built on the engine.
+"""The training image (``Dockerfile.training``), which the ``docker`` work pool runs each flow run in.
 
     python -m deployments.stack.image [--tag loan-risk-training:latest] [--base-image IMAGE] [--wheel-cache DIR]
 
-The context holds ``requirements.txt`` (``uv export`` without the dev group), ``wheels/`` (downloaded on the
-host: no network inside the build) and ``app/``. The ``docker`` work pool runs each flow run in this image.
+The build context, made on the host: ``requirements.txt`` (``uv export``, no dev group), ``wheels/`` (no network
+inside the build) and ``app/``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """The shared stack as local processes (PostgreSQL, Prefect and MLflow servers, the image registry, workers).
 
-``with Stack(tmp / "stack", workers=2) as urls:`` runs ``up()`` on enter, ``down(purge=True)`` on exit.
-``up`` is idempotent (a running service is kept, a dead one restarted on its recorded port), ``status`` asks each
-service for its health, ``down`` stops what ``up`` started (see :mod:`deployments.stack.procs`) and nothing else.
-``<state_dir>/stack.json`` (mode 0600) holds the ports, PIDs and the stack's generated secrets. The image registry
-is Docker's distribution (Debian's ``docker-registry``) with htpasswd (bcrypt) auth.
+``up`` is idempotent (a running service is kept, a dead one restarted on its recorded port), ``status`` asks
+each service for its health, ``down`` stops what ``up`` started and nothing else. ``<state_dir>/stack.json``
+(mode 0600) holds the ports, PIDs and the stack's generated secrets.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Child processes of the stack: started in sessions of their own, marked, and stopped by PID.
 
-Every process the launcher starts, and every process those start, carries ``LOANRISK_STACK_ID=<id>``. ``down``
-stops the recorded PIDs by process group, then sweeps ``/proc`` for the marker: a child that left its group
-(MLflow's ``huey_consumer``) is stopped too, a process of another stack or developer never is.
+Every process the launcher starts, and every process those start, carries ``LOANRISK_STACK_ID=<id>``: ``down``
+stops the recorded process groups, then whatever still carries the marker (MLflow's ``huey_consumer`` leaves
+its group), never a process of another stack or developer.
 """
 
 from __future__ import annotations
