@@ -46,6 +46,12 @@ TERMINAL_STATES = set(STATE_EXIT_CODES)
 RETRY_STATUS_CODES = {408, 425, 429, 500, 502, 503, 504}
 RESULT_KEYS = ("id", "name", "deployment", "state", "state_name", "message", "url", "exit_code", "error")
 
+AUTH_HINTS = (  # without, with credentials
+    "no credentials were given: set PREFECT_API_KEY (Prefect Cloud) or PREFECT_API_AUTH_STRING "
+    "(self-hosted server with PREFECT_SERVER_API_AUTH_STRING)",
+    "check PREFECT_API_KEY (Prefect Cloud API key, sent as Bearer) or PREFECT_API_AUTH_STRING "
+    "(user:pass of a self-hosted server, sent as HTTP Basic)",
+)
 _CLOUD_API_RE = re.compile(
     r"^(?P<scheme>https?)://(?P<host>[^/]+)/api/accounts/(?P<account>[^/]+)/workspaces/(?P<workspace>[^/]+)$"
 )
@@ -112,18 +118,11 @@ class PrefectApi:
     """The few Prefect REST calls the trigger needs, with retries on transient errors."""
 
     def __init__(
-        self,
-        api_url: str,
-        *,
-        api_key: str | None = None,
-        auth_string: str | None = None,
-        retries: int = 4,
-        retry_delay: float = 2.0,
+        self, api_url: str, auth: dict[str, str], retries: int = 4, retry_delay: float = 2.0
     ) -> None:
-        self.api_url = api_url.rstrip("/")
-        self.has_credentials = bool(api_key or auth_string)
+        self.api_url, self.has_credentials = api_url.rstrip("/"), bool(auth)
         self.retries, self.retry_delay = max(0, retries), max(0.0, retry_delay)
-        headers = {**auth_headers(api_key, auth_string), "Accept": "application/json"}
+        headers = {**auth, "Accept": "application/json"}
         self._client = httpx.Client(base_url=self.api_url + "/", headers=headers, timeout=30.0)
 
     def __enter__(self) -> PrefectApi:
@@ -131,22 +130,6 @@ class PrefectApi:
 
     def __exit__(self, *exc: object) -> None:
         self._client.close()
-
-    def _auth_error(self, response: httpx.Response) -> TriggerError:
-        code = response.status_code
-        what = "refused the credentials" if code == 401 else "denied access"
-        hint = (
-            "check PREFECT_API_KEY (Prefect Cloud API key, sent as Bearer) or PREFECT_API_AUTH_STRING "
-            "(user:pass of a self-hosted server, sent as HTTP Basic)"
-            if self.has_credentials
-            else "no credentials were given: set PREFECT_API_KEY (Prefect Cloud) or PREFECT_API_AUTH_STRING "
-            "(self-hosted server with PREFECT_SERVER_API_AUTH_STRING)"
-        )
-        return TriggerError(
-            f"authentication failed: the Prefect API at {self.api_url} {what} (HTTP {code}: "
-            f"{_detail(response)}); {hint}",
-            ExitCode.AUTH,
-        )
 
     def request(self, method: str, path: str, *, json_body: Any = None, not_found: str | None = None) -> Any:
         """One API call; transport errors and 408/425/429/5xx are retried ``retries`` times with backoff."""
@@ -158,7 +141,11 @@ class PrefectApi:
             else:
                 code = response.status_code
                 if code in (401, 403):
-                    raise self._auth_error(response)
+                    what = "refused the credentials" if code == 401 else "denied access"
+                    what = f"the Prefect API at {self.api_url} {what} (HTTP {code}: {_detail(response)})"
+                    raise TriggerError(
+                        f"authentication failed: {what}; {AUTH_HINTS[self.has_credentials]}", ExitCode.AUTH
+                    )
                 if code == 404:
                     detail = f"{method} {path}: not found (HTTP 404: {_detail(response)})"
                     raise TriggerError(not_found or detail, ExitCode.NOT_FOUND)
@@ -192,12 +179,7 @@ class PrefectApi:
         return self.request("GET", path, not_found=hint)
 
     def create_flow_run(
-        self,
-        deployment_id: str,
-        parameters: Mapping[str, Any],
-        *,
-        name: str | None = None,
-        tags: Sequence[str] = (),
+        self, deployment_id: str, parameters: Mapping[str, Any], name: str | None, tags: Sequence[str]
     ) -> dict[str, Any]:
         """A new run of the deployment; the idempotency key makes a retried POST return the same run."""
         body = {"parameters": dict(parameters), "idempotency_key": str(uuid.uuid4())}
@@ -302,20 +284,18 @@ def _run(args: argparse.Namespace, result: dict[str, Any]) -> ExitCode:
     """Create the run (and follow it with ``--wait``), filling ``result``; the exit code."""
     api_url = (args.api_url or os.environ.get("PREFECT_API_URL") or "").strip()
     if not api_url:
-        raise TriggerError(
-            "PREFECT_API_URL is not set (e.g. http://127.0.0.1:4200/api, or a Prefect Cloud workspace URL)",
-            ExitCode.USAGE,
-        )
+        example = "e.g. http://127.0.0.1:4200/api, or a Prefect Cloud workspace URL"
+        raise TriggerError(f"PREFECT_API_URL is not set ({example})", ExitCode.USAGE)
     try:
         parameters = parse_params(args.param)
     except ValueError as exc:
         raise TriggerError(str(exc), ExitCode.USAGE) from exc
     if args.timeout <= 0 or args.poll_interval <= 0:
         raise TriggerError("--timeout and --poll-interval must be positive", ExitCode.USAGE)
-    auth = {"api_key": _env("PREFECT_API_KEY"), "auth_string": _env("PREFECT_API_AUTH_STRING")}
-    with PrefectApi(api_url, **auth, retries=args.retries, retry_delay=args.retry_delay) as api:
+    auth = auth_headers(_env("PREFECT_API_KEY"), _env("PREFECT_API_AUTH_STRING"))
+    with PrefectApi(api_url, auth, args.retries, args.retry_delay) as api:
         deployment = api.read_deployment(args.deployment)
-        run = api.create_flow_run(deployment["id"], parameters, name=args.name, tags=args.tag)
+        run = api.create_flow_run(deployment["id"], parameters, args.name, args.tag)
         url = flow_run_url(api_url, run["id"], _env("PREFECT_UI_URL"))
         result.update(id=run["id"], name=run.get("name"), url=url)
         result["state"], result["state_name"], result["message"] = state_of(run)
@@ -336,9 +316,8 @@ def _run(args: argparse.Namespace, result: dict[str, Any]) -> ExitCode:
             result["state"], result["state_name"], result["message"] = state_of(run)
     code = STATE_EXIT_CODES[result["state"]]
     if code != ExitCode.OK:
-        logger.error(
-            "flow run %s ended %s: %s", run["id"], result["state_name"], result["message"] or "no message"
-        )
+        message = result["message"] or "no message"
+        logger.error("flow run %s ended %s: %s", run["id"], result["state_name"], message)
     return code
 
 
