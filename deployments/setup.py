@@ -38,6 +38,7 @@ DEFAULT_PREFECT_FILE = REPO_ROOT / "prefect.yaml"
 POOL_ENV = "LOANRISK_WORK_POOL"
 DEPLOY_TIMEOUT_S = 600
 DRIFT_EVENT = "loan-risk.drift.detected"
+CREDENTIALS = "PREFECT_API_KEY or PREFECT_API_AUTH_STRING"
 # What a flow run in a container needs from the deploying environment (only the names set are passed).
 PASS_ENV = (
     "MLFLOW_TRACKING_URI",
@@ -268,11 +269,7 @@ def read_back(specs: Sequence[DeploymentSpec], pool: str) -> list[dict[str, Any]
             limit, options = dep.global_concurrency_limit, dep.concurrency_options
             automations = client.read_resource_related_automations(f"prefect.deployment.{dep.id}")
             schedules = [
-                {
-                    "cron": getattr(s.schedule, "cron", None),
-                    "timezone": getattr(s.schedule, "timezone", None),
-                    "active": s.active,
-                }
+                {k: getattr(s.schedule, k, None) for k in ("cron", "timezone")} | {"active": s.active}
                 for s in dep.schedules
             ]
             out.append(
@@ -302,11 +299,10 @@ def setup(
     data = load_prefect_file(prefect_file)
     specs = deployment_specs(data)
     declared = {s.pool for s in specs}
-    pool = pool or os.environ.get(POOL_ENV) or None
-    if pool is None:
+    if not (pool := pool or os.environ.get(POOL_ENV)):
         if len(declared) != 1:
             raise SetupError(f"{prefect_file} names several pools {sorted(declared)}; pass --pool", 2)
-        pool = declared.pop()
+        (pool,) = declared
     if not (url := api_url()):
         raise SetupError(
             "no Prefect API configured: start a server (prefect server start) and set PREFECT_API_URL, "
@@ -325,14 +321,8 @@ def setup(
             what = "deploying a copy of %s with work pool %s, drift cooldown %d s"
             logger.info(what, prefect_file.name, pool, cooldown)
             run_prefect_deploy(changed)
-    deployments = read_back(specs, pool)
-    return {
-        "api_url": url,
-        "pool": pool,
-        "pool_created": created,
-        "deployments": deployments,
-        "alerts": ensure_alerts(),
-    }
+    result = {"api_url": url, "pool": pool, "pool_created": created, "deployments": read_back(specs, pool)}
+    return result | {"alerts": ensure_alerts()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -343,13 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--pool-type", choices=("process", "docker"), default="process", help="default: process")
     add("--image", help="docker pool: the training image each flow run runs in")
     add("--network-mode", help="docker pool: the containers' network mode (e.g. host)")
-    add(
-        "--pass-env",
-        action="append",
-        metavar="NAME",
-        help="docker pool: a variable passed to each flow run's "
-        f"container when set (default: {', '.join(PASS_ENV)})",
-    )
+    default = ", ".join(PASS_ENV)
+    pass_env = f"docker pool: a variable passed to each flow run's container when set (default: {default})"
+    add("--pass-env", action="append", metavar="NAME", help=pass_env)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[setup] %(message)s", stream=sys.stderr)
     env = {n: os.environ[n] for n in args.pass_env or PASS_ENV if os.environ.get(n)}
@@ -365,10 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except httpx.HTTPStatusError as exc:
         if exc.response.status_code not in (401, 403):
             raise
-        logger.error(
-            "the Prefect API refused the credentials (%s): check PREFECT_API_KEY or PREFECT_API_AUTH_STRING",
-            exc,
-        )
+        logger.error("the Prefect API refused the credentials (%s): check %s", exc, CREDENTIALS)
         return 6
     logger.info("done in %.1fs", time.monotonic() - started)
     print(json.dumps(result, default=str), flush=True)
