@@ -2,11 +2,11 @@
 
     python -m deployments.alerts            # create or update them
 
-One automation per alert (:data:`ALERTS`), one notification per channel each. Channels come from the settings
-(never ``prefect.yaml``: they hold secrets): ``alert_webhook_url`` (a ``Webhook`` block) and ``alert_apprise_urls``
-(each in a ``Slack Webhook`` block, the one built-in block that hands any Apprise URL to Apprise unchanged: a
-block class of our own would not load in the Prefect server, which runs the actions). Idempotent; with no channel
-the automations are removed. Exit codes: 0 done, 2 no Prefect API configured.
+One automation per alert (:data:`ALERTS`), one notification per channel each. The channels (settings, never
+``prefect.yaml``: they hold secrets) are ``alert_webhook_url`` (a ``Webhook`` block) and ``alert_apprise_urls``
+(each in a ``Slack Webhook`` block: the one built-in block that hands any Apprise URL to Apprise unchanged; a
+block class of our own would not load in the Prefect server, which runs the actions). Idempotent; with no
+channel the automations are removed. Exit codes: 0 done, 2 no Prefect API configured.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import yaml
 
-from deployments.alerts import api_url, ensure_alerts  # the alert automations live on the same server
+from deployments.alerts import DRIFT_DETECTED, api_url, ensure_alerts  # automations: the same server
 from tasks.errors import PermanentError
 
 logger = logging.getLogger("deployments.setup")
@@ -37,7 +37,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PREFECT_FILE = REPO_ROOT / "prefect.yaml"
 POOL_ENV = "LOANRISK_WORK_POOL"
 DEPLOY_TIMEOUT_S = 600
-DRIFT_EVENT = "loan-risk.drift.detected"
 CREDENTIALS = "PREFECT_API_KEY or PREFECT_API_AUTH_STRING"
 # What a flow run in a container needs from the deploying environment (only the names set are passed).
 PASS_ENV = (
@@ -125,11 +124,11 @@ def with_pool(data: dict[str, Any], pool: str) -> dict[str, Any]:
 
 
 def with_cooldown(data: dict[str, Any], seconds: int) -> dict[str, Any]:
-    """A copy of the prefect.yaml content whose drift triggers (expecting ``DRIFT_EVENT``) fire at most once
+    """A copy of the prefect.yaml content whose drift triggers (expecting ``DRIFT_DETECTED``) fire at most once
     per ``seconds`` (their ``within``)."""
     out = _copy(data)
     for trigger in (t for item in out["deployments"] for t in item.get("triggers") or []):
-        if DRIFT_EVENT in (trigger.get("expect") or []):
+        if DRIFT_DETECTED in (trigger.get("expect") or []):
             trigger["within"] = int(seconds)
     return out
 
