@@ -219,13 +219,6 @@ def wait_for_run(
         time.sleep(min(poll_interval, remaining))
 
 
-class _StderrHandler(logging.Handler):
-    """Writes to whatever ``sys.stderr`` is at the time of each record (test capture swaps it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        sys.stderr.write(self.format(record) + "\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m deployments.trigger",
@@ -323,10 +316,11 @@ def _run(args: argparse.Namespace, result: dict[str, Any]) -> ExitCode:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("[trigger] %(message)s"))
-        logger.addHandler(handler)
+    handler = logging.StreamHandler(
+        sys.stderr
+    )  # this call's stderr (a test's capture swaps it between calls)
+    handler.setFormatter(logging.Formatter("[trigger] %(message)s"))
+    logger.handlers = [handler]
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     logger.propagate = False
     result: dict[str, Any] = dict.fromkeys(RESULT_KEYS) | {"deployment": args.deployment}
