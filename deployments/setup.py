@@ -36,6 +36,10 @@ logger = logging.getLogger("deployments.setup")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PREFECT_FILE = REPO_ROOT / "prefect.yaml"
 POOL_ENV = "LOANRISK_WORK_POOL"
+POOL_DESCRIPTIONS = {
+    "process": "Runs the loan-risk flows in subprocesses of a worker started from the checkout",
+    "docker": "Runs each loan-risk flow run in a container of the training image",
+}
 DEPLOY_TIMEOUT_S = 600
 CREDENTIALS = "PREFECT_API_KEY or PREFECT_API_AUTH_STRING"
 # What a flow run in a container needs from the deploying environment (only the names set are passed).
@@ -187,11 +191,7 @@ def ensure_pool(name: str, spec: PoolSpec | None = None) -> bool:
                 client.update_work_pool(name, WorkPoolUpdate(base_job_template=spec.template()))
                 logger.info("work pool %s (%s) exists; its job template is updated", name, spec.type)
             return False
-        description = (
-            "Runs the loan-risk flows in subprocesses of a worker started from the checkout"
-            if spec.type == "process"
-            else "Runs each loan-risk flow run in a container of the training image"
-        )
+        description = POOL_DESCRIPTIONS[spec.type]
         create = WorkPoolCreate(
             name=name, type=spec.type, description=description, base_job_template=spec.template()
         )
@@ -206,28 +206,14 @@ def ensure_pool(name: str, spec: PoolSpec | None = None) -> bool:
 
 def run_prefect_deploy(prefect_file: Path) -> None:
     """``prefect --no-prompt deploy --all`` from the repository root; its output goes to the log."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "prefect",
-        "--no-prompt",
-        "deploy",
-        "--all",
-        "--prefect-file",
-        str(prefect_file),
-    ]
+    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file"]
+    cmd.append(str(prefect_file))
     env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), "PREFECT_CLI_COLORS": "false"}
     logger.info("running %s (cwd %s)", " ".join(cmd[2:]), REPO_ROOT)
     try:
+        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
         proc = subprocess.run(
-            cmd,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=DEPLOY_TIMEOUT_S,
+            cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, timeout=DEPLOY_TIMEOUT_S, **output
         )
     except subprocess.TimeoutExpired as exc:
         raise SetupError(f"prefect deploy did not finish in {DEPLOY_TIMEOUT_S}s") from exc
@@ -329,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add = parser.add_argument
     add("--pool", help=f"work pool name (default: ${POOL_ENV}, else the one in prefect.yaml)")
     add("--prefect-file", type=Path, default=DEFAULT_PREFECT_FILE, help="default: <repo>/prefect.yaml")
-    add("--pool-type", choices=("process", "docker"), default="process", help="default: process")
+    add("--pool-type", choices=tuple(POOL_DESCRIPTIONS), default="process", help="default: process")
     add("--image", help="docker pool: the training image each flow run runs in")
     add("--network-mode", help="docker pool: the containers' network mode (e.g. host)")
     default = ", ".join(PASS_ENV)
