@@ -141,16 +141,13 @@ def _connect(password: str, host: str, port: int, timeout: int) -> Any:
 
 def ensure_databases(password: str, host: str, port: int) -> None:
     """Create the stack's databases that do not exist yet."""
-    conn = _connect(password, host, port, 10)
-    try:
+    with contextlib.closing(_connect(password, host, port, 10)) as conn:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT datname FROM pg_database")
             have = {row[0] for row in cur.fetchall()}
             for name in (n for n in DATABASES if n not in have):
                 cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
 
 
 def healthy(password: str, host: str, port: int) -> bool:
