@@ -53,12 +53,11 @@ def settle_markers(text: str) -> str:
     """The requirement lines that apply to :data:`TARGET`, without their markers."""
     from packaging.markers import Marker
 
-    out = []
-    for line in text.splitlines():
-        requirement, _, marker = line.split("#", 1)[0].partition(";")
-        if requirement.strip() and (not marker.strip() or Marker(marker.strip()).evaluate(TARGET)):
-            out.append(requirement.strip())
-    return "\n".join(out) + "\n"
+    lines = (line.split("#", 1)[0].partition(";") for line in text.splitlines())
+    kept = [
+        r.strip() for r, _, m in lines if r.strip() and (not m.strip() or Marker(m.strip()).evaluate(TARGET))
+    ]
+    return "\n".join(kept) + "\n"
 
 
 def export_requirements(out: Path) -> Path:
