@@ -186,11 +186,8 @@ class Stack:
         if not self._load():
             raise RuntimeError(f"no stack in {self.dir}: run python -m deployments.stack up")
         s, p = self.state["secrets"], self.state["ports"]
-        reg = (
-            f"{self._addr}:{p['registry']}"
-            if "registry" in p and self.state["pids"].get("registry")
-            else None
-        )
+        has_registry = "registry" in p and self.state["pids"].get("registry")
+        reg = f"{self._addr}:{p['registry']}" if has_registry else None
         return StackUrls(
             prefect_api_url=self._url("prefect", "/api"),
             mlflow_tracking_uri=self._url("mlflow"),
@@ -231,11 +228,10 @@ class Stack:
         """Start what is not running; returns the URLs once every service answers."""
         if not self._load():
             stack_id = uuid.uuid4().hex[:12]
-            pg_dir = str(postgres.cluster_dir(self.dir, stack_id))
-            self.state = {"id": stack_id, "host": self.host, "pool": self.pool, "pg_dir": pg_dir}
-            self.state |= {"ports": {}, "pids": {}, "secrets": _new_secrets()}
-        for key, value in _new_secrets().items():  # a stack made before the servers had accounts
-            self.state["secrets"].setdefault(key, value)
+            self.state = {"id": stack_id, "host": self.host, "pool": self.pool, "ports": {}, "pids": {}}
+            self.state["pg_dir"] = str(postgres.cluster_dir(self.dir, stack_id))
+        # new secrets for a new stack, and those a stack made before the servers had accounts lacks
+        self.state["secrets"] = _new_secrets() | self.state.get("secrets", {})
         self.state["workers"] = self.workers
         self._save()
         self._postgres()
