@@ -3,9 +3,9 @@
     python -m deployments.alerts            # create or update them
 
 One automation per alert (:data:`ALERTS`), one notification per channel each. The channels (settings, never
-``prefect.yaml``: they hold secrets) are ``alert_webhook_url`` (a ``Webhook`` block) and ``alert_apprise_urls``
-(each in a ``Slack Webhook`` block: the one built-in block that hands any Apprise URL to Apprise unchanged; a
-block class of our own would not load in the Prefect server, which runs the actions). Idempotent; with no
+``prefect.yaml``: they hold secrets): ``alert_webhook_url`` (a ``Webhook`` block), ``alert_apprise_urls``
+(each in a ``Slack Webhook`` block: the one built-in block that hands any Apprise URL to Apprise unchanged;
+a block class of our own would not load in the Prefect server, which runs the actions). Idempotent; with no
 channel the automations are removed. Exit codes: 0 done, 2 no Prefect API configured.
 """
 
@@ -117,7 +117,7 @@ ALERTS = [  # see the module docstring
 
 def webhook_payload(alert: Alert) -> str:
     """The webhook's JSON document as a Jinja template: ``{"alert", "summary", "model", "version", "flow",
-    "flow_run", "state", "reason", "link", "payload", "event", "occurred"}``, every value through ``tojson``."""
+    "flow_run", "state", "reason", "link", "payload", "event", "occurred"}``, values through ``tojson``."""
     fields = {
         "alert": f"'{alert.key}'",
         **alert.fields,
@@ -130,7 +130,7 @@ def webhook_payload(alert: Alert) -> str:
 
 
 def _inline(template: str) -> str:
-    """A text template (``{{ a }} text {{ b }}``) as one Jinja expression (``(a)|string ~ ' text ' ~ ...``)."""
+    """A text template (``{{ a }} text {{ b }}``) as one Jinja expression (``(a)|string ~ ' text ' ~``)."""
     out, rest = [], template
     while "{{" in rest:
         text, _, rest = rest.partition("{{")

@@ -4,10 +4,10 @@
     python -m deployments.setup --prefect-file prefect.docker.yaml --pool-type docker \
         --image loan-risk-training:latest [--network-mode host] [--pass-env NAME ...]
 
-The pool is ``--pool``, else ``LOANRISK_WORK_POOL``, else prefect.yaml's; a copy of prefect.yaml is deployed when
-the pool or the drift trigger's ``within`` (``drift_cooldown_seconds``) differ. The deployments are read back,
-the alert automations updated, and one JSON line printed. Exit codes: 0 done, 1 ``prefect deploy`` failed or a
-deployment is missing afterwards, 2 configuration error, 6 the API refused the credentials.
+The pool is ``--pool``, else ``LOANRISK_WORK_POOL``, else prefect.yaml's; a copy of prefect.yaml is deployed
+when the pool or the drift trigger's ``within`` (``drift_cooldown_seconds``) differ. The deployments are read
+back, the alert automations updated, and one JSON line printed. Exit codes: 0 done, 1 ``prefect deploy``
+failed or a deployment is missing afterwards, 2 configuration error, 6 the API refused the credentials.
 """
 
 from __future__ import annotations
@@ -128,8 +128,7 @@ def with_pool(data: dict[str, Any], pool: str) -> dict[str, Any]:
 
 
 def with_cooldown(data: dict[str, Any], seconds: int) -> dict[str, Any]:
-    """A copy of the prefect.yaml content whose drift triggers (expecting ``DRIFT_DETECTED``) fire at most once
-    per ``seconds`` (their ``within``)."""
+    """A copy of the prefect.yaml content whose drift triggers fire at most once per ``seconds``."""
     out = _copy(data)
     for trigger in (t for item in out["deployments"] for t in item.get("triggers") or []):
         if DRIFT_DETECTED in (trigger.get("expect") or []):

@@ -1,5 +1,5 @@
-"""The shared stack (PostgreSQL, Prefect and MLflow servers on it, the image registry, workers), described twice:
-``compose.yaml`` for teams that run Docker Compose, and :class:`Stack`, local processes (the tests and CI):
+"""The shared stack (PostgreSQL, Prefect and MLflow servers on it, the image registry, workers), described
+twice: ``compose.yaml`` for teams that run Docker Compose, and :class:`Stack`, local processes (tests, CI):
 
     python -m deployments.stack up [--workers N] [--state-dir DIR] [--host ADDR]
     python -m deployments.stack status | env | down [--purge]

@@ -1,12 +1,8 @@
 """``python -m deployments.stack up|status|env|down``: the shared stack as local processes.
 
-    up      start what is not running (idempotent), deploy the flows to the pool, start N workers; prints status
-    status  each service's URL, health and PID; exit 0 when all are healthy, 1 otherwise
-    env     ``export`` lines that point a shell at the stack (``eval "$(python -m deployments.stack env)"``)
-    down    stop everything ``up`` started, nothing else (``--purge`` also removes the stack's data)
-
-The state folder (``--state-dir``, else ``LOANRISK_STACK_DIR``, else ``<repo>/.state/stack``) holds the data,
-the logs and ``stack.json`` (ports, PIDs and the generated passwords; mode 0600).
+``up`` starts what is not running, deploys the flows and starts N workers; ``status`` exits 1 unless all are
+healthy; ``env`` prints ``export`` lines; ``down [--purge]`` stops what ``up`` started. The state folder:
+``--state-dir``, else ``LOANRISK_STACK_DIR``, else ``<repo>/.state/stack`` (docs/team-stack.md).
 """
 
 from __future__ import annotations

@@ -62,10 +62,8 @@ def secret_value(name: str) -> str:
 
 
 def write_secrets(folder: Path) -> list[str]:
-    """Each missing secret file of :data:`SECRETS` in ``folder`` (0700); the names written.
-
-    The files are 0644 inside the 0700 folder: Compose (without Swarm) bind-mounts them as they are, and the
-    containers' uid 10001 must read them; nobody but the folder's owner reaches them on the host."""
+    """Each missing secret file of :data:`SECRETS` in ``folder``; the names written. The files are 0644 in the
+    0700 folder: Compose (without Swarm) mounts them as they are, and the containers' uid 10001 reads them."""
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
     written = [
@@ -79,9 +77,9 @@ def write_secrets(folder: Path) -> list[str]:
 
 
 def write_env(path: Path, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``.env`` with :data:`DEFAULT_ENV`, the group owning the engine's socket (the worker joins it to build and
-    push; '0' if unknown) and ``overrides``; values already in the file are kept. Refuses a secret-looking key
-    (secrets live in files)."""
+    """``.env`` with :data:`DEFAULT_ENV`, the group owning the engine's socket (the worker joins it to build
+    and push; '0' if unknown) and ``overrides``; values already in the file are kept. Refuses a secret-looking
+    key (secrets live in files)."""
     given = {**DEFAULT_ENV, **(overrides or {})}
     try:
         given.setdefault("DOCKER_GID", str(os.stat(given["DOCKER_SOCKET"]).st_gid))

@@ -1,9 +1,9 @@
 """The training image (``Dockerfile.training``), which the ``docker`` work pool runs each flow run in.
 
-    python -m deployments.stack.image [--tag loan-risk-training:latest] [--base-image IMAGE] [--wheel-cache DIR]
+    python -m deployments.stack.image [--tag loan-risk-training:latest] [--base-image IMG] [--wheel-cache DIR]
 
-The build context, made on the host: ``requirements.txt`` (``uv export``, no dev group), ``wheels/`` (no network
-inside the build) and ``app/``.
+The build context, made on the host: ``requirements.txt`` (``uv export``, no dev group), ``wheels/`` (no
+network inside the build) and ``app/``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ _IGNORE = shutil.ignore_patterns(
 
 
 # The oldest interpreter the image may have: Debian bookworm's 3.11.2 (the official slim image has a newer
-# 3.11.x). The lock's markers are settled for it, so a package only older 3.11 releases need (async-timeout) is
-# in wheels/; pip downloads the wheels for "3.11", which reads such markers as false.
+# 3.11.x). The lock's markers are settled for it, so a package only older 3.11 releases need (async-timeout)
+# is in wheels/; pip downloads the wheels for "3.11", which reads such markers as false.
 TARGET = {
     "python_version": "3.11",
     "python_full_version": "3.11.2",

@@ -65,7 +65,7 @@ class StackUrls:
     mlflow_reader_password: str | None = field(default=None, repr=False)
 
     def env(self) -> dict[str, str]:
-        """The settings a client, a worker or a flow run needs: URLs, registry and the shared pseudonym key."""
+        """The settings a client, a worker or a flow run needs: URLs, registry, the shared pseudonym key."""
         out = {
             "PREFECT_API_URL": self.prefect_api_url,
             "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
@@ -122,8 +122,8 @@ def _py(*args: str) -> list[str]:
 
 
 def _new_secrets() -> dict[str, str]:
-    """Strong secrets, generated once and kept in the 0600 state: passwords, the pseudonym key, the accounts of
-    the Prefect and MLflow servers."""
+    """Strong secrets, generated once and kept in the 0600 state: passwords, the pseudonym key, the accounts
+    of the Prefect and MLflow servers."""
     sizes = {"postgres_password": 18, "registry_password": 18, "prefect_auth_password": 24}
     sizes |= {"mlflow_admin_password": 24, "mlflow_pipeline_password": 24, "mlflow_reader_password": 24}
     made = {name: secrets.token_urlsafe(size) for name, size in sizes.items()}

@@ -1,11 +1,9 @@
 """The tracking server's accounts: MLflow's own authentication app (``mlflow server --app-name basic-auth``).
 
-    python -m deployments.stack.mlflow_auth config --out FILE --database-uri URI   # the app's ini (mode 0600)
-    python -m deployments.stack.mlflow_auth accounts --tracking-uri URL            # pipeline and reader accounts
+    python -m deployments.stack.mlflow_auth config --out FILE --database-uri URI   # the app's ini (0600)
+    python -m deployments.stack.mlflow_auth accounts --tracking-uri URL            # pipeline and reader
 
-The admin (``MLFLOW_AUTH_ADMIN_USERNAME`` / ``_PASSWORD``) only makes the others; the pipeline
-(``LOANRISK_MLFLOW_USERNAME`` / ``_PASSWORD``) holds MANAGE on what it creates; a reader
-(``LOANRISK_MLFLOW_READER_USERNAME`` / ``_PASSWORD``) gets READ. Anonymous requests get 401.
+The admin only makes the others; the pipeline holds MANAGE on what it creates, a reader gets READ.
 """
 
 from __future__ import annotations
@@ -40,8 +38,8 @@ class Account:
 
 
 def write_config(path: Path, database_uri: str) -> Path:
-    """The auth app's ini: READ for every signed-in user by default, the users kept in ``database_uri`` (MLflow
-    reads the admin's credentials from MLFLOW_AUTH_ADMIN_*)."""
+    """The auth app's ini: READ for every signed-in user by default, the users kept in ``database_uri``
+    (MLflow reads the admin's credentials from MLFLOW_AUTH_ADMIN_*)."""
     config = configparser.ConfigParser()
     config["mlflow"] = {
         "default_permission": "READ",

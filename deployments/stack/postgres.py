@@ -36,7 +36,8 @@ def bindir() -> Path:
     if found := shutil.which("initdb"):
         return Path(found).resolve().parent
     raise PostgresMissing(
-        "PostgreSQL is not installed (no initdb): apt-get install postgresql (or tests/infra/services.sh install)"
+        "PostgreSQL is not installed (no initdb): apt-get install postgresql "
+        "(or bash tests/infra/services.sh install)"
     )
 
 

@@ -34,8 +34,8 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
 
 
 def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path, cwd: Path) -> int:
-    """Start ``cmd`` detached in a session of its own, output appended to ``log_path``; returns its PID (a later
-    ``down``, maybe in another process, stops it by the PID recorded in the state file)."""
+    """Start ``cmd`` detached in a session of its own, output appended to ``log_path``; returns its PID (a
+    later ``down``, maybe in another process, stops it by the PID recorded in the state file)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         kwargs: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT}
@@ -104,7 +104,7 @@ def sweep(stack_id: str, timeout: float = 15.0) -> list[int]:
 def wait_until(
     check: Callable[[], bool], timeout: float, what: str, fail: Callable[[], Any] | None = None
 ) -> float:
-    """Poll ``check`` until it holds; ``fail`` (returning a reason or None) aborts early. Returns seconds waited."""
+    """Poll ``check`` until it holds; ``fail`` (returning a reason or None) aborts early. Seconds waited."""
     t0 = time.monotonic()
     while not check():
         if reason := fail() if fail else None:

@@ -1,4 +1,4 @@
-"""Run a command with the Compose secrets as its environment: each file ``/run/secrets/NAME`` becomes ``NAME``.
+"""Run a command with the Compose secrets as its environment: each file ``/run/secrets/NAME`` as ``NAME``.
 
     python -m deployments.stack.secret_env prefect server start ...
 
