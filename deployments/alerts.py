@@ -190,29 +190,25 @@ def ensure_alerts(settings: Settings | None = None) -> dict[str, Any]:
     with get_client(sync_client=True) as client:
         for alert in ALERTS:
             existing = client.read_automations_by_name(alert.name)
-            for extra in existing[1:]:
+            for extra in existing[1:] if channels else existing:  # duplicates; all of them with no channel
                 client.delete_automation(extra.id)
             result = {"name": alert.name, "id": None, "status": "removed" if existing else "absent"}
-            if not channels:
+            if channels:
+                core = AutomationCore(
+                    name=alert.name,
+                    description=f"Notify the loan-risk channels: {alert.description} (deployments/alerts.py)",
+                    enabled=True,
+                    tags=["loan-risk"],
+                    trigger=_trigger(alert, monitoring.alert_flows),
+                    actions=_actions(alert, channels),
+                )
                 if existing:
-                    client.delete_automation(existing[0].id)
-                results.append(result)
-                continue
-            core = AutomationCore(
-                name=alert.name,
-                description=f"Notify the loan-risk channels: {alert.description} (deployments/alerts.py)",
-                enabled=True,
-                tags=["loan-risk"],
-                trigger=_trigger(alert, monitoring.alert_flows),
-                actions=_actions(alert, channels),
-            )
-            if existing:
-                client.update_automation(existing[0].id, core)
-                result.update(id=str(existing[0].id), status="updated")
-            else:
-                result.update(id=str(client.create_automation(core)), status="created")
+                    client.update_automation(existing[0].id, core)
+                    result.update(id=str(existing[0].id), status="updated")
+                else:
+                    result.update(id=str(client.create_automation(core)), status="created")
+                logger.info("%s: %s", result["status"], alert.name)
             results.append(result)
-            logger.info("%s: %s", result["status"], alert.name)
     return {"channels": [kind for kind, _ in channels], "automations": results}
 
 

@@ -228,9 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("deployment", help="FLOW/DEPLOYMENT, e.g. loan-risk-training/retrain")
-    add(
-        "--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a run parameter (repeatable)"
-    )
+    add("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a run parameter, repeatable")
     add("--wait", action="store_true", help="follow the run to a terminal state")
     add("--timeout", type=float, default=3600.0, help="seconds to wait with --wait (default 3600)")
     add("--poll-interval", type=float, default=5.0, help="seconds between state reads (default 5)")
