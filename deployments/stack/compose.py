@@ -29,11 +29,8 @@ SECRETS = (
     "pseudonym-key",
 )
 SECRET_MARKERS = ("PASSWORD", "_TOKEN", "SECRET_KEY", "PSEUDONYM_KEY", "AUTH_STRING")  # never in .env
-IMAGES = {  # image name -> Dockerfile under images/ (None: the training image's own build)
-    "loan-risk-training": None,
-    "loan-risk-postgres": "postgres.Dockerfile",
-    "loan-risk-registry": "registry.Dockerfile",
-}
+# the stack's images besides the training image: name -> Dockerfile under images/
+IMAGES = {"loan-risk-postgres": "postgres.Dockerfile", "loan-risk-registry": "registry.Dockerfile"}
 DEFAULT_ENV = {
     "LOANRISK_STACK_BIND": "127.0.0.1",
     "POSTGRES_PORT": "5432",
@@ -98,22 +95,20 @@ def write_env(path: Path, overrides: Mapping[str, str] | None = None) -> dict[st
 
 
 def build(base_image: str | None, tag: str = "latest") -> dict[str, str]:
-    """Build the stack's three images on the engine ``DOCKER_HOST`` names; ``{image: id}``."""
+    """Build the training image and :data:`IMAGES` on the engine ``DOCKER_HOST`` names; ``{image: id}``."""
     from deployments.stack import image
     from tasks.release.build import build_image
     from tasks.release.engine import get_client
 
-    built = {}
+    logger.info("building loan-risk-training:%s", tag)
+    built = {"loan-risk-training": image.build(f"loan-risk-training:{tag}", base_image=base_image)}
     buildargs = {"BASE_IMAGE": base_image} if base_image else {}
     for name, dockerfile in IMAGES.items():
         logger.info("building %s:%s", name, tag)
-        if dockerfile is None:
-            built[name] = image.build(f"{name}:{tag}", base_image=base_image)
-        else:
-            client = get_client()
-            built[name] = build_image(
-                STACK_DIR, name, [tag], buildargs, client=client, dockerfile=f"images/{dockerfile}"
-            )
+        client = get_client()
+        built[name] = build_image(
+            STACK_DIR, name, [tag], buildargs, client=client, dockerfile=f"images/{dockerfile}"
+        )
     return built
 
 
