@@ -218,7 +218,7 @@ class Stack:
 
     def _pg(self, database: str, driver: str = "psycopg2") -> str:
         pw, port = self.state["secrets"]["postgres_password"], self.state["ports"]["postgres"]
-        return postgres.url(driver, pw, self._addr, port, database)
+        return f"postgresql+{driver}://postgres:{pw}@{self._addr}:{port}/{database}"  # a SQLAlchemy URL
 
     def _pid(self, name: str) -> int | None:
         pid = self.state["pids"].get(name)

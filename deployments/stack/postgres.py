@@ -127,11 +127,6 @@ def pid(cluster: Path) -> int | None:
     return None
 
 
-def url(driver: str, password: str, host: str, port: int, database: str) -> str:
-    """A SQLAlchemy URL, e.g. ``postgresql+psycopg2://postgres:<pw>@host:port/mlflow``."""
-    return f"postgresql+{driver}://postgres:{password}@{host}:{port}/{database}"
-
-
 def _connect(password: str, host: str, port: int, timeout: int) -> Any:
     import psycopg2
 
