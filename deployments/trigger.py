@@ -314,9 +314,7 @@ def _run(args: argparse.Namespace, result: dict[str, Any]) -> ExitCode:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler(
-        sys.stderr
-    )  # this call's stderr (a test's capture swaps it between calls)
+    handler = logging.StreamHandler(sys.stderr)  # this call's (a test's capture swaps it between calls)
     handler.setFormatter(logging.Formatter("[trigger] %(message)s"))
     logger.handlers = [handler]
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
