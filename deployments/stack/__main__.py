@@ -24,11 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deployments.stack", description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("command", choices=["up", "status", "env", "down"])
-    add(
-        "--state-dir",
-        type=Path,
-        default=Path(os.environ.get("LOANRISK_STACK_DIR") or REPO_ROOT / ".state/stack"),
-    )
+    state_dir = Path(os.environ.get("LOANRISK_STACK_DIR") or REPO_ROOT / ".state/stack")
+    add("--state-dir", type=Path, default=state_dir)
     add("--workers", type=int, default=2, help="process workers on the pool (default 2)")
     add("--host", default="127.0.0.1", help="address the servers bind to and the URLs name")
     add("--pool", default=DEFAULT_POOL)
