@@ -1,17 +1,12 @@
-"""Alerts: Prefect automations that notify the configured channels.
+"""Prefect automations that notify the configured channels (also run by ``python -m deployments.setup``).
 
-    python -m deployments.alerts            # create or update them (also run by python -m deployments.setup)
+    python -m deployments.alerts            # create or update them
 
-Four automations, one notification per channel each: a loan-risk flow run (``alert_flows``) Failed or Crashed;
-``loan-risk.model.promoted`` / ``.released`` (``tasks/monitoring/events.py``); ``loan-risk.drift.detected``.
-Channels come from the settings (never ``prefect.yaml``: they hold secrets): ``alert_webhook_url`` (a
-``Webhook`` block called with one JSON document, see :func:`webhook_payload`) and ``alert_apprise_urls`` (each
-an Apprise URL in a ``Slack Webhook`` block: the one built-in block that hands any Apprise URL to Apprise
-unchanged; a block class of our own would not load in the Prefect server, which runs the actions).
-
-Idempotent: blocks are saved over, an automation of the same name is updated (duplicates removed), and with no
-channel configured the automations are removed. Prints ``{"api_url", "channels", "automations": [{"name", "id",
-"status"}]}``. Exit codes: 0 done, 2 no Prefect API configured.
+One automation per alert (:data:`ALERTS`), one notification per channel each. The channels (settings, never
+``prefect.yaml``: they hold secrets): ``alert_webhook_url`` (a ``Webhook`` block), ``alert_apprise_urls``
+(each in a ``Slack Webhook`` block: the one built-in block that hands any Apprise URL to Apprise unchanged;
+a block class of our own would not load in the Prefect server, which runs the actions). Idempotent; with no
+channel the automations are removed. Exit codes: 0 done, 2 no Prefect API configured.
 """
 
 from __future__ import annotations
@@ -20,11 +15,12 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from tasks.settings import Settings, get_settings
+from tasks.settings.sections import MonitoringSettings
 
 logger = logging.getLogger("deployments.alerts")
 
@@ -44,151 +40,129 @@ _RUN_LINK = "flow_run|ui_url"
 class Alert:
     """One automation: what fires it and what its notification says."""
 
-    key: str
     description: str
     expect: frozenset[str]
-    match: dict[str, Any]
     subject: str
     body: str
     fields: dict[str, str]  # JSON field -> Jinja expression, for the webhook document
+    match: dict[str, Any] = field(default_factory=lambda: {"prefect.resource.id": MODEL_EVENTS})
+
+    @property
+    def key(self) -> str:
+        return self.description.replace(" ", "-")
 
     @property
     def name(self) -> str:
         return PREFIX + self.description
 
 
-def alerts(settings: Settings) -> list[Alert]:
-    """The four alerts (see the module docstring)."""
-    model_fields = {
-        "model": _MODEL,
-        "version": _VERSION,
-        "flow_run": "event.related|selectattr('role', 'equalto', 'flow-run')|map(attribute='name')|first",
-        "payload": "event.payload",
-    }
-    metrics = "{% for k, v in (event.payload.metrics or {}).items() %}{{ k }} {{ v }}; {% endfor %}"
-    return [
-        Alert(
-            "flow-run-failed",
-            "flow run failed",
-            frozenset({"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}),
-            {"prefect.resource.id": "prefect.flow-run.*"},
-            "{{ flow.name }}: run {{ flow_run.name }} {{ flow_run.state.name }}",
-            "Flow run {{ flow_run.name }} of {{ flow.name }} entered {{ flow_run.state.name }}: "
-            "{{ flow_run.state.message }}\n{{ " + _RUN_LINK + " }}",
-            {
-                "flow": "flow.name",
-                "flow_run": "flow_run.name",
-                "flow_run_id": "flow_run.id|string",
-                "state": "flow_run.state.name",
-                "reason": "flow_run.state.message",
-                "link": _RUN_LINK,
-                "deployment": "deployment.name if deployment else none",
-            },
-        ),
-        Alert(
-            "model-promoted",
-            "model promoted",
-            frozenset({"loan-risk.model.promoted"}),
-            {"prefect.resource.id": MODEL_EVENTS},
-            "{{ " + _MODEL + " }} v{{ " + _VERSION + " }} promoted to candidate",
-            "{{ " + _MODEL + " }} v{{ " + _VERSION + " }} passed the promotion gate: "
-            "{{ (event.payload.reasons or [])|join('; ') }}\nTest metrics: " + metrics,
-            {**model_fields, "reason": "(event.payload.reasons or [])|join('; ')"},
-        ),
-        Alert(
-            "model-released",
-            "model released",
-            frozenset({"loan-risk.model.released"}),
-            {"prefect.resource.id": MODEL_EVENTS},
-            "{{ " + _MODEL + " }} v{{ " + _VERSION + " }} released ({{ event.payload.kind }})",
-            "{{ " + _MODEL + " }} v{{ " + _VERSION + " }} is the champion ({{ event.payload.kind }}"
-            "{% if event.payload.previous_version %}, was v{{ event.payload.previous_version }}{% endif %}): "
-            "{{ event.payload.image }}@{{ event.payload.digest }}"
-            "{% if event.payload.reason %}\nReason: {{ event.payload.reason }}{% endif %}\nTest metrics: "
-            + metrics,
-            {
-                **model_fields,
-                "reason": "event.payload.reason or event.payload.kind",
-                "digest": "event.payload.digest",
-            },
-        ),
-        Alert(
-            "drift-detected",
-            "drift detected",
-            frozenset({DRIFT_DETECTED}),
-            {"prefect.resource.id": MODEL_EVENTS},
-            "{{ " + _MODEL + " }} v{{ " + _VERSION + " }}: drift detected",
-            "Drift detected on the inputs or scores of {{ " + _MODEL + " }} v{{ " + _VERSION + " }}: "
-            "{{ event.payload|tojson }}",
-            {**model_fields, "reason": "'drift detected'"},
-        ),
-    ]
+_MV = "{{ " + _MODEL + " }} v{{ " + _VERSION + " }}"
+_METRICS = (
+    "\nTest metrics: {% for k, v in (event.payload.metrics or {}).items() %}{{ k }} {{ v }}; {% endfor %}"
+)
+_MODEL_FIELDS = {
+    "model": _MODEL,
+    "version": _VERSION,
+    "flow_run": "event.related|selectattr('role', 'equalto', 'flow-run')|map(attribute='name')|first",
+    "payload": "event.payload",
+}
+ALERTS = [  # see the module docstring
+    Alert(
+        "flow run failed",
+        frozenset({"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}),
+        "{{ flow.name }}: run {{ flow_run.name }} {{ flow_run.state.name }}",
+        "Flow run {{ flow_run.name }} of {{ flow.name }} entered {{ flow_run.state.name }}: "
+        "{{ flow_run.state.message }}\n{{ " + _RUN_LINK + " }}",
+        {
+            "flow": "flow.name",
+            "flow_run": "flow_run.name",
+            "flow_run_id": "flow_run.id|string",
+            "state": "flow_run.state.name",
+            "reason": "flow_run.state.message",
+            "link": _RUN_LINK,
+            "deployment": "deployment.name if deployment else none",
+        },
+        {"prefect.resource.id": "prefect.flow-run.*"},
+    ),
+    Alert(
+        "model promoted",
+        frozenset({"loan-risk.model.promoted"}),
+        _MV + " promoted to candidate",
+        _MV + " passed the promotion gate: {{ (event.payload.reasons or [])|join('; ') }}" + _METRICS,
+        {**_MODEL_FIELDS, "reason": "(event.payload.reasons or [])|join('; ')"},
+    ),
+    Alert(
+        "model released",
+        frozenset({"loan-risk.model.released"}),
+        _MV + " released ({{ event.payload.kind }})",
+        _MV + " is the champion ({{ event.payload.kind }}"
+        "{% if event.payload.previous_version %}, was v{{ event.payload.previous_version }}{% endif %}): "
+        "{{ event.payload.image }}@{{ event.payload.digest }}"
+        "{% if event.payload.reason %}\nReason: {{ event.payload.reason }}{% endif %}" + _METRICS,
+        {
+            **_MODEL_FIELDS,
+            "reason": "event.payload.reason or event.payload.kind",
+            "digest": "event.payload.digest",
+        },
+    ),
+    Alert(
+        "drift detected",
+        frozenset({DRIFT_DETECTED}),
+        _MV + ": drift detected",
+        "Drift detected on the inputs or scores of " + _MV + ": {{ event.payload|tojson }}",
+        {**_MODEL_FIELDS, "reason": "'drift detected'"},
+    ),
+]
 
 
 def webhook_payload(alert: Alert) -> str:
     """The webhook's JSON document as a Jinja template: ``{"alert", "summary", "model", "version", "flow",
-    "flow_run", "state", "reason", "link", "payload", "event", "occurred"}``, every value through ``tojson``."""
+    "flow_run", "state", "reason", "link", "payload", "event", "occurred"}``, values through ``tojson``."""
     fields = {
         "alert": f"'{alert.key}'",
-        "summary": None,
         **alert.fields,
         "event": "event.event",
         "occurred": "event.occurred|string",
     }
-    parts = []
-    for key, expression in fields.items():
-        if expression is None:  # the subject, rendered as text then quoted
-            parts.append(f'"{key}": {{{{ ({_inline(alert.subject)})|tojson }}}}')
-        else:
-            parts.append(f'"{key}": {{{{ ({expression})|default(none)|tojson }}}}')  # absent: null
+    parts = [f'"{k}": {{{{ ({v})|default(none)|tojson }}}}' for k, v in fields.items()]  # absent: null
+    parts.insert(1, f'"summary": {{{{ ({_inline(alert.subject)})|tojson }}}}')  # the subject as text, quoted
     return "{" + ", ".join(parts) + "}"
 
 
 def _inline(template: str) -> str:
-    """A text template (``{{ a }} text {{ b }}``) as one Jinja expression (``(a)|string ~ ' text ' ~ ...``)."""
+    """A text template (``{{ a }} text {{ b }}``) as one Jinja expression (``(a)|string ~ ' text ' ~``)."""
     out, rest = [], template
     while "{{" in rest:
         text, _, rest = rest.partition("{{")
         expression, _, rest = rest.partition("}}")
-        if text:
-            out.append(repr(text))
-        out.append(f"(({expression.strip()})|string)")
-    if rest:
-        out.append(repr(rest))
-    return " ~ ".join(out) or "''"
+        out += ([repr(text)] if text else []) + [f"(({expression.strip()})|string)"]
+    return " ~ ".join(out + ([repr(rest)] if rest else [])) or "''"
 
 
-def _trigger(alert: Alert, settings: Settings) -> Any:
+def _trigger(alert: Alert, alert_flows: Sequence[str]) -> Any:
     from prefect.events.schemas.automations import EventTrigger, Posture
 
-    related: dict[str, Any] = {}
-    if alert.key == "flow-run-failed":
-        related = {
-            "prefect.resource.role": "flow",
-            "prefect.resource.name": list(settings.monitoring.alert_flows),
-        }
+    related = {"prefect.resource.role": "flow", "prefect.resource.name": list(alert_flows)}
     return EventTrigger(
         expect=set(alert.expect),
         match=alert.match,
-        match_related=related,
+        match_related=related if alert.key == "flow-run-failed" else {},
         posture=Posture.Reactive,
         threshold=1,
         within=timedelta(0),
     )
 
 
-def save_blocks(settings: Settings) -> list[tuple[str, Any]]:
+def save_blocks(monitoring: MonitoringSettings) -> list[tuple[str, Any]]:
     """The channel blocks, saved over whatever had their names: ``[(kind, block_document_id)]``."""
     from prefect.blocks.notifications import SlackWebhook
     from prefect.blocks.webhook import Webhook
 
     channels: list[tuple[str, Any]] = []
-    if settings.monitoring.alert_webhook_url is not None:
-        block = Webhook(
-            url=settings.monitoring.alert_webhook_url, headers={"Content-Type": "application/json"}
-        )
+    if monitoring.alert_webhook_url is not None:
+        block = Webhook(url=monitoring.alert_webhook_url, headers={"Content-Type": "application/json"})
         channels.append(("webhook", block.save(WEBHOOK_BLOCK, overwrite=True)))
-    for i, url in enumerate(settings.monitoring.alert_apprise_urls, start=1):
+    for i, url in enumerate(monitoring.alert_apprise_urls, start=1):
         block = SlackWebhook(url=url, notify_type="warning")
         channels.append(("apprise", block.save(APPRISE_BLOCK.format(i), overwrite=True)))
     return channels
@@ -197,13 +171,12 @@ def save_blocks(settings: Settings) -> list[tuple[str, Any]]:
 def _actions(alert: Alert, channels: Sequence[tuple[str, Any]]) -> list[Any]:
     from prefect.events.actions import CallWebhook, SendNotification
 
-    out: list[Any] = []
-    for kind, block_id in channels:
-        if kind == "webhook":
-            out.append(CallWebhook(block_document_id=block_id, payload=webhook_payload(alert)))
-        else:
-            out.append(SendNotification(block_document_id=block_id, subject=alert.subject, body=alert.body))
-    return out
+    return [
+        CallWebhook(block_document_id=block_id, payload=webhook_payload(alert))
+        if kind == "webhook"
+        else SendNotification(block_document_id=block_id, subject=alert.subject, body=alert.body)
+        for kind, block_id in channels
+    ]
 
 
 def ensure_alerts(settings: Settings | None = None) -> dict[str, Any]:
@@ -211,56 +184,54 @@ def ensure_alerts(settings: Settings | None = None) -> dict[str, Any]:
     from prefect import get_client
     from prefect.events.schemas.automations import AutomationCore
 
-    settings = settings or get_settings()
-    channels = save_blocks(settings)
+    monitoring = (settings or get_settings()).monitoring
+    channels = save_blocks(monitoring)
     results = []
     with get_client(sync_client=True) as client:
-        for alert in alerts(settings):
+        for alert in ALERTS:
             existing = client.read_automations_by_name(alert.name)
-            for extra in existing[1:]:
+            for extra in existing[1:] if channels else existing:  # duplicates; all of them with no channel
                 client.delete_automation(extra.id)
-            if not channels:
+            result = {"name": alert.name, "id": None, "status": "removed" if existing else "absent"}
+            if channels:
+                core = AutomationCore(
+                    name=alert.name,
+                    description=f"Notify the loan-risk channels: {alert.description} (deployments/alerts.py)",
+                    enabled=True,
+                    tags=["loan-risk"],
+                    trigger=_trigger(alert, monitoring.alert_flows),
+                    actions=_actions(alert, channels),
+                )
                 if existing:
-                    client.delete_automation(existing[0].id)
-                results.append(
-                    {"name": alert.name, "id": None, "status": "removed" if existing else "absent"}
-                )
-                continue
-            core = AutomationCore(
-                name=alert.name,
-                description=f"Notify the loan-risk channels: {alert.description} (deployments/alerts.py)",
-                enabled=True,
-                tags=["loan-risk"],
-                trigger=_trigger(alert, settings),
-                actions=_actions(alert, channels),
-            )
-            if existing:
-                client.update_automation(existing[0].id, core)
-                results.append({"name": alert.name, "id": str(existing[0].id), "status": "updated"})
-            else:
-                results.append(
-                    {"name": alert.name, "id": str(client.create_automation(core)), "status": "created"}
-                )
-            logger.info("%s: %s", results[-1]["status"], alert.name)
+                    client.update_automation(existing[0].id, core)
+                    result.update(id=str(existing[0].id), status="updated")
+                else:
+                    result.update(id=str(client.create_automation(core)), status="created")
+                logger.info("%s: %s", result["status"], alert.name)
+            results.append(result)
     return {"channels": [kind for kind, _ in channels], "automations": results}
+
+
+def api_url() -> str | None:
+    """``PREFECT_API_URL`` as Prefect's settings resolve it (None: an ephemeral server)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return str(url) if url else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
-
-    from deployments.prefect_api import api_url
 
     argparse.ArgumentParser(
         prog="python -m deployments.alerts", description=__doc__.splitlines()[0]
     ).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[alerts] %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    url = api_url()
-    if not url:
+    if not (url := api_url()):
         logger.error("no Prefect API configured: set PREFECT_API_URL (automations live on a server)")
         return 2
-    result = {"api_url": url, **ensure_alerts()}
-    print(json.dumps(result), flush=True)
+    print(json.dumps({"api_url": url, **ensure_alerts()}), flush=True)
     return 0
 
 

@@ -1,23 +1,13 @@
-"""Create the process work pool when it is missing, then apply every deployment in ``prefect.yaml``.
+"""Create the work pool when it is missing, then apply every deployment in ``prefect.yaml``; idempotent.
 
     python -m deployments.setup [--pool NAME] [--prefect-file prefect.yaml]
     python -m deployments.setup --prefect-file prefect.docker.yaml --pool-type docker \
         --image loan-risk-training:latest [--network-mode host] [--pass-env NAME ...]
 
-Non-interactive and idempotent, against the API Prefect's settings name (never an ephemeral server):
-
-1. the work pool (``--pool``, else ``LOANRISK_WORK_POOL``, else prefect.yaml's) is created unless it exists
-   (of another type: an error). A ``docker`` pool's job template runs each flow run in ``--image`` with the
-   ``--pass-env`` settings of this environment (secrets as Secret block references), updated on every call;
-2. ``prefect --no-prompt deploy --all`` runs from the repository root (on a copy of prefect.yaml when the pool
-   or the drift trigger's ``within`` - the ``drift_cooldown_seconds`` setting - differ from the file's);
-3. the deployments are read back from the API (each must be on the pool);
-4. the alert automations are created or updated (``deployments/alerts.py``), and one JSON line is printed:
-   ``{"api_url", "pool", "pool_created", "deployments": [{"name", "id", "schedules", "triggers", ...}],
-   "alerts"}``.
-
-Exit codes: 0 done, 1 ``prefect deploy`` failed or a deployment is missing afterwards, 2 configuration error
-(no API URL, a pool of another type, an unreadable prefect.yaml), 6 the API refused the credentials.
+The pool is ``--pool``, else ``LOANRISK_WORK_POOL``, else prefect.yaml's; a copy of prefect.yaml is deployed
+when the pool or the drift trigger's ``within`` (``drift_cooldown_seconds``) differ. The deployments are read
+back, the alert automations updated, and one JSON line printed. Exit codes: 0 done, 1 ``prefect deploy``
+failed or a deployment is missing afterwards, 2 configuration error, 6 the API refused the credentials.
 """
 
 from __future__ import annotations
@@ -35,19 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
-from deployments import prefect_api
-from deployments.alerts import ensure_alerts  # the alert automations live on the same server
+from deployments.alerts import DRIFT_DETECTED, api_url, ensure_alerts  # automations: the same server
+from tasks.errors import PermanentError
 
 logger = logging.getLogger("deployments.setup")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PREFECT_FILE = REPO_ROOT / "prefect.yaml"
 POOL_ENV = "LOANRISK_WORK_POOL"
+POOL_DESCRIPTIONS = {
+    "process": "Runs the loan-risk flows in subprocesses of a worker started from the checkout",
+    "docker": "Runs each loan-risk flow run in a container of the training image",
+}
 DEPLOY_TIMEOUT_S = 600
-POOL_TYPES = ("process", "docker")
-DRIFT_EVENT = "loan-risk.drift.detected"
+CREDENTIALS = "PREFECT_API_KEY or PREFECT_API_AUTH_STRING"
 # What a flow run in a container needs from the deploying environment (only the names set are passed).
 PASS_ENV = (
     "MLFLOW_TRACKING_URI",
@@ -88,7 +82,7 @@ def by_reference(env: dict[str, str]) -> dict[str, str]:
     return out
 
 
-class SetupError(Exception):
+class SetupError(PermanentError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
@@ -127,21 +121,19 @@ def _copy(data: dict[str, Any]) -> dict[str, Any]:
 
 def with_pool(data: dict[str, Any], pool: str) -> dict[str, Any]:
     """A copy of the prefect.yaml content with every deployment on ``pool``."""
-    copy = _copy(data)
-    for item in copy["deployments"]:
+    out = _copy(data)
+    for item in out["deployments"]:
         item["work_pool"] = {**(item.get("work_pool") or {}), "name": pool}
-    return copy
+    return out
 
 
 def with_cooldown(data: dict[str, Any], seconds: int) -> dict[str, Any]:
-    """A copy of the prefect.yaml content whose drift triggers (expecting ``DRIFT_EVENT``) fire at most once
-    per ``seconds`` (their ``within``)."""
-    copy = _copy(data)
-    for item in copy["deployments"]:
-        for trigger in item.get("triggers") or []:
-            if DRIFT_EVENT in (trigger.get("expect") or []):
-                trigger["within"] = int(seconds)
-    return copy
+    """A copy of the prefect.yaml content whose drift triggers fire at most once per ``seconds``."""
+    out = _copy(data)
+    for trigger in (t for item in out["deployments"] for t in item.get("triggers") or []):
+        if DRIFT_DETECTED in (trigger.get("expect") or []):
+            trigger["within"] = int(seconds)
+    return out
 
 
 @dataclass(frozen=True)
@@ -164,13 +156,13 @@ class PoolSpec:
             raise SetupError("a docker work pool needs --image (the training image, Dockerfile.training)", 2)
         template = DockerWorker.get_default_base_job_template()
         props = template["variables"]["properties"]
-        props["image"]["default"] = self.image
-        props["image_pull_policy"]["default"] = "IfNotPresent"
-        props["auto_remove"]["default"] = True
         # a flow run in a container ships what it promotes or fails: no silent "deploy skipped"
-        props["env"]["default"] = by_reference({"LOANRISK_DEPLOY_MODE": "required", **(self.env or {})})
-        if self.network_mode:
-            props["network_mode"]["default"] = self.network_mode
+        env = by_reference({"LOANRISK_DEPLOY_MODE": "required", **(self.env or {})})
+        defaults = {"image": self.image, "image_pull_policy": "IfNotPresent", "auto_remove": True, "env": env}
+        for key, value in (
+            defaults | ({"network_mode": self.network_mode} if self.network_mode else {})
+        ).items():
+            props[key]["default"] = value
         return template
 
 
@@ -192,23 +184,18 @@ def ensure_pool(name: str, spec: PoolSpec | None = None) -> bool:
                 raise SetupError(
                     f"work pool {name!r} exists with type {pool.type!r}; it must be {spec.type!r}", 2
                 )
-            if spec.type != "process":
+            if spec.type == "process":
+                logger.info("work pool %s (process) exists", name)
+            else:
                 client.update_work_pool(name, WorkPoolUpdate(base_job_template=spec.template()))
                 logger.info("work pool %s (%s) exists; its job template is updated", name, spec.type)
-            else:
-                logger.info("work pool %s (process) exists", name)
             return False
-        description = (
-            "Runs the loan-risk flows in subprocesses of a worker started from the checkout"
-            if spec.type == "process"
-            else "Runs each loan-risk flow run in a container of the training image"
+        description = POOL_DESCRIPTIONS[spec.type]
+        create = WorkPoolCreate(
+            name=name, type=spec.type, description=description, base_job_template=spec.template()
         )
         try:
-            client.create_work_pool(
-                WorkPoolCreate(
-                    name=name, type=spec.type, description=description, base_job_template=spec.template()
-                )
-            )
+            client.create_work_pool(create)
         except ObjectAlreadyExists:  # created meanwhile by a concurrent setup
             logger.info("work pool %s was created concurrently", name)
             return False
@@ -218,28 +205,14 @@ def ensure_pool(name: str, spec: PoolSpec | None = None) -> bool:
 
 def run_prefect_deploy(prefect_file: Path) -> None:
     """``prefect --no-prompt deploy --all`` from the repository root; its output goes to the log."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "prefect",
-        "--no-prompt",
-        "deploy",
-        "--all",
-        "--prefect-file",
-        str(prefect_file),
-    ]
+    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file"]
+    cmd.append(str(prefect_file))
     env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), "PREFECT_CLI_COLORS": "false"}
     logger.info("running %s (cwd %s)", " ".join(cmd[2:]), REPO_ROOT)
     try:
+        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
         proc = subprocess.run(
-            cmd,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=DEPLOY_TIMEOUT_S,
+            cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, timeout=DEPLOY_TIMEOUT_S, **output
         )
     except subprocess.TimeoutExpired as exc:
         raise SetupError(f"prefect deploy did not finish in {DEPLOY_TIMEOUT_S}s") from exc
@@ -251,23 +224,18 @@ def run_prefect_deploy(prefect_file: Path) -> None:
         raise SetupError(f"prefect deploy skipped the configuration in {prefect_file} (see the output above)")
 
 
-def _triggers(client: Any, deployment_id: Any) -> list[dict[str, Any]]:
-    """The automations a deployment's triggers became: name, events expected, posture, threshold, within."""
-    out = []
-    for automation in client.read_resource_related_automations(f"prefect.deployment.{deployment_id}"):
-        trigger = automation.trigger
-        within = getattr(trigger, "within", None)
-        out.append(
-            {
-                "name": automation.name,
-                "enabled": automation.enabled,
-                "expect": sorted(getattr(trigger, "expect", []) or []),
-                "posture": str(getattr(getattr(trigger, "posture", None), "value", "")),
-                "threshold": getattr(trigger, "threshold", None),
-                "within": within.total_seconds() if within else 0,
-            }
-        )
-    return out
+def _trigger(automation: Any) -> dict[str, Any]:
+    """What a deployment trigger became: name, events expected, posture, threshold, within."""
+    trigger = automation.trigger
+    within = getattr(trigger, "within", None)
+    return {
+        "name": automation.name,
+        "enabled": automation.enabled,
+        "expect": sorted(getattr(trigger, "expect", []) or []),
+        "posture": str(getattr(getattr(trigger, "posture", None), "value", "")),
+        "threshold": getattr(trigger, "threshold", None),
+        "within": within.total_seconds() if within else 0,
+    }
 
 
 def read_back(specs: Sequence[DeploymentSpec], pool: str) -> list[dict[str, Any]]:
@@ -283,28 +251,25 @@ def read_back(specs: Sequence[DeploymentSpec], pool: str) -> list[dict[str, Any]
             work_pool_filter=f.WorkPoolFilter(name=f.WorkPoolFilterName(any_=[pool])),
         ):
             limit, options = dep.global_concurrency_limit, dep.concurrency_options
+            automations = client.read_resource_related_automations(f"prefect.deployment.{dep.id}")
+            schedules = [
+                {k: getattr(s.schedule, k, None) for k in ("cron", "timezone")} | {"active": s.active}
+                for s in dep.schedules
+            ]
             out.append(
                 {
                     "name": f"{client.read_flow(dep.flow_id).name}/{dep.name}",
                     "id": str(dep.id),
                     "work_pool": dep.work_pool_name,
                     "entrypoint": dep.entrypoint,
-                    "schedules": [
-                        {
-                            "cron": getattr(s.schedule, "cron", None),
-                            "timezone": getattr(s.schedule, "timezone", None),
-                            "active": s.active,
-                        }
-                        for s in dep.schedules
-                    ],
+                    "schedules": schedules,
                     "concurrency_limit": limit.limit if limit else None,
                     "collision_strategy": str(options.collision_strategy.value) if options else None,
                     "parameters": dep.parameters,
-                    "triggers": _triggers(client, dep.id),
+                    "triggers": [_trigger(a) for a in automations],
                 }
             )
-    missing = wanted - {d["name"].split("/", 1)[1] for d in out}
-    if missing:
+    if missing := wanted - {d["name"].split("/", 1)[1] for d in out}:
         raise SetupError(f"deployments {sorted(missing)} are not on pool {pool!r} after prefect deploy")
     return sorted(out, key=lambda d: d["name"])
 
@@ -318,19 +283,17 @@ def setup(
     data = load_prefect_file(prefect_file)
     specs = deployment_specs(data)
     declared = {s.pool for s in specs}
-    pool = pool or os.environ.get(POOL_ENV) or None
-    if pool is None:
+    if not (pool := pool or os.environ.get(POOL_ENV)):
         if len(declared) != 1:
             raise SetupError(f"{prefect_file} names several pools {sorted(declared)}; pass --pool", 2)
-        pool = declared.pop()
-    api_url = prefect_api.api_url()
-    if not api_url:
+        (pool,) = declared
+    if not (url := api_url()):
         raise SetupError(
             "no Prefect API configured: start a server (prefect server start) and set PREFECT_API_URL, "
             "e.g. http://127.0.0.1:4200/api (or log in to Prefect Cloud)",
             2,
         )
-    logger.info("Prefect API %s, work pool %s", api_url, pool)
+    logger.info("Prefect API %s, work pool %s", url, pool)
     created = ensure_pool(pool, pool_spec)
     cooldown = get_settings().monitoring.drift_cooldown_seconds
     wanted = with_cooldown(with_pool(data, pool), cooldown)
@@ -338,20 +301,12 @@ def setup(
         run_prefect_deploy(prefect_file)
     else:
         with tempfile.TemporaryDirectory(prefix="loanrisk-prefect-") as tmp:
-            copy = Path(tmp) / "prefect.yaml"
-            copy.write_text(yaml.safe_dump(wanted, sort_keys=False))
+            (changed := Path(tmp) / "prefect.yaml").write_text(yaml.safe_dump(wanted, sort_keys=False))
             what = "deploying a copy of %s with work pool %s, drift cooldown %d s"
             logger.info(what, prefect_file.name, pool, cooldown)
-            run_prefect_deploy(copy)
-    deployments = read_back(specs, pool)
-    alerts = ensure_alerts()
-    return {
-        "api_url": api_url,
-        "pool": pool,
-        "pool_created": created,
-        "deployments": deployments,
-        "alerts": alerts,
-    }
+            run_prefect_deploy(changed)
+    result = {"api_url": url, "pool": pool, "pool_created": created, "deployments": read_back(specs, pool)}
+    return result | {"alerts": ensure_alerts()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -359,15 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add = parser.add_argument
     add("--pool", help=f"work pool name (default: ${POOL_ENV}, else the one in prefect.yaml)")
     add("--prefect-file", type=Path, default=DEFAULT_PREFECT_FILE, help="default: <repo>/prefect.yaml")
-    add("--pool-type", choices=POOL_TYPES, default="process", help="default: process")
+    add("--pool-type", choices=tuple(POOL_DESCRIPTIONS), default="process", help="default: process")
     add("--image", help="docker pool: the training image each flow run runs in")
     add("--network-mode", help="docker pool: the containers' network mode (e.g. host)")
-    add(
-        "--pass-env",
-        action="append",
-        metavar="NAME",
-        help=f"docker pool: a variable passed to each flow run's container when set (default: {', '.join(PASS_ENV)})",
-    )
+    default = ", ".join(PASS_ENV)
+    pass_env = f"docker pool: a variable passed to each flow run's container when set (default: {default})"
+    add("--pass-env", action="append", metavar="NAME", help=pass_env)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[setup] %(message)s", stream=sys.stderr)
     env = {n: os.environ[n] for n in args.pass_env or PASS_ENV if os.environ.get(n)}
@@ -380,13 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SetupError as exc:
         logger.error("%s", exc)
         return exc.exit_code
-    except Exception as exc:
-        if not prefect_api.is_auth_error(exc):
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code not in (401, 403):
             raise
-        logger.error(
-            "the Prefect API refused the credentials (%s): check PREFECT_API_KEY or PREFECT_API_AUTH_STRING",
-            exc,
-        )
+        logger.error("the Prefect API refused the credentials (%s): check %s", exc, CREDENTIALS)
         return 6
     logger.info("done in %.1fs", time.monotonic() - started)
     print(json.dumps(result, default=str), flush=True)

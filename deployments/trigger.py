@@ -1,16 +1,9 @@
 """Start a run of a Prefect deployment over the REST API and, with ``--wait``, follow it to its end.
 
-    python -m deployments.trigger loan-risk-training/retrain --param source=sample --param scale=0.02 \\
-        --param n_trials=2 --param deploy=false --wait --timeout 3600
+    python -m deployments.trigger loan-risk-training/retrain --param scale=0.02 --wait --timeout 3600
 
-What GitHub Actions calls, so it imports no Prefect (plain httpx). Environment: ``PREFECT_API_URL``;
-``PREFECT_API_KEY`` (Prefect Cloud, sent as Bearer); ``PREFECT_API_AUTH_STRING`` (``user:pass`` of a
-self-hosted server, sent as HTTP Basic, wins over the key); ``PREFECT_UI_URL`` (optional, for the run's link).
-
-``--param k=v`` values are JSON when they parse (``2``, ``false``, ``[1,2]``), else strings (``k='"2"'`` keeps
-a string). Prints the run's UI link, then one JSON line: ``{"id", "name", "deployment", "state", "state_name",
-"message", "url", "exit_code", "error"}``; progress goes to stderr, and to ``GITHUB_OUTPUT`` /
-``GITHUB_STEP_SUMMARY`` when set. Exit codes: see ``ExitCode``.
+What GitHub Actions calls, so it imports no Prefect (plain httpx). Environment, ``--param`` values, the JSON
+line it prints and the exit codes (``ExitCode``): docs/deployments.md.
 """
 
 from __future__ import annotations
@@ -31,6 +24,8 @@ from urllib.parse import quote
 
 import httpx
 
+from tasks.errors import PermanentError
+
 logger = logging.getLogger("deployments.trigger")
 
 
@@ -49,13 +44,20 @@ class ExitCode(IntEnum):
 STATE_EXIT_CODES = {"COMPLETED": ExitCode.OK, **{s: ExitCode[s] for s in ("FAILED", "CRASHED", "CANCELLED")}}
 TERMINAL_STATES = set(STATE_EXIT_CODES)
 RETRY_STATUS_CODES = {408, 425, 429, 500, 502, 503, 504}
+RESULT_KEYS = ("id", "name", "deployment", "state", "state_name", "message", "url", "exit_code", "error")
 
+AUTH_HINTS = (  # without, with credentials
+    "no credentials were given: set PREFECT_API_KEY (Prefect Cloud) or PREFECT_API_AUTH_STRING "
+    "(self-hosted server with PREFECT_SERVER_API_AUTH_STRING)",
+    "check PREFECT_API_KEY (Prefect Cloud API key, sent as Bearer) or PREFECT_API_AUTH_STRING "
+    "(user:pass of a self-hosted server, sent as HTTP Basic)",
+)
 _CLOUD_API_RE = re.compile(
     r"^(?P<scheme>https?)://(?P<host>[^/]+)/api/accounts/(?P<account>[^/]+)/workspaces/(?P<workspace>[^/]+)$"
 )
 
 
-class TriggerError(Exception):
+class TriggerError(PermanentError):
     """An error that ends the command with ``exit_code``; ``run`` is the last state read, if any."""
 
     def __init__(self, message: str, exit_code: ExitCode = ExitCode.API, run: dict[str, Any] | None = None):
@@ -67,20 +69,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_value(raw: str) -> Any:
-    """A ``--param`` value: JSON when it parses as strict JSON, else the string itself."""
-    try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except ValueError:
-        return raw
-
-
 def parse_param(text: str) -> tuple[str, Any]:
-    """``key=value`` -> ``(key, parsed value)``; the value may itself contain ``=``."""
+    """``key=value`` -> ``(key, value)``: the value (which may contain ``=``) as strict JSON when it parses,
+    else the string itself."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"--param expects key=value, got {text!r}")
-    return key.strip(), parse_value(raw)
+    try:
+        return key.strip(), json.loads(raw, parse_constant=_reject_constant)
+    except ValueError:
+        return key.strip(), raw
 
 
 def parse_params(items: Sequence[str]) -> dict[str, Any]:
@@ -89,7 +87,7 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
 
 
 def auth_headers(api_key: str | None = None, auth_string: str | None = None) -> dict[str, str]:
-    """Basic auth from ``user:pass`` (self-hosted) wins over a Bearer key (Prefect Cloud), as in Prefect's client."""
+    """Basic from ``user:pass`` (self-hosted) wins over a Bearer key (Prefect Cloud), as Prefect does."""
     if auth_string:
         return {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -99,8 +97,7 @@ def flow_run_url(api_url: str, flow_run_id: str, ui_url: str | None = None) -> s
     """The UI page of a flow run: Prefect Cloud's ``app.`` host for a Cloud workspace URL, else
     ``<ui_url or api_url minus /api>/runs/flow-run/<id>``."""
     api = api_url.rstrip("/")
-    cloud = _CLOUD_API_RE.match(api)
-    if cloud:
+    if cloud := _CLOUD_API_RE.match(api):
         host = cloud["host"]
         app_host = "app." + host.removeprefix("api.") if host.startswith("api.") else host
         base = f"{cloud['scheme']}://{app_host}/account/{cloud['account']}/workspace/{cloud['workspace']}"
@@ -121,18 +118,11 @@ class PrefectApi:
     """The few Prefect REST calls the trigger needs, with retries on transient errors."""
 
     def __init__(
-        self,
-        api_url: str,
-        *,
-        api_key: str | None = None,
-        auth_string: str | None = None,
-        retries: int = 4,
-        retry_delay: float = 2.0,
+        self, api_url: str, auth: dict[str, str], retries: int = 4, retry_delay: float = 2.0
     ) -> None:
-        self.api_url = api_url.rstrip("/")
-        self.has_credentials = bool(api_key or auth_string)
+        self.api_url, self.has_credentials = api_url.rstrip("/"), bool(auth)
         self.retries, self.retry_delay = max(0, retries), max(0.0, retry_delay)
-        headers = {**auth_headers(api_key, auth_string), "Accept": "application/json"}
+        headers = {**auth, "Accept": "application/json"}
         self._client = httpx.Client(base_url=self.api_url + "/", headers=headers, timeout=30.0)
 
     def __enter__(self) -> PrefectApi:
@@ -140,25 +130,6 @@ class PrefectApi:
 
     def __exit__(self, *exc: object) -> None:
         self._client.close()
-
-    def _auth_error(self, response: httpx.Response) -> TriggerError:
-        code = response.status_code
-        what = "refused the credentials" if code == 401 else "denied access"
-        if self.has_credentials:
-            hint = (
-                "check PREFECT_API_KEY (Prefect Cloud API key, sent as Bearer) or PREFECT_API_AUTH_STRING "
-                "(user:pass of a self-hosted server, sent as HTTP Basic)"
-            )
-        else:
-            hint = (
-                "no credentials were given: set PREFECT_API_KEY (Prefect Cloud) or PREFECT_API_AUTH_STRING "
-                "(self-hosted server with PREFECT_SERVER_API_AUTH_STRING)"
-            )
-        return TriggerError(
-            f"authentication failed: the Prefect API at {self.api_url} {what} (HTTP {code}: "
-            f"{_detail(response)}); {hint}",
-            ExitCode.AUTH,
-        )
 
     def request(self, method: str, path: str, *, json_body: Any = None, not_found: str | None = None) -> Any:
         """One API call; transport errors and 408/425/429/5xx are retried ``retries`` times with backoff."""
@@ -170,7 +141,11 @@ class PrefectApi:
             else:
                 code = response.status_code
                 if code in (401, 403):
-                    raise self._auth_error(response)
+                    what = "refused the credentials" if code == 401 else "denied access"
+                    what = f"the Prefect API at {self.api_url} {what} (HTTP {code}: {_detail(response)})"
+                    raise TriggerError(
+                        f"authentication failed: {what}; {AUTH_HINTS[self.has_credentials]}", ExitCode.AUTH
+                    )
                 if code == 404:
                     detail = f"{method} {path}: not found (HTTP 404: {_detail(response)})"
                     raise TriggerError(not_found or detail, ExitCode.NOT_FOUND)
@@ -187,15 +162,8 @@ class PrefectApi:
                 last_error = f"HTTP {code}: {_detail(response)}"
             if attempt < self.retries:
                 delay = min(self.retry_delay * 2**attempt, 30.0)
-                logger.warning(
-                    "%s %s: %s; retrying in %.1fs (%d/%d)",
-                    method,
-                    path,
-                    last_error,
-                    delay,
-                    attempt + 1,
-                    self.retries,
-                )
+                what = "%s %s: %s; retrying in %.1fs (%d/%d)"
+                logger.warning(what, method, path, last_error, delay, attempt + 1, self.retries)
                 time.sleep(delay)
         raise TriggerError(
             f"{method} {self.api_url}/{path} failed after {self.retries + 1} attempts: {last_error}"
@@ -211,17 +179,11 @@ class PrefectApi:
         return self.request("GET", path, not_found=hint)
 
     def create_flow_run(
-        self,
-        deployment_id: str,
-        parameters: Mapping[str, Any],
-        *,
-        name: str | None = None,
-        tags: Sequence[str] = (),
+        self, deployment_id: str, parameters: Mapping[str, Any], name: str | None, tags: Sequence[str]
     ) -> dict[str, Any]:
         """A new run of the deployment; the idempotency key makes a retried POST return the same run."""
         body = {"parameters": dict(parameters), "idempotency_key": str(uuid.uuid4())}
-        body |= {"name": name} if name else {}
-        body |= {"tags": list(tags)} if tags else {}
+        body |= ({"name": name} if name else {}) | ({"tags": list(tags)} if tags else {})
         return self.request("POST", f"deployments/{deployment_id}/create_flow_run", json_body=body)
 
     def cancel_flow_run(self, flow_run_id: str) -> None:
@@ -257,22 +219,6 @@ def wait_for_run(
         time.sleep(min(poll_interval, remaining))
 
 
-class _StderrHandler(logging.Handler):
-    """Writes to whatever ``sys.stderr`` is at the time of each record (test capture swaps it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        sys.stderr.write(self.format(record) + "\n")
-
-
-def _configure_logging(quiet: bool) -> None:
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("[trigger] %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    logger.propagate = False
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m deployments.trigger",
@@ -282,20 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("deployment", help="FLOW/DEPLOYMENT, e.g. loan-risk-training/retrain")
-    add(
-        "--param",
-        "-p",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a run parameter; VALUE is parsed as JSON when it parses, else taken as a string (repeatable)",
-    )
+    add("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a run parameter, repeatable")
     add("--wait", action="store_true", help="follow the run to a terminal state")
     add("--timeout", type=float, default=3600.0, help="seconds to wait with --wait (default 3600)")
     add("--poll-interval", type=float, default=5.0, help="seconds between state reads (default 5)")
-    add(
-        "--cancel-on-timeout", action="store_true", help="cancel the run when --timeout passes before it ends"
-    )
+    add("--cancel-on-timeout", action="store_true", help="cancel the run when --timeout passes first")
     add("--name", help="the flow run's name (default: Prefect picks one)")
     add("--tag", action="append", default=[], help="a tag for the flow run (repeatable)")
     add("--api-url", help="overrides PREFECT_API_URL")
@@ -317,10 +254,8 @@ def _append(path: str | None, text: str) -> None:
 def _report_to_github(result: Mapping[str, Any]) -> None:
     """Step outputs and a summary line when running inside GitHub Actions."""
     keys = {"flow_run_id": "id", "state": "state", "url": "url", "exit_code": "exit_code"}
-    _append(
-        os.environ.get("GITHUB_OUTPUT"),
-        "".join(f"{k}={'' if result[v] is None else result[v]}\n" for k, v in keys.items()),
-    )
+    outputs = "".join(f"{k}={'' if result[v] is None else result[v]}\n" for k, v in keys.items())
+    _append(os.environ.get("GITHUB_OUTPUT"), outputs)
     if result["id"]:
         summary = (
             f"Prefect flow run [{result['name'] or result['id']}]({result['url']}) of "
@@ -336,59 +271,62 @@ def _env(name: str) -> str | None:
     return os.environ.get(name, "").strip() or None
 
 
+def _run(args: argparse.Namespace, result: dict[str, Any]) -> ExitCode:
+    """Create the run (and follow it with ``--wait``), filling ``result``; the exit code."""
+    api_url = (args.api_url or os.environ.get("PREFECT_API_URL") or "").strip()
+    if not api_url:
+        example = "e.g. http://127.0.0.1:4200/api, or a Prefect Cloud workspace URL"
+        raise TriggerError(f"PREFECT_API_URL is not set ({example})", ExitCode.USAGE)
+    try:
+        parameters = parse_params(args.param)
+    except ValueError as exc:
+        raise TriggerError(str(exc), ExitCode.USAGE) from exc
+    if args.timeout <= 0 or args.poll_interval <= 0:
+        raise TriggerError("--timeout and --poll-interval must be positive", ExitCode.USAGE)
+    auth = auth_headers(_env("PREFECT_API_KEY"), _env("PREFECT_API_AUTH_STRING"))
+    with PrefectApi(api_url, auth, args.retries, args.retry_delay) as api:
+        deployment = api.read_deployment(args.deployment)
+        run = api.create_flow_run(deployment["id"], parameters, args.name, args.tag)
+        url = flow_run_url(api_url, run["id"], _env("PREFECT_UI_URL"))
+        result.update(id=run["id"], name=run.get("name"), url=url)
+        result["state"], result["state_name"], result["message"] = state_of(run)
+        print(f"Flow run {run.get('name')} ({run['id']}) of {args.deployment}: {url}", flush=True)
+        logger.info("parameters: %s", json.dumps(parameters, sort_keys=True))
+        if not args.wait:
+            return ExitCode.OK
+        try:
+            run = wait_for_run(api, run["id"], timeout=args.timeout, poll_interval=args.poll_interval)
+        except TriggerError as exc:
+            if exc.run is not None:
+                run = exc.run
+                if args.cancel_on_timeout:
+                    logger.warning("cancelling flow run %s", run["id"])
+                    api.cancel_flow_run(run["id"])
+            raise
+        finally:
+            result["state"], result["state_name"], result["message"] = state_of(run)
+    code = STATE_EXIT_CODES[result["state"]]
+    if code != ExitCode.OK:
+        message = result["message"] or "no message"
+        logger.error("flow run %s ended %s: %s", run["id"], result["state_name"], message)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.quiet)
-    result: dict[str, Any] = dict.fromkeys(
-        ("id", "name", "deployment", "state", "state_name", "message", "url", "exit_code", "error")
-    )
-    result["deployment"] = args.deployment
-    code = ExitCode.OK
+    handler = logging.StreamHandler(sys.stderr)  # this call's (a test's capture swaps it between calls)
+    handler.setFormatter(logging.Formatter("[trigger] %(message)s"))
+    logger.handlers = [handler]
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logger.propagate = False
+    result: dict[str, Any] = dict.fromkeys(RESULT_KEYS) | {"deployment": args.deployment}
     try:
-        api_url = (args.api_url or os.environ.get("PREFECT_API_URL") or "").strip()
-        if not api_url:
-            raise TriggerError(
-                "PREFECT_API_URL is not set (e.g. http://127.0.0.1:4200/api, or your Prefect Cloud workspace URL)",
-                ExitCode.USAGE,
-            )
-        try:
-            parameters = parse_params(args.param)
-        except ValueError as exc:
-            raise TriggerError(str(exc), ExitCode.USAGE) from exc
-        if args.timeout <= 0 or args.poll_interval <= 0:
-            raise TriggerError("--timeout and --poll-interval must be positive", ExitCode.USAGE)
-        auth = {"api_key": _env("PREFECT_API_KEY"), "auth_string": _env("PREFECT_API_AUTH_STRING")}
-        with PrefectApi(api_url, **auth, retries=args.retries, retry_delay=args.retry_delay) as api:
-            deployment = api.read_deployment(args.deployment)
-            run = api.create_flow_run(deployment["id"], parameters, name=args.name, tags=args.tag)
-            url = flow_run_url(api_url, run["id"], _env("PREFECT_UI_URL"))
-            result.update(id=run["id"], name=run.get("name"), url=url)
-            result["state"], result["state_name"], result["message"] = state_of(run)
-            print(f"Flow run {run.get('name')} ({run['id']}) of {args.deployment}: {url}", flush=True)
-            logger.info("parameters: %s", json.dumps(parameters, sort_keys=True))
-            if args.wait:
-                try:
-                    run = wait_for_run(api, run["id"], timeout=args.timeout, poll_interval=args.poll_interval)
-                except TriggerError as exc:
-                    if exc.run is not None:
-                        run = exc.run
-                        if args.cancel_on_timeout:
-                            logger.warning("cancelling flow run %s", run["id"])
-                            api.cancel_flow_run(run["id"])
-                    raise
-                finally:
-                    result["state"], result["state_name"], result["message"] = state_of(run)
-                code = STATE_EXIT_CODES[result["state"]]
-                if code != ExitCode.OK:
-                    message = result["message"] or "no message"
-                    logger.error("flow run %s ended %s: %s", run["id"], result["state_name"], message)
+        code = _run(args, result)
     except TriggerError as exc:
-        code = exc.exit_code
-        result["error"] = str(exc)
+        code, result["error"] = exc.exit_code, str(exc)
         logger.error("%s", exc)
     except Exception as exc:  # a bad URL, an unexpected answer: report it like any API error
-        code = ExitCode.API
-        result["error"] = f"{type(exc).__name__}: {exc}"
+        code, result["error"] = ExitCode.API, f"{type(exc).__name__}: {exc}"
         logger.error("unexpected error: %s", result["error"])
     result["exit_code"] = int(code)
     print(json.dumps(result), flush=True)

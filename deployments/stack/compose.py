@@ -1,11 +1,7 @@
 """What ``compose.yaml`` needs before ``docker-compose up``: its secrets, its ``.env`` and its three images.
 
-    python -m deployments.stack.compose init  [--dir deployments/stack]      # secrets/ and .env, each only if missing
-    python -m deployments.stack.compose build [--base-image IMAGE] [--tag latest]
-
-``init`` writes each missing secret into ``<dir>/secrets/`` (folder mode 0700, 32 random bytes in hex; a given
-``LOANRISK_PSEUDONYM_KEY`` is checked and used) and a ``.env`` of the non-secret knobs, keeping values already
-there. ``build`` makes the training, PostgreSQL and registry images from one base image.
+python -m deployments.stack.compose init  [--dir deployments/stack]  # secrets/ and .env, only what is missing
+python -m deployments.stack.compose build [--base-image IMAGE] [--tag latest]
 """
 
 from __future__ import annotations
@@ -32,13 +28,9 @@ SECRETS = (
     "mlflow-flask-secret-key",
     "pseudonym-key",
 )
-PREFECT_USER = "loan-risk"
 SECRET_MARKERS = ("PASSWORD", "_TOKEN", "SECRET_KEY", "PSEUDONYM_KEY", "AUTH_STRING")  # never in .env
-IMAGES = {  # image name -> Dockerfile under images/ (None: the training image's own build)
-    "loan-risk-training": None,
-    "loan-risk-postgres": "postgres.Dockerfile",
-    "loan-risk-registry": "registry.Dockerfile",
-}
+# the stack's images besides the training image: name -> Dockerfile under images/
+IMAGES = {"loan-risk-postgres": "postgres.Dockerfile", "loan-risk-registry": "registry.Dockerfile"}
 DEFAULT_ENV = {
     "LOANRISK_STACK_BIND": "127.0.0.1",
     "POSTGRES_PORT": "5432",
@@ -57,83 +49,66 @@ DEFAULT_ENV = {
 
 def secret_value(name: str) -> str:
     """A new value for the secret ``name`` (the Prefect auth string is ``user:password``)."""
-    if name == "pseudonym-key" and os.environ.get("LOANRISK_PSEUDONYM_KEY"):
+    if name == "pseudonym-key" and (given := os.environ.get("LOANRISK_PSEUDONYM_KEY")):
         from serving.privacy import given_key
 
-        given = os.environ["LOANRISK_PSEUDONYM_KEY"]
         given_key(given)  # refuses a short or published key, saying how to make one
         return given
     token = secrets.token_hex(32)
-    return f"{PREFECT_USER}:{token}" if name == "prefect-auth-string" else token
+    return f"loan-risk:{token}" if name == "prefect-auth-string" else token
 
 
 def write_secrets(folder: Path) -> list[str]:
-    """Each missing secret file of :data:`SECRETS` in ``folder`` (0700); the names written.
-
-    The files are 0644 inside the 0700 folder: Compose (without Swarm) bind-mounts them as they are, and the
-    containers' uid 10001 must read them; nobody but the folder's owner reaches them on the host."""
+    """Each missing secret file of :data:`SECRETS` in ``folder``; the names written. The files are 0644 in the
+    0700 folder: Compose (without Swarm) mounts them as they are, and the containers' uid 10001 reads them."""
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
-    written = []
-    for name in SECRETS:
-        path = folder / name
-        if path.is_file() and path.read_text().strip():
-            continue
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with os.fdopen(fd, "w") as fh:
+    written = [
+        name for name in SECRETS if not ((folder / name).is_file() and (folder / name).read_text().strip())
+    ]
+    for name in written:
+        with os.fdopen(os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "w") as fh:
             fh.write(secret_value(name))
-        path.chmod(0o644)
-        written.append(name)
+        (folder / name).chmod(0o644)
     return written
 
 
-def read_env(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines of a Compose ``.env`` (comments and blanks aside)."""
-    if not path.is_file():
-        return {}
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs if not k.strip().startswith("#")}
-
-
-def socket_group(socket: str) -> str:
-    """The group id owning the engine's socket (the worker joins it to build and push), '0' if unknown."""
-    try:
-        return str(os.stat(socket).st_gid)
-    except OSError:
-        return "0"
-
-
 def write_env(path: Path, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``.env`` with :data:`DEFAULT_ENV`, the engine socket's group and ``overrides``; values already in the file
-    are kept. Refuses a secret-looking key (secrets live in files)."""
+    """``.env`` with :data:`DEFAULT_ENV`, the group owning the engine's socket (the worker joins it to build
+    and push; '0' if unknown) and ``overrides``; values already in the file are kept. Refuses a secret-looking
+    key (secrets live in files)."""
     given = {**DEFAULT_ENV, **(overrides or {})}
-    given.setdefault("DOCKER_GID", socket_group(given["DOCKER_SOCKET"]))
-    values = read_env(path)
-    values.update({k: v for k, v in given.items() if k not in values})
-    leaked = [k for k in values if any(m in k for m in SECRET_MARKERS)]
-    if leaked:
+    try:
+        given.setdefault("DOCKER_GID", str(os.stat(given["DOCKER_SOCKET"]).st_gid))
+    except OSError:
+        given.setdefault("DOCKER_GID", "0")
+    lines = path.read_text().splitlines() if path.is_file() else []
+    pairs = (line.split("=", 1) for line in lines if "=" in line)
+    values = {k.strip(): v.strip() for k, v in pairs if not k.strip().startswith("#")}
+    values |= {k: v for k, v in given.items() if k not in values}
+    if leaked := [k for k in values if any(m in k for m in SECRET_MARKERS)]:
         raise SystemExit(f"{path} holds {', '.join(leaked)}: secrets go in files under secrets/, not in .env")
-    lines = ["# The Compose stack's knobs (no secrets: those are files in secrets/). Made by", "#   python -m deployments.stack.compose init"]  # fmt: skip
-    path.write_text("\n".join([*lines, *(f"{k}={v}" for k, v in values.items())]) + "\n")
+    header = "# The Compose stack's knobs (no secrets: those are files in secrets/). Made by\n"
+    header += "#   python -m deployments.stack.compose init\n"
+    path.write_text(header + "".join(f"{k}={v}\n" for k, v in values.items()))
     return values
 
 
 def build(base_image: str | None, tag: str = "latest") -> dict[str, str]:
-    """Build the stack's three images on the engine ``DOCKER_HOST`` names; ``{image: id}``."""
+    """Build the training image and :data:`IMAGES` on the engine ``DOCKER_HOST`` names; ``{image: id}``."""
     from deployments.stack import image
     from tasks.release.build import build_image
     from tasks.release.engine import get_client
 
-    built = {}
+    logger.info("building loan-risk-training:%s", tag)
+    built = {"loan-risk-training": image.build(f"loan-risk-training:{tag}", base_image=base_image)}
     buildargs = {"BASE_IMAGE": base_image} if base_image else {}
     for name, dockerfile in IMAGES.items():
         logger.info("building %s:%s", name, tag)
-        if dockerfile is None:
-            built[name] = image.build(f"{name}:{tag}", base_image=base_image)
-        else:
-            built[name] = build_image(
-                STACK_DIR, name, [tag], buildargs, client=get_client(), dockerfile=f"images/{dockerfile}"
-            )
+        client = get_client()
+        built[name] = build_image(
+            STACK_DIR, name, [tag], buildargs, client=client, dockerfile=f"images/{dockerfile}"
+        )
     return built
 
 
@@ -153,9 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[compose] %(message)s", stream=sys.stderr)
     if args.command == "init":
-        overrides = dict(item.split("=", 1) for item in args.set)
         written = write_secrets(args.dir / "secrets")
-        write_env(args.dir / ".env", overrides)
+        write_env(args.dir / ".env", dict(item.split("=", 1) for item in args.set))
         logger.info(
             "secrets made: %s; .env at %s", ", ".join(written) or "none (all there)", args.dir / ".env"
         )

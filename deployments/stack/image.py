@@ -1,9 +1,9 @@
-"""The training image (``Dockerfile.training``): a build context made on the host, built on the engine.
+"""The training image (``Dockerfile.training``), which the ``docker`` work pool runs each flow run in.
 
-    python -m deployments.stack.image [--tag loan-risk-training:latest] [--base-image python:3.11-slim] [--wheel-cache DIR]
+    python -m deployments.stack.image [--tag loan-risk-training:latest] [--base-image IMG] [--wheel-cache DIR]
 
-The context holds ``requirements.txt`` (``uv export`` without the dev group), ``wheels/`` (downloaded on the
-host: no network inside the build) and ``app/``. The ``docker`` work pool runs each flow run in this image.
+The build context, made on the host: ``requirements.txt`` (``uv export``, no dev group), ``wheels/`` (no
+network inside the build) and ``app/``.
 """
 
 from __future__ import annotations
@@ -25,26 +25,18 @@ logger = logging.getLogger("deployments.stack.image")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "Dockerfile.training"
-# Dockerfile and .dockerignore: the serving image a worker in this image builds when it deploys
-APP_PARTS = (
-    "flows",
-    "tasks",
-    "serving",
-    "deployments",
-    "prefect.yaml",
-    "pyproject.toml",
-    "Dockerfile",
-    ".dockerignore",
-)
+# the image's /app (Dockerfile and .dockerignore: the serving image a worker in it builds when it deploys)
+APP_DIRS = ("flows", "tasks", "serving", "deployments")
+APP_FILES = ("prefect.yaml", "pyproject.toml", "Dockerfile", ".dockerignore")
 DEFAULT_TAG = "loan-risk-training:latest"
 _IGNORE = shutil.ignore_patterns(
     "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".env", "*.htpasswd", "secrets"
 )
 
 
-# The oldest interpreter the image may have: Debian bookworm's 3.11.2 (the official slim image has a newer 3.11.x).
-# The lock's markers are settled for it, so a package only older 3.11 releases need (async-timeout) is in wheels/;
-# pip downloads the wheels for "3.11", which reads such markers as false.
+# The oldest interpreter the image may have: Debian bookworm's 3.11.2 (the official slim image has a newer
+# 3.11.x). The lock's markers are settled for it, so a package only older 3.11 releases need (async-timeout)
+# is in wheels/; pip downloads the wheels for "3.11", which reads such markers as false.
 TARGET = {
     "python_version": "3.11",
     "python_full_version": "3.11.2",
@@ -61,12 +53,11 @@ def settle_markers(text: str) -> str:
     """The requirement lines that apply to :data:`TARGET`, without their markers."""
     from packaging.markers import Marker
 
-    out = []
-    for line in text.splitlines():
-        requirement, _, marker = line.split("#", 1)[0].partition(";")
-        if requirement.strip() and (not marker.strip() or Marker(marker.strip()).evaluate(TARGET)):
-            out.append(requirement.strip())
-    return "\n".join(out) + "\n"
+    lines = (line.split("#", 1)[0].partition(";") for line in text.splitlines())
+    kept = [
+        r.strip() for r, _, m in lines if r.strip() and (not m.strip() or Marker(m.strip()).evaluate(TARGET))
+    ]
+    return "\n".join(kept) + "\n"
 
 
 def export_requirements(out: Path) -> Path:
@@ -75,13 +66,18 @@ def export_requirements(out: Path) -> Path:
     uv = shutil.which("uv")
     if not uv:
         raise RuntimeError("uv is not on PATH: pip install uv")
+    cmd = [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "--no-header", "-q"]
     subprocess.run(
-        [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "--no-header", "-q", "-o",
-         str(out)],
-        cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [*cmd, "-o", str(out)], cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=300
+    )
     out.write_text(settle_markers(out.read_text()))
     return out
+
+
+def _readable(folder: Path) -> None:
+    """Every file 0644 and folder 0755 under ``folder`` (read by the image's uid 10001)."""
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def prepare_context(out: Path, wheel_cache: Path) -> Path:
@@ -89,37 +85,28 @@ def prepare_context(out: Path, wheel_cache: Path) -> Path:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    requirements = export_requirements(out / "requirements.txt")
-    wheels = download_wheels(wheel_cache, requirements)
+    wheels = download_wheels(wheel_cache, export_requirements(out / "requirements.txt"))
     shutil.copy2(DOCKERFILE, out / "Dockerfile.training")
     (out / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")
-    for part in APP_PARTS:
-        src = REPO_ROOT / part
-        if src.is_dir():
-            shutil.copytree(src, out / "app" / part, ignore=_IGNORE)
-        else:
-            (out / "app").mkdir(exist_ok=True)
-            shutil.copy2(src, out / "app" / part)
-    for path in (out / "app").rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    for part in APP_DIRS:
+        shutil.copytree(REPO_ROOT / part, out / "app" / part, ignore=_IGNORE)
+    for part in APP_FILES:
+        shutil.copy2(REPO_ROOT / part, out / "app" / part)
+    _readable(out / "app")
     shutil.copytree(wheels, out / "wheels", ignore=shutil.ignore_patterns(".*"))
     # the serving image's wheels, as its build context wants them (a worker's deploy downloads nothing)
     serving = download_wheels(wheel_cache)
     shutil.copytree(serving, out / "serving-wheels" / serving.name)
-    for path in (out / "serving-wheels").rglob("*"):  # read by the image's uid 10001
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    _readable(out / "serving-wheels")
     return out
 
 
 def build(tag: str = DEFAULT_TAG, base_image: str | None = None, wheel_cache: Path | None = None) -> str:
     """Build the training image ``tag`` on the engine ``DOCKER_HOST`` names; returns the image id."""
     repository, _, version = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "latest")
-    cache = wheel_cache or REPO_ROOT / ".state" / "wheels"
     with tempfile.TemporaryDirectory(prefix="loanrisk-training-context-") as tmp:
-        context = prepare_context(Path(tmp) / "context", cache)
-        buildargs = {"GIT_COMMIT": git_commit()}
-        if base_image:
-            buildargs["BASE_IMAGE"] = base_image
+        context = prepare_context(Path(tmp) / "context", wheel_cache or REPO_ROOT / ".state" / "wheels")
+        buildargs = {"GIT_COMMIT": git_commit()} | ({"BASE_IMAGE": base_image} if base_image else {})
         return build_image(
             context, repository, [version], buildargs, client=get_client(), dockerfile="Dockerfile.training"
         )
@@ -134,8 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wheel-cache", type=Path, default=None, help="default: <repo>/.state/wheels")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[image] %(message)s", stream=sys.stderr)
-    image_id = build(args.tag, args.base_image, args.wheel_cache)
-    print(image_id, flush=True)
+    print(build(args.tag, args.base_image, args.wheel_cache), flush=True)
     return 0
 
 

@@ -1,9 +1,8 @@
 """The shared stack as local processes (PostgreSQL, Prefect and MLflow servers, the image registry, workers).
 
-``with Stack(tmp / "stack", workers=2) as urls:`` runs ``up()`` on enter, ``down(purge=True)`` on exit.
-``up`` is idempotent (a running service is kept, a dead one restarted on its recorded port), ``status`` asks each
-service for its health, ``down`` stops what ``up`` started (see :mod:`deployments.stack.procs`) and nothing else.
-``<state_dir>/stack.json`` (mode 0600) holds the ports, PIDs and the stack's generated secrets.
+``up`` is idempotent (a running service is kept, a dead one restarted on its recorded port), ``status`` asks
+each service for its health, ``down`` stops what ``up`` started and nothing else. ``<state_dir>/stack.json``
+(mode 0600) holds the ports, PIDs and the stack's generated secrets.
 """
 
 from __future__ import annotations
@@ -22,13 +21,14 @@ from typing import Any
 
 import httpx
 
-from deployments.stack import mlflow_auth, postgres, procs, registry
-from deployments.stack.urls import DEFAULT_POOL, ServiceStatus, StackUrls, basic, http_check, http_status
+from deployments.stack import mlflow_auth, postgres, procs
 
 logger = logging.getLogger("deployments.stack")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_POOL = "loan-risk-pool"
 PREFECT_USER = "loan-risk"
+REGISTRY_USER = "loanrisk"
 START_TIMEOUT_S = float(os.environ.get("LOANRISK_STACK_START_TIMEOUT", "240"))
 QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -45,9 +45,85 @@ _LEAKS |= {"PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNE
 _LEAKS |= {"MLFLOW_TRACKING_URI", "LOANRISK_OPTUNA_STORAGE", "LOANRISK_STATE_DIR"}
 
 
+@dataclass(frozen=True)
+class StackUrls:
+    """Where the stack's services are, and the environment that points the project at them."""
+
+    prefect_api_url: str
+    mlflow_tracking_uri: str
+    optuna_storage: str
+    postgres_url: str
+    registry: str | None
+    registry_username: str | None
+    registry_password: str | None = field(repr=False)
+    pseudonym_key: str = field(repr=False)
+    pool: str = DEFAULT_POOL
+    prefect_auth_string: str | None = field(default=None, repr=False)  # "user:password" (Basic)
+    mlflow_username: str | None = None  # the pipeline's account on the tracking server
+    mlflow_password: str | None = field(default=None, repr=False)
+    mlflow_reader_username: str | None = None  # an account that may read but not move aliases or tags
+    mlflow_reader_password: str | None = field(default=None, repr=False)
+
+    def env(self) -> dict[str, str]:
+        """The settings a client, a worker or a flow run needs: URLs, registry, the shared pseudonym key."""
+        out = {
+            "PREFECT_API_URL": self.prefect_api_url,
+            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+            "LOANRISK_OPTUNA_STORAGE": self.optuna_storage,
+            "LOANRISK_PSEUDONYM_KEY": self.pseudonym_key,
+            "LOANRISK_WORK_POOL": self.pool,
+            # a promoted model that cannot ship fails its run here (never a silent "deploy skipped")
+            "LOANRISK_DEPLOY_MODE": "required",
+        }
+        if self.prefect_auth_string:
+            out["PREFECT_API_AUTH_STRING"] = self.prefect_auth_string
+        if self.mlflow_username:
+            out["MLFLOW_TRACKING_USERNAME"] = self.mlflow_username
+            out["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_password or ""
+        if self.registry:
+            out["LOANRISK_IMAGE_REGISTRY"] = self.registry
+            out["LOANRISK_REGISTRY_USERNAME"] = self.registry_username or ""
+            out["LOANRISK_REGISTRY_PASSWORD"] = self.registry_password or ""
+        return out
+
+    def client_env(self, home: Path, **extra: str) -> dict[str, str]:
+        """This process's environment without its own Prefect/MLflow/LOANRISK settings, pointed at the stack,
+        with a Prefect home and state folder of its own under ``home`` (for a CLI call or a worker)."""
+        own = ("PREFECT_", "MLFLOW_", "LOANRISK_")
+        base = {k: v for k, v in os.environ.items() if not k.startswith(own) and k != procs.MARKER}
+        homes = {"PREFECT_HOME": str(home / "prefect"), "LOANRISK_STATE_DIR": str(home / "state")}
+        return {**base, **self.env(), **homes, "DO_NOT_TRACK": "1", **extra}
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    url: str
+    healthy: bool
+    pid: int | None
+    detail: str = ""
+
+
+def basic(auth_string: str | None) -> tuple[str, str] | None:
+    """httpx's Basic credentials from a Prefect API auth string ``user:password``."""
+    user, _, password = (auth_string or "").partition(":")
+    return (user, password) if auth_string else None
+
+
+def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
+    try:
+        return httpx.get(url, timeout=5, auth=auth).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def _py(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
 def _new_secrets() -> dict[str, str]:
-    """Strong secrets, generated once and kept in the 0600 state: passwords, the pseudonym key, the accounts of
-    the Prefect and MLflow servers."""
+    """Strong secrets, generated once and kept in the 0600 state: passwords, the pseudonym key, the accounts
+    of the Prefect and MLflow servers."""
     sizes = {"postgres_password": 18, "registry_password": 18, "prefect_auth_password": 24}
     sizes |= {"mlflow_admin_password": 24, "mlflow_pipeline_password": 24, "mlflow_reader_password": 24}
     made = {name: secrets.token_urlsafe(size) for name, size in sizes.items()}
@@ -78,9 +154,11 @@ class Stack:
     def state_file(self) -> Path:
         return self.dir / "stack.json"
 
-    def _load(self) -> None:
+    def _load(self) -> bool:
+        """Read the state file; whether there is a stack."""
         if self.state_file.exists():
             self.state = json.loads(self.state_file.read_text())
+        return bool(self.state)
 
     def _save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -89,18 +167,6 @@ class Stack:
         os.chmod(tmp, 0o600)
         tmp.replace(self.state_file)
 
-    def _new_state(self) -> dict[str, Any]:
-        stack_id = uuid.uuid4().hex[:12]
-        return {
-            "id": stack_id,
-            "host": self.host,
-            "pool": self.pool,
-            "pg_dir": str(postgres.cluster_dir(self.dir, stack_id)),
-            "ports": {},
-            "pids": {},
-            "secrets": _new_secrets(),
-        }
-
     @property
     def _addr(self) -> str:
         """The address clients use: the bind address, or loopback when bound to every interface."""
@@ -108,25 +174,27 @@ class Stack:
         return "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
 
     def _port(self, name: str) -> int:
-        ports = self.state["ports"]
-        if name not in ports:
-            ports[name] = procs.free_port(self._addr)
-        return int(ports[name])
+        if name not in self.state["ports"]:
+            self.state["ports"][name] = procs.free_port(self._addr)
+        return int(self.state["ports"][name])
+
+    def _url(self, name: str, path: str = "") -> str:
+        return f"http://{self._addr}:{self.state['ports'][name]}{path}"
 
     def urls(self) -> StackUrls:
         """The URLs of the stack (from its state file)."""
-        self._load()
-        if not self.state:
+        if not self._load():
             raise RuntimeError(f"no stack in {self.dir}: run python -m deployments.stack up")
-        s, p, a = self.state["secrets"], self.state["ports"], self._addr
-        reg = f"{a}:{p['registry']}" if "registry" in p and self.state["pids"].get("registry") else None
+        s, p = self.state["secrets"], self.state["ports"]
+        has_registry = "registry" in p and self.state["pids"].get("registry")
+        reg = f"{self._addr}:{p['registry']}" if has_registry else None
         return StackUrls(
-            prefect_api_url=f"http://{a}:{p['prefect']}/api",
-            mlflow_tracking_uri=f"http://{a}:{p['mlflow']}",
+            prefect_api_url=self._url("prefect", "/api"),
+            mlflow_tracking_uri=self._url("mlflow"),
             optuna_storage=self._pg("optuna"),
             postgres_url=self._pg("postgres"),
             registry=reg,
-            registry_username=registry.USER if reg else None,
+            registry_username=REGISTRY_USER if reg else None,
             registry_password=s["registry_password"] if reg else None,
             pseudonym_key=s["pseudonym_key"],
             pool=self.state.get("pool", self.pool),
@@ -150,7 +218,7 @@ class Stack:
 
     def _pg(self, database: str, driver: str = "psycopg2") -> str:
         pw, port = self.state["secrets"]["postgres_password"], self.state["ports"]["postgres"]
-        return postgres.url(driver, pw, self._addr, port, database)
+        return f"postgresql+{driver}://postgres:{pw}@{self._addr}:{port}/{database}"  # a SQLAlchemy URL
 
     def _pid(self, name: str) -> int | None:
         pid = self.state["pids"].get(name)
@@ -158,11 +226,12 @@ class Stack:
 
     def up(self) -> StackUrls:
         """Start what is not running; returns the URLs once every service answers."""
-        self._load()
-        if not self.state:
-            self.state = self._new_state()
-        for key, value in _new_secrets().items():  # a stack made before the servers had accounts
-            self.state["secrets"].setdefault(key, value)
+        if not self._load():
+            stack_id = uuid.uuid4().hex[:12]
+            self.state = {"id": stack_id, "host": self.host, "pool": self.pool, "ports": {}, "pids": {}}
+            self.state["pg_dir"] = str(postgres.cluster_dir(self.dir, stack_id))
+        # new secrets for a new stack, and those a stack made before the servers had accounts lacks
+        self.state["secrets"] = _new_secrets() | self.state.get("secrets", {})
         self.state["workers"] = self.workers
         self._save()
         self._postgres()
@@ -172,15 +241,15 @@ class Stack:
             self._registry()
         self._save()
         urls = self.urls()
-        if self.deploy and (started_prefect or not self._deployed(urls)):
+        deployed = self._url("prefect", "/api/deployments/name/loan-risk-training/retrain")
+        if self.deploy and (started_prefect or http_status(deployed, basic(urls.prefect_auth_string)) != 200):
             self._setup(urls)
         self._workers(urls)
         self._save()
         return urls
 
     def _postgres(self) -> None:
-        cluster = Path(self.state["pg_dir"])
-        pw = self.state["secrets"]["postgres_password"]
+        cluster, pw = Path(self.state["pg_dir"]), self.state["secrets"]["postgres_password"]
         port = self._port("postgres")
         self._save()
         if postgres.init(cluster, pw):
@@ -191,9 +260,9 @@ class Stack:
         self.state["pids"]["postgres"] = postgres.pid(cluster)
         postgres.ensure_databases(pw, self._addr, port)
 
-    def _serve(self, name: str, cmd: list[str], env: dict[str, str], health: str, ok: set[int]) -> bool:
-        """Start ``cmd`` unless its PID is alive; wait until ``health`` answers one of ``ok``. True if started."""
-        if self._pid(name) and http_status(health) in ok:
+    def _serve(self, name: str, cmd: list[str], env: dict[str, str], health: str, ok: int = 200) -> bool:
+        """Start ``cmd`` unless its PID is alive; wait until ``health`` answers ``ok``. True if started."""
+        if self._pid(name) and http_status(health) == ok:
             return False
         if not self._pid(name):
             logger.info("starting %s", name)
@@ -201,11 +270,12 @@ class Stack:
             self._save()
         pid = self.state["pids"][name]
         exited = lambda: None if procs.alive(pid) else f"exited; {self._tail(name)}"  # noqa: E731
-        procs.wait_until(lambda: http_status(health) in ok, START_TIMEOUT_S, f"{name} ({health})", exited)
+        procs.wait_until(lambda: http_status(health) == ok, START_TIMEOUT_S, f"{name} ({health})", exited)
         return True
 
     def _prefect(self) -> bool:
         port, host = self._port("prefect"), self.state["host"]
+        auth = f"{PREFECT_USER}:{self.state['secrets']['prefect_auth_password']}"
         env = self._env(
             self.dir / "prefect-server",
             {
@@ -214,19 +284,16 @@ class Stack:
                 "PREFECT_SERVER_API_PORT": str(port),
                 "PREFECT_SERVER_UI_ENABLED": "true" if self.ui else "false",
                 "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-                "PREFECT_UI_API_URL": f"http://{self._addr}:{port}/api",
-                "PREFECT_SERVER_API_AUTH_STRING": f"{PREFECT_USER}:{self.state['secrets']['prefect_auth_password']}",
+                "PREFECT_UI_API_URL": self._url("prefect", "/api"),
+                "PREFECT_SERVER_API_AUTH_STRING": auth,
             },
         )
-        cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
-        return self._serve("prefect", cmd, env, f"http://{self._addr}:{port}/api/health", {200})
+        cmd = _py("prefect", "server", "start", "--host", host, "--port", str(port))
+        return self._serve("prefect", cmd, env, self._url("prefect", "/api/health"))
 
     def _mlflow(self) -> bool:
-        port, s = self._port("mlflow"), self.state["secrets"]
-        artifacts = self.dir / "mlflow-artifacts"
-        artifacts.mkdir(parents=True, exist_ok=True)
-        # MLflow's GenAI job runners (eight huey_consumer processes, ~250 MB each) serve nothing this project
-        # uses: off. The marker sweep would still stop them if a user turns them on.
+        port, s, host = self._port("mlflow"), self.state["secrets"], self.state["host"]
+        (artifacts := self.dir / "mlflow-artifacts").mkdir(parents=True, exist_ok=True)
         # Its authentication app: anonymous requests get 401, the reader account 403 on any write.
         config = mlflow_auth.write_config(
             self.dir / "mlflow-server" / "basic_auth.ini", self._pg("mlflow_auth")
@@ -235,6 +302,8 @@ class Stack:
         env = self._env(
             self.dir / "mlflow-server",
             {
+                # MLflow's GenAI job runners (eight huey_consumer processes, ~250 MB each) serve nothing this
+                # project uses: off. The marker sweep would still stop them if a user turns them on.
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                 "MLFLOW_AUTH_CONFIG_PATH": str(config),
                 "MLFLOW_AUTH_ADMIN_USERNAME": admin.username,
@@ -242,41 +311,40 @@ class Stack:
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": s["mlflow_flask_secret"],
             },
         )
-        backend = self._pg("mlflow")
-        hosts = ",".join(
-            sorted({f"{self._addr}:{port}", f"{self.state['host']}:{port}", f"localhost:{port}"})
-        )
-        cmd = [
-            sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", backend,
-            "--serve-artifacts", "--artifacts-destination", str(artifacts), "--host", self.state["host"],
-            "--port", str(port), "--workers", "2", "--allowed-hosts", hosts,
-        ]  # fmt: skip
-        started = self._serve("mlflow", cmd, env, f"http://{self._addr}:{port}/health", {200})
+        hosts = ",".join(sorted({f"{self._addr}:{port}", f"{host}:{port}", f"localhost:{port}"}))
+        cmd = _py("mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", self._pg("mlflow"))
+        cmd += ["--serve-artifacts", "--artifacts-destination", str(artifacts)]
+        cmd += ["--host", host, "--port", str(port), "--workers", "2", "--allowed-hosts", hosts]
+        started = self._serve("mlflow", cmd, env, self._url("mlflow", "/health"))
         pipeline = mlflow_auth.Account(mlflow_auth.PIPELINE_USER, s["mlflow_pipeline_password"])
         reader = mlflow_auth.Account(mlflow_auth.READER_USER, s["mlflow_reader_password"])
-        mlflow_auth.ensure_accounts(f"http://{self._addr}:{port}", admin, [pipeline, reader])
+        mlflow_auth.ensure_accounts(self._url("mlflow"), admin, [pipeline, reader])
         return started
 
     def _registry(self) -> bool:
-        found = registry.binaries()
-        if not found:
+        """The registry's config (storage in ``registry/data``) and htpasswd file, then the registry."""
+        binary, htpasswd = shutil.which("docker-registry"), shutil.which("htpasswd")
+        if not (binary and htpasswd):
             logger.warning("no docker-registry/htpasswd on PATH: the stack runs without its image registry")
             return False
         port, folder = self._port("registry"), self.dir / "registry"
-        address = f"{self.state['host']}:{port}"
-        config = registry.write_config(
-            folder, found[1], address, self.state["secrets"]["registry_password"], self.state["id"]
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        login = [REGISTRY_USER, self.state["secrets"]["registry_password"]]
+        hashed = subprocess.run(
+            [htpasswd, "-Bbn", *login], capture_output=True, text=True, check=True, timeout=60
         )
-        env = self._env(folder, {})
-        for key in [k for k in env if k.startswith("REGISTRY_")]:  # distribution reads them as overrides
-            env.pop(key)
+        (folder / "htpasswd").write_text(hashed.stdout)
+        (config := folder / "config.yml").write_text(
+            "version: 0.1\nlog: {level: warn, accesslog: {disabled: true}}\n"
+            f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}, delete: {{enabled: true}}}}\n"
+            f"http: {{addr: '{self.state['host']}:{port}', secret: {self.state['id']}}}\n"
+            f"auth: {{htpasswd: {{realm: loan-risk, path: {folder / 'htpasswd'}}}}}\n"
+        )
+        # distribution reads REGISTRY_* variables as overrides of its config
+        env = {k: v for k, v in self._env(folder).items() if not k.startswith("REGISTRY_")}
         return self._serve(
-            "registry", [found[0], "serve", str(config)], env, f"http://{self._addr}:{port}/v2/", {401}
+            "registry", [binary, "serve", str(config)], env, self._url("registry", "/v2/"), 401
         )
-
-    def _deployed(self, urls: StackUrls) -> bool:
-        url = f"{urls.prefect_api_url}/deployments/name/loan-risk-training/retrain"
-        return http_status(url, basic(urls.prefect_auth_string)) == 200
 
     def _setup(self, urls: StackUrls) -> None:
         """``python -m deployments.setup --pool POOL`` against the stack's server."""
@@ -284,10 +352,10 @@ class Stack:
         env = self._env(self.dir / "client", {"PREFECT_API_URL": urls.prefect_api_url, **auth})
         env.pop(procs.MARKER)
         logger.info("deploying the flows to %s (pool %s)", urls.prefect_api_url, urls.pool)
+        cmd = _py("deployments.setup", "--pool", urls.pool)
         proc = subprocess.run(
-            [sys.executable, "-m", "deployments.setup", "--pool", urls.pool],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"deployments.setup exited {proc.returncode}:\n{proc.stderr[-3000:]}")
 
@@ -303,29 +371,19 @@ class Stack:
             if int(name.removeprefix("worker-")) > self.workers:
                 procs.stop(self.state["pids"].pop(name), self.state["id"])
         for i, name in enumerate(self.worker_names(), start=1):
-            key = f"worker-{i}"
-            if self._pid(key):
+            if self._pid(key := f"worker-{i}"):
                 continue
             home = self.dir / "workers" / str(i)
-            env = self._env(
-                home / "prefect",
-                {
-                    **urls.env(),
-                    "LOANRISK_STATE_DIR": str(home / "state"),
-                    "PREFECT_WORKER_QUERY_SECONDS": "3",
-                    "PREFECT_WORKER_HEARTBEAT_SECONDS": "10",
-                    **self.worker_env,
-                },
-            )
-            cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", urls.pool, "--type", "process",
-                   "--name", name]  # fmt: skip
+            extra = {"LOANRISK_STATE_DIR": str(home / "state"), "PREFECT_WORKER_QUERY_SECONDS": "3"}
+            extra |= {"PREFECT_WORKER_HEARTBEAT_SECONDS": "10"}
+            env = self._env(home / "prefect", {**urls.env(), **extra, **self.worker_env})
+            cmd = _py("prefect", "worker", "start", "--pool", urls.pool, "--type", "process", "--name", name)
             logger.info("starting worker %s on pool %s", name, urls.pool)
             self.state["pids"][key] = procs.spawn(cmd, env, self._log(key), REPO_ROOT)
             self._save()
         online = lambda: set(self.worker_names()) <= self._online_workers(urls)  # noqa: E731
-        procs.wait_until(
-            online, START_TIMEOUT_S, f"{self.workers} worker(s) on pool {urls.pool}", self._dead_worker
-        )
+        what = f"{self.workers} worker(s) on pool {urls.pool}"
+        procs.wait_until(online, START_TIMEOUT_S, what, self._dead_worker)
 
     def _dead_worker(self) -> str | None:
         dead = [key for key in self._worker_keys() if not procs.alive(self.state["pids"][key])]
@@ -343,23 +401,21 @@ class Stack:
 
     def status(self) -> list[ServiceStatus]:
         """Each service's URL and health (from its own health endpoint)."""
-        self._load()
-        if not self.state:
+        if not self._load():
             return []
         urls, a, ports = self.urls(), self._addr, self.state["ports"]
-        pg_pid = postgres.pid(Path(self.state["pg_dir"]))
-        out = [
-            ServiceStatus(
-                "postgres", f"postgresql://{a}:{ports['postgres']}", pg_pid is not None and postgres.healthy(
-                    self.state["secrets"]["postgres_password"], a, ports["postgres"]), pg_pid,
-                ", ".join(postgres.DATABASES),
-            ),
-            http_check("prefect", urls.prefect_api_url, f"{urls.prefect_api_url}/health", {200}, self._pid("prefect")),
-            http_check("mlflow", urls.mlflow_tracking_uri, f"{urls.mlflow_tracking_uri}/health", {200}, self._pid("mlflow")),
-        ]  # fmt: skip
+        pg_pid, pw = postgres.pid(Path(self.state["pg_dir"])), self.state["secrets"]["postgres_password"]
+        pg_ok = pg_pid is not None and postgres.healthy(pw, a, ports["postgres"])
+        pg_url, databases = f"postgresql://{a}:{ports['postgres']}", ", ".join(postgres.DATABASES)
+        out = [ServiceStatus("postgres", pg_url, pg_ok, pg_pid, databases)]
+        services = [("prefect", urls.prefect_api_url, "/api/health", 200)]
+        services.append(("mlflow", urls.mlflow_tracking_uri, "/health", 200))
         if "registry" in ports:
-            reg = f"{a}:{ports['registry']}"
-            out.append(http_check("registry", reg, f"http://{reg}/v2/", {401}, self._pid("registry")))
+            services.append(("registry", f"{a}:{ports['registry']}", "/v2/", 401))
+        for name, url, path, ok in services:
+            code, pid = http_status(health := self._url(name, path)), self._pid(name)
+            detail = f"{health} -> {code or 'no answer'}"
+            out.append(ServiceStatus(name, url, bool(pid) and code == ok, pid, detail))
         online = self._online_workers(urls) if out[1].healthy else set()
         for key in self._worker_keys():
             name = f"stack-{self.state['id']}-{key.removeprefix('worker-')}"
@@ -369,16 +425,13 @@ class Stack:
 
     def down(self, purge: bool = False) -> list[str]:
         """Stop what ``up`` started (workers first, PostgreSQL last); ``purge`` also removes the data."""
-        self._load()
-        if not self.state:
+        if not self._load():
             return []
         stopped, stack_id = [], self.state["id"]
         for name in [*self._worker_keys(), "mlflow", "prefect", "registry"]:
-            if procs.stop(self.state["pids"].get(name), stack_id):
+            if procs.stop(self.state["pids"].pop(name, None), stack_id):
                 stopped.append(name)
-            self.state["pids"].pop(name, None)
-        cluster = Path(self.state["pg_dir"])
-        if postgres.stop(cluster):
+        if postgres.stop(cluster := Path(self.state["pg_dir"])):
             stopped.append("postgres")
         self.state["pids"].pop("postgres", None)
         if left := procs.sweep(stack_id):

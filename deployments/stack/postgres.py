@@ -18,100 +18,78 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tasks.errors import PermanentError
+
 DATABASES = ("prefect", "mlflow", "mlflow_auth", "optuna")
 
 
-class PostgresMissing(RuntimeError):
-    """The PostgreSQL server binaries are not installed."""
+class PostgresMissing(PermanentError):
+    """The PostgreSQL server binaries (or the postgres user) are not installed."""
 
 
 def bindir() -> Path:
     """Where ``initdb``/``pg_ctl`` are: ``LOANRISK_PG_BINDIR``, else Debian's newest, else ``PATH``."""
     if os.environ.get("LOANRISK_PG_BINDIR"):
         return Path(os.environ["LOANRISK_PG_BINDIR"])
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    if versions:
+    if versions := sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])):
         return Path(versions[-1]).parent
-    found = shutil.which("initdb")
-    if found:
+    if found := shutil.which("initdb"):
         return Path(found).resolve().parent
     raise PostgresMissing(
-        "PostgreSQL is not installed (no initdb): apt-get install postgresql (or bash tests/infra/services.sh install)"
+        "PostgreSQL is not installed (no initdb): apt-get install postgresql "
+        "(or bash tests/infra/services.sh install)"
     )
 
 
-def _as_root() -> bool:
-    return os.geteuid() == 0
+def _postgres_user() -> pwd.struct_passwd | None:
+    """The ``postgres`` account when running as root (every command then runs as it), else None."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError as exc:
+        raise PostgresMissing("no postgres user: apt-get install postgresql") from exc
 
 
 def _run(cmd: list[str], env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
-    full = ["runuser", "-u", "postgres", "--", *cmd] if _as_root() else cmd
+    full = ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+    env = {**os.environ, **(env or {})}
     proc = subprocess.run(
-        full,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        cwd="/",
+        full, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd="/"
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:2])} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
     return proc.stdout
 
 
-def _reachable_by_postgres(path: Path) -> bool:
-    if not _as_root():
-        return True
-    try:
-        uid = pwd.getpwnam("postgres").pw_uid
-    except KeyError as exc:
-        raise PostgresMissing("no postgres user: apt-get install postgresql") from exc
-    for parent in [path, *path.parents]:
-        if not parent.exists():
-            continue
-        st = parent.stat()
-        if st.st_uid != uid and not st.st_mode & 0o001:
-            return False
-    return True
-
-
 def cluster_dir(state_dir: Path, stack_id: str) -> Path:
     """The folder of the cluster: ``<state_dir>/postgres`` when the postgres user can reach it."""
-    inside = state_dir / "postgres"
-    if _reachable_by_postgres(state_dir):
-        return inside
-    return Path(tempfile.gettempdir()) / f"loanrisk-stack-pg-{stack_id}"
+    user = _postgres_user()
+    for parent in [state_dir, *state_dir.parents] if user else []:
+        st = parent.stat() if parent.exists() else None
+        if st and st.st_uid != user.pw_uid and not st.st_mode & 0o001:
+            return Path(tempfile.gettempdir()) / f"loanrisk-stack-pg-{stack_id}"
+    return state_dir / "postgres"
 
 
 def init(cluster: Path, password: str) -> bool:
     """``initdb`` the cluster unless it exists; True when made here."""
-    data = cluster / "data"
-    if (data / "PG_VERSION").exists():
+    if ((data := cluster / "data") / "PG_VERSION").exists():
         return False
     cluster.mkdir(parents=True, exist_ok=True)
     os.chmod(cluster, 0o700)
-    pwfile = cluster / ".pw"
-    pwfile.write_text(password + "\n")
-    if _as_root():
-        uid, gid = pwd.getpwnam("postgres").pw_uid, pwd.getpwnam("postgres").pw_gid
-        os.chown(cluster, uid, gid)
-        os.chown(pwfile, uid, gid)
+    (pwfile := cluster / ".pw").write_text(password + "\n")
+    if user := _postgres_user():
+        for path in (cluster, pwfile):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    options = ["-D", str(data), "-U", "postgres", "--auth-host=scram-sha-256"]
+    options += [
+        "--auth-local=peer" if user else "--auth-local=trust",
+        f"--pwfile={pwfile}",
+        "--encoding=UTF8",
+    ]
     try:
-        _run(
-            [
-                str(bindir() / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth-host=scram-sha-256",
-                "--auth-local=peer" if _as_root() else "--auth-local=trust",
-                f"--pwfile={pwfile}",
-                "--encoding=UTF8",
-                "--no-instructions",
-            ]
-        )
+        _run([str(bindir() / "initdb"), *options, "--no-instructions"])
     finally:
         pwfile.unlink(missing_ok=True)
     # Clients on other machines (workers) connect over TCP with the password; loopback is already allowed.
@@ -126,12 +104,10 @@ def start(cluster: Path, host: str, port: int, env: Mapping[str, str]) -> None:
     if host in ("0.0.0.0", "*"):
         addresses = "*"
     options = f"-p {port} -k {cluster} -c listen_addresses='{addresses}' -c max_connections=200"
+    pg_ctl = [str(bindir() / "pg_ctl"), "-D", str(cluster / "data")]
     _run(
-        [str(bindir() / "pg_ctl"), "-D", str(cluster / "data"), "-o", options, "-l", str(cluster / "log"), "-w",
-         "-t", "120", "start"],
-        env=env,
-        timeout=180,
-    )  # fmt: skip
+        [*pg_ctl, "-o", options, "-l", str(cluster / "log"), "-w", "-t", "120", "start"], env=env, timeout=180
+    )
 
 
 def stop(cluster: Path) -> bool:
@@ -151,11 +127,6 @@ def pid(cluster: Path) -> int | None:
     return None
 
 
-def url(driver: str, password: str, host: str, port: int, database: str) -> str:
-    """A SQLAlchemy URL, e.g. ``postgresql+psycopg2://postgres:<pw>@host:port/mlflow``."""
-    return f"postgresql+{driver}://postgres:{password}@{host}:{port}/{database}"
-
-
 def _connect(password: str, host: str, port: int, timeout: int) -> Any:
     import psycopg2
 
@@ -166,16 +137,13 @@ def _connect(password: str, host: str, port: int, timeout: int) -> Any:
 
 def ensure_databases(password: str, host: str, port: int) -> None:
     """Create the stack's databases that do not exist yet."""
-    conn = _connect(password, host, port, 10)
-    try:
+    with contextlib.closing(_connect(password, host, port, 10)) as conn:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT datname FROM pg_database")
             have = {row[0] for row in cur.fetchall()}
             for name in (n for n in DATABASES if n not in have):
                 cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
 
 
 def healthy(password: str, host: str, port: int) -> bool:

@@ -1,11 +1,10 @@
-"""Run a command with the Compose secrets as its environment: each file ``/run/secrets/NAME`` becomes ``NAME``.
+"""Run a command with the Compose secrets as its environment: each file ``/run/secrets/NAME`` as ``NAME``.
 
     python -m deployments.stack.secret_env prefect server start ...
 
-Compose mounts a secret as a file, so its value is in no ``docker inspect``, compose file or image; the servers
-and clients of the stack (Prefect, MLflow, libpq's ``PGPASSWORD``) read their secrets from the environment, so
-this wrapper puts the files there for the one process it execs. A value already in the environment wins; a
-folder other than ``/run/secrets`` may be named with ``LOANRISK_SECRETS_FROM``.
+Compose mounts a secret as a file (in no ``docker inspect``, compose file or image); the stack's programs read
+theirs from the environment. A value already in the environment wins; ``LOANRISK_SECRETS_FROM`` names another
+folder.
 """
 
 from __future__ import annotations
@@ -15,31 +14,19 @@ import re
 import sys
 from pathlib import Path
 
-DEFAULT_DIR = Path("/run/secrets")
 _NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-
-
-def secret_environment(folder: Path) -> dict[str, str]:
-    """``{NAME: value}`` of every file in ``folder`` whose name is an environment variable's (value stripped)."""
-    if not folder.is_dir():
-        return {}
-    return {
-        path.name: path.read_text().strip()
-        for path in sorted(folder.iterdir())
-        if path.is_file() and _NAME.match(path.name)
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--"]:
-        args = args[1:]
+    args = args[1:] if args[:1] == ["--"] else args
     if not args:
         sys.stderr.write("usage: python -m deployments.stack.secret_env COMMAND [ARG...]\n")
         return 2
-    folder = Path(os.environ.get("LOANRISK_SECRETS_FROM") or DEFAULT_DIR)
-    env = {**secret_environment(folder), **{k: v for k, v in os.environ.items() if v}}
-    os.execvpe(args[0], args, env)
+    folder = Path(os.environ.get("LOANRISK_SECRETS_FROM") or "/run/secrets")
+    files = sorted(folder.iterdir()) if folder.is_dir() else []
+    secrets = {p.name: p.read_text().strip() for p in files if p.is_file() and _NAME.match(p.name)}
+    os.execvpe(args[0], args, {**secrets, **{k: v for k, v in os.environ.items() if v}})
     return 127  # not reached: execvpe replaces this process or raises
 
 

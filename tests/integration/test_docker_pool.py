@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from deployments.stack import Stack, StackUrls, image
-from deployments.stack.urls import basic
+from deployments.stack.launcher import basic
 from tests.infra.docker_fixtures import DockerServices, docker_services  # noqa: F401 - fixture
 from tests.integration.prefect_fixtures import _spawn, _stop_group, _tail, require_postgres
 

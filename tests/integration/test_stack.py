@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from deployments.stack import Stack, StackUrls, procs
-from deployments.stack.urls import basic
+from deployments.stack.launcher import basic
 from tests.integration.prefect_fixtures import require_postgres
 from tests.serving.conftest import LiveServer, live_server  # noqa: F401 - the service fixture, on bundle_dir
 from tests.serving.synthetic import local_records, strip_label
