@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tasks.errors import PermanentError, TransientError
 
@@ -63,15 +63,6 @@ class Commit:
     sha: str
     endpoint: str
     files: dict[str, RemoteFile]
-
-
-@dataclass(frozen=True)
-class LocalFile:
-    """A downloaded, verified file."""
-
-    path: Path
-    size: int
-    sha256: str
 
 
 def hf_endpoint() -> str:
@@ -290,12 +281,12 @@ def resolve_commit(
     return Commit(repo_id, revision, sha, endpoint, remote)
 
 
-def _verify(path: Path, expected: RemoteFile) -> tuple[LocalFile, str | None]:
-    """The file described, and its checksum when that differs from the commit's (None when it matches)."""
+def _verify(path: Path, expected: RemoteFile) -> tuple[dict[str, Any], str | None]:
+    """The file's path, size and sha256, and its checksum when that differs from the commit's (else None)."""
     sha256, git_sha1 = digests(path)
     got = sha256 if expected.sha256 else git_sha1
     wrong = None if got == (expected.sha256 or expected.git_sha1) else got
-    return LocalFile(path, path.stat().st_size, sha256), wrong
+    return {"path": str(path), "size": path.stat().st_size, "sha256": sha256}, wrong
 
 
 def _discard(path: Path) -> None:
@@ -307,8 +298,9 @@ def _discard(path: Path) -> None:
 
 def download_verified(
     commit: Commit, *, cache_dir: Path, token: str | None = None, retry: Retry | None = None
-) -> tuple[dict[str, LocalFile], bool]:
-    """Download ``commit``'s files (verified cached copies reused); returns them and whether all were cached.
+) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Download ``commit``'s files (verified cached copies reused); returns each one's path, size and sha256
+    and whether all were cached.
 
     A fresh download that fails its checksum is removed and raises a PermanentError naming both sums.
     """
@@ -316,7 +308,7 @@ def download_verified(
 
     retry = retry or Retry()
     storage = storage_folder(cache_dir, commit.repo_id)
-    local: dict[str, LocalFile] = {}
+    local: dict[str, dict[str, Any]] = {}
     all_cached = True
     for name, expected in commit.files.items():
         cached = storage / "snapshots" / commit.sha / name

@@ -23,11 +23,12 @@ from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from serving.contract import IDENTIFIER_FIELDS, PERSONAL_FIELDS
 from tasks.data.contract import COLUMNS, DTYPES, FILES, REQUIRED
-from tasks.errors import PermanentError
+from tasks.errors import BadInputError
 
 
-class DataValidationError(PermanentError, ValueError):
-    """The data breaks a table rule or too many rows break row rules; names the file and column or line."""
+class DataValidationError(BadInputError):
+    """The data breaks a table rule or too many rows break row rules; names the file and column or line.
+    ``result`` is set when too many rows were quarantined: the report and quarantine files."""
 
     def __init__(
         self,
@@ -39,8 +40,7 @@ class DataValidationError(PermanentError, ValueError):
         result: Any = None,
     ) -> None:
         super().__init__(message)
-        self.file, self.column, self.line = file, column, line
-        self.result = result  # set when too many rows were quarantined: the report and quarantine files
+        self.file, self.column, self.line, self.result = file, column, line, result
 
 
 def read_kind(key: str, column: str) -> str:

@@ -198,9 +198,8 @@ def from_hub(src: Source, data: DataSettings, data_dir: Path, *, retry: Retry) -
     token = data.hf_token.get_secret_value() if data.hf_token is not None else None
     cache_dir = data_dir / "hf"
     commit = resolve_commit(repo_id, revision, DATA_FILES, cache_dir=cache_dir, token=token, retry=retry)
-    local, cached = download_verified(commit, cache_dir=cache_dir, token=token, retry=retry)
-    files = {name: {"path": str(f.path), "size": f.size, "sha256": f.sha256} for name, f in local.items()}
-    folder = local[DATA_FILES[0]].path.parent
+    files, cached = download_verified(commit, cache_dir=cache_dir, token=token, retry=retry)
+    folder = Path(files[DATA_FILES[0]]["path"]).parent
     retry.logger.info(
         "%s %s@%s into %s (each file verified against the commit's checksum)",
         "Reused cached" if cached else "Downloaded",

@@ -10,7 +10,6 @@ No message, log line or artifact quotes an identifier or personal value.
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,11 +38,6 @@ from tasks.data.schemas import SCHEMAS
 from tasks.registry import tracking
 from tasks.settings import Settings
 
-logger = logging.getLogger(__name__)
-
-
-# --- validating ---------------------------------------------------------------------------------------------
-
 
 @dataclass
 class ValidationResult:
@@ -69,28 +63,14 @@ class ValidationResult:
 
 
 def _isin_fast(s: pd.Series, values: pd.Series) -> np.ndarray:
-    """``s.isin(values)`` as a numpy mask; nulls never match.
-
-    pandas 3's arrow-backed ``str.isin`` converts the value set element by element in Python (seconds for
-    600k ids), so large string sets go through pyarrow's hash kernel instead.
-    """
-    if pyarrow is not None and pd.api.types.is_string_dtype(s) and pd.api.types.is_string_dtype(values):
+    """``s.isin(values)`` as a numpy mask; nulls never match. Strings go through pyarrow's hash kernel: pandas
+    3's arrow-backed ``str.isin`` converts the value set element by element in Python (seconds for 600k ids)."""
+    if pd.api.types.is_string_dtype(s) and pd.api.types.is_string_dtype(values):
         found = pc.is_in(
             pyarrow.array(s, from_pandas=True), value_set=pyarrow.array(values.dropna(), from_pandas=True)
         )
         return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
     return (s.notna() & s.isin(values.dropna())).to_numpy()
-
-
-def _check_table(df: pd.DataFrame, key: str) -> None:
-    file = FILES[key]
-    missing = [c for c in COLUMNS[key] if c not in df.columns]
-    if missing:
-        raise DataValidationError(
-            f"{file}: missing column {missing[0]!r} (missing: {missing})", file=file, column=missing[0]
-        )
-    if df.empty:
-        raise DataValidationError(f"{file}: the table is empty", file=file)
 
 
 def _schema_failures(df: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -118,7 +98,15 @@ def _schema_failures(df: pd.DataFrame, key: str) -> pd.DataFrame:
 
 
 def _failures_for(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The converted table and its row failures (unreadable cells, then schema rules)."""
+    """The converted table and its row failures (unreadable cells, then schema rules); table rules raise."""
+    file = FILES[key]
+    missing = [c for c in COLUMNS[key] if c not in df.columns]
+    if missing:
+        raise DataValidationError(
+            f"{file}: missing column {missing[0]!r} (missing: {missing})", file=file, column=missing[0]
+        )
+    if df.empty:
+        raise DataValidationError(f"{file}: the table is empty", file=file)
     converted, bad_cells = convert_table(df[list(COLUMNS[key])], key)
     schema_failures = _schema_failures(converted, key)
     parts = []
@@ -170,6 +158,7 @@ def validate_tables(
     a table rule or a quarantined share over ``max_quarantine_share``.
     """
     pseudonymiser = pseudonymiser or Pseudonymiser(secrets.token_bytes(32))
+    log = run_logger()
     unknown = set(tables) - set(FILES)
     if unknown:
         raise DataValidationError(f"unknown tables {sorted(unknown)}; expected some of {list(FILES)}")
@@ -179,7 +168,6 @@ def validate_tables(
     converted: dict[str, pd.DataFrame] = {}
     failures: dict[str, pd.DataFrame] = {}
     for key in keys:
-        _check_table(tables[key], key)
         converted[key], failures[key] = _failures_for(tables[key], key)
 
     if "loan" in converted and "payment" in converted:  # key rule: payment.loanId ⊆ loan.loanId
@@ -187,16 +175,15 @@ def validate_tables(
         quarantined_ids = loan_ids[loan_ids.index.isin(failures["loan"]["index"])]
         clean_ids = loan_ids.drop(index=quarantined_ids.index)
         pay_ids = converted["payment"]["loanId"]
-        known = pay_ids.isna().to_numpy() | _isin_fast(pay_ids, clean_ids)
-        parent_bad = ~known & _isin_fast(pay_ids, quarantined_ids)
-        orphan = ~known & ~parent_bad
-        extra = [
-            pd.DataFrame({"index": pay_ids.index[orphan], "rule": "loanId: no such loan in loan.csv"}),
-            pd.DataFrame({"index": pay_ids.index[parent_bad], "rule": "loanId: its loan row is quarantined"}),
-        ]
-        failures["payment"] = pd.concat(
-            [failures["payment"], *[e for e in extra if not e.empty]], ignore_index=True
-        )
+        unknown_id = ~(pay_ids.isna().to_numpy() | _isin_fast(pay_ids, clean_ids))
+        if unknown_id.any():
+            rule = np.where(
+                _isin_fast(pay_ids, quarantined_ids),
+                "loanId: its loan row is quarantined",
+                "loanId: no such loan in loan.csv",
+            )
+            extra = pd.DataFrame({"index": pay_ids.index[unknown_id], "rule": rule[unknown_id]})
+            failures["payment"] = pd.concat([failures["payment"], extra], ignore_index=True)
 
     clean: dict[str, pd.DataFrame] = {}
     report: list[dict[str, Any]] = []
@@ -230,14 +217,11 @@ def validate_tables(
                 f"{FILES[key]}: {n_bad} of {rows} rows ({share:.2%}) broke row rules, over the limit of "
                 f"{max_quarantine_share:.2%}; top broken rules: {top}; quarantined rows are in {paths[key]}"
             )
-        logger.info("%s: %d of %d rows quarantined (%s)", FILES[key], n_bad, rows, top or "no broken rule")
+        log.info("%s: %d of %d rows quarantined (%s)", FILES[key], n_bad, rows, top or "no broken rule")
     result = ValidationResult(clean, report, paths, rule_counts)
     if over:
         raise DataValidationError("\n".join(over.values()), file=next(iter(over)), result=result)
     return result
-
-
-# --- the stage ----------------------------------------------------------------------------------------------
 
 
 def _in_prefect_run() -> bool:
@@ -278,15 +262,6 @@ def validate(settings: Settings, data_dir: str | Path, run_id: str | None = None
         if exc.result is not None:  # too many rows quarantined: still publish what was found
             _publish(exc.result, settings, run_id)
         raise
-    for row in result.report:
-        log.info(
-            "%s: %d rows, %d quarantined (%.3f%%)%s",
-            row["file"],
-            row["rows"],
-            row["quarantined_rows"],
-            100 * row["quarantined_share"],
-            f"; {row['broken_rules']}" if row["broken_rules"] else "",
-        )
     _publish(result, settings, run_id)
     return result
 
