@@ -20,7 +20,7 @@ from tasks.data.sample.common import (
     Plan,
     categorical_draw,
     choice,
-    hex_number,
+    digits,
     hex_random,
     sigmoid,
 )
@@ -84,7 +84,7 @@ def clarity_ids(rng: np.random.Generator, unit_base: np.ndarray) -> np.ndarray:
     n = len(unit_base)
     lag = np.where(rng.random(n) < 0.8, rng.exponential(120.0, n), rng.exponential(3 * DAY, n))
     unix = (T_START - EPOCH).astype(np.int64) + np.floor(unit_base - lag).astype(np.int64)
-    return np.char.add(hex_number(unix, 8), hex_random(rng, n, 16))
+    return np.char.add(digits(unix, 8, 16), hex_random(rng, n, 16))
 
 
 def _inquiries(rng: np.random.Generator, q: np.ndarray) -> dict[str, np.ndarray]:

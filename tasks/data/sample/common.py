@@ -8,14 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 
 BASE_ROWS = {"loan": 577_682, "payment": 689_364, "clarity": 49_752}
-MIN_SCALE = 0.005
 DAY = 86_400.0
 T_START = np.datetime64("2014-12-03T00:00:00", "s")
 T_END = np.datetime64("2017-03-18T23:59:59", "s")
 SNAPSHOT = np.datetime64("2017-03-18", "D")
 LAST_PAYMENT = np.datetime64("2021-02-26", "D")
 EPOCH = np.datetime64("1970-01-01T00:00:00", "s")
-READ_OPTIONS = {"keep_default_na": False, "na_values": [""], "low_memory": False}
 
 
 @dataclass(frozen=True)
@@ -86,23 +84,14 @@ def hex_random(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(_HEX[nib]).view(f"S{width}").ravel().astype(str)
 
 
-def hex_number(values: np.ndarray, width: int) -> np.ndarray:
-    """Zero-padded lowercase hex of non-negative integers."""
-    shifts = 4 * np.arange(width - 1, -1, -1, dtype=np.int64)
-    nib = (values.astype(np.int64)[:, None] >> shifts) & 0xF
-    return np.ascontiguousarray(_HEX[nib]).view(f"S{width}").ravel().astype(str)
-
-
-def decimal(values: np.ndarray, width: int) -> np.ndarray:
-    """Zero-padded decimal strings of non-negative integers."""
-    digits = np.frombuffer(b"0123456789", dtype="S1")
-    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    idx = (values.astype(np.int64)[:, None] // powers) % 10
-    return np.ascontiguousarray(digits[idx]).view(f"S{width}").ravel().astype(str)
+def digits(values: np.ndarray, width: int, base: int = 10) -> np.ndarray:
+    """Zero-padded decimal (or lowercase hex, ``base=16``) strings of non-negative integers."""
+    powers = base ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    idx = (values.astype(np.int64)[:, None] // powers) % base
+    return np.ascontiguousarray(_HEX[idx]).view(f"S{width}").ravel().astype(str)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function."""
     return 1.0 / (1.0 + np.exp(-x))
 
 

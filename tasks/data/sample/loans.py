@@ -15,7 +15,7 @@ from tasks.data.sample.common import (
     Plan,
     alloc,
     choice,
-    decimal,
+    digits,
     labels,
     sigmoid,
     split_categories,
@@ -271,6 +271,6 @@ def loan_ids(
     lionpay = np.flatnonzero(lead == "lionpay")
     prefix[lionpay] = "LP-I-"
     number[lionpay] = 100 + np.arange(len(lionpay))
-    ids = prefix + decimal(number, 8).astype(object)
+    ids = prefix + digits(number, 8).astype(object)
     ids[null_id] = None
     return ids
