@@ -1,11 +1,6 @@
-"""The dataset contract: the three source files, their columns, dtypes, categories and status lists.
-
-Defined once and imported by the sample generator (``tasks/data/sample/``), validation (``tasks/data/schemas.py``,
-``tasks/data/validate.py``), features and settings. The column names come from :mod:`serving.contract` (the service
-needs them and must not import ``tasks/``); this module adds what only the training side needs. Values are those
-of the real files (``docs/dataset.md`` in the shared docs), quirks included (``Customver Voided New Loan``,
-``OH-TEST``, payment status ``None`` written as text).
-"""
+"""The dataset contract: the three source files, their columns, dtypes, categories and status lists, as the real
+files have them, quirks included (``docs/dataset.md``). The column names come from :mod:`serving.contract` (the
+service needs them and must not import ``tasks/``); this module adds what only the training side needs."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Hugging Face Hub client: resolve a revision to a commit with its files' checksums (LFS sha256 or git
-blob id), download the files at that commit and verify each. Transient errors (connection, timeout, HTTP
-408/429/5xx, an interrupted transfer) are retried with exponential backoff; anything else fails at once as a
-PermanentError naming what is wrong. The checksums are kept beside the cache
-(``<storage>/loanrisk-commits/<sha>.json``) so a pinned, fully cached commit needs no network call."""
+"""Hugging Face Hub client: a revision resolved to a commit with its files' checksums, the files downloaded at
+that commit and verified, transient errors retried with backoff, permanent ones raised at once naming what is
+wrong. Checksums kept beside the cache let a pinned, fully cached commit need no network call."""
 
 from __future__ import annotations
 
@@ -209,10 +207,8 @@ def resolve_commit(
     token: str | None = None,
     retry: Retry | None = None,
 ) -> Commit:
-    """Resolve ``revision`` of dataset ``repo_id`` to its commit and the checksums of ``files`` there.
-
-    Offline when the commit is fully cached (a sha, or ``HF_HUB_OFFLINE`` with the ref cached).
-    """
+    """Resolve ``revision`` of dataset ``repo_id`` to its commit and the checksums of ``files`` there; offline
+    when the commit is fully cached (a sha, or ``HF_HUB_OFFLINE`` with the ref cached)."""
     from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
     from huggingface_hub import constants as hf_constants
 
@@ -299,11 +295,8 @@ def _discard(path: Path) -> None:
 def download_verified(
     commit: Commit, *, cache_dir: Path, token: str | None = None, retry: Retry | None = None
 ) -> tuple[dict[str, dict[str, Any]], bool]:
-    """Download ``commit``'s files (verified cached copies reused); returns each one's path, size and sha256
-    and whether all were cached.
-
-    A fresh download that fails its checksum is removed and raises a PermanentError naming both sums.
-    """
+    """Each of ``commit``'s files' path, size and sha256 (verified cached copies reused; a download failing its
+    checksum is removed and raises naming both sums), and whether all were cached."""
     from huggingface_hub import hf_hub_download
 
     retry = retry or Retry()

@@ -27,11 +27,8 @@ def ingest(
     logger: LoggerLike | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> IngestResult:
-    """Make the three files of ``source`` (default ``data.source``) available under ``data_dir``, described.
-
-    ``backoff_seconds`` (default ``data.hf_backoff_seconds``) is the first wait between Hub attempts (it doubles
-    each time, capped at one minute); ``sleep`` is injectable.
-    """
+    """Make the three files of ``source`` (default ``data.source``) available under ``data_dir``, described;
+    ``backoff_seconds`` (default ``data.hf_backoff_seconds``) is the first wait between Hub attempts."""
     logger = logger or log
     src = parse_source(expand_source(source, data))
     if src.kind == "sample":
@@ -43,10 +40,8 @@ def ingest(
 
 
 def record_ingest(result: IngestResult, run_id: str, settings: Settings) -> None:
-    """Record source, kind, content sha256, revision and repo (Hub) and each file's size and sha256 on a run.
-
-    The same keys but per-file ones and kind/repo are also searchable tags. Recording again (a retry) is accepted.
-    """
+    """Record source, kind, content sha256, revision, repo and each file's size and sha256 on a run (the
+    same but per-file ones and kind/repo also as tags); recording again (a retry) is accepted."""
     tags = {"data.source": result.source, "data.content_sha256": result.content_sha256}
     tags |= {"data.revision": result.revision} if result.revision else {}
     params = tags | {"data.kind": result.kind} | ({"data.repo_id": result.repo_id} if result.repo_id else {})

@@ -1,12 +1,6 @@
-"""Read the three source CSV files faithfully: the real files pass unchanged, their quirks included.
-
-Each column is read by its dtype in the dataset contract (:mod:`tasks.data.contract`): only blank cells are missing
-(payment's literal ``None`` stays a category), numbers become float64 (ints that never miss: int64), True/False
-columns bool (``boolean`` where blanks may occur), timestamps stay text. A cell that cannot be read leaves its
-column as text, so :mod:`tasks.data.validate` can quarantine that row. A file that is missing, empty, truncated or
-unparseable, or a column that is missing or holds no readable value, raises :class:`DataValidationError` naming
-the file and the line or column. Messages never quote an identifier or personal value.
-"""
+"""Read the three source CSV files by the contract's dtypes, the real files' quirks included (only blank cells
+are missing; payment's literal ``None`` is a category). A cell that cannot be read leaves its column as text for
+:mod:`tasks.data.validate` to quarantine; a broken file or column raises naming the file and line or column."""
 
 from __future__ import annotations
 
@@ -172,10 +166,8 @@ def _header(path: Path) -> list[str]:
 
 
 def read_table(path: str | Path, key: str) -> pd.DataFrame:
-    """Read one of the three files (``key``: loan, payment or clarity) as described above.
-
-    Columns come in the contract's order, extra columns dropped; the index is the data row (line ``index + 2``).
-    """
+    """Read file ``key`` (loan, payment or clarity): the contract's columns in its order, extra ones dropped;
+    the index is the data row (line ``index + 2``)."""
     path, file = Path(path), FILES[key]
     if not path.is_file():
         raise DataValidationError(f"{file}: file not found at {path}", file=file)
@@ -214,6 +206,6 @@ def read_table(path: str | Path, key: str) -> pd.DataFrame:
 
 
 def read_tables(data_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """The three files of ``data_dir`` as DataFrames keyed ``loan``, ``payment``, ``clarity`` (see :func:`read_table`)."""
+    """The three files of ``data_dir`` keyed ``loan``, ``payment``, ``clarity`` (see :func:`read_table`)."""
     data_dir = Path(data_dir)
     return {key: read_table(data_dir / file, key) for key, file in FILES.items()}

@@ -25,7 +25,6 @@ from tasks.data.contract import (
     STATES,
     UNIQUE_IDS,
     Kind,
-    clarity_column,
 )
 
 LOAN_ID_PATTERN = r"^[A-Z]{2}-[A-Z]-\d{8}$"  # LL-I-07399092, LL-T-…, LP-I-000001xx
@@ -42,21 +41,16 @@ REASON_DESCRIPTION_PATTERN = r"^\([A-Z0-9]{1,4}\) \S"  # "(S03) SSN match to add
 _PANDERA_DTYPES: dict[Kind, str] = {"float": "float64", "int": "Int64", "bool": "boolean"}
 
 # Column rules beyond dtype and nullability: ("isin", values), ("range", (low, high)) or ("format", (pattern,
-# what it is)). Clarity columns not listed get a rule from their group (see _clarity_rule).
+# what it is)). Columns not listed get their range in RANGES, or a rule from their clarity group.
 _RULES: dict[str, dict[str, tuple[str, Any]]] = {
     "loan": {
         "loanId": ("format", (LOAN_ID_PATTERN, "a loan id like LL-I-07399092")),
         "anon_ssn": ("format", (SSN_PATTERN, "32 hex characters")),
         "payFrequency": ("isin", PAY_FREQUENCIES),
-        "apr": ("range", RANGES["apr"]),
-        "nPaidOff": ("range", RANGES["nPaidOff"]),
         "isFunded": ("isin", (0, 1)),
         "loanStatus": ("isin", LOAN_STATUSES),
-        "loanAmount": ("range", RANGES["loanAmount"]),
-        "originallyScheduledPaymentAmount": ("range", RANGES["originallyScheduledPaymentAmount"]),
         "state": ("isin", STATES),
         "leadType": ("isin", LEAD_TYPES),
-        "leadCost": ("range", RANGES["leadCost"]),
         "fpStatus": ("isin", FP_STATUSES),
         "clarityFraudId": ("format", (OBJECT_ID_PATTERN, "24 hex characters")),
         "hasCF": ("isin", (0, 1)),
@@ -72,37 +66,28 @@ _RULES: dict[str, dict[str, tuple[str, Any]]] = {
     },
     "clarity": {
         "underwritingid": ("format", (OBJECT_ID_PATTERN, "24 hex characters")),
-        "clearfraudscore": ("range", RANGES["clearfraudscore"]),
     },
 }
-_IDENTITY_RULES: dict[str, tuple[str, Any]] = {
-    "ssnnamematch": ("isin", MATCH_RESULTS),
-    "nameaddressmatch": ("isin", MATCH_RESULTS),
-    "phonematchtype": ("isin", PHONE_MATCH_TYPES),
-    "ssnnamereasoncodedescription": ("format", (REASON_DESCRIPTION_PATTERN, "a known code")),
-    "phonematchresult": ("isin", MATCH_RESULTS),
-    "nameaddressreasoncodedescription": ("format", (REASON_DESCRIPTION_PATTERN, "a known code")),
-    "phonematchtypedescription": ("format", (REASON_DESCRIPTION_PATTERN, "a known code")),
-    "overallmatchresult": ("isin", MATCH_RESULTS),
-    "phonetype": ("format", (r"^[A-Z]{1,3}$", "a known code")),
-    "ssndobreasoncode": ("format", (r"^D\d\d$", "a known code")),
-    "ssnnamereasoncode": ("format", (r"^S\d\d$", "a known code")),
-    "nameaddressreasoncode": ("format", (r"^A\d{1,2}$", "a known code")),
-    "ssndobmatch": ("isin", MATCH_RESULTS),
-    "overallmatchreasoncode": (
-        "range",
-        RANGES[clarity_column("clearfraudidentityverification", "overallmatchreasoncode")],
-    ),  # noqa: E501
+_CODE_FORMATS = {
+    "phonetype": r"^[A-Z]{1,3}$",
+    "ssndobreasoncode": r"^D\d\d$",
+    "ssnnamereasoncode": r"^S\d\d$",
+    "nameaddressreasoncode": r"^A\d{1,2}$",
+    **dict.fromkeys(
+        ("ssnnamereasoncodedescription", "nameaddressreasoncodedescription", "phonematchtypedescription"),
+        REASON_DESCRIPTION_PATTERN,
+    ),
 }
 
 
 def _clarity_rule(column: str) -> tuple[str, Any] | None:
+    """Identity verification results: a category or a code."""
     group, _, name = column.removeprefix(CLARITY_PREFIX).rpartition(".")
-    if group in ("clearfraudinquiry", "clearfraudindicator"):
-        return ("range", RANGES[column]) if column in RANGES else None
-    if group == "clearfraudidentityverification":
-        return _IDENTITY_RULES[name]
-    return None
+    if group != "clearfraudidentityverification":
+        return None
+    if name in _CODE_FORMATS:
+        return ("format", (_CODE_FORMATS[name], "a known code"))
+    return ("isin", PHONE_MATCH_TYPES if name == "phonematchtype" else MATCH_RESULTS)
 
 
 def _check(column: str, rule: tuple[str, Any]) -> pa.Check:
@@ -124,7 +109,9 @@ def _unique_first(column: str) -> pa.Check:
 
 def _column(key: str, column: str) -> pa.Column:
     kind = DTYPES[key][column]
-    rule = _RULES[key].get(column) or (_clarity_rule(column) if key == "clarity" else None)
+    rule = _RULES[key].get(column) or (
+        ("range", RANGES[column]) if column in RANGES else _clarity_rule(column)
+    )
     if kind == "timestamp":
         rule = ("format", (TIMESTAMP_PATTERN, "an ISO timestamp"))
     checks = [_check(column, rule)] if rule else []

@@ -1,12 +1,6 @@
-"""Validate the three source files with pandera, quarantine bad rows, publish the report.
-
-Table rules (a file missing, empty, unparseable or truncated; a column missing or holding no readable value) raise
-:class:`DataValidationError` naming the file and column or line. Rows breaking row rules (unreadable cell, category,
-range or format, duplicate id, payment of a missing or quarantined loan, ``hasCF`` against ``clarityFraudId``) go
-to ``<quarantine_dir>/<stem>.quarantine.csv`` with their line and rules, identifiers pseudonymised
-(:mod:`serving.privacy`); over the limit share, :func:`validate_tables` raises. Line ``i + 2`` is data row ``i``.
-No message, log line or artifact quotes an identifier or personal value.
-"""
+"""Validate the three source files with pandera: table rules raise naming the file and column or line; rows
+breaking row rules go to ``<quarantine_dir>/<stem>.quarantine.csv`` (line ``i + 2`` is data row ``i``) with
+their rules and identifiers pseudonymised. No message, log line or artifact quotes an identifier value."""
 
 from __future__ import annotations
 
@@ -151,12 +145,9 @@ def validate_tables(
     quarantine_dir: str | Path,
     pseudonymiser: Pseudonymiser | None = None,
 ) -> ValidationResult:
-    """Check the tables (any of loan, payment, clarity); quarantine rows breaking row rules.
-
-    Returns the clean tables (index kept), the report and one quarantine file per table (written even when empty),
-    identifiers keyed by ``pseudonymiser`` (default: a one-off random key). Raises :class:`DataValidationError` on
-    a table rule or a quarantined share over ``max_quarantine_share``.
-    """
+    """Check the tables (any of loan, payment, clarity): the clean tables (index kept), the report and one
+    quarantine file per table (identifiers keyed by ``pseudonymiser``, default a one-off key). Raises on a table
+    rule or a quarantined share over ``max_quarantine_share``."""
     pseudonymiser = pseudonymiser or Pseudonymiser(secrets.token_bytes(32))
     log = run_logger()
     unknown = set(tables) - set(FILES)

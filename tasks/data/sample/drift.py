@@ -1,16 +1,6 @@
-"""Drift: shifted populations of applicants, for the monitoring tests and demos.
-
-``python -m tasks.data.sample DIR --drift NAME`` (or ``generate(..., drift=NAME)``) writes the same files as without
-it, then shifts some decision-time fields of ``loan.csv`` and the clarity file:
-
-* ``lead-mix``: half of the ``bvMandatory`` applications come in as ``lead`` instead (``leadType``);
-* ``apr``: every APR is 30% higher (``apr``; capped at the schema's 1,000);
-* ``fraud-score``: every clarity report scores 150 points lower (``clearfraudscore``, floored at 0);
-* ``applicants``: all three at once.
-
-Applied to the finished tables with a generator of its own, so without ``drift`` the files are unchanged and
-only these fields move (outcomes stay drawn from the unshifted population).
-"""
+"""Drift: shifted populations of applicants (``--drift NAME``) for the monitoring tests and demos: ``lead-mix``
+(half of ``bvMandatory`` become ``lead``), ``apr`` (30% higher), ``fraud-score`` (150 points lower), or all three
+(``applicants``). Applied to the finished tables with a generator of its own, so nothing else moves."""
 
 from __future__ import annotations
 

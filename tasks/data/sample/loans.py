@@ -87,10 +87,8 @@ def _unit_sizes(rng: np.random.Generator, n_cf: int, n_ids: int) -> np.ndarray:
 
 
 def structure(rng: np.random.Generator, plan: Plan) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
-    """Loans grouped into units (one clarity id, or one loan without it) with application times.
-
-    Returns per-loan arrays, the per-unit base time (seconds after ``T_START``) and the number of clarity ids.
-    """
+    """Loans grouped into units (one clarity id, or one loan without it) with application times: per-loan
+    arrays, the per-unit base time (seconds after ``T_START``) and the number of clarity ids."""
     n, n_cf, n_ids = plan.n(BASE_ROWS["loan"]), plan.n(357_693), plan.n(314_915)
     size = np.concatenate([_unit_sizes(rng, n_cf, n_ids), np.ones(n - n_cf, dtype=np.int64)])
     unit = np.repeat(np.arange(len(size)), size)
