@@ -193,31 +193,21 @@ def _payment_table(
     return payment
 
 
-def _write_csv(table: dict[str, np.ndarray], path: Path) -> None:
-    """Write ``table`` (column -> array) as CSV: True/False, shortest float repr, blank for missing."""
-    _object_frame(table).to_csv(path, index=False, lineterminator="\n")
-
-
 # ------------------------------------------------------------------------------------------ public API
-def effective_scale(scale: float) -> float:
-    """The scale actually used: ``scale`` itself, but never below ``MIN_SCALE`` (so every relation holds)."""
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale!r}")
-    return max(float(scale), MIN_SCALE)
-
-
 def generate(out_dir: str | Path, scale: float = 1.0, seed: int = 42, drift: str | None = None) -> dict:
     """Write the three files and ``true_risk.csv`` with ``round(scale x BASE_ROWS)`` rows (scale floored at
     ``MIN_SCALE``), byte-identical per seed; ``drift`` names a shift. Returns row counts and paths per file."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plan = Plan(effective_scale(scale))
+    plan = Plan(max(float(scale), MIN_SCALE))  # below MIN_SCALE some relations would not hold
     tables = build_tables(np.random.default_rng(seed), plan)
     if drift is not None:
         tables = apply_drift(tables, drift, seed)
     files = FILES | {"risk": RISK_FILE}
-    for key, name in files.items():
-        _write_csv(tables[key], out / name)
+    for key, name in files.items():  # True/False, shortest float repr, blank for missing
+        _object_frame(tables[key]).to_csv(out / name, index=False, lineterminator="\n")
     rows = {key: len(next(iter(tables[key].values()))) for key in files}
     log.info("sample written to %s (scale %s, seed %s): %s", out, plan.f, seed, rows)
     return {"rows": rows, "paths": {key: str(out / name) for key, name in files.items()}}
@@ -268,14 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result = generate(args.out_dir, args.scale, args.seed, args.drift)
     seconds = time.perf_counter() - started
-    report = {
-        "out_dir": args.out_dir,
-        "scale": args.scale,
-        "seed": args.seed,
-        **({"drift": args.drift} if args.drift else {}),
-        "rows": result["rows"],
-        "oracle_auc": round(oracle_auc(args.out_dir), 4),
-        "seconds": round(seconds, 2),
-    }
+    report = {k: v for k, v in vars(args).items() if v is not None} | {"rows": result["rows"]}
+    report |= {"oracle_auc": round(oracle_auc(args.out_dir), 4), "seconds": round(seconds, 2)}
     sys.stdout.write(json.dumps(report) + "\n")
     return 0
