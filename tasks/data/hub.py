@@ -73,13 +73,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _cause(exc: BaseException) -> BaseException:
-    """hf_hub_download wraps a failed metadata call in LocalEntryNotFoundError or (forced) ValueError."""
+    """hf_hub_download wraps a failed metadata call in LocalEntryNotFoundError."""
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    wrapped = isinstance(exc, LocalEntryNotFoundError) or (
-        type(exc) is ValueError and "Force download failed" in str(exc)
-    )
-    return _cause(exc.__cause__) if wrapped and exc.__cause__ is not None else exc
+    wrapped = isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None
+    return _cause(exc.__cause__) if wrapped else exc
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -64,9 +64,7 @@ _RULES: dict[str, dict[str, tuple[str, Any]]] = {
         "paymentStatus": ("isin", PAYMENT_STATUSES),
         "paymentReturnCode": ("format", (RETURN_CODE_PATTERN, "a return code")),
     },
-    "clarity": {
-        "underwritingid": ("format", (OBJECT_ID_PATTERN, "24 hex characters")),
-    },
+    "clarity": {"underwritingid": ("format", (OBJECT_ID_PATTERN, "24 hex characters"))},
 }
 _CODE_FORMATS = {
     "phonetype": r"^[A-Z]{1,3}$",

@@ -113,33 +113,20 @@ def _instalment_status(
     retry = np.where(u < 0.8, _REJECTED, np.where(u < 0.9994, _SKIPPED, _RETRY)).astype(code)
     good_tail = np.where(future, _NONE, np.where(recent, _PENDING, paying)).astype(code)
     risky = (s >= 3) & (s <= 5)
-    conds = [
-        s == 6,
-        (s <= 1) & (k < ev),
-        (s == 0) & (k == ev),
-        (s == 1) & (k == ev),
-        s <= 1,
-        s == 2,
-        risky & (k < ev),
-        risky & (k == ev),
-        risky & (k <= ev + run),
-        (s != 4) & keep,
+    rules = [  # (where, status): the first that matches
+        (s == 6, _CANCELLED),
+        ((s <= 1) & (k < ev), paying),
+        ((s == 0) & (k == ev), _CHECKED),
+        ((s == 1) & (k == ev), _PENDING),
+        (s <= 1, _CANCELLED),
+        (s == 2, good_tail),
+        (risky & (k < ev), np.where(u < 0.995, _CHECKED, _SKIPPED).astype(code)),
+        (risky & (k == ev), _REJECTED),
+        (risky & (k <= ev + run), retry),
+        ((s != 4) & keep, _NONE),
     ]
-    choices = [
-        _CANCELLED,
-        paying,
-        _CHECKED,
-        _PENDING,
-        _CANCELLED,
-        good_tail,
-        np.where(u < 0.995, _CHECKED, _SKIPPED).astype(code),
-        _REJECTED,
-        retry,
-        _NONE,
-    ]
-    status = np.select(
-        conds, [np.full(len(k), c, code) if np.isscalar(c) else c for c in choices], _CANCELLED
-    )
+    values = [np.full(len(k), v, code) if np.isscalar(v) else v for _, v in rules]
+    status = np.select([where for where, _ in rules], values, _CANCELLED)
     status = np.where(future & (s != 6) & (status != _CANCELLED), _NONE, status)
     return _STATUS_TEXT[status]
 
