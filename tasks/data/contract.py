@@ -1,6 +1,7 @@
-"""The dataset contract: the three source files, their columns, dtypes, categories and status lists, as the real
-files have them, quirks included (``docs/dataset.md``). The column names come from :mod:`serving.contract` (the
-service needs them and must not import ``tasks/``); this module adds what only the training side needs."""
+"""The dataset contract: the three source files, their columns, dtypes, categories and status lists, as the
+real files have them, quirks included (``docs/dataset.md``). The column names come from
+:mod:`serving.contract` (the service needs them and must not import ``tasks/``); this module adds what only
+training needs."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Hugging Face Hub client: a revision resolved to a commit with its files' checksums, the files downloaded at
-that commit and verified, transient errors retried with backoff, permanent ones raised at once naming what is
-wrong. Checksums kept beside the cache let a pinned, fully cached commit need no network call."""
+that commit and verified, transient errors retried with backoff, permanent ones raised at once naming what
+is wrong. Checksums kept beside the cache let a pinned, fully cached commit need no network call."""
 
 from __future__ import annotations
 
@@ -95,39 +95,34 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
-def _permanent_message(exc: BaseException, repo_id: str, revision: str, filename: str | None) -> str | None:
+def _permanent_reason(exc: BaseException) -> str | None:
     """What is missing or refused, for a non-transient huggingface_hub error (None: not one it knows)."""
     from huggingface_hub import errors as e
 
-    endpoint = hf_endpoint()
-    where = f"dataset repository {repo_id!r} on {endpoint}"
-    what = f"revision {revision!r} of {where}"
-    what = f"file {filename!r} at {what}" if filename else what
     token = "LOANRISK_HF_TOKEN"
     known = {
-        e.RevisionNotFoundError: f"revision {revision!r} not found in {where}",
-        e.GatedRepoError: f"{where} is gated: accept its conditions on the Hub and set {token} to a token"
-        " that may read it",
-        e.RepositoryNotFoundError: f"{where} not found (or it is private and {token} is missing or cannot"
-        " read it)",
-        e.RemoteEntryNotFoundError: f"file {filename!r} not found at revision {revision!r} of {where}",
-        e.DisabledRepoError: f"{where} is disabled",
-        e.OfflineModeIsEnabled: f"HF_HUB_OFFLINE is set and {what} is not in the local cache",
-        e.FileMetadataError: f"{endpoint} does not answer like a Hugging Face Hub for {what}: {exc}",
+        e.RevisionNotFoundError: "no such revision",
+        e.GatedRepoError: f"the repository is gated: accept its conditions on the Hub and set {token} to a"
+        " token that may read it",
+        e.RepositoryNotFoundError: f"no such dataset repository (or it is private and {token} is missing or"
+        " cannot read it)",
+        e.RemoteEntryNotFoundError: "no such file at that revision",
+        e.DisabledRepoError: "the repository is disabled",
+        e.OfflineModeIsEnabled: "HF_HUB_OFFLINE is set and it is not in the local cache",
+        e.FileMetadataError: f"the endpoint does not answer like a Hugging Face Hub: {exc}",
     }
-    message = next((text for kind, text in known.items() if isinstance(exc, kind)), None)
+    reason = next((text for kind, text in known.items() if isinstance(exc, kind)), None)
     status = getattr(exc.response, "status_code", 0) if isinstance(exc, e.HfHubHTTPError) else 0
-    if message is None and status in (401, 403):
-        return f"access to {what} refused (HTTP {status}): check {token}"
-    if message is None and 400 <= status < 500:
-        return f"request for {what} failed with HTTP {status}: {_first_line(exc)}"
-    return message
+    if reason is None and status in (401, 403):
+        return f"access refused (HTTP {status}): check {token}"
+    if reason is None and 400 <= status < 500:
+        return f"HTTP {status}: {_first_line(exc)}"
+    return reason
 
 
-def call_with_retries(
-    fn: Callable[[], T], retry: Retry, describe: str, repo_id: str, revision: str, filename: str | None = None
-) -> T:
-    """Run ``fn``; retry transient Hub errors with exponential backoff; raise permanent ones at once."""
+def call_with_retries(fn: Callable[[], T], retry: Retry, describe: str) -> T:
+    """Run ``fn``; retry transient Hub errors with exponential backoff; raise permanent ones at once naming
+    ``describe`` (the action: its repository, revision and file) and the reason."""
     attempt = 0
     while True:
         attempt += 1
@@ -136,10 +131,10 @@ def call_with_retries(
         except Exception as exc:  # noqa: BLE001 - classified below
             reason = _cause(exc)
             if not _is_transient(reason):
-                message = _permanent_message(reason, repo_id, revision, filename)
-                if message is None:
+                why = _permanent_reason(reason)
+                if why is None:
                     raise
-                raise PermanentError(message) from exc
+                raise PermanentError(f"{describe} on {hf_endpoint()}: {why}") from exc
             last = f"{type(reason).__name__}: {_first_line(reason)}"
             if attempt >= retry.max_attempts:
                 raise TransientError(
@@ -233,9 +228,7 @@ def resolve_commit(
     info = call_with_retries(
         lambda: api.dataset_info(repo_id, revision=revision, files_metadata=True, timeout=60),
         retry,
-        f"resolving revision {revision!r} of {repo_id}",
-        repo_id,
-        revision,
+        f"resolving revision {revision!r} of dataset {repo_id!r}",
     )
     sha = info.sha
     listed = {s.rfilename: s for s in info.siblings} if info.siblings is not None else None
@@ -257,10 +250,7 @@ def resolve_commit(
             metadata = call_with_retries(
                 lambda url=url: get_hf_file_metadata(url, token=token, endpoint=endpoint),
                 retry,
-                f"reading the checksum of {name} in {repo_id}@{revision}",
-                repo_id,
-                revision,
-                name,
+                f"reading the checksum of {name!r} at revision {revision!r} of dataset {repo_id!r}",
             )
             sha = sha or metadata.commit_hash
             etag = (metadata.etag or "").strip('"').lower()
@@ -293,8 +283,8 @@ def _discard(path: Path) -> None:
 def download_verified(
     commit: Commit, *, cache_dir: Path, token: str | None = None, retry: Retry | None = None
 ) -> tuple[dict[str, dict[str, Any]], bool]:
-    """Each of ``commit``'s files' path, size and sha256 (verified cached copies reused; a download failing its
-    checksum is removed and raises naming both sums), and whether all were cached."""
+    """Each of ``commit``'s files' path, size and sha256 (verified cached copies reused; a download failing
+    its checksum is removed and raises naming both sums), and whether all were cached."""
     from huggingface_hub import hf_hub_download
 
     retry = retry or Retry()
@@ -326,10 +316,7 @@ def download_verified(
                 endpoint=commit.endpoint,
             ),
             retry,
-            f"downloading {name} from {commit.repo_id}@{commit.sha}",
-            commit.repo_id,
-            commit.sha,
-            name,
+            f"downloading {name!r} at revision {commit.sha} of dataset {commit.repo_id!r}",
         )
         local[name], wrong = _verify(Path(path), expected)
         if wrong is not None:
@@ -338,9 +325,9 @@ def download_verified(
                 ("sha256", expected.sha256) if expected.sha256 else ("git blob id", expected.git_sha1)
             )
             raise PermanentError(
-                f"{name} downloaded from {commit.repo_id}@{commit.sha} on {commit.endpoint} has {kind} {wrong},"
-                f" but the commit lists {listed}: the download is corrupt or was altered on the way (removed"
-                " from the cache)"
+                f"{name} downloaded from {commit.repo_id}@{commit.sha} on {commit.endpoint} has {kind}"
+                f" {wrong}, but the commit lists {listed}: the download is corrupt or was altered on the way"
+                " (removed from the cache)"
             )
     record = {n: asdict(f) for n, f in commit.files.items()}
     _keep(storage / RECORDS_DIR / f"{commit.sha}.json", json.dumps(record, indent=2, sort_keys=True))

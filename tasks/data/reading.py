@@ -1,6 +1,7 @@
 """Read the three source CSV files by the contract's dtypes, the real files' quirks included (only blank cells
-are missing; payment's literal ``None`` is a category). A cell that cannot be read leaves its column as text for
-:mod:`tasks.data.validate` to quarantine; a broken file or column raises naming the file and line or column."""
+are missing; payment's literal ``None`` is a category). A cell that cannot be read leaves its column as
+text for :mod:`tasks.data.validate` to quarantine; a broken file or column raises naming file and line or
+column."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The three kinds of data source and how each brings the three CSV files in with their checksums: ``sample``
-(generated once into ``data_dir/sample-scale{scale}-seed{seed}``, reused while its manifest is complete), a local
-folder, and ``hf://datasets/<owner>/<name>[@<revision>]`` (``hf`` alone: the settings' repo and revision), whose
-revision is resolved to a commit and every file verified against it."""
+(generated once into ``data_dir/sample-scale{scale}-seed{seed}``, reused while its manifest is complete), a
+local folder, and ``hf://datasets/<owner>/<name>[@<revision>]`` (``hf`` alone: the settings' repo and
+revision), whose revision is resolved to a commit and every file verified against it."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from tasks.settings import DataSettings
 MANIFEST_NAME = "ingest-manifest.json"
 HF_SOURCE_PREFIX = "hf://datasets/"
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_FILES_TEXT = ", ".join(DATA_FILES)
 _ACCEPTED = "expected 'sample', a local directory, or 'hf://datasets/<owner>/<name>[@<revision>]'"
 
 SourceKind = Literal["sample", "local", "hub"]
@@ -89,7 +90,7 @@ def parse_source(source: str) -> Source:
     path = Path(raw).expanduser()
     if not path.is_dir():
         raise ValueError(
-            f"data source {raw!r} is a file; a local source must be a directory holding {', '.join(DATA_FILES)}"
+            f"data source {raw!r} is a file; a local source must be a directory holding {_FILES_TEXT}"
             if path.exists()
             else f"data source {raw!r} is not 'sample', not an hf:// URL and no such directory exists"
         )
@@ -185,8 +186,7 @@ def from_local(src: Source) -> IngestResult:
     missing = [name for name in DATA_FILES if not (folder / name).is_file()]
     if missing:
         raise MissingSourceFileError(
-            f"local data folder {folder} is missing {', '.join(missing)} (a source folder must hold "
-            f"{', '.join(DATA_FILES)})"
+            f"local data folder {folder} is missing {', '.join(missing)} (a source folder must hold {_FILES_TEXT})"
         )
     return IngestResult(folder, src.raw, "local", None, _describe(folder), cached=False)
 

@@ -1,6 +1,7 @@
-"""Drift: shifted populations of applicants (``--drift NAME``) for the monitoring tests and demos: ``lead-mix``
-(half of ``bvMandatory`` become ``lead``), ``apr`` (30% higher), ``fraud-score`` (150 points lower), or all three
-(``applicants``). Applied to the finished tables with a generator of its own, so nothing else moves."""
+"""Drift: shifted populations of applicants (``--drift NAME``) for the monitoring tests and demos:
+``lead-mix`` (half of ``bvMandatory`` become ``lead``), ``apr`` (30% higher), ``fraud-score`` (150 points
+lower), or all three (``applicants``). Applied to the finished tables with a generator of its own, so
+nothing else moves."""
 
 from __future__ import annotations
 
