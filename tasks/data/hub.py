@@ -13,8 +13,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tasks.errors import PermanentError, TransientError
 
@@ -41,15 +42,15 @@ class Retry:
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """What a commit says a file is: an LFS file's sha256, else the git blob id (sha1 of ``blob <size>\\0`` +
-    content) of a file stored in git."""
+    """What a commit says a file is: an LFS file's ``sha256``, or the ``git blob id`` (sha1 of ``blob
+    <size>\\0`` + content) of a file stored in git."""
 
-    sha256: str | None = None
-    git_sha1: str | None = None
+    kind: Literal["sha256", "git blob id"]
+    digest: str
 
     @property
     def checksum(self) -> str:
-        return f"sha256 {self.sha256}" if self.sha256 else f"git blob {self.git_sha1}"
+        return f"{self.kind} {self.digest}"
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def write_atomic(path: Path, text: str) -> None:
     """Write ``path`` through a temporary file beside it, so a reader sees the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -188,7 +189,7 @@ def _cached(storage: Path, sha: str, files: Sequence[str]) -> dict[str, RemoteFi
         out = {name: RemoteFile(**data[name]) for name in files}
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return out if all(f.sha256 or f.git_sha1 for f in out.values()) else None
+    return out if all(f.digest for f in out.values()) else None
 
 
 def resolve_commit(
@@ -242,9 +243,9 @@ def resolve_commit(
     for name in files:
         sibling = (listed or {}).get(name)
         if sibling is not None and sibling.lfs is not None:
-            remote[name] = RemoteFile(sha256=sibling.lfs.sha256)
+            remote[name] = RemoteFile("sha256", sibling.lfs.sha256)
         elif sibling is not None and sibling.blob_id:
-            remote[name] = RemoteFile(git_sha1=sibling.blob_id)
+            remote[name] = RemoteFile("git blob id", sibling.blob_id)
         else:  # an endpoint that does not list files with their blobs: ask for this file's metadata
             url = hf_hub_url(repo_id, name, repo_type="dataset", revision=sha or revision, endpoint=endpoint)
             metadata = call_with_retries(
@@ -256,7 +257,7 @@ def resolve_commit(
             etag = (metadata.etag or "").strip('"').lower()
             if not (SHA256.fullmatch(etag) or COMMIT_SHA.fullmatch(etag)):
                 raise PermanentError(f"{endpoint} gives no checksum for {name!r} (ETag {metadata.etag!r})")
-            remote[name] = RemoteFile(sha256=etag) if SHA256.fullmatch(etag) else RemoteFile(git_sha1=etag)
+            remote[name] = RemoteFile("sha256" if SHA256.fullmatch(etag) else "git blob id", etag)
     if not sha or not COMMIT_SHA.fullmatch(sha):
         raise PermanentError(f"{endpoint} returned no commit sha for revision {revision!r} of {repo_id!r}")
     if revision != sha:  # as huggingface_hub records it, for offline runs
@@ -268,8 +269,8 @@ def resolve_commit(
 def _verify(path: Path, expected: RemoteFile) -> tuple[dict[str, Any], str | None]:
     """The file's path, size and sha256, and its checksum when that differs from the commit's (else None)."""
     sha256, git_sha1 = digests(path)
-    got = sha256 if expected.sha256 else git_sha1
-    wrong = None if got == (expected.sha256 or expected.git_sha1) else got
+    got = sha256 if expected.kind == "sha256" else git_sha1
+    wrong = None if got == expected.digest else got
     return {"path": str(path), "size": path.stat().st_size, "sha256": sha256}, wrong
 
 
@@ -289,6 +290,7 @@ def download_verified(
 
     retry = retry or Retry()
     storage = storage_folder(cache_dir, commit.repo_id)
+    fetch = partial(hf_hub_download, repo_id=commit.repo_id, repo_type="dataset", revision=commit.sha)
     local: dict[str, dict[str, Any]] = {}
     all_cached = True
     for name, expected in commit.files.items():
@@ -298,22 +300,13 @@ def download_verified(
             if wrong is None:
                 continue
             retry.logger.warning(
-                "Cached %s of %s@%s fails its checksum; downloading it again",
-                name,
-                commit.repo_id,
-                commit.sha,
+                f"Cached {name} of {commit.repo_id}@{commit.sha} fails its checksum; downloading again"
             )
             _discard(cached)
         all_cached = False
         path = call_with_retries(
-            lambda name=name: hf_hub_download(
-                commit.repo_id,
-                name,
-                repo_type="dataset",
-                revision=commit.sha,
-                cache_dir=cache_dir,
-                token=token,
-                endpoint=commit.endpoint,
+            lambda name=name: fetch(
+                filename=name, cache_dir=cache_dir, token=token, endpoint=commit.endpoint
             ),
             retry,
             f"downloading {name!r} at revision {commit.sha} of dataset {commit.repo_id!r}",
@@ -321,13 +314,10 @@ def download_verified(
         local[name], wrong = _verify(Path(path), expected)
         if wrong is not None:
             _discard(Path(path))
-            kind, listed = (
-                ("sha256", expected.sha256) if expected.sha256 else ("git blob id", expected.git_sha1)
-            )
             raise PermanentError(
-                f"{name} downloaded from {commit.repo_id}@{commit.sha} on {commit.endpoint} has {kind}"
-                f" {wrong}, but the commit lists {listed}: the download is corrupt or was altered on the way"
-                " (removed from the cache)"
+                f"{name} downloaded from {commit.repo_id}@{commit.sha} on {commit.endpoint} has"
+                f" {expected.kind} {wrong}, but the commit lists {expected.digest}: the download is corrupt"
+                " or was altered on the way (removed from the cache)"
             )
     record = {n: asdict(f) for n, f in commit.files.items()}
     _keep(storage / RECORDS_DIR / f"{commit.sha}.json", json.dumps(record, indent=2, sort_keys=True))

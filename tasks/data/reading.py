@@ -52,8 +52,6 @@ def shown(column: object, value: object) -> str:
     return "<withheld: identifier>" if column in WITHHELD else repr(value)
 
 
-# --- cell conversion (vectorised) ---------------------------------------------------------------------------
-
 _TRUE = ("True", "true", "TRUE", "1", "1.0")
 _FALSE = ("False", "false", "FALSE", "0", "0.0")
 KIND_WORDS = {"float": "a number", "int": "an integer", "bool": "True or False", "str": "text"}
@@ -134,9 +132,6 @@ def final_dtypes(df: pd.DataFrame, key: str) -> pd.DataFrame:
     return df.astype(casts) if casts else df
 
 
-# --- reading ------------------------------------------------------------------------------------------------
-
-
 def _scan_for_bad_line(path: Path, n_fields: int) -> tuple[int | None, str]:
     """The first line whose row does not have ``n_fields`` fields (or breaks CSV quoting), with a reason."""
     with path.open(newline="", encoding="utf-8", errors="replace") as handle:
@@ -161,11 +156,6 @@ def _parser_reason(exc: BaseException) -> str:
     )
 
 
-def _header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        return next(csv.reader(handle), [])
-
-
 def read_table(path: str | Path, key: str) -> pd.DataFrame:
     """Read file ``key`` (loan, payment or clarity): the contract's columns in its order, extra ones dropped;
     the index is the data row (line ``index + 2``)."""
@@ -174,7 +164,8 @@ def read_table(path: str | Path, key: str) -> pd.DataFrame:
         raise DataValidationError(f"{file}: file not found at {path}", file=file)
     if path.stat().st_size == 0:
         raise DataValidationError(f"{file}: the file is empty ({path})", file=file)
-    header = _header(path)
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
     if not any(h.strip() for h in header):
         raise DataValidationError(f"{file}: line 1 holds no header ({path})", file=file, line=1)
     missing = [c for c in COLUMNS[key] if c not in header]

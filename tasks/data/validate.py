@@ -17,6 +17,7 @@ from pandera.errors import SchemaErrors
 from serving.privacy import Pseudonymiser
 from tasks.common import run_logger, stage
 from tasks.data.contract import COLUMNS, FILES, IDENTIFIER_COLUMNS
+from tasks.data.hub import write_atomic
 from tasks.data.reading import (
     KIND_WORDS,
     DataValidationError,
@@ -44,16 +45,12 @@ class ValidationResult:
 
     @property
     def quarantined_rows(self) -> int:
-        """Quarantined rows over all files."""
         return sum(int(r["quarantined_rows"]) for r in self.report)
 
     def to_json(self) -> dict[str, Any]:
         """The report, per-rule counts and quarantine paths as plain JSON data."""
-        return {
-            "report": self.report,
-            "rule_counts": self.rule_counts,
-            "quarantine_files": {k: str(v) for k, v in self.quarantine_files.items()},
-        }
+        paths = {k: str(v) for k, v in self.quarantine_files.items()}
+        return {"report": self.report, "rule_counts": self.rule_counts, "quarantine_files": paths}
 
 
 def _isin_fast(s: pd.Series, values: pd.Series) -> np.ndarray:
@@ -86,8 +83,7 @@ def _schema_failures(df: pd.DataFrame, key: str) -> pd.DataFrame:
             column=None if pd.isna(first["column"]) else str(first["column"]),
         )
     rules = cases["check"].astype(str)
-    nulls = rules.eq("not_nullable")
-    rules = rules.where(~nulls, cases["column"].astype(str) + ": missing value")
+    rules = rules.where(rules.ne("not_nullable"), cases["column"].astype(str) + ": missing value")
     return pd.DataFrame({"index": cases["index"].to_numpy(), "rule": rules.to_numpy()})
 
 
@@ -132,9 +128,7 @@ def _write_quarantine(
         out[column] = [pseudonymiser.field(column, v) for v in out[column].tolist()]
     out.insert(0, "source_line", line)
     out["broken_rules"] = rules.to_numpy()
-    tmp = path.with_suffix(".csv.tmp")
-    out.to_csv(tmp, index=False)
-    tmp.replace(path)
+    write_atomic(path, out.to_csv(index=False))
     return path
 
 
@@ -215,15 +209,11 @@ def validate_tables(
     return result
 
 
-def _in_prefect_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
-
-
 def _publish(result: ValidationResult, settings: Settings, run_id: str | None) -> None:
     """Table artifact inside a Prefect run; report JSON and quarantine files to the MLflow run when given."""
-    if _in_prefect_run():
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if TaskRunContext.get() is not None or FlowRunContext.get() is not None:
         from prefect.artifacts import create_table_artifact
 
         create_table_artifact(
