@@ -61,14 +61,8 @@ def ingest_task(settings: Settings, run_id: str | None = None, source: str | Non
     result = ingest(source, settings.data, settings.data_dir, logger=logger)
     for name, entry in result.files.items():
         logger.info("%s: %d bytes, sha256 %s", name, entry["size"], entry["sha256"])
-    logger.info(
-        "Ingested %s (%s, revision %s, %s) into %s",
-        result.source,
-        result.kind,
-        result.revision or "-",
-        "cached" if result.cached else "fresh",
-        result.data_dir,
-    )
+    how = f"{result.kind}, revision {result.revision or '-'}, {'cached' if result.cached else 'fresh'}"
+    logger.info(f"Ingested {result.source} ({how}) into {result.data_dir}")
     if run_id:
         record_ingest(result, run_id, settings)
         logger.info("Recorded the data checksums on MLflow run %s", run_id)

@@ -200,12 +200,9 @@ def from_hub(src: Source, data: DataSettings, data_dir: Path, *, retry: Retry) -
     commit = resolve_commit(repo_id, revision, DATA_FILES, cache_dir=cache_dir, token=token, retry=retry)
     files, cached = download_verified(commit, cache_dir=cache_dir, token=token, retry=retry)
     folder = Path(files[DATA_FILES[0]]["path"]).parent
+    done = "Reused cached" if cached else "Downloaded"
     retry.logger.info(
-        "%s %s@%s into %s (each file verified against the commit's checksum)",
-        "Reused cached" if cached else "Downloaded",
-        repo_id,
-        commit.sha,
-        folder,
+        f"{done} {repo_id}@{commit.sha} into {folder} (each file verified against the commit's checksum)"
     )
     details = {
         "requested_revision": revision,

@@ -43,6 +43,18 @@ def alloc(counts: dict, total: int, keep: Iterable = ()) -> dict:
     return dict(zip(keys, out.tolist(), strict=True))
 
 
+def fit_total(rng: np.random.Generator, counts: np.ndarray, target: int, hi: int | np.ndarray) -> np.ndarray:
+    """``counts`` (integers in [1, hi]) nudged by one at random until they sum to ``target`` (or stuck)."""
+    diff = target - int(counts.sum())
+    while diff != 0:
+        room = np.flatnonzero(counts < hi) if diff > 0 else np.flatnonzero(counts > 1)
+        if len(room) == 0:
+            break
+        counts[rng.choice(room, size=min(abs(diff), len(room)), replace=False)] += int(np.sign(diff))
+        diff = target - int(counts.sum())
+    return counts
+
+
 def labels(rng: np.random.Generator, counts: dict) -> np.ndarray:
     """A shuffled object array holding each key ``counts[key]`` times."""
     keys = list(counts)

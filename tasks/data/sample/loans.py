@@ -16,6 +16,7 @@ from tasks.data.sample.common import (
     alloc,
     choice,
     digits,
+    fit_total,
     labels,
     sigmoid,
     split_categories,
@@ -76,14 +77,7 @@ def _unit_sizes(rng: np.random.Generator, n_cf: int, n_ids: int) -> np.ndarray:
     """Loans per clarity id (1..15, heavy-tailed), summing exactly to ``n_cf``."""
     sizes = np.arange(1, 16)
     p = sizes**-3.8
-    out = rng.choice(sizes, size=n_ids, p=p / p.sum())
-    diff = n_cf - int(out.sum())
-    while diff != 0:
-        room = np.flatnonzero(out < 15) if diff > 0 else np.flatnonzero(out > 1)
-        pick = rng.choice(room, size=min(abs(diff), len(room)), replace=False)
-        out[pick] += int(np.sign(diff))
-        diff = n_cf - int(out.sum())
-    return out
+    return fit_total(rng, rng.choice(sizes, size=n_ids, p=p / p.sum()), n_cf, 15)
 
 
 def structure(rng: np.random.Generator, plan: Plan) -> tuple[dict[str, np.ndarray], np.ndarray, int]:

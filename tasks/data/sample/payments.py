@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.data.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan
+from tasks.data.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan, fit_total
 
 # fmt: off
 RETURN_CODES = {
@@ -19,33 +19,14 @@ RETURN_CODES = {
 # fmt: on
 FREQ_INSTALMENTS = {"W": 26.0, "B": 13.0, "S": 12.0, "M": 6.0, "I": 10.0}
 FREQ_STEP = {"W": 7.0, "B": 14.0, "S": 15.2, "M": 30.44, "I": 21.0}
-STORY = {
-    "Paid Off Loan": 0,
-    "Pending Paid Off": 1,
-    "New Loan": 2,
-    "External Collection": 3,
-    "Internal Collection": 3,
-    "Returned Item": 4,
-    "Charged Off": 4,
-    "Settled Bankruptcy": 5,
-    "Settlement Paid Off": 5,
-    "Charged Off Paid Off": 5,
-    "Settlement Pending Paid Off": 5,
+STORY = {  # loanStatus -> the story its payments follow
+    **{"Paid Off Loan": 0, "Pending Paid Off": 1, "New Loan": 2, "Returned Item": 4, "Charged Off": 4},
+    **dict.fromkeys(("External Collection", "Internal Collection"), 3),
+    **dict.fromkeys(
+        ("Settled Bankruptcy", "Settlement Paid Off", "Charged Off Paid Off", "Settlement Pending Paid Off"),
+        5,
+    ),
 }
-
-
-def _fit_total(rng: np.random.Generator, raw: np.ndarray, target: int, hi: np.ndarray) -> np.ndarray:
-    """Integer counts in [1, hi] proportional to ``raw`` that sum exactly to ``target``."""
-    out = np.clip(np.floor(raw * target / raw.sum()), 1, hi).astype(np.int64)
-    diff = target - int(out.sum())
-    while diff != 0:
-        room = np.flatnonzero(out < hi) if diff > 0 else np.flatnonzero(out > 1)
-        if len(room) == 0:
-            break
-        pick = rng.choice(room, size=min(abs(diff), len(room)), replace=False)
-        out[pick] += int(np.sign(diff))
-        diff = target - int(out.sum())
-    return out
 
 
 @dataclass
@@ -67,7 +48,8 @@ def _schedule(rng: np.random.Generator, plan: Plan, paid: PaidLoans) -> dict[str
     coll = np.isin(paid.story, [3, 5]) & (rng.random(m) < 0.25)
     n_coll = np.where(coll, 1 + rng.poisson(2.0, m), 0)
     target = max(m, plan.n(BASE_ROWS["payment"]) - int(n_coll.sum()))
-    n_inst = _fit_total(rng, raw, target, 105 - n_coll)
+    hi = 105 - n_coll
+    n_inst = fit_total(rng, np.clip(np.floor(raw * target / raw.sum()), 1, hi).astype(np.int64), target, hi)
     event = _event_index(rng, paid.story, n_inst)
     step = np.array([FREQ_STEP.get(f, 14.0) for f in paid.freq])
     first = paid.start_day + np.round(step * rng.uniform(0.6, 1.4, m)).astype("timedelta64[D]")
