@@ -17,7 +17,7 @@ import pandas as pd
 from tasks.data.contract import BAD_LABEL_STATUSES, COLUMNS, FILES, GOOD_LABEL_STATUSES
 from tasks.data.sample import loans
 from tasks.data.sample.clarity import IDV, IND, INQ, clarity_ids, clarity_presence, clarity_table
-from tasks.data.sample.common import BASE_ROWS, DAY, T_END, T_START, Plan, hex_random, labels
+from tasks.data.sample.common import BASE_ROWS, DAY, T_END, T_START, Plan, hex_random
 from tasks.data.sample.drift import SHIFTS, apply_drift
 from tasks.data.sample.payments import STORY, PaidLoans, payments
 from tasks.data.sample.risk import risk_logit, risk_probability
@@ -188,7 +188,7 @@ def _payment_table(
         "No Payments": max(0, plan.n(11_427) - len(out["paid_unfunded"])),
         "No Schedule": plan.n(1_323 - 30),
     }
-    fp[prefer[: sum(counts.values())]] = labels(rng, counts)
+    fp[prefer[: sum(counts.values())]] = loans.labels(rng, counts)
     loan["fpStatus"] = fp
     return payment
 

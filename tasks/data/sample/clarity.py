@@ -13,17 +13,7 @@ from tasks.data.contract import (
     INQUIRY_FIELDS,
     clarity_column,
 )
-from tasks.data.sample.common import (
-    DAY,
-    EPOCH,
-    T_START,
-    Plan,
-    categorical_draw,
-    choice,
-    digits,
-    hex_random,
-    sigmoid,
-)
+from tasks.data.sample.common import DAY, EPOCH, T_START, Plan, choice, digits, hex_random, sigmoid
 
 # fmt: off
 # Indicator -> share True before the fraud-factor shift (None: a numeric column), in the contract's order.
@@ -59,6 +49,20 @@ PHONE_TYPES = {  # phonematchtype -> (phonematchtypedescription, share)
 INQ = {n: clarity_column("clearfraudinquiry", n) for n in INQUIRY_FIELDS}
 IND = {n: clarity_column("clearfraudindicator", n) for n in INDICATOR_FIELDS}
 IDV = {n: clarity_column("clearfraudidentityverification", n) for n in IDENTITY_FIELDS}
+
+
+def categorical_draw(
+    rng: np.random.Generator, spec: dict[str, tuple[float, float]], q: np.ndarray
+) -> np.ndarray:
+    """Draw a category per row; ``spec`` maps category -> (base share, loading on the fraud factor ``q``)."""
+    names = np.array(list(spec), dtype=object)
+    base = np.log(np.array([s[0] for s in spec.values()]))
+    load = np.array([s[1] for s in spec.values()])
+    logits = base[None, :] + q[:, None] * load[None, :]
+    prob = np.exp(logits - logits.max(axis=1, keepdims=True))
+    cum = np.cumsum(prob / prob.sum(axis=1, keepdims=True), axis=1)
+    idx = (rng.random(len(q))[:, None] > cum).sum(axis=1)
+    return names[np.minimum(idx, len(names) - 1)]
 
 
 def clarity_presence(

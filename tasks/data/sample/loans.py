@@ -3,24 +3,13 @@ application fields and loan ids, with the real file's category counts."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
 from tasks.data.contract import VOIDED_STATUSES as VOIDED
-from tasks.data.sample.common import (
-    BASE_ROWS,
-    DAY,
-    T_END,
-    T_START,
-    Plan,
-    alloc,
-    choice,
-    digits,
-    fit_total,
-    labels,
-    sigmoid,
-    split_categories,
-)
+from tasks.data.sample.common import BASE_ROWS, DAY, T_END, T_START, Plan, choice, digits, fit_total, sigmoid
 
 # fmt: off
 UNFUNDED_STATUS: dict[str | None, int] = {
@@ -71,6 +60,47 @@ AMOUNT_LEVELS = {
     3000: 0.004, 5000: 0.002, 100: 0.01, 150: 0.005, 0: 0.001,
 }
 # fmt: on
+
+
+def alloc(counts: dict, total: int, keep: Iterable = ()) -> dict:
+    """Split ``total`` over the keys of ``counts`` proportionally (largest remainder); ``keep`` keys get >= 1."""
+    keys = list(counts)
+    raw = np.array([counts[k] for k in keys], dtype=float)
+    raw = raw / raw.sum() * total
+    out = np.floor(raw).astype(np.int64)
+    order = np.argsort(-(raw - out), kind="stable")
+    out[order[: total - out.sum()]] += 1
+    for k in keep:
+        i = keys.index(k)
+        if out[i] == 0 and total > 50:
+            out[i] = 1
+            out[int(np.argmax(out))] -= 1
+    return dict(zip(keys, out.tolist(), strict=True))
+
+
+def labels(rng: np.random.Generator, counts: dict) -> np.ndarray:
+    """A shuffled object array holding each key ``counts[key]`` times."""
+    keys = list(counts)
+    arr = np.empty(len(keys), dtype=object)
+    arr[:] = keys
+    return rng.permutation(np.repeat(arr, [max(0, counts[k]) for k in keys]))
+
+
+def split_categories(
+    rng: np.random.Generator, all_counts: dict, funded_counts: dict, funded: np.ndarray, keep: Iterable = ()
+) -> np.ndarray:
+    """Categorical column whose overall and funded-only shares both match the given counts."""
+    total = alloc(all_counts, len(funded), keep)
+    fund = alloc(funded_counts, int(funded.sum()))
+    rest = {k: total[k] - fund.get(k, 0) for k in total}
+    deficit = -sum(min(0, v) for v in rest.values())
+    rest = {k: max(0, v) for k, v in rest.items()}
+    big = max(rest, key=lambda k: rest[k])
+    rest[big] -= deficit
+    out = np.empty(len(funded), dtype=object)
+    out[funded] = labels(rng, fund)
+    out[~funded] = labels(rng, rest)
+    return out
 
 
 def _unit_sizes(rng: np.random.Generator, n_cf: int, n_ids: int) -> np.ndarray:
