@@ -8,24 +8,7 @@ from typing import Any
 import pandas as pd
 import pandera.pandas as pa
 
-from tasks.data.contract import (
-    CLARITY_PREFIX,
-    COLUMNS,
-    DTYPES,
-    FILES,
-    FP_STATUSES,
-    LEAD_TYPES,
-    LOAN_STATUSES,
-    MATCH_RESULTS,
-    PAY_FREQUENCIES,
-    PAYMENT_STATUSES,
-    PHONE_MATCH_TYPES,
-    RANGES,
-    REQUIRED,
-    STATES,
-    UNIQUE_IDS,
-    Kind,
-)
+from tasks.data import contract
 
 LOAN_ID_PATTERN = r"^[A-Z]{2}-[A-Z]-\d{8}$"  # LL-I-07399092, LL-T-…, LP-I-000001xx
 SSN_PATTERN = r"^[0-9a-fA-F]{32}$"
@@ -38,20 +21,20 @@ TIMESTAMP_PATTERN = (
 RETURN_CODE_PATTERN = r"^(R[0-9A-Z]{2}|C\d\d|LPP\d\d|MISSED)$"
 REASON_DESCRIPTION_PATTERN = r"^\([A-Z0-9]{1,4}\) \S"  # "(S03) SSN match to address only", "(M) Mobile Phone"
 
-_PANDERA_DTYPES: dict[Kind, str] = {"float": "float64", "int": "Int64", "bool": "boolean"}
+_PANDERA_DTYPES: dict[contract.Kind, str] = {"float": "float64", "int": "Int64", "bool": "boolean"}
 
 # Column rules beyond dtype and nullability: ("isin", values), ("range", (low, high)) or ("format", (pattern,
-# what it is)). Columns not listed get their range in RANGES, or a rule from their clarity group.
+# what it is)). Columns not listed get their range in contract.RANGES, or a rule from their clarity group.
 _RULES: dict[str, dict[str, tuple[str, Any]]] = {
     "loan": {
         "loanId": ("format", (LOAN_ID_PATTERN, "a loan id like LL-I-07399092")),
         "anon_ssn": ("format", (SSN_PATTERN, "32 hex characters")),
-        "payFrequency": ("isin", PAY_FREQUENCIES),
+        "payFrequency": ("isin", contract.PAY_FREQUENCIES),
         "isFunded": ("isin", (0, 1)),
-        "loanStatus": ("isin", LOAN_STATUSES),
-        "state": ("isin", STATES),
-        "leadType": ("isin", LEAD_TYPES),
-        "fpStatus": ("isin", FP_STATUSES),
+        "loanStatus": ("isin", contract.LOAN_STATUSES),
+        "state": ("isin", contract.STATES),
+        "leadType": ("isin", contract.LEAD_TYPES),
+        "fpStatus": ("isin", contract.FP_STATUSES),
         "clarityFraudId": ("format", (OBJECT_ID_PATTERN, "24 hex characters")),
         "hasCF": ("isin", (0, 1)),
     },
@@ -61,7 +44,7 @@ _RULES: dict[str, dict[str, tuple[str, Any]]] = {
         "principal": ("range", (-10_000, 100_000)),
         "fees": ("range", (-10_000, 100_000)),
         "paymentAmount": ("range", (-10_000, 100_000)),
-        "paymentStatus": ("isin", PAYMENT_STATUSES),
+        "paymentStatus": ("isin", contract.PAYMENT_STATUSES),
         "paymentReturnCode": ("format", (RETURN_CODE_PATTERN, "a return code")),
     },
     "clarity": {"underwritingid": ("format", (OBJECT_ID_PATTERN, "24 hex characters"))},
@@ -80,12 +63,12 @@ _CODE_FORMATS = {
 
 def _clarity_rule(column: str) -> tuple[str, Any] | None:
     """Identity verification results: a category or a code."""
-    group, _, name = column.removeprefix(CLARITY_PREFIX).rpartition(".")
+    group, _, name = column.removeprefix(contract.CLARITY_PREFIX).rpartition(".")
     if group != "clearfraudidentityverification":
         return None
     if name in _CODE_FORMATS:
         return ("format", (_CODE_FORMATS[name], "a known code"))
-    return ("isin", PHONE_MATCH_TYPES if name == "phonematchtype" else MATCH_RESULTS)
+    return ("isin", contract.PHONE_MATCH_TYPES if name == "phonematchtype" else contract.MATCH_RESULTS)
 
 
 def _check(column: str, rule: tuple[str, Any]) -> pa.Check:
@@ -106,18 +89,18 @@ def _unique_first(column: str) -> pa.Check:
 
 
 def _column(key: str, column: str) -> pa.Column:
-    kind = DTYPES[key][column]
+    kind = contract.DTYPES[key][column]
     rule = _RULES[key].get(column) or (
-        ("range", RANGES[column]) if column in RANGES else _clarity_rule(column)
+        ("range", contract.RANGES[column]) if column in contract.RANGES else _clarity_rule(column)
     )
     if kind == "timestamp":
         rule = ("format", (TIMESTAMP_PATTERN, "an ISO timestamp"))
     checks = [_check(column, rule)] if rule else []
-    if UNIQUE_IDS.get(key) == column:
+    if contract.UNIQUE_IDS.get(key) == column:
         checks.append(_unique_first(column))
     dtype = _PANDERA_DTYPES.get(kind, str)
     return pa.Column(
-        dtype, checks, nullable=column not in REQUIRED[key], coerce=dtype is not str, name=column
+        dtype, checks, nullable=column not in contract.REQUIRED[key], coerce=dtype is not str, name=column
     )
 
 
@@ -127,7 +110,9 @@ def _has_cf_consistent(df: pd.DataFrame) -> pd.Series:
 
 def _schema(key: str, checks: list[pa.Check] | None = None) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(
-        {column: _column(key, column) for column in COLUMNS[key]}, checks=checks, name=FILES[key]
+        {column: _column(key, column) for column in contract.COLUMNS[key]},
+        checks=checks,
+        name=contract.FILES[key],
     )
 
 

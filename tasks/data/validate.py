@@ -12,23 +12,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow
+import pyarrow.compute as pc
 from pandera.errors import SchemaErrors
 
 from serving.privacy import Pseudonymiser
 from tasks.common import run_logger, stage
+from tasks.data import reading
 from tasks.data.contract import COLUMNS, FILES, IDENTIFIER_COLUMNS
 from tasks.data.hub import write_atomic
-from tasks.data.reading import (
-    KIND_WORDS,
-    DataValidationError,
-    convert_table,
-    final_dtypes,
-    pc,
-    pyarrow,
-    read_kind,
-    read_tables,
-    shown,
-)
+from tasks.data.reading import DataValidationError
 from tasks.data.schemas import SCHEMAS
 from tasks.registry import tracking
 from tasks.settings import Settings
@@ -78,7 +71,7 @@ def _schema_failures(df: pd.DataFrame, key: str) -> pd.DataFrame:
         first = table_level.iloc[0]
         raise DataValidationError(
             f"{file}: column {first['column']!r} fails {first['check']!r} "
-            f"(value: {shown(first['column'], first['failure_case'])})",
+            f"(value: {reading.shown(first['column'], first['failure_case'])})",
             file=file,
             column=None if pd.isna(first["column"]) else str(first["column"]),
         )
@@ -97,12 +90,16 @@ def _failures_for(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFram
         )
     if df.empty:
         raise DataValidationError(f"{file}: the table is empty", file=file)
-    converted, bad_cells = convert_table(df[list(COLUMNS[key])], key)
+    converted, bad_cells = reading.convert_table(df[list(COLUMNS[key])], key)
     schema_failures = _schema_failures(converted, key)
     parts = []
     for col, mask in bad_cells.items():
         index = df.index[mask.to_numpy()]
-        parts.append(pd.DataFrame({"index": index, "rule": f"{col}: not {KIND_WORDS[read_kind(key, col)]}"}))
+        parts.append(
+            pd.DataFrame(
+                {"index": index, "rule": f"{col}: not {reading.KIND_WORDS[reading.read_kind(key, col)]}"}
+            )
+        )
         # an unreadable cell became missing: do not report it a second time as a missing value
         repeated = schema_failures["rule"].eq(f"{col}: missing value") & schema_failures["index"].isin(index)
         schema_failures = schema_failures[~repeated]
@@ -180,7 +177,7 @@ def validate_tables(
         bad_index = pd.Index(fails["index"].unique())
         paths[key] = _write_quarantine(tables[key], key, fails, quarantine_dir, pseudonymiser)
         kept = converted[key].drop(index=bad_index) if len(bad_index) else converted[key]
-        clean[key] = final_dtypes(kept, key)
+        clean[key] = reading.final_dtypes(kept, key)
         counts = fails.groupby("rule")["index"].nunique().sort_values(ascending=False)
         rule_counts[key] = {str(k): int(v) for k, v in counts.items()}
         rows, n_bad = len(tables[key]), len(bad_index)
@@ -230,7 +227,7 @@ def validate(settings: Settings, data_dir: str | Path, run_id: str | None = None
     """Read and validate the three files of ``data_dir``; publish the report (artifact, MLflow run)."""
     log = run_logger()
     try:
-        tables = read_tables(data_dir)
+        tables = reading.read_tables(data_dir)
         log.info("read %s", ", ".join(f"{FILES[k]}: {len(v)} rows" for k, v in tables.items()))
         result = validate_tables(
             tables,
