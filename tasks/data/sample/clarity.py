@@ -6,13 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.data.contract import (
-    CLARITY_COLUMNS,
-    IDENTITY_FIELDS,
-    INDICATOR_FIELDS,
-    INQUIRY_FIELDS,
-    clarity_column,
-)
+from tasks.data import contract
 from tasks.data.sample.common import DAY, EPOCH, T_START, Plan, choice, digits, hex_random, sigmoid
 
 # fmt: off
@@ -46,9 +40,9 @@ PHONE_TYPES = {  # phonematchtype -> (phonematchtypedescription, share)
 
 # fmt: on
 
-INQ = {n: clarity_column("clearfraudinquiry", n) for n in INQUIRY_FIELDS}
-IND = {n: clarity_column("clearfraudindicator", n) for n in INDICATOR_FIELDS}
-IDV = {n: clarity_column("clearfraudidentityverification", n) for n in IDENTITY_FIELDS}
+INQ = {n: contract.clarity_column("clearfraudinquiry", n) for n in contract.INQUIRY_FIELDS}
+IND = {n: contract.clarity_column("clearfraudindicator", n) for n in contract.INDICATOR_FIELDS}
+IDV = {n: contract.clarity_column("clearfraudidentityverification", n) for n in contract.IDENTITY_FIELDS}
 
 
 def categorical_draw(
@@ -118,7 +112,7 @@ def _indicators(rng: np.random.Generator, q: np.ndarray, thirty: np.ndarray) -> 
     """Boolean fraud indicators (float where the real column is numeric); the count column is their sum."""
     n = len(q)
     out: dict[str, np.ndarray] = {}
-    for name in INDICATOR_FIELDS:
+    for name in contract.INDICATOR_FIELDS:
         share = INDICATOR_SHARES[name]
         if share is None:
             continue
@@ -214,12 +208,12 @@ def clarity_table(rng: np.random.Generator, plan: Plan, ids: np.ndarray) -> dict
     score = np.clip(np.round(691.0 - 95.0 * q + rng.normal(0.0, 65.0, n)), 122, 965)
     no_ind = rng.random(n) < 40 / 49_752
     frame = {INQ[k]: np.where(rng.random(n) < 2 / 49_752, np.nan, v) for k, v in inq.items()}
-    for k in INDICATOR_FIELDS:
+    for k in contract.INDICATOR_FIELDS:
         v = ind[k]
         missing = no_ind | (rng.random(n) > SPARSE_INDICATORS.get(k, 1.0))
         text = v if v.dtype.kind == "f" else np.where(v, "True", "False").astype(object)
         frame[IND[k]] = np.where(missing, np.nan if v.dtype.kind == "f" else None, text)
-    for k in IDENTITY_FIELDS:
+    for k in contract.IDENTITY_FIELDS:
         v = idv[k]
         frame[IDV[k]] = (
             np.where(no_ind, np.nan, v) if v.dtype.kind == "f" else np.where(no_ind, None, v.astype(object))
@@ -227,4 +221,4 @@ def clarity_table(rng: np.random.Generator, plan: Plan, ids: np.ndarray) -> dict
     score[rng.choice(n, size=min(n, plan.n(137)), replace=False)] = np.nan
     frame["clearfraudscore"] = score
     frame["underwritingid"] = ids.astype(object)
-    return {c: frame[c] for c in CLARITY_COLUMNS}
+    return {c: frame[c] for c in contract.CLARITY_COLUMNS}
