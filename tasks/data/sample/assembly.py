@@ -121,7 +121,7 @@ def build_tables(rng: np.random.Generator, plan: Plan) -> dict[str, dict[str, np
     out["status"][funded] = loans.funded_statuses(rng, risky, t_frac)
     origin_secs = _originated_dates(rng, plan, t, out["originated"])
     loan |= {
-        "loanId": loans.loan_ids(rng, plan, loan["leadType"], loan["state"], out["null_id"], funded),
+        "loanId": loans.loan_ids(rng, plan, loan, out["null_id"], funded),
         "anon_ssn": pop["ssn"], "applicationDate": _format_times(t), "originated": out["originated"],
         "originatedDate": _originated_strings(rng, origin_secs), "approved": out["approved"],
         "isFunded": funded.astype(np.int64), "loanStatus": out["status"], "clarityFraudId": pop["fraud_id"],

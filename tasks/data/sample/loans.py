@@ -275,14 +275,10 @@ def _scheduled_amount(rng: np.random.Generator, amount: np.ndarray, apr: np.ndar
 
 
 def loan_ids(
-    rng: np.random.Generator,
-    plan: Plan,
-    lead: np.ndarray,
-    state: np.ndarray,
-    null_id: np.ndarray,
-    funded: np.ndarray,
+    rng: np.random.Generator, plan: Plan, loan: dict[str, np.ndarray], null_id: np.ndarray, funded: np.ndarray
 ) -> np.ndarray:
     """loanIds rising with application time; LP-I ids for lionpay, LL-T for test states and a few others."""
+    lead, state = loan["leadType"], loan["state"]
     n = len(lead)
     number = 1_000_000 + np.cumsum(rng.geometric(1 / 29, n))
     prefix = np.full(n, "LL-I-", dtype=object)

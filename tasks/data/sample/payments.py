@@ -151,20 +151,15 @@ def _us_eastern_dst(day: np.ndarray) -> np.ndarray:
 
 
 def _amounts(
-    rng: np.random.Generator,
-    paid: PaidLoans,
-    li: np.ndarray,
-    k: np.ndarray,
-    n: np.ndarray,
-    collection: np.ndarray,
+    rng: np.random.Generator, paid: PaidLoans, li: np.ndarray, k: np.ndarray, n: np.ndarray, coll: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """principal, fees and paymentAmount (~ principal + fees) per row."""
     amount, cost = paid.amount[li], np.maximum(paid.scheduled[li] - paid.amount[li], 0.0)
     u = (k - 0.5) / n
     principal = amount / n * (0.3 + 1.4 * u)
     fees = cost / n * (1.7 - 1.4 * u)
-    principal = np.where(collection, amount * rng.uniform(0.03, 0.3, len(li)), principal)
-    fees = np.where(collection, np.where(rng.random(len(li)) < 0.7, 0.0, rng.uniform(0, 30, len(li))), fees)
+    principal = np.where(coll, amount * rng.uniform(0.03, 0.3, len(li)), principal)
+    fees = np.where(coll, np.where(rng.random(len(li)) < 0.7, 0.0, rng.uniform(0, 30, len(li))), fees)
     refund = rng.random(len(li)) < 6e-5
     principal = np.where(refund, -rng.uniform(0.0, 303.37, len(li)), np.minimum(principal, 4_000.0))
     fees = np.where(refund, -rng.uniform(0.0, 42.56, len(li)), np.minimum(fees, 1_257.71))
