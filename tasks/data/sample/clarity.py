@@ -213,8 +213,7 @@ def clarity_table(rng: np.random.Generator, plan: Plan, ids: np.ndarray) -> dict
         missing = no_ind | (rng.random(n) > SPARSE_INDICATORS.get(k, 1.0))
         text = v if v.dtype.kind == "f" else np.where(v, "True", "False").astype(object)
         frame[IND[k]] = np.where(missing, np.nan if v.dtype.kind == "f" else None, text)
-    for k in contract.IDENTITY_FIELDS:
-        v = idv[k]
+    for k, v in idv.items():
         frame[IDV[k]] = (
             np.where(no_ind, np.nan, v) if v.dtype.kind == "f" else np.where(no_ind, None, v.astype(object))
         )

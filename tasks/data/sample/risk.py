@@ -77,7 +77,4 @@ def risk_probability(logit: np.ndarray, noise_sd: float = NOISE_SD) -> np.ndarra
     """P(risky) = E[sigmoid(logit + e)], e ~ N(0, noise_sd^2) (Gauss-Hermite quadrature)."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(24)
     weights = weights / weights.sum()
-    out = np.zeros(len(logit))
-    for x, w in zip(nodes, weights, strict=True):
-        out += w * sigmoid(logit + noise_sd * x)
-    return out
+    return sum(w * sigmoid(logit + noise_sd * x) for x, w in zip(nodes, weights, strict=True))
