@@ -58,7 +58,6 @@ class Commit:
     """A revision resolved to a commit of a dataset repository, with its files' checksums."""
 
     repo_id: str
-    revision: str  # as requested
     sha: str
     endpoint: str
     files: dict[str, RemoteFile]
@@ -218,7 +217,7 @@ def resolve_commit(
     if known is not None:
         if offline:
             retry.logger.warning(f"HF_HUB_OFFLINE is set: using the cached {revision} of {repo_id} ({sha})")
-        return Commit(repo_id, revision, sha, endpoint, known)
+        return Commit(repo_id, sha, endpoint, known)
     if offline:
         raise PermanentError(
             f"HF_HUB_OFFLINE is set and revision {revision!r} of dataset repository {repo_id!r} is not fully"
@@ -263,7 +262,7 @@ def resolve_commit(
     if revision != sha:  # as huggingface_hub records it, for offline runs
         _keep(ref, sha)
     retry.logger.info("Dataset %s@%s resolved to commit %s", repo_id, revision, sha)
-    return Commit(repo_id, revision, sha, endpoint, remote)
+    return Commit(repo_id, sha, endpoint, remote)
 
 
 def _verify(path: Path, expected: RemoteFile) -> tuple[dict[str, Any], str | None]:
