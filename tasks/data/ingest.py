@@ -46,10 +46,8 @@ def record_ingest(result: IngestResult, run_id: str, settings: Settings) -> None
     tags |= {"data.revision": result.revision} if result.revision else {}
     params = tags | {"data.kind": result.kind} | ({"data.repo_id": result.repo_id} if result.repo_id else {})
     for name, entry in result.files.items():
-        params |= {
-            f"data.{Path(name).stem}.size": str(entry["size"]),
-            f"data.{Path(name).stem}.sha256": entry["sha256"],
-        }
+        stem = Path(name).stem
+        params |= {f"data.{stem}.size": str(entry["size"]), f"data.{stem}.sha256": entry["sha256"]}
     tracking.log_params(settings, run_id, params)
     tracking.set_tags(settings, run_id, tags)
 

@@ -62,10 +62,8 @@ def _to_float(s: pd.Series) -> tuple[pd.Series, pd.Series | None]:
         return s.astype("float64"), None
     if pd.api.types.is_string_dtype(s):
         try:  # fast path: every cell parses
-            values = pc.cast(pyarrow.array(s, from_pandas=True), pyarrow.float64()).to_numpy(
-                zero_copy_only=False
-            )
-            return pd.Series(values, index=s.index, name=s.name), None
+            values = pc.cast(pyarrow.array(s, from_pandas=True), pyarrow.float64())
+            return pd.Series(values.to_numpy(zero_copy_only=False), index=s.index, name=s.name), None
         except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, TypeError):
             pass
     num = pd.to_numeric(s, errors="coerce").astype("float64")
