@@ -89,7 +89,7 @@ def _is_transient(exc: BaseException) -> bool:
         return status in (408, 429) or status >= 500
     if isinstance(exc, e.OfflineModeIsEnabled | e.FileMetadataError | e.LocalEntryNotFoundError):
         return False  # offline with nothing cached, or an endpoint that answers without Hub metadata
-    # the last one: hf_hub_download's size check after an interrupted transfer
+    # "Consistency check failed": hf_hub_download's size check after an interrupted transfer
     return isinstance(exc, httpx2.TransportError | ConnectionError | TimeoutError) or (
         isinstance(exc, OSError) and "Consistency check failed" in str(exc)
     )

@@ -95,11 +95,8 @@ def _failures_for(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFram
     parts = []
     for col, mask in bad_cells.items():
         index = df.index[mask.to_numpy()]
-        parts.append(
-            pd.DataFrame(
-                {"index": index, "rule": f"{col}: not {reading.KIND_WORDS[reading.read_kind(key, col)]}"}
-            )
-        )
+        rule = f"{col}: not {reading.KIND_WORDS[reading.read_kind(key, col)]}"
+        parts.append(pd.DataFrame({"index": index, "rule": rule}))
         # an unreadable cell became missing: do not report it a second time as a missing value
         repeated = schema_failures["rule"].eq(f"{col}: missing value") & schema_failures["index"].isin(index)
         schema_failures = schema_failures[~repeated]

@@ -77,16 +77,6 @@ def _object_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     )
 
 
-def _risk_frame(
-    loan: dict[str, np.ndarray], t: np.ndarray, report: np.ndarray, clarity: dict[str, np.ndarray]
-) -> pd.DataFrame:
-    """Decision-time frame (application fields joined with the report) for :func:`risk_logit`."""
-    columns = loan | {c: _take(clarity[c], report) for c in RISK_CLARITY_COLUMNS}
-    frame = _object_frame(columns)
-    frame["applicationDate"] = T_START.astype("datetime64[ms]") + np.round(t * 1000).astype("timedelta64[ms]")
-    return frame
-
-
 def _population(rng: np.random.Generator, plan: Plan) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Loans in application-time order (units, funded flag, person, clarity id, report row: -1 for none) and
     the clarity table (matched reports, then orphans)."""
@@ -115,7 +105,10 @@ def build_tables(rng: np.random.Generator, plan: Plan) -> dict[str, dict[str, np
     funded, t = pop["funded"], pop["t"]
     out = loans.unfunded_outcomes(rng, plan, funded)
     loan = loans.application(rng, plan, funded, out["null_id"]) | {"hasCF": pop["has_cf"].astype(np.int64)}
-    p_risky = risk_probability(risk_logit(_risk_frame(loan, t, pop["report"], clarity)))
+    # the known risk from decision-time fields only: the application joined with its report
+    frame = _object_frame(loan | {c: _take(clarity[c], pop["report"]) for c in RISK_CLARITY_COLUMNS})
+    frame["applicationDate"] = T_START.astype("datetime64[ms]") + np.round(t * 1000).astype("timedelta64[ms]")
+    p_risky = risk_probability(risk_logit(frame))
     risky = (rng.random(len(funded)) < p_risky)[funded]
     t_frac = t[funded] / float((T_END - T_START).astype(np.int64))
     out["status"][funded] = loans.funded_statuses(rng, risky, t_frac)
