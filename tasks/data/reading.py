@@ -130,28 +130,23 @@ def final_dtypes(df: pd.DataFrame, key: str) -> pd.DataFrame:
     return df.astype(casts) if casts else df
 
 
-def _scan_for_bad_line(path: Path, n_fields: int) -> tuple[int | None, str]:
-    """The first line whose row does not have ``n_fields`` fields (or breaks CSV quoting), with a reason."""
+def _why_unparseable(path: Path, n_fields: int, exc: BaseException) -> tuple[int | None, str]:
+    """The first line whose row does not have ``n_fields`` fields (or breaks CSV quoting) and why; else the
+    parser's reason without the row content it may quote (``Expected 19 columns, got 3: <the row>``)."""
     with path.open(newline="", encoding="utf-8", errors="replace") as handle:
         reader = csv.reader(handle, strict=True)
         try:
             for row in reader:
                 if row and len(row) != n_fields:
                     return reader.line_num, f"expected {n_fields} fields, found {len(row)}"
-        except csv.Error as exc:
-            return reader.line_num, str(exc)
-    return None, ""
-
-
-def _parser_reason(exc: BaseException) -> str:
-    """The parser's reason without the row content it may quote (``Expected 19 columns, got 3: <the row>``)."""
+        except csv.Error as error:
+            return reader.line_num, str(error)
     if isinstance(exc, UnicodeDecodeError):
-        return f"not UTF-8 ({exc.reason} at byte {exc.start})"
-    first = (str(exc).splitlines() or [""])[0]
-    kept = re.match(r"^(.*?\bgot \d+)", first)
-    return (
-        kept.group(1) if kept else f"{type(exc).__name__} (the parser's message quotes row content: withheld)"
-    )
+        return None, f"not UTF-8 ({exc.reason} at byte {exc.start})"
+    kept = re.match(r"^(.*?\bgot \d+)", (str(exc).splitlines() or [""])[0])
+    return None, kept.group(
+        1
+    ) if kept else f"{type(exc).__name__} (the parser's message quotes row content: withheld)"
 
 
 def read_table(path: str | Path, key: str) -> pd.DataFrame:
@@ -177,11 +172,10 @@ def read_table(path: str | Path, key: str) -> pd.DataFrame:
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], engine="pyarrow")
     except (ValueError, UnicodeDecodeError) as exc:  # ParserError and ArrowInvalid are ValueErrors
-        line, reason = _scan_for_bad_line(path, len(header))
+        line, reason = _why_unparseable(path, len(header), exc)
         where = f" line {line}" if line else ""
-        detail = reason or _parser_reason(exc)
         raise DataValidationError(
-            f"{file}:{where} cannot be parsed: {detail} (truncated or malformed file {path})",
+            f"{file}:{where} cannot be parsed: {reason} (truncated or malformed file {path})",
             file=file,
             line=line,
         ) from None

@@ -83,11 +83,6 @@ def _check(column: str, rule: tuple[str, Any]) -> pa.Check:
     return pa.Check.str_matches(pattern, error=f"{column}: not {what}")
 
 
-def _unique_first(column: str) -> pa.Check:
-    """Vectorised uniqueness that flags repeats only, so the first occurrence stays clean."""
-    return pa.Check(lambda s: ~s.duplicated(keep="first"), error=f"{column}: duplicate id")
-
-
 def _column(key: str, column: str) -> pa.Column:
     kind = contract.DTYPES[key][column]
     rule = _RULES[key].get(column) or (
@@ -96,8 +91,8 @@ def _column(key: str, column: str) -> pa.Column:
     if kind == "timestamp":
         rule = ("format", (TIMESTAMP_PATTERN, "an ISO timestamp"))
     checks = [_check(column, rule)] if rule else []
-    if contract.UNIQUE_IDS.get(key) == column:
-        checks.append(_unique_first(column))
+    if contract.UNIQUE_IDS.get(key) == column:  # flags repeats only: the first occurrence stays clean
+        checks.append(pa.Check(lambda s: ~s.duplicated(keep="first"), error=f"{column}: duplicate id"))
     dtype = _PANDERA_DTYPES.get(kind, str)
     return pa.Column(
         dtype, checks, nullable=column not in contract.REQUIRED[key], coerce=dtype is not str, name=column
@@ -108,19 +103,12 @@ def _has_cf_consistent(df: pd.DataFrame) -> pd.Series:
     return df["hasCF"].eq(1).fillna(False).astype(bool) == df["clarityFraudId"].notna()
 
 
-def _schema(key: str, checks: list[pa.Check] | None = None) -> pa.DataFrameSchema:
-    return pa.DataFrameSchema(
-        {column: _column(key, column) for column in contract.COLUMNS[key]},
-        checks=checks,
-        name=contract.FILES[key],
-    )
-
-
+HAS_CF_RULE = pa.Check(_has_cf_consistent, error="hasCF: must be 1 exactly when clarityFraudId is present")
 SCHEMAS: dict[str, pa.DataFrameSchema] = {
-    "loan": _schema(
-        "loan",
-        [pa.Check(_has_cf_consistent, error="hasCF: must be 1 exactly when clarityFraudId is present")],
-    ),
-    "payment": _schema("payment"),
-    "clarity": _schema("clarity"),
+    key: pa.DataFrameSchema(
+        {column: _column(key, column) for column in contract.COLUMNS[key]},
+        checks=[HAS_CF_RULE] if key == "loan" else None,
+        name=name,
+    )
+    for key, name in contract.FILES.items()
 }

@@ -41,7 +41,6 @@ class ValidationResult:
         return sum(int(r["quarantined_rows"]) for r in self.report)
 
     def to_json(self) -> dict[str, Any]:
-        """The report, per-rule counts and quarantine paths as plain JSON data."""
         paths = {k: str(v) for k, v in self.quarantine_files.items()}
         return {"report": self.report, "rule_counts": self.rule_counts, "quarantine_files": paths}
 
@@ -57,15 +56,23 @@ def _isin_fast(s: pd.Series, values: pd.Series) -> np.ndarray:
     return (s.notna() & s.isin(values.dropna())).to_numpy()
 
 
-def _schema_failures(df: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Row failures (index, rule) from the pandera schema; table-level failures raise."""
+def _failures_for(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The converted table and its row failures (index, rule): unreadable cells, then the pandera schema's
+    rules; table rules raise."""
     file = FILES[key]
+    missing = [c for c in COLUMNS[key] if c not in df.columns]
+    if missing:
+        raise DataValidationError(
+            f"{file}: missing column {missing[0]!r} (missing: {missing})", file=file, column=missing[0]
+        )
+    if df.empty:
+        raise DataValidationError(f"{file}: the table is empty", file=file)
+    converted, bad_cells = reading.convert_table(df[list(COLUMNS[key])], key)
     try:
-        SCHEMAS[key].validate(df, lazy=True)
+        SCHEMAS[key].validate(converted, lazy=True)
+        cases = pd.DataFrame({"index": [], "check": [], "column": []})
     except SchemaErrors as exc:
         cases = exc.failure_cases
-    else:
-        return pd.DataFrame({"index": [], "rule": []})
     table_level = cases[cases["index"].isna()]
     if not table_level.empty:
         first = table_level.iloc[0]
@@ -77,21 +84,7 @@ def _schema_failures(df: pd.DataFrame, key: str) -> pd.DataFrame:
         )
     rules = cases["check"].astype(str)
     rules = rules.where(rules.ne("not_nullable"), cases["column"].astype(str) + ": missing value")
-    return pd.DataFrame({"index": cases["index"].to_numpy(), "rule": rules.to_numpy()})
-
-
-def _failures_for(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The converted table and its row failures (unreadable cells, then schema rules); table rules raise."""
-    file = FILES[key]
-    missing = [c for c in COLUMNS[key] if c not in df.columns]
-    if missing:
-        raise DataValidationError(
-            f"{file}: missing column {missing[0]!r} (missing: {missing})", file=file, column=missing[0]
-        )
-    if df.empty:
-        raise DataValidationError(f"{file}: the table is empty", file=file)
-    converted, bad_cells = reading.convert_table(df[list(COLUMNS[key])], key)
-    schema_failures = _schema_failures(converted, key)
+    schema_failures = pd.DataFrame({"index": cases["index"].to_numpy(), "rule": rules.to_numpy()})
     parts = []
     for col, mask in bad_cells.items():
         index = df.index[mask.to_numpy()]

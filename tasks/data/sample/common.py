@@ -22,7 +22,6 @@ class Plan:
     f: float
 
     def n(self, base: float, minimum: int = 0) -> int:
-        """Scaled count of a full-size figure."""
         return max(minimum, int(round(base * self.f)))
 
 
