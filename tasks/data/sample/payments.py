@@ -181,25 +181,19 @@ def _return_codes(rng: np.random.Generator, status: np.ndarray) -> np.ndarray:
     return levels[np.where((status == "Skipped") & (rng.random(n) < 0.14), missed, out)]
 
 
-def _pair_cancellations(
-    rng: np.random.Generator, status: np.ndarray, day: np.ndarray, li: np.ndarray
-) -> None:
-    """Same-date (Cancelled, None) pairs: a rescheduled instalment next to its cancelled original."""
-    i = np.flatnonzero((status[1:] == "None") & (status[:-1] == "None") & (li[1:] == li[:-1])) + 1
-    i = i[rng.random(len(i)) < 0.04]
-    i = i[np.diff(np.concatenate([[-2], i])) > 1]
-    status[i - 1] = "Cancelled"
-    day[i - 1] = day[i]
-
-
 def payments(
     rng: np.random.Generator, plan: Plan, paid: PaidLoans, loan_ids: np.ndarray
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """payment.csv columns (loans in the given order) and each loan's first-instalment status."""
     rows = _schedule(rng, plan, paid)
     status = _instalment_status(rng, rows, paid.story)
-    day = rows["day"].copy()
-    _pair_cancellations(rng, status, day, rows["li"])
+    day, same_loan = rows["day"].copy(), rows["li"][1:] == rows["li"][:-1]
+    # same-date (Cancelled, None) pairs: a rescheduled instalment next to its cancelled original
+    i = np.flatnonzero((status[1:] == "None") & (status[:-1] == "None") & same_loan) + 1
+    i = i[rng.random(len(i)) < 0.04]
+    i = i[np.diff(np.concatenate([[-2], i])) > 1]
+    status[i - 1] = "Cancelled"
+    day[i - 1] = day[i]
     coll = _collection_rows(rng, rows, paid.story)
     hour = np.where(_us_eastern_dst(day), 4, 5).astype("timedelta64[h]")
     # Each part becomes str objects on its own: one concatenated unicode array would take ~70 MB at full size.
@@ -209,7 +203,11 @@ def payments(
     k = np.concatenate([rows["k"], coll["k"]])
     is_coll = np.concatenate([np.zeros(len(rows["li"]), bool), np.ones(len(coll["li"]), bool)])
     status_all = np.concatenate([status, coll["status"]])
-    _rare_statuses(rng, plan, status_all)
+    # a couple of checked rows get the one-off 'Complete' and 'Returned' statuses
+    checked = np.flatnonzero(status_all == "Checked")
+    pick = rng.choice(checked, size=min(len(checked), 2 * plan.n(1)), replace=False)
+    status_all[pick[: len(pick) // 2]] = "Complete"
+    status_all[pick[len(pick) // 2 :]] = "Returned"
     n_all = np.concatenate([rows["n"], rows["n_coll"][coll["li"]]])
     principal, fees, total = _amounts(rng, paid, li, k, n_all, is_coll)
     table = {
@@ -227,11 +225,3 @@ def payments(
     first[rows["li"][rows["k"] == 1]] = status[rows["k"] == 1]
     order = np.lexsort((k, is_coll, li))
     return {c: v[order] for c, v in table.items()}, first
-
-
-def _rare_statuses(rng: np.random.Generator, plan: Plan, status: np.ndarray) -> None:
-    """Turn a couple of checked rows into the one-off 'Complete' and 'Returned' statuses."""
-    checked = np.flatnonzero(status == "Checked")
-    pick = rng.choice(checked, size=min(len(checked), 2 * plan.n(1)), replace=False)
-    status[pick[: len(pick) // 2]] = "Complete"
-    status[pick[len(pick) // 2 :]] = "Returned"
