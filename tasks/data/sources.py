@@ -20,7 +20,7 @@ from tasks.common import release_freed_memory
 from tasks.data.contract import DATA_FILES
 from tasks.data.hub import SHA256, LoggerLike, Retry, download_verified, resolve_commit, write_atomic
 from tasks.errors import PermanentError
-from tasks.settings import DataSettings
+from tasks.settings import DataSettings, Settings
 
 MANIFEST_NAME = "ingest-manifest.json"
 HF_SOURCE_PREFIX = "hf://datasets/"
@@ -117,6 +117,15 @@ def _describe(folder: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+def _sample_dir(data: DataSettings, data_dir: Path) -> Path:
+    return data_dir / f"sample-scale{data.sample_scale}-seed{data.sample_seed}"
+
+
+def sample_dir(settings: Settings) -> Path:
+    """Where the sample of ``settings`` is generated (``bench/train`` reads it there)."""
+    return _sample_dir(settings.data, settings.data_dir)
+
+
 def _read_complete_manifest(folder: Path) -> dict[str, Any] | None:
     """The manifest of a completely written folder, or None (missing, unreadable, or files changed size)."""
     try:
@@ -167,7 +176,7 @@ def _generate_sample(out: Path, scale: float, seed: int) -> dict[str, Any]:
 
 def from_sample(data: DataSettings, data_dir: Path, logger: LoggerLike) -> IngestResult:
     scale, seed = data.sample_scale, data.sample_seed
-    out = data_dir / f"sample-scale{scale}-seed{seed}"
+    out = _sample_dir(data, data_dir)
     manifest = _read_complete_manifest(out)
     cached = manifest is not None
     if manifest is None:
