@@ -21,7 +21,7 @@ from tasks.common import run_logger, stage
 from tasks.data import reading
 from tasks.data.contract import COLUMNS, FILES, IDENTIFIER_COLUMNS
 from tasks.data.hub import write_atomic
-from tasks.data.reading import DataValidationError
+from tasks.data.reading import DataValidationError, read_tables
 from tasks.data.schemas import SCHEMAS
 from tasks.registry import tracking
 from tasks.settings import Settings
@@ -217,7 +217,7 @@ def validate(settings: Settings, data_dir: str | Path, run_id: str | None = None
     """Read and validate the three files of ``data_dir``; publish the report (artifact, MLflow run)."""
     log = run_logger()
     try:
-        tables = reading.read_tables(data_dir)
+        tables = read_tables(data_dir)
         log.info("read %s", ", ".join(f"{FILES[k]}: {len(v)} rows" for k, v in tables.items()))
         result = validate_tables(
             tables,
