@@ -1,11 +1,7 @@
-"""The dataset contract: the three source files, their columns, dtypes, categories and status lists.
-
-Defined once and imported by the sample generator (``tasks/data/sample/``), validation (``tasks/data/schemas.py``,
-``tasks/data/validate.py``), features and settings. The column names come from :mod:`serving.contract` (the service
-needs them and must not import ``tasks/``); this module adds what only the training side needs. Values are those
-of the real files (``docs/dataset.md`` in the shared docs), quirks included (``Customver Voided New Loan``,
-``OH-TEST``, payment status ``None`` written as text).
-"""
+"""The dataset contract: the three source files, their columns, dtypes, categories and status lists, as the
+real files have them, quirks included (``docs/dataset.md``). The column names come from
+:mod:`serving.contract` (the service needs them and must not import ``tasks/``); this module adds what only
+training needs."""
 
 from __future__ import annotations
 
@@ -41,11 +37,7 @@ PAYMENT_FILE = "payment.csv"
 CLARITY_FILE = "clarity_underwriting_variables.csv"
 DATA_FILES: tuple[str, ...] = (LOAN_FILE, PAYMENT_FILE, CLARITY_FILE)
 FILES: dict[str, str] = {"loan": LOAN_FILE, "payment": PAYMENT_FILE, "clarity": CLARITY_FILE}
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "loan": LOAN_COLUMNS,
-    "payment": PAYMENT_COLUMNS,
-    "clarity": CLARITY_COLUMNS,
-}
+COLUMNS = {"loan": LOAN_COLUMNS, "payment": PAYMENT_COLUMNS, "clarity": CLARITY_COLUMNS}
 
 # --- dtypes ------------------------------------------------------------------------------------------------
 # How a column's text is read: ``float`` (missing allowed as NaN), ``int`` (whole numbers), ``bool``
@@ -78,11 +70,7 @@ def _clarity_kind(column: str) -> Kind:
 
 
 CLARITY_DTYPES: dict[str, Kind] = {column: _clarity_kind(column) for column in CLARITY_COLUMNS}
-DTYPES: dict[str, dict[str, Kind]] = {
-    "loan": LOAN_DTYPES,
-    "payment": PAYMENT_DTYPES,
-    "clarity": CLARITY_DTYPES,
-}
+DTYPES = {"loan": LOAN_DTYPES, "payment": PAYMENT_DTYPES, "clarity": CLARITY_DTYPES}
 
 # Columns that are never blank in the real files (every other column may be).
 REQUIRED: dict[str, frozenset[str]] = {

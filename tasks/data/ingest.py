@@ -10,56 +10,44 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common import run_logger, stage
-from tasks.data.hub_retry import LoggerLike, Retry
+from tasks.data.hub import LoggerLike, Retry
 from tasks.data.sources import IngestResult, expand_source, from_hub, from_local, from_sample, parse_source
 from tasks.registry import tracking
-from tasks.settings import Settings
+from tasks.settings import DataSettings, Settings
 
 log = logging.getLogger(__name__)
 
 
 def ingest(
     source: str | None,
-    settings: Settings,
+    data: DataSettings,
+    data_dir: Path,
     *,
     backoff_seconds: float | None = None,
     logger: LoggerLike | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> IngestResult:
-    """Make the three files available locally and describe them.
-
-    ``source`` defaults to ``settings.data.source``. ``backoff_seconds`` (default ``settings.data.hf_backoff_seconds``) is
-    the first wait between Hub attempts (it doubles each time, capped at one minute); ``sleep`` is injectable.
-    """
+    """Make the three files of ``source`` (default ``data.source``) available under ``data_dir``, described;
+    ``backoff_seconds`` (default ``data.hf_backoff_seconds``) is the first wait between Hub attempts."""
     logger = logger or log
-    raw = expand_source(source, settings)
-    src = parse_source(raw)
+    src = parse_source(expand_source(source, data))
     if src.kind == "sample":
-        return from_sample(settings, logger)
+        return from_sample(data, data_dir, logger)
     if src.kind == "local":
         return from_local(src)
-    retry = Retry(
-        max_attempts=settings.data.hf_max_attempts,
-        backoff_seconds=settings.data.hf_backoff_seconds if backoff_seconds is None else backoff_seconds,
-        logger=logger,
-        sleep=sleep,
-    )
-    return from_hub(src, settings, retry=retry)
+    backoff = data.hf_backoff_seconds if backoff_seconds is None else backoff_seconds
+    return from_hub(src, data, data_dir, retry=Retry(data.hf_max_attempts, backoff, logger, sleep))
 
 
 def record_ingest(result: IngestResult, run_id: str, settings: Settings) -> None:
-    """Record source, kind, content sha256, revision and repo (Hub) and each file's size and sha256 on a run.
-
-    The same keys but per-file ones and kind/repo are also searchable tags. Recording again (a retry) is accepted.
-    """
+    """Record source, kind, content sha256, revision, repo and each file's size and sha256 on a run (the
+    same but per-file ones and kind/repo also as tags); recording again (a retry) is accepted."""
     tags = {"data.source": result.source, "data.content_sha256": result.content_sha256}
     tags |= {"data.revision": result.revision} if result.revision else {}
     params = tags | {"data.kind": result.kind} | ({"data.repo_id": result.repo_id} if result.repo_id else {})
     for name, entry in result.files.items():
-        params |= {
-            f"data.{Path(name).stem}.size": str(entry["size"]),
-            f"data.{Path(name).stem}.sha256": entry["sha256"],
-        }
+        stem = Path(name).stem
+        params |= {f"data.{stem}.size": str(entry["size"]), f"data.{stem}.sha256": entry["sha256"]}
     tracking.log_params(settings, run_id, params)
     tracking.set_tags(settings, run_id, tags)
 
@@ -68,17 +56,11 @@ def record_ingest(result: IngestResult, run_id: str, settings: Settings) -> None
 def ingest_task(settings: Settings, run_id: str | None = None, source: str | None = None) -> IngestResult:
     """Stage: :func:`ingest` of ``source`` (default: the settings'), logged, recorded on ``run_id`` when given."""
     logger = run_logger()
-    result = ingest(source, settings, logger=logger)
+    result = ingest(source, settings.data, settings.data_dir, logger=logger)
     for name, entry in result.files.items():
         logger.info("%s: %d bytes, sha256 %s", name, entry["size"], entry["sha256"])
-    logger.info(
-        "Ingested %s (%s, revision %s, %s) into %s",
-        result.source,
-        result.kind,
-        result.revision or "-",
-        "cached" if result.cached else "fresh",
-        result.data_dir,
-    )
+    how = f"{result.kind}, revision {result.revision or '-'}, {'cached' if result.cached else 'fresh'}"
+    logger.info(f"Ingested {result.source} ({how}) into {result.data_dir}")
     if run_id:
         record_ingest(result, run_id, settings)
         logger.info("Recorded the data checksums on MLflow run %s", run_id)

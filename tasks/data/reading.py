@@ -1,12 +1,7 @@
-"""Read the three source CSV files faithfully: the real files pass unchanged, their quirks included.
-
-Each column is read by its dtype in the dataset contract (:mod:`tasks.data.contract`): only blank cells are missing
-(payment's literal ``None`` stays a category), numbers become float64 (ints that never miss: int64), True/False
-columns bool (``boolean`` where blanks may occur), timestamps stay text. A cell that cannot be read leaves its
-column as text, so :mod:`tasks.data.validate` can quarantine that row. A file that is missing, empty, truncated or
-unparseable, or a column that is missing or holds no readable value, raises :class:`DataValidationError` naming
-the file and the line or column. Messages never quote an identifier or personal value.
-"""
+"""Read the three source CSV files by the contract's dtypes, the real files' quirks included (only blank cells
+are missing; payment's literal ``None`` is a category). A cell that cannot be read leaves its column as
+text for :mod:`tasks.data.validate` to quarantine; a broken file or column raises naming file and line or
+column."""
 
 from __future__ import annotations
 
@@ -23,11 +18,12 @@ from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from serving.contract import IDENTIFIER_FIELDS, PERSONAL_FIELDS
 from tasks.data.contract import COLUMNS, DTYPES, FILES, REQUIRED
-from tasks.errors import PermanentError
+from tasks.errors import BadInputError
 
 
-class DataValidationError(PermanentError, ValueError):
-    """The data breaks a table rule or too many rows break row rules; names the file and column or line."""
+class DataValidationError(BadInputError):
+    """The data breaks a table rule or too many rows break row rules; names the file and column or line.
+    ``result`` is set when too many rows were quarantined: the report and quarantine files."""
 
     def __init__(
         self,
@@ -39,8 +35,7 @@ class DataValidationError(PermanentError, ValueError):
         result: Any = None,
     ) -> None:
         super().__init__(message)
-        self.file, self.column, self.line = file, column, line
-        self.result = result  # set when too many rows were quarantined: the report and quarantine files
+        self.file, self.column, self.line, self.result = file, column, line, result
 
 
 def read_kind(key: str, column: str) -> str:
@@ -57,8 +52,6 @@ def shown(column: object, value: object) -> str:
     return "<withheld: identifier>" if column in WITHHELD else repr(value)
 
 
-# --- cell conversion (vectorised) ---------------------------------------------------------------------------
-
 _TRUE = ("True", "true", "TRUE", "1", "1.0")
 _FALSE = ("False", "false", "FALSE", "0", "0.0")
 KIND_WORDS = {"float": "a number", "int": "an integer", "bool": "True or False", "str": "text"}
@@ -69,10 +62,8 @@ def _to_float(s: pd.Series) -> tuple[pd.Series, pd.Series | None]:
         return s.astype("float64"), None
     if pd.api.types.is_string_dtype(s):
         try:  # fast path: every cell parses
-            values = pc.cast(pyarrow.array(s, from_pandas=True), pyarrow.float64()).to_numpy(
-                zero_copy_only=False
-            )
-            return pd.Series(values, index=s.index, name=s.name), None
+            values = pc.cast(pyarrow.array(s, from_pandas=True), pyarrow.float64())
+            return pd.Series(values.to_numpy(zero_copy_only=False), index=s.index, name=s.name), None
         except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, TypeError):
             pass
     num = pd.to_numeric(s, errors="coerce").astype("float64")
@@ -139,49 +130,35 @@ def final_dtypes(df: pd.DataFrame, key: str) -> pd.DataFrame:
     return df.astype(casts) if casts else df
 
 
-# --- reading ------------------------------------------------------------------------------------------------
-
-
-def _scan_for_bad_line(path: Path, n_fields: int) -> tuple[int | None, str]:
-    """The first line whose row does not have ``n_fields`` fields (or breaks CSV quoting), with a reason."""
+def _why_unparseable(path: Path, n_fields: int, exc: BaseException) -> tuple[int | None, str]:
+    """The first line whose row does not have ``n_fields`` fields (or breaks CSV quoting) and why; else the
+    parser's reason without the row content it may quote (``Expected 19 columns, got 3: <the row>``)."""
     with path.open(newline="", encoding="utf-8", errors="replace") as handle:
         reader = csv.reader(handle, strict=True)
         try:
             for row in reader:
                 if row and len(row) != n_fields:
                     return reader.line_num, f"expected {n_fields} fields, found {len(row)}"
-        except csv.Error as exc:
-            return reader.line_num, str(exc)
-    return None, ""
-
-
-def _parser_reason(exc: BaseException) -> str:
-    """The parser's reason without the row content it may quote (``Expected 19 columns, got 3: <the row>``)."""
+        except csv.Error as error:
+            return reader.line_num, str(error)
     if isinstance(exc, UnicodeDecodeError):
-        return f"not UTF-8 ({exc.reason} at byte {exc.start})"
-    first = (str(exc).splitlines() or [""])[0]
-    kept = re.match(r"^(.*?\bgot \d+)", first)
-    return (
-        kept.group(1) if kept else f"{type(exc).__name__} (the parser's message quotes row content: withheld)"
-    )
-
-
-def _header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        return next(csv.reader(handle), [])
+        return None, f"not UTF-8 ({exc.reason} at byte {exc.start})"
+    kept = re.match(r"^(.*?\bgot \d+)", (str(exc).splitlines() or [""])[0])
+    return None, kept.group(
+        1
+    ) if kept else f"{type(exc).__name__} (the parser's message quotes row content: withheld)"
 
 
 def read_table(path: str | Path, key: str) -> pd.DataFrame:
-    """Read one of the three files (``key``: loan, payment or clarity) as described above.
-
-    Columns come in the contract's order, extra columns dropped; the index is the data row (line ``index + 2``).
-    """
+    """Read file ``key`` (loan, payment or clarity): the contract's columns in its order, extra ones dropped;
+    the index is the data row (line ``index + 2``)."""
     path, file = Path(path), FILES[key]
     if not path.is_file():
         raise DataValidationError(f"{file}: file not found at {path}", file=file)
     if path.stat().st_size == 0:
         raise DataValidationError(f"{file}: the file is empty ({path})", file=file)
-    header = _header(path)
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
     if not any(h.strip() for h in header):
         raise DataValidationError(f"{file}: line 1 holds no header ({path})", file=file, line=1)
     missing = [c for c in COLUMNS[key] if c not in header]
@@ -195,11 +172,10 @@ def read_table(path: str | Path, key: str) -> pd.DataFrame:
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], engine="pyarrow")
     except (ValueError, UnicodeDecodeError) as exc:  # ParserError and ArrowInvalid are ValueErrors
-        line, reason = _scan_for_bad_line(path, len(header))
+        line, reason = _why_unparseable(path, len(header), exc)
         where = f" line {line}" if line else ""
-        detail = reason or _parser_reason(exc)
         raise DataValidationError(
-            f"{file}:{where} cannot be parsed: {detail} (truncated or malformed file {path})",
+            f"{file}:{where} cannot be parsed: {reason} (truncated or malformed file {path})",
             file=file,
             line=line,
         ) from None
@@ -214,6 +190,6 @@ def read_table(path: str | Path, key: str) -> pd.DataFrame:
 
 
 def read_tables(data_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """The three files of ``data_dir`` as DataFrames keyed ``loan``, ``payment``, ``clarity`` (see :func:`read_table`)."""
+    """The three files of ``data_dir`` keyed ``loan``, ``payment``, ``clarity`` (see :func:`read_table`)."""
     data_dir = Path(data_dir)
     return {key: read_table(data_dir / file, key) for key, file in FILES.items()}

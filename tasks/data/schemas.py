@@ -8,25 +8,7 @@ from typing import Any
 import pandas as pd
 import pandera.pandas as pa
 
-from tasks.data.contract import (
-    CLARITY_PREFIX,
-    COLUMNS,
-    DTYPES,
-    FILES,
-    FP_STATUSES,
-    LEAD_TYPES,
-    LOAN_STATUSES,
-    MATCH_RESULTS,
-    PAY_FREQUENCIES,
-    PAYMENT_STATUSES,
-    PHONE_MATCH_TYPES,
-    RANGES,
-    REQUIRED,
-    STATES,
-    UNIQUE_IDS,
-    Kind,
-    clarity_column,
-)
+from tasks.data import contract
 
 LOAN_ID_PATTERN = r"^[A-Z]{2}-[A-Z]-\d{8}$"  # LL-I-07399092, LL-T-…, LP-I-000001xx
 SSN_PATTERN = r"^[0-9a-fA-F]{32}$"
@@ -39,25 +21,20 @@ TIMESTAMP_PATTERN = (
 RETURN_CODE_PATTERN = r"^(R[0-9A-Z]{2}|C\d\d|LPP\d\d|MISSED)$"
 REASON_DESCRIPTION_PATTERN = r"^\([A-Z0-9]{1,4}\) \S"  # "(S03) SSN match to address only", "(M) Mobile Phone"
 
-_PANDERA_DTYPES: dict[Kind, str] = {"float": "float64", "int": "Int64", "bool": "boolean"}
+_PANDERA_DTYPES: dict[contract.Kind, str] = {"float": "float64", "int": "Int64", "bool": "boolean"}
 
 # Column rules beyond dtype and nullability: ("isin", values), ("range", (low, high)) or ("format", (pattern,
-# what it is)). Clarity columns not listed get a rule from their group (see _clarity_rule).
+# what it is)). Columns not listed get their range in contract.RANGES, or a rule from their clarity group.
 _RULES: dict[str, dict[str, tuple[str, Any]]] = {
     "loan": {
         "loanId": ("format", (LOAN_ID_PATTERN, "a loan id like LL-I-07399092")),
         "anon_ssn": ("format", (SSN_PATTERN, "32 hex characters")),
-        "payFrequency": ("isin", PAY_FREQUENCIES),
-        "apr": ("range", RANGES["apr"]),
-        "nPaidOff": ("range", RANGES["nPaidOff"]),
+        "payFrequency": ("isin", contract.PAY_FREQUENCIES),
         "isFunded": ("isin", (0, 1)),
-        "loanStatus": ("isin", LOAN_STATUSES),
-        "loanAmount": ("range", RANGES["loanAmount"]),
-        "originallyScheduledPaymentAmount": ("range", RANGES["originallyScheduledPaymentAmount"]),
-        "state": ("isin", STATES),
-        "leadType": ("isin", LEAD_TYPES),
-        "leadCost": ("range", RANGES["leadCost"]),
-        "fpStatus": ("isin", FP_STATUSES),
+        "loanStatus": ("isin", contract.LOAN_STATUSES),
+        "state": ("isin", contract.STATES),
+        "leadType": ("isin", contract.LEAD_TYPES),
+        "fpStatus": ("isin", contract.FP_STATUSES),
         "clarityFraudId": ("format", (OBJECT_ID_PATTERN, "24 hex characters")),
         "hasCF": ("isin", (0, 1)),
     },
@@ -67,42 +44,31 @@ _RULES: dict[str, dict[str, tuple[str, Any]]] = {
         "principal": ("range", (-10_000, 100_000)),
         "fees": ("range", (-10_000, 100_000)),
         "paymentAmount": ("range", (-10_000, 100_000)),
-        "paymentStatus": ("isin", PAYMENT_STATUSES),
+        "paymentStatus": ("isin", contract.PAYMENT_STATUSES),
         "paymentReturnCode": ("format", (RETURN_CODE_PATTERN, "a return code")),
     },
-    "clarity": {
-        "underwritingid": ("format", (OBJECT_ID_PATTERN, "24 hex characters")),
-        "clearfraudscore": ("range", RANGES["clearfraudscore"]),
-    },
+    "clarity": {"underwritingid": ("format", (OBJECT_ID_PATTERN, "24 hex characters"))},
 }
-_IDENTITY_RULES: dict[str, tuple[str, Any]] = {
-    "ssnnamematch": ("isin", MATCH_RESULTS),
-    "nameaddressmatch": ("isin", MATCH_RESULTS),
-    "phonematchtype": ("isin", PHONE_MATCH_TYPES),
-    "ssnnamereasoncodedescription": ("format", (REASON_DESCRIPTION_PATTERN, "a known code")),
-    "phonematchresult": ("isin", MATCH_RESULTS),
-    "nameaddressreasoncodedescription": ("format", (REASON_DESCRIPTION_PATTERN, "a known code")),
-    "phonematchtypedescription": ("format", (REASON_DESCRIPTION_PATTERN, "a known code")),
-    "overallmatchresult": ("isin", MATCH_RESULTS),
-    "phonetype": ("format", (r"^[A-Z]{1,3}$", "a known code")),
-    "ssndobreasoncode": ("format", (r"^D\d\d$", "a known code")),
-    "ssnnamereasoncode": ("format", (r"^S\d\d$", "a known code")),
-    "nameaddressreasoncode": ("format", (r"^A\d{1,2}$", "a known code")),
-    "ssndobmatch": ("isin", MATCH_RESULTS),
-    "overallmatchreasoncode": (
-        "range",
-        RANGES[clarity_column("clearfraudidentityverification", "overallmatchreasoncode")],
-    ),  # noqa: E501
+_CODE_FORMATS = {
+    "phonetype": r"^[A-Z]{1,3}$",
+    "ssndobreasoncode": r"^D\d\d$",
+    "ssnnamereasoncode": r"^S\d\d$",
+    "nameaddressreasoncode": r"^A\d{1,2}$",
+    **dict.fromkeys(
+        ("ssnnamereasoncodedescription", "nameaddressreasoncodedescription", "phonematchtypedescription"),
+        REASON_DESCRIPTION_PATTERN,
+    ),
 }
 
 
 def _clarity_rule(column: str) -> tuple[str, Any] | None:
-    group, _, name = column.removeprefix(CLARITY_PREFIX).rpartition(".")
-    if group in ("clearfraudinquiry", "clearfraudindicator"):
-        return ("range", RANGES[column]) if column in RANGES else None
-    if group == "clearfraudidentityverification":
-        return _IDENTITY_RULES[name]
-    return None
+    """Identity verification results: a category or a code."""
+    group, _, name = column.removeprefix(contract.CLARITY_PREFIX).rpartition(".")
+    if group != "clearfraudidentityverification":
+        return None
+    if name in _CODE_FORMATS:
+        return ("format", (_CODE_FORMATS[name], "a known code"))
+    return ("isin", contract.PHONE_MATCH_TYPES if name == "phonematchtype" else contract.MATCH_RESULTS)
 
 
 def _check(column: str, rule: tuple[str, Any]) -> pa.Check:
@@ -117,22 +83,19 @@ def _check(column: str, rule: tuple[str, Any]) -> pa.Check:
     return pa.Check.str_matches(pattern, error=f"{column}: not {what}")
 
 
-def _unique_first(column: str) -> pa.Check:
-    """Vectorised uniqueness that flags repeats only, so the first occurrence stays clean."""
-    return pa.Check(lambda s: ~s.duplicated(keep="first"), error=f"{column}: duplicate id")
-
-
 def _column(key: str, column: str) -> pa.Column:
-    kind = DTYPES[key][column]
-    rule = _RULES[key].get(column) or (_clarity_rule(column) if key == "clarity" else None)
+    kind = contract.DTYPES[key][column]
+    rule = _RULES[key].get(column) or (
+        ("range", contract.RANGES[column]) if column in contract.RANGES else _clarity_rule(column)
+    )
     if kind == "timestamp":
         rule = ("format", (TIMESTAMP_PATTERN, "an ISO timestamp"))
     checks = [_check(column, rule)] if rule else []
-    if UNIQUE_IDS.get(key) == column:
-        checks.append(_unique_first(column))
+    if contract.UNIQUE_IDS.get(key) == column:  # flags repeats only: the first occurrence stays clean
+        checks.append(pa.Check(lambda s: ~s.duplicated(keep="first"), error=f"{column}: duplicate id"))
     dtype = _PANDERA_DTYPES.get(kind, str)
     return pa.Column(
-        dtype, checks, nullable=column not in REQUIRED[key], coerce=dtype is not str, name=column
+        dtype, checks, nullable=column not in contract.REQUIRED[key], coerce=dtype is not str, name=column
     )
 
 
@@ -140,17 +103,12 @@ def _has_cf_consistent(df: pd.DataFrame) -> pd.Series:
     return df["hasCF"].eq(1).fillna(False).astype(bool) == df["clarityFraudId"].notna()
 
 
-def _schema(key: str, checks: list[pa.Check] | None = None) -> pa.DataFrameSchema:
-    return pa.DataFrameSchema(
-        {column: _column(key, column) for column in COLUMNS[key]}, checks=checks, name=FILES[key]
-    )
-
-
+HAS_CF_RULE = pa.Check(_has_cf_consistent, error="hasCF: must be 1 exactly when clarityFraudId is present")
 SCHEMAS: dict[str, pa.DataFrameSchema] = {
-    "loan": _schema(
-        "loan",
-        [pa.Check(_has_cf_consistent, error="hasCF: must be 1 exactly when clarityFraudId is present")],
-    ),
-    "payment": _schema("payment"),
-    "clarity": _schema("clarity"),
+    key: pa.DataFrameSchema(
+        {column: _column(key, column) for column in contract.COLUMNS[key]},
+        checks=[HAS_CF_RULE] if key == "loan" else None,
+        name=name,
+    )
+    for key, name in contract.FILES.items()
 }

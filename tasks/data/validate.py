@@ -1,16 +1,9 @@
-"""Validate the three source files with pandera, quarantine bad rows, publish the report.
-
-Table rules (a file missing, empty, unparseable or truncated; a column missing or holding no readable value) raise
-:class:`DataValidationError` naming the file and column or line. Rows breaking row rules (unreadable cell, category,
-range or format, duplicate id, payment of a missing or quarantined loan, ``hasCF`` against ``clarityFraudId``) go
-to ``<quarantine_dir>/<stem>.quarantine.csv`` with their line and rules, identifiers pseudonymised
-(:mod:`serving.privacy`); over the limit share, :func:`validate_tables` raises. Line ``i + 2`` is data row ``i``.
-No message, log line or artifact quotes an identifier or personal value.
-"""
+"""Validate the three source files with pandera: table rules raise naming the file and column or line; rows
+breaking row rules go to ``<quarantine_dir>/<stem>.quarantine.csv`` (line ``i + 2`` is data row ``i``) with
+their rules and identifiers pseudonymised. No message, log line or artifact quotes an identifier value."""
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,30 +12,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow
+import pyarrow.compute as pc
 from pandera.errors import SchemaErrors
 
 from serving.privacy import Pseudonymiser
 from tasks.common import run_logger, stage
+from tasks.data import reading
 from tasks.data.contract import COLUMNS, FILES, IDENTIFIER_COLUMNS
-from tasks.data.reading import (
-    KIND_WORDS,
-    DataValidationError,
-    convert_table,
-    final_dtypes,
-    pc,
-    pyarrow,
-    read_kind,
-    read_tables,
-    shown,
-)
+from tasks.data.hub import write_atomic
+from tasks.data.reading import DataValidationError, read_tables
 from tasks.data.schemas import SCHEMAS
 from tasks.registry import tracking
 from tasks.settings import Settings
-
-logger = logging.getLogger(__name__)
-
-
-# --- validating ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -56,25 +38,17 @@ class ValidationResult:
 
     @property
     def quarantined_rows(self) -> int:
-        """Quarantined rows over all files."""
         return sum(int(r["quarantined_rows"]) for r in self.report)
 
     def to_json(self) -> dict[str, Any]:
-        """The report, per-rule counts and quarantine paths as plain JSON data."""
-        return {
-            "report": self.report,
-            "rule_counts": self.rule_counts,
-            "quarantine_files": {k: str(v) for k, v in self.quarantine_files.items()},
-        }
+        paths = {k: str(v) for k, v in self.quarantine_files.items()}
+        return {"report": self.report, "rule_counts": self.rule_counts, "quarantine_files": paths}
 
 
 def _isin_fast(s: pd.Series, values: pd.Series) -> np.ndarray:
-    """``s.isin(values)`` as a numpy mask; nulls never match.
-
-    pandas 3's arrow-backed ``str.isin`` converts the value set element by element in Python (seconds for
-    600k ids), so large string sets go through pyarrow's hash kernel instead.
-    """
-    if pyarrow is not None and pd.api.types.is_string_dtype(s) and pd.api.types.is_string_dtype(values):
+    """``s.isin(values)`` as a numpy mask; nulls never match. Strings go through pyarrow's hash kernel:
+    pandas 3's arrow-backed ``str.isin`` converts the value set one by one (seconds for 600k ids)."""
+    if pd.api.types.is_string_dtype(s) and pd.api.types.is_string_dtype(values):
         found = pc.is_in(
             pyarrow.array(s, from_pandas=True), value_set=pyarrow.array(values.dropna(), from_pandas=True)
         )
@@ -82,7 +56,9 @@ def _isin_fast(s: pd.Series, values: pd.Series) -> np.ndarray:
     return (s.notna() & s.isin(values.dropna())).to_numpy()
 
 
-def _check_table(df: pd.DataFrame, key: str) -> None:
+def _failures_for(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The converted table and its row failures (index, rule): unreadable cells, then the pandera schema's
+    rules; table rules raise."""
     file = FILES[key]
     missing = [c for c in COLUMNS[key] if c not in df.columns]
     if missing:
@@ -91,40 +67,29 @@ def _check_table(df: pd.DataFrame, key: str) -> None:
         )
     if df.empty:
         raise DataValidationError(f"{file}: the table is empty", file=file)
-
-
-def _schema_failures(df: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Row failures (index, rule) from the pandera schema; table-level failures raise."""
-    file = FILES[key]
+    converted, bad_cells = reading.convert_table(df[list(COLUMNS[key])], key)
     try:
-        SCHEMAS[key].validate(df, lazy=True)
+        SCHEMAS[key].validate(converted, lazy=True)
+        cases = pd.DataFrame({"index": [], "check": [], "column": []})
     except SchemaErrors as exc:
         cases = exc.failure_cases
-    else:
-        return pd.DataFrame({"index": [], "rule": []})
     table_level = cases[cases["index"].isna()]
     if not table_level.empty:
         first = table_level.iloc[0]
         raise DataValidationError(
             f"{file}: column {first['column']!r} fails {first['check']!r} "
-            f"(value: {shown(first['column'], first['failure_case'])})",
+            f"(value: {reading.shown(first['column'], first['failure_case'])})",
             file=file,
             column=None if pd.isna(first["column"]) else str(first["column"]),
         )
     rules = cases["check"].astype(str)
-    nulls = rules.eq("not_nullable")
-    rules = rules.where(~nulls, cases["column"].astype(str) + ": missing value")
-    return pd.DataFrame({"index": cases["index"].to_numpy(), "rule": rules.to_numpy()})
-
-
-def _failures_for(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The converted table and its row failures (unreadable cells, then schema rules)."""
-    converted, bad_cells = convert_table(df[list(COLUMNS[key])], key)
-    schema_failures = _schema_failures(converted, key)
+    rules = rules.where(rules.ne("not_nullable"), cases["column"].astype(str) + ": missing value")
+    schema_failures = pd.DataFrame({"index": cases["index"].to_numpy(), "rule": rules.to_numpy()})
     parts = []
     for col, mask in bad_cells.items():
         index = df.index[mask.to_numpy()]
-        parts.append(pd.DataFrame({"index": index, "rule": f"{col}: not {KIND_WORDS[read_kind(key, col)]}"}))
+        rule = f"{col}: not {reading.KIND_WORDS[reading.read_kind(key, col)]}"
+        parts.append(pd.DataFrame({"index": index, "rule": rule}))
         # an unreadable cell became missing: do not report it a second time as a missing value
         repeated = schema_failures["rule"].eq(f"{col}: missing value") & schema_failures["index"].isin(index)
         schema_failures = schema_failures[~repeated]
@@ -150,9 +115,7 @@ def _write_quarantine(
         out[column] = [pseudonymiser.field(column, v) for v in out[column].tolist()]
     out.insert(0, "source_line", line)
     out["broken_rules"] = rules.to_numpy()
-    tmp = path.with_suffix(".csv.tmp")
-    out.to_csv(tmp, index=False)
-    tmp.replace(path)
+    write_atomic(path, out.to_csv(index=False))
     return path
 
 
@@ -163,13 +126,11 @@ def validate_tables(
     quarantine_dir: str | Path,
     pseudonymiser: Pseudonymiser | None = None,
 ) -> ValidationResult:
-    """Check the tables (any of loan, payment, clarity); quarantine rows breaking row rules.
-
-    Returns the clean tables (index kept), the report and one quarantine file per table (written even when empty),
-    identifiers keyed by ``pseudonymiser`` (default: a one-off random key). Raises :class:`DataValidationError` on
-    a table rule or a quarantined share over ``max_quarantine_share``.
-    """
+    """Check the tables (any of loan, payment, clarity): the clean tables (index kept), the report and one
+    quarantine file per table (identifiers keyed by ``pseudonymiser``, default a one-off key). Raises on a
+    table rule or a quarantined share over ``max_quarantine_share``."""
     pseudonymiser = pseudonymiser or Pseudonymiser(secrets.token_bytes(32))
+    log = run_logger()
     unknown = set(tables) - set(FILES)
     if unknown:
         raise DataValidationError(f"unknown tables {sorted(unknown)}; expected some of {list(FILES)}")
@@ -179,7 +140,6 @@ def validate_tables(
     converted: dict[str, pd.DataFrame] = {}
     failures: dict[str, pd.DataFrame] = {}
     for key in keys:
-        _check_table(tables[key], key)
         converted[key], failures[key] = _failures_for(tables[key], key)
 
     if "loan" in converted and "payment" in converted:  # key rule: payment.loanId ⊆ loan.loanId
@@ -187,16 +147,15 @@ def validate_tables(
         quarantined_ids = loan_ids[loan_ids.index.isin(failures["loan"]["index"])]
         clean_ids = loan_ids.drop(index=quarantined_ids.index)
         pay_ids = converted["payment"]["loanId"]
-        known = pay_ids.isna().to_numpy() | _isin_fast(pay_ids, clean_ids)
-        parent_bad = ~known & _isin_fast(pay_ids, quarantined_ids)
-        orphan = ~known & ~parent_bad
-        extra = [
-            pd.DataFrame({"index": pay_ids.index[orphan], "rule": "loanId: no such loan in loan.csv"}),
-            pd.DataFrame({"index": pay_ids.index[parent_bad], "rule": "loanId: its loan row is quarantined"}),
-        ]
-        failures["payment"] = pd.concat(
-            [failures["payment"], *[e for e in extra if not e.empty]], ignore_index=True
-        )
+        unknown_id = ~(pay_ids.isna().to_numpy() | _isin_fast(pay_ids, clean_ids))
+        if unknown_id.any():
+            rule = np.where(
+                _isin_fast(pay_ids, quarantined_ids),
+                "loanId: its loan row is quarantined",
+                "loanId: no such loan in loan.csv",
+            )
+            extra = pd.DataFrame({"index": pay_ids.index[unknown_id], "rule": rule[unknown_id]})
+            failures["payment"] = pd.concat([failures["payment"], extra], ignore_index=True)
 
     clean: dict[str, pd.DataFrame] = {}
     report: list[dict[str, Any]] = []
@@ -208,7 +167,7 @@ def validate_tables(
         bad_index = pd.Index(fails["index"].unique())
         paths[key] = _write_quarantine(tables[key], key, fails, quarantine_dir, pseudonymiser)
         kept = converted[key].drop(index=bad_index) if len(bad_index) else converted[key]
-        clean[key] = final_dtypes(kept, key)
+        clean[key] = reading.final_dtypes(kept, key)
         counts = fails.groupby("rule")["index"].nunique().sort_values(ascending=False)
         rule_counts[key] = {str(k): int(v) for k, v in counts.items()}
         rows, n_bad = len(tables[key]), len(bad_index)
@@ -230,25 +189,18 @@ def validate_tables(
                 f"{FILES[key]}: {n_bad} of {rows} rows ({share:.2%}) broke row rules, over the limit of "
                 f"{max_quarantine_share:.2%}; top broken rules: {top}; quarantined rows are in {paths[key]}"
             )
-        logger.info("%s: %d of %d rows quarantined (%s)", FILES[key], n_bad, rows, top or "no broken rule")
+        log.info("%s: %d of %d rows quarantined (%s)", FILES[key], n_bad, rows, top or "no broken rule")
     result = ValidationResult(clean, report, paths, rule_counts)
     if over:
         raise DataValidationError("\n".join(over.values()), file=next(iter(over)), result=result)
     return result
 
 
-# --- the stage ----------------------------------------------------------------------------------------------
-
-
-def _in_prefect_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
-
-
 def _publish(result: ValidationResult, settings: Settings, run_id: str | None) -> None:
     """Table artifact inside a Prefect run; report JSON and quarantine files to the MLflow run when given."""
-    if _in_prefect_run():
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if TaskRunContext.get() is not None or FlowRunContext.get() is not None:
         from prefect.artifacts import create_table_artifact
 
         create_table_artifact(
@@ -278,15 +230,6 @@ def validate(settings: Settings, data_dir: str | Path, run_id: str | None = None
         if exc.result is not None:  # too many rows quarantined: still publish what was found
             _publish(exc.result, settings, run_id)
         raise
-    for row in result.report:
-        log.info(
-            "%s: %d rows, %d quarantined (%.3f%%)%s",
-            row["file"],
-            row["rows"],
-            row["quarantined_rows"],
-            100 * row["quarantined_share"],
-            f"; {row['broken_rules']}" if row["broken_rules"] else "",
-        )
     _publish(result, settings, run_id)
     return result
 

@@ -14,44 +14,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.data.contract import (
-    BAD_LABEL_STATUSES,
-    CLARITY_COLUMNS,
-    CLARITY_FILE,
-    GOOD_LABEL_STATUSES,
-    LOAN_COLUMNS,
-    LOAN_FILE,
-    PAYMENT_COLUMNS,
-    PAYMENT_FILE,
-)
+from tasks.data.contract import BAD_LABEL_STATUSES, COLUMNS, FILES, GOOD_LABEL_STATUSES
+from tasks.data.sample import loans
 from tasks.data.sample.clarity import IDV, IND, INQ, clarity_ids, clarity_presence, clarity_table
-from tasks.data.sample.common import (
-    BASE_ROWS,
-    DAY,
-    MIN_SCALE,
-    READ_OPTIONS,
-    T_END,
-    T_START,
-    Plan,
-    hex_random,
-    labels,
-)
+from tasks.data.sample.common import BASE_ROWS, DAY, T_END, T_START, Plan, hex_random
 from tasks.data.sample.drift import SHIFTS, apply_drift
-from tasks.data.sample.loans import (
-    application,
-    funded_statuses,
-    loan_ids,
-    persons,
-    pick_funded,
-    structure,
-    unfunded_outcomes,
-)
 from tasks.data.sample.payments import STORY, PaidLoans, payments
 from tasks.data.sample.risk import risk_logit, risk_probability
 
 log = logging.getLogger(__name__)
 
 RISK_FILE = "true_risk.csv"
+MIN_SCALE = 0.005
+READ_OPTIONS = {"keep_default_na": False, "na_values": [""], "low_memory": False}
 
 
 def _format_times(seconds: np.ndarray, no_fraction: np.ndarray | None = None) -> np.ndarray:
@@ -102,86 +77,56 @@ def _object_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     )
 
 
-def _risk_frame(
-    loan: dict[str, np.ndarray], t: np.ndarray, report: np.ndarray, clarity: dict[str, np.ndarray]
-) -> pd.DataFrame:
-    """Decision-time frame (application fields joined with the report) for :func:`risk_logit`."""
-    fields = [
-        "payFrequency",
-        "apr",
-        "loanAmount",
-        "originallyScheduledPaymentAmount",
-        "nPaidOff",
-        "state",
-        "leadType",
-        "leadCost",
-        "hasCF",
-    ]
-    columns = {k: loan[k] for k in fields}
-    columns |= {c: _take(clarity[c], report) for c in RISK_CLARITY_COLUMNS}
-    frame = _object_frame(columns)
-    frame["applicationDate"] = T_START.astype("datetime64[ms]") + np.round(t * 1000).astype("timedelta64[ms]")
-    return frame
-
-
-def _clarity_join(
-    rng: np.random.Generator,
-    plan: Plan,
-    loans: dict[str, np.ndarray],
-    unit_base: np.ndarray,
-    present: np.ndarray,
-    n_ids: int,
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """The clarity table (matched reports then orphans), each loan's clarityFraudId and report row (-1: none)."""
+def _population(rng: np.random.Generator, plan: Plan) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Loans in application-time order (units, funded flag, person, clarity id, report row: -1 for none) and
+    the clarity table (matched reports, then orphans)."""
+    pop, unit_base, n_ids = loans.structure(rng, plan)
+    funded = loans.pick_funded(rng, plan, pop, n_ids)
+    present = clarity_presence(rng, plan, pop, funded, n_ids)
+    order = np.argsort(pop["t"], kind="stable")
+    pop = {k: v[order] for k, v in pop.items()} | {"funded": funded[order]}
+    person = loans.persons(rng, plan, np.bincount(pop["unit"], minlength=len(unit_base)))
+    pop["ssn"] = hex_random(rng, int(person.max()) + 1, 32).astype(object)[person[pop["unit"]]]
     ids = clarity_ids(rng, unit_base[:n_ids])
     n_orphan = max(0, plan.n(BASE_ROWS["clarity"]) - int(present.sum()))
     orphan_base = float((T_END - T_START).astype(np.int64)) * rng.random(n_orphan)
     clarity = clarity_table(rng, plan, np.concatenate([ids[present], clarity_ids(rng, orphan_base)]))
     report_of_unit = np.full(n_ids, -1)
     report_of_unit[np.flatnonzero(present)] = np.arange(int(present.sum()))
-    cf_unit = np.where(loans["has_cf"], loans["unit"], 0)
-    report = np.where(loans["has_cf"], report_of_unit[cf_unit], -1)
-    fraud_id = np.where(loans["has_cf"], ids[cf_unit].astype(object), None)
-    return clarity, fraud_id, report
-
-
-def _population(rng: np.random.Generator, plan: Plan) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Loans in application-time order (units, funded flag, person, clarity id, report row) and the reports."""
-    loans, unit_base, n_ids = structure(rng, plan)
-    funded = pick_funded(rng, plan, loans, n_ids)
-    present = clarity_presence(rng, plan, loans, funded, n_ids)
-    order = np.argsort(loans["t"], kind="stable")
-    loans = {k: v[order] for k, v in loans.items()} | {"funded": funded[order]}
-    person = persons(rng, plan, np.bincount(loans["unit"], minlength=len(unit_base)))
-    loans["ssn"] = hex_random(rng, int(person.max()) + 1, 32).astype(object)[person[loans["unit"]]]
-    clarity, loans["fraud_id"], loans["report"] = _clarity_join(rng, plan, loans, unit_base, present, n_ids)
-    return loans, clarity
+    cf_unit = np.where(pop["has_cf"], pop["unit"], 0)
+    pop["report"] = np.where(pop["has_cf"], report_of_unit[cf_unit], -1)
+    pop["fraud_id"] = np.where(pop["has_cf"], ids[cf_unit].astype(object), None)
+    return pop, clarity
 
 
 def build_tables(rng: np.random.Generator, plan: Plan) -> dict[str, dict[str, np.ndarray]]:
     """Generate all tables in memory (column name -> array): loan, payment, clarity and true risk."""
-    loans, clarity = _population(rng, plan)
-    funded, t = loans["funded"], loans["t"]
-    out = unfunded_outcomes(rng, plan, funded)
-    loan = application(rng, plan, funded, out["null_id"]) | {"hasCF": loans["has_cf"].astype(np.int64)}
-    p_risky = risk_probability(risk_logit(_risk_frame(loan, t, loans["report"], clarity)))
+    pop, clarity = _population(rng, plan)
+    funded, t = pop["funded"], pop["t"]
+    out = loans.unfunded_outcomes(rng, plan, funded)
+    loan = loans.application(rng, plan, funded, out["null_id"]) | {"hasCF": pop["has_cf"].astype(np.int64)}
+    # the known risk from decision-time fields only: the application joined with its report
+    frame = _object_frame(loan | {c: _take(clarity[c], pop["report"]) for c in RISK_CLARITY_COLUMNS})
+    frame["applicationDate"] = T_START.astype("datetime64[ms]") + np.round(t * 1000).astype("timedelta64[ms]")
+    p_risky = risk_probability(risk_logit(frame))
     risky = (rng.random(len(funded)) < p_risky)[funded]
-    out["status"][funded] = funded_statuses(rng, risky, t[funded] / float((T_END - T_START).astype(np.int64)))
+    t_frac = t[funded] / float((T_END - T_START).astype(np.int64))
+    out["status"][funded] = loans.funded_statuses(rng, risky, t_frac)
     origin_secs = _originated_dates(rng, plan, t, out["originated"])
     loan |= {
-        "loanId": loan_ids(rng, plan, loan["leadType"], loan["state"], out["null_id"], funded),
-        "anon_ssn": loans["ssn"], "applicationDate": _format_times(t), "originated": out["originated"],
+        "loanId": loans.loan_ids(rng, plan, loan, out["null_id"], funded),
+        "anon_ssn": pop["ssn"], "applicationDate": _format_times(t), "originated": out["originated"],
         "originatedDate": _originated_strings(rng, origin_secs), "approved": out["approved"],
-        "isFunded": funded.astype(np.int64), "loanStatus": out["status"], "clarityFraudId": loans["fraud_id"],
+        "isFunded": funded.astype(np.int64), "loanStatus": out["status"], "clarityFraudId": pop["fraud_id"],
     }  # fmt: skip
     file_order = rng.permutation(len(funded))
     payment = _payment_table(rng, plan, loan, funded, out, origin_secs, file_order)
     has_id = file_order[pd.notna(loan["loanId"][file_order])]
     shuffle = rng.permutation(len(clarity["underwritingid"]))
     return {
-        "loan": {c: loan[c][file_order] for c in LOAN_COLUMNS},
-        "payment": {c: payment[c] for c in PAYMENT_COLUMNS},
-        "clarity": {c: clarity[c][shuffle] for c in CLARITY_COLUMNS},
+        "loan": {c: loan[c][file_order] for c in COLUMNS["loan"]},
+        "payment": {c: payment[c] for c in COLUMNS["payment"]},
+        "clarity": {c: clarity[c][shuffle] for c in COLUMNS["clarity"]},
         "risk": {"loanId": loan["loanId"][has_id], "p_risky": np.round(p_risky[has_id], 6)},
     }
 
@@ -236,61 +181,26 @@ def _payment_table(
         "No Payments": max(0, plan.n(11_427) - len(out["paid_unfunded"])),
         "No Schedule": plan.n(1_323 - 30),
     }
-    fp[prefer[: sum(counts.values())]] = labels(rng, counts)
+    fp[prefer[: sum(counts.values())]] = loans.labels(rng, counts)
     loan["fpStatus"] = fp
     return payment
 
 
-def _column_text(name: str, values: np.ndarray) -> list[str]:
-    """CSV text of one column: True/False, integers, shortest float repr, strings; blank for missing."""
-    if values.dtype == bool:
-        return np.where(values, "True", "False").tolist()
-    if values.dtype.kind in "iu":
-        return list(map(str, values.tolist()))
-    if values.dtype.kind == "f":
-        return ["" if v != v else repr(v) for v in values.tolist()]
-    text = np.where(pd.isna(values), "", values).tolist()
-    try:
-        joined = "\x00".join(text)
-    except TypeError:  # non-string objects (e.g. Python bools): str() them
-        text = [v if isinstance(v, str) else str(v) for v in text]
-        joined = "\x00".join(text)
-    if "," in joined or '"' in joined or "\n" in joined:
-        raise ValueError(f"column {name} holds a comma, quote or newline; the fast writer does not quote")
-    return text
-
-
-def _write_csv(table: dict[str, np.ndarray], path: Path, chunk_rows: int = 50_000) -> None:
-    """Write ``table`` (column -> array) as CSV; values never need quoting (checked). Chunked: the whole
-    table as Python strings would take several hundred MB at full size."""
-    n = len(next(iter(table.values())))
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        fh.write(",".join(table) + "\n")
-        for start in range(0, n, chunk_rows):
-            chunk = [_column_text(name, values[start : start + chunk_rows]) for name, values in table.items()]
-            fh.write("".join(line + "\n" for line in map(",".join, zip(*chunk, strict=True))))
-
-
 # ------------------------------------------------------------------------------------------ public API
-def effective_scale(scale: float) -> float:
-    """The scale actually used: ``scale`` itself, but never below ``MIN_SCALE`` (so every relation holds)."""
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale!r}")
-    return max(float(scale), MIN_SCALE)
-
-
 def generate(out_dir: str | Path, scale: float = 1.0, seed: int = 42, drift: str | None = None) -> dict:
     """Write the three files and ``true_risk.csv`` with ``round(scale x BASE_ROWS)`` rows (scale floored at
     ``MIN_SCALE``), byte-identical per seed; ``drift`` names a shift. Returns row counts and paths per file."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plan = Plan(effective_scale(scale))
+    plan = Plan(max(float(scale), MIN_SCALE))  # below MIN_SCALE some relations would not hold
     tables = build_tables(np.random.default_rng(seed), plan)
     if drift is not None:
         tables = apply_drift(tables, drift, seed)
-    files = {"loan": LOAN_FILE, "payment": PAYMENT_FILE, "clarity": CLARITY_FILE, "risk": RISK_FILE}
-    for key, name in files.items():
-        _write_csv(tables[key], out / name)
+    files = FILES | {"risk": RISK_FILE}
+    for key, name in files.items():  # True/False, shortest float repr, blank for missing
+        _object_frame(tables[key]).to_csv(out / name, index=False, lineterminator="\n")
     rows = {key: len(next(iter(tables[key].values()))) for key in files}
     log.info("sample written to %s (scale %s, seed %s): %s", out, plan.f, seed, rows)
     return {"rows": rows, "paths": {key: str(out / name) for key, name in files.items()}}
@@ -312,7 +222,7 @@ def oracle_auc(out_dir: str | Path, test_share: float = 0.15) -> float:
     out = Path(out_dir)
     columns = ["loanId", "applicationDate", "loanStatus"]
     # 100k rows at a time, keeping the labelled loans only (~7%): whole columns would cost ~0.25 GB.
-    chunks = pd.read_csv(out / LOAN_FILE, usecols=columns, chunksize=100_000, **READ_OPTIONS)
+    chunks = pd.read_csv(out / FILES["loan"], usecols=columns, chunksize=100_000, **READ_OPTIONS)
     labelled = pd.concat([label_frame(chunk) for chunk in chunks], ignore_index=True)
     ids = set(labelled["loanId"])
     risk = pd.concat(
@@ -341,14 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result = generate(args.out_dir, args.scale, args.seed, args.drift)
     seconds = time.perf_counter() - started
-    report = {
-        "out_dir": args.out_dir,
-        "scale": args.scale,
-        "seed": args.seed,
-        **({"drift": args.drift} if args.drift else {}),
-        "rows": result["rows"],
-        "oracle_auc": round(oracle_auc(args.out_dir), 4),
-        "seconds": round(seconds, 2),
-    }
+    report = {k: v for k, v in vars(args).items() if v is not None} | {"rows": result["rows"]}
+    report |= {"oracle_auc": round(oracle_auc(args.out_dir), 4), "seconds": round(seconds, 2)}
     sys.stdout.write(json.dumps(report) + "\n")
     return 0

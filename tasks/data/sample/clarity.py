@@ -6,24 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.data.contract import (
-    CLARITY_COLUMNS,
-    IDENTITY_FIELDS,
-    INDICATOR_FIELDS,
-    INQUIRY_FIELDS,
-    clarity_column,
-)
-from tasks.data.sample.common import (
-    DAY,
-    EPOCH,
-    T_START,
-    Plan,
-    categorical_draw,
-    choice,
-    hex_number,
-    hex_random,
-    sigmoid,
-)
+from tasks.data import contract
+from tasks.data.sample.common import DAY, EPOCH, T_START, Plan, choice, digits, hex_random, sigmoid
 
 # fmt: off
 # Indicator -> share True before the fraud-factor shift (None: a numeric column), in the contract's order.
@@ -56,9 +40,23 @@ PHONE_TYPES = {  # phonematchtype -> (phonematchtypedescription, share)
 
 # fmt: on
 
-INQ = {n: clarity_column("clearfraudinquiry", n) for n in INQUIRY_FIELDS}
-IND = {n: clarity_column("clearfraudindicator", n) for n in INDICATOR_FIELDS}
-IDV = {n: clarity_column("clearfraudidentityverification", n) for n in IDENTITY_FIELDS}
+INQ = {n: contract.clarity_column("clearfraudinquiry", n) for n in contract.INQUIRY_FIELDS}
+IND = {n: contract.clarity_column("clearfraudindicator", n) for n in contract.INDICATOR_FIELDS}
+IDV = {n: contract.clarity_column("clearfraudidentityverification", n) for n in contract.IDENTITY_FIELDS}
+
+
+def categorical_draw(
+    rng: np.random.Generator, spec: dict[str, tuple[float, float]], q: np.ndarray
+) -> np.ndarray:
+    """Draw a category per row; ``spec`` maps category -> (base share, loading on the fraud factor ``q``)."""
+    names = np.array(list(spec), dtype=object)
+    base = np.log(np.array([s[0] for s in spec.values()]))
+    load = np.array([s[1] for s in spec.values()])
+    logits = base[None, :] + q[:, None] * load[None, :]
+    prob = np.exp(logits - logits.max(axis=1, keepdims=True))
+    cum = np.cumsum(prob / prob.sum(axis=1, keepdims=True), axis=1)
+    idx = (rng.random(len(q))[:, None] > cum).sum(axis=1)
+    return names[np.minimum(idx, len(names) - 1)]
 
 
 def clarity_presence(
@@ -84,7 +82,7 @@ def clarity_ids(rng: np.random.Generator, unit_base: np.ndarray) -> np.ndarray:
     n = len(unit_base)
     lag = np.where(rng.random(n) < 0.8, rng.exponential(120.0, n), rng.exponential(3 * DAY, n))
     unix = (T_START - EPOCH).astype(np.int64) + np.floor(unit_base - lag).astype(np.int64)
-    return np.char.add(hex_number(unix, 8), hex_random(rng, n, 16))
+    return np.char.add(digits(unix, 8, 16), hex_random(rng, n, 16))
 
 
 def _inquiries(rng: np.random.Generator, q: np.ndarray) -> dict[str, np.ndarray]:
@@ -114,7 +112,7 @@ def _indicators(rng: np.random.Generator, q: np.ndarray, thirty: np.ndarray) -> 
     """Boolean fraud indicators (float where the real column is numeric); the count column is their sum."""
     n = len(q)
     out: dict[str, np.ndarray] = {}
-    for name in INDICATOR_FIELDS:
+    for name in contract.INDICATOR_FIELDS:
         share = INDICATOR_SHARES[name]
         if share is None:
             continue
@@ -210,17 +208,16 @@ def clarity_table(rng: np.random.Generator, plan: Plan, ids: np.ndarray) -> dict
     score = np.clip(np.round(691.0 - 95.0 * q + rng.normal(0.0, 65.0, n)), 122, 965)
     no_ind = rng.random(n) < 40 / 49_752
     frame = {INQ[k]: np.where(rng.random(n) < 2 / 49_752, np.nan, v) for k, v in inq.items()}
-    for k in INDICATOR_FIELDS:
+    for k in contract.INDICATOR_FIELDS:
         v = ind[k]
         missing = no_ind | (rng.random(n) > SPARSE_INDICATORS.get(k, 1.0))
         text = v if v.dtype.kind == "f" else np.where(v, "True", "False").astype(object)
         frame[IND[k]] = np.where(missing, np.nan if v.dtype.kind == "f" else None, text)
-    for k in IDENTITY_FIELDS:
-        v = idv[k]
+    for k, v in idv.items():
         frame[IDV[k]] = (
             np.where(no_ind, np.nan, v) if v.dtype.kind == "f" else np.where(no_ind, None, v.astype(object))
         )
     score[rng.choice(n, size=min(n, plan.n(137)), replace=False)] = np.nan
     frame["clearfraudscore"] = score
     frame["underwritingid"] = ids.astype(object)
-    return {c: frame[c] for c in CLARITY_COLUMNS}
+    return {c: frame[c] for c in contract.CLARITY_COLUMNS}

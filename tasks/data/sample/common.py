@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 BASE_ROWS = {"loan": 577_682, "payment": 689_364, "clarity": 49_752}
-MIN_SCALE = 0.005
 DAY = 86_400.0
 T_START = np.datetime64("2014-12-03T00:00:00", "s")
 T_END = np.datetime64("2017-03-18T23:59:59", "s")
 SNAPSHOT = np.datetime64("2017-03-18", "D")
 LAST_PAYMENT = np.datetime64("2021-02-26", "D")
 EPOCH = np.datetime64("1970-01-01T00:00:00", "s")
-READ_OPTIONS = {"keep_default_na": False, "na_values": [""], "low_memory": False}
 
 
 @dataclass(frozen=True)
@@ -25,49 +22,19 @@ class Plan:
     f: float
 
     def n(self, base: float, minimum: int = 0) -> int:
-        """Scaled count of a full-size figure."""
         return max(minimum, int(round(base * self.f)))
 
 
-def alloc(counts: dict, total: int, keep: Iterable = ()) -> dict:
-    """Split ``total`` over the keys of ``counts`` proportionally (largest remainder); ``keep`` keys get >= 1."""
-    keys = list(counts)
-    raw = np.array([counts[k] for k in keys], dtype=float)
-    raw = raw / raw.sum() * total
-    out = np.floor(raw).astype(np.int64)
-    order = np.argsort(-(raw - out), kind="stable")
-    out[order[: total - out.sum()]] += 1
-    for k in keep:
-        i = keys.index(k)
-        if out[i] == 0 and total > 50:
-            out[i] = 1
-            out[int(np.argmax(out))] -= 1
-    return dict(zip(keys, out.tolist(), strict=True))
-
-
-def labels(rng: np.random.Generator, counts: dict) -> np.ndarray:
-    """A shuffled object array holding each key ``counts[key]`` times."""
-    keys = list(counts)
-    arr = np.empty(len(keys), dtype=object)
-    arr[:] = keys
-    return rng.permutation(np.repeat(arr, [max(0, counts[k]) for k in keys]))
-
-
-def split_categories(
-    rng: np.random.Generator, all_counts: dict, funded_counts: dict, funded: np.ndarray, keep: Iterable = ()
-) -> np.ndarray:
-    """Categorical column whose overall and funded-only shares both match the given counts."""
-    total = alloc(all_counts, len(funded), keep)
-    fund = alloc(funded_counts, int(funded.sum()))
-    rest = {k: total[k] - fund.get(k, 0) for k in total}
-    deficit = -sum(min(0, v) for v in rest.values())
-    rest = {k: max(0, v) for k, v in rest.items()}
-    big = max(rest, key=lambda k: rest[k])
-    rest[big] -= deficit
-    out = np.empty(len(funded), dtype=object)
-    out[funded] = labels(rng, fund)
-    out[~funded] = labels(rng, rest)
-    return out
+def fit_total(rng: np.random.Generator, counts: np.ndarray, target: int, hi: int | np.ndarray) -> np.ndarray:
+    """``counts`` (integers in [1, hi]) nudged by one at random until they sum to ``target`` (or stuck)."""
+    diff = target - int(counts.sum())
+    while diff != 0:
+        room = np.flatnonzero(counts < hi) if diff > 0 else np.flatnonzero(counts > 1)
+        if len(room) == 0:
+            break
+        counts[rng.choice(room, size=min(abs(diff), len(room)), replace=False)] += int(np.sign(diff))
+        diff = target - int(counts.sum())
+    return counts
 
 
 def choice(rng: np.random.Generator, levels: dict, n: int) -> np.ndarray:
@@ -86,35 +53,12 @@ def hex_random(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(_HEX[nib]).view(f"S{width}").ravel().astype(str)
 
 
-def hex_number(values: np.ndarray, width: int) -> np.ndarray:
-    """Zero-padded lowercase hex of non-negative integers."""
-    shifts = 4 * np.arange(width - 1, -1, -1, dtype=np.int64)
-    nib = (values.astype(np.int64)[:, None] >> shifts) & 0xF
-    return np.ascontiguousarray(_HEX[nib]).view(f"S{width}").ravel().astype(str)
-
-
-def decimal(values: np.ndarray, width: int) -> np.ndarray:
-    """Zero-padded decimal strings of non-negative integers."""
-    digits = np.frombuffer(b"0123456789", dtype="S1")
-    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    idx = (values.astype(np.int64)[:, None] // powers) % 10
-    return np.ascontiguousarray(digits[idx]).view(f"S{width}").ravel().astype(str)
+def digits(values: np.ndarray, width: int, base: int = 10) -> np.ndarray:
+    """Zero-padded decimal (or lowercase hex, ``base=16``) strings of non-negative integers."""
+    powers = base ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    idx = (values.astype(np.int64)[:, None] // powers) % base
+    return np.ascontiguousarray(_HEX[idx]).view(f"S{width}").ravel().astype(str)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function."""
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def categorical_draw(
-    rng: np.random.Generator, spec: dict[str, tuple[float, float]], q: np.ndarray
-) -> np.ndarray:
-    """Draw a category per row; ``spec`` maps category -> (base share, loading on the fraud factor ``q``)."""
-    names = np.array(list(spec), dtype=object)
-    base = np.log(np.array([s[0] for s in spec.values()]))
-    load = np.array([s[1] for s in spec.values()])
-    logits = base[None, :] + q[:, None] * load[None, :]
-    prob = np.exp(logits - logits.max(axis=1, keepdims=True))
-    cum = np.cumsum(prob / prob.sum(axis=1, keepdims=True), axis=1)
-    idx = (rng.random(len(q))[:, None] > cum).sum(axis=1)
-    return names[np.minimum(idx, len(names) - 1)]

@@ -1,16 +1,7 @@
-"""Drift: shifted populations of applicants, for the monitoring tests and demos.
-
-``python -m tasks.data.sample DIR --drift NAME`` (or ``generate(..., drift=NAME)``) writes the same files as without
-it, then shifts some decision-time fields of ``loan.csv`` and the clarity file:
-
-* ``lead-mix``: half of the ``bvMandatory`` applications come in as ``lead`` instead (``leadType``);
-* ``apr``: every APR is 30% higher (``apr``; capped at the schema's 1,000);
-* ``fraud-score``: every clarity report scores 150 points lower (``clearfraudscore``, floored at 0);
-* ``applicants``: all three at once.
-
-Applied to the finished tables with a generator of its own, so without ``drift`` the files are unchanged and
-only these fields move (outcomes stay drawn from the unshifted population).
-"""
+"""Drift: shifted populations of applicants (``--drift NAME``) for the monitoring tests and demos:
+``lead-mix`` (half of ``bvMandatory`` become ``lead``), ``apr`` (30% higher), ``fraud-score`` (150 points
+lower), or all three (``applicants``). Applied to the finished tables with a generator of its own, so
+nothing else moves."""
 
 from __future__ import annotations
 
@@ -21,35 +12,28 @@ import numpy as np
 Tables = dict[str, dict[str, np.ndarray]]
 
 
-def _lead_mix(rng: np.random.Generator, tables: Tables) -> None:
-    lead = tables["loan"]["leadType"].copy()
-    moved = (lead == "bvMandatory") & (rng.random(len(lead)) < 0.5)
-    lead[moved] = "lead"
-    tables["loan"]["leadType"] = lead
+def _lead_mix(rng: np.random.Generator, lead: np.ndarray) -> np.ndarray:
+    return np.where((lead == "bvMandatory") & (rng.random(len(lead)) < 0.5), "lead", lead)
 
 
-def _apr(rng: np.random.Generator, tables: Tables) -> None:
-    apr = tables["loan"]["apr"].astype(float)
-    tables["loan"]["apr"] = np.minimum(np.round(apr * 1.3, 2), 1_000.0)
+def _apr(rng: np.random.Generator, apr: np.ndarray) -> np.ndarray:
+    return np.minimum(np.round(apr.astype(float) * 1.3, 2), 1_000.0)
 
 
-def _fraud_score(rng: np.random.Generator, tables: Tables) -> None:
-    score = tables["clarity"]["clearfraudscore"].astype(float)
-    tables["clarity"]["clearfraudscore"] = np.maximum(score - 150.0, 0.0)
+def _fraud_score(rng: np.random.Generator, score: np.ndarray) -> np.ndarray:
+    return np.maximum(score.astype(float) - 150.0, 0.0)
 
 
-SHIFTS: dict[str, tuple[Callable[[np.random.Generator, Tables], None], ...]] = {
-    "lead-mix": (_lead_mix,),
-    "apr": (_apr,),
-    "fraud-score": (_fraud_score,),
-    "applicants": (_lead_mix, _apr, _fraud_score),
+# Each move: the file and field it shifts, and how.
+MOVES: dict[str, tuple[str, str, Callable[[np.random.Generator, np.ndarray], np.ndarray]]] = {
+    "lead-mix": ("loan", "leadType", _lead_mix),
+    "apr": ("loan", "apr", _apr),
+    "fraud-score": ("clarity", "clearfraudscore", _fraud_score),
 }
+SHIFTS: dict[str, tuple[str, ...]] = {**{name: (name,) for name in MOVES}, "applicants": tuple(MOVES)}
 # The source fields each drift moves (what a monitor should flag).
 SHIFTED_FIELDS: dict[str, frozenset[str]] = {
-    "lead-mix": frozenset({"leadType"}),
-    "apr": frozenset({"apr"}),
-    "fraud-score": frozenset({"clearfraudscore"}),
-    "applicants": frozenset({"leadType", "apr", "clearfraudscore"}),
+    name: frozenset(MOVES[m][1] for m in moves) for name, moves in SHIFTS.items()
 }
 
 
@@ -58,6 +42,6 @@ def apply_drift(tables: Tables, name: str, seed: int) -> Tables:
     if name not in SHIFTS:
         raise ValueError(f"unknown drift {name!r}; known: {sorted(SHIFTS)}")
     rng = np.random.default_rng([seed, 0xD21F7])
-    for shift in SHIFTS[name]:
-        shift(rng, tables)
+    for file, column, move in (MOVES[m] for m in SHIFTS[name]):
+        tables[file][column] = move(rng, tables[file][column])
     return tables

@@ -3,23 +3,13 @@ application fields and loan ids, with the real file's category counts."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
 from tasks.data.contract import VOIDED_STATUSES as VOIDED
-from tasks.data.sample.common import (
-    BASE_ROWS,
-    DAY,
-    T_END,
-    T_START,
-    Plan,
-    alloc,
-    choice,
-    decimal,
-    labels,
-    sigmoid,
-    split_categories,
-)
+from tasks.data.sample.common import BASE_ROWS, DAY, T_END, T_START, Plan, choice, digits, fit_total, sigmoid
 
 # fmt: off
 UNFUNDED_STATUS: dict[str | None, int] = {
@@ -72,25 +62,57 @@ AMOUNT_LEVELS = {
 # fmt: on
 
 
+def alloc(counts: dict, total: int, keep: Iterable = ()) -> dict:
+    """Split ``total`` over the keys of ``counts`` proportionally (largest remainder); ``keep`` keys get >= 1."""
+    keys = list(counts)
+    raw = np.array([counts[k] for k in keys], dtype=float)
+    raw = raw / raw.sum() * total
+    out = np.floor(raw).astype(np.int64)
+    order = np.argsort(-(raw - out), kind="stable")
+    out[order[: total - out.sum()]] += 1
+    for k in keep:
+        i = keys.index(k)
+        if out[i] == 0 and total > 50:
+            out[i] = 1
+            out[int(np.argmax(out))] -= 1
+    return dict(zip(keys, out.tolist(), strict=True))
+
+
+def labels(rng: np.random.Generator, counts: dict) -> np.ndarray:
+    """A shuffled object array holding each key ``counts[key]`` times."""
+    keys = list(counts)
+    arr = np.empty(len(keys), dtype=object)
+    arr[:] = keys
+    return rng.permutation(np.repeat(arr, [max(0, counts[k]) for k in keys]))
+
+
+def split_categories(
+    rng: np.random.Generator, all_counts: dict, funded_counts: dict, funded: np.ndarray, keep: Iterable = ()
+) -> np.ndarray:
+    """Categorical column whose overall and funded-only shares both match the given counts."""
+    total = alloc(all_counts, len(funded), keep)
+    fund = alloc(funded_counts, int(funded.sum()))
+    rest = {k: total[k] - fund.get(k, 0) for k in total}
+    deficit = -sum(min(0, v) for v in rest.values())
+    rest = {k: max(0, v) for k, v in rest.items()}
+    big = max(rest, key=lambda k: rest[k])
+    rest[big] -= deficit
+    out = np.empty(len(funded), dtype=object)
+    out[funded] = labels(rng, fund)
+    out[~funded] = labels(rng, rest)
+    return out
+
+
 def _unit_sizes(rng: np.random.Generator, n_cf: int, n_ids: int) -> np.ndarray:
     """Loans per clarity id (1..15, heavy-tailed), summing exactly to ``n_cf``."""
     sizes = np.arange(1, 16)
     p = sizes**-3.8
-    out = rng.choice(sizes, size=n_ids, p=p / p.sum())
-    diff = n_cf - int(out.sum())
-    while diff != 0:
-        room = np.flatnonzero(out < 15) if diff > 0 else np.flatnonzero(out > 1)
-        pick = rng.choice(room, size=min(abs(diff), len(room)), replace=False)
-        out[pick] += int(np.sign(diff))
-        diff = n_cf - int(out.sum())
-    return out
+    return fit_total(rng, rng.choice(sizes, size=n_ids, p=p / p.sum()), n_cf, 15)
 
 
 def structure(rng: np.random.Generator, plan: Plan) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
-    """Loans grouped into units (one clarity id, or one loan without it) with application times.
-
-    Returns per-loan arrays, the per-unit base time (seconds after ``T_START``) and the number of clarity ids.
-    """
+    """Loans grouped into units (one clarity id, or one loan without it) with application times: per-loan
+    arrays, the per-unit base time (seconds after ``T_START``) and the number of clarity ids."""
     n, n_cf, n_ids = plan.n(BASE_ROWS["loan"]), plan.n(357_693), plan.n(314_915)
     size = np.concatenate([_unit_sizes(rng, n_cf, n_ids), np.ones(n - n_cf, dtype=np.int64)])
     unit = np.repeat(np.arange(len(size)), size)
@@ -253,14 +275,10 @@ def _scheduled_amount(rng: np.random.Generator, amount: np.ndarray, apr: np.ndar
 
 
 def loan_ids(
-    rng: np.random.Generator,
-    plan: Plan,
-    lead: np.ndarray,
-    state: np.ndarray,
-    null_id: np.ndarray,
-    funded: np.ndarray,
+    rng: np.random.Generator, plan: Plan, loan: dict[str, np.ndarray], null_id: np.ndarray, funded: np.ndarray
 ) -> np.ndarray:
     """loanIds rising with application time; LP-I ids for lionpay, LL-T for test states and a few others."""
+    lead, state = loan["leadType"], loan["state"]
     n = len(lead)
     number = 1_000_000 + np.cumsum(rng.geometric(1 / 29, n))
     prefix = np.full(n, "LL-I-", dtype=object)
@@ -271,6 +289,6 @@ def loan_ids(
     lionpay = np.flatnonzero(lead == "lionpay")
     prefix[lionpay] = "LP-I-"
     number[lionpay] = 100 + np.arange(len(lionpay))
-    ids = prefix + decimal(number, 8).astype(object)
+    ids = prefix + digits(number, 8).astype(object)
     ids[null_id] = None
     return ids

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.data.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan
+from tasks.data.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan, fit_total
 
 # fmt: off
 RETURN_CODES = {
@@ -19,33 +19,14 @@ RETURN_CODES = {
 # fmt: on
 FREQ_INSTALMENTS = {"W": 26.0, "B": 13.0, "S": 12.0, "M": 6.0, "I": 10.0}
 FREQ_STEP = {"W": 7.0, "B": 14.0, "S": 15.2, "M": 30.44, "I": 21.0}
-STORY = {
-    "Paid Off Loan": 0,
-    "Pending Paid Off": 1,
-    "New Loan": 2,
-    "External Collection": 3,
-    "Internal Collection": 3,
-    "Returned Item": 4,
-    "Charged Off": 4,
-    "Settled Bankruptcy": 5,
-    "Settlement Paid Off": 5,
-    "Charged Off Paid Off": 5,
-    "Settlement Pending Paid Off": 5,
+STORY = {  # loanStatus -> the story its payments follow
+    **{"Paid Off Loan": 0, "Pending Paid Off": 1, "New Loan": 2, "Returned Item": 4, "Charged Off": 4},
+    **dict.fromkeys(("External Collection", "Internal Collection"), 3),
+    **dict.fromkeys(
+        ("Settled Bankruptcy", "Settlement Paid Off", "Charged Off Paid Off", "Settlement Pending Paid Off"),
+        5,
+    ),
 }
-
-
-def _fit_total(rng: np.random.Generator, raw: np.ndarray, target: int, hi: np.ndarray) -> np.ndarray:
-    """Integer counts in [1, hi] proportional to ``raw`` that sum exactly to ``target``."""
-    out = np.clip(np.floor(raw * target / raw.sum()), 1, hi).astype(np.int64)
-    diff = target - int(out.sum())
-    while diff != 0:
-        room = np.flatnonzero(out < hi) if diff > 0 else np.flatnonzero(out > 1)
-        if len(room) == 0:
-            break
-        pick = rng.choice(room, size=min(abs(diff), len(room)), replace=False)
-        out[pick] += int(np.sign(diff))
-        diff = target - int(out.sum())
-    return out
 
 
 @dataclass
@@ -67,7 +48,8 @@ def _schedule(rng: np.random.Generator, plan: Plan, paid: PaidLoans) -> dict[str
     coll = np.isin(paid.story, [3, 5]) & (rng.random(m) < 0.25)
     n_coll = np.where(coll, 1 + rng.poisson(2.0, m), 0)
     target = max(m, plan.n(BASE_ROWS["payment"]) - int(n_coll.sum()))
-    n_inst = _fit_total(rng, raw, target, 105 - n_coll)
+    hi = 105 - n_coll
+    n_inst = fit_total(rng, np.clip(np.floor(raw * target / raw.sum()), 1, hi).astype(np.int64), target, hi)
     event = _event_index(rng, paid.story, n_inst)
     step = np.array([FREQ_STEP.get(f, 14.0) for f in paid.freq])
     first = paid.start_day + np.round(step * rng.uniform(0.6, 1.4, m)).astype("timedelta64[D]")
@@ -113,33 +95,20 @@ def _instalment_status(
     retry = np.where(u < 0.8, _REJECTED, np.where(u < 0.9994, _SKIPPED, _RETRY)).astype(code)
     good_tail = np.where(future, _NONE, np.where(recent, _PENDING, paying)).astype(code)
     risky = (s >= 3) & (s <= 5)
-    conds = [
-        s == 6,
-        (s <= 1) & (k < ev),
-        (s == 0) & (k == ev),
-        (s == 1) & (k == ev),
-        s <= 1,
-        s == 2,
-        risky & (k < ev),
-        risky & (k == ev),
-        risky & (k <= ev + run),
-        (s != 4) & keep,
+    rules = [  # (where, status): the first that matches
+        (s == 6, _CANCELLED),
+        ((s <= 1) & (k < ev), paying),
+        ((s == 0) & (k == ev), _CHECKED),
+        ((s == 1) & (k == ev), _PENDING),
+        (s <= 1, _CANCELLED),
+        (s == 2, good_tail),
+        (risky & (k < ev), np.where(u < 0.995, _CHECKED, _SKIPPED).astype(code)),
+        (risky & (k == ev), _REJECTED),
+        (risky & (k <= ev + run), retry),
+        ((s != 4) & keep, _NONE),
     ]
-    choices = [
-        _CANCELLED,
-        paying,
-        _CHECKED,
-        _PENDING,
-        _CANCELLED,
-        good_tail,
-        np.where(u < 0.995, _CHECKED, _SKIPPED).astype(code),
-        _REJECTED,
-        retry,
-        _NONE,
-    ]
-    status = np.select(
-        conds, [np.full(len(k), c, code) if np.isscalar(c) else c for c in choices], _CANCELLED
-    )
+    values = [np.full(len(k), v, code) if np.isscalar(v) else v for _, v in rules]
+    status = np.select([where for where, _ in rules], values, _CANCELLED)
     status = np.where(future & (s != 6) & (status != _CANCELLED), _NONE, status)
     return _STATUS_TEXT[status]
 
@@ -182,20 +151,15 @@ def _us_eastern_dst(day: np.ndarray) -> np.ndarray:
 
 
 def _amounts(
-    rng: np.random.Generator,
-    paid: PaidLoans,
-    li: np.ndarray,
-    k: np.ndarray,
-    n: np.ndarray,
-    collection: np.ndarray,
+    rng: np.random.Generator, paid: PaidLoans, li: np.ndarray, k: np.ndarray, n: np.ndarray, coll: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """principal, fees and paymentAmount (~ principal + fees) per row."""
     amount, cost = paid.amount[li], np.maximum(paid.scheduled[li] - paid.amount[li], 0.0)
     u = (k - 0.5) / n
     principal = amount / n * (0.3 + 1.4 * u)
     fees = cost / n * (1.7 - 1.4 * u)
-    principal = np.where(collection, amount * rng.uniform(0.03, 0.3, len(li)), principal)
-    fees = np.where(collection, np.where(rng.random(len(li)) < 0.7, 0.0, rng.uniform(0, 30, len(li))), fees)
+    principal = np.where(coll, amount * rng.uniform(0.03, 0.3, len(li)), principal)
+    fees = np.where(coll, np.where(rng.random(len(li)) < 0.7, 0.0, rng.uniform(0, 30, len(li))), fees)
     refund = rng.random(len(li)) < 6e-5
     principal = np.where(refund, -rng.uniform(0.0, 303.37, len(li)), np.minimum(principal, 4_000.0))
     fees = np.where(refund, -rng.uniform(0.0, 42.56, len(li)), np.minimum(fees, 1_257.71))
@@ -217,25 +181,19 @@ def _return_codes(rng: np.random.Generator, status: np.ndarray) -> np.ndarray:
     return levels[np.where((status == "Skipped") & (rng.random(n) < 0.14), missed, out)]
 
 
-def _pair_cancellations(
-    rng: np.random.Generator, status: np.ndarray, day: np.ndarray, li: np.ndarray
-) -> None:
-    """Same-date (Cancelled, None) pairs: a rescheduled instalment next to its cancelled original."""
-    i = np.flatnonzero((status[1:] == "None") & (status[:-1] == "None") & (li[1:] == li[:-1])) + 1
-    i = i[rng.random(len(i)) < 0.04]
-    i = i[np.diff(np.concatenate([[-2], i])) > 1]
-    status[i - 1] = "Cancelled"
-    day[i - 1] = day[i]
-
-
 def payments(
     rng: np.random.Generator, plan: Plan, paid: PaidLoans, loan_ids: np.ndarray
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """payment.csv columns (loans in the given order) and each loan's first-instalment status."""
     rows = _schedule(rng, plan, paid)
     status = _instalment_status(rng, rows, paid.story)
-    day = rows["day"].copy()
-    _pair_cancellations(rng, status, day, rows["li"])
+    day, same_loan = rows["day"].copy(), rows["li"][1:] == rows["li"][:-1]
+    # same-date (Cancelled, None) pairs: a rescheduled instalment next to its cancelled original
+    i = np.flatnonzero((status[1:] == "None") & (status[:-1] == "None") & same_loan) + 1
+    i = i[rng.random(len(i)) < 0.04]
+    i = i[np.diff(np.concatenate([[-2], i])) > 1]
+    status[i - 1] = "Cancelled"
+    day[i - 1] = day[i]
     coll = _collection_rows(rng, rows, paid.story)
     hour = np.where(_us_eastern_dst(day), 4, 5).astype("timedelta64[h]")
     # Each part becomes str objects on its own: one concatenated unicode array would take ~70 MB at full size.
@@ -245,7 +203,11 @@ def payments(
     k = np.concatenate([rows["k"], coll["k"]])
     is_coll = np.concatenate([np.zeros(len(rows["li"]), bool), np.ones(len(coll["li"]), bool)])
     status_all = np.concatenate([status, coll["status"]])
-    _rare_statuses(rng, plan, status_all)
+    # a couple of checked rows get the one-off 'Complete' and 'Returned' statuses
+    checked = np.flatnonzero(status_all == "Checked")
+    pick = rng.choice(checked, size=min(len(checked), 2 * plan.n(1)), replace=False)
+    status_all[pick[: len(pick) // 2]] = "Complete"
+    status_all[pick[len(pick) // 2 :]] = "Returned"
     n_all = np.concatenate([rows["n"], rows["n_coll"][coll["li"]]])
     principal, fees, total = _amounts(rng, paid, li, k, n_all, is_coll)
     table = {
@@ -263,11 +225,3 @@ def payments(
     first[rows["li"][rows["k"] == 1]] = status[rows["k"] == 1]
     order = np.lexsort((k, is_coll, li))
     return {c: v[order] for c, v in table.items()}, first
-
-
-def _rare_statuses(rng: np.random.Generator, plan: Plan, status: np.ndarray) -> None:
-    """Turn a couple of checked rows into the one-off 'Complete' and 'Returned' statuses."""
-    checked = np.flatnonzero(status == "Checked")
-    pick = rng.choice(checked, size=min(len(checked), 2 * plan.n(1)), replace=False)
-    status[pick[: len(pick) // 2]] = "Complete"
-    status[pick[len(pick) // 2 :]] = "Returned"

@@ -35,11 +35,8 @@ def _lookup(values: pd.Series, table: dict[str, float]) -> np.ndarray:
 
 
 def risk_logit(frame: pd.DataFrame) -> np.ndarray:
-    """The known risk score (log-odds, before noise) of loans given their decision-time fields.
-
-    ``frame`` holds loan.csv application columns (``applicationDate`` as datetime or ISO string) left-joined
-    with the clarity columns on ``clarityFraudId = underwritingid``. Outcomes are never used.
-    """
+    """The known risk score (log-odds, before noise) of loans from loan.csv's application columns left-joined
+    with the clarity columns on ``clarityFraudId = underwritingid``; outcomes are never used."""
     apr = frame["apr"].astype(float).to_numpy()
     apr_term = np.nan_to_num(np.tanh((apr - 450.0) / 150.0))
     amount = frame["loanAmount"].astype(float).to_numpy()
@@ -80,7 +77,4 @@ def risk_probability(logit: np.ndarray, noise_sd: float = NOISE_SD) -> np.ndarra
     """P(risky) = E[sigmoid(logit + e)], e ~ N(0, noise_sd^2) (Gauss-Hermite quadrature)."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(24)
     weights = weights / weights.sum()
-    out = np.zeros(len(logit))
-    for x, w in zip(nodes, weights, strict=True):
-        out += w * sigmoid(logit + noise_sd * x)
-    return out
+    return sum(w * sigmoid(logit + noise_sd * x) for x, w in zip(nodes, weights, strict=True))
