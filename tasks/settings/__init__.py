@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, Field, create_model, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.settings.sections import (
     SECTION_OF,
@@ -38,24 +38,18 @@ if TYPE_CHECKING:
     from serving.privacy import Pseudonymiser
 
 
-class _ConfigFileSource(PydanticBaseSettingsSource):
-    """Reads the optional TOML/YAML config file (flat keys, the same names as the settings)."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("LOANRISK_CONFIG")
-        candidate = Path(path) if path else Path.cwd() / "loanrisk.toml"
-        if not candidate.exists():
-            if path:
-                raise FileNotFoundError(f"LOANRISK_CONFIG names {candidate}, which does not exist")
-            return {}
-        text = candidate.read_text()
-        data = tomllib.loads(text) if candidate.suffix == ".toml" else yaml.safe_load(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {candidate} must hold a mapping of setting names to values")
-        return data
+def _config_file() -> dict[str, Any]:
+    """The optional TOML/YAML config file (flat keys, the same names as the settings)."""
+    path = os.environ.get("LOANRISK_CONFIG")
+    file = Path(path) if path else Path.cwd() / "loanrisk.toml"
+    if not file.exists():
+        if path:
+            raise FileNotFoundError(f"LOANRISK_CONFIG names {file}, which does not exist")
+        return {}
+    data = tomllib.loads(file.read_text()) if file.suffix == ".toml" else yaml.safe_load(file.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {file} must hold a mapping of setting names to values")
+    return data
 
 
 class _Sources(BaseSettings):
@@ -65,14 +59,9 @@ class _Sources(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _ConfigFileSource(settings_cls), file_secret_settings)
+        cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any, **others: Any
+    ) -> tuple[Any, ...]:
+        return (init_settings, env_settings, _config_file, others["file_secret_settings"])
 
 
 # Every flat name as optional: a value not given anywhere is left to its section's default (and validators).
@@ -87,20 +76,6 @@ _Flat = create_model(  # type: ignore[call-overload]
 )
 
 
-def _sectioned(values: dict[str, Any]) -> dict[str, Any]:
-    """Flat names (and section objects or dicts) routed into ``{top-level..., section: {...}}``."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in SECTIONS:
-            part = value.model_dump() if isinstance(value, BaseModel) else dict(value)
-            out.setdefault(key, {}).update(part)
-        elif key in SECTION_OF:
-            out.setdefault(SECTION_OF[key], {})[key] = value
-        else:
-            out[key] = value
-    return out
-
-
 class Settings(RunSettings):
     """All knobs of the pipeline, typed, in sections, with offline defaults; ``Settings()`` reads the sources."""
 
@@ -113,14 +88,20 @@ class Settings(RunSettings):
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     def __init__(self, **values: Any) -> None:
-        given = self.flat(_sectioned(values))
-        read = _Flat(**given).model_dump(exclude_none=True) | {k: None for k, v in given.items() if v is None}
-        super().__init__(**_sectioned(read))
+        given = self.flat(values)
+        super().__init__(
+            **_Flat(**given).model_dump(exclude_none=True) | {k: None for k, v in given.items() if v is None}
+        )
 
     @model_validator(mode="before")
     @classmethod
     def _route_flat_names(cls, data: Any) -> Any:
-        return _sectioned(data) if isinstance(data, dict) else data
+        """Flat names (and section objects or dicts) routed into ``{top-level..., section: {...}}``."""
+        if not isinstance(data, dict):
+            return data
+        flat = cls.flat(data)
+        sections = {sec: {k: flat.pop(k) for k in c.model_fields if k in flat} for sec, c in SECTIONS.items()}
+        return flat | sections
 
     @staticmethod
     def flat(values: dict[str, Any]) -> dict[str, Any]:
@@ -133,10 +114,7 @@ class Settings(RunSettings):
 
     def replace(self, **changes: Any) -> Settings:
         """A validated copy with some values changed, named flat (``replace(n_trials=3)``)."""
-        current = {name: getattr(self, name) for name in RunSettings.model_fields} | {
-            sec: getattr(self, sec).model_dump() for sec in SECTIONS
-        }
-        return type(self).model_validate(self.flat(current) | changes)
+        return type(self).model_validate(self.flat(dict(self)) | changes)
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Settings:  # type: ignore[override]
         return self.replace(**update) if update else super().model_copy(deep=deep)

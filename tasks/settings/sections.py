@@ -101,15 +101,14 @@ class TuningSettings(_Section):
 
         for name, direction in v.items():
             if name not in FEATURE_NAMES:
-                raise ValueError(
-                    f"monotone_constraints: {name!r} is no model feature; known: {list(FEATURE_NAMES)}"
-                )
-            if name in CATEGORICAL_FEATURES:
-                raise ValueError(
-                    f"monotone_constraints: {name!r} is categorical; only numeric features take one"
-                )
-            if direction not in (-1, 0, 1):
-                raise ValueError(f"monotone_constraints: {name!r} must be -1, 0 or 1, got {direction!r}")
+                problem = f"is no model feature; known: {list(FEATURE_NAMES)}"
+            elif name in CATEGORICAL_FEATURES:
+                problem = "is categorical; only numeric features take one"
+            elif direction not in (-1, 0, 1):
+                problem = f"must be -1, 0 or 1, got {direction!r}"
+            else:
+                continue
+            raise ValueError(f"monotone_constraints: {name!r} {problem}")
         return v
 
     @model_validator(mode="after")
@@ -126,9 +125,7 @@ class EvaluationSettings(_Section):
     """Credit-grade evaluation and the decision threshold."""
 
     bootstrap_samples: int = Field(200, ge=0)  # resamples behind the 95% intervals of AUC and KS (0: none)
-    segment_min_count: int = Field(
-        100, ge=1
-    )  # smaller segments (state, leadType, payFrequency) are not scored
+    segment_min_count: int = Field(100, ge=1)  # smaller segments (state, leadType, ...) are not scored
     psi_bins: int = Field(10, ge=2)  # quantile bins of the population stability index
     # "f1": best validation F1 within the promotion minimums; "expected_cost": the validation threshold with the
     # least cost_bad_approved * FN + cost_good_declined * FP.
@@ -206,20 +203,13 @@ class MonitoringSettings(_Section):
     drift_score_psi_threshold: float = Field(0.25, gt=0)  # the score's PSI at or above this is drift
     drift_min_features: int = Field(3, ge=1)  # drifted features that make a detection on their own
     drift_min_records: int = Field(100, ge=1)  # fewer logged records: reported, but no drift event
-    drift_cooldown_seconds: int = Field(
-        86_400, ge=60
-    )  # retrain at most once per cooldown (the trigger's within)
+    drift_cooldown_seconds: int = Field(86_400, ge=60)  # retrain at most once per cooldown (trigger's within)
     # Where notifications go; secrets, so never in prefect.yaml: set them in the environment or loanrisk.toml.
     alert_webhook_url: SecretStr | None = None  # a generic webhook: a JSON document per alert
     alert_apprise_urls: list[SecretStr] = Field(default_factory=list)  # Apprise URLs (slack://, json://, ...)
-    alert_flows: list[str] = Field(
-        default_factory=lambda: [
-            "loan-risk-training",
-            "loan-risk-deploy",
-            "loan-risk-score",
-            "loan-risk-monitor",
-        ]
-    )  # flows whose failed or crashed runs alert
+    alert_flows: list[str] = Field(  # flows whose failed or crashed runs alert
+        default_factory=lambda: [f"loan-risk-{f}" for f in ("training", "deploy", "score", "monitor")]
+    )
 
 
 class RunSettings(_Section):
