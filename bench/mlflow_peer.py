@@ -33,9 +33,9 @@ class LoanRiskRecordsModel(PythonModel):
 
 
 def peer_input_example(records: list[dict[str, Any]], size: int = 5) -> pd.DataFrame:
-    """``size`` raw records (plus ones that fill columns null in them, plus an all-missing record) shaped so the
-    signature MLflow infers accepts what the service accepts: every field optional, integers as double, flags as
-    their CSV text (MLflow's ``astype(bool)`` would turn a missing flag into False), all-null columns as None."""
+    """``size`` raw records (plus ones filling columns null in them, plus an all-missing record) shaped so the
+    signature MLflow infers accepts what the service does: every field optional, integers as double, flags as
+    CSV text (MLflow's ``astype(bool)`` turns a missing flag into False), all-null columns as None."""
     from serving.features import CLARITY_COLUMNS, LOAN_COLUMNS
 
     columns = list(dict.fromkeys([*LOAN_COLUMNS, *CLARITY_COLUMNS, *(k for r in records for k in r)]))
@@ -54,7 +54,7 @@ def peer_input_example(records: list[dict[str, Any]], size: int = 5) -> pd.DataF
 
 
 def save_peer_model(bundle_dir: str | Path, out_dir: str | Path, *, signature: bool = False) -> Path:
-    """Save the bundle as an MLflow pyfunc model in ``out_dir``; ``signature``: with an input example built from
+    """Save the bundle as an MLflow pyfunc model in ``out_dir``; ``signature``: with an input example made of
     the bundle's reference records."""
     extra: dict[str, Any] = {}
     if signature:

@@ -1,9 +1,7 @@
 """The monitor flow: prediction log window → drift against the bundle's reference profile → report + event.
 
-    python -m flows.monitor [--since 24h] [--log-dir DIR] [--outcomes loan.csv] [--model-version V]
-
-prints one JSON line: the status (``detected``, ``ok``, ``too_few``, ``no_data``), the event, the PSIs and the
-MLflow run holding the report.
+Prints one JSON line: the status (``detected``, ``ok``, ``too_few``, ``no_data``), the event, the PSIs and the
+MLflow run holding the report (docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -67,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outcomes", help="a loan.csv-shaped file: realised AUC and KS on matured loans")
     parser.add_argument("--model-version", help="watch this version instead of the champion")
     args = parser.parse_args(argv)
-    return cli_run(
-        lambda: monitor_flow(
-            since=args.since, log_dir=args.log_dir, outcomes=args.outcomes, model_version=args.model_version
-        )
-    )
+    return cli_run(lambda: monitor_flow(**vars(args)))
 
 
 if __name__ == "__main__":

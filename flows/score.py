@@ -1,9 +1,6 @@
 """The batch scoring flow: a registered model version scores a file of loan applications.
 
-    python -m flows.score INPUT --output OUT [--alias champion | --model-version V | --bundle DIR]
-                                [--clarity clarity_underwriting_variables.csv] [--rejects FILE]
-
-OUT and the rejects FILE are written only under the setting ``score_output_root``; prints one JSON line.
+Outputs go only under the setting ``score_output_root``; prints one JSON line (docs/batch-scoring.md).
 """
 
 from __future__ import annotations
@@ -76,16 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> dict[str, Any]:
         _outputs(get_settings(), args.output, args.rejects)  # refused here: no flow run, no traceback
-        return score_flow(
-            input=args.input,
-            output=args.output,
-            alias=args.alias,
-            model_version=args.model_version,
-            clarity=args.clarity,
-            rejects=args.rejects,
-            bundle=args.bundle,
-            reasons=args.reasons,
-        )
+        return score_flow(**vars(args))
 
     return cli_run(run)
 

@@ -19,6 +19,7 @@ import pandas as pd
 from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES
 from serving.predlog import read_log
 from serving.readers import MISSING_CATEGORY
+from tasks.settings import MonitoringSettings
 from tasks.stats import auc_and_ks, categorical_counts, numeric_counts, psi, quantile_edges, shares
 
 PROFILE_FORMAT = 1
@@ -114,12 +115,9 @@ class Thresholds:
     min_records: int = 100
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Thresholds:
+    def of(cls, m: MonitoringSettings) -> Thresholds:
         return cls(
-            settings.monitoring.drift_psi_threshold,
-            settings.monitoring.drift_score_psi_threshold,
-            settings.monitoring.drift_min_features,
-            settings.monitoring.drift_min_records,
+            m.drift_psi_threshold, m.drift_score_psi_threshold, m.drift_min_features, m.drift_min_records
         )
 
 
@@ -149,15 +147,10 @@ def drift_report(
         report.update(status="no_data", event=None, reasons=["no prediction-log record in the window"])
         return report
     rows = [r.get("features") or {} for r in records]
-    report["features"] = {
-        name: entry_drift(entry, [row.get(name) for row in rows])
-        for name, entry in profile["features"].items()
-    }
+    found = {name: entry_drift(e, [row.get(name) for row in rows]) for name, e in profile["features"].items()}
+    report["features"] = dict(sorted(found.items(), key=lambda kv: -kv[1]["psi"]))  # the largest PSI first
     report["score"] = entry_drift(profile["score"], [r.get("probability") for r in records])
-    drifted = sorted(
-        (name for name, d in report["features"].items() if d["psi"] >= thresholds.feature_psi),
-        key=lambda name: -report["features"][name]["psi"],
-    )
+    drifted = [name for name, d in report["features"].items() if d["psi"] >= thresholds.feature_psi]
     report["drifted_features"] = drifted
     score_psi = report["score"]["psi"]
     reasons = [
@@ -170,12 +163,8 @@ def drift_report(
         report.update(status="too_few", event=None, reasons=reasons)
         return report
     detected = score_psi >= thresholds.score_psi or len(drifted) >= thresholds.min_features
-    report.update(
-        status="detected" if detected else "ok",
-        event=EVENT_DETECTED if detected else EVENT_OK,
-        reasons=reasons,
-    )
-    return report
+    report.update(status="detected" if detected else "ok", event=EVENT_DETECTED if detected else EVENT_OK)
+    return report | {"reasons": reasons}
 
 
 def event_payload(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,8 +183,7 @@ def event_payload(report: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_outcomes(path: str | Path) -> pd.DataFrame:
     """``loanId`` and ``loanStatus`` of a ``loan.csv``-shaped file; a clear error naming what is missing."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise FileNotFoundError(f"outcomes file {path} does not exist")
     missing = [c for c in ("loanId", "loanStatus") if c not in pd.read_csv(path, nrows=0).columns]
     if missing:
@@ -239,16 +227,15 @@ def realised_performance(
     return out
 
 
-_WINDOW = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
 def parse_window(text: str) -> timedelta:
     """``"24h"``, ``"7d"``, ``"90m"``, ``"2w"``, ``"30s"`` → a timedelta; a clear error otherwise."""
-    match = _WINDOW.match(text.strip())
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
     if not match:
         raise ValueError(f"window {text!r}: expected a number and a unit s, m, h, d or w (e.g. 24h, 7d)")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
 
 
 def read_window(
@@ -256,7 +243,6 @@ def read_window(
 ) -> list[dict[str, Any]]:
     """The prediction-log records of ``model_version`` with ``since ≤ time < until``, through the service's
     reader (:func:`serving.predlog.read_log`: every worker's files, a torn last line skipped)."""
-    folder = Path(log_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"prediction log folder {folder} does not exist")
-    return list(read_log(folder, since=since, until=until, model_version=model_version))
+    if not Path(log_dir).is_dir():
+        raise FileNotFoundError(f"prediction log folder {log_dir} does not exist")
+    return list(read_log(Path(log_dir), since=since, until=until, model_version=model_version))

@@ -8,6 +8,7 @@ import base64
 import html
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,13 @@ from tasks.settings import Settings
 TOP_PLOTS = 6
 
 
+@dataclass(frozen=True)
 class Reference:
     """The monitored version and its reference profile."""
 
-    __slots__ = ("model_name", "version", "profile")
-
-    def __init__(self, model_name: str, version: str, profile: dict[str, Any]) -> None:
-        self.model_name, self.version, self.profile = model_name, version, profile
+    model_name: str
+    version: str
+    profile: dict[str, Any]
 
 
 class Window:
@@ -50,26 +51,23 @@ class Window:
 @stage("reference")
 def reference_task(settings: Settings, model_version: str | None = None) -> Reference:
     """Stage: the version to watch (``model_version``, else the ``champion``) and its bundle's profile."""
-    if model_version:
-        version = str(versions.get_version(settings, model_version).version)
-    else:
-        found = versions.version_by_alias(settings, Alias.CHAMPION)
-        if found is None:
-            raise PermanentError(
-                f"model {settings.registry.model_name!r} has no {Alias.CHAMPION!r} alias: nothing is served to monitor "
-                "(pass --model-version to watch another version)"
-            )
-        version = str(found.version)
-    bundle = versions.download_bundle(settings, version, tracking.scratch_dir("monitor-") / "bundle")
-    profile = read_profile(bundle)
+    found = versions.get_version(settings, model_version) if model_version else None
+    found = found or versions.version_by_alias(settings, Alias.CHAMPION)
+    if found is None:
+        raise PermanentError(
+            f"model {settings.registry.model_name!r} has no {Alias.CHAMPION!r} alias: nothing is served to "
+            "monitor (pass --model-version to watch another version)"
+        )
+    version = str(found.version)
+    profile = read_profile(
+        versions.download_bundle(settings, version, tracking.scratch_dir("monitor-") / "b")
+    )
     if profile is None:
         raise PermanentError(
             f"{versions.bundle_uri(settings, version)} has no reference profile (profile.json): it was "
             "packaged before profiles existed; retrain to monitor it"
         )
-    run_logger().info(
-        "monitoring %s v%s against its reference profile", settings.registry.model_name, version
-    )
+    run_logger().info("monitoring %s v%s against its profile", settings.registry.model_name, version)
     return Reference(settings.registry.model_name, version, profile)
 
 
@@ -110,7 +108,7 @@ def drift_task(
         "log_dir": str(window.log_dir),
     }
     report = monitor.drift_report(
-        reference.profile, window.records, monitor.Thresholds.from_settings(settings), context
+        reference.profile, window.records, monitor.Thresholds.of(settings.monitoring), context
     )
     report["performance"] = None
     if outcomes and window.records:
@@ -155,7 +153,7 @@ def _bins_plot(title: str, entry: Mapping[str, Any]) -> str:
 def _psi_plot(report: Mapping[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
-    items = sorted(report["features"].items(), key=lambda kv: kv[1]["psi"], reverse=True)[:30][::-1]
+    items = list(report["features"].items())[:30][::-1]  # the features come largest PSI first
     fig, ax = plt.subplots(figsize=(7, 8))
     ax.barh([k for k, _ in items], [min(v["psi"], 5.0) for _, v in items])
     ax.axvline(report["thresholds"]["feature_psi"], color="red", linestyle="--", label="threshold")
@@ -193,9 +191,8 @@ def report_html(report: Mapping[str, Any]) -> str:
         parts.append(f"<h2>Features</h2><img src='{_psi_plot(report)}'>")
         for name in report["drifted_features"][:TOP_PLOTS]:
             parts.append(f"<img src='{_bins_plot(name, report['features'][name])}'>")
-        rows = sorted(report["features"].items(), key=lambda kv: kv[1]["psi"], reverse=True)
         parts.append("<table><tr><th>feature</th><th>PSI</th><th>missing</th><th>reference missing</th></tr>")
-        for name, d in rows:
+        for name, d in report["features"].items():
             css = " class='drift'" if name in report["drifted_features"] else ""
             parts.append(
                 f"<tr{css}><td>{e(name)}</td><td>{d['psi']:.4f}</td><td>{d['missing_rate']:.3f}</td>"
@@ -217,7 +214,7 @@ def report_markdown(report: Mapping[str, Any], run_id: str) -> str:
         *[f"- {r}" for r in report["reasons"]],
     ]
     if report.get("score"):
-        top = sorted(report["features"].items(), key=lambda kv: kv[1]["psi"], reverse=True)[:10]
+        top = list(report["features"].items())[:10]
         lines += ["", "| feature | PSI | missing |", "|---|---|---|"]
         lines += [f"| {k} | {v['psi']:.4f} | {v['missing_rate']:.3f} |" for k, v in top]
     return "\n".join(lines)

@@ -68,7 +68,7 @@ def service_reasons(mode: str = DEFAULT_MODE, count: int = DEFAULT_REASON_COUNT)
 
 @dataclass
 class ScoreResult:
-    """What a run did: counts, time, where the output went."""
+    """What a run did: counts, time (and where it went), where the output went."""
 
     input: str
     output: str
@@ -81,33 +81,22 @@ class ScoreResult:
     seconds: float = 0.0
     rejects: str | None = None
     reasons: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("read", "features_and_predict", "reasons", "write"), 0.0)
+    )
 
     @property
     def rows_per_second(self) -> float:
         return self.rows_in / self.seconds if self.seconds else 0.0
 
     def summary(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "timings"}
-        out["rows_per_second"] = round(self.rows_per_second, 1)
-        out["seconds"] = round(self.seconds, 3)
-        out["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
-        return out
+        timings = {k: round(v, 3) for k, v in self.timings.items()}
+        rounded = {"seconds": round(self.seconds, 3), "rows_per_second": round(self.rows_per_second, 1)}
+        return {**self.__dict__, **rounded, "timings": timings}
 
 
 def _withheld(field_name: str, message: str) -> str:
     return "<value withheld: identifier>" if field_name in IDENTIFIER_FIELDS else message
-
-
-def predict_chunk(bundle: Bundle, table: pa.Table) -> _Predicted:
-    """One chunk through the service's columnar path: its model columns, probabilities and fields as sent
-    (``column(field)``, each read once); or, when rows are refused, each with its error (and nothing scored)."""
-    column = functools.cache(lambda name: table.column(name).to_pylist())
-    found: dict[int, FeatureError] = {}
-    columns = columns_from(column, table.num_rows, found)
-    if found:
-        return _Predicted(table, bad=sorted(found.items()))
-    return _Predicted(table, columns, np.asarray(bundle.predict_input(columns)), column)
 
 
 @dataclass
@@ -121,6 +110,17 @@ class _Predicted:
     bad: list[tuple[int, FeatureError]] = field(default_factory=list)
     read_seconds: float = 0.0
     predict_seconds: float = 0.0
+
+
+def predict_chunk(bundle: Bundle, table: pa.Table) -> _Predicted:
+    """One chunk through the service's columnar path: its model columns, probabilities and fields as sent
+    (``column(field)``, each read once); or, when rows are refused, each with its error (nothing scored)."""
+    column = functools.cache(lambda name: table.column(name).to_pylist())
+    found: dict[int, FeatureError] = {}
+    columns = columns_from(column, table.num_rows, found)
+    if found:
+        return _Predicted(table, bad=sorted(found.items()))
+    return _Predicted(table, columns, np.asarray(bundle.predict_input(columns)), column)
 
 
 @contextlib.contextmanager
@@ -144,10 +144,9 @@ def _predicted_ahead(bundle: Bundle, chunks: Iterator[pa.Table]) -> Iterator[_Pr
         table = next(chunks, None)
         if table is None:
             return None
-        read = time.perf_counter() - started
-        started = time.perf_counter()
+        read = time.perf_counter()
         done = predict_chunk(bundle, table)
-        done.read_seconds, done.predict_seconds = read, time.perf_counter() - started
+        done.read_seconds, done.predict_seconds = read - started, time.perf_counter() - read
         return done
 
     with ThreadPoolExecutor(1, thread_name_prefix="score-ahead") as ahead:
@@ -155,6 +154,22 @@ def _predicted_ahead(bundle: Bundle, chunks: Iterator[pa.Table]) -> Iterator[_Pr
         while (done := future.result()) is not None:
             future = ahead.submit(step)
             yield done
+
+
+def _without_bad_rows(chunk: _Predicted, lines: list[int], rejects: Writer, bundle: Bundle) -> _Predicted:
+    """The chunk's bad rows written to the rejects file, the rest predicted again."""
+    bad, table = chunk.bad, chunk.table
+    ids = table.column(ID_FIELD).to_pylist()
+    rows = {
+        "line": lines,
+        "loanId": [None if ids[i] is None else str(ids[i]) for i, _ in bad],
+        "field": [e.field for _, e in bad],
+        "reason": [_withheld(e.field, e.message) for _, e in bad],
+    }
+    rejects.write(pa.table(rows, schema=REJECTS_SCHEMA))
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[[i for i, _ in bad]] = False
+    return predict_chunk(bundle, table.filter(pa.array(keep)))
 
 
 def score_file(
@@ -170,24 +185,22 @@ def score_file(
     """Score every application of ``input_path`` into ``output_path`` (see the module docstring)."""
     source, target = Path(input_path), Path(output_path)
     file_kind(target)
-    first_line = 2 if file_kind(source) == "csv" else 1  # a CSV's line numbers count the header
-    where = "line" if first_line == 2 else "row"
+    first_line, where = (2, "line") if file_kind(source) == "csv" else (1, "row")  # a CSV's header is line 1
     version, threshold = bundle.version, bundle.meta.threshold
-    rejected = str(rejects) if rejects else None
-    result = ScoreResult(str(source), str(target), version, rejects=rejected, reasons=reasons is not None)
-    timings = dict.fromkeys(("read", "features_and_predict", "reasons", "write"), 0.0)
-    started = time.perf_counter()
+    result = ScoreResult(
+        str(source), str(target), version, rejects=str(rejects) if rejects else None, reasons=bool(reasons)
+    )
+    timings, started = result.timings, time.perf_counter()
     reports = read_reports(Path(clarity)) if clarity else None
     schema = output_schema(reasons is not None)
     out, bad_out = Writer(target), (Writer(Path(rejects)) if rejects else None)
     with _fewer_collections():
         try:
-            offset = 0
             for chunk in _predicted_ahead(bundle, joined_chunks(source, reports, chunk_rows)):
                 timings["read"] += chunk.read_seconds
                 timings["features_and_predict"] += chunk.predict_seconds
-                table, n, bad = chunk.table, chunk.table.num_rows, chunk.bad
-                lines = [offset + first_line + i for i, _ in bad]
+                n, bad = chunk.table.num_rows, chunk.bad
+                lines = [result.rows_in + first_line + i for i, _ in bad]
                 if bad and bad_out is None:
                     exc = bad[0][1]
                     raise ScoreError(
@@ -199,20 +212,9 @@ def score_file(
                         field=exc.field,
                     ) from None
                 if bad:
-                    ids = table.column(ID_FIELD).to_pylist()
-                    rows = {
-                        "line": lines,
-                        "loanId": [None if ids[i] is None else str(ids[i]) for i, _ in bad],
-                        "field": [e.field for _, e in bad],
-                        "reason": [_withheld(e.field, e.message) for _, e in bad],
-                    }
-                    bad_out.write(pa.table(rows, schema=REJECTS_SCHEMA))
+                    chunk = _without_bad_rows(chunk, lines, bad_out, bundle)
                     result.rows_rejected += len(bad)
-                    keep = np.ones(n, dtype=bool)
-                    keep[[i for i, _ in bad]] = False
-                    table = table.filter(pa.array(keep))
-                    chunk = predict_chunk(bundle, table)
-                probabilities = chunk.probabilities
+                table, probabilities = chunk.table, chunk.probabilities
                 assert probabilities is not None and chunk.column is not None
                 labels = (probabilities >= threshold).astype(np.int8)
                 t = time.perf_counter()
@@ -233,22 +235,20 @@ def score_file(
                 result.rows_scored += table.num_rows
                 result.flagged += int(labels.sum())
                 result.chunks += 1
-                offset += n
-            for writer, written in ((out, schema), (bad_out, REJECTS_SCHEMA)):
-                if writer is not None:
-                    writer.close(written)
+            out.close(schema)
+            if bad_out is not None:
+                bad_out.close(REJECTS_SCHEMA)
         except BaseException:
             for writer in (out, bad_out):
                 if writer is not None:
                     writer.abort()
             raise
     result.seconds = time.perf_counter() - started
-    result.timings = timings
     run_logger().info(
-        "scored %d of %d rows of %s with v%s in %.1f s (%.0f rows/s); %d flagged, %d rejected",
-        result.rows_scored, result.rows_in, source.name, version, result.seconds, result.rows_per_second,
-        result.flagged, result.rows_rejected,
-    )  # fmt: skip
+        "scored %(rows_scored)d of %(rows_in)d rows of %(input)s with v%(model_version)s in %(seconds).1f s "
+        "(%(rows_per_second).0f rows/s); %(flagged)d flagged, %(rows_rejected)d rejected",
+        result.summary(),
+    )
     return result
 
 

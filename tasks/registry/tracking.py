@@ -19,8 +19,8 @@ from tasks.settings import Settings, mlflow_environment
 
 
 def client(settings: Settings) -> Any:
-    """An ``MlflowClient`` for the configured tracking URI (``mlflow.set_tracking_uri`` is avoided: it writes
-    the process environment, pinning every later settings object to the first store)."""
+    """An ``MlflowClient`` for the settings' tracking URI (never ``mlflow.set_tracking_uri``: it writes the
+    process environment, pinning every later settings object to the first store)."""
     mlflow_environment(settings)
     from mlflow import MlflowClient
 
@@ -64,9 +64,9 @@ def run(
     try:
         yield run_id
     except BaseException:
-        end_run(settings, run_id, "FAILED")
+        client(settings).set_terminated(run_id, status="FAILED")
         raise
-    end_run(settings, run_id, "FINISHED")
+    client(settings).set_terminated(run_id, status="FINISHED")
 
 
 def log_child_run(
@@ -82,7 +82,7 @@ def log_child_run(
     child = start_run(settings, name, tags, parent)
     log_params(settings, child, params)
     log_metrics(settings, child, metrics)
-    end_run(settings, child, status)
+    client(settings).set_terminated(child, status=status)
     return child
 
 
@@ -114,14 +114,13 @@ def _log_batch(settings: Settings, run_id: str, **items: list[Any]) -> None:
         client(settings).log_batch(run_id, **items)
 
 
-def log_dict(settings: Settings, run_id: str, data: Any, artifact_file: str) -> None:
-    """Log a JSON document as an artifact of the run."""
-    client(settings).log_text(run_id, json.dumps(data, indent=2, default=str), artifact_file)
-
-
 def log_text(settings: Settings, run_id: str, text: str, artifact_file: str) -> None:
-    """Log a text document (HTML, Markdown) as an artifact of the run."""
+    """Log a text document (HTML, Markdown, JSON) as an artifact of the run."""
     client(settings).log_text(run_id, text, artifact_file)
+
+
+def log_dict(settings: Settings, run_id: str, data: Any, artifact_file: str) -> None:
+    log_text(settings, run_id, json.dumps(data, indent=2, default=str), artifact_file)
 
 
 def log_files(settings: Settings, run_id: str, paths: list[Path], artifact_path: str) -> None:
@@ -149,11 +148,6 @@ def log_figures(settings: Settings, run_id: str, figures: Mapping[str, Any], art
             c.log_figure(run_id, fig, f"{artifact_path}/{name}")
         finally:
             plt.close(fig)
-
-
-def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
-    """Close a run with FINISHED, FAILED or KILLED."""
-    client(settings).set_terminated(run_id, status=status)
 
 
 def scratch_dir(prefix: str) -> Path:

@@ -28,6 +28,10 @@ class RegistryUnavailable(TransientError):
     """The MLflow registry did not answer, or answered with an error that is not "absent"."""
 
 
+class AlreadyExists(PermanentError):
+    """A registered model of that name exists already (the registry's unique name refused a second one)."""
+
+
 def unavailable(settings: Settings, what: str, exc: BaseException) -> NoReturn:
     """Raise :class:`RegistryUnavailable` for a failed registry call (``what`` says which)."""
     raise RegistryUnavailable(
@@ -49,6 +53,12 @@ def _ask(settings: Settings, what: str, call: Callable[[Any], Any], absent: Any 
         if isinstance(absent, Exception):
             raise absent from exc
         return absent
+
+
+def _model_call(settings: Settings, what: str, method: str, *args: Any, absent: Any = _UNAVAILABLE) -> Any:
+    """``client.<method>(model_name, *args)`` through :func:`_ask`."""
+    name = settings.registry.model_name
+    return _ask(settings, what, lambda c: getattr(c, method)(name, *args), absent)
 
 
 def _no_version(settings: Settings, version: str) -> PermanentError:
@@ -89,17 +99,17 @@ def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dic
 
 def get_version(settings: Settings, version: str) -> Any:
     """A model version by number; :class:`PermanentError` when it does not exist."""
-    what, name = f"read version {version} of {settings.registry.model_name!r}", settings.registry.model_name
-    return _ask(
-        settings, what, lambda c: c.get_model_version(name, str(version)), _no_version(settings, version)
+    what = f"read version {version} of {settings.registry.model_name!r}"
+    return _model_call(
+        settings, what, "get_model_version", str(version), absent=_no_version(settings, version)
     )
 
 
 def version_by_alias(settings: Settings, alias: str) -> Any | None:
     """The version an alias points to; None only when the alias (or the model) does not exist (an unreachable
     registry is never "no champion")."""
-    what, name = f"read alias {alias!r} of {settings.registry.model_name!r}", settings.registry.model_name
-    return _ask(settings, what, lambda c: c.get_model_version_by_alias(name, alias), None)
+    what = f"read alias {alias!r} of {settings.registry.model_name!r}"
+    return _model_call(settings, what, "get_model_version_by_alias", str(alias), absent=None)
 
 
 def resolve_version(settings: Settings, model_version: str | None, alias: str | None) -> str:
@@ -116,14 +126,13 @@ def resolve_version(settings: Settings, model_version: str | None, alias: str | 
 
 def set_alias(settings: Settings, alias: str, version: str) -> None:
     """Point ``alias`` at ``version``."""
-    call = lambda c: c.set_registered_model_alias(settings.registry.model_name, alias, str(version))  # noqa: E731
-    _ask(settings, f"point alias {alias!r} at version {version}", call)
+    what = f"point alias {alias!r} at version {version}"
+    _model_call(settings, what, "set_registered_model_alias", str(alias), str(version))
 
 
 def delete_alias(settings: Settings, alias: str) -> None:
     """Remove ``alias`` (no error when it is absent)."""
-    call = lambda c: c.delete_registered_model_alias(settings.registry.model_name, alias)  # noqa: E731
-    _ask(settings, f"delete alias {alias!r}", call, None)
+    _model_call(settings, f"delete alias {alias!r}", "delete_registered_model_alias", str(alias), absent=None)
 
 
 def set_version_tags(settings: Settings, version: str, tags: dict[str, Any]) -> None:
@@ -138,22 +147,12 @@ def set_version_tags(settings: Settings, version: str, tags: dict[str, Any]) -> 
 
 def model_tags(settings: Settings) -> dict[str, str]:
     """The registered model's own tags ({} when the model does not exist yet)."""
-    return (
-        record_tags(
-            settings, settings.registry.model_name, f"read the tags of {settings.registry.model_name!r}"
-        )
-        or {}
-    )
+    return record_tags(settings, settings.registry.model_name) or {}
 
 
 def set_model_tag(settings: Settings, key: str, value: str) -> None:
     """Set one tag on the registered model (one call: a reader sees the old value or the new one)."""
-    call = lambda c: c.set_registered_model_tag(settings.registry.model_name, key, value)  # noqa: E731
-    _ask(settings, f"set tag {key!r} of {settings.registry.model_name!r}", call)
-
-
-class AlreadyExists(PermanentError):
-    """A registered model of that name exists already (the registry's unique name refused a second one)."""
+    _model_call(settings, f"set tag {key!r} of the registered model", "set_registered_model_tag", key, value)
 
 
 def create_record(settings: Settings, name: str, tags: dict[str, str], description: str = "") -> None:
@@ -162,15 +161,15 @@ def create_record(settings: Settings, name: str, tags: dict[str, str], descripti
     try:
         tracking.client(settings).create_registered_model(name, tags=tags, description=description)
     except Exception as exc:
-        if getattr(exc, "error_code", "") == "RESOURCE_ALREADY_EXISTS":
+        if tracking.already_exists(exc):
             raise AlreadyExists(f"registered model {name!r} exists already") from exc
         unavailable(settings, f"create registered model {name!r}", exc)
 
 
-def record_tags(settings: Settings, name: str, what: str = "") -> dict[str, str] | None:
+def record_tags(settings: Settings, name: str) -> dict[str, str] | None:
     """The tags of the registered model ``name``; None when it does not exist."""
     call = lambda c: dict(c.get_registered_model(name).tags or {})  # noqa: E731
-    return _ask(settings, what or f"read registered model {name!r}", call, None)
+    return _ask(settings, f"read registered model {name!r}", call, None)
 
 
 def records(settings: Settings, prefix: str, newest_only: bool = False) -> dict[str, dict[str, str]]:

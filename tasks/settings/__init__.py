@@ -1,11 +1,7 @@
 """The one typed settings object of the pipeline, in sections (data, tuning, evaluation, registry, release,
-serving, monitoring).
-
-Values come, in increasing priority, from the defaults below (which work offline), an optional config file
-(TOML or YAML, named by ``LOANRISK_CONFIG`` or ``loanrisk.toml`` in the working directory) and environment
-variables prefixed ``LOANRISK_``. Names are flat and unique across sections: ``LOANRISK_N_TRIALS=5`` (or
-``n_trials = 5`` in the file, or ``Settings(n_trials=5)``) sets ``settings.tuning.n_trials``. Every piece of
-state a run creates lives under ``state_dir`` (default ``.state`` in the project root), which is git-ignored.
+serving, monitoring). Values come, in increasing priority, from the offline defaults, a TOML/YAML file
+(``LOANRISK_CONFIG``, else ``loanrisk.toml`` in the working directory) and ``LOANRISK_*`` environment
+variables; names are flat, unique across sections (``LOANRISK_N_TRIALS=5`` sets ``settings.tuning.n_trials``).
 """
 
 from __future__ import annotations
@@ -76,6 +72,11 @@ _Flat = create_model(  # type: ignore[call-overload]
 )
 
 
+def _in_state(*parts: str) -> Any:
+    """A location in the state folder, as a read-only property."""
+    return property(lambda self: self.state_dir.joinpath(*parts))
+
+
 class Settings(RunSettings):
     """All knobs of the pipeline, typed, in sections, with offline defaults; ``Settings()`` reads the sources."""
 
@@ -123,26 +124,11 @@ class Settings(RunSettings):
         """The value of the flat name ``name`` (for records that list settings by name)."""
         return getattr(getattr(self, SECTION_OF[name]), name) if name in SECTION_OF else getattr(self, name)
 
-    # --- locations in the state folder ---------------------------------------------------------------
-    @property
-    def data_dir(self) -> Path:
-        return self.state_dir / "data"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        return self.state_dir / "quarantine"
-
-    @property
-    def secrets_dir(self) -> Path:
-        return self.state_dir / "secrets"
-
-    @property
-    def prefect_home(self) -> Path:
-        return self.state_dir / "prefect"
-
-    @property
-    def artifact_root(self) -> Path:
-        return self.state_dir / "mlflow" / "artifacts"
+    data_dir = _in_state("data")
+    quarantine_dir = _in_state("quarantine")
+    secrets_dir = _in_state("secrets")
+    prefect_home = _in_state("prefect")
+    artifact_root = _in_state("mlflow", "artifacts")
 
     @property
     def tracking_uri(self) -> str:
@@ -181,13 +167,8 @@ def get_settings() -> Settings:
 
 
 def configure_environment(settings: Settings | None = None) -> Settings:
-    """Point Prefect's state into the state folder and give it the configured API account: called by each
-    flow's ``main()`` (never at import), so a module imported by a worker changes nothing.
-
-    Variables the user already set win (``PREFECT_API_URL``, ``PREFECT_HOME``). Prefect reads its settings when
-    it is imported; they are read again here. MLflow's variables are set by its one door
-    (:func:`tasks.registry.tracking.client`).
-    """
+    """Point Prefect's state into the state folder and give it the API account, unless the user set them:
+    called by each flow's ``main()``, never at import; Prefect's settings are read again."""
     settings = settings or get_settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     defaults = {
