@@ -43,18 +43,21 @@ def _texts(values: Iterable[Any]) -> list[str | None]:
     ]
 
 
+def _counts(entry: Mapping[str, Any], values: Sequence[Any]) -> np.ndarray:
+    if entry["kind"] == "categorical":
+        return categorical_counts(_texts(values), entry["categories"])
+    return numeric_counts(_numbers(values), entry["edges"])
+
+
 def profile_entry(values: Iterable[Any], categorical: bool, bins: int, top: int) -> dict[str, Any]:
     """One feature's (or the score's) reference: its bins or categories and each one's share."""
+    values = list(values)
     if categorical:
-        texts = _texts(values)
-        present = pd.Series([t for t in texts if t is not None], dtype=object)
-        categories = sorted(present.value_counts().head(top).index.tolist()) if len(present) else []
-        shared = shares(categorical_counts(texts, categories)).tolist()
-        return {"kind": "categorical", "categories": categories, "shares": shared, "n": len(texts)}
-    numbers = _numbers(values)
-    edges = quantile_edges(numbers, bins)
-    shared = shares(numeric_counts(numbers, edges)).tolist()
-    return {"kind": "numeric", "edges": edges, "shares": shared, "n": len(numbers)}
+        present = pd.Series([t for t in _texts(values) if t is not None], dtype=object)
+        entry = {"kind": "categorical", "categories": sorted(present.value_counts().head(top).index.tolist())}
+    else:
+        entry = {"kind": "numeric", "edges": quantile_edges(_numbers(values), bins)}
+    return entry | {"shares": shares(_counts(entry, values)).tolist(), "n": len(values)}
 
 
 def build_profile(
@@ -89,10 +92,7 @@ def bin_labels(entry: Mapping[str, Any]) -> list[str]:
 
 def entry_drift(entry: Mapping[str, Any], values: Sequence[Any]) -> dict[str, Any]:
     """PSI of ``values`` against a profile entry, their missing rate beside the reference's, and the shares."""
-    if entry["kind"] == "categorical":
-        counts = categorical_counts(_texts(values), entry["categories"])
-    else:
-        counts = numeric_counts(_numbers(values), entry["edges"])
+    counts = _counts(entry, values)
     current = shares(counts).tolist()
     return {
         "psi": psi(entry["shares"], current),
@@ -202,11 +202,8 @@ def realised_performance(
     bad: Iterable[str],
     good: Iterable[str],
 ) -> dict[str, Any]:
-    """ROC-AUC and KS of the logged probabilities on the logged loans whose status has matured into a label.
-
-    ``token`` pseudonymises a raw ``loanId`` the way the service's log did (:meth:`Pseudonymiser.token`), so the
-    outcome file's ids join the log's ``id``; a loan logged several times counts once (its last score).
-    """
+    """ROC-AUC and KS of the logged probabilities on the logged loans whose status has matured into a label;
+    ``token`` pseudonymises a ``loanId`` as the service's log did, a loan logged twice counts once (last score)."""
     score_of = {
         str(r["id"]): float(r["probability"])
         for r in records

@@ -44,9 +44,6 @@ class Window:
     ) -> None:
         self.records, self.since, self.until, self.log_dir = records, since, until, log_dir
 
-    def __len__(self) -> int:
-        return len(self.records)
-
 
 @stage("reference")
 def reference_task(settings: Settings, model_version: str | None = None) -> Reference:
@@ -116,18 +113,15 @@ def drift_task(
             table = monitor.read_outcomes(outcomes)
         except FileNotFoundError as exc:
             raise PermanentError(str(exc)) from exc
-        report["performance"] = monitor.realised_performance(
-            window.records,
-            table,
-            settings.pseudonymiser().token,
-            settings.data.label_bad_statuses,
-            settings.data.label_good_statuses,
-        )
+        bad, good = settings.data.label_bad_statuses, settings.data.label_good_statuses
+        token = settings.pseudonymiser().token
+        report["performance"] = monitor.realised_performance(window.records, table, token, bad, good)
     run_logger().info("drift %s: %s", report["status"], "; ".join(report["reasons"]))
     return report
 
 
-def _png(fig: Any) -> str:
+def _img(fig: Any) -> str:
+    """The figure as an inline PNG ``<img>`` (then closed)."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -135,19 +129,19 @@ def _png(fig: Any) -> str:
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return f"<img src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
 
 
 def _bins_plot(title: str, entry: Mapping[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
-    labels, x = entry["bins"], range(len(entry["bins"]))
+    x = range(len(entry["bins"]))
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.bar([i - 0.2 for i in x], entry["reference"], width=0.4, label="reference")
     ax.bar([i + 0.2 for i in x], entry["current"], width=0.4, label="window")
-    ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_xticks(list(x), entry["bins"], rotation=45, ha="right", fontsize=7)
     ax.set(ylabel="share", title=f"{title}: PSI {entry['psi']:.3f}")
-    return _png(fig)
+    return _img(fig)
 
 
 def _psi_plot(report: Mapping[str, Any]) -> str:
@@ -159,7 +153,7 @@ def _psi_plot(report: Mapping[str, Any]) -> str:
     ax.axvline(report["thresholds"]["feature_psi"], color="red", linestyle="--", label="threshold")
     ax.set(xlabel="PSI (capped at 5)", title="Feature PSI (top 30)")
     ax.tick_params(axis="y", labelsize=7)
-    return _png(fig)
+    return _img(fig)
 
 
 def report_html(report: Mapping[str, Any]) -> str:
@@ -179,28 +173,28 @@ def report_html(report: Mapping[str, Any]) -> str:
         f"{report['volume']} record(s). Status: <b>{e(report['status'])}</b></p>",
         "<ul>" + "".join(f"<li>{e(r)}</li>" for r in report["reasons"]) + "</ul>",
     ]
-    performance = report.get("performance")
-    if performance:
-        parts.append(
-            "<h2>Realised performance (matured loans)</h2><p>"
-            + ", ".join(f"{e(k)}: {e(str(v))}" for k, v in performance.items())
-            + "</p>"
-        )
+    if performance := report.get("performance"):
+        shown = ", ".join(f"{e(k)}: {e(str(v))}" for k, v in performance.items())
+        parts.append(f"<h2>Realised performance (matured loans)</h2><p>{shown}</p>")
     if report.get("score"):
-        parts.append("<h2>Score</h2>" + f"<img src='{_bins_plot('score', report['score'])}'>")
-        parts.append(f"<h2>Features</h2><img src='{_psi_plot(report)}'>")
-        for name in report["drifted_features"][:TOP_PLOTS]:
-            parts.append(f"<img src='{_bins_plot(name, report['features'][name])}'>")
+        drifted = report["drifted_features"]
+        parts += [
+            "<h2>Score</h2>",
+            _bins_plot("score", report["score"]),
+            "<h2>Features</h2>",
+            _psi_plot(report),
+        ]
+        parts += [_bins_plot(name, report["features"][name]) for name in drifted[:TOP_PLOTS]]
         parts.append("<table><tr><th>feature</th><th>PSI</th><th>missing</th><th>reference missing</th></tr>")
-        for name, d in report["features"].items():
-            css = " class='drift'" if name in report["drifted_features"] else ""
-            parts.append(
-                f"<tr{css}><td>{e(name)}</td><td>{d['psi']:.4f}</td><td>{d['missing_rate']:.3f}</td>"
-                f"<td>{d['reference_missing_rate']:.3f}</td></tr>"
-            )
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "".join(parts)
+        parts += [
+            *(
+                f"<tr{' class=drift' if name in drifted else ''}><td>{e(name)}</td><td>{d['psi']:.4f}</td>"
+                f"<td>{d['missing_rate']:.3f}</td><td>{d['reference_missing_rate']:.3f}</td></tr>"
+                for name, d in report["features"].items()
+            ),
+            "</table>",
+        ]
+    return "".join(parts) + "</body></html>"
 
 
 def report_markdown(report: Mapping[str, Any], run_id: str) -> str:
@@ -233,11 +227,8 @@ def report_task(settings: Settings, run_id: str, report: dict[str, Any]) -> None
         metrics["score_psi"] = report["score"]["psi"]
         metrics |= {f"psi.{k}": v["psi"] for k, v in report["features"].items()}
     tracking.log_metrics(settings, run_id, metrics)
-    tracking.set_tags(
-        settings,
-        run_id,
-        {"drift.status": report["status"], "model_version": report.get("model_version") or ""},
-    )
+    tags = {"drift.status": report["status"], "model_version": report.get("model_version") or ""}
+    tracking.set_tags(settings, run_id, tags)
     create_markdown_artifact(
         key="drift-report", markdown=report_markdown(report, run_id), description="Drift of the served model"
     )

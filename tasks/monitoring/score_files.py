@@ -4,6 +4,7 @@ only under the setting ``score_output_root``."""
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -40,22 +41,16 @@ class ScoreError(PermanentError, ValueError):
         self.file, self.line, self.field = file, line, field
 
 
+_KINDS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
 def file_kind(path: Path) -> str:
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".txt"):
-        return "csv"
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
+    if suffix in _KINDS:
+        return _KINDS[suffix]
     raise ScoreError(
         f"{path.name}: expected a .csv or .parquet file, got {suffix or 'no extension'!r}", file=path.name
     )
-
-
-def _csv_header(path: Path) -> list[str]:
-    import csv
-
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        return next(csv.reader(handle), [])
 
 
 def _columns_of(path: Path) -> list[str]:
@@ -68,7 +63,8 @@ def _columns_of(path: Path) -> list[str]:
             raise ScoreError(f"{path.name}: not a readable Parquet file ({exc})", file=path.name) from None
     if path.stat().st_size == 0:
         raise ScoreError(f"{path.name}: the file is empty", file=path.name)
-    return _csv_header(path)
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        return next(csv.reader(handle), [])
 
 
 def _require(path: Path, present: Sequence[str], wanted: Sequence[str], what: str) -> None:
@@ -179,8 +175,8 @@ def output_under_root(settings: Settings, path: str | Path, what: str = "output"
 class Writer:
     """The output (and rejects) file, CSV or Parquet by extension, written chunk by chunk to a temporary name."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.kind = path, file_kind(path)
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path, self.schema, self.kind = path, schema, file_kind(path)
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._writer: Any = None
 
@@ -188,14 +184,14 @@ class Writer:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.kind == "parquet":
-                self._writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd")
+                self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
             else:
-                self._writer = pacsv.CSVWriter(self.tmp, table.schema)
+                self._writer = pacsv.CSVWriter(self.tmp, self.schema)
         self._writer.write_table(table)
 
-    def close(self, schema: pa.Schema) -> None:
+    def close(self) -> None:
         if self._writer is None:  # nothing written: an empty file with the header
-            self.write(schema.empty_table())
+            self.write(self.schema.empty_table())
         self._writer.close()
         os.replace(self.tmp, self.path)
 
@@ -206,11 +202,8 @@ class Writer:
 
 
 def output_schema(with_reasons: bool) -> pa.Schema:
-    types = [pa.string(), pa.float64(), pa.int8(), pa.string()]
-    schema = pa.schema(list(zip(OUTPUT_COLUMNS, types, strict=True)))
-    return schema.append(pa.field("reasons", pa.string())) if with_reasons else schema
+    fields = dict(zip(OUTPUT_COLUMNS, [pa.string(), pa.float64(), pa.int8(), pa.string()], strict=True))
+    return pa.schema(fields | ({"reasons": pa.string()} if with_reasons else {}))
 
 
-REJECTS_SCHEMA = pa.schema(
-    list(zip(REJECT_COLUMNS, [pa.int64(), pa.string(), pa.string(), pa.string()], strict=True))
-)
+REJECTS_SCHEMA = pa.schema({c: pa.int64() if c == "line" else pa.string() for c in REJECT_COLUMNS})

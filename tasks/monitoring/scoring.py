@@ -53,15 +53,9 @@ def service_reasons(mode: str = DEFAULT_MODE, count: int = DEFAULT_REASON_COUNT)
     """The service's reasons (:func:`serving.reasons.explain_selected`) for the rows ``mode`` selects, as JSON
     text per row (None for a row not explained)."""
 
-    def reasons(
-        bundle: Bundle, columns: dict[str, Any], probabilities: np.ndarray, raw: Any
-    ) -> list[str | None]:
-        found = explain_selected(
-            bundle, columns, probabilities.tolist(), bundle.meta.threshold, mode, count, raw
-        )
-        if found is None:
-            return [None] * len(probabilities)
-        return [None if r is None else orjson.dumps(r).decode() for r in found]
+    def reasons(bundle: Bundle, columns: dict[str, Any], p: np.ndarray, raw: Any) -> list[str | None]:
+        found = explain_selected(bundle, columns, p.tolist(), bundle.meta.threshold, mode, count, raw)
+        return [None if r is None else orjson.dumps(r).decode() for r in found or [None] * len(p)]
 
     return reasons
 
@@ -193,7 +187,8 @@ def score_file(
     timings, started = result.timings, time.perf_counter()
     reports = read_reports(Path(clarity)) if clarity else None
     schema = output_schema(reasons is not None)
-    out, bad_out = Writer(target), (Writer(Path(rejects)) if rejects else None)
+    out, bad_out = Writer(target, schema), (Writer(Path(rejects), REJECTS_SCHEMA) if rejects else None)
+    writers = [w for w in (out, bad_out) if w is not None]
     with _fewer_collections():
         try:
             for chunk in _predicted_ahead(bundle, joined_chunks(source, reports, chunk_rows)):
@@ -235,13 +230,11 @@ def score_file(
                 result.rows_scored += table.num_rows
                 result.flagged += int(labels.sum())
                 result.chunks += 1
-            out.close(schema)
-            if bad_out is not None:
-                bad_out.close(REJECTS_SCHEMA)
+            for writer in writers:
+                writer.close()
         except BaseException:
-            for writer in (out, bad_out):
-                if writer is not None:
-                    writer.abort()
+            for writer in writers:
+                writer.abort()
             raise
     result.seconds = time.perf_counter() - started
     run_logger().info(
@@ -258,9 +251,8 @@ def fetch_model_task(
 ) -> Path:
     """Stage: the bundle of ``model_version`` (or of the version ``alias`` points to) from the registry."""
     version = versions.resolve_version(settings, model_version, alias or settings.monitoring.score_alias)
-    path = versions.download_bundle(settings, version, bundle_dir)
     run_logger().info("scoring with %s", versions.bundle_uri(settings, version))
-    return path
+    return versions.download_bundle(settings, version, bundle_dir)
 
 
 @stage("score")
@@ -275,18 +267,14 @@ def score_task(
 ) -> dict[str, Any]:
     """Stage: score the input file into the output file, under ``settings.score_root``, with the service's
     reasons when the bundle has a reason-code table and ``reasons`` (default: the setting) is not ``none``."""
-    output_path = str(output_under_root(settings, output_path))
-    rejects = str(output_under_root(settings, rejects, "rejects")) if rejects else None
     bundle = load_bundle(bundle_dir, thread_count=settings.tuning.thread_count)
     mode = reasons or settings.monitoring.score_reasons
-    explain = bundle.explainer is not None and mode != "none"
-    result = score_file(
+    return score_file(
         bundle,
         input_path,
-        output_path,
+        output_under_root(settings, output_path),
         clarity=clarity,
-        rejects=rejects,
+        rejects=output_under_root(settings, rejects, "rejects") if rejects else None,
         chunk_rows=settings.monitoring.score_chunk_rows,
-        reasons=service_reasons(mode) if explain else None,
-    )
-    return result.summary()
+        reasons=service_reasons(mode) if bundle.explainer is not None and mode != "none" else None,
+    ).summary()

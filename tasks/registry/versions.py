@@ -73,26 +73,22 @@ def bundle_uri(settings: Settings, version: str) -> str:
 def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dict[str, str]) -> str:
     """A model version of the run's ``bundle/`` artifacts: created, stamped into the bundle, then the bundle
     uploaded (a failed upload removes the version)."""
-    c = tracking.client(settings)
+    c, name = tracking.client(settings), settings.registry.model_name
     try:
-        c.create_registered_model(
-            settings.registry.model_name, description="Loan default risk (CatBoost bundle)"
-        )
+        c.create_registered_model(name, description="Loan default risk (CatBoost bundle)")
     except Exception as exc:
         if not tracking.already_exists(exc):
             raise
     source = f"{c.get_run(run_id).info.artifact_uri}/{BUNDLE_ARTIFACT_PATH}"
-    version = str(
-        c.create_model_version(settings.registry.model_name, source=source, run_id=run_id, tags=tags).version
-    )
+    version = str(c.create_model_version(name, source=source, run_id=run_id, tags=tags).version)
     try:
         if (bundle_dir / META_FILE).is_file():
-            stamp_version(bundle_dir, version, model_name=settings.registry.model_name)
+            stamp_version(bundle_dir, version, model_name=name)
             if (bundle_dir / EVALUATION_FILE).is_file():
                 write_card(bundle_dir)  # the card names its version
         c.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
     except BaseException:
-        c.delete_model_version(settings.registry.model_name, version)
+        c.delete_model_version(name, version)
         raise
     return version
 
@@ -178,17 +174,11 @@ def records(settings: Settings, prefix: str, newest_only: bool = False) -> dict[
 
     def every_page(c: Any) -> dict[str, dict[str, str]]:
         found: dict[str, dict[str, str]] = {}
-        token = None
+        token, size = None, 1 if newest_only else 1000
         while True:
-            page = c.search_registered_models(
-                filter_string=f"name LIKE '{prefix}%'",
-                max_results=1 if newest_only else 1000,
-                order_by=["name DESC"],
-                page_token=token,
-            )
+            page = c.search_registered_models(f"name LIKE '{prefix}%'", size, ["name DESC"], token)
             found |= {m.name: dict(m.tags or {}) for m in page}
-            token = page.token
-            if newest_only or not token:
+            if newest_only or not (token := page.token):
                 return found
 
     return _ask(settings, f"list registered models named {prefix}*", every_page)
@@ -197,8 +187,7 @@ def records(settings: Settings, prefix: str, newest_only: bool = False) -> dict[
 def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
     """Download a version's bundle into ``dst`` (emptied first) and stamp the version into its metadata;
     :class:`PermanentError` when it does not exist."""
-    if dst.exists():
-        shutil.rmtree(dst)
+    shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
     try:
         source = tracking.client(settings).get_model_version_download_uri(
@@ -231,9 +220,7 @@ def version_tags(bundle_dir: Path) -> dict[str, str]:
 def register_task(settings: Settings, run_id: str, bundle_dir: Path) -> str:
     """Stage: a new model version carrying the bundle, tagged from its metadata."""
     version = register_bundle(settings, run_id, bundle_dir, version_tags(bundle_dir))
-    run_logger().info(
-        "registered %s version %s (%s)", settings.registry.model_name, version, bundle_uri(settings, version)
-    )
+    run_logger().info("registered version %s (%s)", version, bundle_uri(settings, version))
     return version
 
 
