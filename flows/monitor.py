@@ -35,20 +35,13 @@ def monitor_flow(
         report = drift_task(settings, reference, window, outcomes)
         report_task(settings, run_id, report)
         event_id = emit_task(settings, report)
-    score = report.get("score") or {}
-    return {
-        "status": report["status"],
-        "event": report["event"],
+    keys = ("status", "event", "volume", "window", "drifted_features", "performance", "reasons")
+    return {k: report[k] for k in keys} | {
         "event_id": event_id,
         "model_name": reference.model_name,
         "model_version": reference.version,
-        "volume": report["volume"],
-        "window": report["window"],
-        "score_psi": score.get("psi"),
-        "drifted_features": report["drifted_features"],
+        "score_psi": (report.get("score") or {}).get("psi"),
         "feature_psi": {k: round(v["psi"], 4) for k, v in report["features"].items()},
-        "performance": report["performance"],
-        "reasons": report["reasons"],
         "run_id": run_id,
         "report": f"runs:/{run_id}/drift/report.html",
     }

@@ -19,6 +19,7 @@ import pandas as pd
 from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES
 from serving.predlog import read_log
 from serving.readers import MISSING_CATEGORY
+from tasks.errors import PermanentError
 from tasks.settings import MonitoringSettings
 from tasks.stats import auc_and_ks, categorical_counts, numeric_counts, psi, quantile_edges, shares
 
@@ -28,6 +29,10 @@ _MISSING_TEXT = frozenset({"", MISSING_CATEGORY})
 
 EVENT_DETECTED = "loan-risk.drift.detected"
 EVENT_OK = "loan-risk.drift.ok"
+
+
+class MissingFile(PermanentError, FileNotFoundError):
+    """The prediction log folder or the outcomes file does not exist (no retry brings it)."""
 
 
 def _numbers(values: Iterable[Any]) -> np.ndarray:
@@ -184,7 +189,7 @@ def event_payload(report: Mapping[str, Any]) -> dict[str, Any]:
 def read_outcomes(path: str | Path) -> pd.DataFrame:
     """``loanId`` and ``loanStatus`` of a ``loan.csv``-shaped file; a clear error naming what is missing."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"outcomes file {path} does not exist")
+        raise MissingFile(f"outcomes file {path} does not exist")
     missing = [c for c in ("loanId", "loanStatus") if c not in pd.read_csv(path, nrows=0).columns]
     if missing:
         raise ValueError(
@@ -241,5 +246,5 @@ def read_window(
     """The prediction-log records of ``model_version`` with ``since ≤ time < until``, through the service's
     reader (:func:`serving.predlog.read_log`: every worker's files, a torn last line skipped)."""
     if not Path(log_dir).is_dir():
-        raise FileNotFoundError(f"prediction log folder {log_dir} does not exist")
+        raise MissingFile(f"prediction log folder {log_dir} does not exist")
     return list(read_log(Path(log_dir), since=since, until=until, model_version=model_version))

@@ -82,10 +82,7 @@ def window_task(
         raise PermanentError("no prediction log folder: pass --log-dir or set LOANRISK_PREDICTION_LOG_DIR")
     end = until or datetime.now(UTC)
     start = end - monitor.parse_window(since or settings.monitoring.monitor_window)
-    try:
-        records = monitor.read_window(folder, start, end, model_version)
-    except FileNotFoundError as exc:
-        raise PermanentError(str(exc)) from exc
+    records = monitor.read_window(folder, start, end, model_version)
     run_logger().info(
         "%d record(s) of v%s in %s from %s to %s", len(records), model_version, folder, start, end
     )
@@ -109,10 +106,7 @@ def drift_task(
     )
     report["performance"] = None
     if outcomes and window.records:
-        try:
-            table = monitor.read_outcomes(outcomes)
-        except FileNotFoundError as exc:
-            raise PermanentError(str(exc)) from exc
+        table = monitor.read_outcomes(outcomes)
         bad, good = settings.data.label_bad_statuses, settings.data.label_good_statuses
         token = settings.pseudonymiser().token
         report["performance"] = monitor.realised_performance(window.records, table, token, bad, good)

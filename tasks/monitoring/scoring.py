@@ -267,14 +267,16 @@ def score_task(
 ) -> dict[str, Any]:
     """Stage: score the input file into the output file, under ``settings.score_root``, with the service's
     reasons when the bundle has a reason-code table and ``reasons`` (default: the setting) is not ``none``."""
+    output = output_under_root(settings, output_path)  # refused before anything is read
+    rejected = output_under_root(settings, rejects, "rejects") if rejects else None
     bundle = load_bundle(bundle_dir, thread_count=settings.tuning.thread_count)
     mode = reasons or settings.monitoring.score_reasons
     return score_file(
         bundle,
         input_path,
-        output_under_root(settings, output_path),
+        output,
         clarity=clarity,
-        rejects=output_under_root(settings, rejects, "rejects") if rejects else None,
+        rejects=rejected,
         chunk_rows=settings.monitoring.score_chunk_rows,
         reasons=service_reasons(mode) if bundle.explainer is not None and mode != "none" else None,
     ).summary()
