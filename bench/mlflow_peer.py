@@ -54,8 +54,7 @@ def peer_input_example(records: list[dict[str, Any]], size: int = 5) -> pd.DataF
 
 
 def save_peer_model(bundle_dir: str | Path, out_dir: str | Path, *, signature: bool = False) -> Path:
-    """Save the bundle as an MLflow pyfunc model in ``out_dir``; ``signature``: with an input example made of
-    the bundle's reference records."""
+    """Save the bundle as an MLflow pyfunc in ``out_dir`` (``signature``: from its reference records)."""
     extra: dict[str, Any] = {}
     if signature:
         from serving.bundle import REFERENCE_FILE

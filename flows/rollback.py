@@ -34,8 +34,7 @@ def rollback_flow(
     reason: str | None = None,
     requested_by: str | None = None,
 ) -> dict[str, Any]:
-    """Restore an earlier release's image (``steps`` back, or the one that served ``to_digest``), leaving
-    ``from_version`` (default: today's champion)."""
+    """Restore an earlier release's image (``steps`` back, or ``to_digest``), leaving ``from_version``."""
     settings = get_settings()
     plan = plan_rollback_task(settings, steps, to_digest, from_version, reason, requested_by)
     with tempfile.TemporaryDirectory(prefix="loan-risk-rollback-") as tmp:

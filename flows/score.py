@@ -30,8 +30,7 @@ def score_flow(
     bundle: str | None = None,
     reasons: str | None = None,
 ) -> dict[str, Any]:
-    """Score ``input`` into ``output`` (under ``score_output_root``) with a registered version (default: the
-    champion)."""
+    """Score ``input`` into ``output`` (under ``score_output_root``) with a version (default: champion)."""
     settings = get_settings()
     output, rejects = _outputs(settings, output, rejects)
     with tempfile.TemporaryDirectory(prefix="loanrisk-score-") as tmp:

@@ -68,8 +68,7 @@ def stage(name: str, *, max_retries: int | None = None) -> Callable[[Callable[P,
 
 
 def release_freed_memory() -> None:
-    """Hand memory freed but cached by pyarrow's pool and glibc's malloc arenas back to the OS (stages call it
-    after dropping large tables)."""
+    """Hand memory cached by pyarrow's pool and glibc's malloc arenas back to the OS."""
     import pyarrow
 
     pyarrow.default_memory_pool().release_unused()
@@ -93,8 +92,7 @@ def run_logger(name: str = "loan_risk") -> logging.Logger | logging.LoggerAdapte
 def cli_run(
     run: Callable[[], Mapping[str, Any]], error_fields: Callable[[Exception], dict] | None = None
 ) -> int:
-    """The flows' CLI ending: the result as one JSON line and exit 0, or ``{"error": "Type: message",
-    ...error_fields(exc)}`` and exit 1."""
+    """The flows' CLI ending: the result as a JSON line (exit 0) or ``{"error", **error_fields}`` (exit 1)."""
     try:
         result = run()
     except Exception as exc:  # noqa: BLE001 - the CLI reports any failure as a JSON line and exit 1

@@ -68,8 +68,7 @@ def profile_entry(values: Iterable[Any], categorical: bool, bins: int, top: int)
 def build_profile(
     features: pd.DataFrame, scores: Sequence[float], bins: int = 10, top: int = 20
 ) -> dict[str, Any]:
-    """The reference profile: each model feature of ``features`` (the training split's model rows) and the
-    ``scores`` (probabilities on the validation split), as shares of bins or categories."""
+    """The reference profile: the shares of bins or categories of each model feature and of the ``scores``."""
     categorical = frozenset(CATEGORICAL_FEATURES)
     return {
         "format": PROFILE_FORMAT,
@@ -132,13 +131,9 @@ def drift_report(
     thresholds: Thresholds,
     context: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The window's statistics against ``profile`` and the decision.
-
-    ``status`` is ``detected`` (the score's PSI ≥ ``score_psi``, or ``min_features`` or more features with PSI ≥
-    ``feature_psi``), ``ok``, ``too_few`` (fewer than ``min_records`` records: statistics shown, no decision) or
-    ``no_data`` (no record in the window). ``reasons`` says why in words; ``event`` is the Prefect event to emit
-    (None for the last two).
-    """
+    """The window's statistics against ``profile`` and the decision: ``status`` is ``detected`` (score PSI
+    or enough drifted features), ``ok``, ``too_few`` (under ``min_records``) or ``no_data``; ``reasons`` say
+    why, ``event`` is the Prefect event to emit (None for the last two)."""
     n = len(records)
     report: dict[str, Any] = {
         **dict(context or {}),
@@ -243,8 +238,7 @@ def parse_window(text: str) -> timedelta:
 def read_window(
     log_dir: str | Path, since: datetime, until: datetime | None = None, model_version: str | None = None
 ) -> list[dict[str, Any]]:
-    """The prediction-log records of ``model_version`` with ``since ≤ time < until``, through the service's
-    reader (:func:`serving.predlog.read_log`: every worker's files, a torn last line skipped)."""
+    """The prediction-log records of ``model_version`` with ``since ≤ time < until`` (service's reader)."""
     if not Path(log_dir).is_dir():
         raise MissingFile(f"prediction log folder {log_dir} does not exist")
     return list(read_log(Path(log_dir), since=since, until=until, model_version=model_version))

@@ -32,8 +32,7 @@ def metrics_summary(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def emit_model_event(settings: Settings, kind: str, version: str, payload: dict[str, Any]) -> Any:
-    """Emit ``loan-risk.model.<kind>`` for ``version`` of the settings' model; the event, or None when Prefect
-    emits none here (no API to send to)."""
+    """Emit ``loan-risk.model.<kind>`` for ``version``; the event, or None when none could be sent."""
     from prefect.events import emit_event
 
     name = settings.registry.model_name

@@ -93,8 +93,7 @@ def window_task(
 def drift_task(
     settings: Settings, reference: Reference, window: Window, outcomes: str | None = None
 ) -> dict[str, Any]:
-    """Stage: the drift report of the window against the reference, with realised performance when
-    ``outcomes`` (a ``loan.csv``-shaped file) is given."""
+    """Stage: the window's drift report against the reference (and realised performance with ``outcomes``)."""
     context = {
         "model_name": reference.model_name,
         "model_version": reference.version,
@@ -210,8 +209,7 @@ def report_markdown(report: Mapping[str, Any], run_id: str) -> str:
 
 @stage("drift-report")
 def report_task(settings: Settings, run_id: str, report: dict[str, Any]) -> None:
-    """Stage: the report as MLflow artifacts (``drift/report.{html,json}``), metrics and tags, and a Prefect
-    markdown artifact."""
+    """Stage: the report as MLflow artifacts (``drift/report.{html,json}``), metrics, tags; a Prefect one."""
     from prefect.artifacts import create_markdown_artifact
 
     tracking.log_dict(settings, run_id, report, "drift/report.json")
@@ -230,8 +228,7 @@ def report_task(settings: Settings, run_id: str, report: dict[str, Any]) -> None
 
 @stage("drift-event")
 def emit_task(settings: Settings, report: dict[str, Any]) -> str | None:
-    """Stage: emit ``loan-risk.drift.detected`` or ``loan-risk.drift.ok`` about the model (no event when the
-    window had no decision); returns the event's id."""
+    """Stage: emit the report's drift event about the model (none without a decision); the event's id."""
     from prefect.events import emit_event
 
     if report["event"] is None:

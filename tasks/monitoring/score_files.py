@@ -79,8 +79,7 @@ def _require(path: Path, present: Sequence[str], wanted: Sequence[str], what: st
 
 
 def read_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator[pa.Table]:
-    """``columns`` of the file, ``chunk_rows`` rows (about, for a CSV) at a time; CSV cells as text (blank:
-    missing), Parquet cells as stored."""
+    """``columns`` of the file, about ``chunk_rows`` rows at a time; CSV cells as text, Parquet as stored."""
     if file_kind(path) == "parquet":
         handle = pq.ParquetFile(path)
         for batch in handle.iter_batches(batch_size=chunk_rows, columns=list(columns)):
@@ -109,15 +108,13 @@ def read_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator
 
 
 def read_reports(path: Path) -> pa.Table:
-    """The clarity file's report fields and ``underwritingid``, whole, as text (one report per id: the first,
-    as :func:`tasks.model.features.join_clarity` keeps it)."""
+    """The clarity file's report fields and ``underwritingid``, whole, as text."""
     _require(path, _columns_of(path), (*REPORT_FIELDS, REPORT_KEY), "a clarity file needs every report field")
     return pa.concat_tables(read_chunks(path, (*REPORT_FIELDS, REPORT_KEY), DEFAULT_CHUNK_ROWS))
 
 
 def join_reports(loans: pa.Table, reports: pa.Table) -> pa.Table:
-    """Training's clarity join (:func:`tasks.model.features.join_clarity`: left join, the first report of an id,
-    loan order kept) by Arrow kernels."""
+    """Training's clarity join (left join, the first report of an id, loan order kept) by Arrow kernels."""
     keys = reports.column(REPORT_KEY)
     loan_keys = loans.column(JOIN_KEY)
     if loan_keys.type != keys.type:  # a typed Parquet key against text reports

@@ -50,8 +50,7 @@ ReasonFn = Callable[
 
 
 def service_reasons(mode: str = DEFAULT_MODE, count: int = DEFAULT_REASON_COUNT) -> ReasonFn:
-    """The service's reasons (:func:`serving.reasons.explain_selected`) for the rows ``mode`` selects, as JSON
-    text per row (None for a row not explained)."""
+    """The service's reasons for the rows ``mode`` selects, as JSON text per row (None: not explained)."""
 
     def reasons(bundle: Bundle, columns: dict[str, Any], p: np.ndarray, raw: Any) -> list[str | None]:
         found = explain_selected(bundle, columns, p.tolist(), bundle.meta.threshold, mode, count, raw)
@@ -119,8 +118,7 @@ def predict_chunk(bundle: Bundle, table: pa.Table) -> _Predicted:
 
 @contextlib.contextmanager
 def _fewer_collections(young: int = 100_000) -> Iterator[None]:
-    """Collect the youngest generation every ``young`` allocations while scoring: a chunk makes ~1.5 million
-    short-lived acyclic objects."""
+    """Collect the young generation every ``young`` allocations: a chunk makes ~1.5 M acyclic objects."""
     before = gc.get_threshold()
     gc.set_threshold(young, *before[1:])
     try:
@@ -265,8 +263,7 @@ def score_task(
     rejects: str | None = None,
     reasons: str | None = None,
 ) -> dict[str, Any]:
-    """Stage: score the input file into the output file, under ``settings.score_root``, with the service's
-    reasons when the bundle has a reason-code table and ``reasons`` (default: the setting) is not ``none``."""
+    """Stage: score the input into the output (under ``score_root``), with the service's reasons if any."""
     output = output_under_root(settings, output_path)  # refused before anything is read
     rejected = output_under_root(settings, rejects, "rejects") if rejects else None
     bundle = load_bundle(bundle_dir, thread_count=settings.tuning.thread_count)

@@ -58,8 +58,7 @@ def start_run(
 def run(
     settings: Settings, name: str, tags: Mapping[str, str] | None = None, parent: str | None = None
 ) -> Iterator[str]:
-    """``with tracking.run(settings, name) as run_id:`` a run that ends FINISHED, or FAILED when the block raises
-    (an interrupt included)."""
+    """``with tracking.run(settings, name) as run_id:`` ends FINISHED, or FAILED when the block raises."""
     run_id = start_run(settings, name, tags, parent)
     try:
         yield run_id

@@ -169,8 +169,7 @@ def record_tags(settings: Settings, name: str) -> dict[str, str] | None:
 
 
 def records(settings: Settings, prefix: str, newest_only: bool = False) -> dict[str, dict[str, str]]:
-    """Registered models whose name starts with ``prefix`` (name → tags), every page; ``newest_only``: the one
-    with the greatest name."""
+    """Registered models named ``prefix``* (name → tags), every page; ``newest_only``: the greatest name."""
 
     def every_page(c: Any) -> dict[str, dict[str, str]]:
         found: dict[str, dict[str, str]] = {}
@@ -185,8 +184,7 @@ def records(settings: Settings, prefix: str, newest_only: bool = False) -> dict[
 
 
 def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
-    """Download a version's bundle into ``dst`` (emptied first) and stamp the version into its metadata;
-    :class:`PermanentError` when it does not exist."""
+    """A version's bundle in ``dst`` (emptied first), its version stamped; PermanentError when absent."""
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
     try:
