@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.splitlines()[0])
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--model-version", help="the registered version to deploy")
-    target.add_argument(
-        "--alias", default=None, help="deploy the version this alias points to (default: candidate)"
-    )
+    target.add_argument("--alias", help="deploy the version this alias points to (default: candidate)")
     target.add_argument("--converge", action="store_true", help="complete the tail of the last release")
     target.add_argument("--history", action="store_true", help="print every champion change")
     parser.add_argument("--json", action="store_true", help="with --history: one JSON object per change")
@@ -86,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.force and len(" ".join((args.reason or "").split())) < 10:
         parser.error("--force needs a --reason of at least 10 characters")
     if args.history:
-        rows = read_history(get_settings())
+        rows = read_history(settings := get_settings())
         sys.stdout.write(
-            "".join(json.dumps(r) + "\n" for r in rows) if args.json else history_text(rows, get_settings())
+            "".join(json.dumps(r) + "\n" for r in rows) if args.json else history_text(rows, settings)
         )
         return 0
     if args.converge:

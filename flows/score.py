@@ -51,23 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_environment()
     parser = argparse.ArgumentParser(prog="python -m flows.score", description=__doc__.splitlines()[0])
     parser.add_argument("input", help="applications: CSV or Parquet with the source files' field names")
-    parser.add_argument(
-        "--output", required=True, help="scores: .csv or .parquet, under the setting score_output_root"
-    )
+    parser.add_argument("--output", required=True, help="scores: .csv or .parquet, under score_output_root")
     parser.add_argument("--clarity", help="the clarity file, when INPUT is loan.csv alone (joined here)")
-    parser.add_argument(
-        "--rejects",
-        help="list bad rows here (under score_output_root) and score the rest (default: a bad row stops)",
-    )
+    parser.add_argument("--rejects", help="list bad rows here (under score_output_root), score the rest")
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--alias", help="score with the version this alias points to (default: champion)")
     model.add_argument("--model-version", help="score with this registered version")
     model.add_argument("--bundle", help="score with a local bundle directory instead of the registry")
-    parser.add_argument(
-        "--reasons",
-        choices=("risky", "all", "none"),
-        help="reason codes for the rows labelled risky (default, the setting score_reasons), all rows, or none",
-    )
+    reasons = "reason codes for the rows labelled risky (default: setting score_reasons), all rows, or none"
+    parser.add_argument("--reasons", choices=("risky", "all", "none"), help=reasons)
     args = parser.parse_args(argv)
 
     def run() -> dict[str, Any]:

@@ -67,23 +67,19 @@ def _columns_of(path: Path) -> list[str]:
         return next(csv.reader(handle), [])
 
 
-def _require(path: Path, present: Sequence[str], wanted: Sequence[str], what: str) -> None:
-    missing = [c for c in wanted if c not in present]
-    if missing:
-        more = (
-            f" (and {len(missing) - 1} more: {missing[1:4]}{'…' if len(missing) > 4 else ''})"
-            if len(missing) > 1
-            else ""
-        )
+def _require(path: Path, wanted: Sequence[str], what: str) -> None:
+    present = _columns_of(path)
+    if missing := [c for c in wanted if c not in present]:
+        more = f" (and {len(missing) - 1} more: {missing[1:4]}{'…' if len(missing) > 4 else ''})"
+        more = more if len(missing) > 1 else ""
         raise ScoreError(f"{path.name}: missing column {missing[0]!r}{more}; {what}", file=path.name)
 
 
 def read_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator[pa.Table]:
     """``columns`` of the file, about ``chunk_rows`` rows at a time; CSV cells as text, Parquet as stored."""
     if file_kind(path) == "parquet":
-        handle = pq.ParquetFile(path)
-        for batch in handle.iter_batches(batch_size=chunk_rows, columns=list(columns)):
-            yield pa.Table.from_batches([batch])
+        batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=list(columns))
+        yield from (pa.Table.from_batches([batch]) for batch in batches)
         return
     reader = pacsv.open_csv(
         path,
@@ -109,7 +105,7 @@ def read_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator
 
 def read_reports(path: Path) -> pa.Table:
     """The clarity file's report fields and ``underwritingid``, whole, as text."""
-    _require(path, _columns_of(path), (*REPORT_FIELDS, REPORT_KEY), "a clarity file needs every report field")
+    _require(path, (*REPORT_FIELDS, REPORT_KEY), "a clarity file needs every report field")
     return pa.concat_tables(read_chunks(path, (*REPORT_FIELDS, REPORT_KEY), DEFAULT_CHUNK_ROWS))
 
 
@@ -128,16 +124,12 @@ def join_reports(loans: pa.Table, reports: pa.Table) -> pa.Table:
 
 def joined_chunks(path: Path, reports: pa.Table | None, chunk_rows: int) -> Iterator[pa.Table]:
     """The input's chunks with every field the features read: as read, or joined to the clarity reports."""
-    present = _columns_of(path)
     if reports is None:
-        _require(
-            path, present, INPUT_FIELDS, "give the clarity file with --clarity, or a file already joined"
-        )
+        _require(path, INPUT_FIELDS, "give the clarity file with --clarity, or a file already joined")
         yield from read_chunks(path, INPUT_FIELDS, chunk_rows)
-        return
-    _require(path, present, LOAN_FIELDS, "a loan file needs every decision-time field and loanId")
-    for chunk in read_chunks(path, LOAN_FIELDS, chunk_rows):
-        yield join_reports(chunk, reports)
+    else:
+        _require(path, LOAN_FIELDS, "a loan file needs every decision-time field and loanId")
+        yield from (join_reports(chunk, reports) for chunk in read_chunks(path, LOAN_FIELDS, chunk_rows))
 
 
 class ScoreOutputError(ScoreError):

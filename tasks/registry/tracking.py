@@ -21,7 +21,7 @@ from tasks.settings import Settings, mlflow_environment
 def client(settings: Settings) -> Any:
     """An ``MlflowClient`` for the settings' tracking URI (never ``mlflow.set_tracking_uri``: it writes the
     process environment, pinning every later settings object to the first store)."""
-    mlflow_environment(settings)
+    mlflow_environment(settings.registry)
     from mlflow import MlflowClient
 
     uri = settings.tracking_uri
@@ -181,7 +181,7 @@ def already_exists(exc: BaseException) -> bool:
 
 def download_artifacts(settings: Settings, artifact_uri: str, dst: Path) -> Path:
     """Download ``artifact_uri`` (``runs:/``, ``models:/`` or a store URI) into ``dst``; returns the local path."""
-    mlflow_environment(settings)
+    mlflow_environment(settings.registry)
     from mlflow.artifacts import download_artifacts as download
 
     return Path(download(artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=settings.tracking_uri))

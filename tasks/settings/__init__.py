@@ -182,18 +182,17 @@ def configure_environment(settings: Settings | None = None) -> Settings:
         defaults["PREFECT_API_AUTH_STRING"] = settings.prefect_api_auth_string.get_secret_value()
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    context = sys.modules.get("prefect.context")
-    if context is not None:
+    if (context := sys.modules.get("prefect.context")) is not None:
         context.refresh_global_settings_context()
     return settings
 
 
-def mlflow_environment(settings: Settings) -> None:
+def mlflow_environment(registry: RegistrySettings) -> None:
     """MLflow's variables from the settings (the tracking account; no progress bars), unless already set."""
     defaults = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GIT_PYTHON_REFRESH": "quiet"}
-    if settings.registry.mlflow_username:
-        defaults["MLFLOW_TRACKING_USERNAME"] = settings.registry.mlflow_username
-    if settings.registry.mlflow_password is not None:
-        defaults["MLFLOW_TRACKING_PASSWORD"] = settings.registry.mlflow_password.get_secret_value()
+    if registry.mlflow_username:
+        defaults["MLFLOW_TRACKING_USERNAME"] = registry.mlflow_username
+    if registry.mlflow_password is not None:
+        defaults["MLFLOW_TRACKING_PASSWORD"] = registry.mlflow_password.get_secret_value()
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

@@ -201,13 +201,8 @@ class RunSettings(_Section):
     prefect_api_auth_string: SecretStr | None = None
 
 
+_ALL = (DataSettings, TuningSettings, EvaluationSettings, RegistrySettings, ReleaseSettings, ServingSettings)
 SECTIONS: dict[str, type[_Section]] = {
-    "data": DataSettings,
-    "tuning": TuningSettings,
-    "evaluation": EvaluationSettings,
-    "registry": RegistrySettings,
-    "release": ReleaseSettings,
-    "serving": ServingSettings,
-    "monitoring": MonitoringSettings,
+    cls.__name__.removesuffix("Settings").lower(): cls for cls in (*_ALL, MonitoringSettings)
 }
 SECTION_OF: dict[str, str] = {name: sec for sec, cls in SECTIONS.items() for name in cls.model_fields}
