@@ -42,8 +42,8 @@ def score_flow(
 
 def _outputs(settings: Settings, output: str, rejects: str | None) -> tuple[str, str | None]:
     """The output and rejects paths under the score root (raises ``ScoreOutputError`` for any other)."""
-    out = str(output_under_root(settings, output))
-    return out, (str(output_under_root(settings, rejects, "rejects")) if rejects else None)
+    out = str(output_under_root(settings.score_root, output))
+    return out, (str(output_under_root(settings.score_root, rejects, "rejects")) if rejects else None)
 
 
 def main(argv: list[str] | None = None) -> int:

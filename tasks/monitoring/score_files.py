@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from serving.contract import CLARITY_COLUMNS, LOAN_COLUMNS
 from serving.features import SOURCE_FIELDS
 from tasks.errors import PermanentError
-from tasks.settings import MonitoringSettings, Settings
+from tasks.settings import MonitoringSettings
 
 ID_FIELD = "loanId"
 JOIN_KEY = "clarityFraudId"
@@ -136,10 +136,9 @@ class ScoreOutputError(ScoreError):
     """An output (scores or rejects) that would land outside the setting ``score_output_root``."""
 
 
-def output_under_root(settings: Settings, path: str | Path, what: str = "output") -> Path:
-    """Where the output ``path`` is written: a relative path under :attr:`Settings.score_root`, an absolute one
-    only when it resolves (after ``..`` and symlinks) inside it. Raises :class:`ScoreOutputError` otherwise."""
-    root = settings.score_root
+def output_under_root(root: Path, path: str | Path, what: str = "output") -> Path:
+    """Where the output ``path`` is written: a relative path under ``root`` (:attr:`Settings.score_root`), an
+    absolute one only when it resolves (after ``..`` and symlinks) inside it; else :class:`ScoreOutputError`."""
     text = str(path)
     how = (
         "give a name relative to it (written under it) or a path inside it, or point the setting "

@@ -264,8 +264,8 @@ def score_task(
     reasons: str | None = None,
 ) -> dict[str, Any]:
     """Stage: score the input into the output (under ``score_root``), with the service's reasons if any."""
-    output = output_under_root(settings, output_path)  # refused before anything is read
-    rejected = output_under_root(settings, rejects, "rejects") if rejects else None
+    output = output_under_root(settings.score_root, output_path)  # refused before anything is read
+    rejected = output_under_root(settings.score_root, rejects, "rejects") if rejects else None
     bundle = load_bundle(bundle_dir, thread_count=settings.tuning.thread_count)
     mode = reasons or settings.monitoring.score_reasons
     return score_file(

@@ -162,12 +162,9 @@ def is_absent(exc: BaseException) -> bool:
     existing model is ``INVALID_PARAMETER_VALUE`` "Registered model alias ... not found" in MLflow 3)."""
     from mlflow.exceptions import MlflowException
 
-    if not isinstance(exc, MlflowException):
-        return False
-    code = exc.error_code
-    return code == "RESOURCE_DOES_NOT_EXIST" or (
-        code == "INVALID_PARAMETER_VALUE" and bool(_ALIAS_NOT_FOUND.search(str(exc)))
-    )
+    code = exc.error_code if isinstance(exc, MlflowException) else None
+    alias_missing = code == "INVALID_PARAMETER_VALUE" and bool(_ALIAS_NOT_FOUND.search(str(exc)))
+    return code == "RESOURCE_DOES_NOT_EXIST" or alias_missing
 
 
 def already_exists(exc: BaseException) -> bool:
