@@ -48,22 +48,15 @@ def _config_file() -> dict[str, Any]:
     return data
 
 
-class _Sources(BaseSettings):
-    """Reads the flat names from the init values, the environment and the config file (parsing only)."""
-
+class _Env(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOANRISK_", extra="ignore")
 
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any, **others: Any
-    ) -> tuple[Any, ...]:
-        return (init_settings, env_settings, _config_file, others["file_secret_settings"])
 
-
-# Every flat name as optional: a value not given anywhere is left to its section's default (and validators).
+# Every flat name as optional, read from the init values and the environment: a value not given anywhere is left
+# to its section's default (and validators).
 _Flat = create_model(  # type: ignore[call-overload]
     "_Flat",
-    __base__=_Sources,
+    __base__=_Env,
     **{
         name: (info.annotation | None, None)
         for cls in (RunSettings, *SECTIONS.values())
@@ -90,9 +83,9 @@ class Settings(RunSettings):
 
     def __init__(self, **values: Any) -> None:
         given = self.flat(values)
-        super().__init__(
-            **_Flat(**given).model_dump(exclude_none=True) | {k: None for k, v in given.items() if v is None}
-        )
+        in_file = {k: v for k, v in _config_file().items() if k in _Flat.model_fields}
+        read = _Flat(**given).model_dump(exclude_none=True)  # the keywords, else the environment
+        super().__init__(**in_file | read | {k: None for k, v in given.items() if v is None})
 
     @model_validator(mode="before")
     @classmethod
