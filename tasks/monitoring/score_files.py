@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from serving.contract import CLARITY_COLUMNS, LOAN_COLUMNS
 from serving.features import SOURCE_FIELDS
-from tasks.errors import PermanentError
+from tasks.errors import BadInputError
 from tasks.settings import MonitoringSettings
 
 ID_FIELD = "loanId"
@@ -33,7 +33,7 @@ REJECT_COLUMNS: tuple[str, ...] = ("line", "loanId", "field", "reason")
 _CSV_BYTES_PER_ROW = 180  # loan.csv averages ~172 bytes a row: a CSV block of chunk_rows * this
 
 
-class ScoreError(PermanentError, ValueError):
+class ScoreError(BadInputError, ValueError):
     """The input cannot be scored: names the file and, for a bad value, the line or row and the field."""
 
     def __init__(self, message: str, *, file: str, line: int | None = None, field: str | None = None) -> None:

@@ -101,9 +101,8 @@ class Settings(RunSettings):
     def flat(values: dict[str, Any]) -> dict[str, Any]:
         """``{section: {...}}`` values as flat names (the names of the environment and the config file)."""
         out = {k: v for k, v in values.items() if k not in SECTIONS}
-        for sec in SECTIONS:
-            part = values.get(sec) or {}
-            out.update(part.model_dump() if isinstance(part, BaseModel) else part)
+        for part in (values.get(sec) or {} for sec in SECTIONS):
+            out |= part.model_dump() if isinstance(part, BaseModel) else part
         return out
 
     def replace(self, **changes: Any) -> Settings:
