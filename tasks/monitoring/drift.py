@@ -148,10 +148,11 @@ def drift_report(
         return report
     rows = [r.get("features") or {} for r in records]
     found = {name: entry_drift(e, [row.get(name) for row in rows]) for name, e in profile["features"].items()}
-    report["features"] = dict(sorted(found.items(), key=lambda kv: -kv[1]["psi"]))  # the largest PSI first
+    features = report["features"] = dict(sorted(found.items(), key=lambda kv: -kv[1]["psi"]))  # largest first
+    drifted = report["drifted_features"] = [
+        k for k, d in features.items() if d["psi"] >= thresholds.feature_psi
+    ]
     report["score"] = entry_drift(profile["score"], [r.get("probability") for r in records])
-    drifted = [name for name, d in report["features"].items() if d["psi"] >= thresholds.feature_psi]
-    report["drifted_features"] = drifted
     score_psi = report["score"]["psi"]
     reasons = [
         f"score PSI {score_psi:.3f} {'≥' if score_psi >= thresholds.score_psi else '<'} {thresholds.score_psi}",

@@ -56,10 +56,8 @@ def reference_task(settings: Settings, model_version: str | None = None) -> Refe
             "monitor (pass --model-version to watch another version)"
         )
     version = str(found.version)
-    profile = read_profile(
-        versions.download_bundle(settings, version, tracking.scratch_dir("monitor-") / "b")
-    )
-    if profile is None:
+    bundle = versions.download_bundle(settings, version, tracking.scratch_dir("monitor-") / "bundle")
+    if (profile := read_profile(bundle)) is None:
         raise PermanentError(
             f"{versions.bundle_uri(settings, version)} has no reference profile (profile.json): it was "
             "packaged before profiles existed; retrain to monitor it"
