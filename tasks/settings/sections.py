@@ -44,8 +44,7 @@ class DataSettings(_Section):
 
     @model_validator(mode="after")
     def _labels_disjoint(self) -> DataSettings:
-        both = set(self.label_bad_statuses) & set(self.label_good_statuses)
-        if both:
+        if both := set(self.label_bad_statuses) & set(self.label_good_statuses):
             raise ValueError(f"label statuses cannot be both bad and good: {sorted(both)}")
         unknown = [s for s in (*self.label_bad_statuses, *self.label_good_statuses) if s not in LOAN_STATUSES]
         if unknown:
@@ -56,10 +55,8 @@ class DataSettings(_Section):
 
     def label_statuses(self) -> tuple[list[str], list[str]]:
         """The (bad, good) statuses of the label policy: ``matured`` leaves out loans not final yet."""
-        good = list(self.label_good_statuses)
-        if self.label_policy == "matured":
-            good = [s for s in good if s not in NOT_FINAL_STATUSES]
-        return list(self.label_bad_statuses), good
+        left_out = NOT_FINAL_STATUSES if self.label_policy == "matured" else ()
+        return list(self.label_bad_statuses), [s for s in self.label_good_statuses if s not in left_out]
 
 
 class TuningSettings(_Section):
