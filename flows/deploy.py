@@ -2,14 +2,8 @@
 commit (the ledger's compare-and-set) → converge (champion, version tag, latest, notes, GitHub release, history).
 
 One error type leaves a run, ``ReleaseFailed``, whose ``committed`` (yes, no, unknown) says whether the champion
-changed.
-
-    python -m flows.deploy --model-version V            # only a version the gate promoted over today's champion
-    python -m flows.deploy --model-version V --force --reason "TEXT (10+ characters)"
-    python -m flows.deploy --alias candidate            # the version an alias points to
-    python -m flows.deploy --converge                   # complete the tail of the last release
-    python -m flows.deploy --history [--json]           # every champion change: what, when, who, why
-    python -m flows.rollback [--steps N | --to-digest D] [--from V]   # see flows/rollback.py
+changed. The CLI (``--model-version``, ``--alias``, ``--force --reason``, ``--converge``, ``--history``):
+docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -53,25 +47,17 @@ def deploy_flow(
         if not plan.noop:
             candidate = prepare_candidate(settings, plan.version, plan.reuse_digest, Path(tmp), revision)
             entry = commit_task(settings, plan, candidate, revision)
-    released = converge(settings)
+    done = {**plan.summary(), **converge(settings), "lock": lock.summary()}
     if plan.noop:
-        return {
-            **plan.summary(),
-            **released,
-            "status": "already-released",
-            "build": "none",
-            "lock": lock.summary(),
-        }
+        return {**done, "status": "already-released", "build": "none"}
     return {
-        **plan.summary(),
-        **released,
+        **done,
         "status": "released",
         "entry": entry.seq,
         "digest": entry.digest,
         "build": "built" if candidate.built else "reused",
         "build_id": candidate.build_id or None,
         "smoke": candidate.smoke,
-        "lock": lock.summary(),
     }
 
 
@@ -88,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.splitlines()[0])
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--model-version", help="the registered version to deploy")
-    target.add_argument(
-        "--alias", default=None, help="deploy the version this alias points to (default: candidate)"
-    )
+    target.add_argument("--alias", help="deploy the version this alias points to (default: candidate)")
     target.add_argument("--converge", action="store_true", help="complete the tail of the last release")
     target.add_argument("--history", action="store_true", help="print every champion change")
     parser.add_argument("--json", action="store_true", help="with --history: one JSON object per change")
@@ -100,13 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.force and len(" ".join((args.reason or "").split())) < 10:
         parser.error("--force needs a --reason of at least 10 characters")
     if args.history:
-        rows = read_history(get_settings())
+        rows = read_history(settings := get_settings())
         sys.stdout.write(
-            "".join(json.dumps(r) + "\n" for r in rows) if args.json else history_text(rows, get_settings())
+            "".join(json.dumps(r) + "\n" for r in rows) if args.json else history_text(rows, settings)
         )
         return 0
     if args.converge:
-        return cli_run(converge_flow, _error_fields)
+        return cli_run(converge_flow, release_error_fields)
     return cli_run(
         lambda: deploy_flow(
             model_version=args.model_version,
@@ -115,11 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             reason=args.reason,
             requested_by=operator(),
         ),
-        _error_fields,
+        release_error_fields,
     )
 
 
-def _error_fields(exc: Exception) -> dict[str, Any]:
+def release_error_fields(exc: Exception) -> dict[str, Any]:
+    """What a failed release adds to the CLI's error line: the step, and whether the champion changed."""
     return {"step": getattr(exc, "step", None), "committed": getattr(exc, "committed", "no")}
 
 

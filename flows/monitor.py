@@ -1,9 +1,7 @@
 """The monitor flow: prediction log window → drift against the bundle's reference profile → report + event.
 
-    python -m flows.monitor [--since 24h] [--log-dir DIR] [--outcomes loan.csv] [--model-version V]
-
-prints one JSON line: the status (``detected``, ``ok``, ``too_few``, ``no_data``), the event, the PSIs and the
-MLflow run holding the report.
+Prints one JSON line: the status (``detected``, ``ok``, ``too_few``, ``no_data``), the event, the PSIs and the
+MLflow run holding the report (docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -37,20 +35,13 @@ def monitor_flow(
         report = drift_task(settings, reference, window, outcomes)
         report_task(settings, run_id, report)
         event_id = emit_task(settings, report)
-    score = report.get("score") or {}
-    return {
-        "status": report["status"],
-        "event": report["event"],
+    keys = ("status", "event", "volume", "window", "drifted_features", "performance", "reasons")
+    return {k: report[k] for k in keys} | {
         "event_id": event_id,
         "model_name": reference.model_name,
         "model_version": reference.version,
-        "volume": report["volume"],
-        "window": report["window"],
-        "score_psi": score.get("psi"),
-        "drifted_features": report["drifted_features"],
+        "score_psi": (report.get("score") or {}).get("psi"),
         "feature_psi": {k: round(v["psi"], 4) for k, v in report["features"].items()},
-        "performance": report["performance"],
-        "reasons": report["reasons"],
         "run_id": run_id,
         "report": f"runs:/{run_id}/drift/report.html",
     }
@@ -67,11 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outcomes", help="a loan.csv-shaped file: realised AUC and KS on matured loans")
     parser.add_argument("--model-version", help="watch this version instead of the champion")
     args = parser.parse_args(argv)
-    return cli_run(
-        lambda: monitor_flow(
-            since=args.since, log_dir=args.log_dir, outcomes=args.outcomes, model_version=args.model_version
-        )
-    )
+    return cli_run(lambda: monitor_flow(**vars(args)))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,6 @@
 """The rollback flow: plan → the restored image pulled by digest and smoke-tested → commit → converge.
 
-No build and no deploy lock; refused when the champion changed since it was asked (``--from``).
-
-    python -m flows.rollback                       # one release back
-    python -m flows.rollback --steps 2             # two distinct releases back
-    python -m flows.rollback --to-digest sha256:…  # the release that served this image
-    python -m flows.rollback --from 7 --reason "INC-42: v7 misprices"
+No build and no deploy lock; refused when the champion changed since it was asked (``--from``): docs/deploy.md
 """
 
 from __future__ import annotations
@@ -18,6 +13,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.deploy import release_error_fields
 from tasks.common import cli_run
 from tasks.registry import versions
 from tasks.registry.aliases import Alias
@@ -38,8 +34,7 @@ def rollback_flow(
     reason: str | None = None,
     requested_by: str | None = None,
 ) -> dict[str, Any]:
-    """Restore an earlier release's image (``steps`` back, or the one that served ``to_digest``), leaving
-    ``from_version`` (default: today's champion)."""
+    """Restore an earlier release's image (``steps`` back, or ``to_digest``), leaving ``from_version``."""
     settings = get_settings()
     plan = plan_rollback_task(settings, steps, to_digest, from_version, reason, requested_by)
     with tempfile.TemporaryDirectory(prefix="loan-risk-rollback-") as tmp:
@@ -73,16 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if leaving is None:  # the champion when it was asked, not when the run starts
         champion = versions.version_by_alias(get_settings(), Alias.CHAMPION)
         leaving = str(champion.version) if champion is not None else None
-    return cli_run(
-        lambda: rollback_flow(
-            steps=args.steps,
-            to_digest=args.to_digest,
-            from_version=leaving,
-            reason=args.reason,
-            requested_by=operator(),
-        ),
-        lambda exc: {"step": getattr(exc, "step", None), "committed": getattr(exc, "committed", "no")},
-    )
+    args.from_version, args.requested_by = leaving, operator()
+    return cli_run(lambda: rollback_flow(**vars(args)), release_error_fields)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,6 @@
 """The batch scoring flow: a registered model version scores a file of loan applications.
 
-    python -m flows.score INPUT --output OUT [--alias champion | --model-version V | --bundle DIR]
-                                [--clarity clarity_underwriting_variables.csv] [--rejects FILE]
-
-OUT and the rejects FILE are written only under the setting ``score_output_root``; prints one JSON line.
+Outputs go only under the setting ``score_output_root``; prints one JSON line (docs/batch-scoring.md).
 """
 
 from __future__ import annotations
@@ -33,8 +30,7 @@ def score_flow(
     bundle: str | None = None,
     reasons: str | None = None,
 ) -> dict[str, Any]:
-    """Score ``input`` into ``output`` (under ``score_output_root``) with a registered version (default: the
-    champion)."""
+    """Score ``input`` into ``output`` (under ``score_output_root``) with a version (default: champion)."""
     settings = get_settings()
     output, rejects = _outputs(settings, output, rejects)
     with tempfile.TemporaryDirectory(prefix="loanrisk-score-") as tmp:
@@ -46,8 +42,8 @@ def score_flow(
 
 def _outputs(settings: Settings, output: str, rejects: str | None) -> tuple[str, str | None]:
     """The output and rejects paths under the score root (raises ``ScoreOutputError`` for any other)."""
-    out = str(output_under_root(settings, output))
-    return out, (str(output_under_root(settings, rejects, "rejects")) if rejects else None)
+    out = str(output_under_root(settings.score_root, output))
+    return out, (str(output_under_root(settings.score_root, rejects, "rejects")) if rejects else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,37 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     configure_environment()
     parser = argparse.ArgumentParser(prog="python -m flows.score", description=__doc__.splitlines()[0])
     parser.add_argument("input", help="applications: CSV or Parquet with the source files' field names")
-    parser.add_argument(
-        "--output", required=True, help="scores: .csv or .parquet, under the setting score_output_root"
-    )
+    parser.add_argument("--output", required=True, help="scores: .csv or .parquet, under score_output_root")
     parser.add_argument("--clarity", help="the clarity file, when INPUT is loan.csv alone (joined here)")
-    parser.add_argument(
-        "--rejects",
-        help="list bad rows here (under score_output_root) and score the rest (default: a bad row stops)",
-    )
+    parser.add_argument("--rejects", help="list bad rows here (under score_output_root), score the rest")
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--alias", help="score with the version this alias points to (default: champion)")
     model.add_argument("--model-version", help="score with this registered version")
     model.add_argument("--bundle", help="score with a local bundle directory instead of the registry")
-    parser.add_argument(
-        "--reasons",
-        choices=("risky", "all", "none"),
-        help="reason codes for the rows labelled risky (default, the setting score_reasons), all rows, or none",
-    )
+    reasons = "reason codes for the rows labelled risky (default: setting score_reasons), all rows, or none"
+    parser.add_argument("--reasons", choices=("risky", "all", "none"), help=reasons)
     args = parser.parse_args(argv)
 
     def run() -> dict[str, Any]:
         _outputs(get_settings(), args.output, args.rejects)  # refused here: no flow run, no traceback
-        return score_flow(
-            input=args.input,
-            output=args.output,
-            alias=args.alias,
-            model_version=args.model_version,
-            clarity=args.clarity,
-            rejects=args.rejects,
-            bundle=args.bundle,
-            reasons=args.reasons,
-        )
+        return score_flow(**vars(args))
 
     return cli_run(run)
 

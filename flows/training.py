@@ -30,30 +30,21 @@ from tasks.settings import Settings, configure_environment, get_settings
 
 def resolve_settings(source: str | None, scale: float | None, n_trials: int | None) -> Settings:
     """The settings with this run's overrides applied (validated like the rest)."""
-    base = get_settings()
     given = {"source": source, "sample_scale": scale, "n_trials": n_trials}
     overrides = {k: v for k, v in given.items() if v is not None}
-    return base.replace(**overrides) if overrides else base
+    return get_settings().replace(**overrides) if overrides else get_settings()
 
 
 def run_params(settings: Settings, dry_run: bool) -> dict[str, Any]:
     """What the training run records as its parameters."""
-    names = ("source", "sample_scale", "n_trials", "seed", "split_fractions")
-    return {
-        **{name: settings.value(name) for name in names},
-        "label_bad_statuses": settings.data.label_bad_statuses,
-        "label_good_statuses": settings.data.label_good_statuses,
-        "label_policy": settings.data.label_policy,
-        "monotone_constraints": settings.tuning.monotone_constraints,
-        "dry_run": dry_run,
-    }
+    names = ("source", "sample_scale", "n_trials", "seed", "split_fractions", "label_bad_statuses")
+    names += ("label_good_statuses", "label_policy", "monotone_constraints")
+    return {name: settings.value(name) for name in names} | {"dry_run": dry_run}
 
 
 def deploy_mode(settings: Settings, deploy: bool | None) -> str:
     """The run's deploy mode: ``deploy=True`` is "required", ``False`` is "off", ``None`` the setting's."""
-    if deploy is None:
-        return settings.release.deploy_mode
-    return "required" if deploy else "off"
+    return settings.release.deploy_mode if deploy is None else ("required" if deploy else "off")
 
 
 def wants_deploy(settings: Settings, promoted: bool, dry_run: bool, deploy: bool | None) -> bool:
@@ -64,37 +55,37 @@ def wants_deploy(settings: Settings, promoted: bool, dry_run: bool, deploy: bool
 def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, Any]:
     """Run the deploy flow for a promoted version (a subflow, or a deployment run inside a deployment); a missing
     engine or registry skips it under "auto" and fails it under "required"."""
-    from prefect.runtime import deployment
+    from prefect.runtime import deployment, flow_run
 
     from tasks.release.ledger import ReleaseFailed
     from tasks.release.push import engine_available
 
-    mode = deploy_mode(settings, deploy)
     ready, missing, why = engine_available(settings)
-    if not ready and mode == "required":
+    if not ready and deploy_mode(settings, deploy) == "required":
         raise ReleaseFailed(missing, f"deploy_mode is required and {why}", "no")
     if not ready:
         run_logger().warning("deploy skipped: %s (deploy_mode auto; set it to required to fail instead)", why)
         return {"status": "skipped", "reason": why, "missing": missing}
-    from prefect.runtime import flow_run
+    requester = "the promotion gate" + (f" of training flow run {flow_run.id}" if flow_run.id else "")
+    if not deployment.id:
+        from flows.deploy import deploy_flow
 
-    requester = (
-        f"the promotion gate of training flow run {flow_run.id}" if flow_run.id else "the promotion gate"
-    )
-    if deployment.id:
-        from prefect.deployments import run_deployment
+        return deploy_flow(model_version=version, requested_by=requester)
+    from prefect.deployments import run_deployment
 
-        # timeout=0: do not block, so a single-slot worker cannot deadlock on its own child run.
-        parameters = {"model_version": version, "requested_by": requester}
-        child = run_deployment(settings.release.deploy_deployment_name, parameters=parameters, timeout=0)
-        return {
-            "status": "scheduled",
-            "flow_run_id": str(child.id),
-            "deployment": settings.release.deploy_deployment_name,
-        }
-    from flows.deploy import deploy_flow
+    # timeout=0: do not block, so a single-slot worker cannot deadlock on its own child run.
+    name = settings.release.deploy_deployment_name
+    child = run_deployment(name, parameters={"model_version": version, "requested_by": requester}, timeout=0)
+    return {"status": "scheduled", "flow_run_id": str(child.id), "deployment": name}
 
-    return deploy_flow(model_version=version, requested_by=requester)
+
+_AFTER_FAILURE = {
+    "yes": "after the commit point: it is the champion; `python -m flows.deploy --converge` completes the "
+    "release",
+    "unknown": "at the commit point, and whether it committed is unknown: `python -m flows.deploy --history` "
+    "tells, `--converge` completes",
+    "no": "before the commit point: nothing was released, the champion is unchanged",
+}
 
 
 def deploy_outcome(version: str, exc: Exception) -> tuple[dict[str, Any], Exception]:
@@ -102,11 +93,7 @@ def deploy_outcome(version: str, exc: Exception) -> tuple[dict[str, Any], Except
     from tasks.release.ledger import ReleaseFailed
 
     committed = str(getattr(exc, "committed", "no"))
-    side = {
-        "yes": "after the commit point: it is the champion; `python -m flows.deploy --converge` completes the release",
-        "unknown": "at the commit point, and whether it committed is unknown: `python -m flows.deploy --history` "
-        "tells, `--converge` completes",
-    }.get(committed, "before the commit point: nothing was released, the champion is unchanged")
+    side = _AFTER_FAILURE.get(committed, _AFTER_FAILURE["no"])
     outcome = {
         "status": {"yes": "incomplete", "unknown": "unknown"}.get(committed, "failed"),
         "committed": committed,
@@ -118,12 +105,9 @@ def deploy_outcome(version: str, exc: Exception) -> tuple[dict[str, Any], Except
 
 def record_deploy(settings: Settings, run_id: str, outcome: dict[str, Any]) -> None:
     """The deploy's outcome on the training run: ``deploy.*`` tags and ``deploy.json``."""
-    tags = {
-        "deploy.status": outcome.get("status", ""),
-        "deploy.committed": str(outcome.get("committed", "")).lower(),
-        "deploy.digest": outcome.get("digest", ""),
-        "deploy.error": outcome.get("error", "")[:5000],
-    }
+    tags = {f"deploy.{k}": str(outcome.get(k, "")) for k in ("status", "committed", "digest", "error")}
+    tags["deploy.committed"] = tags["deploy.committed"].lower()
+    tags["deploy.error"] = tags["deploy.error"][:5000]
     tracking.set_tags(settings, run_id, tags)
     tracking.log_dict(settings, run_id, outcome, "deploy.json")
 
@@ -140,9 +124,9 @@ def training_flow(
     settings = resolve_settings(source, scale, n_trials)
     started = time.perf_counter()
     deploy_error: Exception | None = None
-    name = f"training-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     # The run ends FINISHED once the model is trained, registered and gated, whatever its deploy did (recorded as
     # deploy.* tags; the deploy's error is raised after the run is closed); FAILED when a stage fails.
+    name = f"training-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     with tracking.run(settings, name, {"source": settings.data.source, "dry_run": str(dry_run)}) as run_id:
         tracking.log_params(settings, run_id, run_params(settings, dry_run))
         ingested = ingest_task(settings, run_id)
@@ -198,15 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     group.add_argument("--no-deploy", dest="deploy", action="store_false", help="never run the deploy flow")
     args = parser.parse_args(argv)
-    return cli_run(
-        lambda: training_flow(
-            source=args.source,
-            scale=args.scale,
-            n_trials=args.n_trials,
-            dry_run=args.dry_run,
-            deploy=args.deploy,
-        )
-    )
+    return cli_run(lambda: training_flow(**vars(args)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ def tune_worker_flow(
     deadline: float = 0.0,
     storage: str | None = None,
 ) -> int:
-    """Run queued trials of ``study_name`` on the data at ``data_uri`` until the study has its trials or
-    ``deadline`` (epoch seconds) passes; returns how many this run ran."""
+    """Run queued trials of ``study_name`` until it has its trials or ``deadline`` passes; how many ran."""
     settings = get_settings()
     return tune_worker_task(settings, study_name, data_uri, run_id, index, deadline, storage)

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from prefect import Task, task
@@ -29,44 +30,28 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (PermanentError, ValueError,
 
 def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry condition: retry everything except :data:`PERMANENT_ERRORS` (bad input stays bad)."""
-    try:
-        state.result()
-    except PERMANENT_ERRORS:
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        pass
-    return True
+    return not isinstance(state.result(raise_on_failure=False), PERMANENT_ERRORS)
 
 
+@dataclass(eq=False)
 class Stage(Generic[P, R]):
     """A stage task: call it with the settings first; ``max_retries`` caps the settings' ``task_retries``."""
 
-    def __init__(self, task: Task[P, R], max_retries: int | None = None) -> None:
-        self.task, self.max_retries = task, max_retries
+    task: Task[P, R]
+    max_retries: int | None = None
 
-    @property
-    def name(self) -> str:
-        return self.task.name
-
-    @property
-    def fn(self) -> Callable[P, R]:
-        return self.task.fn
-
-    def task_for(self, settings: Settings) -> Task[P, R]:
-        """The Prefect task with the retries and delay of ``settings``."""
-        retries = settings.task_retries
-        if self.max_retries is not None:
-            retries = min(retries, self.max_retries)
-        return self.task.with_options(retries=retries, retry_delay_seconds=settings.task_retry_delay_seconds)
+    name = property(lambda self: self.task.name)
+    fn = property(lambda self: self.task.fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         settings = args[0] if args else kwargs.get("settings")
         if not isinstance(settings, Settings):
             raise TypeError(f"stage {self.name!r}: the settings are the first argument, got {settings!r}")
-        return self.task_for(settings)(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"Stage({self.name!r}, max_retries={self.max_retries})"
+        retries = min(settings.task_retries, sys.maxsize if self.max_retries is None else self.max_retries)
+        declared = self.task.with_options(
+            retries=retries, retry_delay_seconds=settings.task_retry_delay_seconds
+        )
+        return declared(*args, **kwargs)
 
 
 def stage(name: str, *, max_retries: int | None = None) -> Callable[[Callable[P, R]], Stage[P, R]]:
@@ -83,8 +68,7 @@ def stage(name: str, *, max_retries: int | None = None) -> Callable[[Callable[P,
 
 
 def release_freed_memory() -> None:
-    """Hand memory freed but cached by pyarrow's pool and glibc's malloc arenas back to the OS (stages call it
-    after dropping large tables)."""
+    """Hand memory cached by pyarrow's pool and glibc's malloc arenas back to the OS."""
     import pyarrow
 
     pyarrow.default_memory_pool().release_unused()
@@ -108,8 +92,7 @@ def run_logger(name: str = "loan_risk") -> logging.Logger | logging.LoggerAdapte
 def cli_run(
     run: Callable[[], Mapping[str, Any]], error_fields: Callable[[Exception], dict] | None = None
 ) -> int:
-    """The flows' CLI ending: the result as one JSON line and exit 0, or ``{"error": "Type: message",
-    ...error_fields(exc)}`` and exit 1."""
+    """The flows' CLI ending: the result as a JSON line (exit 0) or ``{"error", **error_fields}`` (exit 1)."""
     try:
         result = run()
     except Exception as exc:  # noqa: BLE001 - the CLI reports any failure as a JSON line and exit 1

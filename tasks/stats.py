@@ -40,8 +40,7 @@ def categorical_counts(values: Sequence[str | None], categories: Sequence[str]) 
 
 def shares(counts: np.ndarray) -> np.ndarray:
     """Counts as shares of their total (all zero when there is nothing)."""
-    total = counts.sum()
-    return counts / total if total else np.zeros(len(counts))
+    return counts / total if (total := counts.sum()) else np.zeros(len(counts))
 
 
 def psi(

@@ -34,8 +34,8 @@ def test_beats_champion() -> None:
 
 def test_custom_policy_from_settings(tmp_path) -> None:
     s = Settings(state_dir=tmp_path, min_precision=0.9, min_recall=0.5, min_f1_gain=0.1)
-    assert Policy.from_settings(s) == Policy(0.9, 0.5, 0.1)
-    assert not decide(GOOD, None, Policy.from_settings(s)).promoted
+    assert s.registry == Policy(min_precision=0.9, min_recall=0.5, min_f1_gain=0.1)
+    assert not decide(GOOD, None, s.registry).promoted
 
 
 def test_decision_sets_candidate_alias_and_tags(settings: Settings, tmp_path) -> None:
@@ -152,11 +152,11 @@ def test_unscorable_champion_is_not_promoted_by_default(settings: Settings, tmp_
     test = type("Split", (), {"records": [{"apr": 590}], "label": np.array([1])})()
     champion = rescore_champion(settings, test)
     assert champion is not None and champion["version"] == v1 and champion["error"]
-    d = decide(GOOD, champion, Policy.from_settings(settings))
+    d = decide(GOOD, champion, settings.registry)
     assert not d.promoted
     assert any(f"champion v{v1} could not be re-scored" in r and "not promoted" in r for r in d.reasons)
     lenient = Settings(state_dir=settings.state_dir, champion_unscorable="minimums")
-    d = decide(GOOD, champion, Policy.from_settings(lenient))
+    d = decide(GOOD, champion, lenient.registry)
     assert d.promoted and any("minimums decide" in r for r in d.reasons)
 
 

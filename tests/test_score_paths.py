@@ -160,7 +160,9 @@ def test_the_default_root_is_scores_under_the_state_dir(tmp_path: Path) -> None:
     from tasks.monitoring.score_files import output_under_root
 
     settings = Settings(state_dir=tmp_path / "state")
-    assert output_under_root(settings, "x.csv") == (tmp_path / "state" / "scores" / "x.csv").resolve()
+    assert (
+        output_under_root(settings.score_root, "x.csv") == (tmp_path / "state" / "scores" / "x.csv").resolve()
+    )
 
 
 # --- the command line --------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ import pandas as pd
 from serving.features import CATEGORICAL_FEATURES, FEATURE_NAMES
 from serving.predlog import read_log
 from serving.readers import MISSING_CATEGORY
+from tasks.errors import PermanentError
+from tasks.settings import MonitoringSettings
 from tasks.stats import auc_and_ks, categorical_counts, numeric_counts, psi, quantile_edges, shares
 
 PROFILE_FORMAT = 1
@@ -27,6 +29,10 @@ _MISSING_TEXT = frozenset({"", MISSING_CATEGORY})
 
 EVENT_DETECTED = "loan-risk.drift.detected"
 EVENT_OK = "loan-risk.drift.ok"
+
+
+class MissingFile(PermanentError, FileNotFoundError):
+    """The prediction log folder or the outcomes file does not exist (no retry brings it)."""
 
 
 def _numbers(values: Iterable[Any]) -> np.ndarray:
@@ -42,25 +48,27 @@ def _texts(values: Iterable[Any]) -> list[str | None]:
     ]
 
 
+def _counts(entry: Mapping[str, Any], values: Sequence[Any]) -> np.ndarray:
+    if entry["kind"] == "categorical":
+        return categorical_counts(_texts(values), entry["categories"])
+    return numeric_counts(_numbers(values), entry["edges"])
+
+
 def profile_entry(values: Iterable[Any], categorical: bool, bins: int, top: int) -> dict[str, Any]:
     """One feature's (or the score's) reference: its bins or categories and each one's share."""
+    values = list(values)
     if categorical:
-        texts = _texts(values)
-        present = pd.Series([t for t in texts if t is not None], dtype=object)
-        categories = sorted(present.value_counts().head(top).index.tolist()) if len(present) else []
-        shared = shares(categorical_counts(texts, categories)).tolist()
-        return {"kind": "categorical", "categories": categories, "shares": shared, "n": len(texts)}
-    numbers = _numbers(values)
-    edges = quantile_edges(numbers, bins)
-    shared = shares(numeric_counts(numbers, edges)).tolist()
-    return {"kind": "numeric", "edges": edges, "shares": shared, "n": len(numbers)}
+        present = pd.Series([t for t in _texts(values) if t is not None], dtype=object)
+        entry = {"kind": "categorical", "categories": sorted(present.value_counts().head(top).index.tolist())}
+    else:
+        entry = {"kind": "numeric", "edges": quantile_edges(_numbers(values), bins)}
+    return entry | {"shares": shares(_counts(entry, values)).tolist(), "n": len(values)}
 
 
 def build_profile(
     features: pd.DataFrame, scores: Sequence[float], bins: int = 10, top: int = 20
 ) -> dict[str, Any]:
-    """The reference profile: each model feature of ``features`` (the training split's model rows) and the
-    ``scores`` (probabilities on the validation split), as shares of bins or categories."""
+    """The reference profile: the shares of bins or categories of each model feature and of the ``scores``."""
     categorical = frozenset(CATEGORICAL_FEATURES)
     return {
         "format": PROFILE_FORMAT,
@@ -88,10 +96,7 @@ def bin_labels(entry: Mapping[str, Any]) -> list[str]:
 
 def entry_drift(entry: Mapping[str, Any], values: Sequence[Any]) -> dict[str, Any]:
     """PSI of ``values`` against a profile entry, their missing rate beside the reference's, and the shares."""
-    if entry["kind"] == "categorical":
-        counts = categorical_counts(_texts(values), entry["categories"])
-    else:
-        counts = numeric_counts(_numbers(values), entry["edges"])
+    counts = _counts(entry, values)
     current = shares(counts).tolist()
     return {
         "psi": psi(entry["shares"], current),
@@ -114,12 +119,9 @@ class Thresholds:
     min_records: int = 100
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Thresholds:
+    def of(cls, m: MonitoringSettings) -> Thresholds:
         return cls(
-            settings.monitoring.drift_psi_threshold,
-            settings.monitoring.drift_score_psi_threshold,
-            settings.monitoring.drift_min_features,
-            settings.monitoring.drift_min_records,
+            m.drift_psi_threshold, m.drift_score_psi_threshold, m.drift_min_features, m.drift_min_records
         )
 
 
@@ -129,13 +131,9 @@ def drift_report(
     thresholds: Thresholds,
     context: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The window's statistics against ``profile`` and the decision.
-
-    ``status`` is ``detected`` (the score's PSI ≥ ``score_psi``, or ``min_features`` or more features with PSI ≥
-    ``feature_psi``), ``ok``, ``too_few`` (fewer than ``min_records`` records: statistics shown, no decision) or
-    ``no_data`` (no record in the window). ``reasons`` says why in words; ``event`` is the Prefect event to emit
-    (None for the last two).
-    """
+    """The window's statistics against ``profile`` and the decision: ``status`` is ``detected`` (score PSI
+    or enough drifted features), ``ok``, ``too_few`` (under ``min_records``) or ``no_data``; ``reasons`` say
+    why, ``event`` is the Prefect event to emit (None for the last two)."""
     n = len(records)
     report: dict[str, Any] = {
         **dict(context or {}),
@@ -149,16 +147,12 @@ def drift_report(
         report.update(status="no_data", event=None, reasons=["no prediction-log record in the window"])
         return report
     rows = [r.get("features") or {} for r in records]
-    report["features"] = {
-        name: entry_drift(entry, [row.get(name) for row in rows])
-        for name, entry in profile["features"].items()
-    }
+    found = {name: entry_drift(e, [row.get(name) for row in rows]) for name, e in profile["features"].items()}
+    features = report["features"] = dict(sorted(found.items(), key=lambda kv: -kv[1]["psi"]))  # largest first
+    drifted = report["drifted_features"] = [
+        k for k, d in features.items() if d["psi"] >= thresholds.feature_psi
+    ]
     report["score"] = entry_drift(profile["score"], [r.get("probability") for r in records])
-    drifted = sorted(
-        (name for name, d in report["features"].items() if d["psi"] >= thresholds.feature_psi),
-        key=lambda name: -report["features"][name]["psi"],
-    )
-    report["drifted_features"] = drifted
     score_psi = report["score"]["psi"]
     reasons = [
         f"score PSI {score_psi:.3f} {'≥' if score_psi >= thresholds.score_psi else '<'} {thresholds.score_psi}",
@@ -170,12 +164,8 @@ def drift_report(
         report.update(status="too_few", event=None, reasons=reasons)
         return report
     detected = score_psi >= thresholds.score_psi or len(drifted) >= thresholds.min_features
-    report.update(
-        status="detected" if detected else "ok",
-        event=EVENT_DETECTED if detected else EVENT_OK,
-        reasons=reasons,
-    )
-    return report
+    report.update(status="detected" if detected else "ok", event=EVENT_DETECTED if detected else EVENT_OK)
+    return report | {"reasons": reasons}
 
 
 def event_payload(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,9 +184,8 @@ def event_payload(report: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_outcomes(path: str | Path) -> pd.DataFrame:
     """``loanId`` and ``loanStatus`` of a ``loan.csv``-shaped file; a clear error naming what is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"outcomes file {path} does not exist")
+    if not Path(path).is_file():
+        raise MissingFile(f"outcomes file {path} does not exist")
     missing = [c for c in ("loanId", "loanStatus") if c not in pd.read_csv(path, nrows=0).columns]
     if missing:
         raise ValueError(
@@ -214,11 +203,8 @@ def realised_performance(
     bad: Iterable[str],
     good: Iterable[str],
 ) -> dict[str, Any]:
-    """ROC-AUC and KS of the logged probabilities on the logged loans whose status has matured into a label.
-
-    ``token`` pseudonymises a raw ``loanId`` the way the service's log did (:meth:`Pseudonymiser.token`), so the
-    outcome file's ids join the log's ``id``; a loan logged several times counts once (its last score).
-    """
+    """ROC-AUC and KS of the logged probabilities on the logged loans whose status has matured into a label;
+    ``token`` pseudonymises a ``loanId`` as the service's log did, a loan logged twice counts once (last score)."""
     score_of = {
         str(r["id"]): float(r["probability"])
         for r in records
@@ -239,24 +225,21 @@ def realised_performance(
     return out
 
 
-_WINDOW = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
 def parse_window(text: str) -> timedelta:
     """``"24h"``, ``"7d"``, ``"90m"``, ``"2w"``, ``"30s"`` → a timedelta; a clear error otherwise."""
-    match = _WINDOW.match(text.strip())
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
     if not match:
         raise ValueError(f"window {text!r}: expected a number and a unit s, m, h, d or w (e.g. 24h, 7d)")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
 
 
 def read_window(
     log_dir: str | Path, since: datetime, until: datetime | None = None, model_version: str | None = None
 ) -> list[dict[str, Any]]:
-    """The prediction-log records of ``model_version`` with ``since ≤ time < until``, through the service's
-    reader (:func:`serving.predlog.read_log`: every worker's files, a torn last line skipped)."""
-    folder = Path(log_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"prediction log folder {folder} does not exist")
-    return list(read_log(folder, since=since, until=until, model_version=model_version))
+    """The prediction-log records of ``model_version`` with ``since ≤ time < until`` (service's reader)."""
+    if not Path(log_dir).is_dir():
+        raise MissingFile(f"prediction log folder {log_dir} does not exist")
+    return list(read_log(Path(log_dir), since=since, until=until, model_version=model_version))

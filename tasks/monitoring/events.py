@@ -32,19 +32,17 @@ def metrics_summary(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def emit_model_event(settings: Settings, kind: str, version: str, payload: dict[str, Any]) -> Any:
-    """Emit ``loan-risk.model.<kind>`` for ``version`` of the settings' model; the event, or None when Prefect
-    emits none here (no API to send to)."""
+    """Emit ``loan-risk.model.<kind>`` for ``version``; the event, or None when none could be sent."""
     from prefect.events import emit_event
 
-    body = {"version": str(version), "model_name": settings.registry.model_name, **payload}
+    name = settings.registry.model_name
+    body = {"version": str(version), "model_name": name, **payload}
     try:
         event = emit_event(
-            event=f"{EVENT_PREFIX}{kind}",
-            resource=model_resource(settings.registry.model_name, version),
-            payload=body,
+            event=f"{EVENT_PREFIX}{kind}", resource=model_resource(name, version), payload=body
         )
     except Exception as exc:  # noqa: BLE001 - the promotion or release happened; its event is a notice
         run_logger().warning("event %s%s for v%s not emitted: %s", EVENT_PREFIX, kind, version, exc)
         return None
-    run_logger().info("event %s%s for %s v%s", EVENT_PREFIX, kind, settings.registry.model_name, version)
+    run_logger().info("event %s%s for %s v%s", EVENT_PREFIX, kind, name, version)
     return event

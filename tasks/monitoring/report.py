@@ -8,6 +8,7 @@ import base64
 import html
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,13 @@ from tasks.settings import Settings
 TOP_PLOTS = 6
 
 
+@dataclass(frozen=True)
 class Reference:
     """The monitored version and its reference profile."""
 
-    __slots__ = ("model_name", "version", "profile")
-
-    def __init__(self, model_name: str, version: str, profile: dict[str, Any]) -> None:
-        self.model_name, self.version, self.profile = model_name, version, profile
+    model_name: str
+    version: str
+    profile: dict[str, Any]
 
 
 class Window:
@@ -43,33 +44,25 @@ class Window:
     ) -> None:
         self.records, self.since, self.until, self.log_dir = records, since, until, log_dir
 
-    def __len__(self) -> int:
-        return len(self.records)
-
 
 @stage("reference")
 def reference_task(settings: Settings, model_version: str | None = None) -> Reference:
     """Stage: the version to watch (``model_version``, else the ``champion``) and its bundle's profile."""
-    if model_version:
-        version = str(versions.get_version(settings, model_version).version)
-    else:
-        found = versions.version_by_alias(settings, Alias.CHAMPION)
-        if found is None:
-            raise PermanentError(
-                f"model {settings.registry.model_name!r} has no {Alias.CHAMPION!r} alias: nothing is served to monitor "
-                "(pass --model-version to watch another version)"
-            )
-        version = str(found.version)
+    found = versions.get_version(settings, model_version) if model_version else None
+    found = found or versions.version_by_alias(settings, Alias.CHAMPION)
+    if found is None:
+        raise PermanentError(
+            f"model {settings.registry.model_name!r} has no {Alias.CHAMPION!r} alias: nothing is served to "
+            "monitor (pass --model-version to watch another version)"
+        )
+    version = str(found.version)
     bundle = versions.download_bundle(settings, version, tracking.scratch_dir("monitor-") / "bundle")
-    profile = read_profile(bundle)
-    if profile is None:
+    if (profile := read_profile(bundle)) is None:
         raise PermanentError(
             f"{versions.bundle_uri(settings, version)} has no reference profile (profile.json): it was "
             "packaged before profiles existed; retrain to monitor it"
         )
-    run_logger().info(
-        "monitoring %s v%s against its reference profile", settings.registry.model_name, version
-    )
+    run_logger().info("monitoring %s v%s against its profile", settings.registry.model_name, version)
     return Reference(settings.registry.model_name, version, profile)
 
 
@@ -87,10 +80,7 @@ def window_task(
         raise PermanentError("no prediction log folder: pass --log-dir or set LOANRISK_PREDICTION_LOG_DIR")
     end = until or datetime.now(UTC)
     start = end - monitor.parse_window(since or settings.monitoring.monitor_window)
-    try:
-        records = monitor.read_window(folder, start, end, model_version)
-    except FileNotFoundError as exc:
-        raise PermanentError(str(exc)) from exc
+    records = monitor.read_window(folder, start, end, model_version)
     run_logger().info(
         "%d record(s) of v%s in %s from %s to %s", len(records), model_version, folder, start, end
     )
@@ -101,8 +91,7 @@ def window_task(
 def drift_task(
     settings: Settings, reference: Reference, window: Window, outcomes: str | None = None
 ) -> dict[str, Any]:
-    """Stage: the drift report of the window against the reference, with realised performance when
-    ``outcomes`` (a ``loan.csv``-shaped file) is given."""
+    """Stage: the window's drift report against the reference (and realised performance with ``outcomes``)."""
     context = {
         "model_name": reference.model_name,
         "model_version": reference.version,
@@ -110,26 +99,20 @@ def drift_task(
         "log_dir": str(window.log_dir),
     }
     report = monitor.drift_report(
-        reference.profile, window.records, monitor.Thresholds.from_settings(settings), context
+        reference.profile, window.records, monitor.Thresholds.of(settings.monitoring), context
     )
     report["performance"] = None
     if outcomes and window.records:
-        try:
-            table = monitor.read_outcomes(outcomes)
-        except FileNotFoundError as exc:
-            raise PermanentError(str(exc)) from exc
-        report["performance"] = monitor.realised_performance(
-            window.records,
-            table,
-            settings.pseudonymiser().token,
-            settings.data.label_bad_statuses,
-            settings.data.label_good_statuses,
-        )
+        table = monitor.read_outcomes(outcomes)
+        bad, good = settings.data.label_bad_statuses, settings.data.label_good_statuses
+        token = settings.pseudonymiser().token
+        report["performance"] = monitor.realised_performance(window.records, table, token, bad, good)
     run_logger().info("drift %s: %s", report["status"], "; ".join(report["reasons"]))
     return report
 
 
-def _png(fig: Any) -> str:
+def _img(fig: Any) -> str:
+    """The figure as an inline PNG ``<img>`` (then closed)."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -137,31 +120,31 @@ def _png(fig: Any) -> str:
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return f"<img src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
 
 
 def _bins_plot(title: str, entry: Mapping[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
-    labels, x = entry["bins"], range(len(entry["bins"]))
+    x = range(len(entry["bins"]))
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.bar([i - 0.2 for i in x], entry["reference"], width=0.4, label="reference")
     ax.bar([i + 0.2 for i in x], entry["current"], width=0.4, label="window")
-    ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_xticks(list(x), entry["bins"], rotation=45, ha="right", fontsize=7)
     ax.set(ylabel="share", title=f"{title}: PSI {entry['psi']:.3f}")
-    return _png(fig)
+    return _img(fig)
 
 
 def _psi_plot(report: Mapping[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
-    items = sorted(report["features"].items(), key=lambda kv: kv[1]["psi"], reverse=True)[:30][::-1]
+    items = list(report["features"].items())[:30][::-1]  # the features come largest PSI first
     fig, ax = plt.subplots(figsize=(7, 8))
     ax.barh([k for k, _ in items], [min(v["psi"], 5.0) for _, v in items])
     ax.axvline(report["thresholds"]["feature_psi"], color="red", linestyle="--", label="threshold")
     ax.set(xlabel="PSI (capped at 5)", title="Feature PSI (top 30)")
     ax.tick_params(axis="y", labelsize=7)
-    return _png(fig)
+    return _img(fig)
 
 
 def report_html(report: Mapping[str, Any]) -> str:
@@ -181,29 +164,28 @@ def report_html(report: Mapping[str, Any]) -> str:
         f"{report['volume']} record(s). Status: <b>{e(report['status'])}</b></p>",
         "<ul>" + "".join(f"<li>{e(r)}</li>" for r in report["reasons"]) + "</ul>",
     ]
-    performance = report.get("performance")
-    if performance:
-        parts.append(
-            "<h2>Realised performance (matured loans)</h2><p>"
-            + ", ".join(f"{e(k)}: {e(str(v))}" for k, v in performance.items())
-            + "</p>"
-        )
+    if performance := report.get("performance"):
+        shown = ", ".join(f"{e(k)}: {e(str(v))}" for k, v in performance.items())
+        parts.append(f"<h2>Realised performance (matured loans)</h2><p>{shown}</p>")
     if report.get("score"):
-        parts.append("<h2>Score</h2>" + f"<img src='{_bins_plot('score', report['score'])}'>")
-        parts.append(f"<h2>Features</h2><img src='{_psi_plot(report)}'>")
-        for name in report["drifted_features"][:TOP_PLOTS]:
-            parts.append(f"<img src='{_bins_plot(name, report['features'][name])}'>")
-        rows = sorted(report["features"].items(), key=lambda kv: kv[1]["psi"], reverse=True)
+        drifted = report["drifted_features"]
+        parts += [
+            "<h2>Score</h2>",
+            _bins_plot("score", report["score"]),
+            "<h2>Features</h2>",
+            _psi_plot(report),
+        ]
+        parts += [_bins_plot(name, report["features"][name]) for name in drifted[:TOP_PLOTS]]
         parts.append("<table><tr><th>feature</th><th>PSI</th><th>missing</th><th>reference missing</th></tr>")
-        for name, d in rows:
-            css = " class='drift'" if name in report["drifted_features"] else ""
-            parts.append(
-                f"<tr{css}><td>{e(name)}</td><td>{d['psi']:.4f}</td><td>{d['missing_rate']:.3f}</td>"
-                f"<td>{d['reference_missing_rate']:.3f}</td></tr>"
-            )
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "".join(parts)
+        parts += [
+            *(
+                f"<tr{' class=drift' if name in drifted else ''}><td>{e(name)}</td><td>{d['psi']:.4f}</td>"
+                f"<td>{d['missing_rate']:.3f}</td><td>{d['reference_missing_rate']:.3f}</td></tr>"
+                for name, d in report["features"].items()
+            ),
+            "</table>",
+        ]
+    return "".join(parts) + "</body></html>"
 
 
 def report_markdown(report: Mapping[str, Any], run_id: str) -> str:
@@ -217,7 +199,7 @@ def report_markdown(report: Mapping[str, Any], run_id: str) -> str:
         *[f"- {r}" for r in report["reasons"]],
     ]
     if report.get("score"):
-        top = sorted(report["features"].items(), key=lambda kv: kv[1]["psi"], reverse=True)[:10]
+        top = list(report["features"].items())[:10]
         lines += ["", "| feature | PSI | missing |", "|---|---|---|"]
         lines += [f"| {k} | {v['psi']:.4f} | {v['missing_rate']:.3f} |" for k, v in top]
     return "\n".join(lines)
@@ -225,8 +207,7 @@ def report_markdown(report: Mapping[str, Any], run_id: str) -> str:
 
 @stage("drift-report")
 def report_task(settings: Settings, run_id: str, report: dict[str, Any]) -> None:
-    """Stage: the report as MLflow artifacts (``drift/report.{html,json}``), metrics and tags, and a Prefect
-    markdown artifact."""
+    """Stage: the report as MLflow artifacts (``drift/report.{html,json}``), metrics, tags; a Prefect one."""
     from prefect.artifacts import create_markdown_artifact
 
     tracking.log_dict(settings, run_id, report, "drift/report.json")
@@ -236,11 +217,8 @@ def report_task(settings: Settings, run_id: str, report: dict[str, Any]) -> None
         metrics["score_psi"] = report["score"]["psi"]
         metrics |= {f"psi.{k}": v["psi"] for k, v in report["features"].items()}
     tracking.log_metrics(settings, run_id, metrics)
-    tracking.set_tags(
-        settings,
-        run_id,
-        {"drift.status": report["status"], "model_version": report.get("model_version") or ""},
-    )
+    tags = {"drift.status": report["status"], "model_version": report.get("model_version") or ""}
+    tracking.set_tags(settings, run_id, tags)
     create_markdown_artifact(
         key="drift-report", markdown=report_markdown(report, run_id), description="Drift of the served model"
     )
@@ -248,8 +226,7 @@ def report_task(settings: Settings, run_id: str, report: dict[str, Any]) -> None
 
 @stage("drift-event")
 def emit_task(settings: Settings, report: dict[str, Any]) -> str | None:
-    """Stage: emit ``loan-risk.drift.detected`` or ``loan-risk.drift.ok`` about the model (no event when the
-    window had no decision); returns the event's id."""
+    """Stage: emit the report's drift event about the model (none without a decision); the event's id."""
     from prefect.events import emit_event
 
     if report["event"] is None:

@@ -4,6 +4,7 @@ only under the setting ``score_output_root``."""
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,8 +17,8 @@ import pyarrow.parquet as pq
 
 from serving.contract import CLARITY_COLUMNS, LOAN_COLUMNS
 from serving.features import SOURCE_FIELDS
-from tasks.errors import PermanentError
-from tasks.settings import MonitoringSettings, Settings
+from tasks.errors import BadInputError
+from tasks.settings import MonitoringSettings
 
 ID_FIELD = "loanId"
 JOIN_KEY = "clarityFraudId"
@@ -32,7 +33,7 @@ REJECT_COLUMNS: tuple[str, ...] = ("line", "loanId", "field", "reason")
 _CSV_BYTES_PER_ROW = 180  # loan.csv averages ~172 bytes a row: a CSV block of chunk_rows * this
 
 
-class ScoreError(PermanentError, ValueError):
+class ScoreError(BadInputError, ValueError):
     """The input cannot be scored: names the file and, for a bad value, the line or row and the field."""
 
     def __init__(self, message: str, *, file: str, line: int | None = None, field: str | None = None) -> None:
@@ -40,22 +41,16 @@ class ScoreError(PermanentError, ValueError):
         self.file, self.line, self.field = file, line, field
 
 
+_KINDS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
 def file_kind(path: Path) -> str:
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".txt"):
-        return "csv"
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
+    if suffix in _KINDS:
+        return _KINDS[suffix]
     raise ScoreError(
         f"{path.name}: expected a .csv or .parquet file, got {suffix or 'no extension'!r}", file=path.name
     )
-
-
-def _csv_header(path: Path) -> list[str]:
-    import csv
-
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        return next(csv.reader(handle), [])
 
 
 def _columns_of(path: Path) -> list[str]:
@@ -68,27 +63,23 @@ def _columns_of(path: Path) -> list[str]:
             raise ScoreError(f"{path.name}: not a readable Parquet file ({exc})", file=path.name) from None
     if path.stat().st_size == 0:
         raise ScoreError(f"{path.name}: the file is empty", file=path.name)
-    return _csv_header(path)
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        return next(csv.reader(handle), [])
 
 
-def _require(path: Path, present: Sequence[str], wanted: Sequence[str], what: str) -> None:
-    missing = [c for c in wanted if c not in present]
-    if missing:
-        more = (
-            f" (and {len(missing) - 1} more: {missing[1:4]}{'…' if len(missing) > 4 else ''})"
-            if len(missing) > 1
-            else ""
-        )
+def _require(path: Path, wanted: Sequence[str], what: str) -> None:
+    present = _columns_of(path)
+    if missing := [c for c in wanted if c not in present]:
+        more = f" (and {len(missing) - 1} more: {missing[1:4]}{'…' if len(missing) > 4 else ''})"
+        more = more if len(missing) > 1 else ""
         raise ScoreError(f"{path.name}: missing column {missing[0]!r}{more}; {what}", file=path.name)
 
 
 def read_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator[pa.Table]:
-    """``columns`` of the file, ``chunk_rows`` rows (about, for a CSV) at a time; CSV cells as text (blank:
-    missing), Parquet cells as stored."""
+    """``columns`` of the file, about ``chunk_rows`` rows at a time; CSV cells as text, Parquet as stored."""
     if file_kind(path) == "parquet":
-        handle = pq.ParquetFile(path)
-        for batch in handle.iter_batches(batch_size=chunk_rows, columns=list(columns)):
-            yield pa.Table.from_batches([batch])
+        batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=list(columns))
+        yield from (pa.Table.from_batches([batch]) for batch in batches)
         return
     reader = pacsv.open_csv(
         path,
@@ -113,15 +104,13 @@ def read_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator
 
 
 def read_reports(path: Path) -> pa.Table:
-    """The clarity file's report fields and ``underwritingid``, whole, as text (one report per id: the first,
-    as :func:`tasks.model.features.join_clarity` keeps it)."""
-    _require(path, _columns_of(path), (*REPORT_FIELDS, REPORT_KEY), "a clarity file needs every report field")
+    """The clarity file's report fields and ``underwritingid``, whole, as text."""
+    _require(path, (*REPORT_FIELDS, REPORT_KEY), "a clarity file needs every report field")
     return pa.concat_tables(read_chunks(path, (*REPORT_FIELDS, REPORT_KEY), DEFAULT_CHUNK_ROWS))
 
 
 def join_reports(loans: pa.Table, reports: pa.Table) -> pa.Table:
-    """Training's clarity join (:func:`tasks.model.features.join_clarity`: left join, the first report of an id,
-    loan order kept) by Arrow kernels."""
+    """Training's clarity join (left join, the first report of an id, loan order kept) by Arrow kernels."""
     keys = reports.column(REPORT_KEY)
     loan_keys = loans.column(JOIN_KEY)
     if loan_keys.type != keys.type:  # a typed Parquet key against text reports
@@ -135,26 +124,21 @@ def join_reports(loans: pa.Table, reports: pa.Table) -> pa.Table:
 
 def joined_chunks(path: Path, reports: pa.Table | None, chunk_rows: int) -> Iterator[pa.Table]:
     """The input's chunks with every field the features read: as read, or joined to the clarity reports."""
-    present = _columns_of(path)
     if reports is None:
-        _require(
-            path, present, INPUT_FIELDS, "give the clarity file with --clarity, or a file already joined"
-        )
+        _require(path, INPUT_FIELDS, "give the clarity file with --clarity, or a file already joined")
         yield from read_chunks(path, INPUT_FIELDS, chunk_rows)
-        return
-    _require(path, present, LOAN_FIELDS, "a loan file needs every decision-time field and loanId")
-    for chunk in read_chunks(path, LOAN_FIELDS, chunk_rows):
-        yield join_reports(chunk, reports)
+    else:
+        _require(path, LOAN_FIELDS, "a loan file needs every decision-time field and loanId")
+        yield from (join_reports(chunk, reports) for chunk in read_chunks(path, LOAN_FIELDS, chunk_rows))
 
 
 class ScoreOutputError(ScoreError):
     """An output (scores or rejects) that would land outside the setting ``score_output_root``."""
 
 
-def output_under_root(settings: Settings, path: str | Path, what: str = "output") -> Path:
-    """Where the output ``path`` is written: a relative path under :attr:`Settings.score_root`, an absolute one
-    only when it resolves (after ``..`` and symlinks) inside it. Raises :class:`ScoreOutputError` otherwise."""
-    root = settings.score_root
+def output_under_root(root: Path, path: str | Path, what: str = "output") -> Path:
+    """Where the output ``path`` is written: a relative path under ``root`` (:attr:`Settings.score_root`), an
+    absolute one only when it resolves (after ``..`` and symlinks) inside it; else :class:`ScoreOutputError`."""
     text = str(path)
     how = (
         "give a name relative to it (written under it) or a path inside it, or point the setting "
@@ -179,8 +163,8 @@ def output_under_root(settings: Settings, path: str | Path, what: str = "output"
 class Writer:
     """The output (and rejects) file, CSV or Parquet by extension, written chunk by chunk to a temporary name."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.kind = path, file_kind(path)
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path, self.schema, self.kind = path, schema, file_kind(path)
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._writer: Any = None
 
@@ -188,14 +172,14 @@ class Writer:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.kind == "parquet":
-                self._writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd")
+                self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
             else:
-                self._writer = pacsv.CSVWriter(self.tmp, table.schema)
+                self._writer = pacsv.CSVWriter(self.tmp, self.schema)
         self._writer.write_table(table)
 
-    def close(self, schema: pa.Schema) -> None:
+    def close(self) -> None:
         if self._writer is None:  # nothing written: an empty file with the header
-            self.write(schema.empty_table())
+            self.write(self.schema.empty_table())
         self._writer.close()
         os.replace(self.tmp, self.path)
 
@@ -206,11 +190,8 @@ class Writer:
 
 
 def output_schema(with_reasons: bool) -> pa.Schema:
-    types = [pa.string(), pa.float64(), pa.int8(), pa.string()]
-    schema = pa.schema(list(zip(OUTPUT_COLUMNS, types, strict=True)))
-    return schema.append(pa.field("reasons", pa.string())) if with_reasons else schema
+    fields = dict(zip(OUTPUT_COLUMNS, [pa.string(), pa.float64(), pa.int8(), pa.string()], strict=True))
+    return pa.schema(fields | ({"reasons": pa.string()} if with_reasons else {}))
 
 
-REJECTS_SCHEMA = pa.schema(
-    list(zip(REJECT_COLUMNS, [pa.int64(), pa.string(), pa.string(), pa.string()], strict=True))
-)
+REJECTS_SCHEMA = pa.schema({c: pa.int64() if c == "line" else pa.string() for c in REJECT_COLUMNS})

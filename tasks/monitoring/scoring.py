@@ -50,25 +50,18 @@ ReasonFn = Callable[
 
 
 def service_reasons(mode: str = DEFAULT_MODE, count: int = DEFAULT_REASON_COUNT) -> ReasonFn:
-    """The service's reasons (:func:`serving.reasons.explain_selected`) for the rows ``mode`` selects, as JSON
-    text per row (None for a row not explained)."""
+    """The service's reasons for the rows ``mode`` selects, as JSON text per row (None: not explained)."""
 
-    def reasons(
-        bundle: Bundle, columns: dict[str, Any], probabilities: np.ndarray, raw: Any
-    ) -> list[str | None]:
-        found = explain_selected(
-            bundle, columns, probabilities.tolist(), bundle.meta.threshold, mode, count, raw
-        )
-        if found is None:
-            return [None] * len(probabilities)
-        return [None if r is None else orjson.dumps(r).decode() for r in found]
+    def reasons(bundle: Bundle, columns: dict[str, Any], p: np.ndarray, raw: Any) -> list[str | None]:
+        found = explain_selected(bundle, columns, p.tolist(), bundle.meta.threshold, mode, count, raw)
+        return [None if r is None else orjson.dumps(r).decode() for r in found or [None] * len(p)]
 
     return reasons
 
 
 @dataclass
 class ScoreResult:
-    """What a run did: counts, time, where the output went."""
+    """What a run did: counts, time (and where it went), where the output went."""
 
     input: str
     output: str
@@ -81,33 +74,22 @@ class ScoreResult:
     seconds: float = 0.0
     rejects: str | None = None
     reasons: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("read", "features_and_predict", "reasons", "write"), 0.0)
+    )
 
     @property
     def rows_per_second(self) -> float:
         return self.rows_in / self.seconds if self.seconds else 0.0
 
     def summary(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "timings"}
-        out["rows_per_second"] = round(self.rows_per_second, 1)
-        out["seconds"] = round(self.seconds, 3)
-        out["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
-        return out
+        timings = {k: round(v, 3) for k, v in self.timings.items()}
+        rounded = {"seconds": round(self.seconds, 3), "rows_per_second": round(self.rows_per_second, 1)}
+        return {**self.__dict__, **rounded, "timings": timings}
 
 
 def _withheld(field_name: str, message: str) -> str:
     return "<value withheld: identifier>" if field_name in IDENTIFIER_FIELDS else message
-
-
-def predict_chunk(bundle: Bundle, table: pa.Table) -> _Predicted:
-    """One chunk through the service's columnar path: its model columns, probabilities and fields as sent
-    (``column(field)``, each read once); or, when rows are refused, each with its error (and nothing scored)."""
-    column = functools.cache(lambda name: table.column(name).to_pylist())
-    found: dict[int, FeatureError] = {}
-    columns = columns_from(column, table.num_rows, found)
-    if found:
-        return _Predicted(table, bad=sorted(found.items()))
-    return _Predicted(table, columns, np.asarray(bundle.predict_input(columns)), column)
 
 
 @dataclass
@@ -123,10 +105,20 @@ class _Predicted:
     predict_seconds: float = 0.0
 
 
+def predict_chunk(bundle: Bundle, table: pa.Table) -> _Predicted:
+    """One chunk through the service's columnar path: its model columns, probabilities and fields as sent
+    (``column(field)``, each read once); or, when rows are refused, each with its error (nothing scored)."""
+    column = functools.cache(lambda name: table.column(name).to_pylist())
+    found: dict[int, FeatureError] = {}
+    columns = columns_from(column, table.num_rows, found)
+    if found:
+        return _Predicted(table, bad=sorted(found.items()))
+    return _Predicted(table, columns, np.asarray(bundle.predict_input(columns)), column)
+
+
 @contextlib.contextmanager
 def _fewer_collections(young: int = 100_000) -> Iterator[None]:
-    """Collect the youngest generation every ``young`` allocations while scoring: a chunk makes ~1.5 million
-    short-lived acyclic objects."""
+    """Collect the young generation every ``young`` allocations: a chunk makes ~1.5 M acyclic objects."""
     before = gc.get_threshold()
     gc.set_threshold(young, *before[1:])
     try:
@@ -144,10 +136,9 @@ def _predicted_ahead(bundle: Bundle, chunks: Iterator[pa.Table]) -> Iterator[_Pr
         table = next(chunks, None)
         if table is None:
             return None
-        read = time.perf_counter() - started
-        started = time.perf_counter()
+        read = time.perf_counter()
         done = predict_chunk(bundle, table)
-        done.read_seconds, done.predict_seconds = read, time.perf_counter() - started
+        done.read_seconds, done.predict_seconds = read - started, time.perf_counter() - read
         return done
 
     with ThreadPoolExecutor(1, thread_name_prefix="score-ahead") as ahead:
@@ -155,6 +146,22 @@ def _predicted_ahead(bundle: Bundle, chunks: Iterator[pa.Table]) -> Iterator[_Pr
         while (done := future.result()) is not None:
             future = ahead.submit(step)
             yield done
+
+
+def _without_bad_rows(chunk: _Predicted, lines: list[int], rejects: Writer, bundle: Bundle) -> _Predicted:
+    """The chunk's bad rows written to the rejects file, the rest predicted again."""
+    bad, table = chunk.bad, chunk.table
+    ids = table.column(ID_FIELD).to_pylist()
+    rows = {
+        "line": lines,
+        "loanId": [None if ids[i] is None else str(ids[i]) for i, _ in bad],
+        "field": [e.field for _, e in bad],
+        "reason": [_withheld(e.field, e.message) for _, e in bad],
+    }
+    rejects.write(pa.table(rows, schema=REJECTS_SCHEMA))
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[[i for i, _ in bad]] = False
+    return predict_chunk(bundle, table.filter(pa.array(keep)))
 
 
 def score_file(
@@ -170,24 +177,23 @@ def score_file(
     """Score every application of ``input_path`` into ``output_path`` (see the module docstring)."""
     source, target = Path(input_path), Path(output_path)
     file_kind(target)
-    first_line = 2 if file_kind(source) == "csv" else 1  # a CSV's line numbers count the header
-    where = "line" if first_line == 2 else "row"
+    first_line, where = (2, "line") if file_kind(source) == "csv" else (1, "row")  # a CSV's header is line 1
     version, threshold = bundle.version, bundle.meta.threshold
-    rejected = str(rejects) if rejects else None
-    result = ScoreResult(str(source), str(target), version, rejects=rejected, reasons=reasons is not None)
-    timings = dict.fromkeys(("read", "features_and_predict", "reasons", "write"), 0.0)
-    started = time.perf_counter()
+    result = ScoreResult(
+        str(source), str(target), version, rejects=str(rejects) if rejects else None, reasons=bool(reasons)
+    )
+    timings, started = result.timings, time.perf_counter()
     reports = read_reports(Path(clarity)) if clarity else None
     schema = output_schema(reasons is not None)
-    out, bad_out = Writer(target), (Writer(Path(rejects)) if rejects else None)
+    out, bad_out = Writer(target, schema), (Writer(Path(rejects), REJECTS_SCHEMA) if rejects else None)
+    writers = [w for w in (out, bad_out) if w is not None]
     with _fewer_collections():
         try:
-            offset = 0
             for chunk in _predicted_ahead(bundle, joined_chunks(source, reports, chunk_rows)):
                 timings["read"] += chunk.read_seconds
                 timings["features_and_predict"] += chunk.predict_seconds
-                table, n, bad = chunk.table, chunk.table.num_rows, chunk.bad
-                lines = [offset + first_line + i for i, _ in bad]
+                n, bad = chunk.table.num_rows, chunk.bad
+                lines = [result.rows_in + first_line + i for i, _ in bad]
                 if bad and bad_out is None:
                     exc = bad[0][1]
                     raise ScoreError(
@@ -199,20 +205,9 @@ def score_file(
                         field=exc.field,
                     ) from None
                 if bad:
-                    ids = table.column(ID_FIELD).to_pylist()
-                    rows = {
-                        "line": lines,
-                        "loanId": [None if ids[i] is None else str(ids[i]) for i, _ in bad],
-                        "field": [e.field for _, e in bad],
-                        "reason": [_withheld(e.field, e.message) for _, e in bad],
-                    }
-                    bad_out.write(pa.table(rows, schema=REJECTS_SCHEMA))
+                    chunk = _without_bad_rows(chunk, lines, bad_out, bundle)
                     result.rows_rejected += len(bad)
-                    keep = np.ones(n, dtype=bool)
-                    keep[[i for i, _ in bad]] = False
-                    table = table.filter(pa.array(keep))
-                    chunk = predict_chunk(bundle, table)
-                probabilities = chunk.probabilities
+                table, probabilities = chunk.table, chunk.probabilities
                 assert probabilities is not None and chunk.column is not None
                 labels = (probabilities >= threshold).astype(np.int8)
                 t = time.perf_counter()
@@ -233,22 +228,18 @@ def score_file(
                 result.rows_scored += table.num_rows
                 result.flagged += int(labels.sum())
                 result.chunks += 1
-                offset += n
-            for writer, written in ((out, schema), (bad_out, REJECTS_SCHEMA)):
-                if writer is not None:
-                    writer.close(written)
+            for writer in writers:
+                writer.close()
         except BaseException:
-            for writer in (out, bad_out):
-                if writer is not None:
-                    writer.abort()
+            for writer in writers:
+                writer.abort()
             raise
     result.seconds = time.perf_counter() - started
-    result.timings = timings
     run_logger().info(
-        "scored %d of %d rows of %s with v%s in %.1f s (%.0f rows/s); %d flagged, %d rejected",
-        result.rows_scored, result.rows_in, source.name, version, result.seconds, result.rows_per_second,
-        result.flagged, result.rows_rejected,
-    )  # fmt: skip
+        "scored %(rows_scored)d of %(rows_in)d rows of %(input)s with v%(model_version)s in %(seconds).1f s "
+        "(%(rows_per_second).0f rows/s); %(flagged)d flagged, %(rows_rejected)d rejected",
+        result.summary(),
+    )
     return result
 
 
@@ -258,9 +249,8 @@ def fetch_model_task(
 ) -> Path:
     """Stage: the bundle of ``model_version`` (or of the version ``alias`` points to) from the registry."""
     version = versions.resolve_version(settings, model_version, alias or settings.monitoring.score_alias)
-    path = versions.download_bundle(settings, version, bundle_dir)
     run_logger().info("scoring with %s", versions.bundle_uri(settings, version))
-    return path
+    return versions.download_bundle(settings, version, bundle_dir)
 
 
 @stage("score")
@@ -273,20 +263,17 @@ def score_task(
     rejects: str | None = None,
     reasons: str | None = None,
 ) -> dict[str, Any]:
-    """Stage: score the input file into the output file, under ``settings.score_root``, with the service's
-    reasons when the bundle has a reason-code table and ``reasons`` (default: the setting) is not ``none``."""
-    output_path = str(output_under_root(settings, output_path))
-    rejects = str(output_under_root(settings, rejects, "rejects")) if rejects else None
+    """Stage: score the input into the output (under ``score_root``), with the service's reasons if any."""
+    output = output_under_root(settings.score_root, output_path)  # refused before anything is read
+    rejected = output_under_root(settings.score_root, rejects, "rejects") if rejects else None
     bundle = load_bundle(bundle_dir, thread_count=settings.tuning.thread_count)
     mode = reasons or settings.monitoring.score_reasons
-    explain = bundle.explainer is not None and mode != "none"
-    result = score_file(
+    return score_file(
         bundle,
         input_path,
-        output_path,
+        output,
         clarity=clarity,
-        rejects=rejects,
+        rejects=rejected,
         chunk_rows=settings.monitoring.score_chunk_rows,
-        reasons=service_reasons(mode) if explain else None,
-    )
-    return result.summary()
+        reasons=service_reasons(mode) if bundle.explainer is not None and mode != "none" else None,
+    ).summary()

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from serving.bundle import BundleError, load_bundle
 from tasks.common import run_logger, stage
 from tasks.errors import PermanentError
@@ -21,26 +23,9 @@ from tasks.monitoring.events import PROMOTED, emit_model_event, metrics_summary
 from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.registry.versions import RegistryUnavailable
-from tasks.settings import Settings
+from tasks.settings import RegistrySettings, Settings
 
-
-@dataclass
-class Policy:
-    """Promotion policy (from the settings)."""
-
-    min_precision: float = 0.72
-    min_recall: float = 0.72
-    min_f1_gain: float = 0.02
-    champion_unscorable: str = "reject"  # or "minimums"
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Policy:
-        return cls(
-            settings.registry.min_precision,
-            settings.registry.min_recall,
-            settings.registry.min_f1_gain,
-            settings.registry.champion_unscorable,
-        )
+Policy = RegistrySettings  # the promotion policy: min_precision, min_recall, min_f1_gain, champion_unscorable
 
 
 @dataclass
@@ -104,14 +89,12 @@ def rescore_champion(settings: Settings, test: ModelTable) -> dict[str, Any] | N
         except Exception as exc:  # noqa: BLE001 - whatever stops the re-scoring is the champion's problem
             kind = "" if isinstance(exc, BundleError | PermanentError) else f"{type(exc).__name__}: "
             return {"version": number, "error": f"{kind}{exc}"[:500]}
-    import numpy as np
-
     metrics = classification_metrics(test.label, np.asarray(p), threshold, "test")
     return {"version": number, "threshold": threshold, **metrics}
 
 
 def apply_decision(settings: Settings, version: str, decision: Decision, dry_run: bool) -> None:
-    """Tag the version with the decision (last, so a failure midway leaves no decision); on promotion (and not a
+    """Tag the version with the decision (written last: a failure midway leaves none); on promotion (and not a
     dry run) point ``candidate`` at it."""
     versions.set_version_tags(
         settings,
@@ -127,15 +110,6 @@ def apply_decision(settings: Settings, version: str, decision: Decision, dry_run
         versions.set_alias(settings, Alias.CANDIDATE, version)
 
 
-def decision_markdown(settings: Settings, version: str, decision: Decision, dry_run: bool) -> str:
-    """The decision as markdown for the Prefect UI."""
-    verdict = ("PROMOTED to `candidate`" if decision.promoted else "NOT promoted") + (
-        " (dry run: aliases untouched)" if dry_run else ""
-    )
-    lines = "\n".join(f"- {r}" for r in decision.reasons)
-    return f"# {settings.registry.model_name} v{version}: {verdict}\n\n{lines}\n"
-
-
 @stage("promote")
 def promote_task(
     settings: Settings, version: str, metrics: dict[str, float], test: ModelTable, dry_run: bool = False
@@ -143,16 +117,19 @@ def promote_task(
     """Stage: decide, record the decision on the version and as an artifact; truthy when promoted."""
     from prefect.artifacts import create_markdown_artifact
 
-    champion = rescore_champion(settings, test)
-    decision = decide(metrics, champion, Policy.from_settings(settings))
+    decision = decide(metrics, rescore_champion(settings, test), settings.registry)
     apply_decision(settings, version, decision, dry_run)
     if decision.promoted and not dry_run:
         emit_model_event(
             settings, PROMOTED, version, {"metrics": metrics_summary(metrics), "reasons": decision.reasons}
         )
+    verdict = (f"PROMOTED to `{Alias.CANDIDATE}`" if decision.promoted else "NOT promoted") + (
+        " (dry run: aliases untouched)" if dry_run else ""
+    )
     create_markdown_artifact(
         key="promotion-decision",
-        markdown=decision_markdown(settings, version, decision, dry_run),
+        markdown=f"# {settings.registry.model_name} v{version}: {verdict}\n\n"
+        + "".join(f"- {r}\n" for r in decision.reasons),
         description=f"{settings.registry.model_name} v{version} promotion decision",
     )
     run_logger().info("promotion of v%s: %s — %s", version, decision.promoted, "; ".join(decision.reasons))

@@ -19,9 +19,9 @@ from tasks.settings import Settings, mlflow_environment
 
 
 def client(settings: Settings) -> Any:
-    """An ``MlflowClient`` for the configured tracking URI (``mlflow.set_tracking_uri`` is avoided: it writes
-    the process environment, pinning every later settings object to the first store)."""
-    mlflow_environment(settings)
+    """An ``MlflowClient`` for the settings' tracking URI (never ``mlflow.set_tracking_uri``: it writes the
+    process environment, pinning every later settings object to the first store)."""
+    mlflow_environment(settings.registry)
     from mlflow import MlflowClient
 
     uri = settings.tracking_uri
@@ -58,15 +58,14 @@ def start_run(
 def run(
     settings: Settings, name: str, tags: Mapping[str, str] | None = None, parent: str | None = None
 ) -> Iterator[str]:
-    """``with tracking.run(settings, name) as run_id:`` a run that ends FINISHED, or FAILED when the block raises
-    (an interrupt included)."""
+    """``with tracking.run(settings, name) as run_id:`` ends FINISHED, or FAILED when the block raises."""
     run_id = start_run(settings, name, tags, parent)
     try:
         yield run_id
     except BaseException:
-        end_run(settings, run_id, "FAILED")
+        client(settings).set_terminated(run_id, status="FAILED")
         raise
-    end_run(settings, run_id, "FINISHED")
+    client(settings).set_terminated(run_id, status="FINISHED")
 
 
 def log_child_run(
@@ -82,7 +81,7 @@ def log_child_run(
     child = start_run(settings, name, tags, parent)
     log_params(settings, child, params)
     log_metrics(settings, child, metrics)
-    end_run(settings, child, status)
+    client(settings).set_terminated(child, status=status)
     return child
 
 
@@ -114,14 +113,13 @@ def _log_batch(settings: Settings, run_id: str, **items: list[Any]) -> None:
         client(settings).log_batch(run_id, **items)
 
 
-def log_dict(settings: Settings, run_id: str, data: Any, artifact_file: str) -> None:
-    """Log a JSON document as an artifact of the run."""
-    client(settings).log_text(run_id, json.dumps(data, indent=2, default=str), artifact_file)
-
-
 def log_text(settings: Settings, run_id: str, text: str, artifact_file: str) -> None:
-    """Log a text document (HTML, Markdown) as an artifact of the run."""
+    """Log a text document (HTML, Markdown, JSON) as an artifact of the run."""
     client(settings).log_text(run_id, text, artifact_file)
+
+
+def log_dict(settings: Settings, run_id: str, data: Any, artifact_file: str) -> None:
+    log_text(settings, run_id, json.dumps(data, indent=2, default=str), artifact_file)
 
 
 def log_files(settings: Settings, run_id: str, paths: list[Path], artifact_path: str) -> None:
@@ -151,11 +149,6 @@ def log_figures(settings: Settings, run_id: str, figures: Mapping[str, Any], art
             plt.close(fig)
 
 
-def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
-    """Close a run with FINISHED, FAILED or KILLED."""
-    client(settings).set_terminated(run_id, status=status)
-
-
 def scratch_dir(prefix: str) -> Path:
     """A temporary directory for files on their way to MLflow."""
     return Path(tempfile.mkdtemp(prefix=prefix))
@@ -169,12 +162,9 @@ def is_absent(exc: BaseException) -> bool:
     existing model is ``INVALID_PARAMETER_VALUE`` "Registered model alias ... not found" in MLflow 3)."""
     from mlflow.exceptions import MlflowException
 
-    if not isinstance(exc, MlflowException):
-        return False
-    code = exc.error_code
-    return code == "RESOURCE_DOES_NOT_EXIST" or (
-        code == "INVALID_PARAMETER_VALUE" and bool(_ALIAS_NOT_FOUND.search(str(exc)))
-    )
+    code = exc.error_code if isinstance(exc, MlflowException) else None
+    alias_missing = code == "INVALID_PARAMETER_VALUE" and bool(_ALIAS_NOT_FOUND.search(str(exc)))
+    return code == "RESOURCE_DOES_NOT_EXIST" or alias_missing
 
 
 def already_exists(exc: BaseException) -> bool:
@@ -188,7 +178,7 @@ def already_exists(exc: BaseException) -> bool:
 
 def download_artifacts(settings: Settings, artifact_uri: str, dst: Path) -> Path:
     """Download ``artifact_uri`` (``runs:/``, ``models:/`` or a store URI) into ``dst``; returns the local path."""
-    mlflow_environment(settings)
+    mlflow_environment(settings.registry)
     from mlflow.artifacts import download_artifacts as download
 
     return Path(download(artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=settings.tracking_uri))

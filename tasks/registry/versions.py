@@ -28,6 +28,10 @@ class RegistryUnavailable(TransientError):
     """The MLflow registry did not answer, or answered with an error that is not "absent"."""
 
 
+class AlreadyExists(PermanentError):
+    """A registered model of that name exists already (the registry's unique name refused a second one)."""
+
+
 def unavailable(settings: Settings, what: str, exc: BaseException) -> NoReturn:
     """Raise :class:`RegistryUnavailable` for a failed registry call (``what`` says which)."""
     raise RegistryUnavailable(
@@ -51,6 +55,12 @@ def _ask(settings: Settings, what: str, call: Callable[[Any], Any], absent: Any 
         return absent
 
 
+def _model_call(settings: Settings, what: str, method: str, *args: Any, absent: Any = _UNAVAILABLE) -> Any:
+    """``client.<method>(model_name, *args)`` through :func:`_ask`."""
+    name = settings.registry.model_name
+    return _ask(settings, what, lambda c: getattr(c, method)(name, *args), absent)
+
+
 def _no_version(settings: Settings, version: str) -> PermanentError:
     return PermanentError(f"model {settings.registry.model_name!r} has no version {version!r}")
 
@@ -63,43 +73,39 @@ def bundle_uri(settings: Settings, version: str) -> str:
 def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dict[str, str]) -> str:
     """A model version of the run's ``bundle/`` artifacts: created, stamped into the bundle, then the bundle
     uploaded (a failed upload removes the version)."""
-    c = tracking.client(settings)
+    c, name = tracking.client(settings), settings.registry.model_name
     try:
-        c.create_registered_model(
-            settings.registry.model_name, description="Loan default risk (CatBoost bundle)"
-        )
+        c.create_registered_model(name, description="Loan default risk (CatBoost bundle)")
     except Exception as exc:
         if not tracking.already_exists(exc):
             raise
     source = f"{c.get_run(run_id).info.artifact_uri}/{BUNDLE_ARTIFACT_PATH}"
-    version = str(
-        c.create_model_version(settings.registry.model_name, source=source, run_id=run_id, tags=tags).version
-    )
+    version = str(c.create_model_version(name, source=source, run_id=run_id, tags=tags).version)
     try:
         if (bundle_dir / META_FILE).is_file():
-            stamp_version(bundle_dir, version, model_name=settings.registry.model_name)
+            stamp_version(bundle_dir, version, model_name=name)
             if (bundle_dir / EVALUATION_FILE).is_file():
                 write_card(bundle_dir)  # the card names its version
         c.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
     except BaseException:
-        c.delete_model_version(settings.registry.model_name, version)
+        c.delete_model_version(name, version)
         raise
     return version
 
 
 def get_version(settings: Settings, version: str) -> Any:
     """A model version by number; :class:`PermanentError` when it does not exist."""
-    what, name = f"read version {version} of {settings.registry.model_name!r}", settings.registry.model_name
-    return _ask(
-        settings, what, lambda c: c.get_model_version(name, str(version)), _no_version(settings, version)
+    what = f"read version {version} of {settings.registry.model_name!r}"
+    return _model_call(
+        settings, what, "get_model_version", str(version), absent=_no_version(settings, version)
     )
 
 
 def version_by_alias(settings: Settings, alias: str) -> Any | None:
     """The version an alias points to; None only when the alias (or the model) does not exist (an unreachable
     registry is never "no champion")."""
-    what, name = f"read alias {alias!r} of {settings.registry.model_name!r}", settings.registry.model_name
-    return _ask(settings, what, lambda c: c.get_model_version_by_alias(name, alias), None)
+    what = f"read alias {alias!r} of {settings.registry.model_name!r}"
+    return _model_call(settings, what, "get_model_version_by_alias", str(alias), absent=None)
 
 
 def resolve_version(settings: Settings, model_version: str | None, alias: str | None) -> str:
@@ -116,14 +122,13 @@ def resolve_version(settings: Settings, model_version: str | None, alias: str | 
 
 def set_alias(settings: Settings, alias: str, version: str) -> None:
     """Point ``alias`` at ``version``."""
-    call = lambda c: c.set_registered_model_alias(settings.registry.model_name, alias, str(version))  # noqa: E731
-    _ask(settings, f"point alias {alias!r} at version {version}", call)
+    what = f"point alias {alias!r} at version {version}"
+    _model_call(settings, what, "set_registered_model_alias", str(alias), str(version))
 
 
 def delete_alias(settings: Settings, alias: str) -> None:
     """Remove ``alias`` (no error when it is absent)."""
-    call = lambda c: c.delete_registered_model_alias(settings.registry.model_name, alias)  # noqa: E731
-    _ask(settings, f"delete alias {alias!r}", call, None)
+    _model_call(settings, f"delete alias {alias!r}", "delete_registered_model_alias", str(alias), absent=None)
 
 
 def set_version_tags(settings: Settings, version: str, tags: dict[str, Any]) -> None:
@@ -138,22 +143,12 @@ def set_version_tags(settings: Settings, version: str, tags: dict[str, Any]) -> 
 
 def model_tags(settings: Settings) -> dict[str, str]:
     """The registered model's own tags ({} when the model does not exist yet)."""
-    return (
-        record_tags(
-            settings, settings.registry.model_name, f"read the tags of {settings.registry.model_name!r}"
-        )
-        or {}
-    )
+    return record_tags(settings, settings.registry.model_name) or {}
 
 
 def set_model_tag(settings: Settings, key: str, value: str) -> None:
     """Set one tag on the registered model (one call: a reader sees the old value or the new one)."""
-    call = lambda c: c.set_registered_model_tag(settings.registry.model_name, key, value)  # noqa: E731
-    _ask(settings, f"set tag {key!r} of {settings.registry.model_name!r}", call)
-
-
-class AlreadyExists(PermanentError):
-    """A registered model of that name exists already (the registry's unique name refused a second one)."""
+    _model_call(settings, f"set tag {key!r} of the registered model", "set_registered_model_tag", key, value)
 
 
 def create_record(settings: Settings, name: str, tags: dict[str, str], description: str = "") -> None:
@@ -162,44 +157,35 @@ def create_record(settings: Settings, name: str, tags: dict[str, str], descripti
     try:
         tracking.client(settings).create_registered_model(name, tags=tags, description=description)
     except Exception as exc:
-        if getattr(exc, "error_code", "") == "RESOURCE_ALREADY_EXISTS":
+        if tracking.already_exists(exc):
             raise AlreadyExists(f"registered model {name!r} exists already") from exc
         unavailable(settings, f"create registered model {name!r}", exc)
 
 
-def record_tags(settings: Settings, name: str, what: str = "") -> dict[str, str] | None:
+def record_tags(settings: Settings, name: str) -> dict[str, str] | None:
     """The tags of the registered model ``name``; None when it does not exist."""
     call = lambda c: dict(c.get_registered_model(name).tags or {})  # noqa: E731
-    return _ask(settings, what or f"read registered model {name!r}", call, None)
+    return _ask(settings, f"read registered model {name!r}", call, None)
 
 
 def records(settings: Settings, prefix: str, newest_only: bool = False) -> dict[str, dict[str, str]]:
-    """Registered models whose name starts with ``prefix`` (name → tags), every page; ``newest_only``: the one
-    with the greatest name."""
+    """Registered models named ``prefix``* (name → tags), every page; ``newest_only``: the greatest name."""
 
     def every_page(c: Any) -> dict[str, dict[str, str]]:
         found: dict[str, dict[str, str]] = {}
-        token = None
+        token, size = None, 1 if newest_only else 1000
         while True:
-            page = c.search_registered_models(
-                filter_string=f"name LIKE '{prefix}%'",
-                max_results=1 if newest_only else 1000,
-                order_by=["name DESC"],
-                page_token=token,
-            )
+            page = c.search_registered_models(f"name LIKE '{prefix}%'", size, ["name DESC"], token)
             found |= {m.name: dict(m.tags or {}) for m in page}
-            token = page.token
-            if newest_only or not token:
+            if newest_only or not (token := page.token):
                 return found
 
     return _ask(settings, f"list registered models named {prefix}*", every_page)
 
 
 def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
-    """Download a version's bundle into ``dst`` (emptied first) and stamp the version into its metadata;
-    :class:`PermanentError` when it does not exist."""
-    if dst.exists():
-        shutil.rmtree(dst)
+    """A version's bundle in ``dst`` (emptied first), its version stamped; PermanentError when absent."""
+    shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
     try:
         source = tracking.client(settings).get_model_version_download_uri(
@@ -232,9 +218,7 @@ def version_tags(bundle_dir: Path) -> dict[str, str]:
 def register_task(settings: Settings, run_id: str, bundle_dir: Path) -> str:
     """Stage: a new model version carrying the bundle, tagged from its metadata."""
     version = register_bundle(settings, run_id, bundle_dir, version_tags(bundle_dir))
-    run_logger().info(
-        "registered %s version %s (%s)", settings.registry.model_name, version, bundle_uri(settings, version)
-    )
+    run_logger().info("registered version %s (%s)", version, bundle_uri(settings, version))
     return version
 
 

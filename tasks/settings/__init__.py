@@ -1,11 +1,7 @@
 """The one typed settings object of the pipeline, in sections (data, tuning, evaluation, registry, release,
-serving, monitoring).
-
-Values come, in increasing priority, from the defaults below (which work offline), an optional config file
-(TOML or YAML, named by ``LOANRISK_CONFIG`` or ``loanrisk.toml`` in the working directory) and environment
-variables prefixed ``LOANRISK_``. Names are flat and unique across sections: ``LOANRISK_N_TRIALS=5`` (or
-``n_trials = 5`` in the file, or ``Settings(n_trials=5)``) sets ``settings.tuning.n_trials``. Every piece of
-state a run creates lives under ``state_dir`` (default ``.state`` in the project root), which is git-ignored.
+serving, monitoring). Values come, in increasing priority, from the offline defaults, a TOML/YAML file
+(``LOANRISK_CONFIG``, else ``loanrisk.toml`` in the working directory) and ``LOANRISK_*`` environment
+variables; names are flat, unique across sections (``LOANRISK_N_TRIALS=5`` sets ``settings.tuning.n_trials``).
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, Field, create_model, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.settings.sections import (
     SECTION_OF,
@@ -38,47 +34,29 @@ if TYPE_CHECKING:
     from serving.privacy import Pseudonymiser
 
 
-class _ConfigFileSource(PydanticBaseSettingsSource):
-    """Reads the optional TOML/YAML config file (flat keys, the same names as the settings)."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("LOANRISK_CONFIG")
-        candidate = Path(path) if path else Path.cwd() / "loanrisk.toml"
-        if not candidate.exists():
-            if path:
-                raise FileNotFoundError(f"LOANRISK_CONFIG names {candidate}, which does not exist")
-            return {}
-        text = candidate.read_text()
-        data = tomllib.loads(text) if candidate.suffix == ".toml" else yaml.safe_load(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {candidate} must hold a mapping of setting names to values")
-        return data
+def _config_file() -> dict[str, Any]:
+    """The optional TOML/YAML config file (flat keys, the same names as the settings)."""
+    path = os.environ.get("LOANRISK_CONFIG")
+    file = Path(path) if path else Path.cwd() / "loanrisk.toml"
+    if not file.exists():
+        if path:
+            raise FileNotFoundError(f"LOANRISK_CONFIG names {file}, which does not exist")
+        return {}
+    data = tomllib.loads(file.read_text()) if file.suffix == ".toml" else yaml.safe_load(file.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {file} must hold a mapping of setting names to values")
+    return data
 
 
-class _Sources(BaseSettings):
-    """Reads the flat names from the init values, the environment and the config file (parsing only)."""
-
+class _Env(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOANRISK_", extra="ignore")
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _ConfigFileSource(settings_cls), file_secret_settings)
 
-
-# Every flat name as optional: a value not given anywhere is left to its section's default (and validators).
+# Every flat name as optional, read from the init values and the environment: a value not given anywhere is left
+# to its section's default (and validators).
 _Flat = create_model(  # type: ignore[call-overload]
     "_Flat",
-    __base__=_Sources,
+    __base__=_Env,
     **{
         name: (info.annotation | None, None)
         for cls in (RunSettings, *SECTIONS.values())
@@ -87,18 +65,9 @@ _Flat = create_model(  # type: ignore[call-overload]
 )
 
 
-def _sectioned(values: dict[str, Any]) -> dict[str, Any]:
-    """Flat names (and section objects or dicts) routed into ``{top-level..., section: {...}}``."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in SECTIONS:
-            part = value.model_dump() if isinstance(value, BaseModel) else dict(value)
-            out.setdefault(key, {}).update(part)
-        elif key in SECTION_OF:
-            out.setdefault(SECTION_OF[key], {})[key] = value
-        else:
-            out[key] = value
-    return out
+def _in_state(*parts: str) -> Any:
+    """A location in the state folder, as a read-only property."""
+    return property(lambda self: self.state_dir.joinpath(*parts))
 
 
 class Settings(RunSettings):
@@ -113,30 +82,32 @@ class Settings(RunSettings):
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     def __init__(self, **values: Any) -> None:
-        given = self.flat(_sectioned(values))
-        read = _Flat(**given).model_dump(exclude_none=True) | {k: None for k, v in given.items() if v is None}
-        super().__init__(**_sectioned(read))
+        given = self.flat(values)
+        in_file = {k: v for k, v in _config_file().items() if k in _Flat.model_fields}
+        read = _Flat(**given).model_dump(exclude_none=True)  # the keywords, else the environment
+        super().__init__(**in_file | read | {k: None for k, v in given.items() if v is None})
 
     @model_validator(mode="before")
     @classmethod
     def _route_flat_names(cls, data: Any) -> Any:
-        return _sectioned(data) if isinstance(data, dict) else data
+        """Flat names (and section objects or dicts) routed into ``{top-level..., section: {...}}``."""
+        if not isinstance(data, dict):
+            return data
+        flat = cls.flat(data)
+        sections = {sec: {k: flat.pop(k) for k in c.model_fields if k in flat} for sec, c in SECTIONS.items()}
+        return flat | sections
 
     @staticmethod
     def flat(values: dict[str, Any]) -> dict[str, Any]:
         """``{section: {...}}`` values as flat names (the names of the environment and the config file)."""
         out = {k: v for k, v in values.items() if k not in SECTIONS}
-        for sec in SECTIONS:
-            part = values.get(sec) or {}
-            out.update(part.model_dump() if isinstance(part, BaseModel) else part)
+        for part in (values.get(sec) or {} for sec in SECTIONS):
+            out |= part.model_dump() if isinstance(part, BaseModel) else part
         return out
 
     def replace(self, **changes: Any) -> Settings:
         """A validated copy with some values changed, named flat (``replace(n_trials=3)``)."""
-        current = {name: getattr(self, name) for name in RunSettings.model_fields} | {
-            sec: getattr(self, sec).model_dump() for sec in SECTIONS
-        }
-        return type(self).model_validate(self.flat(current) | changes)
+        return type(self).model_validate(self.flat(dict(self)) | changes)
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Settings:  # type: ignore[override]
         return self.replace(**update) if update else super().model_copy(deep=deep)
@@ -145,26 +116,11 @@ class Settings(RunSettings):
         """The value of the flat name ``name`` (for records that list settings by name)."""
         return getattr(getattr(self, SECTION_OF[name]), name) if name in SECTION_OF else getattr(self, name)
 
-    # --- locations in the state folder ---------------------------------------------------------------
-    @property
-    def data_dir(self) -> Path:
-        return self.state_dir / "data"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        return self.state_dir / "quarantine"
-
-    @property
-    def secrets_dir(self) -> Path:
-        return self.state_dir / "secrets"
-
-    @property
-    def prefect_home(self) -> Path:
-        return self.state_dir / "prefect"
-
-    @property
-    def artifact_root(self) -> Path:
-        return self.state_dir / "mlflow" / "artifacts"
+    data_dir = _in_state("data")
+    quarantine_dir = _in_state("quarantine")
+    secrets_dir = _in_state("secrets")
+    prefect_home = _in_state("prefect")
+    artifact_root = _in_state("mlflow", "artifacts")
 
     @property
     def tracking_uri(self) -> str:
@@ -203,13 +159,8 @@ def get_settings() -> Settings:
 
 
 def configure_environment(settings: Settings | None = None) -> Settings:
-    """Point Prefect's state into the state folder and give it the configured API account: called by each
-    flow's ``main()`` (never at import), so a module imported by a worker changes nothing.
-
-    Variables the user already set win (``PREFECT_API_URL``, ``PREFECT_HOME``). Prefect reads its settings when
-    it is imported; they are read again here. MLflow's variables are set by its one door
-    (:func:`tasks.registry.tracking.client`).
-    """
+    """Point Prefect's state into the state folder and give it the API account, unless the user set them:
+    called by each flow's ``main()``, never at import; Prefect's settings are read again."""
     settings = settings or get_settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     defaults = {
@@ -223,18 +174,17 @@ def configure_environment(settings: Settings | None = None) -> Settings:
         defaults["PREFECT_API_AUTH_STRING"] = settings.prefect_api_auth_string.get_secret_value()
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    context = sys.modules.get("prefect.context")
-    if context is not None:
+    if (context := sys.modules.get("prefect.context")) is not None:
         context.refresh_global_settings_context()
     return settings
 
 
-def mlflow_environment(settings: Settings) -> None:
+def mlflow_environment(registry: RegistrySettings) -> None:
     """MLflow's variables from the settings (the tracking account; no progress bars), unless already set."""
     defaults = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GIT_PYTHON_REFRESH": "quiet"}
-    if settings.registry.mlflow_username:
-        defaults["MLFLOW_TRACKING_USERNAME"] = settings.registry.mlflow_username
-    if settings.registry.mlflow_password is not None:
-        defaults["MLFLOW_TRACKING_PASSWORD"] = settings.registry.mlflow_password.get_secret_value()
+    if registry.mlflow_username:
+        defaults["MLFLOW_TRACKING_USERNAME"] = registry.mlflow_username
+    if registry.mlflow_password is not None:
+        defaults["MLFLOW_TRACKING_PASSWORD"] = registry.mlflow_password.get_secret_value()
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

@@ -1,5 +1,5 @@
 """The sections of the settings: each stage's knobs, typed, with offline defaults (flat names, unique across
-sections, so each is also an environment variable ``LOANRISK_<NAME>``)."""
+sections, so each is also an environment variable ``LOANRISK_<NAME>``); docs/settings.md says what each is."""
 
 from __future__ import annotations
 
@@ -28,13 +28,11 @@ class DataSettings(_Section):
     hf_revision: str | None = None
     hf_token: SecretStr | None = None
     hf_max_attempts: int = Field(4, ge=1)
-    hf_backoff_seconds: float = Field(1.0, ge=0)  # first wait between Hub attempts; doubles, capped at 60 s
+    hf_backoff_seconds: float = Field(1.0, ge=0)
     quarantine_max_share: float = Field(0.01, ge=0, le=1)
     label_bad_statuses: list[str] = Field(default_factory=lambda: list(BAD_LABEL_STATUSES))
     label_good_statuses: list[str] = Field(default_factory=lambda: list(GOOD_LABEL_STATUSES))
     split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
-    # "seed": the statuses above as they are; "matured": loans whose outcome is not final yet (NOT_FINAL_STATUSES)
-    # are left out instead of counted good (censoring; docs/pipeline.md, "Evaluation").
     label_policy: str = Field("seed", pattern="^(seed|matured)$")
 
     @field_validator("split_fractions")
@@ -46,8 +44,7 @@ class DataSettings(_Section):
 
     @model_validator(mode="after")
     def _labels_disjoint(self) -> DataSettings:
-        both = set(self.label_bad_statuses) & set(self.label_good_statuses)
-        if both:
+        if both := set(self.label_bad_statuses) & set(self.label_good_statuses):
             raise ValueError(f"label statuses cannot be both bad and good: {sorted(both)}")
         unknown = [s for s in (*self.label_bad_statuses, *self.label_good_statuses) if s not in LOAN_STATUSES]
         if unknown:
@@ -58,10 +55,8 @@ class DataSettings(_Section):
 
     def label_statuses(self) -> tuple[list[str], list[str]]:
         """The (bad, good) statuses of the label policy: ``matured`` leaves out loans not final yet."""
-        good = list(self.label_good_statuses)
-        if self.label_policy == "matured":
-            good = [s for s in good if s not in NOT_FINAL_STATUSES]
-        return list(self.label_bad_statuses), good
+        left_out = NOT_FINAL_STATUSES if self.label_policy == "matured" else ()
+        return list(self.label_bad_statuses), [s for s in self.label_good_statuses if s not in left_out]
 
 
 class TuningSettings(_Section):
@@ -69,29 +64,20 @@ class TuningSettings(_Section):
 
     n_trials: int = Field(20, ge=1)
     tune_timeout_seconds: float = Field(420.0, gt=0)
-    optuna_storage: str | None = None  # any SQLAlchemy URL; default: SQLite under state_dir
-    # Resume this study instead of one per run; it must hold the same data and fit settings (checked).
+    optuna_storage: str | None = None
     optuna_study_name: str | None = None
-    # Trials fanned out to `tune_workers` workers sharing the study: "local" as processes of this machine,
-    # "pool" as flow runs of `tune_deployment_name` on the work pool.
     tune_workers: int = Field(1, ge=1)
     tune_mode: str = Field("local", pattern="^(local|pool)$")
     tune_deployment_name: str = "loan-risk-training/tune-worker"
-    tune_worker_name: str | None = (
-        None  # the worker id on its trials (user attr worker_id); default: host name
-    )
-    # A running trial whose heartbeat is older than the grace period is failed and re-run by a live worker.
+    tune_worker_name: str | None = None  # the worker id on its trials; default: host name
     tune_heartbeat_seconds: int = Field(5, ge=1)
     tune_grace_seconds: int = Field(20, ge=2)
     tune_trial_retries: int = Field(2, ge=0)
     max_iterations: int = Field(1500, ge=10)
     early_stopping_rounds: int = Field(60, ge=5)
-    # Categorical features CatBoost may combine into one CTR: 1 (none) fits faster in less memory.
-    max_ctr_complexity: int = Field(1, ge=1, le=4)
+    max_ctr_complexity: int = Field(1, ge=1, le=4)  # 1 (no combined CTRs) fits faster in less memory
     seed: int = 42
     thread_count: int = -1
-    # Feature -> -1 (risk never rises with it), 0 (free) or 1 (never falls); numeric features only.
-    # JSON in the environment: LOANRISK_MONOTONE_CONSTRAINTS='{"apr": 1}'.
     monotone_constraints: dict[str, int] = Field(default_factory=dict)
 
     @field_validator("monotone_constraints")
@@ -101,15 +87,14 @@ class TuningSettings(_Section):
 
         for name, direction in v.items():
             if name not in FEATURE_NAMES:
-                raise ValueError(
-                    f"monotone_constraints: {name!r} is no model feature; known: {list(FEATURE_NAMES)}"
-                )
-            if name in CATEGORICAL_FEATURES:
-                raise ValueError(
-                    f"monotone_constraints: {name!r} is categorical; only numeric features take one"
-                )
-            if direction not in (-1, 0, 1):
-                raise ValueError(f"monotone_constraints: {name!r} must be -1, 0 or 1, got {direction!r}")
+                problem = f"is no model feature; known: {list(FEATURE_NAMES)}"
+            elif name in CATEGORICAL_FEATURES:
+                problem = "is categorical; only numeric features take one"
+            elif direction not in (-1, 0, 1):
+                problem = f"must be -1, 0 or 1, got {direction!r}"
+            else:
+                continue
+            raise ValueError(f"monotone_constraints: {name!r} {problem}")
         return v
 
     @model_validator(mode="after")
@@ -125,17 +110,12 @@ class TuningSettings(_Section):
 class EvaluationSettings(_Section):
     """Credit-grade evaluation and the decision threshold."""
 
-    bootstrap_samples: int = Field(200, ge=0)  # resamples behind the 95% intervals of AUC and KS (0: none)
-    segment_min_count: int = Field(
-        100, ge=1
-    )  # smaller segments (state, leadType, payFrequency) are not scored
-    psi_bins: int = Field(10, ge=2)  # quantile bins of the population stability index
-    # "f1": best validation F1 within the promotion minimums; "expected_cost": the validation threshold with the
-    # least cost_bad_approved * FN + cost_good_declined * FP.
+    bootstrap_samples: int = Field(200, ge=0)
+    segment_min_count: int = Field(100, ge=1)
+    psi_bins: int = Field(10, ge=2)
     threshold_policy: str = Field("f1", pattern="^(f1|expected_cost)$")
-    cost_bad_approved: float = Field(5.0, gt=0)  # approving a loan that goes bad (a false negative)
-    cost_good_declined: float = Field(1.0, gt=0)  # declining a loan that would have paid (a false positive)
-    # A calibrator is fitted on validation when the model's validation ECE exceeds this (1: never).
+    cost_bad_approved: float = Field(5.0, gt=0)
+    cost_good_declined: float = Field(1.0, gt=0)
     calibration_max_ece: float = Field(0.02, ge=0, le=1)
     calibration_method: str = Field("platt", pattern="^(isotonic|platt)$")
 
@@ -143,10 +123,9 @@ class EvaluationSettings(_Section):
 class RegistrySettings(_Section):
     """Tracking, the registered model and the promotion policy."""
 
-    mlflow_tracking_uri: str | None = None  # default: SQLite store under state_dir; MLFLOW_TRACKING_URI wins
+    mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "loan-risk"
     model_name: str = "loan-risk"
-    # The tracking server's account (exported as MLFLOW_TRACKING_USERNAME/PASSWORD unless those are set).
     mlflow_username: str | None = None
     mlflow_password: SecretStr | None = None
     min_precision: float = Field(0.72, ge=0, le=1)
@@ -160,8 +139,6 @@ class RegistrySettings(_Section):
 class ReleaseSettings(_Section):
     """The deploy: image, registry, smoke test, release record and GitHub."""
 
-    # "auto" deploys when an engine answers and says when it skips; "required" fails the training run naming
-    # what is missing; "off" never deploys. The stack and the docker work pool set "required".
     deploy_mode: Literal["auto", "required", "off"] = "auto"
     deploy_deployment_name: str = "loan-risk-deploy/deploy"
     docker_host: str | None = None  # default: DOCKER_HOST / the local socket
@@ -170,8 +147,7 @@ class ReleaseSettings(_Section):
     base_image: str = "python:3.11-slim"
     registry_username: str | None = None
     registry_password: SecretStr | None = None
-    registry_secret_block: str | None = None  # a Prefect Secret block holding the registry password
-    # Hosts (host or host:port) besides the registry's own that may receive its credentials as a token realm.
+    registry_secret_block: str | None = None
     registry_allowed_realms: list[str] = Field(default_factory=list)
     wheel_cache: Path | None = None  # wheels of the serving image; default: <state_dir>/wheels
     smoke_sample_size: int = Field(50, ge=1)
@@ -179,16 +155,14 @@ class ReleaseSettings(_Section):
     deploy_lock_name: str = "loan-risk-deploy"  # Prefect global concurrency limit that serialises deploys
     deploy_lock_timeout_seconds: float = Field(3600.0, gt=0)
     github_token: SecretStr | None = None
-    github_repository: str | None = None  # owner/name
+    github_repository: str | None = None
     github_api_url: str = "https://api.github.com"
 
 
 class ServingSettings(_Section):
     """What the pipeline shares with the service: identifiers' pseudonyms and the prediction log."""
 
-    # Key of the keyed hash that pseudonymises identifiers; unset: a random key kept in <state_dir>/secrets/.
     pseudonym_key: SecretStr | None = None
-    # The service's prediction log folder (the same LOANRISK_PREDICTION_LOG_DIR the service writes to).
     prediction_log_dir: Path | None = None
 
 
@@ -198,28 +172,21 @@ class MonitoringSettings(_Section):
     score_alias: str = Alias.CHAMPION.value  # scored when neither a version nor an alias is given
     score_chunk_rows: int = Field(32_768, ge=1)  # rows read, scored and written at a time: bounds memory
     score_reasons: Literal["risky", "all", "none"] = "risky"  # which rows get the reasons column
-    score_output_root: Path | None = None  # outputs go only under it; default <state_dir>/scores
-    monitor_window: str = Field("24h", pattern=r"^\d+(\.\d+)?[smhdw]$")  # how far back a monitor run reads
-    profile_bins: int = Field(10, ge=2, le=50)  # quantile bins per numeric feature and for the score
+    score_output_root: Path | None = None
+    monitor_window: str = Field("24h", pattern=r"^\d+(\.\d+)?[smhdw]$")
+    profile_bins: int = Field(10, ge=2, le=50)
     profile_top_categories: int = Field(20, ge=1)  # categories kept by name; the rest count as "other"
-    drift_psi_threshold: float = Field(0.25, gt=0)  # a feature with PSI at or above this has drifted
-    drift_score_psi_threshold: float = Field(0.25, gt=0)  # the score's PSI at or above this is drift
-    drift_min_features: int = Field(3, ge=1)  # drifted features that make a detection on their own
-    drift_min_records: int = Field(100, ge=1)  # fewer logged records: reported, but no drift event
-    drift_cooldown_seconds: int = Field(
-        86_400, ge=60
-    )  # retrain at most once per cooldown (the trigger's within)
+    drift_psi_threshold: float = Field(0.25, gt=0)
+    drift_score_psi_threshold: float = Field(0.25, gt=0)
+    drift_min_features: int = Field(3, ge=1)
+    drift_min_records: int = Field(100, ge=1)
+    drift_cooldown_seconds: int = Field(86_400, ge=60)
     # Where notifications go; secrets, so never in prefect.yaml: set them in the environment or loanrisk.toml.
     alert_webhook_url: SecretStr | None = None  # a generic webhook: a JSON document per alert
     alert_apprise_urls: list[SecretStr] = Field(default_factory=list)  # Apprise URLs (slack://, json://, ...)
-    alert_flows: list[str] = Field(
-        default_factory=lambda: [
-            "loan-risk-training",
-            "loan-risk-deploy",
-            "loan-risk-score",
-            "loan-risk-monitor",
-        ]
-    )  # flows whose failed or crashed runs alert
+    alert_flows: list[str] = Field(  # flows whose failed or crashed runs alert
+        default_factory=lambda: [f"loan-risk-{f}" for f in ("training", "deploy", "score", "monitor")]
+    )
 
 
 class RunSettings(_Section):
@@ -228,17 +195,11 @@ class RunSettings(_Section):
     state_dir: Path = PROJECT_ROOT / ".state"
     task_retries: int = Field(2, ge=0)
     task_retry_delay_seconds: float = Field(10.0, ge=0)
-    # The Prefect server's API auth string ("user:password"): exported as PREFECT_API_AUTH_STRING unless set.
     prefect_api_auth_string: SecretStr | None = None
 
 
+_ALL = (DataSettings, TuningSettings, EvaluationSettings, RegistrySettings, ReleaseSettings, ServingSettings)
 SECTIONS: dict[str, type[_Section]] = {
-    "data": DataSettings,
-    "tuning": TuningSettings,
-    "evaluation": EvaluationSettings,
-    "registry": RegistrySettings,
-    "release": ReleaseSettings,
-    "serving": ServingSettings,
-    "monitoring": MonitoringSettings,
+    cls.__name__.removesuffix("Settings").lower(): cls for cls in (*_ALL, MonitoringSettings)
 }
 SECTION_OF: dict[str, str] = {name: sec for sec, cls in SECTIONS.items() for name in cls.model_fields}
