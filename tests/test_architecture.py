@@ -262,3 +262,43 @@ def test_importing_a_flow_changes_nothing(tmp_path: Path) -> None:
     changed = json.loads(done.stdout.strip().splitlines()[-1])
     assert [k for k in changed if k.startswith(ours)] == []
     assert not state.exists()
+
+
+def exception_classes(folder: str) -> dict[str, list[str]]:
+    """Each exception class defined under ``folder`` (module:Name) and the names of its bases."""
+    found = {}
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases]
+                found[f"{path.relative_to(ROOT)}:{node.name}"] = bases
+    return found
+
+
+def test_one_error_hierarchy() -> None:
+    """Every error tasks/, flows/ and deployments/ raise on purpose derives from tasks/errors.py's three kinds."""
+    classes = {k: v for f in ("tasks", "flows", "deployments") for k, v in exception_classes(f).items()}
+    names = {k.split(":")[1]: v for k, v in classes.items()}
+
+    def is_ours(name: str, seen: frozenset[str] = frozenset()) -> bool | None:
+        if name in {"PermanentError", "TransientError", "BadInputError", "LoanRiskError"}:
+            return True
+        if name in {"Exception", "RuntimeError", "ValueError", "KeyError", "TypeError", "OSError"}:
+            return False
+        if name not in names or name in seen:
+            return None
+        results = [is_ours(b, seen | {name}) for b in names[name]]
+        return True if True in results else (False if False in results else None)
+
+    stray = [
+        k
+        for k, v in classes.items()
+        if is_ours(k.split(":")[1]) is False and not k.endswith("errors.py:LoanRiskError")
+    ]
+    assert stray == [], f"errors outside the hierarchy: {stray}"
+    serving = [
+        k
+        for k, v in exception_classes("serving").items()
+        if any(b.endswith(("Error", "Exception")) for b in v)
+    ]
+    assert len(serving) <= 5, f"serving has its own small set of errors, not {serving}"
