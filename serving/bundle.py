@@ -22,6 +22,7 @@ import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
 from serving.calibration import Calibrator
+from serving.errors import BundleError
 from serving.features import (
     CATEGORICAL_INDICES,
     FEATURE_NAMES,
@@ -32,11 +33,10 @@ from serving.features import (
     rows_of,
 )
 from serving.logs import LOGGER_NAME
-from serving.model_export import model_document
 from serving.privacy import foreign_fields
-from serving.reason_table import ReasonTableError
-from serving.reasons import ModelInput, load_explainer
-from serving.trees import TreeSum, largest_difference
+from serving.reason_table import TABLE_FILE, ReasonTable
+from serving.reasons import Explainer, ModelInput
+from serving.trees import TreeSum, model_document
 
 BUNDLE_FORMAT = 1
 # Fewer records than this go as rows (a DataFrame Pool has a fixed cost), scored by the tree sum when it agrees
@@ -72,10 +72,6 @@ def _few_as_rows(model_input: ModelInput) -> ModelInput:
     return rows_of(model_input) if few else model_input
 
 
-class BundleError(RuntimeError):
-    """A bundle directory is missing, incomplete or does not match this code's feature contract."""
-
-
 @dataclass
 class BundleMeta:
     model_name: str
@@ -95,8 +91,7 @@ class BundleMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BundleMeta:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def _json_safe(value: Any) -> Any:
@@ -126,14 +121,12 @@ def write_bundle(
 ) -> Path:
     """Write a bundle; ``reference`` is ``{"records": [...], "probabilities": [...]}``. Raises
     :class:`BundleError` when a reference record holds a field the features do not read."""
-    if reference is not None:
-        foreign = foreign_fields(reference.get("records", []))
-        if foreign:
-            fields = sorted({f for _, f in foreign})
-            raise BundleError(
-                f"reference record {foreign[0][0]} holds {foreign[0][1]!r}: reference records may hold only the "
-                f"fields the features read ({len(foreign)} foreign field(s): {fields})"
-            )
+    if reference is not None and (foreign := foreign_fields(reference.get("records", []))):
+        fields = sorted({f for _, f in foreign})
+        raise BundleError(
+            f"reference record {foreign[0][0]} holds {foreign[0][1]!r}: reference records may hold only the "
+            f"fields the features read ({len(foreign)} foreign field(s): {fields})"
+        )
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     model.save_model(str(out / MODEL_FILE), format="cbm")
@@ -146,9 +139,7 @@ def write_bundle(
 def stamp_version(directory: str | Path, model_version: str, **extra: Any) -> BundleMeta:
     """Record the registry version (and any extra metadata fields) in an exported bundle."""
     path = Path(directory) / META_FILE
-    data = json.loads(path.read_text())
-    data["model_version"] = str(model_version)
-    data.update(extra)
+    data = {**json.loads(path.read_text()), "model_version": str(model_version), **extra}
     _write_json(path, data)
     return BundleMeta.from_dict(data)
 
@@ -173,8 +164,9 @@ class Bundle:
         self.directory = Path(directory)
         meta_path, model_path = self.directory / META_FILE, self.directory / MODEL_FILE
         if not meta_path.is_file() or not model_path.is_file():
-            message = f"{self.directory} is not a model bundle: it needs {META_FILE} and {MODEL_FILE}"
-            raise BundleError(message)
+            raise BundleError(
+                f"{self.directory} is not a model bundle: it needs {META_FILE} and {MODEL_FILE}"
+            )
         try:
             self.meta = BundleMeta.from_dict(json.loads(meta_path.read_text()))
         except (ValueError, TypeError) as exc:
@@ -192,10 +184,12 @@ class Bundle:
         except (ValueError, TypeError) as exc:
             raise BundleError(f"{meta_path}: unusable 'calibrator' ({exc})") from None
         document = model_document(self.model)  # read by both, then dropped (~5 MB of JSON for 800 trees)
-        try:
-            self.explainer = load_explainer(self.directory, self.model, self.meta.features, document)
-        except ReasonTableError as exc:
-            raise BundleError(f"{self.directory}: {exc}") from None
+        self.explainer = None
+        if (table := self.directory / TABLE_FILE).is_file():  # without one, the bundle gives no reasons
+            try:
+                self.explainer = Explainer(self.model, ReasonTable.read(table), self.meta.features, document)
+            except BundleError as exc:
+                raise BundleError(f"{self.directory}: {exc}") from None
         self.trees = self._load_tree_sum(document)
 
     @property
@@ -218,7 +212,7 @@ class Bundle:
             rows += build_rows(records) if isinstance(records, list) else []
         except (ValueError, TypeError, AttributeError):
             pass
-        difference = largest_difference(trees, rows, self._catboost)
+        difference = float(np.max(np.abs(trees.probabilities(rows) - self._catboost(rows))))
         if not difference <= TREE_SUM_TOLERANCE:
             logger.warning(
                 "%s: the tree sum differs from CatBoost by %g on the reference records; CatBoost scores all",
@@ -227,10 +221,6 @@ class Bundle:
             )
             return None
         return trees
-
-    def reason_codes(self) -> dict[str, Any] | None:
-        """The reason-code table as /model/info lists it; None for a bundle without one."""
-        return None if self.explainer is None else self.explainer.table.as_dict()
 
     def input_pool(self, model_input: ModelInput) -> Pool:
         """The CatBoost Pool of a model input (columns, or rows for a few records)."""
@@ -247,17 +237,17 @@ class Bundle:
         """Probability of the risky class for a model input, through the calibrator: summed here
         (:mod:`serving.trees`) for fewer than :data:`ROWS_BELOW` records, by CatBoost for more."""
         model_input = _few_as_rows(model_input)
+        if not model_input:
+            return []
         if self.trees is not None and isinstance(model_input, list) and len(model_input) < ROWS_BELOW:
-            return self.calibrated(self.trees.probabilities(model_input)).tolist() if model_input else []
-        return self.calibrated(self._catboost(model_input)).tolist()
+            p = self.trees.probabilities(model_input)
+        else:
+            p = self._catboost(model_input)
+        return (p if self.calibrator is None else self.calibrator.apply(p)).tolist()
 
     def _catboost(self, model_input: ModelInput) -> np.ndarray:
         pool = self.input_pool(model_input)
         return self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
-
-    def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
-        """The probabilities through the bundle's calibrator (unchanged without one)."""
-        return probabilities if self.calibrator is None else self.calibrator.apply(probabilities)
 
     def predict_records(self, records: list[dict[str, Any]]) -> list[float]:
         """Probability of the risky class for raw records (field names of the source files)."""

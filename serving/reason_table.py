@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serving.errors import BundleError
+
 TABLE_FILE = "reason_codes.toml"  # its name in the repository (beside this module) and in a bundle
 TABLE_PATH = Path(__file__).with_name(TABLE_FILE)
-
-
-class ReasonTableError(ValueError):
-    """A reason-code table that is unreadable, malformed, or does not map every model feature."""
+ReasonTableError = BundleError  # the name packaging catches: an unreadable, malformed or incomplete table
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,14 @@ class ReasonTable:
             raise ReasonTableError(f"{source}: 'version' must be a non-empty string or integer")
         if not isinstance(entries, list) or not entries:
             raise ReasonTableError(f"{source}: expected [[reason]] entries with code, text and features")
-        reasons, seen_codes, seen = [], set(), {}
+        reasons: list[ReasonCode] = []
+        seen: dict[str, str] = {}  # feature -> its code
         for i, entry in enumerate(entries):
             where = f"{source}: reason {i + 1}"
             if not isinstance(entry, dict):
                 raise ReasonTableError(f"{where}: expected a table with code, text and features")
             code, text, features = entry.get("code"), entry.get("text"), entry.get("features")
-            if not isinstance(code, str) or not code.strip() or code in seen_codes:
+            if not isinstance(code, str) or not code.strip() or code in {r.code for r in reasons}:
                 raise ReasonTableError(f"{where}: 'code' must be a non-empty string used once, got {code!r}")
             if not isinstance(text, str) or not text.strip():
                 raise ReasonTableError(f"{where} ({code}): 'text' must be a non-empty string")
@@ -63,49 +63,38 @@ class ReasonTable:
                 or not features
                 or not all(isinstance(f, str) for f in features)
             ):
-                message = f"{where} ({code}): 'features' must be a non-empty list of feature names"
-                raise ReasonTableError(message)
+                raise ReasonTableError(
+                    f"{where} ({code}): 'features' must be a non-empty list of feature names"
+                )
             for feature in features:
                 if feature in seen:
-                    raise ReasonTableError(
-                        f"{where} ({code}): feature {feature!r} is already mapped to {seen[feature]}; "
-                        "each feature belongs to one reason code"
-                    )
+                    raise ReasonTableError(f"{where} ({code}): feature {feature!r} is already mapped to "
+                                           f"{seen[feature]}; each feature belongs to one reason code")  # fmt: skip
                 seen[feature] = code
-            seen_codes.add(code)
             reasons.append(ReasonCode(code, text.strip(), tuple(features)))
         return cls(str(version), tuple(reasons), Path(source).name)
 
     def check(self, features: Sequence[str]) -> None:
         """Raise :class:`ReasonTableError` unless the table maps exactly the model's features."""
-        mapped = [f for r in self.reasons for f in r.features]
-        missing = [f for f in features if f not in set(mapped)]
-        unknown = [f for f in mapped if f not in set(features)]
-        if missing:
+        mapped = {f for r in self.reasons for f in r.features}
+        name = f"reason-code table {self.source} (version {self.version})"
+        if missing := [f for f in features if f not in mapped]:
             raise ReasonTableError(
-                f"reason-code table {self.source} (version {self.version}) maps no reason code to the model "
-                f"feature(s) {', '.join(missing)}: add each to one [[reason]] entry's features (and have the "
-                "change reviewed)"
+                f"{name} maps no reason code to the model feature(s) {', '.join(missing)}: add each to one "
+                "[[reason]] entry's features (and have the change reviewed)"
             )
-        if unknown:
-            raise ReasonTableError(
-                f"reason-code table {self.source} (version {self.version}) names feature(s) the model does not "
-                f"have: {', '.join(unknown)}"
-            )
+        if unknown := [f for r in self.reasons for f in r.features if f not in set(features)]:
+            raise ReasonTableError(f"{name} names feature(s) the model does not have: {', '.join(unknown)}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "file": self.source,
-            "codes": [{"code": r.code, "text": r.text, "features": list(r.features)} for r in self.reasons],
-        }
+        codes = [{"code": r.code, "text": r.text, "features": list(r.features)} for r in self.reasons]
+        return {"version": self.version, "file": self.source, "codes": codes}
 
 
 def copy_table(
     bundle_dir: str | Path, features: Sequence[str], source: str | Path = TABLE_PATH
 ) -> ReasonTable:
     """Check the table against the model's features and copy it into a bundle; returns it."""
-    table = ReasonTable.read(source)
-    table.check(features)
+    (table := ReasonTable.read(source)).check(features)
     shutil.copyfile(source, Path(bundle_dir) / TABLE_FILE)
     return table

@@ -1,7 +1,7 @@
 """Reason codes: why the model scored an application risky, from the served model's own SHAP values.
 
-:func:`explain` gives, per record, up to ``count`` reasons ``{"code", "text", "feature", "value", "contribution"}``,
-largest first. The reviewed table (:mod:`serving.reason_table`) maps every feature to one code; a code's
+:func:`explain_selected` gives, per record, up to ``count`` reasons ``{"code", "text", "feature", "value",
+"contribution"}``, largest first. The reviewed table (:mod:`serving.reason_table`) maps every feature to one code; a code's
 contribution is the sum of its features' SHAP values (log-odds), and only codes that raised the risk are reasons.
 SHAP values are CatBoost's path-dependent TreeSHAP, tabulated per leaf of each symmetric tree at load, so a
 record's values are a gather and a sum (CatBoost recomputes them on every call); a model the table cannot
@@ -12,27 +12,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from catboost import CatBoostClassifier, EFstrType, Pool
 
 from serving.config import DEFAULT_REASON_COUNT
 from serving.features import FEATURE_SOURCES
-from serving.model_export import model_document, split_features
-from serving.reason_table import TABLE_FILE, ReasonTable
+from serving.reason_table import ReasonTable
+from serving.trees import model_document, split_features
 
-
-class BundleLike(Protocol):
-    """What explaining needs of a loaded bundle (:class:`serving.bundle.Bundle` imports this module)."""
-
-    directory: Path
-    explainer: Explainer | None
-    thread_count: int
-
-    def input_pool(self, model_input: ModelInput) -> Pool: ...
-
+if TYPE_CHECKING:
+    from serving.bundle import Bundle
 
 MODES = ("risky", "all", "none")
 DEFAULT_MODE = "risky"
@@ -40,10 +31,6 @@ POOL_BLOCK = 16_384  # records whose leaves CatBoost finds at once (3.3 KB of le
 SHAP_BLOCK = 256  # records whose per-leaf SHAP rows are gathered at once (~23 KB each: cache-sized)
 ModelInput = list[list[Any]] | dict[str, Any]
 Column = Callable[[str], Sequence[Any]]
-
-
-class ReasonsUnavailable(RuntimeError):
-    """The bundle has no reason-code table, so it has no reasons to give."""
 
 
 def _tree_table(tree: dict[str, Any], binary: list[int]) -> tuple[np.ndarray, list[int], float]:
@@ -207,17 +194,6 @@ class Explainer:
         return [found[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 
 
-def load_explainer(
-    directory: Path,
-    model: CatBoostClassifier,
-    features: Sequence[str],
-    document: dict[str, Any] | None = None,
-) -> Explainer | None:
-    """The explainer of a bundle directory; None when it has no reason-code table."""
-    path = directory / TABLE_FILE
-    return Explainer(model, ReasonTable.read(path), features, document) if path.is_file() else None
-
-
 def _plain(value: Any) -> Any:
     """A model value as JSON can carry it: NumPy scalars as Python numbers, NaN as null."""
     if isinstance(value, np.generic):
@@ -237,25 +213,27 @@ def _subset(model_input: ModelInput, index: Sequence[int]) -> ModelInput:
     }
 
 
-def explain(
-    bundle: BundleLike,
+def explain_selected(
+    bundle: Bundle,
     model_input: ModelInput,
-    index: Sequence[int] | None = None,
+    probabilities: Sequence[float],
+    threshold: float,
+    mode: str = DEFAULT_MODE,
     count: int = DEFAULT_REASON_COUNT,
     raw: Column | None = None,
-) -> list[list[dict[str, Any]]]:
-    """The reasons of the records at ``index`` (None: all) of ``model_input``; ``raw(field)`` gives the values
-    as sent, so ``value`` is the applicant's own. Raises :class:`ReasonsUnavailable` for a bundle without a table."""
+) -> list[list[dict[str, Any]] | None] | None:
+    """Reasons for the records ``mode`` selects (risky: labelled risky; all; none), aligned with ``probabilities``
+    (None where not selected); None altogether for ``none`` or a bundle without a table. ``raw(field)`` gives the
+    values as sent, so ``value`` is the applicant's own."""
     explainer = bundle.explainer
-    if explainer is None:
-        raise ReasonsUnavailable(f"the bundle in {bundle.directory} has no reason-code table ({TABLE_FILE})")
-    size = len(model_input) if isinstance(model_input, list) else len(next(iter(model_input.values()), []))
-    positions = list(range(size)) if index is None else list(index)
+    if mode == "none" or explainer is None:
+        return None
+    out: list[list[dict[str, Any]] | None] = [None] * len(probabilities)
+    positions = [i for i, p in enumerate(probabilities) if mode == "all" or p >= threshold]
     if not positions:
-        return []
-    part = _subset(model_input, positions)
+        return out
+    part, n = _subset(model_input, positions), len(positions)
     # blocks of POOL_BLOCK records bound the memory of CatBoost's leaf indexes
-    n = len(positions)
     blocks = (
         [part]
         if n <= POOL_BLOCK
@@ -277,33 +255,6 @@ def explain(
             return [_plain(column[i]) for i in rows.tolist()]
         return [_plain(v) for v in column[rows].tolist()]
 
-    return explainer.reasons(shap, count, values)
-
-
-def selected(probabilities: Sequence[float], threshold: float, mode: str) -> list[int]:
-    """The positions whose records get reasons: those labelled risky, all of them, or none (``mode``)."""
-    if mode == "all":
-        return list(range(len(probabilities)))
-    if mode == "risky":
-        return [i for i, p in enumerate(probabilities) if p >= threshold]
-    return []
-
-
-def explain_selected(
-    bundle: BundleLike,
-    model_input: ModelInput,
-    probabilities: Sequence[float],
-    threshold: float,
-    mode: str = DEFAULT_MODE,
-    count: int = DEFAULT_REASON_COUNT,
-    raw: Column | None = None,
-) -> list[list[dict[str, Any]] | None] | None:
-    """Reasons for the records ``mode`` selects, aligned with ``probabilities`` (None where not
-    selected); None altogether for ``none`` or a bundle without a table."""
-    if mode == "none" or bundle.explainer is None:
-        return None
-    index = selected(probabilities, threshold, mode)
-    out: list[list[dict[str, Any]] | None] = [None] * len(probabilities)
-    for i, found in zip(index, explain(bundle, model_input, index, count, raw), strict=True):
+    for i, found in zip(positions, explainer.reasons(shap, count, values), strict=True):
         out[i] = found
     return out

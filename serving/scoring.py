@@ -8,7 +8,6 @@ from typing import Any
 
 from serving.config import ServiceConfig
 from serving.decoded import Decoded
-from serving.errors import feature_error
 from serving.features import columns_from, outside_contract, take
 from serving.model import ServedModel
 from serving.readers import FeatureError
@@ -37,7 +36,7 @@ class Scoring:
                 found.setdefault(i, exc)
             unknown = []
         if found or (reject and decoded.errors):
-            refused = [feature_error(exc, decoded.positions[i]) for i, exc in sorted(found.items())]
+            refused = [exc.answer(decoded.positions[i]) for i, exc in sorted(found.items())]
             if reject:  # the first error in record order, whether decoding or the features found it
                 raise min((*decoded.errors, *refused), key=lambda e: e.index or 0)
             keep = [i for i in range(len(decoded.records)) if i not in found]

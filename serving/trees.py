@@ -9,16 +9,42 @@ last bit. :meth:`TreeSum.build` gives None for a model it does not take; the bun
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from catboost import CatBoostClassifier, Pool
 
-from serving.model_export import split_features
-
 MAX_KEPT_VALUES = 4096  # values kept per categorical feature (and rows of them); once full, all are forgotten
+
+
+def model_document(model: CatBoostClassifier) -> dict[str, Any]:
+    """The model as CatBoost's JSON export describes it (features, borders, CTR tables, trees, leaf values)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.json"
+        model.save_model(str(path), format="json")
+        return json.loads(path.read_text())
+
+
+def split_features(info: dict[str, Any]) -> list[tuple[str, int, float]] | None:
+    """Each binary split of CatBoost's JSON export in ``split_index`` order, as (kind, flat feature
+    index, border); None when a split combines several features."""
+    out: list[tuple[str, int, float]] = []
+    for f in info.get("float_features", []):
+        out += [("float", f["flat_feature_index"], float(b)) for b in f.get("borders") or []]
+    cats = {c["feature_index"]: c["flat_feature_index"] for c in info.get("categorical_features", [])}
+    for c in info.get("categorical_features", []):
+        out += [("onehot", c["flat_feature_index"], 0.0)] * len(c.get("values") or [])
+    for ctr in info.get("ctrs", []):
+        elements = ctr.get("elements", [])
+        if len(elements) != 1 or elements[0].get("combination_element") != "cat_feature_value":
+            return None
+        out += [("ctr", cats[elements[0]["cat_feature_index"]], 0.0)] * len(ctr.get("borders") or [])
+    return out
 
 
 class TreeSum:
@@ -148,17 +174,4 @@ class TreeSum:
     def probabilities(self, rows: list[list[Any]]) -> np.ndarray:
         """The logistic function of the raw score, with the C library's ``exp`` as CatBoost's
         (numpy's differs in the last bit for some values)."""
-        return np.array([_logistic(v) for v in self.raw(rows).tolist()])
-
-
-def _logistic(value: float) -> float:
-    return 1.0 / (1.0 + math.exp(-value)) if value > -700.0 else 0.0
-
-
-def largest_difference(
-    tree_sum: TreeSum, rows: list[list[Any]], catboost: Callable[[list[list[Any]]], np.ndarray]
-) -> float:
-    """The largest |difference| between the tree sum's probabilities and CatBoost's on ``rows``."""
-    if not rows:
-        return 0.0
-    return float(np.max(np.abs(tree_sum.probabilities(rows) - catboost(rows))))
+        return np.array([1.0 / (1.0 + math.exp(-v)) if v > -700.0 else 0.0 for v in self.raw(rows).tolist()])
