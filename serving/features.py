@@ -70,24 +70,19 @@ _SOURCES: list[tuple[str, str, Reader]] = [
        read_number if f == "overallmatchreasoncode" else read_category) for f in _IDENTITY),
     ("clearfraudscore", "clearfraudscore", read_number),
 ]  # fmt: skip
-# (feature name, source field, reader, categorical?): the categorical features are the ones read as text
-_DIRECT: list[tuple[str, str, Reader, bool]] = [(n, src, r, r is read_category) for n, src, r in _SOURCES]
-
 DERIVED_FEATURES = ("application_hour", "application_weekday", "report_age_days", "payment_to_amount",
                     "inquiries_recent_share")  # fmt: skip
 
-FEATURE_NAMES: tuple[str, ...] = tuple(name for name, *_ in _DIRECT) + DERIVED_FEATURES
-CATEGORICAL_FEATURES: tuple[str, ...] = tuple(name for name, _, _, is_cat in _DIRECT if is_cat)
+FEATURE_NAMES: tuple[str, ...] = tuple(name for name, *_ in _SOURCES) + DERIVED_FEATURES
+CATEGORICAL_FEATURES: tuple[str, ...] = tuple(
+    name for name, _, r in _SOURCES if r is read_category
+)  # read as text
 CATEGORICAL_INDICES: tuple[int, ...] = tuple(FEATURE_NAMES.index(c) for c in CATEGORICAL_FEATURES)
 # The source field each direct feature reads (the derived features are computed from several, or from an id).
-FEATURE_SOURCES: dict[str, str] = {name: src for name, src, _, _ in _DIRECT}
-SOURCE_FIELDS: frozenset[str] = frozenset(src for _, src, _, _ in _DIRECT) | {
-    "applicationDate",
-    "clarityFraudId",
-}
-
-NUMBER_SOURCES: frozenset[str] = frozenset(src for _, src, reader, _ in _DIRECT if reader is read_number)
-FLAG_SOURCES: frozenset[str] = frozenset(src for _, src, reader, _ in _DIRECT if reader is read_flag)
+FEATURE_SOURCES: dict[str, str] = {name: src for name, src, _ in _SOURCES}
+SOURCE_FIELDS: frozenset[str] = frozenset(FEATURE_SOURCES.values()) | {"applicationDate", "clarityFraudId"}
+NUMBER_SOURCES: frozenset[str] = frozenset(src for _, src, reader in _SOURCES if reader is read_number)
+FLAG_SOURCES: frozenset[str] = frozenset(src for _, src, reader in _SOURCES if reader is read_flag)
 
 # The columnar builder: each field's values converted together by C-level maps; a column with an unusual value
 # goes value by value through the readers, and a refused value is an error for its record (NaN in the column).
@@ -177,7 +172,7 @@ def _category_column(values: Column, n: int, src: str, errors: Errors) -> list[s
     return list(map(_EMPTY_AS_MISSING.get, out, out)) if "" in out else out
 
 
-_CONVERT: dict[Reader, Callable[[Column, int, str, Errors], Any]] = {
+_CONVERT: dict[Reader, Callable[..., Any]] = {
     read_number: _number_column,
     read_flag: _flag_column,
     read_category: _category_column,
@@ -234,7 +229,7 @@ def columns_from(column: Callable[[str], Column], n: int, errors: Errors | None 
     first refused record raises."""
     found: Errors = {} if errors is None else errors
     out: dict[str, Any] = {}
-    for name, src, reader, _ in _DIRECT:
+    for name, src, reader in _SOURCES:
         out[name] = _CONVERT[reader](column(src), n, src, found)
     applied = _timestamps(column("applicationDate"), found)
     if None in applied:
@@ -281,16 +276,12 @@ def take(columns: dict[str, Any], positions: Sequence[int]) -> dict[str, Any]:
     }
 
 
-def records_column(records: Sequence[Mapping[str, Any]]) -> Callable[[str], list[Any]]:
-    """``column(field)`` over records given as mappings (None where a record has no such field)."""
-    if all(type(r) is dict for r in records):
-        return lambda name: list(map(dict.get, records, repeat(name)))  # type: ignore[arg-type]
-    return lambda name: [r.get(name) for r in records]
-
-
 def build_columns(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Model columns for records given as mappings; the first refused one raises :class:`FeatureError`."""
-    return columns_from(records_column(records), len(records))
+    n = len(records)
+    if all(type(r) is dict for r in records):  # C-level dict.get over the records
+        return columns_from(lambda name: list(map(dict.get, records, repeat(name))), n)  # type: ignore[arg-type]
+    return columns_from(lambda name: [r.get(name) for r in records], n)
 
 
 def rows_of(columns: dict[str, Any]) -> list[list[Any]]:

@@ -88,11 +88,9 @@ def json_bytes(obj: Any) -> bytes:
 
 
 def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(json_bytes(obj), status=status, headers=headers, mimetype="application/json")
-
-
-def raw_json_response(body: bytes, status: int = 200) -> Response:
-    return Response(body, status=status, mimetype="application/json")
+    """A JSON answer: ``obj`` written as JSON, or bytes of JSON already written."""
+    body = obj if type(obj) is bytes else json_bytes(obj)
+    return Response(body, status=status, headers=headers, mimetype="application/json")
 
 
 def encodable(value: Any) -> Any:

@@ -1,9 +1,9 @@
 """The one request model: a loan application record, each endpoint's envelope, and decoding them.
 
-Every endpoint decodes with these msgspec types, and :mod:`serving.openapi` is generated from them. A body whose
-records are all valid is decoded in one call; otherwise each record is decoded on its own, so a bad one is named
-by index and field (:class:`Decoded`). Bodies msgspec refuses whole (a lone surrogate, ``NaN``) are read again by
-Python's parser so the record at fault is named; ``NaN`` is a missing value, ``Infinity`` is refused."""
+Every endpoint decodes with these msgspec types; :mod:`serving.openapi` is generated from them. A body whose
+records are all valid is decoded in one call; otherwise each record on its own, so a bad one is named by index
+and field. Bodies msgspec refuses whole (a lone surrogate, ``NaN``) are read again by Python's parser so the record
+at fault is named; ``NaN`` is a missing value, ``Infinity`` is refused."""
 
 from __future__ import annotations
 
@@ -16,29 +16,18 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import msgspec
+from msgspec.structs import astuple
 
 from serving.contract import KNOWN_FIELDS, RANGES
-from serving.decoded import FIELDS, Decoded
 from serving.errors import ApiError, json_type
 from serving.features import FLAG_SOURCES, NUMBER_SOURCES, SOURCE_FIELDS
 
-_INT = (-(2**63), 2**63 - 1)
-_FLOAT = (-math.inf, math.inf)
+FIELDS = sorted(KNOWN_FIELDS)  # the request model's fields, in its slots' order
 
-
-def _number(name: str) -> Any:
-    """A number field: a finite JSON number within the field's range, or text the feature code reads."""
-    low, high = RANGES.get(name, _FLOAT)
-    f_low, f_high = (low, high) if name in RANGES else (-1.7976931348623157e308, 1.7976931348623157e308)
-    i_low, i_high = (math.ceil(low), math.floor(high)) if name in RANGES else _INT
-    floats = Annotated[float, msgspec.Meta(ge=f_low, le=f_high)]
-    return floats | Annotated[int, msgspec.Meta(ge=i_low, le=i_high)] | str | bool | None
-
-
-_Value = str | float | Annotated[int, msgspec.Meta(ge=_INT[0], le=_INT[1])] | bool | None
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_Value = str | float | _Int | bool | None
 _BIT = msgspec.Meta(ge=0, le=1)
 _Flag = bool | Annotated[int, _BIT] | Annotated[float, _BIT] | str | None
-_ATTRS = {name: f"f{i}" for i, name in enumerate(FIELDS)}
 _DESCRIPTION = (
     "One loan application with the field names of loan.csv and clarity_underwriting_variables.csv (a CSV row "
     "posted as JSON works as is). Missing fields are missing values; outcome and identifier fields are never "
@@ -46,23 +35,27 @@ _DESCRIPTION = (
 )
 
 
-def _slot(name: str) -> tuple[str, Any, Any]:
+def _slot(i: int, name: str) -> tuple[str, Any, Any]:
+    """A field of the record's struct: attribute ``f<i>``, its JSON name, and the values it takes."""
     if name == "loanId":  # echoed: absent (UNSET) differs from null
-        kind = str | float | Annotated[int, msgspec.Meta(ge=_INT[0], le=_INT[1])] | None | msgspec.UnsetType
-        return _ATTRS[name], kind, msgspec.field(default=msgspec.UNSET, name=name)
-    if name in NUMBER_SOURCES:
-        kind = _number(name)
-    elif name in FLAG_SOURCES:
-        kind = _Flag
-    elif name in SOURCE_FIELDS:
-        kind = _Value
-    else:
-        kind = Any  # known fields the features do not read (outcomes, identifiers)
-    return _ATTRS[name], kind, msgspec.field(default=None, name=name)
+        return (
+            f"f{i}",
+            str | float | _Int | None | msgspec.UnsetType,
+            msgspec.field(default=msgspec.UNSET, name=name),
+        )
+    if (
+        name in NUMBER_SOURCES
+    ):  # a finite JSON number within the field's range, or text the feature code reads
+        low, high = RANGES[name]
+        ints = Annotated[int, msgspec.Meta(ge=math.ceil(low), le=math.floor(high))]
+        kind = Annotated[float, msgspec.Meta(ge=low, le=high)] | ints | str | bool | None
+    else:  # Any: known fields the features do not read (outcomes, identifiers)
+        kind = _Flag if name in FLAG_SOURCES else _Value if name in SOURCE_FIELDS else Any
+    return f"f{i}", kind, msgspec.field(default=None, name=name)
 
 
 LoanApplication = msgspec.defstruct(
-    "LoanApplication", [_slot(n) for n in FIELDS], forbid_unknown_fields=True, gc=False
+    "LoanApplication", [_slot(i, n) for i, n in enumerate(FIELDS)], forbid_unknown_fields=True, gc=False
 )
 LoanApplication.__doc__ = _DESCRIPTION
 
@@ -115,6 +108,47 @@ _DECODE_BATCH = msgspec.json.Decoder(_Batch).decode
 _DECODE_INVOCATION = msgspec.json.Decoder(_Invocation).decode
 _AT = re.compile(r"^(?P<text>.*?)(?: - at `\$(?P<path>.*)`)?$", re.S)
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class Decoded:
+    """The records of one request: the valid ones (read a column at a time), and an error per refused one."""
+
+    def __init__(self, size: int, params: Any = None, records: list[Any] | None = None) -> None:
+        self.size, self.params = size, params
+        self.records: list[Any] = records or []  # LoanApplication structs, in request order
+        self.positions: list[int] = list(range(len(self.records)))  # each one's index in the request
+        self.errors: list[ApiError] = []  # one per refused record, by index
+        self.unknown: set[str] = set()
+        self._columns: dict[str, Sequence[Any]] | None = None
+        self._kept: list[int] | None = None  # after keep(): the kept records' places in the columns
+
+    def add(self, index: int, record: Any) -> None:
+        if isinstance(record, ApiError):
+            self.errors.append(record)
+        else:
+            self.records.append(record)
+            self.positions.append(index)
+
+    def column(self, name: str) -> Sequence[Any]:
+        """The valid records' values of one field (None where absent)."""
+        if self._columns is None:  # every field at once: one C-level transpose of the structs' slots
+            self._columns = dict(zip(FIELDS, zip(*map(astuple, self.records), strict=True), strict=False))
+        values = self._columns.get(name, ())  # () when there are no records
+        return values if self._kept is None else [values[i] for i in self._kept]
+
+    def keep(self, positions: Sequence[int], errors: Sequence[ApiError]) -> None:
+        """Keep only the records at ``positions``; ``errors`` are the others'."""
+        self.column("loanId")  # transposed once, before the records are picked
+        self._kept = list(positions) if self._kept is None else [self._kept[i] for i in positions]
+        self.records = [self.records[i] for i in positions]
+        self.positions = [self.positions[i] for i in positions]
+        self.errors = sorted([*self.errors, *errors], key=lambda e: e.index or 0)
+
+    def loan_ids(self) -> list[Any]:
+        """Each valid record's ``loanId`` to echo (a number as its text); UNSET where it sent none."""
+        return [
+            v if v is msgspec.UNSET or v is None or type(v) is str else str(v) for v in self.column("loanId")
+        ]
 
 
 def _invalid(exc: msgspec.ValidationError, index: int) -> ApiError:
@@ -205,22 +239,17 @@ def _records(items: Sequence[Any], read: Callable[[Any, int, set[str]], Any], pa
     return decoded
 
 
-def _at_once(body: Any, decode: Callable[[Any], Any], limit: int) -> Any:
-    """The envelope with every record typed, or None: when a record is refused (each is then decoded on
-    its own, to name it), or when the body may hold more than ``limit`` records (counted by ``{``)."""
+def _at_once(body: Any, decode: Callable[[Any], Any], limit: int, key: str = "data") -> Decoded | None:
+    """The records under ``key`` all typed in one call, or None: when a record is refused (each is then decoded
+    on its own, to name it), or when the body may hold more than ``limit`` records (counted by ``{``)."""
     if bytes(body).count(b"{") - 1 > limit:
         return None
     try:
-        return decode(body)
+        whole = decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
-
-
-def _valid(records: list[Any], field: str, limit: int, params: Any = None) -> Decoded:
-    _check_size(len(records), field, limit)
-    decoded = Decoded(len(records), params)
-    decoded.records, decoded.positions = records, list(range(len(records)))
-    return decoded
+    _check_size(len(records := getattr(whole, key)), key, limit)
+    return Decoded(len(records), getattr(whole, "params", None), records)
 
 
 def _empty(body: Any) -> None:
@@ -249,7 +278,7 @@ def batch(body: Any, limit: int) -> Decoded:
     """``/predict/batch``: ``{"data": [records]}``; the count is checked before any record is decoded."""
     _empty(body)
     if (whole := _at_once(body, _DECODE_ALL_BATCH, limit)) is not None:
-        return _valid(whole.data, "data", limit)
+        return whole
     try:
         items: Sequence[Any] = _DECODE_BATCH(body).data
         read = from_raw
@@ -269,8 +298,8 @@ def batch(body: Any, limit: int) -> Decoded:
 def invocation(body: Any, limit: int) -> tuple[Decoded, str]:
     """``/invocations`` with a JSON body (MLflow's scoring protocol): the records and the key they came in."""
     _empty(body)
-    if (whole := _at_once(body, _DECODE_ALL_RECORDS, limit)) is not None:
-        return _valid(whole.dataframe_records, "dataframe_records", limit, whole.params), "dataframe_records"
+    if (whole := _at_once(body, _DECODE_ALL_RECORDS, limit, "dataframe_records")) is not None:
+        return whole, "dataframe_records"
     try:
         payload = _DECODE_INVOCATION(body)
         given = {k: getattr(payload, k) for k in MLFLOW_KEYS if getattr(payload, k) is not msgspec.UNSET}
