@@ -14,8 +14,8 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from serving.config import ServiceConfig
+from serving.contract import KNOWN_FIELDS
 from serving.errors import ApiError
-from serving.features import KNOWN_FIELDS
 from serving.logs import LOGGER_NAME, configure_logging, log_access
 from serving.metrics import get_metrics
 from serving.openapi import openapi_document

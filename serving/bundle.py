@@ -1,10 +1,6 @@
-"""The model bundle: what training writes and serving reads.
-
-A directory with ``model.cbm`` (CatBoost's native format, no pickle), ``bundle.json`` (metadata: name, version,
-features, threshold, metrics, an optional ``calibrator`` every probability goes through), and optionally
-``reason_codes.toml`` (:mod:`serving.reasons`), ``reference.json`` (records holding only the fields the features
-read, with training's probabilities, so a deployed image proves it reproduces them), ``profile.json``, and the
-evaluation and model card (``evaluation.json``, ``card.md``, ``card.html``, ``plots/``)."""
+"""The model bundle: what training writes and serving reads. A directory with ``model.cbm`` (no pickle),
+``bundle.json`` (metadata, an optional calibrator), and optionally ``reason_codes.toml``, ``reference.json``
+(records and training's probabilities, reproduced at load), ``profile.json``, the evaluation and the model card."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The probability calibrator a bundle may carry, as plain numbers (no pickle, no scikit-learn).
-
-``isotonic``: breakpoints applied with :func:`numpy.interp` (clipped at the ends); ``platt``:
-``1 / (1 + exp(-(a · logit(p) + b)))``. Every serving path and training's metrics go through :meth:`apply`."""
+"""The probability calibrator a bundle may carry, as plain numbers (no pickle): ``isotonic`` breakpoints
+(:func:`numpy.interp`) or ``platt``; every serving path and training's metrics go through :meth:`apply`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
 """Raw loan application → model input: the one feature code path of training, serving and batch scoring.
-
-Records have the field names of ``loan.csv`` and the clarity file, values CSV strings or typed. Only
-decision-time fields are read: outcomes and identifiers never become features (``clarityFraudId`` gives only the
-age of the fraud report, from its first 8 hex digits). Every caller builds columns (:func:`columns_from`)."""
+Only decision-time fields are read: outcomes and identifiers never become features (``clarityFraudId`` gives
+only the age of the fraud report). Every caller builds columns (:func:`columns_from`)."""
 
 from __future__ import annotations
 
@@ -16,20 +14,15 @@ from typing import Any
 
 import numpy as np
 
-# The field names are the dataset contract's; the names this module does not use are re-exported for its readers.
+# The field names are the dataset contract's; the column names are re-exported for this module's readers.
 from serving.contract import (  # noqa: F401
     CATEGORIES,
     CLARITY_COLUMNS,
-    CLARITY_PREFIX,
-    IDENTIFIER_FIELDS,
     IDENTITY_FIELDS,
     INDICATOR_FIELDS,
     INQUIRY_FIELDS,
-    KNOWN_FIELDS,
     LOAN_COLUMNS,
     NUMERIC_INDICATORS,
-    OUTCOME_FIELDS,
-    PAYMENT_COLUMNS,
     RANGES,
     clarity_column,
 )
@@ -222,11 +215,9 @@ def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
 
 
 def columns_from(column: Callable[[str], Column], n: int, errors: Errors | None = None) -> dict[str, Any]:
-    """The model's input as columns (``FEATURE_NAMES`` order: float64 arrays, lists of text).
-
-    ``column(field)`` gives one source field's values for all ``n`` records. With ``errors``, each refused record
-    gets its first :class:`FeatureError` there and the columns are still built (NaN in its place); without, the
-    first refused record raises."""
+    """The model's input as columns (float64 arrays, lists of text) from ``column(field)``, one source field's values
+    for all ``n`` records. With ``errors``, each refused record gets its first :class:`FeatureError` there (NaN in
+    its place); without, the first refused record raises."""
     found: Errors = {} if errors is None else errors
     out: dict[str, Any] = {}
     for name, src, reader in _SOURCES:

@@ -1,7 +1,5 @@
-"""The OpenAPI document, generated from the request model (:mod:`serving.requests`) and the answer models here.
-
-msgspec writes the JSON Schema of every struct; this module adds the paths. Answers are built as plain dicts; the
-structs say what they hold (tests/serving/test_schemathesis.py checks every answer against them)."""
+"""The OpenAPI document, generated from the request model (:mod:`serving.requests`) and the answer models here
+(answers are built as dicts; tests/serving/test_schemathesis.py checks them against these structs)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""Reason codes: why the model scored an application risky, from the served model's own SHAP values.
-
-:func:`explain_selected` gives, per record, up to ``count`` reasons ``{"code", "text", "feature", "value",
-"contribution"}``, largest first. The reviewed table (:mod:`serving.reason_table`) maps every feature to one code; a code's
-contribution is the sum of its features' SHAP values (log-odds), and only codes that raised the risk are reasons.
-SHAP values are CatBoost's path-dependent TreeSHAP, tabulated per leaf of each symmetric tree at load, so a
-record's values are a gather and a sum (CatBoost recomputes them on every call); a model the table cannot
-describe falls back to CatBoost's own call."""
+"""Reason codes: why the model scored an application risky, from the model's own SHAP values (path-dependent
+TreeSHAP tabulated per leaf at load, so a record's values are a gather and a sum), summed per code of the reviewed
+table (:mod:`serving.reason_table`); only codes that raised the risk are reasons, largest first."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""The one request model: a loan application record, each endpoint's envelope, and decoding them.
-
-Every endpoint decodes with these msgspec types; :mod:`serving.openapi` is generated from them. A body whose
-records are all valid is decoded in one call; otherwise each record on its own, so a bad one is named by index
-and field. Bodies msgspec refuses whole (a lone surrogate, ``NaN``) are read again by Python's parser so the record
-at fault is named; ``NaN`` is a missing value, ``Infinity`` is refused."""
+"""The one request model (msgspec; :mod:`serving.openapi` is generated from it) and decoding with it. A body
+whose records are all valid is decoded in one call; otherwise each record on its own, so a bad one is named by
+index and field; bodies msgspec refuses whole (a lone surrogate, ``NaN``) are read again by Python's parser."""
 
 from __future__ import annotations
 
@@ -106,6 +103,7 @@ _DECODE_ALL_RECORDS = msgspec.json.Decoder(_Records).decode
 _DECODE_RECORD = msgspec.json.Decoder(LoanApplication).decode
 _DECODE_BATCH = msgspec.json.Decoder(_Batch).decode
 _DECODE_INVOCATION = msgspec.json.Decoder(_Invocation).decode
+_UNDECODED = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 _AT = re.compile(r"^(?P<text>.*?)(?: - at `\$(?P<path>.*)`)?$", re.S)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -151,13 +149,19 @@ class Decoded:
         ]
 
 
+def _refused(message: str, field: str | None = None, index: int | None = None) -> ApiError:
+    """A request of the wrong shape (400), naming the field (and record) at fault."""
+    return ApiError(400, "invalid_request", message, field, index)
+
+
 def _invalid(exc: msgspec.ValidationError, index: int) -> ApiError:
     """A msgspec validation error as the client's error: the field and record it names."""
-    found = _AT.match(str(exc))
-    text, path = (found.group("text"), found.group("path")) if found else (str(exc), None)
+    text, path = _AT.match(str(exc)).group("text", "path")  # type: ignore[union-attr]
     if not path:
-        return ApiError(400, "invalid_record", f"record {index}: expected a JSON object of field names to "
-                        f"values; {text[0].lower()}{text[1:]}", "data", index)  # fmt: skip
+        message = (
+            f"record {index}: expected a JSON object of field names to values; {text[0].lower()}{text[1:]}"
+        )
+        return ApiError(400, "invalid_record", message, "data", index)
     field = path[1:] if path.startswith(".") else path
     if text == "Number out of range":  # msgspec's words for 1e999 and the like
         text = "expected a finite number, got one beyond the float range"
@@ -166,7 +170,7 @@ def _invalid(exc: msgspec.ValidationError, index: int) -> ApiError:
 
 def _surrogate(value: dict[str, Any], index: int) -> ApiError | None:
     """A 400 naming the first field whose name or text holds a lone surrogate (not Unicode), or None."""
-    stack: list[tuple[str, Any]] = [(k, v) for k, v in value.items()]
+    stack: list[tuple[str, Any]] = list(value.items())
     while stack:
         path, item = stack.pop()
         if _SURROGATE.search(path) or (isinstance(item, str) and _SURROGATE.search(item)):
@@ -186,8 +190,7 @@ def from_object(value: Any, index: int, unknown: set[str]) -> Any:
     if type(value) is not dict:
         message = f"record {index}: expected a JSON object of field names to values, got {json_type(value)}"
         return ApiError(400, "invalid_record", message, "data", index)
-    refused = _surrogate(value, index)
-    if refused is not None:
+    if (refused := _surrogate(value, index)) is not None:
         return refused
     if not KNOWN_FIELDS.issuperset(value):
         unknown.update(k for k in value if k not in KNOWN_FIELDS)
@@ -224,29 +227,39 @@ def _lenient(body: Any) -> Any:
         raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
 
 
-def _check_size(size: int, field: str, limit: int) -> None:
-    if not size:
-        raise ApiError(400, "empty_batch", f"'{field}' holds no records: send at least one", field)
-    if size > limit:
-        message = f"{size} records in '{field}'; the limit is {limit} per request"
-        raise ApiError(413, "batch_too_large", message, field)
-
-
-def _records(items: Sequence[Any], read: Callable[[Any, int, set[str]], Any], params: Any = None) -> Decoded:
+def _records(
+    items: Sequence[Any],
+    read: Callable[[Any, int, set[str]], Any],
+    field: str,
+    limit: int,
+    params: Any = None,
+) -> Decoded:
+    """Each of ``items`` read on its own, once their count is checked against ``limit``."""
+    _check_size(len(items), field, limit)
     decoded = Decoded(len(items), params)
     for i, item in enumerate(items):
         decoded.add(i, read(item, i, decoded.unknown))
     return decoded
 
 
+def _check_size(size: int, field: str, limit: int) -> None:
+    if not size:
+        raise ApiError(400, "empty_batch", f"'{field}' holds no records: send at least one", field)
+    if size > limit:
+        raise ApiError(
+            413, "batch_too_large", f"{size} records in '{field}'; the limit is {limit} per request", field
+        )
+
+
 def _at_once(body: Any, decode: Callable[[Any], Any], limit: int, key: str = "data") -> Decoded | None:
     """The records under ``key`` all typed in one call, or None: when a record is refused (each is then decoded
     on its own, to name it), or when the body may hold more than ``limit`` records (counted by ``{``)."""
+    _empty(body)
     if bytes(body).count(b"{") - 1 > limit:
         return None
     try:
         whole = decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+    except _UNDECODED:
         return None
     _check_size(len(records := getattr(whole, key)), key, limit)
     return Decoded(len(records), getattr(whole, "params", None), records)
@@ -263,70 +276,59 @@ def one_record(body: Any) -> Decoded:
     decoded = Decoded(1)
     try:
         decoded.add(0, _DECODE_RECORD(body))
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        value = _lenient(body)
-        if type(value) is not dict:
+    except _UNDECODED:
+        if type(value := _lenient(body)) is not dict:
             message = (
                 f"expected a JSON object with the fields of one loan application, got {json_type(value)}"
             )
-            raise ApiError(400, "invalid_request", message, None, 0) from None
+            raise _refused(message, None, 0) from None
         decoded.add(0, from_object(value, 0, decoded.unknown))
     return decoded
 
 
 def batch(body: Any, limit: int) -> Decoded:
     """``/predict/batch``: ``{"data": [records]}``; the count is checked before any record is decoded."""
-    _empty(body)
     if (whole := _at_once(body, _DECODE_ALL_BATCH, limit)) is not None:
         return whole
     try:
         items: Sequence[Any] = _DECODE_BATCH(body).data
         read = from_raw
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+    except _UNDECODED:
         payload = _lenient(body)
         if type(payload) is not dict or "data" not in payload:
-            message = 'expected a JSON object {"data": [records]}'
-            raise ApiError(400, "invalid_request", message, "data") from None
-        items, read = payload["data"], from_object
-        if type(items) is not list:
-            message = f"'data' must be a list of records, got {json_type(items)}"
-            raise ApiError(400, "invalid_request", message, "data") from None
-    _check_size(len(items), "data", limit)
-    return _records(items, read)
+            raise _refused('expected a JSON object {"data": [records]}', "data") from None
+        if type(items := payload["data"]) is not list:
+            raise _refused(f"'data' must be a list of records, got {json_type(items)}", "data") from None
+        read = from_object
+    return _records(items, read, "data", limit)
 
 
 def invocation(body: Any, limit: int) -> tuple[Decoded, str]:
     """``/invocations`` with a JSON body (MLflow's scoring protocol): the records and the key they came in."""
-    _empty(body)
     if (whole := _at_once(body, _DECODE_ALL_RECORDS, limit, "dataframe_records")) is not None:
         return whole, "dataframe_records"
     try:
         payload = _DECODE_INVOCATION(body)
         given = {k: getattr(payload, k) for k in MLFLOW_KEYS if getattr(payload, k) is not msgspec.UNSET}
         params, read = payload.params, from_raw
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        value = _lenient(body)
-        if type(value) is not dict:
-            message = f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}"
-            raise ApiError(400, "invalid_request", message) from None
+    except _UNDECODED:
+        if type(value := _lenient(body)) is not dict:
+            raise _refused(f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}") from None
         given = {k: value[k] for k in MLFLOW_KEYS if k in value}
         params, read = value.get("params"), from_object
     if len(given) != 1:
-        names = ", ".join(given) or "none"
-        message = f"expected exactly one of {', '.join(MLFLOW_KEYS)}; got {names}"
-        raise ApiError(400, "invalid_request", message, next(iter(given), None))
+        message = f"expected exactly one of {', '.join(MLFLOW_KEYS)}; got {', '.join(given) or 'none'}"
+        raise _refused(message, next(iter(given), None))
     key, value = next(iter(given.items()))
     if key == "dataframe_split":
-        items, read = _split_rows(value), from_object
-        key = "dataframe_split.data"
+        items, read, key = _split_rows(value), from_object, "dataframe_split.data"
     elif key == "inputs" and isinstance(value, dict):
         items, read = _input_columns(value), from_object
     elif type(value) is list:
         items = value
     else:
-        raise ApiError(400, "invalid_request", f"{key} must be a list of records", key)
-    _check_size(len(items), key, limit)
-    decoded = _records(items, read, params)
+        raise _refused(f"{key} must be a list of records", key)
+    decoded = _records(items, read, key, limit, params)
     for error in decoded.errors:
         if error.code == "invalid_record":
             error.field = key
@@ -335,20 +337,18 @@ def invocation(body: Any, limit: int) -> tuple[Decoded, str]:
 
 def _split_rows(value: Any) -> list[Any]:
     """dataframe_split's rows as records (a row of the wrong width stays, to be refused as a record)."""
-    key = "dataframe_split"
     if isinstance(value, Split):
         columns, data = value.columns, value.data
     elif type(value) is dict:
         columns, data = value.get("columns"), value.get("data")
     else:
-        raise ApiError(400, "invalid_request", "dataframe_split must be an object with columns and data", key)
+        raise _refused("dataframe_split must be an object with columns and data", "dataframe_split")
     if type(columns) is not list or not all(type(c) is str for c in columns):
-        message = "dataframe_split.columns must be a list of names"
-        raise ApiError(400, "invalid_request", message, f"{key}.columns")
+        raise _refused("dataframe_split.columns must be a list of names", "dataframe_split.columns")
     if type(data) is not list:
-        raise ApiError(400, "invalid_request", "dataframe_split.data must be a list of rows", f"{key}.data")
+        raise _refused("dataframe_split.data must be a list of rows", "dataframe_split.data")
     if len(set(columns)) != len(columns):
-        raise ApiError(400, "invalid_request", "dataframe_split.columns repeats a name", f"{key}.columns")
+        raise _refused("dataframe_split.columns repeats a name", "dataframe_split.columns")
     width = len(columns)
     return [
         dict(zip(columns, row, strict=True)) if type(row) is list and len(row) == width else row
@@ -358,32 +358,27 @@ def _split_rows(value: Any) -> list[Any]:
 
 def _input_columns(value: dict[str, Any]) -> list[Any]:
     """``inputs`` as an object: one record of scalars, or columns zipped into records."""
-    lists = [v for v in value.values() if type(v) is list]
-    if not lists:
+    if not (lists := [v for v in value.values() if type(v) is list]):
         return [value]
     if len(lists) != len(value):
-        raise ApiError(400, "invalid_request", "inputs: give every column as a list, or none", "inputs")
-    length = len(lists[0])
+        raise _refused("inputs: give every column as a list, or none", "inputs")
     for name, column in value.items():
-        if len(column) != length:
-            message = f"inputs: column '{name}' has {len(column)} values, expected {length}"
-            raise ApiError(400, "invalid_request", message, name)
-    names = list(value)
-    return [dict(zip(names, row, strict=True)) for row in zip(*value.values(), strict=True)]
+        if len(column) != len(lists[0]):
+            raise _refused(
+                f"inputs: column '{name}' has {len(column)} values, expected {len(lists[0])}", name
+            )
+    return [dict(zip(value, row, strict=True)) for row in zip(*value.values(), strict=True)]
 
 
 def csv_records(body: Any, limit: int) -> Decoded:
     """``/invocations`` with a CSV body: a header line, then one record per line."""
     try:
-        text = bytes(body).decode("utf-8-sig")
+        rows = list(csv.DictReader(io.StringIO(bytes(body).decode("utf-8-sig"))))
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_csv", f"CSV body is not UTF-8: {exc}") from None
-    try:
-        rows = list(csv.DictReader(io.StringIO(text)))
     except csv.Error as exc:
         raise ApiError(400, "invalid_csv", f"malformed CSV: {exc}") from None
     for i, row in enumerate(rows):
         if None in row:
             raise ApiError(400, "invalid_csv", f"CSV row {i} has more values than the header", "data", i)
-    _check_size(len(rows), "data", limit)
-    return _records(rows, from_object)
+    return _records(rows, from_object, "data", limit)

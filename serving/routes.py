@@ -1,7 +1,5 @@
-"""The endpoints, as one Blueprint: health, model info, predictions (single, batch, MLflow protocol), reload.
-
-Every prediction decodes with :mod:`serving.requests` and scores with :class:`Scoring`; ``/predict/batch``
-answers record by record, ``/predict`` and ``/invocations`` all or nothing."""
+"""The endpoints, as one Blueprint; every prediction decodes with :mod:`serving.requests` and scores with
+:class:`Scoring` (``/predict/batch`` record by record, ``/predict`` and ``/invocations`` all or nothing)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
 """The model's symmetric trees summed here for the few records of one request (fewer than
-:data:`serving.bundle.ROWS_BELOW`): CatBoost's ``predict`` has a fixed per-call cost far above its trees' own.
-
-Float splits compare the value made float32 with the border; a missing value takes the outcome CatBoost gives
-it (read once from a row of missing values). Categorical splits' outcomes are read off CatBoost's own leaf
-indexes once per distinct value and kept. Each tree's leaf is its splits' outcomes as bits; the leaves are added
-in CatBoost's order, scaled and shifted, and put through the C library's ``exp``: CatBoost's probability to the
-last bit. :meth:`TreeSum.build` gives None for a model it does not take; the bundle checks the sum at load."""
+:data:`serving.bundle.ROWS_BELOW`): CatBoost's ``predict`` costs far more per call than its trees. It gives
+CatBoost's probability to the last bit, or None from :meth:`TreeSum.build`; the bundle checks the sum at load."""
 
 from __future__ import annotations
 
