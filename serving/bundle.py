@@ -91,13 +91,11 @@ class BundleMeta:
 
 
 def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
-    return value
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -113,7 +111,7 @@ def write_bundle(
     directory: str | Path,
     model: CatBoostClassifier,
     meta: BundleMeta,
-    reference: dict[str, list[Any]] | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle; ``reference`` is ``{"records": [...], "probabilities": [...]}``. Raises
     :class:`BundleError` when a reference record holds a field the features do not read."""
@@ -142,14 +140,16 @@ def stamp_version(directory: str | Path, model_version: str, **extra: Any) -> Bu
 
 def write_profile(directory: str | Path, profile: dict[str, Any]) -> Path:
     """Write the reference profile into a bundle directory; returns its path."""
-    path = Path(directory) / PROFILE_FILE
-    _write_json(path, profile)
+    _write_json(path := Path(directory) / PROFILE_FILE, profile)
     return path
 
 
 def read_profile(directory: str | Path) -> dict[str, Any] | None:
     """A bundle directory's reference profile, or None when it has none."""
-    path = Path(directory) / PROFILE_FILE
+    return _read_json(Path(directory) / PROFILE_FILE)
+
+
+def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -251,8 +251,7 @@ class Bundle:
 
     def reference(self) -> dict[str, list[Any]] | None:
         """The reference records and training-time probabilities, when the bundle has them."""
-        path = self.directory / REFERENCE_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        return _read_json(self.directory / REFERENCE_FILE)
 
 
 def load_bundle(directory: str | Path, thread_count: int = 1) -> Bundle:

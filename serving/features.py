@@ -5,7 +5,6 @@ only the age of the fraud report). Every caller builds columns (:func:`columns_f
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import repeat
@@ -67,9 +66,7 @@ DERIVED_FEATURES = ("application_hour", "application_weekday", "report_age_days"
                     "inquiries_recent_share")  # fmt: skip
 
 FEATURE_NAMES: tuple[str, ...] = tuple(name for name, *_ in _SOURCES) + DERIVED_FEATURES
-CATEGORICAL_FEATURES: tuple[str, ...] = tuple(
-    name for name, _, r in _SOURCES if r is read_category
-)  # read as text
+CATEGORICAL_FEATURES: tuple[str, ...] = tuple(name for name, _, r in _SOURCES if r is read_category)
 CATEGORICAL_INDICES: tuple[int, ...] = tuple(FEATURE_NAMES.index(c) for c in CATEGORICAL_FEATURES)
 # The source field each direct feature reads (the derived features are computed from several, or from an id).
 FEATURE_SOURCES: dict[str, str] = {name: src for name, src, _ in _SOURCES}
@@ -88,11 +85,10 @@ _FLOATS = frozenset({float})
 _FLOATS_OR_NONE = frozenset({float, _NONE})
 _TEXT = frozenset({str})
 _TEXT_OR_NONE = frozenset({str, _NONE})
-_FLAG_STRINGS = {"True": 1.0, "False": 0.0, "true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0,
-                 "0.0": 0.0, "": NAN}  # fmt: skip
 _NUMBER_MISSING: dict[Any, float] = {None: NAN, "": NAN}
 # True == 1 == 1.0 and False == 0 == 0.0: one key serves the bool, the int and the float (read_flag agrees).
-_FLAG_VALUES: dict[Any, float] = {True: 1.0, False: 0.0, None: NAN, **_FLAG_STRINGS}
+_FLAG_VALUES: dict[Any, float] = {True: 1.0, False: 0.0, None: NAN, "True": 1.0, "False": 0.0, "true": 1.0,
+                                  "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "": NAN}  # fmt: skip
 _NONE_AS_EMPTY = {None: ""}
 _EMPTY_AS_ZERO = {"": "0"}
 _EMPTY_AS_MISSING = {"": MISSING_CATEGORY}
@@ -113,13 +109,12 @@ def _each(values: Column, reader: Reader, src: str, errors: Errors, fill: Any) -
     return out
 
 
-_UNBOUNDED = (-sys.float_info.max, sys.float_info.max)  # finite: an infinity is outside every range
 _FEW = 8
 
 
 def _in_range(column: np.ndarray, src: str, errors: Errors) -> np.ndarray:
     """The column with values outside the field's range (or infinite) refused: NaN, and an error each."""
-    low, high = RANGES.get(src, _UNBOUNDED)
+    low, high = RANGES[src]  # finite: an infinity is outside every range
     if len(column) < _FEW:  # a few values: Python's comparisons cost less than NumPy's calls
         if all(low <= v <= high or v != v for v in column.tolist()):
             return column
@@ -165,11 +160,7 @@ def _category_column(values: Column, n: int, src: str, errors: Errors) -> list[s
     return list(map(_EMPTY_AS_MISSING.get, out, out)) if "" in out else out
 
 
-_CONVERT: dict[Reader, Callable[..., Any]] = {
-    read_number: _number_column,
-    read_flag: _flag_column,
-    read_category: _category_column,
-}
+_CONVERT = {read_number: _number_column, read_flag: _flag_column, read_category: _category_column}
 
 
 def _timestamps(values: Column, errors: Errors) -> list[datetime | None]:
@@ -184,9 +175,7 @@ def _timestamps(values: Column, errors: Errors) -> list[datetime | None]:
     return _each(values, read_timestamp, "applicationDate", errors, None)
 
 
-def _report_ages(
-    ids: Column, applied: list[datetime | None], seconds: np.ndarray, errors: Errors
-) -> np.ndarray:
+def _report_ages(ids: Column, applied: list[Any], seconds: np.ndarray, errors: Errors) -> np.ndarray:
     n = len(ids)
     if set(map(type, ids)) <= _TEXT_OR_NONE:
         stripped = list(map(str.strip, map(_NONE_AS_EMPTY.get, ids, ids)))
@@ -219,9 +208,9 @@ def columns_from(column: Callable[[str], Column], n: int, errors: Errors | None 
     for all ``n`` records. With ``errors``, each refused record gets its first :class:`FeatureError` there (NaN in
     its place); without, the first refused record raises."""
     found: Errors = {} if errors is None else errors
-    out: dict[str, Any] = {}
-    for name, src, reader in _SOURCES:
-        out[name] = _CONVERT[reader](column(src), n, src, found)
+    out: dict[str, Any] = {
+        name: _CONVERT[reader](column(src), n, src, found) for name, src, reader in _SOURCES
+    }
     applied = _timestamps(column("applicationDate"), found)
     if None in applied:
         hour = np.fromiter((float(a.hour) if a else NAN for a in applied), _F64, n)

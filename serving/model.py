@@ -14,6 +14,7 @@ from serving.features import build_row
 
 REFERENCE_TOLERANCE = 1e-6
 REFERENCE_LIMIT = 200
+_COPIED = "metrics", "data_fingerprint", "params", "run_id", "feature_version", "bundle_format", "created_at"
 
 
 @dataclass(frozen=True)
@@ -30,22 +31,13 @@ class ServedModel:
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ServedModel:
         meta, explainer = bundle.meta, bundle.explainer
-        copied = (
-            "metrics",
-            "data_fingerprint",
-            "params",
-            "run_id",
-            "feature_version",
-            "bundle_format",
-            "created_at",
-        )
         info = {
             "name": meta.model_name,
             "version": meta.model_version,
             "features": list(meta.features),
             "categorical_features": list(meta.categorical_features),
             "threshold": float(meta.threshold),
-            **{k: getattr(meta, k) for k in copied},
+            **{k: getattr(meta, k) for k in _COPIED},
             "reason_codes": None if explainer is None else explainer.table.as_dict(),
             "decision_policy": meta.decision_policy,
             "calibrator": None if bundle.calibrator is None else bundle.calibrator.to_dict(),

@@ -15,7 +15,7 @@ from catboost import CatBoostClassifier, EFstrType, Pool
 from serving.config import DEFAULT_REASON_COUNT
 from serving.features import FEATURE_SOURCES
 from serving.reason_table import ReasonTable
-from serving.trees import model_document, split_features
+from serving.trees import split_features
 
 if TYPE_CHECKING:
     from serving.bundle import Bundle
@@ -28,17 +28,16 @@ ModelInput = list[list[Any]] | dict[str, Any]
 Column = Callable[[str], Sequence[Any]]
 
 
-def _tree_table(tree: dict[str, Any], binary: list[int]) -> tuple[np.ndarray, list[int], float]:
-    """One symmetric tree's SHAP values per leaf (leaves × its distinct features), those features, and its
-    expected value: path-dependent TreeSHAP as CatBoost computes it, exact over the tree's distinct features."""
+def _tree_table(tree: dict[str, Any], binary: list[int]) -> tuple[np.ndarray, list[int]]:
+    """One symmetric tree's SHAP values per leaf (leaves × its distinct features) and those features:
+    path-dependent TreeSHAP as CatBoost computes it, exact over the tree's distinct features."""
     splits = tree["splits"]
     values = np.asarray(tree["leaf_values"], dtype=np.float64)
     weights = np.asarray(tree["leaf_weights"], dtype=np.float64)
     depth = len(splits)
     total = weights.sum()
-    expected = float(values @ weights / total) if total > 0 else 0.0
     if depth == 0:
-        return np.zeros((1, 0)), [], expected
+        return np.zeros((1, 0)), []
     leaves = np.arange(1 << depth)
     # ratio[d, leaf]: the share of its parent's weight under the leaf's side of split d (root: the last split)
     ratio = np.ones((depth, leaves.size))
@@ -70,34 +69,30 @@ def _tree_table(tree: dict[str, Any], binary: list[int]) -> tuple[np.ndarray, li
     phi = np.zeros((leaves.size, n_groups))
     for g in range(n_groups):
         without = coalitions[(coalitions >> g) & 1 == 0]
-        s = sizes[without]
-        w = np.array([math.factorial(k) * math.factorial(n_groups - k - 1) for k in s]) / math.factorial(
-            n_groups
-        )
-        phi[:, g] = w @ (v[without | (1 << g)] - v[without])
-    return phi, groups, expected
+        w = np.array([math.factorial(k) * math.factorial(n_groups - k - 1) for k in sizes[without]])
+        phi[:, g] = w / math.factorial(n_groups) @ (v[without | (1 << g)] - v[without])
+    return phi, groups
 
 
 class ShapTable:
     """Every tree's SHAP values per leaf, so a record's SHAP values are a gather and a sum."""
 
     def __init__(self, document: dict[str, Any], n_features: int) -> None:
-        scale, bias = document.get("scale_and_bias", [1.0, [0.0]])
+        scale = document.get("scale_and_bias", [1.0])[0]
         splits = split_features(document["features_info"])
         trees = document.get("oblivious_trees")
         if splits is None or not trees:
             raise ValueError("the model has combined categorical features or no symmetric trees")
         binary = [feature for _, feature, _ in splits]
         tables = [_tree_table(tree, binary) for tree in trees]
-        width = max(1, max(len(groups) for _, groups, _ in tables))
-        self.offsets = np.cumsum([0] + [phi.shape[0] for phi, _, _ in tables[:-1]])
+        width = max(1, max(len(groups) for _, groups in tables))
+        self.offsets = np.cumsum([0] + [phi.shape[0] for phi, _ in tables[:-1]])
         # float32: SHAP values to ~1e-6 log-odds, and the lookup twice as fast
-        self.phi = np.zeros((sum(phi.shape[0] for phi, _, _ in tables), width), dtype=np.float32)
+        self.phi = np.zeros((sum(phi.shape[0] for phi, _ in tables), width), dtype=np.float32)
         self.feature = np.full((len(tables), width), n_features, dtype=np.int64)  # padding: a dummy feature
-        for t, ((phi, groups, _), start) in enumerate(zip(tables, self.offsets, strict=True)):
+        for t, ((phi, groups), start) in enumerate(zip(tables, self.offsets, strict=True)):
             self.phi[start : start + phi.shape[0], : len(groups)] = phi * scale
             self.feature[t, : len(groups)] = groups
-        self.expected = scale * sum(e for _, _, e in tables) + float(np.ravel(bias)[0])
         self.n_features = n_features
         # slot (tree, k) -> its feature, as a 0/1 matrix: a row's per-slot values times it sum into features
         slots = self.feature.ravel()
@@ -123,12 +118,9 @@ class Explainer:
     """A model's reason codes: its SHAP table (or CatBoost's own call) and the reason-code table."""
 
     def __init__(
-        self,
-        model: CatBoostClassifier,
-        table: ReasonTable,
-        features: Sequence[str],
-        document: dict[str, Any] | None = None,
+        self, model: CatBoostClassifier, table: ReasonTable, features: Sequence[str], document: dict[str, Any]
     ) -> None:
+        """``document``: the model's JSON export (:func:`serving.trees.model_document`), for its SHAP table."""
         table.check(features)
         self.model, self.table, self.features = model, table, list(features)
         position = {f: i for i, f in enumerate(features)}
@@ -142,7 +134,7 @@ class Explainer:
             self.family[members, code] = 1.0
         self.sources = [FEATURE_SOURCES.get(f) for f in features]
         try:
-            self.shap: ShapTable | None = ShapTable(document or model_document(model), len(features))
+            self.shap: ShapTable | None = ShapTable(document, len(features))
         except (ValueError, KeyError, TypeError):
             self.shap = None
 
@@ -229,11 +221,8 @@ def explain_selected(
         return out
     part, n = _subset(model_input, positions), len(positions)
     # blocks of POOL_BLOCK records bound the memory of CatBoost's leaf indexes
-    blocks = (
-        [part]
-        if n <= POOL_BLOCK
-        else [_subset(part, range(i, min(i + POOL_BLOCK, n))) for i in range(0, n, POOL_BLOCK)]
-    )
+    starts = range(0, n, POOL_BLOCK)
+    blocks = [part] if n <= POOL_BLOCK else [_subset(part, range(i, min(i + POOL_BLOCK, n))) for i in starts]
     shap = np.concatenate(
         [explainer.contributions(bundle.input_pool(b), bundle.thread_count) for b in blocks]
     )
