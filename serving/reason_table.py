@@ -9,7 +9,9 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from serving.errors import BundleError
 
@@ -18,11 +20,18 @@ TABLE_PATH = Path(__file__).with_name(TABLE_FILE)
 ReasonTableError = BundleError  # the name packaging catches: an unreadable, malformed or incomplete table
 
 
-@dataclass(frozen=True)
-class ReasonCode:
-    code: str
-    text: str
-    features: tuple[str, ...]
+_Text = Annotated[str, msgspec.Meta(pattern=r"\S")]  # not empty, not only spaces
+
+
+class ReasonCode(msgspec.Struct, frozen=True):
+    code: _Text
+    text: _Text
+    features: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)]
+
+
+class _Table(msgspec.Struct):
+    version: _Text | int
+    reason: Annotated[list[ReasonCode], msgspec.Meta(min_length=1)]
 
 
 @dataclass(frozen=True)
@@ -42,37 +51,24 @@ class ReasonTable:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = TABLE_FILE) -> ReasonTable:
-        version, entries = data.get("version"), data.get("reason")
-        if not isinstance(version, str | int) or isinstance(version, bool) or not str(version).strip():
-            raise ReasonTableError(f"{source}: 'version' must be a non-empty string or integer")
-        if not isinstance(entries, list) or not entries:
-            raise ReasonTableError(f"{source}: expected [[reason]] entries with code, text and features")
-        reasons: list[ReasonCode] = []
+        """A table of a ``version`` and ``[[reason]]`` entries (code, text, features), each feature in one."""
+        try:
+            table = msgspec.convert(data, _Table)
+        except msgspec.ValidationError as exc:
+            raise ReasonTableError(f"{source}: expected a version and [[reason]] entries ({exc})") from None
+        if len(codes := [r.code for r in table.reason]) != len(set(codes)):
+            raise ReasonTableError(f"{source}: each reason code must be used once, got {codes}")
         seen: dict[str, str] = {}  # feature -> its code
-        for i, entry in enumerate(entries):
-            where = f"{source}: reason {i + 1}"
-            if not isinstance(entry, dict):
-                raise ReasonTableError(f"{where}: expected a table with code, text and features")
-            code, text, features = entry.get("code"), entry.get("text"), entry.get("features")
-            if not isinstance(code, str) or not code.strip() or code in {r.code for r in reasons}:
-                raise ReasonTableError(f"{where}: 'code' must be a non-empty string used once, got {code!r}")
-            if not isinstance(text, str) or not text.strip():
-                raise ReasonTableError(f"{where} ({code}): 'text' must be a non-empty string")
-            if (
-                not isinstance(features, list)
-                or not features
-                or not all(isinstance(f, str) for f in features)
-            ):
-                raise ReasonTableError(
-                    f"{where} ({code}): 'features' must be a non-empty list of feature names"
-                )
-            for feature in features:
+        for r in table.reason:
+            for feature in r.features:
                 if feature in seen:
-                    raise ReasonTableError(f"{where} ({code}): feature {feature!r} is already mapped to "
-                                           f"{seen[feature]}; each feature belongs to one reason code")  # fmt: skip
-                seen[feature] = code
-            reasons.append(ReasonCode(code, text.strip(), tuple(features)))
-        return cls(str(version), tuple(reasons), Path(source).name)
+                    message = f"feature {feature!r} is already mapped to {seen[feature]}"
+                    raise ReasonTableError(
+                        f"{source} ({r.code}): {message}; each feature belongs to one reason code"
+                    )
+                seen[feature] = r.code
+        reasons = tuple(ReasonCode(r.code, r.text.strip(), r.features) for r in table.reason)
+        return cls(str(table.version), reasons, Path(source).name)
 
     def check(self, features: Sequence[str]) -> None:
         """Raise :class:`ReasonTableError` unless the table maps exactly the model's features."""

@@ -13,8 +13,9 @@ import numpy as np
 from catboost import CatBoostClassifier, EFstrType, Pool
 
 from serving.config import DEFAULT_REASON_COUNT
+from serving.errors import BundleError
 from serving.features import FEATURE_SOURCES
-from serving.reason_table import ReasonTable
+from serving.reason_table import TABLE_FILE, ReasonTable
 from serving.trees import split_features
 
 if TYPE_CHECKING:
@@ -200,25 +201,20 @@ def _subset(model_input: ModelInput, index: Sequence[int]) -> ModelInput:
     }
 
 
-def explain_selected(
+def explain(
     bundle: Bundle,
     model_input: ModelInput,
-    probabilities: Sequence[float],
-    threshold: float,
-    mode: str = DEFAULT_MODE,
+    index: Sequence[int] | None = None,
     count: int = DEFAULT_REASON_COUNT,
     raw: Column | None = None,
-) -> list[list[dict[str, Any]] | None] | None:
-    """Reasons for the records ``mode`` selects (risky: labelled risky; all; none), aligned with ``probabilities``
-    (None where not selected); None altogether for ``none`` or a bundle without a table. ``raw(field)`` gives the
-    values as sent, so ``value`` is the applicant's own."""
-    explainer = bundle.explainer
-    if mode == "none" or explainer is None:
-        return None
-    out: list[list[dict[str, Any]] | None] = [None] * len(probabilities)
-    positions = [i for i, p in enumerate(probabilities) if mode == "all" or p >= threshold]
-    if not positions:
-        return out
+) -> list[list[dict[str, Any]]]:
+    """The reasons of the records at ``index`` (None: all) of ``model_input``; ``raw(field)`` gives the values as
+    sent, so ``value`` is the applicant's own. :class:`BundleError` for a bundle without a reason-code table."""
+    if (explainer := bundle.explainer) is None:
+        raise BundleError(f"the bundle in {bundle.directory} has no reason-code table ({TABLE_FILE})")
+    size = len(model_input) if isinstance(model_input, list) else len(next(iter(model_input.values()), []))
+    if not (positions := list(range(size)) if index is None else list(index)):
+        return []
     part, n = _subset(model_input, positions), len(positions)
     # blocks of POOL_BLOCK records bound the memory of CatBoost's leaf indexes
     starts = range(0, n, POOL_BLOCK)
@@ -239,6 +235,24 @@ def explain_selected(
             return [_plain(column[i]) for i in rows.tolist()]
         return [_plain(v) for v in column[rows].tolist()]
 
-    for i, found in zip(positions, explainer.reasons(shap, count, values), strict=True):
+    return explainer.reasons(shap, count, values)
+
+
+def explain_selected(
+    bundle: Bundle,
+    model_input: ModelInput,
+    probabilities: Sequence[float],
+    threshold: float,
+    mode: str = DEFAULT_MODE,
+    count: int = DEFAULT_REASON_COUNT,
+    raw: Column | None = None,
+) -> list[list[dict[str, Any]] | None] | None:
+    """Reasons for the records ``mode`` selects (risky: labelled risky; all; none), aligned with ``probabilities``
+    (None where not selected); None altogether for ``none`` or a bundle without a table."""
+    if mode == "none" or bundle.explainer is None:
+        return None
+    out: list[list[dict[str, Any]] | None] = [None] * len(probabilities)
+    index = [i for i, p in enumerate(probabilities) if mode == "all" or p >= threshold]
+    for i, found in zip(index, explain(bundle, model_input, index, count, raw), strict=True):
         out[i] = found
     return out

@@ -104,9 +104,8 @@ class TreeSum:
         splits = split_features(document.get("features_info", {}))
         scale, bias = document.get("scale_and_bias", [1.0, [0.0]])
         bias = np.ravel(bias)
-        if splits is None or bias.size != 1 or not any(t["splits"] for t in trees):
-            return None
-        if any(len(t["leaf_values"]) != 1 << len(t["splits"]) for t in trees):
+        unfit = any(len(t["leaf_values"]) != 1 << len(t["splits"]) for t in trees)
+        if splits is None or bias.size != 1 or not any(t["splits"] for t in trees) or unfit:
             return None
         return cls(model, splits, trees, (float(scale), float(bias[0])), categorical, missing_row)
 
@@ -119,8 +118,7 @@ class TreeSum:
         if not self.cat_features:
             return np.empty(0, dtype=np.float32)
         key = tuple([row[f] for f in self.cat_features])
-        outcomes = self.kept_rows.get(key)
-        if outcomes is None:
+        if (outcomes := self.kept_rows.get(key)) is None:
             parts = [self.kept[f].get(v) for f, v in zip(self.cat_features, key, strict=True)]
             outcomes = self._learn(row) if any(p is None for p in parts) else np.concatenate(parts)
             if len(self.kept_rows) >= MAX_KEPT_VALUES:
@@ -151,12 +149,8 @@ class TreeSum:
             x = np.array([[row[c] for c in self.float_columns] for row in rows], dtype=np.float32)
         values = x[:, self.float_of_split]
         outcomes = np.zeros((n, self.width), dtype=np.float32)
-        missing = np.isnan(values)
-        outcomes[:, :f] = (
-            np.where(missing, self.nan_outcomes, values > self.borders)
-            if missing.any()
-            else (values > self.borders)
-        )
+        missing, above = np.isnan(values), values > self.borders
+        outcomes[:, :f] = np.where(missing, self.nan_outcomes, above) if missing.any() else above
         for i, row in enumerate(rows):
             outcomes[i, f:-1] = self._categorical_outcomes(row)
         # each tree's leaf: its levels' outcomes as bits (a float32 product: exact for these small integers)
