@@ -210,11 +210,10 @@ class Bundle:
             pass
         difference = float(np.max(np.abs(trees.probabilities(rows) - self._catboost(rows))))
         if not difference <= TREE_SUM_TOLERANCE:
-            logger.warning(
-                "%s: the tree sum differs from CatBoost by %g on the reference records; CatBoost scores all",
-                self.directory,
-                difference,
+            message = (
+                "%s: the tree sum differs from CatBoost by %g on the reference records; CatBoost scores all"
             )
+            logger.warning(message, self.directory, difference)
             return None
         return trees
 

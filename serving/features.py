@@ -231,20 +231,17 @@ def columns_from(column: Callable[[str], Column], n: int, errors: Errors | None 
 
 
 def outside_contract(columns: dict[str, Any]) -> list[tuple[int, FeatureError]]:
-    """Each record's first category outside the dataset contract, in record order (scored as
-    unseen)."""
+    """Each record's first category outside the dataset contract, in record order (scored as unseen)."""
     found: dict[int, FeatureError] = {}
     for field, known in CATEGORIES.items():
-        values = columns[field]
-        if known.issuperset(values):
+        if known.issuperset(values := columns[field]):
             continue
+        shown = f"one of {', '.join(sorted(known))}" if len(known) <= 12 else f"{len(known)} known values"
         for i, v in enumerate(values):
             if v not in known and v != MISSING_CATEGORY and i not in found:
-                shown = (
-                    f"one of {', '.join(sorted(known))}" if len(known) <= 12 else f"{len(known)} known values"
+                found[i] = FeatureError(
+                    field, f"{v!r} is not a category of the dataset contract ({shown})", i
                 )
-                message = f"{v!r} is not a category of the dataset contract ({shown})"
-                found[i] = FeatureError(field, message, i)
     return sorted(found.items())
 
 
@@ -266,12 +263,8 @@ def build_columns(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def rows_of(columns: dict[str, Any]) -> list[list[Any]]:
     """The columns laid out as rows (``FEATURE_NAMES`` order)."""
-    return [
-        list(row)
-        for row in zip(
-            *(c.tolist() if isinstance(c, np.ndarray) else c for c in columns.values()), strict=True
-        )
-    ]
+    values = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns.values()]
+    return [list(row) for row in zip(*values, strict=True)]
 
 
 def build_rows(records: Sequence[Mapping[str, Any]]) -> list[list[Any]]:

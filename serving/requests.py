@@ -278,10 +278,8 @@ def one_record(body: Any) -> Decoded:
         decoded.add(0, _DECODE_RECORD(body))
     except _UNDECODED:
         if type(value := _lenient(body)) is not dict:
-            message = (
-                f"expected a JSON object with the fields of one loan application, got {json_type(value)}"
-            )
-            raise _refused(message, None, 0) from None
+            wanted = "expected a JSON object with the fields of one loan application"
+            raise _refused(f"{wanted}, got {json_type(value)}", None, 0) from None
         decoded.add(0, from_object(value, 0, decoded.unknown))
     return decoded
 

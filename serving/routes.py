@@ -159,8 +159,7 @@ def predict() -> Response:
 
 @bp.post("/predict/batch")
 def predict_batch() -> Response:
-    """A prediction per valid record and an error per other one; ``?on_error=reject`` answers the
-    first error for the whole batch."""
+    """A prediction per valid record and an error per other one; ``?on_error=reject``: the first error, for all."""
     scoring = Scoring("/predict/batch")
     if (on_error := request.args.get("on_error", "record")) not in ("record", "reject"):
         message = f"'on_error' must be record or reject; got {encodable(on_error)[:40]!r}"
