@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from catboost import CatBoostClassifier, EFstrType, Pool
@@ -17,9 +17,6 @@ from serving.errors import BundleError
 from serving.features import FEATURE_SOURCES
 from serving.reason_table import TABLE_FILE, ReasonTable
 from serving.trees import split_features
-
-if TYPE_CHECKING:
-    from serving.bundle import Bundle
 
 MODES = ("risky", "all", "none")
 DEFAULT_MODE = "risky"
@@ -202,7 +199,7 @@ def _subset(model_input: ModelInput, index: Sequence[int]) -> ModelInput:
 
 
 def explain(
-    bundle: Bundle,
+    bundle: Any,  # a loaded serving.bundle.Bundle (which imports this module)
     model_input: ModelInput,
     index: Sequence[int] | None = None,
     count: int = DEFAULT_REASON_COUNT,
@@ -239,7 +236,7 @@ def explain(
 
 
 def explain_selected(
-    bundle: Bundle,
+    bundle: Any,  # a loaded serving.bundle.Bundle (which imports this module)
     model_input: ModelInput,
     probabilities: Sequence[float],
     threshold: float,
