@@ -23,6 +23,7 @@ FIELDS = sorted(KNOWN_FIELDS)  # the request model's fields, in its slots' order
 
 _Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 _Value = str | float | _Int | bool | None
+_LoanId = str | float | _Int | None | msgspec.UnsetType
 _BIT = msgspec.Meta(ge=0, le=1)
 _Flag = bool | Annotated[int, _BIT] | Annotated[float, _BIT] | str | None
 _DESCRIPTION = (
@@ -35,19 +36,14 @@ _DESCRIPTION = (
 def _slot(i: int, name: str) -> tuple[str, Any, Any]:
     """A field of the record's struct: attribute ``f<i>``, its JSON name, and the values it takes."""
     if name == "loanId":  # echoed: absent (UNSET) differs from null
-        return (
-            f"f{i}",
-            str | float | _Int | None | msgspec.UnsetType,
-            msgspec.field(default=msgspec.UNSET, name=name),
-        )
-    if (
-        name in NUMBER_SOURCES
-    ):  # a finite JSON number within the field's range, or text the feature code reads
+        return f"f{i}", _LoanId, msgspec.field(default=msgspec.UNSET, name=name)
+    # a number field: a finite JSON number within the field's range, or text the feature code reads; Any: the
+    # known fields the features do not read (outcomes, identifiers)
+    kind = _Flag if name in FLAG_SOURCES else _Value if name in SOURCE_FIELDS else Any
+    if name in NUMBER_SOURCES:
         low, high = RANGES[name]
         ints = Annotated[int, msgspec.Meta(ge=math.ceil(low), le=math.floor(high))]
         kind = Annotated[float, msgspec.Meta(ge=low, le=high)] | ints | str | bool | None
-    else:  # Any: known fields the features do not read (outcomes, identifiers)
-        kind = _Flag if name in FLAG_SOURCES else _Value if name in SOURCE_FIELDS else Any
     return f"f{i}", kind, msgspec.field(default=None, name=name)
 
 
@@ -228,11 +224,7 @@ def _lenient(body: Any) -> Any:
 
 
 def _records(
-    items: Sequence[Any],
-    read: Callable[[Any, int, set[str]], Any],
-    field: str,
-    limit: int,
-    params: Any = None,
+    items: Sequence[Any], read: Callable[..., Any], field: str, limit: int, params: Any = None
 ) -> Decoded:
     """Each of ``items`` read on its own, once their count is checked against ``limit``."""
     _check_size(len(items), field, limit)
