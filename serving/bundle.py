@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -203,11 +204,10 @@ class Bundle:
         if trees is None:
             return None
         rows = [trees.missing_row]
-        try:  # a malformed reference file is the reference check's to name (serving.model.check_reference)
+        # a malformed reference file is the reference check's to name (serving.model.check_reference)
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
             records = (self.reference() or {}).get("records")
             rows += build_rows(records) if isinstance(records, list) else []
-        except (ValueError, TypeError, AttributeError):
-            pass
         difference = float(np.max(np.abs(trees.probabilities(rows) - self._catboost(rows))))
         if not difference <= TREE_SUM_TOLERANCE:
             message = (
