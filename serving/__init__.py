@@ -1,4 +1,1 @@
-"""The prediction service and the runtime contract (model bundle + row-level features).
-
-Nothing in this package imports Prefect, Optuna or MLflow: the serving image ships only this package.
-"""
+"""The prediction service and the runtime contract (bundle + features); imports no Prefect, Optuna or MLflow."""

@@ -14,8 +14,8 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from serving.config import ServiceConfig
+from serving.contract import KNOWN_FIELDS
 from serving.errors import ApiError
-from serving.features import KNOWN_FIELDS
 from serving.logs import LOGGER_NAME, configure_logging, log_access
 from serving.metrics import get_metrics
 from serving.openapi import openapi_document
@@ -25,15 +25,17 @@ from serving.reload import ModelHolder
 from serving.routes import bp
 
 logger = logging.getLogger(LOGGER_NAME)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(
+    r"^[A-Za-z0-9._:-]{1,128}$"
+)  # a client's X-Request-ID is kept when it is a plain token
 
 
 def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask:
-    """The Flask app; ``config`` is a :class:`ServiceConfig`, a mapping of its fields, or None (env vars)."""
-    if config is None:
-        config = ServiceConfig.from_env()
-    elif not isinstance(config, ServiceConfig):
-        config = ServiceConfig(**dict(config))
+    """The Flask app; ``config`` is a :class:`ServiceConfig`, a mapping of its fields, or None (env vars).
+    Every answer is timed, counted and logged in one JSON access line (no body, no personal field); every error
+    is a JSON answer ``{"error", "message", "field", "index"}``."""
+    if not isinstance(config, ServiceConfig):
+        config = ServiceConfig.from_env() if config is None else ServiceConfig(**dict(config))
     configure_logging(config.log_level)
     metrics = get_metrics()
     prediction_log = start_prediction_log(config, metrics)  # first: a log that cannot start stops us
@@ -50,46 +52,29 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
         loanrisk_openapi=orjson.dumps(openapi_document(config.max_batch_size, config.max_body_bytes)),
     )
     app.register_blueprint(bp)
-    _register_hooks(app)
-    _register_error_handlers(app, config)
-    return app
-
-
-def _register_hooks(app: Flask) -> None:
-    """Timing, metrics and one JSON access-log line per request (no body, no personal field)."""
-    metrics = app.extensions["loanrisk_metrics"]
 
     @app.before_request
     def _start() -> None:
         g.t0 = time.perf_counter()
-        g.request_id = request_id(request.environ)  # set first: the prediction log records it
+        rid = request.environ.get("HTTP_X_REQUEST_ID", "")
+        g.request_id = (
+            rid if _REQUEST_ID.match(rid) else os.urandom(16).hex()
+        )  # first: the prediction log has it
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        now, state, req = time.perf_counter(), g._get_current_object(), request._get_current_object()
-        endpoint = req.url_rule.rule if req.url_rule is not None else "<unmatched>"
-        elapsed = now - getattr(state, "t0", now)
-        rid = finish_request(metrics, state, endpoint, req.method, response.status_code, elapsed)
+        now, state, status = time.perf_counter(), g._get_current_object(), response.status_code
+        endpoint = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        elapsed, rows = now - getattr(state, "t0", now), getattr(state, "rows", 0)
+        metrics.observe_request(endpoint, request.method, status, elapsed, rows if status == 200 else 0)
+        rid = getattr(state, "request_id", None) or os.urandom(16).hex()
+        fields: dict[str, Any] = {"request_id": rid, "method": request.method[:16], "endpoint": endpoint,
+                                  "status": status, "duration_ms": round(elapsed * 1000, 3), "rows": rows,
+                                  "model_version": getattr(state, "model_version", None)}  # fmt: skip
+        log_access({**fields, **(getattr(state, "error", None) or {})})
         response.headers["X-Request-ID"] = rid
         return response
 
-
-def _error_response(exc: ApiError) -> Response:
-    field = exc.field
-    logged = field if field is None or field in KNOWN_FIELDS or field in STRUCTURAL_FIELDS else "<other>"
-    g.error = {"error": exc.code, "field": logged, "index": exc.index}
-    body = {
-        "error": exc.code,
-        "message": exc.message,
-        "field": field,
-        "index": exc.index,
-        **(exc.extra or {}),
-    }
-    return json_response(body, exc.status, exc.headers)
-
-
-def _register_error_handlers(app: Flask, config: ServiceConfig) -> None:
-    """Every error is a JSON answer ``{"error", "message", "field", "index"}``."""
     app.register_error_handler(ApiError, _error_response)
 
     @app.errorhandler(HTTPException)
@@ -108,22 +93,18 @@ def _register_error_handlers(app: Flask, config: ServiceConfig) -> None:
         logger.error("unhandled error", exc_info=exc, extra={"fields": {"endpoint": endpoint}})
         return _error_response(ApiError(500, "internal_error", "the service failed to answer; see its logs"))
 
-
-def request_id(environ: Mapping[str, Any]) -> str:
-    """The client's ``X-Request-ID`` when it is a plain token (<= 128 of ``A-Za-z0-9._:-``), else a new one."""
-    rid = environ.get("HTTP_X_REQUEST_ID", "")
-    return rid if _REQUEST_ID.match(rid) else os.urandom(16).hex()
+    return app
 
 
-def finish_request(metrics: Any, state: Any, endpoint: str, method: str, status: int, elapsed: float) -> str:
-    """Count an answered request and write its access line from ``state`` (Flask's ``g``); returns the request
-    id its answer carries."""
-    rows = getattr(state, "rows", 0)
-    metrics.observe_request(endpoint, method, status, elapsed, rows if status == 200 else 0)
-    rid = getattr(state, "request_id", None) or os.urandom(16).hex()
-    fields: dict[str, Any] = {"request_id": rid, "method": method[:16], "endpoint": endpoint, "status": status,
-                              "duration_ms": round(elapsed * 1000, 3), "rows": rows,
-                              "model_version": getattr(state, "model_version", None)}  # fmt: skip
-    fields.update(getattr(state, "error", None) or {})
-    log_access(fields)
-    return rid
+def _error_response(exc: ApiError) -> Response:
+    field = exc.field
+    logged = field if field is None or field in KNOWN_FIELDS or field in STRUCTURAL_FIELDS else "<other>"
+    g.error = {"error": exc.code, "field": logged, "index": exc.index}
+    body = {
+        "error": exc.code,
+        "message": exc.message,
+        "field": field,
+        "index": exc.index,
+        **(exc.extra or {}),
+    }
+    return json_response(body, exc.status, exc.headers)

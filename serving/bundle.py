@@ -1,13 +1,10 @@
-"""The model bundle: what training writes and serving reads.
-
-A directory with ``model.cbm`` (CatBoost's native format, no pickle), ``bundle.json`` (metadata: name, version,
-features, threshold, metrics, an optional ``calibrator`` every probability goes through), and optionally
-``reason_codes.toml`` (:mod:`serving.reasons`), ``reference.json`` (records holding only the fields the features
-read, with training's probabilities, so a deployed image proves it reproduces them), ``profile.json``, and the
-evaluation and model card (``evaluation.json``, ``card.md``, ``card.html``, ``plots/``)."""
+"""The model bundle: what training writes and serving reads. A directory with ``model.cbm`` (no pickle),
+``bundle.json`` (metadata, an optional calibrator), and optionally ``reason_codes.toml``, ``reference.json``
+(records and training's probabilities, reproduced at load), ``profile.json``, the evaluation and the model card."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -22,6 +19,7 @@ import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
 from serving.calibration import Calibrator
+from serving.errors import BundleError
 from serving.features import (
     CATEGORICAL_INDICES,
     FEATURE_NAMES,
@@ -32,11 +30,10 @@ from serving.features import (
     rows_of,
 )
 from serving.logs import LOGGER_NAME
-from serving.model_export import model_document
 from serving.privacy import foreign_fields
-from serving.reason_table import ReasonTableError
-from serving.reasons import ModelInput, load_explainer
-from serving.trees import TreeSum, largest_difference
+from serving.reason_table import TABLE_FILE, ReasonTable
+from serving.reasons import Explainer, ModelInput
+from serving.trees import TreeSum, model_document
 
 BUNDLE_FORMAT = 1
 # Fewer records than this go as rows (a DataFrame Pool has a fixed cost), scored by the tree sum when it agrees
@@ -72,10 +69,6 @@ def _few_as_rows(model_input: ModelInput) -> ModelInput:
     return rows_of(model_input) if few else model_input
 
 
-class BundleError(RuntimeError):
-    """A bundle directory is missing, incomplete or does not match this code's feature contract."""
-
-
 @dataclass
 class BundleMeta:
     model_name: str
@@ -95,18 +88,15 @@ class BundleMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BundleMeta:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
-    return value
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -122,18 +112,16 @@ def write_bundle(
     directory: str | Path,
     model: CatBoostClassifier,
     meta: BundleMeta,
-    reference: dict[str, list[Any]] | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle; ``reference`` is ``{"records": [...], "probabilities": [...]}``. Raises
     :class:`BundleError` when a reference record holds a field the features do not read."""
-    if reference is not None:
-        foreign = foreign_fields(reference.get("records", []))
-        if foreign:
-            fields = sorted({f for _, f in foreign})
-            raise BundleError(
-                f"reference record {foreign[0][0]} holds {foreign[0][1]!r}: reference records may hold only the "
-                f"fields the features read ({len(foreign)} foreign field(s): {fields})"
-            )
+    if reference is not None and (foreign := foreign_fields(reference.get("records", []))):
+        fields = sorted({f for _, f in foreign})
+        raise BundleError(
+            f"reference record {foreign[0][0]} holds {foreign[0][1]!r}: reference records may hold only the "
+            f"fields the features read ({len(foreign)} foreign field(s): {fields})"
+        )
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     model.save_model(str(out / MODEL_FILE), format="cbm")
@@ -146,23 +134,23 @@ def write_bundle(
 def stamp_version(directory: str | Path, model_version: str, **extra: Any) -> BundleMeta:
     """Record the registry version (and any extra metadata fields) in an exported bundle."""
     path = Path(directory) / META_FILE
-    data = json.loads(path.read_text())
-    data["model_version"] = str(model_version)
-    data.update(extra)
+    data = {**json.loads(path.read_text()), "model_version": str(model_version), **extra}
     _write_json(path, data)
     return BundleMeta.from_dict(data)
 
 
 def write_profile(directory: str | Path, profile: dict[str, Any]) -> Path:
     """Write the reference profile into a bundle directory; returns its path."""
-    path = Path(directory) / PROFILE_FILE
-    _write_json(path, profile)
+    _write_json(path := Path(directory) / PROFILE_FILE, profile)
     return path
 
 
 def read_profile(directory: str | Path) -> dict[str, Any] | None:
     """A bundle directory's reference profile, or None when it has none."""
-    path = Path(directory) / PROFILE_FILE
+    return _read_json(Path(directory) / PROFILE_FILE)
+
+
+def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -173,8 +161,9 @@ class Bundle:
         self.directory = Path(directory)
         meta_path, model_path = self.directory / META_FILE, self.directory / MODEL_FILE
         if not meta_path.is_file() or not model_path.is_file():
-            message = f"{self.directory} is not a model bundle: it needs {META_FILE} and {MODEL_FILE}"
-            raise BundleError(message)
+            raise BundleError(
+                f"{self.directory} is not a model bundle: it needs {META_FILE} and {MODEL_FILE}"
+            )
         try:
             self.meta = BundleMeta.from_dict(json.loads(meta_path.read_text()))
         except (ValueError, TypeError) as exc:
@@ -192,10 +181,12 @@ class Bundle:
         except (ValueError, TypeError) as exc:
             raise BundleError(f"{meta_path}: unusable 'calibrator' ({exc})") from None
         document = model_document(self.model)  # read by both, then dropped (~5 MB of JSON for 800 trees)
-        try:
-            self.explainer = load_explainer(self.directory, self.model, self.meta.features, document)
-        except ReasonTableError as exc:
-            raise BundleError(f"{self.directory}: {exc}") from None
+        self.explainer = None
+        if (table := self.directory / TABLE_FILE).is_file():  # without one, the bundle gives no reasons
+            try:
+                self.explainer = Explainer(self.model, ReasonTable.read(table), self.meta.features, document)
+            except BundleError as exc:
+                raise BundleError(f"{self.directory}: {exc}") from None
         self.trees = self._load_tree_sum(document)
 
     @property
@@ -213,24 +204,18 @@ class Bundle:
         if trees is None:
             return None
         rows = [trees.missing_row]
-        try:  # a malformed reference file is the reference check's to name (serving.model.check_reference)
+        # a malformed reference file is the reference check's to name (serving.model.check_reference)
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
             records = (self.reference() or {}).get("records")
             rows += build_rows(records) if isinstance(records, list) else []
-        except (ValueError, TypeError, AttributeError):
-            pass
-        difference = largest_difference(trees, rows, self._catboost)
+        difference = float(np.max(np.abs(trees.probabilities(rows) - self._catboost(rows))))
         if not difference <= TREE_SUM_TOLERANCE:
-            logger.warning(
-                "%s: the tree sum differs from CatBoost by %g on the reference records; CatBoost scores all",
-                self.directory,
-                difference,
+            message = (
+                "%s: the tree sum differs from CatBoost by %g on the reference records; CatBoost scores all"
             )
+            logger.warning(message, self.directory, difference)
             return None
         return trees
-
-    def reason_codes(self) -> dict[str, Any] | None:
-        """The reason-code table as /model/info lists it; None for a bundle without one."""
-        return None if self.explainer is None else self.explainer.table.as_dict()
 
     def input_pool(self, model_input: ModelInput) -> Pool:
         """The CatBoost Pool of a model input (columns, or rows for a few records)."""
@@ -247,17 +232,17 @@ class Bundle:
         """Probability of the risky class for a model input, through the calibrator: summed here
         (:mod:`serving.trees`) for fewer than :data:`ROWS_BELOW` records, by CatBoost for more."""
         model_input = _few_as_rows(model_input)
+        if not model_input:
+            return []
         if self.trees is not None and isinstance(model_input, list) and len(model_input) < ROWS_BELOW:
-            return self.calibrated(self.trees.probabilities(model_input)).tolist() if model_input else []
-        return self.calibrated(self._catboost(model_input)).tolist()
+            p = self.trees.probabilities(model_input)
+        else:
+            p = self._catboost(model_input)
+        return (p if self.calibrator is None else self.calibrator.apply(p)).tolist()
 
     def _catboost(self, model_input: ModelInput) -> np.ndarray:
         pool = self.input_pool(model_input)
         return self.model.predict(pool, prediction_type="Probability", thread_count=self.thread_count)[:, 1]
-
-    def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
-        """The probabilities through the bundle's calibrator (unchanged without one)."""
-        return probabilities if self.calibrator is None else self.calibrator.apply(probabilities)
 
     def predict_records(self, records: list[dict[str, Any]]) -> list[float]:
         """Probability of the risky class for raw records (field names of the source files)."""
@@ -265,8 +250,7 @@ class Bundle:
 
     def reference(self) -> dict[str, list[Any]] | None:
         """The reference records and training-time probabilities, when the bundle has them."""
-        path = self.directory / REFERENCE_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        return _read_json(self.directory / REFERENCE_FILE)
 
 
 def load_bundle(directory: str | Path, thread_count: int = 1) -> Bundle:

@@ -1,11 +1,9 @@
-"""The probability calibrator a bundle may carry, as plain numbers (no pickle, no scikit-learn).
-
-``isotonic``: breakpoints applied with :func:`numpy.interp` (clipped at the ends); ``platt``:
-``1 / (1 + exp(-(a · logit(p) + b)))``. Every serving path and training's metrics go through :meth:`apply`."""
+"""The probability calibrator a bundle may carry, as plain numbers (no pickle): ``isotonic`` breakpoints
+(:func:`numpy.interp`) or ``platt``; every serving path and training's metrics go through :meth:`apply`."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,11 +23,9 @@ class Calibrator:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"calibrator method must be one of {METHODS}, got {self.method!r}")
-        if self.method == "isotonic":
-            xs = np.asarray(self.x, dtype=float)
-            if len(xs) == 0 or len(xs) != len(self.y) or np.any(np.diff(xs) < 0):
-                message = "isotonic calibrator: 'x' and 'y' must be equally long, non-empty, x ascending"
-                raise ValueError(message)
+        xs = np.asarray(self.x, dtype=float)
+        if self.method == "isotonic" and (len(xs) == 0 or len(xs) != len(self.y) or np.any(np.diff(xs) < 0)):
+            raise ValueError("isotonic calibrator: 'x' and 'y' must be equally long, non-empty, x ascending")
 
     @staticmethod
     def logit(p: Any) -> np.ndarray:
@@ -44,14 +40,10 @@ class Calibrator:
         return 1.0 / (1.0 + np.exp(-(self.a * self.logit(p) + self.b)))
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
         keep = ("x", "y") if self.method == "isotonic" else ("a", "b")
-        return {"method": self.method, **{k: data[k] for k in keep}}
+        return {"method": self.method, **{k: getattr(self, k) for k in keep}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Calibrator | None:
         """The calibrator stored in a bundle's metadata; None when there is none."""
-        if not data:
-            return None
-        known = {k: data[k] for k in ("method", "x", "y", "a", "b") if k in data}
-        return cls(**known)
+        return cls(**{k: data[k] for k in ("method", "x", "y", "a", "b") if k in data}) if data else None

@@ -1,44 +1,53 @@
-"""The service's one error type: a client's mistake (or the service's fault) answered as JSON."""
+"""The service's errors: an HTTP answer, a refused value (bad input), and a bundle that cannot serve."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from serving.readers import FeatureError
 
-
+@dataclass(eq=False)
 class ApiError(Exception):
     """A 4xx (or, for the service's own faults, 5xx) answer; ``extra`` adds fields to its body."""
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        index: int | None = None,
-        headers: dict[str, str] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.field, self.index, self.headers, self.extra = field, index, headers, extra
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+    index: int | None = None
+    headers: dict[str, str] | None = None
+    extra: dict[str, Any] | None = None
+
+    def __str__(self) -> str:
+        return self.message
 
     def entry(self) -> dict[str, Any]:
         """The error as one entry of a batch answer's ``errors``."""
         return {"index": self.index, "field": self.field, "error": self.code, "message": self.message}
 
 
-def feature_error(exc: FeatureError, index: int | None = None) -> ApiError:
-    """A value the feature code refused, as a 422 naming the record (its index in the request) and field."""
-    idx = exc.index if index is None else index
-    where = f"record {idx}, " if idx is not None else ""
-    return ApiError(422, "invalid_value", f"{where}field '{exc.field}': {exc.message}", exc.field, idx)
+@dataclass(eq=False)
+class FeatureError(ValueError):
+    """A field of a record cannot be read; names the field (and the record index when known)."""
+
+    field: str
+    message: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return f"{'' if self.index is None else f'record {self.index}, '}field '{self.field}': {self.message}"
+
+    def answer(self, index: int | None = None) -> ApiError:
+        """A 422 naming the record (``index``: its place in the request) and the field."""
+        at = FeatureError(self.field, self.message, self.index if index is None else index)
+        return ApiError(422, "invalid_value", str(at), at.field, at.index)
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot serve: missing, incomplete, not this code's contract, or a bad reason-code table."""
 
 
 def json_type(value: Any) -> str:
     """The JSON name of a decoded value's type, for messages."""
-    if value is None:
-        return "null"
     names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
-    return names.get(type(value), type(value).__name__)
+    return "null" if value is None else names.get(type(value), type(value).__name__)

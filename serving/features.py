@@ -1,13 +1,10 @@
 """Raw loan application → model input: the one feature code path of training, serving and batch scoring.
-
-Records have the field names of ``loan.csv`` and the clarity file, values CSV strings or typed. Only
-decision-time fields are read: outcomes and identifiers never become features (``clarityFraudId`` gives only the
-age of the fraud report, from its first 8 hex digits). Every caller builds columns (:func:`columns_from`)."""
+Only decision-time fields are read: outcomes and identifiers never become features (``clarityFraudId`` gives
+only the age of the fraud report). Every caller builds columns (:func:`columns_from`)."""
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import repeat
@@ -16,20 +13,15 @@ from typing import Any
 
 import numpy as np
 
-# The field names are the dataset contract's; the names this module does not use are re-exported for its readers.
+# The field names are the dataset contract's; the column names are re-exported for this module's readers.
 from serving.contract import (  # noqa: F401
     CATEGORIES,
     CLARITY_COLUMNS,
-    CLARITY_PREFIX,
-    IDENTIFIER_FIELDS,
     IDENTITY_FIELDS,
     INDICATOR_FIELDS,
     INQUIRY_FIELDS,
-    KNOWN_FIELDS,
     LOAN_COLUMNS,
     NUMERIC_INDICATORS,
-    OUTCOME_FIELDS,
-    PAYMENT_COLUMNS,
     RANGES,
     clarity_column,
 )
@@ -70,24 +62,17 @@ _SOURCES: list[tuple[str, str, Reader]] = [
        read_number if f == "overallmatchreasoncode" else read_category) for f in _IDENTITY),
     ("clearfraudscore", "clearfraudscore", read_number),
 ]  # fmt: skip
-# (feature name, source field, reader, categorical?): the categorical features are the ones read as text
-_DIRECT: list[tuple[str, str, Reader, bool]] = [(n, src, r, r is read_category) for n, src, r in _SOURCES]
-
 DERIVED_FEATURES = ("application_hour", "application_weekday", "report_age_days", "payment_to_amount",
                     "inquiries_recent_share")  # fmt: skip
 
-FEATURE_NAMES: tuple[str, ...] = tuple(name for name, *_ in _DIRECT) + DERIVED_FEATURES
-CATEGORICAL_FEATURES: tuple[str, ...] = tuple(name for name, _, _, is_cat in _DIRECT if is_cat)
+FEATURE_NAMES: tuple[str, ...] = tuple(name for name, *_ in _SOURCES) + DERIVED_FEATURES
+CATEGORICAL_FEATURES: tuple[str, ...] = tuple(name for name, _, r in _SOURCES if r is read_category)
 CATEGORICAL_INDICES: tuple[int, ...] = tuple(FEATURE_NAMES.index(c) for c in CATEGORICAL_FEATURES)
 # The source field each direct feature reads (the derived features are computed from several, or from an id).
-FEATURE_SOURCES: dict[str, str] = {name: src for name, src, _, _ in _DIRECT}
-SOURCE_FIELDS: frozenset[str] = frozenset(src for _, src, _, _ in _DIRECT) | {
-    "applicationDate",
-    "clarityFraudId",
-}
-
-NUMBER_SOURCES: frozenset[str] = frozenset(src for _, src, reader, _ in _DIRECT if reader is read_number)
-FLAG_SOURCES: frozenset[str] = frozenset(src for _, src, reader, _ in _DIRECT if reader is read_flag)
+FEATURE_SOURCES: dict[str, str] = {name: src for name, src, _ in _SOURCES}
+SOURCE_FIELDS: frozenset[str] = frozenset(FEATURE_SOURCES.values()) | {"applicationDate", "clarityFraudId"}
+NUMBER_SOURCES: frozenset[str] = frozenset(src for _, src, reader in _SOURCES if reader is read_number)
+FLAG_SOURCES: frozenset[str] = frozenset(src for _, src, reader in _SOURCES if reader is read_flag)
 
 # The columnar builder: each field's values converted together by C-level maps; a column with an unusual value
 # goes value by value through the readers, and a refused value is an error for its record (NaN in the column).
@@ -100,11 +85,10 @@ _FLOATS = frozenset({float})
 _FLOATS_OR_NONE = frozenset({float, _NONE})
 _TEXT = frozenset({str})
 _TEXT_OR_NONE = frozenset({str, _NONE})
-_FLAG_STRINGS = {"True": 1.0, "False": 0.0, "true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0,
-                 "0.0": 0.0, "": NAN}  # fmt: skip
 _NUMBER_MISSING: dict[Any, float] = {None: NAN, "": NAN}
 # True == 1 == 1.0 and False == 0 == 0.0: one key serves the bool, the int and the float (read_flag agrees).
-_FLAG_VALUES: dict[Any, float] = {True: 1.0, False: 0.0, None: NAN, **_FLAG_STRINGS}
+_FLAG_VALUES: dict[Any, float] = {True: 1.0, False: 0.0, None: NAN, "True": 1.0, "False": 0.0, "true": 1.0,
+                                  "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "": NAN}  # fmt: skip
 _NONE_AS_EMPTY = {None: ""}
 _EMPTY_AS_ZERO = {"": "0"}
 _EMPTY_AS_MISSING = {"": MISSING_CATEGORY}
@@ -125,13 +109,12 @@ def _each(values: Column, reader: Reader, src: str, errors: Errors, fill: Any) -
     return out
 
 
-_UNBOUNDED = (-sys.float_info.max, sys.float_info.max)  # finite: an infinity is outside every range
 _FEW = 8
 
 
 def _in_range(column: np.ndarray, src: str, errors: Errors) -> np.ndarray:
     """The column with values outside the field's range (or infinite) refused: NaN, and an error each."""
-    low, high = RANGES.get(src, _UNBOUNDED)
+    low, high = RANGES[src]  # finite: an infinity is outside every range
     if len(column) < _FEW:  # a few values: Python's comparisons cost less than NumPy's calls
         if all(low <= v <= high or v != v for v in column.tolist()):
             return column
@@ -177,11 +160,7 @@ def _category_column(values: Column, n: int, src: str, errors: Errors) -> list[s
     return list(map(_EMPTY_AS_MISSING.get, out, out)) if "" in out else out
 
 
-_CONVERT: dict[Reader, Callable[[Column, int, str, Errors], Any]] = {
-    read_number: _number_column,
-    read_flag: _flag_column,
-    read_category: _category_column,
-}
+_CONVERT = {read_number: _number_column, read_flag: _flag_column, read_category: _category_column}
 
 
 def _timestamps(values: Column, errors: Errors) -> list[datetime | None]:
@@ -196,9 +175,7 @@ def _timestamps(values: Column, errors: Errors) -> list[datetime | None]:
     return _each(values, read_timestamp, "applicationDate", errors, None)
 
 
-def _report_ages(
-    ids: Column, applied: list[datetime | None], seconds: np.ndarray, errors: Errors
-) -> np.ndarray:
+def _report_ages(ids: Column, applied: list[Any], seconds: np.ndarray, errors: Errors) -> np.ndarray:
     n = len(ids)
     if set(map(type, ids)) <= _TEXT_OR_NONE:
         stripped = list(map(str.strip, map(_NONE_AS_EMPTY.get, ids, ids)))
@@ -227,15 +204,13 @@ def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
 
 
 def columns_from(column: Callable[[str], Column], n: int, errors: Errors | None = None) -> dict[str, Any]:
-    """The model's input as columns (``FEATURE_NAMES`` order: float64 arrays, lists of text).
-
-    ``column(field)`` gives one source field's values for all ``n`` records. With ``errors``, each refused record
-    gets its first :class:`FeatureError` there and the columns are still built (NaN in its place); without, the
-    first refused record raises."""
+    """The model's input as columns (float64 arrays, lists of text) from ``column(field)``, one source field's values
+    for all ``n`` records. With ``errors``, each refused record gets its first :class:`FeatureError` there (NaN in
+    its place); without, the first refused record raises."""
     found: Errors = {} if errors is None else errors
-    out: dict[str, Any] = {}
-    for name, src, reader, _ in _DIRECT:
-        out[name] = _CONVERT[reader](column(src), n, src, found)
+    out: dict[str, Any] = {
+        name: _CONVERT[reader](column(src), n, src, found) for name, src, reader in _SOURCES
+    }
     applied = _timestamps(column("applicationDate"), found)
     if None in applied:
         hour = np.fromiter((float(a.hour) if a else NAN for a in applied), _F64, n)
@@ -256,20 +231,17 @@ def columns_from(column: Callable[[str], Column], n: int, errors: Errors | None 
 
 
 def outside_contract(columns: dict[str, Any]) -> list[tuple[int, FeatureError]]:
-    """Each record's first category outside the dataset contract, in record order (scored as
-    unseen)."""
+    """Each record's first category outside the dataset contract, in record order (scored as unseen)."""
     found: dict[int, FeatureError] = {}
     for field, known in CATEGORIES.items():
-        values = columns[field]
-        if known.issuperset(values):
+        if known.issuperset(values := columns[field]):
             continue
+        shown = f"one of {', '.join(sorted(known))}" if len(known) <= 12 else f"{len(known)} known values"
         for i, v in enumerate(values):
             if v not in known and v != MISSING_CATEGORY and i not in found:
-                shown = (
-                    f"one of {', '.join(sorted(known))}" if len(known) <= 12 else f"{len(known)} known values"
+                found[i] = FeatureError(
+                    field, f"{v!r} is not a category of the dataset contract ({shown})", i
                 )
-                message = f"{v!r} is not a category of the dataset contract ({shown})"
-                found[i] = FeatureError(field, message, i)
     return sorted(found.items())
 
 
@@ -281,26 +253,18 @@ def take(columns: dict[str, Any], positions: Sequence[int]) -> dict[str, Any]:
     }
 
 
-def records_column(records: Sequence[Mapping[str, Any]]) -> Callable[[str], list[Any]]:
-    """``column(field)`` over records given as mappings (None where a record has no such field)."""
-    if all(type(r) is dict for r in records):
-        return lambda name: list(map(dict.get, records, repeat(name)))  # type: ignore[arg-type]
-    return lambda name: [r.get(name) for r in records]
-
-
 def build_columns(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Model columns for records given as mappings; the first refused one raises :class:`FeatureError`."""
-    return columns_from(records_column(records), len(records))
+    n = len(records)
+    if all(type(r) is dict for r in records):  # C-level dict.get over the records
+        return columns_from(lambda name: list(map(dict.get, records, repeat(name))), n)  # type: ignore[arg-type]
+    return columns_from(lambda name: [r.get(name) for r in records], n)
 
 
 def rows_of(columns: dict[str, Any]) -> list[list[Any]]:
     """The columns laid out as rows (``FEATURE_NAMES`` order)."""
-    return [
-        list(row)
-        for row in zip(
-            *(c.tolist() if isinstance(c, np.ndarray) else c for c in columns.values()), strict=True
-        )
-    ]
+    values = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns.values()]
+    return [list(row) for row in zip(*values, strict=True)]
 
 
 def build_rows(records: Sequence[Mapping[str, Any]]) -> list[list[Any]]:

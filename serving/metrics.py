@@ -40,8 +40,7 @@ class Metrics:
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float, rows: int = 0) -> None:
         """Count one answered request (and the rows it scored), with its latency."""
         key = (endpoint, method if method in HTTP_METHODS else "OTHER", str(status))
-        children = self._children.get(key)
-        if children is None:
+        if (children := self._children.get(key)) is None:
             children = self._children[key] = (
                 self.requests.labels(*key),
                 self.latency.labels(*key),
@@ -105,8 +104,7 @@ def get_metrics() -> Metrics:
     global _metrics
     with _lock:
         if _metrics is None:
-            directory = os.environ.get(MULTIPROC_ENV)
-            if directory:  # prometheus_client writes its value files there: make sure it exists
+            if directory := os.environ.get(MULTIPROC_ENV):  # prometheus_client writes its value files there
                 os.makedirs(directory, exist_ok=True)
             _metrics = Metrics(**{name: kind(*args, **kw) for name, (kind, args, kw) in _DEFINITIONS.items()})
         return _metrics

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from serving.bundle import CARD_HTML, REFERENCE_FILE, Bundle, BundleError
+from serving.bundle import CARD_HTML, REFERENCE_FILE, Bundle
+from serving.errors import BundleError, FeatureError
 from serving.features import build_row
-from serving.logs import LOGGER_NAME
-from serving.readers import FeatureError
 
 REFERENCE_TOLERANCE = 1e-6
 REFERENCE_LIMIT = 200
-
-logger = logging.getLogger(LOGGER_NAME)
+_COPIED = "metrics", "data_fingerprint", "params", "run_id", "feature_version", "bundle_format", "created_at"
 
 
 @dataclass(frozen=True)
@@ -33,48 +30,35 @@ class ServedModel:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ServedModel:
-        meta = bundle.meta
-        copied = (
-            "metrics",
-            "data_fingerprint",
-            "params",
-            "run_id",
-            "feature_version",
-            "bundle_format",
-            "created_at",
-        )
+        meta, explainer = bundle.meta, bundle.explainer
         info = {
             "name": meta.model_name,
             "version": meta.model_version,
             "features": list(meta.features),
             "categorical_features": list(meta.categorical_features),
             "threshold": float(meta.threshold),
-            **{k: getattr(meta, k) for k in copied},
-            "reason_codes": bundle.reason_codes(),
+            **{k: getattr(meta, k) for k in _COPIED},
+            "reason_codes": None if explainer is None else explainer.table.as_dict(),
             "decision_policy": meta.decision_policy,
             "calibrator": None if bundle.calibrator is None else bundle.calibrator.to_dict(),
             "model_card": (bundle.directory / CARD_HTML).is_file(),
         }
-        if info["reason_codes"] is None:
+        if explainer is None:
             info["notes"] = [
                 "this bundle has no reason-code table (reason_codes.toml): predictions carry no reasons"
             ]
+        info_body = orjson.dumps(info, default=str)
         return cls(
-            bundle=bundle,
-            name=meta.model_name,
-            version=meta.model_version,
-            threshold=float(meta.threshold),
-            directory=bundle.directory,
-            info_body=orjson.dumps(info, default=str),
+            bundle, meta.model_name, meta.model_version, float(meta.threshold), bundle.directory, info_body
         )
 
 
 def check_reference(
     bundle: Bundle, limit: int = REFERENCE_LIMIT, tolerance: float = REFERENCE_TOLERANCE
 ) -> int:
-    """Score the bundle's reference records and compare with training's probabilities; returns
-    rows checked. :class:`BundleError` when ``reference.json`` is unreadable, incomplete or not reproduced; without
-    records it scores one all-missing row (a warm-up)."""
+    """Score the bundle's reference records and compare with training's probabilities; returns rows checked.
+    :class:`BundleError` when ``reference.json`` is unreadable, incomplete or not reproduced; without records it
+    scores one all-missing row (a warm-up)."""
     path = bundle.directory / REFERENCE_FILE
     try:
         reference = bundle.reference()
@@ -82,8 +66,7 @@ def check_reference(
         raise BundleError(f"{path}: unreadable ({exc})") from None
     if reference is not None and not isinstance(reference, dict):
         raise BundleError(f"{path}: expected an object with 'records' and 'probabilities'")
-    records = (reference or {}).get("records")
-    if not records:
+    if not (records := (reference or {}).get("records")):
         bundle.predict_input([build_row({})])
         return 0
     expected = reference.get("probabilities")  # type: ignore[union-attr]

@@ -1,7 +1,5 @@
-"""The OpenAPI document, generated from the request model (:mod:`serving.requests`) and the answer models here.
-
-msgspec writes the JSON Schema of every struct; this module adds the paths. Answers are built as plain dicts; the
-structs say what they hold (tests/serving/test_schemathesis.py checks every answer against them)."""
+"""The OpenAPI document, generated from the request model (:mod:`serving.requests`) and the answer models here
+(answers are built as dicts; tests/serving/test_schemathesis.py checks them against these structs)."""
 
 from __future__ import annotations
 
@@ -87,11 +85,6 @@ class Health(msgspec.Struct, omit_defaults=True):
     message: str | msgspec.UnsetType = _UNSET
 
 
-class Ping(msgspec.Struct, omit_defaults=True):
-    status: str | msgspec.UnsetType = _UNSET
-    message: str | msgspec.UnsetType = _UNSET
-
-
 class ModelInfo(msgspec.Struct, omit_defaults=True):
     name: str
     version: str | None
@@ -165,7 +158,7 @@ class Error(msgspec.Struct, omit_defaults=True):
 
 
 MODELS = (LoanApplication, BatchRequest, InvocationsRequest, ReloadRequest, Prediction, BatchResponse,
-          InvocationsResponse, Health, Ping, ModelInfo, ReloadResponse, ReloadIncomplete, Workers, Error)  # fmt: skip
+          InvocationsResponse, Health, ModelInfo, ReloadResponse, ReloadIncomplete, Workers, Error)  # fmt: skip
 _ERRORS = {
     400: "Malformed JSON or a request of the wrong shape (names the field and record index).",
     401: "Missing or wrong admin token.",
@@ -201,10 +194,6 @@ def _operation(
     return out
 
 
-def _text(kind: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {kind: {"schema": {"type": "string"}}}}
-
-
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
@@ -230,7 +219,7 @@ def openapi_document(max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_body_byte
         "/health": {"get": _operation("health", "Liveness and readiness.", {
             "200": _json("Health", "A model is loaded."), "503": _json("Health", "No model is loaded.")})},
         "/ping": {"get": _operation("ping", "MLflow's health check.", {
-            "200": _json("Ping", "A model is loaded."), "503": _json("Ping", "No model.")})},
+            "200": _json("Health", "A model is loaded."), "503": _json("Health", "No model.")})},
         "/model/info": {"get": _operation("modelInfo", "The model served.", {
             "200": _json("ModelInfo", "The model's metadata."), **_errors(503)})},
         "/model/card": {"get": _operation("modelCard", "The model card (HTML, or Markdown for Accept: text/markdown).", {
@@ -250,7 +239,8 @@ def openapi_document(max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_body_byte
             "ReloadRequest", security=admin)},
         "/model/workers": {"get": _operation("modelWorkers", "Each live worker's state.", {
             "200": _json("Workers", "Every live worker's state."), **_errors(401, 403)}, security=admin)},
-        "/metrics": {"get": _operation("metrics", "Prometheus metrics.", {"200": _text("text/plain", "Metrics.")})},
+        "/metrics": {"get": _operation("metrics", "Prometheus metrics.", {
+            "200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}})},
         "/openapi.json": {"get": _operation("openapi", "This document.", {
             "200": {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {"type": "object"}}}}})},
     }  # fmt: skip

@@ -27,46 +27,29 @@ STRUCTURAL_FIELDS = frozenset(
 def read_body() -> bytes:
     """The request body within ``MAX_CONTENT_LENGTH``: a larger Content-Length is refused (413) before
     anything is read, a chunked body once it passes the limit."""
-    limit = request.max_content_length or sys.maxsize
+    limit, length = request.max_content_length or sys.maxsize, request.content_length
     too_large = ApiError(413, "body_too_large", f"request body is larger than the limit of {limit} bytes")
-    length = request.content_length
     if length is not None and length > limit:
         raise too_large
+    stream = request.environ.get("wsgi.input")
     if length is None and request.environ.get("wsgi.input_terminated"):
-        data = request.environ["wsgi.input"].read(limit + 1)  # chunked: the server de-chunks
-        if len(data) > limit:
+        if len(data := stream.read(limit + 1)) > limit:  # chunked: the server de-chunks
             raise too_large
         return data
-    data = _gunicorn_body(request.environ.get("wsgi.input"), length)
-    if data is not None:
-        return data
-    try:
-        data = request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        raise too_large from None
-    if length is not None and len(data) != length:  # the client closed the connection early
-        raise ApiError(400, "incomplete_body", f"request body ended after {len(data)} of {length} bytes")
-    return data
-
-
-def _gunicorn_body(stream: Any, length: int | None) -> bytes | None:
-    """A Content-Length body from gunicorn's reader in one call, or None for any other server.
-
-    gunicorn's ``Body.read`` pulls 1 KiB at a time; its ``LengthReader`` asked for the whole length reads it in a few
-    ``recv`` calls (docs/decisions/0006-body-reader.md)."""
+    # gunicorn's Body.read pulls 1 KiB at a time; its LengthReader asked for the whole length reads it in a few
+    # recv calls (docs/decisions/0006-body-reader.md)
     reader = getattr(stream, "reader", None)
-    if (
-        length is None
-        or type(reader).__name__ != "LengthReader"
-        or stream.buf.tell()
-        or reader.length != length
-    ):
-        return None
-    unreader = reader.unreader
-    if hasattr(unreader, "mxchunk"):
-        unreader.mxchunk = max(unreader.mxchunk, min(length, READ_CHUNK))
-    data = reader.read(length)
-    if len(data) != length:  # the client closed the connection early
+    whole = type(reader).__name__ == "LengthReader" and reader.length == length and not stream.buf.tell()
+    if length is not None and whole:
+        if hasattr(unreader := reader.unreader, "mxchunk"):
+            unreader.mxchunk = max(unreader.mxchunk, min(length, READ_CHUNK))
+        data = reader.read(length)
+    else:
+        try:
+            data = request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            raise too_large from None
+    if length is not None and len(data) != length:  # the client closed the connection early
         raise ApiError(400, "incomplete_body", f"request body ended after {len(data)} of {length} bytes")
     return data
 
@@ -88,21 +71,19 @@ def json_bytes(obj: Any) -> bytes:
 
 
 def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(json_bytes(obj), status=status, headers=headers, mimetype="application/json")
-
-
-def raw_json_response(body: bytes, status: int = 200) -> Response:
-    return Response(body, status=status, mimetype="application/json")
+    """A JSON answer: ``obj`` written as JSON, or bytes of JSON already written."""
+    body = obj if type(obj) is bytes else json_bytes(obj)
+    return Response(body, status=status, headers=headers, mimetype="application/json")
 
 
 def encodable(value: Any) -> Any:
     """A copy that orjson can write: lone surrogates become ``\\udXXX`` text, huge integers strings."""
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode() if _SURROGATE.search(value) else value
-    if isinstance(value, bool) or value is None or isinstance(value, float):
-        return value
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value if -(2**63) <= value < 2**64 else str(value)
+    if value is None or isinstance(value, bool | float):
+        return value
     if isinstance(value, Mapping):
         return {encodable(str(k)): encodable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -123,11 +104,10 @@ def reason_options(
 ) -> tuple[str, int]:
     """The ``reasons`` mode and ``reason_count`` a request asks for (query string or ``params``);
     400 naming the parameter when one is not valid."""
-    if values is None:
-        values = {}
-    elif not isinstance(values, Mapping):
-        message = f"'params' must be an object, got {json_type(values)}"
-        raise ApiError(400, "invalid_parameter", message, "params")
+    if not isinstance(values := {} if values is None else values, Mapping):
+        raise ApiError(
+            400, "invalid_parameter", f"'params' must be an object, got {json_type(values)}", "params"
+        )
     mode = values.get("reasons", default_mode)
     if mode not in MODES:
         shown = encodable(mode)[:40] if isinstance(mode, str) else json_type(mode)

@@ -9,21 +9,29 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+
+from serving.errors import BundleError
 
 TABLE_FILE = "reason_codes.toml"  # its name in the repository (beside this module) and in a bundle
 TABLE_PATH = Path(__file__).with_name(TABLE_FILE)
+ReasonTableError = BundleError  # the name packaging catches: an unreadable, malformed or incomplete table
 
 
-class ReasonTableError(ValueError):
-    """A reason-code table that is unreadable, malformed, or does not map every model feature."""
+_Text = Annotated[str, msgspec.Meta(pattern=r"\S")]  # not empty, not only spaces
 
 
-@dataclass(frozen=True)
-class ReasonCode:
-    code: str
-    text: str
-    features: tuple[str, ...]
+class ReasonCode(msgspec.Struct, frozen=True):
+    code: _Text
+    text: _Text
+    features: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)]
+
+
+class _Table(msgspec.Struct):
+    version: _Text | int
+    reason: Annotated[list[ReasonCode], msgspec.Meta(min_length=1)]
 
 
 @dataclass(frozen=True)
@@ -43,69 +51,46 @@ class ReasonTable:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = TABLE_FILE) -> ReasonTable:
-        version, entries = data.get("version"), data.get("reason")
-        if not isinstance(version, str | int) or isinstance(version, bool) or not str(version).strip():
-            raise ReasonTableError(f"{source}: 'version' must be a non-empty string or integer")
-        if not isinstance(entries, list) or not entries:
-            raise ReasonTableError(f"{source}: expected [[reason]] entries with code, text and features")
-        reasons, seen_codes, seen = [], set(), {}
-        for i, entry in enumerate(entries):
-            where = f"{source}: reason {i + 1}"
-            if not isinstance(entry, dict):
-                raise ReasonTableError(f"{where}: expected a table with code, text and features")
-            code, text, features = entry.get("code"), entry.get("text"), entry.get("features")
-            if not isinstance(code, str) or not code.strip() or code in seen_codes:
-                raise ReasonTableError(f"{where}: 'code' must be a non-empty string used once, got {code!r}")
-            if not isinstance(text, str) or not text.strip():
-                raise ReasonTableError(f"{where} ({code}): 'text' must be a non-empty string")
-            if (
-                not isinstance(features, list)
-                or not features
-                or not all(isinstance(f, str) for f in features)
-            ):
-                message = f"{where} ({code}): 'features' must be a non-empty list of feature names"
-                raise ReasonTableError(message)
-            for feature in features:
+        """A table of a ``version`` and ``[[reason]]`` entries (code, text, features), each feature in one."""
+        try:
+            table = msgspec.convert(data, _Table)
+        except msgspec.ValidationError as exc:
+            raise ReasonTableError(f"{source}: expected a version and [[reason]] entries ({exc})") from None
+        if len(codes := [r.code for r in table.reason]) != len(set(codes)):
+            raise ReasonTableError(f"{source}: each reason code must be used once, got {codes}")
+        seen: dict[str, str] = {}  # feature -> its code
+        for r in table.reason:
+            for feature in r.features:
                 if feature in seen:
+                    message = f"feature {feature!r} is already mapped to {seen[feature]}"
                     raise ReasonTableError(
-                        f"{where} ({code}): feature {feature!r} is already mapped to {seen[feature]}; "
-                        "each feature belongs to one reason code"
+                        f"{source} ({r.code}): {message}; each feature belongs to one reason code"
                     )
-                seen[feature] = code
-            seen_codes.add(code)
-            reasons.append(ReasonCode(code, text.strip(), tuple(features)))
-        return cls(str(version), tuple(reasons), Path(source).name)
+                seen[feature] = r.code
+        reasons = tuple(ReasonCode(r.code, r.text.strip(), r.features) for r in table.reason)
+        return cls(str(table.version), reasons, Path(source).name)
 
     def check(self, features: Sequence[str]) -> None:
         """Raise :class:`ReasonTableError` unless the table maps exactly the model's features."""
-        mapped = [f for r in self.reasons for f in r.features]
-        missing = [f for f in features if f not in set(mapped)]
-        unknown = [f for f in mapped if f not in set(features)]
-        if missing:
+        mapped = {f for r in self.reasons for f in r.features}
+        name = f"reason-code table {self.source} (version {self.version})"
+        if missing := [f for f in features if f not in mapped]:
             raise ReasonTableError(
-                f"reason-code table {self.source} (version {self.version}) maps no reason code to the model "
-                f"feature(s) {', '.join(missing)}: add each to one [[reason]] entry's features (and have the "
-                "change reviewed)"
+                f"{name} maps no reason code to the model feature(s) {', '.join(missing)}: add each to one "
+                "[[reason]] entry's features (and have the change reviewed)"
             )
-        if unknown:
-            raise ReasonTableError(
-                f"reason-code table {self.source} (version {self.version}) names feature(s) the model does not "
-                f"have: {', '.join(unknown)}"
-            )
+        if unknown := [f for r in self.reasons for f in r.features if f not in set(features)]:
+            raise ReasonTableError(f"{name} names feature(s) the model does not have: {', '.join(unknown)}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "file": self.source,
-            "codes": [{"code": r.code, "text": r.text, "features": list(r.features)} for r in self.reasons],
-        }
+        codes = [{"code": r.code, "text": r.text, "features": list(r.features)} for r in self.reasons]
+        return {"version": self.version, "file": self.source, "codes": codes}
 
 
 def copy_table(
     bundle_dir: str | Path, features: Sequence[str], source: str | Path = TABLE_PATH
 ) -> ReasonTable:
     """Check the table against the model's features and copy it into a bundle; returns it."""
-    table = ReasonTable.read(source)
-    table.check(features)
+    (table := ReasonTable.read(source)).check(features)
     shutil.copyfile(source, Path(bundle_dir) / TABLE_FILE)
     return table

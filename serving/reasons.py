@@ -1,38 +1,22 @@
-"""Reason codes: why the model scored an application risky, from the served model's own SHAP values.
-
-:func:`explain` gives, per record, up to ``count`` reasons ``{"code", "text", "feature", "value", "contribution"}``,
-largest first. The reviewed table (:mod:`serving.reason_table`) maps every feature to one code; a code's
-contribution is the sum of its features' SHAP values (log-odds), and only codes that raised the risk are reasons.
-SHAP values are CatBoost's path-dependent TreeSHAP, tabulated per leaf of each symmetric tree at load, so a
-record's values are a gather and a sum (CatBoost recomputes them on every call); a model the table cannot
-describe falls back to CatBoost's own call."""
+"""Reason codes: why the model scored an application risky, from the model's own SHAP values (path-dependent
+TreeSHAP tabulated per leaf at load, so a record's values are a gather and a sum), summed per code of the reviewed
+table (:mod:`serving.reason_table`); only codes that raised the risk are reasons, largest first."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from catboost import CatBoostClassifier, EFstrType, Pool
 
 from serving.config import DEFAULT_REASON_COUNT
+from serving.errors import BundleError
 from serving.features import FEATURE_SOURCES
-from serving.model_export import model_document, split_features
 from serving.reason_table import TABLE_FILE, ReasonTable
-
-
-class BundleLike(Protocol):
-    """What explaining needs of a loaded bundle (:class:`serving.bundle.Bundle` imports this module)."""
-
-    directory: Path
-    explainer: Explainer | None
-    thread_count: int
-
-    def input_pool(self, model_input: ModelInput) -> Pool: ...
-
+from serving.trees import split_features
 
 MODES = ("risky", "all", "none")
 DEFAULT_MODE = "risky"
@@ -42,21 +26,16 @@ ModelInput = list[list[Any]] | dict[str, Any]
 Column = Callable[[str], Sequence[Any]]
 
 
-class ReasonsUnavailable(RuntimeError):
-    """The bundle has no reason-code table, so it has no reasons to give."""
-
-
-def _tree_table(tree: dict[str, Any], binary: list[int]) -> tuple[np.ndarray, list[int], float]:
-    """One symmetric tree's SHAP values per leaf (leaves × its distinct features), those features, and its
-    expected value: path-dependent TreeSHAP as CatBoost computes it, exact over the tree's distinct features."""
+def _tree_table(tree: dict[str, Any], binary: list[int]) -> tuple[np.ndarray, list[int]]:
+    """One symmetric tree's SHAP values per leaf (leaves × its distinct features) and those features:
+    path-dependent TreeSHAP as CatBoost computes it, exact over the tree's distinct features."""
     splits = tree["splits"]
     values = np.asarray(tree["leaf_values"], dtype=np.float64)
     weights = np.asarray(tree["leaf_weights"], dtype=np.float64)
     depth = len(splits)
     total = weights.sum()
-    expected = float(values @ weights / total) if total > 0 else 0.0
     if depth == 0:
-        return np.zeros((1, 0)), [], expected
+        return np.zeros((1, 0)), []
     leaves = np.arange(1 << depth)
     # ratio[d, leaf]: the share of its parent's weight under the leaf's side of split d (root: the last split)
     ratio = np.ones((depth, leaves.size))
@@ -88,34 +67,30 @@ def _tree_table(tree: dict[str, Any], binary: list[int]) -> tuple[np.ndarray, li
     phi = np.zeros((leaves.size, n_groups))
     for g in range(n_groups):
         without = coalitions[(coalitions >> g) & 1 == 0]
-        s = sizes[without]
-        w = np.array([math.factorial(k) * math.factorial(n_groups - k - 1) for k in s]) / math.factorial(
-            n_groups
-        )
-        phi[:, g] = w @ (v[without | (1 << g)] - v[without])
-    return phi, groups, expected
+        w = np.array([math.factorial(k) * math.factorial(n_groups - k - 1) for k in sizes[without]])
+        phi[:, g] = w / math.factorial(n_groups) @ (v[without | (1 << g)] - v[without])
+    return phi, groups
 
 
 class ShapTable:
     """Every tree's SHAP values per leaf, so a record's SHAP values are a gather and a sum."""
 
     def __init__(self, document: dict[str, Any], n_features: int) -> None:
-        scale, bias = document.get("scale_and_bias", [1.0, [0.0]])
+        scale = document.get("scale_and_bias", [1.0])[0]
         splits = split_features(document["features_info"])
         trees = document.get("oblivious_trees")
         if splits is None or not trees:
             raise ValueError("the model has combined categorical features or no symmetric trees")
         binary = [feature for _, feature, _ in splits]
         tables = [_tree_table(tree, binary) for tree in trees]
-        width = max(1, max(len(groups) for _, groups, _ in tables))
-        self.offsets = np.cumsum([0] + [phi.shape[0] for phi, _, _ in tables[:-1]])
+        width = max(1, max(len(groups) for _, groups in tables))
+        self.offsets = np.cumsum([0] + [phi.shape[0] for phi, _ in tables[:-1]])
         # float32: SHAP values to ~1e-6 log-odds, and the lookup twice as fast
-        self.phi = np.zeros((sum(phi.shape[0] for phi, _, _ in tables), width), dtype=np.float32)
+        self.phi = np.zeros((sum(phi.shape[0] for phi, _ in tables), width), dtype=np.float32)
         self.feature = np.full((len(tables), width), n_features, dtype=np.int64)  # padding: a dummy feature
-        for t, ((phi, groups, _), start) in enumerate(zip(tables, self.offsets, strict=True)):
+        for t, ((phi, groups), start) in enumerate(zip(tables, self.offsets, strict=True)):
             self.phi[start : start + phi.shape[0], : len(groups)] = phi * scale
             self.feature[t, : len(groups)] = groups
-        self.expected = scale * sum(e for _, _, e in tables) + float(np.ravel(bias)[0])
         self.n_features = n_features
         # slot (tree, k) -> its feature, as a 0/1 matrix: a row's per-slot values times it sum into features
         slots = self.feature.ravel()
@@ -141,12 +116,9 @@ class Explainer:
     """A model's reason codes: its SHAP table (or CatBoost's own call) and the reason-code table."""
 
     def __init__(
-        self,
-        model: CatBoostClassifier,
-        table: ReasonTable,
-        features: Sequence[str],
-        document: dict[str, Any] | None = None,
+        self, model: CatBoostClassifier, table: ReasonTable, features: Sequence[str], document: dict[str, Any]
     ) -> None:
+        """``document``: the model's JSON export (:func:`serving.trees.model_document`), for its SHAP table."""
         table.check(features)
         self.model, self.table, self.features = model, table, list(features)
         position = {f: i for i, f in enumerate(features)}
@@ -160,7 +132,7 @@ class Explainer:
             self.family[members, code] = 1.0
         self.sources = [FEATURE_SOURCES.get(f) for f in features]
         try:
-            self.shap: ShapTable | None = ShapTable(document or model_document(model), len(features))
+            self.shap: ShapTable | None = ShapTable(document, len(features))
         except (ValueError, KeyError, TypeError):
             self.shap = None
 
@@ -207,17 +179,6 @@ class Explainer:
         return [found[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 
 
-def load_explainer(
-    directory: Path,
-    model: CatBoostClassifier,
-    features: Sequence[str],
-    document: dict[str, Any] | None = None,
-) -> Explainer | None:
-    """The explainer of a bundle directory; None when it has no reason-code table."""
-    path = directory / TABLE_FILE
-    return Explainer(model, ReasonTable.read(path), features, document) if path.is_file() else None
-
-
 def _plain(value: Any) -> Any:
     """A model value as JSON can carry it: NumPy scalars as Python numbers, NaN as null."""
     if isinstance(value, np.generic):
@@ -238,29 +199,23 @@ def _subset(model_input: ModelInput, index: Sequence[int]) -> ModelInput:
 
 
 def explain(
-    bundle: BundleLike,
+    bundle: Any,  # a loaded serving.bundle.Bundle (which imports this module)
     model_input: ModelInput,
     index: Sequence[int] | None = None,
     count: int = DEFAULT_REASON_COUNT,
     raw: Column | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """The reasons of the records at ``index`` (None: all) of ``model_input``; ``raw(field)`` gives the values
-    as sent, so ``value`` is the applicant's own. Raises :class:`ReasonsUnavailable` for a bundle without a table."""
-    explainer = bundle.explainer
-    if explainer is None:
-        raise ReasonsUnavailable(f"the bundle in {bundle.directory} has no reason-code table ({TABLE_FILE})")
+    """The reasons of the records at ``index`` (None: all) of ``model_input``; ``raw(field)`` gives the values as
+    sent, so ``value`` is the applicant's own. :class:`BundleError` for a bundle without a reason-code table."""
+    if (explainer := bundle.explainer) is None:
+        raise BundleError(f"the bundle in {bundle.directory} has no reason-code table ({TABLE_FILE})")
     size = len(model_input) if isinstance(model_input, list) else len(next(iter(model_input.values()), []))
-    positions = list(range(size)) if index is None else list(index)
-    if not positions:
+    if not (positions := list(range(size)) if index is None else list(index)):
         return []
-    part = _subset(model_input, positions)
+    part, n = _subset(model_input, positions), len(positions)
     # blocks of POOL_BLOCK records bound the memory of CatBoost's leaf indexes
-    n = len(positions)
-    blocks = (
-        [part]
-        if n <= POOL_BLOCK
-        else [_subset(part, range(i, min(i + POOL_BLOCK, n))) for i in range(0, n, POOL_BLOCK)]
-    )
+    starts = range(0, n, POOL_BLOCK)
+    blocks = [part] if n <= POOL_BLOCK else [_subset(part, range(i, min(i + POOL_BLOCK, n))) for i in starts]
     shap = np.concatenate(
         [explainer.contributions(bundle.input_pool(b), bundle.thread_count) for b in blocks]
     )
@@ -280,17 +235,8 @@ def explain(
     return explainer.reasons(shap, count, values)
 
 
-def selected(probabilities: Sequence[float], threshold: float, mode: str) -> list[int]:
-    """The positions whose records get reasons: those labelled risky, all of them, or none (``mode``)."""
-    if mode == "all":
-        return list(range(len(probabilities)))
-    if mode == "risky":
-        return [i for i, p in enumerate(probabilities) if p >= threshold]
-    return []
-
-
 def explain_selected(
-    bundle: BundleLike,
+    bundle: Any,  # a loaded serving.bundle.Bundle (which imports this module)
     model_input: ModelInput,
     probabilities: Sequence[float],
     threshold: float,
@@ -298,12 +244,12 @@ def explain_selected(
     count: int = DEFAULT_REASON_COUNT,
     raw: Column | None = None,
 ) -> list[list[dict[str, Any]] | None] | None:
-    """Reasons for the records ``mode`` selects, aligned with ``probabilities`` (None where not
-    selected); None altogether for ``none`` or a bundle without a table."""
+    """Reasons for the records ``mode`` selects (risky: labelled risky; all; none), aligned with ``probabilities``
+    (None where not selected); None altogether for ``none`` or a bundle without a table."""
     if mode == "none" or bundle.explainer is None:
         return None
-    index = selected(probabilities, threshold, mode)
     out: list[list[dict[str, Any]] | None] = [None] * len(probabilities)
+    index = [i for i, p in enumerate(probabilities) if mode == "all" or p >= threshold]
     for i, found in zip(index, explain(bundle, model_input, index, count, raw), strict=True):
         out[i] = found
     return out

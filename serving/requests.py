@@ -1,9 +1,6 @@
-"""The one request model: a loan application record, each endpoint's envelope, and decoding them.
-
-Every endpoint decodes with these msgspec types, and :mod:`serving.openapi` is generated from them. A body whose
-records are all valid is decoded in one call; otherwise each record is decoded on its own, so a bad one is named
-by index and field (:class:`Decoded`). Bodies msgspec refuses whole (a lone surrogate, ``NaN``) are read again by
-Python's parser so the record at fault is named; ``NaN`` is a missing value, ``Infinity`` is refused."""
+"""The one request model (msgspec; :mod:`serving.openapi` is generated from it) and decoding with it. A body
+whose records are all valid is decoded in one call; otherwise each record on its own, so a bad one is named by
+index and field; bodies msgspec refuses whole (a lone surrogate, ``NaN``) are read again by Python's parser."""
 
 from __future__ import annotations
 
@@ -16,29 +13,19 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import msgspec
+from msgspec.structs import astuple
 
 from serving.contract import KNOWN_FIELDS, RANGES
-from serving.decoded import FIELDS, Decoded
 from serving.errors import ApiError, json_type
 from serving.features import FLAG_SOURCES, NUMBER_SOURCES, SOURCE_FIELDS
 
-_INT = (-(2**63), 2**63 - 1)
-_FLOAT = (-math.inf, math.inf)
+FIELDS = sorted(KNOWN_FIELDS)  # the request model's fields, in its slots' order
 
-
-def _number(name: str) -> Any:
-    """A number field: a finite JSON number within the field's range, or text the feature code reads."""
-    low, high = RANGES.get(name, _FLOAT)
-    f_low, f_high = (low, high) if name in RANGES else (-1.7976931348623157e308, 1.7976931348623157e308)
-    i_low, i_high = (math.ceil(low), math.floor(high)) if name in RANGES else _INT
-    floats = Annotated[float, msgspec.Meta(ge=f_low, le=f_high)]
-    return floats | Annotated[int, msgspec.Meta(ge=i_low, le=i_high)] | str | bool | None
-
-
-_Value = str | float | Annotated[int, msgspec.Meta(ge=_INT[0], le=_INT[1])] | bool | None
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_Value = str | float | _Int | bool | None
+_LoanId = str | float | _Int | None | msgspec.UnsetType
 _BIT = msgspec.Meta(ge=0, le=1)
 _Flag = bool | Annotated[int, _BIT] | Annotated[float, _BIT] | str | None
-_ATTRS = {name: f"f{i}" for i, name in enumerate(FIELDS)}
 _DESCRIPTION = (
     "One loan application with the field names of loan.csv and clarity_underwriting_variables.csv (a CSV row "
     "posted as JSON works as is). Missing fields are missing values; outcome and identifier fields are never "
@@ -46,23 +33,22 @@ _DESCRIPTION = (
 )
 
 
-def _slot(name: str) -> tuple[str, Any, Any]:
+def _slot(i: int, name: str) -> tuple[str, Any, Any]:
+    """A field of the record's struct: attribute ``f<i>``, its JSON name, and the values it takes."""
     if name == "loanId":  # echoed: absent (UNSET) differs from null
-        kind = str | float | Annotated[int, msgspec.Meta(ge=_INT[0], le=_INT[1])] | None | msgspec.UnsetType
-        return _ATTRS[name], kind, msgspec.field(default=msgspec.UNSET, name=name)
+        return f"f{i}", _LoanId, msgspec.field(default=msgspec.UNSET, name=name)
+    # a number field: a finite JSON number within the field's range, or text the feature code reads; Any: the
+    # known fields the features do not read (outcomes, identifiers)
+    kind = _Flag if name in FLAG_SOURCES else _Value if name in SOURCE_FIELDS else Any
     if name in NUMBER_SOURCES:
-        kind = _number(name)
-    elif name in FLAG_SOURCES:
-        kind = _Flag
-    elif name in SOURCE_FIELDS:
-        kind = _Value
-    else:
-        kind = Any  # known fields the features do not read (outcomes, identifiers)
-    return _ATTRS[name], kind, msgspec.field(default=None, name=name)
+        low, high = RANGES[name]
+        ints = Annotated[int, msgspec.Meta(ge=math.ceil(low), le=math.floor(high))]
+        kind = Annotated[float, msgspec.Meta(ge=low, le=high)] | ints | str | bool | None
+    return f"f{i}", kind, msgspec.field(default=None, name=name)
 
 
 LoanApplication = msgspec.defstruct(
-    "LoanApplication", [_slot(n) for n in FIELDS], forbid_unknown_fields=True, gc=False
+    "LoanApplication", [_slot(i, n) for i, n in enumerate(FIELDS)], forbid_unknown_fields=True, gc=False
 )
 LoanApplication.__doc__ = _DESCRIPTION
 
@@ -113,17 +99,65 @@ _DECODE_ALL_RECORDS = msgspec.json.Decoder(_Records).decode
 _DECODE_RECORD = msgspec.json.Decoder(LoanApplication).decode
 _DECODE_BATCH = msgspec.json.Decoder(_Batch).decode
 _DECODE_INVOCATION = msgspec.json.Decoder(_Invocation).decode
+_UNDECODED = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 _AT = re.compile(r"^(?P<text>.*?)(?: - at `\$(?P<path>.*)`)?$", re.S)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+class Decoded:
+    """The records of one request: the valid ones (read a column at a time), and an error per refused one."""
+
+    def __init__(self, size: int, params: Any = None, records: list[Any] | None = None) -> None:
+        self.size, self.params = size, params
+        self.records: list[Any] = records or []  # LoanApplication structs, in request order
+        self.positions: list[int] = list(range(len(self.records)))  # each one's index in the request
+        self.errors: list[ApiError] = []  # one per refused record, by index
+        self.unknown: set[str] = set()
+        self._columns: dict[str, Sequence[Any]] | None = None
+        self._kept: list[int] | None = None  # after keep(): the kept records' places in the columns
+
+    def add(self, index: int, record: Any) -> None:
+        if isinstance(record, ApiError):
+            self.errors.append(record)
+        else:
+            self.records.append(record)
+            self.positions.append(index)
+
+    def column(self, name: str) -> Sequence[Any]:
+        """The valid records' values of one field (None where absent)."""
+        if self._columns is None:  # every field at once: one C-level transpose of the structs' slots
+            self._columns = dict(zip(FIELDS, zip(*map(astuple, self.records), strict=True), strict=False))
+        values = self._columns.get(name, ())  # () when there are no records
+        return values if self._kept is None else [values[i] for i in self._kept]
+
+    def keep(self, positions: Sequence[int], errors: Sequence[ApiError]) -> None:
+        """Keep only the records at ``positions``; ``errors`` are the others'."""
+        self.column("loanId")  # transposed once, before the records are picked
+        self._kept = list(positions) if self._kept is None else [self._kept[i] for i in positions]
+        self.records = [self.records[i] for i in positions]
+        self.positions = [self.positions[i] for i in positions]
+        self.errors = sorted([*self.errors, *errors], key=lambda e: e.index or 0)
+
+    def loan_ids(self) -> list[Any]:
+        """Each valid record's ``loanId`` to echo (a number as its text); UNSET where it sent none."""
+        return [
+            v if v is msgspec.UNSET or v is None or type(v) is str else str(v) for v in self.column("loanId")
+        ]
+
+
+def _refused(message: str, field: str | None = None, index: int | None = None) -> ApiError:
+    """A request of the wrong shape (400), naming the field (and record) at fault."""
+    return ApiError(400, "invalid_request", message, field, index)
+
+
 def _invalid(exc: msgspec.ValidationError, index: int) -> ApiError:
     """A msgspec validation error as the client's error: the field and record it names."""
-    found = _AT.match(str(exc))
-    text, path = (found.group("text"), found.group("path")) if found else (str(exc), None)
+    text, path = _AT.match(str(exc)).group("text", "path")  # type: ignore[union-attr]
     if not path:
-        return ApiError(400, "invalid_record", f"record {index}: expected a JSON object of field names to "
-                        f"values; {text[0].lower()}{text[1:]}", "data", index)  # fmt: skip
+        message = (
+            f"record {index}: expected a JSON object of field names to values; {text[0].lower()}{text[1:]}"
+        )
+        return ApiError(400, "invalid_record", message, "data", index)
     field = path[1:] if path.startswith(".") else path
     if text == "Number out of range":  # msgspec's words for 1e999 and the like
         text = "expected a finite number, got one beyond the float range"
@@ -132,7 +166,7 @@ def _invalid(exc: msgspec.ValidationError, index: int) -> ApiError:
 
 def _surrogate(value: dict[str, Any], index: int) -> ApiError | None:
     """A 400 naming the first field whose name or text holds a lone surrogate (not Unicode), or None."""
-    stack: list[tuple[str, Any]] = [(k, v) for k, v in value.items()]
+    stack: list[tuple[str, Any]] = list(value.items())
     while stack:
         path, item = stack.pop()
         if _SURROGATE.search(path) or (isinstance(item, str) and _SURROGATE.search(item)):
@@ -152,8 +186,7 @@ def from_object(value: Any, index: int, unknown: set[str]) -> Any:
     if type(value) is not dict:
         message = f"record {index}: expected a JSON object of field names to values, got {json_type(value)}"
         return ApiError(400, "invalid_record", message, "data", index)
-    refused = _surrogate(value, index)
-    if refused is not None:
+    if (refused := _surrogate(value, index)) is not None:
         return refused
     if not KNOWN_FIELDS.issuperset(value):
         unknown.update(k for k in value if k not in KNOWN_FIELDS)
@@ -190,37 +223,38 @@ def _lenient(body: Any) -> Any:
         raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
 
 
-def _check_size(size: int, field: str, limit: int) -> None:
-    if not size:
-        raise ApiError(400, "empty_batch", f"'{field}' holds no records: send at least one", field)
-    if size > limit:
-        message = f"{size} records in '{field}'; the limit is {limit} per request"
-        raise ApiError(413, "batch_too_large", message, field)
-
-
-def _records(items: Sequence[Any], read: Callable[[Any, int, set[str]], Any], params: Any = None) -> Decoded:
+def _records(
+    items: Sequence[Any], read: Callable[..., Any], field: str, limit: int, params: Any = None
+) -> Decoded:
+    """Each of ``items`` read on its own, once their count is checked against ``limit``."""
+    _check_size(len(items), field, limit)
     decoded = Decoded(len(items), params)
     for i, item in enumerate(items):
         decoded.add(i, read(item, i, decoded.unknown))
     return decoded
 
 
-def _at_once(body: Any, decode: Callable[[Any], Any], limit: int) -> Any:
-    """The envelope with every record typed, or None: when a record is refused (each is then decoded on
-    its own, to name it), or when the body may hold more than ``limit`` records (counted by ``{``)."""
+def _check_size(size: int, field: str, limit: int) -> None:
+    if not size:
+        raise ApiError(400, "empty_batch", f"'{field}' holds no records: send at least one", field)
+    if size > limit:
+        raise ApiError(
+            413, "batch_too_large", f"{size} records in '{field}'; the limit is {limit} per request", field
+        )
+
+
+def _at_once(body: Any, decode: Callable[[Any], Any], limit: int, key: str = "data") -> Decoded | None:
+    """The records under ``key`` all typed in one call, or None: when a record is refused (each is then decoded
+    on its own, to name it), or when the body may hold more than ``limit`` records (counted by ``{``)."""
+    _empty(body)
     if bytes(body).count(b"{") - 1 > limit:
         return None
     try:
-        return decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        whole = decode(body)
+    except _UNDECODED:
         return None
-
-
-def _valid(records: list[Any], field: str, limit: int, params: Any = None) -> Decoded:
-    _check_size(len(records), field, limit)
-    decoded = Decoded(len(records), params)
-    decoded.records, decoded.positions = records, list(range(len(records)))
-    return decoded
+    _check_size(len(records := getattr(whole, key)), key, limit)
+    return Decoded(len(records), getattr(whole, "params", None), records)
 
 
 def _empty(body: Any) -> None:
@@ -234,70 +268,57 @@ def one_record(body: Any) -> Decoded:
     decoded = Decoded(1)
     try:
         decoded.add(0, _DECODE_RECORD(body))
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        value = _lenient(body)
-        if type(value) is not dict:
-            message = (
-                f"expected a JSON object with the fields of one loan application, got {json_type(value)}"
-            )
-            raise ApiError(400, "invalid_request", message, None, 0) from None
+    except _UNDECODED:
+        if type(value := _lenient(body)) is not dict:
+            wanted = "expected a JSON object with the fields of one loan application"
+            raise _refused(f"{wanted}, got {json_type(value)}", None, 0) from None
         decoded.add(0, from_object(value, 0, decoded.unknown))
     return decoded
 
 
 def batch(body: Any, limit: int) -> Decoded:
     """``/predict/batch``: ``{"data": [records]}``; the count is checked before any record is decoded."""
-    _empty(body)
     if (whole := _at_once(body, _DECODE_ALL_BATCH, limit)) is not None:
-        return _valid(whole.data, "data", limit)
+        return whole
     try:
         items: Sequence[Any] = _DECODE_BATCH(body).data
         read = from_raw
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+    except _UNDECODED:
         payload = _lenient(body)
         if type(payload) is not dict or "data" not in payload:
-            message = 'expected a JSON object {"data": [records]}'
-            raise ApiError(400, "invalid_request", message, "data") from None
-        items, read = payload["data"], from_object
-        if type(items) is not list:
-            message = f"'data' must be a list of records, got {json_type(items)}"
-            raise ApiError(400, "invalid_request", message, "data") from None
-    _check_size(len(items), "data", limit)
-    return _records(items, read)
+            raise _refused('expected a JSON object {"data": [records]}', "data") from None
+        if type(items := payload["data"]) is not list:
+            raise _refused(f"'data' must be a list of records, got {json_type(items)}", "data") from None
+        read = from_object
+    return _records(items, read, "data", limit)
 
 
 def invocation(body: Any, limit: int) -> tuple[Decoded, str]:
     """``/invocations`` with a JSON body (MLflow's scoring protocol): the records and the key they came in."""
-    _empty(body)
-    if (whole := _at_once(body, _DECODE_ALL_RECORDS, limit)) is not None:
-        return _valid(whole.dataframe_records, "dataframe_records", limit, whole.params), "dataframe_records"
+    if (whole := _at_once(body, _DECODE_ALL_RECORDS, limit, "dataframe_records")) is not None:
+        return whole, "dataframe_records"
     try:
         payload = _DECODE_INVOCATION(body)
         given = {k: getattr(payload, k) for k in MLFLOW_KEYS if getattr(payload, k) is not msgspec.UNSET}
         params, read = payload.params, from_raw
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        value = _lenient(body)
-        if type(value) is not dict:
-            message = f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}"
-            raise ApiError(400, "invalid_request", message) from None
+    except _UNDECODED:
+        if type(value := _lenient(body)) is not dict:
+            raise _refused(f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}") from None
         given = {k: value[k] for k in MLFLOW_KEYS if k in value}
         params, read = value.get("params"), from_object
     if len(given) != 1:
-        names = ", ".join(given) or "none"
-        message = f"expected exactly one of {', '.join(MLFLOW_KEYS)}; got {names}"
-        raise ApiError(400, "invalid_request", message, next(iter(given), None))
+        message = f"expected exactly one of {', '.join(MLFLOW_KEYS)}; got {', '.join(given) or 'none'}"
+        raise _refused(message, next(iter(given), None))
     key, value = next(iter(given.items()))
     if key == "dataframe_split":
-        items, read = _split_rows(value), from_object
-        key = "dataframe_split.data"
+        items, read, key = _split_rows(value), from_object, "dataframe_split.data"
     elif key == "inputs" and isinstance(value, dict):
         items, read = _input_columns(value), from_object
     elif type(value) is list:
         items = value
     else:
-        raise ApiError(400, "invalid_request", f"{key} must be a list of records", key)
-    _check_size(len(items), key, limit)
-    decoded = _records(items, read, params)
+        raise _refused(f"{key} must be a list of records", key)
+    decoded = _records(items, read, key, limit, params)
     for error in decoded.errors:
         if error.code == "invalid_record":
             error.field = key
@@ -306,20 +327,18 @@ def invocation(body: Any, limit: int) -> tuple[Decoded, str]:
 
 def _split_rows(value: Any) -> list[Any]:
     """dataframe_split's rows as records (a row of the wrong width stays, to be refused as a record)."""
-    key = "dataframe_split"
     if isinstance(value, Split):
         columns, data = value.columns, value.data
     elif type(value) is dict:
         columns, data = value.get("columns"), value.get("data")
     else:
-        raise ApiError(400, "invalid_request", "dataframe_split must be an object with columns and data", key)
+        raise _refused("dataframe_split must be an object with columns and data", "dataframe_split")
     if type(columns) is not list or not all(type(c) is str for c in columns):
-        message = "dataframe_split.columns must be a list of names"
-        raise ApiError(400, "invalid_request", message, f"{key}.columns")
+        raise _refused("dataframe_split.columns must be a list of names", "dataframe_split.columns")
     if type(data) is not list:
-        raise ApiError(400, "invalid_request", "dataframe_split.data must be a list of rows", f"{key}.data")
+        raise _refused("dataframe_split.data must be a list of rows", "dataframe_split.data")
     if len(set(columns)) != len(columns):
-        raise ApiError(400, "invalid_request", "dataframe_split.columns repeats a name", f"{key}.columns")
+        raise _refused("dataframe_split.columns repeats a name", "dataframe_split.columns")
     width = len(columns)
     return [
         dict(zip(columns, row, strict=True)) if type(row) is list and len(row) == width else row
@@ -329,32 +348,27 @@ def _split_rows(value: Any) -> list[Any]:
 
 def _input_columns(value: dict[str, Any]) -> list[Any]:
     """``inputs`` as an object: one record of scalars, or columns zipped into records."""
-    lists = [v for v in value.values() if type(v) is list]
-    if not lists:
+    if not (lists := [v for v in value.values() if type(v) is list]):
         return [value]
     if len(lists) != len(value):
-        raise ApiError(400, "invalid_request", "inputs: give every column as a list, or none", "inputs")
-    length = len(lists[0])
+        raise _refused("inputs: give every column as a list, or none", "inputs")
     for name, column in value.items():
-        if len(column) != length:
-            message = f"inputs: column '{name}' has {len(column)} values, expected {length}"
-            raise ApiError(400, "invalid_request", message, name)
-    names = list(value)
-    return [dict(zip(names, row, strict=True)) for row in zip(*value.values(), strict=True)]
+        if len(column) != len(lists[0]):
+            raise _refused(
+                f"inputs: column '{name}' has {len(column)} values, expected {len(lists[0])}", name
+            )
+    return [dict(zip(value, row, strict=True)) for row in zip(*value.values(), strict=True)]
 
 
 def csv_records(body: Any, limit: int) -> Decoded:
     """``/invocations`` with a CSV body: a header line, then one record per line."""
     try:
-        text = bytes(body).decode("utf-8-sig")
+        rows = list(csv.DictReader(io.StringIO(bytes(body).decode("utf-8-sig"))))
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_csv", f"CSV body is not UTF-8: {exc}") from None
-    try:
-        rows = list(csv.DictReader(io.StringIO(text)))
     except csv.Error as exc:
         raise ApiError(400, "invalid_csv", f"malformed CSV: {exc}") from None
     for i, row in enumerate(rows):
         if None in row:
             raise ApiError(400, "invalid_csv", f"CSV row {i} has more values than the header", "data", i)
-    _check_size(len(rows), "data", limit)
-    return _records(rows, from_object)
+    return _records(rows, from_object, "data", limit)

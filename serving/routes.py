@@ -1,7 +1,5 @@
-"""The endpoints, as one Blueprint: health, model info, predictions (single, batch, MLflow protocol), reload.
-
-Every prediction decodes with :mod:`serving.requests` and scores with :class:`serving.scoring.Scoring`;
-``/predict/batch`` answers record by record, ``/predict`` and ``/invocations`` all or nothing."""
+"""The endpoints, as one Blueprint; every prediction decodes with :mod:`serving.requests` and scores with
+:class:`Scoring` (``/predict/batch`` record by record, ``/predict`` and ``/invocations`` all or nothing)."""
 
 from __future__ import annotations
 
@@ -15,19 +13,13 @@ from msgspec import UNSET
 from serving import requests
 from serving.bundle import CARD_HTML, CARD_MARKDOWN
 from serving.config import ServiceConfig
-from serving.errors import ApiError
+from serving.errors import ApiError, FeatureError
+from serving.features import columns_from, outside_contract, take
 from serving.model import ServedModel
-from serving.payloads import (
-    encodable,
-    json_response,
-    parse_json,
-    raw_json_response,
-    read_body,
-    reason_options,
-    warn,
-)
+from serving.payloads import encodable, json_response, parse_json, read_body, reason_options, warn
+from serving.reasons import explain_selected
 from serving.reload import ModelHolder
-from serving.scoring import Scoring
+from serving.requests import Decoded
 
 bp = Blueprint("serving", __name__)
 
@@ -43,34 +35,71 @@ def _config() -> ServiceConfig:
 def _served() -> ServedModel:
     """The model being served (503 when none is), its version noted in ``g`` for the access line."""
     holder = _holder()
-    served = holder.current
-    if served is None:
+    if (served := holder.current) is None:
         raise ApiError(503, "model_unavailable", holder.load_error or "no model is loaded")
     g.model_version = served.version
     return served
 
 
-def _scoring(endpoint: str) -> Scoring:
-    served = _served()
-    log = current_app.extensions.get("loanrisk_predlog")
-    metrics = current_app.extensions["loanrisk_metrics"]
-    return Scoring(served, _config(), log, g._get_current_object(), endpoint, metrics)
+class Scoring:
+    """One request's scoring: decoded records → features → CatBoost → reasons. What was scored reaches the
+    prediction log only in :meth:`answer`, once the answer is built."""
 
+    def __init__(self, endpoint: str) -> None:
+        self.served, self.config, self.endpoint = _served(), _config(), endpoint
+        self.warnings: dict[int, str] = {}  # position among the scored records -> warning
+        self._pending: tuple[Any, ...] | None = None
 
-def _answer(scoring: Scoring, out: dict[str, Any]) -> Response:
-    response = json_response(out)
-    scoring.commit()
-    return response
+    def score(
+        self, decoded: Decoded, reject: bool, options: tuple[str, int]
+    ) -> tuple[list[float], list[Any] | None]:
+        """The valid records' probabilities and their reasons (None: none asked for). ``reject`` answers the
+        request's first error; otherwise refused records are left out, each with its error."""
+        found: dict[int, FeatureError] = {}
+        columns = columns_from(decoded.column, len(decoded.records), found)
+        unknown = outside_contract(columns)
+        if self.config.unknown_categories == "reject":
+            for i, exc in unknown:
+                found.setdefault(i, exc)
+            unknown = []
+        if found or (reject and decoded.errors):
+            refused = [exc.answer(decoded.positions[i]) for i, exc in sorted(found.items())]
+            if reject:  # the first error in record order, whether decoding or the features found it
+                raise min((*decoded.errors, *refused), key=lambda e: e.index or 0)
+            keep = [i for i in range(len(decoded.records)) if i not in found]
+            columns = take(columns, keep)
+            decoded.keep(keep, refused)
+            kept = {i: k for k, i in enumerate(keep)}
+            unknown = [(kept[i], exc) for i, exc in unknown if i in kept]
+        self.warnings = {k: f"field '{exc.field}': {exc.message}; scored as unseen" for k, exc in unknown}
+        if decoded.errors:
+            current_app.extensions["loanrisk_metrics"].reject(self.endpoint, decoded.errors)
+        if not (n := len(decoded.records)):
+            return [], None
+        served, log = self.served, current_app.extensions.get("loanrisk_predlog")
+        g.rows, probabilities = n, served.bundle.predict_input(columns)
+        if log is not None:
+            self._pending = (log, columns, probabilities, lambda: list(decoded.column("loanId")), n)
+        return probabilities, explain_selected(
+            served.bundle, columns, probabilities, served.threshold, *options, decoded.column
+        )
+
+    def answer(self, out: dict[str, Any]) -> Response:
+        """The JSON answer; then what was scored is queued in the prediction log (when the service keeps one)."""
+        response = json_response(out)
+        if self._pending is not None:
+            log, *pending = self._pending
+            log.submit(self.served, self.endpoint, g.request_id, *pending)
+        return response
 
 
 @bp.get("/health")
 def health() -> Response:
     holder = _holder()
-    served = holder.current
-    if served is not None:
+    if (served := holder.current) is not None:
         g.model_version = served.version
     status, body = holder.health
-    return raw_json_response(body, status)
+    return json_response(body, status)
 
 
 @bp.get("/ping")
@@ -83,25 +112,25 @@ def ping() -> Response:
 
 @bp.get("/model/info")
 def model_info() -> Response:
-    return raw_json_response(_served().info_body)
+    return json_response(_served().info_body)
 
 
 @bp.get("/model/card")
 def model_card() -> Response:
     """The served version's model card: HTML, or Markdown for ``Accept: text/markdown``."""
     served = _served()
-    markdown = request.accept_mimetypes.best_match(["text/html", "text/markdown"]) == "text/markdown"
-    path = served.directory / (CARD_MARKDOWN if markdown else CARD_HTML)
+    kind = request.accept_mimetypes.best_match(["text/html", "text/markdown"]) or "text/html"
+    path = served.directory / (CARD_MARKDOWN if kind == "text/markdown" else CARD_HTML)
     if not path.is_file():
-        message = f"model version {served.version} has no model card in its bundle"
-        raise ApiError(404, "no_model_card", message)
-    kind = "text/markdown" if markdown else "text/html"
+        raise ApiError(
+            404, "no_model_card", f"model version {served.version} has no model card in its bundle"
+        )
     return Response(path.read_bytes(), status=200, content_type=f"{kind}; charset=utf-8")
 
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return raw_json_response(current_app.extensions["loanrisk_openapi"])
+    return json_response(current_app.extensions["loanrisk_openapi"])
 
 
 @bp.get("/metrics")
@@ -112,11 +141,10 @@ def metrics_endpoint() -> Response:
 
 @bp.post("/predict")
 def predict() -> Response:
-    scoring = _scoring("/predict")
+    scoring = Scoring("/predict")
     decoded = requests.one_record(read_body())
     options = reason_options(request.args, scoring.config.reason_count)
-    scored = scoring.score(decoded, reject=True)
-    probability, reasons = scored[0][0], scoring.reasons(scored, options, decoded)
+    (probability,), reasons = scoring.score(decoded, True, options)
     served, echo = scoring.served, decoded.loan_ids()[0]
     out: dict[str, Any] = {} if echo is UNSET else {"loanId": echo}
     out.update(probability=probability, label=int(probability >= served.threshold), threshold=served.threshold,
@@ -126,32 +154,31 @@ def predict() -> Response:
     warn(out, sorted(decoded.unknown))
     if scoring.warnings:
         out.setdefault("warnings", []).append(scoring.warnings[0])
-    return _answer(scoring, out)
+    return scoring.answer(out)
 
 
 @bp.post("/predict/batch")
 def predict_batch() -> Response:
-    """A prediction per valid record and an error per other one; ``?on_error=reject`` answers the
-    first error for the whole batch."""
-    scoring = _scoring("/predict/batch")
-    on_error = request.args.get("on_error", "record")
-    if on_error not in ("record", "reject"):
+    """A prediction per valid record and an error per other one; ``?on_error=reject``: the first error, for all."""
+    scoring = Scoring("/predict/batch")
+    if (on_error := request.args.get("on_error", "record")) not in ("record", "reject"):
         message = f"'on_error' must be record or reject; got {encodable(on_error)[:40]!r}"
         raise ApiError(400, "invalid_parameter", message, "on_error")
     options = reason_options(request.args, scoring.config.reason_count)
     decoded = requests.batch(read_body(), scoring.config.max_batch_size)
-    scored = scoring.score(decoded, reject=on_error == "reject")
-    probabilities, threshold = scored[0], scoring.served.threshold
+    probabilities, reasons = scoring.score(decoded, on_error == "reject", options)
+    threshold = scoring.served.threshold
     predictions: list[dict[str, Any]] = []
-    append = predictions.append
-    for index, p, echo in zip(decoded.positions, probabilities, decoded.loan_ids(), strict=True):
+    found_all = reasons or [None] * len(probabilities)
+    for index, p, echo, found in zip(
+        decoded.positions, probabilities, decoded.loan_ids(), found_all, strict=True
+    ):
         prediction = {"index": index, "probability": p, "label": 1 if p >= threshold else 0}
         if echo is not UNSET:
             prediction["loanId"] = echo
-        append(prediction)
-    for prediction, found in zip(predictions, scoring.reasons(scored, options, decoded) or (), strict=False):
         if found is not None:
             prediction["reasons"] = found
+        predictions.append(prediction)
     for k, warning in scoring.warnings.items():
         predictions[k]["warnings"] = [warning]
     out: dict[str, Any] = {"predictions": predictions, "errors": [e.entry() for e in decoded.errors],
@@ -159,23 +186,21 @@ def predict_batch() -> Response:
                            "threshold": threshold, "model_name": scoring.served.name,
                            "model_version": scoring.served.version}  # fmt: skip
     warn(out, sorted(decoded.unknown))
-    return _answer(scoring, out)
+    return scoring.answer(out)
 
 
 @bp.post("/invocations")
 def invocations() -> Response:
     """MLflow's scoring protocol, all or nothing; reasons opt-in through ``params``."""
-    scoring = _scoring("/invocations")
+    scoring = Scoring("/invocations")
     limit = scoring.config.max_batch_size
     if request.mimetype in ("text/csv", "application/csv"):
         decoded = requests.csv_records(read_body(), limit)
     else:
         decoded, _ = requests.invocation(read_body(), limit)
     options = reason_options(decoded.params, scoring.config.reason_count, "none", "params.")
-    scored = scoring.score(decoded, reject=True)
-    reasons = scoring.reasons(scored, options, decoded)
-    out = {"predictions": scored[0]} if reasons is None else {"predictions": scored[0], "reasons": reasons}
-    return _answer(scoring, out)
+    probabilities, reasons = scoring.score(decoded, True, options)
+    return scoring.answer({"predictions": probabilities} | ({} if reasons is None else {"reasons": reasons}))
 
 
 def _require_admin() -> None:
@@ -193,21 +218,20 @@ def _require_admin() -> None:
 
 
 def _reload_directory(holder: ModelHolder) -> str | Path:
-    body = read_body()
+    """The bundle directory a reload asks for: the body's ``bundle_dir``, else the configured or current one."""
     directory: str | Path | None = None
-    if body.strip():
-        payload = parse_json(body)
-        if type(payload) is not dict:
+    if (body := read_body()).strip():
+        if type(payload := parse_json(body)) is not dict:
             raise ApiError(400, "invalid_request", 'expected a JSON object like {"bundle_dir": "/path"}')
         directory = payload.get("bundle_dir")
         if directory is not None and (type(directory) is not str or not directory.strip()):
             raise ApiError(400, "invalid_request", "bundle_dir must be a directory path", "bundle_dir")
     if directory is None:
-        current = holder.current
-        directory = _config().bundle_dir or (current.directory if current else None)
+        directory = _config().bundle_dir or (holder.current.directory if holder.current else None)
     if directory is None:
-        message = "no bundle directory configured: send bundle_dir"
-        raise ApiError(400, "invalid_request", message, "bundle_dir")
+        raise ApiError(
+            400, "invalid_request", "no bundle directory configured: send bundle_dir", "bundle_dir"
+        )
     return directory
 
 
@@ -216,14 +240,14 @@ def reload_model() -> Response:
     """Load the bundle here, publish it, and answer 200 once every live worker serves it (503 otherwise)."""
     _require_admin()
     holder = _holder()
-    directory = _reload_directory(holder)
-    previous = holder.current
+    directory, previous = _reload_directory(holder), holder.current
     try:
         served, token = holder.reload(directory)
     except Exception as exc:  # BundleError, or an unreadable path: the client named a bundle we cannot load
         raise ApiError(422, "invalid_bundle", str(exc), "bundle_dir") from None
     g.model_version = served.version
-    outcome, workers = holder.wait_for_workers(token, _config().reload_timeout)
+    timeout = _config().reload_timeout
+    outcome, workers = holder.wait_for_workers(token, timeout)
     summary = {"model_name": served.name, "model_version": served.version,
                "previous_version": previous.version if previous else None,
                "bundle_dir": str(served.directory), "workers": workers}  # fmt: skip
@@ -233,19 +257,15 @@ def reload_model() -> Response:
         message = "another reload was published while this one was spreading; see GET /model/workers"
         raise ApiError(409, "reload_superseded", message, extra=summary)
     pending = [w for w in workers if not (w.get("token") == token and w.get("state") == "loaded")]
-    message = (
-        f"{len(pending)} of {len(workers)} workers do not serve version {served.version} after "
-        f"{_config().reload_timeout:g} s: "
-        + "; ".join(
-            f"pid {w.get('pid')}: {w.get('state')} ({w.get('error') or 'no error yet'})" for w in pending
-        )
+    states = "; ".join(
+        f"pid {w.get('pid')}: {w.get('state')} ({w.get('error') or 'no error yet'})" for w in pending
     )
-    raise ApiError(503, "reload_incomplete", message, extra=summary)
+    message = f"{len(pending)} of {len(workers)} workers do not serve version {served.version} after {timeout:g} s: "
+    raise ApiError(503, "reload_incomplete", message + states, extra=summary)
 
 
 @bp.get("/model/workers")
 def model_workers() -> Response:
     """Each live worker's state and the bundle they were asked to serve."""
     _require_admin()
-    holder = _holder()
-    return json_response({"target": holder.read_target(), "workers": holder.workers()})
+    return json_response({"target": _holder().read_target(), "workers": _holder().workers()})

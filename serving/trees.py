@@ -1,24 +1,45 @@
 """The model's symmetric trees summed here for the few records of one request (fewer than
-:data:`serving.bundle.ROWS_BELOW`): CatBoost's ``predict`` has a fixed per-call cost far above its trees' own.
-
-Float splits compare the value made float32 with the border; a missing value takes the outcome CatBoost gives
-it (read once from a row of missing values). Categorical splits' outcomes are read off CatBoost's own leaf
-indexes once per distinct value and kept. Each tree's leaf is its splits' outcomes as bits; the leaves are added
-in CatBoost's order, scaled and shifted, and put through the C library's ``exp``: CatBoost's probability to the
-last bit. :meth:`TreeSum.build` gives None for a model it does not take; the bundle checks the sum at load."""
+:data:`serving.bundle.ROWS_BELOW`): CatBoost's ``predict`` costs far more per call than its trees. It gives
+CatBoost's probability to the last bit, or None from :meth:`TreeSum.build`; the bundle checks the sum at load."""
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from catboost import CatBoostClassifier, Pool
 
-from serving.model_export import split_features
-
 MAX_KEPT_VALUES = 4096  # values kept per categorical feature (and rows of them); once full, all are forgotten
+
+
+def model_document(model: CatBoostClassifier) -> dict[str, Any]:
+    """The model as CatBoost's JSON export describes it (features, borders, CTR tables, trees, leaf values)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.json"
+        model.save_model(str(path), format="json")
+        return json.loads(path.read_text())
+
+
+def split_features(info: dict[str, Any]) -> list[tuple[str, int, float]] | None:
+    """Each binary split of CatBoost's JSON export in ``split_index`` order, as (kind, flat feature
+    index, border); None when a split combines several features."""
+    out: list[tuple[str, int, float]] = []
+    for f in info.get("float_features", []):
+        out += [("float", f["flat_feature_index"], float(b)) for b in f.get("borders") or []]
+    cats = {c["feature_index"]: c["flat_feature_index"] for c in info.get("categorical_features", [])}
+    for c in info.get("categorical_features", []):
+        out += [("onehot", c["flat_feature_index"], 0.0)] * len(c.get("values") or [])
+    for ctr in info.get("ctrs", []):
+        elements = ctr.get("elements", [])
+        if len(elements) != 1 or elements[0].get("combination_element") != "cat_feature_value":
+            return None
+        out += [("ctr", cats[elements[0]["cat_feature_index"]], 0.0)] * len(ctr.get("borders") or [])
+    return out
 
 
 class TreeSum:
@@ -83,9 +104,8 @@ class TreeSum:
         splits = split_features(document.get("features_info", {}))
         scale, bias = document.get("scale_and_bias", [1.0, [0.0]])
         bias = np.ravel(bias)
-        if splits is None or bias.size != 1 or not any(t["splits"] for t in trees):
-            return None
-        if any(len(t["leaf_values"]) != 1 << len(t["splits"]) for t in trees):
+        unfit = any(len(t["leaf_values"]) != 1 << len(t["splits"]) for t in trees)
+        if splits is None or bias.size != 1 or not any(t["splits"] for t in trees) or unfit:
             return None
         return cls(model, splits, trees, (float(scale), float(bias[0])), categorical, missing_row)
 
@@ -98,8 +118,7 @@ class TreeSum:
         if not self.cat_features:
             return np.empty(0, dtype=np.float32)
         key = tuple([row[f] for f in self.cat_features])
-        outcomes = self.kept_rows.get(key)
-        if outcomes is None:
+        if (outcomes := self.kept_rows.get(key)) is None:
             parts = [self.kept[f].get(v) for f, v in zip(self.cat_features, key, strict=True)]
             outcomes = self._learn(row) if any(p is None for p in parts) else np.concatenate(parts)
             if len(self.kept_rows) >= MAX_KEPT_VALUES:
@@ -130,12 +149,8 @@ class TreeSum:
             x = np.array([[row[c] for c in self.float_columns] for row in rows], dtype=np.float32)
         values = x[:, self.float_of_split]
         outcomes = np.zeros((n, self.width), dtype=np.float32)
-        missing = np.isnan(values)
-        outcomes[:, :f] = (
-            np.where(missing, self.nan_outcomes, values > self.borders)
-            if missing.any()
-            else (values > self.borders)
-        )
+        missing, above = np.isnan(values), values > self.borders
+        outcomes[:, :f] = np.where(missing, self.nan_outcomes, above) if missing.any() else above
         for i, row in enumerate(rows):
             outcomes[i, f:-1] = self._categorical_outcomes(row)
         # each tree's leaf: its levels' outcomes as bits (a float32 product: exact for these small integers)
@@ -148,17 +163,4 @@ class TreeSum:
     def probabilities(self, rows: list[list[Any]]) -> np.ndarray:
         """The logistic function of the raw score, with the C library's ``exp`` as CatBoost's
         (numpy's differs in the last bit for some values)."""
-        return np.array([_logistic(v) for v in self.raw(rows).tolist()])
-
-
-def _logistic(value: float) -> float:
-    return 1.0 / (1.0 + math.exp(-value)) if value > -700.0 else 0.0
-
-
-def largest_difference(
-    tree_sum: TreeSum, rows: list[list[Any]], catboost: Callable[[list[list[Any]]], np.ndarray]
-) -> float:
-    """The largest |difference| between the tree sum's probabilities and CatBoost's on ``rows``."""
-    if not rows:
-        return 0.0
-    return float(np.max(np.abs(tree_sum.probabilities(rows) - catboost(rows))))
+        return np.array([1.0 / (1.0 + math.exp(-v)) if v > -700.0 else 0.0 for v in self.raw(rows).tolist()])

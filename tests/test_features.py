@@ -7,14 +7,10 @@ import math
 import pandas as pd
 import pytest
 
+from serving.contract import CLARITY_COLUMNS, IDENTIFIER_FIELDS, LOAN_COLUMNS, OUTCOME_FIELDS, PAYMENT_COLUMNS
 from serving.features import (
     CATEGORICAL_FEATURES,
-    CLARITY_COLUMNS,
     FEATURE_NAMES,
-    IDENTIFIER_FIELDS,
-    LOAN_COLUMNS,
-    OUTCOME_FIELDS,
-    PAYMENT_COLUMNS,
     FeatureError,
     build_row,
     build_rows,

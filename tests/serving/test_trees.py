@@ -13,8 +13,7 @@ from catboost import Pool
 from serving import trees
 from serving.bundle import ROWS_BELOW, Bundle, load_bundle
 from serving.features import CATEGORICAL_INDICES, build_row, build_rows
-from serving.model_export import model_document
-from serving.trees import TreeSum
+from serving.trees import TreeSum, model_document
 
 CATEGORICAL = list(CATEGORICAL_INDICES)
 
