@@ -43,15 +43,16 @@ class Stage(Generic[P, R]):
     name = property(lambda self: self.task.name)
     fn = property(lambda self: self.task.fn)
 
+    def task_for(self, settings: Settings) -> Task[P, R]:
+        """The Prefect task with the retries (capped by ``max_retries``) and the delay of ``settings``."""
+        retries = min(settings.task_retries, sys.maxsize if self.max_retries is None else self.max_retries)
+        return self.task.with_options(retries=retries, retry_delay_seconds=settings.task_retry_delay_seconds)
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         settings = args[0] if args else kwargs.get("settings")
         if not isinstance(settings, Settings):
             raise TypeError(f"stage {self.name!r}: the settings are the first argument, got {settings!r}")
-        retries = min(settings.task_retries, sys.maxsize if self.max_retries is None else self.max_retries)
-        declared = self.task.with_options(
-            retries=retries, retry_delay_seconds=settings.task_retry_delay_seconds
-        )
-        return declared(*args, **kwargs)
+        return self.task_for(settings)(*args, **kwargs)
 
 
 def stage(name: str, *, max_retries: int | None = None) -> Callable[[Callable[P, R]], Stage[P, R]]:
