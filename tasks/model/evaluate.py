@@ -124,10 +124,8 @@ def summary_markdown(
     report: dict[str, Any] | None = None,
 ) -> str:
     """A markdown summary of the run for the Prefect UI, with the evaluation report's tables when given."""
-    cells = (
-        (name, num(metrics.get(f"valid_{name}")), num(metrics.get(f"test_{name}"))) for name in METRIC_ROWS
-    )
-    rows = "\n".join(f"| {name} | {valid} | {test} |" for name, valid, test in cells)
+    cell = lambda key: num(metrics.get(key))  # noqa: E731
+    rows = "\n".join(f"| {n} | {cell(f'valid_{n}')} | {cell(f'test_{n}')} |" for n in METRIC_ROWS)
     return (
         "# Loan-risk model evaluation\n\n"
         f"Decision threshold (chosen on validation): **{metrics['threshold']:.4f}**\n\n"
@@ -283,10 +281,8 @@ def evaluate_task(
     shown = [metrics[f"test_{k}"] for k in ("roc_auc", "ks", "pr_auc", "precision", "recall", "f1")]
     shown += [metrics["threshold"], policy["threshold_policy"]]
     shown.append(evaluation.calibrator.method if evaluation.calibrator else "no")
-    message = (
-        "test: ROC-AUC %.4f, KS %.4f, PR-AUC %.4f, precision %.4f, recall %.4f, F1 %.4f at threshold %.4f"
-    )
-    run_logger().info(message + " (%s); calibrated: %s", *shown)
+    message = "test: ROC-AUC %.4f, KS %.4f, PR-AUC %.4f, precision %.4f, recall %.4f, F1 %.4f at threshold"
+    run_logger().info(message + " %.4f (%s); calibrated: %s", *shown)
     if run_id:
         tracking.log_metrics(settings, run_id, {**metrics, "tuning_best_valid_roc_auc": tuning["best_value"]})
         flat = {f"policy.{k}": v for k, v in policy.items() if k != "calibration"}
@@ -295,9 +291,8 @@ def evaluate_task(
         tracking.log_dict(settings, run_id, evaluation.report, "evaluation.json")
         tracking.log_bytes(settings, run_id, evaluation.plots, "plots")
         importances = list(zip(split.train.features.columns, model.get_feature_importance(), strict=True))
-        p_test = evaluation.test_probabilities
-        figures = evaluation_figures(split.test.label, p_test, metrics["threshold"], importances)
-        tracking.log_figures(settings, run_id, figures, "plots")
+        y, p, threshold = split.test.label, evaluation.test_probabilities, metrics["threshold"]
+        tracking.log_figures(settings, run_id, evaluation_figures(y, p, threshold, importances), "plots")
     create_markdown_artifact(
         key="evaluation-summary",
         markdown=summary_markdown(metrics, split.boundaries, tuning, evaluation.report),

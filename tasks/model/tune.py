@@ -73,30 +73,29 @@ def objective_for(
             trial.set_user_attr(tune_study.SURPLUS, True)
             raise tune_study.SurplusTrial(reason)
         try:
-            return run(trial)
-        except optuna.TrialPruned:
-            raise
+            if (
+                tune_study.WORKER in trial.user_attrs
+            ):  # a re-run: the attributes are copied from the failed one
+                trial.set_user_attr("retried_from_worker", trial.user_attrs[tune_study.WORKER])
+            trial.set_user_attr(tune_study.WORKER, worker)
+            params, started, callback = suggest_params(trial), time.perf_counter(), PruningCallback(trial)
+            model = fit_model(params, train, valid, settings, callbacks=[callback])
+            auc = float(roc_auc_score(valid_label, predict_proba(model, valid)))
+            trial.set_user_attr("valid_roc_auc", auc)
+            trial.set_user_attr("best_iteration", model.get_best_iteration())
+            if run_id:
+                metrics = {"valid_roc_auc": auc, "fit_seconds": time.perf_counter() - started}
+                tags = {"optuna.trial": str(trial.number), "optuna.worker": worker}
+                fitted = {**params, "best_iteration": model.get_best_iteration()}
+                status = "KILLED" if callback.pruned else "FINISHED"
+                tracking.log_child_run(
+                    settings, run_id, f"trial-{trial.number}", fitted, metrics, tags, status
+                )
         except Exception as exc:
             # a trial failed stale meanwhile takes no attribute: it counts as stopped, and is re-run
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 trial.set_user_attr(tune_study.ERROR, repr(exc)[:1000])
             raise
-
-    def run(trial: optuna.Trial) -> float:
-        if tune_study.WORKER in trial.user_attrs:  # a re-run: the attributes are copied from the failed trial
-            trial.set_user_attr("retried_from_worker", trial.user_attrs[tune_study.WORKER])
-        trial.set_user_attr(tune_study.WORKER, worker)
-        params, started, callback = suggest_params(trial), time.perf_counter(), PruningCallback(trial)
-        model = fit_model(params, train, valid, settings, callbacks=[callback])
-        auc = float(roc_auc_score(valid_label, predict_proba(model, valid)))
-        trial.set_user_attr("valid_roc_auc", auc)
-        trial.set_user_attr("best_iteration", model.get_best_iteration())
-        if run_id:
-            metrics = {"valid_roc_auc": auc, "fit_seconds": time.perf_counter() - started}
-            tags = {"optuna.trial": str(trial.number), "optuna.worker": worker}
-            fitted = {**params, "best_iteration": model.get_best_iteration()}
-            status = "KILLED" if callback.pruned else "FINISHED"
-            tracking.log_child_run(settings, run_id, f"trial-{trial.number}", fitted, metrics, tags, status)
         if callback.pruned:
             raise optuna.TrialPruned(f"pruned at validation AUC {auc:.4f}")
         return auc

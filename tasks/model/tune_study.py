@@ -179,9 +179,7 @@ def reconcile(study: optuna.Study) -> None:
     """Queue the retry of every slot whose trials all stopped (a process stopped between Optuna failing a stale
     trial and queuing its retry leaves one); a retry queued twice fails as surplus (:func:`surplus_reason`)."""
     # the study's storage is private in Optuna; optuna.storages.fail_stale_trials reads it the same way
-    retry = getattr(
-        study._storage, "get_heartbeat_stale_trial_callback", lambda: None
-    )()  # heartbeat storages
+    retry = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     if retry is None:
         return
     slots: dict[Any, list[FrozenTrial]] = defaultdict(list)
@@ -199,13 +197,10 @@ def surplus_reason(trial: optuna.Trial) -> str | None:
     slot = trial.user_attrs.get(SLOT)
     if slot is None:
         return f"trial #{trial.number} was not queued: the study has its trials"
-    for other in trial.study.get_trials(deepcopy=False):
-        if (
-            other.number < trial.number
-            and other.user_attrs.get(SLOT) == slot
-            and other.state != TrialState.FAIL
-        ):
-            return f"trial #{trial.number} re-runs slot {slot}, held by trial #{other.number} (queued twice)"
+    trials = trial.study.get_trials(deepcopy=False)
+    held = [t.number for t in trials if t.user_attrs.get(SLOT) == slot and t.state != TrialState.FAIL]
+    if held and held[0] < trial.number:
+        return f"trial #{trial.number} re-runs slot {slot}, held by trial #{held[0]} (queued twice)"
     return None
 
 
@@ -258,16 +253,12 @@ def write_data(train: ModelTable, valid: ModelTable, folder: Path) -> list[Path]
 
 def read_data(folder: Path) -> tuple[ModelTable, ModelTable]:
     """The slices :func:`write_data` wrote, as model tables (rows and labels only)."""
-    tables = []
-    for path in (folder / name for name in DATA_FILES):
-        if not path.exists():
-            raise PermanentError(f"tune worker: the tuning data {path} is missing")
-        frame = pd.read_parquet(path)
-        label = frame.pop(LABEL_COLUMN).to_numpy()
-        tables.append(
-            ModelTable(pd.DataFrame(index=range(0)), frame, label, np.array([], "datetime64[ns]"), [])
-        )
-    return tables[0], tables[1]
+    if missing := [folder / name for name in DATA_FILES if not (folder / name).exists()]:
+        raise PermanentError(f"tune worker: the tuning data {missing[0]} is missing")
+    frames = [pd.read_parquet(folder / name) for name in DATA_FILES]
+    empty, no_times = pd.DataFrame(index=range(0)), np.array([], "datetime64[ns]")
+    train, valid = (ModelTable(empty, f, f.pop(LABEL_COLUMN).to_numpy(), no_times, []) for f in frames)
+    return train, valid
 
 
 class LocalWorkers:
@@ -303,7 +294,6 @@ class PoolWorkers:
     def __init__(self, deployment: str, parameters: Sequence[dict[str, Any]]) -> None:
         from prefect.deployments import run_deployment
 
-        self.deployment = deployment
         self.ids = [run_deployment(deployment, parameters=p, timeout=0).id for p in parameters]
 
     def states(self) -> list[Any]:
