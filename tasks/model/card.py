@@ -1,6 +1,5 @@
-"""The model card of a bundle, as Markdown and self-contained HTML, rendered from the bundle's files alone (at
-packaging and again when registration stamps the version; the service only serves the files); the evaluate
-stage's summary reuses :func:`evaluation_markdown`."""
+"""The model card as Markdown and self-contained HTML, from the bundle's files alone (at packaging and again when
+registration stamps the version); the evaluate stage's summary reuses :func:`evaluation_markdown`."""
 
 from __future__ import annotations
 
@@ -292,19 +291,16 @@ def _data_section(meta: dict[str, Any], context: dict[str, Any]) -> Section:
         ["file", "sha256", "bytes"],
         [[name, f.get("sha256", "?"), num(f.get("size"))] for name, f in (data.get("files") or {}).items()],
     )
-    windows = Table(
-        ["slice", "from", "to", "loans", "risky share"],
-        [
-            [name, *(bounds.get(f"{key}_{end}", "?") for end in ("start", "end")),
-             num(bounds.get(f"n_{key}")), pct(bounds.get(f"risky_share_{key}"))]
-            for key, name in (("train", "train"), ("valid", "validation"), ("test", "test"))
-        ],
-    )  # fmt: skip
+    window = lambda key: [bounds.get(f"{key}_{end}", "?") for end in ("start", "end")]  # noqa: E731
+    windows = [
+        [name, *window(key), num(bounds.get(f"n_{key}")), pct(bounds.get(f"risky_share_{key}"))]
+        for key, name in (("train", "train"), ("valid", "validation"), ("test", "test"))
+    ]
+    label_keys = ("labelled", "risky", "good", "left_out_not_final")
     label_rows = [
-        [name + (" (this model)" if name == policy else ""), num(c.get("labelled")), num(c.get("risky")),
-         num(c.get("good")), num(c.get("left_out_not_final"))]
+        [name + (" (this model)" if name == policy else ""), *(num(c.get(k)) for k in label_keys)]
         for name, c in counts.items()
-    ]  # fmt: skip
+    ]
     return Section(
         "Data",
         [
@@ -316,7 +312,7 @@ def _data_section(meta: dict[str, Any], context: dict[str, Any]) -> Section:
         ],
         tables=[
             files,
-            windows,
+            Table(["slice", "from", "to", "loans", "risky share"], windows),
             Table(["label policy", "labelled", "risky", "good", "left out (not final)"], label_rows),
         ],
     )
@@ -380,8 +376,7 @@ def card_sections(bundle_dir: Path) -> tuple[str, list[Section], list[str]]:
 
 
 def write_card(bundle_dir: str | Path) -> tuple[Path, Path]:
-    """Render the card into the bundle: ``card.md`` (plots linked as ``plots/<name>.png``) and ``card.html`` (one
-    self-contained page, the plots embedded as data URIs); returns both paths."""
+    """Render ``card.md`` (plots linked under ``plots/``) and ``card.html`` (plots embedded) into the bundle."""
     bundle_dir = Path(bundle_dir)
     title, sections, plots = card_sections(bundle_dir)
     images = {

@@ -149,8 +149,7 @@ def _pyplot() -> Any:
 
 
 def credit_plots(report: dict[str, Any]) -> dict[str, bytes]:
-    """The card's plots as PNG bytes: reliability (validation before and after calibration, test) and test decile
-    bad rates."""
+    """The card's plots as PNG bytes: reliability (before and after calibration) and test decile bad rates."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     curves = [("valid_uncalibrated", "validation (model)"), ("valid", "validation"), ("test", "test")]

@@ -211,7 +211,6 @@ def fan_out(
 ) -> None:
     """Run the queued trials on ``tune_workers`` workers (local processes or pool flow runs) and follow them."""
     tuning, name, log = settings.tuning, study.study_name, run_logger()
-    trial_log = TrialLog(tuning.n_trials, log.info)
     scratch = settings.state_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="loanrisk-tune-", dir=scratch) as tmp:
@@ -236,7 +235,7 @@ def fan_out(
         message = "tuning: %d trials of study %s on %d %s workers: %s"
         log.info(message, tuning.n_trials, name, tuning.tune_workers, tuning.tune_mode, pool.describe())
         try:
-            tune_study.wait_for_trials(study, pool, deadline, trial_log)
+            tune_study.wait_for_trials(study, pool, deadline, TrialLog(tuning.n_trials, log.info))
         finally:
             pool.stop()
 
@@ -245,9 +244,8 @@ def tune(settings: Settings, split: Split, study_name: str, run_id: str | None =
     """Run the study within the trial count and time budget, here or on workers; the best params and a summary."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tuning, deadline = settings.tuning, time.time() + settings.tuning.tune_timeout_seconds
-    study = tune_study.prepare_study(
-        settings, study_name, tune_study.data_fingerprint(split.train, split.valid)
-    )
+    fingerprint = tune_study.data_fingerprint(split.train, split.valid)
+    study = tune_study.prepare_study(settings, study_name, fingerprint)
     if tuning.tune_workers == 1 and tuning.tune_mode == "local":
         pools = make_pool(split.train), make_pool(split.valid)
         objective = objective_for(*pools, split.valid.label, settings, run_id, tune_study.worker_id(settings))

@@ -1,8 +1,6 @@
-"""The tuning study workers share: one Optuna study in RDB storage with exactly ``n_trials`` queued trials, each
-with a ``slot``; a dead worker's trial goes stale and is queued again, a trial past the queue fails as surplus.
-The study's user attributes hold the data fingerprint and fit settings: it resumes only on the same ones.
-Workers are local processes (``tune_mode = "local"``) or tune-worker flow runs (``"pool"``); the slices travel
-as Parquet (a folder, or for pool workers an MLflow artifact), checked against the fingerprint by every worker."""
+"""The study tuning workers share (RDB storage, exactly ``n_trials`` queued trials, each a ``slot``; a dead
+worker's trial goes stale and is queued again), resumed only on the same data fingerprint and fit settings; and
+the workers: local processes or tune-worker flow runs, the slices passed as Parquet and checked by each."""
 
 from __future__ import annotations
 
@@ -49,7 +47,6 @@ class SurplusTrial(Exception):
 
 class HeartbeatStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage with two fixes for shared trials, through its ORM (Optuna has no API for either).
-
     - Stale trials include a running one with no heartbeat row started before the grace period (its worker died
       before the first beat); start times are worker clocks, so pool workers need clocks within the grace period.
     - A pop (queued to running) is one conditional UPDATE, so two workers popping at once cannot both run it."""
