@@ -379,11 +379,8 @@ def write_card(bundle_dir: str | Path) -> tuple[Path, Path]:
     """Render ``card.md`` (plots linked under ``plots/``) and ``card.html`` (plots embedded) into the bundle."""
     bundle_dir = Path(bundle_dir)
     title, sections, plots = card_sections(bundle_dir)
-    images = {
-        name: "data:image/png;base64,"
-        + base64.b64encode((bundle_dir / PLOTS_DIR / name).read_bytes()).decode()
-        for name in plots
-    }
+    encoded = lambda name: base64.b64encode((bundle_dir / PLOTS_DIR / name).read_bytes()).decode()  # noqa: E731
+    images = {name: f"data:image/png;base64,{encoded(name)}" for name in plots}
     md, html = bundle_dir / CARD_MARKDOWN, bundle_dir / CARD_HTML
     md.write_text(f"# {title}\n\n{markdown_of(sections)}", encoding="utf-8")
     page = HTML_PAGE.render(title=title, sections=sections, images=images, captions=PLOT_CAPTIONS)

@@ -218,7 +218,7 @@ def build_evaluation(
 ) -> Evaluation:
     """Everything the evaluate stage establishes, without logging it: calibrate (when needed), choose the
     threshold, compute every metric, the report and its plots (all after calibration on calibrated scores)."""
-    ev, registry = settings.evaluation, settings.registry
+    ev, floors = settings.evaluation, (settings.registry.min_precision, settings.registry.min_recall)
     y_valid, y_test = split.valid.label, split.test.label
     p_train, p_valid, p_test = (
         predict_proba(model, make_pool(t)) for t in (split.train, split.valid, split.test)
@@ -227,15 +227,11 @@ def build_evaluation(
     uncalibrated = credit.calibration_bins(y_valid, p_valid)
     if calibrator is not None:
         p_train, p_valid, p_test = (calibrator.apply(p) for p in (p_train, p_valid, p_test))
-    threshold, policy = decide_threshold(ev, registry.min_precision, registry.min_recall, y_valid, p_valid)
-    metrics = evaluate(
-        y_valid, p_valid, y_test, p_test, registry.min_precision, registry.min_recall, threshold
-    )
+    threshold, policy = decide_threshold(ev, *floors, y_valid, p_valid)
+    metrics = evaluate(y_valid, p_valid, y_test, p_test, *floors, threshold)
     slices = {}
-    for prefix, y, p, raw in (
-        ("valid", y_valid, p_valid, split.valid.raw),
-        ("test", y_test, p_test, split.test.raw),
-    ):
+    for prefix, table, p in (("valid", split.valid, p_valid), ("test", split.test, p_test)):
+        y, raw = table.label, table.raw
         auc, ks = stats.auc_and_ks(y, p)
         metrics |= {f"{prefix}_ks": ks, f"{prefix}_gini": credit.gini(auc)}
         metrics[f"{prefix}_ece"] = credit.expected_calibration_error(y, p)

@@ -263,7 +263,7 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
     if not done:
         states = {state.name: n for state, n in tune_study.counts(study).items() if n}
         raise TransientError(f"tuning: no trial of study {study.study_name!r} completed ({states})")
-    best = study.best_trial
+    best, kept = study.best_trial, [t for t in trials if tune_study.SURPLUS not in t.user_attrs]
     if math.isnan(best.value):
         raise TransientError("tuning produced a NaN objective")
     if run_id:
@@ -274,9 +274,7 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
         "best_trial": best.number,
         "n_complete": len(done),
         "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "n_retried": sum(
-            tune_study.retried_from(t) is not None for t in trials if tune_study.SURPLUS not in t.user_attrs
-        ),
+        "n_retried": sum(tune_study.retried_from(t) is not None for t in kept),
         "workers": sorted(
             {str(t.user_attrs.get(tune_study.WORKER)) for t in trials if t.state.is_finished()}
         ),
