@@ -41,7 +41,7 @@ UNFINISHED = (TrialState.WAITING, TrialState.RUNNING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-class SurplusTrial(Exception):
+class SurplusTrial(PermanentError):
     """A trial created past the queue, or a slot's retry queued twice: failed, never counted."""
 
 
