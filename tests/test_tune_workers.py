@@ -20,7 +20,6 @@ from optuna.trial import TrialState, create_trial
 
 from tasks.errors import PermanentError
 from tasks.model import tune_study
-from tasks.model import tune_workers as workers
 from tasks.model.features import ModelTable
 from tasks.model.train import make_pool
 from tasks.model.tune import objective_for, tune, work, worker_main
@@ -74,14 +73,14 @@ def assert_count_reached(study: optuna.Study, n_trials: int, dead: optuna.trial.
 
 
 def test_the_fingerprint_survives_the_trip_to_the_workers(sample_split, tmp_path: Path) -> None:
-    before = workers.data_fingerprint(sample_split.train, sample_split.valid)
-    workers.write_data(sample_split.train, sample_split.valid, tmp_path)
-    train, valid = workers.read_data(tmp_path)
-    assert workers.data_fingerprint(train, valid) == before
+    before = tune_study.data_fingerprint(sample_split.train, sample_split.valid)
+    tune_study.write_data(sample_split.train, sample_split.valid, tmp_path)
+    train, valid = tune_study.read_data(tmp_path)
+    assert tune_study.data_fingerprint(train, valid) == before
     assert np.array_equal(valid.label, sample_split.valid.label)
     changed = ModelTable(train.raw, train.features.copy(), train.label.copy(), train.application_time, [])
     changed.label[0] = 1 - changed.label[0]
-    assert workers.data_fingerprint(changed, valid) != before
+    assert tune_study.data_fingerprint(changed, valid) != before
 
 
 def test_a_study_is_never_resumed_on_other_data_or_settings(tmp_path: Path) -> None:
@@ -97,8 +96,10 @@ def test_a_study_is_never_resumed_on_other_data_or_settings(tmp_path: Path) -> N
 
 def test_a_worker_refuses_data_that_is_not_the_studys(sample_split, tmp_path: Path) -> None:
     s = tiny(tmp_path, n_trials=1)
-    tune_study.prepare_study(s, "guarded", workers.data_fingerprint(sample_split.train, sample_split.valid))
-    workers.write_data(sample_split.valid, sample_split.train, tmp_path / "swapped")
+    tune_study.prepare_study(
+        s, "guarded", tune_study.data_fingerprint(sample_split.train, sample_split.valid)
+    )
+    tune_study.write_data(sample_split.valid, sample_split.train, tmp_path / "swapped")
     with pytest.raises(PermanentError, match="fingerprint"):
         worker_main(s, "guarded", str(tmp_path / "swapped"), None, 0, time.time() + 60)
     with pytest.raises(PermanentError, match="optuna_storage"):
@@ -188,7 +189,7 @@ def test_the_stage_queues_the_retry_before_it_stops_polling(sample_split, tmp_pa
     study = tune_study.prepare_study(s, "stage-retried", "sha256:x")
     dead = failed_without_retry(study)
     seen: list[int] = []
-    workers.wait_for_trials(
+    tune_study.wait_for_trials(
         study,
         PollRuns(study, objective(sample_split, s)),
         time.time() + 120,

@@ -1,25 +1,255 @@
-"""The model card of a bundle, as Markdown and self-contained HTML, rendered from the bundle's files alone (at
-packaging and again when registration stamps the version; the service only serves the files)."""
+"""The model card as Markdown and self-contained HTML, from the bundle's files alone (at packaging and again when
+registration stamps the version); the evaluate stage's summary reuses :func:`evaluation_markdown`."""
 
 from __future__ import annotations
 
 import base64
 import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from serving.bundle import CARD_HTML, CARD_MARKDOWN, EVALUATION_FILE, PLOTS_DIR
 from serving.reason_table import TABLE_FILE, ReasonTable
-from tasks.model.card_tables import (
-    HTML_PAGE,
-    PLOT_CAPTIONS,
-    Section,
-    Table,
-    evaluation_sections,
-    markdown_of,
-    num,
-    pct,
+
+PLOT_CAPTIONS = {
+    "reliability.png": "Reliability: observed risky share against the predicted probability",
+    "deciles.png": "Bad rate by score decile (test)",
+}
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    bullets: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)  # file names under plots/
+
+
+def num(value: Any, digits: int = 4) -> str:
+    if value is None or isinstance(value, float) and not math.isfinite(value):
+        return "n/a"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def pct(value: Any) -> str:
+    return "n/a" if not isinstance(value, int | float) or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+METRIC_ROWS = {
+    "roc_auc": "ROC-AUC",
+    "auc_ci": "ROC-AUC 95% interval",
+    "gini": "Gini (2·AUC − 1)",
+    "ks": "KS",
+    "ks_ci": "KS 95% interval",
+    "pr_auc": "PR-AUC",
+    "precision": "precision at the threshold",
+    "recall": "recall at the threshold",
+    "f1": "F1 at the threshold",
+    "ece": "expected calibration error",
+    "brier": "Brier score",
+    "log_loss": "log loss",
+}
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    def cell(prefix: str, key: str) -> str:
+        if not key.endswith("_ci"):
+            return num(metrics.get(f"{prefix}_{key}"))
+        low, high = (metrics.get(f"{prefix}_{key}_{end}") for end in ("low", "high"))
+        return "n/a" if low is None or high is None else f"[{num(low)}, {num(high)}]"
+
+    rows = [[label, cell("valid", key), cell("test", key)] for key, label in METRIC_ROWS.items()]
+    return Table(["metric", "validation", "test"], rows)
+
+
+def _table(
+    columns: dict[str, Callable[[dict[str, Any]], str]], rows: list[dict[str, Any]], caption: str
+) -> Table:
+    return Table(list(columns), [[cell(r) for cell in columns.values()] for r in rows], caption)
+
+
+def _fmt(key: str, fmt: Callable[..., str] = num) -> Callable[[dict[str, Any]], str]:
+    return lambda row: fmt(row[key])
+
+
+DECILE_COLUMNS = {
+    "decile": _fmt("decile", str),
+    "scores": lambda r: f"{r['min_score']:.3f}–{r['max_score']:.3f}",
+    "loans": _fmt("count"),
+    "bads": _fmt("bads"),
+    "bad rate": _fmt("bad_rate", pct),
+    "bads captured (cum.)": _fmt("cum_bad_share", pct),
+    "lift": lambda r: num(r["lift"], 2),
+}
+CALIBRATION_COLUMNS = {
+    "probability bin": lambda b: f"{b['low']:.1f}–{b['high']:.1f}",
+    "loans": _fmt("count"),
+    "mean predicted": _fmt("mean_predicted"),
+    "observed risky share": _fmt("observed"),
+}
+SEGMENT_COLUMNS = {
+    "segment": _fmt("segment", str),
+    "value": _fmt("value", str),
+    "loans": _fmt("count"),
+    "bad rate": _fmt("bad_rate", pct),
+    "mean score": _fmt("mean_score"),
+    "flagged": _fmt("flagged_share", pct),
+    "ROC-AUC": _fmt("roc_auc"),
+    "KS": _fmt("ks"),
+}
+
+
+def policy_text(policy: dict[str, Any]) -> list[str]:
+    """What decides, in sentences: the threshold policy and its inputs, calibration, the label policy."""
+    threshold, cal = num(policy.get("threshold")), policy.get("calibration") or {}
+    if policy.get("threshold_policy") == "expected_cost":
+        rule = (
+            f"Threshold {threshold}, by the expected-cost policy: the validation threshold with the least "
+            f"{num(policy.get('cost_bad_approved'), 2)} × (bad loans approved) + "
+            f"{num(policy.get('cost_good_declined'), 2)} × (good loans declined); "
+            f"{num(policy.get('valid_cost_per_loan'))} per validation loan."
+        )
+    else:
+        rule = (
+            f"Threshold {threshold}, by the F1 policy: the best validation F1 among thresholds with precision ≥ "
+            f"{num(policy.get('min_precision'), 2)} and recall ≥ {num(policy.get('min_recall'), 2)}."
+        )
+    if cal.get("applied"):
+        calibration = (
+            f"Calibrated ({cal.get('method')}, fitted on validation): the model's validation ECE "
+            f"{num(cal.get('valid_ece_uncalibrated'))} exceeded {num(cal.get('max_ece'), 3)}; after calibration "
+            f"{num(cal.get('valid_ece_calibrated'))}. Served probabilities, the threshold and every metric here "
+            "are calibrated ones."
+        )
+    else:
+        calibration = (
+            f"Not calibrated: the validation ECE {num(cal.get('valid_ece_uncalibrated'))} is within "
+            f"{num(cal.get('max_ece'), 3)}."
+        )
+    return [rule, calibration, f"Label policy: {policy.get('label_policy', 'seed')}."]
+
+
+def evaluation_sections(report: dict[str, Any], plots: list[str] | None = None) -> list[Section]:
+    """The metrics, deciles, calibration, segments and stability sections of an evaluation report."""
+    plots = plots or []
+    metrics, slices, stability = report["metrics"], report["slices"], report["stability"]
+    boot, seg_min = (report.get("settings", {}).get(k) for k in ("bootstrap_samples", "segment_min_count"))
+    return [
+        Section(
+            "Metrics",
+            [
+                f"Validation chooses the threshold; test is the most recent slice, never seen in training. "
+                f"Intervals: percentile bootstrap, {boot} resamples.",
+                *policy_text(report["policy"]),
+            ],
+            tables=[metrics_table(metrics)],
+        ),
+        Section(
+            "Decile table",
+            ["Loans in ten equal groups by score, riskiest first."],
+            tables=[
+                _table(DECILE_COLUMNS, slices[key]["deciles"], name)
+                for key, name in (("test", "test"), ("valid", "validation"))
+            ],
+            plots=[p for p in plots if p == "deciles.png"],
+        ),
+        Section(
+            "Calibration",
+            [
+                f"Expected calibration error: validation {num(metrics.get('valid_ece'))}, test "
+                f"{num(metrics.get('test_ece'))} (ten equal-width bins)."
+            ],
+            tables=[_table(CALIBRATION_COLUMNS, slices["test"]["calibration"], "test")],
+            plots=[p for p in plots if p == "reliability.png"],
+        ),
+        Section(
+            "Segments",
+            [f"Test loans by state, lead type and pay frequency; segments under {seg_min} loans left out."],
+            tables=[_table(SEGMENT_COLUMNS, slices["test"]["segments"], "test")],
+        ),
+        Section(
+            "Stability baseline",
+            [
+                f"Population stability index of the score, train → test: {num(stability['score_psi'])} "
+                "(below 0.1 stable, 0.1–0.25 moderate shift, above 0.25 major). The ten most shifted features "
+                "are the baseline drift monitoring compares against."
+            ],
+            tables=[
+                Table(
+                    ["feature", "PSI train → test"],
+                    [[r["feature"], num(r["psi"])] for r in stability["feature_psi"]],
+                )
+            ],
+        ),
+    ]
+
+
+def _markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
+HTML_PAGE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(
+    """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}caption{text-align:left;font-style:italic}
+img{max-width:100%;display:block;margin:.5rem 0}figcaption{font-size:.9em;color:#555}
+</style></head><body>
+<h1>{{ title }}</h1>
+{% for s in sections %}
+<section><h2>{{ s.title }}</h2>
+{% for p in s.paragraphs %}<p>{{ p }}</p>
+{% endfor %}
+{% if s.bullets %}<ul>{% for b in s.bullets %}<li>{{ b }}</li>{% endfor %}</ul>{% endif %}
+{% for t in s.tables %}<table>{% if t.caption %}<caption>{{ t.caption }}</caption>{% endif %}
+<tr>{% for h in t.headers %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in t.rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% endfor %}
+{% for plot in s.plots %}<figure><img alt="{{ captions.get(plot, plot) }}" src="{{ images[plot] }}">
+<figcaption>{{ captions.get(plot, plot) }}</figcaption></figure>
+{% endfor %}
+</section>
+{% endfor %}
+</body></html>
+"""
 )
+
+
+def markdown_of(sections: list[Section]) -> str:
+    lines = []
+    for s in sections:
+        lines += [f"## {s.title}", "", *(line for p in s.paragraphs for line in (p, ""))]
+        lines += [f"- {b}" for b in s.bullets] + ([""] if s.bullets else [])
+        for t in s.tables:
+            lines += [f"*{t.caption}*", ""] if t.caption else []
+            rule = "|" + "---|" * len(t.headers)
+            lines += [_markdown_row(t.headers), rule, *map(_markdown_row, t.rows), ""]
+        lines += [line for p in s.plots for line in (f"![{PLOT_CAPTIONS.get(p, p)}]({PLOTS_DIR}/{p})", "")]
+    return "".join(line + "\n" for line in lines)
+
+
+def evaluation_markdown(report: dict[str, Any]) -> str:
+    """The credit-grade sections of an evaluation report as Markdown."""
+    return markdown_of(evaluation_sections(report))
+
 
 INTENDED_USE = [
     "Estimates the probability that a funded consumer instalment loan ends in collection, charge-off, "
@@ -61,19 +291,16 @@ def _data_section(meta: dict[str, Any], context: dict[str, Any]) -> Section:
         ["file", "sha256", "bytes"],
         [[name, f.get("sha256", "?"), num(f.get("size"))] for name, f in (data.get("files") or {}).items()],
     )
-    windows = Table(
-        ["slice", "from", "to", "loans", "risky share"],
-        [
-            [name, *(bounds.get(f"{key}_{end}", "?") for end in ("start", "end")),
-             num(bounds.get(f"n_{key}")), pct(bounds.get(f"risky_share_{key}"))]
-            for key, name in (("train", "train"), ("valid", "validation"), ("test", "test"))
-        ],
-    )  # fmt: skip
+    window = lambda key: [bounds.get(f"{key}_{end}", "?") for end in ("start", "end")]  # noqa: E731
+    windows = [
+        [name, *window(key), num(bounds.get(f"n_{key}")), pct(bounds.get(f"risky_share_{key}"))]
+        for key, name in (("train", "train"), ("valid", "validation"), ("test", "test"))
+    ]
+    label_keys = ("labelled", "risky", "good", "left_out_not_final")
     label_rows = [
-        [name + (" (this model)" if name == policy else ""), num(c.get("labelled")), num(c.get("risky")),
-         num(c.get("good")), num(c.get("left_out_not_final"))]
+        [name + (" (this model)" if name == policy else ""), *(num(c.get(k)) for k in label_keys)]
         for name, c in counts.items()
-    ]  # fmt: skip
+    ]
     return Section(
         "Data",
         [
@@ -85,7 +312,7 @@ def _data_section(meta: dict[str, Any], context: dict[str, Any]) -> Section:
         ],
         tables=[
             files,
-            windows,
+            Table(["slice", "from", "to", "loans", "risky share"], windows),
             Table(["label policy", "labelled", "risky", "good", "left out (not final)"], label_rows),
         ],
     )
@@ -142,22 +369,18 @@ def card_sections(bundle_dir: Path) -> tuple[str, list[Section], list[str]]:
         _data_section(meta, context),
         _training_section(meta, context),
     ]
-    no_report = [Section("Metrics", ["This bundle carries no evaluation report."])]
-    sections += evaluation_sections(report, plots) if report else no_report
+    no_report = Section("Metrics", ["This bundle carries no evaluation report."])
+    sections += evaluation_sections(report, plots) if report else [no_report]
     sections += [_reasons_section(bundle_dir), Section("Limitations", bullets=LIMITATIONS)]
     return title, sections, plots
 
 
 def write_card(bundle_dir: str | Path) -> tuple[Path, Path]:
-    """Render the card into the bundle: ``card.md`` (plots linked as ``plots/<name>.png``) and ``card.html`` (one
-    self-contained page, the plots embedded as data URIs); returns both paths."""
+    """Render ``card.md`` (plots linked under ``plots/``) and ``card.html`` (plots embedded) into the bundle."""
     bundle_dir = Path(bundle_dir)
     title, sections, plots = card_sections(bundle_dir)
-    images = {
-        name: "data:image/png;base64,"
-        + base64.b64encode((bundle_dir / PLOTS_DIR / name).read_bytes()).decode()
-        for name in plots
-    }
+    encoded = lambda name: base64.b64encode((bundle_dir / PLOTS_DIR / name).read_bytes()).decode()  # noqa: E731
+    images = {name: f"data:image/png;base64,{encoded(name)}" for name in plots}
     md, html = bundle_dir / CARD_MARKDOWN, bundle_dir / CARD_HTML
     md.write_text(f"# {title}\n\n{markdown_of(sections)}", encoding="utf-8")
     page = HTML_PAGE.render(title=title, sections=sections, images=images, captions=PLOT_CAPTIONS)

@@ -138,11 +138,7 @@ def stability(
 
 
 def segment_metrics(
-    y: np.ndarray,
-    p: np.ndarray,
-    threshold: float,
-    segments: Mapping[str, Any],
-    min_count: int,
+    y: np.ndarray, p: np.ndarray, threshold: float, segments: Mapping[str, Any], min_count: int
 ) -> list[dict[str, Any]]:
     """Metrics per value of each segment column (``{"state": values, ...}``) with at least ``min_count`` loans."""
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from catboost import CatBoostClassifier
 from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    PrecisionRecallDisplay,
+    RocCurveDisplay,
     average_precision_score,
     brier_score_loss,
     f1_score,
@@ -23,8 +27,7 @@ from serving.calibration import Calibrator
 from tasks import stats
 from tasks.common import run_logger, stage
 from tasks.model import credit
-from tasks.model.card_tables import evaluation_markdown, num
-from tasks.model.plots import credit_plots, evaluation_figures
+from tasks.model.card import evaluation_markdown, num
 from tasks.model.split import Split
 from tasks.model.train import make_pool, predict_proba
 from tasks.registry import tracking
@@ -121,10 +124,8 @@ def summary_markdown(
     report: dict[str, Any] | None = None,
 ) -> str:
     """A markdown summary of the run for the Prefect UI, with the evaluation report's tables when given."""
-    cells = (
-        (name, num(metrics.get(f"valid_{name}")), num(metrics.get(f"test_{name}"))) for name in METRIC_ROWS
-    )
-    rows = "\n".join(f"| {name} | {valid} | {test} |" for name, valid, test in cells)
+    cell = lambda key: num(metrics.get(key))  # noqa: E731
+    rows = "\n".join(f"| {n} | {cell(f'valid_{n}')} | {cell(f'test_{n}')} |" for n in METRIC_ROWS)
     return (
         "# Loan-risk model evaluation\n\n"
         f"Decision threshold (chosen on validation): **{metrics['threshold']:.4f}**\n\n"
@@ -136,6 +137,67 @@ def summary_markdown(
         f"Tuning: {tuning['n_complete']} complete trials, {tuning['n_pruned']} pruned; best validation "
         f"ROC-AUC {tuning['best_value']:.4f} with `{tuning['best_params']}`.\n"
     ) + (f"\n{evaluation_markdown(report)}" if report else "")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def credit_plots(report: dict[str, Any]) -> dict[str, bytes]:
+    """The card's plots as PNG bytes: reliability (before and after calibration) and test decile bad rates."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    curves = [("valid_uncalibrated", "validation (model)"), ("valid", "validation"), ("test", "test")]
+    if not report["policy"]["calibration"]["applied"]:
+        curves = curves[1:]
+    for key, label in curves:
+        bins = report["slices"][key]["calibration"] if key != "valid_uncalibrated" else report["uncalibrated"]
+        ax.plot([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], "o-", label=label)
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="mean predicted probability", ylabel="observed risky share", title="Reliability")
+    ax.legend(loc="upper left")
+    figures = {"reliability.png": fig}
+    rows = report["slices"]["test"]["deciles"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar([str(r["decile"]) for r in rows], [r["bad_rate"] for r in rows])
+    ax.set(xlabel="score decile (1 = riskiest)", ylabel="bad rate", title="Bad rate by decile (test)")
+    figures["deciles.png"] = fig
+    plots = {}
+    for name, fig in figures.items():
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90)
+        plt.close(fig)
+        plots[name] = buffer.getvalue()
+    return plots
+
+
+def evaluation_figures(
+    y: np.ndarray, p: np.ndarray, threshold: float, importances: list[tuple[str, float]]
+) -> dict[str, Any]:
+    """ROC, PR, confusion-matrix and feature-importance plots of the test slice (scikit-learn's displays)."""
+    plt = _pyplot()
+    roc = RocCurveDisplay.from_predictions(y, p, name="test", plot_chance_level=True)
+    pr = PrecisionRecallDisplay.from_predictions(y, p, name="test")
+    flagged = (p >= threshold).astype(int)
+    cm = ConfusionMatrixDisplay.from_predictions(y, flagged, labels=[0, 1], display_labels=["good", "risky"])
+    roc.ax_.set_title("ROC (test)")
+    pr.ax_.set_title("Precision-recall (test)")
+    cm.ax_.set_title(f"Confusion at {threshold:.3f}")
+    top = sorted(importances, key=lambda kv: kv[1], reverse=True)[:25][::-1]
+    fig, ax = plt.subplots(figsize=(6, 7))
+    ax.barh([k for k, _ in top], [v for _, v in top])
+    ax.set(title="Feature importance (top 25)", xlabel="importance")
+    figures = {"roc.png": roc.figure_, "pr.png": pr.figure_, "confusion_matrix.png": cm.figure_}
+    figures["feature_importance.png"] = fig
+    for fig in figures.values():
+        fig.tight_layout()
+    return figures
 
 
 @dataclass
@@ -156,7 +218,7 @@ def build_evaluation(
 ) -> Evaluation:
     """Everything the evaluate stage establishes, without logging it: calibrate (when needed), choose the
     threshold, compute every metric, the report and its plots (all after calibration on calibrated scores)."""
-    ev, registry = settings.evaluation, settings.registry
+    ev, floors = settings.evaluation, (settings.registry.min_precision, settings.registry.min_recall)
     y_valid, y_test = split.valid.label, split.test.label
     p_train, p_valid, p_test = (
         predict_proba(model, make_pool(t)) for t in (split.train, split.valid, split.test)
@@ -165,15 +227,11 @@ def build_evaluation(
     uncalibrated = credit.calibration_bins(y_valid, p_valid)
     if calibrator is not None:
         p_train, p_valid, p_test = (calibrator.apply(p) for p in (p_train, p_valid, p_test))
-    threshold, policy = decide_threshold(ev, registry.min_precision, registry.min_recall, y_valid, p_valid)
-    metrics = evaluate(
-        y_valid, p_valid, y_test, p_test, registry.min_precision, registry.min_recall, threshold
-    )
+    threshold, policy = decide_threshold(ev, *floors, y_valid, p_valid)
+    metrics = evaluate(y_valid, p_valid, y_test, p_test, *floors, threshold)
     slices = {}
-    for prefix, y, p, raw in (
-        ("valid", y_valid, p_valid, split.valid.raw),
-        ("test", y_test, p_test, split.test.raw),
-    ):
+    for prefix, table, p in (("valid", split.valid, p_valid), ("test", split.test, p_test)):
+        y, raw = table.label, table.raw
         auc, ks = stats.auc_and_ks(y, p)
         metrics |= {f"{prefix}_ks": ks, f"{prefix}_gini": credit.gini(auc)}
         metrics[f"{prefix}_ece"] = credit.expected_calibration_error(y, p)
@@ -218,10 +276,8 @@ def evaluate_task(
     shown = [metrics[f"test_{k}"] for k in ("roc_auc", "ks", "pr_auc", "precision", "recall", "f1")]
     shown += [metrics["threshold"], policy["threshold_policy"]]
     shown.append(evaluation.calibrator.method if evaluation.calibrator else "no")
-    message = (
-        "test: ROC-AUC %.4f, KS %.4f, PR-AUC %.4f, precision %.4f, recall %.4f, F1 %.4f at threshold %.4f"
-    )
-    run_logger().info(message + " (%s); calibrated: %s", *shown)
+    message = "test: ROC-AUC %.4f, KS %.4f, PR-AUC %.4f, precision %.4f, recall %.4f, F1 %.4f at threshold"
+    run_logger().info(message + " %.4f (%s); calibrated: %s", *shown)
     if run_id:
         tracking.log_metrics(settings, run_id, {**metrics, "tuning_best_valid_roc_auc": tuning["best_value"]})
         flat = {f"policy.{k}": v for k, v in policy.items() if k != "calibration"}
@@ -230,9 +286,8 @@ def evaluate_task(
         tracking.log_dict(settings, run_id, evaluation.report, "evaluation.json")
         tracking.log_bytes(settings, run_id, evaluation.plots, "plots")
         importances = list(zip(split.train.features.columns, model.get_feature_importance(), strict=True))
-        p_test = evaluation.test_probabilities
-        figures = evaluation_figures(split.test.label, p_test, metrics["threshold"], importances)
-        tracking.log_figures(settings, run_id, figures, "plots")
+        y, p, threshold = split.test.label, evaluation.test_probabilities, metrics["threshold"]
+        tracking.log_figures(settings, run_id, evaluation_figures(y, p, threshold, importances), "plots")
     create_markdown_artifact(
         key="evaluation-summary",
         markdown=summary_markdown(metrics, split.boundaries, tuning, evaluation.report),

@@ -1,5 +1,4 @@
-"""Dataset-level feature steps: label, the clarity join, then serving's row code (so the service runs exactly the
-code training ran)."""
+"""Label, join clarity, then serving's own row code (so the service runs exactly the code training ran)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Package the bundle a version ships: model, metadata, reference sample, reason-code table, evaluation report,
-plots, model card and the drift reference profile."""
+"""The bundle a version ships: model, metadata, reference sample, reason codes, evaluation, card, drift profile."""
 
 from __future__ import annotations
 
@@ -42,8 +41,7 @@ from tasks.settings import Settings
 def reference_sample(
     test: ModelTable, probabilities: list[float], size: int, pseudonymiser: Pseudonymiser
 ) -> dict[str, list[Any]]:
-    """A spread of test records (pseudonymised) with their training-time probabilities, for smoke tests of
-    deployed images."""
+    """Spread, pseudonymised test records and their probabilities, for smoke tests of deployed images."""
     idx = list(range(0, len(test), max(1, len(test) // size)))[:size]
     return {
         "records": reference_records(test.subset(idx).records, pseudonymiser),

@@ -17,7 +17,6 @@ FIXED_PARAMS: dict[str, Any] = {
     "loss_function": "Logloss",
     "eval_metric": "AUC",
     "allow_writing_files": False,
-    "verbose": False,
 }
 
 
@@ -29,6 +28,7 @@ def make_pool(table: ModelTable) -> Pool:
 def model_params(params: dict[str, Any], tuning: TuningSettings) -> dict[str, Any]:
     """Tuned parameters over the fixed ones (and the monotone constraints, by feature name, when set)."""
     fixed = FIXED_PARAMS | {
+        "verbose": False,
         "iterations": tuning.max_iterations,
         "early_stopping_rounds": tuning.early_stopping_rounds,
         "random_seed": tuning.seed,

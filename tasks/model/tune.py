@@ -23,7 +23,6 @@ from sklearn.metrics import roc_auc_score
 from tasks.common import run_logger, stage
 from tasks.errors import PermanentError, TransientError
 from tasks.model import tune_study
-from tasks.model import tune_workers as workers
 from tasks.model.split import Split
 from tasks.model.train import fit_model, make_pool, predict_proba
 from tasks.registry import tracking
@@ -74,30 +73,29 @@ def objective_for(
             trial.set_user_attr(tune_study.SURPLUS, True)
             raise tune_study.SurplusTrial(reason)
         try:
-            return run(trial)
-        except optuna.TrialPruned:
-            raise
+            if (
+                tune_study.WORKER in trial.user_attrs
+            ):  # a re-run: the attributes are copied from the failed one
+                trial.set_user_attr("retried_from_worker", trial.user_attrs[tune_study.WORKER])
+            trial.set_user_attr(tune_study.WORKER, worker)
+            params, started, callback = suggest_params(trial), time.perf_counter(), PruningCallback(trial)
+            model = fit_model(params, train, valid, settings, callbacks=[callback])
+            auc = float(roc_auc_score(valid_label, predict_proba(model, valid)))
+            trial.set_user_attr("valid_roc_auc", auc)
+            trial.set_user_attr("best_iteration", model.get_best_iteration())
+            if run_id:
+                metrics = {"valid_roc_auc": auc, "fit_seconds": time.perf_counter() - started}
+                tags = {"optuna.trial": str(trial.number), "optuna.worker": worker}
+                fitted = {**params, "best_iteration": model.get_best_iteration()}
+                status = "KILLED" if callback.pruned else "FINISHED"
+                tracking.log_child_run(
+                    settings, run_id, f"trial-{trial.number}", fitted, metrics, tags, status
+                )
         except Exception as exc:
             # a trial failed stale meanwhile takes no attribute: it counts as stopped, and is re-run
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 trial.set_user_attr(tune_study.ERROR, repr(exc)[:1000])
             raise
-
-    def run(trial: optuna.Trial) -> float:
-        if tune_study.WORKER in trial.user_attrs:  # a re-run: the attributes are copied from the failed trial
-            trial.set_user_attr("retried_from_worker", trial.user_attrs[tune_study.WORKER])
-        trial.set_user_attr(tune_study.WORKER, worker)
-        params, started, callback = suggest_params(trial), time.perf_counter(), PruningCallback(trial)
-        model = fit_model(params, train, valid, settings, callbacks=[callback])
-        auc = float(roc_auc_score(valid_label, predict_proba(model, valid)))
-        trial.set_user_attr("valid_roc_auc", auc)
-        trial.set_user_attr("best_iteration", model.get_best_iteration())
-        if run_id:
-            metrics = {"valid_roc_auc": auc, "fit_seconds": time.perf_counter() - started}
-            tags = {"optuna.trial": str(trial.number), "optuna.worker": worker}
-            fitted = {**params, "best_iteration": model.get_best_iteration()}
-            status = "KILLED" if callback.pruned else "FINISHED"
-            tracking.log_child_run(settings, run_id, f"trial-{trial.number}", fitted, metrics, tags, status)
         if callback.pruned:
             raise optuna.TrialPruned(f"pruned at validation AUC {auc:.4f}")
         return auc
@@ -195,13 +193,13 @@ def worker_main(
     folder = Path(data_uri)
     if data_uri.startswith("runs:/"):
         folder = tracking.download_artifacts(settings, data_uri, tracking.scratch_dir("loanrisk-tune-"))
-    train, valid = workers.read_data(folder)
-    found, expected = workers.data_fingerprint(train, valid), study.user_attrs.get(tune_study.FINGERPRINT)
+    train, valid = tune_study.read_data(folder)
+    found, expected = tune_study.data_fingerprint(train, valid), study.user_attrs.get(tune_study.FINGERPRINT)
     if found != expected:
         raise PermanentError(
             f"tune worker: the data at {data_uri} has fingerprint {found}, study {study_name!r} {expected}"
         )
-    worker = workers.worker_id(settings)
+    worker = tune_study.worker_id(settings)
     objective = objective_for(make_pool(train), make_pool(valid), valid.label, settings, run_id, worker)
     ran = work(study, objective, deadline, settings.tuning.tune_heartbeat_seconds)
     run_logger().info("tune worker %s: %d trials of study %s", worker, ran, study_name)
@@ -213,18 +211,17 @@ def fan_out(
 ) -> None:
     """Run the queued trials on ``tune_workers`` workers (local processes or pool flow runs) and follow them."""
     tuning, name, log = settings.tuning, study.study_name, run_logger()
-    trial_log = TrialLog(tuning.n_trials, log.info)
     scratch = settings.state_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="loanrisk-tune-", dir=scratch) as tmp:
-        paths = workers.write_data(split.train, split.valid, Path(tmp))
+        paths = tune_study.write_data(split.train, split.valid, Path(tmp))
         storage = tune_study.redacted(settings.study_storage)
-        pool: workers.LocalWorkers | workers.PoolWorkers
+        pool: tune_study.LocalWorkers | tune_study.PoolWorkers
         if tuning.tune_mode == "local":
             threads = tuning.thread_count  # -1: share the cores instead of every worker taking them all
             threads = max(1, (os.cpu_count() or 1) // tuning.tune_workers) if threads == -1 else threads
             args = (settings.model_copy(update={"thread_count": threads}), name, tmp, run_id)
-            pool = workers.LocalWorkers(
+            pool = tune_study.LocalWorkers(
                 worker_main, lambda i: (*args, i, deadline, storage), tuning.tune_workers
             )
         else:
@@ -234,11 +231,11 @@ def fan_out(
             parameters = {"study_name": name, "data_uri": f"runs:/{run_id}/tuning/data", "run_id": run_id}
             parameters |= {"deadline": deadline, "storage": storage}
             runs = [{**parameters, "index": i} for i in range(tuning.tune_workers)]
-            pool = workers.PoolWorkers(tuning.tune_deployment_name, runs)
+            pool = tune_study.PoolWorkers(tuning.tune_deployment_name, runs)
         message = "tuning: %d trials of study %s on %d %s workers: %s"
         log.info(message, tuning.n_trials, name, tuning.tune_workers, tuning.tune_mode, pool.describe())
         try:
-            workers.wait_for_trials(study, pool, deadline, trial_log)
+            tune_study.wait_for_trials(study, pool, deadline, TrialLog(tuning.n_trials, log.info))
         finally:
             pool.stop()
 
@@ -247,10 +244,11 @@ def tune(settings: Settings, split: Split, study_name: str, run_id: str | None =
     """Run the study within the trial count and time budget, here or on workers; the best params and a summary."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tuning, deadline = settings.tuning, time.time() + settings.tuning.tune_timeout_seconds
-    study = tune_study.prepare_study(settings, study_name, workers.data_fingerprint(split.train, split.valid))
+    fingerprint = tune_study.data_fingerprint(split.train, split.valid)
+    study = tune_study.prepare_study(settings, study_name, fingerprint)
     if tuning.tune_workers == 1 and tuning.tune_mode == "local":
         pools = make_pool(split.train), make_pool(split.valid)
-        objective = objective_for(*pools, split.valid.label, settings, run_id, workers.worker_id(settings))
+        objective = objective_for(*pools, split.valid.label, settings, run_id, tune_study.worker_id(settings))
         log = TrialLog(tuning.n_trials, run_logger().info)
         work(study, objective, deadline, tuning.tune_heartbeat_seconds, callbacks=[log])
     else:
@@ -265,7 +263,7 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
     if not done:
         states = {state.name: n for state, n in tune_study.counts(study).items() if n}
         raise TransientError(f"tuning: no trial of study {study.study_name!r} completed ({states})")
-    best = study.best_trial
+    best, kept = study.best_trial, [t for t in trials if tune_study.SURPLUS not in t.user_attrs]
     if math.isnan(best.value):
         raise TransientError("tuning produced a NaN objective")
     if run_id:
@@ -276,9 +274,7 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
         "best_trial": best.number,
         "n_complete": len(done),
         "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "n_retried": sum(
-            tune_study.retried_from(t) is not None for t in trials if tune_study.SURPLUS not in t.user_attrs
-        ),
+        "n_retried": sum(tune_study.retried_from(t) is not None for t in kept),
         "workers": sorted(
             {str(t.user_attrs.get(tune_study.WORKER)) for t in trials if t.state.is_finished()}
         ),

@@ -1,23 +1,32 @@
-"""The tuning study workers share: one Optuna study in RDB storage with exactly ``n_trials`` queued trials, each
-with a ``slot``; a dead worker's trial goes stale and is queued again, a trial past the queue fails as surplus.
-The study's user attributes hold the data fingerprint and fit settings: it resumes only on the same ones."""
+"""The study tuning workers share (RDB storage, exactly ``n_trials`` queued trials, each a ``slot``; a dead
+worker's trial goes stale and is queued again), resumed only on the same data fingerprint and fit settings; and
+the workers: local processes or tune-worker flow runs, the slices passed as Parquet and checked by each."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import multiprocessing
+import os
+import socket
+import time
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+import pandas as pd
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
+from tasks.common import run_logger
 from tasks.errors import PermanentError
+from tasks.model.features import ModelTable
 from tasks.settings import Settings
 
 try:  # Optuna >= 4.9 renamed the callback; the old name is a deprecated alias
@@ -38,7 +47,6 @@ class SurplusTrial(PermanentError):
 
 class HeartbeatStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage with two fixes for shared trials, through its ORM (Optuna has no API for either).
-
     - Stale trials include a running one with no heartbeat row started before the grace period (its worker died
       before the first beat); start times are worker clocks, so pool workers need clocks within the grace period.
     - A pop (queued to running) is one conditional UPDATE, so two workers popping at once cannot both run it."""
@@ -168,9 +176,7 @@ def reconcile(study: optuna.Study) -> None:
     """Queue the retry of every slot whose trials all stopped (a process stopped between Optuna failing a stale
     trial and queuing its retry leaves one); a retry queued twice fails as surplus (:func:`surplus_reason`)."""
     # the study's storage is private in Optuna; optuna.storages.fail_stale_trials reads it the same way
-    retry = getattr(
-        study._storage, "get_heartbeat_stale_trial_callback", lambda: None
-    )()  # heartbeat storages
+    retry = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     if retry is None:
         return
     slots: dict[Any, list[FrozenTrial]] = defaultdict(list)
@@ -188,13 +194,10 @@ def surplus_reason(trial: optuna.Trial) -> str | None:
     slot = trial.user_attrs.get(SLOT)
     if slot is None:
         return f"trial #{trial.number} was not queued: the study has its trials"
-    for other in trial.study.get_trials(deepcopy=False):
-        if (
-            other.number < trial.number
-            and other.user_attrs.get(SLOT) == slot
-            and other.state != TrialState.FAIL
-        ):
-            return f"trial #{trial.number} re-runs slot {slot}, held by trial #{other.number} (queued twice)"
+    trials = trial.study.get_trials(deepcopy=False)
+    held = [t.number for t in trials if t.user_attrs.get(SLOT) == slot and t.state != TrialState.FAIL]
+    if held and held[0] < trial.number:
+        return f"trial #{trial.number} re-runs slot {slot}, held by trial #{held[0]} (queued twice)"
     return None
 
 
@@ -207,3 +210,137 @@ def retried_from(trial: FrozenTrial) -> int | None:
     """The number of the trial this one re-runs, else None."""
     with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
         return RetryCallback.retried_trial_number(trial)
+
+
+DATA_FILES = ("train.parquet", "valid.parquet")
+LABEL_COLUMN = "__label__"
+
+
+def worker_id(settings: Settings) -> str:
+    """``<name>:<pid>``: the worker name (``tune_worker_name``, else the host name) and the process."""
+    return f"{settings.tuning.tune_worker_name or socket.gethostname()}:{os.getpid()}"
+
+
+def data_fingerprint(train: ModelTable, valid: ModelTable) -> str:
+    """sha256 over the model rows and labels by value, so a Parquet round trip gives the same digest."""
+    digest = hashlib.sha256()
+    for table in (train, valid):
+        digest.update(f"rows={len(table)};".encode())
+        for name in table.features.columns:
+            column = table.features[name]
+            digest.update(f"{name}:".encode())
+            if pd.api.types.is_numeric_dtype(column):
+                values = column.to_numpy(dtype="float64", na_value=np.nan)
+                digest.update(np.where(np.isnan(values), np.nan, values).tobytes())
+            else:
+                text = ["\x00" if pd.isna(v) else str(v) for v in column.tolist()]
+                digest.update("\x1f".join(text).encode())
+        digest.update(np.asarray(table.label, dtype=np.int8).tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def write_data(train: ModelTable, valid: ModelTable, folder: Path) -> list[Path]:
+    """The slices as Parquet files (model rows and label) for the workers."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for table, name in zip((train, valid), DATA_FILES, strict=True):
+        frame = table.features.assign(**{LABEL_COLUMN: np.asarray(table.label, dtype=np.int8)})
+        frame.to_parquet(folder / name, index=False)
+    return [folder / name for name in DATA_FILES]
+
+
+def read_data(folder: Path) -> tuple[ModelTable, ModelTable]:
+    """The slices :func:`write_data` wrote, as model tables (rows and labels only)."""
+    if missing := [folder / name for name in DATA_FILES if not (folder / name).exists()]:
+        raise PermanentError(f"tune worker: the tuning data {missing[0]} is missing")
+    frames = [pd.read_parquet(folder / name) for name in DATA_FILES]
+    empty, no_times = pd.DataFrame(index=range(0)), np.array([], "datetime64[ns]")
+    train, valid = (ModelTable(empty, f, f.pop(LABEL_COLUMN).to_numpy(), no_times, []) for f in frames)
+    return train, valid
+
+
+class LocalWorkers:
+    """Worker processes running ``target``, forked from a fork server that preloaded its module (no threads of
+    this process are copied; slow imports are paid once)."""
+
+    def __init__(self, target: Callable[..., Any], args_for: Callable[[int], Sequence[Any]], n: int) -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([target.__module__])
+        self.processes = [
+            context.Process(target=target, args=tuple(args_for(i)), name=f"tune-worker-{i}") for i in range(n)
+        ]
+        for process in self.processes:
+            process.start()
+
+    def alive(self) -> list[bool]:
+        return [p.is_alive() for p in self.processes]
+
+    def describe(self) -> str:
+        return ", ".join(f"{p.name} pid {p.pid} exit {p.exitcode}" for p in self.processes)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+class PoolWorkers:
+    """Flow runs of the tune-worker deployment, started without waiting (the stage polls the study instead)."""
+
+    def __init__(self, deployment: str, parameters: Sequence[dict[str, Any]]) -> None:
+        from prefect.deployments import run_deployment
+
+        self.ids = [run_deployment(deployment, parameters=p, timeout=0).id for p in parameters]
+
+    def states(self) -> list[Any]:
+        from prefect import get_client
+
+        with get_client(sync_client=True) as client:
+            return [client.read_flow_run(i).state for i in self.ids]
+
+    def alive(self) -> list[bool]:
+        return [state is None or not state.is_final() for state in self.states()]
+
+    def describe(self) -> str:
+        return ", ".join(f"{i} {s.name if s else '?'}" for i, s in zip(self.ids, self.states(), strict=True))
+
+    def stop(self) -> None:
+        """Cancel the runs not finished."""
+        from prefect import get_client
+        from prefect.states import Cancelled
+
+        with get_client(sync_client=True) as client:
+            for flow_run_id, alive in zip(self.ids, self.alive(), strict=True):
+                if alive:
+                    client.set_flow_run_state(flow_run_id, Cancelled(message="tuning ended"), force=True)
+
+
+def wait_for_trials(
+    study: optuna.Study,
+    workers: LocalWorkers | PoolWorkers,
+    deadline: float,
+    on_finished: Callable[[optuna.Study, FrozenTrial], None],
+    poll_seconds: float = 1.0,
+) -> None:
+    """Poll the study until no trial is queued or running, every worker has ended, or the budget is spent with
+    nothing running; ``on_finished`` sees each queued trial that ends. Each poll first runs :func:`reconcile`."""
+    seen: set[int] = set()
+    log = run_logger()
+    while True:
+        reconcile(study)
+        trials = study.get_trials(deepcopy=False)
+        attrs_ok = lambda t: SLOT in t.user_attrs and SURPLUS not in t.user_attrs  # noqa: E731
+        ended = [t for t in trials if t.state.is_finished() and t.number not in seen and attrs_ok(t)]
+        for trial in sorted(ended, key=lambda t: t.datetime_complete or t.datetime_start):
+            seen.add(trial.number)
+            on_finished(study, trial)
+        unfinished = [t for t in trials if t.state in UNFINISHED]
+        if not unfinished:
+            return
+        if not any(workers.alive()):
+            message = "tuning: every worker ended with %d trials unfinished: %s"
+            return log.warning(message, len(unfinished), workers.describe())
+        if time.time() > deadline and not any(t.state == TrialState.RUNNING for t in unfinished):
+            return log.warning("tuning: budget spent with %d trials queued", len(unfinished))
+        time.sleep(poll_seconds)
