@@ -118,25 +118,10 @@ ALERTS = [  # see the module docstring
 def webhook_payload(alert: Alert) -> str:
     """The webhook's JSON document as a Jinja template: ``{"alert", "summary", "model", "version", "flow",
     "flow_run", "state", "reason", "link", "payload", "event", "occurred"}``, values through ``tojson``."""
-    fields = {
-        "alert": f"'{alert.key}'",
-        **alert.fields,
-        "event": "event.event",
-        "occurred": "event.occurred|string",
-    }
+    fields = {"alert": f"'{alert.key}'", "summary": "summary", **alert.fields}
+    fields |= {"event": "event.event", "occurred": "event.occurred|string"}
     parts = [f'"{k}": {{{{ ({v})|default(none)|tojson }}}}' for k, v in fields.items()]  # absent: null
-    parts.insert(1, f'"summary": {{{{ ({_inline(alert.subject)})|tojson }}}}')  # the subject as text, quoted
-    return "{" + ", ".join(parts) + "}"
-
-
-def _inline(template: str) -> str:
-    """A text template (``{{ a }} text {{ b }}``) as one Jinja expression (``(a)|string ~ ' text ' ~``)."""
-    out, rest = [], template
-    while "{{" in rest:
-        text, _, rest = rest.partition("{{")
-        expression, _, rest = rest.partition("}}")
-        out += ([repr(text)] if text else []) + [f"(({expression.strip()})|string)"]
-    return " ~ ".join(out + ([repr(rest)] if rest else [])) or "''"
+    return "{% set summary %}" + alert.subject + "{% endset %}{" + ", ".join(parts) + "}"
 
 
 def _trigger(alert: Alert, alert_flows: Sequence[str]) -> Any:
