@@ -4,10 +4,8 @@
     python -m deployments.setup --prefect-file prefect.docker.yaml --pool-type docker \
         --image loan-risk-training:latest [--network-mode host] [--pass-env NAME ...]
 
-The pool is ``--pool``, else ``LOANRISK_WORK_POOL``, else prefect.yaml's; a copy of prefect.yaml is deployed
-when the pool or the drift trigger's ``within`` (``drift_cooldown_seconds``) differ. The deployments are read
-back, the alert automations updated, and one JSON line printed. Exit codes: 0 done, 1 ``prefect deploy``
-failed or a deployment is missing afterwards, 2 configuration error, 6 the API refused the credentials.
+Then reads the deployments back, updates the alert automations and prints one JSON line; exit codes 0 done,
+1 deploy failed or a deployment missing, 2 configuration error, 6 credentials refused.
 """
 
 from __future__ import annotations
@@ -209,11 +207,9 @@ def run_prefect_deploy(prefect_file: Path) -> None:
     cmd.append(str(prefect_file))
     env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), "PREFECT_CLI_COLORS": "false"}
     logger.info("running %s (cwd %s)", " ".join(cmd[2:]), REPO_ROOT)
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL}
     try:
-        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-        proc = subprocess.run(
-            cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, timeout=DEPLOY_TIMEOUT_S, **output
-        )
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, text=True, timeout=DEPLOY_TIMEOUT_S, **output)
     except subprocess.TimeoutExpired as exc:
         raise SetupError(f"prefect deploy did not finish in {DEPLOY_TIMEOUT_S}s") from exc
     for line in filter(str.strip, proc.stdout.splitlines()):
