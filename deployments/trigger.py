@@ -114,7 +114,7 @@ def _detail(response: httpx.Response) -> str:
     return str(body["detail"] if isinstance(body, dict) and "detail" in body else json.dumps(body))[:300]
 
 
-class PrefectApi:
+class PrefectApi(httpx.Client):
     """The few Prefect REST calls the trigger needs, with retries on transient errors."""
 
     def __init__(
@@ -122,20 +122,15 @@ class PrefectApi:
     ) -> None:
         self.api_url, self.has_credentials = api_url.rstrip("/"), bool(auth)
         self.retries, self.retry_delay = max(0, retries), max(0.0, retry_delay)
-        headers = {**auth, "Accept": "application/json"}
-        self._client = httpx.Client(base_url=self.api_url + "/", headers=headers, timeout=30.0)
+        super().__init__(
+            base_url=self.api_url + "/", headers={**auth, "Accept": "application/json"}, timeout=30
+        )
 
-    def __enter__(self) -> PrefectApi:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._client.close()
-
-    def request(self, method: str, path: str, *, json_body: Any = None, not_found: str | None = None) -> Any:
+    def call(self, method: str, path: str, *, json_body: Any = None, not_found: str | None = None) -> Any:
         """One API call; transport errors and 408/425/429/5xx are retried ``retries`` times with backoff."""
         for attempt in range(self.retries + 1):
             try:
-                response = self._client.request(method, path, json=json_body)
+                response = self.request(method, path, json=json_body)
             except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             else:
@@ -176,7 +171,7 @@ class PrefectApi:
             raise TriggerError(f"deployment must be FLOW/DEPLOYMENT, got {name!r}", ExitCode.USAGE)
         path = f"deployments/name/{quote(flow_name, safe='')}/{quote(deployment_name, safe='')}"
         hint = f"deployment {name!r} not found at {self.api_url} (run `python -m deployments.setup` first?)"
-        return self.request("GET", path, not_found=hint)
+        return self.call("GET", path, not_found=hint)
 
     def create_flow_run(
         self, deployment_id: str, parameters: Mapping[str, Any], name: str | None, tags: Sequence[str]
@@ -184,11 +179,11 @@ class PrefectApi:
         """A new run of the deployment; the idempotency key makes a retried POST return the same run."""
         body = {"parameters": dict(parameters), "idempotency_key": str(uuid.uuid4())}
         body |= ({"name": name} if name else {}) | ({"tags": list(tags)} if tags else {})
-        return self.request("POST", f"deployments/{deployment_id}/create_flow_run", json_body=body)
+        return self.call("POST", f"deployments/{deployment_id}/create_flow_run", json_body=body)
 
     def cancel_flow_run(self, flow_run_id: str) -> None:
         state = {"type": "CANCELLING", "message": "timed out in deployments.trigger"}
-        self.request("POST", f"flow_runs/{flow_run_id}/set_state", json_body={"state": state, "force": True})
+        self.call("POST", f"flow_runs/{flow_run_id}/set_state", json_body={"state": state, "force": True})
 
 
 def state_of(run: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
@@ -204,7 +199,7 @@ def wait_for_run(
     deadline = time.monotonic() + timeout
     seen = None
     while True:
-        run = api.request("GET", f"flow_runs/{flow_run_id}")
+        run = api.call("GET", f"flow_runs/{flow_run_id}")
         state_type, state_name, message = state_of(run)
         if (state_type, state_name) != seen:
             seen = (state_type, state_name)
