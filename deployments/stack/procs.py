@@ -44,11 +44,8 @@ def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path, cwd: Path) -> 
 
 def alive(pid: int | None) -> bool:
     """Whether ``pid`` names a running process (a zombie is not running)."""
-    try:
-        return bool(pid) and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] not in (
-            "Z",
-            "X",
-        )
+    try:  # /proc/None or /proc/0 does not exist either
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] not in "ZX"
     except OSError:
         return False
 
