@@ -37,6 +37,8 @@ QUIET = {
     "COLUMNS": "160",
     "PYTHONUNBUFFERED": "1",
 }
+# each server's health endpoint and the answer it gives when up
+HEALTH = {"prefect": ("/api/health", 200), "mlflow": ("/health", 200), "registry": ("/v2/", 401)}
 # Settings a caller's environment may hold that would point a child at another server, store or profile.
 _LEAKS = {
     f"PREFECT_{n}" for n in ("API_URL", "API_KEY", "API_AUTH_STRING", "PROFILE", "SERVER_API_AUTH_STRING")
@@ -148,11 +150,8 @@ class Stack:
 
     def __post_init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir).resolve()
+        self.state_file = self.dir / "stack.json"
         self.worker_env = dict(self.worker_env or {})
-
-    @property
-    def state_file(self) -> Path:
-        return self.dir / "stack.json"
 
     def _load(self) -> bool:
         """Read the state file; whether there is a stack."""
@@ -260,8 +259,9 @@ class Stack:
         self.state["pids"]["postgres"] = postgres.pid(cluster)
         postgres.ensure_databases(pw, self._addr, port)
 
-    def _serve(self, name: str, cmd: list[str], env: dict[str, str], health: str, ok: int = 200) -> bool:
-        """Start ``cmd`` unless its PID is alive; wait until ``health`` answers ``ok``. True if started."""
+    def _serve(self, name: str, cmd: list[str], env: dict[str, str]) -> bool:
+        """Start ``cmd`` unless its PID is alive; wait until its :data:`HEALTH` answer. True if started."""
+        health, ok = self._url(name, HEALTH[name][0]), HEALTH[name][1]
         if self._pid(name) and http_status(health) == ok:
             return False
         if not self._pid(name):
@@ -289,7 +289,7 @@ class Stack:
             },
         )
         cmd = _py("prefect", "server", "start", "--host", host, "--port", str(port))
-        return self._serve("prefect", cmd, env, self._url("prefect", "/api/health"))
+        return self._serve("prefect", cmd, env)
 
     def _mlflow(self) -> bool:
         port, s, host = self._port("mlflow"), self.state["secrets"], self.state["host"]
@@ -315,7 +315,7 @@ class Stack:
         cmd = _py("mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", self._pg("mlflow"))
         cmd += ["--serve-artifacts", "--artifacts-destination", str(artifacts)]
         cmd += ["--host", host, "--port", str(port), "--workers", "2", "--allowed-hosts", hosts]
-        started = self._serve("mlflow", cmd, env, self._url("mlflow", "/health"))
+        started = self._serve("mlflow", cmd, env)
         pipeline = mlflow_auth.Account(mlflow_auth.PIPELINE_USER, s["mlflow_pipeline_password"])
         reader = mlflow_auth.Account(mlflow_auth.READER_USER, s["mlflow_reader_password"])
         mlflow_auth.ensure_accounts(self._url("mlflow"), admin, [pipeline, reader])
@@ -342,9 +342,7 @@ class Stack:
         )
         # distribution reads REGISTRY_* variables as overrides of its config
         env = {k: v for k, v in self._env(folder).items() if not k.startswith("REGISTRY_")}
-        return self._serve(
-            "registry", [binary, "serve", str(config)], env, self._url("registry", "/v2/"), 401
-        )
+        return self._serve("registry", [binary, "serve", str(config)], env)
 
     def _setup(self, urls: StackUrls) -> None:
         """``python -m deployments.setup --pool POOL`` against the stack's server."""
@@ -408,13 +406,11 @@ class Stack:
         pg_ok = pg_pid is not None and postgres.healthy(pw, a, ports["postgres"])
         pg_url, databases = f"postgresql://{a}:{ports['postgres']}", ", ".join(postgres.DATABASES)
         out = [ServiceStatus("postgres", pg_url, pg_ok, pg_pid, databases)]
-        services = [("prefect", urls.prefect_api_url, "/api/health", 200)]
-        services.append(("mlflow", urls.mlflow_tracking_uri, "/health", 200))
-        if "registry" in ports:
-            services.append(("registry", f"{a}:{ports['registry']}", "/v2/", 401))
-        for name, url, path, ok in services:
+        shown = {"prefect": urls.prefect_api_url, "mlflow": urls.mlflow_tracking_uri}
+        for name, (path, ok) in ((n, h) for n, h in HEALTH.items() if n != "registry" or n in ports):
             code, pid = http_status(health := self._url(name, path)), self._pid(name)
             detail = f"{health} -> {code or 'no answer'}"
+            url = shown.get(name, f"{a}:{ports.get(name)}")
             out.append(ServiceStatus(name, url, bool(pid) and code == ok, pid, detail))
         online = self._online_workers(urls) if out[1].healthy else set()
         for key in self._worker_keys():
