@@ -113,24 +113,15 @@ def deployment_specs(data: dict[str, Any]) -> list[DeploymentSpec]:
     return specs
 
 
-def _copy(data: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(data))  # plain deep copy; YAML anchors are already expanded
-
-
-def with_pool(data: dict[str, Any], pool: str) -> dict[str, Any]:
-    """A copy of the prefect.yaml content with every deployment on ``pool``."""
-    out = _copy(data)
+def configured(data: dict[str, Any], pool: str | None = None, cooldown: int | None = None) -> dict[str, Any]:
+    """A copy of the prefect.yaml content with every deployment on ``pool`` and drift triggers that fire at
+    most once per ``cooldown`` seconds (each when given)."""
+    out = json.loads(json.dumps(data))  # plain deep copy; YAML anchors are already expanded
     for item in out["deployments"]:
-        item["work_pool"] = {**(item.get("work_pool") or {}), "name": pool}
-    return out
-
-
-def with_cooldown(data: dict[str, Any], seconds: int) -> dict[str, Any]:
-    """A copy of the prefect.yaml content whose drift triggers fire at most once per ``seconds``."""
-    out = _copy(data)
-    for trigger in (t for item in out["deployments"] for t in item.get("triggers") or []):
-        if DRIFT_DETECTED in (trigger.get("expect") or []):
-            trigger["within"] = int(seconds)
+        item["work_pool"] = {**(item.get("work_pool") or {}), **({"name": pool} if pool else {})}
+        for trigger in (item.get("triggers") or []) if cooldown is not None else []:
+            if DRIFT_DETECTED in (trigger.get("expect") or []):
+                trigger["within"] = int(cooldown)
     return out
 
 
@@ -292,8 +283,7 @@ def setup(
     logger.info("Prefect API %s, work pool %s", url, pool)
     created = ensure_pool(pool, pool_spec)
     cooldown = get_settings().monitoring.drift_cooldown_seconds
-    wanted = with_cooldown(with_pool(data, pool), cooldown)
-    if wanted == _copy(data):
+    if (wanted := configured(data, pool, cooldown)) == configured(data):
         run_prefect_deploy(prefect_file)
     else:
         with tempfile.TemporaryDirectory(prefix="loanrisk-prefect-") as tmp:
