@@ -1,12 +1,8 @@
-"""Prefect automations that notify the configured channels (also run by ``python -m deployments.setup``).
+"""Prefect automations (:data:`ALERTS`) notifying each configured channel once; ``python -m deployments.alerts``.
 
-    python -m deployments.alerts            # create or update them
-
-One automation per alert (:data:`ALERTS`), one notification per channel each. The channels (settings, never
-``prefect.yaml``: they hold secrets): ``alert_webhook_url`` (a ``Webhook`` block), ``alert_apprise_urls``
-(each in a ``Slack Webhook`` block: the one built-in block that hands any Apprise URL to Apprise unchanged;
-a block class of our own would not load in the Prefect server, which runs the actions). Idempotent; with no
-channel the automations are removed. Exit codes: 0 done, 2 no Prefect API configured.
+Channels come from settings (they hold secrets): ``alert_webhook_url`` (a ``Webhook`` block) and each of
+``alert_apprise_urls`` in a ``Slack Webhook`` block, the built-in block that hands any Apprise URL to Apprise
+(a block class of our own would not load in the Prefect server, which runs the actions). No channel: removed.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
     python -m deployments.trigger loan-risk-training/retrain --param scale=0.02 --wait --timeout 3600
 
-What GitHub Actions calls, so it imports no Prefect (plain httpx). Environment, ``--param`` values, the JSON
-line it prints and the exit codes (``ExitCode``): docs/deployments.md.
+GitHub Actions calls it, so it imports no Prefect (plain httpx); options and exit codes: docs/deployments.md.
 """
 
 from __future__ import annotations

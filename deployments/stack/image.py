@@ -1,9 +1,6 @@
-"""The training image (``Dockerfile.training``), which the ``docker`` work pool runs each flow run in.
+"""The training image (``Dockerfile.training``) each flow run of the ``docker`` work pool runs in.
 
-    python -m deployments.stack.image [--tag loan-risk-training:latest] [--base-image IMG] [--wheel-cache DIR]
-
-The build context, made on the host: ``requirements.txt`` (``uv export``, no dev group), ``wheels/`` (no
-network inside the build) and ``app/``.
+python -m deployments.stack.image [--tag loan-risk-training:latest] [--base-image IMG] [--wheel-cache DIR]
 """
 
 from __future__ import annotations

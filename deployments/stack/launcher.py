@@ -1,9 +1,6 @@
-"""The shared stack as local processes (PostgreSQL, Prefect and MLflow servers, the image registry, workers).
-
-``up`` is idempotent (a running service is kept, a dead one restarted on its recorded port), ``status`` asks
-each service for its health, ``down`` stops what ``up`` started and nothing else. ``<state_dir>/stack.json``
-(mode 0600) holds the ports, PIDs and the stack's generated secrets.
-"""
+"""The shared stack as local processes. ``up`` keeps what runs (restarting the dead on their recorded ports),
+``down`` stops what ``up`` started and nothing else; ``<state_dir>/stack.json`` (0600) holds ports, PIDs and
+the generated secrets."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""The tracking server's accounts: MLflow's own authentication app (``mlflow server --app-name basic-auth``).
+"""The tracking server's accounts in MLflow's auth app (``mlflow server --app-name basic-auth``).
 
-    python -m deployments.stack.mlflow_auth config --out FILE --database-uri URI   # the app's ini (0600)
-    python -m deployments.stack.mlflow_auth accounts --tracking-uri URL            # pipeline and reader
-
-The admin only makes the others; the pipeline holds MANAGE on what it creates, a reader gets READ.
+python -m deployments.stack.mlflow_auth config --out FILE --database-uri URI   # the app's ini (0600)
+python -m deployments.stack.mlflow_auth accounts --tracking-uri URL            # pipeline and reader
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""A PostgreSQL cluster of the stack's own, from the operating system's packages (Debian's ``postgresql``).
-
-``initdb`` once (password auth), ``pg_ctl start`` on the stack's port and address, one database per service,
-``pg_ctl stop -m fast``. As root every command runs as the ``postgres`` user (``runuser``), with the cluster
-where that user can reach it (the state folder, else a folder of its own under the temporary directory).
-"""
+"""The stack's own PostgreSQL cluster from the OS packages: ``initdb``, ``pg_ctl start``/``stop``, a database
+per service. As root each command runs as ``postgres`` (``runuser``), the cluster where that user reaches it."""
 
 from __future__ import annotations
 

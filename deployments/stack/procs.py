@@ -1,9 +1,6 @@
-"""Child processes of the stack: started in sessions of their own, marked, and stopped by PID.
-
-Every process the launcher starts, and every process those start, carries ``LOANRISK_STACK_ID=<id>``: ``down``
-stops the recorded process groups, then whatever still carries the marker (MLflow's ``huey_consumer`` leaves
-its group), never a process of another stack or developer.
-"""
+"""The stack's child processes: each in a session of its own, carrying ``LOANRISK_STACK_ID=<id>``; ``down``
+stops the recorded groups, then whatever still carries the marker (MLflow's ``huey_consumer`` leaves its
+group), never another stack's or developer's process."""
 
 from __future__ import annotations
 
