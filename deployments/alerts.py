@@ -1,4 +1,4 @@
-"""Prefect automations (:data:`ALERTS`) notifying each configured channel once; ``python -m deployments.alerts``.
+"""Prefect automations (:data:`ALERTS`) that notify each configured channel: ``python -m deployments.alerts``.
 
 Channels come from settings (they hold secrets): ``alert_webhook_url`` (a ``Webhook`` block) and each of
 ``alert_apprise_urls`` in a ``Slack Webhook`` block, the built-in block that hands any Apprise URL to Apprise

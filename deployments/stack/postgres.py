@@ -1,5 +1,5 @@
 """The stack's own PostgreSQL cluster from the OS packages: ``initdb``, ``pg_ctl start``/``stop``, a database
-per service. As root each command runs as ``postgres`` (``runuser``), the cluster where that user reaches it."""
+per service. As root each command runs as ``postgres`` (``runuser``), in a folder that user reaches."""
 
 from __future__ import annotations
 
