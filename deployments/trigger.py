@@ -213,29 +213,6 @@ def wait_for_run(
         time.sleep(min(poll_interval, remaining))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m deployments.trigger",
-        description="Start a Prefect deployment run over the REST API and optionally wait for it.",
-        epilog="Environment: PREFECT_API_URL (required), PREFECT_API_KEY (Cloud, Bearer), "
-        "PREFECT_API_AUTH_STRING (self-hosted, user:pass), PREFECT_UI_URL (optional).",
-    )
-    add = parser.add_argument
-    add("deployment", help="FLOW/DEPLOYMENT, e.g. loan-risk-training/retrain")
-    add("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a run parameter, repeatable")
-    add("--wait", action="store_true", help="follow the run to a terminal state")
-    add("--timeout", type=float, default=3600.0, help="seconds to wait with --wait (default 3600)")
-    add("--poll-interval", type=float, default=5.0, help="seconds between state reads (default 5)")
-    add("--cancel-on-timeout", action="store_true", help="cancel the run when --timeout passes first")
-    add("--name", help="the flow run's name (default: Prefect picks one)")
-    add("--tag", action="append", default=[], help="a tag for the flow run (repeatable)")
-    add("--api-url", help="overrides PREFECT_API_URL")
-    add("--retries", type=int, default=4, help="retries of each API call on transient errors")
-    add("--retry-delay", type=float, default=2.0, help="first retry delay in seconds, doubling")
-    add("--quiet", "-q", action="store_true", help="no progress lines on stderr")
-    return parser
-
-
 def _append(path: str | None, text: str) -> None:
     if path:
         try:
@@ -307,7 +284,26 @@ def _run(args: argparse.Namespace, result: dict[str, Any]) -> ExitCode:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.trigger",
+        description="Start a Prefect deployment run over the REST API and optionally wait for it.",
+        epilog="Environment: PREFECT_API_URL (required), PREFECT_API_KEY (Cloud, Bearer), "
+        "PREFECT_API_AUTH_STRING (self-hosted, user:pass), PREFECT_UI_URL (optional).",
+    )
+    add = parser.add_argument
+    add("deployment", help="FLOW/DEPLOYMENT, e.g. loan-risk-training/retrain")
+    add("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a run parameter, repeatable")
+    add("--wait", action="store_true", help="follow the run to a terminal state")
+    add("--timeout", type=float, default=3600.0, help="seconds to wait with --wait (default 3600)")
+    add("--poll-interval", type=float, default=5.0, help="seconds between state reads (default 5)")
+    add("--cancel-on-timeout", action="store_true", help="cancel the run when --timeout passes first")
+    add("--name", help="the flow run's name (default: Prefect picks one)")
+    add("--tag", action="append", default=[], help="a tag for the flow run (repeatable)")
+    add("--api-url", help="overrides PREFECT_API_URL")
+    add("--retries", type=int, default=4, help="retries of each API call on transient errors")
+    add("--retry-delay", type=float, default=2.0, help="first retry delay in seconds, doubling")
+    add("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)  # this call's (a test's capture swaps it between calls)
     handler.setFormatter(logging.Formatter("[trigger] %(message)s"))
     logger.handlers = [handler]
