@@ -204,9 +204,7 @@ def api_url() -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    argparse.ArgumentParser(
-        prog="python -m deployments.alerts", description=__doc__.splitlines()[0]
-    ).parse_args(argv)
+    argparse.ArgumentParser(prog="python -m deployments.alerts", description="Create/update").parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[alerts] %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if not (url := api_url()):

@@ -156,8 +156,8 @@ class PoolSpec:
 
 
 def ensure_pool(name: str, spec: PoolSpec | None = None) -> bool:
-    """Create the pool ``name`` of ``spec.type`` if it does not exist; True when created here. A docker pool
-    that exists gets ``spec``'s template (image, env); a pool of another type is an error."""
+    """Create pool ``name`` of ``spec.type`` unless it exists (a docker pool then gets ``spec``'s template,
+    another type is an error); True when created here."""
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound

@@ -69,8 +69,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def parse_param(text: str) -> tuple[str, Any]:
-    """``key=value`` -> ``(key, value)``: the value (which may contain ``=``) as strict JSON when it parses,
-    else the string itself."""
+    """``key=value`` -> ``(key, value)``: the value (may hold ``=``) as strict JSON if it parses, else text"""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"--param expects key=value, got {text!r}")

@@ -124,8 +124,7 @@ def _py(*args: str) -> list[str]:
 
 
 def _new_secrets() -> dict[str, str]:
-    """Strong secrets, generated once and kept in the 0600 state: passwords, the pseudonym key, the accounts
-    of the Prefect and MLflow servers."""
+    """Strong secrets (passwords, pseudonym key, server accounts), made once and kept in the 0600 state."""
     sizes = {"postgres_password": 18, "registry_password": 18, "prefect_auth_password": 24}
     sizes |= {"mlflow_admin_password": 24, "mlflow_pipeline_password": 24, "mlflow_reader_password": 24}
     made = {name: secrets.token_urlsafe(size) for name, size in sizes.items()}
@@ -173,9 +172,8 @@ class Stack:
         return "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
 
     def _port(self, name: str) -> int:
-        if name not in self.state["ports"]:
-            self.state["ports"][name] = procs.free_port(self._addr)
-        return int(self.state["ports"][name])
+        ports = self.state["ports"]
+        return int(ports[name] if name in ports else ports.setdefault(name, procs.free_port(self._addr)))
 
     def _url(self, name: str, path: str = "") -> str:
         return f"http://{self._addr}:{self.state['ports'][name]}{path}"

@@ -31,8 +31,7 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
 
 
 def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path, cwd: Path) -> int:
-    """Start ``cmd`` detached in a session of its own, output appended to ``log_path``; returns its PID (a
-    later ``down``, maybe in another process, stops it by the PID recorded in the state file)."""
+    """Start ``cmd`` detached in a session of its own, output appended to ``log_path``; its PID."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         kwargs: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT}
@@ -80,8 +79,7 @@ def _terminate(pids: list[int], timeout: float, group: bool) -> None:
 
 
 def stop(pid: int | None, stack_id: str, timeout: float = 20.0) -> bool:
-    """SIGTERM the process group ``pid`` leads (only when ``pid`` carries the marker), SIGKILL it after
-    ``timeout``. Returns True when something was stopped."""
+    """Stop the process group ``pid`` leads if it carries the marker (TERM, then KILL); True when stopped."""
     if not pid or not alive(pid) or not carries(pid, stack_id):
         return False
     _terminate([pid], timeout, group=True)
