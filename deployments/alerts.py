@@ -1,12 +1,8 @@
-"""Prefect automations that notify the configured channels (also run by ``python -m deployments.setup``).
+"""Prefect automations (:data:`ALERTS`) that notify each configured channel: ``python -m deployments.alerts``.
 
-    python -m deployments.alerts            # create or update them
-
-One automation per alert (:data:`ALERTS`), one notification per channel each. The channels (settings, never
-``prefect.yaml``: they hold secrets): ``alert_webhook_url`` (a ``Webhook`` block), ``alert_apprise_urls``
-(each in a ``Slack Webhook`` block: the one built-in block that hands any Apprise URL to Apprise unchanged;
-a block class of our own would not load in the Prefect server, which runs the actions). Idempotent; with no
-channel the automations are removed. Exit codes: 0 done, 2 no Prefect API configured.
+Channels come from settings (they hold secrets): ``alert_webhook_url`` (a ``Webhook`` block) and each of
+``alert_apprise_urls`` in a ``Slack Webhook`` block, the built-in block that hands any Apprise URL to Apprise
+(a block class of our own would not load in the Prefect server, which runs the actions). No channel: removed.
 """
 
 from __future__ import annotations
@@ -118,25 +114,10 @@ ALERTS = [  # see the module docstring
 def webhook_payload(alert: Alert) -> str:
     """The webhook's JSON document as a Jinja template: ``{"alert", "summary", "model", "version", "flow",
     "flow_run", "state", "reason", "link", "payload", "event", "occurred"}``, values through ``tojson``."""
-    fields = {
-        "alert": f"'{alert.key}'",
-        **alert.fields,
-        "event": "event.event",
-        "occurred": "event.occurred|string",
-    }
+    fields = {"alert": f"'{alert.key}'", "summary": "summary", **alert.fields}
+    fields |= {"event": "event.event", "occurred": "event.occurred|string"}
     parts = [f'"{k}": {{{{ ({v})|default(none)|tojson }}}}' for k, v in fields.items()]  # absent: null
-    parts.insert(1, f'"summary": {{{{ ({_inline(alert.subject)})|tojson }}}}')  # the subject as text, quoted
-    return "{" + ", ".join(parts) + "}"
-
-
-def _inline(template: str) -> str:
-    """A text template (``{{ a }} text {{ b }}``) as one Jinja expression (``(a)|string ~ ' text ' ~``)."""
-    out, rest = [], template
-    while "{{" in rest:
-        text, _, rest = rest.partition("{{")
-        expression, _, rest = rest.partition("}}")
-        out += ([repr(text)] if text else []) + [f"(({expression.strip()})|string)"]
-    return " ~ ".join(out + ([repr(rest)] if rest else [])) or "''"
+    return "{% set summary %}" + alert.subject + "{% endset %}{" + ", ".join(parts) + "}"
 
 
 def _trigger(alert: Alert, alert_flows: Sequence[str]) -> Any:
@@ -223,9 +204,7 @@ def api_url() -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    argparse.ArgumentParser(
-        prog="python -m deployments.alerts", description=__doc__.splitlines()[0]
-    ).parse_args(argv)
+    argparse.ArgumentParser(prog="python -m deployments.alerts", description="Create/update").parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[alerts] %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if not (url := api_url()):

@@ -4,10 +4,8 @@
     python -m deployments.setup --prefect-file prefect.docker.yaml --pool-type docker \
         --image loan-risk-training:latest [--network-mode host] [--pass-env NAME ...]
 
-The pool is ``--pool``, else ``LOANRISK_WORK_POOL``, else prefect.yaml's; a copy of prefect.yaml is deployed
-when the pool or the drift trigger's ``within`` (``drift_cooldown_seconds``) differ. The deployments are read
-back, the alert automations updated, and one JSON line printed. Exit codes: 0 done, 1 ``prefect deploy``
-failed or a deployment is missing afterwards, 2 configuration error, 6 the API refused the credentials.
+Then reads the deployments back, updates the alert automations and prints one JSON line; exit codes 0 done,
+1 deploy failed or a deployment missing, 2 configuration error, 6 credentials refused.
 """
 
 from __future__ import annotations
@@ -115,24 +113,15 @@ def deployment_specs(data: dict[str, Any]) -> list[DeploymentSpec]:
     return specs
 
 
-def _copy(data: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(data))  # plain deep copy; YAML anchors are already expanded
-
-
-def with_pool(data: dict[str, Any], pool: str) -> dict[str, Any]:
-    """A copy of the prefect.yaml content with every deployment on ``pool``."""
-    out = _copy(data)
+def configured(data: dict[str, Any], pool: str | None = None, cooldown: int | None = None) -> dict[str, Any]:
+    """A copy of the prefect.yaml content with every deployment on ``pool`` and drift triggers that fire at
+    most once per ``cooldown`` seconds (each when given)."""
+    out = json.loads(json.dumps(data))  # plain deep copy; YAML anchors are already expanded
     for item in out["deployments"]:
-        item["work_pool"] = {**(item.get("work_pool") or {}), "name": pool}
-    return out
-
-
-def with_cooldown(data: dict[str, Any], seconds: int) -> dict[str, Any]:
-    """A copy of the prefect.yaml content whose drift triggers fire at most once per ``seconds``."""
-    out = _copy(data)
-    for trigger in (t for item in out["deployments"] for t in item.get("triggers") or []):
-        if DRIFT_DETECTED in (trigger.get("expect") or []):
-            trigger["within"] = int(seconds)
+        item["work_pool"] = {**(item.get("work_pool") or {}), **({"name": pool} if pool else {})}
+        for trigger in (item.get("triggers") or []) if cooldown is not None else []:
+            if DRIFT_DETECTED in (trigger.get("expect") or []):
+                trigger["within"] = int(cooldown)
     return out
 
 
@@ -167,8 +156,8 @@ class PoolSpec:
 
 
 def ensure_pool(name: str, spec: PoolSpec | None = None) -> bool:
-    """Create the pool ``name`` of ``spec.type`` if it does not exist; True when created here. A docker pool
-    that exists gets ``spec``'s template (image, env); a pool of another type is an error."""
+    """Create pool ``name`` of ``spec.type`` unless it exists (a docker pool then gets ``spec``'s template,
+    another type is an error); True when created here."""
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -209,11 +198,9 @@ def run_prefect_deploy(prefect_file: Path) -> None:
     cmd.append(str(prefect_file))
     env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), "PREFECT_CLI_COLORS": "false"}
     logger.info("running %s (cwd %s)", " ".join(cmd[2:]), REPO_ROOT)
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL}
     try:
-        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-        proc = subprocess.run(
-            cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, timeout=DEPLOY_TIMEOUT_S, **output
-        )
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, text=True, timeout=DEPLOY_TIMEOUT_S, **output)
     except subprocess.TimeoutExpired as exc:
         raise SetupError(f"prefect deploy did not finish in {DEPLOY_TIMEOUT_S}s") from exc
     for line in filter(str.strip, proc.stdout.splitlines()):
@@ -296,8 +283,7 @@ def setup(
     logger.info("Prefect API %s, work pool %s", url, pool)
     created = ensure_pool(pool, pool_spec)
     cooldown = get_settings().monitoring.drift_cooldown_seconds
-    wanted = with_cooldown(with_pool(data, pool), cooldown)
-    if wanted == _copy(data):
+    if (wanted := configured(data, pool, cooldown)) == configured(data):
         run_prefect_deploy(prefect_file)
     else:
         with tempfile.TemporaryDirectory(prefix="loanrisk-prefect-") as tmp:

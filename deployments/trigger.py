@@ -2,8 +2,7 @@
 
     python -m deployments.trigger loan-risk-training/retrain --param scale=0.02 --wait --timeout 3600
 
-What GitHub Actions calls, so it imports no Prefect (plain httpx). Environment, ``--param`` values, the JSON
-line it prints and the exit codes (``ExitCode``): docs/deployments.md.
+GitHub Actions calls it, so it imports no Prefect (plain httpx); options and exit codes: docs/deployments.md.
 """
 
 from __future__ import annotations
@@ -70,8 +69,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def parse_param(text: str) -> tuple[str, Any]:
-    """``key=value`` -> ``(key, value)``: the value (which may contain ``=``) as strict JSON when it parses,
-    else the string itself."""
+    """``key=value`` -> ``(key, value)``: the value (may hold ``=``) as strict JSON if it parses, else text"""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"--param expects key=value, got {text!r}")
@@ -114,7 +112,7 @@ def _detail(response: httpx.Response) -> str:
     return str(body["detail"] if isinstance(body, dict) and "detail" in body else json.dumps(body))[:300]
 
 
-class PrefectApi:
+class PrefectApi(httpx.Client):
     """The few Prefect REST calls the trigger needs, with retries on transient errors."""
 
     def __init__(
@@ -122,20 +120,15 @@ class PrefectApi:
     ) -> None:
         self.api_url, self.has_credentials = api_url.rstrip("/"), bool(auth)
         self.retries, self.retry_delay = max(0, retries), max(0.0, retry_delay)
-        headers = {**auth, "Accept": "application/json"}
-        self._client = httpx.Client(base_url=self.api_url + "/", headers=headers, timeout=30.0)
+        super().__init__(
+            base_url=self.api_url + "/", headers={**auth, "Accept": "application/json"}, timeout=30
+        )
 
-    def __enter__(self) -> PrefectApi:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._client.close()
-
-    def request(self, method: str, path: str, *, json_body: Any = None, not_found: str | None = None) -> Any:
+    def call(self, method: str, path: str, *, json_body: Any = None, not_found: str | None = None) -> Any:
         """One API call; transport errors and 408/425/429/5xx are retried ``retries`` times with backoff."""
         for attempt in range(self.retries + 1):
             try:
-                response = self._client.request(method, path, json=json_body)
+                response = self.request(method, path, json=json_body)
             except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             else:
@@ -176,7 +169,7 @@ class PrefectApi:
             raise TriggerError(f"deployment must be FLOW/DEPLOYMENT, got {name!r}", ExitCode.USAGE)
         path = f"deployments/name/{quote(flow_name, safe='')}/{quote(deployment_name, safe='')}"
         hint = f"deployment {name!r} not found at {self.api_url} (run `python -m deployments.setup` first?)"
-        return self.request("GET", path, not_found=hint)
+        return self.call("GET", path, not_found=hint)
 
     def create_flow_run(
         self, deployment_id: str, parameters: Mapping[str, Any], name: str | None, tags: Sequence[str]
@@ -184,11 +177,11 @@ class PrefectApi:
         """A new run of the deployment; the idempotency key makes a retried POST return the same run."""
         body = {"parameters": dict(parameters), "idempotency_key": str(uuid.uuid4())}
         body |= ({"name": name} if name else {}) | ({"tags": list(tags)} if tags else {})
-        return self.request("POST", f"deployments/{deployment_id}/create_flow_run", json_body=body)
+        return self.call("POST", f"deployments/{deployment_id}/create_flow_run", json_body=body)
 
     def cancel_flow_run(self, flow_run_id: str) -> None:
         state = {"type": "CANCELLING", "message": "timed out in deployments.trigger"}
-        self.request("POST", f"flow_runs/{flow_run_id}/set_state", json_body={"state": state, "force": True})
+        self.call("POST", f"flow_runs/{flow_run_id}/set_state", json_body={"state": state, "force": True})
 
 
 def state_of(run: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
@@ -204,7 +197,7 @@ def wait_for_run(
     deadline = time.monotonic() + timeout
     seen = None
     while True:
-        run = api.request("GET", f"flow_runs/{flow_run_id}")
+        run = api.call("GET", f"flow_runs/{flow_run_id}")
         state_type, state_name, message = state_of(run)
         if (state_type, state_name) != seen:
             seen = (state_type, state_name)
@@ -217,29 +210,6 @@ def wait_for_run(
             what = f"flow run {flow_run_id} still {state_name or state_type} after {timeout:g}s"
             raise TriggerError(what, ExitCode.TIMEOUT, run)
         time.sleep(min(poll_interval, remaining))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m deployments.trigger",
-        description="Start a Prefect deployment run over the REST API and optionally wait for it.",
-        epilog="Environment: PREFECT_API_URL (required), PREFECT_API_KEY (Cloud, Bearer), "
-        "PREFECT_API_AUTH_STRING (self-hosted, user:pass), PREFECT_UI_URL (optional).",
-    )
-    add = parser.add_argument
-    add("deployment", help="FLOW/DEPLOYMENT, e.g. loan-risk-training/retrain")
-    add("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a run parameter, repeatable")
-    add("--wait", action="store_true", help="follow the run to a terminal state")
-    add("--timeout", type=float, default=3600.0, help="seconds to wait with --wait (default 3600)")
-    add("--poll-interval", type=float, default=5.0, help="seconds between state reads (default 5)")
-    add("--cancel-on-timeout", action="store_true", help="cancel the run when --timeout passes first")
-    add("--name", help="the flow run's name (default: Prefect picks one)")
-    add("--tag", action="append", default=[], help="a tag for the flow run (repeatable)")
-    add("--api-url", help="overrides PREFECT_API_URL")
-    add("--retries", type=int, default=4, help="retries of each API call on transient errors")
-    add("--retry-delay", type=float, default=2.0, help="first retry delay in seconds, doubling")
-    add("--quiet", "-q", action="store_true", help="no progress lines on stderr")
-    return parser
 
 
 def _append(path: str | None, text: str) -> None:
@@ -313,7 +283,26 @@ def _run(args: argparse.Namespace, result: dict[str, Any]) -> ExitCode:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.trigger",
+        description="Start a Prefect deployment run over the REST API and optionally wait for it.",
+        epilog="Environment: PREFECT_API_URL (required), PREFECT_API_KEY (Cloud, Bearer), "
+        "PREFECT_API_AUTH_STRING (self-hosted, user:pass), PREFECT_UI_URL (optional).",
+    )
+    add = parser.add_argument
+    add("deployment", help="FLOW/DEPLOYMENT, e.g. loan-risk-training/retrain")
+    add("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a run parameter, repeatable")
+    add("--wait", action="store_true", help="follow the run to a terminal state")
+    add("--timeout", type=float, default=3600.0, help="seconds to wait with --wait (default 3600)")
+    add("--poll-interval", type=float, default=5.0, help="seconds between state reads (default 5)")
+    add("--cancel-on-timeout", action="store_true", help="cancel the run when --timeout passes first")
+    add("--name", help="the flow run's name (default: Prefect picks one)")
+    add("--tag", action="append", default=[], help="a tag for the flow run (repeatable)")
+    add("--api-url", help="overrides PREFECT_API_URL")
+    add("--retries", type=int, default=4, help="retries of each API call on transient errors")
+    add("--retry-delay", type=float, default=2.0, help="first retry delay in seconds, doubling")
+    add("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)  # this call's (a test's capture swaps it between calls)
     handler.setFormatter(logging.Formatter("[trigger] %(message)s"))
     logger.handlers = [handler]

@@ -63,12 +63,9 @@ def write_secrets(folder: Path) -> list[str]:
     0700 folder: Compose (without Swarm) mounts them as they are, and the containers' uid 10001 reads them."""
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
-    written = [
-        name for name in SECRETS if not ((folder / name).is_file() and (folder / name).read_text().strip())
-    ]
-    for name in written:
-        with os.fdopen(os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "w") as fh:
-            fh.write(secret_value(name))
+    written = [n for n in SECRETS if not ((folder / n).is_file() and (folder / n).read_text().strip())]
+    for name in written:  # in the 0700 folder: no one else reads it before its chmod
+        (folder / name).write_text(secret_value(name))
         (folder / name).chmod(0o644)
     return written
 
@@ -102,12 +99,11 @@ def build(base_image: str | None, tag: str = "latest") -> dict[str, str]:
 
     logger.info("building loan-risk-training:%s", tag)
     built = {"loan-risk-training": image.build(f"loan-risk-training:{tag}", base_image=base_image)}
-    buildargs = {"BASE_IMAGE": base_image} if base_image else {}
-    for name, dockerfile in IMAGES.items():
+    buildargs, client = {"BASE_IMAGE": base_image} if base_image else {}, get_client()
+    for name, dockerfile_name in IMAGES.items():
         logger.info("building %s:%s", name, tag)
-        client = get_client()
         built[name] = build_image(
-            STACK_DIR, name, [tag], buildargs, client=client, dockerfile=f"images/{dockerfile}"
+            STACK_DIR, name, [tag], buildargs, client=client, dockerfile=f"images/{dockerfile_name}"
         )
     return built
 
@@ -116,12 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deployments.stack.compose", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="secrets/ and .env for compose.yaml (only what is missing)")
-    init.add_argument(
-        "--dir", type=Path, default=STACK_DIR, help="where .env and secrets/ go (default: %(default)s)"
-    )
-    init.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="a .env value (new files only)"
-    )
+    init.add_argument("--dir", type=Path, default=STACK_DIR, help="where .env and secrets/ go")
+    init.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a new .env value")
     bld = sub.add_parser("build", help="the training, PostgreSQL and registry images")
     bld.add_argument("--base-image", default=None, help="default: the Dockerfiles' (python:3.11-slim)")
     bld.add_argument("--tag", default="latest")
@@ -130,9 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "init":
         written = write_secrets(args.dir / "secrets")
         write_env(args.dir / ".env", dict(item.split("=", 1) for item in args.set))
-        logger.info(
-            "secrets made: %s; .env at %s", ", ".join(written) or "none (all there)", args.dir / ".env"
-        )
+        logger.info("secrets made: %s; .env at %s", ", ".join(written) or "none", args.dir / ".env")
         return 0
     for name, image_id in build(args.base_image, args.tag).items():
         sys.stdout.write(f"{name}:{args.tag} {image_id}\n")

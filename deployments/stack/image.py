@@ -1,9 +1,6 @@
-"""The training image (``Dockerfile.training``), which the ``docker`` work pool runs each flow run in.
+"""The training image (``Dockerfile.training``) each flow run of the ``docker`` work pool runs in.
 
-    python -m deployments.stack.image [--tag loan-risk-training:latest] [--base-image IMG] [--wheel-cache DIR]
-
-The build context, made on the host: ``requirements.txt`` (``uv export``, no dev group), ``wheels/`` (no
-network inside the build) and ``app/``.
+python -m deployments.stack.image [--tag loan-risk-training:latest] [--base-image IMG] [--wheel-cache DIR]
 """
 
 from __future__ import annotations
@@ -62,14 +59,12 @@ def settle_markers(text: str) -> str:
 
 def export_requirements(out: Path) -> Path:
     """``uv export`` of the locked runtime dependencies (no dev group, no hashes: pip installs from wheels/),
-    with the markers settled for the image (:func:`settle_markers`)."""
-    uv = shutil.which("uv")
-    if not uv:
+    markers settled for the image."""
+    if not (uv := shutil.which("uv")):
         raise RuntimeError("uv is not on PATH: pip install uv")
     cmd = [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "--no-header", "-q"]
-    subprocess.run(
-        [*cmd, "-o", str(out)], cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=300
-    )
+    cmd += ["-o", str(out)]
+    subprocess.run(cmd, cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=300)
     out.write_text(settle_markers(out.read_text()))
     return out
 
@@ -82,8 +77,7 @@ def _readable(folder: Path) -> None:
 
 def prepare_context(out: Path, wheel_cache: Path) -> Path:
     """Lay out the training image's build context in ``out`` (emptied first)."""
-    if out.exists():
-        shutil.rmtree(out)
+    shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     wheels = download_wheels(wheel_cache, export_requirements(out / "requirements.txt"))
     shutil.copy2(DOCKERFILE, out / "Dockerfile.training")

@@ -1,21 +1,21 @@
-"""The shared stack as local processes (PostgreSQL, Prefect and MLflow servers, the image registry, workers).
-
-``up`` is idempotent (a running service is kept, a dead one restarted on its recorded port), ``status`` asks
-each service for its health, ``down`` stops what ``up`` started and nothing else. ``<state_dir>/stack.json``
-(mode 0600) holds the ports, PIDs and the stack's generated secrets.
-"""
+"""The shared stack as local processes. ``up`` keeps what runs (restarting the dead on their recorded ports),
+``down`` stops what ``up`` started and nothing else; ``<state_dir>/stack.json`` (0600) holds ports, PIDs and
+the generated secrets."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
 import uuid
-from dataclasses import KW_ONLY, InitVar, dataclass, field
+from collections.abc import Sequence
+from dataclasses import KW_ONLY, InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ QUIET = {
     "COLUMNS": "160",
     "PYTHONUNBUFFERED": "1",
 }
+# each server's health endpoint and the answer it gives when up
+HEALTH = {"prefect": ("/api/health", 200), "mlflow": ("/health", 200), "registry": ("/v2/", 401)}
 # Settings a caller's environment may hold that would point a child at another server, store or profile.
 _LEAKS = {
     f"PREFECT_{n}" for n in ("API_URL", "API_KEY", "API_AUTH_STRING", "PROFILE", "SERVER_API_AUTH_STRING")
@@ -122,8 +124,7 @@ def _py(*args: str) -> list[str]:
 
 
 def _new_secrets() -> dict[str, str]:
-    """Strong secrets, generated once and kept in the 0600 state: passwords, the pseudonym key, the accounts
-    of the Prefect and MLflow servers."""
+    """Strong secrets (passwords, pseudonym key, server accounts), made once and kept in the 0600 state."""
     sizes = {"postgres_password": 18, "registry_password": 18, "prefect_auth_password": 24}
     sizes |= {"mlflow_admin_password": 24, "mlflow_pipeline_password": 24, "mlflow_reader_password": 24}
     made = {name: secrets.token_urlsafe(size) for name, size in sizes.items()}
@@ -148,11 +149,8 @@ class Stack:
 
     def __post_init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir).resolve()
+        self.state_file = self.dir / "stack.json"
         self.worker_env = dict(self.worker_env or {})
-
-    @property
-    def state_file(self) -> Path:
-        return self.dir / "stack.json"
 
     def _load(self) -> bool:
         """Read the state file; whether there is a stack."""
@@ -174,9 +172,8 @@ class Stack:
         return "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
 
     def _port(self, name: str) -> int:
-        if name not in self.state["ports"]:
-            self.state["ports"][name] = procs.free_port(self._addr)
-        return int(self.state["ports"][name])
+        ports = self.state["ports"]
+        return int(ports[name] if name in ports else ports.setdefault(name, procs.free_port(self._addr)))
 
     def _url(self, name: str, path: str = "") -> str:
         return f"http://{self._addr}:{self.state['ports'][name]}{path}"
@@ -260,8 +257,9 @@ class Stack:
         self.state["pids"]["postgres"] = postgres.pid(cluster)
         postgres.ensure_databases(pw, self._addr, port)
 
-    def _serve(self, name: str, cmd: list[str], env: dict[str, str], health: str, ok: int = 200) -> bool:
-        """Start ``cmd`` unless its PID is alive; wait until ``health`` answers ``ok``. True if started."""
+    def _serve(self, name: str, cmd: list[str], env: dict[str, str]) -> bool:
+        """Start ``cmd`` unless its PID is alive; wait until its :data:`HEALTH` answer. True if started."""
+        health, ok = self._url(name, HEALTH[name][0]), HEALTH[name][1]
         if self._pid(name) and http_status(health) == ok:
             return False
         if not self._pid(name):
@@ -289,7 +287,7 @@ class Stack:
             },
         )
         cmd = _py("prefect", "server", "start", "--host", host, "--port", str(port))
-        return self._serve("prefect", cmd, env, self._url("prefect", "/api/health"))
+        return self._serve("prefect", cmd, env)
 
     def _mlflow(self) -> bool:
         port, s, host = self._port("mlflow"), self.state["secrets"], self.state["host"]
@@ -315,7 +313,7 @@ class Stack:
         cmd = _py("mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", self._pg("mlflow"))
         cmd += ["--serve-artifacts", "--artifacts-destination", str(artifacts)]
         cmd += ["--host", host, "--port", str(port), "--workers", "2", "--allowed-hosts", hosts]
-        started = self._serve("mlflow", cmd, env, self._url("mlflow", "/health"))
+        started = self._serve("mlflow", cmd, env)
         pipeline = mlflow_auth.Account(mlflow_auth.PIPELINE_USER, s["mlflow_pipeline_password"])
         reader = mlflow_auth.Account(mlflow_auth.READER_USER, s["mlflow_reader_password"])
         mlflow_auth.ensure_accounts(self._url("mlflow"), admin, [pipeline, reader])
@@ -342,9 +340,7 @@ class Stack:
         )
         # distribution reads REGISTRY_* variables as overrides of its config
         env = {k: v for k, v in self._env(folder).items() if not k.startswith("REGISTRY_")}
-        return self._serve(
-            "registry", [binary, "serve", str(config)], env, self._url("registry", "/v2/"), 401
-        )
+        return self._serve("registry", [binary, "serve", str(config)], env)
 
     def _setup(self, urls: StackUrls) -> None:
         """``python -m deployments.setup --pool POOL`` against the stack's server."""
@@ -408,13 +404,11 @@ class Stack:
         pg_ok = pg_pid is not None and postgres.healthy(pw, a, ports["postgres"])
         pg_url, databases = f"postgresql://{a}:{ports['postgres']}", ", ".join(postgres.DATABASES)
         out = [ServiceStatus("postgres", pg_url, pg_ok, pg_pid, databases)]
-        services = [("prefect", urls.prefect_api_url, "/api/health", 200)]
-        services.append(("mlflow", urls.mlflow_tracking_uri, "/health", 200))
-        if "registry" in ports:
-            services.append(("registry", f"{a}:{ports['registry']}", "/v2/", 401))
-        for name, url, path, ok in services:
+        shown = {"prefect": urls.prefect_api_url, "mlflow": urls.mlflow_tracking_uri}
+        for name, (path, ok) in ((n, h) for n, h in HEALTH.items() if n != "registry" or n in ports):
             code, pid = http_status(health := self._url(name, path)), self._pid(name)
             detail = f"{health} -> {code or 'no answer'}"
+            url = shown.get(name, f"{a}:{ports.get(name)}")
             out.append(ServiceStatus(name, url, bool(pid) and code == ok, pid, detail))
         online = self._online_workers(urls) if out[1].healthy else set()
         for key in self._worker_keys():
@@ -451,3 +445,49 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.down(purge=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m deployments.stack up|status|env|down``: the shared stack as local processes.
+
+    ``status`` exits 1 unless all are healthy; the state folder: ``--state-dir``, else ``LOANRISK_STACK_DIR``,
+    else ``<repo>/.state/stack`` (docs/team-stack.md)."""
+    parser = argparse.ArgumentParser(prog="python -m deployments.stack", description="The stack as processes")
+    add = parser.add_argument
+    add("command", choices=["up", "status", "env", "down"])
+    state_dir = Path(os.environ.get("LOANRISK_STACK_DIR") or REPO_ROOT / ".state/stack")
+    add("--state-dir", type=Path, default=state_dir)
+    add("--workers", type=int, default=2, help="process workers on the pool (default 2)")
+    add("--host", default="127.0.0.1", help="address the servers bind to and the URLs name")
+    add("--pool", default=DEFAULT_POOL)
+    add("--no-ui", action="store_true", help="Prefect server without its web UI")
+    add("--no-registry", action="store_true", help="do not start the image registry")
+    add("--purge", action="store_true", help="down: also remove the stack's data")
+    add("--json", action="store_true", help="status: one JSON document")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[stack] %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    options = {"host": args.host, "pool": args.pool, "ui": not args.no_ui, "registry": not args.no_registry}
+    stack = Stack(args.state_dir, workers=args.workers, **options)
+    try:
+        if args.command == "env":
+            for key, value in stack.urls().env().items():
+                print(f"export {key}={shlex.quote(value)}", flush=True)
+            return 0
+        if args.command == "down":
+            print(json.dumps({"stopped": stack.down(purge=args.purge), "purged": args.purge}), flush=True)
+            return 0
+        if args.command == "up":
+            stack.up()
+        rows = stack.status()
+        if args.json:
+            print(json.dumps([asdict(r) for r in rows]), flush=True)
+        elif not rows:
+            print(f"no stack in {stack.dir}", flush=True)
+        for r in [] if args.json else rows:
+            health = "healthy" if r.healthy else "DOWN"
+            print(f"{r.name:<10} {health:<8} {r.url:<40} pid {r.pid or '-':<8} {r.detail}", flush=True)
+        return 0 if rows and all(r.healthy for r in rows) else 1
+    except RuntimeError as exc:
+        logging.getLogger("deployments.stack").error("%s", exc)
+        return 1

@@ -1,9 +1,7 @@
-"""The tracking server's accounts: MLflow's own authentication app (``mlflow server --app-name basic-auth``).
+"""The tracking server's accounts in MLflow's auth app (``mlflow server --app-name basic-auth``).
 
-    python -m deployments.stack.mlflow_auth config --out FILE --database-uri URI   # the app's ini (0600)
-    python -m deployments.stack.mlflow_auth accounts --tracking-uri URL            # pipeline and reader
-
-The admin only makes the others; the pipeline holds MANAGE on what it creates, a reader gets READ.
+python -m deployments.stack.mlflow_auth config --out FILE --database-uri URI   # the app's ini (0600)
+python -m deployments.stack.mlflow_auth accounts --tracking-uri URL            # pipeline and reader
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 logger = logging.getLogger("deployments.stack.mlflow_auth")
 
@@ -56,21 +53,19 @@ def write_config(path: Path, database_uri: str) -> Path:
 
 def ensure_accounts(tracking_uri: str, admin: Account, users: Sequence[Account]) -> list[str]:
     """Create each of ``users`` unless it exists (signed in as ``admin``); the names created."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.server import get_app_client
+    from mlflow.server.auth.routes import CREATE_USER, GET_USER
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request, verify_rest_response
 
+    creds = MlflowHostCreds(tracking_uri, username=admin.username, password=admin.password)
     created = []
-    signed_in = {"MLFLOW_TRACKING_USERNAME": admin.username, "MLFLOW_TRACKING_PASSWORD": admin.password}
-    with mock.patch.dict(os.environ, signed_in):  # the app client reads its credentials from there
-        client = get_app_client("basic-auth", tracking_uri=tracking_uri)
-        for user in users:
-            try:
-                client.get_user(user.username)
-            except MlflowException as exc:
-                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                    raise
-                client.create_user(user.username, user.password)
-                created.append(user.username)
+    for user in users:
+        found = http_request(creds, GET_USER, "GET", params={"username": user.username})
+        if found.status_code != 404:  # RESOURCE_DOES_NOT_EXIST: create it; any other failure raises
+            verify_rest_response(found, GET_USER)
+            continue
+        body = {"username": user.username, "password": user.password}
+        verify_rest_response(http_request(creds, CREATE_USER, "POST", json=body), CREATE_USER)
+        created.append(user.username)
     return created
 
 

@@ -1,9 +1,5 @@
-"""A PostgreSQL cluster of the stack's own, from the operating system's packages (Debian's ``postgresql``).
-
-``initdb`` once (password auth), ``pg_ctl start`` on the stack's port and address, one database per service,
-``pg_ctl stop -m fast``. As root every command runs as the ``postgres`` user (``runuser``), with the cluster
-where that user can reach it (the state folder, else a folder of its own under the temporary directory).
-"""
+"""The stack's own PostgreSQL cluster from the OS packages: ``initdb``, ``pg_ctl start``/``stop``, a database
+per service. As root each command runs as ``postgres`` (``runuser``), in a folder that user reaches."""
 
 from __future__ import annotations
 
@@ -82,14 +78,10 @@ def init(cluster: Path, password: str) -> bool:
     if user := _postgres_user():
         for path in (cluster, pwfile):
             os.chown(path, user.pw_uid, user.pw_gid)
-    options = ["-D", str(data), "-U", "postgres", "--auth-host=scram-sha-256"]
-    options += [
-        "--auth-local=peer" if user else "--auth-local=trust",
-        f"--pwfile={pwfile}",
-        "--encoding=UTF8",
-    ]
+    options = ["-D", str(data), "-U", "postgres", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+    options += ["--auth-local=" + ("peer" if user else "trust"), "--encoding=UTF8", "--no-instructions"]
     try:
-        _run([str(bindir() / "initdb"), *options, "--no-instructions"])
+        _run([str(bindir() / "initdb"), *options])
     finally:
         pwfile.unlink(missing_ok=True)
     # Clients on other machines (workers) connect over TCP with the password; loopback is already allowed.
@@ -100,14 +92,11 @@ def init(cluster: Path, password: str) -> bool:
 
 def start(cluster: Path, host: str, port: int, env: Mapping[str, str]) -> None:
     """``pg_ctl start`` and wait for it (``-w``); its processes carry ``env`` (the stack's marker)."""
-    addresses = "127.0.0.1" if host in ("127.0.0.1", "localhost") else f"127.0.0.1,{host}"
-    if host in ("0.0.0.0", "*"):
-        addresses = "*"
+    loopback = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "0.0.0.0": "*", "*": "*"}
+    addresses = loopback.get(host, f"127.0.0.1,{host}")
     options = f"-p {port} -k {cluster} -c listen_addresses='{addresses}' -c max_connections=200"
-    pg_ctl = [str(bindir() / "pg_ctl"), "-D", str(cluster / "data")]
-    _run(
-        [*pg_ctl, "-o", options, "-l", str(cluster / "log"), "-w", "-t", "120", "start"], env=env, timeout=180
-    )
+    pg_ctl = [str(bindir() / "pg_ctl"), "-D", str(cluster / "data"), "-o", options]
+    _run([*pg_ctl, "-l", str(cluster / "log"), "-w", "-t", "120", "start"], env=env, timeout=180)
 
 
 def stop(cluster: Path) -> bool:

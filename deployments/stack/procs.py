@@ -1,9 +1,6 @@
-"""Child processes of the stack: started in sessions of their own, marked, and stopped by PID.
-
-Every process the launcher starts, and every process those start, carries ``LOANRISK_STACK_ID=<id>``: ``down``
-stops the recorded process groups, then whatever still carries the marker (MLflow's ``huey_consumer`` leaves
-its group), never a process of another stack or developer.
-"""
+"""The stack's child processes: each in a session of its own, carrying ``LOANRISK_STACK_ID=<id>``; ``down``
+stops the recorded groups, then whatever still carries the marker (MLflow's ``huey_consumer`` leaves its
+group), never another stack's or developer's process."""
 
 from __future__ import annotations
 
@@ -34,8 +31,7 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
 
 
 def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path, cwd: Path) -> int:
-    """Start ``cmd`` detached in a session of its own, output appended to ``log_path``; returns its PID (a
-    later ``down``, maybe in another process, stops it by the PID recorded in the state file)."""
+    """Start ``cmd`` detached in a session of its own, output appended to ``log_path``; its PID."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         kwargs: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT}
@@ -44,11 +40,8 @@ def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path, cwd: Path) -> 
 
 def alive(pid: int | None) -> bool:
     """Whether ``pid`` names a running process (a zombie is not running)."""
-    try:
-        return bool(pid) and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] not in (
-            "Z",
-            "X",
-        )
+    try:  # /proc/None or /proc/0 does not exist either
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] not in "ZX"
     except OSError:
         return False
 
@@ -86,8 +79,7 @@ def _terminate(pids: list[int], timeout: float, group: bool) -> None:
 
 
 def stop(pid: int | None, stack_id: str, timeout: float = 20.0) -> bool:
-    """SIGTERM the process group ``pid`` leads (only when ``pid`` carries the marker), SIGKILL it after
-    ``timeout``. Returns True when something was stopped."""
+    """Stop the process group ``pid`` leads if it carries the marker (TERM, then KILL); True when stopped."""
     if not pid or not alive(pid) or not carries(pid, stack_id):
         return False
     _terminate([pid], timeout, group=True)

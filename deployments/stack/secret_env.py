@@ -1,11 +1,5 @@
-"""Run a command with the Compose secrets as its environment: each file ``/run/secrets/NAME`` as ``NAME``.
-
-    python -m deployments.stack.secret_env prefect server start ...
-
-Compose mounts a secret as a file (in no ``docker inspect``, compose file or image); the stack's programs read
-theirs from the environment. A value already in the environment wins; ``LOANRISK_SECRETS_FROM`` names another
-folder.
-"""
+"""``python -m deployments.stack.secret_env COMMAND...``: run COMMAND with each Compose secret file
+``/run/secrets/NAME`` (or under ``LOANRISK_SECRETS_FROM``) as variable ``NAME``; a value already set wins."""
 
 from __future__ import annotations
 

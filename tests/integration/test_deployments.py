@@ -135,7 +135,7 @@ def test_monitor_runs_daily_and_drift_triggers_retrain_once_per_cooldown() -> No
     assert (trigger["posture"], trigger["threshold"], trigger["within"]) == ("Reactive", 1, 86_400)
     assert not deps["deploy"].get("triggers") and not deps["daily"].get("triggers")
     # the cooldown setting becomes the trigger's window; nothing else changes
-    shorter = deploy_setup.with_cooldown(data, 3600)
+    shorter = deploy_setup.configured(data, cooldown=3600)
     assert shorter["deployments"][0]["triggers"][0]["within"] == 3600
     shorter["deployments"][0]["triggers"][0]["within"] = 86_400
     assert shorter == json.loads(json.dumps(data))
@@ -143,7 +143,7 @@ def test_monitor_runs_daily_and_drift_triggers_retrain_once_per_cooldown() -> No
 
 def test_setup_can_rename_the_pool() -> None:
     data = deploy_setup.load_prefect_file(REPO_ROOT / "prefect.yaml")
-    renamed = deploy_setup.with_pool(data, "other-pool")
+    renamed = deploy_setup.configured(data, "other-pool")
     assert {s.pool for s in deploy_setup.deployment_specs(renamed)} == {"other-pool"}
     assert {s.pool for s in deploy_setup.deployment_specs(data)} == {POOL}  # the original is untouched
     assert [d["entrypoint"] for d in renamed["deployments"]] == [d["entrypoint"] for d in data["deployments"]]
