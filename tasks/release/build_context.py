@@ -95,9 +95,7 @@ def _download(cache: Path, target: Path, requirements: Path) -> Path:
             )
         wheels = sorted(p.name for p in partial.glob("*.whl"))
         (partial / COMPLETE_MARKER).write_text("\n".join(wheels) + "\n")
-        if target.exists():  # another process finished first
-            shutil.rmtree(partial)
-        else:
+        if not target.exists():  # else another process finished first (and ``partial`` goes below)
             os.replace(partial, target)
     finally:
         if partial.exists():

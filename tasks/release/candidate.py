@@ -70,13 +70,6 @@ def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
     return reference
 
 
-def _delete_manifest(settings: Settings, digest: str) -> None:
-    """Delete a manifest that never served; a failure here must not hide the one that led to it."""
-    registry, repository, user, password = _registry(settings.release)
-    with contextlib.suppress(Exception):
-        delete_manifest(registry, repository, digest, user, password)
-
-
 def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made: list[str]) -> dict:
     """Pull ``digest`` back, run it, smoke-test it against the bundle's reference, and tag it ``repository:version``
     locally (what a person finds with ``docker images``); returns the smoke test's summary. ``made`` gains the
@@ -104,7 +97,13 @@ def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made:
     return smoke
 
 
-def _undo(settings: Settings, made: list[str]) -> None:
+def _undo(settings: Settings, made: list[str], digest: str = "") -> None:
+    """Delete the manifest ``digest`` that never served and the local images ``made``; a failure here must not
+    hide the one that led to it."""
+    if digest:
+        registry, repository, user, password = _registry(settings.release)
+        with contextlib.suppress(Exception):
+            delete_manifest(registry, repository, digest, user, password)
     if made:  # no client (the engine may be what failed) when there is nothing to remove
         remove_local_images(get_client(settings.release.docker_host), made, run_logger().warning)
 
@@ -137,9 +136,7 @@ def build_candidate(
             digest = push_task(settings, build_ref, [build_tag])
         smoke = _tested(settings, version, digest, bundle, made)
     except BaseException as exc:
-        if digest:
-            _delete_manifest(settings, digest)
-        _undo(settings, made)
+        _undo(settings, made, digest)
         if isinstance(exc, ReleaseFailed):
             exc.facts["build_id"] = build_id
         raise
@@ -152,12 +149,12 @@ def build_candidate(
 def discard_candidate(settings: Settings, candidate: Candidate) -> None:
     """A candidate whose commit was refused (it never served): its build's manifest and its local images go."""
     client = get_client(settings.release.docker_host)
-    if candidate.built:
-        _delete_manifest(settings, candidate.digest)
     refs = [f"{candidate.image}:{candidate.version}"] + (
         [f"{candidate.image}@{candidate.digest}"] if candidate.built else []
     )
-    remove_local_images(client, [r for r in refs if local_image_id(client, r)], run_logger().warning)
+    _undo(
+        settings, [r for r in refs if local_image_id(client, r)], candidate.digest if candidate.built else ""
+    )
 
 
 def prepare_candidate(

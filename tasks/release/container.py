@@ -48,6 +48,8 @@ class RunningContainer:
         remove_container(self)
 
 
+
+
 def _container_logs(container: Container, tail: int = 50) -> str:
     try:
         return container.logs(stdout=True, stderr=True, tail=tail).decode("utf-8", errors="replace")
@@ -120,8 +122,7 @@ def wait_healthy(
 ) -> None:
     """Poll ``base_url + path`` until it answers 200, stopping at once when ``container`` dies. Raises
     :class:`DeployStepError` with its last 50 log lines and exit status (``details``: logs, exit_status)."""
-    if isinstance(container, RunningContainer):
-        container = container.container
+    container = getattr(container, "container", container)
     url = base_url.rstrip("/") + path
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
@@ -152,8 +153,7 @@ def wait_healthy(
 
 def remove_container(container: Container | RunningContainer) -> None:
     """Force-remove the container (and its anonymous volumes); no error when it is already gone."""
-    if isinstance(container, RunningContainer):
-        container = container.container
+    container = getattr(container, "container", container)
     try:
         container.remove(force=True, v=True)
         logger.info("removed container %s", container.name)

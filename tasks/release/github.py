@@ -63,15 +63,8 @@ def create_github_release(
 ) -> dict[str, Any]:
     """Create a GitHub release (and its tag, at ``target_commitish`` when given) through the REST API; returns
     the created release. A 422 "already_exists" (created meanwhile) returns the existing release instead."""
-    payload: dict[str, Any] = {
-        "tag_name": tag,
-        "name": name,
-        "body": body,
-        "draft": False,
-        "prerelease": False,
-    }
-    if target_commitish:
-        payload["target_commitish"] = target_commitish
+    payload = {"tag_name": tag, "name": name, "body": body, "draft": False, "prerelease": False}
+    payload |= {"target_commitish": target_commitish} if target_commitish else {}
     url, what = f"{api_url.rstrip('/')}/repos/{repository}/releases", f"{tag!r} on {repository}"
     response = _github("POST", url, token, timeout, what, payload, allow=422)
     if response.status_code == 422:

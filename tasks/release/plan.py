@@ -141,25 +141,21 @@ def plan_rollback(
         "rolling back: champion v%s -> v%s (%s@%s)", top.version, target.version, target.image, target.digest
     )
     why = check_reason(reason, False) or f"rollback from v{top.version}"
-    by = requester(requested_by)
-    return Plan(target.version, "rollback", by, why, top, reuse_digest=target.digest, commit=target.commit)
+    return Plan(
+        target.version, "rollback", requester(requested_by), why, top, target.digest, commit=target.commit
+    )
+
+
+_FROM_PLAN = ("version", "kind", "by", "reason", "gated_against", "release_id", "overrode")
 
 
 def commit_plan(settings: Settings, plan: Plan, candidate: Candidate, revision: str | None) -> Entry:
     """THE commit point: the ledger entry after the plan's expected head (see :func:`tasks.release.ledger.commit`)."""
     entry = Entry(
-        version=plan.version,
-        digest=candidate.digest,
-        image=candidate.image,
-        kind=plan.kind,
-        by=plan.by,
-        reason=plan.reason,
+        **{k: getattr(plan, k) for k in _FROM_PLAN},
+        **{k: getattr(candidate, k) for k in ("digest", "image", "build_tag")},
         from_version=plan.expected.version if plan.expected else "",
-        gated_against=plan.gated_against,
-        release_id=plan.release_id,
         commit=revision if candidate.built and revision else plan.commit,
-        build_tag=candidate.build_tag,
-        overrode=plan.overrode,
         ran_on=ran_on(),
     )
     try:
