@@ -1,7 +1,5 @@
-"""A self-contained Docker build context for the serving image (no Prefect, no network inside the build).
-
-Wheels are downloaded once on the host (PyPI is unreachable from containers), cached by requirements hash.
-"""
+"""A self-contained Docker build context for the serving image; wheels are downloaded on the host (PyPI is
+unreachable from containers), cached by requirements hash."""
 
 from __future__ import annotations
 

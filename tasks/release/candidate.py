@@ -1,7 +1,5 @@
-"""The release candidate: an image in the registry, known by digest, pulled back and smoke-tested.
-
-A failure deletes the build's manifest and local images; an image the registry still holds is never rebuilt.
-"""
+"""The release candidate: an image in the registry, known by digest, pulled back and smoke-tested; a failure
+deletes the build's manifest and local images, and an image the registry still holds is never rebuilt."""
 
 from __future__ import annotations
 

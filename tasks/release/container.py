@@ -1,8 +1,4 @@
-"""Run an image as a local container on a free port, wait for its health check, and remove it.
-
-The smoke test (:mod:`tasks.release.smoke`) talks to the container these steps start; a container that dies
-or never answers fails with :class:`DeployStepError` (step ``run``) carrying its last log lines and exit status.
-"""
+"""Run an image as a local container on a free port, wait for its health check, and remove it."""
 
 from __future__ import annotations
 
@@ -46,8 +42,6 @@ class RunningContainer:
 
     def __exit__(self, *exc: object) -> None:
         remove_container(self)
-
-
 
 
 def _container_logs(container: Container, tail: int = 50) -> str:

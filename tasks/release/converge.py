@@ -1,7 +1,4 @@
-"""Converge: make everything derived from the release ledger match its head, idempotently.
-
-Each step (champion alias, version tags, image tags, release notes, history artifact) looks before it writes.
-"""
+"""Converge: make everything derived from the release ledger match its head; each step looks first."""
 
 from __future__ import annotations
 

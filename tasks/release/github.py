@@ -1,7 +1,4 @@
-"""GitHub releases through the REST API, created once: looked up by tag first, created when missing.
-
-Unavailability (no answer, 5xx, 429) is retried; any other refusal is a :class:`GitHubReleaseError`.
-"""
+"""GitHub releases through the REST API, looked up by tag first; 5xx/429/no answer is retried."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The release ledger: every champion change, one registry record each, never trimmed, never rewritten.
-
-Creating entry ``n + 1`` is a compare-and-set on the registry's unique model name: the release's commit point.
-"""
+"""The release ledger: one registry record per champion change, never rewritten; creating entry ``n + 1`` is a
+compare-and-set on the registry's unique model name: the release's commit point."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""What a deploy or a rollback means to do, decided before any image work, and the commit of it.
-
-A plan names the ledger head it was made against (``expected``); the commit claims the entry after it, so a
-champion that changed since (another deploy, a rollback, another Prefect server's run) refuses the commit instead
-of being overwritten. Nothing here touches Docker.
-"""
+"""What a deploy or a rollback means to do, decided before any image work, and its commit: the plan names the
+ledger head it was made against, so a champion that changed since refuses the commit."""
 
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
-"""Slim the serving virtual environment in the image's build stage, then prove it still serves the bundle.
+"""Slim the serving venv in the image's build stage, then prove it still serves the bundle.
 
-Drops the installers and every ``tests`` folder, the subpackages of SciPy, pandas, NumPy and CatBoost that a probe
-run of the service never imports, SciPy's bundled BLAS/Fortran libraries, and the symbol tables of very large
-shared objects (cut after the last loadable segment, as ``sstrip`` does: the loader reads only program headers).
-When the probe fails on the slimmed environment, all but the first step is put back; exit code 1 only when it
-fails on the untouched one too. The image's HTTP contract tests (tests/integration) prove the slimmed image.
-"""
+Drops installers, ``tests`` folders, the SciPy/pandas/NumPy/CatBoost subpackages a probe run never imports,
+SciPy's bundled BLAS/Fortran libraries, and the symbol tables of very large shared objects (as ``sstrip``
+does). When the probe then fails, all but the first step is put back; exit code 1 only when the untouched
+environment fails too."""
 
 from __future__ import annotations
 

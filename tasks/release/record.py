@@ -1,7 +1,5 @@
-"""The deploy gate and the release record's words: who asked, why, and the release notes.
-
-A version is deployable when promoted against the current champion and not rolled back; ``force`` overrides.
-"""
+"""The deploy gate (promoted against today's champion, not rolled back; ``force`` overrides) and the release
+record's words: who asked, why, and the release notes."""
 
 from __future__ import annotations
 
