@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from serving.bundle import Bundle, load_bundle
 from tasks.common import run_logger
-from tasks.errors import LoanRiskError
 from tasks.registry import versions
 from tasks.release.build import build_task, image_labels
-from tasks.release.container import cleanup_task, run_task
+from tasks.release.container import cleanup_task, run_task, smoke_task
 from tasks.release.engine import get_client, local_image_id, remove_local_images
-from tasks.release.ledger import ReleaseFailed
+from tasks.release.ledger import ReleaseFailed, as_release_failure
 from tasks.release.push import pull_by_digest, push_task
 from tasks.release.registry_api import delete_manifest, registry_credentials, tag_digest
-from tasks.release.smoke import smoke_task
 from tasks.settings import Settings
 from tasks.settings.sections import ReleaseSettings
 
@@ -41,19 +38,6 @@ class Candidate:
 
 def remote(release: ReleaseSettings) -> str:
     return f"{release.image_registry}/{release.image_repository}"
-
-
-@contextlib.contextmanager
-def _step(step: str) -> Iterator[None]:
-    """The one place where a candidate step's failure becomes :class:`ReleaseFailed` naming the step (before the
-    commit point: nothing changed); the flow boundary lets it through as it is."""
-    try:
-        yield
-    except ReleaseFailed:
-        raise
-    except Exception as exc:
-        cause = str(exc) if isinstance(exc, LoanRiskError) else f"{type(exc).__name__}: {exc}"
-        raise ReleaseFailed(step, cause, "no") from exc
 
 
 def _registry(release: ReleaseSettings) -> tuple[str, str, str | None, str | None]:
@@ -77,15 +61,15 @@ def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made:
     by_digest, tag_ref = f"{image}@{digest}", f"{image}:{version}"
     present = local_image_id(client, by_digest) is not None
     registry, repository, user, password = _registry(settings.release)
-    with _step("pull"):
+    with as_release_failure("pull"):
         ref = pull_by_digest(client, registry, repository, digest, user, password)
     if not present:
         made.append(by_digest)
     reference, running = _reference(bundle, version), None
     try:  # the container is always removed
-        with _step("run"):
+        with as_release_failure("run"):
             running = run_task(settings, ref)
-        with _step("smoke-test"):
+        with as_release_failure("smoke-test"):
             smoke = smoke_task(settings, running.base_url, version, reference)
     finally:
         cleanup_task(settings, running)
@@ -127,10 +111,10 @@ def build_candidate(
     made: list[str] = []
     digest = ""
     try:
-        with _step("build"):
+        with as_release_failure("build"):
             build_task(settings, context, build_ref, buildargs, labels, build_id)
         made.append(build_ref)
-        with _step("push"):
+        with as_release_failure("push"):
             digest = push_task(settings, build_ref, [build_tag])
         smoke = _tested(settings, version, digest, bundle, made)
     except BaseException as exc:
@@ -163,18 +147,18 @@ def prepare_candidate(
     holds = False
     if reuse_digest:  # whether the registry still holds that manifest
         registry, repository, user, password = _registry(settings.release)
-        with _step("registry check"):
+        with as_release_failure("registry check"):
             holds = tag_digest(registry, repository, reuse_digest, user, password) == reuse_digest
     if revision is None and not holds:
         raise ReleaseFailed(
             "pull", f"the registry no longer holds {reuse_digest or 'an image'} of v{version}"
         )
     if not holds:
-        with _step("export"):
+        with as_release_failure("export"):
             context = versions.export_task(settings, version, workdir / "context")
         return build_candidate(settings, version, context, revision)
     run_logger().info("the registry holds v%s's tested image %s: no build", version, reuse_digest)
-    with _step("export"):
+    with as_release_failure("export"):
         bundle = load_bundle(versions.download_bundle(settings, version, workdir / "bundle"))
     made: list[str] = []
     try:
