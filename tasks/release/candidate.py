@@ -53,9 +53,8 @@ def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
 
 
 def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made: list[str]) -> dict:
-    """Pull ``digest`` back, run it, smoke-test it against the bundle's reference, and tag it ``repository:version``
-    locally (what a person finds with ``docker images``); returns the smoke test's summary. ``made`` gains the
-    local references this made."""
+    """Pull ``digest`` back, run and smoke-test it, tag it ``repository:version`` locally; returns the smoke
+    summary. ``made`` gains the local references this made."""
     client = get_client(settings.release.docker_host)
     image = remote(settings.release)
     by_digest, tag_ref = f"{image}@{digest}", f"{image}:{version}"
@@ -93,9 +92,8 @@ def _undo(settings: Settings, made: list[str], digest: str = "") -> None:
 def build_candidate(
     settings: Settings, version: str, context: Path, revision: str, build_id: str | None = None
 ) -> Candidate:
-    """Build the version's image from ``context``, push it under ``build-<id>``, pull it back by digest and
-    smoke-test that. A failure deletes the pushed manifest and this run's local images, then raises
-    :class:`ReleaseFailed` naming the step."""
+    """Build ``context``, push it as ``build-<id>``, pull it back by digest and smoke-test that; a failure
+    deletes the pushed manifest and this run's local images, then raises :class:`ReleaseFailed`."""
     build_id = build_id or uuid.uuid4().hex
     build_tag = f"build-{build_id[:16]}"
     build_ref = f"{remote(settings.release)}:{build_tag}"

@@ -113,9 +113,8 @@ def head(settings: Settings) -> Entry | None:
 
 
 def commit(settings: Settings, entry: Entry, expected: Entry | None) -> Entry:
-    """Claim the entry after ``expected`` (the head this release read; None: the ledger was empty): THE commit
-    point. Returns the committed entry; raises :class:`ReleaseFailed` (step ``commit``) saying whether it was
-    committed when the registry refused, moved or did not answer."""
+    """THE commit point: claim the entry after ``expected`` (None: empty ledger); raises ReleaseFailed (step
+    ``commit``) saying whether it committed when the registry refused, moved or did not answer."""
     entry.seq = (expected.seq if expected else 0) + 1
     entry.from_version = entry.from_version or (expected.version if expected else "")
     name = entry_name(settings.registry.model_name, entry.seq)

@@ -45,9 +45,8 @@ class Plan:
 
 
 def _ledger_head(settings: Settings) -> tuple[list[Entry], Entry | None]:
-    """The ledger (seeded on first use) and its head, which a plan is made against. The alias ``champion`` is
-    derived from the head by converge; when it names another version (a tail still running or failed, or an alias
-    moved by hand) this run's converge sets it back, and the plan says so."""
+    """The ledger (seeded on first use) and its head, which a plan is made against; an alias ``champion``
+    naming another version is set back by this run's converge, and the plan says so."""
     entries = seed(settings)
     top = entries[-1] if entries else None
     alias = versions.version_by_alias(settings, Alias.CHAMPION)

@@ -147,9 +147,8 @@ def release_notes(
     data: dict[str, Any],
     card: str | None = None,
 ) -> str:
-    """Markdown notes of one ledger entry: what became the champion, who asked and why (escaped: rendered as
-    typed), what a forced release overrode, metrics against the champion it replaced, image and digest, source
-    commit, data revision and the model card (``card``: where it is, see :func:`card_link`)."""
+    """Markdown notes of one ledger entry: who asked and why (escaped), what a forced release overrode,
+    metrics against the replaced champion, image, digest, source commit, data, the model card (``card``)."""
     prev = entry.from_version
     prev_label = f"v{prev}" if prev else "none"
     rows = "\n".join(
