@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.release.github import GitHubReleaseError, create_github_release
+from tasks.release.converge import GitHubReleaseError, create_github_release
 from tasks.release.ledger import Entry, ReleaseFailed, rollback_target, rolled_back_versions
 from tasks.release.record import card_link, release_notes
 from tests.github_stand_in import GitHubStandIn
@@ -435,7 +435,7 @@ def test_one_digest_released_twice_gets_both_notes_on_one_github_release(
 ) -> None:
     """Issue 20, item 8: GitHub releases are keyed by digest; a forced re-release of the same image adds its
     own notes (before: it wrote none) and the tag is made at the image's source commit."""
-    from tasks.release.github import github_tag, publish_github_release
+    from tasks.release.converge import github_tag, publish_github_release
     from tasks.release.record import release_marker
     from tasks.settings import Settings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.release.smoke import SmokeTestError, compare_predictions
+from tasks.release.container import SmokeTestError, compare_predictions
 
 EXPECTED = [0.1, 0.5, 0.9]
 

@@ -1,7 +1,4 @@
-"""Build the serving image with the Docker SDK, label it, and leave nothing of the build behind.
-
-Each build's id is a label, so the dangling images it left are removed afterwards; label names live here.
-"""
+"""Build the serving image with the Docker SDK, labelled with its build id so its dangling images go after."""
 
 from __future__ import annotations
 

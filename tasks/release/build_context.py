@@ -1,7 +1,5 @@
-"""A self-contained Docker build context for the serving image (no Prefect, no network inside the build).
-
-Wheels are downloaded once on the host (PyPI is unreachable from containers), cached by requirements hash.
-"""
+"""A self-contained Docker build context for the serving image; wheels are downloaded on the host (PyPI is
+unreachable from containers), cached by requirements hash."""
 
 from __future__ import annotations
 
@@ -95,9 +93,7 @@ def _download(cache: Path, target: Path, requirements: Path) -> Path:
             )
         wheels = sorted(p.name for p in partial.glob("*.whl"))
         (partial / COMPLETE_MARKER).write_text("\n".join(wheels) + "\n")
-        if target.exists():  # another process finished first
-            shutil.rmtree(partial)
-        else:
+        if not target.exists():  # else another process finished first (and ``partial`` goes below)
             os.replace(partial, target)
     finally:
         if partial.exists():

@@ -1,28 +1,23 @@
-"""The release candidate: an image in the registry, known by digest, pulled back and smoke-tested.
-
-A failure deletes the build's manifest and local images; an image the registry still holds is never rebuilt.
-"""
+"""The release candidate: an image in the registry, known by digest, pulled back and smoke-tested; a failure
+deletes the build's manifest and local images, and an image the registry still holds is never rebuilt."""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from serving.bundle import Bundle, load_bundle
 from tasks.common import run_logger
-from tasks.errors import LoanRiskError
 from tasks.registry import versions
 from tasks.release.build import build_task, image_labels
-from tasks.release.container import cleanup_task, run_task
+from tasks.release.container import cleanup_task, run_task, smoke_task
 from tasks.release.engine import get_client, local_image_id, remove_local_images
-from tasks.release.ledger import ReleaseFailed
+from tasks.release.ledger import ReleaseFailed, as_release_failure
 from tasks.release.push import pull_by_digest, push_task
 from tasks.release.registry_api import delete_manifest, registry_credentials, tag_digest
-from tasks.release.smoke import smoke_task
 from tasks.settings import Settings
 from tasks.settings.sections import ReleaseSettings
 
@@ -45,19 +40,6 @@ def remote(release: ReleaseSettings) -> str:
     return f"{release.image_registry}/{release.image_repository}"
 
 
-@contextlib.contextmanager
-def _step(step: str) -> Iterator[None]:
-    """The one place where a candidate step's failure becomes :class:`ReleaseFailed` naming the step (before the
-    commit point: nothing changed); the flow boundary lets it through as it is."""
-    try:
-        yield
-    except ReleaseFailed:
-        raise
-    except Exception as exc:
-        cause = str(exc) if isinstance(exc, LoanRiskError) else f"{type(exc).__name__}: {exc}"
-        raise ReleaseFailed(step, cause, "no") from exc
-
-
 def _registry(release: ReleaseSettings) -> tuple[str, str, str | None, str | None]:
     """Registry, repository, user and password: the leading arguments of the registry calls."""
     return release.image_registry, release.image_repository, *registry_credentials(release)
@@ -70,31 +52,23 @@ def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
     return reference
 
 
-def _delete_manifest(settings: Settings, digest: str) -> None:
-    """Delete a manifest that never served; a failure here must not hide the one that led to it."""
-    registry, repository, user, password = _registry(settings.release)
-    with contextlib.suppress(Exception):
-        delete_manifest(registry, repository, digest, user, password)
-
-
 def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made: list[str]) -> dict:
-    """Pull ``digest`` back, run it, smoke-test it against the bundle's reference, and tag it ``repository:version``
-    locally (what a person finds with ``docker images``); returns the smoke test's summary. ``made`` gains the
-    local references this made."""
+    """Pull ``digest`` back, run and smoke-test it, tag it ``repository:version`` locally; returns the smoke
+    summary. ``made`` gains the local references this made."""
     client = get_client(settings.release.docker_host)
     image = remote(settings.release)
     by_digest, tag_ref = f"{image}@{digest}", f"{image}:{version}"
     present = local_image_id(client, by_digest) is not None
     registry, repository, user, password = _registry(settings.release)
-    with _step("pull"):
+    with as_release_failure("pull"):
         ref = pull_by_digest(client, registry, repository, digest, user, password)
     if not present:
         made.append(by_digest)
     reference, running = _reference(bundle, version), None
     try:  # the container is always removed
-        with _step("run"):
+        with as_release_failure("run"):
             running = run_task(settings, ref)
-        with _step("smoke-test"):
+        with as_release_failure("smoke-test"):
             smoke = smoke_task(settings, running.base_url, version, reference)
     finally:
         cleanup_task(settings, running)
@@ -104,7 +78,13 @@ def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made:
     return smoke
 
 
-def _undo(settings: Settings, made: list[str]) -> None:
+def _undo(settings: Settings, made: list[str], digest: str = "") -> None:
+    """Delete the manifest ``digest`` that never served and the local images ``made``; a failure here must not
+    hide the one that led to it."""
+    if digest:
+        registry, repository, user, password = _registry(settings.release)
+        with contextlib.suppress(Exception):
+            delete_manifest(registry, repository, digest, user, password)
     if made:  # no client (the engine may be what failed) when there is nothing to remove
         remove_local_images(get_client(settings.release.docker_host), made, run_logger().warning)
 
@@ -112,9 +92,8 @@ def _undo(settings: Settings, made: list[str]) -> None:
 def build_candidate(
     settings: Settings, version: str, context: Path, revision: str, build_id: str | None = None
 ) -> Candidate:
-    """Build the version's image from ``context``, push it under ``build-<id>``, pull it back by digest and
-    smoke-test that. A failure deletes the pushed manifest and this run's local images, then raises
-    :class:`ReleaseFailed` naming the step."""
+    """Build ``context``, push it as ``build-<id>``, pull it back by digest and smoke-test that; a failure
+    deletes the pushed manifest and this run's local images, then raises :class:`ReleaseFailed`."""
     build_id = build_id or uuid.uuid4().hex
     build_tag = f"build-{build_id[:16]}"
     build_ref = f"{remote(settings.release)}:{build_tag}"
@@ -130,16 +109,14 @@ def build_candidate(
     made: list[str] = []
     digest = ""
     try:
-        with _step("build"):
+        with as_release_failure("build"):
             build_task(settings, context, build_ref, buildargs, labels, build_id)
         made.append(build_ref)
-        with _step("push"):
+        with as_release_failure("push"):
             digest = push_task(settings, build_ref, [build_tag])
         smoke = _tested(settings, version, digest, bundle, made)
     except BaseException as exc:
-        if digest:
-            _delete_manifest(settings, digest)
-        _undo(settings, made)
+        _undo(settings, made, digest)
         if isinstance(exc, ReleaseFailed):
             exc.facts["build_id"] = build_id
         raise
@@ -152,12 +129,12 @@ def build_candidate(
 def discard_candidate(settings: Settings, candidate: Candidate) -> None:
     """A candidate whose commit was refused (it never served): its build's manifest and its local images go."""
     client = get_client(settings.release.docker_host)
-    if candidate.built:
-        _delete_manifest(settings, candidate.digest)
     refs = [f"{candidate.image}:{candidate.version}"] + (
         [f"{candidate.image}@{candidate.digest}"] if candidate.built else []
     )
-    remove_local_images(client, [r for r in refs if local_image_id(client, r)], run_logger().warning)
+    _undo(
+        settings, [r for r in refs if local_image_id(client, r)], candidate.digest if candidate.built else ""
+    )
 
 
 def prepare_candidate(
@@ -168,18 +145,18 @@ def prepare_candidate(
     holds = False
     if reuse_digest:  # whether the registry still holds that manifest
         registry, repository, user, password = _registry(settings.release)
-        with _step("registry check"):
+        with as_release_failure("registry check"):
             holds = tag_digest(registry, repository, reuse_digest, user, password) == reuse_digest
     if revision is None and not holds:
         raise ReleaseFailed(
             "pull", f"the registry no longer holds {reuse_digest or 'an image'} of v{version}"
         )
     if not holds:
-        with _step("export"):
+        with as_release_failure("export"):
             context = versions.export_task(settings, version, workdir / "context")
         return build_candidate(settings, version, context, revision)
     run_logger().info("the registry holds v%s's tested image %s: no build", version, reuse_digest)
-    with _step("export"):
+    with as_release_failure("export"):
         bundle = load_bundle(versions.download_bundle(settings, version, workdir / "bundle"))
     made: list[str] = []
     try:

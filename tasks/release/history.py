@@ -1,8 +1,4 @@
-"""The release audit trail as a user reads it: ``python -m flows.deploy --history`` and the Prefect artifact.
-
-Read-only: before the ledger's first entry it shows what the earlier record knew (what the first release or
-rollback will seed), without writing anything.
-"""
+"""The release audit trail as a user reads it (read-only: before the ledger's first entry, what it seeds)."""
 
 from __future__ import annotations
 

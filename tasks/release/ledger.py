@@ -1,19 +1,17 @@
-"""The release ledger: every champion change, one registry record each, never trimmed, never rewritten.
-
-Creating entry ``n + 1`` is a compare-and-set on the registry's unique model name: the release's commit point.
-"""
+"""The release ledger: one registry record per champion change, never rewritten; creating entry ``n + 1`` is a
+compare-and-set on the registry's unique model name: the release's commit point."""
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal
 
 from tasks.common import run_logger
-from tasks.errors import PermanentError
+from tasks.errors import LoanRiskError, PermanentError
 from tasks.registry import versions
 from tasks.registry.aliases import Alias
 from tasks.settings import Settings
@@ -24,8 +22,6 @@ REASON_MIN_CHARS = 10
 REASON_MAX_CHARS = 300
 SEED_REASON = "champion before the release ledger existed"
 Committed = Literal["yes", "no", "unknown"]
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 class ReleaseFailed(PermanentError):
@@ -38,21 +34,20 @@ class ReleaseFailed(PermanentError):
         self.step, self.committed, self.facts = step, committed, facts
 
 
-def one_error(fn: Callable[P, R]) -> Callable[P, R]:
-    """Let only :class:`ReleaseFailed` leave ``fn`` (a flow): any other error happened before a commit (the
-    commit and converge steps raise their own) and says so."""
+@contextlib.contextmanager
+def as_release_failure(step: str | None = None) -> Iterator[None]:
+    """Wrap once: any error but :class:`ReleaseFailed` becomes one naming ``step`` (else the error's own ``step``,
+    else ``plan``), committed ``no``: only the commit and converge steps change the champion, and raise their own."""
+    try:
+        yield
+    except ReleaseFailed:
+        raise
+    except Exception as exc:
+        cause = str(exc) if step and isinstance(exc, LoanRiskError) else f"{type(exc).__name__}: {exc}"
+        raise ReleaseFailed(step or getattr(exc, "step", None) or "plan", cause, "no") from exc
 
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except ReleaseFailed:
-            raise
-        except Exception as exc:
-            step = getattr(exc, "step", None) or "plan"
-            raise ReleaseFailed(step, f"{type(exc).__name__}: {exc}", "no") from exc
 
-    return wrapper
+one_error = as_release_failure()  # the flows' decorator: only ReleaseFailed leaves them
 
 
 @dataclass
@@ -118,9 +113,8 @@ def head(settings: Settings) -> Entry | None:
 
 
 def commit(settings: Settings, entry: Entry, expected: Entry | None) -> Entry:
-    """Claim the entry after ``expected`` (the head this release read; None: the ledger was empty): THE commit
-    point. Returns the committed entry; raises :class:`ReleaseFailed` (step ``commit``) saying whether it was
-    committed when the registry refused, moved or did not answer."""
+    """THE commit point: claim the entry after ``expected`` (None: empty ledger); raises ReleaseFailed (step
+    ``commit``) saying whether it committed when the registry refused, moved or did not answer."""
     entry.seq = (expected.seq if expected else 0) + 1
     entry.from_version = entry.from_version or (expected.version if expected else "")
     name = entry_name(settings.registry.model_name, entry.seq)

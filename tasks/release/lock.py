@@ -1,7 +1,4 @@
-"""The deploy lock: a Prefect global concurrency limit of one slot, so two builds do not overlap.
-
-A courtesy, not the guarantee: the ledger's compare-and-set at the commit keeps releases apart.
-"""
+"""The deploy lock, a one-slot Prefect global concurrency limit: a courtesy (the ledger commit fences)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""What a deploy or a rollback means to do, decided before any image work, and the commit of it.
-
-A plan names the ledger head it was made against (``expected``); the commit claims the entry after it, so a
-champion that changed since (another deploy, a rollback, another Prefect server's run) refuses the commit instead
-of being overwritten. Nothing here touches Docker.
-"""
+"""What a deploy or a rollback means to do, decided before any image work, and its commit: the plan names the
+ledger head it was made against, so a champion that changed since refuses the commit."""
 
 from __future__ import annotations
 
@@ -49,9 +45,8 @@ class Plan:
 
 
 def _ledger_head(settings: Settings) -> tuple[list[Entry], Entry | None]:
-    """The ledger (seeded on first use) and its head, which a plan is made against. The alias ``champion`` is
-    derived from the head by converge; when it names another version (a tail still running or failed, or an alias
-    moved by hand) this run's converge sets it back, and the plan says so."""
+    """The ledger (seeded on first use) and its head, which a plan is made against; an alias ``champion``
+    naming another version is set back by this run's converge, and the plan says so."""
     entries = seed(settings)
     top = entries[-1] if entries else None
     alias = versions.version_by_alias(settings, Alias.CHAMPION)
@@ -141,25 +136,21 @@ def plan_rollback(
         "rolling back: champion v%s -> v%s (%s@%s)", top.version, target.version, target.image, target.digest
     )
     why = check_reason(reason, False) or f"rollback from v{top.version}"
-    by = requester(requested_by)
-    return Plan(target.version, "rollback", by, why, top, reuse_digest=target.digest, commit=target.commit)
+    return Plan(
+        target.version, "rollback", requester(requested_by), why, top, target.digest, commit=target.commit
+    )
+
+
+_FROM_PLAN = ("version", "kind", "by", "reason", "gated_against", "release_id", "overrode")
 
 
 def commit_plan(settings: Settings, plan: Plan, candidate: Candidate, revision: str | None) -> Entry:
     """THE commit point: the ledger entry after the plan's expected head (see :func:`tasks.release.ledger.commit`)."""
     entry = Entry(
-        version=plan.version,
-        digest=candidate.digest,
-        image=candidate.image,
-        kind=plan.kind,
-        by=plan.by,
-        reason=plan.reason,
+        **{k: getattr(plan, k) for k in _FROM_PLAN},
+        **{k: getattr(candidate, k) for k in ("digest", "image", "build_tag")},
         from_version=plan.expected.version if plan.expected else "",
-        gated_against=plan.gated_against,
-        release_id=plan.release_id,
         commit=revision if candidate.built and revision else plan.commit,
-        build_tag=candidate.build_tag,
-        overrode=plan.overrode,
         ran_on=ran_on(),
     )
     try:

@@ -1,11 +1,9 @@
-"""Slim the serving virtual environment in the image's build stage, then prove it still serves the bundle.
+"""Slim the serving venv in the image's build stage, then prove it still serves the bundle.
 
-Drops the installers and every ``tests`` folder, the subpackages of SciPy, pandas, NumPy and CatBoost that a probe
-run of the service never imports, SciPy's bundled BLAS/Fortran libraries, and the symbol tables of very large
-shared objects (cut after the last loadable segment, as ``sstrip`` does: the loader reads only program headers).
-When the probe fails on the slimmed environment, all but the first step is put back; exit code 1 only when it
-fails on the untouched one too. The image's HTTP contract tests (tests/integration) prove the slimmed image.
-"""
+Drops installers, ``tests`` folders, the SciPy/pandas/NumPy/CatBoost subpackages a probe run never imports,
+SciPy's bundled BLAS/Fortran libraries, and the symbol tables of very large shared objects (as ``sstrip``
+does). When the probe then fails, all but the first step is put back; exit code 1 only when the untouched
+environment fails too."""
 
 from __future__ import annotations
 
@@ -18,6 +16,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 STRIP_MIN_BYTES = 16 * 2**20
@@ -67,26 +66,24 @@ def _size(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def remove_installers(site: Path) -> int:
+def _remove(paths: Iterable[Path]) -> int:
+    """Delete each of ``paths`` (a folder or a file); returns the bytes freed."""
     freed = 0
-    for entry in list(site.iterdir()):
-        base = entry.name.split("-")[0]
-        if base in INSTALLERS or entry.name in INSTALLERS:
-            freed += _size(entry)
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    bin_dir = Path(sys.prefix) / "bin"
-    for script in bin_dir.glob("pip*"):
-        script.unlink()
+    for path in paths:
+        freed += _size(path)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return freed
+
+
+def remove_installers(site: Path) -> int:
+    for script in (Path(sys.prefix) / "bin").glob("pip*"):
+        script.unlink()
+    return _remove([e for e in site.iterdir() if e.name.split("-")[0] in INSTALLERS or e.name in INSTALLERS])
 
 
 def remove_tests(site: Path) -> int:
-    freed = 0
-    for tests in sorted(site.rglob("tests"), key=lambda p: len(p.parts)):
-        if tests.is_dir() and tests.exists():
-            freed += _size(tests)
-            shutil.rmtree(tests)
-    return freed
+    tests = sorted(site.rglob("tests"), key=lambda p: len(p.parts))
+    return _remove(path for path in tests if path.is_dir() and path.exists())
 
 
 def unused_subpackages(site: Path, loaded: set[str]) -> list[Path]:

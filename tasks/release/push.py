@@ -1,7 +1,5 @@
-"""Move images between the engine and the registry: push a tag and confirm its digest, pull by tag or digest.
-
-Also whether both answer at all (:func:`engine_available`), which decides whether a training run deploys.
-"""
+"""Move images between the engine and the registry (push and confirm the digest, pull by tag or digest), and
+whether both answer at all (:func:`engine_available`)."""
 
 from __future__ import annotations
 

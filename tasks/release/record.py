@@ -1,7 +1,5 @@
-"""The deploy gate and the release record's words: who asked, why, and the release notes.
-
-A version is deployable when promoted against the current champion and not rolled back; ``force`` overrides.
-"""
+"""The deploy gate (promoted against today's champion, not rolled back; ``force`` overrides) and the release
+record's words: who asked, why, and the release notes."""
 
 from __future__ import annotations
 
@@ -149,9 +147,8 @@ def release_notes(
     data: dict[str, Any],
     card: str | None = None,
 ) -> str:
-    """Markdown notes of one ledger entry: what became the champion, who asked and why (escaped: rendered as
-    typed), what a forced release overrode, metrics against the champion it replaced, image and digest, source
-    commit, data revision and the model card (``card``: where it is, see :func:`card_link`)."""
+    """Markdown notes of one ledger entry: who asked and why (escaped), what a forced release overrode,
+    metrics against the replaced champion, image, digest, source commit, data, the model card (``card``)."""
     prev = entry.from_version
     prev_label = f"v{prev}" if prev else "none"
     rows = "\n".join(

@@ -1,9 +1,5 @@
-"""The image registry's HTTP API (Docker Registry v2; not the MLflow model registry of :mod:`tasks.registry`).
-
-Read a tag's digest, retag a manifest by digest, delete a manifest, with Basic credentials or a Bearer token
-from the registry's token realm. The credentials go only to a realm on the registry's own host:port or on a
-host of the setting ``registry_allowed_realms``.
-"""
+"""The image registry's HTTP API (Docker Registry v2): read a tag's digest, retag or delete a manifest. The
+credentials go only to a token realm on the registry's own host:port or in ``registry_allowed_realms``."""
 
 from __future__ import annotations
 

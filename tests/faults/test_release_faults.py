@@ -92,7 +92,7 @@ def build_tag_gone(error: Any) -> bool:
 
 @docker
 def test_github_500_then_201_is_retried_into_one_release(first_release: dict, github: GitHubStandIn) -> None:  # noqa: F811
-    from tasks.release.github import github_tag
+    from tasks.release.converge import github_tag
 
     deploy = first_release["deploy"]
     tag = github_tag("loan-risk", first_release["model_version"], deploy["digest"])

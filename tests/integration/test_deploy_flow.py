@@ -75,7 +75,7 @@ def version_tags(version: str) -> dict[str, str]:
 
 
 def gh_tag(version: str, digest: str) -> str:
-    from tasks.release.github import github_tag
+    from tasks.release.converge import github_tag
 
     return github_tag(settings().registry.model_name, version, digest)
 
