@@ -99,6 +99,13 @@ def test_large_bodies_read_straight_from_the_socket(live_server, records, bundle
         status, body = _answer(answers)
         assert status == 200 and [p["probability"] for p in body["predictions"]] == want[1]
     with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
+        # both at once: the body's last read must not take the pipelined request out of the socket, where
+        # gunicorn's poller would never see it (the second answer then waited for the keep-alive timeout)
+        sock.sendall(_request("/invocations", one) + _request("/predict/batch", two))
+        _until_both_answers_arrived(sock, timeout=10)
+        answers = sock.makefile("rb")
+        assert [_answer(answers)[0], _answer(answers)[0]] == [200, 200]
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
         sock.sendall(_request("/invocations", one[:50_000], length=len(one)))
         sock.shutdown(socket.SHUT_WR)
         status, body = _answer(sock.makefile("rb"))
