@@ -155,6 +155,24 @@ def test_surplus_trials_fail_and_are_not_counted(tmp_path: Path) -> None:
     assert tune_study.SLOT not in study.trials[1].user_attrs
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_surplus_trial_names_no_worker_in_the_summary(tmp_path: Path) -> None:
+    """The summary's workers are those that ran a trial: a surplus trial (failed before it ran) adds none."""
+    from tasks.model.tune import objective_for, summarise
+
+    s = tiny(tmp_path, n_trials=1)
+    study = tune_study.prepare_study(s, "surplus-summary", "sha256:x")
+    trial = study.ask()  # the only queued trial, run by worker w:1
+    trial.set_user_attr(tune_study.WORKER, "w:1")
+    study.tell(trial, 0.8)
+    study.optimize(
+        objective_for(None, None, None, s, None, "w:2"), n_trials=1, catch=(tune_study.SurplusTrial,)
+    )
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    summary = summarise(s, study, None)
+    assert summary["workers"] == ["w:1"] and summary["n_complete"] == 1
+
+
 @pytest.mark.filterwarnings(HEARTBEAT_WARNING)
 def test_a_worker_queues_the_retry_a_stopped_process_left_out(sample_split, tmp_path: Path) -> None:
     """Optuna fails a stale trial and queues its retry in two steps; a process stopped between them leaves the

@@ -275,9 +275,7 @@ def summarise(settings: Settings, study: optuna.Study, run_id: str | None) -> di
         "n_complete": len(done),
         "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "n_retried": sum(tune_study.retried_from(t) is not None for t in kept),
-        "workers": sorted(
-            {str(t.user_attrs.get(tune_study.WORKER)) for t in trials if t.state.is_finished()}
-        ),
+        "workers": sorted({str(t.user_attrs.get(tune_study.WORKER)) for t in kept if t.state.is_finished()}),
         "mode": settings.tuning.tune_mode if settings.tuning.tune_workers > 1 else "in-process",
         "study_name": study.study_name,
         "storage": settings.study_storage.split("://")[0],
