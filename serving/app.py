@@ -25,9 +25,8 @@ from serving.reload import ModelHolder
 from serving.routes import bp
 
 logger = logging.getLogger(LOGGER_NAME)
-_REQUEST_ID = re.compile(
-    r"^[A-Za-z0-9._:-]{1,128}$"
-)  # a client's X-Request-ID is kept when it is a plain token
+# a client's X-Request-ID is kept when it is a plain token
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask:
@@ -57,9 +56,8 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
     def _start() -> None:
         g.t0 = time.perf_counter()
         rid = request.environ.get("HTTP_X_REQUEST_ID", "")
-        g.request_id = (
-            rid if _REQUEST_ID.match(rid) else os.urandom(16).hex()
-        )  # first: the prediction log has it
+        # first: the prediction log has it
+        g.request_id = rid if _REQUEST_ID.match(rid) else os.urandom(16).hex()
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -80,9 +78,6 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        if status == 413:
-            message = f"request body is larger than {config.max_body_bytes} bytes"
-            return _error_response(ApiError(413, "body_too_large", message))
         code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
         headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
         return _error_response(ApiError(status, code, exc.description or exc.name, headers=headers))
@@ -100,11 +95,4 @@ def _error_response(exc: ApiError) -> Response:
     field = exc.field
     logged = field if field is None or field in KNOWN_FIELDS or field in STRUCTURAL_FIELDS else "<other>"
     g.error = {"error": exc.code, "field": logged, "index": exc.index}
-    body = {
-        "error": exc.code,
-        "message": exc.message,
-        "field": field,
-        "index": exc.index,
-        **(exc.extra or {}),
-    }
-    return json_response(body, exc.status, exc.headers)
+    return json_response(exc.entry() | (exc.extra or {}), exc.status, exc.headers)
