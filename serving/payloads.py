@@ -52,10 +52,8 @@ def read_body() -> bytes:
 
 
 def _from_socket(reader: Any, length: int) -> bytes:
-    """A Content-Length body from gunicorn's parser: what it holds, then recvs of up to 1 MiB (its ``Body.read``
-    pulls 1 KiB at a time: docs/decisions/0006-body-reader.md), none asking for more than the body still lacks.
-    A request pipelined behind stays in the socket, where gthread's poller sees it; taken out, it would wait
-    for the keep-alive timeout."""
+    """A Content-Length body from gunicorn's parser: what it holds, then recvs of up to 1 MiB, none past the body's
+    end (a pipelined request stays in the socket): docs/decisions/0006-body-reader.md."""
     unreader = reader.unreader
     unreader.buf.seek(0, io.SEEK_END)
     held = unreader.read() if unreader.buf.tell() else b""
@@ -69,26 +67,15 @@ def _from_socket(reader: Any, length: int) -> bytes:
     return b"".join(parts)
 
 
-def parse_json(body: bytes) -> Any:
-    """A small JSON document (the reload request); 400 when it is not strict JSON."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
-
-
-def json_bytes(obj: Any) -> bytes:
-    """The JSON text of an answer (anything orjson cannot write made writable: :func:`encodable`)."""
-    try:
-        return orjson.dumps(obj, default=str)
-    except orjson.JSONEncodeError:  # a lone surrogate or an integer beyond 64 bits got this far
-        return orjson.dumps(encodable(obj), default=str)
-
-
 def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    """A JSON answer: ``obj`` written as JSON, or bytes of JSON already written."""
-    body = obj if type(obj) is bytes else json_bytes(obj)
-    return Response(body, status=status, headers=headers, mimetype="application/json")
+    """A JSON answer: ``obj`` written as JSON (made writable by :func:`encodable` if orjson cannot), or bytes of
+    JSON already written."""
+    if type(obj) is not bytes:
+        try:
+            obj = orjson.dumps(obj, default=str)
+        except orjson.JSONEncodeError:  # a lone surrogate or an integer beyond 64 bits got this far
+            obj = orjson.dumps(encodable(obj), default=str)
+    return Response(obj, status=status, headers=headers, mimetype="application/json")
 
 
 def encodable(value: Any) -> Any:
@@ -125,13 +112,20 @@ def reason_options(
         )
     mode = values.get("reasons", default_mode)
     if mode not in MODES:
-        shown = encodable(mode)[:40] if isinstance(mode, str) else json_type(mode)
-        message = f"'{prefix}reasons' must be one of {', '.join(MODES)}; got {shown!r}"
+        message = f"'{prefix}reasons' must be one of {', '.join(MODES)}; got {shown(mode)}"
         raise ApiError(400, "invalid_parameter", message, f"{prefix}reasons")
     given = values.get("reason_count", default_count)
     count = int(given) if isinstance(given, str) and given.strip().isdigit() else given
     if type(count) is not int or not 1 <= count <= MAX_REASON_COUNT:
-        shown = encodable(given)[:40] if isinstance(given, str | int) else json_type(given)
-        message = f"'{prefix}reason_count' must be an integer from 1 to {MAX_REASON_COUNT}; got {shown!r}"
+        message = (
+            f"'{prefix}reason_count' must be an integer from 1 to {MAX_REASON_COUNT}; got {shown(given)}"
+        )
         raise ApiError(400, "invalid_parameter", message, f"{prefix}reason_count")
     return mode, count
+
+
+def shown(value: Any) -> str:
+    """A client's value as an error message shows it: text or a number (40 characters at most), else its type."""
+    if isinstance(value, str):
+        return repr(encodable(value)[:40])
+    return repr(value)[:40] if type(value) in (int, float) else json_type(value)

@@ -26,11 +26,6 @@ _Value = str | float | _Int | bool | None
 _LoanId = str | float | _Int | None | msgspec.UnsetType
 _BIT = msgspec.Meta(ge=0, le=1)
 _Flag = bool | Annotated[int, _BIT] | Annotated[float, _BIT] | str | None
-_DESCRIPTION = (
-    "One loan application with the field names of loan.csv and clarity_underwriting_variables.csv (a CSV row "
-    "posted as JSON works as is). Missing fields are missing values; outcome and identifier fields are never "
-    "features; unknown fields are ignored and named in the answer's warnings."
-)
 
 
 def _slot(i: int, name: str) -> tuple[str, Any, Any]:
@@ -50,7 +45,11 @@ def _slot(i: int, name: str) -> tuple[str, Any, Any]:
 LoanApplication = msgspec.defstruct(
     "LoanApplication", [_slot(i, n) for i, n in enumerate(FIELDS)], forbid_unknown_fields=True, gc=False
 )
-LoanApplication.__doc__ = _DESCRIPTION
+LoanApplication.__doc__ = (
+    "One loan application with the field names of loan.csv and clarity_underwriting_variables.csv (a CSV row "
+    "posted as JSON works as is). Missing fields are missing values; outcome and identifier fields are never "
+    "features; unknown fields are ignored and named in the answer's warnings."
+)
 
 
 class BatchRequest(msgspec.Struct):
@@ -209,14 +208,15 @@ def from_raw(raw: Any, index: int, unknown: set[str]) -> Any:
     except (msgspec.DecodeError, RecursionError):
         pass
     try:
-        value = _lenient(raw)
+        value = parse_json(raw)
     except ApiError as exc:  # nested too deep for either parser
         return ApiError(400, "invalid_record", f"record {index}: {exc.message}", "data", index)
     return from_object(value, index, unknown)
 
 
-def _lenient(body: Any) -> Any:
-    """Python's parser, which takes lone surrogates and NaN (refused per record afterwards); 400 otherwise."""
+def parse_json(body: Any) -> Any:
+    """Python's parser, which takes lone surrogates and NaN (refused per record, or by the reload's checks
+    afterwards); 400 otherwise."""
     try:
         return json.loads(bytes(body))
     except (ValueError, RecursionError) as exc:
@@ -269,7 +269,7 @@ def one_record(body: Any) -> Decoded:
     try:
         decoded.add(0, _DECODE_RECORD(body))
     except _UNDECODED:
-        if type(value := _lenient(body)) is not dict:
+        if type(value := parse_json(body)) is not dict:
             wanted = "expected a JSON object with the fields of one loan application"
             raise _refused(f"{wanted}, got {json_type(value)}", None, 0) from None
         decoded.add(0, from_object(value, 0, decoded.unknown))
@@ -284,7 +284,7 @@ def batch(body: Any, limit: int) -> Decoded:
         items: Sequence[Any] = _DECODE_BATCH(body).data
         read = from_raw
     except _UNDECODED:
-        payload = _lenient(body)
+        payload = parse_json(body)
         if type(payload) is not dict or "data" not in payload:
             raise _refused('expected a JSON object {"data": [records]}', "data") from None
         if type(items := payload["data"]) is not list:
@@ -302,7 +302,7 @@ def invocation(body: Any, limit: int) -> tuple[Decoded, str]:
         given = {k: getattr(payload, k) for k in MLFLOW_KEYS if getattr(payload, k) is not msgspec.UNSET}
         params, read = payload.params, from_raw
     except _UNDECODED:
-        if type(value := _lenient(body)) is not dict:
+        if type(value := parse_json(body)) is not dict:
             raise _refused(f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}") from None
         given = {k: value[k] for k in MLFLOW_KEYS if k in value}
         params, read = value.get("params"), from_object

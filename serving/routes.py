@@ -16,7 +16,7 @@ from serving.config import ServiceConfig
 from serving.errors import ApiError, FeatureError
 from serving.features import columns_from, outside_contract, take
 from serving.model import ServedModel
-from serving.payloads import encodable, json_response, parse_json, read_body, reason_options, warn
+from serving.payloads import json_response, read_body, reason_options, shown, warn
 from serving.reasons import explain_selected
 from serving.reload import ModelHolder
 from serving.requests import Decoded
@@ -162,7 +162,7 @@ def predict_batch() -> Response:
     """A prediction per valid record and an error per other one; ``?on_error=reject``: the first error, for all."""
     scoring = Scoring("/predict/batch")
     if (on_error := request.args.get("on_error", "record")) not in ("record", "reject"):
-        message = f"'on_error' must be record or reject; got {encodable(on_error)[:40]!r}"
+        message = f"'on_error' must be record or reject; got {shown(on_error)}"
         raise ApiError(400, "invalid_parameter", message, "on_error")
     options = reason_options(request.args, scoring.config.reason_count)
     decoded = requests.batch(read_body(), scoring.config.max_batch_size)
@@ -221,7 +221,7 @@ def _reload_directory(holder: ModelHolder) -> str | Path:
     """The bundle directory a reload asks for: the body's ``bundle_dir``, else the configured or current one."""
     directory: str | Path | None = None
     if (body := read_body()).strip():
-        if type(payload := parse_json(body)) is not dict:
+        if type(payload := requests.parse_json(body)) is not dict:
             raise ApiError(400, "invalid_request", 'expected a JSON object like {"bundle_dir": "/path"}')
         directory = payload.get("bundle_dir")
         if directory is not None and (type(directory) is not str or not directory.strip()):

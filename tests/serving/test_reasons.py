@@ -97,6 +97,10 @@ def test_invocations_keeps_mlflows_protocol_and_gives_reasons_through_params(
     assert [r is not None for r in risky.json["reasons"]] == [p >= 0.5 for p in plain["predictions"]]
     bad = client.post("/invocations", json={"dataframe_records": records[:30], "params": {"reasons": 1}})
     assert bad.status_code == 400 and bad.json["field"] == "params.reasons"
+    for count in (0, 11, True, 2.5):  # JSON values, not query text (an int here once failed with a 500)
+        params = {"reasons": "all", "reason_count": count}
+        bad = client.post("/invocations", json={"dataframe_records": records[:3], "params": params})
+        assert bad.status_code == 400 and bad.json["field"] == "params.reason_count", bad.json
 
 
 def test_model_info_lists_the_table(client: FlaskClient) -> None:
