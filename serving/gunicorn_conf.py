@@ -69,9 +69,8 @@ class OneSendResponse(wsgi.Response):
     """gunicorn's response, sending headers and a whole ``bytes`` body in one ``sendall`` (else as usual)."""
 
     def write(self, arg: bytes) -> None:
-        if self.headers_sent or type(arg) is not bytes or not arg or self.chunked or self._omits_body:
-            return super().write(arg)
-        if self.response_length != len(arg):
+        whole = type(arg) is bytes and arg and self.response_length == len(arg)  # the body in one bytes
+        if self.headers_sent or not whole or self.chunked or self._omits_body:
             return super().write(arg)
         lines = self.default_headers()
         lines.extend([f"{k}: {v}\r\n" for k, v in self.headers])  # send_headers' formatting

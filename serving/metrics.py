@@ -16,6 +16,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -58,14 +59,11 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text of every metric (all workers in multiprocess mode) and its content type."""
-        directory = os.environ.get(MULTIPROC_ENV)
+        registry, directory = REGISTRY, os.environ.get(MULTIPROC_ENV)
         if directory and os.path.isdir(directory):
-            from prometheus_client import multiprocess
-
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=directory)
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def set_model(
         self, name: str | None, version: str | None, previous: tuple[str, str] | None = None
