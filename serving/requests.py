@@ -52,12 +52,6 @@ LoanApplication.__doc__ = (
 )
 
 
-class BatchRequest(msgspec.Struct):
-    """``/predict/batch``: the records to score, answered in the same order."""
-
-    data: list[LoanApplication]  # type: ignore[valid-type]
-
-
 class Split(msgspec.Struct):
     columns: list[str]
     data: list[list[Any]]
@@ -69,25 +63,23 @@ class InvocationParams(msgspec.Struct):
     reason_count: int | None = None
 
 
-class InvocationsRequest(msgspec.Struct):
-    """MLflow's scoring protocol: exactly one of dataframe_split, dataframe_records, inputs or instances."""
+def _envelopes(record: Any, params: Any, prefix: str = "") -> tuple[Any, Any]:
+    """The bodies of ``/predict/batch`` and ``/invocations``, each record a ``record``."""
+    many = list[record] | msgspec.UnsetType
+    invocation = [(k, many, msgspec.UNSET) for k in ("dataframe_records", "instances")]
+    invocation += [("inputs", many | dict[str, Any], msgspec.UNSET), ("params", params, None)]
+    invocation += [("dataframe_split", Split | msgspec.UnsetType, msgspec.UNSET)]
+    batch = msgspec.defstruct(prefix + "BatchRequest", [("data", list[record])])
+    return batch, msgspec.defstruct(prefix + "InvocationsRequest", invocation)
 
-    dataframe_split: Split | msgspec.UnsetType = msgspec.UNSET
-    dataframe_records: list[LoanApplication] | msgspec.UnsetType = msgspec.UNSET  # type: ignore[valid-type]
-    inputs: list[LoanApplication] | dict[str, Any] | msgspec.UnsetType = msgspec.UNSET  # type: ignore[valid-type]
-    instances: list[LoanApplication] | msgspec.UnsetType = msgspec.UNSET  # type: ignore[valid-type]
-    params: InvocationParams | None = None
 
-
-# What is decoded: the envelopes hold each record undecoded (Raw), so each is decoded on its own.
-_Raws = list[msgspec.Raw]
-_Batch = msgspec.defstruct("_Batch", [("data", _Raws)])
-_Invocation = msgspec.defstruct(
-    "_Invocation",
-    [(k, _Raws | msgspec.UnsetType, msgspec.UNSET) for k in ("dataframe_records", "instances")]
-    + [("inputs", _Raws | dict[str, Any] | msgspec.UnsetType, msgspec.UNSET)]
-    + [("dataframe_split", Split | msgspec.UnsetType, msgspec.UNSET), ("params", Any, None)],
+BatchRequest, InvocationsRequest = _envelopes(LoanApplication, InvocationParams | None)
+BatchRequest.__doc__ = "``/predict/batch``: the records to score, answered in the same order."
+InvocationsRequest.__doc__ = (
+    "MLflow's scoring protocol: exactly one of dataframe_split, dataframe_records, inputs or instances."
 )
+# What is decoded: the envelopes hold each record undecoded (Raw), so each is decoded on its own.
+_Batch, _Invocation = _envelopes(msgspec.Raw, Any, "_")
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 # A body whose records are all valid decodes typed in one call (one parse, no scan): a batch, and MLflow's
 # records with nothing but params beside them (any other key: the envelope path names what is wrong).
