@@ -29,16 +29,19 @@ class Reason(msgspec.Struct):
 Reasons = Annotated[list[Reason], msgspec.Meta(max_length=MAX_REASON_COUNT)]
 
 
-class Prediction(msgspec.Struct, omit_defaults=True):
-    probability: Probability
-    label: Label
+class _Answer(msgspec.Struct, omit_defaults=True, kw_only=True):
     threshold: float
     model_version: str | None
     model_name: str | msgspec.UnsetType = _UNSET
-    loanId: str | None | msgspec.UnsetType = _UNSET
-    reasons: Reasons | msgspec.UnsetType = _UNSET
     warnings: list[str] | msgspec.UnsetType = _UNSET
     unknown_fields: list[str] | msgspec.UnsetType = _UNSET
+
+
+class Prediction(_Answer, omit_defaults=True):
+    probability: Probability
+    label: Label
+    loanId: str | None | msgspec.UnsetType = _UNSET
+    reasons: Reasons | msgspec.UnsetType = _UNSET
 
 
 class BatchPrediction(msgspec.Struct, omit_defaults=True):
@@ -58,17 +61,12 @@ class RecordError(msgspec.Struct):
     message: str
 
 
-class BatchResponse(msgspec.Struct, omit_defaults=True):
+class BatchResponse(_Answer, omit_defaults=True):
     predictions: list[BatchPrediction]
     errors: list[RecordError]
     count: int
     scored: int
     rejected: int
-    threshold: float
-    model_version: str | None
-    model_name: str | msgspec.UnsetType = _UNSET
-    warnings: list[str] | msgspec.UnsetType = _UNSET
-    unknown_fields: list[str] | msgspec.UnsetType = _UNSET
 
 
 class InvocationsResponse(msgspec.Struct, omit_defaults=True):
