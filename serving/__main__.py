@@ -23,9 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["LOANRISK_BUNDLE_DIR"] = str(bundle)
     if args.server == "flask":
         from serving.app import create_app
-        from serving.config import ServiceConfig
 
-        create_app(ServiceConfig.from_env()).run(host=args.host, port=args.port, threaded=True)
+        create_app().run(host=args.host, port=args.port, threaded=True)
         return 0
     conf = Path(__file__).with_name("gunicorn_conf.py").resolve()
     command = [sys.executable, "-m", "gunicorn", "--config", str(conf), "--bind", f"{args.host}:{args.port}"]
