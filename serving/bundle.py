@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
@@ -91,20 +91,18 @@ class BundleMeta:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
+_JSON_OPTIONS = (
+    orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
+    """Write JSON (NaN as null) atomically (temp file + rename), so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.fchmod(fd, 0o644)  # mkstemp makes 0600; the service may run as another user than the writer
-    with os.fdopen(fd, "w") as fh:
-        json.dump(_json_safe(data), fh, indent=2, sort_keys=True)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(orjson.dumps(data, option=_JSON_OPTIONS))
     os.replace(tmp, path)
 
 
@@ -134,7 +132,7 @@ def write_bundle(
 def stamp_version(directory: str | Path, model_version: str, **extra: Any) -> BundleMeta:
     """Record the registry version (and any extra metadata fields) in an exported bundle."""
     path = Path(directory) / META_FILE
-    data = {**json.loads(path.read_text()), "model_version": str(model_version), **extra}
+    data = {**json.loads(path.read_bytes()), "model_version": str(model_version), **extra}
     _write_json(path, data)
     return BundleMeta.from_dict(data)
 
@@ -151,7 +149,7 @@ def read_profile(directory: str | Path) -> dict[str, Any] | None:
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_bytes()) if path.is_file() else None
 
 
 class Bundle:
@@ -165,7 +163,7 @@ class Bundle:
                 f"{self.directory} is not a model bundle: it needs {META_FILE} and {MODEL_FILE}"
             )
         try:
-            self.meta = BundleMeta.from_dict(json.loads(meta_path.read_text()))
+            self.meta = BundleMeta.from_dict(json.loads(meta_path.read_bytes()))
         except (ValueError, TypeError) as exc:
             raise BundleError(f"{meta_path}: unreadable metadata ({exc})") from exc
         if self.meta.features != list(FEATURE_NAMES) or self.meta.feature_version != FEATURE_VERSION:

@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import repeat
-from operator import attrgetter, sub
+from operator import attrgetter, itemgetter, sub
 from typing import Any
 
 import numpy as np
@@ -248,9 +248,10 @@ def outside_contract(columns: dict[str, Any]) -> list[tuple[int, FeatureError]]:
 def take(columns: dict[str, Any], positions: Sequence[int]) -> dict[str, Any]:
     """The columns of the records at ``positions`` only (the refused ones left out)."""
     picked = np.asarray(positions, dtype=np.intp)
-    return {
-        k: v[picked] if isinstance(v, np.ndarray) else [v[i] for i in positions] for k, v in columns.items()
-    }
+    index = picked.tolist()
+    # a C-level pick from the lists of text (an itemgetter of one index gives a scalar, of none cannot be made)
+    pick = itemgetter(*index) if len(index) > 1 else lambda values: [values[i] for i in index]
+    return {k: v[picked] if isinstance(v, np.ndarray) else list(pick(v)) for k, v in columns.items()}
 
 
 def build_columns(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

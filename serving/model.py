@@ -84,12 +84,8 @@ def check_reference(
     except FeatureError as exc:
         raise BundleError(f"{path}: reference record unreadable by this service ({exc})") from None
     for i, (e, p) in enumerate(zip(expected, got, strict=True)):
-        if (
-            isinstance(e, bool)
-            or not isinstance(e, int | float)
-            or not math.isfinite(e)
-            or abs(e - p) > tolerance
-        ):
+        number = isinstance(e, int | float) and not isinstance(e, bool) and math.isfinite(e)
+        if not number or abs(e - p) > tolerance:
             raise BundleError(
                 f"{path}: reference record {i} scores {p:.9f} here but {e} in training "
                 "(training and serving features differ)"

@@ -97,11 +97,12 @@ class PredictionLog:
         return False
 
     def _run(self) -> None:
-        # convert the spools of this host no writer holds; other hosts' are left alone (a network folder may
-        # not carry locks between hosts)
+        # the spools of this host no writer holds join the backlog; other hosts' are left alone (a network
+        # folder may not carry locks between hosts)
         try:
             spools = sorted(self.directory.glob(f"{files.PREFIX}*{files.SPOOL}"))
-            self._compress([p for p in spools if (m := files.parse_name(p.name)) and m["host"] == self._host])
+            ours = [p for p in spools if (m := files.parse_name(p.name)) and m["host"] == self._host]
+            self._backlog = [p for p in ours if files.abandoned(p)]
         except Exception:  # noqa: BLE001 - the sweep is housekeeping: never stop the writer for it
             logger.exception("prediction log: sweeping dead writers' files failed")
         while not self._stop.is_set():
@@ -202,12 +203,9 @@ class PredictionLog:
         if (path := self._close_file()) is not None:
             self._backlog.append(path)
 
-    def _compress(self, paths: list[Path] | None = None) -> None:
-        """Convert ``paths`` (default: the backlog) in a child; the sweep's are checked for a writer first."""
-        if paths is None:
-            paths, self._backlog = self._backlog, []
-        else:
-            paths = [path for path in paths if files.abandoned(path)]
+    def _compress(self) -> None:
+        """Convert the backlog's spools in a child (``python -m serving.predlog_files``)."""
+        paths, self._backlog = self._backlog, []
         if not paths:
             return
         command = [sys.executable, "-m", "serving.predlog_files", *map(str, paths)]

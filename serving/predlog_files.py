@@ -15,7 +15,6 @@ import struct
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from functools import cache
 from itertools import repeat, starmap
 from operator import itemgetter
 from pathlib import Path
@@ -40,10 +39,16 @@ _NAME = re.compile(
 _TEXT = ("time", "request_id", "endpoint", "model_name")
 # The record's fields, in the order every line has them (the monitor reads this shape).
 RECORD_FIELDS = (*_TEXT, "model_version", "id", "features", "probability", "label")
-_TYPES = {**dict.fromkeys(_TEXT, str), "probability": float, "label": int}
 pack = msgspec.msgpack.Encoder().encode
 parse_name = _NAME.match
 _unpack = msgspec.msgpack.Decoder().decode
+# The record structs (fixed field order) and their JSON Lines encoder; NaN is written as null.
+_FEATURES = msgspec.defstruct(
+    "Features", [(f"f{i}", Any, msgspec.field(name=n)) for i, n in enumerate(FEATURE_NAMES)], gc=False
+)
+_TYPES = {**dict.fromkeys(_TEXT, str), "features": _FEATURES, "probability": float, "label": int}
+_RECORD = msgspec.defstruct("Record", [(f, _TYPES.get(f, Any)) for f in RECORD_FIELDS], gc=False)
+_encode_lines = msgspec.json.Encoder().encode_lines
 
 
 def iso(t: float) -> str:
@@ -81,28 +86,17 @@ def _numbers(buffer: bytes, n: int) -> list[float]:
     return np.frombuffer(buffer, np.float64).tolist()
 
 
-@cache
-def _codec() -> tuple[Any, Any, Any]:
-    """The record structs (fixed field order) and their JSON Lines encoder; NaN is written as null."""
-    fields = [(f"f{i}", Any, msgspec.field(name=n)) for i, n in enumerate(FEATURE_NAMES)]
-    features = msgspec.defstruct("Features", fields, gc=False)
-    types = {**_TYPES, "features": features}
-    record = msgspec.defstruct("Record", [(f, types.get(f, Any)) for f in RECORD_FIELDS], gc=False)
-    return features, record, msgspec.json.Encoder().encode_lines
-
-
 def frame_lines(body: bytes) -> bytes:
     t, request_id, endpoint, name, version, threshold, ids, probs, kind, data = _unpack(body)
-    features, record, encode_lines = _codec()
     probs = np.frombuffer(probs, np.float64).tolist() if type(probs) is bytes else probs
     n = len(probs)
     if kind == COLUMNS:
-        rows = map(features, *(c if type(c) is list else _numbers(c, n) for c in data))
+        rows = map(_FEATURES, *(c if type(c) is list else _numbers(c, n) for c in data))
     else:
-        rows = starmap(features, data)
+        rows = starmap(_FEATURES, data)
     labels = [1 if p >= threshold else 0 for p in probs]
     same = [repeat(value, n) for value in (iso(t), request_id, endpoint, name, version)]
-    return encode_lines(list(map(record, *same, ids, rows, probs, labels)))
+    return _encode_lines(list(map(_RECORD, *same, ids, rows, probs, labels)))
 
 
 def frames(data: bytes) -> tuple[list[bytes], int]:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import shutil
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,20 +41,15 @@ class ReasonTable:
 
     @classmethod
     def read(cls, path: str | Path) -> ReasonTable:
-        """Read and check a TOML table; :class:`ReasonTableError` names the file and what is wrong."""
+        """Read and check a TOML table of a ``version`` and ``[[reason]]`` entries (code, text, features), each
+        feature in one; :class:`ReasonTableError` names the file and what is wrong."""
+        source = str(path)
         try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ReasonTableError(f"{path}: unreadable reason-code table ({exc})") from None
-        return cls.from_dict(data, str(path))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = TABLE_FILE) -> ReasonTable:
-        """A table of a ``version`` and ``[[reason]]`` entries (code, text, features), each feature in one."""
-        try:
-            table = msgspec.convert(data, _Table)
+            table = msgspec.toml.decode(Path(path).read_bytes(), type=_Table)
         except msgspec.ValidationError as exc:
             raise ReasonTableError(f"{source}: expected a version and [[reason]] entries ({exc})") from None
+        except (OSError, msgspec.DecodeError) as exc:  # unreadable, not UTF-8, not TOML
+            raise ReasonTableError(f"{source}: unreadable reason-code table ({exc})") from None
         if len(codes := [r.code for r in table.reason]) != len(set(codes)):
             raise ReasonTableError(f"{source}: each reason code must be used once, got {codes}")
         seen: dict[str, str] = {}  # feature -> its code

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
 from catboost import CatBoostClassifier, EFstrType, Pool
 
 from serving.config import DEFAULT_REASON_COUNT
-from serving.errors import BundleError
-from serving.features import FEATURE_SOURCES
-from serving.reason_table import TABLE_FILE, ReasonTable
+from serving.features import FEATURE_SOURCES, take
+from serving.reason_table import ReasonTable
 from serving.trees import split_features
 
 MODES = ("risky", "all", "none")
@@ -187,31 +185,26 @@ def _plain(value: Any) -> Any:
 
 
 def _subset(model_input: ModelInput, index: Sequence[int]) -> ModelInput:
-    if isinstance(model_input, list):
-        return [model_input[i] for i in index]
-    picked = np.asarray(index, dtype=np.intp)  # never empty: explain returns before
-    take = itemgetter(*picked.tolist())  # a C-level pick from the lists of text; one index gives a scalar
-    one = picked.size == 1
-    return {
-        name: ([take(values)] if one else list(take(values))) if type(values) is list else values[picked]
-        for name, values in model_input.items()
-    }
+    return [model_input[i] for i in index] if isinstance(model_input, list) else take(model_input, index)
 
 
-def explain(
+def explain_selected(
     bundle: Any,  # a loaded serving.bundle.Bundle (which imports this module)
     model_input: ModelInput,
-    index: Sequence[int] | None = None,
+    probabilities: Sequence[float],
+    threshold: float,
+    mode: str = DEFAULT_MODE,
     count: int = DEFAULT_REASON_COUNT,
     raw: Column | None = None,
-) -> list[list[dict[str, Any]]]:
-    """The reasons of the records at ``index`` (None: all) of ``model_input``; ``raw(field)`` gives the values as
-    sent, so ``value`` is the applicant's own. :class:`BundleError` for a bundle without a reason-code table."""
-    if (explainer := bundle.explainer) is None:
-        raise BundleError(f"the bundle in {bundle.directory} has no reason-code table ({TABLE_FILE})")
-    size = len(model_input) if isinstance(model_input, list) else len(next(iter(model_input.values()), []))
-    if not (positions := list(range(size)) if index is None else list(index)):
-        return []
+) -> list[list[dict[str, Any]] | None] | None:
+    """Reasons for the records ``mode`` selects (risky: labelled risky; all; none), aligned with ``probabilities``
+    (None where not selected); None altogether for ``none`` or a bundle without a table. ``raw(field)`` gives the
+    values as sent, so ``value`` is the applicant's own."""
+    if mode == "none" or (explainer := bundle.explainer) is None:
+        return None
+    out: list[list[dict[str, Any]] | None] = [None] * len(probabilities)
+    if not (positions := [i for i, p in enumerate(probabilities) if mode == "all" or p >= threshold]):
+        return out
     part, n = _subset(model_input, positions), len(positions)
     # blocks of POOL_BLOCK records bound the memory of CatBoost's leaf indexes
     starts = range(0, n, POOL_BLOCK)
@@ -232,24 +225,6 @@ def explain(
             return [_plain(column[i]) for i in rows.tolist()]
         return [_plain(v) for v in column[rows].tolist()]
 
-    return explainer.reasons(shap, count, values)
-
-
-def explain_selected(
-    bundle: Any,  # a loaded serving.bundle.Bundle (which imports this module)
-    model_input: ModelInput,
-    probabilities: Sequence[float],
-    threshold: float,
-    mode: str = DEFAULT_MODE,
-    count: int = DEFAULT_REASON_COUNT,
-    raw: Column | None = None,
-) -> list[list[dict[str, Any]] | None] | None:
-    """Reasons for the records ``mode`` selects (risky: labelled risky; all; none), aligned with ``probabilities``
-    (None where not selected); None altogether for ``none`` or a bundle without a table."""
-    if mode == "none" or bundle.explainer is None:
-        return None
-    out: list[list[dict[str, Any]] | None] = [None] * len(probabilities)
-    index = [i for i, p in enumerate(probabilities) if mode == "all" or p >= threshold]
-    for i, found in zip(index, explain(bundle, model_input, index, count, raw), strict=True):
+    for i, found in zip(positions, explainer.reasons(shap, count, values), strict=True):
         out[i] = found
     return out

@@ -4,7 +4,6 @@ to serve, a token per reload) and ``worker-<pid>-<id>.json`` (each worker's stat
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -15,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from serving.bundle import BundleError, load_bundle
+from serving.bundle import BundleError, _write_json, load_bundle
 from serving.config import ServiceConfig
 from serving.logs import LOGGER_NAME
 from serving.metrics import Metrics
@@ -36,16 +35,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_bytes(orjson.dumps(data))
-    os.replace(tmp, path)
-
-
 def _read(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_bytes())
+        data = orjson.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -60,8 +52,10 @@ class ModelHolder:
         self.load_error: str | None = None
         self.worker_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.health: tuple[int, bytes] = (503, b"")
-        self._load_lock, self._state_lock = threading.Lock(), threading.RLock()
-        self._reload_lock = threading.Lock()  # a reload's load + publish, or the watcher's load + record
+        self._state_lock = threading.RLock()
+        self._reload_lock = (
+            threading.RLock()
+        )  # a load; a reload's load + publish, or the watcher's load + record
         # what this worker was asked to serve (the sync target) and how far it got
         self._state = {"state": "loading"} | dict.fromkeys(("token", "wanted_version", "error"))
         self._attempts = 0
@@ -69,7 +63,7 @@ class ModelHolder:
 
     def load(self, directory: str | Path, origin: str) -> ServedModel:
         """Load and check a bundle fully, then swap it in; :class:`BundleError` keeps the old one."""
-        with self._load_lock:
+        with self._reload_lock:
             t0 = time.perf_counter()
             try:
                 bundle = load_bundle(directory, thread_count=self.config.model_threads)
@@ -146,7 +140,7 @@ class ModelHolder:
         if self.sync_dir is None:
             return
         try:
-            _write_atomic(self.sync_dir / f"worker-{self.worker_id}.json", self.state())
+            _write_json(self.sync_dir / f"worker-{self.worker_id}.json", self.state())
         except OSError as exc:
             logger.warning("could not record worker state", extra={"fields": {"error": repr(exc)}})
 
@@ -166,7 +160,7 @@ class ModelHolder:
             target |= dict(model_version=served.version, published_by=os.getpid(), published_at=time.time())
             # the watcher compares tokens under this lock: it never reloads our own publish
             with self._state_lock:
-                _write_atomic(self.sync_dir / TARGET_FILE, target)
+                _write_json(self.sync_dir / TARGET_FILE, target)
                 self._attempts = 1
                 self._set_state("loaded", token, served.version, None)
             return served, token
