@@ -10,7 +10,6 @@ from typing import Literal
 # The column names are the service's part of the contract; re-exported so the training side has one door.
 from serving.contract import (  # noqa: F401
     CLARITY_COLUMNS,
-    CLARITY_ID_FIELDS,
     CLARITY_PREFIX,
     IDENTIFIER_FIELDS,
     IDENTITY_FIELDS,
@@ -19,14 +18,11 @@ from serving.contract import (  # noqa: F401
     LEAD_TYPES,
     LOAN_COLUMNS,
     NUMERIC_INDICATORS,
-    OUTCOME_FIELDS,
     PAY_FREQUENCIES,
     PAYMENT_COLUMNS,
     PERSONAL_FIELDS,
     RANGES,
     STATES,
-    TEST_STATES,
-    US_STATES,
     clarity_column,
 )
 
@@ -83,11 +79,9 @@ REQUIRED: dict[str, frozenset[str]] = {
 }
 # Columns whose values identify a row: unique within their file (repeats are quarantined).
 UNIQUE_IDS: dict[str, str] = {"loan": "loanId", "clarity": "underwritingid"}
-# Identifier and personal columns per file: pseudonymised wherever a row is written out (quarantine files).
-IDENTIFIER_COLUMNS: dict[str, tuple[str, ...]] = {
-    key: tuple(c for c in columns if c in IDENTIFIER_FIELDS | PERSONAL_FIELDS)
-    for key, columns in COLUMNS.items()
-}
+# Identifier and personal fields: never quoted in a message, pseudonymised wherever a row is written out.
+WITHHELD = frozenset(IDENTIFIER_FIELDS | PERSONAL_FIELDS)
+IDENTIFIER_COLUMNS = {key: tuple(c for c in columns if c in WITHHELD) for key, columns in COLUMNS.items()}
 
 # --- categories and status lists -----------------------------------------------------------------------------
 

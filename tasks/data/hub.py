@@ -48,10 +48,6 @@ class RemoteFile:
     kind: Literal["sha256", "git blob id"]
     digest: str
 
-    @property
-    def checksum(self) -> str:
-        return f"{self.kind} {self.digest}"
-
 
 @dataclass(frozen=True)
 class Commit:

@@ -60,11 +60,7 @@ def _failures_for(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFram
     """The converted table and its row failures (index, rule): unreadable cells, then the pandera schema's
     rules; table rules raise."""
     file = FILES[key]
-    missing = [c for c in COLUMNS[key] if c not in df.columns]
-    if missing:
-        raise DataValidationError(
-            f"{file}: missing column {missing[0]!r} (missing: {missing})", file=file, column=missing[0]
-        )
+    reading.require_columns(key, df.columns)
     if df.empty:
         raise DataValidationError(f"{file}: the table is empty", file=file)
     converted, bad_cells = reading.convert_table(df[list(COLUMNS[key])], key)

@@ -39,6 +39,37 @@ PHONE_TYPES = {  # phonematchtype -> (phonematchtypedescription, share)
 }
 
 # fmt: on
+# Identity check -> its results' (base share, loading on the fraud factor), drawn in this order.
+MATCH_DRAWS: dict[str, dict[str, tuple[float, float]]] = {
+    "ssnnamematch": {
+        "match": (0.898, 0.0),
+        "partial": (0.054, 0.6),
+        "mismatch": (0.03, 1.1),
+        "unavailable": (0.015, 0.5),
+        "invalid": (0.003, 0.9),
+    },
+    "nameaddressmatch": {
+        "match": (0.8, 0.0),
+        "mismatch": (0.06, 0.6),
+        "unavailable": (0.02, 0.3),
+        "partial": (0.113, 0.4),
+        "invalid": (0.007, 0.5),
+    },
+    "phonematchtype": {k: (share, 0.0 if k == "M" else 0.6) for k, (_, share) in PHONE_TYPES.items()},
+    "overallmatchresult": {
+        "partial": (0.71, 0.0),
+        "match": (0.28, -0.5),
+        "other": (0.006, 0.6),
+        "mismatch": (0.004, 1.2),
+    },
+    "ssndobmatch": {
+        "match": (0.79, 0.0),
+        "partial": (0.15, 0.3),
+        "invalid": (0.02, 0.6),
+        "mismatch": (0.03, 0.8),
+        "unavailable": (0.01, 0.3),
+    },
+}
 
 INQ = {n: contract.clarity_column("clearfraudinquiry", n) for n in contract.INQUIRY_FIELDS}
 IND = {n: contract.clarity_column("clearfraudindicator", n) for n in contract.INDICATOR_FIELDS}
@@ -132,52 +163,14 @@ def _indicators(rng: np.random.Generator, q: np.ndarray, thirty: np.ndarray) -> 
 def _identity(rng: np.random.Generator, q: np.ndarray) -> dict[str, np.ndarray]:
     """Identity-verification results and their reason codes."""
     n = len(q)
-    ssn = categorical_draw(
-        rng,
-        {
-            "match": (0.898, 0.0),
-            "partial": (0.054, 0.6),
-            "mismatch": (0.03, 1.1),
-            "unavailable": (0.015, 0.5),
-            "invalid": (0.003, 0.9),
-        },
-        q,
-    )
-    addr = categorical_draw(
-        rng,
-        {
-            "match": (0.8, 0.0),
-            "mismatch": (0.06, 0.6),
-            "unavailable": (0.02, 0.3),
-            "partial": (0.113, 0.4),
-            "invalid": (0.007, 0.5),
-        },
-        q,
-    )
-    phone = categorical_draw(rng, {k: (v[1], 0.0 if k == "M" else 0.6) for k, v in PHONE_TYPES.items()}, q)
-    overall = categorical_draw(
-        rng,
-        {"partial": (0.71, 0.0), "match": (0.28, -0.5), "other": (0.006, 0.6), "mismatch": (0.004, 1.2)},
-        q,
-    )
-    dob = categorical_draw(
-        rng,
-        {
-            "match": (0.79, 0.0),
-            "partial": (0.15, 0.3),
-            "invalid": (0.02, 0.6),
-            "mismatch": (0.03, 0.8),
-            "unavailable": (0.01, 0.3),
-        },
-        q,
+    drawn = {name: categorical_draw(rng, spec, q) for name, spec in MATCH_DRAWS.items()}
+    ssn, addr, phone, dob = (
+        drawn[k] for k in ("ssnnamematch", "nameaddressmatch", "phonematchtype", "ssndobmatch")
     )
     ssn_code = np.where(ssn == "partial", choice(rng, {"S03": 0.6, "S07": 0.4}, n), None)
     ssn_desc = {"S03": "(S03) SSN match to address only", "S07": "(S07) SSN Match to last name only"}
     dob_code = choice(rng, {"D07": 0.4, "D04": 0.2, "D03": 0.15, "D01": 0.1, "D02": 0.1, "D06": 0.05}, n)
-    return {
-        "ssnnamematch": ssn,
-        "nameaddressmatch": addr,
-        "phonematchtype": phone,
+    return drawn | {
         "ssnnamereasoncodedescription": np.array([ssn_desc.get(c) for c in ssn_code], dtype=object),
         "phonematchresult": choice(
             rng,
@@ -186,14 +179,12 @@ def _identity(rng: np.random.Generator, q: np.ndarray) -> dict[str, np.ndarray]:
         ),
         "nameaddressreasoncodedescription": np.where(addr == "partial", "(A8) Match to Last Name only", None),
         "phonematchtypedescription": np.array([PHONE_TYPES[p][0] for p in phone], dtype=object),
-        "overallmatchresult": overall,
         "phonetype": np.where(rng.random(n) < 0.0305, choice(rng, {"R": 0.5, "B": 0.3, "MU": 0.2}, n), None),
         "ssndobreasoncode": np.where(
             np.isin(dob, ["partial", "mismatch", "invalid"]) & (rng.random(n) < 0.9), dob_code, None
         ),
         "ssnnamereasoncode": ssn_code,
         "nameaddressreasoncode": np.where(addr == "partial", "A8", None),
-        "ssndobmatch": dob,
         "overallmatchreasoncode": np.clip(np.round(np.exp(rng.normal(np.log(11), 0.9, n))), 1, 125),
     }
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.data.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan, fit_total
+from tasks.data.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan, choice, fit_total
 
 # fmt: off
 RETURN_CODES = {
@@ -140,9 +140,8 @@ def _collection_rows(
 
 def _us_eastern_dst(day: np.ndarray) -> np.ndarray:
     """Whether midnight of each day falls in US Eastern daylight time (2nd Sunday Mar - 1st Sunday Nov)."""
-    years = np.arange(2013, 2023)
     out = np.zeros(len(day), dtype=bool)
-    for y in years:
+    for y in range(2013, 2023):
         mar, nov = np.datetime64(f"{y}-03-01", "D"), np.datetime64(f"{y}-11-01", "D")
         start = mar + ((3 - (mar.astype(np.int64) % 7)) % 7) + 7  # 1970-01-01 was a Thursday (index 0)
         end = nov + ((3 - (nov.astype(np.int64) % 7)) % 7)
@@ -171,14 +170,10 @@ def _amounts(
 def _return_codes(rng: np.random.Generator, status: np.ndarray) -> np.ndarray:
     """paymentReturnCode: mostly on rejected rows, MISSED on some skipped ones, null elsewhere."""
     n = len(status)
-    levels = np.array([*RETURN_CODES, None, "MISSED"], dtype=object)
-    none, missed = len(RETURN_CODES), len(RETURN_CODES) + 1
-    p = np.array(list(RETURN_CODES.values()), dtype=float)
     kept = rng.random(n) < 0.97
-    drawn = rng.choice(len(RETURN_CODES), size=n, p=p / p.sum())  # as tasks.data.sample.common.choice draws
-    codes = np.where(kept, drawn, none)
-    out = np.where(np.isin(status, ["Rejected", "Rejected Awaiting Retry", "Returned"]), codes, none)
-    return levels[np.where((status == "Skipped") & (rng.random(n) < 0.14), missed, out)]
+    codes = np.where(kept, choice(rng, RETURN_CODES, n).astype(object), None)
+    out = np.where(np.isin(status, ["Rejected", "Rejected Awaiting Retry", "Returned"]), codes, None)
+    return np.where((status == "Skipped") & (rng.random(n) < 0.14), "MISSED", out)
 
 
 def payments(
