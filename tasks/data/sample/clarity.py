@@ -143,8 +143,7 @@ def _indicators(rng: np.random.Generator, q: np.ndarray, thirty: np.ndarray) -> 
     """Boolean fraud indicators (float where the real column is numeric); the count column is their sum."""
     n = len(q)
     out: dict[str, np.ndarray] = {}
-    for name in contract.INDICATOR_FIELDS:
-        share = INDICATOR_SHARES[name]
+    for name, share in INDICATOR_SHARES.items():  # in the contract's order
         if share is None:
             continue
         if share == 0.0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from tasks.data.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan, choice, fit_total
 
@@ -138,17 +139,6 @@ def _collection_rows(
     return {"li": li, "k": k, "status": status, "stamp": stamp}
 
 
-def _us_eastern_dst(day: np.ndarray) -> np.ndarray:
-    """Whether midnight of each day falls in US Eastern daylight time (2nd Sunday Mar - 1st Sunday Nov)."""
-    out = np.zeros(len(day), dtype=bool)
-    for y in range(2013, 2023):
-        mar, nov = np.datetime64(f"{y}-03-01", "D"), np.datetime64(f"{y}-11-01", "D")
-        start = mar + ((3 - (mar.astype(np.int64) % 7)) % 7) + 7  # 1970-01-01 was a Thursday (index 0)
-        end = nov + ((3 - (nov.astype(np.int64) % 7)) % 7)
-        out |= (day > start) & (day <= end)
-    return out
-
-
 def _amounts(
     rng: np.random.Generator, paid: PaidLoans, li: np.ndarray, k: np.ndarray, n: np.ndarray, coll: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -190,9 +180,10 @@ def payments(
     status[i - 1] = "Cancelled"
     day[i - 1] = day[i]
     coll = _collection_rows(rng, rows, paid.story)
-    hour = np.where(_us_eastern_dst(day), 4, 5).astype("timedelta64[h]")
+    # midnight US Eastern time, in UTC
+    utc = pd.DatetimeIndex(day.astype("datetime64[s]")).tz_localize("America/New_York").tz_convert(None)
     # Each part becomes str objects on its own: one concatenated unicode array would take ~70 MB at full size.
-    inst_date = np.datetime_as_string(day.astype("datetime64[s]") + hour, unit="s").astype(object)
+    inst_date = np.datetime_as_string(utc.to_numpy(), unit="s").astype(object)
     coll_date = np.datetime_as_string(coll["stamp"], unit="us").astype(object)
     li = np.concatenate([rows["li"], coll["li"]])
     k = np.concatenate([rows["k"], coll["k"]])
