@@ -56,13 +56,11 @@ PAYMENT_DTYPES: dict[str, Kind] = {
 
 def _clarity_kind(column: str) -> Kind:
     group, _, name = column.removeprefix(CLARITY_PREFIX).rpartition(".")
-    if column == "underwritingid":
-        return "str"
     if column == "clearfraudscore" or group == "clearfraudinquiry" or name == "overallmatchreasoncode":
         return "float"
     if group == "clearfraudindicator":
         return "float" if name in NUMERIC_INDICATORS else "bool"
-    return "str"  # identity verification results and codes
+    return "str"  # underwritingid, identity verification results and codes
 
 
 CLARITY_DTYPES: dict[str, Kind] = {column: _clarity_kind(column) for column in CLARITY_COLUMNS}

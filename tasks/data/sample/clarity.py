@@ -81,9 +81,8 @@ def categorical_draw(
 ) -> np.ndarray:
     """Draw a category per row; ``spec`` maps category -> (base share, loading on the fraud factor ``q``)."""
     names = np.array(list(spec), dtype=object)
-    base = np.log(np.array([s[0] for s in spec.values()]))
-    load = np.array([s[1] for s in spec.values()])
-    logits = base[None, :] + q[:, None] * load[None, :]
+    share, load = np.array(list(spec.values())).T
+    logits = np.log(share)[None, :] + q[:, None] * load[None, :]
     prob = np.exp(logits - logits.max(axis=1, keepdims=True))
     cum = np.cumsum(prob / prob.sum(axis=1, keepdims=True), axis=1)
     idx = (rng.random(len(q))[:, None] > cum).sum(axis=1)
