@@ -181,8 +181,7 @@ def from_sample(data: DataSettings, data_dir: Path, logger: LoggerLike) -> Inges
     else:
         logger.info("Reusing the synthetic sample in %s", out)
     files = {name: {"path": str(out / name)} | manifest["files"][name] for name in DATA_FILES}
-    details = {"scale": scale, "seed": seed}
-    return IngestResult(out, "sample", "sample", None, files, cached, details=details)
+    return IngestResult(out, "sample", "sample", None, files, cached, details={"scale": scale, "seed": seed})
 
 
 def from_local(src: Source) -> IngestResult:

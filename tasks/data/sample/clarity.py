@@ -96,10 +96,8 @@ def clarity_presence(
     unit, has_cf = loans["unit"], loans["has_cf"]
     cf_funded = np.flatnonzero(funded & has_cf)
     reported = rng.choice(cf_funded, size=min(plan.n(0.83 * 38_982), len(cf_funded)), replace=False)
-    present = np.zeros(n_ids, dtype=bool)
-    present[unit[reported]] = True
-    has_funded = np.zeros(n_ids, dtype=bool)
-    has_funded[unit[cf_funded]] = True
+    present = np.bincount(unit[reported], minlength=n_ids) > 0
+    has_funded = np.bincount(unit[cf_funded], minlength=n_ids) > 0
     need = plan.n(31_750) - int(present.sum())
     if need > 0:
         pool = np.flatnonzero(~present & ~has_funded)
