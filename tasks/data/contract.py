@@ -10,7 +10,6 @@ from typing import Literal
 # The column names are the service's part of the contract; re-exported so the training side has one door.
 from serving.contract import (  # noqa: F401
     CLARITY_COLUMNS,
-    CLARITY_ID_FIELDS,
     CLARITY_PREFIX,
     IDENTIFIER_FIELDS,
     IDENTITY_FIELDS,
@@ -19,14 +18,11 @@ from serving.contract import (  # noqa: F401
     LEAD_TYPES,
     LOAN_COLUMNS,
     NUMERIC_INDICATORS,
-    OUTCOME_FIELDS,
     PAY_FREQUENCIES,
     PAYMENT_COLUMNS,
     PERSONAL_FIELDS,
     RANGES,
     STATES,
-    TEST_STATES,
-    US_STATES,
     clarity_column,
 )
 
@@ -60,13 +56,11 @@ PAYMENT_DTYPES: dict[str, Kind] = {
 
 def _clarity_kind(column: str) -> Kind:
     group, _, name = column.removeprefix(CLARITY_PREFIX).rpartition(".")
-    if column == "underwritingid":
-        return "str"
     if column == "clearfraudscore" or group == "clearfraudinquiry" or name == "overallmatchreasoncode":
         return "float"
     if group == "clearfraudindicator":
         return "float" if name in NUMERIC_INDICATORS else "bool"
-    return "str"  # identity verification results and codes
+    return "str"  # underwritingid, identity verification results and codes
 
 
 CLARITY_DTYPES: dict[str, Kind] = {column: _clarity_kind(column) for column in CLARITY_COLUMNS}
@@ -83,11 +77,9 @@ REQUIRED: dict[str, frozenset[str]] = {
 }
 # Columns whose values identify a row: unique within their file (repeats are quarantined).
 UNIQUE_IDS: dict[str, str] = {"loan": "loanId", "clarity": "underwritingid"}
-# Identifier and personal columns per file: pseudonymised wherever a row is written out (quarantine files).
-IDENTIFIER_COLUMNS: dict[str, tuple[str, ...]] = {
-    key: tuple(c for c in columns if c in IDENTIFIER_FIELDS | PERSONAL_FIELDS)
-    for key, columns in COLUMNS.items()
-}
+# Identifier and personal fields: never quoted in a message, pseudonymised wherever a row is written out.
+WITHHELD = frozenset(IDENTIFIER_FIELDS | PERSONAL_FIELDS)
+IDENTIFIER_COLUMNS = {key: tuple(c for c in columns if c in WITHHELD) for key, columns in COLUMNS.items()}
 
 # --- categories and status lists -----------------------------------------------------------------------------
 

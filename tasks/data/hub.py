@@ -48,10 +48,6 @@ class RemoteFile:
     kind: Literal["sha256", "git blob id"]
     digest: str
 
-    @property
-    def checksum(self) -> str:
-        return f"{self.kind} {self.digest}"
-
 
 @dataclass(frozen=True)
 class Commit:
@@ -192,20 +188,13 @@ def _cached(storage: Path, sha: str, files: Sequence[str]) -> dict[str, RemoteFi
 
 
 def resolve_commit(
-    repo_id: str,
-    revision: str,
-    files: Sequence[str],
-    *,
-    cache_dir: Path,
-    token: str | None = None,
-    retry: Retry | None = None,
+    repo_id: str, revision: str, files: Sequence[str], *, cache_dir: Path, token: str | None, retry: Retry
 ) -> Commit:
     """Resolve ``revision`` of dataset ``repo_id`` to its commit and the checksums of ``files`` there; offline
     when the commit is fully cached (a sha, or ``HF_HUB_OFFLINE`` with the ref cached)."""
     from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
     from huggingface_hub import constants as hf_constants
 
-    retry = retry or Retry()
     endpoint = hf_endpoint()
     storage = storage_folder(cache_dir, repo_id)
     offline = hf_constants.is_offline_mode()
@@ -281,13 +270,12 @@ def _discard(path: Path) -> None:
 
 
 def download_verified(
-    commit: Commit, *, cache_dir: Path, token: str | None = None, retry: Retry | None = None
+    commit: Commit, *, cache_dir: Path, token: str | None, retry: Retry
 ) -> tuple[dict[str, dict[str, Any]], bool]:
     """Each of ``commit``'s files' path, size and sha256 (verified cached copies reused; a download failing
     its checksum is removed and raises naming both sums), and whether all were cached."""
     from huggingface_hub import hf_hub_download
 
-    retry = retry or Retry()
     storage = storage_folder(cache_dir, commit.repo_id)
     fetch = partial(hf_hub_download, repo_id=commit.repo_id, repo_type="dataset", revision=commit.sha)
     local: dict[str, dict[str, Any]] = {}

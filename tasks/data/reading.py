@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,7 @@ import pyarrow
 import pyarrow.compute as pc
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-from serving.contract import IDENTIFIER_FIELDS, PERSONAL_FIELDS
-from tasks.data.contract import COLUMNS, DTYPES, FILES, REQUIRED
+from tasks.data.contract import COLUMNS, DTYPES, FILES, REQUIRED, WITHHELD
 from tasks.errors import BadInputError
 
 
@@ -38,13 +38,19 @@ class DataValidationError(BadInputError):
         self.file, self.column, self.line, self.result = file, column, line, result
 
 
+def require_columns(key: str, present: Collection[str]) -> None:
+    """Raise naming the file and the first of its contract's columns missing from ``present``."""
+    missing = [c for c in COLUMNS[key] if c not in present]
+    if missing:
+        more = f" (and {len(missing) - 1} more: {missing[1:]})" if len(missing) > 1 else ""
+        message = f"{FILES[key]}: missing column {missing[0]!r}{more}"
+        raise DataValidationError(message, file=FILES[key], column=missing[0])
+
+
 def read_kind(key: str, column: str) -> str:
     """'float', 'int', 'bool' or 'str': how a column's text is read (timestamps stay text)."""
     kind = DTYPES[key][column]
     return "str" if kind == "timestamp" else kind
-
-
-WITHHELD = frozenset(IDENTIFIER_FIELDS | PERSONAL_FIELDS)
 
 
 def shown(column: object, value: object) -> str:
@@ -144,9 +150,8 @@ def _why_unparseable(path: Path, n_fields: int, exc: BaseException) -> tuple[int
     if isinstance(exc, UnicodeDecodeError):
         return None, f"not UTF-8 ({exc.reason} at byte {exc.start})"
     kept = re.match(r"^(.*?\bgot \d+)", (str(exc).splitlines() or [""])[0])
-    return None, kept.group(
-        1
-    ) if kept else f"{type(exc).__name__} (the parser's message quotes row content: withheld)"
+    withheld = f"{type(exc).__name__} (the parser's message quotes row content: withheld)"
+    return None, kept.group(1) if kept else withheld
 
 
 def read_table(path: str | Path, key: str) -> pd.DataFrame:
@@ -161,14 +166,7 @@ def read_table(path: str | Path, key: str) -> pd.DataFrame:
         header = next(csv.reader(handle), [])
     if not any(h.strip() for h in header):
         raise DataValidationError(f"{file}: line 1 holds no header ({path})", file=file, line=1)
-    missing = [c for c in COLUMNS[key] if c not in header]
-    if missing:
-        raise DataValidationError(
-            f"{file}: missing column {missing[0]!r}"
-            + (f" (and {len(missing) - 1} more: {missing[1:]})" if len(missing) > 1 else ""),
-            file=file,
-            column=missing[0],
-        )
+    require_columns(key, header)
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], engine="pyarrow")
     except (ValueError, UnicodeDecodeError) as exc:  # ParserError and ArrowInvalid are ValueErrors

@@ -41,9 +41,7 @@ _RULES: dict[str, dict[str, tuple[str, Any]]] = {
     "payment": {
         "loanId": ("format", (LOAN_ID_PATTERN, "a loan id like LL-I-07399092")),
         "installmentIndex": ("range", (1, 1_000)),
-        "principal": ("range", (-10_000, 100_000)),
-        "fees": ("range", (-10_000, 100_000)),
-        "paymentAmount": ("range", (-10_000, 100_000)),
+        **dict.fromkeys(("principal", "fees", "paymentAmount"), ("range", (-10_000, 100_000))),
         "paymentStatus": ("isin", contract.PAYMENT_STATUSES),
         "paymentReturnCode": ("format", (RETURN_CODE_PATTERN, "a return code")),
     },

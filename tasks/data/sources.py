@@ -20,7 +20,7 @@ from tasks.common import release_freed_memory
 from tasks.data.contract import DATA_FILES
 from tasks.data.hub import SHA256, LoggerLike, Retry, download_verified, resolve_commit, write_atomic
 from tasks.errors import PermanentError
-from tasks.settings import DataSettings, Settings
+from tasks.settings import DataSettings
 
 MANIFEST_NAME = "ingest-manifest.json"
 HF_SOURCE_PREFIX = "hf://datasets/"
@@ -117,13 +117,9 @@ def _describe(folder: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def _sample_dir(data: DataSettings, data_dir: Path) -> Path:
+def sample_dir(data: DataSettings, data_dir: Path) -> Path:
+    """Where the sample of ``data`` is generated under ``data_dir`` (``bench/train`` reads it there)."""
     return data_dir / f"sample-scale{data.sample_scale}-seed{data.sample_seed}"
-
-
-def sample_dir(settings: Settings) -> Path:
-    """Where the sample of ``settings`` is generated (``bench/train`` reads it there)."""
-    return _sample_dir(settings.data, settings.data_dir)
 
 
 def _read_complete_manifest(folder: Path) -> dict[str, Any] | None:
@@ -176,7 +172,7 @@ def _generate_sample(out: Path, scale: float, seed: int) -> dict[str, Any]:
 
 def from_sample(data: DataSettings, data_dir: Path, logger: LoggerLike) -> IngestResult:
     scale, seed = data.sample_scale, data.sample_seed
-    out = _sample_dir(data, data_dir)
+    out = sample_dir(data, data_dir)
     manifest = _read_complete_manifest(out)
     cached = manifest is not None
     if manifest is None:
@@ -185,8 +181,7 @@ def from_sample(data: DataSettings, data_dir: Path, logger: LoggerLike) -> Inges
     else:
         logger.info("Reusing the synthetic sample in %s", out)
     files = {name: {"path": str(out / name)} | manifest["files"][name] for name in DATA_FILES}
-    details = {"scale": scale, "seed": seed}
-    return IngestResult(out, "sample", "sample", None, files, cached, details=details)
+    return IngestResult(out, "sample", "sample", None, files, cached, details={"scale": scale, "seed": seed})
 
 
 def from_local(src: Source) -> IngestResult:
@@ -216,6 +211,6 @@ def from_hub(src: Source, data: DataSettings, data_dir: Path, *, retry: Retry) -
     details = {
         "requested_revision": revision,
         "endpoint": commit.endpoint,
-        "verified": {name: f.checksum for name, f in commit.files.items()},
+        "verified": {name: f"{f.kind} {f.digest}" for name, f in commit.files.items()},
     }
     return IngestResult(folder, src.raw, "hub", commit.sha, files, cached, repo_id, details)

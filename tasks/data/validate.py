@@ -60,11 +60,7 @@ def _failures_for(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFram
     """The converted table and its row failures (index, rule): unreadable cells, then the pandera schema's
     rules; table rules raise."""
     file = FILES[key]
-    missing = [c for c in COLUMNS[key] if c not in df.columns]
-    if missing:
-        raise DataValidationError(
-            f"{file}: missing column {missing[0]!r} (missing: {missing})", file=file, column=missing[0]
-        )
+    reading.require_columns(key, df.columns)
     if df.empty:
         raise DataValidationError(f"{file}: the table is empty", file=file)
     converted, bad_cells = reading.convert_table(df[list(COLUMNS[key])], key)
@@ -134,13 +130,9 @@ def validate_tables(
     unknown = set(tables) - set(FILES)
     if unknown:
         raise DataValidationError(f"unknown tables {sorted(unknown)}; expected some of {list(FILES)}")
-    quarantine_dir = Path(quarantine_dir)
-    quarantine_dir.mkdir(parents=True, exist_ok=True)
-    keys = [k for k in FILES if k in tables]
-    converted: dict[str, pd.DataFrame] = {}
-    failures: dict[str, pd.DataFrame] = {}
-    for key in keys:
-        converted[key], failures[key] = _failures_for(tables[key], key)
+    checked = {key: _failures_for(tables[key], key) for key in FILES if key in tables}
+    converted = {key: table for key, (table, _) in checked.items()}
+    failures = {key: fails for key, (_, fails) in checked.items()}
 
     if "loan" in converted and "payment" in converted:  # key rule: payment.loanId ⊆ loan.loanId
         loan_ids = converted["loan"]["loanId"]
@@ -157,23 +149,21 @@ def validate_tables(
             extra = pd.DataFrame({"index": pay_ids.index[unknown_id], "rule": rule[unknown_id]})
             failures["payment"] = pd.concat([failures["payment"], extra], ignore_index=True)
 
-    clean: dict[str, pd.DataFrame] = {}
-    report: list[dict[str, Any]] = []
-    rule_counts: dict[str, dict[str, int]] = {}
-    paths: dict[str, Path] = {}
+    result = ValidationResult({}, [], {}, {})
     over: dict[str, str] = {}  # file -> message
-    for key in keys:
+    for key in converted:
         fails = failures[key].drop_duplicates()
         bad_index = pd.Index(fails["index"].unique())
-        paths[key] = _write_quarantine(tables[key], key, fails, quarantine_dir, pseudonymiser)
+        path = _write_quarantine(tables[key], key, fails, Path(quarantine_dir), pseudonymiser)
+        result.quarantine_files[key] = path
         kept = converted[key].drop(index=bad_index) if len(bad_index) else converted[key]
-        clean[key] = reading.final_dtypes(kept, key)
+        result.tables[key] = reading.final_dtypes(kept, key)
         counts = fails.groupby("rule")["index"].nunique().sort_values(ascending=False)
-        rule_counts[key] = {str(k): int(v) for k, v in counts.items()}
+        result.rule_counts[key] = {str(k): int(v) for k, v in counts.items()}
         rows, n_bad = len(tables[key]), len(bad_index)
         share = n_bad / rows
-        top = "; ".join(f"{rule} ({n})" for rule, n in list(rule_counts[key].items())[:5])
-        report.append(
+        top = "; ".join(f"{rule} ({n})" for rule, n in list(result.rule_counts[key].items())[:5])
+        result.report.append(
             {
                 "file": FILES[key],
                 "rows": rows,
@@ -181,16 +171,15 @@ def validate_tables(
                 "quarantined_rows": n_bad,
                 "quarantined_share": round(share, 6),
                 "broken_rules": top,
-                "quarantine_file": str(paths[key]),
+                "quarantine_file": str(path),
             }
         )
         if share > max_quarantine_share:
             over[FILES[key]] = (
                 f"{FILES[key]}: {n_bad} of {rows} rows ({share:.2%}) broke row rules, over the limit of "
-                f"{max_quarantine_share:.2%}; top broken rules: {top}; quarantined rows are in {paths[key]}"
+                f"{max_quarantine_share:.2%}; top broken rules: {top}; quarantined rows are in {path}"
             )
         log.info("%s: %d of %d rows quarantined (%s)", FILES[key], n_bad, rows, top or "no broken rule")
-    result = ValidationResult(clean, report, paths, rule_counts)
     if over:
         raise DataValidationError("\n".join(over.values()), file=next(iter(over)), result=result)
     return result

@@ -91,8 +91,7 @@ def _population(rng: np.random.Generator, plan: Plan) -> tuple[dict[str, np.ndar
     n_orphan = max(0, plan.n(BASE_ROWS["clarity"]) - int(present.sum()))
     orphan_base = float((T_END - T_START).astype(np.int64)) * rng.random(n_orphan)
     clarity = clarity_table(rng, plan, np.concatenate([ids[present], clarity_ids(rng, orphan_base)]))
-    report_of_unit = np.full(n_ids, -1)
-    report_of_unit[np.flatnonzero(present)] = np.arange(int(present.sum()))
+    report_of_unit = np.where(present, np.cumsum(present) - 1, -1)
     cf_unit = np.where(pop["has_cf"], pop["unit"], 0)
     pop["report"] = np.where(pop["has_cf"], report_of_unit[cf_unit], -1)
     pop["fraud_id"] = np.where(pop["has_cf"], ids[cf_unit].astype(object), None)
@@ -155,19 +154,16 @@ def _payment_table(
     with_pay = funded.copy()
     with_pay[no_pay] = False
     with_pay[out["paid_unfunded"]] = True
-    rank = np.empty(n, dtype=np.int64)
-    rank[file_order] = np.arange(n)
+    rank = np.argsort(file_order)  # each loan's row in loan.csv
     idx = np.flatnonzero(with_pay)
     idx = idx[np.argsort(rank[idx], kind="stable")]
     amount = loan["loanAmount"][idx]
-    start = T_START.astype("datetime64[D]") + (np.nan_to_num(origin_secs[idx]) // DAY).astype(
-        "timedelta64[D]"
-    )
+    days = (np.nan_to_num(origin_secs[idx]) // DAY).astype("timedelta64[D]")  # originated, after T_START
     paid = PaidLoans(
         freq=loan["payFrequency"][idx],
         amount=np.where(np.isnan(amount), 300.0, amount),
         scheduled=loan["originallyScheduledPaymentAmount"][idx],
-        start_day=start,
+        start_day=T_START.astype("datetime64[D]") + days,
         story=np.array([STORY.get(s, 6) for s in loan["loanStatus"][idx]]),
     )
     payment, first = payments(rng, plan, paid, loan["loanId"][idx])

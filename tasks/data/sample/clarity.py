@@ -39,6 +39,37 @@ PHONE_TYPES = {  # phonematchtype -> (phonematchtypedescription, share)
 }
 
 # fmt: on
+# Identity check -> its results' (base share, loading on the fraud factor), drawn in this order.
+MATCH_DRAWS: dict[str, dict[str, tuple[float, float]]] = {
+    "ssnnamematch": {
+        "match": (0.898, 0.0),
+        "partial": (0.054, 0.6),
+        "mismatch": (0.03, 1.1),
+        "unavailable": (0.015, 0.5),
+        "invalid": (0.003, 0.9),
+    },
+    "nameaddressmatch": {
+        "match": (0.8, 0.0),
+        "mismatch": (0.06, 0.6),
+        "unavailable": (0.02, 0.3),
+        "partial": (0.113, 0.4),
+        "invalid": (0.007, 0.5),
+    },
+    "phonematchtype": {k: (share, 0.0 if k == "M" else 0.6) for k, (_, share) in PHONE_TYPES.items()},
+    "overallmatchresult": {
+        "partial": (0.71, 0.0),
+        "match": (0.28, -0.5),
+        "other": (0.006, 0.6),
+        "mismatch": (0.004, 1.2),
+    },
+    "ssndobmatch": {
+        "match": (0.79, 0.0),
+        "partial": (0.15, 0.3),
+        "invalid": (0.02, 0.6),
+        "mismatch": (0.03, 0.8),
+        "unavailable": (0.01, 0.3),
+    },
+}
 
 INQ = {n: contract.clarity_column("clearfraudinquiry", n) for n in contract.INQUIRY_FIELDS}
 IND = {n: contract.clarity_column("clearfraudindicator", n) for n in contract.INDICATOR_FIELDS}
@@ -50,9 +81,8 @@ def categorical_draw(
 ) -> np.ndarray:
     """Draw a category per row; ``spec`` maps category -> (base share, loading on the fraud factor ``q``)."""
     names = np.array(list(spec), dtype=object)
-    base = np.log(np.array([s[0] for s in spec.values()]))
-    load = np.array([s[1] for s in spec.values()])
-    logits = base[None, :] + q[:, None] * load[None, :]
+    share, load = np.array(list(spec.values())).T
+    logits = np.log(share)[None, :] + q[:, None] * load[None, :]
     prob = np.exp(logits - logits.max(axis=1, keepdims=True))
     cum = np.cumsum(prob / prob.sum(axis=1, keepdims=True), axis=1)
     idx = (rng.random(len(q))[:, None] > cum).sum(axis=1)
@@ -66,10 +96,8 @@ def clarity_presence(
     unit, has_cf = loans["unit"], loans["has_cf"]
     cf_funded = np.flatnonzero(funded & has_cf)
     reported = rng.choice(cf_funded, size=min(plan.n(0.83 * 38_982), len(cf_funded)), replace=False)
-    present = np.zeros(n_ids, dtype=bool)
-    present[unit[reported]] = True
-    has_funded = np.zeros(n_ids, dtype=bool)
-    has_funded[unit[cf_funded]] = True
+    present = np.bincount(unit[reported], minlength=n_ids) > 0
+    has_funded = np.bincount(unit[cf_funded], minlength=n_ids) > 0
     need = plan.n(31_750) - int(present.sum())
     if need > 0:
         pool = np.flatnonzero(~present & ~has_funded)
@@ -112,8 +140,7 @@ def _indicators(rng: np.random.Generator, q: np.ndarray, thirty: np.ndarray) -> 
     """Boolean fraud indicators (float where the real column is numeric); the count column is their sum."""
     n = len(q)
     out: dict[str, np.ndarray] = {}
-    for name in contract.INDICATOR_FIELDS:
-        share = INDICATOR_SHARES[name]
+    for name, share in INDICATOR_SHARES.items():  # in the contract's order
         if share is None:
             continue
         if share == 0.0:
@@ -132,52 +159,14 @@ def _indicators(rng: np.random.Generator, q: np.ndarray, thirty: np.ndarray) -> 
 def _identity(rng: np.random.Generator, q: np.ndarray) -> dict[str, np.ndarray]:
     """Identity-verification results and their reason codes."""
     n = len(q)
-    ssn = categorical_draw(
-        rng,
-        {
-            "match": (0.898, 0.0),
-            "partial": (0.054, 0.6),
-            "mismatch": (0.03, 1.1),
-            "unavailable": (0.015, 0.5),
-            "invalid": (0.003, 0.9),
-        },
-        q,
-    )
-    addr = categorical_draw(
-        rng,
-        {
-            "match": (0.8, 0.0),
-            "mismatch": (0.06, 0.6),
-            "unavailable": (0.02, 0.3),
-            "partial": (0.113, 0.4),
-            "invalid": (0.007, 0.5),
-        },
-        q,
-    )
-    phone = categorical_draw(rng, {k: (v[1], 0.0 if k == "M" else 0.6) for k, v in PHONE_TYPES.items()}, q)
-    overall = categorical_draw(
-        rng,
-        {"partial": (0.71, 0.0), "match": (0.28, -0.5), "other": (0.006, 0.6), "mismatch": (0.004, 1.2)},
-        q,
-    )
-    dob = categorical_draw(
-        rng,
-        {
-            "match": (0.79, 0.0),
-            "partial": (0.15, 0.3),
-            "invalid": (0.02, 0.6),
-            "mismatch": (0.03, 0.8),
-            "unavailable": (0.01, 0.3),
-        },
-        q,
+    drawn = {name: categorical_draw(rng, spec, q) for name, spec in MATCH_DRAWS.items()}
+    ssn, addr, phone, dob = (
+        drawn[k] for k in ("ssnnamematch", "nameaddressmatch", "phonematchtype", "ssndobmatch")
     )
     ssn_code = np.where(ssn == "partial", choice(rng, {"S03": 0.6, "S07": 0.4}, n), None)
     ssn_desc = {"S03": "(S03) SSN match to address only", "S07": "(S07) SSN Match to last name only"}
     dob_code = choice(rng, {"D07": 0.4, "D04": 0.2, "D03": 0.15, "D01": 0.1, "D02": 0.1, "D06": 0.05}, n)
-    return {
-        "ssnnamematch": ssn,
-        "nameaddressmatch": addr,
-        "phonematchtype": phone,
+    return drawn | {
         "ssnnamereasoncodedescription": np.array([ssn_desc.get(c) for c in ssn_code], dtype=object),
         "phonematchresult": choice(
             rng,
@@ -186,14 +175,12 @@ def _identity(rng: np.random.Generator, q: np.ndarray) -> dict[str, np.ndarray]:
         ),
         "nameaddressreasoncodedescription": np.where(addr == "partial", "(A8) Match to Last Name only", None),
         "phonematchtypedescription": np.array([PHONE_TYPES[p][0] for p in phone], dtype=object),
-        "overallmatchresult": overall,
         "phonetype": np.where(rng.random(n) < 0.0305, choice(rng, {"R": 0.5, "B": 0.3, "MU": 0.2}, n), None),
         "ssndobreasoncode": np.where(
             np.isin(dob, ["partial", "mismatch", "invalid"]) & (rng.random(n) < 0.9), dob_code, None
         ),
         "ssnnamereasoncode": ssn_code,
         "nameaddressreasoncode": np.where(addr == "partial", "A8", None),
-        "ssndobmatch": dob,
         "overallmatchreasoncode": np.clip(np.round(np.exp(rng.normal(np.log(11), 0.9, n))), 1, 125),
     }
 

@@ -95,8 +95,7 @@ def split_categories(
     rest = {k: total[k] - fund.get(k, 0) for k in total}
     deficit = -sum(min(0, v) for v in rest.values())
     rest = {k: max(0, v) for k, v in rest.items()}
-    big = max(rest, key=lambda k: rest[k])
-    rest[big] -= deficit
+    rest[max(rest, key=rest.__getitem__)] -= deficit
     out = np.empty(len(funded), dtype=object)
     out[funded] = labels(rng, fund)
     out[~funded] = labels(rng, rest)

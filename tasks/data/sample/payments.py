@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
-from tasks.data.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan, fit_total
+from tasks.data.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan, choice, fit_total
 
 # fmt: off
 RETURN_CODES = {
@@ -138,18 +139,6 @@ def _collection_rows(
     return {"li": li, "k": k, "status": status, "stamp": stamp}
 
 
-def _us_eastern_dst(day: np.ndarray) -> np.ndarray:
-    """Whether midnight of each day falls in US Eastern daylight time (2nd Sunday Mar - 1st Sunday Nov)."""
-    years = np.arange(2013, 2023)
-    out = np.zeros(len(day), dtype=bool)
-    for y in years:
-        mar, nov = np.datetime64(f"{y}-03-01", "D"), np.datetime64(f"{y}-11-01", "D")
-        start = mar + ((3 - (mar.astype(np.int64) % 7)) % 7) + 7  # 1970-01-01 was a Thursday (index 0)
-        end = nov + ((3 - (nov.astype(np.int64) % 7)) % 7)
-        out |= (day > start) & (day <= end)
-    return out
-
-
 def _amounts(
     rng: np.random.Generator, paid: PaidLoans, li: np.ndarray, k: np.ndarray, n: np.ndarray, coll: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -171,14 +160,10 @@ def _amounts(
 def _return_codes(rng: np.random.Generator, status: np.ndarray) -> np.ndarray:
     """paymentReturnCode: mostly on rejected rows, MISSED on some skipped ones, null elsewhere."""
     n = len(status)
-    levels = np.array([*RETURN_CODES, None, "MISSED"], dtype=object)
-    none, missed = len(RETURN_CODES), len(RETURN_CODES) + 1
-    p = np.array(list(RETURN_CODES.values()), dtype=float)
     kept = rng.random(n) < 0.97
-    drawn = rng.choice(len(RETURN_CODES), size=n, p=p / p.sum())  # as tasks.data.sample.common.choice draws
-    codes = np.where(kept, drawn, none)
-    out = np.where(np.isin(status, ["Rejected", "Rejected Awaiting Retry", "Returned"]), codes, none)
-    return levels[np.where((status == "Skipped") & (rng.random(n) < 0.14), missed, out)]
+    codes = np.where(kept, choice(rng, RETURN_CODES, n).astype(object), None)
+    out = np.where(np.isin(status, ["Rejected", "Rejected Awaiting Retry", "Returned"]), codes, None)
+    return np.where((status == "Skipped") & (rng.random(n) < 0.14), "MISSED", out)
 
 
 def payments(
@@ -195,9 +180,10 @@ def payments(
     status[i - 1] = "Cancelled"
     day[i - 1] = day[i]
     coll = _collection_rows(rng, rows, paid.story)
-    hour = np.where(_us_eastern_dst(day), 4, 5).astype("timedelta64[h]")
+    # midnight US Eastern time, in UTC
+    utc = pd.DatetimeIndex(day.astype("datetime64[s]")).tz_localize("America/New_York").tz_convert(None)
     # Each part becomes str objects on its own: one concatenated unicode array would take ~70 MB at full size.
-    inst_date = np.datetime_as_string(day.astype("datetime64[s]") + hour, unit="s").astype(object)
+    inst_date = np.datetime_as_string(utc.to_numpy(), unit="s").astype(object)
     coll_date = np.datetime_as_string(coll["stamp"], unit="us").astype(object)
     li = np.concatenate([rows["li"], coll["li"]])
     k = np.concatenate([rows["k"], coll["k"]])
