@@ -157,7 +157,7 @@ def commit_plan(settings: Settings, plan: Plan, candidate: Candidate, revision: 
         committed = commit(settings, entry, plan.expected)
     except ReleaseFailed as exc:
         if exc.committed == "no":  # it never served: nothing of it stays (unknown: it may have, so it stays)
-            discard_candidate(settings, candidate)
+            discard_candidate(settings.release, candidate)
         raise
     run_logger().info(
         "COMMIT: ledger entry %d: champion is v%s (was %s); %s@%s",

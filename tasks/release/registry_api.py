@@ -29,6 +29,11 @@ def registry_credentials(release: ReleaseSettings) -> tuple[str | None, str | No
     return release.registry_username, password
 
 
+def registry_args(release: ReleaseSettings) -> tuple[str, str, str | None, str | None]:
+    """Registry, repository, user and password: the leading arguments of the registry calls."""
+    return release.image_registry, release.image_repository, *registry_credentials(release)
+
+
 def remote_repository(registry: str, repository: str) -> str:
     """``registry/repository`` unless the repository already names the registry."""
     return repository if repository.startswith(registry.rstrip("/") + "/") else f"{registry}/{repository}"
