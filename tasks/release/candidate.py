@@ -108,7 +108,7 @@ def build_candidate(
             build_task(settings, context, build_ref, buildargs, labels, build_id)
         made.append(build_ref)
         with as_release_failure("push"):
-            digest = push_task(settings, build_ref, [build_tag])
+            digest = push_task(settings, build_ref)
         smoke = _tested(settings, version, digest, bundle, made)
     except BaseException as exc:
         _undo(settings.release, made, digest)

@@ -119,17 +119,12 @@ def pull_by_digest(
 
 
 @stage("push-image")
-def push_task(settings: Settings, image_ref: str, tags: list[str]) -> str:
-    """Stage: push each tag in order and confirm the registry holds the pushed digest."""
+def push_task(settings: Settings, image_ref: str) -> str:
+    """Stage: push ``image_ref`` (``registry/repository:tag``) and confirm the registry holds the pushed digest."""
     registry, repository, username, password = registry_args(settings.release)
-    client = get_client(settings.release.docker_host)
-    image = client.images.get(image_ref)
-    digest = ""
-    for tag in tags:
-        image.tag(remote_repository(registry, repository), tag=tag)
-        digest = push_image(client, repository, tag, username, password, registry, log=run_logger().info)
-        if (held := registry_digest(registry, repository, tag, username, password)) != digest:
-            raise DeployStepError(
-                "verify push", f"registry holds {held} for {repository}:{tag}, pushed {digest}"
-            )
+    client, tag = get_client(settings.release.docker_host), image_ref.rsplit(":", 1)[1]
+    client.images.get(image_ref).tag(remote_repository(registry, repository), tag=tag)
+    digest = push_image(client, repository, tag, username, password, registry, log=run_logger().info)
+    if (held := registry_digest(registry, repository, tag, username, password)) != digest:
+        raise DeployStepError("verify push", f"registry holds {held} for {repository}:{tag}, pushed {digest}")
     return digest
