@@ -84,12 +84,10 @@ def _undo(release: ReleaseSettings, made: list[str], digest: str = "") -> None:
         remove_local_images(get_client(release.docker_host), made, run_logger().warning)
 
 
-def build_candidate(
-    settings: Settings, version: str, context: Path, revision: str, build_id: str | None = None
-) -> Candidate:
+def build_candidate(settings: Settings, version: str, context: Path, revision: str) -> Candidate:
     """Build ``context``, push it as ``build-<id>``, pull it back by digest and smoke-test that; a failure
     deletes the pushed manifest and this run's local images, then raises :class:`ReleaseFailed`."""
-    build_id = build_id or uuid.uuid4().hex
+    build_id = uuid.uuid4().hex
     build_tag = f"build-{build_id[:16]}"
     build_ref = f"{remote(settings.release)}:{build_tag}"
     bundle = load_bundle(context / "bundle")

@@ -179,9 +179,8 @@ def notes_for(settings: Settings, entry: Entry) -> str:
         tags = versions.get_version(settings, entry.from_version).tags or {} if entry.from_version else {}
         previous = {k: f for k, v in tags.items() if k.startswith("test_") and (f := _number(v)) is not None}
         card = card_link(name, entry.version, (bundle.directory / CARD_HTML).is_file())
-        _set_changed(
-            settings, entry.version, {k: f"{v:.6f}" for k, v in metrics.items() if k.startswith("test_")}
-        )
+        tested = {k: f"{v:.6f}" for k, v in metrics.items() if k.startswith("test_")}
+        _set_changed(settings, entry.version, tested)
         return release_notes(name, entry, metrics, previous, bundle.meta.data_fingerprint, card)
 
 

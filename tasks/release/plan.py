@@ -149,7 +149,6 @@ def commit_plan(settings: Settings, plan: Plan, candidate: Candidate, revision: 
     entry = Entry(
         **{k: getattr(plan, k) for k in _FROM_PLAN},
         **{k: getattr(candidate, k) for k in ("digest", "image", "build_tag")},
-        from_version=plan.expected.version if plan.expected else "",
         commit=revision if candidate.built and revision else plan.commit,
         ran_on=ran_on(),
     )
