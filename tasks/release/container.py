@@ -224,9 +224,7 @@ def smoke_test(base_url: str, expected_version: str, reference: dict[str, list[A
     """Call /health, /model/info, /predict, /predict/batch and /invocations; compare with ``reference`` (raw
     test records and the probabilities training computed for them). Returns a summary."""
     records, expected = reference["records"], reference["probabilities"]
-    _check(
-        len(records) > 0 and len(records) == len(expected), "the bundle's reference sample is empty or uneven"
-    )
+    _check(0 < len(records) == len(expected), "the bundle's reference sample is empty or uneven")
     with httpx.Client(base_url=base_url, timeout=30.0) as http:
         health = _json(http.get("/health"), "GET /health")
         info = _json(http.get("/model/info"), "GET /model/info")
