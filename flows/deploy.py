@@ -42,7 +42,10 @@ def deploy_flow(
     """Release a version the gate promoted over today's champion (``force`` with a ``reason`` overrides the gate)."""
     settings = get_settings()
     revision = git_commit()
-    with release_lock(settings) as lock, tempfile.TemporaryDirectory(prefix="loan-risk-deploy-") as tmp:
+    with (
+        release_lock(settings.release) as lock,
+        tempfile.TemporaryDirectory(prefix="loan-risk-deploy-") as tmp,
+    ):
         plan = plan_release_task(settings, model_version, alias, force, reason, requested_by)
         if not plan.noop:
             candidate = prepare_candidate(settings, plan.version, plan.reuse_digest, Path(tmp), revision)
@@ -84,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.force and len(" ".join((args.reason or "").split())) < 10:
         parser.error("--force needs a --reason of at least 10 characters")
     if args.history:
-        rows = read_history(settings := get_settings())
+        rows, name = read_history(settings := get_settings()), settings.registry.model_name
         sys.stdout.write(
-            "".join(json.dumps(r) + "\n" for r in rows) if args.json else history_text(rows, settings)
+            "".join(json.dumps(r) + "\n" for r in rows) if args.json else history_text(rows, name)
         )
         return 0
     if args.converge:

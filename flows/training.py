@@ -60,7 +60,7 @@ def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[st
     from tasks.release.ledger import ReleaseFailed
     from tasks.release.push import engine_available
 
-    ready, missing, why = engine_available(settings)
+    ready, missing, why = engine_available(settings.release)
     if not ready and deploy_mode(settings, deploy) == "required":
         raise ReleaseFailed(missing, f"deploy_mode is required and {why}", "no")
     if not ready:

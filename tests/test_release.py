@@ -516,7 +516,7 @@ def test_training_run_is_finished_when_its_deploy_fails(
         # the test holds the lock with a wait of its own: under load, taking a free slot took over the flow's 1 s
         holder = s.model_copy(update={"deploy_lock_timeout_seconds": 120.0})
         with (
-            release_lock(holder),
+            release_lock(holder.release),
             pytest.raises(ReleaseFailed, match="before the commit point: nothing was released") as info,
         ):
             training_flow(source="sample", scale=0.02, n_trials=2, deploy=True)

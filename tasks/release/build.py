@@ -132,22 +132,15 @@ def build_image(
         why = getattr(exc, "explanation", None) or exc
         raise DeployStepError("build", f"the docker engine refused or lost the build: {why}") from exc
     finally:
-        remove_build_leftovers(client, build_id, step_images, log, failed=not built)
+        _remove_leftovers(client, build_id, () if built else tuple(step_images), log)
     return str(image.id)
 
 
-def remove_build_leftovers(
-    client: docker.DockerClient,
-    build_id: str,
-    step_images: Iterable[str] = (),
-    log: LogFn | None = None,
-    *,
-    failed: bool = True,
-) -> list[str]:
-    """Remove the dangling images one build left, leaf first, never their parents; returns the removed ids.
-    Shared cache layers stay; after a failed build the images its own steps committed go too."""
-    log = log or logger.info
-    prefixes = tuple(step_images) if failed else ()
+def _remove_leftovers(
+    client: docker.DockerClient, build_id: str, prefixes: tuple[str, ...], log: LogFn
+) -> None:
+    """Remove the dangling images one build left, leaf first, never their parents (shared cache layers stay);
+    ``prefixes``: after a failed build, the ids of the images its own steps committed, which go too."""
     removed: list[str] = []
     while True:
         try:
@@ -173,7 +166,6 @@ def remove_build_leftovers(
             break
     if removed:
         log(f"removed {len(removed)} dangling image(s) of build {build_id}")
-    return removed
 
 
 def git_commit() -> str:
@@ -205,13 +197,7 @@ def build_task(
 ) -> str:
     """Stage: build the image (tag ``image_ref``), streaming the build log into the run log."""
     repository, tag = image_ref.rsplit(":", 1)
+    client = get_client(settings.release.docker_host)
     return build_image(
-        context_dir,
-        repository,
-        [tag],
-        buildargs,
-        labels,
-        run_logger().info,
-        client=get_client(settings.release.docker_host),
-        build_id=build_id,
+        context_dir, repository, [tag], buildargs, labels, run_logger().info, client=client, build_id=build_id
     )

@@ -17,7 +17,7 @@ from tasks.release.container import cleanup_task, run_task, smoke_task
 from tasks.release.engine import get_client, local_image_id, remove_local_images
 from tasks.release.ledger import ReleaseFailed, as_release_failure
 from tasks.release.push import pull_by_digest, push_task
-from tasks.release.registry_api import delete_manifest, registry_credentials, tag_digest
+from tasks.release.registry_api import delete_manifest, registry_args, tag_digest
 from tasks.settings import Settings
 from tasks.settings.sections import ReleaseSettings
 
@@ -40,11 +40,6 @@ def remote(release: ReleaseSettings) -> str:
     return f"{release.image_registry}/{release.image_repository}"
 
 
-def _registry(release: ReleaseSettings) -> tuple[str, str, str | None, str | None]:
-    """Registry, repository, user and password: the leading arguments of the registry calls."""
-    return release.image_registry, release.image_repository, *registry_credentials(release)
-
-
 def _reference(bundle: Bundle, version: str) -> dict[str, Any]:
     reference = bundle.reference()
     if not reference or not reference.get("records"):
@@ -59,7 +54,7 @@ def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made:
     image = remote(settings.release)
     by_digest, tag_ref = f"{image}@{digest}", f"{image}:{version}"
     present = local_image_id(client, by_digest) is not None
-    registry, repository, user, password = _registry(settings.release)
+    registry, repository, user, password = registry_args(settings.release)
     with as_release_failure("pull"):
         ref = pull_by_digest(client, registry, repository, digest, user, password)
     if not present:
@@ -78,23 +73,21 @@ def _tested(settings: Settings, version: str, digest: str, bundle: Bundle, made:
     return smoke
 
 
-def _undo(settings: Settings, made: list[str], digest: str = "") -> None:
+def _undo(release: ReleaseSettings, made: list[str], digest: str = "") -> None:
     """Delete the manifest ``digest`` that never served and the local images ``made``; a failure here must not
     hide the one that led to it."""
     if digest:
-        registry, repository, user, password = _registry(settings.release)
+        registry, repository, user, password = registry_args(release)
         with contextlib.suppress(Exception):
             delete_manifest(registry, repository, digest, user, password)
     if made:  # no client (the engine may be what failed) when there is nothing to remove
-        remove_local_images(get_client(settings.release.docker_host), made, run_logger().warning)
+        remove_local_images(get_client(release.docker_host), made, run_logger().warning)
 
 
-def build_candidate(
-    settings: Settings, version: str, context: Path, revision: str, build_id: str | None = None
-) -> Candidate:
+def build_candidate(settings: Settings, version: str, context: Path, revision: str) -> Candidate:
     """Build ``context``, push it as ``build-<id>``, pull it back by digest and smoke-test that; a failure
     deletes the pushed manifest and this run's local images, then raises :class:`ReleaseFailed`."""
-    build_id = build_id or uuid.uuid4().hex
+    build_id = uuid.uuid4().hex
     build_tag = f"build-{build_id[:16]}"
     build_ref = f"{remote(settings.release)}:{build_tag}"
     bundle = load_bundle(context / "bundle")
@@ -113,28 +106,26 @@ def build_candidate(
             build_task(settings, context, build_ref, buildargs, labels, build_id)
         made.append(build_ref)
         with as_release_failure("push"):
-            digest = push_task(settings, build_ref, [build_tag])
+            digest = push_task(settings, build_ref)
         smoke = _tested(settings, version, digest, bundle, made)
     except BaseException as exc:
-        _undo(settings, made, digest)
+        _undo(settings.release, made, digest)
         if isinstance(exc, ReleaseFailed):
             exc.facts["build_id"] = build_id
         raise
-    _undo(settings, [build_ref])
+    _undo(settings.release, [build_ref])
     return Candidate(
         version, digest, remote(settings.release), True, build_tag, build_id, smoke, bundle.meta.metrics
     )
 
 
-def discard_candidate(settings: Settings, candidate: Candidate) -> None:
+def discard_candidate(release: ReleaseSettings, candidate: Candidate) -> None:
     """A candidate whose commit was refused (it never served): its build's manifest and its local images go."""
-    client = get_client(settings.release.docker_host)
+    client, built = get_client(release.docker_host), candidate.built
     refs = [f"{candidate.image}:{candidate.version}"] + (
-        [f"{candidate.image}@{candidate.digest}"] if candidate.built else []
+        [f"{candidate.image}@{candidate.digest}"] if built else []
     )
-    _undo(
-        settings, [r for r in refs if local_image_id(client, r)], candidate.digest if candidate.built else ""
-    )
+    _undo(release, [r for r in refs if local_image_id(client, r)], candidate.digest if built else "")
 
 
 def prepare_candidate(
@@ -144,7 +135,7 @@ def prepare_candidate(
     ``revision`` (None: never build, as for a rollback, which restores what served or nothing)."""
     holds = False
     if reuse_digest:  # whether the registry still holds that manifest
-        registry, repository, user, password = _registry(settings.release)
+        registry, repository, user, password = registry_args(settings.release)
         with as_release_failure("registry check"):
             holds = tag_digest(registry, repository, reuse_digest, user, password) == reuse_digest
     if revision is None and not holds:
@@ -162,7 +153,7 @@ def prepare_candidate(
     try:
         smoke = _tested(settings, version, reuse_digest, bundle, made)
     except BaseException:
-        _undo(settings, made)
+        _undo(settings.release, made)
         raise
     image = remote(settings.release)
     return Candidate(version, reuse_digest, image, False, smoke=smoke, metrics=bundle.meta.metrics)

@@ -39,20 +39,16 @@ class RunningContainer:
 
     def logs(self, tail: int = 50) -> str:
         """The last ``tail`` lines of stdout+stderr ('' when the container is gone)."""
-        return _container_logs(self.container, tail)
+        try:
+            return self.container.logs(stdout=True, stderr=True, tail=tail).decode("utf-8", errors="replace")
+        except docker.errors.APIError:
+            return ""
 
     def __enter__(self) -> RunningContainer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         remove_container(self)
-
-
-def _container_logs(container: Container, tail: int = 50) -> str:
-    try:
-        return container.logs(stdout=True, stderr=True, tail=tail).decode("utf-8", errors="replace")
-    except docker.errors.APIError:
-        return ""
 
 
 def run_container(
@@ -110,18 +106,10 @@ def _exit_state(container: Container) -> dict | None:
     return state if state.get("Status") in {"exited", "dead"} else None
 
 
-def wait_healthy(
-    base_url: str,
-    timeout_s: float = 60,
-    path: str = "/health",
-    *,
-    container: Container | RunningContainer | None = None,
-    interval_s: float = 0.5,
-) -> None:
-    """Poll ``base_url + path`` until it answers 200, stopping at once when ``container`` dies. Raises
+def wait_healthy(base_url: str, timeout_s: float = 60, *, container: RunningContainer | None = None) -> None:
+    """Poll ``base_url``'s ``/health`` until it answers 200, stopping at once when ``container`` dies. Raises
     :class:`DeployStepError` with its last 50 log lines and exit status (``details``: logs, exit_status)."""
-    container = getattr(container, "container", container)
-    url = base_url.rstrip("/") + path
+    url = base_url.rstrip("/") + "/health"
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
     with httpx.Client(timeout=min(5.0, max(timeout_s, 0.5))) as http:
@@ -134,11 +122,11 @@ def wait_healthy(
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
-            state = _exit_state(container) if container is not None else None
+            state = _exit_state(container.container) if container is not None else None
             if state is None and time.monotonic() < deadline:
-                time.sleep(interval_s)
+                time.sleep(0.5)
                 continue
-            logs = _container_logs(container) if container is not None else ""
+            logs = container.logs() if container is not None else ""
             if state is None:
                 why, code = f"{url} not healthy after {timeout_s:.0f}s ({last})", None
             else:
@@ -149,12 +137,11 @@ def wait_healthy(
             raise DeployStepError("run", f"{why}; last 50 log lines:\n{logs}", logs=logs, exit_status=code)
 
 
-def remove_container(container: Container | RunningContainer) -> None:
+def remove_container(running: RunningContainer) -> None:
     """Force-remove the container (and its anonymous volumes); no error when it is already gone."""
-    container = getattr(container, "container", container)
     try:
-        container.remove(force=True, v=True)
-        logger.info("removed container %s", container.name)
+        running.container.remove(force=True, v=True)
+        logger.info("removed container %s", running.name)
     except docker.errors.NotFound:
         pass
     except docker.errors.APIError as exc:
@@ -225,20 +212,12 @@ def compare_predictions(
     return worst
 
 
-def smoke_test(
-    base_url: str,
-    expected_version: str,
-    reference: dict[str, list[Any]],
-    tolerance: float = 1e-6,
-    timeout: float = 30.0,
-) -> dict[str, Any]:
+def smoke_test(base_url: str, expected_version: str, reference: dict[str, list[Any]]) -> dict[str, Any]:
     """Call /health, /model/info, /predict, /predict/batch and /invocations; compare with ``reference`` (raw
     test records and the probabilities training computed for them). Returns a summary."""
     records, expected = reference["records"], reference["probabilities"]
-    _check(
-        len(records) > 0 and len(records) == len(expected), "the bundle's reference sample is empty or uneven"
-    )
-    with httpx.Client(base_url=base_url, timeout=timeout) as http:
+    _check(0 < len(records) == len(expected), "the bundle's reference sample is empty or uneven")
+    with httpx.Client(base_url=base_url, timeout=30.0) as http:
         health = _json(http.get("/health"), "GET /health")
         info = _json(http.get("/model/info"), "GET /model/info")
         _check(
@@ -256,7 +235,7 @@ def smoke_test(
     answers = {"/predict/batch": got_batch, "/invocations": got_inv}
     for name, got in answers.items():
         _check(len(got) == len(expected), f"{name} returned {len(got)} rows for {len(expected)}")
-    worst = compare_predictions({**answers, "/predict": [single["probability"]]}, expected, tolerance)
+    worst = compare_predictions({**answers, "/predict": [single["probability"]]}, expected)
     return {
         "health": health,
         "version": info.get("version"),

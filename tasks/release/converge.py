@@ -27,7 +27,7 @@ from tasks.release.ledger import (
     seed,
 )
 from tasks.release.record import card_link, notes_artifact_key, release_marker, release_notes
-from tasks.release.registry_api import registry_credentials, registry_retag, tag_digest
+from tasks.release.registry_api import registry_args, registry_retag, tag_digest
 from tasks.settings import Settings
 from tasks.settings.sections import ReleaseSettings
 
@@ -43,7 +43,7 @@ class GitHubUnavailable(TransientError):
 
 
 def _github(
-    method: str, url: str, token: str, timeout: float, what: str, body: dict | None = None, allow: int = 0
+    method: str, url: str, token: str, what: str, body: dict | None = None, allow: int = 0
 ) -> httpx.Response:
     """One GitHub REST call about the release ``what``; no answer, 5xx or 429 raise :class:`GitHubUnavailable`
     (retried), any other answer but 2xx or ``allow`` raises :class:`GitHubReleaseError`."""
@@ -53,7 +53,7 @@ def _github(
         "X-GitHub-Api-Version": "2022-11-28",
     }
     try:
-        response = httpx.request(method, url, json=body, headers=headers, timeout=timeout)
+        response = httpx.request(method, url, json=body, headers=headers, timeout=30.0)
     except httpx.HTTPError as exc:
         raise GitHubUnavailable(f"GitHub {method} {url}: {type(exc).__name__}: {exc}") from exc
     if response.status_code >= 500 or response.status_code == 429:
@@ -63,12 +63,10 @@ def _github(
     return response
 
 
-def find_github_release(
-    api_url: str, repository: str, token: str, tag: str, timeout: float = 30.0
-) -> dict[str, Any] | None:
+def find_github_release(api_url: str, repository: str, token: str, tag: str) -> dict[str, Any] | None:
     """The GitHub release of ``tag`` (``GET /repos/{repo}/releases/tags/{tag}``), or None when there is none."""
     url = f"{api_url.rstrip('/')}/repos/{repository}/releases/tags/{tag}"
-    response = _github("GET", url, token, timeout, f"{tag!r} on {repository}", allow=404)
+    response = _github("GET", url, token, f"{tag!r} on {repository}", allow=404)
     return None if response.status_code == 404 else response.json()
 
 
@@ -80,17 +78,16 @@ def create_github_release(
     name: str,
     body: str,
     target_commitish: str | None = None,
-    timeout: float = 30.0,
 ) -> dict[str, Any]:
     """Create a GitHub release (and its tag, at ``target_commitish`` when given) through the REST API; returns
     the created release. A 422 "already_exists" (created meanwhile) returns the existing release instead."""
     payload = {"tag_name": tag, "name": name, "body": body, "draft": False, "prerelease": False}
     payload |= {"target_commitish": target_commitish} if target_commitish else {}
     url, what = f"{api_url.rstrip('/')}/repos/{repository}/releases", f"{tag!r} on {repository}"
-    response = _github("POST", url, token, timeout, what, payload, allow=422)
+    response = _github("POST", url, token, what, payload, allow=422)
     if response.status_code == 422:
         exists = "already_exists" in response.text
-        found = find_github_release(api_url, repository, token, tag, timeout) if exists else None
+        found = find_github_release(api_url, repository, token, tag) if exists else None
         if found is None:
             raise GitHubReleaseError(f"GitHub release {what}: HTTP 422 {response.text[:300]}")
         return found
@@ -107,22 +104,19 @@ def publish_github_release(
 ) -> dict[str, Any] | None:
     """The GitHub release ``tag`` holds ``notes``: created (at the image's source commit) unless it exists; an
     existing one whose body lacks ``marker`` (another release of the same digest) gets ``notes`` added. None when
-    no token and repository are configured. ``created`` says whether this call created it."""
+    no token and repository are configured."""
     if not (release.github_token and release.github_repository):
         return None
     api, repo = release.github_api_url, release.github_repository
     token = release.github_token.get_secret_value()
     found = find_github_release(api, repo, token, tag)
     if found is None:
-        return {
-            **create_github_release(api, repo, token, tag, name, notes, target_commitish),
-            "created": True,
-        }
+        return create_github_release(api, repo, token, tag, name, notes, target_commitish)
     if marker not in (found.get("body") or ""):  # PATCH /repos/{repo}/releases/{id}: the body, replaced
         url = f"{api.rstrip('/')}/repos/{repo}/releases/{found['id']}"
         body = {"body": f"{notes}\n---\n\n{found.get('body') or ''}"}
-        found = _github("PATCH", url, token, 30.0, f"{found['id']} on {repo}", body).json()
-    return {**found, "created": False}
+        found = _github("PATCH", url, token, f"{found['id']} on {repo}", body).json()
+    return found
 
 
 def converge_alias(settings: Settings) -> Entry | None:
@@ -163,8 +157,7 @@ def version_facts(settings: Settings, entries: list[Entry]) -> None:
 
 def _retag(settings: Settings, tag: str, digest: str, never_move: bool) -> str:
     """The image tag ``tag`` names ``digest`` in the registry: ``exists``, ``created`` or ``moved``."""
-    registry, repository = settings.release.image_registry, settings.release.image_repository
-    user, password = registry_credentials(settings.release)
+    registry, repository, user, password = registry_args(settings.release)
     held = tag_digest(registry, repository, tag, user, password)
     if held == digest:
         return "exists"
@@ -186,9 +179,8 @@ def notes_for(settings: Settings, entry: Entry) -> str:
         tags = versions.get_version(settings, entry.from_version).tags or {} if entry.from_version else {}
         previous = {k: f for k, v in tags.items() if k.startswith("test_") and (f := _number(v)) is not None}
         card = card_link(name, entry.version, (bundle.directory / CARD_HTML).is_file())
-        _set_changed(
-            settings, entry.version, {k: f"{v:.6f}" for k, v in metrics.items() if k.startswith("test_")}
-        )
+        tested = {k: f"{v:.6f}" for k, v in metrics.items() if k.startswith("test_")}
+        _set_changed(settings, entry.version, tested)
         return release_notes(name, entry, metrics, previous, bundle.meta.data_fingerprint, card)
 
 
@@ -237,10 +229,9 @@ def history_artifact(settings: Settings, entries: list[Entry]) -> str:
     """The audit trail as a Prefect table artifact (a new version of it only when the ledger grew)."""
     from prefect.artifacts import create_table_artifact
 
-    key = "release-history-" + re.sub(r"[^a-z0-9-]+", "-", settings.registry.model_name.lower())
-    description = (
-        f"{settings.registry.model_name}: every champion change, through ledger entry {entries[-1].seq}"
-    )
+    name = settings.registry.model_name
+    key = "release-history-" + re.sub(r"[^a-z0-9-]+", "-", name.lower())
+    description = f"{name}: every champion change, through ledger entry {entries[-1].seq}"
     if not any(a.description == description for a in _artifacts(key)):
         create_table_artifact(key=key, table=history_rows(entries), description=description)
     return key
@@ -297,8 +288,7 @@ def converge(settings: Settings, committed: Committed = "yes") -> dict[str, Any]
 
 def _ledger_seq(settings: Settings) -> int:
     """The ledger's newest entry now (another release may have committed during this converge)."""
-    top = head(settings)
-    return top.seq if top is not None else 0
+    return top.seq if (top := head(settings)) else 0
 
 
 # the stages: each step retried on its own (each looks before it writes)

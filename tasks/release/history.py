@@ -13,16 +13,12 @@ def read_history(settings: Settings) -> list[dict[str, str]]:
     return history_rows(read_ledger(settings) or legacy_entries(settings))
 
 
-def history_text(rows: list[dict[str, str]], settings: Settings) -> str:
+def history_text(rows: list[dict[str, str]], model_name: str) -> str:
     """The rows as an aligned text table (the digest shortened to 19 characters)."""
     if not rows:
-        return f"{settings.registry.model_name}: no champion has been released\n"
+        return f"{model_name}: no champion has been released\n"
     cells = [[r.get(c, "")[: 19 if c == "digest" else None] for c in COLUMNS] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    return (
-        f"{settings.registry.model_name}: {len(rows)} champion change(s), oldest first\n"
-        + "\n".join(lines)
-        + "\n"
-    )
+    return f"{model_name}: {len(rows)} champion change(s), oldest first\n" + "\n".join(lines) + "\n"

@@ -246,12 +246,10 @@ def seed(settings: Settings) -> list[Entry]:
     entries = read_ledger(settings)
     if entries:
         return entries
-    legacy = legacy_entries(settings)
+    legacy, model_name = legacy_entries(settings), settings.registry.model_name
     for e in legacy:
         try:
-            versions.create_record(
-                settings, entry_name(settings.registry.model_name, e.seq), e.tags(), describe(e)
-            )
+            versions.create_record(settings, entry_name(model_name, e.seq), e.tags(), describe(e))
         except versions.AlreadyExists:
             break  # another process seeded it
     if legacy:

@@ -11,7 +11,7 @@ from typing import Any
 
 from tasks.common import run_logger
 from tasks.release.ledger import ReleaseFailed
-from tasks.settings import Settings
+from tasks.settings.sections import ReleaseSettings
 
 
 @dataclass
@@ -48,12 +48,12 @@ def _ensure_lock_limit(name: str) -> None:
 
 
 @contextmanager
-def release_lock(settings: Settings) -> Iterator[LockHold]:
+def release_lock(release: ReleaseSettings) -> Iterator[LockHold]:
     """Hold the deploy lock (``deploy_lock_name``), waiting at most ``deploy_lock_timeout_seconds``; raises
     :class:`ReleaseFailed` (step ``lock``) on timeout."""
     from prefect.concurrency.sync import concurrency
 
-    name, timeout = settings.release.deploy_lock_name, settings.release.deploy_lock_timeout_seconds
+    name, timeout = release.deploy_lock_name, release.deploy_lock_timeout_seconds
     _ensure_lock_limit(name)
     hold = LockHold(name)
     run_logger().info("waiting for the deploy lock %r", name)

@@ -149,7 +149,6 @@ def commit_plan(settings: Settings, plan: Plan, candidate: Candidate, revision: 
     entry = Entry(
         **{k: getattr(plan, k) for k in _FROM_PLAN},
         **{k: getattr(candidate, k) for k in ("digest", "image", "build_tag")},
-        from_version=plan.expected.version if plan.expected else "",
         commit=revision if candidate.built and revision else plan.commit,
         ran_on=ran_on(),
     )
@@ -157,7 +156,7 @@ def commit_plan(settings: Settings, plan: Plan, candidate: Candidate, revision: 
         committed = commit(settings, entry, plan.expected)
     except ReleaseFailed as exc:
         if exc.committed == "no":  # it never served: nothing of it stays (unknown: it may have, so it stays)
-            discard_candidate(settings, candidate)
+            discard_candidate(settings.release, candidate)
         raise
     run_logger().info(
         "COMMIT: ledger entry %d: champion is v%s (was %s); %s@%s",

@@ -152,11 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     vendored = [p for p in (site / name for name in VENDORED_LIBS) if p.is_dir()]
     candidates = unused_subpackages(site, set(loaded)) + vendored
     trash = Path(tempfile.mkdtemp(prefix="prune-"))
-    moved: list[tuple[Path, Path]] = []  # (original, where it went) for removals and for stripped files
-    for i, path in enumerate(candidates):
-        target = trash / f"{i}-{path.name}"
-        shutil.move(str(path), target)
-        moved.append((path, target))
+    moved = [(path, trash / f"{i}-{path.name}") for i, path in enumerate(candidates)]  # (original, moved to)
+    for original, target in moved:
+        shutil.move(str(original), target)
     stripped: list[tuple[Path, Path]] = []
     large = sorted(p for p in site.rglob("*.so") if p.is_file() and p.stat().st_size >= STRIP_MIN_BYTES)
     for i, path in enumerate(large):

@@ -13,13 +13,9 @@ import requests
 
 from tasks.common import run_logger, stage
 from tasks.release.engine import DeployStepError, LogFn, get_client
-from tasks.release.registry_api import (
-    registry_base_url,
-    registry_credentials,
-    registry_digest,
-    remote_repository,
-)
+from tasks.release.registry_api import registry_args, registry_base_url, registry_digest, remote_repository
 from tasks.settings import Settings
+from tasks.settings.sections import ReleaseSettings
 
 logger = logging.getLogger(__name__)
 
@@ -66,19 +62,18 @@ def push_image(
     return digest
 
 
-def engine_available(settings: Settings) -> tuple[bool, str, str]:
+def engine_available(release: ReleaseSettings) -> tuple[bool, str, str]:
     """Whether a Docker engine and the image registry answer (used to decide whether to deploy): (ready, what is
     missing — "engine", "registry" or "" —, why)."""
     try:
-        client = get_client(settings.release.docker_host, timeout_s=5)
-        client.ping()
+        get_client(release.docker_host, timeout_s=5).ping()
     except Exception as exc:  # noqa: BLE001 - any failure means "not available"
-        where = settings.release.docker_host or os.environ.get("DOCKER_HOST") or "the default socket"
+        where = release.docker_host or os.environ.get("DOCKER_HOST") or "the default socket"
         return False, "engine", f"no Docker engine answers at {where} ({exc})"
     try:
-        httpx.get(f"{registry_base_url(settings.release.image_registry)}/v2/", timeout=5)
+        httpx.get(f"{registry_base_url(release.image_registry)}/v2/", timeout=5)
     except httpx.HTTPError as exc:
-        return False, "registry", f"registry {settings.release.image_registry} does not answer ({exc})"
+        return False, "registry", f"registry {release.image_registry} does not answer ({exc})"
     return True, "", "engine and registry answer"
 
 
@@ -124,21 +119,12 @@ def pull_by_digest(
 
 
 @stage("push-image")
-def push_task(settings: Settings, image_ref: str, tags: list[str]) -> str:
-    """Stage: push each tag in order (the version tag first, ``latest`` last) and confirm the digest."""
-    registry, repository = settings.release.image_registry, settings.release.image_repository
-    username, password = registry_credentials(settings.release)
-    client = get_client(settings.release.docker_host)
-    image = client.images.get(image_ref)
-    log = run_logger().info
-    digest = ""
-    for tag in tags:
-        image.tag(remote_repository(registry, repository), tag=tag)
-        digest = push_image(client, repository, tag, username, password, registry, log=log)
-        held = registry_digest(registry, repository, tag, username, password)
-        if held != digest:
-            raise DeployStepError(
-                "verify push", f"registry holds {held} for {repository}:{tag}, pushed {digest}"
-            )
-        log(f"pushed {registry}/{repository}:{tag} {digest}")
+def push_task(settings: Settings, image_ref: str) -> str:
+    """Stage: push ``image_ref`` (``registry/repository:tag``) and confirm the registry holds the pushed digest."""
+    registry, repository, username, password = registry_args(settings.release)
+    client, tag = get_client(settings.release.docker_host), image_ref.rsplit(":", 1)[1]
+    client.images.get(image_ref).tag(remote_repository(registry, repository), tag=tag)
+    digest = push_image(client, repository, tag, username, password, registry, log=run_logger().info)
+    if (held := registry_digest(registry, repository, tag, username, password)) != digest:
+        raise DeployStepError("verify push", f"registry holds {held} for {repository}:{tag}, pushed {digest}")
     return digest

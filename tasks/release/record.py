@@ -149,8 +149,7 @@ def release_notes(
 ) -> str:
     """Markdown notes of one ledger entry: who asked and why (escaped), what a forced release overrode,
     metrics against the replaced champion, image, digest, source commit, data, the model card (``card``)."""
-    prev = entry.from_version
-    prev_label = f"v{prev}" if prev else "none"
+    prev_label = f"v{entry.from_version}" if entry.from_version else "none"
     rows = "\n".join(
         f"| {m} | {_fmt(metrics.get(m))} | {_fmt(previous_metrics.get(m))} |" for m in NOTES_METRICS
     )

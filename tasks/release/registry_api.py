@@ -29,6 +29,11 @@ def registry_credentials(release: ReleaseSettings) -> tuple[str | None, str | No
     return release.registry_username, password
 
 
+def registry_args(release: ReleaseSettings) -> tuple[str, str, str | None, str | None]:
+    """Registry, repository, user and password: the leading arguments of the registry calls."""
+    return release.image_registry, release.image_repository, *registry_credentials(release)
+
+
 def remote_repository(registry: str, repository: str) -> str:
     """``registry/repository`` unless the repository already names the registry."""
     return repository if repository.startswith(registry.rstrip("/") + "/") else f"{registry}/{repository}"
@@ -165,8 +170,6 @@ def registry_retag(
     """Point ``repository:tag`` at the manifest ``digest`` already in the registry (read by digest, put under the
     tag byte for byte, confirmed; no local image needed, idempotent); returns the digest."""
     step = f"tag {tag}"
-    if tag_digest(registry, repository, tag, username, password) == digest:
-        return digest
     url, name = _manifest_url(registry, repository, digest)
     got = _registry_call("GET", url, username, password, headers={"Accept": MANIFEST_ACCEPT})
     if got.status_code != 200:
@@ -180,20 +183,17 @@ def registry_retag(
         raise DeployStepError(
             step, f"{registry} refused {name}:{tag} -> {digest}: HTTP {put.status_code} {put.text[:300]}"
         )
-    held = registry_digest(registry, repository, tag, username, password)
-    if held != digest:
+    if (held := registry_digest(registry, repository, tag, username, password)) != digest:
         raise DeployStepError(step, f"{registry} holds {held} for {name}:{tag}, expected {digest}")
     return digest
 
 
 def delete_manifest(
     registry: str, repository: str, digest: str, username: str | None, password: str | None
-) -> bool:
-    """Delete the manifest ``digest`` (and every tag on it) of a build that never served; False when none."""
+) -> None:
+    """Delete the manifest ``digest`` (and every tag on it) of a build that never served, if the registry has it."""
     url, name = _manifest_url(registry, repository, digest)
     resp = _registry_call("DELETE", url, username, password)
-    if resp.status_code in (200, 202, 404):
-        return resp.status_code != 404
-    raise DeployStepError(
-        "push", f"{registry} refused to delete {name}@{digest}: HTTP {resp.status_code} {resp.text[:200]}"
-    )
+    if resp.status_code not in (200, 202, 404):
+        status = f"HTTP {resp.status_code} {resp.text[:200]}"
+        raise DeployStepError("push", f"{registry} refused to delete {name}@{digest}: {status}")
