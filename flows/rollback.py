@@ -64,11 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reason", help="why (recorded)")
     args = parser.parse_args(argv)
-    leaving = args.from_version
-    if leaving is None:  # the champion when it was asked, not when the run starts
+    if args.from_version is None:  # the champion when it was asked, not when the run starts
         champion = versions.version_by_alias(get_settings(), Alias.CHAMPION)
-        leaving = str(champion.version) if champion is not None else None
-    args.from_version, args.requested_by = leaving, operator()
+        args.from_version = str(champion.version) if champion is not None else None
+    args.requested_by = operator()
     return cli_run(lambda: rollback_flow(**vars(args)), release_error_fields)
 
 

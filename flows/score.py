@@ -14,9 +14,9 @@ from typing import Any
 from prefect import flow
 
 from tasks.common import cli_run
-from tasks.monitoring.score_files import output_under_root
+from tasks.monitoring.score_files import output_paths
 from tasks.monitoring.scoring import fetch_model_task, score_task
-from tasks.settings import Settings, configure_environment, get_settings
+from tasks.settings import configure_environment, get_settings
 
 
 @flow(name="loan-risk-score", log_prints=False)
@@ -32,18 +32,12 @@ def score_flow(
 ) -> dict[str, Any]:
     """Score ``input`` into ``output`` (under ``score_output_root``) with a version (default: champion)."""
     settings = get_settings()
-    output, rejects = _outputs(settings, output, rejects)
+    output_paths(settings.score_root, output, rejects)  # refused before fetch-model
     with tempfile.TemporaryDirectory(prefix="loanrisk-score-") as tmp:
         bundle_dir = (
             Path(bundle) if bundle else fetch_model_task(settings, model_version, alias, Path(tmp) / "bundle")
         )
         return score_task(settings, bundle_dir, input, output, clarity, rejects, reasons)
-
-
-def _outputs(settings: Settings, output: str, rejects: str | None) -> tuple[str, str | None]:
-    """The output and rejects paths under the score root (raises ``ScoreOutputError`` for any other)."""
-    out = str(output_under_root(settings.score_root, output))
-    return out, (str(output_under_root(settings.score_root, rejects, "rejects")) if rejects else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> dict[str, Any]:
-        _outputs(get_settings(), args.output, args.rejects)  # refused here: no flow run, no traceback
+        # refused here: no flow run, no traceback
+        output_paths(get_settings().score_root, args.output, args.rejects)
         return score_flow(**vars(args))
 
     return cli_run(run)

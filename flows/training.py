@@ -88,28 +88,29 @@ _AFTER_FAILURE = {
 }
 
 
-def deploy_outcome(version: str, exc: Exception) -> tuple[dict[str, Any], Exception]:
-    """The result's deploy entry for a failed deploy, and the error the training flow raises for it."""
+def hand_off(
+    settings: Settings, run_id: str, version: str, deploy: bool | None
+) -> tuple[dict[str, Any], Exception | None]:
+    """Run the deploy and record its outcome on the training run (``deploy.*`` tags, ``deploy.json``): the
+    outcome, and for a failed deploy the error the training flow raises once its run is closed."""
     from tasks.release.ledger import ReleaseFailed
 
-    committed = str(getattr(exc, "committed", "no"))
-    side = _AFTER_FAILURE.get(committed, _AFTER_FAILURE["no"])
-    outcome = {
-        "status": {"yes": "incomplete", "unknown": "unknown"}.get(committed, "failed"),
-        "committed": committed,
-        "error": f"{type(exc).__name__}: {exc}",
-    }
-    message = f"v{version} was trained, registered and promoted; its deploy failed {side}: {exc}"
-    return outcome, ReleaseFailed(getattr(exc, "step", "deploy"), message, committed)  # type: ignore[arg-type]
-
-
-def record_deploy(settings: Settings, run_id: str, outcome: dict[str, Any]) -> None:
-    """The deploy's outcome on the training run: ``deploy.*`` tags and ``deploy.json``."""
+    error: Exception | None = None
+    try:
+        outcome = run_deploy(settings, version, deploy)
+    except Exception as exc:  # noqa: BLE001 - recorded on the run, raised once the run is closed
+        committed = str(getattr(exc, "committed", "no"))
+        status = {"yes": "incomplete", "unknown": "unknown"}.get(committed, "failed")
+        outcome = {"status": status, "committed": committed, "error": f"{type(exc).__name__}: {exc}"}
+        side = _AFTER_FAILURE.get(committed, _AFTER_FAILURE["no"])
+        message = f"v{version} was trained, registered and promoted; its deploy failed {side}: {exc}"
+        error = ReleaseFailed(getattr(exc, "step", "deploy"), message, committed)  # type: ignore[arg-type]
     tags = {f"deploy.{k}": str(outcome.get(k, "")) for k in ("status", "committed", "digest", "error")}
     tags["deploy.committed"] = tags["deploy.committed"].lower()
     tags["deploy.error"] = tags["deploy.error"][:5000]
     tracking.set_tags(settings, run_id, tags)
     tracking.log_dict(settings, run_id, outcome, "deploy.json")
+    return outcome, error
 
 
 @flow(name="loan-risk-training", log_prints=False)
@@ -152,11 +153,7 @@ def training_flow(
             "data": {"source": ingested.source, "revision": ingested.revision},
         }
         if wants_deploy(settings, decision.promoted, dry_run, deploy):
-            try:
-                result["deploy"] = run_deploy(settings, version, deploy)
-            except Exception as exc:  # noqa: BLE001 - recorded on the run, raised once the run is closed
-                result["deploy"], deploy_error = deploy_outcome(version, exc)
-            record_deploy(settings, run_id, result["deploy"])
+            result["deploy"], deploy_error = hand_off(settings, run_id, version, deploy)
         tracking.log_metrics(settings, run_id, {"flow_seconds": time.perf_counter() - started})
     run_logger().info(
         "training flow done in %.1f s: %s", time.perf_counter() - started, json.dumps(result, default=str)

@@ -20,5 +20,4 @@ def tune_worker_flow(
     storage: str | None = None,
 ) -> int:
     """Run queued trials of ``study_name`` until it has its trials or ``deadline`` passes; how many ran."""
-    settings = get_settings()
-    return tune_worker_task(settings, study_name, data_uri, run_id, index, deadline, storage)
+    return tune_worker_task(get_settings(), study_name, data_uri, run_id, index, deadline, storage)

@@ -69,13 +69,12 @@ def build_profile(
     features: pd.DataFrame, scores: Sequence[float], bins: int = 10, top: int = 20
 ) -> dict[str, Any]:
     """The reference profile: the shares of bins or categories of each model feature and of the ``scores``."""
-    categorical = frozenset(CATEGORICAL_FEATURES)
     return {
         "format": PROFILE_FORMAT,
         "bins": bins,
         "top_categories": top,
         "features": {
-            name: profile_entry(features[name].tolist(), name in categorical, bins, top)
+            name: profile_entry(features[name].tolist(), name in CATEGORICAL_FEATURES, bins, top)
             for name in FEATURE_NAMES
             if name in features.columns
         },
@@ -144,8 +143,8 @@ def drift_report(
         "drifted_features": [],
     }
     if n == 0:
-        report.update(status="no_data", event=None, reasons=["no prediction-log record in the window"])
-        return report
+        reasons = ["no prediction-log record in the window"]
+        return report | {"status": "no_data", "event": None, "reasons": reasons}
     rows = [r.get("features") or {} for r in records]
     found = {name: entry_drift(e, [row.get(name) for row in rows]) for name, e in profile["features"].items()}
     features = report["features"] = dict(sorted(found.items(), key=lambda kv: -kv[1]["psi"]))  # largest first
@@ -161,11 +160,10 @@ def drift_report(
     ]
     if n < thresholds.min_records:
         reasons.insert(0, f"{n} record(s) in the window, fewer than {thresholds.min_records}: no decision")
-        report.update(status="too_few", event=None, reasons=reasons)
-        return report
+        return report | {"status": "too_few", "event": None, "reasons": reasons}
     detected = score_psi >= thresholds.score_psi or len(drifted) >= thresholds.min_features
-    report.update(status="detected" if detected else "ok", event=EVENT_DETECTED if detected else EVENT_OK)
-    return report | {"reasons": reasons}
+    event = EVENT_DETECTED if detected else EVENT_OK
+    return report | {"status": "detected" if detected else "ok", "event": event, "reasons": reasons}
 
 
 def event_payload(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -212,8 +210,8 @@ def realised_performance(
     }
     bad, good = set(bad), set(good)
     known = outcomes.dropna(subset=["loanId"])
-    ids = [token(v) for v in known["loanId"]]
-    matched = [(i, s) for i, s in zip(ids, known["loanStatus"], strict=True) if i in score_of]
+    pairs = zip(map(token, known["loanId"]), known["loanStatus"], strict=True)
+    matched = [(i, s) for i, s in pairs if i in score_of]
     matured = [(i, s in bad) for i, s in matched if s in bad or s in good]
     out: dict[str, Any] = {"matched": len(matched), "matured": len(matured), "roc_auc": None, "ks": None}
     if matured:

@@ -35,14 +35,13 @@ class Reference:
 
 
 class Window:
-    """The prediction-log records of one window (opaque to Prefect: it walks collections looking for futures)."""
+    """The prediction-log records of one window and where they come from, as the report's ``window`` and
+    ``log_dir`` (opaque to Prefect: it walks collections looking for futures)."""
 
-    __slots__ = ("records", "since", "until", "log_dir")
+    __slots__ = ("records", "context")
 
-    def __init__(
-        self, records: list[dict[str, Any]], since: datetime, until: datetime, log_dir: Path
-    ) -> None:
-        self.records, self.since, self.until, self.log_dir = records, since, until, log_dir
+    def __init__(self, records: list[dict[str, Any]], context: dict[str, Any]) -> None:
+        self.records, self.context = records, context
 
 
 @stage("reference")
@@ -84,7 +83,8 @@ def window_task(
     run_logger().info(
         "%d record(s) of v%s in %s from %s to %s", len(records), model_version, folder, start, end
     )
-    return Window(records, start, end, Path(folder))
+    window = {"since": start.isoformat(), "until": end.isoformat()}
+    return Window(records, {"window": window, "log_dir": str(Path(folder))})
 
 
 @stage("drift")
@@ -92,12 +92,7 @@ def drift_task(
     settings: Settings, reference: Reference, window: Window, outcomes: str | None = None
 ) -> dict[str, Any]:
     """Stage: the window's drift report against the reference (and realised performance with ``outcomes``)."""
-    context = {
-        "model_name": reference.model_name,
-        "model_version": reference.version,
-        "window": {"since": window.since.isoformat(), "until": window.until.isoformat()},
-        "log_dir": str(window.log_dir),
-    }
+    context = {"model_name": reference.model_name, "model_version": reference.version, **window.context}
     report = monitor.drift_report(
         reference.profile, window.records, monitor.Thresholds.of(settings.monitoring), context
     )
@@ -111,47 +106,41 @@ def drift_task(
     return report
 
 
-def _img(fig: Any) -> str:
-    """The figure as an inline PNG ``<img>`` (then closed)."""
-    import matplotlib.pyplot as plt
-
+def _img(ax: Any) -> str:
+    """The axes' figure as an inline PNG ``<img>`` (a Figure without pyplot: no backend to pick, none to close)."""
     buffer = io.BytesIO()
-    fig.axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    ax.figure.savefig(buffer, format="png", dpi=80)
     return f"<img src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
 
 
 def _bins_plot(title: str, entry: Mapping[str, Any]) -> str:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     x = range(len(entry["bins"]))
-    fig, ax = plt.subplots(figsize=(7, 3))
+    ax = Figure(figsize=(7, 3)).subplots()
     ax.bar([i - 0.2 for i in x], entry["reference"], width=0.4, label="reference")
     ax.bar([i + 0.2 for i in x], entry["current"], width=0.4, label="window")
     ax.set_xticks(list(x), entry["bins"], rotation=45, ha="right", fontsize=7)
     ax.set(ylabel="share", title=f"{title}: PSI {entry['psi']:.3f}")
-    return _img(fig)
+    return _img(ax)
 
 
 def _psi_plot(report: Mapping[str, Any]) -> str:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     items = list(report["features"].items())[:30][::-1]  # the features come largest PSI first
-    fig, ax = plt.subplots(figsize=(7, 8))
+    ax = Figure(figsize=(7, 8)).subplots()
     ax.barh([k for k, _ in items], [min(v["psi"], 5.0) for _, v in items])
     ax.axvline(report["thresholds"]["feature_psi"], color="red", linestyle="--", label="threshold")
     ax.set(xlabel="PSI (capped at 5)", title="Feature PSI (top 30)")
     ax.tick_params(axis="y", labelsize=7)
-    return _img(fig)
+    return _img(ax)
 
 
 def report_html(report: Mapping[str, Any]) -> str:
     """The drift report as one self-contained HTML page (plots inline as PNG data)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     e = html.escape
     window = report.get("window") or {}
     parts = [
@@ -177,14 +166,12 @@ def report_html(report: Mapping[str, Any]) -> str:
         ]
         parts += [_bins_plot(name, report["features"][name]) for name in drifted[:TOP_PLOTS]]
         parts.append("<table><tr><th>feature</th><th>PSI</th><th>missing</th><th>reference missing</th></tr>")
-        parts += [
-            *(
-                f"<tr{' class=drift' if name in drifted else ''}><td>{e(name)}</td><td>{d['psi']:.4f}</td>"
-                f"<td>{d['missing_rate']:.3f}</td><td>{d['reference_missing_rate']:.3f}</td></tr>"
-                for name, d in report["features"].items()
-            ),
-            "</table>",
-        ]
+        parts += (
+            f"<tr{' class=drift' if name in drifted else ''}><td>{e(name)}</td><td>{d['psi']:.4f}</td>"
+            f"<td>{d['missing_rate']:.3f}</td><td>{d['reference_missing_rate']:.3f}</td></tr>"
+            for name, d in report["features"].items()
+        )
+        parts.append("</table>")
     return "".join(parts) + "</body></html>"
 
 

@@ -90,17 +90,14 @@ def read_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator
             strings_can_be_null=True,
         ),
     )
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            return
-        except pa.ArrowInvalid as exc:  # a row with too many or too few fields
-            raise ScoreError(
-                f"{path.name}: cannot be parsed: {str(exc).splitlines()[0][:300]}", file=path.name
-            ) from None
-        for start in range(0, batch.num_rows, chunk_rows):  # a block holds about chunk_rows rows
-            yield pa.Table.from_batches([batch.slice(start, chunk_rows)])
+    try:
+        for batch in reader:
+            for start in range(0, batch.num_rows, chunk_rows):  # a block holds about chunk_rows rows
+                yield pa.Table.from_batches([batch.slice(start, chunk_rows)])
+    except pa.ArrowInvalid as exc:  # a row with too many or too few fields
+        raise ScoreError(
+            f"{path.name}: cannot be parsed: {str(exc).splitlines()[0][:300]}", file=path.name
+        ) from None
 
 
 def read_reports(path: Path) -> pa.Table:
@@ -160,6 +157,11 @@ def output_under_root(root: Path, path: str | Path, what: str = "output") -> Pat
     return resolved
 
 
+def output_paths(root: Path, output: str | Path, rejects: str | Path | None) -> tuple[Path, Path | None]:
+    """The output and rejects paths under ``root`` (:func:`output_under_root`), checked before anything is read."""
+    return output_under_root(root, output), (output_under_root(root, rejects, "rejects") if rejects else None)
+
+
 class Writer:
     """The output (and rejects) file, CSV or Parquet by extension, written chunk by chunk to a temporary name."""
 
@@ -177,16 +179,19 @@ class Writer:
                 self._writer = pacsv.CSVWriter(self.tmp, self.schema)
         self._writer.write_table(table)
 
-    def close(self) -> None:
-        if self._writer is None:  # nothing written: an empty file with the header
-            self.write(self.schema.empty_table())
-        self._writer.close()
-        os.replace(self.tmp, self.path)
+    def __enter__(self) -> Writer:
+        return self
 
-    def abort(self) -> None:
+    def __exit__(self, failed: type[BaseException] | None, *_: object) -> None:
+        """Renamed into place when the run succeeded (just the header if nothing was written), else removed."""
+        if failed is None and self._writer is None:
+            self.write(self.schema.empty_table())
         if self._writer is not None:
             self._writer.close()
-        self.tmp.unlink(missing_ok=True)
+        if failed is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
 
 
 def output_schema(with_reasons: bool) -> pa.Schema:

@@ -37,8 +37,8 @@ from tasks.monitoring.score_files import (
     Writer,
     file_kind,
     joined_chunks,
+    output_paths,
     output_schema,
-    output_under_root,
     read_reports,
 )
 from tasks.registry import versions
@@ -78,13 +78,10 @@ class ScoreResult:
         default_factory=lambda: dict.fromkeys(("read", "features_and_predict", "reasons", "write"), 0.0)
     )
 
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows_in / self.seconds if self.seconds else 0.0
-
     def summary(self) -> dict[str, Any]:
         timings = {k: round(v, 3) for k, v in self.timings.items()}
-        rounded = {"seconds": round(self.seconds, 3), "rows_per_second": round(self.rows_per_second, 1)}
+        per_second = self.rows_in / self.seconds if self.seconds else 0.0
+        rounded = {"seconds": round(self.seconds, 3), "rows_per_second": round(per_second, 1)}
         return {**self.__dict__, **rounded, "timings": timings}
 
 
@@ -176,7 +173,7 @@ def score_file(
 ) -> ScoreResult:
     """Score every application of ``input_path`` into ``output_path`` (see the module docstring)."""
     source, target = Path(input_path), Path(output_path)
-    file_kind(target)
+    out = Writer(target, output_schema(reasons is not None))  # an output of no known kind: refused first
     first_line, where = (2, "line") if file_kind(source) == "csv" else (1, "row")  # a CSV's header is line 1
     version, threshold = bundle.version, bundle.meta.threshold
     result = ScoreResult(
@@ -184,56 +181,47 @@ def score_file(
     )
     timings, started = result.timings, time.perf_counter()
     reports = read_reports(Path(clarity)) if clarity else None
-    schema = output_schema(reasons is not None)
-    out, bad_out = Writer(target, schema), (Writer(Path(rejects), REJECTS_SCHEMA) if rejects else None)
-    writers = [w for w in (out, bad_out) if w is not None]
-    with _fewer_collections():
-        try:
-            for chunk in _predicted_ahead(bundle, joined_chunks(source, reports, chunk_rows)):
-                timings["read"] += chunk.read_seconds
-                timings["features_and_predict"] += chunk.predict_seconds
-                n, bad = chunk.table.num_rows, chunk.bad
-                lines = [result.rows_in + first_line + i for i, _ in bad]
-                if bad and bad_out is None:
-                    exc = bad[0][1]
-                    raise ScoreError(
-                        f"{source.name}: {where} {lines[0]}, field {exc.field!r}: "
-                        f"{_withheld(exc.field, exc.message)} ({len(bad)} bad row(s) in this chunk; "
-                        "--rejects FILE lists them and scores the rest)",
-                        file=source.name,
-                        line=lines[0],
-                        field=exc.field,
-                    ) from None
-                if bad:
-                    chunk = _without_bad_rows(chunk, lines, bad_out, bundle)
-                    result.rows_rejected += len(bad)
-                table, probabilities = chunk.table, chunk.probabilities
-                assert probabilities is not None and chunk.column is not None
-                labels = (probabilities >= threshold).astype(np.int8)
-                t = time.perf_counter()
-                codes = reasons(bundle, chunk.columns, probabilities, chunk.column) if reasons else None
-                timings["reasons"] += time.perf_counter() - t
-                t = time.perf_counter()
-                columns: dict[str, Any] = {
-                    "loanId": table.column(ID_FIELD).cast(pa.string()),
-                    "probability": probabilities,
-                    "label": labels,
-                    "model_version": pa.array([version] * table.num_rows, pa.string()),
-                }
-                if codes is not None:
-                    columns["reasons"] = pa.array(list(codes), pa.string())
-                out.write(pa.table(columns, schema=schema))
-                timings["write"] += time.perf_counter() - t
-                result.rows_in += n
-                result.rows_scored += table.num_rows
-                result.flagged += int(labels.sum())
-                result.chunks += 1
-            for writer in writers:
-                writer.close()
-        except BaseException:
-            for writer in writers:
-                writer.abort()
-            raise
+    bad_writer = Writer(Path(rejects), REJECTS_SCHEMA) if rejects else contextlib.nullcontext()
+    with _fewer_collections(), out, bad_writer as bad_out:
+        for chunk in _predicted_ahead(bundle, joined_chunks(source, reports, chunk_rows)):
+            timings["read"] += chunk.read_seconds
+            timings["features_and_predict"] += chunk.predict_seconds
+            n, bad = chunk.table.num_rows, chunk.bad
+            lines = [result.rows_in + first_line + i for i, _ in bad]
+            if bad and bad_out is None:
+                exc = bad[0][1]
+                raise ScoreError(
+                    f"{source.name}: {where} {lines[0]}, field {exc.field!r}: "
+                    f"{_withheld(exc.field, exc.message)} ({len(bad)} bad row(s) in this chunk; "
+                    "--rejects FILE lists them and scores the rest)",
+                    file=source.name,
+                    line=lines[0],
+                    field=exc.field,
+                ) from None
+            if bad:
+                chunk = _without_bad_rows(chunk, lines, bad_out, bundle)
+                result.rows_rejected += len(bad)
+            table, probabilities = chunk.table, chunk.probabilities
+            assert probabilities is not None and chunk.column is not None
+            labels = (probabilities >= threshold).astype(np.int8)
+            t = time.perf_counter()
+            codes = reasons(bundle, chunk.columns, probabilities, chunk.column) if reasons else None
+            timings["reasons"] += time.perf_counter() - t
+            t = time.perf_counter()
+            columns: dict[str, Any] = {
+                "loanId": table.column(ID_FIELD).cast(pa.string()),
+                "probability": probabilities,
+                "label": labels,
+                "model_version": pa.array([version] * table.num_rows, pa.string()),
+            }
+            if codes is not None:
+                columns["reasons"] = pa.array(list(codes), pa.string())
+            out.write(pa.table(columns, schema=out.schema))
+            timings["write"] += time.perf_counter() - t
+            result.rows_in += n
+            result.rows_scored += table.num_rows
+            result.flagged += int(labels.sum())
+            result.chunks += 1
     result.seconds = time.perf_counter() - started
     run_logger().info(
         "scored %(rows_scored)d of %(rows_in)d rows of %(input)s with v%(model_version)s in %(seconds).1f s "
@@ -264,8 +252,7 @@ def score_task(
     reasons: str | None = None,
 ) -> dict[str, Any]:
     """Stage: score the input into the output (under ``score_root``), with the service's reasons if any."""
-    output = output_under_root(settings.score_root, output_path)  # refused before anything is read
-    rejected = output_under_root(settings.score_root, rejects, "rejects") if rejects else None
+    output, rejected = output_paths(settings.score_root, output_path, rejects)
     bundle = load_bundle(bundle_dir, thread_count=settings.tuning.thread_count)
     mode = reasons or settings.monitoring.score_reasons
     return score_file(
