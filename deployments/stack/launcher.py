@@ -4,31 +4,34 @@ the generated secrets."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import secrets
-import shlex
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
-from dataclasses import KW_ONLY, InitVar, asdict, dataclass, field
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from deployments.stack import mlflow_auth, postgres, procs
+from deployments.stack.urls import (
+    DEFAULT_POOL,
+    PREFECT_USER,
+    REGISTRY_USER,
+    ServiceStatus,
+    StackUrls,
+    basic,
+    http_status,
+)
 
 logger = logging.getLogger("deployments.stack")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_POOL = "loan-risk-pool"
-PREFECT_USER = "loan-risk"
-REGISTRY_USER = "loanrisk"
 START_TIMEOUT_S = float(os.environ.get("LOANRISK_STACK_START_TIMEOUT", "240"))
 QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -45,78 +48,6 @@ _LEAKS = {
 }
 _LEAKS |= {"PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"}
 _LEAKS |= {"MLFLOW_TRACKING_URI", "LOANRISK_OPTUNA_STORAGE", "LOANRISK_STATE_DIR"}
-
-
-@dataclass(frozen=True)
-class StackUrls:
-    """Where the stack's services are, and the environment that points the project at them."""
-
-    prefect_api_url: str
-    mlflow_tracking_uri: str
-    optuna_storage: str
-    postgres_url: str
-    registry: str | None
-    registry_username: str | None
-    registry_password: str | None = field(repr=False)
-    pseudonym_key: str = field(repr=False)
-    pool: str = DEFAULT_POOL
-    prefect_auth_string: str | None = field(default=None, repr=False)  # "user:password" (Basic)
-    mlflow_username: str | None = None  # the pipeline's account on the tracking server
-    mlflow_password: str | None = field(default=None, repr=False)
-    mlflow_reader_username: str | None = None  # an account that may read but not move aliases or tags
-    mlflow_reader_password: str | None = field(default=None, repr=False)
-
-    def env(self) -> dict[str, str]:
-        """The settings a client, a worker or a flow run needs: URLs, registry, the shared pseudonym key."""
-        out = {
-            "PREFECT_API_URL": self.prefect_api_url,
-            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
-            "LOANRISK_OPTUNA_STORAGE": self.optuna_storage,
-            "LOANRISK_PSEUDONYM_KEY": self.pseudonym_key,
-            "LOANRISK_WORK_POOL": self.pool,
-            # a promoted model that cannot ship fails its run here (never a silent "deploy skipped")
-            "LOANRISK_DEPLOY_MODE": "required",
-        }
-        if self.prefect_auth_string:
-            out["PREFECT_API_AUTH_STRING"] = self.prefect_auth_string
-        if self.mlflow_username:
-            out["MLFLOW_TRACKING_USERNAME"] = self.mlflow_username
-            out["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_password or ""
-        if self.registry:
-            out["LOANRISK_IMAGE_REGISTRY"] = self.registry
-            out["LOANRISK_REGISTRY_USERNAME"] = self.registry_username or ""
-            out["LOANRISK_REGISTRY_PASSWORD"] = self.registry_password or ""
-        return out
-
-    def client_env(self, home: Path, **extra: str) -> dict[str, str]:
-        """This process's environment without its own Prefect/MLflow/LOANRISK settings, pointed at the stack,
-        with a Prefect home and state folder of its own under ``home`` (for a CLI call or a worker)."""
-        own = ("PREFECT_", "MLFLOW_", "LOANRISK_")
-        base = {k: v for k, v in os.environ.items() if not k.startswith(own) and k != procs.MARKER}
-        homes = {"PREFECT_HOME": str(home / "prefect"), "LOANRISK_STATE_DIR": str(home / "state")}
-        return {**base, **self.env(), **homes, "DO_NOT_TRACK": "1", **extra}
-
-
-@dataclass
-class ServiceStatus:
-    name: str
-    url: str
-    healthy: bool
-    pid: int | None
-    detail: str = ""
-
-
-def basic(auth_string: str | None) -> tuple[str, str] | None:
-    """httpx's Basic credentials from a Prefect API auth string ``user:password``."""
-    user, _, password = (auth_string or "").partition(":")
-    return (user, password) if auth_string else None
-
-
-def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
-    try:
-        return httpx.get(url, timeout=5, auth=auth).status_code
-    except httpx.HTTPError:
-        return 0
 
 
 def _py(*args: str) -> list[str]:
@@ -445,49 +376,3 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.down(purge=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m deployments.stack up|status|env|down``: the shared stack as local processes.
-
-    ``status`` exits 1 unless all are healthy; the state folder: ``--state-dir``, else ``LOANRISK_STACK_DIR``,
-    else ``<repo>/.state/stack`` (docs/team-stack.md)."""
-    parser = argparse.ArgumentParser(prog="python -m deployments.stack", description="The stack as processes")
-    add = parser.add_argument
-    add("command", choices=["up", "status", "env", "down"])
-    state_dir = Path(os.environ.get("LOANRISK_STACK_DIR") or REPO_ROOT / ".state/stack")
-    add("--state-dir", type=Path, default=state_dir)
-    add("--workers", type=int, default=2, help="process workers on the pool (default 2)")
-    add("--host", default="127.0.0.1", help="address the servers bind to and the URLs name")
-    add("--pool", default=DEFAULT_POOL)
-    add("--no-ui", action="store_true", help="Prefect server without its web UI")
-    add("--no-registry", action="store_true", help="do not start the image registry")
-    add("--purge", action="store_true", help="down: also remove the stack's data")
-    add("--json", action="store_true", help="status: one JSON document")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[stack] %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    options = {"host": args.host, "pool": args.pool, "ui": not args.no_ui, "registry": not args.no_registry}
-    stack = Stack(args.state_dir, workers=args.workers, **options)
-    try:
-        if args.command == "env":
-            for key, value in stack.urls().env().items():
-                print(f"export {key}={shlex.quote(value)}", flush=True)
-            return 0
-        if args.command == "down":
-            print(json.dumps({"stopped": stack.down(purge=args.purge), "purged": args.purge}), flush=True)
-            return 0
-        if args.command == "up":
-            stack.up()
-        rows = stack.status()
-        if args.json:
-            print(json.dumps([asdict(r) for r in rows]), flush=True)
-        elif not rows:
-            print(f"no stack in {stack.dir}", flush=True)
-        for r in [] if args.json else rows:
-            health = "healthy" if r.healthy else "DOWN"
-            print(f"{r.name:<10} {health:<8} {r.url:<40} pid {r.pid or '-':<8} {r.detail}", flush=True)
-        return 0 if rows and all(r.healthy for r in rows) else 1
-    except RuntimeError as exc:
-        logging.getLogger("deployments.stack").error("%s", exc)
-        return 1
