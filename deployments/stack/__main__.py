@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from deployments.stack.launcher import REPO_ROOT, Stack
-from deployments.stack.urls import DEFAULT_POOL
+from deployments.stack.launcher import DEFAULT_POOL, REPO_ROOT, Stack
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ the generated secrets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,19 +20,13 @@ from typing import Any
 import httpx
 
 from deployments.stack import mlflow_auth, postgres, procs
-from deployments.stack.urls import (
-    DEFAULT_POOL,
-    PREFECT_USER,
-    REGISTRY_USER,
-    ServiceStatus,
-    StackUrls,
-    basic,
-    http_status,
-)
+from deployments.stack.urls import DEFAULT_POOL, ServiceStatus, StackUrls, basic, http_status
 
 logger = logging.getLogger("deployments.stack")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PREFECT_USER = "loan-risk"
+REGISTRY_USER = "loanrisk"
 START_TIMEOUT_S = float(os.environ.get("LOANRISK_STACK_START_TIMEOUT", "240"))
 QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -224,12 +219,11 @@ class Stack:
         port, s, host = self._port("mlflow"), self.state["secrets"], self.state["host"]
         (artifacts := self.dir / "mlflow-artifacts").mkdir(parents=True, exist_ok=True)
         # Its authentication app: anonymous requests get 401, the reader account 403 on any write.
-        config = mlflow_auth.write_config(
-            self.dir / "mlflow-server" / "basic_auth.ini", self._pg("mlflow_auth")
-        )
+        home = self.dir / "mlflow-server"
+        config = mlflow_auth.write_config(home / "basic_auth.ini", self._pg("mlflow_auth"))
         admin = mlflow_auth.Account(mlflow_auth.ADMIN_USER, s["mlflow_admin_password"])
         env = self._env(
-            self.dir / "mlflow-server",
+            home,
             {
                 # MLflow's GenAI job runners (eight huey_consumer processes, ~250 MB each) serve nothing this
                 # project uses: off. The marker sweep would still stop them if a user turns them on.
@@ -258,10 +252,8 @@ class Stack:
             return False
         port, folder = self._port("registry"), self.dir / "registry"
         (folder / "data").mkdir(parents=True, exist_ok=True)
-        login = [REGISTRY_USER, self.state["secrets"]["registry_password"]]
-        hashed = subprocess.run(
-            [htpasswd, "-Bbn", *login], capture_output=True, text=True, check=True, timeout=60
-        )
+        login = [htpasswd, "-Bbn", REGISTRY_USER, self.state["secrets"]["registry_password"]]
+        hashed = subprocess.run(login, capture_output=True, text=True, check=True, timeout=60)
         (folder / "htpasswd").write_text(hashed.stdout)
         (config := folder / "config.yml").write_text(
             "version: 0.1\nlog: {level: warn, accesslog: {disabled: true}}\n"
@@ -318,12 +310,10 @@ class Stack:
 
     def _online_workers(self, urls: StackUrls) -> set[str]:
         url = f"{urls.prefect_api_url}/work_pools/{urls.pool}/workers/filter"
-        try:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
             rows = httpx.post(url, json={}, timeout=10, auth=basic(urls.prefect_auth_string))
             if rows.status_code == 200:
                 return {w["name"] for w in rows.json() if w.get("status") == "ONLINE"}
-        except (httpx.HTTPError, ValueError):
-            pass
         return set()
 
     def status(self) -> list[ServiceStatus]:

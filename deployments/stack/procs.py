@@ -95,8 +95,8 @@ def sweep(stack_id: str, timeout: float = 15.0) -> list[int]:
 
 def wait_until(
     check: Callable[[], bool], timeout: float, what: str, fail: Callable[[], Any] | None = None
-) -> float:
-    """Poll ``check`` until it holds; ``fail`` (returning a reason or None) aborts early. Seconds waited."""
+) -> None:
+    """Poll ``check`` until it holds; ``fail`` (returning a reason or None) aborts early."""
     t0 = time.monotonic()
     while not check():
         if reason := fail() if fail else None:
@@ -104,7 +104,6 @@ def wait_until(
         if time.monotonic() - t0 > timeout:
             raise RuntimeError(f"{what}: not ready in {timeout:.0f}s")
         time.sleep(0.5)
-    return time.monotonic() - t0
 
 
 def tail(path: Path, lines: int = 30) -> str:

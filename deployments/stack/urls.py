@@ -1,5 +1,4 @@
-"""Where the stack's services are (:class:`StackUrls`), their health (:class:`ServiceStatus`) and the accounts'
-names, shared by the launcher and the tests that reach its servers."""
+"""Where the stack's services are (:class:`StackUrls`) and how healthy (:class:`ServiceStatus`)."""
 
 from __future__ import annotations
 
@@ -12,8 +11,6 @@ import httpx
 from deployments.stack import procs
 
 DEFAULT_POOL = "loan-risk-pool"
-PREFECT_USER = "loan-risk"
-REGISTRY_USER = "loanrisk"
 
 
 @dataclass(frozen=True)
