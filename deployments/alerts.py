@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from tasks.settings import Settings, get_settings
+from tasks.settings import get_settings
 from tasks.settings.sections import MonitoringSettings
 
 logger = logging.getLogger("deployments.alerts")
@@ -160,12 +160,12 @@ def _actions(alert: Alert, channels: Sequence[tuple[str, Any]]) -> list[Any]:
     ]
 
 
-def ensure_alerts(settings: Settings | None = None) -> dict[str, Any]:
+def ensure_alerts(monitoring: MonitoringSettings | None = None) -> dict[str, Any]:
     """Create or update the automations on the configured Prefect API; what ``main`` prints."""
     from prefect import get_client
     from prefect.events.schemas.automations import AutomationCore
 
-    monitoring = (settings or get_settings()).monitoring
+    monitoring = monitoring or get_settings().monitoring
     channels = save_blocks(monitoring)
     results = []
     with get_client(sync_client=True) as client:

@@ -148,9 +148,9 @@ class PoolSpec:
         # a flow run in a container ships what it promotes or fails: no silent "deploy skipped"
         env = by_reference({"LOANRISK_DEPLOY_MODE": "required", **(self.env or {})})
         defaults = {"image": self.image, "image_pull_policy": "IfNotPresent", "auto_remove": True, "env": env}
-        for key, value in (
-            defaults | ({"network_mode": self.network_mode} if self.network_mode else {})
-        ).items():
+        if self.network_mode:
+            defaults["network_mode"] = self.network_mode
+        for key, value in defaults.items():
             props[key]["default"] = value
         return template
 
@@ -173,11 +173,10 @@ def ensure_pool(name: str, spec: PoolSpec | None = None) -> bool:
                 raise SetupError(
                     f"work pool {name!r} exists with type {pool.type!r}; it must be {spec.type!r}", 2
                 )
-            if spec.type == "process":
-                logger.info("work pool %s (process) exists", name)
-            else:
+            if spec.type != "process":
                 client.update_work_pool(name, WorkPoolUpdate(base_job_template=spec.template()))
-                logger.info("work pool %s (%s) exists; its job template is updated", name, spec.type)
+            updated = "" if spec.type == "process" else "; its job template is updated"
+            logger.info("work pool %s (%s) exists%s", name, spec.type, updated)
             return False
         description = POOL_DESCRIPTIONS[spec.type]
         create = WorkPoolCreate(

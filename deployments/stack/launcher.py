@@ -4,29 +4,27 @@ the generated secrets."""
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import logging
 import os
 import secrets
-import shlex
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
-from dataclasses import KW_ONLY, InitVar, asdict, dataclass, field
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from deployments.stack import mlflow_auth, postgres, procs
+from deployments.stack.urls import DEFAULT_POOL, ServiceStatus, StackUrls, basic, http_status
 
 logger = logging.getLogger("deployments.stack")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_POOL = "loan-risk-pool"
 PREFECT_USER = "loan-risk"
 REGISTRY_USER = "loanrisk"
 START_TIMEOUT_S = float(os.environ.get("LOANRISK_STACK_START_TIMEOUT", "240"))
@@ -45,78 +43,6 @@ _LEAKS = {
 }
 _LEAKS |= {"PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"}
 _LEAKS |= {"MLFLOW_TRACKING_URI", "LOANRISK_OPTUNA_STORAGE", "LOANRISK_STATE_DIR"}
-
-
-@dataclass(frozen=True)
-class StackUrls:
-    """Where the stack's services are, and the environment that points the project at them."""
-
-    prefect_api_url: str
-    mlflow_tracking_uri: str
-    optuna_storage: str
-    postgres_url: str
-    registry: str | None
-    registry_username: str | None
-    registry_password: str | None = field(repr=False)
-    pseudonym_key: str = field(repr=False)
-    pool: str = DEFAULT_POOL
-    prefect_auth_string: str | None = field(default=None, repr=False)  # "user:password" (Basic)
-    mlflow_username: str | None = None  # the pipeline's account on the tracking server
-    mlflow_password: str | None = field(default=None, repr=False)
-    mlflow_reader_username: str | None = None  # an account that may read but not move aliases or tags
-    mlflow_reader_password: str | None = field(default=None, repr=False)
-
-    def env(self) -> dict[str, str]:
-        """The settings a client, a worker or a flow run needs: URLs, registry, the shared pseudonym key."""
-        out = {
-            "PREFECT_API_URL": self.prefect_api_url,
-            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
-            "LOANRISK_OPTUNA_STORAGE": self.optuna_storage,
-            "LOANRISK_PSEUDONYM_KEY": self.pseudonym_key,
-            "LOANRISK_WORK_POOL": self.pool,
-            # a promoted model that cannot ship fails its run here (never a silent "deploy skipped")
-            "LOANRISK_DEPLOY_MODE": "required",
-        }
-        if self.prefect_auth_string:
-            out["PREFECT_API_AUTH_STRING"] = self.prefect_auth_string
-        if self.mlflow_username:
-            out["MLFLOW_TRACKING_USERNAME"] = self.mlflow_username
-            out["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_password or ""
-        if self.registry:
-            out["LOANRISK_IMAGE_REGISTRY"] = self.registry
-            out["LOANRISK_REGISTRY_USERNAME"] = self.registry_username or ""
-            out["LOANRISK_REGISTRY_PASSWORD"] = self.registry_password or ""
-        return out
-
-    def client_env(self, home: Path, **extra: str) -> dict[str, str]:
-        """This process's environment without its own Prefect/MLflow/LOANRISK settings, pointed at the stack,
-        with a Prefect home and state folder of its own under ``home`` (for a CLI call or a worker)."""
-        own = ("PREFECT_", "MLFLOW_", "LOANRISK_")
-        base = {k: v for k, v in os.environ.items() if not k.startswith(own) and k != procs.MARKER}
-        homes = {"PREFECT_HOME": str(home / "prefect"), "LOANRISK_STATE_DIR": str(home / "state")}
-        return {**base, **self.env(), **homes, "DO_NOT_TRACK": "1", **extra}
-
-
-@dataclass
-class ServiceStatus:
-    name: str
-    url: str
-    healthy: bool
-    pid: int | None
-    detail: str = ""
-
-
-def basic(auth_string: str | None) -> tuple[str, str] | None:
-    """httpx's Basic credentials from a Prefect API auth string ``user:password``."""
-    user, _, password = (auth_string or "").partition(":")
-    return (user, password) if auth_string else None
-
-
-def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
-    try:
-        return httpx.get(url, timeout=5, auth=auth).status_code
-    except httpx.HTTPError:
-        return 0
 
 
 def _py(*args: str) -> list[str]:
@@ -293,12 +219,11 @@ class Stack:
         port, s, host = self._port("mlflow"), self.state["secrets"], self.state["host"]
         (artifacts := self.dir / "mlflow-artifacts").mkdir(parents=True, exist_ok=True)
         # Its authentication app: anonymous requests get 401, the reader account 403 on any write.
-        config = mlflow_auth.write_config(
-            self.dir / "mlflow-server" / "basic_auth.ini", self._pg("mlflow_auth")
-        )
+        home = self.dir / "mlflow-server"
+        config = mlflow_auth.write_config(home / "basic_auth.ini", self._pg("mlflow_auth"))
         admin = mlflow_auth.Account(mlflow_auth.ADMIN_USER, s["mlflow_admin_password"])
         env = self._env(
-            self.dir / "mlflow-server",
+            home,
             {
                 # MLflow's GenAI job runners (eight huey_consumer processes, ~250 MB each) serve nothing this
                 # project uses: off. The marker sweep would still stop them if a user turns them on.
@@ -327,10 +252,8 @@ class Stack:
             return False
         port, folder = self._port("registry"), self.dir / "registry"
         (folder / "data").mkdir(parents=True, exist_ok=True)
-        login = [REGISTRY_USER, self.state["secrets"]["registry_password"]]
-        hashed = subprocess.run(
-            [htpasswd, "-Bbn", *login], capture_output=True, text=True, check=True, timeout=60
-        )
+        login = [htpasswd, "-Bbn", REGISTRY_USER, self.state["secrets"]["registry_password"]]
+        hashed = subprocess.run(login, capture_output=True, text=True, check=True, timeout=60)
         (folder / "htpasswd").write_text(hashed.stdout)
         (config := folder / "config.yml").write_text(
             "version: 0.1\nlog: {level: warn, accesslog: {disabled: true}}\n"
@@ -387,12 +310,10 @@ class Stack:
 
     def _online_workers(self, urls: StackUrls) -> set[str]:
         url = f"{urls.prefect_api_url}/work_pools/{urls.pool}/workers/filter"
-        try:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
             rows = httpx.post(url, json={}, timeout=10, auth=basic(urls.prefect_auth_string))
             if rows.status_code == 200:
                 return {w["name"] for w in rows.json() if w.get("status") == "ONLINE"}
-        except (httpx.HTTPError, ValueError):
-            pass
         return set()
 
     def status(self) -> list[ServiceStatus]:
@@ -445,49 +366,3 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.down(purge=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m deployments.stack up|status|env|down``: the shared stack as local processes.
-
-    ``status`` exits 1 unless all are healthy; the state folder: ``--state-dir``, else ``LOANRISK_STACK_DIR``,
-    else ``<repo>/.state/stack`` (docs/team-stack.md)."""
-    parser = argparse.ArgumentParser(prog="python -m deployments.stack", description="The stack as processes")
-    add = parser.add_argument
-    add("command", choices=["up", "status", "env", "down"])
-    state_dir = Path(os.environ.get("LOANRISK_STACK_DIR") or REPO_ROOT / ".state/stack")
-    add("--state-dir", type=Path, default=state_dir)
-    add("--workers", type=int, default=2, help="process workers on the pool (default 2)")
-    add("--host", default="127.0.0.1", help="address the servers bind to and the URLs name")
-    add("--pool", default=DEFAULT_POOL)
-    add("--no-ui", action="store_true", help="Prefect server without its web UI")
-    add("--no-registry", action="store_true", help="do not start the image registry")
-    add("--purge", action="store_true", help="down: also remove the stack's data")
-    add("--json", action="store_true", help="status: one JSON document")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[stack] %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    options = {"host": args.host, "pool": args.pool, "ui": not args.no_ui, "registry": not args.no_registry}
-    stack = Stack(args.state_dir, workers=args.workers, **options)
-    try:
-        if args.command == "env":
-            for key, value in stack.urls().env().items():
-                print(f"export {key}={shlex.quote(value)}", flush=True)
-            return 0
-        if args.command == "down":
-            print(json.dumps({"stopped": stack.down(purge=args.purge), "purged": args.purge}), flush=True)
-            return 0
-        if args.command == "up":
-            stack.up()
-        rows = stack.status()
-        if args.json:
-            print(json.dumps([asdict(r) for r in rows]), flush=True)
-        elif not rows:
-            print(f"no stack in {stack.dir}", flush=True)
-        for r in [] if args.json else rows:
-            health = "healthy" if r.healthy else "DOWN"
-            print(f"{r.name:<10} {health:<8} {r.url:<40} pid {r.pid or '-':<8} {r.detail}", flush=True)
-        return 0 if rows and all(r.healthy for r in rows) else 1
-    except RuntimeError as exc:
-        logging.getLogger("deployments.stack").error("%s", exc)
-        return 1

@@ -136,8 +136,7 @@ def ensure_databases(password: str, host: str, port: int) -> None:
 
 
 def healthy(password: str, host: str, port: int) -> bool:
-    try:
+    with contextlib.suppress(Exception):  # any failure to connect means not healthy
         _connect(password, host, port, 3).close()
-    except Exception:  # noqa: BLE001 - any failure to connect means not healthy
-        return False
-    return True
+        return True
+    return False

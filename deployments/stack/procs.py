@@ -40,18 +40,16 @@ def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path, cwd: Path) -> 
 
 def alive(pid: int | None) -> bool:
     """Whether ``pid`` names a running process (a zombie is not running)."""
-    try:  # /proc/None or /proc/0 does not exist either
+    with contextlib.suppress(OSError):  # /proc/None or /proc/0 does not exist either
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] not in "ZX"
-    except OSError:
-        return False
+    return False
 
 
 def carries(pid: int, stack_id: str) -> bool:
     """Whether process ``pid`` carries this stack's marker (so a recycled PID is never ours by mistake)."""
-    try:
+    with contextlib.suppress(OSError):
         return f"{MARKER}={stack_id}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
+    return False
 
 
 def marked(stack_id: str) -> list[int]:
@@ -95,8 +93,8 @@ def sweep(stack_id: str, timeout: float = 15.0) -> list[int]:
 
 def wait_until(
     check: Callable[[], bool], timeout: float, what: str, fail: Callable[[], Any] | None = None
-) -> float:
-    """Poll ``check`` until it holds; ``fail`` (returning a reason or None) aborts early. Seconds waited."""
+) -> None:
+    """Poll ``check`` until it holds; ``fail`` (returning a reason or None) aborts early."""
     t0 = time.monotonic()
     while not check():
         if reason := fail() if fail else None:
@@ -104,11 +102,9 @@ def wait_until(
         if time.monotonic() - t0 > timeout:
             raise RuntimeError(f"{what}: not ready in {timeout:.0f}s")
         time.sleep(0.5)
-    return time.monotonic() - t0
 
 
 def tail(path: Path, lines: int = 30) -> str:
-    try:
+    with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    return "(no log)"

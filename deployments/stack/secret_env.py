@@ -20,8 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(os.environ.get("LOANRISK_SECRETS_FROM") or "/run/secrets")
     files = sorted(folder.iterdir()) if folder.is_dir() else []
     secrets = {p.name: p.read_text().strip() for p in files if p.is_file() and _NAME.match(p.name)}
-    os.execvpe(args[0], args, {**secrets, **{k: v for k, v in os.environ.items() if v}})
-    return 127  # not reached: execvpe replaces this process or raises
+    os.execvpe(args[0], args, {**secrets, **{k: v for k, v in os.environ.items() if v}})  # never returns
 
 
 if __name__ == "__main__":
