@@ -66,9 +66,15 @@ def create_app(config: ServiceConfig | Mapping[str, Any] | None = None) -> Flask
         elapsed, rows = now - getattr(state, "t0", now), getattr(state, "rows", 0)
         metrics.observe_request(endpoint, request.method, status, elapsed, rows if status == 200 else 0)
         rid = getattr(state, "request_id", None) or os.urandom(16).hex()
-        fields: dict[str, Any] = {"request_id": rid, "method": request.method[:16], "endpoint": endpoint,
-                                  "status": status, "duration_ms": round(elapsed * 1000, 3), "rows": rows,
-                                  "model_version": getattr(state, "model_version", None)}  # fmt: skip
+        fields: dict[str, Any] = {
+            "request_id": rid,
+            "method": request.method[:16],
+            "endpoint": endpoint,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "rows": rows,
+            "model_version": getattr(state, "model_version", None),
+        }
         log_access({**fields, **(getattr(state, "error", None) or {})})
         response.headers["X-Request-ID"] = rid
         return response

@@ -56,12 +56,24 @@ _IDENTITY = [f for f in IDENTITY_FIELDS if f not in REDUNDANT_IDENTITY]
 _SOURCES: list[tuple[str, str, Reader]] = [
     *((f, f, reader) for f, reader in _LOAN_READERS.items()),
     *((f"inquiry_{f}", clarity_column("clearfraudinquiry", f), read_number) for f in INQUIRY_FIELDS),
-    *((f"indicator_{f}", clarity_column("clearfraudindicator", f),
-       read_number if f in NUMERIC_INDICATORS else read_flag) for f in INDICATOR_FIELDS),
-    *((f"identity_{f}", clarity_column("clearfraudidentityverification", f),
-       read_number if f == "overallmatchreasoncode" else read_category) for f in _IDENTITY),
+    *(
+        (
+            f"indicator_{f}",
+            clarity_column("clearfraudindicator", f),
+            read_number if f in NUMERIC_INDICATORS else read_flag,
+        )
+        for f in INDICATOR_FIELDS
+    ),
+    *(
+        (
+            f"identity_{f}",
+            clarity_column("clearfraudidentityverification", f),
+            read_number if f == "overallmatchreasoncode" else read_category,
+        )
+        for f in _IDENTITY
+    ),
     ("clearfraudscore", "clearfraudscore", read_number),
-]  # fmt: skip
+]
 DERIVED_FEATURES = ("application_hour", "application_weekday", "report_age_days", "payment_to_amount",
                     "inquiries_recent_share")  # fmt: skip
 

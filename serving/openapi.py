@@ -201,51 +201,151 @@ def openapi_document(max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_body_byte
     max_body_bytes = max_body_bytes or max_batch_size * RECORD_BYTES
     _, schemas = msgspec.json.schema_components(MODELS, ref_template="#/components/schemas/{name}")
     limits = f" At most {max_batch_size} records and {max_body_bytes} bytes per request."
-    reasons = [_query("reasons", {"enum": ["risky", "all", "none"], "default": "risky"}, "Which records get reasons."),
-               _query("reason_count", {"type": "integer", "minimum": 1, "maximum": MAX_REASON_COUNT},
-                      "Reasons each.")]  # fmt: skip
-    batch_params = [*reasons, _query("on_error", {"enum": ["record", "reject"], "default": "record"},
-                                     "record: score every valid record and list the others in errors; reject: "
-                                     "answer the first error for the whole batch (422/400).")]  # fmt: skip
+    reasons = [
+        _query(
+            "reasons", {"enum": ["risky", "all", "none"], "default": "risky"}, "Which records get reasons."
+        ),
+        _query(
+            "reason_count", {"type": "integer", "minimum": 1, "maximum": MAX_REASON_COUNT}, "Reasons each."
+        ),
+    ]
+    batch_params = [
+        *reasons,
+        _query(
+            "on_error",
+            {"enum": ["record", "reject"], "default": "record"},
+            "record: score every valid record and list the others in errors; reject: "
+            "answer the first error for the whole batch (422/400).",
+        ),
+    ]
     scored = _errors(400, 413, 422, 503)
-    invocations = _operation("invocations", "MLflow's scoring protocol (all or nothing)." + limits,
-                             {"200": _json("InvocationsResponse", "Probabilities, in request order."), **scored},
-                             "InvocationsRequest")  # fmt: skip
+    invocations = _operation(
+        "invocations",
+        "MLflow's scoring protocol (all or nothing)." + limits,
+        {"200": _json("InvocationsResponse", "Probabilities, in request order."), **scored},
+        "InvocationsRequest",
+    )
     invocations["requestBody"]["content"]["text/csv"] = {"schema": {"type": "string"}}
     admin = [{"bearerAuth": []}]
     paths = {
-        "/health": {"get": _operation("health", "Liveness and readiness.", {
-            "200": _json("Health", "A model is loaded."), "503": _json("Health", "No model is loaded.")})},
-        "/ping": {"get": _operation("ping", "MLflow's health check.", {
-            "200": _json("Health", "A model is loaded."), "503": _json("Health", "No model.")})},
-        "/model/info": {"get": _operation("modelInfo", "The model served.", {
-            "200": _json("ModelInfo", "The model's metadata."), **_errors(503)})},
-        "/model/card": {"get": _operation("modelCard", "The model card (HTML, or Markdown for Accept: text/markdown).", {
-            "200": {"description": "The model card.", "content": {"text/html": {"schema": {"type": "string"}},
-                                                                  "text/markdown": {"schema": {"type": "string"}}}},
-            **_errors(404, 503)})},
-        "/predict": {"post": _operation("predict", "Score one loan application.", {
-            "200": _json("Prediction", "The prediction."), **scored}, "LoanApplication", parameters=reasons)},
-        "/predict/batch": {"post": _operation("predictBatch", "Score many applications, record by record." + limits, {
-            "200": _json("BatchResponse", "A prediction per valid record and an error per other one, by index."),
-            **scored}, "BatchRequest", parameters=batch_params)},
+        "/health": {
+            "get": _operation(
+                "health",
+                "Liveness and readiness.",
+                {"200": _json("Health", "A model is loaded."), "503": _json("Health", "No model is loaded.")},
+            )
+        },
+        "/ping": {
+            "get": _operation(
+                "ping",
+                "MLflow's health check.",
+                {"200": _json("Health", "A model is loaded."), "503": _json("Health", "No model.")},
+            )
+        },
+        "/model/info": {
+            "get": _operation(
+                "modelInfo",
+                "The model served.",
+                {"200": _json("ModelInfo", "The model's metadata."), **_errors(503)},
+            )
+        },
+        "/model/card": {
+            "get": _operation(
+                "modelCard",
+                "The model card (HTML, or Markdown for Accept: text/markdown).",
+                {
+                    "200": {
+                        "description": "The model card.",
+                        "content": {
+                            "text/html": {"schema": {"type": "string"}},
+                            "text/markdown": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(404, 503),
+                },
+            )
+        },
+        "/predict": {
+            "post": _operation(
+                "predict",
+                "Score one loan application.",
+                {"200": _json("Prediction", "The prediction."), **scored},
+                "LoanApplication",
+                parameters=reasons,
+            )
+        },
+        "/predict/batch": {
+            "post": _operation(
+                "predictBatch",
+                "Score many applications, record by record." + limits,
+                {
+                    "200": _json(
+                        "BatchResponse", "A prediction per valid record and an error per other one, by index."
+                    ),
+                    **scored,
+                },
+                "BatchRequest",
+                parameters=batch_params,
+            )
+        },
         "/invocations": {"post": invocations},
-        "/model/reload": {"post": _operation("reloadModel", "Load a bundle, then swap it in on every worker.", {
-            "200": _json("ReloadResponse", "Every live worker serves the new model."), **_errors(400, 401, 403, 413, 422),
-            "409": _json("ReloadIncomplete", "Another reload was published meanwhile."),
-            "503": _json("ReloadIncomplete", "Not every worker serves the new model in time.")},
-            "ReloadRequest", security=admin)},
-        "/model/workers": {"get": _operation("modelWorkers", "Each live worker's state.", {
-            "200": _json("Workers", "Every live worker's state."), **_errors(401, 403)}, security=admin)},
-        "/metrics": {"get": _operation("metrics", "Prometheus metrics.", {
-            "200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}})},
-        "/openapi.json": {"get": _operation("openapi", "This document.", {
-            "200": {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {"type": "object"}}}}})},
-    }  # fmt: skip
+        "/model/reload": {
+            "post": _operation(
+                "reloadModel",
+                "Load a bundle, then swap it in on every worker.",
+                {
+                    "200": _json("ReloadResponse", "Every live worker serves the new model."),
+                    **_errors(400, 401, 403, 413, 422),
+                    "409": _json("ReloadIncomplete", "Another reload was published meanwhile."),
+                    "503": _json("ReloadIncomplete", "Not every worker serves the new model in time."),
+                },
+                "ReloadRequest",
+                security=admin,
+            )
+        },
+        "/model/workers": {
+            "get": _operation(
+                "modelWorkers",
+                "Each live worker's state.",
+                {"200": _json("Workers", "Every live worker's state."), **_errors(401, 403)},
+                security=admin,
+            )
+        },
+        "/metrics": {
+            "get": _operation(
+                "metrics",
+                "Prometheus metrics.",
+                {
+                    "200": {
+                        "description": "Metrics.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            )
+        },
+        "/openapi.json": {
+            "get": _operation(
+                "openapi",
+                "This document.",
+                {
+                    "200": {
+                        "description": "OpenAPI 3.1.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            )
+        },
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Loan default risk service", "version": "2",
-                 "description": "Probability that a loan application is risky, from a CatBoost model bundle."},
+        "info": {
+            "title": "Loan default risk service",
+            "version": "2",
+            "description": "Probability that a loan application is risky, from a CatBoost model bundle.",
+        },
         "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
-    }  # fmt: skip
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -123,8 +123,13 @@ class Explainer:
         self.members = [np.array([position[f] for f in r.features]) for r in table.reasons]
         # the features ordered code by code, so each code's members are one slice (a view) of a reordered row
         self.by_code = np.concatenate(self.members)
-        self.code_slices = list(zip(np.cumsum([0] + [m.size for m in self.members[:-1]]).tolist(),
-                                    np.cumsum([m.size for m in self.members]).tolist(), strict=True))  # fmt: skip
+        self.code_slices = list(
+            zip(
+                np.cumsum([0] + [m.size for m in self.members[:-1]]).tolist(),
+                np.cumsum([m.size for m in self.members]).tolist(),
+                strict=True,
+            )
+        )
         self.family = np.zeros((len(features), len(table.reasons)))
         for code, members in enumerate(self.members):
             self.family[members, code] = 1.0
@@ -169,10 +174,13 @@ class Explainer:
         found = [
             {"code": codes[c].code, "text": codes[c].text, "feature": names[f], "value": v, "contribution": t}
             for c, f, v, t in zip(
-                order[rows, slots].tolist(), feature.tolist(), value.tolist(), sums[rows, slots].tolist(),
+                order[rows, slots].tolist(),
+                feature.tolist(),
+                value.tolist(),
+                sums[rows, slots].tolist(),
                 strict=True,
             )
-        ]  # fmt: skip
+        ]
         ends = np.cumsum(np.bincount(rows, minlength=shap.shape[0])).tolist()
         return [found[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 

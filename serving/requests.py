@@ -162,8 +162,10 @@ def _surrogate(value: dict[str, Any], index: int) -> ApiError | None:
         path, item = stack.pop()
         if _SURROGATE.search(path) or (isinstance(item, str) and _SURROGATE.search(item)):
             field = path.encode("utf-8", "backslashreplace").decode()
-            message = (f"record {index}, field '{field}' holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape "
-                       "without its pair): not text; send valid Unicode")  # fmt: skip
+            message = (
+                f"record {index}, field '{field}' holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape "
+                "without its pair): not text; send valid Unicode"
+            )
             return ApiError(400, "invalid_text", message, field, index)
         if isinstance(item, dict):
             stack.extend((f"{path}.{k}", v) for k, v in item.items())

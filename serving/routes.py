@@ -147,8 +147,13 @@ def predict() -> Response:
     (probability,), reasons = scoring.score(decoded, True, options)
     served, echo = scoring.served, decoded.loan_ids()[0]
     out: dict[str, Any] = {} if echo is UNSET else {"loanId": echo}
-    out.update(probability=probability, label=int(probability >= served.threshold), threshold=served.threshold,
-               model_name=served.name, model_version=served.version)  # fmt: skip
+    out.update(
+        probability=probability,
+        label=int(probability >= served.threshold),
+        threshold=served.threshold,
+        model_name=served.name,
+        model_version=served.version,
+    )
     if reasons and reasons[0] is not None:
         out["reasons"] = reasons[0]
     warn(out, sorted(decoded.unknown))
@@ -181,10 +186,16 @@ def predict_batch() -> Response:
         predictions.append(prediction)
     for k, warning in scoring.warnings.items():
         predictions[k]["warnings"] = [warning]
-    out: dict[str, Any] = {"predictions": predictions, "errors": [e.entry() for e in decoded.errors],
-                           "count": decoded.size, "scored": len(predictions), "rejected": len(decoded.errors),
-                           "threshold": threshold, "model_name": scoring.served.name,
-                           "model_version": scoring.served.version}  # fmt: skip
+    out: dict[str, Any] = {
+        "predictions": predictions,
+        "errors": [e.entry() for e in decoded.errors],
+        "count": decoded.size,
+        "scored": len(predictions),
+        "rejected": len(decoded.errors),
+        "threshold": threshold,
+        "model_name": scoring.served.name,
+        "model_version": scoring.served.version,
+    }
     warn(out, sorted(decoded.unknown))
     return scoring.answer(out)
 
@@ -248,9 +259,13 @@ def reload_model() -> Response:
     g.model_version = served.version
     timeout = _config().reload_timeout
     outcome, workers = holder.wait_for_workers(token, timeout)
-    summary = {"model_name": served.name, "model_version": served.version,
-               "previous_version": previous.version if previous else None,
-               "bundle_dir": str(served.directory), "workers": workers}  # fmt: skip
+    summary = {
+        "model_name": served.name,
+        "model_version": served.version,
+        "previous_version": previous.version if previous else None,
+        "bundle_dir": str(served.directory),
+        "workers": workers,
+    }
     if outcome == "loaded":
         return json_response({"status": "reloaded", **summary})
     if outcome == "superseded":

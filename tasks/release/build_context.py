@@ -81,10 +81,18 @@ def _download(cache: Path, target: Path, requirements: Path) -> Path:
     partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
     try:
         command = [
-            *pip_command(cache / ".pip-venv"), "download", "--only-binary=:all:", "--no-deps",
+            *pip_command(cache / ".pip-venv"),
+            "download",
+            "--only-binary=:all:",
+            "--no-deps",
             *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
-            "--python-version", PYTHON_VERSION, "-r", str(requirements), "-d", str(partial),
-        ]  # fmt: skip
+            "--python-version",
+            PYTHON_VERSION,
+            "-r",
+            str(requirements),
+            "-d",
+            str(partial),
+        ]
         logger.info("downloading serving wheels into %s", target)
         proc = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:

@@ -114,10 +114,15 @@ def build_tables(rng: np.random.Generator, plan: Plan) -> dict[str, dict[str, np
     origin_secs = _originated_dates(rng, plan, t, out["originated"])
     loan |= {
         "loanId": loans.loan_ids(rng, plan, loan, out["null_id"], funded),
-        "anon_ssn": pop["ssn"], "applicationDate": _format_times(t), "originated": out["originated"],
-        "originatedDate": _originated_strings(rng, origin_secs), "approved": out["approved"],
-        "isFunded": funded.astype(np.int64), "loanStatus": out["status"], "clarityFraudId": pop["fraud_id"],
-    }  # fmt: skip
+        "anon_ssn": pop["ssn"],
+        "applicationDate": _format_times(t),
+        "originated": out["originated"],
+        "originatedDate": _originated_strings(rng, origin_secs),
+        "approved": out["approved"],
+        "isFunded": funded.astype(np.int64),
+        "loanStatus": out["status"],
+        "clarityFraudId": pop["fraud_id"],
+    }
     file_order = rng.permutation(len(funded))
     payment = _payment_table(rng, plan, loan, funded, out, origin_secs, file_order)
     has_id = file_order[pd.notna(loan["loanId"][file_order])]
