@@ -144,7 +144,7 @@ def training_flow(
             "run_id": run_id,
             "model_name": settings.registry.model_name,
             "model_version": version,
-            "bundle_uri": bundle_uri(settings, version),
+            "bundle_uri": bundle_uri(settings.registry, version),
             "promoted": decision.promoted,
             "reasons": decision.reasons,
             "metrics": {k: round(v, 6) for k, v in evaluation.metrics.items()},

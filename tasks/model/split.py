@@ -57,8 +57,7 @@ def split_task(settings: Settings, table: ModelTable, run_id: str | None = None)
     split = split_by_time(table, settings.data.split_fractions)
     run_logger().info("split boundaries: %s", split.boundaries)
     if run_id:
-        tracking.log_dict(
-            settings, run_id, {"boundaries": split.boundaries, "table": table.stats}, "split.json"
-        )
+        record = {"boundaries": split.boundaries, "table": table.stats}
+        tracking.log_dict(settings, run_id, record, "split.json")
         tracking.log_params(settings, run_id, {f"split.{k}": v for k, v in split.boundaries.items()})
     return split

@@ -41,10 +41,14 @@ def model_params(params: dict[str, Any], tuning: TuningSettings) -> dict[str, An
 
 
 def fit_model(
-    params: dict[str, Any], train: Pool, valid: Pool, settings: Settings, callbacks: list[Any] | None = None
+    params: dict[str, Any],
+    train: Pool,
+    valid: Pool,
+    tuning: TuningSettings,
+    callbacks: list[Any] | None = None,
 ) -> CatBoostClassifier:
     """Fit with early stopping on ``valid``; the best iteration is kept."""
-    model = CatBoostClassifier(**model_params(params, settings.tuning))
+    model = CatBoostClassifier(**model_params(params, tuning))
     model.fit(train, eval_set=valid, use_best_model=True, callbacks=callbacks)
     return model
 
@@ -57,8 +61,7 @@ def predict_proba(model: CatBoostClassifier, pool: Pool) -> np.ndarray:
 @stage("train")
 def train_task(settings: Settings, split: Split, best_params: dict[str, Any]) -> CatBoostClassifier:
     """Stage: the final model with the best parameters, early-stopped on the validation slice."""
-    model = fit_model(best_params, make_pool(split.train), make_pool(split.valid), settings)
-    run_logger().info(
-        "final model: %d trees (best iteration %s)", model.tree_count_, model.get_best_iteration()
-    )
+    model = fit_model(best_params, make_pool(split.train), make_pool(split.valid), settings.tuning)
+    message = "final model: %d trees (best iteration %s)"
+    run_logger().info(message, model.tree_count_, model.get_best_iteration())
     return model

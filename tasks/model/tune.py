@@ -73,13 +73,11 @@ def objective_for(
             trial.set_user_attr(tune_study.SURPLUS, True)
             raise tune_study.SurplusTrial(reason)
         try:
-            if (
-                tune_study.WORKER in trial.user_attrs
-            ):  # a re-run: the attributes are copied from the failed one
+            if tune_study.WORKER in trial.user_attrs:  # a re-run: the attributes are the failed one's
                 trial.set_user_attr("retried_from_worker", trial.user_attrs[tune_study.WORKER])
             trial.set_user_attr(tune_study.WORKER, worker)
             params, started, callback = suggest_params(trial), time.perf_counter(), PruningCallback(trial)
-            model = fit_model(params, train, valid, settings, callbacks=[callback])
+            model = fit_model(params, train, valid, settings.tuning, callbacks=[callback])
             auc = float(roc_auc_score(valid_label, predict_proba(model, valid)))
             trial.set_user_attr("valid_roc_auc", auc)
             trial.set_user_attr("best_iteration", model.get_best_iteration())
@@ -87,10 +85,8 @@ def objective_for(
                 metrics = {"valid_roc_auc": auc, "fit_seconds": time.perf_counter() - started}
                 tags = {"optuna.trial": str(trial.number), "optuna.worker": worker}
                 fitted = {**params, "best_iteration": model.get_best_iteration()}
-                status = "KILLED" if callback.pruned else "FINISHED"
-                tracking.log_child_run(
-                    settings, run_id, f"trial-{trial.number}", fitted, metrics, tags, status
-                )
+                status, name = "KILLED" if callback.pruned else "FINISHED", f"trial-{trial.number}"
+                tracking.log_child_run(settings, run_id, name, fitted, metrics, tags, status)
         except Exception as exc:
             # a trial failed stale meanwhile takes no attribute: it counts as stopped, and is re-run
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
@@ -199,7 +195,7 @@ def worker_main(
         raise PermanentError(
             f"tune worker: the data at {data_uri} has fingerprint {found}, study {study_name!r} {expected}"
         )
-    worker = tune_study.worker_id(settings)
+    worker = tune_study.worker_id(settings.tuning)
     objective = objective_for(make_pool(train), make_pool(valid), valid.label, settings, run_id, worker)
     ran = work(study, objective, deadline, settings.tuning.tune_heartbeat_seconds)
     run_logger().info("tune worker %s: %d trials of study %s", worker, ran, study_name)
@@ -248,7 +244,7 @@ def tune(settings: Settings, split: Split, study_name: str, run_id: str | None =
     study = tune_study.prepare_study(settings, study_name, fingerprint)
     if tuning.tune_workers == 1 and tuning.tune_mode == "local":
         pools = make_pool(split.train), make_pool(split.valid)
-        objective = objective_for(*pools, split.valid.label, settings, run_id, tune_study.worker_id(settings))
+        objective = objective_for(*pools, split.valid.label, settings, run_id, tune_study.worker_id(tuning))
         log = TrialLog(tuning.n_trials, run_logger().info)
         work(study, objective, deadline, tuning.tune_heartbeat_seconds, callbacks=[log])
     else:

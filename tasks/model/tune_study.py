@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tasks.common import run_logger
 from tasks.errors import PermanentError
 from tasks.model.features import ModelTable
-from tasks.settings import Settings
+from tasks.settings import Settings, TuningSettings
 
 try:  # Optuna >= 4.9 renamed the callback; the old name is a deprecated alias
     from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryCallback
@@ -216,9 +216,9 @@ DATA_FILES = ("train.parquet", "valid.parquet")
 LABEL_COLUMN = "__label__"
 
 
-def worker_id(settings: Settings) -> str:
+def worker_id(tuning: TuningSettings) -> str:
     """``<name>:<pid>``: the worker name (``tune_worker_name``, else the host name) and the process."""
-    return f"{settings.tuning.tune_worker_name or socket.gethostname()}:{os.getpid()}"
+    return f"{tuning.tune_worker_name or socket.gethostname()}:{os.getpid()}"
 
 
 def data_fingerprint(train: ModelTable, valid: ModelTable) -> str:

@@ -58,7 +58,7 @@ def reference_task(settings: Settings, model_version: str | None = None) -> Refe
     bundle = versions.download_bundle(settings, version, tracking.scratch_dir("monitor-") / "bundle")
     if (profile := read_profile(bundle)) is None:
         raise PermanentError(
-            f"{versions.bundle_uri(settings, version)} has no reference profile (profile.json): it was "
+            f"{versions.bundle_uri(settings.registry, version)} has no reference profile (profile.json): it was "
             "packaged before profiles existed; retrain to monitor it"
         )
     run_logger().info("monitoring %s v%s against its profile", settings.registry.model_name, version)

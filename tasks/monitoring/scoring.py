@@ -237,7 +237,7 @@ def fetch_model_task(
 ) -> Path:
     """Stage: the bundle of ``model_version`` (or of the version ``alias`` points to) from the registry."""
     version = versions.resolve_version(settings, model_version, alias or settings.monitoring.score_alias)
-    run_logger().info("scoring with %s", versions.bundle_uri(settings, version))
+    run_logger().info("scoring with %s", versions.bundle_uri(settings.registry, version))
     return versions.download_bundle(settings, version, bundle_dir)
 
 

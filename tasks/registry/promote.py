@@ -80,9 +80,8 @@ def rescore_champion(settings: Settings, test: ModelTable) -> dict[str, Any] | N
     number = str(version.version)
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         try:
-            bundle = load_bundle(
-                versions.download_bundle(settings, number, Path(tmp) / "bundle"), thread_count=-1
-            )
+            bundle_dir = versions.download_bundle(settings, number, Path(tmp) / "bundle")
+            bundle = load_bundle(bundle_dir, thread_count=-1)
             p, threshold = bundle.predict_records(test.records), bundle.meta.threshold
         except RegistryUnavailable:
             raise

@@ -19,7 +19,7 @@ from tasks.model.card import write_card
 from tasks.registry import tracking
 from tasks.registry.aliases import Alias
 from tasks.registry.tracking import is_absent
-from tasks.settings import Settings
+from tasks.settings import RegistrySettings, Settings
 
 BUNDLE_ARTIFACT_PATH = "bundle"
 
@@ -55,19 +55,19 @@ def _ask(settings: Settings, what: str, call: Callable[[Any], Any], absent: Any 
         return absent
 
 
-def _model_call(settings: Settings, what: str, method: str, *args: Any, absent: Any = _UNAVAILABLE) -> Any:
-    """``client.<method>(model_name, *args)`` through :func:`_ask`."""
+def _model_call(settings: Settings, what: str, method: str, *args: str, absent: Any = _UNAVAILABLE) -> Any:
+    """``client.<method>(model_name, *args)`` through :func:`_ask` (a failure names the model)."""
     name = settings.registry.model_name
-    return _ask(settings, what, lambda c: getattr(c, method)(name, *args), absent)
+    return _ask(settings, f"{what} of {name!r}", lambda c: getattr(c, method)(name, *args), absent)
 
 
-def _no_version(settings: Settings, version: str) -> PermanentError:
-    return PermanentError(f"model {settings.registry.model_name!r} has no version {version!r}")
+def _no_version(registry: RegistrySettings, version: str) -> PermanentError:
+    return PermanentError(f"model {registry.model_name!r} has no version {version!r}")
 
 
-def bundle_uri(settings: Settings, version: str) -> str:
+def bundle_uri(registry: RegistrySettings, version: str) -> str:
     """Where a version's bundle can be downloaded (``mlflow artifacts download --artifact-uri ...``)."""
-    return f"models:/{settings.registry.model_name}/{version}"
+    return f"models:/{registry.model_name}/{version}"
 
 
 def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dict[str, str]) -> str:
@@ -95,25 +95,23 @@ def register_bundle(settings: Settings, run_id: str, bundle_dir: Path, tags: dic
 
 def get_version(settings: Settings, version: str) -> Any:
     """A model version by number; :class:`PermanentError` when it does not exist."""
-    what = f"read version {version} of {settings.registry.model_name!r}"
-    return _model_call(
-        settings, what, "get_model_version", str(version), absent=_no_version(settings, version)
-    )
+    missing = _no_version(settings.registry, version)
+    return _model_call(settings, f"read version {version}", "get_model_version", str(version), absent=missing)
 
 
 def version_by_alias(settings: Settings, alias: str) -> Any | None:
     """The version an alias points to; None only when the alias (or the model) does not exist (an unreachable
     registry is never "no champion")."""
-    what = f"read alias {alias!r} of {settings.registry.model_name!r}"
-    return _model_call(settings, what, "get_model_version_by_alias", str(alias), absent=None)
+    return _model_call(
+        settings, f"read alias {alias!r}", "get_model_version_by_alias", str(alias), absent=None
+    )
 
 
 def resolve_version(settings: Settings, model_version: str | None, alias: str | None) -> str:
     """A version given explicitly (checked to exist), or the one ``alias`` (default ``candidate``) points to."""
     if model_version:
         return str(get_version(settings, model_version).version)
-    found = version_by_alias(settings, alias or Alias.CANDIDATE)
-    if found is None:
+    if (found := version_by_alias(settings, alias or Alias.CANDIDATE)) is None:
         raise PermanentError(
             f"model {settings.registry.model_name!r} has no alias {alias!r}: nothing to deploy"
         )
@@ -138,7 +136,7 @@ def set_version_tags(settings: Settings, version: str, tags: dict[str, Any]) -> 
         for key, value in tags.items():
             c.set_model_version_tag(settings.registry.model_name, str(version), key, str(value))
 
-    _ask(settings, f"tag version {version}", call, _no_version(settings, version))
+    _ask(settings, f"tag version {version}", call, _no_version(settings.registry, version))
 
 
 def model_tags(settings: Settings) -> dict[str, str]:
@@ -148,7 +146,7 @@ def model_tags(settings: Settings) -> dict[str, str]:
 
 def set_model_tag(settings: Settings, key: str, value: str) -> None:
     """Set one tag on the registered model (one call: a reader sees the old value or the new one)."""
-    _model_call(settings, f"set tag {key!r} of the registered model", "set_registered_model_tag", key, value)
+    _model_call(settings, f"set tag {key!r}", "set_registered_model_tag", key, value)
 
 
 def create_record(settings: Settings, name: str, tags: dict[str, str], description: str = "") -> None:
@@ -187,17 +185,18 @@ def download_bundle(settings: Settings, version: str, dst: Path) -> Path:
     """A version's bundle in ``dst`` (emptied first), its version stamped; PermanentError when absent."""
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
+    uri = bundle_uri(settings.registry, version)
     try:
-        source = tracking.client(settings).get_model_version_download_uri(
-            settings.registry.model_name, str(version)
-        )
+        # asked of this client: a models:/ URI would be resolved against the environment's registry
+        name = settings.registry.model_name
+        source = tracking.client(settings).get_model_version_download_uri(name, str(version))
         path = tracking.download_artifacts(settings, source, dst)
     except Exception as exc:
         if is_absent(exc) or isinstance(exc, FileNotFoundError):
-            raise PermanentError(f"{bundle_uri(settings, version)}: no bundle to download ({exc})") from exc
+            raise PermanentError(f"{uri}: no bundle to download ({exc})") from exc
         unavailable(settings, f"download the bundle of version {version}", exc)
     if not (path / META_FILE).is_file():
-        raise PermanentError(f"{bundle_uri(settings, version)} holds no model bundle ({META_FILE} missing)")
+        raise PermanentError(f"{uri} holds no model bundle ({META_FILE} missing)")
     stamp_version(path, str(version), model_name=settings.registry.model_name)
     return path
 
@@ -218,7 +217,7 @@ def version_tags(bundle_dir: Path) -> dict[str, str]:
 def register_task(settings: Settings, run_id: str, bundle_dir: Path) -> str:
     """Stage: a new model version carrying the bundle, tagged from its metadata."""
     version = register_bundle(settings, run_id, bundle_dir, version_tags(bundle_dir))
-    run_logger().info("registered version %s (%s)", version, bundle_uri(settings, version))
+    run_logger().info("registered version %s (%s)", version, bundle_uri(settings.registry, version))
     return version
 
 

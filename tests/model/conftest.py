@@ -44,7 +44,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     validated = validate_tables(read_tables(data), max_quarantine_share=0.01, quarantine_dir=s.quarantine_dir)
     table = features_task.fn(s, validated)
     split = split_by_time(table, s.data.split_fractions)
-    model = fit_model({"depth": 5, "learning_rate": 0.1}, make_pool(split.train), make_pool(split.valid), s)
+    model = fit_model(
+        {"depth": 5, "learning_rate": 0.1}, make_pool(split.train), make_pool(split.valid), s.tuning
+    )
     probabilities = (predict_proba(model, make_pool(part)) for part in (split.train, split.valid, split.test))
     return Trained(s, split, model, table.stats, *probabilities)
 

@@ -57,7 +57,7 @@ def overstating(trained: Trained) -> tuple[np.ndarray, np.ndarray]:
     overstate risk; its validation and test probabilities."""
     split = trained.split
     params = {"depth": 5, "learning_rate": 0.1, "scale_pos_weight": 4.0}
-    model = fit_model(params, make_pool(split.train), make_pool(split.valid), trained.settings)
+    model = fit_model(params, make_pool(split.train), make_pool(split.valid), trained.settings.tuning)
     return predict_proba(model, make_pool(split.valid)), predict_proba(model, make_pool(split.test))
 
 

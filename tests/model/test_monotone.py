@@ -41,7 +41,9 @@ def split(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def train(split: Any, tmp: Path, constraints: dict[str, int]) -> Any:
     s = Settings(state_dir=tmp, max_iterations=150, monotone_constraints=constraints, thread_count=2)
-    return fit_model({"depth": 6, "learning_rate": 0.1}, make_pool(split.train), make_pool(split.valid), s)
+    return fit_model(
+        {"depth": 6, "learning_rate": 0.1}, make_pool(split.train), make_pool(split.valid), s.tuning
+    )
 
 
 def worst_violation(model: Any, split: Any, feature: str, direction: int) -> float:

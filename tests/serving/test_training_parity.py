@@ -32,7 +32,9 @@ def trained(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
                              quarantine_dir=s.quarantine_dir).tables  # fmt: skip
     split = split_by_time(build_model_table(tables["loan"], tables["clarity"], s.data.label_bad_statuses,
                                             s.data.label_good_statuses), s.data.split_fractions)  # fmt: skip
-    model = fit_model({"depth": 6, "learning_rate": 0.1}, make_pool(split.train), make_pool(split.valid), s)
+    model = fit_model(
+        {"depth": 6, "learning_rate": 0.1}, make_pool(split.train), make_pool(split.valid), s.tuning
+    )
     expected = [float(p) for p in predict_proba(model, make_pool(split.test))]
     bundle = write_bundle(tmp_path_factory.mktemp("parity") / "bundle", model,
                           BundleMeta(model_name="loan-risk", threshold=0.5, model_version="1"))  # fmt: skip
