@@ -42,14 +42,14 @@ def run_params(settings: Settings, dry_run: bool) -> dict[str, Any]:
     return {name: settings.value(name) for name in names} | {"dry_run": dry_run}
 
 
-def deploy_mode(settings: Settings, deploy: bool | None) -> str:
-    """The run's deploy mode: ``deploy=True`` is "required", ``False`` is "off", ``None`` the setting's."""
-    return settings.release.deploy_mode if deploy is None else ("required" if deploy else "off")
+def deploy_mode(configured: str, deploy: bool | None) -> str:
+    """The run's deploy mode: ``deploy=True`` is "required", ``False`` is "off", ``None`` the configured one."""
+    return configured if deploy is None else ("required" if deploy else "off")
 
 
-def wants_deploy(settings: Settings, promoted: bool, dry_run: bool, deploy: bool | None) -> bool:
-    """Whether this run hands its version to the deploy flow."""
-    return promoted and not dry_run and deploy_mode(settings, deploy) != "off"
+def wants_deploy(configured: str, promoted: bool, dry_run: bool, deploy: bool | None) -> bool:
+    """Whether this run hands its version to the deploy flow (``configured``: the release's deploy mode)."""
+    return promoted and not dry_run and deploy_mode(configured, deploy) != "off"
 
 
 def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def run_deploy(settings: Settings, version: str, deploy: bool | None) -> dict[st
     from tasks.release.push import engine_available
 
     ready, missing, why = engine_available(settings.release)
-    if not ready and deploy_mode(settings, deploy) == "required":
+    if not ready and deploy_mode(settings.release.deploy_mode, deploy) == "required":
         raise ReleaseFailed(missing, f"deploy_mode is required and {why}", "no")
     if not ready:
         run_logger().warning("deploy skipped: %s (deploy_mode auto; set it to required to fail instead)", why)
@@ -152,7 +152,7 @@ def training_flow(
             "tuning": {k: tuning[k] for k in ("n_complete", "n_pruned", "best_value", "best_params")},
             "data": {"source": ingested.source, "revision": ingested.revision},
         }
-        if wants_deploy(settings, decision.promoted, dry_run, deploy):
+        if wants_deploy(settings.release.deploy_mode, decision.promoted, dry_run, deploy):
             result["deploy"], deploy_error = hand_off(settings, run_id, version, deploy)
         tracking.log_metrics(settings, run_id, {"flow_seconds": time.perf_counter() - started})
     run_logger().info(

@@ -35,10 +35,11 @@ def test_auto_without_an_engine_skips_and_says_so(tmp_path: Path) -> None:
 
 
 def test_the_run_parameter_overrides_the_setting(tmp_path: Path) -> None:
-    auto = _settings(tmp_path, "auto")
+    auto = _settings(tmp_path, "auto").release.deploy_mode
     assert deploy_mode(auto, True) == "required" and deploy_mode(auto, False) == "off"
-    assert deploy_mode(_settings(tmp_path, "required"), None) == "required"
-    assert not wants_deploy(_settings(tmp_path, "off"), True, False, None)
+    assert deploy_mode(_settings(tmp_path, "required").release.deploy_mode, None) == "required"
+    assert not wants_deploy(_settings(tmp_path, "off").release.deploy_mode, True, False, None)
     assert wants_deploy(auto, True, False, None) and not wants_deploy(auto, True, True, None)
+    assert not wants_deploy(auto, False, False, True)  # a version that was not promoted is never deployed
     with pytest.raises(ValueError, match="deploy_mode"):
         _settings(tmp_path, "sometimes")
