@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tasks.data.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan, choice, fit_total
+from tasks.data.sample.common import BASE_ROWS, LAST_PAYMENT, SNAPSHOT, Plan, fit_total
 
 # fmt: off
 RETURN_CODES = {
@@ -160,10 +160,14 @@ def _amounts(
 def _return_codes(rng: np.random.Generator, status: np.ndarray) -> np.ndarray:
     """paymentReturnCode: mostly on rejected rows, MISSED on some skipped ones, null elsewhere."""
     n = len(status)
+    levels = np.array([*RETURN_CODES, None, "MISSED"], dtype=object)
+    none, missed = len(RETURN_CODES), len(RETURN_CODES) + 1
+    p = np.array(list(RETURN_CODES.values()), dtype=float)
     kept = rng.random(n) < 0.97
-    codes = np.where(kept, choice(rng, RETURN_CODES, n).astype(object), None)
-    out = np.where(np.isin(status, ["Rejected", "Rejected Awaiting Retry", "Returned"]), codes, None)
-    return np.where((status == "Skipped") & (rng.random(n) < 0.14), "MISSED", out)
+    drawn = rng.choice(len(RETURN_CODES), size=n, p=p / p.sum())  # as tasks.data.sample.common.choice draws
+    codes = np.where(kept, drawn, none)
+    out = np.where(np.isin(status, ["Rejected", "Rejected Awaiting Retry", "Returned"]), codes, none)
+    return levels[np.where((status == "Skipped") & (rng.random(n) < 0.14), missed, out)]
 
 
 def payments(
